@@ -1,0 +1,1 @@
+"""Model engines: backends and the camera encoder."""

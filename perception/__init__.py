@@ -1,0 +1,1 @@
+"""The perception node: messages, wire format, transport, sync, pipeline, CLI."""

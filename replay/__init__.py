@@ -1,0 +1,1 @@
+"""Recorded drives: dataset sources, offline runs."""
