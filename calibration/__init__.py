@@ -10,7 +10,7 @@ __all__ = [
     "VEHICLE_FRAME",
     "CalibrationError",
     "PinholeCamera",
-    "RigidTransform",
     "Rig",
+    "RigidTransform",
     "load_kitti_object_calib",
 ]

@@ -27,11 +27,17 @@ class PinholeCamera:
     def __post_init__(self) -> None:
         k = np.asarray(self.k, dtype=np.float64)
         if k.shape != (3, 3) or not np.all(np.isfinite(k)):
-            raise CalibrationError(f"camera intrinsics: expected a finite 3x3 matrix, got {k.shape}")
+            raise CalibrationError(
+                f"camera intrinsics: expected a finite 3x3 matrix, got {k.shape}"
+            )
         if k[0, 0] <= 0 or k[1, 1] <= 0:
-            raise CalibrationError(f"camera intrinsics: focal lengths must be positive, got {k[0, 0]}, {k[1, 1]}")
+            raise CalibrationError(
+                f"camera intrinsics: focal lengths must be positive, got {k[0, 0]}, {k[1, 1]}"
+            )
         if self.width <= 0 or self.height <= 0:
-            raise CalibrationError(f"camera image size must be positive, got {self.width}x{self.height}")
+            raise CalibrationError(
+                f"camera image size must be positive, got {self.width}x{self.height}"
+            )
 
     @property
     def has_distortion(self) -> bool:
@@ -49,7 +55,10 @@ class PinholeCamera:
         if np.any(front):
             if self.has_distortion:
                 pts, _ = cv2.projectPoints(
-                    p[front].reshape(-1, 1, 3), np.zeros(3), np.zeros(3), self.k,
+                    p[front].reshape(-1, 1, 3),
+                    np.zeros(3),
+                    np.zeros(3),
+                    self.k,
                     np.asarray(self.distortion, dtype=np.float64),
                 )
                 uv[front] = pts.reshape(-1, 2)
@@ -61,4 +70,9 @@ class PinholeCamera:
     def in_image(self, uv: FloatArray) -> npt.NDArray[np.bool_]:
         """Mask of pixels inside the image (NaN pixels are outside)."""
         with np.errstate(invalid="ignore"):
-            return (uv[:, 0] >= 0) & (uv[:, 0] < self.width) & (uv[:, 1] >= 0) & (uv[:, 1] < self.height)
+            return (
+                (uv[:, 0] >= 0)
+                & (uv[:, 0] < self.width)
+                & (uv[:, 1] >= 0)
+                & (uv[:, 1] < self.height)
+            )

@@ -44,7 +44,9 @@ def read_kitti_calib_fields(path: Path) -> dict[str, npt.NDArray[np.float64]]:
         if key not in fields:
             raise CalibrationError(f"{path}: missing field {key}")
         if fields[key].size != n:
-            raise CalibrationError(f"{path}: field {key} has {fields[key].size} values, expected {n}")
+            raise CalibrationError(
+                f"{path}: field {key} has {fields[key].size} values, expected {n}"
+            )
         if not np.all(np.isfinite(fields[key])):
             raise CalibrationError(f"{path}: field {key} has non-finite values")
     return fields
@@ -53,7 +55,9 @@ def read_kitti_calib_fields(path: Path) -> dict[str, npt.NDArray[np.float64]]:
 def _rect_from_velo(fields: dict[str, npt.NDArray[np.float64]], path: Path) -> RigidTransform:
     r0 = np.eye(4)
     r0[:3, :3] = fields["R0_rect"].reshape(3, 3)
-    velo = RigidTransform.from_matrix(fields["Tr_velo_to_cam"].reshape(3, 4), f"{path}: Tr_velo_to_cam")
+    velo = RigidTransform.from_matrix(
+        fields["Tr_velo_to_cam"].reshape(3, 4), f"{path}: Tr_velo_to_cam"
+    )
     RigidTransform.from_matrix(r0, f"{path}: R0_rect")
     return RigidTransform(r0 @ velo.matrix)
 
@@ -82,4 +86,6 @@ def kitti_label_to_velo(
     """A KITTI label's bottom-centre (camera-rect frame) moved into the Velodyne frame."""
     fields = read_kitti_calib_fields(calib_path)
     velo_from_rect = _rect_from_velo(fields, calib_path).inverse()
-    return velo_from_rect.apply(np.asarray(bottom_center_rect, dtype=np.float64).reshape(1, 3))[0]
+    point = np.asarray(bottom_center_rect, dtype=np.float64).reshape(1, 3)
+    out: npt.NDArray[np.float64] = velo_from_rect.apply(point)[0]
+    return out

@@ -90,5 +90,7 @@ class Rig:
         except CalibrationError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CalibrationError(f"{source}: malformed rig document ({type(e).__name__}: {e})") from e
+            raise CalibrationError(
+                f"{source}: malformed rig document ({type(e).__name__}: {e})"
+            ) from e
         return Rig(frames, cameras, offsets, source=str(doc.get("source", source)))

@@ -25,7 +25,9 @@ class RigidTransform:
         return RigidTransform(np.eye(4))
 
     @staticmethod
-    def from_matrix(matrix: npt.ArrayLike, name: str = "transform", tol: float = 1e-4) -> RigidTransform:
+    def from_matrix(
+        matrix: npt.ArrayLike, name: str = "transform", tol: float = 1e-4
+    ) -> RigidTransform:
         """Build from a 3 x 4 or 4 x 4 matrix, checking the rotation is orthonormal (det +1)."""
         m = np.asarray(matrix, dtype=np.float64)
         if m.shape == (3, 4):

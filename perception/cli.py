@@ -1,0 +1,253 @@
+"""The `perception` command. The only module that ties perception, engines, calibration and
+replay together; library code never prints, this does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from calibration import CalibrationError
+from engines.camera_encoder import CameraDetector
+from engines.errors import EngineError
+from perception import wire
+from perception.config import NodeConfig, load_config
+from perception.detections_io import write_jsonl_line
+from perception.errors import PerceptionError, WireError
+from perception.pipeline import Pipeline
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+DEFAULT_SENSORS = NodeConfig().inputs.endpoints[0]
+DEFAULT_DETECTIONS = NodeConfig().outputs.endpoint
+
+
+def _load_node_config(path: str | None) -> NodeConfig:
+    return load_config(Path(path)) if path else NodeConfig()
+
+
+def _detector(config: NodeConfig, model: str | None) -> CameraDetector:
+    cm = config.camera_model
+    path = Path(model).expanduser() if model else cm.resolved_path()
+    return CameraDetector(
+        path,
+        kind=cm.kind,
+        score_threshold=cm.score_threshold,
+        nms_iou=cm.nms_iou,
+        num_threads=cm.num_threads or None,
+    )
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from perception.node import Node
+
+    config = _load_node_config(args.config)
+    pipeline = Pipeline(_detector(config, args.model))
+    # The rig arrives on the rig topic; rig files come with the Calibration issue.
+    node = Node(config, pipeline)
+    stop = _stop_on_signals()
+    done = threading.Event()
+
+    def announce() -> None:
+        if node.ready.wait(60.0) and not done.is_set():
+            inputs = ", ".join(config.inputs.endpoints)
+            print(
+                f"perception run: ready; inputs {inputs}; detections on "
+                f"{config.outputs.endpoint} [{config.outputs.detections_topic}]",
+                flush=True,
+            )
+
+    threading.Thread(target=announce, daemon=True).start()
+    try:
+        node.run(stop)
+    finally:
+        done.set()
+    c = node.counters
+    print(
+        f"perception run: stopped; {c.published} published, {c.skipped_bundles} skipped, "
+        f"{c.decode_errors} undecodable, {c.step_errors} failed",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from perception.transport import Publisher
+    from replay.kitti_object import KittiObjectFolder
+    from replay.player import play_kitti_object
+
+    folder = KittiObjectFolder(Path(args.dir))
+    stop = _stop_on_signals()
+    with Publisher(args.endpoint, bind=True, hwm=args.hwm) as publisher:
+        if args.wait > 0:
+            # PUB/SUB drops what is sent before a subscriber's subscription arrives.
+            stop.wait(args.wait)
+        sent = play_kitti_object(folder, publisher, rate_hz=args.rate, loop=args.loop, stop=stop)
+        # Let ZeroMQ flush the last frames before the socket closes.
+        time.sleep(0.2)
+    print(f"perception play: {sent} frames published on {args.endpoint}", flush=True)
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from perception.messages import CameraFrame, DetectionList, GnssFix, LidarSweep, RigMessage
+    from perception.transport import Subscriber
+
+    stop = _stop_on_signals()
+    count = 0
+    with Subscriber([args.endpoint], [args.topic]) as sub:
+        while not stop.is_set() and (args.count <= 0 or count < args.count):
+            frames = sub.recv(timeout_ms=100)
+            if frames is None:
+                continue
+            count += 1
+            if len(frames) == 2 and bytes(frames[1].buffer[:1]) == b"{":
+                print(f"{args.topic}: {bytes(frames[1].buffer).decode()}", flush=True)
+                continue
+            try:
+                topic, msg = wire.decode(frames)
+            except WireError as e:
+                print(f"{args.topic}: undecodable: {e}", flush=True)
+                continue
+            h = getattr(msg, "header", None)
+            head = f"{topic} seq={h.seq} stamp_ns={h.stamp_ns}" if h else topic
+            if isinstance(msg, DetectionList):
+                ms = {k: round(v / 1e6, 2) for k, v in msg.timings_ns.items()}
+                print(f"{head} latency_ms={msg.latency_ns / 1e6:.1f} timings_ms={ms}")
+                for d in msg.detections:
+                    x, y, z = d.center
+                    print(
+                        f"  {d.label:<12} {d.score:.2f} center=({x:.2f}, {y:.2f}, {z:.2f}) "
+                        f"yaw={d.yaw:+.2f}"
+                    )
+            elif isinstance(msg, LidarSweep):
+                print(f"{head} points={msg.points.shape[0]}")
+            elif isinstance(msg, CameraFrame):
+                shape = msg.image.shape if msg.image is not None else msg.encoding
+                print(f"{head} image={shape}")
+            elif isinstance(msg, GnssFix):
+                print(f"{head} lat={msg.latitude_deg:.7f} lon={msg.longitude_deg:.7f}")
+            elif isinstance(msg, RigMessage):
+                print(f"{head} rig cameras={sorted(msg.rig.get('cameras', {}))}")
+            sys.stdout.flush()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from replay.kitti_object import CAMERA_STREAM, KittiObjectFolder
+    from replay.offline import run_offline
+
+    config = _load_node_config(args.config)
+    folder = KittiObjectFolder(Path(args.dir))
+    pipeline = Pipeline(_detector(config, args.model))
+    out = Path(args.out)
+    count = 0
+    with out.open("w") as f, tqdm(total=len(folder), unit="sweep", disable=args.quiet) as bar:
+        for dl in run_offline(folder.messages(), pipeline, (CAMERA_STREAM,), config.sync):
+            write_jsonl_line(f, dl)
+            count += 1
+            bar.update(1)
+    print(f"perception replay: {count} DetectionLists written to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from replay.kitti_eval import evaluate_kitti_run
+
+    report = evaluate_kitti_run(
+        Path(args.detections),
+        Path(args.kitti),
+        Path(args.reference),
+        max_center_distance_m=args.max_distance,
+        max_range_m=args.max_range,
+        min_reference_score=args.min_score,
+    )
+    print(report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perception", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the on-vehicle node: subscribe, fuse, publish detections")
+    run.add_argument("--config", help="node YAML config (defaults built in)")
+    run.add_argument("--model", help="camera detector ONNX file (overrides the config)")
+    run.set_defaults(func=cmd_run)
+
+    play = sub.add_parser("play", help="publish recorded frames over ZeroMQ")
+    play_sub = play.add_subparsers(dest="source", required=True)
+    pk = play_sub.add_parser("kitti-object", help="a KITTI object folder (image_2, calib, ...)")
+    pk.add_argument("dir")
+    pk.add_argument("--endpoint", default=DEFAULT_SENSORS)
+    pk.add_argument("--rate", type=float, default=10.0, help="frames per second (Hz)")
+    pk.add_argument("--loop", action="store_true")
+    pk.add_argument("--wait", type=float, default=1.0, help="seconds to let subscribers join")
+    pk.add_argument("--hwm", type=int, default=100)
+    pk.set_defaults(func=cmd_play)
+
+    echo = sub.add_parser("echo", help="print what arrives on a topic")
+    echo.add_argument("topic")
+    echo.add_argument("--endpoint", default=DEFAULT_DETECTIONS)
+    echo.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
+    echo.set_defaults(func=cmd_echo)
+
+    replay = sub.add_parser("replay", help="run the pipeline offline, no sockets")
+    replay_sub = replay.add_subparsers(dest="source", required=True)
+    rk = replay_sub.add_parser("kitti-object", help="a KITTI object folder")
+    rk.add_argument("dir")
+    rk.add_argument("--out", required=True, help="JSON Lines output, one DetectionList per line")
+    rk.add_argument("--config", help="node YAML config (sync and model settings)")
+    rk.add_argument("--model", help="camera detector ONNX file (overrides the config)")
+    rk.add_argument("--quiet", action="store_true", help="no progress bar")
+    rk.set_defaults(func=cmd_replay)
+
+    ev = sub.add_parser("eval", help="compare detections with reference boxes")
+    ev.add_argument("detections", help="JSON Lines from `perception replay`")
+    ev.add_argument("--kitti", required=True, help="the KITTI object folder that was replayed")
+    ev.add_argument("--reference", required=True, help="folder of reference boxes per frame")
+    ev.add_argument("--max-distance", type=float, default=1.5, help="BEV match distance, m")
+    ev.add_argument("--max-range", type=float, default=40.0, help="references within, m")
+    ev.add_argument("--min-score", type=float, default=0.5, help="reference score at least")
+    ev.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (PerceptionError, CalibrationError, EngineError) as e:
+        print(f"perception {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Node configuration: YAML loaded into frozen dataclasses, validated with errors naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from perception.errors import ConfigError
+
+__all__ = [
+    "BudgetConfig",
+    "CameraModelConfig",
+    "InputConfig",
+    "NodeConfig",
+    "OutputConfig",
+    "SyncConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the sensors publish and under which topics (ZeroMQ SUB side: connect)."""
+
+    endpoints: tuple[str, ...] = ("ipc:///tmp/perception-node/sensors",)
+    lidar_topic: str = "lidar/top"
+    camera_topics: tuple[str, ...] = ("camera/front",)
+    gnss_topic: str = "gnss"
+    rig_topic: str = "rig"
+    high_water_mark: int = 10
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where detections and diagnostics are published (ZeroMQ PUB side: bind)."""
+
+    endpoint: str = "ipc:///tmp/perception-node/detections"
+    detections_topic: str = "detections"
+    diagnostics_topic: str = "diagnostics"
+    high_water_mark: int = 100
+
+
+@dataclass(frozen=True)
+class CameraModelConfig:
+    """The camera encoder's model file and decoding."""
+
+    path: str = "~/.cache/perception-node/models/yolox_nano_coco_416.onnx"
+    kind: str = "auto"
+    score_threshold: float = 0.3
+    nms_iou: float = 0.45
+    num_threads: int = 0  # 0: let ONNX Runtime choose
+
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser()
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Nearest-frame pairing around each lidar sweep."""
+
+    window_ms: float = 50.0
+    timeout_ms: float = 300.0
+    gnss_window_ms: float = 500.0
+    queue_size: int = 20
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Latency budgets in milliseconds: per stage and sensor-to-publish."""
+
+    end_to_end_ms: float = 100.0
+    stages_ms: dict[str, float] = field(
+        default_factory=lambda: {
+            "preprocess": 10.0,
+            "camera_encoder": 40.0,
+            "lidar_encoder": 15.0,
+            "fusion": 20.0,
+            "postprocess": 5.0,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `perception run` needs. The rig arrives on the inputs' rig topic."""
+
+    inputs: InputConfig = InputConfig()
+    outputs: OutputConfig = OutputConfig()
+    camera_model: CameraModelConfig = CameraModelConfig()
+    sync: SyncConfig = SyncConfig()
+    budgets: BudgetConfig = BudgetConfig()
+    max_points: int = 300_000
+
+
+T = TypeVar("T")
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    args: tuple[Any, ...] = tuple(getattr(hint, "__args__", ()))
+    if is_dataclass(hint) and isinstance(hint, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(hint, value, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type[T], doc: dict[str, Any], prefix: str) -> T:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in doc:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in doc.items()}
+    return cls(**kwargs)
+
+
+def _validate(cfg: NodeConfig) -> None:
+    checks = [
+        (cfg.sync.window_ms > 0, "sync.window_ms", "must be > 0"),
+        (cfg.sync.timeout_ms > 0, "sync.timeout_ms", "must be > 0"),
+        (cfg.sync.queue_size > 0, "sync.queue_size", "must be > 0"),
+        (len(cfg.inputs.endpoints) > 0, "inputs.endpoints", "needs at least one endpoint"),
+        (len(cfg.inputs.camera_topics) > 0, "inputs.camera_topics", "needs at least one camera"),
+        (cfg.inputs.high_water_mark > 0, "inputs.high_water_mark", "must be > 0"),
+        (
+            0.0 <= cfg.camera_model.score_threshold <= 1.0,
+            "camera_model.score_threshold",
+            "must be in [0, 1]",
+        ),
+        (0.0 < cfg.camera_model.nms_iou <= 1.0, "camera_model.nms_iou", "must be in (0, 1]"),
+        (cfg.camera_model.num_threads >= 0, "camera_model.num_threads", "must be >= 0"),
+        (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
+        (cfg.max_points > 0, "max_points", "must be > 0"),
+    ]
+    for ok, key, problem in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {problem}")
+    for ep in (*cfg.inputs.endpoints, cfg.outputs.endpoint):
+        if not ep.startswith(("ipc://", "tcp://", "inproc://")):
+            raise ConfigError(f"endpoint {ep!r}: scheme must be ipc://, tcp:// or inproc://")
+
+
+def parse_config(doc: dict[str, Any] | None, source: str = "config") -> NodeConfig:
+    """Build and validate a NodeConfig from a parsed document; ConfigError names source + key."""
+    try:
+        cfg = _build(NodeConfig, doc or {}, "")
+        _validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read a YAML node configuration. Relative paths inside it resolve against its folder."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+    if doc is not None and not isinstance(doc, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    cfg = parse_config(doc, str(path))
+    base = path.parent
+    model = cfg.camera_model
+    if not Path(model.path).expanduser().is_absolute():
+        model = CameraModelConfig(**{**model.__dict__, "path": str(base / model.path)})
+    return NodeConfig(**{**cfg.__dict__, "camera_model": model})

@@ -1,0 +1,216 @@
+"""The on-vehicle process: sockets in, `Pipeline.step` on a worker thread, detections out.
+
+Threads: the receiver owns the SUB sockets, decodes and files each message into the
+synchroniser; the worker (the caller of `run`) owns the PUB socket, turns ready bundles into
+DetectionLists and publishes them. Receiving never waits for inference. When the worker falls
+behind, it processes the newest ready bundle and counts the ones it skipped.
+
+A bad message (undecodable, invalid rig, a bundle the pipeline cannot process) is dropped,
+counted and logged at a bounded rate; the node goes on.
+
+Timing: `latency_ns` is host time just before publishing minus the sensor stamp (sensor and host
+clocks are taken to agree until the Time synchronisation issue estimates their offset). A
+message cannot contain its own publish duration, so the `publish` stage it carries is the
+encode + send time of the previous DetectionList; diagnostics carry the same figure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from calibration import CalibrationError, Rig
+from perception import wire
+from perception.config import NodeConfig
+from perception.errors import WireError
+from perception.messages import DetectionList, LidarSweep
+from perception.pipeline import Pipeline
+from perception.ratelimit import RateLimitedLogger
+from perception.sync import NearestSync
+from perception.transport import Publisher, Subscriber
+
+__all__ = ["Node", "NodeCounters"]
+
+log = logging.getLogger("perception.node")
+
+
+@dataclass
+class NodeCounters:
+    """What the node received, dropped and published; reported on the diagnostics topic."""
+
+    received: int = 0
+    decode_errors: int = 0
+    bad_rigs: int = 0
+    oversize_sweeps: int = 0
+    bundles: int = 0
+    skipped_bundles: int = 0
+    step_errors: int = 0
+    published: int = 0
+    budget_overruns: int = 0
+    consecutive_overruns: int = 0
+
+
+class Node:
+    """`perception run`: a thin adapter from sockets to `Pipeline.step`."""
+
+    def __init__(self, config: NodeConfig, pipeline: Pipeline, default_rig: Rig | None = None):
+        self.config = config
+        self.pipeline = pipeline
+        self.counters = NodeCounters()
+        self.sync = NearestSync.from_config(
+            config.inputs.camera_topics, config.sync, default_rig=default_rig
+        )
+        self.ready = threading.Event()
+        self._cond = threading.Condition()
+        self._bad = RateLimitedLogger(log)
+        self._last_publish_ns = 0
+        self._receiver_error: BaseException | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set. Setup failures (sockets, model) raise; per-message
+        problems never do."""
+        self._warm_up()
+        publisher = Publisher(
+            self.config.outputs.endpoint, bind=True, hwm=self.config.outputs.high_water_mark
+        )
+        subscriber_ready = threading.Event()
+        receiver = threading.Thread(
+            target=self._receive_loop, args=(stop, subscriber_ready), name="receiver", daemon=True
+        )
+        receiver.start()
+        try:
+            if not subscriber_ready.wait(10.0) or self._receiver_error is not None:
+                raise self._receiver_error or RuntimeError("receiver did not start")
+            self.ready.set()
+            self._work_loop(stop, publisher)
+        finally:
+            stop.set()
+            receiver.join(timeout=5.0)
+            publisher.close()
+
+    def _warm_up(self) -> None:
+        # The first ONNX Runtime call allocates; keep that out of the first frame's latency.
+        detector = self.pipeline.detector
+        tensor, _ = detector.preprocess(np.zeros((375, 1242, 3), dtype=np.uint8))
+        detector.infer(tensor)
+
+    # -- receiver thread -------------------------------------------------------------------
+    def _receive_loop(self, stop: threading.Event, ready: threading.Event) -> None:
+        inputs = self.config.inputs
+        topics = (inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic)
+        try:
+            subscriber = Subscriber(
+                inputs.endpoints,
+                topics,
+                hwm=inputs.high_water_mark,
+                max_message_size=inputs.max_message_bytes,
+            )
+        except BaseException as e:
+            self._receiver_error = e
+            ready.set()
+            return
+        ready.set()
+        with subscriber:
+            while not stop.is_set():
+                frames = subscriber.recv(timeout_ms=50)
+                if frames is None:
+                    continue
+                self._file_message(frames)
+
+    def _file_message(self, frames: list) -> None:  # type: ignore[type-arg]
+        receive_ns = time.time_ns()
+        start = time.perf_counter_ns()
+        self.counters.received += 1
+        try:
+            topic, msg = wire.decode(frames)
+        except WireError as e:
+            self.counters.decode_errors += 1
+            self._bad.warning(f"decode:{e.stream}", f"dropped message: {e}")
+            return
+        decode_ns = time.perf_counter_ns() - start
+        if isinstance(msg, LidarSweep) and msg.points.shape[0] > self.config.max_points:
+            self.counters.oversize_sweeps += 1
+            self._bad.warning(
+                f"oversize:{topic}",
+                f"dropped sweep {topic}: {msg.points.shape[0]} points > max_points "
+                f"{self.config.max_points}",
+            )
+            return
+        with self._cond:
+            try:
+                self.sync.add(msg, receive_ns, decode_ns)
+            except CalibrationError as e:
+                self.counters.bad_rigs += 1
+                self._bad.warning(f"rig:{topic}", f"dropped rig message: {e}")
+                return
+            except TypeError as e:
+                self.counters.decode_errors += 1
+                self._bad.warning(f"type:{topic}", f"dropped message on {topic}: {e}")
+                return
+            self._cond.notify()
+
+    # -- worker thread ---------------------------------------------------------------------
+    def _work_loop(self, stop: threading.Event, publisher: Publisher) -> None:
+        seq = 0
+        next_diagnostics_ns = time.monotonic_ns()
+        while not stop.is_set():
+            with self._cond:
+                self._cond.wait(timeout=0.02)
+                bundles = self.sync.poll(time.time_ns())
+            if time.monotonic_ns() >= next_diagnostics_ns:
+                self._publish_diagnostics(publisher)
+                next_diagnostics_ns += 1_000_000_000
+            if not bundles:
+                continue
+            self.counters.bundles += len(bundles)
+            self.counters.skipped_bundles += len(bundles) - 1
+            bundle = bundles[-1]
+            try:
+                detections = self.pipeline.step(bundle, seq)
+            except Exception as e:  # one bad bundle must not stop the node
+                self.counters.step_errors += 1
+                self._bad.warning("step", f"dropped sweep {bundle.lidar.header.seq}: {e!r}")
+                continue
+            seq += 1
+            self._publish(publisher, detections)
+
+    def _publish(self, publisher: Publisher, detections: DetectionList) -> None:
+        timings = dict(detections.timings_ns)
+        timings["publish"] = self._last_publish_ns
+        latency_ns = time.time_ns() - detections.header.stamp_ns
+        budgets = self.config.budgets
+        over = [
+            stage
+            for stage, limit_ms in budgets.stages_ms.items()
+            if timings.get(stage, 0) > limit_ms * 1e6
+        ]
+        if latency_ns > budgets.end_to_end_ms * 1e6:
+            over.append("end_to_end")
+        if over:
+            self.counters.budget_overruns += 1
+            self.counters.consecutive_overruns += 1
+        else:
+            self.counters.consecutive_overruns = 0
+        final = replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=not over)
+        start = time.perf_counter_ns()
+        publisher.send(final, topic=self.config.outputs.detections_topic)
+        self._last_publish_ns = time.perf_counter_ns() - start
+        self.counters.published += 1
+
+    def diagnostics(self) -> dict[str, object]:
+        """A snapshot of counters and synchroniser statistics."""
+        return {
+            "stamp_ns": time.time_ns(),
+            "counters": asdict(self.counters),
+            "sync": asdict(self.sync.stats),
+            "last_publish_ns": self._last_publish_ns,
+        }
+
+    def _publish_diagnostics(self, publisher: Publisher) -> None:
+        topic = self.config.outputs.diagnostics_topic
+        publisher.send_frames([topic.encode(), json.dumps(self.diagnostics()).encode()])

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from perception.config import NodeConfig, load_config, parse_config
+from perception.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_and_overrides() -> None:
+    cfg = parse_config({"sync": {"window_ms": 20}, "inputs": {"camera_topics": ["camera/a"]}})
+    assert cfg.sync.window_ms == 20.0
+    assert cfg.inputs.camera_topics == ("camera/a",)
+    assert cfg.outputs == NodeConfig().outputs
+
+
+def test_shipped_config_loads() -> None:
+    cfg = load_config(REPO / "configs" / "kitti.yaml")
+    assert cfg.inputs.lidar_topic == "lidar/top"
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"sync": {"windw_ms": 1}}, r"x\.yaml: sync\.windw_ms: unknown key"),
+        ({"sync": {"window_ms": "a"}}, r"x\.yaml: sync\.window_ms: expected a number"),
+        ({"sync": {"window_ms": -1}}, r"x\.yaml: sync\.window_ms: must be > 0"),
+        ({"inputs": {"endpoints": "tcp://x"}}, r"inputs\.endpoints: expected a list"),
+        ({"inputs": {"endpoints": ["udp://x:1"]}}, r"endpoint 'udp://x:1': scheme"),
+        ({"camera_model": {"score_threshold": 2}}, r"camera_model\.score_threshold: must be"),
+        ({"max_points": 1.5}, r"max_points: expected an integer"),
+    ],
+)
+def test_errors_name_the_key(doc: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(doc, "x.yaml")
+
+
+def test_bad_yaml_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("inputs: [unclosed")
+    with pytest.raises(ConfigError, match=r"c\.yaml: invalid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read config"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration import PinholeCamera, Rig, RigidTransform
+from perception.messages import CameraFrame, GnssFix, Header, LidarSweep, RigMessage
+from perception.sync import NearestSync
+
+MS = 1_000_000
+
+
+def _rig(width: int = 64) -> Rig:
+    cam = PinholeCamera(np.diag([50.0, 50.0, 1.0]), (), width, 48)
+    return Rig(
+        {"lidar": RigidTransform.identity(), "camera/front": RigidTransform.identity()},
+        {"front": cam},
+    )
+
+
+def _cam(stamp: int, stream: str = "camera/front", seq: int = 0) -> CameraFrame:
+    return CameraFrame(Header(stream, seq, stamp, stream), image=np.zeros((4, 4, 3), np.uint8))
+
+
+def _sweep(stamp: int, seq: int = 0) -> LidarSweep:
+    return LidarSweep(Header("lidar/top", seq, stamp, "lidar"), np.zeros((3, 4), np.float32))
+
+
+def _sync(**kw) -> NearestSync:
+    args = {"window_ns": 50 * MS, "timeout_ns": 300 * MS, "default_rig": _rig()} | kw
+    return NearestSync(("camera/front",), **args)
+
+
+def test_nearest_camera_within_window_is_paired() -> None:
+    s = _sync()
+    s.add(_cam(90 * MS, seq=1), receive_ns=0)
+    s.add(_cam(130 * MS, seq=2), receive_ns=0)
+    s.add(_sweep(120 * MS), receive_ns=200 * MS)
+    (b,) = s.poll(200 * MS)
+    assert b.cameras["camera/front"].header.seq == 2
+    assert b.skews_ns == {"camera/front": 10 * MS}
+    assert b.missing == ()
+
+
+def test_camera_used_at_most_once() -> None:
+    s = _sync()
+    s.add(_cam(100 * MS), receive_ns=0)
+    s.add(_sweep(100 * MS, 0), receive_ns=0)
+    s.add(_sweep(110 * MS, 1), receive_ns=0)
+    assert len(s.poll(0)) == 1  # the second sweep waits for a camera of its own
+    (b,) = s.poll(300 * MS)
+    assert b.missing == ("camera/front",)
+
+
+def test_timeout_emits_degraded_bundle() -> None:
+    s = _sync()
+    s.add(_cam(0), receive_ns=0)  # 100 ms away: outside the window
+    s.add(_sweep(100 * MS), receive_ns=100 * MS)
+    assert s.poll(399 * MS) == []
+    (b,) = s.poll(400 * MS)
+    assert b.missing == ("camera/front",) and b.cameras == {}
+    assert b.sync_wait_ns == 300 * MS
+    assert s.stats.degraded_bundles == 1
+
+
+def test_rig_in_force_at_the_sweep_time() -> None:
+    s = _sync(default_rig=None)
+    s.add(_sweep(50 * MS), receive_ns=0)
+    assert s.poll(10**12) == []
+    assert s.stats.dropped_sweeps_no_rig == 1
+    s.add(RigMessage(Header("rig", 0, 100 * MS, "vehicle"), _rig(64).to_dict()), receive_ns=0)
+    s.add(RigMessage(Header("rig", 1, 200 * MS, "vehicle"), _rig(96).to_dict()), receive_ns=0)
+    for t in (150, 250):
+        s.add(_cam(t * MS), receive_ns=0)
+        s.add(_sweep(t * MS), receive_ns=0)
+    b1, b2 = s.poll(0)
+    assert b1.rig.cameras["front"].width == 64
+    assert b2.rig.cameras["front"].width == 96
+
+
+def test_gnss_nearest_fix_attached() -> None:
+    s = _sync()
+    for t in (0, 100, 200):
+        s.add(GnssFix(Header("gnss", t, t * MS, "gnss"), 49.0, 8.4, 100.0), receive_ns=0)
+    s.add(_cam(140 * MS), receive_ns=0)
+    s.add(_sweep(140 * MS), receive_ns=0)
+    (b,) = s.poll(0)
+    assert b.gnss is not None and b.gnss.header.stamp_ns == 100 * MS
+    assert b.skews_ns["gnss"] == -40 * MS
+
+
+def test_queues_are_bounded() -> None:
+    s = _sync(queue_size=3)
+    for i in range(10):
+        s.add(_cam(i * 1000 * MS), receive_ns=0)
+    assert s.stats.dropped_cameras_queue_full == 7
+    with pytest.raises(TypeError):
+        s.add(object(), receive_ns=0)  # type: ignore[arg-type]
