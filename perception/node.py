@@ -28,7 +28,7 @@ from calibration import CalibrationError, Rig
 from perception import wire
 from perception.config import NodeConfig
 from perception.errors import WireError
-from perception.messages import DetectionList, LidarSweep
+from perception.messages import DetectionList
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
 from perception.sync import NearestSync
@@ -46,7 +46,6 @@ class NodeCounters:
     received: int = 0
     decode_errors: int = 0
     bad_rigs: int = 0
-    oversize_sweeps: int = 0
     bundles: int = 0
     skipped_bundles: int = 0
     step_errors: int = 0
@@ -68,6 +67,7 @@ class Node:
         self.ready = threading.Event()
         self._cond = threading.Condition()
         self._bad = RateLimitedLogger(log)
+        self._limits = wire.WireLimits(max_points=config.max_points)
         self._last_publish_ns = 0
         self._receiver_error: BaseException | None = None
 
@@ -127,20 +127,12 @@ class Node:
         start = time.perf_counter_ns()
         self.counters.received += 1
         try:
-            topic, msg = wire.decode(frames)
+            topic, msg = wire.decode(frames, self._limits)
         except WireError as e:
             self.counters.decode_errors += 1
             self._bad.warning(f"decode:{e.stream}", f"dropped message: {e}")
             return
         decode_ns = time.perf_counter_ns() - start
-        if isinstance(msg, LidarSweep) and msg.points.shape[0] > self.config.max_points:
-            self.counters.oversize_sweeps += 1
-            self._bad.warning(
-                f"oversize:{topic}",
-                f"dropped sweep {topic}: {msg.points.shape[0]} points > max_points "
-                f"{self.config.max_points}",
-            )
-            return
         with self._cond:
             try:
                 self.sync.add(msg, receive_ns, decode_ns)
