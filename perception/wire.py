@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import msgpack
 import numpy as np
@@ -425,16 +425,8 @@ class _Fields:
     def int_(self, key: str, *, lo: int = _INT64_MIN, hi: int = _INT64_MAX) -> int:
         return _check_int(self, key, self.get(key), lo, hi)
 
-    def float_(
-        self,
-        key: str,
-        *,
-        lo: float = -math.inf,
-        hi: float = math.inf,
-        optional: bool = False,
-    ) -> float:
-        value = self.get(key)
-        return _check_float(self, key, value, lo, hi)
+    def float_(self, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
+        return _check_float(self, key, self.get(key), lo, hi)
 
     def optional_float(
         self, key: str, *, lo: float = -math.inf, hi: float = math.inf
@@ -778,7 +770,20 @@ def _detection(ctx: _Context, index: int, doc: Any) -> Detection3D:
     return det
 
 
-_BUILDERS: Mapping[str, Any] = {
+class _Builder(Protocol):
+    def __call__(
+        self,
+        ctx: _Context,
+        header: Header,
+        fields: _Fields,
+        buffers: list[_Buffer],
+        *,
+        limits: WireLimits,
+        version: int,
+    ) -> Message: ...
+
+
+_BUILDERS: Mapping[str, _Builder] = {
     "CameraFrame": _camera_frame,
     "LidarSweep": _lidar_sweep,
     "GnssFix": _gnss_fix,
