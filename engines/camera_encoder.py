@@ -104,7 +104,7 @@ class CameraDetector:
         model_path: ``yolox_nano_coco_416.onnx`` or ``yolo_fastestv2_coco_352.onnx`` (or a model
             with the same head).
         kind: ``"yolox"``, ``"yolo_fastestv2"`` or ``"auto"`` (inferred from the output shape).
-        score_threshold: minimum ``objectness * class`` score kept, in [0, 1].
+        score_threshold: ``objectness * class`` scores above this are kept, in [0, 1].
         nms_iou: IoU above which a lower-scored box of the same class is suppressed.
         num_threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
 
@@ -119,16 +119,18 @@ class CameraDetector:
         model_path: Path,
         *,
         kind: str = "auto",
-        score_threshold: float = 0.3,
+        score_threshold: float = 0.25,
         nms_iou: float = 0.45,
         num_threads: int | None = None,
     ) -> None:
         if kind != "auto" and kind not in KINDS:
             raise EngineError(f"{model_path}: unknown detector kind {kind!r}; use auto or {KINDS}")
         if not 0.0 <= score_threshold <= 1.0:
-            raise EngineError(f"score_threshold must be in [0, 1], got {score_threshold}")
+            raise EngineError(
+                f"{model_path}: score_threshold must be in [0, 1], got {score_threshold}"
+            )
         if not 0.0 < nms_iou <= 1.0:
-            raise EngineError(f"nms_iou must be in (0, 1], got {nms_iou}")
+            raise EngineError(f"{model_path}: nms_iou must be in (0, 1], got {nms_iou}")
         self.engine = OnnxRuntimeEngine(Path(model_path), num_threads=num_threads)
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
@@ -168,6 +170,17 @@ class CameraDetector:
         self._canvas = np.full((h, w, 3), _YOLOX_PAD, dtype=np.uint8)
         strides = _YOLOX_STRIDES if kind == "yolox" else _FASTEST_STRIDES
         self._grid_xy, self._grid_stride = self._grids(h, w, strides)
+        # (anchor k, row, (w, h)): every row's anchor sizes for its stride; Yolo-FastestV2 only.
+        self._anchor_wh = (
+            np.stack(
+                [
+                    np.array([_FASTEST_ANCHORS[int(st)][k] for st in self._grid_stride], np.float32)
+                    for k in range(3)
+                ]
+            )
+            if kind == "yolo_fastestv2"
+            else np.zeros((3, 0, 2), np.float32)
+        )
 
     def _infer_kind(self, shape: tuple[int | str, ...]) -> str | None:
         h, w = self.input_height, self.input_width
@@ -221,7 +234,8 @@ class CameraDetector:
             r = min(S_h / h, S_w / w)
             # int() truncation, exactly as YOLOX's preproc: rounding shifts the image by a pixel
             # and measurably changes scores (a KITTI car went from 0.50 to below 0.3).
-            nw, nh = int(w * r), int(h * r)
+            # max(1, ...): a very thin image would otherwise truncate to a zero-sized resize.
+            nw, nh = max(1, int(w * r)), max(1, int(h * r))
             resized = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
             canvas[:nh, :nw] = resized
             canvas[nh:, :] = _YOLOX_PAD
@@ -298,10 +312,14 @@ class CameraDetector:
         ]
 
     def _decode_yolox(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cls_scores = out[:, 4:5] * out[:, 5:]
-        anchor, cls = np.nonzero(cls_scores > self.score_threshold)
-        if anchor.size == 0:
+        # Class scores are <= 1, so obj * cls > t implies obj > t: filtering rows on objectness
+        # first is exact and skips the full rows x 80 product on the (many) empty anchors.
+        rows = np.flatnonzero(out[:, 4] > self.score_threshold)
+        cls_scores = out[rows, 4:5] * out[rows, 5:]
+        hit, cls = np.nonzero(cls_scores > self.score_threshold)
+        if hit.size == 0:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        anchor = rows[hit]
         o = out[anchor]
         s = self._grid_stride[anchor]
         cx = (o[:, 0] + self._grid_xy[anchor, 0]) * s
@@ -309,30 +327,26 @@ class CameraDetector:
         bw = np.exp(o[:, 2]) * s
         bh = np.exp(o[:, 3]) * s
         boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-        return boxes, cls_scores[anchor, cls], cls.astype(np.int64)
+        return boxes, cls_scores[hit, cls], cls.astype(np.int64)
 
     def _decode_fastest(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         all_boxes, all_scores, all_cls = [], [], []
-        strides = self._grid_stride
         for k in range(3):
-            # Anchor k of every cell: per-stride anchor sizes looked up row by row.
-            anchor_wh = np.where(
-                (strides == 16)[:, None],
-                np.asarray(_FASTEST_ANCHORS[16][k], np.float32),
-                np.asarray(_FASTEST_ANCHORS[32][k], np.float32),
-            )
-            cls_scores = out[:, 12 + k : 13 + k] * out[:, 15:]
-            cell, cls = np.nonzero(cls_scores > self.score_threshold)
-            if cell.size == 0:
+            # Softmax class scores are <= 1: the objectness prefilter is exact (see YOLOX).
+            rows = np.flatnonzero(out[:, 12 + k] > self.score_threshold)
+            cls_scores = out[rows, 12 + k : 13 + k] * out[rows, 15:]
+            hit, cls = np.nonzero(cls_scores > self.score_threshold)
+            if hit.size == 0:
                 continue
+            cell = rows[hit]
             t = out[cell, 4 * k : 4 * k + 4]
-            s = strides[cell]
+            s = self._grid_stride[cell]
             cx = (t[:, 0] * 2 - 0.5 + self._grid_xy[cell, 0]) * s
             cy = (t[:, 1] * 2 - 0.5 + self._grid_xy[cell, 1]) * s
-            bw = (t[:, 2] * 2) ** 2 * anchor_wh[cell, 0]
-            bh = (t[:, 3] * 2) ** 2 * anchor_wh[cell, 1]
+            bw = (t[:, 2] * 2) ** 2 * self._anchor_wh[k, cell, 0]
+            bh = (t[:, 3] * 2) ** 2 * self._anchor_wh[k, cell, 1]
             all_boxes.append(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1))
-            all_scores.append(cls_scores[cell, cls])
+            all_scores.append(cls_scores[hit, cls])
             all_cls.append(cls.astype(np.int64))
         if not all_boxes:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)

@@ -87,8 +87,10 @@ class OnnxRuntimeEngine:
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         self.model_path = Path(model_path)
-        if not self.model_path.is_file():
+        if not self.model_path.exists():
             raise ModelError(f"{self.model_path}: model file not found")
+        if not self.model_path.is_file():
+            raise ModelError(f"{self.model_path}: not a regular file")
         try:
             model_bytes = self.model_path.read_bytes()
         except OSError as exc:
