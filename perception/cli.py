@@ -14,7 +14,6 @@ from pathlib import Path
 from types import FrameType
 
 from calibration import CalibrationError
-from engines.camera_encoder import CameraDetector
 from engines.errors import EngineError
 from perception import wire
 from perception.config import NodeConfig, load_config
@@ -33,16 +32,8 @@ def _load_node_config(path: str | None) -> NodeConfig:
     return load_config(Path(path)) if path else NodeConfig()
 
 
-def _detector(config: NodeConfig, model: str | None) -> CameraDetector:
-    cm = config.camera_model
-    path = Path(model).expanduser() if model else cm.resolved_path()
-    return CameraDetector(
-        path,
-        kind=cm.kind,
-        score_threshold=cm.score_threshold,
-        nms_iou=cm.nms_iou,
-        num_threads=cm.num_threads or None,
-    )
+def _pipeline(config: NodeConfig, model: str | None) -> Pipeline:
+    return Pipeline.from_config(config.camera_model, Path(model).expanduser() if model else None)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -60,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from perception.node import Node
 
     config = _load_node_config(args.config)
-    pipeline = Pipeline(_detector(config, args.model))
+    pipeline = _pipeline(config, args.model)
     # The rig arrives on the rig topic; rig files come with the Calibration issue.
     node = Node(config, pipeline)
     stop = _stop_on_signals()
@@ -159,7 +150,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     config = _load_node_config(args.config)
     folder = KittiObjectFolder(Path(args.dir))
-    pipeline = Pipeline(_detector(config, args.model))
+    pipeline = _pipeline(config, args.model)
     out = Path(args.out)
     count = 0
     with out.open("w") as f, tqdm(total=len(folder), unit="sweep", disable=args.quiet) as bar:
@@ -174,7 +165,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from replay.kitti_eval import evaluate_kitti_run
 
-    report = evaluate_kitti_run(
+    _, report = evaluate_kitti_run(
         Path(args.detections),
         Path(args.kitti),
         Path(args.reference),

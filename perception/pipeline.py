@@ -7,6 +7,7 @@ and the tests all call it, so a recorded drive re-run through it gives the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ import pymap3d
 
 from calibration import Rig
 from engines.camera_encoder import Box2D, CameraDetector
+from perception.config import CameraModelConfig
 from perception.fusion import (
     FusionConfig,
     estimate_ground,
@@ -49,6 +51,19 @@ class Pipeline:
     def __init__(self, detector: CameraDetector, config: PipelineConfig | None = None) -> None:
         self.detector = detector
         self.config = config or PipelineConfig()
+
+    @classmethod
+    def from_config(cls, model: CameraModelConfig, model_path: Path | None = None) -> Pipeline:
+        """The pipeline with the configured camera encoder; `model_path` overrides the file.
+        Raises engines.errors.ModelError when the model is missing or invalid."""
+        detector = CameraDetector(
+            model_path or model.resolved_path(),
+            kind=model.kind,
+            score_threshold=model.score_threshold,
+            nms_iou=model.nms_iou,
+            num_threads=model.num_threads or None,
+        )
+        return cls(detector)
 
     def step(self, bundle: SyncedBundle, seq: int) -> DetectionList:
         """Detections of one bundle, stamped with the sweep's stamp, in the vehicle frame."""
@@ -125,7 +140,8 @@ class Pipeline:
         if not np.allclose(vehicle_from_lidar.matrix, np.eye(4)):
             out[:, :3] = vehicle_from_lidar.apply(points).astype(np.float32)
         keep = np.einsum("ij,ij->i", out[:, :3], out[:, :3]) <= self.config.max_range_m**2
-        return out[keep]
+        kept: npt.NDArray[np.float32] = out[keep]
+        return kept
 
     @staticmethod
     def _with_global_position(det: Detection3D, fix: GnssFix) -> Detection3D:

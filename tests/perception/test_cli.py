@@ -1,0 +1,117 @@
+"""Bad input to the commands: one clear line naming the path and the problem, exit code 2."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from perception.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_missing_kitti_folder(capsys, tmp_path: Path, yolox_path: Path) -> None:
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(yolox_path),
+        "--quiet",
+    )
+    assert code == 2
+    assert (
+        err == f"perception replay: error: {tmp_path / 'nope'}: KITTI object folder does not exist"
+    )
+
+
+def test_missing_model(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    model = tmp_path / "missing.onnx"
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(kitti_dir),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(model),
+        "--quiet",
+    )
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(model) in err
+
+
+def test_not_a_model(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    model = tmp_path / "junk.onnx"
+    model.write_bytes(b"this is not an onnx file")
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(kitti_dir),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(model),
+        "--quiet",
+    )
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(model) in err
+
+
+def test_broken_calib_file(capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path) -> None:
+    shutil.copytree(kitti_dir, tmp_path / "k")
+    calib = tmp_path / "k" / "calib" / "000000.txt"
+    calib.write_text("P2: 1 2 3\n")
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(tmp_path / "k"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(yolox_path),
+        "--quiet",
+    )
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(calib) in err
+
+
+def test_missing_config(capsys, tmp_path: Path) -> None:
+    code, err = _run(capsys, "run", "--config", str(tmp_path / "none.yaml"))
+    assert code == 2
+    assert "none.yaml: cannot read config" in err
+
+
+def test_replay_writes_one_line_per_sweep(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+):
+    from perception.detections_io import read_jsonl
+
+    out = tmp_path / "d.jsonl"
+    code, _ = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(kitti_dir),
+        "--out",
+        str(out),
+        "--model",
+        str(yolox_path),
+        "--quiet",
+    )
+    assert code == 0
+    lists = list(read_jsonl(out))
+    assert [d.header.seq for d in lists] == list(range(8))
+    assert any(d.label == "Car" for dl in lists for d in dl.detections)

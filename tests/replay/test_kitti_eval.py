@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from perception.cli import main
+from replay.errors import ReplayError
+from replay.kitti_eval import evaluate_kitti_run
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory, kitti_dir: Path, yolox_path: Path) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "d.jsonl"
+    argv = ["replay", "kitti-object", str(kitti_dir), "--out", str(out)]
+    assert main([*argv, "--model", str(yolox_path), "--quiet"]) == 0
+    return out
+
+
+def test_compared_with_reference_boxes(replayed: Path, kitti_dir: Path, data_dir: Path) -> None:
+    refs = data_dir / "kitti_pointpillars" / "reference_pred_velo"
+    result, report = evaluate_kitti_run(replayed, kitti_dir, refs)
+    # Frames 000000 and 000003-000005 have reference boxes.
+    assert report.count("frame 0000") == 4
+    ped = result.stats("Pedestrian")
+    assert ped.true_positives >= 1
+    car = result.stats("Car")
+    # the two cars of 000003 within 40 m and in view
+    assert car.true_positives + car.false_negatives >= 2
+    assert "all 4 frames" in report
+
+
+def test_eval_command_prints_report(replayed, kitti_dir, data_dir, capsys) -> None:
+    refs = data_dir / "kitti_pointpillars" / "reference_pred_velo"
+    code = main(["eval", str(replayed), "--kitti", str(kitti_dir), "--reference", str(refs)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Pedestrian" in out and "centre err" in out
+
+
+def test_labels_as_reference(replayed: Path, kitti_dir: Path) -> None:
+    result, _ = evaluate_kitti_run(replayed, kitti_dir, kitti_dir / "label_2")
+    assert result.stats("Pedestrian").true_positives == 1
+
+
+def test_missing_reference_folder(replayed: Path, kitti_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ReplayError, match="reference folder does not exist"):
+        evaluate_kitti_run(replayed, kitti_dir, tmp_path / "none")
