@@ -1,16 +1,40 @@
-"""The sensor rig: frames and transforms, camera models, loaders."""
+"""The sensor rig: frames and transforms, camera models, loaders, geodesy and checks.
 
-from calibration.camera import PinholeCamera
+See `calibration.rig` for the rig file schema and `calibration.loaders.load_rig` for the formats
+read. Nothing here imports the node (`perception`, `engines`, `replay`).
+"""
+
+from calibration.camera import CameraModel, FisheyeCamera, PinholeCamera
+from calibration.check import CheckResult, calibration_check, describe_rig, read_pcd, read_scan
 from calibration.errors import CalibrationError
-from calibration.kitti import load_kitti_object_calib
-from calibration.rig import VEHICLE_FRAME, Rig
+from calibration.geodesy import LocalTangentPlane, vehicle_pose_from_gnss
+from calibration.kitti import load_kitti_object_calib, load_kitti_raw_calib
+from calibration.loaders import load_rig
+from calibration.pjlab import load_pjlab_calib
+from calibration.rig import GNSS_FRAME, VEHICLE_FRAME, FrameEdge, Rig, load_rig_yaml, save_rig_yaml
 from calibration.transforms import RigidTransform
 
 __all__ = [
+    "GNSS_FRAME",
     "VEHICLE_FRAME",
     "CalibrationError",
+    "CameraModel",
+    "CheckResult",
+    "FisheyeCamera",
+    "FrameEdge",
+    "LocalTangentPlane",
     "PinholeCamera",
     "Rig",
     "RigidTransform",
+    "calibration_check",
+    "describe_rig",
     "load_kitti_object_calib",
+    "load_kitti_raw_calib",
+    "load_pjlab_calib",
+    "load_rig",
+    "load_rig_yaml",
+    "read_pcd",
+    "read_scan",
+    "save_rig_yaml",
+    "vehicle_pose_from_gnss",
 ]

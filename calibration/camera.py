@@ -1,8 +1,18 @@
-"""Camera models: pinhole with plumb-bob (Brown-Conrady) distortion."""
+"""Camera models: pinhole with plumb-bob (Brown-Conrady) distortion, and equidistant (fisheye).
+
+Camera frame: x right, y down, z forward along the optical axis (metres). Pixels: u right,
+v down, as OpenCV (the centre of the top-left pixel is (0, 0)). `depth` is the z coordinate in
+the camera frame (metres), not the range.
+
+Both models follow OpenCV exactly (`cv2.projectPoints`, `cv2.fisheye.projectPoints`), so the
+undistortion maps and the projections agree with each other.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -10,65 +20,145 @@ import numpy.typing as npt
 
 from calibration.errors import CalibrationError
 
-__all__ = ["PinholeCamera"]
+__all__ = ["CAMERA_MODELS", "CameraModel", "FisheyeCamera", "PinholeCamera", "camera_from_dict"]
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+# Points closer than this to the camera plane are "behind": their projection is meaningless.
+MIN_DEPTH_M = 1e-6
+_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
 
 
 @dataclass(frozen=True, eq=False)
-class PinholeCamera:
-    """Intrinsics `k` (3 x 3), plumb-bob distortion (k1, k2, p1, p2[, k3]) and image size (px)."""
+class CameraModel(ABC):
+    """Intrinsics `k` (3 x 3, pixels), `distortion` coefficients and image size (pixels).
+
+    `context` prefixes validation errors (a rig loader passes `"<file>: cameras.<name>"`).
+    Construction raises CalibrationError for a non-finite or malformed `k`, non-positive focal
+    lengths, a principal point outside the image, a non-positive image size or a distortion
+    vector of the wrong length.
+    """
 
     k: FloatArray
     distortion: tuple[float, ...]
     width: int
     height: int
+    context: str = field(default="camera", kw_only=True, repr=False, compare=False)
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    MODEL: ClassVar[str] = ""
+    DISTORTION_SIZES: ClassVar[tuple[int, ...]] = ()
+    DISTORTION_NAMES: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        k = np.asarray(self.k, dtype=np.float64)
-        if k.shape != (3, 3) or not np.all(np.isfinite(k)):
+        ctx = self.context
+        try:
+            k = np.array(self.k, dtype=np.float64)
+            dist = tuple(float(v) for v in self.distortion)
+        except (TypeError, ValueError) as e:
+            raise CalibrationError(f"{ctx}: intrinsics must be numbers ({e})") from e
+        object.__setattr__(self, "k", k)
+        object.__setattr__(self, "distortion", dist)
+        if k.shape != (3, 3):
+            raise CalibrationError(f"{ctx}.k: expected a 3x3 matrix, got shape {k.shape}")
+        if not np.all(np.isfinite(k)):
+            raise CalibrationError(f"{ctx}.k: non-finite values")
+        if not np.allclose(k[2], [0.0, 0.0, 1.0], rtol=0.0, atol=1e-9) or k[1, 0] != 0.0:
             raise CalibrationError(
-                f"camera intrinsics: expected a finite 3x3 matrix, got {k.shape}"
+                f"{ctx}.k: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {k.tolist()}"
             )
-        if k[0, 0] <= 0 or k[1, 1] <= 0:
+        if not (k[0, 0] > 0 and k[1, 1] > 0):
             raise CalibrationError(
-                f"camera intrinsics: focal lengths must be positive, got {k[0, 0]}, {k[1, 1]}"
+                f"{ctx}.k: focal lengths must be positive, got fx={k[0, 0]}, fy={k[1, 1]}"
             )
-        if self.width <= 0 or self.height <= 0:
+        if (
+            isinstance(self.width, bool)
+            or isinstance(self.height, bool)
+            or int(self.width) != self.width
+            or int(self.height) != self.height
+            or self.width <= 0
+            or self.height <= 0
+        ):
             raise CalibrationError(
-                f"camera image size must be positive, got {self.width}x{self.height}"
+                f"{ctx}: image size must be positive integers, got {self.width}x{self.height}"
             )
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+        if not (0.0 <= k[0, 2] <= self.width and 0.0 <= k[1, 2] <= self.height):
+            raise CalibrationError(
+                f"{ctx}.k: principal point ({k[0, 2]}, {k[1, 2]}) lies outside the "
+                f"{self.width}x{self.height} image"
+            )
+        if len(dist) not in self.DISTORTION_SIZES:
+            sizes = ", ".join(str(n) for n in self.DISTORTION_SIZES)
+            raise CalibrationError(
+                f"{ctx}.distortion: {self.MODEL} model takes {sizes} coefficients "
+                f"({self.DISTORTION_NAMES}), got {len(dist)}"
+            )
+        if not all(np.isfinite(dist)):
+            raise CalibrationError(f"{ctx}.distortion: non-finite values {list(dist)}")
+
+    # -- intrinsics -----------------------------------------------------------------------
+
+    @property
+    def fx(self) -> float:
+        return float(self.k[0, 0])
+
+    @property
+    def fy(self) -> float:
+        return float(self.k[1, 1])
+
+    @property
+    def cx(self) -> float:
+        return float(self.k[0, 2])
+
+    @property
+    def cy(self) -> float:
+        return float(self.k[1, 2])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.width, self.height
 
     @property
     def has_distortion(self) -> bool:
         return any(abs(c) > 0.0 for c in self.distortion)
 
-    def project(self, points_cam: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
-        """Project N x 3 points in the camera frame (z forward) to pixels.
+    def _dist_array(self) -> FloatArray:
+        return np.asarray(self.distortion, dtype=np.float64)
 
-        Returns (uv N x 2, depth N). Points with depth <= 0 get NaN pixels.
+    # -- projection -----------------------------------------------------------------------
+
+    def project(self, points_cam: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """Project N x 3 points in the camera frame (metres) to pixels, with distortion.
+
+        Returns (uv N x 2 float64 pixels, depth N = z in metres). Points with depth <= 1e-6 m,
+        or outside the angle where the distortion model is monotonic (where it would fold far
+        points back into the image), get NaN pixels.
         """
-        p = np.asarray(points_cam, dtype=np.float64)[:, :3]
+        p = np.asarray(points_cam, dtype=np.float64).reshape(-1, np.shape(points_cam)[-1])[:, :3]
         depth = p[:, 2].copy()
         uv = np.full((p.shape[0], 2), np.nan)
-        front = depth > 1e-6
-        if np.any(front):
-            if self.has_distortion:
-                pts, _ = cv2.projectPoints(
-                    p[front].reshape(-1, 1, 3),
-                    np.zeros(3),
-                    np.zeros(3),
-                    self.k,
-                    np.asarray(self.distortion, dtype=np.float64),
-                )
-                uv[front] = pts.reshape(-1, 2)
-            else:
-                q = p[front] @ self.k.T
-                uv[front] = q[:, :2] / q[:, 2:3]
+        front = depth > MIN_DEPTH_M
+        if not np.any(front):
+            return uv, depth
+        q = p[front]
+        if not self.has_distortion:
+            # Plain float64 K·p / z: for rectified (KITTI) cameras this reproduces P·X exactly.
+            h = q @ self.k.T
+            uv[front] = h[:, :2] / h[:, 2:3]
+            return uv, depth
+        r = np.hypot(q[:, 0], q[:, 1]) / q[:, 2]
+        ok = r <= self._max_valid_radius()
+        idx = np.flatnonzero(front)[ok]
+        if idx.size:
+            uv[idx] = self._distort_project(q[ok])
         return uv, depth
 
-    def in_image(self, uv: FloatArray) -> npt.NDArray[np.bool_]:
-        """Mask of pixels inside the image (NaN pixels are outside)."""
+    def in_image(self, uv: FloatArray) -> BoolArray:
+        """Mask of pixels inside the image, [0, width) x [0, height) (NaN pixels are outside)."""
         with np.errstate(invalid="ignore"):
             return (
                 (uv[:, 0] >= 0)
@@ -76,3 +166,217 @@ class PinholeCamera:
                 & (uv[:, 1] >= 0)
                 & (uv[:, 1] < self.height)
             )
+
+    def visible(self, points_cam: npt.ArrayLike) -> tuple[FloatArray, FloatArray, BoolArray]:
+        """`project` plus the visibility mask (in front of the camera and inside the image)."""
+        uv, depth = self.project(points_cam)
+        return uv, depth, self.in_image(uv) & (depth > MIN_DEPTH_M)
+
+    def back_project(self, uv: npt.ArrayLike, depth: npt.ArrayLike) -> FloatArray:
+        """Pixels (N x 2) with depths (N, z in metres) -> N x 3 points in the camera frame.
+
+        The inverse of `project` for points inside the valid field of view; the distortion is
+        inverted iteratively (OpenCV, 100 iterations, 1e-12 tolerance).
+        """
+        pix = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+        z = np.broadcast_to(np.asarray(depth, dtype=np.float64), (pix.shape[0],))
+        xy = self.normalized(pix)
+        return np.column_stack([xy * z[:, None], z])
+
+    def normalized(self, uv: npt.ArrayLike) -> FloatArray:
+        """Pixels (N x 2) -> undistorted normalised image coordinates (x/z, y/z), N x 2."""
+        pix = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+        if pix.shape[0] == 0:
+            return np.zeros((0, 2))
+        if not self.has_distortion:
+            h = np.column_stack([pix, np.ones(pix.shape[0])]) @ np.linalg.inv(self.k).T
+            return h[:, :2] / h[:, 2:3]
+        return self._undistort_normalized(pix)
+
+    # -- undistortion maps ----------------------------------------------------------------
+
+    def undistort_maps(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(map_x, map_y) for `cv2.remap` to an undistorted image with the same K and size.
+
+        Computed once per camera object and cached (the maps are read-only).
+        """
+        maps = self._cache.get("undistort_maps")
+        if maps is None:
+            mx, my = self._init_maps()
+            mx.setflags(write=False)
+            my.setflags(write=False)
+            maps = (mx, my)
+            self._cache["undistort_maps"] = maps
+        out: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] = maps
+        return out
+
+    def undistort_image(
+        self, image: npt.NDArray[np.uint8], interpolation: int = cv2.INTER_LINEAR
+    ) -> npt.NDArray[np.uint8]:
+        """The image as seen by an undistorted pinhole camera with the same K (cached maps).
+
+        Raises CalibrationError if the image size differs from the camera's.
+        """
+        if image.shape[1] != self.width or image.shape[0] != self.height:
+            raise CalibrationError(
+                f"{self.context}: image is {image.shape[1]}x{image.shape[0]}, camera is "
+                f"{self.width}x{self.height}"
+            )
+        if not self.has_distortion:
+            return image
+        mx, my = self.undistort_maps()
+        return np.asarray(cv2.remap(image, mx, my, interpolation), dtype=np.uint8)
+
+    def _max_valid_radius(self) -> float:
+        """Largest normalised radius (tan of the off-axis angle) where distortion is monotonic."""
+        cached = self._cache.get("max_radius")
+        if cached is None:
+            r = np.linspace(0.0, 20.0, 200_001)
+            rd = self._radial_distorted_radius(r)
+            bad = np.flatnonzero((np.diff(rd) <= 0.0) | ~np.isfinite(rd[1:]))
+            cached = float(r[bad[0]]) if bad.size else float("inf")
+            self._cache["max_radius"] = cached
+        value: float = cached
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rig-file form: model, width, height, k (rows), distortion."""
+        return {
+            "model": self.MODEL,
+            "width": self.width,
+            "height": self.height,
+            "k": self.k.tolist(),
+            "distortion": list(self.distortion),
+        }
+
+    @abstractmethod
+    def _distort_project(self, q: FloatArray) -> FloatArray: ...
+
+    @abstractmethod
+    def _undistort_normalized(self, pix: FloatArray) -> FloatArray: ...
+
+    @abstractmethod
+    def _radial_distorted_radius(self, r: FloatArray) -> FloatArray: ...
+
+    @abstractmethod
+    def _init_maps(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class PinholeCamera(CameraModel):
+    """Pinhole camera with OpenCV plumb-bob distortion: () or (k1, k2, p1, p2[, k3[, k4, k5,
+    k6]]). An empty tuple is an ideal (e.g. rectified) camera."""
+
+    MODEL: ClassVar[str] = "pinhole"
+    DISTORTION_SIZES: ClassVar[tuple[int, ...]] = (0, 4, 5, 8)
+    DISTORTION_NAMES: ClassVar[str] = "k1 k2 p1 p2 [k3 [k4 k5 k6]]"
+
+    def _distort_project(self, q: FloatArray) -> FloatArray:
+        pts, _ = cv2.projectPoints(
+            q.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), self.k, self._dist_array()
+        )
+        out: FloatArray = pts.reshape(-1, 2).astype(np.float64)
+        return out
+
+    def _undistort_normalized(self, pix: FloatArray) -> FloatArray:
+        out = cv2.undistortPoints(
+            pix.reshape(-1, 1, 2), self.k, self._dist_array(), None, None, None, _UNDISTORT_CRITERIA
+        )
+        res: FloatArray = np.asarray(out, dtype=np.float64).reshape(-1, 2)
+        return res
+
+    def _radial_distorted_radius(self, r: FloatArray) -> FloatArray:
+        d = list(self.distortion) + [0.0] * (8 - len(self.distortion))
+        k1, k2, _, _, k3, k4, k5, k6 = d
+        r2 = r * r
+        num = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        den = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out: FloatArray = np.where(num / den > 0, r * num / den, np.nan)
+        return out
+
+    def _init_maps(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        mx, my = cv2.initUndistortRectifyMap(
+            self.k, self._dist_array(), None, self.k, (self.width, self.height), cv2.CV_32FC1
+        )
+        return np.asarray(mx, np.float32), np.asarray(my, np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class FisheyeCamera(CameraModel):
+    """Equidistant fisheye camera (OpenCV `cv2.fisheye`): distortion (k1, k2, k3, k4) on the
+    off-axis angle θ, θ_d = θ (1 + k1 θ² + k2 θ⁴ + k3 θ⁶ + k4 θ⁸). Only points in front of the
+    camera (z > 0) are projected."""
+
+    MODEL: ClassVar[str] = "fisheye"
+    DISTORTION_SIZES: ClassVar[tuple[int, ...]] = (4,)
+    DISTORTION_NAMES: ClassVar[str] = "k1 k2 k3 k4"
+
+    @property
+    def has_distortion(self) -> bool:
+        # Even with k = 0 the equidistant mapping is not a pinhole one.
+        return True
+
+    def _distort_project(self, q: FloatArray) -> FloatArray:
+        pts, _ = cv2.fisheye.projectPoints(
+            q.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), self.k, self._dist_array()
+        )
+        out: FloatArray = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+        return out
+
+    def _undistort_normalized(self, pix: FloatArray) -> FloatArray:
+        out = cv2.fisheye.undistortPoints(
+            pix.reshape(-1, 1, 2), self.k, self._dist_array(), None, None, None, _UNDISTORT_CRITERIA
+        )
+        res: FloatArray = np.asarray(out, dtype=np.float64).reshape(-1, 2)
+        return res
+
+    def _radial_distorted_radius(self, r: FloatArray) -> FloatArray:
+        k1, k2, k3, k4 = self.distortion
+        t = np.arctan(r)
+        t2 = t * t
+        out: FloatArray = t * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
+        return out
+
+    def _init_maps(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        mx, my = cv2.fisheye.initUndistortRectifyMap(
+            self.k, self._dist_array(), np.eye(3), self.k, (self.width, self.height), cv2.CV_32FC1
+        )
+        return np.asarray(mx, np.float32), np.asarray(my, np.float32)
+
+
+CAMERA_MODELS: dict[str, type[CameraModel]] = {
+    PinholeCamera.MODEL: PinholeCamera,
+    FisheyeCamera.MODEL: FisheyeCamera,
+}
+
+
+def camera_from_dict(doc: Any, context: str = "camera") -> CameraModel:
+    """A camera from its rig-file form (see `CameraModel.to_dict`); `model` defaults to pinhole.
+
+    Raises CalibrationError naming `context` and the field for missing or invalid fields.
+    """
+    if not isinstance(doc, dict):
+        raise CalibrationError(f"{context}: expected a mapping, got {type(doc).__name__}")
+    model = doc.get("model", PinholeCamera.MODEL)
+    cls = CAMERA_MODELS.get(model) if isinstance(model, str) else None
+    if cls is None:
+        raise CalibrationError(
+            f"{context}.model: unknown camera model {model!r} (known: {', '.join(CAMERA_MODELS)})"
+        )
+    for key in ("k", "width", "height"):
+        if key not in doc:
+            raise CalibrationError(f"{context}: missing field {key!r}")
+    unknown = set(doc) - {"model", "k", "width", "height", "distortion"}
+    if unknown:
+        raise CalibrationError(f"{context}: unknown field(s) {sorted(unknown)}")
+    width, height = doc["width"], doc["height"]
+    for key, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CalibrationError(f"{context}.{key}: expected an integer, got {value!r}")
+    distortion = doc.get("distortion") or []
+    if not isinstance(distortion, list | tuple):
+        raise CalibrationError(f"{context}.distortion: expected a list, got {distortion!r}")
+    if cls is FisheyeCamera and not distortion:
+        distortion = [0.0] * 4
+    return cls(doc["k"], tuple(distortion), width, height, context=context)

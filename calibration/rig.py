@@ -1,96 +1,408 @@
-"""The sensor rig: named frames, their transforms to `vehicle`, cameras and time offsets.
+"""The sensor rig: a tree of named frames, cameras, time offsets and the GNSS lever arm.
 
-Minimal model for the walking skeleton; the Calibration issue completes it (rig files, validation,
-distortion models, lever arm).
+Frames
+    `vehicle` is the root. Every other frame has a parent and the transform
+    `parent_from_frame`; any pair is looked up through the tree with `rig.transform(target,
+    source)` (`target_from_source`). Conventional names: `lidar`, `imu`, `gnss`, and
+    `camera/<name>` for camera `<name>` (camera axes: x right, y down, z forward).
+
+GNSS lever arm
+    The position (metres) of the GNSS antenna (the point the fix refers to) in the vehicle frame.
+    It is the frame `gnss` (parent `vehicle`, no rotation).
+
+Time offsets
+    `time_offsets_ns[stream]` is added to that stream's stamps to bring them onto the common
+    clock (integer nanoseconds); missing streams have offset 0.
+
+Rig file (YAML) schema, version 1 (`calibration/examples/kitti_rig.yaml` is a full example)::
+
+    version: 1                      # required
+    source: free text               # optional: where the calibration came from
+    frames:                         # every frame except `vehicle`
+      lidar:
+        parent: vehicle             # optional, default `vehicle`
+        rotation: [[r00, r01, r02], [r10, r11, r12], [r20, r21, r22]]   # parent_from_frame
+        translation: [x, y, z]      # metres, the frame's origin in the parent frame
+      camera/front:
+        parent: lidar
+        matrix: [[...4 values...] x 4]   # alternative to rotation + translation (3x4 or 4x4)
+    cameras:
+      front:                        # its frame is camera/front
+        model: pinhole              # pinhole (plumb-bob) | fisheye (equidistant)
+        width: 1242                 # pixels
+        height: 375
+        k: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]   # pixels
+        distortion: [k1, k2, p1, p2, k3]   # pinhole: [] | 4 | 5 | 8 values; fisheye: 4 values
+    time_offsets_ns: {lidar: 0, camera/front: 0}
+    gnss:
+      lever_arm_m: [x, y, z]        # antenna position in the vehicle frame, metres
+    warnings: []                    # optional: notes from the loader that made the file
+
+Validation (on load and on construction) raises CalibrationError naming the file, the field and
+the problem: rotations orthonormal with det +1 (tolerance 1e-4), finite values, positive focal
+lengths, principal point inside the image, positive image size, distortion length, every frame
+connected to `vehicle` (no unknown parents, no cycles), every camera has its frame.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import yaml
 
-from calibration.camera import PinholeCamera
+from calibration.camera import CameraModel, camera_from_dict
 from calibration.errors import CalibrationError
 from calibration.transforms import RigidTransform
 
-__all__ = ["VEHICLE_FRAME", "Rig"]
+__all__ = [
+    "GNSS_FRAME",
+    "RIG_FILE_VERSION",
+    "VEHICLE_FRAME",
+    "FrameEdge",
+    "Rig",
+    "camera_frame",
+    "load_rig_yaml",
+    "save_rig_yaml",
+]
 
 VEHICLE_FRAME = "vehicle"
+GNSS_FRAME = "gnss"
+RIG_FILE_VERSION = 1
+
+_TOP_KEYS = {"version", "source", "frames", "cameras", "time_offsets_ns", "gnss", "warnings"}
 
 
-@dataclass(frozen=True, eq=False)
+def camera_frame(name: str) -> str:
+    """The frame name of camera `name`."""
+    return f"camera/{name}"
+
+
+@dataclass(frozen=True)
+class FrameEdge:
+    """A frame's parent and `parent_from_frame`."""
+
+    parent: str
+    parent_from_frame: RigidTransform
+
+
 class Rig:
-    """`vehicle_from` maps a frame name (e.g. `lidar`, `camera/front`) to `vehicle_from_<frame>`.
+    """Frames, cameras, time offsets and the GNSS lever arm of one vehicle.
 
-    `cameras` maps a camera name (`front`) to its model; its frame is `camera/<name>`.
-    `time_offsets_ns` maps a stream name to the offset added to its stamps.
+    `vehicle_from` maps frames attached directly to `vehicle` to `vehicle_from_<frame>`;
+    `edges` maps other frames to `(parent, parent_from_frame)`. `gnss_lever_arm_m` adds the
+    frame `gnss`. `source` names the file (used in error messages); `warnings` carries a
+    loader's notes (e.g. an image size that differs from the one a file states).
+
+    Raises CalibrationError for a frame not connected to `vehicle`, a camera without its frame
+    `camera/<name>`, a frame defined twice, or a non-finite lever arm.
     """
 
-    vehicle_from: dict[str, RigidTransform]
-    cameras: dict[str, PinholeCamera]
-    time_offsets_ns: dict[str, int] = field(default_factory=dict)
-    source: str = ""
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        vehicle_from: Mapping[str, RigidTransform] | None = None,
+        cameras: Mapping[str, CameraModel] | None = None,
+        time_offsets_ns: Mapping[str, int] | None = None,
+        source: str = "",
+        *,
+        edges: Mapping[str, tuple[str, RigidTransform] | FrameEdge] | None = None,
+        gnss_lever_arm_m: npt.ArrayLike | None = None,
+        warnings: Sequence[str] = (),
+    ) -> None:
+        self.source = source
+        where = source or "rig"
+        tree: dict[str, FrameEdge] = {}
+        for name, t in (vehicle_from or {}).items():
+            tree[name] = FrameEdge(VEHICLE_FRAME, t)
+        for name, edge in (edges or {}).items():
+            if name in tree:
+                raise CalibrationError(f"{where}: frames.{name}: frame defined twice")
+            tree[name] = edge if isinstance(edge, FrameEdge) else FrameEdge(edge[0], edge[1])
+        if gnss_lever_arm_m is not None:
+            arm = np.asarray(gnss_lever_arm_m, dtype=np.float64)
+            if arm.shape != (3,) or not np.all(np.isfinite(arm)):
+                raise CalibrationError(
+                    f"{where}: gnss.lever_arm_m: expected 3 finite values, got {arm.tolist()}"
+                )
+            if GNSS_FRAME in tree:
+                raise CalibrationError(
+                    f"{where}: gnss.lever_arm_m: frame {GNSS_FRAME!r} is also defined in frames"
+                )
+            m = np.eye(4)
+            m[:3, 3] = arm
+            tree[GNSS_FRAME] = FrameEdge(VEHICLE_FRAME, RigidTransform(m))
+        if VEHICLE_FRAME in tree:
+            raise CalibrationError(f"{where}: frames.{VEHICLE_FRAME}: the root frame has no parent")
+        self._tree = tree
+        self._vehicle_from = {name: self._resolve(name, where) for name in tree}
+        self.cameras: Mapping[str, CameraModel] = MappingProxyType(dict(cameras or {}))
         for name in self.cameras:
-            if f"camera/{name}" not in self.vehicle_from:
-                raise CalibrationError(f"{self.source or 'rig'}: camera {name!r} has no extrinsics")
+            if camera_frame(name) not in tree:
+                raise CalibrationError(
+                    f"{where}: cameras.{name}: camera {name!r} has no extrinsics "
+                    f"(no frame {camera_frame(name)!r})"
+                )
+        offsets = dict(time_offsets_ns or {})
+        for stream, value in offsets.items():
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise CalibrationError(
+                    f"{where}: time_offsets_ns.{stream}: expected integer nanoseconds, "
+                    f"got {value!r}"
+                )
+        self.time_offsets_ns: Mapping[str, int] = MappingProxyType(
+            {k: int(v) for k, v in offsets.items()}
+        )
+        self.warnings: tuple[str, ...] = tuple(warnings)
 
-    def transform(self, target: str, source: str) -> RigidTransform:
-        """`target_from_source` for any two frames of the rig."""
-        return self._vehicle_from(target).inverse() @ self._vehicle_from(source)
+    def _resolve(self, name: str, where: str) -> RigidTransform:
+        """`vehicle_from_<name>`, walking up the parents."""
+        chain = [name]
+        out = RigidTransform.identity()
+        frame = name
+        while frame != VEHICLE_FRAME:
+            edge = self._tree.get(frame)
+            if edge is None:
+                raise CalibrationError(
+                    f"{where}: frames.{name}: not connected to {VEHICLE_FRAME!r} "
+                    f"(parent chain {' -> '.join(chain)}: {frame!r} is not a frame)"
+                )
+            out = edge.parent_from_frame @ out
+            frame = edge.parent
+            if frame in chain:
+                raise CalibrationError(
+                    f"{where}: frames.{name}: not connected to {VEHICLE_FRAME!r} "
+                    f"(parent chain {' -> '.join([*chain, frame])} is a cycle)"
+                )
+            chain.append(frame)
+        return out
 
-    def _vehicle_from(self, frame: str) -> RigidTransform:
+    # -- frames ---------------------------------------------------------------------------
+
+    @property
+    def frames(self) -> tuple[str, ...]:
+        """Every frame name, `vehicle` first."""
+        return (VEHICLE_FRAME, *self._tree)
+
+    @property
+    def edges(self) -> Mapping[str, FrameEdge]:
+        """Frame -> (parent, parent_from_frame), for every frame but `vehicle`."""
+        return MappingProxyType(self._tree)
+
+    @property
+    def vehicle_from(self) -> Mapping[str, RigidTransform]:
+        """Frame -> `vehicle_from_<frame>` for every frame but `vehicle`."""
+        return MappingProxyType(self._vehicle_from)
+
+    def parent(self, frame: str) -> str | None:
+        """The parent of `frame` (None for `vehicle`). Raises CalibrationError if unknown."""
         if frame == VEHICLE_FRAME:
-            return RigidTransform.identity()
-        try:
-            return self.vehicle_from[frame]
-        except KeyError:
-            known = ", ".join(sorted([VEHICLE_FRAME, *self.vehicle_from]))
+            return None
+        self._check_frame(frame)
+        return self._tree[frame].parent
+
+    def children(self, frame: str) -> list[str]:
+        return [n for n, e in self._tree.items() if e.parent == frame]
+
+    def _check_frame(self, frame: str) -> None:
+        if frame != VEHICLE_FRAME and frame not in self._tree:
+            known = ", ".join(self.frames)
             raise CalibrationError(
                 f"{self.source or 'rig'}: unknown frame {frame!r} (frames: {known})"
-            ) from None
+            )
+
+    def _ancestors(self, frame: str) -> list[str]:
+        chain = [frame]
+        while chain[-1] != VEHICLE_FRAME:
+            chain.append(self._tree[chain[-1]].parent)
+        return chain
+
+    def _ancestor_from(self, frame: str, ancestor: str) -> RigidTransform:
+        out = RigidTransform.identity()
+        while frame != ancestor:
+            edge = self._tree[frame]
+            out = edge.parent_from_frame @ out
+            frame = edge.parent
+        return out
+
+    def transform(self, target: str, source: str) -> RigidTransform:
+        """`target_from_source` for any two frames, composed through their lowest common
+        ancestor (so a direct edge is used as stored). Raises CalibrationError if unknown."""
+        self._check_frame(target)
+        self._check_frame(source)
+        up_source = self._ancestors(source)
+        common = next(f for f in self._ancestors(target) if f in up_source)
+        ancestor_from_source = self._ancestor_from(source, common)
+        ancestor_from_target = self._ancestor_from(target, common)
+        if target == common:
+            return ancestor_from_source
+        return ancestor_from_target.inverse() @ ancestor_from_source
+
+    @property
+    def gnss_lever_arm_m(self) -> npt.NDArray[np.float64] | None:
+        """The antenna position in the vehicle frame (metres), or None without a `gnss` frame."""
+        if GNSS_FRAME not in self._tree:
+            return None
+        out: npt.NDArray[np.float64] = self._vehicle_from[GNSS_FRAME].translation.copy()
+        return out
+
+    def time_offset_ns(self, stream: str) -> int:
+        return int(self.time_offsets_ns.get(stream, 0))
+
+    # -- documents --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain document (lists, floats, strings) for YAML files and wire messages."""
-        return {
+        """The rig-file document (plain lists, floats, strings); see the module docstring."""
+        frames: dict[str, Any] = {}
+        lever = None
+        for name, edge in self._tree.items():
+            t = edge.parent_from_frame
+            if (
+                name == GNSS_FRAME
+                and edge.parent == VEHICLE_FRAME
+                and np.array_equal(t.rotation, np.eye(3))
+            ):
+                lever = t.translation.tolist()
+                continue
+            frames[name] = {
+                "parent": edge.parent,
+                "rotation": t.rotation.tolist(),
+                "translation": t.translation.tolist(),
+            }
+        doc: dict[str, Any] = {
+            "version": RIG_FILE_VERSION,
             "source": self.source,
-            "frames": {n: t.matrix.tolist() for n, t in self.vehicle_from.items()},
-            "cameras": {
-                n: {
-                    "k": c.k.tolist(),
-                    "distortion": list(c.distortion),
-                    "width": c.width,
-                    "height": c.height,
-                }
-                for n, c in self.cameras.items()
-            },
+            "frames": frames,
+            "cameras": {n: c.to_dict() for n, c in self.cameras.items()},
             "time_offsets_ns": dict(self.time_offsets_ns),
         }
+        if lever is not None:
+            doc["gnss"] = {"lever_arm_m": lever}
+        if self.warnings:
+            doc["warnings"] = list(self.warnings)
+        return doc
 
     @staticmethod
-    def from_dict(doc: dict[str, Any], source: str = "rig") -> Rig:
-        try:
-            frames = {
-                str(n): RigidTransform.from_matrix(m, name=f"{source}: frames.{n}")
-                for n, m in doc["frames"].items()
-            }
-            cameras = {
-                str(n): PinholeCamera(
-                    k=np.asarray(c["k"], dtype=np.float64),
-                    distortion=tuple(float(v) for v in c.get("distortion", ())),
-                    width=int(c["width"]),
-                    height=int(c["height"]),
-                )
-                for n, c in doc.get("cameras", {}).items()
-            }
-            offsets = {str(k): int(v) for k, v in doc.get("time_offsets_ns", {}).items()}
-        except CalibrationError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+    def from_dict(doc: Any, source: str = "rig") -> Rig:
+        """Validate and build a rig from its document. `source` (the file) prefixes errors.
+
+        Raises CalibrationError `"<source>: <field>: <problem>"` for any invalid field.
+        """
+        if not isinstance(doc, dict):
             raise CalibrationError(
-                f"{source}: malformed rig document ({type(e).__name__}: {e})"
-            ) from e
-        return Rig(frames, cameras, offsets, source=str(doc.get("source", source)))
+                f"{source}: expected a mapping at the top, got {type(doc).__name__}"
+            )
+        unknown = set(doc) - _TOP_KEYS
+        if unknown:
+            raise CalibrationError(f"{source}: unknown top-level field(s) {sorted(unknown)}")
+        version = doc.get("version", RIG_FILE_VERSION)
+        if version != RIG_FILE_VERSION:
+            raise CalibrationError(
+                f"{source}: version: unsupported rig file version {version!r} "
+                f"(this reader knows {RIG_FILE_VERSION})"
+            )
+        frames_doc = doc.get("frames", {})
+        if not isinstance(frames_doc, dict):
+            raise CalibrationError(
+                f"{source}: frames: expected a mapping of frame name -> transform"
+            )
+        edges: dict[str, FrameEdge] = {}
+        for name, value in frames_doc.items():
+            edges[str(name)] = _edge_from_doc(value, f"{source}: frames.{name}")
+        cams_doc = doc.get("cameras", {}) or {}
+        if not isinstance(cams_doc, dict):
+            raise CalibrationError(f"{source}: cameras: expected a mapping of camera name -> model")
+        cameras = {
+            str(n): camera_from_dict(c, f"{source}: cameras.{n}") for n, c in cams_doc.items()
+        }
+        offsets_doc = doc.get("time_offsets_ns", {}) or {}
+        if not isinstance(offsets_doc, dict):
+            raise CalibrationError(f"{source}: time_offsets_ns: expected a mapping stream -> ns")
+        lever = None
+        gnss = doc.get("gnss")
+        if gnss is not None:
+            if not isinstance(gnss, dict) or "lever_arm_m" not in gnss:
+                raise CalibrationError(f"{source}: gnss: expected a mapping with lever_arm_m")
+            lever = _vector(gnss["lever_arm_m"], f"{source}: gnss.lever_arm_m")
+        warnings = doc.get("warnings", []) or []
+        if not isinstance(warnings, list):
+            raise CalibrationError(f"{source}: warnings: expected a list of strings")
+        rig = Rig(
+            cameras=cameras,
+            time_offsets_ns={str(k): v for k, v in offsets_doc.items()},
+            source=source,
+            edges=edges,
+            gnss_lever_arm_m=lever,
+            warnings=[str(w) for w in warnings],
+        )
+        # Validation errors above name the file read; the rig keeps the origin the document
+        # states (e.g. the KITTI calib a wire message was made from).
+        if doc.get("source"):
+            rig.source = str(doc["source"])
+        return rig
+
+
+def _vector(value: Any, where: str) -> npt.NDArray[np.float64]:
+    try:
+        v = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CalibrationError(f"{where}: expected 3 numbers, got {value!r}") from e
+    if v.shape != (3,):
+        raise CalibrationError(f"{where}: expected 3 numbers, got {value!r}")
+    if not np.all(np.isfinite(v)):
+        raise CalibrationError(f"{where}: non-finite values {v.tolist()}")
+    return v
+
+
+def _edge_from_doc(value: Any, where: str) -> FrameEdge:
+    if isinstance(value, list):
+        # A bare matrix: `vehicle_from_frame` (the compact form of earlier documents).
+        return FrameEdge(VEHICLE_FRAME, RigidTransform.from_matrix(value, where))
+    if not isinstance(value, dict):
+        raise CalibrationError(f"{where}: expected a mapping with rotation/translation or matrix")
+    unknown = set(value) - {"parent", "rotation", "translation", "matrix"}
+    if unknown:
+        raise CalibrationError(f"{where}: unknown field(s) {sorted(unknown)}")
+    parent = value.get("parent", VEHICLE_FRAME)
+    if not isinstance(parent, str) or not parent:
+        raise CalibrationError(f"{where}.parent: expected a frame name, got {parent!r}")
+    if "matrix" in value:
+        if "rotation" in value or "translation" in value:
+            raise CalibrationError(f"{where}: give either matrix or rotation + translation")
+        return FrameEdge(parent, RigidTransform.from_matrix(value["matrix"], f"{where}.matrix"))
+    for key in ("rotation", "translation"):
+        if key not in value:
+            raise CalibrationError(f"{where}: missing field {key!r}")
+    translation = _vector(value["translation"], f"{where}.translation")
+    try:
+        rotation = np.array(value["rotation"], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CalibrationError(f"{where}.rotation: expected a 3x3 matrix of numbers") from e
+    return FrameEdge(parent, RigidTransform.from_rotation_translation(rotation, translation, where))
+
+
+def load_rig_yaml(path: Path | str) -> Rig:
+    """Read and validate a rig file. Raises CalibrationError naming the file and field."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise CalibrationError(f"{p}: cannot read rig file ({e.strerror})") from e
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CalibrationError(f"{p}: not valid YAML ({e})") from e
+    if doc is None:
+        raise CalibrationError(f"{p}: empty rig file")
+    return Rig.from_dict(doc, source=str(p))
+
+
+def save_rig_yaml(rig: Rig, path: Path | str, comment: str = "") -> None:
+    """Write `rig` as a rig file (exact float round trip); `comment` lines go on top."""
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    body = yaml.safe_dump(rig.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+    Path(path).write_text(header + body)

@@ -1,22 +1,50 @@
-"""Rigid transforms named `target_from_source`: `p_target = target_from_source.apply(p_source)`."""
+"""Rigid transforms named `target_from_source`: `p_target = target_from_source.apply(p_source)`.
+
+Units are metres and radians. `a_from_b @ b_from_c` is `a_from_c`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from calibration.errors import CalibrationError
 
-__all__ = ["RigidTransform"]
+__all__ = ["ORTHONORMAL_TOL", "RigidTransform", "check_rotation"]
 
 FloatArray = npt.NDArray[np.float64]
+
+# Calibration files print rotations with about 7 significant digits, so their rotations are
+# orthonormal only to ~1e-6; 1e-4 accepts those and still rejects real mistakes (a 0.01 rad
+# shear or a reflection).
+ORTHONORMAL_TOL = 1e-4
+
+
+def check_rotation(r: FloatArray, name: str, tol: float = ORTHONORMAL_TOL) -> None:
+    """Raise CalibrationError (`"<name>: ..."`) unless `r` is a finite 3 x 3 rotation, det +1."""
+    if r.shape != (3, 3):
+        raise CalibrationError(f"{name}: rotation must be 3x3, got shape {r.shape}")
+    if not np.all(np.isfinite(r)):
+        raise CalibrationError(f"{name}: rotation has non-finite values")
+    det = float(np.linalg.det(r))
+    err = float(np.max(np.abs(r @ r.T - np.eye(3))))
+    if err > tol or abs(det - 1.0) > tol:
+        raise CalibrationError(
+            f"{name}: rotation is not orthonormal with det +1 "
+            f"(det={det:.6f}, max |R R^T - I|={err:.2e}, tolerance {tol:g})"
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class RigidTransform:
-    """A rotation + translation; `matrix` is the 4 x 4 homogeneous form (float64)."""
+    """A rotation + translation (metres); `matrix` is the 4 x 4 homogeneous form (float64).
+
+    The rotation is kept exactly as given (not re-orthonormalised) so that transforms read from
+    files reproduce the files' matrices; `inverse` is therefore the exact affine inverse.
+    """
 
     matrix: FloatArray
 
@@ -26,23 +54,76 @@ class RigidTransform:
 
     @staticmethod
     def from_matrix(
-        matrix: npt.ArrayLike, name: str = "transform", tol: float = 1e-4
+        matrix: npt.ArrayLike, name: str = "transform", tol: float = ORTHONORMAL_TOL
     ) -> RigidTransform:
-        """Build from a 3 x 4 or 4 x 4 matrix, checking the rotation is orthonormal (det +1)."""
-        m = np.asarray(matrix, dtype=np.float64)
+        """Build from a 3 x 4 or 4 x 4 matrix, checking the rotation is orthonormal (det +1).
+
+        Raises CalibrationError naming `name` for a wrong shape, non-finite values, a rotation
+        that is not orthonormal with det +1 within `tol`, or a last row other than [0 0 0 1].
+        """
+        try:
+            m = np.array(matrix, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise CalibrationError(f"{name}: expected a 3x4 or 4x4 matrix of numbers ({e})") from e
         if m.shape == (3, 4):
             m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
         if m.shape != (4, 4):
             raise CalibrationError(f"{name}: expected a 3x4 or 4x4 matrix, got shape {m.shape}")
         if not np.all(np.isfinite(m)):
             raise CalibrationError(f"{name}: matrix has non-finite values")
-        r = m[:3, :3]
-        if not np.allclose(r @ r.T, np.eye(3), atol=tol) or abs(np.linalg.det(r) - 1.0) > tol:
-            raise CalibrationError(
-                f"{name}: rotation is not orthonormal with det +1 (det={np.linalg.det(r):.6f})"
-            )
-        if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0]):
-            raise CalibrationError(f"{name}: last row must be [0, 0, 0, 1]")
+        check_rotation(m[:3, :3], name, tol)
+        if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], rtol=0.0, atol=1e-9):
+            raise CalibrationError(f"{name}: last row must be [0, 0, 0, 1], got {m[3].tolist()}")
+        return RigidTransform(m)
+
+    @staticmethod
+    def from_rotation_translation(
+        rotation: npt.ArrayLike, translation: npt.ArrayLike, name: str = "transform"
+    ) -> RigidTransform:
+        """From a 3 x 3 rotation and a 3-vector translation (metres); validated as `from_matrix`.
+
+        Raises CalibrationError naming `name` (`<name>.translation` for a bad translation).
+        """
+        try:
+            r = np.array(rotation, dtype=np.float64)
+            t = np.array(translation, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise CalibrationError(f"{name}: rotation/translation must be numbers ({e})") from e
+        if t.shape != (3,):
+            raise CalibrationError(f"{name}.translation: expected 3 values, got shape {t.shape}")
+        if not np.all(np.isfinite(t)):
+            raise CalibrationError(f"{name}.translation: non-finite values")
+        check_rotation(r, f"{name}.rotation")
+        m = np.eye(4)
+        m[:3, :3] = r
+        m[:3, 3] = t
+        return RigidTransform(m)
+
+    @staticmethod
+    def from_rotvec(
+        rotvec: npt.ArrayLike, translation: npt.ArrayLike = (0, 0, 0)
+    ) -> RigidTransform:
+        """From an axis-angle vector (radians, Rodrigues) and a translation (metres)."""
+        r, _ = cv2.Rodrigues(np.asarray(rotvec, dtype=np.float64).reshape(3, 1))
+        m = np.eye(4)
+        m[:3, :3] = r
+        m[:3, 3] = np.asarray(translation, dtype=np.float64)
+        return RigidTransform(m)
+
+    @staticmethod
+    def from_yaw(
+        yaw: float, translation: npt.ArrayLike = (0, 0, 0), pitch: float = 0.0, roll: float = 0.0
+    ) -> RigidTransform:
+        """Rotation Rz(yaw) Ry(pitch) Rx(roll) (radians, z-y'-x'' Tait-Bryan) + translation."""
+        cy, sy = np.cos(yaw), np.sin(yaw)
+        cp, sp = np.cos(pitch), np.sin(pitch)
+        cr, sr = np.cos(roll), np.sin(roll)
+        rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+        ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+        rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+        m = np.eye(4)
+        m[:3, :3] = rz @ ry @ rx
+        m[:3, 3] = np.asarray(translation, dtype=np.float64)
         return RigidTransform(m)
 
     @property
@@ -53,14 +134,21 @@ class RigidTransform:
     def translation(self) -> FloatArray:
         return self.matrix[:3, 3]
 
+    @property
+    def yaw(self) -> float:
+        """Heading of the source x axis in the target x-y plane (radians, counter-clockwise)."""
+        return float(np.arctan2(self.matrix[1, 0], self.matrix[0, 0]))
+
     def __matmul__(self, other: RigidTransform) -> RigidTransform:
         """`a_from_b @ b_from_c` is `a_from_c`."""
         return RigidTransform(self.matrix @ other.matrix)
 
     def inverse(self) -> RigidTransform:
+        """`source_from_target`. Exact inverse (not R^T) so file matrices round-trip to 1e-15."""
         inv = np.eye(4)
-        inv[:3, :3] = self.rotation.T
-        inv[:3, 3] = -self.rotation.T @ self.translation
+        r_inv = np.linalg.inv(self.rotation)
+        inv[:3, :3] = r_inv
+        inv[:3, 3] = -r_inv @ self.translation
         return RigidTransform(inv)
 
     def apply(self, points: npt.ArrayLike) -> FloatArray:
@@ -68,3 +156,6 @@ class RigidTransform:
         p = np.asarray(points, dtype=np.float64)[:, :3]
         out: FloatArray = p @ self.rotation.T + self.translation
         return out
+
+    def almost_equal(self, other: RigidTransform, atol: float = 1e-9) -> bool:
+        return bool(np.allclose(self.matrix, other.matrix, rtol=0.0, atol=atol))

@@ -5,29 +5,123 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration import CalibrationError, Rig, RigidTransform, load_kitti_object_calib
+from calibration import (
+    CalibrationError,
+    Rig,
+    RigidTransform,
+    load_kitti_object_calib,
+    load_kitti_raw_calib,
+    load_rig,
+    read_scan,
+)
+from calibration.images import image_size_of
 from calibration.kitti import kitti_label_to_velo, read_kitti_calib_fields
-from replay.kitti_object import read_kitti_scan
+
+FRAMES = ["000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009"]
 
 
-def _direct_projection(calib: Path, points: np.ndarray) -> np.ndarray:
-    f = read_kitti_calib_fields(calib)
+def _direct_projection(p2: np.ndarray, r0_rect: np.ndarray, tr: np.ndarray, points: np.ndarray):
+    """P2 · R0_rect · Tr_velo_to_cam applied to homogeneous points, in float64."""
     r0 = np.eye(4)
-    r0[:3, :3] = f["R0_rect"].reshape(3, 3)
-    tr = np.eye(4)
-    tr[:3] = f["Tr_velo_to_cam"].reshape(3, 4)
-    h = np.c_[points[:, :3], np.ones(len(points))] @ (f["P2"].reshape(3, 4) @ r0 @ tr).T
+    r0[:3, :3] = r0_rect.reshape(3, 3)
+    tr4 = np.eye(4)
+    tr4[:3] = tr.reshape(3, 4)
+    pts = points[:, :3].astype(np.float64)
+    h = np.c_[pts, np.ones(len(pts))] @ (p2.reshape(3, 4) @ r0 @ tr4).T
     return h[:, :2] / h[:, 2:]
 
 
-@pytest.mark.parametrize("frame", ["000000", "000003", "000006"])
+@pytest.mark.parametrize("frame", FRAMES)
 def test_rig_projection_equals_kitti_matrices(kitti_dir: Path, frame: str) -> None:
     calib = kitti_dir / "calib" / f"{frame}.txt"
-    rig = load_kitti_object_calib(calib, 1242, 375)
-    points = read_kitti_scan(kitti_dir / "velodyne_reduced" / f"{frame}.bin")
-    uv, depth = rig.cameras["front"].project(rig.transform("camera/front", "lidar").apply(points))
+    rig = load_rig(calib)  # image size from ../image_2
+    assert (rig.cameras["front"].width, rig.cameras["front"].height) == image_size_of(
+        kitti_dir / "image_2" / f"{frame}.png"
+    )
+    points = read_scan(kitti_dir / "velodyne_reduced" / f"{frame}.bin")
+    uv, depth, visible = rig.cameras["front"].visible(
+        rig.transform("camera/front", "lidar").apply(points)
+    )
+    f = read_kitti_calib_fields(calib)
+    expected = _direct_projection(f["P2"], f["R0_rect"], f["Tr_velo_to_cam"], points)
     assert np.all(depth > 0)
-    np.testing.assert_allclose(uv, _direct_projection(calib, points), atol=1e-4)
+    assert np.max(np.abs(uv - expected)) < 1e-6
+    # The data README: every FOV-cropped point lies inside its frame's image.
+    assert visible.mean() > 0.999
+
+
+def test_all_object_cameras_match_their_projection_matrices(kitti_dir: Path) -> None:
+    calib = kitti_dir / "calib" / "000000.txt"
+    rig = load_kitti_object_calib(calib, 1224, 370)
+    points = read_scan(kitti_dir / "velodyne_reduced" / "000000.bin")
+    f = read_kitti_calib_fields(calib)
+    for i, name in enumerate(["cam0", "cam1", "front", "cam3"]):
+        uv, _ = rig.cameras[name].project(rig.transform(f"camera/{name}", "lidar").apply(points))
+        expected = _direct_projection(f[f"P{i}"], f["R0_rect"], f["Tr_velo_to_cam"], points)
+        assert np.max(np.abs(uv - expected)) < 1e-6, name
+
+
+def test_raw_and_object_loaders_agree_on_camera_2(data_dir: Path, kitti_dir: Path) -> None:
+    raw_dir = data_dir / "kitti_raw" / "2011_09_26"
+    raw = load_kitti_raw_calib(raw_dir)
+    # Object frames 000003-000005 and 000007-000009 were recorded on 2011_09_26: same numbers.
+    matching = []
+    for frame in FRAMES:
+        f = read_kitti_calib_fields(kitti_dir / "calib" / f"{frame}.txt")
+        if np.array_equal(f["P2"], _raw_field(raw_dir, "P_rect_02")):
+            matching.append(frame)
+    assert matching == ["000003", "000004", "000005", "000007", "000008", "000009"]
+    obj = load_kitti_object_calib(kitti_dir / "calib" / "000003.txt", 1242, 375)
+    points = read_scan(kitti_dir / "velodyne_reduced" / "000003.bin")
+    uv_raw, _ = raw.cameras["front"].project(raw.transform("camera/front", "lidar").apply(points))
+    uv_obj, _ = obj.cameras["front"].project(obj.transform("camera/front", "lidar").apply(points))
+    assert np.max(np.abs(uv_raw - uv_obj)) < 1e-6
+    # ... and both equal P_rect_02 · R_rect_00 · Tr_velo_to_cam from the raw files.
+    velo = _raw_fields(raw_dir / "calib_velo_to_cam.txt")
+    tr = np.column_stack([velo["R"].reshape(3, 3), velo["T"]])
+    expected = _direct_projection(
+        _raw_field(raw_dir, "P_rect_02"), _raw_field(raw_dir, "R_rect_00"), tr, points
+    )
+    assert np.max(np.abs(uv_raw - expected)) < 1e-6
+    assert (raw.cameras["front"].width, raw.cameras["front"].height) == (1242, 375)
+    # Tr_imu_to_velo agrees too.
+    assert raw.transform("lidar", "imu").almost_equal(obj.transform("lidar", "imu"), 1e-12)
+    arm = raw.gnss_lever_arm_m
+    assert arm is not None
+    np.testing.assert_allclose(arm, np.array([-0.8086759, 0.3195559, -0.7997231]))
+
+
+def _raw_fields(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        try:
+            out[key.strip()] = np.array([float(v) for v in rest.split()])
+        except ValueError:
+            continue
+    return out
+
+
+def _raw_field(raw_dir: Path, key: str) -> np.ndarray:
+    return _raw_fields(raw_dir / "calib_cam_to_cam.txt")[key]
+
+
+def test_raw_loader_reports_image_size_mismatch(data_dir: Path) -> None:
+    rig = load_kitti_raw_calib(data_dir / "kitti_raw" / "2011_09_26", image_size=(1224, 370))
+    assert rig.cameras["front"].width == 1224
+    assert any("S_rect_02 states 1242x375 but the image is 1224x370" in w for w in rig.warnings)
+
+
+def test_raw_loader_names_missing_field(tmp_path: Path, data_dir: Path) -> None:
+    src = data_dir / "kitti_raw" / "2011_09_26"
+    for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt", "calib_imu_to_velo.txt"):
+        (tmp_path / name).write_text((src / name).read_text())
+    text = (tmp_path / "calib_cam_to_cam.txt").read_text()
+    (tmp_path / "calib_cam_to_cam.txt").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("R_rect_00"))
+    )
+    with pytest.raises(CalibrationError, match=r"calib_cam_to_cam\.txt: missing field R_rect_00"):
+        load_rig(tmp_path)
 
 
 def test_rig_document_round_trip(kitti_dir: Path) -> None:
@@ -37,6 +131,7 @@ def test_rig_document_round_trip(kitti_dir: Path) -> None:
         back.transform("camera/front", "lidar").matrix,
         rig.transform("camera/front", "lidar").matrix,
     )
+    assert back.source == rig.source
     assert back.cameras["front"].width == 1224
 
 

@@ -1,0 +1,161 @@
+"""PJLab SensorsCalibration JSON files (`<camera>-intrinsic.json`,
+`<lidar>-to-<camera>-extrinsic.json`) as a rig.
+
+Frames: `lidar` (the vehicle frame, as in the KITTI loaders) and `camera/<name>`, where `<name>`
+is the intrinsic file's `sensor_name` without a `_camera` suffix (`center_camera` -> `center`),
+with `camera_from_lidar` = the extrinsic's 4 x 4 `sensor_calib`. The camera is a pinhole with
+plumb-bob distortion `cam_dist` (k1 k2 p1 p2[ k3]) and intrinsics `cam_K`.
+
+Image size mismatch: the intrinsic file states `img_dist_w`/`img_dist_h`, which can disagree
+with the images (the sample states 1920x1080, its image is 1920x1200). When the real size is
+known (`image_size`, or an image beside the JSON files), the loader uses the real size, keeps K
+unchanged and adds a warning to `rig.warnings` naming the file, the fields and both sizes; with
+`strict=True` it raises CalibrationError instead. A principal point outside the real image is
+always an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.camera import PinholeCamera
+from calibration.errors import CalibrationError
+from calibration.images import find_image, image_size_of
+from calibration.rig import FrameEdge, Rig, camera_frame
+from calibration.transforms import RigidTransform
+
+__all__ = ["find_pjlab_files", "load_pjlab_calib"]
+
+
+def find_pjlab_files(path: Path) -> tuple[Path, Path]:
+    """(intrinsic JSON, extrinsic JSON) for a folder or either file.
+
+    Raises CalibrationError if the folder lacks exactly one of each.
+    """
+    folder = path if path.is_dir() else path.parent
+    intr = sorted(folder.glob("*-intrinsic.json"))
+    extr = sorted(folder.glob("*-extrinsic.json"))
+    if path.is_file() and path.name.endswith("-intrinsic.json"):
+        intr = [path]
+    if path.is_file() and path.name.endswith("-extrinsic.json"):
+        extr = [path]
+    if len(intr) != 1 or len(extr) != 1:
+        raise CalibrationError(
+            f"{path}: expected one *-intrinsic.json and one *-extrinsic.json in {folder}, found "
+            f"{[p.name for p in intr]} and {[p.name for p in extr]}"
+        )
+    return intr[0], extr[0]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise CalibrationError(f"{path}: cannot read calibration file ({e.strerror})") from e
+    except json.JSONDecodeError as e:
+        raise CalibrationError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(doc, dict) or len(doc) != 1:
+        raise CalibrationError(f"{path}: expected one top-level entry '<sensor>-<kind>'")
+    (value,) = doc.values()
+    if not isinstance(value, dict):
+        raise CalibrationError(f"{path}: top-level entry must be an object")
+    return value
+
+
+def _get(doc: dict[str, Any], dotted: str, path: Path) -> Any:
+    value: Any = doc
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise CalibrationError(f"{path}: missing field {dotted}")
+        value = value[key]
+    return value
+
+
+def _matrix(doc: dict[str, Any], dotted: str, path: Path, shape: tuple[int, int]) -> Any:
+    data = _get(doc, dotted + ".data", path)
+    try:
+        m = np.array(data, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CalibrationError(f"{path}: field {dotted}: expected numbers ({e})") from e
+    if m.size != shape[0] * shape[1]:
+        raise CalibrationError(
+            f"{path}: field {dotted}: expected {shape[0]}x{shape[1]} values, got {m.size}"
+        )
+    return m.reshape(shape)
+
+
+def load_pjlab_calib(
+    path: Path, image_size: tuple[int, int] | None = None, *, strict: bool = False
+) -> Rig:
+    """Rig from a PJLab calibration folder or one of its JSON files.
+
+    `image_size` (width, height, pixels) is the size of the images the rig is used with; when
+    None, an image beside the files (`*.png`/`*.jpg`, the first by name) gives it, else the
+    stated `img_dist_w/h` is used. A stated size that differs from the image is reported in
+    `rig.warnings` (or raised as CalibrationError with `strict=True`). Raises CalibrationError
+    naming the file and field for missing or invalid values.
+    """
+    path = Path(path)
+    intr_path, extr_path = find_pjlab_files(path)
+    intr = _read_json(intr_path)
+    extr = _read_json(extr_path)
+    sensor = str(intr.get("sensor_name", "camera"))
+    name = sensor.removesuffix("_camera") or sensor
+    k = _matrix(intr, "param.cam_K", intr_path, (3, 3))
+    dist_raw = np.array(_get(intr, "param.cam_dist.data", intr_path), dtype=np.float64).ravel()
+    stated = (
+        int(_get(intr, "param.img_dist_w", intr_path)),
+        int(_get(intr, "param.img_dist_h", intr_path)),
+    )
+    warnings: list[str] = []
+    size = stated
+    size_from = "stated"
+    if image_size is None:
+        image = find_image(intr_path.parent)
+        if image is not None:
+            image_size = image_size_of(image)
+            size_from = str(image)
+    elif image_size is not None:
+        size_from = "the given image size"
+    if image_size is not None:
+        size = (int(image_size[0]), int(image_size[1]))
+        if size != stated:
+            msg = (
+                f"{intr_path}: param.img_dist_w/img_dist_h state {stated[0]}x{stated[1]} but "
+                f"the image is {size[0]}x{size[1]} ({size_from}); using {size[0]}x{size[1]} "
+                "with the stated cam_K unchanged"
+            )
+            if strict:
+                raise CalibrationError(msg)
+            warnings.append(msg)
+    camera = PinholeCamera(
+        k, tuple(dist_raw.tolist()), size[0], size[1], context=f"{intr_path}: param.cam_K/cam_dist"
+    )
+    target = extr.get("target_sensor_name")
+    if target is not None and target != sensor:
+        raise CalibrationError(
+            f"{extr_path}: target_sensor_name is {target!r}, the intrinsics are for {sensor!r}"
+        )
+    cam_from_lidar = RigidTransform.from_matrix(
+        _matrix(extr, "param.sensor_calib", extr_path, (4, 4)),
+        f"{extr_path}: param.sensor_calib",
+    )
+    lag = float(extr.get("param", {}).get("time_lag", 0) or 0)
+    offsets = {}
+    if lag:
+        # SensorsCalibration does not state the unit; its tools use milliseconds.
+        offsets[camera_frame(name)] = round(lag * 1e6)
+    return Rig(
+        cameras={name: camera},
+        time_offsets_ns=offsets,
+        source=str(path),
+        edges={
+            "lidar": FrameEdge("vehicle", RigidTransform.identity()),
+            camera_frame(name): FrameEdge("lidar", cam_from_lidar.inverse()),
+        },
+        warnings=warnings,
+    )

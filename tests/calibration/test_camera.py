@@ -1,0 +1,102 @@
+"""Camera models: projection with distortion, visibility, back-projection, undistortion maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from calibration import CalibrationError, FisheyeCamera, PinholeCamera, load_rig
+
+
+def _grid_points(rng: np.random.Generator, n: int, half_angle_deg: float) -> np.ndarray:
+    """Points in front of the camera within `half_angle_deg` of the optical axis, 1-50 m."""
+    theta = np.radians(half_angle_deg) * np.sqrt(rng.uniform(0, 1, n))
+    phi = rng.uniform(-np.pi, np.pi, n)
+    depth = rng.uniform(1.0, 50.0, n)
+    r = np.tan(theta)
+    return np.column_stack([r * np.cos(phi) * depth, r * np.sin(phi) * depth, depth])
+
+
+def _pjlab_camera(data_dir: Path) -> PinholeCamera:
+    cam = load_rig(data_dir / "lidar_camera_calib_pjlab").cameras["center"]
+    assert isinstance(cam, PinholeCamera)
+    return cam
+
+
+def test_plumb_bob_projection_matches_opencv(data_dir: Path) -> None:
+    cam = _pjlab_camera(data_dir)
+    pts = _grid_points(np.random.default_rng(1), 2000, 30.0)
+    uv, depth = cam.project(pts)
+    ref, _ = cv2.projectPoints(
+        pts.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), cam.k, np.asarray(cam.distortion)
+    )
+    np.testing.assert_allclose(uv, ref.reshape(-1, 2), atol=1e-9)
+    np.testing.assert_array_equal(depth, pts[:, 2])
+
+
+def test_back_projection_round_trip(data_dir: Path) -> None:
+    cam = _pjlab_camera(data_dir)
+    pts = _grid_points(np.random.default_rng(2), 2000, 25.0)
+    uv, depth, visible = cam.visible(pts)
+    back = cam.back_project(uv[visible], depth[visible])
+    assert visible.sum() > 500
+    assert np.max(np.linalg.norm(back - pts[visible], axis=1)) < 1e-6  # metres
+    ideal = PinholeCamera(cam.k, (), cam.width, cam.height)
+    uv2, d2 = ideal.project(pts)
+    np.testing.assert_allclose(ideal.back_project(uv2, d2), pts, atol=1e-9)
+
+
+def test_fisheye_round_trip_and_opencv_agreement() -> None:
+    k = np.array([[380.0, 0.0, 640.0], [0.0, 380.0, 400.0], [0.0, 0.0, 1.0]])
+    cam = FisheyeCamera(k, (0.05, -0.01, 0.002, -0.0005), 1280, 800)
+    pts = _grid_points(np.random.default_rng(3), 3000, 80.0)  # 160 degree field of view
+    uv, depth = cam.project(pts)
+    ref, _ = cv2.fisheye.projectPoints(
+        pts.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), k, np.asarray(cam.distortion)
+    )
+    np.testing.assert_allclose(uv, ref.reshape(-1, 2), atol=1e-9)
+    back = cam.back_project(uv, depth)
+    assert np.max(np.linalg.norm(back - pts, axis=1) / depth) < 1e-7
+    # An equidistant lens maps 80 degrees off-axis to about f * theta from the centre.
+    edge = cam.project(np.array([[np.tan(np.radians(80)), 0.0, 1.0]]))[0][0]
+    assert abs(edge[0] - 640 - 380 * np.radians(80)) < 0.15 * 380
+
+
+def test_points_behind_or_outside_are_not_visible() -> None:
+    cam = PinholeCamera(np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]), (), 640, 480)
+    pts = np.array([[0, 0, 5.0], [0, 0, -5.0], [10.0, 0, 1.0], [0, 0, 0.0]])
+    uv, _depth, visible = cam.visible(pts)
+    assert visible.tolist() == [True, False, False, False]
+    assert np.isnan(uv[1]).all() and np.isnan(uv[3]).all()
+
+
+def test_distortion_does_not_fold_far_points_into_the_image() -> None:
+    # KITTI raw camera 0 (unrectified): the radial polynomial turns back beyond ~62 degrees.
+    k = np.array([[984.2439, 0, 690.0], [0, 980.8141, 233.1966], [0, 0, 1]])
+    cam = PinholeCamera(
+        k, (-0.3728755, 0.2037299, 0.002219027, 0.001383707, -0.07233722), 1392, 512
+    )
+    uv, _ = cam.project(np.array([[4.0, 0.0, 1.0], [0.3, 0.0, 1.0]]))
+    assert np.isnan(uv[0]).all()
+    assert cam.in_image(uv).tolist() == [False, True]
+
+
+def test_undistortion_maps_are_cached_and_undistort(data_dir: Path) -> None:
+    cam = _pjlab_camera(data_dir)
+    mx, my = cam.undistort_maps()
+    assert cam.undistort_maps()[0] is mx
+    assert mx.shape == (cam.height, cam.width)
+    # A distorted pixel, remapped, lands at the ideal projection of the same ray.
+    pts = np.array([[3.0, 1.5, 10.0]])
+    uv_dist = cam.project(pts)[0][0]
+    ideal = pts[0] @ cam.k.T
+    u, v = ideal[:2] / ideal[2]
+    assert abs(mx[round(v), round(u)] - uv_dist[0]) < 1.0
+    assert abs(my[round(v), round(u)] - uv_dist[1]) < 1.0
+    image = np.zeros((cam.height, cam.width, 3), np.uint8)
+    assert cam.undistort_image(image).shape == image.shape
+    with pytest.raises(CalibrationError, match=r"image is 10x10, camera is 1920x1200"):
+        cam.undistort_image(np.zeros((10, 10, 3), np.uint8))

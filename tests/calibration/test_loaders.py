@@ -1,0 +1,132 @@
+"""`load_rig` dispatch, the PJLab loader and its image-size check, scan readers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration import CalibrationError, load_pjlab_calib, load_rig, read_pcd, read_scan
+
+
+def test_dispatch_recognises_every_format(data_dir: Path, kitti_dir: Path) -> None:
+    obj = load_rig(kitti_dir / "calib" / "000000.txt")
+    assert obj.cameras["front"].size == (1224, 370)  # from image_2/000000.png
+    assert obj.warnings == ()
+    raw_dir = data_dir / "kitti_raw" / "2011_09_26"
+    assert set(load_rig(raw_dir).cameras) == {"cam0", "cam1", "front", "cam3"}
+    assert set(load_rig(raw_dir / "calib_velo_to_cam.txt").cameras) == {
+        "cam0",
+        "cam1",
+        "front",
+        "cam3",
+    }
+    pj = data_dir / "lidar_camera_calib_pjlab"
+    for path in (pj, pj / "center_camera-intrinsic.json"):
+        assert set(load_rig(path).cameras) == {"center"}
+
+
+def test_object_calib_without_image_warns(tmp_path: Path, kitti_dir: Path) -> None:
+    calib = tmp_path / "000003.txt"
+    shutil.copy(kitti_dir / "calib" / "000003.txt", calib)
+    rig = load_rig(calib)
+    assert rig.cameras["front"].size == (1242, 375)
+    assert rig.warnings == (
+        f"{calib}: image size unknown (no ../image_2/000003.png); assumed 1242x375",
+    )
+    assert load_rig(calib, image_size=(1238, 374)).cameras["front"].size == (1238, 374)
+
+
+def test_unrecognised_inputs_are_named(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match=r"not a recognised calibration folder"):
+        load_rig(tmp_path)
+    other = tmp_path / "calib.xml"
+    other.write_text("<x/>")
+    with pytest.raises(CalibrationError, match=r"calib\.xml: unrecognised calibration file type"):
+        load_rig(other)
+
+
+def test_pjlab_loader_values(data_dir: Path) -> None:
+    rig = load_pjlab_calib(data_dir / "lidar_camera_calib_pjlab")
+    cam = rig.cameras["center"]
+    np.testing.assert_array_equal(cam.k, [[2109.75, 0, 949.828], [0, 2071.72, 576.237], [0, 0, 1]])
+    assert cam.distortion[0] == pytest.approx(-0.10814499855041504)
+    cam_from_lidar = rig.transform("camera/center", "lidar").matrix
+    assert cam_from_lidar[0, 1] == -0.999895 and cam_from_lidar[2, 3] == pytest.approx(-0.574468)
+    # The data README: 9,962 points of 0.pcd fall in the image with z > 1 m.
+    pts = read_scan(data_dir / "lidar_camera_calib_pjlab" / "0.pcd")
+    cam_pts = rig.transform("camera/center", "lidar").apply(pts)
+    _, _, visible = cam.visible(cam_pts)
+    assert int((visible & (cam_pts[:, 2] > 1.0)).sum()) == 9962
+
+
+def test_pjlab_image_size_mismatch_is_reported(data_dir: Path, tmp_path: Path) -> None:
+    folder = data_dir / "lidar_camera_calib_pjlab"
+    intrinsic = folder / "center_camera-intrinsic.json"
+    rig = load_rig(folder)  # 0.png beside the files is 1920x1200
+    assert rig.cameras["center"].size == (1920, 1200)
+    assert rig.warnings == (
+        f"{intrinsic}: param.img_dist_w/img_dist_h state 1920x1080 but the image is 1920x1200 "
+        f"({folder / '0.png'}); using 1920x1200 with the stated cam_K unchanged",
+    )
+    given = load_pjlab_calib(intrinsic, image_size=(1920, 1200))
+    assert "(the given image size)" in given.warnings[0]
+    with pytest.raises(
+        CalibrationError,
+        match=r"center_camera-intrinsic\.json: param\.img_dist_w"
+        r"/img_dist_h state 1920x1080 but the image is 1920x1200",
+    ):
+        load_pjlab_calib(folder, strict=True)
+    # Without an image the stated size is used, silently.
+    for name in (
+        "center_camera-intrinsic.json",
+        "top_center_lidar-to-center_camera-extrinsic.json",
+    ):
+        shutil.copy(folder / name, tmp_path / name)
+    bare = load_rig(tmp_path)
+    assert bare.cameras["center"].size == (1920, 1080) and bare.warnings == ()
+    # A principal point outside the real image is an error, not a warning.
+    with pytest.raises(
+        CalibrationError,
+        match=r"principal point \(949\.828, 576\.237\) lies "
+        r"outside the 1920x500 image",
+    ):
+        load_rig(tmp_path, image_size=(1920, 500))
+
+
+def test_pjlab_missing_field_is_named(data_dir: Path, tmp_path: Path) -> None:
+    folder = data_dir / "lidar_camera_calib_pjlab"
+    for name in (
+        "center_camera-intrinsic.json",
+        "top_center_lidar-to-center_camera-extrinsic.json",
+    ):
+        text = (folder / name).read_text()
+        (tmp_path / name).write_text(text.replace('"cam_K"', '"camK"'))
+    with pytest.raises(CalibrationError, match=r"intrinsic\.json: missing field param\.cam_K"):
+        load_rig(tmp_path)
+
+
+def test_pcd_reader_ascii_and_binary(data_dir: Path, tmp_path: Path) -> None:
+    pts = read_pcd(data_dir / "lidar_camera_calib_pjlab" / "0.pcd")
+    assert pts.shape == (78238, 4) and pts.dtype == np.float32
+    np.testing.assert_allclose(pts[0], [21.647913, 0.19822195, -1.8524752, 11], rtol=1e-6)
+    header = (
+        "# .PCD v0.7\nVERSION 0.7\nFIELDS x y z intensity ring\nSIZE 4 4 4 4 2\nTYPE F F F F U\n"
+        "COUNT 1 1 1 1 1\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA binary\n"
+    )
+    rec = np.zeros(3, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("i", "<f4"), ("r", "<u2")])
+    rec["x"], rec["y"], rec["z"], rec["i"], rec["r"] = [1, 2, np.nan], [3, 4, 5], [6, 7, 8], 0.5, 9
+    path = tmp_path / "b.pcd"
+    path.write_bytes(header.format(n=3).encode() + rec.tobytes())
+    out = read_scan(path)
+    np.testing.assert_array_equal(out, [[1, 3, 6, 0.5], [2, 4, 7, 0.5]])  # NaN point dropped
+    bad = tmp_path / "c.pcd"
+    bad.write_bytes(header.replace("binary", "binary_compressed").format(n=3).encode())
+    with pytest.raises(CalibrationError, match=r"c\.pcd: unsupported PCD DATA encoding"):
+        read_pcd(bad)
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(b"\0" * 20)
+    with pytest.raises(CalibrationError, match=r"odd\.bin: size is not a multiple of 16 bytes"):
+        read_scan(odd)
