@@ -52,8 +52,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load_node_config(args.config)
     pipeline = _pipeline(config, args.model)
-    # The rig arrives on the rig topic; rig files come with the Calibration issue.
-    node = Node(config, pipeline)
+    default_rig = None
+    if config.rig is not None:
+        from calibration import load_rig
+
+        default_rig = load_rig(Path(config.rig).expanduser())
+        for warning in default_rig.warnings:
+            print(f"perception run: warning: {warning}", flush=True)
+    node = Node(config, pipeline, default_rig)
     stop = _stop_on_signals()
     done = threading.Event()
 
@@ -177,6 +183,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calib_show(args: argparse.Namespace) -> int:
+    from calibration import describe_rig, load_rig
+
+    print(describe_rig(load_rig(Path(args.rig))))
+    return 0
+
+
+def cmd_calib_check(args: argparse.Namespace) -> int:
+    import cv2
+
+    from calibration import calibration_check, load_rig, read_scan
+
+    image_path = Path(args.image)
+    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CalibrationError(f"{image_path}: not a readable image")
+    rig = load_rig(Path(args.rig), image_size=(image.shape[1], image.shape[0]))
+    for warning in rig.warnings:
+        print(f"warning: {warning}")
+    camera = args.camera or ("front" if "front" in rig.cameras else next(iter(rig.cameras)))
+    result = calibration_check(rig, camera, read_scan(Path(args.lidar)), image)
+    out = Path(args.out)
+    if not cv2.imwrite(str(out), result.overlay):
+        raise CalibrationError(f"{out}: cannot write the overlay")
+    print(
+        f"camera {camera}: {result.n_points_in_image} lidar points in the image; "
+        f"alignment score {result.score:.4f} (mutual information, nats; larger is better)"
+    )
+    print(f"overlay written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perception", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -213,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--model", help="camera detector ONNX file (overrides the config)")
     rk.add_argument("--quiet", action="store_true", help="no progress bar")
     rk.set_defaults(func=cmd_replay)
+
+    calib = sub.add_parser("calib", help="inspect and check a calibration")
+    calib_sub = calib.add_subparsers(dest="calib_command", required=True)
+    show = calib_sub.add_parser("show", help="the frame tree and parameters of a rig")
+    show.add_argument("rig", help="a rig YAML, KITTI object/raw calib, or PJLab calibration")
+    show.set_defaults(func=cmd_calib_show)
+    check = calib_sub.add_parser("check", help="lidar drawn on the image + an alignment score")
+    check.add_argument("rig", help="a rig YAML, KITTI object/raw calib, or PJLab calibration")
+    check.add_argument("--lidar", required=True, help="a KITTI .bin scan or a PCD file")
+    check.add_argument("--image", required=True, help="the camera image")
+    check.add_argument("--camera", help="camera name in the rig (default: front or the first)")
+    check.add_argument("--out", required=True, help="overlay PNG to write")
+    check.set_defaults(func=cmd_calib_check)
 
     ev = sub.add_parser("eval", help="compare detections with reference boxes")
     ev.add_argument("detections", help="JSON Lines from `perception replay`")

@@ -87,7 +87,9 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """Everything `perception run` needs. The rig arrives on the inputs' rig topic."""
+    """Everything `perception run` needs. `rig` is the vehicle's calibration (a rig YAML or any
+    format calibration.load_rig reads), in force until a rig message arrives on the rig topic;
+    None: the rig comes over the rig topic only."""
 
     inputs: InputConfig = InputConfig()
     outputs: OutputConfig = OutputConfig()
@@ -95,6 +97,7 @@ class NodeConfig:
     sync: SyncConfig = SyncConfig()
     budgets: BudgetConfig = BudgetConfig()
     max_points: int = 300_000
+    rig: str | None = None
 
 
 T = TypeVar("T")
@@ -115,6 +118,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint == (str | None):
+        return None if value is None else _convert(value, str, key)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -192,4 +197,7 @@ def load_config(path: Path) -> NodeConfig:
     model = cfg.camera_model
     if not Path(model.path).expanduser().is_absolute():
         model = CameraModelConfig(**{**model.__dict__, "path": str(base / model.path)})
-    return NodeConfig(**{**cfg.__dict__, "camera_model": model})
+    rig = cfg.rig
+    if rig is not None and not Path(rig).expanduser().is_absolute():
+        rig = str(base / rig)
+    return NodeConfig(**{**cfg.__dict__, "camera_model": model, "rig": rig})

@@ -12,9 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
-import pymap3d
 
-from calibration import Rig
+from calibration import LocalTangentPlane, Rig, vehicle_pose_from_gnss
 from engines.camera_encoder import Box2D, CameraDetector
 from perception.config import CameraModelConfig
 from perception.fusion import (
@@ -99,8 +98,8 @@ class Pipeline:
                 )
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
-            if bundle.gnss is not None and bundle.gnss.heading_rad is not None:
-                detections = [self._with_global_position(d, bundle.gnss) for d in detections]
+            if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
+                detections = self._global_positions(detections, bundle.gnss, rig)
         return DetectionList(
             header=Header(self.config.detections_stream, seq, sweep.header.stamp_ns, "vehicle"),
             detections=tuple(detections),
@@ -144,13 +143,23 @@ class Pipeline:
         return kept
 
     @staticmethod
-    def _with_global_position(det: Detection3D, fix: GnssFix) -> Detection3D:
-        # The fix is taken as the vehicle origin; the lever arm comes with the Calibration issue.
-        heading = float(fix.heading_rad or 0.0)
-        x, y, z = det.center
-        east = np.cos(heading) * x - np.sin(heading) * y
-        north = np.sin(heading) * x + np.cos(heading) * y
-        lat, lon, _ = pymap3d.enu2geodetic(
-            east, north, z, fix.latitude_deg, fix.longitude_deg, fix.altitude_m
+    def _global_positions(
+        detections: list[Detection3D], fix: GnssFix, rig: Rig
+    ) -> list[Detection3D]:
+        """Latitude/longitude of each detection centre from the fix, its heading and the rig's
+        antenna lever arm (ENU tangent plane at the fix)."""
+        origin = LocalTangentPlane(fix.latitude_deg, fix.longitude_deg, fix.altitude_m)
+        enu_from_vehicle = vehicle_pose_from_gnss(
+            origin,
+            fix.latitude_deg,
+            fix.longitude_deg,
+            fix.altitude_m,
+            float(fix.heading_rad or 0.0),
+            lever_arm_m=rig.gnss_lever_arm_m,
         )
-        return replace(det, latitude_deg=float(lat), longitude_deg=float(lon))
+        centres = np.array([d.center for d in detections], dtype=np.float64).reshape(-1, 3)
+        geodetic = origin.enu_to_geodetic(enu_from_vehicle.apply(centres))
+        return [
+            replace(d, latitude_deg=float(g[0]), longitude_deg=float(g[1]))
+            for d, g in zip(detections, geodetic, strict=True)
+        ]

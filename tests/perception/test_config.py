@@ -46,3 +46,10 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
         load_config(p)
     with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_rig_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("rig: rigs/car.yaml\n")
+    assert load_config(p).rig == str(tmp_path / "rigs" / "car.yaml")
+    assert parse_config({}).rig is None
