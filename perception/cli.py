@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import numpy as np
+
 from calibration import CalibrationError
 from engines.errors import EngineError
 from perception import wire
@@ -196,9 +198,10 @@ def cmd_calib_check(args: argparse.Namespace) -> int:
     from calibration import calibration_check, load_rig, read_scan
 
     image_path = Path(args.image)
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if image is None:
+    loaded = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+    if loaded is None:
         raise CalibrationError(f"{image_path}: not a readable image")
+    image = np.asarray(loaded, dtype=np.uint8)
     rig = load_rig(Path(args.rig), image_size=(image.shape[1], image.shape[0]))
     for warning in rig.warnings:
         print(f"warning: {warning}")
