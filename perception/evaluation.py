@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from calibration.camera import PinholeCamera
+from calibration.camera import CameraModel
 from calibration.kitti import read_kitti_calib_fields
 from calibration.transforms import RigidTransform
 from perception.messages import Detection3D
@@ -130,7 +130,7 @@ def read_kitti_labels(
         if len(parts) < 15:
             raise ValueError(f"{label_path}:{lineno}: expected 15 values, got {len(parts)}")
         try:
-            h, w, l, x, y, z, ry = (float(v) for v in parts[8:15])
+            h, w, length, x, y, z, ry = (float(v) for v in parts[8:15])
         except ValueError as e:
             raise ValueError(f"{label_path}:{lineno}: {e}") from e
         center = velo_from_rect.apply(np.array([[x, y - h / 2.0, z]]))[0]
@@ -138,18 +138,29 @@ def read_kitti_labels(
         yaw = math.atan2(float(heading[1]), float(heading[0]))
         boxes.append(
             ReferenceBox(
-                parts[0], (float(center[0]), float(center[1]), float(center[2])), (l, w, h), yaw
+                parts[0],
+                (float(center[0]), float(center[1]), float(center[2])),
+                (length, w, h),
+                yaw,
             )
         )
     return boxes
 
 
+# Corner signs (length, width) of a box's face, counter-clockwise seen from above, and the 12
+# edges of the 8 corners that box_corners returns.
+_CCW = ((1, 1), (-1, 1), (-1, -1), (1, -1))
+_EDGES = (
+    (0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7),
+)  # fmt: skip
+
+
 def box_corners(box: ReferenceBox | Detection3D) -> FloatArray:
     """The 8 corners (8 x 3) of a box: bottom face counter-clockwise, then the top face."""
-    l, w, h = box.size
+    length, w, h = box.size
     c, s = math.cos(box.yaw), math.sin(box.yaw)
     local = np.array(
-        [[sx * l / 2, sy * w / 2, sz * h / 2] for sz in (-1, 1) for sx, sy in _CCW],
+        [[sx * length / 2, sy * w / 2, sz * h / 2] for sz in (-1, 1) for sx, sy in _CCW],
         dtype=np.float64,
     )
     rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -157,25 +168,20 @@ def box_corners(box: ReferenceBox | Detection3D) -> FloatArray:
     return out
 
 
-_CCW = ((1, 1), (-1, 1), (-1, -1), (1, -1))
-_EDGES = (
-    (0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7),
-)  # fmt: skip
-
-
 def project_box(
     box: ReferenceBox | Detection3D,
-    camera: PinholeCamera,
+    camera: CameraModel,
     camera_from_vehicle: RigidTransform,
     *,
     near_m: float = 0.1,
 ) -> tuple[float, float, float, float] | None:
     """The 2D box (x1, y1, x2, y2; pixels, clipped to the image) of a 3D box, or None if unseen.
 
-    The box is clipped by the plane ``near_m`` in front of the camera before projection (its
-    vertices in front plus the edge crossings), so boxes reaching behind the camera project
-    correctly. Returns None when nothing of the box is in front of the camera or the clipped
-    2D box is empty.
+    The box is clipped by the plane ``near_m`` (metres) in front of the camera before projection
+    (its vertices in front plus the edge crossings), so boxes reaching behind the camera project
+    correctly. With lens distortion only these vertices are projected (edges bend slightly, so
+    the box may be a few pixels small). Returns None when nothing of the box is in front of the
+    camera or the clipped 2D box is empty.
     """
     corners = camera_from_vehicle.apply(box_corners(box))
     z = corners[:, 2]
@@ -187,6 +193,9 @@ def project_box(
     if not pts:
         return None
     uv, _ = camera.project(np.array(pts))
+    uv = uv[np.all(np.isfinite(uv), axis=1)]  # outside a distortion model's valid angle
+    if len(uv) == 0:
+        return None
     x1 = max(0.0, float(uv[:, 0].min()))
     y1 = max(0.0, float(uv[:, 1].min()))
     x2 = min(float(camera.width), float(uv[:, 0].max()))
@@ -198,7 +207,7 @@ def project_box(
 
 def visible_fraction(
     box: ReferenceBox | Detection3D,
-    camera: PinholeCamera,
+    camera: CameraModel,
     camera_from_vehicle: RigidTransform,
     *,
     samples: int = 6,
@@ -219,7 +228,7 @@ def filter_references(
     min_score: float = 0.5,
     max_range_m: float = 40.0,
     classes: Iterable[str] | None = None,
-    camera: PinholeCamera | None = None,
+    camera: CameraModel | None = None,
     camera_from_vehicle: RigidTransform | None = None,
     min_visible_fraction: float = 0.05,
 ) -> list[ReferenceBox]:
@@ -235,9 +244,12 @@ def filter_references(
             continue
         if wanted is not None and ref.label not in wanted:
             continue
-        if camera is not None and camera_from_vehicle is not None:
-            if visible_fraction(ref, camera, camera_from_vehicle) < min_visible_fraction:
-                continue
+        if (
+            camera is not None
+            and camera_from_vehicle is not None
+            and visible_fraction(ref, camera, camera_from_vehicle) < min_visible_fraction
+        ):
+            continue
         out.append(ref)
     return out
 
