@@ -178,6 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.kitti),
         Path(args.reference),
         max_center_distance_m=args.max_distance,
+        min_bev_iou=args.min_iou,
         max_range_m=args.max_range,
         min_reference_score=args.min_score,
     )
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--kitti", required=True, help="the KITTI object folder that was replayed")
     ev.add_argument("--reference", required=True, help="folder of reference boxes per frame")
     ev.add_argument("--max-distance", type=float, default=1.5, help="BEV match distance, m")
+    ev.add_argument("--min-iou", type=float, help="also require this BEV IoU (e.g. 0.5)")
     ev.add_argument("--max-range", type=float, default=40.0, help="references within, m")
     ev.add_argument("--min-score", type=float, default=0.5, help="reference score at least")
     ev.set_defaults(func=cmd_eval)

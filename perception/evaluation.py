@@ -28,6 +28,7 @@ import numpy.typing as npt
 from calibration.camera import CameraModel
 from calibration.kitti import read_kitti_calib_fields
 from calibration.transforms import RigidTransform
+from perception.fusion import bev_iou
 from perception.messages import Detection3D
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Match",
     "MatchResult",
     "ReferenceBox",
+    "average_precision",
     "box_corners",
     "filter_references",
     "format_report",
@@ -263,13 +265,14 @@ def yaw_error_deg(a: float, b: float) -> float:
 @dataclass(frozen=True)
 class Match:
     """A detection paired with a reference: BEV centre error (m), z error (m, detection minus
-    reference), yaw error (degrees, modulo 180)."""
+    reference), yaw error (degrees, modulo 180), BEV IoU of the rotated footprints."""
 
     detection: Detection3D
     reference: ReferenceBox
     center_error_m: float
     z_error_m: float
     yaw_error_deg: float
+    bev_iou: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -336,17 +339,23 @@ def match_detections(
     references: Sequence[ReferenceBox],
     *,
     max_center_distance_m: float = 1.5,
+    min_bev_iou: float | None = None,
     classes: Iterable[str] | None = None,
 ) -> MatchResult:
-    """Greedy one-to-one matching per class by BEV centre distance (closest pairs first).
+    """Greedy one-to-one matching per class, KITTI style: detections in descending score order,
+    each takes the closest unmatched reference (by BEV centre distance).
 
-    Only detections and references whose label is in ``classes`` take part (default: every label
-    among the references and detections). Pairs further apart than ``max_center_distance_m`` are
-    never matched. Ties are broken by input order, so the result is deterministic.
-    Raises ValueError when ``max_center_distance_m`` is negative.
+    A pair qualifies when the centres are at most ``max_center_distance_m`` apart and, when
+    ``min_bev_iou`` is given, the rotated BEV footprints overlap by at least that IoU. Only
+    labels in ``classes`` take part (default: every label among references and detections).
+    Ties are broken by input order, so the result is deterministic.
+    Raises ValueError when ``max_center_distance_m`` is negative or ``min_bev_iou`` is outside
+    [0, 1].
     """
     if not max_center_distance_m >= 0:
         raise ValueError(f"max_center_distance_m: must be >= 0, got {max_center_distance_m}")
+    if min_bev_iou is not None and not 0.0 <= min_bev_iou <= 1.0:
+        raise ValueError(f"min_bev_iou: must be in [0, 1], got {min_bev_iou}")
     if classes is None:
         labels = sorted({r.label for r in references} | {d.label for d in detections})
     else:
@@ -355,29 +364,61 @@ def match_detections(
     missed: list[ReferenceBox] = []
     false_pos: list[Detection3D] = []
     for label in labels:
-        dets = [d for d in detections if d.label == label]
+        dets = sorted((d for d in detections if d.label == label), key=lambda d: -d.score)
         refs = [r for r in references if r.label == label]
-        pairs = sorted(
-            (math.hypot(d.center[0] - r.center[0], d.center[1] - r.center[1]), i, j)
-            for i, d in enumerate(dets)
-            for j, r in enumerate(refs)
-        )
-        used_d: set[int] = set()
         used_r: set[int] = set()
-        for dist, i, j in pairs:
-            if dist > max_center_distance_m:
-                break
-            if i in used_d or j in used_r:
+        for d in dets:
+            best: tuple[float, int, float] | None = None
+            for j, r in enumerate(refs):
+                if j in used_r:
+                    continue
+                dist = math.hypot(d.center[0] - r.center[0], d.center[1] - r.center[1])
+                if dist > max_center_distance_m or (best is not None and dist >= best[0]):
+                    continue
+                iou = bev_iou(d, r)
+                if min_bev_iou is not None and iou < min_bev_iou:
+                    continue
+                best = (dist, j, iou)
+            if best is None:
+                false_pos.append(d)
                 continue
-            used_d.add(i)
+            dist, j, iou = best
             used_r.add(j)
-            d, r = dets[i], refs[j]
+            r = refs[j]
             matches.append(
-                Match(d, r, dist, d.center[2] - r.center[2], yaw_error_deg(d.yaw, r.yaw))
+                Match(d, r, dist, d.center[2] - r.center[2], yaw_error_deg(d.yaw, r.yaw), iou)
             )
         missed += [r for j, r in enumerate(refs) if j not in used_r]
-        false_pos += [d for i, d in enumerate(dets) if i not in used_d]
     return MatchResult(tuple(matches), tuple(missed), tuple(false_pos), tuple(labels))
+
+
+def average_precision(result: MatchResult, label: str, *, recall_points: int = 40) -> float | None:
+    """KITTI-style interpolated AP of ``label`` over the frames merged in ``result``: the
+    detections ranked by score (true positives = matched), precision interpolated as the best
+    precision at any recall >= r, averaged over ``recall_points`` recall levels 1/n .. 1 (R40).
+    None when there is no reference of ``label``. Assumes the matching was score-ordered, as
+    ``match_detections`` does."""
+    n_refs = sum(1 for m in result.matches if m.reference.label == label) + sum(
+        1 for r in result.missed if r.label == label
+    )
+    if n_refs == 0:
+        return None
+    ranked = sorted(
+        [(m.detection.score, 1) for m in result.matches if m.reference.label == label]
+        + [(d.score, 0) for d in result.false_positives if d.label == label],
+        key=lambda x: -x[0],
+    )
+    if not ranked:
+        return 0.0
+    hits = np.cumsum([tp for _, tp in ranked])
+    recall = hits / n_refs
+    precision = hits / np.arange(1, len(ranked) + 1)
+    levels = np.arange(1, recall_points + 1) / recall_points
+    total = 0.0
+    for level in levels:
+        reached = precision[recall >= level - 1e-9]
+        total += float(reached.max()) if reached.size else 0.0
+    return total / recall_points
 
 
 def merge_results(results: Iterable[MatchResult]) -> MatchResult:
@@ -404,13 +445,14 @@ def format_report(result: MatchResult, *, title: str = "", details: bool = True)
     lines = [title] if title else []
     header = (
         f"{'class':<12}{'TP':>4}{'FN':>4}{'FP':>4}{'recall':>8}{'prec':>7}"
-        f"{'med err m':>11}{'max err m':>11}{'med yaw°':>10}"
+        f"{'AP':>6}{'med err m':>11}{'max err m':>11}{'med yaw°':>10}"
     )
     lines += [header, "-" * len(header)]
     for label, s in result.per_class.items():
         lines.append(
             f"{label:<12}{s.true_positives:>4}{s.false_negatives:>4}{s.false_positives:>4}"
             f"{_fmt(s.recall, '.2f'):>8}{_fmt(s.precision, '.2f'):>7}"
+            f"{_fmt(average_precision(result, label), '.2f'):>6}"
             f"{_fmt(s.median_center_error_m, '.2f'):>11}{_fmt(s.max_center_error_m, '.2f'):>11}"
             f"{_fmt(s.median_yaw_error_deg, '.1f'):>10}"
         )
@@ -420,7 +462,7 @@ def format_report(result: MatchResult, *, title: str = "", details: bool = True)
             lines.append(
                 f"  match {r.label} ref ({r.center[0]:.2f}, {r.center[1]:.2f}) range "
                 f"{r.range_m:.1f} m: centre err {m.center_error_m:.2f} m, z err "
-                f"{m.z_error_m:+.2f} m, yaw err {m.yaw_error_deg:.1f}°"
+                f"{m.z_error_m:+.2f} m, yaw err {m.yaw_error_deg:.1f}°, BEV IoU {m.bev_iou:.2f}"
             )
         for r in result.missed:
             lines.append(

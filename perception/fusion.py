@@ -45,6 +45,7 @@ from perception.messages import CameraBox, Detection3D
 
 __all__ = [
     "Box2DLike",
+    "BoxLike",
     "ClassPrior",
     "FusionConfig",
     "GroundPlane",
@@ -896,7 +897,18 @@ def _polygon_area(poly: FloatArray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def bev_iou(a: Detection3D, b: Detection3D) -> float:
+class BoxLike(Protocol):
+    """Anything with a box: centre (m), size (length, width, height; m), yaw (rad)."""
+
+    @property
+    def center(self) -> tuple[float, float, float]: ...
+    @property
+    def size(self) -> tuple[float, float, float]: ...
+    @property
+    def yaw(self) -> float: ...
+
+
+def bev_iou(a: BoxLike, b: BoxLike) -> float:
     """Intersection over union of the two boxes' rotated BEV footprints (0 when either is empty)."""
     pa = bev_corners(a.center, a.size[0], a.size[1], a.yaw)
     pb = bev_corners(b.center, b.size[0], b.size[1], b.yaw)

@@ -47,6 +47,7 @@ def evaluate_kitti_run(
     reference_dir: Path,
     *,
     max_center_distance_m: float = 1.5,
+    min_bev_iou: float | None = None,
     max_range_m: float = 40.0,
     min_reference_score: float = 0.5,
     classes: tuple[str, ...] = POINTPILLARS_CLASSES,
@@ -88,7 +89,11 @@ def evaluate_kitti_run(
             if d.label in classes and math.hypot(d.center[0], d.center[1]) <= limit
         ]
         result = match_detections(
-            dets, refs, max_center_distance_m=max_center_distance_m, classes=classes
+            dets,
+            refs,
+            max_center_distance_m=max_center_distance_m,
+            min_bev_iou=min_bev_iou,
+            classes=classes,
         )
         results.append(result)
         lines.append(format_report(result, title=f"frame {frame.frame_id}", details=True))

@@ -13,6 +13,7 @@ from perception.evaluation import (
     POINTPILLARS_CLASSES,
     MatchResult,
     ReferenceBox,
+    average_precision,
     box_corners,
     filter_references,
     format_report,
@@ -232,3 +233,46 @@ def test_filter_references(kitti_frame: Callable[[str], KittiFrame], reference_d
     ]
     with pytest.raises(ValueError, match="together"):
         filter_references(boxes, camera=frame.camera)
+
+
+def test_score_order_decides_who_gets_the_reference() -> None:
+    # The higher-scored detection takes the reference even though the other one is closer.
+    refs = [_ref("Car", 10.0, 0.0)]
+    dets = [_det("Car", 10.1, 0.0, score=0.4), _det("Car", 10.8, 0.0, score=0.9)]
+    result = match_detections(dets, refs)
+    (m,) = result.matches
+    assert m.detection.score == 0.9
+    assert [d.score for d in result.false_positives] == [0.4]
+
+
+def test_bev_iou_criterion() -> None:
+    refs = [_ref("Car", 10.0, 0.0)]
+    # 3.9 x 1.6 m footprints. Same centre, crossed: 1.6^2 / (2 * 6.24 - 1.6^2).
+    rotated = [_det("Car", 10.0, 0.0, yaw=math.pi / 2)]
+    iou = match_detections(rotated, refs).matches[0].bev_iou
+    assert iou == pytest.approx(2.56 / 9.92, abs=1e-6)
+    assert not match_detections(rotated, refs, min_bev_iou=0.5).matches
+    shifted = [_det("Car", 11.0, 0.0)]  # 2.9 m of 3.9 m overlap: 4.64 / 7.84
+    (m,) = match_detections(shifted, refs, min_bev_iou=0.5).matches
+    assert m.bev_iou == pytest.approx(4.64 / 7.84, abs=1e-6)
+    with pytest.raises(ValueError, match="min_bev_iou"):
+        match_detections(shifted, refs, min_bev_iou=1.5)
+
+
+def test_average_precision_r40() -> None:
+    refs = [_ref("Car", 10.0, 0.0), _ref("Car", 20.0, 0.0)]
+    perfect = match_detections([_det("Car", 10, 0, score=0.9), _det("Car", 20, 0, score=0.8)], refs)
+    assert average_precision(perfect, "Car") == pytest.approx(1.0)
+    # A false positive ranked first: precision 0.5 at recall 0.5, 2/3 at recall 1.
+    fp_first = match_detections(
+        [
+            _det("Car", 30, 0, score=0.95),
+            _det("Car", 10, 0, score=0.9),
+            _det("Car", 20, 0, score=0.8),
+        ],
+        refs,
+    )
+    assert average_precision(fp_first, "Car") == pytest.approx(2 / 3)
+    half = match_detections([_det("Car", 10, 0)], refs)
+    assert average_precision(half, "Car") == pytest.approx(0.5)
+    assert average_precision(half, "Cyclist") is None
