@@ -46,3 +46,20 @@ def test_labels_as_reference(replayed: Path, kitti_dir: Path) -> None:
 def test_missing_reference_folder(replayed: Path, kitti_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ReplayError, match="reference folder does not exist"):
         evaluate_kitti_run(replayed, kitti_dir, tmp_path / "none")
+
+
+def test_end_to_end_accuracy_against_the_trained_detector(
+    replayed: Path, kitti_dir: Path, data_dir: Path
+) -> None:
+    """Cars within 40 m in view (reference score >= 0.5), 1.5 m BEV centre distance, with the
+    real YOLOX boxes on frames 000000 and 000003-000005; the 000000 pedestrian vs its label."""
+    refs = data_dir / "kitti_pointpillars" / "reference_pred_velo"
+    result, report = evaluate_kitti_run(replayed, kitti_dir, refs)
+    car = result.stats("Car")
+    assert car.recall is not None and car.recall >= 0.8, report
+    assert car.precision is not None and car.precision >= 0.8, report
+    assert car.median_center_error_m is not None and car.median_center_error_m <= 0.5, report
+    assert car.median_yaw_error_deg is not None and car.median_yaw_error_deg <= 15.0, report
+    labels, _ = evaluate_kitti_run(replayed, kitti_dir, kitti_dir / "label_2")
+    (ped,) = [m for m in labels.matches if m.reference.label == "Pedestrian"]
+    assert ped.center_error_m <= 0.5
