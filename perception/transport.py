@@ -11,6 +11,7 @@ import contextlib
 import re
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -66,7 +67,26 @@ def _attach(socket: zmq.Socket[bytes], endpoint: str, bind: bool) -> None:
         raise TransportError(f"{endpoint}: cannot {action}: {e}") from None
 
 
-class Publisher:
+class _Closeable(ABC):
+    """`with` support for the socket owners: leaving the block closes the sockets."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the sockets (linger 0) and the context if this object created it."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Publisher(_Closeable):
     """A PUB socket sending wire-format messages.
 
     `hwm` is the send high-water mark (messages queued per subscriber before ZeroMQ drops);
@@ -154,19 +174,8 @@ class Publisher:
         if self._owns_context:
             self._context.term()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Subscriber:
+class Subscriber(_Closeable):
     """SUB sockets receiving raw multipart messages on exact topics.
 
     One socket per topic, each connected to every endpoint, so each topic has its own receive
@@ -338,17 +347,6 @@ class Subscriber:
             socket.close(linger=0)
         if self._owns_context:
             self._context.term()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _now_ms() -> int:
