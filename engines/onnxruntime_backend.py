@@ -1,18 +1,44 @@
-"""ONNX Runtime backend: one InferenceSession behind named, typed tensor specs."""
+"""ONNX Runtime backend: one InferenceSession behind named, typed tensor specs.
+
+CPU is the default. With ``providers=GPU_PROVIDERS`` (or :func:`default_providers` with
+``use_gpu=True``) the TensorRT and CUDA execution providers are requested when this ONNX Runtime
+build has them; the providers actually in use are read back from the session afterwards, because
+onnxruntime-gpu lists CUDA as available even when its libraries are missing and the session
+silently falls back to the CPU.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from engines.engine import EngineDescription, TensorSpec, check_inputs, format_specs, run_warmup
 from engines.errors import EngineError, ModelError
 
-__all__ = ["OnnxRuntimeEngine", "TensorSpec"]
+__all__ = [
+    "CPU_PROVIDERS",
+    "GPU_PROVIDERS",
+    "OnnxRuntimeEngine",
+    "TensorSpec",
+    "default_providers",
+    "device_for_providers",
+]
+
+_log = logging.getLogger(__name__)
+
+CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+# Preference order when an accelerator is wanted; CPU last so a session always has a fallback.
+GPU_PROVIDERS: tuple[str, ...] = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+_CUDA_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 
 # ONNX Runtime reports element types as "tensor(<onnx type>)"; map them to numpy dtype names.
 _ORT_TO_NUMPY: dict[str, str] = {
@@ -31,25 +57,6 @@ _ORT_TO_NUMPY: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A named tensor of a model.
-
-    ``dtype`` is a numpy dtype name (``"float32"``); ``shape`` holds ints for static dimensions
-    and strings for symbolic (dynamic) ones.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    def matches_shape(self, shape: tuple[int, ...]) -> bool:
-        """True when ``shape`` has this rank and equals every static dimension."""
-        if len(shape) != len(self.shape):
-            return False
-        return all(isinstance(d, str) or d == s for d, s in zip(self.shape, shape, strict=True))
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -64,14 +71,32 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=str(arg.name), dtype=dtype, shape=tuple(dims))
 
 
+def default_providers(use_gpu: bool = False) -> tuple[str, ...]:
+    """The providers to request: :data:`GPU_PROVIDERS` filtered to this build, or CPU only."""
+    if not use_gpu:
+        return CPU_PROVIDERS
+    available = set(ort.get_available_providers())
+    return tuple(p for p in GPU_PROVIDERS if p in available) or CPU_PROVIDERS
+
+
+def device_for_providers(providers_in_use: Sequence[str], device_id: int = 0) -> str:
+    """``"cuda:<id>"`` when the highest-priority provider in use runs on CUDA, else ``"cpu"``."""
+    if providers_in_use and providers_in_use[0] in _CUDA_PROVIDERS:
+        return f"cuda:{device_id}"
+    return "cpu"
+
+
 class OnnxRuntimeEngine:
-    """Runs one ONNX model with ONNX Runtime.
+    """Runs one ONNX model with ONNX Runtime; implements :class:`engines.engine.Engine`.
 
     Args:
         model_path: the ``.onnx`` file.
         num_threads: intra-op thread count; ``None`` lets ONNX Runtime choose.
-        providers: execution providers in order of preference; those not in this ONNX Runtime
-            build are skipped, and the ones actually used are in :attr:`providers_in_use`.
+        providers: execution providers in order of preference (default CPU only); those not in
+            this ONNX Runtime build are skipped, and the ones actually used are in
+            :attr:`providers_in_use`. A requested accelerator the session did not take is logged
+            as a warning.
+        device_id: CUDA device for the CUDA/TensorRT providers.
 
     Raises:
         ModelError: the file is missing, unreadable or not a valid ONNX model
@@ -84,13 +109,16 @@ class OnnxRuntimeEngine:
         model_path: Path,
         *,
         num_threads: int | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str] = CPU_PROVIDERS,
+        device_id: int = 0,
     ) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.exists():
             raise ModelError(f"{self.model_path}: model file not found")
         if not self.model_path.is_file():
             raise ModelError(f"{self.model_path}: not a regular file")
+        if num_threads is not None and num_threads < 1:
+            raise EngineError(f"{self.model_path}: num_threads must be >= 1, got {num_threads}")
         try:
             model_bytes = self.model_path.read_bytes()
         except OSError as exc:
@@ -107,23 +135,50 @@ class OnnxRuntimeEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if num_threads is not None:
-            if num_threads < 1:
-                raise EngineError(f"{self.model_path}: num_threads must be >= 1, got {num_threads}")
             options.intra_op_num_threads = num_threads
+        self.num_threads = num_threads
+        self._device_id = device_id
+        provider_args: list[str | tuple[str, dict[str, Any]]] = [
+            (p, {"device_id": device_id}) if p in _CUDA_PROVIDERS else p for p in usable
+        ]
         try:
             self._session = ort.InferenceSession(
-                model_bytes, sess_options=options, providers=usable
+                model_bytes, sess_options=options, providers=provider_args
             )
         except Exception as exc:  # ORT raises its own untyped exception classes
             raise ModelError(f"{self.model_path}: invalid ONNX model: {_one_line(exc)}") from exc
-        self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._session.get_inputs())
-        self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._session.get_outputs())
-        self._output_names = [o.name for o in self.outputs]
+        self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
+        self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
+        self._output_names = [o.name for o in self._outputs]
+        # Listing a provider is no proof it loaded (missing libcudnn etc.): say so loudly.
+        dropped = [p for p in usable if p in _CUDA_PROVIDERS and p not in self.providers_in_use]
+        if dropped:
+            _log.warning(
+                "%s: ONNX Runtime fell back from %s to %s (the provider libraries did not load)",
+                self.model_path.name,
+                ",".join(dropped),
+                ",".join(self.providers_in_use),
+            )
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """Input specs in the model's order."""
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """Output specs in the model's order."""
+        return self._outputs
 
     @property
     def providers_in_use(self) -> tuple[str, ...]:
         """Execution providers the session actually uses, in priority order."""
         return tuple(self._session.get_providers())
+
+    @property
+    def device(self) -> str:
+        """``"cuda:<id>"`` or ``"cpu"``, from the provider actually in use."""
+        return device_for_providers(self.providers_in_use, self._device_id)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the model once.
@@ -138,31 +193,7 @@ class OnnxRuntimeEngine:
             EngineError: a missing/unexpected input name, a wrong dtype or shape, or a runtime
                 failure; the message names the model and the tensor.
         """
-        expected = {s.name for s in self.inputs}
-        extra = sorted(set(inputs) - expected)
-        if extra:
-            raise EngineError(f"{self.model_path.name}: unexpected input(s) {extra}")
-        feed: dict[str, np.ndarray] = {}
-        for spec in self.inputs:
-            if spec.name not in inputs:
-                raise EngineError(f"{self.model_path.name}: missing input {spec.name!r}")
-            arr = inputs[spec.name]
-            if not isinstance(arr, np.ndarray):
-                raise EngineError(
-                    f"{self.model_path.name}: input {spec.name!r} must be a numpy array, "
-                    f"got {type(arr).__name__}"
-                )
-            if arr.dtype.name != spec.dtype:
-                raise EngineError(
-                    f"{self.model_path.name}: input {spec.name!r} has dtype {arr.dtype.name}, "
-                    f"expected {spec.dtype}"
-                )
-            if not spec.matches_shape(arr.shape):
-                raise EngineError(
-                    f"{self.model_path.name}: input {spec.name!r} has shape {arr.shape}, "
-                    f"expected {spec.shape}"
-                )
-            feed[spec.name] = arr
+        feed = check_inputs(self.model_path.name, self._inputs, inputs)
         try:
             results = self._session.run(self._output_names, feed)
         except Exception as exc:  # ORT raises its own untyped exception classes
@@ -171,16 +202,30 @@ class OnnxRuntimeEngine:
             ) from exc
         return {name: np.asarray(r) for name, r in zip(self._output_names, results, strict=True)}
 
-    def describe(self) -> str:
-        """A one-line summary: model file, providers and tensor specs."""
+    def warmup(self, iterations: int = 1) -> None:
+        """Runs ``iterations`` batches of zeros.
 
-        def fmt(specs: tuple[TensorSpec, ...]) -> str:
-            return ", ".join(
-                f"{s.name}:{s.dtype}[{'x'.join(str(d) for d in s.shape)}]" for s in specs
-            )
+        Raises:
+            EngineError: ``iterations`` < 0, or a run fails.
+        """
+        run_warmup(self, iterations)
 
-        return (
-            f"onnxruntime {ort.__version__} {self.model_path.name} "
-            f"providers={','.join(self.providers_in_use)} "
-            f"inputs=({fmt(self.inputs)}) outputs=({fmt(self.outputs)})"
+    def describe(self) -> EngineDescription:
+        """Backend, device from the provider in use, precision and tensor specs.
+
+        ``str()`` of the result is a one-line summary naming the model file.
+        """
+        precision = "fp16" if any(s.dtype == "float16" for s in self._inputs) else "fp32"
+        return EngineDescription(
+            backend="onnxruntime",
+            device=self.device,
+            precision=precision,
+            model=self.model_path.name,
+            providers=self.providers_in_use,
+            extra=(
+                ("inputs", f"({format_specs(self._inputs)})"),
+                ("outputs", f"({format_specs(self._outputs)})"),
+                ("threads", str(self.num_threads) if self.num_threads else "auto"),
+                ("version", str(ort.__version__)),
+            ),
         )

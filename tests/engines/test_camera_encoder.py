@@ -272,7 +272,7 @@ def test_backend_specs(yolox: CameraDetector) -> None:
     assert engine.inputs == (TensorSpec("images", "float32", (1, 3, 416, 416)),)
     assert engine.outputs == (TensorSpec("output", "float32", (1, 3549, 85)),)
     assert "CPUExecutionProvider" in engine.providers_in_use
-    assert "yolox_nano_coco_416.onnx" in engine.describe()
+    assert "yolox_nano_coco_416.onnx" in str(engine.describe())
 
 
 def test_backend_run_checks(yolox_path: Path) -> None:

@@ -1,0 +1,257 @@
+"""Model registry: the pretrained models the node knows by name, and verified fetching.
+
+Every model has a public source URL pinned to a commit and a sha256; :func:`fetch_model`
+downloads (or, offline, copies from ``source_dir``) into a cache directory, and a file is only
+ever renamed into place after its sha256 matched, so the cache never holds an unverified model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from engines.cache import file_sha256
+from engines.engine import TensorSpec
+from engines.errors import ModelError
+from engines.labels import COCO_NAMES
+
+__all__ = [
+    "DEFAULT_MODEL_CACHE_DIR",
+    "MODELS",
+    "ModelInfo",
+    "ProgressCallback",
+    "fetch_model",
+    "get_model_info",
+    "resolve_model",
+]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_CACHE_DIR = Path("~/.cache/perception-node/models").expanduser()
+
+# progress(bytes_done, bytes_total or None when the server does not say).
+ProgressCallback = Callable[[int, int | None], None]
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model.
+
+    ``kind`` selects the output decoding (``engines.camera_encoder.KINDS``); ``preprocessing``
+    states the input convention in words; ``labels`` are the class names by class id.
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    size_bytes: int
+    url: str
+    input_spec: TensorSpec
+    output_spec: TensorSpec
+    labels: tuple[str, ...]
+    kind: str
+    preprocessing: str
+    source: str
+
+
+MODELS: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        ModelInfo(
+            name="yolox_nano_coco_416",
+            filename="yolox_nano_coco_416.onnx",
+            sha256="e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd",
+            size_bytes=3_678_356,
+            url=(
+                "https://raw.githubusercontent.com/Bigisland1729/object-detection-models/"
+                "7f3f2fa34b351e3d2af150893458106ad3f3a84f/yolox_nano.onnx"
+            ),
+            input_spec=TensorSpec("images", "float32", (1, 3, 416, 416)),
+            output_spec=TensorSpec("output", "float32", (1, 3549, 85)),
+            labels=COCO_NAMES,
+            kind="yolox",
+            preprocessing=(
+                "BGR, values 0-255 (no mean/std); letterbox: resize by min(416/h, 416/w), paste "
+                "top-left on a 416x416 canvas of 114; HWC->CHW"
+            ),
+            source=(
+                "Megvii YOLOX-Nano COCO export, from Bigisland1729/object-detection-models "
+                "(no licence file in that repository; YOLOX upstream is Apache-2.0)"
+            ),
+        ),
+        ModelInfo(
+            name="yolo_fastestv2_coco_352",
+            filename="yolo_fastestv2_coco_352.onnx",
+            sha256="27c34bbd0d054cf799ab45d31cba11dcf86cf482ccfb43fa002349f495db7671",
+            size_bytes=980_824,
+            url=(
+                "https://raw.githubusercontent.com/hpc203/yolo-fastestv2-opencv/"
+                "f865b7c18780c5e5f699e5fcb66074fad0ba3497/model.onnx"
+            ),
+            input_spec=TensorSpec("input.1", "float32", (1, 3, 352, 352)),
+            output_spec=TensorSpec("845", "float32", (605, 95)),
+            labels=COCO_NAMES,
+            kind="yolo_fastestv2",
+            preprocessing="BGR, plain resize to 352x352 (no letterbox), scale 1/255, no mean/std",
+            source=(
+                "dog-qiuqiu/Yolo-FastestV2 COCO weights exported by hpc203/yolo-fastestv2-opencv "
+                "(no licence file in either repository)"
+            ),
+        ),
+    )
+}
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``.
+
+    Raises:
+        ModelError: unknown name (the message lists the known ones).
+    """
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
+
+
+def _copy_verified(
+    src: BinaryIO,
+    *,
+    info: ModelInfo,
+    dest: Path,
+    total: int | None,
+    origin: str,
+    progress: ProgressCallback | None,
+) -> None:
+    """Streams ``src`` to a temp file beside ``dest``, verifies sha256, renames into place."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        actual = digest.hexdigest()
+        if actual != info.sha256:
+            raise ModelError(
+                f"{info.filename}: sha256 mismatch for {origin}: expected {info.sha256}, "
+                f"got {actual} ({done} bytes); the file was not cached"
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_model(
+    name: str | ModelInfo,
+    cache_dir: Path | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    source_dir: Path | None = None,
+    timeout_s: float = 60.0,
+) -> Path:
+    """The verified local path of a registered model, downloading it when needed.
+
+    A file already in ``cache_dir`` with the right sha256 is returned as is; one with the wrong
+    sha256 is replaced. Without ``source_dir`` the model is downloaded from its URL (``https``,
+    or ``file`` for mirrors) with urllib; with ``source_dir`` it is copied from
+    ``source_dir / filename`` (offline machines, tests).
+
+    Args:
+        name: a registry name, or a :class:`ModelInfo` (e.g. pointing at a mirror URL).
+        cache_dir: where models are kept (default ``~/.cache/perception-node/models``).
+        progress: called as ``progress(bytes_done, bytes_total_or_None)`` while copying.
+        source_dir: a local folder holding the model file, used instead of the network.
+        timeout_s: network timeout per blocking operation.
+
+    Raises:
+        ModelError: unknown name; download or copy failure (naming the URL or path); a sha256
+            mismatch (naming the file, expected and actual hash).
+    """
+    info = get_model_info(name) if isinstance(name, str) else name
+    cache = Path(cache_dir or DEFAULT_MODEL_CACHE_DIR).expanduser()
+    dest = cache / info.filename
+    if dest.is_file():
+        actual = file_sha256(dest)
+        if actual == info.sha256:
+            _log.debug("model %s: using cached %s", info.name, dest)
+            return dest
+        _log.warning(
+            "model %s: cached %s has sha256 %s, expected %s; fetching again",
+            info.name,
+            dest,
+            actual,
+            info.sha256,
+        )
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"{info.filename}: cannot create cache directory {cache}: {exc}") from exc
+
+    if source_dir is not None:
+        src_path = Path(source_dir) / info.filename
+        _log.info("model %s: copying from %s", info.name, src_path)
+        try:
+            with src_path.open("rb") as src:
+                size = src_path.stat().st_size
+                _copy_verified(
+                    src, info=info, dest=dest, total=size, origin=str(src_path), progress=progress
+                )
+        except OSError as exc:
+            raise ModelError(f"{info.filename}: cannot copy from {src_path}: {exc}") from exc
+        return dest
+
+    _log.info("model %s: downloading %s", info.name, info.url)
+    request = urllib.request.Request(info.url, headers={"User-Agent": "perception-node"})
+    try:
+        with contextlib.closing(urllib.request.urlopen(request, timeout=timeout_s)) as resp:
+            length = resp.headers.get("Content-Length") if resp.headers else None
+            total = int(length) if length and length.isdigit() else None
+            _copy_verified(
+                resp, info=info, dest=dest, total=total, origin=info.url, progress=progress
+            )
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ModelError(f"{info.filename}: download from {info.url} failed: {exc}") from exc
+    return dest
+
+
+def resolve_model(
+    name_or_path: str | Path,
+    cache_dir: Path | None = None,
+    *,
+    source_dir: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """A model file path: an existing path as is, or a registry name fetched via the cache.
+
+    Raises:
+        ModelError: neither an existing file nor a registered name, or the fetch fails.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    key = str(name_or_path)
+    if key not in MODELS and key.endswith(".onnx"):
+        # Accept the registered file name too ("yolox_nano_coco_416.onnx").
+        key = key.removesuffix(".onnx")
+    if key in MODELS:
+        return fetch_model(key, cache_dir, progress=progress, source_dir=source_dir)
+    raise ModelError(
+        f"{name_or_path}: no such file and not a registered model (known: {sorted(MODELS)})"
+    )

@@ -1,0 +1,118 @@
+"""Model registry: entries match the real files; fetch verifies sha256 (copy and download)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from engines.camera_encoder import KINDS, CameraDetector
+from engines.errors import ModelError
+from engines.labels import COCO_NAMES
+from engines.registry import MODELS, fetch_model, get_model_info, resolve_model
+
+
+@pytest.fixture(scope="module")
+def source_dir(data_dir: Path) -> Path:
+    return data_dir / "camera_detector"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_registry_matches_real_files(name: str, source_dir: Path) -> None:
+    info = MODELS[name]
+    path = source_dir / info.filename
+    assert path.stat().st_size == info.size_bytes
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info.sha256
+    assert info.url.startswith("https://raw.githubusercontent.com/")
+    assert info.kind in KINDS
+    assert info.labels == COCO_NAMES
+    names = (source_dir / "coco.names").read_text().split("\n")
+    assert list(info.labels) == [n for n in names if n]
+    detector = CameraDetector(path, kind=info.kind)
+    assert detector.engine.inputs == (info.input_spec,)
+    assert detector.engine.outputs == (info.output_spec,)
+
+
+def test_fetch_from_source_dir_then_cached(source_dir: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, int | None]] = []
+    path = fetch_model(
+        "yolo_fastestv2_coco_352",
+        tmp_path,
+        source_dir=source_dir,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert path == tmp_path / "yolo_fastestv2_coco_352.onnx"
+    assert path.read_bytes() == (source_dir / path.name).read_bytes()
+    assert seen[-1] == (980_824, 980_824)
+    # Already present and verified: no copy (a bogus source dir is never touched).
+    assert fetch_model("yolo_fastestv2_coco_352", tmp_path, source_dir=tmp_path / "nope") == path
+
+
+def test_corrupted_source_is_rejected_and_not_cached(source_dir: Path, tmp_path: Path) -> None:
+    info = MODELS["yolo_fastestv2_coco_352"]
+    bad_src = tmp_path / "src"
+    bad_src.mkdir()
+    data = bytearray((source_dir / info.filename).read_bytes())
+    data[1000] ^= 0xFF
+    (bad_src / info.filename).write_bytes(bytes(data))
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError) as err:
+        fetch_model(info.name, cache, source_dir=bad_src)
+    msg = str(err.value)
+    assert info.filename in msg
+    assert f"expected {info.sha256}" in msg
+    assert f"got {hashlib.sha256(data).hexdigest()}" in msg
+    assert list(cache.iterdir()) == []  # no partial or unverified file left behind
+
+
+def test_corrupted_cached_file_is_replaced(source_dir: Path, tmp_path: Path) -> None:
+    info = MODELS["yolo_fastestv2_coco_352"]
+    (tmp_path / info.filename).write_bytes(b"truncated")
+    path = fetch_model(info.name, tmp_path, source_dir=source_dir)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info.sha256
+
+
+def test_download_over_file_url(source_dir: Path, tmp_path: Path) -> None:
+    # urllib handles file:// like http(s)://, so this exercises the real download path.
+    info = dataclasses.replace(
+        MODELS["yolox_nano_coco_416"],
+        url=(source_dir / "yolox_nano_coco_416.onnx").resolve().as_uri(),
+    )
+    seen: list[int] = []
+    path = fetch_model(info, tmp_path / "cache", progress=lambda done, _total: seen.append(done))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info.sha256
+    assert seen[-1] == info.size_bytes
+    assert not list((tmp_path / "cache").glob(".*part"))
+
+
+def test_download_with_wrong_hash(source_dir: Path, tmp_path: Path) -> None:
+    info = dataclasses.replace(
+        MODELS["yolox_nano_coco_416"],
+        url=(source_dir / "yolo_fastestv2_coco_352.onnx").resolve().as_uri(),  # the wrong file
+    )
+    with pytest.raises(ModelError, match=r"yolox_nano_coco_416\.onnx: sha256 mismatch.*expected"):
+        fetch_model(info, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_failure_names_url(tmp_path: Path) -> None:
+    info = dataclasses.replace(
+        MODELS["yolox_nano_coco_416"], url=(tmp_path / "missing.onnx").as_uri()
+    )
+    with pytest.raises(ModelError, match=r"missing\.onnx"):
+        fetch_model(info, tmp_path / "cache")
+
+
+def test_resolve_model(source_dir: Path, tmp_path: Path) -> None:
+    direct = source_dir / "yolox_nano_coco_416.onnx"
+    assert resolve_model(direct, tmp_path) == direct
+    assert resolve_model(str(direct), tmp_path) == direct
+    fetched = resolve_model("yolox_nano_coco_416", tmp_path, source_dir=source_dir)
+    assert fetched == tmp_path / "yolox_nano_coco_416.onnx"
+    assert resolve_model("yolox_nano_coco_416.onnx", tmp_path) == fetched  # cached, by file name
+    with pytest.raises(ModelError, match="not a registered model"):
+        resolve_model("no_such_model", tmp_path)
+    with pytest.raises(ModelError, match="known models"):
+        get_model_info("no_such_model")
