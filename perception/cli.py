@@ -9,9 +9,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import numpy as np
 
@@ -219,6 +220,100 @@ def cmd_calib_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_batches(model: str, images_dir: Path, cache: Path | None) -> Callable[[], Any]:
+    """INT8 calibration inputs: the recorded images of `images_dir`, preprocessed as the camera
+    encoder does for `model`."""
+    from engines.camera_encoder import CameraDetector
+    from engines.registry import resolve_model
+    from replay.kitti_object import read_image
+
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    if not images:
+        raise PerceptionError(f"{images_dir}: no .png/.jpg images for INT8 calibration")
+    detector = CameraDetector(resolve_model(model, cache))
+
+    def batches() -> Iterator[dict[str, Any]]:
+        for path in images:
+            tensor, _ = detector.preprocess(read_image(path))
+            yield {detector.input_name: tensor}
+
+    return batches
+
+
+def cmd_engines_build(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engines.factory import build_engines
+
+    model_cache = Path(args.model_cache).expanduser() if args.model_cache else None
+    engine_cache = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    groups: list[list[str]] = (
+        [[m] for m in args.models] if args.precision == "int8" else [list(args.models)]
+    )
+    with tqdm(total=2 * len(args.models), unit="step", disable=args.quiet) as bar:
+
+        def progress(_done: int, _total: int, message: str) -> None:
+            bar.set_description(message)
+            bar.update(1)
+
+        for group in groups:
+            batches = None
+            if args.precision == "int8" and args.calibration_images:
+                batches = _calibration_batches(group[0], Path(args.calibration_images), model_cache)
+            for result in build_engines(
+                group,
+                args.precision,
+                engine_cache,
+                model_cache_dir=model_cache,
+                calibration_batches=batches,
+                progress=progress,
+            ):
+                tqdm.write(
+                    f"{result.model}: {result.status} {result.precision} engine "
+                    f"{result.engine_path} ({result.seconds:.1f} s)"
+                )
+    return 0
+
+
+def cmd_engines_list(args: argparse.Namespace) -> int:
+    from engines.factory import list_engines
+
+    entries = list_engines(Path(args.cache_dir).expanduser() if args.cache_dir else None)
+    if not entries:
+        print("no cached engines")
+        return 0
+    print(f"{'model':<28}{'precision':<10}{'TensorRT':<10}{'GPU':<28}{'MB':>8}  file")
+    for e in entries:
+        k = e.key
+        print(
+            f"{k.model_name:<28}{k.precision:<10}{k.tensorrt_version:<10}"
+            f"{k.gpu_name + ' sm' + str(k.compute_capability):<28}"
+            f"{e.size_bytes / 1e6:>8.1f}  {e.engine_path}"
+        )
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engines.registry import fetch_model, get_model_info
+
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    source = Path(args.source_dir) if args.source_dir else None
+    for name in args.names:
+        info = get_model_info(name)
+        with tqdm(
+            total=info.size_bytes, unit="B", unit_scale=True, desc=name, disable=args.quiet
+        ) as bar:
+
+            def progress(done: int, _total: int | None) -> None:
+                bar.update(done - bar.n)
+
+            path = fetch_model(name, cache, progress=progress, source_dir=source)
+        print(f"{name}: {path} (sha256 verified)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perception", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -268,6 +363,35 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--camera", help="camera name in the rig (default: front or the first)")
     check.add_argument("--out", required=True, help="overlay PNG to write")
     check.set_defaults(func=cmd_calib_check)
+
+    engines = sub.add_parser("engines", help="build and list compiled (TensorRT) engines")
+    engines_sub = engines.add_subparsers(dest="engines_command", required=True)
+    build = engines_sub.add_parser("build", help="build and cache TensorRT engines ahead of time")
+    build.add_argument("models", nargs="+", help="registered model names or ONNX files")
+    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    build.add_argument("--calibration-images", help="INT8: a folder of recorded camera images")
+    build.add_argument(
+        "--cache-dir", help="engine cache (default ~/.cache/perception-node/engines)"
+    )
+    build.add_argument(
+        "--model-cache", help="model cache (default ~/.cache/perception-node/models)"
+    )
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=cmd_engines_build)
+    elist = engines_sub.add_parser("list", help="the cached engines")
+    elist.add_argument(
+        "--cache-dir", help="engine cache (default ~/.cache/perception-node/engines)"
+    )
+    elist.set_defaults(func=cmd_engines_list)
+
+    models = sub.add_parser("models", help="the model registry")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    fetch = models_sub.add_parser("fetch", help="download and verify models into the cache")
+    fetch.add_argument("names", nargs="+", help="registered model names")
+    fetch.add_argument("--cache-dir", help="model cache (default ~/.cache/perception-node/models)")
+    fetch.add_argument("--source-dir", help="copy from this local folder instead of the network")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.set_defaults(func=cmd_models_fetch)
 
     ev = sub.add_parser("eval", help="compare detections with reference boxes")
     ev.add_argument("detections", help="JSON Lines from `perception replay`")

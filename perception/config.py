@@ -47,16 +47,14 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class CameraModelConfig:
-    """The camera encoder's model file and decoding."""
+    """The camera encoder's model: an ONNX file, or a registered model name (fetched into
+    ~/.cache/perception-node/models on first use), and its decoding."""
 
-    path: str = "~/.cache/perception-node/models/yolox_nano_coco_416.onnx"
+    path: str = "yolox_nano_coco_416"
     kind: str = "auto"
     score_threshold: float = 0.3
     nms_iou: float = 0.45
     num_threads: int = 0  # 0: let ONNX Runtime choose
-
-    def resolved_path(self) -> Path:
-        return Path(self.path).expanduser()
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ def load_config(path: Path) -> NodeConfig:
     cfg = parse_config(doc, str(path))
     base = path.parent
     model = cfg.camera_model
-    if not Path(model.path).expanduser().is_absolute():
+    if not Path(model.path).expanduser().is_absolute() and model.path.endswith(".onnx"):
         model = CameraModelConfig(**{**model.__dict__, "path": str(base / model.path)})
     rig = cfg.rig
     if rig is not None and not Path(rig).expanduser().is_absolute():

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from calibration import LocalTangentPlane, Rig, vehicle_pose_from_gnss
 from engines.camera_encoder import Box2D, CameraDetector
+from engines.registry import resolve_model
 from perception.config import CameraModelConfig
 from perception.fusion import (
     FusionConfig,
@@ -54,9 +55,10 @@ class Pipeline:
     @classmethod
     def from_config(cls, model: CameraModelConfig, model_path: Path | None = None) -> Pipeline:
         """The pipeline with the configured camera encoder; `model_path` overrides the file.
+        A registered model name (engines.registry) is fetched into the model cache when absent.
         Raises engines.errors.ModelError when the model is missing or invalid."""
         detector = CameraDetector(
-            model_path or model.resolved_path(),
+            resolve_model(model_path or model.path),
             kind=model.kind,
             score_threshold=model.score_threshold,
             nms_iou=model.nms_iou,

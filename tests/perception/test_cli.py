@@ -115,3 +115,49 @@ def test_replay_writes_one_line_per_sweep(
     lists = list(read_jsonl(out))
     assert [d.header.seq for d in lists] == list(range(8))
     assert any(d.label == "Car" for dl in lists for d in dl.detections)
+
+
+def test_models_fetch_from_a_local_source(capsys, tmp_path: Path, data_dir: Path) -> None:
+    code = main(
+        [
+            "models",
+            "fetch",
+            "yolox_nano_coco_416",
+            "--cache-dir",
+            str(tmp_path),
+            "--source-dir",
+            str(data_dir / "camera_detector"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "yolox_nano_coco_416.onnx").is_file()
+    assert "sha256 verified" in capsys.readouterr().out
+
+
+def test_models_fetch_unknown_name(capsys, tmp_path: Path) -> None:
+    code, err = _run(capsys, "models", "fetch", "nope", "--cache-dir", str(tmp_path), "--quiet")
+    assert code == 2 and "nope" in err
+
+
+def test_engines_build_without_tensorrt_says_so(capsys, tmp_path: Path, data_dir: Path) -> None:
+    from engines.tensorrt_backend import tensorrt_available
+
+    if tensorrt_available():
+        return  # the real build is covered by the tensorrt-marked tests
+    code, err = _run(
+        capsys,
+        "engines",
+        "build",
+        str(data_dir / "camera_detector" / "yolox_nano_coco_416.onnx"),
+        "--cache-dir",
+        str(tmp_path),
+        "--quiet",
+    )
+    assert code == 2
+    assert "building engines needs TensorRT" in err and len(err.splitlines()) == 1
+
+
+def test_engines_list_empty_cache(capsys, tmp_path: Path) -> None:
+    assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
+    assert "no cached engines" in capsys.readouterr().out
