@@ -28,7 +28,7 @@ import numpy.typing as npt
 from calibration.camera import CameraModel
 from calibration.kitti import read_kitti_calib_fields
 from calibration.transforms import RigidTransform
-from perception.fusion import bev_iou
+from perception.boxes import bev_iou
 from perception.messages import Detection3D
 
 __all__ = [

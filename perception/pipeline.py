@@ -15,15 +15,13 @@ import numpy.typing as npt
 
 from calibration import LocalTangentPlane, Rig, vehicle_pose_from_gnss
 from engines.camera_encoder import Box2D, CameraDetector
+from engines.fusion_runner import FusionEngineRunner
 from engines.registry import resolve_model
+from perception.boxes import suppress_duplicates
 from perception.config import CameraModelConfig
-from perception.fusion import (
-    FusionConfig,
-    estimate_ground,
-    fuse_camera_boxes,
-    suppress_duplicates,
-)
+from perception.ground import GroundConfig, GroundPlane, estimate_ground
 from perception.messages import (
+    CameraBox,
     CameraFrame,
     Detection3D,
     DetectionList,
@@ -42,15 +40,27 @@ class PipelineConfig:
 
     detections_stream: str = "detections"
     max_range_m: float = 80.0
-    fusion: FusionConfig = field(default_factory=FusionConfig)
+    ground: GroundConfig = field(default_factory=GroundConfig)
 
 
 class Pipeline:
-    """The node's library object: one `step()` per synced bundle."""
+    """The node's library object: one `step()` per synced bundle.
 
-    def __init__(self, detector: CameraDetector, config: PipelineConfig | None = None) -> None:
+    Stages: preprocess (lidar to the vehicle frame, undistortion of distorted cameras, letterbox),
+    camera encoder (2D boxes per camera), lidar encoder (the ground plane), fusion (the compiled
+    fusion engine per camera: boxes + the points in that camera's view -> 3D boxes), postprocess
+    (BEV duplicate suppression across cameras, global positions from GNSS).
+    """
+
+    def __init__(
+        self,
+        detector: CameraDetector,
+        config: PipelineConfig | None = None,
+        fusion: FusionEngineRunner | None = None,
+    ) -> None:
         self.detector = detector
         self.config = config or PipelineConfig()
+        self.fusion = fusion or FusionEngineRunner()
 
     @classmethod
     def from_config(cls, model: CameraModelConfig, model_path: Path | None = None) -> Pipeline:
@@ -76,28 +86,24 @@ class Pipeline:
 
         with timer.stage("preprocess"):
             points = self._points_in_vehicle(sweep.points, rig, sweep.header.frame_id)
-            tensors = {
-                name: self.detector.preprocess(self._image(frame))
-                for name, frame in self._cameras_by_name(bundle).items()
-            }
+            tensors = {}
+            for name, frame in self._cameras_by_name(bundle).items():
+                image = self._image(frame)
+                camera = rig.cameras[name]
+                if camera.has_distortion:
+                    # The engines assume a pinhole image: undistort with the same K.
+                    image = camera.undistort_image(image)
+                tensors[name] = self.detector.preprocess(image)
         boxes: dict[str, list[Box2D]] = {}
         with timer.stage("camera_encoder"):
             for name, (tensor, letterbox) in tensors.items():
                 boxes[name] = self.detector.decode(self.detector.infer(tensor), letterbox)
         with timer.stage("lidar_encoder"):
-            ground = estimate_ground(points, self.config.fusion)
+            ground = estimate_ground(points, self.config.ground)
         detections: list[Detection3D] = []
         with timer.stage("fusion"):
             for name, camera_boxes in boxes.items():
-                detections += fuse_camera_boxes(
-                    camera_boxes,
-                    name,
-                    points,
-                    rig.transform(f"camera/{name}", "vehicle"),
-                    rig.cameras[name],
-                    ground,
-                    self.config.fusion,
-                )
+                detections += self._fuse(name, camera_boxes, points, rig, ground)
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
             if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
@@ -109,6 +115,56 @@ class Pipeline:
             degraded=bundle.missing,
             valid=not bundle.missing,
         )
+
+    def _fuse(
+        self,
+        name: str,
+        boxes: list[Box2D],
+        points: npt.NDArray[np.float32],
+        rig: Rig,
+        ground: GroundPlane,
+    ) -> list[Detection3D]:
+        """3D boxes of one camera's 2D boxes through the fusion engine."""
+        if not boxes:
+            return []
+        cfg = self.fusion.config
+        boxes = sorted(boxes, key=lambda b: -b.score)[: cfg.b_max]
+        camera = rig.cameras[name]
+        camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle")
+        # Only points in this camera's view can fall in its boxes; they fit the static shape.
+        uv, depth = camera.project(camera_from_vehicle.apply(points))
+        in_view = points[camera.in_image(uv) & (depth > 0)]
+        if len(in_view) > cfg.n_max:
+            in_view = in_view[:: -(-len(in_view) // cfg.n_max)]
+        table = np.array(
+            [[b.x1, b.y1, b.x2, b.y2, b.score, cfg.class_index(b.label)] for b in boxes],
+            dtype=np.float32,
+        )
+        out = self.fusion.run(
+            in_view,
+            table,
+            camera_from_vehicle.matrix,
+            camera.k,
+            (camera.width, camera.height),
+            (*ground.normal, ground.offset),
+        )
+        detections = []
+        for box, row, ok, score in zip(boxes, out.boxes3d, out.valid, out.fused_score, strict=True):
+            if not ok:
+                continue
+            cx, cy, cz, length, width, height, yaw = (float(v) for v in row)
+            detections.append(
+                Detection3D(
+                    label=box.label,
+                    score=float(score),
+                    center=(cx, cy, cz),
+                    size=(length, width, height),
+                    yaw=yaw,
+                    sources=("camera", "lidar"),
+                    camera_box=CameraBox(name, box.x1, box.y1, box.x2, box.y2),
+                )
+            )
+        return detections
 
     def _cameras_by_name(self, bundle: SyncedBundle) -> dict[str, CameraFrame]:
         """Camera frames keyed by rig camera name (`camera/front` stream -> `front`)."""

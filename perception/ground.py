@@ -1,0 +1,158 @@
+"""The ground under the vehicle: a plane fitted to the low lidar returns of a sweep.
+
+The fusion engine takes the plane as an input (points below it plus a clearance are ground; box
+bottoms sit on it, corrected by the lowest returns near each object since one plane drifts on
+slopes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["GroundConfig", "GroundPlane", "estimate_ground"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class GroundConfig:
+    """RANSAC over the points within ``ground_fit_range_m`` (BEV) whose z lies within
+    [``ground_prior_z_m`` - ``ground_band_below_m``, ``ground_prior_z_m`` +
+    ``ground_band_above_m``]; ``ground_prior_z_m`` is the ground's z in the vehicle frame (-1.73 m:
+    the KITTI Velodyne mounting height) and the fallback plane when too few points are found.
+    Metres and degrees."""
+
+    ground_prior_z_m: float = -1.73
+    ground_band_below_m: float = 1.0
+    ground_band_above_m: float = 0.6
+    ground_fit_range_m: float = 40.0
+    ransac_iterations: int = 64
+    ransac_threshold_m: float = 0.12
+    ransac_max_tilt_deg: float = 12.0
+    ransac_max_points: int = 3000  # candidates are stride-sampled down to this many
+    ransac_min_inliers: int = 50
+    seed: int = 0  # seeds the RANSAC generator
+
+    def __post_init__(self) -> None:
+        for name in ("ground_fit_range_m", "ransac_threshold_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"GroundConfig.{name}: must be a finite number > 0, got {value}")
+        if self.ransac_iterations < 1:
+            raise ValueError("GroundConfig.ransac_iterations: must be >= 1")
+        if self.ransac_max_points < 3:
+            raise ValueError("GroundConfig.ransac_max_points: must be >= 3")
+        if not 0.0 < self.ransac_max_tilt_deg < 90.0:
+            raise ValueError("GroundConfig.ransac_max_tilt_deg: must be in (0, 90)")
+
+
+@dataclass(frozen=True)
+class GroundPlane:
+    """The plane ``n · p + d = 0`` in the vehicle frame; ``normal`` is a unit vector pointing up.
+
+    Raises ValueError when the normal is not finite, zero or points down.
+    """
+
+    normal: tuple[float, float, float]
+    offset: float
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.normal, dtype=np.float64)
+        if n.shape != (3,) or not np.all(np.isfinite(n)) or not math.isfinite(self.offset):
+            raise ValueError(f"GroundPlane: normal and offset must be finite, got {self.normal}")
+        norm = float(np.linalg.norm(n))
+        if norm < 1e-9 or n[2] <= 0:
+            raise ValueError(f"GroundPlane.normal: must be non-zero with z > 0, got {self.normal}")
+        if abs(norm - 1.0) > 1e-6:
+            object.__setattr__(self, "normal", tuple(float(v) for v in n / norm))
+            object.__setattr__(self, "offset", float(self.offset) / norm)
+
+    @staticmethod
+    def horizontal(z: float) -> GroundPlane:
+        """The level plane at height ``z`` (vehicle frame)."""
+        return GroundPlane((0.0, 0.0, 1.0), -float(z))
+
+    def height_above(self, points: npt.ArrayLike) -> FloatArray:
+        """Signed distance (m) of N x >=3 points above the plane (negative below)."""
+        p = _as_points(points, "points")
+        out: FloatArray = p[:, :3] @ np.asarray(self.normal) + self.offset
+        return out
+
+    def z_at(self, xy: npt.ArrayLike) -> FloatArray:
+        """The plane's z at N x 2 BEV positions."""
+        q = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        nx, ny, nz = self.normal
+        out: FloatArray = -(self.offset + q[:, 0] * nx + q[:, 1] * ny) / nz
+        return out
+
+
+def _as_points(points: npt.ArrayLike, name: str) -> FloatArray:
+    p = np.asarray(points)
+    if p.ndim != 2 or p.shape[1] < 3:
+        raise ValueError(f"{name}: expected an N x 3 or N x 4 array, got shape {p.shape}")
+    if not np.issubdtype(p.dtype, np.number):
+        raise ValueError(f"{name}: expected numbers, got dtype {p.dtype}")
+    return np.asarray(p, dtype=np.float64)
+
+
+def estimate_ground(
+    points_vehicle: npt.ArrayLike, config: GroundConfig | None = None
+) -> GroundPlane:
+    """Fit the ground plane to the low points of a sweep (vehicle frame, N x 4 or N x 3).
+
+    Deterministic RANSAC (generator seeded by ``config.seed``) over the points near the expected
+    ground height, refined by least squares on the inliers. Falls back to the level plane at
+    ``config.ground_prior_z_m`` when fewer than ``config.ransac_min_inliers`` points support any
+    plane. Non-finite points are ignored. Raises ValueError when ``points_vehicle`` is not N x 3+.
+    """
+    config = config or GroundConfig()
+    p = _as_points(points_vehicle, "points_vehicle")
+    fallback = GroundPlane.horizontal(config.ground_prior_z_m)
+    z0 = config.ground_prior_z_m
+    with np.errstate(invalid="ignore"):
+        # Non-finite points fail these comparisons and drop out.
+        keep = (
+            (p[:, 0] ** 2 + p[:, 1] ** 2 <= config.ground_fit_range_m**2)
+            & (p[:, 2] >= z0 - config.ground_band_below_m)
+            & (p[:, 2] <= z0 + config.ground_band_above_m)
+        )
+    cand = p[keep, :3]
+    if len(cand) < max(config.ransac_min_inliers, 3):
+        return fallback
+    if len(cand) > config.ransac_max_points:
+        # An even stride over the scan order samples every ring; cheaper than a random choice.
+        cand = cand[:: math.ceil(len(cand) / config.ransac_max_points)]
+    rng = np.random.default_rng(config.seed)
+    # All hypotheses are scored at once: iterations x M distances is small (64 x 3000).
+    tri = cand[rng.integers(0, len(cand), size=(config.ransac_iterations, 3))]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norms = np.linalg.norm(normals, axis=1)
+    ok = norms > 1e-9
+    normals[ok] /= norms[ok, None]
+    normals *= np.where(normals[:, 2:3] < 0, -1.0, 1.0)
+    ok &= normals[:, 2] >= math.cos(math.radians(config.ransac_max_tilt_deg))
+    if not np.any(ok):
+        return fallback
+    offsets = -np.einsum("ij,ij->i", normals, tri[:, 0])
+    dist = np.abs(cand @ normals[ok].T + offsets[ok])
+    counts = np.count_nonzero(dist < config.ransac_threshold_m, axis=0)
+    best = int(np.argmax(counts))
+    if counts[best] < config.ransac_min_inliers:
+        return fallback
+    normal, offset = normals[ok][best], float(offsets[ok][best])
+    # Two least-squares refinements on the inliers (SVD: the normal is the least-spread axis).
+    for _ in range(2):
+        inliers = cand[np.abs(cand @ normal + offset) < config.ransac_threshold_m]
+        if len(inliers) < max(config.ransac_min_inliers, 3):
+            break
+        centroid = inliers.mean(axis=0)
+        _, _, vt = np.linalg.svd(inliers - centroid, full_matrices=False)
+        refined = vt[2] if vt[2, 2] > 0 else -vt[2]
+        if refined[2] < math.cos(math.radians(config.ransac_max_tilt_deg)):
+            break
+        normal, offset = refined, -float(refined @ centroid)
+    return GroundPlane((float(normal[0]), float(normal[1]), float(normal[2])), offset)
