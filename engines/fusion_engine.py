@@ -55,6 +55,7 @@ from engines.fusion_runner import (
     PACKAGED_MODEL_PATH,
     FusionEngineConfig,
 )
+from engines.onnx_ops import scatter_amax
 
 __all__ = ["FusionEngine", "export_fusion_engine_onnx"]
 
@@ -74,36 +75,10 @@ __all__ = ["FusionEngine", "export_fusion_engine_onnx"]
 ) = range(11)
 
 
-class _ScatterMax(torch.autograd.Function):
-    """``data.scatter_reduce(0, index, src, "amax", include_self=True)`` on 1-D tensors.
-
-    Exported as the one ``ScatterElements(reduction="max")`` node it stands for: the classic
-    exporter wraps ``scatter_reduce`` in rank-checking ``If`` nodes that ONNX Runtime's shape
-    inference rejects.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: object, data: torch.Tensor, index: torch.Tensor, src: torch.Tensor
-    ) -> torch.Tensor:
-        return data.scatter_reduce(0, index, src, reduce="amax", include_self=True)
-
-    @staticmethod
-    def symbolic(g: object, data: object, index: object, src: object) -> object:
-        out = g.op(  # type: ignore[attr-defined]
-            "ScatterElements", data, index, src, axis_i=0, reduction_s="max"
-        )
-        out.setType(data.type())  # type: ignore[attr-defined]
-        return out
-
-
 def _scatter_max(size: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """Per-slot max of ``src`` (flat) over ``index`` into ``size`` slots; empty slots -_BIG."""
     init = torch.full((size,), -_BIG, dtype=src.dtype, device=src.device)
-    out: torch.Tensor = _ScatterMax.apply(  # type: ignore[no-untyped-call]
-        init, index.reshape(-1), src.reshape(-1)
-    )
-    return out
+    return scatter_amax(init, 0, index.reshape(-1), src.reshape(-1))
 
 
 def _scatter_sum(size: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from engines.onnx_ops import scatter_amax
 from engines.onnxruntime_backend import OnnxRuntimeEngine, TensorSpec
 
 __all__ = [
@@ -181,30 +182,6 @@ def _filled(cols: int, value: float, num_points: torch.Tensor, dtype: torch.dtyp
     return scalar.expand(3, cols).contiguous()
 
 
-class _ScatterMax(torch.autograd.Function):
-    """``data.scatter_reduce(1, index, src, "amax", include_self=True)`` with a plain export.
-
-    The classic exporter wraps ``scatter_reduce`` in rank-checking ``If`` nodes whose outputs
-    ONNX Runtime's shape inference rejects ("axis must be in [-r, r-1]"); this writes the one
-    ``ScatterElements(reduction="max")`` node it stands for, without touching the exporter's
-    global symbolic registry.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: object, data: torch.Tensor, index: torch.Tensor, src: torch.Tensor
-    ) -> torch.Tensor:
-        return data.scatter_reduce(1, index, src, reduce="amax", include_self=True)
-
-    @staticmethod
-    def symbolic(g: object, data: object, index: object, src: object) -> object:
-        out = g.op(  # type: ignore[attr-defined]
-            "ScatterElements", data, index, src, axis_i=1, reduction_s="max"
-        )
-        out.setType(data.type())  # type: ignore[attr-defined]
-        return out
-
-
 class LidarEncoder(torch.nn.Module):
     """Points -> BEV features; see the module docstring for frames and layout.
 
@@ -263,9 +240,7 @@ class LidarEncoder(torch.nn.Module):
 
         maxs_src = torch.stack([z_ok, -z_ok, i_ok], dim=0)
         maxs_init = _filled(num_cells + 1, float("-inf"), num_points, points.dtype)
-        maxs: torch.Tensor = _ScatterMax.apply(  # type: ignore[no-untyped-call]
-            maxs_init, index, maxs_src
-        )
+        maxs = scatter_amax(maxs_init, 1, index, maxs_src)
 
         count = sums[0]
         occupied = count > 0
