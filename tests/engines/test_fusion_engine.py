@@ -20,7 +20,6 @@ import onnx
 import pytest
 import torch
 
-from calibration import load_kitti_object_calib
 from calibration.kitti import kitti_label_to_velo
 from engines.fusion_engine import FusionEngine, export_fusion_engine_onnx
 from engines.fusion_runner import (
@@ -43,7 +42,7 @@ from perception.evaluation import (
 )
 from perception.ground import estimate_ground
 from perception.messages import Detection3D
-from tests.perception.conftest import KittiFrame, png_size
+from tests.conftest import KittiFrame
 
 CONFIG = FusionEngineConfig()
 CAR = CONFIG.class_index("Car")
@@ -76,41 +75,6 @@ class Inputs:
             self.image_size,
             self.ground,
         )
-
-
-@pytest.fixture(scope="module")
-def kitti_frame(kitti_dir: Path) -> Callable[[str], KittiFrame]:
-    cache: dict[str, KittiFrame] = {}
-
-    def load(frame_id: str) -> KittiFrame:
-        if frame_id not in cache:
-            calib = kitti_dir / "calib" / f"{frame_id}.txt"
-            image = kitti_dir / "image_2" / f"{frame_id}.png"
-            scan = kitti_dir / "velodyne_reduced" / f"{frame_id}.bin"
-            for path in (calib, image, scan):
-                if not path.exists():
-                    pytest.skip(f"real data not found: {path}")
-            width, height = png_size(image)
-            rig = load_kitti_object_calib(calib, width, height)
-            points = np.fromfile(scan, dtype="<f4").reshape(-1, 4).astype(np.float32)
-            cache[frame_id] = KittiFrame(
-                frame_id,
-                points,
-                rig.cameras["front"],
-                rig.transform("camera/front", "vehicle"),
-                calib,
-            )
-        return cache[frame_id]
-
-    return load
-
-
-@pytest.fixture(scope="module")
-def reference_dir(data_dir: Path) -> Path:
-    path = data_dir / "kitti_pointpillars" / "reference_pred_velo"
-    if not path.is_dir():
-        pytest.skip(f"real data not found: {path}")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from perception.evaluation import (
     yaw_error_deg,
 )
 from perception.messages import Detection3D
-from tests.perception.conftest import KittiFrame
+from tests.conftest import KittiFrame
 
 
 def _det(label: str, x: float, y: float, yaw: float = 0.0, score: float = 0.9) -> Detection3D:
