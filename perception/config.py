@@ -59,12 +59,20 @@ class CameraModelConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    """Nearest-frame pairing around each lidar sweep."""
+    """Collector pairing around each lidar sweep (see perception.sync.CollectorSync).
+
+    Camera `c` is expected at the sweep stamp + `camera_offsets_ms[c]` (default 0) and matches
+    within `camera_windows_ms[c]` (default `window_ms`) of that time. A bundle waits at most
+    `timeout_ms` of host time after its sweep arrived. Times in milliseconds.
+    """
 
     window_ms: float = 50.0
     timeout_ms: float = 300.0
     gnss_window_ms: float = 500.0
     queue_size: int = 20
+    policy: str = "collector"
+    camera_offsets_ms: dict[str, float] = field(default_factory=dict)
+    camera_windows_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,32 @@
-"""Pairs each lidar sweep (the reference) with the nearest camera frames.
+"""Time synchronisation: the collector (default) and ROS message_filters ApproximateTime.
 
-Walking-skeleton policy: for every camera stream, the frame nearest in time to the sweep within
-`window_ns`; a sweep is emitted as soon as every camera has a frame within its window, or when
-`timeout_ns` of host time has passed since the sweep arrived, then with the missing cameras
-listed. A camera frame
-is used by at most one bundle. The Time synchronisation issue replaces this with the collector
-and ApproximateTime policies.
+Collector (`CollectorSync`, the Autoware design): keyed by the lidar sweep stamp. Camera `c` is
+expected at `sweep stamp + offset[c]` and matches within `window[c]` of that time. A bundle is
+emitted as soon as every camera has a matching frame, or once `timeout_ns` of host time has
+passed since its sweep arrived, then with the missing cameras listed (degraded). A message is
+used by at most one bundle; a frame that arrives after the bundle it belongs to was emitted is
+dropped and counted; arrival order across and within streams does not matter. Every buffer is
+bounded by `queue_size`, so a dead stream costs at most its timeout and a fixed amount of memory.
 
 The same object serves the live node (host receive times) and offline replay (simulated
 receive times), so both pair identically given the same arrival order.
+
+ApproximateTime (`ApproximateTimePolicy`): a port of ROS 2 message_filters' C++
+`sync_policies::ApproximateTime` at the stamp level, so recorded stamp sequences can be checked
+against it. Latency compared with the collector: ApproximateTime publishes a set only once it
+can *prove* no later message gives a better set, i.e. after a message newer than the pivot has
+arrived on every other stream (or the inter-message lower bounds prove it), so its latency is
+about one period of the slowest stream after the last member; it has no timeout and never emits
+an incomplete set (a dead stream stalls it until its queue overflows). The collector publishes
+the moment the last expected member is in (latency = arrival of the last member) and, with a
+stream down, after `timeout_ns`, degraded.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +34,14 @@ from calibration import Rig
 from perception.config import SyncConfig
 from perception.messages import CameraFrame, GnssFix, LidarSweep, Message, RigMessage, SyncedBundle
 
-__all__ = ["NearestSync", "SyncStats"]
+__all__ = ["ApproximateTimePolicy", "CollectorSync", "NearestSync", "SyncStats"]
+
+MS = 1_000_000
 
 
 @dataclass
 class SyncStats:
-    """Counters of what the synchroniser dropped; read by diagnostics."""
+    """Counters of what the synchroniser emitted and dropped; read by diagnostics."""
 
     bundles: int = 0
     degraded_bundles: int = 0
@@ -35,21 +49,30 @@ class SyncStats:
     dropped_sweeps_queue_full: int = 0
     dropped_cameras_queue_full: int = 0
     unknown_streams: int = 0
+    late_messages: int = 0
+    duplicate_messages: int = 0
     per_stream_missing: dict[str, int] = field(default_factory=dict)
+    per_stream_late: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
-class _PendingSweep:
+class _Collector:
+    """One pending bundle: the sweep and when it must be out (host ns)."""
+
     sweep: LidarSweep
     receive_ns: int
     decode_ns: int
+    deadline_ns: int
 
 
-class NearestSync:
-    """Nearest-frame synchroniser keyed by the lidar sweep stamp.
+class CollectorSync:
+    """Collector synchroniser keyed by the lidar sweep stamp.
 
-    `add_*` take each message with its host receive time (ns) and decode duration (ns);
-    `poll(now_ns)` returns the bundles that became complete or timed out, oldest first.
+    `add(msg, receive_ns, decode_ns)` files a message with its host receive time and decode
+    duration (ns); `poll(now_ns)` returns the bundles that became complete or timed out, in
+    sweep stamp order. `offsets_ns` / `windows_ns` map camera streams to their expected offset
+    from the sweep stamp and matching half-window (ns); streams not named use 0 and `window_ns`.
+    Raises ValueError for a non-positive window, timeout or queue size.
     """
 
     def __init__(
@@ -58,20 +81,32 @@ class NearestSync:
         *,
         window_ns: int,
         timeout_ns: int,
-        gnss_window_ns: int = 500_000_000,
+        gnss_window_ns: int = 500 * MS,
         queue_size: int = 20,
         default_rig: Any = None,
+        offsets_ns: Mapping[str, int] | None = None,
+        windows_ns: Mapping[str, int] | None = None,
     ) -> None:
+        if window_ns <= 0 or timeout_ns <= 0 or queue_size <= 0:
+            raise ValueError("window_ns, timeout_ns and queue_size must be > 0")
         self.camera_streams = camera_streams
         self.window_ns = window_ns
         self.timeout_ns = timeout_ns
         self.gnss_window_ns = gnss_window_ns
         self.queue_size = queue_size
+        self.offsets_ns = {s: int((offsets_ns or {}).get(s, 0)) for s in camera_streams}
+        self.windows_ns = {s: int((windows_ns or {}).get(s, window_ns)) for s in camera_streams}
+        if min(self.windows_ns.values(), default=1) <= 0:
+            raise ValueError("camera windows must be > 0")
         self.stats = SyncStats()
-        self._sweeps: deque[_PendingSweep] = deque()
-        self._cameras: dict[str, deque[tuple[CameraFrame, int]]] = {
-            s: deque() for s in camera_streams
+        # Pending bundles in sweep stamp order (at most queue_size).
+        self._pending: list[_Collector] = []
+        # Unused camera frames per stream, stamp order, with their decode durations.
+        self._cameras: dict[str, list[tuple[int, CameraFrame, int]]] = {
+            s: [] for s in camera_streams
         }
+        # Stamps of emitted sweeps, so late members and duplicate sweeps are recognised.
+        self._emitted: deque[int] = deque(maxlen=4 * queue_size)
         self._gnss: deque[GnssFix] = deque(maxlen=queue_size * 5)
         # (stamp_ns, rig) in stamp order; a rig holds from its stamp until the next one.
         self._rigs: list[tuple[int, Any]] = [] if default_rig is None else [(-1, default_rig)]
@@ -79,15 +114,23 @@ class NearestSync:
     @classmethod
     def from_config(
         cls, camera_streams: tuple[str, ...], config: SyncConfig, default_rig: Any = None
-    ) -> NearestSync:
+    ) -> CollectorSync:
+        """Build from the node config (milliseconds there, ns here). Raises ValueError for a
+        policy other than "collector"."""
+        if config.policy != "collector":
+            raise ValueError(f"sync.policy {config.policy!r}: the node supports 'collector'")
         return cls(
             camera_streams,
-            window_ns=int(config.window_ms * 1e6),
-            timeout_ns=int(config.timeout_ms * 1e6),
-            gnss_window_ns=int(config.gnss_window_ms * 1e6),
+            window_ns=round(config.window_ms * MS),
+            timeout_ns=round(config.timeout_ms * MS),
+            gnss_window_ns=round(config.gnss_window_ms * MS),
             queue_size=config.queue_size,
             default_rig=default_rig,
+            offsets_ns={k: round(v * MS) for k, v in config.camera_offsets_ms.items()},
+            windows_ns={k: round(v * MS) for k, v in config.camera_windows_ms.items()},
         )
+
+    # ------------------------------------------------------------------ input
 
     def add(self, msg: Message, receive_ns: int, decode_ns: int = 0) -> None:
         """File any input message. Raises calibration.CalibrationError for an invalid rig
@@ -105,101 +148,142 @@ class NearestSync:
             raise TypeError(f"{type(msg).__name__} is not a sensor input")
 
     def add_sweep(self, sweep: LidarSweep, receive_ns: int, decode_ns: int = 0) -> None:
-        if len(self._sweeps) >= self.queue_size:
-            self._sweeps.popleft()
+        """A lidar sweep opens a bundle due at `receive_ns + timeout_ns`."""
+        stamp = sweep.header.stamp_ns
+        if stamp in self._emitted or any(c.sweep.header.stamp_ns == stamp for c in self._pending):
+            self.stats.duplicate_messages += 1
+            return
+        if len(self._pending) >= self.queue_size:
+            # The oldest bundle is the one least likely to still be useful downstream.
+            self._pending.pop(0)
             self.stats.dropped_sweeps_queue_full += 1
-        self._sweeps.append(_PendingSweep(sweep, receive_ns, decode_ns))
+        keys = [c.sweep.header.stamp_ns for c in self._pending]
+        self._pending.insert(
+            bisect.bisect(keys, stamp),
+            _Collector(sweep, receive_ns, decode_ns, receive_ns + self.timeout_ns),
+        )
 
     def add_camera(self, frame: CameraFrame, decode_ns: int = 0) -> None:
-        queue = self._cameras.get(frame.header.stream)
+        """Buffer a camera frame until a bundle claims it (or drop it as late / duplicate)."""
+        stream = frame.header.stream
+        queue = self._cameras.get(stream)
         if queue is None:
             self.stats.unknown_streams += 1
             return
-        if len(queue) >= self.queue_size:
-            queue.popleft()
+        stamp = frame.header.stamp_ns
+        expected = stamp - self.offsets_ns[stream]
+        window = self.windows_ns[stream]
+        if any(abs(expected - s) <= window for s in self._emitted):
+            # Its bundle is already out: using it elsewhere would pair it outside its window
+            # or twice, so it is dropped.
+            self.stats.late_messages += 1
+            self.stats.per_stream_late[stream] = self.stats.per_stream_late.get(stream, 0) + 1
+            return
+        i = bisect.bisect_left(queue, stamp, key=lambda e: e[0])
+        if i < len(queue) and queue[i][0] == stamp:
+            self.stats.duplicate_messages += 1
+            return
+        queue.insert(i, (stamp, frame, decode_ns))
+        if len(queue) > self.queue_size:
+            queue.pop(0)
             self.stats.dropped_cameras_queue_full += 1
-        queue.append((frame, decode_ns))
 
     def add_gnss(self, fix: GnssFix) -> None:
+        """Keep the fix; the nearest one within `gnss_window_ns` joins each bundle."""
         self._gnss.append(fix)
 
     def add_rig(self, stamp_ns: int, rig: Any) -> None:
+        """A rig in force from `stamp_ns` until the next one."""
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)
         if i > 0 and keys[i - 1] == stamp_ns:
             self._rigs[i - 1] = (stamp_ns, rig)
         else:
             self._rigs.insert(i, (stamp_ns, rig))
-        # Rigs older than the oldest pending sweep are never needed again, except the one in force.
         while len(self._rigs) > self.queue_size:
             self._rigs.pop(0)
+
+    # ----------------------------------------------------------------- output
+
+    def next_deadline_ns(self) -> int | None:
+        """Host time (ns) at which the earliest pending bundle times out; None if none is."""
+        return min((c.deadline_ns for c in self._pending), default=None)
+
+    def poll(self, now_ns: int) -> list[SyncedBundle]:
+        """Bundles complete or due at host time `now_ns`, in sweep stamp order."""
+        out: list[SyncedBundle] = []
+        keep: list[_Collector] = []
+        for pending in self._pending:
+            stamp = pending.sweep.header.stamp_ns
+            choice = {s: self._match(s, stamp) for s in self.camera_streams}
+            complete = all(i >= 0 for i in choice.values())
+            if not (complete or now_ns >= pending.deadline_ns):
+                keep.append(pending)
+                continue
+            self._emitted.append(stamp)
+            bundle = self._emit(pending, choice, now_ns)
+            if bundle is not None:
+                out.append(bundle)
+        self._pending = keep
+        return out
+
+    def _match(self, stream: str, stamp_ns: int) -> int:
+        """Index of the unused frame nearest to its expected time within the window, or -1."""
+        queue = self._cameras[stream]
+        expected = stamp_ns + self.offsets_ns[stream]
+        window = self.windows_ns[stream]
+        i = bisect.bisect_left(queue, expected, key=lambda e: e[0])
+        best, best_dt = -1, window + 1
+        for j in (i - 1, i):
+            if 0 <= j < len(queue):
+                dt = abs(queue[j][0] - expected)
+                if dt < best_dt:
+                    best, best_dt = j, dt
+        return best
+
+    def _emit(
+        self, pending: _Collector, choice: dict[str, int], now_ns: int
+    ) -> SyncedBundle | None:
+        stamp = pending.sweep.header.stamp_ns
+        cameras: dict[str, CameraFrame] = {}
+        skews: dict[str, int] = {}
+        decode_ns = pending.decode_ns
+        missing: list[str] = []
+        for stream, index in choice.items():
+            if index < 0:
+                missing.append(stream)
+                self.stats.per_stream_missing[stream] = (
+                    self.stats.per_stream_missing.get(stream, 0) + 1
+                )
+                continue
+            _, frame, cam_decode_ns = self._cameras[stream].pop(index)
+            cameras[stream] = frame
+            skews[stream] = frame.header.stamp_ns - stamp
+            decode_ns += cam_decode_ns
+        rig = self._rig_at(stamp)
+        if rig is None:
+            self.stats.dropped_sweeps_no_rig += 1
+            return None
+        gnss = self._nearest_gnss(stamp)
+        if gnss is not None:
+            skews[gnss.header.stream] = gnss.header.stamp_ns - stamp
+        self.stats.bundles += 1
+        self.stats.degraded_bundles += bool(missing)
+        return SyncedBundle(
+            lidar=pending.sweep,
+            cameras=cameras,
+            rig=rig,
+            gnss=gnss,
+            missing=tuple(missing),
+            skews_ns=skews,
+            decode_ns=decode_ns,
+            sync_wait_ns=max(0, now_ns - pending.receive_ns),
+        )
 
     def _rig_at(self, stamp_ns: int) -> Any:
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)
         return self._rigs[i - 1][1] if i > 0 else None
-
-    def _nearest_camera(self, stream: str, stamp_ns: int) -> int:
-        """Index of the nearest queued frame within the window, or -1."""
-        best, best_dt = -1, self.window_ns + 1
-        for i, (frame, _) in enumerate(self._cameras[stream]):
-            dt = abs(frame.header.stamp_ns - stamp_ns)
-            if dt < best_dt:
-                best, best_dt = i, dt
-        return best
-
-    def poll(self, now_ns: int) -> list[SyncedBundle]:
-        out: list[SyncedBundle] = []
-        while self._sweeps:
-            pending = self._sweeps[0]
-            stamp = pending.sweep.header.stamp_ns
-            choice = {s: self._nearest_camera(s, stamp) for s in self.camera_streams}
-            complete = all(i >= 0 for i in choice.values())
-            timed_out = now_ns - pending.receive_ns >= self.timeout_ns
-            if not (complete or timed_out):
-                break
-            self._sweeps.popleft()
-            rig = self._rig_at(stamp)
-            if rig is None:
-                self.stats.dropped_sweeps_no_rig += 1
-                continue
-            cameras: dict[str, CameraFrame] = {}
-            skews: dict[str, int] = {}
-            decode_ns = pending.decode_ns
-            missing: list[str] = []
-            for stream, index in choice.items():
-                if index < 0:
-                    missing.append(stream)
-                    self.stats.per_stream_missing[stream] = (
-                        self.stats.per_stream_missing.get(stream, 0) + 1
-                    )
-                    continue
-                queue = self._cameras[stream]
-                frame, cam_decode_ns = queue[index]
-                # Frames older than the chosen one can only pair with older sweeps: drop them.
-                for _ in range(index + 1):
-                    queue.popleft()
-                cameras[stream] = frame
-                skews[stream] = frame.header.stamp_ns - stamp
-                decode_ns += cam_decode_ns
-            gnss = self._nearest_gnss(stamp)
-            if gnss is not None:
-                skews[gnss.header.stream] = gnss.header.stamp_ns - stamp
-            self.stats.bundles += 1
-            self.stats.degraded_bundles += bool(missing)
-            out.append(
-                SyncedBundle(
-                    lidar=pending.sweep,
-                    cameras=cameras,
-                    rig=rig,
-                    gnss=gnss,
-                    missing=tuple(missing),
-                    skews_ns=skews,
-                    decode_ns=decode_ns,
-                    sync_wait_ns=max(0, now_ns - pending.receive_ns),
-                )
-            )
-        return out
 
     def _nearest_gnss(self, stamp_ns: int) -> GnssFix | None:
         best: GnssFix | None = None
@@ -210,3 +294,189 @@ class NearestSync:
             ):
                 best = fix
         return best
+
+
+# The walking skeleton's name: the collector with zero offsets is its nearest-frame pairing.
+NearestSync = CollectorSync
+
+
+class ApproximateTimePolicy:
+    """ROS 2 message_filters C++ `ApproximateTime`, on stamps (integer ns).
+
+    `add(stream_index, stamp_ns)` returns the sets (one stamp per stream, stream order) that
+    this arrival caused to be published (0, 1 or more). Parameters as message_filters:
+    `queue_size` per stream (counting the messages hidden behind a candidate), `age_penalty`
+    (default 0.1), `inter_message_lower_bounds_ns` (per stream, default 0) and
+    `max_interval_ns` (the widest set allowed; None = unbounded). Raises ValueError for fewer
+    than 2 streams, a queue size < 1 or a negative parameter.
+    """
+
+    def __init__(
+        self,
+        num_streams: int,
+        queue_size: int,
+        age_penalty: float = 0.1,
+        inter_message_lower_bounds_ns: list[int] | tuple[int, ...] | None = None,
+        max_interval_ns: int | None = None,
+    ) -> None:
+        if num_streams < 2 or queue_size < 1 or age_penalty < 0:
+            raise ValueError("need num_streams >= 2, queue_size >= 1, age_penalty >= 0")
+        bounds = list(inter_message_lower_bounds_ns or [0] * num_streams)
+        if len(bounds) != num_streams or min(bounds) < 0:
+            raise ValueError("inter_message_lower_bounds_ns: one value >= 0 per stream")
+        if max_interval_ns is not None and max_interval_ns < 0:
+            raise ValueError("max_interval_ns must be >= 0")
+        self.n = num_streams
+        self.queue_size = queue_size
+        self.age_penalty = age_penalty
+        self.bounds = bounds
+        self.max_interval_ns = max_interval_ns
+        self._deques: list[deque[int]] = [deque() for _ in range(num_streams)]
+        self._past: list[list[int]] = [[] for _ in range(num_streams)]
+        self._non_empty = 0
+        self._candidate: tuple[int, ...] | None = None
+        self._candidate_start = 0
+        self._candidate_end = 0
+        self._pivot: int | None = None
+        self._pivot_time = 0
+        self._dropped = [False] * num_streams
+        self._out: list[tuple[int, ...]] = []
+
+    def _scaled(self, duration_ns: int) -> int:
+        # rclcpp::Duration * double truncates towards zero.
+        return int(duration_ns * (1.0 + self.age_penalty))
+
+    def add(self, stream_index: int, stamp_ns: int) -> list[tuple[int, ...]]:
+        """File one stamp; return the sets published as a consequence."""
+        if not 0 <= stream_index < self.n:
+            raise ValueError(f"stream_index {stream_index} outside [0, {self.n})")
+        self._out = []
+        q = self._deques[stream_index]
+        q.append(stamp_ns)
+        if len(q) == 1:
+            self._non_empty += 1
+            if self._non_empty == self.n:
+                self._process()
+        # message_filters only warns here when the lower bound is violated; nothing to do.
+        if len(q) + len(self._past[stream_index]) > self.queue_size:
+            # Cancel any candidate search: put the hidden messages back, drop the oldest.
+            self._recover_all()
+            q.popleft()
+            self._dropped[stream_index] = True
+            if self._pivot is not None:
+                self._candidate = None
+                self._pivot = None
+                self._process()
+        return self._out
+
+    # The helpers below mirror the C++ private methods of the same names.
+
+    def _recount(self) -> None:
+        self._non_empty = sum(1 for d in self._deques if d)
+
+    def _recover_all(self, counts: list[int] | None = None) -> None:
+        for i in range(self.n):
+            past, q = self._past[i], self._deques[i]
+            k = len(past) if counts is None else counts[i]
+            for _ in range(k):
+                q.appendleft(past.pop())
+        self._recount()
+
+    def _delete_front(self, i: int) -> None:
+        self._deques[i].popleft()
+        if not self._deques[i]:
+            self._non_empty -= 1
+
+    def _move_front_to_past(self, i: int) -> None:
+        self._past[i].append(self._deques[i].popleft())
+        if not self._deques[i]:
+            self._non_empty -= 1
+
+    def _make_candidate(self) -> None:
+        self._candidate = tuple(d[0] for d in self._deques)
+        for p in self._past:
+            p.clear()
+
+    def _publish_candidate(self) -> None:
+        assert self._candidate is not None
+        self._out.append(self._candidate)
+        self._candidate = None
+        self._pivot = None
+        # Recover hidden messages and delete the ones the candidate used.
+        for i in range(self.n):
+            past, q = self._past[i], self._deques[i]
+            while past:
+                q.appendleft(past.pop())
+            q.popleft()
+        self._recount()
+
+    def _boundary(self, times: list[int], end: bool) -> tuple[int, int]:
+        # As the C++ `(t < time) ^ end`: ties go to the first stream for the start and to
+        # the last stream for the end.
+        index, time = 0, times[0]
+        for i in range(1, self.n):
+            if (times[i] < time) != end:
+                index, time = i, times[i]
+        return index, time
+
+    def _virtual_times(self) -> list[int]:
+        out = []
+        for i in range(self.n):
+            q = self._deques[i]
+            if q:
+                out.append(q[0])
+            else:
+                out.append(max(self._past[i][-1] + self.bounds[i], self._pivot_time))
+        return out
+
+    def _process(self) -> None:
+        while self._non_empty == self.n:
+            heads = [d[0] for d in self._deques]
+            end_index, end_time = self._boundary(heads, end=True)
+            start_index, start_time = self._boundary(heads, end=False)
+            for i in range(self.n):
+                if i != end_index:
+                    self._dropped[i] = False
+            if self._pivot is None:
+                if self.max_interval_ns is not None and end_time - start_time > (
+                    self.max_interval_ns
+                ):
+                    self._delete_front(start_index)
+                    continue
+                if self._dropped[end_index]:
+                    self._delete_front(start_index)
+                    continue
+                self._make_candidate()
+                self._candidate_start, self._candidate_end = start_time, end_time
+                self._pivot, self._pivot_time = end_index, end_time
+                self._move_front_to_past(start_index)
+            elif self._scaled(end_time - self._candidate_end) >= (
+                start_time - self._candidate_start
+            ):
+                self._move_front_to_past(start_index)
+            else:
+                self._make_candidate()
+                self._candidate_start, self._candidate_end = start_time, end_time
+                self._move_front_to_past(start_index)
+            age_check = self._scaled(end_time - self._candidate_end)
+            if start_index == self._pivot or age_check >= self._pivot_time - self._candidate_start:
+                self._publish_candidate()
+            elif self._non_empty < self.n:
+                self._virtual_search()
+
+    def _virtual_search(self) -> None:
+        """Use the inter-message lower bounds to try to prove the candidate optimal."""
+        moves = [0] * self.n
+        while True:
+            times = self._virtual_times()
+            _, end_time = self._boundary(times, end=True)
+            start_index, start_time = self._boundary(times, end=False)
+            scaled = self._scaled(end_time - self._candidate_end)
+            if scaled >= self._pivot_time - self._candidate_start:
+                self._publish_candidate()
+                return
+            if scaled < start_time - self._candidate_start:
+                self._recover_all(moves)
+                return
+            self._move_front_to_past(start_index)
+            moves[start_index] += 1

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from calibration import PinholeCamera, Rig, RigidTransform
+from perception.config import SyncConfig
 from perception.messages import CameraFrame, GnssFix, Header, LidarSweep, RigMessage
-from perception.sync import NearestSync
+from perception.sync import CollectorSync, NearestSync
 
 MS = 1_000_000
 
@@ -27,7 +30,8 @@ def _sweep(stamp: int, seq: int = 0) -> LidarSweep:
 
 
 def _sync(**kw) -> NearestSync:
-    args = {"window_ns": 50 * MS, "timeout_ns": 300 * MS, "default_rig": _rig()} | kw
+    args: dict[str, Any] = {"window_ns": 50 * MS, "timeout_ns": 300 * MS, "default_rig": _rig()}
+    args |= kw
     return NearestSync(("camera/front",), **args)
 
 
@@ -96,3 +100,50 @@ def test_queues_are_bounded() -> None:
     assert s.stats.dropped_cameras_queue_full == 7
     with pytest.raises(TypeError):
         s.add(object(), receive_ns=0)  # type: ignore[arg-type]
+
+
+def test_nearest_sync_is_the_collector_and_config_builds_it() -> None:
+    assert NearestSync is CollectorSync
+    cfg = SyncConfig(camera_offsets_ms={"camera/front": 60.0}, camera_windows_ms={"x": 5.0})
+    s = CollectorSync.from_config(("camera/front",), cfg)
+    assert s.offsets_ns == {"camera/front": 60 * MS}
+    assert s.windows_ns == {"camera/front": 50 * MS}
+    with pytest.raises(ValueError):
+        CollectorSync.from_config(("camera/front",), SyncConfig(policy="nope"))
+
+
+def test_offset_camera_matched_at_its_expected_time() -> None:
+    s = _sync(window_ns=10 * MS, offsets_ns={"camera/front": 60 * MS})
+    s.add(_cam(100 * MS, seq=1), receive_ns=0)  # at the sweep stamp: 60 ms from expected
+    s.add(_sweep(100 * MS), receive_ns=0)
+    assert s.poll(0) == []
+    s.add(_cam(165 * MS, seq=2), receive_ns=0)
+    (b,) = s.poll(0)
+    assert b.cameras["camera/front"].header.seq == 2
+    assert b.skews_ns["camera/front"] == 65 * MS
+
+
+def test_late_member_dropped_and_counted() -> None:
+    s = _sync()
+    s.add(_sweep(100 * MS), receive_ns=0)
+    (b,) = s.poll(300 * MS)
+    assert b.missing == ("camera/front",)
+    s.add(_cam(110 * MS), receive_ns=310 * MS)
+    assert s.stats.late_messages == 1 and s.stats.per_stream_late == {"camera/front": 1}
+    s.add(_sweep(100 * MS), receive_ns=320 * MS)  # the same sweep again
+    assert s.stats.duplicate_messages == 1 and s.poll(10**12) == []
+
+
+def test_complete_newer_bundle_not_held_by_incomplete_older_one() -> None:
+    two = ("camera/front", "camera/rear")
+    s = NearestSync(two, window_ns=20 * MS, timeout_ns=300 * MS, default_rig=_rig())
+    s.add(_sweep(200 * MS, 1), receive_ns=0)  # out of order: the newer sweep first
+    s.add(_sweep(100 * MS, 0), receive_ns=0)
+    s.add(_cam(100 * MS, "camera/front"), receive_ns=0)
+    s.add(_cam(200 * MS, "camera/front"), receive_ns=0)
+    s.add(_cam(200 * MS, "camera/rear"), receive_ns=0)
+    (b,) = s.poll(0)
+    assert b.lidar.header.seq == 1 and b.missing == ()
+    assert s.next_deadline_ns() == 300 * MS
+    (old,) = s.poll(300 * MS)
+    assert old.lidar.header.seq == 0 and old.missing == ("camera/rear",)
