@@ -15,10 +15,10 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from perception.ego import EgoPoseBuffer
+from perception.ego import EgoPose
 from perception.messages import LidarSweep
 
-__all__ = ["deskew_points", "deskew_sweep"]
+__all__ = ["deskew_points", "deskew_sweep", "sweep_end_ns"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -55,31 +55,36 @@ def deskew_points(
 
 def deskew_sweep(
     sweep: LidarSweep,
-    ego: EgoPoseBuffer,
+    start: EgoPose | None,
+    end: EgoPose | None,
     vehicle_from_lidar: npt.ArrayLike | None = None,
 ) -> tuple[npt.NDArray[np.float32], bool]:
     """The sweep's points deskewed to its stamp, in the vehicle frame, and whether it was done.
 
-    The twist comes from the ego poses at the sweep start and end (GNSS). Without per-point
-    offsets or an ego pose the points are returned unchanged (in the vehicle frame) and the
-    flag is False, so the caller can mark its output.
+    `start` / `end` are the ego poses at the sweep's stamp and at its last point (GNSS, e.g.
+    `EgoPoseBuffer.pose_at`); the twist over the sweep comes from them. Without per-point offsets
+    or either pose the points are returned unchanged (in the vehicle frame) and the flag is False,
+    so the caller can mark its output.
     """
     pts = np.array(sweep.points, dtype=np.float32, copy=True)
     if vehicle_from_lidar is not None:
         m = np.asarray(vehicle_from_lidar, dtype=np.float64)
         pts[:, :3] = (pts[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
     offsets = sweep.point_time_offsets_ns
-    if offsets is None or len(offsets) == 0:
+    if offsets is None or len(offsets) == 0 or start is None or end is None:
         return pts, False
-    t0 = sweep.header.stamp_ns
-    t1 = t0 + max(int(offsets.max()), 1)
-    a, b = ego.pose_at(t0), ego.pose_at(t1)
-    if a is None or b is None:
-        return pts, False
-    dt = (t1 - t0) * 1e-9
-    yaw_rate = math.remainder(b.heading_rad - a.heading_rad, 2 * math.pi) / dt
+    dt = max(end.stamp_ns - start.stamp_ns, 1) * 1e-9
+    yaw_rate = math.remainder(end.heading_rad - start.heading_rad, 2 * math.pi) / dt
     # ENU velocity -> vehicle frame at the reference time.
-    ve, vn, vu = a.velocity_enu_mps
-    ch, sh = math.cos(a.heading_rad), math.sin(a.heading_rad)
+    ve, vn, vu = start.velocity_enu_mps
+    ch, sh = math.cos(start.heading_rad), math.sin(start.heading_rad)
     velocity = (ch * ve + sh * vn, -sh * ve + ch * vn, vu)
     return deskew_points(pts, offsets, velocity, yaw_rate), True
+
+
+def sweep_end_ns(sweep: LidarSweep) -> int:
+    """Stamp of the sweep's last point (its stamp when it has no per-point offsets)."""
+    offsets = sweep.point_time_offsets_ns
+    if offsets is None or len(offsets) == 0:
+        return sweep.header.stamp_ns
+    return sweep.header.stamp_ns + max(int(offsets.max()), 1)

@@ -7,10 +7,13 @@ Arrays inside messages are numpy arrays owned by the message; callers must not m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from perception.ego import EgoPose
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -143,8 +146,10 @@ class SyncedBundle:
     """One lidar sweep with the camera frames matched to it.
 
     `skews_ns` maps each member stream to its stamp minus the sweep stamp. `rig` is the
-    calibration in force at the sweep time (a calibration.rig.Rig). `receive_ns` holds the host
-    time each member arrived, and `decode_ns` how long it took to decode.
+    calibration in force at the sweep time (a calibration.rig.Rig). `decode_ns` is how long the
+    members took to decode; `sync_wait_ns` how long the sweep waited for its bundle. `ego_pose`
+    and `ego_pose_end` are the GNSS ego poses at the sweep's stamp and at its last point (for
+    deskew; None without GNSS).
     """
 
     lidar: LidarSweep
@@ -155,3 +160,5 @@ class SyncedBundle:
     skews_ns: dict[str, int] = field(default_factory=dict)
     decode_ns: int = 0
     sync_wait_ns: int = 0
+    ego_pose: EgoPose | None = None
+    ego_pose_end: EgoPose | None = None

@@ -19,6 +19,7 @@ from engines.fusion_runner import FusionEngineRunner
 from engines.registry import resolve_model
 from perception.boxes import suppress_duplicates
 from perception.config import CameraModelConfig
+from perception.deskew import deskew_sweep
 from perception.ground import GroundConfig, GroundPlane, estimate_ground
 from perception.messages import (
     CameraBox,
@@ -85,7 +86,7 @@ class Pipeline:
         sweep = bundle.lidar
 
         with timer.stage("preprocess"):
-            points = self._points_in_vehicle(sweep.points, rig, sweep.header.frame_id)
+            points = self._points_in_vehicle(bundle)
             tensors = {}
             for name, frame in self._cameras_by_name(bundle).items():
                 image = self._image(frame)
@@ -189,13 +190,14 @@ class Pipeline:
             raise ValueError(f"{frame.header.stream}: cannot decode {frame.encoding} image")
         return np.asarray(image, dtype=np.uint8)
 
-    def _points_in_vehicle(
-        self, points: npt.NDArray[np.float32], rig: Rig, frame_id: str
-    ) -> npt.NDArray[np.float32]:
-        vehicle_from_lidar = rig.transform("vehicle", frame_id)
-        out = points.astype(np.float32, copy=True)
-        if not np.allclose(vehicle_from_lidar.matrix, np.eye(4)):
-            out[:, :3] = vehicle_from_lidar.apply(points).astype(np.float32)
+    def _points_in_vehicle(self, bundle: SyncedBundle) -> npt.NDArray[np.float32]:
+        """The sweep in the vehicle frame, deskewed to its stamp when it has per-point times and
+        GNSS gives the ego motion, without returns beyond `max_range_m`."""
+        sweep = bundle.lidar
+        vehicle_from_lidar = bundle.rig.transform("vehicle", sweep.header.frame_id)
+        out, _ = deskew_sweep(
+            sweep, bundle.ego_pose, bundle.ego_pose_end, vehicle_from_lidar.matrix
+        )
         keep = np.einsum("ij,ij->i", out[:, :3], out[:, :3]) <= self.config.max_range_m**2
         kept: npt.NDArray[np.float32] = out[keep]
         return kept

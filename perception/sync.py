@@ -32,6 +32,8 @@ from typing import Any
 
 from calibration import Rig
 from perception.config import SyncConfig
+from perception.deskew import sweep_end_ns
+from perception.ego import EgoPoseBuffer
 from perception.messages import CameraFrame, GnssFix, LidarSweep, Message, RigMessage, SyncedBundle
 
 __all__ = ["ApproximateTimePolicy", "CollectorSync", "NearestSync", "SyncStats"]
@@ -108,6 +110,7 @@ class CollectorSync:
         # Stamps of emitted sweeps, so late members and duplicate sweeps are recognised.
         self._emitted: deque[int] = deque(maxlen=4 * queue_size)
         self._gnss: deque[GnssFix] = deque(maxlen=queue_size * 5)
+        self.ego = EgoPoseBuffer(capacity=queue_size * 5)
         # (stamp_ns, rig) in stamp order; a rig holds from its stamp until the next one.
         self._rigs: list[tuple[int, Any]] = [] if default_rig is None else [(-1, default_rig)]
 
@@ -189,8 +192,10 @@ class CollectorSync:
             self.stats.dropped_cameras_queue_full += 1
 
     def add_gnss(self, fix: GnssFix) -> None:
-        """Keep the fix; the nearest one within `gnss_window_ns` joins each bundle."""
+        """Keep the fix; the nearest one within `gnss_window_ns` joins each bundle, and the
+        ego poses at the sweep's start and end are interpolated from the fixes."""
         self._gnss.append(fix)
+        self.ego.add(fix)
 
     def add_rig(self, stamp_ns: int, rig: Any) -> None:
         """A rig in force from `stamp_ns` until the next one."""
@@ -278,6 +283,8 @@ class CollectorSync:
             skews_ns=skews,
             decode_ns=decode_ns,
             sync_wait_ns=max(0, now_ns - pending.receive_ns),
+            ego_pose=self.ego.pose_at(stamp),
+            ego_pose_end=self.ego.pose_at(sweep_end_ns(pending.sweep)),
         )
 
     def _rig_at(self, stamp_ns: int) -> Any:

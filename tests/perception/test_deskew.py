@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calibration.geodesy import LocalTangentPlane
-from perception.deskew import deskew_points, deskew_sweep
+from perception.deskew import deskew_points, deskew_sweep, sweep_end_ns
 from perception.ego import EgoPoseBuffer
 from perception.messages import GnssFix, Header, LidarSweep
 
@@ -69,7 +69,9 @@ def test_deskew_sweep_with_gnss_motion() -> None:
         )
     pts, offsets = _scan_wall(20.0, 0.0)
     sweep = LidarSweep(Header("lidar", 0, 0, "lidar"), pts, offsets)
-    out, done = deskew_sweep(sweep, ego)
+    out, done = deskew_sweep(sweep, ego.pose_at(0), ego.pose_at(sweep_end_ns(sweep)))
     assert done and _line_residual(out) < 0.02
-    plain, done = deskew_sweep(LidarSweep(Header("lidar", 0, 0, "lidar"), pts), ego)
+    plain, done = deskew_sweep(
+        LidarSweep(Header("lidar", 0, 0, "lidar"), pts), ego.pose_at(0), ego.pose_at(0)
+    )
     assert not done and np.array_equal(plain, pts)

@@ -9,7 +9,7 @@ import pytest
 
 from perception.config import CameraModelConfig
 from perception.messages import GnssFix, Header
-from perception.pipeline import Pipeline
+from perception.pipeline import Pipeline, PipelineConfig
 from perception.sync import NearestSync
 from replay.kitti_object import CAMERA_STREAM, KittiObjectFolder
 
@@ -52,3 +52,38 @@ def test_global_position_from_gnss_heading_and_lever_arm(pipeline, kitti_dir: Pa
     assert ped.latitude_deg == pytest.approx(exp_lat, abs=1e-8)
     assert ped.longitude_deg == pytest.approx(exp_lon, abs=1e-8)
     assert ped.latitude_deg > lat  # 8.9 m ahead = north
+
+
+def test_sweep_is_deskewed_with_gnss_motion(pipeline: Pipeline, kitti_dir: Path) -> None:
+    from dataclasses import replace
+
+    from calibration import LocalTangentPlane
+    from perception.messages import LidarSweep
+
+    origin = LocalTangentPlane(49.0, 8.4, 100.0)
+    sync = NearestSync((CAMERA_STREAM,), window_ns=50_000_000, timeout_ns=300_000_000)
+    for k in range(-1, 3):  # 20 m/s along the vehicle x axis (heading 0 = east)
+        lat, lon, alt = origin.enu_to_geodetic([20.0 * 0.1 * k, 0.0, 0.0])
+        fix = GnssFix(
+            Header("gnss", k, k * 100_000_000, "gnss"),
+            float(lat),
+            float(lon),
+            float(alt),
+            velocity_enu_mps=(20.0, 0.0, 0.0),
+            heading_rad=0.0,
+        )
+        sync.add(fix, receive_ns=0)
+    rig_msg, cam, sweep = KittiObjectFolder(kitti_dir).frame_messages(1, 0)
+    assert isinstance(sweep, LidarSweep)
+    n = sweep.points.shape[0]
+    offsets = np.linspace(0, 99_000_000, n).astype(np.int64)
+    for msg in (rig_msg, cam, replace(sweep, point_time_offsets_ns=offsets)):
+        sync.add(msg, receive_ns=0)
+    (bundle,) = sync.poll(0)
+    assert bundle.ego_pose is not None and bundle.ego_pose_end is not None
+    unbounded = Pipeline(pipeline.detector, PipelineConfig(max_range_m=1e4), pipeline.fusion)
+    points = unbounded._points_in_vehicle(bundle)
+    assert points.shape == sweep.points.shape
+    # A point measured t after the sweep start was seen from 20 t further forward.
+    shift = points[:, 0] - sweep.points[:, 0]
+    np.testing.assert_allclose(shift, 20.0 * offsets * 1e-9, atol=0.02)
