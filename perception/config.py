@@ -157,6 +157,12 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.sync.window_ms > 0, "sync.window_ms", "must be > 0"),
         (cfg.sync.timeout_ms > 0, "sync.timeout_ms", "must be > 0"),
         (cfg.sync.queue_size > 0, "sync.queue_size", "must be > 0"),
+        (cfg.sync.policy == "collector", "sync.policy", "the node supports 'collector'"),
+        (
+            all(w > 0 for w in cfg.sync.camera_windows_ms.values()),
+            "sync.camera_windows_ms",
+            "every window must be > 0",
+        ),
         (len(cfg.inputs.endpoints) > 0, "inputs.endpoints", "needs at least one endpoint"),
         (len(cfg.inputs.camera_topics) > 0, "inputs.camera_topics", "needs at least one camera"),
         (cfg.inputs.high_water_mark > 0, "inputs.high_water_mark", "must be > 0"),

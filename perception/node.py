@@ -26,6 +26,7 @@ import numpy as np
 
 from calibration import CalibrationError, Rig
 from perception import wire
+from perception.clock import ClockMonitor
 from perception.config import NodeConfig
 from perception.errors import WireError
 from perception.messages import DetectionList
@@ -68,6 +69,9 @@ class Node:
         self._cond = threading.Condition()
         self._bad = RateLimitedLogger(log)
         self._limits = wire.WireLimits(max_points=config.max_points)
+        # Sensor clocks against the host clock, per stream (offset, drift, jumps).
+        self.clocks = ClockMonitor()
+        self.clock_jumps = 0
         self._last_publish_ns = 0
         self._receiver_error: BaseException | None = None
 
@@ -134,6 +138,9 @@ class Node:
             return
         decode_ns = time.perf_counter_ns() - start
         with self._cond:
+            if self.clocks.observe(topic, msg.header.stamp_ns, receive_ns):
+                self.clock_jumps += 1
+                self._bad.warning(f"clock:{topic}", f"{topic}: sensor clock jump detected")
             try:
                 self.sync.add(msg, receive_ns, decode_ns)
             except CalibrationError as e:
@@ -196,10 +203,15 @@ class Node:
 
     def diagnostics(self) -> dict[str, object]:
         """A snapshot of counters and synchroniser statistics."""
+        with self._cond:
+            clocks = {name: asdict(state) for name, state in self.clocks.diagnostics().items()}
+            sync = asdict(self.sync.stats)
         return {
             "stamp_ns": time.time_ns(),
             "counters": asdict(self.counters),
-            "sync": asdict(self.sync.stats),
+            "sync": sync,
+            "clocks": clocks,
+            "clock_jumps": self.clock_jumps,
             "last_publish_ns": self._last_publish_ns,
         }
 

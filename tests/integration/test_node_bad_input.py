@@ -102,6 +102,9 @@ def test_node_survives_malformed_messages(tmp_path: Path, kitti_dir: Path, yolox
             sub, lambda d: d["counters"]["received"] >= received_before + len(bad) + 3
         )
         assert diag["counters"]["decode_errors"] == len(bad), diag
+        # The sensor clocks are tracked per stream against the host clock.
+        assert {"lidar/top", "camera/front"} <= set(diag["clocks"])
+        assert diag["clocks"]["lidar/top"]["samples"] >= 2
         assert node.proc.poll() is None, "node died"
     assert node.proc.returncode == 0
     log = "".join(node.output)
