@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
@@ -63,14 +64,18 @@ class SyncConfig:
 
     Camera `c` is expected at the sweep stamp + `camera_offsets_ms[c]` (default 0) and matches
     within `camera_windows_ms[c]` (default `window_ms`) of that time. A bundle waits at most
-    `timeout_ms` of host time after its sweep arrived. Times in milliseconds.
+    `timeout_ms` of host time after its sweep arrived. With `policy: approximate_time` the sets
+    are chosen by message_filters' ApproximateTime (`queue_size`, `age_penalty`,
+    `max_interval_ms`) instead. Times in milliseconds.
     """
 
     window_ms: float = 50.0
     timeout_ms: float = 300.0
     gnss_window_ms: float = 500.0
     queue_size: int = 20
-    policy: str = "collector"
+    policy: str = "collector"  # or "approximate_time" (ROS 2 message_filters semantics)
+    age_penalty: float = 0.1  # approximate_time only, as message_filters
+    max_interval_ms: float | None = None  # approximate_time only: widest set allowed
     camera_offsets_ms: dict[str, float] = field(default_factory=dict)
     camera_windows_ms: dict[str, float] = field(default_factory=dict)
 
@@ -124,8 +129,9 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if hint == (str | None):
-        return None if value is None else _convert(value, str, key)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return None if value is None else _convert(value, inner, key)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -157,7 +163,12 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.sync.window_ms > 0, "sync.window_ms", "must be > 0"),
         (cfg.sync.timeout_ms > 0, "sync.timeout_ms", "must be > 0"),
         (cfg.sync.queue_size > 0, "sync.queue_size", "must be > 0"),
-        (cfg.sync.policy == "collector", "sync.policy", "the node supports 'collector'"),
+        (
+            cfg.sync.policy in ("collector", "approximate_time"),
+            "sync.policy",
+            "must be 'collector' or 'approximate_time'",
+        ),
+        (cfg.sync.age_penalty >= 0, "sync.age_penalty", "must be >= 0"),
         (
             all(w > 0 for w in cfg.sync.camera_windows_ms.values()),
             "sync.camera_windows_ms",

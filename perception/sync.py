@@ -36,7 +36,13 @@ from perception.deskew import sweep_end_ns
 from perception.ego import EgoPoseBuffer
 from perception.messages import CameraFrame, GnssFix, LidarSweep, Message, RigMessage, SyncedBundle
 
-__all__ = ["ApproximateTimePolicy", "CollectorSync", "NearestSync", "SyncStats"]
+__all__ = [
+    "ApproximateTimePolicy",
+    "ApproximateTimeSync",
+    "CollectorSync",
+    "NearestSync",
+    "SyncStats",
+]
 
 MS = 1_000_000
 
@@ -118,10 +124,24 @@ class CollectorSync:
     def from_config(
         cls, camera_streams: tuple[str, ...], config: SyncConfig, default_rig: Any = None
     ) -> CollectorSync:
-        """Build from the node config (milliseconds there, ns here). Raises ValueError for a
-        policy other than "collector"."""
+        """Build from the node config (milliseconds there, ns here): the collector, or the
+        ApproximateTime policy when `config.policy` is "approximate_time". Raises ValueError for
+        another policy."""
+        if config.policy == "approximate_time":
+            return ApproximateTimeSync(
+                camera_streams,
+                queue_size=config.queue_size,
+                age_penalty=config.age_penalty,
+                max_interval_ns=None
+                if config.max_interval_ms is None
+                else round(config.max_interval_ms * MS),
+                gnss_window_ns=round(config.gnss_window_ms * MS),
+                default_rig=default_rig,
+            )
         if config.policy != "collector":
-            raise ValueError(f"sync.policy {config.policy!r}: the node supports 'collector'")
+            raise ValueError(
+                f"sync.policy {config.policy!r}: use 'collector' or 'approximate_time'"
+            )
         return cls(
             camera_streams,
             window_ns=round(config.window_ms * MS),
@@ -249,22 +269,29 @@ class CollectorSync:
     def _emit(
         self, pending: _Collector, choice: dict[str, int], now_ns: int
     ) -> SyncedBundle | None:
-        stamp = pending.sweep.header.stamp_ns
         cameras: dict[str, CameraFrame] = {}
-        skews: dict[str, int] = {}
         decode_ns = pending.decode_ns
-        missing: list[str] = []
         for stream, index in choice.items():
-            if index < 0:
-                missing.append(stream)
-                self.stats.per_stream_missing[stream] = (
-                    self.stats.per_stream_missing.get(stream, 0) + 1
-                )
-                continue
-            _, frame, cam_decode_ns = self._cameras[stream].pop(index)
-            cameras[stream] = frame
-            skews[stream] = frame.header.stamp_ns - stamp
-            decode_ns += cam_decode_ns
+            if index >= 0:
+                _, frame, cam_decode_ns = self._cameras[stream].pop(index)
+                cameras[stream] = frame
+                decode_ns += cam_decode_ns
+        return self._bundle(pending.sweep, cameras, pending.receive_ns, decode_ns, now_ns)
+
+    def _bundle(
+        self,
+        sweep: LidarSweep,
+        cameras: dict[str, CameraFrame],
+        receive_ns: int,
+        decode_ns: int,
+        now_ns: int,
+    ) -> SyncedBundle | None:
+        """The bundle of a sweep and its matched frames (None, counted, without a rig)."""
+        stamp = sweep.header.stamp_ns
+        missing = [s for s in self.camera_streams if s not in cameras]
+        for stream in missing:
+            self.stats.per_stream_missing[stream] = self.stats.per_stream_missing.get(stream, 0) + 1
+        skews = {s: f.header.stamp_ns - stamp for s, f in cameras.items()}
         rig = self._rig_at(stamp)
         if rig is None:
             self.stats.dropped_sweeps_no_rig += 1
@@ -275,16 +302,16 @@ class CollectorSync:
         self.stats.bundles += 1
         self.stats.degraded_bundles += bool(missing)
         return SyncedBundle(
-            lidar=pending.sweep,
+            lidar=sweep,
             cameras=cameras,
             rig=rig,
             gnss=gnss,
             missing=tuple(missing),
             skews_ns=skews,
             decode_ns=decode_ns,
-            sync_wait_ns=max(0, now_ns - pending.receive_ns),
+            sync_wait_ns=max(0, now_ns - receive_ns),
             ego_pose=self.ego.pose_at(stamp),
-            ego_pose_end=self.ego.pose_at(sweep_end_ns(pending.sweep)),
+            ego_pose_end=self.ego.pose_at(sweep_end_ns(sweep)),
         )
 
     def _rig_at(self, stamp_ns: int) -> Any:
@@ -487,3 +514,93 @@ class ApproximateTimePolicy:
                 return
             self._move_front_to_past(start_index)
             moves[start_index] += 1
+
+
+class ApproximateTimeSync(CollectorSync):
+    """The node's synchroniser with message_filters' ApproximateTime choosing the sets.
+
+    Streams are the lidar (first) and the cameras; a set is emitted when the policy proves it
+    (no timeout, never incomplete: see the module docstring for the latency cost). Rig, GNSS
+    and ego poses are attached as the collector does. Messages the policy can no longer use are
+    dropped; every buffer holds at most `queue_size` messages per stream.
+    """
+
+    def __init__(
+        self,
+        camera_streams: tuple[str, ...],
+        *,
+        queue_size: int = 20,
+        age_penalty: float = 0.1,
+        max_interval_ns: int | None = None,
+        gnss_window_ns: int = 500_000_000,
+        default_rig: Any = None,
+    ) -> None:
+        super().__init__(
+            camera_streams,
+            window_ns=1,
+            timeout_ns=2**62,
+            gnss_window_ns=gnss_window_ns,
+            queue_size=queue_size,
+            default_rig=default_rig,
+        )
+        self._policy = ApproximateTimePolicy(
+            1 + len(camera_streams), queue_size, age_penalty, max_interval_ns=max_interval_ns
+        )
+        # Per stream index (0 = lidar): stamp -> (message, receive_ns, decode_ns).
+        self._held: list[dict[int, tuple[LidarSweep | CameraFrame, int, int]]] = [
+            {} for _ in range(1 + len(camera_streams))
+        ]
+        self._sets: list[tuple[int, ...]] = []
+        self._last_receive_ns = 0
+
+    def add_sweep(self, sweep: LidarSweep, receive_ns: int, decode_ns: int = 0) -> None:
+        self._last_receive_ns = receive_ns
+        self._feed(0, sweep, receive_ns, decode_ns)
+
+    def add_camera(self, frame: CameraFrame, decode_ns: int = 0) -> None:
+        stream = frame.header.stream
+        if stream not in self.camera_streams:
+            self.stats.unknown_streams += 1
+            return
+        index = 1 + self.camera_streams.index(stream)
+        self._feed(index, frame, self._last_receive_ns, decode_ns)
+
+    def _feed(
+        self, index: int, msg: LidarSweep | CameraFrame, receive_ns: int, decode_ns: int
+    ) -> None:
+        stamp = msg.header.stamp_ns
+        held = self._held[index]
+        if stamp in held:
+            self.stats.duplicate_messages += 1
+            return
+        held[stamp] = (msg, receive_ns, decode_ns)
+        if len(held) > self.queue_size:
+            del held[min(held)]
+        self._sets += self._policy.add(index, stamp)
+
+    def next_deadline_ns(self) -> int | None:
+        return None
+
+    def poll(self, now_ns: int) -> list[SyncedBundle]:
+        out: list[SyncedBundle] = []
+        for stamps in self._sets:
+            members = [self._held[i].pop(t, None) for i, t in enumerate(stamps)]
+            # Older messages of each stream can no longer join a set.
+            for held, t in zip(self._held, stamps, strict=True):
+                for old in [k for k in held if k < t]:
+                    del held[old]
+            sweep_item = members[0]
+            if sweep_item is None or any(m is None for m in members):
+                continue  # evicted from its bounded buffer before the set was proved
+            sweep, receive_ns, decode_ns = sweep_item
+            assert isinstance(sweep, LidarSweep)
+            cameras: dict[str, CameraFrame] = {}
+            for stream, item in zip(self.camera_streams, members[1:], strict=True):
+                assert item is not None and isinstance(item[0], CameraFrame)
+                cameras[stream] = item[0]
+                decode_ns += item[2]
+            bundle = self._bundle(sweep, cameras, receive_ns, decode_ns, now_ns)
+            if bundle is not None:
+                out.append(bundle)
+        self._sets = []
+        return out

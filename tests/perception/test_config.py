@@ -32,7 +32,7 @@ def test_shipped_config_loads() -> None:
         ({"inputs": {"endpoints": ["udp://x:1"]}}, r"endpoint 'udp://x:1': scheme"),
         ({"camera_model": {"score_threshold": 2}}, r"camera_model\.score_threshold: must be"),
         ({"max_points": 1.5}, r"max_points: expected an integer"),
-        ({"sync": {"policy": "exact"}}, r"sync\.policy: the node supports 'collector'"),
+        ({"sync": {"policy": "exact"}}, r"sync\.policy: must be 'collector' or 'approximate_time'"),
         ({"sync": {"camera_windows_ms": {"camera/front": 0}}}, r"sync\.camera_windows_ms"),
     ],
 )

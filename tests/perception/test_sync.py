@@ -147,3 +147,34 @@ def test_complete_newer_bundle_not_held_by_incomplete_older_one() -> None:
     assert s.next_deadline_ns() == 300 * MS
     (old,) = s.poll(300 * MS)
     assert old.lidar.header.seq == 0 and old.missing == ("camera/rear",)
+
+
+def test_node_approximate_time_policy_emits_the_policy_sets() -> None:
+    from perception.config import SyncConfig
+    from perception.sync import ApproximateTimePolicy, ApproximateTimeSync
+
+    cfg = SyncConfig(policy="approximate_time", queue_size=5)
+    sync = NearestSync.from_config(("camera/a", "camera/b"), cfg, default_rig=_rig())
+    assert isinstance(sync, ApproximateTimeSync)
+    reference = ApproximateTimePolicy(3, 5)
+    rng = np.random.default_rng(3)
+    expected: list[tuple[int, ...]] = []
+    got = []
+    for k in range(30):
+        base = k * 100 * MS
+        arrivals = [
+            (0, _sweep(base + int(rng.integers(0, 3 * MS)), k)),
+            (1, _cam(base + int(rng.integers(10, 30)) * MS, "camera/a", k)),
+            (2, _cam(base + int(rng.integers(-20, 20)) * MS, "camera/b", k)),
+        ]
+        for index in rng.permutation(3):
+            stream, msg = arrivals[index]
+            expected += reference.add(stream, msg.header.stamp_ns)
+            sync.add(msg, receive_ns=base)
+            got += sync.poll(base)
+    assert len(got) == len(expected) >= 25
+    for bundle, stamps in zip(got, expected, strict=True):
+        assert bundle.lidar.header.stamp_ns == stamps[0]
+        assert bundle.cameras["camera/a"].header.stamp_ns == stamps[1]
+        assert bundle.cameras["camera/b"].header.stamp_ns == stamps[2]
+        assert bundle.missing == ()
