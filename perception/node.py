@@ -20,9 +20,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import zmq
 
 from calibration import CalibrationError, Rig
 from perception import wire
@@ -126,7 +128,7 @@ class Node:
                     continue
                 self._file_message(frames)
 
-    def _file_message(self, frames: list) -> None:  # type: ignore[type-arg]
+    def _file_message(self, frames: Sequence[zmq.Frame]) -> None:
         receive_ns = time.time_ns()
         start = time.perf_counter_ns()
         self.counters.received += 1
