@@ -89,21 +89,84 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source(sources: Sequence[str], command: str) -> tuple[str, Path]:
+    """("kitti-object", DIR) or ("drive", DRIVE.mcap) from `SOURCE [DIR]`."""
+    if sources[0] == "kitti-object":
+        if len(sources) != 2:
+            raise PerceptionError(f"{command} kitti-object: expected exactly one KITTI folder")
+        return "kitti-object", Path(sources[1])
+    if len(sources) != 1:
+        raise PerceptionError(f"{command}: expected one drive, got {len(sources)} arguments")
+    return "drive", Path(sources[0])
+
+
 def cmd_play(args: argparse.Namespace) -> int:
     from perception.transport import Publisher
+    from replay.drive import DriveReader
     from replay.kitti_object import KittiObjectFolder
+    from replay.mcap_player import play_drive
     from replay.player import play_kitti_object
 
-    folder = KittiObjectFolder(Path(args.dir))
+    kind, path = _source([args.source, *([args.dir] if args.dir else [])], "play")
+    folder = KittiObjectFolder(path) if kind == "kitti-object" else None
+    reader = DriveReader(path) if kind == "drive" else None
     stop = _stop_on_signals()
     with Publisher(args.endpoint, bind=True, hwm=args.hwm) as publisher:
         if args.wait > 0:
             # PUB/SUB drops what is sent before a subscriber's subscription arrives.
             stop.wait(args.wait)
-        sent = play_kitti_object(folder, publisher, rate_hz=args.rate, loop=args.loop, stop=stop)
+        if folder is not None:
+            sent = play_kitti_object(
+                folder, publisher, rate_hz=args.rate, loop=args.loop, stop=stop
+            )
+            what = "frames"
+        else:
+            assert reader is not None
+            sent = play_drive(
+                reader,
+                publisher,
+                speed=args.speed,
+                loop=args.loop,
+                start_s=args.start,
+                topics=args.topics,
+                stop=stop,
+                restamp=args.restamp,
+            )
+            what = "messages"
         # Let ZeroMQ flush the last frames before the socket closes.
         time.sleep(0.2)
-    print(f"perception play: {sent} frames published on {args.endpoint}", flush=True)
+    print(f"perception play: {sent} {what} published on {args.endpoint}", flush=True)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from replay.recorder import Recorder
+
+    config = _load_node_config(args.config)
+    inputs = config.inputs
+    topics = args.topics or [
+        inputs.lidar_topic,
+        *inputs.camera_topics,
+        inputs.gnss_topic,
+        inputs.rig_topic,
+    ]
+    endpoints = args.endpoint or list(inputs.endpoints)
+    stop = _stop_on_signals()
+    recorder = Recorder(
+        endpoints,
+        topics,
+        Path(args.out),
+        queue_size=args.queue_size,
+        compression=None if args.compression == "none" else args.compression,
+    )
+    print(f"perception record: recording {', '.join(topics)} to {args.out}", flush=True)
+    stats = recorder.run(stop)
+    print(
+        f"perception record: {stats.received} received, {stats.written} written, "
+        f"{stats.dropped} dropped (queue full), {stats.undecodable} undecodable, "
+        f"{stats.bytes / 1e6:.1f} MB",
+        flush=True,
+    )
     return 0
 
 
@@ -154,20 +217,96 @@ def cmd_echo(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from replay.drive import DriveReader, DriveWriter
     from replay.kitti_object import CAMERA_STREAM, KittiObjectFolder
-    from replay.offline import run_offline
+    from replay.offline import run_offline, run_recorded
 
     config = _load_node_config(args.config)
-    folder = KittiObjectFolder(Path(args.dir))
-    pipeline = _pipeline(config, args.model)
+    if args.out_dir is not None or args.ray_address is not None:
+        return _replay_many(args, config)
+    if args.out is None:
+        raise PerceptionError("replay: give --out FILE (one source) or --out-dir DIR (many)")
+    kind, path = _source(args.sources, "replay")
     out = Path(args.out)
+    if out.suffix not in (".jsonl", ".mcap"):
+        raise PerceptionError(f"{out}: --out must end in .jsonl or .mcap")
+    if kind == "kitti-object":
+        folder = KittiObjectFolder(path)
+        pipeline = _pipeline(config, args.model)
+        total: int | None = len(folder)
+        results = run_offline(folder.messages(), pipeline, (CAMERA_STREAM,), config.sync)
+    else:
+        reader = DriveReader(path)
+        pipeline = _pipeline(config, args.model)
+        total = reader.topics().get(config.inputs.lidar_topic)
+        results = run_recorded(
+            reader.messages(),
+            pipeline,
+            config.inputs.camera_topics,
+            config.sync,
+            default_rig=reader.rig,
+            speed=1.0 if args.realtime else 0.0,
+        )
     count = 0
-    with out.open("w") as f, tqdm(total=len(folder), unit="sweep", disable=args.quiet) as bar:
-        for dl in run_offline(folder.messages(), pipeline, (CAMERA_STREAM,), config.sync):
-            write_jsonl_line(f, dl)
-            count += 1
-            bar.update(1)
+    with tqdm(total=total, unit="sweep", disable=args.quiet) as bar:
+        if out.suffix == ".jsonl":
+            with out.open("w") as f:
+                for dl in results:
+                    write_jsonl_line(f, dl)
+                    count += 1
+                    bar.update(1)
+        else:
+            with DriveWriter(out) as writer:
+                for dl in results:
+                    writer.write(dl, dl.header.stamp_ns)
+                    count += 1
+                    bar.update(1)
     print(f"perception replay: {count} DetectionLists written to {out}")
+    return 0
+
+
+def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
+    from tqdm import tqdm
+
+    from replay.distributed import replay_many
+
+    if args.out_dir is None:
+        raise PerceptionError("replay: --ray-address needs --out-dir")
+    sources = [Path(s) for s in args.sources if s != "kitti-object"]
+    with tqdm(total=len(sources), unit="drive", disable=args.quiet) as bar:
+        results = replay_many(
+            sources,
+            Path(args.out_dir),
+            config=config,
+            model_path=Path(args.model) if args.model else None,
+            ray_address=args.ray_address,
+            progress=lambda _done, _total, _result: bar.update(1),
+        )
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"{r.source}: failed: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.source}: {r.sweeps} DetectionLists -> {r.out_path} ({r.wall_s:.1f} s)")
+    return 1 if failed else 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from replay.importers import import_kitti_object, import_kitti_raw
+
+    out = Path(args.out)
+    if args.format == "kitti-object":
+        stats = import_kitti_object(Path(args.dir), out)
+    else:
+        stats = import_kitti_raw(Path(args.dir), out, grey=args.grey)
+    for warning in stats.warnings:
+        print(f"warning: {warning}")
+    counts = ", ".join(f"{t} {n}" for t, n in sorted(stats.messages.items()))
+    print(f"perception import: {out}: {counts} ({stats.bytes / 1e6:.1f} MB, {stats.wall_s:.1f} s)")
+    if stats.camera_offsets_ms:
+        offsets = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(stats.camera_offsets_ms.items()))
+        print(f"cameras follow their sweep stamp by (ms) {offsets}: set sync.camera_offsets_ms")
     return 0
 
 
@@ -324,16 +463,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="camera detector ONNX file (overrides the config)")
     run.set_defaults(func=cmd_run)
 
-    play = sub.add_parser("play", help="publish recorded frames over ZeroMQ")
-    play_sub = play.add_subparsers(dest="source", required=True)
-    pk = play_sub.add_parser("kitti-object", help="a KITTI object folder (image_2, calib, ...)")
-    pk.add_argument("dir")
-    pk.add_argument("--endpoint", default=DEFAULT_SENSORS)
-    pk.add_argument("--rate", type=float, default=10.0, help="frames per second (Hz)")
-    pk.add_argument("--loop", action="store_true")
-    pk.add_argument("--wait", type=float, default=1.0, help="seconds to let subscribers join")
-    pk.add_argument("--hwm", type=int, default=100)
-    pk.set_defaults(func=cmd_play)
+    play = sub.add_parser(
+        "play",
+        help="publish recorded data over ZeroMQ: `play DRIVE.mcap` or `play kitti-object DIR`",
+    )
+    play.add_argument("source", help="a drive (.mcap), or `kitti-object` followed by its folder")
+    play.add_argument("dir", nargs="?", help="the KITTI object folder (image_2, calib, ...)")
+    play.add_argument("--endpoint", default=DEFAULT_SENSORS)
+    play.add_argument("--rate", type=float, default=10.0, help="KITTI: frames per second (Hz)")
+    play.add_argument("--speed", type=float, default=1.0, help="drive: x recorded time (0: max)")
+    play.add_argument("--start", type=float, default=0.0, help="drive: seconds into the drive")
+    play.add_argument("--topics", nargs="+", help="drive: only these topics")
+    play.add_argument("--restamp", action="store_true", help="drive: stamps shifted to now")
+    play.add_argument("--loop", action="store_true")
+    play.add_argument("--wait", type=float, default=1.0, help="seconds to let subscribers join")
+    play.add_argument("--hwm", type=int, default=10_000)
+    play.set_defaults(func=cmd_play)
+
+    record = sub.add_parser("record", help="record ZeroMQ topics into an MCAP drive")
+    record.add_argument("topics", nargs="*", help="topics (default: the config's inputs)")
+    record.add_argument("--out", required=True, help="the MCAP drive to write")
+    record.add_argument("--endpoint", action="append", help="where to subscribe (repeatable)")
+    record.add_argument("--config", help="node YAML config (default topics and endpoints)")
+    record.add_argument("--queue-size", type=int, default=1000, help="messages held for disk")
+    record.add_argument("--compression", choices=("zstd", "lz4", "none"), default="zstd")
+    record.set_defaults(func=cmd_record)
 
     echo = sub.add_parser("echo", help="print what arrives on a topic")
     echo.add_argument("topic")
@@ -341,15 +495,32 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
     echo.set_defaults(func=cmd_echo)
 
-    replay = sub.add_parser("replay", help="run the pipeline offline, no sockets")
-    replay_sub = replay.add_subparsers(dest="source", required=True)
-    rk = replay_sub.add_parser("kitti-object", help="a KITTI object folder")
-    rk.add_argument("dir")
-    rk.add_argument("--out", required=True, help="JSON Lines output, one DetectionList per line")
-    rk.add_argument("--config", help="node YAML config (sync and model settings)")
-    rk.add_argument("--model", help="camera detector ONNX file (overrides the config)")
-    rk.add_argument("--quiet", action="store_true", help="no progress bar")
-    rk.set_defaults(func=cmd_replay)
+    replay = sub.add_parser(
+        "replay",
+        help="the pipeline offline, no sockets: `replay DRIVE.mcap` or `replay kitti-object DIR`",
+    )
+    replay.add_argument(
+        "sources",
+        nargs="+",
+        help="a drive (.mcap), `kitti-object DIR`, or with --out-dir many drives/KITTI folders",
+    )
+    replay.add_argument("--out", help="detections: .jsonl (one per line) or .mcap")
+    replay.add_argument("--out-dir", help="many sources: one .jsonl per source in this folder")
+    replay.add_argument(
+        "--ray-address", help="run one Ray task per source (`local`, `auto` or a ray:// address)"
+    )
+    replay.add_argument("--config", help="node YAML config (sync and model settings)")
+    replay.add_argument("--model", help="camera detector ONNX file (overrides the config)")
+    replay.add_argument("--realtime", action="store_true", help="drive: paced by recorded time")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(func=cmd_replay)
+
+    imp = sub.add_parser("import", help="convert a dataset into an MCAP drive")
+    imp.add_argument("format", choices=("kitti-object", "kitti-raw"))
+    imp.add_argument("dir", help="a KITTI object folder, or a KITTI raw <date>_drive_NNNN_sync")
+    imp.add_argument("--out", required=True, help="the MCAP drive to write")
+    imp.add_argument("--grey", action="store_true", help="kitti-raw: also the grey cameras")
+    imp.set_defaults(func=cmd_import)
 
     calib = sub.add_parser("calib", help="inspect and check a calibration")
     calib_sub = calib.add_subparsers(dest="calib_command", required=True)

@@ -18,6 +18,14 @@ from calibration import CameraModel, RigidTransform, load_kitti_object_calib
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-references",
+        action="store_true",
+        help="rewrite the regression replays' stored references from this run (on purpose)",
+    )
+
+
 def find_data_dir() -> Path | None:
     env = os.environ.get("PERCEPTION_DATA")
     path = Path(env) if env else REPO.parent / "shared" / "data"

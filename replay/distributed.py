@@ -1,0 +1,250 @@
+"""Offline replays of many drives: locally one after the other, or on Ray, one task per drive.
+
+A source is a drive (MCAP file, replay.drive) or a KITTI object folder. Each replay builds the
+pipeline from the node configuration (`Pipeline.from_config`), feeds the source's messages to
+`replay.offline.run_offline` and writes one JSON Lines file of DetectionLists per source,
+`<out_dir>/<name>.jsonl` (`name`: the drive's file stem or the folder's name).
+
+A KITTI object folder is replayed as `perception replay kitti-object` does (`run_offline`), a
+drive as `perception replay DRIVE` does (`run_recorded`: messages received at their log times),
+reading only the node's topics (lidar, cameras, GNSS, rig of `config.inputs`). The rig in force
+from the start is `config.rig` when set, else the drive's own rig; rig messages in the source
+take over from their stamps.
+
+With Ray (`ray_address`), each source is a Ray task that runs on any node of the cluster and
+writes its output file there: `out_dir` and the sources must be on storage all nodes share, and
+every node needs this package installed (or a `runtime_env` in `ray_init_kwargs`). Results come
+back as tasks finish; `progress` is called for each, in completion order. Ray is imported only
+when asked for (it is a dev / cluster dependency, not a runtime one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from calibration import CalibrationError, load_rig
+from engines.errors import EngineError
+from perception.config import NodeConfig
+from perception.detections_io import write_jsonl_line
+from perception.errors import PerceptionError
+from perception.messages import DetectionList
+from perception.pipeline import Pipeline
+from replay.drive import DriveReader
+from replay.errors import ReplayError
+from replay.kitti_object import KittiObjectFolder
+from replay.offline import run_offline, run_recorded
+
+__all__ = ["ProgressFn", "ReplayResult", "replay_detections", "replay_many", "replay_source"]
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """The outcome of one source's replay: its output file, DetectionLists (`sweeps`) and
+    detections written, wall time (s), and `error` (the message) when it failed."""
+
+    source: Path
+    out_path: Path
+    sweeps: int = 0
+    detections: int = 0
+    wall_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+#: Called as each source finishes: (sources done, sources in all, that source's result).
+ProgressFn = Callable[[int, int, ReplayResult], None]
+
+# Failures of one source that do not stop the others (bugs still raise).
+_SOURCE_ERRORS = (PerceptionError, EngineError, CalibrationError, OSError)
+
+
+def replay_detections(
+    source: Path, config: NodeConfig, pipeline: Pipeline
+) -> Iterator[DetectionList]:
+    """The DetectionLists of one source through `pipeline`: a KITTI object folder as
+    `perception replay kitti-object` runs it (`run_offline`), a drive as `perception replay
+    DRIVE` does (`run_recorded`: each message received at its log time). The initial rig is
+    `config.rig` when set, else the drive's rig. Raises ReplayError naming the path."""
+    source = Path(source)
+    initial = None
+    if config.rig is not None:
+        try:
+            initial = load_rig(Path(config.rig).expanduser())
+        except CalibrationError as e:
+            raise ReplayError(f"{config.rig}: cannot load the configured rig ({e})") from e
+    cameras = config.inputs.camera_topics
+    if source.is_dir():
+        folder = KittiObjectFolder(source)
+        return run_offline(folder.messages(), pipeline, cameras, config.sync, default_rig=initial)
+    if not source.is_file():
+        raise ReplayError(f"{source}: no such drive or KITTI object folder")
+    reader = DriveReader(source)
+    inputs = config.inputs
+    topics = [inputs.lidar_topic, *cameras, inputs.gnss_topic, inputs.rig_topic]
+    return run_recorded(
+        reader.messages(topics=topics),
+        pipeline,
+        cameras,
+        config.sync,
+        default_rig=initial or reader.rig,
+    )
+
+
+def replay_source(
+    source: Path,
+    out_path: Path,
+    config: NodeConfig | None = None,
+    model_path: Path | None = None,
+    pipeline: Pipeline | None = None,
+) -> ReplayResult:
+    """Replay one source into the JSON Lines file `out_path` (the pipeline is built from
+    `config.camera_model` / `model_path` unless given). Failures of the source (missing or
+    malformed input, model, calibration, unwritable output) are returned in `error`, with the
+    output file removed."""
+    config = config or NodeConfig()
+    start = time.perf_counter()
+    sweeps = detections = 0
+    out_path = Path(out_path)
+    try:
+        pipeline = pipeline or Pipeline.from_config(config.camera_model, model_path)
+        with out_path.open("w") as f:
+            for dl in replay_detections(Path(source), config, pipeline):
+                write_jsonl_line(f, dl)
+                sweeps += 1
+                detections += len(dl.detections)
+    except _SOURCE_ERRORS as e:
+        out_path.unlink(missing_ok=True)
+        return ReplayResult(
+            Path(source), out_path, sweeps, detections, time.perf_counter() - start, str(e)
+        )
+    return ReplayResult(Path(source), out_path, sweeps, detections, time.perf_counter() - start)
+
+
+def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
+    names = [(p.name if p.is_dir() else p.stem) for p in sources]
+    seen: dict[str, Path] = {}
+    for name, src in zip(names, sources, strict=True):
+        if name in seen:
+            raise ValueError(f"{src} and {seen[name]} would both write {out_dir / name}.jsonl")
+        seen[name] = src
+    return [out_dir / f"{name}.jsonl" for name in names]
+
+
+def replay_many(
+    drives: Sequence[Path],
+    out_dir: Path,
+    *,
+    config: NodeConfig | None = None,
+    model_path: Path | None = None,
+    ray_address: str | None = None,
+    ray_init_kwargs: Mapping[str, Any] | None = None,
+    num_cpus_per_task: float = 1.0,
+    progress: ProgressFn | None = None,
+) -> list[ReplayResult]:
+    """Replay every source (drive file or KITTI object folder) into `out_dir/<name>.jsonl`;
+    the results in the order of `drives`.
+
+    `ray_address` None: locally, one after the other, one pipeline for all. Otherwise one Ray
+    task per source (`num_cpus_per_task` CPUs each): "local" starts a Ray instance on this
+    machine, any other value is given to `ray.init(address=...)` (e.g. "auto",
+    "ray://head:10001"); `ray_init_kwargs` go to `ray.init` too. An already initialised Ray is
+    used as it is and left running; one started here is shut down at the end.
+
+    Raises ValueError when two sources would write the same output file, ReplayError when
+    `out_dir` cannot be created, ImportError when Ray is asked for but not installed.
+    """
+    sources = [Path(d) for d in drives]
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReplayError(f"{out_dir}: cannot create the output folder ({e.strerror})") from e
+    outs = _out_paths(sources, out_dir)
+    config = config or NodeConfig()
+    if ray_address is None:
+        return _replay_locally(sources, outs, config, model_path, progress)
+    return _replay_on_ray(
+        sources,
+        outs,
+        config,
+        model_path,
+        address=ray_address,
+        init_kwargs=dict(ray_init_kwargs or {}),
+        num_cpus_per_task=num_cpus_per_task,
+        progress=progress,
+    )
+
+
+def _replay_locally(
+    sources: list[Path],
+    outs: list[Path],
+    config: NodeConfig,
+    model_path: Path | None,
+    progress: ProgressFn | None,
+) -> list[ReplayResult]:
+    pipeline: Pipeline | None = None
+    results: list[ReplayResult] = []
+    for source, out in zip(sources, outs, strict=True):
+        if pipeline is None:
+            try:
+                pipeline = Pipeline.from_config(config.camera_model, model_path)
+            except _SOURCE_ERRORS:
+                pipeline = None  # reported per source by replay_source
+        results.append(replay_source(source, out, config, model_path, pipeline))
+        if progress is not None:
+            progress(len(results), len(sources), results[-1])
+    return results
+
+
+def _replay_on_ray(
+    sources: list[Path],
+    outs: list[Path],
+    config: NodeConfig,
+    model_path: Path | None,
+    *,
+    address: str,
+    init_kwargs: dict[str, Any],
+    num_cpus_per_task: float,
+    progress: ProgressFn | None,
+) -> list[ReplayResult]:
+    import ray  # noqa: PLC0415 - optional dependency, imported only when asked for
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        init_kwargs.setdefault("include_dashboard", False)
+        init_kwargs.setdefault("logging_level", logging.WARNING)
+        init_kwargs.setdefault("log_to_driver", False)
+        ray.init(address=address, **init_kwargs)
+    try:
+        task: Any = ray.remote(num_cpus=num_cpus_per_task)(replay_source)
+        # Absolute paths: a task's working folder is not the caller's.
+        model = None if model_path is None else Path(model_path).expanduser().resolve()
+        refs = [
+            task.remote(source.resolve(), out.resolve(), config, model)
+            for source, out in zip(sources, outs, strict=True)
+        ]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[ReplayResult | None] = [None] * len(refs)
+        pending = list(refs)
+        done = 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                i = index[ref]
+                result = replace(ray.get(ref), source=sources[i], out_path=outs[i])
+                results[i] = result
+                done += 1
+                if progress is not None:
+                    progress(done, len(refs), result)
+        return [r for r in results if r is not None]
+    finally:
+        if started_here:
+            ray.shutdown()

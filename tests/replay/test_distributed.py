@@ -1,0 +1,99 @@
+"""Replays of many sources, locally and on Ray (a local Ray instance, one CPU per task).
+
+Both sources are the KITTI object frames: the folder itself and a drive imported from it; each
+replay must equal the stored regression reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from perception.detections_io import read_jsonl
+from replay.distributed import ReplayResult, replay_many
+from replay.importers import import_kitti_object
+from replay.regression import compare_detections, format_differences, load_reference
+
+REFERENCE = Path(__file__).parent / "references" / "kitti_object_yolox.jsonl"
+
+
+@pytest.fixture(scope="module")
+def sources(kitti_dir: Path, yolox_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    if not yolox_path.is_file():
+        pytest.skip(f"real data not found: {yolox_path}")
+    drive = tmp_path_factory.mktemp("drives") / "kitti_drive.mcap"
+    import_kitti_object(kitti_dir, drive)
+    return [kitti_dir, drive]
+
+
+def _check(results: list[ReplayResult], sources: list[Path]) -> None:
+    reference = load_reference(REFERENCE)
+    assert [r.source for r in results] == sources
+    for result in results:
+        assert result.ok, result.error
+        assert (result.sweeps, result.detections) == (8, 15)
+        diffs = compare_detections(list(read_jsonl(result.out_path)), reference)
+        assert not diffs, f"{result.source}: {format_differences(diffs)}"
+
+
+def test_replay_many_locally(sources: list[Path], yolox_path: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, int, str]] = []
+    results = replay_many(
+        sources,
+        tmp_path / "out",
+        model_path=yolox_path,
+        progress=lambda done, total, r: seen.append((done, total, r.source.name)),
+    )
+    _check(results, sources)
+    assert [r.out_path.name for r in results] == ["training.jsonl", "kitti_drive.jsonl"]
+    assert seen == [(1, 2, "training"), (2, 2, "kitti_drive.mcap")]
+
+
+def test_failures_are_per_source(sources: list[Path], yolox_path: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.mcap"
+    results = replay_many([missing, sources[1]], tmp_path / "out", model_path=yolox_path)
+    assert not results[0].ok and "missing.mcap" in (results[0].error or "")
+    assert not results[0].out_path.exists()
+    assert results[1].ok and results[1].sweeps == 8
+
+
+def test_duplicate_output_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"both write"):
+        replay_many([tmp_path / "a" / "x.mcap", tmp_path / "b" / "x.mcap"], tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install -e '.[dev]' installs it)")
+    import ray
+
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_replay_many_on_ray(
+    local_ray: None, sources: list[Path], yolox_path: Path, tmp_path: Path
+) -> None:
+    seen: list[tuple[int, int]] = []
+    results = replay_many(
+        sources,
+        tmp_path / "out",
+        model_path=yolox_path,
+        ray_address="local",
+        progress=lambda done, total, _r: seen.append((done, total)),
+    )
+    _check(results, sources)
+    assert seen == [(1, 2), (2, 2)]
+    import ray
+
+    assert ray.is_initialized()  # an instance started by the caller is left running

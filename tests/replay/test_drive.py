@@ -1,0 +1,294 @@
+"""Drives (MCAP) written and read back: every message type bit-exact, Foxglove schemas, rig,
+truncated files, bad files. Real KITTI frames, real files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mcap.reader import make_reader
+
+from perception import wire
+from perception.errors import WireError
+from perception.messages import (
+    CameraBox,
+    CameraFrame,
+    Detection3D,
+    DetectionList,
+    GnssFix,
+    Header,
+    LidarSweep,
+    Message,
+    RigMessage,
+)
+from replay.drive import COMPANION_SUFFIX, DriveReader, DriveWriter
+from replay.errors import ReplayError
+from replay.kitti_object import KittiObjectFolder
+
+MS = 1_000_000
+
+
+def wire_bytes(msg: Message, topic: str | None = None) -> bytes:
+    """The message's exact wire encoding (header document and buffers), for equality."""
+    return b"".join(bytes(f) for f in wire.encode(msg, topic))
+
+
+def assert_same(a: Message, b: Message) -> None:
+    assert type(a) is type(b)
+    assert a.header == b.header
+    assert wire_bytes(a) == wire_bytes(b)
+    if isinstance(a, CameraFrame) and isinstance(b, CameraFrame):
+        if a.image is not None:
+            assert b.image is not None and np.array_equal(a.image, b.image)
+        assert a.data == b.data and a.encoding == b.encoding
+    if isinstance(a, LidarSweep) and isinstance(b, LidarSweep):
+        assert a.points.tobytes() == b.points.tobytes()
+        if a.point_time_offsets_ns is None:
+            assert b.point_time_offsets_ns is None
+        else:
+            assert b.point_time_offsets_ns is not None
+            assert np.array_equal(a.point_time_offsets_ns, b.point_time_offsets_ns)
+    if not isinstance(a, CameraFrame | LidarSweep):
+        assert a == b
+
+
+def every_message_type(kitti_dir: Path) -> list[tuple[Message, int]]:
+    """(message, log time ns) of every type and variant, from real KITTI frames."""
+    folder = KittiObjectFolder(kitti_dir)
+    rig_msg, camera, sweep = folder.frame_messages(0, 1_000 * MS)
+    assert isinstance(camera, CameraFrame) and camera.image is not None
+    assert isinstance(sweep, LidarSweep)
+    ok, jpeg = cv2.imencode(".jpg", camera.image)
+    ok2, png = cv2.imencode(".png", camera.image[:64, :64])
+    assert ok and ok2
+    n = sweep.points.shape[0]
+    offsets = np.linspace(0, 99_999_999, n).astype(np.int64)
+    t = 1_000 * MS
+    return [
+        (rig_msg, t + 1),
+        (camera, t + 2 * MS),
+        (
+            CameraFrame(
+                Header("camera/jpeg", 0, t, "camera/front"), data=jpeg.tobytes(), encoding="jpeg"
+            ),
+            t + 3 * MS,
+        ),
+        (
+            CameraFrame(
+                Header("camera/png", 7, t, "camera/front"), data=png.tobytes(), encoding="png"
+            ),
+            t + 4 * MS,
+        ),
+        (sweep, t + 5 * MS),
+        (LidarSweep(Header("lidar/deskew", 3, t, "lidar"), sweep.points, offsets), t + 6 * MS),
+        (GnssFix(Header("gnss", 1, t, "gnss"), 49.0123456789, 8.4123456789, 112.25), t + 7 * MS),
+        (
+            GnssFix(
+                Header("gnss", 2, t + 100 * MS, "gnss"),
+                49.0,
+                8.4,
+                112.0,
+                (0.5, 0.01, 0.0, 0.01, 0.5, 0.0, 0.0, 0.0, 2.0),
+                (1.5, -0.25, 0.0),
+                -2.75,
+            ),
+            t + 107 * MS,
+        ),
+        (
+            DetectionList(
+                Header("detections", 0, t, "vehicle"),
+                (
+                    Detection3D(
+                        "car",
+                        0.875,
+                        (10.1, -2.3, -0.8),
+                        (3.9, 1.6, 1.5),
+                        0.3,
+                        ("lidar", "camera"),
+                        49.0001,
+                        8.4002,
+                        CameraBox("front", 1.5, 2.5, 100.25, 80.0),
+                    ),
+                    Detection3D("pedestrian", 0.5, (5.0, 1.0, -0.9), (0.8, 0.6, 1.7), -1.2),
+                ),
+                timings_ns={"sync": 12_345, "fusion": 2_000_000},
+                latency_ns=-5,
+                budget_ok=False,
+                degraded=("gnss",),
+                valid=True,
+            ),
+            t + 108 * MS,
+        ),
+        (DetectionList(Header("detections", 1, t + 100 * MS, "vehicle"), ()), t + 208 * MS),
+    ]
+
+
+@pytest.fixture(scope="module")
+def written(kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    msgs = every_message_type(kitti_dir)
+    path = tmp_path_factory.mktemp("drive") / "drive.mcap"
+    folder = KittiObjectFolder(kitti_dir)
+    camera = msgs[1][0]
+    assert isinstance(camera, CameraFrame) and camera.image is not None
+    with DriveWriter(path, rig=folder.rig(folder.frames[0], camera.image)) as w:
+        for msg, log_time in msgs:
+            w.write(msg, log_time)
+    return path, msgs
+
+
+def test_round_trip_every_message_type_is_bit_exact(written) -> None:
+    path, msgs = written
+    reader = DriveReader(path)
+    assert not reader.truncated
+    got = list(reader.messages())
+    assert len(got) == len(msgs)
+    for (msg, log_time), rec in zip(msgs, got, strict=True):
+        assert rec.topic == msg.header.stream
+        assert rec.log_time_ns == log_time
+        assert_same(msg, rec.message)
+    counts: dict[str, int] = {}
+    for msg, _ in msgs:
+        counts[msg.header.stream] = counts.get(msg.header.stream, 0) + 1
+    assert reader.topics() == counts
+    assert reader.start_ns == msgs[0][1]
+
+
+def test_topic_and_start_filters(written) -> None:
+    path, msgs = written
+    reader = DriveReader(path)
+    gnss = [r.message for r in reader.messages(topics=["gnss"])]
+    assert [m.header.seq for m in gnss] == [1, 2]
+    late = list(reader.messages(start_ns=msgs[7][1]))
+    assert [r.log_time_ns for r in late] == [t for _, t in msgs[7:]]
+
+
+def test_foxglove_schemas_and_publish_time(written) -> None:
+    path, msgs = written
+    with path.open("rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        assert summary is not None
+        names = {s.name for s in summary.schemas.values()}
+        assert {
+            "foxglove.RawImage",
+            "foxglove.CompressedImage",
+            "foxglove.PointCloud",
+            "foxglove.LocationFix",
+            "foxglove.SceneUpdate",
+            "foxglove.FrameTransforms",
+        } <= names
+        encodings = {c.topic: c.message_encoding for c in summary.channels.values()}
+        assert encodings["camera/front"] == "protobuf"
+        assert encodings["detections" + COMPANION_SUFFIX] == "json"
+        stamps = {
+            (c.topic, m.publish_time)
+            for _, c, m in reader.iter_messages()
+            if not c.topic.endswith(COMPANION_SUFFIX)
+        }
+    assert stamps == {(m.header.stream, m.header.stamp_ns) for m, _ in msgs}
+
+
+def test_foxglove_messages_decode_as_their_schemas(written) -> None:
+    from foxglove_schemas_protobuf.PointCloud_pb2 import PointCloud
+    from foxglove_schemas_protobuf.SceneUpdate_pb2 import SceneUpdate
+
+    path, msgs = written
+    with path.open("rb") as f:
+        for _, channel, m in make_reader(f).iter_messages(topics=["lidar/top", "detections"]):
+            if channel.topic == "lidar/top":
+                cloud = PointCloud.FromString(m.data)
+                assert [fl.name for fl in cloud.fields] == ["x", "y", "z", "intensity"]
+                assert cloud.point_stride == 16
+                assert cloud.data == msgs[4][0].points.tobytes()
+            elif m.sequence == 8:
+                scene = SceneUpdate.FromString(m.data)
+                assert len(scene.entities[0].cubes) == 2
+                assert scene.entities[0].texts[0].text == "car 0.88"
+
+
+def test_rig_is_stored_in_the_drive(written, kitti_dir: Path) -> None:
+    path, msgs = written
+    rig = DriveReader(path).rig
+    assert rig is not None
+    rig_msg = msgs[0][0]
+    assert isinstance(rig_msg, RigMessage)
+    assert rig.to_dict() == rig_msg.rig
+
+
+def test_rig_from_write_rig_and_from_rig_messages(written, tmp_path: Path) -> None:
+    path, msgs = written
+    rig = DriveReader(path).rig
+    assert rig is not None
+    out = tmp_path / "rig.mcap"
+    with DriveWriter(out, compression=None) as w:
+        w.write_rig(rig, 5)
+    reader = DriveReader(out)
+    assert reader.rig is not None and reader.rig.to_dict() == rig.to_dict()
+    (rec,) = list(reader.messages())
+    assert rec.topic == "rig" and rec.message.header.stamp_ns == 5
+    # Without metadata, the first RigMessage is the rig.
+    only_messages = tmp_path / "rigmsg.mcap"
+    with DriveWriter(only_messages) as w:
+        w.write(msgs[0][0], 1)
+    assert DriveReader(only_messages).rig is not None
+    empty = tmp_path / "empty.mcap"
+    DriveWriter(empty).close()
+    assert DriveReader(empty).rig is None
+    assert DriveReader(empty).topics() == {}
+    assert list(DriveReader(empty).messages()) == []
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", None])
+def test_truncated_drive_reads_up_to_the_cut(
+    kitti_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, compression: str | None
+) -> None:
+    folder = KittiObjectFolder(kitti_dir)
+    msgs = list(folder.messages(start_ns=0))
+    path = tmp_path / "full.mcap"
+    with DriveWriter(path, compression=compression, chunk_size=64 * 1024) as w:
+        for i, msg in enumerate(msgs):
+            w.write(msg, 1_000 + i)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="replay.drive"):
+        reader = DriveReader(cut)
+        got = list(reader.messages())
+    assert reader.truncated
+    assert "truncated" in caplog.text
+    assert 0 < len(got) < len(msgs)
+    for msg, rec in zip(msgs, got, strict=False):
+        assert_same(msg, rec.message)
+    assert sum(reader.topics().values()) == len(got)
+
+
+def test_write_rejects_invalid_messages_and_closed_drive(tmp_path: Path) -> None:
+    path = tmp_path / "d.mcap"
+    w = DriveWriter(path)
+    bad = LidarSweep(Header("lidar", 0, 0, "lidar"), np.full((2, 4), np.nan, np.float32))
+    with pytest.raises(WireError):
+        w.write(bad, 0)
+    with pytest.raises(ValueError):
+        w.write(GnssFix(Header("gnss", 0, 0, "gnss"), 1.0, 2.0, 3.0), -1)
+    w.close()
+    w.close()
+    with pytest.raises(ReplayError, match="closed"):
+        w.write(GnssFix(Header("gnss", 0, 0, "gnss"), 1.0, 2.0, 3.0), 0)
+    assert DriveReader(path).topics() == {}
+
+
+def test_bad_files_raise_replay_error_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.mcap"
+    with pytest.raises(ReplayError, match=r"missing\.mcap"):
+        DriveReader(missing)
+    text = tmp_path / "text.mcap"
+    text.write_text("not an mcap file at all")
+    with pytest.raises(ReplayError, match=r"text\.mcap: not an MCAP"):
+        DriveReader(text)
+    with pytest.raises(ReplayError, match="unknown compression"):
+        DriveWriter(tmp_path / "x.mcap", compression="gzip")
+    with pytest.raises(ReplayError, match="cannot create"):
+        DriveWriter(tmp_path / "no" / "dir" / "x.mcap")
