@@ -124,3 +124,33 @@ def test_import_missing_folder(capsys, tmp_path: Path) -> None:
     code = main(["import", "kitti-raw", str(tmp_path / "nope"), "--out", str(tmp_path / "x.mcap")])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_killed_recorder_leaves_a_readable_drive(kitti_drive: Path, tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/sensors"
+    out = tmp_path / "killed.mcap"
+    cli = [sys.executable, "-m", "perception.cli"]
+    recorder = subprocess.Popen(
+        [*cli, "record", "lidar/top", "camera/front", "--out", str(out), "--endpoint", endpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.0)
+    player = subprocess.run(
+        [*cli, "play", str(kitti_drive), "--endpoint", endpoint, "--speed", "0", "--wait", "1.5"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert player.returncode == 0, player.stdout + player.stderr
+    time.sleep(1.5)  # let the writer put the frames on disk
+    recorder.kill()
+    recorder.communicate(timeout=30)
+    reader = DriveReader(out)
+    assert reader.truncated
+    counts = reader.topics()
+    # Everything up to the last complete chunk is there; nothing is invented.
+    assert 0 < sum(counts.values()) <= 16
+    assert all(r.message.header.stream in ("lidar/top", "camera/front") for r in reader.messages())
