@@ -45,6 +45,7 @@ import re
 import statistics
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,11 +271,21 @@ def _camera_offsets_ms(lidar: _Stream, cameras: Sequence[_Stream]) -> dict[str, 
     return out
 
 
-def _write_atomically(out_path: Path) -> Path:
+@contextmanager
+def _atomic_drive(out_path: Path, compression: str | None) -> Iterator[DriveWriter]:
+    """A DriveWriter on `<out>.part`, renamed to `out_path` only when the block completes (a
+    failed import leaves no half drive)."""
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise ReplayError(f"{out_path.parent}: output folder does not exist")
-    return out_path.with_name(out_path.name + ".part")
+    part = out_path.with_name(out_path.name + ".part")
+    try:
+        with DriveWriter(part, compression=compression) as writer:
+            yield writer
+        part.replace(out_path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def import_kitti_raw(
@@ -326,20 +337,14 @@ def import_kitti_raw(
     order = sorted(
         (s.log_times[i], s.rank, i, k) for k, s in enumerate(streams) for i in range(len(s.files))
     )
-    part = _write_atomically(out_path)
     counts: dict[str, int] = {RIG_TOPIC: 1}
-    try:
-        with DriveWriter(part, compression=compression) as writer:
-            writer.write_rig(rig, first)
-            for log_time, _rank, i, k in order:
-                stream = streams[k]
-                writer.write(_load(stream, i, cameras), log_time, stream.topic)
-                counts[stream.topic] = counts.get(stream.topic, 0) + 1
-            written = writer.bytes_written
-        part.replace(out_path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    with _atomic_drive(out_path, compression) as writer:
+        writer.write_rig(rig, first)
+        for log_time, _rank, i, k in order:
+            stream = streams[k]
+            writer.write(_load(stream, i, cameras), log_time, stream.topic)
+            counts[stream.topic] = counts.get(stream.topic, 0) + 1
+        written = writer.bytes_written
     return ImportStats(
         path=Path(out_path),
         messages=counts,
@@ -391,25 +396,19 @@ def import_kitti_object(
         raise ValueError(f"period_ns must be > 0, got {period_ns}")
     begin = time.perf_counter()
     folder = KittiObjectFolder(Path(kitti_dir), lidar_dir)
-    part = _write_atomically(out_path)
     counts: dict[str, int] = {}
     first_rig = True
-    try:
-        with DriveWriter(part, compression=compression) as writer:
-            for msg, rig in _object_messages(folder, start_ns, period_ns):
-                if rig is not None and first_rig:
-                    # Also the drive's rig (metadata) so the drive is self-contained.
-                    writer.write_rig(rig, msg.header.stamp_ns)
-                    first_rig = False
-                else:
-                    writer.write(msg, msg.header.stamp_ns, msg.header.stream)
-                topic = RIG_TOPIC if rig is not None else msg.header.stream
-                counts[topic] = counts.get(topic, 0) + 1
-            written = writer.bytes_written
-        part.replace(out_path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    with _atomic_drive(out_path, compression) as writer:
+        for msg, rig in _object_messages(folder, start_ns, period_ns):
+            if rig is not None and first_rig:
+                # Also the drive's rig (metadata) so the drive is self-contained.
+                writer.write_rig(rig, msg.header.stamp_ns)
+                first_rig = False
+            else:
+                writer.write(msg, msg.header.stamp_ns, msg.header.stream)
+            topic = RIG_TOPIC if rig is not None else msg.header.stream
+            counts[topic] = counts.get(topic, 0) + 1
+        written = writer.bytes_written
     return ImportStats(
         path=Path(out_path),
         messages=counts,
