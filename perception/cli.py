@@ -310,6 +310,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from replay.demo import format_demo_report, run_demo
+
+    report = run_demo(
+        Path(args.drive) if args.drive else None,
+        seed=args.seed,
+        seconds=args.seconds,
+        out_dir=Path(args.out_dir),
+    )
+    print(format_demo_report(report))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from replay.kitti_eval import evaluate_kitti_run
 
@@ -514,6 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--realtime", action="store_true", help="drive: paced by recorded time")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(func=cmd_replay)
+
+    demo = sub.add_parser(
+        "demo", help="a synthetic drive through the pipeline: latency and quality vs ground truth"
+    )
+    demo.add_argument("--drive", help="an existing synthetic drive (default: generate one)")
+    demo.add_argument("--seed", type=int, default=0, help="the synthetic world's seed")
+    demo.add_argument("--seconds", type=float, default=10.0, help="length of a generated drive")
+    demo.add_argument("--out-dir", default="perception-demo", help="drive, detections, picture")
+    demo.set_defaults(func=cmd_demo)
 
     imp = sub.add_parser("import", help="convert a dataset into an MCAP drive")
     imp.add_argument("format", choices=("kitti-object", "kitti-raw"))
