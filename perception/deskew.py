@@ -18,7 +18,7 @@ import numpy.typing as npt
 from perception.ego import EgoPose
 from perception.messages import LidarSweep
 
-__all__ = ["deskew_points", "deskew_sweep", "sweep_end_ns"]
+__all__ = ["deskew_points", "deskew_sweep", "ego_twist", "sweep_end_ns"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -71,15 +71,25 @@ def deskew_sweep(
         m = np.asarray(vehicle_from_lidar, dtype=np.float64)
         pts[:, :3] = (pts[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
     offsets = sweep.point_time_offsets_ns
-    if offsets is None or len(offsets) == 0 or start is None or end is None:
+    twist = ego_twist(start, end)
+    if offsets is None or len(offsets) == 0 or twist is None:
         return pts, False
+    return deskew_points(pts, offsets, *twist), True
+
+
+def ego_twist(
+    start: EgoPose | None, end: EgoPose | None
+) -> tuple[tuple[float, float, float], float] | None:
+    """(velocity in the vehicle frame at `start`, m/s; yaw rate, rad/s) between two ego poses,
+    or None when either is missing."""
+    if start is None or end is None:
+        return None
     dt = max(end.stamp_ns - start.stamp_ns, 1) * 1e-9
     yaw_rate = math.remainder(end.heading_rad - start.heading_rad, 2 * math.pi) / dt
     # ENU velocity -> vehicle frame at the reference time.
     ve, vn, vu = start.velocity_enu_mps
     ch, sh = math.cos(start.heading_rad), math.sin(start.heading_rad)
-    velocity = (ch * ve + sh * vn, -sh * ve + ch * vn, vu)
-    return deskew_points(pts, offsets, velocity, yaw_rate), True
+    return (ch * ve + sh * vn, -sh * ve + ch * vn, vu), yaw_rate
 
 
 def sweep_end_ns(sweep: LidarSweep) -> int:

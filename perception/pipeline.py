@@ -13,13 +13,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from calibration import LocalTangentPlane, Rig, vehicle_pose_from_gnss
+from calibration import LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
 from engines.camera_encoder import Box2D, CameraDetector
 from engines.fusion_runner import FusionEngineRunner
 from engines.registry import resolve_model
 from perception.boxes import suppress_duplicates
 from perception.config import CameraModelConfig
-from perception.deskew import deskew_sweep
+from perception.deskew import deskew_points, deskew_sweep, ego_twist
 from perception.ground import GroundConfig, GroundPlane, estimate_ground
 from perception.messages import (
     CameraBox,
@@ -42,6 +42,17 @@ class PipelineConfig:
     detections_stream: str = "detections"
     max_range_m: float = 80.0
     ground: GroundConfig = field(default_factory=GroundConfig)
+
+
+def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt_ns: int) -> RigidTransform:
+    """`vehicle(t0 + dt)_from_vehicle(t0)` for a constant twist (velocity in the vehicle frame,
+    yaw rate), built from `deskew_points` applied to the origin and the unit axes."""
+    basis = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    moved = deskew_points(basis, np.zeros(4, np.int64), *twist, reference_offset_ns=dt_ns)
+    m = np.eye(4)
+    m[:3, 3] = moved[0, :3]
+    m[:3, :3] = (moved[1:, :3] - moved[0, :3]).T
+    return RigidTransform(m)
 
 
 class Pipeline:
@@ -88,7 +99,8 @@ class Pipeline:
         with timer.stage("preprocess"):
             points = self._points_in_vehicle(bundle)
             tensors = {}
-            for name, frame in self._cameras_by_name(bundle).items():
+            cameras = self._cameras_by_name(bundle)
+            for name, frame in cameras.items():
                 image = self._image(frame)
                 camera = rig.cameras[name]
                 if camera.has_distortion:
@@ -103,8 +115,16 @@ class Pipeline:
             ground = estimate_ground(points, self.config.ground)
         detections: list[Detection3D] = []
         with timer.stage("fusion"):
+            twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
             for name, camera_boxes in boxes.items():
-                detections += self._fuse(name, camera_boxes, points, rig, ground)
+                # The camera saw the scene at its own stamp, the vehicle having moved since the
+                # sweep stamp: project through that motion so boxes and points line up, while
+                # the fused boxes stay in the vehicle frame at the sweep stamp.
+                motion = RigidTransform.identity()
+                if twist is not None:
+                    dt_ns = cameras[name].header.stamp_ns - sweep.header.stamp_ns
+                    motion = _vehicle_motion(twist, dt_ns)
+                detections += self._fuse(name, camera_boxes, points, rig, ground, motion=motion)
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
             if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
@@ -124,14 +144,17 @@ class Pipeline:
         points: npt.NDArray[np.float32],
         rig: Rig,
         ground: GroundPlane,
+        *,
+        motion: RigidTransform,
     ) -> list[Detection3D]:
-        """3D boxes of one camera's 2D boxes through the fusion engine."""
+        """3D boxes of one camera's 2D boxes through the fusion engine. `motion` maps the
+        vehicle frame at the sweep stamp to the vehicle frame at the camera's stamp."""
         if not boxes:
             return []
         cfg = self.fusion.config
         boxes = sorted(boxes, key=lambda b: -b.score)[: cfg.b_max]
         camera = rig.cameras[name]
-        camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle")
+        camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle") @ motion
         # Only points in this camera's view can fall in its boxes; they fit the static shape.
         uv, depth = camera.project(camera_from_vehicle.apply(points))
         in_view = points[camera.in_image(uv) & (depth > 0)]

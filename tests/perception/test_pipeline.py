@@ -87,3 +87,19 @@ def test_sweep_is_deskewed_with_gnss_motion(pipeline: Pipeline, kitti_dir: Path)
     # A point measured t after the sweep start was seen from 20 t further forward.
     shift = points[:, 0] - sweep.points[:, 0]
     np.testing.assert_allclose(shift, 20.0 * offsets * 1e-9, atol=0.02)
+
+
+def test_vehicle_motion_to_the_camera_stamp() -> None:
+    from perception.deskew import deskew_points
+    from perception.pipeline import _vehicle_motion
+
+    # 6 m/s forward, 62 ms later: a point 10 m ahead is 0.372 m nearer.
+    straight = _vehicle_motion(((6.0, 0.0, 0.0), 0.0), 62_000_000)
+    np.testing.assert_allclose(straight.apply([[10.0, 0.0, 0.0]]), [[9.628, 0.0, 0.0]], atol=1e-9)
+    # Turning: the transform equals moving the points themselves.
+    twist = ((8.0, 0.5, 0.0), 0.3)
+    pts = np.array([[10.0, 2.0, -1.0], [-5.0, 7.0, 0.5]])
+    moved = deskew_points(pts, np.zeros(2, np.int64), *twist, reference_offset_ns=50_000_000)
+    np.testing.assert_allclose(
+        _vehicle_motion(twist, 50_000_000).apply(pts), moved[:, :3], atol=1e-5
+    )
