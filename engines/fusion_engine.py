@@ -35,9 +35,6 @@ vehicle points to the camera frame (z forward, x right, y down) of the pinhole `
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -55,7 +52,7 @@ from engines.fusion_runner import (
     PACKAGED_MODEL_PATH,
     FusionEngineConfig,
 )
-from engines.onnx_ops import scatter_amax
+from engines.onnx_ops import export_static_onnx, scatter_amax
 
 __all__ = ["FusionEngine", "export_fusion_engine_onnx"]
 
@@ -651,33 +648,14 @@ def export_fusion_engine_onnx(
         overrides["b_max"] = b_max
     if overrides:
         cfg = replace(cfg, **overrides)  # type: ignore[arg-type]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = FusionEngine(cfg).eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo; its warnings (and the
-            # tracer's about Python ints taken from static shapes) are expected here.
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                torch.onnx.export(
-                    module,
-                    _example_inputs(cfg),
-                    str(tmp),
-                    input_names=list(INPUT_NAMES),
-                    output_names=list(OUTPUT_NAMES),
-                    opset_version=ONNX_OPSET,
-                    dynamo=False,
-                )
-        # mkstemp creates the file private to its owner; a model is ordinary shared data.
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return export_static_onnx(
+        FusionEngine(cfg),
+        _example_inputs(cfg),
+        path,
+        INPUT_NAMES,
+        OUTPUT_NAMES,
+        opset=ONNX_OPSET,
+    )
 
 
 if __name__ == "__main__":

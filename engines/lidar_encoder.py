@@ -19,9 +19,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from engines.onnx_ops import scatter_amax
+from engines.onnx_ops import export_static_onnx, scatter_amax
 from engines.onnxruntime_backend import OnnxRuntimeEngine, TensorSpec
 
 __all__ = [
@@ -290,33 +287,15 @@ def export_lidar_encoder_onnx(config: LidarEncoderConfig, path: Path) -> Path:
     Raises:
         OSError: the file cannot be written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = LidarEncoder(config).eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo, which cannot yet
-            # export scatter_reduce(amax) with static shapes here; its warning is expected.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            with torch.no_grad():
-                torch.onnx.export(
-                    module,
-                    _example_inputs(config),
-                    str(tmp),
-                    input_names=["points", "num_points"],
-                    output_names=["bev"],
-                    opset_version=ONNX_OPSET,
-                    do_constant_folding=False,
-                    dynamo=False,
-                )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return export_static_onnx(
+        LidarEncoder(config),
+        _example_inputs(config),
+        path,
+        ("points", "num_points"),
+        ("bev",),
+        opset=ONNX_OPSET,
+        constant_folding=False,
+    )
 
 
 def cached_lidar_encoder_onnx(config: LidarEncoderConfig, cache_dir: Path | None = None) -> Path:

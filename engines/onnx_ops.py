@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 
-__all__ = ["scatter_amax"]
+__all__ = ["export_static_onnx", "scatter_amax"]
 
 
 class _ScatterAmax(torch.autograd.Function):
@@ -37,3 +43,47 @@ def scatter_amax(
     """``data`` with ``src`` max-reduced into it at ``index`` along ``axis`` (a new tensor)."""
     out: torch.Tensor = _ScatterAmax.apply(data, index, src, axis)  # type: ignore[no-untyped-call]
     return out
+
+
+def export_static_onnx(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    *,
+    opset: int,
+    constant_folding: bool = True,
+) -> Path:
+    """Export ``module`` (evaluated on ``example_inputs``) to ONNX with static shapes.
+
+    The TorchScript exporter (``dynamo=False``) is used on purpose: it needs no extra packages
+    and its plain static graphs run under ONNX Runtime and TensorRT; its deprecation and
+    tracer warnings are expected and silenced. The file is written under a temporary name
+    beside ``path`` and renamed, so a reader never sees a partial model. Returns ``path``;
+    raises OSError when the file cannot be written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(),
+                example_inputs,
+                str(tmp),
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=opset,
+                do_constant_folding=constant_folding,
+                dynamo=False,
+            )
+        # mkstemp creates the file private to its owner; a model is ordinary shared data.
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -8,7 +8,6 @@ exported to ONNX with :func:`export_onnx` (static shapes) so every backend runs 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from engines.engine import EngineDescription, TensorSpec, check_inputs, format_specs, run_warmup
 from engines.errors import EngineError
+from engines.onnx_ops import export_static_onnx
 
 __all__ = ["TorchEngine", "export_onnx", "resolve_torch_device"]
 
@@ -162,23 +162,16 @@ def export_onnx(
         EngineError: a spec with a dynamic shape, or the export fails.
     """
     example = tuple(torch.zeros(s.static_shape(), dtype=getattr(torch, s.dtype)) for s in inputs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.eval().cpu()
     try:
-        # The TorchScript exporter is deprecated but is chosen on purpose (see above).
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                module,
-                example,
-                str(path),
-                input_names=[s.name for s in inputs],
-                output_names=[s.name for s in outputs],
-                opset_version=opset,
-                dynamo=False,
-            )
+        export_static_onnx(
+            module.cpu(),
+            example,
+            path,
+            [s.name for s in inputs],
+            [s.name for s in outputs],
+            opset=opset,
+        )
     except Exception as exc:  # the exporter raises many unrelated types
-        raise EngineError(f"{path.name}: ONNX export failed: {exc}") from exc
+        raise EngineError(f"{Path(path).name}: ONNX export failed: {exc}") from exc
     _log.info("exported %s to %s", type(module).__name__, path)
-    return path
+    return Path(path)
