@@ -58,35 +58,36 @@ def test_replay_rejects_a_bad_output_suffix(capsys, kitti_drive: Path, tmp_path:
     assert "must end in .jsonl or .mcap" in capsys.readouterr().err
 
 
-def test_record_what_play_publishes(kitti_drive: Path, tmp_path: Path) -> None:
-    endpoint = f"ipc://{tmp_path}/sensors"
-    out = tmp_path / "recorded.mcap"
-    cli = [sys.executable, "-m", "perception.cli"]
+CLI = [sys.executable, "-m", "perception.cli"]
+
+
+def _start_recorder(topics: list[str], out: Path, endpoint: str) -> subprocess.Popen[str]:
     recorder = subprocess.Popen(
-        [
-            *cli,
-            "record",
-            "lidar/top",
-            "camera/front",
-            "rig",
-            "--out",
-            str(out),
-            "--endpoint",
-            endpoint,
-        ],
+        [*CLI, "record", *topics, "--out", str(out), "--endpoint", endpoint],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(1.0)
+    time.sleep(1.0)  # let it connect before the player starts
+    return recorder
+
+
+def _play_at_full_speed(drive: Path, endpoint: str) -> None:
     player = subprocess.run(
-        [*cli, "play", str(kitti_drive), "--endpoint", endpoint, "--speed", "0", "--wait", "1.5"],
+        [*CLI, "play", str(drive), "--endpoint", endpoint, "--speed", "0", "--wait", "1.5"],
         check=False,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert player.returncode == 0, player.stdout + player.stderr
+
+
+def test_record_what_play_publishes(kitti_drive: Path, tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/sensors"
+    out = tmp_path / "recorded.mcap"
+    recorder = _start_recorder(["lidar/top", "camera/front", "rig"], out, endpoint)
+    _play_at_full_speed(kitti_drive, endpoint)
     time.sleep(1.0)
     recorder.send_signal(signal.SIGINT)
     log, _ = recorder.communicate(timeout=30)
@@ -129,22 +130,8 @@ def test_import_missing_folder(capsys, tmp_path: Path) -> None:
 def test_killed_recorder_leaves_a_readable_drive(kitti_drive: Path, tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/sensors"
     out = tmp_path / "killed.mcap"
-    cli = [sys.executable, "-m", "perception.cli"]
-    recorder = subprocess.Popen(
-        [*cli, "record", "lidar/top", "camera/front", "--out", str(out), "--endpoint", endpoint],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    time.sleep(1.0)
-    player = subprocess.run(
-        [*cli, "play", str(kitti_drive), "--endpoint", endpoint, "--speed", "0", "--wait", "1.5"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert player.returncode == 0, player.stdout + player.stderr
+    recorder = _start_recorder(["lidar/top", "camera/front"], out, endpoint)
+    _play_at_full_speed(kitti_drive, endpoint)
     time.sleep(1.5)  # let the writer put the frames on disk
     recorder.kill()
     recorder.communicate(timeout=30)
