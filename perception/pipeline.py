@@ -21,6 +21,7 @@ from perception.boxes import suppress_duplicates
 from perception.config import CameraModelConfig
 from perception.deskew import deskew_points, deskew_sweep, ego_twist
 from perception.ground import GroundConfig, GroundPlane, estimate_ground
+from perception.lidar_objects import LidarObjects
 from perception.messages import (
     CameraBox,
     CameraFrame,
@@ -59,9 +60,11 @@ class Pipeline:
     """The node's library object: one `step()` per synced bundle.
 
     Stages: preprocess (lidar to the vehicle frame, undistortion of distorted cameras, letterbox),
-    camera encoder (2D boxes per camera), lidar encoder (the ground plane), fusion (the compiled
-    fusion engine per camera: boxes + the points in that camera's view -> 3D boxes), postprocess
-    (BEV duplicate suppression across cameras, global positions from GNSS).
+    camera encoder (2D boxes per camera), lidar encoder (the ground plane, then the BEV grid of the
+    returns above it), fusion (the compiled fusion engine per camera: boxes + the points in that
+    camera's view -> 3D boxes; then the BEV clusters no camera box explains -> `unknown` objects
+    with `sources=("lidar",)`), postprocess (BEV duplicate suppression across cameras, global
+    positions from GNSS).
     """
 
     def __init__(
@@ -69,10 +72,12 @@ class Pipeline:
         detector: CameraDetector,
         config: PipelineConfig | None = None,
         fusion: FusionEngineRunner | None = None,
+        lidar_objects: LidarObjects | None = None,
     ) -> None:
         self.detector = detector
         self.config = config or PipelineConfig()
         self.fusion = fusion or FusionEngineRunner()
+        self.lidar_objects = lidar_objects or LidarObjects()
 
     @classmethod
     def from_config(cls, model: CameraModelConfig, model_path: Path | None = None) -> Pipeline:
@@ -87,6 +92,24 @@ class Pipeline:
             num_threads=model.num_threads or None,
         )
         return cls(detector)
+
+    def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
+        """Runs every engine once on blank inputs: the first ONNX Runtime call of a session
+        allocates its buffers, which must not land in the first frame's latency."""
+        tensor, _ = self.detector.preprocess(np.zeros(image_shape, dtype=np.uint8))
+        self.detector.infer(tensor)
+        ground = GroundPlane.horizontal(self.config.ground.ground_prior_z_m)
+        blank = np.zeros((1, 4), dtype=np.float32)
+        self.lidar_objects.encode(blank, ground)
+        k = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+        self.fusion.run(
+            blank,
+            np.array([[0, 0, 10, 10, 0.5, 0]], dtype=np.float32),
+            np.eye(4),
+            k,
+            (640, 480),
+            (*ground.normal, ground.offset),
+        )
 
     def step(self, bundle: SyncedBundle, seq: int) -> DetectionList:
         """Detections of one bundle, stamped with the sweep's stamp, in the vehicle frame."""
@@ -113,6 +136,7 @@ class Pipeline:
                 boxes[name] = self.detector.decode(self.detector.infer(tensor), letterbox)
         with timer.stage("lidar_encoder"):
             ground = estimate_ground(points, self.config.ground)
+            obstacle, bev = self.lidar_objects.encode(points, ground)
         detections: list[Detection3D] = []
         with timer.stage("fusion"):
             twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
@@ -125,6 +149,7 @@ class Pipeline:
                     dt_ns = cameras[name].header.stamp_ns - sweep.header.stamp_ns
                     motion = _vehicle_motion(twist, dt_ns)
                 detections += self._fuse(name, camera_boxes, points, rig, ground, motion=motion)
+            detections += self.lidar_objects.detect(obstacle, bev, ground, detections)
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
             if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:

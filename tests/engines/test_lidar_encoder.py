@@ -9,14 +9,15 @@ import onnx
 import pytest
 import torch
 
-from engines.lidar_encoder import (
+from engines.lidar_encoder import LidarEncoder, export_lidar_encoder_onnx
+from engines.lidar_runner import (
     FEATURES,
+    OBSTACLE_CONFIG,
     ONNX_OPSET,
-    LidarEncoder,
+    PACKAGED_MODEL_PATH,
     LidarEncoderConfig,
     LidarEncoderEngine,
     cached_lidar_encoder_onnx,
-    export_lidar_encoder_onnx,
 )
 
 # torch and ONNX Runtime run the same float32 ops; only the summation order of the scatter-add
@@ -356,3 +357,20 @@ def test_kitti_torch_and_onnxruntime_agree(
     assert (max_z >= cfg.z_range[0]).all() and (max_z < cfg.z_range[1]).all()
     counts = np.expm1(ort_bev[dens]).round()
     assert (counts[occ] >= 1).all() and (counts[~occ] == 0).all()
+
+
+def test_packaged_model_is_the_obstacle_grid_export(tmp_path: Path) -> None:
+    fresh = export_lidar_encoder_onnx(OBSTACLE_CONFIG, tmp_path / "fresh.onnx")
+    assert PACKAGED_MODEL_PATH.read_bytes() == fresh.read_bytes(), (
+        "engines/models/lidar_encoder.onnx is stale: run `python -m engines.lidar_encoder`"
+    )
+
+
+def test_obstacle_grid_runs_the_packaged_model_without_a_cache() -> None:
+    engine = LidarEncoderEngine(OBSTACLE_CONFIG)
+    points = np.array([[1.1, -2.1, 1.5, 0.3], [1.15, -2.05, 0.4, 0.3]], dtype=np.float32)
+    bev = engine.encode(points)
+    assert bev.shape == (1, 512, 512)
+    iy, ix = int((-2.1 + 51.2) / 0.2), int((1.1 + 51.2) / 0.2)
+    assert bev[0, iy, ix] == pytest.approx(1.5, abs=1e-6)
+    assert np.count_nonzero(bev) == 1
