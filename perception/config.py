@@ -10,6 +10,7 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 from perception.errors import ConfigError
+from perception.realtime import RealtimeConfig
 
 __all__ = [
     "BudgetConfig",
@@ -17,6 +18,7 @@ __all__ = [
     "InputConfig",
     "NodeConfig",
     "OutputConfig",
+    "RealtimeConfig",
     "SyncConfig",
     "load_config",
     "parse_config",
@@ -82,9 +84,15 @@ class SyncConfig:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """Latency budgets in milliseconds: per stage and sensor-to-publish."""
+    """Latency budgets in milliseconds: per stage and sensor-to-publish.
+
+    `apply_clock_offset`: the sweep stamp is moved onto the host clock with the lidar clock's
+    estimated offset (perception.clock) before the latency is taken; off, sensor and host clocks
+    are taken to agree (PTP-synchronised sensors).
+    """
 
     end_to_end_ms: float = 100.0
+    apply_clock_offset: bool = True
     stages_ms: dict[str, float] = field(
         default_factory=lambda: {
             "preprocess": 10.0,
@@ -107,6 +115,7 @@ class NodeConfig:
     camera_model: CameraModelConfig = CameraModelConfig()
     sync: SyncConfig = SyncConfig()
     budgets: BudgetConfig = BudgetConfig()
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     max_points: int = 300_000
     rig: str | None = None
 
@@ -132,6 +141,10 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if isinstance(hint, types.UnionType) and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
         return None if value is None else _convert(value, inner, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -186,6 +199,21 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.camera_model.num_threads >= 0, "camera_model.num_threads", "must be >= 0"),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
         (cfg.max_points > 0, "max_points", "must be > 0"),
+        (
+            all(c >= 0 for c in cfg.realtime.cpu_affinity),
+            "realtime.cpu_affinity",
+            "CPU numbers must be >= 0",
+        ),
+        (
+            cfg.realtime.nice is None or -20 <= cfg.realtime.nice <= 19,
+            "realtime.nice",
+            "must be in [-20, 19]",
+        ),
+        (
+            cfg.realtime.fifo_priority is None or 1 <= cfg.realtime.fifo_priority <= 99,
+            "realtime.fifo_priority",
+            "must be in [1, 99]",
+        ),
     ]
     for ok, key, problem in checks:
         if not ok:

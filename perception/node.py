@@ -8,10 +8,21 @@ behind, it processes the newest ready bundle and counts the ones it skipped.
 A bad message (undecodable, invalid rig, a bundle the pipeline cannot process) is dropped,
 counted and logged at a bounded rate; the node goes on.
 
-Timing: `latency_ns` is host time just before publishing minus the sensor stamp (sensor and host
-clocks are taken to agree until the Time synchronisation issue estimates their offset). A
-message cannot contain its own publish duration, so the `publish` stage it carries is the
-encode + send time of the previous DetectionList; diagnostics carry the same figure.
+Timing: `latency_ns` is sensor-to-publish: the sweep stamp moved onto the host clock with the
+lidar clock's estimated offset (perception.clock; `budgets.apply_clock_offset`), to the moment
+just before sending. It is the host wall time at which the sweep was received minus that stamp,
+plus the monotonic time from receipt to publish, so a wall-clock step (NTP) during a frame does
+not corrupt it. The lidar clock's offset is estimated from the time of each sweep's *last* point
+(the sweep can only be sent once complete), so the estimate absorbs only the minimum transport
+delay (sub-millisecond on ipc), not the sweep duration; until enough sweeps have arrived the
+clocks are taken to agree. A message cannot contain its own publish duration, so the `publish`
+stage it carries is the encode + send time of the previous DetectionList; diagnostics carry the
+same figure.
+
+Deadlines: each DetectionList is checked against the per-stage and end-to-end budgets; an overrun
+clears its `budget_ok`, and is counted (per stage, consecutive, longest run) on the diagnostics
+topic. Real-time settings (perception.realtime) are applied after warm-up; garbage collection is
+held while a frame is processed and published.
 """
 
 from __future__ import annotations
@@ -20,20 +31,22 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import zmq
 
 from calibration import CalibrationError, Rig
 from perception import wire
 from perception.clock import ClockMonitor
 from perception.config import NodeConfig
+from perception.deskew import sweep_end_ns
 from perception.errors import WireError
-from perception.messages import DetectionList
+from perception.messages import DetectionList, LidarSweep
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
+from perception.realtime import RealtimeReport, apply_realtime, gc_held
 from perception.sync import NearestSync
 from perception.transport import Publisher, Subscriber
 
@@ -55,6 +68,8 @@ class NodeCounters:
     published: int = 0
     budget_overruns: int = 0
     consecutive_overruns: int = 0
+    longest_overrun_run: int = 0
+    overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
 
 class Node:
@@ -75,12 +90,19 @@ class Node:
         self.clocks = ClockMonitor()
         self.clock_jumps = 0
         self._last_publish_ns = 0
+        self._last_latency_ns = 0
+        # Sweep stamp -> (host wall, host monotonic) receive times, for the latency.
+        self._sweep_receipts: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self.realtime: RealtimeReport | None = None
         self._receiver_error: BaseException | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. Setup failures (sockets, model) raise; per-message
         problems never do."""
-        self._warm_up()
+        self.pipeline.warm_up()
+        self.realtime = apply_realtime(self.config.realtime)
+        for refusal in self.realtime.refused:
+            log.warning("real-time setting not applied: %s", refusal)
         publisher = Publisher(
             self.config.outputs.endpoint, bind=True, hwm=self.config.outputs.high_water_mark
         )
@@ -98,12 +120,6 @@ class Node:
             stop.set()
             receiver.join(timeout=5.0)
             publisher.close()
-
-    def _warm_up(self) -> None:
-        # The first ONNX Runtime call allocates; keep that out of the first frame's latency.
-        detector = self.pipeline.detector
-        tensor, _ = detector.preprocess(np.zeros((375, 1242, 3), dtype=np.uint8))
-        detector.infer(tensor)
 
     # -- receiver thread -------------------------------------------------------------------
     def _receive_loop(self, stop: threading.Event, ready: threading.Event) -> None:
@@ -130,6 +146,7 @@ class Node:
 
     def _file_message(self, frames: Sequence[zmq.Frame]) -> None:
         receive_ns = time.time_ns()
+        receive_mono_ns = time.monotonic_ns()
         start = time.perf_counter_ns()
         self.counters.received += 1
         try:
@@ -139,8 +156,16 @@ class Node:
             self._bad.warning(f"decode:{e.stream}", f"dropped message: {e}")
             return
         decode_ns = time.perf_counter_ns() - start
+        clock_stamp_ns = msg.header.stamp_ns
+        if isinstance(msg, LidarSweep):
+            # A sweep leaves the sensor once complete: its last point bounds the transport delay.
+            clock_stamp_ns = sweep_end_ns(msg)
         with self._cond:
-            if self.clocks.observe(topic, msg.header.stamp_ns, receive_ns):
+            if isinstance(msg, LidarSweep) and topic == self.config.inputs.lidar_topic:
+                self._sweep_receipts[msg.header.stamp_ns] = (receive_ns, receive_mono_ns)
+                while len(self._sweep_receipts) > 4 * self.config.inputs.high_water_mark + 16:
+                    self._sweep_receipts.popitem(last=False)
+            if self.clocks.observe(topic, clock_stamp_ns, receive_ns):
                 self.clock_jumps += 1
                 self._bad.warning(f"clock:{topic}", f"{topic}: sensor clock jump detected")
             try:
@@ -171,19 +196,32 @@ class Node:
             self.counters.bundles += len(bundles)
             self.counters.skipped_bundles += len(bundles) - 1
             bundle = bundles[-1]
-            try:
-                detections = self.pipeline.step(bundle, seq)
-            except Exception as e:  # one bad bundle must not stop the node
-                self.counters.step_errors += 1
-                self._bad.warning("step", f"dropped sweep {bundle.lidar.header.seq}: {e!r}")
-                continue
-            seq += 1
-            self._publish(publisher, detections)
+            with gc_held(self.config.realtime.gc_hold):
+                try:
+                    detections = self.pipeline.step(bundle, seq)
+                except Exception as e:  # one bad bundle must not stop the node
+                    self.counters.step_errors += 1
+                    self._bad.warning("step", f"dropped sweep {bundle.lidar.header.seq}: {e!r}")
+                    continue
+                seq += 1
+                self._publish(publisher, detections)
 
-    def _publish(self, publisher: Publisher, detections: DetectionList) -> None:
-        timings = dict(detections.timings_ns)
-        timings["publish"] = self._last_publish_ns
-        latency_ns = time.time_ns() - detections.header.stamp_ns
+    def _latency_ns(self, stamp_ns: int) -> int:
+        """Sensor-to-now latency of the sweep stamped `stamp_ns` (see the module docstring)."""
+        with self._cond:
+            host_stamp_ns = None
+            if self.config.budgets.apply_clock_offset:
+                host_stamp_ns = self.clocks.to_host_ns(self.config.inputs.lidar_topic, stamp_ns)
+            receipt = self._sweep_receipts.get(stamp_ns)
+        if host_stamp_ns is None:
+            host_stamp_ns = stamp_ns
+        if receipt is None:
+            return time.time_ns() - host_stamp_ns
+        receive_ns, receive_mono_ns = receipt
+        return (receive_ns - host_stamp_ns) + (time.monotonic_ns() - receive_mono_ns)
+
+    def _check_budgets(self, timings: dict[str, int], latency_ns: int) -> bool:
+        """Counts this frame's overruns; True when every budget held."""
         budgets = self.config.budgets
         over = [
             stage
@@ -192,12 +230,26 @@ class Node:
         ]
         if latency_ns > budgets.end_to_end_ms * 1e6:
             over.append("end_to_end")
+        counters = self.counters
+        for stage in over:
+            counters.overruns_by_stage[stage] = counters.overruns_by_stage.get(stage, 0) + 1
         if over:
-            self.counters.budget_overruns += 1
-            self.counters.consecutive_overruns += 1
+            counters.budget_overruns += 1
+            counters.consecutive_overruns += 1
+            counters.longest_overrun_run = max(
+                counters.longest_overrun_run, counters.consecutive_overruns
+            )
         else:
-            self.counters.consecutive_overruns = 0
-        final = replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=not over)
+            counters.consecutive_overruns = 0
+        return not over
+
+    def _publish(self, publisher: Publisher, detections: DetectionList) -> None:
+        timings = dict(detections.timings_ns)
+        timings["publish"] = self._last_publish_ns
+        latency_ns = self._latency_ns(detections.header.stamp_ns)
+        budget_ok = self._check_budgets(timings, latency_ns)
+        self._last_latency_ns = latency_ns
+        final = replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
         start = time.perf_counter_ns()
         publisher.send(final, topic=self.config.outputs.detections_topic)
         self._last_publish_ns = time.perf_counter_ns() - start
@@ -215,6 +267,12 @@ class Node:
             "clocks": clocks,
             "clock_jumps": self.clock_jumps,
             "last_publish_ns": self._last_publish_ns,
+            "last_latency_ns": self._last_latency_ns,
+            "budgets_ms": {
+                "end_to_end": self.config.budgets.end_to_end_ms,
+                **self.config.budgets.stages_ms,
+            },
+            "realtime": None if self.realtime is None else asdict(self.realtime),
         }
 
     def _publish_diagnostics(self, publisher: Publisher) -> None:

@@ -278,3 +278,12 @@ def test_torch_cuda_matches_onnxruntime(tiny_module: torch.nn.Module, tiny_onnx:
     for spec in OUT_SPECS:
         np.testing.assert_allclose(a[spec.name], b[spec.name], rtol=0, atol=1e-3)
     tiny_module.cpu()
+
+
+def test_onnxruntime_idle_threads_sleep_unless_asked_to_spin(tiny_onnx: Path) -> None:
+    key = "session.intra_op.allow_spinning"
+    options = OnnxRuntimeEngine(tiny_onnx)._session.get_session_options()
+    assert options.get_session_config_entry(key) == "0"
+    spinning = OnnxRuntimeEngine(tiny_onnx, allow_spinning=True)._session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        spinning.get_session_config_entry(key)  # left at ONNX Runtime's default (spin)
