@@ -7,6 +7,7 @@ The stages (:meth:`CameraDetector.preprocess`, :meth:`~CameraDetector.infer`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,15 +144,17 @@ class CameraDetector:
         if (
             len(dims) != 4
             or not all(isinstance(d, int) for d in dims)
-            or dims[0] != 1
+            or int(dims[0]) < 1
             or dims[1] != 3
             or spec.dtype != "float32"
         ):
             raise EngineError(
-                f"{name}: input {spec.name!r} must be float32 [1,3,H,W] with static H, W; "
+                f"{name}: input {spec.name!r} must be float32 [N,3,H,W] with static N, H, W; "
                 f"got {spec.dtype} {dims}"
             )
         self.input_name = spec.name
+        #: Images per engine call (engines.batching makes batch-N copies of batch-1 models).
+        self.batch_size = int(dims[0])
         self.input_height = int(dims[2])
         self.input_width = int(dims[3])
 
@@ -248,13 +251,34 @@ class CameraDetector:
         return tensor, Letterbox(scale_x=S_w / w, scale_y=S_h / h, width=w, height=h)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
-        """Runs the network on a preprocessed tensor and returns its raw output.
+        """Runs the network on one preprocessed (1, 3, H, W) tensor; returns its raw output.
 
         Raises:
             EngineError: wrong tensor dtype/shape or an inference failure.
         """
+        if self.batch_size != 1:
+            return self.infer_batch([tensor])[0]
         out = self.engine.run({self.input_name: tensor})
         return out[self.engine.outputs[0].name]
+
+    def infer_batch(self, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Raw outputs of several preprocessed (1, 3, H, W) tensors (one per camera), in
+        ``batch_size`` images per engine call; a short last call is padded with blank images.
+
+        Raises:
+            EngineError: wrong tensor dtype/shape or an inference failure.
+        """
+        if self.batch_size == 1:
+            return [self.infer(t) for t in tensors]
+        name = self.engine.outputs[0].name
+        outputs: list[np.ndarray] = []
+        for start in range(0, len(tensors), self.batch_size):
+            chunk = list(tensors[start : start + self.batch_size])
+            count = len(chunk)
+            chunk += [np.zeros_like(chunk[0])] * (self.batch_size - count)
+            raw = self.engine.run({self.input_name: np.concatenate(chunk)})[name]
+            outputs += [raw[i : i + 1] for i in range(count)]
+        return outputs
 
     def decode(self, raw: np.ndarray, letterbox: Letterbox) -> list[Box2D]:
         """Turns a raw network output into boxes in original-image pixels.

@@ -58,6 +58,8 @@ class CameraModelConfig:
     score_threshold: float = 0.3
     nms_iou: float = 0.45
     num_threads: int = 0  # 0: let ONNX Runtime choose
+    # Cameras per engine call; > 1 runs a batch-N copy of the model (engines.batching).
+    batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def _validate(cfg: NodeConfig) -> None:
         ),
         (0.0 < cfg.camera_model.nms_iou <= 1.0, "camera_model.nms_iou", "must be in (0, 1]"),
         (cfg.camera_model.num_threads >= 0, "camera_model.num_threads", "must be >= 0"),
+        (cfg.camera_model.batch >= 1, "camera_model.batch", "must be >= 1"),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
         (cfg.max_points > 0, "max_points", "must be > 0"),
         (

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
+from engines.batching import batched_onnx
 from engines.camera_encoder import Box2D, CameraDetector
 from engines.fusion_runner import FusionEngineRunner
 from engines.registry import resolve_model
@@ -82,10 +83,12 @@ class Pipeline:
     @classmethod
     def from_config(cls, model: CameraModelConfig, model_path: Path | None = None) -> Pipeline:
         """The pipeline with the configured camera encoder; `model_path` overrides the file.
-        A registered model name (engines.registry) is fetched into the model cache when absent.
-        Raises engines.errors.ModelError when the model is missing or invalid."""
+        A registered model name (engines.registry) is fetched into the model cache when absent;
+        `model.batch` > 1 runs that many cameras per engine call (engines.batching).
+        Raises engines.errors.ModelError when the model is missing or invalid, EngineError when
+        it cannot be batched."""
         detector = CameraDetector(
-            resolve_model(model_path or model.path),
+            batched_onnx(resolve_model(model_path or model.path), model.batch),
             kind=model.kind,
             score_threshold=model.score_threshold,
             nms_iou=model.nms_iou,
@@ -132,8 +135,9 @@ class Pipeline:
                 tensors[name] = self.detector.preprocess(image)
         boxes: dict[str, list[Box2D]] = {}
         with timer.stage("camera_encoder"):
-            for name, (tensor, letterbox) in tensors.items():
-                boxes[name] = self.detector.decode(self.detector.infer(tensor), letterbox)
+            raws = self.detector.infer_batch([tensor for tensor, _ in tensors.values()])
+            for (name, (_, letterbox)), raw in zip(tensors.items(), raws, strict=True):
+                boxes[name] = self.detector.decode(raw, letterbox)
         with timer.stage("lidar_encoder"):
             ground = estimate_ground(points, self.config.ground)
             obstacle, bev = self.lidar_objects.encode(points, ground)
