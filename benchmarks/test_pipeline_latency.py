@@ -46,3 +46,42 @@ def test_camera_encoder(benchmark, pipeline: Pipeline, frame_bundle) -> None:
     detector = pipeline.detector
     boxes = benchmark(detector.detect, frame.image)
     assert any(b.label == "Car" for b in boxes)
+
+
+def test_lidar_only_objects(benchmark, pipeline: Pipeline, frame_bundle) -> None:
+    """The lidar encoder on the obstacle grid plus clustering and box fitting (the lidar-only
+    branch's whole cost: its encode runs in the lidar_encoder stage, its detect in fusion)."""
+    from perception.ground import estimate_ground
+
+    points = pipeline._points_in_vehicle(frame_bundle)
+    ground = estimate_ground(points, pipeline.config.ground)
+    branch = pipeline.lidar_objects
+
+    def run():
+        obstacle, bev = branch.encode(points, ground)
+        return branch.detect(obstacle, bev, ground)
+
+    first = run()
+    assert first and {d.sources for d in first} == {("lidar",)}
+    result = benchmark(run)
+    assert [d.center for d in result] == [d.center for d in first]
+
+
+def test_stage_shares(pipeline: Pipeline, frame_bundle) -> None:
+    """Median of each stage over 40 frames and its share of the median frame (printed; run with
+    -s). Not a pytest-benchmark: the stages are timed inside one `step`, as the node reports."""
+    import statistics
+
+    pipeline.step(frame_bundle, 0)
+    runs = [pipeline.step(frame_bundle, 0).timings_ns for _ in range(40)]
+    stages = ("preprocess", "camera_encoder", "lidar_encoder", "fusion", "postprocess")
+    assert all(set(stages) <= set(r) for r in runs)
+    totals = sorted(sum(r[s] for s in stages) for r in runs)
+    frame = statistics.median(totals)
+    p99 = totals[int(0.99 * len(totals))]
+    print(f"\nframe median {frame / 1e6:.1f} ms, p99 {p99 / 1e6:.1f} ms")
+    for stage in stages:
+        values = sorted(r[stage] for r in runs)
+        median = statistics.median(values)
+        print(f"{stage:15s} median {median / 1e6:6.2f} ms  p99 {values[-1] / 1e6:6.2f} ms  "
+              f"share {median / frame:5.1%}")  # fmt: skip
