@@ -305,6 +305,8 @@ class FusionEngineRunner:
     ) -> None:
         self.config = config if config is not None else FusionEngineConfig()
         self.backend = backend
+        #: GPU time of the last run (CUDA events; torch on CUDA only), else None.
+        self.last_gpu_ns: int | None = None
         self._ort: OnnxRuntimeEngine | None = None
         self._module: Any = None
         self._device = device
@@ -428,10 +430,13 @@ class FusionEngineRunner:
         else:
             import torch
 
+            from engines.gpu_timing import cuda_event_time
+
             assert self._module is not None  # set in __init__ for the torch backend
-            with torch.inference_mode():
+            with torch.inference_mode(), cuda_event_time(self._device) as gpu:
                 tensors = [torch.from_numpy(feed[name]).to(self._device) for name in INPUT_NAMES]
                 result = self._module(*tensors)
+            self.last_gpu_ns = gpu.ns
             boxes3d, valid, score = (t.cpu().numpy() for t in result)
         return FusionEngineResult(
             boxes3d=np.ascontiguousarray(boxes3d[:m], dtype=np.float32),

@@ -219,6 +219,8 @@ class LidarEncoderEngine:
     ) -> None:
         self.config = config if config is not None else LidarEncoderConfig()
         self.backend = backend
+        #: GPU time of the last encode (CUDA events; torch on CUDA only), else None.
+        self.last_gpu_ns: int | None = None
         self._ort: OnnxRuntimeEngine | None = None
         self._module: Any = None
         self._device = device
@@ -303,11 +305,14 @@ class LidarEncoderEngine:
         assert self._module is not None  # set in __init__ for the torch backend
         import torch
 
-        with torch.inference_mode():
+        from engines.gpu_timing import cuda_event_time
+
+        with torch.inference_mode(), cuda_event_time(self._device) as gpu:
             bev = self._module(
                 torch.from_numpy(padded).to(self._device),
                 torch.from_numpy(count).to(self._device),
             )
+        self.last_gpu_ns = gpu.ns
         return np.ascontiguousarray(bev.cpu().numpy())
 
     def describe(self) -> str:

@@ -141,6 +141,8 @@ class Pipeline:
         with timer.stage("lidar_encoder"):
             ground = estimate_ground(points, self.config.ground)
             obstacle, bev = self.lidar_objects.encode(points, ground)
+            if self.lidar_objects.encoder.last_gpu_ns is not None:
+                timer.add("lidar_encoder_gpu", self.lidar_objects.encoder.last_gpu_ns)
         detections: list[Detection3D] = []
         with timer.stage("fusion"):
             twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
@@ -153,6 +155,9 @@ class Pipeline:
                     dt_ns = cameras[name].header.stamp_ns - sweep.header.stamp_ns
                     motion = _vehicle_motion(twist, dt_ns)
                 detections += self._fuse(name, camera_boxes, points, rig, ground, motion=motion)
+                if camera_boxes and self.fusion.last_gpu_ns is not None:
+                    # Torch on CUDA: what the GPU spent, from CUDA events.
+                    timer.add("fusion_gpu", self.fusion.last_gpu_ns)
             detections += self.lidar_objects.detect(obstacle, bev, ground, detections)
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
