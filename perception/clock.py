@@ -55,6 +55,11 @@ class ClockEstimator:
         self.jumps = 0
         self.last_jump_stamp_ns: int | None = None
 
+    @property
+    def sample_count(self) -> int:
+        """Samples in the window (since the last jump)."""
+        return len(self._samples)
+
     def predict(self, stamp_ns: int) -> int | None:
         """Estimated host - sensor offset (ns) at sensor time `stamp_ns`, or None."""
         if self._fit is None:
@@ -96,7 +101,14 @@ class ClockEstimator:
             return
         n = max(1, min(self.chunks, len(s) // 2))
         size = -(-len(s) // n)
-        minima = [min(s[i : i + size], key=lambda x: x[1]) for i in range(0, len(s), size)]
+        # Chunks are cut from the newest sample back, and a short oldest chunk is dropped when
+        # full ones remain: a newest sample alone in a chunk would be an envelope point by
+        # itself, so one delay spike would bend the fit and make the next normal message look
+        # like a clock jump.
+        chunks = [s[max(0, end - size) : end] for end in range(len(s), 0, -size)]
+        if len(chunks) > 2 and len(chunks[-1]) < size:
+            chunks.pop()
+        minima = [min(chunk, key=lambda x: x[1]) for chunk in reversed(chunks)]
         t_ref = s[-1][0]
         slopes = [
             (b[1] - a[1]) / (b[0] - a[0])
@@ -135,10 +147,13 @@ class ClockMonitor:
             est = self._streams[stream] = ClockEstimator(**self._args)
         return est.add(stamp_ns, receive_ns)
 
-    def to_host_ns(self, stream: str, stamp_ns: int) -> int | None:
-        """A sensor stamp on the host clock, or None before the stream has an estimate."""
+    def to_host_ns(self, stream: str, stamp_ns: int, min_samples: int = 1) -> int | None:
+        """A sensor stamp on the host clock, or None before the stream has an estimate from
+        at least `min_samples` messages."""
         est = self._streams.get(stream)
-        offset = None if est is None else est.predict(stamp_ns)
+        if est is None or est.sample_count < min_samples:
+            return None
+        offset = est.predict(stamp_ns)
         return None if offset is None else stamp_ns + offset
 
     def diagnostics(self) -> dict[str, ClockState]:

@@ -3,7 +3,8 @@
 Threads: the receiver owns the SUB sockets, decodes and files each message into the
 synchroniser; the worker (the caller of `run`) owns the PUB socket, turns ready bundles into
 DetectionLists and publishes them. Receiving never waits for inference. When the worker falls
-behind, it processes the newest ready bundle and counts the ones it skipped.
+behind, it processes the newest ready bundle and counts the ones it skipped; published stamps
+only move forward.
 
 A bad message (undecodable, invalid rig, a bundle the pipeline cannot process) is dropped,
 counted and logged at a bounded rate; the node goes on.
@@ -14,10 +15,10 @@ just before sending. It is the host wall time at which the sweep was received mi
 plus the monotonic time from receipt to publish, so a wall-clock step (NTP) during a frame does
 not corrupt it. The lidar clock's offset is estimated from the time of each sweep's *last* point
 (the sweep can only be sent once complete), so the estimate absorbs only the minimum transport
-delay (sub-millisecond on ipc), not the sweep duration; until enough sweeps have arrived the
-clocks are taken to agree. A message cannot contain its own publish duration, so the `publish`
-stage it carries is the encode + send time of the previous DetectionList; diagnostics carry the
-same figure.
+delay (sub-millisecond on ipc), not the sweep duration; until `CLOCK_MIN_SWEEPS` sweeps have
+arrived the clocks are taken to agree. A message cannot contain its own publish duration, so
+the `publish` stage it carries is the encode + send time of the previous DetectionList;
+diagnostics carry the same figure.
 
 Deadlines: each DetectionList is checked against the per-stage and end-to-end budgets; an overrun
 clears its `budget_ok`, and is counted (per stage, consecutive, longest run) on the diagnostics
@@ -53,6 +54,10 @@ from perception.transport import Publisher, Subscriber
 __all__ = ["Node", "NodeCounters"]
 
 log = logging.getLogger("perception.node")
+
+# Sweeps seen before the lidar clock's offset estimate is applied: with fewer, the estimate is a
+# median of single samples rather than a lower envelope, and may exceed a sweep's transport delay.
+CLOCK_MIN_SWEEPS = 16
 
 
 @dataclass
@@ -183,6 +188,7 @@ class Node:
     # -- worker thread ---------------------------------------------------------------------
     def _work_loop(self, stop: threading.Event, publisher: Publisher) -> None:
         seq = 0
+        last_stamp_ns = -(2**63)
         next_diagnostics_ns = time.monotonic_ns()
         while not stop.is_set():
             with self._cond:
@@ -194,8 +200,15 @@ class Node:
             if not bundles:
                 continue
             self.counters.bundles += len(bundles)
+            # The newest sweep only, and never one older than a sweep already published: a
+            # bundle completed late (at its timeout, degraded) after a newer one must not make
+            # the output go back in time.
+            bundle = max(bundles, key=lambda b: b.lidar.header.stamp_ns)
+            if bundle.lidar.header.stamp_ns <= last_stamp_ns:
+                self.counters.skipped_bundles += len(bundles)
+                continue
             self.counters.skipped_bundles += len(bundles) - 1
-            bundle = bundles[-1]
+            last_stamp_ns = bundle.lidar.header.stamp_ns
             with gc_held(self.config.realtime.gc_hold):
                 try:
                     detections = self.pipeline.step(bundle, seq)
@@ -211,7 +224,9 @@ class Node:
         with self._cond:
             host_stamp_ns = None
             if self.config.budgets.apply_clock_offset:
-                host_stamp_ns = self.clocks.to_host_ns(self.config.inputs.lidar_topic, stamp_ns)
+                host_stamp_ns = self.clocks.to_host_ns(
+                    self.config.inputs.lidar_topic, stamp_ns, min_samples=CLOCK_MIN_SWEEPS
+                )
             receipt = self._sweep_receipts.get(stamp_ns)
         if host_stamp_ns is None:
             host_stamp_ns = stamp_ns

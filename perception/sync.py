@@ -137,6 +137,7 @@ class CollectorSync:
                 else round(config.max_interval_ms * MS),
                 gnss_window_ns=round(config.gnss_window_ms * MS),
                 default_rig=default_rig,
+                offsets_ns={k: round(v * MS) for k, v in config.camera_offsets_ms.items()},
             )
         if config.policy != "collector":
             raise ValueError(
@@ -522,7 +523,10 @@ class ApproximateTimeSync(CollectorSync):
     Streams are the lidar (first) and the cameras; a set is emitted when the policy proves it
     (no timeout, never incomplete: see the module docstring for the latency cost). Rig, GNSS
     and ego poses are attached as the collector does. Messages the policy can no longer use are
-    dropped; every buffer holds at most `queue_size` messages per stream.
+    dropped; every buffer holds at most `queue_size` messages per stream. A camera with a known
+    offset after the sweep (`offsets_ns`, as `sync.camera_offsets_ms`) enters the policy at its
+    stamp minus that offset: message_filters has no offsets, and a camera exposed 62 ms after a
+    sweep-start stamp would otherwise sit nearer the next sweep and be paired with it.
     """
 
     def __init__(
@@ -534,6 +538,7 @@ class ApproximateTimeSync(CollectorSync):
         max_interval_ns: int | None = None,
         gnss_window_ns: int = 500_000_000,
         default_rig: Any = None,
+        offsets_ns: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             camera_streams,
@@ -552,6 +557,8 @@ class ApproximateTimeSync(CollectorSync):
         ]
         self._sets: list[tuple[int, ...]] = []
         self._last_receive_ns = 0
+        # Per stream index: subtracted from the stamp before the policy sees it.
+        self._shift_ns = [0] + [int((offsets_ns or {}).get(c, 0)) for c in camera_streams]
 
     def add_sweep(self, sweep: LidarSweep, receive_ns: int, decode_ns: int = 0) -> None:
         self._last_receive_ns = receive_ns
@@ -568,7 +575,7 @@ class ApproximateTimeSync(CollectorSync):
     def _feed(
         self, index: int, msg: LidarSweep | CameraFrame, receive_ns: int, decode_ns: int
     ) -> None:
-        stamp = msg.header.stamp_ns
+        stamp = msg.header.stamp_ns - self._shift_ns[index]
         held = self._held[index]
         if stamp in held:
             self.stats.duplicate_messages += 1

@@ -14,6 +14,7 @@ import yaml
 
 from perception import wire
 from perception.messages import DetectionList
+from perception.node import CLOCK_MIN_SWEEPS
 from perception.transport import Publisher, Subscriber
 from replay.kitti_object import KittiObjectFolder
 from tests.integration.node_harness import node_config, running_node
@@ -28,7 +29,8 @@ def _restamped(messages, stamp_ns: int):
     return [replace(m, header=replace(m.header, stamp_ns=stamp_ns)) for m in messages]
 
 
-def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, realtime=None):
+def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, *, realtime=None,
+         sweeps=SWEEPS):  # fmt: skip
     """Plays SWEEPS KITTI frames stamped on the lagging sensor clock; returns, per received
     DetectionList, (list, host send time of its sweep, host receive time) and the last
     diagnostics document."""
@@ -50,7 +52,7 @@ def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, realt
         Subscriber([detections], ["detections", "diagnostics"]) as sub,
     ):
         time.sleep(1.0)  # slow joiners on both sides
-        for k in range(SWEEPS):
+        for k in range(sweeps):
             host_ns = time.time_ns()
             stamp = host_ns - SENSOR_BEHIND_NS
             for msg in _restamped(folder.frame_messages(k % len(folder), 0), stamp):
@@ -76,7 +78,7 @@ def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, realt
                 continue
             if bytes(frames[0]) == b"diagnostics":
                 diagnostics = json.loads(bytes(frames[1]))
-                fresh = len(results) == SWEEPS
+                fresh = len(results) == sweeps
                 continue
             _, dl = wire.decode(frames)
             results.append((dl, sent[dl.header.stamp_ns], time.time_ns()))
@@ -91,16 +93,22 @@ def _work_ns(dl: DetectionList) -> int:
 def test_latency_applies_the_estimated_sensor_clock_offset(
     tmp_path: Path, kitti_dir: Path, yolox_path: Path
 ) -> None:
-    results, diagnostics = _run(tmp_path, kitti_dir, yolox_path, {"apply_clock_offset": True})
-    assert len(results) == SWEEPS
-    for dl, send_ns, receive_ns in results:
+    sweeps = CLOCK_MIN_SWEEPS + 6
+    budgets = {"apply_clock_offset": True}
+    results, diagnostics = _run(tmp_path, kitti_dir, yolox_path, budgets, sweeps=sweeps)
+    assert len(results) == sweeps
+    for index, (dl, send_ns, receive_ns) in enumerate(results):
         true_latency = receive_ns - send_ns
-        # Never the 300 ms the clocks disagree by; never more than what the test measured;
-        # at least the work the node did on it, less the few ms by which the early offset
-        # estimate (a median over few samples, not yet the lower envelope) may exceed the
-        # transport delay of one sweep.
-        assert dl.latency_ns <= true_latency + 1_000_000, (dl.latency_ns, true_latency)
-        assert dl.latency_ns >= _work_ns(dl) - 5_000_000
+        if index < CLOCK_MIN_SWEEPS - 1:
+            # Too few sweeps for an estimate: the clocks are taken to agree.
+            assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl)
+        elif index >= CLOCK_MIN_SWEEPS:
+            # Never the 300 ms the clocks disagree by; never more than what the test measured;
+            # at least the work the node did on it.
+            assert dl.latency_ns <= true_latency + 1_000_000, (dl.latency_ns, true_latency)
+            # Less up to 2 ms: the offset is a median of chunk minima of the transport delay,
+            # which may exceed this sweep's own delay by their spread (~1 ms for 2 MB on ipc).
+            assert dl.latency_ns >= _work_ns(dl) - 2_000_000, (index, dl.latency_ns)
     offset = diagnostics["clocks"]["lidar/top"]["offset_ns"]
     assert offset == pytest.approx(SENSOR_BEHIND_NS, abs=20_000_000)
 
@@ -111,7 +119,7 @@ def test_without_the_offset_the_clock_error_shows_and_budgets_overrun(
     budgets = {"apply_clock_offset": False, "end_to_end_ms": 200.0, "stages_ms": {"fusion": 0.001}}
     cpus = sorted(os.sched_getaffinity(0))
     realtime = {"cpu_affinity": cpus, "nice": 1}
-    results, diagnostics = _run(tmp_path, kitti_dir, yolox_path, budgets, realtime)
+    results, diagnostics = _run(tmp_path, kitti_dir, yolox_path, budgets, realtime=realtime)
     assert len(results) == SWEEPS
     for dl, send_ns, receive_ns in results:
         true_latency = receive_ns - send_ns
@@ -178,4 +186,4 @@ def test_a_node_that_falls_behind_skips_to_the_newest_sweep(
     # What it works on is always the newest sweep: the burst's last one is published, and
     # stamps only move forward.
     got = [dl.header.stamp_ns for dl in received]
-    assert got[-1] == stamps[-1] and got == sorted(got)
+    assert got[-1] == stamps[-1] and got == sorted(set(got))

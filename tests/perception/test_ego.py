@@ -64,3 +64,20 @@ def test_buffer_is_bounded() -> None:
     assert ego.pose_at(0) is None  # the old fixes are gone
     with pytest.raises(ValueError):
         EgoPoseBuffer(capacity=1)
+
+
+def test_extrapolation_keeps_turning_at_the_yaw_rate() -> None:
+    # A turn at 0.2 rad/s, fixes every 100 ms; the heading crosses the +-pi wrap.
+    ego = EgoPoseBuffer(ORIGIN)
+    rate = 0.2
+    for k in range(5):
+        heading = math.pi - 0.1 + rate * k * 0.1
+        ego.add(_fix(100 * k, 1.0 * k, 0.0, math.remainder(heading, 2 * math.pi)))
+    after = ego.pose_at(500 * MS)  # 100 ms past the newest fix
+    assert after is not None and after.extrapolated
+    expected = math.remainder(math.pi - 0.1 + rate * 0.5, 2 * math.pi)
+    assert abs(math.remainder(after.heading_rad - expected, 2 * math.pi)) < 1e-9
+    before = ego.pose_at(-100 * MS)
+    assert before is not None
+    expected = math.remainder(math.pi - 0.1 - rate * 0.1, 2 * math.pi)
+    assert abs(math.remainder(before.heading_rad - expected, 2 * math.pi)) < 1e-9
