@@ -16,7 +16,7 @@ import numpy as np
 
 from engines.errors import EngineError
 from engines.labels import COCO_NAMES, merge_cyclists, node_label
-from engines.onnxruntime_backend import OnnxRuntimeEngine
+from engines.onnxruntime_backend import CPU_PROVIDERS, OnnxRuntimeEngine
 
 __all__ = ["KINDS", "Box2D", "CameraDetector", "Letterbox"]
 
@@ -108,6 +108,7 @@ class CameraDetector:
         score_threshold: ``objectness * class`` scores above this are kept, in [0, 1].
         nms_iou: IoU above which a lower-scored box of the same class is suppressed.
         num_threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
+        providers: ONNX Runtime execution providers in order of preference (CPU by default).
 
     Raises:
         ModelError: the model file is missing, unreadable or not valid ONNX.
@@ -123,6 +124,7 @@ class CameraDetector:
         score_threshold: float = 0.25,
         nms_iou: float = 0.45,
         num_threads: int | None = None,
+        providers: Sequence[str] = CPU_PROVIDERS,
     ) -> None:
         if kind != "auto" and kind not in KINDS:
             raise EngineError(f"{model_path}: unknown detector kind {kind!r}; use auto or {KINDS}")
@@ -132,7 +134,9 @@ class CameraDetector:
             )
         if not 0.0 < nms_iou <= 1.0:
             raise EngineError(f"{model_path}: nms_iou must be in (0, 1], got {nms_iou}")
-        self.engine = OnnxRuntimeEngine(Path(model_path), num_threads=num_threads)
+        self.engine = OnnxRuntimeEngine(
+            Path(model_path), num_threads=num_threads, providers=providers
+        )
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
         name = Path(model_path).name

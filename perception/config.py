@@ -15,6 +15,7 @@ from perception.realtime import RealtimeConfig
 __all__ = [
     "BudgetConfig",
     "CameraModelConfig",
+    "EngineConfig",
     "InputConfig",
     "NodeConfig",
     "OutputConfig",
@@ -60,6 +61,18 @@ class CameraModelConfig:
     num_threads: int = 0  # 0: let ONNX Runtime choose
     # Cameras per engine call; > 1 runs a batch-N copy of the model (engines.batching).
     batch: int = 1
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where the engines run. `backend`: "onnxruntime" (every engine on ONNX Runtime, the CPU
+    unless `device` is "cuda"), "tensorrt" (every engine on ONNX Runtime's TensorRT execution
+    provider, CUDA then CPU as fallbacks; needs onnxruntime-gpu with TensorRT) or "torch" (the
+    project's own graphs - lidar encoder, fusion engine - on torch, the camera detector on ONNX
+    Runtime). `device`: "auto" (CUDA when available), "cpu" or "cuda"."""
+
+    backend: str = "onnxruntime"
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,7 @@ class NodeConfig:
     inputs: InputConfig = InputConfig()
     outputs: OutputConfig = OutputConfig()
     camera_model: CameraModelConfig = CameraModelConfig()
+    engines: EngineConfig = EngineConfig()
     sync: SyncConfig = SyncConfig()
     budgets: BudgetConfig = BudgetConfig()
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
@@ -200,6 +214,16 @@ def _validate(cfg: NodeConfig) -> None:
         (0.0 < cfg.camera_model.nms_iou <= 1.0, "camera_model.nms_iou", "must be in (0, 1]"),
         (cfg.camera_model.num_threads >= 0, "camera_model.num_threads", "must be >= 0"),
         (cfg.camera_model.batch >= 1, "camera_model.batch", "must be >= 1"),
+        (
+            cfg.engines.backend in ("onnxruntime", "tensorrt", "torch"),
+            "engines.backend",
+            "must be 'onnxruntime', 'tensorrt' or 'torch'",
+        ),
+        (
+            cfg.engines.device in ("auto", "cpu", "cuda"),
+            "engines.device",
+            "must be 'auto', 'cpu' or 'cuda'",
+        ),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
         (cfg.max_points > 0, "max_points", "must be > 0"),
         (

@@ -16,10 +16,13 @@ import numpy.typing as npt
 from calibration import LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
 from engines.batching import batched_onnx
 from engines.camera_encoder import Box2D, CameraDetector
+from engines.errors import EngineError
 from engines.fusion_runner import FusionEngineRunner
+from engines.lidar_runner import OBSTACLE_CONFIG, LidarEncoderEngine
+from engines.onnxruntime_backend import CPU_PROVIDERS, GPU_PROVIDERS
 from engines.registry import resolve_model
 from perception.boxes import suppress_duplicates
-from perception.config import CameraModelConfig
+from perception.config import CameraModelConfig, EngineConfig
 from perception.deskew import deskew_points, deskew_sweep, ego_twist
 from perception.ground import GroundConfig, GroundPlane, estimate_ground
 from perception.lidar_objects import LidarObjects
@@ -44,6 +47,13 @@ class PipelineConfig:
     detections_stream: str = "detections"
     max_range_m: float = 80.0
     ground: GroundConfig = field(default_factory=GroundConfig)
+
+
+def _cuda_available() -> bool:
+    """Whether ONNX Runtime can use CUDA here (the runtime install has no torch to ask)."""
+    import onnxruntime as ort  # noqa: PLC0415 - only for device "auto"
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt_ns: int) -> RigidTransform:
@@ -81,20 +91,49 @@ class Pipeline:
         self.lidar_objects = lidar_objects or LidarObjects()
 
     @classmethod
-    def from_config(cls, model: CameraModelConfig, model_path: Path | None = None) -> Pipeline:
+    def from_config(
+        cls,
+        model: CameraModelConfig,
+        model_path: Path | None = None,
+        engines: EngineConfig | None = None,
+    ) -> Pipeline:
         """The pipeline with the configured camera encoder; `model_path` overrides the file.
         A registered model name (engines.registry) is fetched into the model cache when absent;
         `model.batch` > 1 runs that many cameras per engine call (engines.batching).
+        `engines` chooses backend and device (perception.config.EngineConfig).
         Raises engines.errors.ModelError when the model is missing or invalid, EngineError when
-        it cannot be batched."""
+        it cannot be batched or the device is unusable."""
+        engines = engines or EngineConfig()
+        device = engines.device
+        if device == "auto":
+            device = "cuda" if _cuda_available() else "cpu"
+        providers = CPU_PROVIDERS
+        if engines.backend == "tensorrt":
+            providers = GPU_PROVIDERS
+        elif device == "cuda":
+            providers = ("CUDAExecutionProvider", *CPU_PROVIDERS)
+        threads = model.num_threads or None
         detector = CameraDetector(
             batched_onnx(resolve_model(model_path or model.path), model.batch),
             kind=model.kind,
             score_threshold=model.score_threshold,
             nms_iou=model.nms_iou,
-            num_threads=model.num_threads or None,
+            num_threads=threads,
+            providers=providers,
         )
-        return cls(detector)
+        if engines.backend == "torch":
+            try:
+                fusion = FusionEngineRunner(backend="torch", device=device)
+                encoder = LidarEncoderEngine(OBSTACLE_CONFIG, backend="torch", device=device)
+            except ImportError as e:
+                raise EngineError(
+                    f"engines.backend torch needs torch ({e}): pip install torch, or use "
+                    "backend onnxruntime"
+                ) from None
+        else:
+            fusion = FusionEngineRunner(providers=providers)
+            encoder = LidarEncoderEngine(OBSTACLE_CONFIG, providers=providers)
+        return cls(detector, fusion=fusion, lidar_objects=LidarObjects(encoder=encoder))
 
     def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
         """Runs every engine once on blank inputs: the first ONNX Runtime call of a session

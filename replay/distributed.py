@@ -114,7 +114,7 @@ def replay_source(
     sweeps = detections = 0
     out_path = Path(out_path)
     try:
-        pipeline = pipeline or Pipeline.from_config(config.camera_model, model_path)
+        pipeline = pipeline or Pipeline.from_config(config.camera_model, model_path, config.engines)
         with out_path.open("w") as f:
             for dl in replay_detections(Path(source), config, pipeline):
                 write_jsonl_line(f, dl)
@@ -195,7 +195,7 @@ def _replay_locally(
     for source, out in zip(sources, outs, strict=True):
         if pipeline is None:
             try:
-                pipeline = Pipeline.from_config(config.camera_model, model_path)
+                pipeline = Pipeline.from_config(config.camera_model, model_path, config.engines)
             except _SOURCE_ERRORS:
                 pipeline = None  # reported per source by replay_source
         results.append(replay_source(source, out, config, model_path, pipeline))

@@ -34,6 +34,13 @@ def test_shipped_config_loads() -> None:
         ({"max_points": 1.5}, r"max_points: expected an integer"),
         ({"sync": {"policy": "exact"}}, r"sync\.policy: must be 'collector' or 'approximate_time'"),
         ({"sync": {"camera_windows_ms": {"camera/front": 0}}}, r"sync\.camera_windows_ms"),
+        ({"engines": {"backend": "openvino"}}, r"engines\.backend: must be 'onnxruntime'"),
+        ({"engines": {"device": "tpu"}}, r"engines\.device: must be 'auto', 'cpu' or 'cuda'"),
+        ({"camera_model": {"batch": 0}}, r"camera_model\.batch: must be >= 1"),
+        ({"budgets": {"apply_clock_offset": "yes"}}, r"apply_clock_offset: expected true or"),
+        ({"realtime": {"nice": 30}}, r"realtime\.nice: must be in \[-20, 19\]"),
+        ({"realtime": {"fifo_priority": 0}}, r"realtime\.fifo_priority: must be in \[1, 99\]"),
+        ({"realtime": {"cpu_affinity": [-1]}}, r"realtime\.cpu_affinity: CPU numbers"),
     ],
 )
 def test_errors_name_the_key(doc: dict, message: str) -> None:

@@ -103,3 +103,26 @@ def test_vehicle_motion_to_the_camera_stamp() -> None:
     np.testing.assert_allclose(
         _vehicle_motion(twist, 50_000_000).apply(pts), moved[:, :3], atol=1e-5
     )
+
+
+def test_torch_backend_gives_the_onnxruntime_detections(kitti_dir: Path, yolox_path: Path) -> None:
+    if not yolox_path.is_file():
+        pytest.skip(f"real data not found: {yolox_path}")
+    from perception.config import CameraModelConfig, EngineConfig
+    from replay.kitti_object import CAMERA_STREAM, KittiObjectFolder
+    from replay.offline import run_offline
+
+    runs = []
+    for backend in ("onnxruntime", "torch"):
+        engines = EngineConfig(backend=backend, device="cpu")
+        pipeline = Pipeline.from_config(CameraModelConfig(), yolox_path, engines)
+        assert pipeline.fusion.backend == backend
+        assert pipeline.lidar_objects.encoder.backend == backend
+        folder = KittiObjectFolder(kitti_dir)
+        runs.append(list(run_offline(folder.messages(), pipeline, (CAMERA_STREAM,))))
+    for ort_list, torch_list in zip(*runs, strict=True):
+        assert len(ort_list.detections) == len(torch_list.detections)
+        for a, b in zip(ort_list.detections, torch_list.detections, strict=True):
+            assert (a.label, a.sources) == (b.label, b.sources)
+            assert np.allclose(a.center, b.center, atol=1e-3)
+            assert np.allclose(a.size, b.size, atol=1e-3)
