@@ -9,8 +9,9 @@ detections (JSON Lines) and a picture (camera image with boxes beside a bird's-e
 Scoring: cars within `EVAL_RANGE_M` of the vehicle, at least half of the box in the camera image
 and at least half of its silhouette unoccluded in the rendered frame (a KITTI-"moderate"-like
 filter) are the references; a detection within `MATCH_DISTANCE_M` (BEV centre distance) of one
-is a true positive. Detections that match a car outside that set (far, occluded, out of view)
-are ignored rather than counted as false positives. The library prints nothing;
+is a true positive. Detections up to `EVAL_RANGE_M` + `MATCH_DISTANCE_M` take part (as in
+`replay.kitti_eval`); those that match a car outside that set (far, occluded, out of view) are
+ignored rather than counted as false positives. The library prints nothing;
 `format_demo_report` gives the text the CLI prints.
 """
 
@@ -136,10 +137,13 @@ def _evaluate(
         and u >= _MIN_UNOCCLUDED
         and visible_fraction(r, camera, cam_from_vehicle) >= _MIN_IN_IMAGE
     }
+    # As replay.kitti_eval: detections up to the range plus the match distance take part, so a
+    # car just inside the range whose detection lies just outside it is found, not missed.
+    limit = EVAL_RANGE_M + MATCH_DISTANCE_M
     dets = [
         d
         for d in dl.detections
-        if d.label == "Car" and math.hypot(d.center[0], d.center[1]) <= EVAL_RANGE_M
+        if d.label == "Car" and math.hypot(d.center[0], d.center[1]) <= limit
     ]
     raw = match_detections(dets, nearby, max_center_distance_m=MATCH_DISTANCE_M, classes=("Car",))
     matches: list[Match] = [m for m in raw.matches if id(m.reference) in scored]

@@ -622,7 +622,10 @@ def _boxes_2d(
         ix1, iy1, ix2, iy2 = int(x1), int(y1), math.ceil(x2), math.ceil(y2)
         sil = np.zeros((iy2 - iy1 + 1, ix2 - ix1 + 1), np.uint8)
         off = np.array([ix1 * 16, iy1 * 16], np.int32)
-        cv2.fillPoly(sil, [p - off for p in polys], 1, cv2.LINE_8, shift=4)
+        # One polygon at a time: fillPoly given several polygons fills by the even-odd rule,
+        # so the overlapping faces would cancel and the silhouette come out far too small.
+        for p in polys:
+            cv2.fillPoly(sil, [p - off], 1, cv2.LINE_8, shift=4)
         total = int(sil.sum())
         seen = int(np.count_nonzero(mask[iy1 : iy2 + 1, ix1 : ix2 + 1] == obj.ident + 1))
         if total == 0:

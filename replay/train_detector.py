@@ -3,7 +3,10 @@
     python -m replay.train_detector --seed 0 --out engines/models/synth_detector.onnx
 
 Renders `--images` camera images of random synthetic worlds (replay.synth, ideal pinhole: the
-pipeline undistorts before the detector), letterboxes them as the YOLOX preprocessing does,
+pipeline undistorts before the detector), letterboxes them as the YOLOX preprocessing does
+(the box of an object cut off by the image edge is extended past that edge by `EDGE_EXTEND_PX`,
+so the predicted box reaches the edge once clipped: the fusion engine anchors such an object
+at its far end only when its box touches the edge),
 trains `TinyYolox` for `--steps` Adam steps (batch `--batch`) on 2 CPU threads and exports
 opset 17, static shape. Everything is seeded from `--seed`. Needs torch (a training tool: the
 run time only needs the exported file). Prints progress (a CLI).
@@ -30,12 +33,14 @@ from engines.training.model import (
     ExportWrapper,
     TinyYolox,
 )
-from replay.synth import CAMERA_NAME, make_world, render_camera, synth_rig
+from replay.synth import CAMERA_NAME, Box2DTruth, make_world, render_camera, synth_rig
 
-__all__ = ["build_targets", "letterbox", "main", "render_dataset", "train"]
+__all__ = ["EDGE_EXTEND_PX", "build_targets", "letterbox", "main", "render_dataset", "train"]
 
 _PAD = 114
 _MIN_VISIBLE = 0.35
+#: Original-image pixels a training box touching the image edge is extended beyond it.
+EDGE_EXTEND_PX = 16.0
 _LEVEL_LIMITS = (40.0, 100.0)  # box max side (input px) below which stride 8, else 16, else 32
 
 
@@ -49,11 +54,24 @@ def letterbox(image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], floa
     return canvas, r
 
 
+def _extend_cut(box: Box2DTruth, width: int, height: int) -> tuple[float, float, float, float]:
+    """The box (original pixels) with each side that touches the image edge moved
+    `EDGE_EXTEND_PX` beyond it: a detector trained on the clipped box stops a pixel or more short
+    of the edge about half the time, and then the object no longer looks cut off."""
+    ext, edge = EDGE_EXTEND_PX, 0.5
+    return (
+        box.x1 - ext if box.x1 <= edge else box.x1,
+        box.y1 - ext if box.y1 <= edge else box.y1,
+        box.x2 + ext if box.x2 >= width - edge else box.x2,
+        box.y2 + ext if box.y2 >= height - edge else box.y2,
+    )
+
+
 def render_dataset(
     count: int, seed: int
 ) -> tuple[npt.NDArray[np.uint8], list[npt.NDArray[np.float32]]]:
     """`count` letterboxed renders (N, H, W, 3) and their boxes (M x 5: x1 y1 x2 y2 class, input
-    pixels; class -1 = ignore: too occluded)."""
+    pixels, sides cut off by the image edge extended past it; class -1 = ignore: too occluded)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     rig = synth_rig()
     camera = rig.cameras[CAMERA_NAME]
@@ -69,7 +87,7 @@ def render_dataset(
         image, boxes = render_camera(world, t, camera, vehicle_from_camera, distort=False)  # type: ignore[arg-type]
         images[i], r = letterbox(image)
         rows = [
-            [b.x1 * r, b.y1 * r, b.x2 * r, b.y2 * r,
+            [*(v * r for v in _extend_cut(b, image.shape[1], image.shape[0])),
              CLASS_IDS[b.label] if b.visible >= _MIN_VISIBLE else -1]
             for b in boxes
             if b.visible > 0.02

@@ -10,12 +10,17 @@ import numpy as np
 from perception.messages import CameraFrame, GnssFix, LidarSweep
 from replay.drive import DriveReader
 from replay.synth import (
+    CAMERA_NAME,
     LIDAR_HEIGHT_M,
+    SynthObject,
+    SynthWorld,
     generate_drive,
     ground_truth_path,
     lidar_sweep,
     make_world,
     read_ground_truth,
+    render_camera,
+    synth_rig,
 )
 
 
@@ -70,3 +75,36 @@ def test_lidar_points_hit_ground_truth_boxes() -> None:
         inside += bool(np.all(np.abs(local) <= np.array(b["size"]) / 2 + 0.5))
     assert len(hits) > 1000
     assert inside / len(hits) > 0.95
+
+
+def _car_object(ident: int, x: float, y: float) -> SynthObject:
+    """A car as replay.synth builds them (a body and a narrower, shorter cabin box on it), at
+    rest at (x, y) facing along the road."""
+    length, width, height = 3.9, 1.6, 1.56
+    body_h = 0.55 * height
+    parts = (
+        (0.0, 0.0, body_h / 2, length, width, body_h, (40, 40, 200)),
+        (-0.1 * length, 0.0, body_h + (height - body_h) / 2, 0.55 * length, 0.9 * width,
+         height - body_h, (70, 55, 45)),
+    )  # fmt: skip
+    return SynthObject(ident, "Car", (length, width, height), x, y, 0.0, 0.0, parts, 0.6)
+
+
+def test_camera_visible_fraction_counts_occlusion() -> None:
+    # A car 15 m ahead hides almost all of one 30 m ahead in the same lane; a car alone is seen
+    # whole. (The silhouette of a car's overlapping faces must count each pixel once.)
+    rig = synth_rig()
+    camera = rig.cameras[CAMERA_NAME]
+    vehicle_from_camera = rig.transform("camera/front", "vehicle").inverse()
+    world = SynthWorld((_car_object(0, 15.0, 0.0), _car_object(1, 30.0, 0.0)), 1.0)
+    _, boxes = render_camera(world, 0.0, camera, vehicle_from_camera, distort=False)  # type: ignore[arg-type]
+    seen = {b.ident: b.visible for b in boxes}
+    assert seen[0] > 0.95
+    assert seen[1] < 0.2
+    alone = SynthWorld((_car_object(1, 30.0, 0.0),), 1.0)
+    _, boxes = render_camera(alone, 0.0, camera, vehicle_from_camera, distort=False)  # type: ignore[arg-type]
+    assert boxes[0].visible > 0.95
+    # Half hidden: shifted sideways by about half its width behind the near car.
+    world = SynthWorld((_car_object(0, 15.0, 0.0), _car_object(1, 30.0, 1.6)), 1.0)
+    _, boxes = render_camera(world, 0.0, camera, vehicle_from_camera, distort=False)  # type: ignore[arg-type]
+    assert 0.2 < {b.ident: b.visible for b in boxes}[1] < 0.8
