@@ -67,10 +67,10 @@ _REFINE_STEPS = 5
 class EnginePrior:
     """Size prior and plausibility limits of one class (metres), as a row of the prior table.
 
-    Mirrors ``perception.fusion.ClassPrior`` (engines may not import perception): ``length_m``,
-    ``width_m``, ``height_m`` are the typical box; ``max_*_m`` the largest extents still one
-    object; the cluster's top must reach ``min_height_above_ground_m``; below a visible extent of
-    ``yaw_fit_min_extent_m`` the heading comes from the prior (``inf``: never fitted);
+    ``length_m``, ``width_m``, ``height_m`` are the typical box; ``max_*_m`` the largest extents
+    still one object; the cluster's top must reach ``min_height_above_ground_m``; below a
+    visible extent of ``yaw_fit_min_extent_m`` the heading comes from the prior (``inf``: never
+    fitted);
     ``min_points`` lidar points at least; the prior height's image height at the cluster depth
     over the 2D box height must lie in [``min_box_height_ratio``, ``max_box_height_ratio``].
     """
@@ -120,10 +120,14 @@ class EnginePrior:
         return [min(float(v), _BIG) for v in values]
 
 
-# The values of perception.fusion.DEFAULT_CLASS_PRIORS / GENERIC_PRIOR (KITTI anchor sizes for the
-# KITTI classes, typical sizes for the other COCO road users); a test checks they agree.
+# KITTI anchor sizes for the KITTI classes, typical sizes for the other COCO road users.
 DEFAULT_ENGINE_PRIORS: tuple[EnginePrior, ...] = (
-    EnginePrior("Car", 3.9, 1.6, 1.56, 6.5, 2.6, 2.8, 0.85, 2.4),
+    # Car: a top 0.7 m above the ground (a car seen from the front beyond ~20 m shows only its
+    # bumper below the windscreen: 0.81-0.91 m tall); the box-height ratio at most 1.3 (a nearer
+    # occluder's cluster in a parked car's box reads 1.24-1.6; the car's own about 1.0). Both
+    # measured on the synthetic drives (recall 94.0 -> 96.8% seed 0, 89.9 -> 95.0% seed 1, false
+    # positives 42 -> 26 and 81 -> 32); the KITTI frames' detections are unchanged.
+    EnginePrior("Car", 3.9, 1.6, 1.56, 6.5, 2.6, 2.8, 0.7, 2.4, 5, 0.6, 1.3),
     EnginePrior("Pedestrian", 0.8, 0.6, 1.73, 1.5, 1.5, 2.3, 0.8, math.inf),
     EnginePrior("Cyclist", 1.76, 0.6, 1.73, 2.5, 1.5, 2.3, 0.8, 1.2),
     EnginePrior("motorbike", 2.0, 0.8, 1.5, 2.8, 1.5, 2.3, 0.7, 1.4),
