@@ -36,7 +36,8 @@ def _load_node_config(path: str | None) -> NodeConfig:
 
 
 def _pipeline(config: NodeConfig, model: str | None) -> Pipeline:
-    return Pipeline.from_config(config.camera_model, Path(model).expanduser() if model else None)
+    model_path = Path(model).expanduser() if model else None
+    return Pipeline.from_config(config.camera_model, model_path, config.engines)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -323,6 +324,111 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_drive(drive: str | None, limit: int) -> tuple[str, list[Any], Any, bool]:
+    """(description, sweeps (perception.bench.Sweep), rig, synthetic) of `perception bench
+    [DRIVE]`: an MCAP drive, a KITTI object folder (or its parent holding `training/`), or by
+    default the synthetic drive of `perception demo` (generated into perception-demo/ unless it
+    is there already)."""
+    from perception.bench import group_sweeps
+    from replay.drive import DriveReader
+    from replay.kitti_object import KittiObjectFolder
+    from replay.synth import generate_drive, ground_truth_path
+
+    if drive is None:
+        path = Path("perception-demo") / "synth_seed0.mcap"
+        if not (path.exists() and ground_truth_path(path).exists()):
+            print(f"perception bench: generating the synthetic drive {path}", flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            generate_drive(path, seed=0, seconds=10.0)
+    else:
+        path = Path(drive)
+    if path.is_dir():
+        if not (path / "image_2").is_dir() and (path / "training" / "image_2").is_dir():
+            path = path / "training"
+        folder = KittiObjectFolder(path)
+        records = ((m.header.stream, m) for m in folder.messages())
+        return f"KITTI object {path}", group_sweeps(records, limit), None, False
+    if not path.exists():
+        raise PerceptionError(f"{path}: no such drive (.mcap) or KITTI object folder")
+    reader = DriveReader(path)
+    sweeps = group_sweeps(((r.topic, r.message) for r in reader.messages()), limit)
+    synthetic = ground_truth_path(path).exists()
+    return f"{'synthetic drive' if synthetic else 'drive'} {path}", sweeps, reader.rig, synthetic
+
+
+def _bench_config(args: argparse.Namespace, sweeps: list[Any], synthetic: bool) -> NodeConfig:
+    """The node config to bench: --config as is, else the defaults with the drive's topics and
+    camera offsets (and for the synthetic drive the demo's detector); --model overrides."""
+    from dataclasses import replace
+
+    from perception.bench import config_for_sweeps
+    from perception.config import CameraModelConfig
+
+    if args.config:
+        config = load_config(Path(args.config))
+    else:
+        config = config_for_sweeps(sweeps, NodeConfig())
+        if synthetic:
+            from replay.demo import SYNTH_DETECTOR_PATH
+
+            # As `perception demo` runs it: the detector trained on synthetic renders.
+            model = CameraModelConfig(str(SYNTH_DETECTOR_PATH), kind="yolox", score_threshold=0.15)
+            config = replace(config, camera_model=model)
+    if args.model:
+        model_path = str(Path(args.model).expanduser().resolve())
+        config = replace(config, camera_model=replace(config.camera_model, path=model_path))
+    return config
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from perception.bench import (
+        BenchInterruptedError,
+        BenchSettings,
+        check_settings,
+        format_markdown,
+        run_bench,
+        sweeps_needed,
+        write_report,
+    )
+
+    settings = BenchSettings(
+        rate_hz=args.rate,
+        duration_s=args.duration,
+        backend=args.backend,
+        device=args.device,
+        find_max_rate=args.find_max_rate,
+    )
+    check_settings(settings)
+    source, sweeps, rig, synthetic = _bench_drive(args.drive, sweeps_needed(settings))
+    config = _bench_config(args, sweeps, synthetic)
+    out = Path(args.out)
+    stop = _stop_on_signals()
+    with tqdm(total=0, unit="sweep", disable=args.quiet) as bar:
+        shown = [""]
+
+        def progress(done: int, total: int, label: str) -> None:
+            if label != shown[0]:
+                shown[0] = label
+                bar.reset(total=total)
+                bar.set_description(label)
+            bar.update(done - bar.n)
+
+        try:
+            result = run_bench(
+                sweeps, config, settings, out, source=source, rig=rig, stop=stop, progress=progress
+            )
+        except BenchInterruptedError:
+            bar.close()
+            print("perception bench: interrupted; the node is stopped", file=sys.stderr)
+            return 130
+    json_path, md_path, png_path = write_report(result, out)
+    print(format_markdown(result))
+    print(f"perception bench: written {json_path}, {md_path}, {png_path}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from replay.kitti_eval import evaluate_kitti_run
 
@@ -536,6 +642,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=10.0, help="length of a generated drive")
     demo.add_argument("--out-dir", default="perception-demo", help="drive, detections, picture")
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="latency benchmark: a drive played into a `perception run` child at a fixed rate",
+    )
+    bench.add_argument(
+        "drive",
+        nargs="?",
+        help="a drive (.mcap) or KITTI object folder (default: the synthetic drive of `demo`)",
+    )
+    bench.add_argument("--rate", type=float, default=10.0, help="sweeps per second (Hz)")
+    bench.add_argument("--duration", type=float, default=30.0, help="seconds of playing")
+    bench.add_argument(
+        "--backend",
+        choices=("onnxruntime", "tensorrt", "torch"),
+        help="the node's engines.backend (default: the config's; onnxruntime without --config)",
+    )
+    bench.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="the node's engines.device (default: the config's; cpu without --config)",
+    )
+    bench.add_argument("--out", default="perception-bench", help="bench.json, .md, .png here")
+    bench.add_argument(
+        "--find-max-rate",
+        action="store_true",
+        help="search the highest rate with < 5%% of sweeps dropped (short runs from --rate)",
+    )
+    bench.add_argument("--config", help="node YAML config to bench (its endpoints are replaced)")
+    bench.add_argument("--model", help="camera detector ONNX file (overrides the config)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=cmd_bench)
 
     imp = sub.add_parser("import", help="convert a dataset into an MCAP drive")
     imp.add_argument("format", choices=("kitti-object", "kitti-raw"))
