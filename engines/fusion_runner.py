@@ -11,12 +11,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from engines.onnxruntime_backend import CPU_PROVIDERS, OnnxRuntimeEngine, TensorSpec
+from engines.graph_runner import Backend, GraphRunner
+from engines.onnxruntime_backend import CPU_PROVIDERS, TensorSpec
 
 __all__ = [
     "DEFAULT_ENGINE_PRIORS",
@@ -258,9 +259,6 @@ class FusionEngineResult:
     fused_score: npt.NDArray[np.float32]
 
 
-Backend = Literal["onnxruntime", "torch"]
-
-
 def _array(value: npt.ArrayLike, name: str, shapes: Sequence[tuple[int | None, ...]]) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float32)
@@ -279,7 +277,7 @@ def _array(value: npt.ArrayLike, name: str, shapes: Sequence[tuple[int | None, .
     )
 
 
-class FusionEngineRunner:
+class FusionEngineRunner(GraphRunner):
     """Pads numpy inputs to the engine's static shapes and runs it with ONNX Runtime or torch.
 
     Args:
@@ -308,35 +306,35 @@ class FusionEngineRunner:
         device: str = "cpu",
     ) -> None:
         self.config = config if config is not None else FusionEngineConfig()
-        self.backend = backend
-        #: GPU time of the last run (CUDA events; torch on CUDA only), else None.
-        self.last_gpu_ns: int | None = None
-        self._ort: OnnxRuntimeEngine | None = None
-        self._module: Any = None
-        self._device = device
-        if backend == "onnxruntime":
-            if model_path is None:
-                if self.config != FusionEngineConfig():
-                    raise ValueError(
-                        "FusionEngineRunner: a non-default config needs model_path (the "
-                        "packaged ONNX file is the default config's graph)"
-                    )
-                model_path = PACKAGED_MODEL_PATH
-            if not Path(model_path).exists():
+        config_ = self.config
+        if backend == "onnxruntime" and model_path is None and config_ != FusionEngineConfig():
+            raise ValueError(
+                "FusionEngineRunner: a non-default config needs model_path (the packaged ONNX "
+                "file is the default config's graph)"
+            )
+
+        def onnx_path() -> Path:
+            path = Path(model_path) if model_path is not None else PACKAGED_MODEL_PATH
+            if not path.exists():
                 from engines.fusion_engine import export_fusion_engine_onnx  # needs torch
 
-                export_fusion_engine_onnx(Path(model_path), config=self.config)
-            self._ort = OnnxRuntimeEngine(
-                Path(model_path), num_threads=num_threads, providers=providers
-            )
-        elif backend == "torch":
+                export_fusion_engine_onnx(path, config=config_)
+            return path
+
+        def module() -> Any:
             from engines.fusion_engine import FusionEngine  # needs torch
 
-            self._module = FusionEngine(self.config).eval().to(device)
-        else:
-            raise ValueError(
-                f"FusionEngineRunner: unknown backend {backend!r}; use 'onnxruntime' or 'torch'"
-            )
+            return FusionEngine(config_)
+
+        super().__init__(
+            "fusion engine",
+            backend=backend,
+            onnx_path=onnx_path,
+            module=module,
+            num_threads=num_threads,
+            providers=providers,
+            device=device,
+        )
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -428,20 +426,7 @@ class FusionEngineRunner:
         """
         feed = self.pad(points, boxes, camera_from_vehicle, intrinsics, image_size, ground)
         m = int(feed["num_boxes"][0])
-        if self._ort is not None:
-            out = self._ort.run(feed)
-            boxes3d, valid, score = out["boxes3d"], out["valid"], out["fused_score"]
-        else:
-            import torch
-
-            from engines.gpu_timing import cuda_event_time
-
-            assert self._module is not None  # set in __init__ for the torch backend
-            with torch.inference_mode(), cuda_event_time(self._device) as gpu:
-                tensors = [torch.from_numpy(feed[name]).to(self._device) for name in INPUT_NAMES]
-                result = self._module(*tensors)
-            self.last_gpu_ns = gpu.ns
-            boxes3d, valid, score = (t.cpu().numpy() for t in result)
+        boxes3d, valid, score = self._run_graph(feed, INPUT_NAMES, OUTPUT_NAMES)
         return FusionEngineResult(
             boxes3d=np.ascontiguousarray(boxes3d[:m], dtype=np.float32),
             valid=np.asarray(valid[:m], dtype=np.bool_),
@@ -450,9 +435,4 @@ class FusionEngineRunner:
 
     def describe(self) -> str:
         """One line: backend, device/providers and the padded sizes."""
-        sizes = f"n_max {self.config.n_max}, b_max {self.config.b_max}"
-        if self._ort is not None:
-            return f"fusion engine: {self._ort.describe()}; {sizes}"
-        import torch
-
-        return f"fusion engine: torch {torch.__version__} on {self._device}; {sizes}"
+        return self._describe(f"n_max {self.config.n_max}, b_max {self.config.b_max}")

@@ -15,13 +15,13 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from engines.onnxruntime_backend import OnnxRuntimeEngine, TensorSpec
+from engines.graph_runner import Backend, GraphRunner, torch_version
+from engines.onnxruntime_backend import TensorSpec
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -158,7 +158,7 @@ class LidarEncoderConfig:
             "config": dataclasses.asdict(self),
             "encoder_version": _ENCODER_VERSION,
             "opset": ONNX_OPSET,
-            "torch": _torch_version(),
+            "torch": torch_version(),
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -185,10 +185,7 @@ def cached_lidar_encoder_onnx(config: LidarEncoderConfig, cache_dir: Path | None
     return path
 
 
-Backend = Literal["onnxruntime", "torch"]
-
-
-class LidarEncoderEngine:
+class LidarEncoderEngine(GraphRunner):
     """Runs the lidar encoder on a ``N x 4`` point array, padding it to ``max_points``.
 
     Args:
@@ -218,27 +215,27 @@ class LidarEncoderEngine:
         device: str = "cpu",
     ) -> None:
         self.config = config if config is not None else LidarEncoderConfig()
-        self.backend = backend
-        #: GPU time of the last encode (CUDA events; torch on CUDA only), else None.
-        self.last_gpu_ns: int | None = None
-        self._ort: OnnxRuntimeEngine | None = None
-        self._module: Any = None
-        self._device = device
-        if backend == "onnxruntime":
-            model_path = (
-                PACKAGED_MODEL_PATH
-                if self.config == OBSTACLE_CONFIG and cache_dir is None
-                else cached_lidar_encoder_onnx(self.config, cache_dir)
-            )
-            self._ort = OnnxRuntimeEngine(model_path, num_threads=num_threads, providers=providers)
-        elif backend == "torch":
+        config_ = self.config
+
+        def onnx_path() -> Path:
+            if config_ == OBSTACLE_CONFIG and cache_dir is None:
+                return PACKAGED_MODEL_PATH
+            return cached_lidar_encoder_onnx(config_, cache_dir)
+
+        def module() -> Any:
             from engines.lidar_encoder import LidarEncoder  # needs torch
 
-            self._module = LidarEncoder(self.config).eval().to(device)
-        else:
-            raise ValueError(
-                f"LidarEncoderEngine: unknown backend {backend!r}; use 'onnxruntime' or 'torch'"
-            )
+            return LidarEncoder(config_)
+
+        super().__init__(
+            "lidar encoder",
+            backend=backend,
+            onnx_path=onnx_path,
+            module=module,
+            num_threads=num_threads,
+            providers=providers,
+            device=device,
+        )
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -300,20 +297,9 @@ class LidarEncoderEngine:
             engines.errors.EngineError: ONNX Runtime failed to run.
         """
         padded, count = self.pad(points)
-        if self._ort is not None:
-            return self._ort.run({"points": padded, "num_points": count})["bev"]
-        assert self._module is not None  # set in __init__ for the torch backend
-        import torch
-
-        from engines.gpu_timing import cuda_event_time
-
-        with torch.inference_mode(), cuda_event_time(self._device) as gpu:
-            bev = self._module(
-                torch.from_numpy(padded).to(self._device),
-                torch.from_numpy(count).to(self._device),
-            )
-        self.last_gpu_ns = gpu.ns
-        return np.ascontiguousarray(bev.cpu().numpy())
+        feed = {"points": padded, "num_points": count}
+        (bev,) = self._run_graph(feed, ("points", "num_points"), ("bev",))
+        return bev
 
     def describe(self) -> str:
         """A one-line summary: backend, device/providers, grid and output shape."""
@@ -322,9 +308,7 @@ class LidarEncoderEngine:
             f"grid {w}x{h} @ {self.config.cell_size} m, max_points {self.config.max_points}, "
             f"bev [{c}, {h}, {w}] ({','.join(self.config.features)})"
         )
-        if self._ort is not None:
-            return f"lidar encoder: {self._ort.describe()}; {grid}"
-        return f"lidar encoder: torch {_torch_version()} on {self._device}; {grid}"
+        return self._describe(grid)
 
 
 #: The pipeline's grid: 360 degrees around the vehicle to 51.2 m at 0.2 m cells (512 x 512),
@@ -341,12 +325,3 @@ OBSTACLE_CONFIG = LidarEncoderConfig(
 
 #: The export of :data:`OBSTACLE_CONFIG` (regenerate with `python -m engines.lidar_encoder`).
 PACKAGED_MODEL_PATH = Path(__file__).parent / "models" / "lidar_encoder.onnx"
-
-
-def _torch_version() -> str:
-    # The exporter's output may change between torch releases; read the version without
-    # importing torch, which the runtime install does not have.
-    try:
-        return metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        return "absent"
