@@ -75,8 +75,10 @@ class TinyYolox(nn.Module):
             rows.append(level.reshape(b, c, -1).permute(0, 2, 1))
         out = torch.cat(rows, dim=1)
         reg, obj, cls = out[..., :4], out[..., 4:5].sigmoid(), out[..., 5:].sigmoid()
-        scores = torch.zeros(out.shape[0], out.shape[1], _NUM_COCO, dtype=out.dtype)
-        scores[..., : self.classes] = cls
+        # Zero scores for the COCO classes the model does not have, as a pad: a zeros tensor
+        # would be traced with the export's batch of 1 baked in, and the graph could not be
+        # batched over cameras (engines.batching).
+        scores = torch.nn.functional.pad(cls, (0, _NUM_COCO - self.classes))
         return torch.cat([reg, obj, scores], dim=-1)
 
 

@@ -101,3 +101,15 @@ def test_pipeline_with_a_batched_camera_encoder_gives_the_same_detections(
         ]
         for x, y in zip(a.detections, b.detections, strict=True):
             assert np.allclose(x.center, y.center, atol=0.01)
+
+
+def test_the_projects_detector_batches(tmp_path: Path) -> None:
+    from replay.demo import SYNTH_DETECTOR_PATH
+
+    single = CameraDetector(SYNTH_DETECTOR_PATH, kind="yolox")
+    batched = CameraDetector(batched_onnx(SYNTH_DETECTOR_PATH, 2, tmp_path), kind="yolox")
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (375, 1242, 3), dtype=np.uint8) for _ in range(2)]
+    tensors = [single.preprocess(image)[0] for image in images]
+    for tensor, raw in zip(tensors, batched.infer_batch(tensors), strict=True):
+        assert np.max(np.abs(raw - single.infer(tensor))) <= BATCH_TOLERANCE
