@@ -1,10 +1,12 @@
 """The on-vehicle process: sockets in, `Pipeline.step` on a worker thread, detections out.
 
 Threads: the receiver owns the SUB sockets, decodes and files each message into the
-synchroniser; the worker (the caller of `run`) owns the PUB socket, turns ready bundles into
-DetectionLists and publishes them. Receiving never waits for inference. When the worker falls
-behind, it processes the newest ready bundle and counts the ones it skipped; published stamps
-only move forward.
+synchroniser and hands the bundles it completes (or times out) to the worker; the worker (the
+caller of `run`) owns the PUB socket, turns ready bundles into DetectionLists and publishes them.
+Each DetectionList's `sync_wait` is the time from its sweep's arrival to its bundle being ready,
+and `queue_wait` the time the ready bundle waited for the worker (0 unless the node is behind).
+Receiving never waits for inference. When the worker falls behind, it processes the newest
+ready bundle and counts the ones it skipped; published stamps only move forward.
 
 A bad message (undecodable, invalid rig, a bundle the pipeline cannot process) is dropped,
 counted and logged at a bounded rate; the node goes on.
@@ -44,7 +46,7 @@ from perception.clock import ClockMonitor
 from perception.config import NodeConfig
 from perception.deskew import sweep_end_ns
 from perception.errors import WireError
-from perception.messages import DetectionList, LidarSweep
+from perception.messages import DetectionList, LidarSweep, SyncedBundle
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
 from perception.realtime import RealtimeReport, apply_realtime, gc_held
@@ -58,6 +60,8 @@ log = logging.getLogger("perception.node")
 # Sweeps seen before the lidar clock's offset estimate is applied: with fewer, the estimate is a
 # median of single samples rather than a lower envelope, and may exceed a sweep's transport delay.
 CLOCK_MIN_SWEEPS = 16
+# How long the receiver waits for a message before checking the bundles' timeouts.
+_RECEIVE_POLL_MS = 10
 
 
 @dataclass
@@ -100,6 +104,8 @@ class Node:
         self._sweep_receipts: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self.realtime: RealtimeReport | None = None
         self._receiver_error: BaseException | None = None
+        # Bundles ready for the worker, with the monotonic time each became ready.
+        self._ready: list[tuple[SyncedBundle, int]] = []
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. Setup failures (sockets, model) raise; per-message
@@ -144,10 +150,21 @@ class Node:
         ready.set()
         with subscriber:
             while not stop.is_set():
-                frames = subscriber.recv(timeout_ms=50)
-                if frames is None:
-                    continue
-                self._file_message(frames)
+                frames = subscriber.recv(timeout_ms=_RECEIVE_POLL_MS)
+                if frames is not None:
+                    self._file_message(frames)
+                # Also without a message: a bundle may be due at its timeout.
+                with self._cond:
+                    self._collect_ready()
+
+    def _collect_ready(self) -> None:
+        """Moves the synchroniser's complete (or timed-out) bundles to the worker's ready list,
+        stamped with the monotonic time they became ready. Called with `_cond` held."""
+        bundles = self.sync.poll(time.time_ns())
+        if bundles:
+            ready_ns = time.monotonic_ns()
+            self._ready += [(bundle, ready_ns) for bundle in bundles]
+            self._cond.notify()
 
     def _file_message(self, frames: Sequence[zmq.Frame]) -> None:
         receive_ns = time.time_ns()
@@ -183,7 +200,6 @@ class Node:
                 self.counters.decode_errors += 1
                 self._bad.warning(f"type:{topic}", f"dropped message on {topic}: {e}")
                 return
-            self._cond.notify()
 
     # -- worker thread ---------------------------------------------------------------------
     def _work_loop(self, stop: threading.Event, publisher: Publisher) -> None:
@@ -192,8 +208,10 @@ class Node:
         next_diagnostics_ns = time.monotonic_ns()
         while not stop.is_set():
             with self._cond:
-                self._cond.wait(timeout=0.02)
-                bundles = self.sync.poll(time.time_ns())
+                if not self._ready:
+                    self._cond.wait(timeout=0.02)
+                ready, self._ready = self._ready, []
+            bundles = [bundle for bundle, _ in ready]
             if time.monotonic_ns() >= next_diagnostics_ns:
                 self._publish_diagnostics(publisher)
                 next_diagnostics_ns += 1_000_000_000
@@ -203,12 +221,13 @@ class Node:
             # The newest sweep only, and never one older than a sweep already published: a
             # bundle completed late (at its timeout, degraded) after a newer one must not make
             # the output go back in time.
-            bundle = max(bundles, key=lambda b: b.lidar.header.stamp_ns)
+            bundle, ready_ns = max(ready, key=lambda r: r[0].lidar.header.stamp_ns)
             if bundle.lidar.header.stamp_ns <= last_stamp_ns:
                 self.counters.skipped_bundles += len(bundles)
                 continue
             self.counters.skipped_bundles += len(bundles) - 1
             last_stamp_ns = bundle.lidar.header.stamp_ns
+            queue_wait_ns = time.monotonic_ns() - ready_ns
             with gc_held(self.config.realtime.gc_hold):
                 try:
                     detections = self.pipeline.step(bundle, seq)
@@ -217,7 +236,8 @@ class Node:
                     self._bad.warning("step", f"dropped sweep {bundle.lidar.header.seq}: {e!r}")
                     continue
                 seq += 1
-                self._publish(publisher, detections)
+                timings = {**detections.timings_ns, "queue_wait": queue_wait_ns}
+                self._publish(publisher, replace(detections, timings_ns=timings))
 
     def _latency_ns(self, stamp_ns: int) -> int:
         """Sensor-to-now latency of the sweep stamped `stamp_ns` (see the module docstring)."""

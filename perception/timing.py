@@ -8,10 +8,12 @@ from contextlib import contextmanager
 
 __all__ = ["STAGES", "StageTimer"]
 
-# Stage names in pipeline order; every DetectionList carries these keys.
+# Stage names in pipeline order; every DetectionList of the live node carries these keys (offline
+# replays have no queue or publish).
 STAGES = (
     "decode",
     "sync_wait",
+    "queue_wait",
     "preprocess",
     "camera_encoder",
     "lidar_encoder",

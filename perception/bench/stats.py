@@ -83,11 +83,14 @@ class NodeOverhead:
     """Per frame: the response (sweep sent -> published) minus the engine stages; medians over
     the frames. `unstaged_median_ms`: the response minus every stage the frame carries: time in no
     timed stage (ZeroMQ transport, the message waiting for the node's receiver thread; the
-    `publish` stage carried is the previous message's, so this is approximate)."""
+    `publish` stage carried is the previous message's, so this is approximate).
+    `queue_wait_median_ms`: of the overhead, the time ready bundles waited for the node's worker
+    (the node's `queue_wait` stage: 0 unless it falls behind)."""
 
     median_ms: float
     median_share: float
     unstaged_median_ms: float
+    queue_wait_median_ms: float
     target_ms: float
     target_share: float
     meets_target: bool
@@ -209,6 +212,8 @@ def node_overhead(frames: Sequence[Frame]) -> NodeOverhead | None:
         median_ms=median_ms,
         median_share=median_share,
         unstaged_median_ms=float(np.median(unstaged_ns)) / 1e6,
+        queue_wait_median_ms=float(np.median([f.timings_ns.get("queue_wait", 0) for f in rows]))
+        / 1e6,
         target_ms=OVERHEAD_TARGET_MS,
         target_share=OVERHEAD_TARGET_SHARE,
         meets_target=median_ms < OVERHEAD_TARGET_MS and median_share < OVERHEAD_TARGET_SHARE,

@@ -114,14 +114,15 @@ def test_node_overhead_is_the_frame_minus_the_engines() -> None:
     engines = dict.fromkeys(ENGINE_STAGES, 10 * MS)  # 30 ms of engines
     frames = [
         Frame(0.0, 32 * MS, 0, {**engines, "decode": MS}, False),  # 2 ms overhead, 6.25 %
-        Frame(0.1, 140 * MS, 100 * MS, engines, False),  # 10 ms, 25 % of the 40 ms response
+        Frame(0.1, 140 * MS, 100 * MS, {**engines, "queue_wait": 4 * MS}, False),  # 10 ms, 25 %
         Frame(0.2, 33 * MS, 0, engines, False),  # 3 ms, 9.1 %
     ]
     o = node_overhead(frames)
     assert o is not None
     assert o.median_ms == pytest.approx(3.0)
     assert o.median_share == pytest.approx(3 / 33)
-    assert o.unstaged_median_ms == pytest.approx(3.0)  # of 32-31, 40-30, 33-30 ms
+    assert o.unstaged_median_ms == pytest.approx(3.0)  # of 32-31, 40-34, 33-30 ms
+    assert o.queue_wait_median_ms == 0.0  # of 0, 4, 0 ms
     assert o.meets_target
     slow = node_overhead([Frame(0.0, 40 * MS, 0, engines, False)])
     assert slow is not None and not slow.meets_target
