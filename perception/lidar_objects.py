@@ -197,10 +197,10 @@ class LidarObjects:
             members = order[bounds[label] : bounds[label + 1]]
             if len(members) < self.config.min_points:
                 continue
+            if self._explained(obstacle[members, :2].astype(np.float64), fused):
+                continue
             detection = self._object(obstacle[members], ground)
-            if detection is not None and not self._explained(
-                obstacle[members, :2].astype(np.float64), fused
-            ):
+            if detection is not None:
                 out.append(detection)
         return out
 
