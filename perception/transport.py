@@ -11,16 +11,14 @@ import contextlib
 import re
 import tempfile
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from perception import wire
+from perception.closeable import Closeable
 from perception.errors import TransportError
 from perception.messages import Message
 
@@ -67,26 +65,7 @@ def _attach(socket: zmq.Socket[bytes], endpoint: str, bind: bool) -> None:
         raise TransportError(f"{endpoint}: cannot {action}: {e}") from None
 
 
-class _Closeable(ABC):
-    """`with` support for the socket owners: leaving the block closes the sockets."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Close the sockets (linger 0) and the context if this object created it."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Publisher(_Closeable):
+class Publisher(Closeable):
     """A PUB socket sending wire-format messages.
 
     `hwm` is the send high-water mark (messages queued per subscriber before ZeroMQ drops);
@@ -175,7 +154,7 @@ class Publisher(_Closeable):
             self._context.term()
 
 
-class Subscriber(_Closeable):
+class Subscriber(Closeable):
     """SUB sockets receiving raw multipart messages on exact topics.
 
     One socket per topic, each connected to every endpoint, so each topic has its own receive

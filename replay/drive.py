@@ -51,8 +51,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 import msgpack
 import numpy as np
@@ -83,6 +82,7 @@ from mcap_protobuf.schema import build_file_descriptor_set
 
 from calibration import CalibrationError, Rig
 from perception import wire
+from perception.closeable import Closeable
 from perception.errors import WireError
 from perception.messages import (
     CameraFrame,
@@ -345,7 +345,7 @@ def _foxglove(msg: Message, topic: str) -> ProtobufMessage:
     raise ReplayError(f"{topic}: cannot record {type(msg).__name__}")
 
 
-class DriveWriter:
+class DriveWriter(Closeable):
     """Writes a drive (MCAP, see the module docstring for the layout).
 
     `compression`: "zstd" (default), "lz4" or None. `chunk_size`: uncompressed bytes per chunk
@@ -508,17 +508,6 @@ class DriveWriter:
             raise ReplayError(f"{self.path}: cannot finish the drive ({e})") from e
         finally:
             self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- reading -------------------------------------------------------------------------------------

@@ -26,16 +26,17 @@ import zmq
 
 from perception import wire
 from perception.bench.settings import BenchInterruptedError
-from perception.errors import PerceptionError, WireError
-from perception.messages import DetectionList
 
 # The transport's `with` base (leaving the block calls `close`): the same contract here.
-from perception.transport import Subscriber, _Closeable
+from perception.closeable import Closeable
+from perception.errors import PerceptionError, WireError
+from perception.messages import DetectionList
+from perception.transport import Subscriber
 
 __all__ = ["Answer", "Collector", "NodeChild", "UsageSampler"]
 
 
-class NodeChild(_Closeable):
+class NodeChild(Closeable):
     """`perception run --config CONFIG` as a child process. Its output is kept (the last
     lines, for error messages). `close` (also on leaving the `with` block, whatever happened)
     stops it: SIGINT, then SIGKILL after `stop_timeout_s`."""
@@ -116,7 +117,7 @@ class Answer:
     degraded: bool
 
 
-class Collector(_Closeable):
+class Collector(Closeable):
     """Receives the node's DetectionLists and diagnostics on a thread of its own (which owns
     the SUB socket), from construction until `close`.
 
