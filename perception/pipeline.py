@@ -19,7 +19,12 @@ from engines.camera_encoder import Box2D, CameraDetector
 from engines.errors import EngineError
 from engines.fusion_runner import FusionEngineRunner
 from engines.lidar_runner import OBSTACLE_CONFIG, LidarEncoderEngine
-from engines.onnxruntime_backend import CPU_PROVIDERS, GPU_PROVIDERS
+from engines.onnxruntime_backend import (
+    CPU_PROVIDERS,
+    GPU_PROVIDERS,
+    default_providers,
+    device_for_providers,
+)
 from engines.registry import resolve_model
 from perception.boxes import suppress_duplicates
 from perception.config import CameraModelConfig, EngineConfig
@@ -47,13 +52,6 @@ class PipelineConfig:
     detections_stream: str = "detections"
     max_range_m: float = 80.0
     ground: GroundConfig = field(default_factory=GroundConfig)
-
-
-def _cuda_available() -> bool:
-    """Whether ONNX Runtime can use CUDA here (the runtime install has no torch to ask)."""
-    import onnxruntime as ort  # noqa: PLC0415 - only for device "auto"
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt_ns: int) -> RigidTransform:
@@ -106,7 +104,8 @@ class Pipeline:
         engines = engines or EngineConfig()
         device = engines.device
         if device == "auto":
-            device = "cuda" if _cuda_available() else "cpu"
+            # ONNX Runtime says whether CUDA is usable here (the runtime install has no torch).
+            device = device_for_providers(default_providers(use_gpu=True)).split(":")[0]
         providers = CPU_PROVIDERS
         if engines.backend == "tensorrt":
             providers = GPU_PROVIDERS

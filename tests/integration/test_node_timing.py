@@ -29,6 +29,22 @@ def _restamped(messages, stamp_ns: int):
     return [replace(m, header=replace(m.header, stamp_ns=stamp_ns)) for m in messages]
 
 
+def _answers(sub: Subscriber, seconds: float, poll_ms: int = 10):
+    """What the node publishes for `seconds`: ("diagnostics", document) and
+    ("detections", DetectionList, host receive time) as they arrive."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        frames = sub.recv(timeout_ms=poll_ms)
+        if frames is None:
+            continue
+        if bytes(frames[0]) == b"diagnostics":
+            yield "diagnostics", json.loads(bytes(frames[1])), 0
+            continue
+        _, dl = wire.decode(frames)
+        assert isinstance(dl, DetectionList)
+        yield "detections", dl, time.time_ns()
+
+
 def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, *, realtime=None,
          sweeps=SWEEPS):  # fmt: skip
     """Plays SWEEPS KITTI frames stamped on the lagging sensor clock; returns, per received
@@ -58,30 +74,19 @@ def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, *, re
             for msg in _restamped(folder.frame_messages(k % len(folder), 0), stamp):
                 pub.send(msg)
             sent[stamp] = host_ns
-            deadline = time.monotonic() + PERIOD_S
-            while time.monotonic() < deadline:
-                frames = sub.recv(timeout_ms=10)
-                if frames is None:
-                    continue
-                if bytes(frames[0]) == b"diagnostics":
-                    diagnostics = json.loads(bytes(frames[1]))
-                    continue
-                _, dl = wire.decode(frames)
-                assert isinstance(dl, DetectionList)
-                results.append((dl, sent[dl.header.stamp_ns], time.time_ns()))
+            for kind, payload, receive_ns in _answers(sub, PERIOD_S):
+                if kind == "diagnostics":
+                    diagnostics = payload
+                else:
+                    results.append((payload, sent[payload.header.stamp_ns], receive_ns))
         # Then the first diagnostics published after the last DetectionList (1 Hz).
-        fresh = False
-        end = time.monotonic() + 5.0
-        while time.monotonic() < end and not fresh:
-            frames = sub.recv(timeout_ms=50)
-            if frames is None:
+        for kind, payload, receive_ns in _answers(sub, 5.0, poll_ms=50):
+            if kind == "detections":
+                results.append((payload, sent[payload.header.stamp_ns], receive_ns))
                 continue
-            if bytes(frames[0]) == b"diagnostics":
-                diagnostics = json.loads(bytes(frames[1]))
-                fresh = len(results) == sweeps
-                continue
-            _, dl = wire.decode(frames)
-            results.append((dl, sent[dl.header.stamp_ns], time.time_ns()))
+            diagnostics = payload
+            if len(results) == sweeps:
+                break
     return results, diagnostics
 
 
@@ -164,20 +169,14 @@ def test_a_node_that_falls_behind_skips_to_the_newest_sweep(
                 pub.send(msg)
             stamps.append(stamp)
             time.sleep(0.01)
-        end = time.monotonic() + 10.0
-        while time.monotonic() < end:
-            frames = sub.recv(timeout_ms=50)
-            if frames is None:
+        for kind, payload, _ in _answers(sub, 10.0, poll_ms=50):
+            if kind == "detections":
+                received.append(payload)
                 continue
-            if bytes(frames[0]) == b"diagnostics":
-                diagnostics = json.loads(bytes(frames[1]))
-                counters = diagnostics["counters"]
-                if counters["bundles"] == burst and counters["published"] == len(received):
-                    break
-                continue
-            _, dl = wire.decode(frames)
-            assert isinstance(dl, DetectionList)
-            received.append(dl)
+            diagnostics = payload
+            counters = diagnostics["counters"]
+            if counters["bundles"] == burst and counters["published"] == len(received):
+                break
     counters = diagnostics["counters"]
     assert counters["bundles"] == burst
     assert counters["skipped_bundles"] >= 1
