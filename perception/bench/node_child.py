@@ -9,6 +9,7 @@ The bench relies only on what the node publishes: its sockets, the DetectionList
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -97,9 +98,8 @@ class NodeChild(Closeable):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=self.stop_timeout_s)
             finally:  # also when this wait is interrupted
                 if self.proc.poll() is None:
                     self.proc.kill()
