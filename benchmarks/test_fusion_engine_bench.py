@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from calibration import load_kitti_object_calib
-from engines.fusion_engine import export_fusion_engine_onnx
-from engines.fusion_runner import FusionEngineConfig, FusionEngineResult, FusionEngineRunner
-from perception.evaluation import filter_references, project_box, read_pointpillars_boxes
-from perception.ground import estimate_ground
+from engines.fusion.graph import export_fusion_engine_onnx
+from engines.fusion.runner import FusionEngineConfig, FusionEngineResult, FusionEngineRunner
+from perception.pipeline.ground import estimate_ground
+from replay.evaluation import filter_references, project_box, read_pointpillars_boxes
 from tests.perception.conftest import png_size
 
 FRAME = "000003"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.lidar_runner import FEATURES, LidarEncoderConfig, LidarEncoderEngine
+from engines.lidar.runner import FEATURES, LidarEncoderConfig, LidarEncoderEngine
 
 PARITY_ATOL = 1e-5
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from perception import wire
-from perception.messages import Message
+from perception.msgs import wire
+from perception.msgs.types import Message
+from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
-from replay.kitti_object import KittiObjectFolder
 
 REPEAT = 4
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from perception.config import CameraModelConfig
-from perception.messages import CameraFrame
+from perception.msgs.types import CameraFrame
 from perception.pipeline import Pipeline
 from perception.sync import NearestSync
-from replay.kitti_object import CAMERA_STREAM, KittiObjectFolder
+from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_camera_encoder(benchmark, pipeline: Pipeline, frame_bundle) -> None:
 def test_lidar_only_objects(benchmark, pipeline: Pipeline, frame_bundle) -> None:
     """The lidar encoder on the obstacle grid plus clustering and box fitting (the lidar-only
     branch's whole cost: its encode runs in the lidar_encoder stage, its detect in fusion)."""
-    from perception.ground import estimate_ground
+    from perception.pipeline.ground import estimate_ground
 
     points = pipeline._points_in_vehicle(frame_bundle)
     ground = estimate_ground(points, pipeline.config.ground)

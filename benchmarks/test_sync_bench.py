@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from perception.messages import CameraFrame, GnssFix, Header, LidarSweep
+from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from perception.sync import ApproximateTimePolicy, CollectorSync
 
 MS = 1_000_000

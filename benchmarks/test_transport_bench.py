@@ -60,9 +60,9 @@ import pytest
 import zmq
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from perception import wire
-from perception.messages import CameraFrame, GnssFix, Header, LidarSweep, Message
-from perception.transport import Publisher, Subscriber
+from perception.io.transport import Publisher, Subscriber
+from perception.msgs import wire
+from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message
 
 TOPIC = "bench"
 KINDS = ("ipc", "tcp")

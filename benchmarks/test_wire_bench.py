@@ -1,4 +1,4 @@
-"""Wire format cost: `perception.wire.encode` and `decode` of real-sized messages.
+"""Wire format cost: `perception.msgs.wire.encode` and `decode` of real-sized messages.
 
 Run: `python -m pytest benchmarks/test_wire_bench.py --benchmark-enable`.
 
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from perception import wire
-from perception.messages import (
+from perception.msgs import wire
+from perception.msgs.types import (
     CameraBox,
     CameraFrame,
     Detection3D,

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engines.cache import file_sha256
+from engines.camera.labels import COCO_NAMES
 from engines.engine import TensorSpec
 from engines.errors import ModelError
-from engines.labels import COCO_NAMES
 
 __all__ = [
     "DEFAULT_MODEL_CACHE_DIR",
     "MODELS",
+    "PACKAGED_MODELS_DIR",
     "ModelInfo",
     "ProgressCallback",
     "fetch_model",
@@ -37,6 +38,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_CACHE_DIR = Path("~/.cache/perception-node/models").expanduser()
+#: The models that ship inside the package (the project's own exports).
+PACKAGED_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 # progress(bytes_done, bytes_total or None when the server does not say).
 ProgressCallback = Callable[[int, int | None], None]
@@ -48,7 +51,7 @@ _CHUNK = 1 << 16
 class ModelInfo:
     """A registered model.
 
-    ``kind`` selects the output decoding (``engines.camera_encoder.KINDS``); ``preprocessing``
+    ``kind`` selects the output decoding (``engines.camera.detector.KINDS``); ``preprocessing``
     states the input convention in words; ``labels`` are the class names by class id.
     """
 

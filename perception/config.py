@@ -10,7 +10,6 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 from perception.errors import ConfigError
-from perception.realtime import RealtimeConfig
 
 __all__ = [
     "BudgetConfig",
@@ -59,7 +58,7 @@ class CameraModelConfig:
     score_threshold: float = 0.3
     nms_iou: float = 0.45
     num_threads: int = 0  # 0: let ONNX Runtime choose
-    # Cameras per engine call; > 1 runs a batch-N copy of the model (engines.batching).
+    # Cameras per engine call; > 1 runs a batch-N copy of the model (engines.camera.batching).
     batch: int = 1
 
 
@@ -102,8 +101,8 @@ class BudgetConfig:
     """Latency budgets in milliseconds: per stage and sensor-to-publish.
 
     `apply_clock_offset`: the sweep stamp is moved onto the host clock with the lidar clock's
-    estimated offset (perception.clock) before the latency is taken; off, sensor and host clocks
-    are taken to agree (PTP-synchronised sensors).
+    estimated offset (perception.sync.clock) before the latency is taken; off, sensor and host
+    clocks are taken to agree (PTP-synchronised sensors).
     """
 
     end_to_end_ms: float = 100.0
@@ -117,6 +116,18 @@ class BudgetConfig:
             "postprocess": 5.0,
         }
     )
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    """`cpu_affinity`: CPUs the process may run on (empty: all); `nice`: a niceness to set
+    (-20 highest .. 19; None: leave); `fifo_priority`: SCHED_FIFO priority 1-99 (None: normal
+    scheduling); `gc_hold`: hold garbage collection during a frame (see the module docstring)."""
+
+    cpu_affinity: tuple[int, ...] = ()
+    nice: int | None = None
+    fifo_priority: int | None = None
+    gc_hold: bool = True
 
 
 @dataclass(frozen=True)

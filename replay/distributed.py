@@ -30,13 +30,13 @@ from typing import Any
 from calibration import CalibrationError, load_rig
 from engines.errors import EngineError
 from perception.config import NodeConfig
-from perception.detections_io import write_jsonl_line
 from perception.errors import PerceptionError
-from perception.messages import DetectionList
+from perception.msgs.jsonl import write_jsonl_line
+from perception.msgs.types import DetectionList
 from perception.pipeline import Pipeline
+from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
 from replay.errors import ReplayError
-from replay.kitti_object import KittiObjectFolder
 from replay.offline import run_offline, run_recorded
 
 __all__ = ["ProgressFn", "ReplayResult", "replay_detections", "replay_many", "replay_source"]

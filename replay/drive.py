@@ -26,11 +26,11 @@ stamp) and MCAP `sequence` (a per-file counter, so the two are paired exactly):
 
 2. on the companion topic `<topic>.perception` (`COMPANION_SUFFIX`), a JSON message (schema
    `perception.WireHeader`, JSON schema encoding) that is exactly the header document of the
-   project's ZeroMQ wire format (see perception.wire): message type, header (stream, seq,
+   project's ZeroMQ wire format (see perception.msgs.wire): message type, header (stream, seq,
    stamp), every scalar field (GNSS velocity and heading, the whole DetectionList with
    timings, degraded, latency...) and the descriptors (name, dtype, shape) of the array
    buffers. The buffers' bytes are taken from the Foxglove message. `DriveReader` rebuilds each
-   message with `perception.wire.decode`, so a round trip is bit-exact and validated.
+   message with `perception.msgs.wire.decode`, so a round trip is bit-exact and validated.
 
 Each channel's metadata names the project message type (`perception.type`). The rig given to
 the writer (constructor or `write_rig`) is also stored as MCAP metadata `perception.rig`
@@ -81,10 +81,10 @@ from mcap.writer import CompressionType, Writer
 from mcap_protobuf.schema import build_file_descriptor_set
 
 from calibration import CalibrationError, Rig
-from perception import wire
 from perception.closeable import Closeable
 from perception.errors import WireError
-from perception.messages import (
+from perception.msgs import wire
+from perception.msgs.types import (
     CameraFrame,
     DetectionList,
     GnssFix,
@@ -126,7 +126,7 @@ _REORDER_WINDOW = 4096  # messages held to restore log-time order in a linear (t
 _COMPANION_JSON_SCHEMA = json.dumps(
     {
         "title": COMPANION_SCHEMA,
-        "description": "perception.wire header document; array buffers are in the paired "
+        "description": "perception.msgs.wire header document; array buffers are in the paired "
         "Foxglove message on the base topic",
         "type": "object",
         "properties": {
@@ -434,7 +434,7 @@ class DriveWriter(Closeable):
 
     def write(self, msg: Message, log_time_ns: int, topic: str | None = None) -> None:
         """Write `msg` received at `log_time_ns` (host clock, ns) on `topic` (default: its
-        stream). The message is validated as `perception.wire.encode` does.
+        stream). The message is validated as `perception.msgs.wire.encode` does.
 
         Raises:
             WireError: the message is invalid; nothing is written.

@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from perception.messages import Message
-from perception.transport import Publisher
+from perception.io.transport import Publisher
+from perception.msgs.types import Message
 from replay.drive import DriveReader
 
 __all__ = ["play_drive"]

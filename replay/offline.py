@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from perception.config import SyncConfig
-from perception.messages import DetectionList, Message
+from perception.msgs.types import DetectionList, Message
 from perception.pipeline import Pipeline
 from perception.sync import NearestSync
 from replay.drive import RecordedMessage

@@ -6,8 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from perception.transport import Publisher
-from replay.kitti_object import KittiObjectFolder
+from perception.io.transport import Publisher
+from replay.datasets.kitti_object import KittiObjectFolder
 
 __all__ = ["play_kitti_object"]
 

@@ -1,7 +1,7 @@
 """Recording ZeroMQ topics into a drive (MCAP) without ever blocking the sockets.
 
 A receiver thread takes each multipart message off the subscriber, stamps its receive time
-(host clock, ns), decodes it (perception.wire) and pushes it into a bounded queue without
+(host clock, ns), decodes it (perception.msgs.wire) and pushes it into a bounded queue without
 waiting: when the queue is full the message is dropped and counted. A writer thread takes
 messages off the queue and writes them with `DriveWriter`. So a slow disk costs counted drops,
 never a stalled socket. Exactly: received == written + dropped + undecodable + failed.
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from perception import wire
 from perception.errors import WireError
-from perception.messages import Message
-from perception.transport import Subscriber
+from perception.io.transport import Subscriber
+from perception.msgs import wire
+from perception.msgs.types import Message
 from replay.drive import DriveWriter
 from replay.errors import ReplayError
 

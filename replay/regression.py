@@ -1,6 +1,6 @@
 """Regression replays: detections of a replay compared with a stored reference, within tolerances.
 
-A reference is a JSON Lines file of DetectionLists (perception.detections_io), written on purpose
+A reference is a JSON Lines file of DetectionLists (perception.msgs.jsonl), written on purpose
 by `update_reference` (never as a side effect of a comparison). `compare_detections` compares a
 run with it field by field and returns every difference beyond the tolerances, so a change that
 moves detections is seen.
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perception.detections_io import detection_list_to_dict, read_jsonl
 from perception.errors import SourceError
-from perception.messages import Detection3D, DetectionList
+from perception.msgs.jsonl import detection_list_to_dict, read_jsonl
+from perception.msgs.types import Detection3D, DetectionList
 from replay.errors import ReplayError
 
 __all__ = [

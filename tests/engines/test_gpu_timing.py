@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.fusion_runner import FusionEngineRunner
+from engines.fusion.runner import FusionEngineRunner
 from engines.gpu_timing import cuda_event_time
-from engines.lidar_runner import LidarEncoderConfig, LidarEncoderEngine
+from engines.lidar.runner import LidarEncoderConfig, LidarEncoderEngine
 
 SMALL = LidarEncoderConfig(x_range=(0.0, 4.0), y_range=(-2.0, 2.0), cell_size=0.5, max_points=64)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.camera_encoder import KINDS, CameraDetector
+from engines.camera.detector import KINDS, CameraDetector
+from engines.camera.labels import COCO_NAMES
 from engines.errors import ModelError
-from engines.labels import COCO_NAMES
 from engines.registry import MODELS, fetch_model, get_model_info, resolve_model
 
 

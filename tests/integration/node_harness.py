@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from perception import wire
-from perception.messages import DetectionList
-from perception.transport import Subscriber
+from perception.io.transport import Subscriber
+from perception.msgs import wire
+from perception.msgs.types import DetectionList
 
 
 def node_config(tmp_path: Path, model: Path) -> tuple[Path, str, str]:
@@ -35,7 +35,7 @@ def node_config(tmp_path: Path, model: Path) -> tuple[Path, str, str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "perception.cli", *args]
+    return [sys.executable, "-m", "app.cli", *args]
 
 
 class NodeProcess:

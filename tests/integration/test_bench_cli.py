@@ -15,7 +15,7 @@ import cv2
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from replay.synth import generate_drive
+from replay.synth.world import generate_drive
 
 STAGES_FIELDS = {"count", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
 TOP_FIELDS = {
@@ -45,7 +45,7 @@ TOP_FIELDS = {
 
 def _bench(cwd: Path, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "perception.cli", "bench", *args, "--quiet"],
+        [sys.executable, "-m", "app.cli", "bench", *args, "--quiet"],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -210,7 +210,7 @@ def test_find_max_rate(synth_cwd: Path) -> None:
 def test_sigint_stops_the_bench_and_its_node(synth_cwd: Path) -> None:
     out = synth_cwd / "interrupted"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "perception.cli", "bench", "--duration", "60", "--out", str(out),
+        [sys.executable, "-m", "app.cli", "bench", "--duration", "60", "--out", str(out),
          "--quiet"],
         cwd=synth_cwd,
         stdout=subprocess.PIPE,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perception.messages import Header, LidarSweep
-from perception.transport import Publisher
+from perception.io.transport import Publisher
+from perception.msgs.types import Header, LidarSweep
 from tests.integration.node_harness import NodeProcess, node_config
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_echo_prints_what_arrives_and_stops_on_sigint(tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/echo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "perception.cli", "echo", "lidar/top", "--endpoint", endpoint],
+        [sys.executable, "-m", "app.cli", "echo", "lidar/top", "--endpoint", endpoint],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from perception.cli import main
-from perception.detections_io import read_jsonl
-from perception.messages import DetectionList
+from app.cli import main
+from perception.msgs.jsonl import read_jsonl
+from perception.msgs.types import DetectionList
+from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
-from replay.kitti_object import KittiObjectFolder
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_replay_rejects_a_bad_output_suffix(capsys, kitti_drive: Path, tmp_path:
     assert "must end in .jsonl or .mcap" in capsys.readouterr().err
 
 
-CLI = [sys.executable, "-m", "perception.cli"]
+CLI = [sys.executable, "-m", "app.cli"]
 
 
 def _start_recorder(topics: list[str], out: Path, endpoint: str) -> subprocess.Popen[str]:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from perception import wire
-from perception.messages import DetectionList, LidarSweep
-from perception.transport import Publisher, Subscriber
-from replay.kitti_object import KittiObjectFolder, read_kitti_scan
+from perception.io.transport import Publisher, Subscriber
+from perception.msgs import wire
+from perception.msgs.types import DetectionList, LidarSweep
+from replay.datasets.kitti_object import KittiObjectFolder, read_kitti_scan
 from tests.integration.node_harness import node_config, running_node
 
 pytestmark = pytest.mark.slow

@@ -10,11 +10,11 @@ import pytest
 
 from calibration.kitti import kitti_label_to_velo
 from perception.config import load_config
-from perception.messages import DetectionList
+from perception.io.transport import Subscriber
+from perception.msgs.types import DetectionList
 from perception.pipeline import Pipeline
-from perception.timing import STAGES
-from perception.transport import Subscriber
-from replay.kitti_object import CAMERA_STREAM, KittiObjectFolder
+from perception.pipeline.timing import STAGES
+from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
 from replay.offline import run_offline
 from tests.integration.node_harness import (
     collect_detections,

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perception import wire
-from perception.messages import DetectionList
-from perception.node import CLOCK_MIN_SWEEPS
-from perception.transport import Publisher, Subscriber
-from replay.kitti_object import KittiObjectFolder
+from perception.io.transport import Publisher, Subscriber
+from perception.msgs import wire
+from perception.msgs.types import DetectionList
+from perception.node.node import CLOCK_MIN_SWEEPS
+from replay.datasets.kitti_object import KittiObjectFolder
 from tests.integration.node_harness import node_config, running_node
 
 # The lidar clock runs this far behind the host clock (an unsynchronised sensor).

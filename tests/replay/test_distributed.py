@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from perception.detections_io import read_jsonl
+from perception.msgs.jsonl import read_jsonl
+from replay.datasets.importers import import_kitti_object
 from replay.distributed import ReplayResult, replay_many
-from replay.importers import import_kitti_object
 from replay.regression import compare_detections, format_differences, load_reference
 
 REFERENCE = Path(__file__).parent / "references" / "kitti_object_yolox.jsonl"

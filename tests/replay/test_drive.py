@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from perception import wire
 from perception.errors import WireError
-from perception.messages import (
+from perception.msgs import wire
+from perception.msgs.types import (
     CameraBox,
     CameraFrame,
     Detection3D,
@@ -24,9 +24,9 @@ from perception.messages import (
     Message,
     RigMessage,
 )
+from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import COMPANION_SUFFIX, DriveReader, DriveWriter
 from replay.errors import ReplayError
-from replay.kitti_object import KittiObjectFolder
 
 MS = 1_000_000
 

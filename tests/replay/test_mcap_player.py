@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from perception import wire
-from perception.messages import GnssFix, Header
-from perception.transport import Publisher, Subscriber
+from perception.io.transport import Publisher, Subscriber
+from perception.msgs import wire
+from perception.msgs.types import GnssFix, Header
 from replay.drive import DriveReader, DriveWriter
 from replay.mcap_player import play_drive
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perception.messages import CameraFrame, Header
-from perception.transport import Publisher
+from perception.io.transport import Publisher
+from perception.msgs.types import CameraFrame, Header
 from replay import drive as drive_module
+from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
-from replay.kitti_object import KittiObjectFolder
 from replay.mcap_player import play_drive
 from replay.recorder import Recorder
 from tests.replay.test_drive import assert_same, wire_bytes

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from perception.config import CameraModelConfig
-from perception.messages import CameraBox, Detection3D, DetectionList, Header
+from perception.msgs.types import CameraBox, Detection3D, DetectionList, Header
 from perception.pipeline import Pipeline
+from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
 from replay.errors import ReplayError
-from replay.kitti_object import CAMERA_STREAM, KittiObjectFolder
 from replay.offline import run_offline
 from replay.regression import (
     Tolerances,

@@ -1,0 +1,241 @@
+"""The node under test, seen from outside: `perception run` as a child process, its published
+DetectionLists and diagnostics frames, and its CPU and memory use.
+
+The bench relies only on what the node publishes: its sockets, the DetectionList fields
+(`header.stamp_ns`, `timings_ns`, `latency_ns`, `degraded`) and the diagnostics JSON
+(`stamp_ns`, `counters.skipped_bundles`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+import zmq
+
+from app.bench.settings import BenchInterruptedError
+
+# The transport's `with` base (leaving the block calls `close`): the same contract here.
+from perception.closeable import Closeable
+from perception.errors import PerceptionError, WireError
+from perception.io.transport import Subscriber
+from perception.msgs import wire
+from perception.msgs.types import DetectionList
+
+__all__ = ["Answer", "Collector", "NodeChild", "UsageSampler"]
+
+
+class NodeChild(Closeable):
+    """`perception run --config CONFIG` as a child process. Its output is kept (the last
+    lines, for error messages). `close` (also on leaving the `with` block, whatever happened)
+    stops it: SIGINT, then SIGKILL after `stop_timeout_s`."""
+
+    def __init__(self, config_path: Path, stop_timeout_s: float = 10.0) -> None:
+        self.stop_timeout_s = stop_timeout_s
+        self.output: collections.deque[str] = collections.deque(maxlen=30)
+        self._ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run", "--config", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        threading.Thread(target=self._pump, name="bench-node-output", daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The node's exit code; None while it runs."""
+        return self.proc.returncode
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.rstrip())
+            if line.startswith("perception run: ready"):
+                self._ready.set()
+
+    def tail(self) -> str:
+        return " | ".join(list(self.output)[-5:]) or "no output"
+
+    def check_alive(self) -> None:
+        """Raises PerceptionError when the node has exited."""
+        code = self.proc.poll()
+        if code is not None:
+            time.sleep(0.1)  # let the pump take its last words
+            raise PerceptionError(f"the node exited with code {code}: {self.tail()}")
+
+    def wait_ready(self, timeout_s: float, stop: threading.Event) -> None:
+        """Until the node says it is ready. Raises PerceptionError (exited, timeout) or
+        BenchInterruptedError."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.1):
+            if stop.is_set():
+                raise BenchInterruptedError("interrupted while the node was starting")
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise PerceptionError(f"the node was not ready after {timeout_s:.0f} s")
+
+    def close(self) -> None:
+        """Stop the node (SIGINT, then kill) and wait for it (its code: `returncode`)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=self.stop_timeout_s)
+            finally:  # also when this wait is interrupted
+                if self.proc.poll() is None:
+                    self.proc.kill()
+        self.proc.wait()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One DetectionList as received: its stamp, when it arrived (host ns) and its figures."""
+
+    stamp_ns: int
+    received_ns: int
+    latency_ns: int
+    timings_ns: dict[str, int]
+    degraded: bool
+
+
+class Collector(Closeable):
+    """Receives the node's DetectionLists and diagnostics on a thread of its own (which owns
+    the SUB socket), from construction until `close`.
+
+    Raises (constructor):
+        TransportError: the SUB socket cannot connect.
+    """
+
+    def __init__(self, endpoint: str, detections_topic: str, diagnostics_topic: str) -> None:
+        self._endpoint = endpoint
+        self._topics = (detections_topic, diagnostics_topic)
+        self._lock = threading.Lock()
+        self._answers: list[Answer] = []
+        self._diagnostics: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bench-collector", daemon=True)
+        self._thread.start()
+        self._ready.wait(10.0)
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the thread (it closes its socket)."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        detections, diagnostics = self._topics
+        try:
+            sub = Subscriber([self._endpoint], [detections, diagnostics], hwm={detections: 100_000})
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        with sub:
+            while not self._stop.is_set():
+                frames = sub.recv(timeout_ms=50)
+                if frames is not None:
+                    self._file(frames)
+
+    def _file(self, frames: Sequence[zmq.Frame]) -> None:
+        now = time.time_ns()
+        if frames[0].bytes.decode("utf-8", "replace") == self._topics[1]:
+            try:
+                doc = json.loads(frames[1].bytes) if len(frames) == 2 else None
+            except ValueError:
+                return
+            if isinstance(doc, dict):
+                with self._lock:
+                    self._diagnostics.append(doc)
+            return
+        try:
+            _, msg = wire.decode(frames)
+        except WireError:
+            return
+        if isinstance(msg, DetectionList):
+            answer = Answer(
+                msg.header.stamp_ns, now, msg.latency_ns, dict(msg.timings_ns), bool(msg.degraded)
+            )
+            with self._lock:
+                self._answers.append(answer)
+
+    def answers(self, start: int = 0) -> list[Answer]:
+        """The DetectionLists received, from the `start`-th on."""
+        with self._lock:
+            return self._answers[start:]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._answers)
+
+    def diagnostics_after(
+        self, stamp_ns: int, timeout_s: float, stop: threading.Event
+    ) -> dict[str, Any] | None:
+        """The first diagnostics frame stamped after `stamp_ns` (waits up to `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                for doc in self._diagnostics:
+                    if int(doc.get("stamp_ns", 0)) > stamp_ns:
+                        return doc
+            if time.monotonic() > deadline:
+                return None
+            if stop.wait(0.05):
+                raise BenchInterruptedError("interrupted")
+
+
+class UsageSampler:
+    """CPU (% of one core) and RSS of a process every `period_s`, on a thread."""
+
+    def __init__(self, pid: int, period_s: float) -> None:
+        self._process = psutil.Process(pid)
+        self._period_s = period_s
+        self._samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-usage", daemon=True)
+
+    def start(self) -> None:
+        try:
+            self._process.cpu_percent(None)  # the first call only sets the reference
+        except psutil.Error:
+            return
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            try:
+                cpu = float(self._process.cpu_percent(None))
+                rss = int(self._process.memory_info().rss)
+            except psutil.Error:
+                return
+            self._samples.append((cpu, rss))
+
+    def stop(self) -> list[tuple[float, int]]:
+        """Stop sampling; the (CPU %, RSS bytes) samples taken."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        return list(self._samples)

@@ -1,0 +1,235 @@
+"""What `perception bench` measured (`BenchResult`) and its files: bench.json (every figure),
+bench.md (the latency and summary tables the CLI prints) and bench.png (latency histograms and
+the timeline)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.bench.machine import MachineInfo
+from app.bench.stats import (
+    ENGINE_STAGES,
+    Frame,
+    LatencyStats,
+    MaxRateSearch,
+    NodeOverhead,
+    ProcessUsage,
+    SweepAccounting,
+)
+
+__all__ = ["BenchResult", "format_markdown", "result_document", "write_png", "write_report"]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Everything `perception bench` measured (written as bench.json). `backend`/`device`: the
+    node's `engines` setting (`device` as configured: "auto" is resolved inside the node).
+    `end_to_end`: the node's `latency_ns` (sensor to publish, from the sweep stamp);
+    `response`: from sending the complete sweep to publishing (`Frame.response_ns`).
+    `node_diagnostics`: the node's last diagnostics frame, after the run (its counters count
+    from the node's start: connection, warm-up and any max-rate steps included).
+    `host_load_1m`: the machine's 1-minute load average before the node started and after the
+    run (other work on the machine shares its cores with the node)."""
+
+    source: str
+    rate_hz: float
+    duration_s: float
+    backend: str
+    device: str
+    node_config: dict[str, Any]
+    machine: MachineInfo
+    sweeps: SweepAccounting
+    throughput_hz: float
+    send_rate_hz: float
+    end_to_end: LatencyStats | None
+    response: LatencyStats | None
+    stages: dict[str, LatencyStats]
+    node_overhead: NodeOverhead | None
+    node_process: ProcessUsage
+    max_rate: MaxRateSearch | None
+    node_diagnostics: dict[str, Any]
+    frames: tuple[Frame, ...]
+    dropped_sent_s: tuple[float, ...]
+    host_load_1m: tuple[float, float] | None = None
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None and v != ()}
+    if isinstance(value, list | tuple):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def result_document(result: BenchResult) -> dict[str, Any]:
+    """bench.json: every figure, the configuration and the machine (absent machine facts
+    omitted)."""
+    doc: dict[str, Any] = {"version": 1, **asdict(result)}
+    doc["machine"] = _without_none(doc["machine"])
+    return doc
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _machine_line(m: MachineInfo) -> str:
+    parts = [f"{m.cpu_model}, {m.cpu_cores} cores"]
+    for g in m.gpus:
+        clocks = ""
+        if g.sm_clock_mhz is not None and g.sm_clock_max_mhz is not None:
+            clocks = f", SM clock {g.sm_clock_mhz:.0f}/{g.sm_clock_max_mhz:.0f} MHz"
+        mem = f", {g.memory_total_mib:.0f} MiB" if g.memory_total_mib is not None else ""
+        parts.append(f"GPU {g.name}{mem}{clocks}")
+    if m.tensorrt_version:
+        parts.append(f"TensorRT {m.tensorrt_version}")
+    if m.jetson_power_mode:
+        parts.append(f"power mode {m.jetson_power_mode}")
+    if m.onnxruntime_version:
+        parts.append(f"ONNX Runtime {m.onnxruntime_version}")
+    if m.torch_version:
+        parts.append(f"torch {m.torch_version}")
+    return "; ".join(parts)
+
+
+def _span_text(frames: Sequence[Frame]) -> str:
+    span_ms = float(np.median([f.sweep_span_ns for f in frames])) / 1e6 if frames else 0.0
+    return (
+        f"{span_ms:.1f} ms median from a sweep's stamp to its last point, when it is sent "
+        "(end to end = span + response)"
+    )
+
+
+def _overhead_text(o: NodeOverhead | None) -> str:
+    if o is None:
+        return "n/a"
+    verdict = "met" if o.meets_target else "not met"
+    return (
+        f"{o.median_ms:.2f} ms median, {100 * o.median_share:.1f}% of the frame (target "
+        f"< {o.target_ms:g} ms and < {100 * o.target_share:g}%: {verdict}); "
+        f"{o.queue_wait_median_ms:.2f} ms median waiting for the worker, "
+        f"{o.unstaged_median_ms:.2f} ms in no timed stage"
+    )
+
+
+def _max_rate_text(search: MaxRateSearch) -> str:
+    steps = ", ".join(f"{t.rate_hz:.2f} Hz {100 * t.dropped_fraction:.0f}%" for t in search.trials)
+    best = "none" if search.rate_hz is None else f"{search.rate_hz:.2f} Hz"
+    limit = f"{100 * search.max_dropped_fraction:g}%"
+    return f"{best} with < {limit} dropped (steps: {steps})"
+
+
+def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
+    s, p = r.sweeps, r.node_process
+    skipped = "n/a" if s.skipped_bundles is None else str(s.skipped_bundles)
+    sweeps = (
+        f"{s.sent} sent, {s.received} received, {s.dropped} dropped "
+        f"({100 * s.dropped_fraction:.1f}%), {skipped} skipped bundles, {s.degraded} degraded"
+    )
+    rows = [
+        ("source", r.source),
+        ("rate", f"{r.rate_hz:.2f} Hz for {r.duration_s:g} s (sent at {r.send_rate_hz:.2f} Hz)"),
+        ("sweeps", sweeps),
+        ("sweep span", _span_text(r.frames)),
+        ("throughput", f"{r.throughput_hz:.2f} DetectionLists/s"),
+        ("node overhead", _overhead_text(r.node_overhead)),
+        ("node CPU", f"{_ms(p.cpu_mean_pct)} % mean, {_ms(p.cpu_max_pct)} % max (of one core)"),
+        ("node memory", f"{_ms(p.rss_max_mb)} MB RSS max"),
+        ("backend", r.backend),
+        ("device", r.device),
+        ("machine", _machine_line(r.machine)),
+    ]
+    if r.host_load_1m is not None:
+        before, after = r.host_load_1m
+        rows.append(("host load (1 min)", f"{before:.2f} before, {after:.2f} after"))
+    if r.max_rate is not None:
+        rows.insert(2, ("max rate", _max_rate_text(r.max_rate)))
+    return rows
+
+
+def format_markdown(result: BenchResult) -> str:
+    """bench.md: the latency table (per stage and end to end) and the summary table."""
+    lines = ["| stage | p50 ms | p90 ms | p99 ms | max ms |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = [*result.stages.items()]
+    if result.response is not None:
+        rows.append(("**response** (sweep sent -> published)", result.response))
+    if result.end_to_end is not None:
+        rows.append(("**end to end** (sweep stamp -> published)", result.end_to_end))
+    for name, s in rows:
+        lines.append(
+            f"| {name} | {s.p50_ms:.2f} | {s.p90_ms:.2f} | {s.p99_ms:.2f} | {s.max_ms:.2f} |"
+        )
+    lines += ["", "| figure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in _summary_rows(result)]
+    return "\n".join(lines) + "\n"
+
+
+def _histograms(fig: Any, grid: Any, series: list[tuple[str, list[float]]]) -> None:
+    for i, (name, values) in enumerate(series):
+        ax = fig.add_subplot(grid[i // 3, i % 3])
+        color = "tab:red" if name in ("end to end", "response") else "tab:blue"
+        ax.hist(values, bins=30, color=color)
+        p50, p99 = np.percentile(values, [50, 99])
+        ax.set_title(f"{name}: p50 {p50:.2f}, p99 {p99:.2f} ms", fontsize=9)
+        ax.set_xlabel("ms", fontsize=8)
+        ax.tick_params(labelsize=7)
+
+
+def _timeline(ax: Any, result: BenchResult) -> None:
+    t = [f.sent_s for f in result.frames]
+    ax.plot(t, [f.latency_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="end to end")
+    ax.plot(t, [f.response_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="response")
+    engine = [sum(f.timings_ns.get(s, 0) for s in ENGINE_STAGES) / 1e6 for f in result.frames]
+    ax.plot(t, engine, ".", ms=3, label="engines (" + " + ".join(ENGINE_STAGES) + ")")
+    if result.dropped_sent_s:
+        dropped = result.dropped_sent_s
+        ax.plot(
+            dropped, [0.0] * len(dropped), "x", color="tab:red", label=f"dropped ({len(dropped)})"
+        )
+    ax.set_xlabel("time the sweep was sent, s from the start of the run")
+    ax.set_ylabel("latency, ms")
+    ax.set_title(f"latency over the run at {result.rate_hz:.2f} Hz", fontsize=10)
+    top = max((f.latency_ns for f in result.frames), default=1) / 1e6
+    ax.set_ylim(0.0 - 0.03 * top, 1.3 * top)  # room for the legend above the data
+    ax.legend(fontsize=8, loc="upper center", ncols=4)
+    ax.grid(alpha=0.3)
+
+
+def write_png(result: BenchResult, path: Path) -> None:
+    """bench.png: a latency histogram per stage and end to end, and the latency timeline."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    series = []
+    if result.frames:
+        series.append(("end to end", [f.latency_ns / 1e6 for f in result.frames]))
+        series.append(("response", [f.response_ns / 1e6 for f in result.frames]))
+    for name in result.stages:
+        values = [f.timings_ns[name] / 1e6 for f in result.frames if name in f.timings_ns]
+        series.append((name, values))
+    rows = max(1, math.ceil(len(series) / 3))
+    fig = Figure(figsize=(13, 2.6 * rows + 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(rows + 1, 3, height_ratios=[1.0] * rows + [1.4])
+    _histograms(fig, grid, series)
+    _timeline(fig.add_subplot(grid[rows, :]), result)
+    title = f"perception bench: {result.source} ({result.backend} on {result.device})"
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=100)
+
+
+def write_report(result: BenchResult, out_dir: Path) -> tuple[Path, Path, Path]:
+    """Write bench.json, bench.md and bench.png into `out_dir`; their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = (out_dir / f"bench.{ext}" for ext in ("json", "md", "png"))
+    json_path.write_text(json.dumps(result_document(result), indent=1, allow_nan=False) + "\n")
+    md_path.write_text(format_markdown(result))
+    write_png(result, png_path)
+    return json_path, md_path, png_path

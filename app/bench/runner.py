@@ -1,0 +1,406 @@
+"""`run_bench`: start the node, play sweeps into it at a fixed rate and measure its answers.
+
+`run_bench` starts `perception run` as a child process (its own interpreter, so the player's
+work never holds the node's GIL) with a config written to the output folder and ipc endpoints
+of its own, plays sweeps into it over ZeroMQ at a fixed rate, looping the drive (restamped as
+app.bench.sweeps describes), and reads the DetectionLists and the 1 Hz diagnostics
+frames back.
+
+A sent sweep counts as received when a DetectionList with its stamp arrives before `drain_s`
+after the last send (or before the node has been quiet for twice the longest latency of the
+run). Each step of the max-rate search is a short run of its own (at most `MAX_RATE_TRIAL_S`)
+on the same node, its dropped fraction scaled by the rate the player achieved (a rate it cannot
+send is not sustained); the full run is then made at the rate found.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.bench.machine import MachineInfo, machine_info
+from app.bench.node_child import Answer, Collector, NodeChild, UsageSampler
+from app.bench.report import BenchResult
+from app.bench.settings import (
+    MAX_RATE_TRIAL_S,
+    BenchInterruptedError,
+    BenchSettings,
+    Progress,
+    check_settings,
+)
+from app.bench.stats import (
+    Frame,
+    MaxRateSearch,
+    SweepAccounting,
+    account,
+    find_max_rate,
+    latency_stats,
+    node_overhead,
+    process_usage,
+    stage_stats,
+)
+from app.bench.sweeps import (
+    Sweep,
+    lidar_of,
+    node_config_document,
+    plain,
+    restamp_sweep,
+    sweep_span_ns,
+    with_engines,
+)
+from calibration import Rig
+from perception.config import NodeConfig
+from perception.errors import PerceptionError
+from perception.io.transport import Publisher
+
+__all__ = ["run_bench"]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One measured run: what was sent (stamps and sweep spans, in send order), what came back
+    and the node's figures over it."""
+
+    rate_hz: float
+    sent_stamps: tuple[int, ...]
+    spans_ns: tuple[int, ...]
+    answers: tuple[Answer, ...]
+    skipped_bundles: int | None
+    usage: tuple[tuple[float, int], ...]
+    diagnostics: dict[str, Any] | None
+
+    def accounting(self) -> SweepAccounting:
+        answered = ((a.stamp_ns, a.degraded) for a in self.answers)
+        return account(self.sent_stamps, answered, self.skipped_bundles)
+
+    def send_rate_hz(self) -> float:
+        """The rate the player achieved (the asked one with fewer than two sends)."""
+        stamps = self.sent_stamps
+        if len(stamps) < 2:
+            return self.rate_hz
+        return (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9)
+
+    def throughput_hz(self) -> float:
+        """Answers to this run's sweeps per second, from its first send to the last answer."""
+        sent = set(self.sent_stamps)
+        received = [a.received_ns for a in self.answers if a.stamp_ns in sent]
+        if not received:
+            return 0.0
+        window_s = (max(received) - self.sent_stamps[0]) / 1e9
+        return len(received) / window_s if window_s > 0 else 0.0
+
+    def frames(self) -> tuple[tuple[Frame, ...], tuple[float, ...]]:
+        """The answered sweeps as Frames (in send order) and the send times of the dropped
+        ones."""
+        t0 = self.sent_stamps[0]
+        first: dict[int, Answer] = {}
+        for a in self.answers:
+            first.setdefault(a.stamp_ns, a)
+        frames: list[Frame] = []
+        dropped: list[float] = []
+        for stamp, span in zip(self.sent_stamps, self.spans_ns, strict=True):
+            answer = first.get(stamp)
+            sent_s = (stamp - t0) / 1e9
+            if answer is None:
+                dropped.append(sent_s)
+            else:
+                a = answer
+                frames.append(Frame(sent_s, a.latency_ns, span, a.timings_ns, a.degraded))
+        return tuple(frames), tuple(dropped)
+
+
+def _skipped(before: dict[str, Any] | None, after: dict[str, Any] | None) -> int | None:
+    def value(doc: dict[str, Any] | None) -> int | None:
+        counters = doc.get("counters") if doc else None
+        n = counters.get("skipped_bundles") if isinstance(counters, dict) else None
+        return int(n) if isinstance(n, int | float) else None
+
+    a, b = value(before), value(after)
+    return None if a is None or b is None else b - a
+
+
+class _Player:
+    """Plays the sweeps into the node and measures runs; owns the PUB socket."""
+
+    def __init__(
+        self,
+        sweeps: Sequence[Sweep],
+        publisher: Publisher,
+        collector: Collector,
+        node: NodeChild,
+        *,
+        settings: BenchSettings,
+        stop: threading.Event,
+    ) -> None:
+        self.sweeps = sweeps
+        self.publisher = publisher
+        self.collector = collector
+        self.node = node
+        self.settings = settings
+        self.stop = stop
+        self._cursor = 0
+        self._last_stamp = 0
+        self._diagnostics: dict[str, Any] | None = None
+
+    def _send_next(self) -> tuple[int, int]:
+        """Send the next sweep, complete now; its (lidar) stamp and span."""
+        recorded = self.sweeps[self._cursor % len(self.sweeps)]
+        span = sweep_span_ns(lidar_of(recorded))
+        # Stamps identify the answers: keep them unique even if the clock stood still.
+        send_ns = max(time.time_ns(), self._last_stamp + 1 + span)
+        for topic, msg in restamp_sweep(recorded, send_ns):
+            self.publisher.send(msg, topic)
+        self._cursor += 1
+        self._last_stamp = send_ns - span
+        return self._last_stamp, span
+
+    def _tick(self) -> None:
+        """A short wait between polls. Raises BenchInterruptedError (`stop` set) or
+        PerceptionError (the node exited)."""
+        if self.stop.wait(0.02):
+            raise BenchInterruptedError("interrupted")
+        self.node.check_alive()
+
+    def _wait_answered(
+        self, stamps: set[int], start: int, timeout_s: float, *, every: bool = True
+    ) -> bool:
+        """Until every stamp in `stamps` (`every` False: any of them) is answered by the
+        answers from the `start`-th on (True), or `timeout_s` passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = {a.stamp_ns for a in self.collector.answers(start)}
+            if stamps <= got if every else not stamps.isdisjoint(got):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            self._tick()
+
+    def _drain(self, stamps: set[int], start: int) -> None:
+        """After the last send: until every stamp is answered, `drain_s` passed, or no answer
+        came for twice the longest latency of the run (at least 1 s): the node skipped the
+        rest."""
+        now = time.monotonic()
+        deadline = now + self.settings.drain_s
+        count, changed = -1, now
+        while True:
+            answers = self.collector.answers(start)
+            if stamps <= {a.stamp_ns for a in answers}:
+                return
+            now = time.monotonic()
+            if len(answers) != count:
+                count, changed = len(answers), now
+            longest_s = max((a.latency_ns for a in answers), default=0) / 1e9
+            if now > deadline or now - changed > max(1.0, 2.0 * longest_s):
+                return
+            self._tick()
+
+    def connect(self) -> None:
+        """Send one sweep a second until the node answers one (ZeroMQ drops what is sent
+        before the node's subscription arrives), then the warm-up sweeps one at a time, then
+        take the node's counters as the reference of the first run."""
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        start = self.collector.count()
+        sent: set[int] = set()
+        while True:
+            sent.add(self._send_next()[0])
+            if self._wait_answered(sent, start, 1.0, every=False):
+                break
+            if time.monotonic() > deadline:
+                raise PerceptionError(
+                    f"the node answered none of {len(sent)} sweeps in "
+                    f"{self.settings.connect_timeout_s:.0f} s: {self.node.tail()}"
+                )
+        for _ in range(self.settings.warmup_sweeps):
+            start = self.collector.count()
+            self._wait_answered({self._send_next()[0]}, start, 5.0)
+        self._diagnostics = self.collector.diagnostics_after(time.time_ns(), 2.5, self.stop)
+
+    def measure(
+        self, rate_hz: float, duration_s: float, label: str, progress: Progress | None
+    ) -> _Run:
+        """One run: `rate_hz` for `duration_s`, then the drain and the node's counters."""
+        n = max(1, round(rate_hz * duration_s))
+        period_ns = 1e9 / rate_hz
+        start_answers = self.collector.count()
+        sampler = UsageSampler(self.node.pid, self.settings.sample_period_s)
+        sampler.start()
+        stamps: list[int] = []
+        spans: list[int] = []
+        t0 = time.monotonic_ns() + 10_000_000
+        try:
+            for i in range(n):
+                delay_s = (t0 + i * period_ns - time.monotonic_ns()) / 1e9
+                if delay_s > 0 and self.stop.wait(delay_s):
+                    raise BenchInterruptedError("interrupted")
+                self.node.check_alive()
+                stamp, span = self._send_next()
+                stamps.append(stamp)
+                spans.append(span)
+                if progress is not None:
+                    progress(i + 1, n, label)
+        finally:
+            usage = sampler.stop()
+        self._drain(set(stamps), start_answers)
+        after = self.collector.diagnostics_after(time.time_ns(), 2.5, self.stop)
+        skipped = _skipped(self._diagnostics, after)
+        self._diagnostics = after or self._diagnostics
+        return _Run(
+            rate_hz=rate_hz,
+            sent_stamps=tuple(stamps),
+            spans_ns=tuple(spans),
+            answers=tuple(self.collector.answers(start_answers)),
+            skipped_bundles=skipped,
+            usage=tuple(usage),
+            diagnostics=after,
+        )
+
+    def search_max_rate(
+        self, start_hz: float, trial_s: float, progress: Progress | None
+    ) -> MaxRateSearch:
+        """`find_max_rate` from `start_hz` with runs of `trial_s` on this node."""
+
+        def measure(rate_hz: float) -> float:
+            run = self.measure(rate_hz, trial_s, f"trial {rate_hz:.2f} Hz", progress)
+            dropped = run.accounting().dropped_fraction
+            # A rate the player itself could not send is not sustained either.
+            return 1.0 - (1.0 - dropped) * min(1.0, run.send_rate_hz() / rate_hz)
+
+        return find_max_rate(measure, start_hz)
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _result(
+    run: _Run,
+    *,
+    source: str,
+    settings: BenchSettings,
+    config: NodeConfig,
+    node_config: dict[str, Any],
+    search: MaxRateSearch | None,
+    machine: MachineInfo,
+    load_before: float | None,
+) -> BenchResult:
+    frames, dropped_s = run.frames()
+    load_after = _load_average()
+    return BenchResult(
+        source=source,
+        rate_hz=run.rate_hz,
+        duration_s=settings.duration_s,
+        backend=config.engines.backend,
+        device=config.engines.device,
+        node_config=node_config,
+        machine=machine,
+        sweeps=run.accounting(),
+        throughput_hz=run.throughput_hz(),
+        send_rate_hz=run.send_rate_hz(),
+        end_to_end=latency_stats([f.latency_ns for f in frames]),
+        response=latency_stats([f.response_ns for f in frames]),
+        stages=stage_stats(frames),
+        node_overhead=node_overhead(frames),
+        node_process=process_usage(run.usage, settings.sample_period_s),
+        max_rate=search,
+        node_diagnostics=dict(run.diagnostics or {}),
+        frames=frames,
+        dropped_sent_s=dropped_s,
+        host_load_1m=None
+        if load_before is None or load_after is None
+        else (load_before, load_after),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The node's config document and where it was written."""
+
+    document: dict[str, Any]
+    path: Path
+    sensors: str
+    detections: str
+    topics: tuple[str, str]
+
+
+def _plan(config: NodeConfig, out_dir: Path, sockets: Path, rig: Rig | None) -> _Plan:
+    sensors, detections = f"ipc://{sockets}/sensors", f"ipc://{sockets}/detections"
+    rig_path = None
+    if rig and config.rig is None:
+        rig_path = out_dir / "rig.yaml"
+        rig_path.write_text(yaml.safe_dump(plain(rig.to_dict()), sort_keys=False))
+    doc = node_config_document(config, sensors, detections, rig_path)
+    path = out_dir / "node.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    topics = (config.outputs.detections_topic, config.outputs.diagnostics_topic)
+    return _Plan(doc, path, sensors, detections, topics)
+
+
+def run_bench(
+    sweeps: Sequence[Sweep],
+    config: NodeConfig,
+    settings: BenchSettings,
+    out_dir: Path,
+    *,
+    source: str,
+    rig: Rig | None = None,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Benchmark `perception run` with `config` (endpoints replaced by fresh ipc ones, engines
+    as `settings.backend`/`settings.device` ask) on `sweeps` (see `group_sweeps`), as the module
+    docstring describes. Writes the node's config (`node.yaml`, and `rig.yaml` when `rig` is
+    given and the config has none) into `out_dir`. `source` names the drive in the result.
+    `stop` set: BenchInterruptedError. The node is stopped before this returns or raises.
+
+    Raises:
+        PerceptionError: bad settings, no sweeps, the node failed to start, exited or never
+            answered (the message carries its last output lines).
+        BenchInterruptedError: `stop` was set.
+    """
+    check_settings(settings)
+    if not sweeps:
+        raise PerceptionError(f"{source}: no sweeps to play")
+    stop = stop or threading.Event()
+    config = with_engines(config, settings.backend, settings.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = _load_average()
+    # ipc paths are limited to ~100 characters: sockets in a short temporary folder.
+    with tempfile.TemporaryDirectory(prefix="perception-bench-") as sockets:
+        plan = _plan(config, out_dir, Path(sockets), rig)
+        with (
+            Publisher(plan.sensors, bind=True, hwm=100_000) as publisher,
+            Collector(plan.detections, *plan.topics) as collector,
+            NodeChild(plan.path) as node,
+        ):
+            node.wait_ready(settings.ready_timeout_s, stop)
+            player = _Player(sweeps, publisher, collector, node, settings=settings, stop=stop)
+            player.connect()
+            search = None
+            rate = settings.rate_hz
+            if settings.find_max_rate:
+                trial_s = min(settings.duration_s, MAX_RATE_TRIAL_S)
+                search = player.search_max_rate(rate, trial_s, progress)
+                rate = search.rate_hz or rate
+            run = player.measure(rate, settings.duration_s, f"{rate:.2f} Hz", progress)
+            machine = machine_info()  # while the node runs: GPU clocks under load
+    return _result(
+        run,
+        source=source,
+        settings=settings,
+        config=config,
+        node_config=plan.document,
+        search=search,
+        machine=machine,
+        load_before=load_before,
+    )

@@ -1,0 +1,2 @@
+"""Camera encoder: 2D detectors, their labels, batching over cameras, the synthetic detector's
+graph."""

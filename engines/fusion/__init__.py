@@ -1,0 +1,1 @@
+"""Fusion engine: the frustum fusion graph, its config and runner."""

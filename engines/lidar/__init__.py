@@ -1,0 +1,1 @@
+"""Lidar encoder: the BEV obstacle grid graph, its config and runner."""

@@ -1,0 +1,165 @@
+"""Lidar encoder: a padded point cloud -> a dense bird's-eye-view (BEV) feature image.
+
+The encoder is the project's own torch graph. It bins points into a regular x/y grid (the
+PointPillars grid by default) and reduces each cell's points to a few hand-made features with
+scatter ops, so it exports to ONNX with static shapes and runs the same under ONNX Runtime and
+torch.
+
+Frames and units: points are ``(x, y, z, intensity)`` in the vehicle (velodyne) frame, x forward,
+y left, z up, metres. The output ``bev`` is ``[C, H, W]`` with rows along y and columns along x:
+``bev[c, iy, ix]`` describes the cell ``x in [x_min + ix * cell, x_min + (ix + 1) * cell)``,
+``y in [y_min + iy * cell, ...)``; this is PointPillars' dense ``[496, 432]`` layout.
+Heights are the absolute z of the points in metres; empty cells hold 0 in every channel (use the
+``occupancy`` channel to tell an empty cell from a point at z = 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engines.lidar.runner import (
+    OBSTACLE_CONFIG,
+    ONNX_OPSET,
+    PACKAGED_MODEL_PATH,
+    LidarEncoderConfig,
+)
+from engines.onnx_ops import export_static_onnx, scatter_amax
+
+__all__ = ["LidarEncoder", "export_lidar_encoder_onnx"]
+
+
+def _filled(cols: int, value: float, num_points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous ``[3, cols]`` tensor of ``value``.
+
+    Built from ``num_points * 0`` (an int, so never NaN) because the exporter folds any
+    input-independent tensor into a constant: two ``3 x cols`` float buffers would add 5 MB of
+    zeros to the ONNX file, where this is a few small nodes.
+    """
+    scalar = (num_points.reshape(1, 1) * 0).to(dtype) + value
+    return scalar.expand(3, cols).contiguous()
+
+
+class LidarEncoder(torch.nn.Module):
+    """Points -> BEV features; see the module docstring for frames and layout.
+
+    ``forward(points, num_points)``:
+        points: float32 ``[max_points, 4]``, (x, y, z, intensity), vehicle frame, metres; rows
+            from ``num_points`` on are padding and ignored, whatever they hold.
+        num_points: int64 ``[1]``, the number of valid rows.
+        returns: float32 ``[C, H, W]`` (:attr:`LidarEncoderConfig.output_shape`).
+
+    Points outside the grid or z range, and points with a non-finite value, are ignored. The
+    graph has only static shapes: every point is scattered, and ignored ones go to a dump cell
+    (index ``H * W``) that is dropped at the end.
+    """
+
+    def __init__(self, config: LidarEncoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else LidarEncoderConfig()
+
+    def forward(self, points: torch.Tensor, num_points: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        nx, ny = cfg.width, cfg.height
+        num_cells = nx * ny
+        x, y, z, intensity = points[:, 0], points[:, 1], points[:, 2], points[:, 3]
+
+        # Cell coordinates stay float until masked: NaN/inf would make an int cast undefined.
+        # Validity is decided on the cell index itself (not on x < x_max), so a point that
+        # rounds into cell nx is dropped the same way by torch, ONNX Runtime and a reference.
+        fx = torch.floor((x - cfg.x_range[0]) / cfg.cell_size)
+        fy = torch.floor((y - cfg.y_range[0]) / cfg.cell_size)
+        row = torch.arange(points.shape[0], device=points.device)
+        valid = (
+            (row < num_points)
+            & (fx >= 0)
+            & (fx < nx)
+            & (fy >= 0)
+            & (fy < ny)
+            & (z >= cfg.z_range[0])
+            & (z < cfg.z_range[1])
+            & torch.isfinite(intensity)
+        )
+        # H * W < 2**24 for any sane grid, so the flat index is exact in float32.
+        flat = torch.where(valid, fy * nx + fx, float(num_cells))
+        index = flat.to(torch.int64).unsqueeze(0).expand(3, -1)
+
+        # Ignored points may hold NaN/inf; zero them so no backend's reduction can see them.
+        z_ok = torch.where(valid, z, 0.0)
+        i_ok = torch.where(valid, intensity, 0.0)
+
+        # Two stacked scatters (sum and max) instead of six: each ScatterElements walks every
+        # padded point, so fewer, wider scatters are cheaper. Channel-major [3, cells] buffers
+        # (scatter along axis 1) keep each channel contiguous, so no transposes follow. The
+        # count row is the validity mask itself (ignored points land in the dump cell anyway).
+        sums_src = torch.stack([valid.to(points.dtype), z_ok, i_ok], dim=0)
+        sums_init = _filled(num_cells + 1, 0.0, num_points, points.dtype)
+        sums = sums_init.scatter_add(1, index, sums_src)[:, :num_cells]
+
+        maxs_src = torch.stack([z_ok, -z_ok, i_ok], dim=0)
+        maxs_init = _filled(num_cells + 1, float("-inf"), num_points, points.dtype)
+        maxs = scatter_amax(maxs_init, 1, index, maxs_src)
+
+        count = sums[0]
+        occupied = count > 0
+        # Empty cells hold -inf (max rows) or 0 (sums); the contract is 0 in every channel.
+        maxs = torch.where(occupied, maxs[:, :num_cells], 0.0)
+        means = sums[1:] / torch.clamp(count, min=1.0)
+
+        channels: list[torch.Tensor] = []
+        for name in cfg.features:
+            if name == "max_z":
+                channels.append(maxs[0])
+            elif name == "min_z":
+                channels.append(-maxs[1])
+            elif name == "mean_z":
+                channels.append(means[0])
+            elif name == "z_range":
+                channels.append(maxs[0] + maxs[1])
+            elif name == "density":
+                channels.append(torch.log1p(count))
+            elif name == "max_intensity":
+                channels.append(maxs[2])
+            elif name == "mean_intensity":
+                channels.append(means[1])
+            else:  # "occupancy"; the config rejects unknown names
+                channels.append(occupied.to(points.dtype))
+        return torch.stack(channels, dim=0).reshape(len(channels), ny, nx)
+
+
+def _example_inputs(config: LidarEncoderConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.zeros(config.max_points, 4, dtype=torch.float32),
+        torch.tensor([0], dtype=torch.int64),
+    )
+
+
+def export_lidar_encoder_onnx(config: LidarEncoderConfig, path: Path) -> Path:
+    """Exports the encoder for ``config`` to ONNX (opset :data:`ONNX_OPSET`, static shapes).
+
+    Inputs ``points`` float32 ``[max_points, 4]`` and ``num_points`` int64 ``[1]``; output
+    ``bev`` float32 ``[C, H, W]``. The same config and torch version give the same bytes. The
+    file is written to a temporary name beside ``path`` and renamed, so a reader never sees a
+    partial model.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    return export_static_onnx(
+        LidarEncoder(config),
+        _example_inputs(config),
+        path,
+        ("points", "num_points"),
+        ("bev",),
+        opset=ONNX_OPSET,
+        constant_folding=False,
+    )
+
+
+if __name__ == "__main__":
+    # Regenerates the packaged export of the obstacle grid.
+    export_lidar_encoder_onnx(OBSTACLE_CONFIG, PACKAGED_MODEL_PATH)

@@ -1,0 +1,1 @@
+"""Transport: ZeroMQ sockets for the node's inputs and outputs."""

@@ -1,0 +1,1 @@
+"""Message types, their one schema table, the wire codec and the JSON Lines format."""

@@ -1,0 +1,183 @@
+"""Message types of the node: frozen dataclasses, integer nanoseconds, metres, radians.
+
+Arrays inside messages are numpy arrays owned by the message; callers must not mutate them
+(they may be read-only views of received ZeroMQ frames).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CameraBox",
+    "CameraFrame",
+    "Detection3D",
+    "DetectionList",
+    "EgoPose",
+    "GnssFix",
+    "Header",
+    "LidarSweep",
+    "Message",
+    "RigMessage",
+    "SyncedBundle",
+    "sweep_end_ns",
+]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Header:
+    """Common header.
+
+    `stamp_ns` is sensor time: mid-exposure for a camera, the sweep *start* for a lidar (the
+    per-point time offsets of a sweep count forward from it).
+    """
+
+    stream: str
+    seq: int
+    stamp_ns: int
+    frame_id: str
+
+
+@dataclass(frozen=True, eq=False)
+class CameraFrame:
+    """One camera image: `image` is H x W x 3 uint8 BGR, or `data` holds encoded bytes."""
+
+    header: Header
+    image: npt.NDArray[np.uint8] | None = None
+    data: bytes | None = None
+    encoding: str = "bgr8"  # "bgr8" (raw image) or "jpeg" / "png" (encoded bytes in `data`)
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.data is None):
+            raise ValueError(f"{self.header.stream}: exactly one of image and data must be set")
+
+
+@dataclass(frozen=True, eq=False)
+class LidarSweep:
+    """One lidar sweep: `points` N x 4 float32 (x, y, z, intensity) in the sensor frame.
+
+    `point_time_offsets_ns` (N, int64), when present, is each point's time after `stamp_ns`.
+    """
+
+    header: Header
+    points: npt.NDArray[np.float32]
+    point_time_offsets_ns: npt.NDArray[np.int64] | None = None
+
+
+@dataclass(frozen=True)
+class GnssFix:
+    """A WGS84 fix. Covariance is ENU, m^2, row-major 3 x 3; velocity ENU m/s; heading rad
+    (ENU yaw: 0 = east, counter-clockwise positive)."""
+
+    header: Header
+    latitude_deg: float
+    longitude_deg: float
+    altitude_m: float
+    position_covariance_m2: tuple[float, ...] = (0.0,) * 9
+    velocity_enu_mps: tuple[float, float, float] | None = None
+    heading_rad: float | None = None
+
+
+@dataclass(frozen=True)
+class RigMessage:
+    """The rig calibration in force from `header.stamp_ns` on (as a rig document, see
+    calibration.rig.Rig.to_dict). Datasets of independent frames (KITTI object) send one per
+    frame; a vehicle sends it once at start or configures the node with a rig file."""
+
+    header: Header
+    rig: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EgoPose:
+    """Vehicle state at `stamp_ns`: ENU position (m), heading (rad), ENU velocity (m/s)."""
+
+    stamp_ns: int
+    position_enu_m: tuple[float, float, float]
+    heading_rad: float
+    velocity_enu_mps: tuple[float, float, float]
+    extrapolated: bool = False
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class CameraBox:
+    """The 2D box (pixels, original image) a detection came from."""
+
+    camera: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+@dataclass(frozen=True)
+class Detection3D:
+    """A fused 3D detection in the vehicle frame. `size` is (length, width, height); `center`
+    is the box centre; `yaw` is the heading of the length axis about +z."""
+
+    label: str
+    score: float
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    yaw: float
+    sources: tuple[str, ...] = ()
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+    camera_box: CameraBox | None = None
+
+
+@dataclass(frozen=True)
+class DetectionList:
+    """Detections of one lidar sweep. `timings_ns` per stage; `latency_ns` sensor stamp to
+    publish; `degraded` names the missing input streams."""
+
+    header: Header
+    detections: tuple[Detection3D, ...]
+    timings_ns: dict[str, int] = field(default_factory=dict)
+    latency_ns: int = 0
+    budget_ok: bool = True
+    degraded: tuple[str, ...] = ()
+    valid: bool = True
+    schema_version: int = SCHEMA_VERSION
+
+
+def sweep_end_ns(sweep: LidarSweep) -> int:
+    """Stamp of the sweep's last point (its stamp when it has no per-point offsets)."""
+    offsets = sweep.point_time_offsets_ns
+    if offsets is None or len(offsets) == 0:
+        return sweep.header.stamp_ns
+    return sweep.header.stamp_ns + max(int(offsets.max()), 1)
+
+
+Message = CameraFrame | LidarSweep | GnssFix | RigMessage | DetectionList
+
+
+@dataclass(frozen=True, eq=False)
+class SyncedBundle:
+    """One lidar sweep with the camera frames matched to it.
+
+    `skews_ns` maps each member stream to its stamp minus the sweep stamp. `rig` is the
+    calibration in force at the sweep time (a calibration.rig.Rig). `decode_ns` is how long the
+    members took to decode; `sync_wait_ns` how long the sweep waited for its bundle. `ego_pose`
+    and `ego_pose_end` are the GNSS ego poses at the sweep's stamp and at its last point (for
+    deskew; None without GNSS).
+    """
+
+    lidar: LidarSweep
+    cameras: dict[str, CameraFrame]
+    rig: Any
+    gnss: GnssFix | None = None
+    missing: tuple[str, ...] = ()
+    skews_ns: dict[str, int] = field(default_factory=dict)
+    decode_ns: int = 0
+    sync_wait_ns: int = 0
+    ego_pose: EgoPose | None = None
+    ego_pose_end: EgoPose | None = None

@@ -1,0 +1,91 @@
+"""Lidar deskew: every point moved to the sweep reference time using the ego motion.
+
+A spinning lidar measures each point at `stamp_ns + point_time_offsets_ns[i]` while the vehicle
+moves, so a straight wall comes out bent. With the vehicle's planar twist over the sweep
+(velocity in the vehicle frame, m/s, and yaw rate, rad/s, constant over ~0.1 s), the pose of
+the sensor at time t relative to the reference time is integrated in closed form and each point
+is transformed into the reference frame. Points are in the vehicle frame (or pass
+`vehicle_from_lidar`, a 4 x 4 transform, for a sensor-frame sweep).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from perception.msgs.types import EgoPose, LidarSweep
+
+__all__ = ["deskew_points", "deskew_sweep", "ego_twist"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def deskew_points(
+    points: npt.NDArray[np.floating],
+    offsets_ns: npt.NDArray[np.integer],
+    velocity_mps: tuple[float, float, float],
+    yaw_rate_radps: float = 0.0,
+    reference_offset_ns: int = 0,
+) -> npt.NDArray[np.float32]:
+    """Points (N x 3+, extra columns kept) measured at `offsets_ns` -> the frame at
+    `reference_offset_ns`. `velocity_mps` is the vehicle velocity in its own frame at the
+    reference time. Returns a new float32 array of the same shape."""
+    pts = np.asarray(points)
+    dt = (np.asarray(offsets_ns, dtype=np.int64) - reference_offset_ns).astype(np.float64) * 1e-9
+    vx, vy, vz = velocity_mps
+    w = yaw_rate_radps
+    yaw = w * dt
+    c, s = np.cos(yaw), np.sin(yaw)
+    if abs(w) < 1e-9:
+        tx, ty = vx * dt, vy * dt
+    else:
+        # Integral of R(w t) v dt: exact for a constant twist.
+        tx = (vx * s + vy * (c - 1.0)) / w
+        ty = (vx * (1.0 - c) + vy * s) / w
+    x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
+    out = np.array(pts, dtype=np.float32, copy=True)
+    out[:, 0] = c * x - s * y + tx
+    out[:, 1] = s * x + c * y + ty
+    out[:, 2] = pts[:, 2].astype(np.float64) + vz * dt
+    return out
+
+
+def deskew_sweep(
+    sweep: LidarSweep,
+    start: EgoPose | None,
+    end: EgoPose | None,
+    vehicle_from_lidar: npt.ArrayLike | None = None,
+) -> tuple[npt.NDArray[np.float32], bool]:
+    """The sweep's points deskewed to its stamp, in the vehicle frame, and whether it was done.
+
+    `start` / `end` are the ego poses at the sweep's stamp and at its last point (GNSS, e.g.
+    `EgoPoseBuffer.pose_at`); the twist over the sweep comes from them. Without per-point offsets
+    or either pose the points are returned unchanged (in the vehicle frame) and the flag is False,
+    so the caller can mark its output.
+    """
+    pts = np.array(sweep.points, dtype=np.float32, copy=True)
+    if vehicle_from_lidar is not None:
+        m = np.asarray(vehicle_from_lidar, dtype=np.float64)
+        pts[:, :3] = (pts[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
+    offsets = sweep.point_time_offsets_ns
+    twist = ego_twist(start, end)
+    if offsets is None or len(offsets) == 0 or twist is None:
+        return pts, False
+    return deskew_points(pts, offsets, *twist), True
+
+
+def ego_twist(
+    start: EgoPose | None, end: EgoPose | None
+) -> tuple[tuple[float, float, float], float] | None:
+    """(velocity in the vehicle frame at `start`, m/s; yaw rate, rad/s) between two ego poses,
+    or None when either is missing."""
+    if start is None or end is None:
+        return None
+    dt = max(end.stamp_ns - start.stamp_ns, 1) * 1e-9
+    yaw_rate = math.remainder(end.heading_rad - start.heading_rad, 2 * math.pi) / dt
+    # ENU velocity -> vehicle frame at the reference time.
+    ve, vn, vu = start.velocity_enu_mps
+    ch, sh = math.cos(start.heading_rad), math.sin(start.heading_rad)
+    return (ch * ve + sh * vn, -sh * ve + ch * vn, vu), yaw_rate

@@ -1,0 +1,320 @@
+"""One synced bundle in, one DetectionList out: preprocess -> engines -> fusion -> postprocess.
+
+`Pipeline.step` is deterministic given its inputs (timings aside): the live node, offline replay
+and the tests all call it, so a recorded drive re-run through it gives the same detections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from calibration import LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
+from engines.camera.batching import batched_onnx
+from engines.camera.detector import Box2D, CameraDetector
+from engines.errors import EngineError
+from engines.fusion.runner import FusionEngineRunner
+from engines.lidar.runner import OBSTACLE_CONFIG, LidarEncoderEngine
+from engines.onnxruntime_backend import (
+    CPU_PROVIDERS,
+    GPU_PROVIDERS,
+    default_providers,
+    device_for_providers,
+)
+from engines.registry import resolve_model
+from perception.config import CameraModelConfig, EngineConfig
+from perception.msgs.types import (
+    CameraBox,
+    CameraFrame,
+    Detection3D,
+    DetectionList,
+    GnssFix,
+    Header,
+    SyncedBundle,
+)
+from perception.pipeline.boxes import suppress_duplicates
+from perception.pipeline.deskew import deskew_points, deskew_sweep, ego_twist
+from perception.pipeline.ground import GroundConfig, GroundPlane, estimate_ground
+from perception.pipeline.lidar_objects import LidarObjects
+from perception.pipeline.timing import StageTimer
+
+__all__ = ["Pipeline", "PipelineConfig"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Pipeline tunables. `max_range_m` drops lidar returns beyond it before any stage."""
+
+    detections_stream: str = "detections"
+    max_range_m: float = 80.0
+    ground: GroundConfig = field(default_factory=GroundConfig)
+
+
+def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt_ns: int) -> RigidTransform:
+    """`vehicle(t0 + dt)_from_vehicle(t0)` for a constant twist (velocity in the vehicle frame,
+    yaw rate), built from `deskew_points` applied to the origin and the unit axes."""
+    basis = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    moved = deskew_points(basis, np.zeros(4, np.int64), *twist, reference_offset_ns=dt_ns)
+    m = np.eye(4)
+    m[:3, 3] = moved[0, :3]
+    m[:3, :3] = (moved[1:, :3] - moved[0, :3]).T
+    return RigidTransform(m)
+
+
+class Pipeline:
+    """The node's library object: one `step()` per synced bundle.
+
+    Stages: preprocess (lidar to the vehicle frame, undistortion of distorted cameras, letterbox),
+    camera encoder (2D boxes per camera), lidar encoder (the ground plane, then the BEV grid of the
+    returns above it), fusion (the compiled fusion engine per camera: boxes + the points in that
+    camera's view -> 3D boxes; then the BEV clusters no camera box explains -> `unknown` objects
+    with `sources=("lidar",)`), postprocess (BEV duplicate suppression across cameras, global
+    positions from GNSS).
+    """
+
+    def __init__(
+        self,
+        detector: CameraDetector,
+        config: PipelineConfig | None = None,
+        fusion: FusionEngineRunner | None = None,
+        lidar_objects: LidarObjects | None = None,
+    ) -> None:
+        self.detector = detector
+        self.config = config or PipelineConfig()
+        self.fusion = fusion or FusionEngineRunner()
+        self.lidar_objects = lidar_objects or LidarObjects()
+
+    @classmethod
+    def from_config(
+        cls,
+        model: CameraModelConfig,
+        model_path: Path | None = None,
+        engines: EngineConfig | None = None,
+    ) -> Pipeline:
+        """The pipeline with the configured camera encoder; `model_path` overrides the file.
+        A registered model name (engines.registry) is fetched into the model cache when absent;
+        `model.batch` > 1 runs that many cameras per engine call (engines.camera.batching).
+        `engines` chooses backend and device (perception.config.EngineConfig).
+        Raises engines.errors.ModelError when the model is missing or invalid, EngineError when
+        it cannot be batched or the device is unusable."""
+        engines = engines or EngineConfig()
+        device = engines.device
+        if device == "auto":
+            # ONNX Runtime says whether CUDA is usable here (the runtime install has no torch).
+            device = device_for_providers(default_providers(use_gpu=True)).split(":")[0]
+        providers = CPU_PROVIDERS
+        if engines.backend == "tensorrt":
+            providers = GPU_PROVIDERS
+        elif device == "cuda":
+            providers = ("CUDAExecutionProvider", *CPU_PROVIDERS)
+        threads = model.num_threads or None
+        detector = CameraDetector(
+            batched_onnx(resolve_model(model_path or model.path), model.batch),
+            kind=model.kind,
+            score_threshold=model.score_threshold,
+            nms_iou=model.nms_iou,
+            num_threads=threads,
+            providers=providers,
+        )
+        if engines.backend == "torch":
+            try:
+                fusion = FusionEngineRunner(backend="torch", device=device)
+                encoder = LidarEncoderEngine(OBSTACLE_CONFIG, backend="torch", device=device)
+            except ImportError as e:
+                raise EngineError(
+                    f"engines.backend torch needs torch ({e}): pip install torch, or use "
+                    "backend onnxruntime"
+                ) from None
+        else:
+            fusion = FusionEngineRunner(providers=providers)
+            encoder = LidarEncoderEngine(OBSTACLE_CONFIG, providers=providers)
+        return cls(detector, fusion=fusion, lidar_objects=LidarObjects(encoder=encoder))
+
+    def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
+        """Runs every engine once on blank inputs: the first ONNX Runtime call of a session
+        allocates its buffers, which must not land in the first frame's latency."""
+        tensor, _ = self.detector.preprocess(np.zeros(image_shape, dtype=np.uint8))
+        self.detector.infer(tensor)
+        ground = GroundPlane.horizontal(self.config.ground.ground_prior_z_m)
+        blank = np.zeros((1, 4), dtype=np.float32)
+        self.lidar_objects.encode(blank, ground)
+        k = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+        self.fusion.run(
+            blank,
+            np.array([[0, 0, 10, 10, 0.5, 0]], dtype=np.float32),
+            np.eye(4),
+            k,
+            (640, 480),
+            (*ground.normal, ground.offset),
+        )
+
+    def step(self, bundle: SyncedBundle, seq: int) -> DetectionList:
+        """Detections of one bundle, stamped with the sweep's stamp, in the vehicle frame."""
+        timer = StageTimer()
+        timer.add("decode", bundle.decode_ns)
+        timer.add("sync_wait", bundle.sync_wait_ns)
+        rig: Rig = bundle.rig
+        sweep = bundle.lidar
+
+        with timer.stage("preprocess"):
+            points = self._points_in_vehicle(bundle)
+            tensors = {}
+            cameras = self._cameras_by_name(bundle)
+            for name, frame in cameras.items():
+                image = self._image(frame)
+                camera = rig.cameras[name]
+                if camera.has_distortion:
+                    # The engines assume a pinhole image: undistort with the same K.
+                    image = camera.undistort_image(image)
+                tensors[name] = self.detector.preprocess(image)
+        boxes: dict[str, list[Box2D]] = {}
+        with timer.stage("camera_encoder"):
+            raws = self.detector.infer_batch([tensor for tensor, _ in tensors.values()])
+            for (name, (_, letterbox)), raw in zip(tensors.items(), raws, strict=True):
+                boxes[name] = self.detector.decode(raw, letterbox)
+        with timer.stage("lidar_encoder"):
+            ground = estimate_ground(points, self.config.ground)
+            obstacle, bev = self.lidar_objects.encode(points, ground)
+            if self.lidar_objects.encoder.last_gpu_ns is not None:
+                timer.add("lidar_encoder_gpu", self.lidar_objects.encoder.last_gpu_ns)
+        detections: list[Detection3D] = []
+        with timer.stage("fusion"):
+            twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
+            for name, camera_boxes in boxes.items():
+                # The camera saw the scene at its own stamp, the vehicle having moved since the
+                # sweep stamp: project through that motion so boxes and points line up, while
+                # the fused boxes stay in the vehicle frame at the sweep stamp.
+                motion = RigidTransform.identity()
+                if twist is not None:
+                    dt_ns = cameras[name].header.stamp_ns - sweep.header.stamp_ns
+                    motion = _vehicle_motion(twist, dt_ns)
+                detections += self._fuse(name, camera_boxes, points, rig, ground, motion=motion)
+                if camera_boxes and self.fusion.last_gpu_ns is not None:
+                    # Torch on CUDA: what the GPU spent, from CUDA events.
+                    timer.add("fusion_gpu", self.fusion.last_gpu_ns)
+            detections += self.lidar_objects.detect(obstacle, bev, ground, detections)
+        with timer.stage("postprocess"):
+            detections = suppress_duplicates(detections)
+            if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
+                detections = self._global_positions(detections, bundle.gnss, rig)
+        return DetectionList(
+            header=Header(self.config.detections_stream, seq, sweep.header.stamp_ns, "vehicle"),
+            detections=tuple(detections),
+            timings_ns=timer.timings_ns,
+            degraded=bundle.missing,
+            valid=not bundle.missing,
+        )
+
+    def _fuse(
+        self,
+        name: str,
+        boxes: list[Box2D],
+        points: npt.NDArray[np.float32],
+        rig: Rig,
+        ground: GroundPlane,
+        *,
+        motion: RigidTransform,
+    ) -> list[Detection3D]:
+        """3D boxes of one camera's 2D boxes through the fusion engine. `motion` maps the
+        vehicle frame at the sweep stamp to the vehicle frame at the camera's stamp."""
+        if not boxes:
+            return []
+        cfg = self.fusion.config
+        boxes = sorted(boxes, key=lambda b: -b.score)[: cfg.b_max]
+        camera = rig.cameras[name]
+        camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle") @ motion
+        # Only points in this camera's view can fall in its boxes; they fit the static shape.
+        uv, depth = camera.project(camera_from_vehicle.apply(points))
+        in_view = points[camera.in_image(uv) & (depth > 0)]
+        if len(in_view) > cfg.n_max:
+            in_view = in_view[:: -(-len(in_view) // cfg.n_max)]
+        table = np.array(
+            [[b.x1, b.y1, b.x2, b.y2, b.score, cfg.class_index(b.label)] for b in boxes],
+            dtype=np.float32,
+        )
+        out = self.fusion.run(
+            in_view,
+            table,
+            camera_from_vehicle.matrix,
+            camera.k,
+            (camera.width, camera.height),
+            (*ground.normal, ground.offset),
+        )
+        detections = []
+        for box, row, ok, score in zip(boxes, out.boxes3d, out.valid, out.fused_score, strict=True):
+            if not ok:
+                continue
+            cx, cy, cz, length, width, height, yaw = (float(v) for v in row)
+            detections.append(
+                Detection3D(
+                    label=box.label,
+                    score=float(score),
+                    center=(cx, cy, cz),
+                    size=(length, width, height),
+                    yaw=yaw,
+                    sources=("camera", "lidar"),
+                    camera_box=CameraBox(name, box.x1, box.y1, box.x2, box.y2),
+                )
+            )
+        return detections
+
+    def _cameras_by_name(self, bundle: SyncedBundle) -> dict[str, CameraFrame]:
+        """Camera frames keyed by rig camera name (`camera/front` stream -> `front`)."""
+        out: dict[str, CameraFrame] = {}
+        for stream, frame in sorted(bundle.cameras.items()):
+            name = frame.header.frame_id.removeprefix("camera/")
+            if name in bundle.rig.cameras:
+                out[name] = frame
+            else:
+                name = stream.removeprefix("camera/")
+                if name in bundle.rig.cameras:
+                    out[name] = frame
+        return out
+
+    @staticmethod
+    def _image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
+        if frame.image is not None:
+            return frame.image
+        assert frame.data is not None
+        image = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{frame.header.stream}: cannot decode {frame.encoding} image")
+        return np.asarray(image, dtype=np.uint8)
+
+    def _points_in_vehicle(self, bundle: SyncedBundle) -> npt.NDArray[np.float32]:
+        """The sweep in the vehicle frame, deskewed to its stamp when it has per-point times and
+        GNSS gives the ego motion, without returns beyond `max_range_m`."""
+        sweep = bundle.lidar
+        vehicle_from_lidar = bundle.rig.transform("vehicle", sweep.header.frame_id)
+        out, _ = deskew_sweep(
+            sweep, bundle.ego_pose, bundle.ego_pose_end, vehicle_from_lidar.matrix
+        )
+        keep = np.einsum("ij,ij->i", out[:, :3], out[:, :3]) <= self.config.max_range_m**2
+        kept: npt.NDArray[np.float32] = out[keep]
+        return kept
+
+    @staticmethod
+    def _global_positions(
+        detections: list[Detection3D], fix: GnssFix, rig: Rig
+    ) -> list[Detection3D]:
+        """Latitude/longitude of each detection centre from the fix, its heading and the rig's
+        antenna lever arm (ENU tangent plane at the fix)."""
+        origin = LocalTangentPlane(fix.latitude_deg, fix.longitude_deg, fix.altitude_m)
+        enu_from_vehicle = vehicle_pose_from_gnss(
+            origin,
+            fix.latitude_deg,
+            fix.longitude_deg,
+            fix.altitude_m,
+            float(fix.heading_rad or 0.0),
+            lever_arm_m=rig.gnss_lever_arm_m,
+        )
+        centres = np.array([d.center for d in detections], dtype=np.float64).reshape(-1, 3)
+        geodetic = origin.enu_to_geodetic(enu_from_vehicle.apply(centres))
+        return [
+            replace(d, latitude_deg=float(g[0]), longitude_deg=float(g[1]))
+            for d, g in zip(detections, geodetic, strict=True)
+        ]

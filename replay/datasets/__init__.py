@@ -1,0 +1,1 @@
+"""Dataset formats: KITTI object folders and raw drives, reference boxes for evaluation."""

@@ -1,0 +1,424 @@
+"""Dataset importers: KITTI object folders and KITTI raw drives -> drives (MCAP, replay.drive).
+
+KITTI object (`import_kitti_object`)
+    The frames of a `KittiObjectFolder`, stamped `period_ns` apart (default 100 ms) from
+    `start_ns`, `log_time` = stamp. Each frame is a RigMessage (its own calibration), the
+    camera image (the PNG file's bytes, encoding "png": lossless, decodes to exactly the image
+    `KittiObjectFolder` reads) and the lidar sweep. The first rig is also the drive's rig.
+
+KITTI raw (`import_kitti_raw`), layout `<date>/<date>_drive_NNNN_sync/`
+    Every stream keeps its real timestamps (`YYYY-MM-DD HH:MM:SS.fffffffff`, read as UTC, to
+    integer ns exactly, no float on the way).
+
+    - cameras `image_02` (left colour) -> stream `camera/front`, `image_03` (right colour) ->
+      `camera/cam3` (when present), and with `grey=True` `image_00` / `image_01` ->
+      `camera/cam0` / `camera/cam1`; frame ids `camera/<rig camera name>`; the PNG bytes as they
+      are (encoding "png"). Stamp and log time: the image's timestamp.
+    - `velodyne_points` -> stream `lidar/top`, frame `lidar`: stamp = the sweep *start*
+      (`timestamps_start.txt`), log time = the sweep end (`timestamps_end.txt`: a sweep is
+      received when complete). Per-point time offsets come from the azimuth: the HDL-64E turns
+      clockwise seen from above and a KITTI sweep starts and ends facing backwards (its
+      `timestamps.txt` is the instant it faces forwards, the midpoint of start and end), so a
+      point at azimuth `a = atan2(y, x)` (rad, Velodyne frame: x forward, y left) was measured
+      at `start + (pi - a) / (2 pi) * (end - start)`.
+    - `oxts` -> stream `gnss`, frame `gnss` (the OXTS unit): a GnssFix per packet with latitude,
+      longitude, altitude, ENU velocity `(ve, vn, vu)` (m/s) and heading = `yaw` (rad, already
+      ENU yaw: 0 = east, counter-clockwise positive, see `oxts/dataformat.txt`); position
+      covariance diag(pos_accuracy^2) (m^2; the packet gives no separate vertical accuracy, so
+      the vertical variance is taken equal to the horizontal). Stamp and log time: the packet's
+      timestamp.
+    - calibration files of the date folder -> the rig (calibration.load_kitti_raw_calib with
+      the size of the first `image_02` image), written first, stamped at the drive's first
+      stamp, and stored as the drive's rig.
+
+Note for replays: with the sweep stamped at its start, the colour cameras (triggered when the
+lidar faces forwards) are about 60 ms after their sweep's stamp. `ImportStats.camera_offsets_ms`
+gives the median offset per camera stream: put it in the node config's
+`sync.camera_offsets_ms` so each sweep pairs with its own frames.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import re
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from calibration import GNSS_FRAME, CalibrationError, Rig, load_kitti_raw_calib
+from calibration.images import image_size_of
+from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message, RigMessage
+from replay.datasets.kitti_object import (
+    CAMERA_STREAM,
+    LIDAR_STREAM,
+    KittiObjectFolder,
+    read_kitti_scan,
+)
+from replay.drive import RIG_TOPIC, DriveWriter
+from replay.errors import ReplayError
+
+__all__ = [
+    "GNSS_STREAM",
+    "KITTI_RAW_CAMERAS",
+    "KITTI_RAW_GREY_CAMERAS",
+    "ImportStats",
+    "import_kitti_object",
+    "import_kitti_raw",
+    "parse_kitti_timestamp",
+    "read_kitti_timestamps",
+    "read_oxts_packet",
+    "sweep_point_offsets_ns",
+]
+
+GNSS_STREAM = "gnss"
+#: KITTI raw colour camera folders -> (stream, rig camera name).
+KITTI_RAW_CAMERAS: dict[str, tuple[str, str]] = {
+    "image_02": (CAMERA_STREAM, "front"),
+    "image_03": ("camera/cam3", "cam3"),
+}
+#: KITTI raw grey camera folders -> (stream, rig camera name); imported with `grey=True`.
+KITTI_RAW_GREY_CAMERAS: dict[str, tuple[str, str]] = {
+    "image_00": ("camera/cam0", "cam0"),
+    "image_01": ("camera/cam1", "cam1"),
+}
+
+_OXTS_FIELDS = 30
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
+
+
+@dataclass(frozen=True)
+class ImportStats:
+    """What an import wrote: `messages` per topic, the first and last sensor stamps (ns),
+    payload `bytes` written (before compression), the wall time (s), the median offset (ms) of
+    each camera stream after its sweep's stamp (for `sync.camera_offsets_ms`; empty for KITTI
+    object, whose streams share stamps), and the rig's warnings."""
+
+    path: Path
+    messages: dict[str, int]
+    first_stamp_ns: int
+    last_stamp_ns: int
+    bytes: int
+    wall_s: float
+    camera_offsets_ms: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+# -- KITTI raw parsing ---------------------------------------------------------------------------
+
+
+def parse_kitti_timestamp(text: str) -> int:
+    """`YYYY-MM-DD HH:MM:SS[.fffffffff]` (UTC) -> ns since the Unix epoch, exactly.
+
+    Raises ValueError for any other text."""
+    m = _TIMESTAMP.match(text.strip())
+    if m is None:
+        raise ValueError(f"not a KITTI timestamp: {text.strip()[:40]!r}")
+    struct = time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+    fraction = (m.group(2) or "").ljust(9, "0")
+    return calendar.timegm(struct) * 1_000_000_000 + int(fraction)
+
+
+def read_kitti_timestamps(path: Path) -> list[int]:
+    """The stamps (ns) of a KITTI `timestamps*.txt` file, one per non-empty line.
+
+    Raises ReplayError naming the file (and line) when missing or malformed."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise ReplayError(f"{path}: cannot read timestamps ({e.strerror})") from e
+    stamps: list[int] = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            stamps.append(parse_kitti_timestamp(line))
+        except ValueError as e:
+            raise ReplayError(f"{path}:{lineno}: {e}") from e
+    if not stamps:
+        raise ReplayError(f"{path}: no timestamps")
+    return stamps
+
+
+def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
+    """A KITTI oxts packet file (30 values, see `oxts/dataformat.txt`) as a GnssFix stamped
+    `stamp_ns` (see the module docstring for the fields). Raises ReplayError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ReplayError(f"{path}: cannot read oxts packet ({e.strerror})") from e
+    try:
+        values = [float(v) for v in text.split()]
+    except ValueError as e:
+        raise ReplayError(f"{path}: oxts packet is not numbers ({e})") from e
+    if len(values) != _OXTS_FIELDS:
+        raise ReplayError(f"{path}: oxts packet has {len(values)} values, expected {_OXTS_FIELDS}")
+    if not all(math.isfinite(v) for v in values):
+        raise ReplayError(f"{path}: oxts packet has non-finite values")
+    lat, lon, alt, _roll, _pitch, yaw, vn, ve = values[:8]
+    vu = values[10]
+    pos_accuracy = values[23]
+    var = pos_accuracy * pos_accuracy
+    return GnssFix(
+        header=Header(GNSS_STREAM, seq, stamp_ns, GNSS_FRAME),
+        latitude_deg=lat,
+        longitude_deg=lon,
+        altitude_m=alt,
+        position_covariance_m2=(var, 0.0, 0.0, 0.0, var, 0.0, 0.0, 0.0, var),
+        velocity_enu_mps=(ve, vn, vu),
+        heading_rad=yaw,
+    )
+
+
+def sweep_point_offsets_ns(
+    points: npt.NDArray[np.float32], duration_ns: int
+) -> npt.NDArray[np.int64]:
+    """Per-point time after the sweep start (ns) of a KITTI HDL-64E sweep lasting
+    `duration_ns`, from each point's azimuth (see the module docstring), in [0, duration_ns]."""
+    azimuth = np.arctan2(points[:, 1].astype(np.float64), points[:, 0].astype(np.float64))
+    fraction = np.clip((np.pi - azimuth) / (2.0 * np.pi), 0.0, 1.0)
+    out: npt.NDArray[np.int64] = np.rint(fraction * max(duration_ns, 0)).astype(np.int64)
+    return out
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """One stream of a raw drive: its data files and their stamps / log times (ns)."""
+
+    topic: str
+    files: list[Path]
+    stamps: list[int]
+    log_times: list[int]
+    rank: int  # tie-break between streams at equal log times
+
+
+def _data_files(folder: Path, suffix: str, stamps: Sequence[int], ts_path: Path) -> list[Path]:
+    data = folder / "data"
+    if not data.is_dir():
+        raise ReplayError(f"{data}: missing (the frames of {folder.name})")
+    files = sorted(data.glob(f"*{suffix}"))
+    if len(files) != len(stamps):
+        raise ReplayError(
+            f"{data}: {len(files)} {suffix} files but {len(stamps)} timestamps in {ts_path}"
+        )
+    return files
+
+
+def _raw_camera(drive: Path, folder: str, topic: str, rank: int) -> _Stream:
+    root = drive / folder
+    ts_path = root / "timestamps.txt"
+    stamps = read_kitti_timestamps(ts_path)
+    return _Stream(topic, _data_files(root, ".png", stamps, ts_path), stamps, stamps, rank)
+
+
+def _raw_lidar(drive: Path, rank: int) -> _Stream:
+    root = drive / "velodyne_points"
+    if not root.is_dir():
+        raise ReplayError(f"{root}: missing (the lidar sweeps)")
+    start_path, end_path = root / "timestamps_start.txt", root / "timestamps_end.txt"
+    starts = read_kitti_timestamps(start_path)
+    ends = read_kitti_timestamps(end_path)
+    if len(starts) != len(ends):
+        raise ReplayError(f"{end_path}: {len(ends)} stamps but {len(starts)} in {start_path}")
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True), start=1):
+        if e < s:
+            raise ReplayError(f"{end_path}:{i}: sweep ends before it starts ({start_path})")
+    return _Stream(LIDAR_STREAM, _data_files(root, ".bin", starts, start_path), starts, ends, rank)
+
+
+def _raw_oxts(drive: Path, rank: int) -> _Stream:
+    root = drive / "oxts"
+    if not root.is_dir():
+        raise ReplayError(f"{root}: missing (the GNSS/INS packets)")
+    ts_path = root / "timestamps.txt"
+    stamps = read_kitti_timestamps(ts_path)
+    return _Stream(GNSS_STREAM, _data_files(root, ".txt", stamps, ts_path), stamps, stamps, rank)
+
+
+def _load(stream: _Stream, index: int, cameras: dict[str, str]) -> Message:
+    path, stamp = stream.files[index], stream.stamps[index]
+    if stream.topic == LIDAR_STREAM:
+        points = read_kitti_scan(path)
+        duration = stream.log_times[index] - stamp
+        return LidarSweep(
+            Header(LIDAR_STREAM, index, stamp, "lidar"),
+            points=points,
+            point_time_offsets_ns=sweep_point_offsets_ns(points, duration),
+        )
+    if stream.topic == GNSS_STREAM:
+        return read_oxts_packet(path, stamp, index)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ReplayError(f"{path}: cannot read image ({e.strerror})") from e
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ReplayError(f"{path}: not a PNG image")
+    frame_id = f"camera/{cameras[stream.topic]}"
+    return CameraFrame(Header(stream.topic, index, stamp, frame_id), data=data, encoding="png")
+
+
+def _camera_offsets_ms(lidar: _Stream, cameras: Sequence[_Stream]) -> dict[str, float]:
+    """Median (camera stamp - stamp of the sweep with the same index), ms, per camera."""
+    out: dict[str, float] = {}
+    for cam in cameras:
+        n = min(len(cam.stamps), len(lidar.stamps))
+        if n:
+            diffs = [cam.stamps[i] - lidar.stamps[i] for i in range(n)]
+            out[cam.topic] = statistics.median(diffs) / 1e6
+    return out
+
+
+@contextmanager
+def _atomic_drive(out_path: Path, compression: str | None) -> Iterator[DriveWriter]:
+    """A DriveWriter on `<out>.part`, renamed to `out_path` only when the block completes (a
+    failed import leaves no half drive)."""
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise ReplayError(f"{out_path.parent}: output folder does not exist")
+    part = out_path.with_name(out_path.name + ".part")
+    try:
+        with DriveWriter(part, compression=compression) as writer:
+            yield writer
+        part.replace(out_path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def import_kitti_raw(
+    drive_dir: Path,
+    out_path: Path,
+    *,
+    grey: bool = False,
+    compression: str | None = "zstd",
+) -> ImportStats:
+    """Import a KITTI raw drive folder (`<date>/<date>_drive_NNNN_sync/`, calibration files in
+    `<date>/`) into the drive `out_path`; see the module docstring for the streams. `image_03`
+    is imported when present; `grey=True` adds `image_00` and `image_01`.
+
+    The file appears only when complete (written as `<out>.part`, then renamed). Raises
+    ReplayError naming the path when a folder, timestamps file, data file or calibration file
+    is missing or malformed, or when a data folder's file count differs from its timestamps.
+    """
+    start = time.perf_counter()
+    drive = Path(drive_dir)
+    if not drive.is_dir():
+        raise ReplayError(f"{drive}: KITTI raw drive folder does not exist")
+    if not (drive / "image_02").is_dir():
+        raise ReplayError(f"{drive / 'image_02'}: missing (the front colour camera)")
+    folders = dict(KITTI_RAW_CAMERAS)
+    if grey:
+        folders |= KITTI_RAW_GREY_CAMERAS
+    cameras: dict[str, str] = {}
+    camera_streams: list[_Stream] = []
+    for rank, (folder, (topic, name)) in enumerate(sorted(folders.items()), start=2):
+        if folder != "image_02" and not (drive / folder).is_dir():
+            if folder in KITTI_RAW_GREY_CAMERAS:
+                raise ReplayError(f"{drive / folder}: missing (grey=True asks for it)")
+            continue
+        camera_streams.append(_raw_camera(drive, folder, topic, rank))
+        cameras[topic] = name
+    lidar = _raw_lidar(drive, 1)
+    oxts = _raw_oxts(drive, 0)
+    streams = [oxts, lidar, *camera_streams]
+
+    front = next(s for s in camera_streams if s.topic == CAMERA_STREAM)
+    try:
+        size = image_size_of(front.files[0])
+        rig = load_kitti_raw_calib(drive.parent, size)
+    except CalibrationError as e:
+        raise ReplayError(str(e)) from e
+
+    first = min(min(s.stamps) for s in streams)
+    last = max(max(s.stamps) for s in streams)
+    order = sorted(
+        (s.log_times[i], s.rank, i, k) for k, s in enumerate(streams) for i in range(len(s.files))
+    )
+    counts: dict[str, int] = {RIG_TOPIC: 1}
+    with _atomic_drive(out_path, compression) as writer:
+        writer.write_rig(rig, first)
+        for log_time, _rank, i, k in order:
+            stream = streams[k]
+            writer.write(_load(stream, i, cameras), log_time, stream.topic)
+            counts[stream.topic] = counts.get(stream.topic, 0) + 1
+        written = writer.bytes_written
+    return ImportStats(
+        path=Path(out_path),
+        messages=counts,
+        first_stamp_ns=first,
+        last_stamp_ns=last,
+        bytes=written,
+        wall_s=time.perf_counter() - start,
+        camera_offsets_ms=_camera_offsets_ms(lidar, camera_streams),
+        warnings=tuple(rig.warnings),
+    )
+
+
+# -- KITTI object ---------------------------------------------------------------------------------
+
+
+def _object_messages(
+    folder: KittiObjectFolder, start_ns: int, period_ns: int
+) -> Iterator[tuple[Message, Rig | None]]:
+    """Each frame's messages with encoded images; the rig object alongside rig messages."""
+    for i, frame in enumerate(folder.frames):
+        stamp = start_ns + i * period_ns
+        for msg in folder.frame_messages(i, stamp):
+            if isinstance(msg, CameraFrame):
+                # The PNG as it is: lossless, decodes to exactly the image read above.
+                data = frame.image_path.read_bytes()
+                yield CameraFrame(msg.header, data=data, encoding="png"), None
+            elif isinstance(msg, RigMessage):
+                yield msg, Rig.from_dict(msg.rig, source=str(frame.calib_path))
+            else:
+                yield msg, None
+
+
+def import_kitti_object(
+    kitti_dir: Path,
+    out_path: Path,
+    *,
+    lidar_dir: str | None = None,
+    start_ns: int = 0,
+    period_ns: int = 100_000_000,
+    compression: str | None = "zstd",
+) -> ImportStats:
+    """Import a KITTI object folder (e.g. `training/`) into the drive `out_path`: per frame a
+    RigMessage, the camera image (PNG bytes) and the lidar sweep, frames `period_ns` (ns) apart
+    from `start_ns` (ns), log time = stamp. `lidar_dir` as for KittiObjectFolder.
+
+    The file appears only when complete. Raises ReplayError naming the path for a missing or
+    malformed folder or frame; ValueError for a non-positive `period_ns`."""
+    if period_ns <= 0:
+        raise ValueError(f"period_ns must be > 0, got {period_ns}")
+    begin = time.perf_counter()
+    folder = KittiObjectFolder(Path(kitti_dir), lidar_dir)
+    counts: dict[str, int] = {}
+    first_rig = True
+    with _atomic_drive(out_path, compression) as writer:
+        for msg, rig in _object_messages(folder, start_ns, period_ns):
+            if rig is not None and first_rig:
+                # Also the drive's rig (metadata) so the drive is self-contained.
+                writer.write_rig(rig, msg.header.stamp_ns)
+                first_rig = False
+            else:
+                writer.write(msg, msg.header.stamp_ns, msg.header.stream)
+            topic = RIG_TOPIC if rig is not None else msg.header.stream
+            counts[topic] = counts.get(topic, 0) + 1
+        written = writer.bytes_written
+    return ImportStats(
+        path=Path(out_path),
+        messages=counts,
+        first_stamp_ns=start_ns,
+        last_stamp_ns=start_ns + (len(folder) - 1) * period_ns,
+        bytes=written,
+        wall_s=time.perf_counter() - begin,
+    )

@@ -1,0 +1,104 @@
+"""Evaluate a replayed KITTI object run against reference boxes, frame by frame.
+
+Sequence number i of the detections file is frame i of the KITTI folder (the order
+`perception replay kitti-object` processes them). References are PointPillars prediction files
+(`x y z dx dy dz yaw class_id score`) or KITTI `label_2` files, one per frame id; frames without
+one are not evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from perception.msgs.jsonl import read_jsonl
+from replay.datasets.kitti_object import KittiObjectFolder, read_image
+from replay.errors import ReplayError
+from replay.evaluation import (
+    POINTPILLARS_CLASSES,
+    MatchResult,
+    ReferenceBox,
+    filter_references,
+    format_report,
+    match_detections,
+    merge_results,
+    read_kitti_labels,
+    read_pointpillars_boxes,
+)
+
+__all__ = ["evaluate_kitti_run", "read_references"]
+
+
+def read_references(path: Path, calib_path: Path) -> list[ReferenceBox]:
+    """Boxes of one reference file, in the Velodyne frame, whichever of the two formats it is."""
+    try:
+        return read_pointpillars_boxes(path)
+    except ValueError:
+        pass
+    try:
+        return read_kitti_labels(path, calib_path)
+    except (ValueError, OSError) as e:
+        raise ReplayError(f"{path}: neither PointPillars boxes nor a KITTI label file ({e})") from e
+
+
+def evaluate_kitti_run(
+    detections_path: Path,
+    kitti_dir: Path,
+    reference_dir: Path,
+    *,
+    max_center_distance_m: float = 1.5,
+    min_bev_iou: float | None = None,
+    max_range_m: float = 40.0,
+    min_reference_score: float = 0.5,
+    classes: tuple[str, ...] = POINTPILLARS_CLASSES,
+) -> tuple[MatchResult, str]:
+    """Match every evaluated frame and return the merged result with a printable report.
+
+    References count when their score >= `min_reference_score`, within `max_range_m` and in the
+    camera's view; detections beyond `max_range_m` + `max_center_distance_m` are not counted as
+    false positives. Raises ReplayError naming the path when an input is missing or malformed.
+    """
+    if not reference_dir.is_dir():
+        raise ReplayError(f"{reference_dir}: reference folder does not exist")
+    folder = KittiObjectFolder(kitti_dir)
+    runs = list(read_jsonl(detections_path))
+    results: list[MatchResult] = []
+    lines: list[str] = []
+    for dl in runs:
+        if not 0 <= dl.header.seq < len(folder):
+            raise ReplayError(
+                f"{detections_path}: sequence {dl.header.seq} has no frame in {kitti_dir}"
+            )
+        frame = folder.frames[dl.header.seq]
+        ref_path = reference_dir / f"{frame.frame_id}.txt"
+        if not ref_path.is_file():
+            continue
+        rig = folder.rig(frame, read_image(frame.image_path))
+        refs = filter_references(
+            read_references(ref_path, frame.calib_path),
+            min_score=min_reference_score,
+            max_range_m=max_range_m,
+            classes=classes,
+            camera=rig.cameras["front"],
+            camera_from_vehicle=rig.transform("camera/front", "vehicle"),
+        )
+        limit = max_range_m + max_center_distance_m
+        dets = [
+            d
+            for d in dl.detections
+            if d.label in classes and math.hypot(d.center[0], d.center[1]) <= limit
+        ]
+        result = match_detections(
+            dets,
+            refs,
+            max_center_distance_m=max_center_distance_m,
+            min_bev_iou=min_bev_iou,
+            classes=classes,
+        )
+        results.append(result)
+        lines.append(format_report(result, title=f"frame {frame.frame_id}", details=True))
+    if not results:
+        raise ReplayError(f"{reference_dir}: no reference file matches a replayed frame")
+    merged = merge_results(results)
+    lines.append(format_report(merged, title=f"all {len(results)} frames", details=False))
+    return merged, "\n\n".join(lines)

@@ -1,0 +1,140 @@
+"""A KITTI object folder (image_2, velodyne or velodyne_reduced, calib) as node messages.
+
+KITTI object frames are independent snapshots (often from different drives and calibrations), so
+each frame is sent as a RigMessage (its own calibration), a CameraFrame and a LidarSweep, stamped
+`period_ns` apart. The vehicle frame is the Velodyne frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from calibration import CalibrationError, Rig, load_kitti_object_calib
+from perception.msgs.types import CameraFrame, Header, LidarSweep, Message, RigMessage
+from replay.errors import ReplayError
+
+__all__ = [
+    "CAMERA_STREAM",
+    "LIDAR_STREAM",
+    "RIG_STREAM",
+    "KittiObjectFolder",
+    "KittiObjectFrame",
+    "read_kitti_scan",
+]
+
+CAMERA_STREAM = "camera/front"
+LIDAR_STREAM = "lidar/top"
+RIG_STREAM = "rig"
+_LIDAR_DIRS = ("velodyne", "velodyne_reduced")
+
+
+@dataclass(frozen=True)
+class KittiObjectFrame:
+    """File paths of one KITTI object frame."""
+
+    frame_id: str
+    image_path: Path
+    lidar_path: Path
+    calib_path: Path
+
+
+def read_kitti_scan(path: Path) -> npt.NDArray[np.float32]:
+    """A KITTI `.bin` scan as N x 4 float32 (x, y, z, reflectance), Velodyne frame."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ReplayError(f"{path}: cannot read lidar scan ({e.strerror})") from e
+    if len(raw) % 16:
+        raise ReplayError(f"{path}: size {len(raw)} bytes is not a multiple of 16 (N x 4 float32)")
+    points = np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
+    if not np.all(np.isfinite(points)):
+        raise ReplayError(f"{path}: scan has non-finite values")
+    return points
+
+
+def read_image(path: Path) -> npt.NDArray[np.uint8]:
+    """An image file as H x W x 3 uint8 BGR."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        state = "does not exist" if not path.exists() else "is not a readable image"
+        raise ReplayError(f"{path}: image {state}")
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+class KittiObjectFolder:
+    """The frames of a KITTI object split folder (e.g. `training/`).
+
+    `lidar_dir` names the scan folder; by default `velodyne` when it has a scan for every frame,
+    else `velodyne_reduced`. Frames are those with a scan, in name order; each must have its image
+    and calib file.
+
+    Raises ReplayError naming the path when the folder, a scan folder or a frame's files are
+    missing.
+    """
+
+    def __init__(self, root: Path, lidar_dir: str | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ReplayError(f"{self.root}: KITTI object folder does not exist")
+        for sub in ("image_2", "calib"):
+            if not (self.root / sub).is_dir():
+                raise ReplayError(f"{self.root}: not a KITTI object folder (no {sub}/)")
+        self.lidar_dir = lidar_dir or self._choose_lidar_dir()
+        scans = sorted((self.root / self.lidar_dir).glob("*.bin"))
+        if not scans:
+            raise ReplayError(f"{self.root / self.lidar_dir}: no .bin scans")
+        self.frames: list[KittiObjectFrame] = []
+        for scan in scans:
+            frame = KittiObjectFrame(
+                frame_id=scan.stem,
+                image_path=self.root / "image_2" / f"{scan.stem}.png",
+                lidar_path=scan,
+                calib_path=self.root / "calib" / f"{scan.stem}.txt",
+            )
+            for path in (frame.image_path, frame.calib_path):
+                if not path.is_file():
+                    raise ReplayError(f"{path}: missing for frame {scan.stem}")
+            self.frames.append(frame)
+
+    def _choose_lidar_dir(self) -> str:
+        images = {p.stem for p in (self.root / "image_2").glob("*.png")}
+        present = [d for d in _LIDAR_DIRS if (self.root / d).is_dir()]
+        if not present:
+            raise ReplayError(f"{self.root}: no velodyne/ or velodyne_reduced/ folder")
+        for d in present:
+            if images <= {p.stem for p in (self.root / d).glob("*.bin")}:
+                return d
+        return max(present, key=lambda d: len(list((self.root / d).glob("*.bin"))))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def rig(self, frame: KittiObjectFrame, image: npt.NDArray[np.uint8]) -> Rig:
+        try:
+            return load_kitti_object_calib(frame.calib_path, image.shape[1], image.shape[0])
+        except CalibrationError as e:
+            raise ReplayError(str(e)) from e
+
+    def frame_messages(self, index: int, stamp_ns: int) -> list[Message]:
+        """Messages of frame `index`, in send order: rig, camera, then the lidar sweep (the sweep
+        is the synchroniser's reference, so it goes last)."""
+        frame = self.frames[index]
+        image = read_image(frame.image_path)
+        rig = self.rig(frame, image)
+        points = read_kitti_scan(frame.lidar_path)
+        return [
+            RigMessage(Header(RIG_STREAM, index, stamp_ns, "vehicle"), rig.to_dict()),
+            CameraFrame(Header(CAMERA_STREAM, index, stamp_ns, "camera/front"), image=image),
+            LidarSweep(Header(LIDAR_STREAM, index, stamp_ns, "lidar"), points=points),
+        ]
+
+    def messages(self, start_ns: int = 0, period_ns: int = 100_000_000) -> Iterator[Message]:
+        """Every frame's messages, frames stamped `period_ns` apart from `start_ns`."""
+        for i in range(len(self.frames)):
+            yield from self.frame_messages(i, start_ns + i * period_ns)

@@ -1,0 +1,477 @@
+"""Compare fused detections with reference 3D boxes (KITTI labels, PointPillars predictions).
+
+All boxes are in the vehicle frame (for KITTI the Velodyne frame: x forward, y left, z up),
+metres and radians; ``center`` is the box centre and ``size`` is (length, width, height) with the
+length along ``yaw``. Matching is greedy by BEV centre distance, per class; heading errors are
+taken modulo 180 degrees because the front of a box cannot be told from its back by the fusion.
+
+Reference formats read here:
+- PointPillars (NVIDIA CUDA-PointPillars ``SaveBoxPred``): one box per line,
+  ``x y z dx dy dz yaw class_id score`` (Velodyne frame, z = box centre; class 0 Car,
+  1 Pedestrian, 2 Cyclist).
+- KITTI ``label_2``: ``type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y`` in the
+  rectified camera frame (y down, x, y, z = bottom centre); moved to the Velodyne frame with the
+  frame's calibration (``R0_rect`` and ``Tr_velo_to_cam``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from calibration.camera import CameraModel
+from calibration.kitti import read_kitti_calib_fields
+from calibration.transforms import RigidTransform
+from perception.msgs.types import Detection3D
+from perception.pipeline.boxes import bev_iou
+
+__all__ = [
+    "POINTPILLARS_CLASSES",
+    "ClassStats",
+    "Match",
+    "MatchResult",
+    "ReferenceBox",
+    "average_precision",
+    "box_corners",
+    "filter_references",
+    "format_report",
+    "match_detections",
+    "merge_results",
+    "project_box",
+    "read_kitti_labels",
+    "read_pointpillars_boxes",
+    "visible_fraction",
+    "yaw_error_deg",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+POINTPILLARS_CLASSES: tuple[str, ...] = ("Car", "Pedestrian", "Cyclist")
+
+
+@dataclass(frozen=True)
+class ReferenceBox:
+    """A reference 3D box in the vehicle frame: centre (m), size (length, width, height; m),
+    yaw (rad, heading of the length axis about +z), score (1.0 for labels)."""
+
+    label: str
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    yaw: float
+    score: float = 1.0
+
+    @property
+    def range_m(self) -> float:
+        """BEV distance of the centre from the vehicle origin (m)."""
+        return math.hypot(self.center[0], self.center[1])
+
+
+def read_pointpillars_boxes(
+    path: Path, class_names: Sequence[str] = POINTPILLARS_CLASSES
+) -> list[ReferenceBox]:
+    """Boxes of a PointPillars prediction file (``x y z dx dy dz yaw class_id score`` lines).
+
+    Raises ValueError naming the file and line on a malformed line or unknown class id, and
+    OSError when the file cannot be read.
+    """
+    boxes: list[ReferenceBox] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 9:
+            raise ValueError(f"{path}:{lineno}: expected 9 values, got {len(parts)}")
+        try:
+            values = [float(v) for v in parts]
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from e
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{path}:{lineno}: non-finite value")
+        class_id = int(values[7])
+        if class_id != values[7] or not 0 <= class_id < len(class_names):
+            raise ValueError(f"{path}:{lineno}: unknown class id {parts[7]}")
+        x, y, z, dx, dy, dz, yaw = values[:7]
+        boxes.append(ReferenceBox(class_names[class_id], (x, y, z), (dx, dy, dz), yaw, values[8]))
+    return boxes
+
+
+def _velo_from_rect(calib_path: Path) -> RigidTransform:
+    fields = read_kitti_calib_fields(calib_path)
+    r0 = np.eye(4)
+    r0[:3, :3] = fields["R0_rect"].reshape(3, 3)
+    tr = RigidTransform.from_matrix(fields["Tr_velo_to_cam"].reshape(3, 4), "Tr_velo_to_cam")
+    return RigidTransform(r0 @ tr.matrix).inverse()
+
+
+def read_kitti_labels(
+    label_path: Path, calib_path: Path, *, skip: Iterable[str] = ("DontCare",)
+) -> list[ReferenceBox]:
+    """KITTI ``label_2`` boxes moved into the Velodyne frame with the frame's calibration.
+
+    The label's (x, y, z) is the bottom centre in the rectified camera frame (y down), so the box
+    centre is (x, y - h/2, z) there. The heading is the label's length axis,
+    (cos ry, 0, -sin ry) in the rect frame, rotated into the Velodyne frame; for the usual KITTI
+    calibration this is ``-rotation_y - pi/2``. Rows whose type is in ``skip`` are left out.
+
+    Raises ValueError naming the file and line on a malformed line,
+    calibration.CalibrationError on a bad calibration file and OSError on an unreadable label file.
+    """
+    velo_from_rect = _velo_from_rect(calib_path)
+    skipped = set(skip)
+    boxes: list[ReferenceBox] = []
+    for lineno, line in enumerate(label_path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts or parts[0] in skipped:
+            continue
+        if len(parts) < 15:
+            raise ValueError(f"{label_path}:{lineno}: expected 15 values, got {len(parts)}")
+        try:
+            h, w, length, x, y, z, ry = (float(v) for v in parts[8:15])
+        except ValueError as e:
+            raise ValueError(f"{label_path}:{lineno}: {e}") from e
+        center = velo_from_rect.apply(np.array([[x, y - h / 2.0, z]]))[0]
+        heading = velo_from_rect.rotation @ np.array([math.cos(ry), 0.0, -math.sin(ry)])
+        yaw = math.atan2(float(heading[1]), float(heading[0]))
+        boxes.append(
+            ReferenceBox(
+                parts[0],
+                (float(center[0]), float(center[1]), float(center[2])),
+                (length, w, h),
+                yaw,
+            )
+        )
+    return boxes
+
+
+# Corner signs (length, width) of a box's face, counter-clockwise seen from above, and the 12
+# edges of the 8 corners that box_corners returns.
+_CCW = ((1, 1), (-1, 1), (-1, -1), (1, -1))
+_EDGES = (
+    (0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7),
+)  # fmt: skip
+
+
+def box_corners(box: ReferenceBox | Detection3D) -> FloatArray:
+    """The 8 corners (8 x 3) of a box: bottom face counter-clockwise, then the top face."""
+    length, w, h = box.size
+    c, s = math.cos(box.yaw), math.sin(box.yaw)
+    local = np.array(
+        [[sx * length / 2, sy * w / 2, sz * h / 2] for sz in (-1, 1) for sx, sy in _CCW],
+        dtype=np.float64,
+    )
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    out: FloatArray = local @ rot.T + np.asarray(box.center, dtype=np.float64)
+    return out
+
+
+def project_box(
+    box: ReferenceBox | Detection3D,
+    camera: CameraModel,
+    camera_from_vehicle: RigidTransform,
+    *,
+    near_m: float = 0.1,
+) -> tuple[float, float, float, float] | None:
+    """The 2D box (x1, y1, x2, y2; pixels, clipped to the image) of a 3D box, or None if unseen.
+
+    The box is clipped by the plane ``near_m`` (metres) in front of the camera before projection
+    (its vertices in front plus the edge crossings), so boxes reaching behind the camera project
+    correctly. With lens distortion only these vertices are projected (edges bend slightly, so
+    the box may be a few pixels small). Returns None when nothing of the box is in front of the
+    camera or the clipped 2D box is empty.
+    """
+    corners = camera_from_vehicle.apply(box_corners(box))
+    z = corners[:, 2]
+    pts = [corners[i] for i in range(8) if z[i] >= near_m]
+    for i, j in _EDGES:
+        if (z[i] >= near_m) != (z[j] >= near_m):
+            t = (near_m - z[i]) / (z[j] - z[i])
+            pts.append(corners[i] + t * (corners[j] - corners[i]))
+    if not pts:
+        return None
+    uv, _ = camera.project(np.array(pts))
+    uv = uv[np.all(np.isfinite(uv), axis=1)]  # outside a distortion model's valid angle
+    if len(uv) == 0:
+        return None
+    x1 = max(0.0, float(uv[:, 0].min()))
+    y1 = max(0.0, float(uv[:, 1].min()))
+    x2 = min(float(camera.width), float(uv[:, 0].max()))
+    y2 = min(float(camera.height), float(uv[:, 1].max()))
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return (x1, y1, x2, y2)
+
+
+def visible_fraction(
+    box: ReferenceBox | Detection3D,
+    camera: CameraModel,
+    camera_from_vehicle: RigidTransform,
+    *,
+    samples: int = 6,
+) -> float:
+    """Fraction of the box's volume (a ``samples``^3 grid) that projects into the image."""
+    t = (np.arange(samples) + 0.5) / samples - 0.5
+    grid = np.stack(np.meshgrid(t, t, t, indexing="ij"), axis=-1).reshape(-1, 3)
+    c, s = math.cos(box.yaw), math.sin(box.yaw)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    pts = (grid * np.asarray(box.size)) @ rot.T + np.asarray(box.center)
+    uv, depth = camera.project(camera_from_vehicle.apply(pts))
+    return float(np.mean(camera.in_image(uv) & (depth > 0)))
+
+
+def filter_references(
+    references: Iterable[ReferenceBox],
+    *,
+    min_score: float = 0.5,
+    max_range_m: float = 40.0,
+    classes: Iterable[str] | None = None,
+    camera: CameraModel | None = None,
+    camera_from_vehicle: RigidTransform | None = None,
+    min_visible_fraction: float = 0.05,
+) -> list[ReferenceBox]:
+    """The references worth matching: score >= ``min_score``, BEV range <= ``max_range_m``, label
+    in ``classes`` (all if None) and, when a camera is given, at least ``min_visible_fraction`` of
+    the box volume in its image. Raises ValueError when only one of camera/transform is given."""
+    if (camera is None) != (camera_from_vehicle is None):
+        raise ValueError("camera and camera_from_vehicle must be given together")
+    wanted = None if classes is None else set(classes)
+    out: list[ReferenceBox] = []
+    for ref in references:
+        if ref.score < min_score or ref.range_m > max_range_m:
+            continue
+        if wanted is not None and ref.label not in wanted:
+            continue
+        if (
+            camera is not None
+            and camera_from_vehicle is not None
+            and visible_fraction(ref, camera, camera_from_vehicle) < min_visible_fraction
+        ):
+            continue
+        out.append(ref)
+    return out
+
+
+def yaw_error_deg(a: float, b: float) -> float:
+    """Heading difference in degrees, modulo 180 (in [0, 90])."""
+    d = math.degrees(a - b) % 180.0
+    return min(d, 180.0 - d)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A detection paired with a reference: BEV centre error (m), z error (m, detection minus
+    reference), yaw error (degrees, modulo 180), BEV IoU of the rotated footprints."""
+
+    detection: Detection3D
+    reference: ReferenceBox
+    center_error_m: float
+    z_error_m: float
+    yaw_error_deg: float
+    bev_iou: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Counts and errors of one class; recall/precision are None when undefined (0/0)."""
+
+    label: str
+    true_positives: int
+    false_negatives: int
+    false_positives: int
+    median_center_error_m: float | None
+    max_center_error_m: float | None
+    median_yaw_error_deg: float | None
+
+    @property
+    def recall(self) -> float | None:
+        n = self.true_positives + self.false_negatives
+        return self.true_positives / n if n else None
+
+    @property
+    def precision(self) -> float | None:
+        n = self.true_positives + self.false_positives
+        return self.true_positives / n if n else None
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Matched pairs, missed references and unmatched detections of one or more frames."""
+
+    matches: tuple[Match, ...] = ()
+    missed: tuple[ReferenceBox, ...] = ()
+    false_positives: tuple[Detection3D, ...] = ()
+    classes: tuple[str, ...] = field(default=())
+
+    def stats(self, label: str) -> ClassStats:
+        """Counts and errors of ``label``."""
+        matched = [m for m in self.matches if m.reference.label == label]
+        centre = [m.center_error_m for m in matched]
+        yaw = [m.yaw_error_deg for m in matched]
+        return ClassStats(
+            label=label,
+            true_positives=len(matched),
+            false_negatives=sum(1 for r in self.missed if r.label == label),
+            false_positives=sum(1 for d in self.false_positives if d.label == label),
+            median_center_error_m=statistics.median(centre) if centre else None,
+            max_center_error_m=max(centre) if centre else None,
+            median_yaw_error_deg=statistics.median(yaw) if yaw else None,
+        )
+
+    @property
+    def per_class(self) -> dict[str, ClassStats]:
+        """Stats of every class, in ``classes`` order."""
+        return {label: self.stats(label) for label in self.classes}
+
+    def recall(self, label: str) -> float | None:
+        return self.stats(label).recall
+
+    def precision(self, label: str) -> float | None:
+        return self.stats(label).precision
+
+
+def match_detections(
+    detections: Sequence[Detection3D],
+    references: Sequence[ReferenceBox],
+    *,
+    max_center_distance_m: float = 1.5,
+    min_bev_iou: float | None = None,
+    classes: Iterable[str] | None = None,
+) -> MatchResult:
+    """Greedy one-to-one matching per class, KITTI style: detections in descending score order,
+    each takes the closest unmatched reference (by BEV centre distance).
+
+    A pair qualifies when the centres are at most ``max_center_distance_m`` apart and, when
+    ``min_bev_iou`` is given, the rotated BEV footprints overlap by at least that IoU. Only
+    labels in ``classes`` take part (default: every label among references and detections).
+    Ties are broken by input order, so the result is deterministic.
+    Raises ValueError when ``max_center_distance_m`` is negative or ``min_bev_iou`` is outside
+    [0, 1].
+    """
+    if not max_center_distance_m >= 0:
+        raise ValueError(f"max_center_distance_m: must be >= 0, got {max_center_distance_m}")
+    if min_bev_iou is not None and not 0.0 <= min_bev_iou <= 1.0:
+        raise ValueError(f"min_bev_iou: must be in [0, 1], got {min_bev_iou}")
+    if classes is None:
+        labels = sorted({r.label for r in references} | {d.label for d in detections})
+    else:
+        labels = list(dict.fromkeys(classes))
+    matches: list[Match] = []
+    missed: list[ReferenceBox] = []
+    false_pos: list[Detection3D] = []
+    for label in labels:
+        dets = sorted((d for d in detections if d.label == label), key=lambda d: -d.score)
+        refs = [r for r in references if r.label == label]
+        used_r: set[int] = set()
+        for d in dets:
+            best: tuple[float, int, float] | None = None
+            for j, r in enumerate(refs):
+                if j in used_r:
+                    continue
+                dist = math.hypot(d.center[0] - r.center[0], d.center[1] - r.center[1])
+                if dist > max_center_distance_m or (best is not None and dist >= best[0]):
+                    continue
+                iou = bev_iou(d, r)
+                if min_bev_iou is not None and iou < min_bev_iou:
+                    continue
+                best = (dist, j, iou)
+            if best is None:
+                false_pos.append(d)
+                continue
+            dist, j, iou = best
+            used_r.add(j)
+            r = refs[j]
+            matches.append(
+                Match(d, r, dist, d.center[2] - r.center[2], yaw_error_deg(d.yaw, r.yaw), iou)
+            )
+        missed += [r for j, r in enumerate(refs) if j not in used_r]
+    return MatchResult(tuple(matches), tuple(missed), tuple(false_pos), tuple(labels))
+
+
+def average_precision(result: MatchResult, label: str, *, recall_points: int = 40) -> float | None:
+    """KITTI-style interpolated AP of ``label`` over the frames merged in ``result``: the
+    detections ranked by score (true positives = matched), precision interpolated as the best
+    precision at any recall >= r, averaged over ``recall_points`` recall levels 1/n .. 1 (R40).
+    None when there is no reference of ``label``. Assumes the matching was score-ordered, as
+    ``match_detections`` does."""
+    n_refs = sum(1 for m in result.matches if m.reference.label == label) + sum(
+        1 for r in result.missed if r.label == label
+    )
+    if n_refs == 0:
+        return None
+    ranked = sorted(
+        [(m.detection.score, 1) for m in result.matches if m.reference.label == label]
+        + [(d.score, 0) for d in result.false_positives if d.label == label],
+        key=lambda x: -x[0],
+    )
+    if not ranked:
+        return 0.0
+    hits = np.cumsum([tp for _, tp in ranked])
+    recall = hits / n_refs
+    precision = hits / np.arange(1, len(ranked) + 1)
+    levels = np.arange(1, recall_points + 1) / recall_points
+    total = 0.0
+    for level in levels:
+        reached = precision[recall >= level - 1e-9]
+        total += float(reached.max()) if reached.size else 0.0
+    return total / recall_points
+
+
+def merge_results(results: Iterable[MatchResult]) -> MatchResult:
+    """One result over several frames (classes in first-seen order)."""
+    matches: list[Match] = []
+    missed: list[ReferenceBox] = []
+    false_pos: list[Detection3D] = []
+    classes: dict[str, None] = {}
+    for r in results:
+        matches += r.matches
+        missed += r.missed
+        false_pos += r.false_positives
+        classes.update(dict.fromkeys(r.classes))
+    return MatchResult(tuple(matches), tuple(missed), tuple(false_pos), tuple(classes))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(result: MatchResult, *, title: str = "", details: bool = True) -> str:
+    """A plain-text table: per class counts, recall, precision and errors; with ``details``, one
+    line per matched pair and per miss / false positive."""
+    lines = [title] if title else []
+    header = (
+        f"{'class':<12}{'TP':>4}{'FN':>4}{'FP':>4}{'recall':>8}{'prec':>7}"
+        f"{'AP':>6}{'med err m':>11}{'max err m':>11}{'med yaw°':>10}"
+    )
+    lines += [header, "-" * len(header)]
+    for label, s in result.per_class.items():
+        lines.append(
+            f"{label:<12}{s.true_positives:>4}{s.false_negatives:>4}{s.false_positives:>4}"
+            f"{_fmt(s.recall, '.2f'):>8}{_fmt(s.precision, '.2f'):>7}"
+            f"{_fmt(average_precision(result, label), '.2f'):>6}"
+            f"{_fmt(s.median_center_error_m, '.2f'):>11}{_fmt(s.max_center_error_m, '.2f'):>11}"
+            f"{_fmt(s.median_yaw_error_deg, '.1f'):>10}"
+        )
+    if details:
+        for m in result.matches:
+            r = m.reference
+            lines.append(
+                f"  match {r.label} ref ({r.center[0]:.2f}, {r.center[1]:.2f}) range "
+                f"{r.range_m:.1f} m: centre err {m.center_error_m:.2f} m, z err "
+                f"{m.z_error_m:+.2f} m, yaw err {m.yaw_error_deg:.1f}°, BEV IoU {m.bev_iou:.2f}"
+            )
+        for r in result.missed:
+            lines.append(
+                f"  missed {r.label} ({r.center[0]:.2f}, {r.center[1]:.2f}) range "
+                f"{r.range_m:.1f} m score {r.score:.2f}"
+            )
+        for d in result.false_positives:
+            lines.append(
+                f"  false positive {d.label} ({d.center[0]:.2f}, {d.center[1]:.2f}) "
+                f"score {d.score:.2f}"
+            )
+    return "\n".join(lines)

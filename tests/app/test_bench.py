@@ -1,0 +1,373 @@
+"""The pure parts of `perception bench`: statistics, drop accounting, the max-rate search,
+sweep grouping and restamping, the node config it writes, and its report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.bench import (
+    ENGINE_STAGES,
+    BenchResult,
+    BenchSettings,
+    Frame,
+    MachineInfo,
+    MaxRateSearch,
+    RateTrial,
+    account,
+    check_settings,
+    config_for_sweeps,
+    find_max_rate,
+    format_markdown,
+    group_sweeps,
+    latency_stats,
+    node_config_document,
+    node_overhead,
+    parse_nvidia_smi,
+    process_usage,
+    restamp_sweep,
+    result_document,
+    sweep_span_ns,
+    write_report,
+)
+from app.bench.sweeps import with_engines
+from perception.config import NodeConfig, parse_config
+from perception.errors import PerceptionError
+from perception.msgs.types import (
+    CameraFrame,
+    Detection3D,
+    DetectionList,
+    GnssFix,
+    Header,
+    LidarSweep,
+    Message,
+    RigMessage,
+)
+
+MS = 1_000_000
+
+
+def _sweep(i: int, stamp: int, topic: str = "lidar") -> tuple[str, LidarSweep]:
+    return topic, LidarSweep(Header(topic, i, stamp, "lidar"), np.zeros((3, 4), np.float32))
+
+
+def _camera(i: int, stamp: int, topic: str = "camera/front") -> tuple[str, CameraFrame]:
+    return topic, CameraFrame(Header(topic, i, stamp, topic), np.zeros((4, 4, 3), np.uint8))
+
+
+def _gnss(i: int, stamp: int) -> tuple[str, GnssFix]:
+    return "gnss", GnssFix(Header("gnss", i, stamp, "gnss"), 48.0, 11.0, 500.0)
+
+
+def _drive(n: int) -> list[tuple[str, Message]]:
+    """Log order as replay.synth.world writes it: rig, then per sweep GNSS, camera, sweep."""
+    out: list[tuple[str, Message]] = [
+        ("rig", RigMessage(Header("rig", 0, 1000 * MS, "vehicle"), {}))
+    ]
+    for i in range(n):
+        s = 1000 * MS + i * 100 * MS
+        out += [_gnss(i, s + 5 * MS), _camera(i, s + 62 * MS), _sweep(i, s)]
+    return out
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def test_latency_stats_percentiles_in_ms() -> None:
+    values = [i * MS for i in range(1, 101)]  # 1..100 ms
+    s = latency_stats(values)
+    assert s is not None
+    assert s.count == 100
+    assert s.p50_ms == pytest.approx(50.5)
+    assert s.p90_ms == pytest.approx(90.1)
+    assert s.p99_ms == pytest.approx(99.01)
+    assert s.max_ms == 100.0
+    assert s.mean_ms == pytest.approx(50.5)
+    assert s.p50_ms <= s.p90_ms <= s.p99_ms <= s.max_ms
+
+
+def test_latency_stats_of_nothing_is_none() -> None:
+    assert latency_stats([]) is None
+
+
+def test_account_counts_received_dropped_and_unmatched() -> None:
+    sent = [10, 20, 30, 40]
+    answers = [(10, False), (30, True), (30, False), (99, False)]
+    a = account(sent, answers, skipped_bundles=1)
+    assert (a.sent, a.received, a.dropped) == (4, 2, 2)
+    assert a.received + a.dropped == a.sent
+    assert a.dropped_fraction == 0.5
+    assert a.degraded == 1
+    assert a.unmatched == 2  # the repeat of 30 and the stranger 99
+    assert a.skipped_bundles == 1
+
+
+def test_account_of_an_empty_run() -> None:
+    a = account([], [], None)
+    assert (a.sent, a.received, a.dropped, a.dropped_fraction) == (0, 0, 0, 0.0)
+
+
+def test_node_overhead_is_the_frame_minus_the_engines() -> None:
+    engines = dict.fromkeys(ENGINE_STAGES, 10 * MS)  # 30 ms of engines
+    frames = [
+        Frame(0.0, 32 * MS, 0, {**engines, "decode": MS}, False),  # 2 ms overhead, 6.25 %
+        Frame(0.1, 140 * MS, 100 * MS, {**engines, "queue_wait": 4 * MS}, False),  # 10 ms, 25 %
+        Frame(0.2, 33 * MS, 0, engines, False),  # 3 ms, 9.1 %
+    ]
+    o = node_overhead(frames)
+    assert o is not None
+    assert o.median_ms == pytest.approx(3.0)
+    assert o.median_share == pytest.approx(3 / 33)
+    assert o.unstaged_median_ms == pytest.approx(3.0)  # of 32-31, 40-34, 33-30 ms
+    assert o.queue_wait_median_ms == 0.0  # of 0, 4, 0 ms
+    assert o.meets_target
+    slow = node_overhead([Frame(0.0, 40 * MS, 0, engines, False)])
+    assert slow is not None and not slow.meets_target
+    assert node_overhead([]) is None
+
+
+def test_process_usage() -> None:
+    u = process_usage([(50.0, 100_000_000), (150.0, 300_000_000)], 0.5)
+    assert (u.cpu_mean_pct, u.cpu_max_pct, u.rss_max_mb, u.samples) == (100.0, 150.0, 300.0, 2)
+    assert process_usage([], 0.5).cpu_mean_pct is None
+
+
+# -- the max-rate search ---------------------------------------------------------------------
+
+
+def _capacity(hz: float, calls: list[float] | None = None):
+    def measure(rate: float) -> float:
+        if calls is not None:
+            calls.append(rate)
+        return 0.0 if rate <= hz else 0.5
+
+    return measure
+
+
+def test_find_max_rate_steps_up_then_bisects() -> None:
+    calls: list[float] = []
+    search = find_max_rate(_capacity(7.3, calls), 1.0)
+    assert calls[:4] == [1.0, 2.0, 4.0, 8.0]  # step up while sustained
+    assert search.rate_hz is not None
+    assert 7.3 / 1.1 <= search.rate_hz <= 7.3
+    assert search.trials[-1].rate_hz in calls
+    best = max(t.rate_hz for t in search.trials if t.sustained)
+    worst = min(t.rate_hz for t in search.trials if not t.sustained)
+    assert search.rate_hz == best and worst / best <= 1.1
+
+
+def test_find_max_rate_steps_down_from_an_unsustained_start() -> None:
+    calls: list[float] = []
+    search = find_max_rate(_capacity(3.5, calls), 10.0)
+    assert calls[:3] == [10.0, 5.0, 2.5]
+    assert search.rate_hz is not None and 3.5 / 1.1 <= search.rate_hz <= 3.5
+    assert all(t.sustained == (t.dropped_fraction < 0.05) for t in search.trials)
+
+
+def test_find_max_rate_counts_under_five_percent_as_sustained() -> None:
+    # 4.9 % dropped is sustained, 5 % is not.
+    search = find_max_rate(lambda r: 0.049 if r < 6 else 0.05, 4.0, rel_tol=0.01)
+    assert search.rate_hz is not None and 5.9 < search.rate_hz < 6.0
+
+
+def test_find_max_rate_when_nothing_is_sustained() -> None:
+    search = find_max_rate(lambda _r: 1.0, 1.0, min_hz=0.2)
+    assert search.rate_hz is None
+    assert [t.rate_hz for t in search.trials] == [1.0, 0.5, 0.25]
+
+
+def test_find_max_rate_stops_at_the_ceiling_and_trial_budget() -> None:
+    assert find_max_rate(lambda _r: 0.0, 10.0, max_hz=100.0).rate_hz == 80.0
+    limited = find_max_rate(_capacity(1000.0), 1.0, max_trials=3)
+    assert len(limited.trials) == 3 and limited.rate_hz == 4.0
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+
+
+def test_group_sweeps_puts_each_input_with_its_sweep_and_the_sweep_last() -> None:
+    sweeps = group_sweeps(_drive(3))
+    assert len(sweeps) == 3
+    assert [t for t, _ in sweeps[0]] == ["rig", "gnss", "camera/front", "lidar"]
+    for i, sweep in enumerate(sweeps):
+        assert isinstance(sweep[-1][1], LidarSweep) and sweep[-1][1].header.seq == i
+        assert all(m.header.seq == i for t, m in sweep if t != "rig")
+
+
+def test_group_sweeps_limit_and_recorded_detections() -> None:
+    dl = DetectionList(Header("detections", 0, 1000 * MS, "vehicle"), (), {}, 1)
+    records = [*_drive(5), ("detections", dl)]
+    sweeps = group_sweeps(records, limit=2)
+    assert len(sweeps) == 2
+    assert not any(isinstance(m, DetectionList) for s in sweeps for _, m in s)
+
+
+def test_group_sweeps_errors() -> None:
+    with pytest.raises(PerceptionError, match="no lidar sweep"):
+        group_sweeps([_camera(0, 5)])
+    with pytest.raises(PerceptionError, match="two topics"):
+        group_sweeps([_sweep(0, 0, "lidar/a"), _sweep(1, 10, "lidar/b")])
+
+
+def test_restamp_sends_a_sweep_at_its_last_point() -> None:
+    topic, sweep = _sweep(0, 1000 * MS)
+    timed = LidarSweep(sweep.header, sweep.points, np.array([0, 40 * MS, 99 * MS], np.int64))
+    assert sweep_span_ns(timed) == 99 * MS and sweep_span_ns(sweep) == 0
+    out = restamp_sweep((_camera(0, 1062 * MS), (topic, timed)), 5000 * MS)
+    assert out[-1][1].header.stamp_ns == 5000 * MS - 99 * MS
+    assert out[0][1].header.stamp_ns - out[-1][1].header.stamp_ns == 62 * MS
+
+
+def test_restamp_keeps_offsets_to_the_sweep() -> None:
+    sweep = group_sweeps(_drive(1))[0]
+    now = 5_000_000_000_000_000_000
+    out = restamp_sweep(sweep, now)
+    stamps = {t: m.header.stamp_ns for t, m in out}
+    assert stamps["lidar"] == now
+    assert stamps["camera/front"] - now == 62 * MS
+    assert stamps["gnss"] - now == 5 * MS
+    assert stamps["rig"] == now
+    assert [m.header.seq for _, m in out] == [m.header.seq for _, m in sweep]
+
+
+def test_config_for_sweeps_takes_topics_and_camera_offsets_from_the_drive() -> None:
+    config = config_for_sweeps(group_sweeps(_drive(4)), NodeConfig())
+    assert config.inputs.lidar_topic == "lidar"
+    assert config.inputs.camera_topics == ("camera/front",)
+    assert config.inputs.gnss_topic == "gnss"
+    assert config.sync.camera_offsets_ms == {"camera/front": 62.0}
+
+
+def test_node_config_document_round_trips_with_our_endpoints(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    base = parse_config({"camera_model": {"path": str(model)}})
+    doc = node_config_document(base, "ipc:///tmp/x/sensors", "ipc:///tmp/x/detections")
+    parsed = parse_config(doc)
+    assert parsed.inputs.endpoints == ("ipc:///tmp/x/sensors",)
+    assert parsed.outputs.endpoint == "ipc:///tmp/x/detections"
+    assert parsed.camera_model.path == str(model.resolve())
+    assert parsed.sync == base.sync and parsed.budgets == base.budgets
+
+
+def test_settings_are_checked() -> None:
+    check_settings(BenchSettings(rate_hz=5.0, duration_s=3.0))
+    for bad in (BenchSettings(rate_hz=0.0), BenchSettings(rate_hz=-1.0),
+                BenchSettings(duration_s=0.0), BenchSettings(rate_hz=float("nan"))):  # fmt: skip
+        with pytest.raises(PerceptionError):
+            check_settings(bad)
+    for backend in ("onnxruntime", "tensorrt", "torch"):
+        check_settings(BenchSettings(backend=backend, device="cuda"))
+    with pytest.raises(PerceptionError, match="--backend must be one of"):
+        check_settings(BenchSettings(backend="tflite"))
+    with pytest.raises(PerceptionError, match="--device must be one of"):
+        check_settings(BenchSettings(device="tpu"))
+
+
+def test_with_engines_sets_the_backend_and_device_the_node_reads() -> None:
+    base = parse_config({"engines": {"backend": "tensorrt", "device": "auto"}})
+    assert with_engines(base, None, None).engines == base.engines  # None: the config's
+    config = with_engines(base, "torch", None)
+    assert (config.engines.backend, config.engines.device) == ("torch", "auto")
+    doc = node_config_document(with_engines(NodeConfig(), "torch", "cuda"), "ipc://a", "ipc://b")
+    assert doc["engines"] == {"backend": "torch", "device": "cuda"}
+    assert parse_config(doc).engines.backend == "torch"
+
+
+# -- machine and outputs ---------------------------------------------------------------------
+
+
+def test_parse_nvidia_smi() -> None:
+    text = (
+        "NVIDIA H100 80GB HBM3, 550.54.15, 81559, 1, 1980, 1980, 2619, 2619\n"
+        "Orin (nvgpu), [N/A], [N/A], [N/A], 1300, [N/A], [N/A], [N/A]\n"
+    )
+    h100, orin = parse_nvidia_smi(text)
+    assert h100.name == "NVIDIA H100 80GB HBM3" and h100.driver_version == "550.54.15"
+    assert (h100.memory_total_mib, h100.sm_clock_mhz, h100.memory_clock_max_mhz) == (
+        81559.0,
+        1980.0,
+        2619.0,
+    )
+    assert orin.driver_version is None and orin.memory_total_mib is None
+    assert orin.sm_clock_mhz == 1300.0
+    assert parse_nvidia_smi("") == ()
+
+
+def _result() -> BenchResult:
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(40):
+        timings = {"decode": MS // 3, "sync_wait": 0, "preprocess": 8 * MS}
+        timings |= {s: int(rng.uniform(5, 30) * MS) for s in ENGINE_STAGES}
+        timings |= {"postprocess": MS, "publish": MS // 2}
+        frames.append(Frame(i * 0.1, sum(timings.values()) + 101 * MS, 100 * MS, timings, False))
+    stats = {
+        name: latency_stats([f.timings_ns[name] for f in frames]) for name in frames[0].timings_ns
+    }
+    return BenchResult(
+        source="synthetic drive test.mcap",
+        rate_hz=10.0,
+        duration_s=4.2,
+        backend="torch",
+        device="cpu",
+        node_config={"inputs": {"lidar_topic": "lidar"}},
+        machine=MachineInfo("Test CPU", 2, 2, 8000.0, "Linux", "3.11.7", "1.20.0"),
+        sweeps=account([int(f.sent_s * 1e9) for f in frames] + [42], [], 2),
+        throughput_hz=9.5,
+        send_rate_hz=10.0,
+        end_to_end=latency_stats([f.latency_ns for f in frames]),
+        response=latency_stats([f.response_ns for f in frames]),
+        stages={k: v for k, v in stats.items() if v is not None},
+        node_overhead=node_overhead(frames),
+        node_process=process_usage([(120.0, 200_000_000)], 0.5),
+        max_rate=MaxRateSearch(8.0, 0.05, (RateTrial(8.0, 0.0, True), RateTrial(16.0, 0.4, False))),
+        node_diagnostics={"counters": {"skipped_bundles": 2}},
+        frames=tuple(frames),
+        dropped_sent_s=(4.1,),
+        host_load_1m=(0.5, 1.5),
+    )
+
+
+def test_markdown_has_the_latency_table_and_the_figures() -> None:
+    md = format_markdown(_result())
+    lines = md.splitlines()
+    assert lines[0] == "| stage | p50 ms | p90 ms | p99 ms | max ms |"
+    assert any(line.startswith("| **end to end** (sweep stamp -> published) |") for line in lines)
+    assert any(line.startswith("| **response** (sweep sent -> published) |") for line in lines)
+    assert any(line.startswith("| camera_encoder |") for line in lines)
+    assert "| max rate | 8.00 Hz" in md
+    assert "| node overhead |" in md and "| node CPU |" in md
+    assert "| backend | torch |" in md and "| device | cpu |" in md
+
+
+def test_write_report_writes_json_markdown_and_png(tmp_path: Path) -> None:
+    json_path, md_path, png_path = write_report(_result(), tmp_path)
+    doc = json.loads(json_path.read_text())
+    assert doc["version"] == 1
+    assert (doc["backend"], doc["device"]) == ("torch", "cpu")
+    assert doc["sweeps"]["sent"] == 41 and doc["max_rate"]["rate_hz"] == 8.0
+    assert "gpus" not in doc["machine"] and "tensorrt_version" not in doc["machine"]
+    assert doc == json.loads(json.dumps(result_document(_result())))
+    assert md_path.read_text().startswith("| stage |")
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_detection_list_fields_the_bench_reads_exist() -> None:
+    # The bench reads only these public fields of a DetectionList.
+    dl = DetectionList(
+        Header("detections", 0, 1, "vehicle"),
+        (Detection3D("Car", 0.9, (1.0, 0.0, 0.0), (4.0, 2.0, 1.5), 0.0),),
+        {"fusion": 1},
+        5,
+        degraded=("camera/front",),
+    )
+    assert (dl.header.stamp_ns, dl.timings_ns, dl.latency_ns, dl.degraded) == (
+        1,
+        {"fusion": 1},
+        5,
+        ("camera/front",),
+    )

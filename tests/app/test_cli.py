@@ -1,0 +1,163 @@
+"""Bad input to the commands: one clear line naming the path and the problem, exit code 2."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_missing_kitti_folder(capsys, tmp_path: Path, yolox_path: Path) -> None:
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(yolox_path),
+        "--quiet",
+    )
+    assert code == 2
+    assert (
+        err == f"perception replay: error: {tmp_path / 'nope'}: KITTI object folder does not exist"
+    )
+
+
+def test_missing_model(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    model = tmp_path / "missing.onnx"
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(kitti_dir),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(model),
+        "--quiet",
+    )
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(model) in err
+
+
+def test_not_a_model(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    model = tmp_path / "junk.onnx"
+    model.write_bytes(b"this is not an onnx file")
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(kitti_dir),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(model),
+        "--quiet",
+    )
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(model) in err
+
+
+def test_broken_calib_file(capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path) -> None:
+    shutil.copytree(kitti_dir, tmp_path / "k")
+    calib = tmp_path / "k" / "calib" / "000000.txt"
+    calib.write_text("P2: 1 2 3\n")
+    code, err = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(tmp_path / "k"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--model",
+        str(yolox_path),
+        "--quiet",
+    )
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(calib) in err
+
+
+def test_missing_config(capsys, tmp_path: Path) -> None:
+    code, err = _run(capsys, "run", "--config", str(tmp_path / "none.yaml"))
+    assert code == 2
+    assert "none.yaml: cannot read config" in err
+
+
+def test_replay_writes_one_line_per_sweep(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+):
+    from perception.msgs.jsonl import read_jsonl
+
+    out = tmp_path / "d.jsonl"
+    code, _ = _run(
+        capsys,
+        "replay",
+        "kitti-object",
+        str(kitti_dir),
+        "--out",
+        str(out),
+        "--model",
+        str(yolox_path),
+        "--quiet",
+    )
+    assert code == 0
+    lists = list(read_jsonl(out))
+    assert [d.header.seq for d in lists] == list(range(8))
+    assert any(d.label == "Car" for dl in lists for d in dl.detections)
+
+
+def test_models_fetch_from_a_local_source(capsys, tmp_path: Path, data_dir: Path) -> None:
+    code = main(
+        [
+            "models",
+            "fetch",
+            "yolox_nano_coco_416",
+            "--cache-dir",
+            str(tmp_path),
+            "--source-dir",
+            str(data_dir / "camera_detector"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "yolox_nano_coco_416.onnx").is_file()
+    assert "sha256 verified" in capsys.readouterr().out
+
+
+def test_models_fetch_unknown_name(capsys, tmp_path: Path) -> None:
+    code, err = _run(capsys, "models", "fetch", "nope", "--cache-dir", str(tmp_path), "--quiet")
+    assert code == 2 and "nope" in err
+
+
+def test_engines_build_without_tensorrt_says_so(capsys, tmp_path: Path, data_dir: Path) -> None:
+    from engines.tensorrt_backend import tensorrt_available
+
+    if tensorrt_available():
+        return  # the real build is covered by the tensorrt-marked tests
+    code, err = _run(
+        capsys,
+        "engines",
+        "build",
+        str(data_dir / "camera_detector" / "yolox_nano_coco_416.onnx"),
+        "--cache-dir",
+        str(tmp_path),
+        "--quiet",
+    )
+    assert code == 2
+    assert "building engines needs TensorRT" in err and len(err.splitlines()) == 1
+
+
+def test_engines_list_empty_cache(capsys, tmp_path: Path) -> None:
+    assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
+    assert "no cached engines" in capsys.readouterr().out

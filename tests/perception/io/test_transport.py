@@ -1,0 +1,216 @@
+"""Transport over real ZeroMQ sockets (ipc:// and tcp://), no mocks.
+
+PUB/SUB drops what is sent before a subscription reaches the publisher (slow joiner), so tests
+send repeatedly until the first message arrives, within a bounded number of tries.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from perception.errors import TransportError, WireError
+from perception.io.transport import Publisher, Subscriber, default_endpoint
+from perception.msgs import wire
+from perception.msgs.types import GnssFix, Header, LidarSweep, Message
+
+TRIES = 200  # x 25 ms: 5 s at most for a connection to come up
+
+
+def big_sweep(stream: str = "lidar/top", n: int = 131_072) -> LidarSweep:
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((n, 4)).astype(np.float32)  # n x 16 bytes: 2 MiB
+    return LidarSweep(Header(stream, 7, 123, "lidar"), points, np.arange(n, dtype=np.int64))
+
+
+def fix(stream: str = "gnss", seq: int = 0) -> GnssFix:
+    return GnssFix(Header(stream, seq, 1, "gnss"), 49.0, 8.4, 100.0)
+
+
+def send_until_received(
+    pub: Publisher, sub: Subscriber, msg: Message, topic: str | None = None
+) -> list[zmq.Frame]:
+    for _ in range(TRIES):
+        pub.send(msg, topic)
+        frames = sub.recv(timeout_ms=25)
+        if frames is not None:
+            return frames
+    pytest.fail(f"nothing arrived on {sub.endpoints} after {TRIES} sends")
+
+
+@pytest.fixture
+def ipc_endpoint(tmp_path: Path) -> str:
+    # The nested directory does not exist yet: binding must create it.
+    return f"ipc://{tmp_path}/sockets/node.sock"
+
+
+@pytest.fixture
+def tcp_publisher() -> Iterator[Publisher]:
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        yield pub
+
+
+@pytest.mark.parametrize("scheme", ["ipc", "tcp"])
+def test_big_sweep_arrives_intact_without_copy(scheme: str, ipc_endpoint: str) -> None:
+    endpoint = ipc_endpoint if scheme == "ipc" else "tcp://127.0.0.1:*"
+    msg = big_sweep()
+    with Publisher(endpoint) as pub, Subscriber([pub.last_endpoint], ["lidar/top"]) as sub:
+        frames = send_until_received(pub, sub, msg)
+        topic, out = wire.decode(frames)
+    assert topic == "lidar/top"
+    assert isinstance(out, LidarSweep)
+    assert out.header == msg.header
+    np.testing.assert_array_equal(out.points, msg.points)
+    assert out.point_time_offsets_ns is not None
+    np.testing.assert_array_equal(out.point_time_offsets_ns, msg.point_time_offsets_ns)
+    # Zero-copy decode: the array is a view of the received frame's memory.
+    assert not out.points.flags.owndata
+    assert np.shares_memory(out.points, np.frombuffer(frames[2].buffer, np.uint8))
+
+
+def test_ipc_bind_creates_parent_directory(ipc_endpoint: str) -> None:
+    with Publisher(ipc_endpoint):
+        assert Path(ipc_endpoint.removeprefix("ipc://")).parent.is_dir()
+
+
+def test_topic_prefix_mismatch_filtered(tcp_publisher: Publisher) -> None:
+    pub = tcp_publisher
+    with Subscriber([pub.last_endpoint], ["camera/front"]) as sub:
+        send_until_received(pub, sub, fix("camera/front"), "camera/front")
+        for seq in range(5):
+            pub.send(fix(seq=seq), "camera/front_left")
+        pub.send(fix(seq=99), "camera/front")
+        frames = sub.recv(timeout_ms=2000)
+        assert frames is not None
+        topic, msg = wire.decode(frames)
+        assert topic == "camera/front"
+        assert msg.header.seq == 99
+        assert sub.recv(timeout_ms=50) is None
+
+
+def test_one_subscriber_many_topics(tcp_publisher: Publisher) -> None:
+    pub = tcp_publisher
+    with Subscriber([pub.last_endpoint], ["gnss", "camera/front"]) as sub:
+        send_until_received(pub, sub, fix("gnss"))
+        send_until_received(pub, sub, fix("camera/front"))
+        pub.send(fix("gnss", 1))
+        pub.send(fix("camera/front", 2))
+        pub.send(fix("other", 3))
+        got = set()
+        for _ in range(2):
+            frames = sub.recv(timeout_ms=2000)
+            assert frames is not None
+            got.add(wire.decode(frames)[0])
+        assert got == {"gnss", "camera/front"}
+        assert sub.recv(timeout_ms=50) is None
+
+
+def test_max_message_size_drops_oversize(tcp_publisher: Publisher) -> None:
+    pub = tcp_publisher
+    small = LidarSweep(Header("lidar/top", 0, 1, "lidar"), np.zeros((4, 4), np.float32))
+    with Subscriber([pub.last_endpoint], ["lidar/top"], max_message_size=1_000_000) as sub:
+        send_until_received(pub, sub, small)
+        pub.send(big_sweep())  # 2 MiB buffer > 1 MB: ZeroMQ drops it (and the connection)
+        # The subscriber reconnects: small sweeps get through again, the big one never does.
+        frames = send_until_received(pub, sub, small)
+        _, out = wire.decode(frames)
+        assert isinstance(out, LidarSweep) and out.points.shape == (4, 4)
+        while (frames := sub.recv(timeout_ms=50)) is not None:
+            _, out = wire.decode(frames)
+            assert isinstance(out, LidarSweep) and out.points.shape == (4, 4)
+
+
+def test_per_topic_high_water_marks(tcp_publisher: Publisher) -> None:
+    hwm = {"lidar/top": 2, "camera/front": 5}
+    with Subscriber(
+        [tcp_publisher.last_endpoint], ["lidar/top", "camera/front", "gnss"], hwm=hwm
+    ) as sub:
+        assert sub.socket_for("lidar/top").getsockopt(zmq.RCVHWM) == 2
+        assert sub.socket_for("camera/front").getsockopt(zmq.RCVHWM) == 5
+        assert sub.socket_for("gnss").getsockopt(zmq.RCVHWM) == 10
+        assert sub.socket_for("gnss").getsockopt(zmq.MAXMSGSIZE) == 64 * 1024 * 1024
+        assert sub.socket_for("gnss") is not sub.socket_for("lidar/top")
+    with Publisher("tcp://127.0.0.1:*", hwm=3) as pub:
+        assert pub.socket.getsockopt(zmq.SNDHWM) == 3
+
+
+def test_hwm_mapping_must_name_subscribed_topics() -> None:
+    with pytest.raises(ValueError, match="not subscribed"):
+        Subscriber(["tcp://127.0.0.1:5"], ["a"], hwm={"b": 3})
+
+
+def test_send_never_blocks_without_subscribers() -> None:
+    with Publisher("tcp://127.0.0.1:*", hwm=1) as pub:
+        for seq in range(2000):
+            pub.send(fix(seq=seq))
+
+
+def test_recv_times_out(tcp_publisher: Publisher) -> None:
+    with Subscriber([tcp_publisher.last_endpoint], ["nothing"]) as sub:
+        assert sub.recv(timeout_ms=20) is None
+
+
+def test_bind_in_use_raises_transport_error(tcp_publisher: Publisher) -> None:
+    endpoint = tcp_publisher.last_endpoint
+    with pytest.raises(TransportError, match=rf"^{endpoint}: cannot bind"):
+        Publisher(endpoint)
+
+
+@pytest.mark.parametrize("endpoint", ["bogus://nowhere", "tcp://not a host"])
+def test_bad_endpoint_raises_transport_error(endpoint: str) -> None:
+    with pytest.raises(TransportError, match=endpoint):
+        Publisher(endpoint)
+    with pytest.raises(TransportError, match=endpoint):
+        Subscriber([endpoint], ["x"])
+
+
+def test_shared_context_not_terminated(tcp_publisher: Publisher) -> None:
+    context = zmq.Context()
+    try:
+        with Subscriber([tcp_publisher.last_endpoint], ["gnss"], context=context):
+            pass
+        assert not context.closed
+    finally:
+        context.term()
+
+
+def test_bound_subscriber_receives_from_connected_publisher(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/in.sock"
+    with (
+        Subscriber([endpoint], ["gnss", "camera/front"], bind=True) as sub,
+        Publisher(endpoint, bind=False) as pub,
+    ):
+        frames = send_until_received(pub, sub, fix("gnss"))
+        assert wire.decode(frames)[0] == "gnss"
+        pub.send(fix("gnss_extra"))
+        assert sub.recv(timeout_ms=50) is None
+
+
+def test_default_endpoint_binds() -> None:
+    endpoint = default_endpoint(f"test/{uuid.uuid4().hex}")
+    assert endpoint.startswith(f"ipc://{tempfile.gettempdir()}/")
+    path = Path(endpoint.removeprefix("ipc://"))
+    try:
+        with Publisher(endpoint), Subscriber([endpoint], ["gnss"]):
+            assert path.exists()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_invalid_message_not_sent(tcp_publisher: Publisher) -> None:
+    bad = LidarSweep(Header("lidar/top", 0, -1, "lidar"), np.zeros((1, 4), np.float32))
+    with pytest.raises(WireError, match="must not be negative"):
+        tcp_publisher.send(bad)
+
+
+def test_closed_publisher_raises(tcp_publisher: Publisher) -> None:
+    tcp_publisher.close()
+    tcp_publisher.close()  # idempotent
+    with pytest.raises(TransportError, match="closed"):
+        tcp_publisher.send_frames([b"x", b"y"])

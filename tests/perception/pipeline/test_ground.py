@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from perception.pipeline.ground import GroundConfig, GroundPlane, estimate_ground
+
+
+def test_ground_plane_on_a_synthetic_slope() -> None:
+    rng = np.random.default_rng(7)
+    xy = rng.uniform([-30.0, -30.0], [30.0, 30.0], size=(5000, 2))
+    z = -1.6 + 0.02 * xy[:, 0] - 0.01 * xy[:, 1] + rng.normal(0.0, 0.02, len(xy))
+    clutter = np.c_[rng.uniform(5, 20, (800, 2)), rng.uniform(-1.2, 0.5, 800)]
+    points = np.r_[np.c_[xy, z], clutter]
+    points = np.c_[points, np.zeros(len(points))].astype(np.float32)
+    plane = estimate_ground(points, GroundConfig())
+    expected = np.array([-0.02, 0.01, 1.0]) / np.linalg.norm([-0.02, 0.01, 1.0])
+    angle = math.degrees(math.acos(min(1.0, float(np.dot(plane.normal, expected)))))
+    assert angle < 0.3
+    assert abs(plane.z_at([[0.0, 0.0]])[0] + 1.6) < 0.02
+    on_plane = plane.height_above(np.c_[xy, z])
+    assert np.median(np.abs(on_plane)) < 0.03
+    assert estimate_ground(points, GroundConfig()) == plane  # seeded: same input, same plane
+
+
+def test_ground_falls_back_to_the_prior_with_too_few_points() -> None:
+    points = np.array([[5.0, 0.0, -1.7, 0.0], [6.0, 1.0, -1.7, 0.0]], dtype=np.float32)
+    assert estimate_ground(points, GroundConfig()) == GroundPlane.horizontal(-1.73)
+    empty = np.zeros((0, 4), np.float32)
+    config = GroundConfig(ground_prior_z_m=-2.0)
+    assert estimate_ground(empty, config).z_at([[3.0, 4.0]])[0] == pytest.approx(-2.0)
+
+
+def test_ground_plane_normalises_and_validates() -> None:
+    plane = GroundPlane((0.0, 0.0, 2.0), 3.0)
+    assert plane.normal == (0.0, 0.0, 1.0) and plane.offset == pytest.approx(1.5)
+    assert plane.height_above([[0.0, 0.0, 0.5]])[0] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="normal"):
+        GroundPlane((0.0, 0.0, -1.0), 1.7)
+    with pytest.raises(ValueError, match="finite"):
+        GroundPlane((0.0, float("nan"), 1.0), 1.7)
+    with pytest.raises(ValueError, match="points"):
+        plane.height_above(np.zeros((3, 2)))
+
+
+def test_real_frame_ground(kitti_dir) -> None:
+    from replay.datasets.kitti_object import read_kitti_scan
+
+    points = read_kitti_scan(kitti_dir / "velodyne_reduced" / "000003.bin")
+    ground = estimate_ground(points)
+    assert ground.normal[2] > math.cos(math.radians(5))
+    assert abs(ground.z_at([[5.0, 0.0]])[0] + 1.75) < 0.15
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match=r"GroundConfig\.ransac_max_points"):
+        GroundConfig(ransac_max_points=2)

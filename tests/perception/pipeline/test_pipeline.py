@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pymap3d
+import pytest
+
+from perception.config import CameraModelConfig
+from perception.msgs.types import GnssFix, Header
+from perception.pipeline import Pipeline, PipelineConfig
+from perception.sync import NearestSync
+from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
+
+
+@pytest.fixture(scope="module")
+def pipeline(yolox_path: Path) -> Pipeline:
+    return Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+
+
+def _bundle(kitti_dir: Path, fix: GnssFix | None):
+    sync = NearestSync((CAMERA_STREAM,), window_ns=50_000_000, timeout_ns=300_000_000)
+    if fix is not None:
+        sync.add(fix, receive_ns=0)
+    for msg in KittiObjectFolder(kitti_dir).frame_messages(0, 0):
+        sync.add(msg, receive_ns=0)
+    (bundle,) = sync.poll(0)
+    return bundle
+
+
+def test_step_is_deterministic(pipeline: Pipeline, kitti_dir: Path) -> None:
+    a = pipeline.step(_bundle(kitti_dir, None), 0)
+    b = pipeline.step(_bundle(kitti_dir, None), 0)
+    assert a.detections == b.detections
+    assert a.detections and all(d.latitude_deg is None for d in a.detections)
+
+
+def test_global_position_from_gnss_heading_and_lever_arm(pipeline, kitti_dir: Path) -> None:
+    lat, lon, alt = 49.0150038, 8.4342971, 116.43
+    heading = math.pi / 2  # vehicle x axis points north
+    fix = GnssFix(Header("gnss", 0, 0, "gnss"), lat, lon, alt, heading_rad=heading)
+    bundle = _bundle(kitti_dir, fix)
+    dl = pipeline.step(bundle, 0)
+    (ped,) = [d for d in dl.detections if d.label == "Pedestrian"]
+    arm = bundle.rig.gnss_lever_arm_m
+    assert arm is not None
+    # Facing north: vehicle x -> north, vehicle y (left) -> west.
+    rel = np.asarray(ped.center) - arm
+    east, north, up = -rel[1], rel[0], rel[2]
+    exp_lat, exp_lon, _ = pymap3d.enu2geodetic(east, north, up, lat, lon, alt)
+    assert ped.latitude_deg == pytest.approx(exp_lat, abs=1e-8)
+    assert ped.longitude_deg == pytest.approx(exp_lon, abs=1e-8)
+    assert ped.latitude_deg > lat  # 8.9 m ahead = north
+
+
+def test_sweep_is_deskewed_with_gnss_motion(pipeline: Pipeline, kitti_dir: Path) -> None:
+    from dataclasses import replace
+
+    from calibration import LocalTangentPlane
+    from perception.msgs.types import LidarSweep
+
+    origin = LocalTangentPlane(49.0, 8.4, 100.0)
+    sync = NearestSync((CAMERA_STREAM,), window_ns=50_000_000, timeout_ns=300_000_000)
+    for k in range(-1, 3):  # 20 m/s along the vehicle x axis (heading 0 = east)
+        lat, lon, alt = origin.enu_to_geodetic([20.0 * 0.1 * k, 0.0, 0.0])
+        fix = GnssFix(
+            Header("gnss", k, k * 100_000_000, "gnss"),
+            float(lat),
+            float(lon),
+            float(alt),
+            velocity_enu_mps=(20.0, 0.0, 0.0),
+            heading_rad=0.0,
+        )
+        sync.add(fix, receive_ns=0)
+    rig_msg, cam, sweep = KittiObjectFolder(kitti_dir).frame_messages(1, 0)
+    assert isinstance(sweep, LidarSweep)
+    n = sweep.points.shape[0]
+    offsets = np.linspace(0, 99_000_000, n).astype(np.int64)
+    for msg in (rig_msg, cam, replace(sweep, point_time_offsets_ns=offsets)):
+        sync.add(msg, receive_ns=0)
+    (bundle,) = sync.poll(0)
+    assert bundle.ego_pose is not None and bundle.ego_pose_end is not None
+    unbounded = Pipeline(pipeline.detector, PipelineConfig(max_range_m=1e4), pipeline.fusion)
+    points = unbounded._points_in_vehicle(bundle)
+    assert points.shape == sweep.points.shape
+    # A point measured t after the sweep start was seen from 20 t further forward.
+    shift = points[:, 0] - sweep.points[:, 0]
+    np.testing.assert_allclose(shift, 20.0 * offsets * 1e-9, atol=0.02)
+
+
+def test_vehicle_motion_to_the_camera_stamp() -> None:
+    from perception.pipeline.pipeline import _vehicle_motion
+    from perception.pipeline.deskew import deskew_points
+
+    # 6 m/s forward, 62 ms later: a point 10 m ahead is 0.372 m nearer.
+    straight = _vehicle_motion(((6.0, 0.0, 0.0), 0.0), 62_000_000)
+    np.testing.assert_allclose(straight.apply([[10.0, 0.0, 0.0]]), [[9.628, 0.0, 0.0]], atol=1e-9)
+    # Turning: the transform equals moving the points themselves.
+    twist = ((8.0, 0.5, 0.0), 0.3)
+    pts = np.array([[10.0, 2.0, -1.0], [-5.0, 7.0, 0.5]])
+    moved = deskew_points(pts, np.zeros(2, np.int64), *twist, reference_offset_ns=50_000_000)
+    np.testing.assert_allclose(
+        _vehicle_motion(twist, 50_000_000).apply(pts), moved[:, :3], atol=1e-5
+    )
+
+
+def test_torch_backend_gives_the_onnxruntime_detections(kitti_dir: Path, yolox_path: Path) -> None:
+    if not yolox_path.is_file():
+        pytest.skip(f"real data not found: {yolox_path}")
+    from perception.config import CameraModelConfig, EngineConfig
+    from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
+    from replay.offline import run_offline
+
+    runs = []
+    for backend in ("onnxruntime", "torch"):
+        engines = EngineConfig(backend=backend, device="cpu")
+        pipeline = Pipeline.from_config(CameraModelConfig(), yolox_path, engines)
+        assert pipeline.fusion.backend == backend
+        assert pipeline.lidar_objects.encoder.backend == backend
+        folder = KittiObjectFolder(kitti_dir)
+        runs.append(list(run_offline(folder.messages(), pipeline, (CAMERA_STREAM,))))
+    for ort_list, torch_list in zip(*runs, strict=True):
+        assert len(ort_list.detections) == len(torch_list.detections)
+        for a, b in zip(ort_list.detections, torch_list.detections, strict=True):
+            assert (a.label, a.sources) == (b.label, b.sources)
+            assert np.allclose(a.center, b.center, atol=1e-3)
+            assert np.allclose(a.size, b.size, atol=1e-3)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perception.msgs.types import CameraFrame, LidarSweep, RigMessage
+from replay.datasets.kitti_object import KittiObjectFolder, read_kitti_scan
+from replay.errors import ReplayError
+
+
+def test_frames_and_messages(kitti_dir: Path) -> None:
+    folder = KittiObjectFolder(kitti_dir)
+    # velodyne/ has only 000000, so the folder covering every image is chosen.
+    assert folder.lidar_dir == "velodyne_reduced"
+    assert [f.frame_id for f in folder.frames] == [
+        "000000",
+        "000003",
+        "000004",
+        "000005",
+        "000006",
+        "000007",
+        "000008",
+        "000009",
+    ]
+    msgs = list(folder.messages(start_ns=1_000))
+    assert len(msgs) == 3 * len(folder)
+    sweeps = [m for m in msgs if isinstance(m, LidarSweep)]
+    assert [s.header.stamp_ns for s in sweeps] == [1_000 + i * 100_000_000 for i in range(8)]
+    rig, cam, sweep = msgs[:3]
+    assert isinstance(rig, RigMessage) and isinstance(cam, CameraFrame)
+    assert cam.image is not None and cam.image.shape == (370, 1224, 3)
+    assert rig.rig["cameras"]["front"]["width"] == 1224
+    assert isinstance(sweep, LidarSweep) and sweep.points.dtype == np.float32
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ReplayError, match="does not exist"):
+        KittiObjectFolder(tmp_path / "nowhere")
+
+
+def test_missing_calib_for_a_frame(tmp_path: Path, kitti_dir: Path) -> None:
+    shutil.copytree(kitti_dir, tmp_path / "t")
+    (tmp_path / "t" / "calib" / "000004.txt").unlink()
+    with pytest.raises(ReplayError, match=r"000004\.txt: missing for frame 000004"):
+        KittiObjectFolder(tmp_path / "t")
+
+
+def test_truncated_scan(tmp_path: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"\0" * 18)
+    with pytest.raises(ReplayError, match="not a multiple of 16"):
+        read_kitti_scan(p)
+
+
+def test_unreadable_image(tmp_path: Path, kitti_dir: Path) -> None:
+    shutil.copytree(kitti_dir, tmp_path / "t")
+    (tmp_path / "t" / "image_2" / "000003.png").write_bytes(b"not a png")
+    folder = KittiObjectFolder(tmp_path / "t")
+    with pytest.raises(ReplayError, match=r"000003\.png: image is not a readable image"):
+        folder.frame_messages(1, 0)
