@@ -12,18 +12,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from calibration import Rig
+
 __all__ = [
     "SCHEMA_VERSION",
     "CameraBox",
     "CameraFrame",
     "Detection3D",
     "DetectionList",
+    "Diagnostics",
     "EgoPose",
     "GnssFix",
     "Header",
     "LidarSweep",
     "Message",
+    "RealtimeStatus",
     "RigMessage",
+    "SensorClock",
     "SyncedBundle",
     "sweep_end_ns",
 ]
@@ -149,6 +154,64 @@ class DetectionList:
     schema_version: int = SCHEMA_VERSION
 
 
+@dataclass(frozen=True)
+class SensorClock:
+    """One sensor stream's clock against the host clock (perception.sync.clock): `offset_ns` =
+    host - sensor at the newest stamp (None before an estimate), `drift_ppm` (host seconds gained
+    per sensor second, x 1e6), `samples` in the estimator's window, `jumps` seen and the stamp of
+    the last one."""
+
+    stream: str
+    offset_ns: int | None
+    drift_ppm: float
+    samples: int
+    jumps: int
+    last_jump_stamp_ns: int | None
+
+
+@dataclass(frozen=True)
+class RealtimeStatus:
+    """The real-time settings in force (perception.node.realtime) and what the OS refused, one
+    line per refusal."""
+
+    cpu_affinity: tuple[int, ...]
+    nice: int
+    scheduler: str
+    gc_hold: bool
+    refused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """The node's state, published at 1 Hz on the diagnostics topic (and recordable like any
+    message). `header.stamp_ns` is host wall time.
+
+    - `counters`: what the node received, dropped, skipped and published (perception.node).
+    - `overruns_by_stage`: budget overruns per stage (and `end_to_end`).
+    - `sync`: the synchroniser's counters; `missing_by_stream` / `late_by_stream` per stream.
+    - `clocks`: each sensor clock against the host clock.
+    - `budgets_ms`: the budgets in force, per stage and `end_to_end` (milliseconds).
+    - `last_publish_ns`, `last_latency_ns`: the last DetectionList's publish time and latency.
+    - `engines`: what each engine actually runs on (backend, device, precision).
+    - `notes`: conditions a user must know about, such as a backend fallback.
+    - `realtime`: the real-time settings in force (None before the node applied them).
+    """
+
+    header: Header
+    counters: dict[str, int] = field(default_factory=dict)
+    overruns_by_stage: dict[str, int] = field(default_factory=dict)
+    sync: dict[str, int] = field(default_factory=dict)
+    missing_by_stream: dict[str, int] = field(default_factory=dict)
+    late_by_stream: dict[str, int] = field(default_factory=dict)
+    clocks: tuple[SensorClock, ...] = ()
+    budgets_ms: dict[str, float] = field(default_factory=dict)
+    last_publish_ns: int = 0
+    last_latency_ns: int = 0
+    engines: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    realtime: RealtimeStatus | None = None
+
+
 def sweep_end_ns(sweep: LidarSweep) -> int:
     """Stamp of the sweep's last point (its stamp when it has no per-point offsets)."""
     offsets = sweep.point_time_offsets_ns
@@ -157,7 +220,7 @@ def sweep_end_ns(sweep: LidarSweep) -> int:
     return sweep.header.stamp_ns + max(int(offsets.max()), 1)
 
 
-Message = CameraFrame | LidarSweep | GnssFix | RigMessage | DetectionList
+Message = CameraFrame | LidarSweep | GnssFix | RigMessage | DetectionList | Diagnostics
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,7 +228,7 @@ class SyncedBundle:
     """One lidar sweep with the camera frames matched to it.
 
     `skews_ns` maps each member stream to its stamp minus the sweep stamp. `rig` is the
-    calibration in force at the sweep time (a calibration.rig.Rig). `decode_ns` is how long the
+    calibration in force at the sweep time. `decode_ns` is how long the
     members took to decode; `sync_wait_ns` how long the sweep waited for its bundle. `ego_pose`
     and `ego_pose_end` are the GNSS ego poses at the sweep's stamp and at its last point (for
     deskew; None without GNSS).
@@ -173,7 +236,7 @@ class SyncedBundle:
 
     lidar: LidarSweep
     cameras: dict[str, CameraFrame]
-    rig: Any
+    rig: Rig
     gnss: GnssFix | None = None
     missing: tuple[str, ...] = ()
     skews_ns: dict[str, int] = field(default_factory=dict)

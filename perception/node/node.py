@@ -46,7 +46,7 @@ from perception.errors import WireError
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs import wire
 from perception.msgs.types import DetectionList, LidarSweep, SyncedBundle, sweep_end_ns
-from perception.node.realtime import RealtimeReport, apply_realtime, gc_held
+from perception.node.realtime import RealtimeStatus, apply_realtime, gc_held
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
 from perception.sync import NearestSync
@@ -101,7 +101,7 @@ class Node:
         self._last_latency_ns = 0
         # Sweep stamp -> (host wall, host monotonic) receive times, for the latency.
         self._sweep_receipts: OrderedDict[int, tuple[int, int]] = OrderedDict()
-        self.realtime: RealtimeReport | None = None
+        self.realtime: RealtimeStatus | None = None
         self._receiver_error: BaseException | None = None
         # Bundles ready for the worker, with the monotonic time each became ready.
         self._ready: list[tuple[SyncedBundle, int]] = []

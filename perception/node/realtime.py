@@ -17,25 +17,14 @@ import contextlib
 import gc
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from perception.config import RealtimeConfig
+from perception.msgs.types import RealtimeStatus
 
-__all__ = ["RealtimeConfig", "RealtimeReport", "apply_realtime", "gc_held"]
-
-
-@dataclass(frozen=True)
-class RealtimeReport:
-    """What was applied and what the OS refused (one line per refusal)."""
-
-    cpu_affinity: tuple[int, ...]
-    nice: int
-    scheduler: str
-    gc_hold: bool
-    refused: tuple[str, ...] = ()
+__all__ = ["RealtimeConfig", "RealtimeStatus", "apply_realtime", "gc_held"]
 
 
-def apply_realtime(config: RealtimeConfig, pid: int = 0) -> RealtimeReport:
+def apply_realtime(config: RealtimeConfig, pid: int = 0) -> RealtimeStatus:
     """Applies `config` to process `pid` (0: this one) and reports the resulting state."""
     refused: list[str] = []
     if config.cpu_affinity:
@@ -56,7 +45,7 @@ def apply_realtime(config: RealtimeConfig, pid: int = 0) -> RealtimeReport:
     if config.gc_hold:
         gc.freeze()
     policy = os.sched_getscheduler(pid)
-    return RealtimeReport(
+    return RealtimeStatus(
         cpu_affinity=tuple(sorted(os.sched_getaffinity(pid))),
         nice=os.getpriority(os.PRIO_PROCESS, pid),
         scheduler="fifo" if policy == os.SCHED_FIFO else "other",

@@ -17,21 +17,10 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from dataclasses import dataclass
 
-__all__ = ["ClockEstimator", "ClockMonitor", "ClockState"]
+from perception.msgs.types import SensorClock
 
-
-@dataclass(frozen=True)
-class ClockState:
-    """Diagnostics of one stream: `offset_ns` = host - sensor at the newest stamp, `drift_ppm`
-    (host seconds gained per sensor second, x 1e6), `jumps` seen, `samples` in the window."""
-
-    offset_ns: int | None
-    drift_ppm: float
-    samples: int
-    jumps: int
-    last_jump_stamp_ns: int | None
+__all__ = ["ClockEstimator", "ClockMonitor"]
 
 
 class ClockEstimator:
@@ -120,13 +109,13 @@ class ClockEstimator:
         intercept = statistics.median(d - slope * (t - t_ref) for t, d in minima)
         self._fit = (t_ref, intercept, slope)
 
-    def state(self) -> ClockState:
-        """Current estimate for diagnostics."""
+    def state(self, stream: str = "") -> SensorClock:
+        """Current estimate for diagnostics, as the clock of `stream`."""
         last = self._samples[-1][0] if self._samples else None
         offset = None if last is None else self.predict(last)
         slope = 0.0 if self._fit is None else self._fit[2]
-        return ClockState(offset, slope * 1e6, len(self._samples), self.jumps,
-                          self.last_jump_stamp_ns)  # fmt: skip
+        return SensorClock(stream, offset, slope * 1e6, len(self._samples), self.jumps,
+                           self.last_jump_stamp_ns)  # fmt: skip
 
 
 class ClockMonitor:
@@ -156,6 +145,6 @@ class ClockMonitor:
         offset = est.predict(stamp_ns)
         return None if offset is None else stamp_ns + offset
 
-    def diagnostics(self) -> dict[str, ClockState]:
+    def diagnostics(self) -> dict[str, SensorClock]:
         """Per-stream offset, drift and jumps."""
-        return {name: est.state() for name, est in self._streams.items()}
+        return {name: est.state(name) for name, est in self._streams.items()}
