@@ -21,7 +21,6 @@ from engines.errors import EngineError
 from perception.config import NodeConfig, load_config
 from perception.errors import PerceptionError, WireError
 from perception.msgs import wire
-from perception.msgs.jsonl import write_jsonl_line
 from perception.pipeline import Pipeline
 
 __all__ = ["main"]
@@ -218,51 +217,39 @@ def cmd_echo(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
-    from replay.drive import DriveReader, DriveWriter
-    from replay.offline import run_offline, run_recorded
+    from replay.offline import replay_to_file
 
     config = _load_node_config(args.config)
     if args.out_dir is not None or args.ray_address is not None:
         return _replay_many(args, config)
     if args.out is None:
         raise PerceptionError("replay: give --out FILE (one source) or --out-dir DIR (many)")
-    kind, path = _source(args.sources, "replay")
+    _kind, path = _source(args.sources, "replay")
     out = Path(args.out)
     if out.suffix not in (".jsonl", ".mcap"):
         raise PerceptionError(f"{out}: --out must end in .jsonl or .mcap")
-    if kind == "kitti-object":
-        folder = KittiObjectFolder(path)
-        pipeline = _pipeline(config, args.model)
-        total: int | None = len(folder)
-        results = run_offline(folder.messages(), pipeline, (CAMERA_STREAM,), config.sync)
-    else:
-        reader = DriveReader(path)
-        pipeline = _pipeline(config, args.model)
-        total = reader.topics().get(config.inputs.lidar_topic)
-        results = run_recorded(
-            reader.messages(),
+    pipeline = _pipeline(config, args.model)
+    with tqdm(unit="sweep", disable=args.quiet) as bar:
+
+        def progress(done: int, total: int | None) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        summary = replay_to_file(
+            path,
+            out,
+            config,
             pipeline,
-            config.inputs.camera_topics,
-            config.sync,
-            default_rig=reader.rig,
             speed=1.0 if args.realtime else 0.0,
+            progress=progress,
         )
-    count = 0
-    with tqdm(total=total, unit="sweep", disable=args.quiet) as bar:
-        if out.suffix == ".jsonl":
-            with out.open("w") as f:
-                for dl in results:
-                    write_jsonl_line(f, dl)
-                    count += 1
-                    bar.update(1)
-        else:
-            with DriveWriter(out) as writer:
-                for dl in results:
-                    writer.write(dl, dl.header.stamp_ns)
-                    count += 1
-                    bar.update(1)
-    print(f"perception replay: {count} DetectionLists written to {out}")
+    c = summary.counters
+    print(
+        f"perception replay: {summary.sweeps} DetectionLists written to {out}; "
+        f"{c.get('received', 0)} messages, {c.get('decode_errors', 0)} undecodable, "
+        f"{c.get('bad_rigs', 0)} bad rigs, {c.get('step_errors', 0)} failed sweeps"
+    )
     return 0
 
 

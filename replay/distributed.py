@@ -1,15 +1,10 @@
 """Offline replays of many drives: locally one after the other, or on Ray, one task per drive.
 
 A source is a drive (MCAP file, replay.drive) or a KITTI object folder. Each replay builds the
-pipeline from the node configuration (`Pipeline.from_config`), feeds the source's messages to
-`replay.offline.run_offline` and writes one JSON Lines file of DetectionLists per source,
-`<out_dir>/<name>.jsonl` (`name`: the drive's file stem or the folder's name).
-
-A KITTI object folder is replayed as `perception replay kitti-object` does (`run_offline`), a
-drive as `perception replay DRIVE` does (`run_recorded`: messages received at their log times),
-reading only the node's topics (lidar, cameras, GNSS, rig of `config.inputs`). The rig in force
-from the start is `config.rig` when set, else the drive's own rig; rig messages in the source
-take over from their stamps.
+pipeline from the node configuration (`Pipeline.from_config`) and runs the source through the
+node core into one JSON Lines file of DetectionLists per source, `<out_dir>/<name>.jsonl`
+(`name`: the drive's file stem or the folder's name), with `replay.offline.replay_to_file`, the
+function `perception replay` uses for one source: the same topics, rig and sync settings.
 
 With Ray (`ray_address`), each source is a Ray task that runs on any node of the cluster and
 writes its output file there: `out_dir` and the sources must be on storage all nodes share, and
@@ -22,24 +17,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from calibration import CalibrationError, load_rig
+from calibration import CalibrationError
 from engines.errors import EngineError
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
-from perception.msgs.jsonl import write_jsonl_line
-from perception.msgs.types import DetectionList
 from perception.pipeline import Pipeline
-from replay.datasets.kitti_object import KittiObjectFolder
-from replay.drive import DriveReader
 from replay.errors import ReplayError
-from replay.offline import run_offline, run_recorded
+from replay.offline import replay_to_file
 
-__all__ = ["ProgressFn", "ReplayResult", "replay_detections", "replay_many", "replay_source"]
+__all__ = ["ProgressFn", "ReplayResult", "replay_many", "replay_source"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +44,7 @@ class ReplayResult:
     detections: int = 0
     wall_s: float = 0.0
     error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -66,38 +58,6 @@ ProgressFn = Callable[[int, int, ReplayResult], None]
 _SOURCE_ERRORS = (PerceptionError, EngineError, CalibrationError, OSError)
 
 
-def replay_detections(
-    source: Path, config: NodeConfig, pipeline: Pipeline
-) -> Iterator[DetectionList]:
-    """The DetectionLists of one source through `pipeline`: a KITTI object folder as
-    `perception replay kitti-object` runs it (`run_offline`), a drive as `perception replay
-    DRIVE` does (`run_recorded`: each message received at its log time). The initial rig is
-    `config.rig` when set, else the drive's rig. Raises ReplayError naming the path."""
-    source = Path(source)
-    initial = None
-    if config.rig is not None:
-        try:
-            initial = load_rig(Path(config.rig).expanduser())
-        except CalibrationError as e:
-            raise ReplayError(f"{config.rig}: cannot load the configured rig ({e})") from e
-    cameras = config.inputs.camera_topics
-    if source.is_dir():
-        folder = KittiObjectFolder(source)
-        return run_offline(folder.messages(), pipeline, cameras, config.sync, default_rig=initial)
-    if not source.is_file():
-        raise ReplayError(f"{source}: no such drive or KITTI object folder")
-    reader = DriveReader(source)
-    inputs = config.inputs
-    topics = [inputs.lidar_topic, *cameras, inputs.gnss_topic, inputs.rig_topic]
-    return run_recorded(
-        reader.messages(topics=topics),
-        pipeline,
-        cameras,
-        config.sync,
-        default_rig=initial or reader.rig,
-    )
-
-
 def replay_source(
     source: Path,
     out_path: Path,
@@ -105,27 +65,29 @@ def replay_source(
     model_path: Path | None = None,
     pipeline: Pipeline | None = None,
 ) -> ReplayResult:
-    """Replay one source into the JSON Lines file `out_path` (the pipeline is built from
+    """Replay one source into the JSON Lines file `out_path` through the node core, as
+    `perception replay` does (replay.offline.replay_to_file; the pipeline is built from
     `config.camera_model` / `model_path` unless given). Failures of the source (missing or
-    malformed input, model, calibration, unwritable output) are returned in `error`, with the
-    output file removed."""
+    malformed input, model, calibration, unwritable output) are returned in `error`; the
+    output file is then left as it was."""
     config = config or NodeConfig()
     start = time.perf_counter()
-    sweeps = detections = 0
     out_path = Path(out_path)
     try:
         pipeline = pipeline or Pipeline.from_config(config.camera_model, model_path, config.engines)
-        with out_path.open("w") as f:
-            for dl in replay_detections(Path(source), config, pipeline):
-                write_jsonl_line(f, dl)
-                sweeps += 1
-                detections += len(dl.detections)
+        summary = replay_to_file(Path(source), out_path, config, pipeline)
     except _SOURCE_ERRORS as e:
-        out_path.unlink(missing_ok=True)
         return ReplayResult(
-            Path(source), out_path, sweeps, detections, time.perf_counter() - start, str(e)
+            Path(source), out_path, wall_s=time.perf_counter() - start, error=str(e)
         )
-    return ReplayResult(Path(source), out_path, sweeps, detections, time.perf_counter() - start)
+    return ReplayResult(
+        Path(source),
+        out_path,
+        summary.sweeps,
+        summary.detections,
+        time.perf_counter() - start,
+        counters=summary.counters,
+    )
 
 
 def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:

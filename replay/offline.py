@@ -1,90 +1,283 @@
-"""Offline runs: recorded messages -> the node's synchroniser and pipeline, no sockets.
+"""Offline runs: recorded inputs through the node core (perception.node.core), no sockets.
 
-Messages are fed in recorded order with their sensor stamps as simulated receive times, so a
-run is deterministic and pairs exactly as the live node does for the same arrival order.
+Every input reaches the core exactly as the live node hands it over: undecoded wire frames
+through `NodeCore.on_frames` (so an undecodable recorded message is counted, not fatal), decoded
+messages through `NodeCore.on_message`, each with its recorded receive time; between inputs the
+core is polled as the live receiver polls it (`NodeCore.idle_polls`), and at the end of the
+input the pending bundles come out at their timeouts (`NodeCore.flush`). Each batch of ready
+bundles goes to `NodeCore.on_bundles` as the live worker hands it over when it keeps up. So a
+replay gives the live node's outputs and counters for the same arrivals, deterministically;
+timings, latencies and budget checks are measured on this machine as the live node measures
+them (`latency_ns` = recorded receive time minus the sweep stamp on the host clock, plus the
+sync wait and the processing time measured here).
+
+Sources (`open_source`): a recorded drive (MCAP, replay.drive: messages at their log times,
+only the node's topics) or a KITTI object folder (replay.datasets.kitti_object: each message
+received at its stamp). The initial rig is `config.rig` when set, else the drive's own; rig
+messages take over from their stamps. `replay_to_file` runs one source into a JSON Lines or MCAP
+file (written beside the target and renamed into place only when the run succeeds), for the
+CLI and for the Ray path alike.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from perception.config import SyncConfig
+from calibration import CalibrationError, Rig, load_rig
+from perception.config import NodeConfig
+from perception.msgs.jsonl import write_jsonl_line
 from perception.msgs.types import DetectionList, Message
+from perception.node import NodeCore
+from perception.node.core import ReadyBundle
 from perception.pipeline import Pipeline
-from perception.sync import NearestSync
-from replay.drive import RecordedMessage
+from replay.datasets.kitti_object import KittiObjectFolder
+from replay.drive import DriveReader, DriveWriter, RecordedMessage
+from replay.errors import ReplayError
 
-__all__ = ["run_offline", "run_recorded"]
+__all__ = [
+    "Received",
+    "ReplayInput",
+    "ReplaySummary",
+    "open_source",
+    "replay_to_file",
+    "run_core",
+    "run_messages",
+    "run_records",
+]
+
+_DIAGNOSTICS_PERIOD_NS = 1_000_000_000
 
 
-def run_offline(
+@dataclass(frozen=True)
+class Received:
+    """One input as the node receives it: on `topic` at `receive_ns` (host clock, ns), either
+    as wire `frames` (decoded by the core) or as a decoded `message`."""
+
+    topic: str
+    receive_ns: int
+    message: Message | None = None
+    frames: Sequence[Any] | None = None
+
+
+@dataclass(frozen=True)
+class ReplayInput:
+    """A source opened for replay: its inputs in receive order, the rig in force from the
+    start, how many sweeps it holds (None when unknown) and what it is, in words."""
+
+    received: Iterable[Received]
+    default_rig: Rig | None
+    sweeps: int | None
+    description: str
+
+
+def run_core(
+    core: NodeCore,
+    received: Iterable[Received],
+    *,
+    speed: float = 0.0,
+    on_diagnostics: Callable[[Any], None] | None = None,
+) -> Iterator[DetectionList]:
+    """The DetectionLists the core produces for `received`, in order (see the module
+    docstring). `speed` > 0 paces the inputs by receive time (1.0 = real time); 0 runs as fast
+    as possible. `on_diagnostics` gets the core's Diagnostics once per second of receive time
+    and once at the end."""
+    last_ns: int | None = None
+    next_diagnostics_ns: int | None = None
+    pacing_start = time.monotonic_ns()
+    first_ns: int | None = None
+    for item in received:
+        if speed > 0:
+            first_ns = item.receive_ns if first_ns is None else first_ns
+            delay_ns = (item.receive_ns - first_ns) / speed - (time.monotonic_ns() - pacing_start)
+            if delay_ns > 0:
+                time.sleep(delay_ns / 1e9)
+        if last_ns is not None:
+            for batch in core.idle_polls(last_ns, item.receive_ns):
+                yield from _process(core, batch)
+        if item.frames is not None:
+            batch = core.on_frames(item.frames, item.receive_ns)
+        elif item.message is not None:
+            batch = core.on_message(item.topic, item.message, item.receive_ns)
+        else:
+            raise ValueError(f"{item.topic}: a Received input needs frames or a message")
+        yield from _process(core, batch)
+        last_ns = item.receive_ns if last_ns is None else max(last_ns, item.receive_ns)
+        if on_diagnostics is not None:
+            if next_diagnostics_ns is None:
+                next_diagnostics_ns = last_ns
+            if last_ns >= next_diagnostics_ns:
+                on_diagnostics(core.diagnostics(last_ns))
+                next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
+    if last_ns is not None:
+        for batch in core.flush(last_ns):
+            yield from _process(core, batch)
+        if on_diagnostics is not None:
+            on_diagnostics(core.diagnostics(last_ns))
+
+
+def run_messages(
     messages: Iterable[Message],
     pipeline: Pipeline,
-    camera_streams: tuple[str, ...],
-    sync_config: SyncConfig | None = None,
+    config: NodeConfig | None = None,
     *,
-    default_rig: Any = None,
+    default_rig: Rig | None = None,
 ) -> Iterator[DetectionList]:
-    """One DetectionList per lidar sweep, each message taken as received at its sensor stamp.
-    Offline there is no publish, so `latency_ns` is the processing time (the sum of the stage
-    timings other than `sync_wait`)."""
-    pairs = ((msg, msg.header.stamp_ns) for msg in messages)
-    return _run(pairs, pipeline, camera_streams, sync_config, default_rig)
+    """`run_core` on a fresh core for messages received at their sensor stamps (a KITTI object
+    folder's messages, synthetic inputs)."""
+    core = NodeCore(config or NodeConfig(), pipeline, default_rig)
+    received = (Received(m.header.stream, m.header.stamp_ns, message=m) for m in messages)
+    return run_core(core, received)
 
 
-def run_recorded(
+def run_records(
     records: Iterable[RecordedMessage],
     pipeline: Pipeline,
-    camera_streams: tuple[str, ...],
-    sync_config: SyncConfig | None = None,
+    config: NodeConfig | None = None,
     *,
-    default_rig: Any = None,
+    default_rig: Rig | None = None,
     speed: float = 0.0,
 ) -> Iterator[DetectionList]:
-    """As `run_offline` for a recorded drive: each message is taken as received at its recorded
-    log time, so pairing matches what the live node saw. `speed` > 0 paces the run by log time
-    (1.0 = real time); 0 runs as fast as possible."""
-    pairs: Iterable[tuple[Message, int]] = ((r.message, r.log_time_ns) for r in records)
-    if speed > 0:
-        pairs = _paced(pairs, speed)
-    return _run(pairs, pipeline, camera_streams, sync_config, default_rig)
+    """`run_core` on a fresh core for a drive's messages, each received at its log time."""
+    core = NodeCore(config or NodeConfig(), pipeline, default_rig)
+    received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
+    return run_core(core, received, speed=speed)
 
 
-def _paced(pairs: Iterable[tuple[Message, int]], speed: float) -> Iterator[tuple[Message, int]]:
-    start_host = time.monotonic_ns()
-    first: int | None = None
-    for msg, log_ns in pairs:
-        first = log_ns if first is None else first
-        delay_ns = (log_ns - first) / speed - (time.monotonic_ns() - start_host)
-        if delay_ns > 0:
-            time.sleep(delay_ns / 1e9)
-        yield msg, log_ns
+def _process(core: NodeCore, batch: list[ReadyBundle]) -> Iterator[DetectionList]:
+    if batch:
+        out = core.on_bundles(batch)
+        if out is not None:
+            yield out
 
 
-def _run(
-    pairs: Iterable[tuple[Message, int]],
+def _load_config_rig(config: NodeConfig) -> Rig | None:
+    if config.rig is None:
+        return None
+    try:
+        return load_rig(Path(config.rig).expanduser())
+    except CalibrationError as e:
+        raise ReplayError(f"{config.rig}: cannot load the configured rig ({e})") from e
+
+
+def open_source(source: Path, config: NodeConfig) -> ReplayInput:
+    """`source` (a drive file or a KITTI object folder) as the node's inputs.
+
+    Raises ReplayError naming the path: missing source, unreadable drive, invalid rig."""
+    source = Path(source)
+    initial = _load_config_rig(config)
+    if source.is_dir():
+        folder = KittiObjectFolder(source)
+        received = (
+            Received(m.header.stream, m.header.stamp_ns, message=m) for m in folder.messages()
+        )
+        return ReplayInput(received, initial, len(folder), f"KITTI object folder {source}")
+    if not source.is_file():
+        raise ReplayError(f"{source}: no such drive or KITTI object folder")
+    reader = DriveReader(source)
+    inputs = config.inputs
+    topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic]
+    records = reader.messages(topics=topics)
+    received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
+    return ReplayInput(
+        received,
+        initial or reader.rig,
+        reader.topics().get(inputs.lidar_topic),
+        f"drive {source}",
+    )
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay wrote: DetectionLists (`sweeps`), detections, and the node's final
+    counters (perception.node.core.NodeCounters, by name)."""
+
+    sweeps: int = 0
+    detections: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def replay_to_file(
+    source: Path,
+    out: Path,
+    config: NodeConfig,
     pipeline: Pipeline,
-    camera_streams: tuple[str, ...],
-    sync_config: SyncConfig | None,
-    default_rig: Any,
+    *,
+    speed: float = 0.0,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> ReplaySummary:
+    """Replay `source` into `out`: JSON Lines (one DetectionList per line) or MCAP (the
+    DetectionLists, plus the node's Diagnostics once per second of drive time). The file is
+    written beside `out` and renamed into place only when the run succeeds, so a failed run
+    leaves an existing `out` as it was. `progress(sweeps_done, sweeps_total or None)` after
+    each DetectionList.
+
+    Raises ReplayError naming the path for a bad source or an unwritable output; the
+    pipeline's setup errors pass through."""
+    out = Path(out)
+    if out.suffix not in (".jsonl", ".mcap"):
+        raise ReplayError(f"{out}: the output must end in .jsonl or .mcap")
+    replay_input = open_source(source, config)
+    core = NodeCore(config, pipeline, replay_input.default_rig)
+    summary = ReplaySummary()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        if out.suffix == ".jsonl":
+            with _open_text(tmp) as f:
+                results = run_core(core, replay_input.received, speed=speed)
+                for dl in _timed_writes(core, results, lambda dl: write_jsonl_line(f, dl)):
+                    _count(summary, dl, progress, replay_input.sweeps)
+        else:
+            with DriveWriter(tmp, rig=replay_input.default_rig) as writer:
+                results = run_core(
+                    core,
+                    replay_input.received,
+                    speed=speed,
+                    on_diagnostics=lambda d: writer.write(d, d.header.stamp_ns),
+                )
+                writes = _timed_writes(
+                    core, results, lambda dl: writer.write(dl, dl.header.stamp_ns)
+                )
+                for dl in writes:
+                    _count(summary, dl, progress, replay_input.sweeps)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ReplayError(f"{out}: cannot write ({e.strerror or e})") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    summary.counters = core.counters.scalars()
+    return summary
+
+
+def _open_text(path: Path) -> Any:
+    try:
+        return path.open("w")
+    except OSError as e:
+        raise ReplayError(f"{path.parent}: cannot write the output there ({e.strerror})") from e
+
+
+def _timed_writes(
+    core: NodeCore, results: Iterable[DetectionList], write: Callable[[DetectionList], None]
 ) -> Iterator[DetectionList]:
-    sync = NearestSync.from_config(camera_streams, sync_config or SyncConfig(), default_rig)
-    seq = 0
-    last_ns = 0
-    for msg, receive_ns in pairs:
-        last_ns = max(last_ns, receive_ns)
-        sync.add(msg, receive_ns=receive_ns)
-        for bundle in sync.poll(last_ns):
-            yield _finish(pipeline.step(bundle, seq))
-            seq += 1
-    for bundle in sync.poll(last_ns + sync.timeout_ns):
-        yield _finish(pipeline.step(bundle, seq))
-        seq += 1
+    """Writes each result, telling the core how long it took (the next output's `publish`)."""
+    for dl in results:
+        start = time.perf_counter_ns()
+        write(dl)
+        core.record_publish(time.perf_counter_ns() - start)
+        yield dl
 
 
-def _finish(dl: DetectionList) -> DetectionList:
-    processing = sum(v for k, v in dl.timings_ns.items() if k != "sync_wait")
-    return replace(dl, latency_ns=processing)
+def _count(
+    summary: ReplaySummary,
+    dl: DetectionList,
+    progress: Callable[[int, int | None], None] | None,
+    total: int | None,
+) -> None:
+    summary.sweeps += 1
+    summary.detections += len(dl.detections)
+    if progress is not None:
+        progress(summary.sweeps, total)

@@ -1,5 +1,6 @@
-"""The node: the live process (threads and sockets) around the pipeline."""
+"""The node: the socket-free core (`NodeCore`) and the live process around it (`Node`)."""
 
-from perception.node.node import Node, NodeCounters
+from perception.node.core import CLOCK_MIN_SWEEPS, NodeCore, NodeCounters, ReadyBundle
+from perception.node.node import Node
 
-__all__ = ["Node", "NodeCounters"]
+__all__ = ["CLOCK_MIN_SWEEPS", "Node", "NodeCore", "NodeCounters", "ReadyBundle"]

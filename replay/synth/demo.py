@@ -2,7 +2,7 @@
 
 `run_demo` generates (or reuses) a synthetic drive (`replay.synth.world`), runs it through
 `Pipeline` (the self-trained camera detector `engines/models/synth_detector.onnx`, YOLOX
-decoding, and the default fusion engine, all on ONNX Runtime) with `replay.offline.run_recorded`,
+decoding, and the default fusion engine, all on ONNX Runtime) with `replay.offline.run_records`,
 and returns the per-stage latencies and the detection quality against ground truth. It writes the
 detections (JSON Lines) and a picture (camera image with boxes beside a bird's-eye view).
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -29,7 +29,7 @@ import numpy.typing as npt
 from calibration import Rig
 from engines.camera.detector import CameraDetector
 from engines.registry import PACKAGED_MODELS_DIR
-from perception.config import SyncConfig
+from perception.config import NodeConfig, SyncConfig
 from perception.msgs.jsonl import write_jsonl_line
 from perception.msgs.types import CameraFrame, Detection3D, DetectionList, LidarSweep
 from perception.pipeline import Pipeline
@@ -45,7 +45,7 @@ from replay.evaluation import (
     merge_results,
     visible_fraction,
 )
-from replay.offline import run_recorded
+from replay.offline import run_records
 from replay.synth.world import (
     CAMERA_NAME,
     CAMERA_OFFSET_NS,
@@ -286,7 +286,8 @@ def run_demo(
         camera_offsets_ms={CAMERA_STREAM: CAMERA_OFFSET_NS / 1e6},
         camera_windows_ms={CAMERA_STREAM: 20.0},
     )
-    lists = list(run_recorded(reader.messages(), pipeline, (CAMERA_STREAM,), sync, default_rig=rig))
+    config = replace(NodeConfig(), sync=sync)
+    lists = list(run_records(reader.messages(), pipeline, config, default_rig=rig))
     detections_path = out_dir / "detections.jsonl"
     results = []
     best: tuple[int, DetectionList] | None = None

@@ -14,8 +14,8 @@ from perception.io.transport import Subscriber
 from perception.msgs.types import DetectionList
 from perception.pipeline import Pipeline
 from perception.pipeline.timing import STAGES
-from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
-from replay.offline import run_offline
+from replay.datasets.kitti_object import KittiObjectFolder
+from replay.offline import run_messages
 from tests.integration.node_harness import (
     collect_detections,
     node_config,
@@ -80,7 +80,7 @@ def test_replay_gives_the_live_detections(live_run, kitti_dir: Path, yolox_path:
     config = load_config(live_run[2])
     pipeline = Pipeline.from_config(config.camera_model)
     folder = KittiObjectFolder(kitti_dir)
-    offline = list(run_offline(folder.messages(), pipeline, (CAMERA_STREAM,)))
+    offline = list(run_messages(folder.messages(), pipeline))
     assert len(offline) == len(received)
     for live, replayed in zip(received, offline, strict=True):
         a, b = _key(live), _key(replayed)

@@ -17,9 +17,9 @@ import pytest
 from perception.config import CameraModelConfig
 from perception.msgs.types import CameraBox, Detection3D, DetectionList, Header
 from perception.pipeline import Pipeline
-from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
+from replay.datasets.kitti_object import KittiObjectFolder
 from replay.errors import ReplayError
-from replay.offline import run_offline
+from replay.offline import run_messages
 from replay.regression import (
     Tolerances,
     compare_detections,
@@ -36,7 +36,7 @@ def _replay_kitti(kitti_dir: Path, yolox_path: Path) -> list[DetectionList]:
         pytest.skip(f"real data not found: {yolox_path}")
     pipeline = Pipeline.from_config(CameraModelConfig(), yolox_path)
     folder = KittiObjectFolder(kitti_dir)
-    return list(run_offline(folder.messages(), pipeline, (CAMERA_STREAM,)))
+    return list(run_messages(folder.messages(), pipeline))
 
 
 def test_kitti_object_replay_matches_reference(

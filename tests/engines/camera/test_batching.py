@@ -84,8 +84,8 @@ def test_pipeline_with_a_batched_camera_encoder_gives_the_same_detections(
     import engines.camera.batching
     from perception.config import CameraModelConfig
     from perception.pipeline import Pipeline
-    from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
-    from replay.offline import run_offline
+    from replay.datasets.kitti_object import KittiObjectFolder
+    from replay.offline import run_messages
 
     monkeypatch.setattr(engines.camera.batching, "DEFAULT_BATCH_CACHE_DIR", tmp_path)
     runs = []
@@ -94,7 +94,7 @@ def test_pipeline_with_a_batched_camera_encoder_gives_the_same_detections(
         pipeline = Pipeline.from_config(model)
         assert pipeline.detector.batch_size == batch
         folder = KittiObjectFolder(kitti_dir)
-        runs.append(list(run_offline(folder.messages(), pipeline, (CAMERA_STREAM,))))
+        runs.append(list(run_messages(folder.messages(), pipeline)))
     for a, b in zip(*runs, strict=True):
         assert [(d.label, d.sources) for d in a.detections] == [
             (d.label, d.sources) for d in b.detections

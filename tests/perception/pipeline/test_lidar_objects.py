@@ -4,6 +4,7 @@ ground truth (360 degrees, where no camera looks) and on the real KITTI frames."
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perception.config import SyncConfig
+from perception.config import NodeConfig, SyncConfig
 from perception.msgs.types import Detection3D, DetectionList
 from perception.pipeline.ground import GroundPlane
 from perception.pipeline.lidar_objects import (
@@ -155,7 +156,7 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory):
     from engines.camera.detector import CameraDetector
     from perception.pipeline import Pipeline
     from replay.drive import DriveReader
-    from replay.offline import run_recorded
+    from replay.offline import run_records
     from replay.synth.demo import SYNTH_DETECTOR_PATH
     from replay.synth.world import (
         CAMERA_OFFSET_NS,
@@ -174,7 +175,9 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory):
         camera_windows_ms={CAMERA_STREAM: 20.0},
     )
     lists: list[DetectionList] = list(
-        run_recorded(reader.messages(), pipeline, (CAMERA_STREAM,), sync, default_rig=reader.rig)
+        run_records(
+            reader.messages(), pipeline, replace(NodeConfig(), sync=sync), default_rig=reader.rig
+        )
     )
     truth = {f.stamp_ns: f for f in read_ground_truth(ground_truth_path(drive))}
     return lists, truth, reader.rig
@@ -222,11 +225,11 @@ def test_kitti_lidar_only_objects_never_duplicate_fused_ones(kitti_dir: Path, yo
         pytest.skip(f"real data not found: {yolox_path}")
     from perception.config import CameraModelConfig
     from perception.pipeline import Pipeline
-    from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
-    from replay.offline import run_offline
+    from replay.datasets.kitti_object import KittiObjectFolder
+    from replay.offline import run_messages
 
     pipeline = Pipeline.from_config(CameraModelConfig(), yolox_path)
-    lists = list(run_offline(KittiObjectFolder(kitti_dir).messages(), pipeline, (CAMERA_STREAM,)))
+    lists = list(run_messages(KittiObjectFolder(kitti_dir).messages(), pipeline))
     assert len(lists) == 8
     for dl in lists:
         fused = [d for d in dl.detections if "camera" in d.sources]

@@ -109,8 +109,8 @@ def test_torch_backend_gives_the_onnxruntime_detections(kitti_dir: Path, yolox_p
     if not yolox_path.is_file():
         pytest.skip(f"real data not found: {yolox_path}")
     from perception.config import CameraModelConfig, EngineConfig
-    from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
-    from replay.offline import run_offline
+    from replay.datasets.kitti_object import KittiObjectFolder
+    from replay.offline import run_messages
 
     runs = []
     for backend in ("onnxruntime", "torch"):
@@ -119,7 +119,7 @@ def test_torch_backend_gives_the_onnxruntime_detections(kitti_dir: Path, yolox_p
         assert pipeline.fusion.backend == backend
         assert pipeline.lidar_objects.encoder.backend == backend
         folder = KittiObjectFolder(kitti_dir)
-        runs.append(list(run_offline(folder.messages(), pipeline, (CAMERA_STREAM,))))
+        runs.append(list(run_messages(folder.messages(), pipeline)))
     for ort_list, torch_list in zip(*runs, strict=True):
         assert len(ort_list.detections) == len(torch_list.detections)
         for a, b in zip(ort_list.detections, torch_list.detections, strict=True):

@@ -1,0 +1,348 @@
+"""The socket-free node core: messages in (with their receive times), DetectionLists and
+diagnostics out.
+
+The live node (perception.node.node) wraps it with a receiver thread, a worker thread and
+ZeroMQ sockets; offline replay (replay.offline), the Ray path and the benchmarks drive the same
+object with recorded receive times. Everything that decides what comes out - decoding and its
+error counting, synchronisation, the clock-offset estimate, the stale-output rule, the pipeline,
+latency and budgets - lives here, so live and replay give the same outputs and the same counters
+for the same input and arrival times, by construction. Only what depends on the machine's speed
+differs: a live node that falls behind merges ready bundles (and skips all but the newest), and
+measured durations differ from run to run.
+
+Receive side (one thread): `on_frames` (wire frames, decoded here) or `on_message` (a decoded
+message) file one message and return the bundles ready when it arrived (those due before it,
+then those it completed: one batch, as the live receiver hands them over); `poll(now_ns)`
+returns bundles whose timeout passed without a message (the live receiver polls every
+`RECEIVE_POLL_NS`; offline replay reproduces those polls with `idle_polls`); `flush` ends the
+input.
+
+Processing side (another thread may call it): `on_bundles(ready)` processes the newest ready
+bundle - never one older than an output already produced (published stamps only move forward) -
+counts the others as skipped, and returns its DetectionList with timings, `latency_ns` and
+`budget_ok`, or None. `record_publish(ns)` reports how long the previous output took to publish
+(a message cannot carry its own publish time, so the next one carries it).
+
+Latency: from the sweep stamp, moved onto the host clock with the lidar clock's estimated offset
+(perception.sync.clock; `budgets.apply_clock_offset`), to the end of processing: the sweep's
+receive time minus that stamp, plus its sync wait, its queue wait and the measured processing
+time. Live, receive times are host wall time and the rest is measured on the monotonic clock, so
+a wall-clock step during a frame does not corrupt it; offline, receive times are the recorded
+ones. The lidar clock's offset is estimated from each sweep's *last* point (a sweep leaves the
+sensor once complete), so the estimate absorbs only the minimum transport delay, not the sweep
+duration; until `CLOCK_MIN_SWEEPS` sweeps have arrived the clocks are taken to agree.
+
+Per-message problems (undecodable, not a sensor input, a rig calibration rejects, a bundle the
+pipeline cannot process) are counted and logged at a bounded rate; nothing raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from calibration import Rig
+from perception.config import NodeConfig
+from perception.errors import WireError
+from perception.msgs import wire
+from perception.msgs.types import (
+    DetectionList,
+    Diagnostics,
+    Header,
+    LidarSweep,
+    Message,
+    RealtimeStatus,
+    SyncedBundle,
+    sweep_end_ns,
+)
+from perception.pipeline import Pipeline
+from perception.ratelimit import RateLimitedLogger
+from perception.sync import Bundler, Filed
+from perception.sync.clock import ClockMonitor
+
+__all__ = ["CLOCK_MIN_SWEEPS", "RECEIVE_POLL_NS", "NodeCore", "NodeCounters", "ReadyBundle"]
+
+log = logging.getLogger("perception.node")
+
+#: How often the live receiver polls for due bundles when no message arrives (ns); offline replay
+#: reproduces the same polls (`NodeCore.idle_polls`).
+RECEIVE_POLL_NS = 10_000_000
+# Sweeps seen before the lidar clock's offset estimate is applied: with fewer, the estimate is a
+# median of single samples rather than a lower envelope, and may exceed a sweep's transport delay.
+CLOCK_MIN_SWEEPS = 16
+
+
+@dataclass
+class NodeCounters:
+    """What the node received, dropped, processed and produced; reported on diagnostics.
+
+    `received` counts every message (decodable or not); `decode_errors` the undecodable ones;
+    `not_inputs` decodable messages of a type the node does not take (a DetectionList sent to its
+    inputs); `bad_rigs` rig messages whose calibration was rejected. `bundles` counts ready
+    bundles, `skipped_bundles` those not processed (the node was behind, or an output with a
+    newer stamp was already produced), `step_errors` bundles the pipeline failed on, `published`
+    the DetectionLists produced. Overruns: frames over any budget, the current and longest run
+    of consecutive ones, and per stage in `overruns_by_stage`.
+    """
+
+    received: int = 0
+    decode_errors: int = 0
+    not_inputs: int = 0
+    bad_rigs: int = 0
+    clock_jumps: int = 0
+    bundles: int = 0
+    skipped_bundles: int = 0
+    step_errors: int = 0
+    published: int = 0
+    budget_overruns: int = 0
+    consecutive_overruns: int = 0
+    longest_overrun_run: int = 0
+    overruns_by_stage: dict[str, int] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, int]:
+        """The integer counters by name (everything but the per-stage map)."""
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int)}
+
+
+@dataclass(frozen=True)
+class ReadyBundle:
+    """A bundle ready for processing, and when it became ready (`ready_ns`, on the receive
+    clock: host wall time live, recorded time offline)."""
+
+    bundle: SyncedBundle
+    ready_ns: int
+
+
+class NodeCore:
+    """The node without sockets or threads (see the module docstring).
+
+    Thread safety: the receive side (`on_frames`, `on_message`, `poll`, `flush`) and the
+    processing side (`on_bundles`, `record_publish`) may run on two threads; `diagnostics` on
+    either. The pipeline runs outside the core's lock.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        pipeline: Pipeline,
+        default_rig: Rig | None = None,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.counters = NodeCounters()
+        self.bundler = Bundler.from_config(
+            config.inputs.camera_topics, config.sync, default_rig=default_rig
+        )
+        #: Sensor clocks against the host clock, per stream (offset, drift, jumps).
+        self.clocks = ClockMonitor()
+        #: The real-time settings in force, as the process wrapping the core applied them.
+        self.realtime: RealtimeStatus | None = None
+        self._lock = threading.Lock()
+        self._bad = RateLimitedLogger(log)
+        self._limits = wire.WireLimits(max_points=config.max_points)
+        self._seq = 0
+        self._diagnostics_seq = 0
+        self._last_stamp_ns: int | None = None
+        self._last_publish_ns = 0
+        self._last_latency_ns = 0
+
+    # -- receive side ----------------------------------------------------------------------
+
+    def on_frames(self, frames: Sequence[Any], receive_ns: int) -> list[ReadyBundle]:
+        """Decode one received multipart message and file it; the bundles it made ready.
+        Undecodable messages are counted and dropped."""
+        start = time.perf_counter_ns()
+        try:
+            topic, msg = wire.decode(frames, self._limits)
+        except WireError as e:
+            with self._lock:
+                self.counters.received += 1
+                self.counters.decode_errors += 1
+            self._bad.warning(f"decode:{e.stream}", f"dropped message: {e}")
+            return self.poll(receive_ns)
+        return self.on_message(topic, msg, receive_ns, time.perf_counter_ns() - start)
+
+    def on_message(
+        self, topic: str, msg: Message, receive_ns: int, decode_ns: int = 0
+    ) -> list[ReadyBundle]:
+        """File one decoded message received at `receive_ns` on `topic`; the bundles ready
+        now (those due before it arrived first)."""
+        with self._lock:
+            self.counters.received += 1
+            ready = self._poll_locked(receive_ns - 1)
+            self._observe_clock(topic, msg, receive_ns)
+            result = self.bundler.add(msg, receive_ns, decode_ns)
+            if result.filed is Filed.BAD_RIG:
+                self.counters.bad_rigs += 1
+                self._bad.warning(f"rig:{topic}", f"dropped rig message: {result.reason}")
+            elif result.filed is Filed.NOT_AN_INPUT:
+                self.counters.not_inputs += 1
+                self._bad.warning(f"type:{topic}", f"dropped message: {result.reason}")
+            return ready + self._poll_locked(receive_ns)
+
+    def _observe_clock(self, topic: str, msg: Message, receive_ns: int) -> None:
+        header = getattr(msg, "header", None)
+        if not isinstance(header, Header):
+            return
+        # A sweep leaves the sensor once complete: its last point bounds the transport delay.
+        stamp_ns = sweep_end_ns(msg) if isinstance(msg, LidarSweep) else header.stamp_ns
+        if self.clocks.observe(topic, stamp_ns, receive_ns):
+            self.counters.clock_jumps += 1
+            self._bad.warning(f"clock:{topic}", f"{topic}: sensor clock jump detected")
+
+    def poll(self, now_ns: int) -> list[ReadyBundle]:
+        """Bundles due at `now_ns` (their timeout passed) that no message completed."""
+        with self._lock:
+            return self._poll_locked(now_ns)
+
+    def _poll_locked(self, now_ns: int) -> list[ReadyBundle]:
+        bundles = self.bundler.poll(now_ns)
+        self.counters.bundles += len(bundles)
+        return [ReadyBundle(b, now_ns) for b in bundles]
+
+    def idle_polls(self, last_ns: int, until_ns: int | None) -> list[list[ReadyBundle]]:
+        """The batches a live receiver would emit by polling every `RECEIVE_POLL_NS` after a
+        message at `last_ns` while no other message arrives before `until_ns` (None: never):
+        what offline replay needs to reproduce the live node's timeouts."""
+        out: list[list[ReadyBundle]] = []
+        with self._lock:
+            while (deadline := self.bundler.next_deadline_ns()) is not None:
+                # The first poll at or after the deadline, on the receiver's poll grid.
+                steps = max(1, -(-(deadline - last_ns) // RECEIVE_POLL_NS))
+                poll_ns = last_ns + steps * RECEIVE_POLL_NS
+                if until_ns is not None and poll_ns >= until_ns:
+                    break
+                batch = self._poll_locked(poll_ns)
+                if batch:
+                    out.append(batch)
+                last_ns = poll_ns
+        return out
+
+    def flush(self, last_ns: int) -> list[list[ReadyBundle]]:
+        """End of input after a message at `last_ns`: the batches the live node would still
+        emit at its timeouts, then whatever a policy without timeouts holds (offline replay)."""
+        out = self.idle_polls(last_ns, None)
+        with self._lock:
+            rest = self.bundler.flush()
+            self.counters.bundles += len(rest)
+        if rest:
+            out.append([ReadyBundle(b, out[-1][-1].ready_ns if out else last_ns) for b in rest])
+        return out
+
+    # -- processing side -------------------------------------------------------------------
+
+    def on_bundles(
+        self, ready: Sequence[ReadyBundle], *, queue_wait_ns: int = 0
+    ) -> DetectionList | None:
+        """Process the newest of `ready` (the others are counted as skipped) unless an output
+        with the same or a newer sweep stamp was already produced; its DetectionList, or None.
+        `queue_wait_ns`: how long the bundles waited for the processing thread."""
+        if not ready:
+            return None
+        start_ns = time.perf_counter_ns()
+        chosen = max(ready, key=lambda r: r.bundle.lidar.header.stamp_ns)
+        stamp_ns = chosen.bundle.lidar.header.stamp_ns
+        with self._lock:
+            # A bundle completed late (at its timeout, degraded) after a newer one was produced
+            # must not make the output go back in time.
+            if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
+                self.counters.skipped_bundles += len(ready)
+                return None
+            self.counters.skipped_bundles += len(ready) - 1
+            self._last_stamp_ns = stamp_ns
+            seq = self._seq
+        try:
+            detections = self.pipeline.step(chosen.bundle, seq)
+        except Exception as e:  # one bad bundle must not stop the node
+            with self._lock:
+                self.counters.step_errors += 1
+            sweep = chosen.bundle.lidar.header
+            self._bad.warning("step", f"dropped sweep {sweep.stream} {sweep.seq}: {e!r}")
+            return None
+        with self._lock:
+            self._seq += 1
+            timings = {
+                **detections.timings_ns,
+                "queue_wait": queue_wait_ns,
+                "publish": self._last_publish_ns,
+            }
+            processing_ns = time.perf_counter_ns() - start_ns
+            latency_ns = self._latency_ns(chosen, queue_wait_ns + processing_ns)
+            budget_ok = self._check_budgets(timings, latency_ns)
+            self._last_latency_ns = latency_ns
+            self.counters.published += 1
+        return replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
+
+    def record_publish(self, duration_ns: int) -> None:
+        """How long the last output took to publish (or write); the next output carries it."""
+        with self._lock:
+            self._last_publish_ns = int(duration_ns)
+
+    def _latency_ns(self, ready: ReadyBundle, waited_ns: int) -> int:
+        """Sensor stamp (on the host clock) to now; see the module docstring."""
+        bundle = ready.bundle
+        stamp_ns: int = bundle.lidar.header.stamp_ns
+        host_stamp_ns = None
+        if self.config.budgets.apply_clock_offset:
+            host_stamp_ns = self.clocks.to_host_ns(
+                self.config.inputs.lidar_topic, stamp_ns, min_samples=CLOCK_MIN_SWEEPS
+            )
+        if host_stamp_ns is None:
+            host_stamp_ns = stamp_ns
+        receive_ns = ready.ready_ns - bundle.sync_wait_ns
+        return int(receive_ns - host_stamp_ns + bundle.sync_wait_ns + waited_ns)
+
+    def _check_budgets(self, timings: dict[str, int], latency_ns: int) -> bool:
+        """Counts this frame's overruns; True when every budget held."""
+        budgets = self.config.budgets
+        over = [
+            stage
+            for stage, limit_ms in budgets.stages_ms.items()
+            if timings.get(stage, 0) > limit_ms * 1e6
+        ]
+        if latency_ns > budgets.end_to_end_ms * 1e6:
+            over.append("end_to_end")
+        counters = self.counters
+        for stage in over:
+            counters.overruns_by_stage[stage] = counters.overruns_by_stage.get(stage, 0) + 1
+        if over:
+            counters.budget_overruns += 1
+            counters.consecutive_overruns += 1
+            counters.longest_overrun_run = max(
+                counters.longest_overrun_run, counters.consecutive_overruns
+            )
+        else:
+            counters.consecutive_overruns = 0
+        return not over
+
+    # -- diagnostics -----------------------------------------------------------------------
+
+    def diagnostics(self, stamp_ns: int) -> Diagnostics:
+        """The node's state at `stamp_ns` (host wall time live, recorded time offline)."""
+        with self._lock:
+            stats = self.bundler.stats
+            sync = {k: v for k, v in asdict(stats).items() if isinstance(v, int)}
+            seq = self._diagnostics_seq
+            self._diagnostics_seq += 1
+            return Diagnostics(
+                header=Header(self.config.outputs.diagnostics_topic, seq, stamp_ns, ""),
+                counters=self.counters.scalars(),
+                overruns_by_stage=dict(self.counters.overruns_by_stage),
+                sync=sync,
+                missing_by_stream=dict(stats.per_stream_missing),
+                late_by_stream=dict(stats.per_stream_late),
+                clocks=tuple(self.clocks.diagnostics().values()),
+                budgets_ms={
+                    "end_to_end": self.config.budgets.end_to_end_ms,
+                    **self.config.budgets.stages_ms,
+                },
+                last_publish_ns=self._last_publish_ns,
+                last_latency_ns=self._last_latency_ns,
+                engines=self.pipeline.describe_engines(),
+                notes=self.pipeline.notes,
+                realtime=self.realtime,
+            )
