@@ -1,5 +1,6 @@
 """Shared fixtures: the real data corpus (PERCEPTION_DATA, default ../shared/data), KITTI
-object frames and the trained detector's reference boxes."""
+object frames, the trained detector's reference boxes, and synthetic drives (generated once per
+session)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,24 @@ def kitti_frame(kitti_dir: Path) -> Callable[[str], KittiFrame]:
         return cache[frame_id]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def synth_drive(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, float], Path]:
+    """`synth_drive(seed, seconds)`: the path of the synthetic drive of that seed and length,
+    with its ground truth beside it, generated once per test session. Tests must not modify
+    these files (copy them when they need a drive of their own)."""
+    from replay.synth.world import generate_drive
+
+    root = tmp_path_factory.mktemp("synth-drives")
+    drives: dict[tuple[int, float], Path] = {}
+
+    def get(seed: int, seconds: float) -> Path:
+        key = (seed, seconds)
+        if key not in drives:
+            path = root / f"seed{seed}_{seconds:g}s.mcap"
+            generate_drive(path, seed=seed, seconds=seconds)
+            drives[key] = path
+        return drives[key]
+
+    return get

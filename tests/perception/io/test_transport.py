@@ -121,8 +121,8 @@ def test_max_message_size_drops_oversize(tcp_publisher: Publisher) -> None:
         frames = send_until_received(pub, sub, small)
         _, out = wire.decode(frames)
         assert isinstance(out, LidarSweep) and out.points.shape == (4, 4)
-        while (frames := sub.recv(timeout_ms=50)) is not None:
-            _, out = wire.decode(frames)
+        while (more := sub.recv(timeout_ms=50)) is not None:
+            _, out = wire.decode(more)
             assert isinstance(out, LidarSweep) and out.points.shape == (4, 4)
 
 

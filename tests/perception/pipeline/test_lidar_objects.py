@@ -152,7 +152,7 @@ def _on_box(det: Detection3D, box: ReferenceBox, margin: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory: pytest.TempPathFactory):
+def synthetic_run(synth_drive):
     from engines.camera.detector import CameraDetector
     from perception.pipeline import Pipeline
     from replay.drive import DriveReader
@@ -161,13 +161,11 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory):
     from replay.synth.world import (
         CAMERA_OFFSET_NS,
         CAMERA_STREAM,
-        generate_drive,
         ground_truth_path,
         read_ground_truth,
     )
 
-    drive = tmp_path_factory.mktemp("synth") / "drive.mcap"
-    generate_drive(drive, seed=3, seconds=3.0)
+    drive = synth_drive(3, 3.0)
     reader = DriveReader(drive)
     pipeline = Pipeline(CameraDetector(SYNTH_DETECTOR_PATH, kind="yolox", score_threshold=0.15))
     sync = SyncConfig(

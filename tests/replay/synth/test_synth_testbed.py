@@ -58,7 +58,6 @@ from replay.synth.world import (
     GNSS_STREAM,
     LIDAR_STREAM,
     GroundTruthFrame,
-    generate_drive,
     ground_truth_path,
     lidar_sweep,
     make_world,
@@ -99,15 +98,14 @@ class Drive:
 
 
 @pytest.fixture(scope="module")
-def drive(tmp_path_factory: pytest.TempPathFactory) -> Drive:
-    path = tmp_path_factory.mktemp("synth") / "drive.mcap"
-    stats = generate_drive(path, seed=SEED, seconds=SECONDS)
+def drive(synth_drive) -> Drive:
+    path = synth_drive(SEED, SECONDS)
     reader = DriveReader(path)
     assert reader.rig is not None
     with ground_truth_path(path).open(encoding="utf-8") as f:
         truth = tuple(json.loads(line) for line in f)
-    frames = tuple(read_ground_truth(stats.ground_truth))
-    assert len(frames) == stats.sweeps == len(truth) >= 20
+    frames = tuple(read_ground_truth(ground_truth_path(path)))
+    assert len(frames) == len(truth) == round(SECONDS * 10)
     return Drive(path, tuple(reader.messages()), reader.rig, frames, truth)
 
 
