@@ -30,12 +30,19 @@ class InputConfig:
     """Where the sensors publish and under which topics (ZeroMQ SUB side: connect)."""
 
     endpoints: tuple[str, ...] = ("ipc:///tmp/perception-node/sensors",)
+    """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://)."""
     lidar_topic: str = "lidar/top"
+    """Topic of the lidar sweeps: the reference of every bundle."""
     camera_topics: tuple[str, ...] = ("camera/front",)
+    """Topics of the cameras, one per camera (`camera/<rig camera name>`)."""
     gnss_topic: str = "gnss"
+    """Topic of the GNSS fixes (ego pose, deskew, global positions)."""
     rig_topic: str = "rig"
+    """Topic of rig messages: a calibration in force from its stamp on."""
     high_water_mark: int = 10
+    """Messages ZeroMQ queues per topic before it drops the newest."""
     max_message_bytes: int = 64 * 1024 * 1024
+    """Largest message accepted; a larger one is dropped by ZeroMQ before it is read."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,13 @@ class OutputConfig:
     """Where detections and diagnostics are published (ZeroMQ PUB side: bind)."""
 
     endpoint: str = "ipc:///tmp/perception-node/detections"
+    """ZeroMQ endpoint the node binds and publishes on."""
     detections_topic: str = "detections"
+    """Topic of the DetectionLists, one per processed sweep."""
     diagnostics_topic: str = "diagnostics"
+    """Topic of the Diagnostics messages (1 Hz)."""
     high_water_mark: int = 100
+    """Messages ZeroMQ queues per subscriber before it drops."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +65,17 @@ class CameraModelConfig:
     ~/.cache/perception-node/models on first use), and its decoding."""
 
     path: str = "yolox_nano_coco_416"
+    """An ONNX file (relative to the config file) or a registered model name."""
     kind: str = "auto"
+    """Output decoding: `yolox`, `yolo_fastestv2`, or `auto` (from the registry or the graph)."""
     score_threshold: float = 0.3
+    """2D boxes scoring below this are dropped before fusion."""
     nms_iou: float = 0.45
-    num_threads: int = 0  # 0: let ONNX Runtime choose
-    # Cameras per engine call; > 1 runs a batch-N copy of the model (engines.camera.batching).
+    """IoU above which class-wise NMS suppresses the lower-scoring 2D box."""
+    num_threads: int = 0
+    """Intra-op threads of the camera encoder on the CPU; 0 lets ONNX Runtime choose."""
     batch: int = 1
+    """Cameras per engine call; above 1, a batch-N copy of the model runs."""
 
 
 @dataclass(frozen=True)
@@ -86,14 +102,24 @@ class SyncConfig:
     """
 
     window_ms: float = 50.0
+    """A camera frame matches within this of its expected time (default for every camera)."""
     timeout_ms: float = 300.0
+    """A bundle waits at most this (host time after its sweep arrived), then goes out degraded."""
     gnss_window_ms: float = 500.0
+    """The nearest GNSS fix within this of the sweep stamp joins its bundle."""
     queue_size: int = 20
-    policy: str = "collector"  # or "approximate_time" (ROS 2 message_filters semantics)
-    age_penalty: float = 0.1  # approximate_time only, as message_filters
-    max_interval_ms: float | None = None  # approximate_time only: widest set allowed
+    """Messages buffered per stream (pending sweeps, unmatched frames)."""
+    policy: str = "collector"
+    """`collector` (keyed by the sweep, with a timeout) or `approximate_time` (ROS 2
+    message_filters ApproximateTime)."""
+    age_penalty: float = 0.1
+    """approximate_time only: message_filters' age penalty."""
+    max_interval_ms: float | None = None
+    """approximate_time only: the widest set allowed (null: unbounded)."""
     camera_offsets_ms: dict[str, float] = field(default_factory=dict)
+    """Per camera topic: when its frame is expected after the sweep stamp (default 0)."""
     camera_windows_ms: dict[str, float] = field(default_factory=dict)
+    """Per camera topic: its matching window (default `window_ms`)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +132,9 @@ class BudgetConfig:
     """
 
     end_to_end_ms: float = 100.0
+    """Sensor stamp to publish; an overrun clears `budget_ok` and is counted."""
     apply_clock_offset: bool = True
+    """Move the sweep stamp onto the host clock with the lidar clock's estimated offset."""
     stages_ms: dict[str, float] = field(
         default_factory=lambda: {
             "preprocess": 10.0,
@@ -116,6 +144,7 @@ class BudgetConfig:
             "postprocess": 5.0,
         }
     )
+    """Per stage (a DetectionList timing name): its budget."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +154,13 @@ class RealtimeConfig:
     scheduling); `gc_hold`: hold garbage collection during a frame (see the module docstring)."""
 
     cpu_affinity: tuple[int, ...] = ()
+    """CPUs the process may run on (empty: all)."""
     nice: int | None = None
+    """A niceness to set, -20 (highest priority) to 19 (null: leave it)."""
     fifo_priority: int | None = None
+    """SCHED_FIFO priority 1-99 (null: normal scheduling)."""
     gc_hold: bool = True
+    """Hold Python's garbage collection while a frame is processed."""
 
 
 @dataclass(frozen=True)
@@ -137,14 +170,24 @@ class NodeConfig:
     None: the rig comes over the rig topic only."""
 
     inputs: InputConfig = InputConfig()
+    """Where the sensors publish."""
     outputs: OutputConfig = OutputConfig()
+    """Where the node publishes."""
     camera_model: CameraModelConfig = CameraModelConfig()
+    """The camera encoder's model."""
     engines: EngineConfig = EngineConfig()
+    """Where the engines run."""
     sync: SyncConfig = SyncConfig()
+    """Time synchronisation."""
     budgets: BudgetConfig = BudgetConfig()
+    """Latency budgets."""
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    """Real-time settings of the process."""
     max_points: int = 300_000
+    """Points in one sweep above which the sweep is dropped as malformed."""
     rig: str | None = None
+    """The vehicle's rig file (any format calibration reads), relative to the config file;
+    null: the rig comes over the rig topic only."""
 
 
 T = TypeVar("T")
