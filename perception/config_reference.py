@@ -53,7 +53,7 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _type_name(hint: Any) -> str:
     origin = getattr(hint, "__origin__", None)
-    args = getattr(hint, "__args__", ())
+    args: tuple[Any, ...] = tuple(getattr(hint, "__args__", ()))
     if isinstance(hint, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return " or ".join(_type_name(a) for a in inner) + " or null"
