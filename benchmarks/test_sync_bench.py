@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 
+from calibration import Rig
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
-from perception.sync import ApproximateTimePolicy, CollectorSync
+from perception.sync import ApproximateTimePolicy, Bundler, CollectorPolicy
 
 MS = 1_000_000
 CAMERAS = tuple(f"camera/{i}" for i in range(6))
@@ -38,13 +39,16 @@ def _messages() -> list[tuple[int, CameraFrame | LidarSweep | GnssFix]]:
 
 
 MESSAGES = _messages()
+# The bundler only passes the rig through: an empty one stands for any.
+RIG = Rig()
 
 
 def _run_collector() -> int:
-    sync = CollectorSync(
-        CAMERAS, window_ns=20 * MS, timeout_ns=150 * MS, default_rig=object(),
+    policy = CollectorPolicy(
+        CAMERAS, window_ns=20 * MS, timeout_ns=150 * MS, queue_size=20,
         offsets_ns=dict.fromkeys(CAMERAS, 50 * MS),
     )  # fmt: skip
+    sync = Bundler(CAMERAS, policy, gnss_window_ns=500 * MS, queue_size=20, default_rig=RIG)
     n = 0
     for receive, msg in MESSAGES:
         sync.add(msg, receive_ns=receive)

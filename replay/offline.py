@@ -14,7 +14,7 @@ from typing import Any
 from perception.config import SyncConfig
 from perception.msgs.types import DetectionList, Message
 from perception.pipeline import Pipeline
-from perception.sync import NearestSync
+from perception.sync import Bundler
 from replay.drive import RecordedMessage
 
 __all__ = ["run_offline", "run_recorded"]
@@ -71,16 +71,17 @@ def _run(
     sync_config: SyncConfig | None,
     default_rig: Any,
 ) -> Iterator[DetectionList]:
-    sync = NearestSync.from_config(camera_streams, sync_config or SyncConfig(), default_rig)
+    sync = Bundler.from_config(camera_streams, sync_config or SyncConfig(), default_rig)
     seq = 0
     last_ns = 0
     for msg, receive_ns in pairs:
         last_ns = max(last_ns, receive_ns)
+        # A message the bundler rejects is dropped and counted (sync.stats), as in the node.
         sync.add(msg, receive_ns=receive_ns)
         for bundle in sync.poll(last_ns):
             yield _finish(pipeline.step(bundle, seq))
             seq += 1
-    for bundle in sync.poll(last_ns + sync.timeout_ns):
+    for bundle in sync.flush():
         yield _finish(pipeline.step(bundle, seq))
         seq += 1
 

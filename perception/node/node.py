@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import zmq
 
-from calibration import CalibrationError, Rig
+from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import WireError
 from perception.io.transport import Publisher, Subscriber
@@ -49,7 +49,7 @@ from perception.msgs.types import DetectionList, LidarSweep, SyncedBundle, sweep
 from perception.node.realtime import RealtimeStatus, apply_realtime, gc_held
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
-from perception.sync import NearestSync
+from perception.sync import Bundler, Filed
 from perception.sync.clock import ClockMonitor
 
 __all__ = ["Node", "NodeCounters"]
@@ -87,7 +87,7 @@ class Node:
         self.config = config
         self.pipeline = pipeline
         self.counters = NodeCounters()
-        self.sync = NearestSync.from_config(
+        self.sync = Bundler.from_config(
             config.inputs.camera_topics, config.sync, default_rig=default_rig
         )
         self.ready = threading.Event()
@@ -189,16 +189,13 @@ class Node:
             if self.clocks.observe(topic, clock_stamp_ns, receive_ns):
                 self.clock_jumps += 1
                 self._bad.warning(f"clock:{topic}", f"{topic}: sensor clock jump detected")
-            try:
-                self.sync.add(msg, receive_ns, decode_ns)
-            except CalibrationError as e:
+            result = self.sync.add(msg, receive_ns, decode_ns)
+            if result.filed is Filed.BAD_RIG:
                 self.counters.bad_rigs += 1
-                self._bad.warning(f"rig:{topic}", f"dropped rig message: {e}")
-                return
-            except TypeError as e:
+                self._bad.warning(f"rig:{topic}", f"dropped rig message: {result.reason}")
+            elif result.filed is Filed.NOT_AN_INPUT:
                 self.counters.decode_errors += 1
-                self._bad.warning(f"type:{topic}", f"dropped message on {topic}: {e}")
-                return
+                self._bad.warning(f"type:{topic}", f"dropped message on {topic}: {result.reason}")
 
     # -- worker thread ---------------------------------------------------------------------
     def _work_loop(self, stop: threading.Event, publisher: Publisher) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calibration import Rig
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
-from perception.sync import CollectorSync
+from perception.sync import Bundler, CollectorPolicy, Filed
 
 MS = 1_000_000
 DRIVE = (
@@ -24,6 +25,8 @@ DRIVE = (
 )
 CAMERAS = ("image_00", "image_01", "image_02", "image_03")
 OFFSETS_NS = {"image_00": 68 * MS, "image_01": 68 * MS, "image_02": 62 * MS, "image_03": 62 * MS}
+
+TIMEOUT_NS = 100 * MS
 
 pytestmark = pytest.mark.skipif(not DRIVE.is_dir(), reason="KITTI raw timestamps not present")
 
@@ -53,19 +56,16 @@ def test_every_kitti_sweep_gets_four_cameras_and_a_fix() -> None:
         events.append((t + 5 * MS, fix))
     events.sort(key=lambda e: e[0])
 
-    sync = CollectorSync(
-        CAMERAS,
-        window_ns=10 * MS,
-        timeout_ns=100 * MS,
-        gnss_window_ns=80 * MS,
-        default_rig=object(),
-        offsets_ns=OFFSETS_NS,
+    policy = CollectorPolicy(
+        CAMERAS, window_ns=10 * MS, timeout_ns=TIMEOUT_NS, queue_size=20, offsets_ns=OFFSETS_NS
     )
+    # The bundler only passes the rig through: an empty one stands for KITTI's.
+    sync = Bundler(CAMERAS, policy, gnss_window_ns=80 * MS, queue_size=20, default_rig=Rig())
     bundles = []
     for receive, msg in events:
-        sync.add(msg, receive_ns=receive)
+        assert sync.add(msg, receive_ns=receive).filed is Filed.ACCEPTED
         bundles += sync.poll(receive)
-    bundles += sync.poll(events[-1][0] + sync.timeout_ns)
+    bundles += sync.flush()
 
     assert len(bundles) == 108
     assert [b.lidar.header.seq for b in bundles] == list(range(108))
@@ -82,5 +82,5 @@ def test_every_kitti_sweep_gets_four_cameras_and_a_fix() -> None:
         assert np.all(np.abs(skews[cam] - OFFSETS_NS[cam] / MS) < 3.0)
     assert np.all(np.abs(skews["oxts"]) <= 80.0)
     # Complete bundles go out when the last member arrives, never at the timeout.
-    assert max(b.sync_wait_ns for b in bundles) < sync.timeout_ns
+    assert max(b.sync_wait_ns for b in bundles) < TIMEOUT_NS
     assert sync.stats.late_messages == 0 and sync.stats.degraded_bundles == 0
