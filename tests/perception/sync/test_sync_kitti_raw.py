@@ -1,5 +1,5 @@
 """The collector on the real timestamps of KITTI raw drive 2011_09_26_0001: 108 velodyne
-sweeps, four cameras, OXTS (../shared/data/kitti_raw, README section 3).
+sweeps, four cameras, OXTS (kitti_raw in the data corpus, README section 3).
 
 KITTI triggers the cameras when the spinning lidar faces forward, about half a sweep after the
 sweep start (the lidar stamp here), plus a fixed per-camera delay: the offsets below. Arrival
@@ -19,39 +19,42 @@ from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from perception.sync import Bundler, CollectorPolicy, Filed
 
 MS = 1_000_000
-DRIVE = (
-    Path(__file__).resolve().parents[4]
-    / "shared/data/kitti_raw/2011_09_26/2011_09_26_drive_0001_sync"
-)
+DRIVE = "kitti_raw/2011_09_26/2011_09_26_drive_0001_sync"
 CAMERAS = ("image_00", "image_01", "image_02", "image_03")
 OFFSETS_NS = {"image_00": 68 * MS, "image_01": 68 * MS, "image_02": 62 * MS, "image_03": 62 * MS}
 
 TIMEOUT_NS = 100 * MS
 
-pytestmark = pytest.mark.skipif(not DRIVE.is_dir(), reason="KITTI raw timestamps not present")
+
+@pytest.fixture(scope="module")
+def drive(data_dir: Path) -> Path:
+    path = data_dir / DRIVE
+    if not path.is_dir():
+        pytest.skip(f"KITTI raw timestamps not present ({path})")
+    return path
 
 
-def _stamps(name: str) -> list[int]:
+def _stamps(drive: Path, name: str) -> list[int]:
     out = []
-    for line in (DRIVE / name).read_text().splitlines():
+    for line in (drive / name).read_text().splitlines():
         whole, frac = line.strip().split(".")
         base = datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
         out.append(int(base.timestamp()) * 10**9 + int(frac.ljust(9, "0")))
     return out
 
 
-def test_every_kitti_sweep_gets_four_cameras_and_a_fix() -> None:
-    starts = _stamps("velodyne_points/timestamps_start.txt")
-    ends = _stamps("velodyne_points/timestamps_end.txt")
+def test_every_kitti_sweep_gets_four_cameras_and_a_fix(drive: Path) -> None:
+    starts = _stamps(drive, "velodyne_points/timestamps_start.txt")
+    ends = _stamps(drive, "velodyne_points/timestamps_end.txt")
     events: list[tuple[int, CameraFrame | LidarSweep | GnssFix]] = []
     points = np.zeros((1, 4), np.float32)
     for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
         events.append((end + 5 * MS, LidarSweep(Header("velodyne", i, start, "velo"), points)))
     image = np.zeros((1, 1, 3), np.uint8)
     for cam in CAMERAS:
-        for i, t in enumerate(_stamps(f"{cam}/timestamps.txt")):
+        for i, t in enumerate(_stamps(drive, f"{cam}/timestamps.txt")):
             events.append((t + 30 * MS, CameraFrame(Header(cam, i, t, cam), image=image)))
-    for i, t in enumerate(_stamps("oxts/timestamps.txt")):
+    for i, t in enumerate(_stamps(drive, "oxts/timestamps.txt")):
         fix = GnssFix(Header("oxts", i, t, "imu"), 49.015, 8.434, 116.4)
         events.append((t + 5 * MS, fix))
     events.sort(key=lambda e: e[0])
