@@ -89,13 +89,17 @@ def _fix_problem(fix: GnssFix) -> str:
     """What makes a fix unusable for the ego poses ("" if nothing): the decoder rejects such
     fixes, but a fix built in-process is not decoded, and one NaN would poison every pose
     interpolated from it."""
-    position = (fix.latitude_deg, fix.longitude_deg, fix.altitude_m)
-    if not all(math.isfinite(v) for v in position) or abs(fix.latitude_deg) > 90.0:
-        return f"fix {fix.header.seq}: invalid (lat, lon, alt) {position}"
-    if fix.heading_rad is not None and not math.isfinite(fix.heading_rad):
-        return f"fix {fix.header.seq}: non-finite heading {fix.heading_rad}"
-    if fix.velocity_enu_mps is not None and not all(math.isfinite(v) for v in fix.velocity_enu_mps):
-        return f"fix {fix.header.seq}: non-finite velocity {fix.velocity_enu_mps}"
+    isfinite = math.isfinite
+    lat, lon, alt = fix.latitude_deg, fix.longitude_deg, fix.altitude_m
+    if not (isfinite(lat) and isfinite(lon) and isfinite(alt) and -90.0 <= lat <= 90.0):
+        return f"fix {fix.header.seq}: invalid (lat, lon, alt) {(lat, lon, alt)}"
+    heading, velocity = fix.heading_rad, fix.velocity_enu_mps
+    if heading is not None and not isfinite(heading):
+        return f"fix {fix.header.seq}: non-finite heading {heading}"
+    if velocity is not None and not (
+        isfinite(velocity[0]) and isfinite(velocity[1]) and isfinite(velocity[2])
+    ):
+        return f"fix {fix.header.seq}: non-finite velocity {velocity}"
     return ""
 
 
