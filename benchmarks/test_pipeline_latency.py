@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from perception.config import CameraModelConfig
+from perception.config import CameraModelConfig, SyncConfig
 from perception.msgs.types import CameraFrame
 from perception.pipeline import Pipeline
-from perception.sync import NearestSync
+from perception.sync import Bundler
 from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
 
 
 @pytest.fixture(scope="module")
 def frame_bundle(kitti_dir: Path):
     folder = KittiObjectFolder(kitti_dir)
-    sync = NearestSync((CAMERA_STREAM,), window_ns=50_000_000, timeout_ns=300_000_000)
+    sync = Bundler.from_config((CAMERA_STREAM,), SyncConfig(window_ms=50.0, timeout_ms=300.0))
     index = [f.frame_id for f in folder.frames].index("000003")
     for msg in folder.frame_messages(index, 0):
         sync.add(msg, receive_ns=0)

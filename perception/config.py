@@ -92,7 +92,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    """Collector pairing around each lidar sweep (see perception.sync.CollectorSync).
+    """Pairing around each lidar sweep (perception.sync: the Bundler and its policies).
 
     Camera `c` is expected at the sweep stamp + `camera_offsets_ms[c]` (default 0) and matches
     within `camera_windows_ms[c]` (default `window_ms`) of that time. A bundle waits at most

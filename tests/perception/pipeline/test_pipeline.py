@@ -7,10 +7,10 @@ import numpy as np
 import pymap3d
 import pytest
 
-from perception.config import CameraModelConfig
+from perception.config import CameraModelConfig, SyncConfig
 from perception.msgs.types import GnssFix, Header
 from perception.pipeline import Pipeline, PipelineConfig
-from perception.sync import NearestSync
+from perception.sync import Bundler
 from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
 
 
@@ -20,7 +20,7 @@ def pipeline(yolox_path: Path) -> Pipeline:
 
 
 def _bundle(kitti_dir: Path, fix: GnssFix | None):
-    sync = NearestSync((CAMERA_STREAM,), window_ns=50_000_000, timeout_ns=300_000_000)
+    sync = Bundler.from_config((CAMERA_STREAM,), SyncConfig(window_ms=50.0, timeout_ms=300.0))
     if fix is not None:
         sync.add(fix, receive_ns=0)
     for msg in KittiObjectFolder(kitti_dir).frame_messages(0, 0):
@@ -61,7 +61,7 @@ def test_sweep_is_deskewed_with_gnss_motion(pipeline: Pipeline, kitti_dir: Path)
     from perception.msgs.types import LidarSweep
 
     origin = LocalTangentPlane(49.0, 8.4, 100.0)
-    sync = NearestSync((CAMERA_STREAM,), window_ns=50_000_000, timeout_ns=300_000_000)
+    sync = Bundler.from_config((CAMERA_STREAM,), SyncConfig(window_ms=50.0, timeout_ms=300.0))
     for k in range(-1, 3):  # 20 m/s along the vehicle x axis (heading 0 = east)
         lat, lon, alt = origin.enu_to_geodetic([20.0 * 0.1 * k, 0.0, 0.0])
         fix = GnssFix(

@@ -1,16 +1,32 @@
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
 from calibration import PinholeCamera, Rig, RigidTransform
 from perception.config import SyncConfig
-from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, RigMessage
-from perception.sync import CollectorSync, NearestSync
+from perception.errors import ConfigError
+from perception.msgs.types import (
+    CameraFrame,
+    Diagnostics,
+    GnssFix,
+    Header,
+    LidarSweep,
+    Message,
+    RigMessage,
+    SyncedBundle,
+)
+from perception.sync import (
+    AddResult,
+    ApproximateTimeAdapter,
+    ApproximateTimePolicy,
+    Bundler,
+    CollectorPolicy,
+    Filed,
+)
 
 MS = 1_000_000
+FRONT = ("camera/front",)
 
 
 def _rig(width: int = 64) -> Rig:
@@ -29,10 +45,24 @@ def _sweep(stamp: int, seq: int = 0) -> LidarSweep:
     return LidarSweep(Header("lidar/top", seq, stamp, "lidar"), np.zeros((3, 4), np.float32))
 
 
-def _sync(**kw) -> NearestSync:
-    args: dict[str, Any] = {"window_ns": 50 * MS, "timeout_ns": 300 * MS, "default_rig": _rig()}
-    args |= kw
-    return NearestSync(("camera/front",), **args)
+def _sync(
+    cameras: tuple[str, ...] = FRONT,
+    *,
+    window_ns: int = 50 * MS,
+    timeout_ns: int = 300 * MS,
+    queue_size: int = 20,
+    default_rig: Rig | None = None,
+    offsets_ns: dict[str, int] | None = None,
+) -> Bundler:
+    policy = CollectorPolicy(
+        cameras,
+        window_ns=window_ns,
+        timeout_ns=timeout_ns,
+        queue_size=queue_size,
+        offsets_ns=offsets_ns,
+    )
+    rig = _rig() if default_rig is None else default_rig
+    return Bundler(cameras, policy, gnss_window_ns=500 * MS, queue_size=queue_size, default_rig=rig)
 
 
 def test_nearest_camera_within_window_is_paired() -> None:
@@ -68,8 +98,8 @@ def test_timeout_emits_degraded_bundle() -> None:
 
 
 def test_rig_in_force_at_the_sweep_time() -> None:
-    s = _sync(default_rig=None)
-    s.add(_sweep(50 * MS), receive_ns=0)
+    s = Bundler.from_config(FRONT, SyncConfig())
+    assert s.add(_sweep(50 * MS), receive_ns=0) == AddResult(Filed.ACCEPTED)
     assert s.poll(10**12) == []
     assert s.stats.dropped_sweeps_no_rig == 1
     s.add(RigMessage(Header("rig", 0, 100 * MS, "vehicle"), _rig(64).to_dict()), receive_ns=0)
@@ -85,31 +115,49 @@ def test_rig_in_force_at_the_sweep_time() -> None:
 def test_gnss_nearest_fix_attached() -> None:
     s = _sync()
     for t in (0, 100, 200):
-        s.add(GnssFix(Header("gnss", t, t * MS, "gnss"), 49.0, 8.4, 100.0), receive_ns=0)
+        fix = GnssFix(Header("gnss", t, t * MS, "gnss"), 49.0, 8.4, 100.0)
+        assert s.add(fix, receive_ns=0).filed is Filed.ACCEPTED
     s.add(_cam(140 * MS), receive_ns=0)
     s.add(_sweep(140 * MS), receive_ns=0)
     (b,) = s.poll(0)
     assert b.gnss is not None and b.gnss.header.stamp_ns == 100 * MS
     assert b.skews_ns["gnss"] == -40 * MS
+    assert b.ego_pose is not None and b.ego_pose.stamp_ns == 140 * MS
 
 
 def test_queues_are_bounded() -> None:
     s = _sync(queue_size=3)
     for i in range(10):
-        s.add(_cam(i * 1000 * MS), receive_ns=0)
+        assert s.add(_cam(i * 1000 * MS), receive_ns=0).filed is Filed.ACCEPTED
     assert s.stats.dropped_cameras_queue_full == 7
-    with pytest.raises(TypeError):
-        s.add(object(), receive_ns=0)  # type: ignore[arg-type]
+    for i in range(5):
+        s.add(_sweep(i * 1000 * MS + 500 * MS, i), receive_ns=0)
+    assert s.stats.dropped_sweeps_queue_full == 2
 
 
-def test_nearest_sync_is_the_collector_and_config_builds_it() -> None:
-    assert NearestSync is CollectorSync
+def test_config_builds_the_policy_it_names() -> None:
     cfg = SyncConfig(camera_offsets_ms={"camera/front": 60.0}, camera_windows_ms={"x": 5.0})
-    s = CollectorSync.from_config(("camera/front",), cfg)
-    assert s.offsets_ns == {"camera/front": 60 * MS}
-    assert s.windows_ns == {"camera/front": 50 * MS}
-    with pytest.raises(ValueError):
-        CollectorSync.from_config(("camera/front",), SyncConfig(policy="nope"))
+    s = Bundler.from_config(FRONT, cfg)
+    assert isinstance(s.policy, CollectorPolicy)
+    assert s.policy.offsets_ns == {"camera/front": 60 * MS}
+    assert s.policy.windows_ns == {"camera/front": 50 * MS}
+    assert s.policy.timeout_ns == 300 * MS
+    at = Bundler.from_config(FRONT, SyncConfig(policy="approximate_time"))
+    assert isinstance(at.policy, ApproximateTimeAdapter)
+    with pytest.raises(ConfigError, match=r"sync\.policy: unknown policy 'nope' \(use 'collector'"):
+        Bundler.from_config(FRONT, SyncConfig(policy="nope"))
+
+
+def test_invalid_construction_is_refused() -> None:
+    policy = CollectorPolicy(FRONT, window_ns=MS, timeout_ns=MS, queue_size=1)
+    with pytest.raises(ValueError, match="differ from the policy's"):
+        Bundler(("camera/rear",), policy, gnss_window_ns=0, queue_size=1)
+    with pytest.raises(ValueError, match="queue_size"):
+        Bundler(FRONT, policy, gnss_window_ns=0, queue_size=0)
+    with pytest.raises(ValueError, match="must be > 0"):
+        CollectorPolicy(FRONT, window_ns=0, timeout_ns=MS, queue_size=1)
+    with pytest.raises(ValueError, match="camera windows"):
+        CollectorPolicy(FRONT, window_ns=MS, timeout_ns=MS, queue_size=1, windows_ns={FRONT[0]: 0})
 
 
 def test_offset_camera_matched_at_its_expected_time() -> None:
@@ -128,15 +176,52 @@ def test_late_member_dropped_and_counted() -> None:
     s.add(_sweep(100 * MS), receive_ns=0)
     (b,) = s.poll(300 * MS)
     assert b.missing == ("camera/front",)
-    s.add(_cam(110 * MS), receive_ns=310 * MS)
+    assert s.add(_cam(110 * MS), receive_ns=310 * MS) == AddResult(Filed.LATE)
     assert s.stats.late_messages == 1 and s.stats.per_stream_late == {"camera/front": 1}
-    s.add(_sweep(100 * MS), receive_ns=320 * MS)  # the same sweep again
+    # The same sweep again: its stamp was emitted already.
+    assert s.add(_sweep(100 * MS), receive_ns=320 * MS) == AddResult(Filed.DUPLICATE)
     assert s.stats.duplicate_messages == 1 and s.poll(10**12) == []
+
+
+def test_add_result_for_each_outcome() -> None:
+    s = _sync()
+    assert s.add(_sweep(100 * MS), receive_ns=0) == AddResult(Filed.ACCEPTED)
+    assert s.add(_sweep(100 * MS, seq=7), receive_ns=1) == AddResult(Filed.DUPLICATE)
+    assert s.add(_cam(300 * MS), receive_ns=2).filed is Filed.ACCEPTED
+    assert s.add(_cam(300 * MS), receive_ns=3) == AddResult(Filed.DUPLICATE)
+    assert s.add(_cam(100 * MS, "camera/side"), receive_ns=4) == AddResult(Filed.UNKNOWN_STREAM)
+
+    not_input = s.add(Diagnostics(Header("diagnostics", 3, 0, "")), receive_ns=5)
+    assert not_input.filed is Filed.NOT_AN_INPUT
+    assert not_input.reason == "diagnostics: Diagnostics is not a sensor input"
+
+    doc = _rig().to_dict()
+    doc["cameras"]["front"]["width"] = -1
+    bad = s.add(RigMessage(Header("rig/main", 4, 50 * MS, "vehicle"), doc), receive_ns=6)
+    assert bad.filed is Filed.BAD_RIG
+    assert bad.reason.startswith("rig/main message 4: cameras.front")
+    assert s.add(RigMessage(Header("rig/main", 5, 0, "v"), {"nope": 1}), 7).filed is Filed.BAD_RIG
+
+    nan_fix = GnssFix(Header("gnss/main", 9, 100 * MS, "gnss"), float("nan"), 8.4, 100.0)
+    bad_fix = s.add(nan_fix, receive_ns=8)
+    assert bad_fix.filed is Filed.BAD_FIX
+    assert bad_fix.reason.startswith("gnss/main: fix 9: invalid (lat, lon, alt) (nan, 8.4")
+    spinning = GnssFix(Header("gnss/main", 10, 100 * MS, "gnss"), 49.0, 8.4, 0.0, heading_rad=1e400)
+    assert s.add(spinning, receive_ns=9).filed is Filed.BAD_FIX
+
+    (b,) = s.poll(300 * MS)  # the bad rigs and fixes changed nothing
+    assert b.rig.cameras["front"].width == 64 and b.missing == ("camera/front",)
+    assert b.gnss is None and b.ego_pose is None
+    assert s.add(_cam(120 * MS), receive_ns=10) == AddResult(Filed.LATE)
+    st = s.stats
+    assert (st.duplicate_messages, st.unknown_streams, st.not_inputs) == (2, 1, 1)
+    assert st.bad_rigs == 2 and st.bad_fixes == 2
+    assert st.late_messages == 1 and st.bundles == 1
 
 
 def test_complete_newer_bundle_not_held_by_incomplete_older_one() -> None:
     two = ("camera/front", "camera/rear")
-    s = NearestSync(two, window_ns=20 * MS, timeout_ns=300 * MS, default_rig=_rig())
+    s = _sync(two, window_ns=20 * MS)
     s.add(_sweep(200 * MS, 1), receive_ns=0)  # out of order: the newer sweep first
     s.add(_sweep(100 * MS, 0), receive_ns=0)
     s.add(_cam(100 * MS, "camera/front"), receive_ns=0)
@@ -149,13 +234,83 @@ def test_complete_newer_bundle_not_held_by_incomplete_older_one() -> None:
     assert old.lidar.header.seq == 0 and old.missing == ("camera/rear",)
 
 
-def test_node_approximate_time_policy_emits_the_policy_sets() -> None:
-    from perception.config import SyncConfig
-    from perception.sync import ApproximateTimePolicy, ApproximateTimeSync
+def _end_of_drive() -> list[tuple[int, Message]]:
+    """Arrivals that leave three sweeps pending at the end: two degraded (the second received
+    before the first, so due first), one complete that nobody polled for."""
+    two = ("camera/front", "camera/rear")
+    return [
+        (0, _sweep(0, 0)),
+        (10 * MS, _cam(0, two[0])),
+        (20 * MS, _cam(0, two[1])),
+        (100 * MS, _sweep(200 * MS, 2)),
+        (110 * MS, _cam(200 * MS, two[1])),
+        (150 * MS, _sweep(100 * MS, 1)),
+        (160 * MS, _cam(100 * MS, two[0])),
+        (170 * MS, _cam(300 * MS, two[0])),
+        (180 * MS, _sweep(300 * MS, 3)),
+        (190 * MS, _cam(300 * MS, two[1])),
+    ]
 
+
+def test_flush_gives_what_the_live_node_gives_after_the_timeout() -> None:
+    two = ("camera/front", "camera/rear")
+    live, offline = _sync(two), _sync(two)
+    live_out: list[SyncedBundle] = []
+    offline_out: list[SyncedBundle] = []
+    for receive, msg in _end_of_drive():
+        live.add(msg, receive)
+        offline.add(msg, receive)
+        if receive < 180 * MS:  # the last two arrivals are never polled for offline
+            live_out += live.poll(receive)
+            offline_out += offline.poll(receive)
+    # The live node polls after the last arrival and then, input over, at each deadline.
+    live_out += live.poll(190 * MS)
+    while (deadline := live.next_deadline_ns()) is not None:
+        live_out += live.poll(deadline)
+    offline_out += offline.flush()
+
+    def summary(bundles: list[SyncedBundle]) -> list[tuple[int, tuple[str, ...], int]]:
+        return [(b.lidar.header.seq, b.missing, b.sync_wait_ns) for b in bundles]
+
+    expected = [
+        (0, (), 20 * MS),
+        (3, (), 10 * MS),  # complete at the last arrival
+        (2, ("camera/front",), 300 * MS),  # due at 400 ms
+        (1, ("camera/rear",), 300 * MS),  # due at 450 ms
+    ]
+    assert summary(live_out) == summary(offline_out) == expected
+    assert live.stats == offline.stats
+    assert offline.stats.degraded_bundles == 2
+    assert offline.next_deadline_ns() is None and offline.flush() == []
+
+
+def test_flush_without_input_or_pending_is_empty() -> None:
+    s = _sync()
+    assert s.flush() == []
+    s.add(_cam(0), receive_ns=0)
+    s.add(_sweep(0), receive_ns=0)
+    assert len(s.poll(0)) == 1 and s.flush() == []
+
+
+def test_approximate_time_flush_hands_out_proved_sets_only() -> None:
     cfg = SyncConfig(policy="approximate_time", queue_size=5)
-    sync = NearestSync.from_config(("camera/a", "camera/b"), cfg, default_rig=_rig())
-    assert isinstance(sync, ApproximateTimeSync)
+    s = Bundler.from_config(FRONT, cfg, default_rig=_rig())
+    for k in range(3):
+        s.add(_sweep(k * 100 * MS, k), receive_ns=k * 100 * MS)
+        s.add(_cam(k * 100 * MS + 5 * MS, seq=k), receive_ns=k * 100 * MS + 20 * MS)
+    assert s.next_deadline_ns() is None
+    flushed = s.flush()
+    # Sweep 2's set is never proved (no later message on any stream): never published.
+    assert [b.lidar.header.seq for b in flushed] == [0, 1]
+    assert all(b.missing == () for b in flushed)
+    assert flushed[0].sync_wait_ns == 220 * MS  # proved before, handed out at the last arrival
+    assert s.flush() == []
+
+
+def test_node_approximate_time_policy_emits_the_policy_sets() -> None:
+    cfg = SyncConfig(policy="approximate_time", queue_size=5)
+    sync = Bundler.from_config(("camera/a", "camera/b"), cfg, default_rig=_rig())
+    assert isinstance(sync.policy, ApproximateTimeAdapter)
     reference = ApproximateTimePolicy(3, 5)
     rng = np.random.default_rng(3)
     expected: list[tuple[int, ...]] = []
@@ -170,7 +325,7 @@ def test_node_approximate_time_policy_emits_the_policy_sets() -> None:
         for index in rng.permutation(3):
             stream, msg = arrivals[index]
             expected += reference.add(stream, msg.header.stamp_ns)
-            sync.add(msg, receive_ns=base)
+            assert sync.add(msg, receive_ns=base).filed is Filed.ACCEPTED
             got += sync.poll(base)
     assert len(got) == len(expected) >= 25
     for bundle, stamps in zip(got, expected, strict=True):
@@ -178,3 +333,8 @@ def test_node_approximate_time_policy_emits_the_policy_sets() -> None:
         assert bundle.cameras["camera/a"].header.stamp_ns == stamps[1]
         assert bundle.cameras["camera/b"].header.stamp_ns == stamps[2]
         assert bundle.missing == ()
+    assert sync.add(_cam(0, "camera/c"), receive_ns=0).filed is Filed.UNKNOWN_STREAM
+    assert sync.add(_sweep(10**12, 99), receive_ns=0).filed is Filed.ACCEPTED
+    assert sync.add(_sweep(10**12, 99), receive_ns=0).filed is Filed.DUPLICATE
+    assert sync.stats.unknown_streams == 1 and sync.stats.duplicate_messages == 1
+    assert sync.stats.bundles == len(got)

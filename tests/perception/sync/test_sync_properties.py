@@ -8,8 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from calibration import Rig
 from perception.msgs.types import CameraFrame, Header, LidarSweep
-from perception.sync import CollectorSync
+from perception.sync import Bundler, CollectorPolicy
 
 MS = 1_000_000
 PERIOD = 100 * MS
@@ -20,8 +21,8 @@ TIMEOUT = 150 * MS
 IMAGE = np.zeros((1, 1, 3), np.uint8)
 
 
-# The collector only passes the rig through: any object stands for one.
-RIG = object()
+# The bundler only passes the rig through: an empty one stands for any.
+RIG = Rig()
 
 # One message: (sweep index, stream 0 = lidar / 1.. = cameras, jitter ns, latency ns,
 # dropped, duplicated)
@@ -38,10 +39,10 @@ message = st.tuples(
 @settings(max_examples=100, deadline=None)
 @given(st.lists(message, min_size=1, max_size=80), st.integers(1, 8))
 def test_collector_properties(msgs: list[tuple[int, int, int, int, bool, bool]], qs: int) -> None:
-    sync = CollectorSync(
-        CAMERAS, window_ns=WINDOW, timeout_ns=TIMEOUT, queue_size=qs, default_rig=RIG,
-        offsets_ns=OFFSETS,
-    )  # fmt: skip
+    policy = CollectorPolicy(
+        CAMERAS, window_ns=WINDOW, timeout_ns=TIMEOUT, queue_size=qs, offsets_ns=OFFSETS
+    )
+    sync = Bundler(CAMERAS, policy, gnss_window_ns=0, queue_size=qs, default_rig=RIG)
     events: list[tuple[int, int, CameraFrame | LidarSweep]] = []
     seen: set[tuple[int, int]] = set()
     for k, stream, jitter, latency, dropped, duplicated in msgs:
@@ -91,4 +92,4 @@ def test_collector_properties(msgs: list[tuple[int, int, int, int, bool, bool]],
     lost = sync.stats.dropped_sweeps_queue_full
     assert len(sweeps) + lost == len(deadlines)
     assert sync.next_deadline_ns() is None
-    assert all(len(q) <= qs for q in sync._cameras.values())
+    assert all(len(q) <= qs for q in policy._cameras.values())

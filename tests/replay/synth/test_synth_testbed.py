@@ -48,7 +48,7 @@ from perception.msgs.types import (
 )
 from perception.pipeline.deskew import deskew_sweep, ego_twist
 from perception.pipeline.timing import STAGES
-from perception.sync import CollectorSync
+from perception.sync import Bundler
 from perception.sync.clock import ClockMonitor
 from replay.drive import DriveReader, RecordedMessage
 from replay.synth.demo import SYNTH_DETECTOR_PATH
@@ -275,21 +275,24 @@ def test_clock_steps_flagged_at_the_right_message(drive: Drive) -> None:
 
 def _sync_run(
     drive: Drive, config: SyncConfig, camera_delay_ns: int = 0
-) -> tuple[list[tuple[SyncedBundle, int]], CollectorSync]:
-    """The drive through `CollectorSync.from_config` in receive order (the camera's transport
-    delayed by `camera_delay_ns`), polled at every arrival as the node does. Returns each bundle
-    with the host time it came out, and the synchroniser."""
-    sync = CollectorSync.from_config((CAMERA_STREAM,), config, default_rig=drive.rig)
+) -> tuple[list[tuple[SyncedBundle, int]], Bundler]:
+    """The drive through `Bundler.from_config` in receive order (the camera's transport
+    delayed by `camera_delay_ns`), polled at every arrival as the node does, flushed at the end.
+    Returns each bundle with the host time it came out, and the bundler."""
+    sync = Bundler.from_config((CAMERA_STREAM,), config, default_rig=drive.rig)
     arrivals = sorted(
         (r.log_time_ns + (camera_delay_ns if r.topic == CAMERA_STREAM else 0), i, r.message)
         for i, r in enumerate(drive.records)
     )
     out: list[tuple[SyncedBundle, int]] = []
+    sweep_receive_ns: dict[int, int] = {}
     for receive_ns, _, msg in arrivals:
+        if isinstance(msg, LidarSweep):
+            sweep_receive_ns[msg.header.stamp_ns] = receive_ns
         sync.add(msg, receive_ns)
         out += [(b, receive_ns) for b in sync.poll(receive_ns)]
-    end = arrivals[-1][0] + 10 * sync.timeout_ns
-    out += [(b, end) for b in sync.poll(end)]
+    # What the input left pending comes out at its deadline (its sweep's receive + the wait).
+    out += [(b, sweep_receive_ns[b.lidar.header.stamp_ns] + b.sync_wait_ns) for b in sync.flush()]
     return out, sync
 
 

@@ -1,0 +1,308 @@
+"""The bundler: input messages in, SyncedBundles out, with a sync policy choosing the sets.
+
+The policy (perception.sync.policy: the collector or ApproximateTime) decides which sweep and
+camera frames belong together and when a set is out. The bundler owns what every policy shares:
+the rig in force at the sweep stamp (from RigMessages, validated by calibration), the nearest
+GNSS fix, the GNSS ego poses at the sweep's start and end, the counters (SyncStats) and the
+SyncedBundle itself.
+
+`add` never raises for a bad message: it answers with an `AddResult` saying what it did (a
+rejected rig document is BAD_RIG, a non-input type NOT_AN_INPUT, both counted), so the node and
+offline replay drop and count the same way. The same object serves the live node (host receive
+times, `poll` on a timer) and offline replay (simulated receive times, `flush` at the end of the
+input), so both give the same bundles for the same arrivals.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from calibration import CalibrationError, Rig
+from perception.config import SyncConfig
+from perception.errors import ConfigError
+from perception.msgs.types import (
+    CameraFrame,
+    GnssFix,
+    LidarSweep,
+    Message,
+    RigMessage,
+    SyncedBundle,
+    sweep_end_ns,
+)
+from perception.sync.approximate_time import ApproximateTimeAdapter
+from perception.sync.collector import CollectorPolicy
+from perception.sync.ego import EgoPoseBuffer
+from perception.sync.policy import Filed, Filing, MatchedSet, SyncPolicy
+
+__all__ = ["AddResult", "Bundler", "Filed", "SyncStats"]
+
+MS = 1_000_000
+
+# `sync.policy` names -> how each policy is built from the config.
+_POLICIES: dict[str, Callable[[tuple[str, ...], SyncConfig], SyncPolicy]] = {
+    "collector": CollectorPolicy.from_config,
+    "approximate_time": ApproximateTimeAdapter.from_config,
+}
+
+
+@dataclass
+class SyncStats:
+    """Counters of what the bundler emitted and dropped; read by diagnostics. `bad_rigs`,
+    `bad_fixes` and `not_inputs` count the messages `add` answered BAD_RIG, BAD_FIX and
+    NOT_AN_INPUT."""
+
+    bundles: int = 0
+    degraded_bundles: int = 0
+    dropped_sweeps_no_rig: int = 0
+    dropped_sweeps_queue_full: int = 0
+    dropped_cameras_queue_full: int = 0
+    unknown_streams: int = 0
+    late_messages: int = 0
+    duplicate_messages: int = 0
+    bad_rigs: int = 0
+    bad_fixes: int = 0
+    not_inputs: int = 0
+    per_stream_missing: dict[str, int] = field(default_factory=dict)
+    per_stream_late: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What `Bundler.add` did with a message. `reason` (BAD_RIG, NOT_AN_INPUT): the problem,
+    naming the stream."""
+
+    filed: Filed
+    reason: str = ""
+
+
+_RESULTS = {filed: AddResult(filed) for filed in Filed}
+_ACCEPTED = _RESULTS[Filed.ACCEPTED]
+# A module global is read in a tenth of the time an enum member is: this one is on every add.
+_FILED_ACCEPTED = Filed.ACCEPTED
+
+
+def _fix_problem(fix: GnssFix) -> str:
+    """What makes a fix unusable for the ego poses ("" if nothing): the decoder rejects such
+    fixes, but a fix built in-process is not decoded, and one NaN would poison every pose
+    interpolated from it."""
+    isfinite = math.isfinite
+    lat, lon, alt = fix.latitude_deg, fix.longitude_deg, fix.altitude_m
+    if not (isfinite(lat) and isfinite(lon) and isfinite(alt) and -90.0 <= lat <= 90.0):
+        return f"fix {fix.header.seq}: invalid (lat, lon, alt) {(lat, lon, alt)}"
+    heading, velocity = fix.heading_rad, fix.velocity_enu_mps
+    if heading is not None and not isfinite(heading):
+        return f"fix {fix.header.seq}: non-finite heading {heading}"
+    if velocity is not None and not (
+        isfinite(velocity[0]) and isfinite(velocity[1]) and isfinite(velocity[2])
+    ):
+        return f"fix {fix.header.seq}: non-finite velocity {velocity}"
+    return ""
+
+
+class Bundler:
+    """Builds SyncedBundles from input messages, with `policy` choosing the sets.
+
+    `add(msg, receive_ns, decode_ns)` files a message with its host receive time and decode
+    duration (ns); `poll(now_ns)` returns the bundles complete or due at host time `now_ns`;
+    `flush()` ends the input. The nearest GNSS fix within `gnss_window_ns` of the sweep stamp
+    joins each bundle; `queue_size` bounds the rigs kept, and the GNSS fixes kept (5 x). A sweep
+    with no rig in force at its stamp (`default_rig` holds from the beginning) is dropped and
+    counted. Raises ValueError if `camera_streams` differ from the policy's, for a queue size
+    < 1 or a negative GNSS window.
+    """
+
+    def __init__(
+        self,
+        camera_streams: tuple[str, ...],
+        policy: SyncPolicy,
+        *,
+        gnss_window_ns: int,
+        queue_size: int,
+        default_rig: Rig | None = None,
+    ) -> None:
+        if tuple(policy.camera_streams) != tuple(camera_streams):
+            raise ValueError(
+                f"camera streams {camera_streams} differ from the policy's {policy.camera_streams}"
+            )
+        if queue_size < 1 or gnss_window_ns < 0:
+            raise ValueError("queue_size must be >= 1 and gnss_window_ns >= 0")
+        self.camera_streams = camera_streams
+        self.gnss_window_ns = gnss_window_ns
+        self.queue_size = queue_size
+        self.stats = SyncStats()
+        self._policy = policy
+        self._gnss: deque[GnssFix] = deque(maxlen=queue_size * 5)
+        self._ego = EgoPoseBuffer(capacity=queue_size * 5)
+        # (stamp_ns, rig) in stamp order; a rig holds from its stamp until the next one.
+        self._rigs: list[tuple[int, Rig]] = [] if default_rig is None else [(-1, default_rig)]
+        # The latest receive time seen: `flush` ends the input there.
+        self._last_receive_ns = -(2**63)
+
+    @classmethod
+    def from_config(
+        cls,
+        camera_streams: tuple[str, ...],
+        config: SyncConfig,
+        default_rig: Rig | None = None,
+    ) -> Bundler:
+        """Build from the node config (milliseconds there, ns here) with the policy it names.
+        Raises perception.errors.ConfigError for an unknown `sync.policy`, ValueError for
+        values the policy rejects."""
+        build = _POLICIES.get(config.policy)
+        if build is None:
+            known = " or ".join(repr(name) for name in _POLICIES)
+            raise ConfigError(f"sync.policy: unknown policy {config.policy!r} (use {known})")
+        return cls(
+            camera_streams,
+            build(camera_streams, config),
+            gnss_window_ns=round(config.gnss_window_ms * MS),
+            queue_size=config.queue_size,
+            default_rig=default_rig,
+        )
+
+    @property
+    def policy(self) -> SyncPolicy:
+        """The policy choosing the sets."""
+        return self._policy
+
+    # ------------------------------------------------------------------ input
+
+    def add(self, msg: Message, receive_ns: int, decode_ns: int = 0) -> AddResult:
+        """File any message received at host time `receive_ns` (ns) that took `decode_ns` to
+        decode. Never raises for a bad message: the result says what was done with it (GNSS
+        fixes and rigs are taken from any stream; sweeps and frames as the policy decides)."""
+        self._last_receive_ns = max(self._last_receive_ns, receive_ns)
+        # Cameras first: most messages are frames. Counting is skipped on the common path.
+        if isinstance(msg, CameraFrame):
+            filing = self._policy.add_camera(msg, receive_ns, decode_ns)
+            if filing.evicted:
+                self.stats.dropped_cameras_queue_full += filing.evicted
+            return _ACCEPTED if filing.filed is _FILED_ACCEPTED else self._counted(filing, msg)
+        if isinstance(msg, LidarSweep):
+            filing = self._policy.add_sweep(msg, receive_ns, decode_ns)
+            if filing.evicted:
+                self.stats.dropped_sweeps_queue_full += filing.evicted
+            return _ACCEPTED if filing.filed is _FILED_ACCEPTED else self._counted(filing, msg)
+        if isinstance(msg, GnssFix):
+            problem = _fix_problem(msg)
+            if problem:
+                self.stats.bad_fixes += 1
+                return AddResult(Filed.BAD_FIX, f"{msg.header.stream}: {problem}")
+            self._gnss.append(msg)
+            self._ego.add(msg)
+            return _ACCEPTED
+        if isinstance(msg, RigMessage):
+            return self._add_rig(msg)
+        self.stats.not_inputs += 1
+        header = getattr(msg, "header", None)
+        stream = getattr(header, "stream", "?")
+        return AddResult(
+            Filed.NOT_AN_INPUT, f"{stream}: {type(msg).__name__} is not a sensor input"
+        )
+
+    def _counted(self, filing: Filing, msg: CameraFrame | LidarSweep) -> AddResult:
+        """Counts a message the policy did not accept."""
+        filed = filing.filed
+        stream = msg.header.stream
+        if filed is Filed.DUPLICATE:
+            self.stats.duplicate_messages += 1
+        elif filed is Filed.LATE:
+            self.stats.late_messages += 1
+            self.stats.per_stream_late[stream] = self.stats.per_stream_late.get(stream, 0) + 1
+        elif filed is Filed.UNKNOWN_STREAM:
+            self.stats.unknown_streams += 1
+        return _RESULTS[filed]
+
+    def _add_rig(self, msg: RigMessage) -> AddResult:
+        """A rig in force from the message's stamp until the next one."""
+        source = f"{msg.header.stream} message {msg.header.seq}"
+        try:
+            rig = Rig.from_dict(msg.rig, source=source)
+        except CalibrationError as e:
+            self.stats.bad_rigs += 1
+            return AddResult(Filed.BAD_RIG, str(e))
+        stamp_ns = msg.header.stamp_ns
+        keys = [s for s, _ in self._rigs]
+        i = bisect.bisect_right(keys, stamp_ns)
+        if i > 0 and keys[i - 1] == stamp_ns:
+            self._rigs[i - 1] = (stamp_ns, rig)
+        else:
+            self._rigs.insert(i, (stamp_ns, rig))
+        while len(self._rigs) > self.queue_size:
+            self._rigs.pop(0)
+        return _ACCEPTED
+
+    # ----------------------------------------------------------------- output
+
+    def next_deadline_ns(self) -> int | None:
+        """Host time (ns) at which the earliest pending bundle falls due; None if none will
+        without further input."""
+        return self._policy.next_deadline_ns()
+
+    def poll(self, now_ns: int) -> list[SyncedBundle]:
+        """Bundles complete or due at host time `now_ns`, in sweep stamp order."""
+        sets = self._policy.ready(now_ns)
+        return self._bundles(sets) if sets else []
+
+    def flush(self) -> list[SyncedBundle]:
+        """End of input (offline replay): the bundles `poll` gives at the latest receive time,
+        then everything still pending, each as the live node would emit it at its deadline
+        (degraded, `sync_wait_ns` = the timeout). Nothing stays pending."""
+        return self._bundles(self._policy.drain(self._last_receive_ns))
+
+    def _bundles(self, sets: list[MatchedSet]) -> list[SyncedBundle]:
+        out: list[SyncedBundle] = []
+        for matched in sets:
+            bundle = self._bundle(matched)
+            if bundle is not None:
+                out.append(bundle)
+        return out
+
+    def _bundle(self, matched: MatchedSet) -> SyncedBundle | None:
+        """The bundle of a matched set (None, counted, without a rig)."""
+        sweep, cameras = matched.sweep, matched.cameras
+        stamp = sweep.header.stamp_ns
+        missing = [s for s in self.camera_streams if s not in cameras]
+        for stream in missing:
+            self.stats.per_stream_missing[stream] = self.stats.per_stream_missing.get(stream, 0) + 1
+        rig = self._rig_at(stamp)
+        if rig is None:
+            self.stats.dropped_sweeps_no_rig += 1
+            return None
+        skews = {s: f.header.stamp_ns - stamp for s, f in cameras.items()}
+        gnss = self._nearest_gnss(stamp)
+        if gnss is not None:
+            skews[gnss.header.stream] = gnss.header.stamp_ns - stamp
+        self.stats.bundles += 1
+        self.stats.degraded_bundles += bool(missing)
+        return SyncedBundle(
+            lidar=sweep,
+            cameras=cameras,
+            rig=rig,
+            gnss=gnss,
+            missing=tuple(missing),
+            skews_ns=skews,
+            decode_ns=matched.decode_ns,
+            sync_wait_ns=max(0, matched.ready_ns - matched.receive_ns),
+            ego_pose=self._ego.pose_at(stamp),
+            ego_pose_end=self._ego.pose_at(sweep_end_ns(sweep)),
+        )
+
+    def _rig_at(self, stamp_ns: int) -> Rig | None:
+        keys = [s for s, _ in self._rigs]
+        i = bisect.bisect_right(keys, stamp_ns)
+        return self._rigs[i - 1][1] if i > 0 else None
+
+    def _nearest_gnss(self, stamp_ns: int) -> GnssFix | None:
+        best: GnssFix | None = None
+        for fix in self._gnss:
+            dt = abs(fix.header.stamp_ns - stamp_ns)
+            if dt <= self.gnss_window_ns and (
+                best is None or dt < abs(best.header.stamp_ns - stamp_ns)
+            ):
+                best = fix
+        return best
