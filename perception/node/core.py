@@ -71,6 +71,8 @@ log = logging.getLogger("perception.node")
 #: How often the live receiver polls for due bundles when no message arrives (ns); offline replay
 #: reproduces the same polls (`NodeCore.idle_polls`).
 RECEIVE_POLL_NS = 10_000_000
+# What the synchroniser refuses as a bad message (it counts them), logged at a bounded rate.
+_REFUSED = frozenset({Filed.BAD_RIG, Filed.BAD_FIX, Filed.NOT_AN_INPUT})
 # Sweeps seen before the lidar clock's offset estimate is applied: with fewer, the estimate is a
 # median of single samples rather than a lower envelope, and may exceed a sweep's transport delay.
 CLOCK_MIN_SWEEPS = 16
@@ -80,19 +82,17 @@ CLOCK_MIN_SWEEPS = 16
 class NodeCounters:
     """What the node received, dropped, processed and produced; reported on diagnostics.
 
-    `received` counts every message (decodable or not); `decode_errors` the undecodable ones;
-    `not_inputs` decodable messages of a type the node does not take (a DetectionList sent to its
-    inputs); `bad_rigs` rig messages whose calibration was rejected. `bundles` counts ready
-    bundles, `skipped_bundles` those not processed (the node was behind, or an output with a
-    newer stamp was already produced), `step_errors` bundles the pipeline failed on, `published`
-    the DetectionLists produced. Overruns: frames over any budget, the current and longest run
+    `received` counts every message (decodable or not); `decode_errors` the undecodable ones
+    (what the synchroniser refused - bad rigs, implausible fixes, messages that are not sensor
+    inputs, duplicates, late frames - it counts itself: perception.sync.SyncStats). `bundles`
+    counts ready bundles, `skipped_bundles` those not processed (the node was behind, or an
+    output with a newer stamp was already produced), `step_errors` bundles the pipeline failed
+    on, `published` the DetectionLists produced. Overruns: frames over any budget, the current and longest run
     of consecutive ones, and per stage in `overruns_by_stage`.
     """
 
     received: int = 0
     decode_errors: int = 0
-    not_inputs: int = 0
-    bad_rigs: int = 0
     clock_jumps: int = 0
     bundles: int = 0
     skipped_bundles: int = 0
@@ -176,12 +176,8 @@ class NodeCore:
             ready = self._poll_locked(receive_ns - 1)
             self._observe_clock(topic, msg, receive_ns)
             result = self.bundler.add(msg, receive_ns, decode_ns)
-            if result.filed is Filed.BAD_RIG:
-                self.counters.bad_rigs += 1
-                self._bad.warning(f"rig:{topic}", f"dropped rig message: {result.reason}")
-            elif result.filed is Filed.NOT_AN_INPUT:
-                self.counters.not_inputs += 1
-                self._bad.warning(f"type:{topic}", f"dropped message: {result.reason}")
+            if result.filed in _REFUSED:
+                self._bad.warning(f"{result.filed.value}:{topic}", f"dropped: {result.reason}")
             return ready + self._poll_locked(receive_ns)
 
     def _observe_clock(self, topic: str, msg: Message, receive_ns: int) -> None:
