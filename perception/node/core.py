@@ -87,8 +87,8 @@ class NodeCounters:
     inputs, duplicates, late frames - it counts itself: perception.sync.SyncStats). `bundles`
     counts ready bundles, `skipped_bundles` those not processed (the node was behind, or an
     output with a newer stamp was already produced), `step_errors` bundles the pipeline failed
-    on, `published` the DetectionLists produced. Overruns: frames over any budget, the current and longest run
-    of consecutive ones, and per stage in `overruns_by_stage`.
+    on, `published` the DetectionLists produced. Overruns: frames over any budget, the current
+    and longest run of consecutive ones, and per stage in `overruns_by_stage`.
     """
 
     received: int = 0
