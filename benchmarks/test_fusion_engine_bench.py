@@ -20,7 +20,7 @@ from engines.fusion.graph import export_fusion_engine_onnx
 from engines.fusion.runner import FusionEngineConfig, FusionEngineResult, FusionEngineRunner
 from perception.pipeline.ground import estimate_ground
 from replay.evaluation import filter_references, project_box, read_pointpillars_boxes
-from tests.perception.conftest import png_size
+from tests.conftest import png_size
 
 FRAME = "000003"
 
