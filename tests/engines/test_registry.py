@@ -11,6 +11,7 @@ import pytest
 from engines.camera.detector import KINDS, CameraDetector
 from engines.camera.labels import COCO_NAMES
 from engines.errors import ModelError
+from engines.onnxruntime_backend import OnnxRuntimeEngine
 from engines.registry import (
     MODELS,
     PACKAGED_MODELS_DIR,
@@ -36,7 +37,7 @@ def test_registry_matches_real_files(name: str, source_dir: Path) -> None:
     assert info.labels == COCO_NAMES
     names = (source_dir / "coco.names").read_text().split("\n")
     assert list(info.labels) == [n for n in names if n]
-    detector = CameraDetector(path, kind=info.kind)
+    detector = CameraDetector(OnnxRuntimeEngine(path), kind=info.kind)
     assert detector.engine.inputs == (info.input_spec,)
     assert detector.engine.outputs == (info.output_spec,)
 
