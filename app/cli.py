@@ -469,13 +469,14 @@ def _calibration_batches(model: str, images_dir: Path, cache: Path | None) -> Ca
     """INT8 calibration inputs: the recorded images of `images_dir`, preprocessed as the camera
     encoder does for `model`."""
     from engines.camera.detector import CameraDetector
-    from engines.registry import resolve_model
+    from engines.factory import EngineFactory
     from replay.datasets.kitti_object import read_image
 
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg"))
     if not images:
         raise PerceptionError(f"{images_dir}: no .png/.jpg images for INT8 calibration")
-    detector = CameraDetector(resolve_model(model, cache))
+    # Preprocessing only: the network itself is never run here (ONNX Runtime on the CPU).
+    detector = CameraDetector(EngineFactory(model_cache_dir=cache).camera_encoder(model))
 
     def batches() -> Iterator[dict[str, Any]]:
         for path in images:

@@ -16,8 +16,12 @@ import pytest
 import torch
 
 from calibration import load_kitti_object_calib
+from engines.factory import EngineFactory
+from engines.fusion.config import FusionEngineConfig
 from engines.fusion.graph import export_fusion_engine_onnx
-from engines.fusion.runner import FusionEngineConfig, FusionEngineResult, FusionEngineRunner
+from engines.fusion.runner import FusionEngineResult, FusionEngineRunner
+from engines.onnxruntime_backend import OnnxRuntimeEngine
+from engines.settings import EngineSettings
 from perception.pipeline.ground import estimate_ground
 from replay.evaluation import filter_references, project_box, read_pointpillars_boxes
 from tests.conftest import png_size
@@ -72,7 +76,7 @@ def _check(result: FusionEngineResult, refs) -> None:
 def test_fusion_engine_onnxruntime(benchmark, frame_inputs, tmp_path: Path) -> None:
     args, refs = frame_inputs
     runner = FusionEngineRunner(
-        backend="onnxruntime", model_path=export_fusion_engine_onnx(tmp_path / "fusion.onnx")
+        OnnxRuntimeEngine(export_fusion_engine_onnx(tmp_path / "fusion.onnx"))
     )
     _check(runner.run(*args), refs)
     benchmark.extra_info["engine"] = runner.describe()
@@ -82,7 +86,7 @@ def test_fusion_engine_onnxruntime(benchmark, frame_inputs, tmp_path: Path) -> N
 
 def test_fusion_engine_torch_cpu(benchmark, frame_inputs) -> None:
     args, refs = frame_inputs
-    runner = FusionEngineRunner(backend="torch")
+    runner = FusionEngineRunner(EngineFactory(EngineSettings(backend="torch")).fusion_engine())
     _check(runner.run(*args), refs)
     benchmark.extra_info["engine"] = f"{runner.describe()}, {torch.get_num_threads()} threads"
     result = benchmark(runner.run, *args)

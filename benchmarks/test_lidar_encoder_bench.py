@@ -2,7 +2,7 @@
 
 Run: `python -m pytest benchmarks/test_lidar_encoder_bench.py --benchmark-enable`. Each benchmark
 first checks the two backends agree on the scan it times. The time covers padding to
-``max_points`` plus the encoder, i.e. what a caller of ``LidarEncoderEngine.encode`` pays.
+``max_points`` plus the encoder, i.e. what a caller of ``LidarEncoderRunner.encode`` pays.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.lidar.runner import FEATURES, LidarEncoderConfig, LidarEncoderEngine
+from engines.factory import EngineFactory
+from engines.lidar.config import FEATURES, LidarEncoderConfig
+from engines.lidar.runner import LidarEncoderRunner
+from engines.settings import EngineSettings
 
 PARITY_ATOL = 1e-5
 
@@ -26,12 +29,16 @@ GRIDS = {"0.16m": LidarEncoderConfig(), "0.32m": LidarEncoderConfig.coarse()}
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], LidarEncoderEngine]:
+def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], LidarEncoderRunner]:
     cache = tmp_path_factory.mktemp("engines")
-    return {
-        (grid, backend): LidarEncoderEngine(cfg, backend=backend, cache_dir=cache)
-        for grid, cfg in GRIDS.items()
+    factories = {
+        backend: EngineFactory(EngineSettings(backend=backend), export_dir=cache)
         for backend in ("onnxruntime", "torch")
+    }
+    return {
+        (grid, backend): LidarEncoderRunner(factory.lidar_encoder(cfg), cfg)
+        for grid, cfg in GRIDS.items()
+        for backend, factory in factories.items()
     }
 
 

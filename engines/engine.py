@@ -1,8 +1,9 @@
 """The ``Engine`` interface every backend implements, and the tensor specs it is described by.
 
 An engine has named inputs and outputs with a numpy dtype and a (static, for the project's own
-graphs) shape, runs one batch with :meth:`Engine.run`, can be warmed up, and describes itself
-(backend, device, precision) so benchmarks and logs say what actually ran.
+graphs) shape, runs one batch with :meth:`Engine.run`, can be warmed up, describes itself
+(backend, device, precision) so benchmarks and logs say what actually ran, and reports the GPU
+time of its last run where it can measure it (CUDA events; ``None`` elsewhere).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "TensorSpec",
     "check_inputs",
     "format_specs",
+    "require_specs",
     "run_warmup",
     "zero_inputs",
 ]
@@ -131,6 +133,16 @@ class Engine(Protocol):
         """Backend, device and precision actually in use."""
         ...
 
+    @property
+    def last_gpu_ns(self) -> int | None:
+        """GPU time of the last :meth:`run` in nanoseconds, from CUDA events recorded around the
+        device work; ``None`` for engines that cannot time it (CPU, ONNX Runtime).
+
+        A host clock around an asynchronous launch measures the launch, not the kernels, so
+        this is what the node reports as the ``<stage>_gpu`` timing.
+        """
+        ...
+
 
 def check_inputs(
     model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]
@@ -164,6 +176,31 @@ def check_inputs(
             )
         feed[spec.name] = arr
     return feed
+
+
+def require_specs(
+    name: str,
+    engine: Engine,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> None:
+    """Checks that ``engine`` has exactly these input and output tensors (by name; order free,
+    as backends may list them differently).
+
+    Raises:
+        EngineError: a tensor is missing, extra, or has another dtype or shape; the message
+            names ``name``, the engine's model and both spec lists.
+    """
+    for kind, want, got in (
+        ("inputs", inputs, engine.inputs),
+        ("outputs", outputs, engine.outputs),
+    ):
+        if {s.name: s for s in want} != {s.name: s for s in got}:
+            raise EngineError(
+                f"{name}: the engine {engine.describe().model or '?'} has {kind} "
+                f"({format_specs(got)}), expected ({format_specs(want)}); was it exported for "
+                "another config?"
+            )
 
 
 def zero_inputs(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

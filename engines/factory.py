@@ -1,12 +1,25 @@
-"""Choosing a backend, and the library side of ``perception engines build|list``.
+"""The one engine factory: every engine the node runs, built from :class:`EngineSettings`.
 
-:func:`create_engine` picks TensorRT when it is installed and falls back to ONNX Runtime with a
-log line saying so; ``torch.nn.Module`` graphs go to the torch backend. :func:`build_engines`
-and :func:`list_engines` are what the CLI calls.
+:class:`EngineFactory` resolves once where the engines run (:func:`resolve_placement`: the
+backend and device asked for, or -- only when ``engines.fallback`` asks for it -- ONNX Runtime on
+the CPU, with a note saying why), then builds each engine there:
+
+- the camera encoder: a registered model name or an ONNX file, batched over cameras when asked
+  (``engines.camera.batching``);
+- the lidar encoder and the fusion engine: the packaged ONNX exports of the project's graphs (or
+  an export of another config), or their torch modules for the torch backend.
+
+``backend: tensorrt`` is the native TensorRT 10 backend through the engine cache: an engine is
+built on first use, or found where ``perception engines build`` put it, and rebuilt when stale.
+Where TensorRT, CUDA or torch is missing, creation fails with one line naming the setting and the
+cause (:class:`EngineError`), unless the settings opt into a fallback.
+
+:func:`build_engines` and :func:`list_engines` are what ``perception engines build|list`` call.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,113 +36,354 @@ from engines.cache import (
     DeviceInfo,
     EngineCache,
     EngineCacheKey,
-    file_sha256,
 )
-from engines.engine import PRECISIONS, Engine, TensorSpec
+from engines.camera.batching import batched_onnx
+from engines.engine import Engine, TensorSpec
 from engines.errors import EngineError
-from engines.onnxruntime_backend import OnnxRuntimeEngine, default_providers
+from engines.fusion.config import PACKAGED_MODEL_PATH as FUSION_ENGINE_ONNX
+from engines.fusion.config import FusionEngineConfig
+from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
+from engines.lidar.config import PACKAGED_MODEL_PATH as LIDAR_ENCODER_ONNX
+from engines.onnxruntime_backend import (
+    CPU_PROVIDERS,
+    CUDA_PROVIDERS,
+    OnnxRuntimeEngine,
+    cuda_provider_available,
+)
 from engines.registry import resolve_model
+from engines.settings import EngineSettings
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "BACKENDS",
     "BuildProgress",
     "BuildResult",
+    "EngineFactory",
+    "NodeEngines",
+    "Placement",
     "build_engines",
-    "create_engine",
+    "create_node_engines",
     "list_engines",
+    "resolve_placement",
 ]
 
 _log = logging.getLogger(__name__)
-
-BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
 
 # progress(models_done, models_total, message), called before and after each model.
 BuildProgress = Callable[[int, int, str], None]
 
 
-def create_engine(
-    model: str | Path | torch.nn.Module,
-    backend: str = "auto",
-    *,
-    precision: str = "fp32",
-    num_threads: int | None = None,
-    use_gpu: bool = True,
-    inputs: Sequence[TensorSpec] | None = None,
-    outputs: Sequence[TensorSpec] | None = None,
-    cache_dir: Path | None = None,
-    model_cache_dir: Path | None = None,
-    source_dir: Path | None = None,
-    use_cuda_graph: bool = False,
-    device_id: int = 0,
-) -> Engine:
-    """An engine for ``model`` on the requested backend.
+@dataclass(frozen=True)
+class Placement:
+    """Where the engines run on this machine: ``backend`` (one of ``engines.settings.BACKENDS``)
+    and ``device`` (``"cpu"`` or ``"cuda"``, ``auto`` resolved); ``note`` says why this is not
+    what the settings asked for (a fallback), else ``None``."""
 
-    Args:
-        model: an ONNX path or registered model name (tensorrt/onnxruntime), or a
-            ``torch.nn.Module`` (torch; ``auto`` picks torch for modules).
-        backend: ``"auto"`` (TensorRT when installed, else ONNX Runtime), ``"tensorrt"``
-            (falls back to ONNX Runtime with a warning when TensorRT is missing),
-            ``"onnxruntime"`` or ``"torch"``.
-        precision: TensorRT build precision; ONNX Runtime and torch run the model as exported
-            (fp32), which :meth:`Engine.describe` reports.
-        num_threads: ONNX Runtime intra-op threads.
-        use_gpu: request CUDA (torch: ``auto`` device; ONNX Runtime: TensorRT/CUDA providers
-            when this build has them).
-        inputs, outputs: the torch backend's tensor specs (required there).
-        cache_dir: TensorRT engine cache (default ``~/.cache/perception-node/engines``).
-        model_cache_dir, source_dir: where registered model names are fetched to / copied from.
-        use_cuda_graph: TensorRT: capture the execute call into a CUDA graph.
-        device_id: CUDA device.
+    backend: str
+    device: str
+    note: str | None = None
+
+
+def _torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _torch_cuda_available() -> bool:
+    import torch  # noqa: PLC0415 - torch is a dev/GPU extra, imported only for the torch backend
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_placement(settings: EngineSettings) -> Placement:
+    """Where ``settings`` run here: the backend asked for, on CUDA where ``device`` is ``cuda``
+    (or ``auto`` and the backend can use CUDA here), else on the CPU.
 
     Raises:
-        EngineError: unknown backend or precision, a module without specs, a path given to the
-            torch backend, or any backend's creation error.
-        ModelError: the model file is missing, invalid, or fails verification.
+        EngineError: the backend or the device cannot run here (TensorRT or cuda-python not
+            installed, no CUDA device, torch missing, no CUDA for ONNX Runtime or torch) and
+            ``settings.fallback`` is ``None``; one line naming the setting, the cause and the
+            fallback setting.
     """
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-    if precision not in PRECISIONS:
-        raise EngineError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-    if not isinstance(model, str | Path):
-        if backend not in ("auto", "torch"):
-            raise EngineError(f"a torch module runs on the torch backend, not {backend!r}")
-        if inputs is None or outputs is None:
-            raise EngineError("the torch backend needs inputs and outputs specs")
-        # torch is a dev/GPU extra, not a runtime dependency: import it only for modules.
-        from engines.torch_backend import TorchEngine  # noqa: PLC0415
-
-        return TorchEngine(model, inputs, outputs, device="auto" if use_gpu else "cpu")
-    if backend == "torch":
+    backend, device = settings.backend, settings.effective_device
+    subject = f"engines.backend {backend}"
+    problem: str | None
+    if backend == "tensorrt":
+        problem = trt_backend.unavailable_reason()
+        if problem is None:
+            return Placement("tensorrt", "cuda")
+    elif backend == "torch" and not _torch_installed():
+        problem = "torch is not installed (pip install torch)"
+    else:
+        if backend == "torch":
+            cuda = device != "cpu" and _torch_cuda_available()
+            missing = "torch sees no CUDA device (torch.cuda.is_available() is false)"
+        else:
+            cuda = device != "cpu" and cuda_provider_available()
+            missing = "this ONNX Runtime has no CUDA execution provider (onnxruntime-gpu)"
+        if cuda or device != "cuda":
+            return Placement(backend, "cuda" if cuda else "cpu")
+        subject = f"engines.device cuda ({backend})"
+        problem = missing
+    if settings.fallback is None:
         raise EngineError(
-            f"{model}: the torch backend runs torch.nn.Module graphs; use onnxruntime or "
-            "tensorrt for ONNX files"
+            f"{subject}: {problem}; set engines.fallback: onnxruntime to run ONNX Runtime on the "
+            "CPU instead"
         )
-    path = resolve_model(model, model_cache_dir, source_dir=source_dir)
-    if backend in ("auto", "tensorrt"):
-        if trt_backend.tensorrt_available():
-            return trt_backend.load_or_build_engine(
-                path,
-                options=trt_backend.BuildOptions(precision=precision),
-                cache_dir=cache_dir,
-                use_cuda_graph=use_cuda_graph,
-                device_id=device_id,
-            )
-        level = logging.WARNING if backend == "tensorrt" else logging.INFO
-        _log.log(
-            level,
-            "%s: TensorRT is not installed; falling back to ONNX Runtime%s",
-            path.name,
-            f" (runs fp32, not {precision})" if precision != "fp32" else "",
-        )
-    return OnnxRuntimeEngine(
-        path,
-        num_threads=num_threads,
-        providers=default_providers(use_gpu),
-        device_id=device_id,
+    return Placement(
+        settings.fallback, "cpu", f"{subject}: {problem}; running {settings.fallback} on cpu"
     )
+
+
+class EngineFactory:
+    """Builds engines from one :class:`EngineSettings`; where they run is resolved at creation.
+
+    Args:
+        settings: the node config's ``engines`` section (default: ONNX Runtime on the CPU).
+        model_cache_dir, source_dir: where registered camera models are fetched to / copied
+            from (``engines.registry.resolve_model``).
+        export_dir: where exports of non-packaged graph configs and batched camera models are
+            kept (default: ``engines.exports.DEFAULT_EXPORT_DIR`` and
+            ``engines.camera.batching.DEFAULT_BATCH_CACHE_DIR``).
+
+    Raises:
+        EngineError: as :func:`resolve_placement`.
+    """
+
+    def __init__(
+        self,
+        settings: EngineSettings | None = None,
+        *,
+        model_cache_dir: Path | None = None,
+        source_dir: Path | None = None,
+        export_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings or EngineSettings()
+        self.placement = resolve_placement(self.settings)
+        self._model_cache_dir = model_cache_dir
+        self._source_dir = source_dir
+        self._export_dir = export_dir
+        # Once a session shows ONNX Runtime's CUDA libraries do not load, later ones go straight
+        # to the CPU instead of failing over (and warning) one by one.
+        self._ort_cuda = self.placement.device == "cuda"
+        self._notes: list[str] = []
+        if self.placement.note is not None:
+            self._note(self.placement.note)
+        if self.placement.backend == "torch" and self.settings.threads:
+            import torch  # noqa: PLC0415 - the torch backend only
+
+            # torch's intra-op pool is process-wide: the node process owns it.
+            torch.set_num_threads(self.settings.threads)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Human-readable notes on what runs other than asked (fallbacks), in order, for the
+        node's diagnostics; empty when everything runs as configured."""
+        return tuple(self._notes)
+
+    def _note(self, text: str) -> None:
+        if text not in self._notes:
+            _log.warning("%s", text)
+            self._notes.append(text)
+
+    # --- ONNX models -----------------------------------------------------------------------------
+
+    def onnx_engine(
+        self,
+        model: str | Path,
+        *,
+        precision: str = "fp32",
+        threads: int | None = None,
+    ) -> Engine:
+        """An ONNX model on TensorRT (through the engine cache, at ``precision``) or ONNX
+        Runtime (as exported), as placed; the torch backend runs ONNX models on ONNX Runtime.
+
+        Args:
+            model: an ONNX path or a registered model name.
+            precision: the TensorRT build precision.
+            threads: ONNX Runtime intra-op threads (default: ``settings.threads``).
+
+        Raises:
+            ModelError: the model is missing, invalid or fails verification.
+            EngineError: a build, load or session failure; device ``cuda`` whose CUDA libraries
+                do not load (without a fallback); INT8 with no engine built ahead of time.
+        """
+        path = resolve_model(model, self._model_cache_dir, source_dir=self._source_dir)
+        if self.placement.backend == "tensorrt":
+            return self._tensorrt(path, precision)
+        return self._onnxruntime(path, threads)
+
+    def _tensorrt(self, path: Path, precision: str) -> Engine:
+        options = trt_backend.BuildOptions(precision=precision)
+        cache_dir = self.settings.engine_cache_dir
+        if precision == "int8":
+            # INT8 needs calibration frames, which a starting node does not have: the engine
+            # must have been built ahead of time.
+            device = trt_backend.query_device_info()
+            key = trt_backend.engine_cache_key(path, options, device)
+            if EngineCache(cache_dir).lookup(key).status != "hit":
+                raise EngineError(
+                    f"{path.name}: no INT8 engine for {device.gpu_name} and TensorRT "
+                    f"{device.tensorrt_version} in {cache_dir}; build it ahead of time with "
+                    f"`perception engines build {path} --precision int8 --calibration-images DIR`"
+                )
+        return trt_backend.load_or_build_engine(path, options=options, cache_dir=cache_dir)
+
+    def _onnxruntime(self, path: Path, threads: int | None) -> Engine:
+        num_threads = threads if threads is not None else self.settings.num_threads
+        cuda = self._ort_cuda and cuda_provider_available()
+        engine = OnnxRuntimeEngine(
+            path, num_threads=num_threads, providers=CUDA_PROVIDERS if cuda else CPU_PROVIDERS
+        )
+        if self._ort_cuda and engine.device == "cpu":
+            self._ort_cuda = False
+            why = (
+                "ONNX Runtime's CUDA provider did not load"
+                if cuda
+                else "this ONNX Runtime has no CUDA execution provider (onnxruntime-gpu)"
+            )
+            if self.placement.backend == "onnxruntime" and self.settings.effective_device == "cuda":
+                if self.settings.fallback is None:
+                    raise EngineError(
+                        f"engines.device cuda (onnxruntime): {why}; set engines.fallback: "
+                        "onnxruntime to run ONNX Runtime on the CPU instead"
+                    )
+                self._note(f"engines.device cuda (onnxruntime): {why}; running onnxruntime on cpu")
+            elif self.placement.backend == "torch":
+                self._note(
+                    f"engines.backend torch: the camera encoder runs onnxruntime on cpu ({why})"
+                )
+        return engine
+
+    # --- the node's engines ----------------------------------------------------------------------
+
+    def camera_encoder(
+        self, model: str | Path, *, batch: int = 1, threads: int | None = None
+    ) -> Engine:
+        """The camera encoder (a pretrained 2D detector): ``model`` is a registered name or an
+        ONNX file; ``batch`` > 1 runs a batch-N copy (one call for N cameras); TensorRT builds
+        it at ``settings.precision``.
+
+        Raises:
+            ModelError: the model is missing, invalid or fails verification.
+            EngineError: it cannot be batched, built or loaded.
+        """
+        path = resolve_model(model, self._model_cache_dir, source_dir=self._source_dir)
+        path = batched_onnx(path, batch, self._export_dir)
+        return self.onnx_engine(path, precision=self.settings.precision, threads=threads)
+
+    def lidar_encoder(self, config: LidarEncoderConfig = OBSTACLE_CONFIG) -> Engine:
+        """The lidar encoder for ``config``: the packaged export for
+        :data:`engines.lidar.config.OBSTACLE_CONFIG`, an export of any other grid (made on first
+        use, needs torch), or the torch module; TensorRT builds it in strict fp32.
+
+        Raises:
+            EngineError: torch is needed but missing, or a build, load or session failure.
+        """
+        if self.placement.backend == "torch":
+            from engines.lidar.graph import LidarEncoder  # noqa: PLC0415 - needs torch
+
+            return self._torch(
+                LidarEncoder(config), config.input_specs(), config.output_specs(), "lidar_encoder"
+            )
+        if config == OBSTACLE_CONFIG:
+            path = LIDAR_ENCODER_ONNX
+        else:
+            path = self._export("lidar encoder", lambda d: _lidar_export(config, d))
+        return self.onnx_engine(path)
+
+    def fusion_engine(self, config: FusionEngineConfig | None = None) -> Engine:
+        """The fusion engine for ``config`` (default :class:`FusionEngineConfig`): the packaged
+        export for the default config, an export of any other (made on first use, needs torch),
+        or the torch module; TensorRT builds it in strict fp32.
+
+        Raises:
+            EngineError: torch is needed but missing, or a build, load or session failure.
+        """
+        config = config if config is not None else FusionEngineConfig()
+        if self.placement.backend == "torch":
+            from engines.fusion.graph import FusionEngine  # noqa: PLC0415 - needs torch
+
+            return self._torch(
+                FusionEngine(config), config.input_specs(), config.output_specs(), "fusion_engine"
+            )
+        if config == FusionEngineConfig():
+            path = FUSION_ENGINE_ONNX
+        else:
+            path = self._export("fusion engine", lambda d: _fusion_export(config, d))
+        return self.onnx_engine(path)
+
+    def _torch(
+        self,
+        module: torch.nn.Module,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        name: str,
+    ) -> Engine:
+        from engines.torch_backend import TorchEngine  # noqa: PLC0415 - needs torch
+
+        return TorchEngine(module, inputs, outputs, device=self.placement.device, name=name)
+
+    def _export(self, what: str, export: Callable[[Path | None], Path]) -> Path:
+        if not _torch_installed():
+            raise EngineError(
+                f"{what}: a config other than the packaged one is exported from its torch graph, "
+                "and torch is not installed (pip install torch)"
+            )
+        try:
+            return export(self._export_dir)
+        except OSError as exc:
+            raise EngineError(f"{what}: cannot write its ONNX export: {exc}") from exc
+
+
+def _lidar_export(config: LidarEncoderConfig, directory: Path | None) -> Path:
+    from engines.lidar.graph import cached_lidar_encoder_onnx  # noqa: PLC0415 - needs torch
+
+    return cached_lidar_encoder_onnx(config, directory)
+
+
+def _fusion_export(config: FusionEngineConfig, directory: Path | None) -> Path:
+    from engines.fusion.graph import cached_fusion_engine_onnx  # noqa: PLC0415 - needs torch
+
+    return cached_fusion_engine_onnx(config, directory)
+
+
+@dataclass(frozen=True)
+class NodeEngines:
+    """The node's three engines and the notes on what runs other than configured."""
+
+    camera: Engine
+    lidar: Engine
+    fusion: Engine
+    notes: tuple[str, ...] = ()
+
+
+def create_node_engines(
+    settings: EngineSettings,
+    camera_model: str | Path,
+    *,
+    camera_batch: int = 1,
+    camera_threads: int | None = None,
+    lidar_config: LidarEncoderConfig = OBSTACLE_CONFIG,
+    fusion_config: FusionEngineConfig | None = None,
+    model_cache_dir: Path | None = None,
+    source_dir: Path | None = None,
+) -> NodeEngines:
+    """Every engine the node runs, from its ``engines`` settings: the camera encoder
+    (``camera_model``, ``camera_batch`` cameras per call, ``camera_threads`` overriding
+    ``settings.threads``), the lidar encoder and the fusion engine. With ``backend: tensorrt``
+    this also builds whatever the engine cache lacks, so calling it ahead of time prepares a
+    node's start.
+
+    Raises:
+        EngineError: as :class:`EngineFactory` and its methods.
+        ModelError: the camera model is missing, invalid or fails verification.
+    """
+    factory = EngineFactory(settings, model_cache_dir=model_cache_dir, source_dir=source_dir)
+    camera = factory.camera_encoder(camera_model, batch=camera_batch, threads=camera_threads)
+    fusion = factory.fusion_engine(fusion_config)
+    lidar = factory.lidar_encoder(lidar_config)
+    return NodeEngines(camera=camera, lidar=lidar, fusion=fusion, notes=factory.notes)
 
 
 @dataclass(frozen=True)
@@ -165,10 +419,13 @@ def build_engines(
 ) -> list[BuildResult]:
     """Builds (or finds cached) TensorRT engines for ``models`` ahead of time.
 
-    Arguments are validated before TensorRT is needed, so a typo fails fast on any machine.
+    Arguments are validated before TensorRT is needed, so a typo fails fast on any machine. An
+    engine built here with the default builder options is the one the node's factory loads for
+    the same model and precision (the project's graphs, ``lidar_encoder`` and ``fusion_engine``,
+    run in ``fp32`` there).
 
     Args:
-        models: ONNX paths or registered model names.
+        models: ONNX paths, registered model names or packaged model names.
         precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         cache_dir: engine cache (default ``~/.cache/perception-node/engines``).
         model_cache_dir, source_dir: for registered names (see :func:`resolve_model`).
@@ -209,15 +466,7 @@ def build_engines(
     for i, path in enumerate(paths):
         if progress is not None:
             progress(i, total, f"{path.stem}: building {precision}")
-        specs = trt_backend.onnx_input_specs(path)
-        key = EngineCacheKey.create(
-            model_name=path.stem,
-            onnx_sha256=file_sha256(path),
-            device=device,
-            precision=precision,
-            input_shapes={s.name: s.static_shape() for s in specs},
-            builder_options=options.key_options(),
-        )
+        key = trt_backend.engine_cache_key(path, options, device)
         start = time.perf_counter()
 
         def build(path: Path = path) -> bytes:

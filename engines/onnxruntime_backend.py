@@ -1,10 +1,11 @@
 """ONNX Runtime backend: one InferenceSession behind named, typed tensor specs.
 
-CPU is the default. With ``providers=GPU_PROVIDERS`` (or :func:`default_providers` with
-``use_gpu=True``) the TensorRT and CUDA execution providers are requested when this ONNX Runtime
-build has them; the providers actually in use are read back from the session afterwards, because
-onnxruntime-gpu lists CUDA as available even when its libraries are missing and the session
-silently falls back to the CPU.
+CPU is the default. With ``providers=CUDA_PROVIDERS`` the CUDA execution provider is requested
+when this ONNX Runtime build has it (:func:`cuda_provider_available`); the providers actually in
+use are read back from the session afterwards, because onnxruntime-gpu lists CUDA as available
+even when its libraries are missing and the session silently falls back to the CPU. (TensorRT
+runs through the native backend, ``engines.tensorrt_backend``, not ONNX Runtime's TensorRT
+provider: that one has no engine cache of ours.)
 """
 
 from __future__ import annotations
@@ -22,22 +23,17 @@ from engines.errors import EngineError, ModelError
 
 __all__ = [
     "CPU_PROVIDERS",
-    "GPU_PROVIDERS",
+    "CUDA_PROVIDERS",
     "OnnxRuntimeEngine",
-    "TensorSpec",
-    "default_providers",
+    "cuda_provider_available",
     "device_for_providers",
 ]
 
 _log = logging.getLogger(__name__)
 
 CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
-# Preference order when an accelerator is wanted; CPU last so a session always has a fallback.
-GPU_PROVIDERS: tuple[str, ...] = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
-)
+# CUDA first, CPU last so a session always has a fallback (which the factory then checks for).
+CUDA_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _CUDA_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 
 # ONNX Runtime reports element types as "tensor(<onnx type>)"; map them to numpy dtype names.
@@ -71,12 +67,10 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=str(arg.name), dtype=dtype, shape=tuple(dims))
 
 
-def default_providers(use_gpu: bool = False) -> tuple[str, ...]:
-    """The providers to request: :data:`GPU_PROVIDERS` filtered to this build, or CPU only."""
-    if not use_gpu:
-        return CPU_PROVIDERS
-    available = set(ort.get_available_providers())
-    return tuple(p for p in GPU_PROVIDERS if p in available) or CPU_PROVIDERS
+def cuda_provider_available() -> bool:
+    """True when this ONNX Runtime build has the CUDA execution provider (onnxruntime-gpu); that
+    its libraries load is only known once a session took it (:attr:`providers_in_use`)."""
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def device_for_providers(providers_in_use: Sequence[str], device_id: int = 0) -> str:
@@ -146,6 +140,8 @@ class OnnxRuntimeEngine:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.num_threads = num_threads
         self._device_id = device_id
+        #: ONNX Runtime gives no device timing: always None (see Engine.last_gpu_ns).
+        self.last_gpu_ns: int | None = None
         provider_args: list[str | tuple[str, dict[str, Any]]] = [
             (p, {"device_id": device_id}) if p in _CUDA_PROVIDERS else p for p in usable
         ]

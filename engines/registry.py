@@ -27,6 +27,7 @@ from engines.errors import ModelError
 __all__ = [
     "DEFAULT_MODEL_CACHE_DIR",
     "MODELS",
+    "PACKAGED_MODELS",
     "PACKAGED_MODELS_DIR",
     "ModelInfo",
     "ProgressCallback",
@@ -40,6 +41,9 @@ _log = logging.getLogger(__name__)
 DEFAULT_MODEL_CACHE_DIR = Path("~/.cache/perception-node/models").expanduser()
 #: The models that ship inside the package (the project's own exports).
 PACKAGED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+#: Their names, usable wherever a model name is (``perception engines build lidar_encoder``):
+#: the lidar encoder and fusion engine exports, and the detector trained on synthetic drives.
+PACKAGED_MODELS: tuple[str, ...] = ("lidar_encoder", "fusion_engine", "synth_detector")
 
 # progress(bytes_done, bytes_total or None when the server does not say).
 ProgressCallback = Callable[[int, int | None], None]
@@ -230,7 +234,15 @@ def fetch_model(
                 resp, info=info, dest=dest, total=total, origin=info.url, progress=progress
             )
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ModelError(f"{info.filename}: download from {info.url} failed: {exc}") from exc
+        # Vehicles and CI machines are often offline: say how to get the file in without the
+        # network, and where it is looked for.
+        cache_option = "" if cache == DEFAULT_MODEL_CACHE_DIR else f" --cache-dir {cache}"
+        raise ModelError(
+            f"{info.filename}: not in the model cache {cache}, and the download from {info.url} "
+            f"failed ({' '.join(str(exc).split())}); copy it from a local folder holding "
+            f"{info.filename} with `perception models fetch {info.name} --source-dir DIR"
+            f"{cache_option}`"
+        ) from exc
     return dest
 
 
@@ -241,7 +253,8 @@ def resolve_model(
     source_dir: Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> Path:
-    """A model file path: an existing path as is, or a registry name fetched via the cache.
+    """A model file path: an existing path as is, a packaged model's name
+    (:data:`PACKAGED_MODELS`), or a registry name fetched via the cache.
 
     Raises:
         ModelError: neither an existing file nor a registered name, or the fetch fails.
@@ -250,11 +263,14 @@ def resolve_model(
     if path.is_file():
         return path
     key = str(name_or_path)
+    if key in PACKAGED_MODELS:
+        return PACKAGED_MODELS_DIR / f"{key}.onnx"
     if key not in MODELS and key.endswith(".onnx"):
         # Accept the registered file name too ("yolox_nano_coco_416.onnx").
         key = key.removesuffix(".onnx")
     if key in MODELS:
         return fetch_model(key, cache_dir, progress=progress, source_dir=source_dir)
     raise ModelError(
-        f"{name_or_path}: no such file and not a registered model (known: {sorted(MODELS)})"
+        f"{name_or_path}: no such file and not a registered model (known: {sorted(MODELS)}; "
+        f"packaged: {list(PACKAGED_MODELS)})"
     )

@@ -9,9 +9,15 @@ batch is the only mode in 10 --, ``trt.OnnxParser``, ``IBuilderConfig.set_flag``
 API for device buffers, copies, streams and CUDA graphs.
 
 Both are optional: importing this module never fails; :func:`tensorrt_available` says whether
-they loaded, and everything that needs them raises :class:`EngineError` ("TensorRT is not
-installed ...") otherwise. Only static input shapes are supported (the project exports its graphs
-with static, padded shapes), so no optimisation profiles are needed.
+they loaded, :func:`unavailable_reason` whether this machine can run engines at all (a CUDA device
+too), and everything that needs them raises :class:`EngineError` ("TensorRT is not installed
+...") otherwise. Only static input shapes are supported (the project exports its graphs with
+static, padded shapes), so no optimisation profiles are needed.
+
+``fp32`` means IEEE fp32: TensorRT's default TF32 math (10-bit mantissas in matmuls and
+convolutions on Ampere and later) is switched off for it, because the project's geometric graphs
+must agree with ONNX Runtime and torch to 1e-3 m, and TF32 alone moves a point at 50 m by
+centimetres. ``fp16``/``int8`` are explicit requests for reduced precision.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
     "BuildOptions",
     "TensorRTEngine",
     "build_serialized_engine",
+    "engine_cache_key",
     "load_or_build_engine",
     "onnx_input_specs",
     "query_device_info",
@@ -48,6 +55,7 @@ __all__ = [
     "require_tensorrt",
     "tensorrt_available",
     "timing_cache_path",
+    "unavailable_reason",
     "write_calibration_cache",
 ]
 
@@ -82,6 +90,29 @@ _trt, _cudart, _IMPORT_PROBLEM = _import_optional()
 def tensorrt_available() -> bool:
     """True when both TensorRT and cuda-python import (a GPU is needed to actually run)."""
     return _trt is not None and _cudart is not None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def unavailable_reason(device_id: int = 0) -> str | None:
+    """Why this machine cannot run TensorRT engines on CUDA device ``device_id``, in one line
+    (``"TensorRT 10 is not installed (import tensorrt failed: ...)"``, ``"no usable CUDA device
+    (CUDA call failed: cudaErrorNoDevice)"``), or ``None`` when it can."""
+    if _trt is None:
+        # The first problem is tensorrt's own import; cuda-python's, if any, follows.
+        first = _IMPORT_PROBLEM.split("; ")[0]
+        return _one_line(f"TensorRT 10 is not installed ({first})")
+    if _cudart is None:
+        return _one_line(f"cuda-python is not installed ({_IMPORT_PROBLEM})")
+    try:
+        count = int(_cuda(_cudart.cudaGetDeviceCount()))
+    except EngineError as exc:  # no driver, no device: cuda-python reports it as an error code
+        return _one_line(f"no usable CUDA device ({exc})")
+    if count <= device_id:
+        return f"no CUDA device {device_id} ({count} found)"
+    return None
 
 
 def require_tensorrt() -> None:
@@ -159,9 +190,10 @@ def query_device_info(device_id: int = 0) -> DeviceInfo:
 class BuildOptions:
     """How to build an engine.
 
-    ``precision``: ``"fp32"``, ``"fp16"`` or ``"int8"`` (INT8 also enables FP16 for layers
-    without INT8 kernels); ``workspace_bytes``: the builder's workspace memory pool limit;
-    ``optimization_level``: TensorRT builder optimisation level 0-5 (3 is TensorRT's default).
+    ``precision``: ``"fp32"`` (strict: TF32 off, see the module docstring), ``"fp16"`` or
+    ``"int8"`` (INT8 also enables FP16 for layers without INT8 kernels); ``workspace_bytes``: the
+    builder's workspace memory pool limit; ``optimization_level``: TensorRT builder optimisation
+    level 0-5 (3 is TensorRT's default).
 
     Raises:
         EngineError: a value out of range.
@@ -179,11 +211,18 @@ class BuildOptions:
         if not 0 <= self.optimization_level <= 5:
             raise EngineError(f"optimization_level must be in 0..5, got {self.optimization_level}")
 
+    @property
+    def tf32(self) -> bool:
+        """Whether TensorRT may use TF32 math: everywhere but in strict ``fp32`` builds."""
+        return self.precision != "fp32"
+
     def key_options(self) -> dict[str, object]:
-        """The options that change the built engine (precision is its own key field)."""
+        """The options that change the built engine (precision is its own key field; TF32 is
+        listed because engines cached before it was switched off for fp32 used it)."""
         return {
             "workspace_bytes": self.workspace_bytes,
             "optimization_level": self.optimization_level,
+            "tf32": self.tf32,
         }
 
 
@@ -360,6 +399,8 @@ def build_serialized_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(_trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     config.builder_optimization_level = options.optimization_level
+    if not options.tf32:
+        config.clear_flag(_trt.BuilderFlag.TF32)  # on by default in TensorRT
     calibrator: Any = None
     if options.precision in ("fp16", "int8"):
         if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in 10.x
@@ -391,12 +432,18 @@ def build_serialized_engine(
     return bytes(serialized)
 
 
+class _UnloadableEngineError(EngineError):
+    """TensorRT refused a serialized engine (another version or GPU, or a damaged file)."""
+
+
 class TensorRTEngine:
     """Runs a serialized TensorRT engine; implements :class:`engines.engine.Engine`.
 
     Inputs are copied to device buffers, the engine is enqueued with ``execute_async_v3`` on a
     private CUDA stream (or, with ``use_cuda_graph``, a CUDA graph captured from that call, which
-    removes per-layer launch overhead for small models), and outputs are copied back.
+    removes per-layer launch overhead for small models), and outputs are copied back. CUDA events
+    recorded on the stream before the input copies and after the execution give
+    :attr:`last_gpu_ns`.
 
     Args:
         engine: a serialized engine (bytes) or a ``.engine`` file.
@@ -429,11 +476,14 @@ class TensorRTEngine:
         self._buffers: dict[str, _DeviceBuffer] = {}
         self._graph_exec: Any = None
         self._stream: Any = None
+        self._events: tuple[Any, Any] | None = None
+        #: GPU time of the last run, from CUDA events (see Engine.last_gpu_ns).
+        self.last_gpu_ns: int | None = None
         _cuda(_cudart.cudaSetDevice(device_id))
         self._runtime = _trt.Runtime(_trt_logger())
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
-            raise EngineError(
+            raise _UnloadableEngineError(
                 f"{name}: TensorRT {_trt.__version__} cannot deserialize this engine (built for "
                 "another TensorRT version or GPU?); rebuild it"
             )
@@ -455,6 +505,7 @@ class TensorRTEngine:
         self._inputs = tuple(inputs)
         self._outputs = tuple(outputs)
         self._stream = _cuda(_cudart.cudaStreamCreate())
+        self._events = (_cuda(_cudart.cudaEventCreate()), _cuda(_cudart.cudaEventCreate()))
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -495,6 +546,10 @@ class TensorRTEngine:
         d2h = _cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         # Host arrays must outlive the async copies: keep references until the sync below.
         hosts = {n: np.ascontiguousarray(a) for n, a in feed.items()}
+        if self._events is None:
+            raise EngineError(f"{self.name}: the engine was closed")
+        start, end = self._events
+        _cuda(_cudart.cudaEventRecord(start, self._stream))
         for name, host in hosts.items():
             _cuda(
                 _cudart.cudaMemcpyAsync(
@@ -511,6 +566,7 @@ class TensorRTEngine:
             _cuda(_cudart.cudaGraphLaunch(self._graph_exec, self._stream))
         else:
             self._execute()
+        _cuda(_cudart.cudaEventRecord(end, self._stream))
         results = {s.name: np.empty(s.static_shape(), dtype=s.dtype) for s in self._outputs}
         for name, out in results.items():
             _cuda(
@@ -519,6 +575,8 @@ class TensorRTEngine:
                 )
             )
         _cuda(_cudart.cudaStreamSynchronize(self._stream))
+        elapsed_ms = float(_cuda(_cudart.cudaEventElapsedTime(start, end)))
+        self.last_gpu_ns = round(elapsed_ms * 1e6)
         return results
 
     def warmup(self, iterations: int = 1) -> None:
@@ -543,7 +601,11 @@ class TensorRTEngine:
         )
 
     def close(self) -> None:
-        """Frees the CUDA graph, stream and device buffers (idempotent)."""
+        """Frees the CUDA graph, events, stream and device buffers (idempotent)."""
+        if self._events is not None:
+            for event in self._events:
+                _cudart.cudaEventDestroy(event)
+            self._events = None
         if self._graph_exec is not None:
             _cudart.cudaGraphExecDestroy(self._graph_exec)
             self._graph_exec = None
@@ -566,6 +628,32 @@ class TensorRTEngine:
         self.close()
 
 
+def engine_cache_key(
+    onnx_path: Path, options: BuildOptions, device: DeviceInfo, *, name: str | None = None
+) -> EngineCacheKey:
+    """The cache key of ``onnx_path`` built with ``options`` on ``device``: ONNX sha256, TensorRT
+    version, GPU, precision, input shapes and builder options (``name``: default the file stem).
+
+    Raises:
+        ModelError: the ONNX file is missing or invalid.
+        EngineError: an input with a dynamic shape, or an invalid name.
+    """
+    onnx_path = Path(onnx_path)
+    specs = onnx_input_specs(onnx_path)
+    try:
+        digest = file_sha256(onnx_path)
+    except OSError as exc:
+        raise ModelError(f"{onnx_path}: cannot read model: {exc}") from exc
+    return EngineCacheKey.create(
+        model_name=name or onnx_path.stem,
+        onnx_sha256=digest,
+        device=device,
+        precision=options.precision,
+        input_shapes={s.name: s.static_shape() for s in specs},
+        builder_options=options.key_options(),
+    )
+
+
 def load_or_build_engine(
     onnx_path: Path,
     *,
@@ -581,7 +669,9 @@ def load_or_build_engine(
     """A :class:`TensorRTEngine` for ``onnx_path``, from the engine cache or freshly built.
 
     Stale cache entries (another TensorRT version, GPU, precision, shapes or ONNX file) are
-    reported and rebuilt by :meth:`EngineCache.get_or_build`.
+    reported and rebuilt by :meth:`EngineCache.get_or_build`; a cached engine that TensorRT
+    refuses to load anyway (a damaged file of the right size) is reported, removed and rebuilt
+    once.
 
     Raises:
         EngineError: TensorRT missing, build or load failure.
@@ -592,28 +682,33 @@ def load_or_build_engine(
     options = options or BuildOptions()
     cache = EngineCache(cache_dir or DEFAULT_ENGINE_CACHE_DIR)
     device = device or query_device_info(device_id)
-    key = EngineCacheKey.create(
-        model_name=name or onnx_path.stem,
-        onnx_sha256=file_sha256(onnx_path),
-        device=device,
-        precision=options.precision,
-        input_shapes={s.name: s.static_shape() for s in onnx_input_specs(onnx_path)},
-        builder_options=options.key_options(),
-    )
-    entry, _ = cache.get_or_build(
-        key,
-        lambda: build_serialized_engine(
+    key = engine_cache_key(onnx_path, options, device, name=name)
+
+    def build() -> bytes:
+        return build_serialized_engine(
             onnx_path,
             options,
             calibration_batches=calibration_batches() if calibration_batches else None,
             calibration_cache=calibration_cache,
             timing_cache=timing_cache_path(cache.directory, device),
-        ),
-    )
-    return TensorRTEngine(
-        entry.engine_path,
-        name=key.model_name,
-        precision=options.precision,
-        use_cuda_graph=use_cuda_graph,
-        device_id=device_id,
-    )
+        )
+
+    def load(path: Path) -> TensorRTEngine:
+        return TensorRTEngine(
+            path,
+            name=key.model_name,
+            precision=options.precision,
+            use_cuda_graph=use_cuda_graph,
+            device_id=device_id,
+        )
+
+    entry, status = cache.get_or_build(key, build)
+    try:
+        return load(entry.engine_path)
+    except _UnloadableEngineError as exc:
+        if status != "cached":
+            raise
+        _log.warning("rebuilding %s: the cached engine does not load (%s)", key.model_name, exc)
+        cache.remove(entry)
+    entry, _ = cache.get_or_build(key, build)
+    return load(entry.engine_path)

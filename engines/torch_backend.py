@@ -3,6 +3,7 @@
 The module's ``forward`` takes one tensor per input spec, positionally in spec order, and returns
 one tensor (one output spec) or a tuple/list of tensors in output-spec order. The same module is
 exported to ONNX with :func:`export_onnx` (static shapes) so every backend runs the same graph.
+On CUDA each run is timed with CUDA events (:attr:`TorchEngine.last_gpu_ns`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from engines.engine import EngineDescription, TensorSpec, check_inputs, format_specs, run_warmup
 from engines.errors import EngineError
+from engines.gpu_timing import cuda_event_time
 from engines.onnx_ops import export_static_onnx
 
 __all__ = ["TorchEngine", "export_onnx", "resolve_torch_device"]
@@ -73,6 +75,8 @@ class TorchEngine:
         self._outputs = tuple(outputs)
         self.device = resolve_torch_device(device)
         self.module = module.eval().to(self.device)
+        #: GPU time of the last run from CUDA events; None off CUDA (see Engine.last_gpu_ns).
+        self.last_gpu_ns: int | None = None
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -92,15 +96,17 @@ class TorchEngine:
                 or outputs whose count, dtype or shape differ from the output specs.
         """
         feed = check_inputs(self.name, self._inputs, inputs)
-        args = [
-            torch.from_numpy(np.ascontiguousarray(feed[s.name])).to(self.device)
-            for s in self._inputs
-        ]
         try:
-            with torch.inference_mode():
+            # The events bracket the host-to-device copies too, as the TensorRT engine's do.
+            with torch.inference_mode(), cuda_event_time(self.device) as gpu:
+                args = [
+                    torch.from_numpy(np.ascontiguousarray(feed[s.name])).to(self.device)
+                    for s in self._inputs
+                ]
                 result = self.module(*args)
         except Exception as exc:  # any error inside user graphs is reported as an engine error
             raise EngineError(f"{self.name}: forward failed: {exc}") from exc
+        self.last_gpu_ns = gpu.ns
         tensors = list(result) if isinstance(result, tuple | list) else [result]
         if len(tensors) != len(self._outputs):
             raise EngineError(

@@ -9,6 +9,8 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
+from engines.errors import EngineError
+from engines.settings import EngineSettings
 from perception.errors import ConfigError
 
 __all__ = [
@@ -73,21 +75,15 @@ class CameraModelConfig:
     nms_iou: float = 0.45
     """IoU above which class-wise NMS suppresses the lower-scoring 2D box."""
     num_threads: int = 0
-    """Intra-op threads of the camera encoder on the CPU; 0 lets ONNX Runtime choose."""
+    """The camera encoder's ONNX Runtime threads; 0: `engines.threads`."""
     batch: int = 1
     """Cameras per engine call; above 1, a batch-N copy of the model runs."""
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """Where the engines run. `backend`: "onnxruntime" (every engine on ONNX Runtime, the CPU
-    unless `device` is "cuda"), "tensorrt" (every engine on ONNX Runtime's TensorRT execution
-    provider, CUDA then CPU as fallbacks; needs onnxruntime-gpu with TensorRT) or "torch" (the
-    project's own graphs - lidar encoder, fusion engine - on torch, the camera detector on ONNX
-    Runtime). `device`: "auto" (CUDA when available), "cpu" or "cuda"."""
-
-    backend: str = "onnxruntime"
-    device: str = "cpu"
+#: The `engines` section: engines.settings.EngineSettings (backend onnxruntime|tensorrt|torch,
+#: device auto|cpu|cuda, precision, cache_dir, fallback, threads), owned by the engines package,
+#: which validates it with errors naming the key. This name is kept for existing callers.
+EngineConfig = EngineSettings
 
 
 @dataclass(frozen=True)
@@ -175,7 +171,7 @@ class NodeConfig:
     """Where the node publishes."""
     camera_model: CameraModelConfig = CameraModelConfig()
     """The camera encoder's model."""
-    engines: EngineConfig = EngineConfig()
+    engines: EngineSettings = field(default_factory=EngineSettings)
     """Where the engines run."""
     sync: SyncConfig = SyncConfig()
     """Time synchronisation."""
@@ -238,7 +234,10 @@ def _build(cls: type[T], doc: dict[str, Any], prefix: str) -> T:
             where = f"{prefix}.{key}" if prefix else str(key)
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in doc.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except EngineError as e:  # EngineSettings validates itself, naming `engines.<key>`
+        raise ConfigError(str(e)) from None
 
 
 def _validate(cfg: NodeConfig) -> None:
@@ -268,16 +267,6 @@ def _validate(cfg: NodeConfig) -> None:
         (0.0 < cfg.camera_model.nms_iou <= 1.0, "camera_model.nms_iou", "must be in (0, 1]"),
         (cfg.camera_model.num_threads >= 0, "camera_model.num_threads", "must be >= 0"),
         (cfg.camera_model.batch >= 1, "camera_model.batch", "must be >= 1"),
-        (
-            cfg.engines.backend in ("onnxruntime", "tensorrt", "torch"),
-            "engines.backend",
-            "must be 'onnxruntime', 'tensorrt' or 'torch'",
-        ),
-        (
-            cfg.engines.device in ("auto", "cpu", "cuda"),
-            "engines.device",
-            "must be 'auto', 'cpu' or 'cuda'",
-        ),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
         (cfg.max_points > 0, "max_points", "must be > 0"),
         (

@@ -301,7 +301,7 @@ def _result(
         rate_hz=run.rate_hz,
         duration_s=settings.duration_s,
         backend=config.engines.backend,
-        device=config.engines.device,
+        device=config.engines.effective_device,
         node_config=node_config,
         machine=machine,
         sweeps=run.accounting(),

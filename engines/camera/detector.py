@@ -1,5 +1,7 @@
-"""Camera encoder: a COCO-pretrained 2D detector (YOLOX-Nano or Yolo-FastestV2) on ONNX Runtime.
+"""Camera encoder: a COCO-pretrained 2D detector (YOLOX-Nano or Yolo-FastestV2) on any Engine.
 
+The network runs through an :class:`~engines.engine.Engine` (ONNX Runtime, TensorRT, as
+``engines.factory.EngineFactory.camera_encoder`` built it); the detector owns what surrounds it.
 The stages (:meth:`CameraDetector.preprocess`, :meth:`~CameraDetector.infer`,
 :meth:`~CameraDetector.decode`) are public so the pipeline can time them separately;
 :meth:`CameraDetector.detect` runs all three.
@@ -9,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from engines.camera.labels import COCO_NAMES, merge_cyclists, node_label
+from engines.engine import Engine
 from engines.errors import EngineError
-from engines.onnxruntime_backend import CPU_PROVIDERS, OnnxRuntimeEngine
 
 __all__ = ["KINDS", "Box2D", "CameraDetector", "Letterbox"]
 
@@ -102,44 +103,37 @@ class CameraDetector:
     """A COCO 2D detector on one BGR camera image.
 
     Args:
-        model_path: ``yolox_nano_coco_416.onnx`` or ``yolo_fastestv2_coco_352.onnx`` (or a model
-            with the same head).
+        engine: the network: ``yolox_nano_coco_416`` or ``yolo_fastestv2_coco_352`` (or a model
+            with the same head), e.g. from ``EngineFactory.camera_encoder``.
         kind: ``"yolox"``, ``"yolo_fastestv2"`` or ``"auto"`` (inferred from the output shape).
         score_threshold: ``objectness * class`` scores above this are kept, in [0, 1].
         nms_iou: IoU above which a lower-scored box of the same class is suppressed.
-        num_threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
-        providers: ONNX Runtime execution providers in order of preference (CPU by default).
 
     Raises:
-        ModelError: the model file is missing, unreadable or not valid ONNX.
         EngineError: unknown ``kind``, thresholds out of range, or a model whose input/output
-            shapes do not fit the kind.
+            shapes do not fit the kind; the message names the model.
     """
 
     def __init__(
         self,
-        model_path: Path,
+        engine: Engine,
         *,
         kind: str = "auto",
         score_threshold: float = 0.25,
         nms_iou: float = 0.45,
-        num_threads: int | None = None,
-        providers: Sequence[str] = CPU_PROVIDERS,
     ) -> None:
+        name = engine.describe().model or "camera encoder"
+        #: The model's name in messages (its file name for ONNX Runtime).
+        self.name = name
         if kind != "auto" and kind not in KINDS:
-            raise EngineError(f"{model_path}: unknown detector kind {kind!r}; use auto or {KINDS}")
+            raise EngineError(f"{name}: unknown detector kind {kind!r}; use auto or {KINDS}")
         if not 0.0 <= score_threshold <= 1.0:
-            raise EngineError(
-                f"{model_path}: score_threshold must be in [0, 1], got {score_threshold}"
-            )
+            raise EngineError(f"{name}: score_threshold must be in [0, 1], got {score_threshold}")
         if not 0.0 < nms_iou <= 1.0:
-            raise EngineError(f"{model_path}: nms_iou must be in (0, 1], got {nms_iou}")
-        self.engine = OnnxRuntimeEngine(
-            Path(model_path), num_threads=num_threads, providers=providers
-        )
+            raise EngineError(f"{name}: nms_iou must be in (0, 1], got {nms_iou}")
+        self.engine = engine
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
-        name = Path(model_path).name
 
         if len(self.engine.inputs) != 1 or len(self.engine.outputs) != 1:
             raise EngineError(f"{name}: expected one input and one output tensor")
@@ -157,6 +151,7 @@ class CameraDetector:
                 f"got {spec.dtype} {dims}"
             )
         self.input_name = spec.name
+        self._output_name = self.engine.outputs[0].name
         #: Images per engine call (engines.camera.batching makes batch-N copies of batch-1 models).
         self.batch_size = int(dims[0])
         self.input_height = int(dims[2])
@@ -212,17 +207,12 @@ class CameraDetector:
     def _check_image(self, image: np.ndarray) -> None:
         if not isinstance(image, np.ndarray):
             raise EngineError(
-                f"{self.engine.model_path.name}: image must be a numpy array, "
-                f"got {type(image).__name__}"
+                f"{self.name}: image must be a numpy array, got {type(image).__name__}"
             )
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-            raise EngineError(
-                f"{self.engine.model_path.name}: image must be HxWx3 BGR, got shape {image.shape}"
-            )
+            raise EngineError(f"{self.name}: image must be HxWx3 BGR, got shape {image.shape}")
         if image.dtype != np.uint8:
-            raise EngineError(
-                f"{self.engine.model_path.name}: image must be uint8, got {image.dtype}"
-            )
+            raise EngineError(f"{self.name}: image must be uint8, got {image.dtype}")
 
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """Maps a BGR uint8 HxWx3 image onto the model input.
@@ -262,8 +252,7 @@ class CameraDetector:
         """
         if self.batch_size != 1:
             return self.infer_batch([tensor])[0]
-        out = self.engine.run({self.input_name: tensor})
-        return out[self.engine.outputs[0].name]
+        return self.engine.run({self.input_name: tensor})[self._output_name]
 
     def infer_batch(self, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Raw outputs of several preprocessed (1, 3, H, W) tensors (one per camera), in
@@ -274,7 +263,7 @@ class CameraDetector:
         """
         if self.batch_size == 1:
             return [self.infer(t) for t in tensors]
-        name = self.engine.outputs[0].name
+        name = self._output_name
         outputs: list[np.ndarray] = []
         for start in range(0, len(tensors), self.batch_size):
             chunk = list(tensors[start : start + self.batch_size])
@@ -298,8 +287,7 @@ class CameraDetector:
         cols = 5 + _NUM_CLASSES if self.kind == "yolox" else _FASTEST_COLS
         if raw.size != rows * cols:
             raise EngineError(
-                f"{self.engine.model_path.name}: raw output has shape {raw.shape}, "
-                f"expected {rows}x{cols} values"
+                f"{self.name}: raw output has shape {raw.shape}, expected {rows}x{cols} values"
             )
         out = raw.reshape(rows, cols).astype(np.float32, copy=False)
         if self.kind == "yolox":

@@ -42,10 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.fusion.runner import (
-    _BIG,
-    _CUT_TAIL_M,
-    _OVERHANG_MARGIN_M,
+from engines.exports import DEFAULT_EXPORT_DIR
+from engines.fusion.config import (
+    BIG,
     INPUT_NAMES,
     ONNX_OPSET,
     OUTPUT_NAMES,
@@ -54,7 +53,13 @@ from engines.fusion.runner import (
 )
 from engines.onnx_ops import export_static_onnx, scatter_amax
 
-__all__ = ["FusionEngine", "export_fusion_engine_onnx"]
+__all__ = ["FusionEngine", "cached_fusion_engine_onnx", "export_fusion_engine_onnx"]
+
+# Points above the class's largest height by more than this are overhangs (trees, signs); the
+# margin absorbs ground-plane error.
+_OVERHANG_MARGIN_M = 0.3
+# Outline length behind a cut end that gives the direction the object continues in.
+_CUT_TAIL_M = 0.8
 
 # Column indices of the prior table (EnginePrior.row order).
 (
@@ -73,8 +78,8 @@ __all__ = ["FusionEngine", "export_fusion_engine_onnx"]
 
 
 def _scatter_max(size: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Per-slot max of ``src`` (flat) over ``index`` into ``size`` slots; empty slots -_BIG."""
-    init = torch.full((size,), -_BIG, dtype=src.dtype, device=src.device)
+    """Per-slot max of ``src`` (flat) over ``index`` into ``size`` slots; empty slots -BIG."""
+    init = torch.full((size,), -BIG, dtype=src.dtype, device=src.device)
     return scatter_amax(init, 0, index.reshape(-1), src.reshape(-1))
 
 
@@ -92,7 +97,7 @@ def _masked_percentiles(
     Reduces the last axis with one sort; rows with no valid entry give meaningless finite values.
     """
     n = mask.sum(-1, keepdim=True).to(values.dtype)
-    ordered = torch.sort(torch.where(mask, values, _BIG), dim=-1).values
+    ordered = torch.sort(torch.where(mask, values, BIG), dim=-1).values
     last = torch.clamp(n - 1.0, min=0.0)
     out = []
     for q in qs:
@@ -216,7 +221,7 @@ class FusionEngine(torch.nn.Module):
         # ---- Membership [B, N] and the gathered members [B, P]. This is the only [B, N] work,
         # so it is kept to a few float ops: non-obstacles get a u no box contains, rejected
         # boxes a negative half-width.
-        u_obs = torch.where(obstacle, u, -_BIG)
+        u_obs = torch.where(obstacle, u, -BIG)
         half_w = torch.where(box_ok, 0.5 * (ix2 - ix1), -1.0)[:, None]
         half_h = (0.5 * (iy2 - iy1))[:, None]
         inside = torch.maximum(
@@ -241,7 +246,7 @@ class FusionEngine(torch.nn.Module):
         ones = gathered.to(dt)
         counts = _scatter_sum(b_max * nb, flat_bin, ones).reshape(b_max, nb)
         occupied = counts > 0
-        bin_hmax = _scatter_max(b_max * nb, flat_bin, torch.where(gathered, g_h, -_BIG))
+        bin_hmax = _scatter_max(b_max * nb, flat_bin, torch.where(gathered, g_h, -BIG))
         bin_hmax = bin_hmax.reshape(b_max, nb)
         depth_sum = _scatter_sum(b_max * nb, flat_bin, g_depth * ones).reshape(b_max, nb)
         box_w = torch.clamp(ix2 - ix1, min=1e-3)
@@ -279,10 +284,10 @@ class FusionEngine(torch.nn.Module):
         c_count = (onehot_t @ counts[:, :, None]).squeeze(2)  # [B, R]
         c_depth = (onehot_t @ depth_sum[:, :, None]).squeeze(2) / torch.clamp(c_count, min=1.0)
         c_cover = ((onehot_t @ col_occ) > 0).to(dt).sum(2) / n_cols  # [B, R]
-        c_top = torch.where(in_cluster, bin_hmax[:, :, None], -_BIG).amax(1)
+        c_top = torch.where(in_cluster, bin_hmax[:, :, None], -BIG).amax(1)
         bin_f = bin_index.to(dt)[None, :, None]
-        c_first = torch.where(in_cluster, bin_f, _BIG).amin(1)
-        c_last = torch.where(in_cluster, bin_f, -_BIG).amax(1)
+        c_first = torch.where(in_cluster, bin_f, BIG).amin(1)
+        c_last = torch.where(in_cluster, bin_f, -BIG).amax(1)
         c_extent = (c_last - c_first + 1.0) * cfg.depth_bin_m
 
         fy = intrinsics[1, 1]
@@ -315,15 +320,15 @@ class FusionEngine(torch.nn.Module):
         px, py = g_x - ox, g_y - oy
         # Azimuth relative to the cluster's mean direction: no wrap at +-pi for any camera.
         rel_az = _atan2(cx_dir * py - cy_dir * px, cx_dir * px + cy_dir * py)
-        az_min = torch.where(sel, rel_az, _BIG).amin(1)
-        az_max = torch.where(sel, rel_az, -_BIG).amax(1)
+        az_min = torch.where(sel, rel_az, BIG).amin(1)
+        az_max = torch.where(sel, rel_az, -BIG).amax(1)
         mean_rng = torch.clamp(_masked_mean(g_rng, sel), min=1.0)
         a_bins = cfg.outline_bins
         az_step = torch.maximum(cfg.outline_bin_m / mean_rng, (az_max - az_min) / a_bins)
         a_f = torch.floor((rel_az - az_min[:, None]) / az_step[:, None])
         a_idx = torch.clamp(a_f, 0.0, float(a_bins - 1)).to(torch.int64)
         flat_a = torch.where(sel, box_row[:, None] * a_bins + a_idx, 0)
-        nearest = -_scatter_max(b_max * a_bins, flat_a, torch.where(sel, -g_rng, -_BIG))
+        nearest = -_scatter_max(b_max * a_bins, flat_a, torch.where(sel, -g_rng, -BIG))
         is_outline = sel & (g_rng <= torch.gather(nearest.reshape(b_max, a_bins), 1, a_idx))
         p_index = torch.arange(p_max, device=dev).to(dt)[None, :].expand(b_max, p_max)
         pick = _scatter_max(b_max * a_bins, flat_a, torch.where(is_outline, p_index, -1.0))
@@ -334,8 +339,8 @@ class FusionEngine(torch.nn.Module):
         o_y = torch.gather(g_y, 1, o_idx)
         o_az = torch.gather(rel_az, 1, o_idx)
         n_outline = o_valid.sum(1)
-        first = torch.argmin(torch.where(o_valid, o_az, _BIG), dim=1, keepdim=True)
-        last = torch.argmax(torch.where(o_valid, o_az, -_BIG), dim=1, keepdim=True)
+        first = torch.argmin(torch.where(o_valid, o_az, BIG), dim=1, keepdim=True)
+        last = torch.argmax(torch.where(o_valid, o_az, -BIG), dim=1, keepdim=True)
         end_dx = torch.gather(o_x, 1, last) - torch.gather(o_x, 1, first)
         end_dy = torch.gather(o_y, 1, last) - torch.gather(o_y, 1, first)
         visible = torch.sqrt(end_dx * end_dx + end_dy * end_dy).squeeze(1)
@@ -414,7 +419,7 @@ class FusionEngine(torch.nn.Module):
         # ---- Height and z: the plane at the centre, corrected by the lowest return near it
         # (one plane drifts on slopes).
         local = self._local_ground(xyz, plane_h, usable, cx, cy)
-        top_h = torch.where(sel, g_h, -_BIG).amax(1) - local
+        top_h = torch.where(sel, g_h, -BIG).amax(1) - local
         prior_h = prior[:, _P_HGT]
         box_h = torch.where((top_h > prior_h) & (top_h <= prior[:, _P_MAX_HGT]), top_h, prior_h)
         ground_z = -(offset + normal[0] * cx + normal[1] * cy) / torch.clamp(normal[2], min=1e-6)
@@ -432,14 +437,14 @@ class FusionEngine(torch.nn.Module):
     ) -> torch.Tensor:
         """``[C]`` nearest obstacle range (m) per ``occlusion_column_px`` image column.
 
-        Columns without an obstacle hold _BIG.
+        Columns without an obstacle hold BIG.
         """
         cfg = self.config
         n_cols = math.ceil(cfg.max_image_width_px / cfg.occlusion_column_px)
         col = torch.floor(u / cfg.occlusion_column_px)
         ok = obstacle & (col >= 0) & (col < n_cols)
         flat = torch.where(ok, col, float(n_cols)).to(torch.int64)
-        return -_scatter_max(n_cols + 1, flat, torch.where(ok, -rng, -_BIG))[:n_cols]
+        return -_scatter_max(n_cols + 1, flat, torch.where(ok, -rng, -BIG))[:n_cols]
 
     def _local_ground(
         self,
@@ -462,7 +467,7 @@ class FusionEngine(torch.nn.Module):
         near = usable & (plane_h.abs() <= cfg.local_ground_max_offset_m)
         near = near & (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n)
         flat = torch.where(near, ix * n + iy, float(n * n)).to(torch.int64)
-        lowest = -_scatter_max(n * n + 1, flat, torch.where(near, -plane_h, -_BIG))
+        lowest = -_scatter_max(n * n + 1, flat, torch.where(near, -plane_h, -BIG))
         k = cfg.local_ground_window
         grid = lowest[: n * n].reshape(1, 1, n, n)
         eroded = -torch.nn.functional.max_pool2d(-grid, k, stride=1, padding=k // 2)
@@ -470,7 +475,7 @@ class FusionEngine(torch.nn.Module):
         bx = torch.clamp(torch.floor((cx + half) / cell), 0.0, float(n - 1))
         by = torch.clamp(torch.floor((cy + half) / cell), 0.0, float(n - 1))
         value = eroded[(bx * n + by).to(torch.int64)]
-        return torch.where(value < 0.5 * _BIG, value, 0.0)
+        return torch.where(value < 0.5 * BIG, value, 0.0)
 
     def _heading_costs(
         self, ox: torch.Tensor, oy: torch.Tensor, valid: torch.Tensor, thetas: torch.Tensor
@@ -492,7 +497,7 @@ class FusionEngine(torch.nn.Module):
             torch.minimum((a - a_lo[..., None]).abs(), (a - a_hi[..., None]).abs()),
             torch.minimum((b - b_lo[..., None]).abs(), (b - b_hi[..., None]).abs()),
         )
-        d = torch.where(m, d, _BIG)
+        d = torch.where(m, d, BIG)
         ordered = torch.sort(d, dim=-1).values
         n = m.sum(-1, keepdim=True).to(d.dtype)
         keep = torch.clamp(torch.round(n * cfg.yaw_trim_fraction), min=1.0)
@@ -549,8 +554,8 @@ class FusionEngine(torch.nn.Module):
         a_last = torch.gather(o_az, 1, last).squeeze(1)
         mid_az = 0.5 * (a_first + a_last)
         # Which outline side the image edges are on: the azimuth of the extreme-u points.
-        u_min_i = torch.argmin(torch.where(sel, g_u, _BIG), dim=1, keepdim=True)
-        u_max_i = torch.argmax(torch.where(sel, g_u, -_BIG), dim=1, keepdim=True)
+        u_min_i = torch.argmin(torch.where(sel, g_u, BIG), dim=1, keepdim=True)
+        u_max_i = torch.argmax(torch.where(sel, g_u, -BIG), dim=1, keepdim=True)
         az_umin = torch.gather(rel_az, 1, u_min_i).squeeze(1)
         az_umax = torch.gather(rel_az, 1, u_max_i).squeeze(1)
         left_cut = x1 <= cfg.image_edge_margin_px
@@ -656,6 +661,25 @@ def export_fusion_engine_onnx(
         OUTPUT_NAMES,
         opset=ONNX_OPSET,
     )
+
+
+def cached_fusion_engine_onnx(config: FusionEngineConfig, cache_dir: Path | None = None) -> Path:
+    """The exported ONNX file for ``config`` in ``cache_dir``, exporting it on first use.
+
+    The file is named by :meth:`FusionEngineConfig.cache_key`, so a changed config, graph
+    version or torch version gets a fresh export instead of a stale one.
+
+    Args:
+        cache_dir: defaults to :data:`engines.exports.DEFAULT_EXPORT_DIR`.
+
+    Raises:
+        OSError: the cache directory or file cannot be written.
+    """
+    directory = Path(cache_dir) if cache_dir is not None else DEFAULT_EXPORT_DIR
+    path = directory / f"fusion_engine-{config.cache_key()[:24]}.onnx"
+    if not path.is_file():
+        export_fusion_engine_onnx(path, config=config)
+    return path
 
 
 if __name__ == "__main__":

@@ -1,250 +1,21 @@
-"""Running the fusion engine without torch: its static shapes, tunables and class priors, and a
-runner that pads numpy inputs and executes the exported graph with ONNX Runtime (or the torch
-module when torch is installed). The graph itself is `engines.fusion.graph` (needs torch);
-`engines/models/fusion_engine.onnx` is its export for the default config, shipped with the
-package so the runtime install needs no torch (a test checks it equals a fresh export).
+"""Running the fusion engine: pads numpy inputs to the graph's static shapes and runs them
+through an :class:`~engines.engine.Engine` (ONNX Runtime, TensorRT or torch, as the factory built
+it). Shapes, tunables and priors are `engines.fusion.config`; the graph itself
+`engines.fusion.graph` (needs torch).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from engines.graph_runner import Backend, GraphRunner
-from engines.onnxruntime_backend import CPU_PROVIDERS, TensorSpec
-from engines.registry import PACKAGED_MODELS_DIR
+from engines.engine import Engine, TensorSpec, require_specs
+from engines.fusion.config import OUTPUT_NAMES, FusionEngineConfig
 
-__all__ = [
-    "DEFAULT_ENGINE_PRIORS",
-    "GENERIC_ENGINE_PRIOR",
-    "INPUT_NAMES",
-    "ONNX_OPSET",
-    "OUTPUT_NAMES",
-    "PACKAGED_MODEL_PATH",
-    "EnginePrior",
-    "FusionEngineConfig",
-    "FusionEngineResult",
-    "FusionEngineRunner",
-]
-
-#: The default config's graph, exported (regenerate with `python -m engines.fusion.graph`).
-PACKAGED_MODEL_PATH = PACKAGED_MODELS_DIR / "fusion_engine.onnx"
-
-#: ``ScatterElements`` with ``reduction="max"`` needs opset 18.
-ONNX_OPSET = 18
-
-#: Graph inputs, in order (see :class:`FusionEngine.forward`).
-INPUT_NAMES: tuple[str, ...] = (
-    "points",
-    "num_points",
-    "boxes",
-    "num_boxes",
-    "camera_from_vehicle",
-    "intrinsics",
-    "image_size",
-    "ground",
-)
-#: Graph outputs, in order.
-OUTPUT_NAMES: tuple[str, ...] = ("boxes3d", "valid", "fused_score")
-
-# Stand-in for +-infinity inside the graph: inf - inf is NaN, and NaN would leak through
-# min/max reductions differently per backend; this is far beyond any metre or pixel value.
-_BIG = 1.0e6
-# Points above the class's largest height by more than this are overhangs (trees, signs); the
-# margin absorbs ground-plane error.
-_OVERHANG_MARGIN_M = 0.3
-# Outline length behind a cut end that gives the direction the object continues in.
-_CUT_TAIL_M = 0.8
-# Relative headings of the refinement pass around the best coarse candidate (degrees, x step).
-_REFINE_STEPS = 5
-
-
-@dataclass(frozen=True)
-class EnginePrior:
-    """Size prior and plausibility limits of one class (metres), as a row of the prior table.
-
-    ``length_m``, ``width_m``, ``height_m`` are the typical box; ``max_*_m`` the largest extents
-    still one object; the cluster's top must reach ``min_height_above_ground_m``; below a
-    visible extent of ``yaw_fit_min_extent_m`` the heading comes from the prior (``inf``: never
-    fitted);
-    ``min_points`` lidar points at least; the prior height's image height at the cluster depth
-    over the 2D box height must lie in [``min_box_height_ratio``, ``max_box_height_ratio``].
-    """
-
-    label: str
-    length_m: float
-    width_m: float
-    height_m: float
-    max_length_m: float
-    max_width_m: float
-    max_height_m: float
-    min_height_above_ground_m: float
-    yaw_fit_min_extent_m: float
-    min_points: int = 5
-    min_box_height_ratio: float = 0.6
-    max_box_height_ratio: float = 2.5
-
-    def __post_init__(self) -> None:
-        for name in ("length_m", "width_m", "height_m"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"EnginePrior({self.label}).{name}: must be > 0, got {value}")
-            if not getattr(self, f"max_{name}") >= value:
-                raise ValueError(f"EnginePrior({self.label}).max_{name}: must be >= {name}")
-        if self.min_points < 1:
-            raise ValueError(f"EnginePrior({self.label}).min_points: must be >= 1")
-        if not 0.0 <= self.min_box_height_ratio <= self.max_box_height_ratio:
-            raise ValueError(
-                f"EnginePrior({self.label}): need 0 <= min_box_height_ratio <= max_box_height_ratio"
-            )
-
-    def row(self) -> list[float]:
-        """The table row; infinities become a large finite value (graphs avoid inf)."""
-        values = (
-            self.length_m,
-            self.width_m,
-            self.height_m,
-            self.max_length_m,
-            self.max_width_m,
-            self.max_height_m,
-            self.min_height_above_ground_m,
-            self.yaw_fit_min_extent_m,
-            float(self.min_points),
-            self.min_box_height_ratio,
-            self.max_box_height_ratio,
-        )
-        return [min(float(v), _BIG) for v in values]
-
-
-# KITTI anchor sizes for the KITTI classes, typical sizes for the other COCO road users.
-DEFAULT_ENGINE_PRIORS: tuple[EnginePrior, ...] = (
-    # Car: a top 0.7 m above the ground (a car seen from the front beyond ~20 m shows only its
-    # bumper below the windscreen: 0.81-0.91 m tall); the box-height ratio at most 1.3 (a nearer
-    # occluder's cluster in a parked car's box reads 1.24-1.6; the car's own about 1.0). Both
-    # measured on the synthetic drives (recall 94.0 -> 96.8% seed 0, 89.9 -> 95.0% seed 1, false
-    # positives 42 -> 26 and 81 -> 32); the KITTI frames' detections are unchanged.
-    EnginePrior("Car", 3.9, 1.6, 1.56, 6.5, 2.6, 2.8, 0.7, 2.4, 5, 0.6, 1.3),
-    EnginePrior("Pedestrian", 0.8, 0.6, 1.73, 1.5, 1.5, 2.3, 0.8, math.inf),
-    EnginePrior("Cyclist", 1.76, 0.6, 1.73, 2.5, 1.5, 2.3, 0.8, 1.2),
-    EnginePrior("motorbike", 2.0, 0.8, 1.5, 2.8, 1.5, 2.3, 0.7, 1.4),
-    EnginePrior("truck", 6.0, 2.4, 2.8, 18.0, 3.0, 4.5, 1.0, 3.0, 5, 0.3, 2.5),
-    EnginePrior("bus", 11.0, 2.6, 3.2, 19.0, 3.0, 4.5, 1.2, 3.0, 5, 0.3, 2.5),
-)
-#: The prior of any class index outside the table (no depth check: sizes vary too much).
-GENERIC_ENGINE_PRIOR = EnginePrior("*", 1.0, 1.0, 1.5, 20.0, 5.0, 5.0, 0.3, 1.5, 5, 0.0, math.inf)
-
-
-@dataclass(frozen=True)
-class FusionEngineConfig:
-    """Static shapes and tunables of the fusion graph (metres, pixels, degrees where named).
-
-    ``n_max`` points and ``b_max`` boxes are the padded input sizes. ``priors`` is the class
-    table: a box's ``class_index`` selects a row; any other index uses ``generic_prior``
-    (:meth:`class_index` maps a label to its index).
-    """
-
-    n_max: int = 32768
-    b_max: int = 16
-    points_per_box: int = 1024  # members gathered per box (a fixed hashed subset beyond that)
-    # Points.
-    min_depth_m: float = 0.5  # camera depth below which points are ignored
-    max_range_m: float = 80.0  # BEV range from the lidar beyond which points are ignored
-    lidar_origin_xy: tuple[float, float] = (0.0, 0.0)
-    ground_clearance_m: float = 0.25  # points lower than this above the ground are ground
-    local_ground_cell_m: float = 1.0
-    local_ground_window: int = 5  # cells (odd) of the min filter over the lowest returns
-    local_ground_max_offset_m: float = 0.6
-    box_shrink: float = 0.05  # fraction of the box width/height removed from each side
-    # Depth clusters.
-    depth_bin_m: float = 0.2
-    max_clusters: int = 32  # the nearest this many depth clusters per box are considered
-    cluster_link_m: float = 0.3  # largest depth gap inside one cluster at the sensor ...
-    cluster_link_per_m: float = 0.01  # ... growing by this much per metre of depth
-    min_width_coverage: float = 0.3
-    coverage_bins: int = 16
-    image_edge_margin_px: float = 2.0  # a box this close to the image edge is cut off by it
-    # Heading.
-    yaw_search_step_deg: float = 2.0
-    yaw_refine_step_deg: float = 0.25
-    yaw_trim_fraction: float = 0.8
-    rect_trim_percent: float = 5.0
-    outline_bin_m: float = 0.15
-    outline_bins: int = 64  # bins widen beyond outline_bin_m when the object spans more
-    min_outline_points: int = 6
-    prior_yaw_rad: float = 0.0
-    # Centre.
-    extent_percent: float = 2.0  # cluster extents are the [p, 100 - p] percentiles
-    full_extent_fraction: float = 0.85
-    occlusion_margin_deg: float = 1.5
-    occlusion_gap_m: float = 0.5
-    occlusion_column_px: float = 2.0  # image column width of the nearest-obstacle profile
-    max_image_width_px: int = 4096  # the column profile covers [0, this) pixels
-    # Score: camera score x (1 - weight x (1 - min(1, coverage / full_support_coverage))).
-    lidar_support_weight: float = 0.2
-    full_support_coverage: float = 0.6
-    priors: tuple[EnginePrior, ...] = DEFAULT_ENGINE_PRIORS
-    generic_prior: EnginePrior = field(default=GENERIC_ENGINE_PRIOR)
-
-    def __post_init__(self) -> None:
-        for name in ("n_max", "b_max", "points_per_box", "max_clusters", "coverage_bins"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"FusionEngineConfig.{name}: must be >= 1")
-        if self.outline_bins < 2 or self.min_outline_points < 2:
-            raise ValueError("FusionEngineConfig: outline_bins and min_outline_points must be >= 2")
-        positive = (
-            "min_depth_m",
-            "max_range_m",
-            "depth_bin_m",
-            "cluster_link_m",
-            "yaw_search_step_deg",
-            "yaw_refine_step_deg",
-            "outline_bin_m",
-            "local_ground_cell_m",
-            "occlusion_column_px",
-            "full_extent_fraction",
-            "full_support_coverage",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"FusionEngineConfig.{name}: must be a finite number > 0")
-        if self.local_ground_window < 1 or self.local_ground_window % 2 == 0:
-            raise ValueError("FusionEngineConfig.local_ground_window: must be an odd number >= 1")
-        if self.max_image_width_px < 1:
-            raise ValueError("FusionEngineConfig.max_image_width_px: must be >= 1")
-        if not 0.0 <= self.box_shrink < 0.5:
-            raise ValueError("FusionEngineConfig.box_shrink: must be in [0, 0.5)")
-        for name in ("min_width_coverage", "yaw_trim_fraction", "lidar_support_weight"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"FusionEngineConfig.{name}: must be in [0, 1]")
-        for name in ("rect_trim_percent", "extent_percent"):
-            if not 0.0 <= getattr(self, name) < 50.0:
-                raise ValueError(f"FusionEngineConfig.{name}: must be in [0, 50)")
-        if len(self.lidar_origin_xy) != 2:
-            raise ValueError("FusionEngineConfig.lidar_origin_xy: expected (x, y)")
-
-    @property
-    def depth_bins(self) -> int:
-        """Number of depth histogram bins (covering [0, max_range_m])."""
-        return math.ceil(self.max_range_m / self.depth_bin_m) + 1
-
-    def class_index(self, label: str) -> int:
-        """The ``class_index`` of ``label`` for the ``boxes`` input (``len(priors)``: generic)."""
-        for i, prior in enumerate(self.priors):
-            if prior.label == label:
-                return i
-        return len(self.priors)
-
-    def prior_table(self) -> npt.NDArray[np.float32]:
-        """``[len(priors) + 1, 11]`` float32: :meth:`EnginePrior.row` per class, generic last."""
-        rows = [p.row() for p in (*self.priors, self.generic_prior)]
-        return np.asarray(rows, dtype=np.float32)
+__all__ = ["FusionEngineResult", "FusionEngineRunner"]
 
 
 @dataclass(frozen=True)
@@ -278,79 +49,34 @@ def _array(value: npt.ArrayLike, name: str, shapes: Sequence[tuple[int | None, .
     )
 
 
-class FusionEngineRunner(GraphRunner):
-    """Pads numpy inputs to the engine's static shapes and runs it with ONNX Runtime or torch.
+class FusionEngineRunner:
+    """Pads numpy inputs to the engine's static shapes and runs it.
 
     Args:
+        engine: the fusion engine for ``config`` (``engines.factory.EngineFactory.fusion_engine``).
         config: the graph's config (padded sizes, priors); default :class:`FusionEngineConfig`.
-        backend: ``"onnxruntime"`` (runs ``model_path``, exporting it there first when the file
-            is missing) or ``"torch"`` (the module itself, on ``device``).
-        model_path: the ONNX file for ONNX Runtime (exported there with torch when missing);
-            default: the packaged export of the default config (no torch needed).
-        num_threads: ONNX Runtime intra-op threads (``None``: its default).
-        providers: ONNX Runtime execution providers (CPU by default).
-        device: torch device for the torch backend.
 
     Raises:
-        ValueError: an unknown backend, or a non-default config without ``model_path``.
-        engines.errors.EngineError: the ONNX Runtime session cannot be created.
+        engines.errors.EngineError: the engine's tensors are not the ones of ``config``.
     """
 
-    def __init__(
-        self,
-        config: FusionEngineConfig | None = None,
-        *,
-        backend: Backend = "onnxruntime",
-        model_path: Path | None = None,
-        num_threads: int | None = None,
-        providers: Sequence[str] = CPU_PROVIDERS,
-        device: str = "cpu",
-    ) -> None:
+    def __init__(self, engine: Engine, config: FusionEngineConfig | None = None) -> None:
         self.config = config if config is not None else FusionEngineConfig()
-        config_ = self.config
-        if backend == "onnxruntime" and model_path is None and config_ != FusionEngineConfig():
-            raise ValueError(
-                "FusionEngineRunner: a non-default config needs model_path (the packaged ONNX "
-                "file is the default config's graph)"
-            )
-
-        def onnx_path() -> Path:
-            path = Path(model_path) if model_path is not None else PACKAGED_MODEL_PATH
-            if not path.exists():
-                from engines.fusion.graph import export_fusion_engine_onnx  # needs torch
-
-                export_fusion_engine_onnx(path, config=config_)
-            return path
-
-        def module() -> Any:
-            from engines.fusion.graph import FusionEngine  # needs torch
-
-            return FusionEngine(config_)
-
-        super().__init__(
-            "fusion engine",
-            backend=backend,
-            onnx_path=onnx_path,
-            module=module,
-            num_threads=num_threads,
-            providers=providers,
-            device=device,
+        require_specs(
+            "fusion engine", engine, self.config.input_specs(), self.config.output_specs()
         )
+        self.engine = engine
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        """The padded input specs, in :data:`INPUT_NAMES` order."""
-        cfg = self.config
-        return (
-            TensorSpec("points", "float32", (cfg.n_max, 4)),
-            TensorSpec("num_points", "int64", (1,)),
-            TensorSpec("boxes", "float32", (cfg.b_max, 6)),
-            TensorSpec("num_boxes", "int64", (1,)),
-            TensorSpec("camera_from_vehicle", "float32", (4, 4)),
-            TensorSpec("intrinsics", "float32", (3, 3)),
-            TensorSpec("image_size", "float32", (2,)),
-            TensorSpec("ground", "float32", (4,)),
-        )
+        """The padded input specs, in :data:`engines.fusion.config.INPUT_NAMES` order."""
+        return self.config.input_specs()
+
+    @property
+    def last_gpu_ns(self) -> int | None:
+        """GPU time of the last :meth:`run` (CUDA events), or None where the engine cannot time
+        it (CPU, ONNX Runtime)."""
+        return self.engine.last_gpu_ns
 
     def pad(  # noqa: PLR0917 - the graph's inputs in order
         self,
@@ -423,11 +149,12 @@ class FusionEngineRunner(GraphRunner):
 
         Raises:
             ValueError: an input has the wrong shape or too many rows; the message names it.
-            engines.errors.EngineError: ONNX Runtime failed.
+            engines.errors.EngineError: the engine failed to run.
         """
         feed = self.pad(points, boxes, camera_from_vehicle, intrinsics, image_size, ground)
         m = int(feed["num_boxes"][0])
-        boxes3d, valid, score = self._run_graph(feed, INPUT_NAMES, OUTPUT_NAMES)
+        out = self.engine.run(feed)
+        boxes3d, valid, score = (out[name] for name in OUTPUT_NAMES)
         return FusionEngineResult(
             boxes3d=np.ascontiguousarray(boxes3d[:m], dtype=np.float32),
             valid=np.asarray(valid[:m], dtype=np.bool_),
@@ -435,5 +162,8 @@ class FusionEngineRunner(GraphRunner):
         )
 
     def describe(self) -> str:
-        """One line: backend, device/providers and the padded sizes."""
-        return self._describe(f"n_max {self.config.n_max}, b_max {self.config.b_max}")
+        """One line: the engine as it runs and the padded sizes."""
+        return (
+            f"fusion engine: {self.engine.describe()}; n_max {self.config.n_max}, "
+            f"b_max {self.config.b_max}"
+        )

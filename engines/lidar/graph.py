@@ -19,15 +19,18 @@ from pathlib import Path
 
 import torch
 
-from engines.lidar.runner import (
+from engines.exports import DEFAULT_EXPORT_DIR
+from engines.lidar.config import (
+    INPUT_NAMES,
     OBSTACLE_CONFIG,
     ONNX_OPSET,
+    OUTPUT_NAMES,
     PACKAGED_MODEL_PATH,
     LidarEncoderConfig,
 )
 from engines.onnx_ops import export_static_onnx, scatter_amax
 
-__all__ = ["LidarEncoder", "export_lidar_encoder_onnx"]
+__all__ = ["LidarEncoder", "cached_lidar_encoder_onnx", "export_lidar_encoder_onnx"]
 
 
 def _filled(cols: int, value: float, num_points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -153,11 +156,30 @@ def export_lidar_encoder_onnx(config: LidarEncoderConfig, path: Path) -> Path:
         LidarEncoder(config),
         _example_inputs(config),
         path,
-        ("points", "num_points"),
-        ("bev",),
+        INPUT_NAMES,
+        OUTPUT_NAMES,
         opset=ONNX_OPSET,
         constant_folding=False,
     )
+
+
+def cached_lidar_encoder_onnx(config: LidarEncoderConfig, cache_dir: Path | None = None) -> Path:
+    """The exported ONNX file for ``config`` in ``cache_dir``, exporting it on first use.
+
+    The file is named by :meth:`LidarEncoderConfig.cache_key`, so a changed config, encoder
+    version or torch version gets a fresh export instead of a stale one.
+
+    Args:
+        cache_dir: defaults to :data:`engines.exports.DEFAULT_EXPORT_DIR`.
+
+    Raises:
+        OSError: the cache directory or file cannot be written.
+    """
+    directory = Path(cache_dir) if cache_dir is not None else DEFAULT_EXPORT_DIR
+    path = directory / f"lidar_encoder-{config.cache_key()[:24]}.onnx"
+    if not path.is_file():
+        export_lidar_encoder_onnx(config, path)
+    return path
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from engines.lidar.runner import OBSTACLE_CONFIG, LidarEncoderEngine
+from engines.factory import EngineFactory
+from engines.lidar.config import OBSTACLE_CONFIG
+from engines.lidar.runner import LidarEncoderRunner
 from perception.msgs.types import Detection3D
 from perception.pipeline.ground import GroundPlane
 
@@ -141,15 +143,17 @@ class LidarObjects:
 
     Args:
         config: tunables; default :class:`LidarObjectConfig`.
-        encoder: the lidar encoder on :data:`engines.lidar.runner.OBSTACLE_CONFIG`'s grid
-            (default: the packaged ONNX model on ONNX Runtime).
+        encoder: the lidar encoder on :data:`engines.lidar.config.OBSTACLE_CONFIG`'s grid
+            (default: the packaged ONNX model on ONNX Runtime, CPU).
     """
 
     def __init__(
-        self, config: LidarObjectConfig | None = None, encoder: LidarEncoderEngine | None = None
+        self, config: LidarObjectConfig | None = None, encoder: LidarEncoderRunner | None = None
     ) -> None:
         self.config = config or LidarObjectConfig()
-        self.encoder = encoder or LidarEncoderEngine(OBSTACLE_CONFIG)
+        self.encoder = encoder or LidarEncoderRunner(
+            EngineFactory().lidar_encoder(OBSTACLE_CONFIG), OBSTACLE_CONFIG
+        )
         grid = self.encoder.config
         if "max_z" not in grid.features:
             raise ValueError(

@@ -6,6 +6,7 @@ and the tests all call it, so a recorded drive re-run through it gives the same 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,19 +15,15 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
-from engines.camera.batching import batched_onnx
 from engines.camera.detector import Box2D, CameraDetector
-from engines.errors import EngineError
+from engines.engine import Engine
+from engines.factory import EngineFactory, create_node_engines
+from engines.fusion.config import FusionEngineConfig
 from engines.fusion.runner import FusionEngineRunner
-from engines.lidar.runner import OBSTACLE_CONFIG, LidarEncoderEngine
-from engines.onnxruntime_backend import (
-    CPU_PROVIDERS,
-    GPU_PROVIDERS,
-    default_providers,
-    device_for_providers,
-)
-from engines.registry import resolve_model
-from perception.config import CameraModelConfig, EngineConfig
+from engines.lidar.config import OBSTACLE_CONFIG
+from engines.lidar.runner import LidarEncoderRunner
+from engines.settings import EngineSettings
+from perception.config import CameraModelConfig
 from perception.msgs.types import (
     CameraBox,
     CameraFrame,
@@ -74,6 +71,14 @@ class Pipeline:
     camera's view -> 3D boxes; then the BEV clusters no camera box explains -> `unknown` objects
     with `sources=("lidar",)`), postprocess (BEV duplicate suppression across cameras, global
     positions from GNSS).
+
+    Args:
+        detector: the camera encoder.
+        config: tunables.
+        fusion: the fusion engine (default: the packaged export on ONNX Runtime, CPU).
+        lidar_objects: the lidar-only branch with its lidar encoder (default: likewise).
+        notes: what runs other than configured (the engine factory's fallback notes), for
+            :attr:`notes`.
     """
 
     def __init__(
@@ -82,57 +87,77 @@ class Pipeline:
         config: PipelineConfig | None = None,
         fusion: FusionEngineRunner | None = None,
         lidar_objects: LidarObjects | None = None,
+        *,
+        notes: Sequence[str] = (),
     ) -> None:
         self.detector = detector
         self.config = config or PipelineConfig()
-        self.fusion = fusion or FusionEngineRunner()
+        self.fusion = fusion or FusionEngineRunner(EngineFactory().fusion_engine())
         self.lidar_objects = lidar_objects or LidarObjects()
+        self._notes = tuple(notes)
 
     @classmethod
     def from_config(
         cls,
         model: CameraModelConfig,
         model_path: Path | None = None,
-        engines: EngineConfig | None = None,
+        engines: EngineSettings | None = None,
     ) -> Pipeline:
         """The pipeline with the configured camera encoder; `model_path` overrides the file.
         A registered model name (engines.registry) is fetched into the model cache when absent;
         `model.batch` > 1 runs that many cameras per engine call (engines.camera.batching).
-        `engines` chooses backend and device (perception.config.EngineConfig).
+        `engines` (the node config's `engines` section) chooses where every engine runs; all
+        three are built by the engine factory (engines.factory.create_node_engines), TensorRT
+        ones through the engine cache.
         Raises engines.errors.ModelError when the model is missing or invalid, EngineError when
-        it cannot be batched or the device is unusable."""
-        engines = engines or EngineConfig()
-        device = engines.device
-        if device == "auto":
-            # ONNX Runtime says whether CUDA is usable here (the runtime install has no torch).
-            device = device_for_providers(default_providers(use_gpu=True)).split(":")[0]
-        providers = CPU_PROVIDERS
-        if engines.backend == "tensorrt":
-            providers = GPU_PROVIDERS
-        elif device == "cuda":
-            providers = ("CUDAExecutionProvider", *CPU_PROVIDERS)
-        threads = model.num_threads or None
+        it cannot be batched, built or loaded, or the backend or device cannot run here (one
+        line; unless `engines.fallback` allows a fallback, reported in `notes`)."""
+        fusion_config = FusionEngineConfig()
+        built = create_node_engines(
+            engines or EngineSettings(),
+            model_path or model.path,
+            camera_batch=model.batch,
+            camera_threads=model.num_threads or None,
+            lidar_config=OBSTACLE_CONFIG,
+            fusion_config=fusion_config,
+        )
         detector = CameraDetector(
-            batched_onnx(resolve_model(model_path or model.path), model.batch),
+            built.camera,
             kind=model.kind,
             score_threshold=model.score_threshold,
             nms_iou=model.nms_iou,
-            num_threads=threads,
-            providers=providers,
         )
-        if engines.backend == "torch":
-            try:
-                fusion = FusionEngineRunner(backend="torch", device=device)
-                encoder = LidarEncoderEngine(OBSTACLE_CONFIG, backend="torch", device=device)
-            except ImportError as e:
-                raise EngineError(
-                    f"engines.backend torch needs torch ({e}): pip install torch, or use "
-                    "backend onnxruntime"
-                ) from None
-        else:
-            fusion = FusionEngineRunner(providers=providers)
-            encoder = LidarEncoderEngine(OBSTACLE_CONFIG, providers=providers)
-        return cls(detector, fusion=fusion, lidar_objects=LidarObjects(encoder=encoder))
+        return cls(
+            detector,
+            fusion=FusionEngineRunner(built.fusion, fusion_config),
+            lidar_objects=LidarObjects(encoder=LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)),
+            notes=built.notes,
+        )
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What runs other than configured, one human-readable line each (e.g. "engines.backend
+        tensorrt: TensorRT 10 is not installed (...); running onnxruntime on cpu"), for the
+        node's diagnostics; empty when every engine runs as configured."""
+        return self._notes
+
+    def engines(self) -> tuple[tuple[str, Engine], ...]:
+        """The engines the pipeline runs, by stage: camera encoder, lidar encoder, fusion."""
+        return (
+            ("camera_encoder", self.detector.engine),
+            ("lidar_encoder", self.lidar_objects.encoder.engine),
+            ("fusion", self.fusion.engine),
+        )
+
+    def describe_engines(self) -> tuple[str, ...]:
+        """One line per engine: its stage, backend, device and precision as in use (not as
+        requested) and the model, e.g. "camera_encoder: onnxruntime cpu fp32
+        yolox_nano_coco_416.onnx"."""
+        lines = []
+        for stage, engine in self.engines():
+            d = engine.describe()
+            lines.append(f"{stage}: {d.backend} {d.device} {d.precision} {d.model}".rstrip())
+        return tuple(lines)
 
     def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
         """Runs every engine once on blank inputs: the first ONNX Runtime call of a session

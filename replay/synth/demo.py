@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from calibration import Rig
 from engines.camera.detector import CameraDetector
+from engines.factory import EngineFactory
 from engines.registry import PACKAGED_MODELS_DIR
 from perception.config import NodeConfig, SyncConfig
 from perception.msgs.jsonl import write_jsonl_line
@@ -276,10 +277,9 @@ def run_demo(
         raise ReplayError(f"{drive_path}: the drive has no rig")
     truth = {f.stamp_ns: f for f in read_ground_truth(ground_truth_path(drive_path))}
     detector = CameraDetector(
-        model_path or SYNTH_DETECTOR_PATH,
+        EngineFactory().camera_encoder(model_path or SYNTH_DETECTOR_PATH, threads=num_threads),
         kind="yolox",
         score_threshold=0.15,
-        num_threads=num_threads,
     )
     pipeline = Pipeline(detector)
     sync = SyncConfig(

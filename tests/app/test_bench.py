@@ -273,8 +273,8 @@ def test_with_engines_sets_the_backend_and_device_the_node_reads() -> None:
     config = with_engines(base, "torch", None)
     assert (config.engines.backend, config.engines.device) == ("torch", "auto")
     doc = node_config_document(with_engines(NodeConfig(), "torch", "cuda"), "ipc://a", "ipc://b")
-    assert doc["engines"] == {"backend": "torch", "device": "cuda"}
-    assert parse_config(doc).engines.backend == "torch"
+    assert (doc["engines"]["backend"], doc["engines"]["device"]) == ("torch", "cuda")
+    assert parse_config(doc).engines == with_engines(NodeConfig(), "torch", "cuda").engines
 
 
 # -- machine and outputs ---------------------------------------------------------------------

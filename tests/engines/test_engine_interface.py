@@ -14,13 +14,14 @@ from engines.engine import (
     EngineDescription,
     TensorSpec,
     check_inputs,
+    require_specs,
     zero_inputs,
 )
 from engines.errors import EngineError
 from engines.onnxruntime_backend import (
-    GPU_PROVIDERS,
+    CUDA_PROVIDERS,
     OnnxRuntimeEngine,
-    default_providers,
+    cuda_provider_available,
     device_for_providers,
 )
 from engines.torch_backend import TorchEngine, export_onnx, resolve_torch_device
@@ -93,6 +94,17 @@ def test_conforms_to_engine_protocol(engine: Engine) -> None:
     for spec in OUT_SPECS:
         assert out[spec.name].dtype.name == spec.dtype
         assert out[spec.name].shape == spec.static_shape()
+    # Nothing on a CPU can time device work: no GPU time rather than a host-clock guess.
+    assert engine.last_gpu_ns is None
+
+
+def test_require_specs(engine: Engine) -> None:
+    require_specs("tiny", engine, IN_SPECS[::-1], OUT_SPECS)  # order free
+    with pytest.raises(EngineError, match=r"^tiny: the engine .* has outputs .*expected"):
+        require_specs("tiny", engine, IN_SPECS, OUT_SPECS[:1])
+    wider = (IN_SPECS[0], TensorSpec("points", "float32", (2, 65, 4)))
+    with pytest.raises(EngineError, match=r"has inputs .*points:float32\[2x64x4\]"):
+        require_specs("tiny", engine, wider, OUT_SPECS)
 
 
 def test_warmup(engine: Engine) -> None:
@@ -183,14 +195,11 @@ def test_device_for_providers() -> None:
     assert device_for_providers(()) == "cpu"
 
 
-def test_default_providers_filters_to_this_build() -> None:
-    assert default_providers(use_gpu=False) == ("CPUExecutionProvider",)
+def test_cuda_provider_availability_is_this_builds() -> None:
     import onnxruntime as ort
 
-    available = set(ort.get_available_providers())
-    got = default_providers(use_gpu=True)
-    assert got[-1] == "CPUExecutionProvider"
-    assert all(p in available and p in GPU_PROVIDERS for p in got)
+    assert cuda_provider_available() == ("CUDAExecutionProvider" in ort.get_available_providers())
+    assert CUDA_PROVIDERS == ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def test_providers_read_back_after_silent_fallback(
@@ -214,7 +223,7 @@ def test_providers_read_back_after_silent_fallback(
     )
     monkeypatch.setattr(ort, "InferenceSession", fake_session)
     with caplog.at_level(logging.WARNING, logger="engines.onnxruntime_backend"):
-        engine = OnnxRuntimeEngine(tiny_onnx, providers=GPU_PROVIDERS)
+        engine = OnnxRuntimeEngine(tiny_onnx, providers=CUDA_PROVIDERS)
     assert requested[0] == ("CUDAExecutionProvider", {"device_id": 0})
     assert engine.providers_in_use == ("CPUExecutionProvider",)
     assert engine.device == "cpu"

@@ -1,21 +1,32 @@
-"""Backend choice and fallback, the TensorRT import guard, build_engines/list_engines."""
+"""Engine settings, where the engines run (placement and its fallback), the factory's engines, the
+TensorRT import guard, build_engines/list_engines."""
 
 from __future__ import annotations
 
-import logging
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engines import factory
 from engines import tensorrt_backend as trt_backend
-from engines.cache import DeviceInfo, EngineCache, EngineCacheKey
-from engines.engine import Engine, TensorSpec
+from engines.cache import DEFAULT_ENGINE_CACHE_DIR, DeviceInfo, EngineCache, EngineCacheKey
+from engines.engine import TensorSpec
 from engines.errors import EngineError, ModelError
-from engines.factory import build_engines, create_engine, list_engines
+from engines.factory import (
+    EngineFactory,
+    Placement,
+    build_engines,
+    create_node_engines,
+    list_engines,
+    resolve_placement,
+)
+from engines.fusion.config import FusionEngineConfig
+from engines.lidar.config import OBSTACLE_CONFIG
 from engines.onnxruntime_backend import OnnxRuntimeEngine
+from engines.settings import EngineSettings
 from engines.tensorrt_backend import BuildOptions, timing_cache_path
+from tests.engines.fake_tensorrt import install
 
 DEVICE = DeviceInfo("10.3.0", "NVIDIA RTX A2000", "8.6")
 
@@ -32,6 +43,9 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_import_guard(no_tensorrt: None) -> None:
     assert trt_backend.tensorrt_available() is False
+    assert trt_backend.unavailable_reason() == (
+        "TensorRT 10 is not installed (import tensorrt failed: simulated)"
+    )
     with pytest.raises(EngineError, match=r"^TensorRT is not installed \(.*simulated"):
         trt_backend.require_tensorrt()
     with pytest.raises(EngineError, match="TensorRT is not installed"):
@@ -53,71 +67,138 @@ def test_real_import_state_is_consistent() -> None:
         assert not trt_backend.tensorrt_available()
 
 
-# --- create_engine -------------------------------------------------------------------------------
+# --- settings -----------------------------------------------------------------------------------
 
 
-def test_auto_falls_back_to_onnxruntime(
-    no_tensorrt: None, yolox_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.INFO, logger="engines.factory"):
-        engine = create_engine(yolox_path, num_threads=1, precision="fp16")
-    assert isinstance(engine, OnnxRuntimeEngine)
-    assert isinstance(engine, Engine)
-    assert engine.describe().backend == "onnxruntime"
-    assert engine.describe().precision == "fp32"
-    assert (
-        "yolox_nano_coco_416.onnx: TensorRT is not installed; falling back to ONNX Runtime "
-        "(runs fp32, not fp16)"
-    ) in caplog.text
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backend": "openvino"}, "engines.backend: must be one of onnxruntime, tensorrt, torch"),
+        ({"device": "tpu"}, "engines.device: must be one of auto, cpu, cuda, got 'tpu'"),
+        ({"backend": "tensorrt", "device": "cpu"}, "engines.device: TensorRT runs on CUDA only"),
+        ({"precision": "fp8"}, "engines.precision: must be one of fp32, fp16, int8"),
+        ({"fallback": "torch"}, "engines.fallback: must be null or one of onnxruntime"),
+        ({"threads": -2}, "engines.threads: must be >= 0, got -2"),
+    ],
+)
+def test_settings_name_the_key(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(EngineError) as err:
+        EngineSettings(**kwargs)  # type: ignore[arg-type]
+    assert str(err.value).startswith(message)
 
 
-def test_explicit_tensorrt_falls_back_with_warning(
-    no_tensorrt: None, yolox_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="engines.factory"):
-        engine = create_engine(yolox_path, "tensorrt", num_threads=1)
-    assert isinstance(engine, OnnxRuntimeEngine)
-    assert any(
-        r.levelno == logging.WARNING and "falling back to ONNX Runtime" in r.getMessage()
-        for r in caplog.records
-    )
-
-
-def test_onnxruntime_backend_by_registry_name(data_dir: Path, tmp_path: Path) -> None:
-    engine = create_engine(
-        "yolo_fastestv2_coco_352",
+def test_settings_defaults() -> None:
+    settings = EngineSettings()
+    assert (settings.backend, settings.effective_device, settings.precision) == (
         "onnxruntime",
+        "cpu",
+        "fp32",
+    )
+    assert EngineSettings(backend="tensorrt").effective_device == "cuda"
+    assert settings.fallback is None and settings.num_threads is None
+    assert settings.engine_cache_dir == DEFAULT_ENGINE_CACHE_DIR
+    assert EngineSettings(threads=3).num_threads == 3
+
+
+# --- placement -----------------------------------------------------------------------------------
+
+
+def test_placement_of_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    assert resolve_placement(EngineSettings()) == Placement("onnxruntime", "cpu")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert resolve_placement(EngineSettings(device="auto")) == Placement("onnxruntime", "cpu")
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert resolve_placement(EngineSettings(device="auto")) == Placement("onnxruntime", "cuda")
+    assert resolve_placement(EngineSettings(device="cpu")) == Placement("onnxruntime", "cpu")
+
+
+def test_placement_of_tensorrt(no_tensorrt: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = EngineSettings(backend="tensorrt", device="cuda")
+    with pytest.raises(EngineError, match=r"^engines\.backend tensorrt: TensorRT 10 is not"):
+        resolve_placement(settings)
+    fallback = resolve_placement(EngineSettings(backend="tensorrt", fallback="onnxruntime"))
+    assert (fallback.backend, fallback.device) == ("onnxruntime", "cpu")
+    assert fallback.note is not None and fallback.note.endswith("; running onnxruntime on cpu")
+    install(monkeypatch)
+    assert resolve_placement(settings) == Placement("tensorrt", "cuda")
+
+
+def test_torch_missing_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails, as without the wheel
+    with pytest.raises(EngineError) as err:
+        EngineFactory(EngineSettings(backend="torch"))
+    assert str(err.value) == (
+        "engines.backend torch: torch is not installed (pip install torch); set "
+        "engines.fallback: onnxruntime to run ONNX Runtime on the CPU instead"
+    )
+    factory = EngineFactory(EngineSettings(backend="torch", fallback="onnxruntime"))
+    assert factory.placement == Placement(
+        "onnxruntime",
+        "cpu",
+        "engines.backend torch: torch is not installed (pip install torch); "
+        "running onnxruntime on cpu",
+    )
+    assert factory.notes == (factory.placement.note,)
+
+
+# --- the factory's engines ---------------------------------------------------------------------
+
+
+def test_onnx_engine_by_registry_name(data_dir: Path, tmp_path: Path) -> None:
+    factory = EngineFactory(
+        EngineSettings(threads=1),
         model_cache_dir=tmp_path,
         source_dir=data_dir / "camera_detector",
-        use_gpu=False,
     )
+    engine = factory.camera_encoder("yolo_fastestv2_coco_352")
+    assert isinstance(engine, OnnxRuntimeEngine)
     assert engine.inputs == (TensorSpec("input.1", "float32", (1, 3, 352, 352)),)
     assert engine.describe().providers == ("CPUExecutionProvider",)
+    assert dict(engine.describe().extra)["threads"] == "1"
+    # The camera's own thread count wins over the engines' one.
+    assert (
+        dict(factory.camera_encoder(engine.model_path, threads=2).describe().extra)["threads"]
+        == "2"
+    )
+    with pytest.raises(ModelError, match="not a registered model"):
+        factory.camera_encoder("no_such_model")
 
 
-def test_create_engine_argument_errors(yolox_path: Path) -> None:
-    with pytest.raises(EngineError, match="unknown backend"):
-        create_engine(yolox_path, "openvino")
-    with pytest.raises(EngineError, match="unknown precision"):
-        create_engine(yolox_path, precision="fp8")
-    with pytest.raises(EngineError, match=r"torch\.nn\.Module"):
-        create_engine(yolox_path, "torch")
-    with pytest.raises(ModelError):
-        create_engine("no_such_model", "onnxruntime")
+def test_torch_backend_builds_the_graphs_as_torch_modules(yolox_path: Path) -> None:
+    pytest.importorskip("torch")
+    from engines.torch_backend import TorchEngine
+
+    factory = EngineFactory(EngineSettings(backend="torch", device="cpu"))
+    lidar, fusion = factory.lidar_encoder(), factory.fusion_engine()
+    assert isinstance(lidar, TorchEngine) and isinstance(fusion, TorchEngine)
+    assert lidar.inputs == OBSTACLE_CONFIG.input_specs()
+    assert fusion.outputs == FusionEngineConfig().output_specs()
+    assert isinstance(factory.camera_encoder(yolox_path), OnnxRuntimeEngine)
+    assert factory.notes == ()
 
 
-def test_create_engine_torch_module() -> None:
-    torch = pytest.importorskip("torch")
-    spec_in = (TensorSpec("x", "float32", (2, 4)),)
-    spec_out = (TensorSpec("y", "float32", (2, 4)),)
-    with pytest.raises(EngineError, match="needs inputs and outputs"):
-        create_engine(torch.nn.Identity())
-    with pytest.raises(EngineError, match="torch backend"):
-        create_engine(torch.nn.Identity(), "onnxruntime", inputs=spec_in, outputs=spec_out)
-    engine = create_engine(torch.nn.ReLU(), inputs=spec_in, outputs=spec_out, use_gpu=False)
-    assert engine.describe().backend == "torch"
-    x = np.array([[-1, 2, -3, 4]] * 2, np.float32)
-    np.testing.assert_array_equal(engine.run({"x": x})["y"], np.maximum(x, 0))
+def test_the_torch_graphs_equal_their_packaged_exports() -> None:
+    pytest.importorskip("torch")
+    # The same tensors in and out on every backend: a runner takes either engine.
+    ort_factory, torch_factory = EngineFactory(), EngineFactory(EngineSettings(backend="torch"))
+    for make in ("lidar_encoder", "fusion_engine"):
+        a, b = getattr(ort_factory, make)(), getattr(torch_factory, make)()
+        assert {s.name: s for s in a.inputs} == {s.name: s for s in b.inputs}
+        assert {s.name: s for s in a.outputs} == {s.name: s for s in b.outputs}
+
+
+def test_create_node_engines(yolox_path: Path) -> None:
+    engines = create_node_engines(EngineSettings(), yolox_path, camera_threads=1)
+    assert [e.describe().model for e in (engines.camera, engines.lidar, engines.fusion)] == [
+        "yolox_nano_coco_416.onnx",
+        "lidar_encoder.onnx",
+        "fusion_engine.onnx",
+    ]
+    assert engines.notes == ()
 
 
 # --- build_engines / list_engines ----------------------------------------------------------------
@@ -207,7 +288,12 @@ def test_list_engines(tmp_path: Path) -> None:
 
 
 def test_build_options_and_calibration_cache_helpers(tmp_path: Path) -> None:
-    assert BuildOptions().key_options() == {"workspace_bytes": 1 << 30, "optimization_level": 3}
+    assert BuildOptions().key_options() == {
+        "workspace_bytes": 1 << 30,
+        "optimization_level": 3,
+        "tf32": True,
+    }
+    assert BuildOptions(precision="fp32").key_options()["tf32"] is False
     with pytest.raises(EngineError, match="optimization_level"):
         BuildOptions(optimization_level=9)
     path = tmp_path / "sub" / "calib.cache"

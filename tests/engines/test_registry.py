@@ -11,7 +11,14 @@ import pytest
 from engines.camera.detector import KINDS, CameraDetector
 from engines.camera.labels import COCO_NAMES
 from engines.errors import ModelError
-from engines.registry import MODELS, fetch_model, get_model_info, resolve_model
+from engines.onnxruntime_backend import OnnxRuntimeEngine
+from engines.registry import (
+    MODELS,
+    PACKAGED_MODELS_DIR,
+    fetch_model,
+    get_model_info,
+    resolve_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +37,7 @@ def test_registry_matches_real_files(name: str, source_dir: Path) -> None:
     assert info.labels == COCO_NAMES
     names = (source_dir / "coco.names").read_text().split("\n")
     assert list(info.labels) == [n for n in names if n]
-    detector = CameraDetector(path, kind=info.kind)
+    detector = CameraDetector(OnnxRuntimeEngine(path), kind=info.kind)
     assert detector.engine.inputs == (info.input_spec,)
     assert detector.engine.outputs == (info.output_spec,)
 
@@ -97,12 +104,39 @@ def test_download_with_wrong_hash(source_dir: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_failure_names_url(tmp_path: Path) -> None:
+def test_download_failure_says_how_to_fetch_offline(tmp_path: Path) -> None:
     info = dataclasses.replace(
         MODELS["yolox_nano_coco_416"], url=(tmp_path / "missing.onnx").as_uri()
     )
-    with pytest.raises(ModelError, match=r"missing\.onnx"):
-        fetch_model(info, tmp_path / "cache")
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError) as err:
+        fetch_model(info, cache)
+    message = str(err.value)
+    assert message.startswith(f"yolox_nano_coco_416.onnx: not in the model cache {cache}, ")
+    assert "missing.onnx" in message  # the URL that failed
+    assert message.endswith(
+        f"`perception models fetch yolox_nano_coco_416 --source-dir DIR --cache-dir {cache}`"
+    )
+    assert "\n" not in message
+
+
+def test_resolve_model_offline_names_the_default_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A registered name missing from the (default) cache, and no network: the node's start
+    # error says where the cache is and how to fill it from a local folder.
+    from engines import registry
+
+    info = dataclasses.replace(
+        MODELS["yolo_fastestv2_coco_352"], url=(tmp_path / "offline.onnx").as_uri()
+    )
+    monkeypatch.setitem(registry.MODELS, info.name, info)
+    monkeypatch.setattr(registry, "DEFAULT_MODEL_CACHE_DIR", tmp_path / "models")
+    with pytest.raises(ModelError) as err:
+        resolve_model(info.name)
+    message = str(err.value)
+    assert f"not in the model cache {tmp_path / 'models'}" in message
+    assert message.endswith("`perception models fetch yolo_fastestv2_coco_352 --source-dir DIR`")
 
 
 def test_resolve_model(source_dir: Path, tmp_path: Path) -> None:
@@ -114,5 +148,7 @@ def test_resolve_model(source_dir: Path, tmp_path: Path) -> None:
     assert resolve_model("yolox_nano_coco_416.onnx", tmp_path) == fetched  # cached, by file name
     with pytest.raises(ModelError, match="not a registered model"):
         resolve_model("no_such_model", tmp_path)
+    assert resolve_model("lidar_encoder") == PACKAGED_MODELS_DIR / "lidar_encoder.onnx"
+    assert resolve_model("fusion_engine").is_file()
     with pytest.raises(ModelError, match="known models"):
         get_model_info("no_such_model")

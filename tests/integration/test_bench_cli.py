@@ -15,6 +15,7 @@ import cv2
 import psutil  # type: ignore[import-untyped]
 import pytest
 
+from perception.config import parse_config
 from replay.synth.world import generate_drive
 
 STAGES_FIELDS = {"count", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
@@ -71,7 +72,8 @@ def _check_outputs(
     assert set(doc) >= TOP_FIELDS, TOP_FIELDS - set(doc)
     assert doc["rate_hz"] == rate_hz and doc["duration_s"] == duration_s
     assert (doc["backend"], doc["device"]) == (backend, "cpu")
-    assert doc["node_config"]["engines"] == {"backend": backend, "device": "cpu"}
+    engines = parse_config(doc["node_config"]).engines
+    assert (engines.backend, engines.effective_device) == (backend, "cpu")
     machine = doc["machine"]
     assert machine["cpu_model"] and machine["cpu_cores"] >= 1
 

@@ -17,6 +17,29 @@ def test_defaults_and_overrides() -> None:
     assert cfg.outputs == NodeConfig().outputs
 
 
+def test_engines_section_is_the_engines_settings() -> None:
+    from engines.settings import EngineSettings
+
+    # The section as it was (backend, device) still loads, everything else defaulted.
+    old = parse_config({"engines": {"backend": "torch", "device": "auto"}}).engines
+    assert old == EngineSettings(backend="torch", device="auto")
+    # Omitted, the device is the backend's own: the CPU, but CUDA for TensorRT.
+    assert parse_config({}).engines.effective_device == "cpu"
+    assert parse_config({"engines": {"backend": "tensorrt"}}).engines.effective_device == "cuda"
+    doc = {
+        "backend": "tensorrt",
+        "device": "cuda",
+        "precision": "fp16",
+        "cache_dir": "~/engines",
+        "fallback": "onnxruntime",
+        "threads": 2,
+    }
+    cfg = parse_config({"engines": doc}).engines
+    assert cfg == EngineSettings(**doc)  # type: ignore[arg-type]
+    assert cfg.engine_cache_dir == Path("~/engines").expanduser()
+    assert parse_config({"engines": {"fallback": None}}).engines.fallback is None
+
+
 def test_shipped_config_loads() -> None:
     cfg = load_config(REPO / "configs" / "kitti.yaml")
     assert cfg.inputs.lidar_topic == "lidar/top"
@@ -34,8 +57,21 @@ def test_shipped_config_loads() -> None:
         ({"max_points": 1.5}, r"max_points: expected an integer"),
         ({"sync": {"policy": "exact"}}, r"sync\.policy: must be 'collector' or 'approximate_time'"),
         ({"sync": {"camera_windows_ms": {"camera/front": 0}}}, r"sync\.camera_windows_ms"),
-        ({"engines": {"backend": "openvino"}}, r"engines\.backend: must be 'onnxruntime'"),
-        ({"engines": {"device": "tpu"}}, r"engines\.device: must be 'auto', 'cpu' or 'cuda'"),
+        (
+            {"engines": {"backend": "openvino"}},
+            r"x\.yaml: engines\.backend: must be one of onnxruntime, tensorrt, torch, got 'openv",
+        ),
+        ({"engines": {"device": "tpu"}}, r"engines\.device: must be one of auto, cpu, cuda"),
+        (
+            {"engines": {"backend": "tensorrt", "device": "cpu"}},
+            r"engines\.device: TensorRT runs on CUDA only",
+        ),
+        ({"engines": {"precision": "fp8"}}, r"engines\.precision: must be one of fp32, fp16"),
+        ({"engines": {"fallback": "cpu"}}, r"engines\.fallback: must be null or one of onnx"),
+        ({"engines": {"threads": -1}}, r"engines\.threads: must be >= 0"),
+        ({"engines": {"threads": 1.5}}, r"engines\.threads: expected an integer"),
+        ({"engines": {"cache_dir": ""}}, r"engines\.cache_dir: must not be empty"),
+        ({"engines": {"backnd": "torch"}}, r"engines\.backnd: unknown key"),
         ({"camera_model": {"batch": 0}}, r"camera_model\.batch: must be >= 1"),
         ({"budgets": {"apply_clock_offset": "yes"}}, r"apply_clock_offset: expected true or"),
         ({"realtime": {"nice": 30}}, r"realtime\.nice: must be in \[-20, 19\]"),
@@ -43,7 +79,7 @@ def test_shipped_config_loads() -> None:
         ({"realtime": {"cpu_affinity": [-1]}}, r"realtime\.cpu_affinity: CPU numbers"),
     ],
 )
-def test_errors_name_the_key(doc: dict, message: str) -> None:
+def test_errors_name_the_key(doc: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(doc, "x.yaml")
 

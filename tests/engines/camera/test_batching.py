@@ -12,6 +12,7 @@ import pytest
 from engines.camera.batching import BATCH_TOLERANCE, batched_onnx
 from engines.camera.detector import CameraDetector
 from engines.errors import EngineError
+from engines.onnxruntime_backend import OnnxRuntimeEngine
 from replay.datasets.kitti_object import read_image
 
 
@@ -25,8 +26,8 @@ def test_batched_yolox_gives_each_camera_its_own_output(
 ) -> None:
     if not yolox_path.is_file():
         pytest.skip(f"real data not found: {yolox_path}")
-    single = CameraDetector(yolox_path, kind="yolox")
-    batched = CameraDetector(batched_onnx(yolox_path, 3, tmp_path), kind="yolox")
+    single = CameraDetector(OnnxRuntimeEngine(yolox_path), kind="yolox")
+    batched = CameraDetector(OnnxRuntimeEngine(batched_onnx(yolox_path, 3, tmp_path)), kind="yolox")
     assert (single.batch_size, batched.batch_size) == (1, 3)
     # Two cameras in a batch of three: the last slot is padding, one engine call.
     tensors = [single.preprocess(image) for image in images]
@@ -106,8 +107,10 @@ def test_pipeline_with_a_batched_camera_encoder_gives_the_same_detections(
 def test_the_projects_detector_batches(tmp_path: Path) -> None:
     from replay.synth.demo import SYNTH_DETECTOR_PATH
 
-    single = CameraDetector(SYNTH_DETECTOR_PATH, kind="yolox")
-    batched = CameraDetector(batched_onnx(SYNTH_DETECTOR_PATH, 2, tmp_path), kind="yolox")
+    single = CameraDetector(OnnxRuntimeEngine(SYNTH_DETECTOR_PATH), kind="yolox")
+    batched = CameraDetector(
+        OnnxRuntimeEngine(batched_onnx(SYNTH_DETECTOR_PATH, 2, tmp_path)), kind="yolox"
+    )
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (375, 1242, 3), dtype=np.uint8) for _ in range(2)]
     tensors = [single.preprocess(image)[0] for image in images]

@@ -17,8 +17,9 @@ from engines.camera.labels import (
     merge_cyclists,
     node_label,
 )
+from engines.engine import TensorSpec
 from engines.errors import EngineError, ModelError
-from engines.onnxruntime_backend import OnnxRuntimeEngine, TensorSpec
+from engines.onnxruntime_backend import OnnxRuntimeEngine
 
 
 def iou(a: Box2D, b: tuple[float, float, float, float]) -> float:
@@ -37,12 +38,13 @@ def load(kitti_dir: Path, frame: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def yolox(yolox_path: Path) -> CameraDetector:
-    return CameraDetector(yolox_path)
+    return CameraDetector(OnnxRuntimeEngine(yolox_path))
 
 
 @pytest.fixture(scope="module")
 def fastest(data_dir: Path) -> CameraDetector:
-    return CameraDetector(data_dir / "camera_detector" / "yolo_fastestv2_coco_352.onnx")
+    path = data_dir / "camera_detector" / "yolo_fastestv2_coco_352.onnx"
+    return CameraDetector(OnnxRuntimeEngine(path))
 
 
 # --- YOLOX-Nano -------------------------------------------------------------------------------
@@ -150,10 +152,11 @@ def test_fastest_car_000003(fastest: CameraDetector, kitti_dir: Path) -> None:
 
 def test_explicit_kind_mismatch(data_dir: Path) -> None:
     path = data_dir / "camera_detector" / "yolo_fastestv2_coco_352.onnx"
+    engine = OnnxRuntimeEngine(path)
     with pytest.raises(EngineError, match="yolo_fastestv2"):
-        CameraDetector(path, kind="yolox")
-    with pytest.raises(EngineError, match="unknown detector kind"):
-        CameraDetector(path, kind="ssd")
+        CameraDetector(engine, kind="yolox")
+    with pytest.raises(EngineError, match=r"^yolo_fastestv2_coco_352\.onnx: unknown detector kind"):
+        CameraDetector(engine, kind="ssd")
 
 
 # --- labels -----------------------------------------------------------------------------------
@@ -223,7 +226,7 @@ def test_decode_merges_rider(yolox: CameraDetector) -> None:
 def test_missing_model(tmp_path: Path) -> None:
     path = tmp_path / "nope.onnx"
     with pytest.raises(ModelError) as info:
-        CameraDetector(path)
+        OnnxRuntimeEngine(path)
     assert str(info.value) == f"{path}: model file not found"
 
 
@@ -234,10 +237,11 @@ def test_model_path_is_directory(tmp_path: Path) -> None:
 
 
 def test_bad_thresholds(yolox_path: Path) -> None:
+    engine = OnnxRuntimeEngine(yolox_path)
     with pytest.raises(EngineError, match="score_threshold"):
-        CameraDetector(yolox_path, score_threshold=1.5)
+        CameraDetector(engine, score_threshold=1.5)
     with pytest.raises(EngineError, match="nms_iou"):
-        CameraDetector(yolox_path, nms_iou=0.0)
+        CameraDetector(engine, nms_iou=0.0)
 
 
 def test_not_onnx(tmp_path: Path) -> None:
@@ -269,6 +273,7 @@ def test_bad_image(yolox: CameraDetector, image: np.ndarray) -> None:
 
 def test_backend_specs(yolox: CameraDetector) -> None:
     engine = yolox.engine
+    assert isinstance(engine, OnnxRuntimeEngine)
     assert engine.inputs == (TensorSpec("images", "float32", (1, 3, 416, 416)),)
     assert engine.outputs == (TensorSpec("output", "float32", (1, 3549, 85)),)
     assert "CPUExecutionProvider" in engine.providers_in_use

@@ -21,15 +21,13 @@ import pytest
 import torch
 
 from calibration.kitti import kitti_label_to_velo
-from engines.fusion.graph import FusionEngine, export_fusion_engine_onnx
-from engines.fusion.runner import (
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    PACKAGED_MODEL_PATH,
-    FusionEngineConfig,
-    FusionEngineResult,
-    FusionEngineRunner,
-)
+from engines.errors import EngineError
+from engines.factory import EngineFactory
+from engines.fusion.config import INPUT_NAMES, OUTPUT_NAMES, PACKAGED_MODEL_PATH, FusionEngineConfig
+from engines.fusion.graph import FusionEngine, cached_fusion_engine_onnx, export_fusion_engine_onnx
+from engines.fusion.runner import FusionEngineResult, FusionEngineRunner
+from engines.onnxruntime_backend import OnnxRuntimeEngine
+from engines.settings import EngineSettings
 from perception.msgs.types import Detection3D
 from perception.pipeline.ground import estimate_ground
 from replay.evaluation import (
@@ -84,12 +82,17 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ort_runner(onnx_path: Path) -> FusionEngineRunner:
-    return FusionEngineRunner(backend="onnxruntime", model_path=onnx_path)
+    return FusionEngineRunner(OnnxRuntimeEngine(onnx_path))
+
+
+def torch_fusion(config: FusionEngineConfig = CONFIG) -> FusionEngineRunner:
+    engine = EngineFactory(EngineSettings(backend="torch")).fusion_engine(config)
+    return FusionEngineRunner(engine, config)
 
 
 @pytest.fixture(scope="module")
 def torch_runner() -> FusionEngineRunner:
-    return FusionEngineRunner(backend="torch")
+    return torch_fusion()
 
 
 def _inputs(frame: KittiFrame, boxes: Sequence[Sequence[float]]) -> Inputs:
@@ -180,9 +183,20 @@ def test_packaged_model_is_the_default_export(tmp_path: Path) -> None:
     )
 
 
-def test_default_runner_uses_the_packaged_model() -> None:
-    runner = FusionEngineRunner()
-    assert "fusion_engine.onnx" in runner.describe()
+def test_the_factory_runs_the_packaged_model_for_the_default_config() -> None:
+    runner = FusionEngineRunner(EngineFactory().fusion_engine())
+    assert runner.describe().startswith("fusion engine: onnxruntime fusion_engine.onnx")
+
+
+def test_other_configs_are_exported_once_and_checked(tmp_path: Path) -> None:
+    small = replace(CONFIG, n_max=4096, b_max=4)
+    engine = EngineFactory(export_dir=tmp_path).fusion_engine(small)
+    assert isinstance(engine, OnnxRuntimeEngine)
+    assert engine.model_path == cached_fusion_engine_onnx(small, tmp_path)
+    assert engine.model_path.parent == tmp_path and small.cache_key()[:24] in engine.model_path.name
+    FusionEngineRunner(engine, small)
+    with pytest.raises(EngineError, match=r"^fusion engine: the engine fusion_engine-\S+ has"):
+        FusionEngineRunner(engine, CONFIG)
 
 
 def test_exported_graph_has_static_shapes(onnx_path: Path, ort_runner: FusionEngineRunner) -> None:
@@ -343,8 +357,8 @@ def test_padding_and_other_boxes_do_not_change_results(
     frame = kitti_frame("000000")
     ped = [712.40, 143.00, 810.73, 307.92, 0.82, PEDESTRIAN]
     ped_inputs = _inputs(frame, [ped])
-    small = FusionEngineRunner(backend="torch")
-    big = FusionEngineRunner(replace(CONFIG, n_max=CONFIG.n_max + 777, b_max=7), backend="torch")
+    small = torch_fusion()
+    big = torch_fusion(replace(CONFIG, n_max=CONFIG.n_max + 777, b_max=7))
     for case in (inputs, ped_inputs):
         a = small.run(*case.args())  # type: ignore[arg-type]
         b = big.run(*case.args())  # type: ignore[arg-type]
@@ -405,9 +419,7 @@ def test_runner_validates_inputs(
     )
     four = torch_runner.run(*good.args())  # type: ignore[arg-type]
     np.testing.assert_allclose(three.boxes3d, four.boxes3d, atol=1e-5)
-    with pytest.raises(ValueError, match="backend"):
-        FusionEngineRunner(backend="tensorflow")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="model_path"):
-        FusionEngineRunner(FusionEngineConfig(b_max=8), backend="onnxruntime")
+    with pytest.raises(EngineError, match=r"fusion engine: .* has inputs .*boxes:float32\[16x6\]"):
+        FusionEngineRunner(torch_runner.engine, FusionEngineConfig(b_max=8))
     with pytest.raises(ValueError, match="box_shrink"):
         FusionEngineConfig(box_shrink=0.6)

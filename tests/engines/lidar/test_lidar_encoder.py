@@ -7,18 +7,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
-from engines.lidar.graph import LidarEncoder, export_lidar_encoder_onnx
-from engines.lidar.runner import (
+from engines.errors import EngineError
+from engines.factory import EngineFactory
+from engines.lidar.config import (
     FEATURES,
     OBSTACLE_CONFIG,
     ONNX_OPSET,
     PACKAGED_MODEL_PATH,
     LidarEncoderConfig,
-    LidarEncoderEngine,
-    cached_lidar_encoder_onnx,
 )
+from engines.lidar.graph import cached_lidar_encoder_onnx, export_lidar_encoder_onnx
+from engines.lidar.runner import LidarEncoderRunner
+from engines.onnxruntime_backend import OnnxRuntimeEngine
+from engines.settings import EngineSettings
 
 # torch and ONNX Runtime run the same float32 ops; only the summation order of the scatter-add
 # (means) may differ, which on real scans stays within a few ulp of values <= ~6.
@@ -84,20 +86,28 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("engines")
 
 
+def runner(
+    config: LidarEncoderConfig, backend: str, cache_dir: Path | None = None, threads: int = 0
+) -> LidarEncoderRunner:
+    """The encoder for ``config`` as the engine factory builds it (exports go to ``cache_dir``)."""
+    factory = EngineFactory(EngineSettings(backend=backend, threads=threads), export_dir=cache_dir)
+    return LidarEncoderRunner(factory.lidar_encoder(config), config)
+
+
 @pytest.fixture(scope="module")
-def small_engines(cache_dir: Path) -> dict[str, LidarEncoderEngine]:
+def small_engines(cache_dir: Path) -> dict[str, LidarEncoderRunner]:
     return {
-        "onnxruntime": LidarEncoderEngine(SMALL, cache_dir=cache_dir),
-        "torch": LidarEncoderEngine(SMALL, backend="torch"),
+        "onnxruntime": runner(SMALL, "onnxruntime", cache_dir),
+        "torch": runner(SMALL, "torch"),
     }
 
 
 @pytest.fixture(scope="module")
-def kitti_engines(cache_dir: Path) -> dict[str, LidarEncoderEngine]:
+def kitti_engines(cache_dir: Path) -> dict[str, LidarEncoderRunner]:
     cfg = LidarEncoderConfig()
     return {
-        "onnxruntime": LidarEncoderEngine(cfg, cache_dir=cache_dir, num_threads=2),
-        "torch": LidarEncoderEngine(cfg, backend="torch"),
+        "onnxruntime": runner(cfg, "onnxruntime", cache_dir, threads=2),
+        "torch": runner(cfg, "torch"),
     }
 
 
@@ -153,7 +163,7 @@ def test_config_rejects(kwargs: dict[str, object], match: str) -> None:
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_matches_numpy_reference_exactly(
-    small_engines: dict[str, LidarEncoderEngine], small_cloud: np.ndarray, backend: str
+    small_engines: dict[str, LidarEncoderRunner], small_cloud: np.ndarray, backend: str
 ) -> None:
     bev = small_engines[backend].encode(small_cloud)
     ref = reference_bev(small_cloud, SMALL)
@@ -171,7 +181,7 @@ def test_matches_numpy_reference_exactly(
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_padded_rows_are_ignored(
-    small_engines: dict[str, LidarEncoderEngine], small_cloud: np.ndarray, backend: str
+    small_engines: dict[str, LidarEncoderRunner], small_cloud: np.ndarray, backend: str
 ) -> None:
     engine = small_engines[backend]
     padded, count = engine.pad(small_cloud)
@@ -180,19 +190,15 @@ def test_padded_rows_are_ignored(
     garbage[len(small_cloud) :: 3] = (1.0, 0.0, 0.5, 0.9)
     garbage[len(small_cloud) + 1 :: 3] = np.nan
     garbage[len(small_cloud) + 2 :: 3] = np.inf
-    if backend == "onnxruntime":
-        assert engine._ort is not None
-        out = engine._ort.run({"points": garbage, "num_points": count})["bev"]
-    else:
-        module = LidarEncoder(SMALL)
-        out = module(torch.from_numpy(garbage), torch.from_numpy(count)).numpy()
+    # The engine itself, fed the garbage padding with the true count.
+    out = engine.engine.run({"points": garbage, "num_points": count})["bev"]
     np.testing.assert_array_equal(out, engine.encode(small_cloud))
     np.testing.assert_array_equal(out, reference_bev(small_cloud, SMALL))
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_out_of_range_and_non_finite_points_are_ignored(
-    small_engines: dict[str, LidarEncoderEngine], small_cloud: np.ndarray, backend: str
+    small_engines: dict[str, LidarEncoderRunner], small_cloud: np.ndarray, backend: str
 ) -> None:
     outside = np.array(
         [
@@ -219,13 +225,13 @@ def test_out_of_range_and_non_finite_points_are_ignored(
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_empty_cloud_gives_zeros(
-    small_engines: dict[str, LidarEncoderEngine], backend: str
+    small_engines: dict[str, LidarEncoderRunner], backend: str
 ) -> None:
     bev = small_engines[backend].encode(np.zeros((0, 4), np.float32))
     np.testing.assert_array_equal(bev, np.zeros(SMALL.output_shape, np.float32))
 
 
-def test_full_buffer_is_accepted(small_engines: dict[str, LidarEncoderEngine]) -> None:
+def test_full_buffer_is_accepted(small_engines: dict[str, LidarEncoderRunner]) -> None:
     rng = np.random.default_rng(1)
     pts = rng.uniform((0, -2, -1, 0), (4, 2, 1, 1), (SMALL.max_points, 4)).astype(np.float32)
     for engine in small_engines.values():
@@ -243,7 +249,7 @@ def test_feature_subset_in_config_order(cache_dir: Path, small_cloud: np.ndarray
         max_points=SMALL.max_points,
         features=("occupancy", "max_z"),
     )
-    engine = LidarEncoderEngine(cfg, cache_dir=cache_dir)
+    engine = runner(cfg, "onnxruntime", cache_dir)
     full = reference_bev(small_cloud, SMALL)
     np.testing.assert_array_equal(
         engine.encode(small_cloud),
@@ -262,16 +268,20 @@ def test_feature_subset_in_config_order(cache_dir: Path, small_cloud: np.ndarray
     ],
 )
 def test_bad_input_raises(
-    small_engines: dict[str, LidarEncoderEngine], points: object, match: str
+    small_engines: dict[str, LidarEncoderRunner], points: object, match: str
 ) -> None:
     for engine in small_engines.values():
         with pytest.raises(ValueError, match=match):
             engine.encode(points)  # type: ignore[arg-type]
 
 
-def test_unknown_backend_raises() -> None:
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
-        LidarEncoderEngine(SMALL, backend="tensorrt")  # type: ignore[arg-type]
+def test_an_engine_of_another_grid_is_refused(cache_dir: Path) -> None:
+    other = LidarEncoderConfig.coarse(max_points=SMALL.max_points)
+    engine = OnnxRuntimeEngine(cached_lidar_encoder_onnx(other, cache_dir))
+    with pytest.raises(
+        EngineError, match=r"^lidar encoder: the engine lidar_encoder-.* has outputs"
+    ):
+        LidarEncoderRunner(engine, SMALL)
 
 
 # --- export -------------------------------------------------------------------------------
@@ -319,13 +329,16 @@ def test_export_cache_is_keyed_by_config(tmp_path: Path) -> None:
     assert other != path and other.is_file()
 
 
-def test_engine_specs_match_the_onnx_model(small_engines: dict[str, LidarEncoderEngine]) -> None:
-    engine = small_engines["onnxruntime"]
-    assert engine._ort is not None
-    assert engine._ort.inputs == engine.inputs
-    assert engine._ort.outputs == engine.outputs
-    assert "CPUExecutionProvider" in engine.describe()
-    assert "torch" in small_engines["torch"].describe()
+def test_engine_specs_match_the_onnx_model(small_engines: dict[str, LidarEncoderRunner]) -> None:
+    encoder = small_engines["onnxruntime"]
+    assert isinstance(encoder.engine, OnnxRuntimeEngine)
+    assert encoder.engine.inputs == SMALL.input_specs()
+    assert encoder.engine.outputs == SMALL.output_specs()
+    assert "CPUExecutionProvider" in encoder.describe()
+    assert encoder.describe().startswith("lidar encoder: onnxruntime")
+    assert small_engines["torch"].describe().startswith("lidar encoder: torch")
+    # The torch module takes and gives the same tensors as its export.
+    assert small_engines["torch"].engine.inputs == encoder.engine.inputs
 
 
 # --- real KITTI scans ---------------------------------------------------------------------
@@ -333,7 +346,7 @@ def test_engine_specs_match_the_onnx_model(small_engines: dict[str, LidarEncoder
 
 @pytest.mark.parametrize("scan", ["velodyne_reduced/000003.bin", "velodyne/000000.bin"])
 def test_kitti_torch_and_onnxruntime_agree(
-    kitti_engines: dict[str, LidarEncoderEngine], kitti_dir: Path, scan: str
+    kitti_engines: dict[str, LidarEncoderRunner], kitti_dir: Path, scan: str
 ) -> None:
     points = load_scan(kitti_dir / scan)
     ort_bev = kitti_engines["onnxruntime"].encode(points)
@@ -367,7 +380,8 @@ def test_packaged_model_is_the_obstacle_grid_export(tmp_path: Path) -> None:
 
 
 def test_obstacle_grid_runs_the_packaged_model_without_a_cache() -> None:
-    engine = LidarEncoderEngine(OBSTACLE_CONFIG)
+    engine = runner(OBSTACLE_CONFIG, "onnxruntime")
+    assert "lidar_encoder.onnx" in engine.describe()
     points = np.array([[1.1, -2.1, 1.5, 0.3], [1.15, -2.05, 0.4, 0.3]], dtype=np.float32)
     bev = engine.encode(points)
     assert bev.shape == (1, 512, 512)

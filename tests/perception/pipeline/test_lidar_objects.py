@@ -154,6 +154,7 @@ def _on_box(det: Detection3D, box: ReferenceBox, margin: float) -> bool:
 @pytest.fixture(scope="module")
 def synthetic_run(synth_drive):
     from engines.camera.detector import CameraDetector
+    from engines.onnxruntime_backend import OnnxRuntimeEngine
     from perception.pipeline import Pipeline
     from replay.drive import DriveReader
     from replay.offline import run_records
@@ -167,7 +168,10 @@ def synthetic_run(synth_drive):
 
     drive = synth_drive(3, 3.0)
     reader = DriveReader(drive)
-    pipeline = Pipeline(CameraDetector(SYNTH_DETECTOR_PATH, kind="yolox", score_threshold=0.15))
+    detector = CameraDetector(
+        OnnxRuntimeEngine(SYNTH_DETECTOR_PATH), kind="yolox", score_threshold=0.15
+    )
+    pipeline = Pipeline(detector)
     sync = SyncConfig(
         camera_offsets_ms={CAMERA_STREAM: CAMERA_OFFSET_NS / 1e6},
         camera_windows_ms={CAMERA_STREAM: 20.0},

@@ -116,8 +116,8 @@ def test_torch_backend_gives_the_onnxruntime_detections(kitti_dir: Path, yolox_p
     for backend in ("onnxruntime", "torch"):
         engines = EngineConfig(backend=backend, device="cpu")
         pipeline = Pipeline.from_config(CameraModelConfig(), yolox_path, engines)
-        assert pipeline.fusion.backend == backend
-        assert pipeline.lidar_objects.encoder.backend == backend
+        assert pipeline.fusion.engine.describe().backend == backend
+        assert pipeline.lidar_objects.encoder.engine.describe().backend == backend
         folder = KittiObjectFolder(kitti_dir)
         runs.append(list(run_messages(folder.messages(), pipeline)))
     for ort_list, torch_list in zip(*runs, strict=True):

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from engines.camera.detector import Box2D, CameraDetector
+from engines.onnxruntime_backend import OnnxRuntimeEngine
 from replay.synth.demo import SYNTH_DETECTOR_PATH
 from replay.synth.world import CAMERA_NAME, Box2DTruth, make_world, render_camera, synth_rig
 
 
 def test_detector_recall_on_held_out_renders() -> None:
-    detector = CameraDetector(SYNTH_DETECTOR_PATH, kind="yolox", score_threshold=0.3)
+    detector = CameraDetector(
+        OnnxRuntimeEngine(SYNTH_DETECTOR_PATH), kind="yolox", score_threshold=0.3
+    )
     assert SYNTH_DETECTOR_PATH.stat().st_size < 5_000_000
     rig = synth_rig()
     camera = rig.cameras[CAMERA_NAME]
@@ -42,7 +45,9 @@ def test_detector_recall_on_held_out_renders() -> None:
 def test_boxes_of_cars_cut_off_by_the_image_edge_reach_it() -> None:
     # The fusion engine anchors a car cut off by the image edge at its far end only when its 2D
     # box touches the edge (within FusionEngineConfig.image_edge_margin_px = 2 px).
-    detector = CameraDetector(SYNTH_DETECTOR_PATH, kind="yolox", score_threshold=0.3)
+    detector = CameraDetector(
+        OnnxRuntimeEngine(SYNTH_DETECTOR_PATH), kind="yolox", score_threshold=0.3
+    )
     rig = synth_rig()
     camera = rig.cameras[CAMERA_NAME]
     vehicle_from_camera = rig.transform("camera/front", "vehicle").inverse()
@@ -92,5 +97,5 @@ def test_training_script_runs_two_steps(tmp_path: Path) -> None:
 
     out = tmp_path / "m.onnx"
     assert main(["--images", "4", "--steps", "2", "--batch", "2", "--out", str(out)]) == 0
-    detector = CameraDetector(out, kind="yolox")
+    detector = CameraDetector(OnnxRuntimeEngine(out), kind="yolox")
     assert detector.input_width == 640 and detector.input_height == 192
