@@ -170,8 +170,8 @@ def test_projects_graphs_match_onnxruntime(
 def test_node_pipeline_on_tensorrt(yolox_path: Path, kitti_dir: Path, tmp_path: Path) -> None:
     from perception.config import CameraModelConfig
     from perception.pipeline import Pipeline
-    from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
-    from replay.offline import run_offline
+    from replay.datasets.kitti_object import KittiObjectFolder
+    from replay.offline import run_messages
 
     model = CameraModelConfig(path=str(yolox_path), kind="yolox")
     settings = EngineSettings(backend="tensorrt", device="cuda", cache_dir=str(tmp_path))
@@ -185,7 +185,7 @@ def test_node_pipeline_on_tensorrt(yolox_path: Path, kitti_dir: Path, tmp_path: 
     assert all(" tensorrt cuda:0 fp32 " in line for line in pipeline.describe_engines())
     assert pipeline.notes == ()
     runs = [
-        list(run_offline(KittiObjectFolder(kitti_dir).messages(), p, (CAMERA_STREAM,)))
+        list(run_messages(KittiObjectFolder(kitti_dir).messages(), p))
         for p in (pipeline, Pipeline.from_config(model))
     ]
     for trt_list, ort_list in zip(*runs, strict=True):

@@ -83,8 +83,7 @@ def _wait_for_subscriptions(xpub: zmq.Socket[bytes], topics: set[str]) -> None:
 def _run_live(config: Path, sensors: str, detections: str, inputs) -> tuple[list, Diagnostics]:
     outputs: list[DetectionList] = []
     last: Diagnostics | None = None
-    context = zmq.Context.instance()
-    xpub = context.socket(zmq.XPUB)
+    xpub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.XPUB)
     xpub.setsockopt(zmq.LINGER, 0)
     xpub.bind(sensors)
     try:

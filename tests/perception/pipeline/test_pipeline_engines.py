@@ -19,8 +19,8 @@ from engines.settings import EngineSettings
 from perception.config import CameraModelConfig
 from perception.msgs.types import DetectionList
 from perception.pipeline import Pipeline
-from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder
-from replay.offline import run_offline
+from replay.datasets.kitti_object import KittiObjectFolder
+from replay.offline import run_messages
 from tests.engines.fake_tensorrt import FakeTensorRT, install
 
 NODE_ENGINES = {"yolox_nano_coco_416", "lidar_encoder", "fusion_engine"}
@@ -32,7 +32,7 @@ def _pipeline(yolox_path: Path, **settings: object) -> Pipeline:
 
 
 def _run(pipeline: Pipeline, kitti_dir: Path) -> list[DetectionList]:
-    return list(run_offline(KittiObjectFolder(kitti_dir).messages(), pipeline, (CAMERA_STREAM,)))
+    return list(run_messages(KittiObjectFolder(kitti_dir).messages(), pipeline))
 
 
 def _assert_same_detections(a: list[DetectionList], b: list[DetectionList]) -> None:
