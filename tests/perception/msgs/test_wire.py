@@ -448,7 +448,8 @@ def test_image_not_uint8() -> None:
     def edit(doc: dict[str, Any]) -> None:
         doc["buffers"][0].update(dtype="<u2", shape=[2, 6, 3])
 
-    with raises("image must be H x W x 3 uint8 \\(BGR\\), got dtype '<u2'", "camera/front"):
+    # Shape first (it is H x W x 3), then the dtype, as for every array of the schema.
+    with raises(r"image has dtype '<u2', expected '\|u1' \(uint8\)", "camera/front"):
         wire.decode(tamper(camera_frames_raw(), edit))
 
 

@@ -1,0 +1,788 @@
+"""Checks and conversions derived from the schema tables, shared by every format.
+
+`perception.msgs.wire` (msgpack header document + raw buffers) and `perception.msgs.jsonl`
+(JSON documents) differ only in their envelopes and in how arrays travel; everything inside a
+message (types, bounds, finiteness, keys, limits, cross-field rules) is checked here, from the
+tables of `perception.msgs.schema`, so every format accepts and refuses the same messages with
+the same words.
+
+Decoders raise `FieldError`; the format turns it into its own error with the field's path in its
+document (`fields.detections[3].score` on the wire, `detections[3].score` in JSON). The path is
+assembled only when a fault is raised, so valid messages pay nothing for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from perception.msgs.schema import (
+    HEADER,
+    INT64_MAX,
+    INT64_MIN,
+    Field,
+    Kind,
+    Schema,
+    WireLimits,
+    schema_of,
+)
+
+__all__ = [
+    "Decoder",
+    "FieldError",
+    "MessageCodec",
+    "check_buffer",
+    "check_keys",
+    "decode_descriptor",
+    "decode_header",
+    "describe",
+    "encode_header",
+    "from_buffer",
+    "message_codec",
+    "to_buffer",
+]
+
+Decoder = Callable[[Any, WireLimits], Any]
+Encoder = Callable[[Any], Any]
+
+_FLOAT_MAX = sys.float_info.max
+
+
+class FieldError(Exception):
+    """A value that breaks its schema. `render(path)` words the problem for the value's path
+    in the document; the containers it passes through add their key (`within`). Internal: the
+    formats turn it into their own error (WireError, SchemaError)."""
+
+    def __init__(self, render: Callable[[str], str]) -> None:
+        super().__init__()
+        self.render = render
+        self.segments: list[str | int] = []  # innermost first
+
+    def within(self, segment: str | int) -> FieldError:
+        self.segments.append(segment)
+        return self
+
+    def message(self, prefix: str = "") -> str:
+        """The problem, with the path below `prefix` (e.g. "fields")."""
+        path = prefix
+        for segment in reversed(self.segments):
+            if isinstance(segment, int):
+                path += f"[{segment}]"
+            else:
+                path = f"{path}.{segment}" if path else segment
+        return self.render(path)
+
+    def __str__(self) -> str:
+        return self.message()
+
+
+def describe(value: Any) -> str:
+    """How an error names a value's type ("nil" for None, the value for non-finite floats)."""
+    if value is None:
+        return "nil"
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return type(value).__name__
+
+
+def _mistyped(expected: str, value: Any) -> FieldError:
+    return FieldError(lambda p: f"field {p!r} must be {expected}, got {describe(value)}")
+
+
+def _plain(problem: str) -> FieldError:
+    return FieldError(lambda _p: problem)
+
+
+def _at(problem: str) -> FieldError:
+    return FieldError(lambda p: f"{p}: {problem}" if p else problem)
+
+
+def _or_nil(expected: str, optional: bool) -> str:
+    return f"{expected} or nil" if optional else expected
+
+
+# -- scalars -------------------------------------------------------------------------------------
+
+
+def _key_error(key: Any) -> FieldError:
+    return FieldError(lambda p: f"field {p!r} keys must be strings, got {describe(key)}")
+
+
+def _int_fault(value: Any, lo: int, hi: int, optional: bool) -> FieldError:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return _mistyped(_or_nil("an integer", optional), value)
+    if value < 0 <= lo:
+        return FieldError(lambda p: f"field {p!r} must not be negative, got {value}")
+    return FieldError(lambda p: f"field {p!r} is {value}, outside [{lo}, {hi}]")
+
+
+def _float_value(value: Any, lo: float, hi: float, optional: bool) -> float:
+    """The slow path of a float check: integers, and the words of every fault."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _mistyped(_or_nil("a number", optional), value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf if value > 0 else -math.inf
+    if not math.isfinite(number):
+        raise FieldError(lambda p: f"field {p!r} must be finite, got {number}")
+    if not lo <= number <= hi:
+        raise FieldError(lambda p: f"field {p!r} is {number}, outside [{lo}, {hi}]")
+    return number
+
+
+def _int_bounds(f: Field) -> tuple[int, int]:
+    lo = INT64_MIN if f.lo is None else max(int(f.lo), INT64_MIN)
+    hi = INT64_MAX if f.hi is None else min(int(f.hi), INT64_MAX)
+    return lo, hi
+
+
+def _float_bounds(f: Field) -> tuple[float, float, float, float]:
+    """(lo, hi) as declared and as a chained comparison that also refuses NaN and inf."""
+    lo = -math.inf if f.lo is None else float(f.lo)
+    hi = math.inf if f.hi is None else float(f.hi)
+    return lo, hi, max(lo, -_FLOAT_MAX), min(hi, _FLOAT_MAX)
+
+
+def _int(f: Field) -> Decoder:
+    lo, hi = _int_bounds(f)
+    optional = f.optional
+
+    def decode(v: Any, _limits: WireLimits) -> int | None:
+        if type(v) is int and lo <= v <= hi:
+            return v
+        if v is None and optional:
+            return None
+        raise _int_fault(v, lo, hi, optional)
+
+    return decode
+
+
+def _float(f: Field) -> Decoder:
+    lo, hi, flo, fhi = _float_bounds(f)
+    optional = f.optional
+
+    def decode(v: Any, _limits: WireLimits) -> float | None:
+        if type(v) is float and flo <= v <= fhi:
+            return v
+        if v is None and optional:
+            return None
+        return _float_value(v, lo, hi, optional)
+
+    return decode
+
+
+def _bool(f: Field) -> Decoder:
+    optional = f.optional
+
+    def decode(v: Any, _limits: WireLimits) -> bool | None:
+        if type(v) is bool or (v is None and optional):
+            return v
+        raise _mistyped(_or_nil("a boolean", optional), v)
+
+    return decode
+
+
+def _str(f: Field) -> Decoder:
+    optional, nonempty = f.optional, f.nonempty
+
+    def decode(v: Any, _limits: WireLimits) -> str | None:
+        if type(v) is str:
+            if nonempty and not v:
+                raise FieldError(lambda p: f"field {p!r} must not be empty")
+            return v
+        if v is None and optional:
+            return None
+        raise _mistyped(_or_nil("a string", optional), v)
+
+    return decode
+
+
+# -- sequences and maps --------------------------------------------------------------------------
+
+
+def _items(v: Any) -> bool:
+    return type(v) is list or type(v) is tuple
+
+
+def _elements(element: Decoder, items: Sequence[Any], limits: WireLimits) -> tuple[Any, ...]:
+    """Decode every element; on a fault, find the element again to name its index."""
+    try:
+        return tuple([element(x, limits) for x in items])
+    except FieldError:
+        for i, x in enumerate(items):
+            try:
+                element(x, limits)
+            except FieldError as e:
+                raise e.within(i) from None
+        raise
+
+
+def _strs(f: Field) -> Decoder:
+    element = _str(Field(f.name, Kind.STR, f.doc))
+    optional = f.optional
+
+    def decode(v: Any, limits: WireLimits) -> tuple[str, ...] | None:
+        if _items(v):
+            if all(type(x) is str for x in v):
+                return tuple(v)
+            return _elements(element, v, limits)
+        if v is None and optional:
+            return None
+        raise _mistyped(_or_nil("an array", optional), v)
+
+    return decode
+
+
+def _ints(f: Field) -> Decoder:
+    element = _int(Field(f.name, Kind.INT, f.doc, lo=f.lo, hi=f.hi))
+    optional = f.optional
+
+    def decode(v: Any, limits: WireLimits) -> tuple[int, ...] | None:
+        if _items(v):
+            return _elements(element, v, limits)
+        if v is None and optional:
+            return None
+        raise _mistyped(_or_nil("an array", optional), v)
+
+    return decode
+
+
+def _floats(f: Field) -> Decoder:
+    lo, hi, flo, fhi = _float_bounds(f)
+    n, optional = f.length, f.optional
+
+    def element(x: Any, _limits: WireLimits) -> float:
+        if type(x) is float and flo <= x <= fhi:
+            return x
+        return _float_value(x, lo, hi, False)
+
+    def decode(v: Any, limits: WireLimits) -> tuple[float, ...] | None:
+        if _items(v) and len(v) == n:
+            for x in v:
+                if not (type(x) is float and flo <= x <= fhi):
+                    return _elements(element, v, limits)
+            return tuple(v)
+        if v is None and optional:
+            return None
+        raise _mistyped(_or_nil(f"an array of {n} numbers", optional), v)
+
+    return decode
+
+
+def _map(f: Field) -> Decoder:
+    is_fast: Callable[[Any], bool]
+    if f.kind is Kind.INT_MAP:
+        value = _int(Field(f.name, Kind.INT, f.doc, lo=f.lo, hi=f.hi))
+        lo, hi = _int_bounds(f)
+        is_fast = lambda x: type(x) is int and lo <= x <= hi  # noqa: E731
+    else:
+        value = _float(Field(f.name, Kind.FLOAT, f.doc, lo=f.lo, hi=f.hi))
+        _, _, flo, fhi = _float_bounds(f)
+        is_fast = lambda x: type(x) is float and flo <= x <= fhi  # noqa: E731
+    optional = f.optional
+
+    def slow(v: dict[Any, Any], limits: WireLimits) -> dict[str, Any]:
+        out = {}
+        for key, x in v.items():
+            if type(key) is not str:
+                raise _key_error(key)
+            try:
+                out[key] = value(x, limits)
+            except FieldError as e:
+                raise e.within(key) from None
+        return out
+
+    def decode(v: Any, limits: WireLimits) -> dict[str, Any] | None:
+        if type(v) is dict:
+            for key, x in v.items():
+                if type(key) is not str or not is_fast(x):
+                    return slow(v, limits)
+            return dict(v)
+        if v is None and optional:
+            return None
+        raise _mistyped(_or_nil("a map", optional), v)
+
+    return decode
+
+
+def _document(f: Field) -> Decoder:
+    optional = f.optional
+
+    def decode(v: Any, _limits: WireLimits) -> dict[str, Any] | None:
+        if type(v) is dict:
+            for key in v:
+                if type(key) is not str:
+                    raise _key_error(key)
+            return v
+        if v is None and optional:
+            return None
+        raise _mistyped(_or_nil("a map", optional), v)
+
+    return decode
+
+
+def _messages(f: Field) -> Decoder:
+    assert f.schema is not None
+    element = struct_decoder(f.schema)
+    limit, optional = f.limit, f.optional
+
+    def decode(v: Any, limits: WireLimits) -> tuple[Any, ...] | None:
+        if _items(v):
+            if limit is not None and len(v) > getattr(limits, limit.attr):
+                allowed = getattr(limits, limit.attr)
+                raise _plain(
+                    f"oversize {limit.what}: {len(v)} {limit.unit}, above the limit of {allowed}"
+                )
+            return _elements(element, v, limits)
+        if v is None and optional:
+            return None
+        raise _mistyped(_or_nil("an array", optional), v)
+
+    return decode
+
+
+def value_decoder(f: Field) -> Decoder:
+    """The decoder of a field held in a document (not a buffer, not the version)."""
+    makers: dict[Kind, Callable[[Field], Decoder]] = {
+        Kind.INT: _int,
+        Kind.FLOAT: _float,
+        Kind.BOOL: _bool,
+        Kind.STR: _str,
+        Kind.STRS: _strs,
+        Kind.INTS: _ints,
+        Kind.FLOATS: _floats,
+        Kind.INT_MAP: _map,
+        Kind.FLOAT_MAP: _map,
+        Kind.DOCUMENT: _document,
+        Kind.MESSAGES: _messages,
+    }
+    if f.kind is Kind.MESSAGE:
+        assert f.schema is not None
+        return struct_decoder(f.schema, optional=f.optional)
+    maker = makers.get(f.kind)
+    if maker is None:
+        raise TypeError(f"field {f.name}: {f.kind.value} is not held in a document")
+    return maker(f)
+
+
+# -- maps of fields (nested messages) ------------------------------------------------------------
+
+
+def check_keys(doc: Mapping[Any, Any], names: Sequence[str], envelope: Iterable[str] = ()) -> None:
+    """Raise the FieldError for a document whose keys are not `names` (plus `envelope`): the first
+    missing key in table order, else the unexpected ones."""
+    expected = [*envelope, *names]
+    for name in expected:
+        if name not in doc:
+            raise FieldError(lambda p: f"missing field {p!r}").within(name)
+    known = set(expected)
+    extra = sorted(str(k) for k in doc if k not in known)
+    raise FieldError(lambda p: f"unexpected field(s) in {p or 'the document'}: {extra}")
+
+
+def decode_values(
+    pairs: Sequence[tuple[str, Decoder]], doc: Mapping[str, Any], limits: WireLimits
+) -> list[Any]:
+    """Each field's decoded value (keys already checked); a fault names the field."""
+    try:
+        return [decode(doc[name], limits) for name, decode in pairs]
+    except FieldError:
+        for name, decode in pairs:
+            try:
+                decode(doc[name], limits)
+            except FieldError as e:
+                raise e.within(name) from None
+        raise
+
+
+def finisher(schema: Schema) -> Callable[[list[Any]], Any]:
+    """Builds the dataclass from its field values (in table order) after the field groups,
+    and checks the table's rules on it."""
+    cls = schema.cls
+    index = {f.name: i for i, f in enumerate(schema.fields)}
+    together = [(tuple(index[n] for n in g), g) for g in schema.together]
+    one_of = [(tuple(index[n] for n in g), g) for g in schema.one_of]
+    rules = schema.rules
+
+    def finish(values: list[Any]) -> Any:
+        for where, names in together:
+            present = [values[i] is not None for i in where]
+            if any(present) and not all(present):
+                words = " and ".join(names)
+                raise _at(f"{words} must be both set or both nil")
+        for where, names in one_of:
+            if sum(values[i] is not None for i in where) != 1:
+                raise _at(f"exactly one of {' and '.join(names)} must be set")
+        try:
+            obj = cls(*values)
+        except (TypeError, ValueError) as e:
+            raise _at(f"not a valid {cls.__name__} ({e})") from e
+        for rule in rules:
+            problem = rule(obj)
+            if problem:
+                raise _at(problem)
+        return obj
+
+    return finish
+
+
+_STRUCTS: dict[tuple[int, bool], Decoder] = {}
+
+
+def struct_decoder(schema: Schema, optional: bool = False) -> Decoder:
+    """The decoder of a nested message held as a map (no buffers)."""
+    key = (id(schema), optional)
+    cached = _STRUCTS.get(key)
+    if cached is not None:
+        return cached
+    names = tuple(f.name for f in schema.fields)
+    keys = frozenset(names)
+    pairs = tuple((f.name, value_decoder(f)) for f in schema.fields)
+    finish = finisher(schema)
+
+    def decode(v: Any, limits: WireLimits) -> Any:
+        if type(v) is not dict:
+            if v is None and optional:
+                return None
+            raise _mistyped(_or_nil("a map", optional), v)
+        if v.keys() != keys:
+            check_keys(v, names)
+        return finish(decode_values(pairs, v, limits))
+
+    _STRUCTS[key] = decode
+    return decode
+
+
+# -- encoding to documents -----------------------------------------------------------------------
+
+
+def _struct_encoder(schema: Schema) -> Encoder:
+    cls = schema.cls
+    names = tuple(f.name for f in schema.fields)
+    get = operator.attrgetter(*names)
+    nested = [(i, f.name, enc) for i, f in enumerate(schema.fields) if (enc := value_encoder(f))]
+
+    def encode(obj: Any) -> dict[str, Any]:
+        if not isinstance(obj, cls):
+            got = type(obj).__name__
+            raise FieldError(lambda p: f"{p or 'message'} must be a {cls.__name__}, got {got}")
+        values = get(obj)
+        if len(names) == 1:
+            values = (values,)
+        out = dict(zip(names, values, strict=True))
+        for i, name, enc in nested:
+            try:
+                out[name] = enc(values[i])
+            except FieldError as e:
+                raise e.within(name) from None
+        return out
+
+    return encode
+
+
+def value_encoder(f: Field) -> Encoder | None:
+    """How a field's value becomes a document value: None when it is the value itself
+    (msgpack and json take tuples, dicts and scalars as they are)."""
+    if f.kind is Kind.MESSAGE:
+        assert f.schema is not None
+        struct = _struct_encoder(f.schema)
+        if not f.optional:
+            return struct
+        return lambda v: None if v is None else struct(v)
+    if f.kind is Kind.MESSAGES:
+        assert f.schema is not None
+        element = _struct_encoder(f.schema)
+
+        def encode(v: Any) -> list[Any]:
+            if not _items(v):
+                raise FieldError(lambda p: f"{p} must be a tuple, got {type(v).__name__}")
+            try:
+                return [element(x) for x in v]
+            except FieldError:
+                for i, x in enumerate(v):
+                    try:
+                        element(x)
+                    except FieldError as e:
+                        raise e.within(i) from None
+                raise
+
+        return encode
+    return None
+
+
+# -- buffers -------------------------------------------------------------------------------------
+
+
+def check_buffer(
+    schema: Schema,
+    f: Field,
+    *,
+    dtype: str,
+    shape: tuple[int, ...],
+    shapes: Mapping[str, tuple[int, ...]],
+    limits: WireLimits,
+) -> None:
+    """Check an array's dtype and shape, as its document describes them, before its bytes are
+    read: layout, dimensions shared with other arrays (`shapes`), emptiness, size limits."""
+    spec = f.shape
+    if len(shape) != len(spec) or any(
+        isinstance(want, int) and got != want for want, got in zip(spec, shape, strict=False)
+    ):
+        raise _plain(f"{f.name} must be {f.layout}, got dtype {dtype!r} shape {list(shape)}")
+    for axis, want in enumerate(spec):
+        if isinstance(want, str):
+            other = shapes.get(want)
+            if other is not None and shape[axis] != other[0]:
+                resolved = [other[0] if isinstance(w, str) else w or "N" for w in spec]
+                rows = schema.field(want).rows
+                raise _plain(
+                    f"{f.name} must have shape {resolved} (one per {rows}), got {list(shape)}"
+                )
+    if f.nonempty and 0 in shape:
+        raise _plain(f"{f.name} is empty (shape {list(shape)})")
+    if f.limit is not None:
+        limit = f.limit
+        count = math.prod(shape[: limit.dims])
+        allowed = getattr(limits, limit.attr)
+        if count > allowed:
+            sizes = " x ".join(str(d) for d in shape[: limit.dims])
+            amount = f"{sizes} = {count}" if limit.dims > 1 else str(count)
+            raise _plain(
+                f"oversize {limit.what}: {amount} {limit.unit}, above the limit of {allowed}"
+            )
+    if dtype != f.dtype:
+        name = np.dtype(f.dtype).name
+        raise _plain(f"{f.name} has dtype {dtype!r}, expected {f.dtype!r} ({name})")
+
+
+def from_buffer(
+    f: Field, shape: tuple[int, ...], data: Any, holder: str
+) -> npt.NDArray[Any] | bytes:
+    """The field's value from its bytes (after `check_buffer`): a read-only array viewing
+    `data` (no copy), or `bytes` for encoded bytes. `holder` names where the bytes were, for
+    the error ("its buffer frame")."""
+    dtype = np.dtype(f.dtype)
+    view = memoryview(data)
+    expected = math.prod(shape) * dtype.itemsize
+    if expected != view.nbytes:
+        raise _plain(
+            f"{f.name} shape {list(shape)} needs {expected} bytes but {holder} holds "
+            f"{view.nbytes} (truncated or mismatched)"
+        )
+    arr = np.frombuffer(view, dtype=dtype).reshape(shape)
+    # Messages are immutable; received frames may be writable, their views must not be.
+    arr.flags.writeable = False
+    if f.kind is Kind.BYTES:
+        return arr.tobytes()
+    if f.finite:
+        finite = np.isfinite(arr)
+        if not finite.all():
+            per_row = finite.reshape(shape[0], -1).all(axis=1) if arr.ndim > 1 else finite
+            bad = int(np.count_nonzero(~per_row))
+            what = _or_list(f.columns) if f.columns else "values"
+            raise _plain(f"{f.name} has {bad} {f.rows}(s) with non-finite {what} (NaN or inf)")
+    if f.lo is not None and arr.size:
+        low = arr.min()
+        if low < f.lo:
+            raise _plain(f"{f.name} has values below {f.lo:g} (minimum {low}): {f.doc}")
+    return arr
+
+
+def _or_list(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def to_buffer(f: Field, value: Any) -> tuple[str, list[int], memoryview | bytes]:
+    """An array (or encoded bytes) as (dtype, shape, bytes): a zero-copy view of a C-contiguous
+    little-endian array, else a converted copy. The receiver checks dtype and shape."""
+    if f.kind is Kind.BYTES:
+        if isinstance(value, bytes):
+            return f.dtype, [len(value)], value
+        if isinstance(value, bytearray | memoryview):
+            data = bytes(value)
+            return f.dtype, [len(data)], data
+        raise _plain(f"{f.name} must be bytes, got {type(value).__name__}")
+    if not isinstance(value, np.ndarray):
+        raise _plain(f"{f.name} must be a numpy array, got {type(value).__name__}")
+    arr: npt.NDArray[Any] = value
+    want = np.dtype(f.dtype)
+    if arr.dtype.hasobject:
+        raise _plain(f"{f.name} has dtype {arr.dtype}, which cannot travel as a raw buffer")
+    if arr.dtype != want and arr.dtype.kind == want.kind and arr.dtype.itemsize == want.itemsize:
+        # Same type in the other byte order: documents carry little-endian data.
+        arr = arr.astype(want)
+    arr = np.ascontiguousarray(arr)  # a no-op (no copy) for the usual C-contiguous array
+    return arr.dtype.str, list(value.shape), arr.reshape(-1).view(np.uint8).data
+
+
+_DTYPE = _str(Field("dtype", Kind.STR, "numpy dtype string"))
+_SHAPE = _ints(Field("shape", Kind.INTS, "array shape", lo=0, hi=INT64_MAX))
+_TEXT = _str(Field("text", Kind.STR, "a string"))
+
+
+def decode_descriptor(
+    desc: Any, keys: Sequence[str], limits: WireLimits
+) -> tuple[str, tuple[int, ...], dict[str, str]]:
+    """A buffer's description in a document: a map of exactly `keys`, `dtype` a string,
+    `shape` non-negative integers, any other key a string. Returns (dtype, shape, others)."""
+    if type(desc) is not dict:
+        raise FieldError(lambda p: f"{p} must be a map, got {describe(desc)}")
+    if desc.keys() != set(keys):
+        check_keys(desc, keys)
+    others = {}
+    for key in keys:
+        decode = _DTYPE if key == "dtype" else _SHAPE if key == "shape" else _TEXT
+        try:
+            value = decode(desc[key], limits)
+        except FieldError as e:
+            raise e.within(key) from None
+        others[key] = value
+    return others.pop("dtype"), others.pop("shape"), others
+
+
+# -- whole messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageCodec:
+    """What a format needs of one wire type's table: the header, the fields held in the
+    document (`plain`, in table order), the buffers, and how to build the message."""
+
+    schema: Schema
+    plain: tuple[Field, ...]
+    plain_pairs: tuple[tuple[str, Decoder], ...]
+    plain_keys: frozenset[str]
+    plain_encoders: tuple[tuple[str, Encoder | None], ...]
+    buffers: tuple[Field, ...]
+    buffer_options: tuple[tuple[str, ...], ...]
+    slots: tuple[Any, ...]
+    finish: Callable[[list[Any]], Any]
+
+    @property
+    def plain_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.plain_pairs)
+
+    def decode_fields(self, doc: Any, limits: WireLimits) -> list[Any]:
+        """The plain fields' values from a map holding exactly them (the wire's `fields`)."""
+        if type(doc) is not dict:
+            raise _mistyped("a map", doc)
+        if doc.keys() != self.plain_keys:
+            check_keys(doc, self.plain_names)
+        return decode_values(self.plain_pairs, doc, limits)
+
+    def decode_plain(self, doc: Mapping[str, Any], limits: WireLimits) -> list[Any]:
+        """The plain fields' values from a document already checked to hold them."""
+        return decode_values(self.plain_pairs, doc, limits)
+
+    def encode_plain(self, msg: Any) -> dict[str, Any]:
+        out = {}
+        for name, enc in self.plain_encoders:
+            value = getattr(msg, name)
+            if enc is not None:
+                try:
+                    value = enc(value)
+                except FieldError as e:
+                    raise e.within(name) from None
+            out[name] = value
+        return out
+
+    def check_buffer_names(self, names: list[str]) -> None:
+        if tuple(names) not in self.buffer_options:
+            options = " or ".join(str(list(o)) for o in self.buffer_options)
+            raise _plain(f"{self.schema.name} carries buffers {options}, got {names}")
+
+    def check_buffer(
+        self,
+        f: Field,
+        dtype: str,
+        shape: tuple[int, ...],
+        shapes: Mapping[str, tuple[int, ...]],
+        limits: WireLimits,
+    ) -> None:
+        check_buffer(self.schema, f, dtype=dtype, shape=shape, shapes=shapes, limits=limits)
+
+    def assemble(
+        self, header: Any, version: int, plain: list[Any], buffers: Mapping[str, Any]
+    ) -> Any:
+        """The message from its parts (checks the table's field groups and rules)."""
+        rest = iter(plain)
+        values = [
+            header
+            if slot is _HEADER
+            else version
+            if slot is _VERSION
+            else next(rest)
+            if slot is _PLAIN
+            else buffers.get(slot)
+            for slot in self.slots
+        ]
+        return self.finish(values)
+
+
+# Where each field's value comes from when a message is assembled (else: the buffer's name).
+_HEADER, _VERSION, _PLAIN = object(), object(), object()
+
+
+def _buffer_options(schema: Schema) -> tuple[tuple[str, ...], ...]:
+    buffers = [f for f in schema.fields if f.kind.is_buffer]
+    options = []
+    for present in itertools.product((True, False), repeat=len(buffers)):
+        names = {f.name for f, p in zip(buffers, present, strict=True) if p}
+        if any(not p and not f.optional for f, p in zip(buffers, present, strict=True)):
+            continue
+        if any(len(names & set(g)) != 1 for g in schema.one_of):
+            continue
+        if any(0 < len(names & set(g)) < len(g) for g in schema.together):
+            continue
+        options.append(tuple(f.name for f in buffers if f.name in names))
+    return tuple(sorted(options, key=len))
+
+
+_CODECS: dict[str, MessageCodec] = {}
+
+
+def message_codec(type_name: str) -> MessageCodec:
+    """The codec of a wire type; KeyError when there is no such type."""
+    codec = _CODECS.get(type_name)
+    if codec is None:
+        schema = schema_of(type_name)
+        plain = tuple(
+            f for f in schema.fields[1:] if not f.kind.is_buffer and f.kind is not Kind.VERSION
+        )
+        slots = tuple(
+            _HEADER
+            if i == 0
+            else _VERSION
+            if f.kind is Kind.VERSION
+            else f.name
+            if f.kind.is_buffer
+            else _PLAIN
+            for i, f in enumerate(schema.fields)
+        )
+        codec = MessageCodec(
+            schema=schema,
+            plain=plain,
+            plain_pairs=tuple((f.name, value_decoder(f)) for f in plain),
+            plain_keys=frozenset(f.name for f in plain),
+            plain_encoders=tuple((f.name, value_encoder(f)) for f in plain),
+            buffers=tuple(f for f in schema.fields if f.kind.is_buffer),
+            buffer_options=_buffer_options(schema),
+            slots=slots,
+            finish=finisher(schema),
+        )
+        _CODECS[type_name] = codec
+    return codec
+
+
+#: Decoder and encoder of the common header, used by every format.
+decode_header: Decoder = struct_decoder(HEADER)
+encode_header: Encoder = _struct_encoder(HEADER)
