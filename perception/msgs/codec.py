@@ -47,7 +47,10 @@ __all__ = [
     "encode_header",
     "from_buffer",
     "message_codec",
+    "mistyped",
+    "plain_error",
     "to_buffer",
+    "value_decoder",
 ]
 
 Decoder = Callable[[Any, WireLimits], Any]
@@ -93,11 +96,13 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _mistyped(expected: str, value: Any) -> FieldError:
+def mistyped(expected: str, value: Any) -> FieldError:
+    """`field <path> must be <expected>, got <type>`."""
     return FieldError(lambda p: f"field {p!r} must be {expected}, got {describe(value)}")
 
 
-def _plain(problem: str) -> FieldError:
+def plain_error(problem: str) -> FieldError:
+    """A problem worded without the path (it names what it is about)."""
     return FieldError(lambda _p: problem)
 
 
@@ -118,7 +123,7 @@ def _key_error(key: Any) -> FieldError:
 
 def _int_fault(value: Any, lo: int, hi: int, optional: bool) -> FieldError:
     if isinstance(value, bool) or not isinstance(value, int):
-        return _mistyped(_or_nil("an integer", optional), value)
+        return mistyped(_or_nil("an integer", optional), value)
     if value < 0 <= lo:
         return FieldError(lambda p: f"field {p!r} must not be negative, got {value}")
     return FieldError(lambda p: f"field {p!r} is {value}, outside [{lo}, {hi}]")
@@ -127,7 +132,7 @@ def _int_fault(value: Any, lo: int, hi: int, optional: bool) -> FieldError:
 def _float_value(value: Any, lo: float, hi: float, optional: bool) -> float:
     """The slow path of a float check: integers, and the words of every fault."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _mistyped(_or_nil("a number", optional), value)
+        raise mistyped(_or_nil("a number", optional), value)
     try:
         number = float(value)
     except OverflowError:
@@ -186,7 +191,7 @@ def _bool(f: Field) -> Decoder:
     def decode(v: Any, _limits: WireLimits) -> bool | None:
         if type(v) is bool or (v is None and optional):
             return v
-        raise _mistyped(_or_nil("a boolean", optional), v)
+        raise mistyped(_or_nil("a boolean", optional), v)
 
     return decode
 
@@ -201,7 +206,7 @@ def _str(f: Field) -> Decoder:
             return v
         if v is None and optional:
             return None
-        raise _mistyped(_or_nil("a string", optional), v)
+        raise mistyped(_or_nil("a string", optional), v)
 
     return decode
 
@@ -237,7 +242,7 @@ def _strs(f: Field) -> Decoder:
             return _elements(element, v, limits)
         if v is None and optional:
             return None
-        raise _mistyped(_or_nil("an array", optional), v)
+        raise mistyped(_or_nil("an array", optional), v)
 
     return decode
 
@@ -251,7 +256,7 @@ def _ints(f: Field) -> Decoder:
             return _elements(element, v, limits)
         if v is None and optional:
             return None
-        raise _mistyped(_or_nil("an array", optional), v)
+        raise mistyped(_or_nil("an array", optional), v)
 
     return decode
 
@@ -273,7 +278,7 @@ def _floats(f: Field) -> Decoder:
             return tuple(v)
         if v is None and optional:
             return None
-        raise _mistyped(_or_nil(f"an array of {n} numbers", optional), v)
+        raise mistyped(_or_nil(f"an array of {n} numbers", optional), v)
 
     return decode
 
@@ -309,9 +314,24 @@ def _map(f: Field) -> Decoder:
             return dict(v)
         if v is None and optional:
             return None
-        raise _mistyped(_or_nil("a map", optional), v)
+        raise mistyped(_or_nil("a map", optional), v)
 
     return decode
+
+
+def _non_string_key(doc: Any) -> tuple[bool, Any]:
+    """(True, key) for the first map key at any depth that is not a string."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            for key, value in node.items():
+                if type(key) is not str:
+                    return True, key
+                stack.append(value)
+        elif type(node) is list or type(node) is tuple:
+            stack.extend(node)
+    return False, None
 
 
 def _document(f: Field) -> Decoder:
@@ -319,13 +339,17 @@ def _document(f: Field) -> Decoder:
 
     def decode(v: Any, _limits: WireLimits) -> dict[str, Any] | None:
         if type(v) is dict:
-            for key in v:
-                if type(key) is not str:
-                    raise _key_error(key)
+            # JSON has string keys only (and would turn others into strings silently), so
+            # every format refuses other keys at any depth.
+            found, key = _non_string_key(v)
+            if found:
+                raise FieldError(
+                    lambda p: f"field {p!r} has a map key that is not a string: {key!r}"
+                )
             return v
         if v is None and optional:
             return None
-        raise _mistyped(_or_nil("a map", optional), v)
+        raise mistyped(_or_nil("a map", optional), v)
 
     return decode
 
@@ -339,13 +363,13 @@ def _messages(f: Field) -> Decoder:
         if _items(v):
             if limit is not None and len(v) > getattr(limits, limit.attr):
                 allowed = getattr(limits, limit.attr)
-                raise _plain(
+                raise plain_error(
                     f"oversize {limit.what}: {len(v)} {limit.unit}, above the limit of {allowed}"
                 )
             return _elements(element, v, limits)
         if v is None and optional:
             return None
-        raise _mistyped(_or_nil("an array", optional), v)
+        raise mistyped(_or_nil("an array", optional), v)
 
     return decode
 
@@ -453,7 +477,7 @@ def struct_decoder(schema: Schema, optional: bool = False) -> Decoder:
         if type(v) is not dict:
             if v is None and optional:
                 return None
-            raise _mistyped(_or_nil("a map", optional), v)
+            raise mistyped(_or_nil("a map", optional), v)
         if v.keys() != keys:
             check_keys(v, names)
         return finish(decode_values(pairs, v, limits))
@@ -537,18 +561,18 @@ def check_buffer(
     if len(shape) != len(spec) or any(
         isinstance(want, int) and got != want for want, got in zip(spec, shape, strict=False)
     ):
-        raise _plain(f"{f.name} must be {f.layout}, got dtype {dtype!r} shape {list(shape)}")
+        raise plain_error(f"{f.name} must be {f.layout}, got dtype {dtype!r} shape {list(shape)}")
     for axis, want in enumerate(spec):
         if isinstance(want, str):
             other = shapes.get(want)
             if other is not None and shape[axis] != other[0]:
                 resolved = [other[0] if isinstance(w, str) else w or "N" for w in spec]
                 rows = schema.field(want).rows
-                raise _plain(
+                raise plain_error(
                     f"{f.name} must have shape {resolved} (one per {rows}), got {list(shape)}"
                 )
     if f.nonempty and 0 in shape:
-        raise _plain(f"{f.name} is empty (shape {list(shape)})")
+        raise plain_error(f"{f.name} is empty (shape {list(shape)})")
     if f.limit is not None:
         limit = f.limit
         count = math.prod(shape[: limit.dims])
@@ -556,12 +580,12 @@ def check_buffer(
         if count > allowed:
             sizes = " x ".join(str(d) for d in shape[: limit.dims])
             amount = f"{sizes} = {count}" if limit.dims > 1 else str(count)
-            raise _plain(
+            raise plain_error(
                 f"oversize {limit.what}: {amount} {limit.unit}, above the limit of {allowed}"
             )
     if dtype != f.dtype:
         name = np.dtype(f.dtype).name
-        raise _plain(f"{f.name} has dtype {dtype!r}, expected {f.dtype!r} ({name})")
+        raise plain_error(f"{f.name} has dtype {dtype!r}, expected {f.dtype!r} ({name})")
 
 
 def from_buffer(
@@ -574,7 +598,7 @@ def from_buffer(
     view = memoryview(data)
     expected = math.prod(shape) * dtype.itemsize
     if expected != view.nbytes:
-        raise _plain(
+        raise plain_error(
             f"{f.name} shape {list(shape)} needs {expected} bytes but {holder} holds "
             f"{view.nbytes} (truncated or mismatched)"
         )
@@ -589,11 +613,11 @@ def from_buffer(
             per_row = finite.reshape(shape[0], -1).all(axis=1) if arr.ndim > 1 else finite
             bad = int(np.count_nonzero(~per_row))
             what = _or_list(f.columns) if f.columns else "values"
-            raise _plain(f"{f.name} has {bad} {f.rows}(s) with non-finite {what} (NaN or inf)")
+            raise plain_error(f"{f.name} has {bad} {f.rows}(s) with non-finite {what} (NaN or inf)")
     if f.lo is not None and arr.size:
         low = arr.min()
         if low < f.lo:
-            raise _plain(f"{f.name} has values below {f.lo:g} (minimum {low}): {f.doc}")
+            raise plain_error(f"{f.name} has values below {f.lo:g} (minimum {low}): {f.doc}")
     return arr
 
 
@@ -610,13 +634,13 @@ def to_buffer(f: Field, value: Any) -> tuple[str, list[int], memoryview | bytes]
         if isinstance(value, bytearray | memoryview):
             data = bytes(value)
             return f.dtype, [len(data)], data
-        raise _plain(f"{f.name} must be bytes, got {type(value).__name__}")
+        raise plain_error(f"{f.name} must be bytes, got {type(value).__name__}")
     if not isinstance(value, np.ndarray):
-        raise _plain(f"{f.name} must be a numpy array, got {type(value).__name__}")
+        raise plain_error(f"{f.name} must be a numpy array, got {type(value).__name__}")
     arr: npt.NDArray[Any] = value
     want = np.dtype(f.dtype)
     if arr.dtype.hasobject:
-        raise _plain(f"{f.name} has dtype {arr.dtype}, which cannot travel as a raw buffer")
+        raise plain_error(f"{f.name} has dtype {arr.dtype}, which cannot travel as a raw buffer")
     if arr.dtype != want and arr.dtype.kind == want.kind and arr.dtype.itemsize == want.itemsize:
         # Same type in the other byte order: documents carry little-endian data.
         arr = arr.astype(want)
@@ -674,7 +698,7 @@ class MessageCodec:
     def decode_fields(self, doc: Any, limits: WireLimits) -> list[Any]:
         """The plain fields' values from a map holding exactly them (the wire's `fields`)."""
         if type(doc) is not dict:
-            raise _mistyped("a map", doc)
+            raise mistyped("a map", doc)
         if doc.keys() != self.plain_keys:
             check_keys(doc, self.plain_names)
         return decode_values(self.plain_pairs, doc, limits)
@@ -698,7 +722,7 @@ class MessageCodec:
     def check_buffer_names(self, names: list[str]) -> None:
         if tuple(names) not in self.buffer_options:
             options = " or ".join(str(list(o)) for o in self.buffer_options)
-            raise _plain(f"{self.schema.name} carries buffers {options}, got {names}")
+            raise plain_error(f"{self.schema.name} carries buffers {options}, got {names}")
 
     def check_buffer(
         self,
