@@ -406,14 +406,17 @@ def read_jsonl(
 
 def _read(path: Path, limits: WireLimits, fill_defaults: bool) -> Iterator[tuple[int, Message]]:
     try:
-        f = path.open(encoding="utf-8")
+        f = path.open("rb")
     except OSError as e:
         raise SourceError(f"{path}: cannot read messages ({e.strerror})") from e
     warned = False
-    lineno = 0
     with f:
         try:
-            for lineno, line in enumerate(f, start=1):
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise SourceError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from e
                 if not line.strip():
                     continue
                 try:
@@ -434,7 +437,5 @@ def _read(path: Path, limits: WireLimits, fill_defaults: bool) -> Iterator[tuple
                 except SchemaError as e:
                     raise SourceError(f"{path}:{lineno}: {e}") from e
                 yield lineno, msg
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{path}:{lineno + 1}: not UTF-8 text ({e.reason})") from e
         except OSError as e:
             raise SourceError(f"{path}: cannot read messages ({e.strerror})") from e
