@@ -55,7 +55,7 @@ from calibration import CalibrationError, Rig
 from perception.closeable import Closeable
 from perception.errors import SchemaError, WireError
 from perception.msgs import foxglove, wire
-from perception.msgs.schema import wire_json_schema
+from perception.msgs.json_schemas import wire_json_schema
 from perception.msgs.types import Header, Message, RigMessage
 from replay.errors import ReplayError
 

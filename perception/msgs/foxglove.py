@@ -60,7 +60,8 @@ from mcap_protobuf.schema import build_file_descriptor_set
 from calibration import CalibrationError, Rig
 from perception.errors import SchemaError
 from perception.msgs import jsonl
-from perception.msgs.schema import LIDAR_SWEEP, document_json_schema
+from perception.msgs.json_schemas import document_json_schema
+from perception.msgs.schema import LIDAR_SWEEP
 from perception.msgs.types import (
     CameraFrame,
     DetectionList,

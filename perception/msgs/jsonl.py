@@ -44,18 +44,16 @@ from typing import Any, TextIO, TypeVar, overload
 import numpy as np
 
 from perception.errors import SchemaError, SourceError
+from perception.msgs.arrays import check_buffer, decode_descriptor, from_buffer, to_buffer
 from perception.msgs.codec import (
     FieldError,
     check_keys,
-    decode_descriptor,
     decode_header,
     describe,
     encode_header,
-    from_buffer,
     message_codec,
     mistyped,
     plain_error,
-    to_buffer,
     value_decoder,
 )
 from perception.msgs.schema import DEFAULT_LIMITS, SCHEMA_VERSION, WIRE_TYPES, Kind, WireLimits
@@ -253,7 +251,7 @@ def _decode_document(doc: Any, limits: WireLimits, fill_defaults: bool) -> Messa
         descriptors.append((f, dtype, shape, others["base64"]))
     shapes: dict[str, tuple[int, ...]] = {}
     for f, dtype, shape, _ in descriptors:
-        codec.check_buffer(f, dtype, shape, shapes, limits)
+        check_buffer(codec.schema, f, dtype=dtype, shape=shape, shapes=shapes, limits=limits)
         shapes[f.name] = shape
     arrays = {}
     for f, _, shape, text in descriptors:

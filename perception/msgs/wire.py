@@ -37,23 +37,20 @@ import msgpack
 import numpy as np
 
 from perception.errors import WireError
+from perception.msgs.arrays import check_buffer, decode_descriptor, from_buffer, to_buffer
 from perception.msgs.codec import (
     FieldError,
     check_keys,
-    decode_descriptor,
     decode_header,
     describe,
     encode_header,
-    from_buffer,
     message_codec,
-    to_buffer,
 )
 from perception.msgs.schema import (
     DEFAULT_LIMITS,
     ENCODED_IMAGE_FORMATS,
     SCHEMA_VERSION,
     WIRE_TYPES,
-    Kind,
     WireLimits,
 )
 from perception.msgs.types import Header, Message
@@ -119,12 +116,12 @@ def encode(
             buffers.append(data)
     except FieldError as e:
         _fail(name, e.message())
-    for f in codec.schema.fields:
-        if f.kind is Kind.VERSION and getattr(msg, f.name) != SCHEMA_VERSION:
+    for field_name in codec.versions:
+        if getattr(msg, field_name) != SCHEMA_VERSION:
             _fail(
                 name,
-                f"{type_name}.{f.name} {getattr(msg, f.name)!r} is not the version this node "
-                f"writes ({SCHEMA_VERSION})",
+                f"{type_name}.{field_name} {getattr(msg, field_name)!r} is not the version this "
+                f"node writes ({SCHEMA_VERSION})",
             )
 
     doc = {
@@ -294,7 +291,14 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
     codec.check_buffer_names([name for name, _, _ in parsed])
     shapes: dict[str, tuple[int, ...]] = {}
     for name, dtype, shape in parsed:
-        codec.check_buffer(codec.schema.field(name), dtype, shape, shapes, limits)
+        check_buffer(
+            codec.schema,
+            codec.schema.field(name),
+            dtype=dtype,
+            shape=shape,
+            shapes=shapes,
+            limits=limits,
+        )
         shapes[name] = shape
     try:
         plain = codec.decode_fields(fields, limits)

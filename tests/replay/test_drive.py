@@ -18,7 +18,7 @@ from mcap.reader import make_reader
 
 from perception.errors import WireError
 from perception.msgs import jsonl, wire
-from perception.msgs.schema import document_json_schema, wire_json_schema
+from perception.msgs.json_schemas import document_json_schema, wire_json_schema
 from perception.msgs.types import (
     CameraBox,
     CameraFrame,

@@ -29,7 +29,8 @@ from perception.msgs.foxglove import (
     to_foxglove,
     wire_buffers,
 )
-from perception.msgs.schema import GNSS_FIX, LIDAR_SWEEP, document_json_schema
+from perception.msgs.json_schemas import document_json_schema
+from perception.msgs.schema import GNSS_FIX, LIDAR_SWEEP
 from perception.msgs.types import (
     CameraFrame,
     Diagnostics,

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 
 from perception.msgs import jsonl, wire
+from perception.msgs.json_schemas import document_json_schema, wire_json_schema
 from perception.msgs.schema import (
     HEADER,
     SCHEMAS,
@@ -23,9 +24,7 @@ from perception.msgs.schema import (
     Field,
     Kind,
     Schema,
-    document_json_schema,
     schema_of,
-    wire_json_schema,
 )
 from perception.msgs.types import Header, Message
 from tests.perception.msgs.strategies import SETTINGS, messages
