@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "PerceptionError", "SourceError", "TransportError", "WireError"]
+__all__ = [
+    "ConfigError",
+    "PerceptionError",
+    "SchemaError",
+    "SourceError",
+    "TransportError",
+    "WireError",
+]
 
 
 class PerceptionError(Exception):
@@ -11,6 +18,16 @@ class PerceptionError(Exception):
 
 class WireError(PerceptionError):
     """A wire message could not be encoded or decoded; the message names the stream and fault."""
+
+    def __init__(self, stream: str, problem: str) -> None:
+        super().__init__(f"{stream}: {problem}")
+        self.stream = stream
+        self.problem = problem
+
+
+class SchemaError(PerceptionError):
+    """A message or its JSON document does not follow the message schema
+    (perception.msgs.schema); the message names the stream (when known) and the fault."""
 
     def __init__(self, stream: str, problem: str) -> None:
         super().__init__(f"{stream}: {problem}")

@@ -7,30 +7,21 @@ Every message `write` is given becomes *two* MCAP messages with the same `log_ti
 time, ns), `publish_time` (the sensor stamp `header.stamp_ns`, ns; clamped at 0 for a negative
 stamp) and MCAP `sequence` (a per-file counter, so the two are paired exactly):
 
-1. on the topic itself (default `header.stream`), a Foxglove message (protobuf) that Foxglove
-   and other MCAP tools display:
+1. on the topic itself (default `header.stream`), the message's Foxglove form
+   (`perception.msgs.foxglove.to_foxglove`), which Foxglove and other MCAP tools display:
+   `foxglove.RawImage` / `CompressedImage`, `PointCloud`, `LocationFix`, `SceneUpdate`,
+   `FrameTransforms` (protobuf), or for `Diagnostics` its JSON document (schema
+   `perception.Diagnostics`, a JSON Schema generated from the message table).
 
-   - `CameraFrame` "bgr8" -> `foxglove.RawImage` (encoding "bgr8", step = 3 x width); "jpeg" or
-     "png" -> `foxglove.CompressedImage` (format "jpeg" / "png").
-   - `LidarSweep` -> `foxglove.PointCloud` (identity pose, frame `header.frame_id`): fields `x`,
-     `y`, `z`, `intensity` FLOAT32 (stride 16 bytes, the sweep's points bytes as they are), plus
-     `t_offset_ns` FLOAT64 (stride 24) when the sweep has per-point time offsets. Offsets are
-     integers of at most 2**53 ns (104 days), so the float64 holds them exactly.
-   - `GnssFix` -> `foxglove.LocationFix` (covariance ENU m^2, type KNOWN or UNKNOWN when all
-     zero). Velocity and heading, which `LocationFix` lacks, are in the companion message.
-   - `DetectionList` -> `foxglove.SceneUpdate`: one entity (id = topic) with a cube and a label
-     per detection, in `header.frame_id`.
-   - `RigMessage` -> `foxglove.FrameTransforms`: one transform per rig frame edge (parent ->
-     child), so Foxglove can place the sensors. A rig document that `Rig.from_dict` rejects
-     gets an empty `FrameTransforms` (and a logged warning); the document itself is kept.
-
-2. on the companion topic `<topic>.perception` (`COMPANION_SUFFIX`), a JSON message (schema
-   `perception.WireHeader`, JSON schema encoding) that is exactly the header document of the
-   project's ZeroMQ wire format (see perception.msgs.wire): message type, header (stream, seq,
-   stamp), every scalar field (GNSS velocity and heading, the whole DetectionList with
-   timings, degraded, latency...) and the descriptors (name, dtype, shape) of the array
-   buffers. The buffers' bytes are taken from the Foxglove message. `DriveReader` rebuilds each
-   message with `perception.msgs.wire.decode`, so a round trip is bit-exact and validated.
+2. on the companion topic `<topic>.perception` (`COMPANION_SUFFIX`), a JSON message that is
+   exactly the header document of the project's ZeroMQ wire format (see perception.msgs.wire):
+   message type, header (stream, seq, stamp), every field that is not an array (GNSS velocity
+   and heading, the whole DetectionList with timings, degraded, latency...) and the descriptors
+   (name, dtype, shape) of the array buffers. Its schema, `perception.WireHeader.<type>`
+   (JSON Schema), is generated from the message table
+   (`perception.msgs.schema.wire_json_schema`). The buffers' bytes are taken from the Foxglove
+   message. `DriveReader` rebuilds each message with `perception.msgs.wire.decode`, so a round
+   trip is bit-exact and validated.
 
 Each channel's metadata names the project message type (`perception.type`). The rig given to
 the writer (constructor or `write_rig`) is also stored as MCAP metadata `perception.rig`
@@ -47,52 +38,25 @@ import heapq
 import io
 import json
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import msgpack
-import numpy as np
-import numpy.typing as npt
-from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
-from foxglove_schemas_protobuf.CubePrimitive_pb2 import CubePrimitive
-from foxglove_schemas_protobuf.FrameTransform_pb2 import FrameTransform
-from foxglove_schemas_protobuf.FrameTransforms_pb2 import FrameTransforms
-from foxglove_schemas_protobuf.LocationFix_pb2 import LocationFix
-from foxglove_schemas_protobuf.PackedElementField_pb2 import PackedElementField
-from foxglove_schemas_protobuf.PointCloud_pb2 import PointCloud
-from foxglove_schemas_protobuf.Pose_pb2 import Pose
-from foxglove_schemas_protobuf.Quaternion_pb2 import Quaternion
-from foxglove_schemas_protobuf.RawImage_pb2 import RawImage
-from foxglove_schemas_protobuf.SceneEntity_pb2 import SceneEntity
-from foxglove_schemas_protobuf.SceneUpdate_pb2 import SceneUpdate
-from foxglove_schemas_protobuf.TextPrimitive_pb2 import TextPrimitive
-from foxglove_schemas_protobuf.Vector3_pb2 import Vector3
 from google.protobuf.message import DecodeError
-from google.protobuf.message import Message as ProtobufMessage
-from google.protobuf.timestamp_pb2 import Timestamp
 from mcap.reader import SeekingReader
 from mcap.records import Channel, Footer, Metadata
 from mcap.records import Message as McapMessage
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
-from mcap_protobuf.schema import build_file_descriptor_set
 
 from calibration import CalibrationError, Rig
 from perception.closeable import Closeable
-from perception.errors import WireError
-from perception.msgs import wire
-from perception.msgs.types import (
-    CameraFrame,
-    DetectionList,
-    GnssFix,
-    Header,
-    LidarSweep,
-    Message,
-    RigMessage,
-)
+from perception.errors import SchemaError, WireError
+from perception.msgs import foxglove, wire
+from perception.msgs.json_schemas import wire_json_schema
+from perception.msgs.types import Header, Message, RigMessage
 from replay.errors import ReplayError
 
 __all__ = [
@@ -110,7 +74,7 @@ log = logging.getLogger(__name__)
 
 #: Suffix of the companion topic holding a topic's wire header documents (JSON).
 COMPANION_SUFFIX = ".perception"
-#: Schema name of the companion channels.
+#: Schema name of the companion channels, followed by `.<message type>`.
 COMPANION_SCHEMA = "perception.WireHeader"
 #: Name of the MCAP metadata record holding the drive's rig document.
 RIG_METADATA = "perception.rig"
@@ -120,42 +84,7 @@ RIG_TOPIC = "rig"
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 _TYPE_KEY = "perception.type"
-_MAX_EXACT_OFFSET_NS = 2**53
 _REORDER_WINDOW = 4096  # messages held to restore log-time order in a linear (truncated) scan
-
-_COMPANION_JSON_SCHEMA = json.dumps(
-    {
-        "title": COMPANION_SCHEMA,
-        "description": "perception.msgs.wire header document; array buffers are in the paired "
-        "Foxglove message on the base topic",
-        "type": "object",
-        "properties": {
-            "type": {"type": "string"},
-            "version": {"type": "integer"},
-            "header": {"type": "object"},
-            "fields": {"type": "object"},
-            "buffers": {"type": "array"},
-        },
-    }
-).encode()
-
-_FOXGLOVE_BY_TYPE: dict[str, type[ProtobufMessage]] = {
-    "LidarSweep": PointCloud,
-    "GnssFix": LocationFix,
-    "DetectionList": SceneUpdate,
-    "RigMessage": FrameTransforms,
-}
-
-_POINT_FIELDS = (
-    PackedElementField(name="x", offset=0, type=PackedElementField.FLOAT32),
-    PackedElementField(name="y", offset=4, type=PackedElementField.FLOAT32),
-    PackedElementField(name="z", offset=8, type=PackedElementField.FLOAT32),
-    PackedElementField(name="intensity", offset=12, type=PackedElementField.FLOAT32),
-)
-_OFFSET_FIELD = PackedElementField(name="t_offset_ns", offset=16, type=PackedElementField.FLOAT64)
-_POINT_TIME_DTYPE = np.dtype(
-    [("xyzi", "<f4", (4,)), ("t", "<f8")],
-)
 
 _COMPRESSION = {
     None: CompressionType.NONE,
@@ -176,173 +105,6 @@ class RecordedMessage:
 
 
 # -- writing -------------------------------------------------------------------------------------
-
-
-def _stamp(ns: int) -> Timestamp:
-    sec, nsec = divmod(ns, 1_000_000_000)
-    return Timestamp(seconds=sec, nanos=nsec)
-
-
-def _quaternion(rotation: npt.NDArray[np.float64]) -> Quaternion:
-    """The unit quaternion of a 3 x 3 rotation matrix (Shepperd's method)."""
-    m = rotation
-    trace = float(m[0, 0] + m[1, 1] + m[2, 2])
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        w, x = 0.25 * s, (m[2, 1] - m[1, 2]) / s
-        y, z = (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(max(1.0 + m[0, 0] - m[1, 1] - m[2, 2], 1e-300))
-        w, x = (m[2, 1] - m[1, 2]) / s, 0.25 * s
-        y, z = (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(max(1.0 + m[1, 1] - m[0, 0] - m[2, 2], 1e-300))
-        w, x = (m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s
-        y, z = 0.25 * s, (m[1, 2] + m[2, 1]) / s
-    else:
-        s = 2.0 * math.sqrt(max(1.0 + m[2, 2] - m[0, 0] - m[1, 1], 1e-300))
-        w, x = (m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s
-        y, z = (m[1, 2] + m[2, 1]) / s, 0.25 * s
-    norm = math.sqrt(w * w + x * x + y * y + z * z) or 1.0
-    return Quaternion(x=float(x) / norm, y=float(y) / norm, z=float(z) / norm, w=float(w) / norm)
-
-
-def _yaw_quaternion(yaw: float) -> Quaternion:
-    return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
-
-
-def _frame_transforms(rig_doc: dict[str, Any], stamp_ns: int, where: str) -> FrameTransforms:
-    try:
-        rig = Rig.from_dict(rig_doc, source=where)
-    except (CalibrationError, ValueError, TypeError, KeyError) as e:
-        log.warning("%s: rig document not understood, no frame transforms written (%s)", where, e)
-        return FrameTransforms()
-    return _rig_transforms(rig, stamp_ns)
-
-
-def _rig_transforms(rig: Rig, stamp_ns: int) -> FrameTransforms:
-    out = FrameTransforms()
-    for child, edge in rig.edges.items():
-        t = edge.parent_from_frame
-        tr = t.translation
-        out.transforms.append(
-            FrameTransform(
-                timestamp=_stamp(stamp_ns),
-                parent_frame_id=edge.parent,
-                child_frame_id=child,
-                translation=Vector3(x=float(tr[0]), y=float(tr[1]), z=float(tr[2])),
-                rotation=_quaternion(t.rotation),
-            )
-        )
-    return out
-
-
-def _scene_update(msg: DetectionList, topic: str) -> SceneUpdate:
-    entity = SceneEntity(
-        timestamp=_stamp(msg.header.stamp_ns), frame_id=msg.header.frame_id, id=topic
-    )
-    for det in msg.detections:
-        pose = Pose(
-            position=Vector3(x=det.center[0], y=det.center[1], z=det.center[2]),
-            orientation=_yaw_quaternion(det.yaw),
-        )
-        entity.cubes.append(
-            CubePrimitive(pose=pose, size=Vector3(x=det.size[0], y=det.size[1], z=det.size[2]))
-        )
-        entity.cubes[-1].color.r, entity.cubes[-1].color.g = 1.0, 0.6
-        entity.cubes[-1].color.b, entity.cubes[-1].color.a = 0.1, 0.4
-        label_pose = Pose(
-            position=Vector3(x=det.center[0], y=det.center[1], z=det.center[2] + det.size[2] / 2.0),
-            orientation=Quaternion(w=1.0),
-        )
-        text = TextPrimitive(
-            pose=label_pose,
-            billboard=True,
-            font_size=14.0,
-            scale_invariant=True,
-            text=f"{det.label} {det.score:.2f}",
-        )
-        text.color.r = text.color.g = text.color.b = text.color.a = 1.0
-        entity.texts.append(text)
-    return SceneUpdate(entities=[entity])
-
-
-def _point_cloud(msg: LidarSweep) -> PointCloud:
-    points = np.ascontiguousarray(msg.points, dtype="<f4")
-    pose = Pose(position=Vector3(), orientation=Quaternion(w=1.0))
-    offsets = msg.point_time_offsets_ns
-    if offsets is None:
-        return PointCloud(
-            timestamp=_stamp(msg.header.stamp_ns),
-            frame_id=msg.header.frame_id,
-            pose=pose,
-            point_stride=16,
-            fields=_POINT_FIELDS,
-            data=points.tobytes(),
-        )
-    if offsets.size and int(np.max(np.abs(offsets))) > _MAX_EXACT_OFFSET_NS:
-        raise ReplayError(
-            f"{msg.header.stream}: point time offsets above 2**53 ns cannot be stored exactly"
-        )
-    packed = np.empty(points.shape[0], dtype=_POINT_TIME_DTYPE)
-    packed["xyzi"] = points
-    packed["t"] = offsets
-    return PointCloud(
-        timestamp=_stamp(msg.header.stamp_ns),
-        frame_id=msg.header.frame_id,
-        pose=pose,
-        point_stride=24,
-        fields=(*_POINT_FIELDS, _OFFSET_FIELD),
-        data=packed.tobytes(),
-    )
-
-
-def _location_fix(msg: GnssFix) -> LocationFix:
-    cov = [float(c) for c in msg.position_covariance_m2]
-    kind = LocationFix.KNOWN if any(cov) else LocationFix.UNKNOWN
-    return LocationFix(
-        timestamp=_stamp(msg.header.stamp_ns),
-        frame_id=msg.header.frame_id,
-        latitude=msg.latitude_deg,
-        longitude=msg.longitude_deg,
-        altitude=msg.altitude_m,
-        position_covariance=cov,
-        position_covariance_type=kind,
-    )
-
-
-def _camera(msg: CameraFrame) -> RawImage | CompressedImage:
-    stamp = _stamp(msg.header.stamp_ns)
-    if msg.image is not None:
-        image = np.ascontiguousarray(msg.image)
-        height, width = int(image.shape[0]), int(image.shape[1])
-        return RawImage(
-            timestamp=stamp,
-            frame_id=msg.header.frame_id,
-            width=width,
-            height=height,
-            encoding="bgr8",
-            step=3 * width,
-            data=image.tobytes(),
-        )
-    assert msg.data is not None
-    return CompressedImage(
-        timestamp=stamp, frame_id=msg.header.frame_id, data=bytes(msg.data), format=msg.encoding
-    )
-
-
-def _foxglove(msg: Message, topic: str) -> ProtobufMessage:
-    if isinstance(msg, CameraFrame):
-        return _camera(msg)
-    if isinstance(msg, LidarSweep):
-        return _point_cloud(msg)
-    if isinstance(msg, GnssFix):
-        return _location_fix(msg)
-    if isinstance(msg, DetectionList):
-        return _scene_update(msg, topic)
-    if isinstance(msg, RigMessage):
-        return _frame_transforms(msg.rig, msg.header.stamp_ns, topic)
-    raise ReplayError(f"{topic}: cannot record {type(msg).__name__}")
 
 
 class DriveWriter(Closeable):
@@ -398,14 +160,9 @@ class DriveWriter(Closeable):
             )
         return self._schemas[name]
 
-    def _protobuf_schema(self, cls: type[ProtobufMessage]) -> int:
-        name = cls.DESCRIPTOR.full_name
-        if name not in self._schemas:
-            fds = build_file_descriptor_set(message_class=cls)
-            return self._schema(name, "protobuf", fds.SerializeToString())
-        return self._schemas[name]
-
-    def _channel_ids(self, topic: str, type_name: str, fox: ProtobufMessage) -> tuple[int, int]:
+    def _channel_ids(
+        self, topic: str, type_name: str, fox: foxglove.FoxgloveMessage
+    ) -> tuple[int, int]:
         key = (topic, type_name)
         ids = self._channels.get(key)
         if ids is not None:
@@ -413,14 +170,17 @@ class DriveWriter(Closeable):
         meta = {_TYPE_KEY: type_name}
         base = self._writer.register_channel(
             topic=topic,
-            message_encoding="protobuf",
-            schema_id=self._protobuf_schema(type(fox)),
+            message_encoding=fox.message_encoding,
+            schema_id=self._schema(fox.schema_name, fox.schema_encoding, fox.schema_data),
             metadata=meta,
         )
+        companion_schema = json.dumps(wire_json_schema(type_name)).encode()
         companion = self._writer.register_channel(
             topic=topic + COMPANION_SUFFIX,
             message_encoding="json",
-            schema_id=self._schema(COMPANION_SCHEMA, "jsonschema", _COMPANION_JSON_SCHEMA),
+            schema_id=self._schema(
+                f"{COMPANION_SCHEMA}.{type_name}", "jsonschema", companion_schema
+            ),
             metadata=meta,
         )
         self._channels[key] = (base, companion)
@@ -452,8 +212,11 @@ class DriveWriter(Closeable):
             companion = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as e:
             raise ReplayError(f"{name}: message header is not representable as JSON ({e})") from e
-        fox = _foxglove(msg, name)
-        payload = fox.SerializeToString()
+        try:
+            fox = foxglove.to_foxglove(msg, name)
+        except SchemaError as e:
+            raise ReplayError(f"{self.path}: cannot record {e}") from e
+        payload = fox.payload
         base_id, companion_id = self._channel_ids(name, doc["type"], fox)
         sequence = self._sequence
         self._sequence = (self._sequence + 1) & 0xFFFFFFFF
@@ -661,7 +424,7 @@ class DriveReader:
         where = f"{self.path}: {topic} at log time {base.log_time}"
         try:
             doc = json.loads(comp.data)
-            buffers = _buffers(doc, base.data)
+            buffers = foxglove.wire_buffers(doc["type"], doc["buffers"], base.data)
             frames: list[bytes | memoryview] = [
                 topic.encode("utf-8"),
                 msgpack.packb(doc, use_bin_type=True),
@@ -765,24 +528,3 @@ class DriveReader:
         for rec in self.messages():
             return rec.log_time_ns
         return None
-
-
-def _buffers(doc: dict[str, Any], data: bytes) -> list[bytes | memoryview]:
-    """The wire buffers of a message from its Foxglove payload."""
-    descs = doc["buffers"]
-    if not descs:
-        return []
-    kind = doc["type"]
-    if kind == "CameraFrame":
-        if descs[0]["name"] == "image":
-            return [RawImage.FromString(data).data]
-        return [CompressedImage.FromString(data).data]
-    if kind == "LidarSweep":
-        cloud = PointCloud.FromString(data)
-        if len(descs) == 1:
-            return [cloud.data]
-        packed = np.frombuffer(cloud.data, dtype=_POINT_TIME_DTYPE)
-        points = np.ascontiguousarray(packed["xyzi"]).astype("<f4", copy=False)
-        offsets = packed["t"].astype("<i8")
-        return [points.tobytes(), offsets.tobytes()]
-    raise ValueError(f"{kind} carries no buffers, but the header lists {len(descs)}")

@@ -2,33 +2,36 @@
 
 A reference is a JSON Lines file of DetectionLists (perception.msgs.jsonl), written on purpose
 by `update_reference` (never as a side effect of a comparison). `compare_detections` compares a
-run with it field by field and returns every difference beyond the tolerances, so a change that
-moves detections is seen.
+run with it field by field, walking the message tables of perception.msgs.schema, and returns
+every difference beyond the tolerances, so a change that moves detections is seen.
 
 Matching: DetectionLists pair by position (list i with list i; their counts must be equal).
 Within a pair, detections pair greedily in reference order, each reference detection with the
 nearest (centre distance, metres) unpaired actual detection of the same label, so a reordering
 alone is not a difference; unpaired detections on either side are differences (counts exact).
 
-Fields and their tolerances (absolute): centre and size components (m), yaw (rad, modulo pi:
-a box turned half a turn is the same box), score, latitude/longitude (deg), camera box corners
-(px). Everything else is exact: stamp, sequence, stream, frame_id, label, sources, degraded,
-valid, budget_ok, schema_version, detection counts. Ignored fields (default `timings`,
-`latency_ns` and `budget_ok`: they depend on the machine's speed) are not compared and are not
-written to references.
+Fields are named by their key paths in the JSON document (`header.stamp_ns`, `center`,
+`camera_box.x1`). Tolerances (absolute): `center` and `size` components (m), `yaw` (rad,
+modulo pi: a box turned half a turn is the same box), `score`, `latitude_deg` and
+`longitude_deg` (deg), the `camera_box` corners (px). Every other field of the tables is exact
+(a field added to a message is compared without a change here): the header, `label`,
+`sources`, `degraded`, `valid`, `schema_version`, detection counts... Ignored fields (default
+`timings_ns`, `latency_ns` and `budget_ok`: they depend on the machine's speed) are not compared
+and are not written to references (they read back as their defaults).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perception.errors import SourceError
-from perception.msgs.jsonl import detection_list_to_dict, read_jsonl
+from perception.errors import SchemaError, SourceError
+from perception.msgs.jsonl import read_jsonl, to_document
+from perception.msgs.schema import DETECTION, DETECTION_LIST, Kind, Schema
 from perception.msgs.types import Detection3D, DetectionList
 from replay.errors import ReplayError
 
@@ -44,21 +47,46 @@ __all__ = [
 ]
 
 #: Fields that depend on the machine's speed, not on the detections.
-DEFAULT_IGNORED = frozenset({"timings", "latency_ns", "budget_ok"})
+DEFAULT_IGNORED = frozenset({"timings_ns", "latency_ns", "budget_ok"})
 
-# DetectionList fields compared exactly (names as in the JSON Lines record).
-_LIST_FIELDS = ("stamp_ns", "sequence", "stream", "frame_id", "degraded", "valid", "budget_ok")
-_LIST_FIELDS_ALL = (*_LIST_FIELDS, "schema_version", "timings", "latency_ns")
+# Detection fields compared within a tolerance (key path -> Tolerances attribute); the other
+# fields of the tables are compared exactly.
+_TOLERANCES = {
+    "center": "center_m",
+    "size": "size_m",
+    "yaw": "yaw_rad",
+    "score": "score",
+    "latitude_deg": "latlon_deg",
+    "longitude_deg": "latlon_deg",
+    **{f"camera_box.{c}": "camera_box_px" for c in ("x1", "y1", "x2", "y2")},
+}
+_MODULO_PI = frozenset({"yaw"})
+
+
+def _paths(schema: Schema, prefix: str = "") -> Iterator[str]:
+    """Key paths of a table's fields, nested messages included (tuples of messages not)."""
+    for f in schema.fields:
+        path = prefix + f.name
+        yield path
+        if f.kind is Kind.MESSAGE and f.schema is not None:
+            yield from _paths(f.schema, path + ".")
+
+
+_LIST_PATHS = frozenset(_paths(DETECTION_LIST)) - {"detections"}
+_DETECTION_PATHS = frozenset(_paths(DETECTION))
 
 
 @dataclass(frozen=True)
 class Tolerances:
     """Absolute tolerances: `center_m`, `size_m` (metres, per component), `yaw_rad` (radians,
     modulo pi), `score` (score units), `latlon_deg` (degrees), `camera_box_px` (pixels, per
-    corner coordinate). `ignored` names fields left out of the comparison: DetectionList record
-    keys (`timings`, `latency_ns`, `budget_ok`, `degraded`, `valid`, `stream`, `frame_id`,
-    `stamp_ns`, `sequence`, `schema_version`) or detection keys (`score`, `center`, `size`, `yaw`,
-    `sources`, `latlon`, `camera_box`). Labels and counts are always compared."""
+    corner coordinate). `ignored` names fields left out of the comparison by their key paths:
+    DetectionList fields (`timings_ns`, `latency_ns`, `budget_ok`, `degraded`, `valid`,
+    `header`, `header.stamp_ns`, `schema_version`, ...) or detection fields (`score`, `center`,
+    `size`, `yaw`, `sources`, `latitude_deg`, `camera_box`, `camera_box.x1`, ...). Labels and
+    counts are always compared.
+
+    Raises ValueError for a negative tolerance or an ignored name no table has."""
 
     center_m: float = 0.05
     size_m: float = 0.05
@@ -73,6 +101,10 @@ class Tolerances:
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"tolerance {name} must be >= 0, got {value}")
+        unknown = sorted(set(self.ignored) - _LIST_PATHS - _DETECTION_PATHS)
+        if unknown:
+            known = sorted(_LIST_PATHS | _DETECTION_PATHS)
+            raise ValueError(f"Tolerances.ignored: unknown field(s) {unknown} (known: {known})")
 
 
 @dataclass(frozen=True)
@@ -128,45 +160,37 @@ def _pair(actual: Sequence[Detection3D], reference: Sequence[Detection3D]) -> li
     return pairs
 
 
-def _compare_detection(
-    a: Detection3D, r: Detection3D, tol: Tolerances, where: tuple[int, int, int]
-) -> list[Difference]:
-    index, stamp, det = where
-    out: list[Difference] = []
+# Reports one difference: key path, actual, reference, tolerance (None: exact).
+_Report = Callable[[str, Any, Any, float | None], None]
 
-    def diff(name: str, av: Any, rv: Any, t: float | None = None) -> None:
-        out.append(Difference(index, stamp, det, name, av, rv, t))
 
-    ign = tol.ignored
-    if "center" not in ign and _max_abs(a.center, r.center) > tol.center_m:
-        diff("center", a.center, r.center, tol.center_m)
-    if "size" not in ign and _max_abs(a.size, r.size) > tol.size_m:
-        diff("size", a.size, r.size, tol.size_m)
-    if "yaw" not in ign and _yaw_diff(a.yaw, r.yaw) > tol.yaw_rad:
-        diff("yaw", a.yaw, r.yaw, tol.yaw_rad)
-    if "score" not in ign and abs(a.score - r.score) > tol.score:
-        diff("score", a.score, r.score, tol.score)
-    if "sources" not in ign and a.sources != r.sources:
-        diff("sources", a.sources, r.sources)
-    if "latlon" not in ign:
-        al = (a.latitude_deg, a.longitude_deg)
-        rl = (r.latitude_deg, r.longitude_deg)
-        if (None in al) != (None in rl):
-            diff("latlon", al, rl)
-        elif None not in al and _max_abs(al, rl) > tol.latlon_deg:  # type: ignore[arg-type]
-            diff("latlon", al, rl, tol.latlon_deg)
-    if "camera_box" not in ign:
-        ab, rb = a.camera_box, r.camera_box
-        if (ab is None) != (rb is None) or (
-            ab is not None and rb is not None and ab.camera != rb.camera
-        ):
-            diff("camera_box", ab, rb)
-        elif ab is not None and rb is not None:
-            ac = (ab.x1, ab.y1, ab.x2, ab.y2)
-            rc = (rb.x1, rb.y1, rb.x2, rb.y2)
-            if _max_abs(ac, rc) > tol.camera_box_px:
-                diff("camera_box", ac, rc, tol.camera_box_px)
-    return out
+def _compare_fields(
+    schema: Schema, a: Any, r: Any, tol: Tolerances, report: _Report, *, prefix: str = ""
+) -> None:
+    """Report every field of the table that differs between `a` and `r` beyond its tolerance
+    (tuples of messages are left to the caller)."""
+    for f in schema.fields:
+        path = prefix + f.name
+        if path in tol.ignored or f.kind is Kind.MESSAGES:
+            continue
+        av, rv = getattr(a, f.name), getattr(r, f.name)
+        if f.kind is Kind.MESSAGE and f.schema is not None and av is not None and rv is not None:
+            _compare_fields(f.schema, av, rv, tol, report, prefix=path + ".")
+            continue
+        tolerance_name = _TOLERANCES.get(path)
+        if tolerance_name is None or av is None or rv is None:
+            if av != rv:
+                report(path, av, rv, None)
+            continue
+        limit: float = getattr(tol, tolerance_name)
+        if path in _MODULO_PI:
+            error = _yaw_diff(av, rv)
+        elif isinstance(av, tuple):
+            error = _max_abs(av, rv)
+        else:
+            error = abs(av - rv)
+        if error > limit:
+            report(path, av, rv, limit)
 
 
 def _compare_list(
@@ -174,10 +198,14 @@ def _compare_list(
 ) -> list[Difference]:
     out: list[Difference] = []
     stamp = r.header.stamp_ns
-    ad, rd = detection_list_to_dict(a), detection_list_to_dict(r)
-    for name in _LIST_FIELDS_ALL:
-        if name not in tol.ignored and ad[name] != rd[name]:
-            out.append(Difference(index, stamp, None, name, ad[name], rd[name]))
+
+    def at(detection: int | None) -> _Report:
+        def report(name: str, av: Any, rv: Any, limit: float | None) -> None:
+            out.append(Difference(index, stamp, detection, name, av, rv, limit))
+
+        return report
+
+    _compare_fields(DETECTION_LIST, a, r, tol, at(None))
     if len(a.detections) != len(r.detections):
         out.append(Difference(index, stamp, None, "count", len(a.detections), len(r.detections)))
     pairs = _pair(a.detections, r.detections)
@@ -185,7 +213,7 @@ def _compare_list(
         if partner is None:
             out.append(Difference(index, stamp, j, "missing", None, ref.label))
             continue
-        out += _compare_detection(a.detections[partner], ref, tol, (index, stamp, j))
+        _compare_fields(DETECTION, a.detections[partner], ref, tol, at(j))
     paired = {p for p in pairs if p is not None}
     for i, extra in enumerate(a.detections):
         if i not in paired:
@@ -215,7 +243,8 @@ def load_reference(path: Path) -> list[DetectionList]:
     if not path.is_file():
         raise ReplayError(f"{path}: reference does not exist (write it with update_reference)")
     try:
-        return list(read_jsonl(path))
+        # References leave out the ignored fields that have defaults (see update_reference).
+        return list(read_jsonl(path, DetectionList, fill_defaults=True))
     except SourceError as e:
         raise ReplayError(str(e)) from e
 
@@ -230,14 +259,19 @@ def compare_with_reference(
 def update_reference(
     path: Path, detections: Iterable[DetectionList], ignored: Iterable[str] = DEFAULT_IGNORED
 ) -> int:
-    """Write (replace) the reference at `path` on purpose: one JSON line per DetectionList, the
-    `ignored` list-level fields left out so the file does not change with the machine's speed.
-    Returns the number of lists written. Raises ReplayError naming the file when unwritable."""
+    """Write (replace) the reference at `path` on purpose: one JSON document per DetectionList
+    (perception.msgs.jsonl), the `ignored` top-level fields that have defaults left out so the
+    file does not change with the machine's speed. Returns the number of lists written.
+    Raises ReplayError naming the file when unwritable or a list is invalid."""
     path = Path(path)
-    drop = set(ignored) & set(_LIST_FIELDS_ALL)
+    # The version is the document's `schema_version`, which every record carries.
+    drop = set(ignored) & (set(DETECTION_LIST.defaults()) - {"schema_version"})
     lines = []
     for dl in detections:
-        doc = detection_list_to_dict(dl)
+        try:
+            doc = to_document(dl)
+        except SchemaError as e:
+            raise ReplayError(f"{path}: cannot write reference ({e})") from e
         for name in drop:
             doc.pop(name, None)
         lines.append(json.dumps(doc, separators=(",", ":")) + "\n")

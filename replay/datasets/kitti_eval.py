@@ -1,9 +1,9 @@
 """Evaluate a replayed KITTI object run against reference boxes, frame by frame.
 
-Sequence number i of the detections file is frame i of the KITTI folder (the order
-`perception replay kitti-object` processes them). References are PointPillars prediction files
-(`x y z dx dy dz yaw class_id score`) or KITTI `label_2` files, one per frame id; frames without
-one are not evaluated.
+The DetectionList with `header.seq` i in the detections file is frame i of the KITTI folder
+(the order `perception replay kitti-object` processes them). References are PointPillars
+prediction files (`x y z dx dy dz yaw class_id score`) or KITTI `label_2` files, one per frame
+id; frames without one are not evaluated.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from perception.errors import SourceError
 from perception.msgs.jsonl import read_jsonl
+from perception.msgs.types import DetectionList
 from replay.datasets.kitti_object import KittiObjectFolder, read_image
 from replay.errors import ReplayError
 from replay.evaluation import (
@@ -61,13 +63,16 @@ def evaluate_kitti_run(
     if not reference_dir.is_dir():
         raise ReplayError(f"{reference_dir}: reference folder does not exist")
     folder = KittiObjectFolder(kitti_dir)
-    runs = list(read_jsonl(detections_path))
+    try:
+        runs = list(read_jsonl(detections_path, DetectionList))
+    except SourceError as e:
+        raise ReplayError(str(e)) from e
     results: list[MatchResult] = []
     lines: list[str] = []
     for dl in runs:
         if not 0 <= dl.header.seq < len(folder):
             raise ReplayError(
-                f"{detections_path}: sequence {dl.header.seq} has no frame in {kitti_dir}"
+                f"{detections_path}: header.seq {dl.header.seq} has no frame in {kitti_dir}"
             )
         frame = folder.frames[dl.header.seq]
         ref_path = reference_dir / f"{frame.frame_id}.txt"

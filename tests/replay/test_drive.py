@@ -1,32 +1,43 @@
-"""Drives (MCAP) written and read back: every message type bit-exact, Foxglove schemas, rig,
-truncated files, bad files. Real KITTI frames, real files."""
+"""Drives (MCAP) written and read back: every message type bit-exact (Diagnostics included),
+Foxglove schemas, companion JSON schemas, rig, truncated files, bad files. Real KITTI frames,
+real files."""
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from mcap.reader import make_reader
 
 from perception.errors import WireError
-from perception.msgs import wire
+from perception.msgs import jsonl, wire
+from perception.msgs.json_schemas import document_json_schema, wire_json_schema
 from perception.msgs.types import (
     CameraBox,
     CameraFrame,
     Detection3D,
     DetectionList,
+    Diagnostics,
     GnssFix,
     Header,
     LidarSweep,
     Message,
+    RealtimeStatus,
     RigMessage,
+    SensorClock,
 )
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import COMPANION_SUFFIX, DriveReader, DriveWriter
 from replay.errors import ReplayError
+from tests.perception.msgs.strategies import SETTINGS, messages
+from tests.perception.msgs.strategies import assert_same as assert_same_message
 
 MS = 1_000_000
 
@@ -123,6 +134,28 @@ def every_message_type(kitti_dir: Path) -> list[tuple[Message, int]]:
             t + 108 * MS,
         ),
         (DetectionList(Header("detections", 1, t + 100 * MS, "vehicle"), ()), t + 208 * MS),
+        (Diagnostics(Header("diagnostics", 0, t + 200 * MS, "vehicle")), t + 209 * MS),
+        (
+            Diagnostics(
+                Header("diagnostics", 1, t + 1_200 * MS, "vehicle"),
+                counters={"received": 30, "published": 10, "dropped": 0},
+                overruns_by_stage={"fusion": 1},
+                sync={"bundles": 10, "timeouts": 0},
+                missing_by_stream={"camera/front": 0},
+                late_by_stream={"camera/front": 2},
+                clocks=(
+                    SensorClock("lidar/top", 1_250_000, -0.5, 10, 1, t),
+                    SensorClock("gnss", None, 0.0, 1, 0, None),
+                ),
+                budgets_ms={"end_to_end": 100.0, "fusion": 12.5},
+                last_publish_ns=t + 1_150 * MS,
+                last_latency_ns=48 * MS,
+                engines=("camera_encoder: onnxruntime CPUExecutionProvider fp32",),
+                notes=("TensorRT unavailable: ONNX Runtime on the CPU",),
+                realtime=RealtimeStatus((0, 1), 0, "other", True, ("nice -5: not permitted",)),
+            ),
+            t + 1_209 * MS,
+        ),
     ]
 
 
@@ -179,10 +212,12 @@ def test_foxglove_schemas_and_publish_time(written) -> None:
             "foxglove.LocationFix",
             "foxglove.SceneUpdate",
             "foxglove.FrameTransforms",
+            "perception.Diagnostics",
         } <= names
         encodings = {c.topic: c.message_encoding for c in summary.channels.values()}
         assert encodings["camera/front"] == "protobuf"
         assert encodings["detections" + COMPANION_SUFFIX] == "json"
+        assert encodings["diagnostics"] == "json"
         stamps = {
             (c.topic, m.publish_time)
             for _, c, m in reader.iter_messages()
@@ -207,6 +242,51 @@ def test_foxglove_messages_decode_as_their_schemas(written) -> None:
                 scene = SceneUpdate.FromString(m.data)
                 assert len(scene.entities[0].cubes) == 2
                 assert scene.entities[0].texts[0].text == "car 0.88"
+
+
+def test_json_channels_follow_their_generated_schemas(written) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    path, msgs = written
+    seen = set()
+    with path.open("rb") as f:
+        for schema, channel, m in make_reader(f).iter_messages():
+            if channel.message_encoding != "json":
+                continue
+            assert schema is not None and schema.encoding == "jsonschema"
+            stored = json.loads(schema.data)
+            doc = json.loads(m.data)
+            type_name = channel.metadata["perception.type"]
+            if channel.topic.endswith(COMPANION_SUFFIX):
+                assert schema.name == f"perception.WireHeader.{type_name}"
+                assert stored == wire_json_schema(type_name)
+            else:
+                # The base channel of a type Foxglove has no schema for: its JSON document.
+                assert (schema.name, type_name) == ("perception.Diagnostics", "Diagnostics")
+                assert stored == document_json_schema("Diagnostics")
+                assert doc == jsonl.to_document(msgs[m.sequence][0])
+            jsonschema.validate(doc, stored)
+            seen.add((type_name, channel.topic.endswith(COMPANION_SUFFIX)))
+    assert seen == {(type(m).__name__, True) for m, _ in msgs} | {("Diagnostics", False)}
+
+
+@SETTINGS
+@given(st.lists(messages, min_size=1, max_size=4))
+def test_random_messages_round_trip_through_a_drive(msgs: list[Message]) -> None:
+    for msg in msgs:
+        offsets = getattr(msg, "point_time_offsets_ns", None)
+        # A PointCloud holds time offsets exactly up to 2**53 ns (104 days).
+        assume(offsets is None or not offsets.size or int(offsets.max()) <= 2**53)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "drive.mcap"
+        with DriveWriter(path, compression=None) as w:
+            for i, msg in enumerate(msgs):
+                w.write(msg, 1_000 + i)
+        got = list(DriveReader(path).messages())
+    assert [(r.topic, r.log_time_ns) for r in got] == [
+        (m.header.stream, 1_000 + i) for i, m in enumerate(msgs)
+    ]
+    for msg, rec in zip(msgs, got, strict=True):
+        assert_same_message(msg, rec.message)
 
 
 def test_rig_is_stored_in_the_drive(written, kitti_dir: Path) -> None:

@@ -111,19 +111,30 @@ def test_small_perturbation_of_one_detection_is_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changed", "field"),
+    ("changed", "fields"),
     [
-        (_car(size=(3.9, 1.7, 1.56)), "size"),
-        (_car(yaw=0.15), "yaw"),
-        (_car(score=0.82), "score"),
-        (_car(sources=("camera",)), "sources"),
-        (_car(camera_box=CameraBox("front", 101.0, 150.0, 300.0, 250.0)), "camera_box"),
-        (_car(latitude_deg=49.0, longitude_deg=8.4), "latlon"),
+        (_car(size=(3.9, 1.7, 1.56)), ["size"]),
+        (_car(yaw=0.15), ["yaw"]),
+        (_car(score=0.82), ["score"]),
+        (_car(sources=("camera",)), ["sources"]),
+        (_car(camera_box=CameraBox("front", 101.0, 150.0, 300.0, 250.0)), ["camera_box.x1"]),
+        (_car(camera_box=CameraBox("left", 100.0, 150.0, 300.0, 250.0)), ["camera_box.camera"]),
+        (_car(camera_box=None), ["camera_box"]),
+        (_car(latitude_deg=49.0, longitude_deg=8.4), ["latitude_deg", "longitude_deg"]),
     ],
 )
-def test_each_field_is_compared(changed: Detection3D, field: str) -> None:
+def test_each_field_is_compared(changed: Detection3D, fields: list[str]) -> None:
+    # Fields are named by their key paths in the JSON document.
     diffs = compare_detections([_dl(changed)], [_dl(_car())])
-    assert [d.field for d in diffs] == [field]
+    assert [d.field for d in diffs] == fields
+
+
+def test_global_position_within_tolerance() -> None:
+    placed = _car(latitude_deg=49.0, longitude_deg=8.4)
+    near = _car(latitude_deg=49.0 + 5e-7, longitude_deg=8.4)
+    assert compare_detections([_dl(near)], [_dl(placed)]) == []
+    far = _car(latitude_deg=49.0 + 2e-6, longitude_deg=8.4)
+    assert [d.field for d in compare_detections([_dl(far)], [_dl(placed)])] == ["latitude_deg"]
 
 
 def test_yaw_is_compared_modulo_pi() -> None:
@@ -150,11 +161,18 @@ def test_ignored_fields() -> None:
     assert compare_detections(slow, [_dl(_car())]) == []
     strict = Tolerances(ignored=frozenset())
     fields = {d.field for d in compare_detections(slow, [_dl(_car())], strict)}
-    assert fields == {"timings", "latency_ns", "budget_ok"}
+    assert fields == {"timings_ns", "latency_ns", "budget_ok"}
     no_scores = Tolerances(ignored=frozenset({"score"}) | Tolerances().ignored)
     assert compare_detections([_dl(_car(score=0.1))], [_dl(_car())], no_scores) == []
     moved_stamp = [replace(_dl(_car()), header=Header("detections", 0, 1, "vehicle"))]
-    assert [d.field for d in compare_detections(moved_stamp, [_dl(_car())])] == ["stamp_ns"]
+    assert [d.field for d in compare_detections(moved_stamp, [_dl(_car())])] == ["header.stamp_ns"]
+    no_header = Tolerances(ignored=frozenset({"header"}) | Tolerances().ignored)
+    assert compare_detections(moved_stamp, [_dl(_car())], no_header) == []
+
+
+def test_ignored_names_must_be_fields() -> None:
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['timings'\]"):
+        Tolerances(ignored=frozenset({"timings"}))
 
 
 def test_tolerances_validate() -> None:
@@ -167,8 +185,10 @@ def test_update_reference_writes_on_purpose(tmp_path: Path) -> None:
     run = [_dl(_car(), PED), _dl(seq=1)]
     assert update_reference(path, run) == 2
     text = path.read_text()
-    assert "timings" not in text and "latency_ns" not in text
+    assert "timings_ns" not in text and "latency_ns" not in text and "budget_ok" not in text
     assert compare_detections(run, load_reference(path)) == []
+    # Left-out fields read back as their defaults.
+    assert all(r.timings_ns == {} and r.latency_ns == 0 for r in load_reference(path))
     assert len(format_differences(compare_detections([_dl(seq=5)] * 30, run), limit=3)) > 0
 
 

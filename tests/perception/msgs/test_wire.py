@@ -15,9 +15,8 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from perception.errors import WireError
 from perception.msgs import wire
@@ -27,98 +26,25 @@ from perception.msgs.types import (
     CameraFrame,
     Detection3D,
     DetectionList,
+    Diagnostics,
     GnssFix,
     Header,
     LidarSweep,
     Message,
+    RealtimeStatus,
     RigMessage,
+    SensorClock,
 )
-
-SETTINGS = settings(max_examples=50, deadline=None)
-INT64_MAX = 2**63 - 1
-
-# -- strategies -------------------------------------------------------------------------------
-
-texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=24)
-finite = st.floats(allow_nan=False, allow_infinity=False)
-headers = st.builds(
-    Header,
-    stream=st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=24),
-    seq=st.integers(0, INT64_MAX),
-    stamp_ns=st.integers(0, INT64_MAX),
-    frame_id=texts,
-)
-
-
-@st.composite
-def camera_frames(draw: st.DrawFn) -> CameraFrame:
-    header = draw(headers)
-    if draw(st.booleans()):
-        h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-        image = draw(hnp.arrays(np.uint8, (h, w, 3)))
-        return CameraFrame(header, image=image)
-    data = draw(st.binary(min_size=1, max_size=300))
-    return CameraFrame(header, data=data, encoding=draw(st.sampled_from(["jpeg", "png"])))
-
-
-@st.composite
-def lidar_sweeps(draw: st.DrawFn) -> LidarSweep:
-    n = draw(st.integers(0, 40))
-    points = draw(
-        hnp.arrays(
-            np.float32,
-            (n, 4),
-            elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
-        )
-    )
-    offsets = draw(st.none() | hnp.arrays(np.int64, (n,), elements=st.integers(0, INT64_MAX)))
-    return LidarSweep(draw(headers), points, offsets)
-
-
-gnss_fixes = st.builds(
-    GnssFix,
-    header=headers,
-    latitude_deg=st.floats(-90, 90),
-    longitude_deg=st.floats(-180, 180),
-    altitude_m=st.floats(-12_000, 100_000),
-    position_covariance_m2=st.tuples(*[finite] * 9).filter(lambda c: min(c[0], c[4], c[8]) >= 0),
-    velocity_enu_mps=st.none() | st.tuples(finite, finite, finite),
-    heading_rad=st.none() | finite,
-)
-
-plain = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), INT64_MAX) | finite | texts,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
-    max_leaves=20,
-)
-rig_messages = st.builds(RigMessage, header=headers, rig=st.dictionaries(texts, plain, max_size=5))
-
-camera_boxes = st.builds(CameraBox, texts, finite, finite, finite, finite)
-global_positions = st.none() | st.tuples(st.floats(-90, 90), st.floats(-180, 180))
-detections = st.builds(
-    lambda pos, **kw: Detection3D(
-        **kw,
-        latitude_deg=None if pos is None else pos[0],
-        longitude_deg=None if pos is None else pos[1],
-    ),
-    global_positions,
-    label=texts,
-    score=st.floats(0, 1),
-    center=st.tuples(finite, finite, finite),
-    size=st.tuples(*[st.floats(0, 1e6)] * 3),
-    yaw=finite,
-    sources=st.lists(texts, max_size=3).map(tuple),
-    camera_box=st.none() | camera_boxes,
-)
-detection_lists = st.builds(
-    DetectionList,
-    header=headers,
-    detections=st.lists(detections, max_size=6).map(tuple),
-    timings_ns=st.dictionaries(texts, st.integers(0, INT64_MAX), max_size=5),
-    latency_ns=st.integers(-(2**63), INT64_MAX),
-    budget_ok=st.booleans(),
-    degraded=st.lists(texts, max_size=3).map(tuple),
-    valid=st.booleans(),
+from tests.perception.msgs.strategies import (
+    SETTINGS,
+    assert_same,
+    camera_frames,
+    detection_lists,
+    diagnostics,
+    gnss_fixes,
+    lidar_sweeps,
+    rig_messages,
+    texts,
 )
 
 
@@ -185,6 +111,14 @@ def test_detection_list_roundtrip(msg: DetectionList) -> None:
     assert all(isinstance(d.center, tuple) for d in out.detections)
 
 
+@SETTINGS
+@given(diagnostics)
+def test_diagnostics_roundtrip(msg: Diagnostics) -> None:
+    out = roundtrip(msg)[1]
+    assert out == msg
+    assert_same(msg, out)
+
+
 def test_encode_gives_views_of_the_arrays() -> None:
     points = np.arange(4000, dtype=np.float32).reshape(-1, 4)
     frames = wire.encode(LidarSweep(Header("lidar/top", 0, 1, "lidar"), points))
@@ -237,7 +171,9 @@ def with_doc(frames: list[bytes | memoryview], doc: dict[str, Any]) -> list[byte
     return [frames[0], msgpack.packb(doc, use_bin_type=True), *frames[2:]]
 
 
-def tamper(frames: list[bytes | memoryview], edit: Callable[[dict[str, Any]], None]) -> list:
+def tamper(
+    frames: list[bytes | memoryview], edit: Callable[[dict[str, Any]], None]
+) -> list[bytes | memoryview]:
     doc = read_doc(frames)
     edit(doc)
     return with_doc(frames, doc)
@@ -448,7 +384,8 @@ def test_image_not_uint8() -> None:
     def edit(doc: dict[str, Any]) -> None:
         doc["buffers"][0].update(dtype="<u2", shape=[2, 6, 3])
 
-    with raises("image must be H x W x 3 uint8 \\(BGR\\), got dtype '<u2'", "camera/front"):
+    # Shape first (it is H x W x 3), then the dtype, as for every array of the schema.
+    with raises(r"image has dtype '<u2', expected '\|u1' \(uint8\)", "camera/front"):
         wire.decode(tamper(camera_frames_raw(), edit))
 
 
@@ -461,6 +398,38 @@ def test_detection_fields_validated() -> None:
 
     with raises(r"'fields.detections\[0\].center' must be an array of 3 numbers", "detections"):
         wire.decode(tamper(frames, edit))
+
+
+def diagnostics_frames() -> list[bytes | memoryview]:
+    clock = SensorClock("lidar/top", 1_500, 0.25, 40, 0, None)
+    status = RealtimeStatus((0, 1), 0, "other", True)
+    msg = Diagnostics(
+        Header("diagnostics", 0, 1, "vehicle"),
+        counters={"received": 10},
+        clocks=(clock,),
+        budgets_ms={"end_to_end": 100.0},
+        realtime=status,
+    )
+    return wire.encode(msg)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda f: f["counters"].update(received=-1), "'fields.counters.received' must not be neg"),
+        (lambda f: f["counters"].update(received=1.5), "'fields.counters.received' must be an int"),
+        (lambda f: f["clocks"][0].pop("samples"), "missing field 'fields.clocks\\[0\\].samples'"),
+        (lambda f: f["clocks"][0].update(drift_ppm=float("nan")), "drift_ppm' must be finite"),
+        (lambda f: f["budgets_ms"].update(end_to_end=-1.0), "'fields.budgets_ms.end_to_end' is"),
+        (lambda f: f["realtime"].update(gc_hold=1), "'fields.realtime.gc_hold' must be a bool"),
+        (lambda f: f.update(realtime=[]), "'fields.realtime' must be a map or nil, got list"),
+        (lambda f: f.update(notes="x"), "'fields.notes' must be an array, got str"),
+        (lambda f: f.update(extra=1), r"unexpected field\(s\) in fields: \['extra'\]"),
+    ],
+)
+def test_diagnostics_fields_validated(edit: Callable[[dict[str, Any]], None], problem: str) -> None:
+    with raises(problem, "diagnostics"):
+        wire.decode(tamper(diagnostics_frames(), lambda d: edit(d["fields"])))
 
 
 def test_rig_must_be_a_map() -> None:
@@ -489,7 +458,7 @@ def test_encode_rejects_nan_points() -> None:
 
 def test_encode_rejects_wrong_dtype() -> None:
     with raises("points has dtype '<f8', expected '<f4'"):
-        wire.encode(LidarSweep(Header(STREAM, 0, 1, "lidar"), np.zeros((3, 4))))
+        wire.encode(LidarSweep(Header(STREAM, 0, 1, "lidar"), np.zeros((3, 4))))  # type: ignore[arg-type]
 
 
 def test_encode_rejects_negative_stamp() -> None:
@@ -543,7 +512,7 @@ leaf_values = (
 
 @SETTINGS
 @given(
-    st.sampled_from(["sweep", "gnss", "camera", "detections"]),
+    st.sampled_from(["sweep", "gnss", "camera", "detections", "diagnostics"]),
     st.lists(st.tuples(st.integers(0, 50), leaf_values), min_size=1, max_size=3),
 )
 def test_mutated_headers_raise_only_wire_error(kind: str, edits: list[tuple[int, Any]]) -> None:
@@ -555,6 +524,7 @@ def test_mutated_headers_raise_only_wire_error(kind: str, edits: list[tuple[int,
         "gnss": gnss_frames,
         "camera": camera_frames_raw,
         "detections": lambda: wire.encode(DetectionList(Header("d", 0, 1, "v"), (det,))),
+        "diagnostics": diagnostics_frames,
     }[kind]()
     doc = read_doc(frames)
     for index, value in edits:

@@ -1,0 +1,167 @@
+"""Foxglove forms of every message type: the fields they take from the tables, and the way back
+to the wire buffers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
+from foxglove_schemas_protobuf.FrameTransforms_pb2 import FrameTransforms
+from foxglove_schemas_protobuf.LocationFix_pb2 import LocationFix
+from foxglove_schemas_protobuf.PackedElementField_pb2 import PackedElementField
+from foxglove_schemas_protobuf.PointCloud_pb2 import PointCloud
+from foxglove_schemas_protobuf.RawImage_pb2 import RawImage
+from foxglove_schemas_protobuf.SceneUpdate_pb2 import SceneUpdate
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from calibration.rig import load_rig_yaml
+from perception.errors import SchemaError
+from perception.msgs import jsonl, wire
+from perception.msgs.foxglove import (
+    LOCATION_FIX_FIELDS,
+    POINT_OFFSET_FIELD,
+    rig_transforms,
+    to_foxglove,
+    wire_buffers,
+)
+from perception.msgs.json_schemas import document_json_schema
+from perception.msgs.schema import GNSS_FIX, LIDAR_SWEEP
+from perception.msgs.types import (
+    CameraFrame,
+    Diagnostics,
+    GnssFix,
+    Header,
+    LidarSweep,
+    Message,
+    RigMessage,
+)
+from tests.perception.msgs.strategies import SETTINGS, camera_frames, lidar_sweeps, messages
+
+H = Header("gnss", 0, 1_500_000_000, "gnss")
+EXAMPLE_RIG = Path(__file__).resolve().parents[3] / "calibration" / "examples" / "kitti_rig.yaml"
+
+
+def test_location_fix_takes_the_mapped_fields() -> None:
+    # Every GnssFix field is the header, shown in LocationFix, or kept in the companion only.
+    companion_only = {"velocity_enu_mps", "heading_rad"}
+    names = {f.name for f in GNSS_FIX.fields}
+    assert names == {"header"} | set(LOCATION_FIX_FIELDS) | companion_only
+    assert set(LOCATION_FIX_FIELDS.values()) <= set(LocationFix.DESCRIPTOR.fields_by_name)
+    fix = GnssFix(H, 49.25, 8.5, 112.0, (0.5, 0, 0, 0, 0.5, 0, 0, 0, 2.0), (1.0, 0, 0), 0.5)
+    fox = to_foxglove(fix, "gnss")
+    assert (fox.schema_name, fox.message_encoding) == ("foxglove.LocationFix", "protobuf")
+    loc = LocationFix.FromString(fox.payload)
+    assert (loc.latitude, loc.longitude, loc.altitude) == (49.25, 8.5, 112.0)
+    assert list(loc.position_covariance) == list(fix.position_covariance_m2)
+    assert loc.position_covariance_type == LocationFix.KNOWN
+    assert loc.timestamp.seconds == 1 and loc.timestamp.nanos == 500_000_000
+    unknown = LocationFix.FromString(to_foxglove(GnssFix(H, 1.0, 2.0, 3.0), "g").payload)
+    assert unknown.position_covariance_type == LocationFix.UNKNOWN
+
+
+def test_point_cloud_fields_are_the_table_columns() -> None:
+    points = np.arange(12, dtype=np.float32).reshape(3, 4)
+    plain = PointCloud.FromString(to_foxglove(LidarSweep(H, points), "l").payload)
+    columns = LIDAR_SWEEP.field("points").columns
+    assert [f.name for f in plain.fields] == list(columns) == ["x", "y", "z", "intensity"]
+    assert [f.offset for f in plain.fields] == [0, 4, 8, 12] and plain.point_stride == 16
+    assert plain.data == points.tobytes()
+    timed = LidarSweep(H, points, np.array([0, 5, 2**53], np.int64))
+    cloud = PointCloud.FromString(to_foxglove(timed, "l").payload)
+    assert [f.name for f in cloud.fields] == [*columns, POINT_OFFSET_FIELD]
+    assert cloud.fields[-1].type == PackedElementField.FLOAT64 and cloud.point_stride == 24
+    with pytest.raises(SchemaError, match=r"^gnss: point_time_offsets_ns above 2\*\*53 ns"):
+        to_foxglove(LidarSweep(H, points, np.array([0, 5, 2**53 + 1], np.int64)), "l")
+
+
+def _showable(msg: Message) -> bool:
+    """Whether a PointCloud holds the message exactly (offsets up to 2**53 ns)."""
+    offsets = getattr(msg, "point_time_offsets_ns", None)
+    return offsets is None or not offsets.size or int(offsets.max()) <= 2**53
+
+
+def _frames(msg: Message) -> tuple[dict[str, object], list[bytes]]:
+    import msgpack
+
+    frames = wire.encode(msg)
+    return msgpack.unpackb(bytes(frames[1])), [bytes(f) for f in frames[2:]]
+
+
+@SETTINGS
+@given(st.one_of(lidar_sweeps(), camera_frames()))
+def test_wire_buffers_are_recovered_from_the_payload(msg: LidarSweep | CameraFrame) -> None:
+    assume(_showable(msg))
+    doc, buffers = _frames(msg)
+    fox = to_foxglove(msg, "t")
+    got = wire_buffers(str(doc["type"]), doc["buffers"], fox.payload)  # type: ignore[arg-type]
+    assert [bytes(b) for b in got] == buffers
+    expected = (
+        ("foxglove.PointCloud",)
+        if isinstance(msg, LidarSweep)
+        else ("foxglove.RawImage", "foxglove.CompressedImage")
+    )
+    assert fox.schema_name in expected
+
+
+def test_images() -> None:
+    image = np.arange(2 * 5 * 3, dtype=np.uint8).reshape(2, 5, 3)
+    raw = RawImage.FromString(to_foxglove(CameraFrame(H, image=image), "c").payload)
+    assert (raw.width, raw.height, raw.step, raw.encoding) == (5, 2, 15, "bgr8")
+    assert raw.data == image.tobytes()
+    png = CameraFrame(H, data=b"\x89PNG fake", encoding="png")
+    compressed = CompressedImage.FromString(to_foxglove(png, "c").payload)
+    assert (compressed.format, compressed.data) == ("png", b"\x89PNG fake")
+
+
+def test_rig_frame_transforms(caplog: pytest.LogCaptureFixture) -> None:
+    rig = load_rig_yaml(EXAMPLE_RIG)
+    fox = to_foxglove(RigMessage(H, rig.to_dict()), "rig")
+    transforms = FrameTransforms.FromString(fox.payload).transforms
+    assert {(t.parent_frame_id, t.child_frame_id) for t in transforms} == {
+        (edge.parent, child) for child, edge in rig.edges.items()
+    }
+    assert transforms == rig_transforms(rig, H.stamp_ns).transforms
+    for t in transforms:
+        q = t.rotation
+        assert q.x**2 + q.y**2 + q.z**2 + q.w**2 == pytest.approx(1.0)
+    with caplog.at_level(logging.WARNING, logger="perception.msgs.foxglove"):
+        empty = to_foxglove(RigMessage(H, {"not": "a rig"}), "rig")
+    assert FrameTransforms.FromString(empty.payload).transforms == []
+    assert "rig document not understood" in caplog.text
+
+
+def test_diagnostics_are_a_json_channel() -> None:
+    diag = Diagnostics(Header("diagnostics", 4, 9, "vehicle"), counters={"received": 3})
+    fox = to_foxglove(diag, "diagnostics")
+    assert (fox.schema_name, fox.schema_encoding, fox.message_encoding) == (
+        "perception.Diagnostics",
+        "jsonschema",
+        "json",
+    )
+    assert json.loads(fox.schema_data) == document_json_schema("Diagnostics")
+    assert json.loads(fox.payload) == jsonl.to_document(diag)
+    assert jsonl.from_json(fox.payload) == diag
+    assert wire_buffers("Diagnostics", [], fox.payload) == []
+
+
+@SETTINGS
+@given(messages)
+def test_every_message_has_a_foxglove_form(msg: Message) -> None:
+    assume(_showable(msg))
+    fox = to_foxglove(msg, "topic")
+    assert fox.schema_encoding in ("protobuf", "jsonschema") and fox.schema_data
+    if fox.message_encoding == "protobuf":
+        assert fox.schema_name.startswith("foxglove.")
+    if isinstance(msg, CameraFrame | LidarSweep):
+        doc, buffers = _frames(msg)
+        got = wire_buffers(type(msg).__name__, doc["buffers"], fox.payload)  # type: ignore[arg-type]
+        assert [bytes(b) for b in got] == buffers
+    elif isinstance(msg, GnssFix | Diagnostics | RigMessage):
+        assert fox.payload or isinstance(msg, RigMessage)
+    else:
+        assert SceneUpdate.FromString(fox.payload).entities[0].id == "topic"
