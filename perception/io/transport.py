@@ -168,8 +168,13 @@ class Subscriber(Closeable):
     (bytes, per frame) is enforced by ZeroMQ: a peer sending more is disconnected and the
     message lost; the connection is re-established.
 
+    Separate sockets do not keep the order of messages across topics. `priority` names topics
+    whose waiting messages are taken before any other topic's (the rest in turn, so one busy
+    topic cannot starve another): the node gives its rig and GNSS topics, so that a calibration
+    or fix sent just before a sweep is filed before that sweep when both are waiting.
+
     Raises (constructor):
-        ValueError: no endpoints or topics, or `hwm` names a topic not subscribed.
+        ValueError: no endpoints or topics, `hwm` or `priority` names a topic not subscribed.
         TransportError: an endpoint cannot be bound or connected.
     """
 
@@ -182,6 +187,7 @@ class Subscriber(Closeable):
         hwm: int | Mapping[str, int] = DEFAULT_HWM,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        priority: Sequence[str] = (),
     ) -> None:
         if isinstance(endpoints, str) or isinstance(topics, str):
             raise ValueError("endpoints and topics must be sequences of strings, not a string")
@@ -197,6 +203,9 @@ class Subscriber(Closeable):
             hwms = {t: hwm.get(t, DEFAULT_HWM) for t in topic_list}
         else:
             hwms = dict.fromkeys(topic_list, hwm)
+        unknown_priority = sorted(set(priority) - set(topic_list))
+        if unknown_priority:
+            raise ValueError(f"priority names topics that are not subscribed: {unknown_priority}")
 
         self.endpoints = tuple(endpoints)
         self.topics = tuple(topic_list)
@@ -237,6 +246,9 @@ class Subscriber(Closeable):
         except BaseException:
             self.close()
             raise
+        # With one socket for every topic (bind) there is no order to choose.
+        self._first = [] if bind else list(dict.fromkeys(self._topic_sockets[t] for t in priority))
+        self._rotating = [sock for sock in self._sockets if sock not in self._first]
 
     def socket_for(self, topic: str) -> zmq.Socket[bytes]:
         """The SUB socket receiving `topic` (for options and tests).
@@ -265,10 +277,13 @@ class Subscriber(Closeable):
             for monitor, socket in self._monitors.items():
                 if monitor in ready:
                     self._reconnect(monitor, socket)
+            for socket in self._first:
+                if socket in ready and (frames := self._recv_from(socket)) is not None:
+                    return frames
             # Rotate the starting socket so one busy topic cannot starve the others.
-            n = len(self._sockets)
+            n = len(self._rotating)
             for k in range(n):
-                socket = self._sockets[(self._next + k) % n]
+                socket = self._rotating[(self._next + k) % n]
                 if socket not in ready:
                     continue
                 frames = self._recv_from(socket)

@@ -90,6 +90,7 @@ class Node:
                 topics,
                 hwm=inputs.high_water_mark,
                 max_message_size=inputs.max_message_bytes,
+                priority=(inputs.rig_topic, inputs.gnss_topic),
             )
         except BaseException as e:
             self._receiver_error = e

@@ -94,8 +94,13 @@ def _run_live(config: Path, sensors: str, detections: str, inputs) -> tuple[list
             _wait_for_subscriptions(xpub, {"lidar/top", "camera/front", "gnss", "rig"})
             for topic, frames in inputs:
                 xpub.send_multipart(frames, copy=True)
-                # The sweep closes its frame: give the node the frame period to process it.
-                if topic == "lidar/top":
+                if topic == "rig":
+                    # Topics travel on separate sockets, with no order between them: a rig
+                    # must be in before the sweep it calibrates (as on a vehicle, where it is
+                    # sent once, long before).
+                    time.sleep(0.05)
+                elif topic == "lidar/top":
+                    # The sweep closes its frame: give the node the frame period to process it.
                     time.sleep(PERIOD_NS / 1e9)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

@@ -214,3 +214,27 @@ def test_closed_publisher_raises(tcp_publisher: Publisher) -> None:
     tcp_publisher.close()  # idempotent
     with pytest.raises(TransportError, match="closed"):
         tcp_publisher.send_frames([b"x", b"y"])
+
+
+def test_priority_topics_are_taken_before_waiting_messages_of_others(ipc_endpoint: str) -> None:
+    with (
+        Publisher(ipc_endpoint, bind=True) as pub,
+        Subscriber([ipc_endpoint], ["lidar/top", "gnss"], priority=["gnss"], hwm=100) as sub,
+    ):
+        send_until_received(pub, sub, fix("lidar/top"), "lidar/top")
+        send_until_received(pub, sub, fix("gnss"), "gnss")
+        leftovers = 0
+        while sub.recv(timeout_ms=50) is not None:
+            leftovers += 1  # what the joining sends left behind
+        for seq in range(20):
+            pub.send(fix("lidar/top", seq), "lidar/top")
+        pub.send(fix("gnss", 99), "gnss")
+        # Both sockets hold messages once the last one is in.
+        assert sub.socket_for("lidar/top").poll(2000) and sub.socket_for("gnss").poll(2000)
+        topic, first = wire.decode(sub.recv(timeout_ms=1000) or [])
+        assert topic == "gnss" and first.header.seq == 99
+
+
+def test_priority_must_name_subscribed_topics(ipc_endpoint: str) -> None:
+    with pytest.raises(ValueError, match="priority names topics that are not subscribed"):
+        Subscriber([ipc_endpoint], ["lidar/top"], priority=["rig"])
