@@ -37,9 +37,18 @@ from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
 from replay.errors import ReplayError
+from replay.mcap_player import check_sensor_drive
 from replay.offline import run_offline, run_recorded
+from replay.output import atomic_output
 
-__all__ = ["ProgressFn", "ReplayResult", "replay_detections", "replay_many", "replay_source"]
+__all__ = [
+    "DuplicateOutputError",
+    "ProgressFn",
+    "ReplayResult",
+    "replay_detections",
+    "replay_many",
+    "replay_source",
+]
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ def replay_detections(
     """The DetectionLists of one source through `pipeline`: a KITTI object folder as
     `perception replay kitti-object` runs it (`run_offline`), a drive as `perception replay
     DRIVE` does (`run_recorded`: each message received at its log time). The initial rig is
-    `config.rig` when set, else the drive's rig. Raises ReplayError naming the path."""
+    `config.rig` when set, else the drive's rig. Raises ReplayError naming the path (also for a
+    drive without lidar sweeps on the config's lidar topic)."""
     source = Path(source)
     initial = None
     if config.rig is not None:
@@ -88,6 +98,7 @@ def replay_detections(
         raise ReplayError(f"{source}: no such drive or KITTI object folder")
     reader = DriveReader(source)
     inputs = config.inputs
+    check_sensor_drive(reader, inputs.lidar_topic)
     topics = [inputs.lidar_topic, *cameras, inputs.gnss_topic, inputs.rig_topic]
     return run_recorded(
         reader.messages(topics=topics),
@@ -107,25 +118,30 @@ def replay_source(
 ) -> ReplayResult:
     """Replay one source into the JSON Lines file `out_path` (the pipeline is built from
     `config.camera_model` / `model_path` unless given). Failures of the source (missing or
-    malformed input, model, calibration, unwritable output) are returned in `error`, with the
-    output file removed."""
+    malformed input, model, calibration, unwritable output) are returned in `error`; the
+    output file is then left as it was (absent, or the previous run's)."""
     config = config or NodeConfig()
     start = time.perf_counter()
     sweeps = detections = 0
     out_path = Path(out_path)
     try:
         pipeline = pipeline or Pipeline.from_config(config.camera_model, model_path, config.engines)
-        with out_path.open("w") as f:
+        # Written beside the target and renamed when complete: a failed source leaves an
+        # existing output file as it was.
+        with atomic_output(out_path, "the detections file") as tmp, tmp.open("w") as f:
             for dl in replay_detections(Path(source), config, pipeline):
                 write_jsonl_line(f, dl)
                 sweeps += 1
                 detections += len(dl.detections)
     except _SOURCE_ERRORS as e:
-        out_path.unlink(missing_ok=True)
         return ReplayResult(
             Path(source), out_path, sweeps, detections, time.perf_counter() - start, str(e)
         )
     return ReplayResult(Path(source), out_path, sweeps, detections, time.perf_counter() - start)
+
+
+class DuplicateOutputError(ReplayError, ValueError):
+    """Two sources would write the same output file (a ValueError too, as it always was)."""
 
 
 def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -133,7 +149,9 @@ def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
     seen: dict[str, Path] = {}
     for name, src in zip(names, sources, strict=True):
         if name in seen:
-            raise ValueError(f"{src} and {seen[name]} would both write {out_dir / name}.jsonl")
+            raise DuplicateOutputError(
+                f"{src} and {seen[name]} would both write {out_dir / name}.jsonl"
+            )
         seen[name] = src
     return [out_dir / f"{name}.jsonl" for name in names]
 
@@ -158,8 +176,9 @@ def replay_many(
     "ray://head:10001"); `ray_init_kwargs` go to `ray.init` too. An already initialised Ray is
     used as it is and left running; one started here is shut down at the end.
 
-    Raises ValueError when two sources would write the same output file, ReplayError when
-    `out_dir` cannot be created, ImportError when Ray is asked for but not installed.
+    Raises DuplicateOutputError (a ReplayError and ValueError) when two sources would write the
+    same output file, ReplayError when `out_dir` cannot be created, ImportError when Ray is
+    asked for but not installed.
     """
     sources = [Path(d) for d in drives]
     out_dir = Path(out_dir)
