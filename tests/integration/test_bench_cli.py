@@ -54,12 +54,14 @@ def _bench(cwd: Path, *args: str, timeout_s: float = 120.0) -> subprocess.Comple
     )
 
 
-def _node_children(config: Path) -> list[Any]:
-    """Live `perception run` processes started with this bench's node config."""
+def _node_children(out: Path) -> list[Any]:
+    """Live `perception run` processes started with a node config in this bench's --out folder
+    (the config is written there under a temporary name, node.yaml once the run succeeded)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if "run" in cmdline and str(config) in cmdline:
+        configs = [a for a in cmdline if a.startswith(f"{out.resolve()}/")]
+        if "run" in cmdline and configs:
             found.append(proc)
     return found
 
@@ -115,7 +117,7 @@ def _check_outputs(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] > 300 and image.shape[1] > 600
-    assert not _node_children(out / "node.yaml")
+    assert not _node_children(out)
     return doc
 
 
@@ -178,11 +180,13 @@ def test_bench_with_the_torch_backend(tmp_path: Path, kitti_dir: Path, yolox_pat
     ("args", "message"),
     [
         (["missing.mcap"], "missing.mcap: no such drive"),
-        (["--rate", "0"], "--rate must be a number > 0"),
-        (["--duration", "-1"], "--duration must be a number > 0"),
+        (["--rate", "0"], "argument --rate: 0 is not > 0"),
+        (["--duration", "-1"], "argument --duration: -1 is not > 0"),
+        (["--out", "bench.json"], "bench.json: is a file; --out must be a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "bench.json").write_text("{}")
     done = _bench(tmp_path, *args, timeout_s=30)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and message in done.stderr
@@ -218,7 +222,7 @@ def test_sigint_stops_the_bench_and_its_node(synth_cwd: Path) -> None:
         text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while not _node_children(out / "node.yaml") and time.monotonic() < deadline:
+    while not _node_children(out) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     time.sleep(3.0)
@@ -226,4 +230,4 @@ def test_sigint_stops_the_bench_and_its_node(synth_cwd: Path) -> None:
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
-    assert not _node_children(out / "node.yaml")
+    assert not _node_children(out)
