@@ -418,6 +418,8 @@ def run_bench(
                 rate = search.rate_hz or rate
             run = player.measure(rate, settings.duration_s, f"{rate:.2f} Hz", progress)
             machine = machine_info()  # while the node runs: GPU clocks under load
+        # The run succeeded: the saved node.yaml names the saved rig.yaml (both renamed now).
+        plan.path.write_text(yaml.safe_dump(plan.document, sort_keys=False))
     return _result(
         run,
         source=source,

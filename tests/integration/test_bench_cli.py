@@ -69,7 +69,7 @@ def _node_children(out: Path) -> list[Any]:
 def _check_outputs(
     out: Path, stdout: str, rate_hz: float, duration_s: float, backend: str = "onnxruntime"
 ) -> dict[str, Any]:
-    doc = json.loads((out / "bench.json").read_text())
+    doc: dict[str, Any] = json.loads((out / "bench.json").read_text())
     assert set(doc) >= TOP_FIELDS, TOP_FIELDS - set(doc)
     assert doc["rate_hz"] == rate_hz and doc["duration_s"] == duration_s
     assert (doc["backend"], doc["device"]) == (backend, "cpu")
@@ -110,7 +110,7 @@ def _check_outputs(
     md = (out / "bench.md").read_text()
     assert md.startswith("| stage | p50 ms | p90 ms | p99 ms | max ms |\n| --- |")
     assert "| **end to end** (" in md and "| **response** (" in md and "| sweeps |" in md
-    assert f"| backend | {backend} |" in md and "| device | cpu |" in md
+    assert f"| backend | {backend} |" in md and "| device | cpu" in md
     assert "| stage | p50 ms |" in stdout and "| **end to end** (" in stdout
 
     png = out / "bench.png"
@@ -132,10 +132,22 @@ def synth_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bench_on_the_synthetic_drive(synth_cwd: Path) -> None:
-    done = _bench(synth_cwd, "--rate", "5", "--duration", "3", "--out", "out")
+    from app.bench.device import onnxruntime_providers_in_use
+
+    if onnxruntime_providers_in_use(("CUDAExecutionProvider", "CPUExecutionProvider"))[0] != (
+        "CPUExecutionProvider"
+    ):
+        pytest.skip("checks `--device auto` resolving to the CPU")
+    done = _bench(synth_cwd, "--rate", "5", "--duration", "3", "--out", "out", "--device", "auto")
     assert done.returncode == 0, done.stderr + done.stdout
     assert "generating" not in done.stdout  # the demo's drive was reused
+    assert "| device | cpu (asked for auto) |" in done.stdout  # what ran, not what was asked
     doc = _check_outputs(synth_cwd / "out", done.stdout, 5.0, 3.0)
+    assert doc["device_requested"] == "auto"
+    # The node config saved beside the report is the one that ran, naming the saved rig.
+    saved = (synth_cwd / "out" / "node.yaml").read_text()
+    assert "device: cpu" in saved and str((synth_cwd / "out" / "rig.yaml").resolve()) in saved
+    assert not [p for p in (synth_cwd / "out").iterdir() if p.name.startswith(".")]
     assert doc["source"].startswith("synthetic drive perception-demo/synth_seed0.mcap")
     assert doc["node_config"]["inputs"]["lidar_topic"] == "lidar"
     assert doc["node_config"]["camera_model"]["path"].endswith("synth_detector.onnx")
