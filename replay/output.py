@@ -21,12 +21,18 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from perception.errors import PerceptionError
 
-__all__ = ["OutputError", "atomic_output", "check_output_dir", "check_output_file"]
+__all__ = [
+    "OutputError",
+    "atomic_output",
+    "check_not_an_input",
+    "check_output_dir",
+    "check_output_file",
+]
 
 
 class OutputError(PerceptionError):
@@ -52,6 +58,21 @@ def check_output_file(path: Path, what: str = "the output") -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{path}: exists and is not writable")
     return path
+
+
+def check_not_an_input(out: Path, inputs: Iterable[Path], what: str = "the output") -> None:
+    """Refuses an output path that names one of the command's inputs (writing it would
+    replace the data being read).
+
+    Raises:
+        OutputError: naming the path.
+    """
+    target = Path(out).expanduser().resolve()
+    for path in inputs:
+        if Path(path).expanduser().resolve() == target:
+            raise OutputError(
+                f"{out}: is also an input of this command; {what} must be another file"
+            )
 
 
 def check_output_dir(path: Path, what: str = "the output", *, create: bool = True) -> Path:

@@ -16,7 +16,7 @@ from calibration import (
     load_rig,
     read_scan,
 )
-from replay.output import atomic_output, check_output_file
+from replay.output import atomic_output, check_not_an_input, check_output_file
 
 __all__ = ["cmd_calib_check", "cmd_calib_show"]
 
@@ -60,6 +60,7 @@ def cmd_calib_check(args: argparse.Namespace) -> int:
         raise CalibrationError(f"{out}: --out must be an image file ({', '.join(_IMAGE_SUFFIXES)})")
     check_output_file(out, "--out")
     scan = Path(args.lidar).expanduser()
+    check_not_an_input(out, [Path(args.image), scan, Path(args.rig)], "--out")
     if scan.suffix.lower() not in _SCAN_SUFFIXES:
         raise CalibrationError(f"{scan}: --lidar must be a KITTI .bin scan or a .pcd file")
     image = _read_image(Path(args.image).expanduser())

@@ -19,7 +19,12 @@ from replay.distributed import replay_many
 from replay.drive import DriveReader, DriveWriter
 from replay.mcap_player import check_sensor_drive, checked_messages
 from replay.offline import run_offline, run_recorded
-from replay.output import atomic_output, check_output_dir, check_output_file
+from replay.output import (
+    atomic_output,
+    check_not_an_input,
+    check_output_dir,
+    check_output_file,
+)
 from replay.synth.world import ground_truth_path
 
 __all__ = ["cmd_replay"]
@@ -37,6 +42,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise PerceptionError(f"{out}: --out must end in .jsonl or .mcap")
     # Before anything is loaded: a wrong --out costs nothing.
     check_output_file(out, "--out")
+    check_not_an_input(out, [path], "--out")
     config_given = args.config is not None
     if kind == "kitti-object":
         folder = KittiObjectFolder(path)

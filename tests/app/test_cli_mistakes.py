@@ -172,6 +172,25 @@ def test_successful_replay_replaces_the_out_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
 
+def test_an_output_that_is_the_input_is_refused(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    drive = tmp_path / "kitti.mcap"
+    assert main(["import", "kitti-object", str(kitti_dir), "--out", str(drive), "--quiet"]) == 0
+    capsys.readouterr()
+    before = drive.read_bytes()
+    err = _fails(capsys, "replay", str(drive), "--out", str(drive))
+    assert err == (
+        f"perception replay: error: {drive}: is also an input of this command; --out must be "
+        "another file"
+    )
+    assert drive.read_bytes() == before
+    image = tmp_path / "000003.png"
+    shutil.copyfile(kitti_dir / "image_2" / "000003.png", image)
+    err = _fails(capsys, "calib", "check", str(kitti_dir / "calib" / "000003.txt"), "--lidar",
+                 str(kitti_dir / "velodyne_reduced" / "000003.bin"), "--image", str(image),
+                 "--out", str(image))  # fmt: skip
+    assert err.endswith(f"{image}: is also an input of this command; --out must be another file")
+
+
 def test_record_refuses_to_overwrite_a_drive(capsys, tmp_path: Path) -> None:
     out = tmp_path / "drive.mcap"
     out.write_bytes(b"a recording\n")
