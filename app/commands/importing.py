@@ -7,13 +7,16 @@ from pathlib import Path
 
 from app.common import Stages
 from replay.datasets.importers import import_kitti_object, import_kitti_raw
-from replay.output import check_output_file
+from replay.output import OutputError, check_output_file
 
 __all__ = ["cmd_import"]
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
+    if out.suffix != ".mcap":
+        # A drive under another name is likely a typo that would replace some other file.
+        raise OutputError(f"{out}: --out must end in .mcap (it is an MCAP drive)")
     check_output_file(out, "--out")
     source = Path(args.dir).expanduser()
     with Stages("msg", args.quiet, {"import": f"importing {source.name}"}) as stages:

@@ -43,6 +43,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     # Each topic where it is published (sensors vs the node's outputs) unless --endpoint says.
     where = {t: list(args.endpoint or endpoints_for_topic(t, config)) for t in topics}
     out = Path(args.out).expanduser()
+    if out.suffix != ".mcap":
+        # A drive under another name is likely a typo that would replace some other file.
+        raise OutputError(f"{out}: --out must end in .mcap (it is an MCAP drive)")
     with _drive_path(out, args.overwrite) as path:
         stop = stop_on_signals()
         recorder = Recorder(

@@ -294,3 +294,14 @@ def test_detections_types_are_kept(detections_drive: Path) -> None:
     """The detections drive fixture is what `replay --out X.mcap` writes (sanity)."""
     messages = [r.message for r in DriveReader(detections_drive).messages()]
     assert len(messages) == 8 and all(isinstance(m, DetectionList) for m in messages)
+
+
+def test_a_drive_must_be_written_as_mcap(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a drive\n")
+    for argv in (["import", "kitti-object", str(kitti_dir)], ["record", "lidar/top"]):
+        err = _fails(capsys, *argv, "--out", str(notes))
+        assert err == (
+            f"perception {argv[0]}: error: {notes}: --out must end in .mcap (it is an MCAP drive)"
+        )
+    assert notes.read_text() == "not a drive\n"
