@@ -1,742 +1,626 @@
-"""The `perception` command. The only module that ties perception, engines, calibration and
-replay together; library code never prints, this does."""
+"""The `perception` command: its parser, and `main`, which runs a subcommand and turns every
+error into one line on stderr and an exit code. The commands live in app/commands/ and are
+imported only when they run; library code never prints, the commands do."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
-import signal
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from types import FrameType
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import numpy as np
-
+from app.args import (
+    HelpFormatter,
+    Parser,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from calibration import CalibrationError
 from engines.errors import EngineError
-from perception.config import NodeConfig, load_config
-from perception.errors import PerceptionError, WireError
-from perception.msgs import wire
-from perception.pipeline import Pipeline
+from perception.config import NodeConfig
+from perception.errors import PerceptionError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
-DEFAULT_SENSORS = NodeConfig().inputs.endpoints[0]
-DEFAULT_DETECTIONS = NodeConfig().outputs.endpoint
+EXIT_INTERRUPTED = 130
+
+_DEFAULTS = NodeConfig()
+SENSORS = _DEFAULTS.inputs.endpoints[0]
+OUTPUTS = _DEFAULTS.outputs.endpoint
+MODEL_CACHE = "~/.cache/perception-node/models"
+ENGINE_CACHE = "~/.cache/perception-node/engines"
+
+DESCRIPTION = """\
+perception-node: camera + lidar + GNSS fusion perception for vehicles.
+
+Run the on-vehicle node over ZeroMQ, replay recorded drives through the same pipeline offline,
+record and play drives, benchmark latency, evaluate detections and check calibrations.
+New here? `perception demo` runs a synthetic drive through the pipeline on the CPU, with no
+download, and scores it against ground truth."""
+
+EPILOG = """\
+exit codes: 0 done; 1 failed (a source of a many-drive replay, or an unexpected error);
+2 a mistake in the command line or its inputs (one line on stderr names it);
+130 interrupted. -v (before or after the command) logs more and shows tracebacks."""
+
+_TOPICS_NOTE = (
+    f"Each topic is published where it belongs: sensor topics on the node config's inputs "
+    f"endpoint ({SENSORS} by default), the node's outputs ({_DEFAULTS.outputs.detections_topic}, "
+    f"{_DEFAULTS.outputs.diagnostics_topic}) on its outputs endpoint ({OUTPUTS}); --config "
+    "takes both and the topic names from a node config, --endpoint overrides them."
+)
 
 
-def _load_node_config(path: str | None) -> NodeConfig:
-    return load_config(Path(path)) if path else NodeConfig()
-
-
-def _pipeline(config: NodeConfig, model: str | None) -> Pipeline:
-    model_path = Path(model).expanduser() if model else None
-    return Pipeline.from_config(config.camera_model, model_path, config.engines)
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from perception.node import Node
-
-    config = _load_node_config(args.config)
-    pipeline = _pipeline(config, args.model)
-    default_rig = None
-    if config.rig is not None:
-        from calibration import load_rig
-
-        default_rig = load_rig(Path(config.rig).expanduser())
-        for warning in default_rig.warnings:
-            print(f"perception run: warning: {warning}", flush=True)
-    node = Node(config, pipeline, default_rig)
-    stop = _stop_on_signals()
-    done = threading.Event()
-
-    def announce() -> None:
-        if node.ready.wait(60.0) and not done.is_set():
-            inputs = ", ".join(config.inputs.endpoints)
-            print(
-                f"perception run: ready; inputs {inputs}; detections on "
-                f"{config.outputs.endpoint} [{config.outputs.detections_topic}]",
-                flush=True,
-            )
-
-    threading.Thread(target=announce, daemon=True).start()
-    try:
-        node.run(stop)
-    finally:
-        done.set()
-    c = node.counters
-    print(
-        f"perception run: stopped; {c.published} published, {c.skipped_bundles} skipped, "
-        f"{c.decode_errors} undecodable, {c.step_errors} failed",
-        flush=True,
+def _command(
+    sub: argparse._SubParsersAction[Parser],
+    name: str,
+    handler: str,
+    help_text: str,
+    description: str,
+    *,
+    common: Parser,
+) -> Parser:
+    """A subcommand run by `module:function` of app/commands/."""
+    parser: Parser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        formatter_class=HelpFormatter,
+        parents=[common],
     )
-    return 0
+    parser.set_defaults(handler=handler, prog=parser.prog)
+    return parser
 
 
-def _source(sources: Sequence[str], command: str) -> tuple[str, Path]:
-    """("kitti-object", DIR) or ("drive", DRIVE.mcap) from `SOURCE [DIR]`."""
-    if sources[0] == "kitti-object":
-        if len(sources) != 2:
-            raise PerceptionError(f"{command} kitti-object: expected exactly one KITTI folder")
-        return "kitti-object", Path(sources[1])
-    if len(sources) != 1:
-        raise PerceptionError(f"{command}: expected one drive, got {len(sources)} arguments")
-    return "drive", Path(sources[0])
-
-
-def cmd_play(args: argparse.Namespace) -> int:
-    from perception.io.transport import Publisher
-    from replay.datasets.kitti_object import KittiObjectFolder
-    from replay.drive import DriveReader
-    from replay.mcap_player import play_drive
-    from replay.player import play_kitti_object
-
-    kind, path = _source([args.source, *([args.dir] if args.dir else [])], "play")
-    folder = KittiObjectFolder(path) if kind == "kitti-object" else None
-    reader = DriveReader(path) if kind == "drive" else None
-    stop = _stop_on_signals()
-    with Publisher(args.endpoint, bind=True, hwm=args.hwm) as publisher:
-        if args.wait > 0:
-            # PUB/SUB drops what is sent before a subscriber's subscription arrives.
-            stop.wait(args.wait)
-        if folder is not None:
-            sent = play_kitti_object(
-                folder, publisher, rate_hz=args.rate, loop=args.loop, stop=stop
-            )
-            what = "frames"
-        else:
-            assert reader is not None
-            sent = play_drive(
-                reader,
-                publisher,
-                speed=args.speed,
-                loop=args.loop,
-                start_s=args.start,
-                topics=args.topics,
-                stop=stop,
-                restamp=args.restamp,
-            )
-            what = "messages"
-        # Let ZeroMQ flush the last frames before the socket closes.
-        time.sleep(0.2)
-    print(f"perception play: {sent} {what} published on {args.endpoint}", flush=True)
-    return 0
-
-
-def cmd_record(args: argparse.Namespace) -> int:
-    from replay.recorder import Recorder
-
-    config = _load_node_config(args.config)
-    inputs = config.inputs
-    topics = args.topics or [
-        inputs.lidar_topic,
-        *inputs.camera_topics,
-        inputs.gnss_topic,
-        inputs.rig_topic,
-    ]
-    endpoints = args.endpoint or list(inputs.endpoints)
-    stop = _stop_on_signals()
-    recorder = Recorder(
-        endpoints,
-        topics,
-        Path(args.out),
-        queue_size=args.queue_size,
-        compression=None if args.compression == "none" else args.compression,
+def _group(
+    sub: argparse._SubParsersAction[Parser], name: str, help_text: str, description: str
+) -> argparse._SubParsersAction[Parser]:
+    """A command with subcommands of its own (`calib show`)."""
+    parser = sub.add_parser(
+        name, help=help_text, description=description, formatter_class=HelpFormatter
     )
-    print(f"perception record: recording {', '.join(topics)} to {args.out}", flush=True)
-    stats = recorder.run(stop)
-    print(
-        f"perception record: {stats.received} received, {stats.written} written, "
-        f"{stats.dropped} dropped (queue full), {stats.undecodable} undecodable, "
-        f"{stats.bytes / 1e6:.1f} MB",
-        flush=True,
-    )
-    return 0
-
-
-def cmd_echo(args: argparse.Namespace) -> int:
-    from perception.io.transport import Subscriber
-    from perception.msgs.types import CameraFrame, DetectionList, GnssFix, LidarSweep, RigMessage
-
-    stop = _stop_on_signals()
-    count = 0
-    with Subscriber([args.endpoint], [args.topic]) as sub:
-        while not stop.is_set() and (args.count <= 0 or count < args.count):
-            frames = sub.recv(timeout_ms=100)
-            if frames is None:
-                continue
-            count += 1
-            if len(frames) == 2 and bytes(frames[1].buffer[:1]) == b"{":
-                print(f"{args.topic}: {bytes(frames[1].buffer).decode()}", flush=True)
-                continue
-            try:
-                topic, msg = wire.decode(frames)
-            except WireError as e:
-                print(f"{args.topic}: undecodable: {e}", flush=True)
-                continue
-            h = getattr(msg, "header", None)
-            head = f"{topic} seq={h.seq} stamp_ns={h.stamp_ns}" if h else topic
-            if isinstance(msg, DetectionList):
-                ms = {k: round(v / 1e6, 2) for k, v in msg.timings_ns.items()}
-                print(f"{head} latency_ms={msg.latency_ns / 1e6:.1f} timings_ms={ms}")
-                for d in msg.detections:
-                    x, y, z = d.center
-                    print(
-                        f"  {d.label:<12} {d.score:.2f} center=({x:.2f}, {y:.2f}, {z:.2f}) "
-                        f"yaw={d.yaw:+.2f}"
-                    )
-            elif isinstance(msg, LidarSweep):
-                print(f"{head} points={msg.points.shape[0]}")
-            elif isinstance(msg, CameraFrame):
-                shape = msg.image.shape if msg.image is not None else msg.encoding
-                print(f"{head} image={shape}")
-            elif isinstance(msg, GnssFix):
-                print(f"{head} lat={msg.latitude_deg:.7f} lon={msg.longitude_deg:.7f}")
-            elif isinstance(msg, RigMessage):
-                print(f"{head} rig cameras={sorted(msg.rig.get('cameras', {}))}")
-            sys.stdout.flush()
-    return 0
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from replay.offline import replay_to_file
-
-    config = _load_node_config(args.config)
-    if args.out_dir is not None or args.ray_address is not None:
-        return _replay_many(args, config)
-    if args.out is None:
-        raise PerceptionError("replay: give --out FILE (one source) or --out-dir DIR (many)")
-    _kind, path = _source(args.sources, "replay")
-    out = Path(args.out)
-    if out.suffix not in (".jsonl", ".mcap"):
-        raise PerceptionError(f"{out}: --out must end in .jsonl or .mcap")
-    pipeline = _pipeline(config, args.model)
-    with tqdm(unit="sweep", disable=args.quiet) as bar:
-
-        def progress(done: int, total: int | None) -> None:
-            if total is not None and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        summary = replay_to_file(
-            path,
-            out,
-            config,
-            pipeline,
-            speed=1.0 if args.realtime else 0.0,
-            progress=progress,
-        )
-    c = summary.counters
-    print(
-        f"perception replay: {summary.sweeps} DetectionLists written to {out}; "
-        f"{c.get('received', 0)} messages, {c.get('decode_errors', 0)} undecodable, "
-        f"{c.get('bad_rigs', 0)} bad rigs, {c.get('step_errors', 0)} failed sweeps"
-    )
-    return 0
-
-
-def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
-    from tqdm import tqdm
-
-    from replay.distributed import replay_many
-
-    if args.out_dir is None:
-        raise PerceptionError("replay: --ray-address needs --out-dir")
-    sources = [Path(s) for s in args.sources if s != "kitti-object"]
-    with tqdm(total=len(sources), unit="drive", disable=args.quiet) as bar:
-        results = replay_many(
-            sources,
-            Path(args.out_dir),
-            config=config,
-            model_path=Path(args.model) if args.model else None,
-            ray_address=args.ray_address,
-            progress=lambda _done, _total, _result: bar.update(1),
-        )
-    failed = 0
-    for r in results:
-        if r.error:
-            failed += 1
-            print(f"{r.source}: failed: {r.error}", file=sys.stderr)
-        else:
-            print(f"{r.source}: {r.sweeps} DetectionLists -> {r.out_path} ({r.wall_s:.1f} s)")
-    return 1 if failed else 0
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from replay.datasets.importers import import_kitti_object, import_kitti_raw
-
-    out = Path(args.out)
-    if args.format == "kitti-object":
-        stats = import_kitti_object(Path(args.dir), out)
-    else:
-        stats = import_kitti_raw(Path(args.dir), out, grey=args.grey)
-    for warning in stats.warnings:
-        print(f"warning: {warning}")
-    counts = ", ".join(f"{t} {n}" for t, n in sorted(stats.messages.items()))
-    print(f"perception import: {out}: {counts} ({stats.bytes / 1e6:.1f} MB, {stats.wall_s:.1f} s)")
-    if stats.camera_offsets_ms:
-        offsets = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(stats.camera_offsets_ms.items()))
-        print(f"cameras follow their sweep stamp by (ms) {offsets}: set sync.camera_offsets_ms")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from replay.synth.demo import format_demo_report, run_demo
-
-    report = run_demo(
-        Path(args.drive) if args.drive else None,
-        seed=args.seed,
-        seconds=args.seconds,
-        out_dir=Path(args.out_dir),
-    )
-    print(format_demo_report(report))
-    return 0
-
-
-def _bench_drive(drive: str | None, limit: int) -> tuple[str, list[Any], Any, bool]:
-    """(description, sweeps (app.bench.Sweep), rig, synthetic) of `perception bench
-    [DRIVE]`: an MCAP drive, a KITTI object folder (or its parent holding `training/`), or by
-    default the synthetic drive of `perception demo` (generated into perception-demo/ unless it
-    is there already)."""
-    from app.bench import group_sweeps
-    from replay.datasets.kitti_object import KittiObjectFolder
-    from replay.drive import DriveReader
-    from replay.synth.world import generate_drive, ground_truth_path
-
-    if drive is None:
-        path = Path("perception-demo") / "synth_seed0.mcap"
-        if not (path.exists() and ground_truth_path(path).exists()):
-            print(f"perception bench: generating the synthetic drive {path}", flush=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            generate_drive(path, seed=0, seconds=10.0)
-    else:
-        path = Path(drive)
-    if path.is_dir():
-        if not (path / "image_2").is_dir() and (path / "training" / "image_2").is_dir():
-            path = path / "training"
-        folder = KittiObjectFolder(path)
-        records = ((m.header.stream, m) for m in folder.messages())
-        return f"KITTI object {path}", group_sweeps(records, limit), None, False
-    if not path.exists():
-        raise PerceptionError(f"{path}: no such drive (.mcap) or KITTI object folder")
-    reader = DriveReader(path)
-    sweeps = group_sweeps(((r.topic, r.message) for r in reader.messages()), limit)
-    synthetic = ground_truth_path(path).exists()
-    return f"{'synthetic drive' if synthetic else 'drive'} {path}", sweeps, reader.rig, synthetic
-
-
-def _bench_config(args: argparse.Namespace, sweeps: list[Any], synthetic: bool) -> NodeConfig:
-    """The node config to bench: --config as is, else the defaults with the drive's topics and
-    camera offsets (and for the synthetic drive the demo's detector); --model overrides."""
-    from dataclasses import replace
-
-    from app.bench import config_for_sweeps
-    from perception.config import CameraModelConfig
-
-    if args.config:
-        config = load_config(Path(args.config))
-    else:
-        config = config_for_sweeps(sweeps, NodeConfig())
-        if synthetic:
-            from replay.synth.demo import SYNTH_DETECTOR_PATH
-
-            # As `perception demo` runs it: the detector trained on synthetic renders.
-            model = CameraModelConfig(str(SYNTH_DETECTOR_PATH), kind="yolox", score_threshold=0.15)
-            config = replace(config, camera_model=model)
-    if args.model:
-        model_path = str(Path(args.model).expanduser().resolve())
-        config = replace(config, camera_model=replace(config.camera_model, path=model_path))
-    return config
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from app.bench import (
-        BenchInterruptedError,
-        BenchSettings,
-        check_settings,
-        format_markdown,
-        run_bench,
-        sweeps_needed,
-        write_report,
+    return parser.add_subparsers(
+        dest=f"{name}_command", required=True, metavar="COMMAND", parser_class=Parser
     )
 
-    settings = BenchSettings(
-        rate_hz=args.rate,
-        duration_s=args.duration,
-        backend=args.backend,
-        device=args.device,
-        find_max_rate=args.find_max_rate,
+
+def _add_run(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "run",
+        "app.commands.run:cmd_run",
+        "the on-vehicle node: subscribe to the sensors, fuse, publish detections",
+        "The on-vehicle node. Subscribes to the camera, lidar, GNSS and rig topics on the "
+        "config's inputs endpoints, pairs each lidar sweep with its camera frames, runs the "
+        "camera encoder, lidar encoder and fusion engine, and publishes a DetectionList per "
+        "sweep on the detections topic and counters on the diagnostics topic (1 Hz), both on "
+        "the outputs endpoint. SIGINT or SIGTERM stop it cleanly.",
+        common=common,
     )
-    check_settings(settings)
-    source, sweeps, rig, synthetic = _bench_drive(args.drive, sweeps_needed(settings))
-    config = _bench_config(args, sweeps, synthetic)
-    out = Path(args.out)
-    stop = _stop_on_signals()
-    with tqdm(total=0, unit="sweep", disable=args.quiet) as bar:
-        shown = [""]
-
-        def progress(done: int, total: int, label: str) -> None:
-            if label != shown[0]:
-                shown[0] = label
-                bar.reset(total=total)
-                bar.set_description(label)
-            bar.update(done - bar.n)
-
-        try:
-            result = run_bench(
-                sweeps, config, settings, out, source=source, rig=rig, stop=stop, progress=progress
-            )
-        except BenchInterruptedError:
-            bar.close()
-            print("perception bench: interrupted; the node is stopped", file=sys.stderr)
-            return 130
-    json_path, md_path, png_path = write_report(result, out)
-    print(format_markdown(result))
-    print(f"perception bench: written {json_path}, {md_path}, {png_path}")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from replay.datasets.kitti_eval import evaluate_kitti_run
-
-    _, report = evaluate_kitti_run(
-        Path(args.detections),
-        Path(args.kitti),
-        Path(args.reference),
-        max_center_distance_m=args.max_distance,
-        min_bev_iou=args.min_iou,
-        max_range_m=args.max_range,
-        min_reference_score=args.min_score,
+    p.add_argument("--config", metavar="FILE", help="node YAML config (default: built in)")
+    p.add_argument(
+        "--model",
+        metavar="ONNX",
+        help="camera detector: an ONNX file or a registered model name (default: the config's "
+        "camera_model, yolox_nano_coco_416 built in, fetched into the model cache)",
     )
-    print(report)
-    return 0
 
 
-def cmd_calib_show(args: argparse.Namespace) -> int:
-    from calibration import describe_rig, load_rig
-
-    print(describe_rig(load_rig(Path(args.rig))))
-    return 0
-
-
-def cmd_calib_check(args: argparse.Namespace) -> int:
-    import cv2
-
-    from calibration import calibration_check, load_rig, read_scan
-
-    image_path = Path(args.image)
-    loaded = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if loaded is None:
-        raise CalibrationError(f"{image_path}: not a readable image")
-    image = np.asarray(loaded, dtype=np.uint8)
-    rig = load_rig(Path(args.rig), image_size=(image.shape[1], image.shape[0]))
-    for warning in rig.warnings:
-        print(f"warning: {warning}")
-    camera = args.camera or ("front" if "front" in rig.cameras else next(iter(rig.cameras)))
-    result = calibration_check(rig, camera, read_scan(Path(args.lidar)), image)
-    out = Path(args.out)
-    if not cv2.imwrite(str(out), result.overlay):
-        raise CalibrationError(f"{out}: cannot write the overlay")
-    print(
-        f"camera {camera}: {result.n_points_in_image} lidar points in the image; "
-        f"alignment score {result.score:.4f} (mutual information, nats; larger is better)"
-    )
-    print(f"overlay written to {out}")
-    return 0
-
-
-def _calibration_batches(model: str, images_dir: Path, cache: Path | None) -> Callable[[], Any]:
-    """INT8 calibration inputs: the recorded images of `images_dir`, preprocessed as the camera
-    encoder does for `model`."""
-    from engines.camera.detector import CameraDetector
-    from engines.factory import EngineFactory
-    from replay.datasets.kitti_object import read_image
-
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg"))
-    if not images:
-        raise PerceptionError(f"{images_dir}: no .png/.jpg images for INT8 calibration")
-    # Preprocessing only: the network itself is never run here (ONNX Runtime on the CPU).
-    detector = CameraDetector(EngineFactory(model_cache_dir=cache).camera_encoder(model))
-
-    def batches() -> Iterator[dict[str, Any]]:
-        for path in images:
-            tensor, _ = detector.preprocess(read_image(path))
-            yield {detector.input_name: tensor}
-
-    return batches
-
-
-def cmd_engines_build(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from engines.factory import build_engines
-
-    model_cache = Path(args.model_cache).expanduser() if args.model_cache else None
-    engine_cache = Path(args.cache_dir).expanduser() if args.cache_dir else None
-    groups: list[list[str]] = (
-        [[m] for m in args.models] if args.precision == "int8" else [list(args.models)]
-    )
-    with tqdm(total=2 * len(args.models), unit="step", disable=args.quiet) as bar:
-
-        def progress(_done: int, _total: int, message: str) -> None:
-            bar.set_description(message)
-            bar.update(1)
-
-        for group in groups:
-            batches = None
-            if args.precision == "int8" and args.calibration_images:
-                batches = _calibration_batches(group[0], Path(args.calibration_images), model_cache)
-            for result in build_engines(
-                group,
-                args.precision,
-                engine_cache,
-                model_cache_dir=model_cache,
-                calibration_batches=batches,
-                progress=progress,
-            ):
-                tqdm.write(
-                    f"{result.model}: {result.status} {result.precision} engine "
-                    f"{result.engine_path} ({result.seconds:.1f} s)"
-                )
-    return 0
-
-
-def cmd_engines_list(args: argparse.Namespace) -> int:
-    from engines.factory import list_engines
-
-    entries = list_engines(Path(args.cache_dir).expanduser() if args.cache_dir else None)
-    if not entries:
-        print("no cached engines")
-        return 0
-    print(f"{'model':<28}{'precision':<10}{'TensorRT':<10}{'GPU':<28}{'MB':>8}  file")
-    for e in entries:
-        k = e.key
-        print(
-            f"{k.model_name:<28}{k.precision:<10}{k.tensorrt_version:<10}"
-            f"{k.gpu_name + ' sm' + str(k.compute_capability):<28}"
-            f"{e.size_bytes / 1e6:>8.1f}  {e.engine_path}"
-        )
-    return 0
-
-
-def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from engines.registry import fetch_model, get_model_info
-
-    cache = Path(args.cache_dir).expanduser() if args.cache_dir else None
-    source = Path(args.source_dir) if args.source_dir else None
-    for name in args.names:
-        info = get_model_info(name)
-        with tqdm(
-            total=info.size_bytes, unit="B", unit_scale=True, desc=name, disable=args.quiet
-        ) as bar:
-
-            def progress(done: int, _total: int | None) -> None:
-                bar.update(done - bar.n)
-
-            path = fetch_model(name, cache, progress=progress, source_dir=source)
-        print(f"{name}: {path} (sha256 verified)")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="perception", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="the on-vehicle node: subscribe, fuse, publish detections")
-    run.add_argument("--config", help="node YAML config (defaults built in)")
-    run.add_argument("--model", help="camera detector ONNX file (overrides the config)")
-    run.set_defaults(func=cmd_run)
-
-    play = sub.add_parser(
+def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
         "play",
-        help="publish recorded data over ZeroMQ: `play DRIVE.mcap` or `play kitti-object DIR`",
+        "app.commands.play:cmd_play",
+        "publish a drive or a KITTI object folder over ZeroMQ",
+        "Publish recorded data over ZeroMQ, as the sensors (and the node) did: "
+        "`play DRIVE.mcap` paced by recorded time, or `play kitti-object DIR` at a fixed rate, "
+        f"stamped with the host time. {_TOPICS_NOTE}",
+        common=common,
     )
-    play.add_argument("source", help="a drive (.mcap), or `kitti-object` followed by its folder")
-    play.add_argument("dir", nargs="?", help="the KITTI object folder (image_2, calib, ...)")
-    play.add_argument("--endpoint", default=DEFAULT_SENSORS)
-    play.add_argument("--rate", type=float, default=10.0, help="KITTI: frames per second (Hz)")
-    play.add_argument("--speed", type=float, default=1.0, help="drive: x recorded time (0: max)")
-    play.add_argument("--start", type=float, default=0.0, help="drive: seconds into the drive")
-    play.add_argument("--topics", nargs="+", help="drive: only these topics")
-    play.add_argument("--restamp", action="store_true", help="drive: stamps shifted to now")
-    play.add_argument("--loop", action="store_true")
-    play.add_argument("--wait", type=float, default=1.0, help="seconds to let subscribers join")
-    play.add_argument("--hwm", type=int, default=10_000)
-    play.set_defaults(func=cmd_play)
+    p.add_argument("source", help="a drive (.mcap), or `kitti-object` followed by its folder")
+    p.add_argument("dir", nargs="?", help="the KITTI object folder (image_2, calib, velodyne)")
+    p.add_argument(
+        "--endpoint",
+        help="publish every topic on this endpoint (bound) instead of per topic",
+    )
+    p.add_argument("--config", metavar="FILE", help="node YAML config: endpoints and topics")
+    p.add_argument(
+        "--rate",
+        metavar="HZ",
+        type=positive_float,
+        default=10.0,
+        help="KITTI: frames per second, Hz",
+    )
+    p.add_argument(
+        "--speed",
+        metavar="X",
+        type=non_negative_float,
+        default=1.0,
+        help="drive: x recorded time (2: twice as fast; 0: as fast as possible)",
+    )
+    p.add_argument(
+        "--start",
+        metavar="S",
+        type=non_negative_float,
+        default=0.0,
+        help="drive: start this many seconds after its first message, s",
+    )
+    p.add_argument("--topics", nargs="+", metavar="TOPIC", help="drive: only these topics")
+    p.add_argument(
+        "--restamp", action="store_true", help="drive: shift sensor stamps to the current time"
+    )
+    p.add_argument("--loop", action="store_true", help="start over at the end, until SIGINT")
+    p.add_argument(
+        "--wait",
+        metavar="S",
+        type=non_negative_float,
+        default=1.0,
+        help="seconds to let subscribers connect before publishing, s",
+    )
+    p.add_argument(
+        "--hwm",
+        metavar="N",
+        type=positive_int,
+        default=10_000,
+        help="send high-water mark, messages",
+    )
 
-    record = sub.add_parser("record", help="record ZeroMQ topics into an MCAP drive")
-    record.add_argument("topics", nargs="*", help="topics (default: the config's inputs)")
-    record.add_argument("--out", required=True, help="the MCAP drive to write")
-    record.add_argument("--endpoint", action="append", help="where to subscribe (repeatable)")
-    record.add_argument("--config", help="node YAML config (default topics and endpoints)")
-    record.add_argument("--queue-size", type=int, default=1000, help="messages held for disk")
-    record.add_argument("--compression", choices=("zstd", "lz4", "none"), default="zstd")
-    record.set_defaults(func=cmd_record)
 
-    echo = sub.add_parser("echo", help="print what arrives on a topic")
-    echo.add_argument("topic")
-    echo.add_argument("--endpoint", default=DEFAULT_DETECTIONS)
-    echo.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
-    echo.set_defaults(func=cmd_echo)
+def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "record",
+        "app.commands.record:cmd_record",
+        "record ZeroMQ topics into an MCAP drive",
+        "Record topics into an MCAP drive (Foxglove schemas) until SIGINT, which finishes the "
+        "file. Receiving never waits for the disk: messages that do not fit the queue are "
+        f"dropped and counted. {_TOPICS_NOTE} A new drive is written in place, so a killed "
+        "recorder leaves a readable drive.",
+        common=common,
+    )
+    p.add_argument(
+        "topics",
+        nargs="*",
+        help="topics to record (default: the config's sensor topics: lidar, cameras, GNSS, rig)",
+    )
+    p.add_argument("--out", required=True, metavar="DRIVE", help="the MCAP drive to write")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (kept until the new recording is finished)",
+    )
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        help="subscribe every topic at this endpoint instead of per topic (repeatable)",
+    )
+    p.add_argument("--config", metavar="FILE", help="node YAML config: topics and endpoints")
+    p.add_argument(
+        "--queue-size",
+        metavar="N",
+        type=positive_int,
+        default=1000,
+        help="messages held between the sockets and the disk",
+    )
+    p.add_argument(
+        "--compression",
+        choices=("zstd", "lz4", "none"),
+        default="zstd",
+        help="MCAP chunk compression",
+    )
 
-    replay = sub.add_parser(
+
+def _add_echo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "echo",
+        "app.commands.echo:cmd_echo",
+        "print what arrives on a topic",
+        "Print one line per message arriving on a topic (detections with their boxes, "
+        "diagnostics with the node's counters), or with --json each message's JSON document. "
+        f"{_TOPICS_NOTE}",
+        common=common,
+    )
+    p.add_argument("topic", help="the topic, e.g. detections, lidar/top, camera/front")
+    p.add_argument("--endpoint", help="subscribe at this endpoint instead of the topic's own")
+    p.add_argument("--config", metavar="FILE", help="node YAML config: endpoints and topics")
+    p.add_argument(
+        "--count",
+        metavar="N",
+        type=non_negative_int,
+        default=0,
+        help="stop after N messages (0: never)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print each message as its JSON document (the JSON Lines format; array bytes left "
+        "out) instead of a summary line",
+    )
+
+
+def _add_replay(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
         "replay",
-        help="the pipeline offline, no sockets: `replay DRIVE.mcap` or `replay kitti-object DIR`",
+        "app.commands.replay:cmd_replay",
+        "run the pipeline offline on drives or KITTI folders, no sockets",
+        "Run recorded sensor data through the node's pipeline in this process, deterministically "
+        "and as fast as the machine allows: one DetectionList per lidar sweep, into --out "
+        "(JSON Lines or MCAP), which appears or is replaced only when the run completes. "
+        "`replay DRIVE.mcap --out FILE` or `replay kitti-object DIR --out FILE`; many sources "
+        "with --out-dir, one Ray task each with --ray-address. Camera model without --model: "
+        "the packaged synthetic detector for a synthetic drive (from `perception demo`), else "
+        "the config's camera_model.",
+        common=common,
     )
-    replay.add_argument(
+    p.add_argument(
         "sources",
         nargs="+",
         help="a drive (.mcap), `kitti-object DIR`, or with --out-dir many drives/KITTI folders",
     )
-    replay.add_argument("--out", help="detections: .jsonl (one per line) or .mcap")
-    replay.add_argument("--out-dir", help="many sources: one .jsonl per source in this folder")
-    replay.add_argument(
-        "--ray-address", help="run one Ray task per source (`local`, `auto` or a ray:// address)"
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", metavar="FILE", help="detections: .jsonl (one per line) or .mcap")
+    out.add_argument(
+        "--out-dir", metavar="DIR", help="many sources: one <name>.jsonl per source in DIR"
     )
-    replay.add_argument("--config", help="node YAML config (sync and model settings)")
-    replay.add_argument("--model", help="camera detector ONNX file (overrides the config)")
-    replay.add_argument("--realtime", action="store_true", help="drive: paced by recorded time")
-    replay.add_argument("--quiet", action="store_true", help="no progress bar")
-    replay.set_defaults(func=cmd_replay)
-
-    demo = sub.add_parser(
-        "demo", help="a synthetic drive through the pipeline: latency and quality vs ground truth"
+    p.add_argument(
+        "--ray-address", help="one Ray task per source: `local`, `auto` or a ray:// address"
     )
-    demo.add_argument("--drive", help="an existing synthetic drive (default: generate one)")
-    demo.add_argument("--seed", type=int, default=0, help="the synthetic world's seed")
-    demo.add_argument("--seconds", type=float, default=10.0, help="length of a generated drive")
-    demo.add_argument("--out-dir", default="perception-demo", help="drive, detections, picture")
-    demo.set_defaults(func=cmd_demo)
+    p.add_argument("--config", metavar="FILE", help="node YAML config (sync, model, engines)")
+    p.add_argument(
+        "--model",
+        metavar="ONNX",
+        help="camera detector: an ONNX file or a registered model name (overrides the config)",
+    )
+    p.add_argument("--realtime", action="store_true", help="drive: paced by recorded time")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    bench = sub.add_parser(
+
+def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "demo",
+        "app.commands.demo:cmd_demo",
+        "a synthetic drive through the pipeline: latency and quality vs ground truth",
+        "The embedded default: generates a synthetic drive (lidar, camera, GNSS and ground "
+        "truth), runs it through the pipeline on ONNX Runtime with the project's own detector, "
+        "and prints per-stage latency and car recall/precision against the ground truth. "
+        "Writes the drive, detections.jsonl and demo.png into --out-dir; a drive already there "
+        "is reused.",
+        common=common,
+    )
+    p.add_argument(
+        "--drive",
+        metavar="DRIVE",
+        help="a synthetic drive written by an earlier demo, with its .gt.jsonl beside it "
+        "(default: generate one)",
+    )
+    p.add_argument(
+        "--seed",
+        metavar="N",
+        type=non_negative_int,
+        default=0,
+        help="the synthetic world's random seed",
+    )
+    p.add_argument(
+        "--seconds",
+        metavar="S",
+        type=positive_float,
+        default=10.0,
+        help="length of a generated drive, s",
+    )
+    p.add_argument(
+        "--out-dir", metavar="DIR", default="perception-demo", help="folder for the outputs"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
         "bench",
-        help="latency benchmark: a drive played into a `perception run` child at a fixed rate",
+        "app.commands.bench:cmd_bench",
+        "latency benchmark: a drive played into a `perception run` child at a fixed rate",
+        "Latency benchmark of the node through its sockets: starts `perception run` as a child "
+        "process, plays DRIVE into it at --rate sweeps per second for --duration seconds "
+        "(looped, restamped to the send time), and reports p50/p90/p99/max per stage and end "
+        "to end, drops, CPU and memory, and the device the engines ran on. Writes bench.json, "
+        "bench.md and bench.png (and node.yaml) into --out, replacing an earlier report only "
+        "when the run completes. The camera model is chosen as `replay` chooses it.",
+        common=common,
     )
-    bench.add_argument(
+    p.add_argument(
         "drive",
         nargs="?",
-        help="a drive (.mcap) or KITTI object folder (default: the synthetic drive of `demo`)",
+        help="a drive (.mcap) or KITTI object folder (default: the synthetic drive of "
+        "`perception demo`, generated into perception-demo/ when absent)",
     )
-    bench.add_argument("--rate", type=float, default=10.0, help="sweeps per second (Hz)")
-    bench.add_argument("--duration", type=float, default=30.0, help="seconds of playing")
-    bench.add_argument(
+    p.add_argument(
+        "--rate", metavar="HZ", type=positive_float, default=10.0, help="sweeps per second, Hz"
+    )
+    p.add_argument(
+        "--duration", metavar="S", type=positive_float, default=30.0, help="seconds of playing, s"
+    )
+    p.add_argument(
         "--backend",
         choices=("onnxruntime", "tensorrt", "torch"),
-        help="the node's engines.backend (default: the config's; onnxruntime without --config)",
+        help="the node's engines.backend (default: the config's; onnxruntime built in)",
     )
-    bench.add_argument(
+    p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
-        help="the node's engines.device (default: the config's; cpu without --config)",
+        help="the node's engines.device (default: the config's; cpu built in); cuda where no "
+        "GPU is usable is refused, auto is resolved and reported as what ran",
     )
-    bench.add_argument("--out", default="perception-bench", help="bench.json, .md, .png here")
-    bench.add_argument(
+    p.add_argument("--out", metavar="DIR", default="perception-bench", help="folder for the report")
+    p.add_argument(
         "--find-max-rate",
         action="store_true",
         help="search the highest rate with < 5%% of sweeps dropped (short runs from --rate)",
     )
-    bench.add_argument("--config", help="node YAML config to bench (its endpoints are replaced)")
-    bench.add_argument("--model", help="camera detector ONNX file (overrides the config)")
-    bench.add_argument("--quiet", action="store_true", help="no progress bar")
-    bench.set_defaults(func=cmd_bench)
+    p.add_argument(
+        "--config", metavar="FILE", help="node YAML config to bench (its endpoints are replaced)"
+    )
+    p.add_argument(
+        "--model",
+        metavar="ONNX",
+        help="camera detector: an ONNX file or a registered model name (overrides the config)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    imp = sub.add_parser("import", help="convert a dataset into an MCAP drive")
-    imp.add_argument("format", choices=("kitti-object", "kitti-raw"))
-    imp.add_argument("dir", help="a KITTI object folder, or a KITTI raw <date>_drive_NNNN_sync")
-    imp.add_argument("--out", required=True, help="the MCAP drive to write")
-    imp.add_argument("--grey", action="store_true", help="kitti-raw: also the grey cameras")
-    imp.set_defaults(func=cmd_import)
 
-    calib = sub.add_parser("calib", help="inspect and check a calibration")
-    calib_sub = calib.add_subparsers(dest="calib_command", required=True)
-    show = calib_sub.add_parser("show", help="the frame tree and parameters of a rig")
-    show.add_argument("rig", help="a rig YAML, KITTI object/raw calib, or PJLab calibration")
-    show.set_defaults(func=cmd_calib_show)
-    check = calib_sub.add_parser("check", help="lidar drawn on the image + an alignment score")
-    check.add_argument("rig", help="a rig YAML, KITTI object/raw calib, or PJLab calibration")
-    check.add_argument("--lidar", required=True, help="a KITTI .bin scan or a PCD file")
-    check.add_argument("--image", required=True, help="the camera image")
-    check.add_argument("--camera", help="camera name in the rig (default: front or the first)")
-    check.add_argument("--out", required=True, help="overlay PNG to write")
-    check.set_defaults(func=cmd_calib_check)
+def _add_import(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "import",
+        "app.commands.importing:cmd_import",
+        "convert a KITTI object folder or KITTI raw drive into an MCAP drive",
+        "Convert a dataset into a drive: a KITTI object folder (each frame its own rig, camera "
+        "image and lidar sweep, 100 ms apart) or a KITTI raw drive (real timestamps, oxts as "
+        "GNSS fixes, the calibration as the rig). The drive appears only when complete.",
+        common=common,
+    )
+    p.add_argument("format", choices=("kitti-object", "kitti-raw"), help="the dataset's layout")
+    p.add_argument(
+        "dir", help="a KITTI object folder, or a KITTI raw <date>/<date>_drive_NNNN_sync folder"
+    )
+    p.add_argument("--out", required=True, metavar="DRIVE", help="the MCAP drive to write")
+    p.add_argument("--grey", action="store_true", help="kitti-raw: also the grey cameras")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    engines = sub.add_parser("engines", help="build and list compiled (TensorRT) engines")
-    engines_sub = engines.add_subparsers(dest="engines_command", required=True)
-    build = engines_sub.add_parser("build", help="build and cache TensorRT engines ahead of time")
+
+def _add_calib(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    rig_help = "a rig YAML, a KITTI object calib file, a KITTI raw calib folder or PJLab folder"
+    calib = _group(
+        sub,
+        "calib",
+        "inspect and check a calibration",
+        "Inspect a rig (frames, cameras, lever arm, time offsets) and check lidar-camera "
+        "alignment on a recorded scan and image.",
+    )
+    show = _command(
+        calib,
+        "show",
+        "app.commands.calib:cmd_calib_show",
+        "the frame tree and parameters of a rig",
+        "Print a rig's frame tree, camera models, GNSS lever arm and time offsets.",
+        common=common,
+    )
+    show.add_argument("rig", help=rig_help)
+    check = _command(
+        calib,
+        "check",
+        "app.commands.calib:cmd_calib_check",
+        "lidar drawn on the image, and an alignment score",
+        "Draw the lidar points on the camera image by depth and score the alignment (mutual "
+        "information of lidar intensity and image grey level, nats: it drops when the "
+        "extrinsics are off).",
+        common=common,
+    )
+    check.add_argument("rig", help=rig_help)
+    check.add_argument("--lidar", required=True, metavar="SCAN", help="a KITTI .bin or a PCD file")
+    check.add_argument("--image", required=True, help="the camera image (PNG, JPEG)")
+    check.add_argument("--camera", help="camera name in the rig (default: front, else the first)")
+    check.add_argument("--out", required=True, metavar="IMAGE", help="overlay image to write")
+
+
+def _add_engines(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    engines = _group(
+        sub,
+        "engines",
+        "build and list compiled (TensorRT) engines",
+        "TensorRT engines built ahead of time and cached (key: ONNX sha256, TensorRT version, "
+        "GPU, precision, shapes; stale engines are rebuilt). Needs TensorRT 10 and an NVIDIA GPU.",
+    )
+    build = _command(
+        engines,
+        "build",
+        "app.commands.engines:cmd_engines_build",
+        "build and cache TensorRT engines ahead of time",
+        "Build TensorRT engines for models (registered names or ONNX files) into the cache.",
+        common=common,
+    )
     build.add_argument("models", nargs="+", help="registered model names or ONNX files")
-    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
-    build.add_argument("--calibration-images", help="INT8: a folder of recorded camera images")
     build.add_argument(
-        "--cache-dir", help="engine cache (default ~/.cache/perception-node/engines)"
+        "--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="engine precision"
     )
     build.add_argument(
-        "--model-cache", help="model cache (default ~/.cache/perception-node/models)"
+        "--calibration-images", metavar="DIR", help="int8: a folder of recorded camera images"
     )
+    build.add_argument("--cache-dir", metavar="DIR", help=f"engine cache (default {ENGINE_CACHE})")
+    build.add_argument("--model-cache", metavar="DIR", help=f"model cache (default {MODEL_CACHE})")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
-    build.set_defaults(func=cmd_engines_build)
-    elist = engines_sub.add_parser("list", help="the cached engines")
-    elist.add_argument(
-        "--cache-dir", help="engine cache (default ~/.cache/perception-node/engines)"
+    listing = _command(
+        engines,
+        "list",
+        "app.commands.engines:cmd_engines_list",
+        "the cached engines",
+        "List the cached engines: model, precision, TensorRT version, GPU, size, file.",
+        common=common,
     )
-    elist.set_defaults(func=cmd_engines_list)
+    listing.add_argument(
+        "--cache-dir", metavar="DIR", help=f"engine cache (default {ENGINE_CACHE})"
+    )
 
-    models = sub.add_parser("models", help="the model registry")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    fetch = models_sub.add_parser("fetch", help="download and verify models into the cache")
-    fetch.add_argument("names", nargs="+", help="registered model names")
-    fetch.add_argument("--cache-dir", help="model cache (default ~/.cache/perception-node/models)")
-    fetch.add_argument("--source-dir", help="copy from this local folder instead of the network")
+
+def _add_models(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    models = _group(
+        sub,
+        "models",
+        "the model registry: list, fetch",
+        "The pretrained models the node knows by name (pinned URL and sha256), their cache, "
+        "and the models packaged with perception-node.",
+    )
+    listing = _command(
+        models,
+        "list",
+        "app.commands.models:cmd_models_list",
+        "registered and packaged models, and whether each is cached",
+        "List the registered models (name, file, size, sha256 prefix, whether the cache holds "
+        "a verified copy, where) and the packaged ones.",
+        common=common,
+    )
+    listing.add_argument("--cache-dir", metavar="DIR", help=f"model cache (default {MODEL_CACHE})")
+    fetch = _command(
+        models,
+        "fetch",
+        "app.commands.models:cmd_models_fetch",
+        "download and verify models into the cache",
+        "Download registered models into the model cache, each verified by its sha256 before "
+        "it is kept; --source-dir copies from a local folder instead (offline machines).",
+        common=common,
+    )
+    fetch.add_argument("names", nargs="+", help="registered model names (see `models list`)")
+    fetch.add_argument("--cache-dir", metavar="DIR", help=f"model cache (default {MODEL_CACHE})")
+    fetch.add_argument(
+        "--source-dir", metavar="DIR", help="copy from this folder instead of the network"
+    )
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
-    fetch.set_defaults(func=cmd_models_fetch)
 
-    ev = sub.add_parser("eval", help="compare detections with reference boxes")
-    ev.add_argument("detections", help="JSON Lines from `perception replay`")
-    ev.add_argument("--kitti", required=True, help="the KITTI object folder that was replayed")
-    ev.add_argument("--reference", required=True, help="folder of reference boxes per frame")
-    ev.add_argument("--max-distance", type=float, default=1.5, help="BEV match distance, m")
-    ev.add_argument("--min-iou", type=float, help="also require this BEV IoU (e.g. 0.5)")
-    ev.add_argument("--max-range", type=float, default=40.0, help="references within, m")
-    ev.add_argument("--min-score", type=float, default=0.5, help="reference score at least")
-    ev.set_defaults(func=cmd_eval)
-    return p
+
+def _add_eval(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "eval",
+        "app.commands.evaluate:cmd_eval",
+        "compare detections with reference boxes",
+        "Match the detections of a KITTI object replay (JSON Lines) with reference boxes "
+        "(PointPillars predictions or KITTI labels) in bird's-eye view: matched and missed "
+        "counts, centre and yaw errors.",
+        common=common,
+    )
+    p.add_argument("detections", help="JSON Lines from `perception replay`")
+    p.add_argument("--kitti", required=True, metavar="DIR", help="the KITTI folder replayed")
+    p.add_argument(
+        "--reference", required=True, metavar="DIR", help="folder of reference boxes per frame"
+    )
+    p.add_argument(
+        "--max-distance",
+        metavar="M",
+        type=positive_float,
+        default=1.5,
+        help="BEV centre match distance, m",
+    )
+    p.add_argument(
+        "--min-iou", metavar="IOU", type=fraction, help="also require this BEV IoU, 0-1 (e.g. 0.5)"
+    )
+    p.add_argument(
+        "--max-range",
+        metavar="M",
+        type=positive_float,
+        default=40.0,
+        help="references within this range, m",
+    )
+    p.add_argument(
+        "--min-score",
+        metavar="SCORE",
+        type=fraction,
+        default=0.5,
+        help="reference score at least, 0-1",
+    )
+
+
+def build_parser() -> Parser:
+    """The parser of every command, with help text and defaults on every option."""
+    parser = Parser(
+        prog="perception", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO, show tracebacks")
+    # Also accepted after the command; SUPPRESS keeps a top-level -v from being reset.
+    common = Parser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log at INFO, show tracebacks",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
+    for add in (
+        _add_demo, _add_run, _add_replay, _add_play, _add_record, _add_echo, _add_bench,
+        _add_import, _add_eval, _add_calib, _add_engines, _add_models,
+    ):  # fmt: skip
+        add(sub, common)
+    return parser
+
+
+def _handler(spec: str) -> Callable[[argparse.Namespace], int]:
+    """The command function named `module:function` (imported only now)."""
+    module, _, name = spec.partition(":")
+    func: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+    return func
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run `perception` with `argv` (default: sys.argv); the exit code (see EPILOG)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    prog = args.prog
     try:
-        return int(args.func(args))
+        return int(_handler(args.handler)(args))
     except (PerceptionError, CalibrationError, EngineError) as e:
-        print(f"perception {args.command}: error: {e}", file=sys.stderr)
+        if args.verbose:
+            logging.exception("%s failed", prog)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        # A file the command could not read or write that no check above named.
+        if args.verbose:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror or _one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        # A bug: one line rather than a traceback, and how to get the traceback.
+        if args.verbose:
+            raise
+        print(
+            f"{prog}: error: unexpected {type(e).__name__}: {_one_line(e)} (a bug: please "
+            "report it; -v shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -121,7 +121,10 @@ def read_pcd(path: Path) -> npt.NDArray[np.float32]:
         columns.setdefault(name, col)
         col += count
     if encoding == "ascii":
-        numbers = np.array(raw[offset:].split(), dtype=np.float64)
+        try:
+            numbers = np.array(raw[offset:].split(), dtype=np.float64)
+        except ValueError as e:
+            raise CalibrationError(f"{path}: ASCII data holds a non-number ({e})") from e
         if numbers.size % col:
             raise CalibrationError(f"{path}: ASCII data is not a whole number of {col}-value rows")
         table = numbers.reshape(-1, col)
@@ -152,17 +155,31 @@ def read_pcd(path: Path) -> npt.NDArray[np.float32]:
 
 def read_scan(path: Path) -> npt.NDArray[np.float32]:
     """A lidar scan as N x 4 float32 (x, y, z, intensity) in the lidar frame (metres):
-    a KITTI `.bin` (float32 N x 4) or a `.pcd`. Raises CalibrationError naming the file."""
+    a KITTI `.bin` (float32 N x 4) or a `.pcd`; points with non-finite x/y/z are dropped.
+
+    Raises CalibrationError naming the file when it cannot be read or parsed, or holds no
+    point (an empty file is a broken scan, not an empty scene)."""
     path = Path(path)
     if path.suffix.lower() == ".pcd":
-        return read_pcd(path)
+        points = read_pcd(path)
+        if points.shape[0] == 0:
+            raise CalibrationError(f"{path}: no points with finite x, y, z in the PCD file")
+        return points
     try:
-        data = np.fromfile(path, dtype="<f4")
+        raw = path.read_bytes()
     except OSError as e:
         raise CalibrationError(f"{path}: cannot read scan ({e.strerror})") from e
-    if data.size % 4:
-        raise CalibrationError(f"{path}: size is not a multiple of 16 bytes (x, y, z, i float32)")
-    return data.reshape(-1, 4).astype(np.float32)
+    if not raw:
+        raise CalibrationError(f"{path}: empty scan (0 bytes, 0 points)")
+    if len(raw) % 16:
+        raise CalibrationError(
+            f"{path}: size is not a multiple of 16 bytes ({len(raw)} bytes; x, y, z, i float32)"
+        )
+    points = np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
+    finite: npt.NDArray[np.float32] = points[np.all(np.isfinite(points[:, :3]), axis=1)]
+    if finite.shape[0] == 0:
+        raise CalibrationError(f"{path}: no points with finite x, y, z in the scan")
+    return finite
 
 
 # -- score -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ provider: that one has no engine cache of ours.)
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,10 +68,24 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=str(arg.name), dtype=dtype, shape=tuple(dims))
 
 
+@functools.cache
 def cuda_provider_available() -> bool:
-    """True when this ONNX Runtime build has the CUDA execution provider (onnxruntime-gpu); that
-    its libraries load is only known once a session took it (:attr:`providers_in_use`)."""
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    """True when ONNX Runtime's CUDA execution provider is usable here: this build has it
+    (onnxruntime-gpu) and a session really takes it. Listed is not enough: without the CUDA
+    libraries or a device, ONNX Runtime silently runs a CUDA session on the CPU. Probed once
+    per process, on the packaged lidar encoder."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    from engines.registry import PACKAGED_MODELS_DIR  # noqa: PLC0415 - the probe only
+
+    try:
+        session = ort.InferenceSession(
+            str(PACKAGED_MODELS_DIR / "lidar_encoder.onnx"),
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        )
+    except Exception:  # any failure to take CUDA means: not usable
+        return False
+    return bool(session.get_providers()[:1] == ["CUDAExecutionProvider"])
 
 
 def device_for_providers(providers_in_use: Sequence[str], device_id: int = 0) -> str:

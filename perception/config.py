@@ -16,7 +16,6 @@ from perception.errors import ConfigError
 __all__ = [
     "BudgetConfig",
     "CameraModelConfig",
-    "EngineConfig",
     "InputConfig",
     "NodeConfig",
     "OutputConfig",
@@ -78,12 +77,6 @@ class CameraModelConfig:
     """The camera encoder's ONNX Runtime threads; 0: `engines.threads`."""
     batch: int = 1
     """Cameras per engine call; above 1, a batch-N copy of the model runs."""
-
-
-#: The `engines` section: engines.settings.EngineSettings (backend onnxruntime|tensorrt|torch,
-#: device auto|cpu|cuda, precision, cache_dir, fallback, threads), owned by the engines package,
-#: which validates it with errors naming the key. This name is kept for existing callers.
-EngineConfig = EngineSettings
 
 
 @dataclass(frozen=True)

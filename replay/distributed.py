@@ -30,7 +30,7 @@ from perception.pipeline import Pipeline
 from replay.errors import ReplayError
 from replay.offline import replay_to_file
 
-__all__ = ["ProgressFn", "ReplayResult", "replay_many", "replay_source"]
+__all__ = ["DuplicateOutputError", "ProgressFn", "ReplayResult", "replay_many", "replay_source"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def replay_source(
     `perception replay` does (replay.offline.replay_to_file; the pipeline is built from
     `config.camera_model` / `model_path` unless given). Failures of the source (missing or
     malformed input, model, calibration, unwritable output) are returned in `error`; the
-    output file is then left as it was."""
+    output file is then left as it was (absent, or the previous run's)."""
     config = config or NodeConfig()
     start = time.perf_counter()
     out_path = Path(out_path)
@@ -90,12 +90,18 @@ def replay_source(
     )
 
 
+class DuplicateOutputError(ReplayError, ValueError):
+    """Two sources would write the same output file (a ValueError too, as it always was)."""
+
+
 def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
     names = [(p.name if p.is_dir() else p.stem) for p in sources]
     seen: dict[str, Path] = {}
     for name, src in zip(names, sources, strict=True):
         if name in seen:
-            raise ValueError(f"{src} and {seen[name]} would both write {out_dir / name}.jsonl")
+            raise DuplicateOutputError(
+                f"{src} and {seen[name]} would both write {out_dir / name}.jsonl"
+            )
         seen[name] = src
     return [out_dir / f"{name}.jsonl" for name in names]
 
@@ -120,8 +126,9 @@ def replay_many(
     "ray://head:10001"); `ray_init_kwargs` go to `ray.init` too. An already initialised Ray is
     used as it is and left running; one started here is shut down at the end.
 
-    Raises ValueError when two sources would write the same output file, ReplayError when
-    `out_dir` cannot be created, ImportError when Ray is asked for but not installed.
+    Raises DuplicateOutputError (a ReplayError and ValueError) when two sources would write the
+    same output file, ReplayError when `out_dir` cannot be created, ImportError when Ray is
+    asked for but not installed.
     """
     sources = [Path(d) for d in drives]
     out_dir = Path(out_dir)

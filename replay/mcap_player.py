@@ -1,4 +1,5 @@
-"""Publishing a recorded drive over ZeroMQ, paced by its recorded receive times."""
+"""Publishing a recorded drive over ZeroMQ, paced by its recorded receive times; and what a
+drive holds (`drive_contents`), which the commands check before they play or replay one."""
 
 from __future__ import annotations
 
@@ -7,20 +8,165 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from mcap.reader import SeekingReader
 
 from perception.io.transport import Publisher
 from perception.msgs.types import Message
-from replay.drive import DriveReader
+from replay.drive import DriveReader, RecordedMessage
+from replay.errors import ReplayError
 
-__all__ = ["play_drive"]
+__all__ = [
+    "OUTPUT_TYPES",
+    "SENSOR_TYPES",
+    "DriveContents",
+    "check_sensor_drive",
+    "checked_messages",
+    "drive_contents",
+    "play_drive",
+]
 
 log = logging.getLogger(__name__)
+
+#: Message types a sensor publishes (the node's inputs), and those the node publishes.
+SENSOR_TYPES = ("LidarSweep", "CameraFrame", "GnssFix", "RigMessage")
+OUTPUT_TYPES = ("DetectionList", "Diagnostics")
+
+
+@dataclass(frozen=True)
+class DriveContents:
+    """What a drive holds: per topic its message type (class name, e.g. "LidarSweep") and
+    count, and the first and last log times (host clock, ns; None for an empty drive)."""
+
+    types: dict[str, str]
+    counts: dict[str, int]
+    start_ns: int | None
+    end_ns: int | None
+
+    def topics_of(self, *type_names: str) -> list[str]:
+        """The topics holding one of `type_names`, in name order."""
+        return sorted(t for t, kind in self.types.items() if kind in type_names)
+
+    @property
+    def sweeps(self) -> int:
+        """Lidar sweeps in the drive (one DetectionList each when replayed)."""
+        return sum(self.counts[t] for t in self.topics_of("LidarSweep"))
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first to the last log time (0 for an empty drive)."""
+        if self.start_ns is None or self.end_ns is None:
+            return 0.0
+        return (self.end_ns - self.start_ns) / 1e9
+
+    def describe(self) -> str:
+        """`"detections"`, `"camera/front, lidar/top, rig"`, or `"nothing"`: for messages."""
+        return ", ".join(sorted(self.types)) or "nothing"
+
+
+def checked_messages(
+    reader: DriveReader, topics: Sequence[str] | None = None, start_ns: int | None = None
+) -> Iterator[RecordedMessage]:
+    """`reader.messages(...)`, with the assorted errors the MCAP and compression libraries
+    raise on a damaged file (zstd, lz4, struct, record parsing) turned into ReplayError naming
+    the drive. Errors raised while the caller handles a message are not touched."""
+    records = reader.messages(topics=topics, start_ns=start_ns)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except ReplayError:
+            raise
+        except Exception as e:  # the libraries' own error types differ by codec and version
+            raise ReplayError(
+                f"{reader.path}: the drive is damaged ({type(e).__name__}: {e})"
+            ) from e
+        yield record
+
+
+def _log_span(reader: DriveReader) -> tuple[int | None, int | None]:
+    if not reader.truncated:
+        try:
+            with reader.path.open("rb") as f:
+                summary = SeekingReader(f).get_summary()
+        except Exception as e:  # the mcap library raises assorted errors on a damaged file
+            raise ReplayError(f"{reader.path}: cannot read the drive's summary ({e})") from e
+        if summary is not None and summary.statistics is not None:
+            stats = summary.statistics
+            if stats.message_count == 0:
+                return None, None
+            return int(stats.message_start_time), int(stats.message_end_time)
+    first = last = None
+    for rec in checked_messages(reader):
+        first = rec.log_time_ns if first is None else first
+        last = rec.log_time_ns
+    return first, last
+
+
+def drive_contents(reader: DriveReader) -> DriveContents:
+    """Topics, their message types and counts, and the log-time span of `reader`'s drive. A
+    topic's type is that of its first message (a topic carries one type).
+
+    Raises:
+        ReplayError: the drive cannot be read (names the path).
+    """
+    try:
+        counts = reader.topics()
+    except ReplayError:
+        raise
+    except Exception as e:  # as checked_messages: a damaged summary
+        raise ReplayError(f"{reader.path}: the drive is damaged ({type(e).__name__}: {e})") from e
+    types: dict[str, str] = {}
+    for topic in counts:
+        for rec in checked_messages(reader, topics=[topic]):
+            types[topic] = type(rec.message).__name__
+            break
+    counts = {t: n for t, n in counts.items() if t in types}
+    start_ns, end_ns = _log_span(reader)
+    return DriveContents(types, counts, start_ns, end_ns)
 
 
 def _restamped(msg: Message, shift_ns: int) -> Message:
     header = dataclasses.replace(msg.header, stamp_ns=msg.header.stamp_ns + shift_ns)
     return dataclasses.replace(msg, header=header)
+
+
+def check_sensor_drive(
+    reader: DriveReader, lidar_topic: str | None = None, *, command: str = "replay"
+) -> DriveContents:
+    """`drive_contents(reader)` of a drive that can be run through the pipeline: it holds
+    lidar sweeps (on `lidar_topic` when given: a run that reads only the node's topics).
+    `command` names what needs it, for the message.
+
+    Raises:
+        ReplayError: naming the drive, what it holds, and what `command` needs.
+    """
+    contents = drive_contents(reader)
+    path = reader.path
+    if not contents.types:
+        raise ReplayError(f"{path}: the drive holds no messages; {command} takes a sensor drive")
+    held = contents.describe()
+    if not contents.topics_of(*SENSOR_TYPES):
+        raise ReplayError(
+            f"{path}: no sensor topics to {command} (it holds: {held}); {command} takes a "
+            "sensor drive (lidar sweeps and camera frames, as `perception record` or `import` "
+            "write)"
+        )
+    lidar = contents.topics_of("LidarSweep")
+    if not lidar:
+        raise ReplayError(
+            f"{path}: no lidar sweeps to {command} (it holds: {held}); the pipeline runs once "
+            "per lidar sweep"
+        )
+    if lidar_topic is not None and lidar_topic not in lidar:
+        raise ReplayError(
+            f"{path}: no lidar sweeps on {lidar_topic} (the config's inputs.lidar_topic); the "
+            f"drive has them on {', '.join(lidar)}"
+        )
+    return contents
 
 
 def play_drive(
@@ -33,6 +179,8 @@ def play_drive(
     topics: Sequence[str] | None = None,
     stop: threading.Event | None = None,
     restamp: bool = False,
+    route: Mapping[str, Publisher] | None = None,
+    on_message: Callable[[int], None] | None = None,
 ) -> int:
     """Publish the drive's messages on their recorded topics; returns the messages sent.
 
@@ -42,11 +190,14 @@ def play_drive(
     `topics`: only these topics (default all). `loop`: start over at the end until `stop` is set.
     `restamp`: shift every sensor stamp by (host time at the start of each pass - the drive's
     first log time), so a live node sees current stamps (and loops do not repeat stamps);
-    otherwise the recorded stamps are sent unchanged.
+    otherwise the recorded stamps are sent unchanged. `route`: topic -> the publisher for it
+    (e.g. detections on the node's output endpoint); other topics go to `publisher`.
+    `on_message(sent)` is called after each message (progress).
 
     Raises:
         ValueError: `start_s` is negative or not finite.
-        ReplayError: the drive cannot be read.
+        ReplayError: the drive cannot be read, or `start_s` > 0 and no message (of `topics`)
+            is recorded that late.
     """
     if not math.isfinite(start_s) or start_s < 0:
         raise ValueError(f"start_s must be a finite number >= 0, got {start_s}")
@@ -62,7 +213,7 @@ def play_drive(
         wall0 = time.monotonic_ns()
         shift_ns = time.time_ns() - first_ns if restamp else 0
         log0: int | None = None
-        for rec in reader.messages(topics=topics, start_ns=begin_ns):
+        for rec in checked_messages(reader, topics=topics, start_ns=begin_ns):
             if stop.is_set():
                 return sent
             if log0 is None:
@@ -73,8 +224,19 @@ def play_drive(
                 if delay_s > 0 and stop.wait(delay_s):
                     return sent
             msg = _restamped(rec.message, shift_ns) if restamp else rec.message
-            publisher.send(msg, rec.topic)
+            (route or {}).get(rec.topic, publisher).send(msg, rec.topic)
             sent += 1
+            if on_message is not None:
+                on_message(sent)
+        if log0 is None and start_s > 0 and not stop.is_set():
+            # Publishing nothing and succeeding would hide a mistyped --start.
+            _, end_ns = _log_span(reader)
+            length_s = ((end_ns or first_ns) - first_ns) / 1e9
+            what = "" if topics is None else f" on {', '.join(topics)}"
+            raise ReplayError(
+                f"{reader.path}: start {start_s:g} s is past the last message{what} "
+                f"(the drive lasts {length_s:.2f} s)"
+            )
         if not loop or log0 is None:
             break
     return sent

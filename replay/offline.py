@@ -12,16 +12,15 @@ them (`latency_ns` = recorded receive time minus the sweep stamp on the host clo
 sync wait and the processing time measured here).
 
 Sources (`open_source`): a recorded drive (MCAP, replay.drive: messages at their log times,
-only the node's topics) or a KITTI object folder (replay.datasets.kitti_object: each message
-received at its stamp). The initial rig is `config.rig` when set, else the drive's own; rig
-messages take over from their stamps. `replay_to_file` runs one source into a JSON Lines or MCAP
-file (written beside the target and renamed into place only when the run succeeds), for the
-CLI and for the Ray path alike.
+only the node's topics; refused when it holds no lidar sweeps there) or a KITTI object folder
+(replay.datasets.kitti_object: each message received at its stamp). The initial rig is
+`config.rig` when set, else the drive's own; rig messages take over from their stamps.
+`replay_to_file` runs one source into a JSON Lines or MCAP file (written beside the target and
+renamed into place only when the run succeeds), for the CLI and for the Ray path alike.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter, RecordedMessage
 from replay.errors import ReplayError
+from replay.mcap_player import check_sensor_drive, checked_messages
+from replay.output import atomic_output
 
 __all__ = [
     "Received",
@@ -180,15 +181,11 @@ def open_source(source: Path, config: NodeConfig) -> ReplayInput:
         raise ReplayError(f"{source}: no such drive or KITTI object folder")
     reader = DriveReader(source)
     inputs = config.inputs
+    contents = check_sensor_drive(reader, inputs.lidar_topic)
     topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic]
-    records = reader.messages(topics=topics)
+    records = checked_messages(reader, topics=topics)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
-    return ReplayInput(
-        received,
-        initial or reader.rig,
-        reader.topics().get(inputs.lidar_topic),
-        f"drive {source}",
-    )
+    return ReplayInput(received, initial or reader.rig, contents.sweeps, f"drive {source}")
 
 
 @dataclass
@@ -216,18 +213,18 @@ def replay_to_file(
     leaves an existing `out` as it was. `progress(sweeps_done, sweeps_total or None)` after
     each DetectionList.
 
-    Raises ReplayError naming the path for a bad source or an unwritable output; the
-    pipeline's setup errors pass through."""
+    Raises ReplayError naming the path for a bad source (a drive without lidar sweeps on the
+    config's lidar topic among them), OutputError for an unwritable output; the pipeline's
+    setup errors pass through."""
     out = Path(out)
     if out.suffix not in (".jsonl", ".mcap"):
         raise ReplayError(f"{out}: the output must end in .jsonl or .mcap")
     replay_input = open_source(source, config)
     core = NodeCore(config, pipeline, replay_input.default_rig)
     summary = ReplaySummary()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(out, "the detections file") as tmp:
         if out.suffix == ".jsonl":
-            with _open_text(tmp) as f:
+            with tmp.open("w") as f:
                 results = run_core(core, replay_input.received, speed=speed)
                 for dl in _timed_writes(core, results, lambda dl: write_jsonl_line(f, dl)):
                     _count(summary, dl, progress, replay_input.sweeps)
@@ -244,20 +241,8 @@ def replay_to_file(
                 )
                 for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
-        os.replace(tmp, out)
-    except OSError as e:
-        raise ReplayError(f"{out}: cannot write ({e.strerror or e})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     summary.counters = core.counters.scalars()
     return summary
-
-
-def _open_text(path: Path) -> Any:
-    try:
-        return path.open("w")
-    except OSError as e:
-        raise ReplayError(f"{path.parent}: cannot write the output there ({e.strerror})") from e
 
 
 def _timed_writes(

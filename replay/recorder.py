@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,10 @@ _Item = tuple[str, Message, int]
 class Recorder:
     """Records `topics` published on `endpoints` (connecting) into the drive `out_path`.
 
-    `queue_size`: messages buffered between the receiver and the writer; `hwm`: receive
+    `topic_endpoints`: topic -> the endpoints that topic is subscribed at instead of
+    `endpoints` (sensors and the node publish on different endpoints); topics it names need not
+    be in `topics`. One receiver thread per distinct set of endpoints.
+    `queue_size`: messages buffered between the receivers and the writer; `hwm`: receive
     high-water mark per topic socket (ZeroMQ drops beyond it, uncounted here: keep it large);
     `compression`: as `DriveWriter`; `chunk_size`: bytes per MCAP chunk.
 
@@ -75,17 +78,27 @@ class Recorder:
         compression: str | None = "zstd",
         hwm: int = 1000,
         chunk_size: int = RECORDER_CHUNK_SIZE,
+        topic_endpoints: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.out_path = Path(out_path)
-        self._subscriber = Subscriber(endpoints, topics, hwm=hwm)
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for topic in dict.fromkeys([*topics, *(topic_endpoints or {})]):
+            where = (topic_endpoints or {}).get(topic, endpoints)
+            groups.setdefault(tuple(where), []).append(topic)
+        if not groups:
+            raise ValueError("at least one topic is required")
+        self._subscribers: list[Subscriber] = []
         try:
+            for where, group in groups.items():
+                self._subscribers.append(Subscriber(where, group, hwm=hwm))
             self._writer = DriveWriter(
                 self.out_path, compression=compression, chunk_size=chunk_size
             )
         except BaseException:
-            self._subscriber.close()
+            for subscriber in self._subscribers:
+                subscriber.close()
             raise
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
@@ -96,7 +109,7 @@ class Recorder:
         self._failed = 0
         self._bytes = 0
         self._stop_receiving = threading.Event()
-        self._receiver: threading.Thread | None = None
+        self._receivers: list[threading.Thread] = []
         self._writer_thread: threading.Thread | None = None
         self._closed = False
 
@@ -117,12 +130,17 @@ class Recorder:
         """Start the receiver and writer threads (idempotent)."""
         if self._closed:
             raise ReplayError(f"{self.out_path}: recorder is closed")
-        if self._receiver is not None:
+        if self._receivers:
             return
         self._writer_thread = threading.Thread(target=self._write_loop, name="recorder-writer")
-        self._receiver = threading.Thread(target=self._receive_loop, name="recorder-receiver")
+        # Each subscriber's sockets are owned by one thread (ZeroMQ sockets are not thread-safe).
+        self._receivers = [
+            threading.Thread(target=self._receive_loop, args=(sub,), name=f"recorder-receiver-{i}")
+            for i, sub in enumerate(self._subscribers)
+        ]
         self._writer_thread.start()
-        self._receiver.start()
+        for receiver in self._receivers:
+            receiver.start()
 
     def run(self, stop: threading.Event) -> RecorderStats:
         """Record until `stop` is set, then finish the drive (`close`); returns the stats."""
@@ -134,10 +152,10 @@ class Recorder:
             self.close()
         return self.stats
 
-    def _receive_loop(self) -> None:
+    def _receive_loop(self, subscriber: Subscriber) -> None:
         while not self._stop_receiving.is_set():
             try:
-                frames = self._subscriber.recv(_POLL_MS)
+                frames = subscriber.recv(_POLL_MS)
             except Exception as e:  # a transport fault ends the recording, the file is kept
                 log.error("%s: receiving failed, recording stops: %s", self.out_path, e)
                 return
@@ -188,12 +206,13 @@ class Recorder:
             return
         self._closed = True
         self._stop_receiving.set()
-        if self._receiver is not None:
-            self._receiver.join()
+        for receiver in self._receivers:
+            receiver.join()
         if self._writer_thread is not None:
-            self._queue.put(None)  # the receiver has stopped: this wait is bounded
+            self._queue.put(None)  # the receivers have stopped: this wait is bounded
             self._writer_thread.join()
-        self._subscriber.close()
+        for subscriber in self._subscribers:
+            subscriber.close()
         self._writer.close()
         s = self.stats
         log.info(

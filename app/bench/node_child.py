@@ -2,15 +2,14 @@
 DetectionLists and diagnostics frames, and its CPU and memory use.
 
 The bench relies only on what the node publishes: its sockets, the DetectionList fields
-(`header.stamp_ns`, `timings_ns`, `latency_ns`, `degraded`) and the diagnostics JSON
-(`stamp_ns`, `counters.skipped_bundles`).
+(`header.stamp_ns`, `timings_ns`, `latency_ns`, `degraded`) and its Diagnostics messages
+(kept as their JSON documents: `header.stamp_ns`, `counters.skipped_bundles`, `engines`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -32,7 +31,8 @@ from perception.closeable import Closeable
 from perception.errors import PerceptionError, WireError
 from perception.io.transport import Subscriber
 from perception.msgs import wire
-from perception.msgs.types import DetectionList
+from perception.msgs.jsonl import to_document
+from perception.msgs.types import DetectionList, Diagnostics
 
 __all__ = ["Answer", "Collector", "NodeChild", "UsageSampler"]
 
@@ -162,20 +162,14 @@ class Collector(Closeable):
 
     def _file(self, frames: Sequence[zmq.Frame]) -> None:
         now = time.time_ns()
-        if frames[0].bytes.decode("utf-8", "replace") == self._topics[1]:
-            try:
-                doc = json.loads(frames[1].bytes) if len(frames) == 2 else None
-            except ValueError:
-                return
-            if isinstance(doc, dict):
-                with self._lock:
-                    self._diagnostics.append(doc)
-            return
         try:
             _, msg = wire.decode(frames)
         except WireError:
             return
-        if isinstance(msg, DetectionList):
+        if isinstance(msg, Diagnostics):
+            with self._lock:
+                self._diagnostics.append(to_document(msg))
+        elif isinstance(msg, DetectionList):
             answer = Answer(
                 msg.header.stamp_ns, now, msg.latency_ns, dict(msg.timings_ns), bool(msg.degraded)
             )
@@ -199,7 +193,7 @@ class Collector(Closeable):
         while True:
             with self._lock:
                 for doc in self._diagnostics:
-                    if int(doc.get("stamp_ns", 0)) > stamp_ns:
+                    if int(doc["header"]["stamp_ns"]) > stamp_ns:
                         return doc
             if time.monotonic() > deadline:
                 return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,17 @@ from app.bench.stats import (
     ProcessUsage,
     SweepAccounting,
 )
+from replay.output import atomic_output, check_output_dir
 
 __all__ = ["BenchResult", "format_markdown", "result_document", "write_png", "write_report"]
 
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Everything `perception bench` measured (written as bench.json). `backend`/`device`: the
-    node's `engines` setting (`device` as configured: "auto" is resolved inside the node).
+    """Everything `perception bench` measured (written as bench.json). `backend`: the node's
+    `engines.backend`; `device`: what its engines ran on, as found before the node started
+    (app.bench.device: "cpu", "cuda", or a mixed case spelled out); `device_requested`: the
+    `engines.device` asked for ("auto", "cpu" or "cuda").
     `end_to_end`: the node's `latency_ns` (sensor to publish, from the sweep stamp);
     `response`: from sending the complete sweep to publishing (`Frame.response_ns`).
     `node_diagnostics`: the node's last diagnostics frame, after the run (its counters count
@@ -58,6 +62,7 @@ class BenchResult:
     frames: tuple[Frame, ...]
     dropped_sent_s: tuple[float, ...]
     host_load_1m: tuple[float, float] | None = None
+    device_requested: str | None = None
 
 
 def _without_none(value: Any) -> Any:
@@ -143,7 +148,12 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         ("node CPU", f"{_ms(p.cpu_mean_pct)} % mean, {_ms(p.cpu_max_pct)} % max (of one core)"),
         ("node memory", f"{_ms(p.rss_max_mb)} MB RSS max"),
         ("backend", r.backend),
-        ("device", r.device),
+        (
+            "device",
+            r.device
+            if r.device_requested in (None, r.device)
+            else f"{r.device} (asked for {r.device_requested})",
+        ),
         ("machine", _machine_line(r.machine)),
     ]
     if r.host_load_1m is not None:
@@ -226,10 +236,20 @@ def write_png(result: BenchResult, path: Path) -> None:
 
 
 def write_report(result: BenchResult, out_dir: Path) -> tuple[Path, Path, Path]:
-    """Write bench.json, bench.md and bench.png into `out_dir`; their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = (out_dir / f"bench.{ext}" for ext in ("json", "md", "png"))
-    json_path.write_text(json.dumps(result_document(result), indent=1, allow_nan=False) + "\n")
-    md_path.write_text(format_markdown(result))
-    write_png(result, png_path)
+    """Write bench.json, bench.md and bench.png into `out_dir`; their paths. The three replace
+    earlier ones together, once all are written (replay.output.atomic_output): a failure leaves
+    the previous report whole.
+
+    Raises:
+        replay.output.OutputError: `out_dir` is not a folder, or a file cannot be written.
+    """
+    out_dir = check_output_dir(out_dir, "the bench's output")
+    paths = json_path, md_path, png_path = tuple(
+        out_dir / f"bench.{e}" for e in ("json", "md", "png")
+    )
+    with ExitStack() as files:
+        tmp_json, tmp_md, tmp_png = (files.enter_context(atomic_output(p)) for p in paths)
+        tmp_json.write_text(json.dumps(result_document(result), indent=1, allow_nan=False) + "\n")
+        tmp_md.write_text(format_markdown(result))
+        write_png(result, tmp_png)
     return json_path, md_path, png_path

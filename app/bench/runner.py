@@ -15,17 +15,20 @@ send is not sustained); the full run is then made at the rate found.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from app.bench.device import ResolvedEngines, resolve_engines
 from app.bench.machine import MachineInfo, machine_info
 from app.bench.node_child import Answer, Collector, NodeChild, UsageSampler
 from app.bench.report import BenchResult
@@ -60,6 +63,7 @@ from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from perception.io.transport import Publisher
+from replay.output import atomic_output, check_output_dir
 
 __all__ = ["run_bench"]
 
@@ -289,6 +293,7 @@ def _result(
     source: str,
     settings: BenchSettings,
     config: NodeConfig,
+    device: ResolvedEngines,
     node_config: dict[str, Any],
     search: MaxRateSearch | None,
     machine: MachineInfo,
@@ -301,7 +306,8 @@ def _result(
         rate_hz=run.rate_hz,
         duration_s=settings.duration_s,
         backend=config.engines.backend,
-        device=config.engines.effective_device,
+        device=device.description,
+        device_requested=device.requested,
         node_config=node_config,
         machine=machine,
         sweeps=run.accounting(),
@@ -324,7 +330,8 @@ def _result(
 
 @dataclass(frozen=True)
 class _Plan:
-    """The node's config document and where it was written."""
+    """The node's config document (as saved: naming `out_dir/rig.yaml`), where the node reads
+    it from during the run, and its endpoints and output topics."""
 
     document: dict[str, Any]
     path: Path
@@ -333,17 +340,26 @@ class _Plan:
     topics: tuple[str, str]
 
 
-def _plan(config: NodeConfig, out_dir: Path, sockets: Path, rig: Rig | None) -> _Plan:
+def _plan(
+    config: NodeConfig, out_dir: Path, sockets: Path, rig: Rig | None, files: ExitStack
+) -> _Plan:
+    """Writes the node's config (and the drive's rig when the config has none) for the run.
+    They are the temporary files of `out_dir/node.yaml` and `out_dir/rig.yaml`, renamed when
+    `files` closes without an error: a failed run leaves the previous run's files as they
+    were, and the saved node.yaml names the saved rig.yaml."""
     sensors, detections = f"ipc://{sockets}/sensors", f"ipc://{sockets}/detections"
-    rig_path = None
+    rig_tmp = saved_rig = None
     if rig and config.rig is None:
-        rig_path = out_dir / "rig.yaml"
-        rig_path.write_text(yaml.safe_dump(plain(rig.to_dict()), sort_keys=False))
-    doc = node_config_document(config, sensors, detections, rig_path)
-    path = out_dir / "node.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        saved_rig = out_dir / "rig.yaml"
+        rig_tmp = files.enter_context(atomic_output(saved_rig, "the bench's rig file"))
+        rig_tmp.write_text(yaml.safe_dump(plain(rig.to_dict()), sort_keys=False))
+    node_tmp = files.enter_context(atomic_output(out_dir / "node.yaml", "the bench's node config"))
+    node_tmp.write_text(
+        yaml.safe_dump(node_config_document(config, sensors, detections, rig_tmp), sort_keys=False)
+    )
+    doc = node_config_document(config, sensors, detections, saved_rig)
     topics = (config.outputs.detections_topic, config.outputs.diagnostics_topic)
-    return _Plan(doc, path, sensors, detections, topics)
+    return _Plan(doc, node_tmp, sensors, detections, topics)
 
 
 def run_bench(
@@ -358,14 +374,16 @@ def run_bench(
     progress: Progress | None = None,
 ) -> BenchResult:
     """Benchmark `perception run` with `config` (endpoints replaced by fresh ipc ones, engines
-    as `settings.backend`/`settings.device` ask) on `sweeps` (see `group_sweeps`), as the module
-    docstring describes. Writes the node's config (`node.yaml`, and `rig.yaml` when `rig` is
-    given and the config has none) into `out_dir`. `source` names the drive in the result.
+    as `settings.backend`/`settings.device` ask, the device checked and resolved first:
+    app.bench.device) on `sweeps` (see `group_sweeps`), as the module docstring describes.
+    Writes the node's config (`node.yaml`, and `rig.yaml` when `rig` is given and the config
+    has none) into `out_dir` when the run succeeds. `source` names the drive in the result.
     `stop` set: BenchInterruptedError. The node is stopped before this returns or raises.
 
     Raises:
-        PerceptionError: bad settings, no sweeps, the node failed to start, exited or never
-            answered (the message carries its last output lines).
+        PerceptionError: bad settings, no sweeps, a device that is not usable here, an output
+            folder that cannot be written, the node failed to start, exited or never answered
+            (the message carries its last output lines).
         BenchInterruptedError: `stop` was set.
     """
     check_settings(settings)
@@ -373,11 +391,17 @@ def run_bench(
         raise PerceptionError(f"{source}: no sweeps to play")
     stop = stop or threading.Event()
     config = with_engines(config, settings.backend, settings.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_engines(config.engines)
+    config = dataclasses.replace(config, engines=resolved.engines)
+    # Absolute: the node child is started with its config's path from another folder's view.
+    out_dir = check_output_dir(out_dir, "the bench's output").resolve()
     load_before = _load_average()
     # ipc paths are limited to ~100 characters: sockets in a short temporary folder.
-    with tempfile.TemporaryDirectory(prefix="perception-bench-") as sockets:
-        plan = _plan(config, out_dir, Path(sockets), rig)
+    with (
+        tempfile.TemporaryDirectory(prefix="perception-bench-") as sockets,
+        ExitStack() as files,
+    ):
+        plan = _plan(config, out_dir, Path(sockets), rig, files)
         with (
             Publisher(plan.sensors, bind=True, hwm=100_000) as publisher,
             Collector(plan.detections, *plan.topics) as collector,
@@ -394,11 +418,14 @@ def run_bench(
                 rate = search.rate_hz or rate
             run = player.measure(rate, settings.duration_s, f"{rate:.2f} Hz", progress)
             machine = machine_info()  # while the node runs: GPU clocks under load
+        # The run succeeded: the saved node.yaml names the saved rig.yaml (both renamed now).
+        plan.path.write_text(yaml.safe_dump(plan.document, sort_keys=False))
     return _result(
         run,
         source=source,
         settings=settings,
         config=config,
+        device=resolved,
         node_config=plan.document,
         search=search,
         machine=machine,

@@ -1,6 +1,6 @@
 """What `perception bench` runs: its settings, their checks, and how it reports progress and stops.
 
-`backend` and `device` are the node's `engines` section (perception.config.EngineConfig); None
+`backend` and `device` are the node's `engines` section (perception.config.EngineSettings); None
 keeps what the node config says (onnxruntime on the CPU by default).
 """
 

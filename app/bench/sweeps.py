@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from perception.config import EngineConfig, NodeConfig, SyncConfig, parse_config
+from engines.settings import EngineSettings
+from perception.config import NodeConfig, SyncConfig, parse_config
 from perception.errors import PerceptionError
 from perception.msgs.types import (
     CameraFrame,
@@ -151,7 +152,7 @@ def config_for_sweeps(sweeps: Sequence[Sweep], base: NodeConfig) -> NodeConfig:
 
 def with_engines(config: NodeConfig, backend: str | None, device: str | None) -> NodeConfig:
     """`config` with its `engines` backend and device replaced by those given (None: kept)."""
-    engines: EngineConfig = dataclasses.replace(
+    engines: EngineSettings = dataclasses.replace(
         config.engines,
         backend=config.engines.backend if backend is None else backend,
         device=config.engines.device if device is None else device,

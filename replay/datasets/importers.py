@@ -44,7 +44,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +63,16 @@ from replay.datasets.kitti_object import (
 )
 from replay.drive import RIG_TOPIC, DriveWriter
 from replay.errors import ReplayError
+from replay.output import atomic_output
+
+#: progress(steps done, steps in all): messages for KITTI raw, frames for KITTI object.
+ImportProgress = Callable[[int, int], None]
 
 __all__ = [
     "GNSS_STREAM",
     "KITTI_RAW_CAMERAS",
     "KITTI_RAW_GREY_CAMERAS",
+    "ImportProgress",
     "ImportStats",
     "import_kitti_object",
     "import_kitti_raw",
@@ -278,19 +283,17 @@ def _camera_offsets_ms(lidar: _Stream, cameras: Sequence[_Stream]) -> dict[str, 
 
 @contextmanager
 def _atomic_drive(out_path: Path, compression: str | None) -> Iterator[DriveWriter]:
-    """A DriveWriter on `<out>.part`, renamed to `out_path` only when the block completes (a
-    failed import leaves no half drive)."""
+    """A DriveWriter on a temporary file beside `out_path`, renamed to `out_path` only when the
+    block completes (replay.output.atomic_output): a failed import leaves no half drive and an
+    existing drive as it was."""
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise ReplayError(f"{out_path.parent}: output folder does not exist")
-    part = out_path.with_name(out_path.name + ".part")
-    try:
-        with DriveWriter(part, compression=compression) as writer:
-            yield writer
-        part.replace(out_path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_output(out_path, "the drive") as part,
+        DriveWriter(part, compression=compression) as writer,
+    ):
+        yield writer
 
 
 def import_kitti_raw(
@@ -299,10 +302,12 @@ def import_kitti_raw(
     *,
     grey: bool = False,
     compression: str | None = "zstd",
+    progress: ImportProgress | None = None,
 ) -> ImportStats:
     """Import a KITTI raw drive folder (`<date>/<date>_drive_NNNN_sync/`, calibration files in
     `<date>/`) into the drive `out_path`; see the module docstring for the streams. `image_03`
-    is imported when present; `grey=True` adds `image_00` and `image_01`.
+    is imported when present; `grey=True` adds `image_00` and `image_01`. `progress(done,
+    total)` is called after each message written.
 
     The file appears only when complete (written as `<out>.part`, then renamed). Raises
     ReplayError naming the path when a folder, timestamps file, data file or calibration file
@@ -345,10 +350,12 @@ def import_kitti_raw(
     counts: dict[str, int] = {RIG_TOPIC: 1}
     with _atomic_drive(out_path, compression) as writer:
         writer.write_rig(rig, first)
-        for log_time, _rank, i, k in order:
+        for done, (log_time, _rank, i, k) in enumerate(order, start=1):
             stream = streams[k]
             writer.write(_load(stream, i, cameras), log_time, stream.topic)
             counts[stream.topic] = counts.get(stream.topic, 0) + 1
+            if progress is not None:
+                progress(done, len(order))
         written = writer.bytes_written
     return ImportStats(
         path=Path(out_path),
@@ -390,10 +397,12 @@ def import_kitti_object(
     start_ns: int = 0,
     period_ns: int = 100_000_000,
     compression: str | None = "zstd",
+    progress: ImportProgress | None = None,
 ) -> ImportStats:
     """Import a KITTI object folder (e.g. `training/`) into the drive `out_path`: per frame a
     RigMessage, the camera image (PNG bytes) and the lidar sweep, frames `period_ns` (ns) apart
     from `start_ns` (ns), log time = stamp. `lidar_dir` as for KittiObjectFolder.
+    `progress(done, total)` is called after each frame written.
 
     The file appears only when complete. Raises ReplayError naming the path for a missing or
     malformed folder or frame; ValueError for a non-positive `period_ns`."""
@@ -413,6 +422,9 @@ def import_kitti_object(
                 writer.write(msg, msg.header.stamp_ns, msg.header.stream)
             topic = RIG_TOPIC if rig is not None else msg.header.stream
             counts[topic] = counts.get(topic, 0) + 1
+            if progress is not None and isinstance(msg, LidarSweep):
+                # The sweep is a frame's last message.
+                progress(msg.header.seq + 1, len(folder))
         written = writer.bytes_written
     return ImportStats(
         path=Path(out_path),

@@ -45,11 +45,17 @@ class KittiObjectFrame:
 
 
 def read_kitti_scan(path: Path) -> npt.NDArray[np.float32]:
-    """A KITTI `.bin` scan as N x 4 float32 (x, y, z, reflectance), Velodyne frame."""
+    """A KITTI `.bin` scan as N x 4 float32 (x, y, z, reflectance), Velodyne frame.
+
+    Raises ReplayError naming the file when it cannot be read, is empty (a sweep of 0 points
+    is a broken file, not an empty scene: a spinning lidar always sees the ground), is not a
+    whole number of 16-byte points, or holds non-finite values."""
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise ReplayError(f"{path}: cannot read lidar scan ({e.strerror})") from e
+    if not raw:
+        raise ReplayError(f"{path}: empty lidar scan (0 bytes, 0 points)")
     if len(raw) % 16:
         raise ReplayError(f"{path}: size {len(raw)} bytes is not a multiple of 16 (N x 4 float32)")
     points = np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
@@ -80,6 +86,8 @@ class KittiObjectFolder:
 
     def __init__(self, root: Path, lidar_dir: str | None = None) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise ReplayError(f"{self.root}: is a file, not a KITTI object folder")
         if not self.root.is_dir():
             raise ReplayError(f"{self.root}: KITTI object folder does not exist")
         for sub in ("image_2", "calib"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -46,12 +47,15 @@ from replay.evaluation import (
     merge_results,
     visible_fraction,
 )
+from replay.mcap_player import checked_messages, drive_contents
 from replay.offline import run_records
+from replay.output import atomic_output, check_output_dir
 from replay.synth.world import (
     CAMERA_NAME,
     CAMERA_OFFSET_NS,
     CAMERA_STREAM,
     LIDAR_STREAM,
+    GroundTruthFrame,
     generate_drive,
     ground_truth_path,
     read_ground_truth,
@@ -61,11 +65,17 @@ __all__ = [
     "EVAL_RANGE_M",
     "MATCH_DISTANCE_M",
     "SYNTH_DETECTOR_PATH",
+    "DemoProgress",
     "DemoReport",
     "StageLatency",
+    "ensure_synthetic_drive",
     "format_demo_report",
     "run_demo",
 ]
+
+#: progress(stage, done, total): stage "generate" (sweeps of the drive written) or "replay"
+#: (sweeps through the pipeline).
+DemoProgress = Callable[[str, int, int], None]
 
 #: The packaged detector trained on synthetic renders (replay.training.train_detector).
 SYNTH_DETECTOR_PATH = PACKAGED_MODELS_DIR / "synth_detector.onnx"
@@ -243,8 +253,59 @@ def _picture(
         1,
         cv2.LINE_AA,
     )
-    if not cv2.imwrite(str(path), canvas):
-        raise OSError(f"{path}: cannot write the picture")
+    with atomic_output(path, "the picture") as tmp:
+        if not cv2.imwrite(str(tmp), canvas):
+            raise ReplayError(f"{path}: cannot write the picture")
+
+
+def ensure_synthetic_drive(
+    path: Path,
+    *,
+    seed: int = 0,
+    seconds: float = 10.0,
+    progress: DemoProgress | None = None,
+) -> bool:
+    """Generate the synthetic drive `path` and its ground truth (`replay.synth.world`) unless
+    both exist; returns whether it generated them. Both are written beside their targets and
+    renamed when complete, the ground truth first: an interrupted run leaves no half drive that
+    a later run would take for a whole one.
+
+    Raises:
+        ValueError: `seconds` is not positive.
+        replay.output.OutputError: the files cannot be written.
+    """
+    path = Path(path)
+    truth = ground_truth_path(path)
+    if path.is_file() and truth.is_file():
+        return False
+
+    def generated(done: int, total: int) -> None:
+        if progress is not None:
+            progress("generate", done, total)
+
+    with atomic_output(path, "the synthetic drive") as tmp:
+        try:
+            generate_drive(tmp, seed=seed, seconds=seconds, progress=generated)
+            with atomic_output(truth, "the ground truth") as tmp_truth:
+                ground_truth_path(tmp).replace(tmp_truth)
+        finally:
+            ground_truth_path(tmp).unlink(missing_ok=True)
+    return True
+
+
+def _ground_truth(drive_path: Path) -> dict[int, GroundTruthFrame]:
+    path = ground_truth_path(drive_path)
+    if not path.is_file():
+        raise ReplayError(
+            f"{drive_path}: no ground truth beside it ({path.name}); the demo scores a "
+            "synthetic drive written by `perception demo` (run it without --drive to generate one)"
+        )
+    try:
+        return {f.stamp_ns: f for f in read_ground_truth(path)}
+    except ValueError as e:
+        raise ReplayError(str(e)) from e
+    except OSError as e:
+        raise ReplayError(f"{path}: cannot read the ground truth ({e.strerror})") from e
 
 
 def run_demo(
@@ -255,27 +316,30 @@ def run_demo(
     out_dir: Path,
     model_path: Path | None = None,
     num_threads: int | None = None,
+    progress: DemoProgress | None = None,
 ) -> DemoReport:
     """Run the demo (see the module docstring). `drive_path` None: the drive
     `<out_dir>/synth_seed<seed>.mcap` is generated (`seconds` long) unless it and its ground truth
-    already exist. Writes `<out_dir>/detections.jsonl` and `<out_dir>/demo.png`.
+    already exist (`ensure_synthetic_drive`). Writes `<out_dir>/detections.jsonl` and
+    `<out_dir>/demo.png`, each only when complete. `progress` reports the generation and the
+    run (`DemoProgress`).
 
     Raises:
-        replay.errors.ReplayError: the drive cannot be read or has no rig.
+        replay.errors.ReplayError: the drive cannot be read, has no rig or no ground truth
+            beside it.
         engines.errors.ModelError: the detector file is missing or invalid.
-        OSError: the outputs cannot be written.
+        replay.output.OutputError: `out_dir` is not a folder, or the outputs cannot be written.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(Path(out_dir), "the demo's output")
     if drive_path is None:
         drive_path = out_dir / f"synth_seed{seed}.mcap"
-        if not (drive_path.exists() and ground_truth_path(drive_path).exists()):
-            generate_drive(drive_path, seed=seed, seconds=seconds)
+        ensure_synthetic_drive(drive_path, seed=seed, seconds=seconds, progress=progress)
     reader = DriveReader(drive_path)
+    truth = _ground_truth(drive_path)
     rig = reader.rig
     if rig is None:
         raise ReplayError(f"{drive_path}: the drive has no rig")
-    truth = {f.stamp_ns: f for f in read_ground_truth(ground_truth_path(drive_path))}
+    sweeps = drive_contents(reader).sweeps
     detector = CameraDetector(
         EngineFactory().camera_encoder(model_path or SYNTH_DETECTOR_PATH, threads=num_threads),
         kind="yolox",
@@ -287,11 +351,19 @@ def run_demo(
         camera_windows_ms={CAMERA_STREAM: 20.0},
     )
     config = replace(NodeConfig(), sync=sync)
-    lists = list(run_records(reader.messages(), pipeline, config, default_rig=rig))
+    lists: list[DetectionList] = []
+    records = checked_messages(reader)
+    for dl in run_records(records, pipeline, config, default_rig=rig):
+        lists.append(dl)
+        if progress is not None:
+            progress("replay", len(lists), sweeps)
     detections_path = out_dir / "detections.jsonl"
     results = []
     best: tuple[int, DetectionList] | None = None
-    with detections_path.open("w", encoding="utf-8") as f:
+    with (
+        atomic_output(detections_path, "the detections file") as tmp,
+        tmp.open("w", encoding="utf-8") as f,
+    ):
         for dl in lists:
             write_jsonl_line(f, dl)
             frame = truth.get(dl.header.stamp_ns)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -683,9 +684,15 @@ def _round(value: Any) -> Any:
     return value
 
 
-def generate_drive(out_path: Path, seed: int = 0, seconds: float = 10.0) -> SynthStats:
+def generate_drive(
+    out_path: Path,
+    seed: int = 0,
+    seconds: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthStats:
     """Write a synthetic drive (MCAP, `replay.drive` layout, with the rig) to `out_path` and its
     ground truth beside it (`ground_truth_path`). `seconds` of driving at 10 Hz per sensor.
+    `progress(sweeps done, sweeps in all)` is called after each sweep.
 
     Raises:
         ValueError: `seconds` is not positive.
@@ -749,6 +756,8 @@ def generate_drive(out_path: Path, seed: int = 0, seconds: float = 10.0) -> Synt
                 b["camera_visible"] = float(visible.get(b["id"], 0.0))
             line = {"seq": i, "stamp_ns": stamp, "boxes": _round(boxes)}
             gt.write(json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n")
+            if progress is not None:
+                progress(i + 1, n)
     return SynthStats(
         path=out_path,
         ground_truth=gt_path,

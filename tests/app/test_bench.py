@@ -3,6 +3,7 @@ sweep grouping and restamping, the node config it writes, and its report files."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from app.bench import (
     write_report,
 )
 from app.bench.sweeps import with_engines
+from engines.errors import EngineError
+from engines.settings import EngineSettings
 from perception.config import NodeConfig, parse_config
 from perception.errors import PerceptionError
 from perception.msgs.types import (
@@ -371,3 +374,55 @@ def test_detection_list_fields_the_bench_reads_exist() -> None:
         5,
         ("camera/front",),
     )
+
+
+def test_write_report_replaces_the_previous_report_only_whole(tmp_path: Path) -> None:
+    previous = {p: f"previous {p}\n" for p in ("bench.json", "bench.md", "bench.png")}
+    for name, text in previous.items():
+        (tmp_path / name).write_text(text)
+    broken = dataclasses.replace(_result(), rate_hz=float("nan"))  # JSON without NaN refuses it
+    with pytest.raises(ValueError, match="JSON"):
+        write_report(broken, tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == previous  # nor temporaries
+    write_report(_result(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(previous)
+    assert json.loads((tmp_path / "bench.json").read_text())["rate_hz"] == 10.0
+
+
+def test_report_says_what_the_device_was_asked_for() -> None:
+    md = format_markdown(dataclasses.replace(_result(), device_requested="auto"))
+    assert "| device | cpu (asked for auto) |" in md
+    doc = result_document(dataclasses.replace(_result(), device_requested="auto"))
+    assert (doc["device"], doc["device_requested"]) == ("cpu", "auto")
+
+
+# -- the device the engines run on ------------------------------------------------------------
+
+
+def _cuda_usable() -> bool:
+    from engines.onnxruntime_backend import cuda_provider_available
+
+    return cuda_provider_available()
+
+
+def test_device_is_resolved_before_the_node_starts() -> None:
+    from app.bench.device import resolve_engines
+
+    cpu = resolve_engines(EngineSettings("onnxruntime", "cpu"))
+    assert (cpu.engines.device, cpu.description, cpu.requested) == ("cpu", "cpu", "cpu")
+    auto = resolve_engines(EngineSettings("onnxruntime", "auto"))
+    expected = "cuda" if _cuda_usable() else "cpu"
+    assert (auto.engines.device, auto.description, auto.requested) == (expected, expected, "auto")
+
+
+def test_cuda_without_a_usable_gpu_is_refused() -> None:
+    from app.bench.device import resolve_engines
+
+    if _cuda_usable():
+        pytest.skip("a CUDA device is usable here")
+    with pytest.raises(EngineError, match=r"engines.device cuda \(onnxruntime\): this ONNX"):
+        resolve_engines(EngineSettings("onnxruntime", "cuda"))
+    with pytest.raises(EngineError, match=r"engines.backend tensorrt: "):
+        resolve_engines(EngineSettings("tensorrt", "auto"))
+    fallback = resolve_engines(EngineSettings("tensorrt", "auto", fallback="onnxruntime"))
+    assert fallback.description.endswith("running onnxruntime on cpu")

@@ -71,4 +71,4 @@ def test_calib_check_bad_image(capsys, tmp_path: Path, kitti_dir: Path) -> None:
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "none.png: not a readable image" in err
+    assert "none.png: image does not exist" in err

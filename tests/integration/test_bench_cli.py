@@ -55,12 +55,14 @@ def _bench(cwd: Path, *args: str, timeout_s: float = 120.0) -> subprocess.Comple
     )
 
 
-def _node_children(config: Path) -> list[Any]:
-    """Live `perception run` processes started with this bench's node config."""
+def _node_children(out: Path) -> list[Any]:
+    """Live `perception run` processes started with a node config in this bench's --out folder
+    (the config is written there under a temporary name, node.yaml once the run succeeded)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if "run" in cmdline and str(config) in cmdline:
+        configs = [a for a in cmdline if a.startswith(f"{out.resolve()}/")]
+        if "run" in cmdline and configs:
             found.append(proc)
     return found
 
@@ -68,7 +70,7 @@ def _node_children(config: Path) -> list[Any]:
 def _check_outputs(
     out: Path, stdout: str, rate_hz: float, duration_s: float, backend: str = "onnxruntime"
 ) -> dict[str, Any]:
-    doc = json.loads((out / "bench.json").read_text())
+    doc: dict[str, Any] = json.loads((out / "bench.json").read_text())
     assert set(doc) >= TOP_FIELDS, TOP_FIELDS - set(doc)
     assert doc["rate_hz"] == rate_hz and doc["duration_s"] == duration_s
     assert (doc["backend"], doc["device"]) == (backend, "cpu")
@@ -110,14 +112,14 @@ def _check_outputs(
     md = (out / "bench.md").read_text()
     assert md.startswith("| stage | p50 ms | p90 ms | p99 ms | max ms |\n| --- |")
     assert "| **end to end** (" in md and "| **response** (" in md and "| sweeps |" in md
-    assert f"| backend | {backend} |" in md and "| device | cpu |" in md
+    assert f"| backend | {backend} |" in md and "| device | cpu" in md
     assert "| stage | p50 ms |" in stdout and "| **end to end** (" in stdout
 
     png = out / "bench.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] > 300 and image.shape[1] > 600
-    assert not _node_children(out / "node.yaml")
+    assert not _node_children(out)
     return doc
 
 
@@ -132,10 +134,20 @@ def synth_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bench_on_the_synthetic_drive(synth_cwd: Path) -> None:
-    done = _bench(synth_cwd, "--rate", "5", "--duration", "3", "--out", "out")
+    from engines.onnxruntime_backend import cuda_provider_available
+
+    if cuda_provider_available():
+        pytest.skip("checks `--device auto` resolving to the CPU")
+    done = _bench(synth_cwd, "--rate", "5", "--duration", "3", "--out", "out", "--device", "auto")
     assert done.returncode == 0, done.stderr + done.stdout
     assert "generating" not in done.stdout  # the demo's drive was reused
+    assert "| device | cpu (asked for auto) |" in done.stdout  # what ran, not what was asked
     doc = _check_outputs(synth_cwd / "out", done.stdout, 5.0, 3.0)
+    assert doc["device_requested"] == "auto"
+    # The node config saved beside the report is the one that ran, naming the saved rig.
+    saved = (synth_cwd / "out" / "node.yaml").read_text()
+    assert "device: cpu" in saved and str((synth_cwd / "out" / "rig.yaml").resolve()) in saved
+    assert not [p for p in (synth_cwd / "out").iterdir() if p.name.startswith(".")]
     assert doc["source"].startswith("synthetic drive perception-demo/synth_seed0.mcap")
     assert doc["node_config"]["inputs"]["lidar_topic"] == "lidar"
     assert doc["node_config"]["camera_model"]["path"].endswith("synth_detector.onnx")
@@ -180,11 +192,13 @@ def test_bench_with_the_torch_backend(tmp_path: Path, kitti_dir: Path, yolox_pat
     ("args", "message"),
     [
         (["missing.mcap"], "missing.mcap: no such drive"),
-        (["--rate", "0"], "--rate must be a number > 0"),
-        (["--duration", "-1"], "--duration must be a number > 0"),
+        (["--rate", "0"], "argument --rate: 0 is not > 0"),
+        (["--duration", "-1"], "argument --duration: -1 is not > 0"),
+        (["--out", "bench.json"], "bench.json: is a file; --out must be a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "bench.json").write_text("{}")
     done = _bench(tmp_path, *args, timeout_s=30)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and message in done.stderr
@@ -220,7 +234,7 @@ def test_sigint_stops_the_bench_and_its_node(synth_cwd: Path) -> None:
         text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while not _node_children(out / "node.yaml") and time.monotonic() < deadline:
+    while not _node_children(out) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     time.sleep(3.0)
@@ -228,4 +242,4 @@ def test_sigint_stops_the_bench_and_its_node(synth_cwd: Path) -> None:
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
-    assert not _node_children(out / "node.yaml")
+    assert not _node_children(out)

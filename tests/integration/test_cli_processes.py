@@ -52,3 +52,27 @@ def test_node_stops_cleanly_on_sigint(tmp_path: Path, yolox_path: Path) -> None:
     assert node.proc.wait(timeout=15) == 0
     time.sleep(0.2)
     assert "perception run: stopped" in "".join(node.output)
+
+
+def test_echo_subscribes_a_sensor_topic_at_the_sensors_endpoint(tmp_path: Path) -> None:
+    """No --endpoint: a sensor topic is read where sensors publish (the config's inputs), not
+    at the node's outputs endpoint."""
+    sensors = f"ipc://{tmp_path}/sensors"
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"inputs: {{endpoints: ['{sensors}']}}\noutputs: {{endpoint: 'ipc://{tmp_path}/out'}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "echo", "lidar/top", "--config", str(config),
+         "--count", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    sweep = LidarSweep(Header("lidar/top", 3, 456, "lidar"), np.ones((10, 4), np.float32))
+    with Publisher(sensors, bind=True) as pub:
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            pub.send(sweep)
+            time.sleep(0.1)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0, out
+    assert out.strip() == "lidar/top seq=3 stamp_ns=456 points=10"

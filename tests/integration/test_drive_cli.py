@@ -141,3 +141,78 @@ def test_killed_recorder_leaves_a_readable_drive(kitti_drive: Path, tmp_path: Pa
     # Everything up to the last complete chunk is there; nothing is invented.
     assert 0 < sum(counts.values()) <= 16
     assert all(r.message.header.stream in ("lidar/top", "camera/front") for r in reader.messages())
+
+
+def _endpoints_config(tmp_path: Path) -> tuple[Path, str, str]:
+    sensors, detections = f"ipc://{tmp_path}/sensors", f"ipc://{tmp_path}/detections"
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"inputs: {{endpoints: ['{sensors}']}}\noutputs: {{endpoint: '{detections}'}}\n"
+    )
+    return config, sensors, detections
+
+
+def test_record_and_play_put_each_topic_where_it_is_published(
+    kitti_drive: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    """A drive of sensor data and the node's detections: `play` publishes the sensor topics on
+    the sensors endpoint and the detections on the detections endpoint; `record` subscribes
+    each where it is published. Neither is told an endpoint: both come from the config."""
+    detections = tmp_path / "detections.mcap"
+    assert main(["replay", str(kitti_drive), "--out", str(detections), "--model",
+                 str(yolox_path), "--quiet"]) == 0  # fmt: skip
+    mixed = tmp_path / "mixed.mcap"
+    with DriveWriter(mixed) as writer:
+        for reader in (DriveReader(kitti_drive), DriveReader(detections)):
+            for rec in reader.messages():
+                writer.write(rec.message, rec.log_time_ns, rec.topic)
+    config, sensors, outputs = _endpoints_config(tmp_path)
+    out = tmp_path / "recorded.mcap"
+    topics = ["lidar/top", "camera/front", "rig", "detections"]
+    recorder = subprocess.Popen(
+        [*CLI, "record", *topics, "--out", str(out), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.0)
+    player = subprocess.run(
+        [*CLI, "play", str(mixed), "--config", str(config), "--speed", "0", "--wait", "1.5"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert player.returncode == 0, player.stdout + player.stderr
+    assert f"camera/front, lidar/top, rig on {sensors}; detections on {outputs}" in player.stdout
+    time.sleep(1.0)
+    recorder.send_signal(signal.SIGINT)
+    log, _ = recorder.communicate(timeout=30)
+    assert recorder.returncode == 0, log
+    assert f"lidar/top, camera/front, rig at {sensors}; detections at {outputs}" in log
+    assert DriveReader(out).topics() == {"lidar/top": 8, "camera/front": 8, "rig": 8,
+                                         "detections": 8}  # fmt: skip
+
+
+def test_record_overwrite_replaces_the_drive_when_finished(
+    kitti_drive: Path, tmp_path: Path
+) -> None:
+    config, _, _ = _endpoints_config(tmp_path)
+    out = tmp_path / "drive.mcap"
+    out.write_bytes(b"the previous recording")
+    recorder = subprocess.Popen(
+        [*CLI, "record", "lidar/top", "--out", str(out), "--overwrite", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.0)
+    player = subprocess.run(
+        [*CLI, "play", str(kitti_drive), "--config", str(config), "--speed", "0", "--wait", "1.5"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert player.returncode == 0, player.stderr
+    time.sleep(0.5)
+    assert out.read_bytes() == b"the previous recording"  # until the recording is finished
+    recorder.send_signal(signal.SIGINT)
+    log, _ = recorder.communicate(timeout=30)
+    assert recorder.returncode == 0, log
+    assert DriveReader(out).topics() == {"lidar/top": 8}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -3,7 +3,6 @@ next good message."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import yaml
 
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs import wire
-from perception.msgs.types import DetectionList, LidarSweep
+from perception.msgs.types import DetectionList, Diagnostics, LidarSweep
 from replay.datasets.kitti_object import KittiObjectFolder, read_kitti_scan
 from tests.integration.node_harness import node_config, running_node
 
@@ -81,7 +80,7 @@ def test_node_survives_malformed_messages(tmp_path: Path, kitti_dir: Path, yolox
                 pub.send(msg)
             first = _next_detections(sub, 1.0)
         assert first is not None, "".join(node.output)
-        received_before = _wait_diagnostics(sub, lambda d: True)["counters"]["received"]
+        received_before = _wait_diagnostics(sub, lambda d: True).counters["received"]
 
         for frames in bad.values():
             pub.send_frames(frames)
@@ -99,12 +98,13 @@ def test_node_survives_malformed_messages(tmp_path: Path, kitti_dir: Path, yolox
         assert any(d.label == "Pedestrian" for d in after.detections)
 
         diag = _wait_diagnostics(
-            sub, lambda d: d["counters"]["received"] >= received_before + len(bad) + 3
+            sub, lambda d: d.counters["received"] >= received_before + len(bad) + 3
         )
-        assert diag["counters"]["decode_errors"] == len(bad), diag
+        assert diag.counters["decode_errors"] == len(bad), diag
         # The sensor clocks are tracked per stream against the host clock.
-        assert {"lidar/top", "camera/front"} <= set(diag["clocks"])
-        assert diag["clocks"]["lidar/top"]["samples"] >= 2
+        clocks = {c.stream: c for c in diag.clocks}
+        assert {"lidar/top", "camera/front"} <= set(clocks)
+        assert clocks["lidar/top"].samples >= 2
         assert node.proc.poll() is None, "node died"
     assert node.proc.returncode == 0
     log = "".join(node.output)
@@ -115,21 +115,21 @@ def _next_detections(sub: Subscriber, timeout_s: float) -> DetectionList | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         frames = sub.recv(timeout_ms=100)
-        if frames is None or bytes(frames[0]) != b"detections":
+        if frames is None:
             continue
         _, msg = wire.decode(frames)
-        assert isinstance(msg, DetectionList)
-        return msg
+        if isinstance(msg, DetectionList):
+            return msg
     return None
 
 
-def _wait_diagnostics(sub: Subscriber, accept, timeout_s: float = 10.0) -> dict:
+def _wait_diagnostics(sub: Subscriber, accept, timeout_s: float = 10.0) -> Diagnostics:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         frames = sub.recv(timeout_ms=100)
-        if frames is None or bytes(frames[0]) != b"diagnostics":
+        if frames is None:
             continue
-        doc = json.loads(bytes(frames[1]))
-        if accept(doc):
-            return doc
+        _, msg = wire.decode(frames)
+        if isinstance(msg, Diagnostics) and accept(msg):
+            return msg
     raise AssertionError("no matching diagnostics message")

@@ -3,7 +3,6 @@ report them, on a real node process over real sockets with real KITTI frames."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
@@ -14,8 +13,8 @@ import yaml
 
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs import wire
-from perception.msgs.types import DetectionList
-from perception.node.node import CLOCK_MIN_SWEEPS
+from perception.msgs.types import DetectionList, Diagnostics, RealtimeStatus
+from perception.node import CLOCK_MIN_SWEEPS
 from replay.datasets.kitti_object import KittiObjectFolder
 from tests.integration.node_harness import node_config, running_node
 
@@ -30,19 +29,19 @@ def _restamped(messages, stamp_ns: int):
 
 
 def _answers(sub: Subscriber, seconds: float, poll_ms: int = 10):
-    """What the node publishes for `seconds`: ("diagnostics", document) and
+    """What the node publishes for `seconds`: ("diagnostics", Diagnostics, 0) and
     ("detections", DetectionList, host receive time) as they arrive."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         frames = sub.recv(timeout_ms=poll_ms)
         if frames is None:
             continue
-        if bytes(frames[0]) == b"diagnostics":
-            yield "diagnostics", json.loads(bytes(frames[1])), 0
+        _, msg = wire.decode(frames)
+        if isinstance(msg, Diagnostics):
+            yield "diagnostics", msg, 0
             continue
-        _, dl = wire.decode(frames)
-        assert isinstance(dl, DetectionList)
-        yield "detections", dl, time.time_ns()
+        assert isinstance(msg, DetectionList)
+        yield "detections", msg, time.time_ns()
 
 
 def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, *, realtime=None,
@@ -61,7 +60,7 @@ def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, *, re
     folder = KittiObjectFolder(kitti_dir)
     sent: dict[int, int] = {}
     results = []
-    diagnostics: dict = {}
+    diagnostics: Diagnostics | None = None
     with (
         running_node(config),
         Publisher(sensors, bind=True) as pub,
@@ -87,6 +86,7 @@ def _run(tmp_path: Path, kitti_dir: Path, yolox_path: Path, budgets: dict, *, re
             diagnostics = payload
             if len(results) == sweeps:
                 break
+    assert diagnostics is not None, "no diagnostics from the node"
     return results, diagnostics
 
 
@@ -114,7 +114,7 @@ def test_latency_applies_the_estimated_sensor_clock_offset(
             # Less up to 2 ms: the offset is a median of chunk minima of the transport delay,
             # which may exceed this sweep's own delay by their spread (~1 ms for 2 MB on ipc).
             assert dl.latency_ns >= _work_ns(dl) - 2_000_000, (index, dl.latency_ns)
-    offset = diagnostics["clocks"]["lidar/top"]["offset_ns"]
+    (offset,) = [c.offset_ns for c in diagnostics.clocks if c.stream == "lidar/top"]
     assert offset == pytest.approx(SENSOR_BEHIND_NS, abs=20_000_000)
 
 
@@ -131,19 +131,13 @@ def test_without_the_offset_the_clock_error_shows_and_budgets_overrun(
         assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl)
         assert dl.latency_ns <= SENSOR_BEHIND_NS + true_latency + 1_000_000
         assert not dl.budget_ok
-    counters = diagnostics["counters"]
+    counters = diagnostics.counters
     assert counters["budget_overruns"] == SWEEPS
-    assert counters["overruns_by_stage"]["end_to_end"] == SWEEPS
-    assert counters["overruns_by_stage"]["fusion"] >= 1
+    assert diagnostics.overruns_by_stage["end_to_end"] == SWEEPS
+    assert diagnostics.overruns_by_stage["fusion"] >= 1
     assert counters["longest_overrun_run"] == SWEEPS
-    assert diagnostics["budgets_ms"]["end_to_end"] == 200.0
-    assert diagnostics["realtime"] == {
-        "cpu_affinity": cpus,
-        "nice": 1,
-        "scheduler": "other",
-        "gc_hold": True,
-        "refused": [],
-    }
+    assert diagnostics.budgets_ms["end_to_end"] == 200.0
+    assert diagnostics.realtime == RealtimeStatus(tuple(cpus), 1, "other", True, ())
 
 
 def test_a_node_that_falls_behind_skips_to_the_newest_sweep(
@@ -156,7 +150,7 @@ def test_a_node_that_falls_behind_skips_to_the_newest_sweep(
     burst = 24  # sweeps 10 ms apart: far faster than a frame takes on this machine
     stamps = []
     received: list[DetectionList] = []
-    diagnostics: dict = {}
+    counters: dict[str, int] = {}
     with (
         running_node(config),
         Publisher(sensors, bind=True, hwm=1000) as pub,
@@ -173,11 +167,9 @@ def test_a_node_that_falls_behind_skips_to_the_newest_sweep(
             if kind == "detections":
                 received.append(payload)
                 continue
-            diagnostics = payload
-            counters = diagnostics["counters"]
+            counters = payload.counters
             if counters["bundles"] == burst and counters["published"] == len(received):
                 break
-    counters = diagnostics["counters"]
     assert counters["bundles"] == burst
     assert counters["skipped_bundles"] >= 1
     assert counters["published"] + counters["skipped_bundles"] == burst

@@ -108,13 +108,14 @@ def test_vehicle_motion_to_the_camera_stamp() -> None:
 def test_torch_backend_gives_the_onnxruntime_detections(kitti_dir: Path, yolox_path: Path) -> None:
     if not yolox_path.is_file():
         pytest.skip(f"real data not found: {yolox_path}")
-    from perception.config import CameraModelConfig, EngineConfig
+    from engines.settings import EngineSettings
+    from perception.config import CameraModelConfig
     from replay.datasets.kitti_object import KittiObjectFolder
     from replay.offline import run_messages
 
     runs = []
     for backend in ("onnxruntime", "torch"):
-        engines = EngineConfig(backend=backend, device="cpu")
+        engines = EngineSettings(backend=backend, device="cpu")
         pipeline = Pipeline.from_config(CameraModelConfig(), yolox_path, engines)
         assert pipeline.fusion.engine.describe().backend == backend
         assert pipeline.lidar_objects.encoder.engine.describe().backend == backend

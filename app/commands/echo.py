@@ -1,0 +1,76 @@
+"""`perception echo`: what arrives on a topic, one summary line (or JSON document) per message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.common import endpoints_for_topic, load_node_config, stop_on_signals
+from perception.errors import WireError
+from perception.io.transport import Subscriber
+from perception.msgs import wire
+from perception.msgs.jsonl import to_json
+from perception.msgs.types import (
+    CameraFrame,
+    DetectionList,
+    Diagnostics,
+    GnssFix,
+    LidarSweep,
+    Message,
+    RigMessage,
+)
+
+__all__ = ["cmd_echo"]
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    # The topic where it is published: the node's outputs, or the sensors' endpoint.
+    endpoints = [args.endpoint] if args.endpoint else list(endpoints_for_topic(args.topic, config))
+    stop = stop_on_signals()
+    count = 0
+    with Subscriber(endpoints, [args.topic]) as sub:
+        while not stop.is_set() and (args.count <= 0 or count < args.count):
+            frames = sub.recv(timeout_ms=100)
+            if frames is None:
+                continue
+            count += 1
+            try:
+                topic, msg = wire.decode(frames)
+            except WireError as e:
+                print(f"{args.topic}: undecodable: {e}", flush=True)
+                continue
+            if args.json:
+                print(to_json(msg, array_data=False))
+            else:
+                print("\n".join(_summary(topic, msg)))
+            sys.stdout.flush()
+    return 0
+
+
+def _summary(topic: str, msg: Message) -> list[str]:
+    """One line about `msg` (and one per detection of a DetectionList)."""
+    h = msg.header
+    head = f"{topic} seq={h.seq} stamp_ns={h.stamp_ns}"
+    if isinstance(msg, DetectionList):
+        ms = {k: round(v / 1e6, 2) for k, v in msg.timings_ns.items()}
+        lines = [f"{head} latency_ms={msg.latency_ns / 1e6:.1f} timings_ms={ms}"]
+        for d in msg.detections:
+            x, y, z = d.center
+            lines.append(
+                f"  {d.label:<12} {d.score:.2f} center=({x:.2f}, {y:.2f}, {z:.2f}) yaw={d.yaw:+.2f}"
+            )
+        return lines
+    if isinstance(msg, Diagnostics):
+        notes = f" notes={list(msg.notes)}" if msg.notes else ""
+        return [f"{head} counters={msg.counters} sync={msg.sync}{notes}"]
+    if isinstance(msg, LidarSweep):
+        return [f"{head} points={msg.points.shape[0]}"]
+    if isinstance(msg, CameraFrame):
+        shape = msg.image.shape if msg.image is not None else msg.encoding
+        return [f"{head} image={shape}"]
+    if isinstance(msg, GnssFix):
+        return [f"{head} lat={msg.latitude_deg:.7f} lon={msg.longitude_deg:.7f}"]
+    if isinstance(msg, RigMessage):
+        return [f"{head} rig cameras={sorted(msg.rig.get('cameras', {}))}"]
+    return [head]

@@ -1,0 +1,101 @@
+"""`perception play`: a drive or a KITTI object folder published over ZeroMQ."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+from app.common import is_output_topic, load_node_config, split_source, stop_on_signals
+from perception.config import NodeConfig
+from perception.errors import PerceptionError
+from perception.io.transport import Publisher
+from replay.datasets.kitti_object import KittiObjectFolder
+from replay.drive import DriveReader
+from replay.mcap_player import OUTPUT_TYPES, DriveContents, drive_contents, play_drive
+from replay.player import play_kitti_object
+
+__all__ = ["cmd_play"]
+
+
+def _routes(
+    contents: DriveContents, topics: list[str], config: NodeConfig, endpoint: str | None
+) -> dict[str, str]:
+    """topic -> the endpoint it is published on: `endpoint` for all when given; else the
+    node's outputs endpoint for what the node publishes (detections, diagnostics: by type, or
+    by the config's topic names) and the sensors endpoint for the rest."""
+    sensors = config.inputs.endpoints[0]
+    routes = {}
+    for topic in topics:
+        output = contents.types.get(topic) in OUTPUT_TYPES or is_output_topic(topic, config)
+        routes[topic] = endpoint or (config.outputs.endpoint if output else sensors)
+    return routes
+
+
+def _check_drive(reader: DriveReader, args: argparse.Namespace) -> tuple[DriveContents, list[str]]:
+    contents = drive_contents(reader)
+    if not contents.types:
+        raise PerceptionError(f"{reader.path}: the drive holds no messages")
+    topics = list(args.topics or sorted(contents.types))
+    missing = [t for t in topics if t not in contents.types]
+    if missing:
+        raise PerceptionError(
+            f"{reader.path}: no topic {', '.join(missing)} in the drive "
+            f"(it holds: {contents.describe()})"
+        )
+    if args.start * 1e9 > (contents.end_ns or 0) - (contents.start_ns or 0):
+        raise PerceptionError(
+            f"{reader.path}: --start {args.start:g} s is past the end of the drive "
+            f"(it lasts {contents.duration_s:.2f} s)"
+        )
+    return contents, topics
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    kind, path = split_source([args.source, *([args.dir] if args.dir else [])], "play")
+    stop = stop_on_signals()
+    if kind == "kitti-object":
+        folder = KittiObjectFolder(path)
+        endpoint = args.endpoint or config.inputs.endpoints[0]
+        with Publisher(endpoint, bind=True, hwm=args.hwm) as publisher:
+            if args.wait > 0:
+                # PUB/SUB drops what is sent before a subscriber's subscription arrives.
+                stop.wait(args.wait)
+            sent = play_kitti_object(
+                folder, publisher, rate_hz=args.rate, loop=args.loop, stop=stop
+            )
+            # Let ZeroMQ flush the last frames before the socket closes.
+            time.sleep(0.2)
+        print(f"perception play: {sent} frames published on {endpoint}", flush=True)
+        return 0
+
+    reader = DriveReader(path)
+    contents, topics = _check_drive(reader, args)
+    routes = _routes(contents, topics, config, args.endpoint)
+    with contextlib.ExitStack() as stack:
+        publishers = {
+            e: stack.enter_context(Publisher(e, bind=True, hwm=args.hwm))
+            for e in dict.fromkeys(routes.values())
+        }
+        if args.wait > 0:
+            stop.wait(args.wait)
+        first = publishers[next(iter(publishers))]
+        sent = play_drive(
+            reader,
+            first,
+            speed=args.speed,
+            loop=args.loop,
+            start_s=args.start,
+            topics=topics,
+            stop=stop,
+            restamp=args.restamp,
+            route={t: publishers[e] for t, e in routes.items()},
+        )
+        time.sleep(0.2)
+    where = "; ".join(
+        f"{', '.join(t for t, e in routes.items() if e == endpoint)} on {endpoint}"
+        for endpoint in publishers
+    )
+    print(f"perception play: {sent} messages published ({where})", flush=True)
+    return 0

@@ -1,0 +1,83 @@
+"""`perception record`: ZeroMQ topics into an MCAP drive."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.common import endpoints_for_topic, load_node_config, stop_on_signals
+from replay.output import OutputError, atomic_output, check_output_file
+from replay.recorder import Recorder, RecorderStats
+
+__all__ = ["cmd_record"]
+
+
+@contextlib.contextmanager
+def _drive_path(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Where to record `out`. A new drive is written in place, so a recorder that is killed
+    (power loss) leaves a readable drive under its name. An existing one is replaced only with
+    `overwrite`, and then only when the new recording is finished (until then it is written
+    beside it)."""
+    check_output_file(out, "--out")
+    if not out.exists():
+        yield out
+        return
+    if not overwrite:
+        raise OutputError(f"{out}: exists; give --overwrite to replace it, or another --out")
+    with atomic_output(out, "--out") as tmp:
+        yield tmp
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    inputs = config.inputs
+    topics = args.topics or [
+        inputs.lidar_topic,
+        *inputs.camera_topics,
+        inputs.gnss_topic,
+        inputs.rig_topic,
+    ]
+    # Each topic where it is published (sensors vs the node's outputs) unless --endpoint says.
+    where = {t: list(args.endpoint or endpoints_for_topic(t, config)) for t in topics}
+    out = Path(args.out).expanduser()
+    if out.suffix != ".mcap":
+        # A drive under another name is likely a typo that would replace some other file.
+        raise OutputError(f"{out}: --out must end in .mcap (it is an MCAP drive)")
+    with _drive_path(out, args.overwrite) as path:
+        stop = stop_on_signals()
+        recorder = Recorder(
+            list(inputs.endpoints),
+            topics,
+            path,
+            queue_size=args.queue_size,
+            compression=None if args.compression == "none" else args.compression,
+            topic_endpoints=where,
+        )
+        by_endpoint: dict[str, list[str]] = {}
+        for topic, endpoints in where.items():
+            for endpoint in endpoints:
+                by_endpoint.setdefault(endpoint, []).append(topic)
+        listening = "; ".join(f"{', '.join(t)} at {e}" for e, t in by_endpoint.items())
+        print(f"perception record: recording {listening} to {out}", flush=True)
+        stats = recorder.run(stop)
+    _report(stats, out)
+    return 0
+
+
+def _report(stats: RecorderStats, out: Path) -> None:
+    print(
+        f"perception record: {stats.received} received, {stats.written} written, "
+        f"{stats.dropped} dropped (queue full), {stats.undecodable} undecodable, "
+        f"{stats.bytes / 1e6:.1f} MB",
+        flush=True,
+    )
+    if stats.received == 0:
+        # Not an error (nothing may have been published), but the usual cause is worth a line.
+        print(
+            f"perception record: nothing arrived; is anything publishing on those endpoints? "
+            f"({os.fspath(out)} holds an empty drive)",
+            flush=True,
+        )

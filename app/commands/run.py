@@ -1,0 +1,60 @@
+"""`perception run`: the on-vehicle node."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from app.common import load_node_config, stop_on_signals
+from app.models import build_pipeline, choose_camera_model
+from calibration import load_rig
+from perception.config import NodeConfig
+from perception.node import Node
+from perception.pipeline import Pipeline
+
+__all__ = ["cmd_run"]
+
+
+def _pipeline(config: NodeConfig, model: str | None, config_given: bool) -> Pipeline:
+    chosen = choose_camera_model(config, model, config_given=config_given, synthetic=False)
+    return build_pipeline(chosen)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config)
+    pipeline = _pipeline(config, args.model, args.config is not None)
+    default_rig = None
+    if config.rig is not None:
+        default_rig = load_rig(Path(config.rig).expanduser())
+        for warning in default_rig.warnings:
+            print(f"perception run: warning: {warning}", flush=True)
+    for line in pipeline.describe_engines():
+        print(f"perception run: engine {line}", flush=True)
+    for note in pipeline.notes:
+        print(f"perception run: warning: {note}", flush=True)
+    node = Node(config, pipeline, default_rig)
+    stop = stop_on_signals()
+    done = threading.Event()
+
+    def announce() -> None:
+        if node.ready.wait(60.0) and not done.is_set():
+            inputs = ", ".join(config.inputs.endpoints)
+            print(
+                f"perception run: ready; inputs {inputs}; detections on "
+                f"{config.outputs.endpoint} [{config.outputs.detections_topic}]",
+                flush=True,
+            )
+
+    threading.Thread(target=announce, daemon=True).start()
+    try:
+        node.run(stop)
+    finally:
+        done.set()
+    c = node.counters
+    print(
+        f"perception run: stopped; {c.published} published, {c.skipped_bundles} skipped, "
+        f"{c.decode_errors} undecodable, {c.step_errors} failed",
+        flush=True,
+    )
+    return 0

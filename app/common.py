@@ -1,0 +1,169 @@
+"""What several commands share: the node config, signals, sources, per-topic endpoints, bars."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from perception.config import NodeConfig, load_config
+from perception.errors import ConfigError, PerceptionError
+
+__all__ = [
+    "Stages",
+    "cache_dir_arg",
+    "check_drive_path",
+    "endpoints_for_topic",
+    "is_output_topic",
+    "load_node_config",
+    "progress_bar",
+    "split_source",
+    "stop_on_signals",
+]
+
+
+def load_node_config(path: str | None) -> NodeConfig:
+    """The node config of `--config` (validated), or the built-in defaults.
+
+    Raises:
+        ConfigError: naming the file and the problem, on one line (YAML parser messages span
+            several).
+    """
+    if not path:
+        return NodeConfig()
+    try:
+        return load_config(Path(path).expanduser())
+    except ConfigError as e:
+        raise ConfigError(" ".join(str(e).split())) from e
+
+
+def check_drive_path(path: Path) -> Path:
+    """`path` if it is a file (the drive reader says whether it is an MCAP one).
+
+    Raises:
+        PerceptionError: it does not exist, or is a folder.
+    """
+    if path.is_dir():
+        raise PerceptionError(f"{path}: is a folder, not a drive (.mcap)")
+    if not path.exists():
+        raise PerceptionError(f"{path}: no such drive (.mcap)")
+    return path
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (the commands finish their files, then stop)."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def split_source(sources: Sequence[str], command: str) -> tuple[str, Path]:
+    """("kitti-object", DIR) or ("drive", DRIVE.mcap) from `SOURCE [DIR]`.
+
+    Raises:
+        PerceptionError: the wrong number of arguments, or a folder given as a drive.
+    """
+    if not sources:
+        raise PerceptionError("give a drive (.mcap) or `kitti-object DIR`")
+    if sources[0] == "kitti-object":
+        if len(sources) != 2:
+            raise PerceptionError("kitti-object: give exactly one KITTI object folder after it")
+        return "kitti-object", Path(sources[1]).expanduser()
+    if len(sources) != 1:
+        raise PerceptionError(
+            f"expected one drive, got {len(sources)} arguments ({' '.join(sources)})"
+        )
+    path = Path(sources[0]).expanduser()
+    if path.is_dir():
+        raise PerceptionError(
+            f"{path}: is a folder, not a drive (.mcap); for a KITTI object folder: "
+            f"perception {command} kitti-object {path}"
+        )
+    return "drive", check_drive_path(path)
+
+
+def cache_dir_arg(value: str | None, option: str = "--cache-dir") -> Path | None:
+    """A cache folder option as a path (None: the default cache), refused when it names a
+    file.
+
+    Raises:
+        PerceptionError: `value` is an existing file.
+    """
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PerceptionError(f"{path}: is a file; {option} must be a folder")
+    return path
+
+
+def is_output_topic(topic: str, config: NodeConfig) -> bool:
+    """Whether the node publishes `topic` (its detections or diagnostics), per `config`."""
+    return topic in (config.outputs.detections_topic, config.outputs.diagnostics_topic)
+
+
+def endpoints_for_topic(topic: str, config: NodeConfig) -> tuple[str, ...]:
+    """Where `topic` is published: the node's outputs endpoint for its detections and
+    diagnostics, else the sensors' (inputs) endpoints."""
+    if is_output_topic(topic, config):
+        return (config.outputs.endpoint,)
+    return tuple(config.inputs.endpoints)
+
+
+def progress_bar(
+    *, total: int | None, unit: str, desc: str | None, quiet: bool, unit_scale: bool = False
+) -> Any:
+    """A tqdm bar on stderr; none with `quiet`, nor when stderr is not a terminal (logs and
+    pipes get the result lines only)."""
+    from tqdm import tqdm  # noqa: PLC0415 (tqdm only where a bar is drawn)
+
+    disable = True if quiet else None
+    return tqdm(total=total, unit=unit, unit_scale=unit_scale, desc=desc, disable=disable)
+
+
+class Stages:
+    """One bar per stage of a long command: `stages(label, done, total)` (the library's
+    progress callback) starts a new bar when the label changes. `close` (also by `with`) ends
+    the last one."""
+
+    def __init__(self, unit: str, quiet: bool, labels: dict[str, str] | None = None) -> None:
+        self._unit = unit
+        self._quiet = quiet
+        self._labels = labels or {}
+        self._label: str | None = None
+        self._bar: Any = None
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label != self._label:
+            self.close()
+            self._label = label
+            self._bar = progress_bar(
+                total=total, unit=self._unit, desc=self._labels.get(label, label), quiet=self._quiet
+            )
+        if self._bar.total != total:
+            self._bar.total = total
+            self._bar.refresh()
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Stages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def callback(self, label: str) -> Callable[[int, int], None]:
+        """A `progress(done, total)` callback feeding the bar `label`."""
+        return lambda done, total: self(label, done, total)

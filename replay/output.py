@@ -1,0 +1,141 @@
+"""Output files that a failed run never damages: write beside the target, rename on success.
+
+Every file the commands write (replay detections, drives, bench reports, demo files, the
+calibration overlay) goes through `atomic_output`: the data is written to a hidden temporary
+file in the target's folder (same file system, so the final `os.replace` is atomic) and renamed
+over the target only when the block completes. A run that fails, is interrupted or is killed
+leaves an existing target exactly as it was (a kill can leave the hidden temporary file, whose
+name says what it was for).
+
+`check_output_file` and `check_output_dir` turn the usual mistakes (a missing folder, a folder
+where a file is wanted, a file where a folder is wanted) into one-line errors naming the path,
+before any work is done.
+
+This module lives in `replay` rather than `app` because library code writes outputs too (the
+demo, many-drive replays, importers) and `replay` must not import `app`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from perception.errors import PerceptionError
+
+__all__ = [
+    "OutputError",
+    "atomic_output",
+    "check_not_an_input",
+    "check_output_dir",
+    "check_output_file",
+]
+
+
+class OutputError(PerceptionError):
+    """An output path cannot be written; the message names the path and the problem."""
+
+
+def check_output_file(path: Path, what: str = "the output") -> Path:
+    """`path` if a file can be written there: its folder exists and it is not a folder.
+
+    Raises:
+        OutputError: naming the path and the problem.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; {what} must be a file")
+    parent = path.parent
+    if not parent.exists():
+        raise OutputError(f"{path}: folder {parent} does not exist (create it first)")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: folder {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{path}: exists and is not writable")
+    return path
+
+
+def check_not_an_input(out: Path, inputs: Iterable[Path], what: str = "the output") -> None:
+    """Refuses an output path that names one of the command's inputs (writing it would
+    replace the data being read).
+
+    Raises:
+        OutputError: naming the path.
+    """
+    target = Path(out).expanduser().resolve()
+    for path in inputs:
+        if Path(path).expanduser().resolve() == target:
+            raise OutputError(
+                f"{out}: is also an input of this command; {what} must be another file"
+            )
+
+
+def check_output_dir(path: Path, what: str = "the output", *, create: bool = True) -> Path:
+    """`path` as a folder to write into, created (with its parents) when `create`.
+
+    Raises:
+        OutputError: `path` or one of its parents is a file, or it cannot be created or written.
+    """
+    path = Path(path).expanduser()
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == path else f"{p} is a file"
+            raise OutputError(f"{path}: {where}; {what} must be a folder")
+        if p.exists():
+            break
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{path}: cannot create the folder ({e.strerror})") from e
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the folder is not writable")
+    return path
+
+
+def _temporary_beside(target: Path) -> Path:
+    """A new empty file in `target`'s folder, hidden, keeping `target`'s suffix (writers such
+    as OpenCV and matplotlib choose the format from it)."""
+    for _ in range(100):
+        token = secrets.token_hex(4)
+        tmp = target.with_name(f".{target.stem}.{token}.part{target.suffix}")
+        try:
+            # 0o666 and the umask, as a new file written with open() would get.
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise OutputError(f"{target}: cannot write in {target.parent} ({e.strerror})") from e
+        os.close(fd)
+        return tmp
+    raise OutputError(f"{target}: no free temporary name in {target.parent}")
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path, what: str = "the output") -> Iterator[Path]:
+    """A temporary path to write `target`'s content to; renamed to `target` when the block
+    completes, removed when it raises (including KeyboardInterrupt). An existing `target` keeps
+    its permissions; a symbolic link is written through to the file it names.
+
+    Raises:
+        OutputError: `target` cannot be written (see `check_output_file`), or the rename fails.
+    """
+    target = check_output_file(Path(target), what)
+    if target.is_symlink():
+        target = target.resolve()
+    tmp = _temporary_beside(target)
+    try:
+        if target.exists():
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+        yield tmp
+        try:
+            os.replace(tmp, target)
+        except OSError as e:
+            raise OutputError(f"{target}: cannot replace it ({e.strerror})") from e
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,305 @@
+"""Each command-line mistake a new user made (the architecture issue's list, and those found by
+trying every command hostilely) is one line on stderr naming the input and the problem, exit
+code 2, and leaves no output file damaged. In-process through `main`, on real files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from perception.msgs.types import DetectionList
+from replay.datasets.kitti_object import KittiObjectFolder
+from replay.drive import DriveReader, DriveWriter
+from replay.synth.world import generate_drive, ground_truth_path
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors exit
+        code = main(list(argv))
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+@pytest.fixture(scope="module")
+def kitti_drive(tmp_path_factory: pytest.TempPathFactory, kitti_dir: Path) -> Path:
+    path = tmp_path_factory.mktemp("drives") / "kitti.mcap"
+    with DriveWriter(path) as writer:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            writer.write(msg, msg.header.stamp_ns)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detections_drive(
+    tmp_path_factory: pytest.TempPathFactory, kitti_drive: Path, yolox_path: Path
+) -> Path:
+    """A drive of recorded detections (what `replay --out X.mcap` writes)."""
+    path = tmp_path_factory.mktemp("drives") / "detections.mcap"
+    assert main(["replay", str(kitti_drive), "--out", str(path), "--model", str(yolox_path),
+                 "--quiet"]) == 0  # fmt: skip
+    assert set(DriveReader(path).topics()) == {"detections"}
+    return path
+
+
+# -- the issue's list ---------------------------------------------------------------------------
+
+
+def test_replay_out_in_a_missing_folder(capsys, kitti_drive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "missing-dir" / "x.jsonl"
+    err = _fails(capsys, "replay", str(kitti_drive), "--out", str(out), "--quiet")
+    assert err == (
+        f"perception replay: error: {out}: folder {out.parent} does not exist (create it first)"
+    )
+
+
+def test_bench_out_is_an_existing_file(capsys, tmp_path: Path) -> None:
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me\n")
+    err = _fails(capsys, "bench", "--out", str(existing), "--quiet")
+    assert err == f"perception bench: error: {existing}: is a file; --out must be a folder"
+    assert existing.read_text() == "keep me\n"
+
+
+def test_demo_out_dir_is_an_existing_file(capsys, tmp_path: Path) -> None:
+    existing = tmp_path / "demo"
+    existing.write_text("keep me\n")
+    err = _fails(capsys, "demo", "--out-dir", str(existing), "--quiet")
+    assert err == f"perception demo: error: {existing}: is a file; --out-dir must be a folder"
+    assert existing.read_text() == "keep me\n"
+
+
+def test_demo_drive_without_its_ground_truth(capsys, tmp_path: Path) -> None:
+    drive = tmp_path / "synth.mcap"
+    generate_drive(drive, seed=1, seconds=0.3)
+    ground_truth_path(drive).unlink()
+    err = _fails(capsys, "demo", "--drive", str(drive), "--out-dir", str(tmp_path / "o"))
+    assert err.startswith(f"perception demo: error: {drive}: no ground truth beside it")
+    assert ground_truth_path(drive).name in err
+    assert not (tmp_path / "o" / "detections.jsonl").exists()
+
+
+def test_replay_of_a_detections_drive(capsys, detections_drive: Path, tmp_path: Path) -> None:
+    err = _fails(capsys, "replay", str(detections_drive), "--out", str(tmp_path / "x.jsonl"))
+    assert err.startswith(
+        f"perception replay: error: {detections_drive}: no sensor topics to replay "
+        "(it holds: detections); replay takes a sensor drive"
+    )
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["play", "kitti-object", "DIR", "--rate", "0"], "argument --rate: 0 is not > 0"),
+        (["play", "kitti-object", "DIR", "--rate", "-5"], "argument --rate: -5 is not > 0"),
+        (["play", "x.mcap", "--start", "-10"], "argument --start: -10 is not >= 0"),
+        (["play", "x.mcap", "--speed", "-1"], "argument --speed: -1 is not >= 0"),
+        (["play", "x.mcap", "--speed", "nan"], "argument --speed: 'nan' is not a finite number"),
+        (["demo", "--seconds", "0"], "argument --seconds: 0 is not > 0"),
+        (["demo", "--seed", "-1"], "argument --seed: -1 is not >= 0"),
+        (["record", "--queue-size", "-1", "--out", "x.mcap"],
+         "argument --queue-size: -1 is not >= 1"),
+        (["eval", "d.jsonl", "--kitti", "K", "--reference", "R", "--max-distance", "-1"],
+         "argument --max-distance: -1 is not > 0"),
+        (["eval", "d.jsonl", "--kitti", "K", "--reference", "R", "--min-iou", "2"],
+         "argument --min-iou: 2 is not between 0 and 1"),
+        (["bench", "--rate", "fast"], "argument --rate: 'fast' is not a number"),
+        (["echo", "detections", "--count", "-1"], "argument --count: -1 is not >= 0"),
+        (["replay", "a.mcap", "--out", "a.jsonl", "--out-dir", "d"],
+         "argument --out-dir: not allowed with argument --out"),
+    ],
+)  # fmt: skip
+def test_bad_numbers_are_refused_when_parsed(capsys, argv: list[str], message: str) -> None:
+    err = _fails(capsys, *argv)
+    assert err == f"perception {argv[0]}: error: {message}"
+
+
+def test_play_start_past_the_end(capsys, kitti_drive: Path) -> None:
+    err = _fails(capsys, "play", str(kitti_drive), "--start", "100", "--wait", "0")
+    assert err == (
+        f"perception play: error: {kitti_drive}: --start 100 s is past the end of the drive "
+        "(it lasts 0.70 s)"
+    )
+
+
+def test_play_a_topic_the_drive_does_not_hold(capsys, kitti_drive: Path) -> None:
+    err = _fails(capsys, "play", str(kitti_drive), "--topics", "lidar", "--wait", "0")
+    assert err == (
+        f"perception play: error: {kitti_drive}: no topic lidar in the drive "
+        "(it holds: camera/front, lidar/top, rig)"
+    )
+
+
+# -- no output damaged by a failed run -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".mcap"])
+def test_failed_replay_leaves_an_existing_out_as_it_was(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path, suffix: str
+) -> None:
+    broken = tmp_path / "k"
+    shutil.copytree(kitti_dir, broken)
+    # A frame in the middle is broken: the run fails after writing some sweeps.
+    (broken / "velodyne_reduced" / "000005.bin").write_bytes(b"")
+    out = tmp_path / f"previous{suffix}"
+    out.write_bytes(b"the previous run's detections\n")
+    err = _fails(capsys, "replay", "kitti-object", str(broken), "--out", str(out),
+                 "--model", str(yolox_path), "--quiet")  # fmt: skip
+    assert err.endswith("000005.bin: empty lidar scan (0 bytes, 0 points)")
+    assert out.read_bytes() == b"the previous run's detections\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k", out.name]  # no temporary left
+
+
+def test_successful_replay_replaces_the_out_file(
+    capsys, tmp_path: Path, kitti_drive: Path, yolox_path: Path
+) -> None:
+    out = tmp_path / "d.jsonl"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    code = main(["replay", str(kitti_drive), "--out", str(out), "--model", str(yolox_path),
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    assert len(out.read_text().splitlines()) == 8
+    assert out.stat().st_mode & 0o777 == 0o640  # replaced, permissions kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_an_output_that_is_the_input_is_refused(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    drive = tmp_path / "kitti.mcap"
+    assert main(["import", "kitti-object", str(kitti_dir), "--out", str(drive), "--quiet"]) == 0
+    capsys.readouterr()
+    before = drive.read_bytes()
+    err = _fails(capsys, "replay", str(drive), "--out", str(drive))
+    assert err == (
+        f"perception replay: error: {drive}: is also an input of this command; --out must be "
+        "another file"
+    )
+    assert drive.read_bytes() == before
+    image = tmp_path / "000003.png"
+    shutil.copyfile(kitti_dir / "image_2" / "000003.png", image)
+    err = _fails(capsys, "calib", "check", str(kitti_dir / "calib" / "000003.txt"), "--lidar",
+                 str(kitti_dir / "velodyne_reduced" / "000003.bin"), "--image", str(image),
+                 "--out", str(image))  # fmt: skip
+    assert err.endswith(f"{image}: is also an input of this command; --out must be another file")
+
+
+def test_record_refuses_to_overwrite_a_drive(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "drive.mcap"
+    out.write_bytes(b"a recording\n")
+    err = _fails(capsys, "record", "--out", str(out))
+    assert err == (
+        f"perception record: error: {out}: exists; give --overwrite to replace it, or another --out"
+    )
+    assert out.read_bytes() == b"a recording\n"
+
+
+# -- broken inputs ------------------------------------------------------------------------------
+
+
+def test_empty_and_odd_lidar_scans_name_the_file(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    folder = tmp_path / "k"
+    shutil.copytree(kitti_dir, folder)
+    empty = folder / "velodyne_reduced" / "000003.bin"
+    empty.write_bytes(b"")
+    err = _fails(capsys, "import", "kitti-object", str(folder), "--out", str(tmp_path / "a.mcap"))
+    assert err == f"perception import: error: {empty}: empty lidar scan (0 bytes, 0 points)"
+    odd = folder / "velodyne_reduced" / "000004.bin"
+    odd.write_bytes(b"\0" * 20)
+    empty.write_bytes((kitti_dir / "velodyne_reduced" / "000003.bin").read_bytes())
+    err = _fails(capsys, "import", "kitti-object", str(folder), "--out", str(tmp_path / "a.mcap"))
+    assert err.endswith(f"{odd}: size 20 bytes is not a multiple of 16 (N x 4 float32)")
+    assert not (tmp_path / "a.mcap").exists()
+    calib = kitti_dir / "calib" / "000003.txt"
+    image = kitti_dir / "image_2" / "000003.png"
+    scan = tmp_path / "empty.bin"
+    scan.write_bytes(b"")
+    err = _fails(capsys, "calib", "check", str(calib), "--lidar", str(scan), "--image",
+                 str(image), "--out", str(tmp_path / "o.png"))  # fmt: skip
+    assert err == f"perception calib check: error: {scan}: empty scan (0 bytes, 0 points)"
+
+
+def test_a_damaged_drive_is_named(capsys, tmp_path: Path, kitti_drive: Path) -> None:
+    data = bytearray(kitti_drive.read_bytes())
+    for i in range(200_000, len(data) - 100_000, 50_000):
+        data[i : i + 64] = bytes(64)  # chunks that no longer decompress; the index is intact
+    damaged = tmp_path / "damaged.mcap"
+    damaged.write_bytes(bytes(data))
+    err = _fails(capsys, "replay", str(damaged), "--out", str(tmp_path / "x.jsonl"), "--quiet")
+    assert err.startswith(f"perception replay: error: {damaged}: the drive is damaged (")
+    not_mcap = tmp_path / "notes.mcap"
+    not_mcap.write_text("hello")
+    err = _fails(capsys, "play", str(not_mcap), "--wait", "0")
+    assert err == f"perception play: error: {not_mcap}: not an MCAP file"
+
+
+def test_a_folder_given_as_a_drive_says_how_to_replay_it(capsys, kitti_dir: Path) -> None:
+    err = _fails(capsys, "replay", str(kitti_dir), "--out", "x.jsonl")
+    assert err == (
+        f"perception replay: error: {kitti_dir}: is a folder, not a drive (.mcap); for a KITTI "
+        f"object folder: perception replay kitti-object {kitti_dir}"
+    )
+
+
+def test_binary_files_given_as_text(capsys, tmp_path: Path, kitti_drive: Path) -> None:
+    err = _fails(capsys, "eval", str(kitti_drive), "--kitti", "K", "--reference", "R")
+    assert err.startswith(f"perception eval: error: {kitti_drive}: not a JSON Lines file")
+    calib = tmp_path / "calib.txt"
+    shutil.copyfile(kitti_drive, calib)
+    err = _fails(capsys, "calib", "show", str(calib))
+    assert err.startswith(f"perception calib show: error: {calib}: not a text calibration file")
+
+
+def test_config_errors_are_one_line(capsys, tmp_path: Path, kitti_drive: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("inputs: [1\n")
+    err = _fails(capsys, "replay", str(kitti_drive), "--out", str(tmp_path / "x.jsonl"),
+                 "--config", str(config))  # fmt: skip
+    assert err.startswith(f"perception replay: error: {config}: invalid YAML")
+
+
+def test_cache_dir_that_is_a_file(capsys, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("")
+    for argv in (["models", "list"], ["engines", "list"]):
+        err = _fails(capsys, *argv, "--cache-dir", str(cache))
+        command = " ".join(argv)
+        assert (
+            err == f"perception {command}: error: {cache}: is a file; --cache-dir must be a folder"
+        )
+
+
+def test_bench_device_cuda_without_a_gpu(capsys) -> None:
+    from engines.onnxruntime_backend import cuda_provider_available
+
+    if cuda_provider_available():
+        pytest.skip("a CUDA device is usable here")
+    err = _fails(capsys, "bench", "--device", "cuda", "--quiet")
+    assert err.startswith(
+        "perception bench: error: engines.device cuda (onnxruntime): this ONNX Runtime has no "
+        "CUDA execution provider"
+    )
+
+
+def test_detections_types_are_kept(detections_drive: Path) -> None:
+    """The detections drive fixture is what `replay --out X.mcap` writes (sanity)."""
+    messages = [r.message for r in DriveReader(detections_drive).messages()]
+    assert len(messages) == 8 and all(isinstance(m, DetectionList) for m in messages)
+
+
+def test_a_drive_must_be_written_as_mcap(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a drive\n")
+    for argv in (["import", "kitti-object", str(kitti_dir)], ["record", "lidar/top"]):
+        err = _fails(capsys, *argv, "--out", str(notes))
+        assert err == (
+            f"perception {argv[0]}: error: {notes}: --out must end in .mcap (it is an MCAP drive)"
+        )
+    assert notes.read_text() == "not a drive\n"
