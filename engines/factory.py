@@ -85,6 +85,11 @@ class Placement:
     note: str | None = None
 
 
+_NO_ORT_CUDA = (
+    "this ONNX Runtime has no usable CUDA execution provider (onnxruntime-gpu, CUDA, a GPU)"
+)
+
+
 def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
@@ -120,7 +125,7 @@ def resolve_placement(settings: EngineSettings) -> Placement:
             missing = "torch sees no CUDA device (torch.cuda.is_available() is false)"
         else:
             cuda = device != "cpu" and cuda_provider_available()
-            missing = "this ONNX Runtime has no CUDA execution provider (onnxruntime-gpu)"
+            missing = _NO_ORT_CUDA
         if cuda or device != "cuda":
             return Placement(backend, "cuda" if cuda else "cpu")
         subject = f"engines.device cuda ({backend})"
@@ -237,11 +242,7 @@ class EngineFactory:
         )
         if self._ort_cuda and engine.device == "cpu":
             self._ort_cuda = False
-            why = (
-                "ONNX Runtime's CUDA provider did not load"
-                if cuda
-                else "this ONNX Runtime has no CUDA execution provider (onnxruntime-gpu)"
-            )
+            why = "ONNX Runtime's CUDA provider did not load" if cuda else _NO_ORT_CUDA
             if self.placement.backend == "onnxruntime" and self.settings.effective_device == "cuda":
                 if self.settings.fallback is None:
                     raise EngineError(

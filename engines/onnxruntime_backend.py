@@ -68,14 +68,17 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=str(arg.name), dtype=dtype, shape=tuple(dims))
 
 
-@functools.cache
 def cuda_provider_available() -> bool:
     """True when ONNX Runtime's CUDA execution provider is usable here: this build has it
     (onnxruntime-gpu) and a session really takes it. Listed is not enough: without the CUDA
-    libraries or a device, ONNX Runtime silently runs a CUDA session on the CPU. Probed once
-    per process, on the packaged lidar encoder."""
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
+    libraries or a device, ONNX Runtime silently runs a CUDA session on the CPU."""
+    return "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_session_works()
+
+
+@functools.cache
+def _cuda_session_works() -> bool:
+    """Whether a CUDA session really runs on CUDA: probed once per process, on the packaged
+    lidar encoder."""
     from engines.registry import PACKAGED_MODELS_DIR  # noqa: PLC0415 - the probe only
 
     try:

@@ -64,6 +64,8 @@ def replay_source(
     config: NodeConfig | None = None,
     model_path: Path | None = None,
     pipeline: Pipeline | None = None,
+    *,
+    topics_from_drive: bool = False,
 ) -> ReplayResult:
     """Replay one source into the JSON Lines file `out_path` through the node core, as
     `perception replay` does (replay.offline.replay_to_file; the pipeline is built from
@@ -75,7 +77,9 @@ def replay_source(
     out_path = Path(out_path)
     try:
         pipeline = pipeline or Pipeline.from_config(config.camera_model, model_path, config.engines)
-        summary = replay_to_file(Path(source), out_path, config, pipeline)
+        summary = replay_to_file(
+            Path(source), out_path, config, pipeline, topics_from_drive=topics_from_drive
+        )
     except _SOURCE_ERRORS as e:
         return ReplayResult(
             Path(source), out_path, wall_s=time.perf_counter() - start, error=str(e)
@@ -116,6 +120,7 @@ def replay_many(
     ray_init_kwargs: Mapping[str, Any] | None = None,
     num_cpus_per_task: float = 1.0,
     progress: ProgressFn | None = None,
+    topics_from_drive: bool = False,
 ) -> list[ReplayResult]:
     """Replay every source (drive file or KITTI object folder) into `out_dir/<name>.jsonl`;
     the results in the order of `drives`.
@@ -125,6 +130,7 @@ def replay_many(
     machine, any other value is given to `ray.init(address=...)` (e.g. "auto",
     "ray://head:10001"); `ray_init_kwargs` go to `ray.init` too. An already initialised Ray is
     used as it is and left running; one started here is shut down at the end.
+    `topics_from_drive`: each drive is read on its own topics (replay.offline.open_source).
 
     Raises DuplicateOutputError (a ReplayError and ValueError) when two sources would write the
     same output file, ReplayError when `out_dir` cannot be created, ImportError when Ray is
@@ -139,12 +145,15 @@ def replay_many(
     outs = _out_paths(sources, out_dir)
     config = config or NodeConfig()
     if ray_address is None:
-        return _replay_locally(sources, outs, config, model_path, progress)
+        return _replay_locally(
+            sources, outs, config, model_path, progress, topics_from_drive=topics_from_drive
+        )
     return _replay_on_ray(
         sources,
         outs,
         config,
         model_path,
+        topics_from_drive=topics_from_drive,
         address=ray_address,
         init_kwargs=dict(ray_init_kwargs or {}),
         num_cpus_per_task=num_cpus_per_task,
@@ -158,6 +167,8 @@ def _replay_locally(
     config: NodeConfig,
     model_path: Path | None,
     progress: ProgressFn | None,
+    *,
+    topics_from_drive: bool,
 ) -> list[ReplayResult]:
     pipeline: Pipeline | None = None
     results: list[ReplayResult] = []
@@ -167,7 +178,11 @@ def _replay_locally(
                 pipeline = Pipeline.from_config(config.camera_model, model_path, config.engines)
             except _SOURCE_ERRORS:
                 pipeline = None  # reported per source by replay_source
-        results.append(replay_source(source, out, config, model_path, pipeline))
+        results.append(
+            replay_source(
+                source, out, config, model_path, pipeline, topics_from_drive=topics_from_drive
+            )
+        )
         if progress is not None:
             progress(len(results), len(sources), results[-1])
     return results
@@ -179,6 +194,7 @@ def _replay_on_ray(
     config: NodeConfig,
     model_path: Path | None,
     *,
+    topics_from_drive: bool,
     address: str,
     init_kwargs: dict[str, Any],
     num_cpus_per_task: float,
@@ -197,7 +213,9 @@ def _replay_on_ray(
         # Absolute paths: a task's working folder is not the caller's.
         model = None if model_path is None else Path(model_path).expanduser().resolve()
         refs = [
-            task.remote(source.resolve(), out.resolve(), config, model)
+            task.remote(
+                source.resolve(), out.resolve(), config, model, topics_from_drive=topics_from_drive
+            )
             for source, out in zip(sources, outs, strict=True)
         ]
         index = {ref: i for i, ref in enumerate(refs)}

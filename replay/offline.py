@@ -36,6 +36,7 @@ from perception.node.core import ReadyBundle
 from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter, RecordedMessage
+from replay.drive_config import config_for_messages
 from replay.errors import ReplayError
 from replay.mcap_player import check_sensor_drive, checked_messages
 from replay.output import atomic_output
@@ -67,10 +68,12 @@ class Received:
 
 @dataclass(frozen=True)
 class ReplayInput:
-    """A source opened for replay: its inputs in receive order, the rig in force from the
-    start, how many sweeps it holds (None when unknown) and what it is, in words."""
+    """A source opened for replay: its inputs in receive order, the node config to run them
+    with, the rig in force from the start, how many sweeps it holds (None when unknown) and
+    what it is, in words."""
 
     received: Iterable[Received]
+    config: NodeConfig
     default_rig: Rig | None
     sweeps: int | None
     description: str
@@ -165,8 +168,12 @@ def _load_config_rig(config: NodeConfig) -> Rig | None:
         raise ReplayError(f"{config.rig}: cannot load the configured rig ({e})") from e
 
 
-def open_source(source: Path, config: NodeConfig) -> ReplayInput:
-    """`source` (a drive file or a KITTI object folder) as the node's inputs.
+def open_source(
+    source: Path, config: NodeConfig, *, topics_from_drive: bool = False
+) -> ReplayInput:
+    """`source` (a drive file or a KITTI object folder) as the node's inputs. With
+    `topics_from_drive`, a drive's inputs are read on the topics it has them on, with its
+    recorded camera offsets (replay.drive_config), not on `config`'s.
 
     Raises ReplayError naming the path: missing source, unreadable drive, invalid rig."""
     source = Path(source)
@@ -176,16 +183,22 @@ def open_source(source: Path, config: NodeConfig) -> ReplayInput:
         received = (
             Received(m.header.stream, m.header.stamp_ns, message=m) for m in folder.messages()
         )
-        return ReplayInput(received, initial, len(folder), f"KITTI object folder {source}")
+        return ReplayInput(received, config, initial, len(folder), f"KITTI object folder {source}")
     if not source.is_file():
         raise ReplayError(f"{source}: no such drive or KITTI object folder")
     reader = DriveReader(source)
+    if topics_from_drive:
+        recorded = ((r.topic, r.message) for r in checked_messages(reader))
+        try:
+            config = config_for_messages(recorded, config)
+        except ReplayError as e:
+            raise ReplayError(f"{source}: {e}") from None
     inputs = config.inputs
     contents = check_sensor_drive(reader, inputs.lidar_topic)
     topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic]
     records = checked_messages(reader, topics=topics)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
-    return ReplayInput(received, initial or reader.rig, contents.sweeps, f"drive {source}")
+    return ReplayInput(received, config, initial or reader.rig, contents.sweeps, f"drive {source}")
 
 
 @dataclass
@@ -206,12 +219,13 @@ def replay_to_file(
     *,
     speed: float = 0.0,
     progress: Callable[[int, int | None], None] | None = None,
+    topics_from_drive: bool = False,
 ) -> ReplaySummary:
     """Replay `source` into `out`: JSON Lines (one DetectionList per line) or MCAP (the
     DetectionLists, plus the node's Diagnostics once per second of drive time). The file is
     written beside `out` and renamed into place only when the run succeeds, so a failed run
     leaves an existing `out` as it was. `progress(sweeps_done, sweeps_total or None)` after
-    each DetectionList.
+    each DetectionList. `topics_from_drive`: see `open_source`.
 
     Raises ReplayError naming the path for a bad source (a drive without lidar sweeps on the
     config's lidar topic among them), OutputError for an unwritable output; the pipeline's
@@ -219,8 +233,8 @@ def replay_to_file(
     out = Path(out)
     if out.suffix not in (".jsonl", ".mcap"):
         raise ReplayError(f"{out}: the output must end in .jsonl or .mcap")
-    replay_input = open_source(source, config)
-    core = NodeCore(config, pipeline, replay_input.default_rig)
+    replay_input = open_source(source, config, topics_from_drive=topics_from_drive)
+    core = NodeCore(replay_input.config, pipeline, replay_input.default_rig)
     summary = ReplaySummary()
     with atomic_output(out, "the detections file") as tmp:
         if out.suffix == ".jsonl":

@@ -18,19 +18,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engines.settings import EngineSettings
-from perception.config import NodeConfig, SyncConfig, parse_config
+from perception.config import NodeConfig, parse_config
 from perception.errors import PerceptionError
 from perception.msgs.types import (
-    CameraFrame,
     DetectionList,
-    GnssFix,
     LidarSweep,
     Message,
-    RigMessage,
 )
+from replay.drive_config import config_for_messages
+from replay.errors import ReplayError
 
 __all__ = [
     "Record",
@@ -121,33 +118,12 @@ def _shifted(msg: Message, shift_ns: int) -> Message:
 def config_for_sweeps(sweeps: Sequence[Sweep], base: NodeConfig) -> NodeConfig:
     """`base` with its input topics taken from the sweeps (lidar, cameras, GNSS, rig) and each
     camera's expected offset after its sweep (`sync.camera_offsets_ms`) set to the median
-    recorded one."""
-    lidar_topic = sweeps[0][-1][0]
-    offsets: dict[str, list[int]] = {}
-    gnss = rig = None
-    for sweep in sweeps:
-        sweep_ns = sweep[-1][1].header.stamp_ns
-        for topic, msg in sweep[:-1]:
-            if isinstance(msg, CameraFrame):
-                offsets.setdefault(topic, []).append(msg.header.stamp_ns - sweep_ns)
-            elif isinstance(msg, GnssFix):
-                gnss = gnss or topic
-            elif isinstance(msg, RigMessage):
-                rig = rig or topic
-    if not offsets:
-        raise PerceptionError("no camera frames to play with the lidar sweeps")
-    inputs = dataclasses.replace(
-        base.inputs,
-        lidar_topic=lidar_topic,
-        camera_topics=tuple(sorted(offsets)),
-        gnss_topic=gnss or base.inputs.gnss_topic,
-        rig_topic=rig or base.inputs.rig_topic,
-    )
-    sync: SyncConfig = dataclasses.replace(
-        base.sync,
-        camera_offsets_ms={t: round(float(np.median(v)) / 1e6, 3) for t, v in offsets.items()},
-    )
-    return dataclasses.replace(base, inputs=inputs, sync=sync)
+    recorded one, as `perception replay` reads a drive without a config
+    (replay.drive_config)."""
+    try:
+        return config_for_messages((rec for sweep in sweeps for rec in sweep), base)
+    except ReplayError as e:
+        raise PerceptionError(f"cannot play these sweeps into the node: {e}") from None
 
 
 def with_engines(config: NodeConfig, backend: str | None, device: str | None) -> NodeConfig:

@@ -45,8 +45,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if kind == "kitti-object":
         total = len(KittiObjectFolder(path))  # a folder that is not one is refused here
     else:
-        # A drive without lidar sweeps (e.g. recorded detections) would replay to nothing.
-        total = check_sensor_drive(DriveReader(path), config.inputs.lidar_topic).sweeps
+        # A drive without lidar sweeps (e.g. recorded detections) would replay to nothing;
+        # without --config, it is read on the topics it was recorded on.
+        lidar_topic = config.inputs.lidar_topic if args.config is not None else None
+        total = check_sensor_drive(DriveReader(path), lidar_topic).sweeps
     pipeline = build_pipeline(config)
     with progress_bar(total=total, unit="sweep", desc=None, quiet=args.quiet) as bar:
 
@@ -60,6 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             pipeline,
             speed=1.0 if args.realtime else 0.0,
             progress=progress,
+            topics_from_drive=args.config is None,
         )
     c = summary.counters
     print(
@@ -92,6 +95,8 @@ def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
             model_path=model_path,
             ray_address=args.ray_address,
             progress=lambda _done, _total, _result: bar.update(1),
+            # Without --config, each drive is read on the topics it was recorded on.
+            topics_from_drive=args.config is None,
         )
     failed = 0
     for r in results:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from perception.msgs.types import DetectionList
+from perception.msgs.types import DetectionList, Diagnostics
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.synth.world import generate_drive, ground_truth_path
@@ -45,7 +45,8 @@ def detections_drive(
     path = tmp_path_factory.mktemp("drives") / "detections.mcap"
     assert main(["replay", str(kitti_drive), "--out", str(path), "--model", str(yolox_path),
                  "--quiet"]) == 0  # fmt: skip
-    assert set(DriveReader(path).topics()) == {"detections"}
+    # The node's outputs: its DetectionLists and its Diagnostics (once a second, and at the end).
+    assert set(DriveReader(path).topics()) == {"detections", "diagnostics"}
     return path
 
 
@@ -90,7 +91,7 @@ def test_replay_of_a_detections_drive(capsys, detections_drive: Path, tmp_path: 
     err = _fails(capsys, "replay", str(detections_drive), "--out", str(tmp_path / "x.jsonl"))
     assert err.startswith(
         f"perception replay: error: {detections_drive}: no sensor topics to replay "
-        "(it holds: detections); replay takes a sensor drive"
+        "(it holds: detections, diagnostics); replay takes a sensor drive"
     )
     assert not (tmp_path / "x.jsonl").exists()
 
@@ -284,14 +285,18 @@ def test_bench_device_cuda_without_a_gpu(capsys) -> None:
     err = _fails(capsys, "bench", "--device", "cuda", "--quiet")
     assert err.startswith(
         "perception bench: error: engines.device cuda (onnxruntime): this ONNX Runtime has no "
-        "CUDA execution provider"
+        "usable CUDA execution provider"
     )
 
 
 def test_detections_types_are_kept(detections_drive: Path) -> None:
     """The detections drive fixture is what `replay --out X.mcap` writes (sanity)."""
-    messages = [r.message for r in DriveReader(detections_drive).messages()]
+    messages = [r.message for r in DriveReader(detections_drive).messages(["detections"])]
     assert len(messages) == 8 and all(isinstance(m, DetectionList) for m in messages)
+    diagnostics = [r.message for r in DriveReader(detections_drive).messages(["diagnostics"])]
+    assert diagnostics
+    last = diagnostics[-1]
+    assert isinstance(last, Diagnostics) and last.counters["published"] == 8
 
 
 def test_a_drive_must_be_written_as_mcap(capsys, tmp_path: Path, kitti_dir: Path) -> None:

@@ -104,14 +104,12 @@ def test_settings_defaults() -> None:
 
 
 def test_placement_of_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
-    import onnxruntime as ort
+    import engines.factory
 
     assert resolve_placement(EngineSettings()) == Placement("onnxruntime", "cpu")
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(engines.factory, "cuda_provider_available", lambda: False)
     assert resolve_placement(EngineSettings(device="auto")) == Placement("onnxruntime", "cpu")
-    monkeypatch.setattr(
-        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
+    monkeypatch.setattr(engines.factory, "cuda_provider_available", lambda: True)
     assert resolve_placement(EngineSettings(device="auto")) == Placement("onnxruntime", "cuda")
     assert resolve_placement(EngineSettings(device="cpu")) == Placement("onnxruntime", "cpu")
 

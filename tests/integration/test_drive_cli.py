@@ -47,10 +47,12 @@ def test_replay_of_a_drive_equals_replay_of_the_folder(
     drive_run = list(read_jsonl(tmp_path / "b.jsonl"))
     assert len(drive_run) == 8
     assert _key(drive_run) == _key(folder_run)
-    # Detections into an MCAP drive: one DetectionList per sweep, readable back.
+    # Detections into an MCAP drive: one DetectionList per sweep, readable back, with the
+    # node's Diagnostics beside them.
     assert main(["replay", str(kitti_drive), "--out", str(tmp_path / "d.mcap"), *common]) == 0
-    back = [r.message for r in DriveReader(tmp_path / "d.mcap").messages()]
+    back = [r.message for r in DriveReader(tmp_path / "d.mcap").messages(["detections"])]
     assert len(back) == 8 and all(isinstance(m, DetectionList) for m in back)
+    assert DriveReader(tmp_path / "d.mcap").topics()["diagnostics"] >= 1
 
 
 def test_replay_rejects_a_bad_output_suffix(capsys, kitti_drive: Path, tmp_path: Path) -> None:
@@ -168,7 +170,7 @@ def test_record_and_play_put_each_topic_where_it_is_published(
                 writer.write(rec.message, rec.log_time_ns, rec.topic)
     config, sensors, outputs = _endpoints_config(tmp_path)
     out = tmp_path / "recorded.mcap"
-    topics = ["lidar/top", "camera/front", "rig", "detections"]
+    topics = ["lidar/top", "camera/front", "rig", "detections", "diagnostics"]
     recorder = subprocess.Popen(
         [*CLI, "record", *topics, "--out", str(out), "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -181,14 +183,18 @@ def test_record_and_play_put_each_topic_where_it_is_published(
         check=False, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert player.returncode == 0, player.stdout + player.stderr
-    assert f"camera/front, lidar/top, rig on {sensors}; detections on {outputs}" in player.stdout
+    assert (
+        f"camera/front, lidar/top, rig on {sensors}; detections, diagnostics on {outputs}"
+        in player.stdout
+    )
     time.sleep(1.0)
     recorder.send_signal(signal.SIGINT)
     log, _ = recorder.communicate(timeout=30)
     assert recorder.returncode == 0, log
-    assert f"lidar/top, camera/front, rig at {sensors}; detections at {outputs}" in log
+    assert f"lidar/top, camera/front, rig at {sensors}; detections, diagnostics at {outputs}" in log
+    diagnostics = DriveReader(detections).topics()["diagnostics"]
     assert DriveReader(out).topics() == {"lidar/top": 8, "camera/front": 8, "rig": 8,
-                                         "detections": 8}  # fmt: skip
+                                         "detections": 8, "diagnostics": diagnostics}  # fmt: skip
 
 
 def test_record_overwrite_replaces_the_drive_when_finished(

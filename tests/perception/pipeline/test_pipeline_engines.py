@@ -256,14 +256,14 @@ def test_device_cuda_without_cuda(monkeypatch: pytest.MonkeyPatch, yolox_path: P
     with pytest.raises(EngineError) as err:
         _pipeline(yolox_path, device="cuda")
     assert str(err.value) == (
-        "engines.device cuda (onnxruntime): this ONNX Runtime has no CUDA execution provider "
-        "(onnxruntime-gpu); set engines.fallback: onnxruntime to run ONNX Runtime on the CPU "
-        "instead"
+        "engines.device cuda (onnxruntime): this ONNX Runtime has no usable CUDA execution "
+        "provider (onnxruntime-gpu, CUDA, a GPU); set engines.fallback: onnxruntime to run ONNX "
+        "Runtime on the CPU instead"
     )
     fallback = _pipeline(yolox_path, device="cuda", fallback="onnxruntime")
     assert fallback.notes == (
-        "engines.device cuda (onnxruntime): this ONNX Runtime has no CUDA execution provider "
-        "(onnxruntime-gpu); running onnxruntime on cpu",
+        "engines.device cuda (onnxruntime): this ONNX Runtime has no usable CUDA execution "
+        "provider (onnxruntime-gpu, CUDA, a GPU); running onnxruntime on cpu",
     )
     # auto is CUDA where usable, else the CPU: no error and nothing to note, the description says.
     auto = _pipeline(yolox_path, device="auto")
