@@ -505,6 +505,35 @@ def _add_models(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_config(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    config = _group(
+        sub,
+        "config",
+        "the node configuration: show, reference",
+        "The node's YAML configuration: the effective settings of a config file, and the "
+        "reference of every key.",
+    )
+    show = _command(
+        config,
+        "show",
+        "app.commands.config:cmd_config_show",
+        "the effective node configuration (YAML)",
+        "Print the node configuration as `perception run` would use it: the file's settings, "
+        "validated, with every key it leaves out at its default.",
+        common=common,
+    )
+    show.add_argument("--config", metavar="FILE", help="node YAML config (defaults built in)")
+    _command(
+        config,
+        "reference",
+        "app.commands.config:cmd_config_reference",
+        "every config key: type, default, unit, description (Markdown)",
+        "Print the reference of every node config key (type, default, unit, description) as "
+        "Markdown, generated from the code that reads the config (docs/config.md is its output).",
+        common=common,
+    )
+
+
 def _add_eval(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p = _command(
         sub,
@@ -567,7 +596,7 @@ def build_parser() -> Parser:
     )
     for add in (
         _add_demo, _add_run, _add_replay, _add_play, _add_record, _add_echo, _add_bench,
-        _add_import, _add_eval, _add_calib, _add_engines, _add_models,
+        _add_import, _add_eval, _add_calib, _add_engines, _add_models, _add_config,
     ):  # fmt: skip
         add(sub, common)
     return parser

@@ -91,7 +91,13 @@ def camera_model_file(config: NodeConfig, cache_dir: Path | None = None) -> Path
 def build_pipeline(config: NodeConfig) -> Pipeline:
     """The pipeline of `config`, its camera model resolved to a file first
     (`camera_model_file`: a missing registered model is reported with how to fetch it)."""
-    return Pipeline.from_config(config.camera_model, camera_model_file(config), config.engines)
+    return Pipeline.from_config(
+        config.camera_model,
+        camera_model_file(config),
+        config.engines,
+        config.pipeline,
+        detections_stream=config.outputs.detections_topic,
+    )
 
 
 @dataclass(frozen=True)

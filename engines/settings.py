@@ -66,11 +66,20 @@ class EngineSettings:
     """
 
     backend: str = "onnxruntime"
+    """`onnxruntime`, `tensorrt` (native TensorRT 10 through the engine cache) or `torch`."""
     device: str | None = None
+    """`auto` (CUDA where the backend can use it here), `cpu` or `cuda`; null: the backend's
+    own (cpu, or cuda for tensorrt)."""
     precision: str = "fp32"
+    """The camera encoder's TensorRT build precision: `fp32`, `fp16` or `int8` (the project's
+    graphs always build in fp32)."""
     cache_dir: str | None = None
+    """The TensorRT engine cache (null: ~/.cache/perception-node/engines)."""
     fallback: str | None = None
+    """null: refuse to start where the backend or device cannot run; `onnxruntime`: run ONNX
+    Runtime on the CPU instead, and say so on diagnostics."""
     threads: int = 0
+    """Intra-op threads of each engine; 0 lets the runtime choose."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -16,9 +17,12 @@ from perception.errors import ConfigError
 __all__ = [
     "BudgetConfig",
     "CameraModelConfig",
+    "GroundConfig",
     "InputConfig",
+    "LidarObjectConfig",
     "NodeConfig",
     "OutputConfig",
+    "PipelineConfig",
     "RealtimeConfig",
     "SyncConfig",
     "load_config",
@@ -153,6 +157,113 @@ class RealtimeConfig:
 
 
 @dataclass(frozen=True)
+class GroundConfig:
+    """The ground plane: RANSAC over the returns near the expected ground, which the lidar-only
+    branch and the fusion engine measure heights from."""
+
+    ground_prior_z_m: float = -1.73
+    """The ground's z in the vehicle frame (KITTI: the Velodyne's mounting height); also the
+    plane used when too few returns are found."""
+    ground_band_below_m: float = 1.0
+    """Candidates lie at most this far below the prior."""
+    ground_band_above_m: float = 0.6
+    """Candidates lie at most this far above the prior."""
+    ground_fit_range_m: float = 40.0
+    """Candidates lie within this horizontal distance of the vehicle."""
+    ransac_iterations: int = 64
+    """Planes tried."""
+    ransac_threshold_m: float = 0.12
+    """A return this close to a plane supports it."""
+    ransac_max_tilt_deg: float = 12.0
+    """Planes tilted more than this from horizontal are refused."""
+    ransac_max_points: int = 3000
+    """Candidates are stride-sampled down to this many."""
+    ransac_min_inliers: int = 50
+    """A plane with fewer supporters is refused (the prior is used)."""
+    seed: int = 0
+    """Seed of the RANSAC generator (results repeat for the same input)."""
+
+    def __post_init__(self) -> None:
+        for name in ("ground_fit_range_m", "ransac_threshold_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
+        if self.ransac_iterations < 1:
+            raise ConfigError(f"ransac_iterations: must be >= 1, got {self.ransac_iterations}")
+        if self.ransac_max_points < 3:
+            raise ConfigError(f"ransac_max_points: must be >= 3, got {self.ransac_max_points}")
+        if not 0.0 < self.ransac_max_tilt_deg < 90.0:
+            raise ConfigError(
+                f"ransac_max_tilt_deg: must be in (0, 90), got {self.ransac_max_tilt_deg}"
+            )
+
+
+@dataclass(frozen=True)
+class LidarObjectConfig:
+    """The lidar-only branch: BEV clusters of returns above the ground that no camera-confirmed
+    detection explains, published as `unknown` objects. A cluster higher than `max_base_m` clears
+    a car (tree crowns, signs); one lower is an obstacle even when only its top is seen. The
+    score grows with the returns up to `full_score_points` and is capped at `max_score`, below
+    the camera-confirmed detections, so consumers ranking by score see those first."""
+
+    min_height_m: float = 0.3
+    """Returns at least this high above the ground may be obstacles."""
+    max_height_m: float = 3.0
+    """Returns higher than this above the ground are not obstacles (overhangs)."""
+    min_points: int = 10
+    """A cluster needs at least this many returns."""
+    max_extent_m: float = 7.0
+    """Longer clusters are structure (walls, hedges, guard rails), not objects."""
+    min_top_m: float = 0.5
+    """A cluster's top must reach this high above the ground."""
+    max_base_m: float = 1.5
+    """A cluster's lowest return must be at most this high above the ground."""
+    explained_margin_m: float = 0.8
+    """Returns within this of a camera-confirmed detection's footprint belong to it ..."""
+    explained_fraction: float = 0.3
+    """... and a cluster with at least this fraction of such returns is that detection."""
+    full_score_points: int = 150
+    """Returns at which a lidar-only object's score reaches `max_score`."""
+    max_score: float = 0.3
+    """The highest score of a lidar-only object."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_height_m < self.max_height_m:
+            raise ConfigError(
+                "min_height_m, max_height_m: need 0 <= min_height_m < max_height_m, got "
+                f"{self.min_height_m}, {self.max_height_m}"
+            )
+        if self.min_points < 3:
+            raise ConfigError(f"min_points: must be >= 3, got {self.min_points}")
+        if not self.max_extent_m > 0:
+            raise ConfigError(f"max_extent_m: must be > 0, got {self.max_extent_m}")
+        if not 0.0 < self.max_score <= 1.0:
+            raise ConfigError(f"max_score: must be in (0, 1], got {self.max_score}")
+        if not 0.0 <= self.explained_fraction <= 1.0:
+            raise ConfigError(
+                f"explained_fraction: must be in [0, 1], got {self.explained_fraction}"
+            )
+        if self.full_score_points < 1:
+            raise ConfigError(f"full_score_points: must be >= 1, got {self.full_score_points}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The per-sweep pipeline's tunables."""
+
+    max_range_m: float = 80.0
+    """Lidar returns farther than this from the vehicle are dropped before any stage."""
+    ground: GroundConfig = field(default_factory=GroundConfig)
+    """The ground plane fit."""
+    lidar_objects: LidarObjectConfig = field(default_factory=LidarObjectConfig)
+    """The lidar-only branch."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_range_m) and self.max_range_m > 0):
+            raise ConfigError(f"max_range_m: must be a finite number > 0, got {self.max_range_m}")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything `perception run` needs. `rig` is the vehicle's calibration (a rig YAML or any
     format calibration.load_rig reads), in force until a rig message arrives on the rig topic;
@@ -170,6 +281,8 @@ class NodeConfig:
     """Time synchronisation."""
     budgets: BudgetConfig = BudgetConfig()
     """Latency budgets."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """The per-sweep pipeline's tunables (ranges, ground fit, lidar-only objects)."""
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     """Real-time settings of the process."""
     max_points: int = 300_000
@@ -231,6 +344,8 @@ def _build(cls: type[T], doc: dict[str, Any], prefix: str) -> T:
         return cls(**kwargs)
     except EngineError as e:  # EngineSettings validates itself, naming `engines.<key>`
         raise ConfigError(str(e)) from None
+    except ConfigError as e:  # a section's own checks name its keys; prefix the section
+        raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
 
 
 def _validate(cfg: NodeConfig) -> None:

@@ -76,7 +76,13 @@ def replay_source(
     start = time.perf_counter()
     out_path = Path(out_path)
     try:
-        pipeline = pipeline or Pipeline.from_config(config.camera_model, model_path, config.engines)
+        pipeline = pipeline or Pipeline.from_config(
+            config.camera_model,
+            model_path,
+            config.engines,
+            config.pipeline,
+            detections_stream=config.outputs.detections_topic,
+        )
         summary = replay_to_file(
             Path(source), out_path, config, pipeline, topics_from_drive=topics_from_drive
         )
@@ -175,7 +181,13 @@ def _replay_locally(
     for source, out in zip(sources, outs, strict=True):
         if pipeline is None:
             try:
-                pipeline = Pipeline.from_config(config.camera_model, model_path, config.engines)
+                pipeline = Pipeline.from_config(
+                    config.camera_model,
+                    model_path,
+                    config.engines,
+                    config.pipeline,
+                    detections_stream=config.outputs.detections_topic,
+                )
             except _SOURCE_ERRORS:
                 pipeline = None  # reported per source by replay_source
         results.append(

@@ -13,41 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from perception.config import GroundConfig
+
 __all__ = ["GroundConfig", "GroundPlane", "estimate_ground"]
 
 FloatArray = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class GroundConfig:
-    """RANSAC over the points within ``ground_fit_range_m`` (BEV) whose z lies within
-    [``ground_prior_z_m`` - ``ground_band_below_m``, ``ground_prior_z_m`` +
-    ``ground_band_above_m``]; ``ground_prior_z_m`` is the ground's z in the vehicle frame (-1.73 m:
-    the KITTI Velodyne mounting height) and the fallback plane when too few points are found.
-    Metres and degrees."""
-
-    ground_prior_z_m: float = -1.73
-    ground_band_below_m: float = 1.0
-    ground_band_above_m: float = 0.6
-    ground_fit_range_m: float = 40.0
-    ransac_iterations: int = 64
-    ransac_threshold_m: float = 0.12
-    ransac_max_tilt_deg: float = 12.0
-    ransac_max_points: int = 3000  # candidates are stride-sampled down to this many
-    ransac_min_inliers: int = 50
-    seed: int = 0  # seeds the RANSAC generator
-
-    def __post_init__(self) -> None:
-        for name in ("ground_fit_range_m", "ransac_threshold_m"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"GroundConfig.{name}: must be a finite number > 0, got {value}")
-        if self.ransac_iterations < 1:
-            raise ValueError("GroundConfig.ransac_iterations: must be >= 1")
-        if self.ransac_max_points < 3:
-            raise ValueError("GroundConfig.ransac_max_points: must be >= 3")
-        if not 0.0 < self.ransac_max_tilt_deg < 90.0:
-            raise ValueError("GroundConfig.ransac_max_tilt_deg: must be in (0, 90)")
 
 
 @dataclass(frozen=True)

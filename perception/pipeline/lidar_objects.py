@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -38,6 +37,7 @@ import numpy.typing as npt
 from engines.factory import EngineFactory
 from engines.lidar.config import OBSTACLE_CONFIG
 from engines.lidar.runner import LidarEncoderRunner
+from perception.config import LidarObjectConfig
 from perception.msgs.types import Detection3D
 from perception.pipeline.ground import GroundPlane
 
@@ -54,44 +54,6 @@ _HEADINGS = np.deg2rad(np.arange(0.0, 90.0, 2.0))
 _CLOSENESS_FLOOR_M = 0.01
 # The rectangle fit uses at most this many points of a cluster (stride-sampled).
 _FIT_MAX_POINTS = 400
-
-
-@dataclass(frozen=True)
-class LidarObjectConfig:
-    """Tunables of the lidar-only branch (metres; scores in [0, 1]).
-
-    Returns from `min_height_m` to `max_height_m` above the ground plane may be obstacles. A
-    cluster needs `min_points` returns, at most `max_extent_m` of length, a top at least
-    `min_top_m` and a base (lowest return) at most `max_base_m` above the ground: higher than
-    that it clears a car (tree crowns, signs); lower, it is an obstacle even when only its top
-    is seen (a roof behind a nearer car, a branch at windscreen height). A cluster with
-    at least `explained_fraction` of its points within `explained_margin_m` of a fused
-    detection's footprint belongs to that detection. The score grows with the number of returns
-    up to `full_score_points` and is capped at `max_score`, below the camera-confirmed
-    detections, so consumers that rank by score see those first.
-    """
-
-    min_height_m: float = 0.3
-    max_height_m: float = 3.0
-    min_points: int = 10
-    max_extent_m: float = 7.0
-    min_top_m: float = 0.5
-    max_base_m: float = 1.5
-    explained_margin_m: float = 0.8
-    explained_fraction: float = 0.3
-    full_score_points: int = 150
-    max_score: float = 0.3
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_height_m < self.max_height_m:
-            raise ValueError(
-                "LidarObjectConfig: need 0 <= min_height_m < max_height_m, got "
-                f"{self.min_height_m}, {self.max_height_m}"
-            )
-        if self.min_points < 3:
-            raise ValueError(f"LidarObjectConfig.min_points: must be >= 3, got {self.min_points}")
-        if not self.max_extent_m > 0:
-            raise ValueError("LidarObjectConfig.max_extent_m: must be > 0")
 
 
 def fit_rectangle(xy: FloatArray) -> tuple[tuple[float, float], float, float, float]:

@@ -7,7 +7,7 @@ and the tests all call it, so a recorded drive re-run through it gives the same 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -23,7 +23,7 @@ from engines.fusion.runner import FusionEngineRunner
 from engines.lidar.config import OBSTACLE_CONFIG
 from engines.lidar.runner import LidarEncoderRunner
 from engines.settings import EngineSettings
-from perception.config import CameraModelConfig
+from perception.config import CameraModelConfig, PipelineConfig
 from perception.msgs.types import (
     CameraBox,
     CameraFrame,
@@ -35,20 +35,11 @@ from perception.msgs.types import (
 )
 from perception.pipeline.boxes import suppress_duplicates
 from perception.pipeline.deskew import deskew_points, deskew_sweep, ego_twist
-from perception.pipeline.ground import GroundConfig, GroundPlane, estimate_ground
+from perception.pipeline.ground import GroundPlane, estimate_ground
 from perception.pipeline.lidar_objects import LidarObjects
 from perception.pipeline.timing import StageTimer
 
 __all__ = ["Pipeline", "PipelineConfig"]
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Pipeline tunables. `max_range_m` drops lidar returns beyond it before any stage."""
-
-    detections_stream: str = "detections"
-    max_range_m: float = 80.0
-    ground: GroundConfig = field(default_factory=GroundConfig)
 
 
 def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt_ns: int) -> RigidTransform:
@@ -89,11 +80,13 @@ class Pipeline:
         lidar_objects: LidarObjects | None = None,
         *,
         notes: Sequence[str] = (),
+        detections_stream: str = "detections",
     ) -> None:
         self.detector = detector
         self.config = config or PipelineConfig()
         self.fusion = fusion or FusionEngineRunner(EngineFactory().fusion_engine())
-        self.lidar_objects = lidar_objects or LidarObjects()
+        self.lidar_objects = lidar_objects or LidarObjects(self.config.lidar_objects)
+        self.detections_stream = detections_stream
         self._notes = tuple(notes)
 
     @classmethod
@@ -102,10 +95,15 @@ class Pipeline:
         model: CameraModelConfig,
         model_path: Path | None = None,
         engines: EngineSettings | None = None,
+        config: PipelineConfig | None = None,
+        *,
+        detections_stream: str = "detections",
     ) -> Pipeline:
         """The pipeline with the configured camera encoder; `model_path` overrides the file.
         A registered model name (engines.registry) is fetched into the model cache when absent;
         `model.batch` > 1 runs that many cameras per engine call (engines.camera.batching).
+        `config` holds the pipeline's tunables (the node config's `pipeline` section);
+        `detections_stream` names the DetectionLists' stream (the node's detections topic).
         `engines` (the node config's `engines` section) chooses where every engine runs; all
         three are built by the engine factory (engines.factory.create_node_engines), TensorRT
         ones through the engine cache.
@@ -127,11 +125,15 @@ class Pipeline:
             score_threshold=model.score_threshold,
             nms_iou=model.nms_iou,
         )
+        config = config or PipelineConfig()
+        encoder = LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)
         return cls(
             detector,
+            config,
             fusion=FusionEngineRunner(built.fusion, fusion_config),
-            lidar_objects=LidarObjects(encoder=LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)),
+            lidar_objects=LidarObjects(config.lidar_objects, encoder=encoder),
             notes=built.notes,
+            detections_stream=detections_stream,
         )
 
     @property
@@ -227,7 +229,7 @@ class Pipeline:
             if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
                 detections = self._global_positions(detections, bundle.gnss, rig)
         return DetectionList(
-            header=Header(self.config.detections_stream, seq, sweep.header.stamp_ns, "vehicle"),
+            header=Header(self.detections_stream, seq, sweep.header.stamp_ns, "vehicle"),
             detections=tuple(detections),
             timings_ns=timer.timings_ns,
             degraded=bundle.missing,

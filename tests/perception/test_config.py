@@ -77,6 +77,16 @@ def test_shipped_config_loads() -> None:
         ({"realtime": {"nice": 30}}, r"realtime\.nice: must be in \[-20, 19\]"),
         ({"realtime": {"fifo_priority": 0}}, r"realtime\.fifo_priority: must be in \[1, 99\]"),
         ({"realtime": {"cpu_affinity": [-1]}}, r"realtime\.cpu_affinity: CPU numbers"),
+        ({"pipeline": {"max_range_m": 0}}, r"x\.yaml: pipeline\.max_range_m: must be a finite"),
+        (
+            {"pipeline": {"ground": {"ransac_iterations": 0}}},
+            r"x\.yaml: pipeline\.ground\.ransac_iterations: must be >= 1, got 0",
+        ),
+        (
+            {"pipeline": {"lidar_objects": {"max_score": 2.0}}},
+            r"pipeline\.lidar_objects\.max_score: must be in \(0, 1\], got 2\.0",
+        ),
+        ({"pipeline": {"lidar_objects": {"min_pts": 3}}}, r"pipeline\.lidar_objects\.min_pts: unk"),
     ],
 )
 def test_errors_name_the_key(doc: dict[str, object], message: str) -> None:
@@ -98,3 +108,38 @@ def test_rig_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
     p.write_text("rig: rigs/car.yaml\n")
     assert load_config(p).rig == str(tmp_path / "rigs" / "car.yaml")
     assert parse_config({}).rig is None
+
+
+def test_pipeline_tunables_reach_the_pipeline(yolox_path: Path) -> None:
+    from app.models import build_pipeline
+
+    doc = {
+        "camera_model": {"path": str(yolox_path), "kind": "yolox"},
+        "outputs": {"detections_topic": "objects"},
+        "pipeline": {
+            "max_range_m": 60.0,
+            "ground": {"ransac_iterations": 32, "ground_prior_z_m": -1.9},
+            "lidar_objects": {"min_points": 20, "max_score": 0.2},
+        },
+    }
+    pipeline = build_pipeline(parse_config(doc))
+    assert pipeline.config.max_range_m == 60.0
+    assert pipeline.config.ground.ransac_iterations == 32
+    assert pipeline.config.ground.ground_prior_z_m == -1.9
+    assert pipeline.lidar_objects.config.min_points == 20
+    assert pipeline.lidar_objects.config.max_score == 0.2
+    assert pipeline.detections_stream == "objects"
+
+
+def test_the_reference_documents_every_key_and_is_current() -> None:
+    from perception.config_reference import config_keys, config_reference
+
+    documented = {key.path for _, _, keys in config_keys() for key in keys}
+    assert {
+        "pipeline.ground.ransac_iterations",
+        "engines.fallback",
+        "sync.timeout_ms",
+    } <= documented
+    assert (REPO / "docs" / "config.md").read_text() == config_reference(), (
+        "docs/config.md is stale: perception config reference > docs/config.md"
+    )

@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from perception.pipeline.ground import GroundConfig, GroundPlane, estimate_ground
+from perception.config import GroundConfig
+from perception.errors import ConfigError
+from perception.pipeline.ground import GroundPlane, estimate_ground
 
 
 def test_ground_plane_on_a_synthetic_slope() -> None:
@@ -55,5 +57,5 @@ def test_real_frame_ground(kitti_dir) -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValueError, match=r"GroundConfig\.ransac_max_points"):
+    with pytest.raises(ConfigError, match=r"ransac_max_points: must be >= 3"):
         GroundConfig(ransac_max_points=2)

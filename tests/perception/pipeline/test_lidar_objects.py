@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from perception.config import NodeConfig, SyncConfig
+from perception.errors import ConfigError
 from perception.msgs.types import Detection3D, DetectionList
 from perception.pipeline.ground import GroundPlane
 from perception.pipeline.lidar_objects import (
@@ -133,9 +134,9 @@ def test_a_cluster_a_fused_detection_explains_is_dropped(lidar_objects):
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError, match="min_height_m"):
+    with pytest.raises(ConfigError, match="min_height_m"):
         LidarObjectConfig(min_height_m=2.0, max_height_m=1.0)
-    with pytest.raises(ValueError, match="min_points"):
+    with pytest.raises(ConfigError, match="min_points"):
         LidarObjectConfig(min_points=1)
 
 
