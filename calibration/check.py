@@ -38,6 +38,7 @@ __all__ = [
     "describe_rig",
     "draw_overlay",
     "mutual_information",
+    "read_kitti_bin",
     "read_pcd",
     "read_scan",
 ]
@@ -153,6 +154,25 @@ def read_pcd(path: Path) -> npt.NDArray[np.float32]:
     return kept
 
 
+def read_kitti_bin(path: Path) -> npt.NDArray[np.float32]:
+    """A KITTI `.bin` scan as it is stored: N x 4 float32 (x, y, z, reflectance), N >= 1.
+
+    Raises CalibrationError naming the file when it cannot be read, is empty (a sweep of 0
+    points is a broken file, not an empty scene: a spinning lidar always sees the ground) or is
+    not a whole number of 16-byte points."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise CalibrationError(f"{path}: cannot read lidar scan ({e.strerror})") from e
+    if not raw:
+        raise CalibrationError(f"{path}: empty lidar scan (0 bytes, 0 points)")
+    if len(raw) % 16:
+        raise CalibrationError(
+            f"{path}: size {len(raw)} bytes is not a multiple of 16 (N x 4 float32)"
+        )
+    return np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
+
+
 def read_scan(path: Path) -> npt.NDArray[np.float32]:
     """A lidar scan as N x 4 float32 (x, y, z, intensity) in the lidar frame (metres):
     a KITTI `.bin` (float32 N x 4) or a `.pcd`; points with non-finite x/y/z are dropped.
@@ -165,17 +185,7 @@ def read_scan(path: Path) -> npt.NDArray[np.float32]:
         if points.shape[0] == 0:
             raise CalibrationError(f"{path}: no points with finite x, y, z in the PCD file")
         return points
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read scan ({e.strerror})") from e
-    if not raw:
-        raise CalibrationError(f"{path}: empty scan (0 bytes, 0 points)")
-    if len(raw) % 16:
-        raise CalibrationError(
-            f"{path}: size is not a multiple of 16 bytes ({len(raw)} bytes; x, y, z, i float32)"
-        )
-    points = np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
+    points = read_kitti_bin(path)
     finite: npt.NDArray[np.float32] = points[np.all(np.isfinite(points[:, :3]), axis=1)]
     if finite.shape[0] == 0:
         raise CalibrationError(f"{path}: no points with finite x, y, z in the scan")

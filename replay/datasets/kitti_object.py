@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import CalibrationError, Rig, load_kitti_object_calib
+from calibration.check import read_kitti_bin
 from perception.msgs.types import CameraFrame, Header, LidarSweep, Message, RigMessage
 from replay.errors import ReplayError
 
@@ -51,14 +52,9 @@ def read_kitti_scan(path: Path) -> npt.NDArray[np.float32]:
     is a broken file, not an empty scene: a spinning lidar always sees the ground), is not a
     whole number of 16-byte points, or holds non-finite values."""
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ReplayError(f"{path}: cannot read lidar scan ({e.strerror})") from e
-    if not raw:
-        raise ReplayError(f"{path}: empty lidar scan (0 bytes, 0 points)")
-    if len(raw) % 16:
-        raise ReplayError(f"{path}: size {len(raw)} bytes is not a multiple of 16 (N x 4 float32)")
-    points = np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
+        points = read_kitti_bin(path)
+    except CalibrationError as e:
+        raise ReplayError(str(e)) from e
     if not np.all(np.isfinite(points)):
         raise ReplayError(f"{path}: scan has non-finite values")
     return points

@@ -224,7 +224,7 @@ def test_empty_and_odd_lidar_scans_name_the_file(capsys, tmp_path: Path, kitti_d
     scan.write_bytes(b"")
     err = _fails(capsys, "calib", "check", str(calib), "--lidar", str(scan), "--image",
                  str(image), "--out", str(tmp_path / "o.png"))  # fmt: skip
-    assert err == f"perception calib check: error: {scan}: empty scan (0 bytes, 0 points)"
+    assert err == f"perception calib check: error: {scan}: empty lidar scan (0 bytes, 0 points)"
 
 
 def test_a_damaged_drive_is_named(capsys, tmp_path: Path, kitti_drive: Path) -> None:
