@@ -222,13 +222,8 @@ class FakeTensorRT:
         class ILogger:
             Severity = _Severity
 
-            def __init__(self) -> None:
-                pass
-
         class IInt8EntropyCalibrator2:
-            # Never asked for batches: the fake "calibrates" nothing.
-            def __init__(self) -> None:
-                pass
+            """Never asked for batches: the fake "calibrates" nothing."""
 
         self.ILogger = ILogger
         self.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2

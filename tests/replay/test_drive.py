@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -245,7 +246,6 @@ def test_foxglove_messages_decode_as_their_schemas(written) -> None:
 
 
 def test_json_channels_follow_their_generated_schemas(written) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     path, msgs = written
     seen = set()
     with path.open("rb") as f:

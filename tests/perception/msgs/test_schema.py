@@ -10,6 +10,7 @@ import types
 import typing
 from typing import Any
 
+import jsonschema
 import msgpack
 import numpy as np
 import pytest
@@ -28,8 +29,6 @@ from perception.msgs.schema import (
 )
 from perception.msgs.types import Header, Message
 from tests.perception.msgs.strategies import SETTINGS, messages
-
-jsonschema = pytest.importorskip("jsonschema")
 
 
 def _nested_dataclasses(cls: type[Any]) -> set[type[Any]]:
