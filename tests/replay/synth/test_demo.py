@@ -24,7 +24,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert report.recall >= 0.9
     assert report.precision >= 0.87
     stages = {s.stage for s in report.latency}
-    assert {"camera_encoder", "fusion", "total"} <= stages
+    assert {"camera_encoder", "fusion", "processing", "end_to_end"} <= stages
+    latency = {s.stage: s for s in report.latency}
+    # The node's latency: the 100 ms a sweep takes to record, then the processing.
+    assert latency["end_to_end"].median_ms > 100 + latency["processing"].median_ms
     text = format_demo_report(report)
     assert "recall" in text and "fusion" in text
 
