@@ -25,6 +25,7 @@ __all__ = [
     "PipelineConfig",
     "RealtimeConfig",
     "SyncConfig",
+    "WatchdogConfig",
     "load_config",
     "parse_config",
 ]
@@ -157,6 +158,22 @@ class RealtimeConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    """The live node's watchdog: a receiver thread that dies or stalls is replaced; a worker
+    stalled this long (an engine that hangs) ends the process with exit code 70, for the
+    service manager (systemd `Restart=on-failure`) to restart it."""
+
+    stall_timeout_s: float = 10.0
+    """A thread whose loop has not gone round for this long is stalled."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.stall_timeout_s) and self.stall_timeout_s > 0):
+            raise ConfigError(
+                f"stall_timeout_s: must be a finite number > 0, got {self.stall_timeout_s}"
+            )
+
+
+@dataclass(frozen=True)
 class GroundConfig:
     """The ground plane: RANSAC over the returns near the expected ground, which the lidar-only
     branch and the fusion engine measure heights from."""
@@ -285,6 +302,8 @@ class NodeConfig:
     """The per-sweep pipeline's tunables (ranges, ground fit, lidar-only objects)."""
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     """Real-time settings of the process."""
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    """The live node's watchdog over its threads."""
     max_points: int = 300_000
     """Points in one sweep above which the sweep is dropped as malformed."""
     rig: str | None = None

@@ -88,12 +88,16 @@ class NodeCounters:
     counts ready bundles, `skipped_bundles` those not processed (the node was behind, or an
     output with a newer stamp was already produced), `step_errors` bundles the pipeline failed
     on, `published` the DetectionLists produced. Overruns: frames over any budget, the current
-    and longest run of consecutive ones, and per stage in `overruns_by_stage`.
+    and longest run of consecutive ones, and per stage in `overruns_by_stage`. The live node
+    adds `loop_errors` (exceptions its threads caught and survived) and `receiver_restarts`
+    (receivers its watchdog replaced).
     """
 
     received: int = 0
     decode_errors: int = 0
     clock_jumps: int = 0
+    loop_errors: int = 0
+    receiver_restarts: int = 0
     bundles: int = 0
     skipped_bundles: int = 0
     step_errors: int = 0
@@ -272,6 +276,16 @@ class NodeCore:
             self._last_latency_ns = latency_ns
             self.counters.published += 1
         return replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
+
+    def count_loop_error(self) -> None:
+        """An exception a thread of the node caught and survived."""
+        with self._lock:
+            self.counters.loop_errors += 1
+
+    def count_receiver_restart(self) -> None:
+        """The watchdog replaced a receiver that died or stalled."""
+        with self._lock:
+            self.counters.receiver_restarts += 1
 
     def record_publish(self, duration_ns: int) -> None:
         """How long the last output took to publish (or write); the next output carries it."""

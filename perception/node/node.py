@@ -6,12 +6,18 @@ host receive time, then passes the bundles the core made ready (or timed out, po
 the ready bundles to the core's processing side and publishes what comes out, plus the core's
 typed Diagnostics at 1 Hz. Receiving never waits for inference. A worker that falls behind gets
 several ready bundles at once; the core processes the newest and counts the others as skipped.
-`queue_wait` is how long the ready bundles waited for the worker.
+`queue_wait` is how long the newest ready bundle waited for the worker.
 
 Everything the node decides is the core's (perception.node.core): this module adds only the
-sockets, the threads, the real-time settings and the measured queue and publish times. No
-exception escapes a thread: per-message problems are counted by the core; a receiver that
-cannot open its sockets stops the node with that error.
+sockets, the threads, the watchdog, the real-time settings and the measured queue and publish
+times.
+
+No exception escapes a thread: each receive and each worker iteration is guarded, counted
+(`loop_errors`) and logged at a bounded rate. A watchdog thread checks both loops' heartbeats:
+a receiver that died or stalled for `watchdog.stall_timeout_s` is replaced by a new one with
+sockets of its own (counted: `receiver_restarts`); a worker stalled that long (an engine that
+hangs) cannot be stopped from outside in Python, so the process exits with `EXIT_STALLED` and
+a one-line log, for the service manager (systemd `Restart=on-failure`) to restart it.
 
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
@@ -20,35 +26,71 @@ held while a frame is processed and published.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 from calibration import Rig
 from perception.config import NodeConfig
+from perception.errors import TransportError
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs.types import DetectionList
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
 from perception.node.realtime import apply_realtime, gc_held
 from perception.pipeline import Pipeline
+from perception.ratelimit import RateLimitedLogger
 
-__all__ = ["Node"]
+__all__ = ["EXIT_STALLED", "Node"]
 
 log = logging.getLogger("perception.node")
 
 _DIAGNOSTICS_PERIOD_NS = 1_000_000_000
+#: The exit code of a node whose worker stalled (EX_SOFTWARE): a service manager restarts it.
+EXIT_STALLED = 70
+_WATCHDOG_PERIOD_S = 0.25
+
+
+class _Heartbeat:
+    """The monotonic time a loop last went round; `busy` while it is inside one step."""
+
+    def __init__(self) -> None:
+        self.beat_ns = time.monotonic_ns()
+
+    def beat(self) -> None:
+        self.beat_ns = time.monotonic_ns()
+
+    def age_s(self) -> float:
+        return (time.monotonic_ns() - self.beat_ns) / 1e9
 
 
 class Node:
-    """`perception run`: sockets and threads around a `NodeCore`."""
+    """`perception run`: sockets, threads and a watchdog around a `NodeCore`."""
 
-    def __init__(self, config: NodeConfig, pipeline: Pipeline, default_rig: Rig | None = None):
+    def __init__(
+        self,
+        config: NodeConfig,
+        pipeline: Pipeline,
+        default_rig: Rig | None = None,
+        *,
+        subscriber_factory: Callable[..., Subscriber] = Subscriber,
+    ):
         self.config = config
+        # What opens the input sockets (a receiver the watchdog restarts opens new ones).
+        self._subscriber_factory = subscriber_factory
         self.core = NodeCore(config, pipeline, default_rig)
         self.ready = threading.Event()
         self._cond = threading.Condition()
+        self._bad = RateLimitedLogger(log)
         self._receiver_error: BaseException | None = None
         # Bundles ready for the worker, with the monotonic time each became ready.
         self._ready: list[tuple[ReadyBundle, int]] = []
+        # The receiver in charge: a replaced (stalled) one notices and leaves.
+        self._receiver_generation = 0
+        self._receiver: threading.Thread | None = None
+        self._receiver_beat = _Heartbeat()
+        self._worker_beat = _Heartbeat()
 
     @property
     def counters(self) -> NodeCounters:
@@ -64,28 +106,42 @@ class Node:
         publisher = Publisher(
             self.config.outputs.endpoint, bind=True, hwm=self.config.outputs.high_water_mark
         )
-        subscriber_ready = threading.Event()
-        receiver = threading.Thread(
-            target=self._receive_loop, args=(stop, subscriber_ready), name="receiver", daemon=True
-        )
-        receiver.start()
         try:
+            subscriber_ready = self._start_receiver(stop)
             if not subscriber_ready.wait(10.0) or self._receiver_error is not None:
                 raise self._receiver_error or RuntimeError("receiver did not start")
             self.ready.set()
+            watchdog = threading.Thread(
+                target=self._watch, args=(stop,), name="watchdog", daemon=True
+            )
+            watchdog.start()
             self._work_loop(stop, publisher)
         finally:
             stop.set()
-            receiver.join(timeout=5.0)
+            if self._receiver is not None:
+                self._receiver.join(timeout=5.0)
             publisher.close()
 
     # -- receiver thread -------------------------------------------------------------------
 
-    def _receive_loop(self, stop: threading.Event, ready: threading.Event) -> None:
+    def _start_receiver(self, stop: threading.Event) -> threading.Event:
+        self._receiver_generation += 1
+        subscriber_ready = threading.Event()
+        self._receiver_beat.beat()
+        self._receiver = threading.Thread(
+            target=self._receive_loop,
+            args=(stop, subscriber_ready, self._receiver_generation),
+            name=f"receiver-{self._receiver_generation}",
+            daemon=True,
+        )
+        self._receiver.start()
+        return subscriber_ready
+
+    def _receive_loop(self, stop: threading.Event, ready: threading.Event, generation: int) -> None:
         inputs = self.config.inputs
         topics = (inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic)
         try:
-            subscriber = Subscriber(
+            subscriber = self._subscriber_factory(
                 inputs.endpoints,
                 topics,
                 hwm=inputs.high_water_mark,
@@ -98,40 +154,85 @@ class Node:
             return
         ready.set()
         with subscriber:
-            while not stop.is_set():
-                frames = subscriber.recv(timeout_ms=RECEIVE_POLL_NS // 1_000_000)
-                if frames is not None:
-                    bundles = self.core.on_frames(frames, time.time_ns())
-                else:
-                    # No message: a bundle may be due at its timeout.
-                    bundles = self.core.poll(time.time_ns())
-                if bundles:
-                    ready_mono_ns = time.monotonic_ns()
-                    with self._cond:
-                        self._ready += [(b, ready_mono_ns) for b in bundles]
-                        self._cond.notify()
+            while not stop.is_set() and generation == self._receiver_generation:
+                self._receiver_beat.beat()
+                try:
+                    self._receive_once(subscriber)
+                except TransportError as e:
+                    # The sockets are broken: leave; the watchdog starts a receiver with new ones.
+                    log.error("receiver: %s; the watchdog will restart it", e)
+                    return
+                except Exception as e:  # one bad message must not stop the receiver
+                    self.core.count_loop_error()
+                    self._bad.warning("receiver", f"receiver: {e!r}")
+
+    def _receive_once(self, subscriber: Subscriber) -> None:
+        frames = subscriber.recv(timeout_ms=RECEIVE_POLL_NS // 1_000_000)
+        if frames is not None:
+            bundles = self.core.on_frames(frames, time.time_ns())
+        else:
+            # No message: a bundle may be due at its timeout.
+            bundles = self.core.poll(time.time_ns())
+        if bundles:
+            ready_mono_ns = time.monotonic_ns()
+            with self._cond:
+                self._ready += [(b, ready_mono_ns) for b in bundles]
+                self._cond.notify()
+
+    # -- watchdog thread -------------------------------------------------------------------
+
+    def _watch(self, stop: threading.Event) -> None:
+        stall_s = self.config.watchdog.stall_timeout_s
+        while not stop.wait(_WATCHDOG_PERIOD_S):
+            receiver = self._receiver
+            dead = receiver is None or not receiver.is_alive()
+            stalled = self._receiver_beat.age_s() > stall_s
+            if dead or stalled:
+                what = "stopped" if dead else f"stalled for {self._receiver_beat.age_s():.1f} s"
+                self._bad.warning("watchdog", f"watchdog: the receiver {what}; starting a new one")
+                self.core.count_receiver_restart()
+                self._start_receiver(stop)
+            if self._worker_beat.age_s() > stall_s:
+                log.critical(
+                    "watchdog: the worker stalled for %.1f s (an engine or the pipeline hangs); "
+                    "exiting with %d for the service manager to restart the node",
+                    self._worker_beat.age_s(),
+                    EXIT_STALLED,
+                )
+                logging.shutdown()
+                sys.stderr.flush()
+                # The stalled thread cannot be interrupted: only the process can end.
+                os._exit(EXIT_STALLED)
 
     # -- worker thread ---------------------------------------------------------------------
 
     def _work_loop(self, stop: threading.Event, publisher: Publisher) -> None:
         next_diagnostics_ns = time.monotonic_ns()
         while not stop.is_set():
-            with self._cond:
-                if not self._ready:
-                    self._cond.wait(timeout=0.02)
-                ready, self._ready = self._ready, []
-            if time.monotonic_ns() >= next_diagnostics_ns:
-                publisher.send(self.core.diagnostics(time.time_ns()))
-                next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
-            if not ready:
-                continue
-            queue_wait_ns = time.monotonic_ns() - max(mono for _, mono in ready)
-            with gc_held(self.config.realtime.gc_hold):
-                detections = self.core.on_bundles(
-                    [b for b, _ in ready], queue_wait_ns=queue_wait_ns
-                )
-                if detections is not None:
-                    self._publish(publisher, detections)
+            self._worker_beat.beat()
+            try:
+                next_diagnostics_ns = self._work_once(publisher, next_diagnostics_ns)
+            except Exception as e:  # one bad frame or publish must not stop the worker
+                self.core.count_loop_error()
+                self._bad.warning("worker", f"worker: {e!r}")
+
+    def _work_once(self, publisher: Publisher, next_diagnostics_ns: int) -> int:
+        """One round: diagnostics when due, then the ready bundles; the next diagnostics time."""
+        with self._cond:
+            if not self._ready:
+                self._cond.wait(timeout=0.02)
+            ready, self._ready = self._ready, []
+        if time.monotonic_ns() >= next_diagnostics_ns:
+            next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
+            publisher.send(self.core.diagnostics(time.time_ns()))
+        if not ready:
+            return next_diagnostics_ns
+        queue_wait_ns = time.monotonic_ns() - max(mono for _, mono in ready)
+        with gc_held(self.config.realtime.gc_hold):
+            detections = self.core.on_bundles([b for b, _ in ready], queue_wait_ns=queue_wait_ns)
+            if detections is not None:
+                self._publish(publisher, detections)
+        return next_diagnostics_ns
 
     def _publish(self, publisher: Publisher, detections: DetectionList) -> None:
         start = time.perf_counter_ns()
