@@ -68,7 +68,7 @@ def test_record_play_rerecord_loses_nothing(kitti_dir: Path, tmp_path: Path) -> 
         reader1 = DriveReader(first)
 
         def send_played() -> int:
-            return play_drive(reader1, pub, speed=float("inf"))
+            return play_drive(reader1, pub, speed=float("inf")).sent
 
         sent2, stats2 = _record(endpoint, second, send_played)
         assert sent2 == len(msgs)

@@ -1,6 +1,7 @@
-"""`perception record` as a process over real sockets, against what breaks recorders (issue #13,
-finding 7): a hostile publisher, a full disk, SIGKILL. Each run's counts add up (received ==
-written + dropped + undecodable + failed) and `written` is what the drive holds.
+"""`perception record`, `play` and `replay` as processes over real sockets and files, against
+what breaks them (issue #13, finding 7): a hostile publisher, a full disk, SIGKILL, a damaged
+drive. Each recording's counts add up (received == written + dropped + undecodable + failed)
+and `written` is what the drive holds.
 
 The full disk is a file size limit (RLIMIT_FSIZE, set in the child before the CLI starts: no
 root needed; writes past it fail with EFBIG, and Python ignores SIGXFSZ), which the recorder
@@ -21,6 +22,7 @@ import pytest
 from perception.io.transport import Publisher
 from perception.msgs.types import GnssFix, Header
 from replay.drive import DriveReader
+from tests.replay.test_offline import damaged_drive
 from tests.replay.test_recorder import deep_rig_frames
 
 pytestmark = pytest.mark.slow
@@ -43,10 +45,16 @@ def _fix(seq: int) -> GnssFix:
     return GnssFix(Header("gnss", seq, 1_000_000 + seq, "gnss"), 49.0, 8.4, 100.0)
 
 
+def _cli(file_size_limit: int | None) -> list[str]:
+    return CLI if file_size_limit is None else [*LIMITED_CLI, str(file_size_limit)]
+
+
 def _start(args: list[str], file_size_limit: int | None = None) -> subprocess.Popen[str]:
-    cli = CLI if file_size_limit is None else [*LIMITED_CLI, str(file_size_limit)]
     proc = subprocess.Popen(
-        [*cli, "record", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*_cli(file_size_limit), "record", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # printed once its sockets are connected
@@ -153,3 +161,35 @@ def test_killed_recorder_loses_at_most_the_last_second(tmp_path: Path) -> None:
     lost_s = killed_at - sent_at[first_lost] if first_lost < len(sent_at) else 0.0
     print(f"killed recorder: {len(seqs)} of 300 in the drive, the last {lost_s * 1e3:.0f} ms lost")
     assert lost_s <= 1.0
+
+
+def test_play_skips_a_damaged_message(kitti_dir: Path, tmp_path: Path) -> None:
+    drive = damaged_drive(kitti_dir, tmp_path / "damaged.mcap")
+    endpoint = f"ipc://{tmp_path}/sensors"
+    done = subprocess.run(
+        [*CLI, "play", str(drive), "--endpoint", endpoint, "--speed", "0", "--wait", "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "24 messages published" in done.stdout, done.stdout
+    assert "1 unreadable, 0 unpublishable (skipped)" in done.stdout
+    assert len(done.stderr.splitlines()) == 1 and "cannot decode" in done.stderr
+
+
+def test_replay_onto_a_full_disk_is_one_error_line(
+    kitti_dir: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    drive = damaged_drive(kitti_dir, tmp_path / "damaged.mcap")
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [*_cli(20_000), "replay", str(drive), "--out", str(out), "--model", str(yolox_path),
+         "--quiet"],
+        capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"perception replay: error: {out}: cannot write a DetectionList (File too large)"
+    ]
+    assert "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))  # nothing half-written left
