@@ -18,11 +18,12 @@ only the node's topics; refused when it holds no lidar sweeps there) or a KITTI 
 `replay_to_file` runs one source into a JSON Lines or MCAP file (written beside the target and
 renamed into place only when the run succeeds), for the CLI and for the Ray path alike.
 
-One bad input never ends a replay: a recorded message that cannot be decoded, or a KITTI frame
-whose files cannot be read, is skipped and counted (`ReplaySummary.unreadable`); a
-DetectionList that cannot be written (invalid for the output format) is counted
-(`ReplaySummary.unwritten`); both are logged at a bounded rate. A source that cannot be read at
-all, or an output that cannot be written (full disk), ends the run with one error.
+One bad message never ends a replay: a recorded message that cannot be decoded is skipped and
+counted (`ReplaySummary.unreadable`); a DetectionList that cannot be written (invalid for the
+output format) is counted (`ReplaySummary.unwritten`); both are logged at a bounded rate. A
+source that cannot be read (a damaged chunk of a drive, a broken scan, image or calib file of a
+KITTI folder: a mistake in a dataset, which an evaluation must not silently run without) or an
+output that cannot be written (full disk) ends the run with one error naming the file.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DIAGNOSTICS_PERIOD_NS = 1_000_000_000
-_KITTI_PERIOD_NS = 100_000_000  # a KITTI object folder's frames, 10 Hz from stamp 0
 
 
 @dataclass(frozen=True)
@@ -206,12 +206,12 @@ def open_source(
     Raises ReplayError naming the path: missing source, unreadable drive, invalid rig."""
     source = Path(source)
     initial = _load_config_rig(config)
-    skipped = Skipped()
     if source.is_dir():
         folder = KittiObjectFolder(source)
-        description = f"KITTI object folder {source}"
-        received = _folder_received(folder, skipped)
-        return ReplayInput(received, config, initial, len(folder), description, skipped)
+        received = (
+            Received(m.header.stream, m.header.stamp_ns, message=m) for m in folder.messages()
+        )
+        return ReplayInput(received, config, initial, len(folder), f"KITTI object folder {source}")
     if not source.is_file():
         raise ReplayError(f"{source}: no such drive or KITTI object folder")
     reader = DriveReader(source)
@@ -225,6 +225,7 @@ def open_source(
     inputs = config.inputs
     contents = check_sensor_drive(reader, inputs.lidar_topic)
     topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic]
+    skipped = Skipped()
     records = checked_messages(reader, topics=topics, on_error=skipped)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
     rig = initial or reader.rig
@@ -233,19 +234,6 @@ def open_source(
 
 def _ignore(_error: ReplayError) -> None:
     """For a read that only looks at a drive's topics."""
-
-
-def _folder_received(folder: KittiObjectFolder, skipped: Skipped) -> Iterator[Received]:
-    """`folder.messages()` as received at their stamps, a frame whose files cannot be read
-    skipped (as a damaged drive message is)."""
-    for index in range(len(folder)):
-        try:
-            messages = folder.frame_messages(index, index * _KITTI_PERIOD_NS)
-        except Exception as e:  # a broken scan, image or calib file costs that frame only
-            skipped(ReplayError(f"{folder.root}: frame {index}: {e}"))
-            continue
-        for m in messages:
-            yield Received(m.header.stream, m.header.stamp_ns, message=m)
 
 
 @dataclass

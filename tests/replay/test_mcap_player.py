@@ -15,7 +15,6 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.mcap_player import PlayStats, play_drive
 from replay.player import play_kitti_object
-from tests.replay.test_offline import broken_kitti_copy
 
 MS = 1_000_000
 SPAN_S = 0.8
@@ -71,6 +70,24 @@ def test_start_topics_restamp_and_loop(drive: DriveReader, tmp_path: Path) -> No
         assert looped > 18  # more than one pass before the stop
     with pytest.raises(ValueError):
         play_drive(drive, pub, start_s=-1.0)
+
+
+def broken_kitti_copy(kitti_dir: Path, dest: Path, broken: int = 3) -> Path:
+    """A copy of the KITTI object folder (links to its files) whose frame `broken` has a scan
+    that is not one (7 bytes: not a whole point)."""
+    for sub in kitti_dir.iterdir():
+        if not sub.is_dir():
+            continue
+        (dest / sub.name).mkdir(parents=True)
+        for f in sub.iterdir():
+            (dest / sub.name / f.name).symlink_to(f)
+    stem = KittiObjectFolder(kitti_dir).frames[broken].lidar_path.stem
+    for lidar in ("velodyne", "velodyne_reduced"):
+        scan = dest / lidar / f"{stem}.bin"
+        if scan.is_symlink():
+            scan.unlink()
+            scan.write_bytes(b"\x00" * 7)
+    return dest
 
 
 def _received(sub: Subscriber) -> list:
