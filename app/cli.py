@@ -45,7 +45,8 @@ New here? `perception demo` runs a synthetic drive through the pipeline on the C
 download, and scores it against ground truth."""
 
 EPILOG = """\
-exit codes: 0 done; 1 failed (a source of a many-drive replay, or an unexpected error);
+exit codes: 0 done; 1 failed (a source of a many-drive replay, a recording stopped by a write or
+receive failure, or an unexpected error);
 2 a mistake in the command line or its inputs (one line on stderr names it);
 130 interrupted. -v (before or after the command) logs more and shows tracebacks."""
 
@@ -178,10 +179,13 @@ def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         "record",
         "app.commands.record:cmd_record",
         "record ZeroMQ topics into an MCAP drive",
-        "Record topics into an MCAP drive (Foxglove schemas) until SIGINT, which finishes the "
-        "file. Receiving never waits for the disk: messages that do not fit the queue are "
-        f"dropped and counted. {_TOPICS_NOTE} A new drive is written in place, so a killed "
-        "recorder leaves a readable drive.",
+        "Record topics into an MCAP drive (Foxglove schemas) until SIGINT or SIGTERM, which "
+        "finishes the file (writing what is queued for at most --stop-timeout seconds). "
+        "Receiving never waits for the disk: messages that do not fit the queue are dropped and "
+        f"counted. {_TOPICS_NOTE} A new drive is written in place and its data reaches the file "
+        "at least twice a second, so a killed recorder leaves a readable drive missing at most "
+        "the last second. A full disk stops the recording with one error line and exit code 1; "
+        "the drive keeps what was written before.",
         common=common,
     )
     p.add_argument(
@@ -193,7 +197,8 @@ def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing --out (kept until the new recording is finished)",
+        help="replace an existing --out (kept until the new recording is finished or stopped "
+        "by a write failure)",
     )
     p.add_argument(
         "--endpoint",
@@ -213,6 +218,14 @@ def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         choices=("zstd", "lz4", "none"),
         default="zstd",
         help="MCAP chunk compression",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        metavar="S",
+        type=positive_float,
+        default=3.0,
+        help="on SIGINT, seconds spent writing what is still queued (the rest is dropped and "
+        "counted), s",
     )
 
 

@@ -28,23 +28,32 @@ the writer (constructor or `write_rig`) is also stored as MCAP metadata `percept
 (`{"rig": <JSON rig document>, "stamp_ns": "<int>"}`), and `write_rig` also writes a
 `RigMessage` on topic `rig` (`RIG_TOPIC`), so a drive is self-contained.
 
-Reading a truncated file (a killed recorder) falls back to a linear scan that stops at the
-first incomplete record or chunk, with a logged warning and `DriveReader.truncated` set.
+Chunks are cut by `DriveWriter` itself (at `chunk_size` bytes, or when `flush` is called), never
+between a message and its companion, and each is handed to the operating system in one write
+as soon as it is cut (no user-space buffer). So a killed writer leaves exactly the chunks cut
+before the kill, and after a failed write (full disk) `DriveWriter.messages_flushed` says how
+many messages the file holds.
+
+Reading a truncated file (a killed recorder, a full disk) falls back to a linear scan that stops
+at the first incomplete record or chunk, with a logged warning and `DriveReader.truncated` set.
 """
 
 from __future__ import annotations
 
+import errno
 import heapq
 import io
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import msgpack
-from google.protobuf.message import DecodeError
+from mcap.opcode import Opcode
 from mcap.reader import SeekingReader
 from mcap.records import Channel, Footer, Metadata
 from mcap.records import Message as McapMessage
@@ -53,11 +62,11 @@ from mcap.writer import CompressionType, Writer
 
 from calibration import CalibrationError, Rig
 from perception.closeable import Closeable
-from perception.errors import SchemaError, WireError
+from perception.errors import SchemaError
 from perception.msgs import foxglove, wire
 from perception.msgs.json_schemas import wire_json_schema
 from perception.msgs.types import Header, Message, RigMessage
-from replay.errors import ReplayError
+from replay.errors import DriveStorageError, ReplayError
 
 __all__ = [
     "COMPANION_SCHEMA",
@@ -84,6 +93,10 @@ RIG_TOPIC = "rig"
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 _TYPE_KEY = "perception.type"
+# The MCAP writer never cuts a chunk itself (DriveWriter does, see the module docstring).
+_NEVER = 1 << 62
+_RECORD_OVERHEAD = 31  # bytes of an MCAP message record besides its data
+_RECORD_PREFIX = struct.Struct("<BQ")  # opcode, length of every MCAP record
 _REORDER_WINDOW = 4096  # messages held to restore log-time order in a linear (truncated) scan
 
 _COMPRESSION = {
@@ -107,12 +120,52 @@ class RecordedMessage:
 # -- writing -------------------------------------------------------------------------------------
 
 
+class _UnbufferedFile:
+    """A file opened for writing without a user-space buffer: every `write` reaches the
+    operating system before it returns, so `size` is exactly what the file holds (what a killed
+    process leaves), and nothing from a failed write lingers in a buffer to be written later,
+    out of place. (The MCAP writer wraps a raw file object in a buffer, hence this class.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            # A regular file takes less than asked at a size limit; the next write fails.
+            n = os.write(self._fd, view)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            self.size += n
+            view = view[n:]
+        return total
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        """Nothing to do: nothing is buffered."""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
 class DriveWriter(Closeable):
     """Writes a drive (MCAP, see the module docstring for the layout).
 
     `compression`: "zstd" (default), "lz4" or None. `chunk_size`: uncompressed bytes per chunk
-    (a killed writer loses at most the chunk being filled). `rig`: stored as the drive's rig
-    (metadata `perception.rig`, stamp 0). Not thread-safe: one thread writes.
+    (a killed writer loses the chunk being filled; `flush` cuts one early). `rig`: stored as
+    the drive's rig (metadata `perception.rig`, stamp 0). Not thread-safe: one thread writes.
+
+    A failed write of the file (disk full, file size limit, I/O error) raises
+    `DriveStorageError` and leaves the writer unusable (later calls raise it again, `close`
+    only closes the file): the file keeps every chunk that reached it, and
+    `messages_flushed` says how many messages those hold.
 
     Raises (constructor):
         ReplayError: the file cannot be created, or `compression` is unknown.
@@ -131,25 +184,38 @@ class DriveWriter(Closeable):
             raise ReplayError(
                 f"{self.path}: unknown compression {compression!r} (zstd, lz4 or None)"
             )
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 byte, got {chunk_size}")
         try:
-            self._file: IO[bytes] = self.path.open("wb")
+            self._file = _UnbufferedFile(self.path)
         except OSError as e:
-            raise ReplayError(f"{self.path}: cannot create the drive ({e})") from e
-        self._writer = Writer(
-            self._file, chunk_size=chunk_size, compression=_COMPRESSION[compression]
-        )
-        self._writer.start(profile="", library="perception-node")
+            raise ReplayError(f"{self.path}: cannot create the drive ({e.strerror})") from e
+        self._chunk_size = chunk_size
+        self._chunk_bytes = 0
+        # The MCAP writer needs only write, tell and flush of its output.
+        output = cast(IO[bytes], self._file)
+        self._writer = Writer(output, chunk_size=_NEVER, compression=_COMPRESSION[compression])
         self._schemas: dict[str, int] = {}
         self._channels: dict[tuple[str, str], tuple[int, int]] = {}
         self._sequence = 0
         self._seq_by_topic: dict[str, int] = {}
         self._closed = False
+        self._broken: DriveStorageError | None = None
         self.bytes_written = 0
         """Payload bytes given to MCAP (before compression) so far."""
         self.messages_written = 0
-        """Messages written so far (each is two MCAP messages, see the module docstring)."""
-        if rig is not None:
-            self._add_rig_metadata(rig, 0)
+        """Messages written so far (each is two MCAP messages, see the module docstring),
+        including those of the chunk being filled."""
+        self.messages_flushed = 0
+        """Messages in the chunks the file holds: readable even if the process is killed now
+        (not after a power loss: the operating system writes them to the disk later)."""
+        try:
+            self._writer.start(profile="", library="perception-node")
+            if rig is not None:
+                self._add_rig_metadata(rig, 0)
+        except BaseException:
+            self._file.close()
+            raise
 
     # -- schemas and channels
 
@@ -188,18 +254,16 @@ class DriveWriter(Closeable):
 
     # -- writing
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ReplayError(f"{self.path}: drive is closed")
-
     def write(self, msg: Message, log_time_ns: int, topic: str | None = None) -> None:
         """Write `msg` received at `log_time_ns` (host clock, ns) on `topic` (default: its
         stream). The message is validated as `perception.msgs.wire.encode` does.
 
         Raises:
             WireError: the message is invalid; nothing is written.
-            ReplayError: the drive is closed, the message cannot be stored exactly, or the file
-                cannot be written.
+            ReplayError: the drive is closed, or the message cannot be stored exactly; nothing
+                is written.
+            DriveStorageError: the chunk this message completed cannot be written (see the
+                class docstring); the message counts in `messages_written` only.
             ValueError: `log_time_ns` is negative.
         """
         self._check_open()
@@ -210,8 +274,12 @@ class DriveWriter(Closeable):
         doc = msgpack.unpackb(frames[1], raw=False)
         try:
             companion = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-        except (TypeError, ValueError) as e:
-            raise ReplayError(f"{name}: message header is not representable as JSON ({e})") from e
+        except (TypeError, ValueError, RecursionError) as e:
+            # RecursionError: a document nested deeper than the interpreter's stack allows.
+            raise ReplayError(
+                f"{self.path}: {name}: message header is not representable as JSON "
+                f"({type(e).__name__}: {e})"
+            ) from e
         try:
             fox = foxglove.to_foxglove(msg, name)
         except SchemaError as e:
@@ -221,13 +289,15 @@ class DriveWriter(Closeable):
         sequence = self._sequence
         self._sequence = (self._sequence + 1) & 0xFFFFFFFF
         publish = max(0, msg.header.stamp_ns)
-        try:
-            self._writer.add_message(base_id, log_time_ns, payload, publish, sequence)
-            self._writer.add_message(companion_id, log_time_ns, companion, publish, sequence)
-        except (OSError, ValueError) as e:
-            raise ReplayError(f"{self.path}: cannot write ({e})") from e
-        self.bytes_written += len(payload) + len(companion)
+        # Both go into the chunk being filled (memory only): a pair is never split by a cut.
+        self._writer.add_message(base_id, log_time_ns, payload, publish, sequence)
+        self._writer.add_message(companion_id, log_time_ns, companion, publish, sequence)
+        size = len(payload) + len(companion)
+        self.bytes_written += size
         self.messages_written += 1
+        self._chunk_bytes += size + 2 * _RECORD_OVERHEAD
+        if self._chunk_bytes >= self._chunk_size:
+            self.flush()
 
     def write_rig(self, rig: Rig, stamp_ns: int) -> None:
         """Store `rig` as the drive's rig (metadata `perception.rig`) and write it as a
@@ -249,27 +319,79 @@ class DriveWriter(Closeable):
         try:
             self._writer.add_metadata(RIG_METADATA, data)
         except OSError as e:
-            raise ReplayError(f"{self.path}: cannot write ({e})") from e
+            raise self._storage_failed("cannot write the rig", e) from e
 
     def flush(self) -> None:
-        """Push buffered bytes to the operating system (completed chunks only)."""
-        if not self._closed:
-            self._file.flush()
-
-    def close(self) -> None:
-        """Finish the file (last chunk, summary, footer) and close it. Idempotent.
+        """Cut the chunk being filled (if it holds messages) and hand it to the operating
+        system: every message written so far is then in the file, even if the process is killed
+        (`messages_flushed`).
 
         Raises:
-            ReplayError: the file cannot be written.
+            DriveStorageError: the file cannot be written.
+            ReplayError: the drive is closed.
+        """
+        self._check_open()
+        start = self._file.size
+        try:
+            self._writer.flush()  # type: ignore[no-untyped-call]
+        except OSError as e:
+            if self._chunk_complete(start):
+                self.messages_flushed = self.messages_written
+            raise self._storage_failed("cannot write", e) from e
+        self.messages_flushed = self.messages_written
+        self._chunk_bytes = 0
+
+    def _chunk_complete(self, start: int) -> bool:
+        """Whether a complete chunk record reached the file at `start` before a failed write
+        (the message indexes that follow it are not needed to read it)."""
+        end = self._file.size
+        try:
+            with self.path.open("rb") as f:
+                pos = start
+                while pos + _RECORD_PREFIX.size <= end:
+                    f.seek(pos)
+                    opcode, length = _RECORD_PREFIX.unpack(f.read(_RECORD_PREFIX.size))
+                    pos += _RECORD_PREFIX.size + length
+                    if pos > end:
+                        return False
+                    if opcode == Opcode.CHUNK:
+                        return True
+        except OSError:
+            return False
+        return False
+
+    def _storage_failed(self, what: str, e: OSError) -> DriveStorageError:
+        self._broken = DriveStorageError(
+            f"{self.path}: {what} ({e.strerror or e}); the drive holds the "
+            f"{self.messages_flushed} message(s) written before"
+        )
+        return self._broken
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self._closed:
+            raise ReplayError(f"{self.path}: drive is closed")
+
+    def close(self) -> None:
+        """Finish the file (last chunk, summary, footer) and close it. Idempotent. After a
+        storage failure it only closes the file (which reads as a truncated drive).
+
+        Raises:
+            DriveStorageError: the file cannot be written (the chunks written before are kept;
+                without its summary and footer the file reads as a truncated drive).
         """
         if self._closed:
             return
-        self._closed = True
         try:
-            self._writer.finish()  # type: ignore[no-untyped-call]
-        except OSError as e:
-            raise ReplayError(f"{self.path}: cannot finish the drive ({e})") from e
+            if self._broken is None:
+                self.flush()
+                try:
+                    self._writer.finish()  # type: ignore[no-untyped-call]
+                except OSError as e:
+                    raise self._storage_failed("cannot finish the drive (summary)", e) from e
         finally:
+            self._closed = True
             self._file.close()
 
 
@@ -387,15 +509,35 @@ class DriveReader:
     # -- public API
 
     def messages(
-        self, topics: Sequence[str] | None = None, start_ns: int | None = None
+        self,
+        topics: Sequence[str] | None = None,
+        start_ns: int | None = None,
+        *,
+        on_error: Callable[[ReplayError], None] | None = None,
     ) -> Iterator[RecordedMessage]:
         """The drive's messages in log-time order, optionally only `topics` and those received
-        at or after `start_ns` (host clock, ns).
+        at or after `start_ns` (host clock, ns). `on_error`: called with the error of a message
+        that cannot be decoded, which is then skipped (a damaged record costs that message
+        only); without it, that error is raised.
 
         Raises:
-            ReplayError: a message cannot be decoded (names the path and topic) or the file
-                cannot be read.
+            ReplayError: a message cannot be decoded (names the path and topic; not with
+                `on_error`) or the file cannot be read.
         """
+        for topic, base, comp in self._pairs(topics, start_ns):
+            try:
+                msg = self._decode(topic, base, comp)
+            except ReplayError as e:
+                if on_error is None:
+                    raise
+                on_error(e)
+                continue
+            yield RecordedMessage(topic, msg, base.log_time)
+
+    def _pairs(
+        self, topics: Sequence[str] | None, start_ns: int | None
+    ) -> Iterator[tuple[str, McapMessage, McapMessage]]:
+        """(topic, Foxglove record, companion record) of each message, undecoded."""
         channel_topics = None
         if topics is not None:
             channel_topics = [t for topic in topics for t in (topic, topic + COMPANION_SUFFIX)]
@@ -412,7 +554,7 @@ class DriveReader:
             if base is None or comp is None:
                 pending[key] = (base, comp)
                 continue
-            yield RecordedMessage(topic, self._decode(topic, base, comp), base.log_time)
+            yield topic, base, comp
         if pending:
             log.warning(
                 "%s: %d message(s) without their companion part skipped (cut file?)",
@@ -431,8 +573,8 @@ class DriveReader:
                 *buffers,
             ]
             _topic, msg = wire.decode(frames)
-        except (WireError, ValueError, KeyError, TypeError, DecodeError) as e:
-            raise ReplayError(f"{where}: cannot decode ({e})") from e
+        except Exception as e:  # recorded bytes are input: any fault is this message's
+            raise ReplayError(f"{where}: cannot decode ({type(e).__name__}: {e})") from e
         return msg
 
     @property
@@ -510,8 +652,8 @@ class DriveReader:
                         continue
                     counts[channel.topic] = counts.get(channel.topic, 0) + n
             else:
-                for rec in self.messages():
-                    counts[rec.topic] = counts.get(rec.topic, 0) + 1
+                for topic, _base, _comp in self._pairs(None, None):
+                    counts[topic] = counts.get(topic, 0) + 1
             self._counts = counts
         return dict(self._counts)
 
@@ -525,6 +667,6 @@ class DriveReader:
                 if summary.statistics.message_count == 0:
                     return None
                 return int(summary.statistics.message_start_time)
-        for rec in self.messages():
-            return rec.log_time_ns
+        for _topic, base, _comp in self._pairs(None, None):
+            return int(base.log_time)
         return None

@@ -1,5 +1,10 @@
 """Publishing a recorded drive over ZeroMQ, paced by its recorded receive times; and what a
-drive holds (`drive_contents`), which the commands check before they play or replay one."""
+drive holds (`drive_contents`), which the commands check before they play or replay one.
+
+One bad message never stops a player: a recorded message that cannot be decoded, or one that
+cannot be encoded for the wire, is skipped, counted (`PlayStats`) and logged at a bounded rate.
+A failure of the socket itself (TransportError) ends the play: every later send would fail too.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from dataclasses import dataclass
 from mcap.reader import SeekingReader
 
 from perception.io.transport import Publisher
+from perception.msgs import wire
 from perception.msgs.types import Message
+from perception.ratelimit import RateLimitedLogger
 from replay.drive import DriveReader, RecordedMessage
 from replay.errors import ReplayError
 
@@ -22,6 +29,7 @@ __all__ = [
     "OUTPUT_TYPES",
     "SENSOR_TYPES",
     "DriveContents",
+    "PlayStats",
     "check_sensor_drive",
     "checked_messages",
     "drive_contents",
@@ -66,13 +74,30 @@ class DriveContents:
         return ", ".join(sorted(self.types)) or "nothing"
 
 
+@dataclass(frozen=True)
+class PlayStats:
+    """What a player did: `sent` messages (frames, for a KITTI folder) published; `unreadable`
+    recorded messages (frames) that could not be read, skipped; `unpublishable` messages that
+    could not be encoded for the wire (e.g. a restamped stamp out of range), skipped."""
+
+    sent: int = 0
+    unreadable: int = 0
+    unpublishable: int = 0
+
+
 def checked_messages(
-    reader: DriveReader, topics: Sequence[str] | None = None, start_ns: int | None = None
+    reader: DriveReader,
+    topics: Sequence[str] | None = None,
+    start_ns: int | None = None,
+    *,
+    on_error: Callable[[ReplayError], None] | None = None,
 ) -> Iterator[RecordedMessage]:
     """`reader.messages(...)`, with the assorted errors the MCAP and compression libraries
     raise on a damaged file (zstd, lz4, struct, record parsing) turned into ReplayError naming
-    the drive. Errors raised while the caller handles a message are not touched."""
-    records = reader.messages(topics=topics, start_ns=start_ns)
+    the drive. `on_error`: as `DriveReader.messages` (a message that cannot be decoded is
+    given to it and skipped). Errors raised while the caller handles a message are not
+    touched."""
+    records = reader.messages(topics=topics, start_ns=start_ns, on_error=on_error)
     while True:
         try:
             record = next(records)
@@ -100,7 +125,7 @@ def _log_span(reader: DriveReader) -> tuple[int | None, int | None]:
                 return None, None
             return int(stats.message_start_time), int(stats.message_end_time)
     first = last = None
-    for rec in checked_messages(reader):
+    for rec in checked_messages(reader, on_error=_ignore):
         first = rec.log_time_ns if first is None else first
         last = rec.log_time_ns
     return first, last
@@ -121,12 +146,17 @@ def drive_contents(reader: DriveReader) -> DriveContents:
         raise ReplayError(f"{reader.path}: the drive is damaged ({type(e).__name__}: {e})") from e
     types: dict[str, str] = {}
     for topic in counts:
-        for rec in checked_messages(reader, topics=[topic]):
+        # The first message that can be read: a damaged one costs itself only (see play_drive).
+        for rec in checked_messages(reader, topics=[topic], on_error=_ignore):
             types[topic] = type(rec.message).__name__
             break
     counts = {t: n for t, n in counts.items() if t in types}
     start_ns, end_ns = _log_span(reader)
     return DriveContents(types, counts, start_ns, end_ns)
+
+
+def _ignore(_error: ReplayError) -> None:
+    """For reads that only look (types, time span): the players count damaged messages."""
 
 
 def _restamped(msg: Message, shift_ns: int) -> Message:
@@ -181,8 +211,10 @@ def play_drive(
     restamp: bool = False,
     route: Mapping[str, Publisher] | None = None,
     on_message: Callable[[int], None] | None = None,
-) -> int:
-    """Publish the drive's messages on their recorded topics; returns the messages sent.
+) -> PlayStats:
+    """Publish the drive's messages on their recorded topics; returns what was sent and
+    skipped (a message that cannot be read or encoded is skipped, counted and logged at a
+    bounded rate; see the module docstring).
 
     Each message is sent when the time since the first one (host monotonic clock) reaches its
     recorded log-time offset divided by `speed`; `speed` <= 0 or infinite sends as fast as
@@ -196,8 +228,9 @@ def play_drive(
 
     Raises:
         ValueError: `start_s` is negative or not finite.
-        ReplayError: the drive cannot be read, or `start_s` > 0 and no message (of `topics`)
-            is recorded that late.
+        ReplayError: the drive cannot be read (a damaged file, not a damaged message), or
+            `start_s` > 0 and no message (of `topics`) is recorded that late.
+        TransportError: a socket failed (every later send would fail too).
     """
     if not math.isfinite(start_s) or start_s < 0:
         raise ValueError(f"start_s must be a finite number >= 0, got {start_s}")
@@ -206,25 +239,47 @@ def play_drive(
     first_ns = reader.start_ns
     if first_ns is None:
         log.warning("%s: the drive has no messages", reader.path)
-        return 0
+        return PlayStats()
     begin_ns = first_ns + round(start_s * 1e9)
-    sent = 0
+    bad = RateLimitedLogger(log)
+    sent = unreadable = unpublishable = 0
+
+    def skip_unreadable(e: ReplayError) -> None:
+        nonlocal unreadable
+        unreadable += 1
+        bad.warning("unreadable", f"{e}; skipped")
+
+    def stats() -> PlayStats:
+        return PlayStats(sent, unreadable, unpublishable)
+
     while not stop.is_set():
         wall0 = time.monotonic_ns()
         shift_ns = time.time_ns() - first_ns if restamp else 0
         log0: int | None = None
-        for rec in checked_messages(reader, topics=topics, start_ns=begin_ns):
+        records = checked_messages(
+            reader, topics=topics, start_ns=begin_ns, on_error=skip_unreadable
+        )
+        for rec in records:
             if stop.is_set():
-                return sent
+                return stats()
             if log0 is None:
                 log0 = rec.log_time_ns
             if paced:
                 due = wall0 + (rec.log_time_ns - log0) / speed
                 delay_s = (due - time.monotonic_ns()) / 1e9
                 if delay_s > 0 and stop.wait(delay_s):
-                    return sent
-            msg = _restamped(rec.message, shift_ns) if restamp else rec.message
-            (route or {}).get(rec.topic, publisher).send(msg, rec.topic)
+                    return stats()
+            try:
+                msg = _restamped(rec.message, shift_ns) if restamp else rec.message
+                frames = wire.encode(msg, rec.topic)
+            except Exception as e:  # one message that cannot go on the wire is skipped
+                unpublishable += 1
+                bad.warning(
+                    f"unpublishable:{rec.topic}",
+                    f"{reader.path}: {rec.topic} at log time {rec.log_time_ns} not published: {e}",
+                )
+                continue
+            (route or {}).get(rec.topic, publisher).send_frames(frames)
             sent += 1
             if on_message is not None:
                 on_message(sent)
@@ -239,4 +294,4 @@ def play_drive(
             )
         if not loop or log0 is None:
             break
-    return sent
+    return stats()

@@ -17,10 +17,20 @@ only the node's topics; refused when it holds no lidar sweeps there) or a KITTI 
 `config.rig` when set, else the drive's own; rig messages take over from their stamps.
 `replay_to_file` runs one source into a JSON Lines or MCAP file (written beside the target and
 renamed into place only when the run succeeds), for the CLI and for the Ray path alike.
+
+One bad message never ends a replay: a recorded message that cannot be decoded is skipped and
+counted (`ReplaySummary.unreadable`); a DetectionList that cannot be written (invalid for the
+output format) is counted (`ReplaySummary.unwritten`); both are logged at a bounded rate. A
+source that cannot be read (a damaged chunk of a drive, a broken scan, image or calib file of a
+KITTI folder: a mistake in a dataset, which an evaluation must not silently run without) or an
+output that cannot be written (full disk) ends the run with one error naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,23 +44,27 @@ from perception.msgs.types import DetectionList, Message
 from perception.node import NodeCore
 from perception.node.core import ReadyBundle
 from perception.pipeline import Pipeline
+from perception.ratelimit import RateLimitedLogger
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter, RecordedMessage
 from replay.drive_config import config_for_messages
-from replay.errors import ReplayError
+from replay.errors import DriveStorageError, ReplayError
 from replay.mcap_player import check_sensor_drive, checked_messages
-from replay.output import atomic_output
+from replay.output import OutputError, atomic_output
 
 __all__ = [
     "Received",
     "ReplayInput",
     "ReplaySummary",
+    "Skipped",
     "open_source",
     "replay_to_file",
     "run_core",
     "run_messages",
     "run_records",
 ]
+
+log = logging.getLogger(__name__)
 
 _DIAGNOSTICS_PERIOD_NS = 1_000_000_000
 
@@ -66,17 +80,31 @@ class Received:
     frames: Sequence[Any] | None = None
 
 
+class Skipped:
+    """Inputs of a source that could not be read, so were skipped: counted, and logged at a
+    bounded rate."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._log = RateLimitedLogger(log)
+
+    def __call__(self, error: Exception) -> None:
+        self.count += 1
+        self._log.warning("unreadable", f"{error}; skipped")
+
+
 @dataclass(frozen=True)
 class ReplayInput:
     """A source opened for replay: its inputs in receive order, the node config to run them
-    with, the rig in force from the start, how many sweeps it holds (None when unknown) and
-    what it is, in words."""
+    with, the rig in force from the start, how many sweeps it holds (None when unknown), what
+    it is, in words, and the inputs skipped so far because they could not be read."""
 
     received: Iterable[Received]
     config: NodeConfig
     default_rig: Rig | None
     sweeps: int | None
     description: str
+    skipped: Skipped = field(default_factory=Skipped)
 
 
 def run_core(
@@ -188,7 +216,8 @@ def open_source(
         raise ReplayError(f"{source}: no such drive or KITTI object folder")
     reader = DriveReader(source)
     if topics_from_drive:
-        recorded = ((r.topic, r.message) for r in checked_messages(reader))
+        # Only looking at the topics here: the replay below counts the damaged messages.
+        recorded = ((r.topic, r.message) for r in checked_messages(reader, on_error=_ignore))
         try:
             config = config_for_messages(recorded, config)
         except ReplayError as e:
@@ -196,19 +225,28 @@ def open_source(
     inputs = config.inputs
     contents = check_sensor_drive(reader, inputs.lidar_topic)
     topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic]
-    records = checked_messages(reader, topics=topics)
+    skipped = Skipped()
+    records = checked_messages(reader, topics=topics, on_error=skipped)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
-    return ReplayInput(received, config, initial or reader.rig, contents.sweeps, f"drive {source}")
+    rig = initial or reader.rig
+    return ReplayInput(received, config, rig, contents.sweeps, f"drive {source}", skipped)
+
+
+def _ignore(_error: ReplayError) -> None:
+    """For a read that only looks at a drive's topics."""
 
 
 @dataclass
 class ReplaySummary:
-    """What a replay wrote: DetectionLists (`sweeps`), detections, and the node's final
-    counters (perception.node.core.NodeCounters, by name)."""
+    """What a replay wrote: DetectionLists (`sweeps`), detections, the node's final counters
+    (perception.node.core.NodeCounters, by name), the inputs skipped because they could not be
+    read (`unreadable`) and the DetectionLists that could not be written (`unwritten`)."""
 
     sweeps: int = 0
     detections: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    unreadable: int = 0
+    unwritten: int = 0
 
 
 def replay_to_file(
@@ -228,46 +266,101 @@ def replay_to_file(
     each DetectionList. `topics_from_drive`: see `open_source`.
 
     Raises ReplayError naming the path for a bad source (a drive without lidar sweeps on the
-    config's lidar topic among them), OutputError for an unwritable output; the pipeline's
-    setup errors pass through."""
+    config's lidar topic among them), OutputError for an unwritable output (full disk
+    included); the pipeline's setup errors pass through. One input that cannot be read, or one
+    output invalid for the format, is skipped and counted instead (see the module
+    docstring)."""
     out = Path(out)
     if out.suffix not in (".jsonl", ".mcap"):
         raise ReplayError(f"{out}: the output must end in .jsonl or .mcap")
     replay_input = open_source(source, config, topics_from_drive=topics_from_drive)
     core = NodeCore(replay_input.config, pipeline, replay_input.default_rig)
     summary = ReplaySummary()
+    output = _Output(out, summary)
     with atomic_output(out, "the detections file") as tmp:
         if out.suffix == ".jsonl":
-            with tmp.open("w") as f:
+            f = tmp.open("w")
+            with _closed_on_error(f.close):
                 results = run_core(core, replay_input.received, speed=speed)
-                for dl in _timed_writes(core, results, lambda dl: write_jsonl_line(f, dl)):
+                writes = _timed_writes(core, results, lambda dl: write_jsonl_line(f, dl), output)
+                for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
+            output.write(f.close, "the file")  # the last bytes: a full disk may show here
         else:
-            with DriveWriter(tmp, rig=replay_input.default_rig) as writer:
+            writer = DriveWriter(tmp, rig=replay_input.default_rig)
+            with _closed_on_error(writer.close):
+
+                def write_diagnostics(d: Any) -> None:
+                    output.write(lambda: writer.write(d, d.header.stamp_ns), "a Diagnostics")
+
                 results = run_core(
-                    core,
-                    replay_input.received,
-                    speed=speed,
-                    on_diagnostics=lambda d: writer.write(d, d.header.stamp_ns),
+                    core, replay_input.received, speed=speed, on_diagnostics=write_diagnostics
                 )
                 writes = _timed_writes(
-                    core, results, lambda dl: writer.write(dl, dl.header.stamp_ns)
+                    core, results, lambda dl: writer.write(dl, dl.header.stamp_ns), output
                 )
                 for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
+            output.write(writer.close, "the drive's summary")
     summary.counters = core.counters.scalars()
+    summary.unreadable = replay_input.skipped.count
     return summary
 
 
+@contextlib.contextmanager
+def _closed_on_error(close: Callable[[], None]) -> Iterator[None]:
+    """Calls `close` when the block raises, without letting a failure of `close` (the same
+    full disk, flushing what is left) replace the error that ended the block."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            close()
+        raise
+
+
+class _Output:
+    """Writes into a replay's output: an output invalid for the format costs itself only
+    (counted in `summary.unwritten`, logged at a bounded rate); a failure of the file (full
+    disk) ends the run with one OutputError naming `out`, since every later write would fail
+    too."""
+
+    def __init__(self, out: Path, summary: ReplaySummary) -> None:
+        self.out = out
+        self.summary = summary
+        self._log = RateLimitedLogger(log)
+
+    def write(self, write: Callable[[], None], what: str) -> bool:
+        """`write()`; False when `what` could not be written."""
+        try:
+            write()
+        except OSError as e:
+            raise OutputError(f"{self.out}: cannot write {what} ({e.strerror or e})") from e
+        except DriveStorageError as e:
+            cause = e.__cause__
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else e
+            raise OutputError(f"{self.out}: cannot write {what} ({reason})") from e
+        except Exception as e:  # invalid for the output format: this output only
+            self.summary.unwritten += 1
+            self._log.warning(f"unwritten:{what}", f"{self.out}: {what} not written: {e}")
+            return False
+        return True
+
+
 def _timed_writes(
-    core: NodeCore, results: Iterable[DetectionList], write: Callable[[DetectionList], None]
+    core: NodeCore,
+    results: Iterable[DetectionList],
+    write: Callable[[DetectionList], None],
+    output: _Output,
 ) -> Iterator[DetectionList]:
-    """Writes each result, telling the core how long it took (the next output's `publish`)."""
+    """Writes each result, telling the core how long it took (the next output's `publish`);
+    yields those written."""
     for dl in results:
         start = time.perf_counter_ns()
-        write(dl)
+        written = output.write(functools.partial(write, dl), "a DetectionList")
         core.record_publish(time.perf_counter_ns() - start)
-        yield dl
+        if written:
+            yield dl
 
 
 def _count(

@@ -12,7 +12,13 @@ from perception.errors import PerceptionError
 from perception.io.transport import Publisher
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
-from replay.mcap_player import OUTPUT_TYPES, DriveContents, drive_contents, play_drive
+from replay.mcap_player import (
+    OUTPUT_TYPES,
+    DriveContents,
+    PlayStats,
+    drive_contents,
+    play_drive,
+)
 from replay.player import play_kitti_object
 
 __all__ = ["cmd_play"]
@@ -62,12 +68,15 @@ def cmd_play(args: argparse.Namespace) -> int:
             if args.wait > 0:
                 # PUB/SUB drops what is sent before a subscriber's subscription arrives.
                 stop.wait(args.wait)
-            sent = play_kitti_object(
+            stats = play_kitti_object(
                 folder, publisher, rate_hz=args.rate, loop=args.loop, stop=stop
             )
             # Let ZeroMQ flush the last frames before the socket closes.
             time.sleep(0.2)
-        print(f"perception play: {sent} frames published on {endpoint}", flush=True)
+        print(
+            f"perception play: {stats.sent} frames published on {endpoint}{_skipped(stats)}",
+            flush=True,
+        )
         return 0
 
     reader = DriveReader(path)
@@ -81,7 +90,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         if args.wait > 0:
             stop.wait(args.wait)
         first = publishers[next(iter(publishers))]
-        sent = play_drive(
+        stats = play_drive(
             reader,
             first,
             speed=args.speed,
@@ -97,5 +106,14 @@ def cmd_play(args: argparse.Namespace) -> int:
         f"{', '.join(t for t, e in routes.items() if e == endpoint)} on {endpoint}"
         for endpoint in publishers
     )
-    print(f"perception play: {sent} messages published ({where})", flush=True)
+    print(
+        f"perception play: {stats.sent} messages published ({where}){_skipped(stats)}", flush=True
+    )
     return 0
+
+
+def _skipped(stats: PlayStats) -> str:
+    """`"; 2 unreadable, 1 unpublishable (skipped)"`, or nothing when nothing was skipped."""
+    if not stats.unreadable and not stats.unpublishable:
+        return ""
+    return f"; {stats.unreadable} unreadable, {stats.unpublishable} unpublishable (skipped)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             path,
             queue_size=args.queue_size,
             compression=None if args.compression == "none" else args.compression,
+            stop_timeout_s=args.stop_timeout,
             topic_endpoints=where,
         )
         by_endpoint: dict[str, list[str]] = {}
@@ -62,19 +64,24 @@ def cmd_record(args: argparse.Namespace) -> int:
                 by_endpoint.setdefault(endpoint, []).append(topic)
         listening = "; ".join(f"{', '.join(t)} at {e}" for e, t in by_endpoint.items())
         print(f"perception record: recording {listening} to {out}", flush=True)
+        # A recording stopped by a write failure still replaces an --overwrite target: it holds
+        # what was recorded, which the old drive does not.
         stats = recorder.run(stop)
     _report(stats, out)
+    if stats.error is not None:
+        print(f"perception record: error: {stats.error}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
 def _report(stats: RecorderStats, out: Path) -> None:
     print(
         f"perception record: {stats.received} received, {stats.written} written, "
-        f"{stats.dropped} dropped (queue full), {stats.undecodable} undecodable, "
-        f"{stats.bytes / 1e6:.1f} MB",
+        f"{stats.dropped} dropped (queue full or left at the stop), {stats.undecodable} "
+        f"undecodable, {stats.failed} failed, {stats.bytes / 1e6:.1f} MB",
         flush=True,
     )
-    if stats.received == 0:
+    if stats.received == 0 and stats.error is None:
         # Not an error (nothing may have been published), but the usual cause is worth a line.
         print(
             f"perception record: nothing arrived; is anything publishing on those endpoints? "

@@ -65,10 +65,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
             topics_from_drive=args.config is None,
         )
     c = summary.counters
+    skipped = ""
+    if summary.unreadable or summary.unwritten:
+        skipped = (
+            f", {summary.unreadable} unreadable input(s) skipped, {summary.unwritten} output(s) "
+            "not writable"
+        )
     print(
         f"perception replay: {summary.sweeps} DetectionLists written to {out} "
         f"({c.get('received', 0)} messages, {c.get('decode_errors', 0)} undecodable, "
-        f"{c.get('step_errors', 0)} sweeps failed)"
+        f"{c.get('step_errors', 0)} sweeps failed{skipped})"
     )
     return 0
 

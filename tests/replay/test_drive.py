@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -372,3 +375,122 @@ def test_bad_files_raise_replay_error_naming_the_path(tmp_path: Path) -> None:
         DriveWriter(tmp_path / "x.mcap", compression="gzip")
     with pytest.raises(ReplayError, match="cannot create"):
         DriveWriter(tmp_path / "no" / "dir" / "x.mcap")
+
+
+def _gnss(seq: int) -> GnssFix:
+    return GnssFix(Header("gnss", seq, 1_000 + seq, "gnss"), 49.0, 8.4, 100.0)
+
+
+def test_flush_puts_every_written_message_in_the_file(tmp_path: Path) -> None:
+    """What a process killed now would leave: the chunks handed to the operating system."""
+    path = tmp_path / "open.mcap"
+    with DriveWriter(path, chunk_size=1 << 30) as w:
+        for seq in range(10):
+            w.write(_gnss(seq), 1_000 + seq)
+        assert (w.messages_written, w.messages_flushed) == (10, 0)
+        assert list(DriveReader(path).messages()) == []
+        w.flush()
+        assert w.messages_flushed == 10
+        assert [r.message.header.seq for r in DriveReader(path).messages()] == list(range(10))
+        w.write(_gnss(10), 2_000)
+    assert len(list(DriveReader(path).messages())) == 11
+
+
+# Writes drives of 200 GNSS fixes under file size limits (RLIMIT_FSIZE, lowered and restored in
+# this child process only), one per limit in argv, and prints the messages each holds by
+# `messages_flushed` and the error.
+_LIMITED_WRITES = """
+import json, resource, sys
+from pathlib import Path
+from perception.msgs.types import GnssFix, Header
+from replay.drive import DriveWriter
+from replay.errors import DriveStorageError
+def _gnss(seq):
+    return GnssFix(Header("gnss", seq, 1_000 + seq, "gnss"), 49.0, 8.4, 100.0)
+folder, limits = Path(sys.argv[1]), [int(a) for a in sys.argv[2:]]
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+results = []
+for limit in limits:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    w = DriveWriter(folder / f"{limit}.mcap", compression=None, chunk_size=8192)
+    error = None
+    try:
+        for seq in range(200):
+            w.write(_gnss(seq), 1_000 + seq)
+        w.close()
+    except DriveStorageError as e:
+        error = str(e)
+        w.close()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    results.append([limit, w.messages_written, w.messages_flushed, error])
+print(json.dumps(results))
+"""
+
+
+def _record_ends(path: Path) -> list[tuple[int, int, int]]:
+    """(opcode, start, end) of each top-level record of an MCAP file."""
+    data = path.read_bytes()
+    pos, out = 8, []
+    while pos + 9 <= len(data):
+        opcode, length = struct.unpack_from("<BQ", data, pos)
+        out.append((opcode, pos, pos + 9 + length))
+        pos += 9 + length
+    return out
+
+
+def test_a_failed_write_leaves_a_drive_holding_messages_flushed(tmp_path: Path) -> None:
+    """A full disk may cut a chunk, the message indexes after it, or the summary: the drive then
+    reads as truncated and holds exactly `messages_flushed` messages."""
+    full = tmp_path / "full.mcap"
+    with DriveWriter(full, compression=None, chunk_size=8192) as w:
+        for seq in range(200):
+            w.write(_gnss(seq), 1_000 + seq)
+    records = _record_ends(full)
+    chunks = [(start, end) for opcode, start, end in records if opcode == 0x06]
+    assert len(chunks) >= 3
+    limits = {100}
+    for start, end in chunks[:3]:
+        limits |= {start, start + 5, end - 1, end, end + 3}  # end + 3: inside its indexes
+    limits.add(full.stat().st_size - 10)  # the summary
+    folder = tmp_path / "limited"
+    folder.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _LIMITED_WRITES, str(folder), *map(str, sorted(limits))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    data = full.read_bytes()
+    for limit, written, flushed, error in json.loads(done.stdout):
+        path = folder / f"{limit}.mcap"
+        assert error is not None and "File too large" in error, (limit, error)
+        assert flushed <= written and path.read_bytes() == data[:limit]
+        # What a file cut there holds, read independently of the writer's account.
+        cut = tmp_path / "cut.mcap"
+        cut.write_bytes(data[:limit])
+        expected = [r.message.header.seq for r in DriveReader(cut).messages()]
+        reader = DriveReader(path)
+        got = [r.message.header.seq for r in reader.messages()]
+        assert reader.truncated
+        assert got == expected == list(range(flushed)), (limit, flushed)
+    assert {flushed for _l, _w, flushed, _e in json.loads(done.stdout)} >= {0, 200}
+
+
+def test_an_undecodable_record_is_skipped_with_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.mcap"
+    with DriveWriter(path) as w:
+        w.write(_gnss(0), 1_000)
+        base, companion = w._channels[("gnss", "GnssFix")]
+        # A record whose companion is not JSON: a damaged or hostile file.
+        w._writer.add_message(base, 1_500, b"", 1_500, 999)
+        w._writer.add_message(companion, 1_500, b"{not json", 1_500, 999)
+        w.write(_gnss(1), 2_000)
+    with pytest.raises(ReplayError, match="gnss at log time 1500: cannot decode"):
+        list(DriveReader(path).messages())
+    errors: list[ReplayError] = []
+    got = list(DriveReader(path).messages(on_error=errors.append))
+    assert [r.message.header.seq for r in got] == [0, 1]
+    assert len(errors) == 1 and "damaged.mcap" in str(errors[0])
+    assert DriveReader(path).topics() == {"gnss": 3}

@@ -1,5 +1,7 @@
 """Recorder over real ipc sockets: record -> play -> re-record loses nothing, drops are counted
-exactly when the writer is slower than the burst."""
+exactly when the writer is slower than the burst, a message that cannot be written costs that
+message only, and a stop with a full queue is bounded in time. In every test the counts add up:
+received == written + dropped + undecodable + failed, and `written` is what the drive holds."""
 
 from __future__ import annotations
 
@@ -7,16 +9,18 @@ import threading
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
 from perception.io.transport import Publisher
-from perception.msgs.types import CameraFrame, Header
+from perception.msgs import wire
+from perception.msgs.types import CameraFrame, GnssFix, Header, RigMessage
 from replay import drive as drive_module
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
 from replay.mcap_player import play_drive
-from replay.recorder import Recorder
+from replay.recorder import Recorder, RecorderStats
 from tests.replay.test_drive import assert_same, wire_bytes
 
 TOPICS = ["rig", "camera/front", "lidar/top"]
@@ -27,6 +31,12 @@ def _wait(cond, timeout_s: float = 20.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def assert_counts_add_up(stats: RecorderStats, out: Path) -> None:
+    """Every received message is accounted for once, and `written` is what the drive holds."""
+    assert stats.received == stats.written + stats.dropped + stats.undecodable + stats.failed
+    assert len(list(DriveReader(out).messages())) == stats.written
 
 
 def _record(endpoint: str, out: Path, send) -> tuple[int, object]:
@@ -58,7 +68,7 @@ def test_record_play_rerecord_loses_nothing(kitti_dir: Path, tmp_path: Path) -> 
         reader1 = DriveReader(first)
 
         def send_played() -> int:
-            return play_drive(reader1, pub, speed=float("inf"))
+            return play_drive(reader1, pub, speed=float("inf")).sent
 
         sent2, stats2 = _record(endpoint, second, send_played)
         assert sent2 == len(msgs)
@@ -113,6 +123,7 @@ def test_burst_faster_than_the_writer_counts_drops_exactly(
     assert s.dropped > 0
     assert s.undecodable == 0 and s.failed == 0
     assert s.received == s.written + s.dropped
+    assert_counts_add_up(s, out)
     recorded = list(DriveReader(out).messages())
     assert len(recorded) == s.written
     seqs = [r.message.header.seq for r in recorded]
@@ -138,3 +149,135 @@ def test_run_until_stop_finishes_the_file(tmp_path: Path) -> None:
     assert recorder.stats.undecodable == recorder.stats.received
     reader = DriveReader(out)
     assert not reader.truncated and reader.topics() == {}
+
+
+def _fix(seq: int) -> GnssFix:
+    return GnssFix(Header("gnss", seq, 1_000_000 + seq, "gnss"), 49.0, 8.4, 100.0)
+
+
+def deep_rig_frames(depth: int = 1000) -> list[bytes]:
+    """A rig message whose document holds a list nested `depth` deep: the wire decoder of this
+    branch takes it, but its JSON companion cannot be written (RecursionError in json.dumps).
+    With decode-time nesting bounds it is undecodable instead; either way it is one message."""
+    frames = wire.encode(RigMessage(Header("rig", 0, 1, "vehicle"), {"marker": 0}))
+    doc = msgpack.unpackb(bytes(frames[1]), raw=False)
+    doc["fields"]["rig"] = "MARKER"
+    packed = msgpack.packb(doc, use_bin_type=True)
+    deep = b"\x81\xa1x" + b"\x91" * depth + b"\xc0"  # {"x": [[[...[None]...]]]}
+    return [b"rig", packed.replace(msgpack.packb("MARKER"), deep)]
+
+
+def test_a_message_that_cannot_be_written_costs_that_message_only(tmp_path: Path) -> None:
+    """Finding 7: a rig nested 1,000 deep killed the writer thread, and every message after it
+    vanished uncounted."""
+    endpoint = f"ipc://{tmp_path}/sock/hostile"
+    out = tmp_path / "hostile.mcap"
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder([endpoint], ["gnss", "rig"], out, hwm=10_000)
+        recorder.start()
+        time.sleep(0.5)
+        for seq in range(50):
+            pub.send(_fix(seq))
+        pub.socket.send_multipart(deep_rig_frames())
+        for seq in range(50, 300):
+            pub.send(_fix(seq))
+        _wait(lambda: recorder.stats.received >= 301)
+        recorder.close()
+    s = recorder.stats
+    assert s.received == 301
+    assert s.failed + s.undecodable == 1 and s.dropped == 0
+    assert s.written == 300 and s.error is None
+    assert_counts_add_up(s, out)
+    assert [r.message.header.seq for r in DriveReader(out).messages()] == list(range(300))
+
+
+def test_any_exception_while_writing_a_message_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a write raises (a bug, an exotic message), the writer goes on."""
+    original_write = drive_module.DriveWriter.write
+    faults = {7: KeyError("k"), 8: RecursionError("deep"), 9: MemoryError(), 10: AssertionError()}
+
+    def faulty_write(self, msg, log_time_ns, topic=None):
+        fault = faults.get(msg.header.seq)
+        if fault is not None:
+            raise fault
+        original_write(self, msg, log_time_ns, topic)
+
+    monkeypatch.setattr(drive_module.DriveWriter, "write", faulty_write)
+    endpoint = f"ipc://{tmp_path}/sock/faulty"
+    out = tmp_path / "faulty.mcap"
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder([endpoint], ["gnss"], out)
+        recorder.start()
+        time.sleep(0.5)
+        for seq in range(20):
+            pub.send(_fix(seq))
+        _wait(lambda: recorder.stats.received >= 20)
+        recorder.close()
+    s = recorder.stats
+    assert (s.received, s.written, s.failed, s.dropped) == (20, 16, 4, 0)
+    assert_counts_add_up(s, out)
+    assert [r.message.header.seq for r in DriveReader(out).messages()] == [
+        i for i in range(20) if i not in faults
+    ]
+
+
+def test_stop_with_a_full_queue_is_bounded_and_counts_what_was_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 7: with its queue full, SIGINT hung forever. Now the queue is written for
+    `stop_timeout_s`, the rest counted as dropped, and the drive finished."""
+    original_write = drive_module.DriveWriter.write
+
+    def slow_write(self, msg, log_time_ns, topic=None):  # a disk far slower than the input
+        time.sleep(0.05)
+        original_write(self, msg, log_time_ns, topic)
+
+    monkeypatch.setattr(drive_module.DriveWriter, "write", slow_write)
+    endpoint = f"ipc://{tmp_path}/sock/full"
+    out = tmp_path / "full.mcap"
+    stop_timeout_s = 1.0
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder(
+            [endpoint], ["gnss"], out, queue_size=500, hwm=10_000, stop_timeout_s=stop_timeout_s
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=recorder.run, args=(stop,))
+        thread.start()
+        time.sleep(0.5)
+        for seq in range(1000):
+            pub.send(_fix(seq))
+        _wait(lambda: recorder.stats.received >= 1000)
+        assert recorder.stats.dropped > 0  # the queue is full
+        t0 = time.monotonic()
+        stop.set()
+        thread.join(30)
+        stop_s = time.monotonic() - t0
+        assert not thread.is_alive()
+    s = recorder.stats
+    print(f"stop with a full queue: {stop_s:.2f} s (stop_timeout_s {stop_timeout_s:g})")
+    assert stop_s < stop_timeout_s + 1.0
+    assert s.error is None and s.failed == 0
+    assert s.received == 1000 and s.written < 500 and s.dropped > 500
+    assert_counts_add_up(s, out)
+    assert not DriveReader(out).truncated  # finished: summary and footer
+
+
+def test_recent_messages_reach_the_file_within_the_flush_interval(tmp_path: Path) -> None:
+    """A slow topic fills a chunk in minutes; its messages are in the file (readable by another
+    process, as after a kill) within the flush interval all the same."""
+    endpoint = f"ipc://{tmp_path}/sock/slow"
+    out = tmp_path / "slow.mcap"
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder([endpoint], ["gnss"], out, flush_interval_s=0.3)
+        recorder.start()
+        time.sleep(0.5)
+        for seq in range(5):
+            pub.send(_fix(seq))
+        _wait(lambda: recorder.stats.received >= 5)
+        _wait(lambda: recorder.stats.written == 5, timeout_s=2.0)
+        on_disk = [r.message.header.seq for r in DriveReader(out).messages()]
+        recorder.close()
+    assert on_disk == [0, 1, 2, 3, 4]
+    assert_counts_add_up(recorder.stats, out)

@@ -1,0 +1,46 @@
+"""Offline replay (replay.offline) through the node core: one recorded message that cannot be
+read costs that message only, and is counted; the rest of the drive is replayed. (A broken
+KITTI folder frame is a mistake in a dataset: it fails the run, tests/app/test_cli_mistakes.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from perception.config import CameraModelConfig, NodeConfig
+from perception.msgs.jsonl import read_jsonl
+from perception.pipeline import Pipeline
+from replay.datasets.kitti_object import KittiObjectFolder
+from replay.drive import DriveWriter
+from replay.offline import replay_to_file
+
+
+def damaged_drive(kitti_dir: Path, path: Path, after: int = 5) -> Path:
+    """The KITTI folder as a drive, with one damaged record (its companion is not JSON) on
+    the lidar topic after the `after`-th message."""
+    with DriveWriter(path) as w:
+        for i, msg in enumerate(KittiObjectFolder(kitti_dir).messages()):
+            w.write(msg, msg.header.stamp_ns)
+            if i == after:
+                base, companion = w._channels[("lidar/top", "LidarSweep")]
+                t = msg.header.stamp_ns + 1
+                w._writer.add_message(base, t, b"", t, 999_999)
+                w._writer.add_message(companion, t, b"{not json", t, 999_999)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(yolox_path: Path) -> Pipeline:
+    return Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+
+
+def test_a_damaged_drive_record_is_skipped_and_counted(
+    kitti_dir: Path, tmp_path: Path, pipeline: Pipeline
+) -> None:
+    drive = damaged_drive(kitti_dir, tmp_path / "damaged.mcap")
+    out = tmp_path / "out.jsonl"
+    summary = replay_to_file(drive, out, NodeConfig(), pipeline)
+    assert summary.unreadable == 1 and summary.unwritten == 0
+    assert summary.sweeps == 8 == len(list(read_jsonl(out)))
+    assert summary.counters["received"] == 24
