@@ -88,7 +88,10 @@ class NodeCounters:
     counts ready bundles, `skipped_bundles` those not processed (the node was behind, or an
     output with a newer stamp was already produced), `step_errors` bundles the pipeline failed
     on, `published` the DetectionLists produced. Overruns: frames over any budget, the current
-    and longest run of consecutive ones, and per stage in `overruns_by_stage`.
+    and longest run of consecutive ones, and per stage in `overruns_by_stage`. Live only (the
+    node sets them from its sockets, perception.io.curve): `rejected_publishers`, CURVE
+    handshakes refused with the sensors' publishers (a wrong or missing server key), and
+    `rejected_subscribers`, with clients of the outputs endpoint (a key not allowed).
     """
 
     received: int = 0
@@ -101,6 +104,8 @@ class NodeCounters:
     budget_overruns: int = 0
     consecutive_overruns: int = 0
     longest_overrun_run: int = 0
+    rejected_publishers: int = 0
+    rejected_subscribers: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -272,6 +277,12 @@ class NodeCore:
             self._last_latency_ns = latency_ns
             self.counters.published += 1
         return replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
+
+    def record_rejections(self, publishers: int, subscribers: int) -> None:
+        """The handshakes refused so far on the live node's sockets (see NodeCounters)."""
+        with self._lock:
+            self.counters.rejected_publishers = publishers
+            self.counters.rejected_subscribers = subscribers
 
     def record_publish(self, duration_ns: int) -> None:
         """How long the last output took to publish (or write); the next output carries it."""

@@ -13,6 +13,11 @@ sockets, the threads, the real-time settings and the measured queue and publish 
 exception escapes a thread: per-message problems are counted by the core; a receiver that
 cannot open its sockets stops the node with that error.
 
+Access: the outputs endpoint is bound as perception.io.transport binds (an ipc endpoint another
+live process holds is refused; the socket file is removed at exit); with `security.curve` the
+tcp sockets use CURVE and the handshakes they refuse are counted on diagnostics
+(`rejected_publishers`, `rejected_subscribers`).
+
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
 """
@@ -25,6 +30,7 @@ import time
 
 from calibration import Rig
 from perception.config import NodeConfig
+from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs.types import DetectionList
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
@@ -41,14 +47,28 @@ _DIAGNOSTICS_PERIOD_NS = 1_000_000_000
 class Node:
     """`perception run`: sockets and threads around a `NodeCore`."""
 
-    def __init__(self, config: NodeConfig, pipeline: Pipeline, default_rig: Rig | None = None):
+    def __init__(
+        self,
+        config: NodeConfig,
+        pipeline: Pipeline,
+        default_rig: Rig | None = None,
+        curve: CurveKeys | None = None,
+    ):
+        """`curve`: the CURVE keys (default: read from `config.security`).
+
+        Raises:
+            ConfigError: `config.security` names key files that cannot be used.
+        """
         self.config = config
+        self.curve = curve_keys_for(config.security) if curve is None else curve
         self.core = NodeCore(config, pipeline, default_rig)
         self.ready = threading.Event()
         self._cond = threading.Condition()
         self._receiver_error: BaseException | None = None
         # Bundles ready for the worker, with the monotonic time each became ready.
         self._ready: list[tuple[ReadyBundle, int]] = []
+        # The receiver's count of refused handshakes, read by the worker for diagnostics.
+        self._rejected_publishers = 0
 
     @property
     def counters(self) -> NodeCounters:
@@ -62,7 +82,10 @@ class Node:
         for refusal in self.core.realtime.refused:
             log.warning("real-time setting not applied: %s", refusal)
         publisher = Publisher(
-            self.config.outputs.endpoint, bind=True, hwm=self.config.outputs.high_water_mark
+            self.config.outputs.endpoint,
+            bind=True,
+            hwm=self.config.outputs.high_water_mark,
+            curve=self.curve,
         )
         subscriber_ready = threading.Event()
         receiver = threading.Thread(
@@ -77,6 +100,7 @@ class Node:
         finally:
             stop.set()
             receiver.join(timeout=5.0)
+            self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
             publisher.close()
 
     # -- receiver thread -------------------------------------------------------------------
@@ -91,6 +115,7 @@ class Node:
                 hwm=inputs.high_water_mark,
                 max_message_size=inputs.max_message_bytes,
                 priority=(inputs.rig_topic, inputs.gnss_topic),
+                curve=self.curve,
             )
         except BaseException as e:
             self._receiver_error = e
@@ -100,6 +125,7 @@ class Node:
         with subscriber:
             while not stop.is_set():
                 frames = subscriber.recv(timeout_ms=RECEIVE_POLL_NS // 1_000_000)
+                self._rejected_publishers = subscriber.rejected_peers
                 if frames is not None:
                     bundles = self.core.on_frames(frames, time.time_ns())
                 else:
@@ -121,6 +147,7 @@ class Node:
                     self._cond.wait(timeout=0.02)
                 ready, self._ready = self._ready, []
             if time.monotonic_ns() >= next_diagnostics_ns:
+                self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
                 publisher.send(self.core.diagnostics(time.time_ns()))
                 next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
             if not ready:
