@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perception.errors import WireError
+from perception.io.curve import CurveKeys
 from perception.io.transport import Subscriber
 from perception.msgs import wire
 from perception.msgs.types import Message
@@ -60,7 +61,8 @@ class Recorder:
     be in `topics`. One receiver thread per distinct set of endpoints.
     `queue_size`: messages buffered between the receivers and the writer; `hwm`: receive
     high-water mark per topic socket (ZeroMQ drops beyond it, uncounted here: keep it large);
-    `compression`: as `DriveWriter`; `chunk_size`: bytes per MCAP chunk.
+    `compression`: as `DriveWriter`; `chunk_size`: bytes per MCAP chunk. `curve`: CURVE keys
+    for tcp endpoints (perception.io.curve).
 
     Raises (constructor):
         ValueError: no endpoints or topics, or `queue_size` < 1.
@@ -79,6 +81,7 @@ class Recorder:
         hwm: int = 1000,
         chunk_size: int = RECORDER_CHUNK_SIZE,
         topic_endpoints: Mapping[str, Sequence[str]] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -92,7 +95,7 @@ class Recorder:
         self._subscribers: list[Subscriber] = []
         try:
             for where, group in groups.items():
-                self._subscribers.append(Subscriber(where, group, hwm=hwm))
+                self._subscribers.append(Subscriber(where, group, hwm=hwm, curve=curve))
             self._writer = DriveWriter(
                 self.out_path, compression=compression, chunk_size=chunk_size
             )
