@@ -25,7 +25,9 @@ def _pipeline(config: NodeConfig, model: str | None, config_given: bool) -> Pipe
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
-    # The keys are read (and a bad key file refused) before the model is loaded.
+    # The runtime folder and the keys are checked (a bad one refused) before the model loads.
+    for endpoint in (*config.inputs.endpoints, config.outputs.endpoint):
+        resolve_endpoint(endpoint)
     node_curve = curve_keys_for(config.security)
     pipeline = _pipeline(config, args.model, args.config is not None)
     default_rig = None
