@@ -434,6 +434,11 @@ def _validate(cfg: NodeConfig) -> None:
     if cfg.security.curve:
         if cfg.security.secret_key is None:
             raise ConfigError("security.secret_key: required when security.curve is true")
+        if cfg.security.allowed_clients is None and cfg.outputs.endpoint.startswith("tcp://"):
+            raise ConfigError(
+                "security.allowed_clients: required when security.curve is true and the node "
+                "binds a tcp outputs.endpoint (the clients it admits)"
+            )
         tcp = [ep.startswith("tcp://") for ep in cfg.inputs.endpoints]
         if any(tcp) and not all(tcp):
             # One SUB socket per topic connects to every input endpoint, and CURVE is a
