@@ -20,8 +20,10 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     folder = cache_dir_arg(args.out, "--out") or Path(DEFAULT_KEYS_DIR).expanduser()
     try:
         public, secret = generate_key_pair(folder, args.name, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as e:
-        raise PerceptionError(f"--name/--out: {e}") from None
+    except ValueError as e:
+        raise PerceptionError(f"--name {e}") from None
+    except FileExistsError as e:
+        raise PerceptionError(str(e)) from None
     key, _ = zmq.auth.load_certificate(public)
     print(f"perception keys: public key {public} ({key.decode() if key else '?'})", flush=True)
     print(
