@@ -54,7 +54,9 @@ _TOPICS_NOTE = (
     f"Each topic is published where it belongs: sensor topics on the node config's inputs "
     f"endpoint ({SENSORS} by default), the node's outputs ({_DEFAULTS.outputs.detections_topic}, "
     f"{_DEFAULTS.outputs.diagnostics_topic}) on its outputs endpoint ({OUTPUTS}); --config "
-    "takes both and the topic names from a node config, --endpoint overrides them."
+    "takes both, the topic names and the CURVE keys of tcp endpoints (security) from a node "
+    "config, --endpoint overrides the endpoints. {runtime} is the per-user runtime folder "
+    "($XDG_RUNTIME_DIR/perception-node, else <tmp>/perception-node-<uid>, mode 0700)."
 )
 
 
@@ -518,6 +520,40 @@ def _add_models(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_keys(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    keys = _group(
+        sub,
+        "keys",
+        "CURVE key pairs for tcp endpoints",
+        "ZeroMQ CURVE key pairs: with `security.curve: true` in the node config, tcp endpoints "
+        "are encrypted and a process that binds one admits only the clients whose public keys "
+        "are in its `security.allowed_clients` folder.",
+    )
+    generate = _command(
+        keys,
+        "generate",
+        "app.commands.keys:cmd_keys_generate",
+        "write a new key pair: NAME.key (public) and NAME.key_secret (mode 0600)",
+        "Write a new CURVE key pair into --out: NAME.key, the public key (copy it into the "
+        "allowed_clients folder of the processes this one connects to, or name it as their "
+        "security.server_key), and NAME.key_secret, this process's security.secret_key (mode "
+        "0600; the folder is created with mode 0700). An existing pair is replaced only with "
+        "--overwrite.",
+        common=common,
+    )
+    generate.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for the key files (default: ~/.config/perception-node/keys)",
+    )
+    generate.add_argument("--name", default="node", help="the key pair's file name (NAME.key)")
+    generate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing pair (clients holding the old public key are then refused)",
+    )
+
+
 def _add_config(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     config = _group(
         sub,
@@ -609,7 +645,7 @@ def build_parser() -> Parser:
     )
     for add in (
         _add_demo, _add_run, _add_replay, _add_play, _add_record, _add_echo, _add_bench,
-        _add_import, _add_eval, _add_calib, _add_engines, _add_models, _add_config,
+        _add_import, _add_eval, _add_calib, _add_engines, _add_models, _add_keys, _add_config,
     ):  # fmt: skip
         add(sub, common)
     return parser

@@ -24,6 +24,7 @@ __all__ = [
     "OutputConfig",
     "PipelineConfig",
     "RealtimeConfig",
+    "SecurityConfig",
     "SyncConfig",
     "WatchdogConfig",
     "load_config",
@@ -35,8 +36,11 @@ __all__ = [
 class InputConfig:
     """Where the sensors publish and under which topics (ZeroMQ SUB side: connect)."""
 
-    endpoints: tuple[str, ...] = ("ipc:///tmp/perception-node/sensors",)
-    """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://)."""
+    endpoints: tuple[str, ...] = ("ipc://{runtime}/sensors",)
+    """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://). `{runtime}` is the
+    per-user runtime folder: `$XDG_RUNTIME_DIR/perception-node`, else
+    `<tmp>/perception-node-<uid>`, created with mode 0700 and checked (owner, mode, not a
+    link) before every use."""
     lidar_topic: str = "lidar/top"
     """Topic of the lidar sweeps: the reference of every bundle."""
     camera_topics: tuple[str, ...] = ("camera/front",)
@@ -55,8 +59,10 @@ class InputConfig:
 class OutputConfig:
     """Where detections and diagnostics are published (ZeroMQ PUB side: bind)."""
 
-    endpoint: str = "ipc:///tmp/perception-node/detections"
-    """ZeroMQ endpoint the node binds and publishes on."""
+    endpoint: str = "ipc://{runtime}/detections"
+    """ZeroMQ endpoint the node binds and publishes on (`{runtime}`: see `inputs.endpoints`).
+    An ipc endpoint another live process holds is refused; the node's own socket file is
+    removed when it stops."""
     detections_topic: str = "detections"
     """Topic of the DetectionLists, one per processed sweep."""
     diagnostics_topic: str = "diagnostics"
@@ -281,6 +287,28 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """Access control of tcp endpoints (perception.io.curve). With `curve: true` every tcp
+    socket uses ZeroMQ CURVE: encrypted, a socket that binds admits only clients whose public
+    key is in `allowed_clients` (refused handshakes are counted on the node's diagnostics), and
+    a socket that connects accepts only a server proving `server_key`. `play`, `record`, `echo`
+    and `bench` take the same section from the same config. ipc endpoints are protected by
+    their folder's permissions instead (`{runtime}`). Key files come from `perception keys
+    generate`; paths are relative to the config file."""
+
+    curve: bool = False
+    """Require ZeroMQ CURVE on every tcp endpoint (bound and connected)."""
+    secret_key: str | None = None
+    """This process's key pair: the `.key_secret` file (mode 0600). Required with `curve`."""
+    server_key: str | None = None
+    """The public key file (`.key`) the servers this process connects to must prove; null: the
+    public half of `secret_key` (processes sharing this config share one key pair)."""
+    allowed_clients: str | None = None
+    """A folder of public key files (`*.key`): the clients admitted to tcp endpoints this
+    process binds. Required to bind a tcp endpoint with `curve`."""
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything `perception run` needs. `rig` is the vehicle's calibration (a rig YAML or any
     format calibration.load_rig reads), in force until a rig message arrives on the rig topic;
@@ -309,6 +337,8 @@ class NodeConfig:
     rig: str | None = None
     """The vehicle's rig file (any format calibration reads), relative to the config file;
     null: the rig comes over the rig topic only."""
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """Access control of tcp endpoints (CURVE)."""
 
 
 T = TypeVar("T")
@@ -418,6 +448,23 @@ def _validate(cfg: NodeConfig) -> None:
     for ep in (*cfg.inputs.endpoints, cfg.outputs.endpoint):
         if not ep.startswith(("ipc://", "tcp://", "inproc://")):
             raise ConfigError(f"endpoint {ep!r}: scheme must be ipc://, tcp:// or inproc://")
+        if "{runtime}" in ep and not ep.startswith("ipc://"):
+            raise ConfigError(f"endpoint {ep!r}: {{runtime}} is a folder, for ipc:// only")
+    if cfg.security.curve:
+        if cfg.security.secret_key is None:
+            raise ConfigError("security.secret_key: required when security.curve is true")
+        if cfg.security.allowed_clients is None and cfg.outputs.endpoint.startswith("tcp://"):
+            raise ConfigError(
+                "security.allowed_clients: required when security.curve is true and the node "
+                "binds a tcp outputs.endpoint (the clients it admits)"
+            )
+        tcp = [ep.startswith("tcp://") for ep in cfg.inputs.endpoints]
+        if any(tcp) and not all(tcp):
+            # One SUB socket per topic connects to every input endpoint, and CURVE is a
+            # property of the socket: it cannot speak CURVE to some peers and not others.
+            raise ConfigError(
+                "inputs.endpoints: with security.curve, the inputs must be all tcp:// or none"
+            )
 
 
 def parse_config(doc: dict[str, Any] | None, source: str = "config") -> NodeConfig:
@@ -428,6 +475,12 @@ def parse_config(doc: dict[str, Any] | None, source: str = "config") -> NodeConf
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def _relative_to(base: Path, path: str | None) -> str | None:
+    if path is None or Path(path).expanduser().is_absolute():
+        return path
+    return str(base / path)
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -448,4 +501,11 @@ def load_config(path: Path) -> NodeConfig:
     rig = cfg.rig
     if rig is not None and not Path(rig).expanduser().is_absolute():
         rig = str(base / rig)
-    return NodeConfig(**{**cfg.__dict__, "camera_model": model, "rig": rig})
+    sec = cfg.security
+    security = SecurityConfig(
+        curve=sec.curve,
+        secret_key=_relative_to(base, sec.secret_key),
+        server_key=_relative_to(base, sec.server_key),
+        allowed_clients=_relative_to(base, sec.allowed_clients),
+    )
+    return NodeConfig(**{**cfg.__dict__, "camera_model": model, "rig": rig, "security": security})

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perception.errors import WireError
+from perception.io.curve import CurveKeys
 from perception.io.transport import Subscriber
 from perception.msgs import wire
 from perception.msgs.types import Message
@@ -96,7 +97,8 @@ class Recorder:
     uncounted here: keep it large); `compression`: as `DriveWriter`; `chunk_size`: bytes per
     MCAP chunk; `flush_interval_s`: the longest a written message waits before its chunk is
     handed to the operating system; `stop_timeout_s`: how long `close` goes on writing what is
-    queued.
+    queued. `curve`: CURVE keys for tcp
+    endpoints (perception.io.curve).
 
     Raises (constructor):
         ValueError: no endpoints or topics, or a size or time that is not positive.
@@ -118,6 +120,7 @@ class Recorder:
         flush_interval_s: float = 0.5,
         stop_timeout_s: float = 3.0,
         topic_endpoints: Mapping[str, Sequence[str]] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -140,7 +143,7 @@ class Recorder:
         self._subscribers: list[Subscriber] = []
         try:
             for where, group in groups.items():
-                self._subscribers.append(Subscriber(where, group, hwm=hwm))
+                self._subscribers.append(Subscriber(where, group, hwm=hwm, curve=curve))
             self._writer = DriveWriter(
                 self.out_path, compression=compression, chunk_size=chunk_size
             )

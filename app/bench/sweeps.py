@@ -149,7 +149,8 @@ def node_config_document(
     config: NodeConfig, sensors: str, detections: str, rig_path: Path | None = None
 ) -> dict[str, Any]:
     """The YAML document of `config` for the node child: inputs on `sensors`, outputs on
-    `detections`, file paths absolute, `rig_path` as its rig when given.
+    `detections`, file paths absolute (model, rig, key files), `rig_path` as its rig when
+    given.
 
     Raises:
         ConfigError: the result is not a valid node config.
@@ -164,5 +165,8 @@ def node_config_document(
         doc["rig"] = str(rig_path.resolve())
     elif config.rig is not None:
         doc["rig"] = str(Path(config.rig).expanduser().resolve())
+    for key in ("secret_key", "server_key", "allowed_clients"):
+        if doc["security"][key] is not None:
+            doc["security"][key] = str(Path(doc["security"][key]).expanduser().resolve())
     parse_config(doc, "bench node config")
     return doc

@@ -7,6 +7,7 @@ import sys
 
 from app.common import endpoints_for_topic, load_node_config, stop_on_signals
 from perception.errors import WireError
+from perception.io.curve import curve_keys_for
 from perception.io.transport import Subscriber
 from perception.msgs import wire
 from perception.msgs.jsonl import to_json
@@ -29,7 +30,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     endpoints = [args.endpoint] if args.endpoint else list(endpoints_for_topic(args.topic, config))
     stop = stop_on_signals()
     count = 0
-    with Subscriber(endpoints, [args.topic]) as sub:
+    with Subscriber(endpoints, [args.topic], curve=curve_keys_for(config.security)) as sub:
         while not stop.is_set() and (args.count <= 0 or count < args.count):
             frames = sub.recv(timeout_ms=100)
             if frames is None:

@@ -9,6 +9,7 @@ import time
 from app.common import is_output_topic, load_node_config, split_source, stop_on_signals
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
+from perception.io.curve import curve_keys_for
 from perception.io.transport import Publisher
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
@@ -59,12 +60,13 @@ def _check_drive(reader: DriveReader, args: argparse.Namespace) -> tuple[DriveCo
 
 def cmd_play(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
+    curve = curve_keys_for(config.security)
     kind, path = split_source([args.source, *([args.dir] if args.dir else [])], "play")
     stop = stop_on_signals()
     if kind == "kitti-object":
         folder = KittiObjectFolder(path)
         endpoint = args.endpoint or config.inputs.endpoints[0]
-        with Publisher(endpoint, bind=True, hwm=args.hwm) as publisher:
+        with Publisher(endpoint, bind=True, hwm=args.hwm, curve=curve) as publisher:
             if args.wait > 0:
                 # PUB/SUB drops what is sent before a subscriber's subscription arrives.
                 stop.wait(args.wait)
@@ -74,7 +76,8 @@ def cmd_play(args: argparse.Namespace) -> int:
             # Let ZeroMQ flush the last frames before the socket closes.
             time.sleep(0.2)
         print(
-            f"perception play: {stats.sent} frames published on {endpoint}{_skipped(stats)}",
+            f"perception play: {stats.sent} frames published on {publisher.endpoint}"
+            f"{_skipped(stats)}",
             flush=True,
         )
         return 0
@@ -84,7 +87,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     routes = _routes(contents, topics, config, args.endpoint)
     with contextlib.ExitStack() as stack:
         publishers = {
-            e: stack.enter_context(Publisher(e, bind=True, hwm=args.hwm))
+            e: stack.enter_context(Publisher(e, bind=True, hwm=args.hwm, curve=curve))
             for e in dict.fromkeys(routes.values())
         }
         if args.wait > 0:
@@ -103,8 +106,8 @@ def cmd_play(args: argparse.Namespace) -> int:
         )
         time.sleep(0.2)
     where = "; ".join(
-        f"{', '.join(t for t, e in routes.items() if e == endpoint)} on {endpoint}"
-        for endpoint in publishers
+        f"{', '.join(t for t, e in routes.items() if e == endpoint)} on {publisher.endpoint}"
+        for endpoint, publisher in publishers.items()
     )
     print(
         f"perception play: {stats.sent} messages published ({where}){_skipped(stats)}", flush=True

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.common import endpoints_for_topic, load_node_config, stop_on_signals
+from perception.io.curve import curve_keys_for
+from perception.io.runtime import resolve_endpoint
 from replay.output import OutputError, atomic_output, check_output_file
 from replay.recorder import Recorder, RecorderStats
 
@@ -57,12 +59,15 @@ def cmd_record(args: argparse.Namespace) -> int:
             compression=None if args.compression == "none" else args.compression,
             stop_timeout_s=args.stop_timeout,
             topic_endpoints=where,
+            curve=curve_keys_for(config.security),
         )
         by_endpoint: dict[str, list[str]] = {}
         for topic, endpoints in where.items():
             for endpoint in endpoints:
                 by_endpoint.setdefault(endpoint, []).append(topic)
-        listening = "; ".join(f"{', '.join(t)} at {e}" for e, t in by_endpoint.items())
+        listening = "; ".join(
+            f"{', '.join(t)} at {resolve_endpoint(e)}" for e, t in by_endpoint.items()
+        )
         print(f"perception record: recording {listening} to {out}", flush=True)
         # A recording stopped by a write failure still replaces an --overwrite target: it holds
         # what was recorded, which the old drive does not.

@@ -3,22 +3,36 @@
 Each socket belongs to the thread that uses it (ZeroMQ sockets are not thread-safe). Publishers
 never block: at the high-water mark a PUB socket drops messages, which is what a real-time node
 wants (fresh data over complete data).
+
+Access (perception.io.runtime, perception.io.curve): `{runtime}` in an ipc endpoint is the
+per-user runtime folder; binding an ipc endpoint checks its folder, refuses one another live
+process holds and removes the socket file at close; with `curve` keys, tcp sockets use CURVE
+(bound: a server admitting only the allowed clients; connected: a client proving its key) and
+count refused handshakes (`rejected_peers`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from perception.closeable import Closeable
 from perception.errors import TransportError
+from perception.io.curve import HANDSHAKE_FAILED_EVENTS, CurveKeys, CurveServer, set_client
+from perception.io.runtime import (
+    BoundSocketFile,
+    bound_socket_file,
+    prepare_ipc_bind,
+    remove_socket_file,
+    resolve_endpoint,
+    runtime_dir,
+)
 from perception.msgs import wire
 from perception.msgs.types import Message
 
@@ -26,43 +40,61 @@ __all__ = ["DEFAULT_HWM", "DEFAULT_MAX_MESSAGE_SIZE", "Publisher", "Subscriber",
 
 DEFAULT_HWM = 10
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+# After a refused handshake the endpoint is connected again this much later, not at once: a
+# peer refusing every handshake must not make the receiver spin (libzmq itself does not retry
+# after a refused key at all).
+_HANDSHAKE_RETRY_MS = 1000
 
 
 def default_endpoint(name: str) -> str:
-    """An `ipc://` endpoint for `name` under the system temp directory
-    (`<tmp>/perception-node/<name>.sock`; characters other than letters, digits, `.`, `_`, `-`
-    become `_`).
+    """An `ipc://` endpoint for `name` in the per-user runtime folder
+    (`<runtime>/<name>.sock`, perception.io.runtime; characters other than letters, digits,
+    `.`, `_`, `-` become `_`).
 
     Raises:
         ValueError: `name` is empty.
+        TransportError: the runtime folder is not usable.
     """
     if not name:
         raise ValueError("endpoint name must not be empty")
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    return f"ipc://{Path(tempfile.gettempdir()) / 'perception-node' / safe}.sock"
+    return f"ipc://{runtime_dir() / safe}.sock"
 
 
-def _prepare_bind(endpoint: str) -> None:
-    # ZeroMQ does not create directories for ipc sockets; "@" names are Linux abstract sockets.
-    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
-        path = Path(endpoint.removeprefix("ipc://"))
+def _attach(socket: zmq.Socket[bytes], endpoint: str, bind: bool) -> BoundSocketFile | None:
+    """Bind or connect `socket` (`endpoint` resolved); for a bound ipc endpoint, the socket
+    file made (removed again by `remove_socket_file` at close)."""
+    if not bind:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TransportError(f"{endpoint}: cannot create socket directory: {e}") from None
-
-
-def _attach(socket: zmq.Socket[bytes], endpoint: str, bind: bool) -> None:
-    action = "bind" if bind else "connect"
-    if bind:
-        _prepare_bind(endpoint)
-    try:
-        if bind:
-            socket.bind(endpoint)
-        else:
             socket.connect(endpoint)
+        except zmq.ZMQError as e:
+            raise TransportError(f"{endpoint}: cannot connect: {e}") from None
+        return None
+    path = prepare_ipc_bind(endpoint)
+    try:
+        socket.bind(endpoint)
     except zmq.ZMQError as e:
-        raise TransportError(f"{endpoint}: cannot {action}: {e}") from None
+        if e.errno == errno.EADDRINUSE:
+            raise TransportError(
+                f"{endpoint}: cannot bind: in use by another process ({e}); stop it or choose "
+                "another endpoint"
+            ) from None
+        raise TransportError(f"{endpoint}: cannot bind: {e}") from None
+    return None if path is None else bound_socket_file(path)
+
+
+def _curve_applies(endpoints: Sequence[str], curve: CurveKeys | None) -> bool:
+    """Whether sockets on `endpoints` use CURVE: keys given and the endpoints are tcp. CURVE is
+    a property of a socket, so its endpoints must be all tcp or none."""
+    if curve is None:
+        return False
+    tcp = [e.startswith("tcp://") for e in endpoints]
+    if any(tcp) and not all(tcp):
+        raise TransportError(
+            f"{', '.join(endpoints)}: with CURVE, one socket's endpoints must be all tcp:// or "
+            "none (CURVE covers tcp only)"
+        )
+    return all(tcp)
 
 
 class Publisher(Closeable):
@@ -70,10 +102,14 @@ class Publisher(Closeable):
 
     `hwm` is the send high-water mark (messages queued per subscriber before ZeroMQ drops);
     buffers of at least `zero_copy_threshold` bytes are sent without copying (below it a copy is
-    cheaper than ZeroMQ's zero-copy bookkeeping).
+    cheaper than ZeroMQ's zero-copy bookkeeping). `curve`: keys for CURVE on a tcp endpoint
+    (bound: a CURVE server admitting `curve.allowed_clients`, which needs a context of its own;
+    connected: a CURVE client); ignored for other endpoints.
 
     Raises (constructor):
-        TransportError: the endpoint cannot be bound or connected (address in use, bad scheme).
+        TransportError: the endpoint cannot be bound or connected (address in use, another
+            live process holds it, an unsafe socket folder, bad scheme).
+        ValueError: CURVE on a bound tcp endpoint with a shared `context`.
     """
 
     def __init__(
@@ -84,17 +120,28 @@ class Publisher(Closeable):
         hwm: int = DEFAULT_HWM,
         zero_copy_threshold: int = 65536,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = resolve_endpoint(endpoint)
         self.zero_copy_threshold = zero_copy_threshold
+        with_curve = _curve_applies([self.endpoint], curve)
+        if with_curve and bind and context is not None:
+            raise ValueError("a CURVE server needs a context of its own (one ZAP handler each)")
         self._owns_context = context is None
         self._context = zmq.Context() if context is None else context
         self._socket: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
         self._closed = False
+        self._server: CurveServer | None = None
+        self._bound_file: BoundSocketFile | None = None
         try:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.SNDHWM, hwm)
-            _attach(self._socket, endpoint, bind)
+            if with_curve and curve is not None:
+                if bind:
+                    self._server = CurveServer(self._context, self._socket, curve, self.endpoint)
+                else:
+                    set_client(self._socket, curve)
+            self._bound_file = _attach(self._socket, self.endpoint, bind)
         except BaseException:
             self.close()
             raise
@@ -109,6 +156,12 @@ class Publisher(Closeable):
         """The endpoint actually bound or connected, e.g. the port chosen for `tcp://host:*`."""
         value = self._socket.getsockopt(zmq.LAST_ENDPOINT)
         return value.decode() if isinstance(value, bytes) else str(value)
+
+    @property
+    def rejected_peers(self) -> int:
+        """Handshakes refused so far on a bound CURVE endpoint (a subscriber whose key is not
+        allowed, or without CURVE); 0 without CURVE."""
+        return 0 if self._server is None else self._server.rejected
 
     def send(self, msg: Message, topic: str | None = None) -> None:
         """Encode and send `msg` on `topic` (default: its stream). Never blocks.
@@ -149,9 +202,13 @@ class Publisher(Closeable):
         if self._closed:
             return
         self._closed = True
+        if self._server is not None:
+            self._server.close()
         self._socket.close(linger=0)
         if self._owns_context:
             self._context.term()
+        if self._bound_file is not None:
+            remove_socket_file(self._bound_file)
 
 
 class Subscriber(Closeable):
@@ -173,9 +230,16 @@ class Subscriber(Closeable):
     topic cannot starve another): the node gives its rig and GNSS topics, so that a calibration
     or fix sent just before a sweep is filed before that sweep when both are waiting.
 
+    `curve`: keys for CURVE when the endpoints are tcp (connected: each socket a CURVE client,
+    accepting only a publisher that proves `curve.server_key`; bound: a CURVE server admitting
+    `curve.allowed_clients`, which needs a context of its own). `rejected_peers` counts the
+    refused handshakes; an endpoint whose handshake failed is connected again after a second.
+
     Raises (constructor):
-        ValueError: no endpoints or topics, `hwm` or `priority` names a topic not subscribed.
-        TransportError: an endpoint cannot be bound or connected.
+        ValueError: no endpoints or topics, `hwm` or `priority` names a topic not subscribed;
+            CURVE on a bound tcp endpoint with a shared `context`.
+        TransportError: an endpoint cannot be bound or connected; tcp and other endpoints
+            mixed with `curve`.
     """
 
     def __init__(
@@ -188,6 +252,7 @@ class Subscriber(Closeable):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         priority: Sequence[str] = (),
+        curve: CurveKeys | None = None,
     ) -> None:
         if isinstance(endpoints, str) or isinstance(topics, str):
             raise ValueError("endpoints and topics must be sequences of strings, not a string")
@@ -207,8 +272,12 @@ class Subscriber(Closeable):
         if unknown_priority:
             raise ValueError(f"priority names topics that are not subscribed: {unknown_priority}")
 
-        self.endpoints = tuple(endpoints)
+        # Resolved: libzmq reports the endpoints it was given, and _reconnect matches them.
+        self.endpoints = tuple(resolve_endpoint(e) for e in endpoints)
         self.topics = tuple(topic_list)
+        with_curve = _curve_applies(self.endpoints, curve)
+        if with_curve and bind and context is not None:
+            raise ValueError("a CURVE server needs a context of its own (one ZAP handler each)")
         self._owns_context = context is None
         self._context = zmq.Context() if context is None else context
         self._poller = zmq.Poller()
@@ -221,6 +290,12 @@ class Subscriber(Closeable):
         self._bind = bind
         self._next = 0
         self._closed = False
+        self._server: CurveServer | None = None
+        self._bound_files: list[BoundSocketFile] = []
+        self._handshake_failures = 0
+        self._failed_handshake: set[tuple[zmq.Socket[bytes], str]] = set()
+        # (socket, endpoint) -> when (monotonic ms) to connect it again after a refused handshake
+        self._retry_at: dict[tuple[zmq.Socket[bytes], str], int] = {}
         try:
             groups = (
                 [(topic_list, max(hwms.values()))] if bind else [([t], hwms[t]) for t in topic_list]
@@ -235,12 +310,20 @@ class Subscriber(Closeable):
                 for topic in group:
                     socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
                     self._topic_sockets[topic] = socket
+                if with_curve and curve is not None:
+                    if bind:
+                        self._server = CurveServer(self._context, socket, curve, self.endpoints[0])
+                    else:
+                        set_client(socket, curve)
                 for endpoint in self.endpoints:
-                    _attach(socket, endpoint, bind)
+                    bound = _attach(socket, endpoint, bind)
+                    if bound is not None:
+                        self._bound_files.append(bound)
                 accept = None if "" in group else frozenset(t.encode("utf-8") for t in group)
                 self._accept[socket] = accept
                 if not bind:
-                    monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                    events = zmq.EVENT_DISCONNECTED | (HANDSHAKE_FAILED_EVENTS if with_curve else 0)
+                    monitor = socket.get_monitor_socket(events)
                     self._monitors[monitor] = socket
                     self._poller.register(monitor, zmq.POLLIN)
         except BaseException:
@@ -249,6 +332,15 @@ class Subscriber(Closeable):
         # With one socket for every topic (bind) there is no order to choose.
         self._first = [] if bind else list(dict.fromkeys(self._topic_sockets[t] for t in priority))
         self._rotating = [sock for sock in self._sockets if sock not in self._first]
+
+    @property
+    def rejected_peers(self) -> int:
+        """Handshakes refused so far with CURVE: connected, publishers that did not prove the
+        server key (or refused ours, or spoke without CURVE); bound, clients not allowed. 0
+        without CURVE."""
+        if self._server is not None:
+            return self._server.rejected
+        return self._handshake_failures
 
     def socket_for(self, topic: str) -> zmq.Socket[bytes]:
         """The SUB socket receiving `topic` (for options and tests).
@@ -269,6 +361,8 @@ class Subscriber(Closeable):
             raise TransportError(f"{', '.join(self.endpoints)}: subscriber is closed")
         deadline = None if timeout_ms < 0 else _now_ms() + timeout_ms
         while True:
+            if self._retry_at:
+                self._retry_refused()
             remaining = None if deadline is None else max(0, deadline - _now_ms())
             try:
                 ready = dict(self._poller.poll(remaining))
@@ -318,20 +412,47 @@ class Subscriber(Closeable):
                 return
             except zmq.ZMQError as e:
                 raise TransportError(f"{', '.join(self.endpoints)}: monitor failed: {e}") from None
+            if event["event"] & HANDSHAKE_FAILED_EVENTS:
+                self._refused(socket, event["endpoint"].decode("utf-8", "replace"))
+                continue
             if event["event"] != zmq.EVENT_DISCONNECTED:
                 continue
             lost = event["endpoint"].decode("utf-8", "replace")
+            if (socket, lost) in self._failed_handshake:
+                # Not at once: a peer refusing every handshake must not make us spin.
+                self._failed_handshake.discard((socket, lost))
+                self._retry_at[(socket, lost)] = _now_ms() + _HANDSHAKE_RETRY_MS
+                continue
+            for endpoint in self.endpoints if lost not in self.endpoints else (lost,):
+                with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
+                    socket.disconnect(endpoint)
+                _attach(socket, endpoint, bind=False)
+
+    def _refused(self, socket: zmq.Socket[bytes], endpoint: str) -> None:
+        self._handshake_failures += 1
+        # The disconnect that follows names the same endpoint: it is retried later, not now.
+        self._failed_handshake.add((socket, endpoint))
+
+    def _retry_refused(self) -> None:
+        now = _now_ms()
+        for key, due in list(self._retry_at.items()):
+            if due > now:
+                continue
+            del self._retry_at[key]
+            socket, lost = key
             for endpoint in self.endpoints if lost not in self.endpoints else (lost,):
                 with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
                     socket.disconnect(endpoint)
                 _attach(socket, endpoint, bind=False)
 
     def close(self) -> None:
-        """Close the sockets (linger 0) and the context if this subscriber created it.
-        Idempotent."""
+        """Close the sockets (linger 0) and the context if this subscriber created it; remove
+        the ipc socket files it bound. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self._server is not None:
+            self._server.close()
         for monitor, socket in self._monitors.items():
             self._poller.unregister(monitor)
             socket.disable_monitor()
@@ -341,6 +462,8 @@ class Subscriber(Closeable):
             socket.close(linger=0)
         if self._owns_context:
             self._context.term()
+        for bound in self._bound_files:
+            remove_socket_file(bound)
 
 
 def _now_ms() -> int:

@@ -88,9 +88,12 @@ class NodeCounters:
     counts ready bundles, `skipped_bundles` those not processed (the node was behind, or an
     output with a newer stamp was already produced), `step_errors` bundles the pipeline failed
     on, `published` the DetectionLists produced. Overruns: frames over any budget, the current
-    and longest run of consecutive ones, and per stage in `overruns_by_stage`. The live node
-    adds `loop_errors` (exceptions its threads caught and survived) and `receiver_restarts`
-    (receivers its watchdog replaced).
+    and longest run of consecutive ones, and per stage in `overruns_by_stage`. Live only: the
+    node adds `loop_errors` (exceptions its threads caught and survived), `receiver_restarts`
+    (receivers its watchdog replaced), and from its sockets (perception.io.curve)
+    `rejected_publishers`, CURVE handshakes refused with the sensors' publishers (a wrong or
+    missing server key), and `rejected_subscribers`, with clients of the outputs endpoint (a key
+    not allowed).
     """
 
     received: int = 0
@@ -105,6 +108,8 @@ class NodeCounters:
     budget_overruns: int = 0
     consecutive_overruns: int = 0
     longest_overrun_run: int = 0
+    rejected_publishers: int = 0
+    rejected_subscribers: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -286,6 +291,12 @@ class NodeCore:
         """The watchdog replaced a receiver that died or stalled."""
         with self._lock:
             self.counters.receiver_restarts += 1
+
+    def record_rejections(self, publishers: int, subscribers: int) -> None:
+        """The handshakes refused so far on the live node's sockets (see NodeCounters)."""
+        with self._lock:
+            self.counters.rejected_publishers = publishers
+            self.counters.rejected_subscribers = subscribers
 
     def record_publish(self, duration_ns: int) -> None:
         """How long the last output took to publish (or write); the next output carries it."""

@@ -19,6 +19,11 @@ sockets of its own (counted: `receiver_restarts`); a worker stalled that long (a
 hangs) cannot be stopped from outside in Python, so the process exits with `EXIT_STALLED` and
 a one-line log, for the service manager (systemd `Restart=on-failure`) to restart it.
 
+Access: the outputs endpoint is bound as perception.io.transport binds (an ipc endpoint another
+live process holds is refused; the socket file is removed at exit); with `security.curve` the
+tcp sockets use CURVE and the handshakes they refuse are counted on diagnostics
+(`rejected_publishers`, `rejected_subscribers`).
+
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
 """
@@ -35,6 +40,7 @@ from collections.abc import Callable
 from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import TransportError
+from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs.types import DetectionList
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
@@ -75,9 +81,16 @@ class Node:
         default_rig: Rig | None = None,
         *,
         subscriber_factory: Callable[..., Subscriber] = Subscriber,
+        curve: CurveKeys | None = None,
     ):
+        """`curve`: the CURVE keys (default: read from `config.security`); `subscriber_factory`
+        opens the input sockets (a receiver the watchdog restarts opens new ones).
+
+        Raises:
+            ConfigError: `config.security` names key files that cannot be used.
+        """
         self.config = config
-        # What opens the input sockets (a receiver the watchdog restarts opens new ones).
+        self.curve = curve_keys_for(config.security) if curve is None else curve
         self._subscriber_factory = subscriber_factory
         self.core = NodeCore(config, pipeline, default_rig)
         self.ready = threading.Event()
@@ -91,6 +104,10 @@ class Node:
         self._receiver: threading.Thread | None = None
         self._receiver_beat = _Heartbeat()
         self._worker_beat = _Heartbeat()
+        # Handshakes refused on the input sockets: those of replaced receivers, and the current
+        # receiver's count (read by the worker for diagnostics).
+        self._rejected_before = 0
+        self._rejected_publishers = 0
 
     @property
     def counters(self) -> NodeCounters:
@@ -104,7 +121,10 @@ class Node:
         for refusal in self.core.realtime.refused:
             log.warning("real-time setting not applied: %s", refusal)
         publisher = Publisher(
-            self.config.outputs.endpoint, bind=True, hwm=self.config.outputs.high_water_mark
+            self.config.outputs.endpoint,
+            bind=True,
+            hwm=self.config.outputs.high_water_mark,
+            curve=self.curve,
         )
         try:
             subscriber_ready = self._start_receiver(stop)
@@ -120,6 +140,7 @@ class Node:
             stop.set()
             if self._receiver is not None:
                 self._receiver.join(timeout=5.0)
+            self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
             publisher.close()
 
     # -- receiver thread -------------------------------------------------------------------
@@ -147,6 +168,7 @@ class Node:
                 hwm=inputs.high_water_mark,
                 max_message_size=inputs.max_message_bytes,
                 priority=(inputs.rig_topic, inputs.gnss_topic),
+                curve=self.curve,
             )
         except BaseException as e:
             self._receiver_error = e
@@ -154,20 +176,28 @@ class Node:
             return
         ready.set()
         with subscriber:
-            while not stop.is_set() and generation == self._receiver_generation:
-                self._receiver_beat.beat()
-                try:
-                    self._receive_once(subscriber)
-                except TransportError as e:
-                    # The sockets are broken: leave; the watchdog starts a receiver with new ones.
-                    log.error("receiver: %s; the watchdog will restart it", e)
-                    return
-                except Exception as e:  # one bad message must not stop the receiver
-                    self.core.count_loop_error()
-                    self._bad.warning("receiver", f"receiver: {e!r}")
+            try:
+                self._serve(subscriber, stop, generation)
+            finally:
+                self._rejected_before += subscriber.rejected_peers
+
+    def _serve(self, subscriber: Subscriber, stop: threading.Event, generation: int) -> None:
+        """Receive until stopped, replaced, or the sockets fail."""
+        while not stop.is_set() and generation == self._receiver_generation:
+            self._receiver_beat.beat()
+            try:
+                self._receive_once(subscriber)
+            except TransportError as e:
+                # The sockets are broken: leave; the watchdog starts a receiver with new ones.
+                log.error("receiver: %s; the watchdog will restart it", e)
+                return
+            except Exception as e:  # one bad message must not stop the receiver
+                self.core.count_loop_error()
+                self._bad.warning("receiver", f"receiver: {e!r}")
 
     def _receive_once(self, subscriber: Subscriber) -> None:
         frames = subscriber.recv(timeout_ms=RECEIVE_POLL_NS // 1_000_000)
+        self._rejected_publishers = self._rejected_before + subscriber.rejected_peers
         if frames is not None:
             bundles = self.core.on_frames(frames, time.time_ns())
         else:
@@ -224,6 +254,7 @@ class Node:
             ready, self._ready = self._ready, []
         if time.monotonic_ns() >= next_diagnostics_ns:
             next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
+            self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
             publisher.send(self.core.diagnostics(time.time_ns()))
         if not ready:
             return next_diagnostics_ns

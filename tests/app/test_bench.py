@@ -256,6 +256,21 @@ def test_node_config_document_round_trips_with_our_endpoints(tmp_path: Path) -> 
     assert parsed.sync == base.sync and parsed.budgets == base.budgets
 
 
+def test_node_config_document_keeps_the_key_files_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node child reads its config from the output folder: key paths relative to the
+    working folder would point elsewhere from there."""
+    monkeypatch.chdir(tmp_path)
+    security = {"curve": True, "secret_key": "keys/node.key_secret", "allowed_clients": "ok"}
+    base = parse_config({"security": security})
+    doc = node_config_document(base, "ipc:///tmp/x/sensors", "ipc:///tmp/x/detections")
+    assert doc["security"]["secret_key"] == str(tmp_path / "keys" / "node.key_secret")
+    assert doc["security"]["allowed_clients"] == str(tmp_path / "ok")
+    assert doc["security"]["server_key"] is None
+    assert parse_config(doc).security.curve
+
+
 def test_settings_are_checked() -> None:
     check_settings(BenchSettings(rate_hz=5.0, duration_s=3.0))
     for bad in (BenchSettings(rate_hz=0.0), BenchSettings(rate_hz=-1.0),

@@ -308,3 +308,27 @@ def test_a_drive_must_be_written_as_mcap(capsys, tmp_path: Path, kitti_dir: Path
             f"perception {argv[0]}: error: {notes}: --out must end in .mcap (it is an MCAP drive)"
         )
     assert notes.read_text() == "not a drive\n"
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_keys_generate_mistakes(capsys, tmp_path: Path) -> None:
+    assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 0
+    out = capsys.readouterr().out
+    assert f"public key {tmp_path / 'keys' / 'node.key'}" in out
+    err = _fails(capsys, "keys", "generate", "--out", str(tmp_path / "keys"))
+    assert err == (
+        f"perception keys generate: error: {tmp_path / 'keys' / 'node.key'}: exists; give "
+        "--overwrite to replace the key pair (clients holding the old public key are then "
+        "refused)"
+    )
+    err = _fails(capsys, "keys", "generate", "--out", str(tmp_path), "--name", "../escape")
+    assert err == (
+        "perception keys generate: error: --name '../escape': a key name has letters, digits, "
+        "'.', '_', '-' only"
+    )
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    err = _fails(capsys, "keys", "generate", "--out", str(a_file))
+    assert err == f"perception keys generate: error: {a_file}: is a file; --out must be a folder"
