@@ -10,8 +10,10 @@ several ready bundles at once; the core processes the newest and counts the othe
 
 Everything the node decides is the core's (perception.node.core): this module adds only the
 sockets, the threads, the real-time settings and the measured queue and publish times. No
-exception escapes a thread: per-message problems are counted by the core; a receiver that
-cannot open its sockets stops the node with that error.
+exception escapes a thread: per-message problems are counted by the core (messages the
+subscriber refuses while receiving too: it checks the core's limits); an output that cannot be
+encoded or sent is counted and dropped; a receiver that cannot open its sockets stops the node
+with that error.
 
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
@@ -25,8 +27,9 @@ import time
 
 from calibration import Rig
 from perception.config import NodeConfig
+from perception.errors import TransportError, WireError
 from perception.io.transport import Publisher, Subscriber
-from perception.msgs.types import DetectionList
+from perception.msgs.types import DetectionList, Message
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
 from perception.node.realtime import apply_realtime, gc_held
 from perception.pipeline import Pipeline
@@ -89,8 +92,10 @@ class Node:
                 inputs.endpoints,
                 topics,
                 hwm=inputs.high_water_mark,
-                max_message_size=inputs.max_message_bytes,
+                limits=self.core.limits,
                 priority=(inputs.rig_topic, inputs.gnss_topic),
+                on_refused=self.core.on_refused,
+                on_disconnect=self.core.on_disconnect,
             )
         except BaseException as e:
             self._receiver_error = e
@@ -121,7 +126,7 @@ class Node:
                     self._cond.wait(timeout=0.02)
                 ready, self._ready = self._ready, []
             if time.monotonic_ns() >= next_diagnostics_ns:
-                publisher.send(self.core.diagnostics(time.time_ns()))
+                self._send(publisher, self.core.diagnostics(time.time_ns()), "diagnostics")
                 next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
             if not ready:
                 continue
@@ -135,5 +140,15 @@ class Node:
 
     def _publish(self, publisher: Publisher, detections: DetectionList) -> None:
         start = time.perf_counter_ns()
-        publisher.send(detections, topic=self.config.outputs.detections_topic)
+        self._send(publisher, detections, "detections", self.config.outputs.detections_topic)
         self.core.record_publish(time.perf_counter_ns() - start)
+
+    def _send(
+        self, publisher: Publisher, msg: Message, what: str, topic: str | None = None
+    ) -> None:
+        """Send one output; one that cannot be encoded (a value out of range) or sent is
+        counted and dropped: it must not stop the node."""
+        try:
+            publisher.send(msg, topic=topic)
+        except (WireError, TransportError) as e:
+            self.core.on_publish_error(what, e)
