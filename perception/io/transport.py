@@ -7,6 +7,7 @@ wants (fresh data over complete data).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 import tempfile
@@ -239,6 +240,8 @@ class Subscriber(Closeable):
         self._bind = bind
         self._next = 0
         self._streak = 0  # priority messages returned in a row
+        # Messages taken off a socket before it reconnected (see _reconnect), returned first.
+        self._queued: collections.deque[list[zmq.Frame]] = collections.deque()
         self._closed = False
         try:
             groups = (
@@ -289,6 +292,8 @@ class Subscriber(Closeable):
             raise TransportError(f"{', '.join(self.endpoints)}: subscriber is closed")
         deadline = None if timeout_ms < 0 else _now_ms() + timeout_ms
         while True:
+            if self._queued:
+                return self._queued.popleft()
             remaining = None if deadline is None else max(0, deadline - _now_ms())
             try:
                 ready = dict(self._poller.poll(remaining))
@@ -297,6 +302,8 @@ class Subscriber(Closeable):
             for monitor, socket in self._monitors.items():
                 if monitor in ready:
                     self._reconnect(monitor, socket)
+            if self._queued:
+                return self._queued.popleft()
             # Priority topics first, but not more than PRIORITY_STREAK times in a row while
             # another topic has a message waiting: a flood of rigs must not starve the sensors.
             if self._streak < PRIORITY_STREAK and (frames := self._recv_first(ready)):
@@ -393,10 +400,24 @@ class Subscriber(Closeable):
             lost = event["endpoint"].decode("utf-8", "replace")
             if self._on_disconnect is not None:
                 self._on_disconnect(lost)
+            # zmq_disconnect drops the socket's end of the connection's queue at once: a
+            # multipart message being read from it then aborts the process (libzmq asserts
+            # "!_more" in fq.cpp). Everything already queued is taken first, whole.
+            self._drain(socket)
             for endpoint in self.endpoints if lost not in self.endpoints else (lost,):
                 with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
                     socket.disconnect(endpoint)
                 _attach(socket, endpoint, bind=False)
+
+    def _drain(self, socket: zmq.Socket[bytes]) -> None:
+        """Move every message waiting on `socket` into `_queued` (what `recv` returns next)."""
+        try:
+            while socket.poll(0, zmq.POLLIN):
+                frames = self._recv_from(socket)
+                if frames is not None:
+                    self._queued.append(frames)
+        except zmq.ZMQError as e:
+            raise TransportError(f"{', '.join(self.endpoints)}: receive failed: {e}") from None
 
     def close(self) -> None:
         """Close the sockets (linger 0) and the context if this subscriber created it.

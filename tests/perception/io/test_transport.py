@@ -6,7 +6,10 @@ send repeatedly until the first message arrives, within a bounded number of trie
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -352,3 +355,51 @@ def test_messages_on_other_topics_are_not_reported(tcp_publisher: Publisher) -> 
         tcp_publisher.send_frames([b"lidar/top_extra", *[b"x"] * 10])
         assert sub.recv(timeout_ms=100) is None
         assert seen.refused == []
+
+
+def pending_then_oversize(endpoint: str) -> None:
+    """A message waiting in the subscriber's queue when a frame above the limit costs the
+    connection: the subscriber reconnects (zmq_disconnect + connect) and must take the waiting
+    message whole first. Run in a child process: before the fix libzmq aborted it (`Assertion
+    failed: !_more (src/fq.cpp:80)`) when the message was read across the disconnect."""
+    seen = Refusals()
+    limits = WireLimits(max_message_bytes=1_000_000)
+    with (
+        Publisher(endpoint, hwm=1000) as pub,
+        Subscriber(
+            [endpoint],
+            ["lidar/top", "camera/front"],
+            limits=limits,
+            on_disconnect=seen.disconnects.append,
+        ) as sub,
+    ):
+        send_until_received(pub, sub, fix("camera/front"), "camera/front")
+        while sub.recv(timeout_ms=50) is not None:
+            pass
+        pub.send_frames([b"camera/front", b"header", *[b"x" * 400_000] * 2])  # waiting, whole
+        pub.send_frames([b"camera/front", b"header", b"x" * 2_000_000])  # costs the connection
+        got: list[int] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (got and seen.disconnects):
+            if (frames := sub.recv(timeout_ms=50)) is not None:
+                got.append(len(frames))
+        assert seen.disconnects and got[:1] == [4], (seen.disconnects, got)
+        frames = send_until_received(pub, sub, fix("camera/front"), "camera/front")
+        assert wire.decode(frames)[0] == "camera/front"
+
+
+def test_a_message_waiting_when_the_connection_drops_is_taken_whole(tmp_path: Path) -> None:
+    code = (
+        "import sys; from tests.perception.io.test_transport import pending_then_oversize; "
+        "pending_then_oversize(sys.argv[1])"
+    )
+    for i in range(5):
+        endpoint = f"ipc://{tmp_path}/drop{i}.sock"
+        child = subprocess.run(
+            [sys.executable, "-c", code, endpoint],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert child.returncode == 0, child.stdout + child.stderr
