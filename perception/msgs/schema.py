@@ -96,8 +96,8 @@ class WireLimits:
     its config; every other reader uses `DEFAULT_LIMITS`. The defaults fit a 128-beam lidar
     (3,600 columns, dual return: 921,600 points) and 8 MP cameras (3840 x 2160 BGR: 24.9 MB).
 
-    Raises ValueError (naming the limit) when a limit is not a positive integer, or
-    `max_sweep_duration_ns` is above a minute.
+    Every limit is a positive integer, `max_sweep_duration_ns` at most a minute (ValueError,
+    naming the limit, otherwise).
     """
 
     max_message_bytes: int = 32 * 1024 * 1024
@@ -111,9 +111,9 @@ class WireLimits:
     """Size of a message's header document (msgpack), for every type but RigMessage: a
     DetectionList of `max_detections` detections takes about half of it."""
     max_rig_bytes: int = 1024 * 1024
-    """Size of a RigMessage's header document, which holds the rig document: a rig of about
-    6,000 frames (a real one, cameras and all, takes a few kB); the node parses a rig in about
-    40 us per frame."""
+    """Size of a RigMessage's header document, which holds the rig document: about 6,000 frames
+    (a real rig, cameras and all, takes a few kB). The node parses a rig on its receiving
+    thread, about 30 us a frame: one at this limit takes about 0.2 s of it."""
     max_document_depth: int = 32
     """Nesting of maps and lists inside an opaque document (the rig: 5 levels deep); the rest
     of a message has the fixed depth of its schema."""

@@ -105,7 +105,7 @@ def _fix_problem(fix: GnssFix) -> str:
 
 def parse_rig(msg: RigMessage) -> Rig | CalibrationError:
     """The rig a rig message carries, or the CalibrationError that refuses it (naming the
-    stream and message). Slow for a big document (about 40 us per frame), and touches nothing
+    stream and message). Slow for a big document (about 30 us a frame), and touches nothing
     else: a caller holding a lock parses first, then files the result with `Bundler.add`."""
     try:
         return Rig.from_dict(msg.rig, source=f"{msg.header.stream} message {msg.header.seq}")
