@@ -2,8 +2,10 @@
 
 Run: `python -m pytest benchmarks/test_wire_bench.py --benchmark-enable`.
 
-Messages: the full KITTI scan 000000 (`velodyne`, 115,384 points, 1.8 MB) and a FOV-cropped one
-(`velodyne_reduced` 000003, 18,911 points), the 1242x375 BGR image of KITTI frame 000003, and a
+Messages: the full KITTI scan 000000 (`velodyne`, 115,384 points, 1.8 MB), with per-point time
+offsets too (a 100 ms sweep: the decoder bounds them), and a FOV-cropped one
+(`velodyne_reduced` 000003, 18,911 points), the 1242x375 BGR image of KITTI frame 000003, the
+KITTI rig of frame 000003 (a RigMessage: its document is walked for nesting and sizes), and a
 DetectionList of 30 detections (the busy-street case the node publishes every sweep).
 
 `encode` returns views of the message's arrays and then validates its output with `decode`, so
@@ -32,7 +34,9 @@ from perception.msgs.types import (
     Header,
     LidarSweep,
     Message,
+    RigMessage,
 )
+from replay.datasets.kitti_object import KittiObjectFolder
 
 FRAME = "000003"
 N_DETECTIONS = 30
@@ -44,9 +48,18 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _sweep(path: Path) -> LidarSweep:
+def _sweep(path: Path, offsets: bool = False) -> LidarSweep:
     points = np.fromfile(_require(path), dtype="<f4").reshape(-1, 4)
-    return LidarSweep(Header("lidar/top", 3, 1_000_000_000, "lidar"), points)
+    # A 100 ms sweep: each point's time after the sweep start, in scan order.
+    times = np.linspace(0, 99_999_999, len(points)).astype(np.int64) if offsets else None
+    return LidarSweep(Header("lidar/top", 3, 1_000_000_000, "lidar"), points, times)
+
+
+def _rig(kitti_dir: Path) -> RigMessage:
+    _require(kitti_dir / "calib" / f"{FRAME}.txt")
+    rig = KittiObjectFolder(kitti_dir).frame_messages(1, 1_000_000_000)[0]
+    assert isinstance(rig, RigMessage)
+    return rig
 
 
 def _camera(path: Path) -> CameraFrame:
@@ -93,8 +106,10 @@ def _detections() -> DetectionList:
 # id -> builder given the KITTI training folder (None for synthetic messages: no data needed)
 BUILDERS: dict[str, Callable[[Path | None], Message]] = {
     "lidar-full-115k": lambda k: _sweep(_kitti(k) / "velodyne" / "000000.bin"),
+    "lidar-full-115k-offsets": lambda k: _sweep(_kitti(k) / "velodyne" / "000000.bin", True),
     "lidar-reduced-19k": lambda k: _sweep(_kitti(k) / "velodyne_reduced" / f"{FRAME}.bin"),
     "camera-bgr-1242x375": lambda k: _camera(_kitti(k) / "image_2" / f"{FRAME}.png"),
+    "rig-kitti": lambda k: _rig(_kitti(k)),
     "detections-30": lambda _: _detections(),
 }
 
@@ -127,7 +142,11 @@ def _assert_round_trip(msg: Message, frames: list[bytes]) -> None:
         assert isinstance(out, LidarSweep)
         assert out.points.dtype == np.float32
         np.testing.assert_array_equal(out.points, msg.points)
-        assert out.point_time_offsets_ns is None
+        if msg.point_time_offsets_ns is None:
+            assert out.point_time_offsets_ns is None
+        else:
+            assert out.point_time_offsets_ns is not None
+            np.testing.assert_array_equal(out.point_time_offsets_ns, msg.point_time_offsets_ns)
     elif isinstance(msg, CameraFrame):
         assert isinstance(out, CameraFrame)
         assert out.encoding == msg.encoding and out.image is not None and msg.image is not None

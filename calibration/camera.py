@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, shown
 
 __all__ = ["CAMERA_MODELS", "CameraModel", "FisheyeCamera", "PinholeCamera", "camera_from_dict"]
 
@@ -27,6 +27,9 @@ BoolArray = npt.NDArray[np.bool_]
 
 # Points closer than this to the camera plane are "behind": their projection is meaningless.
 MIN_DEPTH_M = 1e-6
+#: The widest and tallest image a camera may have (pixels): OpenCV sizes are 32-bit, and the
+#: undistortion maps of a larger image would not fit in memory anyway.
+MAX_IMAGE_SIDE_PX = 65_536
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
 
 
@@ -36,8 +39,8 @@ class CameraModel(ABC):
 
     `context` prefixes validation errors (a rig loader passes `"<file>: cameras.<name>"`).
     Construction raises CalibrationError for a non-finite or malformed `k`, non-positive focal
-    lengths, a principal point outside the image, a non-positive image size or a distortion
-    vector of the wrong length.
+    lengths, a principal point outside the image, an image size not in 1..`MAX_IMAGE_SIDE_PX`
+    or a distortion vector of the wrong length.
     """
 
     k: FloatArray
@@ -56,8 +59,8 @@ class CameraModel(ABC):
         try:
             k = np.array(self.k, dtype=np.float64)
             dist = tuple(float(v) for v in self.distortion)
-        except (TypeError, ValueError) as e:
-            raise CalibrationError(f"{ctx}: intrinsics must be numbers ({e})") from e
+        except (TypeError, ValueError, OverflowError) as e:
+            raise CalibrationError(f"{ctx}: intrinsics must be numbers ({shown(str(e))})") from e
         object.__setattr__(self, "k", k)
         object.__setattr__(self, "distortion", dist)
         if k.shape != (3, 3):
@@ -82,6 +85,11 @@ class CameraModel(ABC):
         ):
             raise CalibrationError(
                 f"{ctx}: image size must be positive integers, got {self.width}x{self.height}"
+            )
+        if self.width > MAX_IMAGE_SIDE_PX or self.height > MAX_IMAGE_SIDE_PX:
+            raise CalibrationError(
+                f"{ctx}: image size {self.width}x{self.height} is above {MAX_IMAGE_SIDE_PX} "
+                "pixels a side"
             )
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
@@ -362,21 +370,24 @@ def camera_from_dict(doc: Any, context: str = "camera") -> CameraModel:
     cls = CAMERA_MODELS.get(model) if isinstance(model, str) else None
     if cls is None:
         raise CalibrationError(
-            f"{context}.model: unknown camera model {model!r} (known: {', '.join(CAMERA_MODELS)})"
+            f"{context}.model: unknown camera model {shown(model)} "
+            f"(known: {', '.join(CAMERA_MODELS)})"
         )
     for key in ("k", "width", "height"):
         if key not in doc:
             raise CalibrationError(f"{context}: missing field {key!r}")
     unknown = set(doc) - {"model", "k", "width", "height", "distortion"}
     if unknown:
-        raise CalibrationError(f"{context}: unknown field(s) {sorted(unknown)}")
+        raise CalibrationError(
+            f"{context}: unknown field(s) {sorted(str(k)[:80] for k in unknown)}"
+        )
     width, height = doc["width"], doc["height"]
     for key, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise CalibrationError(f"{context}.{key}: expected an integer, got {value!r}")
+            raise CalibrationError(f"{context}.{key}: expected an integer, got {shown(value)}")
     distortion = doc.get("distortion") or []
     if not isinstance(distortion, list | tuple):
-        raise CalibrationError(f"{context}.distortion: expected a list, got {distortion!r}")
+        raise CalibrationError(f"{context}.distortion: expected a list, got {shown(distortion)}")
     if cls is FisheyeCamera and not distortion:
         distortion = [0.0] * 4
     return cls(doc["k"], tuple(distortion), width, height, context=context)

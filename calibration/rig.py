@@ -41,7 +41,11 @@ Rig file (YAML) schema, version 1 (`calibration/examples/kitti_rig.yaml` is a fu
 Validation (on load and on construction) raises CalibrationError naming the file, the field and
 the problem: rotations orthonormal with det +1 (tolerance 1e-4), finite values, positive focal
 lengths, principal point inside the image, positive image size, distortion length, every frame
-connected to `vehicle` (no unknown parents, no cycles), every camera has its frame.
+connected to `vehicle` (no unknown parents, no cycles), every camera has its frame, time offsets
+within +-2^62 ns. Rigs also arrive over the network (rig messages), so reading a document never
+raises anything but CalibrationError, whatever it holds: nesting deeper than
+`MAX_DOCUMENT_DEPTH` is refused before anything recurses into it, and error messages show
+values cut short.
 """
 
 from __future__ import annotations
@@ -57,11 +61,13 @@ import numpy.typing as npt
 import yaml
 
 from calibration.camera import CameraModel, camera_from_dict
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, shown
 from calibration.transforms import RigidTransform
 
 __all__ = [
     "GNSS_FRAME",
+    "MAX_DOCUMENT_DEPTH",
+    "MAX_TIME_OFFSET_NS",
     "RIG_FILE_VERSION",
     "VEHICLE_FRAME",
     "FrameEdge",
@@ -76,6 +82,15 @@ GNSS_FRAME = "gnss"
 RIG_FILE_VERSION = 1
 
 _TOP_KEYS = {"version", "source", "frames", "cameras", "time_offsets_ns", "gnss", "warnings"}
+#: Nesting of maps and lists a rig document may have (a valid one has 5: frames -> frame ->
+#: rotation -> row -> value); deeper documents are refused before anything recurses into them.
+MAX_DOCUMENT_DEPTH = 64
+#: Largest time offset (ns, either sign): a stamp (at most 2^62 on the wire) plus an offset stays
+#: within int64.
+MAX_TIME_OFFSET_NS = 2**62
+# Map keys a document may have: what YAML, JSON and msgpack give for plain keys.
+_KEY_TYPES = (str, int, float, bool, type(None))
+_CONTAINERS = (dict, list, tuple)
 
 
 def camera_frame(name: str) -> str:
@@ -139,7 +154,7 @@ class Rig:
         if VEHICLE_FRAME in tree:
             raise CalibrationError(f"{where}: frames.{VEHICLE_FRAME}: the root frame has no parent")
         self._tree = tree
-        self._vehicle_from = {name: self._resolve(name, where) for name in tree}
+        self._vehicle_from = self._resolve_all(where)
         self.cameras: Mapping[str, CameraModel] = MappingProxyType(dict(cameras or {}))
         for name in self.cameras:
             if camera_frame(name) not in tree:
@@ -152,34 +167,46 @@ class Rig:
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
                 raise CalibrationError(
                     f"{where}: time_offsets_ns.{stream}: expected integer nanoseconds, "
-                    f"got {value!r}"
+                    f"got {shown(value)}"
+                )
+            if abs(int(value)) > MAX_TIME_OFFSET_NS:
+                raise CalibrationError(
+                    f"{where}: time_offsets_ns.{stream}: {int(value)} ns is beyond "
+                    f"+-{MAX_TIME_OFFSET_NS} ns"
                 )
         self.time_offsets_ns: Mapping[str, int] = MappingProxyType(
             {k: int(v) for k, v in offsets.items()}
         )
         self.warnings: tuple[str, ...] = tuple(warnings)
 
-    def _resolve(self, name: str, where: str) -> RigidTransform:
-        """`vehicle_from_<name>`, walking up the parents."""
-        chain = [name]
-        out = RigidTransform.identity()
-        frame = name
-        while frame != VEHICLE_FRAME:
-            edge = self._tree.get(frame)
-            if edge is None:
-                raise CalibrationError(
-                    f"{where}: frames.{name}: not connected to {VEHICLE_FRAME!r} "
-                    f"(parent chain {' -> '.join(chain)}: {frame!r} is not a frame)"
-                )
-            out = edge.parent_from_frame @ out
-            frame = edge.parent
-            if frame in chain:
-                raise CalibrationError(
-                    f"{where}: frames.{name}: not connected to {VEHICLE_FRAME!r} "
-                    f"(parent chain {' -> '.join([*chain, frame])} is a cycle)"
-                )
-            chain.append(frame)
-        return out
+    def _resolve_all(self, where: str) -> dict[str, RigidTransform]:
+        """`vehicle_from_<frame>` of every frame, each composed once from its parent's (so a
+        long chain of frames costs one product per frame, not one per ancestor)."""
+        resolved: dict[str, RigidTransform] = {}
+        for name in self._tree:
+            chain: list[str] = []
+            on_chain: set[str] = set()
+            frame = name
+            while frame != VEHICLE_FRAME and frame not in resolved:
+                if frame in on_chain:
+                    raise CalibrationError(
+                        f"{where}: frames.{name}: not connected to {VEHICLE_FRAME!r} "
+                        f"(parent chain {_chain([*chain, frame])} is a cycle)"
+                    )
+                edge = self._tree.get(frame)
+                if edge is None:
+                    raise CalibrationError(
+                        f"{where}: frames.{name}: not connected to {VEHICLE_FRAME!r} "
+                        f"(parent chain {_chain([*chain, frame])}: {shown(frame)} is not a frame)"
+                    )
+                chain.append(frame)
+                on_chain.add(frame)
+                frame = edge.parent
+            out = RigidTransform.identity() if frame == VEHICLE_FRAME else resolved[frame]
+            for f in reversed(chain):
+                out = out @ self._tree[f].parent_from_frame
+                resolved[f] = out
+        return {name: resolved[name] for name in self._tree}
 
     # -- frames ---------------------------------------------------------------------------
 
@@ -290,19 +317,32 @@ class Rig:
     def from_dict(doc: Any, source: str = "rig") -> Rig:
         """Validate and build a rig from its document. `source` (the file) prefixes errors.
 
-        Raises CalibrationError `"<source>: <field>: <problem>"` for any invalid field.
+        Raises CalibrationError `"<source>: <field>: <problem>"` for any invalid field, and
+        nothing else for any document (nesting, types and sizes included).
         """
+        _check_document(doc, source)
+        try:
+            return Rig._from_dict(doc, source)
+        except CalibrationError:
+            raise
+        except Exception as e:  # the last line of defence: rigs come from the network too
+            raise CalibrationError(
+                f"{source}: malformed rig document ({type(e).__name__}: {shown(str(e))})"
+            ) from e
+
+    @staticmethod
+    def _from_dict(doc: Any, source: str) -> Rig:
         if not isinstance(doc, dict):
             raise CalibrationError(
                 f"{source}: expected a mapping at the top, got {type(doc).__name__}"
             )
         unknown = set(doc) - _TOP_KEYS
         if unknown:
-            raise CalibrationError(f"{source}: unknown top-level field(s) {sorted(unknown)}")
+            raise CalibrationError(f"{source}: unknown top-level field(s) {_names(unknown)}")
         version = doc.get("version", RIG_FILE_VERSION)
         if version != RIG_FILE_VERSION:
             raise CalibrationError(
-                f"{source}: version: unsupported rig file version {version!r} "
+                f"{source}: version: unsupported rig file version {shown(version)} "
                 f"(this reader knows {RIG_FILE_VERSION})"
             )
         frames_doc = doc.get("frames", {})
@@ -329,30 +369,79 @@ class Rig:
                 raise CalibrationError(f"{source}: gnss: expected a mapping with lever_arm_m")
             lever = _vector(gnss["lever_arm_m"], f"{source}: gnss.lever_arm_m")
         warnings = doc.get("warnings", []) or []
-        if not isinstance(warnings, list):
+        if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
             raise CalibrationError(f"{source}: warnings: expected a list of strings")
+        origin = doc.get("source")
+        if origin is not None and not isinstance(origin, str):
+            raise CalibrationError(f"{source}: source: expected a string, got {shown(origin)}")
         rig = Rig(
             cameras=cameras,
             time_offsets_ns={str(k): v for k, v in offsets_doc.items()},
             source=source,
             edges=edges,
             gnss_lever_arm_m=lever,
-            warnings=[str(w) for w in warnings],
+            warnings=warnings,
         )
         # Validation errors above name the file read; the rig keeps the origin the document
         # states (e.g. the KITTI calib a wire message was made from).
-        if doc.get("source"):
-            rig.source = str(doc["source"])
+        if origin:
+            rig.source = origin
         return rig
+
+
+def _check_document(doc: Any, source: str) -> None:
+    """Refuse a document nested deeper than `MAX_DOCUMENT_DEPTH` or with map keys that are not
+    plain values, walking it level by level (no recursion), before anything else reads it:
+    numpy, `repr` and `str` recurse per level and would fail on a list nested 1,000 deep. Errors
+    name the top-level field the fault is under."""
+    if not isinstance(doc, dict):
+        return  # from_dict refuses it
+    _check_keys(doc, source, "")
+    for top, value in doc.items():
+        level = [value] if isinstance(value, _CONTAINERS) else []
+        depth = 1  # the document itself
+        while level:
+            depth += 1
+            if depth > MAX_DOCUMENT_DEPTH:
+                raise CalibrationError(
+                    f"{source}: {str(top)[:80]}: maps and lists nested more than "
+                    f"{MAX_DOCUMENT_DEPTH} deep"
+                )
+            below: list[Any] = []
+            for node in level:
+                items: Any = node
+                if isinstance(node, dict):
+                    _check_keys(node, source, top)
+                    items = node.values()
+                below += [v for v in items if isinstance(v, _CONTAINERS)]
+            level = below
+
+
+def _check_keys(node: dict[Any, Any], source: str, top: Any) -> None:
+    for key in node:
+        if not isinstance(key, _KEY_TYPES):
+            where = f"{str(top)[:80]}: " if top != "" else ""
+            raise CalibrationError(f"{source}: {where}map keys must be strings, got {shown(key)}")
+
+
+def _names(keys: Any) -> list[str]:
+    """Keys for an error message, sorted (they may mix types: YAML keys can be numbers)."""
+    return sorted(str(k)[:80] for k in keys)
+
+
+def _chain(frames: list[str]) -> str:
+    """A parent chain for an error message, its middle left out when long."""
+    names = frames if len(frames) <= 8 else [*frames[:4], "...", *frames[-3:]]
+    return " -> ".join(names)
 
 
 def _vector(value: Any, where: str) -> npt.NDArray[np.float64]:
     try:
         v = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise CalibrationError(f"{where}: expected 3 numbers, got {value!r}") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CalibrationError(f"{where}: expected 3 numbers, got {shown(value)}") from e
     if v.shape != (3,):
-        raise CalibrationError(f"{where}: expected 3 numbers, got {value!r}")
+        raise CalibrationError(f"{where}: expected 3 numbers, got {shown(value)}")
     if not np.all(np.isfinite(v)):
         raise CalibrationError(f"{where}: non-finite values {v.tolist()}")
     return v
@@ -366,10 +455,10 @@ def _edge_from_doc(value: Any, where: str) -> FrameEdge:
         raise CalibrationError(f"{where}: expected a mapping with rotation/translation or matrix")
     unknown = set(value) - {"parent", "rotation", "translation", "matrix"}
     if unknown:
-        raise CalibrationError(f"{where}: unknown field(s) {sorted(unknown)}")
+        raise CalibrationError(f"{where}: unknown field(s) {_names(unknown)}")
     parent = value.get("parent", VEHICLE_FRAME)
     if not isinstance(parent, str) or not parent:
-        raise CalibrationError(f"{where}.parent: expected a frame name, got {parent!r}")
+        raise CalibrationError(f"{where}.parent: expected a frame name, got {shown(parent)}")
     if "matrix" in value:
         if "rotation" in value or "translation" in value:
             raise CalibrationError(f"{where}: give either matrix or rotation + translation")
@@ -380,7 +469,7 @@ def _edge_from_doc(value: Any, where: str) -> FrameEdge:
     translation = _vector(value["translation"], f"{where}.translation")
     try:
         rotation = np.array(value["rotation"], dtype=np.float64)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise CalibrationError(f"{where}.rotation: expected a 3x3 matrix of numbers") from e
     return FrameEdge(parent, RigidTransform.from_rotation_translation(rotation, translation, where))
 

@@ -13,6 +13,7 @@ import yaml
 from engines.errors import EngineError
 from engines.settings import EngineSettings
 from perception.errors import ConfigError
+from perception.msgs.schema import WireLimits
 
 __all__ = [
     "BudgetConfig",
@@ -51,8 +52,6 @@ class InputConfig:
     """Topic of rig messages: a calibration in force from its stamp on."""
     high_water_mark: int = 10
     """Messages ZeroMQ queues per topic before it drops the newest."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest message accepted; a larger one is dropped by ZeroMQ before it is read."""
 
 
 @dataclass(frozen=True)
@@ -332,8 +331,8 @@ class NodeConfig:
     """Real-time settings of the process."""
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     """The live node's watchdog over its threads."""
-    max_points: int = 300_000
-    """Points in one sweep above which the sweep is dropped as malformed."""
+    limits: WireLimits = field(default_factory=WireLimits)
+    """Bounds on every message received; a message above one is dropped and counted."""
     rig: str | None = None
     """The vehicle's rig file (any format calibration reads), relative to the config file;
     null: the rig comes over the rig topic only."""
@@ -381,19 +380,28 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - schema bug
 
 
+# Keys that moved: where they are now (an old config gets told, not just refused).
+_MOVED = {
+    "max_points": "limits.max_points",
+    "inputs.max_message_bytes": "limits.max_message_bytes",
+}
+
+
 def _build(cls: type[T], doc: dict[str, Any], prefix: str) -> T:
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     for key in doc:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
+            if where in _MOVED:
+                raise ConfigError(f"{where}: this key is now {_MOVED[where]}")
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in doc.items()}
     try:
         return cls(**kwargs)
     except EngineError as e:  # EngineSettings validates itself, naming `engines.<key>`
         raise ConfigError(str(e)) from None
-    except ConfigError as e:  # a section's own checks name its keys; prefix the section
+    except (ConfigError, ValueError) as e:  # a section's checks name its keys: prefix the section
         raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
 
 
@@ -425,7 +433,6 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.camera_model.num_threads >= 0, "camera_model.num_threads", "must be >= 0"),
         (cfg.camera_model.batch >= 1, "camera_model.batch", "must be >= 1"),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
-        (cfg.max_points > 0, "max_points", "must be > 0"),
         (
             all(c >= 0 for c in cfg.realtime.cpu_affinity),
             "realtime.cpu_affinity",

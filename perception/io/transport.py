@@ -13,17 +13,18 @@ count refused handshakes (`rejected_peers`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from perception.closeable import Closeable
-from perception.errors import TransportError
+from perception.errors import TransportError, WireError
 from perception.io.curve import HANDSHAKE_FAILED_EVENTS, CurveKeys, CurveServer, set_client
 from perception.io.runtime import (
     BoundSocketFile,
@@ -34,12 +35,14 @@ from perception.io.runtime import (
     runtime_dir,
 )
 from perception.msgs import wire
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import Message
 
-__all__ = ["DEFAULT_HWM", "DEFAULT_MAX_MESSAGE_SIZE", "Publisher", "Subscriber", "default_endpoint"]
+__all__ = ["DEFAULT_HWM", "PRIORITY_STREAK", "Publisher", "Subscriber", "default_endpoint"]
 
 DEFAULT_HWM = 10
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: Priority messages a Subscriber returns in a row before another topic's waiting message.
+PRIORITY_STREAK = 16
 # After a refused handshake the endpoint is connected again this much later, not at once: a
 # peer refusing every handshake must not make the receiver spin (libzmq itself does not retry
 # after a refused key at all).
@@ -221,14 +224,25 @@ class Subscriber(Closeable):
     high-water mark is the largest requested.
 
     ZeroMQ subscriptions match prefixes; messages whose topic frame is not exactly a subscribed
-    topic are dropped here (the empty topic "" subscribes to everything). `max_message_size`
-    (bytes, per frame) is enforced by ZeroMQ: a peer sending more is disconnected and the
-    message lost; the connection is re-established.
+    topic are dropped here (the empty topic "" subscribes to everything).
+
+    Bounds (`limits`, perception.msgs.schema.WireLimits), enforced while receiving, before any
+    decoding: ZeroMQ refuses a frame above `max_message_bytes` before reading it (a protocol
+    error to libzmq: it drops the connection, which a connecting subscriber re-establishes and
+    reports to `on_disconnect(endpoint)`); a message of more than `max_frames` frames or more than
+    `max_message_bytes` bytes in all is received frame by frame, its frames dropped as they
+    arrive, and reported to `on_refused(WireError)` naming the topic and the problem. Both
+    callbacks run on the receiving thread, inside `recv`. ZeroMQ hands over a multipart message
+    only once all of it has arrived, so inside ZeroMQ the per-frame limit is what bounds one
+    frame's memory; the frame and byte limits keep an over-long message from being held here
+    and from reaching the decoder.
 
     Separate sockets do not keep the order of messages across topics. `priority` names topics
     whose waiting messages are taken before any other topic's (the rest in turn, so one busy
     topic cannot starve another): the node gives its rig and GNSS topics, so that a calibration
-    or fix sent just before a sweep is filed before that sweep when both are waiting.
+    or fix sent just before a sweep is filed before that sweep when both are waiting. At most
+    `PRIORITY_STREAK` priority messages are taken in a row while another topic has one
+    waiting, so a flood on a priority topic cannot starve the others either.
 
     `curve`: keys for CURVE when the endpoints are tcp (connected: each socket a CURVE client,
     accepting only a publisher that proves `curve.server_key`; bound: a CURVE server admitting
@@ -249,10 +263,12 @@ class Subscriber(Closeable):
         *,
         bind: bool = False,
         hwm: int | Mapping[str, int] = DEFAULT_HWM,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        limits: WireLimits = DEFAULT_LIMITS,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         priority: Sequence[str] = (),
         curve: CurveKeys | None = None,
+        on_refused: Callable[[WireError], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
     ) -> None:
         if isinstance(endpoints, str) or isinstance(topics, str):
             raise ValueError("endpoints and topics must be sequences of strings, not a string")
@@ -275,6 +291,9 @@ class Subscriber(Closeable):
         # Resolved: libzmq reports the endpoints it was given, and _reconnect matches them.
         self.endpoints = tuple(resolve_endpoint(e) for e in endpoints)
         self.topics = tuple(topic_list)
+        self.limits = limits
+        self._on_refused = on_refused
+        self._on_disconnect = on_disconnect
         with_curve = _curve_applies(self.endpoints, curve)
         if with_curve and bind and context is not None:
             raise ValueError("a CURVE server needs a context of its own (one ZAP handler each)")
@@ -289,6 +308,9 @@ class Subscriber(Closeable):
         self._monitors: dict[zmq.Socket[bytes], zmq.Socket[bytes]] = {}
         self._bind = bind
         self._next = 0
+        self._streak = 0  # priority messages returned in a row
+        # Messages taken off a socket before it reconnected (see _reconnect), returned first.
+        self._queued: collections.deque[list[zmq.Frame]] = collections.deque()
         self._closed = False
         self._server: CurveServer | None = None
         self._bound_files: list[BoundSocketFile] = []
@@ -306,7 +328,8 @@ class Subscriber(Closeable):
                 self._poller.register(socket, zmq.POLLIN)
                 socket.setsockopt(zmq.LINGER, 0)
                 socket.setsockopt(zmq.RCVHWM, group_hwm)
-                socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+                # Per frame: the whole message is bounded frame by frame in _recv_from.
+                socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
                 for topic in group:
                     socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
                     self._topic_sockets[topic] = socket
@@ -361,6 +384,8 @@ class Subscriber(Closeable):
             raise TransportError(f"{', '.join(self.endpoints)}: subscriber is closed")
         deadline = None if timeout_ms < 0 else _now_ms() + timeout_ms
         while True:
+            if self._queued:
+                return self._queued.popleft()
             if self._retry_at:
                 self._retry_refused()
             remaining = None if deadline is None else max(0, deadline - _now_ms())
@@ -371,9 +396,13 @@ class Subscriber(Closeable):
             for monitor, socket in self._monitors.items():
                 if monitor in ready:
                     self._reconnect(monitor, socket)
-            for socket in self._first:
-                if socket in ready and (frames := self._recv_from(socket)) is not None:
-                    return frames
+            if self._queued:
+                return self._queued.popleft()
+            # Priority topics first, but not more than PRIORITY_STREAK times in a row while
+            # another topic has a message waiting: a flood of rigs must not starve the sensors.
+            if self._streak < PRIORITY_STREAK and (frames := self._recv_first(ready)):
+                self._streak += 1
+                return frames
             # Rotate the starting socket so one busy topic cannot starve the others.
             n = len(self._rotating)
             for k in range(n):
@@ -383,22 +412,70 @@ class Subscriber(Closeable):
                 frames = self._recv_from(socket)
                 if frames is not None:
                     self._next = (self._next + k + 1) % n
+                    self._streak = 0
                     return frames
+            if self._streak >= PRIORITY_STREAK and (frames := self._recv_first(ready)):
+                return frames  # nothing else was waiting
             if deadline is not None and _now_ms() >= deadline:
                 return None
 
+    def _recv_first(self, ready: Mapping[zmq.Socket[bytes], int]) -> list[zmq.Frame] | None:
+        for socket in self._first:
+            if socket in ready and (frames := self._recv_from(socket)) is not None:
+                return frames
+        return None
+
     def _recv_from(self, socket: zmq.Socket[bytes]) -> list[zmq.Frame] | None:
+        """The next message on `socket`, received frame by frame (not copied): None when there
+        is none, when its topic is not subscribed, or when it is above the frame or byte limit
+        (then its frames are dropped as they arrive, and it is reported to `on_refused`)."""
         try:
-            frames: list[zmq.Frame] = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            first: zmq.Frame = socket.recv(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
         except zmq.ZMQError as e:
             raise TransportError(f"{', '.join(self.endpoints)}: receive failed: {e}") from None
         accept = self._accept[socket]
         # ZeroMQ matched a prefix; "camera/front" must not deliver "camera/front_left".
-        if accept is not None and frames[0].bytes not in accept:
+        wanted = accept is None or first.bytes in accept
+        frames = [first]
+        count, size = 1, len(first)
+        max_frames, max_bytes = self.limits.max_frames, self.limits.max_message_bytes
+        more = first.more
+        while more:
+            try:
+                # ZeroMQ delivers a multipart message whole: the rest is already here.
+                frame: zmq.Frame = socket.recv(flags=zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as e:
+                raise TransportError(
+                    f"{', '.join(self.endpoints)}: receive failed within a message: {e}"
+                ) from None
+            more = frame.more
+            count += 1
+            size += len(frame)
+            if wanted and count <= max_frames and size <= max_bytes:
+                frames.append(frame)
+            else:
+                frames.clear()  # dropped as they arrive: memory stays at one frame
+        if not wanted:
+            return None
+        if count > max_frames or size > max_bytes:
+            self._refuse(first, count, size)
             return None
         return frames
+
+    def _refuse(self, first: zmq.Frame, count: int, size: int) -> None:
+        if self._on_refused is None:
+            return
+        topic = first.bytes[:256].decode("utf-8", "replace") or "<empty topic>"
+        if count > self.limits.max_frames:
+            problem = f"too many frames: {count}, above the limit of {self.limits.max_frames}"
+        else:
+            problem = (
+                f"oversize message: {size} bytes in {count} frames, above the limit of "
+                f"{self.limits.max_message_bytes}"
+            )
+        self._on_refused(WireError(topic, f"{problem} (refused while receiving)"))
 
     def _reconnect(self, monitor: zmq.Socket[bytes], socket: zmq.Socket[bytes]) -> None:
         # libzmq treats a message above MAXMSGSIZE as a protocol error and drops the connection
@@ -418,6 +495,12 @@ class Subscriber(Closeable):
             if event["event"] != zmq.EVENT_DISCONNECTED:
                 continue
             lost = event["endpoint"].decode("utf-8", "replace")
+            if self._on_disconnect is not None:
+                self._on_disconnect(lost)
+            # zmq_disconnect drops the socket's end of the connection's queue at once: a
+            # multipart message being read from it then aborts the process (libzmq asserts
+            # "!_more" in fq.cpp). Everything already queued is taken first, whole.
+            self._drain(socket)
             if (socket, lost) in self._failed_handshake:
                 # Not at once: a peer refusing every handshake must not make us spin.
                 self._failed_handshake.discard((socket, lost))
@@ -427,6 +510,16 @@ class Subscriber(Closeable):
                 with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
                     socket.disconnect(endpoint)
                 _attach(socket, endpoint, bind=False)
+
+    def _drain(self, socket: zmq.Socket[bytes]) -> None:
+        """Move every message waiting on `socket` into `_queued` (what `recv` returns next)."""
+        try:
+            while socket.poll(0, zmq.POLLIN):
+                frames = self._recv_from(socket)
+                if frames is not None:
+                    self._queued.append(frames)
+        except zmq.ZMQError as e:
+            raise TransportError(f"{', '.join(self.endpoints)}: receive failed: {e}") from None
 
     def _refused(self, socket: zmq.Socket[bytes], endpoint: str) -> None:
         self._handshake_failures += 1

@@ -66,11 +66,12 @@ def check_buffer(
 
 
 def from_buffer(
-    f: Field, shape: tuple[int, ...], data: Any, holder: str
+    f: Field, shape: tuple[int, ...], data: Any, holder: str, limits: WireLimits
 ) -> npt.NDArray[Any] | bytes:
     """The field's value from its bytes (after `check_buffer`): a read-only array viewing
-    `data` (no copy), or `bytes` for encoded bytes. `holder` names where the bytes were, for
-    the error ("its buffer frame")."""
+    `data` (no copy), or `bytes` for encoded bytes; its values checked (finite, bounds, the
+    field's `value_limit` in `limits`). `holder` names where the bytes were, for the error
+    ("its buffer frame")."""
     dtype = _dtype(f.dtype)
     view = memoryview(data)
     expected = math.prod(shape) * dtype.itemsize
@@ -95,6 +96,13 @@ def from_buffer(
         low = arr.min()
         if low < f.lo:
             raise plain_error(f"{f.name} has values below {f.lo:g} (minimum {low}): {f.doc}")
+    if f.value_limit is not None and arr.size:
+        high = arr.max()
+        allowed = getattr(limits, f.value_limit)
+        if high > allowed:
+            raise plain_error(
+                f"{f.name} has values above the limit of {allowed} (maximum {high}): {f.doc}"
+            )
     return arr
 
 

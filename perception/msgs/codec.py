@@ -312,33 +312,72 @@ def _map(f: Field) -> Decoder:
     return decode
 
 
-def _non_string_key(doc: Any) -> tuple[bool, Any]:
-    """(True, key) for the first map key at any depth that is not a string."""
-    stack = [doc]
-    while stack:
-        node = stack.pop()
-        if type(node) is dict:
-            for key, value in node.items():
-                if type(key) is not str:
-                    return True, key
-                stack.append(value)
-        elif type(node) is list or type(node) is tuple:
-            stack.extend(node)
-    return False, None
+def _document_fault(doc: dict[Any, Any], limits: WireLimits) -> FieldError | None:
+    """What makes an opaque document unacceptable (None if nothing): nesting deeper than
+    `limits.max_document_depth`, a map or list above `max_collection_items`, a string above
+    `max_string_bytes` characters, a map key that is not a string. Walked level by level
+    without recursion, so no nesting can exhaust the stack here or in the document's owner."""
+    max_depth, max_items = limits.max_document_depth, limits.max_collection_items
+    max_string = limits.max_string_bytes
+    level: list[Any] = [doc]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > max_depth:
+            return FieldError(
+                lambda p: f"field {p!r} nests maps and lists deeper than the limit of {max_depth}"
+            )
+        below: list[Any] = []
+        for node in level:
+            if type(node) is dict:
+                items: Iterable[Any] = node.values()
+                for key in node:
+                    if type(key) is not str:
+                        return _document_key(key)
+                    if len(key) > max_string:
+                        return _long_string(len(key), max_string)
+            else:
+                items = node
+            if len(node) > max_items:
+                what = "map" if type(node) is dict else "list"
+                return _big_collection(what, len(node), max_items)
+            for value in items:
+                kind = type(value)
+                if kind is dict or kind is list or kind is tuple:
+                    below.append(value)
+                elif kind is str and len(value) > max_string:
+                    return _long_string(len(value), max_string)
+        level = below
+    return None
+
+
+def _document_key(key: Any) -> FieldError:
+    return FieldError(lambda p: f"field {p!r} has a map key that is not a string: {key!r}")
+
+
+def _big_collection(what: str, count: int, limit: int) -> FieldError:
+    return FieldError(
+        lambda p: f"field {p!r} holds a {what} of {count} items, above the limit of {limit}"
+    )
+
+
+def _long_string(length: int, limit: int) -> FieldError:
+    return FieldError(
+        lambda p: f"field {p!r} holds a string of {length} characters, above the limit of {limit}"
+    )
 
 
 def _document(f: Field) -> Decoder:
     optional = f.optional
 
-    def decode(v: Any, _limits: WireLimits) -> dict[str, Any] | None:
+    def decode(v: Any, limits: WireLimits) -> dict[str, Any] | None:
         if type(v) is dict:
             # JSON has string keys only (and would turn others into strings silently), so
-            # every format refuses other keys at any depth.
-            found, key = _non_string_key(v)
-            if found:
-                raise FieldError(
-                    lambda p: f"field {p!r} has a map key that is not a string: {key!r}"
-                )
+            # every format refuses other keys at any depth. The owner of the document (the rig:
+            # calibration) walks it recursively: its depth and sizes are bounded here first.
+            fault = _document_fault(v, limits)
+            if fault is not None:
+                raise fault
             return v
         if v is None and optional:
             return None

@@ -76,6 +76,7 @@ M = TypeVar("M", bound=Message)
 _UNKNOWN_STREAM = "<unknown stream>"
 _ENVELOPE = ("type", "schema_version")
 _BUFFER_KEYS = ("dtype", "shape", "base64")
+_TOO_DEEP = "not JSON this reader accepts (arrays and objects nested too deeply)"
 _CLASSES = {s.cls: name for name, s in WIRE_TYPES.items()}
 
 
@@ -259,7 +260,7 @@ def _decode_document(doc: Any, limits: WireLimits, fill_defaults: bool) -> Messa
             data = binascii.a2b_base64(text, strict_mode=True)
         except (binascii.Error, ValueError) as e:
             raise _not_base64(e).within("base64").within(f.name) from None
-        arrays[f.name] = from_buffer(f, shape, data, "its base64 data")
+        arrays[f.name] = from_buffer(f, shape, data, "its base64 data", limits)
     msg: Message = codec.assemble(header, SCHEMA_VERSION, plain, arrays)
     return msg
 
@@ -301,6 +302,8 @@ def from_json(
         doc = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SchemaError(_UNKNOWN_STREAM, f"not JSON ({e})") from e
+    except RecursionError:  # the parser recurses per nesting level
+        raise SchemaError(_UNKNOWN_STREAM, _TOO_DEEP) from None
     return from_document(doc, limits=limits, fill_defaults=fill_defaults)
 
 
@@ -421,6 +424,8 @@ def _read(path: Path, limits: WireLimits, fill_defaults: bool) -> Iterator[tuple
                     doc = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise SourceError(f"{path}:{lineno}: not JSON ({e})") from e
+                except RecursionError:  # the parser recurses per nesting level
+                    raise SourceError(f"{path}:{lineno}: {_TOO_DEEP}") from None
                 if _is_legacy(doc):
                     if not warned:
                         log.warning("%s: old JSON Lines keys (no `type`), read as DetectionLists "

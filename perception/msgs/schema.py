@@ -13,8 +13,8 @@ of the message returning a problem or None). The checks themselves live in
 `perception.msgs.codec` and `perception.msgs.arrays`, the JSON Schemas of the documents in
 `perception.msgs.json_schemas`; this module only declares.
 
-Floats are always finite; integers always fit in int64. Optional fields are always present in
-a document, None (nil, null) meaning absent.
+Floats are always finite; integers always fit in int64, and stamps stay below `MAX_STAMP_NS`.
+Optional fields are always present in a document, None (nil, null) meaning absent.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "LIDAR_SWEEP",
+    "MAX_STAMP_NS",
+    "MAX_SWEEP_DURATION_NS",
     "REALTIME_STATUS",
     "RIG_MESSAGE",
     "SCHEMAS",
@@ -72,6 +74,11 @@ __all__ = [
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
+#: The latest stamp any message may carry (year 2116): stamps keep headroom in int64, so a stamp
+#: plus a sweep's point offsets, a clock offset or a latency cannot overflow it.
+MAX_STAMP_NS = 2**62
+#: The most `WireLimits.max_sweep_duration_ns` may be raised to.
+MAX_SWEEP_DURATION_NS = 60_000_000_000
 
 #: `CameraFrame.encoding` values allowed for encoded (`data`) images; raw images are "bgr8".
 ENCODED_IMAGE_FORMATS = frozenset({"jpeg", "png"})
@@ -83,30 +90,59 @@ _ALTITUDE_RANGE_M = (-12_000.0, 100_000.0)
 
 @dataclass(frozen=True)
 class WireLimits:
-    """Size limits every reader (wire, JSON) enforces, so a hostile or broken sender cannot make
-    it allocate or scan without bound. Messages above a limit are refused ("... above the limit
-    ...").
+    """Bounds on everything a reader accepts (the wire, JSON documents), so a hostile or broken
+    sender cannot make it allocate, recurse or scan without bound. A message above a limit is
+    refused ("... above the limit of ..."). The node takes them from the `limits:` section of
+    its config; every other reader uses `DEFAULT_LIMITS`. The defaults fit a 128-beam lidar
+    (3,600 columns, dual return: 921,600 points) and 8 MP cameras (3840 x 2160 BGR: 24.9 MB).
 
-    - `max_points`: points in one `LidarSweep`.
-    - `max_image_pixels`: height x width of a raw `CameraFrame` image (3 bytes per pixel).
-    - `max_encoded_image_bytes`: size of an encoded (JPEG/PNG) `CameraFrame`.
-    - `max_detections`: detections in one `DetectionList`.
-    - `max_header_bytes`: size of the wire header document (msgpack).
-
-    Raises ValueError when a limit is not a positive integer.
+    Every limit is a positive integer, `max_sweep_duration_ns` at most a minute (ValueError,
+    naming the limit, otherwise).
     """
 
-    max_points: int = 2_000_000
-    max_image_pixels: int = 8192 * 8192
-    max_encoded_image_bytes: int = 32 * 1024 * 1024
-    max_detections: int = 10_000
-    max_header_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 32 * 1024 * 1024
+    """Bytes in one message, all frames together; ZeroMQ refuses a single larger frame before
+    it is read (and drops the connection, which the receiver restores). Fits a raw 8 MP image
+    or a sweep of `max_points` points with per-point times (24 MB)."""
+    max_frames: int = 8
+    """Frames in one message (topic, header document, buffers); the largest message the node
+    reads has 4 (a sweep with per-point times)."""
+    max_header_bytes: int = 1024 * 1024
+    """Size of a message's header document (msgpack), for every type but RigMessage: a
+    DetectionList of `max_detections` detections takes about half of it."""
+    max_rig_bytes: int = 1024 * 1024
+    """Size of a RigMessage's header document, which holds the rig document: about 6,000 frames
+    (a real rig, cameras and all, takes a few kB). The node parses a rig on its receiving
+    thread, about 30 us a frame: one at this limit takes about 0.2 s of it."""
+    max_document_depth: int = 32
+    """Nesting of maps and lists inside an opaque document (the rig: 5 levels deep); the rest
+    of a message has the fixed depth of its schema."""
+    max_string_bytes: int = 64 * 1024
+    """Length of one string in a header document (names, labels, rig fields)."""
+    max_collection_items: int = 100_000
+    """Entries of one map or items of one list in a header document (detections, rig frames)."""
+    max_points: int = 1_000_000
+    """Points in one lidar sweep."""
+    max_sweep_duration_ns: int = 1_000_000_000
+    """Largest per-point time offset of a sweep (a sweep lasts one rotation: 100 ms at 10 Hz),
+    so that a sweep's points stay near its stamp and its end stamp fits int64."""
+    max_image_pixels: int = 10_000_000
+    """Height x width of a raw camera image (3 bytes per pixel)."""
+    max_encoded_image_bytes: int = 24 * 1024 * 1024
+    """Size of an encoded (JPEG, PNG) camera image."""
+    max_detections: int = 2_000
+    """Detections in one DetectionList (about 270 bytes each in the header document)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"WireLimits.{f.name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{f.name}: must be a positive integer, got {value!r}")
+        if self.max_sweep_duration_ns > MAX_SWEEP_DURATION_NS:
+            raise ValueError(
+                f"max_sweep_duration_ns: must be at most {MAX_SWEEP_DURATION_NS} (a minute), got "
+                f"{self.max_sweep_duration_ns}"
+            )
 
 
 DEFAULT_LIMITS = WireLimits()
@@ -164,9 +200,10 @@ Rule = Callable[[Any], str | None]
 class Field:
     """One field of a table; see the kind-specific constructors below (`integer`, `array`, ...).
 
-    `lo`/`hi` bound numbers (inclusive; array values: `lo` only). Arrays: `dtype` (numpy dtype
-    string, little-endian), `shape`, `layout` (for errors, e.g. "N x 4 float32 (x, y, z,
-    intensity)"), `columns` (names along the last axis), `rows` (what one row is), `finite`.
+    `lo`/`hi` bound numbers (inclusive; array values: `lo` only, and `value_limit`, the
+    `WireLimits` attribute their maximum may not exceed). Arrays: `dtype` (numpy dtype string,
+    little-endian), `shape`, `layout` (for errors, e.g. "N x 4 float32 (x, y, z, intensity)"),
+    `columns` (names along the last axis), `rows` (what one row is), `finite`.
     """
 
     name: str
@@ -186,8 +223,14 @@ class Field:
     rows: str = "row"
     finite: bool = False
     limit: Limit | None = None
+    value_limit: str | None = None
 
     def __post_init__(self) -> None:
+        if self.value_limit is not None and (
+            self.kind is not Kind.ARRAY
+            or self.value_limit not in {f.name for f in dataclasses.fields(WireLimits)}
+        ):
+            raise TypeError(f"field {self.name}: value_limit must name a WireLimits field")
         if (self.kind in (Kind.MESSAGE, Kind.MESSAGES)) != (self.schema is not None):
             raise TypeError(f"field {self.name}: a nested schema is for MESSAGE(S) fields only")
         if self.kind is Kind.ARRAY and not (self.dtype and self.shape and self.layout):
@@ -306,6 +349,7 @@ def array(
     lo: float | None = None,
     nonempty: bool = False,
     limit: Limit | None = None,
+    value_limit: str | None = None,
     optional: bool = False,
 ) -> Field:
     if np.dtype(dtype).str != dtype:
@@ -325,6 +369,7 @@ def array(
         rows=rows,
         finite=finite,
         limit=limit,
+        value_limit=value_limit,
     )
 
 
@@ -408,7 +453,7 @@ HEADER = Schema(Header, (
     text("stream", "stream (topic) name, e.g. camera/front", nonempty=True),
     integer("seq", "sequence number within the stream", lo=0),
     integer("stamp_ns", "sensor time: mid-exposure (camera), sweep start (lidar)", unit="ns",
-            lo=0),
+            lo=0, hi=MAX_STAMP_NS),
     text("frame_id", "rig frame the data is expressed in"),
 ))  # fmt: skip
 
@@ -431,7 +476,7 @@ LIDAR_SWEEP = Schema(LidarSweep, (
           limit=Limit("max_points", "sweep", "points")),
     array("point_time_offsets_ns", "each point's time after header.stamp_ns", dtype="<i8",
           shape=("points",), layout="N int64 (one per point)", rows="point", unit="ns", lo=0,
-          optional=True),
+          value_limit="max_sweep_duration_ns", optional=True),
 ))  # fmt: skip
 
 GNSS_FIX = Schema(GnssFix, (

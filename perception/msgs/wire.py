@@ -30,6 +30,7 @@ output the same way, so a message that encodes is one that decodes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -68,6 +69,17 @@ _ENVELOPE = ("version", "type", "header", "buffers", "fields")
 _ENVELOPE_KEYS = frozenset(_ENVELOPE)
 _DESCRIPTOR = ("name", "dtype", "shape")
 _CLASSES = {s.cls: name for name, s in WIRE_TYPES.items()}
+# Types whose header document has a limit of its own (the rig document travels in it).
+_HEADER_LIMITS = {"RigMessage": "max_rig_bytes"}
+# msgpack's words for a value above one of the unpacker's limits:
+# "<n> exceeds max_<what>_len(<limit>)"
+_UNPACK_LIMIT = re.compile(r"(\d+) exceeds max_(str|bin|array|map|ext)_len\((\d+)\)")
+_UNPACK_WHAT = {
+    "str": "a string of {} bytes",
+    "bin": "a byte string of {} bytes",
+    "array": "a list of {} items",
+    "map": "a map of {} entries",
+}
 
 
 # -- encoding ------------------------------------------------------------------------------------
@@ -163,10 +175,12 @@ def decode(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> tuple[
     the frames alive. An encoded image's `data` is copied into `bytes`.
 
     Raises WireError naming the stream (the topic; the header's stream when the topic is not
-    readable) and the problem for any fault: too few frames, an undecodable or oversized header
-    document, an unknown message type or schema version, missing or mistyped fields, buffers
-    of the wrong number, dtype or size, non-finite or out-of-range values, negative stamps,
-    sizes above `limits`.
+    readable) and the problem for any fault: too few frames, an undecodable header document,
+    an unknown message type or schema version, missing or mistyped fields, buffers of the wrong
+    number, dtype or size, non-finite or out-of-range values, negative stamps or stamps above
+    `MAX_STAMP_NS`, anything above `limits` (frames and bytes of the message, the header
+    document's size, its strings, maps and lists, the nesting of the rig document, points,
+    pixels, detections, a sweep's point time offsets).
     """
     ctx = _Context()
     try:
@@ -192,6 +206,33 @@ class _Context:
 
     def fail(self, problem: str) -> NoReturn:
         raise WireError(self.stream, problem)
+
+
+def _check_header_size(
+    ctx: _Context, size: int, limits: WireLimits, type_name: str | None = None
+) -> None:
+    """The header document's size against its type's limit; before the type is known (None),
+    against the largest any type may have."""
+    if type_name is None:
+        allowed = max(limits.max_header_bytes, limits.max_rig_bytes)
+    else:
+        allowed = getattr(limits, _HEADER_LIMITS.get(type_name, "max_header_bytes"))
+    if size > allowed:
+        of = f" of a {type_name}" if type_name else ""
+        ctx.fail(f"oversize header document{of}: {size} bytes, above the limit of {allowed}")
+
+
+def _unpack_problem(error: ValueError) -> str:
+    """The words for a msgpack ValueError: a value above one of `WireLimits`' bounds, else an
+    undecodable document."""
+    found = _UNPACK_LIMIT.search(str(error))
+    if found is None:
+        return f"undecodable header document (not msgpack: {type(error).__name__}: {error})"
+    size, kind, allowed = found.groups()
+    if kind == "ext":
+        return "undecodable header document: it holds a msgpack extension type"
+    what = _UNPACK_WHAT[kind].format(size)
+    return f"oversize header document: it holds {what}, above the limit of {allowed}"
 
 
 def _frame_buffer(ctx: _Context, frame: Any, index: int) -> memoryview:
@@ -223,28 +264,43 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
         frames = list(frames)
     except TypeError:
         ctx.fail(f"frames must be a sequence, got {type(frames).__name__}")
-    views = [_frame_buffer(ctx, f, i) for i, f in enumerate(frames)]
-    if views:
+    if frames:
         try:
-            ctx.topic = bytes(views[0]).decode("utf-8") or None
+            ctx.topic = bytes(_frame_buffer(ctx, frames[0], 0)).decode("utf-8") or None
         except UnicodeDecodeError:
             ctx.fail("topic frame is not UTF-8 text")
     # Checked after reading the topic, so the error names the stream.
+    if len(frames) > limits.max_frames:
+        ctx.fail(f"too many frames: {len(frames)}, above the limit of {limits.max_frames}")
+    views = [_frame_buffer(ctx, f, i) for i, f in enumerate(frames)]
     if len(frames) < 2:
         ctx.fail(f"too few frames: got {len(frames)}, need at least 2 (topic, header document)")
     topic = ctx.topic
     if not topic:
         ctx.fail("topic frame is empty")
+    total = sum(v.nbytes for v in views)
+    if total > limits.max_message_bytes:
+        ctx.fail(f"oversize message: {total} bytes, above the limit of {limits.max_message_bytes}")
 
     header_bytes = views[1].nbytes
-    if header_bytes > limits.max_header_bytes:
-        ctx.fail(
-            f"oversize header document: {header_bytes} bytes, above the limit of "
-            f"{limits.max_header_bytes}"
-        )
+    # The type is known only once the document is read: refuse what no type may have first.
+    _check_header_size(ctx, header_bytes, limits)
     try:
-        doc = msgpack.unpackb(views[1], raw=False, strict_map_key=True, use_list=True)
-    except Exception as e:  # msgpack raises many types (ExtraData, ValueError, StackError, ...)
+        doc = msgpack.unpackb(
+            views[1],
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            # Refused by the unpacker before it allocates them.
+            max_str_len=limits.max_string_bytes,
+            max_bin_len=limits.max_string_bytes,
+            max_array_len=limits.max_collection_items,
+            max_map_len=limits.max_collection_items,
+            max_ext_len=0,
+        )
+    except ValueError as e:
+        ctx.fail(_unpack_problem(e))
+    except Exception as e:  # msgpack raises many types (ExtraData, StackError, ...)
         ctx.fail(f"undecodable header document (not msgpack: {type(e).__name__}: {e})")
     if not isinstance(doc, dict):
         ctx.fail(f"undecodable header document: expected a map, got {describe(doc)}")
@@ -256,6 +312,7 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
     if type_name not in WIRE_TYPES:
         known = ", ".join(sorted(WIRE_TYPES))
         ctx.fail(f"unknown message type {type_name!r} (known: {known})")
+    _check_header_size(ctx, header_bytes, limits, type_name)
     codec = message_codec(type_name)
 
     if "header" not in doc:
@@ -305,7 +362,7 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
     except FieldError as e:
         raise e.within("fields") from None
     arrays = {
-        name: from_buffer(codec.schema.field(name), shape, view, "its buffer frame")
+        name: from_buffer(codec.schema.field(name), shape, view, "its buffer frame", limits)
         for (name, _, shape), view in zip(parsed, views[2:], strict=True)
     }
     msg: Message = codec.assemble(header, version, plain, arrays)

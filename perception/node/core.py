@@ -32,8 +32,10 @@ ones. The lidar clock's offset is estimated from each sweep's *last* point (a sw
 sensor once complete), so the estimate absorbs only the minimum transport delay, not the sweep
 duration; until `CLOCK_MIN_SWEEPS` sweeps have arrived the clocks are taken to agree.
 
-Per-message problems (undecodable, not a sensor input, a rig calibration rejects, a bundle the
-pipeline cannot process) are counted and logged at a bounded rate; nothing raises.
+Per-message problems (refused while receiving, undecodable or above `config.limits`, not a
+sensor input, a rig calibration rejects, a bundle the pipeline cannot process, an output that
+cannot be published) are counted and logged at a bounded rate; nothing raises. A rig message is
+parsed before the core's lock is taken, so a big one does not hold up the processing side.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import WireError
 from perception.msgs import wire
+from perception.msgs.schema import INT64_MAX, INT64_MIN
 from perception.msgs.types import (
     DetectionList,
     Diagnostics,
@@ -56,12 +59,14 @@ from perception.msgs.types import (
     LidarSweep,
     Message,
     RealtimeStatus,
+    RigMessage,
     SyncedBundle,
     sweep_end_ns,
 )
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
 from perception.sync import Bundler, Filed
+from perception.sync.bundler import parse_rig
 from perception.sync.clock import ClockMonitor
 
 __all__ = ["CLOCK_MIN_SWEEPS", "RECEIVE_POLL_NS", "NodeCore", "NodeCounters", "ReadyBundle"]
@@ -82,13 +87,17 @@ CLOCK_MIN_SWEEPS = 16
 class NodeCounters:
     """What the node received, dropped, processed and produced; reported on diagnostics.
 
-    `received` counts every message (decodable or not); `decode_errors` the undecodable ones
-    (what the synchroniser refused - bad rigs, implausible fixes, messages that are not sensor
-    inputs, duplicates, late frames - it counts itself: perception.sync.SyncStats). `bundles`
-    counts ready bundles, `skipped_bundles` those not processed (the node was behind, or an
-    output with a newer stamp was already produced), `step_errors` bundles the pipeline failed
-    on, `published` the DetectionLists produced. Overruns: frames over any budget, the current
-    and longest run of consecutive ones, and per stage in `overruns_by_stage`. Live only: the
+    `received` counts every message (decodable or not); `decode_errors` the undecodable ones and
+    those above the limits (`config.limits`), `receive_refused` among them those the transport
+    refused while receiving (too many frames or bytes); `input_disconnects` the connections
+    ZeroMQ dropped (a frame above `limits.max_message_bytes`, or a publisher gone) and the
+    receiver restored. What the synchroniser refused (bad rigs, implausible fixes, messages that
+    are not sensor inputs, duplicates, late frames) it counts itself: perception.sync.SyncStats.
+    `bundles` counts ready bundles, `skipped_bundles` those not processed (the node was behind,
+    or an output with a newer stamp was already produced), `step_errors` bundles the pipeline
+    failed on, `published` the DetectionLists produced, `publish_errors` outputs that could not
+    be encoded or sent (dropped). Overruns: frames over any budget, the current and longest run
+    of consecutive ones, and per stage in `overruns_by_stage` Live only: the
     node adds `loop_errors` (exceptions its threads caught and survived), `receiver_restarts`
     (receivers its watchdog replaced), and from its sockets (perception.io.curve)
     `rejected_publishers`, CURVE handshakes refused with the sensors' publishers (a wrong or
@@ -98,6 +107,8 @@ class NodeCounters:
 
     received: int = 0
     decode_errors: int = 0
+    receive_refused: int = 0
+    input_disconnects: int = 0
     clock_jumps: int = 0
     loop_errors: int = 0
     receiver_restarts: int = 0
@@ -105,6 +116,7 @@ class NodeCounters:
     skipped_bundles: int = 0
     step_errors: int = 0
     published: int = 0
+    publish_errors: int = 0
     budget_overruns: int = 0
     consecutive_overruns: int = 0
     longest_overrun_run: int = 0
@@ -152,7 +164,8 @@ class NodeCore:
         self.realtime: RealtimeStatus | None = None
         self._lock = threading.Lock()
         self._bad = RateLimitedLogger(log)
-        self._limits = wire.WireLimits(max_points=config.max_points)
+        #: The bounds every received message is checked against (the transport's too).
+        self.limits = config.limits
         self._seq = 0
         self._diagnostics_seq = 0
         self._last_stamp_ns: int | None = None
@@ -166,7 +179,7 @@ class NodeCore:
         Undecodable messages are counted and dropped."""
         start = time.perf_counter_ns()
         try:
-            topic, msg = wire.decode(frames, self._limits)
+            topic, msg = wire.decode(frames, self.limits)
         except WireError as e:
             with self._lock:
                 self.counters.received += 1
@@ -175,16 +188,43 @@ class NodeCore:
             return self.poll(receive_ns)
         return self.on_message(topic, msg, receive_ns, time.perf_counter_ns() - start)
 
+    def on_refused(self, error: WireError) -> None:
+        """A message the transport refused while receiving (too many frames or bytes): counted
+        as received and undecodable."""
+        with self._lock:
+            self.counters.received += 1
+            self.counters.decode_errors += 1
+            self.counters.receive_refused += 1
+        self._bad.warning(f"refused:{error.stream}", f"dropped message: {error}")
+
+    def on_disconnect(self, endpoint: str) -> None:
+        """ZeroMQ dropped the connection to `endpoint` (the receiver restores it)."""
+        with self._lock:
+            self.counters.input_disconnects += 1
+        self._bad.warning(
+            f"disconnect:{endpoint}",
+            f"{endpoint}: connection dropped (a frame above {self.limits.max_message_bytes} bytes"
+            ", or the publisher went away); reconnecting",
+        )
+
+    def on_publish_error(self, what: str, error: Exception) -> None:
+        """An output (`what`: detections, diagnostics) that could not be encoded or sent."""
+        with self._lock:
+            self.counters.publish_errors += 1
+        self._bad.warning(f"publish:{what}", f"dropped {what}: {error}")
+
     def on_message(
         self, topic: str, msg: Message, receive_ns: int, decode_ns: int = 0
     ) -> list[ReadyBundle]:
         """File one decoded message received at `receive_ns` on `topic`; the bundles ready
         now (those due before it arrived first)."""
+        # Parsed before the lock: a big rig takes long, and the processing side needs the lock.
+        rig = parse_rig(msg) if isinstance(msg, RigMessage) else None
         with self._lock:
             self.counters.received += 1
             ready = self._poll_locked(receive_ns - 1)
             self._observe_clock(topic, msg, receive_ns)
-            result = self.bundler.add(msg, receive_ns, decode_ns)
+            result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
             if result.filed in _REFUSED:
                 self._bad.warning(f"{result.filed.value}:{topic}", f"dropped: {result.reason}")
             return ready + self._poll_locked(receive_ns)
@@ -315,7 +355,9 @@ class NodeCore:
         if host_stamp_ns is None:
             host_stamp_ns = stamp_ns
         receive_ns = ready.ready_ns - bundle.sync_wait_ns
-        return int(receive_ns - host_stamp_ns + bundle.sync_wait_ns + waited_ns)
+        latency_ns = int(receive_ns - host_stamp_ns + bundle.sync_wait_ns + waited_ns)
+        # Saturated: a clock estimate gone wild must not make the output unencodable (int64).
+        return min(max(latency_ns, INT64_MIN), INT64_MAX)
 
     def _check_budgets(self, timings: dict[str, int], latency_ns: int) -> bool:
         """Counts this frame's overruns; True when every budget held."""

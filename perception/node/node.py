@@ -10,7 +10,9 @@ several ready bundles at once; the core processes the newest and counts the othe
 
 Everything the node decides is the core's (perception.node.core): this module adds only the
 sockets, the threads, the watchdog, the real-time settings and the measured queue and publish
-times.
+times. Messages the subscriber refuses while receiving (it checks the core's limits) are
+counted by the core; an output that cannot be encoded or sent is counted and dropped
+(`publish_errors`).
 
 No exception escapes a thread: each receive and each worker iteration is guarded, counted
 (`loop_errors`) and logged at a bounded rate. A watchdog thread checks both loops' heartbeats:
@@ -39,10 +41,10 @@ from collections.abc import Callable
 
 from calibration import Rig
 from perception.config import NodeConfig
-from perception.errors import TransportError
+from perception.errors import TransportError, WireError
 from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.transport import Publisher, Subscriber
-from perception.msgs.types import DetectionList
+from perception.msgs.types import DetectionList, Message
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
 from perception.node.realtime import apply_realtime, gc_held
 from perception.pipeline import Pipeline
@@ -166,9 +168,11 @@ class Node:
                 inputs.endpoints,
                 topics,
                 hwm=inputs.high_water_mark,
-                max_message_size=inputs.max_message_bytes,
+                limits=self.core.limits,
                 priority=(inputs.rig_topic, inputs.gnss_topic),
                 curve=self.curve,
+                on_refused=self.core.on_refused,
+                on_disconnect=self.core.on_disconnect,
             )
         except BaseException as e:
             self._receiver_error = e
@@ -255,7 +259,7 @@ class Node:
         if time.monotonic_ns() >= next_diagnostics_ns:
             next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
             self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
-            publisher.send(self.core.diagnostics(time.time_ns()))
+            self._send(publisher, self.core.diagnostics(time.time_ns()), "diagnostics")
         if not ready:
             return next_diagnostics_ns
         queue_wait_ns = time.monotonic_ns() - max(mono for _, mono in ready)
@@ -267,5 +271,15 @@ class Node:
 
     def _publish(self, publisher: Publisher, detections: DetectionList) -> None:
         start = time.perf_counter_ns()
-        publisher.send(detections, topic=self.config.outputs.detections_topic)
+        self._send(publisher, detections, "detections", self.config.outputs.detections_topic)
         self.core.record_publish(time.perf_counter_ns() - start)
+
+    def _send(
+        self, publisher: Publisher, msg: Message, what: str, topic: str | None = None
+    ) -> None:
+        """Send one output; one that cannot be encoded (a value out of range) or sent is
+        counted and dropped: it must not stop the node."""
+        try:
+            publisher.send(msg, topic=topic)
+        except (WireError, TransportError) as e:
+            self.core.on_publish_error(what, e)

@@ -38,7 +38,7 @@ from perception.sync.collector import CollectorPolicy
 from perception.sync.ego import EgoPoseBuffer
 from perception.sync.policy import Filed, Filing, MatchedSet, SyncPolicy
 
-__all__ = ["AddResult", "Bundler", "Filed", "SyncStats"]
+__all__ = ["AddResult", "Bundler", "Filed", "SyncStats", "parse_rig"]
 
 MS = 1_000_000
 
@@ -101,6 +101,16 @@ def _fix_problem(fix: GnssFix) -> str:
     ):
         return f"fix {fix.header.seq}: non-finite velocity {velocity}"
     return ""
+
+
+def parse_rig(msg: RigMessage) -> Rig | CalibrationError:
+    """The rig a rig message carries, or the CalibrationError that refuses it (naming the
+    stream and message). Slow for a big document (about 30 us a frame), and touches nothing
+    else: a caller holding a lock parses first, then files the result with `Bundler.add`."""
+    try:
+        return Rig.from_dict(msg.rig, source=f"{msg.header.stream} message {msg.header.seq}")
+    except CalibrationError as e:
+        return e
 
 
 class Bundler:
@@ -171,10 +181,19 @@ class Bundler:
 
     # ------------------------------------------------------------------ input
 
-    def add(self, msg: Message, receive_ns: int, decode_ns: int = 0) -> AddResult:
+    def add(
+        self,
+        msg: Message,
+        receive_ns: int,
+        decode_ns: int = 0,
+        *,
+        parsed_rig: Rig | CalibrationError | None = None,
+    ) -> AddResult:
         """File any message received at host time `receive_ns` (ns) that took `decode_ns` to
         decode. Never raises for a bad message: the result says what was done with it (GNSS
-        fixes and rigs are taken from any stream; sweeps and frames as the policy decides)."""
+        fixes and rigs are taken from any stream; sweeps and frames as the policy decides).
+        `parsed_rig`: a RigMessage's `parse_rig` result, when the caller parsed it already (the
+        node core does, outside its lock)."""
         self._last_receive_ns = max(self._last_receive_ns, receive_ns)
         # Cameras first: most messages are frames. Counting is skipped on the common path.
         if isinstance(msg, CameraFrame):
@@ -196,7 +215,7 @@ class Bundler:
             self._ego.add(msg)
             return _ACCEPTED
         if isinstance(msg, RigMessage):
-            return self._add_rig(msg)
+            return self._add_rig(msg, parse_rig(msg) if parsed_rig is None else parsed_rig)
         self.stats.not_inputs += 1
         header = getattr(msg, "header", None)
         stream = getattr(header, "stream", "?")
@@ -217,14 +236,13 @@ class Bundler:
             self.stats.unknown_streams += 1
         return _RESULTS[filed]
 
-    def _add_rig(self, msg: RigMessage) -> AddResult:
-        """A rig in force from the message's stamp until the next one."""
-        source = f"{msg.header.stream} message {msg.header.seq}"
-        try:
-            rig = Rig.from_dict(msg.rig, source=source)
-        except CalibrationError as e:
+    def _add_rig(self, msg: RigMessage, parsed: Rig | CalibrationError) -> AddResult:
+        """The message's rig in force from its stamp until the next one, or BAD_RIG (counted)
+        with the error's words."""
+        if isinstance(parsed, CalibrationError):
             self.stats.bad_rigs += 1
-            return AddResult(Filed.BAD_RIG, str(e))
+            return AddResult(Filed.BAD_RIG, str(parsed))
+        rig = parsed
         stamp_ns = msg.header.stamp_ns
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
+from perception.msgs.schema import INT64_MAX, INT64_MIN
 from perception.msgs.types import SensorClock
 
 __all__ = ["ClockEstimator", "ClockMonitor"]
@@ -54,7 +55,7 @@ class ClockEstimator:
         if self._fit is None:
             return None
         t_ref, intercept, slope = self._fit
-        return round(intercept + slope * (stamp_ns - t_ref))
+        return _saturated(round(intercept + slope * (stamp_ns - t_ref)))
 
     def add(self, stamp_ns: int, receive_ns: int) -> bool:
         """File one (sensor stamp, host receive) pair; True when it reveals a clock jump."""
@@ -72,7 +73,7 @@ class ClockEstimator:
                 self._above = 0
         if jump:
             self.jumps += 1
-            self.last_jump_stamp_ns = stamp_ns
+            self.last_jump_stamp_ns = _saturated(stamp_ns)
             # Keep the samples since the jump (the confirming ones) and restart from them.
             keep = list(self._samples)[-(self._above - 1) :] if self._above > 1 else []
             self._samples.clear()
@@ -143,8 +144,14 @@ class ClockMonitor:
         if est is None or est.sample_count < min_samples:
             return None
         offset = est.predict(stamp_ns)
-        return None if offset is None else stamp_ns + offset
+        return None if offset is None else _saturated(stamp_ns + offset)
 
     def diagnostics(self) -> dict[str, SensorClock]:
         """Per-stream offset, drift and jumps."""
         return {name: est.state(name) for name, est in self._streams.items()}
+
+
+def _saturated(ns: int) -> int:
+    """`ns` clamped to int64: derived times go into messages, and a stamp from a broken sensor
+    must not make a DetectionList or Diagnostics unencodable."""
+    return min(max(ns, INT64_MIN), INT64_MAX)

@@ -56,7 +56,7 @@ def _restamp(msgs, stamp_ns: int):
 def test_node_survives_malformed_messages(tmp_path: Path, kitti_dir: Path, yolox_path: Path):
     config, sensors, detections = node_config(tmp_path, yolox_path)
     doc = yaml.safe_load(config.read_text())
-    doc["max_points"] = MAX_POINTS
+    doc["limits"] = {"max_points": MAX_POINTS}
     config.write_text(yaml.safe_dump(doc))
     folder = KittiObjectFolder(kitti_dir)
     frame = folder.frame_messages(0, 0)

@@ -54,7 +54,15 @@ def test_shipped_config_loads() -> None:
         ({"inputs": {"endpoints": "tcp://x"}}, r"inputs\.endpoints: expected a list"),
         ({"inputs": {"endpoints": ["udp://x:1"]}}, r"endpoint 'udp://x:1': scheme"),
         ({"camera_model": {"score_threshold": 2}}, r"camera_model\.score_threshold: must be"),
-        ({"max_points": 1.5}, r"max_points: expected an integer"),
+        ({"limits": {"max_points": 1.5}}, r"x\.yaml: limits\.max_points: expected an integer"),
+        ({"limits": {"max_frames": 0}}, r"limits\.max_frames: must be a positive integer, got 0"),
+        ({"limits": {"max_sweep_duration_ns": 10**11}}, r"limits\.max_sweep_duration_ns: must be"),
+        ({"limits": {"max_pointz": 1}}, r"limits\.max_pointz: unknown key"),
+        ({"max_points": 1000}, r"x\.yaml: max_points: this key is now limits\.max_points"),
+        (
+            {"inputs": {"max_message_bytes": 1}},
+            r"inputs\.max_message_bytes: this key is now limits",
+        ),
         ({"sync": {"policy": "exact"}}, r"sync\.policy: must be 'collector' or 'approximate_time'"),
         ({"sync": {"camera_windows_ms": {"camera/front": 0}}}, r"sync\.camera_windows_ms"),
         (

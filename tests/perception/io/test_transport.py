@@ -6,7 +6,10 @@ send repeatedly until the first message arrives, within a bounded number of trie
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +19,9 @@ import pytest
 import zmq
 
 from perception.errors import TransportError, WireError
-from perception.io.transport import Publisher, Subscriber, default_endpoint
+from perception.io.transport import PRIORITY_STREAK, Publisher, Subscriber, default_endpoint
 from perception.msgs import wire
+from perception.msgs.schema import WireLimits
 from perception.msgs.types import GnssFix, Header, LidarSweep, Message
 
 TRIES = 200  # x 25 ms: 5 s at most for a connection to come up
@@ -114,7 +118,8 @@ def test_one_subscriber_many_topics(tcp_publisher: Publisher) -> None:
 def test_max_message_size_drops_oversize(tcp_publisher: Publisher) -> None:
     pub = tcp_publisher
     small = LidarSweep(Header("lidar/top", 0, 1, "lidar"), np.zeros((4, 4), np.float32))
-    with Subscriber([pub.last_endpoint], ["lidar/top"], max_message_size=1_000_000) as sub:
+    limits = WireLimits(max_message_bytes=1_000_000)
+    with Subscriber([pub.last_endpoint], ["lidar/top"], limits=limits) as sub:
         send_until_received(pub, sub, small)
         pub.send(big_sweep())  # 2 MiB buffer > 1 MB: ZeroMQ drops it (and the connection)
         # The subscriber reconnects: small sweeps get through again, the big one never does.
@@ -134,7 +139,7 @@ def test_per_topic_high_water_marks(tcp_publisher: Publisher) -> None:
         assert sub.socket_for("lidar/top").getsockopt(zmq.RCVHWM) == 2
         assert sub.socket_for("camera/front").getsockopt(zmq.RCVHWM) == 5
         assert sub.socket_for("gnss").getsockopt(zmq.RCVHWM) == 10
-        assert sub.socket_for("gnss").getsockopt(zmq.MAXMSGSIZE) == 64 * 1024 * 1024
+        assert sub.socket_for("gnss").getsockopt(zmq.MAXMSGSIZE) == 32 * 1024 * 1024
         assert sub.socket_for("gnss") is not sub.socket_for("lidar/top")
     with Publisher("tcp://127.0.0.1:*", hwm=3) as pub:
         assert pub.socket.getsockopt(zmq.SNDHWM) == 3
@@ -238,3 +243,163 @@ def test_priority_topics_are_taken_before_waiting_messages_of_others(ipc_endpoin
 def test_priority_must_name_subscribed_topics(ipc_endpoint: str) -> None:
     with pytest.raises(ValueError, match="priority names topics that are not subscribed"):
         Subscriber([ipc_endpoint], ["lidar/top"], priority=["rig"])
+
+
+def test_a_priority_flood_does_not_starve_other_topics(ipc_endpoint: str) -> None:
+    with (
+        Publisher(ipc_endpoint, bind=True, hwm=1000) as pub,
+        Subscriber([ipc_endpoint], ["lidar/top", "rig"], priority=["rig"], hwm=1000) as sub,
+    ):
+        send_until_received(pub, sub, fix("lidar/top"), "lidar/top")
+        send_until_received(pub, sub, fix("rig"), "rig")
+        while sub.recv(timeout_ms=50) is not None:
+            pass  # what the joining sends left behind
+        for seq in range(3 * PRIORITY_STREAK):
+            pub.send(fix("rig", seq), "rig")
+        pub.send(fix("lidar/top", 7), "lidar/top")
+        assert sub.socket_for("lidar/top").poll(2000) and sub.socket_for("rig").poll(2000)
+        topics = [
+            wire.decode(sub.recv(timeout_ms=1000) or [])[0] for _ in range(2 * PRIORITY_STREAK)
+        ]
+        # The priority topic goes first, at most PRIORITY_STREAK times in a row (the joining
+        # above may have begun the streak), then the waiting sweep.
+        assert 1 <= topics.index("lidar/top") <= PRIORITY_STREAK, topics
+        assert topics.count("lidar/top") == 1
+
+
+class Refusals:
+    """What a Subscriber reports through its callbacks."""
+
+    def __init__(self) -> None:
+        self.refused: list[WireError] = []
+        self.disconnects: list[str] = []
+
+
+def _bounded_subscriber(endpoint: str, limits: WireLimits, seen: Refusals) -> Subscriber:
+    return Subscriber(
+        [endpoint],
+        ["lidar/top"],
+        limits=limits,
+        on_refused=seen.refused.append,
+        on_disconnect=seen.disconnects.append,
+    )
+
+
+def _frames_of(msg: Message) -> list[bytes]:
+    return [bytes(f) for f in wire.encode(msg)]
+
+
+def test_a_message_with_too_many_frames_is_refused_while_receiving(
+    tcp_publisher: Publisher,
+) -> None:
+    seen = Refusals()
+    small = fix("lidar/top")
+    with _bounded_subscriber(tcp_publisher.last_endpoint, WireLimits(max_frames=8), seen) as sub:
+        send_until_received(tcp_publisher, sub, small, "lidar/top")
+        good = _frames_of(small)
+        tcp_publisher.send_frames([*good, *[b"x" * 1000] * 20])  # 22 frames
+        tcp_publisher.send_frames(good)
+        frames = sub.recv(timeout_ms=2000)
+        assert frames is not None and wire.decode(frames)[0] == "lidar/top"
+        assert [str(e) for e in seen.refused] == [
+            "lidar/top: too many frames: 22, above the limit of 8 (refused while receiving)"
+        ]
+        assert seen.disconnects == []
+
+
+def test_a_message_above_the_byte_limit_is_refused_while_receiving(
+    tcp_publisher: Publisher,
+) -> None:
+    seen = Refusals()
+    limits = WireLimits(max_message_bytes=1_000_000)
+    small = fix("lidar/top")
+    with _bounded_subscriber(tcp_publisher.last_endpoint, limits, seen) as sub:
+        send_until_received(tcp_publisher, sub, small, "lidar/top")
+        good = _frames_of(small)
+        # Each frame is under ZeroMQ's per-frame limit, the message is not.
+        tcp_publisher.send_frames([*good, *[b"x" * 400_000] * 3])
+        tcp_publisher.send_frames(good)
+        frames = sub.recv(timeout_ms=2000)
+        assert frames is not None and wire.decode(frames)[0] == "lidar/top"
+        (error,) = seen.refused
+        assert error.stream == "lidar/top"
+        size = sum(len(f) for f in good) + 1_200_000
+        assert error.problem == (
+            f"oversize message: {size} bytes in 5 frames, above the limit of 1000000 "
+            "(refused while receiving)"
+        )
+        assert sub.socket_for("lidar/top").getsockopt(zmq.MAXMSGSIZE) == 1_000_000
+
+
+def test_a_frame_above_the_byte_limit_costs_the_connection_which_comes_back(
+    ipc_endpoint: str,
+) -> None:
+    seen = Refusals()
+    with (
+        Publisher(ipc_endpoint) as pub,
+        _bounded_subscriber(ipc_endpoint, WireLimits(max_message_bytes=1_000_000), seen) as sub,
+    ):
+        small = fix("lidar/top")
+        send_until_received(pub, sub, small, "lidar/top")
+        pub.send_frames([b"lidar/top", b"h", b"x" * 2_000_000])  # ZeroMQ refuses the frame
+        frames = send_until_received(pub, sub, small, "lidar/top")
+        assert wire.decode(frames)[0] == "lidar/top"
+        assert seen.disconnects == [ipc_endpoint]
+        assert seen.refused == []  # ZeroMQ dropped it before anything was read
+
+
+def test_messages_on_other_topics_are_not_reported(tcp_publisher: Publisher) -> None:
+    seen = Refusals()
+    with _bounded_subscriber(tcp_publisher.last_endpoint, WireLimits(max_frames=2), seen) as sub:
+        send_until_received(tcp_publisher, sub, fix("lidar/top"), "lidar/top")
+        tcp_publisher.send_frames([b"lidar/top_extra", *[b"x"] * 10])
+        assert sub.recv(timeout_ms=100) is None
+        assert seen.refused == []
+
+
+def pending_then_oversize(endpoint: str) -> None:
+    """A message waiting in the subscriber's queue when a frame above the limit costs the
+    connection: the subscriber reconnects (zmq_disconnect + connect) and must take the waiting
+    message whole first. Run in a child process: before the fix libzmq aborted it (`Assertion
+    failed: !_more (src/fq.cpp:80)`) when the message was read across the disconnect."""
+    seen = Refusals()
+    limits = WireLimits(max_message_bytes=1_000_000)
+    with (
+        Publisher(endpoint, hwm=1000) as pub,
+        Subscriber(
+            [endpoint],
+            ["lidar/top", "camera/front"],
+            limits=limits,
+            on_disconnect=seen.disconnects.append,
+        ) as sub,
+    ):
+        send_until_received(pub, sub, fix("camera/front"), "camera/front")
+        while sub.recv(timeout_ms=50) is not None:
+            pass
+        pub.send_frames([b"camera/front", b"header", *[b"x" * 400_000] * 2])  # waiting, whole
+        pub.send_frames([b"camera/front", b"header", b"x" * 2_000_000])  # costs the connection
+        got: list[int] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (got and seen.disconnects):
+            if (frames := sub.recv(timeout_ms=50)) is not None:
+                got.append(len(frames))
+        assert seen.disconnects and got[:1] == [4], (seen.disconnects, got)
+        frames = send_until_received(pub, sub, fix("camera/front"), "camera/front")
+        assert wire.decode(frames)[0] == "camera/front"
+
+
+def test_a_message_waiting_when_the_connection_drops_is_taken_whole(tmp_path: Path) -> None:
+    code = (
+        "import sys; from tests.perception.io.test_transport import pending_then_oversize; "
+        "pending_then_oversize(sys.argv[1])"
+    )
+    for i in range(5):
+        endpoint = f"ipc://{tmp_path}/drop{i}.sock"
+        child = subprocess.run(
+            [sys.executable, "-c", code, endpoint],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert child.returncode == 0, child.stdout + child.stderr

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from perception.msgs.schema import DEFAULT_LIMITS, MAX_STAMP_NS
 from perception.msgs.types import (
     CameraBox,
     CameraFrame,
@@ -29,6 +30,9 @@ from perception.msgs.types import (
 SETTINGS = settings(max_examples=50, deadline=None)
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
+# Readers refuse stamps above MAX_STAMP_NS and point offsets above the sweep duration limit.
+STAMP_MAX = MAX_STAMP_NS
+SWEEP_MAX = DEFAULT_LIMITS.max_sweep_duration_ns
 
 texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=24)
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -36,7 +40,7 @@ headers = st.builds(
     Header,
     stream=st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=24),
     seq=st.integers(0, INT64_MAX),
-    stamp_ns=st.integers(0, INT64_MAX),
+    stamp_ns=st.integers(0, STAMP_MAX),
     frame_id=texts,
 )
 
@@ -62,7 +66,7 @@ def lidar_sweeps(draw: st.DrawFn) -> LidarSweep:
             elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
         )
     )
-    offsets = draw(st.none() | hnp.arrays(np.int64, (n,), elements=st.integers(0, INT64_MAX)))
+    offsets = draw(st.none() | hnp.arrays(np.int64, (n,), elements=st.integers(0, SWEEP_MAX)))
     return LidarSweep(draw(headers), points, offsets)
 
 

@@ -1,0 +1,197 @@
+"""The node core against hostile input, in-process (the live node over sockets:
+tests/integration/test_node_bounds.py): rigs parsed outside the core's lock, odd rigs counted
+as bad rigs, derived times saturated to int64, unencodable outputs counted and dropped."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from perception.config import CameraModelConfig, NodeConfig
+from perception.errors import WireError
+from perception.io.transport import Publisher
+from perception.msgs import wire
+from perception.msgs.schema import INT64_MAX
+from perception.msgs.types import (
+    CameraFrame,
+    Detection3D,
+    DetectionList,
+    Header,
+    LidarSweep,
+    Message,
+    RigMessage,
+)
+from perception.node.core import CLOCK_MIN_SWEEPS, NodeCore
+from perception.node.node import Node
+from perception.pipeline import Pipeline
+from perception.sync.clock import ClockMonitor
+from replay.datasets.kitti_object import KittiObjectFolder
+
+PERIOD_NS = 100_000_000
+
+
+@pytest.fixture(scope="module")
+def pipeline(yolox_path: Path) -> Pipeline:
+    return Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+
+
+@pytest.fixture(scope="module")
+def frame(kitti_dir: Path) -> list[Message]:
+    """KITTI frame 000000: rig, camera, sweep (stamped 0)."""
+    return KittiObjectFolder(kitti_dir).frame_messages(0, 0)
+
+
+def restamped(msgs: list[Message], stamp_ns: int, seq: int) -> list[Message]:
+    return [
+        dataclasses.replace(m, header=dataclasses.replace(m.header, stamp_ns=stamp_ns, seq=seq))
+        for m in msgs
+    ]
+
+
+def nested(depth: int) -> Any:
+    value: Any = 0.0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_rig_nested_1000_deep_is_a_bad_rig_not_an_exception(
+    pipeline: Pipeline, frame: list[Message]
+) -> None:
+    core = NodeCore(NodeConfig(), pipeline)
+    rig = frame[0]
+    assert isinstance(rig, RigMessage)
+    deep = RigMessage(rig.header, {**rig.rig, "frames": {"lidar": {"rotation": nested(1000)}}})
+    # In-process (as replay hands messages over): no decoder bounds it, the rig path must.
+    core.on_message("rig", deep, 1)
+    assert core.bundler.stats.bad_rigs == 1
+    # On the wire it is refused at decode, before the rig path.
+    header = {"stream": "rig", "seq": 1, "stamp_ns": 1, "frame_id": ""}
+    doc = {
+        "type": "RigMessage",
+        "version": 1,
+        "header": header,
+        "fields": {"rig": {"frames": "<>"}},
+    }
+    doc["buffers"] = []
+    packed = msgpack.packb(doc).replace(msgpack.packb("<>"), b"\x91" * 1000 + b"\xc0")
+    core.on_frames([b"rig", packed], 2)
+    assert core.counters.decode_errors == 1
+    assert core.bundler.stats.bad_rigs == 1
+    assert core.counters.received == 2
+
+
+def big_rig(frame: list[Message], frames: int) -> RigMessage:
+    rig = frame[0]
+    assert isinstance(rig, RigMessage)
+    doc = copy.deepcopy(rig.rig)
+    for i in range(frames):
+        doc["frames"][f"extra/{i}"] = copy.deepcopy(doc["frames"]["lidar"])
+    return RigMessage(rig.header, doc)
+
+
+def test_a_big_rig_is_parsed_outside_the_core_lock(
+    pipeline: Pipeline, frame: list[Message]
+) -> None:
+    # Finding 4: the receiver parsed a rig with the core's lock held, so the worker (which takes
+    # the lock before and after each frame, and for diagnostics) stalled for the whole parse.
+    core = NodeCore(NodeConfig(), pipeline)
+    msg = big_rig(frame, 8000)
+    parse: list[float] = []
+
+    def receive() -> None:
+        start = time.perf_counter()
+        core.on_message("rig", msg, 1)
+        parse.append(time.perf_counter() - start)
+
+    receiver = threading.Thread(target=receive)
+    waits = []
+    receiver.start()
+    while receiver.is_alive():
+        start = time.perf_counter()
+        core.diagnostics(time.time_ns())  # takes the lock
+        waits.append(time.perf_counter() - start)
+    receiver.join()
+    assert core.bundler.stats.bad_rigs == 0 and len(core.bundler._rigs) == 1
+    assert parse[0] > 0.1, "the rig parsed too fast to show anything"
+    assert len(waits) > 10
+    assert max(waits) < parse[0] / 3, (max(waits), parse[0])
+
+
+def test_huge_point_offsets_in_process_cannot_overflow_the_output(
+    pipeline: Pipeline, frame: list[Message]
+) -> None:
+    # Finding 2: per-point offsets near 2^63 ns (from a source no decoder bounds) made the lidar
+    # clock's offset estimate absurd, the latency overflow int64 and the DetectionList
+    # unencodable. Derived times are now saturated.
+    core = NodeCore(NodeConfig(), pipeline)
+    outputs = []
+    jumps: set[int | None] = set()
+    for i in range(2 * CLOCK_MIN_SWEEPS):
+        stamp = 1_000_000_000 + i * PERIOD_NS
+        rig, camera, sweep = restamped(frame, stamp, i)
+        assert isinstance(sweep, LidarSweep)
+        offsets = np.zeros(len(sweep.points), np.int64)
+        # Poisoned from the start (a steady absurd clock), then every fourth sweep (jumps).
+        if i < CLOCK_MIN_SWEEPS + 4 or i % 4 == 0:
+            offsets[-1] = INT64_MAX
+        poisoned = dataclasses.replace(sweep, point_time_offsets_ns=offsets)
+        ready = []
+        for msg in (rig, camera, poisoned):
+            ready += core.on_message(msg.header.stream, msg, stamp + 5_000_000)
+        out = core.on_bundles(ready)
+        if out is not None:
+            outputs.append(out)
+            wire.encode(out)
+        diagnostics = core.diagnostics(stamp)
+        wire.encode(diagnostics)
+        jumps.update(c.last_jump_stamp_ns for c in diagnostics.clocks if c.stream == "lidar/top")
+    assert len(outputs) == 2 * CLOCK_MIN_SWEEPS
+    assert max(out.latency_ns for out in outputs) == INT64_MAX  # saturated, not overflowed
+    assert INT64_MAX in jumps  # a jump to a poisoned sweep's end stamp, saturated
+
+
+def test_clock_estimates_stay_within_int64() -> None:
+    clocks = ClockMonitor()
+    for i in range(40):
+        clocks.observe("lidar/top", 2**63 - 1 - i, i * PERIOD_NS)
+    host = clocks.to_host_ns("lidar/top", 0)
+    assert host is not None and -(2**63) <= host <= INT64_MAX
+    (state,) = clocks.diagnostics().values()
+    assert state.offset_ns is not None and -(2**63) <= state.offset_ns <= INT64_MAX
+
+
+def test_an_output_that_cannot_be_encoded_is_counted_not_raised(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    node = Node(NodeConfig(), pipeline)
+    bad = DetectionList(
+        Header("detections", 0, 1, "vehicle"),
+        (Detection3D("Car", float("nan"), (0.0, 0.0, 0.0), (4.0, 2.0, 1.5), 0.0),),
+    )
+    with Publisher(f"ipc://{tmp_path}/out.sock") as publisher:
+        node._publish(publisher, bad)
+        assert node.counters.publish_errors == 1
+        publisher.close()
+        good = dataclasses.replace(bad, detections=())
+        node._publish(publisher, good)  # a closed socket: a TransportError, counted too
+    assert node.counters.publish_errors == 2
+
+
+def test_refusals_and_disconnects_are_counted(pipeline: Pipeline) -> None:
+    core = NodeCore(NodeConfig(), pipeline)
+    core.on_refused(WireError("camera/front", "too many frames: 25, above the limit of 8"))
+    core.on_disconnect("ipc:///tmp/x")
+    counters = core.diagnostics(1).counters
+    assert counters["received"] == 1 and counters["decode_errors"] == 1
+    assert counters["receive_refused"] == 1 and counters["input_disconnects"] == 1
+    camera = CameraFrame(Header("camera/front", 0, 1, "c"), image=np.zeros((2, 2, 3), np.uint8))
+    assert core.limits.max_frames == 8 and wire.decode(wire.encode(camera), core.limits)
