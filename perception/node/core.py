@@ -49,6 +49,7 @@ from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import WireError
 from perception.msgs import wire
+from perception.msgs.schema import INT64_MAX
 from perception.msgs.types import (
     DetectionList,
     Diagnostics,
@@ -84,7 +85,9 @@ class NodeCounters:
 
     `received` counts every message (decodable or not); `decode_errors` the undecodable ones
     (what the synchroniser refused - bad rigs, implausible fixes, messages that are not sensor
-    inputs, duplicates, late frames - it counts itself: perception.sync.SyncStats). `bundles`
+    inputs, duplicates, late frames - it counts itself: perception.sync.SyncStats);
+    `sync_errors` the decoded messages the synchroniser (or the clock monitor) raised on, a bug
+    there that costs the message, not the node. `bundles`
     counts ready bundles, `skipped_bundles` those not processed (the node was behind, or an
     output with a newer stamp was already produced), `step_errors` bundles the pipeline failed
     on, `published` the DetectionLists produced. Overruns: frames over any budget, the current
@@ -93,6 +96,7 @@ class NodeCounters:
 
     received: int = 0
     decode_errors: int = 0
+    sync_errors: int = 0
     clock_jumps: int = 0
     bundles: int = 0
     skipped_bundles: int = 0
@@ -174,8 +178,13 @@ class NodeCore:
         with self._lock:
             self.counters.received += 1
             ready = self._poll_locked(receive_ns - 1)
-            self._observe_clock(topic, msg, receive_ns)
-            result = self.bundler.add(msg, receive_ns, decode_ns)
+            try:
+                self._observe_clock(topic, msg, receive_ns)
+                result = self.bundler.add(msg, receive_ns, decode_ns)
+            except Exception as e:  # a bug below must cost one message, not the node
+                self.counters.sync_errors += 1
+                self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {e!r:.300}")
+                return ready + self._poll_locked(receive_ns)
             if result.filed in _REFUSED:
                 self._bad.warning(f"{result.filed.value}:{topic}", f"dropped: {result.reason}")
             return ready + self._poll_locked(receive_ns)
@@ -186,6 +195,10 @@ class NodeCore:
             return
         # A sweep leaves the sensor once complete: its last point bounds the transport delay.
         stamp_ns = sweep_end_ns(msg) if isinstance(msg, LidarSweep) else header.stamp_ns
+        if stamp_ns > INT64_MAX:
+            # Offsets that run the sweep's end past int64 are no time: such a stamp would
+            # leave the clock state (and every Diagnostics after it) out of the wire's range.
+            return
         if self.clocks.observe(topic, stamp_ns, receive_ns):
             self.counters.clock_jumps += 1
             self._bad.warning(f"clock:{topic}", f"{topic}: sensor clock jump detected")

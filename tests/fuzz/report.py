@@ -1,0 +1,175 @@
+"""The fuzz run's report: fuzz.json (every figure and finding), fuzz.md (the summary table) and
+one reproducer file per finding (`findings/NN-kind.msgpack`: the message's frames, its label,
+the seed and the case index; `python -m tests.fuzz --replay FILE` feeds it to a fresh core)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from tests.fuzz.harness import GUARDED, Finding, FuzzHarness
+
+__all__ = ["format_markdown", "read_reproducer", "report_document", "write_report"]
+
+
+def _rss_figures(samples: list[tuple[int, int]]) -> dict[str, Any]:
+    """RSS in MB: first, max and last sample, and the growth from the sample at a tenth of the
+    run (warm-up done: every seed decoded, every engine run) to the last."""
+    if not samples:
+        return {"samples": 0}
+    mb = [(cases, rss / 1e6) for cases, rss in samples]
+    warm = mb[len(mb) // 10]
+    last = mb[-1]
+    return {
+        "samples": len(mb),
+        "first_mb": round(mb[0][1], 1),
+        "max_mb": round(max(v for _, v in mb), 1),
+        "last_mb": round(last[1], 1),
+        "after_warm_up_mb": round(warm[1], 1),
+        "growth_after_warm_up_pct": round(100.0 * (last[1] - warm[1]) / warm[1], 2),
+        "series": [(cases, round(v, 1)) for cases, v in mb],
+    }
+
+
+def report_document(
+    harness: FuzzHarness,
+    *,
+    engine: str,
+    seed: int,
+    wall_s: float,
+    hangs: int = 0,
+    log_records: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Every figure of a run and its findings (without their frames)."""
+    t = harness.tally
+    findings = list(harness.findings.values())
+    failures = [f for f in findings if f.kind not in GUARDED]
+    crashes = sum(f.count for f in failures if f.kind == "crash")
+    miscounted = sum(f.count for f in failures if f.kind == "miscount")
+    return {
+        "version": 1,
+        "engine": engine,
+        "seed": seed,
+        "cases": t.cases,
+        "wall_s": round(wall_s, 1),
+        "cases_per_s": round(t.cases / wall_s, 1) if wall_s > 0 else None,
+        "crashes": crashes,
+        "hangs": hangs,
+        "failures": sum(f.count for f in failures),
+        "every_message_counted": t.accounted() == t.cases and miscounted == 0,
+        "accounting": {
+            "received": t.cases,
+            "decode_errors": t.decode_errors,
+            "refused": dict(sorted(t.refused.items())),
+            "sync_errors": t.sync_errors,
+            "accepted": dict(sorted(t.accepted.items())),
+            "accounted": t.accounted(),
+        },
+        "worker": {
+            "bundles": t.bundles,
+            "steps": t.steps,
+            "published": t.published,
+            "skipped_bundles": t.skipped_bundles,
+            "step_errors": t.step_errors,
+            "not_handed_over": t.unprocessed,
+            "detections": t.detections,
+            "degraded_outputs": t.degraded_outputs,
+            "diagnostics_encoded": t.diagnostics,
+            "step_mean_ms": round(1e3 * t.step_s / t.steps, 1) if t.steps else None,
+            "step_max_ms": round(1e3 * t.max_step_s, 1),
+            "slowest_step": t.slowest_step,
+        },
+        "receive": {
+            "mean_us": round(1e6 * t.receive_s / t.cases, 1) if t.cases else None,
+            "max_ms": round(1e3 * t.max_receive_s, 1),
+            "slowest": t.slowest_receive,
+        },
+        "episodes": t.episodes,
+        "approximate_time_uncounted_sweeps": t.approximate_time_uncounted_sweeps,
+        "rss": _rss_figures(t.rss),
+        "log_records": dict(log_records or {}),
+        "settings": {
+            "step_every": harness.step_every,
+            "episode_cases": harness.episode_cases,
+            "receive_limit_s": harness.receive_limit_s,
+            "step_limit_s": harness.step_limit_s,
+            "max_points": harness.config.max_points,
+        },
+        "findings": [f.summary() for f in findings],
+    }
+
+
+def format_markdown(doc: Mapping[str, Any]) -> str:
+    """fuzz.md: the summary table, then the findings."""
+    a, w, rss = doc["accounting"], doc["worker"], doc["rss"]
+    refused = ", ".join(f"{k} {v}" for k, v in a["refused"].items()) or "none"
+    accepted = ", ".join(f"{k} {v}" for k, v in a["accepted"].items()) or "none"
+    rows = [
+        ("engine", f"{doc['engine']}, seed {doc['seed']}"),
+        ("cases", f"{doc['cases']:,} in {doc['wall_s']:.0f} s ({doc['cases_per_s']} cases/s)"),
+        ("crashes / hangs / failures", f"{doc['crashes']} / {doc['hangs']} / {doc['failures']}"),
+        (
+            "every message counted",
+            f"{'yes' if doc['every_message_counted'] else 'NO'}: {a['accounted']:,} of "
+            f"{a['received']:,} (undecodable {a['decode_errors']:,}; refused: {refused}; "
+            f"synchroniser errors {a['sync_errors']}; accepted: {accepted})",
+        ),
+        (
+            "worker",
+            f"{w['bundles']:,} bundles: {w['steps']:,} steps, {w['published']:,} published, "
+            f"{w['skipped_bundles']:,} skipped, {w['step_errors']} step errors, "
+            f"{w['not_handed_over']} not handed over; {w['detections']:,} detections; "
+            f"step mean {w['step_mean_ms']} ms, max {w['step_max_ms']} ms",
+        ),
+        (
+            "receive side",
+            f"mean {doc['receive']['mean_us']} µs per message, max {doc['receive']['max_ms']} ms",
+        ),
+        ("episodes", f"{doc['episodes']} (ApproximateTime every 4th)"),
+    ]
+    if rss.get("samples"):
+        rows.append(
+            (
+                "RSS",
+                f"{rss['first_mb']} MB first, {rss['after_warm_up_mb']} MB after a tenth, "
+                f"{rss['last_mb']} MB last, {rss['max_mb']} MB max; growth after the first "
+                f"tenth {rss['growth_after_warm_up_pct']}%",
+            )
+        )
+    lines = ["| figure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in rows]
+    findings = doc["findings"]
+    lines += ["", f"Findings: {len(findings)} distinct" + (":" if findings else ".")]
+    for f in findings:
+        kind = f["kind"] + (" (guarded by the core)" if f["kind"] in GUARDED else "")
+        lines.append(
+            f"- {kind}, {f['count']}x, first at case {f['case']}: {f['where']}: "
+            f"{f['detail'][:300]} (case: {f['label'][:300]})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, doc: Mapping[str, Any], findings: list[Finding]) -> Path:
+    """fuzz.json, fuzz.md and the reproducers into `out_dir` (created); the Markdown's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fuzz.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    md = out_dir / "fuzz.md"
+    md.write_text(format_markdown(doc))
+    folder = out_dir / "findings"
+    for i, f in enumerate(findings):
+        if f.frames is None:
+            continue
+        folder.mkdir(exist_ok=True)
+        doc_f = {**f.summary(), "seed": doc["seed"], "frames": f.frames}
+        (folder / f"{i:02d}-{f.kind}.msgpack").write_bytes(msgpack.packb(doc_f, use_bin_type=True))
+    return md
+
+
+def read_reproducer(path: Path) -> dict[str, Any]:
+    """A reproducer file: the finding's summary, the seed and `frames` (list of bytes)."""
+    doc: dict[str, Any] = msgpack.unpackb(path.read_bytes(), raw=False)
+    return doc
