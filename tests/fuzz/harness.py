@@ -72,7 +72,7 @@ from tests.fuzz.cases import Case, CaseGenerator
 from tests.fuzz.corpus import Corpus, others
 from tests.fuzz.sources import Source
 
-__all__ = ["GUARDED", "REFUSALS", "Finding", "FindingError", "FuzzHarness", "Tally"]
+__all__ = ["NOTED", "REFUSALS", "Finding", "FindingError", "FuzzHarness", "Tally"]
 
 REPO = Path(__file__).resolve().parents[2]
 #: SyncStats counters of messages the synchroniser refused, and the types each may count.
@@ -108,9 +108,13 @@ class Finding:
         return doc
 
 
-#: Finding kinds the core guarded (counted the message or bundle and went on): bugs in the layers
-#: below it, not failures of the node. The others (crash, miscount, slow, output) are failures.
-GUARDED = frozenset({"sync_error", "step_error"})
+#: Finding kinds that are not failures of the harness's invariants: exceptions the core guarded
+#: (counted the message or bundle and went on: bugs in the layers below it) and a node whose
+#: output stalled behind a far-future stamp (the stale-output rule doing what it says, with a
+#: hostile stamp). The others (crash, miscount, slow, output) are failures.
+NOTED = frozenset({"sync_error", "step_error", "stalled_output"})
+#: A stale bundle this far behind the last output means the output has stalled.
+STALLED_NS = 10 * 1_000_000_000
 
 
 class FindingError(AssertionError):
@@ -140,6 +144,8 @@ class Tally:
     skipped_bundles: int = 0
     step_errors: int = 0
     unprocessed: int = 0
+    stalled_steps: int = 0
+    shadow_steps: int = 0
     detections: int = 0
     degraded_outputs: int = 0
     diagnostics: int = 0
@@ -485,8 +491,40 @@ class FuzzHarness:
             self._finding("slow", case, f"on_bundles took {elapsed:.2f} s", "slow step")
         if core.counters.step_errors > errors_before:
             self._diagnose_step(case, ready)
-        if out is not None:
+        elif out is not None:
             self._check_output(_about(case, ready), out)
+        else:
+            self._stale(case, ready)
+
+    def _stale(self, case: Case, ready: list[ReadyBundle]) -> None:
+        """The core skipped the newest bundle: no newer than an output already produced (the
+        stale-output rule). Far behind that output, the node is stalled: it publishes nothing
+        until its sweeps pass that stamp (a finding). Either way the harness steps the
+        pipeline on the bundle itself, so that the pipeline keeps seeing fuzzed bundles."""
+        newest = _newest(ready).bundle
+        about = _about(case, ready)
+        behind_ns = (self._last_stamp or 0) - newest.lidar.header.stamp_ns
+        if behind_ns > STALLED_NS:
+            self.tally.stalled_steps += 1
+            self._finding(
+                "stalled_output",
+                about,
+                f"the newest bundle is {behind_ns / 1e9:.3g} s older than the last output "
+                f"(stamp {self._last_stamp}): nothing is published until sweeps pass it",
+                "stale-output rule",
+            )
+        start = time.perf_counter()
+        try:
+            out = self.pipeline.step(newest, 0)
+        except Exception as e:
+            self._exception("step_error", about, e)
+            return
+        elapsed = time.perf_counter() - start
+        self.tally.shadow_steps += 1
+        self.tally.step_s += elapsed
+        if elapsed > self.step_limit_s:
+            self._finding("slow", about, f"Pipeline.step took {elapsed:.2f} s", "slow step")
+        self._check_output(about, out, published=False)
 
     def _diagnose_step(self, case: Case, ready: list[ReadyBundle]) -> None:
         """The core counted a step error: run the same bundle through the pipeline again to
@@ -516,13 +554,16 @@ class FuzzHarness:
         else:
             self._finding("sync_error", case, "not reproduced on a fresh synchroniser", "sync")
 
-    def _check_output(self, case: Case, out: DetectionList) -> None:
+    def _check_output(self, case: Case, out: DetectionList, *, published: bool = True) -> None:
+        """Checks a DetectionList the core produced (`published`) or the harness's own step
+        of the pipeline (only that it encodes)."""
         stamp = out.header.stamp_ns
-        if self._last_stamp is not None and stamp <= self._last_stamp:
+        if published and self._last_stamp is not None and stamp <= self._last_stamp:
             self._finding(
                 "output", case, f"output stamp {stamp} after {self._last_stamp}", "stamp order"
             )
-        self._last_stamp = stamp
+        if published:
+            self._last_stamp = stamp
         if out.header.stream != self.config.outputs.detections_topic:
             self._finding("output", case, f"output on {out.header.stream!r}", "output stream")
         self.tally.detections += len(out.detections)
@@ -536,7 +577,8 @@ class FuzzHarness:
         except Exception as e:
             self._exception("crash", case, e)
             return
-        self.core.record_publish(time.perf_counter_ns() - start)
+        if published:
+            self.core.record_publish(time.perf_counter_ns() - start)
 
     def _diagnostics(self, case: Case) -> None:
         try:
@@ -567,12 +609,12 @@ class FuzzHarness:
             frames = _as_bytes(case.frames) if self.keep_frames else None
             found = Finding(kind, self.current[0], case.label, detail, where, frames)
             self.findings[key] = found
-        if self.strict and kind not in GUARDED:
+        if self.strict and kind not in NOTED:
             raise FindingError(found)
 
     def failures(self) -> list[Finding]:
-        """The findings that are failures (not `GUARDED`)."""
-        return [f for f in self.findings.values() if f.kind not in GUARDED]
+        """The findings that are failures (not `NOTED`)."""
+        return [f for f in self.findings.values() if f.kind not in NOTED]
 
 
 def _newest(ready: Sequence[ReadyBundle]) -> ReadyBundle:

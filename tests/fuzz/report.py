@@ -11,9 +11,17 @@ from typing import Any
 
 import msgpack
 
-from tests.fuzz.harness import GUARDED, Finding, FuzzHarness
+from tests.fuzz.harness import NOTED, Finding, FuzzHarness
 
 __all__ = ["format_markdown", "read_reproducer", "report_document", "write_report"]
+
+# What a finding that is not a failure is.
+_NOTES = {
+    "sync_error": " (guarded by the core: counted as sync_errors)",
+    "step_error": " (guarded by the core: counted as step_errors)",
+    "stalled_output": " (the node's behaviour: no output until sweeps pass a stamp)",
+}
+assert set(_NOTES) == NOTED
 
 
 def _rss_figures(samples: list[tuple[int, int]]) -> dict[str, Any]:
@@ -47,7 +55,7 @@ def report_document(
     """Every figure of a run and its findings (without their frames)."""
     t = harness.tally
     findings = list(harness.findings.values())
-    failures = [f for f in findings if f.kind not in GUARDED]
+    failures = [f for f in findings if f.kind not in NOTED]
     crashes = sum(f.count for f in failures if f.kind == "crash")
     miscounted = sum(f.count for f in failures if f.kind == "miscount")
     return {
@@ -76,10 +84,14 @@ def report_document(
             "skipped_bundles": t.skipped_bundles,
             "step_errors": t.step_errors,
             "not_handed_over": t.unprocessed,
+            "stalled_steps": t.stalled_steps,
+            "pipeline_steps_of_the_harness": t.shadow_steps,
             "detections": t.detections,
             "degraded_outputs": t.degraded_outputs,
             "diagnostics_encoded": t.diagnostics,
-            "step_mean_ms": round(1e3 * t.step_s / t.steps, 1) if t.steps else None,
+            "step_mean_ms": round(1e3 * t.step_s / (t.steps + t.shadow_steps), 1)
+            if t.steps + t.shadow_steps
+            else None,
             "step_max_ms": round(1e3 * t.max_step_s, 1),
             "slowest_step": t.slowest_step,
         },
@@ -122,7 +134,9 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
             "worker",
             f"{w['bundles']:,} bundles: {w['steps']:,} steps, {w['published']:,} published, "
             f"{w['skipped_bundles']:,} skipped, {w['step_errors']} step errors, "
-            f"{w['not_handed_over']} not handed over; {w['detections']:,} detections; "
+            f"{w['not_handed_over']} not handed over; {w['stalled_steps']:,} steps with the "
+            f"output stalled; {w['pipeline_steps_of_the_harness']:,} bundles the core skipped as "
+            f"stale stepped by the harness; {w['detections']:,} detections; "
             f"step mean {w['step_mean_ms']} ms, max {w['step_max_ms']} ms",
         ),
         (
@@ -145,7 +159,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
     findings = doc["findings"]
     lines += ["", f"Findings: {len(findings)} distinct" + (":" if findings else ".")]
     for f in findings:
-        kind = f["kind"] + (" (guarded by the core)" if f["kind"] in GUARDED else "")
+        kind = f["kind"] + _NOTES.get(f["kind"], "")
         lines.append(
             f"- {kind}, {f['count']}x, first at case {f['case']}: {f['where']}: "
             f"{f['detail'][:300]} (case: {f['label'][:300]})"

@@ -40,6 +40,9 @@ __all__ = [
 START_NS = 1_317_000_000_000_000_000
 #: Longest string a mutation writes (the header document limit is 4 MiB).
 MAX_STRING = 1 << 16
+#: Longest topic a mutation writes (mutations compound: a topic repeated twice would reach
+#: hundreds of MB, more than the node's sockets take in one message).
+MAX_TOPIC = 1 << 20
 # A unique string whose packed form is replaced by raw msgpack bytes after packing.
 _SPLICE = "\x00splice-raw-msgpack\x00"
 _SPLICE_PACKED = msgpack.packb(_SPLICE, use_bin_type=True)
@@ -396,7 +399,7 @@ def _topic(src: Source, frames: list[Any]) -> str:
             (2, lambda: b"\xff\xfe" + topic),
             (2, lambda: topic + src.raw(src.integer(1, 16)).hex().encode()),  # a SUB prefix match
             (1, lambda: topic + b"\x00"),
-            (1, lambda: topic * src.integer(100, 5000)),
+            (1, lambda: (topic * src.integer(100, 5000))[:MAX_TOPIC]),
             (
                 2,
                 lambda: choice(
