@@ -273,6 +273,19 @@ def _replay(args: argparse.Namespace) -> int:
     doc = read_reproducer(args.replay)
     print(f"fuzz: replaying {doc['kind']} of case {doc['case']}: {doc['label']}")
     harness = _harness(args)
+    if doc.get("bundle"):
+        # A finding of a pipeline step: the bundle through the pipeline and the encoder.
+        from perception.msgs import wire
+        from tests.fuzz.harness import unpickle_bundle
+
+        bundle = unpickle_bundle(doc["bundle"])
+        try:
+            wire.encode(harness.pipeline.step(bundle, 0))
+        except Exception:
+            traceback.print_exc()
+            return 1
+        print("fuzz: the bundle steps and encodes")
+        return 0
     harness.run_frames(Case(list(doc["frames"]), START_NS, doc["label"]))
     harness.end_episode()
     c = harness.tally

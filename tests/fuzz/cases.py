@@ -50,11 +50,12 @@ RECEIVE_STALL_NS = 400 * MS
 @dataclass
 class Case:
     """One message to receive: its wire `frames` at host time `receive_ns`; `label` says how
-    it was made."""
+    it was made. `bundle`: for a finding of a pipeline step, the SyncedBundle it was about."""
 
     frames: list[Any]
     receive_ns: int
     label: str
+    bundle: Any = None
 
 
 @dataclass

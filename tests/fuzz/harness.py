@@ -10,14 +10,19 @@ offline replay ends (replay.offline.run_core drives the core the same way).
 The pipeline step costs ~50 ms and most cases do not complete a bundle anyway; the harness's
 worker takes the ready bundles only every `step_every` cases or so (jittered), as the live
 worker does when it falls behind: it processes the newest and the core counts the others as
-skipped. So 10^6 cases cost a few thousand steps, not a few hundred thousand.
+skipped. So 10^6 cases cost a few thousand steps, not a few hundred thousand. When the core
+skips the newest bundle as stale (not newer than an output already produced: after a sweep
+stamped far in the future, for as long as the sweeps take to pass it), the harness steps the
+pipeline on that bundle itself, so the pipeline keeps seeing fuzzed bundles.
 
 Invariants, per case:
 - nothing escapes the core (`on_frames`, `idle_polls`, `on_bundles`, `flush`, `diagnostics`);
 - `received` grows by exactly one; `decode_errors` grows by one exactly when the message does
   not decode (the harness decodes it too, with the core's limits); a decodable message is
   either refused by the synchroniser (exactly one of its SyncStats refusal counters grows, one
-  that fits the message's type) or accepted (none grows, and it is a sensor input);
+  that fits the message's type), or failed in it (`sync_errors`: the core guarded an exception
+  there; the harness files the message into a fresh synchroniser to report it), or accepted
+  (none grows, and it is a sensor input);
 - the receive side takes at most `receive_limit_s`, a step at most `step_limit_s`;
 - every DetectionList encodes (the node can publish it), its stamp is newer than the one before
   and it is on the detections topic; the Diagnostics encode;
@@ -31,13 +36,17 @@ the harness re-runs the step to report what it was. Memory: RSS is sampled every
 cases.
 
 A broken invariant is a `Finding` (deduplicated by where it happened); `strict` raises it at
-once (`FindingError`) so hypothesis can shrink the case.
+once (`FindingError`) so hypothesis can shrink the case. Some findings are not failures of
+these invariants (`NOTED`): exceptions the core guarded (a bug below it, the message or bundle
+lost, counted) and the output stalled behind a far-future stamp (more than `STALLED_NS` behind
+the last output).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 import time
 import traceback
@@ -49,6 +58,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from calibration import Rig
 from perception.config import NodeConfig, SyncConfig
 from perception.errors import WireError
 from perception.msgs import wire
@@ -100,11 +110,13 @@ class Finding:
     where: str
     frames: list[bytes] | None = None
     count: int = 1
+    bundle: bytes | None = None  # pickled SyncedBundle, for findings of a pipeline step
 
     def summary(self) -> dict[str, Any]:
-        """The finding without its frames (for reports)."""
+        """The finding without its frames and bundle (for reports)."""
         doc = dataclasses.asdict(self)
         doc.pop("frames")
+        doc.pop("bundle")
         return doc
 
 
@@ -608,6 +620,8 @@ class FuzzHarness:
         else:
             frames = _as_bytes(case.frames) if self.keep_frames else None
             found = Finding(kind, self.current[0], case.label, detail, where, frames)
+            if self.keep_frames and case.bundle is not None:
+                found.bundle = pickle_bundle(case.bundle)
             self.findings[key] = found
         if self.strict and kind not in NOTED:
             raise FindingError(found)
@@ -625,7 +639,21 @@ def _newest(ready: Sequence[ReadyBundle]) -> ReadyBundle:
 def _about(case: Case, ready: Sequence[ReadyBundle]) -> Case:
     """`case` labelled with the bundle the worker processed (findings of a step are about it,
     not about the case that happened to run the step)."""
-    return Case(case.frames, case.receive_ns, f"bundle {describe_bundle(_newest(ready).bundle)}")
+    bundle = _newest(ready).bundle
+    return Case(case.frames, case.receive_ns, f"bundle {describe_bundle(bundle)}", bundle)
+
+
+def pickle_bundle(bundle: SyncedBundle) -> bytes:
+    """A bundle as bytes (`unpickle_bundle`): its rig as its document (a Rig holds read-only
+    mapping views, which pickle refuses)."""
+    without_rig = dataclasses.replace(bundle, rig=None)  # type: ignore[arg-type]
+    return pickle.dumps((without_rig, bundle.rig.to_dict()))
+
+
+def unpickle_bundle(data: bytes) -> SyncedBundle:
+    """The bundle `pickle_bundle` wrote (a file of this harness's: pickle trusts it)."""
+    bundle, rig = pickle.loads(data)
+    return dataclasses.replace(bundle, rig=Rig.from_dict(rig, source=str(rig.get("source"))))
 
 
 def describe_bundle(bundle: SyncedBundle) -> str:

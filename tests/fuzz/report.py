@@ -1,6 +1,8 @@
 """The fuzz run's report: fuzz.json (every figure and finding), fuzz.md (the summary table) and
 one reproducer file per finding (`findings/NN-kind.msgpack`: the message's frames, its label,
-the seed and the case index; `python -m tests.fuzz --replay FILE` feeds it to a fresh core)."""
+the seed and the case index, and for a finding of a pipeline step the bundle, pickled;
+`python -m tests.fuzz --replay FILE` feeds the message to a fresh core, or the bundle to the
+pipeline). The generator is deterministic: `--seed S --cases N+1` runs up to case N again."""
 
 from __future__ import annotations
 
@@ -178,12 +180,13 @@ def write_report(out_dir: Path, doc: Mapping[str, Any], findings: list[Finding])
         if f.frames is None:
             continue
         folder.mkdir(exist_ok=True)
-        doc_f = {**f.summary(), "seed": doc["seed"], "frames": f.frames}
+        doc_f = {**f.summary(), "seed": doc["seed"], "frames": f.frames, "bundle": f.bundle}
         (folder / f"{i:02d}-{f.kind}.msgpack").write_bytes(msgpack.packb(doc_f, use_bin_type=True))
     return md
 
 
 def read_reproducer(path: Path) -> dict[str, Any]:
-    """A reproducer file: the finding's summary, the seed and `frames` (list of bytes)."""
+    """A reproducer file: the finding's summary, the seed, `frames` (list of bytes: the
+    message of the case) and `bundle` (None, or the pickled SyncedBundle a step was about)."""
     doc: dict[str, Any] = msgpack.unpackb(path.read_bytes(), raw=False)
     return doc
