@@ -10,10 +10,10 @@ Memory: the first minute (`RSS_BASELINE_S`) is warm-up - ONNX Runtime's arenas, 
 pools and the node's bounded queues fill - so the growth is measured from the RSS just after it
 (`RSS_MEDIAN_S` of samples, their median: single samples jump with garbage collection) to the
 RSS at the end (the last `RSS_MEDIAN_S`), as a percentage, against `RSS_GROWTH_LIMIT_PCT`; the
-least-squares slope over everything after the first minute (MB per hour) tells a steady leak
-from a step. The soak passes when no sweep was dropped, no error counter grew and the growth is
-under the limit; a run too short to have an RSS after the first minute and at its end gets no
-memory verdict (None).
+least-squares slope over everything after the first minute (MB per hour, once there are
+`RSS_TREND_MIN_S` of it) tells a steady leak from a step. The soak passes when no sweep was
+dropped, no error counter grew and the growth is under the limit; a run too short to have an
+RSS after the first minute and at its end gets no memory verdict (None).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "RSS_BASELINE_S",
     "RSS_GROWTH_LIMIT_PCT",
     "RSS_MEDIAN_S",
+    "RSS_TREND_MIN_S",
     "RssGrowth",
     "Soak",
     "Window",
@@ -47,6 +48,9 @@ RSS_BASELINE_S = 60.0
 RSS_MEDIAN_S = 10.0
 #: A soak passes with less RSS growth than this after the first minute.
 RSS_GROWTH_LIMIT_PCT = 5.0
+#: The trend is given from this long after the first minute on: over a few minutes, the steps
+#: the allocator takes in bursts read as a slope of tens of MB per hour.
+RSS_TREND_MIN_S = 600.0
 
 #: (seconds from the first send, node counters) of a diagnostics message.
 CountersAt = tuple[float, Mapping[str, int]]
@@ -75,13 +79,14 @@ class Window:
 class RssGrowth:
     """The node's RSS after the first minute (`baseline_mb`, the median over `RSS_MEDIAN_S`
     from `baseline_s`) and at the end (`final_mb`), the growth between them in % against
-    `limit_pct`, and the trend after the first minute (MB per hour, least squares)."""
+    `limit_pct`, and the trend after the first minute (MB per hour, least squares; None for
+    less than `RSS_TREND_MIN_S` of samples after it)."""
 
     baseline_s: float
     baseline_mb: float
     final_mb: float
     growth_pct: float
-    slope_mb_per_h: float
+    slope_mb_per_h: float | None
     limit_pct: float
     ok: bool
 
@@ -110,10 +115,14 @@ class Soak:
             )
         else:
             r = self.rss
+            trend = (
+                f"{r.slope_mb_per_h:+.1f} MB/h"
+                if r.slope_mb_per_h is not None
+                else f"n/a under {RSS_TREND_MIN_S / 60:g} min"
+            )
             memory = (
                 f"RSS {r.growth_pct:+.2f}% from {r.baseline_mb:.1f} MB after the first minute to "
-                f"{r.final_mb:.1f} MB at the end (limit {r.limit_pct:g}%; trend "
-                f"{r.slope_mb_per_h:+.1f} MB/h)"
+                f"{r.final_mb:.1f} MB at the end (limit {r.limit_pct:g}%; trend {trend})"
             )
         errors = "errors n/a (no diagnostics)" if self.errors is None else f"{self.errors} errors"
         if self.errors_by_counter and self.errors:
@@ -160,14 +169,16 @@ def rss_growth(
     baseline = float(np.median(mb[base]))
     last = float(np.median(mb[final]))
     after = t >= RSS_BASELINE_S
-    slope_per_s = float(np.polyfit(t[after], mb[after], 1)[0]) if after.sum() >= 2 else 0.0
+    slope = None
+    if end_s - RSS_BASELINE_S >= RSS_TREND_MIN_S:
+        slope = float(np.polyfit(t[after], mb[after], 1)[0]) * 3600.0
     growth = 100.0 * (last - baseline) / baseline
     return RssGrowth(
         baseline_s=RSS_BASELINE_S,
         baseline_mb=baseline,
         final_mb=last,
         growth_pct=growth,
-        slope_mb_per_h=slope_per_s * 3600.0,
+        slope_mb_per_h=slope,
         limit_pct=limit_pct,
         ok=growth < limit_pct,
     )
