@@ -10,7 +10,9 @@ GIL is caught by faulthandler a minute later (its stacks in hang-traceback.txt, 
 `--engine atheris` runs coverage-guided fuzzing with atheris instead (when it is installed; it
 is not a dependency of the project): each fuzzer input is a vehicle from its start on a fresh
 core, its choices consumed from the input bytes; a failure stops the run with the input saved
-by libFuzzer under `--out`. `--replay FILE` feeds a reproducer's message to a fresh core.
+by libFuzzer under `--out`; atheris' own memory grows by about 1 MB per input, so runs are a
+few thousand inputs (`--atheris-runs`). `--replay FILE` feeds a reproducer's message to a fresh
+core (or its bundle to the pipeline).
 
 The node logs every dropped message (at a bounded rate per stream); those records are counted
 by level, not printed. Run it with `nice -n 10` on a shared machine.
@@ -67,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--episode-cases", type=int, default=20_000, help="cases per node core")
     p.add_argument("--hang-s", type=float, default=120.0, help="a case this long is a hang")
     p.add_argument("--engine", choices=("own", "atheris"), default="own")
-    p.add_argument("--atheris-runs", type=int, default=20_000, help="atheris inputs to run")
+    p.add_argument("--atheris-runs", type=int, default=2000, help="atheris inputs to run")
     p.add_argument("--replay", type=Path, default=None, help="a reproducer file to replay")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -256,7 +258,9 @@ def _run_atheris(args: argparse.Namespace) -> int:
         # Inputs at full length from the start: a short input is only a few choices.
         "-len_control=0",
         f"-timeout={int(args.hang_s)}",
-        "-rss_limit_mb=8192",
+        # atheris' own memory grows by about 1 MB per input (the same vehicles without it stay
+        # flat): runs of a few thousand inputs.
+        "-rss_limit_mb=4096",
         f"-artifact_prefix={args.out}/",
         "-print_final_stats=1",
     ]
