@@ -183,7 +183,7 @@ class NodeCore:
                 result = self.bundler.add(msg, receive_ns, decode_ns)
             except Exception as e:  # a bug below must cost one message, not the node
                 self.counters.sync_errors += 1
-                self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {e!r:.300}")
+                self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {_what(e)}")
                 return ready + self._poll_locked(receive_ns)
             if result.filed in _REFUSED:
                 self._bad.warning(f"{result.filed.value}:{topic}", f"dropped: {result.reason}")
@@ -355,3 +355,13 @@ class NodeCore:
                 notes=self.pipeline.notes,
                 realtime=self.realtime,
             )
+
+
+def _what(e: Exception) -> str:
+    """An exception in a line, even one whose text cannot be made (it may hold the hostile
+    value that caused it, nested past the recursion limit)."""
+    try:
+        text = str(e)
+    except Exception:
+        text = "(no description)"
+    return f"{type(e).__name__}: {text[:300]}"

@@ -119,6 +119,7 @@ def report_document(
         "settings": {
             "step_every": harness.step_every,
             "episode_cases": harness.episode_cases,
+            "approximate_every": harness.approximate_every,
             "receive_limit_s": harness.receive_limit_s,
             "step_limit_s": harness.step_limit_s,
             "max_points": harness.config.max_points,
@@ -155,7 +156,16 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
             "receive side",
             f"mean {doc['receive']['mean_us']} µs per message, max {doc['receive']['max_ms']} ms",
         ),
-        ("episodes", f"{doc['episodes']} (ApproximateTime every 4th)"),
+        (
+            "episodes",
+            f"{doc['episodes']} cores of {doc['settings']['episode_cases']:,} messages at most"
+            + (
+                f" (ApproximateTime every {doc['settings']['approximate_every']}th; the sweeps "
+                f"it dropped uncounted: {doc['approximate_time_uncounted_sweeps']:,})"
+                if doc["settings"]["approximate_every"]
+                else ""
+            ),
+        ),
     ]
     if rss.get("samples"):
         rows.append(
