@@ -348,7 +348,10 @@ def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "(looped, restamped to the send time), and reports p50/p90/p99/max per stage and end "
         "to end, drops, CPU and memory, and the device the engines ran on. Writes bench.json, "
         "bench.md and bench.png (and node.yaml) into --out, replacing an earlier report only "
-        "when the run completes. The camera model is chosen as `replay` chooses it.",
+        "when the run completes. A long run (e.g. --duration 3600) is a soak: it is also "
+        "reported per --window (drops, latency percentiles, RSS, errors) with the RSS growth "
+        "after the first minute and a pass/fail verdict. The camera model is chosen as "
+        "`replay` chooses it.",
         common=common,
     )
     p.add_argument(
@@ -375,6 +378,16 @@ def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "GPU is usable is refused, auto is resolved and reported as what ran",
     )
     p.add_argument("--out", metavar="DIR", default="perception-bench", help="folder for the report")
+    p.add_argument(
+        "--window",
+        metavar="S",
+        type=positive_float,
+        default=60.0,
+        help="a run of several windows is also reported over time, per window of this many "
+        "seconds: drops, latency percentiles, node RSS and CPU, node errors; with the RSS "
+        "growth after the first minute and a soak verdict (0 dropped, 0 errors, RSS growth "
+        "< 5%%), s",
+    )
     p.add_argument(
         "--find-max-rate",
         action="store_true",

@@ -13,6 +13,7 @@ Modules, one concern each:
 - `node_child`: the node under test (child process, its published answers, its CPU/memory);
 - `runner`: the player and `run_bench`, drop accounting in time and the max-rate runs;
 - `stats`: the figures (percentiles, accounting, node overhead, the max-rate search);
+- `soak`: the run over time (per window; RSS growth after the first minute; the verdict);
 - `machine`: the machine (CPU, GPUs via nvidia-smi, TensorRT/torch, Jetson power mode);
 - `report`: `BenchResult` and its files.
 """
@@ -34,6 +35,15 @@ from app.bench.settings import (
     BenchSettings,
     check_settings,
     sweeps_needed,
+)
+from app.bench.soak import (
+    ERROR_COUNTERS,
+    RSS_GROWTH_LIMIT_PCT,
+    RssGrowth,
+    Soak,
+    Window,
+    rss_growth,
+    soak_summary,
 )
 from app.bench.stats import (
     ENGINE_STAGES,
@@ -64,7 +74,9 @@ __all__ = [
     "BACKENDS",
     "DEVICES",
     "ENGINE_STAGES",
+    "ERROR_COUNTERS",
     "MAX_DROPPED_FRACTION",
+    "RSS_GROWTH_LIMIT_PCT",
     "BenchInterruptedError",
     "BenchResult",
     "BenchSettings",
@@ -77,8 +89,11 @@ __all__ = [
     "NodeOverhead",
     "ProcessUsage",
     "RateTrial",
+    "RssGrowth",
+    "Soak",
     "Sweep",
     "SweepAccounting",
+    "Window",
     "account",
     "check_settings",
     "config_for_sweeps",
@@ -93,7 +108,9 @@ __all__ = [
     "process_usage",
     "restamp_sweep",
     "result_document",
+    "rss_growth",
     "run_bench",
+    "soak_summary",
     "sweep_span_ns",
     "sweeps_needed",
     "write_png",

@@ -185,6 +185,17 @@ class Collector(Closeable):
         with self._lock:
             return len(self._answers)
 
+    def counters_between(self, start_ns: int, end_ns: int) -> list[tuple[int, dict[str, int]]]:
+        """(stamp, counters) of the diagnostics frames stamped in [start_ns, end_ns]."""
+        with self._lock:
+            docs = list(self._diagnostics)
+        out = []
+        for doc in docs:
+            stamp, counters = int(doc["header"]["stamp_ns"]), doc.get("counters")
+            if start_ns <= stamp <= end_ns and isinstance(counters, dict):
+                out.append((stamp, {k: int(v) for k, v in counters.items()}))
+        return sorted(out, key=lambda item: item[0])
+
     def diagnostics_after(
         self, stamp_ns: int, timeout_s: float, stop: threading.Event
     ) -> dict[str, Any] | None:
@@ -202,12 +213,13 @@ class Collector(Closeable):
 
 
 class UsageSampler:
-    """CPU (% of one core) and RSS of a process every `period_s`, on a thread."""
+    """CPU (% of one core) and RSS of a process every `period_s`, on a thread, with the host
+    wall time of each sample (`timed`)."""
 
     def __init__(self, pid: int, period_s: float) -> None:
         self._process = psutil.Process(pid)
         self._period_s = period_s
-        self._samples: list[tuple[float, int]] = []
+        self._samples: list[tuple[int, float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-usage", daemon=True)
 
@@ -225,11 +237,15 @@ class UsageSampler:
                 rss = int(self._process.memory_info().rss)
             except psutil.Error:
                 return
-            self._samples.append((cpu, rss))
+            self._samples.append((time.time_ns(), cpu, rss))
 
     def stop(self) -> list[tuple[float, int]]:
         """Stop sampling; the (CPU %, RSS bytes) samples taken."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5.0)
+        return [(cpu, rss) for _, cpu, rss in self._samples]
+
+    def timed(self) -> list[tuple[int, float, int]]:
+        """The samples with their host wall time: (ns, CPU %, RSS bytes)."""
         return list(self._samples)

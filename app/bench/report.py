@@ -1,6 +1,7 @@
 """What `perception bench` measured (`BenchResult`) and its files: bench.json (every figure),
-bench.md (the latency and summary tables the CLI prints) and bench.png (latency histograms and
-the timeline)."""
+bench.md (the latency and summary tables the CLI prints; for a run of several windows, the run
+over time and the soak verdict) and bench.png (latency histograms, the timeline, the node's RSS
+over the run and the latency per window)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.bench.machine import MachineInfo
+from app.bench.soak import Soak
 from app.bench.stats import (
     ENGINE_STAGES,
     Frame,
@@ -40,7 +42,9 @@ class BenchResult:
     `node_diagnostics`: the node's last diagnostics frame, after the run (its counters count
     from the node's start: connection, warm-up and any max-rate steps included).
     `host_load_1m`: the machine's 1-minute load average before the node started and after the
-    run (other work on the machine shares its cores with the node)."""
+    run (other work on the machine shares its cores with the node).
+    `soak`: the run over time (app.bench.soak: per window, the RSS growth after the first
+    minute, the verdict)."""
 
     source: str
     rate_hz: float
@@ -63,6 +67,7 @@ class BenchResult:
     dropped_sent_s: tuple[float, ...]
     host_load_1m: tuple[float, float] | None = None
     device_requested: str | None = None
+    soak: Soak | None = None
 
 
 def _without_none(value: Any) -> Any:
@@ -161,7 +166,38 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         rows.append(("host load (1 min)", f"{before:.2f} before, {after:.2f} after"))
     if r.max_rate is not None:
         rows.insert(2, ("max rate", _max_rate_text(r.max_rate)))
+    if _over_time(r):
+        assert r.soak is not None
+        rows.insert(3, ("soak", r.soak.verdict()))
     return rows
+
+
+def _over_time(r: BenchResult) -> bool:
+    """Whether the run spans several windows (reported over time)."""
+    return r.soak is not None and len(r.soak.windows) > 1
+
+
+def _window_rows(soak: Soak) -> list[str]:
+    lines = [
+        f"Over time ({soak.window_s:g} s windows of send time; node errors and skipped bundles "
+        "from its diagnostics):",
+        "",
+        "| window s | sent | received | dropped | skipped | node errors | p50 ms | p99 ms "
+        "| max ms | RSS MB | CPU % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for w in soak.windows:
+        e = w.end_to_end
+        latency = (
+            "n/a | n/a | n/a" if e is None else f"{e.p50_ms:.1f} | {e.p99_ms:.1f} | {e.max_ms:.1f}"
+        )
+        lines.append(
+            f"| {w.start_s:g}-{w.end_s:g} | {w.sent} | {w.received} | {w.dropped} | "
+            f"{'n/a' if w.skipped_bundles is None else w.skipped_bundles} | "
+            f"{'n/a' if w.errors is None else w.errors} | {latency} | "
+            f"{_ms(w.rss_mb)} | {_ms(w.cpu_mean_pct)} |"
+        )
+    return lines
 
 
 def format_markdown(result: BenchResult) -> str:
@@ -178,6 +214,9 @@ def format_markdown(result: BenchResult) -> str:
         )
     lines += ["", "| figure | value |", "| --- | --- |"]
     lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in _summary_rows(result)]
+    if _over_time(result):
+        assert result.soak is not None
+        lines += ["", *_window_rows(result.soak)]
     return "\n".join(lines) + "\n"
 
 
@@ -212,8 +251,48 @@ def _timeline(ax: Any, result: BenchResult) -> None:
     ax.grid(alpha=0.3)
 
 
+def _rss_over_time(ax: Any, soak: Soak | None) -> None:
+    if soak is None or not soak.rss_series:
+        ax.set_title("node RSS over the run: no samples", fontsize=10)
+        return
+    t = [s for s, _ in soak.rss_series]
+    ax.plot(t, [mb for _, mb in soak.rss_series], "-", lw=0.8, color="tab:purple", label="RSS")
+    if soak.rss is not None:
+        r = soak.rss
+        ax.axvline(r.baseline_s, color="grey", ls=":", lw=0.8, label="end of the first minute")
+        limit = r.baseline_mb * (1 + r.limit_pct / 100)
+        ax.axhline(limit, color="tab:red", ls="--", lw=0.8, label=f"+{r.limit_pct:g}% limit")
+        title = f"node RSS: {r.growth_pct:+.2f}% after the first minute"
+    else:
+        title = "node RSS (growth: the run is too short)"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("s from the start of the run")
+    ax.set_ylabel("MB")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+def _latency_per_window(ax: Any, soak: Soak | None) -> None:
+    windows = [w for w in (soak.windows if soak else ()) if w.end_to_end is not None]
+    if soak is None or not windows:
+        ax.set_title("latency per window: no answers", fontsize=10)
+        return
+    mid = [(w.start_s + w.end_s) / 2 for w in windows]
+    for name, pick in (("p50", "p50_ms"), ("p99", "p99_ms"), ("max", "max_ms")):
+        ax.plot(mid, [getattr(w.end_to_end, pick) for w in windows], ".-", lw=0.8, label=name)
+    dropped = [(w.start_s + w.end_s) / 2 for w in soak.windows if w.dropped]
+    if dropped:
+        ax.plot(dropped, [0.0] * len(dropped), "x", color="tab:red", label="windows with drops")
+    ax.set_title(f"end to end per {soak.window_s:g} s window", fontsize=10)
+    ax.set_xlabel("s from the start of the run")
+    ax.set_ylabel("ms")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def write_png(result: BenchResult, path: Path) -> None:
-    """bench.png: a latency histogram per stage and end to end, and the latency timeline."""
+    """bench.png: a latency histogram per stage and end to end, the latency timeline, the
+    node's RSS over the run and the end-to-end latency per window."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
     from matplotlib.figure import Figure  # noqa: PLC0415
 
@@ -225,11 +304,13 @@ def write_png(result: BenchResult, path: Path) -> None:
         values = [f.timings_ns[name] / 1e6 for f in result.frames if name in f.timings_ns]
         series.append((name, values))
     rows = max(1, math.ceil(len(series) / 3))
-    fig = Figure(figsize=(13, 2.6 * rows + 3.6), layout="constrained")
+    fig = Figure(figsize=(13, 2.6 * rows + 6.6), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows + 1, 3, height_ratios=[1.0] * rows + [1.4])
+    grid = fig.add_gridspec(rows + 2, 3, height_ratios=[1.0] * rows + [1.4, 1.2])
     _histograms(fig, grid, series)
     _timeline(fig.add_subplot(grid[rows, :]), result)
+    _rss_over_time(fig.add_subplot(grid[rows + 1, :2]), result.soak)
+    _latency_per_window(fig.add_subplot(grid[rows + 1, 2]), result.soak)
     title = f"perception bench: {result.source} ({result.backend} on {result.device})"
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=100)

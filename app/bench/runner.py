@@ -39,6 +39,7 @@ from app.bench.settings import (
     Progress,
     check_settings,
 )
+from app.bench.soak import Soak, soak_summary
 from app.bench.stats import (
     Frame,
     MaxRateSearch,
@@ -80,6 +81,11 @@ class _Run:
     skipped_bundles: int | None
     usage: tuple[tuple[float, int], ...]
     diagnostics: dict[str, Any] | None
+    # Over time: the usage samples with their wall time (ns), the node's counters before the
+    # run and on each diagnostics frame during it (stamp ns, counters).
+    usage_timed: tuple[tuple[int, float, int], ...] = ()
+    counters_before: dict[str, int] | None = None
+    counters_timeline: tuple[tuple[int, dict[str, int]], ...] = ()
 
     def accounting(self) -> SweepAccounting:
         answered = ((a.stamp_ns, a.degraded) for a in self.answers)
@@ -100,6 +106,21 @@ class _Run:
             return 0.0
         window_s = (max(received) - self.sent_stamps[0]) / 1e9
         return len(received) / window_s if window_s > 0 else 0.0
+
+    def soak(self, window_s: float) -> Soak:
+        """The run over time (app.bench.soak), times from its first send."""
+        frames, dropped = self.frames()
+        t0 = self.sent_stamps[0]
+        after = (self.diagnostics or {}).get("counters")
+        return soak_summary(
+            frames,
+            dropped,
+            [((ns - t0) / 1e9, cpu, rss) for ns, cpu, rss in self.usage_timed],
+            [((ns - t0) / 1e9, c) for ns, c in self.counters_timeline],
+            counters_before=self.counters_before,
+            counters_after=after if isinstance(after, dict) else None,
+            window_s=window_s,
+        )
 
     def frames(self) -> tuple[tuple[Frame, ...], tuple[float, ...]]:
         """The answered sweeps as Frames (in send order) and the send times of the dropped
@@ -254,8 +275,14 @@ class _Player:
             usage = sampler.stop()
         self._drain(set(stamps), start_answers)
         after = self.collector.diagnostics_after(time.time_ns(), 2.5, self.stop)
-        skipped = _skipped(self._diagnostics, after)
+        before = self._diagnostics
+        skipped = _skipped(before, after)
         self._diagnostics = after or self._diagnostics
+        timeline: tuple[tuple[int, dict[str, int]], ...] = ()
+        if stamps and after is not None:
+            end_ns = int(after["header"]["stamp_ns"])
+            timeline = tuple(self.collector.counters_between(stamps[0], end_ns))
+        counters = (before or {}).get("counters")
         return _Run(
             rate_hz=rate_hz,
             sent_stamps=tuple(stamps),
@@ -264,6 +291,9 @@ class _Player:
             skipped_bundles=skipped,
             usage=tuple(usage),
             diagnostics=after,
+            usage_timed=tuple(sampler.timed()),
+            counters_before=dict(counters) if isinstance(counters, dict) else None,
+            counters_timeline=timeline,
         )
 
     def search_max_rate(
@@ -325,6 +355,7 @@ def _result(
         host_load_1m=None
         if load_before is None or load_after is None
         else (load_before, load_after),
+        soak=run.soak(settings.window_s),
     )
 
 

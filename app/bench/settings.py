@@ -46,7 +46,8 @@ class BenchSettings:
     `find_max_rate`, the start of the search and the length of the final run). `backend` and
     `device` set the node config's `engines` (None: as the config has them). `drain_s`: how
     long answers are awaited after the last send; `warmup_sweeps` are sent one at a time before
-    measuring; `sample_period_s`: CPU/memory sampling period of the node process."""
+    measuring; `sample_period_s`: CPU/memory sampling period of the node process; `window_s`:
+    the length of the windows the run is reported in over time (app.bench.soak)."""
 
     rate_hz: float = 10.0
     duration_s: float = 30.0
@@ -56,6 +57,7 @@ class BenchSettings:
     drain_s: float = 3.0
     warmup_sweeps: int = 3
     sample_period_s: float = 0.5
+    window_s: float = 60.0
     ready_timeout_s: float = 120.0
     connect_timeout_s: float = 60.0
 
@@ -66,6 +68,8 @@ def check_settings(settings: BenchSettings) -> None:
         raise PerceptionError(f"--rate must be a number > 0, got {settings.rate_hz}")
     if not (math.isfinite(settings.duration_s) and settings.duration_s > 0):
         raise PerceptionError(f"--duration must be a number > 0, got {settings.duration_s}")
+    if not (math.isfinite(settings.window_s) and settings.window_s > 0):
+        raise PerceptionError(f"--window must be a number > 0, got {settings.window_s}")
     if settings.backend is not None and settings.backend not in BACKENDS:
         raise PerceptionError(f"--backend must be one of {', '.join(BACKENDS)}")
     if settings.device is not None and settings.device not in DEVICES:

@@ -92,6 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         find_max_rate=args.find_max_rate,
+        window_s=args.window,
     )
     check_settings(settings)
     out = check_output_dir(Path(args.out).expanduser(), "--out", create=False)

@@ -97,7 +97,9 @@ class NodeCounters:
     or an output with a newer stamp was already produced), `step_errors` bundles the pipeline
     failed on, `published` the DetectionLists produced, `publish_errors` outputs that could not
     be encoded or sent (dropped). Overruns: frames over any budget, the current and longest run
-    of consecutive ones, and per stage in `overruns_by_stage` Live only: the
+    of consecutive ones, and per stage in `overruns_by_stage`. `sync_errors` counts the decoded
+    messages the synchroniser (or the clock monitor) raised on: a bug there that costs the
+    message, not the node. Live only: the
     node adds `loop_errors` (exceptions its threads caught and survived), `receiver_restarts`
     (receivers its watchdog replaced), and from its sockets (perception.io.curve)
     `rejected_publishers`, CURVE handshakes refused with the sensors' publishers (a wrong or
@@ -109,6 +111,7 @@ class NodeCounters:
     decode_errors: int = 0
     receive_refused: int = 0
     input_disconnects: int = 0
+    sync_errors: int = 0
     clock_jumps: int = 0
     loop_errors: int = 0
     receiver_restarts: int = 0
@@ -223,8 +226,13 @@ class NodeCore:
         with self._lock:
             self.counters.received += 1
             ready = self._poll_locked(receive_ns - 1)
-            self._observe_clock(topic, msg, receive_ns)
-            result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
+            try:
+                self._observe_clock(topic, msg, receive_ns)
+                result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
+            except Exception as e:  # a bug below must cost one message, not the node
+                self.counters.sync_errors += 1
+                self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {_what(e)}")
+                return ready + self._poll_locked(receive_ns)
             if result.filed in _REFUSED:
                 self._bad.warning(f"{result.filed.value}:{topic}", f"dropped: {result.reason}")
             return ready + self._poll_locked(receive_ns)
@@ -235,6 +243,10 @@ class NodeCore:
             return
         # A sweep leaves the sensor once complete: its last point bounds the transport delay.
         stamp_ns = sweep_end_ns(msg) if isinstance(msg, LidarSweep) else header.stamp_ns
+        if stamp_ns > INT64_MAX:
+            # Offsets that run the sweep's end past int64 are no time: such a stamp would
+            # leave the clock state (and every Diagnostics after it) out of the wire's range.
+            return
         if self.clocks.observe(topic, stamp_ns, receive_ns):
             self.counters.clock_jumps += 1
             self._bad.warning(f"clock:{topic}", f"{topic}: sensor clock jump detected")
@@ -409,3 +421,13 @@ class NodeCore:
                 notes=self.pipeline.notes,
                 realtime=self.realtime,
             )
+
+
+def _what(e: Exception) -> str:
+    """An exception in a line, even one whose text cannot be made (it may hold the hostile
+    value that caused it, nested past the recursion limit)."""
+    try:
+        text = str(e)
+    except Exception:
+        text = "(no description)"
+    return f"{type(e).__name__}: {text[:300]}"

@@ -41,6 +41,7 @@ TOP_FIELDS = {
     "frames",
     "dropped_sent_s",
     "host_load_1m",
+    "soak",
 }
 
 
@@ -153,6 +154,27 @@ def test_bench_on_the_synthetic_drive(synth_cwd: Path) -> None:
     assert doc["node_config"]["camera_model"]["path"].endswith("synth_detector.onnx")
     assert doc["max_rate"] is None
     assert all(90e6 < f["sweep_span_ns"] <= 100e6 for f in doc["frames"])  # sent when complete
+
+
+def test_bench_reports_the_run_over_time(synth_cwd: Path) -> None:
+    done = _bench(synth_cwd, "--rate", "5", "--duration", "6", "--window", "2", "--out", "soak")
+    assert done.returncode == 0, done.stderr + done.stdout
+    doc = _check_outputs(synth_cwd / "soak", done.stdout, 5.0, 6.0)
+    soak, sweeps = doc["soak"], doc["sweeps"]
+    windows = soak["windows"]
+    assert soak["window_s"] == 2.0 and [w["start_s"] for w in windows] == [0.0, 2.0, 4.0]
+    assert [sum(w[k] for w in windows) for k in ("sent", "received", "dropped")] == [
+        sweeps["sent"],
+        sweeps["received"],
+        sweeps["dropped"],
+    ]
+    assert all(w["rss_mb"] > 50 and w["errors"] == 0 for w in windows)
+    assert soak["errors"] == 0 and soak["errors_by_counter"] == {}
+    # Six seconds are no soak: no RSS after the first minute, so no verdict.
+    assert soak["rss"] is None and soak["passed"] is None
+    assert len(soak["rss_series"]) >= 8
+    md = (synth_cwd / "soak" / "bench.md").read_text()
+    assert "| soak | no verdict: " in md and "Over time (2 s windows of send time" in md
 
 
 def test_bench_on_kitti_object_frames(tmp_path: Path, kitti_dir: Path, yolox_path: Path) -> None:

@@ -131,7 +131,8 @@ def test_huge_point_offsets_in_process_cannot_overflow_the_output(
 ) -> None:
     # Finding 2: per-point offsets near 2^63 ns (from a source no decoder bounds) made the lidar
     # clock's offset estimate absurd, the latency overflow int64 and the DetectionList
-    # unencodable. Derived times are now saturated.
+    # unencodable. A sweep end past int64 is not given to the clock monitor, and derived times
+    # are saturated: every output and every Diagnostics encodes, with plausible latencies.
     core = NodeCore(NodeConfig(), pipeline)
     outputs = []
     jumps: set[int | None] = set()
@@ -155,8 +156,8 @@ def test_huge_point_offsets_in_process_cannot_overflow_the_output(
         wire.encode(diagnostics)
         jumps.update(c.last_jump_stamp_ns for c in diagnostics.clocks if c.stream == "lidar/top")
     assert len(outputs) == 2 * CLOCK_MIN_SWEEPS
-    assert max(out.latency_ns for out in outputs) == INT64_MAX  # saturated, not overflowed
-    assert INT64_MAX in jumps  # a jump to a poisoned sweep's end stamp, saturated
+    assert max(out.latency_ns for out in outputs) < 10**9  # the poisoned ends never counted
+    assert INT64_MAX not in jumps
 
 
 def test_clock_estimates_stay_within_int64() -> None:
