@@ -13,6 +13,11 @@ sockets, the threads, the real-time settings and the measured queue and publish 
 exception escapes a thread: per-message problems are counted by the core; a receiver that
 cannot open its sockets stops the node with that error.
 
+Receive times are host wall time as of the node's start, advanced by the monotonic clock
+(`receive_clock_ns`): taken the moment `recv` returns, before decoding, they never step when the
+wall clock is stepped (NTP), so a bundle's timeout is never stretched by a step back, and the
+sensor clock estimates see a host clock step as the jump it is for them.
+
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
 """
@@ -38,12 +43,25 @@ log = logging.getLogger("perception.node")
 _DIAGNOSTICS_PERIOD_NS = 1_000_000_000
 
 
+class _ReceiveClock:
+    """Host wall time at construction, advanced by the monotonic clock (see the module
+    docstring)."""
+
+    def __init__(self) -> None:
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def __call__(self) -> int:
+        return time.monotonic_ns() + self._offset_ns
+
+
 class Node:
     """`perception run`: sockets and threads around a `NodeCore`."""
 
     def __init__(self, config: NodeConfig, pipeline: Pipeline, default_rig: Rig | None = None):
         self.config = config
         self.core = NodeCore(config, pipeline, default_rig)
+        #: The receive clock the core is given (ns).
+        self.receive_clock_ns = _ReceiveClock()
         self.ready = threading.Event()
         self._cond = threading.Condition()
         self._receiver_error: BaseException | None = None
@@ -101,10 +119,10 @@ class Node:
             while not stop.is_set():
                 frames = subscriber.recv(timeout_ms=RECEIVE_POLL_NS // 1_000_000)
                 if frames is not None:
-                    bundles = self.core.on_frames(frames, time.time_ns())
+                    bundles = self.core.on_frames(frames, self.receive_clock_ns())
                 else:
                     # No message: a bundle may be due at its timeout.
-                    bundles = self.core.poll(time.time_ns())
+                    bundles = self.core.poll(self.receive_clock_ns())
                 if bundles:
                     ready_mono_ns = time.monotonic_ns()
                     with self._cond:
@@ -121,7 +139,7 @@ class Node:
                     self._cond.wait(timeout=0.02)
                 ready, self._ready = self._ready, []
             if time.monotonic_ns() >= next_diagnostics_ns:
-                publisher.send(self.core.diagnostics(time.time_ns()))
+                publisher.send(self.core.diagnostics(self.receive_clock_ns()))
                 next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
             if not ready:
                 continue
