@@ -20,15 +20,25 @@ Each message is judged against that estimate (`ClockEstimator.add` returns a `Ve
   five seconds behind is an outlier, and must neither be published nor move the estimate.
 - A clock jump (a PTP resync, a sensor restart, a player looping) is a *persistent* new offset:
   `confirm` consecutive messages outside the bounds, or late by more than the threshold, whose
-  d agree within `jump_threshold_ns`, spanning at least `confirm_ns` of receive time. The last
-  of them is JUMPED (ADOPTED for a stream never estimated: a sensor clock far off the host
-  clock from the start) and the estimate restarts from them.
+  d agree within `jump_threshold_ns`, spanning at least `confirm_ns` of receive time (for a
+  late run, starting where the stamps stepped; see below). The last of them is JUMPED (ADOPTED
+  for a stream never estimated: a sensor clock far off the host clock from the start) and the
+  estimate restarts from them.
 
 Why the span and the agreement: a receiver that stalls (a slow message, a busy machine) delivers
 a backlog of messages late and then at once. Their d are large, but fall by about one period
 per message while the backlog drains, and arrive within a short receive time: neither agrees
 nor spans, so a stall never reads as a jump (it used to: every late burst restarted the
 estimate, and the next normal message looked like a jump back).
+
+Why the stamps must step: a receiver slowed for longer (a loaded machine) delivers messages
+late by a steady amount, which agrees and spans; but their stamps keep their usual interval (a
+multiple of it after lost messages), while a clock that steps back advances its stamps less by
+the step. So a late run confirms a jump only if it started where the interval of the stamps
+was off; one that did not is a delay: delivered when within `max_delay_ns` (a longer transport
+delay is no clock change: the latency measured from the stamp should include it, so the
+envelope is not raised for it), and taken for a new offset only after `_STEADY_CONFIRM_NS` when
+beyond it (a sensor back from an outage with a new clock may keep the phase of its stamps).
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ from perception.msgs.types import SensorClock
 __all__ = ["ClockEstimator", "ClockMonitor", "Verdict"]
 
 MS = 1_000_000
+# A run of rejected late messages whose stamps did not step confirms a new offset only after
+# this much receive time: a sustained overload delays messages steadily, and is no clock jump.
+_STEADY_CONFIRM_NS = 2_000 * MS
 
 
 class Verdict(enum.Enum):
@@ -87,6 +100,11 @@ class ClockEstimator:
         # Messages that may start a new offset: (stamp, receive, d), consecutive, agreeing.
         self._candidates: deque[tuple[int, int, int]] = deque(maxlen=window)
         self._fit: tuple[int, float, float] | None = None  # (t_ref, intercept ns, slope)
+        # The last stamp not rejected, and the recent intervals between such stamps.
+        self._prev_stamp_ns: int | None = None
+        self._intervals: deque[int] = deque(maxlen=9)
+        # Whether the current run of candidates started where the stamps stepped.
+        self._run_stepped = True
         self._total = 0
         self.jumps = 0
         self.rejected = 0
@@ -112,6 +130,29 @@ class ClockEstimator:
     def add(self, stamp_ns: int, receive_ns: int) -> Verdict:
         """Judge one (sensor stamp, host receive) pair and learn from it (see the module
         docstring); a REJECTED pair leaves the estimate as it was."""
+        verdict = self._judge(stamp_ns, receive_ns)
+        if verdict is not Verdict.REJECTED:
+            prev = self._prev_stamp_ns
+            if verdict is Verdict.ACCEPTED and prev is not None and stamp_ns > prev:
+                self._intervals.append(stamp_ns - prev)
+            self._prev_stamp_ns = stamp_ns
+        return verdict
+
+    def _steps(self, stamp_ns: int) -> bool:
+        """Whether the stamps stepped here: their interval from the previous message is not
+        near a multiple of the stream's usual interval (a clock that steps back by s advances
+        s less; a message merely delivered late keeps its usual interval, one after lost
+        messages a multiple of it). True when there is no usual interval yet."""
+        if self._prev_stamp_ns is None or len(self._intervals) < 3:
+            return True
+        interval = stamp_ns - self._prev_stamp_ns
+        if interval <= 0:
+            return True
+        usual = statistics.median(self._intervals)
+        periods = max(1, round(interval / usual))
+        return abs(interval - periods * usual) > self.jump_threshold_ns
+
+    def _judge(self, stamp_ns: int, receive_ns: int) -> Verdict:
         d = receive_ns - stamp_ns
         expected = self.predict(stamp_ns)
         if expected is None:
@@ -119,10 +160,7 @@ class ClockEstimator:
             if abs(d) <= self.max_offset_ns:
                 self._take(stamp_ns, d)
                 return Verdict.ACCEPTED
-            if self._confirms(stamp_ns, receive_ns, d):
-                return self._restart(stamp_ns, had_estimate=False)
-            self.rejected += 1
-            return Verdict.REJECTED
+            return self._candidate(stamp_ns, receive_ns, d, accept=False, stepped=True)
         r = d - expected
         if len(self._samples) < self.warmup:
             # A young envelope may be too high (its first messages were delayed): a stamp
@@ -130,20 +168,41 @@ class ClockEstimator:
             lo, hi = -self.max_offset_ns, self.max_offset_ns
         else:
             lo, hi = -self.jump_threshold_ns, self.max_delay_ns
-        if lo <= r <= hi:
-            if r <= self.jump_threshold_ns:
-                self._candidates.clear()
-                self._take(stamp_ns, d)
-                return Verdict.ACCEPTED
-            # Late by more than the threshold: a delay, or the start of a backward step. It
-            # says nothing about the envelope, so it is not taken into the window (a stall
-            # would otherwise raise a young envelope, and normal messages would then look
-            # like a jump ahead).
-            if self._confirms(stamp_ns, receive_ns, d):
-                return self._restart(stamp_ns, had_estimate=True)
+        if r < lo:
+            # Ahead: no delay does that, only a clock that changed.
+            return self._candidate(stamp_ns, receive_ns, d, accept=False, stepped=True)
+        if r <= self.jump_threshold_ns:
+            self._candidates.clear()
+            self._take(stamp_ns, d)
             return Verdict.ACCEPTED
-        if self._confirms(stamp_ns, receive_ns, d):
-            return self._restart(stamp_ns, had_estimate=True)
+        # Late by more than the threshold: a delay, or a clock that stepped back. It says
+        # nothing about the envelope, so it is not taken into the window (a stall would
+        # otherwise raise a young envelope, and normal messages would then look like a jump
+        # ahead). Within the delay allowed it is delivered.
+        return self._candidate(stamp_ns, receive_ns, d, accept=r <= hi, stepped=None)
+
+    def _candidate(
+        self, stamp_ns: int, receive_ns: int, d: int, *, accept: bool, stepped: bool | None
+    ) -> Verdict:
+        """A message off the estimate: a candidate for a new offset. A run of them that agree
+        on one offset (within the threshold) confirms it once `confirm` of them span
+        `confirm_ns` of receive time, if it started where the stamps stepped (`stepped`, or
+        None: look at the stamp interval); a late run that started where they did not is a
+        delay: delivered (`accept`) it never confirms, rejected only after `_STEADY_CONFIRM_NS`
+        (a receiver slowed by load delivers late messages with their usual intervals, but a
+        sensor back from an outage may have a new clock on its old phase)."""
+        c = self._candidates
+        if not (c and all(abs(d - x[2]) <= self.jump_threshold_ns for x in c)):
+            c.clear()
+            self._run_stepped = self._steps(stamp_ns) if stepped is None else stepped
+            if accept and not self._run_stepped:
+                return Verdict.ACCEPTED
+        c.append((stamp_ns, receive_ns, d))
+        span_ns = self.confirm_ns if self._run_stepped else max(self.confirm_ns, _STEADY_CONFIRM_NS)
+        if len(c) >= self.confirm and c[-1][1] - c[0][1] >= span_ns:
+            return self._restart(stamp_ns, had_estimate=self._fit is not None)
+        if accept:
+            return Verdict.ACCEPTED
         self.rejected += 1
         return Verdict.REJECTED
 
@@ -152,16 +211,6 @@ class ClockEstimator:
         self._total += 1
         if refit:
             self._refit()
-
-    def _confirms(self, stamp_ns: int, receive_ns: int, d: int) -> bool:
-        """Files a candidate for a new offset; True when the candidates confirm it."""
-        c = self._candidates
-        c.append((stamp_ns, receive_ns, d))
-        # Keep the longest recent run that agrees on one offset: an outlier among them (or
-        # a backlog, whose d fall while it drains) restarts the run.
-        while max(x[2] for x in c) - min(x[2] for x in c) > self.jump_threshold_ns:
-            c.popleft()
-        return len(c) >= self.confirm and c[-1][1] - c[0][1] >= self.confirm_ns
 
     def _restart(self, stamp_ns: int, *, had_estimate: bool) -> Verdict:
         """The estimate restarts from the candidates that confirmed the new offset."""

@@ -138,6 +138,47 @@ def test_a_slow_drain_is_not_a_jump() -> None:
     assert set(verdicts) == {A} and est.state().jumps == 0
 
 
+def test_a_steadily_slow_receiver_is_not_a_jump() -> None:
+    """A loaded machine delivers every message 120 ms late for 3 s: the delays agree and span
+    more than the confirmation, but the stamps keep their 100 ms interval (or a multiple, after
+    a message lost), so it is a delay (included in the latency), not a clock that stepped
+    back."""
+    est = ClockEstimator()
+    _feed(est, 100, offset=0, drift_ppm=0.0, seed=11)
+    # Just after an outlier (rejected): the interval to the next message is two periods.
+    assert est.add(10 * S - PERIOD + 3600 * S, 10 * S - PERIOD) is R
+    verdicts = [est.add(10 * S + k * PERIOD, 10 * S + k * PERIOD + 120 * MS) for k in range(30)]
+    verdicts += _feed(est, 20, offset=0, drift_ppm=0.0, seed=12, t0=13 * S)
+    assert set(verdicts) == {A} and est.state().jumps == 0
+    assert est.predict(15 * S) == pytest.approx(0, abs=3 * MS)
+
+
+@pytest.mark.parametrize("phase", [100 * MS, 0])
+def test_a_sensor_back_from_an_outage_with_a_new_clock(phase: int) -> None:
+    """A 4 Hz sensor silent 10 s, then stamping 3 s behind: its messages are rejected as stale
+    until the new offset is confirmed: at once where the phase of its stamps moved, after 2 s
+    where it kept it (a late run on the old phase looks like a steadily slow receiver)."""
+    est = ClockEstimator()
+    period = 250 * MS
+    for k in range(50):
+        assert est.add(k * period, k * period + 2 * MS) is A
+    t = 22_500 * MS + phase
+    verdicts = [est.add(t + k * period - 3 * S, t + k * period + 2 * MS) for k in range(20)]
+    confirmed = verdicts.index(J)
+    assert set(verdicts[:confirmed]) == {R} and set(verdicts[confirmed + 1 :]) == {A}
+    assert confirmed == (2 if phase else 8)
+
+
+def test_a_sustained_overload_beyond_the_delay_allowed() -> None:
+    """Every message 1.5 s late for 4 s, stamps regular: stale, rejected; only after 2 s of it
+    is the offset taken as changed (a jump), and messages are delivered again."""
+    est = ClockEstimator()
+    _feed(est, 50, offset=0, drift_ppm=0.0, seed=14)
+    t = 5 * S
+    verdicts = [est.add(t + k * PERIOD, t + k * PERIOD + 1_500 * MS) for k in range(40)]
+    assert verdicts[:20] == [R] * 20 and verdicts[20] is J and set(verdicts[21:]) == {A}
+
+
 def test_stamps_ahead_are_rejected_beyond_the_threshold_only_after_warmup() -> None:
     est = ClockEstimator(warmup=16)
     # A young estimate may be too high (its first messages were delayed): a stamp 500 ms ahead
