@@ -16,7 +16,9 @@ cannot open its sockets stops the node with that error.
 Receive times are host wall time as of the node's start, advanced by the monotonic clock
 (`receive_clock_ns`): taken the moment `recv` returns, before decoding, they never step when the
 wall clock is stepped (NTP), so a bundle's timeout is never stretched by a step back, and the
-sensor clock estimates see a host clock step as the jump it is for them.
+sensor clock estimates see a host clock step as the jump it is for them. The receiver tells the
+core whether it is caught up (no message waiting, and no stall just before): while it drains a
+backlog, a sensor whose messages are in it is not taken for dead.
 
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
@@ -41,6 +43,11 @@ __all__ = ["Node"]
 log = logging.getLogger("perception.node")
 
 _DIAGNOSTICS_PERIOD_NS = 1_000_000_000
+# A receiver turn this much longer than a poll is a stall (a slow message, a stopped process);
+# for a while after one, ZeroMQ may not yet have moved into the sockets what the transport
+# still holds, so empty sockets do not yet mean that nothing is waiting.
+_STALL_NS = 6 * RECEIVE_POLL_NS
+_SETTLE_NS = 5 * RECEIVE_POLL_NS
 
 
 class _ReceiveClock:
@@ -115,14 +122,21 @@ class Node:
             ready.set()
             return
         ready.set()
+        turn_ns = settle_ns = self.receive_clock_ns()
         with subscriber:
             while not stop.is_set():
                 frames = subscriber.recv(timeout_ms=RECEIVE_POLL_NS // 1_000_000)
+                now_ns = self.receive_clock_ns()
+                if now_ns - turn_ns > _STALL_NS:
+                    settle_ns = now_ns + _SETTLE_NS
+                turn_ns = now_ns
+                # While a backlog drains (after a stall), silence is not yet death.
+                caught_up = now_ns >= settle_ns and not subscriber.pending()
                 if frames is not None:
-                    bundles = self.core.on_frames(frames, self.receive_clock_ns())
+                    bundles = self.core.on_frames(frames, now_ns, caught_up=caught_up)
                 else:
                     # No message: a bundle may be due at its timeout.
-                    bundles = self.core.poll(self.receive_clock_ns())
+                    bundles = self.core.poll(now_ns, caught_up=caught_up)
                 if bundles:
                     ready_mono_ns = time.monotonic_ns()
                     with self._cond:

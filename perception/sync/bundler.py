@@ -155,6 +155,8 @@ class Bundler:
         self._ego = EgoPoseBuffer(capacity=queue_size * 5)
         # (stamp_ns, rig) in stamp order; a rig holds from its stamp until the next one.
         self._rigs: list[tuple[int, Rig]] = [] if default_rig is None else [(-1, default_rig)]
+        # The rig received last (the sender's current calibration, whatever its stamp).
+        self._last_rig = default_rig
         # The latest receive time seen: `flush` ends the input there.
         self._last_receive_ns = -(2**63)
 
@@ -247,6 +249,7 @@ class Bundler:
             self.stats.bad_rigs += 1
             return AddResult(Filed.BAD_RIG, str(e))
         stamp_ns = msg.header.stamp_ns
+        self._last_rig = rig
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)
         if i > 0 and keys[i - 1] == stamp_ns:
@@ -261,15 +264,16 @@ class Bundler:
         """`msg`'s stream had a confirmed clock jump (perception.sync.clock), and `msg` is the
         first message on its new timeline: forget what the old one placed. A sweep drops the
         pending sweeps (and the emitted stamps: new ones may repeat them) and re-anchors the
-        rigs (the newest holds from the beginning: a rig stamped on the old timeline must not
-        leave the new sweeps without one); a camera frame drops that camera's buffered frames;
-        a fix drops the fixes and ego poses. Returns the messages dropped (counted)."""
+        rigs (the one received last holds from the beginning: a rig stamped on the old
+        timeline must not leave the new sweeps without one); a camera frame drops that camera's
+        buffered frames; a fix drops the fixes and ego poses. Returns the messages dropped
+        (counted)."""
         stats = self.stats
         if isinstance(msg, LidarSweep):
             dropped = self._policy.reset_sweeps()
             stats.dropped_sweeps_clock_reset += dropped
-            if self._rigs:
-                self._rigs = [(-1, max(self._rigs, key=lambda r: r[0])[1])]
+            if self._last_rig is not None:
+                self._rigs = [(-1, self._last_rig)]
         elif isinstance(msg, CameraFrame):
             dropped = self._policy.reset_camera(msg.header.stream)
             stats.dropped_cameras_clock_reset += dropped

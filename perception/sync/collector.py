@@ -17,6 +17,8 @@ publishes an incomplete set.
 A camera that is dead (perception.sync.liveness: silent for its configured periods) is not
 waited for: a set whose only missing cameras are dead goes out at once, degraded, so a dead
 camera does not make every output wait `timeout_ns`; when it sends again, full sets resume.
+While the receiver drains a backlog (the liveness tracker knows how far it has caught up),
+neither a timeout nor a death releases a set: its frames may be in that backlog.
 Queues are bounded in bytes as well (`queue_bytes` per stream: the frames of one camera, the
 pending sweeps), the oldest dropped first and the newest always kept.
 
@@ -235,9 +237,11 @@ class CollectorPolicy:
         out: list[MatchedSet] = []
         keep: list[_Pending] = []
         live = self.liveness
+        # A receiver draining a backlog may still hold the frames a set waits for.
+        horizon_ns = now_ns if live is None else live.horizon_ns(now_ns)
         for pending in self._pending:
             stamp = pending.sweep.header.stamp_ns
-            due = now_ns >= pending.deadline_ns
+            due = horizon_ns >= pending.deadline_ns
             choice: dict[str, int] = {}
             for stream in self._camera_streams:
                 index = self._match(stream, stamp)

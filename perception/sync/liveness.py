@@ -9,6 +9,9 @@ message of any stream. It is alive again with its next message (an outage, count
 
 Everything is a function of the receive times given to `seen` and the `now_ns` asked about, never
 of a clock read here, so offline replay (recorded receive times) gets the live node's answers.
+A receiver that stalled (a slow message, a stopped process) and then drains a backlog must not
+take the sensors whose messages wait in that backlog for dead: once `caught_up` is used, silence
+is judged only up to the latest time the receiver was caught up (had nothing waiting).
 The collector (perception.sync.collector) stops waiting for a dead camera: bundles go out at once
 without it, degraded; `death_ns` tells the policies when a waiting set would be released, so the
 receive side can poll at that moment (live: every poll; replay: NodeCore.idle_polls).
@@ -59,6 +62,8 @@ class Liveness:
         self.rates_hz = dict(rates_hz)
         self._streams = {s: _Stream(round(1e9 / r)) for s, r in rates_hz.items()}
         self._start_ns: int | None = None
+        # The latest time the receiver had no message waiting (None: not tracked, `now`).
+        self._caught_up_ns: int | None = None
 
     @classmethod
     def for_streams(
@@ -104,10 +109,20 @@ class Liveness:
         since = s.last_ns if s.last_ns is not None else self._start_ns
         return since + self._dead_after_ns(s)
 
+    def caught_up(self, now_ns: int) -> None:
+        """The receiver had no message waiting at `now_ns`: silence up to then is real."""
+        if self._caught_up_ns is None or now_ns > self._caught_up_ns:
+            self._caught_up_ns = now_ns
+
+    def horizon_ns(self, now_ns: int) -> int:
+        """How far silence is known at `now_ns`: up to the latest time the receiver was caught
+        up (`now_ns` when that is not tracked). Timeouts too are judged against it."""
+        return now_ns if self._caught_up_ns is None else min(now_ns, self._caught_up_ns)
+
     def dead(self, stream: str, now_ns: int) -> bool:
-        """Whether `stream` is dead at `now_ns`."""
+        """Whether `stream` is dead at `now_ns` (as far as the receiver has caught up)."""
         death = self.death_ns(stream)
-        return death is not None and now_ns >= death
+        return death is not None and self.horizon_ns(now_ns) >= death
 
     def rate_hz(self, stream: str, now_ns: int) -> float:
         """Messages per second over the stream's recent receive times (0 when dead or fewer

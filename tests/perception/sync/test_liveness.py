@@ -307,7 +307,7 @@ def test_a_lidar_clock_jump_forgets_the_old_timeline() -> None:
     assert sync.add(jumped, receive_ns=6 * PERIOD).filed is Filed.ACCEPTED
     assert sync.add(_cam(0), receive_ns=6 * PERIOD).filed is Filed.ACCEPTED
     (bundle,) = sync.poll(6 * PERIOD)
-    # The newest rig holds from the beginning: sweep 0 of the new timeline has one.
+    # The rig received last holds from the beginning: sweep 0 of the new timeline has one.
     assert bundle.lidar is jumped and bundle.missing == ()
     assert sync.next_deadline_ns() is None
 
