@@ -345,3 +345,33 @@ def test_approximate_time_resets_on_a_clock_jump() -> None:
         got += sync.poll(k * PERIOD)
     assert len(expected) == 3
     assert [b.lidar.header.stamp_ns for b in got] == [s[0] for s in expected]
+
+
+def test_while_the_receiver_drains_a_backlog_no_set_times_out_or_loses_a_camera() -> None:
+    """The receiver stalled 0.7 s (caught up last at 0.2 s) and drains: the sweep received
+    first after the stall is not released without its camera (dead by the clock, timed out
+    by the clock, but its frame may be in the backlog); its frame arrives next."""
+    live = _liveness(("camera/front",))
+    sync = _collector(("camera/front",), liveness=live)
+    for k in range(3):
+        t = k * PERIOD
+        live.caught_up(t)
+        sync.add(_cam(t), receive_ns=t)
+        sync.add(_sweep(t), receive_ns=t)
+        assert len(sync.poll(t)) == 1
+    sync.add(_sweep(300 * MS), receive_ns=300 * MS)  # then the receiver stalls
+    assert sync.poll(300 * MS) == []
+    # Drained at 1.0 s, not caught up: neither the camera's death (0.5 s) nor the timeout
+    # (0.6 s) counts yet.
+    sync.add(_sweep(400 * MS), receive_ns=1_000 * MS)
+    assert sync.poll(1_000 * MS) == []
+    sync.add(_cam(300 * MS), receive_ns=1_001 * MS)
+    (bundle,) = sync.poll(1_001 * MS)
+    assert bundle.lidar.header.stamp_ns == 300 * MS and bundle.missing == ()
+    # Sweep 0.4 s waits for its frame as any other: the camera is alive, and its timeout is
+    # 0.3 s after the sweep arrived, whenever that was.
+    live.caught_up(1_299 * MS)
+    assert sync.poll(1_299 * MS) == []
+    live.caught_up(1_300 * MS)
+    (bundle,) = sync.poll(1_300 * MS)
+    assert bundle.lidar.header.stamp_ns == 400 * MS and bundle.missing == ("camera/front",)
