@@ -114,9 +114,7 @@ def test_a_dead_camera_is_not_waited_for(
     # While dead: from 1 s after the kill (dead 3 periods after its last frame; by then the
     # node has finished the full bundles it was busy with) to its return, each output is the
     # lidar alone, degraded, and goes out at once.
-    dead = [
-        (t, dl) for t, dl in outputs.detections if killed_ns + S < dl.header.stamp_ns < back_ns
-    ]
+    dead = [(t, dl) for t, dl in outputs.detections if killed_ns + S < dl.header.stamp_ns < back_ns]
     assert len(dead) >= 80, len(dead)  # of 90 sweeps (some skipped while the node was busy)
     assert all(dl.degraded == ("camera/front",) for _, dl in dead)
     assert all(dl.timings_ns["sync_wait"] < 10 * MS for _, dl in dead)
