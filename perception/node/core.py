@@ -461,7 +461,7 @@ class NodeCore:
     def _log_liveness(self, sensors: Sequence[SensorStatus], status: str) -> None:
         dead = {s.stream for s in sensors if not s.alive}
         for stream in sorted(dead - self._dead):
-            log.warning("%s: no message for %d periods: dead (bundles go out without it)",
+            log.warning("%s: no message for %g periods: dead (bundles go out without it)",
                         stream, self.config.inputs.dead_after_periods)  # fmt: skip
         for stream in sorted(self._dead - dead):
             log.warning("%s: alive again", stream)
