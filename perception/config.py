@@ -18,6 +18,7 @@ from perception.msgs.schema import WireLimits
 __all__ = [
     "BudgetConfig",
     "CameraModelConfig",
+    "ClockConfig",
     "GroundConfig",
     "InputConfig",
     "LidarObjectConfig",
@@ -52,6 +53,18 @@ class InputConfig:
     """Topic of rig messages: a calibration in force from its stamp on."""
     high_water_mark: int = 10
     """Messages ZeroMQ queues per topic before it drops the newest."""
+    rates_hz: dict[str, float] = field(default_factory=dict)
+    """Nominal rate of each sensor topic (the lidar, camera and GNSS topics; one not listed has
+    `default_rate_hz`), for liveness: a sensor silent for `dead_after_periods` periods is
+    dead, and bundles go out without waiting for it (degraded, the stream listed as missing)
+    until it sends again. Diagnostics report each sensor alive or dead with its measured
+    rate."""
+    default_rate_hz: float = 10.0
+    """Nominal rate of a sensor topic not listed in `rates_hz`."""
+    dead_after_periods: float = 3.0
+    """A sensor silent this many periods is dead (its nominal period, or its measured one when
+    it runs slower, so a sensor slower than configured is not declared dead between messages);
+    one never heard from is dead this long after the node's first message."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,44 @@ class SyncConfig:
     """Per camera topic: when its frame is expected after the sweep stamp (default 0)."""
     camera_windows_ms: dict[str, float] = field(default_factory=dict)
     """Per camera topic: its matching window (default `window_ms`)."""
+    queue_bytes: int = 128 * 1024 * 1024
+    """Bytes buffered per stream (the camera frames of one camera; the pending sweeps), on top
+    of `queue_size`: beyond it the oldest are dropped and counted (`dropped_*_queue_full`); the
+    newest message is always kept. 128 MiB by default."""
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """Sensor stamps judged against the host receive clock (perception.sync.clock).
+
+    Each stream's clock offset (host receive time - stamp, its lower envelope) is estimated
+    online. Until a stream has an estimate from `warmup_messages` messages, a stamp further than
+    `max_offset_ms` from its expected time (the host receive time at first) is rejected; after
+    that, one more than `jump_threshold_ms` ahead of its expected time (a message cannot arrive
+    before it was sent) or more than `max_delay_ms` behind it. Rejected messages are dropped and
+    counted per stream. `jump_confirm` consecutive messages agreeing on one new offset (within
+    `jump_threshold_ms`) over at least `jump_confirm_ms` of receive time are a clock jump
+    (a PTP resync, a sensor restart): that stream's estimate, the synchroniser's state on its
+    old timeline and, for the lidar, the last published stamp are reset, so output resumes. A
+    single outlier is dropped without a reset; delays on the receiving side (a backlog
+    delivered at once) are not jumps.
+    """
+
+    max_offset_ms: float = 2000.0
+    """Before a stream's clock is estimated: the largest distance of a stamp from its expected
+    time (a sensor clock further off the host clock is adopted once confirmed as a jump is)."""
+    jump_threshold_ms: float = 50.0
+    """Once estimated: a stamp more than this ahead of its expected time is rejected; an offset
+    change larger than this, once confirmed, is a clock jump."""
+    max_delay_ms: float = 1000.0
+    """Once estimated: a message received more than this after its expected time is rejected
+    (its stamp is behind, or it is that stale)."""
+    jump_confirm: int = 3
+    """Consecutive messages agreeing on a new offset that confirm a clock jump."""
+    jump_confirm_ms: float = 150.0
+    """The receive time those messages must span (a backlog delivered at once is no jump)."""
+    warmup_messages: int = 16
+    """Messages of a stream before its estimate is used to judge its stamps."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +374,8 @@ class NodeConfig:
     """Where the engines run."""
     sync: SyncConfig = SyncConfig()
     """Time synchronisation."""
+    clocks: ClockConfig = ClockConfig()
+    """Sensor stamps against the host clock: implausible stamps, clock jumps."""
     budgets: BudgetConfig = BudgetConfig()
     """Latency budgets."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -405,11 +458,16 @@ def _build(cls: type[T], doc: dict[str, Any], prefix: str) -> T:
         raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
 
 
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
 def _validate(cfg: NodeConfig) -> None:
     checks = [
         (cfg.sync.window_ms > 0, "sync.window_ms", "must be > 0"),
         (cfg.sync.timeout_ms > 0, "sync.timeout_ms", "must be > 0"),
         (cfg.sync.queue_size > 0, "sync.queue_size", "must be > 0"),
+        (cfg.sync.queue_bytes > 0, "sync.queue_bytes", "must be > 0"),
         (
             cfg.sync.policy in ("collector", "approximate_time"),
             "sync.policy",
@@ -424,6 +482,19 @@ def _validate(cfg: NodeConfig) -> None:
         (len(cfg.inputs.endpoints) > 0, "inputs.endpoints", "needs at least one endpoint"),
         (len(cfg.inputs.camera_topics) > 0, "inputs.camera_topics", "needs at least one camera"),
         (cfg.inputs.high_water_mark > 0, "inputs.high_water_mark", "must be > 0"),
+        (_positive(cfg.inputs.default_rate_hz), "inputs.default_rate_hz", "must be > 0"),
+        (cfg.inputs.dead_after_periods >= 1, "inputs.dead_after_periods", "must be >= 1"),
+        (_positive(cfg.clocks.max_offset_ms), "clocks.max_offset_ms", "must be > 0"),
+        (_positive(cfg.clocks.jump_threshold_ms), "clocks.jump_threshold_ms", "must be > 0"),
+        (
+            _positive(cfg.clocks.max_delay_ms)
+            and cfg.clocks.max_delay_ms >= cfg.clocks.jump_threshold_ms,
+            "clocks.max_delay_ms",
+            "must be >= clocks.jump_threshold_ms",
+        ),
+        (cfg.clocks.jump_confirm >= 1, "clocks.jump_confirm", "must be >= 1"),
+        (cfg.clocks.jump_confirm_ms >= 0, "clocks.jump_confirm_ms", "must be >= 0"),
+        (cfg.clocks.warmup_messages >= 2, "clocks.warmup_messages", "must be >= 2"),
         (
             0.0 <= cfg.camera_model.score_threshold <= 1.0,
             "camera_model.score_threshold",
@@ -452,6 +523,14 @@ def _validate(cfg: NodeConfig) -> None:
     for ok, key, problem in checks:
         if not ok:
             raise ConfigError(f"{key}: {problem}")
+    sensors = (cfg.inputs.lidar_topic, *cfg.inputs.camera_topics, cfg.inputs.gnss_topic)
+    for topic, rate in cfg.inputs.rates_hz.items():
+        if topic not in sensors:
+            raise ConfigError(
+                f"inputs.rates_hz.{topic}: not a sensor topic (known: {', '.join(sensors)})"
+            )
+        if not _positive(rate):
+            raise ConfigError(f"inputs.rates_hz.{topic}: must be a finite rate > 0, got {rate}")
     for ep in (*cfg.inputs.endpoints, cfg.outputs.endpoint):
         if not ep.startswith(("ipc://", "tcp://", "inproc://")):
             raise ConfigError(f"endpoint {ep!r}: scheme must be ipc://, tcp:// or inproc://")

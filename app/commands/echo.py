@@ -64,7 +64,12 @@ def _summary(topic: str, msg: Message) -> list[str]:
         return lines
     if isinstance(msg, Diagnostics):
         notes = f" notes={list(msg.notes)}" if msg.notes else ""
-        return [f"{head} counters={msg.counters} sync={msg.sync}{notes}"]
+        sensors = " ".join(
+            f"{s.stream}={'alive' if s.alive else 'dead'}@{s.rate_hz:.1f}Hz" for s in msg.sensors
+        )
+        return [
+            f"{head} inputs={msg.status} {sensors} counters={msg.counters} sync={msg.sync}{notes}"
+        ]
     if isinstance(msg, LidarSweep):
         return [f"{head} points={msg.points.shape[0]}"]
     if isinstance(msg, CameraFrame):

@@ -373,6 +373,10 @@ class Subscriber(Closeable):
         """
         return self._topic_sockets[topic]
 
+    def pending(self) -> bool:
+        """Whether a message is waiting on any topic (the receiver has a backlog)."""
+        return any(int(s.getsockopt(zmq.EVENTS)) & zmq.POLLIN for s in self._sockets)
+
     def recv(self, timeout_ms: int) -> list[zmq.Frame] | None:
         """The frames (not copied) of the next message on any topic, or None after `timeout_ms`
         (0: do not wait; negative: wait forever).

@@ -41,6 +41,7 @@ from perception.msgs.types import (
     RealtimeStatus,
     RigMessage,
     SensorClock,
+    SensorStatus,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "SCHEMAS",
     "SCHEMA_VERSION",
     "SENSOR_CLOCK",
+    "SENSOR_STATUS",
     "WIRE_TYPES",
     "Field",
     "Kind",
@@ -540,6 +542,19 @@ SENSOR_CLOCK = Schema(SensorClock, (
     integer("jumps", "clock jumps seen", lo=0),
     integer("last_jump_stamp_ns", "sensor stamp of the last jump", unit="ns", lo=0,
             optional=True),
+    integer("rejected", "messages dropped for a stamp too far from the host receive clock",
+            lo=0),
+))  # fmt: skip
+
+SENSOR_STATUS = Schema(SensorStatus, (
+    text("stream", "sensor stream"),
+    boolean("alive", "heard from within dead_after_periods of its period"),
+    number("rate_hz", "rate measured from receive times (0 when dead)", unit="Hz", lo=0.0),
+    number("nominal_rate_hz", "nominal rate from the config", unit="Hz", lo=0.0),
+    integer("messages", "messages accepted", lo=0),
+    integer("outages", "times it came back after being dead", lo=0),
+    integer("last_receive_ns", "host receive time of its last message", unit="ns",
+            optional=True),
 ))  # fmt: skip
 
 REALTIME_STATUS = Schema(RealtimeStatus, (
@@ -565,6 +580,8 @@ DIAGNOSTICS = Schema(Diagnostics, (
     texts("engines", "what each engine runs on (backend, device, precision)"),
     texts("notes", "conditions a user must know about, such as a backend fallback"),
     nested("realtime", REALTIME_STATUS, "real-time settings in force", optional=True),
+    nested_tuple("sensors", SENSOR_STATUS, "each input sensor alive or dead, and its rate"),
+    text("status", "inputs overall: ok, degraded (some dead), stale (all dead), unknown"),
 ))  # fmt: skip
 
 #: The message types that travel on the wire, by the name documents carry in `type`.
@@ -575,7 +592,15 @@ WIRE_TYPES: Mapping[str, Schema] = {
 #: Every table (wire types and the messages nested in them), by dataclass.
 SCHEMAS: Mapping[type[Any], Schema] = {
     s.cls: s
-    for s in (*WIRE_TYPES.values(), HEADER, CAMERA_BOX, DETECTION, SENSOR_CLOCK, REALTIME_STATUS)
+    for s in (
+        *WIRE_TYPES.values(),
+        HEADER,
+        CAMERA_BOX,
+        DETECTION,
+        SENSOR_CLOCK,
+        SENSOR_STATUS,
+        REALTIME_STATUS,
+    )
 }
 
 

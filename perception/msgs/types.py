@@ -29,6 +29,7 @@ __all__ = [
     "RealtimeStatus",
     "RigMessage",
     "SensorClock",
+    "SensorStatus",
     "SyncedBundle",
     "sweep_end_ns",
 ]
@@ -158,8 +159,9 @@ class DetectionList:
 class SensorClock:
     """One sensor stream's clock against the host clock (perception.sync.clock): `offset_ns` =
     host - sensor at the newest stamp (None before an estimate), `drift_ppm` (host seconds gained
-    per sensor second, x 1e6), `samples` in the estimator's window, `jumps` seen and the stamp of
-    the last one."""
+    per sensor second, x 1e6), `samples` in the estimator's window, `jumps` seen (confirmed
+    persistent offset changes) and the stamp of the last one, `rejected`: messages dropped for a
+    stamp too far from the host receive clock."""
 
     stream: str
     offset_ns: int | None
@@ -167,6 +169,24 @@ class SensorClock:
     samples: int
     jumps: int
     last_jump_stamp_ns: int | None
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class SensorStatus:
+    """One input sensor's liveness (perception.sync.liveness), from the receive times of its
+    messages: `alive` (heard from within `dead_after_periods` of its period), `rate_hz` measured
+    over its recent messages (0 when dead), `nominal_rate_hz` from the config, `messages`
+    accepted, `outages` (times it came back after being dead) and `last_receive_ns` (host
+    receive time of its last message, None if never heard)."""
+
+    stream: str
+    alive: bool
+    rate_hz: float
+    nominal_rate_hz: float
+    messages: int = 0
+    outages: int = 0
+    last_receive_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +210,9 @@ class Diagnostics:
     - `overruns_by_stage`: budget overruns per stage (and `end_to_end`).
     - `sync`: the synchroniser's counters; `missing_by_stream` / `late_by_stream` per stream.
     - `clocks`: each sensor clock against the host clock.
+    - `sensors`: each input sensor alive or dead, its measured and nominal rate.
+    - `status`: the inputs overall: `ok` (every sensor alive), `degraded` (some dead) or
+      `stale` (every sensor dead, or none heard yet); `unknown` where not reported.
     - `budgets_ms`: the budgets in force, per stage and `end_to_end` (milliseconds).
     - `last_publish_ns`, `last_latency_ns`: the last DetectionList's publish time and latency.
     - `engines`: what each engine actually runs on (backend, device, precision).
@@ -210,6 +233,8 @@ class Diagnostics:
     engines: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     realtime: RealtimeStatus | None = None
+    sensors: tuple[SensorStatus, ...] = ()
+    status: str = "unknown"
 
 
 def sweep_end_ns(sweep: LidarSweep) -> int:

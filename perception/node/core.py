@@ -32,6 +32,21 @@ ones. The lidar clock's offset is estimated from each sweep's *last* point (a sw
 sensor once complete), so the estimate absorbs only the minimum transport delay, not the sweep
 duration; until `CLOCK_MIN_SWEEPS` sweeps have arrived the clocks are taken to agree.
 
+Time faults (perception.sync.clock, `clocks:` in the config): every sensor message's stamp is
+judged against the host receive clock before it is filed. One implausibly far ahead or behind is
+dropped and counted (`stamp_faults`, and per stream in the clocks of the diagnostics); a clock
+jump, once confirmed by the stream's next messages, is counted (`clock_jumps`), logged, and makes
+the synchroniser forget that stream's old timeline; for the lidar it also resets the "last
+published" mark (a new epoch: bundles of the old timeline are skipped), so a sensor clock that
+steps back, or a publisher restarted with other stamps, never blacks out the output.
+
+Liveness (perception.sync.liveness, `inputs.rates_hz`): every accepted message tells it its
+stream is alive; a camera silent for `inputs.dead_after_periods` periods is not waited for
+(bundles go out at once, degraded). It is a function of the receive times only, so replay
+reproduces it; `idle_polls` polls at the moments a liveness change releases a bundle. The
+diagnostics report each sensor alive or dead with its rate, and `status` `stale` when every
+input is.
+
 Per-message problems (refused while receiving, undecodable or above `config.limits`, not a
 sensor input, a rig calibration rejects, a bundle the pipeline cannot process, an output that
 cannot be published) are counted and logged at a bounded rate; nothing raises. A rig message is
@@ -53,13 +68,16 @@ from perception.errors import WireError
 from perception.msgs import wire
 from perception.msgs.schema import INT64_MAX, INT64_MIN
 from perception.msgs.types import (
+    CameraFrame,
     DetectionList,
     Diagnostics,
+    GnssFix,
     Header,
     LidarSweep,
     Message,
     RealtimeStatus,
     RigMessage,
+    SensorStatus,
     SyncedBundle,
     sweep_end_ns,
 )
@@ -67,7 +85,8 @@ from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
 from perception.sync import Bundler, Filed
 from perception.sync.bundler import parse_rig
-from perception.sync.clock import ClockMonitor
+from perception.sync.clock import ClockMonitor, Verdict
+from perception.sync.liveness import Liveness
 
 __all__ = ["CLOCK_MIN_SWEEPS", "RECEIVE_POLL_NS", "NodeCore", "NodeCounters", "ReadyBundle"]
 
@@ -104,7 +123,9 @@ class NodeCounters:
     (receivers its watchdog replaced), and from its sockets (perception.io.curve)
     `rejected_publishers`, CURVE handshakes refused with the sensors' publishers (a wrong or
     missing server key), and `rejected_subscribers`, with clients of the outputs endpoint (a key
-    not allowed).
+    not allowed). `stamp_faults`:
+    sensor messages dropped for a stamp too far from the host receive clock; `clock_jumps`:
+    confirmed sensor clock jumps (each reset that stream's synchronisation).
     """
 
     received: int = 0
@@ -125,6 +146,7 @@ class NodeCounters:
     longest_overrun_run: int = 0
     rejected_publishers: int = 0
     rejected_subscribers: int = 0
+    stamp_faults: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -135,10 +157,12 @@ class NodeCounters:
 @dataclass(frozen=True)
 class ReadyBundle:
     """A bundle ready for processing, and when it became ready (`ready_ns`, on the receive
-    clock: host wall time live, recorded time offline)."""
+    clock: host wall time live, recorded time offline). `epoch`: the lidar clock's timeline it
+    belongs to (a confirmed lidar clock jump starts a new one)."""
 
     bundle: SyncedBundle
     ready_ns: int
+    epoch: int = 0
 
 
 class NodeCore:
@@ -158,11 +182,27 @@ class NodeCore:
         self.config = config
         self.pipeline = pipeline
         self.counters = NodeCounters()
-        self.bundler = Bundler.from_config(
-            config.inputs.camera_topics, config.sync, default_rig=default_rig
+        inputs = config.inputs
+        #: Which sensors are alive (from the receive times of their messages).
+        self.liveness = Liveness.for_streams(
+            (inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic),
+            inputs.rates_hz,
+            inputs.default_rate_hz,
+            inputs.dead_after_periods,
         )
-        #: Sensor clocks against the host clock, per stream (offset, drift, jumps).
-        self.clocks = ClockMonitor()
+        self.bundler = Bundler.from_config(
+            inputs.camera_topics, config.sync, default_rig=default_rig, liveness=self.liveness
+        )
+        clocks = config.clocks
+        #: Sensor clocks against the host clock, per stream (offset, drift, jumps, rejections).
+        self.clocks = ClockMonitor(
+            jump_threshold_ns=round(clocks.jump_threshold_ms * 1e6),
+            confirm=clocks.jump_confirm,
+            confirm_ns=round(clocks.jump_confirm_ms * 1e6),
+            max_delay_ns=round(clocks.max_delay_ms * 1e6),
+            max_offset_ns=round(clocks.max_offset_ms * 1e6),
+            warmup=clocks.warmup_messages,
+        )
         #: The real-time settings in force, as the process wrapping the core applied them.
         self.realtime: RealtimeStatus | None = None
         self._lock = threading.Lock()
@@ -172,24 +212,34 @@ class NodeCore:
         self._seq = 0
         self._diagnostics_seq = 0
         self._last_stamp_ns: int | None = None
+        # The lidar clock's timeline: a confirmed lidar clock jump starts a new one.
+        self._epoch = 0
+        # Sensors dead at the last diagnostics, and whether every input was: logged on change.
+        self._dead: set[str] = set()
+        self._stale = False
         self._last_publish_ns = 0
         self._last_latency_ns = 0
 
     # -- receive side ----------------------------------------------------------------------
 
-    def on_frames(self, frames: Sequence[Any], receive_ns: int) -> list[ReadyBundle]:
+    def on_frames(
+        self, frames: Sequence[Any], receive_ns: int, *, caught_up: bool = True
+    ) -> list[ReadyBundle]:
         """Decode one received multipart message and file it; the bundles it made ready.
-        Undecodable messages are counted and dropped."""
+        Undecodable messages are counted and dropped. `caught_up`: see `on_message`."""
         start = time.perf_counter_ns()
         try:
             topic, msg = wire.decode(frames, self.limits)
         except WireError as e:
+            self._bad.warning(f"decode:{e.stream}", f"dropped message: {e}")
             with self._lock:
                 self.counters.received += 1
                 self.counters.decode_errors += 1
-            self._bad.warning(f"decode:{e.stream}", f"dropped message: {e}")
-            return self.poll(receive_ns)
-        return self.on_message(topic, msg, receive_ns, time.perf_counter_ns() - start)
+                if caught_up:
+                    self.liveness.caught_up(receive_ns)
+                return self._poll_locked(receive_ns)
+        decode_ns = time.perf_counter_ns() - start
+        return self.on_message(topic, msg, receive_ns, decode_ns, caught_up=caught_up)
 
     def on_refused(self, error: WireError) -> None:
         """A message the transport refused while receiving (too many frames or bytes): counted
@@ -217,49 +267,100 @@ class NodeCore:
         self._bad.warning(f"publish:{what}", f"dropped {what}: {error}")
 
     def on_message(
-        self, topic: str, msg: Message, receive_ns: int, decode_ns: int = 0
+        self,
+        topic: str,
+        msg: Message,
+        receive_ns: int,
+        decode_ns: int = 0,
+        *,
+        caught_up: bool = True,
     ) -> list[ReadyBundle]:
         """File one decoded message received at `receive_ns` on `topic`; the bundles ready
-        now (those due before it arrived first)."""
+        now (those due before it arrived first). `caught_up`: no other message was waiting
+        when it was received; False while the live receiver drains a backlog, during which a
+        sensor's silence is not taken for death (its messages may be in the backlog)."""
         # Parsed before the lock: a big rig takes long, and the processing side needs the lock.
         rig = parse_rig(msg) if isinstance(msg, RigMessage) else None
         with self._lock:
             self.counters.received += 1
+            if caught_up:
+                self.liveness.caught_up(receive_ns)
             ready = self._poll_locked(receive_ns - 1)
             try:
-                self._observe_clock(topic, msg, receive_ns)
-                result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
+                if self._judge_stamp(topic, msg, receive_ns):
+                    result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
+                    if result.filed in _REFUSED:
+                        self._bad.warning(
+                            f"{result.filed.value}:{topic}", f"dropped: {result.reason}"
+                        )
             except Exception as e:  # a bug below must cost one message, not the node
                 self.counters.sync_errors += 1
                 self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {_what(e)}")
-                return ready + self._poll_locked(receive_ns)
-            if result.filed in _REFUSED:
-                self._bad.warning(f"{result.filed.value}:{topic}", f"dropped: {result.reason}")
             return ready + self._poll_locked(receive_ns)
 
-    def _observe_clock(self, topic: str, msg: Message, receive_ns: int) -> None:
-        header = getattr(msg, "header", None)
-        if not isinstance(header, Header):
-            return
+    def _judge_stamp(self, topic: str, msg: Message, receive_ns: int) -> bool:
+        """Whether a message may be filed: a sensor message's stamp is judged against the host
+        receive clock (rigs are not: their stamp says from when they hold, not when they were
+        sent). A confirmed clock jump resets what the stream's old timeline left behind."""
+        if not isinstance(msg, LidarSweep | CameraFrame | GnssFix):
+            return True
         # A sweep leaves the sensor once complete: its last point bounds the transport delay.
-        stamp_ns = sweep_end_ns(msg) if isinstance(msg, LidarSweep) else header.stamp_ns
+        stamp_ns = sweep_end_ns(msg) if isinstance(msg, LidarSweep) else msg.header.stamp_ns
         if stamp_ns > INT64_MAX:
             # Offsets that run the sweep's end past int64 are no time: such a stamp would
             # leave the clock state (and every Diagnostics after it) out of the wire's range.
-            return
-        if self.clocks.observe(topic, stamp_ns, receive_ns):
-            self.counters.clock_jumps += 1
-            self._bad.warning(f"clock:{topic}", f"{topic}: sensor clock jump detected")
+            self.counters.stamp_faults += 1
+            return False
+        expected = self.clocks.expected_offset_ns(topic, stamp_ns)
+        verdict = self.clocks.observe(topic, stamp_ns, receive_ns)
+        if verdict is Verdict.ACCEPTED:
+            return True
+        if verdict is Verdict.REJECTED:
+            self.counters.stamp_faults += 1
+            ahead_ns = stamp_ns + (expected or 0) - receive_ns
+            where = "ahead of" if ahead_ns > 0 else "behind"
+            self._bad.warning(
+                f"stamp:{topic}",
+                f"{topic}: dropped message {msg.header.seq}: stamp {stamp_ns} ns is "
+                f"{abs(ahead_ns) / 1e9:.3f} s {where} the host receive clock",
+            )
+            return False
+        new_offset_ns = self.clocks.expected_offset_ns(topic, stamp_ns) or 0
+        if verdict is Verdict.ADOPTED:
+            self._bad.warning(
+                f"clock:{topic}",
+                f"{topic}: sensor clock is {new_offset_ns / 1e9:.3f} s behind the host clock "
+                "(confirmed by its messages); adopted",
+            )
+            return True
+        self.counters.clock_jumps += 1
+        dropped = self.bundler.clock_jump(msg)
+        if isinstance(msg, LidarSweep):
+            # Stamps only move forward within an epoch: a new one, so output resumes.
+            self._epoch += 1
+            self._last_stamp_ns = None
+        # Each jump is logged: confirming one takes several messages, which bounds their rate.
+        log.warning(
+            "%s: sensor clock jumped by %+.3f s; its synchronisation was reset (%d buffered "
+            "messages dropped)",
+            topic,
+            ((expected or 0) - new_offset_ns) / 1e9,
+            dropped,
+        )
+        return True
 
-    def poll(self, now_ns: int) -> list[ReadyBundle]:
-        """Bundles due at `now_ns` (their timeout passed) that no message completed."""
+    def poll(self, now_ns: int, *, caught_up: bool = True) -> list[ReadyBundle]:
+        """Bundles due at `now_ns` (their timeout passed, or the cameras they wait for died)
+        that no message completed. `caught_up`: see `on_message`."""
         with self._lock:
+            if caught_up:
+                self.liveness.caught_up(now_ns)
             return self._poll_locked(now_ns)
 
     def _poll_locked(self, now_ns: int) -> list[ReadyBundle]:
         bundles = self.bundler.poll(now_ns)
         self.counters.bundles += len(bundles)
-        return [ReadyBundle(b, now_ns) for b in bundles]
+        return [ReadyBundle(b, now_ns, self._epoch) for b in bundles]
 
     def idle_polls(self, last_ns: int, until_ns: int | None) -> list[list[ReadyBundle]]:
         """The batches a live receiver would emit by polling every `RECEIVE_POLL_NS` after a
@@ -273,6 +374,7 @@ class NodeCore:
                 poll_ns = last_ns + steps * RECEIVE_POLL_NS
                 if until_ns is not None and poll_ns >= until_ns:
                     break
+                self.liveness.caught_up(poll_ns)
                 batch = self._poll_locked(poll_ns)
                 if batch:
                     out.append(batch)
@@ -284,10 +386,14 @@ class NodeCore:
         emit at its timeouts, then whatever a policy without timeouts holds (offline replay)."""
         out = self.idle_polls(last_ns, None)
         with self._lock:
+            # The input has ended: nothing is waiting any more.
+            self.liveness.caught_up(2**63 - 1)
             rest = self.bundler.flush()
             self.counters.bundles += len(rest)
+            epoch = self._epoch
         if rest:
-            out.append([ReadyBundle(b, out[-1][-1].ready_ns if out else last_ns) for b in rest])
+            ready_ns = out[-1][-1].ready_ns if out else last_ns
+            out.append([ReadyBundle(b, ready_ns, epoch) for b in rest])
         return out
 
     # -- processing side -------------------------------------------------------------------
@@ -301,9 +407,14 @@ class NodeCore:
         if not ready:
             return None
         start_ns = time.perf_counter_ns()
-        chosen = max(ready, key=lambda r: r.bundle.lidar.header.stamp_ns)
-        stamp_ns = chosen.bundle.lidar.header.stamp_ns
         with self._lock:
+            # Bundles of the lidar clock's old timeline (before a confirmed jump) are skipped.
+            current = [r for r in ready if r.epoch == self._epoch]
+            if not current:
+                self.counters.skipped_bundles += len(ready)
+                return None
+            chosen = max(current, key=lambda r: r.bundle.lidar.header.stamp_ns)
+            stamp_ns = chosen.bundle.lidar.header.stamp_ns
             # A bundle completed late (at its timeout, degraded) after a newer one was produced
             # must not make the output go back in time.
             if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
@@ -397,8 +508,12 @@ class NodeCore:
     # -- diagnostics -----------------------------------------------------------------------
 
     def diagnostics(self, stamp_ns: int) -> Diagnostics:
-        """The node's state at `stamp_ns` (host wall time live, recorded time offline)."""
+        """The node's state at `stamp_ns` (the receive clock: host time live, recorded time
+        offline); sensors that died or came back since the last call are logged."""
         with self._lock:
+            sensors = self.liveness.status(stamp_ns)
+            status = self.liveness.overall(stamp_ns)
+            self._log_liveness(sensors, status)
             stats = self.bundler.stats
             sync = {k: v for k, v in asdict(stats).items() if isinstance(v, int)}
             seq = self._diagnostics_seq
@@ -420,7 +535,22 @@ class NodeCore:
                 engines=self.pipeline.describe_engines(),
                 notes=self.pipeline.notes,
                 realtime=self.realtime,
+                sensors=sensors,
+                status=status,
             )
+
+    def _log_liveness(self, sensors: Sequence[SensorStatus], status: str) -> None:
+        dead = {s.stream for s in sensors if not s.alive}
+        for stream in sorted(dead - self._dead):
+            log.warning("%s: no message for %g periods: dead (bundles go out without it)",
+                        stream, self.config.inputs.dead_after_periods)  # fmt: skip
+        for stream in sorted(self._dead - dead):
+            log.warning("%s: alive again", stream)
+        self._dead = dead
+        stale = status == "stale"
+        if stale and not self._stale:
+            log.warning("every input is stale: no sensor has sent for its dead_after_periods")
+        self._stale = stale
 
 
 def _what(e: Exception) -> str:

@@ -26,6 +26,13 @@ live process holds is refused; the socket file is removed at exit); with `securi
 tcp sockets use CURVE and the handshakes they refuse are counted on diagnostics
 (`rejected_publishers`, `rejected_subscribers`).
 
+Receive times are host wall time as of the node's start, advanced by the monotonic clock
+(`receive_clock_ns`): taken the moment `recv` returns, before decoding, they never step when the
+wall clock is stepped (NTP), so a bundle's timeout is never stretched by a step back, and the
+sensor clock estimates see a host clock step as the jump it is for them. The receiver tells the
+core whether it is caught up (no message waiting, and no stall just before): while it drains a
+backlog, a sensor whose messages are in it is not taken for dead.
+
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
 """
@@ -73,6 +80,24 @@ class _Heartbeat:
         return (time.monotonic_ns() - self.beat_ns) / 1e9
 
 
+# A receiver turn this much longer than a poll is a stall (a slow message, a stopped process);
+# for a while after one, ZeroMQ may not yet have moved into the sockets what the transport
+# still holds, so empty sockets do not yet mean that nothing is waiting.
+_STALL_NS = 6 * RECEIVE_POLL_NS
+_SETTLE_NS = 5 * RECEIVE_POLL_NS
+
+
+class _ReceiveClock:
+    """Host wall time at construction, advanced by the monotonic clock (see the module
+    docstring)."""
+
+    def __init__(self) -> None:
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def __call__(self) -> int:
+        return time.monotonic_ns() + self._offset_ns
+
+
 class Node:
     """`perception run`: sockets, threads and a watchdog around a `NodeCore`."""
 
@@ -95,6 +120,8 @@ class Node:
         self.curve = curve_keys_for(config.security) if curve is None else curve
         self._subscriber_factory = subscriber_factory
         self.core = NodeCore(config, pipeline, default_rig)
+        #: The receive clock the core is given (ns).
+        self.receive_clock_ns = _ReceiveClock()
         self.ready = threading.Event()
         self._cond = threading.Condition()
         self._bad = RateLimitedLogger(log)
@@ -179,6 +206,7 @@ class Node:
             ready.set()
             return
         ready.set()
+        self._turn_ns = self._settle_ns = self.receive_clock_ns()
         with subscriber:
             try:
                 self._serve(subscriber, stop, generation)
@@ -202,11 +230,17 @@ class Node:
     def _receive_once(self, subscriber: Subscriber) -> None:
         frames = subscriber.recv(timeout_ms=RECEIVE_POLL_NS // 1_000_000)
         self._rejected_publishers = self._rejected_before + subscriber.rejected_peers
+        now_ns = self.receive_clock_ns()
+        if now_ns - self._turn_ns > _STALL_NS:
+            self._settle_ns = now_ns + _SETTLE_NS
+        self._turn_ns = now_ns
+        # While a backlog drains (after a stall), silence is not yet death.
+        caught_up = now_ns >= self._settle_ns and not subscriber.pending()
         if frames is not None:
-            bundles = self.core.on_frames(frames, time.time_ns())
+            bundles = self.core.on_frames(frames, now_ns, caught_up=caught_up)
         else:
             # No message: a bundle may be due at its timeout.
-            bundles = self.core.poll(time.time_ns())
+            bundles = self.core.poll(now_ns, caught_up=caught_up)
         if bundles:
             ready_mono_ns = time.monotonic_ns()
             with self._cond:
@@ -259,7 +293,7 @@ class Node:
         if time.monotonic_ns() >= next_diagnostics_ns:
             next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
             self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
-            self._send(publisher, self.core.diagnostics(time.time_ns()), "diagnostics")
+            self._send(publisher, self.core.diagnostics(self.receive_clock_ns()), "diagnostics")
         if not ready:
             return next_diagnostics_ns
         queue_wait_ns = time.monotonic_ns() - max(mono for _, mono in ready)

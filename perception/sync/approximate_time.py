@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import replace
 
 from perception.config import SyncConfig
 from perception.msgs.types import CameraFrame, LidarSweep
-from perception.sync.policy import Filed, Filing, MatchedSet
+from perception.sync.liveness import Liveness
+from perception.sync.policy import Filed, Filing, MatchedSet, payload_bytes
 
 __all__ = ["ApproximateTimeAdapter", "ApproximateTimePolicy"]
 
@@ -220,10 +222,18 @@ class ApproximateTimeAdapter:
     Streams are the lidar (first) and the cameras; a set is out when the policy proves it (no
     timeout, never incomplete: see the module docstring for the latency cost). Messages the
     policy can no longer use are dropped; every buffer holds at most `queue_size` messages per
-    stream. A camera with a known offset after the sweep (`offsets_ns`, as
-    `sync.camera_offsets_ms`) enters the policy at its stamp minus that offset: message_filters
-    has no offsets, and a camera exposed 62 ms after a sweep-start stamp would otherwise sit
-    nearer the next sweep and be paired with it. Raises ValueError as ApproximateTimePolicy.
+    stream, and `queue_bytes` (None: no byte bound) but always its newest message. A camera
+    with a known offset after the sweep (`offsets_ns`, as `sync.camera_offsets_ms`) enters the
+    policy at its stamp minus that offset: message_filters has no offsets, and a camera exposed
+    62 ms after a sweep-start stamp would otherwise sit nearer the next sweep and be paired with
+    it. Raises ValueError as ApproximateTimePolicy.
+
+    Dead cameras (`liveness`): message_filters would stall until its queues overflow, since it
+    needs a message on every stream to prove a set. Here, when the set of live cameras changes,
+    the policy is rebuilt over the lidar and the live cameras and fed again what is still held,
+    in arrival order; with no live camera, each sweep is a set by itself, at once. Sets without
+    a dead camera are degraded (the bundler lists it missing); when it sends again the policy
+    is rebuilt with it and full sets resume.
     """
 
     def __init__(
@@ -234,25 +244,42 @@ class ApproximateTimeAdapter:
         age_penalty: float = 0.1,
         max_interval_ns: int | None = None,
         offsets_ns: Mapping[str, int] | None = None,
+        queue_bytes: int | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
+        if queue_bytes is not None and queue_bytes <= 0:
+            raise ValueError("queue_bytes must be > 0")
         self._camera_streams = camera_streams
         self.queue_size = queue_size
-        self._policy = ApproximateTimePolicy(
-            1 + len(camera_streams), queue_size, age_penalty, max_interval_ns=max_interval_ns
-        )
+        self.queue_bytes = queue_bytes
+        self.liveness = liveness
+        self._age_penalty = age_penalty
+        self._max_interval_ns = max_interval_ns
+        # Validates the parameters even when a policy over the live streams is built later.
+        ApproximateTimePolicy(1 + len(camera_streams), queue_size, age_penalty,
+                              max_interval_ns=max_interval_ns)  # fmt: skip
         self._index = {stream: 1 + i for i, stream in enumerate(camera_streams)}
-        # Per stream index (0 = lidar): stamp -> (message, receive_ns, decode_ns).
-        self._held: list[dict[int, tuple[LidarSweep | CameraFrame, int, int]]] = [
+        # Per stream index (0 = lidar): stamp -> (message, receive_ns, decode_ns, bytes).
+        self._held: list[dict[int, tuple[LidarSweep | CameraFrame, int, int, int]]] = [
             {} for _ in range(1 + len(camera_streams))
         ]
-        # Stamp tuples the policy published and `ready` has not handed out yet.
-        self._sets: list[tuple[int, ...]] = []
+        self._held_bytes = [0] * (1 + len(camera_streams))
+        # Sets the policy published and `ready` has not handed out yet.
+        self._out: list[MatchedSet] = []
         # Per stream index: subtracted from the stamp before the policy sees it.
         self._shift_ns = [0] + [int((offsets_ns or {}).get(c, 0)) for c in camera_streams]
+        # The stream indices the policy runs over (the lidar and the live cameras), the policy
+        # (None: no live camera, each sweep is a set) and the latest time they were checked.
+        self._members: tuple[int, ...] = tuple(range(1 + len(camera_streams)))
+        self._policy: ApproximateTimePolicy | None = self._new_policy()
+        self._now_ns = -(2**63)
 
     @classmethod
     def from_config(
-        cls, camera_streams: tuple[str, ...], config: SyncConfig
+        cls,
+        camera_streams: tuple[str, ...],
+        config: SyncConfig,
+        liveness: Liveness | None = None,
     ) -> ApproximateTimeAdapter:
         """From the node config (milliseconds there, ns here); the collector's window and
         timeout do not apply."""
@@ -264,11 +291,21 @@ class ApproximateTimeAdapter:
             if config.max_interval_ms is None
             else round(config.max_interval_ms * MS),
             offsets_ns={k: round(v * MS) for k, v in config.camera_offsets_ms.items()},
+            queue_bytes=config.queue_bytes,
+            liveness=liveness,
         )
 
     @property
     def camera_streams(self) -> tuple[str, ...]:
         return self._camera_streams
+
+    def _new_policy(self) -> ApproximateTimePolicy | None:
+        if len(self._members) < 2:
+            return None
+        return ApproximateTimePolicy(
+            len(self._members), self.queue_size, self._age_penalty,
+            max_interval_ns=self._max_interval_ns,
+        )  # fmt: skip
 
     def add_sweep(self, sweep: LidarSweep, receive_ns: int, decode_ns: int) -> Filing:
         return self._feed(0, sweep, receive_ns, decode_ns)
@@ -282,42 +319,116 @@ class ApproximateTimeAdapter:
     def _feed(
         self, index: int, msg: LidarSweep | CameraFrame, receive_ns: int, decode_ns: int
     ) -> Filing:
+        self._check_members(receive_ns)
         stamp = msg.header.stamp_ns - self._shift_ns[index]
         held = self._held[index]
         if stamp in held:
             return _DUPLICATE
-        held[stamp] = (msg, receive_ns, decode_ns)
-        if len(held) > self.queue_size:
-            # The policy's own queue has dropped it too (message_filters does not count these).
-            del held[min(held)]
-        self._sets += self._policy.add(index, stamp)
-        return _ACCEPTED
+        nbytes = payload_bytes(msg)
+        held[stamp] = (msg, receive_ns, decode_ns, nbytes)
+        self._held_bytes[index] += nbytes
+        evicted = 0
+        limit = self.queue_bytes
+        while len(held) > self.queue_size or (
+            limit is not None and self._held_bytes[index] > limit and len(held) > 1
+        ):
+            # The policy's own queue drops it too, or can no longer use it.
+            self._held_bytes[index] -= held.pop(min(held))[3]
+            evicted += 1
+        self._offer(index, stamp, receive_ns)
+        return _ACCEPTED if evicted == 0 else Filing(Filed.ACCEPTED, evicted=evicted)
+
+    def _offer(self, index: int, stamp: int, now_ns: int) -> None:
+        """One held message to the policy; the sets it proves are out at `now_ns`."""
+        if index not in self._members:
+            return  # a dead camera's frame: kept until the camera is live again
+        if self._policy is None:
+            self._publish({0: stamp}, now_ns)  # the lidar alone: nothing to wait for
+            return
+        for stamps in self._policy.add(self._members.index(index), stamp):
+            self._publish(dict(zip(self._members, stamps, strict=True)), now_ns)
+
+    def _publish(self, stamps: dict[int, int], now_ns: int) -> None:
+        members = {i: self._held[i].pop(t, None) for i, t in stamps.items()}
+        for i, item in members.items():
+            if item is not None:
+                self._held_bytes[i] -= item[3]
+        # Older messages of each stream can no longer join a set.
+        for i, t in stamps.items():
+            held = self._held[i]
+            for old in [k for k in held if k < t]:
+                self._held_bytes[i] -= held.pop(old)[3]
+        sweep_item = members[0]
+        if sweep_item is None or any(m is None for m in members.values()):
+            return  # evicted from its bounded buffer before the set was proved
+        sweep, receive_ns, decode_ns, _ = sweep_item
+        assert isinstance(sweep, LidarSweep)
+        cameras: dict[str, CameraFrame] = {}
+        for i, item in members.items():
+            if i == 0:
+                continue
+            assert item is not None and isinstance(item[0], CameraFrame)
+            cameras[self._camera_streams[i - 1]] = item[0]
+            decode_ns += item[2]
+        self._out.append(MatchedSet(sweep, cameras, receive_ns, decode_ns, now_ns))
+
+    def _check_members(self, now_ns: int) -> None:
+        """Rebuilds the policy when the live cameras at `now_ns` are not its members."""
+        self._now_ns = max(self._now_ns, now_ns)
+        live = self.liveness
+        if live is None:
+            return
+        members = (0, *(self._index[c] for c in self._camera_streams if not live.dead(c, now_ns)))
+        if members != self._members:
+            self._members = members
+            self._rebuild(now_ns)
+
+    def _rebuild(self, now_ns: int) -> None:
+        """A fresh policy over the members, fed what is held, in arrival order."""
+        self._policy = self._new_policy()
+        held = sorted(
+            (item[1], i, stamp) for i in self._members for stamp, item in self._held[i].items()
+        )
+        for _, i, stamp in held:
+            if stamp in self._held[i]:  # not taken by a set the feeding proved
+                self._offer(i, stamp, now_ns)
 
     def next_deadline_ns(self) -> int | None:
-        return None  # sets come out on arrivals only
+        """Sets come out on arrivals, and when a live camera is declared dead (the policy is
+        rebuilt without it, and may prove held sets at once)."""
+        live = self.liveness
+        if live is None:
+            return None
+        deaths = [live.death_ns(self._camera_streams[i - 1]) for i in self._members[1:]]
+        return min((d for d in deaths if d is not None), default=None)
 
     def ready(self, now_ns: int) -> list[MatchedSet]:
-        out: list[MatchedSet] = []
-        for stamps in self._sets:
-            members = [self._held[i].pop(t, None) for i, t in enumerate(stamps)]
-            # Older messages of each stream can no longer join a set.
-            for held, t in zip(self._held, stamps, strict=True):
-                for old in [k for k in held if k < t]:
-                    del held[old]
-            sweep_item = members[0]
-            if sweep_item is None or any(m is None for m in members):
-                continue  # evicted from its bounded buffer before the set was proved
-            sweep, receive_ns, decode_ns = sweep_item
-            assert isinstance(sweep, LidarSweep)
-            cameras: dict[str, CameraFrame] = {}
-            for stream, item in zip(self._camera_streams, members[1:], strict=True):
-                assert item is not None and isinstance(item[0], CameraFrame)
-                cameras[stream] = item[0]
-                decode_ns += item[2]
-            out.append(MatchedSet(sweep, cameras, receive_ns, decode_ns, now_ns))
-        self._sets = []
+        self._check_members(now_ns)
+        # A set is out when it is handed out (the node asks right after each arrival).
+        out = [replace(m, ready_ns=now_ns) for m in self._out]
+        self._out = []
         return out
 
     def drain(self, now_ns: int) -> list[MatchedSet]:
         # Nothing is due later: a set the policy has not proved is never published.
         return self.ready(now_ns)
+
+    def reset_sweeps(self) -> int:
+        return self._reset(0)
+
+    def reset_camera(self, stream: str) -> int:
+        index = self._index.get(stream)
+        return 0 if index is None else self._reset(index)
+
+    def _reset(self, index: int) -> int:
+        """Drops stream `index`'s held messages (and with the lidar, the sets not handed out)
+        and restarts the policy on what the other streams hold: its state orders stamps, which
+        a clock jump has made meaningless."""
+        dropped = len(self._held[index])
+        self._held[index].clear()
+        self._held_bytes[index] = 0
+        if index == 0:
+            dropped += len(self._out)
+            self._out = []
+        self._rebuild(self._now_ns)
+        return dropped

@@ -8,9 +8,14 @@ SyncedBundle itself.
 
 `add` never raises for a bad message: it answers with an `AddResult` saying what it did (a
 rejected rig document is BAD_RIG, a non-input type NOT_AN_INPUT, both counted), so the node and
-offline replay drop and count the same way. The same object serves the live node (host receive
-times, `poll` on a timer) and offline replay (simulated receive times, `flush` at the end of the
-input), so both give the same bundles for the same arrivals.
+offline replay drop and count the same way. With a `Liveness` (perception.sync.liveness) every
+sensor message tells it its stream is alive, and the policy stops waiting for dead cameras;
+`clock_jump` forgets what a stream's old clock placed (its buffered messages; for the lidar the
+pending sweeps, and rigs are re-anchored) once perception.sync.clock has confirmed a jump.
+
+The same object serves the live node (host receive times, `poll` on a timer) and offline replay
+(simulated receive times, `flush` at the end of the input), so both give the same bundles for
+the same arrivals.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from perception.msgs.types import (
 from perception.sync.approximate_time import ApproximateTimeAdapter
 from perception.sync.collector import CollectorPolicy
 from perception.sync.ego import EgoPoseBuffer
+from perception.sync.liveness import Liveness
 from perception.sync.policy import Filed, Filing, MatchedSet, SyncPolicy
 
 __all__ = ["AddResult", "Bundler", "Filed", "SyncStats", "parse_rig"]
@@ -43,7 +49,7 @@ __all__ = ["AddResult", "Bundler", "Filed", "SyncStats", "parse_rig"]
 MS = 1_000_000
 
 # `sync.policy` names -> how each policy is built from the config.
-_POLICIES: dict[str, Callable[[tuple[str, ...], SyncConfig], SyncPolicy]] = {
+_POLICIES: dict[str, Callable[[tuple[str, ...], SyncConfig, Liveness | None], SyncPolicy]] = {
     "collector": CollectorPolicy.from_config,
     "approximate_time": ApproximateTimeAdapter.from_config,
 }
@@ -53,7 +59,10 @@ _POLICIES: dict[str, Callable[[tuple[str, ...], SyncConfig], SyncPolicy]] = {
 class SyncStats:
     """Counters of what the bundler emitted and dropped; read by diagnostics. `bad_rigs`,
     `bad_fixes` and `not_inputs` count the messages `add` answered BAD_RIG, BAD_FIX and
-    NOT_AN_INPUT."""
+    NOT_AN_INPUT; `*_queue_full` the messages dropped for a queue full in messages or bytes;
+    `dead_camera_bundles` the degraded bundles that went out without waiting because a camera
+    they lack was dead; `dropped_*_clock_reset` what a confirmed clock jump made the bundler
+    forget."""
 
     bundles: int = 0
     degraded_bundles: int = 0
@@ -66,6 +75,10 @@ class SyncStats:
     bad_rigs: int = 0
     bad_fixes: int = 0
     not_inputs: int = 0
+    dead_camera_bundles: int = 0
+    dropped_sweeps_clock_reset: int = 0
+    dropped_cameras_clock_reset: int = 0
+    dropped_fixes_clock_reset: int = 0
     per_stream_missing: dict[str, int] = field(default_factory=dict)
     per_stream_late: dict[str, int] = field(default_factory=dict)
 
@@ -121,8 +134,9 @@ class Bundler:
     `flush()` ends the input. The nearest GNSS fix within `gnss_window_ns` of the sweep stamp
     joins each bundle; `queue_size` bounds the rigs kept, and the GNSS fixes kept (5 x). A sweep
     with no rig in force at its stamp (`default_rig` holds from the beginning) is dropped and
-    counted. Raises ValueError if `camera_streams` differ from the policy's, for a queue size
-    < 1 or a negative GNSS window.
+    counted. `liveness`: told of every message (the policy should be built with the same one);
+    None: liveness is not tracked. Raises ValueError if `camera_streams` differ from the
+    policy's, for a queue size < 1 or a negative GNSS window.
     """
 
     def __init__(
@@ -133,6 +147,7 @@ class Bundler:
         gnss_window_ns: int,
         queue_size: int,
         default_rig: Rig | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         if tuple(policy.camera_streams) != tuple(camera_streams):
             raise ValueError(
@@ -144,11 +159,14 @@ class Bundler:
         self.gnss_window_ns = gnss_window_ns
         self.queue_size = queue_size
         self.stats = SyncStats()
+        self.liveness = liveness
         self._policy = policy
         self._gnss: deque[GnssFix] = deque(maxlen=queue_size * 5)
         self._ego = EgoPoseBuffer(capacity=queue_size * 5)
         # (stamp_ns, rig) in stamp order; a rig holds from its stamp until the next one.
         self._rigs: list[tuple[int, Rig]] = [] if default_rig is None else [(-1, default_rig)]
+        # The rig received last (the sender's current calibration, whatever its stamp).
+        self._last_rig = default_rig
         # The latest receive time seen: `flush` ends the input there.
         self._last_receive_ns = -(2**63)
 
@@ -158,20 +176,22 @@ class Bundler:
         camera_streams: tuple[str, ...],
         config: SyncConfig,
         default_rig: Rig | None = None,
+        liveness: Liveness | None = None,
     ) -> Bundler:
-        """Build from the node config (milliseconds there, ns here) with the policy it names.
-        Raises perception.errors.ConfigError for an unknown `sync.policy`, ValueError for
-        values the policy rejects."""
+        """Build from the node config (milliseconds there, ns here) with the policy it names,
+        both using `liveness` when given. Raises perception.errors.ConfigError for an unknown
+        `sync.policy`, ValueError for values the policy rejects."""
         build = _POLICIES.get(config.policy)
         if build is None:
             known = " or ".join(repr(name) for name in _POLICIES)
             raise ConfigError(f"sync.policy: unknown policy {config.policy!r} (use {known})")
         return cls(
             camera_streams,
-            build(camera_streams, config),
+            build(camera_streams, config, liveness),
             gnss_window_ns=round(config.gnss_window_ms * MS),
             queue_size=config.queue_size,
             default_rig=default_rig,
+            liveness=liveness,
         )
 
     @property
@@ -195,6 +215,9 @@ class Bundler:
         `parsed_rig`: a RigMessage's `parse_rig` result, when the caller parsed it already (the
         node core does, outside its lock)."""
         self._last_receive_ns = max(self._last_receive_ns, receive_ns)
+        if self.liveness is not None:
+            header = getattr(msg, "header", None)
+            self.liveness.seen(getattr(header, "stream", ""), receive_ns)
         # Cameras first: most messages are frames. Counting is skipped on the common path.
         if isinstance(msg, CameraFrame):
             filing = self._policy.add_camera(msg, receive_ns, decode_ns)
@@ -244,6 +267,7 @@ class Bundler:
             return AddResult(Filed.BAD_RIG, str(parsed))
         rig = parsed
         stamp_ns = msg.header.stamp_ns
+        self._last_rig = rig
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)
         if i > 0 and keys[i - 1] == stamp_ns:
@@ -253,6 +277,32 @@ class Bundler:
         while len(self._rigs) > self.queue_size:
             self._rigs.pop(0)
         return _ACCEPTED
+
+    def clock_jump(self, msg: Message) -> int:
+        """`msg`'s stream had a confirmed clock jump (perception.sync.clock), and `msg` is the
+        first message on its new timeline: forget what the old one placed. A sweep drops the
+        pending sweeps (and the emitted stamps: new ones may repeat them) and re-anchors the
+        rigs (the one received last holds from the beginning: a rig stamped on the old
+        timeline must not leave the new sweeps without one); a camera frame drops that camera's
+        buffered frames; a fix drops the fixes and ego poses. Returns the messages dropped
+        (counted)."""
+        stats = self.stats
+        if isinstance(msg, LidarSweep):
+            dropped = self._policy.reset_sweeps()
+            stats.dropped_sweeps_clock_reset += dropped
+            if self._last_rig is not None:
+                self._rigs = [(-1, self._last_rig)]
+        elif isinstance(msg, CameraFrame):
+            dropped = self._policy.reset_camera(msg.header.stream)
+            stats.dropped_cameras_clock_reset += dropped
+        elif isinstance(msg, GnssFix):
+            dropped = len(self._gnss)
+            self._gnss.clear()
+            self._ego = EgoPoseBuffer(capacity=self.queue_size * 5)
+            stats.dropped_fixes_clock_reset += dropped
+        else:
+            dropped = 0
+        return dropped
 
     # ----------------------------------------------------------------- output
 
@@ -287,6 +337,9 @@ class Bundler:
         missing = [s for s in self.camera_streams if s not in cameras]
         for stream in missing:
             self.stats.per_stream_missing[stream] = self.stats.per_stream_missing.get(stream, 0) + 1
+        if missing and self.liveness is not None:
+            live = self.liveness
+            self.stats.dead_camera_bundles += any(live.dead(s, matched.ready_ns) for s in missing)
         rig = self._rig_at(stamp)
         if rig is None:
             self.stats.dropped_sweeps_no_rig += 1

@@ -14,6 +14,14 @@ with a stream down, after `timeout_ns`, degraded. ApproximateTime waits until it
 later message gives a better set (about one period of the slowest stream more) and never
 publishes an incomplete set.
 
+A camera that is dead (perception.sync.liveness: silent for its configured periods) is not
+waited for: a set whose only missing cameras are dead goes out at once, degraded, so a dead
+camera does not make every output wait `timeout_ns`; when it sends again, full sets resume.
+While the receiver drains a backlog (the liveness tracker knows how far it has caught up),
+neither a timeout nor a death releases a set: its frames may be in that backlog.
+Queues are bounded in bytes as well (`queue_bytes` per stream: the frames of one camera, the
+pending sweeps), the oldest dropped first and the newest always kept.
+
 The same object serves the live node (host receive times) and offline replay (simulated
 receive times), so both pair identically given the same arrival order.
 """
@@ -27,14 +35,14 @@ from dataclasses import dataclass
 
 from perception.config import SyncConfig
 from perception.msgs.types import CameraFrame, LidarSweep
-from perception.sync.policy import Filed, Filing, MatchedSet
+from perception.sync.liveness import Liveness
+from perception.sync.policy import Filed, Filing, MatchedSet, payload_bytes
 
 __all__ = ["CollectorPolicy"]
 
 MS = 1_000_000
 
 _ACCEPTED = Filing(Filed.ACCEPTED)
-_ACCEPTED_EVICTED = Filing(Filed.ACCEPTED, evicted=1)
 _DUPLICATE = Filing(Filed.DUPLICATE)
 _LATE = Filing(Filed.LATE)
 _UNKNOWN_STREAM = Filing(Filed.UNKNOWN_STREAM)
@@ -71,6 +79,11 @@ class _Pending:
     receive_ns: int
     decode_ns: int
     deadline_ns: int
+    nbytes: int
+
+
+def _accepted(evicted: int) -> Filing:
+    return _ACCEPTED if evicted == 0 else Filing(Filed.ACCEPTED, evicted=evicted)
 
 
 class CollectorPolicy:
@@ -78,8 +91,10 @@ class CollectorPolicy:
 
     `offsets_ns` / `windows_ns` map camera streams to their expected offset from the sweep stamp
     and matching half-window (ns); streams not named use 0 and `window_ns`. At most
-    `queue_size` sweeps wait, and `queue_size` frames per camera. Raises ValueError for a
-    non-positive window, timeout or queue size.
+    `queue_size` sweeps wait, and `queue_size` frames per camera, and each of those queues
+    holds at most `queue_bytes` (None: no byte bound) but always its newest message.
+    `liveness`: which cameras are dead (None: every camera is waited for). Raises ValueError for
+    a non-positive window, timeout or queue size.
     """
 
     def __init__(
@@ -91,27 +106,41 @@ class CollectorPolicy:
         queue_size: int,
         offsets_ns: Mapping[str, int] | None = None,
         windows_ns: Mapping[str, int] | None = None,
+        queue_bytes: int | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         if window_ns <= 0 or timeout_ns <= 0 or queue_size <= 0:
             raise ValueError("window_ns, timeout_ns and queue_size must be > 0")
+        if queue_bytes is not None and queue_bytes <= 0:
+            raise ValueError("queue_bytes must be > 0")
         self._camera_streams = camera_streams
         self.timeout_ns = timeout_ns
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        self.liveness = liveness
         self.offsets_ns = {s: int((offsets_ns or {}).get(s, 0)) for s in camera_streams}
         self.windows_ns = {s: int((windows_ns or {}).get(s, window_ns)) for s in camera_streams}
         if min(self.windows_ns.values(), default=1) <= 0:
             raise ValueError("camera windows must be > 0")
-        # Pending sets in sweep stamp order (at most queue_size).
+        # Pending sets in sweep stamp order (at most queue_size), and the bytes they hold.
         self._pending: list[_Pending] = []
-        # Unused camera frames per stream, stamp order, with their decode durations.
-        self._cameras: dict[str, list[tuple[int, CameraFrame, int]]] = {
+        self._pending_bytes = 0
+        # Unused camera frames per stream, stamp order, with their decode durations and sizes;
+        # the bytes each stream holds.
+        self._cameras: dict[str, list[tuple[int, CameraFrame, int, int]]] = {
             s: [] for s in camera_streams
         }
+        self._camera_bytes = dict.fromkeys(camera_streams, 0)
         # Stamps of emitted sweeps, so late members and duplicate sweeps are recognised.
         self._emitted = _RecentStamps(4 * queue_size)
 
     @classmethod
-    def from_config(cls, camera_streams: tuple[str, ...], config: SyncConfig) -> CollectorPolicy:
+    def from_config(
+        cls,
+        camera_streams: tuple[str, ...],
+        config: SyncConfig,
+        liveness: Liveness | None = None,
+    ) -> CollectorPolicy:
         """From the node config (milliseconds there, ns here)."""
         return cls(
             camera_streams,
@@ -120,6 +149,8 @@ class CollectorPolicy:
             queue_size=config.queue_size,
             offsets_ns={k: round(v * MS) for k, v in config.camera_offsets_ms.items()},
             windows_ns={k: round(v * MS) for k, v in config.camera_windows_ms.items()},
+            queue_bytes=config.queue_bytes,
+            liveness=liveness,
         )
 
     @property
@@ -135,17 +166,23 @@ class CollectorPolicy:
             p.sweep.header.stamp_ns == stamp for p in self._pending
         ):
             return _DUPLICATE
-        filing = _ACCEPTED
+        evicted = 0
         if len(self._pending) >= self.queue_size:
             # The oldest set is the one least likely to still be useful downstream.
-            self._pending.pop(0)
-            filing = _ACCEPTED_EVICTED
+            self._pending_bytes -= self._pending.pop(0).nbytes
+            evicted += 1
         keys = [p.sweep.header.stamp_ns for p in self._pending]
+        nbytes = payload_bytes(sweep)
         self._pending.insert(
             bisect.bisect(keys, stamp),
-            _Pending(sweep, receive_ns, decode_ns, receive_ns + self.timeout_ns),
+            _Pending(sweep, receive_ns, decode_ns, receive_ns + self.timeout_ns, nbytes),
         )
-        return filing
+        self._pending_bytes += nbytes
+        if self.queue_bytes is not None:
+            while self._pending_bytes > self.queue_bytes and len(self._pending) > 1:
+                self._pending_bytes -= self._pending.pop(0).nbytes
+                evicted += 1
+        return _accepted(evicted)
 
     def add_camera(self, frame: CameraFrame, receive_ns: int, decode_ns: int) -> Filing:
         """Buffer a frame until a set claims it; LATE if its set is already out."""
@@ -163,31 +200,57 @@ class CollectorPolicy:
         i = bisect.bisect_left(queue, stamp, key=lambda e: e[0])
         if i < len(queue) and queue[i][0] == stamp:
             return _DUPLICATE
-        queue.insert(i, (stamp, frame, decode_ns))
-        if len(queue) > self.queue_size:
-            queue.pop(0)
-            return _ACCEPTED_EVICTED
-        return _ACCEPTED
+        nbytes = payload_bytes(frame)
+        queue.insert(i, (stamp, frame, decode_ns, nbytes))
+        held = self._camera_bytes[stream] + nbytes
+        evicted = 0
+        limit = self.queue_bytes
+        while len(queue) > self.queue_size or (
+            limit is not None and held > limit and len(queue) > 1
+        ):
+            held -= queue.pop(0)[3]
+            evicted += 1
+        self._camera_bytes[stream] = held
+        return _accepted(evicted)
 
     # ----------------------------------------------------------------- output
 
     def next_deadline_ns(self) -> int | None:
-        return min((p.deadline_ns for p in self._pending), default=None)
+        """The earliest time a pending set goes out without further input: its timeout, or
+        the moment the last camera it still waits for is declared dead."""
+        best: int | None = None
+        for pending in self._pending:
+            due = pending.deadline_ns
+            if self.liveness is not None:
+                stamp = pending.sweep.header.stamp_ns
+                waits = [
+                    self.liveness.death_ns(s)
+                    for s in self._camera_streams
+                    if self._match(s, stamp) < 0
+                ]
+                if waits and None not in waits:
+                    due = min(due, max(w for w in waits if w is not None))
+            best = due if best is None else min(best, due)
+        return best
 
     def ready(self, now_ns: int) -> list[MatchedSet]:
         out: list[MatchedSet] = []
         keep: list[_Pending] = []
+        live = self.liveness
+        # A receiver draining a backlog may still hold the frames a set waits for.
+        horizon_ns = now_ns if live is None else live.horizon_ns(now_ns)
         for pending in self._pending:
             stamp = pending.sweep.header.stamp_ns
-            due = now_ns >= pending.deadline_ns
+            due = horizon_ns >= pending.deadline_ns
             choice: dict[str, int] = {}
             for stream in self._camera_streams:
                 index = self._match(stream, stamp)
-                if index < 0 and not due:
+                if index < 0 and not due and (live is None or not live.dead(stream, now_ns)):
                     break  # incomplete and not due: the other cameras need not be looked at
                 choice[stream] = index
             else:
                 self._emitted.add(stamp)
+                self._pending_bytes -= pending.nbytes
                 out.append(self._take(pending, choice, now_ns))
                 continue
             keep.append(pending)
@@ -221,7 +284,28 @@ class CollectorPolicy:
         decode_ns = pending.decode_ns
         for stream, index in choice.items():
             if index >= 0:
-                _, frame, cam_decode_ns = self._cameras[stream].pop(index)
+                _, frame, cam_decode_ns, nbytes = self._cameras[stream].pop(index)
+                self._camera_bytes[stream] -= nbytes
                 cameras[stream] = frame
                 decode_ns += cam_decode_ns
         return MatchedSet(pending.sweep, cameras, pending.receive_ns, decode_ns, now_ns)
+
+    # ------------------------------------------------------------------ clock jumps
+
+    def reset_sweeps(self) -> int:
+        dropped = len(self._pending)
+        self._pending = []
+        self._pending_bytes = 0
+        # Stamps of the old timeline would make new sweeps duplicates and new frames late.
+        self._emitted = _RecentStamps(4 * self.queue_size)
+        return dropped
+
+    def reset_camera(self, stream: str) -> int:
+        queue = self._cameras.get(stream)
+        if queue is None:
+            return 0
+        dropped = len(queue)
+        queue.clear()
+        self._camera_bytes[stream] = 0
+        self._emitted = _RecentStamps(4 * self.queue_size)
+        return dropped

@@ -17,7 +17,18 @@ from typing import Protocol
 
 from perception.msgs.types import CameraFrame, LidarSweep
 
-__all__ = ["Filed", "Filing", "MatchedSet", "SyncPolicy"]
+__all__ = ["Filed", "Filing", "MatchedSet", "SyncPolicy", "payload_bytes"]
+
+
+def payload_bytes(msg: CameraFrame | LidarSweep) -> int:
+    """The bytes a buffered message holds on to (its arrays or encoded data), for the byte
+    bounds on the policies' queues."""
+    if isinstance(msg, CameraFrame):
+        if msg.image is not None:
+            return int(msg.image.nbytes)
+        return len(msg.data or b"")
+    offsets = msg.point_time_offsets_ns
+    return int(msg.points.nbytes) + (0 if offsets is None else int(offsets.nbytes))
 
 
 class Filed(enum.Enum):
@@ -83,4 +94,14 @@ class SyncPolicy(Protocol):
     def drain(self, now_ns: int) -> list[MatchedSet]:
         """End of input at host time `now_ns`: the sets `ready(now_ns)` gives, then every set
         still pending, as the live node would get them by polling at each deadline."""
+        ...
+
+    def reset_sweeps(self) -> int:
+        """The lidar clock jumped: forget the sweeps (pending sets) and emitted stamps of its
+        old timeline. Returns the sweeps dropped."""
+        ...
+
+    def reset_camera(self, stream: str) -> int:
+        """Camera `stream`'s clock jumped: forget its buffered frames and the emitted stamps
+        they were judged against. Returns the frames dropped."""
         ...

@@ -20,12 +20,18 @@ from perception.msgs import wire
 from perception.msgs.types import DetectionList
 
 
-def node_config(tmp_path: Path, model: Path) -> tuple[Path, str, str]:
-    """A node config with ipc endpoints under tmp_path; returns (path, sensors, detections)."""
+def node_config(
+    tmp_path: Path, model: Path, *, default_rate_hz: float = 1.0
+) -> tuple[Path, str, str]:
+    """A node config with ipc endpoints under tmp_path; returns (path, sensors, detections).
+
+    Tests publish at their own, often irregular, pace (a frame, then a wait for an answer):
+    their sensors' nominal rate is `default_rate_hz` (1 Hz: dead after 3 s of silence), so a
+    camera is not declared dead between two of a test's frames. Tests of liveness set theirs."""
     sensors = f"ipc://{tmp_path}/sensors"
     detections = f"ipc://{tmp_path}/detections"
     doc = {
-        "inputs": {"endpoints": [sensors]},
+        "inputs": {"endpoints": [sensors], "default_rate_hz": default_rate_hz},
         "outputs": {"endpoint": detections},
         "camera_model": {"path": str(model), "kind": "yolox"},
     }

@@ -40,6 +40,19 @@ def test_engines_section_is_the_engines_settings() -> None:
     assert parse_config({"engines": {"fallback": None}}).engines.fallback is None
 
 
+def test_liveness_and_clock_keys() -> None:
+    doc = {
+        "inputs": {"rates_hz": {"gnss": 1, "camera/front": 12.5}, "dead_after_periods": 4},
+        "clocks": {"max_delay_ms": 500, "jump_confirm": 5},
+        "sync": {"queue_bytes": 1024},
+    }
+    cfg = parse_config(doc)
+    assert cfg.inputs.rates_hz == {"gnss": 1.0, "camera/front": 12.5}
+    assert cfg.inputs.dead_after_periods == 4.0 and cfg.inputs.default_rate_hz == 10.0
+    assert cfg.clocks.max_delay_ms == 500.0 and cfg.clocks.jump_confirm == 5
+    assert cfg.sync.queue_bytes == 1024
+
+
 def test_shipped_config_loads() -> None:
     cfg = load_config(REPO / "configs" / "kitti.yaml")
     assert cfg.inputs.lidar_topic == "lidar/top"
@@ -95,6 +108,23 @@ def test_shipped_config_loads() -> None:
             r"pipeline\.lidar_objects\.max_score: must be in \(0, 1\], got 2\.0",
         ),
         ({"pipeline": {"lidar_objects": {"min_pts": 3}}}, r"pipeline\.lidar_objects\.min_pts: unk"),
+        (
+            {"inputs": {"rates_hz": {"camera/rear": 10}}},
+            r"x\.yaml: inputs\.rates_hz\.camera/rear: not a sensor topic \(known: lidar/top, ca",
+        ),
+        ({"inputs": {"rates_hz": {"gnss": 0}}}, r"inputs\.rates_hz\.gnss: must be a finite rate"),
+        ({"inputs": {"rates_hz": {"gnss": "fast"}}}, r"inputs\.rates_hz\.gnss: expected a number"),
+        ({"inputs": {"default_rate_hz": -1}}, r"inputs\.default_rate_hz: must be > 0"),
+        ({"inputs": {"dead_after_periods": 0.5}}, r"inputs\.dead_after_periods: must be >= 1"),
+        ({"sync": {"queue_bytes": 0}}, r"sync\.queue_bytes: must be > 0"),
+        (
+            {"clocks": {"max_delay_ms": 10, "jump_threshold_ms": 50}},
+            r"clocks\.max_delay_ms: must be >= clocks\.jump_threshold_ms",
+        ),
+        ({"clocks": {"jump_confirm": 0}}, r"clocks\.jump_confirm: must be >= 1"),
+        ({"clocks": {"max_offset_ms": float("nan")}}, r"clocks\.max_offset_ms: must be > 0"),
+        ({"clocks": {"warmup_messages": 1}}, r"clocks\.warmup_messages: must be >= 2"),
+        ({"clocks": {"jump_confirm_sec": 1}}, r"clocks\.jump_confirm_sec: unknown key"),
     ],
 )
 def test_errors_name_the_key(doc: dict[str, object], message: str) -> None:

@@ -25,6 +25,7 @@ from perception.msgs.types import (
     RealtimeStatus,
     RigMessage,
     SensorClock,
+    SensorStatus,
 )
 
 SETTINGS = settings(max_examples=50, deadline=None)
@@ -125,6 +126,17 @@ sensor_clocks = st.builds(
     samples=st.integers(0, INT64_MAX),
     jumps=st.integers(0, INT64_MAX),
     last_jump_stamp_ns=st.none() | st.integers(0, INT64_MAX),
+    rejected=st.integers(0, INT64_MAX),
+)
+sensor_statuses = st.builds(
+    SensorStatus,
+    stream=texts,
+    alive=st.booleans(),
+    rate_hz=st.floats(0, 1e6),
+    nominal_rate_hz=st.floats(0, 1e6),
+    messages=st.integers(0, INT64_MAX),
+    outages=st.integers(0, INT64_MAX),
+    last_receive_ns=st.none() | st.integers(INT64_MIN, INT64_MAX),
 )
 realtime_statuses = st.builds(
     RealtimeStatus,
@@ -149,6 +161,8 @@ diagnostics = st.builds(
     engines=st.lists(texts, max_size=3).map(tuple),
     notes=st.lists(texts, max_size=3).map(tuple),
     realtime=st.none() | realtime_statuses,
+    sensors=st.lists(sensor_statuses, max_size=3).map(tuple),
+    status=st.sampled_from(["ok", "degraded", "stale", "unknown"]),
 )
 
 #: Every wire message type.

@@ -49,7 +49,7 @@ from perception.msgs.types import (
 from perception.pipeline.deskew import deskew_sweep, ego_twist
 from perception.pipeline.timing import STAGES
 from perception.sync import Bundler
-from perception.sync.clock import ClockMonitor
+from perception.sync.clock import ClockMonitor, Verdict
 from replay.drive import DriveReader, RecordedMessage
 from replay.synth.demo import SYNTH_DETECTOR_PATH
 from replay.synth.world import (
@@ -172,9 +172,9 @@ def test_clock_offset_and_drift_recovered_through_queueing_spikes(drive: Drive) 
     mon = ClockMonitor()
     extra = [_spike_ns(rng) for _ in samples]
     extra[len(extra) // 3] = 120 * MS  # one isolated spike above the jump threshold
-    flagged = [mon.observe(s.stream, s.stamp_ns, _receive_ns(s, t0, e)) for s, e in zip(
+    verdicts = [mon.observe(s.stream, s.stamp_ns, _receive_ns(s, t0, e)) for s, e in zip(
         samples, extra, strict=True)]  # fmt: skip
-    assert not any(flagged), "latency spikes must not read as clock jumps"
+    assert set(verdicts) == {Verdict.ACCEPTED}, "latency spikes must not read as clock jumps"
     states = mon.diagnostics()
     assert set(states) == set(CLOCK_OFFSETS_NS)
     for stream in CLOCK_OFFSETS_NS:
@@ -201,7 +201,7 @@ def test_single_latency_spike_is_not_a_clock_jump(drive: Drive) -> None:
         mon = ClockMonitor()
         for i, s in enumerate(samples):
             late = 45 * MS if i == k else 0
-            if mon.observe(s.stream, s.stamp_ns, _receive_ns(s, t0, late)):
+            if mon.observe(s.stream, s.stamp_ns, _receive_ns(s, t0, late)) is not Verdict.ACCEPTED:
                 false_jumps.append((k, i))
     assert false_jumps == []
 
@@ -223,7 +223,7 @@ def test_clock_offset_bias_under_dense_transport_jitter(drive: Drive, seed: int)
     mon = ClockMonitor()
     for s in samples:
         extra = round(rng.exponential(mean_ms * MS)) + _spike_ns(rng)
-        assert not mon.observe(s.stream, s.stamp_ns, _receive_ns(s, t0, extra))
+        assert mon.observe(s.stream, s.stamp_ns, _receive_ns(s, t0, extra)) is Verdict.ACCEPTED
     for stream, state in mon.diagnostics().items():
         last = max(s.stamp_ns for s in samples if s.stream == stream)
         assert state.offset_ns is not None
@@ -232,10 +232,11 @@ def test_clock_offset_bias_under_dense_transport_jitter(drive: Drive, seed: int)
 
 
 def test_clock_steps_flagged_at_the_right_message(drive: Drive) -> None:
-    """Mid-drive the lidar clock steps 1 s forward (the message would arrive before it was
-    sent: flagged at once) and the camera clock 200 ms back (looks like a latency burst until
-    `confirm` = 3 messages agree: flagged at the third). After the step each estimate follows
-    the new clock (exact, as above); GNSS sees no jump."""
+    """Mid-drive the lidar clock steps 1 s forward (its messages would arrive before they were
+    sent: rejected as implausible until `confirm` = 3 agree, flagged at the third) and the
+    camera clock 200 ms back (delivered as late, its stamps stepped: flagged at the third that
+    agrees). After the step each estimate follows the new clock (exact, as above); GNSS sees no
+    jump."""
     samples = _clock_samples(drive)
     floor = _transport_floor(samples)
     t0 = samples[0].stamp_ns
@@ -246,21 +247,27 @@ def test_clock_steps_flagged_at_the_right_message(drive: Drive) -> None:
     steps = {LIDAR_STREAM: (lidar_step_at, 1_000 * MS), CAMERA_STREAM: (camera_step_at, -200 * MS)}
     mon = ClockMonitor()
     flagged: list[int] = []
+    rejected: list[int] = []
     for i, s in enumerate(samples):
         stamp = s.stamp_ns
         at, step = steps.get(s.stream, (len(samples), 0))
         if i >= at:
             stamp += step  # the sensor clock now reads `step` more
         receive = _receive_ns(s, t0, 0)
-        if mon.observe(s.stream, stamp, receive):
+        verdict = mon.observe(s.stream, stamp, receive)
+        if verdict is Verdict.JUMPED:
             flagged.append(i)
+        elif verdict is Verdict.REJECTED:
+            rejected.append(i)
     confirm = 3  # ClockEstimator's default
     camera_flag = camera_idx[camera_idx.index(camera_step_at) + confirm - 1]
-    assert flagged == sorted([lidar_step_at, camera_flag])
+    lidar_flag = lidar_idx[lidar_idx.index(lidar_step_at) + confirm - 1]
+    assert flagged == sorted([lidar_flag, camera_flag])
+    assert rejected == lidar_idx[lidar_idx.index(lidar_step_at) :][: confirm - 1]
     states = mon.diagnostics()
     assert states[LIDAR_STREAM].jumps == 1 and states[CAMERA_STREAM].jumps == 1
     assert states[GNSS_STREAM].jumps == 0
-    assert states[LIDAR_STREAM].last_jump_stamp_ns == samples[lidar_step_at].stamp_ns + 1_000 * MS
+    assert states[LIDAR_STREAM].last_jump_stamp_ns == samples[lidar_flag].stamp_ns + 1_000 * MS
     assert states[CAMERA_STREAM].last_jump_stamp_ns == samples[camera_flag].stamp_ns - 200 * MS
     for stream, (_, step) in steps.items():
         last = max(s.stamp_ns for s in samples if s.stream == stream)

@@ -1,0 +1,182 @@
+"""The node core under time faults and dead sensors, driven as offline replay drives it (real
+KITTI frames, the real pipeline, recorded receive times): an outlier stamp is dropped and
+counted without a reset, a sensor clock that really jumps is followed and the output resumes,
+a dead camera is not waited for, and the diagnostics say which sensors are alive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from perception.config import NodeConfig, parse_config
+from perception.msgs.types import DetectionList, LidarSweep, Message
+from perception.node import NodeCore
+from perception.pipeline import Pipeline
+from replay.datasets.kitti_object import KittiObjectFolder
+from replay.offline import Received, run_core
+
+MS = 1_000_000
+S = 1_000 * MS
+PERIOD = 100 * MS
+START = 1_800_000_000 * S  # host time of the first frame
+
+
+@pytest.fixture(scope="module")
+def config(yolox_path: Path) -> NodeConfig:
+    if not yolox_path.is_file():
+        pytest.skip(f"real data not found: {yolox_path}")
+    return parse_config({"camera_model": {"path": str(yolox_path), "kind": "yolox"}})
+
+
+@pytest.fixture(scope="module")
+def pipeline(config: NodeConfig) -> Pipeline:
+    return Pipeline.from_config(config.camera_model)
+
+
+@pytest.fixture(scope="module")
+def folder(kitti_dir: Path) -> KittiObjectFolder:
+    return KittiObjectFolder(kitti_dir)
+
+
+def _frames(
+    folder: KittiObjectFolder,
+    n: int,
+    *,
+    shift_ns: dict[int, int] | None = None,
+    no_camera: Iterable[int] = (),
+) -> list[Received]:
+    """n frames at 10 Hz: rig, camera and sweep received 1, 2 and 3 ms after the frame's host
+    time; frame k stamped `shift_ns[k]` off it; no camera frame for frames in `no_camera`."""
+    shift_ns = shift_ns or {}
+    skip = set(no_camera)
+    out = []
+    for k in range(n):
+        host = START + k * PERIOD
+        messages: list[Message] = folder.frame_messages(k % 2, host + shift_ns.get(k, 0))
+        for i, msg in enumerate(messages):
+            if k in skip and msg.header.stream.startswith("camera/"):
+                continue
+            numbered = replace(msg, header=replace(msg.header, seq=k))
+            out.append(Received(msg.header.stream, host + (i + 1) * MS, message=numbered))
+    return out
+
+
+def _run(
+    config: NodeConfig, pipeline: Pipeline, received: list[Received]
+) -> tuple[list[tuple[int, DetectionList]], NodeCore]:
+    """The core's outputs for `received`, each with the frame its sweep came from."""
+    core = NodeCore(config, pipeline)
+    frame_of = {
+        r.message.header.stamp_ns: r.message.header.seq
+        for r in received
+        if isinstance(r.message, LidarSweep)
+    }
+    return [(frame_of[dl.header.stamp_ns], dl) for dl in run_core(core, received)], core
+
+
+def _seqs(outputs: list[tuple[int, DetectionList]]) -> list[int]:
+    return [k for k, _ in outputs]
+
+
+@pytest.mark.parametrize("frame", [3, 20])  # before and after the clock estimate is warm
+@pytest.mark.parametrize("shift", [3600 * S, -5 * S])
+def test_a_single_outlier_stamp_is_dropped_without_a_reset(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder, frame: int, shift: int
+) -> None:
+    outputs, core = _run(config, pipeline, _frames(folder, 30, shift_ns={frame: shift}))
+    assert _seqs(outputs) == [k for k in range(30) if k != frame]
+    assert all(dl.degraded == () for _, dl in outputs)
+    counters = core.counters
+    # Its camera frame and its sweep, each counted; its rig (a calibration in force from its
+    # stamp) is not judged.
+    assert counters.stamp_faults == 2 and counters.clock_jumps == 0
+    assert counters.skipped_bundles == 0
+    clocks = {c.stream: c for c in core.diagnostics(START + 3 * S).clocks}
+    assert clocks["lidar/top"].rejected == 1 and clocks["camera/front"].rejected == 1
+    assert clocks["lidar/top"].jumps == 0
+
+
+@pytest.mark.parametrize("step", [-5 * S, 3600 * S])
+def test_a_sensor_clock_that_really_jumps_is_followed(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder, step: int
+) -> None:
+    """From frame 20 on the sensors stamp `step` off (a PTP resync, a restart). On main, -5 s
+    published nothing more (only newer stamps may be), +1 h published the first and nothing
+    after a single one. Here frames 20 and 21 are held off as implausible, frame 22 confirms
+    the jump, and output resumes there with the new stamps."""
+    shift = {k: step for k in range(20, 40)}
+    outputs, core = _run(config, pipeline, _frames(folder, 40, shift_ns=shift))
+    assert _seqs(outputs) == [*range(20), *range(22, 40)]
+    assert all(dl.degraded == () for _, dl in outputs)
+    assert outputs[-1][1].header.stamp_ns == START + 39 * PERIOD + step
+    counters = core.counters
+    assert counters.clock_jumps == 2  # the camera's clock and the lidar's
+    assert counters.stamp_faults == 4
+    assert counters.skipped_bundles == 0
+    # The latency after the jump uses the new offset at once, not the 5 s the clocks moved.
+    assert all(0 < dl.latency_ns < 1 * S for _, dl in outputs[20:])
+    clocks = {c.stream: c for c in core.diagnostics(START + 4 * S).clocks}
+    assert clocks["lidar/top"].jumps == 1
+    assert clocks["lidar/top"].offset_ns == pytest.approx(-step, abs=10 * MS)
+
+
+def test_a_dead_camera_is_not_waited_for(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder
+) -> None:
+    """The camera is silent for frames 20-39. It was last heard 2 ms after frame 19, so it is
+    dead 0.3 s (3 periods) later, 2 ms after frame 22: frames 20 and 21 wait until then and are
+    ready together with frame 22, which is processed (the newest; they are counted skipped, as
+    bundles a node falls behind on); from frame 22 on sweeps go out at once, degraded; from
+    frame 40 the camera is back and every bundle is full."""
+    outputs, core = _run(config, pipeline, _frames(folder, 60, no_camera=range(20, 40)))
+    assert _seqs(outputs) == [*range(20), *range(22, 60)]
+    for k, dl in outputs:
+        assert dl.degraded == (("camera/front",) if 20 <= k < 40 else ()), k
+        assert dl.valid == (not dl.degraded)
+        assert dl.timings_ns["sync_wait"] == 0, k
+    assert core.counters.skipped_bundles == 2
+    sync = core.diagnostics(START + 6 * S).sync
+    assert sync["dead_camera_bundles"] == 20 and sync["degraded_bundles"] == 20
+
+
+def test_diagnostics_report_liveness_and_stale_inputs(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder
+) -> None:
+    core = NodeCore(config, pipeline)
+    assert core.diagnostics(START).status == "stale"  # nothing heard yet
+    list(run_core(core, _frames(folder, 20)))
+    last = START + 19 * PERIOD + 3 * MS
+    d = core.diagnostics(last)
+    sensors = {s.stream: s for s in d.sensors}
+    assert set(sensors) == {"lidar/top", "camera/front", "gnss"}
+    assert sensors["lidar/top"].alive and sensors["camera/front"].alive
+    assert sensors["lidar/top"].rate_hz == pytest.approx(10.0, rel=1e-6)
+    assert sensors["lidar/top"].nominal_rate_hz == 10.0
+    assert sensors["lidar/top"].messages == 20
+    # KITTI object frames carry no GNSS.
+    assert not sensors["gnss"].alive and sensors["gnss"].messages == 0
+    assert d.status == "degraded"
+    # The publisher is killed: 0.3 s later every input is stale.
+    stale = core.diagnostics(last + 300 * MS)
+    assert stale.status == "stale" and not any(s.alive for s in stale.sensors)
+    assert all(s.rate_hz == 0.0 for s in stale.sensors)
+
+
+def test_rates_from_the_topic_table(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder
+) -> None:
+    """A camera configured at 2 Hz (dead after 1.5 s) survives a 1 s gap that kills one at
+    10 Hz."""
+    slow = replace(config, inputs=replace(config.inputs, rates_hz={"camera/front": 2.0}))
+    received = _frames(folder, 30, no_camera=range(10, 20))
+    fast_out, _ = _run(config, pipeline, received)
+    slow_out, _ = _run(slow, pipeline, received)
+    fast_waits = {k: dl.timings_ns["sync_wait"] for k, dl in fast_out if 12 <= k < 20}
+    slow_waits = {k: dl.timings_ns["sync_wait"] for k, dl in slow_out if 10 <= k < 20}
+    assert set(fast_waits.values()) == {0}
+    # At 2 Hz nothing is dead within the gap: each bundle waits the 300 ms timeout (17-19
+    # would be out after frame 20, complete at once when the camera is back: skipped).
+    assert slow_waits == dict.fromkeys(range(10, 17), 300 * MS)
