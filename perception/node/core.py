@@ -220,6 +220,12 @@ class NodeCore:
         self._last_publish_ns = 0
         self._last_latency_ns = 0
 
+    @property
+    def epoch(self) -> int:
+        """The lidar timeline's number: a confirmed lidar clock jump starts a new one, within
+        which output stamps only move forward."""
+        return self._epoch
+
     # -- receive side ----------------------------------------------------------------------
 
     def on_frames(

@@ -94,6 +94,10 @@ REFUSALS: dict[str, tuple[type, ...]] = {
     "bad_fixes": (GnssFix,),
     "not_inputs": (DetectionList, Diagnostics),
 }
+#: NodeCounters counters of messages the core refused before the synchroniser, and their types.
+CORE_REFUSALS: dict[str, tuple[type, ...]] = {
+    "stamp_faults": (CameraFrame, LidarSweep, GnssFix, RigMessage),
+}
 _INPUTS = (CameraFrame, LidarSweep, GnssFix, RigMessage)
 
 
@@ -277,6 +281,7 @@ class FuzzHarness:
         self._accepted_sweeps = 0
         self._unprocessed = 0
         self._last_stamp: int | None = None
+        self._epoch = 0
         self._tainted = False
 
     def _other_templates(self) -> list[Any]:
@@ -344,7 +349,12 @@ class FuzzHarness:
                 f"bundles {c.bundles} != skipped {c.skipped_bundles} + published {c.published} "
                 f"+ step errors {c.step_errors} + not handed over {self._unprocessed}",
             )
-        out = stats.bundles + stats.dropped_sweeps_no_rig + stats.dropped_sweeps_queue_full
+        out = (
+            stats.bundles
+            + stats.dropped_sweeps_no_rig
+            + stats.dropped_sweeps_queue_full
+            + stats.dropped_sweeps_clock_reset
+        )
         if self.episode_config.sync.policy == "collector":
             if out != self._accepted_sweeps:
                 self._miscount(
@@ -352,7 +362,8 @@ class FuzzHarness:
                     "sweeps accounted",
                     f"{self._accepted_sweeps} sweeps accepted, {out} accounted for (bundles "
                     f"{stats.bundles}, no rig {stats.dropped_sweeps_no_rig}, queue full "
-                    f"{stats.dropped_sweeps_queue_full})",
+                    f"{stats.dropped_sweeps_queue_full}, clock reset "
+                    f"{stats.dropped_sweeps_clock_reset})",
                 )
         elif out > self._accepted_sweeps:
             self._miscount(
@@ -430,6 +441,7 @@ class FuzzHarness:
         c = self.core.counters
         stats = self.core.bundler.stats
         refusals = {k: getattr(stats, k) for k in REFUSALS}
+        refusals.update({k: getattr(c, k) for k in CORE_REFUSALS})
         return c.received, c.decode_errors, c.sync_errors, refusals
 
     def _check_counts(
@@ -466,7 +478,7 @@ class FuzzHarness:
         elif moved:
             (counter,) = moved
             self.tally.refused[counter] += 1
-            if not isinstance(expected, REFUSALS[counter]):
+            if not isinstance(expected, {**REFUSALS, **CORE_REFUSALS}[counter]):
                 self._miscount(case, "refusal type", f"{name} counted as {counter}")
         elif isinstance(expected, _INPUTS):
             self.tally.accepted[name] += 1
@@ -570,6 +582,10 @@ class FuzzHarness:
         """Checks a DetectionList the core produced (`published`) or the harness's own step
         of the pipeline (only that it encodes)."""
         stamp = out.header.stamp_ns
+        if published and self.core.epoch != self._epoch:
+            # A confirmed lidar clock jump starts a new timeline: stamps move forward within one.
+            self._epoch = self.core.epoch
+            self._last_stamp = None
         if published and self._last_stamp is not None and stamp <= self._last_stamp:
             self._finding(
                 "output", case, f"output stamp {stamp} after {self._last_stamp}", "stamp order"
