@@ -277,9 +277,10 @@ def numbers(
     *,
     unit: str = "",
     lo: float = -math.inf,
+    hi: float = math.inf,
     optional: bool = False,
 ) -> Field:
-    return Field(name, Kind.FLOATS, doc, unit, optional, lo=lo, hi=math.inf, length=length)
+    return Field(name, Kind.FLOATS, doc, unit, optional, lo=lo, hi=hi, length=length)
 
 
 def boolean(name: str, doc: str) -> Field:
@@ -481,6 +482,11 @@ LIDAR_SWEEP = Schema(LidarSweep, (
           value_limit="max_sweep_duration_ns", optional=True),
 ))  # fmt: skip
 
+# No road vehicle moves faster (a speed of 1e300 m/s put NaN into the positions derived from
+# it); a heading is an angle, given within a few turns.
+_MAX_SPEED_MPS = 200.0
+_MAX_HEADING_RAD = 4 * math.pi
+
 GNSS_FIX = Schema(GnssFix, (
     nested("header", HEADER, "common header"),
     number("latitude_deg", "WGS84 latitude", unit="deg", lo=-90.0, hi=90.0),
@@ -489,9 +495,10 @@ GNSS_FIX = Schema(GnssFix, (
            hi=_ALTITUDE_RANGE_M[1]),
     numbers("position_covariance_m2", 9, "ENU position covariance, row-major 3 x 3",
             unit="m^2"),
-    numbers("velocity_enu_mps", 3, "ENU velocity", unit="m/s", optional=True),
+    numbers("velocity_enu_mps", 3, "ENU velocity", unit="m/s", lo=-_MAX_SPEED_MPS,
+            hi=_MAX_SPEED_MPS, optional=True),
     number("heading_rad", "ENU yaw: 0 = east, counter-clockwise positive", unit="rad",
-           optional=True),
+           lo=-_MAX_HEADING_RAD, hi=_MAX_HEADING_RAD, optional=True),
 ), rules=(_variances,))  # fmt: skip
 
 RIG_MESSAGE = Schema(RigMessage, (

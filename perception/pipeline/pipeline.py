@@ -341,7 +341,10 @@ class Pipeline:
         )
         centres = np.array([d.center for d in detections], dtype=np.float64).reshape(-1, 3)
         geodetic = origin.enu_to_geodetic(enu_from_vehicle.apply(centres))
+        # A position that cannot be computed (an implausible fix) is left out, not made NaN.
         return [
             replace(d, latitude_deg=float(g[0]), longitude_deg=float(g[1]))
+            if bool(np.isfinite(g[:2]).all())
+            else d
             for d, g in zip(detections, geodetic, strict=True)
         ]

@@ -78,8 +78,8 @@ gnss_fixes = st.builds(
     longitude_deg=st.floats(-180, 180),
     altitude_m=st.floats(-12_000, 100_000),
     position_covariance_m2=st.tuples(*[finite] * 9).filter(lambda c: min(c[0], c[4], c[8]) >= 0),
-    velocity_enu_mps=st.none() | st.tuples(finite, finite, finite),
-    heading_rad=st.none() | finite,
+    velocity_enu_mps=st.none() | st.tuples(*[st.floats(-200, 200)] * 3),
+    heading_rad=st.none() | st.floats(-12.5, 12.5),
 )
 
 plain = st.recursive(

@@ -238,3 +238,17 @@ def test_defaults_fit_an_8_mp_camera_and_a_128_beam_lidar() -> None:
     big = np.zeros((4400, 5000, 3), np.uint8)  # 66 MB: refused
     with raises("oversize message", "camera/front"):
         wire.decode([b"camera/front", *frames_of(frame)[1:2], big.tobytes()])
+
+
+def test_a_fix_faster_than_any_road_vehicle_or_with_a_wild_heading_is_refused() -> None:
+    from perception.msgs.types import GnssFix, Header
+
+    header = Header("gnss", 0, 1_000, "gnss")
+    ok = GnssFix(header, 49.0, 8.4, 100.0, velocity_enu_mps=(55.0, -3.0, 0.1), heading_rad=-3.0)
+    wire.decode(wire.encode(ok))
+    for fix, field in (
+        (GnssFix(header, 49.0, 8.4, 100.0, velocity_enu_mps=(1e300, 0.0, 0.0)), "velocity"),
+        (GnssFix(header, 49.0, 8.4, 100.0, heading_rad=1e300), "heading_rad"),
+    ):
+        with pytest.raises(WireError, match=field):
+            wire.encode(fix)
