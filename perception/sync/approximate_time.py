@@ -266,6 +266,8 @@ class ApproximateTimeAdapter:
         self._held_bytes = [0] * (1 + len(camera_streams))
         # Sets the policy published and `ready` has not handed out yet.
         self._out: list[MatchedSet] = []
+        # Sweeps and frames dropped because no set could use them any more.
+        self._unmatched = [0, 0]
         # Per stream index: subtracted from the stamp before the policy sees it.
         self._shift_ns = [0] + [int((offsets_ns or {}).get(c, 0)) for c in camera_streams]
         # The stream indices the policy runs over (the lidar and the live cameras), the policy
@@ -358,9 +360,14 @@ class ApproximateTimeAdapter:
             held = self._held[i]
             for old in [k for k in held if k < t]:
                 self._held_bytes[i] -= held.pop(old)[3]
+                self._unmatched[i > 0] += 1
         sweep_item = members[0]
         if sweep_item is None or any(m is None for m in members.values()):
-            return  # evicted from its bounded buffer before the set was proved
+            # A member was evicted from its bounded buffer before the set was proved: the
+            # others are dropped with it.
+            for i, item in members.items():
+                self._unmatched[i > 0] += item is not None
+            return
         sweep, receive_ns, decode_ns, _ = sweep_item
         assert isinstance(sweep, LidarSweep)
         cameras: dict[str, CameraFrame] = {}
@@ -410,8 +417,18 @@ class ApproximateTimeAdapter:
         return out
 
     def drain(self, now_ns: int) -> list[MatchedSet]:
-        # Nothing is due later: a set the policy has not proved is never published.
-        return self.ready(now_ns)
+        # Nothing is due later: a set the policy has not proved is never published, and what
+        # is held is dropped with the end of input.
+        out = self.ready(now_ns)
+        for i, held in enumerate(self._held):
+            self._unmatched[i > 0] += len(held)
+            held.clear()
+            self._held_bytes[i] = 0
+        return out
+
+    @property
+    def unmatched(self) -> tuple[int, int]:
+        return (self._unmatched[0], self._unmatched[1])
 
     def reset_sweeps(self) -> int:
         return self._reset(0)

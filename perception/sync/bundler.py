@@ -62,7 +62,8 @@ class SyncStats:
     NOT_AN_INPUT; `*_queue_full` the messages dropped for a queue full in messages or bytes;
     `dead_camera_bundles` the degraded bundles that went out without waiting because a camera
     they lack was dead; `dropped_*_clock_reset` what a confirmed clock jump made the bundler
-    forget."""
+    forget; `dropped_*_unmatched` what the policy dropped because no set could use it any more
+    (ApproximateTime: passed over by a newer set, or unproved at the end of input)."""
 
     bundles: int = 0
     degraded_bundles: int = 0
@@ -79,6 +80,8 @@ class SyncStats:
     dropped_sweeps_clock_reset: int = 0
     dropped_cameras_clock_reset: int = 0
     dropped_fixes_clock_reset: int = 0
+    dropped_sweeps_unmatched: int = 0
+    dropped_cameras_unmatched: int = 0
     per_stream_missing: dict[str, int] = field(default_factory=dict)
     per_stream_late: dict[str, int] = field(default_factory=dict)
 
@@ -314,13 +317,21 @@ class Bundler:
     def poll(self, now_ns: int) -> list[SyncedBundle]:
         """Bundles complete or due at host time `now_ns`, in sweep stamp order."""
         sets = self._policy.ready(now_ns)
+        # A policy drops what no set can use while it files messages: counted as of now.
+        self.stats.dropped_sweeps_unmatched, self.stats.dropped_cameras_unmatched = (
+            self._policy.unmatched
+        )
         return self._bundles(sets) if sets else []
 
     def flush(self) -> list[SyncedBundle]:
         """End of input (offline replay): the bundles `poll` gives at the latest receive time,
         then everything still pending, each as the live node would emit it at its deadline
         (degraded, `sync_wait_ns` = the timeout). Nothing stays pending."""
-        return self._bundles(self._policy.drain(self._last_receive_ns))
+        sets = self._policy.drain(self._last_receive_ns)
+        self.stats.dropped_sweeps_unmatched, self.stats.dropped_cameras_unmatched = (
+            self._policy.unmatched
+        )
+        return self._bundles(sets)
 
     def _bundles(self, sets: list[MatchedSet]) -> list[SyncedBundle]:
         out: list[SyncedBundle] = []

@@ -300,6 +300,12 @@ class CollectorPolicy:
         self._emitted = _RecentStamps(4 * self.queue_size)
         return dropped
 
+    @property
+    def unmatched(self) -> tuple[int, int]:
+        # Every sweep goes out (complete, or degraded at its deadline); a frame no sweep
+        # claims stays queued until a newer one pushes it out (counted as queue full).
+        return (0, 0)
+
     def reset_camera(self, stream: str) -> int:
         queue = self._cameras.get(stream)
         if queue is None:

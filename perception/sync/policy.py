@@ -96,6 +96,13 @@ class SyncPolicy(Protocol):
         still pending, as the live node would get them by polling at each deadline."""
         ...
 
+    @property
+    def unmatched(self) -> tuple[int, int]:
+        """(sweeps, frames) the policy dropped so far because no set could use them any more
+        (passed over by a newer set, or left unproved at the end of input); 0 for a policy
+        that emits every sweep."""
+        ...
+
     def reset_sweeps(self) -> int:
         """The lidar clock jumped: forget the sweeps (pending sets) and emitted stamps of its
         old timeline. Returns the sweeps dropped."""

@@ -165,7 +165,6 @@ class Tally:
     detections: int = 0
     degraded_outputs: int = 0
     diagnostics: int = 0
-    approximate_time_uncounted_sweeps: int = 0
     receive_s: float = 0.0
     step_s: float = 0.0
     max_receive_s: float = 0.0
@@ -354,23 +353,19 @@ class FuzzHarness:
             + stats.dropped_sweeps_no_rig
             + stats.dropped_sweeps_queue_full
             + stats.dropped_sweeps_clock_reset
+            + stats.dropped_sweeps_unmatched
         )
-        if self.episode_config.sync.policy == "collector":
-            if out != self._accepted_sweeps:
-                self._miscount(
-                    case,
-                    "sweeps accounted",
-                    f"{self._accepted_sweeps} sweeps accepted, {out} accounted for (bundles "
-                    f"{stats.bundles}, no rig {stats.dropped_sweeps_no_rig}, queue full "
-                    f"{stats.dropped_sweeps_queue_full}, clock reset "
-                    f"{stats.dropped_sweeps_clock_reset})",
-                )
-        elif out > self._accepted_sweeps:
+        # With either policy every accepted sweep ends as a bundle or a counted drop.
+        if out != self._accepted_sweeps:
             self._miscount(
-                case, "sweeps accounted", f"{out} sweeps out of {self._accepted_sweeps} accepted"
+                case,
+                "sweeps accounted",
+                f"{self._accepted_sweeps} sweeps accepted, {out} accounted for (bundles "
+                f"{stats.bundles}, no rig {stats.dropped_sweeps_no_rig}, queue full "
+                f"{stats.dropped_sweeps_queue_full}, clock reset "
+                f"{stats.dropped_sweeps_clock_reset}, unmatched "
+                f"{stats.dropped_sweeps_unmatched})",
             )
-        else:
-            self.tally.approximate_time_uncounted_sweeps += self._accepted_sweeps - out
 
     # -- cases -------------------------------------------------------------------------------
 

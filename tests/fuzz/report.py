@@ -113,7 +113,6 @@ def report_document(
             "slowest": t.slowest_receive,
         },
         "episodes": t.episodes,
-        "approximate_time_uncounted_sweeps": t.approximate_time_uncounted_sweeps,
         "rss": rss_figures(t.rss),
         "log_records": dict(log_records or {}),
         "settings": {
@@ -160,8 +159,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
             "episodes",
             f"{doc['episodes']} cores of {doc['settings']['episode_cases']:,} messages at most"
             + (
-                f" (ApproximateTime every {doc['settings']['approximate_every']}th; the sweeps "
-                f"it dropped uncounted: {doc['approximate_time_uncounted_sweeps']:,})"
+                f" (ApproximateTime every {doc['settings']['approximate_every']}th)"
                 if doc["settings"]["approximate_every"]
                 else ""
             ),

@@ -307,6 +307,25 @@ def test_approximate_time_flush_hands_out_proved_sets_only() -> None:
     assert s.flush() == []
 
 
+def test_approximate_time_counts_every_sweep_it_drops() -> None:
+    # A camera that misses frames: ApproximateTime passes over the sweeps it cannot pair, and
+    # the one unproved at the end of input is dropped with it. Every sweep is a bundle or a
+    # counted drop.
+    cfg = SyncConfig(policy="approximate_time", queue_size=5)
+    s = Bundler.from_config(FRONT, cfg, default_rig=_rig())
+    bundles = []
+    sweeps = 8
+    for k in range(sweeps):
+        s.add(_sweep(k * 100 * MS, k), receive_ns=k * 100 * MS)
+        if k % 3 == 2:
+            s.add(_cam(k * 100 * MS + 5 * MS, seq=k), receive_ns=k * 100 * MS + 20 * MS)
+        bundles += s.poll(k * 100 * MS + 20 * MS)
+    bundles += s.flush()
+    stats = s.stats
+    assert stats.dropped_sweeps_unmatched >= sweeps - 3
+    assert len(bundles) + stats.dropped_sweeps_unmatched + stats.dropped_sweeps_queue_full == sweeps
+
+
 def test_node_approximate_time_policy_emits_the_policy_sets() -> None:
     cfg = SyncConfig(policy="approximate_time", queue_size=5)
     sync = Bundler.from_config(("camera/a", "camera/b"), cfg, default_rig=_rig())
