@@ -28,6 +28,13 @@ the writer (constructor or `write_rig`) is also stored as MCAP metadata `percept
 (`{"rig": <JSON rig document>, "stamp_ns": "<int>"}`), and `write_rig` also writes a
 `RigMessage` on topic `rig` (`RIG_TOPIC`), so a drive is self-contained.
 
+A drive may also hold ground truth (synthetic drives do): one JSON message per lidar sweep on
+topic `ground_truth` (`GROUND_TRUTH_TOPIC`, written by `DriveWriter.write_ground_truth`),
+`publish_time` the sweep stamp, schema `perception.GroundTruth` (`GROUND_TRUTH_SCHEMA`, a JSON
+Schema: `seq`, `stamp_ns` and the `boxes` in the vehicle frame at the sweep stamp). It has no
+companion and is no project message: `DriveReader.messages` and `topics` leave it out (players
+and replays never see it); `DriveReader.ground_truth` reads it.
+
 Chunks are cut by `DriveWriter` itself (at `chunk_size` bytes, or when `flush` is called), never
 between a message and its companion, and each is handed to the operating system in one write
 as soon as it is cut (no user-space buffer). So a killed writer leaves exactly the chunks cut
@@ -72,6 +79,8 @@ __all__ = [
     "COMPANION_SCHEMA",
     "COMPANION_SUFFIX",
     "DEFAULT_CHUNK_SIZE",
+    "GROUND_TRUTH_SCHEMA",
+    "GROUND_TRUTH_TOPIC",
     "RIG_METADATA",
     "RIG_TOPIC",
     "DriveReader",
@@ -92,7 +101,45 @@ RIG_TOPIC = "rig"
 #: Default uncompressed chunk size, bytes. Smaller chunks lose less when a recorder is killed.
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
+#: Topic of the ground-truth channel (one JSON document per sweep).
+GROUND_TRUTH_TOPIC = "ground_truth"
+#: Schema name of the ground-truth channel.
+GROUND_TRUTH_SCHEMA = "perception.GroundTruth"
+
 _TYPE_KEY = "perception.type"
+# Channel metadata `perception.type` of the ground-truth channel: not a project message type.
+_GROUND_TRUTH_TYPE = "GroundTruth"
+_NUMBER_ARRAY = {"type": "array", "items": {"type": "number"}}
+_GROUND_TRUTH_JSON_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": GROUND_TRUTH_SCHEMA,
+    "description": "Ground truth of one lidar sweep: boxes in the vehicle frame at the sweep "
+    "stamp (centre m, size (length, width, height) m, yaw rad about +z).",
+    "type": "object",
+    "required": ["seq", "stamp_ns", "boxes"],
+    "properties": {
+        "seq": {"type": "integer"},
+        "stamp_ns": {"type": "integer"},
+        "boxes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["label", "center", "size", "yaw"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "label": {"type": "string"},
+                    "center": {**_NUMBER_ARRAY, "minItems": 3, "maxItems": 3},
+                    "size": {**_NUMBER_ARRAY, "minItems": 3, "maxItems": 3},
+                    "yaw": {"type": "number"},
+                    "velocity": _NUMBER_ARRAY,
+                    "relative_velocity": _NUMBER_ARRAY,
+                    "lidar_points": {"type": "integer"},
+                    "camera_visible": {"type": "number"},
+                },
+            },
+        },
+    },
+}
 # The MCAP writer never cuts a chunk itself (DriveWriter does, see the module docstring).
 _NEVER = 1 << 62
 _RECORD_OVERHEAD = 31  # bytes of an MCAP message record besides its data
@@ -313,6 +360,50 @@ class DriveWriter(Closeable):
         self._seq_by_topic[RIG_TOPIC] = seq + 1
         msg = RigMessage(Header(RIG_TOPIC, seq, stamp_ns, "vehicle"), rig.to_dict())
         self.write(msg, max(0, stamp_ns), RIG_TOPIC)
+
+    def write_ground_truth(self, doc: dict[str, Any], log_time_ns: int) -> None:
+        """Write one sweep's ground truth `doc` (`seq`, `stamp_ns`, `boxes`: see the module
+        docstring) on `GROUND_TRUTH_TOPIC`, received at `log_time_ns` (write it with its
+        sweep's log time so the drive's time span stays that of its sensor messages).
+
+        Raises:
+            ReplayError: the drive is closed, or `doc` lacks `seq`, `stamp_ns` or `boxes` or
+                is not representable as JSON; nothing is written.
+            DriveStorageError: as `write`.
+            ValueError: `log_time_ns` is negative.
+        """
+        self._check_open()
+        if log_time_ns < 0:
+            raise ValueError(f"log_time_ns must be >= 0, got {log_time_ns}")
+        missing = [k for k in ("seq", "stamp_ns", "boxes") if k not in doc]
+        if missing:
+            raise ReplayError(f"{self.path}: ground truth without {', '.join(missing)}")
+        try:
+            data = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ReplayError(
+                f"{self.path}: ground truth is not representable as JSON ({e})"
+            ) from e
+        key = (GROUND_TRUTH_TOPIC, _GROUND_TRUTH_TYPE)
+        if key not in self._channels:
+            schema = json.dumps(_GROUND_TRUTH_JSON_SCHEMA, sort_keys=True).encode()
+            channel = self._writer.register_channel(
+                topic=GROUND_TRUTH_TOPIC,
+                message_encoding="json",
+                schema_id=self._schema(GROUND_TRUTH_SCHEMA, "jsonschema", schema),
+                metadata={_TYPE_KEY: _GROUND_TRUTH_TYPE},
+            )
+            self._channels[key] = (channel, channel)
+        channel_id = self._channels[key][0]
+        sequence = self._sequence
+        self._sequence = (self._sequence + 1) & 0xFFFFFFFF
+        payload = data.encode()
+        publish = max(0, int(doc["stamp_ns"]))
+        self._writer.add_message(channel_id, log_time_ns, payload, publish, sequence)
+        self.bytes_written += len(payload)
+        self._chunk_bytes += len(payload) + _RECORD_OVERHEAD
+        if self._chunk_bytes >= self._chunk_size:
+            self.flush()
 
     def _add_rig_metadata(self, rig: Rig, stamp_ns: int) -> None:
         data = {"rig": json.dumps(rig.to_dict()), "stamp_ns": str(stamp_ns)}
@@ -543,6 +634,8 @@ class DriveReader:
             channel_topics = [t for topic in topics for t in (topic, topic + COMPANION_SUFFIX)]
         pending: dict[tuple[str, int], tuple[McapMessage | None, McapMessage | None]] = {}
         for channel, record in self._iter_raw(channel_topics, start_ns):
+            if _is_ground_truth(channel):
+                continue  # not a project message (see the module docstring)
             companion = channel.topic.endswith(COMPANION_SUFFIX)
             topic = channel.topic[: -len(COMPANION_SUFFIX)] if companion else channel.topic
             key = (topic, record.sequence)
@@ -576,6 +669,30 @@ class DriveReader:
         except Exception as e:  # recorded bytes are input: any fault is this message's
             raise ReplayError(f"{where}: cannot decode ({type(e).__name__}: {e})") from e
         return msg
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        """The documents of the ground-truth channel (see the module docstring), in log-time
+        order; empty when the drive has none.
+
+        Raises:
+            ReplayError: a document is not a JSON object with `seq`, `stamp_ns` and `boxes`
+                (names the path and log time), or the file cannot be read.
+        """
+        docs: list[dict[str, Any]] = []
+        for channel, record in self._iter_raw([GROUND_TRUTH_TOPIC], None):
+            if not _is_ground_truth(channel):
+                continue
+            try:
+                doc = json.loads(record.data)
+                if not isinstance(doc, dict) or not {"seq", "stamp_ns", "boxes"} <= doc.keys():
+                    raise ValueError("expected an object with seq, stamp_ns and boxes")
+            except ValueError as e:
+                raise ReplayError(
+                    f"{self.path}: {GROUND_TRUTH_TOPIC} at log time {record.log_time}: "
+                    f"malformed ground truth ({e})"
+                ) from e
+            docs.append(doc)
+        return docs
 
     @property
     def rig(self) -> Rig | None:
@@ -648,7 +765,7 @@ class DriveReader:
             if summary is not None and summary.statistics is not None:
                 for channel_id, n in summary.statistics.channel_message_counts.items():
                     channel = summary.channels[channel_id]
-                    if channel.topic.endswith(COMPANION_SUFFIX):
+                    if channel.topic.endswith(COMPANION_SUFFIX) or _is_ground_truth(channel):
                         continue
                     counts[channel.topic] = counts.get(channel.topic, 0) + n
             else:
@@ -670,3 +787,7 @@ class DriveReader:
         for _topic, base, _comp in self._pairs(None, None):
             return int(base.log_time)
         return None
+
+
+def _is_ground_truth(channel: Channel) -> bool:
+    return channel.metadata.get(_TYPE_KEY) == _GROUND_TRUTH_TYPE

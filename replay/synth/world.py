@@ -18,6 +18,8 @@ Ground truth: one JSON line per sweep (`<drive>.gt.jsonl`): `seq`, `stamp_ns` an
 the vehicle frame at the sweep stamp (`id`, `label`, `center` m, `size` (l, w, h) m, `yaw` rad,
 `velocity` m/s in the vehicle axes, `lidar_points` (returns of the sweep on the object) and
 `camera_visible` (unoccluded fraction of its in-image silhouette in the camera frame, 0-1)).
+The same documents are in the drive itself, on its ground-truth channel (`replay.drive`,
+`GROUND_TRUTH_TOPIC`), read by `read_drive_ground_truth`.
 
 Everything derives from one `numpy.random.Generator(PCG64(seed))`; the same seed gives
 byte-identical files (the MCAP writer stores no wall-clock time).
@@ -38,7 +40,7 @@ import numpy.typing as npt
 
 from calibration import LocalTangentPlane, PinholeCamera, Rig, RigidTransform
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
-from replay.drive import DriveWriter
+from replay.drive import DriveReader, DriveWriter
 from replay.evaluation import ReferenceBox
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "ground_truth_path",
     "lidar_sweep",
     "make_world",
+    "read_drive_ground_truth",
     "read_ground_truth",
     "render_camera",
     "synth_rig",
@@ -655,23 +658,43 @@ def read_ground_truth(path: Path) -> list[GroundTruthFrame]:
     with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             try:
-                doc = json.loads(line)
-                boxes = tuple(
-                    ReferenceBox(b["label"], tuple(b["center"]), tuple(b["size"]), b["yaw"])
-                    for b in doc["boxes"]
-                )
-                frames.append(
-                    GroundTruthFrame(
-                        int(doc["seq"]),
-                        int(doc["stamp_ns"]),
-                        boxes,
-                        tuple(float(b["camera_visible"]) for b in doc["boxes"]),
-                        tuple(int(b["lidar_points"]) for b in doc["boxes"]),
-                    )
-                )
+                frames.append(_ground_truth_frame(json.loads(line)))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: malformed ground truth ({e})") from e
     return frames
+
+
+def read_drive_ground_truth(drive_path: Path) -> list[GroundTruthFrame]:
+    """The frames of a drive's ground-truth channel (the documents of `read_ground_truth`);
+    empty for a drive without one.
+
+    Raises:
+        ValueError: a malformed document (names the drive and sweep).
+        replay.errors.ReplayError: the drive cannot be read.
+    """
+    frames = []
+    for doc in DriveReader(drive_path).ground_truth():
+        try:
+            frames.append(_ground_truth_frame(doc))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{drive_path}: ground truth of sweep {doc.get('seq')}: malformed ({e})"
+            ) from e
+    return frames
+
+
+def _ground_truth_frame(doc: dict[str, Any]) -> GroundTruthFrame:
+    boxes = tuple(
+        ReferenceBox(b["label"], tuple(b["center"]), tuple(b["size"]), b["yaw"])
+        for b in doc["boxes"]
+    )
+    return GroundTruthFrame(
+        int(doc["seq"]),
+        int(doc["stamp_ns"]),
+        boxes,
+        tuple(float(b["camera_visible"]) for b in doc["boxes"]),
+        tuple(int(b["lidar_points"]) for b in doc["boxes"]),
+    )
 
 
 def _round(value: Any) -> Any:
@@ -690,9 +713,10 @@ def generate_drive(
     seconds: float = 10.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthStats:
-    """Write a synthetic drive (MCAP, `replay.drive` layout, with the rig) to `out_path` and its
-    ground truth beside it (`ground_truth_path`). `seconds` of driving at 10 Hz per sensor.
-    `progress(sweeps done, sweeps in all)` is called after each sweep.
+    """Write a synthetic drive (MCAP, `replay.drive` layout, with the rig and the ground-truth
+    channel) to `out_path` and its ground truth beside it (`ground_truth_path`). `seconds` of
+    driving at 10 Hz per sensor. `progress(sweeps done, sweeps in all)` is called after each
+    sweep.
 
     Raises:
         ValueError: `seconds` is not positive.
@@ -756,6 +780,8 @@ def generate_drive(
                 b["camera_visible"] = float(visible.get(b["id"], 0.0))
             line = {"seq": i, "stamp_ns": stamp, "boxes": _round(boxes)}
             gt.write(json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n")
+            # The same document in the drive, with its sweep's log time.
+            writer.write_ground_truth(line, stamp + LIDAR_PERIOD_NS + 3_000_000)
             if progress is not None:
                 progress(i + 1, n)
     return SynthStats(

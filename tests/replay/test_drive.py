@@ -494,3 +494,58 @@ def test_an_undecodable_record_is_skipped_with_on_error(tmp_path: Path) -> None:
     assert [r.message.header.seq for r in got] == [0, 1]
     assert len(errors) == 1 and "damaged.mcap" in str(errors[0])
     assert DriveReader(path).topics() == {"gnss": 3}
+
+
+def _truth(seq: int) -> dict[str, object]:
+    box = {"id": 7, "label": "Car", "center": [5.0, 1.0, -0.9], "size": [3.9, 1.6, 1.5], "yaw": 0.1}
+    return {"seq": seq, "stamp_ns": 1_000 + seq, "boxes": [box]}
+
+
+def test_ground_truth_channel_round_trips_and_readers_ignore_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "gt.mcap"
+    with DriveWriter(path) as w:
+        for seq in range(3):
+            w.write(_gnss(seq), 2_000 + seq)
+            w.write_ground_truth(_truth(seq), 2_000 + seq)
+    with caplog.at_level(logging.WARNING, logger="replay.drive"):
+        reader = DriveReader(path)
+        assert [type(r.message) for r in reader.messages()] == [GnssFix] * 3
+        assert reader.topics() == {"gnss": 3}
+        assert reader.ground_truth() == [_truth(seq) for seq in range(3)]
+    assert "companion" not in caplog.text  # not taken for a message missing its other half
+    with path.open("rb") as f:
+        mcap = make_reader(f)
+        summary = mcap.get_summary()
+        assert summary is not None
+        (channel,) = [c for c in summary.channels.values() if c.topic == "ground_truth"]
+        schema = summary.schemas[channel.schema_id]
+        assert (channel.message_encoding, schema.name, schema.encoding) == (
+            "json",
+            "perception.GroundTruth",
+            "jsonschema",
+        )
+        docs = [
+            (json.loads(m.data), m.publish_time)
+            for _, c, m in mcap.iter_messages(topics=["ground_truth"])
+        ]
+    for doc, publish in docs:
+        jsonschema.validate(doc, json.loads(schema.data))
+        assert publish == doc["stamp_ns"]
+    # A truncated drive (linear scan) also leaves it out of the messages and keeps it readable.
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(path.read_bytes()[:-40])
+    cut_reader = DriveReader(cut)
+    assert cut_reader.truncated
+    assert [type(r.message) for r in cut_reader.messages()] == [GnssFix] * 3
+    assert cut_reader.ground_truth() == [_truth(seq) for seq in range(3)]
+
+
+def test_ground_truth_rejects_incomplete_documents(tmp_path: Path) -> None:
+    with DriveWriter(tmp_path / "bad.mcap") as w:
+        with pytest.raises(ReplayError, match="ground truth without stamp_ns"):
+            w.write_ground_truth({"seq": 0, "boxes": []}, 0)
+        with pytest.raises(ReplayError, match="not representable as JSON"):
+            w.write_ground_truth({"seq": 0, "stamp_ns": 0, "boxes": [float("nan")]}, 0)
+    assert DriveReader(tmp_path / "bad.mcap").ground_truth() == []

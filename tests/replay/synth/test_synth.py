@@ -18,6 +18,7 @@ from replay.synth.world import (
     ground_truth_path,
     lidar_sweep,
     make_world,
+    read_drive_ground_truth,
     read_ground_truth,
     render_camera,
     synth_rig,
@@ -45,6 +46,10 @@ def test_drive_contents(tmp_path: Path) -> None:
     assert kinds.count(LidarSweep) == kinds.count(CameraFrame) == kinds.count(GnssFix) == 5
     frames = read_ground_truth(ground_truth_path(stats.path))
     assert len(frames) == 5 and any(b.label == "Car" for b in frames[0].boxes)
+    # The drive carries the same ground truth on its channel, at the sweep stamps.
+    assert read_drive_ground_truth(stats.path) == frames
+    sweep_stamps = [r.message.header.stamp_ns for r in reader.messages(topics=["lidar"])]
+    assert [f.stamp_ns for f in frames] == sweep_stamps
     sweeps = [r.message for r in reader.messages() if isinstance(r.message, LidarSweep)]
     assert sweeps[0].point_time_offsets_ns is not None
     assert (
