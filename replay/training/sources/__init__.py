@@ -1,0 +1,196 @@
+"""Training data sources behind one interface: synthetic drives, recorded drives with a
+ground-truth channel, KITTI object folders.
+
+A `TrainingSource` is a random-access, deterministic sequence of `TrainingSample`s (the same
+index gives the same arrays) with a `name` and a one-line `describe()`. `open_source` builds one
+from a config entry (a mapping, e.g. one item of a training YAML's `sources:` list):
+
+- `{kind: synthetic, seeds: [0, 1] | {start: 10, count: 20}, seconds: 10.0}`
+- `{kind: drive, path: drive.mcap}`
+- `{kind: kitti, root: .../kitti_object/training, frames: ["000000"], labels: label_2 |
+  pointpillars, reference_dir: ...}` (`frames`, `labels`, `reference_dir` optional)
+
+Paths are relative to `base_dir` (the config file's folder). Every entry may carry a `name`.
+`ConcatSource` chains several sources into one index space.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from replay.training.samples import TrainingSample
+from replay.training.sources.drive import DriveSource
+from replay.training.sources.kitti import KITTI_LABELS, KittiSource
+from replay.training.sources.synthetic import SyntheticSource
+
+__all__ = [
+    "ConcatSource",
+    "DriveSource",
+    "KittiSource",
+    "SyntheticSource",
+    "TrainingSource",
+    "open_source",
+    "open_sources",
+]
+
+
+@runtime_checkable
+class TrainingSource(Protocol):
+    """Random-access training samples: `source[i]` is deterministic, for 0 <= i < len."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> TrainingSample: ...
+
+    def describe(self) -> str:
+        """One line: what the source is and how many samples it holds."""
+        ...
+
+
+class ConcatSource:
+    """Several sources as one: index `i` runs through the first source, then the next.
+
+    Raises ValueError when given no sources."""
+
+    def __init__(self, sources: Sequence[TrainingSource], name: str = "concat") -> None:
+        if not sources:
+            raise ValueError("concat source: no sources")
+        self.sources = tuple(sources)
+        self.name = name
+        self._ends = list(itertools.accumulate(len(s) for s in self.sources))
+
+    def __len__(self) -> int:
+        return self._ends[-1]
+
+    def __getitem__(self, index: int) -> TrainingSample:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"{self.name}: index {index} out of range ({n} samples)")
+        index %= n
+        k = bisect.bisect_right(self._ends, index)
+        start = self._ends[k - 1] if k else 0
+        return self.sources[k][index - start]
+
+    def describe(self) -> str:
+        parts = "; ".join(s.describe() for s in self.sources)
+        return f"{len(self.sources)} sources, {len(self):,} samples: {parts}"
+
+
+_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    # kind: (required keys, optional keys); `kind` and `name` are always allowed.
+    "synthetic": ({"seeds"}, {"seconds"}),
+    "drive": ({"path"}, set()),
+    "kitti": ({"root"}, {"frames", "labels", "reference_dir"}),
+}
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if isinstance(value, Mapping):
+        extra = set(value) - {"start", "count"}
+        if extra or not {"start", "count"} <= set(value):
+            raise ValueError(
+                f"{where}: seeds: expected a list or {{start, count}}, got {dict(value)}"
+            )
+        start, count = value["start"], value["count"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, count)):
+            raise ValueError(f"{where}: seeds: start and count must be integers")
+        if count < 1:
+            raise ValueError(f"{where}: seeds: count must be >= 1, got {count}")
+        return list(range(start, start + count))
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{where}: seeds: expected integers, got {list(value)}")
+        return list(value)
+    raise ValueError(f"{where}: seeds: expected a list or {{start, count}}, got {value!r}")
+
+
+def _path(value: Any, base_dir: Path, key: str, where: str) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(f"{where}: {key}: expected a path, got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def open_source(spec: Mapping[str, Any], base_dir: Path) -> TrainingSource:
+    """The source a config entry describes (see the module docstring); paths relative to
+    `base_dir`.
+
+    Raises ValueError with one line naming the source and what is wrong: unknown kind, a
+    missing or unknown key, a bad value, a missing file or folder, a frame without labels."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"training source: expected a mapping, got {type(spec).__name__}")
+    kind = spec.get("kind")
+    where = f"training source {spec.get('name') or kind or '?'}"
+    if kind not in _KEYS:
+        known = ", ".join(_KEYS)
+        raise ValueError(f"{where}: unknown kind {kind!r} (use {known})")
+    required, optional = _KEYS[kind]
+    missing = sorted(required - set(spec))
+    if missing:
+        raise ValueError(f"{where}: missing key {', '.join(missing)}")
+    unknown = sorted(set(spec) - required - optional - {"kind", "name"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key {', '.join(unknown)}")
+    base_dir = Path(base_dir)
+    source: TrainingSource
+    try:
+        source = _BUILDERS[kind](spec, base_dir, where)
+    except ValueError as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from e
+    if spec.get("name"):
+        source.name = str(spec["name"])
+    return source
+
+
+def _synthetic(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
+    seconds = spec.get("seconds", 10.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"{where}: seconds: expected a number, got {seconds!r}")
+    return SyntheticSource(_seeds(spec["seeds"], where), float(seconds))
+
+
+def _drive(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
+    path = _path(spec["path"], base_dir, "path", where)
+    if not path.is_file():
+        raise ValueError(f"{where}: drive {path} does not exist")
+    return DriveSource(path)
+
+
+def _kitti(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
+    root = _path(spec["root"], base_dir, "root", where)
+    if not root.is_dir():
+        raise ValueError(f"{where}: KITTI folder {root} does not exist")
+    frames = spec.get("frames")
+    if frames is not None and (isinstance(frames, str) or not isinstance(frames, Sequence)):
+        raise ValueError(f"{where}: frames: expected a list of frame ids, got {frames!r}")
+    labels = spec.get("labels", "label_2")
+    if labels not in KITTI_LABELS:
+        raise ValueError(f"{where}: labels: {labels!r} is not one of {', '.join(KITTI_LABELS)}")
+    ref = spec.get("reference_dir")
+    reference_dir = None if ref is None else _path(ref, base_dir, "reference_dir", where)
+    # Ids as strings, zero-padded if YAML read them as numbers.
+    ids = None if frames is None else [f"{f:06d}" if isinstance(f, int) else str(f) for f in frames]
+    return KittiSource(root, ids, labels, reference_dir)
+
+
+_BUILDERS: dict[str, Callable[[Mapping[str, Any], Path, str], TrainingSource]] = {
+    "synthetic": _synthetic,
+    "drive": _drive,
+    "kitti": _kitti,
+}
+
+
+def open_sources(specs: Sequence[Mapping[str, Any]], base_dir: Path) -> ConcatSource:
+    """Every entry of a `sources:` list through `open_source`, chained.
+
+    Raises ValueError as `open_source`, or for an empty list."""
+    if not specs:
+        raise ValueError("training sources: the list is empty")
+    return ConcatSource([open_source(spec, base_dir) for spec in specs])
