@@ -533,6 +533,31 @@ def _add_models(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "train",
+        "app.commands.train:cmd_train",
+        "train the learned fusion engine from a training config",
+        "Train the learned camera + lidar fusion engine (painted pillars, CenterPoint-style "
+        "head) on the sources of a training config (YAML: synthetic drives, MCAP drives with "
+        "ground truth, KITTI object folders; classes, grid, augmentations, modality dropout; "
+        "see replay/training/fusion_config.py and configs/train_learned_fusion.yaml). Writes "
+        "checkpoints (--resume continues), metrics.jsonl, curves.png and the exported "
+        "learned_fusion.onnx into --out. Deterministic for the config's seed. Needs torch.",
+        common=common,
+    )
+    p.add_argument("config", help="training config (YAML)")
+    p.add_argument(
+        "--out", metavar="DIR", default="perception-train", help="folder for the run's files"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
+    p.add_argument(
+        "--steps", metavar="N", type=positive_int, help="optimiser steps (overrides the config)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_keys(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     keys = _group(
         sub,
@@ -658,7 +683,8 @@ def build_parser() -> Parser:
     )
     for add in (
         _add_demo, _add_run, _add_replay, _add_play, _add_record, _add_echo, _add_bench,
-        _add_import, _add_eval, _add_calib, _add_engines, _add_models, _add_keys, _add_config,
+        _add_import, _add_eval, _add_train, _add_calib, _add_engines, _add_models, _add_keys,
+        _add_config,
     ):  # fmt: skip
         add(sub, common)
     return parser

@@ -16,9 +16,11 @@ from perception.errors import ConfigError
 from perception.msgs.schema import WireLimits
 
 __all__ = [
+    "FUSION_KINDS",
     "BudgetConfig",
     "CameraModelConfig",
     "ClockConfig",
+    "FusionConfig",
     "GroundConfig",
     "InputConfig",
     "LidarObjectConfig",
@@ -320,6 +322,40 @@ class LidarObjectConfig:
             raise ConfigError(f"full_score_points: must be >= 1, got {self.full_score_points}")
 
 
+#: The fusion kinds of `pipeline.fusion.kind`.
+FUSION_KINDS = ("geometric", "learned", "ensemble")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Which fusion makes the 3D boxes."""
+
+    kind: str = "geometric"
+    """geometric: the frustum fusion engine per camera box plus lidar-only `unknown` objects;
+    learned: the trained camera + lidar BEV detector (painted pillars, CenterPoint-style head);
+    ensemble: both, boxes of one object merged (never counted twice)."""
+    model: str = "learned_fusion"
+    """The learned engine: `learned_fusion` (the packaged model) or an ONNX file exported by
+    `perception train` (its `.yaml` beside it gives the grid)."""
+    score_threshold: float = 0.3
+    """Learned detections below this score are dropped."""
+    camera_contribution: float = 0.05
+    """A learned detection lists the camera among its sources when its score without the
+    camera's painted features is lower by more than this."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in FUSION_KINDS:
+            raise ConfigError(f"kind: must be one of {', '.join(FUSION_KINDS)}, got {self.kind!r}")
+        if not self.model:
+            raise ConfigError("model: must name the learned engine (learned_fusion or a file)")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold: must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 <= self.camera_contribution <= 1.0:
+            raise ConfigError(
+                f"camera_contribution: must be in [0, 1], got {self.camera_contribution}"
+            )
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The per-sweep pipeline's tunables."""
@@ -330,6 +366,8 @@ class PipelineConfig:
     """The ground plane fit."""
     lidar_objects: LidarObjectConfig = field(default_factory=LidarObjectConfig)
     """The lidar-only branch."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    """Which fusion makes the 3D boxes (geometric, learned or ensemble)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_range_m) and self.max_range_m > 0):

@@ -1,0 +1,164 @@
+"""The learned fusion engine's static shapes: its BEV grid, pillars, painted point features,
+classes and tensor names.
+
+Shared by the torch graph (`engines.fusion.learned_graph`, needs torch), the pillariser
+(`engines.fusion.pillars`, numpy) and the runner (`engines.fusion.learned_runner`, numpy), so
+that the run time needs no torch.
+
+The engine is a PointPillars-style lidar branch over *painted* points (PointPainting, box-level:
+each lidar point carries the scores of the camera's 2D boxes it projects into, per class, and a
+flag saying a camera saw it), fused in one BEV grid and decoded by a CenterPoint-style head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from engines.exports import export_key
+
+__all__ = [
+    "LEARNED_GRAPH_VERSION",
+    "LEARNED_INPUT_NAMES",
+    "LEARNED_ONNX_OPSET",
+    "LEARNED_OUTPUT_NAMES",
+    "POINT_FEATURES",
+    "REGRESSION_CHANNELS",
+    "LearnedFusionConfig",
+]
+
+#: Bumped whenever the graph changes for the same config.
+LEARNED_GRAPH_VERSION = 1
+
+LEARNED_ONNX_OPSET = 17
+
+#: Per point, as the pillariser writes them: position and intensity, the offsets to its pillar's
+#: point mean and to the pillar's centre, then the painted channels (one score per class and the
+#: camera flag).
+POINT_FEATURES: tuple[str, ...] = ("x", "y", "z", "intensity", "dx_mean", "dy_mean",
+                                   "dz_mean", "dx_centre", "dy_centre")  # fmt: skip
+
+#: Regression channels of the head, per output cell: sub-cell centre offset, centre height,
+#: log size, heading as sin/cos, velocity over ground.
+REGRESSION_CHANNELS: tuple[str, ...] = ("dx", "dy", "z", "log_l", "log_w", "log_h", "sin_yaw",
+                                        "cos_yaw", "vx", "vy")  # fmt: skip
+
+LEARNED_INPUT_NAMES: tuple[str, ...] = ("pillars", "pillar_points", "pillar_cells")
+#: ``detections``: [max_detections, 11] rows of (x, y, z, length, width, height, yaw, vx, vy,
+#: score, class index); ``camera_free_score``: [max_detections] the same peak's score with every
+#: painted channel removed (computed in the same call), for attribution.
+LEARNED_OUTPUT_NAMES: tuple[str, ...] = ("detections", "camera_free_score")
+
+
+@dataclass(frozen=True)
+class LearnedFusionConfig:
+    """Grid, pillar and head shapes of the learned fusion engine.
+
+    The grid covers ``x_range_m`` x ``y_range_m`` of the vehicle frame in square pillars of
+    ``pillar_m``; the head decodes on a grid ``head_stride`` times coarser. ``max_pillars``
+    pillars of up to ``points_per_pillar`` points are kept (the fullest first), the rest
+    dropped. ``classes`` are the head's classes in order and also the painted score channels.
+    ``z_range_m`` bounds the points used. ``channels`` are the two backbone stages' widths.
+    ``attribution`` runs the camera-free copy in the same call (``camera_free_score``)."""
+
+    classes: tuple[str, ...] = ("Car", "Pedestrian", "Cyclist")
+    x_range_m: tuple[float, float] = (0.0, 51.2)
+    y_range_m: tuple[float, float] = (-25.6, 25.6)
+    z_range_m: tuple[float, float] = (-3.0, 2.0)
+    pillar_m: float = 0.32
+    max_pillars: int = 6000
+    points_per_pillar: int = 12
+    pfn_channels: int = 32
+    channels: tuple[int, int] = (32, 64)
+    head_stride: int = 2
+    max_detections: int = 64
+    attribution: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"learned fusion classes must be distinct names, got {self.classes}")
+        for name in ("x_range_m", "y_range_m", "z_range_m"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"learned fusion {name} must be an increasing pair, got {lo, hi}")
+        if not self.pillar_m > 0:
+            raise ValueError(f"learned fusion pillar_m must be > 0, got {self.pillar_m}")
+        for name in ("max_pillars", "points_per_pillar", "pfn_channels", "max_detections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"learned fusion {name} must be >= 1, got {getattr(self, name)}")
+        if self.head_stride not in (1, 2, 4):
+            raise ValueError(
+                f"learned fusion head_stride must be 1, 2 or 4, got {self.head_stride}"
+            )
+        nx, ny = self.grid_size
+        if nx % (2 * self.head_stride) or ny % (2 * self.head_stride):
+            raise ValueError(
+                f"learned fusion grid {nx} x {ny} pillars must divide by twice head_stride "
+                f"({2 * self.head_stride}): choose ranges that are multiples of that many pillars"
+            )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Pillars along x and along y."""
+        nx = round((self.x_range_m[1] - self.x_range_m[0]) / self.pillar_m)
+        ny = round((self.y_range_m[1] - self.y_range_m[0]) / self.pillar_m)
+        return nx, ny
+
+    @property
+    def head_size(self) -> tuple[int, int]:
+        """Output cells along x and along y."""
+        nx, ny = self.grid_size
+        return nx // self.head_stride, ny // self.head_stride
+
+    @property
+    def cell_m(self) -> float:
+        """The side of one output cell (m)."""
+        return self.pillar_m * self.head_stride
+
+    @property
+    def point_features(self) -> int:
+        """Features per point: geometry (POINT_FEATURES), one painted score per class and the
+        camera flag."""
+        return len(POINT_FEATURES) + len(self.classes) + 1
+
+    @property
+    def painted_slice(self) -> slice:
+        """The painted channels (class scores and camera flag) within a point's features."""
+        return slice(len(POINT_FEATURES), self.point_features)
+
+    def class_index(self, label: str) -> int:
+        """The head index of ``label``, -1 when it is not one of the classes."""
+        try:
+            return self.classes.index(label)
+        except ValueError:
+            return -1
+
+    def key(self) -> str:
+        """The export key of this config (engines.exports.export_key)."""
+        return export_key(
+            dataclasses.asdict(self),
+            graph_version=LEARNED_GRAPH_VERSION,
+            opset=LEARNED_ONNX_OPSET,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """The config as plain values (for a checkpoint or a training config)."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(doc: dict[str, object]) -> LearnedFusionConfig:
+        """The config of ``to_dict``'s output (lists become tuples).
+
+        Raises:
+            ValueError: an unknown field or a bad value.
+        """
+        fields = {f.name for f in dataclasses.fields(LearnedFusionConfig)}
+        unknown = sorted(set(doc) - fields)
+        if unknown:
+            raise ValueError(f"learned fusion config: unknown field(s) {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()}
+        try:
+            return LearnedFusionConfig(**values)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise ValueError(f"learned fusion config: {e}") from e

@@ -1,0 +1,166 @@
+"""The training config of the learned fusion engine (`perception train CONFIG`): a YAML file.
+
+```yaml
+seed: 0
+data:
+  train: [{kind: synthetic, seeds: {start: 100, count: 40}, seconds: 10}]
+  val: [{kind: synthetic, seeds: [7], seconds: 5}]
+camera: {model: synth, score_threshold: 0.15}   # the 2D detector that paints the points
+model: {pillar_m: 0.32, channels: [32, 64]}       # engines.fusion.learned_config fields
+train: {steps: 4000, batch: 2, lr: 0.002, weight_decay: 0.01, checkpoint_every: 200,
+        eval_every: 1000, threads: 2}
+augment: {rotate_deg: 10, scale: [0.95, 1.05], flip_y: 0.5}
+dropout: {camera: 0.2, camera_blind: 0.1, beams: 0.15}
+```
+
+Data entries are training sources (``replay.training.sources``); relative paths are relative to
+the config file. ``camera.model`` is ``synth`` (the packaged detector trained on synthetic
+renders), ``none`` (no camera: a lidar-only model), a registered model name or an ONNX file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engines.fusion.learned_config import LearnedFusionConfig
+from replay.training.fusion_data import AugmentConfig, DropoutConfig
+
+__all__ = ["CameraPaintConfig", "FusionTrainConfig", "OptimConfig", "load_train_config"]
+
+
+@dataclass(frozen=True)
+class CameraPaintConfig:
+    """The detector whose boxes paint the points: ``model`` (see the module docstring),
+    ``kind`` and ``score_threshold`` as in the node's ``camera_model`` section."""
+
+    model: str = "synth"
+    kind: str = "yolox"
+    score_threshold: float = 0.15
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``steps`` optimiser steps of ``batch`` samples, AdamW at a one-cycle learning rate
+    peaking at ``lr``; a checkpoint every ``checkpoint_every`` steps, a validation every
+    ``eval_every`` (0: only at the end); ``threads`` torch CPU threads."""
+
+    steps: int = 4000
+    batch: int = 2
+    lr: float = 0.002
+    weight_decay: float = 0.01
+    checkpoint_every: int = 200
+    eval_every: int = 1000
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "checkpoint_every", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"train.eval_every must be >= 0, got {self.eval_every}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError("train.lr must be > 0 and train.weight_decay >= 0")
+
+
+@dataclass(frozen=True)
+class FusionTrainConfig:
+    """Everything a training run depends on (see the module docstring)."""
+
+    train_sources: tuple[Mapping[str, Any], ...]
+    val_sources: tuple[Mapping[str, Any], ...] = ()
+    seed: int = 0
+    camera: CameraPaintConfig = field(default_factory=CameraPaintConfig)
+    model: LearnedFusionConfig = field(default_factory=LearnedFusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    base_dir: Path = field(default=Path("."), compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain values (what a checkpoint stores, and ``load`` reads back)."""
+        return {
+            "seed": self.seed,
+            "data": {"train": [dict(s) for s in self.train_sources],
+                     "val": [dict(s) for s in self.val_sources]},
+            "camera": dataclasses.asdict(self.camera),
+            "model": self.model.to_dict(),
+            "train": dataclasses.asdict(self.optim),
+            "augment": dataclasses.asdict(self.augment),
+            "dropout": dataclasses.asdict(self.dropout),
+        }  # fmt: skip
+
+
+def _section(doc: Mapping[str, Any], key: str, cls: type[Any], where: str) -> Any:
+    values = doc.get(key) or {}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: {key} must be a mapping")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: {key}: unknown key(s) {', '.join(map(str, unknown))}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {key}: {e}") from e
+
+
+def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfig:
+    """The config of a parsed YAML document.
+
+    Raises:
+        ValueError: a missing or unknown key, or a bad value (names ``where`` and the key).
+    """
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{where}: a training config must be a mapping")
+    known = {"seed", "data", "camera", "model", "train", "augment", "dropout"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    data = doc.get("data")
+    if not isinstance(data, Mapping) or not data.get("train"):
+        raise ValueError(f"{where}: data.train must list at least one source")
+    train, val = data.get("train"), data.get("val") or []
+    for name, entries in (("train", train), ("val", val)):
+        if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+            raise ValueError(f"{where}: data.{name} must be a list of source mappings")
+    seed = doc.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{where}: seed must be an integer, got {seed!r}")
+    model_doc = doc.get("model") or {}
+    try:
+        model = LearnedFusionConfig.from_dict(dict(model_doc))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: model: {e}") from e
+    return FusionTrainConfig(
+        train_sources=tuple(dict(e) for e in train or ()),
+        val_sources=tuple(dict(e) for e in val),
+        seed=seed,
+        camera=_section(doc, "camera", CameraPaintConfig, where),
+        model=model,
+        optim=_section(doc, "train", OptimConfig, where),
+        augment=_section(doc, "augment", AugmentConfig, where),
+        dropout=_section(doc, "dropout", DropoutConfig, where),
+        base_dir=base_dir,
+    )
+
+
+def load_train_config(path: Path) -> FusionTrainConfig:
+    """The training config in the YAML file ``path``.
+
+    Raises:
+        ValueError: unreadable, not YAML, or not a valid config (one line naming the file).
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the training config ({e.strerror or e})") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    return parse_train_config(doc, str(path), path.parent)

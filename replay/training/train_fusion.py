@@ -1,0 +1,435 @@
+"""Training the learned fusion engine (`perception train CONFIG`).
+
+One run writes into its output folder:
+- ``checkpoints/last.pt`` every ``checkpoint_every`` steps and at the end (model, optimiser and
+  scheduler state, step, config): ``resume`` continues from it and gives the same weights as an
+  uninterrupted run, because every random choice of a step is drawn from (seed, step);
+- ``metrics.jsonl``: one line per logged step (losses, learning rate, elapsed seconds) and per
+  validation (recall, precision, AP and errors per class);
+- ``curves.png``: the loss curves and validation figures;
+- ``learned_fusion.onnx`` and ``learned_fusion.yaml`` at the end: the export (in-graph decoding,
+  static shapes) and its model config with the training provenance.
+
+Needs torch (a training tool; the node runs the export).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import yaml
+
+from engines.camera.detector import CameraDetector
+from engines.factory import EngineFactory
+from engines.fusion.learned_config import LearnedFusionConfig
+from engines.fusion.learned_graph import LearnedFusionNet, decode_heads, export_learned_fusion_onnx
+from engines.fusion.pillars import pillarize
+from engines.registry import PACKAGED_MODELS_DIR
+from perception.msgs.types import Detection3D
+from replay.evaluation import (
+    ReferenceBox,
+    average_precision,
+    match_detections,
+    merge_results,
+)
+from replay.training.fusion_config import CameraPaintConfig, FusionTrainConfig
+from replay.training.fusion_data import (
+    Detect,
+    PreparedSample,
+    Targets,
+    augment,
+    make_targets,
+    prepare,
+)
+from replay.training.sources import open_source
+
+__all__ = [
+    "EVAL_RANGE_M",
+    "MATCH_DISTANCE_M",
+    "TrainResult",
+    "build_painter",
+    "detections_of",
+    "evaluate",
+    "prepare_sources",
+    "train",
+]
+
+#: Matching distance per class (m): KITTI-like strictness for the demo's quality table.
+MATCH_DISTANCE_M: Mapping[str, float] = {"Car": 1.0, "Pedestrian": 0.5, "Cyclist": 0.5}
+#: Validation counts objects within this BEV range (m).
+EVAL_RANGE_M = 40.0
+#: Detections below this score are not reported by validation (the node's default threshold).
+EVAL_SCORE = 0.3
+#: Weight of the regression loss against the heatmap's focal loss.
+REGRESSION_WEIGHT = 1.0
+#: Velocity regression weighs less: it is learnt from one sweep's shape only.
+VELOCITY_WEIGHT = 0.2
+
+Progress = Callable[[int, int, float], None]
+
+
+def build_painter(camera: CameraPaintConfig, cache_dir: Path | None = None) -> Detect | None:
+    """The detector that paints training points (``None`` for ``model: none``).
+
+    Raises:
+        engines.errors.ModelError / EngineError: the model cannot be found or loaded.
+    """
+    if camera.model == "none":
+        return None
+    path = PACKAGED_MODELS_DIR / "synth_detector.onnx" if camera.model == "synth" else camera.model
+    engine = EngineFactory(model_cache_dir=cache_dir).camera_encoder(path)
+    detector = CameraDetector(engine, kind=camera.kind, score_threshold=camera.score_threshold)
+    return detector.detect
+
+
+def prepare_sources(
+    specs: Sequence[Mapping[str, Any]],
+    base_dir: Path,
+    painter: Detect | None,
+    model: LearnedFusionConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[PreparedSample]:
+    """Every sample of ``specs``, painted (see ``replay.training.fusion_data.prepare``).
+
+    Raises:
+        ValueError: a bad source spec (names it).
+    """
+    sources = [open_source(spec, base_dir) for spec in specs]
+    total = sum(len(s) for s in sources)
+    out: list[PreparedSample] = []
+    for source in sources:
+        for i in range(len(source)):
+            out.append(prepare(source[i], painter, model))
+            if progress is not None:
+                progress(len(out), total)
+    return out
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> npt.NDArray[np.int64]:
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 1, epoch])))
+    return rng.permutation(n)
+
+
+def _batch_indices(seed: int, step: int, batch: int, n: int) -> list[int]:
+    out = []
+    for k in range(step * batch, (step + 1) * batch):
+        epoch, i = divmod(k, n)
+        out.append(int(_epoch_order(seed, epoch, n)[i]))
+    return out
+
+
+def _collate(
+    samples: Sequence[PreparedSample], model: LearnedFusionConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    pillars = [pillarize(s.points, model) for s in samples]
+    targets: list[Targets] = [make_targets(s, model) for s in samples]
+    inputs = {
+        "pillars": torch.from_numpy(np.stack([p.pillars for p in pillars])),
+        "pillar_points": torch.from_numpy(np.stack([p.pillar_points for p in pillars])),
+        "pillar_cells": torch.from_numpy(np.stack([p.pillar_cells for p in pillars])),
+    }
+    names = ("heatmap", "negative_weight", "index", "mask", "regression", "velocity_known")
+    return inputs, {k: torch.from_numpy(np.stack([getattr(t, k) for t in targets])) for k in names}
+
+
+def _losses(
+    heat_logits: torch.Tensor, regression: torch.Tensor, target: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """CenterNet's focal loss on the heatmap and an L1 loss on the regression at each object's
+    centre cell."""
+    pred = torch.sigmoid(heat_logits).clamp(1e-4, 1 - 1e-4)
+    gt = target["heatmap"]
+    pos = gt.eq(1.0).to(pred.dtype)
+    neg_weight = (1 - gt).pow(4) * target["negative_weight"].unsqueeze(1) * (1 - pos)
+    pos_loss = (torch.log(pred) * (1 - pred).pow(2) * pos).sum()
+    neg_loss = (torch.log(1 - pred) * pred.pow(2) * neg_weight).sum()
+    num_pos = pos.sum().clamp(min=1.0)
+    heat = -(pos_loss + neg_loss) / num_pos
+
+    b, c, hx, hy = regression.shape
+    flat = regression.reshape(b, c, hx * hy)
+    index = target["index"].unsqueeze(1).expand(b, c, -1)
+    pred_reg = torch.gather(flat, 2, index).transpose(1, 2)  # [B, objects, C]
+    mask = target["mask"].unsqueeze(-1)
+    weights = torch.ones(c, dtype=pred_reg.dtype)
+    weights[-2:] = VELOCITY_WEIGHT
+    known = torch.ones_like(pred_reg)
+    known[..., -2:] = target["velocity_known"].unsqueeze(-1)
+    err = (pred_reg - target["regression"]).abs() * weights * mask * known
+    reg = err.sum() / mask.sum().clamp(min=1.0)
+    return {"loss": heat + REGRESSION_WEIGHT * reg, "heatmap": heat, "regression": reg}
+
+
+def detections_of(
+    net: LearnedFusionNet, sample: PreparedSample, score: float = EVAL_SCORE
+) -> list[Detection3D]:
+    """``net``'s detections on one prepared sample (eval mode, the export's decoding)."""
+    cfg = net.config
+    p = pillarize(sample.points, cfg)
+    with torch.no_grad():
+        heat, reg = net(
+            torch.from_numpy(p.pillars)[None],
+            torch.from_numpy(p.pillar_points)[None],
+            torch.from_numpy(p.pillar_cells)[None],
+        )
+        rows, _ = decode_heads(heat[0], reg[0], cfg)
+    out = []
+    for row in rows.numpy():
+        if row[9] < score:
+            continue
+        out.append(
+            Detection3D(
+                label=cfg.classes[int(row[10])],
+                score=float(row[9]),
+                center=(float(row[0]), float(row[1]), float(row[2])),
+                size=(float(row[3]), float(row[4]), float(row[5])),
+                yaw=float(row[6]),
+                sources=("lidar",),
+            )
+        )
+    return out
+
+
+def _references(sample: PreparedSample, classes: Sequence[str]) -> list[ReferenceBox]:
+    return [
+        ReferenceBox(classes[int(r[0])], (float(r[1]), float(r[2]), float(r[3])),
+                     (float(r[4]), float(r[5]), float(r[6])), float(r[7]))
+        for r in sample.boxes
+    ]  # fmt: skip
+
+
+def evaluate(
+    net: LearnedFusionNet, samples: Sequence[PreparedSample], range_m: float = EVAL_RANGE_M
+) -> dict[str, dict[str, float | int | None]]:
+    """Per class over ``samples``, within ``range_m``: recall and precision at
+    :data:`MATCH_DISTANCE_M`, BEV AP (R40), median centre and yaw error of the matches."""
+    net.eval()
+    cfg = net.config
+    per_class: dict[str, list[Any]] = {c: [] for c in cfg.classes}
+    for sample in samples:
+        dets = [d for d in detections_of(net, sample) if math.hypot(*d.center[:2]) <= range_m]
+        refs = [r for r in _references(sample, cfg.classes) if r.range_m <= range_m]
+        for label in cfg.classes:
+            per_class[label].append(
+                match_detections(
+                    dets, refs, max_center_distance_m=MATCH_DISTANCE_M.get(label, 1.0),
+                    classes=[label],
+                )
+            )  # fmt: skip
+    out: dict[str, dict[str, float | int | None]] = {}
+    for label, results in per_class.items():
+        merged = merge_results(results)
+        stats = merged.stats(label)
+        out[label] = {
+            "references": stats.true_positives + stats.false_negatives,
+            "detections": stats.true_positives + stats.false_positives,
+            "recall": stats.recall,
+            "precision": stats.precision,
+            "ap_bev": average_precision(merged, label),
+            "median_centre_m": stats.median_center_error_m,
+            "median_yaw_deg": stats.median_yaw_error_deg,
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run ended with: steps done, seconds spent in this process, the final losses and
+    validation figures, and the files written."""
+
+    steps: int
+    seconds: float
+    final_loss: float
+    validation: Mapping[str, Mapping[str, float | int | None]]
+    onnx_path: Path
+    checkpoint_path: Path
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _append_metrics(path: Path, record: Mapping[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drops records after ``step`` (written by a run that died after its last checkpoint)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def plot_curves(metrics_path: Path, png_path: Path) -> None:
+    """Loss curves and validation recall/precision of a metrics log, as a PNG."""
+    import matplotlib  # noqa: PLC0415 - plotting only when asked
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    records = [json.loads(ln) for ln in metrics_path.read_text(encoding="utf-8").splitlines() if ln]
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "heatmap", "regression"):
+        axes[0].plot([r["step"] for r in train], [r[key] for r in train], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    for label in ("Car", "Pedestrian", "Cyclist"):
+        pts = [(r["step"], r["classes"].get(label, {})) for r in val]
+        for key, style in (("recall", "-"), ("precision", "--")):
+            xs = [s for s, c in pts if c.get(key) is not None]
+            ys = [c[key] for _, c in pts if c.get(key) is not None]
+            if xs:
+                axes[1].plot(xs, ys, style, marker="o", label=f"{label} {key}")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_xlabel("step")
+    axes[1].set_title("validation (within 40 m)")
+    if axes[1].get_lines():
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    config: FusionTrainConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    prepare_progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    model_cache_dir: Path | None = None,
+) -> TrainResult:
+    """Trains the learned fusion engine of ``config`` into ``out_dir`` (see the module
+    docstring); ``resume`` continues from ``out_dir/checkpoints/last.pt``.
+
+    Raises:
+        ValueError: a bad source, no training sample, or a checkpoint of another config.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_path = ckpt_dir / "last.pt"
+    metrics_path = out_dir / "metrics.jsonl"
+    say = log or (lambda _text: None)
+    torch.set_num_threads(config.optim.threads)
+    torch.manual_seed(config.seed)
+    model_cfg = config.model
+
+    painter = build_painter(config.camera, model_cache_dir)
+    train_set = prepare_sources(
+        config.train_sources, config.base_dir, painter, model_cfg, prepare_progress
+    )
+    if not train_set:
+        raise ValueError("training config: data.train holds no sample")
+    val_set = prepare_sources(config.val_sources, config.base_dir, painter, model_cfg)
+    say(f"{len(train_set)} training samples, {len(val_set)} validation samples")
+    # Only now: a config whose sources cannot be read leaves no folder behind.
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    net = LearnedFusionNet(model_cfg)
+    optim = torch.optim.AdamW(
+        net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optim, max_lr=config.optim.lr, total_steps=config.optim.steps, pct_start=0.3
+    )
+    start = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        if state["config"] != config.to_dict():
+            raise ValueError(
+                f"{ckpt_path}: the checkpoint was trained with another config; "
+                "start a new output folder or train without --resume"
+            )
+        net.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        _trim_metrics(metrics_path, start)
+        say(f"resumed at step {start}")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    def checkpoint(step: int) -> None:
+        _atomic_save(
+            {
+                "step": step,
+                "model": net.state_dict(),
+                "optimizer": optim.state_dict(),
+                "scheduler": sched.state_dict(),
+                "config": config.to_dict(),
+            },
+            ckpt_path,
+        )
+
+    def validate(step: int) -> dict[str, dict[str, float | int | None]]:
+        figures = evaluate(net, val_set) if val_set else {}
+        _append_metrics(metrics_path, {"kind": "val", "step": step, "classes": figures})
+        net.train()
+        return figures
+
+    t0 = time.perf_counter()
+    loss_value = math.nan
+    net.train()
+    steps = config.optim.steps
+    for step in range(start, steps):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([config.seed, 2, step])))
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        picked = _batch_indices(config.seed, step, config.optim.batch, len(train_set))
+        batch = [
+            augment(train_set[i], rng, config.augment, config.dropout, model_cfg) for i in picked
+        ]
+        inputs, targets = _collate(batch, model_cfg)
+        heat, reg = net(**inputs)
+        losses = _losses(heat, reg, targets)
+        optim.zero_grad(set_to_none=True)
+        losses["loss"].backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        optim.step()
+        sched.step()
+        loss_value = float(losses["loss"].detach())
+        done = step + 1
+        if done % 10 == 0 or done == steps:
+            record: dict[str, Any] = {k: float(v.detach()) for k, v in losses.items()}
+            record |= {"kind": "train", "step": done, "lr": sched.get_last_lr()[0],
+                       "seconds": time.perf_counter() - t0}  # fmt: skip
+            _append_metrics(metrics_path, record)
+        if config.optim.eval_every and done % config.optim.eval_every == 0 and done < steps:
+            validate(done)
+        if done % config.optim.checkpoint_every == 0 or done == steps:
+            checkpoint(done)
+        if progress is not None:
+            progress(done, steps, loss_value)
+    seconds = time.perf_counter() - t0
+    figures = validate(steps)
+    checkpoint(steps)
+    plot_curves(metrics_path, out_dir / "curves.png")
+    onnx_path = export_learned_fusion_onnx(net, out_dir / "learned_fusion.onnx")
+    meta = {
+        "model": model_cfg.to_dict(),
+        "camera": config.to_dict()["camera"],
+        "trained": {"steps": steps, "seconds_this_run": round(seconds, 1),
+                    "samples": len(train_set), "config": config.to_dict()},
+        "validation": figures,
+    }  # fmt: skip
+    (out_dir / "learned_fusion.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return TrainResult(steps, seconds, loss_value, figures, onnx_path, ckpt_path)

@@ -1,0 +1,171 @@
+"""The learned fusion engine: config, pillars, graph, export and runner."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.errors import EngineError
+from engines.fusion.learned_config import REGRESSION_CHANNELS, LearnedFusionConfig
+from engines.fusion.learned_graph import (
+    LearnedFusionExport,
+    LearnedFusionNet,
+    decode_heads,
+    export_learned_fusion_onnx,
+)
+from engines.fusion.learned_runner import LearnedFusionRunner
+from engines.fusion.pillars import pillarize
+from engines.onnxruntime_backend import OnnxRuntimeEngine
+from tests.conftest import KittiFrame
+
+SMALL = LearnedFusionConfig(
+    x_range_m=(0.0, 25.6), y_range_m=(-12.8, 12.8), max_pillars=2000, max_detections=16
+)
+
+
+def _painted(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    paint = np.zeros((len(points), 4), np.float32)
+    paint[:, :3] = rng.random((len(points), 3)) * (rng.random((len(points), 1)) < 0.1)
+    paint[:, 3] = 1.0
+    return np.concatenate([points[:, :4], paint], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"x_range_m": (10.0, 0.0)}, "increasing"),
+        ({"pillar_m": 0.0}, "pillar_m"),
+        ({"head_stride": 3}, "head_stride"),
+        ({"x_range_m": (0.0, 25.0)}, "divide"),
+        ({"classes": ("Car", "Car")}, "distinct"),
+        ({"max_pillars": 0}, "max_pillars"),
+    ],
+)
+def test_config_refuses_bad_values(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LearnedFusionConfig(**change)  # type: ignore[arg-type]
+
+
+def test_config_round_trips_and_refuses_unknown_fields() -> None:
+    cfg = LearnedFusionConfig(pillar_m=0.16, channels=(16, 32))
+    assert LearnedFusionConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown field"):
+        LearnedFusionConfig.from_dict({"grid": 3})
+
+
+def test_pillars_hold_each_point_with_its_offsets() -> None:
+    cfg = SMALL
+    pts = np.array(
+        [[1.0, 0.1, -1.0, 0.5, 0.9, 0, 0, 1], [1.1, 0.2, -0.5, 0.2, 0, 0, 0, 1],
+         [5.0, -3.0, 0.0, 0.1, 0, 0.7, 0, 0], [-1.0, 0.0, 0.0, 0.0, 0, 0, 0, 0]],
+        np.float32,
+    )  # fmt: skip
+    out = pillarize(pts, cfg)
+    assert out.pillars_used == 2 and out.points_used == 3  # the last point is behind the grid
+    nx, ny = cfg.grid_size
+    full = out.pillar_points > 0
+    assert sorted(out.pillar_points[full]) == [1, 2]
+    assert (out.pillar_cells[~full] == nx * ny).all()
+    first = int(np.flatnonzero(out.pillar_points == 2)[0])
+    cell = int(out.pillar_cells[first])
+    ix, iy = divmod(cell, ny)
+    assert ix == math.floor(1.0 / cfg.pillar_m) and iy == math.floor((0.1 + 12.8) / cfg.pillar_m)
+    rows = out.pillars[first, :2]
+    np.testing.assert_allclose(rows[:, :4], pts[:2, :4])
+    np.testing.assert_allclose(rows[:, 4:7], pts[:2, :3] - pts[:2, :3].mean(0), atol=1e-6)
+    centre = (cfg.x_range_m[0] + (ix + 0.5) * cfg.pillar_m, cfg.y_range_m[0] + (iy + 0.5) * 0.32)
+    np.testing.assert_allclose(rows[:, 7], pts[:2, 0] - centre[0], atol=1e-5)
+    np.testing.assert_allclose(rows[:, 9:], pts[:2, 4:])
+    assert not out.pillars[first, 2:].any()
+
+
+def test_pillars_keep_the_fullest_when_there_are_too_many() -> None:
+    cfg = LearnedFusionConfig(x_range_m=(0.0, 5.12), y_range_m=(-2.56, 2.56), max_pillars=3)
+    rng = np.random.default_rng(0)
+    centres = [(0.5, 0.1, 5), (1.5, 0.1, 1), (2.5, 0.1, 3), (3.5, 0.1, 4), (4.5, 0.1, 2)]
+    pts = np.concatenate(
+        [np.tile([x, y, 0.0, 0.0, 0, 0, 0, 0], (n, 1)) + rng.normal(0, 0.01, (n, 8)) * [1, 1, 1, 0,
+         0, 0, 0, 0] for x, y, n in centres]
+    ).astype(np.float32)  # fmt: skip
+    out = pillarize(pts, cfg)
+    assert out.pillars_used == 3
+    assert sorted(out.pillar_points[:3].tolist()) == [3, 4, 5]
+    assert np.array_equal(out.pillars, pillarize(pts, cfg).pillars)  # deterministic
+
+
+def test_pillars_refuse_bad_points() -> None:
+    with pytest.raises(ValueError, match="N x 8"):
+        pillarize(np.zeros((4, 4), np.float32), SMALL)
+    bad = np.zeros((2, 8), np.float32)
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        pillarize(bad, SMALL)
+
+
+def test_decoding_finds_a_planted_peak() -> None:
+    cfg = SMALL
+    hx, hy = cfg.head_size
+    heat = torch.full((3, hx, hy), -9.0)
+    heat[1, 10, 20] = 3.0
+    reg = torch.zeros(len(REGRESSION_CHANNELS), hx, hy)
+    reg[:, 10, 20] = torch.tensor(
+        [0.25, 0.75, -0.8, math.log(0.8), math.log(0.6), math.log(1.7), 1.0, 0.0, 1.5, -0.5]
+    )
+    rows, index = decode_heads(heat, reg, cfg)
+    top = rows[0].numpy()
+    cell = cfg.cell_m
+    np.testing.assert_allclose(top[:3], [(10.25) * cell, -12.8 + 20.75 * cell, -0.8], atol=1e-5)
+    np.testing.assert_allclose(top[3:6], [0.8, 0.6, 1.7], rtol=1e-5)
+    assert top[6] == pytest.approx(math.pi / 2)
+    np.testing.assert_allclose(top[7:9], [1.5, -0.5])
+    assert top[9] == pytest.approx(1 / (1 + math.exp(-3.0)))
+    assert top[10] == 1.0
+    assert int(index[0]) == 1 * hx * hy + 10 * hy + 20
+    assert (rows[1:, 9] < 0.01).all()
+
+
+@pytest.fixture(scope="module")
+def kitti_painted(kitti_frame: Callable[[str], KittiFrame]) -> np.ndarray:
+    return _painted(kitti_frame("000003").points, np.random.default_rng(3))
+
+
+def test_export_runs_on_onnxruntime_like_torch(kitti_painted: np.ndarray, tmp_path: Path) -> None:
+    """A real KITTI scan through the export on ONNX Runtime and through torch: the same
+    detection table to 1e-4 (boxes) and the same attribution scores."""
+    torch.manual_seed(0)
+    net = LearnedFusionNet(LearnedFusionConfig()).eval()
+    # Trained-like statistics, so the comparison is not of near-zero activations.
+    for module in net.modules():
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    path = export_learned_fusion_onnx(net, tmp_path / "learned.onnx")
+    engine = OnnxRuntimeEngine(path, num_threads=2)
+    cfg = net.config
+    pin = pillarize(kitti_painted, cfg)
+    got = engine.run(pin.as_feeds())
+    with torch.no_grad():
+        want = LearnedFusionExport(net)(*(torch.from_numpy(v) for v in pin.as_feeds().values()))
+    np.testing.assert_allclose(got["detections"], want[0].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got["camera_free_score"], want[1].numpy(), atol=1e-5)
+    assert pin.pillars_used > 500
+
+    runner = LearnedFusionRunner(engine, cfg, score_threshold=0.0)
+    result = runner.run(kitti_painted)
+    np.testing.assert_allclose(result.rows, got["detections"], atol=1e-6)
+    # Without painted channels the camera-free copy is the same input: the same scores.
+    unpainted = kitti_painted.copy()
+    unpainted[:, 4:] = 0.0
+    result = runner.run(unpainted)
+    np.testing.assert_allclose(result.camera_free_score, result.rows[:, 9], atol=1e-6)
+
+
+def test_runner_refuses_an_engine_of_another_graph(yolox_path: Path) -> None:
+    with pytest.raises(EngineError, match="not a learned fusion engine"):
+        LearnedFusionRunner(OnnxRuntimeEngine(yolox_path), LearnedFusionConfig())

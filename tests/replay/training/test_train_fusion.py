@@ -1,0 +1,155 @@
+"""Training the learned fusion engine end to end: the overfit sanity check on real KITTI frames,
+resume, the training config, and `perception train` on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from engines.fusion.learned_config import LearnedFusionConfig
+from replay.training.fusion_config import load_train_config, parse_train_config
+from replay.training.train_fusion import train
+
+#: A grid that holds every labelled or referenced object of the KITTI frames within 40 m.
+KITTI_GRID = {"x_range_m": [0.0, 25.6], "y_range_m": [-12.8, 12.8], "max_pillars": 3000}
+
+
+def _kitti_config(kitti_dir: Path, yolox_path: Path, steps: int) -> dict[str, Any]:
+    return {
+        "seed": 0,
+        "data": {
+            "train": [
+                {"kind": "kitti", "root": str(kitti_dir), "frames": ["000000"],
+                 "labels": "label_2"},
+                {"kind": "kitti", "root": str(kitti_dir), "frames": ["000003", "000004", "000005"],
+                 "labels": "pointpillars"},
+            ],
+        },
+        "camera": {"model": str(yolox_path), "score_threshold": 0.25},
+        "model": KITTI_GRID,
+        "train": {"steps": steps, "batch": 2, "lr": 0.006, "checkpoint_every": 10,
+                  "eval_every": 0, "threads": 2},
+        "augment": {"rotate_deg": 5.0, "scale": [0.98, 1.02], "flip_y": 0.0},
+        "dropout": {"camera": 0.0, "camera_blind": 0.0, "beams": 0.0},
+    }  # fmt: skip
+
+
+def _write(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.slow
+def test_overfits_the_kitti_frames(kitti_dir: Path, yolox_path: Path, tmp_path: Path) -> None:
+    """Training sanity: the whole pipeline (KITTI labels and reference boxes to vehicle-frame
+    targets, painting with a real detector, pillars, head, decoding) learns the labelled KITTI
+    frames to recall 1.0: a frame or label convention error would not fit."""
+    config = load_train_config(
+        _write(tmp_path / "t.yaml", _kitti_config(kitti_dir, yolox_path, 400))
+    )
+    config = dataclasses.replace(config, val_sources=config.train_sources)
+    result = train(config, tmp_path / "run")
+    for label in ("Car", "Pedestrian"):
+        figures = result.validation[label]
+        assert figures["references"] == 2, (label, figures)
+        assert figures["recall"] == 1.0, (label, figures)
+    centre = result.validation["Car"]["median_centre_m"]
+    assert centre is not None and centre < 0.5
+    # The export runs on ONNX Runtime and finds the same objects.
+    session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pillars", "pillar_points", "pillar_cells"]
+    for name in ("metrics.jsonl", "curves.png", "learned_fusion.yaml", "checkpoints/last.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    meta = yaml.safe_load((tmp_path / "run" / "learned_fusion.yaml").read_text())
+    assert LearnedFusionConfig.from_dict(meta["model"]) == config.model
+
+
+def test_resume_gives_the_run_an_interruption_did_not_stop(
+    kitti_dir: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    doc = _kitti_config(kitti_dir, yolox_path, 6)
+    doc["train"]["checkpoint_every"] = 3
+    doc["model"] = {**KITTI_GRID, "channels": [8, 16], "pfn_channels": 8}
+    doc["augment"] = {"rotate_deg": 10.0, "scale": [0.9, 1.1], "flip_y": 0.5}
+    doc["dropout"] = {"camera": 0.3, "camera_blind": 0.1, "beams": 0.3}
+    config = parse_train_config(doc, "test", tmp_path)
+    straight = train(config, tmp_path / "straight")
+
+    def interrupt(done: int, _total: int, _loss: float) -> None:
+        if done == 5:  # killed after the step-3 checkpoint: steps 4 and 5 are lost
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", progress=interrupt)
+    # Resuming with another config is refused.
+    other = parse_train_config({**doc, "seed": 1}, "test", tmp_path)
+    with pytest.raises(ValueError, match="another config"):
+        train(other, tmp_path / "resumed", resume=True)
+    resumed = train(config, tmp_path / "resumed", resume=True)
+    a = torch.load(straight.checkpoint_path, weights_only=False)["model"]
+    b = torch.load(resumed.checkpoint_path, weights_only=False)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    records = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 6), ("val", 6)]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"data": {"train": []}}, "data.train must list"),
+        ({"data": {"train": [{"kind": "synthetic"}]}, "optimiser": 1}, "unknown key"),
+        ({"data": {"train": [{"kind": "synthetic"}]}, "train": {"steps": 0}}, "train: train.steps"),
+        ({"data": {"train": [{"kind": "synthetic"}]}, "model": {"pillar_m": -1}}, "model:"),
+        ({"data": {"train": [{"kind": "synthetic"}]}, "dropout": {"camera": 2}}, "dropout"),
+        ({"data": {"train": [{"kind": "synthetic"}]}, "seed": "x"}, "seed"),
+    ],
+)
+def test_bad_training_configs_are_refused_with_the_key(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_train_config(doc, "cfg.yaml", Path("."))
+
+
+def _perception(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_refuses_bad_configs_and_a_second_run_in_one_folder(tmp_path: Path) -> None:
+    missing = _perception("train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2
+    assert "nope.yaml: cannot read the training config" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    bad = _write(tmp_path / "bad.yaml", {"data": {"train": [{"kind": "nowhere"}]}})
+    run = _perception("train", str(bad), "--out", str(tmp_path / "o"), "--quiet")
+    assert run.returncode == 2 and "nowhere" in run.stderr, run.stderr
+    (tmp_path / "o" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "o" / "checkpoints" / "last.pt").write_bytes(b"x")
+    again = _perception("train", str(bad), "--out", str(tmp_path / "o"))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    notdir = tmp_path / "file"
+    notdir.write_text("x")
+    assert _perception("train", str(bad), "--out", str(notdir)).returncode == 2
+
+
+def test_the_packaged_training_config_loads() -> None:
+    config = load_train_config(Path(__file__).parents[3] / "configs" / "train_learned_fusion.yaml")
+    assert config.model.classes == ("Car", "Pedestrian", "Cyclist")
+    seeds = config.train_sources[0]["seeds"]
+    assert seeds["start"] >= 10  # seeds 0-9 are kept for evaluation
+    np.testing.assert_equal(config.model.grid_size, (160, 160))
