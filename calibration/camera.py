@@ -235,6 +235,13 @@ class CameraModel(ABC):
         mx, my = self.undistort_maps()
         return np.asarray(cv2.remap(image, mx, my, interpolation), dtype=np.uint8)
 
+    def undistorted(self) -> CameraModel:
+        """The model of `undistort_image`'s output: a pinhole camera of the same K and size
+        without distortion (this camera itself when it has none)."""
+        if isinstance(self, PinholeCamera) and not self.has_distortion:
+            return self
+        return PinholeCamera(self.k.copy(), (), self.width, self.height, context=self.context)
+
     def _max_valid_radius(self) -> float:
         """Largest normalised radius (tan of the off-axis angle) where distortion is monotonic."""
         cached = self._cache.get("max_radius")

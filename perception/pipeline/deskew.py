@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from perception.msgs.types import EgoPose, LidarSweep
 
-__all__ = ["deskew_points", "deskew_sweep", "ego_twist"]
+__all__ = ["deskew_points", "deskew_sweep", "ego_twist", "vehicle_motion"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -89,3 +89,17 @@ def ego_twist(
     ve, vn, vu = start.velocity_enu_mps
     ch, sh = math.cos(start.heading_rad), math.sin(start.heading_rad)
     return (ch * ve + sh * vn, -sh * ve + ch * vn, vu), yaw_rate
+
+
+def vehicle_motion(
+    twist: tuple[tuple[float, float, float], float], dt_ns: int
+) -> npt.NDArray[np.float64]:
+    """`vehicle(t0 + dt)_from_vehicle(t0)` (4 x 4) for a constant twist (velocity in the vehicle
+    frame, yaw rate, as `ego_twist` gives it), built from `deskew_points` applied to the origin
+    and the unit axes, so that it moves points exactly as deskewing does."""
+    basis = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    moved = deskew_points(basis, np.zeros(4, np.int64), *twist, reference_offset_ns=dt_ns)
+    m = np.eye(4)
+    m[:3, 3] = moved[0, :3]
+    m[:3, :3] = (moved[1:, :3] - moved[0, :3]).T
+    return m

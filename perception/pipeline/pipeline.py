@@ -34,23 +34,12 @@ from perception.msgs.types import (
     SyncedBundle,
 )
 from perception.pipeline.boxes import suppress_duplicates
-from perception.pipeline.deskew import deskew_points, deskew_sweep, ego_twist
+from perception.pipeline.deskew import deskew_sweep, ego_twist, vehicle_motion
 from perception.pipeline.ground import GroundPlane, estimate_ground
 from perception.pipeline.lidar_objects import LidarObjects
 from perception.pipeline.timing import StageTimer
 
 __all__ = ["Pipeline", "PipelineConfig"]
-
-
-def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt_ns: int) -> RigidTransform:
-    """`vehicle(t0 + dt)_from_vehicle(t0)` for a constant twist (velocity in the vehicle frame,
-    yaw rate), built from `deskew_points` applied to the origin and the unit axes."""
-    basis = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
-    moved = deskew_points(basis, np.zeros(4, np.int64), *twist, reference_offset_ns=dt_ns)
-    m = np.eye(4)
-    m[:3, 3] = moved[0, :3]
-    m[:3, :3] = (moved[1:, :3] - moved[0, :3]).T
-    return RigidTransform(m)
 
 
 class Pipeline:
@@ -218,7 +207,7 @@ class Pipeline:
                 motion = RigidTransform.identity()
                 if twist is not None:
                     dt_ns = cameras[name].header.stamp_ns - sweep.header.stamp_ns
-                    motion = _vehicle_motion(twist, dt_ns)
+                    motion = RigidTransform(vehicle_motion(twist, dt_ns))
                 detections += self._fuse(name, camera_boxes, points, rig, ground, motion=motion)
                 if camera_boxes and self.fusion.last_gpu_ns is not None:
                     # Torch on CUDA: what the GPU spent, from CUDA events.

@@ -100,3 +100,21 @@ def test_undistortion_maps_are_cached_and_undistort(data_dir: Path) -> None:
     assert cam.undistort_image(image).shape == image.shape
     with pytest.raises(CalibrationError, match=r"image is 10x10, camera is 1920x1200"):
         cam.undistort_image(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_the_undistorted_model_projects_into_the_undistorted_image() -> None:
+    k = np.array([[700.0, 0, 620], [0, 700, 180], [0, 0, 1]])
+    distorted = PinholeCamera(k, (-0.2, 0.05, 0.001, -0.001, 0.0), 1240, 370)
+    model = distorted.undistorted()
+    assert isinstance(model, PinholeCamera) and not model.has_distortion
+    np.testing.assert_array_equal(model.k, k)
+    assert (model.width, model.height) == (1240, 370)
+    # A pixel of the distorted image lands where the undistorted model projects its ray.
+    ray = np.array([[3.0, -0.5, 10.0]])
+    uv_distorted, _ = distorted.project(ray)
+    mx, my = distorted.undistort_maps()
+    uv_model, _ = model.project(ray)
+    u, v = (round(float(c)) for c in uv_model[0])
+    np.testing.assert_allclose([mx[v, u], my[v, u]], uv_distorted[0], atol=1.0)
+    plain = PinholeCamera(k, (), 1240, 370)
+    assert plain.undistorted() is plain

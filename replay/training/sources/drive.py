@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from calibration import CameraModel, PinholeCamera, Rig
+from calibration import Rig
 from perception.config import NodeConfig
 from perception.msgs.types import CameraFrame, EgoPose, LidarSweep, Message, SyncedBundle
-from perception.pipeline.deskew import deskew_points, deskew_sweep, ego_twist
+from perception.pipeline.deskew import deskew_sweep, ego_twist, vehicle_motion
 from perception.sync.bundler import Bundler
 from replay.drive import GROUND_TRUTH_TOPIC, DriveReader
 from replay.drive_config import config_for_messages
@@ -57,17 +57,6 @@ class _Entry:
     ego_pose_end: EgoPose | None
     missing: tuple[str, ...]
     truth: dict[str, Any]
-
-
-def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt_ns: int) -> FloatArray:
-    """`vehicle(t0 + dt)_from_vehicle(t0)` (4 x 4) for a constant twist: the same construction
-    as the pipeline's (deskew_points applied to the origin and the unit axes)."""
-    basis = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
-    moved = deskew_points(basis, np.zeros(4, np.int64), *twist, reference_offset_ns=dt_ns)
-    m = np.eye(4)
-    m[:3, 3] = moved[0, :3]
-    m[:3, :3] = (moved[1:, :3] - moved[0, :3]).T
-    return m
 
 
 def _camera_name(frame: CameraFrame, stream: str, rig: Rig) -> str | None:
@@ -191,9 +180,9 @@ class DriveSource:
             image = camera.undistort_image(self._image(frame))
             motion = np.eye(4)
             if twist is not None:
-                motion = _vehicle_motion(twist, frame.header.stamp_ns - sweep.header.stamp_ns)
+                motion = vehicle_motion(twist, frame.header.stamp_ns - sweep.header.stamp_ns)
             camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle").matrix @ motion
-            views[name] = CameraView(image, _pinhole(camera), camera_from_vehicle)
+            views[name] = CameraView(image, camera.undistorted(), camera_from_vehicle)
             stamps[name] = frame.header.stamp_ns
         try:
             labels = [box_from_truth(b) for b in entry.truth["boxes"]]
@@ -228,10 +217,3 @@ class DriveSource:
         if image is None:
             raise ValueError(f"{frame.header.stream}: cannot decode {frame.encoding} image")
         return np.asarray(image, dtype=np.uint8)
-
-
-def _pinhole(camera: CameraModel) -> PinholeCamera:
-    """The model of an undistorted image: a pinhole of the same K (`undistort_image`)."""
-    if isinstance(camera, PinholeCamera) and not camera.has_distortion:
-        return camera
-    return PinholeCamera(camera.k.copy(), (), camera.width, camera.height)

@@ -90,8 +90,11 @@ def test_sweep_is_deskewed_with_gnss_motion(pipeline: Pipeline, kitti_dir: Path)
 
 
 def test_vehicle_motion_to_the_camera_stamp() -> None:
-    from perception.pipeline.deskew import deskew_points
-    from perception.pipeline.pipeline import _vehicle_motion
+    from calibration import RigidTransform
+    from perception.pipeline.deskew import deskew_points, vehicle_motion
+
+    def _vehicle_motion(twist: tuple[tuple[float, float, float], float], dt: int) -> RigidTransform:
+        return RigidTransform(vehicle_motion(twist, dt))
 
     # 6 m/s forward, 62 ms later: a point 10 m ahead is 0.372 m nearer.
     straight = _vehicle_motion(((6.0, 0.0, 0.0), 0.0), 62_000_000)
