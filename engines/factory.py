@@ -39,9 +39,10 @@ from engines.cache import (
 )
 from engines.camera.batching import batched_onnx
 from engines.engine import Engine, TensorSpec
-from engines.errors import EngineError
+from engines.errors import EngineError, ModelError
 from engines.fusion.config import PACKAGED_MODEL_PATH as FUSION_ENGINE_ONNX
 from engines.fusion.config import FusionEngineConfig
+from engines.fusion.learned_config import LearnedFusionConfig, resolve_learned_model
 from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
 from engines.lidar.config import PACKAGED_MODEL_PATH as LIDAR_ENCODER_ONNX
 from engines.onnxruntime_backend import (
@@ -314,6 +315,34 @@ class EngineFactory:
             path = self._export("fusion engine", lambda d: _fusion_export(config, d))
         return self.onnx_engine(path)
 
+    def learned_fusion_engine(self, model: str | Path) -> tuple[Engine, LearnedFusionConfig]:
+        """The learned fusion engine ``model`` names (``learned_fusion``: the packaged one, or
+        an export of ``perception train``) and the config it was trained with: its export on
+        ONNX Runtime or TensorRT (strict fp32), or its graph with the saved weights on torch.
+
+        Raises:
+            ModelError: the model, its config or (torch) its weights are missing or invalid.
+            EngineError: torch is needed but missing, or a build, load or session failure.
+        """
+        learned = resolve_learned_model(model)
+        if self.placement.backend == "torch":
+            if learned.weights_path is None:
+                raise ModelError(
+                    f"{learned.onnx_path}: the torch backend needs the weights beside the "
+                    f"export ({learned.onnx_path.with_suffix('.pt').name}), which are missing"
+                )
+            from engines.fusion.learned_graph import load_learned_export  # noqa: PLC0415
+
+            try:
+                module = load_learned_export(learned.weights_path, learned.config)
+            except (OSError, RuntimeError) as e:
+                raise ModelError(f"{learned.weights_path}: cannot load the weights ({e})") from e
+            cfg = learned.config
+            return self._torch(
+                module, cfg.input_specs(), cfg.output_specs(), learned.onnx_path.name
+            ), cfg
+        return self.onnx_engine(learned.onnx_path), learned.config
+
     def _torch(
         self,
         module: torch.nn.Module,
@@ -357,6 +386,7 @@ class NodeEngines:
     lidar: Engine
     fusion: Engine
     notes: tuple[str, ...] = ()
+    learned: tuple[Engine, LearnedFusionConfig] | None = None
 
 
 def create_node_engines(
@@ -369,10 +399,12 @@ def create_node_engines(
     fusion_config: FusionEngineConfig | None = None,
     model_cache_dir: Path | None = None,
     source_dir: Path | None = None,
+    learned_model: str | Path | None = None,
 ) -> NodeEngines:
     """Every engine the node runs, from its ``engines`` settings: the camera encoder
     (``camera_model``, ``camera_batch`` cameras per call, ``camera_threads`` overriding
-    ``settings.threads``), the lidar encoder and the fusion engine. With ``backend: tensorrt``
+    ``settings.threads``), the lidar encoder and the fusion engine, and the learned fusion
+    engine ``learned_model`` names (with its config) when given. With ``backend: tensorrt``
     this also builds whatever the engine cache lacks, so calling it ahead of time prepares a
     node's start.
 
@@ -384,7 +416,10 @@ def create_node_engines(
     camera = factory.camera_encoder(camera_model, batch=camera_batch, threads=camera_threads)
     fusion = factory.fusion_engine(fusion_config)
     lidar = factory.lidar_encoder(lidar_config)
-    return NodeEngines(camera=camera, lidar=lidar, fusion=fusion, notes=factory.notes)
+    learned = None if learned_model is None else factory.learned_fusion_engine(learned_model)
+    return NodeEngines(
+        camera=camera, lidar=lidar, fusion=fusion, notes=factory.notes, learned=learned
+    )
 
 
 @dataclass(frozen=True)

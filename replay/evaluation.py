@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,7 @@ __all__ = [
     "project_box",
     "read_kitti_labels",
     "read_pointpillars_boxes",
+    "score_frame",
     "visible_fraction",
     "yaw_error_deg",
 ]
@@ -419,6 +420,53 @@ def average_precision(result: MatchResult, label: str, *, recall_points: int = 4
         reached = precision[recall >= level - 1e-9]
         total += float(reached.max()) if reached.size else 0.0
     return total / recall_points
+
+
+def score_frame(
+    detections: Sequence[Detection3D],
+    references: Sequence[ReferenceBox],
+    scored: Sequence[bool],
+    *,
+    classes: Sequence[str],
+    match_distance_m: float | Mapping[str, float],
+    range_m: float,
+) -> MatchResult:
+    """One frame scored the way the demo and KITTI's evaluation do, per class: references within
+    ``range_m`` whose ``scored`` flag is set (e.g. visible enough) count; detections within
+    ``range_m`` plus the match distance take part, each matched (greedily, by score) to the
+    nearest reference of its class within the distance (``match_distance_m``, per class or one
+    for all). A detection of a reference that does not count (too far, hidden, out of view) is
+    ignored rather than called a false positive.
+
+    Raises:
+        ValueError: ``scored`` is not one flag per reference.
+    """
+    if len(scored) != len(references):
+        raise ValueError(f"scored: {len(scored)} flags for {len(references)} references")
+    results = []
+    for label in classes:
+        d = (
+            match_distance_m.get(label, 1.0)
+            if isinstance(match_distance_m, Mapping)
+            else match_distance_m
+        )
+        refs = [(r, s) for r, s in zip(references, scored, strict=True) if r.label == label]
+        nearby = [r for r, _ in refs if r.range_m <= range_m + 2 * d]
+        counted = {id(r) for r, s in refs if s and r.range_m <= range_m}
+        dets = [
+            x for x in detections if x.label == label and math.hypot(*x.center[:2]) <= range_m + d
+        ]
+        raw = match_detections(dets, nearby, max_center_distance_m=d, classes=(label,))
+        matched = {id(m.reference) for m in raw.matches}
+        results.append(
+            MatchResult(
+                tuple(m for m in raw.matches if id(m.reference) in counted),
+                tuple(r for r, _ in refs if id(r) in counted and id(r) not in matched),
+                raw.false_positives,
+                (label,),
+            )
+        )
+    return merge_results(results)
 
 
 def merge_results(results: Iterable[MatchResult]) -> MatchResult:

@@ -9,6 +9,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -130,3 +131,48 @@ def synth_drive(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, floa
         return drives[key]
 
     return get
+
+
+#: A learned-engine grid that holds every labelled or referenced object of the KITTI frames
+#: within 40 m (small, so that training it takes seconds).
+KITTI_LEARNED_GRID = {"x_range_m": [0.0, 25.6], "y_range_m": [-12.8, 12.8], "max_pillars": 3000}
+
+
+def kitti_training_config(kitti_dir: Path, yolox_path: Path, steps: int) -> dict[str, Any]:
+    """A training config over the KITTI frames that carry labels (000000) or the trained
+    detector's reference boxes (000003-000005), painted by YOLOX-nano."""
+    return {
+        "seed": 0,
+        "data": {
+            "train": [
+                {"kind": "kitti", "root": str(kitti_dir), "frames": ["000000"],
+                 "labels": "label_2"},
+                {"kind": "kitti", "root": str(kitti_dir), "frames": ["000003", "000004", "000005"],
+                 "labels": "pointpillars"},
+            ],
+        },
+        "camera": {"model": str(yolox_path), "score_threshold": 0.25},
+        "model": KITTI_LEARNED_GRID,
+        "train": {"steps": steps, "batch": 2, "lr": 0.006, "checkpoint_every": 100,
+                  "eval_every": 0, "threads": 2},
+        "augment": {"rotate_deg": 5.0, "scale": [0.98, 1.02], "flip_y": 0.0},
+        "dropout": {"camera": 0.0, "camera_blind": 0.0, "beams": 0.0},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def kitti_learned(
+    tmp_path_factory: pytest.TempPathFactory, kitti_dir: Path, yolox_path: Path
+) -> Any:
+    """A learned fusion engine trained (once per session, ~40 s) to overfit the labelled KITTI
+    frames, validated on them: its `replay.training.train_fusion.TrainResult`."""
+    import dataclasses
+
+    from replay.training.fusion_config import parse_train_config
+    from replay.training.train_fusion import train
+
+    _require(kitti_dir / "label_2" / "000000.txt")
+    root = tmp_path_factory.mktemp("kitti-learned")
+    config = parse_train_config(kitti_training_config(kitti_dir, yolox_path, 400), "test", root)
+    config = dataclasses.replace(config, val_sources=config.train_sources)
+    return train(config, root / "run")

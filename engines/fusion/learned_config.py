@@ -15,18 +15,30 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
+
+from engines.engine import TensorSpec
+from engines.errors import ModelError
 from engines.exports import export_key
+from engines.registry import PACKAGED_MODELS_DIR
 
 __all__ = [
     "LEARNED_GRAPH_VERSION",
     "LEARNED_INPUT_NAMES",
     "LEARNED_ONNX_OPSET",
     "LEARNED_OUTPUT_NAMES",
+    "PACKAGED_LEARNED_MODEL",
     "POINT_FEATURES",
     "REGRESSION_CHANNELS",
     "LearnedFusionConfig",
+    "LearnedModel",
+    "resolve_learned_model",
 ]
+
+#: The learned engine the project trains and ships (`configs/train_learned_fusion.yaml`).
+PACKAGED_LEARNED_MODEL = PACKAGED_MODELS_DIR / "learned_fusion.onnx"
 
 #: Bumped whenever the graph changes for the same config.
 LEARNED_GRAPH_VERSION = 1
@@ -63,8 +75,8 @@ class LearnedFusionConfig:
     ``attribution`` runs the camera-free copy in the same call (``camera_free_score``)."""
 
     classes: tuple[str, ...] = ("Car", "Pedestrian", "Cyclist")
-    x_range_m: tuple[float, float] = (0.0, 51.2)
-    y_range_m: tuple[float, float] = (-25.6, 25.6)
+    x_range_m: tuple[float, float] = (0.0, 44.8)
+    y_range_m: tuple[float, float] = (-28.8, 28.8)
     z_range_m: tuple[float, float] = (-3.0, 2.0)
     pillar_m: float = 0.32
     max_pillars: int = 6000
@@ -134,6 +146,22 @@ class LearnedFusionConfig:
         except ValueError:
             return -1
 
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        """The engine's inputs, in :data:`LEARNED_INPUT_NAMES` order."""
+        p, k = self.max_pillars, self.points_per_pillar
+        return (
+            TensorSpec("pillars", "float32", (p, k, self.point_features)),
+            TensorSpec("pillar_points", "int32", (p,)),
+            TensorSpec("pillar_cells", "int64", (p,)),
+        )
+
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        """The engine's outputs, in :data:`LEARNED_OUTPUT_NAMES` order."""
+        return (
+            TensorSpec("detections", "float32", (self.max_detections, 11)),
+            TensorSpec("camera_free_score", "float32", (self.max_detections,)),
+        )
+
     def key(self) -> str:
         """The export key of this config (engines.exports.export_key)."""
         return export_key(
@@ -162,3 +190,40 @@ class LearnedFusionConfig:
             return LearnedFusionConfig(**values)  # type: ignore[arg-type]
         except TypeError as e:
             raise ValueError(f"learned fusion config: {e}") from e
+
+
+@dataclass(frozen=True)
+class LearnedModel:
+    """A trained learned fusion engine: its ONNX export, the config it was trained with (the
+    ``.yaml`` beside it, written by ``perception train``) and the weights for the torch backend
+    (the ``.pt`` beside it, None when absent)."""
+
+    onnx_path: Path
+    config: LearnedFusionConfig
+    weights_path: Path | None
+
+
+def resolve_learned_model(model: str | Path) -> LearnedModel:
+    """The learned model ``model`` names: ``learned_fusion`` (the packaged one) or an ONNX file
+    exported by ``perception train``.
+
+    Raises:
+        ModelError: the file or its ``.yaml`` is missing or unreadable, or the config in it is
+            not valid (one line naming the file).
+    """
+    path = PACKAGED_LEARNED_MODEL if str(model) == "learned_fusion" else Path(model).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"learned fusion model {path}: not found (train one with `perception train "
+            "CONFIG`, which writes learned_fusion.onnx and its .yaml)"
+        )
+    meta_path = path.with_suffix(".yaml")
+    try:
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+        config = LearnedFusionConfig.from_dict(dict(meta["model"]))
+    except OSError as e:
+        raise ModelError(f"{meta_path}: cannot read the learned model's config ({e})") from e
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{meta_path}: not a learned model config ({e})") from e
+    weights = path.with_suffix(".pt")
+    return LearnedModel(path, config, weights if weights.is_file() else None)

@@ -18,6 +18,7 @@ would score without the camera.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "LearnedFusionNet",
     "decode_heads",
     "export_learned_fusion_onnx",
+    "load_learned_export",
 ]
 
 #: The heatmap's initial bias: sigmoid(-2.19) = 0.1, CenterNet's start against the many
@@ -173,9 +175,27 @@ def example_inputs(config: LearnedFusionConfig) -> tuple[torch.Tensor, ...]:
     )
 
 
+def load_learned_export(weights_path: Path, config: LearnedFusionConfig) -> LearnedFusionExport:
+    """The deployable graph of ``config`` with the weights a training run saved (the ``.pt``
+    beside its export), for the torch backend.
+
+    Raises:
+        OSError: the file cannot be read.
+        RuntimeError: the weights are not those of ``config``'s graph.
+    """
+    net = LearnedFusionNet(config)
+    net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return LearnedFusionExport(net.eval())
+
+
 def export_learned_fusion_onnx(net: LearnedFusionNet, path: Path) -> Path:
     """Exports the trained ``net`` (in eval mode) with in-graph decoding to ONNX at ``path``
-    (opset :data:`LEARNED_ONNX_OPSET`, static shapes; written atomically). Returns ``path``."""
+    (opset :data:`LEARNED_ONNX_OPSET`, static shapes; written atomically), and its weights
+    beside it (``.pt``, for the torch backend). Returns ``path``."""
+    weights = Path(path).with_suffix(".pt")
+    tmp = weights.with_name(weights.name + ".tmp")
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, weights)
     return export_static_onnx(
         LearnedFusionExport(net.eval()),
         example_inputs(net.config),

@@ -19,6 +19,7 @@ from engines.camera.detector import Box2D, CameraDetector
 from engines.engine import Engine
 from engines.factory import EngineFactory, create_node_engines
 from engines.fusion.config import FusionEngineConfig
+from engines.fusion.learned_runner import LearnedFusionRunner
 from engines.fusion.runner import FusionEngineRunner
 from engines.lidar.config import OBSTACLE_CONFIG
 from engines.lidar.runner import LidarEncoderRunner
@@ -35,8 +36,10 @@ from perception.msgs.types import (
 )
 from perception.pipeline.boxes import suppress_duplicates
 from perception.pipeline.deskew import deskew_sweep, ego_twist, vehicle_motion
+from perception.pipeline.ensemble import learned_detections, merge_ensemble
 from perception.pipeline.ground import GroundPlane, estimate_ground
 from perception.pipeline.lidar_objects import LidarObjects
+from perception.pipeline.painting import PaintView, paint_points
 from perception.pipeline.timing import StageTimer
 
 __all__ = ["Pipeline", "PipelineConfig"]
@@ -68,6 +71,7 @@ class Pipeline:
         fusion: FusionEngineRunner | None = None,
         lidar_objects: LidarObjects | None = None,
         *,
+        learned: LearnedFusionRunner | None = None,
         notes: Sequence[str] = (),
         detections_stream: str = "detections",
     ) -> None:
@@ -75,6 +79,11 @@ class Pipeline:
         self.config = config or PipelineConfig()
         self.fusion = fusion or FusionEngineRunner(EngineFactory().fusion_engine())
         self.lidar_objects = lidar_objects or LidarObjects(self.config.lidar_objects)
+        if self.config.fusion.kind != "geometric" and learned is None:
+            raise ValueError(
+                f"pipeline.fusion.kind {self.config.fusion.kind} needs the learned engine"
+            )
+        self.learned = learned
         self.detections_stream = detections_stream
         self._notes = tuple(notes)
 
@@ -100,6 +109,7 @@ class Pipeline:
         it cannot be batched, built or loaded, or the backend or device cannot run here (one
         line; unless `engines.fallback` allows a fallback, reported in `notes`)."""
         fusion_config = FusionEngineConfig()
+        config = config or PipelineConfig()
         built = create_node_engines(
             engines or EngineSettings(),
             model_path or model.path,
@@ -107,6 +117,7 @@ class Pipeline:
             camera_threads=model.num_threads or None,
             lidar_config=OBSTACLE_CONFIG,
             fusion_config=fusion_config,
+            learned_model=None if config.fusion.kind == "geometric" else config.fusion.model,
         )
         detector = CameraDetector(
             built.camera,
@@ -114,13 +125,18 @@ class Pipeline:
             score_threshold=model.score_threshold,
             nms_iou=model.nms_iou,
         )
-        config = config or PipelineConfig()
         encoder = LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)
+        learned = None
+        if built.learned is not None:
+            learned = LearnedFusionRunner(
+                *built.learned, score_threshold=config.fusion.score_threshold
+            )
         return cls(
             detector,
             config,
             fusion=FusionEngineRunner(built.fusion, fusion_config),
             lidar_objects=LidarObjects(config.lidar_objects, encoder=encoder),
+            learned=learned,
             notes=built.notes,
             detections_stream=detections_stream,
         )
@@ -133,12 +149,16 @@ class Pipeline:
         return self._notes
 
     def engines(self) -> tuple[tuple[str, Engine], ...]:
-        """The engines the pipeline runs, by stage: camera encoder, lidar encoder, fusion."""
-        return (
+        """The engines the pipeline runs, by stage: camera encoder, lidar encoder, fusion, and
+        the learned fusion engine when `pipeline.fusion.kind` uses it."""
+        stages: tuple[tuple[str, Engine], ...] = (
             ("camera_encoder", self.detector.engine),
             ("lidar_encoder", self.lidar_objects.encoder.engine),
             ("fusion", self.fusion.engine),
         )
+        if self.learned is not None:
+            stages += (("learned_fusion", self.learned.engine),)
+        return stages
 
     def describe_engines(self) -> tuple[str, ...]:
         """One line per engine: its stage, backend, device and precision as in use (not as
@@ -167,6 +187,8 @@ class Pipeline:
             (640, 480),
             (*ground.normal, ground.offset),
         )
+        if self.learned is not None:
+            self.learned.run(np.zeros((1, 4 + len(self.learned.config.classes) + 1), np.float32))
 
     def step(self, bundle: SyncedBundle, seq: int) -> DetectionList:
         """Detections of one bundle, stamped with the sweep's stamp, in the vehicle frame."""
@@ -198,20 +220,29 @@ class Pipeline:
             if self.lidar_objects.encoder.last_gpu_ns is not None:
                 timer.add("lidar_encoder_gpu", self.lidar_objects.encoder.last_gpu_ns)
         detections: list[Detection3D] = []
+        kind = self.config.fusion.kind
         with timer.stage("fusion"):
             twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
-            for name, camera_boxes in boxes.items():
+            motions: dict[str, RigidTransform] = {}
+            for name in boxes:
                 # The camera saw the scene at its own stamp, the vehicle having moved since the
                 # sweep stamp: project through that motion so boxes and points line up, while
                 # the fused boxes stay in the vehicle frame at the sweep stamp.
-                motion = RigidTransform.identity()
+                motions[name] = RigidTransform.identity()
                 if twist is not None:
                     dt_ns = cameras[name].header.stamp_ns - sweep.header.stamp_ns
-                    motion = RigidTransform(vehicle_motion(twist, dt_ns))
-                detections += self._fuse(name, camera_boxes, points, rig, ground, motion=motion)
-                if camera_boxes and self.fusion.last_gpu_ns is not None:
-                    # Torch on CUDA: what the GPU spent, from CUDA events.
-                    timer.add("fusion_gpu", self.fusion.last_gpu_ns)
+                    motions[name] = RigidTransform(vehicle_motion(twist, dt_ns))
+            if kind != "learned":
+                for name, camera_boxes in boxes.items():
+                    detections += self._fuse(
+                        name, camera_boxes, points, rig, ground, motion=motions[name]
+                    )
+                    if camera_boxes and self.fusion.last_gpu_ns is not None:
+                        # Torch on CUDA: what the GPU spent, from CUDA events.
+                        timer.add("fusion_gpu", self.fusion.last_gpu_ns)
+            if kind != "geometric":
+                learned = self._learned(points, boxes, rig, motions)
+                detections = learned if kind == "learned" else merge_ensemble(detections, learned)
             detections += self.lidar_objects.detect(obstacle, bev, ground, detections)
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
@@ -223,6 +254,36 @@ class Pipeline:
             timings_ns=timer.timings_ns,
             degraded=bundle.missing,
             valid=not bundle.missing,
+        )
+
+    def _learned(
+        self,
+        points: npt.NDArray[np.float32],
+        boxes: dict[str, list[Box2D]],
+        rig: Rig,
+        motions: dict[str, RigidTransform],
+    ) -> list[Detection3D]:
+        """The learned engine's detections: the points painted with every camera's boxes
+        (each camera at its own stamp), pillarized and run in one call."""
+        if self.learned is None:
+            raise ValueError("pipeline.fusion.kind needs the learned engine, which was not given")
+        views = [
+            PaintView(
+                rig.cameras[name].undistorted(),
+                (rig.transform(f"camera/{name}", "vehicle") @ motions[name]).matrix,
+                camera_boxes,
+            )
+            for name, camera_boxes in boxes.items()
+        ]
+        runner = self.learned
+        painted = paint_points(points, views, runner.config.classes)
+        result = runner.run(painted)
+        return learned_detections(
+            result.rows,
+            result.camera_free_score,
+            runner.config.classes,
+            camera_seen=bool(views),
+            camera_contribution=self.config.fusion.camera_contribution,
         )
 
     def _fuse(

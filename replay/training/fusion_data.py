@@ -49,10 +49,10 @@ Detect = Callable[[npt.NDArray[np.uint8]], Sequence[Box2D]]
 
 @dataclass(frozen=True)
 class PreparedSample:
-    """A sample ready for augmentation: ``points`` N x (4 + painted) float32, ``boxes`` M x 10
-    float32 rows of (class index, x, y, z, length, width, height, yaw, vx, vy) with NaN
-    velocity where unknown, ``ignore`` J x 7 rows (x, y, z, l, w, h, yaw) of objects that are
-    not a training class (no negative loss under them)."""
+    """A sample ready for augmentation: ``points`` N x (4 + painted) float32, ``boxes`` M x 11
+    float32 rows of (class index, x, y, z, length, width, height, yaw, vx, vy, visibility) with
+    NaN velocity and visibility where unknown, ``ignore`` J x 7 rows (x, y, z, l, w, h, yaw)
+    of objects that are not a training class (no negative loss under them)."""
 
     name: str
     points: npt.NDArray[np.float32]
@@ -61,14 +61,19 @@ class PreparedSample:
 
 
 def prepare(
-    sample: TrainingSample, detect: Detect | None, config: LearnedFusionConfig
+    sample: TrainingSample,
+    detect: Detect | None,
+    config: LearnedFusionConfig,
+    image_transform: Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]] | None = None,
 ) -> PreparedSample:
     """Paints ``sample``'s points with ``detect``'s boxes on each of its images (``None``: no
-    camera) and converts its boxes; points outside the grid (plus a margin) are dropped."""
+    camera; ``image_transform`` changes each image first, e.g. darkens it) and converts its
+    boxes; points outside the grid (plus a margin) are dropped."""
     views = []
     if detect is not None:
         for view in sample.cameras.values():
-            views.append(PaintView(view.model, view.camera_from_vehicle, detect(view.image)))
+            image = view.image if image_transform is None else image_transform(view.image)
+            views.append(PaintView(view.model, view.camera_from_vehicle, detect(image)))
     points = paint_points(sample.points, views, config.classes)
     (x0, x1), (y0, y1) = config.x_range_m, config.y_range_m
     r = np.hypot(np.clip(points[:, 0], x0, x1) - points[:, 0], np.clip(points[:, 1], y0, y1)
@@ -78,14 +83,14 @@ def prepare(
     for box in sample.boxes:
         c = config.class_index(box.label)
         if c >= 0:
-            rows.append([c, *box.center, *box.size, box.yaw, *box.velocity])
+            rows.append([c, *box.center, *box.size, box.yaw, *box.velocity, box.visibility])
     ignore_rows = []
     for box in sample.extra.get("ignore", ()):  # type: ignore[attr-defined]
         ignore_rows.append([*box.center, *box.size, box.yaw])
     return PreparedSample(
         sample.name,
         points.astype(np.float32),
-        np.asarray(rows, np.float32).reshape(-1, 10),
+        np.asarray(rows, np.float32).reshape(-1, 11),
         np.asarray(ignore_rows, np.float32).reshape(-1, 7),
     )
 

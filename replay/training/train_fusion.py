@@ -37,10 +37,11 @@ from engines.fusion.pillars import pillarize
 from engines.registry import PACKAGED_MODELS_DIR
 from perception.msgs.types import Detection3D
 from replay.evaluation import (
+    MatchResult,
     ReferenceBox,
     average_precision,
-    match_detections,
     merge_results,
+    score_frame,
 )
 from replay.training.fusion_config import CameraPaintConfig, FusionTrainConfig
 from replay.training.fusion_data import (
@@ -58,9 +59,11 @@ __all__ = [
     "MATCH_DISTANCE_M",
     "TrainResult",
     "build_painter",
+    "class_figures",
     "detections_of",
     "evaluate",
     "prepare_sources",
+    "scored_references",
     "train",
 ]
 
@@ -208,38 +211,55 @@ def _references(sample: PreparedSample, classes: Sequence[str]) -> list[Referenc
     ]  # fmt: skip
 
 
+#: An object counts when at least this fraction of it is visible to the camera (where the source
+#: knows: the synthetic world), as the demo scores.
+MIN_VISIBILITY = 0.5
+
+
+def scored_references(sample: PreparedSample) -> list[bool]:
+    """Which of a sample's objects count: visible to the camera (at least
+    :data:`MIN_VISIBILITY`) where the source knows visibility, all where it does not (KITTI's
+    camera-cropped scans)."""
+    visibility = sample.boxes[:, 10]
+    return [not math.isfinite(v) or v >= MIN_VISIBILITY for v in visibility]
+
+
 def evaluate(
     net: LearnedFusionNet, samples: Sequence[PreparedSample], range_m: float = EVAL_RANGE_M
 ) -> dict[str, dict[str, float | int | None]]:
-    """Per class over ``samples``, within ``range_m``: recall and precision at
-    :data:`MATCH_DISTANCE_M`, BEV AP (R40), median centre and yaw error of the matches."""
+    """Per class over ``samples`` (``score_frame``: objects within ``range_m`` the camera sees):
+    recall and precision at :data:`MATCH_DISTANCE_M`, BEV AP (R40), median centre and yaw
+    error of the matches."""
     net.eval()
     cfg = net.config
-    per_class: dict[str, list[Any]] = {c: [] for c in cfg.classes}
-    for sample in samples:
-        dets = [d for d in detections_of(net, sample) if math.hypot(*d.center[:2]) <= range_m]
-        refs = [r for r in _references(sample, cfg.classes) if r.range_m <= range_m]
-        for label in cfg.classes:
-            per_class[label].append(
-                match_detections(
-                    dets, refs, max_center_distance_m=MATCH_DISTANCE_M.get(label, 1.0),
-                    classes=[label],
-                )
-            )  # fmt: skip
-    out: dict[str, dict[str, float | int | None]] = {}
-    for label, results in per_class.items():
-        merged = merge_results(results)
-        stats = merged.stats(label)
-        out[label] = {
-            "references": stats.true_positives + stats.false_negatives,
-            "detections": stats.true_positives + stats.false_positives,
-            "recall": stats.recall,
-            "precision": stats.precision,
-            "ap_bev": average_precision(merged, label),
-            "median_centre_m": stats.median_center_error_m,
-            "median_yaw_deg": stats.median_yaw_error_deg,
-        }
-    return out
+    results = [
+        score_frame(
+            detections_of(net, sample),
+            _references(sample, cfg.classes),
+            scored_references(sample),
+            classes=cfg.classes,
+            match_distance_m=MATCH_DISTANCE_M,
+            range_m=range_m,
+        )
+        for sample in samples
+    ]
+    merged = merge_results(results)
+    return {label: class_figures(merged, label) for label in cfg.classes}
+
+
+def class_figures(result: MatchResult, label: str) -> dict[str, float | int | None]:
+    """The figures of one class of a (merged) result, as the training log and RESULTS report
+    them."""
+    stats = result.stats(label)
+    return {
+        "references": stats.true_positives + stats.false_negatives,
+        "detections": stats.true_positives + stats.false_positives,
+        "recall": stats.recall,
+        "precision": stats.precision,
+        "ap_bev": average_precision(result, label),
+        "median_centre_m": stats.median_center_error_m,
+        "median_yaw_deg": stats.median_yaw_error_deg,
+    }
 
 
 @dataclass(frozen=True)

@@ -276,3 +276,31 @@ def test_average_precision_r40() -> None:
     half = match_detections([_det("Car", 10, 0)], refs)
     assert average_precision(half, "Car") == pytest.approx(0.5)
     assert average_precision(half, "Cyclist") is None
+
+
+def test_score_frame_ignores_detections_of_objects_that_do_not_count() -> None:
+    from replay.evaluation import score_frame
+
+    refs = [
+        ReferenceBox("Car", (10.0, 0.0, -0.9), (4.0, 1.8, 1.5), 0.0),  # counts, found
+        ReferenceBox("Car", (20.0, 5.0, -0.9), (4.0, 1.8, 1.5), 0.0),  # hidden: found, ignored
+        ReferenceBox("Car", (39.0, 0.0, -0.9), (4.0, 1.8, 1.5), 0.0),  # counts, missed
+        ReferenceBox("Pedestrian", (8.0, 2.0, -0.8), (0.6, 0.6, 1.7), 0.0),  # found 0.6 m off
+    ]
+    dets = [
+        Detection3D("Car", 0.9, (10.3, 0.1, -0.9), (4.0, 1.8, 1.5), 0.02),
+        Detection3D("Car", 0.8, (20.2, 5.0, -0.9), (4.0, 1.8, 1.5), 0.0),
+        Detection3D("Car", 0.7, (30.0, -9.0, -0.9), (4.0, 1.8, 1.5), 0.0),  # nothing there
+        Detection3D("Pedestrian", 0.6, (8.6, 2.0, -0.8), (0.6, 0.6, 1.7), 0.0),
+        Detection3D("Car", 0.9, (45.0, 0.0, -0.9), (4.0, 1.8, 1.5), 0.0),  # beyond the range
+    ]
+    result = score_frame(
+        dets, refs, [True, False, True, True], classes=("Car", "Pedestrian"),
+        match_distance_m={"Car": 1.0, "Pedestrian": 0.5}, range_m=40.0,
+    )  # fmt: skip
+    car, ped = result.stats("Car"), result.stats("Pedestrian")
+    assert (car.true_positives, car.false_negatives, car.false_positives) == (1, 1, 1)
+    # 0.6 m is beyond the pedestrian's 0.5 m: a miss and a false positive.
+    assert (ped.true_positives, ped.false_negatives, ped.false_positives) == (0, 1, 1)
+    with pytest.raises(ValueError, match="flags"):
+        score_frame(dets, refs, [True], classes=("Car",), match_distance_m=1.0, range_m=40.0)

@@ -25,9 +25,9 @@ CFG = LearnedFusionConfig(x_range_m=(0.0, 25.6), y_range_m=(-12.8, 12.8), max_de
 
 def _sample() -> PreparedSample:
     boxes = np.array(
-        [[0, 12.3, -2.1, -0.9, 4.2, 1.8, 1.5, 0.4, 5.0, 1.0],
-         [1, 7.7, 3.3, -0.8, 0.7, 0.6, 1.7, -2.0, math.nan, math.nan],
-         [2, 40.0, 0.0, -0.8, 1.8, 0.6, 1.7, 0.0, 0.0, 0.0]],
+        [[0, 12.3, -2.1, -0.9, 4.2, 1.8, 1.5, 0.4, 5.0, 1.0, 1.0],
+         [1, 7.7, 3.3, -0.8, 0.7, 0.6, 1.7, -2.0, math.nan, math.nan, 0.5],
+         [2, 40.0, 0.0, -0.8, 1.8, 0.6, 1.7, 0.0, 0.0, 0.0, math.nan]],
         np.float32,
     )  # fmt: skip
     rng = np.random.default_rng(0)

@@ -3,7 +3,6 @@ resume, the training config, and `perception train` on bad input."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -18,30 +17,8 @@ import yaml
 
 from engines.fusion.learned_config import LearnedFusionConfig
 from replay.training.fusion_config import load_train_config, parse_train_config
-from replay.training.train_fusion import train
-
-#: A grid that holds every labelled or referenced object of the KITTI frames within 40 m.
-KITTI_GRID = {"x_range_m": [0.0, 25.6], "y_range_m": [-12.8, 12.8], "max_pillars": 3000}
-
-
-def _kitti_config(kitti_dir: Path, yolox_path: Path, steps: int) -> dict[str, Any]:
-    return {
-        "seed": 0,
-        "data": {
-            "train": [
-                {"kind": "kitti", "root": str(kitti_dir), "frames": ["000000"],
-                 "labels": "label_2"},
-                {"kind": "kitti", "root": str(kitti_dir), "frames": ["000003", "000004", "000005"],
-                 "labels": "pointpillars"},
-            ],
-        },
-        "camera": {"model": str(yolox_path), "score_threshold": 0.25},
-        "model": KITTI_GRID,
-        "train": {"steps": steps, "batch": 2, "lr": 0.006, "checkpoint_every": 10,
-                  "eval_every": 0, "threads": 2},
-        "augment": {"rotate_deg": 5.0, "scale": [0.98, 1.02], "flip_y": 0.0},
-        "dropout": {"camera": 0.0, "camera_blind": 0.0, "beams": 0.0},
-    }  # fmt: skip
+from replay.training.train_fusion import TrainResult, train
+from tests.conftest import KITTI_LEARNED_GRID, kitti_training_config
 
 
 def _write(path: Path, doc: dict[str, Any]) -> Path:
@@ -50,15 +27,11 @@ def _write(path: Path, doc: dict[str, Any]) -> Path:
 
 
 @pytest.mark.slow
-def test_overfits_the_kitti_frames(kitti_dir: Path, yolox_path: Path, tmp_path: Path) -> None:
+def test_overfits_the_kitti_frames(kitti_learned: TrainResult) -> None:
     """Training sanity: the whole pipeline (KITTI labels and reference boxes to vehicle-frame
     targets, painting with a real detector, pillars, head, decoding) learns the labelled KITTI
     frames to recall 1.0: a frame or label convention error would not fit."""
-    config = load_train_config(
-        _write(tmp_path / "t.yaml", _kitti_config(kitti_dir, yolox_path, 400))
-    )
-    config = dataclasses.replace(config, val_sources=config.train_sources)
-    result = train(config, tmp_path / "run")
+    result = kitti_learned
     for label in ("Car", "Pedestrian"):
         figures = result.validation[label]
         assert figures["references"] == 2, (label, figures)
@@ -68,18 +41,22 @@ def test_overfits_the_kitti_frames(kitti_dir: Path, yolox_path: Path, tmp_path: 
     # The export runs on ONNX Runtime and finds the same objects.
     session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["pillars", "pillar_points", "pillar_cells"]
-    for name in ("metrics.jsonl", "curves.png", "learned_fusion.yaml", "checkpoints/last.pt"):
-        assert (tmp_path / "run" / name).is_file(), name
-    meta = yaml.safe_load((tmp_path / "run" / "learned_fusion.yaml").read_text())
-    assert LearnedFusionConfig.from_dict(meta["model"]) == config.model
+    run = result.onnx_path.parent
+    for name in ("metrics.jsonl", "curves.png", "learned_fusion.yaml", "learned_fusion.pt",
+                 "checkpoints/last.pt"):  # fmt: skip
+        assert (run / name).is_file(), name
+    meta = yaml.safe_load((run / "learned_fusion.yaml").read_text())
+    assert LearnedFusionConfig.from_dict(meta["model"]) == LearnedFusionConfig.from_dict(
+        KITTI_LEARNED_GRID
+    )
 
 
 def test_resume_gives_the_run_an_interruption_did_not_stop(
     kitti_dir: Path, yolox_path: Path, tmp_path: Path
 ) -> None:
-    doc = _kitti_config(kitti_dir, yolox_path, 6)
+    doc = kitti_training_config(kitti_dir, yolox_path, 6)
     doc["train"]["checkpoint_every"] = 3
-    doc["model"] = {**KITTI_GRID, "channels": [8, 16], "pfn_channels": 8}
+    doc["model"] = {**KITTI_LEARNED_GRID, "channels": [8, 16], "pfn_channels": 8}
     doc["augment"] = {"rotate_deg": 10.0, "scale": [0.9, 1.1], "flip_y": 0.5}
     doc["dropout"] = {"camera": 0.3, "camera_blind": 0.1, "beams": 0.3}
     config = parse_train_config(doc, "test", tmp_path)
@@ -152,4 +129,4 @@ def test_the_packaged_training_config_loads() -> None:
     assert config.model.classes == ("Car", "Pedestrian", "Cyclist")
     seeds = config.train_sources[0]["seeds"]
     assert seeds["start"] >= 10  # seeds 0-9 are kept for evaluation
-    np.testing.assert_equal(config.model.grid_size, (160, 160))
+    np.testing.assert_equal(config.model.grid_size, (140, 180))
