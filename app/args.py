@@ -107,3 +107,18 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is not >= 0")
     return value
+
+
+def fusion_kinds(text: str) -> tuple[str, ...]:
+    """Comma-separated fusion kinds (`perception.config.FUSION_KINDS`), or `all`."""
+    from perception.config import FUSION_KINDS  # noqa: PLC0415 - light, but only when parsed
+
+    if text.strip() == "all":
+        return FUSION_KINDS
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in FUSION_KINDS]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: choose among {', '.join(FUSION_KINDS)} (comma-separated) or all"
+        )
+    return kinds

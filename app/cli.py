@@ -14,6 +14,7 @@ from app.args import (
     HelpFormatter,
     Parser,
     fraction,
+    fusion_kinds,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -333,6 +334,25 @@ def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     )
     p.add_argument(
         "--out-dir", metavar="DIR", default="perception-demo", help="folder for the outputs"
+    )
+    p.add_argument(
+        "--fusion",
+        metavar="KINDS",
+        type=fusion_kinds,
+        default=("geometric",),
+        help="fusion kinds to run side by side, comma-separated: geometric, learned, ensemble, "
+        "or all",
+    )
+    p.add_argument(
+        "--without",
+        metavar="SENSOR",
+        help="remove a sensor (camera, lidar) or degrade it (lidar-half-beams, camera-dark, "
+        "camera-blur) in every run",
+    )
+    p.add_argument(
+        "--learned-model",
+        metavar="ONNX",
+        help="the learned engine (an export of `perception train`; default: the packaged one)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from app.common import Stages, check_drive_path
+from perception.errors import PerceptionError
 from replay.output import check_output_dir
 from replay.synth.demo import format_demo_report, run_demo
 
@@ -15,13 +16,22 @@ __all__ = ["cmd_demo"]
 def cmd_demo(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(Path(args.out_dir).expanduser(), "--out-dir", create=False)
     labels = {"generate": "generating the drive", "replay": "running the pipeline"}
+    for kind in args.fusion:
+        labels[f"replay:{kind}"] = f"running the pipeline ({kind} fusion)"
+    learned = Path(args.learned_model).expanduser() if args.learned_model else None
     with Stages("sweep", args.quiet, labels) as stages:
-        report = run_demo(
-            check_drive_path(Path(args.drive).expanduser()) if args.drive else None,
-            seed=args.seed,
-            seconds=args.seconds,
-            out_dir=out_dir,
-            progress=stages,
-        )
+        try:
+            report = run_demo(
+                check_drive_path(Path(args.drive).expanduser()) if args.drive else None,
+                seed=args.seed,
+                seconds=args.seconds,
+                out_dir=out_dir,
+                progress=stages,
+                fusion=args.fusion,
+                without=args.without,
+                learned_model=learned,
+            )
+        except ValueError as e:
+            raise PerceptionError(str(e)) from e
     print(format_demo_report(report))
     return 0

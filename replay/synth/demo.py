@@ -17,11 +17,11 @@ view) are ignored rather than counted as false positives. The library prints not
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,21 +30,21 @@ import numpy.typing as npt
 from calibration import Rig
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
+from engines.fusion.learned_runner import LearnedFusionRunner
 from engines.registry import PACKAGED_MODELS_DIR
-from perception.config import NodeConfig, SyncConfig
+from perception.config import FUSION_KINDS, FusionConfig, NodeConfig, PipelineConfig, SyncConfig
 from perception.msgs.jsonl import write_jsonl_line
 from perception.msgs.types import CameraFrame, Detection3D, DetectionList, LidarSweep
 from perception.pipeline import Pipeline
 from replay.drive import DriveReader
 from replay.errors import ReplayError
 from replay.evaluation import (
-    Match,
     MatchResult,
     ReferenceBox,
+    average_precision,
     box_corners,
-    format_report,
-    match_detections,
     merge_results,
+    score_frame,
     visible_fraction,
 )
 from replay.mcap_player import checked_messages, drive_contents
@@ -60,13 +60,17 @@ from replay.synth.world import (
     ground_truth_path,
     read_ground_truth,
 )
+from replay.training.fusion_data import beam_mask
 
 __all__ = [
+    "CLASSES",
+    "DEGRADATIONS",
     "EVAL_RANGE_M",
     "MATCH_DISTANCE_M",
     "SYNTH_DETECTOR_PATH",
     "DemoProgress",
     "DemoReport",
+    "KindRun",
     "StageLatency",
     "ensure_synthetic_drive",
     "format_demo_report",
@@ -80,7 +84,11 @@ DemoProgress = Callable[[str, int, int], None]
 #: The packaged detector trained on synthetic renders (replay.training.train_detector).
 SYNTH_DETECTOR_PATH = PACKAGED_MODELS_DIR / "synth_detector.onnx"
 EVAL_RANGE_M = 40.0
-MATCH_DISTANCE_M = 1.0
+#: The classes the demo scores, and the BEV centre distance (m) a detection of each must be
+#: within to match (a car 1 m, the narrow classes 0.5 m).
+CLASSES = ("Car", "Pedestrian", "Cyclist")
+MATCH_DISTANCES_M = {"Car": 1.0, "Pedestrian": 0.5, "Cyclist": 0.5}
+MATCH_DISTANCE_M = MATCH_DISTANCES_M["Car"]
 _MIN_IN_IMAGE = 0.5
 _MIN_UNOCCLUDED = 0.5
 
@@ -96,9 +104,21 @@ class StageLatency:
 
 
 @dataclass(frozen=True)
+class KindRun:
+    """One fusion kind's run of the drive: its detection lists, the match result over every
+    class and its per-stage latencies."""
+
+    kind: str
+    lists: tuple[DetectionList, ...]
+    result: MatchResult
+    latency: tuple[StageLatency, ...]
+
+
+@dataclass(frozen=True)
 class DemoReport:
     """The demo's outcome: files written, frame count, car recall/precision (None if undefined),
-    counts, median BEV centre error (m), per-stage latencies and the full match result."""
+    counts, median BEV centre error (m), per-stage latencies and the full match result, of the
+    first fusion kind; `runs` holds every kind's run; `without` the sensor removed or degraded."""
 
     drive: Path
     detections: Path
@@ -112,6 +132,8 @@ class DemoReport:
     median_center_error_m: float | None
     latency: tuple[StageLatency, ...]
     result: MatchResult
+    runs: tuple[KindRun, ...] = ()
+    without: str | None = None
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -144,31 +166,24 @@ def _evaluate(
     unoccluded: tuple[float, ...],
     rig: Rig,
 ) -> MatchResult:
+    """One frame, every class: objects within the range, at least half in the camera image and
+    at least half unoccluded count (see the module docstring)."""
     camera = rig.cameras[CAMERA_NAME]
     cam_from_vehicle = rig.transform(f"camera/{CAMERA_NAME}", "vehicle")
-    cars = [(r, u) for r, u in zip(refs, unoccluded, strict=True) if r.label == "Car"]
-    nearby = [r for r, _ in cars if r.range_m <= EVAL_RANGE_M + 2 * MATCH_DISTANCE_M]
-    scored = {
-        id(r)
-        for r, u in cars
-        if r.range_m <= EVAL_RANGE_M
+    scored = [
+        r.range_m <= EVAL_RANGE_M
         and u >= _MIN_UNOCCLUDED
         and visible_fraction(r, camera, cam_from_vehicle) >= _MIN_IN_IMAGE
-    }
-    # As replay.datasets.kitti_eval: detections up to the range plus the match distance take
-    # part, so a car just inside the range whose detection lies just outside it is found, not
-    # missed.
-    limit = EVAL_RANGE_M + MATCH_DISTANCE_M
-    dets = [
-        d
-        for d in dl.detections
-        if d.label == "Car" and math.hypot(d.center[0], d.center[1]) <= limit
+        for r, u in zip(refs, unoccluded, strict=True)
     ]
-    raw = match_detections(dets, nearby, max_center_distance_m=MATCH_DISTANCE_M, classes=("Car",))
-    matches: list[Match] = [m for m in raw.matches if id(m.reference) in scored]
-    matched = {id(m.reference) for m in raw.matches}
-    missed = tuple(r for r, _ in cars if id(r) in scored and id(r) not in matched)
-    return MatchResult(tuple(matches), missed, raw.false_positives, ("Car",))
+    return score_frame(
+        dl.detections,
+        refs,
+        scored,
+        classes=CLASSES,
+        match_distance_m=MATCH_DISTANCES_M,
+        range_m=EVAL_RANGE_M,
+    )
 
 
 def _draw_box3d(
@@ -189,6 +204,14 @@ def _draw_box3d(
                  (2, 6), (3, 7)):  # fmt: skip
         cv2.line(image, tuple(int(v) for v in pts[i]), tuple(int(v) for v in pts[j]), color, 1,
                  cv2.LINE_AA)  # fmt: skip
+
+
+#: Detection colours by class (BGR); other labels (e.g. `unknown`) grey.
+_COLOURS = {"Car": (0, 140, 255), "Pedestrian": (80, 80, 255), "Cyclist": (255, 200, 0)}
+
+
+def _colour(label: str) -> tuple[int, int, int]:
+    return _COLOURS.get(label, (170, 170, 170))
 
 
 def _bev(
@@ -216,9 +239,9 @@ def _bev(
     for ref in refs:
         cv2.polylines(bev, [to_px(box_corners(ref)[:4, :2])], True, (80, 220, 80), 2)
     for det in detections:
-        cv2.polylines(bev, [to_px(box_corners(det)[:4, :2])], True, (0, 140, 255), 2)
+        cv2.polylines(bev, [to_px(box_corners(det)[:4, :2])], True, _colour(det.label), 2)
     cv2.fillPoly(bev, [to_px(np.array([[2.0, 0.0], [-1.5, 1.0], [-1.5, -1.0]]))], (255, 200, 0))
-    cv2.putText(bev, "BEV: ground truth (green), detections (orange)", (8, 18),
+    cv2.putText(bev, "BEV: truth green; car orange, ped. red, cyclist cyan", (8, 18),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1, cv2.LINE_AA)  # fmt: skip
     return bev
 
@@ -236,7 +259,7 @@ def _picture(
         if ref.range_m <= 60.0:
             _draw_box3d(cam, ref, rig, (80, 220, 80))
     for det in dl.detections:
-        _draw_box3d(cam, det, rig, (0, 140, 255))
+        _draw_box3d(cam, det, rig, _colour(det.label))
         if det.camera_box is not None:
             b = det.camera_box
             cv2.rectangle(cam, (int(b.x1), int(b.y1)), (int(b.x2), int(b.y2)), (255, 80, 255), 1)
@@ -250,7 +273,10 @@ def _picture(
     canvas = np.full((height, cam.shape[1] + bev.shape[1] + 10, 3), 255, np.uint8)
     canvas[: cam.shape[0], : cam.shape[1]] = cam
     canvas[: bev.shape[0], cam.shape[1] + 10 :] = bev
-    legend = "camera: 2D boxes (magenta), 3D detections (orange), ground truth (green)"
+    legend = (
+        "camera: 2D boxes (magenta), 3D detections (cars orange, pedestrians red, cyclists cyan), "
+        "ground truth (green)"
+    )
     cv2.putText(
         canvas,
         legend,
@@ -316,6 +342,58 @@ def _ground_truth(drive_path: Path) -> dict[int, GroundTruthFrame]:
         raise ReplayError(f"{path}: cannot read the ground truth ({e.strerror})") from e
 
 
+#: What `run_demo`'s `without` takes away: a sensor, or part of what it gives.
+DEGRADATIONS = ("camera", "lidar", "lidar-half-beams", "camera-dark", "camera-blur")
+
+
+def _degrade(records: Iterable[Any], without: str | None) -> Iterator[Any]:
+    """The drive's records with a sensor removed or degraded (see `DEGRADATIONS`): `camera`
+    drops every camera frame; `lidar` empties every sweep (the sweeps stay: they are the
+    node's clock); `lidar-half-beams` keeps every other beam; `camera-dark` and `camera-blur`
+    darken (x 0.15) or blur (15 px Gaussian) every image."""
+    for rec in records:
+        msg = rec.message
+        if without is None:
+            yield rec
+        elif isinstance(msg, CameraFrame) and without.startswith("camera"):
+            if without == "camera":
+                continue
+            image = msg.image
+            if image is not None:
+                if without == "camera-dark":
+                    image = (image.astype(np.float32) * 0.15).astype(np.uint8)
+                else:
+                    image = np.asarray(cv2.GaussianBlur(image, (0, 0), 15.0), np.uint8)
+            yield replace(rec, message=replace(msg, image=image))
+        elif isinstance(msg, LidarSweep) and without.startswith("lidar"):
+            keep = np.zeros(len(msg.points), bool)
+            if without == "lidar-half-beams":
+                keep = beam_mask(msg.points)
+            offsets = msg.point_time_offsets_ns
+            yield replace(
+                rec,
+                message=replace(
+                    msg,
+                    points=msg.points[keep],
+                    point_time_offsets_ns=None if offsets is None else offsets[keep],
+                ),
+            )
+        else:
+            yield rec
+
+
+def _pipeline(kind: str, detector: CameraDetector, learned_model: Path | None) -> Pipeline:
+    if kind == "geometric":
+        return Pipeline(detector)
+    fusion = FusionConfig(kind=kind, model=str(learned_model or "learned_fusion"))
+    engine, config = EngineFactory().learned_fusion_engine(fusion.model)
+    return Pipeline(
+        detector,
+        PipelineConfig(fusion=fusion),
+        learned=LearnedFusionRunner(engine, config, score_threshold=fusion.score_threshold),
+    )
+
+
 def run_demo(
     drive_path: Path | None,
     *,
@@ -325,19 +403,31 @@ def run_demo(
     model_path: Path | None = None,
     num_threads: int | None = None,
     progress: DemoProgress | None = None,
+    fusion: Sequence[str] = ("geometric",),
+    without: str | None = None,
+    learned_model: Path | None = None,
 ) -> DemoReport:
     """Run the demo (see the module docstring). `drive_path` None: the drive
     `<out_dir>/synth_seed<seed>.mcap` is generated (`seconds` long) unless it and its ground truth
-    already exist (`ensure_synthetic_drive`). Writes `<out_dir>/detections.jsonl` and
-    `<out_dir>/demo.png`, each only when complete. `progress` reports the generation and the
-    run (`DemoProgress`).
+    already exist (`ensure_synthetic_drive`). Each fusion kind of `fusion` (geometric, learned,
+    ensemble; `learned_model` is the learned engine, default the packaged one) runs the drive,
+    with a sensor removed or degraded when `without` names one (`DEGRADATIONS`). Writes
+    `<out_dir>/detections.jsonl` (of the first kind) and `<out_dir>/demo.png`, each only when
+    complete. `progress` reports the generation and the runs (`DemoProgress`).
 
     Raises:
+        ValueError: an unknown fusion kind or degradation, or no kind.
         replay.errors.ReplayError: the drive cannot be read, has no rig or no ground truth
             beside it.
-        engines.errors.ModelError: the detector file is missing or invalid.
+        engines.errors.ModelError: the detector or the learned engine is missing or invalid.
         replay.output.OutputError: `out_dir` is not a folder, or the outputs cannot be written.
     """
+    kinds = tuple(dict.fromkeys(fusion))
+    bad = [k for k in kinds if k not in FUSION_KINDS]
+    if not kinds or bad:
+        raise ValueError(f"fusion: choose among {', '.join(FUSION_KINDS)}, got {list(fusion)}")
+    if without is not None and without not in DEGRADATIONS:
+        raise ValueError(f"without: choose among {', '.join(DEGRADATIONS)}, got {without!r}")
     out_dir = check_output_dir(Path(out_dir), "the demo's output")
     if drive_path is None:
         drive_path = out_dir / f"synth_seed{seed}.mcap"
@@ -353,43 +443,52 @@ def run_demo(
         kind="yolox",
         score_threshold=0.15,
     )
-    pipeline = Pipeline(detector)
+    # Every engine is built before the first run: a missing learned model fails at once.
+    pipelines = {kind: _pipeline(kind, detector, learned_model) for kind in kinds}
     sync = SyncConfig(
         camera_offsets_ms={CAMERA_STREAM: CAMERA_OFFSET_NS / 1e6},
         camera_windows_ms={CAMERA_STREAM: 20.0},
     )
     config = replace(NodeConfig(), sync=sync)
-    lists: list[DetectionList] = []
-    records = checked_messages(reader)
-    for dl in run_records(records, pipeline, config, default_rig=rig):
-        lists.append(dl)
-        if progress is not None:
-            progress("replay", len(lists), sweeps)
+    runs: dict[str, KindRun] = {}
+    for kind, pipeline in pipelines.items():
+        lists: list[DetectionList] = []
+        records = _degrade(checked_messages(reader), without)
+        for dl in run_records(records, pipeline, config, default_rig=rig):
+            lists.append(dl)
+            if progress is not None:
+                progress(f"replay:{kind}", len(lists), sweeps)
+        results = []
+        for dl in lists:
+            frame = truth.get(dl.header.stamp_ns)
+            if frame is not None:
+                results.append(_evaluate(dl, frame.boxes, frame.camera_visible, rig))
+        result = merge_results(results) if results else MatchResult(classes=CLASSES)
+        runs[kind] = KindRun(kind, tuple(lists), result, _latencies(lists))
+    first = runs[kinds[0]]
     detections_path = out_dir / "detections.jsonl"
-    results = []
     best: tuple[int, DetectionList] | None = None
     with (
         atomic_output(detections_path, "the detections file") as tmp,
         tmp.open("w", encoding="utf-8") as f,
     ):
-        for dl in lists:
+        for dl in first.lists:
             write_jsonl_line(f, dl)
             frame = truth.get(dl.header.stamp_ns)
             if frame is None:
                 continue
+            # The picture shows the frame with the most scored objects of every class.
             res = _evaluate(dl, frame.boxes, frame.camera_visible, rig)
-            results.append(res)
             score = len(res.matches) + len(res.missed)
             if best is None or score > best[0]:
                 best = (score, dl)
-    result = merge_results(results) if results else MatchResult(classes=("Car",))
-    stats = result.stats("Car")
+    stats = first.result.stats("Car")
     picture = out_dir / "demo.png"
     if best is not None:
         stamp = best[1].header.stamp_ns
         sweep: LidarSweep | None = None
         image = None
-        for rec in reader.messages(topics=[LIDAR_STREAM, CAMERA_STREAM]):
+        for rec in _degrade(reader.messages(topics=[LIDAR_STREAM, CAMERA_STREAM]), without):
             msg = rec.message
             if isinstance(msg, LidarSweep) and msg.header.stamp_ns == stamp:
                 sweep = msg
@@ -401,44 +500,90 @@ def run_demo(
                 image = msg.image
             if sweep is not None and image is not None:
                 break
-        if sweep is not None and image is not None:
+        if sweep is not None:
+            if image is None:  # the camera removed: a blank image keeps the layout
+                camera = rig.cameras[CAMERA_NAME]
+                image = np.zeros((camera.height, camera.width, 3), np.uint8)
             _picture(picture, image, sweep, best[1], truth[stamp].boxes, rig)
     return DemoReport(
         drive=Path(drive_path),
         detections=detections_path,
         picture=picture,
-        frames=len(lists),
+        frames=len(first.lists),
         recall=stats.recall,
         precision=stats.precision,
         true_positives=stats.true_positives,
         false_negatives=stats.false_negatives,
         false_positives=stats.false_positives,
         median_center_error_m=stats.median_center_error_m,
-        latency=_latencies(lists),
-        result=result,
+        latency=first.latency,
+        result=first.result,
+        runs=tuple(runs.values()),
+        without=without,
     )
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def quality_table(runs: Sequence[KindRun]) -> list[str]:
+    """Per class, each fusion kind side by side: recall, precision, BEV AP (R40), median
+    centre and yaw errors, counts."""
+    lines = [f"  {'class':<12}{'fusion':<11}{'recall':>8}{'precision':>11}{'AP':>7}"
+             f"{'centre m':>10}{'yaw deg':>9}   found/objects, false positives"]  # fmt: skip
+    for label in CLASSES:
+        for run in runs:
+            st = run.result.stats(label)
+            ap = average_precision(run.result, label)
+            lines.append(
+                f"  {label:<12}{run.kind:<11}{_pct(st.recall):>8}{_pct(st.precision):>11}"
+                f"{_num(ap, '.3f'):>7}{_num(st.median_center_error_m, '.2f'):>10}"
+                f"{_num(st.median_yaw_error_deg, '.1f'):>9}   "
+                f"{st.true_positives}/{st.true_positives + st.false_negatives}, "
+                f"{st.false_positives}"
+            )
+    return lines
+
+
 def format_demo_report(report: DemoReport) -> str:
-    """The text the CLI prints: latency table, car quality and the files written."""
-    lines = [f"drive: {report.drive} ({report.frames} sweeps)", "", "per-stage latency (ms):"]
+    """The text the CLI prints: latency table, quality per class and fusion kind, and the files
+    written."""
+    runs = report.runs or (KindRun("geometric", (), report.result, report.latency),)
+    lines = [f"drive: {report.drive} ({report.frames} sweeps)"]
+    if report.without is not None:
+        lines.append(f"without: {report.without}")
+    lines += ["", f"per-stage latency (ms), {runs[0].kind} fusion:"]
     lines.append(f"  {'stage':<16}{'median':>9}{'p90':>9}{'max':>9}")
     for s in report.latency:
         lines.append(f"  {s.stage:<16}{s.median_ms:9.2f}{s.p90_ms:9.2f}{s.max_ms:9.2f}")
     lines.append(
         "  (end_to_end counts from each sweep's stamp, its start: a sweep takes 100 ms to record)"
     )
-    rec = "n/a" if report.recall is None else f"{100 * report.recall:.1f}%"
-    prec = "n/a" if report.precision is None else f"{100 * report.precision:.1f}%"
+    for run in runs[1:]:
+        med = {s.stage: s.median_ms for s in run.latency}
+        lines.append(
+            f"  {run.kind} fusion: fusion {med.get('fusion', 0.0):.2f}, processing "
+            f"{med.get('processing', 0.0):.2f}, end_to_end {med.get('end_to_end', 0.0):.2f} "
+            "(medians)"
+        )
     err = report.median_center_error_m
     lines += [
         "",
-        f"cars within {EVAL_RANGE_M:.0f} m, match at {MATCH_DISTANCE_M:.0f} m centre distance: "
-        f"recall {rec} ({report.true_positives}/{report.true_positives + report.false_negatives}),"
-        f" precision {prec} ({report.false_positives} false positives), median centre error "
+        f"cars within {EVAL_RANGE_M:.0f} m, match at {MATCH_DISTANCE_M:.0f} m centre distance "
+        f"({runs[0].kind}): recall {_pct(report.recall)} ({report.true_positives}/"
+        f"{report.true_positives + report.false_negatives}), precision {_pct(report.precision)} "
+        f"({report.false_positives} false positives), median centre error "
         + ("n/a" if err is None else f"{err:.2f} m"),
         "",
-        format_report(report.result, title="detection quality vs ground truth", details=False),
+        f"detection quality vs ground truth, every class (objects within {EVAL_RANGE_M:.0f} m, "
+        "at least half in the image and unoccluded; match at 1 m for cars, 0.5 m for "
+        "pedestrians and cyclists):",
+        *quality_table(runs),
         "",
         f"detections: {report.detections}",
         f"picture: {report.picture}",

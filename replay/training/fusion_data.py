@@ -28,6 +28,7 @@ __all__ = [
     "PreparedSample",
     "Targets",
     "augment",
+    "beam_mask",
     "gaussian_radius",
     "make_targets",
     "prepare",
@@ -125,13 +126,19 @@ class DropoutConfig:
             raise ValueError("dropout.camera + dropout.camera_blind must be <= 1")
 
 
-def thin_beams(points: npt.NDArray[np.float32], keep_every: int = 2) -> npt.NDArray[np.float32]:
-    """``points`` with only every ``keep_every``-th beam: beams are told apart by elevation
-    (seen from the vehicle origin, the lidar for KITTI and the synthetic rig) in steps of
-    :data:`BEAM_STEP_DEG`."""
+def beam_mask(points: npt.NDArray[np.float32], keep_every: int = 2) -> npt.NDArray[np.bool_]:
+    """Which of ``points`` lie on every ``keep_every``-th beam: beams are told apart by
+    elevation (seen from the origin of the points' frame, the lidar for KITTI and the synthetic
+    rig) in steps of :data:`BEAM_STEP_DEG`."""
     elevation = np.degrees(np.arctan2(points[:, 2], np.hypot(points[:, 0], points[:, 1])))
     beam = np.floor(elevation / BEAM_STEP_DEG).astype(np.int64)
-    kept: npt.NDArray[np.float32] = points[beam % keep_every == 0]
+    mask: npt.NDArray[np.bool_] = beam % keep_every == 0
+    return mask
+
+
+def thin_beams(points: npt.NDArray[np.float32], keep_every: int = 2) -> npt.NDArray[np.float32]:
+    """``points`` with only every ``keep_every``-th beam (``beam_mask``)."""
+    kept: npt.NDArray[np.float32] = points[beam_mask(points, keep_every)]
     return kept
 
 
