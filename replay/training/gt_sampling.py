@@ -1,0 +1,370 @@
+"""Ground-truth sampling (SECOND, Yan et al. 2018): objects cut with their points from the
+training samples and pasted into other samples, so that the rare classes are seen more often.
+
+An object is pasted where it was recorded (vehicle frame), as SECOND does: its range, its beam
+pattern and the camera scores painted on its points stay those its sensors gave it, so the
+bank and the samples it is pasted into should come from the same rig (one source kind). A
+candidate whose BEV footprint (grown by the point margin) overlaps a box of the sample, one of
+its ``ignore`` boxes or an object pasted before it is rejected; the scene's points inside a
+pasted object's box (plus the margin) are removed, as the object would hide them.
+
+Rows follow ``replay.training.fusion_data.PreparedSample``: boxes are (class index, x, y, z,
+length, width, height, yaw, vx, vy, visibility), the centre is the box's 3D centre, the length
+runs along the yaw; metres and radians in the vehicle frame.
+
+Wiring into a training loop (a sampler built once from the prepared training set; each picked
+sample pasted into before ``augment``)::
+
+    sampler = GtSampler.build(config.gt_sampling, train_set, model_cfg.classes)
+    sample = sampler(train_set[i], rng, source_index=i)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from perception.pipeline.boxes import bev_iou
+from replay.training.fusion_data import PreparedSample
+
+__all__ = [
+    "MARGIN_XY_M",
+    "MARGIN_Z_M",
+    "BankObject",
+    "GtSampler",
+    "GtSamplingConfig",
+    "ObjectBank",
+    "insert_objects",
+    "paste",
+    "pick_objects",
+    "points_in_boxes",
+]
+
+#: Points this far outside a box's sides (box frame, x and y) still belong to it: returns on
+#: the surface scatter by a few centimetres and labels are not tight.
+MARGIN_XY_M = 0.1
+#: The same below the bottom and above the top of a box.
+MARGIN_Z_M = 0.05
+#: Candidates tried per object asked for (the others collide with the scene).
+TRIES_PER_OBJECT = 4
+
+F32 = npt.NDArray[np.float32]
+Index = npt.NDArray[np.intp]
+
+
+def points_in_boxes(
+    points: F32,
+    boxes: F32,
+    *,
+    margin_xy_m: float = MARGIN_XY_M,
+    margin_z_m: float = MARGIN_Z_M,
+) -> list[Index]:
+    """For each of ``boxes`` (K x 7 rows of x, y, z, length, width, height, yaw), the indices
+    (increasing) of ``points`` (N x >= 3, x y z first) inside it: in the box frame
+    |dx| <= l/2 + margin_xy_m, |dy| <= w/2 + margin_xy_m, |dz| <= h/2 + margin_z_m.
+
+    The points are sorted by x once; each box tests only the slice within its bounding radius.
+    """
+    if len(boxes) == 0:
+        return []
+    order = np.argsort(points[:, 0], kind="stable")
+    xs = points[order, 0]
+    out: list[Index] = []
+    for x, y, z, length, width, height, yaw in np.asarray(boxes, np.float64)[:, :7]:
+        hl, hw, hh = length / 2 + margin_xy_m, width / 2 + margin_xy_m, height / 2 + margin_z_m
+        reach = float(np.hypot(hl, hw))
+        lo = int(np.searchsorted(xs, x - reach, side="left"))
+        hi = int(np.searchsorted(xs, x + reach, side="right"))
+        idx = order[lo:hi]
+        p = points[idx, :3].astype(np.float64)
+        dx, dy, dz = p[:, 0] - x, p[:, 1] - y, p[:, 2] - z
+        c, s = np.cos(yaw), np.sin(yaw)
+        along, across = c * dx + s * dy, -s * dx + c * dy
+        inside = (np.abs(along) <= hl) & (np.abs(across) <= hw) & (np.abs(dz) <= hh)
+        out.append(np.sort(idx[inside]))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class BankObject:
+    """One object of the bank: its ``box`` row (11 values, see the module docstring), its
+    ``points`` (K x the samples' columns, painted channels included) as they were in the
+    sample, and ``source``, the index of that sample in the list the bank was built from."""
+
+    box: F32
+    points: F32
+    source: int
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectBank:
+    """Objects per class index, each with its points; ``columns`` is the samples' point width,
+    the margins those the points were cut with (and pasted objects clear the scene with)."""
+
+    objects: Mapping[int, tuple[BankObject, ...]]
+    columns: int
+    margin_xy_m: float = MARGIN_XY_M
+    margin_z_m: float = MARGIN_Z_M
+    _sources: Mapping[int, npt.NDArray[np.int64]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        sources = {c: np.array([o.source for o in objs], np.int64)
+                   for c, objs in self.objects.items()}  # fmt: skip
+        object.__setattr__(self, "_sources", sources)
+
+    @classmethod
+    def from_samples(
+        cls,
+        samples: Sequence[PreparedSample],
+        *,
+        min_points: int = 5,
+        margin_xy_m: float = MARGIN_XY_M,
+        margin_z_m: float = MARGIN_Z_M,
+    ) -> ObjectBank:
+        """Every box of ``samples`` with the points inside it (see :func:`points_in_boxes`),
+        those with at least ``min_points`` points at or above the box's bottom face (ground
+        returns within the margin below do not make an empty box count).
+
+        Raises:
+            ValueError: ``min_points`` < 1, or samples of different point widths.
+        """
+        if min_points < 1:
+            raise ValueError(f"min_points must be >= 1, got {min_points}")
+        widths = {s.points.shape[1] for s in samples}
+        if len(widths) > 1:
+            raise ValueError(f"samples have points of different widths {sorted(widths)}")
+        objects: dict[int, list[BankObject]] = {}
+        for source, sample in enumerate(samples):
+            inside = points_in_boxes(
+                sample.points, sample.boxes[:, 1:8], margin_xy_m=margin_xy_m, margin_z_m=margin_z_m
+            )
+            for row, idx in zip(sample.boxes, inside, strict=True):
+                bottom = row[3] - row[6] / 2
+                if int(np.count_nonzero(sample.points[idx, 2] >= bottom)) < min_points:
+                    continue
+                obj = BankObject(row.copy(), sample.points[idx].copy(), source)
+                objects.setdefault(int(row[0]), []).append(obj)
+        return cls(
+            {c: tuple(objs) for c, objs in sorted(objects.items())},
+            widths.pop() if widths else 0,
+            margin_xy_m,
+            margin_z_m,
+        )
+
+    def __len__(self) -> int:
+        return sum(len(objs) for objs in self.objects.values())
+
+    def counts(self) -> dict[int, int]:
+        """Objects per class index."""
+        return {c: len(objs) for c, objs in self.objects.items()}
+
+    def sources(self, class_index: int) -> npt.NDArray[np.int64]:
+        """The source sample of each object of ``class_index``, in the bank's order."""
+        return self._sources.get(class_index, np.zeros(0, np.int64))
+
+
+class _Footprint(NamedTuple):
+    """A BEV footprint in the form ``bev_iou`` reads."""
+
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    yaw: float
+
+
+def _footprint(xyz_lwh_yaw: npt.NDArray[np.float32], grow_m: float) -> _Footprint:
+    x, y, z, length, width, height, yaw = (float(v) for v in xyz_lwh_yaw[:7])
+    return _Footprint((x, y, z), (length + 2 * grow_m, width + 2 * grow_m, height), yaw)
+
+
+def _collides(candidate: _Footprint, occupied: Sequence[_Footprint]) -> bool:
+    """Whether ``candidate`` overlaps any of ``occupied`` in BEV: bounding circles first, the
+    rotated rectangles' intersection for those that may touch."""
+    if not occupied:
+        return False
+    centers = np.array([o.center[:2] for o in occupied])
+    radii = np.array([0.5 * np.hypot(o.size[0], o.size[1]) for o in occupied])
+    dist = np.hypot(centers[:, 0] - candidate.center[0], centers[:, 1] - candidate.center[1])
+    near = np.flatnonzero(dist < radii + 0.5 * np.hypot(candidate.size[0], candidate.size[1]))
+    return any(bev_iou(candidate, occupied[int(i)]) > 0.0 for i in near)
+
+
+def pick_objects(
+    sample: PreparedSample,
+    bank: ObjectBank,
+    rng: np.random.Generator,
+    counts: Mapping[int, int],
+    *,
+    source_index: int | None = None,
+) -> list[BankObject]:
+    """Up to ``counts[c]`` objects of each class index ``c`` (in increasing class order) drawn
+    from ``bank`` without the objects of sample ``source_index``, none of whose footprints
+    (grown by ``bank.margin_xy_m``) overlaps a box or ``ignore`` box of ``sample`` or another
+    picked object. At most ``TRIES_PER_OBJECT`` candidates are tried per object asked for.
+    Deterministic for a given ``rng`` state."""
+    grow = bank.margin_xy_m
+    occupied = [_footprint(row[1:8], grow) for row in sample.boxes]
+    occupied += [_footprint(row, grow) for row in sample.ignore]
+    picked: list[BankObject] = []
+    for c in sorted(counts):
+        wanted = int(counts[c])
+        objs = bank.objects.get(c, ())
+        if wanted <= 0 or not objs:
+            continue
+        allowed = np.flatnonzero(bank.sources(c) != source_index)
+        if len(allowed) == 0:
+            continue
+        tries = rng.choice(
+            allowed, size=min(len(allowed), wanted * TRIES_PER_OBJECT), replace=False
+        )
+        taken = 0
+        for i in tries:
+            obj = objs[int(i)]
+            candidate = _footprint(obj.box[1:8], grow)
+            if _collides(candidate, occupied):
+                continue
+            occupied.append(candidate)
+            picked.append(obj)
+            taken += 1
+            if taken == wanted:
+                break
+    return picked
+
+
+def insert_objects(
+    sample: PreparedSample,
+    objects: Sequence[BankObject],
+    *,
+    margin_xy_m: float = MARGIN_XY_M,
+    margin_z_m: float = MARGIN_Z_M,
+) -> PreparedSample:
+    """``sample`` with ``objects`` in it: the scene's points inside each object's box (plus the
+    margins) removed, the objects' points and box rows appended in order.
+
+    Raises:
+        ValueError: the objects' points are not as wide as the sample's.
+    """
+    if not objects:
+        return sample
+    width = sample.points.shape[1]
+    for obj in objects:
+        if obj.points.shape[1] != width:
+            raise ValueError(
+                f"{sample.name}: a pasted object has {obj.points.shape[1]} point columns, "
+                f"the sample {width}"
+            )
+    boxes = np.stack([obj.box for obj in objects]).astype(np.float32)
+    keep = np.ones(len(sample.points), bool)
+    for idx in points_in_boxes(
+        sample.points, boxes[:, 1:8], margin_xy_m=margin_xy_m, margin_z_m=margin_z_m
+    ):
+        keep[idx] = False
+    points = np.concatenate([sample.points[keep], *(obj.points for obj in objects)])
+    return replace(
+        sample,
+        points=points.astype(np.float32, copy=False),
+        boxes=np.concatenate([sample.boxes, boxes]).astype(np.float32, copy=False),
+    )
+
+
+def paste(
+    sample: PreparedSample,
+    bank: ObjectBank,
+    rng: np.random.Generator,
+    counts: Mapping[int, int],
+    *,
+    source_index: int | None = None,
+) -> PreparedSample:
+    """A copy of ``sample`` with up to ``counts[c]`` objects of each class index ``c`` from
+    ``bank`` pasted in at their recorded positions (:func:`pick_objects`, then
+    :func:`insert_objects`); ``source_index`` is ``sample``'s own index in the bank's samples,
+    whose objects are never pasted back. Deterministic for a given ``rng`` state."""
+    objects = pick_objects(sample, bank, rng, counts, source_index=source_index)
+    return insert_objects(sample, objects, margin_xy_m=bank.margin_xy_m, margin_z_m=bank.margin_z_m)
+
+
+def _default_counts() -> dict[str, int]:
+    return {"Car": 0, "Pedestrian": 4, "Cyclist": 4}
+
+
+@dataclass(frozen=True)
+class GtSamplingConfig:
+    """Ground-truth sampling of a training run: with ``probability`` per sample, up to
+    ``counts[name]`` objects of each class pasted in (classes left out: none); bank objects
+    need ``min_points`` points.
+
+    Raises:
+        ValueError: a bad value (one line naming the field).
+    """
+
+    counts: Mapping[str, int] = field(default_factory=_default_counts)
+    min_points: int = 5
+    probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.counts, Mapping):
+            raise ValueError(
+                f"gt_sampling.counts must map class names to counts, got {self.counts!r}"
+            )
+        for name, n in self.counts.items():
+            if not isinstance(name, str):
+                raise ValueError(f"gt_sampling.counts: class names must be strings, got {name!r}")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"gt_sampling.counts.{name} must be an integer >= 0, got {n!r}")
+        object.__setattr__(self, "counts", dict(self.counts))
+        m = self.min_points
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ValueError(f"gt_sampling.min_points must be an integer >= 1, got {m!r}")
+        p = self.probability
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"gt_sampling.probability must be a probability in [0, 1], got {p!r}")
+
+    def class_counts(self, classes: Sequence[str]) -> dict[int, int]:
+        """``counts`` by class index in ``classes`` (the head's classes).
+
+        Raises:
+            ValueError: a name that is not one of ``classes``.
+        """
+        unknown = sorted(set(self.counts) - set(classes))
+        if unknown:
+            raise ValueError(
+                f"gt_sampling.counts: unknown class(es) {', '.join(unknown)} "
+                f"(classes: {', '.join(classes)})"
+            )
+        return {classes.index(name): n for name, n in self.counts.items() if n > 0}
+
+
+@dataclass(frozen=True, eq=False)
+class GtSampler:
+    """The training loop's side: a bank, the counts by class index and the probability."""
+
+    bank: ObjectBank
+    counts: Mapping[int, int]
+    probability: float
+
+    @classmethod
+    def build(
+        cls, config: GtSamplingConfig, samples: Sequence[PreparedSample], classes: Sequence[str]
+    ) -> GtSampler:
+        """The bank of ``samples`` (the prepared training set) under ``config``.
+
+        Raises:
+            ValueError: a class of ``config.counts`` not in ``classes``.
+        """
+        counts = config.class_counts(classes)
+        bank = ObjectBank.from_samples(samples, min_points=config.min_points)
+        return cls(bank, counts, config.probability)
+
+    def __call__(
+        self, sample: PreparedSample, rng: np.random.Generator, source_index: int | None = None
+    ) -> PreparedSample:
+        """``sample`` pasted into with ``probability`` (one draw of ``rng`` always), else
+        ``sample`` itself."""
+        if rng.random() >= self.probability:
+            return sample
+        return paste(sample, self.bank, rng, self.counts, source_index=source_index)
