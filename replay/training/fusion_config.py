@@ -11,6 +11,7 @@ train: {steps: 4000, batch: 2, lr: 0.002, weight_decay: 0.01, checkpoint_every: 
         eval_every: 1000, threads: 2}
 augment: {rotate_deg: 10, scale: [0.95, 1.05], flip_y: 0.5}
 dropout: {camera: 0.2, camera_blind: 0.1, beams: 0.15}
+gt_sampling: {counts: {Pedestrian: 4, Cyclist: 4}, probability: 0.5}   # optional (SECOND)
 ```
 
 Data entries are training sources (``replay.training.sources``); relative paths are relative to
@@ -30,6 +31,7 @@ import yaml
 
 from engines.fusion.learned_config import LearnedFusionConfig
 from replay.training.fusion_data import AugmentConfig, DropoutConfig
+from replay.training.gt_sampling import GtSamplingConfig
 
 __all__ = ["CameraPaintConfig", "FusionTrainConfig", "OptimConfig", "load_train_config"]
 
@@ -80,6 +82,7 @@ class FusionTrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    gt_sampling: GtSamplingConfig | None = None
     base_dir: Path = field(default=Path("."), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +96,8 @@ class FusionTrainConfig:
             "train": dataclasses.asdict(self.optim),
             "augment": dataclasses.asdict(self.augment),
             "dropout": dataclasses.asdict(self.dropout),
+            "gt_sampling": None if self.gt_sampling is None
+            else dataclasses.asdict(self.gt_sampling),
         }  # fmt: skip
 
 
@@ -118,7 +123,7 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
     """
     if not isinstance(doc, Mapping):
         raise ValueError(f"{where}: a training config must be a mapping")
-    known = {"seed", "data", "camera", "model", "train", "augment", "dropout"}
+    known = {"seed", "data", "camera", "model", "train", "augment", "dropout", "gt_sampling"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
@@ -146,6 +151,11 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
         optim=_section(doc, "train", OptimConfig, where),
         augment=_section(doc, "augment", AugmentConfig, where),
         dropout=_section(doc, "dropout", DropoutConfig, where),
+        gt_sampling=(
+            _section(doc, "gt_sampling", GtSamplingConfig, where)
+            if doc.get("gt_sampling") is not None
+            else None
+        ),
         base_dir=base_dir,
     )
 

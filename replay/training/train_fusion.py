@@ -52,6 +52,7 @@ from replay.training.fusion_data import (
     make_targets,
     prepare,
 )
+from replay.training.gt_sampling import GtSampler
 from replay.training.sources import open_source
 
 __all__ = [
@@ -362,6 +363,10 @@ def train(
         raise ValueError("training config: data.train holds no sample")
     val_set = prepare_sources(config.val_sources, config.base_dir, painter, model_cfg)
     say(f"{len(train_set)} training samples, {len(val_set)} validation samples")
+    sampler = None
+    if config.gt_sampling is not None:
+        sampler = GtSampler.build(config.gt_sampling, train_set, model_cfg.classes)
+        say(f"ground-truth sampling bank: {dict(sampler.bank.counts())}")
     # Only now: a config whose sources cannot be read leaves no folder behind.
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -415,8 +420,19 @@ def train(
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([config.seed, 2, step])))
         torch.manual_seed(config.seed * 1_000_003 + step)
         picked = _batch_indices(config.seed, step, config.optim.batch, len(train_set))
+        # Its own stream: the sampler draws on every call, whatever it pastes.
+        gt_rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence([config.seed, 3, step]))
+        )
         batch = [
-            augment(train_set[i], rng, config.augment, config.dropout, model_cfg) for i in picked
+            augment(
+                train_set[i] if sampler is None else sampler(train_set[i], gt_rng, i),
+                rng,
+                config.augment,
+                config.dropout,
+                model_cfg,
+            )
+            for i in picked
         ]
         inputs, targets = _collate(batch, model_cfg)
         heat, reg = net(**inputs)

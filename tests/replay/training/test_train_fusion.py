@@ -59,7 +59,9 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
     doc["model"] = {**KITTI_LEARNED_GRID, "channels": [8, 16], "pfn_channels": 8}
     doc["augment"] = {"rotate_deg": 10.0, "scale": [0.9, 1.1], "flip_y": 0.5}
     doc["dropout"] = {"camera": 0.3, "camera_blind": 0.1, "beams": 0.3}
+    doc["gt_sampling"] = {"counts": {"Car": 1, "Pedestrian": 2}, "probability": 0.7}
     config = parse_train_config(doc, "test", tmp_path)
+    assert config.gt_sampling is not None
     straight = train(config, tmp_path / "straight")
 
     def interrupt(done: int, _total: int, _loss: float) -> None:
@@ -90,6 +92,10 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
         ({"data": {"train": [{"kind": "synthetic"}]}, "model": {"pillar_m": -1}}, "model:"),
         ({"data": {"train": [{"kind": "synthetic"}]}, "dropout": {"camera": 2}}, "dropout"),
         ({"data": {"train": [{"kind": "synthetic"}]}, "seed": "x"}, "seed"),
+        (
+            {"data": {"train": [{"kind": "synthetic"}]}, "gt_sampling": {"probability": 3}},
+            "gt_sampling",
+        ),
     ],
 )
 def test_bad_training_configs_are_refused_with_the_key(doc: dict[str, Any], message: str) -> None:
