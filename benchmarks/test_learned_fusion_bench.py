@@ -64,10 +64,10 @@ def _check(result: LearnedDetections, refs) -> None:
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_learned_fusion_engine(benchmark, painted, backend: str) -> None:
     points, refs = painted
-    engine, config = EngineFactory(
-        EngineSettings(backend=backend, threads=2)
-    ).learned_fusion_engine("learned_fusion")
-    runner = LearnedFusionRunner(engine, config)
+    engine, model = EngineFactory(EngineSettings(backend=backend, threads=2)).learned_fusion_engine(
+        "learned_fusion"
+    )
+    runner = LearnedFusionRunner(engine, model.config, model.score_thresholds)
     _check(runner.run(points), refs)
     d = engine.describe()
     benchmark.extra_info["engine"] = f"{d.backend} {d.device} {d.model}"

@@ -42,7 +42,7 @@ from engines.engine import Engine, TensorSpec
 from engines.errors import EngineError, ModelError
 from engines.fusion.config import PACKAGED_MODEL_PATH as FUSION_ENGINE_ONNX
 from engines.fusion.config import FusionEngineConfig
-from engines.fusion.learned_config import LearnedFusionConfig, resolve_learned_model
+from engines.fusion.learned_config import LearnedModel, resolve_learned_model
 from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
 from engines.lidar.config import PACKAGED_MODEL_PATH as LIDAR_ENCODER_ONNX
 from engines.onnxruntime_backend import (
@@ -315,9 +315,10 @@ class EngineFactory:
             path = self._export("fusion engine", lambda d: _fusion_export(config, d))
         return self.onnx_engine(path)
 
-    def learned_fusion_engine(self, model: str | Path) -> tuple[Engine, LearnedFusionConfig]:
+    def learned_fusion_engine(self, model: str | Path) -> tuple[Engine, LearnedModel]:
         """The learned fusion engine ``model`` names (``learned_fusion``: the packaged one, or
-        an export of ``perception train``) and the config it was trained with: its export on
+        an export of ``perception train``) and what it was trained with (config, tuned score
+        thresholds): its export on
         ONNX Runtime or TensorRT (strict fp32), or its graph with the saved weights on torch.
 
         Raises:
@@ -340,8 +341,8 @@ class EngineFactory:
             cfg = learned.config
             return self._torch(
                 module, cfg.input_specs(), cfg.output_specs(), learned.onnx_path.name
-            ), cfg
-        return self.onnx_engine(learned.onnx_path), learned.config
+            ), learned
+        return self.onnx_engine(learned.onnx_path), learned
 
     def _torch(
         self,
@@ -386,7 +387,7 @@ class NodeEngines:
     lidar: Engine
     fusion: Engine
     notes: tuple[str, ...] = ()
-    learned: tuple[Engine, LearnedFusionConfig] | None = None
+    learned: tuple[Engine, LearnedModel] | None = None
 
 
 def create_node_engines(

@@ -337,8 +337,9 @@ class FusionConfig:
     model: str = "learned_fusion"
     """The learned engine: `learned_fusion` (the packaged model) or an ONNX file exported by
     `perception train` (its `.yaml` beside it gives the grid)."""
-    score_threshold: float = 0.3
-    """Learned detections below this score are dropped."""
+    score_threshold: float | None = None
+    """Learned detections below this score are dropped; null: the thresholds per class the
+    model was tuned to on its training run's validation drives (0.3 where it has none)."""
     camera_contribution: float = 0.05
     """A learned detection lists the camera among its sources when its score without the
     camera's painted features is lower by more than this."""
@@ -348,7 +349,7 @@ class FusionConfig:
             raise ConfigError(f"kind: must be one of {', '.join(FUSION_KINDS)}, got {self.kind!r}")
         if not self.model:
             raise ConfigError("model: must name the learned engine (learned_fusion or a file)")
-        if not 0.0 <= self.score_threshold <= 1.0:
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold: must be in [0, 1], got {self.score_threshold}")
         if not 0.0 <= self.camera_contribution <= 1.0:
             raise ConfigError(

@@ -195,12 +195,14 @@ class LearnedFusionConfig:
 @dataclass(frozen=True)
 class LearnedModel:
     """A trained learned fusion engine: its ONNX export, the config it was trained with (the
-    ``.yaml`` beside it, written by ``perception train``) and the weights for the torch backend
-    (the ``.pt`` beside it, None when absent)."""
+    ``.yaml`` beside it, written by ``perception train``), the weights for the torch backend
+    (the ``.pt`` beside it, None when absent) and the score threshold per class tuned on the
+    training run's validation drives (empty when it had none)."""
 
     onnx_path: Path
     config: LearnedFusionConfig
     weights_path: Path | None
+    score_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def resolve_learned_model(model: str | Path) -> LearnedModel:
@@ -221,9 +223,12 @@ def resolve_learned_model(model: str | Path) -> LearnedModel:
     try:
         meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
         config = LearnedFusionConfig.from_dict(dict(meta["model"]))
+        thresholds = {str(k): float(v) for k, v in (meta.get("score_thresholds") or {}).items()}
+        if not all(0.0 <= v <= 1.0 for v in thresholds.values()):
+            raise ValueError("score_thresholds must lie in [0, 1]")
     except OSError as e:
         raise ModelError(f"{meta_path}: cannot read the learned model's config ({e})") from e
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
         raise ModelError(f"{meta_path}: not a learned model config ({e})") from e
     weights = path.with_suffix(".pt")
-    return LearnedModel(path, config, weights if weights.is_file() else None)
+    return LearnedModel(path, config, weights if weights.is_file() else None, thresholds)

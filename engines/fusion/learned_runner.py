@@ -7,6 +7,7 @@ must be those of the config it was exported with (``engines.fusion.learned_confi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,10 @@ from engines.fusion.learned_config import (
 )
 from engines.fusion.pillars import PillarInputs, pillarize
 
-__all__ = ["LearnedDetections", "LearnedFusionRunner"]
+__all__ = ["DEFAULT_SCORE_THRESHOLD", "LearnedDetections", "LearnedFusionRunner"]
+
+#: The score a detection needs when neither the config nor the model says otherwise.
+DEFAULT_SCORE_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,18 @@ class LearnedDetections:
 
 
 class LearnedFusionRunner:
-    """Pillarizes painted points and runs the learned fusion engine.
+    """Pillarizes painted points and runs the learned fusion engine; detections below
+    ``score_threshold`` (one for all classes, or per class name) are dropped.
 
     Raises:
         engines.errors.EngineError: the engine's tensors are not the learned engine's.
     """
 
     def __init__(
-        self, engine: Engine, config: LearnedFusionConfig, score_threshold: float = 0.3
+        self,
+        engine: Engine,
+        config: LearnedFusionConfig,
+        score_threshold: float | Mapping[str, float] = DEFAULT_SCORE_THRESHOLD,
     ) -> None:
         inputs = tuple(spec.name for spec in engine.inputs)
         outputs = tuple(spec.name for spec in engine.outputs)
@@ -54,13 +62,18 @@ class LearnedFusionRunner:
                 f"{inputs}, outputs {outputs}; expected {LEARNED_INPUT_NAMES} -> "
                 f"{LEARNED_OUTPUT_NAMES})"
             )
-        if not 0.0 <= score_threshold <= 1.0:
-            raise EngineError(
-                f"learned fusion score_threshold must be in [0, 1], got {score_threshold}"
-            )
+        if isinstance(score_threshold, Mapping):
+            per_class = {c: float(score_threshold.get(c, DEFAULT_SCORE_THRESHOLD)) for c in
+                         config.classes}  # fmt: skip
+        else:
+            per_class = dict.fromkeys(config.classes, float(score_threshold))
+        bad = {c: v for c, v in per_class.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise EngineError(f"learned fusion score thresholds must be in [0, 1], got {bad}")
         self.engine = engine
         self.config = config
-        self.score_threshold = float(score_threshold)
+        #: The score a detection of each class needs (by class index).
+        self.thresholds = np.array([per_class[c] for c in config.classes], np.float32)
 
     def run(self, painted_points: npt.NDArray[np.float32]) -> LearnedDetections:
         """Detections of one sweep's painted points (N x (4 + classes + 1)).
@@ -72,5 +85,6 @@ class LearnedFusionRunner:
         out = self.engine.run(pillars.as_feeds())
         rows = np.asarray(out["detections"], np.float32)
         free = np.asarray(out["camera_free_score"], np.float32)
-        keep = rows[:, 9] >= self.score_threshold
+        classes = np.clip(rows[:, 10].astype(np.int64), 0, len(self.thresholds) - 1)
+        keep = rows[:, 9] >= self.thresholds[classes]
         return LearnedDetections(rows[keep], free[keep], pillars)

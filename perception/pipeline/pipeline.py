@@ -128,8 +128,12 @@ class Pipeline:
         encoder = LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)
         learned = None
         if built.learned is not None:
+            engine, trained = built.learned
+            threshold = config.fusion.score_threshold
             learned = LearnedFusionRunner(
-                *built.learned, score_threshold=config.fusion.score_threshold
+                engine,
+                trained.config,
+                score_threshold=trained.score_thresholds if threshold is None else threshold,
             )
         return cls(
             detector,

@@ -386,12 +386,9 @@ def _pipeline(kind: str, detector: CameraDetector, learned_model: Path | None) -
     if kind == "geometric":
         return Pipeline(detector)
     fusion = FusionConfig(kind=kind, model=str(learned_model or "learned_fusion"))
-    engine, config = EngineFactory().learned_fusion_engine(fusion.model)
-    return Pipeline(
-        detector,
-        PipelineConfig(fusion=fusion),
-        learned=LearnedFusionRunner(engine, config, score_threshold=fusion.score_threshold),
-    )
+    engine, model = EngineFactory().learned_fusion_engine(fusion.model)
+    runner = LearnedFusionRunner(engine, model.config, score_threshold=model.score_thresholds)
+    return Pipeline(detector, PipelineConfig(fusion=fusion), learned=runner)
 
 
 def run_demo(

@@ -66,6 +66,7 @@ __all__ = [
     "prepare_sources",
     "scored_references",
     "train",
+    "tune_thresholds",
 ]
 
 #: Matching distance per class (m): KITTI-like strictness for the demo's quality table.
@@ -261,6 +262,48 @@ def class_figures(result: MatchResult, label: str) -> dict[str, float | int | No
         "median_centre_m": stats.median_center_error_m,
         "median_yaw_deg": stats.median_yaw_error_deg,
     }
+
+
+#: Score thresholds tried when tuning a class's threshold on the validation drives.
+THRESHOLD_CANDIDATES = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
+
+
+def tune_thresholds(
+    net: LearnedFusionNet, samples: Sequence[PreparedSample], range_m: float = EVAL_RANGE_M
+) -> dict[str, float]:
+    """Per class, the score threshold of :data:`THRESHOLD_CANDIDATES` with the best F1 on
+    ``samples`` (the lowest of equals); classes without objects there are left out."""
+    net.eval()
+    cfg = net.config
+    frames = [
+        (detections_of(net, s, score=min(THRESHOLD_CANDIDATES)), _references(s, cfg.classes),
+         scored_references(s))
+        for s in samples
+    ]  # fmt: skip
+    out: dict[str, float] = {}
+    for label in cfg.classes:
+        best: tuple[float, float] | None = None
+        for t in THRESHOLD_CANDIDATES:
+            merged = merge_results(
+                score_frame(
+                    [d for d in dets if d.label == label and d.score >= t], refs, scored,
+                    classes=(label,), match_distance_m=MATCH_DISTANCE_M, range_m=range_m,
+                )
+                for dets, refs, scored in frames
+            )  # fmt: skip
+            st = merged.stats(label)
+            if st.true_positives + st.false_negatives == 0:
+                break
+            f1 = (
+                2
+                * st.true_positives
+                / (2 * st.true_positives + st.false_negatives + st.false_positives)
+            )
+            if best is None or f1 > best[0] + 1e-12:
+                best = (f1, t)
+        if best is not None:
+            out[label] = best[1]
+    return out
 
 
 @dataclass(frozen=True)
@@ -460,12 +503,16 @@ def train(
     checkpoint(steps)
     plot_curves(metrics_path, out_dir / "curves.png")
     onnx_path = export_learned_fusion_onnx(net, out_dir / "learned_fusion.onnx")
+    thresholds = tune_thresholds(net, val_set) if val_set else {}
+    if thresholds:
+        say(f"score thresholds tuned on the validation drives: {thresholds}")
     meta = {
         "model": model_cfg.to_dict(),
         "camera": config.to_dict()["camera"],
         "trained": {"steps": steps, "seconds_this_run": round(seconds, 1),
                     "samples": len(train_set), "config": config.to_dict()},
         "validation": figures,
+        "score_thresholds": thresholds,
     }  # fmt: skip
     (out_dir / "learned_fusion.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return TrainResult(steps, seconds, loss_value, figures, onnx_path, ckpt_path)

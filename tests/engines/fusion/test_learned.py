@@ -159,6 +159,13 @@ def test_export_runs_on_onnxruntime_like_torch(kitti_painted: np.ndarray, tmp_pa
     runner = LearnedFusionRunner(engine, cfg, score_threshold=0.0)
     result = runner.run(kitti_painted)
     np.testing.assert_allclose(result.rows, got["detections"], atol=1e-6)
+    # Per-class thresholds keep what their class reaches.
+    top = result.rows[0]
+    label = cfg.classes[int(top[10])]
+    above = LearnedFusionRunner(engine, cfg, {label: float(top[9]) + 1e-3}).run(kitti_painted)
+    assert not any(int(r[10]) == int(top[10]) and r[9] == top[9] for r in above.rows)
+    with pytest.raises(EngineError, match="thresholds"):
+        LearnedFusionRunner(engine, cfg, {"Car": 1.5})
     # Without painted channels the camera-free copy is the same input: the same scores.
     unpainted = kitti_painted.copy()
     unpainted[:, 4:] = 0.0

@@ -17,7 +17,7 @@ import yaml
 
 from engines.fusion.learned_config import LearnedFusionConfig
 from replay.training.fusion_config import load_train_config, parse_train_config
-from replay.training.train_fusion import TrainResult, train
+from replay.training.train_fusion import THRESHOLD_CANDIDATES, TrainResult, train
 from tests.conftest import KITTI_LEARNED_GRID, kitti_training_config
 
 
@@ -46,6 +46,10 @@ def test_overfits_the_kitti_frames(kitti_learned: TrainResult) -> None:
                  "checkpoints/last.pt"):  # fmt: skip
         assert (run / name).is_file(), name
     meta = yaml.safe_load((run / "learned_fusion.yaml").read_text())
+    # Thresholds tuned on the validation frames (here the training frames): every class with
+    # objects gets one of the candidates.
+    assert set(meta["score_thresholds"]) == {"Car", "Pedestrian"}
+    assert all(t in THRESHOLD_CANDIDATES for t in meta["score_thresholds"].values())
     assert LearnedFusionConfig.from_dict(meta["model"]) == LearnedFusionConfig.from_dict(
         KITTI_LEARNED_GRID
     )
