@@ -426,6 +426,13 @@ def run_demo(
     if without is not None and without not in DEGRADATIONS:
         raise ValueError(f"without: choose among {', '.join(DEGRADATIONS)}, got {without!r}")
     out_dir = check_output_dir(Path(out_dir), "the demo's output")
+    detector = CameraDetector(
+        EngineFactory().camera_encoder(model_path or SYNTH_DETECTOR_PATH, threads=num_threads),
+        kind="yolox",
+        score_threshold=0.15,
+    )
+    # Every engine is built before anything else: a missing learned model fails at once.
+    pipelines = {kind: _pipeline(kind, detector, learned_model) for kind in kinds}
     if drive_path is None:
         drive_path = out_dir / f"synth_seed{seed}.mcap"
         ensure_synthetic_drive(drive_path, seed=seed, seconds=seconds, progress=progress)
@@ -435,13 +442,6 @@ def run_demo(
     if rig is None:
         raise ReplayError(f"{drive_path}: the drive has no rig")
     sweeps = drive_contents(reader).sweeps
-    detector = CameraDetector(
-        EngineFactory().camera_encoder(model_path or SYNTH_DETECTOR_PATH, threads=num_threads),
-        kind="yolox",
-        score_threshold=0.15,
-    )
-    # Every engine is built before the first run: a missing learned model fails at once.
-    pipelines = {kind: _pipeline(kind, detector, learned_model) for kind in kinds}
     sync = SyncConfig(
         camera_offsets_ms={CAMERA_STREAM: CAMERA_OFFSET_NS / 1e6},
         camera_windows_ms={CAMERA_STREAM: 20.0},

@@ -87,6 +87,21 @@ def test_demo_drive_without_its_ground_truth(capsys, tmp_path: Path) -> None:
     assert not (tmp_path / "o" / "detections.jsonl").exists()
 
 
+def test_demo_without_an_unknown_sensor(capsys, tmp_path: Path) -> None:
+    err = _fails(capsys, "demo", "--without", "radar", "--out-dir", str(tmp_path), "--quiet")
+    assert err.startswith("perception demo: error: without: choose among camera, lidar,")
+
+
+def test_demo_with_a_learned_model_that_is_not_there(capsys, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.onnx"
+    err = _fails(
+        capsys, "demo", "--fusion", "learned", "--learned-model", str(missing), "--seconds",
+        "0.3", "--out-dir", str(tmp_path), "--quiet",
+    )  # fmt: skip
+    assert err.startswith(f"perception demo: error: learned fusion model {missing}: not found")
+    assert not list(tmp_path.glob("*.mcap"))  # refused before a drive was generated
+
+
 def test_replay_of_a_detections_drive(capsys, detections_drive: Path, tmp_path: Path) -> None:
     err = _fails(capsys, "replay", str(detections_drive), "--out", str(tmp_path / "x.jsonl"))
     assert err.startswith(
@@ -106,6 +121,9 @@ def test_replay_of_a_detections_drive(capsys, detections_drive: Path, tmp_path: 
         (["play", "x.mcap", "--speed", "nan"], "argument --speed: 'nan' is not a finite number"),
         (["demo", "--seconds", "0"], "argument --seconds: 0 is not > 0"),
         (["demo", "--seed", "-1"], "argument --seed: -1 is not >= 0"),
+        (["demo", "--fusion", "frustum"], "argument --fusion: 'frustum': choose among "
+         "geometric, learned, ensemble (comma-separated) or all"),
+        (["train", "c.yaml", "--steps", "0"], "argument --steps: 0 is not >= 1"),
         (["record", "--queue-size", "-1", "--out", "x.mcap"],
          "argument --queue-size: -1 is not >= 1"),
         (["eval", "d.jsonl", "--kitti", "K", "--reference", "R", "--max-distance", "-1"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import pytest
 
 from perception.msgs.types import Detection3D, DetectionList, Header
 from replay.evaluation import ReferenceBox
@@ -55,3 +56,48 @@ def test_evaluation_range_edges() -> None:
     dl = DetectionList(header, (_detection(40.6, 0.0), _detection(20.0, 3.0)))
     result = _evaluate(dl, (_car(40.5, 0.0),), (1.0,), rig)
     assert (len(result.matches), len(result.missed), len(result.false_positives)) == (0, 0, 1)
+
+
+def test_fusion_kinds_side_by_side_without_the_camera(tmp_path: Path, kitti_learned) -> None:
+    """Every kind runs the same drive; with the camera removed nothing claims the camera, the
+    geometric fusion finds no car (its boxes come from the camera) and the learned engine still
+    names what it finds (the engine here was trained on KITTI frames: the plumbing is tested,
+    not its quality on this world)."""
+    report = run_demo(
+        None, seed=3, seconds=1.0, out_dir=tmp_path, fusion=("geometric", "learned", "ensemble"),
+        without="camera", learned_model=kitti_learned.onnx_path,
+    )  # fmt: skip
+    assert [r.kind for r in report.runs] == ["geometric", "learned", "ensemble"]
+    # The first sweeps wait for the camera until it is declared dead, and the node skips the
+    # bundles it fell behind on meanwhile, as live; then every sweep goes out at once.
+    assert all(len(r.lists) >= 7 for r in report.runs)
+    for run in report.runs:
+        for dl in run.lists:
+            assert dl.degraded == ("camera/front",)
+            assert all("camera" not in d.sources for d in dl.detections)
+    geometric = report.runs[0].result.stats("Car")
+    assert geometric.true_positives == 0 and geometric.false_negatives > 0
+    labels = {d.label for dl in report.runs[1].lists for d in dl.detections}
+    assert labels <= {"Car", "Pedestrian", "Cyclist", "unknown"}
+    text = format_demo_report(report)
+    assert "without: camera" in text
+    for kind in ("geometric", "learned", "ensemble"):
+        for label in ("Car", "Pedestrian", "Cyclist"):
+            assert any(line.split()[:2] == [label, kind] for line in text.splitlines()), (
+                label,
+                kind,
+            )
+
+
+def test_without_lidar_nothing_is_found(tmp_path: Path) -> None:
+    report = run_demo(None, seed=3, seconds=0.5, out_dir=tmp_path, without="lidar")
+    assert report.frames >= 4
+    assert all(not dl.detections for dl in report.runs[0].lists)
+    assert report.true_positives == 0 and report.false_negatives > 0
+
+
+def test_bad_fusion_kinds_and_degradations_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fusion"):
+        run_demo(None, seconds=0.5, out_dir=tmp_path, fusion=("frustum",))
+    with pytest.raises(ValueError, match="without"):
+        run_demo(None, seconds=0.5, out_dir=tmp_path, without="radar")
