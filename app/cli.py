@@ -575,6 +575,19 @@ def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--steps", metavar="N", type=positive_int, help="optimiser steps (overrides the config)"
     )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="train data-parallel on Ray Train: local (a Ray instance on this machine), auto, "
+        "or ray://head:10001 (needs ray[train]; --out must be seen by every worker)",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        type=positive_int,
+        default=2,
+        help="Ray Train workers, one CPU each (with --ray-address)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

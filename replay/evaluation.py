@@ -41,6 +41,7 @@ __all__ = [
     "box_corners",
     "filter_references",
     "format_report",
+    "kitti_label_box",
     "match_detections",
     "merge_results",
     "project_box",
@@ -136,18 +137,23 @@ def read_kitti_labels(
             h, w, length, x, y, z, ry = (float(v) for v in parts[8:15])
         except ValueError as e:
             raise ValueError(f"{label_path}:{lineno}: {e}") from e
-        center = velo_from_rect.apply(np.array([[x, y - h / 2.0, z]]))[0]
-        heading = velo_from_rect.rotation @ np.array([math.cos(ry), 0.0, -math.sin(ry)])
-        yaw = math.atan2(float(heading[1]), float(heading[0]))
-        boxes.append(
-            ReferenceBox(
-                parts[0],
-                (float(center[0]), float(center[1]), float(center[2])),
-                (length, w, h),
-                yaw,
-            )
-        )
+        center, size, yaw = kitti_label_box((h, w, length, x, y, z, ry), velo_from_rect)
+        boxes.append(ReferenceBox(parts[0], center, size, yaw))
     return boxes
+
+
+def kitti_label_box(
+    values: Sequence[float], vehicle_from_rect: RigidTransform
+) -> tuple[tuple[float, float, float], tuple[float, float, float], float]:
+    """The box of a KITTI label's ``h w l x y z rotation_y`` in the frame ``vehicle_from_rect``
+    maps the rectified camera frame to: centre, (length, width, height), yaw. The label's
+    (x, y, z) is the bottom centre in the rectified frame (y down), so the centre is
+    (x, y - h/2, z) there; the heading is the length axis (cos ry, 0, -sin ry) rotated over."""
+    h, w, length, x, y, z, ry = values
+    c = vehicle_from_rect.apply(np.array([[x, y - h / 2.0, z]]))[0]
+    heading = vehicle_from_rect.rotation @ np.array([math.cos(ry), 0.0, -math.sin(ry)])
+    yaw = math.atan2(float(heading[1]), float(heading[0]))
+    return (float(c[0]), float(c[1]), float(c[2])), (length, w, h), yaw
 
 
 # Corner signs (length, width) of a box's face, counter-clockwise seen from above, and the 12

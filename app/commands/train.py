@@ -59,9 +59,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                 progress=progress,
                 prepare_progress=lambda done, total: stages("prepare samples", done, total),
                 log=lambda text: print(text, file=sys.stderr),
+                ray_address=args.ray_address,
+                workers=args.workers,
             )
         except ValueError as e:
             raise PerceptionError(str(e)) from e
+        except ImportError as e:
+            if args.ray_address is None:
+                raise
+            raise PerceptionError(
+                f"--ray-address needs Ray Train, which does not import ({e}): "
+                "pip install 'ray[train]==2.60.0'"
+            ) from e
         finally:
             if bar is not None:
                 bar.close()

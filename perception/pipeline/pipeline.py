@@ -42,7 +42,22 @@ from perception.pipeline.lidar_objects import LidarObjects
 from perception.pipeline.painting import PaintView, paint_points
 from perception.pipeline.timing import StageTimer
 
-__all__ = ["Pipeline", "PipelineConfig"]
+__all__ = ["Pipeline", "PipelineConfig", "frame_image"]
+
+
+def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
+    """A camera frame's image (H x W x 3 BGR), decoded when it travels encoded.
+
+    Raises:
+        ValueError: encoded data that does not decode (names the stream).
+    """
+    if frame.image is not None:
+        return frame.image
+    assert frame.data is not None
+    image = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{frame.header.stream}: cannot decode {frame.encoding} image")
+    return np.asarray(image, dtype=np.uint8)
 
 
 class Pipeline:
@@ -358,13 +373,7 @@ class Pipeline:
 
     @staticmethod
     def _image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
-        if frame.image is not None:
-            return frame.image
-        assert frame.data is not None
-        image = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{frame.header.stream}: cannot decode {frame.encoding} image")
-        return np.asarray(image, dtype=np.uint8)
+        return frame_image(frame)
 
     def _points_in_vehicle(self, bundle: SyncedBundle) -> npt.NDArray[np.float32]:
         """The sweep in the vehicle frame, deskewed to its stamp when it has per-point times and

@@ -16,6 +16,7 @@ Needs torch (a training tool; the node runs the export).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -373,6 +374,38 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+def _unwrapped(net: torch.nn.Module) -> LearnedFusionNet:
+    """The net inside a DistributedDataParallel wrapper (or the net itself)."""
+    inner = getattr(net, "module", net)
+    assert isinstance(inner, LearnedFusionNet)
+    return inner
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What every worker trains on: the painted training and validation samples."""
+
+    train_set: list[PreparedSample]
+    val_set: list[PreparedSample]
+
+
+def _prepare(
+    config: FusionTrainConfig,
+    prepare_progress: Callable[[int, int], None] | None,
+    say: Callable[[str], None],
+    model_cache_dir: Path | None,
+) -> _Prepared:
+    painter = build_painter(config.camera, model_cache_dir)
+    train_set = prepare_sources(
+        config.train_sources, config.base_dir, painter, config.model, prepare_progress
+    )
+    if not train_set:
+        raise ValueError("training config: data.train holds no sample")
+    val_set = prepare_sources(config.val_sources, config.base_dir, painter, config.model)
+    say(f"{len(train_set)} training samples, {len(val_set)} validation samples")
+    return _Prepared(train_set, val_set)
+
+
 def train(
     config: FusionTrainConfig,
     out_dir: Path,
@@ -382,30 +415,153 @@ def train(
     prepare_progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
     model_cache_dir: Path | None = None,
+    ray_address: str | None = None,
+    workers: int = 2,
 ) -> TrainResult:
     """Trains the learned fusion engine of ``config`` into ``out_dir`` (see the module
     docstring); ``resume`` continues from ``out_dir/checkpoints/last.pt``.
 
+    With ``ray_address`` (``local`` starts a Ray instance on this machine; else ``auto`` or
+    ``ray://head:10001``) the steps run data-parallel on Ray Train: ``workers`` workers each
+    take their share of every batch (the same global batches as one process) and average
+    their gradients (torch DistributedDataParallel, gloo); the samples are prepared once, here,
+    and the first worker writes the run's files (``out_dir`` must be a folder every worker
+    sees: a local cluster, or shared storage). Needs ``ray[train]``.
+
     Raises:
-        ValueError: a bad source, no training sample, or a checkpoint of another config.
+        ValueError: a bad source, no training sample, a checkpoint of another config, or
+            fewer than 1 worker.
     """
+    say = log or (lambda _text: None)
     out_dir = Path(out_dir)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if resume:
+        _check_resume(out_dir / "checkpoints" / "last.pt", config)
+    prepared = _prepare(config, prepare_progress, say, model_cache_dir)
+    if ray_address is None:
+        return _train_loop(config, prepared, out_dir, resume=resume, progress=progress, say=say)
+    return _train_on_ray(
+        config,
+        prepared,
+        out_dir.resolve(),
+        resume=resume,
+        address=ray_address,
+        workers=workers,
+        say=say,
+    )
+
+
+def _check_resume(ckpt_path: Path, config: FusionTrainConfig) -> None:
+    """Refuses to resume a checkpoint of another config (before anything is prepared)."""
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        if state.get("config") != config.to_dict():
+            raise ValueError(
+                f"{ckpt_path}: the checkpoint was trained with another config; "
+                "start a new output folder or train without --resume"
+            )
+
+
+def _train_on_ray(
+    config: FusionTrainConfig,
+    prepared: _Prepared,
+    out_dir: Path,
+    *,
+    resume: bool,
+    address: str,
+    workers: int,
+    say: Callable[[str], None],
+) -> TrainResult:
+    import ray  # noqa: PLC0415 - optional, only for a distributed run
+    from ray.train import RunConfig, ScalingConfig  # noqa: PLC0415
+    from ray.train.torch import TorchTrainer  # noqa: PLC0415
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    try:
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config={
+                "config": config,
+                "prepared": ray.put(prepared),
+                "out_dir": str(out_dir),
+                "resume": resume,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}
+            ),
+            run_config=RunConfig(storage_path=str(out_dir / "ray"), name="train"),
+        )
+        trainer.fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+    meta = yaml.safe_load((out_dir / "learned_fusion.yaml").read_text(encoding="utf-8"))
+    trained = meta["trained"]
+    say(f"trained on Ray Train, {workers} workers")
+    return TrainResult(
+        int(trained["steps"]),
+        float(trained["seconds_this_run"]),
+        float(trained["final_loss"]),
+        meta["validation"],
+        out_dir / "learned_fusion.onnx",
+        out_dir / "checkpoints" / "last.pt",
+    )
+
+
+def _ray_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: its rank's share of every batch, gradients averaged by DDP."""
+    import ray  # noqa: PLC0415
+    from ray import train as ray_train  # noqa: PLC0415
+    from ray.train.torch import prepare_model  # noqa: PLC0415
+
+    context = ray_train.get_context()
+    config: FusionTrainConfig = loop_config["config"]
+    prepared_ref = loop_config["prepared"]
+    prepared = ray.get(prepared_ref) if isinstance(prepared_ref, ray.ObjectRef) else prepared_ref
+    world = context.get_world_size()
+    threads = max(1, config.optim.threads // world)
+    _train_loop(
+        config,
+        prepared,
+        Path(loop_config["out_dir"]),
+        resume=bool(loop_config["resume"]),
+        rank=context.get_world_rank(),
+        world=world,
+        threads=threads,
+        wrap=prepare_model,
+    )
+
+
+def _train_loop(
+    config: FusionTrainConfig,
+    prepared: _Prepared,
+    out_dir: Path,
+    *,
+    resume: bool,
+    progress: Progress | None = None,
+    say: Callable[[str], None] = lambda _text: None,
+    rank: int = 0,
+    world: int = 1,
+    threads: int | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+) -> TrainResult:
+    """The optimisation (see :func:`train`); rank 0 of ``world`` workers writes the files."""
     ckpt_dir = out_dir / "checkpoints"
     ckpt_path = ckpt_dir / "last.pt"
     metrics_path = out_dir / "metrics.jsonl"
-    say = log or (lambda _text: None)
-    torch.set_num_threads(config.optim.threads)
+    lead = rank == 0
+    torch.set_num_threads(threads or config.optim.threads)
     torch.manual_seed(config.seed)
     model_cfg = config.model
-
-    painter = build_painter(config.camera, model_cache_dir)
-    train_set = prepare_sources(
-        config.train_sources, config.base_dir, painter, model_cfg, prepare_progress
-    )
-    if not train_set:
-        raise ValueError("training config: data.train holds no sample")
-    val_set = prepare_sources(config.val_sources, config.base_dir, painter, model_cfg)
-    say(f"{len(train_set)} training samples, {len(val_set)} validation samples")
+    train_set, val_set = prepared.train_set, prepared.val_set
     sampler = None
     if config.gt_sampling is not None:
         sampler = GtSampler.build(config.gt_sampling, train_set, model_cfg.classes)
@@ -413,44 +569,43 @@ def train(
     # Only now: a config whose sources cannot be read leaves no folder behind.
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    net = LearnedFusionNet(model_cfg)
+    base = LearnedFusionNet(model_cfg)
     optim = torch.optim.AdamW(
-        net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        base.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(
         optim, max_lr=config.optim.lr, total_steps=config.optim.steps, pct_start=0.3
     )
     start = 0
     if resume and ckpt_path.exists():
+        _check_resume(ckpt_path, config)
         state = torch.load(ckpt_path, weights_only=False)
-        if state["config"] != config.to_dict():
-            raise ValueError(
-                f"{ckpt_path}: the checkpoint was trained with another config; "
-                "start a new output folder or train without --resume"
-            )
-        net.load_state_dict(state["model"])
+        base.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["step"])
-        _trim_metrics(metrics_path, start)
+        if lead:
+            _trim_metrics(metrics_path, start)
         say(f"resumed at step {start}")
-    elif metrics_path.exists():
+    elif lead and metrics_path.exists():
         metrics_path.unlink()
+    net = wrap(base) if wrap is not None else base
 
     def checkpoint(step: int) -> None:
-        _atomic_save(
-            {
-                "step": step,
-                "model": net.state_dict(),
-                "optimizer": optim.state_dict(),
-                "scheduler": sched.state_dict(),
-                "config": config.to_dict(),
-            },
-            ckpt_path,
-        )
+        if lead:
+            _atomic_save(
+                {
+                    "step": step,
+                    "model": base.state_dict(),
+                    "optimizer": optim.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "config": config.to_dict(),
+                },
+                ckpt_path,
+            )
 
     def validate(step: int) -> dict[str, dict[str, float | int | None]]:
-        figures = evaluate(net, val_set) if val_set else {}
+        figures = evaluate(base, val_set) if val_set else {}
         _append_metrics(metrics_path, {"kind": "val", "step": step, "classes": figures})
         net.train()
         return figures
@@ -477,7 +632,10 @@ def train(
             )
             for i in picked
         ]
-        inputs, targets = _collate(batch, model_cfg)
+        # Every worker draws the whole batch (the random streams stay those of one process)
+        # and trains on its share.
+        mine = batch[rank::world] or batch[:1]
+        inputs, targets = _collate(mine, model_cfg)
         heat, reg = net(**inputs)
         losses = _losses(heat, reg, targets)
         optim.zero_grad(set_to_none=True)
@@ -487,30 +645,35 @@ def train(
         sched.step()
         loss_value = float(losses["loss"].detach())
         done = step + 1
-        if done % 10 == 0 or done == steps:
+        if lead and (done % 10 == 0 or done == steps):
             record: dict[str, Any] = {k: float(v.detach()) for k, v in losses.items()}
             record |= {"kind": "train", "step": done, "lr": sched.get_last_lr()[0],
-                       "seconds": time.perf_counter() - t0}  # fmt: skip
+                       "seconds": time.perf_counter() - t0, "workers": world}  # fmt: skip
             _append_metrics(metrics_path, record)
-        if config.optim.eval_every and done % config.optim.eval_every == 0 and done < steps:
+        every = config.optim.eval_every
+        if lead and every and done % every == 0 and done < steps:
             validate(done)
         if done % config.optim.checkpoint_every == 0 or done == steps:
             checkpoint(done)
         if progress is not None:
             progress(done, steps, loss_value)
     seconds = time.perf_counter() - t0
+    onnx_path = out_dir / "learned_fusion.onnx"
+    if not lead:
+        return TrainResult(steps, seconds, loss_value, {}, onnx_path, ckpt_path)
     figures = validate(steps)
     checkpoint(steps)
     plot_curves(metrics_path, out_dir / "curves.png")
-    onnx_path = export_learned_fusion_onnx(net, out_dir / "learned_fusion.onnx")
-    thresholds = tune_thresholds(net, val_set) if val_set else {}
+    export_learned_fusion_onnx(base, onnx_path)
+    thresholds = tune_thresholds(base, val_set) if val_set else {}
     if thresholds:
         say(f"score thresholds tuned on the validation drives: {thresholds}")
     meta = {
         "model": model_cfg.to_dict(),
         "camera": config.to_dict()["camera"],
-        "trained": {"steps": steps, "seconds_this_run": round(seconds, 1),
-                    "samples": len(train_set), "config": config.to_dict()},
+        "trained": {"steps": steps, "seconds_this_run": round(seconds, 1), "workers": world,
+                    "final_loss": loss_value, "samples": len(train_set),
+                    "config": config.to_dict()},
         "validation": figures,
         "score_thresholds": thresholds,
     }  # fmt: skip

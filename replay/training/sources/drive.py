@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -30,6 +29,7 @@ from calibration import Rig
 from perception.config import NodeConfig
 from perception.msgs.types import CameraFrame, EgoPose, LidarSweep, Message, SyncedBundle
 from perception.pipeline.deskew import deskew_sweep, ego_twist, vehicle_motion
+from perception.pipeline.pipeline import frame_image
 from perception.sync.bundler import Bundler
 from replay.drive import GROUND_TRUTH_TOPIC, DriveReader
 from replay.drive_config import config_for_messages
@@ -210,10 +210,4 @@ class DriveSource:
 
     @staticmethod
     def _image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
-        if frame.image is not None:
-            return frame.image
-        assert frame.data is not None
-        image = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{frame.header.stream}: cannot decode {frame.encoding} image")
-        return np.asarray(image, dtype=np.uint8)
+        return frame_image(frame)

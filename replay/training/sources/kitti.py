@@ -19,11 +19,8 @@ visibility or point counts (BoxLabel's unknowns).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from calibration import Rig
 from replay.datasets.kitti_object import (
@@ -33,7 +30,7 @@ from replay.datasets.kitti_object import (
     read_kitti_scan,
 )
 from replay.errors import ReplayError
-from replay.evaluation import read_pointpillars_boxes
+from replay.evaluation import kitti_label_box, read_pointpillars_boxes
 from replay.training.samples import BoxLabel, CameraView, TrainingSample
 from replay.training.sources._boxes import split_training
 
@@ -69,17 +66,8 @@ def read_label_2(
         if parts[0] == "DontCare":
             dont_care.append((x1, y1, x2, y2))
             continue
-        center = vehicle_from_rect.apply(np.array([[x, y - h / 2.0, z]]))[0]
-        heading = vehicle_from_rect.rotation @ np.array([math.cos(ry), 0.0, -math.sin(ry)])
-        yaw = math.atan2(float(heading[1]), float(heading[0]))
-        boxes.append(
-            BoxLabel(
-                parts[0],
-                (float(center[0]), float(center[1]), float(center[2])),
-                (length, w, h),
-                yaw,
-            )
-        )
+        center, size, yaw = kitti_label_box((h, w, length, x, y, z, ry), vehicle_from_rect)
+        boxes.append(BoxLabel(parts[0], center, size, yaw))
     return boxes, dont_care
 
 
