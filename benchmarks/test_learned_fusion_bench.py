@@ -67,7 +67,7 @@ def test_learned_fusion_engine(benchmark, painted, backend: str) -> None:
     engine, model = EngineFactory(EngineSettings(backend=backend, threads=2)).learned_fusion_engine(
         "learned_fusion"
     )
-    runner = LearnedFusionRunner(engine, model.config, model.score_thresholds)
+    runner = LearnedFusionRunner.for_model(engine, model)
     _check(runner.run(points), refs)
     d = engine.describe()
     benchmark.extra_info["engine"] = f"{d.backend} {d.device} {d.model}"

@@ -32,7 +32,10 @@ from perception.msgs.types import Detection3D
 from perception.pipeline.boxes import bev_iou
 
 __all__ = [
+    "CLASS_MATCH_DISTANCE_M",
+    "MIN_UNOCCLUDED",
     "POINTPILLARS_CLASSES",
+    "QUALITY_RANGE_M",
     "ClassStats",
     "Match",
     "MatchResult",
@@ -426,6 +429,16 @@ def average_precision(result: MatchResult, label: str, *, recall_points: int = 4
         reached = precision[recall >= level - 1e-9]
         total += float(reached.max()) if reached.size else 0.0
     return total / recall_points
+
+
+#: The quality protocol the demo's table and the learned engine's validation share: objects
+#: within this BEV range (m) count...
+QUALITY_RANGE_M = 40.0
+#: ...when at least this fraction of them is unoccluded (where the source knows it)...
+MIN_UNOCCLUDED = 0.5
+#: ...and a detection matches within this BEV centre distance (m): a car 1 m, the narrow
+#: classes 0.5 m.
+CLASS_MATCH_DISTANCE_M: Mapping[str, float] = {"Car": 1.0, "Pedestrian": 0.5, "Cyclist": 0.5}
 
 
 def score_frame(

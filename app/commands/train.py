@@ -47,7 +47,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             if bar is None:
                 stages.close()
                 bar = progress_bar(total=total, unit="step", desc="train", quiet=args.quiet)
-                bar.update(done - 1)
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 

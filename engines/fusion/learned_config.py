@@ -21,11 +21,9 @@ import yaml
 
 from engines.engine import TensorSpec
 from engines.errors import ModelError
-from engines.exports import export_key
 from engines.registry import PACKAGED_MODELS_DIR
 
 __all__ = [
-    "LEARNED_GRAPH_VERSION",
     "LEARNED_INPUT_NAMES",
     "LEARNED_ONNX_OPSET",
     "LEARNED_OUTPUT_NAMES",
@@ -39,9 +37,6 @@ __all__ = [
 
 #: The learned engine the project trains and ships (`configs/train_learned_fusion.yaml`).
 PACKAGED_LEARNED_MODEL = PACKAGED_MODELS_DIR / "learned_fusion.onnx"
-
-#: Bumped whenever the graph changes for the same config.
-LEARNED_GRAPH_VERSION = 1
 
 LEARNED_ONNX_OPSET = 17
 
@@ -160,14 +155,6 @@ class LearnedFusionConfig:
         return (
             TensorSpec("detections", "float32", (self.max_detections, 11)),
             TensorSpec("camera_free_score", "float32", (self.max_detections,)),
-        )
-
-    def key(self) -> str:
-        """The export key of this config (engines.exports.export_key)."""
-        return export_key(
-            dataclasses.asdict(self),
-            graph_version=LEARNED_GRAPH_VERSION,
-            opset=LEARNED_ONNX_OPSET,
         )
 
     def to_dict(self) -> dict[str, object]:

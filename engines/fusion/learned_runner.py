@@ -13,13 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from engines.engine import Engine
+from engines.engine import Engine, require_specs
 from engines.errors import EngineError
-from engines.fusion.learned_config import (
-    LEARNED_INPUT_NAMES,
-    LEARNED_OUTPUT_NAMES,
-    LearnedFusionConfig,
-)
+from engines.fusion.learned_config import LearnedFusionConfig, LearnedModel
 from engines.fusion.pillars import PillarInputs, pillarize
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "LearnedDetections", "LearnedFusionRunner"]
@@ -54,14 +50,7 @@ class LearnedFusionRunner:
         config: LearnedFusionConfig,
         score_threshold: float | Mapping[str, float] = DEFAULT_SCORE_THRESHOLD,
     ) -> None:
-        inputs = tuple(spec.name for spec in engine.inputs)
-        outputs = tuple(spec.name for spec in engine.outputs)
-        if inputs != LEARNED_INPUT_NAMES or outputs != LEARNED_OUTPUT_NAMES:
-            raise EngineError(
-                f"{engine.describe().model or 'engine'}: not a learned fusion engine (inputs "
-                f"{inputs}, outputs {outputs}; expected {LEARNED_INPUT_NAMES} -> "
-                f"{LEARNED_OUTPUT_NAMES})"
-            )
+        require_specs("learned fusion engine", engine, config.input_specs(), config.output_specs())
         if isinstance(score_threshold, Mapping):
             per_class = {c: float(score_threshold.get(c, DEFAULT_SCORE_THRESHOLD)) for c in
                          config.classes}  # fmt: skip
@@ -74,6 +63,16 @@ class LearnedFusionRunner:
         self.config = config
         #: The score a detection of each class needs (by class index).
         self.thresholds = np.array([per_class[c] for c in config.classes], np.float32)
+
+    @classmethod
+    def for_model(
+        cls, engine: Engine, model: LearnedModel, score_threshold: float | None = None
+    ) -> LearnedFusionRunner:
+        """The runner of a trained model's engine: at ``score_threshold`` for every class, or
+        (None) at the thresholds per class the model was tuned to (the default where it has
+        none)."""
+        threshold = model.score_thresholds if score_threshold is None else score_threshold
+        return cls(engine, model.config, threshold)
 
     def run(self, painted_points: npt.NDArray[np.float32]) -> LearnedDetections:
         """Detections of one sweep's painted points (N x (4 + classes + 1)).

@@ -143,13 +143,7 @@ class Pipeline:
         encoder = LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)
         learned = None
         if built.learned is not None:
-            engine, trained = built.learned
-            threshold = config.fusion.score_threshold
-            learned = LearnedFusionRunner(
-                engine,
-                trained.config,
-                score_threshold=trained.score_thresholds if threshold is None else threshold,
-            )
+            learned = LearnedFusionRunner.for_model(*built.learned, config.fusion.score_threshold)
         return cls(
             detector,
             config,
@@ -284,8 +278,7 @@ class Pipeline:
     ) -> list[Detection3D]:
         """The learned engine's detections: the points painted with every camera's boxes
         (each camera at its own stamp), pillarized and run in one call."""
-        if self.learned is None:
-            raise ValueError("pipeline.fusion.kind needs the learned engine, which was not given")
+        assert self.learned is not None  # the constructor refuses a learned kind without it
         views = [
             PaintView(
                 rig.cameras[name].undistorted(),

@@ -39,6 +39,9 @@ from perception.pipeline import Pipeline
 from replay.drive import DriveReader
 from replay.errors import ReplayError
 from replay.evaluation import (
+    CLASS_MATCH_DISTANCE_M,
+    MIN_UNOCCLUDED,
+    QUALITY_RANGE_M,
     MatchResult,
     ReferenceBox,
     average_precision,
@@ -83,14 +86,11 @@ DemoProgress = Callable[[str, int, int], None]
 
 #: The packaged detector trained on synthetic renders (replay.training.train_detector).
 SYNTH_DETECTOR_PATH = PACKAGED_MODELS_DIR / "synth_detector.onnx"
-EVAL_RANGE_M = 40.0
-#: The classes the demo scores, and the BEV centre distance (m) a detection of each must be
-#: within to match (a car 1 m, the narrow classes 0.5 m).
+#: The classes the demo scores; range and match distances are `replay.evaluation`'s protocol.
 CLASSES = ("Car", "Pedestrian", "Cyclist")
-MATCH_DISTANCES_M = {"Car": 1.0, "Pedestrian": 0.5, "Cyclist": 0.5}
-MATCH_DISTANCE_M = MATCH_DISTANCES_M["Car"]
+EVAL_RANGE_M = QUALITY_RANGE_M
+MATCH_DISTANCE_M = CLASS_MATCH_DISTANCE_M["Car"]
 _MIN_IN_IMAGE = 0.5
-_MIN_UNOCCLUDED = 0.5
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _evaluate(
     cam_from_vehicle = rig.transform(f"camera/{CAMERA_NAME}", "vehicle")
     scored = [
         r.range_m <= EVAL_RANGE_M
-        and u >= _MIN_UNOCCLUDED
+        and u >= MIN_UNOCCLUDED
         and visible_fraction(r, camera, cam_from_vehicle) >= _MIN_IN_IMAGE
         for r, u in zip(refs, unoccluded, strict=True)
     ]
@@ -181,7 +181,7 @@ def _evaluate(
         refs,
         scored,
         classes=CLASSES,
-        match_distance_m=MATCH_DISTANCES_M,
+        match_distance_m=CLASS_MATCH_DISTANCE_M,
         range_m=EVAL_RANGE_M,
     )
 
@@ -387,7 +387,7 @@ def _pipeline(kind: str, detector: CameraDetector, learned_model: Path | None) -
         return Pipeline(detector)
     fusion = FusionConfig(kind=kind, model=str(learned_model or "learned_fusion"))
     engine, model = EngineFactory().learned_fusion_engine(fusion.model)
-    runner = LearnedFusionRunner(engine, model.config, score_threshold=model.score_thresholds)
+    runner = LearnedFusionRunner.for_model(engine, model)
     return Pipeline(detector, PipelineConfig(fusion=fusion), learned=runner)
 
 
@@ -448,6 +448,8 @@ def run_demo(
     )
     config = replace(NodeConfig(), sync=sync)
     runs: dict[str, KindRun] = {}
+    # The picture shows the first kind's frame with the most scored objects of every class.
+    best: tuple[int, DetectionList] | None = None
     for kind, pipeline in pipelines.items():
         lists: list[DetectionList] = []
         records = _degrade(checked_messages(reader), without)
@@ -458,27 +460,23 @@ def run_demo(
         results = []
         for dl in lists:
             frame = truth.get(dl.header.stamp_ns)
-            if frame is not None:
-                results.append(_evaluate(dl, frame.boxes, frame.camera_visible, rig))
+            if frame is None:
+                continue
+            res = _evaluate(dl, frame.boxes, frame.camera_visible, rig)
+            results.append(res)
+            score = len(res.matches) + len(res.missed)
+            if kind == kinds[0] and (best is None or score > best[0]):
+                best = (score, dl)
         result = merge_results(results) if results else MatchResult(classes=CLASSES)
         runs[kind] = KindRun(kind, tuple(lists), result, _latencies(lists))
     first = runs[kinds[0]]
     detections_path = out_dir / "detections.jsonl"
-    best: tuple[int, DetectionList] | None = None
     with (
         atomic_output(detections_path, "the detections file") as tmp,
         tmp.open("w", encoding="utf-8") as f,
     ):
         for dl in first.lists:
             write_jsonl_line(f, dl)
-            frame = truth.get(dl.header.stamp_ns)
-            if frame is None:
-                continue
-            # The picture shows the frame with the most scored objects of every class.
-            res = _evaluate(dl, frame.boxes, frame.camera_visible, rig)
-            score = len(res.matches) + len(res.missed)
-            if best is None or score > best[0]:
-                best = (score, dl)
     stats = first.result.stats("Car")
     picture = out_dir / "demo.png"
     if best is not None:

@@ -11,7 +11,7 @@ object's centre cell.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -265,14 +265,3 @@ def make_targets(sample: PreparedSample, config: LearnedFusionConfig) -> Targets
         vel_known[k] = float(known)
         k += 1
     return Targets(heat, negative, index, mask, reg, vel_known)
-
-
-def sample_counts(
-    samples: Sequence[PreparedSample], config: LearnedFusionConfig
-) -> Mapping[str, int]:
-    """Objects per class over ``samples`` (for the training log)."""
-    counts = dict.fromkeys(config.classes, 0)
-    for s in samples:
-        for c in s.boxes[:, 0].astype(int):
-            counts[config.classes[c]] += 1
-    return counts

@@ -34,10 +34,14 @@ from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
 from engines.fusion.learned_config import LearnedFusionConfig
 from engines.fusion.learned_graph import LearnedFusionNet, decode_heads, export_learned_fusion_onnx
+from engines.fusion.learned_runner import DEFAULT_SCORE_THRESHOLD
 from engines.fusion.pillars import pillarize
 from engines.registry import PACKAGED_MODELS_DIR
 from perception.msgs.types import Detection3D
 from replay.evaluation import (
+    CLASS_MATCH_DISTANCE_M,
+    MIN_UNOCCLUDED,
+    QUALITY_RANGE_M,
     MatchResult,
     ReferenceBox,
     average_precision,
@@ -57,8 +61,6 @@ from replay.training.gt_sampling import GtSampler
 from replay.training.sources import open_source
 
 __all__ = [
-    "EVAL_RANGE_M",
-    "MATCH_DISTANCE_M",
     "TrainResult",
     "build_painter",
     "class_figures",
@@ -70,12 +72,6 @@ __all__ = [
     "tune_thresholds",
 ]
 
-#: Matching distance per class (m): KITTI-like strictness for the demo's quality table.
-MATCH_DISTANCE_M: Mapping[str, float] = {"Car": 1.0, "Pedestrian": 0.5, "Cyclist": 0.5}
-#: Validation counts objects within this BEV range (m).
-EVAL_RANGE_M = 40.0
-#: Detections below this score are not reported by validation (the node's default threshold).
-EVAL_SCORE = 0.3
 #: Weight of the regression loss against the heatmap's focal loss.
 REGRESSION_WEIGHT = 1.0
 #: Velocity regression weighs less: it is learnt from one sweep's shape only.
@@ -177,7 +173,7 @@ def _losses(
 
 
 def detections_of(
-    net: LearnedFusionNet, sample: PreparedSample, score: float = EVAL_SCORE
+    net: LearnedFusionNet, sample: PreparedSample, score: float = DEFAULT_SCORE_THRESHOLD
 ) -> list[Detection3D]:
     """``net``'s detections on one prepared sample (eval mode, the export's decoding)."""
     cfg = net.config
@@ -214,24 +210,19 @@ def _references(sample: PreparedSample, classes: Sequence[str]) -> list[Referenc
     ]  # fmt: skip
 
 
-#: An object counts when at least this fraction of it is visible to the camera (where the source
-#: knows: the synthetic world), as the demo scores.
-MIN_VISIBILITY = 0.5
-
-
 def scored_references(sample: PreparedSample) -> list[bool]:
     """Which of a sample's objects count: visible to the camera (at least
-    :data:`MIN_VISIBILITY`) where the source knows visibility, all where it does not (KITTI's
+    :data:`MIN_UNOCCLUDED`) where the source knows visibility, all where it does not (KITTI's
     camera-cropped scans)."""
     visibility = sample.boxes[:, 10]
-    return [not math.isfinite(v) or v >= MIN_VISIBILITY for v in visibility]
+    return [not math.isfinite(v) or v >= MIN_UNOCCLUDED for v in visibility]
 
 
 def evaluate(
-    net: LearnedFusionNet, samples: Sequence[PreparedSample], range_m: float = EVAL_RANGE_M
+    net: LearnedFusionNet, samples: Sequence[PreparedSample], range_m: float = QUALITY_RANGE_M
 ) -> dict[str, dict[str, float | int | None]]:
     """Per class over ``samples`` (``score_frame``: objects within ``range_m`` the camera sees):
-    recall and precision at :data:`MATCH_DISTANCE_M`, BEV AP (R40), median centre and yaw
+    recall and precision at :data:`CLASS_MATCH_DISTANCE_M`, BEV AP (R40), median centre and yaw
     error of the matches."""
     net.eval()
     cfg = net.config
@@ -241,7 +232,7 @@ def evaluate(
             _references(sample, cfg.classes),
             scored_references(sample),
             classes=cfg.classes,
-            match_distance_m=MATCH_DISTANCE_M,
+            match_distance_m=CLASS_MATCH_DISTANCE_M,
             range_m=range_m,
         )
         for sample in samples
@@ -270,7 +261,7 @@ THRESHOLD_CANDIDATES = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
 
 
 def tune_thresholds(
-    net: LearnedFusionNet, samples: Sequence[PreparedSample], range_m: float = EVAL_RANGE_M
+    net: LearnedFusionNet, samples: Sequence[PreparedSample], range_m: float = QUALITY_RANGE_M
 ) -> dict[str, float]:
     """Per class, the score threshold of :data:`THRESHOLD_CANDIDATES` with the best F1 on
     ``samples`` (the lowest of equals); classes without objects there are left out."""
@@ -288,7 +279,7 @@ def tune_thresholds(
             merged = merge_results(
                 score_frame(
                     [d for d in dets if d.label == label and d.score >= t], refs, scored,
-                    classes=(label,), match_distance_m=MATCH_DISTANCE_M, range_m=range_m,
+                    classes=(label,), match_distance_m=CLASS_MATCH_DISTANCE_M, range_m=range_m,
                 )
                 for dets, refs, scored in frames
             )  # fmt: skip
@@ -578,7 +569,7 @@ def _train_loop(
     )
     start = 0
     if resume and ckpt_path.exists():
-        _check_resume(ckpt_path, config)
+        # train() refused a checkpoint of another config before anything was prepared.
         state = torch.load(ckpt_path, weights_only=False)
         base.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])

@@ -174,5 +174,5 @@ def test_export_runs_on_onnxruntime_like_torch(kitti_painted: np.ndarray, tmp_pa
 
 
 def test_runner_refuses_an_engine_of_another_graph(yolox_path: Path) -> None:
-    with pytest.raises(EngineError, match="not a learned fusion engine"):
+    with pytest.raises(EngineError, match=r"learned fusion engine: the engine .* has inputs"):
         LearnedFusionRunner(OnnxRuntimeEngine(yolox_path), LearnedFusionConfig())
