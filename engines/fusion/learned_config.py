@@ -216,6 +216,7 @@ def resolve_learned_model(model: str | Path) -> LearnedModel:
     except OSError as e:
         raise ModelError(f"{meta_path}: cannot read the learned model's config ({e})") from e
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"{meta_path}: not a learned model config ({e})") from e
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"{meta_path}: not a learned model config ({why})") from e
     weights = path.with_suffix(".pt")
     return LearnedModel(path, config, weights if weights.is_file() else None, thresholds)

@@ -125,3 +125,14 @@ def test_a_missing_learned_model_is_one_clear_error(yolox_path: Path, tmp_path: 
     with pytest.raises(ValueError, match="needs the learned engine"):
         geometric = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
         Pipeline(geometric.detector, replace(geometric.config, fusion=FusionConfig("learned")))
+
+
+def test_a_learned_model_config_that_is_not_yaml_is_one_line(
+    yolox_path: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    (tmp_path / "m.yaml").write_text("model: [\n")
+    with pytest.raises(ModelError, match=r"m\.yaml: not a learned model config") as info:
+        _pipeline(yolox_path, "learned", model)
+    assert "\n" not in str(info.value)
