@@ -315,7 +315,6 @@ class Subscriber(Closeable):
         self._server: CurveServer | None = None
         self._bound_files: list[BoundSocketFile] = []
         self._handshake_failures = 0
-        self._failed_handshake: set[tuple[zmq.Socket[bytes], str]] = set()
         # (socket, endpoint) -> when (monotonic ms) to connect it again after a refused handshake
         self._retry_at: dict[tuple[zmq.Socket[bytes], str], int] = {}
         try:
@@ -505,11 +504,8 @@ class Subscriber(Closeable):
             # multipart message being read from it then aborts the process (libzmq asserts
             # "!_more" in fq.cpp). Everything already queued is taken first, whole.
             self._drain(socket)
-            if (socket, lost) in self._failed_handshake:
-                # Not at once: a peer refusing every handshake must not make us spin.
-                self._failed_handshake.discard((socket, lost))
-                self._retry_at[(socket, lost)] = _now_ms() + _HANDSHAKE_RETRY_MS
-                continue
+            if (socket, lost) in self._retry_at:
+                continue  # refused: connected again when the retry is due, not now
             for endpoint in self.endpoints if lost not in self.endpoints else (lost,):
                 with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
                     socket.disconnect(endpoint)
@@ -527,8 +523,9 @@ class Subscriber(Closeable):
 
     def _refused(self, socket: zmq.Socket[bytes], endpoint: str) -> None:
         self._handshake_failures += 1
-        # The disconnect that follows names the same endpoint: it is retried later, not now.
-        self._failed_handshake.add((socket, endpoint))
+        # Not at once: a peer refusing every handshake must not make us spin. Scheduled here,
+        # not on the disconnect that usually follows: under load libzmq may not report one.
+        self._retry_at.setdefault((socket, endpoint), _now_ms() + _HANDSHAKE_RETRY_MS)
 
     def _retry_refused(self) -> None:
         now = _now_ms()
