@@ -299,6 +299,10 @@ def _add_replay(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+#: `replay.synth.world.SCENES`, spelled out so that the CLI starts without importing the world.
+DEMO_SCENES = ("simple", "rich")
+
+
 def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p = _command(
         sub,
@@ -324,6 +328,14 @@ def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         type=non_negative_int,
         default=0,
         help="the synthetic world's random seed",
+    )
+    p.add_argument(
+        "--scene",
+        choices=DEMO_SCENES,
+        default="simple",
+        help="the synthetic world: simple (a straight road, road users only) or rich (curved "
+        "roads, junctions, clutter, vans and trucks, crossing pedestrians, a KITTI-like "
+        "HDL-64E, randomised looks)",
     )
     p.add_argument(
         "--seconds",

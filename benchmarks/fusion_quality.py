@@ -2,7 +2,7 @@
 every sensor and with one removed or degraded: the tables of benchmarks/RESULTS.md.
 
     python -m benchmarks.fusion_quality --seeds 0 1 2 --out perception-quality \
-        --without none camera lidar-half-beams camera-dark camera-blur
+        --without none camera lidar-half-beams camera-dark camera-blur [--scene rich]
 
 Each (seed, degradation) runs `perception demo`'s `run_demo` with every fusion kind; the match
 results are merged over the seeds and printed as Markdown (per class and kind: recall,
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--fusion", nargs="+", default=["geometric", "learned", "ensemble"])
     parser.add_argument("--without", nargs="+", default=["none"], choices=["none", *DEGRADATIONS])
     parser.add_argument("--learned-model", type=Path)
+    parser.add_argument("--scene", choices=["simple", "rich"], default="simple")
     args = parser.parse_args()
     for without in args.without:
         merged: dict[str, list[MatchResult]] = {k: [] for k in args.fusion}
@@ -59,8 +60,8 @@ def main() -> None:
             out = args.out / f"seed{seed}-{without}"
             out.mkdir(parents=True, exist_ok=True)
             # One drive per seed, shared by the degradations.
-            drive = args.out / f"synth_seed{seed}_{args.seconds:g}s.mcap"
-            ensure_synthetic_drive(drive, seed=seed, seconds=args.seconds)
+            drive = args.out / f"synth_{args.scene}_seed{seed}_{args.seconds:g}s.mcap"
+            ensure_synthetic_drive(drive, seed=seed, seconds=args.seconds, scene=args.scene)
             report = run_demo(
                 drive,
                 out_dir=out,
@@ -72,7 +73,8 @@ def main() -> None:
                 merged[run.kind].append(run.result)
             print(f"seed {seed}, without {without}: {report.frames} sweeps", flush=True)
         print(
-            f"\n### without: {without} (seeds {', '.join(map(str, args.seeds))}, "
+            f"\n### {args.scene} world, without: {without} (seeds "
+            f"{', '.join(map(str, args.seeds))}, "
             f"{args.seconds:g} s each; {time.perf_counter() - t0:.0f} s)\n"
         )
         print("\n".join(table({k: merge_results(v) for k, v in merged.items()})), flush=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from perception.pipeline.boxes import bev_iou
 __all__ = [
     "CLASS_MATCH_DISTANCE_M",
     "MIN_UNOCCLUDED",
+    "NEIGHBOUR_LABELS",
     "POINTPILLARS_CLASSES",
     "QUALITY_RANGE_M",
     "ClassStats",
@@ -439,6 +440,12 @@ MIN_UNOCCLUDED = 0.5
 #: ...and a detection matches within this BEV centre distance (m): a car 1 m, the narrow
 #: classes 0.5 m.
 CLASS_MATCH_DISTANCE_M: Mapping[str, float] = {"Car": 1.0, "Pedestrian": 0.5, "Cyclist": 0.5}
+#: KITTI's neighbouring classes: a detection of a class on a reference of its neighbour (a van
+#: called a car) is neither a true nor a false positive, and the neighbour is never missed.
+NEIGHBOUR_LABELS: Mapping[str, tuple[str, ...]] = {
+    "Car": ("Van",),
+    "Pedestrian": ("Person_sitting",),
+}
 
 
 def score_frame(
@@ -455,7 +462,8 @@ def score_frame(
     ``range_m`` plus the match distance take part, each matched (greedily, by score) to the
     nearest reference of its class within the distance (``match_distance_m``, per class or one
     for all). A detection of a reference that does not count (too far, hidden, out of view) is
-    ignored rather than called a false positive.
+    ignored rather than called a false positive, and so is one on a reference of a neighbouring
+    class (`NEIGHBOUR_LABELS`, KITTI's rule: a van called a car).
 
     Raises:
         ValueError: ``scored`` is not one flag per reference.
@@ -470,7 +478,12 @@ def score_frame(
             else match_distance_m
         )
         refs = [(r, s) for r, s in zip(references, scored, strict=True) if r.label == label]
-        nearby = [r for r, _ in refs if r.range_m <= range_m + 2 * d]
+        neighbours = [
+            replace(r, label=label)
+            for r in references
+            if r.label in NEIGHBOUR_LABELS.get(label, ()) and r.range_m <= range_m + 2 * d
+        ]
+        nearby = [r for r, _ in refs if r.range_m <= range_m + 2 * d] + neighbours
         counted = {id(r) for r, s in refs if s and r.range_m <= range_m}
         dets = [
             x for x in detections if x.label == label and math.hypot(*x.center[:2]) <= range_m + d

@@ -30,6 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 fusion=args.fusion,
                 without=args.without,
                 learned_model=learned,
+                scene=args.scene,
             )
         except ValueError as e:
             raise PerceptionError(str(e)) from e

@@ -58,6 +58,7 @@ from replay.synth.world import (
     CAMERA_OFFSET_NS,
     CAMERA_STREAM,
     LIDAR_STREAM,
+    SCENES,
     GroundTruthFrame,
     generate_drive,
     ground_truth_path,
@@ -298,14 +299,15 @@ def ensure_synthetic_drive(
     seed: int = 0,
     seconds: float = 10.0,
     progress: DemoProgress | None = None,
+    scene: str = "simple",
 ) -> bool:
     """Generate the synthetic drive `path` and its ground truth (`replay.synth.world`) unless
     both exist; returns whether it generated them. Both are written beside their targets and
     renamed when complete, the ground truth first: an interrupted run leaves no half drive that
-    a later run would take for a whole one.
+    a later run would take for a whole one. `scene`: the world (`replay.synth.world.SCENES`).
 
     Raises:
-        ValueError: `seconds` is not positive.
+        ValueError: `seconds` is not positive, an unknown scene.
         replay.output.OutputError: the files cannot be written.
     """
     path = Path(path)
@@ -319,7 +321,7 @@ def ensure_synthetic_drive(
 
     with atomic_output(path, "the synthetic drive") as tmp:
         try:
-            generate_drive(tmp, seed=seed, seconds=seconds, progress=generated)
+            generate_drive(tmp, seed=seed, seconds=seconds, progress=generated, scene=scene)
             with atomic_output(truth, "the ground truth") as tmp_truth:
                 ground_truth_path(tmp).replace(tmp_truth)
         finally:
@@ -403,10 +405,12 @@ def run_demo(
     fusion: Sequence[str] = ("geometric",),
     without: str | None = None,
     learned_model: Path | None = None,
+    scene: str = "simple",
 ) -> DemoReport:
     """Run the demo (see the module docstring). `drive_path` None: the drive
-    `<out_dir>/synth_seed<seed>.mcap` is generated (`seconds` long) unless it and its ground truth
-    already exist (`ensure_synthetic_drive`). Each fusion kind of `fusion` (geometric, learned,
+    `<out_dir>/synth_seed<seed>.mcap` (`synth_<scene>_seed<seed>.mcap` for another scene than the
+    simple one) is generated (`seconds` long) unless it and its ground truth already exist
+    (`ensure_synthetic_drive`). Each fusion kind of `fusion` (geometric, learned,
     ensemble; `learned_model` is the learned engine, default the packaged one) runs the drive,
     with a sensor removed or degraded when `without` names one (`DEGRADATIONS`). Writes
     `<out_dir>/detections.jsonl` (of the first kind) and `<out_dir>/demo.png`, each only when
@@ -425,6 +429,8 @@ def run_demo(
         raise ValueError(f"fusion: choose among {', '.join(FUSION_KINDS)}, got {list(fusion)}")
     if without is not None and without not in DEGRADATIONS:
         raise ValueError(f"without: choose among {', '.join(DEGRADATIONS)}, got {without!r}")
+    if scene not in SCENES:
+        raise ValueError(f"scene: choose among {', '.join(SCENES)}, got {scene!r}")
     out_dir = check_output_dir(Path(out_dir), "the demo's output")
     detector = CameraDetector(
         EngineFactory().camera_encoder(model_path or SYNTH_DETECTOR_PATH, threads=num_threads),
@@ -434,8 +440,11 @@ def run_demo(
     # Every engine is built before anything else: a missing learned model fails at once.
     pipelines = {kind: _pipeline(kind, detector, learned_model) for kind in kinds}
     if drive_path is None:
-        drive_path = out_dir / f"synth_seed{seed}.mcap"
-        ensure_synthetic_drive(drive_path, seed=seed, seconds=seconds, progress=progress)
+        name = "synth" if scene == "simple" else f"synth_{scene}"
+        drive_path = out_dir / f"{name}_seed{seed}.mcap"
+        ensure_synthetic_drive(
+            drive_path, seed=seed, seconds=seconds, progress=progress, scene=scene
+        )
     reader = DriveReader(drive_path)
     truth = _ground_truth(drive_path)
     rig = reader.rig

@@ -27,10 +27,11 @@ byte-identical files (the MCAP writer stores no wall-clock time).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from calibration import LocalTangentPlane, PinholeCamera, Rig, RigidTransform
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from replay.drive import DriveReader, DriveWriter
 from replay.evaluation import ReferenceBox
+from replay.synth.lidar_model import MATERIALS, LidarModel, lidar_model, passes_through
+from replay.synth.road import Road
 
 __all__ = [
     "CAMERA_NAME",
@@ -112,13 +115,29 @@ _CORNER_SIGNS = np.array(
     float,
 )
 _LIGHT = np.array([0.4, 0.3, 0.86]) / np.linalg.norm([0.4, 0.3, 0.86])
+#: Half step (s) of the central differences that give velocities on a curved road.
+_DT_S = 0.005
+#: Lane lines (lateral offsets, m): dashed between the lanes, solid at the carriageway's edges.
+_LANE_LINES_M = (-5.25, -1.75, 1.75, 5.25)
+#: Half width (m) of a junction's side road.
+_SIDE_ROAD_HALF_M = 3.5
+#: The worlds `make_world` builds: the original straight road with road users only, and the
+#: rich world (curved roads, junctions, clutter, vans and trucks, crossing pedestrians,
+#: randomised appearance; `replay.synth.scene`).
+SCENES = ("simple", "rich")
 
 
 @dataclass(frozen=True)
 class SynthObject:
-    """One road user. `parts`: (dx, dy, dz, l, w, h, (b, g, r)) boxes in the object frame
-    (centre offsets from the object's ground-level centre, m; colour 0-255). Position in the road
-    frame at t = 0 (m), `yaw` (rad), constant `speed_mps` along the heading."""
+    """One road user or piece of scenery. `parts`: (dx, dy, dz, l, w, h, (b, g, r)[, material])
+    boxes in the object frame (centre offsets from the object's ground-level centre, m; colour
+    0-255; the optional material names an entry of `lidar_model.MATERIALS`, else
+    `reflectivity` holds for every part).
+
+    Without `road`, (`x0`, `y0`) is the world position at t = 0 (m), `yaw` the heading (rad) and
+    the object moves at `speed_mps` along it. With `road`, (`x0`, `y0`) are road coordinates
+    (s, d) at t = 0 and `yaw` is the heading relative to the road: the object moves in (s, d)
+    (along the lane for yaw 0 or pi, across the road for +-pi/2) and turns with the road."""
 
     ident: int
     label: str
@@ -127,38 +146,92 @@ class SynthObject:
     y0: float
     yaw: float
     speed_mps: float
-    parts: tuple[tuple[float, float, float, float, float, float, tuple[int, int, int]], ...]
+    parts: tuple[tuple[Any, ...], ...]
     reflectivity: float
+    road: Road | None = None
+
+    def pose(self, t: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """World (x, y) of the ground-level centre and the heading (rad) at `t` (s after the
+        drive start)."""
+        tt = np.asarray(t, dtype=np.float64)
+        if self.road is None:
+            x = self.x0 + self.speed_mps * math.cos(self.yaw) * tt
+            y = self.y0 + self.speed_mps * math.sin(self.yaw) * tt
+            return x, y, np.full_like(x, self.yaw)
+        s = self.x0 + self.speed_mps * math.cos(self.yaw) * tt
+        d = self.y0 + self.speed_mps * math.sin(self.yaw) * tt
+        x, y, h = self.road.pose(s, d)
+        return x, y, h + self.yaw
 
     def position(self, t: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
-        """Road-frame (x, y) of the ground-level centre at `t` (s after the drive start)."""
-        tt = np.asarray(t, dtype=np.float64)
-        return (
-            self.x0 + self.speed_mps * math.cos(self.yaw) * tt,
-            self.y0 + self.speed_mps * math.sin(self.yaw) * tt,
-        )
+        """World (x, y) of the ground-level centre at `t` (s after the drive start)."""
+        x, y, _ = self.pose(t)
+        return x, y
+
+    def velocity(self, t: float) -> tuple[float, float]:
+        """World velocity (m/s) at `t` (s)."""
+        if self.road is None or self.speed_mps == 0.0:
+            return self.speed_mps * math.cos(self.yaw), self.speed_mps * math.sin(self.yaw)
+        x, y, _ = self.pose(np.array([t - _DT_S, t + _DT_S]))
+        return float(x[1] - x[0]) / (2 * _DT_S), float(y[1] - y[0]) / (2 * _DT_S)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """How a world's camera images look (domain randomisation by seed): the sun direction
+    (unit vector, world frame) and ambient share of the shading, sky colours at the top and at
+    the horizon, ground colours (b, g, r), exposure gain, white balance (b, g, r gains), sensor
+    noise (sigma, grey levels), blur (Gaussian sigma, px), the ground texture's contrast and a
+    salt for the per-frame noise."""
+
+    light: tuple[float, float, float]
+    ambient: float
+    sky_top: tuple[float, float, float]
+    sky_horizon: tuple[float, float, float]
+    grass: tuple[float, float, float]
+    asphalt: tuple[float, float, float]
+    pavement: tuple[float, float, float]
+    gain: float
+    white_balance: tuple[float, float, float]
+    noise: float
+    blur: float
+    texture: float
+    salt: int
 
 
 @dataclass(frozen=True)
 class SynthWorld:
-    """The objects and the drive duration (s)."""
+    """The road users, the drive duration (s), the road, the scenery (static clutter, not in
+    the ground truth), the camera's appearance (None: the original flat look) and the name of
+    the lidar model (`lidar_model.LIDAR_MODELS`)."""
 
     objects: tuple[SynthObject, ...]
     seconds: float
+    road: Road = field(default_factory=Road)
+    scenery: tuple[SynthObject, ...] = ()
+    appearance: Appearance | None = None
+    lidar: str = "synth64"
 
-    @staticmethod
-    def ego_pose(t: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Road-frame position (x, y, m) and yaw (rad) of the vehicle origin at `t` (s)."""
+    def ego_pose(self, t: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """World position (x, y, m) and yaw (rad) of the vehicle origin at `t` (s): it drives
+        along the road at `EGO_SPEED_MPS`, weaving gently inside its lane."""
         tt = np.asarray(t, dtype=np.float64)
-        x = EGO_SPEED_MPS * tt
-        y = _WEAVE_M * np.sin(_WEAVE_RADPS * tt)
-        yaw = np.arctan2(_WEAVE_M * _WEAVE_RADPS * np.cos(_WEAVE_RADPS * tt), EGO_SPEED_MPS)
+        s = EGO_SPEED_MPS * tt
+        d = _WEAVE_M * np.sin(_WEAVE_RADPS * tt)
+        x, y, h = self.road.pose(s, d)
+        yaw = h + np.arctan2(_WEAVE_M * _WEAVE_RADPS * np.cos(_WEAVE_RADPS * tt), EGO_SPEED_MPS)
         return x, y, yaw
 
-    @staticmethod
-    def ego_velocity(t: float) -> tuple[float, float]:
-        """Road-frame velocity (m/s) of the vehicle at `t` (s)."""
-        return EGO_SPEED_MPS, _WEAVE_M * _WEAVE_RADPS * math.cos(_WEAVE_RADPS * t)
+    def ego_velocity(self, t: float) -> tuple[float, float]:
+        """World velocity (m/s) of the vehicle at `t` (s)."""
+        if self.road.is_straight:
+            return EGO_SPEED_MPS, _WEAVE_M * _WEAVE_RADPS * math.cos(_WEAVE_RADPS * t)
+        x, y, _ = self.ego_pose(np.array([t - _DT_S, t + _DT_S]))
+        return float(x[1] - x[0]) / (2 * _DT_S), float(y[1] - y[0]) / (2 * _DT_S)
+
+    def lidar_model(self) -> LidarModel:
+        """The world's lidar model."""
+        return lidar_model(self.lidar)
 
     def boxes_in_vehicle(self, t: float, max_range_m: float = 120.0) -> list[dict[str, Any]]:
         """Ground truth at `t` (s): boxes in the vehicle frame at t within `max_range_m`."""
@@ -167,14 +240,21 @@ class SynthWorld:
         evx, evy = self.ego_velocity(t)
         out = []
         for obj in self.objects:
-            ox, oy = (float(v) for v in obj.position(t))
+            ox, oy, oyaw = (float(v) for v in obj.pose(t))
             dx, dy = ox - ex, oy - ey
             vx, vy = c * dx + s * dy, -s * dx + c * dy
             if math.hypot(vx, vy) > max_range_m:
                 continue
-            wvx = obj.speed_mps * math.cos(obj.yaw) - evx
-            wvy = obj.speed_mps * math.sin(obj.yaw) - evy
-            yaw = (obj.yaw - eyaw + math.pi) % (2 * math.pi) - math.pi
+            if obj.road is None:
+                ground = [obj.speed_mps * math.cos(obj.yaw - eyaw), obj.speed_mps
+                          * math.sin(obj.yaw - eyaw)]  # fmt: skip
+                wvx = obj.speed_mps * math.cos(obj.yaw) - evx
+                wvy = obj.speed_mps * math.sin(obj.yaw) - evy
+            else:
+                ovx, ovy = obj.velocity(t)
+                ground = [c * ovx + s * ovy, -s * ovx + c * ovy]
+                wvx, wvy = ovx - evx, ovy - evy
+            yaw = (oyaw - eyaw + math.pi) % (2 * math.pi) - math.pi
             out.append(
                 {
                     "id": obj.ident,
@@ -182,11 +262,10 @@ class SynthWorld:
                     "center": [vx, vy, obj.size[2] / 2.0 - LIDAR_HEIGHT_M],
                     "size": list(obj.size),
                     "yaw": yaw,
-                    "velocity": [obj.speed_mps * math.cos(obj.yaw - eyaw), obj.speed_mps
-                                 * math.sin(obj.yaw - eyaw)],
+                    "velocity": ground,
                     "relative_velocity": [c * wvx + s * wvy, -s * wvx + c * wvy],
                 }
-            )  # fmt: skip
+            )
         return out
 
 
@@ -278,8 +357,25 @@ def _cyclist(rng: np.random.Generator) -> tuple[tuple[float, float, float], tupl
     return (length, width, height), parts, 0.5
 
 
-def make_world(rng: np.random.Generator, seconds: float) -> SynthWorld:
-    """Random road users along the stretch the ego drives in `seconds` (plus 100 m ahead)."""
+def make_world(
+    rng: np.random.Generator, seconds: float, *, scene: str = "simple", lidar: str | None = None
+) -> SynthWorld:
+    """A random world for a drive of `seconds`: road users along the stretch the ego drives
+    (plus 100 m ahead), on the `scene`'s road (`SCENES`), seen by the lidar model `lidar`
+    (default: `synth64` for the simple scene, `hdl64e` for the rich one).
+
+    Raises:
+        ValueError: an unknown scene or lidar model.
+    """
+    if scene not in SCENES:
+        raise ValueError(f"scene: unknown {scene!r} (known: {', '.join(SCENES)})")
+    if lidar is not None:
+        lidar_model(lidar)  # names the known models when it is not one
+    if scene == "rich":
+        # Imported here: the scene module builds on this one's types.
+        from replay.synth.scene import make_rich_world  # noqa: PLC0415
+
+        return make_rich_world(rng, seconds, lidar=lidar or "hdl64e")
     x_lo, x_hi = -30.0, EGO_SPEED_MPS * seconds + 100.0
     objects: list[SynthObject] = []
 
@@ -312,7 +408,7 @@ def make_world(rng: np.random.Generator, seconds: float) -> SynthWorld:
             x += rng.uniform(gap_lo, gap_hi)
     # A lead car in the ego lane, keeping the ego's speed.
     add("Car", float(rng.uniform(14.0, 22.0)), 0.0, 0.0, EGO_SPEED_MPS)
-    return SynthWorld(tuple(objects), float(seconds))
+    return SynthWorld(tuple(objects), float(seconds), lidar=lidar or "synth64")
 
 
 def synth_rig() -> Rig:
@@ -352,43 +448,64 @@ def _beam_directions() -> tuple[FloatArray, FloatArray]:
 
 
 def _part_pose(obj: SynthObject, part: tuple[Any, ...], t: FloatArray) -> tuple[FloatArray, ...]:
-    """Road-frame centre (x, y, z arrays) of a part at times t."""
-    ox, oy = obj.position(t)
-    c, s = math.cos(obj.yaw), math.sin(obj.yaw)
-    px = ox + c * part[0] - s * part[1]
-    py = oy + s * part[0] + c * part[1]
-    return px, py, np.full_like(px, part[2])
+    """World centre (x, y, z arrays) of a part and the object's heading at times t."""
+    ox, oy, yaw = obj.pose(t)
+    if obj.road is None:
+        # Scalar trigonometry keeps the original straight world bit for bit the same.
+        c, s = math.cos(obj.yaw), math.sin(obj.yaw)
+        px = ox + c * part[0] - s * part[1]
+        py = oy + s * part[0] + c * part[1]
+    else:
+        px = ox + np.cos(yaw) * part[0] - np.sin(yaw) * part[1]
+        py = oy + np.sin(yaw) * part[0] + np.cos(yaw) * part[1]
+    return px, py, np.full_like(px, part[2]), yaw
+
+
+def _part_material(obj: SynthObject, part: tuple[Any, ...]) -> tuple[float, float, bool]:
+    """(reflectivity, transmittance, retroreflective) of a part: its material's, else the
+    object's reflectivity."""
+    if len(part) > 7 and part[7] is not None:
+        m = MATERIALS[part[7]]
+        return m.reflectivity, m.transmittance, m.retroreflective
+    return obj.reflectivity, 0.0, False
 
 
 def lidar_sweep(
     world: SynthWorld, t0: float, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """One sweep starting at `t0` (s): points (N x 4: x, y, z, intensity; sensor frame at each
-    point's time), per-point offsets from the sweep start (ns) and the hit object ident (-1 for
-    the ground)."""
-    dirs, col_t = _beam_directions()
+    """One sweep of the world's lidar model starting at `t0` (s): points (N x 4: x, y, z,
+    intensity; sensor frame at each point's time), per-point offsets from the sweep start (ns)
+    and the hit object ident (-1 for the ground)."""
+    model = world.lidar_model()
+    physical = model.intensity_model != "flat"
+    dirs, col_t = model.directions()
+    beams, columns = dirs.shape[:2]
     t = t0 + col_t
     ex, ey, eyaw = world.ego_pose(t)
-    depth = np.full((LIDAR_BEAMS, LIDAR_COLUMNS), np.inf)
+    depth = np.full((beams, columns), np.inf)
     # Ground: the sensor is LIDAR_HEIGHT_M above a flat ground, so the range depends on the beam.
     dz = dirs[..., 2]
     with np.errstate(divide="ignore"):
         ground = np.where(dz < -1e-6, LIDAR_HEIGHT_M / -dz, np.inf)
     depth = np.minimum(depth, ground)
-    ident = np.full((LIDAR_BEAMS, LIDAR_COLUMNS), -1, dtype=np.int32)
-    refl = np.full((LIDAR_BEAMS, LIDAR_COLUMNS), 0.15)
-    col_az = math.pi - 2.0 * math.pi * (np.arange(LIDAR_COLUMNS) + 0.5) / LIDAR_COLUMNS
+    ident = np.full((beams, columns), -1, dtype=np.int32)
+    refl = np.full((beams, columns), 0.15)
+    cosine = np.abs(dz) if physical else np.ones((beams, columns))
+    retro = np.zeros((beams, columns), bool)
+    if physical:
+        refl = _ground_reflectivity(world, dirs, depth, ex, ey, eyaw, t)
+    col_az = math.pi - 2.0 * math.pi * (np.arange(columns) + 0.5) / columns
     tm = t0 + 0.05
     mx, my, myaw = (float(v) for v in world.ego_pose(tm))
-    for obj in world.objects:
+    for obj in world.objects + world.scenery:
         ox, oy = (float(v) for v in obj.position(tm))
         dist = math.hypot(ox - mx, oy - my)
-        if dist > LIDAR_MAX_RANGE_M:
+        if dist > model.max_range_m:
             continue
         # Columns that can see the object: its azimuth span plus the motion within a sweep.
         radius = 0.5 * math.hypot(obj.size[0], obj.size[1])
         if dist <= radius + 0.5:
-            cols = np.arange(LIDAR_COLUMNS)
+            cols = np.arange(columns)
         else:
             centre_az = math.atan2(oy - my, ox - mx) - myaw
             half = (
@@ -396,7 +513,7 @@ def lidar_sweep(
                 + (abs(obj.speed_mps) + EGO_SPEED_MPS) * 0.1 / dist
             )
             diff = (col_az - centre_az + math.pi) % (2 * math.pi) - math.pi
-            cols = np.flatnonzero(np.abs(diff) <= half + 4 * 2 * math.pi / LIDAR_COLUMNS)
+            cols = np.flatnonzero(np.abs(diff) <= half + 4 * 2 * math.pi / columns)
         if cols.size == 0:
             continue
         ct = t[cols]
@@ -406,15 +523,20 @@ def lidar_sweep(
         dwy = sy_ * d[..., 0] + cy_ * d[..., 1]
         dwz = d[..., 2]
         for part in obj.parts:
-            px, py, pz = _part_pose(obj, part, ct)
+            px, py, pz, pyaw = _part_pose(obj, part, ct)
             # Ray origin relative to the part centre, rotated into the part frame.
             rx, ry, rz = ex[cols] - px, ey[cols] - py, LIDAR_HEIGHT_M - pz
-            c, s = math.cos(obj.yaw), math.sin(obj.yaw)
+            if obj.road is None:
+                c: Any = math.cos(obj.yaw)
+                s: Any = math.sin(obj.yaw)
+            else:
+                c, s = np.cos(pyaw), np.sin(pyaw)
             lox, loy = c * rx + s * ry, -s * rx + c * ry
             ldx, ldy = c * dwx + s * dwy, -s * dwx + c * dwy
             half_size = (part[3] / 2, part[4] / 2, part[5] / 2)
             t_near = np.full(d.shape[:2], -np.inf)
             t_far = np.full(d.shape[:2], np.inf)
+            face_cos = np.zeros(d.shape[:2]) if physical else None
             slabs = (
                 (lox[None], ldx, half_size[0]),
                 (loy[None], ldy, half_size[1]),
@@ -429,27 +551,67 @@ def lidar_sweep(
                 parallel = np.abs(dd) < 1e-12
                 lo = np.where(parallel, np.where(inside, -np.inf, np.inf), lo)
                 hi = np.where(parallel, np.where(inside, np.inf, -np.inf), hi)
+                if face_cos is not None:
+                    # The slab that sets the entry distance is the face the ray hits.
+                    face_cos = np.where(lo > t_near, np.abs(dd), face_cos)
                 t_near, t_far = np.maximum(t_near, lo), np.minimum(t_far, hi)
             hit = (t_near <= t_far) & (t_near > 0.05)
+            part_refl, transmit, part_retro = _part_material(obj, part)
+            if physical and transmit > 0.0:
+                hit &= ~passes_through(np.full(hit.shape, transmit), rng)
             cand = np.where(hit, t_near, np.inf)
             cur = depth[:, cols]
             better = cand < cur
             depth[:, cols] = np.where(better, cand, cur)
             ident[:, cols] = np.where(better, obj.ident, ident[:, cols])
-            refl[:, cols] = np.where(better, obj.reflectivity, refl[:, cols])
-    noise = rng.normal(0.0, LIDAR_RANGE_NOISE_M, depth.shape)
-    drop = rng.random(depth.shape) < LIDAR_DROPOUT
-    inten_noise = rng.uniform(-0.05, 0.05, depth.shape)
-    keep = np.isfinite(depth) & (depth <= LIDAR_MAX_RANGE_M) & ~drop
-    rng_m = depth + noise
+            refl[:, cols] = np.where(better, part_refl, refl[:, cols])
+            if face_cos is not None:
+                cosine[:, cols] = np.where(better, face_cos, cosine[:, cols])
+                retro[:, cols] = np.where(better, part_retro, retro[:, cols])
+    keep, rng_m, inten = model.returns(depth, refl, cosine, rng, retroreflective=retro)
     # Spinning-lidar order: column by column, beams top to bottom.
     keep_t, rng_t, dirs_t = keep.T, rng_m.T, dirs.transpose(1, 0, 2)
     pts = dirs_t[keep_t] * rng_t[keep_t][:, None]
-    inten = np.clip(refl.T[keep_t] + inten_noise.T[keep_t], 0.0, 1.0)
-    cols_idx = np.broadcast_to(np.arange(LIDAR_COLUMNS)[:, None], keep_t.shape)[keep_t]
+    cols_idx = np.broadcast_to(np.arange(columns)[:, None], keep_t.shape)[keep_t]
     offsets = np.round(col_t[cols_idx] * 1e9).astype(np.int64)
-    out = np.concatenate([pts, inten[:, None]], axis=1).astype(np.float32)
+    out = np.concatenate([pts, inten.T[keep_t][:, None]], axis=1).astype(np.float32)
     return out, offsets, ident.T[keep_t].astype(np.int32)
+
+
+def _ground_reflectivity(
+    world: SynthWorld, dirs: FloatArray, depth: FloatArray, ex: FloatArray, ey: FloatArray,
+    eyaw: FloatArray, t_cols: FloatArray,
+) -> FloatArray:  # fmt: skip
+    """Reflectivity of the ground under each ray: asphalt on the carriageway and the side roads,
+    paint on the lane markings, concrete pavements, grass beyond."""
+    out = np.full(depth.shape, MATERIALS["grass"].reflectivity)
+    hit = np.isfinite(depth) & (depth < 80.0)
+    if not hit.any():
+        return out
+    b, k = np.nonzero(hit)
+    r = depth[b, k]
+    sx, sy = dirs[b, k, 0] * r, dirs[b, k, 1] * r
+    c, s = np.cos(eyaw[k]), np.sin(eyaw[k])
+    gx, gy = ex[k] + c * sx - s * sy, ey[k] + s * sx + c * sy
+    # Ground hits lie within 80 m, so the ego's arc length plus the forward distance is a
+    # starting point the projection converges from.
+    along, lateral = world.road.locate(gx, gy, EGO_SPEED_MPS * float(np.mean(t_cols)) + sx)
+    paved = np.abs(lateral) <= world.road.verge_m
+    road = np.abs(lateral) <= world.road.half_width_m
+    for js in world.road.junctions:
+        side = np.abs(along - js) <= _SIDE_ROAD_HALF_M
+        paved |= side
+        road |= side & (np.abs(lateral) > world.road.half_width_m)
+    value = np.where(paved, MATERIALS["concrete"].reflectivity, out[b, k])
+    value = np.where(road, MATERIALS["asphalt"].reflectivity, value)
+    for ly in _LANE_LINES_M:
+        dashed = abs(ly) < 5.0
+        on = np.abs(lateral - ly) <= 0.08
+        if dashed:
+            on &= np.mod(along, 9.0) < 3.0
+        value = np.where(on & road, MATERIALS["lane_paint"].reflectivity, value)
+    out[b, k] = value
+    return out
 
 
 # -- camera --------------------------------------------------------------------------------------
@@ -476,9 +638,9 @@ def _project(poly_cam: FloatArray, k: FloatArray) -> npt.NDArray[np.int32]:
     return out
 
 
-def _camera_pose(t: float, vehicle_from_camera: RigidTransform) -> FloatArray:
+def _camera_pose(world: SynthWorld, t: float, vehicle_from_camera: RigidTransform) -> FloatArray:
     """4 x 4 camera_from_road at `t` (s); the road frame's ground is z = 0."""
-    x, y, yaw = (float(v) for v in SynthWorld.ego_pose(t))
+    x, y, yaw = (float(v) for v in world.ego_pose(t))
     road_from_vehicle = RigidTransform.from_yaw(yaw, (x, y, LIDAR_HEIGHT_M)).matrix
     out: FloatArray = np.linalg.inv(road_from_vehicle @ vehicle_from_camera.matrix).astype(
         np.float64
@@ -511,21 +673,28 @@ def render_camera(
     *,
     distort: bool = True,
 ) -> tuple[npt.NDArray[np.uint8], list[Box2DTruth]]:
-    """The camera image (BGR uint8) at `t` (s) and the 2D boxes of the visible objects (in the
-    ideal pinhole image; `visible` = unoccluded fraction of the silhouette). With `distort` the
-    image goes through the camera's distortion (the boxes do not)."""
+    """The camera image (BGR uint8) at `t` (s) and the 2D boxes of the visible road users (in
+    the ideal pinhole image; `visible` = unoccluded fraction of the silhouette, scenery
+    included as occluders). With `distort` the image goes through the camera's distortion (the
+    boxes do not); a world with an `Appearance` also gets its exposure, white balance, blur and
+    sensor noise."""
     w, h, k = camera.width, camera.height, camera.k
-    cam_from_road = _camera_pose(t, vehicle_from_camera)
+    look = world.appearance
+    cam_from_road = _camera_pose(world, t, vehicle_from_camera)
     rot, trans = cam_from_road[:3, :3], cam_from_road[:3, 3]
     cam_pos = -rot.T @ trans
     img = np.empty((h, w, 3), np.uint8)
     # Sky gradient above the horizon (the camera is level), grass below.
     horizon = round(k[1, 2])
     rows = np.arange(h, dtype=np.float64)[:, None]
-    sky = np.array([235.0, 200.0, 160.0]) - np.array([60.0, 50.0, 30.0]) * (
-        1 - rows / max(horizon, 1)
-    )
-    img[:] = np.where(rows[..., None] < horizon, sky[:, None, :], np.array([70, 115, 85.0]))
+    if look is None:
+        top, bottom = np.array([175.0, 150.0, 130.0]), np.array([235.0, 200.0, 160.0])
+        grass = np.array([70, 115, 85.0])
+    else:
+        top, bottom = np.array(look.sky_top), np.array(look.sky_horizon)
+        grass = np.array(look.grass)
+    sky = bottom - (bottom - top) * (1 - rows / max(horizon, 1))
+    img[:] = np.where(rows[..., None] < horizon, sky[:, None, :], grass)
     mask = np.zeros((h, w), np.uint16)
     near = 0.3
 
@@ -539,34 +708,31 @@ def render_camera(
         if ident:
             cv2.fillPoly(mask, [pts], ident, cv2.LINE_8, shift=4)
 
-    ex = float(SynthWorld.ego_pose(t)[0])
-    x0, x1 = ex - 5.0, ex + 160.0
-    fill(np.array([[x0, -11, 0], [x1, -11, 0], [x1, 11, 0], [x0, 11, 0]], float), (150, 150, 145))
-    fill(np.array([[x0, -8.5, 0], [x1, -8.5, 0], [x1, 8.5, 0], [x0, 8.5, 0]], float), (85, 85, 88))
-    for ly in (-5.25, -1.75, 1.75, 5.25):
-        if abs(ly) > 5:
-            fill(np.array([[x0, ly - 0.08, 0], [x1, ly - 0.08, 0], [x1, ly + 0.08, 0],
-                           [x0, ly + 0.08, 0]], float), (220, 220, 220))  # fmt: skip
-            continue
-        start = math.floor(x0 / 9.0) * 9.0
-        for xs in np.arange(start, x1, 9.0):
-            fill(np.array([[xs, ly - 0.07, 0], [xs + 3, ly - 0.07, 0], [xs + 3, ly + 0.07, 0],
-                           [xs, ly + 0.07, 0]], float), (220, 220, 220))  # fmt: skip
+    if world.road.is_straight and look is None:
+        _draw_straight_road(world, t, fill)
+    else:
+        _draw_road(world, t, fill, look)
+        if look is not None and look.texture > 0:
+            _texture_ground(img, world, look, cam_from_road, k, horizon, t)
 
+    light = _LIGHT if look is None else np.array(look.light)
+    # The literal pair keeps the simple world's shading bit for bit (1 - 0.45 != 0.55).
+    ambient, diffuse = (0.45, 0.55) if look is None else (look.ambient, 1.0 - look.ambient)
     # Parts far to near (painter's algorithm), only the faces turned towards the camera.
     items = []
-    for obj in world.objects:
+    for obj in world.objects + world.scenery:
         ox, oy = (float(v) for v in obj.position(t))
         c_obj = rot @ np.array([ox, oy, 0.0]) + trans
         if c_obj[2] < -8.0 or np.hypot(c_obj[0], c_obj[2]) > 150.0:
             continue
         for part in obj.parts:
-            px, py, pz = (float(v[()]) for v in _part_pose(obj, part, np.array(t)))
+            px, py, pz, pyaw = (float(v[()]) for v in _part_pose(obj, part, np.array(t)))
             centre = np.array([px, py, pz])
-            items.append((float(np.linalg.norm(centre - cam_pos)), obj, part, centre))
+            items.append((float(np.linalg.norm(centre - cam_pos)), obj, part, centre, pyaw))
     items.sort(key=lambda it: (-it[0], it[1].ident))
-    for _dist, obj, part, centre in items:
-        c, s = math.cos(obj.yaw), math.sin(obj.yaw)
+    for _dist, obj, part, centre, pyaw in items:
+        yaw = obj.yaw if obj.road is None else pyaw
+        c, s = math.cos(yaw), math.sin(yaw)
         r_obj = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         corners = centre + (_CORNER_SIGNS * np.array(part[3:6]) / 2) @ r_obj.T
         normals = _NORMALS @ r_obj.T
@@ -575,7 +741,7 @@ def render_camera(
             quad = corners[list(face)]
             if float(normal @ (cam_pos - quad.mean(0))) <= 0:
                 continue
-            shade = 0.45 + 0.55 * max(0.0, float(normal @ _LIGHT))
+            shade = ambient + diffuse * max(0.0, float(normal @ light))
             fill(quad, tuple(float(v) for v in base * shade), obj.ident + 1)
 
     boxes = _boxes_2d(world, t, rot, trans, k, w, h, mask, near)
@@ -585,7 +751,139 @@ def render_camera(
             cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
             dtype=np.uint8,
         )
+    if look is not None:
+        img = _sensor_effects(img, look, t)
     return np.ascontiguousarray(img, dtype=np.uint8), boxes
+
+
+_Fill = Callable[..., None]
+
+
+def _draw_straight_road(world: SynthWorld, t: float, fill: _Fill) -> None:
+    """The original straight road's surfaces and markings (kept as drawn before, so that the
+    simple world's images stay byte-identical)."""
+    ex = float(world.ego_pose(t)[0])
+    x0, x1 = ex - 5.0, ex + 160.0
+    fill(np.array([[x0, -11, 0], [x1, -11, 0], [x1, 11, 0], [x0, 11, 0]], float), (150, 150, 145))
+    fill(np.array([[x0, -8.5, 0], [x1, -8.5, 0], [x1, 8.5, 0], [x0, 8.5, 0]], float), (85, 85, 88))
+    for ly in _LANE_LINES_M:
+        if abs(ly) > 5:
+            fill(np.array([[x0, ly - 0.08, 0], [x1, ly - 0.08, 0], [x1, ly + 0.08, 0],
+                           [x0, ly + 0.08, 0]], float), (220, 220, 220))  # fmt: skip
+            continue
+        start = math.floor(x0 / 9.0) * 9.0
+        for xs in np.arange(start, x1, 9.0):
+            fill(np.array([[xs, ly - 0.07, 0], [xs + 3, ly - 0.07, 0], [xs + 3, ly + 0.07, 0],
+                           [xs, ly + 0.07, 0]], float), (220, 220, 220))  # fmt: skip
+
+
+def _strip(road: Road, s0: float, s1: float, d0: float, d1: float) -> FloatArray:
+    """A road-aligned quad from arc length s0 to s1 between lateral offsets d0 and d1."""
+    x, y, _ = road.pose([s0, s1, s1, s0], [d0, d0, d1, d1])
+    return np.stack([x, y, np.zeros(4)], axis=1)
+
+
+def _draw_road(world: SynthWorld, t: float, fill: _Fill, look: Appearance | None) -> None:
+    """A curved road in 3 m strips, its lane markings and the junctions' side roads."""
+    road = world.road
+    ego_s = EGO_SPEED_MPS * t
+    pavement = (150, 150, 145) if look is None else look.pavement
+    asphalt = (85, 85, 88) if look is None else look.asphalt
+    lo, hi = ego_s - 6.0, ego_s + 150.0
+    edges = np.arange(lo, hi + 3.0, 3.0)
+    for s0, s1 in itertools.pairwise(edges):
+        fill(_strip(road, s0, s1, -road.verge_m, road.verge_m), pavement)
+        fill(_strip(road, s0, s1, -road.half_width_m, road.half_width_m), asphalt)
+    for js in road.junctions:
+        if not lo - 10.0 <= js <= hi:
+            continue
+        cx, cy, ch = (float(v) for v in road.pose(js))
+        tx, ty, nx, ny = math.cos(ch), math.sin(ch), -math.sin(ch), math.cos(ch)
+        for sign in (-1.0, 1.0):
+            for half, colour, start in (
+                (_SIDE_ROAD_HALF_M + 2.5, pavement, road.verge_m - 0.5),
+                (_SIDE_ROAD_HALF_M, asphalt, road.half_width_m - 0.5),
+            ):
+                quad = [
+                    (cx + tx * a + nx * sign * b, cy + ty * a + ny * sign * b, 0.0)
+                    for a, b in ((-half, start), (half, start), (half, 70.0), (-half, 70.0))
+                ]
+                fill(np.array(quad), colour)
+    paint = (220, 220, 220)
+    for ly in _LANE_LINES_M:
+        if abs(ly) > 5:
+            for s0, s1 in itertools.pairwise(edges):
+                mid = (s0 + s1) / 2
+                if not any(abs(mid - js) < _SIDE_ROAD_HALF_M + 1.5 for js in road.junctions):
+                    fill(_strip(road, s0, s1, ly - 0.08, ly + 0.08), paint)
+            continue
+        for xs in np.arange(math.floor(lo / 9.0) * 9.0, hi, 9.0):
+            fill(_strip(road, xs, xs + 3.0, ly - 0.07, ly + 0.07), paint)
+
+
+def _texture_ground(
+    img: npt.NDArray[np.uint8],
+    world: SynthWorld,
+    look: Appearance,
+    cam_from_road: FloatArray,
+    k: FloatArray,
+    horizon: int,
+    t: float,
+) -> None:
+    """Modulate the ground below the horizon by a value noise fixed to the ground plane (fine
+    grain and larger patches), so the texture moves with the world as a real surface does."""
+    h, w = img.shape[:2]
+    v0 = horizon + 2
+    if v0 >= h:
+        return
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(v0, h, dtype=np.float64))
+    road_from_cam = np.linalg.inv(cam_from_road)
+    cam_height = road_from_cam[2, 3]
+    # The camera is level: a pixel below the horizon sees the ground at this depth.
+    depth = cam_height * k[1, 1] / (v - k[1, 2])
+    xc = (u - k[0, 2]) / k[0, 0] * depth
+    yc = (v - k[1, 2]) / k[1, 1] * depth
+    gx = road_from_cam[0, 0] * xc + road_from_cam[0, 1] * yc + road_from_cam[0, 2] * depth
+    gy = road_from_cam[1, 0] * xc + road_from_cam[1, 1] * yc + road_from_cam[1, 2] * depth
+    gx += road_from_cam[0, 3]
+    gy += road_from_cam[1, 3]
+    fine = _value_noise(gx / 0.12, gy / 0.12, look.salt)
+    coarse = _value_noise(gx / 2.5, gy / 2.5, look.salt + 1)
+    # Far texture averages out in a real image; fade it with depth to avoid aliasing.
+    fade = np.clip(1.0 - depth / 40.0, 0.0, 1.0)
+    factor = 1.0 + look.texture * (0.6 * fine * fade + 0.4 * coarse)
+    part = img[v0:].astype(np.float64) * factor[..., None]
+    img[v0:] = np.clip(part, 0, 255).astype(np.uint8)
+
+
+def _value_noise(x: FloatArray, y: FloatArray, salt: int) -> FloatArray:
+    """Deterministic value noise in [-1, 1] on a unit grid (bilinear between hashed corners)."""
+    ix, iy = np.floor(x), np.floor(y)
+    fx, fy = x - ix, y - iy
+    ix64, iy64 = ix.astype(np.int64), iy.astype(np.int64)
+
+    def corner(ax: npt.NDArray[np.int64], ay: npt.NDArray[np.int64]) -> FloatArray:
+        hsh = (ax * 73856093) ^ (ay * 19349663) ^ (salt * 83492791)
+        hsh = (hsh ^ (hsh >> 13)) * 1274126177
+        return ((hsh >> 8) & 0xFFFF).astype(np.float64) / 32767.5 - 1.0
+
+    a, b = corner(ix64, iy64), corner(ix64 + 1, iy64)
+    c, d = corner(ix64, iy64 + 1), corner(ix64 + 1, iy64 + 1)
+    return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
+
+
+def _sensor_effects(
+    img: npt.NDArray[np.uint8], look: Appearance, t: float
+) -> npt.NDArray[np.uint8]:
+    """Exposure, white balance, optics blur and sensor noise of a randomised camera."""
+    gains = look.gain * np.array(look.white_balance, np.float32)
+    out: npt.NDArray[np.float32] = img.astype(np.float32) * gains
+    if look.blur > 0.05:
+        out = np.asarray(cv2.GaussianBlur(out, (0, 0), look.blur), dtype=np.float32)
+    if look.noise > 0:
+        frame_rng = np.random.default_rng([look.salt, round(t * 1e6)])
+        out += frame_rng.normal(0.0, look.noise, out.shape).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def _boxes_2d(
@@ -601,11 +899,12 @@ def _boxes_2d(
 ) -> list[Box2DTruth]:
     out = []
     for obj in world.objects:
-        ox, oy = (float(v) for v in obj.position(t))
+        ox, oy, oyaw = (float(v) for v in obj.pose(t))
         c_obj = rot @ np.array([ox, oy, obj.size[2] / 2]) + trans
         if c_obj[2] < 0.5 or c_obj[2] > 120.0:
             continue
-        c, s = math.cos(obj.yaw), math.sin(obj.yaw)
+        yaw = obj.yaw if obj.road is None else oyaw
+        c, s = math.cos(yaw), math.sin(yaw)
         r_obj = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         polys = []
         for part in obj.parts:
@@ -712,21 +1011,24 @@ def generate_drive(
     seed: int = 0,
     seconds: float = 10.0,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    scene: str = "simple",
+    lidar: str | None = None,
 ) -> SynthStats:
     """Write a synthetic drive (MCAP, `replay.drive` layout, with the rig and the ground-truth
     channel) to `out_path` and its ground truth beside it (`ground_truth_path`). `seconds` of
     driving at 10 Hz per sensor. `progress(sweeps done, sweeps in all)` is called after each
-    sweep.
+    sweep. `scene` and `lidar` choose the world and the lidar model (`make_world`).
 
     Raises:
-        ValueError: `seconds` is not positive.
+        ValueError: `seconds` is not positive, an unknown scene or lidar model.
         replay.errors.ReplayError: the files cannot be written.
     """
     if not seconds > 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
     out_path = Path(out_path)
     rng = np.random.Generator(np.random.PCG64(seed))
-    world = make_world(rng, seconds)
+    world = make_world(rng, seconds, scene=scene, lidar=lidar)
     rig = synth_rig()
     camera = rig.cameras[CAMERA_NAME]
     assert isinstance(camera, PinholeCamera)

@@ -5,7 +5,8 @@ A `TrainingSource` is a random-access, deterministic sequence of `TrainingSample
 index gives the same arrays) with a `name` and a one-line `describe()`. `open_source` builds one
 from a config entry (a mapping, e.g. one item of a training YAML's `sources:` list):
 
-- `{kind: synthetic, seeds: [0, 1] | {start: 10, count: 20}, seconds: 10.0}`
+- `{kind: synthetic, seeds: [0, 1] | {start: 10, count: 20}, seconds: 10.0, scene: simple |
+  rich, lidar: synth64 | hdl64e | ...}` (`replay.synth.world.make_world`)
 - `{kind: drive, path: drive.mcap}`
 - `{kind: kitti, root: .../kitti_object/training, frames: ["000000"], labels: label_2 |
   pointpillars, reference_dir: ...}` (`frames`, `labels`, `reference_dir` optional)
@@ -84,7 +85,7 @@ class ConcatSource:
 
 _KEYS: dict[str, tuple[set[str], set[str]]] = {
     # kind: (required keys, optional keys); `kind` and `name` are always allowed.
-    "synthetic": ({"seeds"}, {"seconds"}),
+    "synthetic": ({"seeds"}, {"seconds", "scene", "lidar"}),
     "drive": ({"path"}, set()),
     "kitti": ({"root"}, {"frames", "labels", "reference_dir"}),
 }
@@ -153,7 +154,15 @@ def _synthetic(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingS
     seconds = spec.get("seconds", 10.0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise ValueError(f"{where}: seconds: expected a number, got {seconds!r}")
-    return SyntheticSource(_seeds(spec["seeds"], where), float(seconds))
+    scene, lidar = spec.get("scene", "simple"), spec.get("lidar")
+    if not isinstance(scene, str) or not (lidar is None or isinstance(lidar, str)):
+        raise ValueError(f"{where}: scene and lidar: expected names, got {scene!r}, {lidar!r}")
+    try:
+        return SyntheticSource(
+            _seeds(spec["seeds"], where), float(seconds), scene=scene, lidar=lidar
+        )
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _drive(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:

@@ -63,20 +63,29 @@ def _seed_span(seeds: Sequence[int]) -> str:
     return f"seeds {shown}{', ...' if len(seeds) > 6 else ''}"
 
 
-def _road_from_vehicle(t: float) -> FloatArray:
+def _road_from_vehicle(world: SynthWorld, t: float) -> FloatArray:
     """4 x 4 pose of the vehicle in the road frame at `t` (s); z is left at 0 (the vehicle
     stays at one height, so it cancels in every relative motion)."""
-    x, y, yaw = (float(v) for v in SynthWorld.ego_pose(t))
+    x, y, yaw = (float(v) for v in world.ego_pose(t))
     out: FloatArray = RigidTransform.from_yaw(yaw, (x, y, 0.0)).matrix
     return out
 
 
 class SyntheticSource:
-    """Synthetic drives of `seeds`, `seconds` each (10 sweeps a second), as training samples.
+    """Synthetic drives of `seeds`, `seconds` each (10 sweeps a second), of the world `scene`
+    seen by the lidar model `lidar` (`make_world`), as training samples.
 
-    Raises ValueError: no seeds, a negative seed, or `seconds` not positive."""
+    Raises ValueError: no seeds, a negative seed, `seconds` not positive, an unknown scene or
+    lidar model."""
 
-    def __init__(self, seeds: Sequence[int], seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        seconds: float = 10.0,
+        *,
+        scene: str = "simple",
+        lidar: str | None = None,
+    ) -> None:
         self.seeds = tuple(int(s) for s in seeds)
         if not self.seeds:
             raise ValueError("synthetic source: no seeds")
@@ -85,8 +94,12 @@ class SyntheticSource:
         if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"synthetic source: seconds must be > 0, got {seconds}")
         self.seconds = float(seconds)
+        # Checked here, so that a bad name fails when the config is read, not mid-training.
+        make_world(np.random.default_rng(0), 0.1, scene=scene, lidar=lidar)
+        self.scene, self.lidar = scene, lidar
         self.sweeps_per_seed = max(1, round(self.seconds * 10))  # as generate_drive
-        self.name = f"synthetic {_seed_span(self.seeds)}"
+        what = "synthetic" if scene == "simple" else f"synthetic {scene}"
+        self.name = f"{what} {_seed_span(self.seeds)}"
         rig = synth_rig()
         camera = rig.cameras[CAMERA_NAME]
         assert isinstance(camera, PinholeCamera)
@@ -106,7 +119,10 @@ class SyntheticSource:
         """The world of `seed` (built once)."""
         if seed not in self._worlds:
             self._worlds[seed] = make_world(
-                np.random.Generator(np.random.PCG64(seed)), self.seconds
+                np.random.Generator(np.random.PCG64(seed)),
+                self.seconds,
+                scene=self.scene,
+                lidar=self.lidar,
             )
         return self._worlds[seed]
 
@@ -121,14 +137,14 @@ class SyntheticSource:
         t0 = seq * LIDAR_PERIOD_NS * 1e-9
         stamp_ns = START_NS + seq * LIDAR_PERIOD_NS
         raw, offsets_ns, ident = lidar_sweep(world, t0, rng)
-        points = self._deskewed(raw, offsets_ns, t0)
+        points = self._deskewed(world, raw, offsets_ns, t0)
         jitter = int(rng.integers(-_CAMERA_JITTER_NS, _CAMERA_JITTER_NS + 1))
         camera_offset_ns = CAMERA_OFFSET_NS + jitter
         tc = t0 + camera_offset_ns * 1e-9
         image, seen = render_camera(world, tc, self._camera, self._vehicle_from_camera)
         image = self._camera.undistort_image(image)  # what the pipeline's detector sees
         # camera(tc) <- vehicle(tc) <- road <- vehicle(t0)
-        motion = np.linalg.inv(_road_from_vehicle(tc)) @ _road_from_vehicle(t0)
+        motion = np.linalg.inv(_road_from_vehicle(world, tc)) @ _road_from_vehicle(world, t0)
         camera_from_vehicle = self._camera_from_vehicle.matrix @ motion
         hits = np.bincount(ident[ident >= 0], minlength=len(world.objects))
         visible = {b.ident: b.visible for b in seen}
@@ -157,13 +173,16 @@ class SyntheticSource:
 
     @staticmethod
     def _deskewed(
-        raw: npt.NDArray[np.float32], offsets_ns: npt.NDArray[np.int64], t0: float
+        world: SynthWorld,
+        raw: npt.NDArray[np.float32],
+        offsets_ns: npt.NDArray[np.int64],
+        t0: float,
     ) -> npt.NDArray[np.float32]:
         """Points measured from the sensor pose at each point's time, moved to the vehicle frame
         at `t0` with the world's exact ego motion."""
         t = t0 + offsets_ns.astype(np.float64) * 1e-9
-        x, y, yaw = SynthWorld.ego_pose(t)
-        x0, y0, yaw0 = (float(v) for v in SynthWorld.ego_pose(t0))
+        x, y, yaw = world.ego_pose(t)
+        x0, y0, yaw0 = (float(v) for v in world.ego_pose(t0))
         px, py = raw[:, 0].astype(np.float64), raw[:, 1].astype(np.float64)
         c, s = np.cos(yaw), np.sin(yaw)
         rx, ry = c * px - s * py + x - x0, s * px + c * py + y - y0

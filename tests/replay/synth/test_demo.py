@@ -101,3 +101,27 @@ def test_bad_fusion_kinds_and_degradations_are_refused(tmp_path: Path) -> None:
         run_demo(None, seconds=0.5, out_dir=tmp_path, fusion=("frustum",))
     with pytest.raises(ValueError, match="without"):
         run_demo(None, seconds=0.5, out_dir=tmp_path, without="radar")
+
+
+def test_the_demo_runs_the_rich_world_and_scores_vans_as_kitti_does(tmp_path: Path) -> None:
+    report = run_demo(None, seed=3, seconds=0.5, out_dir=tmp_path, scene="rich")
+    assert report.frames == 5
+    assert (tmp_path / "synth_rich_seed3.mcap").is_file()
+    assert report.recall is not None
+    text = format_demo_report(report)
+    for label in ("Car", "Pedestrian", "Cyclist"):
+        assert label in text
+    with pytest.raises(ValueError, match="scene: choose among simple, rich"):
+        run_demo(None, seed=3, seconds=0.5, out_dir=tmp_path, scene="city")
+
+
+def test_a_car_detection_on_a_van_is_neither_a_hit_nor_a_false_positive() -> None:
+    rig = synth_rig()
+    header = Header("detections", 0, 0, "vehicle")
+    van = ReferenceBox("Van", (15.0, 0.0, -0.7), (5.0, 2.0, 2.1), 0.0)
+    dl = DetectionList(header, (_detection(15.2, 0.0),))
+    result = _evaluate(dl, (van, _car(25.0, 3.0)), (1.0, 1.0), rig)
+    assert (len(result.matches), len(result.missed), len(result.false_positives)) == (0, 1, 0)
+    # Elsewhere the same detection is a false positive.
+    result = _evaluate(DetectionList(header, (_detection(5.0, -3.0),)), (van,), (1.0,), rig)
+    assert (len(result.matches), len(result.missed), len(result.false_positives)) == (0, 0, 1)

@@ -165,7 +165,7 @@ def test_camera_transform_carries_the_ego_motion_to_the_camera_stamp(source: Dri
     rig_only = synth_rig().transform("camera/front", "vehicle").matrix
 
     def road_from_vehicle(t: float) -> np.ndarray:
-        x, y, yaw = (float(v) for v in SynthWorld.ego_pose(t))
+        x, y, yaw = (float(v) for v in SynthWorld((), 1.0).ego_pose(t))  # the straight road
         return RigidTransform.from_yaw(yaw, (x, y, 0.0)).matrix
 
     for i in (1, 5, 9):
