@@ -600,6 +600,14 @@ def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         default=2,
         help="Ray Train workers, one CPU each (with --ray-address)",
     )
+    p.add_argument(
+        "--prepare-workers",
+        metavar="N",
+        type=positive_int,
+        default=1,
+        help="processes preparing the samples (rendering, ray casting, painting) before the "
+        "steps; the same samples either way",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -60,6 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 log=lambda text: print(text, file=sys.stderr),
                 ray_address=args.ray_address,
                 workers=args.workers,
+                prepare_workers=args.prepare_workers,
             )
         except ValueError as e:
             raise PerceptionError(str(e)) from e

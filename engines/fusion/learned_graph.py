@@ -93,7 +93,9 @@ class LearnedFusionNet(nn.Module):
         feats = (x * member.unsqueeze(-1)).amax(dim=2)  # [B, P, C]
         nx, ny = self.config.grid_size
         c = feats.shape[-1]
-        canvas = torch.zeros(b, c, nx * ny + 1, dtype=feats.dtype, device=feats.device)
+        # A zero canvas derived from the data: a torch.zeros of this static shape is folded
+        # into a 6 MB constant of the ONNX export (the features are finite: ReLU outputs).
+        canvas = (feats.sum(dim=(1, 2), keepdim=True) * 0.0).expand(b, c, nx * ny + 1)
         index = pillar_cells.reshape(b, 1, p).expand(b, c, p)
         canvas = canvas.scatter(2, index, feats.transpose(1, 2))
         return canvas[:, :, : nx * ny].reshape(b, c, nx, ny)

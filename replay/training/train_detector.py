@@ -2,7 +2,8 @@
 
     python -m replay.training.train_detector --seed 0 --out engines/models/synth_detector.onnx
 
-Renders `--images` camera images of random synthetic worlds (replay.synth.world, ideal pinhole: the
+Renders `--images` camera images of random synthetic worlds (`--scenes`, by default the simple and
+the rich world in turn; replay.synth.world, ideal pinhole: the
 pipeline undistorts before the detector), letterboxes them as the YOLOX preprocessing does
 (the box of an object cut off by the image edge is extended past that edge by `EDGE_EXTEND_PX`,
 so the predicted box reaches the edge once clipped: the fusion engine anchors such an object
@@ -67,11 +68,24 @@ def _extend_cut(box: Box2DTruth, width: int, height: int) -> tuple[float, float,
     )
 
 
+#: The rich world's labels the detector's classes take in: a van is boxed as a car (as a COCO
+#: detector does); a truck is ignored (neither positive nor negative).
+_LABEL_AS = {"Van": "Car"}
+
+
+def _class_id(label: str, visible: float) -> int:
+    name = _LABEL_AS.get(label, label)
+    if visible < _MIN_VISIBLE or name not in CLASS_IDS:
+        return -1
+    return CLASS_IDS[name]
+
+
 def render_dataset(
-    count: int, seed: int
+    count: int, seed: int, scenes: tuple[str, ...] = ("simple",)
 ) -> tuple[npt.NDArray[np.uint8], list[npt.NDArray[np.float32]]]:
     """`count` letterboxed renders (N, H, W, 3) and their boxes (M x 5: x1 y1 x2 y2 class, input
-    pixels, sides cut off by the image edge extended past it; class -1 = ignore: too occluded)."""
+    pixels, sides cut off by the image edge extended past it; class -1 = ignore: too occluded
+    or not a class), 20 from each world, the worlds taking turns through `scenes`."""
     rng = np.random.Generator(np.random.PCG64(seed))
     rig = synth_rig()
     camera = rig.cameras[CAMERA_NAME]
@@ -82,13 +96,13 @@ def render_dataset(
     world = make_world(rng, 30.0)
     for i in range(count):
         if i % per_world == 0:
-            world = make_world(rng, 30.0)
+            world = make_world(rng, 30.0, scene=scenes[(i // per_world) % len(scenes)])
         t = float(rng.uniform(0.0, 30.0))
         image, boxes = render_camera(world, t, camera, vehicle_from_camera, distort=False)  # type: ignore[arg-type]
         images[i], r = letterbox(image)
         rows = [
             [*(v * r for v in _extend_cut(b, image.shape[1], image.shape[0])),
-             CLASS_IDS[b.label] if b.visible >= _MIN_VISIBLE else -1]
+             _class_id(b.label, b.visible)]
             for b in boxes
             if b.visible > 0.02
         ]  # fmt: skip
@@ -163,13 +177,20 @@ def _loss(
 
 
 def train(
-    *, seed: int, images: int, steps: int, batch: int, lr: float = 3e-3, log: bool = True
+    *,
+    seed: int,
+    images: int,
+    steps: int,
+    batch: int,
+    lr: float = 3e-3,
+    log: bool = True,
+    scenes: tuple[str, ...] = ("simple",),
 ) -> TinyYolox:
-    """A trained model (deterministic for a seed on a given machine)."""
+    """A trained model (deterministic for a seed on a given machine) on renders of `scenes`."""
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     t0 = time.monotonic()
-    data, boxes = render_dataset(images, seed)
+    data, boxes = render_dataset(images, seed, scenes)
     targets = [build_targets(b) for b in boxes]
     obj_all = torch.from_numpy(np.stack([t["obj"] for t in targets]))
     reg_all = torch.from_numpy(np.stack([t["reg"] for t in targets]))
@@ -221,9 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument(
+        "--scenes",
+        default="simple,rich",
+        help="synthetic worlds to render, comma-separated, taking turns (simple, rich)",
+    )
     args = parser.parse_args(argv)
+    scenes = tuple(s.strip() for s in args.scenes.split(",") if s.strip())
     t0 = time.monotonic()
-    model = train(seed=args.seed, images=args.images, steps=args.steps, batch=args.batch)
+    model = train(
+        seed=args.seed, images=args.images, steps=args.steps, batch=args.batch, scenes=scenes
+    )
     export(model, args.out)
     print(
         f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) "

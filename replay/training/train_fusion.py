@@ -30,13 +30,10 @@ import numpy.typing as npt
 import torch
 import yaml
 
-from engines.camera.detector import CameraDetector
-from engines.factory import EngineFactory
 from engines.fusion.learned_config import LearnedFusionConfig
 from engines.fusion.learned_graph import LearnedFusionNet, decode_heads, export_learned_fusion_onnx
 from engines.fusion.learned_runner import DEFAULT_SCORE_THRESHOLD
 from engines.fusion.pillars import pillarize
-from engines.registry import PACKAGED_MODELS_DIR
 from perception.msgs.types import Detection3D
 from replay.evaluation import (
     CLASS_MATCH_DISTANCE_M,
@@ -48,7 +45,7 @@ from replay.evaluation import (
     merge_results,
     score_frame,
 )
-from replay.training.fusion_config import CameraPaintConfig, FusionTrainConfig
+from replay.training.fusion_config import FusionTrainConfig
 from replay.training.fusion_data import (
     Detect,
     PreparedSample,
@@ -58,6 +55,7 @@ from replay.training.fusion_data import (
     prepare,
 )
 from replay.training.gt_sampling import GtSampler
+from replay.training.parallel_prepare import build_painter, prepare_in_workers
 from replay.training.sources import open_source
 
 __all__ = [
@@ -78,20 +76,6 @@ REGRESSION_WEIGHT = 1.0
 VELOCITY_WEIGHT = 0.2
 
 Progress = Callable[[int, int, float], None]
-
-
-def build_painter(camera: CameraPaintConfig, cache_dir: Path | None = None) -> Detect | None:
-    """The detector that paints training points (``None`` for ``model: none``).
-
-    Raises:
-        engines.errors.ModelError / EngineError: the model cannot be found or loaded.
-    """
-    if camera.model == "none":
-        return None
-    path = PACKAGED_MODELS_DIR / "synth_detector.onnx" if camera.model == "synth" else camera.model
-    engine = EngineFactory(model_cache_dir=cache_dir).camera_encoder(path)
-    detector = CameraDetector(engine, kind=camera.kind, score_threshold=camera.score_threshold)
-    return detector.detect
 
 
 def prepare_sources(
@@ -385,11 +369,23 @@ def _prepare(
     prepare_progress: Callable[[int, int], None] | None,
     say: Callable[[str], None],
     model_cache_dir: Path | None,
+    workers: int = 1,
 ) -> _Prepared:
     painter = build_painter(config.camera, model_cache_dir)
-    train_set = prepare_sources(
-        config.train_sources, config.base_dir, painter, config.model, prepare_progress
-    )
+    if workers > 1:
+        train_set = prepare_in_workers(
+            config.train_sources,
+            config.base_dir,
+            config.camera,
+            config.model,
+            workers,
+            cache_dir=model_cache_dir,
+            progress=prepare_progress,
+        )
+    else:
+        train_set = prepare_sources(
+            config.train_sources, config.base_dir, painter, config.model, prepare_progress
+        )
     if not train_set:
         raise ValueError("training config: data.train holds no sample")
     val_set = prepare_sources(config.val_sources, config.base_dir, painter, config.model)
@@ -408,9 +404,12 @@ def train(
     model_cache_dir: Path | None = None,
     ray_address: str | None = None,
     workers: int = 2,
+    prepare_workers: int = 1,
 ) -> TrainResult:
     """Trains the learned fusion engine of ``config`` into ``out_dir`` (see the module
     docstring); ``resume`` continues from ``out_dir/checkpoints/last.pt``.
+    ``prepare_workers`` > 1 prepares the training samples in that many processes (the same
+    samples, sooner: ``replay.training.parallel_prepare``).
 
     With ``ray_address`` (``local`` starts a Ray instance on this machine; else ``auto`` or
     ``ray://head:10001``) the steps run data-parallel on Ray Train: ``workers`` workers each
@@ -429,7 +428,7 @@ def train(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if resume:
         _check_resume(out_dir / "checkpoints" / "last.pt", config)
-    prepared = _prepare(config, prepare_progress, say, model_cache_dir)
+    prepared = _prepare(config, prepare_progress, say, model_cache_dir, prepare_workers)
     if ray_address is None:
         return _train_loop(config, prepared, out_dir, resume=resume, progress=progress, say=say)
     return _train_on_ray(

@@ -137,6 +137,18 @@ def test_cli_refuses_bad_configs_and_a_second_run_in_one_folder(tmp_path: Path) 
 def test_the_packaged_training_config_loads() -> None:
     config = load_train_config(Path(__file__).parents[3] / "configs" / "train_learned_fusion.yaml")
     assert config.model.classes == ("Car", "Pedestrian", "Cyclist")
-    seeds = config.train_sources[0]["seeds"]
-    assert seeds["start"] >= 10  # seeds 0-9 are kept for evaluation
+    for source in config.train_sources:
+        assert source["seeds"]["start"] >= 10  # seeds 0-9 are kept for evaluation
     np.testing.assert_equal(config.model.grid_size, (140, 180))
+
+
+def test_the_packaged_model_was_trained_by_the_packaged_config() -> None:
+    """engines/models/learned_fusion.* is what `perception train
+    configs/train_learned_fusion.yaml` writes: the same training config, the same graph."""
+    root = Path(__file__).parents[3]
+    meta = yaml.safe_load((root / "engines" / "models" / "learned_fusion.yaml").read_text())
+    config = load_train_config(root / "configs" / "train_learned_fusion.yaml")
+    as_written = json.loads(json.dumps(config.to_dict()))  # tuples as the YAML's lists
+    assert meta["trained"]["config"] == as_written
+    assert meta["model"] == as_written["model"]
+    assert set(meta["score_thresholds"]) == set(config.model.classes)
