@@ -23,6 +23,7 @@ given Generator state gives the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
@@ -445,6 +446,24 @@ _VLP32C_ELEVATIONS_DEG, _VLP32C_LASER_IDS = _rows(_VLP32C_VERT_DEG)
 _VLP16_ELEVATIONS_DEG, _VLP16_LASER_IDS = _rows(_VLP16_VERT_DEG)
 
 
+#: Velodyne HDL-64E S2 at 10 Hz as KITTI recorded it: ~0.17 deg azimuth steps (the datasheet's
+#: 1.33 M points/s over 64 lasers at 10 Hz is ~2083 firings a turn, which is also what KITTI's
+#: clouds hold, ~120 k points a scan, ~2000 a ring); half the ray-casting cost of `hdl64e-fine`.
+_HDL64E = LidarModel(
+    name="hdl64e",
+    columns=2083,
+    max_range_m=120.0,
+    min_range_m=0.9,
+    range_noise_m=0.02,
+    dropout=0.005,
+    intensity_model="lambertian",
+    intensity_noise=0.02,
+    detection_range_m=150.0,
+    elevations_deg=_HDL64E_ELEVATIONS_DEG,
+    laser_ids=_HDL64E_LASER_IDS,
+)
+
+
 def _profiles(*models: LidarModel) -> Mapping[str, LidarModel]:
     return MappingProxyType({m.name: m for m in models})
 
@@ -470,36 +489,8 @@ LIDAR_MODELS: Mapping[str, LidarModel] = _profiles(
     # ~36 m (KITTI-like road coverage), while targets facing the sensor are lost only when dark
     # and far (tyres at 100 m: ~1/2). The datasheet's "50 m on pavement" is a conservative
     # guaranteed figure.
-    LidarModel(
-        name="hdl64e-fine",
-        columns=4000,
-        max_range_m=120.0,
-        min_range_m=0.9,
-        range_noise_m=0.02,
-        dropout=0.005,
-        intensity_model="lambertian",
-        intensity_noise=0.02,
-        detection_range_m=150.0,
-        elevations_deg=_HDL64E_ELEVATIONS_DEG,
-        laser_ids=_HDL64E_LASER_IDS,
-    ),
-    # The same head at half the azimuth density, ~0.17 deg: the datasheet's 1.33 M points/s over
-    # 64 lasers at 10 Hz is ~2083 firings a turn, which is also what KITTI's clouds hold
-    # (~120 k points a scan, ~2000 a ring): KITTI's sensor as recorded, and half the
-    # ray-casting cost of `hdl64e-fine`.
-    LidarModel(
-        name="hdl64e",
-        columns=2083,
-        max_range_m=120.0,
-        min_range_m=0.9,
-        range_noise_m=0.02,
-        dropout=0.005,
-        intensity_model="lambertian",
-        intensity_noise=0.02,
-        detection_range_m=150.0,
-        elevations_deg=_HDL64E_ELEVATIONS_DEG,
-        laser_ids=_HDL64E_LASER_IDS,
-    ),
+    dataclasses.replace(_HDL64E, name="hdl64e-fine", columns=4000),
+    _HDL64E,
     # Velodyne VLP-16 at 10 Hz: 0.2 deg azimuth, +-3 cm, 100 m. detection_range_m here and below
     # scales the HDL-64E tuning by the sensors' rated ranges (an assumption, not a measurement).
     LidarModel(

@@ -7,7 +7,8 @@ few coloured parts) moving at constant velocity. The vehicle frame is the lidar 
 `LIDAR_HEIGHT_M` above the ground like the KITTI Velodyne, so KITTI priors hold.
 
 Sensors (KITTI-raw-like timing; all stamps integer ns):
-- lidar `lidar`: 64 beams (+2 .. -24.8 deg), `LIDAR_COLUMNS` columns per turn at 10 Hz, turning
+- lidar `lidar`: 64 beams (+2 .. -24.8 deg), 1024 columns per turn at 10 Hz (the `synth64`
+  model of `replay.synth.lidar_model`; the rich world's is KITTI's HDL-64E), turning
   clockwise from the rear, per-point time offsets from the sweep start (the stamp), ray-cast
   against the object parts and the ground, Gaussian range noise and random dropouts;
 - camera `camera/front`: 1242 x 375 pinhole with a small plumb-bob distortion, rendered with
@@ -76,12 +77,7 @@ CAMERA_STREAM = "camera/front"
 GNSS_STREAM = "gnss"
 #: Lidar (= vehicle origin) height above the ground, m (KITTI Velodyne).
 LIDAR_HEIGHT_M = 1.73
-LIDAR_BEAMS = 64
-LIDAR_COLUMNS = 1024
 LIDAR_PERIOD_NS = 100_000_000
-LIDAR_MAX_RANGE_M = 120.0
-LIDAR_RANGE_NOISE_M = 0.02
-LIDAR_DROPOUT = 0.03
 #: Nominal camera stamp after the sweep start (ns): the lidar faces forward at mid-sweep.
 CAMERA_OFFSET_NS = 62_000_000
 CAMERA_JITTER_NS = 2_000_000
@@ -428,23 +424,6 @@ def synth_rig() -> Rig:
 
 
 # -- lidar ---------------------------------------------------------------------------------------
-
-
-def _beam_directions() -> tuple[FloatArray, FloatArray]:
-    """Unit directions (beams, columns, 3) in the sensor frame and column time offsets (s)."""
-    elev = np.radians(np.linspace(2.0, -24.8, LIDAR_BEAMS))
-    col_t = (np.arange(LIDAR_COLUMNS) + 0.5) / LIDAR_COLUMNS * LIDAR_PERIOD_NS * 1e-9
-    az = math.pi - 2.0 * math.pi * (np.arange(LIDAR_COLUMNS) + 0.5) / LIDAR_COLUMNS
-    ce = np.cos(elev)[:, None]
-    dirs = np.stack(
-        [
-            ce * np.cos(az)[None],
-            ce * np.sin(az)[None],
-            np.broadcast_to(np.sin(elev)[:, None], (LIDAR_BEAMS, LIDAR_COLUMNS)),
-        ],
-        axis=-1,
-    )
-    return dirs, col_t
 
 
 def _part_pose(obj: SynthObject, part: tuple[Any, ...], t: FloatArray) -> tuple[FloatArray, ...]:

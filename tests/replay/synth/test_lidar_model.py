@@ -4,6 +4,7 @@ calibration; the Lambertian return model orders intensities and losses the way p
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,24 @@ from replay.synth.lidar_model import (
     lidar_model,
     passes_through,
 )
-from replay.synth.world import _beam_directions
+
+
+def _original_directions() -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic world's sensor as it was written before the lidar models existed."""
+    beams, columns = 64, 1024
+    elev = np.radians(np.linspace(2.0, -24.8, beams))
+    col_t = (np.arange(columns) + 0.5) / columns * 100_000_000 * 1e-9
+    az = math.pi - 2.0 * math.pi * (np.arange(columns) + 0.5) / columns
+    ce = np.cos(elev)[:, None]
+    dirs = np.stack(
+        [
+            ce * np.cos(az)[None],
+            ce * np.sin(az)[None],
+            np.broadcast_to(np.sin(elev)[:, None], (beams, columns)),
+        ],
+        axis=-1,
+    )
+    return dirs, col_t
 
 
 def _noise_free(model: LidarModel) -> LidarModel:
@@ -27,7 +45,7 @@ def _noise_free(model: LidarModel) -> LidarModel:
 
 def test_synth64_directions_are_bit_identical_to_the_world() -> None:
     dirs, col_t = lidar_model("synth64").directions()
-    ref_dirs, ref_t = _beam_directions()
+    ref_dirs, ref_t = _original_directions()
     assert dirs.shape == ref_dirs.shape == (64, 1024, 3)
     assert dirs.tobytes() == ref_dirs.tobytes()
     assert col_t.tobytes() == ref_t.tobytes()
