@@ -111,9 +111,11 @@ def test_latency_applies_the_estimated_sensor_clock_offset(
             # Never the 300 ms the clocks disagree by; never more than what the test measured;
             # at least the work the node did on it.
             assert dl.latency_ns <= true_latency + 1_000_000, (dl.latency_ns, true_latency)
-            # Less up to 2 ms: the offset is a median of chunk minima of the transport delay,
-            # which may exceed this sweep's own delay by their spread (~1 ms for 2 MB on ipc).
-            assert dl.latency_ns >= _work_ns(dl) - 2_000_000, (index, dl.latency_ns)
+            # Less by up to the delay's spread: the offset is a median of chunk minima of the
+            # transport delay, which may exceed this sweep's own delay (~1 ms for 2 MB on ipc
+            # on a quiet machine; a loaded CI machine measured 4.5 ms). 10 ms still tells an
+            # applied offset from the 300 ms error.
+            assert dl.latency_ns >= _work_ns(dl) - 10_000_000, (index, dl.latency_ns)
     (offset,) = [c.offset_ns for c in diagnostics.clocks if c.stream == "lidar/top"]
     assert offset == pytest.approx(SENSOR_BEHIND_NS, abs=20_000_000)
 
