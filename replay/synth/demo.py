@@ -58,8 +58,8 @@ from replay.synth.world import (
     CAMERA_OFFSET_NS,
     CAMERA_STREAM,
     LIDAR_STREAM,
-    SCENES,
     GroundTruthFrame,
+    check_world_options,
     generate_drive,
     ground_truth_path,
     read_ground_truth,
@@ -429,8 +429,7 @@ def run_demo(
         raise ValueError(f"fusion: choose among {', '.join(FUSION_KINDS)}, got {list(fusion)}")
     if without is not None and without not in DEGRADATIONS:
         raise ValueError(f"without: choose among {', '.join(DEGRADATIONS)}, got {without!r}")
-    if scene not in SCENES:
-        raise ValueError(f"scene: choose among {', '.join(SCENES)}, got {scene!r}")
+    check_world_options(scene)
     out_dir = check_output_dir(Path(out_dir), "the demo's output")
     detector = CameraDetector(
         EngineFactory().camera_encoder(model_path or SYNTH_DETECTOR_PATH, threads=num_threads),

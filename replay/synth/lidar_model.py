@@ -41,7 +41,6 @@ __all__ = [
     "LidarModel",
     "LidarReturns",
     "Material",
-    "incidence_cosine",
     "lidar_model",
     "passes_through",
 ]
@@ -159,23 +158,6 @@ def passes_through(transmittance: npt.ArrayLike, rng: np.random.Generator) -> Bo
     if np.any((t < 0.0) | (t > 1.0)) or not np.all(np.isfinite(t)):
         raise ValueError("transmittance must be in [0, 1]")
     out: BoolArray = rng.random(t.shape) < t
-    return out
-
-
-def incidence_cosine(directions: npt.ArrayLike, normals: npt.ArrayLike) -> FloatArray:
-    """Cosine of the incidence angle between rays and surface normals (both (..., 3), any frame
-    they share; neither needs to be unit length; the normal may face either way), in [0, 1].
-
-    For the flat ground seen from the sensor frame the normal is (0, 0, 1), so the cosine is the
-    ray's -z component.
-    """
-    d = np.asarray(directions, dtype=np.float64)
-    n = np.asarray(normals, dtype=np.float64)
-    dot = np.abs(np.sum(d * n, axis=-1))
-    norm = np.linalg.norm(d, axis=-1) * np.linalg.norm(n, axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(norm > 0.0, dot / norm, 0.0)
-    out: FloatArray = np.clip(cos, 0.0, 1.0)
     return out
 
 

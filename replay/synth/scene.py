@@ -28,6 +28,7 @@ from replay.synth.world import (
     Appearance,
     SynthObject,
     SynthWorld,
+    ego_road_coordinates,
 )
 
 __all__ = ["ROAD_USER_LABELS", "make_rich_world"]
@@ -162,8 +163,8 @@ class _Builder:
     def __init__(self, rng: np.random.Generator, road: Road) -> None:
         self.rng, self.road = rng, road
         self.users: list[SynthObject] = []
-        self.scenery: list[tuple[str, tuple[float, float, float], float, float, float,
-                                 tuple[Part, ...], float]] = []  # fmt: skip
+        self.scenery: list[tuple[str, tuple[float, float, float], tuple[float, float, float],
+                                 tuple[Part, ...]]] = []  # fmt: skip
 
     def user(self, kind: str, s: float, d: float, yaw: float, speed: float) -> SynthObject:
         size, parts, refl = _MAKERS[kind](self.rng)
@@ -179,14 +180,14 @@ class _Builder:
         parts: tuple[Part, ...],
     ) -> None:
         """Scenery at road coordinates `where` = (s, d, heading relative to the road)."""
-        s, d, yaw = where
-        self.scenery.append((label, size, s, d, yaw, parts, 0.3))
+        self.scenery.append((label, size, where, parts))
 
     def world(self, seconds: float, appearance: Appearance, lidar: str) -> SynthWorld:
         base = len(self.users)
+        # Every scenery part names its material; the reflectivity is only the fallback.
         scenery = tuple(
-            SynthObject(base + i, label, size, s, d, yaw, 0.0, parts, refl, self.road)
-            for i, (label, size, s, d, yaw, parts, refl) in enumerate(self.scenery)
+            SynthObject(base + i, label, size, s, d, yaw, 0.0, parts, 0.3, self.road)
+            for i, (label, size, (s, d, yaw), parts) in enumerate(self.scenery)
         )
         return SynthWorld(tuple(self.users), float(seconds), self.road, scenery, appearance,
                           lidar)  # fmt: skip
@@ -196,13 +197,21 @@ def _near_junction(road: Road, s: float, clear: float = _JUNCTION_CLEAR_M) -> bo
     return any(abs(s - js) < clear for js in road.junctions)
 
 
+def _stream_span(
+    lo: float, hi: float, yaw: float, speed: float, seconds: float
+) -> tuple[float, float]:
+    """Where a stream moving along the road (relative heading 0 or pi) starts and ends so that
+    the stretch [lo, hi] stays populated for the whole drive."""
+    along = math.cos(yaw) * speed
+    return (lo - along * seconds, hi) if along > 0 else (lo, hi - along * seconds)
+
+
 def _traffic(b: _Builder, lo: float, hi: float, seconds: float) -> None:
     rng = b.rng
     # (lateral offset, relative heading, speed range) of the two driving lanes.
     for d, yaw, speeds in ((-_LANE_M, 0.0, (6.5, 10.0)), (_LANE_M, math.pi, (5.0, 9.0))):
         speed = float(rng.uniform(*speeds))
-        along = math.cos(yaw) * speed
-        s_lo, s_hi = (lo - along * seconds, hi) if along > 0 else (lo, hi - along * seconds)
+        s_lo, s_hi = _stream_span(lo, hi, yaw, speed, seconds)
         s = s_lo + float(rng.uniform(0.0, 25.0))
         while s < s_hi:
             obj = b.user(_vehicle_kind(rng), s, d + float(rng.normal(0.0, 0.12)), yaw, speed)
@@ -238,16 +247,14 @@ def _vulnerable(b: _Builder, lo: float, hi: float, seconds: float) -> None:
     for sign in (-1.0, 1.0):
         yaw = 0.0 if sign < 0 else math.pi
         speed = float(rng.uniform(3.0, 6.5))
-        along = math.cos(yaw) * speed
-        s_lo, s_hi = (lo - along * seconds, hi) if along > 0 else (lo, hi - along * seconds)
+        s_lo, s_hi = _stream_span(lo, hi, yaw, speed, seconds)
         s = s_lo + float(rng.uniform(0.0, 20.0))
         while s < s_hi:
             b.user("Cyclist", s, sign * _BIKE_M + float(rng.normal(0, 0.1)), yaw, speed)
             s += float(rng.uniform(12.0, 40.0))
         for offset, heading in ((_WALK_NEAR_M, yaw), (_WALK_FAR_M, math.pi - yaw)):
             speed = float(rng.uniform(0.9, 1.6))
-            along = math.cos(heading) * speed
-            s_lo, s_hi = (lo - along * seconds, hi) if along > 0 else (lo, hi - along * seconds)
+            s_lo, s_hi = _stream_span(lo, hi, heading, speed, seconds)
             s = s_lo + float(rng.uniform(0.0, 8.0))
             while s < s_hi:
                 b.user("Pedestrian", s, sign * offset, heading, speed)
@@ -289,12 +296,11 @@ def _crossings(b: _Builder, lo: float, hi: float, seconds: float) -> None:
 def _clear(s: float, pd: np.ndarray, times: np.ndarray, others: list[SynthObject]) -> bool:
     """Whether a pedestrian crossing at arc length `s`, lateral offsets `pd` at `times`, keeps
     clear of the ego vehicle and `others` (road coordinates; a margin around each box)."""
-    ego_s = EGO_SPEED_MPS * times
+    ego_s = ego_road_coordinates(times)[0]
     if np.any((np.abs(ego_s - s) < 10.0) & (np.abs(pd) < 3.0)):
         return False
     for o in others:
-        os_ = o.x0 + o.speed_mps * math.cos(o.yaw) * times
-        od = o.y0 + o.speed_mps * math.sin(o.yaw) * times
+        os_, od = o.track(times)
         reach = max(o.size[0], o.size[1]) / 2
         if np.any((np.abs(os_ - s) < reach + 1.2) & (np.abs(pd - od) < reach + 1.0)):
             return False

@@ -54,11 +54,14 @@ __all__ = [
     "GNSS_STREAM",
     "LIDAR_HEIGHT_M",
     "LIDAR_STREAM",
+    "SCENES",
     "Box2DTruth",
     "GroundTruthFrame",
     "SynthObject",
     "SynthStats",
     "SynthWorld",
+    "check_world_options",
+    "ego_road_coordinates",
     "generate_drive",
     "ground_truth_path",
     "lidar_sweep",
@@ -115,12 +118,31 @@ _LIGHT = np.array([0.4, 0.3, 0.86]) / np.linalg.norm([0.4, 0.3, 0.86])
 _DT_S = 0.005
 #: Lane lines (lateral offsets, m): dashed between the lanes, solid at the carriageway's edges.
 _LANE_LINES_M = (-5.25, -1.75, 1.75, 5.25)
+#: The flat look's road colours (b, g, r): pavement, asphalt, lane paint.
+_PAVEMENT_BGR = (150, 150, 145)
+_ASPHALT_BGR = (85, 85, 88)
+_PAINT_BGR = (220, 220, 220)
 #: Half width (m) of a junction's side road.
 _SIDE_ROAD_HALF_M = 3.5
 #: The worlds `make_world` builds: the original straight road with road users only, and the
 #: rich world (curved roads, junctions, clutter, vans and trucks, crossing pedestrians,
 #: randomised appearance; `replay.synth.scene`).
 SCENES = ("simple", "rich")
+
+
+def ego_road_coordinates(t: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """Road coordinates (s, d) (m) of the vehicle origin at `t` (s): it drives along the road
+    at `EGO_SPEED_MPS`, weaving gently inside its lane."""
+    tt = np.asarray(t, dtype=np.float64)
+    return EGO_SPEED_MPS * tt, _WEAVE_M * np.sin(_WEAVE_RADPS * tt)
+
+
+def _central_velocity(
+    pose: Callable[[FloatArray], tuple[FloatArray, ...]], t: float
+) -> tuple[float, float]:
+    """World velocity (m/s) at `t` (s) of a pose along a curved road (central differences)."""
+    x, y = pose(np.array([t - _DT_S, t + _DT_S]))[:2]
+    return float(x[1] - x[0]) / (2 * _DT_S), float(y[1] - y[0]) / (2 * _DT_S)
 
 
 @dataclass(frozen=True)
@@ -149,15 +171,20 @@ class SynthObject:
     def pose(self, t: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
         """World (x, y) of the ground-level centre and the heading (rad) at `t` (s after the
         drive start)."""
-        tt = np.asarray(t, dtype=np.float64)
+        a, b = self.track(t)
         if self.road is None:
-            x = self.x0 + self.speed_mps * math.cos(self.yaw) * tt
-            y = self.y0 + self.speed_mps * math.sin(self.yaw) * tt
-            return x, y, np.full_like(x, self.yaw)
-        s = self.x0 + self.speed_mps * math.cos(self.yaw) * tt
-        d = self.y0 + self.speed_mps * math.sin(self.yaw) * tt
-        x, y, h = self.road.pose(s, d)
+            return a, b, np.full_like(a, self.yaw)
+        x, y, h = self.road.pose(a, b)
         return x, y, h + self.yaw
+
+    def track(self, t: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """(`x0`, `y0`) moved at `speed_mps` along `yaw` for `t` (s): the world position
+        without a road, the road coordinates (s, d) on one."""
+        tt = np.asarray(t, dtype=np.float64)
+        return (
+            self.x0 + self.speed_mps * math.cos(self.yaw) * tt,
+            self.y0 + self.speed_mps * math.sin(self.yaw) * tt,
+        )
 
     def position(self, t: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
         """World (x, y) of the ground-level centre at `t` (s after the drive start)."""
@@ -168,8 +195,7 @@ class SynthObject:
         """World velocity (m/s) at `t` (s)."""
         if self.road is None or self.speed_mps == 0.0:
             return self.speed_mps * math.cos(self.yaw), self.speed_mps * math.sin(self.yaw)
-        x, y, _ = self.pose(np.array([t - _DT_S, t + _DT_S]))
-        return float(x[1] - x[0]) / (2 * _DT_S), float(y[1] - y[0]) / (2 * _DT_S)
+        return _central_velocity(self.pose, t)
 
 
 @dataclass(frozen=True)
@@ -212,9 +238,7 @@ class SynthWorld:
         """World position (x, y, m) and yaw (rad) of the vehicle origin at `t` (s): it drives
         along the road at `EGO_SPEED_MPS`, weaving gently inside its lane."""
         tt = np.asarray(t, dtype=np.float64)
-        s = EGO_SPEED_MPS * tt
-        d = _WEAVE_M * np.sin(_WEAVE_RADPS * tt)
-        x, y, h = self.road.pose(s, d)
+        x, y, h = self.road.pose(*ego_road_coordinates(tt))
         yaw = h + np.arctan2(_WEAVE_M * _WEAVE_RADPS * np.cos(_WEAVE_RADPS * tt), EGO_SPEED_MPS)
         return x, y, yaw
 
@@ -222,8 +246,7 @@ class SynthWorld:
         """World velocity (m/s) of the vehicle at `t` (s)."""
         if self.road.is_straight:
             return EGO_SPEED_MPS, _WEAVE_M * _WEAVE_RADPS * math.cos(_WEAVE_RADPS * t)
-        x, y, _ = self.ego_pose(np.array([t - _DT_S, t + _DT_S]))
-        return float(x[1] - x[0]) / (2 * _DT_S), float(y[1] - y[0]) / (2 * _DT_S)
+        return _central_velocity(self.ego_pose, t)
 
     def lidar_model(self) -> LidarModel:
         """The world's lidar model."""
@@ -242,6 +265,7 @@ class SynthWorld:
             if math.hypot(vx, vy) > max_range_m:
                 continue
             if obj.road is None:
+                # The original closed forms: the simple world's ground truth stays bit for bit.
                 ground = [obj.speed_mps * math.cos(obj.yaw - eyaw), obj.speed_mps
                           * math.sin(obj.yaw - eyaw)]  # fmt: skip
                 wvx = obj.speed_mps * math.cos(obj.yaw) - evx
@@ -353,6 +377,15 @@ def _cyclist(rng: np.random.Generator) -> tuple[tuple[float, float, float], tupl
     return (length, width, height), parts, 0.5
 
 
+def check_world_options(scene: str, lidar: str | None = None) -> None:
+    """Raises ValueError naming the known ones when `scene` is not a world of `SCENES` or
+    `lidar` (when given) not a lidar model."""
+    if scene not in SCENES:
+        raise ValueError(f"scene: choose among {', '.join(SCENES)}, got {scene!r}")
+    if lidar is not None:
+        lidar_model(lidar)
+
+
 def make_world(
     rng: np.random.Generator, seconds: float, *, scene: str = "simple", lidar: str | None = None
 ) -> SynthWorld:
@@ -363,10 +396,7 @@ def make_world(
     Raises:
         ValueError: an unknown scene or lidar model.
     """
-    if scene not in SCENES:
-        raise ValueError(f"scene: unknown {scene!r} (known: {', '.join(SCENES)})")
-    if lidar is not None:
-        lidar_model(lidar)  # names the known models when it is not one
+    check_world_options(scene, lidar)
     if scene == "rich":
         # Imported here: the scene module builds on this one's types.
         from replay.synth.scene import make_rich_world  # noqa: PLC0415
@@ -426,17 +456,21 @@ def synth_rig() -> Rig:
 # -- lidar ---------------------------------------------------------------------------------------
 
 
+def _heading_cos_sin(obj: SynthObject, yaw: FloatArray) -> tuple[Any, Any]:
+    """cos and sin of an object's heading `yaw` (its `pose`): scalars for an object off the
+    road (its heading is constant, and scalar trigonometry keeps the original straight world bit
+    for bit), arrays on a road."""
+    if obj.road is None:
+        return math.cos(obj.yaw), math.sin(obj.yaw)
+    return np.cos(yaw), np.sin(yaw)
+
+
 def _part_pose(obj: SynthObject, part: tuple[Any, ...], t: FloatArray) -> tuple[FloatArray, ...]:
     """World centre (x, y, z arrays) of a part and the object's heading at times t."""
     ox, oy, yaw = obj.pose(t)
-    if obj.road is None:
-        # Scalar trigonometry keeps the original straight world bit for bit the same.
-        c, s = math.cos(obj.yaw), math.sin(obj.yaw)
-        px = ox + c * part[0] - s * part[1]
-        py = oy + s * part[0] + c * part[1]
-    else:
-        px = ox + np.cos(yaw) * part[0] - np.sin(yaw) * part[1]
-        py = oy + np.sin(yaw) * part[0] + np.cos(yaw) * part[1]
+    c, s = _heading_cos_sin(obj, yaw)
+    px = ox + c * part[0] - s * part[1]
+    py = oy + s * part[0] + c * part[1]
     return px, py, np.full_like(px, part[2]), yaw
 
 
@@ -473,7 +507,7 @@ def lidar_sweep(
     retro = np.zeros((beams, columns), bool)
     if physical:
         refl = _ground_reflectivity(world, dirs, depth, ex, ey, eyaw, t)
-    col_az = math.pi - 2.0 * math.pi * (np.arange(columns) + 0.5) / columns
+    col_az = model.azimuths_rad()
     tm = t0 + 0.05
     mx, my, myaw = (float(v) for v in world.ego_pose(tm))
     for obj in world.objects + world.scenery:
@@ -505,11 +539,7 @@ def lidar_sweep(
             px, py, pz, pyaw = _part_pose(obj, part, ct)
             # Ray origin relative to the part centre, rotated into the part frame.
             rx, ry, rz = ex[cols] - px, ey[cols] - py, LIDAR_HEIGHT_M - pz
-            if obj.road is None:
-                c: Any = math.cos(obj.yaw)
-                s: Any = math.sin(obj.yaw)
-            else:
-                c, s = np.cos(pyaw), np.sin(pyaw)
+            c, s = _heading_cos_sin(obj, pyaw)
             lox, loy = c * rx + s * ry, -s * rx + c * ry
             ldx, ldy = c * dwx + s * dwy, -s * dwx + c * dwy
             half_size = (part[3] / 2, part[4] / 2, part[5] / 2)
@@ -552,7 +582,7 @@ def lidar_sweep(
     keep_t, rng_t, dirs_t = keep.T, rng_m.T, dirs.transpose(1, 0, 2)
     pts = dirs_t[keep_t] * rng_t[keep_t][:, None]
     cols_idx = np.broadcast_to(np.arange(columns)[:, None], keep_t.shape)[keep_t]
-    offsets = np.round(col_t[cols_idx] * 1e9).astype(np.int64)
+    offsets = model.column_offsets_ns()[cols_idx]
     out = np.concatenate([pts, inten.T[keep_t][:, None]], axis=1).astype(np.float32)
     return out, offsets, ident.T[keep_t].astype(np.int32)
 
@@ -574,7 +604,8 @@ def _ground_reflectivity(
     gx, gy = ex[k] + c * sx - s * sy, ey[k] + s * sx + c * sy
     # Ground hits lie within 80 m, so the ego's arc length plus the forward distance is a
     # starting point the projection converges from.
-    along, lateral = world.road.locate(gx, gy, EGO_SPEED_MPS * float(np.mean(t_cols)) + sx)
+    ego_s = float(ego_road_coordinates(float(np.mean(t_cols)))[0])
+    along, lateral = world.road.locate(gx, gy, ego_s + sx)
     paved = np.abs(lateral) <= world.road.verge_m
     road = np.abs(lateral) <= world.road.half_width_m
     for js in world.road.junctions:
@@ -692,7 +723,7 @@ def render_camera(
     else:
         _draw_road(world, t, fill, look)
         if look is not None and look.texture > 0:
-            _texture_ground(img, world, look, cam_from_road, k, horizon, t)
+            _texture_ground(img, look, cam_from_road, k, horizon)
 
     light = _LIGHT if look is None else np.array(look.light)
     # The literal pair keeps the simple world's shading bit for bit (1 - 0.45 != 0.55).
@@ -710,8 +741,7 @@ def render_camera(
             items.append((float(np.linalg.norm(centre - cam_pos)), obj, part, centre, pyaw))
     items.sort(key=lambda it: (-it[0], it[1].ident))
     for _dist, obj, part, centre, pyaw in items:
-        yaw = obj.yaw if obj.road is None else pyaw
-        c, s = math.cos(yaw), math.sin(yaw)
+        c, s = math.cos(pyaw), math.sin(pyaw)
         r_obj = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         corners = centre + (_CORNER_SIGNS * np.array(part[3:6]) / 2) @ r_obj.T
         normals = _NORMALS @ r_obj.T
@@ -743,17 +773,17 @@ def _draw_straight_road(world: SynthWorld, t: float, fill: _Fill) -> None:
     simple world's images stay byte-identical)."""
     ex = float(world.ego_pose(t)[0])
     x0, x1 = ex - 5.0, ex + 160.0
-    fill(np.array([[x0, -11, 0], [x1, -11, 0], [x1, 11, 0], [x0, 11, 0]], float), (150, 150, 145))
-    fill(np.array([[x0, -8.5, 0], [x1, -8.5, 0], [x1, 8.5, 0], [x0, 8.5, 0]], float), (85, 85, 88))
+    fill(np.array([[x0, -11, 0], [x1, -11, 0], [x1, 11, 0], [x0, 11, 0]], float), _PAVEMENT_BGR)
+    fill(np.array([[x0, -8.5, 0], [x1, -8.5, 0], [x1, 8.5, 0], [x0, 8.5, 0]], float), _ASPHALT_BGR)
     for ly in _LANE_LINES_M:
         if abs(ly) > 5:
             fill(np.array([[x0, ly - 0.08, 0], [x1, ly - 0.08, 0], [x1, ly + 0.08, 0],
-                           [x0, ly + 0.08, 0]], float), (220, 220, 220))  # fmt: skip
+                           [x0, ly + 0.08, 0]], float), _PAINT_BGR)  # fmt: skip
             continue
         start = math.floor(x0 / 9.0) * 9.0
         for xs in np.arange(start, x1, 9.0):
             fill(np.array([[xs, ly - 0.07, 0], [xs + 3, ly - 0.07, 0], [xs + 3, ly + 0.07, 0],
-                           [xs, ly + 0.07, 0]], float), (220, 220, 220))  # fmt: skip
+                           [xs, ly + 0.07, 0]], float), _PAINT_BGR)  # fmt: skip
 
 
 def _strip(road: Road, s0: float, s1: float, d0: float, d1: float) -> FloatArray:
@@ -765,9 +795,9 @@ def _strip(road: Road, s0: float, s1: float, d0: float, d1: float) -> FloatArray
 def _draw_road(world: SynthWorld, t: float, fill: _Fill, look: Appearance | None) -> None:
     """A curved road in 3 m strips, its lane markings and the junctions' side roads."""
     road = world.road
-    ego_s = EGO_SPEED_MPS * t
-    pavement = (150, 150, 145) if look is None else look.pavement
-    asphalt = (85, 85, 88) if look is None else look.asphalt
+    ego_s = float(ego_road_coordinates(t)[0])
+    pavement = _PAVEMENT_BGR if look is None else look.pavement
+    asphalt = _ASPHALT_BGR if look is None else look.asphalt
     lo, hi = ego_s - 6.0, ego_s + 150.0
     edges = np.arange(lo, hi + 3.0, 3.0)
     for s0, s1 in itertools.pairwise(edges):
@@ -788,26 +818,23 @@ def _draw_road(world: SynthWorld, t: float, fill: _Fill, look: Appearance | None
                     for a, b in ((-half, start), (half, start), (half, 70.0), (-half, 70.0))
                 ]
                 fill(np.array(quad), colour)
-    paint = (220, 220, 220)
     for ly in _LANE_LINES_M:
         if abs(ly) > 5:
             for s0, s1 in itertools.pairwise(edges):
                 mid = (s0 + s1) / 2
                 if not any(abs(mid - js) < _SIDE_ROAD_HALF_M + 1.5 for js in road.junctions):
-                    fill(_strip(road, s0, s1, ly - 0.08, ly + 0.08), paint)
+                    fill(_strip(road, s0, s1, ly - 0.08, ly + 0.08), _PAINT_BGR)
             continue
         for xs in np.arange(math.floor(lo / 9.0) * 9.0, hi, 9.0):
-            fill(_strip(road, xs, xs + 3.0, ly - 0.07, ly + 0.07), paint)
+            fill(_strip(road, xs, xs + 3.0, ly - 0.07, ly + 0.07), _PAINT_BGR)
 
 
 def _texture_ground(
     img: npt.NDArray[np.uint8],
-    world: SynthWorld,
     look: Appearance,
     cam_from_road: FloatArray,
     k: FloatArray,
     horizon: int,
-    t: float,
 ) -> None:
     """Modulate the ground below the horizon by a value noise fixed to the ground plane (fine
     grain and larger patches), so the texture moves with the world as a real surface does."""
@@ -882,8 +909,7 @@ def _boxes_2d(
         c_obj = rot @ np.array([ox, oy, obj.size[2] / 2]) + trans
         if c_obj[2] < 0.5 or c_obj[2] > 120.0:
             continue
-        yaw = obj.yaw if obj.road is None else oyaw
-        c, s = math.cos(yaw), math.sin(yaw)
+        c, s = math.cos(oyaw), math.sin(oyaw)
         r_obj = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         polys = []
         for part in obj.parts:

@@ -34,7 +34,14 @@ from engines.camera.synth_graph import (
     ExportWrapper,
     TinyYolox,
 )
-from replay.synth.world import CAMERA_NAME, Box2DTruth, make_world, render_camera, synth_rig
+from replay.synth.world import (
+    CAMERA_NAME,
+    Box2DTruth,
+    check_world_options,
+    make_world,
+    render_camera,
+    synth_rig,
+)
 
 __all__ = ["EDGE_EXTEND_PX", "build_targets", "letterbox", "main", "render_dataset", "train"]
 
@@ -249,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     scenes = tuple(s.strip() for s in args.scenes.split(",") if s.strip())
+    try:
+        for scene in scenes or ("",):
+            check_world_options(scene)
+    except ValueError as e:
+        parser.error(f"--scenes: {e}")
     t0 = time.monotonic()
     model = train(
         seed=args.seed, images=args.images, steps=args.steps, batch=args.batch, scenes=scenes

@@ -37,6 +37,7 @@ from replay.synth.world import (
     LIDAR_PERIOD_NS,
     START_NS,
     SynthWorld,
+    check_world_options,
     lidar_sweep,
     make_world,
     render_camera,
@@ -95,7 +96,7 @@ class SyntheticSource:
             raise ValueError(f"synthetic source: seconds must be > 0, got {seconds}")
         self.seconds = float(seconds)
         # Checked here, so that a bad name fails when the config is read, not mid-training.
-        make_world(np.random.default_rng(0), 0.1, scene=scene, lidar=lidar)
+        check_world_options(scene, lidar)
         self.scene, self.lidar = scene, lidar
         self.sweeps_per_seed = max(1, round(self.seconds * 10))  # as generate_drive
         what = "synthetic" if scene == "simple" else f"synthetic {scene}"

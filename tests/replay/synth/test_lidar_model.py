@@ -15,7 +15,6 @@ from replay.synth.lidar_model import (
     MATERIALS,
     LidarModel,
     Material,
-    incidence_cosine,
     lidar_model,
     passes_through,
 )
@@ -215,13 +214,6 @@ def test_same_generator_state_gives_identical_returns(name: str) -> None:
     for x, y in zip(a, b, strict=True):
         assert x.tobytes() == y.tobytes()
     assert a.range_m.tobytes() != c.range_m.tobytes()
-
-
-def test_incidence_cosine() -> None:
-    rays = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [3.0, 0.0, -4.0]])
-    up = np.array([0.0, 0.0, 2.0])
-    assert np.allclose(incidence_cosine(rays, up), [1.0, 0.0, 0.8])
-    assert np.allclose(incidence_cosine(rays, -up), [1.0, 0.0, 0.8])
 
 
 @pytest.mark.parametrize(
