@@ -117,7 +117,15 @@ def test_latency_applies_the_estimated_sensor_clock_offset(
             # applied offset from the 300 ms error.
             assert dl.latency_ns >= _work_ns(dl) - 10_000_000, (index, dl.latency_ns)
     (offset,) = [c.offset_ns for c in diagnostics.clocks if c.stream == "lidar/top"]
-    assert offset == pytest.approx(SENSOR_BEHIND_NS, abs=20_000_000)
+    # The estimate is the sensor's lag plus the smallest transport delays it saw: never less
+    # than the lag (each sweep reaches the node after the test stamped it), never more than the
+    # longest a sweep took to arrive, which is at most its whole round trip less the node's work
+    # on it. (A fixed +-20 ms failed on a loaded CI machine whose delays reached 20 ms.)
+    delays = [receive_ns - send_ns - _work_ns(dl) for dl, send_ns, receive_ns in results]
+    assert SENSOR_BEHIND_NS - 1_000_000 <= offset <= SENSOR_BEHIND_NS + max(delays), (
+        offset,
+        max(delays),
+    )
 
 
 def test_without_the_offset_the_clock_error_shows_and_budgets_overrun(
