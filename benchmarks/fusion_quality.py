@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 
 from replay.evaluation import MatchResult, average_precision, merge_results
-from replay.synth.demo import CLASSES, DEGRADATIONS, ensure_synthetic_drive, run_demo
+from replay.synth.demo import (
+    CLASSES,
+    DEGRADATIONS,
+    degradation,
+    ensure_synthetic_drive,
+    run_demo,
+)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -49,10 +55,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("perception-quality"))
     parser.add_argument("--fusion", nargs="+", default=["geometric", "learned", "ensemble"])
-    parser.add_argument("--without", nargs="+", default=["none"], choices=["none", *DEGRADATIONS])
+    parser.add_argument(
+        "--without",
+        nargs="+",
+        default=["none"],
+        help=f"none, or one of {', '.join(DEGRADATIONS)} (camera-dark:LEVEL, camera-blur:LEVEL)",
+    )
     parser.add_argument("--learned-model", type=Path)
     parser.add_argument("--scene", choices=["simple", "rich"], default="simple")
     args = parser.parse_args()
+    for without in args.without:
+        if without != "none":
+            try:
+                degradation(without)
+            except ValueError as e:
+                parser.error(str(e))
     for without in args.without:
         merged: dict[str, list[MatchResult]] = {k: [] for k in args.fusion}
         t0 = time.perf_counter()

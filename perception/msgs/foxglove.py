@@ -16,6 +16,9 @@
   not shown.
 - `DetectionList` -> `foxglove.SceneUpdate`: one entity (id = topic) with a cube and a label
   per detection, in `header.frame_id`.
+- `TrackList` -> `foxglove.SceneUpdate`: one entity (id = topic) with, per track, a cube, a
+  label with its id, class and speed, and an arrow along its velocity (length: the distance
+  covered in one second), in `header.frame_id` (the vehicle frame).
 - `RigMessage` -> `foxglove.FrameTransforms`: one transform per rig frame edge (parent ->
   child), so Foxglove can place the sensors. A rig document that `Rig.from_dict` rejects gets
   an empty `FrameTransforms` (and a logged warning).
@@ -39,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from foxglove_schemas_protobuf.ArrowPrimitive_pb2 import ArrowPrimitive
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from foxglove_schemas_protobuf.CubePrimitive_pb2 import CubePrimitive
 from foxglove_schemas_protobuf.FrameTransform_pb2 import FrameTransform
@@ -69,6 +73,7 @@ from perception.msgs.types import (
     LidarSweep,
     Message,
     RigMessage,
+    TrackList,
 )
 
 __all__ = [
@@ -161,6 +166,8 @@ def to_foxglove(msg: Message, topic: str) -> FoxgloveMessage:
         return _protobuf(_location_fix(msg))
     if isinstance(msg, DetectionList):
         return _protobuf(_scene_update(msg, topic))
+    if isinstance(msg, TrackList):
+        return _protobuf(_track_scene(msg, topic))
     if isinstance(msg, RigMessage):
         return _protobuf(_frame_transforms(msg.rig, msg.header.stamp_ns, topic))
     name = type(msg).__name__
@@ -282,6 +289,47 @@ def _scene_update(msg: DetectionList, topic: str) -> SceneUpdate:
             font_size=14.0,
             scale_invariant=True,
             text=f"{det.label} {det.score:.2f}",
+        )
+        text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+        entity.texts.append(text)
+    return SceneUpdate(entities=[entity])
+
+
+def _track_scene(msg: TrackList, topic: str) -> SceneUpdate:
+    entity = SceneEntity(
+        timestamp=_stamp(msg.header.stamp_ns), frame_id=msg.header.frame_id, id=topic
+    )
+    for track in msg.tracks:
+        x, y, z = track.center
+        length, width, height = track.size
+        pose = Pose(position=Vector3(x=x, y=y, z=z), orientation=_yaw_quaternion(track.yaw))
+        cube = CubePrimitive(pose=pose, size=Vector3(x=length, y=width, z=height))
+        cube.color.r, cube.color.g, cube.color.b, cube.color.a = 0.2, 0.6, 1.0, 0.4
+        entity.cubes.append(cube)
+        vx, vy = track.velocity_mps
+        speed = math.hypot(vx, vy)
+        if speed > 0.1:
+            # An arrow from the box's top centre, as long as one second of travel.
+            arrow = ArrowPrimitive(
+                pose=Pose(
+                    position=Vector3(x=x, y=y, z=z + height / 2.0),
+                    orientation=_yaw_quaternion(math.atan2(vy, vx)),
+                ),
+                shaft_length=max(speed - 0.3, 0.05),
+                shaft_diameter=0.1,
+                head_length=0.3,
+                head_diameter=0.3,
+            )
+            arrow.color.r, arrow.color.g, arrow.color.b, arrow.color.a = 0.2, 0.9, 0.3, 1.0
+            entity.arrows.append(arrow)
+        text = TextPrimitive(
+            pose=Pose(
+                position=Vector3(x=x, y=y, z=z + height / 2.0 + 0.3), orientation=Quaternion(w=1.0)
+            ),
+            billboard=True,
+            font_size=14.0,
+            scale_invariant=True,
+            text=f"#{track.track_id} {track.label} {speed:.1f} m/s",
         )
         text.color.r = text.color.g = text.color.b = text.color.a = 1.0
         entity.texts.append(text)

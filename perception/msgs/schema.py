@@ -42,6 +42,8 @@ from perception.msgs.types import (
     RigMessage,
     SensorClock,
     SensorStatus,
+    Track,
+    TrackList,
 )
 
 __all__ = [
@@ -65,6 +67,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SENSOR_CLOCK",
     "SENSOR_STATUS",
+    "TRACK",
+    "TRACK_LIST",
     "WIRE_TYPES",
     "Field",
     "Kind",
@@ -536,8 +540,37 @@ DETECTION_LIST = Schema(DetectionList, (
     integer("latency_ns", "sensor stamp to publish (negative when the clocks disagree)",
             unit="ns"),
     boolean("budget_ok", "every stage and the end-to-end latency within budget"),
-    texts("degraded", "missing input streams"),
-    boolean("valid", "inputs valid"),
+    texts("degraded", "input streams missing or unfit (a camera image too dark or blurred)"),
+    boolean("valid", "every input present and fit"),
+    version("schema_version", "schema version the list was written with"),
+))  # fmt: skip
+
+TRACK = Schema(Track, (
+    integer("track_id", "the track's id, unique within a run of the node", lo=0),
+    text("label", "class name (the class most of its detections voted for)"),
+    number("score", "existence probability", lo=0.0, hi=1.0),
+    numbers("center", 3, "box centre (x, y, z), vehicle frame", unit="m"),
+    numbers("size", 3, "smoothed box length, width, height", unit="m", lo=0.0),
+    number("yaw", "heading of the length axis about +z, vehicle frame", unit="rad"),
+    numbers("velocity_mps", 2, "velocity over the ground, vehicle axes", unit="m/s"),
+    numbers("center_world", 3, "box centre, world frame", unit="m"),
+    number("yaw_world", "heading, world frame", unit="rad"),
+    numbers("velocity_world_mps", 2, "velocity, world frame", unit="m/s"),
+    number("yaw_rate", "turn rate", unit="rad/s"),
+    numbers("covariance_world", 16, "covariance of (x, y, vx, vy), world frame, row-major "
+            "4 x 4"),
+    integer("age_ns", "time since the track was born", unit="ns", lo=0),
+    integer("hits", "detections the track took", lo=0),
+    integer("misses", "consecutive sweeps unseen (coasting when > 0)", lo=0),
+))  # fmt: skip
+
+TRACK_LIST = Schema(TrackList, (
+    nested("header", HEADER, "common header (stamp: the lidar sweep's)"),
+    nested_tuple("tracks", TRACK, "confirmed tracks",
+                 limit=Limit("max_detections", "track list", "tracks")),
+    text("world_frame", "enu (local ENU at the drive origin) or vehicle (no ego pose)"),
+    int_map("timings_ns", "time spent per stage, tracking included", unit="ns", lo=0),
+    integer("resets", "times the tracker started over", lo=0),
     version("schema_version", "schema version the list was written with"),
 ))  # fmt: skip
 
@@ -594,7 +627,15 @@ DIAGNOSTICS = Schema(Diagnostics, (
 #: The message types that travel on the wire, by the name documents carry in `type`.
 WIRE_TYPES: Mapping[str, Schema] = {
     s.name: s
-    for s in (CAMERA_FRAME, LIDAR_SWEEP, GNSS_FIX, RIG_MESSAGE, DETECTION_LIST, DIAGNOSTICS)
+    for s in (
+        CAMERA_FRAME,
+        LIDAR_SWEEP,
+        GNSS_FIX,
+        RIG_MESSAGE,
+        DETECTION_LIST,
+        TRACK_LIST,
+        DIAGNOSTICS,
+    )
 }
 #: Every table (wire types and the messages nested in them), by dataclass.
 SCHEMAS: Mapping[type[Any], Schema] = {
@@ -604,6 +645,7 @@ SCHEMAS: Mapping[type[Any], Schema] = {
         HEADER,
         CAMERA_BOX,
         DETECTION,
+        TRACK,
         SENSOR_CLOCK,
         SENSOR_STATUS,
         REALTIME_STATUS,

@@ -31,6 +31,8 @@ __all__ = [
     "SensorClock",
     "SensorStatus",
     "SyncedBundle",
+    "Track",
+    "TrackList",
     "sweep_end_ns",
 ]
 
@@ -143,7 +145,8 @@ class Detection3D:
 @dataclass(frozen=True)
 class DetectionList:
     """Detections of one lidar sweep. `timings_ns` per stage; `latency_ns` sensor stamp to
-    publish; `degraded` names the missing input streams."""
+    publish; `degraded` names the input streams missing, or present but unfit to use (a camera
+    image too dark or too blurred, perception.pipeline.camera_health); `valid`: none was."""
 
     header: Header
     detections: tuple[Detection3D, ...]
@@ -152,6 +155,50 @@ class DetectionList:
     budget_ok: bool = True
     degraded: tuple[str, ...] = ()
     valid: bool = True
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Track:
+    """One tracked object (perception.pipeline.tracking). The world frame is a local ENU frame
+    at the drive's origin (the first GNSS fix) when the node has ego poses, else the vehicle
+    frame (`TrackList.world_frame` says which). `center`, `yaw`, `velocity_mps` are in the
+    vehicle frame at the list's stamp (velocity over the ground, in vehicle axes), their
+    `*_world` twins in the world frame; `size` (length, width, height) is smoothed; `yaw_rate`
+    rad/s. `covariance_world` is the row-major 4 x 4 covariance of (x, y, vx, vy) in the world
+    frame (m^2, m^2/s, m^2/s^2). `score` is the track's existence probability; `age_ns` time
+    since it was born, `hits` the detections it took, `misses` the consecutive sweeps it went
+    unseen (coasting when > 0)."""
+
+    track_id: int
+    label: str
+    score: float
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    yaw: float
+    velocity_mps: tuple[float, float]
+    center_world: tuple[float, float, float]
+    yaw_world: float
+    velocity_world_mps: tuple[float, float]
+    yaw_rate: float
+    covariance_world: tuple[float, ...]
+    age_ns: int
+    hits: int
+    misses: int
+
+
+@dataclass(frozen=True)
+class TrackList:
+    """The confirmed tracks at one lidar sweep (header stamp: the sweep's), with the timings of
+    the DetectionList they were updated from plus `tracking`; `world_frame`: `enu` or
+    `vehicle` (no ego pose, see `Track`); `resets`: how many times the tracker started over
+    (clock jumps, ego pose lost or gained)."""
+
+    header: Header
+    tracks: tuple[Track, ...]
+    world_frame: str = "enu"
+    timings_ns: dict[str, int] = field(default_factory=dict)
+    resets: int = 0
     schema_version: int = SCHEMA_VERSION
 
 
@@ -245,7 +292,7 @@ def sweep_end_ns(sweep: LidarSweep) -> int:
     return sweep.header.stamp_ns + max(int(offsets.max()), 1)
 
 
-Message = CameraFrame | LidarSweep | GnssFix | RigMessage | DetectionList | Diagnostics
+Message = CameraFrame | LidarSweep | GnssFix | RigMessage | DetectionList | TrackList | Diagnostics
 
 
 @dataclass(frozen=True, eq=False)

@@ -125,7 +125,9 @@ class NodeCounters:
     missing server key), and `rejected_subscribers`, with clients of the outputs endpoint (a key
     not allowed). `stamp_faults`:
     sensor messages dropped for a stamp too far from the host receive clock; `clock_jumps`:
-    confirmed sensor clock jumps (each reset that stream's synchronisation).
+    confirmed sensor clock jumps (each reset that stream's synchronisation). `unfit_images`:
+    camera images the pipeline left out as too dark or too blurred
+    (perception.pipeline.camera_health; their streams are listed as degraded).
     """
 
     received: int = 0
@@ -147,6 +149,7 @@ class NodeCounters:
     rejected_publishers: int = 0
     rejected_subscribers: int = 0
     stamp_faults: int = 0
+    unfit_images: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -449,6 +452,8 @@ class NodeCore:
             budget_ok = self._check_budgets(timings, latency_ns)
             self._last_latency_ns = latency_ns
             self.counters.published += 1
+            missing = chosen.bundle.missing
+            self.counters.unfit_images += sum(s not in missing for s in detections.degraded)
         return replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
 
     def count_loop_error(self) -> None:

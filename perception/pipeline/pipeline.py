@@ -6,6 +6,7 @@ and the tests all call it, so a recorded drive re-run through it gives the same 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -35,14 +36,18 @@ from perception.msgs.types import (
     SyncedBundle,
 )
 from perception.pipeline.boxes import suppress_duplicates
+from perception.pipeline.camera_health import image_problem, measure_image
 from perception.pipeline.deskew import deskew_sweep, ego_twist, vehicle_motion
 from perception.pipeline.ensemble import learned_detections, merge_ensemble
 from perception.pipeline.ground import GroundPlane, estimate_ground
 from perception.pipeline.lidar_objects import LidarObjects
 from perception.pipeline.painting import PaintView, paint_points
 from perception.pipeline.timing import StageTimer
+from perception.ratelimit import RateLimitedLogger
 
 __all__ = ["Pipeline", "PipelineConfig", "frame_image"]
+
+log = logging.getLogger(__name__)
 
 
 def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
@@ -63,7 +68,9 @@ def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
 class Pipeline:
     """The node's library object: one `step()` per synced bundle.
 
-    Stages: preprocess (lidar to the vehicle frame, undistortion of distorted cameras, letterbox),
+    Stages: preprocess (lidar to the vehicle frame; each camera image checked for darkness and
+    blur, an unfit one left out as if missing and listed as degraded (camera_health); undistortion
+    of distorted cameras, letterbox),
     camera encoder (2D boxes per camera), lidar encoder (the ground plane, then the BEV grid of the
     returns above it), fusion (the compiled fusion engine per camera: boxes + the points in that
     camera's view -> 3D boxes; then the BEV clusters no camera box explains -> `unknown` objects
@@ -101,6 +108,7 @@ class Pipeline:
         self.learned = learned
         self.detections_stream = detections_stream
         self._notes = tuple(notes)
+        self._camera_log = RateLimitedLogger(log)
 
     @classmethod
     def from_config(
@@ -215,8 +223,17 @@ class Pipeline:
             points = self._points_in_vehicle(bundle)
             tensors = {}
             cameras = self._cameras_by_name(bundle)
-            for name, frame in cameras.items():
+            unfit: list[str] = []
+            for name, frame in list(cameras.items()):
                 image = self._image(frame)
+                problem = image_problem(measure_image(image), self.config.camera_health)
+                if problem is not None:
+                    # Fused as if missing: a blind camera's silence is no evidence.
+                    del cameras[name]
+                    stream = frame.header.stream
+                    unfit.append(stream)
+                    self._camera_log.warning(stream, f"{stream}: image {problem}; left out")
+                    continue
                 camera = rig.cameras[name]
                 if camera.has_distortion:
                     # The engines assume a pinhole image: undistort with the same K.
@@ -265,8 +282,8 @@ class Pipeline:
             header=Header(self.detections_stream, seq, sweep.header.stamp_ns, "vehicle"),
             detections=tuple(detections),
             timings_ns=timer.timings_ns,
-            degraded=bundle.missing,
-            valid=not bundle.missing,
+            degraded=(*bundle.missing, *unfit),
+            valid=not bundle.missing and not unfit,
         )
 
     def _learned(

@@ -17,6 +17,7 @@ view) are ignored rather than counted as false positives. The library prints not
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -69,6 +70,7 @@ from replay.training.fusion_data import beam_mask
 __all__ = [
     "CLASSES",
     "DEGRADATIONS",
+    "DEGRADATION_LEVELS",
     "EVAL_RANGE_M",
     "MATCH_DISTANCE_M",
     "SYNTH_DETECTOR_PATH",
@@ -76,6 +78,7 @@ __all__ = [
     "DemoReport",
     "KindRun",
     "StageLatency",
+    "degradation",
     "ensure_synthetic_drive",
     "format_demo_report",
     "run_demo",
@@ -346,30 +349,64 @@ def _ground_truth(drive_path: Path) -> dict[int, GroundTruthFrame]:
 
 #: What `run_demo`'s `without` takes away: a sensor, or part of what it gives.
 DEGRADATIONS = ("camera", "lidar", "lidar-half-beams", "camera-dark", "camera-blur")
+#: The default level of the degradations that take one (`camera-dark:0.3`, `camera-blur:4`):
+#: the factor every pixel is multiplied by, the Gaussian blur's sigma in pixels.
+DEGRADATION_LEVELS = {"camera-dark": 0.15, "camera-blur": 15.0}
+_LEVEL_RANGES = {"camera-dark": (0.0, 1.0), "camera-blur": (0.0, 100.0)}
+
+
+def degradation(without: str) -> tuple[str, float | None]:
+    """`without` (a `DEGRADATIONS` name, `camera-dark` or `camera-blur` optionally with
+    `:LEVEL`) as (name, level; None for those without a level).
+
+    Raises:
+        ValueError: an unknown name, or a level that is not a number in its range.
+    """
+    name, sep, text = without.partition(":")
+    if name not in DEGRADATIONS:
+        raise ValueError(f"without: choose among {', '.join(DEGRADATIONS)}, got {without!r}")
+    if name not in DEGRADATION_LEVELS:
+        if sep:
+            raise ValueError(f"without: {name} takes no level, got {without!r}")
+        return name, None
+    if not sep:
+        return name, DEGRADATION_LEVELS[name]
+    lo, hi = _LEVEL_RANGES[name]
+    try:
+        level = float(text)
+    except ValueError:
+        level = math.nan
+    if not lo < level <= hi:
+        what = "the brightness factor" if name == "camera-dark" else "the blur sigma in pixels"
+        raise ValueError(f"without: {name}:LEVEL takes {what}, in ({lo:g}, {hi:g}]; got {text!r}")
+    return name, level
 
 
 def _degrade(records: Iterable[Any], without: str | None) -> Iterator[Any]:
     """The drive's records with a sensor removed or degraded (see `DEGRADATIONS`): `camera`
     drops every camera frame; `lidar` empties every sweep (the sweeps stay: they are the
     node's clock); `lidar-half-beams` keeps every other beam; `camera-dark` and `camera-blur`
-    darken (x 0.15) or blur (15 px Gaussian) every image."""
+    darken (x 0.15) or blur (15 px Gaussian sigma) every image, or by the level given
+    (`degradation`)."""
+    name, level = degradation(without) if without is not None else (None, None)
     for rec in records:
         msg = rec.message
-        if without is None:
+        if name is None:
             yield rec
-        elif isinstance(msg, CameraFrame) and without.startswith("camera"):
-            if without == "camera":
+        elif isinstance(msg, CameraFrame) and name.startswith("camera"):
+            if name == "camera":
                 continue
             image = msg.image
             if image is not None:
-                if without == "camera-dark":
-                    image = (image.astype(np.float32) * 0.15).astype(np.uint8)
+                assert level is not None
+                if name == "camera-dark":
+                    image = (image.astype(np.float32) * level).astype(np.uint8)
                 else:
-                    image = np.asarray(cv2.GaussianBlur(image, (0, 0), 15.0), np.uint8)
+                    image = np.asarray(cv2.GaussianBlur(image, (0, 0), level), np.uint8)
             yield replace(rec, message=replace(msg, image=image))
-        elif isinstance(msg, LidarSweep) and without.startswith("lidar"):
+        elif isinstance(msg, LidarSweep) and name.startswith("lidar"):
             keep = np.zeros(len(msg.points), bool)
-            if without == "lidar-half-beams":
+            if name == "lidar-half-beams":
                 keep = beam_mask(msg.points)
             offsets = msg.point_time_offsets_ns
             yield replace(
@@ -427,8 +464,8 @@ def run_demo(
     bad = [k for k in kinds if k not in FUSION_KINDS]
     if not kinds or bad:
         raise ValueError(f"fusion: choose among {', '.join(FUSION_KINDS)}, got {list(fusion)}")
-    if without is not None and without not in DEGRADATIONS:
-        raise ValueError(f"without: choose among {', '.join(DEGRADATIONS)}, got {without!r}")
+    if without is not None:
+        degradation(without)
     check_world_options(scene)
     out_dir = check_output_dir(Path(out_dir), "the demo's output")
     detector = CameraDetector(

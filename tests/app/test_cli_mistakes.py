@@ -92,6 +92,21 @@ def test_demo_without_an_unknown_sensor(capsys, tmp_path: Path) -> None:
     assert err.startswith("perception demo: error: without: choose among camera, lidar,")
 
 
+@pytest.mark.parametrize(
+    ("without", "says"),
+    [
+        ("camera-dark:abc", "camera-dark:LEVEL takes the brightness factor, in (0, 1]; got 'abc'"),
+        ("camera-dark:1.5", "camera-dark:LEVEL takes the brightness factor, in (0, 1]; got '1.5'"),
+        ("camera-blur:-2", "camera-blur:LEVEL takes the blur sigma in pixels, in (0, 100]"),
+        ("camera-blur:nan", "camera-blur:LEVEL takes the blur sigma in pixels, in (0, 100]"),
+        ("lidar:3", "lidar takes no level, got 'lidar:3'"),
+    ],
+)
+def test_demo_without_a_bad_level(capsys, tmp_path: Path, without: str, says: str) -> None:
+    err = _fails(capsys, "demo", "--without", without, "--out-dir", str(tmp_path), "--quiet")
+    assert err.startswith("perception demo: error: without: ") and says in err, err
+
+
 def test_demo_with_a_learned_model_that_is_not_there(capsys, tmp_path: Path) -> None:
     missing = tmp_path / "nope.onnx"
     err = _fails(

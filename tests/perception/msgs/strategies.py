@@ -26,6 +26,8 @@ from perception.msgs.types import (
     RigMessage,
     SensorClock,
     SensorStatus,
+    Track,
+    TrackList,
 )
 
 SETTINGS = settings(max_examples=50, deadline=None)
@@ -117,6 +119,33 @@ detection_lists = st.builds(
     valid=st.booleans(),
 )
 
+tracks = st.builds(
+    Track,
+    track_id=st.integers(0, INT64_MAX),
+    label=texts,
+    score=st.floats(0, 1),
+    center=st.tuples(finite, finite, finite),
+    size=st.tuples(*[st.floats(0, 1e6)] * 3),
+    yaw=finite,
+    velocity_mps=st.tuples(finite, finite),
+    center_world=st.tuples(finite, finite, finite),
+    yaw_world=finite,
+    velocity_world_mps=st.tuples(finite, finite),
+    yaw_rate=finite,
+    covariance_world=st.tuples(*[finite] * 16),
+    age_ns=st.integers(0, INT64_MAX),
+    hits=st.integers(0, INT64_MAX),
+    misses=st.integers(0, INT64_MAX),
+)
+track_lists = st.builds(
+    TrackList,
+    header=headers,
+    tracks=st.lists(tracks, max_size=4).map(tuple),
+    world_frame=st.sampled_from(["enu", "vehicle"]),
+    timings_ns=st.dictionaries(texts, st.integers(0, INT64_MAX), max_size=5),
+    resets=st.integers(0, INT64_MAX),
+)
+
 counts = st.dictionaries(texts, st.integers(0, INT64_MAX), max_size=4)
 sensor_clocks = st.builds(
     SensorClock,
@@ -167,7 +196,13 @@ diagnostics = st.builds(
 
 #: Every wire message type.
 messages: st.SearchStrategy[Message] = st.one_of(
-    camera_frames(), lidar_sweeps(), gnss_fixes, rig_messages, detection_lists, diagnostics
+    camera_frames(),
+    lidar_sweeps(),
+    gnss_fixes,
+    rig_messages,
+    detection_lists,
+    track_lists,
+    diagnostics,
 )
 
 

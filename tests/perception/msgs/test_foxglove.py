@@ -39,6 +39,8 @@ from perception.msgs.types import (
     LidarSweep,
     Message,
     RigMessage,
+    Track,
+    TrackList,
 )
 from tests.perception.msgs.strategies import SETTINGS, camera_frames, lidar_sweeps, messages
 
@@ -165,3 +167,23 @@ def test_every_message_has_a_foxglove_form(msg: Message) -> None:
         assert fox.payload or isinstance(msg, RigMessage)
     else:
         assert SceneUpdate.FromString(fox.payload).entities[0].id == "topic"
+
+
+def test_tracks_show_as_boxes_with_ids_and_velocity_arrows() -> None:
+    def track(track_id: int, velocity: tuple[float, float]) -> Track:
+        return Track(
+            track_id, "Car", 0.9, (10.0, 2.0, 0.8), (4.2, 1.8, 1.5), 0.5, velocity,
+            (110.0, 52.0, 0.8), 1.2, velocity, 0.0, (0.0,) * 16, 2_000_000_000, 20, 0,
+        )  # fmt: skip
+
+    msg = TrackList(Header("tracks", 3, 1_500_000_000, "vehicle"), (track(7, (3.0, 4.0)),
+                    track(8, (0.0, 0.0))))  # fmt: skip
+    fox = to_foxglove(msg, "tracks")
+    assert fox.schema_name == "foxglove.SceneUpdate"
+    (entity,) = SceneUpdate.FromString(fox.payload).entities
+    assert entity.frame_id == "vehicle" and len(entity.cubes) == 2
+    assert [t.text for t in entity.texts] == ["#7 Car 5.0 m/s", "#8 Car 0.0 m/s"]
+    (arrow,) = entity.arrows  # a standing car has none
+    q = arrow.pose.orientation
+    assert 2 * np.arctan2(q.z, q.w) == pytest.approx(np.arctan2(4.0, 3.0))
+    assert arrow.shaft_length + arrow.head_length == pytest.approx(5.0)
