@@ -31,6 +31,7 @@ __all__ = [
     "RealtimeConfig",
     "SecurityConfig",
     "SyncConfig",
+    "TrackingConfig",
     "WatchdogConfig",
     "load_config",
     "parse_config",
@@ -403,6 +404,167 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """The multi-object tracker after fusion (perception.pipeline.tracking): one EKF per object
+    in the world frame (ENU at the drive's origin with ego poses, else the vehicle frame),
+    constant turn rate and velocity for `ctrv_labels`, constant velocity for every other label;
+    Hungarian association on the Mahalanobis distance of the box centre, gated. A detection
+    labelled `unknown` (lidar-only) may feed a track of any class, which keeps its class; a
+    labelled one only a track of its class or an `unknown` one, which takes it. Per-class values
+    are maps from the label; a label not listed takes the `unknown` entry, which every map must
+    have."""
+
+    confirm_hits: int = 3
+    """A new (tentative) track is confirmed, and published, after this many detections ..."""
+    confirm_window: int = 5
+    """... within its first this many sweeps; one that can no longer make it is deleted."""
+    max_coast_s: float = 1.5
+    """A confirmed track not updated for this long is deleted (it coasts until then)."""
+    max_gap_s: float = 2.0
+    """Sweeps further apart than this (a stall, a clock jump) start the tracker over."""
+    gate_probability: float = 0.99
+    """A detection matches a track only inside this probability mass of the track's predicted
+    centre (chi-square, 2 degrees of freedom: 0.99 is a Mahalanobis distance of 3.03)."""
+    moving_speed_mps: float = 1.0
+    """Above this speed over the ground a track's heading is its direction of motion: a
+    measured yaw more than 90 degrees off it is taken as flipped; below it, the measured yaw
+    nearest the track's (modulo 180 degrees) is used."""
+    size_smoothing: float = 0.3
+    """Weight of a new detection in the smoothed size and height of its track (0-1]."""
+    existence_hit_gain: float = 0.5
+    """A detection with score s raises a track's existence probability p by
+    (1 - p) * s * this (0-1]."""
+    existence_miss_decay: float = 0.7
+    """A sweep without a detection multiplies a track's existence probability by this (0-1)."""
+    ctrv_labels: tuple[str, ...] = ("Car", "Van", "Truck")
+    """Labels tracked with constant turn rate and velocity; the others with constant
+    velocity."""
+    accel_std_mps2: dict[str, float] = field(
+        default_factory=lambda: {
+            "Car": 1.0,
+            "Van": 1.0,
+            "Truck": 0.8,
+            "Pedestrian": 1.0,
+            "Cyclist": 1.5,
+            "unknown": 1.5,
+        }
+    )
+    """Process noise per label: acceleration, m/s^2 (along the heading for CTRV, per axis for
+    constant velocity)."""
+    yaw_accel_std_radps2: dict[str, float] = field(
+        default_factory=lambda: {"Car": 0.5, "Van": 0.5, "Truck": 0.3, "unknown": 0.5}
+    )
+    """Process noise per label of the CTRV tracks: yaw acceleration, rad/s^2."""
+    yaw_rate_std_radps: dict[str, float] = field(
+        default_factory=lambda: {"Pedestrian": 1.5, "Cyclist": 0.8, "unknown": 1.0}
+    )
+    """Process noise per label of the constant-velocity tracks: how fast their heading may
+    turn, rad/s."""
+    position_std_m: dict[str, float] = field(
+        default_factory=lambda: {
+            "Car": 0.2,
+            "Van": 0.2,
+            "Truck": 0.3,
+            "Pedestrian": 0.15,
+            "Cyclist": 0.2,
+            "unknown": 0.3,
+        }
+    )
+    """Measurement noise per detection label: a detection's centre (x and y)."""
+    yaw_std_rad: dict[str, float] = field(
+        default_factory=lambda: {
+            "Car": 0.1,
+            "Van": 0.1,
+            "Truck": 0.1,
+            "Pedestrian": 0.5,
+            "Cyclist": 0.3,
+            "unknown": 0.3,
+        }
+    )
+    """Measurement noise per detection label: a detection's yaw."""
+    initial_speed_std_mps: dict[str, float] = field(
+        default_factory=lambda: {
+            "Car": 10.0,
+            "Van": 10.0,
+            "Truck": 8.0,
+            "Pedestrian": 2.0,
+            "Cyclist": 5.0,
+            "unknown": 10.0,
+        }
+    )
+    """Uncertainty per label of a new track's speed (it starts at rest)."""
+    max_distance_m: dict[str, float] = field(
+        default_factory=lambda: {
+            "Car": 3.0,
+            "Van": 3.0,
+            "Truck": 4.0,
+            "Pedestrian": 1.5,
+            "Cyclist": 2.0,
+            "unknown": 3.0,
+        }
+    )
+    """Per label of the track: a detection farther than this, plus `max_speed_mps` times the
+    time since the track's last update, from its predicted centre never matches it. A track
+    with no detection inside its gate takes one left over within this distance (a manoeuvre
+    beyond its process noise), its covariance grown to fit."""
+    max_speed_mps: dict[str, float] = field(
+        default_factory=lambda: {
+            "Car": 50.0,
+            "Van": 50.0,
+            "Truck": 40.0,
+            "Pedestrian": 5.0,
+            "Cyclist": 15.0,
+            "unknown": 50.0,
+        }
+    )
+    """Per label of the track: the fastest it moves, which widens `max_distance_m` with the
+    time since the track's last update (a new track's velocity is not known yet)."""
+
+    def __post_init__(self) -> None:
+        if self.confirm_hits < 1:
+            raise ConfigError(f"confirm_hits: must be >= 1, got {self.confirm_hits}")
+        if self.confirm_window < self.confirm_hits:
+            raise ConfigError(
+                f"confirm_window: must be >= confirm_hits ({self.confirm_hits}), "
+                f"got {self.confirm_window}"
+            )
+        for name in ("max_coast_s", "max_gap_s", "moving_speed_mps"):
+            value = getattr(self, name)
+            if not _positive(value):
+                raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
+        if not 0.0 < self.gate_probability < 1.0:
+            raise ConfigError(f"gate_probability: must be in (0, 1), got {self.gate_probability}")
+        for name in ("size_smoothing", "existence_hit_gain"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name}: must be in (0, 1], got {value}")
+        if not 0.0 < self.existence_miss_decay < 1.0:
+            raise ConfigError(
+                f"existence_miss_decay: must be in (0, 1), got {self.existence_miss_decay}"
+            )
+        if not all(self.ctrv_labels):
+            raise ConfigError("ctrv_labels: labels must not be empty")
+        for name in (
+            "accel_std_mps2",
+            "yaw_accel_std_radps2",
+            "yaw_rate_std_radps",
+            "position_std_m",
+            "yaw_std_rad",
+            "initial_speed_std_mps",
+            "max_distance_m",
+            "max_speed_mps",
+        ):
+            per_label: dict[str, float] = getattr(self, name)
+            if "unknown" not in per_label:
+                raise ConfigError(
+                    f"{name}: needs an `unknown` entry (used for every label not listed)"
+                )
+            for label, value in per_label.items():
+                if not _positive(value):
+                    raise ConfigError(f"{name}.{label}: must be a finite number > 0, got {value}")
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     """Access control of tcp endpoints (perception.io.curve). With `curve: true` every tcp
     socket uses ZeroMQ CURVE: encrypted, a socket that binds admits only clients whose public
@@ -457,6 +619,8 @@ class NodeConfig:
     null: the rig comes over the rig topic only."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     """Access control of tcp endpoints (CURVE)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """The multi-object tracker after fusion (tracks in the world frame)."""
 
 
 T = TypeVar("T")
