@@ -129,7 +129,10 @@ def test_a_failed_step_is_reported_with_its_exception(
     harness = FuzzHarness(pipeline, corpus, config, step_every=1, rss_every=0, approximate_every=0)
     scene = next(s for s in corpus.scenes if s.source == "synthetic")
     stamp = START_NS
-    image = np.zeros((200, 300, 3), np.uint8)
+    # Textured, so that it passes the camera health check and reaches the undistortion.
+    rows, cols = np.indices((200, 300))
+    board = np.where((rows // 8 + cols // 8) % 2 == 0, 40, 200).astype(np.uint8)
+    image = np.ascontiguousarray(np.dstack([board] * 3))
     camera = CameraFrame(Header(config.inputs.camera_topics[0], 1, stamp, "camera/front"), image)
     for frames in (
         scene.rig.frames(stamp, 1),

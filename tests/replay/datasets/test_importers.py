@@ -74,8 +74,12 @@ def raw_drive(raw_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     root = tmp_path_factory.mktemp("kitti_raw") / DATE
     shutil.copytree(raw_source, root)
     drive = root / DRIVE
-    ok, colour = cv2.imencode(".png", np.full((375, 1242, 3), 80, np.uint8))
-    ok2, grey = cv2.imencode(".png", np.full((375, 1242), 80, np.uint8))
+    # A checkerboard, not a flat grey: the node's camera health check refuses an image with
+    # nothing sharp in it (perception.pipeline.camera_health).
+    rows, cols = np.indices((375, 1242))
+    board = np.where((rows // 16 + cols // 16) % 2 == 0, 40, 120).astype(np.uint8)
+    ok, colour = cv2.imencode(".png", np.dstack([board] * 3))
+    ok2, grey = cv2.imencode(".png", board)
     assert ok and ok2
     for cam, png in (("image_00", grey), ("image_01", grey), ("image_02", colour),
                      ("image_03", colour)):  # fmt: skip
