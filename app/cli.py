@@ -54,7 +54,8 @@ receive failure, or an unexpected error);
 _TOPICS_NOTE = (
     f"Each topic is published where it belongs: sensor topics on the node config's inputs "
     f"endpoint ({SENSORS} by default), the node's outputs ({_DEFAULTS.outputs.detections_topic}, "
-    f"{_DEFAULTS.outputs.diagnostics_topic}) on its outputs endpoint ({OUTPUTS}); --config "
+    f"{_DEFAULTS.outputs.tracks_topic}, {_DEFAULTS.outputs.diagnostics_topic}) on its outputs "
+    f"endpoint ({OUTPUTS}); --config "
     "takes both, the topic names and the CURVE keys of tcp endpoints (security) from a node "
     "config, --endpoint overrides the endpoints. {runtime} is the per-user runtime folder "
     "($XDG_RUNTIME_DIR/perception-node, else <tmp>/perception-node-<uid>, mode 0700)."

@@ -106,12 +106,14 @@ def cache_dir_arg(value: str | None, option: str = "--cache-dir") -> Path | None
 
 
 def is_output_topic(topic: str, config: NodeConfig) -> bool:
-    """Whether the node publishes `topic` (its detections or diagnostics), per `config`."""
-    return topic in (config.outputs.detections_topic, config.outputs.diagnostics_topic)
+    """Whether the node publishes `topic` (its detections, tracks or diagnostics), per
+    `config`."""
+    outputs = config.outputs
+    return topic in (outputs.detections_topic, outputs.tracks_topic, outputs.diagnostics_topic)
 
 
 def endpoints_for_topic(topic: str, config: NodeConfig) -> tuple[str, ...]:
-    """Where `topic` is published: the node's outputs endpoint for its detections and
+    """Where `topic` is published: the node's outputs endpoint for its detections, tracks and
     diagnostics, else the sensors' (inputs) endpoints."""
     if is_output_topic(topic, config):
         return (config.outputs.endpoint,)

@@ -81,6 +81,8 @@ class OutputConfig:
     removed when it stops."""
     detections_topic: str = "detections"
     """Topic of the DetectionLists, one per processed sweep."""
+    tracks_topic: str = "tracks"
+    """Topic of the TrackLists (the tracker's confirmed tracks), one per DetectionList."""
     diagnostics_topic: str = "diagnostics"
     """Topic of the Diagnostics messages (1 Hz)."""
     high_water_mark: int = 100
@@ -196,6 +198,7 @@ class BudgetConfig:
             "lidar_encoder": 15.0,
             "fusion": 20.0,
             "postprocess": 5.0,
+            "tracking": 5.0,
         }
     )
     """Per stage (a DetectionList timing name): its budget."""

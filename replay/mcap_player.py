@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: Message types a sensor publishes (the node's inputs), and those the node publishes.
 SENSOR_TYPES = ("LidarSweep", "CameraFrame", "GnssFix", "RigMessage")
-OUTPUT_TYPES = ("DetectionList", "Diagnostics")
+OUTPUT_TYPES = ("DetectionList", "TrackList", "Diagnostics")
 
 
 @dataclass(frozen=True)

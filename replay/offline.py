@@ -40,7 +40,7 @@ from typing import Any
 from calibration import CalibrationError, Rig, load_rig
 from perception.config import NodeConfig
 from perception.msgs.jsonl import write_jsonl_line
-from perception.msgs.types import DetectionList, Message
+from perception.msgs.types import DetectionList, Message, TrackList
 from perception.node import NodeCore
 from perception.node.core import ReadyBundle
 from perception.pipeline import Pipeline
@@ -113,11 +113,13 @@ def run_core(
     *,
     speed: float = 0.0,
     on_diagnostics: Callable[[Any], None] | None = None,
+    on_tracks: Callable[[TrackList], None] | None = None,
 ) -> Iterator[DetectionList]:
     """The DetectionLists the core produces for `received`, in order (see the module
     docstring). `speed` > 0 paces the inputs by receive time (1.0 = real time); 0 runs as fast
     as possible. `on_diagnostics` gets the core's Diagnostics once per second of receive time
-    and once at the end."""
+    and once at the end; `on_tracks` the tracker's TrackList of each DetectionList, before the
+    DetectionList is yielded."""
     last_ns: int | None = None
     next_diagnostics_ns: int | None = None
     pacing_start = time.monotonic_ns()
@@ -130,14 +132,14 @@ def run_core(
                 time.sleep(delay_ns / 1e9)
         if last_ns is not None:
             for batch in core.idle_polls(last_ns, item.receive_ns):
-                yield from _process(core, batch)
+                yield from _process(core, batch, on_tracks)
         if item.frames is not None:
             batch = core.on_frames(item.frames, item.receive_ns)
         elif item.message is not None:
             batch = core.on_message(item.topic, item.message, item.receive_ns)
         else:
             raise ValueError(f"{item.topic}: a Received input needs frames or a message")
-        yield from _process(core, batch)
+        yield from _process(core, batch, on_tracks)
         last_ns = item.receive_ns if last_ns is None else max(last_ns, item.receive_ns)
         if on_diagnostics is not None:
             if next_diagnostics_ns is None:
@@ -147,7 +149,7 @@ def run_core(
                 next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
     if last_ns is not None:
         for batch in core.flush(last_ns):
-            yield from _process(core, batch)
+            yield from _process(core, batch, on_tracks)
         if on_diagnostics is not None:
             on_diagnostics(core.diagnostics(last_ns))
 
@@ -173,17 +175,25 @@ def run_records(
     *,
     default_rig: Rig | None = None,
     speed: float = 0.0,
+    on_tracks: Callable[[TrackList], None] | None = None,
 ) -> Iterator[DetectionList]:
     """`run_core` on a fresh core for a drive's messages, each received at its log time."""
     core = NodeCore(config or NodeConfig(), pipeline, default_rig)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
-    return run_core(core, received, speed=speed)
+    return run_core(core, received, speed=speed, on_tracks=on_tracks)
 
 
-def _process(core: NodeCore, batch: list[ReadyBundle]) -> Iterator[DetectionList]:
+def _process(
+    core: NodeCore,
+    batch: list[ReadyBundle],
+    on_tracks: Callable[[TrackList], None] | None = None,
+) -> Iterator[DetectionList]:
     if batch:
         out = core.on_bundles(batch)
         if out is not None:
+            tracks = core.take_tracks()
+            if on_tracks is not None and tracks is not None:
+                on_tracks(tracks)
             yield out
 
 
@@ -260,7 +270,8 @@ def replay_to_file(
     topics_from_drive: bool = False,
 ) -> ReplaySummary:
     """Replay `source` into `out`: JSON Lines (one DetectionList per line) or MCAP (the
-    DetectionLists, plus the node's Diagnostics once per second of drive time). The file is
+    DetectionLists and the tracker's TrackLists, plus the node's Diagnostics once per second
+    of drive time). The file is
     written beside `out` and renamed into place only when the run succeeds, so a failed run
     leaves an existing `out` as it was. `progress(sweeps_done, sweeps_total or None)` after
     each DetectionList. `topics_from_drive`: see `open_source`.
@@ -293,9 +304,17 @@ def replay_to_file(
                 def write_diagnostics(d: Any) -> None:
                     output.write(lambda: writer.write(d, d.header.stamp_ns), "a Diagnostics")
 
+                def write_tracks(t: TrackList) -> None:
+                    output.write(lambda: writer.write(t, t.header.stamp_ns), "a TrackList")
+
                 results = run_core(
-                    core, replay_input.received, speed=speed, on_diagnostics=write_diagnostics
+                    core,
+                    replay_input.received,
+                    speed=speed,
+                    on_diagnostics=write_diagnostics,
+                    on_tracks=write_tracks,
                 )
+
                 writes = _timed_writes(
                     core, results, lambda dl: writer.write(dl, dl.header.stamp_ns), output
                 )

@@ -62,7 +62,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from calibration import Rig
+import numpy as np
+
+from calibration import Rig, RigidTransform
 from perception.config import NodeConfig
 from perception.errors import WireError
 from perception.msgs import wire
@@ -79,9 +81,11 @@ from perception.msgs.types import (
     RigMessage,
     SensorStatus,
     SyncedBundle,
+    TrackList,
     sweep_end_ns,
 )
 from perception.pipeline import Pipeline
+from perception.pipeline.tracking import Tracker
 from perception.ratelimit import RateLimitedLogger
 from perception.sync import Bundler, Filed
 from perception.sync.bundler import parse_rig
@@ -128,6 +132,9 @@ class NodeCounters:
     confirmed sensor clock jumps (each reset that stream's synchronisation). `unfit_images`:
     camera images the pipeline left out as too dark or too blurred
     (perception.pipeline.camera_health; their streams are listed as degraded).
+    `tracker_resets`: times the tracker started over (a lidar clock jump, a gap in the sweeps,
+    the ego pose gained or lost); `tracking_errors`: sweeps the tracker failed on (their
+    DetectionLists still go out, without a TrackList).
     """
 
     received: int = 0
@@ -150,6 +157,8 @@ class NodeCounters:
     rejected_subscribers: int = 0
     stamp_faults: int = 0
     unfit_images: int = 0
+    tracker_resets: int = 0
+    tracking_errors: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -222,6 +231,10 @@ class NodeCore:
         self._stale = False
         self._last_publish_ns = 0
         self._last_latency_ns = 0
+        #: The multi-object tracker after fusion (processing side only).
+        self.tracker = Tracker(config.tracking)
+        self._tracker_epoch = 0
+        self._tracks: TrackList | None = None
 
     @property
     def epoch(self) -> int:
@@ -440,6 +453,15 @@ class NodeCore:
             sweep = chosen.bundle.lidar.header
             self._bad.warning("step", f"dropped sweep {sweep.stream} {sweep.seq}: {e!r}")
             return None
+        tracking_start_ns = time.perf_counter_ns()
+        tracks = self._track(chosen, detections)
+        detections = replace(
+            detections,
+            timings_ns={
+                **detections.timings_ns,
+                "tracking": time.perf_counter_ns() - tracking_start_ns,
+            },
+        )
         with self._lock:
             self._seq += 1
             timings = {
@@ -454,7 +476,49 @@ class NodeCore:
             self.counters.published += 1
             missing = chosen.bundle.missing
             self.counters.unfit_images += sum(s not in missing for s in detections.degraded)
+            self.counters.tracker_resets = self.tracker.resets
+            if tracks is not None:
+                tracks = replace(tracks, timings_ns=dict(timings))
+            self._tracks = tracks
         return replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
+
+    def take_tracks(self) -> TrackList | None:
+        """The TrackList made with the last DetectionList `on_bundles` returned (once; None
+        when the tracker failed on it). Processing side, after `on_bundles`."""
+        tracks, self._tracks = self._tracks, None
+        return tracks
+
+    def _track(self, chosen: ReadyBundle, detections: DetectionList) -> TrackList | None:
+        """The tracker updated with one sweep's detections; its confirmed tracks. A new lidar
+        clock timeline (a confirmed jump) starts it over."""
+        bundle = chosen.bundle
+        try:
+            if chosen.epoch != self._tracker_epoch:
+                self.tracker.reset()
+                self._tracker_epoch = chosen.epoch
+            pose = bundle.ego_pose
+            world_from_vehicle = None
+            if pose is not None and not pose.stale:
+                # The pose is the GNSS antenna's: the vehicle origin is the lever arm away.
+                heading = RigidTransform.from_yaw(pose.heading_rad)
+                arm = bundle.rig.gnss_lever_arm_m
+                antenna = np.asarray(pose.position_enu_m, dtype=np.float64)
+                origin = antenna if arm is None else antenna - heading.rotation @ arm
+                world_from_vehicle = RigidTransform.from_yaw(pose.heading_rad, origin)
+            stamp_ns = detections.header.stamp_ns
+            tracks = self.tracker.update(detections.detections, stamp_ns, world_from_vehicle)
+        except Exception as e:  # the detections still go out
+            with self._lock:
+                self.counters.tracking_errors += 1
+            seq = bundle.lidar.header.seq
+            self._bad.warning("tracking", f"tracking failed on sweep {seq}: {e!r}")
+            return None
+        if tracks is None:
+            return None
+        header = Header(
+            self.config.outputs.tracks_topic, detections.header.seq, stamp_ns, "vehicle"
+        )
+        return TrackList(header, tracks, self.tracker.world_frame, resets=self.tracker.resets)
 
     def count_loop_error(self) -> None:
         """An exception a thread of the node caught and survived."""

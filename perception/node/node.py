@@ -306,6 +306,9 @@ class Node:
     def _publish(self, publisher: Publisher, detections: DetectionList) -> None:
         start = time.perf_counter_ns()
         self._send(publisher, detections, "detections", self.config.outputs.detections_topic)
+        tracks = self.core.take_tracks()
+        if tracks is not None:
+            self._send(publisher, tracks, "tracks", self.config.outputs.tracks_topic)
         self.core.record_publish(time.perf_counter_ns() - start)
 
     def _send(

@@ -19,6 +19,7 @@ STAGES = (
     "lidar_encoder",
     "fusion",
     "postprocess",
+    "tracking",
     "publish",
 )
 

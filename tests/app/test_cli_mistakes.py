@@ -45,8 +45,9 @@ def detections_drive(
     path = tmp_path_factory.mktemp("drives") / "detections.mcap"
     assert main(["replay", str(kitti_drive), "--out", str(path), "--model", str(yolox_path),
                  "--quiet"]) == 0  # fmt: skip
-    # The node's outputs: its DetectionLists and its Diagnostics (once a second, and at the end).
-    assert set(DriveReader(path).topics()) == {"detections", "diagnostics"}
+    # The node's outputs: its DetectionLists, TrackLists and Diagnostics (once a second, and at
+    # the end).
+    assert set(DriveReader(path).topics()) == {"detections", "tracks", "diagnostics"}
     return path
 
 
@@ -121,7 +122,7 @@ def test_replay_of_a_detections_drive(capsys, detections_drive: Path, tmp_path: 
     err = _fails(capsys, "replay", str(detections_drive), "--out", str(tmp_path / "x.jsonl"))
     assert err.startswith(
         f"perception replay: error: {detections_drive}: no sensor topics to replay "
-        "(it holds: detections, diagnostics); replay takes a sensor drive"
+        "(it holds: detections, diagnostics, tracks); replay takes a sensor drive"
     )
     assert not (tmp_path / "x.jsonl").exists()
 

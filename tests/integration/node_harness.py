@@ -17,7 +17,7 @@ import yaml
 
 from perception.io.transport import Subscriber
 from perception.msgs import wire
-from perception.msgs.types import DetectionList
+from perception.msgs.types import DetectionList, TrackList
 
 
 def node_config(
@@ -116,6 +116,27 @@ def start_player(kitti_dir: Path, endpoint: str, rate_hz: float) -> subprocess.P
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def collect_outputs(
+    sub: Subscriber, count: int, timeout_s: float
+) -> tuple[list[DetectionList], list[TrackList]]:
+    """`count` DetectionLists and `count` TrackLists from a subscriber of both topics (or what
+    came before `timeout_s`)."""
+    detections: list[DetectionList] = []
+    tracks: list[TrackList] = []
+    deadline = time.monotonic() + timeout_s
+    while (len(detections) < count or len(tracks) < count) and time.monotonic() < deadline:
+        frames = sub.recv(timeout_ms=100)
+        if frames is None:
+            continue
+        _, msg = wire.decode(frames)
+        if isinstance(msg, TrackList):
+            tracks.append(msg)
+        else:
+            assert isinstance(msg, DetectionList)
+            detections.append(msg)
+    return detections, tracks
 
 
 def collect_detections(sub: Subscriber, count: int, timeout_s: float) -> list[DetectionList]:

@@ -170,7 +170,7 @@ def test_record_and_play_put_each_topic_where_it_is_published(
                 writer.write(rec.message, rec.log_time_ns, rec.topic)
     config, sensors, outputs = _endpoints_config(tmp_path)
     out = tmp_path / "recorded.mcap"
-    topics = ["lidar/top", "camera/front", "rig", "detections", "diagnostics"]
+    topics = ["lidar/top", "camera/front", "rig", "detections", "tracks", "diagnostics"]
     recorder = subprocess.Popen(
         [*CLI, "record", *topics, "--out", str(out), "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -184,17 +184,21 @@ def test_record_and_play_put_each_topic_where_it_is_published(
     )  # fmt: skip
     assert player.returncode == 0, player.stdout + player.stderr
     assert (
-        f"camera/front, lidar/top, rig on {sensors}; detections, diagnostics on {outputs}"
+        f"camera/front, lidar/top, rig on {sensors}; detections, diagnostics, tracks on {outputs}"
         in player.stdout
     )
     time.sleep(1.0)
     recorder.send_signal(signal.SIGINT)
     log, _ = recorder.communicate(timeout=30)
     assert recorder.returncode == 0, log
-    assert f"lidar/top, camera/front, rig at {sensors}; detections, diagnostics at {outputs}" in log
+    assert (
+        f"lidar/top, camera/front, rig at {sensors}; detections, tracks, diagnostics at {outputs}"
+        in log
+    )
     diagnostics = DriveReader(detections).topics()["diagnostics"]
     assert DriveReader(out).topics() == {"lidar/top": 8, "camera/front": 8, "rig": 8,
-                                         "detections": 8, "diagnostics": diagnostics}  # fmt: skip
+                                         "detections": 8, "tracks": 8,
+                                         "diagnostics": diagnostics}  # fmt: skip
 
 
 def test_record_overwrite_replaces_the_drive_when_finished(

@@ -11,13 +11,13 @@ import pytest
 from calibration.kitti import kitti_label_to_velo
 from perception.config import load_config
 from perception.io.transport import Subscriber
-from perception.msgs.types import DetectionList
+from perception.msgs.types import DetectionList, TrackList
 from perception.pipeline import Pipeline
 from perception.pipeline.timing import STAGES
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.offline import run_messages
 from tests.integration.node_harness import (
-    collect_detections,
+    collect_outputs,
     node_config,
     running_node,
     start_player,
@@ -40,17 +40,20 @@ def _pedestrian_label_velo(kitti_dir: Path) -> np.ndarray:
 def live_run(tmp_path_factory: pytest.TempPathFactory, kitti_dir: Path, yolox_path: Path):
     tmp = tmp_path_factory.mktemp("live")
     config, sensors, detections = node_config(tmp, yolox_path)
-    with running_node(config) as node, Subscriber([detections], ["detections"]) as sub:
+    with (
+        running_node(config) as node,
+        Subscriber([detections], ["detections", "tracks"]) as sub,
+    ):
         player = start_player(kitti_dir, sensors, rate_hz=5.0)
-        received = collect_detections(sub, N_FRAMES, timeout_s=60.0)
+        received, tracks = collect_outputs(sub, N_FRAMES, timeout_s=60.0)
         player_out, _ = player.communicate(timeout=30)
         assert player.returncode == 0, player_out
     assert node.proc.returncode == 0, "".join(node.output)
-    return received, "".join(node.output), config
+    return received, "".join(node.output), config, tracks
 
 
 def test_one_detection_list_per_sweep(live_run) -> None:
-    received, log, _ = live_run
+    received, log, _, _ = live_run
     assert len(received) == N_FRAMES, log
     assert [d.header.seq for d in received] == list(range(N_FRAMES))
     stamps = [d.header.stamp_ns for d in received]
@@ -60,6 +63,19 @@ def test_one_detection_list_per_sweep(live_run) -> None:
         assert dl.latency_ns > 0
         assert dl.degraded == ()
     assert "stopped" in log
+
+
+def test_one_track_list_per_detection_list(live_run) -> None:
+    """Each sweep's tracks go out on `tracks` beside its detections. KITTI object frames come
+    without GNSS: tracks live in the vehicle frame. (The frames are unrelated scenes; a parked
+    car at the same place in three of five may still make a track.)"""
+    received, log, _, tracks = live_run
+    assert len(tracks) == N_FRAMES, log
+    for dl, tl in zip(received, tracks, strict=True):
+        assert isinstance(tl, TrackList) and tl.header.stream == "tracks"
+        assert (tl.header.seq, tl.header.stamp_ns) == (dl.header.seq, dl.header.stamp_ns)
+        assert tl.world_frame == "vehicle" and tl.timings_ns == dl.timings_ns
+        assert all(t.hits >= 3 for t in tl.tracks)
 
 
 def test_labelled_pedestrian_detected_live(live_run, kitti_dir: Path) -> None:

@@ -116,6 +116,9 @@ def test_a_sensor_clock_that_really_jumps_is_followed(
     assert counters.clock_jumps == 2  # the camera's clock and the lidar's
     assert counters.stamp_faults == 4
     assert counters.skipped_bundles == 0
+    # The lidar's new timeline starts the tracker over, once; every sweep is tracked.
+    assert counters.tracker_resets == 1 and core.tracker.resets == 1
+    assert counters.tracking_errors == 0 and core.tracker.out_of_order == 0
     # The latency after the jump uses the new offset at once, not the 5 s the clocks moved.
     assert all(0 < dl.latency_ns < 1 * S for _, dl in outputs[20:])
     clocks = {c.stream: c for c in core.diagnostics(START + 4 * S).clocks}
