@@ -279,20 +279,22 @@ def _scene_update(msg: DetectionList, topic: str) -> SceneUpdate:
         )
         entity.cubes[-1].color.r, entity.cubes[-1].color.g = 1.0, 0.6
         entity.cubes[-1].color.b, entity.cubes[-1].color.a = 0.1, 0.4
-        label_pose = Pose(
-            position=Vector3(x=det.center[0], y=det.center[1], z=det.center[2] + det.size[2] / 2.0),
-            orientation=Quaternion(w=1.0),
-        )
-        text = TextPrimitive(
-            pose=label_pose,
-            billboard=True,
-            font_size=14.0,
-            scale_invariant=True,
-            text=f"{det.label} {det.score:.2f}",
-        )
-        text.color.r = text.color.g = text.color.b = text.color.a = 1.0
-        entity.texts.append(text)
+        x, y, z = det.center
+        entity.texts.append(_billboard(x, y, z + det.size[2] / 2.0, f"{det.label} {det.score:.2f}"))
     return SceneUpdate(entities=[entity])
+
+
+def _billboard(x: float, y: float, z: float, text: str) -> TextPrimitive:
+    """A white label at (x, y, z) that faces the viewer at a constant size."""
+    label = TextPrimitive(
+        pose=Pose(position=Vector3(x=x, y=y, z=z), orientation=Quaternion(w=1.0)),
+        billboard=True,
+        font_size=14.0,
+        scale_invariant=True,
+        text=text,
+    )
+    label.color.r = label.color.g = label.color.b = label.color.a = 1.0
+    return label
 
 
 def _track_scene(msg: TrackList, topic: str) -> SceneUpdate:
@@ -322,17 +324,8 @@ def _track_scene(msg: TrackList, topic: str) -> SceneUpdate:
             )
             arrow.color.r, arrow.color.g, arrow.color.b, arrow.color.a = 0.2, 0.9, 0.3, 1.0
             entity.arrows.append(arrow)
-        text = TextPrimitive(
-            pose=Pose(
-                position=Vector3(x=x, y=y, z=z + height / 2.0 + 0.3), orientation=Quaternion(w=1.0)
-            ),
-            billboard=True,
-            font_size=14.0,
-            scale_invariant=True,
-            text=f"#{track.track_id} {track.label} {speed:.1f} m/s",
-        )
-        text.color.r = text.color.g = text.color.b = text.color.a = 1.0
-        entity.texts.append(text)
+        text = f"#{track.track_id} {track.label} {speed:.1f} m/s"
+        entity.texts.append(_billboard(x, y, z + height / 2.0 + 0.3, text))
     return SceneUpdate(entities=[entity])
 
 
