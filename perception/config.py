@@ -411,11 +411,11 @@ class TrackingConfig:
     """The multi-object tracker after fusion (perception.pipeline.tracking): one EKF per object
     in the world frame (ENU at the drive's origin with ego poses, else the vehicle frame),
     constant turn rate and velocity for `ctrv_labels`, constant velocity for every other label;
-    Hungarian association on the Mahalanobis distance of the box centre, gated. A detection
-    labelled `unknown` (lidar-only) may feed a track of any class, which keeps its class; a
-    labelled one only a track of its class or an `unknown` one, which takes it. Per-class values
-    are maps from the label; a label not listed takes the `unknown` entry, which every map must
-    have."""
+    Hungarian association of the box centres, gated on their Mahalanobis distance, at the cost
+    of the pair's negative log-likelihood. A detection labelled `unknown` (lidar-only) may feed
+    a track of any class, which keeps its class; a labelled one only a track of its class or an
+    `unknown` one, which takes it. Per-class values are maps from the label; a label not listed
+    takes the `unknown` entry, which every map must have."""
 
     confirm_hits: int = 3
     """A new (tentative) track is confirmed, and published, after this many detections ..."""
@@ -425,6 +425,10 @@ class TrackingConfig:
     """A confirmed track not updated for this long is deleted (it coasts until then)."""
     max_gap_s: float = 2.0
     """Sweeps further apart than this (a stall, a clock jump) start the tracker over."""
+    min_score: float = 0.2
+    """Detections scoring below this are not tracked (they neither update nor start a track):
+    the geometric fusion's lidar-only fragments, scored a few percent, would drag tracks off
+    their objects and start false ones (0-1)."""
     gate_probability: float = 0.99
     """A detection matches a track only inside this probability mass of the track's predicted
     centre (chi-square, 2 degrees of freedom: 0.99 is a Mahalanobis distance of 3.03)."""
@@ -470,15 +474,15 @@ class TrackingConfig:
             "Truck": 0.3,
             "Pedestrian": 0.15,
             "Cyclist": 0.2,
-            "unknown": 0.3,
+            "unknown": 0.4,
         }
     )
     """Measurement noise per detection label: a detection's centre (x and y)."""
     yaw_std_rad: dict[str, float] = field(
         default_factory=lambda: {
-            "Car": 0.1,
-            "Van": 0.1,
-            "Truck": 0.1,
+            "Car": 0.3,
+            "Van": 0.3,
+            "Truck": 0.3,
             "Pedestrian": 0.5,
             "Cyclist": 0.3,
             "unknown": 0.3,
@@ -535,6 +539,8 @@ class TrackingConfig:
             value = getattr(self, name)
             if not _positive(value):
                 raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"min_score: must be in [0, 1], got {self.min_score}")
         if not 0.0 < self.gate_probability < 1.0:
             raise ConfigError(f"gate_probability: must be in (0, 1), got {self.gate_probability}")
         for name in ("size_smoothing", "existence_hit_gain"):

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["assign", "chi2_2dof_quantile", "mahalanobis_sq"]
+__all__ = ["assign", "chi2_2dof_quantile", "innovation_log_det", "mahalanobis_sq"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -38,6 +38,16 @@ def mahalanobis_sq(
     # The 2 x 2 inverse written out: one pass over (N, M) instead of a batched solve.
     d2: FloatArray = (c * dx * dx - 2.0 * b * dx * dy + a * dy * dy) / (a * c - b * b)
     return d2
+
+
+def innovation_log_det(covariances: FloatArray, point_variances: FloatArray) -> FloatArray:
+    """ln det S (N, M) of the innovation covariances S = covariance + variance I of N tracks
+    and M points (the arguments of `mahalanobis_sq`)."""
+    a = covariances[:, 0, 0, None] + point_variances[None, :]
+    b = covariances[:, 0, 1, None]
+    c = covariances[:, 1, 1, None] + point_variances[None, :]
+    out: FloatArray = np.log(a * c - b * b)
+    return out
 
 
 def assign(cost: FloatArray, feasible: BoolArray) -> tuple[IntArray, IntArray]:

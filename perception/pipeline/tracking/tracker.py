@@ -19,7 +19,12 @@ from calibration import RigidTransform
 from perception.config import TrackingConfig
 from perception.msgs.types import Detection3D, Track
 from perception.pipeline.tracking import motion
-from perception.pipeline.tracking.association import assign, chi2_2dof_quantile, mahalanobis_sq
+from perception.pipeline.tracking.association import (
+    assign,
+    chi2_2dof_quantile,
+    innovation_log_det,
+    mahalanobis_sq,
+)
 
 __all__ = ["UNKNOWN_LABEL", "Tracker"]
 
@@ -103,9 +108,10 @@ class Tracker:
         stamp_ns: int,
         world_from_vehicle: RigidTransform | None,
     ) -> tuple[Track, ...] | None:
-        """Take one sweep's detections (vehicle frame) at `stamp_ns` and return the confirmed
-        tracks, by id. `world_from_vehicle` is the ego pose at the stamp (None: track in the
-        vehicle frame). A stamp not after the last is dropped: returns None, state unchanged.
+        """Take one sweep's detections (vehicle frame; those scoring below the config's
+        `min_score` are left out) at `stamp_ns` and return the confirmed tracks, by id.
+        `world_from_vehicle` is the ego pose at the stamp (None: track in the vehicle frame). A
+        stamp not after the last is dropped: returns None, state unchanged.
 
         Raises:
             ValueError: `world_from_vehicle` has non-finite values.
@@ -222,7 +228,7 @@ class Tracker:
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
             self.skipped_detections += int((~finite).sum())
-        keep = np.flatnonzero(finite)
+        keep = np.flatnonzero(finite & (values[:, 7] >= self.config.min_score))
         values = values[keep]
         labels = np.array([self._label_row(detections[i].label) for i in keep.tolist()], np.int64)
         rotation = pose.rotation
@@ -254,7 +260,11 @@ class Tracker:
         # out), and an unknown track may take a class; two real classes never mix.
         same = (row[:, None] == labels[None, :]) | (labels == 0)[None, :] | (row == 0)[:, None]
         feasible = same & (d2 <= self._gate) & (distance <= cap[:, None])
-        rows, cols = assign(d2, feasible)
+        # The cost is the pair's negative log-likelihood, not d2 alone: d2 favours the least
+        # certain track, so a new track (its speed unknown, its gate wide) would take the
+        # detection of a confirmed track that predicts it well, which then coasts off.
+        cost = d2 + innovation_log_det(self._p[:, :2, :2], self._position_std[labels] ** 2)
+        rows, cols = assign(cost, feasible)
         inflation = np.ones(rows.size)
         # A track that found nothing in its gate may be manoeuvring (braking hard, swerving)
         # beyond its process noise: it takes a detection left over within `max_distance_m`
