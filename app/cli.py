@@ -681,16 +681,33 @@ def _add_eval(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         sub,
         "eval",
         "app.commands.evaluate:cmd_eval",
-        "compare detections with reference boxes",
+        "compare detections with reference boxes, or tracks with ground truth",
         "Match the detections of a KITTI object replay (JSON Lines) with reference boxes "
         "(PointPillars predictions or KITTI labels) in bird's-eye view: matched and missed "
-        "counts, centre and yaw errors.",
+        "counts, centre and yaw errors. With --tracks: score the tracker's TrackLists of a "
+        "replay's MCAP output against the ground truth of the synthetic drive replayed "
+        "(--drive), the demo's protocol (objects within 40 m at least half unoccluded and in "
+        "the image, a match within 1 m for cars, 0.5 m for pedestrians and cyclists): MOTA, "
+        "MOTP, IDF1, ID switches, fragmentations, velocity and heading errors per class.",
         common=common,
     )
-    p.add_argument("detections", help="JSON Lines from `perception replay`")
-    p.add_argument("--kitti", required=True, metavar="DIR", help="the KITTI folder replayed")
     p.add_argument(
-        "--reference", required=True, metavar="DIR", help="folder of reference boxes per frame"
+        "detections", nargs="?", help="JSON Lines from `perception replay` (not with --tracks)"
+    )
+    p.add_argument("--kitti", metavar="DIR", help="the KITTI folder replayed (with DETECTIONS)")
+    p.add_argument(
+        "--reference", metavar="DIR", help="folder of reference boxes per frame (with DETECTIONS)"
+    )
+    p.add_argument(
+        "--tracks",
+        metavar="MCAP",
+        help="score tracks instead: the MCAP output of `perception replay DRIVE --out OUT.mcap`",
+    )
+    p.add_argument(
+        "--drive",
+        metavar="DRIVE",
+        help="with --tracks: the synthetic drive replayed, with its ground truth (DRIVE.gt.jsonl "
+        "beside it, else its ground-truth channel)",
     )
     p.add_argument(
         "--max-distance",

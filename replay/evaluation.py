@@ -33,6 +33,7 @@ from perception.pipeline.boxes import bev_iou
 
 __all__ = [
     "CLASS_MATCH_DISTANCE_M",
+    "MIN_IN_IMAGE",
     "MIN_UNOCCLUDED",
     "NEIGHBOUR_LABELS",
     "POINTPILLARS_CLASSES",
@@ -49,6 +50,7 @@ __all__ = [
     "match_detections",
     "merge_results",
     "project_box",
+    "quality_counted",
     "read_kitti_labels",
     "read_pointpillars_boxes",
     "score_frame",
@@ -437,6 +439,9 @@ def average_precision(result: MatchResult, label: str, *, recall_points: int = 4
 QUALITY_RANGE_M = 40.0
 #: ...when at least this fraction of them is unoccluded (where the source knows it)...
 MIN_UNOCCLUDED = 0.5
+#: ...and at least this fraction of their volume is in the camera image (where a camera is
+#: given)...
+MIN_IN_IMAGE = 0.5
 #: ...and a detection matches within this BEV centre distance (m): a car 1 m, the narrow
 #: classes 0.5 m.
 CLASS_MATCH_DISTANCE_M: Mapping[str, float] = {"Car": 1.0, "Pedestrian": 0.5, "Cyclist": 0.5}
@@ -446,6 +451,40 @@ NEIGHBOUR_LABELS: Mapping[str, tuple[str, ...]] = {
     "Car": ("Van",),
     "Pedestrian": ("Person_sitting",),
 }
+
+
+def quality_counted(
+    references: Sequence[ReferenceBox],
+    unoccluded: Sequence[float],
+    camera: CameraModel | None = None,
+    camera_from_vehicle: RigidTransform | None = None,
+    *,
+    range_m: float = QUALITY_RANGE_M,
+) -> list[bool]:
+    """Per reference, whether the quality protocol counts it: within ``range_m`` (BEV), at
+    least `MIN_UNOCCLUDED` of it unoccluded (``unoccluded``: one fraction per reference) and,
+    when a camera is given, at least `MIN_IN_IMAGE` of its volume in that camera's image.
+
+    Raises:
+        ValueError: ``unoccluded`` is not one fraction per reference, or only one of camera and
+            transform is given.
+    """
+    if len(unoccluded) != len(references):
+        raise ValueError(
+            f"unoccluded: {len(unoccluded)} fractions for {len(references)} references"
+        )
+    if (camera is None) != (camera_from_vehicle is None):
+        raise ValueError("camera and camera_from_vehicle must be given together")
+    return [
+        r.range_m <= range_m
+        and u >= MIN_UNOCCLUDED
+        and (
+            camera is None
+            or camera_from_vehicle is None
+            or visible_fraction(r, camera, camera_from_vehicle) >= MIN_IN_IMAGE
+        )
+        for r, u in zip(references, unoccluded, strict=True)
+    ]
 
 
 def score_frame(

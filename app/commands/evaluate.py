@@ -1,10 +1,11 @@
-"""`perception eval`: detections against reference boxes."""
+"""`perception eval`: detections against reference boxes, or tracks against ground truth."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from app.common import check_drive_path
 from perception.errors import PerceptionError
 from replay.datasets.kitti_eval import evaluate_kitti_run
 
@@ -27,6 +28,24 @@ def _check_text(path: Path) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.tracks is not None:
+        return _eval_tracks(args)
+    if args.drive is not None:
+        raise PerceptionError("--drive goes with --tracks (tracks against a drive's ground truth)")
+    missing = [
+        name
+        for name, value in (
+            ("DETECTIONS", args.detections),
+            ("--kitti", args.kitti),
+            ("--reference", args.reference),
+        )
+        if value is None
+    ]
+    if missing:
+        raise PerceptionError(
+            f"missing {', '.join(missing)}: eval takes DETECTIONS --kitti DIR --reference DIR, "
+            "or --tracks OUT.mcap --drive DRIVE.mcap"
+        )
     _, report = evaluate_kitti_run(
         _check_text(Path(args.detections).expanduser()),
         Path(args.kitti).expanduser(),
@@ -37,4 +56,73 @@ def cmd_eval(args: argparse.Namespace) -> int:
         min_reference_score=args.min_score,
     )
     print(report)
+    return 0
+
+
+def _eval_tracks(args: argparse.Namespace) -> int:
+    """`eval --tracks OUT.mcap --drive DRIVE.mcap`: the TrackLists of a replay's MCAP output
+    scored against the ground truth of the drive replayed (`replay.tracking_eval`)."""
+    given = [
+        name
+        for name, value in (
+            ("DETECTIONS", args.detections),
+            ("--kitti", args.kitti),
+            ("--reference", args.reference),
+        )
+        if value is not None
+    ]
+    if given:
+        raise PerceptionError(
+            f"--tracks takes no {', '.join(given)}: it scores the tracks of a replay's MCAP "
+            "output against the drive's ground truth (--drive DRIVE.mcap)"
+        )
+    if args.drive is None:
+        raise PerceptionError(
+            "--tracks needs --drive DRIVE.mcap: the drive replayed, whose ground truth the "
+            "tracks are scored against"
+        )
+    # Imported here: py-motmetrics brings pandas (a second to import) that the detections'
+    # evaluation does without.
+    from perception.msgs.types import TrackList  # noqa: PLC0415
+    from replay.drive import DriveReader  # noqa: PLC0415
+    from replay.synth.world import (  # noqa: PLC0415
+        ground_truth_path,
+        read_drive_ground_truth,
+        read_ground_truth,
+    )
+    from replay.tracking_eval import evaluate_tracks, format_tracking_report  # noqa: PLC0415
+
+    tracks_path = check_drive_path(Path(args.tracks).expanduser())
+    drive = check_drive_path(Path(args.drive).expanduser())
+    output = DriveReader(tracks_path)
+    topics = output.topics()
+    lists = [r.message for r in output.messages() if isinstance(r.message, TrackList)]
+    if not lists:
+        held = ", ".join(sorted(topics)) or "nothing"
+        raise PerceptionError(
+            f"{tracks_path}: no TrackLists (it holds: {held}); --tracks takes the MCAP output "
+            "of `perception replay DRIVE --out OUT.mcap`"
+        )
+    beside = ground_truth_path(drive)
+    try:
+        truth = read_ground_truth(beside) if beside.is_file() else read_drive_ground_truth(drive)
+    except ValueError as e:
+        raise PerceptionError(str(e)) from e
+    if not truth:
+        raise PerceptionError(
+            f"{drive}: no ground truth (neither {beside.name} beside it nor a ground-truth "
+            "channel in it); --drive takes a synthetic drive (`perception demo`)"
+        )
+    stamps = {f.stamp_ns for f in truth}
+    if not any(t.header.stamp_ns in stamps for t in lists):
+        raise PerceptionError(
+            f"{tracks_path}: no TrackList has the stamp of a sweep of {drive}: were the tracks "
+            "replayed from another drive?"
+        )
+    rig = DriveReader(drive).rig or output.rig
+    try:
+        result = evaluate_tracks(lists, truth, rig=rig)
+    except ValueError as e:
+        raise PerceptionError(f"{drive}: {e}") from e
+    print(format_tracking_report(result, title=f"tracks: {tracks_path}\ndrive: {drive}"))
     return 0

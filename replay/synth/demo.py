@@ -2,7 +2,7 @@
 
 `run_demo` generates (or reuses) a synthetic drive (`replay.synth.world`), runs it through
 `Pipeline` (the self-trained camera detector `engines/models/synth_detector.onnx`, YOLOX
-decoding, and the default fusion engine, all on ONNX Runtime) with `replay.offline.run_records`,
+decoding, and the default fusion engine, all on ONNX Runtime) with `replay.offline.run_core`,
 and returns the per-stage latencies and the detection quality against ground truth. It writes the
 detections (JSON Lines) and a picture (camera image with boxes beside a bird's-eye view).
 
@@ -11,7 +11,10 @@ and at least half of its silhouette unoccluded in the rendered frame (a KITTI-"m
 filter) are the references; a detection within `MATCH_DISTANCE_M` (BEV centre distance) of one
 is a true positive. Detections up to `EVAL_RANGE_M` + `MATCH_DISTANCE_M` take part (as in
 `replay.datasets.kitti_eval`); those that match a car outside that set (far, occluded, out of
-view) are ignored rather than counted as false positives. The library prints nothing;
+view) are ignored rather than counted as false positives. The node core's tracker runs after
+the pipeline on every sweep; its TrackLists are scored the same way (`replay.tracking_eval`:
+MOTA, IDF1, ID switches, velocity errors) and drawn in the picture (track ids, and where each
+confirmed track was over the last `TRAIL_NS`). The library prints nothing;
 `format_demo_report` gives the text the CLI prints.
 """
 
@@ -35,24 +38,31 @@ from engines.fusion.learned_runner import LearnedFusionRunner
 from engines.registry import PACKAGED_MODELS_DIR
 from perception.config import FUSION_KINDS, FusionConfig, NodeConfig, PipelineConfig, SyncConfig
 from perception.msgs.jsonl import write_jsonl_line
-from perception.msgs.types import CameraFrame, Detection3D, DetectionList, LidarSweep
+from perception.msgs.types import (
+    CameraFrame,
+    Detection3D,
+    DetectionList,
+    LidarSweep,
+    Track,
+    TrackList,
+)
+from perception.node import NodeCore
 from perception.pipeline import Pipeline
 from replay.drive import DriveReader
 from replay.errors import ReplayError
 from replay.evaluation import (
     CLASS_MATCH_DISTANCE_M,
-    MIN_UNOCCLUDED,
     QUALITY_RANGE_M,
     MatchResult,
     ReferenceBox,
     average_precision,
     box_corners,
     merge_results,
+    quality_counted,
     score_frame,
-    visible_fraction,
 )
 from replay.mcap_player import checked_messages, drive_contents
-from replay.offline import run_records
+from replay.offline import Received, run_core
 from replay.output import atomic_output, check_output_dir
 from replay.synth.world import (
     CAMERA_NAME,
@@ -65,6 +75,7 @@ from replay.synth.world import (
     ground_truth_path,
     read_ground_truth,
 )
+from replay.tracking_eval import TrackingResult, evaluate_tracks
 from replay.training.fusion_data import beam_mask
 
 __all__ = [
@@ -74,6 +85,7 @@ __all__ = [
     "EVAL_RANGE_M",
     "MATCH_DISTANCE_M",
     "SYNTH_DETECTOR_PATH",
+    "TRAIL_NS",
     "DemoProgress",
     "DemoReport",
     "KindRun",
@@ -82,6 +94,7 @@ __all__ = [
     "ensure_synthetic_drive",
     "format_demo_report",
     "run_demo",
+    "tracking_lines",
 ]
 
 #: progress(stage, done, total): stage "generate" (sweeps of the drive written) or "replay"
@@ -94,7 +107,6 @@ SYNTH_DETECTOR_PATH = PACKAGED_MODELS_DIR / "synth_detector.onnx"
 CLASSES = ("Car", "Pedestrian", "Cyclist")
 EVAL_RANGE_M = QUALITY_RANGE_M
 MATCH_DISTANCE_M = CLASS_MATCH_DISTANCE_M["Car"]
-_MIN_IN_IMAGE = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,12 +122,15 @@ class StageLatency:
 @dataclass(frozen=True)
 class KindRun:
     """One fusion kind's run of the drive: its detection lists, the match result over every
-    class and its per-stage latencies."""
+    class and its per-stage latencies; the tracker's TrackLists and their tracking quality
+    (`replay.tracking_eval`)."""
 
     kind: str
     lists: tuple[DetectionList, ...]
     result: MatchResult
     latency: tuple[StageLatency, ...]
+    tracks: tuple[TrackList, ...] = ()
+    tracking: TrackingResult | None = None
 
 
 @dataclass(frozen=True)
@@ -174,12 +189,7 @@ def _evaluate(
     at least half unoccluded count (see the module docstring)."""
     camera = rig.cameras[CAMERA_NAME]
     cam_from_vehicle = rig.transform(f"camera/{CAMERA_NAME}", "vehicle")
-    scored = [
-        r.range_m <= EVAL_RANGE_M
-        and u >= MIN_UNOCCLUDED
-        and visible_fraction(r, camera, cam_from_vehicle) >= _MIN_IN_IMAGE
-        for r, u in zip(refs, unoccluded, strict=True)
-    ]
+    scored = quality_counted(refs, unoccluded, camera, cam_from_vehicle, range_m=EVAL_RANGE_M)
     return score_frame(
         dl.detections,
         refs,
@@ -218,10 +228,50 @@ def _colour(label: str) -> tuple[int, int, int]:
     return _COLOURS.get(label, (170, 170, 170))
 
 
+#: The picture's track trails: where each confirmed track was over this long before the frame.
+TRAIL_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class _Trail:
+    """A confirmed track at the picture's frame and its past centres (K, 2), oldest first, in
+    the vehicle frame of that frame (so they show where it went over the ground)."""
+
+    track: Track
+    points: npt.NDArray[np.float64]
+
+
+def _trails(track_lists: Sequence[TrackList], stamp_ns: int) -> tuple[_Trail, ...]:
+    """The tracks of the TrackList at `stamp_ns` with their centres over the `TRAIL_NS`
+    before it."""
+    current = next((t for t in track_lists if t.header.stamp_ns == stamp_ns), None)
+    if current is None or not current.tracks:
+        return ()
+    # The tracker's world frame differs from the vehicle frame by the ego's planar pose,
+    # which every track carries twice (in both frames): any one of them gives it.
+    ref = current.tracks[0]
+    ego_yaw = ref.yaw_world - ref.yaw
+    c, s = math.cos(ego_yaw), math.sin(ego_yaw)
+    rotation = np.array([[c, -s], [s, c]])
+    origin = np.array(ref.center_world[:2]) - rotation @ np.array(ref.center[:2])
+    history: dict[int, list[tuple[float, float]]] = {}
+    for tl in track_lists:
+        if stamp_ns - TRAIL_NS < tl.header.stamp_ns <= stamp_ns:
+            for t in tl.tracks:
+                history.setdefault(t.track_id, []).append((t.center_world[0], t.center_world[1]))
+    out = []
+    for t in current.tracks:
+        world = np.array(history.get(t.track_id, [t.center_world[:2]]), dtype=np.float64)
+        # vehicle_from_world as row vectors: (p - origin) R is R^T (p - origin).
+        out.append(_Trail(t, (world - origin) @ rotation))
+    return tuple(out)
+
+
 def _bev(
     points: npt.NDArray[np.float32],
     refs: tuple[ReferenceBox, ...],
     detections: tuple[Detection3D, ...],
+    trails: Sequence[_Trail] = (),
     size_px: int = 500,
 ) -> npt.NDArray[np.uint8]:
     """Bird's-eye view: x forward (up) 0..50 m, y left (left) +-25 m."""
@@ -244,10 +294,38 @@ def _bev(
         cv2.polylines(bev, [to_px(box_corners(ref)[:4, :2])], True, (80, 220, 80), 2)
     for det in detections:
         cv2.polylines(bev, [to_px(box_corners(det)[:4, :2])], True, _colour(det.label), 2)
+    for trail in trails:
+        colour = _colour(trail.track.label)
+        px_trail = to_px(trail.points)
+        cv2.polylines(bev, [px_trail], False, colour, 1, cv2.LINE_AA)
+        end = px_trail[-1]
+        cv2.circle(bev, (int(end[0]), int(end[1])), 2, (255, 255, 255), -1)
+        cv2.putText(bev, str(trail.track.track_id), (int(end[0]) + 5, int(end[1]) - 5),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
     cv2.fillPoly(bev, [to_px(np.array([[2.0, 0.0], [-1.5, 1.0], [-1.5, -1.0]]))], (255, 200, 0))
     cv2.putText(bev, "BEV: truth green; car orange, ped. red, cyclist cyan", (8, 18),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1, cv2.LINE_AA)  # fmt: skip
+    cv2.putText(bev, f"tracks: id, trail of the last {TRAIL_NS / 1e9:g} s", (8, 36),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1, cv2.LINE_AA)  # fmt: skip
     return bev
+
+
+def _label_tracks(image: npt.NDArray[np.uint8], trails: Sequence[_Trail], rig: Rig) -> None:
+    """Each track's id above its box in the camera image (tracks in front of it)."""
+    camera = rig.cameras[CAMERA_NAME]
+    cam_from_vehicle = rig.transform(f"camera/{CAMERA_NAME}", "vehicle")
+    for trail in trails:
+        t = trail.track
+        top = np.array([[t.center[0], t.center[1], t.center[2] + t.size[2] / 2]])
+        xyz = cam_from_vehicle.apply(top)
+        if xyz[0, 2] < 1.0:
+            continue
+        uv, _ = camera.project(xyz)
+        if not np.all(np.isfinite(uv)) or not camera.in_image(uv)[0]:
+            continue
+        u, v = (round(float(a)) for a in uv[0])
+        cv2.putText(image, f"#{t.track_id}", (u - 8, max(10, v - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
 
 
 def _picture(
@@ -257,6 +335,7 @@ def _picture(
     dl: DetectionList,
     refs: tuple[ReferenceBox, ...],
     rig: Rig,
+    trails: Sequence[_Trail] = (),
 ) -> None:
     cam = image.copy()
     for ref in refs:
@@ -269,9 +348,13 @@ def _picture(
             cv2.rectangle(cam, (int(b.x1), int(b.y1)), (int(b.x2), int(b.y2)), (255, 80, 255), 1)
             cv2.putText(cam, f"{det.label} {det.score:.2f}", (int(b.x1), max(10, int(b.y1) - 3)),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 80, 255), 1, cv2.LINE_AA)  # fmt: skip
+    _label_tracks(cam, trails, rig)
     points = rig.transform("vehicle", sweep.header.frame_id).apply(sweep.points[:, :3])
     bev = _bev(
-        np.concatenate([points, sweep.points[:, 3:]], 1).astype(np.float32), refs, dl.detections
+        np.concatenate([points, sweep.points[:, 3:]], 1).astype(np.float32),
+        refs,
+        dl.detections,
+        trails,
     )
     height = max(cam.shape[0], bev.shape[0])
     canvas = np.full((height, cam.shape[1] + bev.shape[1] + 10, 3), 255, np.uint8)
@@ -279,7 +362,7 @@ def _picture(
     canvas[: bev.shape[0], cam.shape[1] + 10 :] = bev
     legend = (
         "camera: 2D boxes (magenta), 3D detections (cars orange, pedestrians red, cyclists cyan), "
-        "ground truth (green)"
+        "ground truth (green), track ids (white)"
     )
     cv2.putText(
         canvas,
@@ -497,8 +580,11 @@ def run_demo(
     best: tuple[int, DetectionList] | None = None
     for kind, pipeline in pipelines.items():
         lists: list[DetectionList] = []
+        track_lists: list[TrackList] = []
         records = _degrade(checked_messages(reader), without)
-        for dl in run_records(records, pipeline, config, default_rig=rig):
+        core = NodeCore(config, pipeline, rig)
+        received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
+        for dl in run_core(core, received, on_tracks=track_lists.append):
             lists.append(dl)
             if progress is not None:
                 progress(f"replay:{kind}", len(lists), sweeps)
@@ -513,7 +599,10 @@ def run_demo(
             if kind == kinds[0] and (best is None or score > best[0]):
                 best = (score, dl)
         result = merge_results(results) if results else MatchResult(classes=CLASSES)
-        runs[kind] = KindRun(kind, tuple(lists), result, _latencies(lists))
+        tracking = evaluate_tracks(track_lists, truth.values(), rig=rig)
+        runs[kind] = KindRun(
+            kind, tuple(lists), result, _latencies(lists), tuple(track_lists), tracking
+        )
     first = runs[kinds[0]]
     detections_path = out_dir / "detections.jsonl"
     with (
@@ -544,7 +633,8 @@ def run_demo(
             if image is None:  # the camera removed: a blank image keeps the layout
                 camera = rig.cameras[CAMERA_NAME]
                 image = np.zeros((camera.height, camera.width, 3), np.uint8)
-            _picture(picture, image, sweep, best[1], truth[stamp].boxes, rig)
+            trails = _trails(first.tracks, stamp)
+            _picture(picture, image, sweep, best[1], truth[stamp].boxes, rig, trails)
     return DemoReport(
         drive=Path(drive_path),
         detections=detections_path,
@@ -590,6 +680,25 @@ def quality_table(runs: Sequence[KindRun]) -> list[str]:
     return lines
 
 
+def tracking_lines(runs: Sequence[KindRun], label: str = "Car") -> list[str]:
+    """One line per fusion kind: MOTA, IDF1, ID switches and velocity RMSE of `label`."""
+    lines = []
+    for run in runs:
+        if run.tracking is None:
+            continue
+        st = run.tracking.stats(label)
+        per_100 = st.id_switches_per_100
+        lines.append(
+            f"  {run.kind:<11}MOTA {_num(st.mota, '.3f')}, IDF1 {_num(st.idf1, '.3f')}, "
+            f"{st.id_switches} ID switches ("
+            + ("n/a" if per_100 is None else f"{per_100:.1f}")
+            + f" per 100 of {st.gt_tracks} objects), velocity RMSE "
+            + _num(st.velocity_rmse_mps, ".2f")
+            + " m/s"
+        )
+    return lines
+
+
 def format_demo_report(report: DemoReport) -> str:
     """The text the CLI prints: latency table, quality per class and fusion kind, and the files
     written."""
@@ -624,6 +733,10 @@ def format_demo_report(report: DemoReport) -> str:
         "at least half in the image and unoccluded; match at 1 m for cars, 0.5 m for "
         "pedestrians and cyclists):",
         *quality_table(runs),
+        "",
+        "tracking vs ground truth, cars (the same objects; velocity RMSE of cars moving faster "
+        "than 1 m/s):",
+        *tracking_lines(runs),
         "",
         f"detections: {report.detections}",
         f"picture: {report.picture}",

@@ -307,13 +307,19 @@ class SynthStats:
 
 @dataclass(frozen=True)
 class GroundTruthFrame:
-    """The ground truth of one sweep: its seq, stamp (ns) and boxes (vehicle frame)."""
+    """The ground truth of one sweep: its seq, stamp (ns) and boxes (vehicle frame); per box,
+    its unoccluded fraction in the camera image, its lidar returns, its object id (the same
+    object keeps its id over the drive) and its velocity over the ground in the vehicle axes
+    (m/s). `ids` and `velocities` are empty for ground truth written before they were read
+    (documents without `id` or `velocity`)."""
 
     seq: int
     stamp_ns: int
     boxes: tuple[ReferenceBox, ...]
     camera_visible: tuple[float, ...]
     lidar_points: tuple[int, ...]
+    ids: tuple[int, ...] = ()
+    velocities: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -988,17 +994,32 @@ def read_drive_ground_truth(drive_path: Path) -> list[GroundTruthFrame]:
 
 
 def _ground_truth_frame(doc: dict[str, Any]) -> GroundTruthFrame:
+    docs = doc["boxes"]
     boxes = tuple(
-        ReferenceBox(b["label"], tuple(b["center"]), tuple(b["size"]), b["yaw"])
-        for b in doc["boxes"]
+        ReferenceBox(b["label"], tuple(b["center"]), tuple(b["size"]), b["yaw"]) for b in docs
     )
+    # All or nothing: a box without an id (or velocity) leaves the frame without any, so the
+    # tuples always run parallel to `boxes` when present.
+    ids = tuple(int(b["id"]) for b in docs) if all("id" in b for b in docs) else ()
+    velocities: tuple[tuple[float, float], ...] = ()
+    if all("velocity" in b for b in docs):
+        velocities = tuple(_velocity(b["velocity"]) for b in docs)
     return GroundTruthFrame(
         int(doc["seq"]),
         int(doc["stamp_ns"]),
         boxes,
-        tuple(float(b["camera_visible"]) for b in doc["boxes"]),
-        tuple(int(b["lidar_points"]) for b in doc["boxes"]),
+        tuple(float(b["camera_visible"]) for b in docs),
+        tuple(int(b["lidar_points"]) for b in docs),
+        ids,
+        velocities,
     )
+
+
+def _velocity(value: Any) -> tuple[float, float]:
+    vx, vy = (float(v) for v in value)  # a velocity of another length fails here: malformed
+    if not (math.isfinite(vx) and math.isfinite(vy)):
+        raise ValueError(f"velocity: not finite: {value}")
+    return vx, vy
 
 
 def _round(value: Any) -> Any:

@@ -1,0 +1,114 @@
+"""`perception eval --tracks OUT.mcap --drive DRIVE.mcap`: the tracks of a replay scored against
+the drive's ground truth; each mistake one line on stderr, exit 2. In-process through `main`, on
+a real replay of a short synthetic drive."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from replay.synth.world import ground_truth_path
+
+
+@pytest.fixture(scope="module")
+def replayed(
+    synth_drive: Callable[[int, float], Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """(the drive, its replay's MCAP output, which holds the tracker's TrackLists)."""
+    drive = synth_drive(1, 2.0)
+    out = tmp_path_factory.mktemp("replay") / "out.mcap"
+    assert main(["replay", str(drive), "--out", str(out), "--quiet"]) == 0
+    return drive, out
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+def test_tracks_are_scored(capsys, replayed: tuple[Path, Path]) -> None:
+    drive, out = replayed
+    assert main(["eval", "--tracks", str(out), "--drive", str(drive)]) == 0
+    text = capsys.readouterr().out
+    assert f"tracks: {out}" in text and f"drive: {drive}" in text
+    assert "20 frames scored (0 ground-truth frames without a TrackList)" in text
+    car = next(line for line in text.splitlines() if line.strip().startswith("Car "))
+    mota = float(car.split()[2])
+    assert 0.0 < mota <= 1.0
+
+
+def test_tracks_need_the_drive(capsys, replayed: tuple[Path, Path]) -> None:
+    _, out = replayed
+    err = _fails(capsys, "eval", "--tracks", str(out))
+    assert err == (
+        "perception eval: error: --tracks needs --drive DRIVE.mcap: the drive replayed, whose "
+        "ground truth the tracks are scored against"
+    )
+
+
+def test_tracks_take_no_detections(capsys, replayed: tuple[Path, Path]) -> None:
+    drive, out = replayed
+    err = _fails(capsys, "eval", "d.jsonl", "--tracks", str(out), "--drive", str(drive))
+    assert err.startswith("perception eval: error: --tracks takes no DETECTIONS: ")
+
+
+def test_detections_need_their_references(capsys) -> None:
+    err = _fails(capsys, "eval", "d.jsonl")
+    assert err.startswith("perception eval: error: missing --kitti, --reference: ")
+    err = _fails(capsys, "eval", "d.jsonl", "--kitti", "K", "--reference", "R", "--drive", "x")
+    assert err == "perception eval: error: --drive goes with --tracks (tracks against a drive's " \
+        "ground truth)"  # fmt: skip
+
+
+def test_a_sensor_drive_holds_no_tracks(capsys, replayed: tuple[Path, Path]) -> None:
+    drive, _ = replayed
+    err = _fails(capsys, "eval", "--tracks", str(drive), "--drive", str(drive))
+    assert err.startswith(
+        f"perception eval: error: {drive}: no TrackLists (it holds: camera/front, gnss, lidar"
+    )
+
+
+def test_a_drive_without_ground_truth(capsys, replayed: tuple[Path, Path]) -> None:
+    _, out = replayed
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(out))
+    assert err.startswith(f"perception eval: error: {out}: no ground truth (neither ")
+
+
+def test_missing_and_unreadable_files(capsys, replayed: tuple[Path, Path], tmp_path: Path) -> None:
+    drive, out = replayed
+    missing = tmp_path / "nope.mcap"
+    err = _fails(capsys, "eval", "--tracks", str(missing), "--drive", str(drive))
+    assert err == f"perception eval: error: {missing}: no such drive (.mcap)"
+    text = tmp_path / "tracks.jsonl"
+    text.write_text("{}\n")
+    err = _fails(capsys, "eval", "--tracks", str(text), "--drive", str(drive))
+    assert err == f"perception eval: error: {text}: not an MCAP file"
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(tmp_path))
+    assert err == f"perception eval: error: {tmp_path}: is a folder, not a drive (.mcap)"
+
+
+def test_ground_truth_without_object_ids(
+    capsys, replayed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    drive, out = replayed
+    old = tmp_path / "old.mcap"
+    shutil.copyfile(drive, old)
+    # Ground truth as written before it held ids and velocities, beside the drive (read first).
+    lines = []
+    for line in ground_truth_path(drive).read_text().splitlines():
+        doc = json.loads(line)
+        for box in doc["boxes"]:
+            del box["id"], box["velocity"]
+        lines.append(json.dumps(doc))
+    ground_truth_path(old).write_text("\n".join(lines) + "\n")
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(old))
+    assert err.startswith(f"perception eval: error: {old}: ground truth of sweep 0: no object ids")
