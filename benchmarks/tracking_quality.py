@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.fusion_quality import _fmt
 from replay.synth.demo import ensure_synthetic_drive, run_demo
 from replay.tracking_eval import CLASSES, TrackingResult, TrackingStats, merge_tracking
 
@@ -36,10 +37,6 @@ CAR_TARGETS: tuple[tuple[str, Callable[[TrackingStats], float | None], float, bo
     ("parked p95 speed <= 0.2 m/s", lambda s: s.static_speed_p95_mps, 0.2, False),
     ("median heading error <= 2 deg (moving)", lambda s: s.median_heading_error_deg, 2.0, False),
 )
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def table(results: dict[str, TrackingResult]) -> list[str]:
