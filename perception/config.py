@@ -413,9 +413,12 @@ class TrackingConfig:
     constant turn rate and velocity for `ctrv_labels`, constant velocity for every other label;
     Hungarian association of the box centres, gated on their Mahalanobis distance, at the cost
     of the pair's negative log-likelihood. A detection labelled `unknown` (lidar-only) may feed
-    a track of any class, which keeps its class; a labelled one only a track of its class or an
-    `unknown` one, which takes it. Per-class values are maps from the label; a label not listed
-    takes the `unknown` entry, which every map must have."""
+    a track of any class, which keeps its class; a labelled one only a track of a compatible
+    class (`compatible_labels`) or an `unknown` one, and a track's class is the one with the
+    most score-weighted detections. Beside its motion model every track runs a stationary one
+    (an interacting multiple model, perception.pipeline.tracking.modes), so that parked objects
+    stand still. Per-class values are maps from the label; a label not listed takes the
+    `unknown` entry, which every map must have."""
 
     confirm_hits: int = 3
     """A new (tentative) track is confirmed, and published, after this many detections ..."""
@@ -443,6 +446,28 @@ class TrackingConfig:
     (1 - p) * s * this (0-1]."""
     existence_miss_decay: float = 0.7
     """A sweep without a detection multiplies a track's existence probability by this (0-1)."""
+    mode_switch_rate_hz: float = 0.01
+    """Beside its motion model every track has a stationary one (an interacting multiple
+    model): how often per second an object is expected to start or stop. The prior of a change
+    of mode; low, so that one odd detection (a moving car's box that lags a sweep, a parked
+    car's that jumps) cannot flip the mode, while a few consistent ones do (a single sweep's
+    evidence weighs about 30:1)."""
+    stationary_drift_mps: float = 0.1
+    """The stationary model's random walk, m per square-root second: how far a standing
+    object's detected centre may wander (the view of it changes as the ego passes)."""
+    outlier_density_per_m2: float = 0.03
+    """The floor of both models' measurement likelihoods, per m^2: a detection neither model
+    explains (an outlier) leaves the stationary probability where it was."""
+    initial_stationary_probability: float = 0.5
+    """A new track's probability of the stationary model (0-1)."""
+    compatible_labels: tuple[tuple[str, ...], ...] = (
+        ("Car", "Van", "Truck"),
+        ("Pedestrian", "Cyclist"),
+    )
+    """Groups of labels that may share a track (Autoware's can_assign matrix): a detector
+    that calls a cyclist a pedestrian for a few sweeps, or a van a car, continues the track,
+    whose class is then the one with the most score-weighted detections. Labels of different
+    groups never share one; a label in no group only its own (and `unknown`)."""
     ctrv_labels: tuple[str, ...] = ("Car", "Van", "Truck")
     """Labels tracked with constant turn rate and velocity; the others with constant
     velocity."""
@@ -551,8 +576,31 @@ class TrackingConfig:
             raise ConfigError(
                 f"existence_miss_decay: must be in (0, 1), got {self.existence_miss_decay}"
             )
+        for name in ("mode_switch_rate_hz", "stationary_drift_mps", "outlier_density_per_m2"):
+            value = getattr(self, name)
+            if not _positive(value):
+                raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
+        if not 0.0 < self.initial_stationary_probability < 1.0:
+            raise ConfigError(
+                "initial_stationary_probability: must be in (0, 1), got "
+                f"{self.initial_stationary_probability}"
+            )
         if not all(self.ctrv_labels):
             raise ConfigError("ctrv_labels: labels must not be empty")
+        grouped: set[str] = set()
+        for group in self.compatible_labels:
+            if not group or not all(group):
+                raise ConfigError("compatible_labels: groups and labels must not be empty")
+            if "unknown" in group:
+                raise ConfigError(
+                    "compatible_labels: `unknown` is compatible with every label already"
+                )
+            twice = grouped.intersection(group)
+            if twice:
+                raise ConfigError(
+                    f"compatible_labels: {sorted(twice)[0]!r} is in more than one group"
+                )
+            grouped.update(group)
         for name in (
             "accel_std_mps2",
             "yaw_accel_std_radps2",

@@ -1,6 +1,7 @@
 """Multi-object tracking after fusion: EKF tracks (CTRV for vehicles, constant velocity for the
-rest) in the world frame, Hungarian association on gated, class-aware negative log-likelihood
-costs, M-of-N confirmation and coasting. `Tracker.update` once per sweep; see
+rest) in the world frame, each mixed with a stationary model (an IMM, `modes`), Hungarian
+association on gated, class-aware negative log-likelihood costs, M-of-N confirmation and
+coasting. `Tracker.update` once per sweep; see
 perception.config.TrackingConfig.
 """
 

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from calibration import RigidTransform
 from perception.config import TrackingConfig
 from perception.msgs.types import Detection3D, Track
-from perception.pipeline.tracking import motion
+from perception.pipeline.tracking import modes, motion
 from perception.pipeline.tracking.association import (
     assign,
     chi2_2dof_quantile,
@@ -42,6 +42,9 @@ _INITIAL_YAW_RATE_STD = 0.5
 # variances is an outline error (a short or partial box), and the detection's yaw is not used.
 _YAW_GATE = 6.635
 _IGNORED_VARIANCE = 1e12
+# The mean of chi-square with 2 degrees of freedom: the squared Mahalanobis distance of a
+# typical 2D innovation.
+_TYPICAL_D2 = 2.0
 
 
 @dataclass(frozen=True)
@@ -128,13 +131,14 @@ class Tracker:
         ):
             self.reset()
         self._posed = posed
+        predicted_still = self._still
         if self._last_ns is not None and len(self._ids):
-            self._predict((stamp_ns - self._last_ns) * _NS)
+            predicted_still = self._predict((stamp_ns - self._last_ns) * _NS)
         self._last_ns = stamp_ns
 
         meas = self._measurements(detections, pose)
         rows, cols, inflation = self._associate(meas, stamp_ns)
-        self._correct(rows, cols, inflation, meas, stamp_ns)
+        self._correct(rows, cols, inflation, meas, stamp_ns, predicted_still=predicted_still)
         unmatched = np.ones(len(meas.xy), bool)
         unmatched[cols] = False
         self._birth(np.flatnonzero(unmatched), meas, stamp_ns)
@@ -146,6 +150,11 @@ class Tracker:
     def _clear(self) -> None:
         self._x = np.zeros((0, motion.STATE_DIM))
         self._p = np.zeros((0, motion.STATE_DIM, motion.STATE_DIM))
+        # The stationary model of each track (perception.pipeline.tracking.modes): its centre,
+        # the centre's covariance, and the model's probability.
+        self._xs = np.zeros((0, 2))
+        self._ps = np.zeros((0, 2, 2))
+        self._still = np.zeros(0)
         self._ctrv = np.zeros(0, bool)
         self._label = np.zeros(0, np.int64)  # the track's label: its row of the label tables
         self._z = np.zeros(0)
@@ -184,6 +193,7 @@ class Tracker:
                 value(cfg.initial_speed_std_mps),
                 value(cfg.max_distance_m),
                 value(cfg.max_speed_mps),
+                float(self._group(label, row)),
             )
         )
         # Columns as arrays, indexed by the tracks' (or detections') label rows.
@@ -197,11 +207,34 @@ class Tracker:
         self._initial_speed_std = table[:, 6]
         self._max_distance = table[:, 7]
         self._max_speed = table[:, 8]
+        self._label_group = table[:, 9]
         return row
+
+    def _group(self, label: str, row: int) -> int:
+        """The number of `label`'s group of compatible labels; a label in no group (`row` in
+        the label tables) gets one of its own, -1 - row, never a group's number."""
+        for number, group in enumerate(self.config.compatible_labels):
+            if label in group:
+                return number
+        return -1 - row
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _predict(self, dt: float) -> None:
+    def _predict(self, dt: float) -> FloatArray:
+        """Both models of every track `dt` seconds on; returns the predicted probabilities of
+        the stationary model."""
+        cfg = self.config
+        switch = modes.switch_probability(cfg.mode_switch_rate_hz, dt)
+        self._x, self._p, self._xs, self._ps, predicted_still = modes.mix(
+            self._still,
+            x=self._x,
+            p=self._p,
+            xs=self._xs,
+            ps=self._ps,
+            ctrv=self._ctrv,
+            switch=switch,
+        )
+        self._ps = modes.predict_stationary(self._ps, cfg.stationary_drift_mps, dt)
         row = self._label
         self._x, self._p = motion.predict(
             self._x,
@@ -213,6 +246,7 @@ class Tracker:
             yaw_rate_std=self._yaw_rate_std[row],
         )
         motion.normalise_heading(self._x, self._p, self._ctrv, self.config.moving_speed_mps)
+        return predicted_still
 
     def _measurements(
         self, detections: Sequence[Detection3D], pose: RigidTransform
@@ -257,8 +291,13 @@ class Tracker:
         since = (stamp_ns - self._updated_ns) * _NS
         cap = self._max_distance[row] + self._max_speed[row] * since
         # An unknown detection may feed a track of any class (lidar-only while the camera is
-        # out), and an unknown track may take a class; two real classes never mix.
-        same = (row[:, None] == labels[None, :]) | (labels == 0)[None, :] | (row == 0)[:, None]
+        # out), and an unknown track may take a class; other classes only if compatible.
+        group = self._label_group
+        same = (
+            (group[row][:, None] == group[labels][None, :])
+            | (labels == 0)[None, :]
+            | (row == 0)[:, None]
+        )
         feasible = same & (d2 <= self._gate) & (distance <= cap[:, None])
         # The cost is the pair's negative log-likelihood, not d2 alone: d2 favours the least
         # certain track, so a new track (its speed unknown, its gate wide) would take the
@@ -277,7 +316,7 @@ class Tracker:
         near = free & same & (distance <= self._max_distance[row][:, None])
         if near.any():
             rescue_rows, rescue_cols = assign(distance, near)
-            grow = np.maximum(1.0, d2[rescue_rows, rescue_cols] / 2.0)
+            grow = np.maximum(1.0, d2[rescue_rows, rescue_cols] / _TYPICAL_D2)
             rows = np.concatenate([rows, rescue_rows])
             cols = np.concatenate([cols, rescue_cols])
             inflation = np.concatenate([inflation, grow])
@@ -290,6 +329,8 @@ class Tracker:
         inflation: FloatArray,
         meas: _Measurements,
         stamp_ns: int,
+        *,
+        predicted_still: FloatArray,
     ) -> None:
         cfg = self.config
         missed = np.ones(len(self._ids), bool)
@@ -297,16 +338,51 @@ class Tracker:
         self._misses[missed] += 1
         self._existence[missed] *= cfg.existence_miss_decay
         self._sweeps += 1
+        self._still = predicted_still.copy()  # a missed track learns nothing of its mode
         if rows.size == 0:
             return
         ctrv = self._ctrv[rows]
-        x, p = self._x[rows], self._p[rows] * inflation[:, None, None]
         noise = meas.label[cols]  # measurement noise is the detection's: lidar-only is rougher
+        # The mode probabilities weigh how well each model predicted the centre, before a
+        # rescue grows the motion model's covariance.
+        r_xy = (self._position_std[noise] ** 2)[:, None, None] * np.eye(2)
+        z_xy = meas.xy[cols]
+        likely_moving = modes.xy_likelihood(
+            z_xy - self._x[rows, :2], self._p[rows, :2, :2] + r_xy, cfg.outlier_density_per_m2
+        )
+        xs, ps, innovation, s_still = modes.update_stationary(
+            self._xs[rows], self._ps[rows], z_xy, r_xy
+        )
+        likely_still = modes.xy_likelihood(innovation, s_still, cfg.outlier_density_per_m2)
+        self._still[rows] = modes.mode_probability(
+            predicted_still[rows], likely_still, likely_moving
+        )
+        # A detection far outside the stationary model's gate is not its object standing still:
+        # the model keeps its centre (and is restarted from the motion model's by the mixing
+        # while the motion model leads).
+        d2_still = np.einsum("ki,kij,kj->k", innovation, np.linalg.inv(s_still), innovation)
+        inside = d2_still <= self._gate
+        self._xs[rows] = np.where(inside[:, None], xs, self._xs[rows])
+        self._ps[rows] = np.where(inside[:, None, None], ps, self._ps[rows])
+        x, p = self._x[rows], self._p[rows] * inflation[:, None, None]
         reference = motion.heading(x, ctrv, cfg.moving_speed_mps)
         measured_yaw = motion.align_yaw(meas.yaw[cols], reference)
         k = rows.size
         r = np.zeros((k, 3, 3))
         r[:, 0, 0] = r[:, 1, 1] = self._position_std[noise] ** 2
+        # A slow track's centre is held against outliers (Huber-like): a detection beyond a
+        # typical distance counts as a noisier one. A parked car's detected centre jumps by
+        # decimetres as the outline the sensor sees changes, which would otherwise read as a
+        # speed; a moving track keeps full weight, so that it follows braking and turns.
+        slow = np.hypot(*motion.velocity(x, ctrv).T) < cfg.moving_speed_mps
+        if slow.any():
+            offset = z_xy - x[:, :2]
+            d2 = np.einsum(
+                "ki,kij,kj->k", offset, np.linalg.inv(p[:, :2, :2] + r[:, :2, :2]), offset
+            )
+            scale = np.where(slow, np.maximum(1.0, d2 / _TYPICAL_D2), 1.0)
+            r[:, 0, 0] *= scale
+            r[:, 1, 1] *= scale
         r[:, 2, 2] = self._yaw_std[noise] ** 2
         # A moving track knows its heading from its motion: a yaw far off it is a bad outline.
         yaw_index = np.where(ctrv, motion.CTRV_MEASURED[2], motion.CV_MEASURED[2])
@@ -382,12 +458,18 @@ class Tracker:
         p[:, 2, 2] = speed_var
         p[:, 3, 3] = np.where(ctrv, self._yaw_std[row] ** 2, speed_var)
         p[:, 4, 4] = np.where(ctrv, _INITIAL_YAW_RATE_STD**2, self._yaw_std[row] ** 2)
+        ps = pos_var[:, None, None] * np.eye(2)
         ids = np.arange(self._next_id, self._next_id + k, dtype=np.int64)
         self._next_id += k
         s = meas.score[new]
         stamp = np.full(k, stamp_ns, np.int64)
         self._x = np.concatenate([self._x, x])
         self._p = np.concatenate([self._p, p])
+        self._xs = np.concatenate([self._xs, meas.xy[new]])
+        self._ps = np.concatenate([self._ps, ps])
+        self._still = np.concatenate(
+            [self._still, np.full(k, self.config.initial_stationary_probability)]
+        )
         self._ctrv = np.concatenate([self._ctrv, ctrv])
         self._label = np.concatenate([self._label, row])
         self._z = np.concatenate([self._z, meas.z[new]])
@@ -418,6 +500,9 @@ class Tracker:
         for name in (
             "_x",
             "_p",
+            "_xs",
+            "_ps",
+            "_still",
             "_ctrv",
             "_label",
             "_z",
@@ -440,8 +525,7 @@ class Tracker:
             return ()
         x, ctrv = self._x[shown], self._ctrv[shown]
         yaw_world = motion.heading(x, ctrv, self.config.moving_speed_mps)
-        velocity_world = motion.velocity(x, ctrv)
-        covariance = motion.kinematic_covariance(x, self._p[shown], ctrv)
+        velocity_world, covariance = modes.combine(self._still[shown], x, self._p[shown], ctrv)
         center_world = np.column_stack([x[:, :2], self._z[shown]])
         # vehicle_from_world applied as row vectors: (p - t) R is R^T (p - t).
         rotation = pose.rotation

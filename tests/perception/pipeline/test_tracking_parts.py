@@ -223,6 +223,25 @@ def test_heading_normalisation_and_yaw_alignment() -> None:
         ({"existence_hit_gain": 1.5}, r"existence_hit_gain: must be in \(0, 1\]"),
         ({"existence_miss_decay": 1.0}, r"existence_miss_decay: must be in \(0, 1\)"),
         ({"ctrv_labels": ("Car", "")}, "ctrv_labels: labels must not be empty"),
+        (
+            {"compatible_labels": (("Car",), ())},
+            "compatible_labels: groups and labels must not be empty",
+        ),
+        (
+            {"compatible_labels": (("Car", "unknown"),)},
+            "compatible_labels: `unknown` is compatible with every label already",
+        ),
+        (
+            {"compatible_labels": (("Car", "Van"), ("Van", "Truck"))},
+            "compatible_labels: 'Van' is in more than one group",
+        ),
+        ({"mode_switch_rate_hz": 0.0}, "mode_switch_rate_hz: must be a finite number > 0"),
+        ({"stationary_drift_mps": math.inf}, "stationary_drift_mps: must be a finite number"),
+        ({"outlier_density_per_m2": -1.0}, "outlier_density_per_m2: must be a finite number"),
+        (
+            {"initial_stationary_probability": 1.0},
+            r"initial_stationary_probability: must be in \(0, 1\)",
+        ),
         ({"accel_std_mps2": {"Car": 1.0}}, "accel_std_mps2: needs an `unknown` entry"),
         (
             {"position_std_m": {"Car": -0.1, "unknown": 0.3}},
@@ -241,6 +260,8 @@ def test_tracking_section_of_the_node_config() -> None:
     assert cfg.tracking.confirm_hits == 2
     assert cfg.tracking.max_distance_m == {"unknown": 2.5}
     assert parse_config({}).tracking == TrackingConfig()
+    groups = parse_config({"tracking": {"compatible_labels": [["Car", "Van"], ["Cyclist"]]}})
+    assert groups.tracking.compatible_labels == (("Car", "Van"), ("Cyclist",))
     with pytest.raises(ConfigError, match=r"^node\.yaml: tracking\.yaw_std_rad\.Car: must"):
         parse_config({"tracking": {"yaw_std_rad": {"Car": 0, "unknown": 1}}}, "node.yaml")
     with pytest.raises(ConfigError, match=r"tracking\.confirm_hits: expected an integer"):
