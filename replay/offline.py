@@ -13,8 +13,10 @@ sync wait and the processing time measured here).
 
 Sources (`open_source`): a recorded drive (MCAP, replay.drive: messages at their log times,
 only the node's topics; refused when it holds no lidar sweeps there) or a KITTI object folder
-(replay.datasets.kitti_object: each message received at its stamp). The initial rig is
-`config.rig` when set, else the drive's own; rig messages take over from their stamps.
+(replay.datasets.kitti_object: each message received at its stamp; the frames, unrelated
+scenes, stamped `tracking.max_gap_s` + 1 s apart, so that the tracker starts over at each).
+The initial rig is `config.rig` when set, else the drive's own; rig messages take over from
+their stamps.
 `replay_to_file` runs one source into a JSON Lines or MCAP file (written beside the target and
 renamed into place only when the run succeeds), for the CLI and for the Ray path alike.
 
@@ -218,8 +220,13 @@ def open_source(
     initial = _load_config_rig(config)
     if source.is_dir():
         folder = KittiObjectFolder(source)
+        # The frames of a KITTI object folder are unrelated scenes. Stamped further apart than
+        # the tracker's `max_gap_s`, each starts the tracker over (counted as a reset) instead
+        # of chaining detections from different streets into tracks.
+        period_ns = round((config.tracking.max_gap_s + 1.0) * 1e9)
         received = (
-            Received(m.header.stream, m.header.stamp_ns, message=m) for m in folder.messages()
+            Received(m.header.stream, m.header.stamp_ns, message=m)
+            for m in folder.messages(period_ns=period_ns)
         )
         return ReplayInput(received, config, initial, len(folder), f"KITTI object folder {source}")
     if not source.is_file():

@@ -4,15 +4,17 @@ KITTI folder frame is a mistake in a dataset: it fails the run, tests/app/test_c
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
+from perception.msgs.types import TrackList
 from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.drive import DriveWriter
+from replay.drive import DriveReader, DriveWriter
 from replay.offline import replay_to_file
 
 
@@ -44,3 +46,21 @@ def test_a_damaged_drive_record_is_skipped_and_counted(
     assert summary.unreadable == 1 and summary.unwritten == 0
     assert summary.sweeps == 8 == len(list(read_jsonl(out)))
     assert summary.counters["received"] == 24
+
+
+def test_kitti_object_frames_start_the_tracker_over(
+    kitti_dir: Path, tmp_path: Path, pipeline: Pipeline
+) -> None:
+    # The frames are unrelated scenes: the tracker must not chain detections from different
+    # streets into tracks, so each frame starts it over and none lives long enough to be
+    # confirmed (3 hits).
+    out = tmp_path / "out.mcap"
+    summary = replay_to_file(kitti_dir, out, NodeConfig(), pipeline)
+    assert summary.sweeps == 8 and summary.detections > 0
+    lists = [r.message for r in DriveReader(out).messages() if isinstance(r.message, TrackList)]
+    assert len(lists) == 8
+    assert [t.resets for t in lists] == list(range(8))
+    assert all(t.tracks == () for t in lists)
+    assert summary.counters["tracker_resets"] == 7
+    stamps = [t.header.stamp_ns for t in lists]
+    assert min(b - a for a, b in itertools.pairwise(stamps)) > NodeConfig().tracking.max_gap_s * 1e9
