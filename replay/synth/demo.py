@@ -324,8 +324,10 @@ def _label_tracks(image: npt.NDArray[np.uint8], trails: Sequence[_Trail], rig: R
         if not np.all(np.isfinite(uv)) or not camera.in_image(uv)[0]:
             continue
         u, v = (round(float(a)) for a in uv[0])
-        cv2.putText(image, f"#{t.track_id}", (u - 8, max(10, v - 4)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+        # White on a black outline: readable on sky, road and car bodies alike.
+        for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+            cv2.putText(image, f"#{t.track_id}", (u - 8, max(12, v - 14)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, thickness, cv2.LINE_AA)  # fmt: skip
 
 
 def _picture(
@@ -576,8 +578,10 @@ def run_demo(
     )
     config = replace(NodeConfig(), sync=sync)
     runs: dict[str, KindRun] = {}
-    # The picture shows the first kind's frame with the most scored objects of every class.
-    best: tuple[int, DetectionList] | None = None
+    # The picture shows the first kind's frame with the most scored objects of every class,
+    # among the frames at least a trail's length into the drive (so that the tracks have
+    # been confirmed and have trails) when there are any.
+    best: tuple[tuple[bool, int], DetectionList] | None = None
     for kind, pipeline in pipelines.items():
         lists: list[DetectionList] = []
         track_lists: list[TrackList] = []
@@ -595,7 +599,8 @@ def run_demo(
                 continue
             res = _evaluate(dl, frame.boxes, frame.camera_visible, rig)
             results.append(res)
-            score = len(res.matches) + len(res.missed)
+            settled = dl.header.stamp_ns - lists[0].header.stamp_ns >= TRAIL_NS
+            score = (settled, len(res.matches) + len(res.missed))
             if kind == kinds[0] and (best is None or score > best[0]):
                 best = (score, dl)
         result = merge_results(results) if results else MatchResult(classes=CLASSES)
