@@ -3,25 +3,27 @@ benchmarks/RESULTS.md.
 
     python -m benchmarks.tracking_quality --seeds 0 1 2 --out perception-tracking \
         [--scene rich --seconds 5] [--fusion geometric learned ensemble] \
-        [--kitti ../shared/data/kitti_object --model ../shared/data/camera_detector/...onnx]
+        [--kitti ../shared/data/kitti_object/training --model DETECTOR.onnx]
 
 Each seed runs `perception demo`'s `run_demo` with every fusion kind (the node core: pipeline,
 then tracker, with the node's default tracking config); each kind's TrackLists are scored
 against the drive's ground truth (`replay.tracking_eval`: objects within 40 m at least half
 unoccluded and in the image, a match within 1 m for cars, 0.5 m for pedestrians and cyclists),
 merged over the seeds and printed as Markdown with the issue's targets for cars checked.
-`--kitti` also replays a KITTI object folder (`perception replay`) and says what the tracker
-made of its single frames. Tune on seeds 20-25; report on seeds the tuning never saw (0, 1, 2).
-Prints progress (a script).
+`--kitti` also runs the KITTI sanity check (`kitti_headings`): each KITTI object frame held for a
+second, the tracked cars' headings against the detections', both scored against PointPillars.
+Tune on seeds 20-25; report on seeds the tuning never saw (0, 1, 2). Prints progress (a
+script).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import tempfile
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.fusion_quality import _fmt
@@ -78,34 +80,115 @@ def targets(results: dict[str, TrackingResult]) -> list[str]:
     return lines
 
 
-def kitti_sanity(folder: Path, model: Path) -> str:
-    """Replays a KITTI object folder into MCAP and says what the tracker made of it."""
-    from app.cli import main as cli
-    from perception.msgs.types import DetectionList, TrackList
-    from replay.drive import DriveReader
+#: Sweeps each KITTI object frame is held for in the sanity check (the ego standing still).
+HOLD_SWEEPS = 10
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "kitti.mcap"
-        argv = ["replay", "kitti-object", str(folder), "--out", str(out), "--model", str(model)]
-        code = cli([*argv, "--quiet"])
-        if code != 0:
-            return f"replay failed (exit {code})"
-        lists: list[TrackList] = []
-        detections = 0
-        sweeps = 0
-        for rec in DriveReader(out).messages():
-            if isinstance(rec.message, TrackList):
-                lists.append(rec.message)
-            elif isinstance(rec.message, DetectionList):
-                sweeps += 1
-                detections += len(rec.message.detections)
-    tracks = sum(len(t.tracks) for t in lists)
-    frames = {t.world_frame for t in lists}
-    resets = max((t.resets for t in lists), default=0)
+
+@dataclass(frozen=True)
+class KittiHeadings:
+    """Heading errors (degrees, modulo 180: a box's outline does not tell front from back)
+    against the reference objects, of the last held sweep's detections and confirmed tracks
+    of their class, and how many reference objects there were."""
+
+    kind: str
+    references: int
+    detection_errors_deg: tuple[float, ...]
+    track_errors_deg: tuple[float, ...]
+    resets: int
+
+
+def _yaw_error_deg(a: float, b: float) -> float:
+    return math.degrees(abs(math.remainder(a - b, math.pi)))
+
+
+def kitti_headings(
+    folder_path: Path, references_dir: Path, model: Path, kind: str
+) -> KittiHeadings:
+    """The issue's KITTI sanity check. The KITTI object frames are single frames of unrelated
+    scenes: each is held for HOLD_SWEEPS sweeps at 10 Hz (the same scan and image each sweep, as
+    if the ego stood still) and the frames are stamped further apart than the tracker's
+    `max_gap_s`, so that it starts over at each (as `perception replay kitti-object` does).
+    Against the PointPillars reference objects (cars, pedestrians, cyclists; score >= 0.5,
+    within 40 m, in the image; the frames that have a reference file), the heading of the
+    nearest detection of its class (within 1.5 m) in each frame's last sweep is compared with
+    that of the nearest confirmed track."""
+    from app.models import build_pipeline
+    from perception.config import NodeConfig
+    from perception.msgs.types import TrackList
+    from perception.node import NodeCore
+    from replay.datasets.kitti_eval import read_references
+    from replay.datasets.kitti_object import KittiObjectFolder, read_image
+    from replay.evaluation import POINTPILLARS_CLASSES, filter_references
+    from replay.offline import Received, run_core
+
+    folder = KittiObjectFolder(folder_path)
+    base = NodeConfig()
+    config = replace(
+        base,
+        camera_model=replace(base.camera_model, path=str(model)),
+        pipeline=replace(base.pipeline, fusion=replace(base.pipeline.fusion, kind=kind)),
+    )
+    scene_ns = round((config.tracking.max_gap_s + 1.0 + HOLD_SWEEPS * 0.1) * 1e9)
+    sweep_ns = 100_000_000
+
+    def received() -> Iterator[Received]:
+        for i in range(len(folder)):
+            for k in range(HOLD_SWEEPS):
+                for m in folder.frame_messages(i, i * scene_ns + k * sweep_ns):
+                    yield Received(m.header.stream, m.header.stamp_ns, message=m)
+
+    core = NodeCore(config, build_pipeline(config))
+    tracks: dict[int, TrackList] = {}
+    detections = {
+        dl.header.stamp_ns: dl
+        for dl in run_core(
+            core, received(), on_tracks=lambda t: tracks.update({t.header.stamp_ns: t})
+        )
+    }
+    n_refs = 0
+    det_errors: list[float] = []
+    track_errors: list[float] = []
+    for i, frame in enumerate(folder.frames):
+        ref_path = references_dir / f"{frame.frame_id}.txt"
+        if not ref_path.is_file():
+            continue
+        rig = folder.rig(frame, read_image(frame.image_path))
+        refs = filter_references(
+            read_references(ref_path, frame.calib_path),
+            classes=POINTPILLARS_CLASSES,
+            camera=rig.cameras["front"],
+            camera_from_vehicle=rig.transform("camera/front", "vehicle"),
+        )
+        last = i * scene_ns + (HOLD_SWEEPS - 1) * sweep_ns
+        n_refs += len(refs)
+        for ref in refs:
+            for boxes, errors in (
+                (detections[last].detections, det_errors),
+                (tracks[last].tracks, track_errors),
+            ):
+                near = [
+                    b
+                    for b in boxes
+                    if b.label == ref.label and math.dist(b.center[:2], ref.center[:2]) <= 1.5
+                ]
+                if near:
+                    best = min(near, key=lambda b: math.dist(b.center[:2], ref.center[:2]))
+                    errors.append(_yaw_error_deg(best.yaw, ref.yaw))
+    return KittiHeadings(kind, n_refs, tuple(det_errors), tuple(track_errors), core.tracker.resets)
+
+
+def kitti_line(h: KittiHeadings) -> str:
+    def summary(errors: tuple[float, ...]) -> str:
+        if not errors:
+            return "none found"
+        return (
+            f"{len(errors)} / {h.references} found, median {statistics.median(errors):.1f}, "
+            f"max {max(errors):.1f} deg"
+        )
+
     return (
-        f"{sweeps} sweeps, {detections} detections, {len(lists)} TrackLists holding {tracks} "
-        f"confirmed tracks (world frame: {', '.join(sorted(frames)) or '-'}; tracker resets: "
-        f"{resets})"
+        f"- {h.kind}: detections {summary(h.detection_errors_deg)}; tracks "
+        f"{summary(h.track_errors_deg)} (tracker resets: {h.resets})"
     )
 
 
@@ -118,6 +201,12 @@ def main() -> None:
     parser.add_argument("--scene", choices=["simple", "rich"], default="simple")
     parser.add_argument("--kitti", type=Path, help="also replay this KITTI object folder")
     parser.add_argument("--model", type=Path, help="the camera detector for --kitti")
+    parser.add_argument(
+        "--references",
+        type=Path,
+        help="PointPillars boxes for --kitti (default: kitti_pointpillars/reference_pred_velo "
+        "beside the KITTI object folder's parent)",
+    )
     args = parser.parse_args()
     if args.kitti is not None and args.model is None:
         parser.error("--kitti needs --model (the camera detector)")
@@ -143,7 +232,13 @@ def main() -> None:
     print("\nCar targets:\n")
     print("\n".join(targets(results)), flush=True)
     if args.kitti is not None:
-        print(f"\nKITTI {args.kitti}: {kitti_sanity(args.kitti, args.model)}", flush=True)
+        references = args.references or (
+            args.kitti.parent.parent / "kitti_pointpillars" / "reference_pred_velo"
+        )
+        print(f"\nKITTI {args.kitti}, heading error against PointPillars:\n")
+        for kind in args.fusion:
+            h = kitti_headings(args.kitti, references, args.model, kind)
+            print(kitti_line(h), flush=True)
 
 
 if __name__ == "__main__":
