@@ -116,9 +116,8 @@ def kitti_headings(
     from perception.config import NodeConfig
     from perception.msgs.types import TrackList
     from perception.node import NodeCore
-    from replay.datasets.kitti_eval import read_references
-    from replay.datasets.kitti_object import KittiObjectFolder, read_image
-    from replay.evaluation import POINTPILLARS_CLASSES, filter_references
+    from replay.datasets.kitti_eval import frame_references
+    from replay.datasets.kitti_object import KittiObjectFolder
     from replay.offline import Received, run_core
 
     folder = KittiObjectFolder(folder_path)
@@ -148,17 +147,10 @@ def kitti_headings(
     n_refs = 0
     det_errors: list[float] = []
     track_errors: list[float] = []
-    for i, frame in enumerate(folder.frames):
-        ref_path = references_dir / f"{frame.frame_id}.txt"
-        if not ref_path.is_file():
+    for i in range(len(folder)):
+        refs = frame_references(folder, i, references_dir)
+        if refs is None:
             continue
-        rig = folder.rig(frame, read_image(frame.image_path))
-        refs = filter_references(
-            read_references(ref_path, frame.calib_path),
-            classes=POINTPILLARS_CLASSES,
-            camera=rig.cameras["front"],
-            camera_from_vehicle=rig.transform("camera/front", "vehicle"),
-        )
         last = i * scene_ns + (HOLD_SWEEPS - 1) * sweep_ns
         n_refs += len(refs)
         for ref in refs:

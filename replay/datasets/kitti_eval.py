@@ -28,7 +28,7 @@ from replay.evaluation import (
     read_pointpillars_boxes,
 )
 
-__all__ = ["evaluate_kitti_run", "read_references"]
+__all__ = ["evaluate_kitti_run", "frame_references", "read_references"]
 
 
 def read_references(path: Path, calib_path: Path) -> list[ReferenceBox]:
@@ -41,6 +41,32 @@ def read_references(path: Path, calib_path: Path) -> list[ReferenceBox]:
         return read_kitti_labels(path, calib_path)
     except (ValueError, OSError) as e:
         raise ReplayError(f"{path}: neither PointPillars boxes nor a KITTI label file ({e})") from e
+
+
+def frame_references(
+    folder: KittiObjectFolder,
+    index: int,
+    reference_dir: Path,
+    *,
+    min_score: float = 0.5,
+    max_range_m: float = 40.0,
+    classes: tuple[str, ...] = POINTPILLARS_CLASSES,
+) -> list[ReferenceBox] | None:
+    """The reference boxes of frame `index` worth matching (`filter_references`: score, range,
+    class, in the frame's camera image), None when `reference_dir` has no file for it."""
+    frame = folder.frames[index]
+    ref_path = reference_dir / f"{frame.frame_id}.txt"
+    if not ref_path.is_file():
+        return None
+    rig = folder.rig(frame, read_image(frame.image_path))
+    return filter_references(
+        read_references(ref_path, frame.calib_path),
+        min_score=min_score,
+        max_range_m=max_range_m,
+        classes=classes,
+        camera=rig.cameras["front"],
+        camera_from_vehicle=rig.transform("camera/front", "vehicle"),
+    )
 
 
 def evaluate_kitti_run(
@@ -75,18 +101,16 @@ def evaluate_kitti_run(
                 f"{detections_path}: header.seq {dl.header.seq} has no frame in {kitti_dir}"
             )
         frame = folder.frames[dl.header.seq]
-        ref_path = reference_dir / f"{frame.frame_id}.txt"
-        if not ref_path.is_file():
-            continue
-        rig = folder.rig(frame, read_image(frame.image_path))
-        refs = filter_references(
-            read_references(ref_path, frame.calib_path),
+        refs = frame_references(
+            folder,
+            dl.header.seq,
+            reference_dir,
             min_score=min_reference_score,
             max_range_m=max_range_m,
             classes=classes,
-            camera=rig.cameras["front"],
-            camera_from_vehicle=rig.transform("camera/front", "vehicle"),
         )
+        if refs is None:
+            continue
         limit = max_range_m + max_center_distance_m
         dets = [
             d

@@ -122,7 +122,7 @@ def mix(
     ] * (p[:, :2, :2] + e_other[:, :, None] * e_other[:, None, :])
     x0[ctrv, 3] = motion.wrap_angle(x0[ctrv, 3])
     x0[~ctrv, 4] = motion.wrap_angle(x0[~ctrv, 4])
-    return x0, _symmetric(p0), xs0, _symmetric(ps0), predicted
+    return x0, motion.symmetric(p0), xs0, motion.symmetric(ps0), predicted
 
 
 def predict_stationary(ps: FloatArray, drift_std: float, dt: float) -> FloatArray:
@@ -154,7 +154,7 @@ def update_stationary(
     out = xs + np.einsum("kij,kj->ki", gain, innovation)
     i_k = np.eye(2) - gain
     p_out = i_k @ ps @ i_k.transpose(0, 2, 1) + gain @ r @ gain.transpose(0, 2, 1)
-    return out, _symmetric(p_out), innovation, s
+    return out, motion.symmetric(p_out), innovation, s
 
 
 def mode_probability(
@@ -185,9 +185,4 @@ def combine(
     ) + mu[:, :, None] * (v[:, :, None] * v[:, None, :])
     cov[:, :2, 2:] *= 1.0 - mu[:, :, None]
     cov[:, 2:, :2] *= 1.0 - mu[:, :, None]
-    return v, _symmetric(cov)
-
-
-def _symmetric(p: FloatArray) -> FloatArray:
-    sym: FloatArray = 0.5 * (p + np.swapaxes(p, -1, -2))
-    return sym
+    return v, motion.symmetric(cov)

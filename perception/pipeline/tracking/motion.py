@@ -27,6 +27,7 @@ __all__ = [
     "kinematic_covariance",
     "normalise_heading",
     "predict",
+    "symmetric",
     "update",
     "velocity",
     "wrap_angle",
@@ -134,7 +135,7 @@ def predict(
         )[:, None, None] * (g_w[:, :, None] * g_w[:, None, :])
 
     p_out = f @ p @ f.transpose(0, 2, 1) + q
-    return out, _symmetric(p_out)
+    return out, symmetric(p_out)
 
 
 def update(
@@ -153,7 +154,7 @@ def update(
     out = x + np.einsum("kij,kj->ki", gain, innovation)
     i_kh = _EYE - gain @ h
     p_out = i_kh @ p @ i_kh.transpose(0, 2, 1) + gain @ r @ gain.transpose(0, 2, 1)
-    return out, _symmetric(p_out)
+    return out, symmetric(p_out)
 
 
 def normalise_heading(x: FloatArray, p: FloatArray, ctrv: BoolArray, moving_speed: float) -> None:
@@ -232,7 +233,7 @@ def cv_to_ctrv(
     out = np.array([x[0], x[1], v, yaw, 0.0])
     p_out = j @ p @ j.T
     p_out[4, 4] = yaw_rate_std**2
-    return out, _symmetric(p_out)
+    return out, symmetric(p_out)
 
 
 def ctrv_to_cv(x: FloatArray, p: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -245,9 +246,10 @@ def ctrv_to_cv(x: FloatArray, p: FloatArray) -> tuple[FloatArray, FloatArray]:
     j[3, 2], j[3, 3] = s, v * c
     j[4, 3] = 1.0
     out = np.array([x[0], x[1], v * c, v * s, yaw])
-    return out, _symmetric(j @ p @ j.T)
+    return out, symmetric(j @ p @ j.T)
 
 
-def _symmetric(p: FloatArray) -> FloatArray:
+def symmetric(p: FloatArray) -> FloatArray:
+    """(p + p^T) / 2 over the last two axes: covariances kept exactly symmetric."""
     sym: FloatArray = 0.5 * (p + np.swapaxes(p, -1, -2))
     return sym
