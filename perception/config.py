@@ -458,8 +458,19 @@ class TrackingConfig:
     outlier_density_per_m2: float = 0.03
     """The floor of both models' measurement likelihoods, per m^2: a detection neither model
     explains (an outlier) leaves the stationary probability where it was."""
-    initial_stationary_probability: float = 0.5
-    """A new track's probability of the stationary model (0-1)."""
+    initial_stationary_probability: dict[str, float] = field(
+        default_factory=lambda: {
+            "Car": 0.5,
+            "Van": 0.5,
+            "Truck": 0.5,
+            "Pedestrian": 0.3,
+            "Cyclist": 0.1,
+            "unknown": 0.5,
+        }
+    )
+    """Per label of the first detection: a new track's probability of the stationary model
+    (0-1). Until its detections decide, a new track's published speed is scaled by one minus
+    this: parked cars are common, a cyclist standing in the road rare."""
     compatible_labels: tuple[tuple[str, ...], ...] = (
         ("Car", "Van", "Truck"),
         ("Pedestrian", "Cyclist"),
@@ -580,11 +591,16 @@ class TrackingConfig:
             value = getattr(self, name)
             if not _positive(value):
                 raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
-        if not 0.0 < self.initial_stationary_probability < 1.0:
+        if "unknown" not in self.initial_stationary_probability:
             raise ConfigError(
-                "initial_stationary_probability: must be in (0, 1), got "
-                f"{self.initial_stationary_probability}"
+                "initial_stationary_probability: needs an `unknown` entry (used for every "
+                "label not listed)"
             )
+        for label, value in self.initial_stationary_probability.items():
+            if not 0.0 < value < 1.0:
+                raise ConfigError(
+                    f"initial_stationary_probability.{label}: must be in (0, 1), got {value}"
+                )
         if not all(self.ctrv_labels):
             raise ConfigError("ctrv_labels: labels must not be empty")
         grouped: set[str] = set()

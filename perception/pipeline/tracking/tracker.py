@@ -194,6 +194,7 @@ class Tracker:
                 value(cfg.max_distance_m),
                 value(cfg.max_speed_mps),
                 float(self._group(label, row)),
+                value(cfg.initial_stationary_probability),
             )
         )
         # Columns as arrays, indexed by the tracks' (or detections') label rows.
@@ -208,6 +209,7 @@ class Tracker:
         self._max_distance = table[:, 7]
         self._max_speed = table[:, 8]
         self._label_group = table[:, 9]
+        self._initial_still = table[:, 10]
         return row
 
     def _group(self, label: str, row: int) -> int:
@@ -467,9 +469,7 @@ class Tracker:
         self._p = np.concatenate([self._p, p])
         self._xs = np.concatenate([self._xs, meas.xy[new]])
         self._ps = np.concatenate([self._ps, ps])
-        self._still = np.concatenate(
-            [self._still, np.full(k, self.config.initial_stationary_probability)]
-        )
+        self._still = np.concatenate([self._still, self._initial_still[row]])
         self._ctrv = np.concatenate([self._ctrv, ctrv])
         self._label = np.concatenate([self._label, row])
         self._z = np.concatenate([self._z, meas.z[new]])

@@ -239,8 +239,12 @@ def test_heading_normalisation_and_yaw_alignment() -> None:
         ({"stationary_drift_mps": math.inf}, "stationary_drift_mps: must be a finite number"),
         ({"outlier_density_per_m2": -1.0}, "outlier_density_per_m2: must be a finite number"),
         (
-            {"initial_stationary_probability": 1.0},
-            r"initial_stationary_probability: must be in \(0, 1\)",
+            {"initial_stationary_probability": {"unknown": 1.0}},
+            r"initial_stationary_probability.unknown: must be in \(0, 1\)",
+        ),
+        (
+            {"initial_stationary_probability": {"Car": 0.5}},
+            "initial_stationary_probability: needs an `unknown` entry",
         ),
         ({"accel_std_mps2": {"Car": 1.0}}, "accel_std_mps2: needs an `unknown` entry"),
         (
