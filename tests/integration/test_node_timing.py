@@ -95,6 +95,13 @@ def _work_ns(dl: DetectionList) -> int:
     return sum(v for k, v in dl.timings_ns.items() if k not in ("publish", "decode", "sync_wait"))
 
 
+#: The latency is taken on the wall clock (the one the sensor stamps are on), the stages'
+#: work on the monotonic clock: while the host's clock is being slewed the two disagree by a
+#: few ms (a fresh-clone run measured a latency 2-3 ms short of the lag plus the work on two
+#: sweeps of one minute). Far below the 300 ms these tests tell apart.
+CLOCK_SLEW_NS = 5_000_000
+
+
 def test_latency_applies_the_estimated_sensor_clock_offset(
     tmp_path: Path, kitti_dir: Path, yolox_path: Path
 ) -> None:
@@ -106,7 +113,7 @@ def test_latency_applies_the_estimated_sensor_clock_offset(
         true_latency = receive_ns - send_ns
         if index < CLOCK_MIN_SWEEPS - 1:
             # Too few sweeps for an estimate: the clocks are taken to agree.
-            assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl)
+            assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - CLOCK_SLEW_NS
         elif index >= CLOCK_MIN_SWEEPS:
             # Never the 300 ms the clocks disagree by; never more than what the test measured;
             # at least the work the node did on it.
@@ -138,7 +145,7 @@ def test_without_the_offset_the_clock_error_shows_and_budgets_overrun(
     assert len(results) == SWEEPS
     for dl, send_ns, receive_ns in results:
         true_latency = receive_ns - send_ns
-        assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl)
+        assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - CLOCK_SLEW_NS
         assert dl.latency_ns <= SENSOR_BEHIND_NS + true_latency + 1_000_000
         assert not dl.budget_ok
     counters = diagnostics.counters
