@@ -62,7 +62,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
-#: The classes scored (the demo's).
+#: The classes scored, here and by the demo (perception demo, benchmarks).
 CLASSES: tuple[str, ...] = ("Car", "Pedestrian", "Cyclist")
 #: An object faster than this over the ground (m/s) is moving: velocity and heading errors.
 MOVING_SPEED_MPS = 1.0

@@ -75,7 +75,7 @@ from replay.synth.world import (
     ground_truth_path,
     read_ground_truth,
 )
-from replay.tracking_eval import TrackingResult, evaluate_tracks
+from replay.tracking_eval import CLASSES, TrackingResult, evaluate_tracks
 from replay.training.fusion_data import beam_mask
 
 __all__ = [
@@ -103,8 +103,8 @@ DemoProgress = Callable[[str, int, int], None]
 
 #: The packaged detector trained on synthetic renders (replay.training.train_detector).
 SYNTH_DETECTOR_PATH = PACKAGED_MODELS_DIR / "synth_detector.onnx"
-#: The classes the demo scores; range and match distances are `replay.evaluation`'s protocol.
-CLASSES = ("Car", "Pedestrian", "Cyclist")
+#: The classes the demo scores are tracking_eval's CLASSES; range and match distances are
+#: `replay.evaluation`'s protocol.
 EVAL_RANGE_M = QUALITY_RANGE_M
 MATCH_DISTANCE_M = CLASS_MATCH_DISTANCE_M["Car"]
 

@@ -24,6 +24,7 @@ __all__ = [
     "combine",
     "mix",
     "mode_probability",
+    "paired_mahalanobis_sq",
     "predict_stationary",
     "switch_probability",
     "update_stationary",
@@ -132,12 +133,23 @@ def predict_stationary(ps: FloatArray, drift_std: float, dt: float) -> FloatArra
     return out
 
 
+def paired_mahalanobis_sq(innovation: FloatArray, s: FloatArray) -> FloatArray:
+    """Squared Mahalanobis lengths (K,) of 2D innovations (K, 2), each with its own covariance
+    (K, 2, 2); the 2 x 2 inverse written out, as association.mahalanobis_sq does for all
+    track-detection pairs."""
+    det = s[:, 0, 0] * s[:, 1, 1] - s[:, 0, 1] * s[:, 1, 0]
+    dx, dy = innovation[:, 0], innovation[:, 1]
+    d2: FloatArray = (
+        s[:, 1, 1] * dx * dx - 2.0 * s[:, 0, 1] * dx * dy + s[:, 0, 0] * dy * dy
+    ) / det
+    return d2
+
+
 def xy_likelihood(innovation: FloatArray, s: FloatArray, outlier_density: float) -> FloatArray:
     """The density (per m^2) of 2D innovations (K, 2) with covariances `s` (K, 2, 2), plus a
     uniform `outlier_density`: a detection neither model explains weighs the same in both."""
     det = s[:, 0, 0] * s[:, 1, 1] - s[:, 0, 1] * s[:, 1, 0]
-    dx, dy = innovation[:, 0], innovation[:, 1]
-    d2 = (s[:, 1, 1] * dx * dx - 2.0 * s[:, 0, 1] * dx * dy + s[:, 0, 0] * dy * dy) / det
+    d2 = paired_mahalanobis_sq(innovation, s)
     out: FloatArray = np.exp(-0.5 * d2) / (2.0 * np.pi * np.sqrt(det)) + outlier_density
     return out
 

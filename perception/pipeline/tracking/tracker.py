@@ -362,7 +362,7 @@ class Tracker:
         # A detection far outside the stationary model's gate is not its object standing still:
         # the model keeps its centre (and is restarted from the motion model's by the mixing
         # while the motion model leads).
-        d2_still = np.einsum("ki,kij,kj->k", innovation, np.linalg.inv(s_still), innovation)
+        d2_still = modes.paired_mahalanobis_sq(innovation, s_still)
         inside = d2_still <= self._gate
         self._xs[rows] = np.where(inside[:, None], xs, self._xs[rows])
         self._ps[rows] = np.where(inside[:, None, None], ps, self._ps[rows])
@@ -379,9 +379,7 @@ class Tracker:
         slow = np.hypot(*motion.velocity(x, ctrv).T) < cfg.moving_speed_mps
         if slow.any():
             offset = z_xy - x[:, :2]
-            d2 = np.einsum(
-                "ki,kij,kj->k", offset, np.linalg.inv(p[:, :2, :2] + r[:, :2, :2]), offset
-            )
+            d2 = modes.paired_mahalanobis_sq(offset, p[:, :2, :2] + r[:, :2, :2])
             scale = np.where(slow, np.maximum(1.0, d2 / _TYPICAL_D2), 1.0)
             r[:, 0, 0] *= scale
             r[:, 1, 1] *= scale
