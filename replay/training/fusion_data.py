@@ -111,14 +111,24 @@ class DropoutConfig:
     """Modality dropout, probabilities per sample: ``camera`` removes the cameras (painted
     channels and flag zero, as a missing camera is painted), ``camera_blind`` keeps the flag
     but zeroes the scores (a dark or blinded camera that finds nothing), ``beams`` keeps every
-    other beam (by elevation)."""
+    other beam (by elevation). ``object_returns`` is per object, not per sample: the object
+    keeps only a fraction in ``object_keep`` of its lidar returns, as a black or wet car does
+    on a real lidar, so that the camera is what finds it."""
 
     camera: float = 0.2
     camera_blind: float = 0.1
     beams: float = 0.15
+    object_returns: float = 0.0
+    object_keep: tuple[float, float] = (0.1, 0.4)
 
     def __post_init__(self) -> None:
-        for name in ("camera", "camera_blind", "beams"):
+        lo, hi = self.object_keep
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(
+                f"dropout.object_keep must be [low, high] fractions with low <= high, "
+                f"got {list(self.object_keep)}"
+            )
+        for name in ("camera", "camera_blind", "beams", "object_returns"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"dropout.{name} must be a probability in [0, 1], got {p}")
@@ -142,6 +152,32 @@ def thin_beams(points: npt.NDArray[np.float32], keep_every: int = 2) -> npt.NDAr
     return kept
 
 
+def drop_object_returns(
+    points: npt.NDArray[np.float32],
+    boxes: npt.NDArray[np.float32],
+    rng: np.random.Generator,
+    probability: float,
+    keep: tuple[float, float],
+) -> npt.NDArray[np.float32]:
+    """``points`` where each of ``boxes`` (``PreparedSample`` rows), with ``probability``, keeps
+    only a random fraction (uniform in ``keep``) of the returns inside it."""
+    if probability <= 0.0 or len(boxes) == 0:
+        return points
+    dropped = np.zeros(len(points), bool)
+    for box in boxes[rng.random(len(boxes)) < probability]:
+        _, x, y, z, length, width, height, yaw = (float(v) for v in box[:8])
+        c, s = math.cos(yaw), math.sin(yaw)
+        dx, dy = points[:, 0] - x, points[:, 1] - y
+        inside = (
+            (np.abs(c * dx + s * dy) <= length / 2 + 0.1)
+            & (np.abs(-s * dx + c * dy) <= width / 2 + 0.1)
+            & (np.abs(points[:, 2] - z) <= height / 2 + 0.1)
+        )
+        dropped |= inside & (rng.random(len(points)) >= rng.uniform(*keep))
+    kept: npt.NDArray[np.float32] = points[~dropped]
+    return kept
+
+
 def augment(
     sample: PreparedSample,
     rng: np.random.Generator,
@@ -162,6 +198,7 @@ def augment(
         pts[:, painted.start : painted.stop - 1] = 0.0
     if rng.random() < dropout.beams:
         pts = thin_beams(pts)
+    pts = drop_object_returns(pts, boxes, rng, dropout.object_returns, dropout.object_keep)
     if rng.random() < augment_config.flip_y:
         pts[:, 1] *= -1.0
         boxes[:, 2] *= -1.0

@@ -15,6 +15,7 @@ from replay.training.fusion_data import (
     DropoutConfig,
     PreparedSample,
     augment,
+    drop_object_returns,
     gaussian_radius,
     make_targets,
     thin_beams,
@@ -107,6 +108,25 @@ def test_modality_dropout() -> None:
     assert not blind.points[:, 4:7].any() and (blind.points[:, 7] == 1).all()
     with pytest.raises(ValueError, match="camera"):
         DropoutConfig(camera=0.8, camera_blind=0.5)
+
+
+def test_object_returns_dropout_thins_only_the_chosen_objects() -> None:
+    rng = np.random.default_rng(3)
+    inside = np.column_stack([rng.uniform(9, 11, 400), rng.uniform(-0.8, 0.8, 400),
+                              rng.uniform(-1.4, 0.0, 400), np.ones(400)])  # fmt: skip
+    outside = np.column_stack([rng.uniform(20, 30, 300), rng.uniform(5, 9, 300),
+                               rng.uniform(-1.7, 0.0, 300), np.ones(300)])  # fmt: skip
+    points = np.vstack([inside, outside]).astype(np.float32)
+    box = np.array([[0, 10.0, 0.0, -0.7, 4.0, 1.8, 1.5, 0.0, 0, 0, 1]], np.float32)
+    kept = drop_object_returns(points, box, rng, probability=1.0, keep=(0.2, 0.2))
+    in_box = (np.abs(kept[:, 0] - 10) <= 2.1) & (np.abs(kept[:, 1]) <= 1.0)
+    assert (~in_box).sum() == 300  # the rest of the scene untouched
+    assert 50 <= in_box.sum() <= 110  # about a fifth of the object's 400 returns
+    assert len(drop_object_returns(points, box, rng, probability=0.0, keep=(0.2, 0.2))) == 700
+    with pytest.raises(ValueError, match="object_keep"):
+        DropoutConfig(object_keep=(0.5, 0.2))
+    with pytest.raises(ValueError, match="object_returns"):
+        DropoutConfig(object_returns=1.5)
 
 
 def test_thinning_keeps_every_other_beam() -> None:
