@@ -16,6 +16,7 @@ from typing import NoReturn
 __all__ = [
     "HelpFormatter",
     "Parser",
+    "correction_arg",
     "fraction",
     "non_negative_float",
     "non_negative_int",
@@ -107,6 +108,33 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is not >= 0")
     return value
+
+
+#: The largest rotation (degrees) and translation (centimetres) `correction_arg` takes.
+MAX_PERTURB_DEG = 10.0
+MAX_PERTURB_CM = 100.0
+
+
+def correction_arg(text: str) -> tuple[float, float, float, float, float, float]:
+    """Six comma-separated numbers: degrees about the vehicle's x, y, z, then centimetres along
+    them; returned as degrees and metres."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 6:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give six comma-separated numbers: roll,pitch,yaw (deg),x,y,z (cm)"
+        )
+    values = [_number(p, float) for p in parts]
+    if any(abs(v) > MAX_PERTURB_DEG for v in values[:3]):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: rotations must be within +-{MAX_PERTURB_DEG:g} deg"
+        )
+    if any(abs(v) > MAX_PERTURB_CM for v in values[3:]):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: translations must be within +-{MAX_PERTURB_CM:g} cm"
+        )
+    d = values[:3]
+    m = [v / 100.0 for v in values[3:]]
+    return d[0], d[1], d[2], m[0], m[1], m[2]
 
 
 def fusion_kinds(text: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from app.args import (
     HelpFormatter,
     Parser,
+    correction_arg,
     fraction,
     fusion_kinds,
     non_negative_float,
@@ -49,7 +50,8 @@ EPILOG = """\
 exit codes: 0 done; 1 failed (a source of a many-drive replay, a recording stopped by a write or
 receive failure, or an unexpected error);
 2 a mistake in the command line or its inputs (one line on stderr names it);
-130 interrupted. -v (before or after the command) logs more and shows tracebacks."""
+3 `calib check` over a drive or frames flagged calibration drift; 130 interrupted.
+-v (before or after the command) logs more and shows tracebacks."""
 
 _TOPICS_NOTE = (
     f"Each topic is published where it belongs: sensor topics on the node config's inputs "
@@ -480,17 +482,43 @@ def _add_calib(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         calib,
         "check",
         "app.commands.calib:cmd_calib_check",
-        "lidar drawn on the image, and an alignment score",
-        "Draw the lidar points on the camera image by depth and score the alignment (mutual "
-        "information of lidar intensity and image grey level, nats: it drops when the "
-        "extrinsics are off).",
+        "lidar-camera alignment: one scan and image, or a whole drive or KITTI folder",
+        "One scan and image (--lidar, --image, --out): draw the lidar points on the image by "
+        "depth and score the alignment (mutual information of lidar intensity and image grey "
+        "level, nats). A drive or a KITTI object folder (--drive, --frames): the calibration "
+        "monitor over all its frames (the node's, calibration.monitor) says whether each "
+        "camera's extrinsic is aligned or drifted and estimates the correction; exit 0 when "
+        "aligned, 3 when drift is flagged. --refine writes the corrected rig.",
         common=common,
     )
-    check.add_argument("rig", help=rig_help)
-    check.add_argument("--lidar", required=True, metavar="SCAN", help="a KITTI .bin or a PCD file")
-    check.add_argument("--image", required=True, help="the camera image (PNG, JPEG)")
+    check.add_argument(
+        "rig",
+        nargs="?",
+        help=f"{rig_help} (with --drive: checked instead of the drive's own)",
+    )
+    check.add_argument("--lidar", metavar="SCAN", help="a KITTI .bin or a PCD file")
+    check.add_argument("--image", help="the camera image (PNG, JPEG)")
     check.add_argument("--camera", help="camera name in the rig (default: front, else the first)")
-    check.add_argument("--out", required=True, metavar="IMAGE", help="overlay image to write")
+    check.add_argument("--out", metavar="IMAGE", help="overlay image to write")
+    check.add_argument("--drive", metavar="DRIVE", help="a recorded drive (.mcap) to check over")
+    check.add_argument("--frames", metavar="DIR", help="a KITTI object folder to check over")
+    check.add_argument(
+        "--refine",
+        metavar="RIG.yaml",
+        help="with --drive: write the rig with the estimated corrections applied",
+    )
+    check.add_argument(
+        "--perturb",
+        metavar="R,P,Y,X,Y,Z",
+        type=correction_arg,
+        help="check as if each camera were moved by this (degrees about and centimetres along "
+        "the vehicle axes): what such a drift looks like to the check",
+    )
+    check.add_argument("--config", metavar="FILE", help="node config (YAML) for --drive/--frames")
+    check.add_argument(
+        "--model", metavar="MODEL", help="camera model for --drive/--frames (ONNX or name)"
+    )
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_engines(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:

@@ -280,6 +280,27 @@ class Rig:
     def time_offset_ns(self, stream: str) -> int:
         return int(self.time_offsets_ns.get(stream, 0))
 
+    def with_vehicle_from(self, frame: str, vehicle_from_frame: RigidTransform) -> Rig:
+        """A copy with `frame` moved so that `vehicle_from_<frame>` is `vehicle_from_frame`
+        (its parent stays; the frames below it move with it).
+
+        Raises CalibrationError for an unknown frame or the root frame."""
+        self._check_frame(frame)
+        if frame == VEHICLE_FRAME:
+            raise CalibrationError(f"{self.source or 'rig'}: the root frame cannot move")
+        parent = self._tree[frame].parent
+        parent_from_frame = self.transform(parent, VEHICLE_FRAME) @ vehicle_from_frame
+        edges = dict(self._tree)
+        edges[frame] = FrameEdge(parent, parent_from_frame)
+        # The GNSS antenna's frame travels as an edge like the others.
+        return Rig(
+            cameras=self.cameras,
+            time_offsets_ns=self.time_offsets_ns,
+            source=self.source,
+            edges=edges,
+            warnings=self.warnings,
+        )
+
     # -- documents --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
+from calibration.monitor import MonitorConfig
 from engines.errors import EngineError
 from engines.settings import EngineSettings
 from perception.errors import ConfigError
@@ -407,6 +408,23 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationMonitorConfig:
+    """The calibration monitor (calibration.monitor): each camera's extrinsic scored against
+    the lidar over a window of sweeps, off the hot path (after the outputs are published), and
+    a drift flag with the estimated correction on the diagnostics."""
+
+    enabled: bool = True
+    """Watch the calibration."""
+    every_n_sweeps: int = 4
+    """Use one processed sweep in this many (its cost is measured in the bench)."""
+    object_margin_m: float = 0.3
+    """Points within this of a detection are left out: objects move between the lidar's and
+    the camera's instants."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """The evidence and the decision."""
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """The multi-object tracker after fusion (perception.pipeline.tracking): one EKF per object
     in the world frame (ENU at the drive's origin with ego poses, else the vehicle frame),
@@ -694,6 +712,8 @@ class NodeConfig:
     """Access control of tcp endpoints (CURVE)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """The multi-object tracker after fusion (tracks in the world frame)."""
+    calibration_monitor: CalibrationMonitorConfig = field(default_factory=CalibrationMonitorConfig)
+    """Watches each camera's extrinsic while the node runs."""
 
 
 T = TypeVar("T")
@@ -787,6 +807,17 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.inputs.high_water_mark > 0, "inputs.high_water_mark", "must be > 0"),
         (_positive(cfg.inputs.default_rate_hz), "inputs.default_rate_hz", "must be > 0"),
         (cfg.inputs.dead_after_periods >= 1, "inputs.dead_after_periods", "must be >= 1"),
+        (
+            cfg.calibration_monitor.every_n_sweeps >= 1,
+            "calibration_monitor.every_n_sweeps",
+            "must be >= 1",
+        ),
+        (
+            math.isfinite(cfg.calibration_monitor.object_margin_m)
+            and cfg.calibration_monitor.object_margin_m >= 0,
+            "calibration_monitor.object_margin_m",
+            "must be >= 0",
+        ),
         (_positive(cfg.clocks.max_offset_ms), "clocks.max_offset_ms", "must be > 0"),
         (_positive(cfg.clocks.jump_threshold_ms), "clocks.jump_threshold_ms", "must be > 0"),
         (

@@ -196,6 +196,7 @@ def _process(
             tracks = core.take_tracks()
             if on_tracks is not None and tracks is not None:
                 on_tracks(tracks)
+            core.after_publish()
             yield out
 
 

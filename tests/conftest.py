@@ -133,6 +133,35 @@ def synth_drive(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, floa
     return get
 
 
+@pytest.fixture(scope="session")
+def rich_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2 s drive of the rich synthetic world (textured surfaces, the KITTI-like lidar), seed
+    5, with its exact calibration: the calibration monitor's test bed. Generated once per
+    session (about 15 s); tests must not modify it."""
+    from replay.synth.world import generate_drive
+
+    path = tmp_path_factory.mktemp("rich-drive") / "rich_seed5_2s.mcap"
+    generate_drive(path, seed=5, seconds=2.0, scene="rich")
+    return path
+
+
+#: The drift of `drifted_rich_drive`'s rig: its camera turned 0.5 degrees in yaw.
+RIG_DRIFT_YAW_DEG = 0.5
+
+
+@pytest.fixture(scope="session")
+def drifted_rich_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`rich_drive` rendered again with the same world, its rig's camera turned by
+    `RIG_DRIFT_YAW_DEG` (the images are the true camera's): a drifted extrinsic."""
+    from calibration.monitor import Correction
+    from replay.synth.world import generate_drive
+
+    path = tmp_path_factory.mktemp("rich-drive-drifted") / "rich_seed5_2s_drifted.mcap"
+    error = Correction((0.0, 0.0, RIG_DRIFT_YAW_DEG))
+    generate_drive(path, seed=5, seconds=2.0, scene="rich", rig_error=error)
+    return path
+
+
 #: A learned-engine grid that holds every labelled or referenced object of the KITTI frames
 #: within 40 m (small, so that training it takes seconds).
 KITTI_LEARNED_GRID = {"x_range_m": [0.0, 25.6], "y_range_m": [-12.8, 12.8], "max_pillars": 3000}

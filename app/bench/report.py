@@ -150,6 +150,7 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         ("sweep span", _span_text(r.frames)),
         ("throughput", f"{r.throughput_hz:.2f} DetectionLists/s"),
         ("node overhead", _overhead_text(r.node_overhead)),
+        ("calibration monitor", _calibration_text(r.node_diagnostics)),
         ("node CPU", f"{_ms(p.cpu_mean_pct)} % mean, {_ms(p.cpu_max_pct)} % max (of one core)"),
         ("node memory", f"{_ms(p.rss_max_mb)} MB RSS max"),
         ("backend", r.backend),
@@ -170,6 +171,23 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         assert r.soak is not None
         rows.insert(3, ("soak", r.soak.verdict()))
     return rows
+
+
+def _calibration_text(diagnostics: dict[str, Any]) -> str:
+    """The calibration monitor's cost per published sweep (off the hot path: after each
+    output is published), from the node's counters since its start."""
+    counters = diagnostics.get("counters")
+    if not isinstance(counters, dict):
+        return "n/a"
+    used = counters.get("calibration_sweeps") or 0
+    published = counters.get("published") or 0
+    if not used or not published:
+        return "off" if not used else "n/a"
+    spent_ms = float(counters.get("calibration_ns") or 0) / 1e6
+    return (
+        f"{spent_ms / published:.2f} ms per sweep on average ({spent_ms / used:.1f} ms on each "
+        f"of the {used} of {published} sweeps it used), after the outputs are published"
+    )
 
 
 def _over_time(r: BenchResult) -> bool:

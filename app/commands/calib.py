@@ -1,13 +1,18 @@
-"""`perception calib show|check`: a rig's frame tree, and lidar-on-image alignment."""
+"""`perception calib show|check`: a rig's frame tree, lidar-on-image alignment of one scan, and
+the calibration monitor over a drive or a KITTI object folder (exit 3 when drift is flagged)."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from app.common import check_drive_path
 from calibration import (
     CalibrationError,
     Rig,
@@ -15,7 +20,9 @@ from calibration import (
     describe_rig,
     load_rig,
     read_scan,
+    save_rig_yaml,
 )
+from perception.errors import PerceptionError
 from replay.output import atomic_output, check_not_an_input, check_output_file
 
 __all__ = ["cmd_calib_check", "cmd_calib_show"]
@@ -55,6 +62,137 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def cmd_calib_check(args: argparse.Namespace) -> int:
+    """One scan and image, or a drive / KITTI folder (exit 3 when drift is flagged)."""
+    many = args.drive is not None or args.frames is not None
+    single = [f"--{name}" for name in ("lidar", "image", "out") if getattr(args, name)]
+    if args.drive is not None and args.frames is not None:
+        raise PerceptionError("give --drive or --frames, not both")
+    if many:
+        if single:
+            raise PerceptionError(
+                f"{', '.join(single)}: only for one scan and image, not with --drive/--frames"
+            )
+        return _check_many(args)
+    extra = [
+        f"--{name}"
+        for name in ("refine", "perturb", "config", "model")
+        if getattr(args, name) is not None
+    ]
+    if extra:
+        raise PerceptionError(f"{', '.join(extra)}: only with --drive or --frames")
+    missing = [f"--{name}" for name in ("lidar", "image", "out") if not getattr(args, name)]
+    if args.rig is None:
+        missing.insert(0, "RIG")
+    if missing:
+        raise PerceptionError(
+            f"give {', '.join(missing)} (one scan and image), or --drive / --frames"
+        )
+    return _check_one(args)
+
+
+def _check_many(args: argparse.Namespace) -> int:
+    """The calibration monitor over a drive or a KITTI object folder (replay.calibration_check)."""
+    from app.common import load_node_config, progress_bar  # noqa: PLC0415 - heavy imports
+    from app.models import build_pipeline, choose_camera_model  # noqa: PLC0415
+    from calibration.monitor import Correction, corrected_rig  # noqa: PLC0415
+    from replay.calibration_check import check_calibration  # noqa: PLC0415
+    from replay.datasets.kitti_object import KittiObjectFolder  # noqa: PLC0415
+    from replay.drive import DriveReader  # noqa: PLC0415
+    from replay.mcap_player import check_sensor_drive  # noqa: PLC0415
+    from replay.synth.world import ground_truth_path  # noqa: PLC0415
+
+    if args.frames is not None:
+        if args.refine is not None:
+            raise PerceptionError(
+                "--refine: only with --drive (the frames of a KITTI folder each carry their "
+                "own calibration)"
+            )
+        if args.rig is not None:
+            raise PerceptionError(
+                f"{args.rig}: with --frames each frame's own calibration is checked; give no rig"
+            )
+        source = Path(args.frames).expanduser()
+        total = len(KittiObjectFolder(source))  # a folder that is not one is refused here
+        synthetic = False
+    else:
+        source = check_drive_path(Path(args.drive).expanduser())
+        total = check_sensor_drive(DriveReader(source), None).sweeps
+        synthetic = ground_truth_path(source).is_file()
+    refine = None
+    if args.refine is not None:
+        refine = Path(args.refine).expanduser()
+        if refine.suffix.lower() not in (".yaml", ".yml"):
+            raise PerceptionError(f"{refine}: --refine must be a rig YAML file (.yaml)")
+        check_output_file(refine, "--refine")
+        check_not_an_input(refine, [source, *([Path(args.rig)] if args.rig else [])], "--refine")
+    config = load_node_config(args.config)
+    if args.rig is not None:
+        rig_path = Path(args.rig).expanduser()
+        _load_rig(rig_path)  # a bad rig is one line here, before the pipeline loads
+        config = replace(config, rig=str(rig_path))
+    config = choose_camera_model(
+        config, args.model, config_given=args.config is not None, synthetic=synthetic
+    )
+    pipeline = build_pipeline(config)
+    perturb = None if args.perturb is None else Correction(args.perturb[:3], args.perturb[3:])
+    with progress_bar(total=total, unit="sweep", desc=None, quiet=args.quiet) as bar:
+        verdicts = check_calibration(
+            source,
+            config,
+            pipeline,
+            perturb=perturb,
+            topics_from_drive=args.config is None and args.frames is None,
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    checked = [v.camera for v in verdicts]
+    if args.camera is not None and args.camera not in checked:
+        raise PerceptionError(
+            f"--camera {args.camera}: not checked (cameras: {', '.join(checked)})"
+        )
+    chosen = [v for v in verdicts if args.camera is None or v.camera == args.camera]
+    for v in chosen:
+        print(_verdict_line(v))
+    if refine is not None:
+        rig = chosen[0].rig
+        for v in chosen:
+            rig = corrected_rig(rig, v.camera, v.estimate.correction)
+        with atomic_output(refine, "--refine") as tmp:
+            save_rig_yaml(
+                rig,
+                tmp,
+                comment=f"refined by `perception calib check --drive {source.name}`: "
+                + "; ".join(_correction_text(v) for v in chosen),
+            )
+        print(f"refined rig written to {refine}")
+    return 3 if any(v.drifted for v in chosen) else 0
+
+
+def _correction_text(v: Any) -> str:
+    c = v.estimate.correction
+    rot = ", ".join(f"{x:+.3f}" for x in c.rotation_deg)
+    cm = ", ".join(f"{x * 100:+.1f}" for x in c.translation_m)
+    return f"camera {v.camera} corrected by rotation ({rot}) deg, translation ({cm}) cm"
+
+
+def _verdict_line(v: Any) -> str:
+    e = v.estimate
+    c = e.correction
+
+    def pm(values: Any, scale: float, digits: int) -> str:
+        return ", ".join(
+            f"{x * scale:.{digits}f}" if math.isfinite(x) else "unobserved" for x in values
+        )
+
+    rot = ", ".join(f"{x:+.2f}" for x in c.rotation_deg)
+    cm = ", ".join(f"{x * 100:+.1f}" for x in c.translation_m)
+    return (
+        f"camera {v.camera}: {e.state.upper()} over {e.frames} frames ({e.skipped} skipped); "
+        f"correction rotation ({rot}) deg +- ({pm(e.sigma[:3], 1.0, 2)}), translation ({cm}) "
+        f"cm +- ({pm(e.sigma[3:], 100.0, 1)}) [vehicle axes x, y, z]"
+    )
+
+
+def _check_one(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.suffix.lower() not in _IMAGE_SUFFIXES:
         raise CalibrationError(f"{out}: --out must be an image file ({', '.join(_IMAGE_SUFFIXES)})")

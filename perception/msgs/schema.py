@@ -30,6 +30,7 @@ import numpy as np
 
 from perception.msgs.types import (
     SCHEMA_VERSION,
+    CalibrationStatus,
     CameraBox,
     CameraFrame,
     Detection3D,
@@ -605,6 +606,21 @@ REALTIME_STATUS = Schema(RealtimeStatus, (
     texts("refused", "settings the OS refused, one line each"),
 ))  # fmt: skip
 
+CALIBRATION_STATUS = Schema(CalibrationStatus, (
+    text("camera", "camera name in the rig", nonempty=True),
+    text("state", "collecting, aligned or drifted"),
+    numbers("rotation_deg", 3, "correction: rotation vector about the vehicle axes",
+            unit="deg"),
+    numbers("translation_m", 3, "correction: translation along the vehicle axes", unit="m"),
+    numbers("rotation_sigma_deg", 3, "standard deviation per axis, -1: not observed",
+            unit="deg", lo=-1.0),
+    numbers("translation_sigma_m", 3, "standard deviation per axis, -1: not observed",
+            unit="m", lo=-1.0),
+    integer("frames", "frames used", lo=0),
+    integer("skipped", "frames skipped (few points, no contrast, not moving)", lo=0),
+    number("score", "mutual information at the search's centre", unit="nats"),
+))  # fmt: skip
+
 DIAGNOSTICS = Schema(Diagnostics, (
     nested("header", HEADER, "common header (stamp: host wall time)"),
     int_map("counters", "messages received, dropped, skipped, published", lo=0),
@@ -622,6 +638,7 @@ DIAGNOSTICS = Schema(Diagnostics, (
     nested("realtime", REALTIME_STATUS, "real-time settings in force", optional=True),
     nested_tuple("sensors", SENSOR_STATUS, "each input sensor alive or dead, and its rate"),
     text("status", "inputs overall: ok, degraded (some dead), stale (all dead), unknown"),
+    nested_tuple("calibration", CALIBRATION_STATUS, "the calibration monitor, per camera"),
 ))  # fmt: skip
 
 #: The message types that travel on the wire, by the name documents carry in `type`.
@@ -649,6 +666,7 @@ SCHEMAS: Mapping[type[Any], Schema] = {
         SENSOR_CLOCK,
         SENSOR_STATUS,
         REALTIME_STATUS,
+        CALIBRATION_STATUS,
     )
 }
 

@@ -16,6 +16,7 @@ from calibration import Rig
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CalibrationStatus",
     "CameraBox",
     "CameraFrame",
     "Detection3D",
@@ -249,6 +250,27 @@ class RealtimeStatus:
 
 
 @dataclass(frozen=True)
+class CalibrationStatus:
+    """The calibration monitor's belief about one camera's extrinsic (calibration.monitor):
+    `state` is `collecting` (too few frames yet), `aligned` or `drifted`; `rotation_deg`
+    (a rotation vector about the vehicle axes, about the camera's centre) and `translation_m`
+    (along the vehicle axes) are the correction that best aligns the camera with the lidar,
+    with their standard deviations (-1 where an axis is not observed); `frames` used and
+    `skipped` (too few points, too little contrast, or not moving); `score` the mutual
+    information (nats) at the search's centre."""
+
+    camera: str
+    state: str
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    translation_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    rotation_sigma_deg: tuple[float, float, float] = (-1.0, -1.0, -1.0)
+    translation_sigma_m: tuple[float, float, float] = (-1.0, -1.0, -1.0)
+    frames: int = 0
+    skipped: int = 0
+    score: float = 0.0
+
+
+@dataclass(frozen=True)
 class Diagnostics:
     """The node's state, published at 1 Hz on the diagnostics topic (and recordable like any
     message). `header.stamp_ns` is host wall time.
@@ -265,6 +287,7 @@ class Diagnostics:
     - `engines`: what each engine actually runs on (backend, device, precision).
     - `notes`: conditions a user must know about, such as a backend fallback.
     - `realtime`: the real-time settings in force (None before the node applied them).
+    - `calibration`: the calibration monitor's belief per camera (empty when it is off).
     """
 
     header: Header
@@ -282,6 +305,7 @@ class Diagnostics:
     realtime: RealtimeStatus | None = None
     sensors: tuple[SensorStatus, ...] = ()
     status: str = "unknown"
+    calibration: tuple[CalibrationStatus, ...] = ()
 
 
 def sweep_end_ns(sweep: LidarSweep) -> int:

@@ -84,7 +84,9 @@ from perception.msgs.types import (
     TrackList,
     sweep_end_ns,
 )
+from perception.node.calibration import CalibrationWatch, drift_notes
 from perception.pipeline import Pipeline
+from perception.pipeline.pipeline import StepFrame
 from perception.pipeline.tracking import Tracker
 from perception.ratelimit import RateLimitedLogger
 from perception.sync import Bundler, Filed
@@ -134,7 +136,9 @@ class NodeCounters:
     (perception.pipeline.camera_health; their streams are listed as degraded).
     `tracker_resets`: times the tracker started over (a lidar clock jump, a gap in the sweeps,
     the ego pose gained or lost); `tracking_errors`: sweeps the tracker failed on (their
-    DetectionLists still go out, without a TrackList).
+    DetectionLists still go out, without a TrackList). `calibration_sweeps`: sweeps the
+    calibration monitor used (perception.node.calibration), `calibration_ns` the time it spent
+    on them in all (after the outputs were published), `calibration_errors` sweeps it failed on.
     """
 
     received: int = 0
@@ -159,6 +163,9 @@ class NodeCounters:
     unfit_images: int = 0
     tracker_resets: int = 0
     tracking_errors: int = 0
+    calibration_sweeps: int = 0
+    calibration_ns: int = 0
+    calibration_errors: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -235,6 +242,10 @@ class NodeCore:
         self.tracker = Tracker(config.tracking)
         self._tracker_epoch = 0
         self._tracks: TrackList | None = None
+        #: The calibration monitor, fed after the outputs are published (processing side).
+        monitor = config.calibration_monitor
+        self.calibration = CalibrationWatch(monitor) if monitor.enabled else None
+        self._calibration_pending: StepFrame | None = None
 
     @property
     def epoch(self) -> int:
@@ -453,6 +464,8 @@ class NodeCore:
             sweep = chosen.bundle.lidar.header
             self._bad.warning("step", f"dropped sweep {sweep.stream} {sweep.seq}: {e!r}")
             return None
+        if self.calibration is not None and self.calibration.offer():
+            self._calibration_pending = self.pipeline.last_frame
         tracking_start_ns = time.perf_counter_ns()
         tracks = self._track(chosen, detections)
         detections = replace(
@@ -519,6 +532,27 @@ class NodeCore:
             self.config.outputs.tracks_topic, detections.header.seq, stamp_ns, "vehicle"
         )
         return TrackList(header, tracks, self.tracker.world_frame, resets=self.tracker.resets)
+
+    def after_publish(self) -> None:
+        """Work kept off the hot path, run once the outputs of `on_bundles` are published: the
+        calibration monitor on the sweep when it is one it uses."""
+        frame, self._calibration_pending = self._calibration_pending, None
+        if frame is None or self.calibration is None:
+            return
+        start_ns = time.perf_counter_ns()
+        try:
+            self.calibration.observe(frame)
+        except Exception as e:  # the monitor must not cost the node
+            with self._lock:
+                self.counters.calibration_errors += 1
+            self._bad.warning("calibration", f"calibration monitor failed: {_what(e)}")
+            return
+        finally:
+            spent = time.perf_counter_ns() - start_ns
+            with self._lock:
+                self.counters.calibration_ns += spent
+        with self._lock:
+            self.counters.calibration_sweeps += 1
 
     def count_loop_error(self) -> None:
         """An exception a thread of the node caught and survived."""
@@ -593,6 +627,7 @@ class NodeCore:
             sync = {k: v for k, v in asdict(stats).items() if isinstance(v, int)}
             seq = self._diagnostics_seq
             self._diagnostics_seq += 1
+            calibration = () if self.calibration is None else self.calibration.statuses()
             return Diagnostics(
                 header=Header(self.config.outputs.diagnostics_topic, seq, stamp_ns, ""),
                 counters=self.counters.scalars(),
@@ -608,10 +643,11 @@ class NodeCore:
                 last_publish_ns=self._last_publish_ns,
                 last_latency_ns=self._last_latency_ns,
                 engines=self.pipeline.describe_engines(),
-                notes=self.pipeline.notes,
+                notes=(*self.pipeline.notes, *drift_notes(calibration)),
                 realtime=self.realtime,
                 sensors=sensors,
                 status=status,
+                calibration=calibration,
             )
 
     def _log_liveness(self, sensors: Sequence[SensorStatus], status: str) -> None:

@@ -310,6 +310,7 @@ class Node:
         if tracks is not None:
             self._send(publisher, tracks, "tracks", self.config.outputs.tracks_topic)
         self.core.record_publish(time.perf_counter_ns() - start)
+        self.core.after_publish()
 
     def _send(
         self, publisher: Publisher, msg: Message, what: str, topic: str | None = None

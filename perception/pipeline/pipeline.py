@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -45,9 +45,25 @@ from perception.pipeline.painting import PaintView, paint_points
 from perception.pipeline.timing import StageTimer
 from perception.ratelimit import RateLimitedLogger
 
-__all__ = ["Pipeline", "PipelineConfig", "frame_image"]
+__all__ = ["Pipeline", "PipelineConfig", "StepFrame", "frame_image"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class StepFrame:
+    """What one `Pipeline.step` worked on, for consumers off the hot path (the calibration
+    monitor): the sweep's points in the vehicle frame at its stamp (deskewed, N x 4), each fit
+    camera's image with the vehicle's motion from the sweep stamp to its exposure
+    (``vehicle(exposure)_from_vehicle(sweep)``), the rig, the ego twist over the sweep (None
+    without GNSS) and the detections."""
+
+    stamp_ns: int
+    points: npt.NDArray[np.float32]
+    images: dict[str, tuple[npt.NDArray[np.uint8], RigidTransform]]
+    rig: Rig
+    twist: tuple[tuple[float, float, float], float] | None
+    detections: tuple[Detection3D, ...]
 
 
 def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
@@ -109,6 +125,8 @@ class Pipeline:
         self.detections_stream = detections_stream
         self._notes = tuple(notes)
         self._camera_log = RateLimitedLogger(log)
+        #: What the last `step` worked on (None before the first).
+        self.last_frame: StepFrame | None = None
 
     @classmethod
     def from_config(
@@ -224,6 +242,7 @@ class Pipeline:
             tensors = {}
             cameras = self._cameras_by_name(bundle)
             unfit: list[str] = []
+            raw_images: dict[str, npt.NDArray[np.uint8]] = {}
             for name, frame in list(cameras.items()):
                 image = self._image(frame)
                 problem = image_problem(measure_image(image), self.config.camera_health)
@@ -234,6 +253,7 @@ class Pipeline:
                     unfit.append(stream)
                     self._camera_log.warning(stream, f"{stream}: image {problem}; left out")
                     continue
+                raw_images[name] = image
                 camera = rig.cameras[name]
                 if camera.has_distortion:
                     # The engines assume a pinhole image: undistort with the same K.
@@ -278,6 +298,14 @@ class Pipeline:
             detections = suppress_duplicates(detections)
             if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
                 detections = self._global_positions(detections, bundle.gnss, rig)
+        self.last_frame = StepFrame(
+            stamp_ns=sweep.header.stamp_ns,
+            points=points,
+            images={name: (raw_images[name], motions[name]) for name in boxes},
+            rig=rig,
+            twist=twist,
+            detections=tuple(detections),
+        )
         return DetectionList(
             header=Header(self.detections_stream, seq, sweep.header.stamp_ns, "vehicle"),
             detections=tuple(detections),

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import LocalTangentPlane, PinholeCamera, Rig, RigidTransform
+from calibration.monitor import Correction, corrected_rig
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from replay.drive import DriveReader, DriveWriter
 from replay.evaluation import ReferenceBox
@@ -1040,11 +1041,16 @@ def generate_drive(
     *,
     scene: str = "simple",
     lidar: str | None = None,
+    rig_error: Correction | None = None,
 ) -> SynthStats:
     """Write a synthetic drive (MCAP, `replay.drive` layout, with the rig and the ground-truth
     channel) to `out_path` and its ground truth beside it (`ground_truth_path`). `seconds` of
     driving at 10 Hz per sensor. `progress(sweeps done, sweeps in all)` is called after each
     sweep. `scene` and `lidar` choose the world and the lidar model (`make_world`).
+    `rig_error`: the rig written to the drive (the one a node replaying it is given) has the
+    camera moved by it, while the images are rendered with the true one: a drifted extrinsic,
+    for the calibration monitor (calibration.monitor); the correction that undoes it is its
+    `inverse()`.
 
     Raises:
         ValueError: `seconds` is not positive, an unknown scene or lidar model.
@@ -1064,8 +1070,9 @@ def generate_drive(
     n = max(1, round(seconds * 10))
     gt_path = ground_truth_path(out_path)
     points_total = 0
+    given = rig if rig_error is None else corrected_rig(rig, CAMERA_NAME, rig_error)
     with DriveWriter(out_path, rig=None) as writer, gt_path.open("w", encoding="utf-8") as gt:
-        writer.write_rig(rig, START_NS)
+        writer.write_rig(given, START_NS)
         for i in range(n):
             t0 = i * LIDAR_PERIOD_NS * 1e-9
             stamp = START_NS + i * LIDAR_PERIOD_NS

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +361,16 @@ def test_markdown_has_the_latency_table_and_the_figures() -> None:
     assert "| max rate | 8.00 Hz" in md
     assert "| node overhead |" in md and "| node CPU |" in md
     assert "| backend | torch |" in md and "| device | cpu |" in md
+    assert "| calibration monitor | off |" in md
+
+
+def test_the_calibration_monitors_cost_is_per_published_sweep() -> None:
+    counters = {"published": 400, "calibration_sweeps": 100, "calibration_ns": 600_000_000}
+    md = format_markdown(replace(_result(), node_diagnostics={"counters": counters}))
+    assert (
+        "| calibration monitor | 1.50 ms per sweep on average (6.0 ms on each of the 100 of 400"
+        in md
+    )
 
 
 def test_write_report_writes_json_markdown_and_png(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
+import pytest
 
 from app.cli import main
 
@@ -72,3 +76,57 @@ def test_calib_check_bad_image(capsys, tmp_path: Path, kitti_dir: Path) -> None:
     err = capsys.readouterr().err
     assert code == 2
     assert "none.png: image does not exist" in err
+
+
+def test_calib_check_over_a_drive_exits_3_on_drift_and_refines_the_rig(
+    capsys, tmp_path: Path, rich_drive: Path, drifted_rich_drive: Path
+) -> None:
+    """The true drive is aligned (exit 0); the drive whose rig has the camera turned is
+    flagged (exit 3), and --refine writes a rig within 0.15 degrees of the true one."""
+    from calibration import load_rig_yaml
+    from replay.synth.world import synth_rig
+
+    assert main(["calib", "check", "--drive", str(rich_drive), "--quiet"]) == 0
+    assert "camera front: ALIGNED over 20 frames" in capsys.readouterr().out
+    refined_path = tmp_path / "refined.yaml"
+    code = main(
+        ["calib", "check", "--drive", str(drifted_rich_drive), "--quiet",
+         "--refine", str(refined_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "camera front: DRIFTED" in out and f"refined rig written to {refined_path}" in out
+    refined = load_rig_yaml(refined_path).transform("vehicle", "camera/front")
+    true = synth_rig().transform("vehicle", "camera/front")
+    turn = refined.rotation.T @ true.rotation
+    assert np.degrees(np.arccos(np.clip((np.trace(turn) - 1) / 2, -1, 1))) < 0.15
+
+
+def test_calib_check_many_frames_mistakes_are_one_line(
+    capsys, tmp_path: Path, kitti_dir: Path
+) -> None:
+    cases = [
+        (["--drive", "a.mcap", "--frames", str(kitti_dir)], "not both"),
+        (["--frames", str(kitti_dir), "--refine", str(tmp_path / "r.yaml")], "only with --drive"),
+        (["--frames", str(kitti_dir), "--lidar", "x.bin"], "--lidar: only for one scan"),
+        (["--frames", str(tmp_path / "none")], "does not exist"),
+        (["--drive", str(tmp_path)], "is a folder"),
+        (["--perturb", "1,2,3"], "six comma-separated numbers"),
+        (["--perturb", "0,0,20,0,0,0", "--drive", "a.mcap"], "within +-10 deg"),
+        (
+            [str(kitti_dir / "calib" / "000003.txt"), "--perturb", "0,0,1,0,0,0"],
+            "only with --drive",
+        ),
+        ([str(kitti_dir / "calib" / "000003.txt")], "give --lidar, --image, --out"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) if args[0] == "--perturb" else _no_exit():
+            code = main(["calib", "check", *args])
+            assert code == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+@contextlib.contextmanager
+def _no_exit() -> Iterator[None]:
+    yield

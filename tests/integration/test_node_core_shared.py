@@ -32,6 +32,7 @@ TIMING_COUNTERS = {
     "consecutive_overruns",
     "longest_overrun_run",
     "clock_jumps",
+    "calibration_ns",
 }
 
 

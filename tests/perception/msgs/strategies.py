@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from perception.msgs.schema import DEFAULT_LIMITS, MAX_STAMP_NS
 from perception.msgs.types import (
+    CalibrationStatus,
     CameraBox,
     CameraFrame,
     Detection3D,
@@ -167,6 +168,20 @@ sensor_statuses = st.builds(
     outages=st.integers(0, INT64_MAX),
     last_receive_ns=st.none() | st.integers(INT64_MIN, INT64_MAX),
 )
+triples = st.tuples(finite, finite, finite)
+sigmas = st.tuples(*[st.just(-1.0) | st.floats(0, 1e6)] * 3)
+calibration_statuses = st.builds(
+    CalibrationStatus,
+    camera=texts.filter(bool),
+    state=st.sampled_from(["collecting", "aligned", "drifted"]),
+    rotation_deg=triples,
+    translation_m=triples,
+    rotation_sigma_deg=sigmas,
+    translation_sigma_m=sigmas,
+    frames=st.integers(0, INT64_MAX),
+    skipped=st.integers(0, INT64_MAX),
+    score=finite,
+)
 realtime_statuses = st.builds(
     RealtimeStatus,
     cpu_affinity=st.lists(st.integers(0, 1023), max_size=8).map(tuple),
@@ -192,6 +207,7 @@ diagnostics = st.builds(
     realtime=st.none() | realtime_statuses,
     sensors=st.lists(sensor_statuses, max_size=3).map(tuple),
     status=st.sampled_from(["ok", "degraded", "stale", "unknown"]),
+    calibration=st.lists(calibration_statuses, max_size=2).map(tuple),
 )
 
 #: Every wire message type.

@@ -1,0 +1,281 @@
+"""The calibration monitor's figures for benchmarks/RESULTS.md (#16).
+
+    python -m benchmarks.calibration_monitor --drive DRIVE.mcap [--drive ...]
+    python -m benchmarks.calibration_monitor --minutes 10 --seeds 300 301 302 303 304
+    python -m benchmarks.calibration_monitor --kitti ../shared/data/kitti_object/training
+
+`--drive`: synthetic drives (rich world) through the node core as the node runs them (the
+default config: one sweep in four to the monitor, after the outputs are published), once with
+the drive's exact rig and once per drift: 0.5 degrees about and 5 cm along each vehicle axis,
+both signs, given to the monitor as the extrinsic in force. Per drift: when it was first flagged
+(seconds of driving), and the estimated correction's error against the truth (the drift's
+inverse) at the end of the drive. Also the monitor's cost per processed sweep.
+
+`--minutes`: the true calibration over that many minutes of rich-world driving, split over the
+seeds, rendered frame by frame for the frames the monitor uses (every fourth sweep) rather than
+written to drives first (ten minutes of drives would take hours to write here). The monitor
+sees exactly what the node gives it, with two differences: the ego motion to the camera's
+exposure is the world's (the node takes it from GNSS), and the points left out are those in
+the ground-truth boxes (the node leaves out its detections'). Counts the flags raised.
+
+`--kitti`: the offline check (`perception calib check --frames`) of all the KITTI object frames
+together, with the true calibration and with 1 degree about each axis, both signs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from app.models import build_pipeline, choose_camera_model
+from calibration import PinholeCamera
+from calibration.monitor import (
+    CalibrationMonitor,
+    Correction,
+    MonitorState,
+    object_mask,
+)
+from perception.config import NodeConfig
+from perception.node.calibration import CalibrationWatch
+from perception.node.core import NodeCore
+from perception.pipeline.deskew import deskew_points
+from perception.pipeline.pipeline import StepFrame
+from replay.calibration_check import _PerturbedWatch, check_calibrations
+from replay.offline import open_source, run_core
+from replay.synth.world import (
+    CAMERA_NAME,
+    CAMERA_OFFSET_NS,
+    LIDAR_PERIOD_NS,
+    lidar_sweep,
+    make_world,
+    render_camera,
+    synth_rig,
+)
+
+AXES = ("roll", "pitch", "yaw", "x", "y", "z")
+
+
+def drifts(degrees: float, metres: float) -> list[tuple[str, Correction]]:
+    """0.5 degrees about and 5 cm along each axis (both signs), named."""
+    out = []
+    for axis, name in enumerate(AXES):
+        for sign in (1.0, -1.0):
+            rot = [0.0, 0.0, 0.0]
+            shift = [0.0, 0.0, 0.0]
+            if axis < 3:
+                rot[axis] = sign * degrees
+                label = f"{name} {sign * degrees:+g} deg"
+            else:
+                shift[axis - 3] = sign * metres
+                label = f"{name} {sign * metres * 100:+g} cm"
+            out.append(
+                (label, Correction((rot[0], rot[1], rot[2]), (shift[0], shift[1], shift[2])))
+            )
+    return out
+
+
+class _Timeline(_PerturbedWatch):
+    """A perturbed watch that remembers when its camera was first flagged."""
+
+    def __init__(self, config: NodeConfig, perturb: Correction | None) -> None:
+        super().__init__(config, perturb, pool=False)
+        self.first_flag_ns: int | None = None
+        self.start_ns: int | None = None
+        self.spent_ns = 0
+        self.used = 0
+
+    def observe(self, frame: StepFrame) -> None:
+        self.start_ns = frame.stamp_ns if self.start_ns is None else self.start_ns
+        t = time.perf_counter_ns()
+        super().observe(frame)
+        self.spent_ns += time.perf_counter_ns() - t
+        self.used += 1
+        drifted = any(s.state == MonitorState.DRIFTED for s in self.statuses())
+        if drifted and self.first_flag_ns is None:
+            self.first_flag_ns = frame.stamp_ns
+
+
+class _Online(CalibrationWatch):
+    """Feeds every timeline watch, on the node's schedule (one sweep in `every_n_sweeps`)."""
+
+    def __init__(self, config: NodeConfig, watches: Sequence[_Timeline]) -> None:
+        super().__init__(config.calibration_monitor)
+        self.watches = list(watches)
+
+    def observe(self, frame: StepFrame) -> None:
+        for watch in self.watches:
+            watch.observe(frame)
+
+
+def drive_table(paths: Sequence[Path]) -> list[str]:
+    config = choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
+    pipeline = build_pipeline(config)
+    cases: list[tuple[str, Correction | None]] = [("true rig", None), *drifts(0.5, 0.05)]
+    rows: dict[str, list[tuple[float | None, Correction, Correction | None]]] = {}
+    costs: list[float] = []
+    sweeps = 0
+    for path in paths:
+        opened = open_source(path, config, topics_from_drive=True)
+        core = NodeCore(opened.config, pipeline, opened.default_rig)
+        watches = [_Timeline(opened.config, p) for _, p in cases]
+        core.calibration = _Online(opened.config, watches)
+        sweeps += sum(1 for _ in run_core(core, opened.received))
+        costs.append(watches[0].spent_ns / max(core.counters.published, 1) / 1e6)
+        for (name, perturb), watch in zip(cases, watches, strict=True):
+            status = watch.statuses()[0]
+            first = None
+            if watch.first_flag_ns is not None and watch.start_ns is not None:
+                first = (watch.first_flag_ns - watch.start_ns) / 1e9 + 0.1
+            estimate = Correction(status.rotation_deg, status.translation_m)
+            rows.setdefault(name, []).append((first, estimate, perturb))
+        print(f"  {path.name}: done", flush=True)
+    lines = [
+        f"{len(paths)} drive(s) of 10 s, {sweeps} sweeps; flagged at: seconds of driving "
+        "(- never); error: estimated correction minus the truth (the drift undone), "
+        "rotation (deg) and translation (cm) about / along x, y, z",
+        "",
+        "| drift | flagged at (s) | error, rotation (deg) | error, translation (cm) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, results in rows.items():
+        flagged = ", ".join("-" if f is None else f"{f:.1f}" for f, _, _ in results)
+        rot_err, tr_err = [], []
+        for _, est, perturb in results:
+            truth = Correction() if perturb is None else perturb.inverse()
+            rot_err.append(np.subtract(est.rotation_deg, truth.rotation_deg))
+            tr_err.append(np.subtract(est.translation_m, truth.translation_m) * 100)
+        rot = "; ".join(", ".join(f"{v:+.2f}" for v in r) for r in rot_err)
+        tr = "; ".join(", ".join(f"{v:+.1f}" for v in t) for t in tr_err)
+        lines.append(f"| {name} | {flagged} | {rot} | {tr} |")
+    lines += [
+        "",
+        "monitor cost per processed sweep (true rig, its share of the run): "
+        + ", ".join(f"{c:.2f} ms" for c in costs),
+    ]
+    return lines
+
+
+def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
+    """The true calibration over `minutes` of rich-world driving (see the module docstring)."""
+    rig = synth_rig()
+    camera = rig.cameras[CAMERA_NAME]
+    assert isinstance(camera, PinholeCamera)
+    vehicle_from_camera = rig.transform("vehicle", f"camera/{CAMERA_NAME}")
+    defaults = NodeConfig().calibration_monitor
+    every = defaults.every_n_sweeps
+    seconds = minutes * 60.0 / len(seeds)
+    flags = 0
+    used = 0
+    worst = np.zeros(6)
+    spent = 0.0
+    for seed in seeds:
+        rng = np.random.Generator(np.random.PCG64(seed))
+        world = make_world(rng, seconds, scene="rich")
+        monitor = CalibrationMonitor(camera, vehicle_from_camera, defaults.monitor)
+        odometer = 0.0
+        sweeps = round(seconds * 10)
+        last_state = monitor.estimate().state
+        for i in range(0, sweeps, every):
+            t0 = i * LIDAR_PERIOD_NS * 1e-9
+            dt_ns = CAMERA_OFFSET_NS
+            pts, offsets, _ = lidar_sweep(world, t0, rng)
+            image, _ = render_camera(world, t0 + dt_ns * 1e-9, camera, vehicle_from_camera)
+            (vx, vy), yaw_rate = _twist(world, t0)
+            at_exposure = deskew_points(pts, offsets, (vx, vy, 0.0), yaw_rate, dt_ns)
+            boxes = [
+                (b["center"], b["size"], b["yaw"])
+                for b in world.boxes_in_vehicle(t0 + dt_ns * 1e-9)
+            ]
+            keep = ~object_mask(at_exposure, boxes, defaults.object_margin_m)
+            odometer += math.hypot(vx, vy) * every * LIDAR_PERIOD_NS * 1e-9
+            start = time.perf_counter()
+            monitor.add(at_exposure[keep], image, travelled_m=odometer)
+            spent += time.perf_counter() - start
+            used += 1
+            estimate = monitor.estimate()
+            if estimate.state == MonitorState.DRIFTED and last_state != MonitorState.DRIFTED:
+                flags += 1
+            last_state = estimate.state
+            if estimate.state != MonitorState.COLLECTING:
+                worst = np.maximum(
+                    worst,
+                    np.abs(
+                        [
+                            *estimate.correction.rotation_deg,
+                            *np.multiply(estimate.correction.translation_m, 100),
+                        ]
+                    ),
+                )
+        print(f"  seed {seed}: {seconds:.0f} s, flags so far {flags}", flush=True)
+    return [
+        f"{minutes:g} minutes of the rich world (seeds {', '.join(map(str, seeds))}, "
+        f"{seconds:.0f} s each), true calibration: {used} frames to the monitor, "
+        f"{flags} flag(s) raised; largest estimated correction seen: rotation "
+        f"{', '.join(f'{v:.2f}' for v in worst[:3])} deg, translation "
+        f"{', '.join(f'{v:.1f}' for v in worst[3:])} cm (x, y, z); monitor cost "
+        f"{spent / max(used, 1) * 1e3:.1f} ms per frame it used, "
+        f"{spent / max(used * every, 1) * 1e3:.2f} ms per sweep"
+    ]
+
+
+def _twist(world: object, t: float) -> tuple[tuple[float, float], float]:
+    """The ego velocity (vehicle frame, m/s) and yaw rate (rad/s) at `t`."""
+    ego_pose = world.ego_pose  # type: ignore[attr-defined]
+    x0, y0, h0 = (float(v) for v in ego_pose(t))
+    x1, y1, h1 = (float(v) for v in ego_pose(t + 0.01))
+    ve, vn = (x1 - x0) / 0.01, (y1 - y0) / 0.01
+    c, s = math.cos(h0), math.sin(h0)
+    return (c * ve + s * vn, -s * ve + c * vn), math.remainder(h1 - h0, 2 * math.pi) / 0.01
+
+
+def kitti_table(folder: Path, model: str | None) -> list[str]:
+    config = (
+        replace(NodeConfig(), camera_model=replace(NodeConfig().camera_model, path=model))
+        if model
+        else NodeConfig()
+    )
+    pipeline = build_pipeline(config)
+    cases: list[tuple[str, Correction | None]] = [("true calibration", None)]
+    for axis, name in enumerate(AXES[:3]):
+        for sign in (1.0, -1.0):
+            rot = [0.0, 0.0, 0.0]
+            rot[axis] = sign
+            cases.append((f"{name} {sign:+g} deg", Correction((rot[0], rot[1], rot[2]))))
+    results = check_calibrations(folder, config, pipeline, [p for _, p in cases])
+    lines = [
+        "| KITTI frames, all together | verdict | estimated rotation (deg) "
+        "| estimated translation (cm) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for (name, _), verdicts in zip(cases, results, strict=True):
+        e = verdicts[0].estimate
+        rot_text = ", ".join(f"{v:+.2f}" for v in e.correction.rotation_deg)
+        tr_text = ", ".join(f"{v * 100:+.1f}" for v in e.correction.translation_m)
+        lines.append(f"| {name} | {e.state} ({e.frames} frames) | {rot_text} | {tr_text} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--drive", type=Path, action="append", default=[])
+    parser.add_argument("--minutes", type=float)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[300, 301, 302, 303, 304])
+    parser.add_argument("--kitti", type=Path)
+    parser.add_argument("--model", help="camera model for --kitti (an ONNX file)")
+    args = parser.parse_args()
+    if args.drive:
+        print("\n".join(drive_table(args.drive)) + "\n", flush=True)
+    if args.minutes:
+        print("\n".join(minutes_table(args.minutes, args.seeds)) + "\n", flush=True)
+    if args.kitti is not None:
+        print("\n".join(kitti_table(args.kitti, args.model)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

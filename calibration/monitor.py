@@ -1,0 +1,753 @@
+"""Calibration monitor: is a camera's extrinsic still aligned with the lidar, and if not, by how
+much has it moved?
+
+One frame says little (a 1-degree error moves the single-frame score by less than its
+frame-to-frame spread), so evidence is pooled over many frames (Pandey et al., AAAI 2012; the
+accumulation of Levinson and Thrun, RSS 2013): for each candidate correction of the extrinsic,
+the joint histogram of lidar intensity and image grey level at the projected points is summed
+over frames with exponential forgetting, and its mutual information (MI) is the candidate's
+score. benchmarks/RESULTS.md measures why MI and not depth edges.
+
+The search is local: the candidates are the current centre and steps of ``step_deg`` /
+``step_m`` (one and two) along each of the six axes, rotations about and translations along the
+vehicle axes, about the camera's centre. A quadratic through each axis' five scores gives the
+peak and, from the fit's residuals, its uncertainty. Where an axis' peak lies beyond the
+candidates (a large error), the centre moves there and the evidence starts over; an axis whose
+scores are flat (a translation along the optical axis changes the projection very little) is
+not significant and moves nothing.
+
+Hysteresis: drift is flagged only after ``flag_after`` consecutive evaluations find a
+significant correction beyond the thresholds, and cleared after ``clear_after`` that do not.
+Frames with too few points or too little image contrast (a textureless scene, a dark image) and
+frames taken without moving (a stopped vehicle repeats the same evidence) are skipped and
+counted, so neither raises an alarm.
+
+Points given to the monitor are in the vehicle frame at the camera's exposure (the caller
+compensates the ego motion), N x 4 with the intensity last; points on detected objects should
+be left out by the caller (``object_mask``): moving objects are not where the lidar saw them
+when the camera exposed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import minimize
+
+from calibration.camera import CameraModel
+from calibration.rig import VEHICLE_FRAME, Rig, camera_frame
+from calibration.transforms import RigidTransform
+
+__all__ = [
+    "AXES",
+    "CalibrationEstimate",
+    "CalibrationMonitor",
+    "Correction",
+    "Fit",
+    "MonitorConfig",
+    "MonitorState",
+    "apply_correction",
+    "corrected_rig",
+    "is_drift",
+    "object_mask",
+]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: The six axes of a correction: rotations about the vehicle's x, y, z (roll, pitch, yaw) and
+#: translations along them.
+AXES = ("roll", "pitch", "yaw", "x", "y", "z")
+#: Candidate offsets along each axis, in steps.
+_OFFSETS = (-2.0, -1.0, 1.0, 2.0)
+#: A peak further than this (steps) from the centre is not trusted: the centre moves instead.
+_REACH_STEPS = 2.5
+#: The prior's curvature toward the rig, as a fraction of the sharpest axis' curvature.
+PRIOR_FRACTION = 0.005
+#: The prior's curvature on a translation along the camera's optical axis, as a fraction of
+#: the sharpest axis' curvature (that translation is barely observable: it is pinned).
+OPTICAL_AXIS_PRIOR = 0.5
+#: At most this many times `max_points` points of a sweep are looked at.
+_PRESELECT = 6
+#: Folds of frames for the jackknife's uncertainty.
+_FOLDS = 5
+#: Significance of an axis' estimate: its distance from zero in standard deviations.
+_SIGNIFICANT_SIGMA = 3.0
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """How the monitor accumulates evidence and decides (see the module docstring)."""
+
+    bins: int = 24
+    """Intensity and grey levels per axis of the joint histogram."""
+    max_points: int = 3000
+    """Points per frame (a random subset beyond it)."""
+    step_deg: float = 0.25
+    """The local search's rotation step."""
+    step_m: float = 0.025
+    """The local search's translation step."""
+    window_frames: int = 50
+    """Frames whose evidence is pooled (the newest)."""
+    min_frames: int = 12
+    """Frames before the first verdict."""
+    evaluate_every: int = 5
+    """Frames between two fits of the evidence."""
+    flag_rotation_deg: float = 0.25
+    """The smallest rotation correction (about any axis) that is drift."""
+    flag_translation_m: float = 0.03
+    """The smallest translation correction (along any axis) that is drift."""
+    flag_after: int = 2
+    """Consecutive fits finding drift before it is flagged."""
+    clear_after: int = 4
+    """Consecutive fits finding none before a flag is cleared."""
+    min_points: int = 300
+    """A frame with fewer points in the image is skipped."""
+    min_contrast: float = 0.04
+    """A frame whose grey level spread (standard deviation, 0-1) at the points is below this
+    is skipped (a textureless or dark image)."""
+    min_travel_m: float = 0.2
+    """A frame taken less than this from the last one used is skipped (a stopped vehicle
+    repeats the same evidence); 0: never."""
+    max_evaluations: int = 400
+    """The joint search's budget of window scores."""
+
+    def __post_init__(self) -> None:
+        positive = ("step_deg", "step_m", "flag_rotation_deg")
+        for name in (*positive, "flag_translation_m"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: must be > 0, got {value!r}")
+        names = ("bins", "max_points", "window_frames", "min_frames", "evaluate_every")
+        for name in (*names, "flag_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"calibration_monitor.{name}: must be an integer >= 1, got {value!r}"
+                )
+        for name in ("clear_after", "min_points", "max_evaluations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    f"calibration_monitor.{name}: must be an integer >= 0, got {value!r}"
+                )
+        for name in ("min_contrast", "min_travel_m"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be >= 0, got {value!r}")
+        if self.min_frames > self.window_frames:
+            raise ValueError(
+                f"min_frames: must be <= window_frames "
+                f"({self.window_frames}), got {self.min_frames}"
+            )
+        if self.bins < 4:
+            raise ValueError(f"bins: must be >= 4, got {self.bins}")
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A change of a camera's extrinsic in the vehicle axes: ``rotation_deg`` (a rotation
+    vector, degrees, about the camera's centre) and ``translation_m`` of the camera."""
+
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    translation_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @staticmethod
+    def from_vector(v: npt.ArrayLike) -> Correction:
+        """From six values: rotation (rad) about x, y, z, then translation (m)."""
+        a = np.asarray(v, dtype=np.float64).reshape(6)
+        rot = tuple(float(math.degrees(x)) for x in a[:3])
+        return Correction((rot[0], rot[1], rot[2]), (float(a[3]), float(a[4]), float(a[5])))
+
+    def vector(self) -> FloatArray:
+        """Six values: rotation (rad) about x, y, z, then translation (m)."""
+        return np.array([*np.radians(self.rotation_deg), *self.translation_m], dtype=np.float64)
+
+    def inverse(self) -> Correction:
+        """The correction that undoes this one (exact for the rotation's axis-angle)."""
+        return Correction(
+            (-self.rotation_deg[0], -self.rotation_deg[1], -self.rotation_deg[2]),
+            (-self.translation_m[0], -self.translation_m[1], -self.translation_m[2]),
+        )
+
+    @property
+    def angle_deg(self) -> float:
+        """The rotation's angle (degrees)."""
+        return float(np.linalg.norm(self.rotation_deg))
+
+    @property
+    def distance_m(self) -> float:
+        """The translation's length (m)."""
+        return float(np.linalg.norm(self.translation_m))
+
+
+def apply_correction(vehicle_from_camera: RigidTransform, correction: Correction) -> RigidTransform:
+    """``vehicle_from_camera`` with the camera rotated about its own centre by the correction's
+    rotation (vehicle axes) and moved by its translation."""
+    return _perturbed(vehicle_from_camera.matrix, correction.vector())
+
+
+def corrected_rig(rig: Rig, camera: str, correction: Correction) -> Rig:
+    """``rig`` with camera ``camera``'s extrinsic corrected by ``correction``."""
+    frame = camera_frame(camera)
+    vehicle_from_camera = apply_correction(rig.transform(VEHICLE_FRAME, frame), correction)
+    return rig.with_vehicle_from(frame, vehicle_from_camera)
+
+
+def _perturbed(vehicle_from_camera: FloatArray, v: FloatArray) -> RigidTransform:
+    r, _ = cv2.Rodrigues(np.asarray(v[:3], dtype=np.float64).reshape(3, 1))
+    m = np.eye(4)
+    m[:3, :3] = r @ vehicle_from_camera[:3, :3]
+    m[:3, 3] = vehicle_from_camera[:3, 3] + v[3:]
+    return RigidTransform(m)
+
+
+def object_mask(
+    points: npt.NDArray[np.floating],
+    boxes: Sequence[tuple[Sequence[float], Sequence[float], float]],
+    margin_m: float = 0.3,
+) -> BoolArray:
+    """Which of ``points`` (vehicle frame) lie inside any of ``boxes`` (centre, size (length,
+    width, height), yaw), grown by ``margin_m``."""
+    inside = np.zeros(len(points), dtype=bool)
+    for center, size, yaw in boxes:
+        c, s = math.cos(yaw), math.sin(yaw)
+        dx = points[:, 0] - center[0]
+        dy = points[:, 1] - center[1]
+        inside |= (
+            (np.abs(c * dx + s * dy) <= size[0] / 2 + margin_m)
+            & (np.abs(-s * dx + c * dy) <= size[1] / 2 + margin_m)
+            & (np.abs(points[:, 2] - center[2]) <= size[2] / 2 + margin_m)
+        )
+    return inside
+
+
+class MonitorState:
+    """Verdicts: ``collecting`` (too few frames yet), ``aligned`` or ``drifted``."""
+
+    COLLECTING = "collecting"
+    ALIGNED = "aligned"
+    DRIFTED = "drifted"
+
+
+@dataclass(frozen=True)
+class CalibrationEstimate:
+    """What the monitor believes of one camera: its ``state``; the ``correction`` that best
+    aligns the camera with the lidar (apply it with `apply_correction`) and its standard
+    deviation per axis (``sigma``: degrees for rotations, metres for translations; inf where an
+    axis is not observed); the frames used and skipped; ``score``, the MI (nats) of the
+    candidate at the centre of the search."""
+
+    state: str
+    correction: Correction = field(default_factory=Correction)
+    sigma: tuple[float, float, float, float, float, float] = (math.inf,) * 6
+    frames: int = 0
+    skipped: int = 0
+    score: float = 0.0
+    recentred: int = 0
+
+
+def _mutual_information(joint: FloatArray) -> float:
+    total = joint.sum()
+    if total <= 0:
+        return 0.0
+    p = joint / total
+    pa = p.sum(axis=1, keepdims=True)
+    pb = p.sum(axis=0, keepdims=True)
+    nz = p > 0
+    return float(np.sum(p[nz] * np.log(p[nz] / (pa @ pb)[nz])))
+
+
+def _quadratic(x: FloatArray, y: FloatArray) -> tuple[float, float]:
+    """(curvature a, slope b) of the least-squares quadratic a x^2 + b x + c through (x, y)."""
+    design = np.column_stack([x * x, x, np.ones_like(x)])
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return float(beta[0]), float(beta[1])
+
+
+def _peak(a: float, b: float, prior: float, centre: float) -> float:
+    """The maximum of a x^2 + b x - prior (x + centre)^2 (the score less the prior's pull
+    toward the rig, ``centre`` steps from the candidates' centre); NaN where there is none."""
+    curvature = a - prior
+    if curvature >= 0.0:
+        return math.nan
+    return (b - 2.0 * prior * centre) / (-2.0 * curvature)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One fit of the pooled evidence: the ``correction`` (six values, rad and m, from the
+    extrinsic in force), its standard deviation per axis (inf: not observed), the axes whose
+    peak lies beyond the candidates (``beyond``: the direction to walk, else 0) and the MI of
+    the centre."""
+
+    correction: FloatArray
+    sigma: FloatArray
+    beyond: FloatArray
+    score: float
+
+
+@dataclass(frozen=True, eq=False)
+class _Frame:
+    """One frame's evidence, kept so that candidates around a moved centre can be scored
+    again without the frame: the points' pixels at the extrinsic ``origin`` (six values, rad
+    and m, a correction) and their change per step along each axis (first order: a step moves
+    a pixel by a few, the second-order term stays below 0.3 px within the reach), their
+    intensity levels, the normalised grey image (uint8, only its rows the points can reach)
+    from ``row0``, and the fold it belongs to."""
+
+    uv: npt.NDArray[np.float32]
+    jacobian: npt.NDArray[np.float32]
+    level: npt.NDArray[np.int64]
+    grey: npt.NDArray[np.uint8]
+    row0: int
+    width: int
+    origin: FloatArray
+    fold: int
+
+
+class CalibrationMonitor:
+    """The monitor of one camera (see the module docstring). Feed it frames with `add`; read
+    its belief from `estimate`. ``vehicle_from_camera`` is the extrinsic in force (the rig's);
+    ``start`` is where the search starts (a correction of it)."""
+
+    def __init__(
+        self,
+        camera: CameraModel,
+        vehicle_from_camera: RigidTransform,
+        config: MonitorConfig | None = None,
+        *,
+        start: Correction | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.camera = camera
+        self.config = config or MonitorConfig()
+        self.vehicle_from_camera = vehicle_from_camera
+        self._rng = np.random.default_rng(seed)
+        cfg = self.config
+        self._steps = np.array([math.radians(cfg.step_deg)] * 3 + [cfg.step_m] * 3)
+        # Candidate offsets from the centre, in steps: the centre, each axis at each offset.
+        offsets = [np.zeros(6)]
+        for axis in range(6):
+            for k in _OFFSETS:
+                v = np.zeros(6)
+                v[axis] = k
+                offsets.append(v)
+        self._offsets = np.array(offsets)
+        self._centre = np.zeros(6) if start is None else start.vector()
+        self._window: deque[tuple[_Frame, npt.NDArray[np.int32]]] = deque(maxlen=cfg.window_frames)
+        self._since_eval = 0
+        self._frames = 0
+        self._skipped = 0
+        self._recentred = 0
+        self._last_travel_m: float | None = None
+        self._beyond = 0
+        self._within = 0
+        self._estimate = CalibrationEstimate(MonitorState.COLLECTING)
+        self._prior = 0.0
+        # The prior's shape: the same pull on every axis (in steps), and a strong one on a
+        # translation along the camera's optical axis, which changes the projection so little
+        # that the evidence cannot tell it from noise.
+        optical = vehicle_from_camera.rotation[:, 2]
+        self._prior_shape = np.eye(6)
+        pinned = OPTICAL_AXIS_PRIOR / PRIOR_FRACTION
+        self._prior_shape[3:, 3:] += pinned * np.outer(optical, optical)
+
+    @property
+    def frames(self) -> int:
+        """Frames used so far."""
+        return self._frames
+
+    @property
+    def skipped(self) -> int:
+        """Frames skipped so far."""
+        return self._skipped
+
+    @property
+    def recentred(self) -> int:
+        """Times the search moved its centre."""
+        return self._recentred
+
+    @property
+    def centre(self) -> Correction:
+        """Where the search is centred."""
+        return Correction.from_vector(self._centre)
+
+    # -- evidence --------------------------------------------------------------------------
+
+    def add(
+        self,
+        points: npt.NDArray[np.floating],
+        image: npt.NDArray[np.uint8],
+        *,
+        travelled_m: float | None = None,
+        camera: CameraModel | None = None,
+        vehicle_from_camera: RigidTransform | None = None,
+    ) -> bool:
+        """One frame: ``points`` N x 4 (vehicle frame at the exposure, intensity last) and the
+        camera's ``image`` (BGR or grey, distorted as the camera model projects).
+        ``travelled_m``: the vehicle's odometer (any origin) at the frame, for skipping frames
+        taken without moving; None when unknown. ``camera`` and ``vehicle_from_camera``: this
+        frame's own, where they differ from the monitor's (frames of several drives, each with
+        its calibration, pooled offline). Whether the frame was used.
+
+        Raises ValueError for an image of another size than the camera's or points that are
+        not N x 4.
+        """
+        cfg = self.config
+        cam_model = camera or self.camera
+        if image.ndim not in (2, 3) or image.shape[:2] != (cam_model.height, cam_model.width):
+            raise ValueError(
+                f"image is {image.shape[1::-1] if image.ndim >= 2 else image.shape}, the camera "
+                f"expects {cam_model.width}x{cam_model.height}"
+            )
+        pts = np.asarray(points)
+        if pts.ndim != 2 or pts.shape[1] < 4:
+            raise ValueError(f"points must be N x 4 (x, y, z, intensity), got {pts.shape}")
+        if (
+            travelled_m is not None
+            and self._last_travel_m is not None
+            and abs(travelled_m - self._last_travel_m) < cfg.min_travel_m
+        ):
+            return self._skip()
+        frame = self._frame(pts, image, cam_model, vehicle_from_camera or self.vehicle_from_camera)
+        if frame is None:
+            return self._skip()
+        self._window.append((frame, self._histograms(frame)))
+        self._frames += 1
+        self._since_eval += 1
+        if travelled_m is not None:
+            self._last_travel_m = travelled_m
+        if len(self._window) >= cfg.min_frames and self._since_eval >= cfg.evaluate_every:
+            self._since_eval = 0
+            self._decide(self.search())
+        else:
+            self._estimate = replace(self._estimate, frames=self._frames, skipped=self._skipped)
+        return True
+
+    def _skip(self) -> bool:
+        self._skipped += 1
+        self._estimate = replace(self._estimate, skipped=self._skipped)
+        return False
+
+    def _frame(
+        self,
+        pts: npt.NDArray[np.floating],
+        image: npt.NDArray[np.uint8],
+        camera: CameraModel,
+        vehicle_from_camera: RigidTransform,
+    ) -> _Frame | None:
+        """A frame's evidence at the current centre; None for one with too few points in the
+        image or too little contrast at them."""
+        cfg = self.config
+        base = vehicle_from_camera.matrix
+        m = _perturbed(base, self._centre).inverse().matrix[:3]
+        if len(pts) > _PRESELECT * cfg.max_points:
+            # A random share of the sweep first: a camera sees a fraction of it, and the
+            # cost of what follows should not grow with the lidar's resolution.
+            step = len(pts) // (_PRESELECT * cfg.max_points)
+            pts = pts[int(self._rng.integers(step)) :: step]
+        xyz = np.asarray(pts[:, :3], dtype=np.float64)
+        intensity = np.asarray(pts[:, 3], dtype=np.float64)
+        ok = np.isfinite(xyz).all(axis=1) & np.isfinite(intensity)
+        cam = xyz @ m[:, :3].T + m[:, 3]
+        ok &= cam[:, 2] > 1.0
+        idx = np.flatnonzero(ok)
+        # Pinhole (no distortion) is enough to pick the points near the image.
+        h = cam[idx] @ camera.k.T
+        uv = h[:, :2] / h[:, 2:3]
+        margin = 0.1 * max(camera.width, camera.height)
+        with np.errstate(invalid="ignore"):
+            near = (
+                (uv[:, 0] > -margin)
+                & (uv[:, 0] < camera.width + margin)
+                & (uv[:, 1] > -margin)
+                & (uv[:, 1] < camera.height + margin)
+            )
+        idx = idx[near]
+        if len(idx) < max(cfg.min_points, 1):
+            return None
+        if len(idx) > cfg.max_points:
+            idx = self._rng.choice(idx, cfg.max_points, replace=False)
+        xyz = xyz[idx]
+        level = _unit_levels(intensity[idx], cfg.bins)
+        # The centre and one step along each axis, projected in one call: the Jacobian.
+        stacked = np.empty((7, len(xyz), 3))
+        stacked[0] = cam[idx]
+        for axis in range(6):
+            v = self._centre.copy()
+            v[axis] += self._steps[axis]
+            c = _perturbed(base, v).inverse().matrix[:3]
+            stacked[1 + axis] = xyz @ c[:, :3].T + c[:, 3]
+        uv0, depth = camera.project(stacked[0])
+        seen = camera.in_image(uv0) & (depth > 0.5)
+        if seen.sum() < max(cfg.min_points, 1):
+            return None
+        level, uv0 = level[seen], uv0[seen]
+        # The Jacobian of the pinhole projection: the lens distortion changes it by a few per
+        # cent at the image's edge, which scales the candidates' offsets there, symmetrically.
+        pin = stacked[:, seen] @ camera.k.T
+        pin_uv = pin[..., :2] / pin[..., 2:3]
+        jac = np.nan_to_num(pin_uv[1:] - pin_uv[0][None])
+        # Only the rows the candidates can reach are kept (the lidar sees a band of the image).
+        reach = _REACH_STEPS * 3 * float(np.abs(jac[..., 1]).max(initial=0.0))
+        row0 = max(int(uv0[:, 1].min() - reach), 0)
+        row1 = min(int(uv0[:, 1].max() + reach) + 2, camera.height)
+        grey = _grey_unit(image, row0, row1)
+        g0 = _bilinear(grey, uv0 - [0.0, row0])
+        if float(np.std(g0)) < cfg.min_contrast:
+            return None
+        return _Frame(
+            uv=uv0.astype(np.float32),
+            jacobian=jac.astype(np.float32),
+            level=level,
+            grey=np.round(grey * 255.0).astype(np.uint8),
+            row0=row0,
+            width=camera.width,
+            origin=self._centre.copy(),
+            fold=self._frames % _FOLDS,
+        )
+
+    def _histograms(
+        self, frame: _Frame, candidates: FloatArray | None = None
+    ) -> npt.NDArray[np.int32]:
+        """The frame's joint histogram (intensity level x grey level) for each candidate (K x
+        bins^2): ``candidates`` K x 6 offsets in steps from the centre, by default the local
+        search's."""
+        bins = self.config.bins
+        cands = self._offsets if candidates is None else candidates
+        steps = (self._centre - frame.origin) / self._steps
+        offsets = (cands + steps).astype(np.float32)
+        # Every candidate's pixels at once (K x N x 2), to first order in its offset.
+        n = len(frame.uv)
+        uv = frame.uv[None] + (offsets @ frame.jacobian.reshape(6, n * 2)).reshape(-1, n, 2)
+        uv[..., 1] -= frame.row0
+        rows = frame.grey.shape[0]
+        inside = (
+            (uv[..., 0] >= 0) & (uv[..., 0] < frame.width) & (uv[..., 1] >= 0) & (uv[..., 1] < rows)
+        )
+        # OpenCV's bilinear lookup of every candidate's pixels (a K x N "image" of coordinates).
+        g = cv2.remap(
+            frame.grey, uv[..., 0], uv[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        g_level = (g.astype(np.int64) * bins) >> 8
+        k = np.arange(len(cands))[:, None]
+        cell = (k * bins + frame.level[None]) * bins + g_level
+        counts = np.bincount(cell[inside], minlength=len(cands) * bins * bins)
+        out: npt.NDArray[np.int32] = counts.reshape(len(cands), -1).astype(np.int32)
+        return out
+
+    # -- decision --------------------------------------------------------------------------
+
+    def search(self) -> Fit:
+        """The local search: fit the window's evidence around the centre; where an axis' peak
+        lies off it (beyond the candidates, or more than 1.5 steps away and significant), find
+        the best correction jointly in all six axes (Powell's method on the window's MI less
+        the prior: the axes are coupled, a yaw much like a sideways shift), move the centre
+        there and fit again. The last fit."""
+        fit = self.fit()
+        offset = (fit.correction - self._centre) / self._steps
+        significant = np.abs(fit.correction - self._centre) > _SIGNIFICANT_SIGMA * fit.sigma
+        if not np.any(fit.beyond) and not np.any((np.abs(offset) > 1.5) & significant):
+            return fit
+        prior = self._prior
+        start = np.clip(offset, -_REACH_STEPS, _REACH_STEPS)
+        limit = 4.0 * _REACH_STEPS
+
+        def cost(x: FloatArray) -> float:
+            at = self._centre / self._steps + x
+            return -self._window_score(x) + prior * float(at @ self._prior_shape @ at)
+
+        # Two starts, each with half the budget: the axes' own peaks, and their rotations alone.
+        # A pitch is much like a height change (and a yaw like a sideways shift): each axis'
+        # own peak explains the same image shift twice, and the search can settle in the
+        # valley between the two explanations.
+        rotations_only = start.copy()
+        rotations_only[3:] = 0.0
+        best: Any = None
+        for x0 in (start, rotations_only):
+            found = minimize(
+                cost,
+                x0,
+                method="Powell",
+                bounds=[(-limit, limit)] * 6,
+                options={
+                    "xtol": 0.05,
+                    "ftol": 1e-6,
+                    "maxfev": max(self.config.max_evaluations // 2, 1),
+                },
+            )
+            if best is None or float(found.fun) < float(best.fun):
+                best = found
+        self.recentre(self._centre + np.asarray(best.x, dtype=np.float64) * self._steps)
+        return self.fit()
+
+    def _window_score(self, offset: FloatArray) -> float:
+        """MI of the window's frames pooled at one candidate: ``offset`` steps from the
+        centre."""
+        bins = self.config.bins
+        joint = np.zeros(bins * bins, dtype=np.int64)
+        for frame, _ in self._window:
+            joint += self._histograms(frame, offset[None])[0]
+        return _mutual_information(joint.reshape(bins, bins).astype(np.float64))
+
+    def fit(self) -> Fit:
+        """Fit the window's evidence: per axis, a quadratic through the MI of the centre and
+        the axis' four candidates, and its maximum. The axes are fitted one at a time (coupled
+        errors, such as a pitch and a height, are resolved by `search` as the centre moves).
+        The uncertainty is the jackknife's over the folds of frames (the candidates' scores
+        share their points, so the fit's own residuals would understate it)."""
+        shape = (_FOLDS, len(self._offsets), self.config.bins**2)
+        folds = np.zeros(shape, dtype=np.int64)
+        for frame, hist in self._window:
+            folds[frame.fold] += hist
+        total = folds.sum(axis=0)
+        total_peaks, total_beyond, score, prior = self._fit_axes(total)
+        self._prior = prior
+        loo = np.array([self._fit_axes(total - folds[f], prior)[0] for f in range(_FOLDS)])
+        sigmas = np.sqrt((_FOLDS - 1) / _FOLDS * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
+        # Walk only where every fold agrees on the direction.
+        agree = np.all(np.sign(loo) == total_beyond, axis=0) & np.all(np.abs(loo) > 1.0, axis=0)
+        beyond = np.where(agree, total_beyond, 0.0)
+        unsure = (total_beyond != 0) & ~agree
+        peaks = np.where(unsure, 0.0, total_peaks)
+        sigmas = np.where(unsure, math.inf, sigmas)
+        return Fit(
+            correction=self._centre + peaks * self._steps,
+            sigma=sigmas * self._steps,
+            beyond=beyond,
+            score=score,
+        )
+
+    def _fit_axes(
+        self, joint: npt.NDArray[np.int64], prior: float | None = None
+    ) -> tuple[FloatArray, FloatArray, float, float]:
+        """Per axis, the peak (steps from the centre, clipped to the reach) of the quadratic
+        through its scores less a weak prior toward the rig (``prior``: its curvature, by
+        default `PRIOR_FRACTION` of the sharpest axis'), and the direction of a peak beyond
+        the reach (else 0); the centre's MI; the prior used. The prior keeps an axis the
+        evidence barely constrains (a translation along the optical axis) where the rig has it
+        and shrinks a well-observed one by a few per cent."""
+        bins = self.config.bins
+        scores = np.array(
+            [_mutual_information(j.reshape(bins, bins).astype(np.float64)) for j in joint]
+        )
+        x = np.array([0.0, *_OFFSETS])
+        n = len(_OFFSETS)
+        fits = [
+            _quadratic(x, np.concatenate([[scores[0]], scores[1 + n * axis : 1 + n * (axis + 1)]]))
+            for axis in range(6)
+        ]
+        if prior is None:
+            prior = PRIOR_FRACTION * max(*(-a for a, _ in fits), 1e-12)
+        centre_steps = self._centre / self._steps
+        peaks = np.zeros(6)
+        beyond = np.zeros(6)
+        for axis, (a, b) in enumerate(fits):
+            weight = float(self._prior_shape[axis, axis])
+            peak = _peak(a, b, prior * weight, float(centre_steps[axis]))
+            if math.isfinite(peak) and abs(peak) <= _REACH_STEPS:
+                peaks[axis] = peak
+            else:
+                direction = peak if math.isfinite(peak) else b
+                beyond[axis] = math.copysign(1.0, direction) if direction else 0.0
+                peaks[axis] = beyond[axis] * _REACH_STEPS
+        return peaks, beyond, float(scores[0]), prior
+
+    def recentre(self, centre: npt.ArrayLike) -> None:
+        """Centre the search on ``centre`` (six values, rad and m); the window's frames are
+        scored again around it."""
+        self._centre = np.asarray(centre, dtype=np.float64).reshape(6).copy()
+        self._recentred += 1
+        self._window = deque(
+            ((frame, self._histograms(frame)) for frame, _ in self._window),
+            maxlen=self._window.maxlen,
+        )
+
+    def _decide(self, fit: Fit) -> None:
+        cfg = self.config
+        drifted = bool(np.any(fit.beyond)) or is_drift(fit.correction, fit.sigma, cfg)
+        if drifted:
+            self._beyond += 1
+            self._within = 0
+        else:
+            self._within += 1
+            self._beyond = 0
+        state = self._estimate.state
+        if state != MonitorState.DRIFTED and self._beyond >= cfg.flag_after:
+            state = MonitorState.DRIFTED
+        elif (state == MonitorState.DRIFTED and self._within >= cfg.clear_after) or (
+            state == MonitorState.COLLECTING and not drifted
+        ):
+            state = MonitorState.ALIGNED
+        self._estimate = CalibrationEstimate(
+            state=state,
+            correction=Correction.from_vector(fit.correction),
+            sigma=sigma_tuple(fit.sigma),
+            frames=self._frames,
+            skipped=self._skipped,
+            score=fit.score,
+            recentred=self._recentred,
+        )
+
+    def estimate(self) -> CalibrationEstimate:
+        """The current belief (``collecting`` until ``min_frames`` frames were used)."""
+        return self._estimate
+
+
+def is_drift(correction: FloatArray, sigma: FloatArray, config: MonitorConfig) -> bool:
+    """Whether a correction (six values, rad and m) with its standard deviations is drift: an
+    axis beyond its threshold and significantly away from zero."""
+    limits = np.array(
+        [math.radians(config.flag_rotation_deg)] * 3 + [config.flag_translation_m] * 3
+    )
+    significant = np.abs(correction) > _SIGNIFICANT_SIGMA * sigma
+    return bool(np.any((np.abs(correction) > limits) & significant))
+
+
+def sigma_tuple(sigma: FloatArray) -> tuple[float, float, float, float, float, float]:
+    """Standard deviations (rad, m) -> degrees for the rotations, metres for the translations."""
+    s = [float(math.degrees(v)) for v in sigma[:3]] + [float(v) for v in sigma[3:]]
+    return (s[0], s[1], s[2], s[3], s[4], s[5])
+
+
+def _grey_unit(image: npt.NDArray[np.uint8], row0: int, row1: int) -> npt.NDArray[np.float32]:
+    """Grey level of the image's rows ``row0:row1`` in [0, 1) between their 1st and 99th
+    percentiles, slightly blurred so that sub-pixel moves change it smoothly."""
+    pad0, pad1 = max(row0 - 4, 0), min(row1 + 4, image.shape[0])
+    band = image[pad0:pad1]
+    grey = band if band.ndim == 2 else cv2.cvtColor(band, cv2.COLOR_BGR2GRAY)
+    g = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), 1.0)[row0 - pad0 : row1 - pad0]
+    lo, hi = np.percentile(g[::4, ::4], [1.0, 99.0])
+    out: npt.NDArray[np.float32] = np.clip((g - lo) / max(float(hi - lo), 1e-6), 0.0, 0.999999)
+    return out
+
+
+def _unit_levels(values: FloatArray, bins: int) -> npt.NDArray[np.int64]:
+    lo, hi = np.percentile(values, [1.0, 99.0])
+    unit = np.clip((values - lo) / max(float(hi - lo), 1e-9), 0.0, 0.999999)
+    levels: npt.NDArray[np.int64] = (unit * bins).astype(np.int64)
+    return levels
+
+
+def _bilinear(grey: npt.NDArray[np.float32], uv: FloatArray) -> FloatArray:
+    h, w = grey.shape
+    u = np.clip(uv[:, 0] - 0.5, 0.0, w - 1.000001)
+    v = np.clip(uv[:, 1] - 0.5, 0.0, h - 1.000001)
+    u0 = u.astype(np.int64)
+    v0 = v.astype(np.int64)
+    fu = u - u0
+    fv = v - v0
+    u1 = np.minimum(u0 + 1, w - 1)
+    v1 = np.minimum(v0 + 1, h - 1)
+    top = grey[v0, u0] * (1 - fu) + grey[v0, u1] * fu
+    bottom = grey[v1, u0] * (1 - fu) + grey[v1, u1] * fu
+    out: FloatArray = np.asarray(top * (1 - fv) + bottom * fv, dtype=np.float64)
+    return out

@@ -1,0 +1,159 @@
+"""The node's calibration watch: a calibration monitor (calibration.monitor) per camera, fed
+from what the pipeline worked on, off the hot path.
+
+`NodeCore` hands it one processed sweep in `every_n_sweeps` after the sweep's outputs are
+published. For each camera that was fused, the sweep's points (deskewed, vehicle frame) are
+moved to the camera's exposure with the vehicle's motion, the points on detected objects are
+left out (an object moves between the lidar's and the camera's instants), and the monitor gets
+them with the raw image and the odometer (from the GNSS twist), so that a stopped vehicle adds
+no evidence. A new rig restarts a camera's monitor (the extrinsic in force changed), unless
+`pool_rigs` is set (the offline check of KITTI frames pools frames that each carry their own
+calibration).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration import Rig
+from calibration.monitor import (
+    CalibrationEstimate,
+    CalibrationMonitor,
+    Correction,
+    MonitorState,
+    object_mask,
+)
+from calibration.rig import VEHICLE_FRAME, camera_frame
+from perception.config import CalibrationMonitorConfig
+from perception.msgs.types import CalibrationStatus, Detection3D
+from perception.pipeline.pipeline import StepFrame
+
+__all__ = ["CalibrationWatch", "drift_notes", "status_of"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Camera:
+    monitor: CalibrationMonitor
+    rig: Rig
+
+
+class CalibrationWatch:
+    """Monitors per camera (see the module docstring). Not thread safe: the node's processing
+    thread calls `offer` and `observe`; `statuses` returns an immutable snapshot."""
+
+    def __init__(self, config: CalibrationMonitorConfig, *, pool_rigs: bool = False) -> None:
+        self.config = config
+        self.pool_rigs = pool_rigs
+        self._cameras: dict[str, _Camera] = {}
+        self._offered = 0
+        self._odometer_m = 0.0
+        self._last_stamp_ns: int | None = None
+        self._statuses: tuple[CalibrationStatus, ...] = ()
+
+    def offer(self) -> bool:
+        """Count one processed sweep; whether it is one the watch uses."""
+        due = self._offered % self.config.every_n_sweeps == 0
+        self._offered += 1
+        return due
+
+    def observe(self, frame: StepFrame) -> None:
+        """Feed each fused camera's monitor with one sweep (see the module docstring)."""
+        travelled = self._travel(frame)
+        keep = ~object_mask(
+            frame.points, [_box(d) for d in frame.detections], self.config.object_margin_m
+        )
+        points = frame.points[keep]
+        for name, (image, motion) in sorted(frame.images.items()):
+            vehicle_from_camera = frame.rig.transform(VEHICLE_FRAME, camera_frame(name))
+            camera = frame.rig.cameras[name]
+            entry = self._cameras.get(name)
+            if entry is None or (not self.pool_rigs and entry.rig is not frame.rig):
+                entry = _Camera(
+                    CalibrationMonitor(camera, vehicle_from_camera, self.config.monitor), frame.rig
+                )
+                self._cameras[name] = entry
+            at_exposure = np.array(points, dtype=np.float64, copy=True)
+            at_exposure[:, :3] = motion.apply(points[:, :3])
+            entry.monitor.add(
+                at_exposure,
+                image,
+                travelled_m=travelled,
+                camera=camera if self.pool_rigs else None,
+                vehicle_from_camera=vehicle_from_camera if self.pool_rigs else None,
+            )
+        self._statuses = tuple(
+            status_of(name, entry.monitor.estimate())
+            for name, entry in sorted(self._cameras.items())
+        )
+
+    def _travel(self, frame: StepFrame) -> float | None:
+        """The odometer at the frame from the ego speed (None without an ego twist)."""
+        if frame.twist is None:
+            self._last_stamp_ns = None
+            return None
+        (vx, vy, _), _ = frame.twist
+        if self._last_stamp_ns is not None:
+            dt = max(frame.stamp_ns - self._last_stamp_ns, 0) * 1e-9
+            self._odometer_m += math.hypot(vx, vy) * dt
+        self._last_stamp_ns = frame.stamp_ns
+        return self._odometer_m
+
+    def statuses(self) -> tuple[CalibrationStatus, ...]:
+        """Each watched camera's status (after the last `observe`)."""
+        return self._statuses
+
+    def monitors(self) -> dict[str, CalibrationMonitor]:
+        """The monitor of each camera seen so far."""
+        return {name: entry.monitor for name, entry in self._cameras.items()}
+
+    def rig_of(self, camera: str) -> Rig | None:
+        """The rig a camera's monitor watches (None for a camera not seen)."""
+        entry = self._cameras.get(camera)
+        return None if entry is None else entry.rig
+
+
+def _box(d: Detection3D) -> tuple[Sequence[float], Sequence[float], float]:
+    return d.center, d.size, d.yaw
+
+
+def _sigma(values: Sequence[float]) -> tuple[float, float, float]:
+    out = [float(v) if math.isfinite(v) else -1.0 for v in values]
+    return out[0], out[1], out[2]
+
+
+def status_of(camera: str, estimate: CalibrationEstimate) -> CalibrationStatus:
+    """The diagnostics message of one camera's estimate (-1: an axis not observed)."""
+    c: Correction = estimate.correction
+    return CalibrationStatus(
+        camera=camera,
+        state=estimate.state,
+        rotation_deg=c.rotation_deg,
+        translation_m=c.translation_m,
+        rotation_sigma_deg=_sigma(estimate.sigma[:3]),
+        translation_sigma_m=_sigma(estimate.sigma[3:]),
+        frames=estimate.frames,
+        skipped=estimate.skipped,
+        score=float(estimate.score) if math.isfinite(estimate.score) else 0.0,
+    )
+
+
+def drift_notes(statuses: Sequence[CalibrationStatus]) -> tuple[str, ...]:
+    """One line per drifted camera, for the diagnostics' notes."""
+    return tuple(
+        f"calibration: camera {s.camera} drifted; estimated correction rotation "
+        f"{_fmt(s.rotation_deg, 2)} deg, translation {_fmt([v * 100 for v in s.translation_m], 1)} "
+        "cm (vehicle axes)"
+        for s in statuses
+        if s.state == MonitorState.DRIFTED
+    )
+
+
+def _fmt(values: Sequence[float], digits: int) -> str:
+    return "(" + ", ".join(f"{v:+.{digits}f}" for v in values) + ")"

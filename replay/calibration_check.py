@@ -1,0 +1,188 @@
+"""The calibration check over many frames, offline: `perception calib check --drive | --frames`.
+
+The source (a drive or a KITTI object folder) runs through the node core as in a replay, with
+the calibration monitor on every processed sweep (perception.node.calibration: the same
+preparation of the points, the same evidence, the same search), and its window holding the
+whole source (up to `MAX_FRAMES`). At the end one search over all of it gives the verdict:
+drifted when the correction it finds is beyond the thresholds and significant, aligned
+otherwise. The frames of a KITTI object folder each carry their own calibration; their evidence
+is pooled all the same (candidates are corrections of each frame's extrinsic).
+
+`perturb` checks the source as if each camera's extrinsic were moved by a correction (the
+monitor is told the moved one; the pipeline keeps the rig): what a drift of that size looks
+like to the check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from calibration import Rig
+from calibration.monitor import (
+    CalibrationEstimate,
+    Correction,
+    MonitorConfig,
+    MonitorState,
+    apply_correction,
+    is_drift,
+    sigma_tuple,
+)
+from calibration.rig import VEHICLE_FRAME, camera_frame
+from perception.config import NodeConfig
+from perception.node.calibration import CalibrationWatch
+from perception.node.core import NodeCore
+from perception.pipeline import Pipeline
+from perception.pipeline.pipeline import StepFrame
+from replay.errors import ReplayError
+from replay.offline import open_source, run_core
+
+__all__ = ["MAX_FRAMES", "CameraVerdict", "check_calibration", "check_calibrations"]
+
+#: The most frames one check pools (the newest): about 500 kB of evidence each.
+MAX_FRAMES = 600
+
+
+@dataclass(frozen=True)
+class CameraVerdict:
+    """One camera's verdict: the estimate (state `aligned` or `drifted`, the correction and
+    its uncertainty, frames used and skipped) and the rig it was made against."""
+
+    camera: str
+    estimate: CalibrationEstimate
+    rig: Rig
+
+    @property
+    def drifted(self) -> bool:
+        return self.estimate.state == MonitorState.DRIFTED
+
+
+class _PerturbedWatch(CalibrationWatch):
+    """A watch whose monitors are told each camera's extrinsic moved by `perturb` (its
+    verdicts' rigs are the moved ones, so that a refined rig corrects what was checked)."""
+
+    def __init__(self, config: NodeConfig, perturb: Correction | None, pool: bool) -> None:
+        super().__init__(config.calibration_monitor, pool_rigs=pool)
+        self.perturb = perturb
+        # The moved rig of each rig seen (the same object for the same rig, so that a
+        # monitor carries on rather than starting over).
+        self._moved: dict[int, tuple[Rig, Rig]] = {}
+
+    def observe(self, frame: StepFrame) -> None:
+        if self.perturb is not None:
+            original, moved = self._moved.get(id(frame.rig), (None, None))
+            if original is not frame.rig or moved is None:
+                moved = frame.rig
+                for name in moved.cameras:
+                    shifted = apply_correction(
+                        moved.transform(VEHICLE_FRAME, camera_frame(name)), self.perturb
+                    )
+                    moved = moved.with_vehicle_from(camera_frame(name), shifted)
+                self._moved[id(frame.rig)] = (frame.rig, moved)
+            frame = replace(frame, rig=moved)
+        super().observe(frame)
+
+
+class _Fanout(CalibrationWatch):
+    """Several perturbed watches fed from one replay."""
+
+    def __init__(self, config: NodeConfig, watches: Sequence[_PerturbedWatch]) -> None:
+        super().__init__(config.calibration_monitor)
+        self.watches = list(watches)
+
+    def observe(self, frame: StepFrame) -> None:
+        for watch in self.watches:
+            watch.observe(frame)
+
+
+def check_calibration(
+    source: Path,
+    config: NodeConfig,
+    pipeline: Pipeline,
+    *,
+    perturb: Correction | None = None,
+    topics_from_drive: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[CameraVerdict]:
+    """The verdict of each camera over all of `source` (see the module docstring), sorted by
+    camera name. `progress(sweeps done)` after each sweep.
+
+    Raises ReplayError for a source that cannot be read or holds no camera frame the pipeline
+    could use."""
+    (verdicts,) = check_calibrations(
+        source,
+        config,
+        pipeline,
+        [perturb],
+        topics_from_drive=topics_from_drive,
+        progress=progress,
+    )
+    return verdicts
+
+
+def check_calibrations(
+    source: Path,
+    config: NodeConfig,
+    pipeline: Pipeline,
+    perturbs: Sequence[Correction | None],
+    *,
+    topics_from_drive: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[CameraVerdict]]:
+    """`check_calibration` for each of `perturbs` (None: the rig as it is), from one replay."""
+    monitor = replace(
+        config.calibration_monitor.monitor,
+        window_frames=MAX_FRAMES,
+        min_frames=1,
+        evaluate_every=10**9,
+        min_travel_m=0.0,
+    )
+    offline = replace(
+        config,
+        calibration_monitor=replace(
+            config.calibration_monitor, enabled=True, every_n_sweeps=1, monitor=monitor
+        ),
+    )
+    opened = open_source(source, offline, topics_from_drive=topics_from_drive)
+    core = NodeCore(opened.config, pipeline, opened.default_rig)
+    watches = [_PerturbedWatch(opened.config, p, pool=source.is_dir()) for p in perturbs]
+    core.calibration = _Fanout(opened.config, watches)
+    for done, _ in enumerate(run_core(core, opened.received), start=1):
+        if progress is not None:
+            progress(done)
+    if core.counters.calibration_errors:
+        raise ReplayError(
+            f"{source}: the calibration monitor failed on {core.counters.calibration_errors} "
+            "sweep(s) (see the log)"
+        )
+    return [_verdicts(source, watch, monitor) for watch in watches]
+
+
+def _verdicts(source: Path, watch: CalibrationWatch, config: MonitorConfig) -> list[CameraVerdict]:
+    verdicts = []
+    for name, mon in sorted(watch.monitors().items()):
+        if mon.frames == 0:
+            continue
+        fit = mon.search()
+        drifted = bool(np.any(fit.beyond)) or is_drift(fit.correction, fit.sigma, config)
+        estimate = CalibrationEstimate(
+            state=MonitorState.DRIFTED if drifted else MonitorState.ALIGNED,
+            correction=Correction.from_vector(fit.correction),
+            sigma=sigma_tuple(fit.sigma),
+            frames=mon.frames,
+            skipped=mon.skipped,
+            score=fit.score,
+            recentred=mon.recentred,
+        )
+        rig = watch.rig_of(name)
+        assert rig is not None
+        verdicts.append(CameraVerdict(name, estimate, rig))
+    if not verdicts:
+        raise ReplayError(
+            f"{source}: no frame to check the calibration with (no camera image the pipeline "
+            "used, or too few lidar points in it)"
+        )
+    return verdicts

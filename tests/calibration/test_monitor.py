@@ -1,0 +1,180 @@
+"""The calibration monitor (calibration.monitor): corrections, the rules that skip frames, the
+hysteresis, and the estimate on real KITTI frames and on the rich synthetic world's frames."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from calibration import CalibrationError, RigidTransform
+from calibration.monitor import (
+    CalibrationMonitor,
+    Correction,
+    Fit,
+    MonitorConfig,
+    MonitorState,
+    apply_correction,
+    corrected_rig,
+    is_drift,
+    object_mask,
+)
+from replay.synth.world import synth_rig
+from tests.conftest import KittiFrame
+
+
+def _angle_deg(a: RigidTransform, b: RigidTransform) -> float:
+    r = a.rotation.T @ b.rotation
+    return math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(r) - 1.0) / 2.0))))
+
+
+def test_a_correction_and_its_inverse_cancel() -> None:
+    base = synth_rig().transform("vehicle", "camera/front")
+    c = Correction((0.3, -0.5, 0.2), (0.01, -0.04, 0.02))
+    moved = apply_correction(base, c)
+    assert _angle_deg(moved, base) == pytest.approx(float(np.linalg.norm([0.3, -0.5, 0.2])), 1e-6)
+    # The camera turns about its own centre: the translation is only the correction's.
+    assert np.allclose(moved.translation - base.translation, [0.01, -0.04, 0.02])
+    back = apply_correction(moved, c.inverse())
+    assert back.almost_equal(base, atol=1e-12)
+    assert Correction.from_vector(c.vector()) == pytest.approx(c)
+    assert c.angle_deg == pytest.approx(math.sqrt(0.09 + 0.25 + 0.04))
+
+
+def test_a_corrected_rig_moves_only_the_camera() -> None:
+    rig = synth_rig()
+    c = Correction((0.0, 0.5, 0.0), (0.0, 0.0, 0.05))
+    fixed = corrected_rig(rig, "front", c)
+    assert fixed.transform("vehicle", "camera/front").almost_equal(
+        apply_correction(rig.transform("vehicle", "camera/front"), c), atol=1e-12
+    )
+    assert fixed.transform("vehicle", "lidar").almost_equal(rig.transform("vehicle", "lidar"))
+    arm, fixed_arm = rig.gnss_lever_arm_m, fixed.gnss_lever_arm_m
+    assert arm is not None and fixed_arm is not None and np.array_equal(fixed_arm, arm)
+    assert fixed.cameras["front"] is rig.cameras["front"]
+    with pytest.raises(CalibrationError, match="rear"):
+        rig.with_vehicle_from("camera/rear", RigidTransform.identity())
+    with pytest.raises(CalibrationError, match="root"):
+        rig.with_vehicle_from("vehicle", RigidTransform.identity())
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"step_deg": 0.0}, "step_deg"),
+        ({"flag_translation_m": math.nan}, "flag_translation_m"),
+        ({"bins": 2}, "bins"),
+        ({"min_frames": 60, "window_frames": 50}, "min_frames"),
+        ({"min_contrast": -0.1}, "min_contrast"),
+        ({"max_points": True}, "max_points"),
+    ],
+)
+def test_bad_monitor_config_is_named(change: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MonitorConfig(**change)  # type: ignore[arg-type]
+
+
+def test_object_mask_is_the_rotated_box_with_its_margin() -> None:
+    pts = np.array([[10.0, 0.0, 0.0], [10.0, 1.2, 0.0], [10.0, 1.6, 0.0], [12.3, 0.0, 0.0]])
+    # A car 4 m x 2 m at (10, 0), turned 90 degrees: 2 m along x, 4 m along y.
+    inside = object_mask(pts, [((10.0, 0.0, 0.0), (4.0, 2.0, 1.5), math.pi / 2)], margin_m=0.3)
+    assert inside.tolist() == [True, True, True, False]
+
+
+def _kitti(kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path, frame_id: str) -> tuple:
+    frame = kitti_frame(frame_id)
+    image = cv2.imread(str(kitti_dir / "image_2" / f"{frame_id}.png"))
+    return frame, image
+
+
+def test_frames_without_evidence_are_skipped_not_fatal(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    frame, image = _kitti(kitti_frame, kitti_dir, "000003")
+    monitor = CalibrationMonitor(frame.camera, frame.camera_from_vehicle.inverse())
+    # A flat grey image (a blinded or textureless view) has no contrast at the points.
+    assert not monitor.add(frame.points, np.full_like(image, 128))
+    # Too few points in the image.
+    assert not monitor.add(frame.points[:50], image)
+    assert monitor.add(frame.points, image, travelled_m=0.0)
+    # Standing still: the same evidence again is not more evidence.
+    assert not monitor.add(frame.points, image, travelled_m=0.05)
+    assert monitor.add(frame.points, image, travelled_m=1.0)
+    assert (monitor.frames, monitor.skipped) == (2, 3)
+    assert monitor.estimate().state == MonitorState.COLLECTING
+    with pytest.raises(ValueError, match="camera expects 1242x375"):
+        monitor.add(frame.points, image[:100])
+    with pytest.raises(ValueError, match="N x 4"):
+        monitor.add(frame.points[:, :3], image)
+
+
+def test_the_flag_needs_consecutive_fits_and_clears_with_hysteresis(
+    kitti_frame: Callable[[str], KittiFrame],
+) -> None:
+    frame = kitti_frame("000003")
+    config = MonitorConfig(flag_after=2, clear_after=3)
+    monitor = CalibrationMonitor(frame.camera, frame.camera_from_vehicle.inverse(), config)
+    sigma = np.full(6, 1e-4)
+    drift = Fit(np.array([0.0, math.radians(0.6), 0, 0, 0, 0]), sigma, np.zeros(6), 0.1)
+    calm = Fit(np.zeros(6), sigma, np.zeros(6), 0.1)
+    unsure = Fit(np.array([0.0, math.radians(0.6), 0, 0, 0, 0]), np.full(6, 0.01), np.zeros(6), 0.1)
+    states = []
+    for fit in (
+        calm,
+        drift,
+        calm,
+        drift,
+        unsure,
+        drift,
+        drift,
+        calm,
+        calm,
+        drift,
+        calm,
+        calm,
+        calm,
+    ):
+        monitor._decide(fit)
+        states.append(monitor.estimate().state[0])
+    # a = aligned, d = drifted: one drifting fit is not enough, two in a row are; a fit whose
+    # correction is not significant is no drift; clearing takes three calm fits in a row.
+    assert "".join(states) == "aaaaaadddddda"
+    assert monitor.estimate().state == MonitorState.ALIGNED
+
+
+def test_kitti_frames_pooled_rank_the_true_calibration_first(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """KITTI frames, each with its own calibration, pooled: the search centred on the truth
+    finds no correction worth a flag; centred 1 degree off in yaw, it moves back toward the
+    truth (how far, with a sideways shift to trade against the yaw on five frames, is not
+    asserted: the drives' figures are in benchmarks/RESULTS.md)."""
+    ids = ["000000", "000003", "000004", "000005", "000008"]
+    frames = [_kitti(kitti_frame, kitti_dir, i) for i in ids]
+    first = frames[0][0]
+    config = MonitorConfig(window_frames=len(ids), min_frames=1, evaluate_every=10**6)
+    for start_yaw in (0.0, 1.0):
+        monitor = CalibrationMonitor(
+            first.camera,
+            first.camera_from_vehicle.inverse(),
+            config,
+            start=Correction((0.0, 0.0, start_yaw)),
+        )
+        for frame, image in frames:
+            monitor.add(
+                frame.points,
+                image,
+                camera=frame.camera,
+                vehicle_from_camera=frame.camera_from_vehicle.inverse(),
+            )
+        fit = monitor.search()
+        yaw = math.degrees(fit.correction[2])
+        if start_yaw == 0.0:
+            assert np.abs(np.degrees(fit.correction[:3])).max() < 0.2, fit.correction
+            assert not is_drift(fit.correction, fit.sigma, config)
+        else:
+            assert yaw < 0.6, fit.correction

@@ -1,0 +1,94 @@
+"""The calibration monitor in the node core: fed after the outputs are published, one sweep in
+`every_n_sweeps`, its verdict on the diagnostics (and a note when drifted), its cost counted,
+its failures counted and survived."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from app.models import build_pipeline, choose_camera_model
+from calibration.monitor import MonitorConfig
+from perception.config import CalibrationMonitorConfig, NodeConfig
+from perception.msgs import wire
+from perception.msgs.types import Diagnostics
+from perception.node.calibration import CalibrationWatch
+from perception.node.core import NodeCore
+from perception.pipeline.pipeline import StepFrame
+from replay.offline import open_source, run_core
+from tests.conftest import RIG_DRIFT_YAW_DEG
+
+
+def _config(every: int = 1) -> NodeConfig:
+    # A 2 s drive: fits after 8 frames and every 4, so that the hysteresis can act within it.
+    monitor = MonitorConfig(min_frames=8, evaluate_every=4, flag_after=2)
+    base = choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
+    return replace(
+        base, calibration_monitor=CalibrationMonitorConfig(every_n_sweeps=every, monitor=monitor)
+    )
+
+
+def _run(
+    drive: Path, config: NodeConfig, watch: CalibrationWatch | None = None
+) -> tuple[NodeCore, list[Diagnostics]]:
+    opened = open_source(drive, config, topics_from_drive=True)
+    core = NodeCore(opened.config, build_pipeline(config), opened.default_rig)
+    if watch is not None:
+        core.calibration = watch
+    diagnostics: list[Diagnostics] = []
+    outputs = list(run_core(core, opened.received, on_diagnostics=diagnostics.append))
+    assert len(outputs) == 20
+    return core, diagnostics
+
+
+def test_a_drifted_camera_is_flagged_on_the_diagnostics(drifted_rich_drive: Path) -> None:
+    """The drive's rig has the camera turned 0.5 degrees in yaw; its images do not."""
+    _, diagnostics = _run(drifted_rich_drive, _config())
+    last = diagnostics[-1]
+    (status,) = last.calibration
+    assert status.camera == "front" and status.state == "drifted", status
+    assert status.rotation_deg[2] == pytest.approx(-RIG_DRIFT_YAW_DEG, abs=0.15)
+    assert any("calibration: camera front drifted" in note for note in last.notes)
+    assert last.counters["calibration_sweeps"] == 20 and last.counters["calibration_errors"] == 0
+    assert last.counters["calibration_ns"] > 0
+    # No flag before the hysteresis allowed one: two fits (frames 8 and 12) at the earliest.
+    first = next(
+        i
+        for i, d in enumerate(diagnostics)
+        if d.calibration and d.calibration[0].state == "drifted"
+    )
+    assert diagnostics[first].calibration[0].frames >= 12
+    # The status travels on the wire as every diagnostics field does.
+    _, decoded = wire.decode(wire.encode(last))
+    assert isinstance(decoded, Diagnostics) and decoded.calibration == last.calibration
+
+
+def test_the_true_rig_raises_no_flag_and_the_rate_is_kept(rich_drive: Path) -> None:
+    _, diagnostics = _run(rich_drive, _config(every=2))
+    assert all(s.state != "drifted" for d in diagnostics for s in d.calibration)
+    assert diagnostics[-1].calibration[0].state == "aligned"
+    assert diagnostics[-1].counters["calibration_sweeps"] == 10  # one sweep in two of 20
+    assert not any("calibration" in note for note in diagnostics[-1].notes)
+
+
+class _Broken(CalibrationWatch):
+    def observe(self, frame: StepFrame) -> None:
+        raise RuntimeError("monitor bug")
+
+
+def test_a_failing_monitor_is_counted_and_the_node_goes_on(rich_drive: Path) -> None:
+    config = _config()
+    core, diagnostics = _run(rich_drive, config, _Broken(config.calibration_monitor))
+    assert core.counters.calibration_errors == 20 and core.counters.calibration_sweeps == 0
+    assert diagnostics[-1].calibration == ()
+
+
+def test_the_monitor_can_be_turned_off() -> None:
+
+    config = replace(_config(), calibration_monitor=CalibrationMonitorConfig(enabled=False))
+    core = NodeCore(config, build_pipeline(config))
+    assert core.calibration is None
+    core.after_publish()  # nothing to do, nothing fails
+    assert core.diagnostics(0).calibration == ()

@@ -1,0 +1,84 @@
+"""The calibration check over many frames (replay.calibration_check): a rich synthetic drive
+with its exact calibration and with drifts, the KITTI frames with 1-degree rotations, and the
+drive rendered with an error in its rig."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from app.models import build_pipeline, choose_camera_model
+from calibration.monitor import Correction, MonitorState
+from perception.config import NodeConfig
+from replay.calibration_check import check_calibrations
+from replay.drive import DriveReader
+from replay.synth.world import generate_drive, synth_rig
+
+
+@pytest.fixture(scope="module")
+def synthetic_config() -> NodeConfig:
+    return choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
+
+
+def test_a_drive_with_its_true_rig_is_aligned_and_drifts_are_flagged(
+    rich_drive: Path, synthetic_config: NodeConfig
+) -> None:
+    """2 s of the rich world (20 frames): the truth is aligned; 0.5 degrees of yaw and 5 cm
+    sideways are flagged, each with a correction close to the drift undone."""
+    yaw = Correction((0.0, 0.0, -0.5))
+    sideways = Correction(translation_m=(0.0, 0.05, 0.0))
+    results = check_calibrations(
+        rich_drive,
+        synthetic_config,
+        build_pipeline(synthetic_config),
+        [None, yaw, sideways],
+        topics_from_drive=True,
+    )
+    (truth,), (turned,), (shifted,) = results
+    assert truth.camera == "front" and truth.estimate.frames == 20
+    assert truth.estimate.state == MonitorState.ALIGNED, truth.estimate
+    assert max(abs(v) for v in truth.estimate.correction.rotation_deg) < 0.15
+    assert turned.estimate.state == MonitorState.DRIFTED
+    assert turned.estimate.correction.rotation_deg[2] == pytest.approx(0.5, abs=0.15)
+    assert shifted.estimate.state == MonitorState.DRIFTED
+    assert shifted.estimate.correction.translation_m[1] == pytest.approx(-0.05, abs=0.02)
+    # The verdict's rig is the one checked (the drifted one), so that correcting it refines it.
+    drifted = turned.rig.transform("vehicle", "camera/front")
+    assert not drifted.almost_equal(synth_rig().transform("vehicle", "camera/front"), 1e-6)
+
+
+def test_kitti_frames_flag_every_1_degree_rotation_and_not_the_truth(
+    kitti_dir: Path, yolox_path: Path
+) -> None:
+    config = replace(
+        NodeConfig(), camera_model=replace(NodeConfig().camera_model, path=str(yolox_path))
+    )
+    rotations = []
+    for axis in range(3):
+        for sign in (1.0, -1.0):
+            rot = [0.0, 0.0, 0.0]
+            rot[axis] = sign
+            rotations.append(Correction((rot[0], rot[1], rot[2])))
+    results = check_calibrations(kitti_dir, config, build_pipeline(config), [None, *rotations])
+    states = [verdicts[0].estimate.state for verdicts in results]
+    assert states == [MonitorState.ALIGNED] + [MonitorState.DRIFTED] * 6, states
+    assert results[0][0].estimate.frames == 8
+
+
+def test_a_drive_rendered_with_a_rig_error_carries_the_moved_rig(tmp_path: Path) -> None:
+    error = Correction((0.0, 0.5, 0.0), (0.0, 0.0, 0.05))
+    generate_drive(tmp_path / "a.mcap", seed=3, seconds=0.1, rig_error=error)
+    generate_drive(tmp_path / "b.mcap", seed=3, seconds=0.1)
+    given = DriveReader(tmp_path / "a.mcap").rig
+    true = DriveReader(tmp_path / "b.mcap").rig
+    assert given is not None and true is not None
+    from calibration.monitor import corrected_rig
+
+    expected = corrected_rig(true, "front", error).transform("vehicle", "camera/front")
+    assert given.transform("vehicle", "camera/front").almost_equal(expected, atol=1e-9)
+    # Only the rig differs: the images are rendered with the true one.
+    a = [m.message for m in DriveReader(tmp_path / "a.mcap").messages() if m.topic != "rig"]
+    b = [m.message for m in DriveReader(tmp_path / "b.mcap").messages() if m.topic != "rig"]
+    assert len(a) == len(b)
