@@ -370,6 +370,14 @@ def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         metavar="ONNX",
         help="the learned engine (an export of `perception train`; default: the packaged one)",
     )
+    p.add_argument(
+        "--rig-error",
+        metavar="R,P,Y,X,Y,Z",
+        type=correction_arg,
+        help="generate the drive with its rig's camera moved by this (degrees about and "
+        "centimetres along the vehicle axes) while the images keep the true camera: a drifted "
+        "calibration for the calibration monitor, whose verdict the demo prints",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -214,19 +214,24 @@ def object_mask(
     boxes: Sequence[tuple[Sequence[float], Sequence[float], float]],
     margin_m: float = 0.3,
 ) -> BoolArray:
-    """Which of ``points`` (vehicle frame) lie inside any of ``boxes`` (centre, size (length,
-    width, height), yaw), grown by ``margin_m``."""
-    inside = np.zeros(len(points), dtype=bool)
-    for center, size, yaw in boxes:
-        c, s = math.cos(yaw), math.sin(yaw)
-        dx = points[:, 0] - center[0]
-        dy = points[:, 1] - center[1]
-        inside |= (
-            (np.abs(c * dx + s * dy) <= size[0] / 2 + margin_m)
-            & (np.abs(-s * dx + c * dy) <= size[1] / 2 + margin_m)
-            & (np.abs(points[:, 2] - center[2]) <= size[2] / 2 + margin_m)
-        )
-    return inside
+    """Which of ``points`` (N x 3+, the boxes' frame) lie inside any of ``boxes`` (centre,
+    size (length, width, height), yaw), grown by ``margin_m``."""
+    if len(boxes) == 0 or len(points) == 0:
+        return np.zeros(len(points), dtype=bool)
+    centre = np.array([b[0][:3] for b in boxes], dtype=np.float64)
+    half = np.array([b[1][:3] for b in boxes], dtype=np.float64) / 2.0 + margin_m
+    yaw = np.array([b[2] for b in boxes], dtype=np.float64)
+    c, s = np.cos(yaw), np.sin(yaw)
+    p = np.asarray(points[:, :3], dtype=np.float64)
+    dx = p[:, 0:1] - centre[:, 0]
+    dy = p[:, 1:2] - centre[:, 1]
+    inside = (
+        (np.abs(c * dx + s * dy) <= half[:, 0])
+        & (np.abs(-s * dx + c * dy) <= half[:, 1])
+        & (np.abs(p[:, 2:3] - centre[:, 2]) <= half[:, 2])
+    )
+    out: BoolArray = np.asarray(inside.any(axis=1), dtype=bool)
+    return out
 
 
 class MonitorState:
@@ -390,9 +395,14 @@ class CalibrationMonitor:
         travelled_m: float | None = None,
         camera: CameraModel | None = None,
         vehicle_from_camera: RigidTransform | None = None,
+        exclude: Sequence[tuple[Sequence[float], Sequence[float], float]] = (),
+        exclude_margin_m: float = 0.3,
     ) -> bool:
         """One frame: ``points`` N x 4 (vehicle frame at the exposure, intensity last) and the
-        camera's ``image`` (BGR or grey, distorted as the camera model projects).
+        camera's ``image`` (BGR or grey, distorted as the camera model projects). Points in
+        ``exclude`` (boxes: centre, size, yaw, in the points' frame; grown by
+        ``exclude_margin_m``) are left out: objects that may have moved between the lidar's
+        and the camera's instants.
         ``travelled_m``: the vehicle's odometer (any origin) at the frame, for skipping frames
         taken without moving; None when unknown. ``camera`` and ``vehicle_from_camera``: this
         frame's own, where they differ from the monitor's (frames of several drives, each with
@@ -417,7 +427,14 @@ class CalibrationMonitor:
             and abs(travelled_m - self._last_travel_m) < cfg.min_travel_m
         ):
             return self._skip()
-        frame = self._frame(pts, image, cam_model, vehicle_from_camera or self.vehicle_from_camera)
+        frame = self._frame(
+            pts,
+            image,
+            cam_model,
+            vehicle_from_camera or self.vehicle_from_camera,
+            exclude=exclude,
+            exclude_margin_m=exclude_margin_m,
+        )
         if frame is None:
             return self._skip()
         self._window.append((frame, self._histograms(frame)))
@@ -443,6 +460,9 @@ class CalibrationMonitor:
         image: npt.NDArray[np.uint8],
         camera: CameraModel,
         vehicle_from_camera: RigidTransform,
+        *,
+        exclude: Sequence[tuple[Sequence[float], Sequence[float], float]] = (),
+        exclude_margin_m: float = 0.3,
     ) -> _Frame | None:
         """A frame's evidence at the current centre; None for one with too few points in the
         image or too little contrast at them."""
@@ -472,10 +492,11 @@ class CalibrationMonitor:
                 & (uv[:, 1] < camera.height + margin)
             )
         idx = idx[near]
-        if len(idx) < max(cfg.min_points, 1):
-            return None
         if len(idx) > cfg.max_points:
             idx = self._rng.choice(idx, cfg.max_points, replace=False)
+        idx = idx[~object_mask(xyz[idx], exclude, exclude_margin_m)]
+        if len(idx) < max(cfg.min_points, 1):
+            return None
         xyz = xyz[idx]
         level = _unit_levels(intensity[idx], cfg.bins)
         # The centre and one step along each axis, projected in one call: the Jacobian.

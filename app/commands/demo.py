@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from app.common import Stages, check_drive_path
+from calibration.monitor import Correction
 from perception.errors import PerceptionError
 from replay.output import check_output_dir
 from replay.synth.demo import format_demo_report, run_demo
@@ -31,6 +32,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 without=args.without,
                 learned_model=learned,
                 scene=args.scene,
+                rig_error=None
+                if args.rig_error is None
+                else Correction(args.rig_error[:3], args.rig_error[3:]),
             )
         except ValueError as e:
             raise PerceptionError(str(e)) from e

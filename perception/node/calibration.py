@@ -26,16 +26,18 @@ from calibration.monitor import (
     CalibrationMonitor,
     Correction,
     MonitorState,
-    object_mask,
 )
 from calibration.rig import VEHICLE_FRAME, camera_frame
 from perception.config import CalibrationMonitorConfig
-from perception.msgs.types import CalibrationStatus, Detection3D
+from perception.msgs.types import CalibrationStatus
 from perception.pipeline.pipeline import StepFrame
 
 __all__ = ["CalibrationWatch", "drift_notes", "status_of"]
 
 log = logging.getLogger(__name__)
+
+#: The points handed to the monitors: at most this many times its `max_points` of a sweep.
+SHARE = 6
 
 
 @dataclass
@@ -66,10 +68,12 @@ class CalibrationWatch:
     def observe(self, frame: StepFrame) -> None:
         """Feed each fused camera's monitor with one sweep (see the module docstring)."""
         travelled = self._travel(frame)
-        keep = ~object_mask(
-            frame.points, [_box(d) for d in frame.detections], self.config.object_margin_m
-        )
-        points = frame.points[keep]
+        # A share of the sweep is plenty (the monitor uses a few thousand points of what the
+        # camera sees); the masking and the motion below need not cost a whole sweep.
+        points = frame.points
+        step = len(points) // (SHARE * self.config.monitor.max_points)
+        if step > 1:
+            points = points[self._offered % step :: step]
         for name, (image, motion) in sorted(frame.images.items()):
             vehicle_from_camera = frame.rig.transform(VEHICLE_FRAME, camera_frame(name))
             camera = frame.rig.cameras[name]
@@ -81,12 +85,20 @@ class CalibrationWatch:
                 self._cameras[name] = entry
             at_exposure = np.array(points, dtype=np.float64, copy=True)
             at_exposure[:, :3] = motion.apply(points[:, :3])
+            turn = math.atan2(motion.rotation[1, 0], motion.rotation[0, 0])
+            centres = motion.apply(np.array([d.center for d in frame.detections]).reshape(-1, 3))
+            boxes = [
+                (centre, d.size, d.yaw + turn)
+                for centre, d in zip(centres, frame.detections, strict=True)
+            ]
             entry.monitor.add(
                 at_exposure,
                 image,
                 travelled_m=travelled,
                 camera=camera if self.pool_rigs else None,
                 vehicle_from_camera=vehicle_from_camera if self.pool_rigs else None,
+                exclude=boxes,
+                exclude_margin_m=self.config.object_margin_m,
             )
         self._statuses = tuple(
             status_of(name, entry.monitor.estimate())
@@ -117,10 +129,6 @@ class CalibrationWatch:
         """The rig a camera's monitor watches (None for a camera not seen)."""
         entry = self._cameras.get(camera)
         return None if entry is None else entry.rig
-
-
-def _box(d: Detection3D) -> tuple[Sequence[float], Sequence[float], float]:
-    return d.center, d.size, d.yaw
 
 
 def _sigma(values: Sequence[float]) -> tuple[float, float, float]:

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import Rig
+from calibration.monitor import Correction
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
 from engines.fusion.learned_runner import LearnedFusionRunner
@@ -39,6 +40,7 @@ from engines.registry import PACKAGED_MODELS_DIR
 from perception.config import FUSION_KINDS, FusionConfig, NodeConfig, PipelineConfig, SyncConfig
 from perception.msgs.jsonl import write_jsonl_line
 from perception.msgs.types import (
+    CalibrationStatus,
     CameraFrame,
     Detection3D,
     DetectionList,
@@ -153,6 +155,7 @@ class DemoReport:
     result: MatchResult
     runs: tuple[KindRun, ...] = ()
     without: str | None = None
+    calibration: tuple[CalibrationStatus, ...] = ()
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -388,6 +391,7 @@ def ensure_synthetic_drive(
     seconds: float = 10.0,
     progress: DemoProgress | None = None,
     scene: str = "simple",
+    rig_error: Correction | None = None,
 ) -> bool:
     """Generate the synthetic drive `path` and its ground truth (`replay.synth.world`) unless
     both exist; returns whether it generated them. Both are written beside their targets and
@@ -409,7 +413,14 @@ def ensure_synthetic_drive(
 
     with atomic_output(path, "the synthetic drive") as tmp:
         try:
-            generate_drive(tmp, seed=seed, seconds=seconds, progress=generated, scene=scene)
+            generate_drive(
+                tmp,
+                seed=seed,
+                seconds=seconds,
+                progress=generated,
+                scene=scene,
+                rig_error=rig_error,
+            )
             with atomic_output(truth, "the ground truth") as tmp_truth:
                 ground_truth_path(tmp).replace(tmp_truth)
         finally:
@@ -528,15 +539,19 @@ def run_demo(
     without: str | None = None,
     learned_model: Path | None = None,
     scene: str = "simple",
+    rig_error: Correction | None = None,
 ) -> DemoReport:
     """Run the demo (see the module docstring). `drive_path` None: the drive
     `<out_dir>/synth_seed<seed>.mcap` (`synth_<scene>_seed<seed>.mcap` for another scene than the
-    simple one) is generated (`seconds` long) unless it and its ground truth already exist
-    (`ensure_synthetic_drive`). Each fusion kind of `fusion` (geometric, learned,
-    ensemble; `learned_model` is the learned engine, default the packaged one) runs the drive,
-    with a sensor removed or degraded when `without` names one (`DEGRADATIONS`). Writes
-    `<out_dir>/detections.jsonl` (of the first kind) and `<out_dir>/demo.png`, each only when
-    complete. `progress` reports the generation and the runs (`DemoProgress`).
+    simple one; `_rigerr_...` added with a `rig_error`: the drive's rig has the camera moved by
+    it, the images do not, `generate_drive`) is generated (`seconds` long) unless it and its
+    ground truth already exist (`ensure_synthetic_drive`). The report carries the calibration
+    monitor's verdict at the end of the first kind's run. Each fusion kind of `fusion`
+    (geometric, learned, ensemble; `learned_model` is the learned engine, default the packaged
+    one) runs the drive, with a sensor removed or degraded when `without` names one
+    (`DEGRADATIONS`). Writes `<out_dir>/detections.jsonl` (of the first kind) and
+    `<out_dir>/demo.png`, each only when complete. `progress` reports the generation and the
+    runs (`DemoProgress`).
 
     Raises:
         ValueError: an unknown fusion kind or degradation, or no kind.
@@ -562,9 +577,17 @@ def run_demo(
     pipelines = {kind: _pipeline(kind, detector, learned_model) for kind in kinds}
     if drive_path is None:
         name = "synth" if scene == "simple" else f"synth_{scene}"
+        if rig_error is not None:
+            values = [*rig_error.rotation_deg, *(v * 100 for v in rig_error.translation_m)]
+            name += "_rigerr_" + "_".join(f"{v:g}" for v in values)
         drive_path = out_dir / f"{name}_seed{seed}.mcap"
         ensure_synthetic_drive(
-            drive_path, seed=seed, seconds=seconds, progress=progress, scene=scene
+            drive_path,
+            seed=seed,
+            seconds=seconds,
+            progress=progress,
+            scene=scene,
+            rig_error=rig_error,
         )
     reader = DriveReader(drive_path)
     truth = _ground_truth(drive_path)
@@ -578,6 +601,7 @@ def run_demo(
     )
     config = replace(NodeConfig(), sync=sync)
     runs: dict[str, KindRun] = {}
+    calibration: tuple[CalibrationStatus, ...] = ()
     # The picture shows the first kind's frame with the most scored objects of every class,
     # among the frames at least a trail's length into the drive (so that the tracks have
     # been confirmed and have trails) when there are any.
@@ -592,6 +616,8 @@ def run_demo(
             lists.append(dl)
             if progress is not None:
                 progress(f"replay:{kind}", len(lists), sweeps)
+        if kind == kinds[0] and core.calibration is not None:
+            calibration = core.calibration.statuses()
         results = []
         for dl in lists:
             frame = truth.get(dl.header.stamp_ns)
@@ -655,6 +681,7 @@ def run_demo(
         result=first.result,
         runs=tuple(runs.values()),
         without=without,
+        calibration=calibration,
     )
 
 
@@ -704,6 +731,20 @@ def tracking_lines(runs: Sequence[KindRun], label: str = "Car") -> list[str]:
     return lines
 
 
+def calibration_lines(statuses: Sequence[CalibrationStatus]) -> list[str]:
+    """The calibration monitor's verdict per camera at the end of the drive (and a blank
+    line), or nothing when it did not run."""
+    lines = []
+    for s in statuses:
+        rot = ", ".join(f"{v:+.2f}" for v in s.rotation_deg)
+        cm = ", ".join(f"{v * 100:+.1f}" for v in s.translation_m)
+        lines.append(
+            f"calibration monitor, camera {s.camera}: {s.state} after {s.frames} frames; "
+            f"estimated correction rotation ({rot}) deg, translation ({cm}) cm"
+        )
+    return [*lines, ""] if lines else []
+
+
 def format_demo_report(report: DemoReport) -> str:
     """The text the CLI prints: latency table, quality per class and fusion kind, and the files
     written."""
@@ -743,6 +784,7 @@ def format_demo_report(report: DemoReport) -> str:
         "than 1 m/s):",
         *tracking_lines(runs),
         "",
+        *calibration_lines(report.calibration),
         f"detections: {report.detections}",
         f"picture: {report.picture}",
     ]

@@ -8,6 +8,7 @@ import cv2
 import pytest
 
 from perception.msgs.types import Detection3D, DetectionList, Header
+from replay.drive import DriveReader
 from replay.evaluation import ReferenceBox
 from replay.synth.demo import _evaluate, format_demo_report, run_demo
 from replay.synth.world import synth_rig
@@ -113,6 +114,22 @@ def test_the_demo_runs_the_rich_world_and_scores_vans_as_kitti_does(tmp_path: Pa
         assert label in text
     with pytest.raises(ValueError, match="scene: choose among simple, rich"):
         run_demo(None, seed=3, seconds=0.5, out_dir=tmp_path, scene="city")
+    # The calibration monitor ran on the drive (too short for a verdict: still collecting).
+    (status,) = report.calibration
+    assert status.camera == "front" and status.state == "collecting"
+    assert "calibration monitor, camera front: collecting after 2 frames" in text
+
+
+def test_the_demo_writes_a_drive_with_a_rig_error_beside_the_true_one(tmp_path: Path) -> None:
+    from calibration.monitor import Correction
+
+    error = Correction((0.0, 0.5, 0.0), (0.0, 0.0, 0.05))
+    report = run_demo(None, seed=3, seconds=0.2, out_dir=tmp_path, rig_error=error)
+    assert report.drive == tmp_path / "synth_rigerr_0_0.5_0_0_0_5_seed3.mcap"
+    rig = DriveReader(report.drive).rig
+    assert rig is not None
+    moved = rig.transform("vehicle", "camera/front")
+    assert not moved.almost_equal(synth_rig().transform("vehicle", "camera/front"), 1e-6)
 
 
 def test_a_car_detection_on_a_van_is_neither_a_hit_nor_a_false_positive() -> None:
