@@ -745,12 +745,14 @@ class CalibrationMonitor:
 
 def is_drift(correction: FloatArray, sigma: FloatArray, config: MonitorConfig) -> bool:
     """Whether a correction (six values, rad and m) with its standard deviations is drift: an
-    axis beyond its threshold and significantly away from zero."""
+    axis beyond its threshold, significantly away from zero, and known to better than half the
+    threshold (a scene with little texture gives wide estimates that must not raise a flag)."""
     limits = np.array(
         [math.radians(config.flag_rotation_deg)] * 3 + [config.flag_translation_m] * 3
     )
     significant = np.abs(correction) > _SIGNIFICANT_SIGMA * sigma
-    return bool(np.any((np.abs(correction) > limits) & significant))
+    precise = sigma < limits / 2.0
+    return bool(np.any((np.abs(correction) > limits) & significant & precise))
 
 
 def sigma_tuple(sigma: FloatArray) -> tuple[float, float, float, float, float, float]:

@@ -735,12 +735,17 @@ def calibration_lines(statuses: Sequence[CalibrationStatus]) -> list[str]:
     """The calibration monitor's verdict per camera at the end of the drive (and a blank
     line), or nothing when it did not run."""
     lines = []
+
+    def pm(values: Sequence[float], scale: float, digits: int) -> str:
+        return ", ".join("n/a" if v < 0 else f"{v * scale:.{digits}f}" for v in values)
+
     for s in statuses:
         rot = ", ".join(f"{v:+.2f}" for v in s.rotation_deg)
         cm = ", ".join(f"{v * 100:+.1f}" for v in s.translation_m)
         lines.append(
             f"calibration monitor, camera {s.camera}: {s.state} after {s.frames} frames; "
-            f"estimated correction rotation ({rot}) deg, translation ({cm}) cm"
+            f"estimated correction rotation ({rot}) +- ({pm(s.rotation_sigma_deg, 1.0, 2)}) "
+            f"deg, translation ({cm}) +- ({pm(s.translation_sigma_m, 100.0, 1)}) cm"
         )
     return [*lines, ""] if lines else []
 
