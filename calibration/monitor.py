@@ -266,7 +266,6 @@ class CalibrationEstimate:
     frames: int = 0
     skipped: int = 0
     score: float = 0.0
-    recentred: int = 0
 
 
 def _mutual_information(joint: npt.ArrayLike) -> FloatArray:
@@ -363,7 +362,6 @@ class CalibrationMonitor:
         self._since_eval = 0
         self._frames = 0
         self._skipped = 0
-        self._recentred = 0
         self._last_travel_m: float | None = None
         self._beyond = 0
         self._within = 0
@@ -386,16 +384,6 @@ class CalibrationMonitor:
     def skipped(self) -> int:
         """Frames skipped so far."""
         return self._skipped
-
-    @property
-    def recentred(self) -> int:
-        """Times the search moved its centre."""
-        return self._recentred
-
-    @property
-    def centre(self) -> Correction:
-        """Where the search is centred."""
-        return Correction.from_vector(self._centre)
 
     # -- evidence --------------------------------------------------------------------------
 
@@ -696,7 +684,6 @@ class CalibrationMonitor:
         """Centre the search on ``centre`` (six values, rad and m); the window's frames are
         scored again around it."""
         self._centre = np.asarray(centre, dtype=np.float64).reshape(6).copy()
-        self._recentred += 1
         self._window = deque(
             ((frame, self._histograms(frame)) for frame, _ in self._window),
             maxlen=self._window.maxlen,
@@ -739,7 +726,6 @@ class CalibrationMonitor:
             frames=self._frames,
             skipped=self._skipped,
             score=fit.score,
-            recentred=self._recentred,
         )
 
 

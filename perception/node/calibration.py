@@ -69,7 +69,7 @@ class CalibrationWatch:
         """Feed each fused camera's monitor with one sweep (see the module docstring)."""
         travelled = self._travel(frame)
         # A share of the sweep is plenty (the monitor uses a few thousand points of what the
-        # camera sees); the masking and the motion below need not cost a whole sweep.
+        # camera sees); moving the points to each exposure below need not cost a whole sweep.
         points = frame.points
         step = len(points) // (SHARE * self.config.monitor.max_points)
         if step > 1:
