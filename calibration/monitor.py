@@ -78,6 +78,9 @@ OPTICAL_AXIS_PRIOR = 0.5
 _PRESELECT = 6
 #: Folds of frames for the jackknife's uncertainty.
 _FOLDS = 5
+#: The object mask's coarse raster: its cell (m) and the most cells it may have.
+_RASTER_CELL_M = 0.25
+_RASTER_MAX_CELLS = 4_000_000
 #: Significance of an axis' estimate: its distance from zero in standard deviations.
 _SIGNIFICANT_SIGMA = 3.0
 
@@ -231,17 +234,63 @@ def object_mask(
     if not near.any():
         return np.zeros(len(points), dtype=bool)
     centre, half, yaw = centre[near], half[near], yaw[near]
-    c, s = np.cos(yaw), np.sin(yaw)
     p = np.asarray(points[:, :3], dtype=np.float64)
-    dx = p[:, 0:1] - centre[:, 0]
-    dy = p[:, 1:2] - centre[:, 1]
-    inside = (
-        (np.abs(c * dx + s * dy) <= half[:, 0])
-        & (np.abs(-s * dx + c * dy) <= half[:, 1])
-        & (np.abs(p[:, 2:3] - centre[:, 2]) <= half[:, 2])
-    )
-    out: BoolArray = np.asarray(inside.any(axis=1), dtype=bool)
+    candidates = _footprint_candidates(p[:, :2], centre[:, :2], half[:, :2], yaw, lo)
+    out = np.zeros(len(points), dtype=bool)
+    if candidates is None:
+        candidates = np.arange(len(points))
+    if len(candidates) == 0:
+        return out
+    q = p[candidates]
+    # Every point's coordinates along every box's length and width in one product: (x, y, 1)
+    # against each box's rotation and centre.
+    c, s = np.cos(yaw), np.sin(yaw)
+    x_coef = np.concatenate([c, -s])
+    y_coef = np.concatenate([s, c])
+    offset = -(x_coef * np.tile(centre[:, 0], 2) + y_coef * np.tile(centre[:, 1], 2))
+    # In float32 (micrometres at 100 m): the products are points x boxes large.
+    homogeneous = np.column_stack([q[:, :2], np.ones(len(q))]).astype(np.float32)
+    local = np.abs(homogeneous @ np.stack([x_coef, y_coef, offset]).astype(np.float32))
+    n = len(yaw)
+    flat = local <= np.concatenate([half[:, 0], half[:, 1]]).astype(np.float32)
+    inside = flat[:, :n] & flat[:, n:]
+    inside &= np.abs(q[:, 2:3] - centre[:, 2]) <= half[:, 2]
+    out[candidates] = inside.any(axis=1)
     return out
+
+
+def _footprint_candidates(
+    xy: FloatArray, centre: FloatArray, half: FloatArray, yaw: FloatArray, lo: FloatArray
+) -> npt.NDArray[np.intp] | None:
+    """The points (indices into ``xy``) on cells of a coarse bird's-eye raster that any box's
+    footprint, grown by two cells, touches: a superset of the points inside the boxes, so
+    that the exact test runs on a few hundred points instead of every point against every box
+    (N x B). None where the raster would be too large to be cheaper."""
+    cell = _RASTER_CELL_M
+    origin = lo - 3.0 * cell
+    grown = half + 2.0 * cell
+    c, s = np.cos(yaw), np.sin(yaw)
+    signs = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    local = signs[None] * grown[:, None, :]
+    corners = np.stack(
+        [
+            centre[:, None, 0] + c[:, None] * local[..., 0] - s[:, None] * local[..., 1],
+            centre[:, None, 1] + s[:, None] * local[..., 0] + c[:, None] * local[..., 1],
+        ],
+        axis=-1,
+    )
+    cells = np.floor((xy - origin) / cell).astype(np.int64)
+    width, height = int(cells[:, 0].max()) + 4, int(cells[:, 1].max()) + 4
+    if width * height > _RASTER_MAX_CELLS:
+        return None
+    raster = np.zeros((height, width), dtype=np.uint8)
+    polygons = np.round((corners - origin) / cell - 0.5).astype(np.int32)
+    # One polygon at a time: fillPoly's scanline over several polygons leaves their overlaps
+    # unfilled (even-odd).
+    for polygon in polygons:
+        cv2.fillConvexPoly(raster, polygon, 1)
+    hit: npt.NDArray[np.intp] = np.flatnonzero(raster[cells[:, 1], cells[:, 0]])
+    return hit
 
 
 class MonitorState:

@@ -85,6 +85,39 @@ def test_object_mask_is_the_rotated_box_with_its_margin() -> None:
     assert inside.tolist() == [True, True, True, False]
 
 
+def test_object_mask_equals_each_box_tested_alone() -> None:
+    """The coarse raster and the batched test change nothing: many overlapping boxes of every
+    size and heading, points sown near their edges, against each box tested on its own."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        pts = rng.uniform([-5.0, -30.0, -2.0], [80.0, 30.0, 3.0], (3000, 3))
+        boxes = [
+            (
+                (rng.uniform(-5, 80), rng.uniform(-30, 30), rng.uniform(-1, 1)),
+                (rng.uniform(0.3, 12), rng.uniform(0.3, 3), rng.uniform(0.5, 4)),
+                rng.uniform(-4, 4),
+            )
+            for _ in range(int(rng.integers(1, 80)))
+        ]
+        expected = np.zeros(len(pts), dtype=bool)
+        for k, (centre, size, yaw) in enumerate(boxes):
+            half = np.asarray(size) / 2.0 + 0.3
+            # A point just inside this box's corner (grown by the margin).
+            c, s = math.cos(yaw), math.sin(yaw)
+            u, v = 0.999 * half[0], -0.999 * half[1]
+            pts[k] = (centre[0] + c * u - s * v, centre[1] + s * u + c * v, centre[2])
+        for centre, size, yaw in boxes:
+            half = np.asarray(size) / 2.0 + 0.3
+            dx, dy = pts[:, 0] - centre[0], pts[:, 1] - centre[1]
+            c, s = math.cos(yaw), math.sin(yaw)
+            expected |= (
+                (np.abs(c * dx + s * dy) <= half[0])
+                & (np.abs(-s * dx + c * dy) <= half[1])
+                & (np.abs(pts[:, 2] - centre[2]) <= half[2])
+            )
+        assert np.array_equal(object_mask(pts, boxes, margin_m=0.3), expected)
+
+
 def _kitti(kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path, frame_id: str) -> tuple:
     frame = kitti_frame(frame_id)
     image = cv2.imread(str(kitti_dir / "image_2" / f"{frame_id}.png"))
