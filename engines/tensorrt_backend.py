@@ -542,6 +542,9 @@ class TensorRTEngine:
             EngineError: input validation (as :func:`check_inputs`), a CUDA or TensorRT failure.
         """
         feed = check_inputs(self.name, self._inputs, inputs)
+        # The runtime API's current device is per host thread, and the pipeline runs its lidar
+        # branch on a thread of its own (pipeline.parallel_branches).
+        _cuda(_cudart.cudaSetDevice(self.device_id))
         h2d = _cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = _cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         # Host arrays must outlive the async copies: keep references until the sync below.

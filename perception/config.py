@@ -401,6 +401,11 @@ class PipelineConfig:
     """Which fusion makes the 3D boxes (geometric, learned or ensemble)."""
     camera_health: CameraHealthConfig = field(default_factory=CameraHealthConfig)
     """Which camera images are fit to use."""
+    parallel_branches: bool = True
+    """Run the lidar branch (ground plane, lidar encoder) on a second thread while the camera
+    branch preprocesses and encodes the images. The outputs are the same either way; the
+    stages' own timings stay per branch, and the main thread's wait for the lidar branch is
+    the `branch_wait` timing."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_range_m) and self.max_range_m > 0):

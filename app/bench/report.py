@@ -26,6 +26,7 @@ from app.bench.stats import (
     ProcessUsage,
     SweepAccounting,
 )
+from perception.pipeline.timing import engine_ns
 from replay.output import atomic_output, check_output_dir
 
 __all__ = ["BenchResult", "format_markdown", "result_document", "write_png", "write_report"]
@@ -253,8 +254,9 @@ def _timeline(ax: Any, result: BenchResult) -> None:
     t = [f.sent_s for f in result.frames]
     ax.plot(t, [f.latency_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="end to end")
     ax.plot(t, [f.response_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="response")
-    engine = [sum(f.timings_ns.get(s, 0) for s in ENGINE_STAGES) / 1e6 for f in result.frames]
-    ax.plot(t, engine, ".", ms=3, label="engines (" + " + ".join(ENGINE_STAGES) + ")")
+    engine = [engine_ns(f.timings_ns) / 1e6 for f in result.frames]
+    label = "engines (" + " + ".join(ENGINE_STAGES) + ", critical path)"
+    ax.plot(t, engine, ".", ms=3, label=label)
     if result.dropped_sent_s:
         dropped = result.dropped_sent_s
         ax.plot(

@@ -5,8 +5,10 @@ Pure functions; all figures in milliseconds unless named.
 Accounting: a sent sweep is *received* when a DetectionList with its stamp arrives in time
 (see app.bench.runner), else *dropped*. *Skipped bundles* is the growth of the node's
 `skipped_bundles` counter over the run (bundles it passed over to catch up). *Node overhead*
-per frame is the response minus the engine stages (`ENGINE_STAGES`): transport, decoding,
-synchronisation, queueing, pre/postprocessing and publishing.
+per frame is the response minus the engine stages on the frame's critical path
+(`perception.pipeline.timing.engine_ns`: the lidar encoder counts only for the camera branch's
+wait where it ran beside it): transport, decoding, synchronisation, queueing, pre/postprocessing
+and publishing.
 
 Max rate (`find_max_rate`): from the start rate, the rate doubles while it is sustained (fewer
 than `MAX_DROPPED_FRACTION` of the sweeps dropped; halves while it is not, until one is), then
@@ -20,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from perception.pipeline.timing import ENGINE_STAGES, engine_ns, serial_ns
 
 __all__ = [
     "ENGINE_STAGES",
@@ -41,8 +45,6 @@ __all__ = [
     "stage_stats",
 ]
 
-#: Stages that are engine execution; everything else in the frame is node overhead.
-ENGINE_STAGES = ("camera_encoder", "lidar_encoder", "fusion")
 #: A rate is sustained when fewer than this share of its sweeps are dropped.
 MAX_DROPPED_FRACTION = 0.05
 #: The issue's target for the node overhead: below both, median per frame.
@@ -195,19 +197,19 @@ def account(
 
 
 def node_overhead(frames: Sequence[Frame]) -> NodeOverhead | None:
-    """Median node overhead (response minus `ENGINE_STAGES`) in ms and as a share of the
+    """Median node overhead (response minus the engines' critical path) in ms and as a share of the
     response; None without frames of positive response."""
     rows = [f for f in frames if f.response_ns > 0]
     if not rows:
         return None
     overhead_ns = np.array(
-        [f.response_ns - sum(f.timings_ns.get(s, 0) for s in ENGINE_STAGES) for f in rows],
+        [f.response_ns - engine_ns(f.timings_ns) for f in rows],
         dtype=np.float64,
     )
     share = overhead_ns / np.array([f.response_ns for f in rows], dtype=np.float64)
     median_ms = float(np.median(overhead_ns)) / 1e6
     median_share = float(np.median(share))
-    unstaged_ns = [f.response_ns - sum(f.timings_ns.values()) for f in rows]
+    unstaged_ns = [f.response_ns - serial_ns(f.timings_ns) for f in rows]
     return NodeOverhead(
         median_ms=median_ms,
         median_share=median_share,

@@ -7,7 +7,9 @@ and the tests all call it, so a recorded drive re-run through it gives the same 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,6 +66,18 @@ class StepFrame:
     rig: Rig
     twist: tuple[tuple[float, float, float], float] | None
     detections: tuple[Detection3D, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class _LidarBranch:
+    """The lidar branch's results: the ground plane, the obstacle returns and their BEV grid,
+    and its time (wall, and on the GPU where the engine can tell)."""
+
+    ground: GroundPlane
+    obstacle: npt.NDArray[np.float32]
+    bev: npt.NDArray[np.float32]
+    ns: int
+    gpu_ns: int | None
 
 
 def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
@@ -127,6 +141,13 @@ class Pipeline:
         self._camera_log = RateLimitedLogger(log)
         #: What the last `step` worked on (None before the first).
         self.last_frame: StepFrame | None = None
+        # One worker for the lidar branch (`parallel_branches`); its thread ends with the
+        # pipeline (the executor's weak reference) or at interpreter exit.
+        self._branches = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="lidar-branch")
+            if self.config.parallel_branches
+            else None
+        )
 
     @classmethod
     def from_config(
@@ -239,6 +260,15 @@ class Pipeline:
 
         with timer.stage("preprocess"):
             points = self._points_in_vehicle(bundle)
+        # The lidar branch runs beside the camera branch: ONNX Runtime and most of numpy
+        # release the GIL, so the two share the cores instead of taking turns.
+        pending = None
+        lidar = None
+        if self._branches is None:
+            lidar = self._lidar_branch(points)
+        else:
+            pending = self._branches.submit(self._lidar_branch, points)
+        with timer.stage("preprocess"):
             tensors = {}
             cameras = self._cameras_by_name(bundle)
             unfit: list[str] = []
@@ -264,11 +294,14 @@ class Pipeline:
             raws = self.detector.infer_batch([tensor for tensor, _ in tensors.values()])
             for (name, (_, letterbox)), raw in zip(tensors.items(), raws, strict=True):
                 boxes[name] = self.detector.decode(raw, letterbox)
-        with timer.stage("lidar_encoder"):
-            ground = estimate_ground(points, self.config.ground)
-            obstacle, bev = self.lidar_objects.encode(points, ground)
-            if self.lidar_objects.encoder.last_gpu_ns is not None:
-                timer.add("lidar_encoder_gpu", self.lidar_objects.encoder.last_gpu_ns)
+        if pending is not None:
+            with timer.stage("branch_wait"):
+                lidar = pending.result()
+        assert lidar is not None
+        ground, obstacle, bev = lidar.ground, lidar.obstacle, lidar.bev
+        timer.add("lidar_encoder", lidar.ns)
+        if lidar.gpu_ns is not None:
+            timer.add("lidar_encoder_gpu", lidar.gpu_ns)
         detections: list[Detection3D] = []
         kind = self.config.fusion.kind
         with timer.stage("fusion"):
@@ -312,6 +345,20 @@ class Pipeline:
             timings_ns=timer.timings_ns,
             degraded=(*bundle.missing, *unfit),
             valid=not bundle.missing and not unfit,
+        )
+
+    def _lidar_branch(self, points: npt.NDArray[np.float32]) -> _LidarBranch:
+        """The ground plane and the lidar encoder's grids of one sweep, timed (on whichever
+        thread runs it)."""
+        start = time.perf_counter_ns()
+        ground = estimate_ground(points, self.config.ground)
+        obstacle, bev = self.lidar_objects.encode(points, ground)
+        return _LidarBranch(
+            ground,
+            obstacle,
+            bev,
+            time.perf_counter_ns() - start,
+            self.lidar_objects.encoder.last_gpu_ns,
         )
 
     def _learned(

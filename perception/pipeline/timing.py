@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-__all__ = ["STAGES", "StageTimer"]
+__all__ = ["ENGINE_STAGES", "STAGES", "StageTimer", "engine_ns", "serial_ns"]
 
 # Stage names in pipeline order; every DetectionList of the live node carries these keys (offline
-# replays have no queue or publish).
+# replays have no queue or publish). `branch_wait` is there when the lidar branch runs beside the
+# camera branch (`pipeline.parallel_branches`): the camera thread's wait for it.
 STAGES = (
     "decode",
     "sync_wait",
@@ -17,6 +18,7 @@ STAGES = (
     "preprocess",
     "camera_encoder",
     "lidar_encoder",
+    "branch_wait",
     "fusion",
     "postprocess",
     "tracking",
@@ -40,3 +42,31 @@ class StageTimer:
 
     def add(self, name: str, duration_ns: int) -> None:
         self.timings_ns[name] = self.timings_ns.get(name, 0) + int(duration_ns)
+
+
+#: The engine stages; with parallel branches the lidar encoder's time is hidden behind the camera
+#: branch but for `branch_wait`.
+ENGINE_STAGES = ("camera_encoder", "lidar_encoder", "fusion")
+
+
+def _hidden(timings_ns: Mapping[str, int]) -> set[str]:
+    """Timings not on the frame's critical path: GPU sub-timings (within their stage), and the
+    lidar encoder when it ran beside the camera branch (its wait, `branch_wait`, is)."""
+    hidden = {name for name in timings_ns if name.endswith("_gpu")}
+    if "branch_wait" in timings_ns:
+        hidden.add("lidar_encoder")
+    return hidden
+
+
+def serial_ns(timings_ns: Mapping[str, int]) -> int:
+    """A frame's stages along its critical path: what they add up to in wall time."""
+    hidden = _hidden(timings_ns)
+    return sum(v for name, v in timings_ns.items() if name not in hidden)
+
+
+def engine_ns(timings_ns: Mapping[str, int]) -> int:
+    """The engines' share of a frame's critical path: the camera encoder and fusion, and the
+    lidar encoder or, where it ran beside the camera branch, the wait for it."""
+    hidden = _hidden(timings_ns)
+    lidar = timings_ns.get("branch_wait", 0) if "lidar_encoder" in hidden else 0
+    return lidar + sum(timings_ns.get(s, 0) for s in ENGINE_STAGES if s not in hidden)

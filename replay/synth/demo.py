@@ -50,6 +50,7 @@ from perception.msgs.types import (
 )
 from perception.node import NodeCore
 from perception.pipeline import Pipeline
+from perception.pipeline.timing import serial_ns
 from replay.drive import DriveReader
 from replay.errors import ReplayError
 from replay.evaluation import (
@@ -162,8 +163,16 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-# The stages that compute a frame (the others wait, decode or publish).
-_PROCESSING = ("preprocess", "camera_encoder", "lidar_encoder", "fusion", "postprocess")
+# The stages that compute a frame (the others wait, decode or publish); the lidar encoder runs
+# beside the camera branch, where `branch_wait` is its share of the frame (timing.serial_ns).
+_PROCESSING = (
+    "preprocess",
+    "camera_encoder",
+    "lidar_encoder",
+    "branch_wait",
+    "fusion",
+    "postprocess",
+)
 
 
 def _latencies(lists: list[DetectionList]) -> tuple[StageLatency, ...]:
@@ -173,7 +182,7 @@ def _latencies(lists: list[DetectionList]) -> tuple[StageLatency, ...]:
     for dl in lists:
         for name, ns in dl.timings_ns.items():
             stages.setdefault(name, []).append(ns / 1e6)
-        processing = sum(dl.timings_ns.get(name, 0) for name in _PROCESSING)
+        processing = serial_ns({n: dl.timings_ns[n] for n in _PROCESSING if n in dl.timings_ns})
         stages.setdefault("processing", []).append(processing / 1e6)
         stages.setdefault("end_to_end", []).append(dl.latency_ns / 1e6)
     return tuple(

@@ -36,6 +36,30 @@ def test_step_is_deterministic(pipeline: Pipeline, kitti_dir: Path) -> None:
     assert a.detections and all(d.latitude_deg is None for d in a.detections)
 
 
+def test_parallel_branches_change_nothing_but_the_timings(
+    pipeline: Pipeline, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """The lidar branch on its own thread gives the detections of the branches in turn, on
+    every KITTI frame; only the timings say which ran: `branch_wait` with parallel branches."""
+    assert pipeline.config.parallel_branches
+    serial = Pipeline.from_config(
+        CameraModelConfig(path=str(yolox_path), kind="yolox"),
+        config=PipelineConfig(parallel_branches=False),
+    )
+    folder = KittiObjectFolder(kitti_dir)
+    for index in range(len(folder.frames)):
+        sync = Bundler.from_config((CAMERA_STREAM,), SyncConfig(window_ms=50.0, timeout_ms=300.0))
+        for msg in folder.frame_messages(index, 0):
+            sync.add(msg, receive_ns=0)
+        (bundle,) = sync.poll(0)
+        a, b = pipeline.step(bundle, 0), serial.step(bundle, 0)
+        assert a.detections == b.detections
+        assert "branch_wait" in a.timings_ns and "branch_wait" not in b.timings_ns
+        assert a.timings_ns["lidar_encoder"] > 0 and b.timings_ns["lidar_encoder"] > 0
+        assert pipeline.last_frame is not None and serial.last_frame is not None
+        assert np.array_equal(pipeline.last_frame.points, serial.last_frame.points)
+
+
 def test_global_position_from_gnss_heading_and_lever_arm(pipeline, kitti_dir: Path) -> None:
     lat, lon, alt = 49.0150038, 8.4342971, 116.43
     heading = math.pi / 2  # vehicle x axis points north

@@ -1,0 +1,31 @@
+"""Stage timings: the critical path of a frame whose lidar branch ran beside the camera's."""
+
+from __future__ import annotations
+
+from perception.pipeline.timing import StageTimer, engine_ns, serial_ns
+
+MS = 1_000_000
+
+
+def test_serial_timings_add_up() -> None:
+    timings = {"preprocess": 2 * MS, "camera_encoder": 10 * MS, "lidar_encoder": 5 * MS}
+    timings |= {"fusion": 3 * MS, "postprocess": MS, "lidar_encoder_gpu": 4 * MS}
+    # The GPU's share of a stage is within that stage.
+    assert serial_ns(timings) == 21 * MS
+    assert engine_ns(timings) == 18 * MS
+
+
+def test_a_parallel_lidar_branch_counts_only_for_its_wait() -> None:
+    timings = {"preprocess": 2 * MS, "camera_encoder": 10 * MS, "lidar_encoder": 12 * MS}
+    timings |= {"branch_wait": 3 * MS, "fusion": 3 * MS, "postprocess": MS}
+    assert serial_ns(timings) == 19 * MS
+    assert engine_ns(timings) == 16 * MS
+
+
+def test_a_stage_entered_twice_adds_up() -> None:
+    timer = StageTimer()
+    with timer.stage("preprocess"):
+        pass
+    first = timer.timings_ns["preprocess"]
+    timer.add("preprocess", 5)
+    assert timer.timings_ns["preprocess"] == first + 5
