@@ -435,7 +435,8 @@ def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--find-max-rate",
         action="store_true",
-        help="search the highest rate with < 5%% of sweeps dropped (short runs from --rate)",
+        help="search the highest rate with < 5%% of sweeps dropped: runs of up to 10 s from "
+        "--rate, stepping up or down, then runs of up to 30 s at the edge (capped by --duration)",
     )
     p.add_argument(
         "--config", metavar="FILE", help="node YAML config to bench (its endpoints are replaced)"

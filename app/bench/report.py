@@ -20,6 +20,7 @@ from app.bench.soak import Soak
 from app.bench.stats import (
     ENGINE_STAGES,
     Frame,
+    FrameRatio,
     LatencyStats,
     MaxRateSearch,
     NodeOverhead,
@@ -69,6 +70,7 @@ class BenchResult:
     host_load_1m: tuple[float, float] | None = None
     device_requested: str | None = None
     soak: Soak | None = None
+    frame_ratio: FrameRatio | None = None
 
 
 def _without_none(value: Any) -> Any:
@@ -131,7 +133,10 @@ def _overhead_text(o: NodeOverhead | None) -> str:
 
 
 def _max_rate_text(search: MaxRateSearch) -> str:
-    steps = ", ".join(f"{t.rate_hz:.2f} Hz {100 * t.dropped_fraction:.0f}%" for t in search.trials)
+    steps = ", ".join(
+        f"{t.rate_hz:.2f} Hz {100 * t.dropped_fraction:.1f}%{' (long)' if t.long else ''}"
+        for t in search.trials
+    )
     best = "none" if search.rate_hz is None else f"{search.rate_hz:.2f} Hz"
     limit = f"{100 * search.max_dropped_fraction:g}%"
     return f"{best} with < {limit} dropped (steps: {steps})"
@@ -151,6 +156,7 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         ("sweep span", _span_text(r.frames)),
         ("throughput", f"{r.throughput_hz:.2f} DetectionLists/s"),
         ("node overhead", _overhead_text(r.node_overhead)),
+        ("whole frame", _frame_ratio_text(r.frame_ratio)),
         ("calibration monitor", _calibration_text(r.node_diagnostics)),
         ("node CPU", f"{_ms(p.cpu_mean_pct)} % mean, {_ms(p.cpu_max_pct)} % max (of one core)"),
         ("node memory", f"{_ms(p.rss_max_mb)} MB RSS max"),
@@ -172,6 +178,17 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         assert r.soak is not None
         rows.insert(3, ("soak", r.soak.verdict()))
     return rows
+
+
+def _frame_ratio_text(f: FrameRatio | None) -> str:
+    if f is None:
+        return "n/a"
+    verdict = "met" if f.meets_target else "not met"
+    return (
+        f"{f.frame_median_ms:.2f} ms median = {f.ratio:.2f}x the camera encoder alone "
+        f"({f.camera_alone_ms:.2f} ms median, timed in the bench before the node started; "
+        f"target <= {f.target_ratio:g}x: {verdict})"
+    )
 
 
 def _calibration_text(diagnostics: dict[str, Any]) -> str:

@@ -8,9 +8,10 @@ frames back.
 
 A sent sweep counts as received when a DetectionList with its stamp arrives before `drain_s`
 after the last send (or before the node has been quiet for twice the longest latency of the
-run). Each step of the max-rate search is a short run of its own (at most `MAX_RATE_TRIAL_S`)
-on the same node, its dropped fraction scaled by the rate the player achieved (a rate it cannot
-send is not sustained); the full run is then made at the rate found.
+run). Each step of the max-rate search is a run of its own (at most `MAX_RATE_TRIAL_S`, and
+`EDGE_TRIAL_S` at the edge) on the same node, its dropped fraction scaled by the rate the
+player achieved (a rate it cannot send is not sustained); the full run is then made at the
+rate found.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from app.bench.machine import MachineInfo, machine_info
 from app.bench.node_child import Answer, Collector, NodeChild, UsageSampler
 from app.bench.report import BenchResult
 from app.bench.settings import (
+    EDGE_TRIAL_S,
     MAX_RATE_TRIAL_S,
     BenchInterruptedError,
     BenchSettings,
@@ -46,6 +48,7 @@ from app.bench.stats import (
     SweepAccounting,
     account,
     find_max_rate,
+    frame_ratio,
     latency_stats,
     node_overhead,
     process_usage,
@@ -60,6 +63,7 @@ from app.bench.sweeps import (
     sweep_span_ns,
     with_engines,
 )
+from app.bench.yardstick import FRAME_TARGET_RATIO, time_camera_encoder
 from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
@@ -297,12 +301,15 @@ class _Player:
         )
 
     def search_max_rate(
-        self, start_hz: float, trial_s: float, progress: Progress | None
+        self, start_hz: float, trial_s: float, edge_s: float, progress: Progress | None
     ) -> MaxRateSearch:
-        """`find_max_rate` from `start_hz` with runs of `trial_s` on this node."""
+        """`find_max_rate` from `start_hz` with runs of `trial_s` on this node, `edge_s` at
+        the edge."""
 
-        def measure(rate_hz: float) -> float:
-            run = self.measure(rate_hz, trial_s, f"trial {rate_hz:.2f} Hz", progress)
+        def measure(rate_hz: float, edge: bool) -> float:
+            seconds = edge_s if edge else trial_s
+            label = f"{'edge' if edge else 'trial'} {rate_hz:.2f} Hz"
+            run = self.measure(rate_hz, seconds, label, progress)
             dropped = run.accounting().dropped_fraction
             # A rate the player itself could not send is not sustained either.
             return 1.0 - (1.0 - dropped) * min(1.0, run.send_rate_hz() / rate_hz)
@@ -328,6 +335,7 @@ def _result(
     search: MaxRateSearch | None,
     machine: MachineInfo,
     load_before: float | None,
+    camera_alone_ms: float | None = None,
 ) -> BenchResult:
     frames, dropped_s = run.frames()
     load_after = _load_average()
@@ -356,6 +364,7 @@ def _result(
         if load_before is None or load_after is None
         else (load_before, load_after),
         soak=run.soak(settings.window_s),
+        frame_ratio=frame_ratio(frames, camera_alone_ms, FRAME_TARGET_RATIO),
     )
 
 
@@ -426,6 +435,8 @@ def run_bench(
     config = dataclasses.replace(config, engines=resolved.engines)
     # Absolute: the node child is started with its config's path from another folder's view.
     out_dir = check_output_dir(out_dir, "the bench's output").resolve()
+    # The yardstick first, while the machine is quiet (no node yet).
+    camera_alone = time_camera_encoder(config, sweeps)
     load_before = _load_average()
     # ipc paths are limited to ~100 characters: sockets in a short temporary folder.
     with (
@@ -445,7 +456,8 @@ def run_bench(
             rate = settings.rate_hz
             if settings.find_max_rate:
                 trial_s = min(settings.duration_s, MAX_RATE_TRIAL_S)
-                search = player.search_max_rate(rate, trial_s, progress)
+                edge_s = min(settings.duration_s, EDGE_TRIAL_S)
+                search = player.search_max_rate(rate, trial_s, edge_s, progress)
                 rate = search.rate_hz or rate
             run = player.measure(rate, settings.duration_s, f"{rate:.2f} Hz", progress)
             machine = machine_info()  # while the node runs: GPU clocks under load
@@ -461,4 +473,5 @@ def run_bench(
         search=search,
         machine=machine,
         load_before=load_before,
+        camera_alone_ms=None if camera_alone is None else camera_alone.median_ms,
     )

@@ -15,6 +15,7 @@ from perception.errors import PerceptionError
 __all__ = [
     "BACKENDS",
     "DEVICES",
+    "EDGE_TRIAL_S",
     "MAX_PRELOADED_SWEEPS",
     "MAX_RATE_TRIAL_S",
     "BenchInterruptedError",
@@ -29,8 +30,11 @@ BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 #: Sweeps kept in memory at most (a drive's first ones; the bench loops over them).
 MAX_PRELOADED_SWEEPS = 200
-#: Longest run of one step of the max-rate search, s.
+#: Longest run of one step of the max-rate search while it steps up or down, s.
 MAX_RATE_TRIAL_S = 10.0
+#: Longest run of one step at the edge (bisection, confirmation): 10 s of a 10-20 Hz run cannot
+#: tell 3 % dropped from 14 %, s.
+EDGE_TRIAL_S = 30.0
 
 #: progress(sweeps sent, sweeps to send, what is running)
 Progress = Callable[[int, int, str], None]

@@ -6,7 +6,15 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-__all__ = ["ENGINE_STAGES", "STAGES", "StageTimer", "engine_ns", "serial_ns"]
+__all__ = [
+    "ENGINE_STAGES",
+    "STAGES",
+    "STEP_STAGES",
+    "StageTimer",
+    "engine_ns",
+    "serial_ns",
+    "step_ns",
+]
 
 # Stage names in pipeline order; every DetectionList of the live node carries these keys (offline
 # replays have no queue or publish). `branch_wait` is there when the lidar branch runs beside the
@@ -44,6 +52,17 @@ class StageTimer:
         self.timings_ns[name] = self.timings_ns.get(name, 0) + int(duration_ns)
 
 
+#: The stages of one `Pipeline.step`: the whole frame's work (the others wait, decode, track or
+#: publish).
+STEP_STAGES = (
+    "preprocess",
+    "camera_encoder",
+    "lidar_encoder",
+    "branch_wait",
+    "fusion",
+    "postprocess",
+)
+
 #: The engine stages; with parallel branches the lidar encoder's time is hidden behind the camera
 #: branch but for `branch_wait`.
 ENGINE_STAGES = ("camera_encoder", "lidar_encoder", "fusion")
@@ -70,3 +89,8 @@ def engine_ns(timings_ns: Mapping[str, int]) -> int:
     hidden = _hidden(timings_ns)
     lidar = timings_ns.get("branch_wait", 0) if "lidar_encoder" in hidden else 0
     return lidar + sum(timings_ns.get(s, 0) for s in ENGINE_STAGES if s not in hidden)
+
+
+def step_ns(timings_ns: Mapping[str, int]) -> int:
+    """The whole frame: its `STEP_STAGES` along the critical path."""
+    return serial_ns({name: v for name, v in timings_ns.items() if name in STEP_STAGES})

@@ -50,7 +50,7 @@ from perception.msgs.types import (
 )
 from perception.node import NodeCore
 from perception.pipeline import Pipeline
-from perception.pipeline.timing import serial_ns
+from perception.pipeline.timing import step_ns
 from replay.drive import DriveReader
 from replay.errors import ReplayError
 from replay.evaluation import (
@@ -163,18 +163,6 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-# The stages that compute a frame (the others wait, decode or publish); the lidar encoder runs
-# beside the camera branch, where `branch_wait` is its share of the frame (timing.serial_ns).
-_PROCESSING = (
-    "preprocess",
-    "camera_encoder",
-    "lidar_encoder",
-    "branch_wait",
-    "fusion",
-    "postprocess",
-)
-
-
 def _latencies(lists: list[DetectionList]) -> tuple[StageLatency, ...]:
     """Per stage, then `processing` (the computing stages of a frame, summed) and `end_to_end`
     (`latency_ns`: from the sweep stamp, the start of the sweep, to the output)."""
@@ -182,7 +170,7 @@ def _latencies(lists: list[DetectionList]) -> tuple[StageLatency, ...]:
     for dl in lists:
         for name, ns in dl.timings_ns.items():
             stages.setdefault(name, []).append(ns / 1e6)
-        processing = serial_ns({n: dl.timings_ns[n] for n in _PROCESSING if n in dl.timings_ns})
+        processing = step_ns(dl.timings_ns)
         stages.setdefault("processing", []).append(processing / 1e6)
         stages.setdefault("end_to_end", []).append(dl.latency_ns / 1e6)
     return tuple(
