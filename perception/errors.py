@@ -7,6 +7,7 @@ __all__ = [
     "PerceptionError",
     "SchemaError",
     "SourceError",
+    "StalePayloadError",
     "TransportError",
     "WireError",
 ]
@@ -23,6 +24,11 @@ class WireError(PerceptionError):
         super().__init__(f"{stream}: {problem}")
         self.stream = stream
         self.problem = problem
+
+
+class StalePayloadError(WireError):
+    """A message whose payload lay in shared memory that its writer recycled before the reader
+    was done with it (perception.io.shm): dropped and counted, not undecodable."""
 
 
 class SchemaError(PerceptionError):

@@ -143,7 +143,11 @@ class Recorder:
         self._subscribers: list[Subscriber] = []
         try:
             for where, group in groups.items():
-                self._subscribers.append(Subscriber(where, group, hwm=hwm, curve=curve))
+                # Copies: a message waits in the queue for the disk longer than a publisher's
+                # shared-memory ring holds it (perception.io.shm).
+                self._subscribers.append(
+                    Subscriber(where, group, hwm=hwm, curve=curve, shm_copy=True)
+                )
             self._writer = DriveWriter(
                 self.out_path, compression=compression, chunk_size=chunk_size
             )

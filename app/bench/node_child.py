@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
-import zmq
 
 from app.bench.settings import BenchInterruptedError
 
 # The transport's `with` base (leaving the block calls `close`): the same contract here.
 from perception.closeable import Closeable
 from perception.errors import PerceptionError, WireError
-from perception.io.transport import Subscriber
+from perception.io.transport import ReceivedFrame, Subscriber
 from perception.msgs import wire
 from perception.msgs.jsonl import to_document
 from perception.msgs.types import DetectionList, Diagnostics
@@ -160,7 +159,7 @@ class Collector(Closeable):
                 if frames is not None:
                     self._file(frames)
 
-    def _file(self, frames: Sequence[zmq.Frame]) -> None:
+    def _file(self, frames: Sequence[ReceivedFrame]) -> None:
         now = time.time_ns()
         try:
             _, msg = wire.decode(frames)

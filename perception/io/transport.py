@@ -9,6 +9,13 @@ per-user runtime folder; binding an ipc endpoint checks its folder, refuses one 
 process holds and removes the socket file at close; with `curve` keys, tcp sockets use CURVE
 (bound: a server admitting only the allowed clients; connected: a client proving its key) and
 count refused handshakes (`rejected_peers`).
+
+Shared memory (perception.io.shm): a Publisher on an `ipc://` endpoint sends the large buffers
+of a message (64 KB and up) through a ring of shared-memory slots and ZeroMQ carries only a
+descriptor; on any other endpoint the bytes go inline (`ShmConfig` may force inline). A
+Subscriber resolves descriptors into `ShmFrame`s viewing the writer's memory (no copy), checks
+the slots' generations, and drops and counts (`stale_payloads`, `refused_payloads`, reported to
+`on_refused`) what it cannot use; one whose endpoints are all tcp refuses every descriptor.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import errno
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from perception.closeable import Closeable
-from perception.errors import TransportError, WireError
+from perception.errors import StalePayloadError, TransportError, WireError
 from perception.io.curve import HANDSHAKE_FAILED_EVENTS, CurveKeys, CurveServer, set_client
 from perception.io.runtime import (
     BoundSocketFile,
@@ -34,13 +44,23 @@ from perception.io.runtime import (
     resolve_endpoint,
     runtime_dir,
 )
+from perception.io.shm import ShmConfig, ShmFrame, ShmReader, ShmWriter, is_descriptor
 from perception.msgs import wire
 from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import Message
 
-__all__ = ["DEFAULT_HWM", "PRIORITY_STREAK", "Publisher", "Subscriber", "default_endpoint"]
+__all__ = [
+    "DEFAULT_HWM",
+    "PRIORITY_STREAK",
+    "Publisher",
+    "ReceivedFrame",
+    "Subscriber",
+    "default_endpoint",
+]
 
 DEFAULT_HWM = 10
+#: A frame `Subscriber.recv` returns: as ZeroMQ delivered it, or a view of shared memory.
+ReceivedFrame: TypeAlias = zmq.Frame | ShmFrame
 #: Priority messages a Subscriber returns in a row before another topic's waiting message.
 PRIORITY_STREAK = 16
 # After a refused handshake the endpoint is connected again this much later, not at once: a
@@ -107,12 +127,15 @@ class Publisher(Closeable):
     buffers of at least `zero_copy_threshold` bytes are sent without copying (below it a copy is
     cheaper than ZeroMQ's zero-copy bookkeeping). `curve`: keys for CURVE on a tcp endpoint
     (bound: a CURVE server admitting `curve.allowed_clients`, which needs a context of its own;
-    connected: a CURVE client); ignored for other endpoints.
+    connected: a CURVE client); ignored for other endpoints. `shm`: how large buffers use
+    shared memory (default: on ipc endpoints, perception.io.shm); `send_frames` always sends
+    its frames as given.
 
     Raises (constructor):
         TransportError: the endpoint cannot be bound or connected (address in use, another
             live process holds it, an unsafe socket folder, bad scheme).
-        ValueError: CURVE on a bound tcp endpoint with a shared `context`.
+        ValueError: CURVE on a bound tcp endpoint with a shared `context`; shared memory forced
+            on an endpoint other than ipc.
     """
 
     def __init__(
@@ -124,9 +147,11 @@ class Publisher(Closeable):
         zero_copy_threshold: int = 65536,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveKeys | None = None,
+        shm: ShmConfig = ShmConfig(),  # noqa: B008 (frozen: one shared default is fine)
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         self.zero_copy_threshold = zero_copy_threshold
+        use_shm = shm.applies(self.endpoint)
         with_curve = _curve_applies([self.endpoint], curve)
         if with_curve and bind and context is not None:
             raise ValueError("a CURVE server needs a context of its own (one ZAP handler each)")
@@ -136,6 +161,7 @@ class Publisher(Closeable):
         self._closed = False
         self._server: CurveServer | None = None
         self._bound_file: BoundSocketFile | None = None
+        self._shm: ShmWriter | None = None
         try:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.SNDHWM, hwm)
@@ -145,6 +171,8 @@ class Publisher(Closeable):
                 else:
                     set_client(self._socket, curve)
             self._bound_file = _attach(self._socket, self.endpoint, bind)
+            if use_shm:
+                self._shm = ShmWriter(shm)
         except BaseException:
             self.close()
             raise
@@ -153,6 +181,17 @@ class Publisher(Closeable):
     def socket(self) -> zmq.Socket[bytes]:
         """The underlying PUB socket (for options and tests)."""
         return self._socket
+
+    @property
+    def shm(self) -> ShmWriter | None:
+        """The shared-memory writer (its segments and counters), None when the bytes go inline."""
+        return self._shm
+
+    @property
+    def shm_fallbacks(self) -> int:
+        """Messages sent inline although shared memory was in use (a ring full of slots younger
+        than its hold time, or a segment that could not be made); 0 without shared memory."""
+        return 0 if self._shm is None else self._shm.fallbacks
 
     @property
     def last_endpoint(self) -> str:
@@ -173,7 +212,28 @@ class Publisher(Closeable):
             WireError: the message is invalid (see `wire.encode`); nothing is sent.
             TransportError: the publisher is closed or ZeroMQ failed.
         """
-        self.send_frames(wire.encode(msg, topic))
+        frames = wire.encode(msg, topic)
+        if self._shm is not None:
+            if self._closed:
+                raise TransportError(f"{self.endpoint}: publisher is closed")
+            frames = self._shm.pack(frames, msg.header.stream if topic is None else topic)
+        self.send_frames(frames)
+
+    def loan(self, topic: str, shape: Sequence[int], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        """A writable array for the next message on `topic`, to fill and send: with shared
+        memory, inside the slot the message will be published from, so `send` copies nothing
+        (perception.io.shm: the loan ends with the next send on `topic`, after which the array
+        is read-only); without, an ordinary new array.
+
+        Raises:
+            TransportError: the publisher is closed.
+            ValueError: a negative dimension, or a size above the shared-memory frame limit.
+        """
+        if self._closed:
+            raise TransportError(f"{self.endpoint}: publisher is closed")
+        if self._shm is None:
+            return np.empty(tuple(shape), dtype)
+        return self._shm.loan(topic, shape, dtype)
 
     def send_frames(self, frames: Sequence[bytes | memoryview]) -> None:
         """Send a prepared multipart message (topic first). Never blocks; a message over the
@@ -212,6 +272,8 @@ class Publisher(Closeable):
             self._context.term()
         if self._bound_file is not None:
             remove_socket_file(self._bound_file)
+        if self._shm is not None:
+            self._shm.close()
 
 
 class Subscriber(Closeable):
@@ -249,6 +311,15 @@ class Subscriber(Closeable):
     `curve.allowed_clients`, which needs a context of its own). `rejected_peers` counts the
     refused handshakes; an endpoint whose handshake failed is connected again after a second.
 
+    Shared memory (perception.io.shm): `shm` None (default) accepts descriptor messages when an
+    endpoint is ipc (a publisher on this host), False or all-tcp endpoints refuse them. `recv`
+    returns such a message's moved frames as `ShmFrame`s viewing the writer's slots (no copy;
+    `shm_copy=True`: private copies, for a holder that keeps messages beyond the writer's hold
+    time). A message it cannot use is dropped, counted and reported to `on_refused`: a slot its
+    writer recycled (`StalePayloadError`; `stale_payloads`), any other fault of a descriptor
+    (`WireError` naming the topic and the fault; `refused_payloads`). The segments of writers
+    that died are swept at start, at close and whenever a publisher's connection drops.
+
     Raises (constructor):
         ValueError: no endpoints or topics, `hwm` or `priority` names a topic not subscribed;
             CURVE on a bound tcp endpoint with a shared `context`.
@@ -269,6 +340,8 @@ class Subscriber(Closeable):
         curve: CurveKeys | None = None,
         on_refused: Callable[[WireError], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
+        shm: bool | None = None,
+        shm_copy: bool = False,
     ) -> None:
         if isinstance(endpoints, str) or isinstance(topics, str):
             raise ValueError("endpoints and topics must be sequences of strings, not a string")
@@ -294,6 +367,10 @@ class Subscriber(Closeable):
         self.limits = limits
         self._on_refused = on_refused
         self._on_disconnect = on_disconnect
+        accept_shm = any(e.startswith("ipc://") for e in self.endpoints) if shm is None else shm
+        self._shm = ShmReader(copy=shm_copy) if accept_shm else None
+        self._stale_payloads = 0
+        self._refused_payloads = 0
         with_curve = _curve_applies(self.endpoints, curve)
         if with_curve and bind and context is not None:
             raise ValueError("a CURVE server needs a context of its own (one ZAP handler each)")
@@ -364,6 +441,18 @@ class Subscriber(Closeable):
             return self._server.rejected
         return self._handshake_failures
 
+    @property
+    def stale_payloads(self) -> int:
+        """Messages dropped because their shared-memory slot was recycled before they were read
+        (the receiver fell behind the writer's ring)."""
+        return self._stale_payloads
+
+    @property
+    def refused_payloads(self) -> int:
+        """Descriptor messages refused for any other fault (malformed, a missing or foreign
+        segment, out of bounds, a wrong generation, shared memory not accepted here)."""
+        return self._refused_payloads
+
     def socket_for(self, topic: str) -> zmq.Socket[bytes]:
         """The SUB socket receiving `topic` (for options and tests).
 
@@ -376,9 +465,10 @@ class Subscriber(Closeable):
         """Whether a message is waiting on any topic (the receiver has a backlog)."""
         return any(int(s.getsockopt(zmq.EVENTS)) & zmq.POLLIN for s in self._sockets)
 
-    def recv(self, timeout_ms: int) -> list[zmq.Frame] | None:
+    def recv(self, timeout_ms: int) -> list[ReceivedFrame] | None:
         """The frames (not copied) of the next message on any topic, or None after `timeout_ms`
-        (0: do not wait; negative: wait forever).
+        (0: do not wait; negative: wait forever). Frames that travelled in shared memory are
+        `ShmFrame`s (`.buffer` as a zmq.Frame's; see `payload_intact` in perception.io.shm).
 
         Raises:
             TransportError: the subscriber is closed or ZeroMQ failed.
@@ -386,6 +476,44 @@ class Subscriber(Closeable):
         if self._closed:
             raise TransportError(f"{', '.join(self.endpoints)}: subscriber is closed")
         deadline = None if timeout_ms < 0 else _now_ms() + timeout_ms
+        while True:
+            frames = self._take(deadline)
+            if frames is None:
+                return None
+            if len(frames) < 2 or not is_descriptor(frames[1]):
+                return [*frames]
+            resolved = self._resolve(frames)
+            if resolved is not None:
+                return resolved
+            # Past the deadline even with more waiting: a flood of bad descriptors must not
+            # keep the caller (and its heartbeat) in here.
+            if deadline is not None and _now_ms() >= deadline:
+                return None
+
+    def _resolve(self, frames: list[zmq.Frame]) -> list[ReceivedFrame] | None:
+        """A descriptor message's frames with the shared-memory ones in place; None when it is
+        dropped (counted, reported to `on_refused`)."""
+        try:
+            if self._shm is None:
+                topic = frames[0].bytes[:256].decode("utf-8", "replace") or "<empty topic>"
+                raise WireError(
+                    topic,
+                    "a shared-memory descriptor on a subscriber that does not accept them (its "
+                    f"endpoints {', '.join(self.endpoints)} are not ipc): refused",
+                )
+            return self._shm.resolve(frames, self.limits)
+        except StalePayloadError as e:
+            self._stale_payloads += 1
+            error: WireError = e
+        except WireError as e:
+            self._refused_payloads += 1
+            error = e
+        if self._on_refused is not None:
+            self._on_refused(error)
+        return None
+
+    def _take(self, deadline: int | None) -> list[zmq.Frame] | None:
+        """The next message as received (descriptors not resolved), or None at `deadline`."""
         while True:
             if self._queued:
                 return self._queued.popleft()
@@ -498,6 +626,10 @@ class Subscriber(Closeable):
             if event["event"] != zmq.EVENT_DISCONNECTED:
                 continue
             lost = event["endpoint"].decode("utf-8", "replace")
+            if self._shm is not None:
+                # A writer killed with -9 leaves its segments: its connection dropping is the
+                # first sign of that here.
+                self._shm.forget_dead()
             if self._on_disconnect is not None:
                 self._on_disconnect(lost)
             # zmq_disconnect drops the socket's end of the connection's queue at once: a
@@ -558,6 +690,8 @@ class Subscriber(Closeable):
             self._context.term()
         for bound in self._bound_files:
             remove_socket_file(bound)
+        if self._shm is not None:
+            self._shm.close()
 
 
 def _now_ms() -> int:

@@ -66,7 +66,8 @@ import numpy as np
 
 from calibration import Rig, RigidTransform
 from perception.config import NodeConfig
-from perception.errors import WireError
+from perception.errors import StalePayloadError, WireError
+from perception.io.shm import payload_intact
 from perception.msgs import wire
 from perception.msgs.schema import INT64_MAX, INT64_MIN
 from perception.msgs.types import (
@@ -116,8 +117,11 @@ class NodeCounters:
     those above the limits (`config.limits`), `receive_refused` among them those the transport
     refused while receiving (too many frames or bytes); `input_disconnects` the connections
     ZeroMQ dropped (a frame above `limits.max_message_bytes`, or a publisher gone) and the
-    receiver restored. What the synchroniser refused (bad rigs, implausible fixes, messages that
-    are not sensor inputs, duplicates, late frames) it counts itself: perception.sync.SyncStats.
+    receiver restored. `stale_payloads`: messages whose payload lay in shared memory that its
+    writer recycled before the node had read and validated it (perception.io.shm: the receiver
+    fell behind the writer's ring), dropped, not counted as decode errors. What the synchroniser
+    refused (bad rigs, implausible fixes, messages that are not sensor inputs, duplicates, late
+    frames) it counts itself: perception.sync.SyncStats.
     `bundles` counts ready bundles, `skipped_bundles` those not processed (the node was behind,
     or an output with a newer stamp was already produced), `step_errors` bundles the pipeline
     failed on, `published` the DetectionLists produced, `publish_errors` outputs that could not
@@ -145,6 +149,7 @@ class NodeCounters:
     decode_errors: int = 0
     receive_refused: int = 0
     input_disconnects: int = 0
+    stale_payloads: int = 0
     sync_errors: int = 0
     clock_jumps: int = 0
     loop_errors: int = 0
@@ -272,15 +277,32 @@ class NodeCore:
                     self.liveness.caught_up(receive_ns)
                 return self._poll_locked(receive_ns)
         decode_ns = time.perf_counter_ns() - start
+        if not payload_intact(frames):
+            # The seqlock's second check: the arrays were validated in a slot recycled meanwhile.
+            self._bad.warning(
+                f"stale:{topic}",
+                f"{topic}: dropped message: its shared-memory payload was recycled by the writer "
+                "while it was decoded",
+            )
+            with self._lock:
+                self.counters.received += 1
+                self.counters.stale_payloads += 1
+                if caught_up:
+                    self.liveness.caught_up(receive_ns)
+                return self._poll_locked(receive_ns)
         return self.on_message(topic, msg, receive_ns, decode_ns, caught_up=caught_up)
 
     def on_refused(self, error: WireError) -> None:
-        """A message the transport refused while receiving (too many frames or bytes): counted
-        as received and undecodable."""
+        """A message the transport refused while receiving (too many frames or bytes, a bad
+        shared-memory descriptor): counted as received and undecodable; one whose shared-memory
+        payload was recycled before it was read (`StalePayloadError`) as a stale payload."""
         with self._lock:
             self.counters.received += 1
-            self.counters.decode_errors += 1
-            self.counters.receive_refused += 1
+            if isinstance(error, StalePayloadError):
+                self.counters.stale_payloads += 1
+            else:
+                self.counters.decode_errors += 1
+                self.counters.receive_refused += 1
         self._bad.warning(f"refused:{error.stream}", f"dropped message: {error}")
 
     def on_disconnect(self, endpoint: str) -> None:

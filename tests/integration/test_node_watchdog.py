@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-import zmq
 
 from app.models import build_pipeline
 from perception.config import load_config
 from perception.errors import TransportError
-from perception.io.transport import Publisher, Subscriber
+from perception.io.transport import Publisher, ReceivedFrame, Subscriber
 from perception.msgs import wire
 from perception.msgs.types import DetectionList, Diagnostics
 from perception.node import Node
@@ -36,7 +35,7 @@ class _FailingOnce(Subscriber):
 
     failures = 1
 
-    def recv(self, timeout_ms: int) -> list[zmq.Frame] | None:
+    def recv(self, timeout_ms: int) -> list[ReceivedFrame] | None:
         frames = super().recv(timeout_ms)
         if frames is not None and _FailingOnce.failures:
             _FailingOnce.failures -= 1

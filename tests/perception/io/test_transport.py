@@ -19,7 +19,13 @@ import pytest
 import zmq
 
 from perception.errors import TransportError, WireError
-from perception.io.transport import PRIORITY_STREAK, Publisher, Subscriber, default_endpoint
+from perception.io.transport import (
+    PRIORITY_STREAK,
+    Publisher,
+    ReceivedFrame,
+    Subscriber,
+    default_endpoint,
+)
 from perception.msgs import wire
 from perception.msgs.schema import WireLimits
 from perception.msgs.types import GnssFix, Header, LidarSweep, Message
@@ -39,7 +45,7 @@ def fix(stream: str = "gnss", seq: int = 0) -> GnssFix:
 
 def send_until_received(
     pub: Publisher, sub: Subscriber, msg: Message, topic: str | None = None
-) -> list[zmq.Frame]:
+) -> list[ReceivedFrame]:
     for _ in range(TRIES):
         pub.send(msg, topic)
         frames = sub.recv(timeout_ms=25)
