@@ -96,7 +96,7 @@ def _check_many(args: argparse.Namespace) -> int:
     from app.models import build_pipeline, choose_camera_model  # noqa: PLC0415
     from calibration.monitor import Correction, corrected_rig  # noqa: PLC0415
     from replay.calibration_check import check_calibration  # noqa: PLC0415
-    from replay.datasets.kitti_object import KittiObjectFolder  # noqa: PLC0415
+    from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder  # noqa: PLC0415
     from replay.drive import DriveReader  # noqa: PLC0415
     from replay.mcap_player import check_sensor_drive  # noqa: PLC0415
     from replay.synth.world import ground_truth_path  # noqa: PLC0415
@@ -114,10 +114,20 @@ def _check_many(args: argparse.Namespace) -> int:
         source = Path(args.frames).expanduser()
         total = len(KittiObjectFolder(source))  # a folder that is not one is refused here
         synthetic = False
+        cameras = [CAMERA_STREAM]
     else:
         source = check_drive_path(Path(args.drive).expanduser())
-        total = check_sensor_drive(DriveReader(source), None).sweeps
+        contents = check_sensor_drive(DriveReader(source), None)
+        total = contents.sweeps
         synthetic = ground_truth_path(source).is_file()
+        cameras = list(contents.topics_of("CameraFrame"))
+    names = [c.removeprefix("camera/") for c in cameras]
+    if args.camera is not None and args.camera not in names:
+        # Before the replay, which takes minutes: a camera the source does not have.
+        raise PerceptionError(
+            f"--camera {args.camera}: {source} has no such camera (cameras: "
+            f"{', '.join(names) or 'none'})"
+        )
     refine = None
     if args.refine is not None:
         refine = Path(args.refine).expanduser()

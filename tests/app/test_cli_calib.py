@@ -118,6 +118,8 @@ def test_calib_check_many_frames_mistakes_are_one_line(
             "only with --drive",
         ),
         ([str(kitti_dir / "calib" / "000003.txt")], "give --lidar, --image, --out"),
+        # Refused before the replay, not after it.
+        (["--frames", str(kitti_dir), "--camera", "rear"], "has no such camera (cameras: front)"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) if args[0] == "--perturb" else _no_exit():
