@@ -407,6 +407,7 @@ class CalibrationMonitor:
                 offsets.append(v)
         self._offsets = np.array(offsets)
         self._centre = np.zeros(6) if start is None else start.vector()
+        self._projection_cache: tuple[tuple[bytes, bytes], FloatArray] | None = None
         self._window: deque[tuple[_Frame, npt.NDArray[np.int32]]] = deque(maxlen=cfg.window_frames)
         self._since_eval = 0
         self._frames = 0
@@ -517,7 +518,8 @@ class CalibrationMonitor:
         image or too little contrast at them."""
         cfg = self.config
         base = vehicle_from_camera.matrix
-        m = _perturbed(base, self._centre).inverse().matrix[:3]
+        centre_and_steps = self._projections(base)
+        m = centre_and_steps[0]
         if len(pts) > _PRESELECT * cfg.max_points:
             # A random share of the sweep first: a camera sees a fraction of it, and the
             # cost of what follows should not grow with the lidar's resolution.
@@ -552,9 +554,7 @@ class CalibrationMonitor:
         stacked = np.empty((7, len(xyz), 3))
         stacked[0] = cam[idx]
         for axis in range(6):
-            v = self._centre.copy()
-            v[axis] += self._steps[axis]
-            c = _perturbed(base, v).inverse().matrix[:3]
+            c = centre_and_steps[1 + axis]
             stacked[1 + axis] = xyz @ c[:, :3].T + c[:, 3]
         uv0, depth = camera.project(stacked[0])
         seen = camera.in_image(uv0) & (depth > 0.5)
@@ -584,6 +584,20 @@ class CalibrationMonitor:
             origin=self._centre.copy(),
             fold=self._frames % _FOLDS,
         )
+
+    def _projections(self, vehicle_from_camera: FloatArray) -> FloatArray:
+        """camera_from_vehicle (3 x 4) at the centre and one step along each axis (7 x 3 x 4),
+        kept until the centre or the extrinsic changes (frames of one rig share them)."""
+        key = (vehicle_from_camera.tobytes(), self._centre.tobytes())
+        if self._projection_cache is None or self._projection_cache[0] != key:
+            out = np.empty((7, 3, 4))
+            out[0] = _perturbed(vehicle_from_camera, self._centre).inverse().matrix[:3]
+            for axis in range(6):
+                v = self._centre.copy()
+                v[axis] += self._steps[axis]
+                out[1 + axis] = _perturbed(vehicle_from_camera, v).inverse().matrix[:3]
+            self._projection_cache = (key, out)
+        return self._projection_cache[1]
 
     def _histograms(
         self, frame: _Frame, candidates: FloatArray | None = None
