@@ -20,6 +20,7 @@ __all__ = [
     "fraction",
     "non_negative_float",
     "non_negative_int",
+    "port",
     "positive_float",
     "positive_int",
 ]
@@ -107,6 +108,14 @@ def non_negative_int(text: str) -> int:
     value = int(_number(text, int))
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 0-65535 (0: any free port)."""
+    value = int(_number(text, int))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (0-65535)")
     return value
 
 

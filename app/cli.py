@@ -18,6 +18,7 @@ from app.args import (
     fusion_kinds,
     non_negative_float,
     non_negative_int,
+    port,
     positive_float,
     positive_int,
 )
@@ -37,6 +38,8 @@ SENSORS = _DEFAULTS.inputs.endpoints[0]
 OUTPUTS = _DEFAULTS.outputs.endpoint
 MODEL_CACHE = "~/.cache/perception-node/models"
 ENGINE_CACHE = "~/.cache/perception-node/engines"
+#: `--foxglove` / `--metrics` without a port: the config's.
+FROM_CONFIG = -1
 
 DESCRIPTION = """\
 perception-node: camera + lidar + GNSS fusion perception for vehicles.
@@ -116,6 +119,52 @@ def _add_run(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         metavar="ONNX",
         help="camera detector: an ONNX file or a registered model name (default: the config's "
         "camera_model, yolox_nano_coco_416 built in, fetched into the model cache)",
+    )
+    p.add_argument(
+        "--foxglove",
+        metavar="PORT",
+        nargs="?",
+        type=port,
+        const=FROM_CONFIG,
+        help="serve the live view over Foxglove WebSocket (open ws://HOST:PORT in the Foxglove "
+        f"app) on PORT, without one on the config's view.port ({_DEFAULTS.view.port} built in; "
+        "0: any free port); host: view.host",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="PORT",
+        nargs="?",
+        type=port,
+        const=FROM_CONFIG,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, without PORT on the config's "
+        f"metrics.port ({_DEFAULTS.metrics.port} built in; 0: any free port); host: metrics.host",
+    )
+
+
+def _add_view(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "view",
+        "app.commands.view:cmd_view",
+        "show a running node in the Foxglove app (Foxglove WebSocket)",
+        "Serve what a running node receives and publishes over Foxglove WebSocket, for the "
+        "Foxglove app (open ws://HOST:PORT): the camera images, lidar points and GNSS fixes of "
+        "its sensor topics, its detections and tracks as 3D boxes, the rig's frame transforms, "
+        "the ego pose (from the GNSS fixes), the per-stage timings and the diagnostics. "
+        "`perception run --foxglove` serves the same from inside the node. "
+        f"{_TOPICS_NOTE}",
+        common=common,
+    )
+    p.add_argument("--config", metavar="FILE", help="node YAML config: endpoints, topics, view")
+    p.add_argument(
+        "--host",
+        help=f"address to serve on (default: the config's view.host, {_DEFAULTS.view.host})",
+    )
+    p.add_argument(
+        "--port",
+        type=port,
+        help=f"port to serve on (default: the config's view.port, {_DEFAULTS.view.port}; 0: any "
+        "free port)",
     )
 
 
@@ -299,6 +348,13 @@ def _add_replay(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         help="camera detector: an ONNX file or a registered model name (overrides the config)",
     )
     p.add_argument("--realtime", action="store_true", help="drive: paced by recorded time")
+    p.add_argument(
+        "--show",
+        metavar="DIR",
+        help="also draw the run into DIR as `perception show` does: a picture per frame (boxes "
+        "on the image and in a bird's-eye view, references or ground truth in green) and "
+        "index.html with each frame's scores (one source, with --out)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -772,6 +828,36 @@ def _add_eval(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     )
 
 
+def _add_show(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "show",
+        "app.commands.show:cmd_show",
+        "draw a run frame by frame: pictures and an index page of scores",
+        "Draw the detections of a replay (JSON Lines) on the frames they came from: per frame "
+        "a PNG with the 3D boxes on the camera image beside a bird's-eye view of the lidar "
+        "points, the references or ground truth in green, and index.html listing every frame "
+        "with its scores (matched, missed, false positives, recall, precision). A KITTI object "
+        "folder's frames are scored as `perception eval` scores them (its defaults) against "
+        "--reference or the folder's label_2; a synthetic drive's against its ground truth, "
+        "as `perception demo` scores it.",
+        common=common,
+    )
+    p.add_argument("run", help="JSON Lines from `perception replay ... --out FILE.jsonl`")
+    p.add_argument("--kitti", metavar="DIR", help="the KITTI object folder replayed")
+    p.add_argument("--drive", metavar="DRIVE", help="the drive replayed (.mcap)")
+    p.add_argument(
+        "--reference",
+        metavar="DIR",
+        help="with --kitti: per-frame reference files (KITTI labels or PointPillars boxes; "
+        "default: the folder's label_2)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default="perception-show", help="folder for the pictures"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> Parser:
     """The parser of every command, with help text and defaults on every option."""
     parser = Parser(
@@ -791,9 +877,9 @@ def build_parser() -> Parser:
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
     for add in (
-        _add_demo, _add_run, _add_replay, _add_play, _add_record, _add_echo, _add_bench,
-        _add_import, _add_eval, _add_train, _add_calib, _add_engines, _add_models, _add_keys,
-        _add_config,
+        _add_demo, _add_run, _add_view, _add_replay, _add_play, _add_record, _add_echo, _add_bench,
+        _add_import, _add_eval, _add_show, _add_train, _add_calib, _add_engines, _add_models,
+        _add_keys, _add_config,
     ):  # fmt: skip
         add(sub, common)
     return parser

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -264,7 +265,8 @@ def draw_overlay(
 ) -> npt.NDArray[np.uint8]:
     """A BGR copy of `image` with points `uv` (pixels) drawn as square dots (2 px, larger on
     wide images) coloured by `depth` (metres) on a log scale over `depth_range_m` (JET: near red,
-    far blue), far points first so near ones stay on top; `text` goes in the top-left corner."""
+    far blue), far points first so near ones stay on top; `text` goes in the top-left corner,
+    the colour scale with its depths in the bottom-right one."""
     out = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     h, w = out.shape[:2]
     order = np.argsort(-depth)
@@ -286,7 +288,38 @@ def draw_overlay(
         cv2.putText(
             out, text, (8, th + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
         )
+    _depth_legend(out, depth_range_m)
     return np.asarray(out, dtype=np.uint8)
+
+
+def _depth_legend(out: npt.NDArray[Any], depth_range_m: tuple[float, float]) -> None:
+    """The dots' colour scale (near left, far right, log depth) with depth ticks, on a black
+    box in the bottom-right corner of `out` (in place)."""
+    h, w = out.shape[:2]
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, w / 2800)
+    (_, th), base = cv2.getTextSize("0", font, scale, 1)
+    bar_w, bar_h, pad = max(120, w // 4), max(8, h // 45), 8
+    box_w, box_h = bar_w + 2 * pad, 2 * (th + base) + bar_h + 3 * pad
+    x0, y0 = max(0, w - box_w), max(0, h - box_h)
+    cv2.rectangle(out, (x0, y0), (w - 1, h - 1), (0, 0, 0), cv2.FILLED)
+    title = "lidar depth, m (log scale)"
+    cv2.putText(out, title, (x0 + pad, y0 + pad + th), font, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)  # fmt: skip
+    bar_y = y0 + 2 * pad + th + base
+    # The same mapping as the dots: level 255 (red) at the near end, 0 (blue) at the far end.
+    levels = np.linspace(255.0, 0.0, bar_w).astype(np.uint8).reshape(-1, 1)
+    colours = cv2.applyColorMap(levels, cv2.COLORMAP_JET).reshape(1, bar_w, 3)
+    out[bar_y : bar_y + bar_h, x0 + pad : x0 + pad + bar_w] = colours
+    lo, hi = np.log(depth_range_m[0]), np.log(depth_range_m[1])
+    for tick in (1, 2, 5, 10, 20, 40, 80, 160):
+        if not depth_range_m[0] <= tick <= depth_range_m[1]:
+            continue
+        x = x0 + pad + round((np.log(tick) - lo) / (hi - lo) * (bar_w - 1))
+        cv2.line(out, (x, bar_y + bar_h), (x, bar_y + bar_h + 3), (255, 255, 255), 1)
+        (tw, _), _ = cv2.getTextSize(str(tick), font, scale, 1)
+        tx = min(max(x - tw // 2, x0 + 2), w - tw - 2)
+        cv2.putText(out, str(tick), (tx, bar_y + bar_h + 5 + th), font, scale, (255, 255, 255),
+                    1, cv2.LINE_AA)  # fmt: skip
 
 
 def calibration_check(

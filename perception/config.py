@@ -26,6 +26,7 @@ __all__ = [
     "GroundConfig",
     "InputConfig",
     "LidarObjectConfig",
+    "MetricsConfig",
     "NodeConfig",
     "OutputConfig",
     "PipelineConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "SecurityConfig",
     "SyncConfig",
     "TrackingConfig",
+    "ViewConfig",
     "WatchdogConfig",
     "load_config",
     "parse_config",
@@ -682,6 +684,57 @@ class SecurityConfig:
     process binds. Required to bind a tcp endpoint with `curve`."""
 
 
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port: must be in [0, 65535], got {port}")
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """The live view (perception.node.view): a Foxglove WebSocket server (foxglove-sdk) that
+    the Foxglove app opens (`ws://HOST:PORT`), showing what the node works on: each processed
+    sweep's camera images and lidar points, its detections and tracks as 3D boxes, the rig's
+    frame transforms, the ego pose, the per-stage timings and the diagnostics. Off by default
+    (`perception run --foxglove [PORT]` turns it on). The node hands each published frame to
+    the view's own thread through a bounded queue that drops its oldest entry (counted), and
+    nothing is converted for a channel no client subscribes to, so the node never waits for
+    the view."""
+
+    foxglove: bool = False
+    """Serve the live view over Foxglove WebSocket."""
+    host: str = "127.0.0.1"
+    """Address the server binds; 0.0.0.0 serves every interface (the view has no access
+    control: anyone who reaches the port sees the sensors)."""
+    port: int = 8765
+    """TCP port of the server (0: any free port, printed at start)."""
+    queue_size: int = 2
+    """Entries waiting for the view's thread, per kind (processed frames, diagnostics; per topic
+    for `perception view`); a full queue drops its oldest entry."""
+
+    def __post_init__(self) -> None:
+        _check_port(self.port)
+        if self.queue_size < 1:
+            raise ConfigError(f"queue_size: must be >= 1, got {self.queue_size}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """A Prometheus endpoint on the node (perception.node.metrics, prometheus-client):
+    `http://HOST:PORT/metrics` serves per-stage latency histograms, the node's counters
+    (received, dropped by reason, skipped, overruns, decode errors, ...) and each sensor's
+    liveness. Off by default (`perception run --metrics [PORT]` turns it on)."""
+
+    enabled: bool = False
+    """Serve the metrics endpoint."""
+    host: str = "127.0.0.1"
+    """Address the endpoint binds (0.0.0.0: every interface)."""
+    port: int = 9464
+    """TCP port of the endpoint (0: any free port, printed at start)."""
+
+    def __post_init__(self) -> None:
+        _check_port(self.port)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything `perception run` needs. `rig` is the vehicle's calibration (a rig YAML or any
@@ -719,6 +772,10 @@ class NodeConfig:
     """The multi-object tracker after fusion (tracks in the world frame)."""
     calibration_monitor: CalibrationMonitorConfig = field(default_factory=CalibrationMonitorConfig)
     """Watches each camera's extrinsic while the node runs."""
+    view: ViewConfig = field(default_factory=ViewConfig)
+    """The live view over Foxglove WebSocket (off by default)."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """The Prometheus metrics endpoint (off by default)."""
 
 
 T = TypeVar("T")

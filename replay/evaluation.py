@@ -54,6 +54,7 @@ __all__ = [
     "read_kitti_labels",
     "read_pointpillars_boxes",
     "score_frame",
+    "score_truth_frame",
     "visible_fraction",
     "yaw_error_deg",
 ]
@@ -538,6 +539,34 @@ def score_frame(
             )
         )
     return merge_results(results)
+
+
+def score_truth_frame(
+    detections: Sequence[Detection3D],
+    references: Sequence[ReferenceBox],
+    unoccluded: Sequence[float],
+    camera: CameraModel,
+    camera_from_vehicle: RigidTransform,
+    *,
+    classes: Sequence[str] = POINTPILLARS_CLASSES,
+) -> MatchResult:
+    """One frame of ground truth scored by the quality protocol (`quality_counted` with the
+    camera, `score_frame` at `CLASS_MATCH_DISTANCE_M` within `QUALITY_RANGE_M`): the demo's
+    scores, and `perception show`'s for a drive with ground truth. ``unoccluded``: one
+    fraction per reference.
+
+    Raises:
+        ValueError: ``unoccluded`` is not one fraction per reference.
+    """
+    scored = quality_counted(references, unoccluded, camera, camera_from_vehicle)
+    return score_frame(
+        detections,
+        references,
+        scored,
+        classes=classes,
+        match_distance_m=CLASS_MATCH_DISTANCE_M,
+        range_m=QUALITY_RANGE_M,
+    )
 
 
 def merge_results(results: Iterable[MatchResult]) -> MatchResult:

@@ -256,10 +256,16 @@ def format_markdown(result: BenchResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _same_span(result: BenchResult) -> bool:
+    """Whether end to end and response are one figure: every sweep spans no time from its
+    stamp to its last point (a KITTI folder's frames are each one instant)."""
+    return bool(result.frames) and all(f.sweep_span_ns == 0 for f in result.frames)
+
+
 def _histograms(fig: Any, grid: Any, series: list[tuple[str, list[float]]]) -> None:
     for i, (name, values) in enumerate(series):
         ax = fig.add_subplot(grid[i // 3, i % 3])
-        color = "tab:red" if name in ("end to end", "response") else "tab:blue"
+        color = "tab:red" if name.startswith(("end to end", "response")) else "tab:blue"
         ax.hist(values, bins=30, color=color)
         p50, p99 = np.percentile(values, [50, 99])
         ax.set_title(f"{name}: p50 {p50:.2f}, p99 {p99:.2f} ms", fontsize=9)
@@ -269,8 +275,11 @@ def _histograms(fig: Any, grid: Any, series: list[tuple[str, list[float]]]) -> N
 
 def _timeline(ax: Any, result: BenchResult) -> None:
     t = [f.sent_s for f in result.frames]
-    ax.plot(t, [f.latency_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="end to end")
-    ax.plot(t, [f.response_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="response")
+    same = _same_span(result)
+    e2e_label = "end to end = response" if same else "end to end"
+    ax.plot(t, [f.latency_ns / 1e6 for f in result.frames], ".-", lw=0.8, label=e2e_label)
+    if not same:  # else the second line would hide under the first
+        ax.plot(t, [f.response_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="response")
     engine = [engine_ns(f.timings_ns) / 1e6 for f in result.frames]
     label = "engines (" + " + ".join(ENGINE_STAGES) + ", critical path)"
     ax.plot(t, engine, ".", ms=3, label=label)
@@ -327,30 +336,45 @@ def _latency_per_window(ax: Any, soak: Soak | None) -> None:
     ax.grid(alpha=0.3)
 
 
-def write_png(result: BenchResult, path: Path) -> None:
-    """bench.png: a latency histogram per stage and end to end, the latency timeline, the
-    node's RSS over the run and the end-to-end latency per window."""
+def _figure(result: BenchResult) -> Any:
+    """The matplotlib Figure of bench.png (see `write_png`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     series = []
     if result.frames:
-        series.append(("end to end", [f.latency_ns / 1e6 for f in result.frames]))
-        series.append(("response", [f.response_ns / 1e6 for f in result.frames]))
+        e2e = [f.latency_ns / 1e6 for f in result.frames]
+        if _same_span(result):
+            series.append(("end to end = response", e2e))
+        else:
+            series.append(("end to end", e2e))
+            series.append(("response", [f.response_ns / 1e6 for f in result.frames]))
     for name in result.stages:
         values = [f.timings_ns[name] / 1e6 for f in result.frames if name in f.timings_ns]
         series.append((name, values))
     rows = max(1, math.ceil(len(series) / 3))
-    fig = Figure(figsize=(13, 2.6 * rows + 6.6), layout="constrained")
+    # The RSS and per-window panels only when the run was long enough to have them: empty
+    # axes would be a blank strip.
+    soak = result.soak is not None and bool(result.soak.rss_series or result.soak.windows)
+    fig = Figure(figsize=(13, 2.6 * rows + (6.6 if soak else 3.6)), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows + 2, 3, height_ratios=[1.0] * rows + [1.4, 1.2])
+    ratios = [1.0] * rows + ([1.4, 1.2] if soak else [1.4])
+    grid = fig.add_gridspec(len(ratios), 3, height_ratios=ratios)
     _histograms(fig, grid, series)
     _timeline(fig.add_subplot(grid[rows, :]), result)
-    _rss_over_time(fig.add_subplot(grid[rows + 1, :2]), result.soak)
-    _latency_per_window(fig.add_subplot(grid[rows + 1, 2]), result.soak)
+    if soak:
+        _rss_over_time(fig.add_subplot(grid[rows + 1, :2]), result.soak)
+        _latency_per_window(fig.add_subplot(grid[rows + 1, 2]), result.soak)
     title = f"perception bench: {result.source} ({result.backend} on {result.device})"
     fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def write_png(result: BenchResult, path: Path) -> None:
+    """bench.png: a latency histogram per stage and end to end (one for both when every sweep
+    spans no time, so that they are equal), the latency timeline, and for a run of several
+    windows the node's RSS over the run and the end-to-end latency per window."""
+    _figure(result).savefig(path, dpi=100)
 
 
 def write_report(result: BenchResult, out_dir: Path) -> tuple[Path, Path, Path]:

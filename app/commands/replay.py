@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.commands.show import read_run, show_run
 from app.common import load_node_config, progress_bar, split_source
 from app.models import build_pipeline, camera_model_file, choose_camera_model
 from perception.config import NodeConfig
@@ -28,6 +29,8 @@ __all__ = ["cmd_replay"]
 def cmd_replay(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     if args.out_dir is not None or args.ray_address is not None:
+        if args.show is not None:
+            raise PerceptionError("--show goes with --out (one source), not with --out-dir")
         return _replay_many(args, config)
     if args.out is None:
         raise PerceptionError("give --out FILE (one source) or --out-dir DIR (many sources)")
@@ -38,6 +41,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # Before anything is loaded: a wrong --out costs nothing.
     check_output_file(out, "--out")
     check_not_an_input(out, [path], "--out")
+    show_dir = None
+    if args.show is not None:
+        show_dir = check_output_dir(Path(args.show), "--show", create=False)
     synthetic = kind == "drive" and ground_truth_path(path).is_file()
     config = choose_camera_model(
         config, args.model, config_given=args.config is not None, synthetic=synthetic
@@ -76,6 +82,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"({c.get('received', 0)} messages, {c.get('decode_errors', 0)} undecodable, "
         f"{c.get('step_errors', 0)} sweeps failed{skipped})"
     )
+    if show_dir is not None:
+        line = show_run(
+            read_run(out),
+            kitti=path if kind == "kitti-object" else None,
+            drive=path if kind == "drive" else None,
+            out_dir=show_dir,
+            quiet=args.quiet,
+            run_name=str(out),
+        )
+        print(f"perception replay: {line}")
     return 0
 
 

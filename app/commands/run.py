@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -10,9 +12,11 @@ from app.common import load_node_config, stop_on_signals
 from app.models import build_pipeline, choose_camera_model
 from calibration import load_rig
 from perception.config import NodeConfig
-from perception.io.curve import curve_keys_for
+from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.runtime import resolve_endpoint
 from perception.node import Node
+from perception.node.metrics import NodeMetrics
+from perception.node.view import FoxgloveView, ViewTopics
 from perception.pipeline import Pipeline
 
 __all__ = ["cmd_run"]
@@ -23,12 +27,49 @@ def _pipeline(config: NodeConfig, model: str | None, config_given: bool) -> Pipe
     return build_pipeline(chosen)
 
 
+def _with_flags(config: NodeConfig, args: argparse.Namespace) -> NodeConfig:
+    """`--foxglove [PORT]` and `--metrics [PORT]` turn the view and the metrics on (a negative
+    port: the config's)."""
+    view, metrics = config.view, config.metrics
+    if args.foxglove is not None:
+        port = view.port if args.foxglove < 0 else args.foxglove
+        view = dataclasses.replace(view, foxglove=True, port=port)
+    if args.metrics is not None:
+        port = metrics.port if args.metrics < 0 else args.metrics
+        metrics = dataclasses.replace(metrics, enabled=True, port=port)
+    return dataclasses.replace(config, view=view, metrics=metrics)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_node_config(args.config)
+    config = _with_flags(load_node_config(args.config), args)
     # The runtime folder and the keys are checked (a bad one refused) before the model loads.
     for endpoint in (*config.inputs.endpoints, config.outputs.endpoint):
         resolve_endpoint(endpoint)
     node_curve = curve_keys_for(config.security)
+    with contextlib.ExitStack() as served:
+        # Bound before the model loads too: a port in use is one line, at once.
+        view = None
+        if config.view.foxglove:
+            view = FoxgloveView(config.view, ViewTopics.from_config(config), name="perception run")
+            view.start()
+            served.callback(view.close)
+            print(f"perception run: live view on {view.url} (Foxglove WebSocket)", flush=True)
+        metrics = None
+        if config.metrics.enabled:
+            metrics = NodeMetrics(config.metrics, None if view is None else view.stats)
+            metrics.start()
+            served.callback(metrics.close)
+            print(f"perception run: metrics on {metrics.url}", flush=True)
+        return _serve(config, args, node_curve, view, metrics)
+
+
+def _serve(
+    config: NodeConfig,
+    args: argparse.Namespace,
+    node_curve: CurveKeys | None,
+    view: FoxgloveView | None,
+    metrics: NodeMetrics | None,
+) -> int:
     pipeline = _pipeline(config, args.model, args.config is not None)
     default_rig = None
     if config.rig is not None:
@@ -39,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"perception run: engine {line}", flush=True)
     for note in pipeline.notes:
         print(f"perception run: warning: {note}", flush=True)
-    node = Node(config, pipeline, default_rig, curve=node_curve)
+    node = Node(config, pipeline, default_rig, curve=node_curve, view=view, metrics=metrics)
     stop = stop_on_signals()
     done = threading.Event()
 
@@ -65,9 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if node_curve is None
         else f", {c.rejected_publishers + c.rejected_subscribers} handshakes refused"
     )
+    shown = "" if view is None else f", {view.stats.dropped} view frames dropped"
     print(
         f"perception run: stopped; {c.published} published, {c.skipped_bundles} skipped, "
-        f"{c.decode_errors} undecodable, {c.step_errors} failed{refused}",
+        f"{c.decode_errors} undecodable, {c.step_errors} failed{refused}{shown}",
         flush=True,
     )
     return 0

@@ -62,9 +62,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
-from calibration import Rig, RigidTransform
+from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import StalePayloadError, WireError
 from perception.io.shm import payload_intact
@@ -93,6 +91,7 @@ from perception.ratelimit import RateLimitedLogger
 from perception.sync import Bundler, Filed
 from perception.sync.bundler import parse_rig
 from perception.sync.clock import ClockMonitor, Verdict
+from perception.sync.ego import world_from_vehicle
 from perception.sync.liveness import Liveness
 
 __all__ = ["CLOCK_MIN_SWEEPS", "RECEIVE_POLL_NS", "NodeCore", "NodeCounters", "ReadyBundle"]
@@ -247,6 +246,9 @@ class NodeCore:
         self.tracker = Tracker(config.tracking)
         self._tracker_epoch = 0
         self._tracks: TrackList | None = None
+        #: The bundle of the last DetectionList `on_bundles` returned (processing side): what the
+        #: live view shows beside it.
+        self.last_bundle: SyncedBundle | None = None
         #: The calibration monitor, fed after the outputs are published (processing side).
         monitor = config.calibration_monitor
         self.calibration = CalibrationWatch(monitor) if monitor.enabled else None
@@ -515,6 +517,7 @@ class NodeCore:
             if tracks is not None:
                 tracks = replace(tracks, timings_ns=dict(timings))
             self._tracks = tracks
+            self.last_bundle = chosen.bundle
         return replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
 
     def take_tracks(self) -> TrackList | None:
@@ -532,16 +535,11 @@ class NodeCore:
                 self.tracker.reset()
                 self._tracker_epoch = chosen.epoch
             pose = bundle.ego_pose
-            world_from_vehicle = None
+            vehicle_pose = None
             if pose is not None and not pose.stale:
-                # The pose is the GNSS antenna's: the vehicle origin is the lever arm away.
-                heading = RigidTransform.from_yaw(pose.heading_rad)
-                arm = bundle.rig.gnss_lever_arm_m
-                antenna = np.asarray(pose.position_enu_m, dtype=np.float64)
-                origin = antenna if arm is None else antenna - heading.rotation @ arm
-                world_from_vehicle = RigidTransform.from_yaw(pose.heading_rad, origin)
+                vehicle_pose = world_from_vehicle(pose, bundle.rig.gnss_lever_arm_m)
             stamp_ns = detections.header.stamp_ns
-            tracks = self.tracker.update(detections.detections, stamp_ns, world_from_vehicle)
+            tracks = self.tracker.update(detections.detections, stamp_ns, vehicle_pose)
         except Exception as e:  # the detections still go out
             with self._lock:
                 self.counters.tracking_errors += 1

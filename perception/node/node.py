@@ -35,6 +35,12 @@ backlog, a sensor whose messages are in it is not taken for dead.
 
 Real-time settings (perception.node.realtime) are applied after warm-up; garbage collection is
 held while a frame is processed and published.
+
+Optional, off by default: a live view (perception.node.view) and a Prometheus endpoint
+(perception.node.metrics), started by the caller. Once a frame's outputs are published the
+worker hands the view the frame (an append to its bounded queue: the view converts and sends
+on its own thread) and observes the timings into the metrics' histograms; each Diagnostics
+goes to both.
 """
 
 from __future__ import annotations
@@ -51,9 +57,11 @@ from perception.config import NodeConfig
 from perception.errors import TransportError, WireError
 from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.transport import Publisher, Subscriber
-from perception.msgs.types import DetectionList, Message
+from perception.msgs.types import DetectionList, Diagnostics, Message
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
+from perception.node.metrics import NodeMetrics
 from perception.node.realtime import apply_realtime, gc_held
+from perception.node.view import FoxgloveView, ViewFrame, ViewMessage
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
 
@@ -109,9 +117,12 @@ class Node:
         *,
         subscriber_factory: Callable[..., Subscriber] = Subscriber,
         curve: CurveKeys | None = None,
+        view: FoxgloveView | None = None,
+        metrics: NodeMetrics | None = None,
     ):
         """`curve`: the CURVE keys (default: read from `config.security`); `subscriber_factory`
-        opens the input sockets (a receiver the watchdog restarts opens new ones).
+        opens the input sockets (a receiver the watchdog restarts opens new ones); `view` and
+        `metrics`: a started live view and metrics endpoint to feed (the caller closes them).
 
         Raises:
             ConfigError: `config.security` names key files that cannot be used.
@@ -120,6 +131,8 @@ class Node:
         self.curve = curve_keys_for(config.security) if curve is None else curve
         self._subscriber_factory = subscriber_factory
         self.core = NodeCore(config, pipeline, default_rig)
+        self.view = view
+        self.metrics = metrics
         #: The receive clock the core is given (ns).
         self.receive_clock_ns = _ReceiveClock()
         self.ready = threading.Event()
@@ -293,7 +306,9 @@ class Node:
         if time.monotonic_ns() >= next_diagnostics_ns:
             next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
             self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
-            self._send(publisher, self.core.diagnostics(self.receive_clock_ns()), "diagnostics")
+            diagnostics = self.core.diagnostics(self.receive_clock_ns())
+            self._send(publisher, diagnostics, "diagnostics")
+            self._observe_diagnostics(diagnostics)
         if not ready:
             return next_diagnostics_ns
         queue_wait_ns = time.monotonic_ns() - max(mono for _, mono in ready)
@@ -310,7 +325,19 @@ class Node:
         if tracks is not None:
             self._send(publisher, tracks, "tracks", self.config.outputs.tracks_topic)
         self.core.record_publish(time.perf_counter_ns() - start)
+        # After the outputs went out: neither adds to this frame's latency.
+        if self.view is not None:
+            self.view.offer("frame", ViewFrame(self.core.last_bundle, detections, tracks))
+        if self.metrics is not None:
+            self.metrics.observe(detections)
         self.core.after_publish()
+
+    def _observe_diagnostics(self, diagnostics: Diagnostics) -> None:
+        if self.view is not None:
+            topic = self.config.outputs.diagnostics_topic
+            self.view.offer("diagnostics", ViewMessage(topic, diagnostics))
+        if self.metrics is not None:
+            self.metrics.update(diagnostics)
 
     def _send(
         self, publisher: Publisher, msg: Message, what: str, topic: str | None = None

@@ -15,10 +15,14 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from calibration import RigidTransform
 from calibration.geodesy import LocalTangentPlane
 from perception.msgs.types import EgoPose, GnssFix
 
-__all__ = ["EgoPose", "EgoPoseBuffer"]
+__all__ = ["EgoPose", "EgoPoseBuffer", "world_from_vehicle"]
 
 # Fixes whose headings give the yaw rate for extrapolation (0.4 s at 10 Hz).
 _RATE_FIXES = 5
@@ -30,6 +34,17 @@ class _Sample:
     position: tuple[float, float, float]
     heading: float | None
     velocity: tuple[float, float, float] | None
+
+
+def world_from_vehicle(
+    pose: EgoPose, lever_arm_m: npt.NDArray[np.float64] | None
+) -> RigidTransform:
+    """The vehicle frame in the poses' ENU frame. The pose is the GNSS antenna's: the vehicle
+    origin is the lever arm (`Rig.gnss_lever_arm_m`, vehicle frame; None: none) away."""
+    heading = RigidTransform.from_yaw(pose.heading_rad)
+    antenna = np.asarray(pose.position_enu_m, dtype=np.float64)
+    origin = antenna if lever_arm_m is None else antenna - heading.rotation @ lever_arm_m
+    return RigidTransform.from_yaw(pose.heading_rad, origin)
 
 
 def _wrap(angle: float) -> float:

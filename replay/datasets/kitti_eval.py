@@ -28,7 +28,7 @@ from replay.evaluation import (
     read_pointpillars_boxes,
 )
 
-__all__ = ["evaluate_kitti_run", "frame_references", "read_references"]
+__all__ = ["evaluate_kitti_run", "frame_references", "read_references", "score_kitti_frame"]
 
 
 def read_references(path: Path, calib_path: Path) -> list[ReferenceBox]:
@@ -69,6 +69,49 @@ def frame_references(
     )
 
 
+def score_kitti_frame(
+    folder: KittiObjectFolder,
+    detections: DetectionList,
+    reference_dir: Path,
+    *,
+    max_center_distance_m: float = 1.5,
+    min_bev_iou: float | None = None,
+    max_range_m: float = 40.0,
+    min_reference_score: float = 0.5,
+    classes: tuple[str, ...] = POINTPILLARS_CLASSES,
+) -> MatchResult | None:
+    """The detections of frame `detections.header.seq` matched with its references as
+    `evaluate_kitti_run` matches them (its parameters); None when `reference_dir` has no file
+    for the frame. The result's matched and missed references are those that count.
+
+    Raises:
+        ReplayError: the frame's files or reference file are missing or malformed.
+    """
+    refs = frame_references(
+        folder,
+        detections.header.seq,
+        reference_dir,
+        min_score=min_reference_score,
+        max_range_m=max_range_m,
+        classes=classes,
+    )
+    if refs is None:
+        return None
+    limit = max_range_m + max_center_distance_m
+    dets = [
+        d
+        for d in detections.detections
+        if d.label in classes and math.hypot(d.center[0], d.center[1]) <= limit
+    ]
+    return match_detections(
+        dets,
+        refs,
+        max_center_distance_m=max_center_distance_m,
+        min_bev_iou=min_bev_iou,
+        classes=classes,
+    )
+
+
 def evaluate_kitti_run(
     detections_path: Path,
     kitti_dir: Path,
@@ -100,32 +143,21 @@ def evaluate_kitti_run(
             raise ReplayError(
                 f"{detections_path}: header.seq {dl.header.seq} has no frame in {kitti_dir}"
             )
-        frame = folder.frames[dl.header.seq]
-        refs = frame_references(
+        result = score_kitti_frame(
             folder,
-            dl.header.seq,
+            dl,
             reference_dir,
-            min_score=min_reference_score,
-            max_range_m=max_range_m,
-            classes=classes,
-        )
-        if refs is None:
-            continue
-        limit = max_range_m + max_center_distance_m
-        dets = [
-            d
-            for d in dl.detections
-            if d.label in classes and math.hypot(d.center[0], d.center[1]) <= limit
-        ]
-        result = match_detections(
-            dets,
-            refs,
             max_center_distance_m=max_center_distance_m,
             min_bev_iou=min_bev_iou,
+            max_range_m=max_range_m,
+            min_reference_score=min_reference_score,
             classes=classes,
         )
+        if result is None:
+            continue
         results.append(result)
-        lines.append(format_report(result, title=f"frame {frame.frame_id}", details=True))
+        frame_id = folder.frames[dl.header.seq].frame_id
+        lines.append(format_report(result, title=f"frame {frame_id}", details=True))
     if not results:
         raise ReplayError(f"{reference_dir}: no reference file matches a replayed frame")
     merged = merge_results(results)

@@ -42,7 +42,6 @@ from perception.msgs.jsonl import write_jsonl_line
 from perception.msgs.types import (
     CalibrationStatus,
     CameraFrame,
-    Detection3D,
     DetectionList,
     LidarSweep,
     Track,
@@ -59,14 +58,21 @@ from replay.evaluation import (
     MatchResult,
     ReferenceBox,
     average_precision,
-    box_corners,
     merge_results,
-    quality_counted,
-    score_frame,
+    score_truth_frame,
 )
 from replay.mcap_player import checked_messages, drive_contents
 from replay.offline import Received, run_core
 from replay.output import atomic_output, check_output_dir
+from replay.pictures import (
+    CAMERA_BOX_BGR,
+    REFERENCE_BGR,
+    DrawnBox,
+    TrackMark,
+    class_colour,
+    frame_picture,
+    write_picture,
+)
 from replay.synth.world import (
     CAMERA_NAME,
     CAMERA_OFFSET_NS,
@@ -189,43 +195,9 @@ def _evaluate(
     at least half unoccluded count (see the module docstring)."""
     camera = rig.cameras[CAMERA_NAME]
     cam_from_vehicle = rig.transform(f"camera/{CAMERA_NAME}", "vehicle")
-    scored = quality_counted(refs, unoccluded, camera, cam_from_vehicle, range_m=EVAL_RANGE_M)
-    return score_frame(
-        dl.detections,
-        refs,
-        scored,
-        classes=CLASSES,
-        match_distance_m=CLASS_MATCH_DISTANCE_M,
-        range_m=EVAL_RANGE_M,
+    return score_truth_frame(
+        dl.detections, refs, unoccluded, camera, cam_from_vehicle, classes=CLASSES
     )
-
-
-def _draw_box3d(
-    image: npt.NDArray[np.uint8],
-    box: ReferenceBox | Detection3D,
-    rig: Rig,
-    color: tuple[int, int, int],
-) -> None:
-    camera = rig.cameras[CAMERA_NAME]
-    cam = rig.transform(f"camera/{CAMERA_NAME}", "vehicle").apply(box_corners(box))
-    if np.any(cam[:, 2] < 0.5):
-        return
-    uv, _ = camera.project(cam)
-    if not np.all(np.isfinite(uv)):
-        return
-    pts = np.round(uv).astype(np.int32)
-    for i, j in ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5),
-                 (2, 6), (3, 7)):  # fmt: skip
-        cv2.line(image, tuple(int(v) for v in pts[i]), tuple(int(v) for v in pts[j]), color, 1,
-                 cv2.LINE_AA)  # fmt: skip
-
-
-#: Detection colours by class (BGR); other labels (e.g. `unknown`) grey.
-_COLOURS = {"Car": (0, 140, 255), "Pedestrian": (80, 80, 255), "Cyclist": (255, 200, 0)}
-
-
-def _colour(label: str) -> tuple[int, int, int]:
-    return _COLOURS.get(label, (170, 170, 170))
 
 
 #: The picture's track trails: where each confirmed track was over this long before the frame.
@@ -267,67 +239,16 @@ def _trails(track_lists: Sequence[TrackList], stamp_ns: int) -> tuple[_Trail, ..
     return tuple(out)
 
 
-def _bev(
-    points: npt.NDArray[np.float32],
-    refs: tuple[ReferenceBox, ...],
-    detections: tuple[Detection3D, ...],
-    trails: Sequence[_Trail] = (),
-    size_px: int = 500,
-) -> npt.NDArray[np.uint8]:
-    """Bird's-eye view: x forward (up) 0..50 m, y left (left) +-25 m."""
-    scale = size_px / 50.0
-    bev = np.full((size_px, size_px, 3), 24, np.uint8)
-
-    def to_px(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.int32]:
-        u = size_px / 2 - xy[..., 1] * scale
-        v = size_px - 10 - xy[..., 0] * scale
-        return np.round(np.stack([u, v], -1)).astype(np.int32)
-
-    for r in range(10, 51, 10):
-        cv2.circle(bev, to_px(np.zeros(2))[()].tolist(), int(r * scale), (60, 60, 60), 1)
-    px = to_px(points[:, :2].astype(np.float64))
-    ok = (px[:, 0] >= 0) & (px[:, 0] < size_px) & (px[:, 1] >= 0) & (px[:, 1] < size_px)
-    high = points[ok, 2] > -1.4
-    bev[px[ok][high, 1], px[ok][high, 0]] = (200, 200, 200)
-    bev[px[ok][~high, 1], px[ok][~high, 0]] = (90, 90, 90)
-    for ref in refs:
-        cv2.polylines(bev, [to_px(box_corners(ref)[:4, :2])], True, (80, 220, 80), 2)
-    for det in detections:
-        cv2.polylines(bev, [to_px(box_corners(det)[:4, :2])], True, _colour(det.label), 2)
-    for trail in trails:
-        colour = _colour(trail.track.label)
-        px_trail = to_px(trail.points)
-        cv2.polylines(bev, [px_trail], False, colour, 1, cv2.LINE_AA)
-        end = px_trail[-1]
-        cv2.circle(bev, (int(end[0]), int(end[1])), 2, (255, 255, 255), -1)
-        cv2.putText(bev, str(trail.track.track_id), (int(end[0]) + 5, int(end[1]) - 5),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
-    cv2.fillPoly(bev, [to_px(np.array([[2.0, 0.0], [-1.5, 1.0], [-1.5, -1.0]]))], (255, 200, 0))
-    cv2.putText(bev, "BEV: truth green; car orange, ped. red, cyclist cyan", (8, 18),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1, cv2.LINE_AA)  # fmt: skip
-    cv2.putText(bev, f"tracks: id, trail of the last {TRAIL_NS / 1e9:g} s", (8, 36),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1, cv2.LINE_AA)  # fmt: skip
-    return bev
-
-
-def _label_tracks(image: npt.NDArray[np.uint8], trails: Sequence[_Trail], rig: Rig) -> None:
-    """Each track's id above its box in the camera image (tracks in front of it)."""
-    camera = rig.cameras[CAMERA_NAME]
-    cam_from_vehicle = rig.transform(f"camera/{CAMERA_NAME}", "vehicle")
-    for trail in trails:
-        t = trail.track
-        top = np.array([[t.center[0], t.center[1], t.center[2] + t.size[2] / 2]])
-        xyz = cam_from_vehicle.apply(top)
-        if xyz[0, 2] < 1.0:
-            continue
-        uv, _ = camera.project(xyz)
-        if not np.all(np.isfinite(uv)) or not camera.in_image(uv)[0]:
-            continue
-        u, v = (round(float(a)) for a in uv[0])
-        # White on a black outline: readable on sky, road and car bodies alike.
-        for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-            cv2.putText(image, f"#{t.track_id}", (u - 8, max(12, v - 14)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, thickness, cv2.LINE_AA)  # fmt: skip
+#: What the demo picture's colours mean.
+_LEGEND = (
+    ("ground truth", REFERENCE_BGR),
+    ("car", class_colour("Car")),
+    ("pedestrian", class_colour("Pedestrian")),
+    ("cyclist", class_colour("Cyclist")),
+    ("lidar only (unknown)", class_colour("unknown")),
+    ("camera 2D box", CAMERA_BOX_BGR),
+    (f"#id: track, with its trail over the last {TRAIL_NS / 1e9:g} s (BEV)", (255, 255, 255)),
+)
 
 
 def _picture(
@@ -339,46 +260,30 @@ def _picture(
     rig: Rig,
     trails: Sequence[_Trail] = (),
 ) -> None:
-    cam = image.copy()
-    for ref in refs:
-        if ref.range_m <= 60.0:
-            _draw_box3d(cam, ref, rig, (80, 220, 80))
-    for det in dl.detections:
-        _draw_box3d(cam, det, rig, _colour(det.label))
-        if det.camera_box is not None:
-            b = det.camera_box
-            cv2.rectangle(cam, (int(b.x1), int(b.y1)), (int(b.x2), int(b.y2)), (255, 80, 255), 1)
-            cv2.putText(cam, f"{det.label} {det.score:.2f}", (int(b.x1), max(10, int(b.y1) - 3)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 80, 255), 1, cv2.LINE_AA)  # fmt: skip
-    _label_tracks(cam, trails, rig)
-    points = rig.transform("vehicle", sweep.header.frame_id).apply(sweep.points[:, :3])
-    bev = _bev(
-        np.concatenate([points, sweep.points[:, 3:]], 1).astype(np.float32),
-        refs,
-        dl.detections,
-        trails,
+    boxes = [DrawnBox(r, REFERENCE_BGR) for r in refs if r.range_m <= 60.0]
+    boxes += [
+        DrawnBox(d, class_colour(d.label), f"{d.label} {d.score:.2f}", camera_box=d.camera_box)
+        for d in dl.detections
+    ]
+    tracks = [
+        TrackMark(
+            t.track.track_id,
+            class_colour(t.track.label),
+            (t.track.center[0], t.track.center[1], t.track.center[2] + t.track.size[2] / 2),
+            t.points,
+        )
+        for t in trails
+    ]
+    canvas = frame_picture(
+        image,
+        rig.transform("vehicle", sweep.header.frame_id).apply(sweep.points[:, :3]),
+        rig.cameras[CAMERA_NAME],
+        rig.transform(f"camera/{CAMERA_NAME}", "vehicle"),
+        boxes,
+        tracks=tracks,
+        legend=_LEGEND,
     )
-    height = max(cam.shape[0], bev.shape[0])
-    canvas = np.full((height, cam.shape[1] + bev.shape[1] + 10, 3), 255, np.uint8)
-    canvas[: cam.shape[0], : cam.shape[1]] = cam
-    canvas[: bev.shape[0], cam.shape[1] + 10 :] = bev
-    legend = (
-        "camera: 2D boxes (magenta), 3D detections (cars orange, pedestrians red, cyclists cyan), "
-        "ground truth (green), track ids (white)"
-    )
-    cv2.putText(
-        canvas,
-        legend,
-        (8, cam.shape[0] + 20),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.5,
-        (0, 0, 0),
-        1,
-        cv2.LINE_AA,
-    )
-    with atomic_output(path, "the picture") as tmp:
-        if not cv2.imwrite(str(tmp), canvas):
-            raise ReplayError(f"{path}: cannot write the picture")
+    write_picture(path, canvas)
 
 
 def ensure_synthetic_drive(

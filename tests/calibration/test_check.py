@@ -109,3 +109,20 @@ def test_projected_points_sit_on_the_labelled_pedestrian(kitti_dir: Path) -> Non
     in_box = visible & (uv[:, 0] > 722) & (uv[:, 0] < 800) & (uv[:, 1] > 160) & (uv[:, 1] < 290)
     on_pedestrian = in_box & (np.abs(depth - 8.4) < 0.8)
     assert on_pedestrian.sum() > 0.3 * in_box.sum() > 15
+
+
+def test_overlay_has_a_depth_colour_legend() -> None:
+    """The overlay says what its colours mean: a near (red) to far (blue) scale with depths, in
+    the bottom-right corner; the rest of the image is left alone."""
+    from calibration.check import draw_overlay
+
+    image = np.full((375, 1242, 3), 128, np.uint8)
+    overlay = draw_overlay(image, np.zeros((0, 2)), np.zeros(0))
+    changed = np.any(overlay != image, axis=2)
+    rows, cols = np.nonzero(changed)
+    assert rows.min() > 375 // 2 and cols.min() > 1242 // 2
+    corner = overlay[rows.min() :, cols.min() :].reshape(-1, 3).astype(int)
+    b, r = corner[:, 0], corner[:, 2]
+    assert np.count_nonzero((r > 200) & (b < 60)) > 50  # the near end
+    assert np.count_nonzero((b > 200) & (r < 60)) > 50  # the far end
+    assert np.count_nonzero(np.all(corner == 255, axis=1)) > 30  # the tick labels

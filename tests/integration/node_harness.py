@@ -45,12 +45,13 @@ def _cli(*args: str) -> list[str]:
 
 
 class NodeProcess:
-    """`perception run` in a child process; its stdout lines are collected on a thread."""
+    """`perception run` in a child process (`args`: more of its options); its stdout lines are
+    collected on a thread."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *args: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            _cli("run", "--config", str(config)),
+            _cli("run", "--config", str(config), *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -90,8 +91,8 @@ class NodeProcess:
 
 
 @contextmanager
-def running_node(config: Path) -> Iterator[NodeProcess]:
-    node = NodeProcess(config)
+def running_node(config: Path, *args: str) -> Iterator[NodeProcess]:
+    node = NodeProcess(config, *args)
     try:
         node.wait_ready()
         yield node

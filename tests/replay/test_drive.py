@@ -245,7 +245,7 @@ def test_foxglove_messages_decode_as_their_schemas(written) -> None:
             elif m.sequence == 8:
                 scene = SceneUpdate.FromString(m.data)
                 assert len(scene.entities[0].cubes) == 2
-                assert scene.entities[0].texts[0].text == "car 0.88"
+                assert scene.entities[0].texts[0].text == "car 0.88 [lidar+camera]"
 
 
 def test_json_channels_follow_their_generated_schemas(written) -> None:

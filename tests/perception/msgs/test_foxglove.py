@@ -25,7 +25,9 @@ from perception.msgs import jsonl, wire
 from perception.msgs.foxglove import (
     LOCATION_FIX_FIELDS,
     POINT_OFFSET_FIELD,
+    channel_schema,
     rig_transforms,
+    timings_foxglove,
     to_foxglove,
     wire_buffers,
 )
@@ -187,3 +189,29 @@ def test_tracks_show_as_boxes_with_ids_and_velocity_arrows() -> None:
     q = arrow.pose.orientation
     assert 2 * np.arctan2(q.z, q.w) == pytest.approx(np.arctan2(4.0, 3.0))
     assert arrow.shaft_length + arrow.head_length == pytest.approx(5.0)
+
+
+@SETTINGS
+@given(messages)
+def test_a_channel_can_be_advertised_before_its_first_message(msg: Message) -> None:
+    """`channel_schema` gives the schema `to_foxglove` gives for the same schema name."""
+    assume(_showable(msg))
+    fox = to_foxglove(msg, "topic")
+    schema = channel_schema(fox.schema_name)
+    got = (schema.name, schema.encoding, schema.data, schema.message_encoding)
+    assert got == (fox.schema_name, fox.schema_encoding, fox.schema_data, fox.message_encoding)
+
+
+def test_timings_and_unknown_schemas() -> None:
+    from perception.msgs.types import DetectionList
+
+    dl = DetectionList(Header("detections", 4, 7, "vehicle"), (), {"fusion": 1_500_000}, 9_000_000)
+    fox = timings_foxglove(dl)
+    doc = json.loads(fox.payload)
+    assert doc == {"seq": 4, "stamp_ns": 7, "latency_ms": 9.0, "budget_ok": True,
+                   "stages_ms": {"fusion": 1.5}}  # fmt: skip
+    schema = channel_schema("perception.Timings")
+    assert json.loads(schema.data)["title"] == "perception.Timings" == fox.schema_name
+    for name in ("perception.Nothing", "foxglove.Grid", "Diagnostics"):
+        with pytest.raises(KeyError, match="no Foxglove conversion"):
+            channel_schema(name)

@@ -1,0 +1,278 @@
+"""The node's Prometheus endpoint (prometheus-client): `http://HOST:PORT/metrics`.
+
+Per frame, the worker observes the published DetectionList's timings into histograms (a
+bisect and an add per stage, after the outputs went out). The counters are read at scrape time
+from the node's last Diagnostics (made at 1 Hz for the diagnostics topic anyway), so the hot
+path pays nothing for them and the endpoint says what the diagnostics topic says:
+
+- `perception_stage_duration_seconds{stage}` (histogram): each stage of each DetectionList
+  (`timings_ns`: sync wait, decode, the engines, fusion, tracking, queue wait, publish, ...);
+  `perception_latency_seconds` (histogram): sensor stamp to publish (`latency_ns`).
+- `perception_<counter>_total`: every counter of the node (perception.node.NodeCounters:
+  `received`, `decode_errors`, `skipped_bundles`, `budget_overruns`, `published`, ...),
+  `perception_calibration_seconds_total` for the calibration monitor's time; gauges for the
+  two overrun runs (`perception_consecutive_overruns`, `perception_longest_overrun_run`).
+- `perception_dropped_total{reason}`: input messages dropped, by reason (`decode_error`,
+  `stale_payload`, `stamp_fault`, `sync_error`, and what the synchroniser dropped: `late`,
+  `duplicate`, `queue_full`, `unknown_stream`, `bad_rig`, `bad_fix`, `not_input`,
+  `clock_reset`, `unmatched`, `no_rig`); `perception_stage_overruns_total{stage}`;
+  `perception_sync_total{event}` (every synchroniser counter).
+- Per sensor stream: `perception_sensor_alive` (0|1), `perception_sensor_rate_hz`,
+  `perception_sensor_last_message_age_seconds` (NaN before its first message),
+  `perception_sensor_messages_total`, `perception_sensor_outages_total`;
+  `perception_inputs_status{status}` (1 for the current one of ok, degraded, stale).
+- With the live view: `perception_view_entries_total`, `perception_view_dropped_total`,
+  `perception_view_sent_total`, `perception_view_errors_total`, `perception_view_busy_seconds_total`
+  (the view thread's time: what it can take from the node's threads).
+
+Each `NodeMetrics` has a registry of its own, so several nodes (tests) run in one process.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from perception.config import MetricsConfig
+from perception.errors import TransportError
+from perception.msgs.types import DetectionList, Diagnostics
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
+
+    from perception.node.view import ViewStats
+
+__all__ = ["LATENCY_BUCKETS_S", "NodeMetrics"]
+
+#: Histogram buckets (s): sub-millisecond stages up to a frame 10 times over budget.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+)  # fmt: skip
+
+# NodeCounters that are not monotonic counts: gauges.
+_GAUGES = frozenset({"consecutive_overruns", "longest_overrun_run"})
+# Node counters of input messages dropped, by reason.
+_NODE_DROPS = {
+    "decode_errors": "decode_error",
+    "stale_payloads": "stale_payload",
+    "stamp_faults": "stamp_fault",
+    "sync_errors": "sync_error",
+}
+# Synchroniser counters (perception.sync.SyncStats) of messages it dropped, by reason.
+_SYNC_DROPS = {
+    "late_messages": "late",
+    "duplicate_messages": "duplicate",
+    "dropped_sweeps_queue_full": "queue_full",
+    "dropped_cameras_queue_full": "queue_full",
+    "unknown_streams": "unknown_stream",
+    "bad_rigs": "bad_rig",
+    "bad_fixes": "bad_fix",
+    "not_inputs": "not_input",
+    "dropped_sweeps_clock_reset": "clock_reset",
+    "dropped_cameras_clock_reset": "clock_reset",
+    "dropped_fixes_clock_reset": "clock_reset",
+    "dropped_sweeps_unmatched": "unmatched",
+    "dropped_cameras_unmatched": "unmatched",
+    "dropped_sweeps_no_rig": "no_rig",
+}
+_STATUSES = ("ok", "degraded", "stale")
+
+
+class NodeMetrics:
+    """Prometheus metrics of one node (see the module docstring). `observe` (per frame) and
+    `update` (per Diagnostics) are called by the node's worker; `start` serves them."""
+
+    def __init__(self, config: MetricsConfig, view_stats: ViewStats | None = None) -> None:
+        """`view_stats`: the live view's counters (`FoxgloveView.stats`, which the view keeps
+        up to date), read at scrape time; None: no view."""
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.stages = Histogram(
+            "perception_stage_duration_seconds",
+            "Duration of each stage of each published DetectionList (its timings)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "perception_latency_seconds",
+            "Sensor stamp (on the host clock) to publish, per DetectionList",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        # The children per stage, made once: `labels()` takes a lock and a dict lookup.
+        self._stage: dict[str, Histogram] = {}
+        self._snapshot = _Snapshot(view_stats)
+        self.registry.register(self._snapshot)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def observe(self, detections: DetectionList) -> None:
+        """A published DetectionList's timings and latency (the worker, after publishing)."""
+        stages = self._stage
+        for stage, ns in detections.timings_ns.items():
+            child = stages.get(stage)
+            if child is None:
+                child = stages[stage] = self.stages.labels(stage)
+            child.observe(ns * 1e-9)
+        self.latency.observe(detections.latency_ns * 1e-9)
+
+    def update(self, diagnostics: Diagnostics) -> None:
+        """The node's latest Diagnostics: what the counters and gauges report until the next."""
+        self._snapshot.diagnostics = (diagnostics, time.monotonic_ns())
+
+    # -- the endpoint ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve `/metrics` on the configured address (a daemon thread).
+
+        Raises TransportError naming the address when it cannot bind (a port in use)."""
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        host, port = self.config.host, self.config.port
+        try:
+            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        except OSError as e:
+            raise TransportError(
+                f"metrics: cannot serve on {host}:{port}: {e.strerror or e}"
+            ) from None
+
+    @property
+    def port(self) -> int:
+        """The port the endpoint listens on (the chosen one when configured 0)."""
+        if self._server is None:
+            raise RuntimeError("the metrics endpoint is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+
+
+class _Snapshot(Collector):
+    """The metrics read from the last Diagnostics (and the view's counters) at scrape time."""
+
+    def __init__(self, view_stats: ViewStats | None) -> None:
+        # (diagnostics, monotonic ns when it was handed over); swapped whole, read whole.
+        self.diagnostics: tuple[Diagnostics, int] | None = None
+        self._view_stats = view_stats
+
+    def describe(self) -> list[Metric]:
+        # Families vary with the node's counters: described at collect time only.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._view()
+        latest = self.diagnostics
+        if latest is None:
+            return
+        diagnostics, handed_ns = latest
+        yield from _counters(diagnostics)
+        yield from _sensors(diagnostics, (time.monotonic_ns() - handed_ns) * 1e-9)
+
+    def _view(self) -> Iterator[Metric]:
+        if self._view_stats is None:
+            return
+        stats = self._view_stats
+        for name, value, text in (
+            ("entries", stats.offered, "Entries (frames, messages) handed to the live view"),
+            ("dropped", stats.dropped, "Entries the live view's full queue dropped"),
+            ("sent", stats.sent, "Messages the live view sent to subscribed clients"),
+            ("errors", stats.errors, "Messages the live view could not convert"),
+        ):
+            yield CounterMetricFamily(f"perception_view_{name}", text, value=value)
+        yield CounterMetricFamily(
+            "perception_view_busy_seconds",
+            "CPU time the live view's thread spent converting and sending",
+            value=stats.busy_ns * 1e-9,
+        )
+
+
+def _counters(d: Diagnostics) -> Iterator[Metric]:
+    for name, value in d.counters.items():
+        if name in _GAUGES:
+            yield GaugeMetricFamily(f"perception_{name}", f"Node counter {name}", value=value)
+        elif name == "calibration_ns":
+            yield CounterMetricFamily(
+                "perception_calibration_seconds",
+                "Time the calibration monitor spent, after the outputs were published",
+                value=value * 1e-9,
+            )
+        else:
+            yield CounterMetricFamily(f"perception_{name}", f"Node counter {name}", value=value)
+    dropped: dict[str, int] = {}
+    for name, reason in _NODE_DROPS.items():
+        dropped[reason] = dropped.get(reason, 0) + d.counters.get(name, 0)
+    for name, reason in _SYNC_DROPS.items():
+        dropped[reason] = dropped.get(reason, 0) + d.sync.get(name, 0)
+    family = CounterMetricFamily(
+        "perception_dropped", "Input messages dropped, by reason", labels=["reason"]
+    )
+    for reason, value in dropped.items():
+        family.add_metric([reason], value)
+    yield family
+    family = CounterMetricFamily(
+        "perception_stage_overruns", "Frames over a stage's budget", labels=["stage"]
+    )
+    for stage, value in d.overruns_by_stage.items():
+        family.add_metric([stage], value)
+    yield family
+    family = CounterMetricFamily("perception_sync", "Synchroniser counters", labels=["event"])
+    for event, value in d.sync.items():
+        family.add_metric([event], value)
+    yield family
+
+
+def _sensors(d: Diagnostics, since_s: float) -> Iterator[Metric]:
+    """Per stream liveness; ages advanced by `since_s`, the time since `d` was made."""
+    alive = GaugeMetricFamily(
+        "perception_sensor_alive", "1: the sensor is alive, 0: dead", labels=["stream"]
+    )
+    rate = GaugeMetricFamily(
+        "perception_sensor_rate_hz", "Measured message rate of the sensor", labels=["stream"]
+    )
+    age = GaugeMetricFamily(
+        "perception_sensor_last_message_age_seconds",
+        "Time since the sensor's last message was received (NaN: never)",
+        labels=["stream"],
+    )
+    messages = CounterMetricFamily(
+        "perception_sensor_messages", "Messages accepted from the sensor", labels=["stream"]
+    )
+    outages = CounterMetricFamily(
+        "perception_sensor_outages", "Times the sensor came back from dead", labels=["stream"]
+    )
+    now_ns = d.header.stamp_ns
+    for s in d.sensors:
+        labels = [s.stream]
+        alive.add_metric(labels, 1.0 if s.alive else 0.0)
+        rate.add_metric(labels, s.rate_hz)
+        last = s.last_receive_ns
+        age.add_metric(labels, math.nan if last is None else (now_ns - last) * 1e-9 + since_s)
+        messages.add_metric(labels, s.messages)
+        outages.add_metric(labels, s.outages)
+    yield from (alive, rate, age, messages, outages)
+    status = GaugeMetricFamily(
+        "perception_inputs_status", "1 for the inputs' current status", labels=["status"]
+    )
+    for name in _STATUSES:
+        status.add_metric([name], 1.0 if d.status == name else 0.0)
+    yield status

@@ -1,0 +1,488 @@
+"""A run looked at frame by frame (`perception show`, `perception replay --show`): one picture
+per DetectionList (replay.pictures: the 3D boxes on the camera image and in a bird's-eye view
+of the lidar points, the references or ground truth in green) and an index page (HTML) of the
+frames with their scores.
+
+Sources:
+- a KITTI object folder: the DetectionList with `header.seq` i is frame i (as
+  `perception eval` reads a run); the references are a folder of per-frame files (KITTI
+  `label_2`, by default the folder's own, or PointPillars boxes), matched as `perception eval`
+  matches them with its defaults (replay.datasets.kitti_eval.score_kitti_frame);
+- a drive: a DetectionList is drawn on the sweep with its stamp and the first frame of the
+  camera after it (within the time to the next DetectionList); a synthetic drive's ground
+  truth (beside it, or its ground-truth channel) is scored by the demo's protocol
+  (replay.evaluation.score_truth_frame).
+
+Frames without references are drawn with their detections and listed unscored.
+"""
+
+from __future__ import annotations
+
+import bisect
+import html
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from calibration import Rig
+from perception.msgs.types import CameraFrame, DetectionList, LidarSweep
+from replay.datasets.kitti_eval import read_references, score_kitti_frame
+from replay.datasets.kitti_object import KittiObjectFolder, read_image, read_kitti_scan
+from replay.drive import DriveReader
+from replay.errors import ReplayError
+from replay.evaluation import (
+    CLASS_MATCH_DISTANCE_M,
+    POINTPILLARS_CLASSES,
+    QUALITY_RANGE_M,
+    MatchResult,
+    ReferenceBox,
+    merge_results,
+    score_truth_frame,
+)
+from replay.mcap_player import check_sensor_drive, checked_messages
+from replay.output import atomic_output, check_output_dir
+from replay.pictures import (
+    BGR,
+    CAMERA_BOX_BGR,
+    REFERENCE_BGR,
+    UNSCORED_BGR,
+    DrawnBox,
+    class_colour,
+    frame_picture,
+    write_picture,
+)
+from replay.synth.world import ground_truth_path, read_drive_ground_truth, read_ground_truth
+
+__all__ = [
+    "KITTI_MIN_REFERENCE_SCORE",
+    "ShowProgress",
+    "ShowReport",
+    "ShownFrame",
+    "score_line",
+    "show_drive",
+    "show_kitti",
+]
+
+#: progress(pictures written, pictures in all).
+ShowProgress = Callable[[int, int], None]
+
+#: `perception eval`'s defaults, which the KITTI scores follow: reference score at least...
+KITTI_MIN_REFERENCE_SCORE = 0.5
+#: ...BEV centre distance of a match (m) and range of the references (m).
+KITTI_MATCH_DISTANCE_M = 1.5
+KITTI_RANGE_M = 40.0
+#: Ground truth farther than this (m) is not drawn (the view ends at 50 m).
+_DRAWN_RANGE_M = 60.0
+INDEX_NAME = "index.html"
+
+
+@dataclass(frozen=True)
+class ShownFrame:
+    """One picture: the frame's name, the picture's path, the DetectionList's stamp (ns), its
+    detection count and its scores (None: no references for this frame)."""
+
+    name: str
+    picture: Path
+    stamp_ns: int
+    detections: int
+    result: MatchResult | None
+
+
+@dataclass(frozen=True)
+class ShowReport:
+    """What was written: the index page, the frames (in the run's order), the scores over every
+    scored frame (None: none was), how they were scored (in words), and the DetectionLists
+    left out because the source has no frame for them."""
+
+    index: Path
+    frames: tuple[ShownFrame, ...]
+    total: MatchResult | None
+    protocol: str
+    left_out: int = 0
+
+
+def _totals(result: MatchResult) -> tuple[int, int, int]:
+    return len(result.matches), len(result.missed), len(result.false_positives)
+
+
+def _ratio(num: int, den: int) -> str:
+    return "-" if den == 0 else f"{num / den:.2f}"
+
+
+def _score_text(result: MatchResult | None) -> str:
+    if result is None:
+        return "no references"
+    tp, fn, fp = _totals(result)
+    return (
+        f"matched {tp}, missed {fn}, false {fp}; recall {_ratio(tp, tp + fn)}, "
+        f"precision {_ratio(tp, tp + fp)}"
+    )
+
+
+def _boxes(
+    dl: DetectionList, references: Iterable[ReferenceBox], result: MatchResult | None
+) -> list[DrawnBox]:
+    """The references (scored ones green, labelled when missed; the rest dim) and the
+    detections (by class, false positives labelled so)."""
+    scored = set() if result is None else {m.reference for m in result.matches}
+    missed = set() if result is None else set(result.missed)
+    false = set() if result is None else {id(d) for d in result.false_positives}
+    out = []
+    for r in references:
+        if r in missed:
+            out.append(DrawnBox(r, REFERENCE_BGR, f"missed {r.label}"))
+        else:
+            out.append(DrawnBox(r, REFERENCE_BGR if r in scored else UNSCORED_BGR))
+    for d in dl.detections:
+        text = f"{d.label} {d.score:.2f}" + (" FP" if id(d) in false else "")
+        out.append(DrawnBox(d, class_colour(d.label), text, camera_box=d.camera_box))
+    return out
+
+
+def _legend(references: str) -> tuple[tuple[str, BGR], ...]:
+    return (
+        (f"{references} (scored)", REFERENCE_BGR),
+        (f"{references} (not scored)", UNSCORED_BGR),
+        ("car", class_colour("Car")),
+        ("pedestrian", class_colour("Pedestrian")),
+        ("cyclist", class_colour("Cyclist")),
+        ("lidar only (unknown)", class_colour("unknown")),
+        ("camera 2D box", CAMERA_BOX_BGR),
+        ("FP: false positive; missed: a scored reference no detection matched", (240, 240, 240)),
+    )
+
+
+def _draw(
+    path: Path,
+    image: npt.NDArray[np.uint8],
+    points_vehicle: npt.NDArray[np.float64],
+    rig: Rig,
+    camera_name: str,
+    *,
+    title: str,
+    boxes: Sequence[DrawnBox],
+    legend: Sequence[tuple[str, BGR]],
+) -> None:
+    picture = frame_picture(
+        image,
+        points_vehicle,
+        rig.cameras[camera_name],
+        rig.transform(f"camera/{camera_name}", "vehicle"),
+        boxes,
+        title=title,
+        legend=legend,
+    )
+    write_picture(path, picture)
+
+
+# -- KITTI object folders ----------------------------------------------------------------------
+
+
+def show_kitti(
+    lists: Sequence[DetectionList],
+    kitti_dir: Path,
+    out_dir: Path,
+    *,
+    reference_dir: Path | None = None,
+    progress: ShowProgress | None = None,
+    run_name: str = "",
+) -> ShowReport:
+    """The pictures and index of a KITTI object folder's run (see the module docstring) in
+    `out_dir` (created): `<frame id>.png` per DetectionList and `index.html`.
+    `reference_dir`: the references' folder (default: the folder's `label_2`, when it has
+    one). `run_name` titles the index page.
+
+    Raises:
+        replay.errors.ReplayError: a DetectionList's seq has no frame in the folder, or a
+            frame's files or reference file are missing or broken (names the path).
+        replay.output.OutputError: `out_dir` or a file in it cannot be written.
+    """
+    folder = KittiObjectFolder(kitti_dir)
+    if reference_dir is None and (folder.root / "label_2").is_dir():
+        reference_dir = folder.root / "label_2"
+    if reference_dir is not None and not reference_dir.is_dir():
+        raise ReplayError(f"{reference_dir}: reference folder does not exist")
+    for dl in lists:
+        if not 0 <= dl.header.seq < len(folder):
+            raise ReplayError(
+                f"header.seq {dl.header.seq} has no frame in {folder.root} (frames 0 to "
+                f"{len(folder) - 1}): was the run replayed from another folder?"
+            )
+    out_dir = check_output_dir(out_dir, "the pictures' folder")
+    legend = _legend("references")
+    frames = []
+    for i, dl in enumerate(lists):
+        frame = folder.frames[dl.header.seq]
+        image = read_image(frame.image_path)
+        rig = folder.rig(frame, image)
+        points = rig.transform("vehicle", "lidar").apply(read_kitti_scan(frame.lidar_path)[:, :3])
+        result = None
+        references: list[ReferenceBox] = []
+        if reference_dir is not None:
+            result = score_kitti_frame(
+                folder,
+                dl,
+                reference_dir,
+                max_center_distance_m=KITTI_MATCH_DISTANCE_M,
+                max_range_m=KITTI_RANGE_M,
+                min_reference_score=KITTI_MIN_REFERENCE_SCORE,
+            )
+            if result is not None:
+                ref_path = reference_dir / f"{frame.frame_id}.txt"
+                references = [
+                    r
+                    for r in read_references(ref_path, frame.calib_path)
+                    if r.score >= KITTI_MIN_REFERENCE_SCORE
+                ]
+        path = out_dir / f"{frame.frame_id}.png"
+        title = f"frame {frame.frame_id}: {len(dl.detections)} detections; {_score_text(result)}"
+        boxes = _boxes(dl, references, result)
+        _draw(path, image, points, rig, "front", title=title, boxes=boxes, legend=legend)
+        frames.append(ShownFrame(frame.frame_id, path, dl.header.stamp_ns, len(dl.detections),
+                                 result))  # fmt: skip
+        if progress is not None:
+            progress(i + 1, len(lists))
+    protocol = (
+        f"references: {reference_dir} (score at least {KITTI_MIN_REFERENCE_SCORE:g}), "
+        f"matched as `perception eval` matches them: per class ({', '.join(POINTPILLARS_CLASSES)}"
+        f"), a detection within {KITTI_MATCH_DISTANCE_M:g} m (BEV centre) of a reference; "
+        f"references within {KITTI_RANGE_M:g} m and in the camera image count"
+        if reference_dir is not None
+        else f"no references ({folder.root} has no label_2/): detections only"
+    )
+    return _finish(out_dir, frames, protocol, run_name or str(folder.root), left_out=0)
+
+
+# -- drives ------------------------------------------------------------------------------------
+
+
+def _camera_name(rig: Rig, drive: Path) -> str:
+    if not rig.cameras:
+        raise ReplayError(f"{drive}: the drive's rig has no camera to draw on")
+    return "front" if "front" in rig.cameras else next(iter(rig.cameras))
+
+
+def _truth(drive: Path) -> dict[int, tuple[tuple[ReferenceBox, ...], tuple[float, ...]]]:
+    """The drive's ground truth by sweep stamp: boxes and their unoccluded fractions."""
+    beside = ground_truth_path(drive)
+    try:
+        frames = read_ground_truth(beside) if beside.is_file() else read_drive_ground_truth(drive)
+    except ValueError as e:
+        raise ReplayError(str(e)) from e
+    return {f.stamp_ns: (f.boxes, f.camera_visible) for f in frames}
+
+
+def show_drive(
+    lists: Sequence[DetectionList],
+    drive: Path,
+    out_dir: Path,
+    *,
+    progress: ShowProgress | None = None,
+    run_name: str = "",
+) -> ShowReport:
+    """The pictures and index of a drive's run (see the module docstring) in `out_dir`
+    (created): `NNNNN.png` per DetectionList (its place in the run, in stamp order) and
+    `index.html`. DetectionLists whose stamp is no sweep of the drive are left out (counted).
+
+    Raises:
+        replay.errors.ReplayError: the drive cannot be read, has no rig, no camera, no lidar
+            sweeps, or no sweep with the stamp of any DetectionList (another drive's run).
+        replay.output.OutputError: `out_dir` or a file in it cannot be written.
+    """
+    reader = DriveReader(drive)
+    contents = check_sensor_drive(reader, command="show")
+    rig = reader.rig
+    if rig is None:
+        raise ReplayError(f"{drive}: the drive has no rig (calibration) to draw with")
+    camera_name = _camera_name(rig, drive)
+    camera_frame_id = f"camera/{camera_name}"
+    truth = _truth(drive)
+    ordered = sorted(lists, key=lambda dl: dl.header.stamp_ns)
+    stamps = [dl.header.stamp_ns for dl in ordered]
+    gaps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
+    # A camera frame belongs to the DetectionList stamped last before it, within this.
+    window_ns = min(gaps, default=1_000_000_000)
+    by_stamp = {dl.header.stamp_ns: (i, dl) for i, dl in enumerate(ordered)}
+    sweeps: dict[int, LidarSweep] = {}
+    images: dict[int, npt.NDArray[np.uint8]] = {}
+    topics = contents.topics_of("LidarSweep", "CameraFrame")
+    out_dir_checked = False
+    frames: dict[int, ShownFrame] = {}
+    drawn: set[int] = set()  # stamps
+    legend = _legend("ground truth")
+    first_ns = stamps[0] if stamps else 0
+
+    def draw(stamp: int, image: npt.NDArray[np.uint8] | None) -> None:
+        i, dl = by_stamp[stamp]
+        sweep = sweeps.pop(stamp)
+        drawn.add(stamp)
+        if image is None:  # no camera frame: a black image keeps the layout
+            camera = rig.cameras[camera_name]
+            image = np.zeros((camera.height, camera.width, 3), np.uint8)
+        points = rig.transform("vehicle", sweep.header.frame_id).apply(sweep.points[:, :3])
+        result = None
+        references: tuple[ReferenceBox, ...] = ()
+        if stamp in truth:
+            references, unoccluded = truth[stamp]
+            result = score_truth_frame(
+                dl.detections,
+                references,
+                unoccluded,
+                rig.cameras[camera_name],
+                rig.transform(camera_frame_id, "vehicle"),
+            )
+        near = tuple(r for r in references if r.range_m <= _DRAWN_RANGE_M)
+        name = f"sweep {i}"
+        title = (
+            f"{name} (t = {(stamp - first_ns) / 1e9:.1f} s): {len(dl.detections)} detections; "
+            f"{_score_text(result)}"
+        )
+        path = out_dir / f"{i:05d}.png"
+        boxes = _boxes(dl, near, result)
+        _draw(path, image, points, rig, camera_name, title=title, boxes=boxes, legend=legend)
+        frames[i] = ShownFrame(name, path, stamp, len(dl.detections), result)
+        if progress is not None:
+            progress(len(frames), len(by_stamp))
+
+    for rec in checked_messages(reader, topics=topics):
+        msg = rec.message
+        if isinstance(msg, LidarSweep) and msg.header.stamp_ns in by_stamp:
+            stamp = msg.header.stamp_ns
+            sweeps[stamp] = msg
+        elif (
+            isinstance(msg, CameraFrame)
+            and msg.header.frame_id == camera_frame_id
+            and msg.image is not None
+        ):
+            at = bisect.bisect_right(stamps, msg.header.stamp_ns) - 1
+            if at < 0 or msg.header.stamp_ns - stamps[at] >= window_ns:
+                continue
+            stamp = stamps[at]
+            if stamp in images or stamp in drawn:
+                continue  # the first frame after the sweep is its
+            images[stamp] = msg.image
+        else:
+            continue
+        if stamp in sweeps and stamp in images:
+            if not out_dir_checked:
+                out_dir = check_output_dir(out_dir, "the pictures' folder")
+                out_dir_checked = True
+            draw(stamp, images.pop(stamp))
+    if not frames and not sweeps:
+        raise ReplayError(
+            f"{drive}: no sweep has the stamp of a DetectionList of the run: was the run "
+            "replayed from another drive?"
+        )
+    out_dir = check_output_dir(out_dir, "the pictures' folder")
+    for stamp in sorted(sweeps):  # sweeps whose camera frame never came
+        draw(stamp, images.pop(stamp, None))
+    protocol = (
+        f"ground truth of {drive}, scored as `perception demo` scores it: objects within "
+        f"{QUALITY_RANGE_M:g} m, at least half in the camera image and unoccluded; a match "
+        f"within {CLASS_MATCH_DISTANCE_M['Car']:g} m for cars, "
+        f"{CLASS_MATCH_DISTANCE_M['Pedestrian']:g} m for pedestrians and cyclists"
+        if truth
+        else f"no ground truth in or beside {drive}: detections only"
+    )
+    shown = [frames[i] for i in sorted(frames)]
+    return _finish(
+        out_dir, shown, protocol, run_name or str(drive), left_out=len(lists) - len(shown)
+    )
+
+
+# -- the index page ----------------------------------------------------------------------------
+
+
+def _class_cell(result: MatchResult | None) -> str:
+    if result is None:
+        return ""
+    parts = []
+    for label, s in result.per_class.items():
+        if s.true_positives or s.false_negatives or s.false_positives:
+            fp = f", {s.false_positives} FP" if s.false_positives else ""
+            parts.append(f"{label} {s.true_positives}/{s.true_positives + s.false_negatives}{fp}")
+    return "; ".join(parts)
+
+
+def _row(
+    name: str, detections: int, result: MatchResult | None, picture: str | None, cls: str = ""
+) -> str:
+    cells = [html.escape(name)] if picture is None else [
+        f'<a href="{html.escape(picture)}">{html.escape(name)}</a>'
+    ]  # fmt: skip
+    cells.append(str(detections))
+    if result is None:
+        cells += ["-", "-", "-", "-", "-", "no references"]
+    else:
+        tp, fn, fp = _totals(result)
+        cells += [str(tp), str(fn), str(fp), _ratio(tp, tp + fn), _ratio(tp, tp + fp)]
+        cells.append(html.escape(_class_cell(result)))
+    if picture is not None:
+        src = html.escape(picture)
+        cells.append(f'<a href="{src}"><img src="{src}" loading="lazy" alt="{src}"></a>')
+    else:
+        cells.append("")
+    attr = f' class="{cls}"' if cls else ""
+    return f"<tr{attr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: middle; }
+th { background: #eee; }
+td:first-child, td:nth-child(8) { text-align: left; }
+tr.total { font-weight: bold; background: #f6f6f6; }
+img { width: 540px; display: block; }
+"""
+
+
+def _finish(
+    out_dir: Path, frames: Sequence[ShownFrame], protocol: str, run_name: str, *, left_out: int
+) -> ShowReport:
+    scored = [f.result for f in frames if f.result is not None]
+    total = merge_results(scored) if scored else None
+    header = (
+        "<tr><th>frame</th><th>detections</th><th>matched</th><th>missed</th>"
+        "<th>false positives</th><th>recall</th><th>precision</th><th>per class: matched/"
+        "scored, false positives</th><th>picture</th></tr>"
+    )
+    rows = [
+        _row(
+            f"all {len(frames)} frames ({len(scored)} scored)",
+            sum(f.detections for f in frames),
+            total,
+            None,
+            "total",
+        )
+    ]
+    rows += [_row(f.name, f.detections, f.result, f.picture.name) for f in frames]
+    title = f"perception show: {run_name}"
+    note = f"<p>{left_out} DetectionList(s) of the run have no frame in the source.</p>"
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            f"<p>{html.escape(protocol)}.</p>",
+            note if left_out else "",
+            f"<table>{header}",
+            *rows,
+            "</table></body></html>",
+            "",
+        ]
+    )
+    index = out_dir / INDEX_NAME
+    with atomic_output(index, "the index page") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return ShowReport(index, tuple(frames), total, protocol, left_out)
+
+
+def score_line(report: ShowReport) -> str:
+    """The scores over every scored frame, in words (one line)."""
+    return _score_text(report.total) if report.total is not None else "no frame had references"

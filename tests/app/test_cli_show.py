@@ -1,0 +1,229 @@
+"""`perception show` and `perception replay --show`: a picture per frame and an index page of
+scores, from real replays of KITTI frames and of a synthetic drive with ground truth; each
+mistake one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from app.cli import main
+from perception.msgs.jsonl import read_jsonl
+from replay.datasets.kitti_eval import evaluate_kitti_run
+from replay.pictures import REFERENCE_BGR, class_colour
+
+FRAMES = ("000000", "000003", "000004")
+
+
+@pytest.fixture(scope="module")
+def kitti_run(
+    kitti_dir: Path, yolox_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, Path]:
+    """(a KITTI object folder of three real frames, its replay, the replay's --show folder)."""
+    root = tmp_path_factory.mktemp("kitti-show")
+    folder = root / "kitti"
+    for sub, ext in (("image_2", "png"), ("velodyne_reduced", "bin"), ("calib", "txt")):
+        (folder / sub).mkdir(parents=True)
+        for frame in FRAMES:
+            shutil.copy(kitti_dir / sub / f"{frame}.{ext}", folder / sub)
+    (folder / "label_2").mkdir()
+    shutil.copy(kitti_dir / "label_2" / "000000.txt", folder / "label_2")
+    run, shown = root / "run.jsonl", root / "replay-show"
+    argv = ["replay", "kitti-object", str(folder), "--out", str(run), "--model", str(yolox_path)]
+    assert main([*argv, "--show", str(shown), "--quiet"]) == 0
+    return folder, run, shown
+
+
+@pytest.fixture(scope="module")
+def drive_run(
+    synth_drive: Callable[[int, float], Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, Path]:
+    """(a 1 s synthetic drive with ground truth, its replay, the replay's --show folder)."""
+    drive = synth_drive(2, 1.0)
+    root = tmp_path_factory.mktemp("drive-show")
+    run, shown = root / "run.jsonl", root / "replay-show"
+    assert main(["replay", str(drive), "--out", str(run), "--show", str(shown), "--quiet"]) == 0
+    return drive, run, shown
+
+
+def _picture(path: Path) -> npt.NDArray[np.uint8]:
+    picture = cv2.imread(str(path))
+    assert picture is not None, path
+    # Title row, the enlarged 500 px camera image and view, the legend.
+    assert picture.shape[0] > 500 and picture.shape[1] > 1800
+    assert picture.std() > 20  # not blank
+    return np.asarray(picture, np.uint8)
+
+
+def _pixels(picture: npt.NDArray[np.uint8], colour: tuple[int, int, int]) -> int:
+    """Pixels of exactly `colour` in the bird's-eye view (its dark ground and grey points have
+    none of the box colours)."""
+    bev = picture[30:520, -480:]
+    return int(np.count_nonzero(np.all(bev == colour, axis=2)))
+
+
+def _rows(index: Path) -> list[str]:
+    return re.findall(r"<tr><td>.*?</tr>", index.read_text())
+
+
+def _same_files(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_show_of_kitti_frames_draws_every_frame_and_lists_its_scores(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    folder, run, shown = kitti_run
+    out = tmp_path / "show"
+    assert main(["show", str(run), "--kitti", str(folder), "--out", str(out), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"perception show: 3 pictures and {out / 'index.html'} written")
+    # `replay --show` wrote the same pictures and page.
+    _same_files(out, shown)
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{f}.png" for f in FRAMES]
+    rows = _rows(out / "index.html")
+    assert len(rows) == 3
+    for frame, row in zip(FRAMES, rows, strict=True):
+        assert f'<a href="{frame}.png">{frame}</a>' in row and f'<img src="{frame}.png"' in row
+    # label_2 has only frame 000000 (a pedestrian, found): the others are unscored.
+    assert "Pedestrian 1/1" in rows[0] and "no references" in rows[1]
+    picture = _picture(out / "000000.png")
+    assert _pixels(picture, REFERENCE_BGR) > 20
+    assert _pixels(picture, class_colour("Pedestrian")) > 20
+
+
+def test_show_of_kitti_frames_with_reference_boxes_scores_as_eval(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path, reference_dir: Path
+) -> None:
+    folder, run, _ = kitti_run
+    out = tmp_path / "show"
+    argv = ["show", str(run), "--kitti", str(folder), "--reference", str(reference_dir)]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    merged, _ = evaluate_kitti_run(run, folder, reference_dir)
+    tp, fn, fp = len(merged.matches), len(merged.missed), len(merged.false_positives)
+    assert f"(all frames: matched {tp}, missed {fn}, false {fp};" in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    total = re.search(r'<tr class="total">(.*?)</tr>', page)
+    assert total is not None
+    cells = re.findall(r"<td>(.*?)</td>", total.group(1))
+    assert cells[2:5] == [str(tp), str(fn), str(fp)]
+    # Frame 000003: two reference cars, both found.
+    picture = _picture(out / "000003.png")
+    assert _pixels(picture, REFERENCE_BGR) > 20
+    assert _pixels(picture, class_colour("Car")) > 20
+
+
+def test_show_of_a_synthetic_drive_draws_its_ground_truth(
+    capsys, drive_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    drive, run, shown = drive_run
+    lists = list(read_jsonl(run))
+    out = tmp_path / "show"
+    assert main(["show", str(run), "--drive", str(drive), "--out", str(out), "--quiet"]) == 0
+    assert f"perception show: {len(lists)} pictures" in capsys.readouterr().out
+    _same_files(out, shown)
+    rows = _rows(out / "index.html")
+    assert len(rows) == len(lists) == len(list(out.glob("*.png")))
+    for i, row in enumerate(rows):
+        assert f'<a href="{i:05d}.png">sweep {i}</a>' in row
+        assert "recall" not in row and "no references" not in row  # scored: numbers
+    page = (out / "index.html").read_text()
+    assert "ground truth of" in page
+    picture = _picture(out / f"{len(lists) - 1:05d}.png")
+    assert _pixels(picture, REFERENCE_BGR) > 20
+    assert _pixels(picture, class_colour("Car")) > 20
+
+
+# -- mistakes ----------------------------------------------------------------------------------
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+def test_a_missing_run(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    run = tmp_path / "nope.jsonl"
+    err = _fails(capsys, "show", str(run), "--kitti", str(kitti_dir), "--out", str(tmp_path))
+    assert err == (
+        f"perception show: error: {run}: no such run (JSON Lines from `perception replay`)"
+    )
+
+
+def test_a_run_that_is_not_json_lines(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    binary = tmp_path / "run.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    err = _fails(capsys, "show", str(binary), "--kitti", str(kitti_dir))
+    assert err.startswith(f"perception show: error: {binary}:1: not UTF-8 text")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a detection list\n")
+    err = _fails(capsys, "show", str(text), "--kitti", str(kitti_dir))
+    assert err.startswith(f"perception show: error: {text}:1:")
+    drive = tmp_path / "run.mcap"
+    drive.write_bytes(b"\x89MCAP0\r\n")
+    err = _fails(capsys, "show", str(drive), "--kitti", str(kitti_dir))
+    assert err.startswith(f"perception show: error: {drive}: is an MCAP file;")
+    assert not (Path.cwd() / "perception-show").exists()
+
+
+def test_kitti_and_drive_are_one_or_the_other(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    folder, run, _ = kitti_run
+    expected = (
+        "perception show: error: give the run's source: --kitti DIR (a KITTI object folder) or "
+        "--drive DRIVE.mcap, one of the two"
+    )
+    drive = tmp_path / "d.mcap"
+    drive.write_bytes(b"")
+    assert _fails(capsys, "show", str(run), "--kitti", str(folder), "--drive", str(drive)) == (
+        expected
+    )
+    assert _fails(capsys, "show", str(run), "--out", str(tmp_path / "o")) == expected
+    err = _fails(capsys, "show", str(run), "--drive", str(drive), "--reference", str(folder))
+    assert "--reference goes with --kitti" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_of_other_frames(capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    folder, run, _ = kitti_run
+    few = tmp_path / "few"
+    shutil.copytree(folder, few)
+    for sub, ext in (("image_2", "png"), ("velodyne_reduced", "bin"), ("calib", "txt")):
+        (few / sub / f"000004.{ext}").unlink()
+    err = _fails(capsys, "show", str(run), "--kitti", str(few), "--out", str(tmp_path / "o"))
+    assert "header.seq 2 has no frame in" in err and "another folder" in err
+
+
+def test_replay_show_needs_one_source(capsys, tmp_path: Path, kitti_dir: Path) -> None:
+    err = _fails(
+        capsys,
+        "replay", "kitti-object", str(kitti_dir), "--out-dir", str(tmp_path / "many"), "--show",
+        str(tmp_path / "pictures"),
+    )  # fmt: skip
+    assert err == (
+        "perception replay: error: --show goes with --out (one source), not with --out-dir"
+    )
+    file = tmp_path / "a-file"
+    file.write_text("")
+    err = _fails(
+        capsys,
+        "replay", "kitti-object", str(kitti_dir), "--out", str(tmp_path / "o.jsonl"), "--show",
+        str(file),
+    )  # fmt: skip
+    assert err.startswith(f"perception replay: error: {file}: is a file")
+    assert not (tmp_path / "o.jsonl").exists()

@@ -1,0 +1,95 @@
+"""`perception run --foxglove/--metrics` and `perception view`: flags, and the mistakes (a port
+in use, a port out of range) as one line and exit code 2, before any model loads."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.cli import build_parser, main
+from app.commands.run import _with_flags
+from perception.config import NodeConfig, parse_config
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "node.yaml"
+    doc = {
+        "inputs": {"endpoints": [f"ipc://{tmp_path}/sensors"]},
+        "outputs": {"endpoint": f"ipc://{tmp_path}/detections"},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors exit
+        raise SystemExit(main(list(argv)))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def test_flags_turn_the_view_and_the_metrics_on() -> None:
+    parser = build_parser()
+    base = parse_config({"view": {"port": 9001}, "metrics": {"port": 9002}})
+    assert not base.view.foxglove and not base.metrics.enabled
+    on = _with_flags(base, parser.parse_args(["run", "--foxglove", "--metrics"]))
+    assert (on.view.foxglove, on.view.port, on.metrics.enabled, on.metrics.port) == (
+        True, 9001, True, 9002,
+    )  # fmt: skip
+    ports = _with_flags(base, parser.parse_args(["run", "--foxglove", "0", "--metrics", "9100"]))
+    assert (ports.view.port, ports.metrics.port) == (0, 9100)
+    off = _with_flags(NodeConfig(), parser.parse_args(["run"]))
+    assert off == NodeConfig()
+
+
+def test_run_with_the_view_port_in_use(capsys, config: Path, taken_port: int) -> None:
+    err = _fails(capsys, "run", "--config", str(config), "--foxglove", str(taken_port))
+    assert err.startswith(
+        f"perception run: error: view: cannot serve Foxglove WebSocket on 127.0.0.1:{taken_port}"
+    )
+    assert "in use" in err
+
+
+def test_run_with_the_metrics_port_in_use(capsys, config: Path, taken_port: int) -> None:
+    err = _fails(capsys, "run", "--config", str(config), "--metrics", str(taken_port))
+    assert err == (
+        f"perception run: error: metrics: cannot serve on 127.0.0.1:{taken_port}: "
+        "Address already in use"
+    )
+
+
+def test_view_with_its_port_in_use(capsys, config: Path, taken_port: int) -> None:
+    err = _fails(capsys, "view", "--config", str(config), "--port", str(taken_port))
+    assert err.startswith("perception view: error: view: cannot serve Foxglove WebSocket")
+
+
+@pytest.mark.parametrize("argv", [["run", "--foxglove", "70000"], ["run", "--metrics", "x"],
+                                  ["view", "--port", "-1"]])  # fmt: skip
+def test_a_port_out_of_range(capsys, argv: list[str]) -> None:
+    err = _fails(capsys, *argv)
+    assert "is not" in err and argv[-1] in err
+
+
+def test_config_keys_are_checked(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"view": {"queue_size": 0}}))
+    err = _fails(capsys, "run", "--config", str(path))
+    assert err == f"perception run: error: {path}: view.queue_size: must be >= 1, got 0"
+    path.write_text(yaml.safe_dump({"metrics": {"port": 65536}}))
+    err = _fails(capsys, "run", "--config", str(path))
+    assert err.endswith("metrics.port: must be in [0, 65535], got 65536")

@@ -1,0 +1,121 @@
+"""The node's Prometheus endpoint (perception.node.metrics), scraped over HTTP."""
+
+from __future__ import annotations
+
+import math
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from perception.config import MetricsConfig
+from perception.errors import TransportError
+from perception.msgs.types import DetectionList, Diagnostics, Header, SensorStatus
+from perception.node import NodeCounters
+from perception.node.metrics import NodeMetrics
+from perception.node.view import ViewStats
+
+S = 1_000_000_000
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample at `url`: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _diagnostics(stamp_ns: int, received: int) -> Diagnostics:
+    counters = NodeCounters(received=received, decode_errors=2, stale_payloads=1,
+                            skipped_bundles=4, budget_overruns=3, consecutive_overruns=1,
+                            calibration_ns=S // 2).scalars()  # fmt: skip
+    return Diagnostics(
+        Header("diagnostics", 0, stamp_ns, ""),
+        counters=counters,
+        overruns_by_stage={"fusion": 3},
+        sync={
+            "bundles": 9,
+            "late_messages": 5,
+            "dropped_cameras_queue_full": 1,
+            "dropped_sweeps_queue_full": 2,
+        },
+        sensors=(
+            SensorStatus("lidar/top", True, 10.0, 10.0, 40, 0, stamp_ns - S // 10),
+            SensorStatus("camera/front", False, 0.0, 10.0, 0, 0, None),
+        ),
+        status="degraded",
+    )
+
+
+@pytest.fixture
+def metrics():
+    m = NodeMetrics(MetricsConfig(enabled=True, port=0), ViewStats(offered=7, dropped=2))
+    m.start()
+    yield m
+    m.close()
+
+
+def test_histograms_counters_and_liveness(metrics: NodeMetrics) -> None:
+    for fusion_ms in (1, 3, 40):
+        timings = {"fusion": fusion_ms * 1_000_000, "publish": 200_000}
+        dl = DetectionList(Header("detections", 0, 1, "vehicle"), (), timings, latency_ns=S // 20)
+        metrics.observe(dl)
+    before = scrape(metrics.url)
+    assert before[("perception_stage_duration_seconds_count", (("stage", "fusion"),))] == 3
+    bucket = ("perception_stage_duration_seconds_bucket", (("le", "0.005"), ("stage", "fusion")))
+    assert before[bucket] == 2
+    assert before[("perception_latency_seconds_sum", ())] == pytest.approx(0.15)
+    assert ("perception_received_total", ()) not in before  # no diagnostics yet
+    assert before[("perception_view_dropped_total", ())] == 2
+
+    metrics.update(_diagnostics(100 * S, received=50))
+    got = scrape(metrics.url)
+    assert got[("perception_received_total", ())] == 50
+    assert got[("perception_skipped_bundles_total", ())] == 4
+    assert got[("perception_budget_overruns_total", ())] == 3
+    assert got[("perception_consecutive_overruns", ())] == 1
+    assert got[("perception_calibration_seconds_total", ())] == 0.5
+    dropped = {
+        dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "perception_dropped_total"
+    }
+    assert dropped["decode_error"] == 2 and dropped["stale_payload"] == 1
+    assert dropped["late"] == 5 and dropped["queue_full"] == 3
+    assert got[("perception_stage_overruns_total", (("stage", "fusion"),))] == 3
+    assert got[("perception_sync_total", (("event", "bundles"),))] == 9
+    assert got[("perception_sensor_alive", (("stream", "lidar/top"),))] == 1
+    assert got[("perception_sensor_alive", (("stream", "camera/front"),))] == 0
+    age = got[("perception_sensor_last_message_age_seconds", (("stream", "lidar/top"),))]
+    assert 0.1 <= age < 1.0
+    never = ("perception_sensor_last_message_age_seconds", (("stream", "camera/front"),))
+    assert math.isnan(got[never])
+    assert got[("perception_inputs_status", (("status", "degraded"),))] == 1
+    assert got[("perception_inputs_status", (("status", "ok"),))] == 0
+
+    metrics.update(_diagnostics(101 * S, received=80))
+    assert scrape(metrics.url)[("perception_received_total", ())] == 80
+
+
+def test_two_nodes_in_one_process_have_registries_of_their_own(metrics: NodeMetrics) -> None:
+    other = NodeMetrics(MetricsConfig(enabled=True, port=0))
+    other.start()
+    try:
+        other.update(_diagnostics(S, received=1))
+        metrics.update(_diagnostics(S, received=2))
+        assert scrape(other.url)[("perception_received_total", ())] == 1
+        assert scrape(metrics.url)[("perception_received_total", ())] == 2
+    finally:
+        other.close()
+
+
+def test_a_port_in_use_is_one_error_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TransportError, match=rf"metrics: cannot serve on 127\.0\.0\.1:{port}"):
+            NodeMetrics(MetricsConfig(enabled=True, port=port)).start()
