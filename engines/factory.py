@@ -40,8 +40,9 @@ from engines.cache import (
 from engines.camera.batching import batched_onnx
 from engines.engine import Engine, TensorSpec
 from engines.errors import EngineError, ModelError
-from engines.fusion.config import PACKAGED_MODEL_PATH as FUSION_ENGINE_ONNX
-from engines.fusion.config import FusionEngineConfig
+from engines.fusion.buckets import BucketedFusionEngine
+from engines.fusion.config import FusionEngineConfig, Shape
+from engines.fusion.config import packaged_model_path as packaged_fusion_path
 from engines.fusion.learned_config import LearnedModel, resolve_learned_model
 from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
 from engines.lidar.config import PACKAGED_MODEL_PATH as LIDAR_ENCODER_ONNX
@@ -296,8 +297,16 @@ class EngineFactory:
 
     def fusion_engine(self, config: FusionEngineConfig | None = None) -> Engine:
         """The fusion engine for ``config`` (default :class:`FusionEngineConfig`): the packaged
-        export for the default config, an export of any other (made on first use, needs torch),
+        exports for the default config, exports of any other (made on first use, needs torch),
         or the torch module; TensorRT builds it in strict fp32.
+
+        On ONNX Runtime and torch it is a :class:`BucketedFusionEngine`: the graph at each of the
+        config's bucket shapes, a frame running on the smallest that holds it (same outputs as
+        the full shape, far less padding); the full shape's engine is made here, the others on
+        first use. ONNX Runtime runs it on one intra-op thread unless ``settings.threads`` says
+        otherwise: the graph is a chain of a thousand small operators, and waking a thread pool
+        for each cost more than it saved. TensorRT runs the full shape only: on the GPU the
+        padding costs little, and each bucket would be another engine build of minutes.
 
         Raises:
             EngineError: torch is needed but missing, or a build, load or session failure.
@@ -306,14 +315,27 @@ class EngineFactory:
         if self.placement.backend == "torch":
             from engines.fusion.graph import FusionEngine  # noqa: PLC0415 - needs torch
 
-            return self._torch(
-                FusionEngine(config), config.input_specs(), config.output_specs(), "fusion_engine"
+            module = FusionEngine(config)
+            return BucketedFusionEngine(
+                config,
+                lambda shape: self._torch(
+                    module, config.input_specs(shape), config.output_specs(shape), "fusion_engine"
+                ),
             )
+        if self.placement.backend == "tensorrt":
+            return self.onnx_engine(self._fusion_onnx(config, config.full_shape))
+        threads = self.settings.num_threads or 1
+        return BucketedFusionEngine(
+            config,
+            lambda shape: self.onnx_engine(self._fusion_onnx(config, shape), threads=threads),
+        )
+
+    def _fusion_onnx(self, config: FusionEngineConfig, shape: Shape) -> Path:
+        """The fusion graph's ONNX file at ``shape``: packaged for the default config, else
+        exported (cached)."""
         if config == FusionEngineConfig():
-            path = FUSION_ENGINE_ONNX
-        else:
-            path = self._export("fusion engine", lambda d: _fusion_export(config, d))
-        return self.onnx_engine(path)
+            return packaged_fusion_path(shape)
+        return self._export("fusion engine", lambda d: _fusion_export(config, d, shape))
 
     def learned_fusion_engine(self, model: str | Path) -> tuple[Engine, LearnedModel]:
         """The learned fusion engine ``model`` names (``learned_fusion``: the packaged one, or
@@ -373,10 +395,10 @@ def _lidar_export(config: LidarEncoderConfig, directory: Path | None) -> Path:
     return cached_lidar_encoder_onnx(config, directory)
 
 
-def _fusion_export(config: FusionEngineConfig, directory: Path | None) -> Path:
+def _fusion_export(config: FusionEngineConfig, directory: Path | None, shape: Shape) -> Path:
     from engines.fusion.graph import cached_fusion_engine_onnx  # noqa: PLC0415 - needs torch
 
-    return cached_fusion_engine_onnx(config, directory)
+    return cached_fusion_engine_onnx(config, directory, shape)
 
 
 @dataclass(frozen=True)

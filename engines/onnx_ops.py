@@ -8,9 +8,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
+from onnx import helper, numpy_helper
 
-__all__ = ["export_static_onnx", "scatter_amax"]
+__all__ = ["compact_constants", "export_static_onnx", "scatter_amax"]
 
 
 class _ScatterAmax(torch.autograd.Function):
@@ -45,6 +48,44 @@ def scatter_amax(
     return out
 
 
+def compact_constants(model: onnx.ModelProto, min_elements: int = 256) -> None:
+    """Rewrites, in place, the large constants that constant folding spelled out element by
+    element: one value repeated becomes ``ConstantOfShape``, ``0, 1, ..., n-1`` becomes
+    ``Range``. The graph computes the same tensors (runtimes fold them back when loading); the
+    file shrinks by the scatter buffers and index ranges of the padded shapes.
+    """
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        value = node.attribute[0].t if node.op_type == "Constant" and node.attribute else None
+        if value is None or node.attribute[0].name != "value":
+            nodes.append(node)
+            continue
+        array = numpy_helper.to_array(value)
+        flat = array.reshape(-1)
+        out = node.output[0]
+        if array.size < min_elements:
+            nodes.append(node)
+        elif (flat.view(np.uint8).reshape(flat.size, -1) == flat[:1].view(np.uint8)).all():
+            shape = numpy_helper.from_array(np.asarray(array.shape, np.int64))
+            fill = numpy_helper.from_array(flat[:1].copy())
+            nodes.append(helper.make_node("Constant", [], [out + "_shape"], value=shape))
+            nodes.append(helper.make_node("ConstantOfShape", [out + "_shape"], [out], value=fill))
+        elif (
+            array.ndim == 1
+            and array.dtype == np.int64
+            and np.array_equal(array, np.arange(array.size, dtype=np.int64))
+        ):
+            bounds = (("start", 0), ("limit", array.size), ("delta", 1))
+            for name, v in bounds:
+                scalar = numpy_helper.from_array(np.asarray(v, np.int64))
+                nodes.append(helper.make_node("Constant", [], [f"{out}_{name}"], value=scalar))
+            nodes.append(helper.make_node("Range", [f"{out}_{n}" for n, _ in bounds], [out]))
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def export_static_onnx(
     module: torch.nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -54,14 +95,16 @@ def export_static_onnx(
     *,
     opset: int,
     constant_folding: bool = True,
+    compact: bool = False,
 ) -> Path:
     """Export ``module`` (evaluated on ``example_inputs``) to ONNX with static shapes.
 
     The TorchScript exporter (``dynamo=False``) is used on purpose: it needs no extra packages
     and its plain static graphs run under ONNX Runtime and TensorRT; its deprecation and
-    tracer warnings are expected and silenced. The file is written under a temporary name
-    beside ``path`` and renamed, so a reader never sees a partial model. Returns ``path``;
-    raises OSError when the file cannot be written.
+    tracer warnings are expected and silenced. ``compact`` rewrites large folded constants
+    (:func:`compact_constants`). The file is written under a temporary name beside ``path``
+    and renamed, so a reader never sees a partial model. Returns ``path``; raises OSError when
+    the file cannot be written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +124,10 @@ def export_static_onnx(
                 do_constant_folding=constant_folding,
                 dynamo=False,
             )
+        if compact:
+            model = onnx.load(str(tmp))
+            compact_constants(model)
+            onnx.save(model, str(tmp))
         # mkstemp creates the file private to its owner; a model is ordinary shared data.
         tmp.chmod(0o644)
         os.replace(tmp, path)

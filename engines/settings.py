@@ -58,7 +58,8 @@ class EngineSettings:
         fallback: ``None``, or one of :data:`FALLBACKS`: run that on the CPU where the backend or
             the device cannot run here, and say so (``engines.factory.EngineFactory.notes``).
         threads: intra-op threads of each ONNX Runtime session (and torch's process-wide count
-            for the torch backend); 0 lets the runtime choose.
+            for the torch backend); 0 lets the runtime choose, except for the fusion engine's
+            ONNX Runtime sessions, which then run on one (a chain of small operators).
 
     Raises:
         EngineError: a value out of range; the message names the key as in the node config
@@ -79,7 +80,7 @@ class EngineSettings:
     """null: refuse to start where the backend or device cannot run; `onnxruntime`: run ONNX
     Runtime on the CPU instead, and say so on diagnostics."""
     threads: int = 0
-    """Intra-op threads of each engine; 0 lets the runtime choose."""
+    """Intra-op threads of each engine; 0 lets the runtime choose (the fusion engine: one)."""
 
     def __post_init__(self) -> None:
         checks = [

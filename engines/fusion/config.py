@@ -1,10 +1,12 @@
 """The fusion engine's static shapes, tunables and class priors, its tensor specs and its
-packaged export.
+packaged exports.
 
 Shared by the graph (`engines.fusion.graph`, needs torch) and the runner
 (`engines.fusion.runner`, numpy only), so neither imports the other.
 `engines/models/fusion_engine.onnx` is the export of the default config, shipped with the package
-so the runtime install needs no torch (a test checks it equals a fresh export).
+so the runtime install needs no torch (a test checks it equals a fresh export); beside it,
+`engines/models/fusion_engine_buckets/` holds the same graph exported at the config's smaller
+bucket shapes (:meth:`FusionEngineConfig.shapes`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -28,16 +31,24 @@ __all__ = [
     "INPUT_NAMES",
     "ONNX_OPSET",
     "OUTPUT_NAMES",
+    "PACKAGED_BUCKETS_DIR",
     "PACKAGED_MODEL_PATH",
     "EnginePrior",
     "FusionEngineConfig",
+    "Shape",
+    "packaged_model_path",
 ]
 
 #: Bumped whenever the graph changes for the same config, so cached exports are not reused stale.
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 
 #: The default config's graph, exported (regenerate with `python -m engines.fusion.graph`).
 PACKAGED_MODEL_PATH = PACKAGED_MODELS_DIR / "fusion_engine.onnx"
+#: The default config's graph at its smaller bucket shapes (regenerated with it).
+PACKAGED_BUCKETS_DIR = PACKAGED_MODELS_DIR / "fusion_engine_buckets"
+
+#: A static input shape of the graph: ``(points, boxes)`` rows.
+Shape = tuple[int, int]
 
 #: ``ScatterElements`` with ``reduction="max"`` needs opset 18.
 ONNX_OPSET = 18
@@ -149,6 +160,12 @@ class FusionEngineConfig:
     n_max: int = 32768
     b_max: int = 16
     points_per_box: int = 1024  # members gathered per box (a fixed hashed subset beyond that)
+    # Smaller static shapes the graph is also exported at (see `shapes`): a frame runs on the
+    # smallest that holds it, since padding rows cost as much as real ones. Point buckets
+    # below points_per_box are not used (they would shorten the per-box arrays, and with them
+    # the order of float sums, so results would not be bitwise those of the full shape).
+    point_buckets: tuple[int, ...] = (8192, 16384, 24576)
+    box_buckets: tuple[int, ...] = (4, 8)
     # Points.
     min_depth_m: float = 0.5  # camera depth below which points are ignored
     max_range_m: float = 80.0  # BEV range from the lidar beyond which points are ignored
@@ -192,6 +209,14 @@ class FusionEngineConfig:
         for name in ("n_max", "b_max", "points_per_box", "max_clusters", "coverage_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FusionEngineConfig.{name}: must be >= 1")
+        for name in ("point_buckets", "box_buckets"):
+            sizes = getattr(self, name)
+            if any(not isinstance(v, int) or v < 1 for v in sizes) or list(sizes) != sorted(
+                set(sizes)
+            ):
+                raise ValueError(
+                    f"FusionEngineConfig.{name}: must be increasing whole numbers >= 1"
+                )
         if self.outline_bins < 2 or self.min_outline_points < 2:
             raise ValueError("FusionEngineConfig: outline_bins and min_outline_points must be >= 2")
         positive = (
@@ -243,12 +268,52 @@ class FusionEngineConfig:
         rows = [p.row() for p in (*self.priors, self.generic_prior)]
         return np.asarray(rows, dtype=np.float32)
 
-    def input_specs(self) -> tuple[TensorSpec, ...]:
-        """The padded inputs, in :data:`INPUT_NAMES` order (see ``FusionEngine.forward``)."""
+    @property
+    def full_shape(self) -> Shape:
+        """``(n_max, b_max)``: the largest shape, which every frame fits."""
+        return (self.n_max, self.b_max)
+
+    def point_sizes(self) -> tuple[int, ...]:
+        """The padded point counts in use, increasing, ``n_max`` last."""
+        low = min(self.points_per_box, self.n_max)
+        return (*(n for n in self.point_buckets if low <= n < self.n_max), self.n_max)
+
+    def box_sizes(self) -> tuple[int, ...]:
+        """The padded box counts in use, increasing, ``b_max`` last."""
+        return (*(b for b in self.box_buckets if b < self.b_max), self.b_max)
+
+    def shapes(self) -> tuple[Shape, ...]:
+        """Every static ``(points, boxes)`` shape the graph runs at, the full shape last.
+
+        The graph's outputs for a frame are the same (bitwise) at every shape that holds it:
+        padded rows are masked out, each box is worked on alone, and the point sampling order
+        is the full shape's (its first rows).
+        """
+        return tuple((n, b) for n in self.point_sizes() for b in self.box_sizes())
+
+    def shape_for(self, num_points: int, num_boxes: int) -> Shape:
+        """The smallest shape that holds ``num_points`` points and ``num_boxes`` boxes.
+
+        Raises:
+            ValueError: more than ``n_max`` points or ``b_max`` boxes.
+        """
+        if not (0 <= num_points <= self.n_max and 0 <= num_boxes <= self.b_max):
+            raise ValueError(
+                f"fusion engine: {num_points} points and {num_boxes} boxes do not fit "
+                f"n_max={self.n_max}, b_max={self.b_max}"
+            )
+        n = next(s for s in self.point_sizes() if s >= num_points)
+        b = next(s for s in self.box_sizes() if s >= num_boxes)
+        return (n, b)
+
+    def input_specs(self, shape: Shape | None = None) -> tuple[TensorSpec, ...]:
+        """The padded inputs at ``shape`` (default the full shape), in :data:`INPUT_NAMES`
+        order (see ``FusionEngine.forward``)."""
+        n, b = shape if shape is not None else self.full_shape
         return (
-            TensorSpec("points", "float32", (self.n_max, 4)),
+            TensorSpec("points", "float32", (n, 4)),
             TensorSpec("num_points", "int64", (1,)),
-            TensorSpec("boxes", "float32", (self.b_max, 6)),
+            TensorSpec("boxes", "float32", (b, 6)),
             TensorSpec("num_boxes", "int64", (1,)),
             TensorSpec("camera_from_vehicle", "float32", (4, 4)),
             TensorSpec("intrinsics", "float32", (3, 3)),
@@ -256,16 +321,28 @@ class FusionEngineConfig:
             TensorSpec("ground", "float32", (4,)),
         )
 
-    def output_specs(self) -> tuple[TensorSpec, ...]:
-        """The outputs, in :data:`OUTPUT_NAMES` order: ``boxes3d`` float32 ``[b_max, 7]``,
-        ``valid`` bool ``[b_max]``, ``fused_score`` float32 ``[b_max]``."""
+    def output_specs(self, shape: Shape | None = None) -> tuple[TensorSpec, ...]:
+        """The outputs at ``shape`` (default the full shape), in :data:`OUTPUT_NAMES` order:
+        ``boxes3d`` float32 ``[b, 7]``, ``valid`` bool ``[b]``, ``fused_score`` float32
+        ``[b]``."""
+        b = shape[1] if shape is not None else self.b_max
         return (
-            TensorSpec("boxes3d", "float32", (self.b_max, 7)),
-            TensorSpec("valid", "bool", (self.b_max,)),
-            TensorSpec("fused_score", "float32", (self.b_max,)),
+            TensorSpec("boxes3d", "float32", (b, 7)),
+            TensorSpec("valid", "bool", (b,)),
+            TensorSpec("fused_score", "float32", (b,)),
         )
 
-    def cache_key(self) -> str:
-        """A sha256 hex digest of everything that determines the exported ONNX file (the
-        config, :data:`GRAPH_VERSION`, the opset and the torch version)."""
-        return export_key(dataclasses.asdict(self), graph_version=GRAPH_VERSION, opset=ONNX_OPSET)
+    def cache_key(self, shape: Shape | None = None) -> str:
+        """A sha256 hex digest of everything that determines the exported ONNX file at
+        ``shape`` (default the full shape): the config, the shape, :data:`GRAPH_VERSION`, the
+        opset and the torch version."""
+        payload = {"config": dataclasses.asdict(self), "shape": list(shape or self.full_shape)}
+        return export_key(payload, graph_version=GRAPH_VERSION, opset=ONNX_OPSET)
+
+
+def packaged_model_path(shape: Shape) -> Path:
+    """Where the default config's export at ``shape`` is packaged (it may not exist for shapes
+    other than the default config's)."""
+    if shape == FusionEngineConfig().full_shape:
+        return PACKAGED_MODEL_PATH
+    return PACKAGED_BUCKETS_DIR / f"fusion_engine_n{shape[0]}_b{shape[1]}.onnx"

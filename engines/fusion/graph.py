@@ -1,8 +1,9 @@
 """Fusion engine: camera boxes + lidar points + camera projection -> 3D boxes, one torch graph.
 
 The project's own graph of late "frustum" fusion, exported to ONNX with static shapes (padded
-inputs with counts) so ONNX Runtime, TensorRT and torch run the same computation. It follows what
-a prototype learned on the KITTI frames (``shared/notes/fusion-findings.md``):
+inputs with counts) so ONNX Runtime, TensorRT and torch run the same computation; exported at the
+config's full shape and at smaller bucket shapes with the same outputs (``engines.fusion.buckets``).
+It follows what a prototype learned on the KITTI frames (``shared/notes/fusion-findings.md``):
 
 1. All points are projected into the image once; per 2D box a membership mask ``[B, N]`` keeps
    the points inside the slightly shrunk box, in front of the camera and above the ground.
@@ -48,12 +49,18 @@ from engines.fusion.config import (
     INPUT_NAMES,
     ONNX_OPSET,
     OUTPUT_NAMES,
-    PACKAGED_MODEL_PATH,
     FusionEngineConfig,
+    Shape,
+    packaged_model_path,
 )
 from engines.onnx_ops import export_static_onnx, scatter_amax
 
-__all__ = ["FusionEngine", "cached_fusion_engine_onnx", "export_fusion_engine_onnx"]
+__all__ = [
+    "FusionEngine",
+    "cached_fusion_engine_onnx",
+    "export_fusion_engine_onnx",
+    "export_packaged",
+]
 
 # Points above the class's largest height by more than this are overhangs (trees, signs); the
 # margin absorbs ground-plane error.
@@ -92,19 +99,48 @@ def _scatter_sum(size: int, index: torch.Tensor, src: torch.Tensor) -> torch.Ten
 def _masked_percentiles(
     values: torch.Tensor, mask: torch.Tensor, qs: Sequence[float]
 ) -> list[torch.Tensor]:
-    """The ``qs``-th percentiles (numpy's linear interpolation) of ``values`` where ``mask``.
+    """The ``qs``-th percentiles (numpy's linear interpolation) of ``values`` where ``mask``
+    (which may broadcast over the middle axes of ``values``).
 
-    Reduces the last axis with one sort; rows with no valid entry give meaningless finite values.
+    Reduces the last axis; rows with no valid entry give meaningless finite values. Only the
+    order statistics a percentile interpolates between are selected (a top-k of the few
+    smallest, or largest, entries): a full sort of the axis cost up to 20x more, and the
+    selected values, hence the percentiles, are the same.
     """
+    length = values.shape[-1]
     n = mask.sum(-1, keepdim=True).to(values.dtype)
-    ordered = torch.sort(torch.where(mask, values, BIG), dim=-1).values
     last = torch.clamp(n - 1.0, min=0.0)
+    smallest: dict[int, torch.Tensor] = {}
+    largest: dict[int, torch.Tensor] = {}
     out = []
     for q in qs:
         pos = last * (q / 100.0)
         lo = torch.floor(pos)
-        a = torch.gather(ordered, -1, lo.to(torch.int64))
-        b = torch.gather(ordered, -1, torch.minimum(lo + 1.0, last).to(torch.int64))
+        hi = torch.minimum(lo + 1.0, last)
+        # Ranks counted from the end this percentile is nearer to, bounded for every count n
+        # <= length; one rank of margin covers the float rounding of pos.
+        if q <= 50.0:
+            k = min(length, math.floor((length - 1) * q / 100.0) + 3)
+            if k not in smallest:
+                masked = torch.where(mask, values, BIG)
+                smallest[k] = torch.topk(masked, k, dim=-1, largest=False).values
+            ordered, a_rank, b_rank = smallest[k], lo, hi
+        else:
+            k = min(length, math.ceil((length - 1) * (100.0 - q) / 100.0) + 3)
+            if k not in largest:
+                masked = torch.where(mask, values, -BIG)
+                largest[k] = torch.topk(masked, k, dim=-1, largest=True).values
+            ordered = largest[k]
+            a_rank = torch.clamp(last - lo, min=0.0)
+            b_rank = torch.clamp(last - hi, min=0.0)
+        # A mask broadcast over middle axes counts once for all of them.
+        rank_shape = (*ordered.shape[:-1], 1)
+        a = torch.gather(ordered, -1, a_rank.to(torch.int64).expand(rank_shape))
+        b = torch.gather(ordered, -1, b_rank.to(torch.int64).expand(rank_shape))
+        if q > 50.0:
+            # As a full sort gives where no entry is valid (padding sorts last as BIG).
+            a = torch.where(n > 0, a, BIG)
+            b = torch.where(n > 0, b, BIG)
         out.append((a + (b - a) * (pos - lo)).squeeze(-1))
     return out
 
@@ -129,7 +165,8 @@ class FusionEngine(torch.nn.Module):
     """Camera boxes + lidar points -> 3D boxes; see the module docstring for the method.
 
     ``forward(points, num_points, boxes, num_boxes, camera_from_vehicle, intrinsics, image_size,
-    ground)``:
+    ground)``, at the config's full shape ``(n_max, b_max)`` or any smaller one of
+    :meth:`FusionEngineConfig.shapes` (the outputs for the given rows are the same):
         points: float32 ``[n_max, 4]`` (x, y, z, intensity), vehicle frame, metres; rows from
             ``num_points`` on are padding (ignored whatever they hold), as are non-finite rows.
         num_points: int64 ``[1]``.
@@ -156,6 +193,8 @@ class FusionEngine(torch.nn.Module):
         # A fixed pseudo-random order of the point rows: when a box holds more than
         # points_per_box members, top-k on this picks an even sample of them (not the first
         # rows, which are one part of the sweep). Distinct values, so no backend breaks ties.
+        # Sized for n_max: a smaller bucket shape uses its first rows, so a frame's sample is
+        # the same at every shape.
         n = self.config.n_max
         step = 40503
         while math.gcd(step, n) != 1:
@@ -176,26 +215,36 @@ class FusionEngine(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
         dev, dt = points.device, points.dtype
+        # The static shape traced: the config's full shape or one of its buckets.
         n_max, b_max = points.shape[0], boxes.shape[0]
         p_max = min(cfg.points_per_box, n_max)
 
-        # ---- Points: projected once, shared by every box.
+        # ---- Points: projected once, shared by every box. The points are worked on as rows
+        # ([3, N], one per coordinate): ONNX Runtime broadcasts and gathers along the short
+        # last axis of [N, 3] an order of magnitude slower, and its [N, 3] @ [3] product (the
+        # plane height) took 4-9 ms. Same products in the same order: ONNX Runtime's outputs
+        # are bitwise those of the [N, 3] form (checked on KITTI and synthetic drives).
         row = torch.arange(n_max, device=dev)
-        finite = torch.isfinite(points[:, :3]).all(dim=1)
-        xyz = torch.where(finite[:, None], points[:, :3], 0.0)
+        raw_t = points.T[:3]
+        # Row by row of a computed tensor: a row of the transposed input itself is exported
+        # as a strided gather of a column (0.25 ms each at 24k points).
+        ok_t = torch.isfinite(raw_t)
+        finite = ok_t[0] & ok_t[1] & ok_t[2]
+        xyz_t = torch.where(finite[None, :], raw_t, 0.0)
+        x, y, z = xyz_t[0], xyz_t[1], xyz_t[2]
         rot, shift = camera_from_vehicle[:3, :3], camera_from_vehicle[:3, 3]
-        cam = xyz @ rot.T + shift
-        depth = cam[:, 2]
+        cam_t = rot @ xyz_t + shift[:, None]
+        depth = cam_t[2]
         safe_depth = torch.where(depth > cfg.min_depth_m, depth, 1.0)
-        pix = cam @ intrinsics.T
-        u = pix[:, 0] / safe_depth
-        v = pix[:, 1] / safe_depth
+        pix_t = intrinsics @ cam_t
+        u = pix_t[0] / safe_depth
+        v = pix_t[1] / safe_depth
         width, height = image_size[0], image_size[1]
         normal = ground[:3] / torch.clamp(torch.linalg.vector_norm(ground[:3]), min=1e-9)
         offset = ground[3] / torch.clamp(torch.linalg.vector_norm(ground[:3]), min=1e-9)
-        plane_h = xyz @ normal + offset
+        plane_h = x * normal[0] + y * normal[1] + z * normal[2] + offset
         ox, oy = cfg.lidar_origin_xy
-        rel_x, rel_y = xyz[:, 0] - ox, xyz[:, 1] - oy
+        rel_x, rel_y = x - ox, y - oy
         rng = torch.sqrt(rel_x * rel_x + rel_y * rel_y)
         usable = (row < num_points) & finite & (depth >= cfg.min_depth_m)
         usable = usable & (rng <= cfg.max_range_m)
@@ -228,9 +277,9 @@ class FusionEngine(torch.nn.Module):
             (u_obs[None, :] - (0.5 * (ix1 + ix2))[:, None]).abs() - half_w,
             (v[None, :] - (0.5 * (iy1 + iy2))[:, None]).abs() - half_h,
         )
-        priority = torch.where(inside < 0, self.point_priority[None, :], 0.0)
+        priority = torch.where(inside < 0, self.point_priority[None, :n_max], 0.0)
         top = torch.topk(priority, p_max, dim=1)
-        features = torch.stack([depth, u, plane_h, xyz[:, 0], xyz[:, 1], rng], dim=1)[top.indices]
+        features = torch.stack([depth, u, plane_h, x, y, rng], dim=1)[top.indices]
         g_depth, g_u, g_h, g_x, g_y, g_rng = features.unbind(dim=2)
         # Overhangs (trees, signs above the object) are dropped after gathering: a per-class
         # height test on all N points would double the [B, N] work.
@@ -252,9 +301,6 @@ class FusionEngine(torch.nn.Module):
         box_w = torch.clamp(ix2 - ix1, min=1e-3)
         cols_f = torch.floor((g_u - ix1[:, None]) / box_w[:, None] * n_cols)
         cols = torch.clamp(cols_f, 0.0, float(n_cols - 1)).to(torch.int64)
-        flat_col = torch.where(gathered, (base + bins) * n_cols + cols, 0)
-        col_counts = _scatter_sum(b_max * nb * n_cols, flat_col, ones)
-        col_occ = (col_counts > 0).to(dt).reshape(b_max, nb, n_cols)
 
         # A bin starts a new cluster when no occupied bin lies within the link gap before it;
         # the gap grows with depth as rings and returns thin out.
@@ -278,17 +324,31 @@ class FusionEngine(torch.nn.Module):
         cluster_of_bin = torch.cumsum(start.to(torch.int64), dim=1) - 1  # [B, NB]
         r_max = cfg.max_clusters
         cluster_index = torch.arange(r_max, device=dev)
+        # Per-cluster reductions scatter the bins (or points) into [B, R] slots: exact for
+        # counts, maxima and minima, and cheaper than masking [B, NB, R]. The depth sum stays
+        # a product with the one-hot membership, which fixes the order its floats add in.
         in_cluster = (cluster_of_bin[:, :, None] == cluster_index) & occupied[:, :, None]
-        onehot = in_cluster.to(dt)  # [B, NB, R]
-        onehot_t = onehot.transpose(1, 2)
-        c_count = (onehot_t @ counts[:, :, None]).squeeze(2)  # [B, R]
+        onehot_t = in_cluster.to(dt).transpose(1, 2)  # [B, R, NB]
+        n_slots = b_max * r_max
+        bin_slot = torch.where(
+            occupied & (cluster_of_bin < r_max), box_row[:, None] * r_max + cluster_of_bin, n_slots
+        )
+        c_count = _scatter_sum(n_slots + 1, bin_slot, counts)[:n_slots].reshape(b_max, r_max)
         c_depth = (onehot_t @ depth_sum[:, :, None]).squeeze(2) / torch.clamp(c_count, min=1.0)
-        c_cover = ((onehot_t @ col_occ) > 0).to(dt).sum(2) / n_cols  # [B, R]
-        c_top = torch.where(in_cluster, bin_hmax[:, :, None], -BIG).amax(1)
-        bin_f = bin_index.to(dt)[None, :, None]
-        c_first = torch.where(in_cluster, bin_f, BIG).amin(1)
-        c_last = torch.where(in_cluster, bin_f, -BIG).amax(1)
+        c_top = _scatter_max(n_slots + 1, bin_slot, bin_hmax)[:n_slots].reshape(b_max, r_max)
+        bin_f = bin_index.to(dt)[None, :].expand(b_max, nb)
+        c_first = -_scatter_max(n_slots + 1, bin_slot, -bin_f)[:n_slots].reshape(b_max, r_max)
+        c_last = _scatter_max(n_slots + 1, bin_slot, bin_f)[:n_slots].reshape(b_max, r_max)
         c_extent = (c_last - c_first + 1.0) * cfg.depth_bin_m
+        # Width coverage: the lateral columns any of a cluster's gathered points falls in.
+        point_cluster = torch.gather(cluster_of_bin, 1, bins)
+        col_slot = torch.where(
+            gathered & (point_cluster < r_max),
+            (box_row[:, None] * r_max + point_cluster) * n_cols + cols,
+            n_slots * n_cols,
+        )
+        col_hits = _scatter_sum(n_slots * n_cols + 1, col_slot, ones)[: n_slots * n_cols]
+        c_cover = (col_hits > 0).to(dt).reshape(b_max, r_max, n_cols).sum(2) / n_cols
 
         fy = intrinsics[1, 1]
         top_cut = y1 <= cfg.image_edge_margin_px
@@ -309,7 +369,6 @@ class FusionEngine(torch.nn.Module):
         chosen = torch.argmax(rank, dim=1)  # [B]
         found = passes.any(dim=1) & box_ok
         coverage = torch.gather(c_cover, 1, chosen[:, None]).squeeze(1)
-        point_cluster = torch.gather(cluster_of_bin, 1, bins)
         sel = gathered & (point_cluster == chosen[:, None]) & found[:, None]  # [B, P]
 
         # ---- Sensor-facing outline: nearest selected point per azimuth bin -> [B, A].
@@ -418,7 +477,7 @@ class FusionEngine(torch.nn.Module):
 
         # ---- Height and z: the plane at the centre, corrected by the lowest return near it
         # (one plane drifts on slopes).
-        local = self._local_ground(xyz, plane_h, usable, cx, cy)
+        local = self._local_ground((x, y), plane_h, usable, cx, cy)
         top_h = torch.where(sel, g_h, -BIG).amax(1) - local
         prior_h = prior[:, _P_HGT]
         box_h = torch.where((top_h > prior_h) & (top_h <= prior[:, _P_MAX_HGT]), top_h, prior_h)
@@ -448,7 +507,7 @@ class FusionEngine(torch.nn.Module):
 
     def _local_ground(
         self,
-        xyz: torch.Tensor,
+        xy: tuple[torch.Tensor, torch.Tensor],
         plane_h: torch.Tensor,
         usable: torch.Tensor,
         cx: torch.Tensor,
@@ -462,8 +521,9 @@ class FusionEngine(torch.nn.Module):
         cfg = self.config
         cell, half = cfg.local_ground_cell_m, cfg.max_range_m
         n = math.ceil(2 * half / cell)
-        ix = torch.floor((xyz[:, 0] + half) / cell)
-        iy = torch.floor((xyz[:, 1] + half) / cell)
+        x, y = xy
+        ix = torch.floor((x + half) / cell)
+        iy = torch.floor((y + half) / cell)
         near = usable & (plane_h.abs() <= cfg.local_ground_max_offset_m)
         near = near & (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n)
         flat = torch.where(near, ix * n + iy, float(n * n)).to(torch.int64)
@@ -489,7 +549,8 @@ class FusionEngine(torch.nn.Module):
         x, y = ox[:, None, :], oy[:, None, :]
         a = x * c + y * s  # [B, K, A]
         b = -x * s + y * c
-        m = valid[:, None, :].expand_as(a)
+        # [B, 1, A], broadcast over the headings: the counts are per box, not per heading.
+        m = valid[:, None, :]
         q = cfg.rect_trim_percent
         a_lo, a_hi = _masked_percentiles(a, m, (q, 100 - q))
         b_lo, b_hi = _masked_percentiles(b, m, (q, 100 - q))
@@ -611,11 +672,12 @@ class FusionEngine(torch.nn.Module):
         return cut_lo, cut_hi
 
 
-def _example_inputs(config: FusionEngineConfig) -> tuple[torch.Tensor, ...]:
+def _example_inputs(shape: Shape) -> tuple[torch.Tensor, ...]:
+    n, b = shape
     return (
-        torch.zeros((config.n_max, 4), dtype=torch.float32),
+        torch.zeros((n, 4), dtype=torch.float32),
         torch.zeros((1,), dtype=torch.int64),
-        torch.zeros((config.b_max, 6), dtype=torch.float32),
+        torch.zeros((b, 6), dtype=torch.float32),
         torch.zeros((1,), dtype=torch.int64),
         torch.eye(4, dtype=torch.float32),
         torch.eye(3, dtype=torch.float32),
@@ -630,19 +692,21 @@ def export_fusion_engine_onnx(
     b_max: int | None = None,
     *,
     config: FusionEngineConfig | None = None,
+    shape: Shape | None = None,
 ) -> Path:
     """Exports :class:`FusionEngine` to ONNX (opset :data:`ONNX_OPSET`, static shapes).
 
     Inputs :data:`INPUT_NAMES` and outputs :data:`OUTPUT_NAMES` with the shapes of
-    :class:`FusionEngine`; ``n_max`` / ``b_max`` override the config's padded sizes. The file is
-    written to a temporary name beside ``path`` and renamed, so a reader never sees a partial
-    model.
+    :class:`FusionEngine`; ``n_max`` / ``b_max`` override the config's padded sizes (another
+    config), ``shape`` picks one of the config's bucket shapes (:meth:`FusionEngineConfig.shapes`;
+    default its full shape). The file is written to a temporary name beside ``path`` and
+    renamed, so a reader never sees a partial model.
 
     Returns:
         ``path``.
 
     Raises:
-        ValueError: a size < 1.
+        ValueError: a size < 1, or ``shape`` is not one of the config's shapes.
         OSError: the file cannot be written.
     """
     cfg = config if config is not None else FusionEngineConfig()
@@ -653,35 +717,55 @@ def export_fusion_engine_onnx(
         overrides["b_max"] = b_max
     if overrides:
         cfg = replace(cfg, **overrides)  # type: ignore[arg-type]
+    shape = shape if shape is not None else cfg.full_shape
+    if shape not in cfg.shapes():
+        raise ValueError(f"fusion engine: {shape} is not one of the config's shapes {cfg.shapes()}")
     return export_static_onnx(
         FusionEngine(cfg),
-        _example_inputs(cfg),
+        _example_inputs(shape),
         path,
         INPUT_NAMES,
         OUTPUT_NAMES,
         opset=ONNX_OPSET,
+        compact=True,
     )
 
 
-def cached_fusion_engine_onnx(config: FusionEngineConfig, cache_dir: Path | None = None) -> Path:
-    """The exported ONNX file for ``config`` in ``cache_dir``, exporting it on first use.
+def cached_fusion_engine_onnx(
+    config: FusionEngineConfig, cache_dir: Path | None = None, shape: Shape | None = None
+) -> Path:
+    """The exported ONNX file for ``config`` at ``shape`` (default its full shape) in
+    ``cache_dir``, exporting it on first use.
 
-    The file is named by :meth:`FusionEngineConfig.cache_key`, so a changed config, graph
-    version or torch version gets a fresh export instead of a stale one.
+    The file is named by :meth:`FusionEngineConfig.cache_key` (which covers the shape) and the
+    shape, so a changed config, shape, graph version or torch version gets a fresh export
+    instead of a stale one.
 
     Args:
         cache_dir: defaults to :data:`engines.exports.DEFAULT_EXPORT_DIR`.
 
     Raises:
+        ValueError: ``shape`` is not one of the config's shapes.
         OSError: the cache directory or file cannot be written.
     """
+    shape = shape if shape is not None else config.full_shape
     directory = Path(cache_dir) if cache_dir is not None else DEFAULT_EXPORT_DIR
-    path = directory / f"fusion_engine-{config.cache_key()[:24]}.onnx"
+    name = f"fusion_engine-{config.cache_key(shape)[:24]}-n{shape[0]}-b{shape[1]}.onnx"
+    path = directory / name
     if not path.is_file():
-        export_fusion_engine_onnx(path, config=config)
+        export_fusion_engine_onnx(path, config=config, shape=shape)
     return path
 
 
+def export_packaged() -> list[Path]:
+    """Regenerates the packaged exports of the default config at every shape
+    (:func:`engines.fusion.config.packaged_model_path`) and returns their paths."""
+    config = FusionEngineConfig()
+    return [
+        export_fusion_engine_onnx(packaged_model_path(shape), config=config, shape=shape)
+        for shape in config.shapes()
+    ]
+
+
 if __name__ == "__main__":
-    # Regenerates the packaged export of the default config.
-    export_fusion_engine_onnx(PACKAGED_MODEL_PATH)
+    export_packaged()

@@ -50,6 +50,13 @@ FloatArray = npt.NDArray[np.float64]
 
 # Headings searched by the rectangle fit: a rectangle repeats every 90 degrees.
 _HEADINGS = np.deg2rad(np.arange(0.0, 90.0, 2.0))
+# Their unit vectors along and across, computed once (2 x T each).
+_HEADING_AXES = (
+    np.stack([np.cos(_HEADINGS), np.sin(_HEADINGS)]),
+    np.stack([-np.sin(_HEADINGS), np.cos(_HEADINGS)]),
+)
+# The refinement around the best coarse heading.
+_REFINE_OFFSETS = np.deg2rad(np.arange(-2.0, 2.01, 0.25))
 # Points closer than this to an edge count as on it (the closeness criterion's d0, metres).
 _CLOSENESS_FLOOR_M = 0.01
 # The rectangle fit uses at most this many points of a cluster (stride-sampled).
@@ -66,9 +73,9 @@ def fit_rectangle(xy: FloatArray) -> tuple[tuple[float, float], float, float, fl
         ``((cx, cy), length, width, yaw)``: centre, the longer and shorter side, and the heading
         of the longer side in (-pi/2, pi/2].
     """
-    theta = _best_heading(xy, _HEADINGS)
+    theta = _best_heading(xy, _HEADINGS, _HEADING_AXES)
     # A 2-degree step leaves up to 1 degree of error: 9 cm of extent across a 5 m side.
-    theta = _best_heading(xy, theta + np.deg2rad(np.arange(-2.0, 2.01, 0.25)))
+    theta = _best_heading(xy, theta + _REFINE_OFFSETS)
     c, s = math.cos(theta), math.sin(theta)
     a = xy @ np.array([c, s])
     b = xy @ np.array([-s, c])
@@ -81,17 +88,28 @@ def fit_rectangle(xy: FloatArray) -> tuple[tuple[float, float], float, float, fl
     return (cx, cy), 2 * half_b, 2 * half_a, _wrap_half(theta + math.pi / 2)
 
 
-def _best_heading(xy: FloatArray, headings: FloatArray) -> float:
-    along = xy @ np.stack([np.cos(headings), np.sin(headings)])  # N x T
-    across = xy @ np.stack([-np.sin(headings), np.cos(headings)])
+def _best_heading(
+    xy: FloatArray, headings: FloatArray, axes: tuple[FloatArray, FloatArray] | None = None
+) -> float:
+    if axes is None:
+        axes = (
+            np.stack([np.cos(headings), np.sin(headings)]),
+            np.stack([-np.sin(headings), np.cos(headings)]),
+        )
+    along = xy @ axes[0]  # N x T
+    across = xy @ axes[1]
     return float(headings[int(np.argmax(_closeness(along) + _closeness(across)))])
 
 
 def _closeness(coord: FloatArray) -> FloatArray:
-    """Per heading (column): how tightly the points hug the nearer of the two edges along it."""
+    """Per heading (column): how tightly the points hug the nearer of the two edges along it.
+    Overwrites ``coord`` (the caller's scratch)."""
     lo, hi = coord.min(axis=0), coord.max(axis=0)
-    d = np.minimum(coord - lo, hi - coord)
-    return np.asarray((1.0 / np.maximum(d, _CLOSENESS_FLOOR_M)).sum(axis=0), dtype=np.float64)
+    d = coord - lo
+    np.minimum(d, np.subtract(hi, coord, out=coord), out=d)
+    np.maximum(d, _CLOSENESS_FLOOR_M, out=d)
+    np.divide(1.0, d, out=d)
+    return np.asarray(d.sum(axis=0), dtype=np.float64)
 
 
 def _wrap_half(angle: float) -> float:
@@ -158,12 +176,17 @@ class LidarObjects:
         point_label[inside] = labels[iy[inside], ix[inside]]
         order = np.argsort(point_label, kind="stable")
         bounds = np.searchsorted(point_label[order], np.arange(count + 1))
+        # Most components are a few cells of clutter: only those with enough points are looked
+        # at (label 0 is the background).
+        sizes = np.diff(bounds)
+        candidates = np.flatnonzero(sizes[1:] >= self.config.min_points) + 1
+        boxes = _FusedBoxes(fused, self.config.explained_margin_m)
         out: list[Detection3D] = []
-        for label in range(1, count):
+        for label in candidates.tolist():
             members = order[bounds[label] : bounds[label + 1]]
-            if len(members) < self.config.min_points:
-                continue
-            if self._explained(obstacle[members, :2].astype(np.float64), fused):
+            if boxes and boxes.explain(
+                obstacle[members, :2].astype(np.float64), self.config.explained_fraction
+            ):
                 continue
             detection = self._object(obstacle[members], ground)
             if detection is not None:
@@ -172,14 +195,17 @@ class LidarObjects:
 
     def _object(self, cluster: npt.NDArray[np.float32], ground: GroundPlane) -> Detection3D | None:
         cfg = self.config
-        xy = cluster[:, :2].astype(np.float64)
-        span = xy.max(axis=0) - xy.min(axis=0)
+        # Extremes in float32 then widened: the same values as extremes of the widened points,
+        # without widening every point of a large cluster (walls) that is then dropped.
+        xy = cluster[:, :2]
+        x, y = cluster[:, 0], cluster[:, 1]
+        span = (float(x.max()) - float(x.min()), float(y.max()) - float(y.min()))
         if float(np.hypot(*span)) > cfg.max_extent_m * math.sqrt(2):
             return None
         top, base = float(cluster[:, 2].max()), float(cluster[:, 2].min())
         if top < cfg.min_top_m or base > cfg.max_base_m:
             return None
-        fit_xy = xy[:: -(-len(xy) // _FIT_MAX_POINTS)]
+        fit_xy = xy[:: -(-len(xy) // _FIT_MAX_POINTS)].astype(np.float64)
         (cx, cy), length, width, yaw = fit_rectangle(fit_xy)
         if length > cfg.max_extent_m:
             return None
@@ -197,14 +223,46 @@ class LidarObjects:
             sources=("lidar",),
         )
 
-    def _explained(self, xy: FloatArray, fused: Sequence[Detection3D]) -> bool:
-        margin = self.config.explained_margin_m
-        for d in fused:
-            c, sn = math.cos(d.yaw), math.sin(d.yaw)
-            dx, dy = xy[:, 0] - d.center[0], xy[:, 1] - d.center[1]
-            inside = (np.abs(c * dx + sn * dy) <= d.size[0] / 2 + margin) & (
-                np.abs(-sn * dx + c * dy) <= d.size[1] / 2 + margin
-            )
-            if inside.mean() >= self.config.explained_fraction:
-                return True
-        return False
+
+class _FusedBoxes:
+    """The fused detections' footprints, grown by ``margin_m``, as arrays: a cluster is tested
+    against all of them at once."""
+
+    def __init__(self, fused: Sequence[Detection3D], margin_m: float) -> None:
+        # Scalars as the per-detection loop computed them (math.cos, Python float sums), so
+        # the tests below compare the very same numbers.
+        self.count = len(fused)
+        self.cx = np.array([d.center[0] for d in fused], np.float64)[:, None]
+        self.cy = np.array([d.center[1] for d in fused], np.float64)[:, None]
+        self.cos = np.array([math.cos(d.yaw) for d in fused], np.float64)[:, None]
+        self.sin = np.array([math.sin(d.yaw) for d in fused], np.float64)[:, None]
+        self.neg_sin = np.array([-math.sin(d.yaw) for d in fused], np.float64)[:, None]
+        self.half_length = np.array([d.size[0] / 2 + margin_m for d in fused])[:, None]
+        self.half_width = np.array([d.size[1] / 2 + margin_m for d in fused])[:, None]
+        # A footprint lies within this distance of its centre (with a margin for rounding).
+        self.reach = (np.hypot(self.half_length, self.half_width) * 1.001 + 1e-6)[:, 0]
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def explain(self, xy: FloatArray, fraction: float) -> bool:
+        """Whether at least ``fraction`` of the points lie in one footprint."""
+        cx, cy, cos, sin, neg_sin = self.cx, self.cy, self.cos, self.sin, self.neg_sin
+        half_length, half_width = self.half_length, self.half_width
+        if fraction > 0:
+            # Footprints out of reach of the cluster's bounding box hold none of its points;
+            # most clusters (walls, poles) are far from every fused detection.
+            lo, hi = xy.min(axis=0), xy.max(axis=0)
+            gap_x = np.maximum(np.maximum(lo[0] - cx[:, 0], cx[:, 0] - hi[0]), 0.0)
+            gap_y = np.maximum(np.maximum(lo[1] - cy[:, 0], cy[:, 0] - hi[1]), 0.0)
+            near = np.hypot(gap_x, gap_y) <= self.reach
+            if not near.any():
+                return False
+            cx, cy, cos, sin, neg_sin = cx[near], cy[near], cos[near], sin[near], neg_sin[near]
+            half_length, half_width = half_length[near], half_width[near]
+        dx = xy[:, 0] - cx  # D x N
+        dy = xy[:, 1] - cy
+        inside = (np.abs(cos * dx + sin * dy) <= half_length) & (
+            np.abs(neg_sin * dx + cos * dy) <= half_width
+        )
+        return bool((inside.mean(axis=1) >= fraction).any())

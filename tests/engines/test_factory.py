@@ -21,6 +21,7 @@ from engines.factory import (
     list_engines,
     resolve_placement,
 )
+from engines.fusion.buckets import BucketedFusionEngine
 from engines.fusion.config import FusionEngineConfig
 from engines.lidar.config import OBSTACLE_CONFIG
 from engines.onnxruntime_backend import OnnxRuntimeEngine
@@ -172,9 +173,14 @@ def test_torch_backend_builds_the_graphs_as_torch_modules(yolox_path: Path) -> N
 
     factory = EngineFactory(EngineSettings(backend="torch", device="cpu"))
     lidar, fusion = factory.lidar_encoder(), factory.fusion_engine()
-    assert isinstance(lidar, TorchEngine) and isinstance(fusion, TorchEngine)
+    assert isinstance(lidar, TorchEngine) and isinstance(fusion, BucketedFusionEngine)
     assert lidar.inputs == OBSTACLE_CONFIG.input_specs()
     assert fusion.outputs == FusionEngineConfig().output_specs()
+    # Every bucket is the one torch module behind that shape's specs.
+    small = fusion.engine_for((8192, 4))
+    assert isinstance(small, TorchEngine) and isinstance(fusion.full, TorchEngine)
+    assert small.module is fusion.full.module
+    assert small.inputs == FusionEngineConfig().input_specs((8192, 4))
     assert isinstance(factory.camera_encoder(yolox_path), OnnxRuntimeEngine)
     assert factory.notes == ()
 

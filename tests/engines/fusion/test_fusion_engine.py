@@ -23,6 +23,7 @@ import torch
 from calibration.kitti import kitti_label_to_velo
 from engines.errors import EngineError
 from engines.factory import EngineFactory
+from engines.fusion.buckets import BucketedFusionEngine
 from engines.fusion.config import INPUT_NAMES, OUTPUT_NAMES, PACKAGED_MODEL_PATH, FusionEngineConfig
 from engines.fusion.graph import FusionEngine, cached_fusion_engine_onnx, export_fusion_engine_onnx
 from engines.fusion.runner import FusionEngineResult, FusionEngineRunner
@@ -190,7 +191,9 @@ def test_the_factory_runs_the_packaged_model_for_the_default_config() -> None:
 
 def test_other_configs_are_exported_once_and_checked(tmp_path: Path) -> None:
     small = replace(CONFIG, n_max=4096, b_max=4)
-    engine = EngineFactory(export_dir=tmp_path).fusion_engine(small)
+    bucketed = EngineFactory(export_dir=tmp_path).fusion_engine(small)
+    assert isinstance(bucketed, BucketedFusionEngine) and bucketed.shapes == ((4096, 4),)
+    engine = bucketed.full
     assert isinstance(engine, OnnxRuntimeEngine)
     assert engine.model_path == cached_fusion_engine_onnx(small, tmp_path)
     assert engine.model_path.parent == tmp_path and small.cache_key()[:24] in engine.model_path.name
