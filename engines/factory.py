@@ -275,10 +275,13 @@ class EngineFactory:
         path = batched_onnx(path, batch, self._export_dir)
         return self.onnx_engine(path, precision=self.settings.precision, threads=threads)
 
-    def lidar_encoder(self, config: LidarEncoderConfig = OBSTACLE_CONFIG) -> Engine:
+    def lidar_encoder(
+        self, config: LidarEncoderConfig = OBSTACLE_CONFIG, *, threads: int | None = None
+    ) -> Engine:
         """The lidar encoder for ``config``: the packaged export for
         :data:`engines.lidar.config.OBSTACLE_CONFIG`, an export of any other grid (made on first
-        use, needs torch), or the torch module; TensorRT builds it in strict fp32.
+        use, needs torch), or the torch module; TensorRT builds it in strict fp32. ``threads``:
+        ONNX Runtime intra-op threads (default: ``settings.threads``).
 
         Raises:
             EngineError: torch is needed but missing, or a build, load or session failure.
@@ -293,7 +296,7 @@ class EngineFactory:
             path = LIDAR_ENCODER_ONNX
         else:
             path = self._export("lidar encoder", lambda d: _lidar_export(config, d))
-        return self.onnx_engine(path)
+        return self.onnx_engine(path, threads=threads)
 
     def fusion_engine(self, config: FusionEngineConfig | None = None) -> Engine:
         """The fusion engine for ``config`` (default :class:`FusionEngineConfig`): the packaged
@@ -418,6 +421,7 @@ def create_node_engines(
     *,
     camera_batch: int = 1,
     camera_threads: int | None = None,
+    lidar_threads: int | None = None,
     lidar_config: LidarEncoderConfig = OBSTACLE_CONFIG,
     fusion_config: FusionEngineConfig | None = None,
     model_cache_dir: Path | None = None,
@@ -426,10 +430,10 @@ def create_node_engines(
 ) -> NodeEngines:
     """Every engine the node runs, from its ``engines`` settings: the camera encoder
     (``camera_model``, ``camera_batch`` cameras per call, ``camera_threads`` overriding
-    ``settings.threads``), the lidar encoder and the fusion engine, and the learned fusion
-    engine ``learned_model`` names (with its config) when given. With ``backend: tensorrt``
-    this also builds whatever the engine cache lacks, so calling it ahead of time prepares a
-    node's start.
+    ``settings.threads``), the lidar encoder (``lidar_threads`` likewise) and the fusion
+    engine, and the learned fusion engine ``learned_model`` names (with its config) when given.
+    With ``backend: tensorrt`` this also builds whatever the engine cache lacks, so calling it
+    ahead of time prepares a node's start.
 
     Raises:
         EngineError: as :class:`EngineFactory` and its methods.
@@ -438,7 +442,7 @@ def create_node_engines(
     factory = EngineFactory(settings, model_cache_dir=model_cache_dir, source_dir=source_dir)
     camera = factory.camera_encoder(camera_model, batch=camera_batch, threads=camera_threads)
     fusion = factory.fusion_engine(fusion_config)
-    lidar = factory.lidar_encoder(lidar_config)
+    lidar = factory.lidar_encoder(lidar_config, threads=lidar_threads)
     learned = None if learned_model is None else factory.learned_fusion_engine(learned_model)
     return NodeEngines(
         camera=camera, lidar=lidar, fusion=fusion, notes=factory.notes, learned=learned

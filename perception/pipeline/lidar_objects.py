@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -41,7 +42,13 @@ from perception.config import LidarObjectConfig
 from perception.msgs.types import Detection3D
 from perception.pipeline.ground import GroundPlane
 
-__all__ = ["UNKNOWN_LABEL", "LidarObjectConfig", "LidarObjects", "fit_rectangle"]
+__all__ = [
+    "UNKNOWN_LABEL",
+    "LidarClusters",
+    "LidarObjectConfig",
+    "LidarObjects",
+    "fit_rectangle",
+]
 
 #: The label of every lidar-only object (see the module docstring for why).
 UNKNOWN_LABEL = "unknown"
@@ -164,6 +171,16 @@ class LidarObjects:
         fused: Sequence[Detection3D] = (),
     ) -> list[Detection3D]:
         """Detections (`sources=("lidar",)`) of the clusters no fused detection explains."""
+        return self.select(self.clusters(obstacle, bev, ground), fused)
+
+    def clusters(
+        self,
+        obstacle: npt.NDArray[np.float32],
+        bev: npt.NDArray[np.float32],
+        ground: GroundPlane,
+    ) -> LidarClusters:
+        """The clusters and their objects, before the fused detections are known (the part of
+        `detect` that can run beside the camera branch)."""
         grid = self.encoder.config
         # Cells whose highest return is below an obstacle's top (grass, kerbs) join no cluster.
         occupied = (bev[self._max_z] >= self.config.min_top_m).astype(np.uint8)
@@ -180,18 +197,26 @@ class LidarObjects:
         # at (label 0 is the background).
         sizes = np.diff(bounds)
         candidates = np.flatnonzero(sizes[1:] >= self.config.min_points) + 1
-        boxes = _FusedBoxes(fused, self.config.explained_margin_m)
-        out: list[Detection3D] = []
+        members: list[FloatArray] = []
+        objects: list[Detection3D] = []
         for label in candidates.tolist():
-            members = order[bounds[label] : bounds[label + 1]]
-            if boxes and boxes.explain(
-                obstacle[members, :2].astype(np.float64), self.config.explained_fraction
-            ):
-                continue
-            detection = self._object(obstacle[members], ground)
+            cluster = obstacle[order[bounds[label] : bounds[label + 1]]]
+            detection = self._object(cluster, ground)
             if detection is not None:
-                out.append(detection)
-        return out
+                members.append(cluster[:, :2].astype(np.float64))
+                objects.append(detection)
+        return LidarClusters(tuple(members), tuple(objects))
+
+    def select(
+        self, clusters: LidarClusters, fused: Sequence[Detection3D] = ()
+    ) -> list[Detection3D]:
+        """The objects of `clusters` that no fused detection explains."""
+        boxes = _FusedBoxes(fused, self.config.explained_margin_m)
+        return [
+            detection
+            for xy, detection in zip(clusters.members, clusters.objects, strict=True)
+            if not (boxes and boxes.explain(xy, self.config.explained_fraction))
+        ]
 
     def _object(self, cluster: npt.NDArray[np.float32], ground: GroundPlane) -> Detection3D | None:
         cfg = self.config
@@ -222,6 +247,15 @@ class LidarObjects:
             yaw=yaw,
             sources=("lidar",),
         )
+
+
+@dataclass(frozen=True, eq=False)
+class LidarClusters:
+    """One sweep's lidar-only objects before the fused detections are known: per object, its
+    cluster's points (x, y; N x 2) and the object."""
+
+    members: tuple[FloatArray, ...]
+    objects: tuple[Detection3D, ...]
 
 
 class _FusedBoxes:

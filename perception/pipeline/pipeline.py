@@ -42,7 +42,7 @@ from perception.pipeline.camera_health import image_problem, measure_image
 from perception.pipeline.deskew import deskew_sweep, ego_twist, vehicle_motion
 from perception.pipeline.ensemble import learned_detections, merge_ensemble
 from perception.pipeline.ground import GroundPlane, estimate_ground
-from perception.pipeline.lidar_objects import LidarObjects
+from perception.pipeline.lidar_objects import LidarClusters, LidarObjects
 from perception.pipeline.painting import PaintView, paint_points
 from perception.pipeline.timing import StageTimer
 from perception.ratelimit import RateLimitedLogger
@@ -70,13 +70,15 @@ class StepFrame:
 
 @dataclass(frozen=True, eq=False)
 class _LidarBranch:
-    """The lidar branch's results: the ground plane, the obstacle returns and their BEV grid,
-    and its time (wall, and on the GPU where the engine can tell)."""
+    """The lidar branch's results: the ground plane, the lidar-only clusters, each camera's
+    points in view with its camera_from_vehicle, and its times: the ground and the lidar
+    encoder's (wall, and on the GPU where the engine can tell), the clusters' and views'."""
 
     ground: GroundPlane
-    obstacle: npt.NDArray[np.float32]
-    bev: npt.NDArray[np.float32]
-    ns: int
+    clusters: LidarClusters
+    in_view: dict[str, tuple[npt.NDArray[np.float32], RigidTransform]]
+    encoder_ns: int
+    objects_ns: int
     gpu_ns: int | None
 
 
@@ -172,11 +174,17 @@ class Pipeline:
         line; unless `engines.fallback` allows a fallback, reported in `notes`)."""
         fusion_config = FusionEngineConfig()
         config = config or PipelineConfig()
+        engines = engines or EngineSettings()
+        # Beside the camera encoder the lidar encoder takes one intra-op thread, the camera
+        # keeps the runtime's choice: the camera's is the longer branch, and two pools of a
+        # thread per core each on the same cores only take turns.
+        lidar_threads = 1 if config.parallel_branches and not engines.threads else None
         built = create_node_engines(
-            engines or EngineSettings(),
+            engines,
             model_path or model.path,
             camera_batch=model.batch,
             camera_threads=model.num_threads or None,
+            lidar_threads=lidar_threads,
             lidar_config=OBSTACLE_CONFIG,
             fusion_config=fusion_config,
             learned_model=None if config.fusion.kind == "geometric" else config.fusion.model,
@@ -258,19 +266,33 @@ class Pipeline:
         rig: Rig = bundle.rig
         sweep = bundle.lidar
 
+        kind = self.config.fusion.kind
         with timer.stage("preprocess"):
             points = self._points_in_vehicle(bundle)
+            cameras = self._cameras_by_name(bundle)
+            twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
+            motions: dict[str, RigidTransform] = {}
+            for name, frame in cameras.items():
+                # The camera saw the scene at its own stamp, the vehicle having moved since the
+                # sweep stamp: project through that motion so boxes and points line up, while
+                # the fused boxes stay in the vehicle frame at the sweep stamp.
+                motions[name] = RigidTransform.identity()
+                if twist is not None:
+                    dt_ns = frame.header.stamp_ns - sweep.header.stamp_ns
+                    motions[name] = RigidTransform(vehicle_motion(twist, dt_ns))
         # The lidar branch runs beside the camera branch: ONNX Runtime and most of numpy
-        # release the GIL, so the two share the cores instead of taking turns.
+        # release the GIL, so the two share the cores instead of taking turns. It takes all
+        # the lidar's work that needs no camera box: the ground, the lidar encoder, the
+        # lidar-only clusters and each camera's points in view.
+        views = motions if kind != "learned" else {}
         pending = None
         lidar = None
         if self._branches is None:
-            lidar = self._lidar_branch(points)
+            lidar = self._lidar_branch(points, rig, views)
         else:
-            pending = self._branches.submit(self._lidar_branch, points)
+            pending = self._branches.submit(self._lidar_branch, points, rig, views)
         with timer.stage("preprocess"):
             tensors = {}
-            cameras = self._cameras_by_name(bundle)
             unfit: list[str] = []
             raw_images: dict[str, npt.NDArray[np.uint8]] = {}
             for name, frame in list(cameras.items()):
@@ -298,35 +320,23 @@ class Pipeline:
             with timer.stage("branch_wait"):
                 lidar = pending.result()
         assert lidar is not None
-        ground, obstacle, bev = lidar.ground, lidar.obstacle, lidar.bev
-        timer.add("lidar_encoder", lidar.ns)
+        ground = lidar.ground
+        timer.add("lidar_encoder", lidar.encoder_ns)
+        timer.add("lidar_objects", lidar.objects_ns)
         if lidar.gpu_ns is not None:
             timer.add("lidar_encoder_gpu", lidar.gpu_ns)
         detections: list[Detection3D] = []
-        kind = self.config.fusion.kind
         with timer.stage("fusion"):
-            twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
-            motions: dict[str, RigidTransform] = {}
-            for name in boxes:
-                # The camera saw the scene at its own stamp, the vehicle having moved since the
-                # sweep stamp: project through that motion so boxes and points line up, while
-                # the fused boxes stay in the vehicle frame at the sweep stamp.
-                motions[name] = RigidTransform.identity()
-                if twist is not None:
-                    dt_ns = cameras[name].header.stamp_ns - sweep.header.stamp_ns
-                    motions[name] = RigidTransform(vehicle_motion(twist, dt_ns))
             if kind != "learned":
                 for name, camera_boxes in boxes.items():
-                    detections += self._fuse(
-                        name, camera_boxes, points, rig, ground, motion=motions[name]
-                    )
+                    detections += self._fuse(name, camera_boxes, lidar.in_view[name], rig, ground)
                     if camera_boxes and self.fusion.last_gpu_ns is not None:
                         # Torch on CUDA: what the GPU spent, from CUDA events.
                         timer.add("fusion_gpu", self.fusion.last_gpu_ns)
             if kind != "geometric":
                 learned = self._learned(points, boxes, rig, motions)
                 detections = learned if kind == "learned" else merge_ensemble(detections, learned)
-            detections += self.lidar_objects.detect(obstacle, bev, ground, detections)
+            detections += self.lidar_objects.select(lidar.clusters, detections)
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
             if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
@@ -347,19 +357,43 @@ class Pipeline:
             valid=not bundle.missing and not unfit,
         )
 
-    def _lidar_branch(self, points: npt.NDArray[np.float32]) -> _LidarBranch:
-        """The ground plane and the lidar encoder's grids of one sweep, timed (on whichever
-        thread runs it)."""
+    def _lidar_branch(
+        self,
+        points: npt.NDArray[np.float32],
+        rig: Rig,
+        motions: dict[str, RigidTransform],
+    ) -> _LidarBranch:
+        """The lidar's work of one sweep that needs no camera box, timed (on whichever thread
+        runs it): the ground plane, the lidar encoder's grids, the lidar-only clusters, and the
+        points each camera of ``motions`` sees (its vehicle motion to its stamp)."""
         start = time.perf_counter_ns()
         ground = estimate_ground(points, self.config.ground)
         obstacle, bev = self.lidar_objects.encode(points, ground)
+        gpu_ns = self.lidar_objects.encoder.last_gpu_ns
+        encoded = time.perf_counter_ns()
+        clusters = self.lidar_objects.clusters(obstacle, bev, ground)
+        in_view = {
+            name: self._view_points(name, points, rig, motion) for name, motion in motions.items()
+        }
         return _LidarBranch(
-            ground,
-            obstacle,
-            bev,
-            time.perf_counter_ns() - start,
-            self.lidar_objects.encoder.last_gpu_ns,
+            ground, clusters, in_view, encoded - start, time.perf_counter_ns() - encoded, gpu_ns
         )
+
+    def _view_points(
+        self, name: str, points: npt.NDArray[np.float32], rig: Rig, motion: RigidTransform
+    ) -> tuple[npt.NDArray[np.float32], RigidTransform]:
+        """The points camera ``name`` sees (at most the fusion engine's ``n_max``, evenly
+        strided) and its camera_from_vehicle through ``motion`` (the vehicle frame at the sweep
+        stamp to the one at the camera's stamp)."""
+        cfg = self.fusion.config
+        camera = rig.cameras[name]
+        camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle") @ motion
+        # Only points in this camera's view can fall in its boxes; they fit the static shape.
+        uv, depth = camera.project(camera_from_vehicle.apply(points))
+        in_view = points[camera.in_image(uv) & (depth > 0)]
+        if len(in_view) > cfg.n_max:
+            in_view = in_view[:: -(-len(in_view) // cfg.n_max)]
+        return in_view, camera_from_vehicle
 
     def _learned(
         self,
@@ -394,25 +428,18 @@ class Pipeline:
         self,
         name: str,
         boxes: list[Box2D],
-        points: npt.NDArray[np.float32],
+        view: tuple[npt.NDArray[np.float32], RigidTransform],
         rig: Rig,
         ground: GroundPlane,
-        *,
-        motion: RigidTransform,
     ) -> list[Detection3D]:
-        """3D boxes of one camera's 2D boxes through the fusion engine. `motion` maps the
-        vehicle frame at the sweep stamp to the vehicle frame at the camera's stamp."""
+        """3D boxes of one camera's 2D boxes through the fusion engine; ``view``: the points
+        the camera sees and its camera_from_vehicle (`_view_points`)."""
         if not boxes:
             return []
         cfg = self.fusion.config
         boxes = sorted(boxes, key=lambda b: -b.score)[: cfg.b_max]
         camera = rig.cameras[name]
-        camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle") @ motion
-        # Only points in this camera's view can fall in its boxes; they fit the static shape.
-        uv, depth = camera.project(camera_from_vehicle.apply(points))
-        in_view = points[camera.in_image(uv) & (depth > 0)]
-        if len(in_view) > cfg.n_max:
-            in_view = in_view[:: -(-len(in_view) // cfg.n_max)]
+        in_view, camera_from_vehicle = view
         table = np.array(
             [[b.x1, b.y1, b.x2, b.y2, b.score, cfg.class_index(b.label)] for b in boxes],
             dtype=np.float32,

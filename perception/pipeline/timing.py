@@ -17,8 +17,10 @@ __all__ = [
 ]
 
 # Stage names in pipeline order; every DetectionList of the live node carries these keys (offline
-# replays have no queue or publish). `branch_wait` is there when the lidar branch runs beside the
-# camera branch (`pipeline.parallel_branches`): the camera thread's wait for it.
+# replays have no queue or publish). `lidar_objects` is the lidar branch's work after the encoder
+# (the lidar-only clusters, each camera's points in view). `branch_wait` is there when the lidar
+# branch runs beside the camera branch (`pipeline.parallel_branches`): the camera thread's wait
+# for it.
 STAGES = (
     "decode",
     "sync_wait",
@@ -26,6 +28,7 @@ STAGES = (
     "preprocess",
     "camera_encoder",
     "lidar_encoder",
+    "lidar_objects",
     "branch_wait",
     "fusion",
     "postprocess",
@@ -58,22 +61,26 @@ STEP_STAGES = (
     "preprocess",
     "camera_encoder",
     "lidar_encoder",
+    "lidar_objects",
     "branch_wait",
     "fusion",
     "postprocess",
 )
 
-#: The engine stages; with parallel branches the lidar encoder's time is hidden behind the camera
-#: branch but for `branch_wait`.
-ENGINE_STAGES = ("camera_encoder", "lidar_encoder", "fusion")
+#: The engine stages (with the lidar branch's clustering, which was part of fusion); with
+#: parallel branches the lidar branch's time is hidden behind the camera branch but for
+#: `branch_wait`.
+ENGINE_STAGES = ("camera_encoder", "lidar_encoder", "lidar_objects", "fusion")
+#: The lidar branch's stages.
+_LIDAR_BRANCH = ("lidar_encoder", "lidar_objects")
 
 
 def _hidden(timings_ns: Mapping[str, int]) -> set[str]:
     """Timings not on the frame's critical path: GPU sub-timings (within their stage), and the
-    lidar encoder when it ran beside the camera branch (its wait, `branch_wait`, is)."""
+    lidar branch when it ran beside the camera branch (its wait, `branch_wait`, is)."""
     hidden = {name for name in timings_ns if name.endswith("_gpu")}
     if "branch_wait" in timings_ns:
-        hidden.add("lidar_encoder")
+        hidden.update(_LIDAR_BRANCH)
     return hidden
 
 
@@ -85,7 +92,7 @@ def serial_ns(timings_ns: Mapping[str, int]) -> int:
 
 def engine_ns(timings_ns: Mapping[str, int]) -> int:
     """The engines' share of a frame's critical path: the camera encoder and fusion, and the
-    lidar encoder or, where it ran beside the camera branch, the wait for it."""
+    lidar branch or, where it ran beside the camera branch, the wait for it."""
     hidden = _hidden(timings_ns)
     lidar = timings_ns.get("branch_wait", 0) if "lidar_encoder" in hidden else 0
     return lidar + sum(timings_ns.get(s, 0) for s in ENGINE_STAGES if s not in hidden)

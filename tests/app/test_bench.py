@@ -116,7 +116,7 @@ def test_account_of_an_empty_run() -> None:
 
 
 def test_node_overhead_is_the_frame_minus_the_engines() -> None:
-    engines = dict.fromkeys(ENGINE_STAGES, 10 * MS)  # 30 ms of engines
+    engines = dict.fromkeys(("camera_encoder", "lidar_encoder", "fusion"), 10 * MS)  # 30 ms
     frames = [
         Frame(0.0, 32 * MS, 0, {**engines, "decode": MS}, False),  # 2 ms overhead, 6.25 %
         Frame(0.1, 140 * MS, 100 * MS, {**engines, "queue_wait": 4 * MS}, False),  # 10 ms, 25 %
