@@ -141,7 +141,9 @@ class NodeCounters:
     the ego pose gained or lost); `tracking_errors`: sweeps the tracker failed on (their
     DetectionLists still go out, without a TrackList). `calibration_sweeps`: sweeps the
     calibration monitor used (perception.node.calibration), `calibration_ns` the time it spent
-    on them in all (after the outputs were published), `calibration_errors` sweeps it failed on.
+    on them in all (after the outputs were published), `calibration_errors` sweeps it failed on,
+    `calibration_skipped` sweeps due to it that the live node's monitor thread was too busy to
+    take (a search over its window can take longer than a sweep).
     """
 
     received: int = 0
@@ -170,6 +172,7 @@ class NodeCounters:
     calibration_sweeps: int = 0
     calibration_ns: int = 0
     calibration_errors: int = 0
+    calibration_skipped: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -555,9 +558,27 @@ class NodeCore:
 
     def after_publish(self) -> None:
         """Work kept off the hot path, run once the outputs of `on_bundles` are published: the
-        calibration monitor on the sweep when it is one it uses."""
+        calibration monitor on the sweep when it is one it uses (here, on the caller's thread:
+        the offline replay; the live node hands the frame to a thread of its own with
+        `take_calibration_frame` and `observe_calibration`)."""
+        frame = self.take_calibration_frame()
+        if frame is not None:
+            self.observe_calibration(frame)
+
+    def take_calibration_frame(self) -> StepFrame | None:
+        """The sweep the calibration monitor is due to observe, once (None: none is due)."""
         frame, self._calibration_pending = self._calibration_pending, None
-        if frame is None or self.calibration is None:
+        return None if self.calibration is None else frame
+
+    def skip_calibration_frame(self) -> None:
+        """A due sweep the monitor was too busy to take (the live node's monitor thread was
+        still on an earlier one): counted, not queued."""
+        with self._lock:
+            self.counters.calibration_skipped += 1
+
+    def observe_calibration(self, frame: StepFrame) -> None:
+        """The calibration monitor on one sweep: timed, and a failure counted, never raised."""
+        if self.calibration is None:
             return
         start_ns = time.perf_counter_ns()
         try:

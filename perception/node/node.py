@@ -6,7 +6,11 @@ host receive time, then passes the bundles the core made ready (or timed out, po
 the ready bundles to the core's processing side and publishes what comes out, plus the core's
 typed Diagnostics at 1 Hz. Receiving never waits for inference. A worker that falls behind gets
 several ready bundles at once; the core processes the newest and counts the others as skipped.
-`queue_wait` is how long the newest ready bundle waited for the worker.
+`queue_wait` is how long the newest ready bundle waited for the worker. The calibration monitor
+(perception.node.calibration) runs on a third thread, started with its first sweep: the worker
+hands it a due sweep after publishing, and skips (counts, `calibration_skipped`) one while the
+monitor is still busy, because a search over the monitor's window can take longer than a sweep
+and must never hold up the next. (Offline replay runs it in line, deterministically.)
 
 Everything the node decides is the core's (perception.node.core): this module adds only the
 sockets, the threads, the watchdog, the real-time settings and the measured queue and publish
@@ -63,6 +67,7 @@ from perception.node.metrics import NodeMetrics
 from perception.node.realtime import apply_realtime, gc_held
 from perception.node.view import FoxgloveView, ViewFrame, ViewMessage
 from perception.pipeline import Pipeline
+from perception.pipeline.pipeline import StepFrame
 from perception.ratelimit import RateLimitedLogger
 
 __all__ = ["EXIT_STALLED", "Node"]
@@ -144,6 +149,12 @@ class Node:
         # The receiver in charge: a replaced (stalled) one notices and leaves.
         self._receiver_generation = 0
         self._receiver: threading.Thread | None = None
+        # The calibration monitor's thread (started with its first sweep) and its one slot.
+        self._calibration_cond = threading.Condition()
+        self._calibration_frame: StepFrame | None = None
+        self._calibration_busy = False
+        self._calibration_stop = False
+        self._calibration_thread: threading.Thread | None = None
         self._receiver_beat = _Heartbeat()
         self._worker_beat = _Heartbeat()
         # Handshakes refused on the input sockets: those of replaced receivers, and the current
@@ -180,6 +191,7 @@ class Node:
             self._work_loop(stop, publisher)
         finally:
             stop.set()
+            self._stop_calibration()
             if self._receiver is not None:
                 self._receiver.join(timeout=5.0)
             self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
@@ -330,7 +342,49 @@ class Node:
             self.view.offer("frame", ViewFrame(self.core.last_bundle, detections, tracks))
         if self.metrics is not None:
             self.metrics.observe(detections)
-        self.core.after_publish()
+        frame = self.core.take_calibration_frame()
+        if frame is not None:
+            self._offer_calibration(frame)
+
+    # -- calibration monitor thread --------------------------------------------------------
+
+    def _offer_calibration(self, frame: StepFrame) -> None:
+        """Hand a sweep to the monitor's thread; while it is still on an earlier one the sweep
+        is skipped (counted): a search over its window may take longer than a sweep, and must
+        never hold up the next one."""
+        with self._calibration_cond:
+            if self._calibration_frame is not None or self._calibration_busy:
+                self.core.skip_calibration_frame()
+                return
+            self._calibration_frame = frame
+            self._calibration_cond.notify()
+        if self._calibration_thread is None:
+            self._calibration_thread = threading.Thread(
+                target=self._calibration_loop, name="calibration", daemon=True
+            )
+            self._calibration_thread.start()
+
+    def _calibration_loop(self) -> None:
+        while True:
+            with self._calibration_cond:
+                while self._calibration_frame is None and not self._calibration_stop:
+                    self._calibration_cond.wait()
+                frame, self._calibration_frame = self._calibration_frame, None
+                if self._calibration_stop or frame is None:
+                    return
+                self._calibration_busy = True
+            try:
+                self.core.observe_calibration(frame)
+            finally:
+                with self._calibration_cond:
+                    self._calibration_busy = False
+
+    def _stop_calibration(self) -> None:
+        with self._calibration_cond:
+            self._calibration_stop = True
+            self._calibration_cond.notify()
+        if self._calibration_thread is not None:
+            self._calibration_thread.join(timeout=5.0)
 
     def _observe_diagnostics(self, diagnostics: Diagnostics) -> None:
         if self.view is not None:
