@@ -57,15 +57,7 @@ class StageTimer:
 
 #: The stages of one `Pipeline.step`: the whole frame's work (the others wait, decode, track or
 #: publish).
-STEP_STAGES = (
-    "preprocess",
-    "camera_encoder",
-    "lidar_encoder",
-    "lidar_objects",
-    "branch_wait",
-    "fusion",
-    "postprocess",
-)
+STEP_STAGES = STAGES[STAGES.index("preprocess") : STAGES.index("postprocess") + 1]
 
 #: The engine stages (with the lidar branch's clustering, which was part of fusion); with
 #: parallel branches the lidar branch's time is hidden behind the camera branch but for

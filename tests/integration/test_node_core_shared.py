@@ -81,7 +81,12 @@ def _wait_for_subscriptions(xpub: zmq.Socket[bytes], topics: set[str]) -> None:
                 seen.add(event[1:].decode())
 
 
-def _run_live(config: Path, sensors: str, detections: str, inputs) -> tuple[list, Diagnostics]:
+def _run_live(
+    config: Path, sensors: str, detections: str, kitti_dir: Path
+) -> tuple[list, Diagnostics, list[tuple[str, list[bytes]]], int]:
+    """The live node's outputs and last diagnostics, and the inputs it was sent, stamped from
+    the time the node was ready for them (a node slow to start on a loaded machine must not
+    be sent stale sensor stamps), with that time."""
     outputs: list[DetectionList] = []
     last: Diagnostics | None = None
     xpub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.XPUB)
@@ -93,6 +98,17 @@ def _run_live(config: Path, sensors: str, detections: str, inputs) -> tuple[list
             Subscriber([detections], ["detections", "diagnostics"]) as sub,
         ):
             _wait_for_subscriptions(xpub, {"lidar/top", "camera/front", "gnss", "rig"})
+            # And until this test's own subscription to the node's outputs is in (PUB/SUB: a
+            # loaded machine can take longer to connect it than the node takes to answer the
+            # first sweeps): the 1 Hz diagnostics come on the same socket.
+            deadline = time.monotonic() + 30
+            while last is None:
+                assert time.monotonic() < deadline, "no diagnostics from the live node"
+                got = sub.recv(timeout_ms=200)
+                if got is not None and isinstance(wire.decode(got)[1], Diagnostics):
+                    break
+            start_ns = time.time_ns()
+            inputs = _inputs(kitti_dir, start_ns)
             for topic, frames in inputs:
                 xpub.send_multipart(frames, copy=True)
                 if topic == "rig":
@@ -118,7 +134,7 @@ def _run_live(config: Path, sensors: str, detections: str, inputs) -> tuple[list
     finally:
         xpub.close()
     assert last is not None, "no diagnostics from the live node"
-    return outputs, last
+    return outputs, last, inputs, start_ns
 
 
 def _decisions(dl: DetectionList) -> tuple:
@@ -130,9 +146,7 @@ def test_live_node_and_replay_agree_on_outputs_and_counters(
     tmp_path: Path, kitti_dir: Path, yolox_path: Path
 ) -> None:
     config_path, sensors, detections = node_config(tmp_path, yolox_path)
-    start_ns = time.time_ns()
-    inputs = _inputs(kitti_dir, start_ns)
-    live, diagnostics = _run_live(config_path, sensors, detections, inputs)
+    live, diagnostics, inputs, start_ns = _run_live(config_path, sensors, detections, kitti_dir)
 
     config = load_config(config_path)
     core = NodeCore(config, Pipeline.from_config(config.camera_model, None, config.engines))
