@@ -81,8 +81,6 @@ _FOLDS = 5
 #: The object mask's coarse raster: its cell (m) and the most cells it may have.
 _RASTER_CELL_M = 0.25
 _RASTER_MAX_CELLS = 4_000_000
-#: The search scores at most this many of the window's frames (evenly spread).
-_SEARCH_FRAMES = 12
 #: Significance of an axis' estimate: its distance from zero in standard deviations.
 _SIGNIFICANT_SIGMA = 3.0
 
@@ -647,15 +645,11 @@ class CalibrationMonitor:
         start = np.clip(offset, -_REACH_STEPS, _REACH_STEPS)
         limit = 4.0 * _REACH_STEPS
 
-        # The search scores a fixed share of the window's frames (every k-th, at most
-        # `_SEARCH_FRAMES`): each of its hundreds of evaluations scores them all, and the fit
-        # after it, which decides, uses every frame.
         frames = [frame for frame, _ in self._window]
-        sample = frames[:: -(-len(frames) // _SEARCH_FRAMES)]
 
         def cost(x: FloatArray) -> float:
             at = self._centre / self._steps + x
-            return -self._window_score(x, sample) + prior * float(at @ self._prior_shape @ at)
+            return -self._window_score(x, frames) + prior * float(at @ self._prior_shape @ at)
 
         # Two starts, each with half the budget: the axes' own peaks, and their rotations alone.
         # A pitch is much like a height change (and a yaw like a sideways shift): each axis'
