@@ -645,11 +645,9 @@ class CalibrationMonitor:
         start = np.clip(offset, -_REACH_STEPS, _REACH_STEPS)
         limit = 4.0 * _REACH_STEPS
 
-        frames = [frame for frame, _ in self._window]
-
         def cost(x: FloatArray) -> float:
             at = self._centre / self._steps + x
-            return -self._window_score(x, frames) + prior * float(at @ self._prior_shape @ at)
+            return -self._window_score(x) + prior * float(at @ self._prior_shape @ at)
 
         # Two starts, each with half the budget: the axes' own peaks, and their rotations alone.
         # A pitch is much like a height change (and a yaw like a sideways shift): each axis'
@@ -675,11 +673,12 @@ class CalibrationMonitor:
         self.recentre(self._centre + np.asarray(best.x, dtype=np.float64) * self._steps)
         return self.fit()
 
-    def _window_score(self, offset: FloatArray, frames: Sequence[_Frame]) -> float:
-        """MI of ``frames`` pooled at one candidate: ``offset`` steps from the centre."""
+    def _window_score(self, offset: FloatArray) -> float:
+        """MI of the window's frames pooled at one candidate: ``offset`` steps from the
+        centre."""
         bins = self.config.bins
         joint = np.zeros(bins * bins, dtype=np.int64)
-        for frame in frames:
+        for frame, _ in self._window:
             joint += self._histograms(frame, offset[None])[0]
         return float(_mutual_information(joint.reshape(bins, bins)))
 
