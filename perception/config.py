@@ -710,11 +710,25 @@ class ViewConfig:
     queue_size: int = 2
     """Entries waiting for the view's thread, per kind (processed frames, diagnostics; per topic
     for `perception view`); a full queue drops its oldest entry."""
+    max_points: int = 30_000
+    """Lidar points shown per sweep (0: all): a sweep with more is thinned to every k-th point.
+    A 120 k-point KITTI sweep is 2 MB a frame to copy and send, which a node with no idle CPU
+    pays out of its own time; a quarter of it still shows the scene's shape in the app."""
+    sensor_rate_hz: float = 5.0
+    """Most camera images and lidar sweeps a second per topic (0: every one), by their stamps;
+    boxes, tracks, timings and diagnostics are shown for every frame."""
 
     def __post_init__(self) -> None:
         _check_port(self.port)
         if self.queue_size < 1:
             raise ConfigError(f"queue_size: must be >= 1, got {self.queue_size}")
+        if self.max_points < 0:
+            raise ConfigError(f"max_points: must be >= 0 (0: all), got {self.max_points}")
+        if not (math.isfinite(self.sensor_rate_hz) and self.sensor_rate_hz >= 0.0):
+            raise ConfigError(
+                f"sensor_rate_hz: must be a finite number >= 0 (0: every one), got "
+                f"{self.sensor_rate_hz}"
+            )
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -55,8 +56,10 @@ from perception.msgs.foxglove import (
     to_foxglove,
 )
 from perception.msgs.types import (
+    CameraFrame,
     DetectionList,
     GnssFix,
+    LidarSweep,
     Message,
     RigMessage,
     SyncedBundle,
@@ -186,6 +189,8 @@ class FoxgloveView:
         # The node's rig last sent, and when (monotonic s).
         self._rig_sent: Rig | None = None
         self._rig_sent_at = 0.0
+        # topic -> the stamp (ns) of its sensor message last shown (`sensor_rate_hz`).
+        self._sensor_shown: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -343,9 +348,12 @@ class FoxgloveView:
         stamp_ns = detections.header.stamp_ns
         bundle = frame.bundle
         if bundle is not None:
-            yield from self._message(ViewMessage(bundle.lidar.header.stream, bundle.lidar))
-            for topic, camera in bundle.cameras.items():
-                yield topic, camera.header.stamp_ns, functools.partial(to_foxglove, camera, topic)
+            lidar = bundle.lidar
+            # A frame's images go with its points, so the app shows them together.
+            if self._sensor_due(lidar.header.stream, lidar.header.stamp_ns):
+                yield self._sensor_entry(lidar.header.stream, lidar)
+                for topic, camera in bundle.cameras.items():
+                    yield self._sensor_entry(topic, camera)
             if bundle.gnss is not None:
                 gnss = bundle.gnss
                 yield (
@@ -397,6 +405,10 @@ class FoxgloveView:
                     lambda: from_protobuf(ego_transforms(world, stamp_ns, WORLD_FRAME, vehicle)),
                 )
             return
+        if isinstance(msg, LidarSweep | CameraFrame):
+            if self._sensor_due(topic, stamp_ns):
+                yield self._sensor_entry(topic, msg)
+            return
         if isinstance(msg, GnssFix):
             self._ego.add(msg)
         elif isinstance(msg, RigMessage):
@@ -404,3 +416,37 @@ class FoxgloveView:
             with contextlib.suppress(CalibrationError, ValueError, TypeError, KeyError):
                 self._rig = Rig.from_dict(msg.rig, source=topic)
         yield topic, stamp_ns, functools.partial(to_foxglove, msg, topic)
+
+    def _sensor_due(self, topic: str, stamp_ns: int) -> bool:
+        """Whether the sensor message on `topic` stamped `stamp_ns` is shown (at most
+        `sensor_rate_hz` a second by stamps; a stamp that goes back, a replay started again,
+        starts over)."""
+        rate_hz = self.config.sensor_rate_hz
+        if rate_hz <= 0.0:
+            return True
+        last_ns = self._sensor_shown.get(topic)
+        # 10% early still counts: a 10 Hz sensor's jitter must not halve a 5 Hz view.
+        if last_ns is not None and 0 <= stamp_ns - last_ns < 0.9e9 / rate_hz:
+            return False
+        self._sensor_shown[topic] = stamp_ns
+        return True
+
+    def _sensor_entry(self, topic: str, msg: LidarSweep | CameraFrame) -> _Entry:
+        if isinstance(msg, LidarSweep):
+            msg = self._thinned(msg)
+        return topic, msg.header.stamp_ns, functools.partial(to_foxglove, msg, topic)
+
+    def _thinned(self, sweep: LidarSweep) -> LidarSweep:
+        """`sweep` with every k-th point, at most `max_points` (views, not copies: the
+        conversion copies what it sends once)."""
+        limit = self.config.max_points
+        count = int(sweep.points.shape[0])
+        if limit == 0 or count <= limit:
+            return sweep
+        step = -(-count // limit)
+        offsets = sweep.point_time_offsets_ns
+        return dataclasses.replace(
+            sweep,
+            points=sweep.points[::step],
+            point_time_offsets_ns=None if offsets is None else offsets[::step],
+        )

@@ -220,3 +220,50 @@ def test_a_port_in_use_is_one_error_naming_it() -> None:
         with pytest.raises(TransportError, match=rf"127\.0\.0\.1:{port}: .*in use"):
             v.start()
         v.close()
+
+
+def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() -> None:
+    """`max_points` thins a sweep to every k-th point; `sensor_rate_hz` shows a frame's
+    points and images at most that often by their stamps, its boxes every frame."""
+    config = ViewConfig(foxglove=True, port=0, max_points=30_000, sensor_rate_hz=5.0)
+    with FoxgloveView(config, ViewTopics()) as view, FoxgloveClient(view.url) as client:
+        _subscribed(view, client)
+        frames = []
+        for i in range(4):  # a 10 Hz sensor, 1 ms of jitter early
+            frame = _frame(STAMP + i * 100_000_000 - (1_000_000 if i == 2 else 0))
+            bundle = frame.bundle
+            assert bundle is not None
+            dense = np.random.default_rng(i).normal(size=(100_001, 4)).astype(np.float32)
+            lidar = LidarSweep(bundle.lidar.header, dense, np.arange(100_001, dtype=np.int64))
+            frame = ViewFrame(SyncedBundle(lidar, bundle.cameras, bundle.rig), frame.detections)
+            frames.append(frame)
+            view.offer("frame", frame)
+            _wait(lambda: not any(view._queues.values()))  # none dropped
+        _wait(lambda: (client.poll(0.05), len(client.received["detections"]) == 4)[1])
+        client.poll(0.2)
+    clouds = client.received["lidar/top"]
+    assert [r.log_time_ns for r in clouds] == [STAMP, STAMP + 199_000_000]
+    assert [r.log_time_ns for r in client.received["camera/front"]] == [
+        STAMP + 1000,
+        STAMP + 199_001_000,
+    ]
+    cloud = clouds[-1].message
+    assert [f.name for f in cloud.fields][-1] == "t_offset_ns"
+    packed = np.frombuffer(cloud.data, dtype=np.uint8).reshape(-1, cloud.point_stride)
+    points = packed[:, :16].copy().view(np.float32)
+    offsets = packed[:, 16:24].copy().view(np.float64)[:, 0]
+    np.testing.assert_array_equal(offsets, np.arange(0, 100_001, 4))
+    want = frames[2].bundle.lidar.points[::4]  # type: ignore[union-attr]
+    assert points.shape == (25_001, 4)  # 100,001 points, every 4th: at most 30,000
+    np.testing.assert_array_equal(points, want)
+    assert view.stats.errors == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("max_points", -1), ("sensor_rate_hz", -1.0), ("sensor_rate_hz", math.inf)]
+)
+def test_bad_view_limits_are_refused_naming_the_field(field: str, value: float) -> None:
+    from perception.config import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        ViewConfig(**{field: value})  # type: ignore[arg-type]
