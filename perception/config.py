@@ -717,6 +717,10 @@ class ViewConfig:
     sensor_rate_hz: float = 5.0
     """Most camera images and lidar sweeps a second per topic (0: every one), by their stamps;
     boxes, tracks, timings and diagnostics are shown for every frame."""
+    image_scale: float = 0.5
+    """Raw camera images are shown scaled by this (1: as they are; compressed ones always
+    are): a quarter of the bytes for a viewer on the vehicle's network and for the node to
+    copy (0.1 ms to scale a KITTI image)."""
 
     def __post_init__(self) -> None:
         _check_port(self.port)
@@ -724,6 +728,8 @@ class ViewConfig:
             raise ConfigError(f"queue_size: must be >= 1, got {self.queue_size}")
         if self.max_points < 0:
             raise ConfigError(f"max_points: must be >= 0 (0: all), got {self.max_points}")
+        if not (math.isfinite(self.image_scale) and 0.0 < self.image_scale <= 1.0):
+            raise ConfigError(f"image_scale: must be in (0, 1], got {self.image_scale}")
         if not (math.isfinite(self.sensor_rate_hz) and self.sensor_rate_hz >= 0.0):
             raise ConfigError(
                 f"sensor_rate_hz: must be a finite number >= 0 (0: every one), got "

@@ -42,6 +42,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
+import numpy as np
+
 from calibration import CalibrationError, Rig
 from perception.config import NodeConfig, ViewConfig
 from perception.errors import TransportError
@@ -432,9 +435,18 @@ class FoxgloveView:
         return True
 
     def _sensor_entry(self, topic: str, msg: LidarSweep | CameraFrame) -> _Entry:
-        if isinstance(msg, LidarSweep):
-            msg = self._thinned(msg)
-        return topic, msg.header.stamp_ns, functools.partial(to_foxglove, msg, topic)
+        shown = self._thinned(msg) if isinstance(msg, LidarSweep) else self._scaled(msg)
+        return topic, msg.header.stamp_ns, functools.partial(to_foxglove, shown, topic)
+
+    def _scaled(self, frame: CameraFrame) -> CameraFrame:
+        scale = self.config.image_scale
+        image = frame.image
+        if scale >= 1.0 or image is None:
+            return frame
+        height, width = image.shape[:2]
+        size = (max(round(width * scale), 1), max(round(height * scale), 1))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return dataclasses.replace(frame, image=np.asarray(small, dtype=np.uint8))
 
     def _thinned(self, sweep: LidarSweep) -> LidarSweep:
         """`sweep` with every k-th point, at most `max_points` (views, not copies: the

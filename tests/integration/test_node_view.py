@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from perception.io.transport import Subscriber
@@ -63,6 +64,10 @@ def test_live_view_and_metrics_of_a_running_node(
     if not yolox_path.is_file():
         pytest.skip(f"real data not found: {yolox_path}")
     config, sensors, detections_ep = node_config(tmp_path, yolox_path)
+    # Every point and the image as it is, to check them byte for byte (the defaults thin them).
+    doc = yaml.safe_load(config.read_text())
+    doc["view"] = {"max_points": 0, "image_scale": 1.0}
+    config.write_text(yaml.safe_dump(doc))
     published: dict[int, DetectionList] = {}
     with (
         running_node(config, "--foxglove", "0", "--metrics", "0") as node,
@@ -204,5 +209,8 @@ def test_perception_view_shows_a_node_already_running(
         np.testing.assert_allclose(
             np.reshape(centers, (-1, 3)), np.reshape(expected, (-1, 3)), atol=1e-5
         )
+    # The view's defaults: images at half size, at most 30,000 points a sweep.
     image = client.received["camera/front"][-1].message
-    assert (image.width, image.height) == (1242, 375)
+    assert (image.width, image.height) == (621, 188)
+    cloud = client.received["lidar/top"][-1].message
+    assert 0 < len(cloud.data) // cloud.point_stride <= 30_000

@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -71,7 +72,7 @@ def _frame(stamp_ns: int) -> ViewFrame:
 
 @pytest.fixture
 def view():
-    with FoxgloveView(ViewConfig(foxglove=True, port=0), ViewTopics()) as v:
+    with FoxgloveView(ViewConfig(foxglove=True, port=0, image_scale=1.0), ViewTopics()) as v:
         yield v
 
 
@@ -223,9 +224,11 @@ def test_a_port_in_use_is_one_error_naming_it() -> None:
 
 
 def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() -> None:
-    """`max_points` thins a sweep to every k-th point; `sensor_rate_hz` shows a frame's
-    points and images at most that often by their stamps, its boxes every frame."""
+    """`max_points` thins a sweep to every k-th point, `image_scale` scales an image;
+    `sensor_rate_hz` shows a frame's points and images at most that often by their stamps, its
+    boxes every frame."""
     config = ViewConfig(foxglove=True, port=0, max_points=30_000, sensor_rate_hz=5.0)
+    assert config.image_scale == 0.5
     with FoxgloveView(config, ViewTopics()) as view, FoxgloveClient(view.url) as client:
         _subscribed(view, client)
         frames = []
@@ -243,10 +246,13 @@ def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() 
         client.poll(0.2)
     clouds = client.received["lidar/top"]
     assert [r.log_time_ns for r in clouds] == [STAMP, STAMP + 199_000_000]
-    assert [r.log_time_ns for r in client.received["camera/front"]] == [
-        STAMP + 1000,
-        STAMP + 199_001_000,
-    ]
+    images = client.received["camera/front"]
+    assert [r.log_time_ns for r in images] == [STAMP + 1000, STAMP + 199_001_000]
+    image = images[-1].message  # image_scale 0.5 by default: 64 x 48 -> 32 x 24
+    assert (image.width, image.height, image.step) == (32, 24, 96)
+    original = frames[2].bundle.cameras["camera/front"].image  # type: ignore[union-attr]
+    want_image = cv2.resize(original, (32, 24), interpolation=cv2.INTER_AREA)
+    assert image.data == want_image.tobytes()
     cloud = clouds[-1].message
     assert [f.name for f in cloud.fields][-1] == "t_offset_ns"
     packed = np.frombuffer(cloud.data, dtype=np.uint8).reshape(-1, cloud.point_stride)
@@ -260,7 +266,14 @@ def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() 
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("max_points", -1), ("sensor_rate_hz", -1.0), ("sensor_rate_hz", math.inf)]
+    ("field", "value"),
+    [
+        ("max_points", -1),
+        ("sensor_rate_hz", -1.0),
+        ("sensor_rate_hz", math.inf),
+        ("image_scale", 0.0),
+        ("image_scale", 1.5),
+    ],
 )
 def test_bad_view_limits_are_refused_naming_the_field(field: str, value: float) -> None:
     from perception.config import ConfigError
