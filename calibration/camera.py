@@ -31,6 +31,9 @@ MIN_DEPTH_M = 1e-6
 #: undistortion maps of a larger image would not fit in memory anyway.
 MAX_IMAGE_SIDE_PX = 65_536
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
+# OpenCV 4 (JetPack's among them) takes the criteria in a call of its own; OpenCV 5 in
+# undistortPoints itself.
+_UNDISTORT_ITER = getattr(cv2, "undistortPointsIter", None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -294,9 +297,13 @@ class PinholeCamera(CameraModel):
         return out
 
     def _undistort_normalized(self, pix: FloatArray) -> FloatArray:
-        out = cv2.undistortPoints(
-            pix.reshape(-1, 1, 2), self.k, self._dist_array(), None, None, None, _UNDISTORT_CRITERIA
-        )
+        src = pix.reshape(-1, 1, 2)
+        if _UNDISTORT_ITER is not None:  # OpenCV 4 (JetPack's): the criteria has its own call
+            out = _UNDISTORT_ITER(src, self.k, self._dist_array(), None, None, _UNDISTORT_CRITERIA)
+        else:
+            out = cv2.undistortPoints(
+                src, self.k, self._dist_array(), None, None, None, _UNDISTORT_CRITERIA
+            )
         res: FloatArray = np.asarray(out, dtype=np.float64).reshape(-1, 2)
         return res
 
