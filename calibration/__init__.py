@@ -5,11 +5,12 @@ read. Nothing here imports the node (`perception`, `engines`, `replay`).
 """
 
 from calibration.camera import CameraModel, FisheyeCamera, PinholeCamera
-from calibration.check import CheckResult, calibration_check, describe_rig, read_pcd, read_scan
+from calibration.check import CheckResult, calibration_check, describe_rig, read_scan
 from calibration.errors import CalibrationError
 from calibration.geodesy import LocalTangentPlane, vehicle_pose_from_gnss
 from calibration.kitti import load_kitti_object_calib, load_kitti_raw_calib
 from calibration.loaders import load_rig
+from calibration.pcd import read_pcd
 from calibration.pjlab import load_pjlab_calib
 from calibration.rig import GNSS_FRAME, VEHICLE_FRAME, FrameEdge, Rig, load_rig_yaml, save_rig_yaml
 from calibration.transforms import RigidTransform

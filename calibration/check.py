@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from calibration.camera import CameraModel
 from calibration.errors import CalibrationError
+from calibration.pcd import read_pcd
 from calibration.rig import VEHICLE_FRAME, Rig, camera_frame
 from calibration.transforms import RigidTransform
 
@@ -40,7 +41,6 @@ __all__ = [
     "draw_overlay",
     "mutual_information",
     "read_kitti_bin",
-    "read_pcd",
     "read_scan",
 ]
 
@@ -66,94 +66,6 @@ class CheckResult:
 
 # -- scans -------------------------------------------------------------------------------------
 
-_PCD_TYPES = {
-    ("F", 4): "<f4",
-    ("F", 8): "<f8",
-    ("I", 1): "i1",
-    ("I", 2): "<i2",
-    ("I", 4): "<i4",
-    ("I", 8): "<i8",
-    ("U", 1): "u1",
-    ("U", 2): "<u2",
-    ("U", 4): "<u4",
-    ("U", 8): "<u8",
-}
-
-
-def read_pcd(path: Path) -> npt.NDArray[np.float32]:
-    """Read a PCD file (v0.7, DATA ascii or binary) -> N x 4 float32 (x, y, z, intensity).
-
-    A missing intensity field reads as 0; points with non-finite x/y/z are dropped.
-    Raises CalibrationError naming the file for unreadable files, unsupported encodings
-    (binary_compressed) or missing x/y/z fields.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read point cloud ({e.strerror})") from e
-    header: dict[str, list[str]] = {}
-    offset = 0
-    while True:
-        end = raw.find(b"\n", offset)
-        if end < 0:
-            raise CalibrationError(f"{path}: PCD header has no DATA line")
-        line = raw[offset:end].decode("ascii", errors="replace").strip()
-        offset = end + 1
-        if not line or line.startswith("#"):
-            continue
-        key, *values = line.split()
-        header[key.upper()] = values
-        if key.upper() == "DATA":
-            break
-    try:
-        fields = header["FIELDS"]
-        sizes = [int(s) for s in header.get("SIZE", ["4"] * len(fields))]
-        types = header.get("TYPE", ["F"] * len(fields))
-        counts = [int(c) for c in header.get("COUNT", ["1"] * len(fields))]
-        n_points = int(header.get("POINTS", [header.get("WIDTH", ["0"])[0]])[0])
-        encoding = header["DATA"][0].lower()
-    except (KeyError, ValueError, IndexError) as e:
-        raise CalibrationError(f"{path}: malformed PCD header ({e})") from e
-    if not {"x", "y", "z"} <= set(fields):
-        raise CalibrationError(f"{path}: PCD has no x y z fields (FIELDS {' '.join(fields)})")
-    columns: dict[str, int] = {}
-    col = 0
-    for name, count in zip(fields, counts, strict=True):
-        columns.setdefault(name, col)
-        col += count
-    if encoding == "ascii":
-        try:
-            numbers = np.array(raw[offset:].split(), dtype=np.float64)
-        except ValueError as e:
-            raise CalibrationError(f"{path}: ASCII data holds a non-number ({e})") from e
-        if numbers.size % col:
-            raise CalibrationError(f"{path}: ASCII data is not a whole number of {col}-value rows")
-        table = numbers.reshape(-1, col)
-    elif encoding == "binary":
-        dtype_fields: list[tuple[str, str]] = []
-        for name, size, typ, count in zip(fields, sizes, types, counts, strict=True):
-            base = _PCD_TYPES.get((typ.upper(), size))
-            if base is None:
-                raise CalibrationError(f"{path}: unsupported PCD field type {typ}{size} ({name})")
-            for c in range(count):
-                dtype_fields.append((f"{name}_{c}_{len(dtype_fields)}", base))
-        dtype = np.dtype(dtype_fields)
-        need = n_points * dtype.itemsize
-        if len(raw) - offset < need:
-            raise CalibrationError(f"{path}: binary data is truncated ({n_points} points stated)")
-        rec = np.frombuffer(raw, dtype=dtype, count=n_points, offset=offset)
-        table = np.column_stack([rec[n].astype(np.float64) for n in dtype.names or ()])
-    else:
-        raise CalibrationError(f"{path}: unsupported PCD DATA encoding {encoding!r}")
-    out = np.zeros((table.shape[0], 4), dtype=np.float32)
-    for i, name in enumerate(("x", "y", "z", "intensity")):
-        if name in columns:
-            out[:, i] = table[:, columns[name]]
-    keep = np.all(np.isfinite(out[:, :3]), axis=1)
-    kept: npt.NDArray[np.float32] = out[keep]
-    return kept
-
 
 def read_kitti_bin(path: Path) -> npt.NDArray[np.float32]:
     """A KITTI `.bin` scan as it is stored: N x 4 float32 (x, y, z, reflectance), N >= 1.
@@ -176,7 +88,8 @@ def read_kitti_bin(path: Path) -> npt.NDArray[np.float32]:
 
 def read_scan(path: Path) -> npt.NDArray[np.float32]:
     """A lidar scan as N x 4 float32 (x, y, z, intensity) in the lidar frame (metres):
-    a KITTI `.bin` (float32 N x 4) or a `.pcd`; points with non-finite x/y/z are dropped.
+    a KITTI `.bin` (float32 N x 4) or a `.pcd` (any encoding, `calibration.pcd.read_pcd`);
+    points with non-finite x/y/z are dropped.
 
     Raises CalibrationError naming the file when it cannot be read or parsed, or holds no
     point (an empty file is a broken scan, not an empty scene)."""

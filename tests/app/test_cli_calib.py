@@ -39,6 +39,30 @@ def test_calib_check_kitti(capsys, tmp_path: Path, kitti_dir: Path) -> None:
     assert overlay is not None and overlay.shape == (375, 1242, 3)
 
 
+def test_calib_check_binary_compressed_pcd_scores_as_the_bin(
+    capsys, tmp_path: Path, kitti_dir: Path
+) -> None:
+    """A real KITTI sweep saved by pypcd4 as a binary_compressed PCD checks exactly as its .bin."""
+    from pypcd4.pypcd4 import Encoding, PointCloud
+
+    scan = kitti_dir / "velodyne" / "000000.bin"
+    pcd = tmp_path / "000000.pcd"
+    points = np.fromfile(scan, dtype="<f4").reshape(-1, 4)
+    PointCloud.from_xyzi_points(points).save(pcd, encoding=Encoding.BINARY_COMPRESSED)
+    assert b"\nDATA binary_compressed\n" in pcd.read_bytes()[:300]
+    results = []
+    for lidar in (scan, pcd):
+        code = main(
+            ["calib", "check", str(kitti_dir / "calib" / "000000.txt"), "--lidar", str(lidar),
+             "--image", str(kitti_dir / "image_2" / "000000.png"),
+             "--out", str(tmp_path / f"{lidar.suffix[1:]}.png")]
+        )  # fmt: skip
+        out = capsys.readouterr().out
+        results.append((code, [line for line in out.splitlines() if "alignment score" in line]))
+    assert results[0][0] == 0 and len(results[0][1]) == 1
+    assert results[1] == results[0]
+
+
 def test_calib_check_pjlab_reports_size_mismatch(capsys, tmp_path: Path, data_dir: Path) -> None:
     pj = data_dir / "lidar_camera_calib_pjlab"
     code = main(

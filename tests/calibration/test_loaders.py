@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration import CalibrationError, load_pjlab_calib, load_rig, read_pcd, read_scan
+from calibration import CalibrationError, load_pjlab_calib, load_rig, read_scan
 
 
 def test_dispatch_recognises_every_format(data_dir: Path, kitti_dir: Path) -> None:
@@ -108,24 +108,8 @@ def test_pjlab_missing_field_is_named(data_dir: Path, tmp_path: Path) -> None:
         load_rig(tmp_path)
 
 
-def test_pcd_reader_ascii_and_binary(data_dir: Path, tmp_path: Path) -> None:
-    pts = read_pcd(data_dir / "lidar_camera_calib_pjlab" / "0.pcd")
-    assert pts.shape == (78238, 4) and pts.dtype == np.float32
-    np.testing.assert_allclose(pts[0], [21.647913, 0.19822195, -1.8524752, 11], rtol=1e-6)
-    header = (
-        "# .PCD v0.7\nVERSION 0.7\nFIELDS x y z intensity ring\nSIZE 4 4 4 4 2\nTYPE F F F F U\n"
-        "COUNT 1 1 1 1 1\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA binary\n"
-    )
-    rec = np.zeros(3, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("i", "<f4"), ("r", "<u2")])
-    rec["x"], rec["y"], rec["z"], rec["i"], rec["r"] = [1, 2, np.nan], [3, 4, 5], [6, 7, 8], 0.5, 9
-    path = tmp_path / "b.pcd"
-    path.write_bytes(header.format(n=3).encode() + rec.tobytes())
-    out = read_scan(path)
-    np.testing.assert_array_equal(out, [[1, 3, 6, 0.5], [2, 4, 7, 0.5]])  # NaN point dropped
-    bad = tmp_path / "c.pcd"
-    bad.write_bytes(header.replace("binary", "binary_compressed").format(n=3).encode())
-    with pytest.raises(CalibrationError, match=r"c\.pcd: unsupported PCD DATA encoding"):
-        read_pcd(bad)
+def test_bin_scan_of_odd_size_is_named(tmp_path: Path) -> None:
+    # PCD files: tests/calibration/test_pcd.py.
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"\0" * 20)
     with pytest.raises(CalibrationError, match=r"odd\.bin: size \d+ bytes is not a multiple of 16"):
