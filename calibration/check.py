@@ -186,7 +186,9 @@ def draw_overlay(
     uv, depth = uv[order], depth[order]
     lo, hi = np.log(depth_range_m[0]), np.log(depth_range_m[1])
     level = np.clip(255.0 * (hi - np.log(np.maximum(depth, 1e-3))) / (hi - lo), 0, 255)
-    colours = cv2.applyColorMap(level.astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_JET)
+    # OpenCV 4 maps no points to None.
+    levels = level.astype(np.uint8).reshape(-1, 1)
+    colours = cv2.applyColorMap(levels, cv2.COLORMAP_JET) if len(levels) else levels
     colours = colours.reshape(-1, 3)
     u = np.floor(uv[:, 0]).astype(np.int64)
     v = np.floor(uv[:, 1]).astype(np.int64)

@@ -125,4 +125,4 @@ def test_overlay_has_a_depth_colour_legend() -> None:
     b, r = corner[:, 0], corner[:, 2]
     assert np.count_nonzero((r > 200) & (b < 60)) > 50  # the near end
     assert np.count_nonzero((b > 200) & (r < 60)) > 50  # the far end
-    assert np.count_nonzero(np.all(corner == 255, axis=1)) > 30  # the tick labels
+    assert np.count_nonzero(np.all(corner > 200, axis=1)) > 30  # the tick labels (white)
