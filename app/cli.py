@@ -510,18 +510,68 @@ def _add_import(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         sub,
         "import",
         "app.commands.importing:cmd_import",
-        "convert a KITTI object folder or KITTI raw drive into an MCAP drive",
+        "convert a KITTI folder or drive, a ROS 2 bag or a nuScenes scene into an MCAP drive",
         "Convert a dataset into a drive: a KITTI object folder (each frame its own rig, camera "
-        "image and lidar sweep, 100 ms apart) or a KITTI raw drive (real timestamps, oxts as "
-        "GNSS fixes, the calibration as the rig). The drive appears only when complete.",
+        "image and lidar sweep, 100 ms apart), a KITTI raw drive (real timestamps, oxts as "
+        "GNSS fixes, the calibration as the rig), a ROS 2 bag (sqlite3 or mcap storage, read "
+        "with `rosbags`, no ROS install: PointCloud2, Image, CompressedImage, CameraInfo, "
+        "NavSatFix, TwistStamped/Odometry and tf_static, topics mapped by type) or a nuScenes "
+        "scene (six cameras, LIDAR_TOP, ego poses as GNSS fixes, calibrated_sensor as the rig, "
+        "annotations as ground truth). The drive appears only when complete.",
         common=common,
     )
-    p.add_argument("format", choices=("kitti-object", "kitti-raw"), help="the dataset's layout")
     p.add_argument(
-        "dir", help="a KITTI object folder, or a KITTI raw <date>/<date>_drive_NNNN_sync folder"
+        "format",
+        choices=("kitti-object", "kitti-raw", "rosbag2", "nuscenes"),
+        help="the dataset's layout",
+    )
+    p.add_argument(
+        "dir",
+        help="a KITTI object folder, a KITTI raw <date>/<date>_drive_NNNN_sync folder, a ROS 2 "
+        "bag folder (or its .mcap / .db3 file), or a nuScenes DATAROOT",
     )
     p.add_argument("--out", required=True, metavar="DRIVE", help="the MCAP drive to write")
     p.add_argument("--grey", action="store_true", help="kitti-raw: also the grey cameras")
+    p.add_argument(
+        "--topics",
+        metavar="YAML",
+        help="rosbag2: topic mapping overriding the one by message type (see docs/rosbag2.md)",
+    )
+    p.add_argument("--version", default="v1.0-mini", help="nuscenes: the tables' version folder")
+    p.add_argument("--scene", metavar="NAME", help="nuscenes: the scene (scene-0061); required")
+    p.add_argument(
+        "--origin",
+        metavar="LAT,LON,ALT",
+        help="nuscenes: geodetic origin of the map frame for the GNSS-like fixes (default: the "
+        "scene's location's known origin)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_export(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    p = _command(
+        sub,
+        "export",
+        "app.commands.exporting:cmd_export",
+        "write a drive's or a run's detections as a ROS 2 bag",
+        "Write the detections of a drive (its recorded DetectionLists) or of a replay run "
+        "(RUN.jsonl) into a ROS 2 bag, with `rosbags` (no ROS install): vision_msgs/"
+        "Detection3DArray by default, or autoware_perception_msgs/DetectedObjects, so results "
+        "open in RViz and the ROS tools. The bag appears only when complete.",
+        common=common,
+    )
+    p.add_argument("format", choices=("rosbag2",), help="the output's kind")
+    p.add_argument("source", help="a drive (.mcap) with detections, or a replay run (.jsonl)")
+    p.add_argument("--out", required=True, metavar="BAG", help="the bag folder to write")
+    p.add_argument(
+        "--storage", choices=("mcap", "sqlite3"), default="mcap", help="the bag's storage format"
+    )
+    p.add_argument(
+        "--msgs",
+        choices=("vision_msgs", "autoware"),
+        default="vision_msgs",
+        help="vision_msgs/Detection3DArray or autoware_perception_msgs/DetectedObjects",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -878,8 +928,8 @@ def build_parser() -> Parser:
     )
     for add in (
         _add_demo, _add_run, _add_view, _add_replay, _add_play, _add_record, _add_echo, _add_bench,
-        _add_import, _add_eval, _add_show, _add_train, _add_calib, _add_engines, _add_models,
-        _add_keys, _add_config,
+        _add_import, _add_export, _add_eval, _add_show, _add_train, _add_calib, _add_engines,
+        _add_models, _add_keys, _add_config,
     ):  # fmt: skip
         add(sub, common)
     return parser

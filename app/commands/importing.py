@@ -1,4 +1,5 @@
-"""`perception import`: a KITTI object folder or KITTI raw drive into an MCAP drive."""
+"""`perception import`: a KITTI object folder, a KITTI raw drive, a ROS 2 bag or a nuScenes
+scene into an MCAP drive."""
 
 from __future__ import annotations
 
@@ -6,10 +7,51 @@ import argparse
 from pathlib import Path
 
 from app.common import Stages
-from replay.datasets.importers import import_kitti_object, import_kitti_raw
+from replay.datasets.importers import ImportStats, import_kitti_object, import_kitti_raw
+from replay.errors import ReplayError
 from replay.output import OutputError, check_output_file
 
 __all__ = ["cmd_import"]
+
+
+def _origin(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        lat, lon, alt = (float(p) for p in parts)
+    except ValueError:
+        raise ReplayError(
+            f"--origin {text!r}: expected LAT,LON,ALT in degrees and metres"
+        ) from None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise ReplayError(f"--origin {text!r}: latitude or longitude out of range")
+    return lat, lon, alt
+
+
+def _import(args: argparse.Namespace, source: Path, out: Path, stages: Stages) -> ImportStats:
+    progress = stages.callback("import")
+    if args.format == "kitti-object":
+        return import_kitti_object(source, out, progress=progress)
+    if args.format == "kitti-raw":
+        return import_kitti_raw(source, out, grey=args.grey, progress=progress)
+    if args.format == "rosbag2":
+        from replay.rosbag2 import import_rosbag2  # noqa: PLC0415 (rosbags loads only here)
+
+        topics = Path(args.topics).expanduser() if args.topics else None
+        return import_rosbag2(source, out, topics=topics, progress=progress)
+    from replay.datasets.nuscenes import import_nuscenes  # noqa: PLC0415 (and the devkit)
+
+    if not args.scene:
+        raise ReplayError("import nuscenes: --scene NAME is required (e.g. scene-0061)")
+    return import_nuscenes(
+        source,
+        out,
+        version=args.version,
+        scene=args.scene,
+        origin=_origin(args.origin),
+        progress=progress,
+    )
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -20,12 +62,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     check_output_file(out, "--out")
     source = Path(args.dir).expanduser()
     with Stages("msg", args.quiet, {"import": f"importing {source.name}"}) as stages:
-        if args.format == "kitti-object":
-            stats = import_kitti_object(source, out, progress=stages.callback("import"))
-        else:
-            stats = import_kitti_raw(
-                source, out, grey=args.grey, progress=stages.callback("import")
-            )
+        stats = _import(args, source, out, stages)
     for warning in stats.warnings:
         print(f"warning: {warning}")
     counts = ", ".join(f"{t} {n}" for t, n in sorted(stats.messages.items()))

@@ -1,0 +1,184 @@
+"""Detections -> ROS 2 bag (`perception export rosbag2 DRIVE_OR_RUN --out BAG`).
+
+The source is a drive (`.mcap`) holding DetectionLists, each exported on `/<its topic>` at
+its log time, or a replay run (`.jsonl`, one DetectionList per line), each on
+`/<its stream>` at its sweep stamp (a run records no receive times). Messages
+are vision_msgs/msg/Detection3DArray, or autoware_perception_msgs/msg/DetectedObjects
+(replay.rosbag2.detections), in a rosbag2 (metadata version 9) of mcap or sqlite3 storage.
+
+The bag is written in a hidden folder beside `out` and moved into place only when complete;
+an existing `out` is never replaced (a bag is a folder: remove it first).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from perception.errors import PerceptionError
+from perception.msgs.jsonl import read_jsonl
+from perception.msgs.types import DetectionList
+from replay.drive import DriveReader
+from replay.rosbag2.detections import to_autoware, to_vision_msgs
+from replay.rosbag2.errors import Rosbag2Error
+from replay.rosbag2.msgdefs import (
+    AUTOWARE_DETECTED_OBJECTS,
+    VISION_DETECTION3D_ARRAY,
+    detections_typestore,
+)
+
+__all__ = ["MSGS", "STORAGES", "ExportProgress", "ExportStats", "export_rosbag2"]
+
+#: --msgs choices -> the ROS message type written.
+MSGS = {"vision_msgs": VISION_DETECTION3D_ARRAY, "autoware": AUTOWARE_DETECTED_OBJECTS}
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+_TOPIC_CHARS = re.compile(r"[^A-Za-z0-9_/]")
+
+#: progress(DetectionLists written, DetectionLists in all).
+ExportProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExportStats:
+    """What an export wrote: the bag folder, the message type, messages per ROS topic, the
+    detections in all, the storage format and the wall time (s)."""
+
+    path: Path
+    msgtype: str
+    messages: dict[str, int]
+    detections: int
+    storage: str
+    wall_s: float
+
+
+def _ros_topic(name: str) -> str:
+    """A drive topic or stream as a ROS 2 topic name (letters, digits, _ and /)."""
+    topic = "/" + _TOPIC_CHARS.sub("_", name.strip("/"))
+    return topic if not topic[1:2].isdigit() else f"/_{topic[1:]}"
+
+
+_Item = tuple[str, int, DetectionList]  # (ROS topic, receive time ns, the list)
+
+
+def _drive_lists(source: Path) -> list[_Item]:
+    # DetectionLists are small: held in memory, so the progress bar knows the total.
+    return [
+        (_ros_topic(rec.topic), rec.log_time_ns, rec.message)
+        for rec in DriveReader(source).messages()
+        if isinstance(rec.message, DetectionList)
+    ]
+
+
+def _run_lists(source: Path) -> list[_Item]:
+    # A run records no receive times. Its sweep stamps, not stamp + latency: the latency of an
+    # offline run is this machine's processing time, and would reorder the lists.
+    return [(_ros_topic(dl.header.stream), dl.header.stamp_ns, dl) for dl in read_jsonl(source)]
+
+
+def _detection_lists(source: Path) -> list[_Item]:
+    if not source.is_file():
+        state = "is a folder" if source.is_dir() else "does not exist"
+        raise Rosbag2Error(f"{source}: {state}; expected a drive (.mcap) or a run (.jsonl)")
+    if source.suffix == ".mcap":
+        items = _drive_lists(source)
+        if not items:
+            raise Rosbag2Error(
+                f"{source}: the drive holds no DetectionLists (replay it first: perception "
+                f"replay {source.name} --out RUN.mcap)"
+            )
+        return items
+    if source.suffix == ".jsonl":
+        items = _run_lists(source)
+        if not items:
+            raise Rosbag2Error(f"{source}: the run holds no DetectionLists")
+        return items
+    raise Rosbag2Error(f"{source}: expected a drive (.mcap) or a replay run (.jsonl)")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        raise Rosbag2Error(
+            f"{out}: exists; a bag is never overwritten (remove it or choose another name)"
+        )
+    parent = out.parent
+    if not parent.is_dir():
+        raise Rosbag2Error(f"{out}: folder {parent} does not exist (create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Rosbag2Error(f"{out}: folder {parent} is not writable")
+
+
+def export_rosbag2(
+    source: Path,
+    out: Path,
+    *,
+    storage: str = "mcap",
+    msgs: str = "vision_msgs",
+    progress: ExportProgress | None = None,
+) -> ExportStats:
+    """Write the DetectionLists of `source` (a drive `.mcap` or a replay run `.jsonl`) into the
+    new ROS 2 bag folder `out` (see the module docstring). `storage`: `mcap` or `sqlite3`;
+    `msgs`: `vision_msgs` (Detection3DArray) or `autoware` (DetectedObjects).
+    `progress(done, total)` after each message.
+
+    Raises Rosbag2Error naming the path: `out` exists or its folder is missing, the source is
+    not a drive or run or holds no DetectionLists; the source's own read errors
+    (ReplayError / SourceError) pass through; ValueError for an unknown `storage` or `msgs`."""
+    begin = time.perf_counter()
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {sorted(STORAGES)}, got {storage!r}")
+    if msgs not in MSGS:
+        raise ValueError(f"msgs must be one of {sorted(MSGS)}, got {msgs!r}")
+    source, out = Path(source), Path(out)
+    _check_out(out)
+    items = _detection_lists(source)
+    msgtype = MSGS[msgs]
+    store = detections_typestore()
+    convert: Callable[[Any, DetectionList], Any] = (
+        to_vision_msgs if msgs == "vision_msgs" else to_autoware
+    )
+    counts: dict[str, int] = {}
+    detections = 0
+    staging = out.parent / f".{out.name}.{secrets.token_hex(4)}.part"
+    try:
+        staging.mkdir()
+        # Written under its final name inside the staging folder: rosbag2 names the storage
+        # file after the bag folder.
+        writer = Writer(staging / out.name, version=9, storage_plugin=STORAGES[storage])
+        with writer:
+            connections: dict[str, Any] = {}
+            for done, (topic, receive_ns, dl) in enumerate(items, start=1):
+                if topic not in connections:
+                    connections[topic] = writer.add_connection(topic, msgtype, typestore=store)
+                data = store.serialize_cdr(convert(store, dl), msgtype)
+                writer.write(connections[topic], max(receive_ns, 0), data)
+                counts[topic] = counts.get(topic, 0) + 1
+                detections += len(dl.detections)
+                if progress is not None:
+                    progress(done, len(items))
+        _check_out(out)
+        os.replace(staging / out.name, out)
+    except PerceptionError:
+        raise
+    except OSError as e:
+        raise Rosbag2Error(f"{out}: cannot write the bag ({e.strerror or e})") from e
+    except Exception as e:  # rosbags' writer errors
+        raise Rosbag2Error(f"{out}: cannot write the bag ({type(e).__name__}: {e})") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportStats(
+        path=out,
+        msgtype=msgtype,
+        messages=counts,
+        detections=detections,
+        storage=storage,
+        wall_s=time.perf_counter() - begin,
+    )

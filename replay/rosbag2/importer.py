@@ -1,0 +1,357 @@
+"""ROS 2 bag -> drive (`perception import rosbag2 BAG --out DRIVE.mcap`).
+
+Two passes over the bag. The first reads the small topics (tf_static, CameraInfo, the GNSS
+velocity) and the lidar's and GNSS's frame ids; the second converts the sensor topics in
+receive order (replay.rosbag2.convert), each written with the bag's receive time as its log
+time. The rig (replay.rosbag2.rig) is built from the first transform of each tf frame and
+the first CameraInfo of each camera, so the data before them is calibrated too; it is the
+drive's rig, written first (stamped at the first sensor message's stamp). When a later
+tf_static or CameraInfo changes it, the new rig is written as a RigMessage before the next
+sensor message, stamped with that message's stamp (a rig is in force from its stamp on).
+A `rig:` file in `--topics` replaces tf_static and CameraInfo.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calibration import CalibrationError, Rig, load_rig
+from perception.errors import PerceptionError
+from perception.msgs.types import GnssFix, Message, RigMessage
+from perception.msgs.types import Header as NodeHeader
+from replay.datasets.importers import ImportProgress, ImportStats, _atomic_drive
+from replay.datasets.kitti_object import LIDAR_STREAM
+from replay.drive import RIG_TOPIC, DriveWriter
+from replay.errors import ReplayError
+from replay.rosbag2.bag import Bag, open_bag
+from replay.rosbag2.convert import (
+    VELOCITY_WINDOW_NS,
+    VelocitySample,
+    compressed_image_to_frame,
+    image_to_frame,
+    navsat_to_fix,
+    pointcloud_to_sweep,
+    velocity_sample,
+)
+from replay.rosbag2.errors import Rosbag2Error
+from replay.rosbag2.rig import (
+    LIDAR_FRAME,
+    CameraCalibration,
+    TfEdge,
+    build_rig,
+    camera_calibration,
+    tf_edges,
+)
+from replay.rosbag2.topics import (
+    COMPRESSED_IMAGE,
+    GNSS_STREAM,
+    CameraPlan,
+    TopicPlan,
+    TopicsFile,
+    load_topics_file,
+    plan_topics,
+    rectified_by_name,
+)
+
+__all__ = ["import_rosbag2"]
+
+_GNSS_FRAME = "gnss"
+_WARNED_OFFSET_MS = 0.5  # camera offsets below this are not worth a config change
+
+
+@dataclass
+class _Calibration:
+    """What the first pass read: tf_static and CameraInfo events in receive order, velocity
+    samples by stamp, the lidar's and GNSS's frame ids."""
+
+    tf: list[tuple[int, list[TfEdge]]] = field(default_factory=list)
+    cameras: list[tuple[int, str, CameraCalibration]] = field(default_factory=list)
+    velocities: list[VelocitySample] = field(default_factory=list)
+    lidar_frame: str = ""
+    gnss_frame: str | None = None
+
+
+class _RigState:
+    """The rig in force as the second pass goes: calibration events applied up to a receive
+    time. It starts from each frame's and camera's first value."""
+
+    def __init__(
+        self, calib: _Calibration, plan: TopicPlan, topics_file: TopicsFile | None, source: str
+    ) -> None:
+        self._calib = calib
+        self._source = source
+        self._vehicle = topics_file.vehicle_frame if topics_file else None
+        self._events: list[tuple[int, int, list[TfEdge] | tuple[str, CameraCalibration]]] = []
+        for i, (t, edges) in enumerate(calib.tf):
+            self._events.append((t, i, edges))
+        for i, (t, name, cal) in enumerate(calib.cameras, start=len(calib.tf)):
+            self._events.append((t, i, (name, cal)))
+        self._events.sort(key=lambda e: (e[0], e[1]))
+        self._next = 0
+        self.tf: dict[str, TfEdge] = {}
+        self.cams: dict[str, CameraCalibration] = {}
+        for _t, _i, event in self._events:
+            if isinstance(event, tuple):
+                self.cams.setdefault(event[0], event[1])
+            else:
+                for edge in event:
+                    self.tf.setdefault(edge.child, edge)
+        for cam in plan.cameras:
+            if cam.name not in self.cams:
+                expected = cam.info_topic or "<namespace>/camera_info"
+                raise Rosbag2Error(
+                    f"{source}: camera {cam.topic} has no CameraInfo ({expected} holds none): "
+                    "name its topic with `camera_info:` in --topics, or give a rig file (`rig:`)"
+                )
+
+    def advance(self, log_time_ns: int) -> bool:
+        """Apply the events received up to `log_time_ns`; whether any was applied."""
+        changed = False
+        while self._next < len(self._events) and self._events[self._next][0] <= log_time_ns:
+            event = self._events[self._next][2]
+            if isinstance(event, tuple):
+                self.cams[event[0]] = event[1]
+            else:
+                self.tf.update((e.child, e) for e in event)
+            self._next += 1
+            changed = True
+        return changed
+
+    def rig(self) -> Rig:
+        return build_rig(
+            self.tf,
+            lidar_frame=self._calib.lidar_frame,
+            cameras=self.cams,
+            gnss_frame=self._calib.gnss_frame,
+            vehicle_frame=self._vehicle,
+            source=self._source,
+        )
+
+
+def _where(bag: Bag, topic: str, log_time: int) -> str:
+    return f"{bag.path}: {topic} at receive time {log_time}"
+
+
+def _first_pass(bag: Bag, plan: TopicPlan) -> _Calibration:
+    calib = _Calibration()
+    infos: dict[str, list[CameraPlan]] = {}
+    for cam in plan.cameras:
+        if cam.info_topic is not None:
+            infos.setdefault(cam.info_topic, []).append(cam)
+    velocity_topic = plan.velocity[0] if plan.velocity else None
+    small = [*plan.tf_static, *infos, *([velocity_topic] if velocity_topic else [])]
+    for topic, msgtype, log_time, data in bag.raw(small):
+        where = _where(bag, topic, log_time)
+        msg = bag.decode(data, msgtype, where)
+        if topic in plan.tf_static:
+            calib.tf.append((log_time, tf_edges(msg, where)))
+        elif topic == velocity_topic:
+            sample = velocity_sample(msg, msgtype, where)
+            if sample is not None:
+                calib.velocities.append(sample)
+        for cam in infos.get(topic, []):
+            rectified = cam.rectified
+            if rectified is None:
+                rectified = rectified_by_name(cam.topic, cam.msgtype)
+            cal = camera_calibration(msg, rectified=rectified, where=f"{where} ({cam.stream})")
+            calib.cameras.append((log_time, cam.name, cal))
+    calib.velocities.sort(key=lambda s: s.stamp_ns)
+    calib.lidar_frame = _first_frame_id(bag, plan.lidar.topic) or LIDAR_FRAME
+    if plan.gnss is not None:
+        calib.gnss_frame = _first_frame_id(bag, plan.gnss)
+    return calib
+
+
+def _first_frame_id(bag: Bag, topic: str) -> str | None:
+    for _topic, msgtype, log_time, data in bag.raw([topic]):
+        msg = bag.decode(data, msgtype, _where(bag, topic, log_time))
+        return str(msg.header.frame_id).lstrip("/") or None
+    return None
+
+
+def _nearest_velocity(samples: list[VelocitySample], stamp: int) -> VelocitySample | None:
+    if not samples:
+        return None
+    stamps = [s.stamp_ns for s in samples]  # small: a bag's GNSS velocity samples
+    i = bisect.bisect_left(stamps, stamp)
+    near = [samples[j] for j in (i - 1, i) if 0 <= j < len(samples)]
+    best = min(near, key=lambda s: abs(s.stamp_ns - stamp))
+    return best if abs(best.stamp_ns - stamp) <= VELOCITY_WINDOW_NS else None
+
+
+class _Converter:
+    """Bag messages of the data topics -> node messages, with per-stream sequence numbers."""
+
+    def __init__(self, bag: Bag, plan: TopicPlan, calib: _Calibration) -> None:
+        self._bag = bag
+        self._plan = plan
+        self._calib = calib
+        self._cameras = {c.topic: c for c in plan.cameras}
+        self.seq: dict[str, int] = {}
+        self.no_fix = 0
+
+    def convert(self, topic: str, msgtype: str, log_time: int, data: bytes) -> Message | None:
+        where = _where(self._bag, topic, log_time)
+        msg = self._bag.decode(data, msgtype, where)
+        stream = self._plan.streams[topic]
+        seq = self.seq.get(stream, 0)
+        out: Message | None
+        if topic == self._plan.lidar.topic:
+            out = pointcloud_to_sweep(
+                msg,
+                stream=stream,
+                frame_id=LIDAR_FRAME,
+                seq=seq,
+                time_field=self._plan.lidar.time_field,
+                where=where,
+            )
+        elif topic in self._cameras:
+            kwargs: dict[str, Any] = {"stream": stream, "frame_id": stream, "seq": seq}
+            if msgtype == COMPRESSED_IMAGE:
+                out = compressed_image_to_frame(msg, where=where, **kwargs)
+            else:
+                out = image_to_frame(msg, where=where, **kwargs)
+        else:
+            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+            velocity = _nearest_velocity(self._calib.velocities, stamp)
+            out = navsat_to_fix(
+                msg, stream=GNSS_STREAM, frame_id=_GNSS_FRAME, seq=seq, velocity=velocity,
+                where=where,
+            )  # fmt: skip
+            if out is None:
+                self.no_fix += 1
+                return None
+        self.seq[stream] = seq + 1
+        return out
+
+
+def _camera_offsets_ms(sweeps: list[int], cameras: dict[str, list[int]]) -> dict[str, float]:
+    """Median (camera stamp - stamp of the latest sweep at or before it), ms, per camera, where
+    it is large enough to matter."""
+    sweeps = sorted(sweeps)
+    out: dict[str, float] = {}
+    for stream, stamps in cameras.items():
+        diffs = [s - sweeps[i - 1] for s in stamps if (i := bisect.bisect_right(sweeps, s)) > 0]
+        if diffs and abs(statistics.median(diffs)) / 1e6 >= _WARNED_OFFSET_MS:
+            out[stream] = statistics.median(diffs) / 1e6
+    return out
+
+
+def _load_rig_file(path: Path, plan: TopicPlan) -> Rig:
+    try:
+        rig = load_rig(path)
+    except CalibrationError as e:
+        raise Rosbag2Error(f"--topics rig: {e}") from e
+    for cam in plan.cameras:
+        if cam.name not in rig.cameras:
+            raise Rosbag2Error(
+                f"{path}: has no camera {cam.name!r} for {cam.topic} (cameras: "
+                f"{', '.join(rig.cameras) or 'none'})"
+            )
+    if LIDAR_FRAME not in rig.frames:
+        raise Rosbag2Error(f"{path}: has no frame {LIDAR_FRAME!r} for the lidar")
+    return rig
+
+
+def _write(writer: DriveWriter, msg: Message, log_time: int, topic: str, where: str) -> None:
+    try:
+        writer.write(msg, log_time, topic)
+    except ReplayError:
+        raise  # the drive's own fault (full disk...), naming the drive
+    except (PerceptionError, ValueError) as e:
+        # A converted message the drive refuses (beyond the wire limits): the bag's fault.
+        raise Rosbag2Error(f"{where}: cannot be stored in a drive ({e})") from e
+
+
+def import_rosbag2(
+    source: Path,
+    out: Path,
+    *,
+    topics: Path | None = None,
+    progress: ImportProgress | None = None,
+    compression: str | None = "zstd",
+) -> ImportStats:
+    """Import the ROS 2 bag `source` (a bag folder, or its `.mcap` / `.db3` storage file;
+    sqlite3 or mcap storage) into the drive `out` (docs/rosbag2.md). `topics`: a `--topics`
+    YAML file overriding the mapping by message type. `progress(done, total)` is called after
+    each sensor message written. Topics not imported are listed in the stats' warnings.
+
+    The drive appears only when complete. Raises Rosbag2Error (a ReplayError) naming the bag,
+    topic or file: a missing or unreadable bag or `--topics` file, no lidar topic, a topic
+    mapped to a role its type cannot fill or whose type is unknown, a camera without
+    CameraInfo, tf frames that do not connect the sensors, a message that cannot be decoded
+    or converted."""
+    begin = time.perf_counter()
+    source = Path(source)
+    topics_file = load_topics_file(topics) if topics is not None else None
+    with open_bag(source) as bag:
+        plan = plan_topics(bag.topics, bag.known_types, topics_file, str(source))
+        calib = _first_pass(bag, plan)
+        fixed_rig = None
+        state = None
+        if topics_file is not None and topics_file.rig is not None:
+            fixed_rig = _load_rig_file(topics_file.rig, plan)
+        else:
+            state = _RigState(calib, plan, topics_file, str(source))
+        rig = fixed_rig or (state.rig() if state else None)
+        assert rig is not None
+        rig_doc = rig.to_dict()
+        converter = _Converter(bag, plan, calib)
+        data_topics = list(plan.streams)
+        total = bag.count(data_topics)
+        counts: dict[str, int] = {}
+        sweeps: list[int] = []
+        camera_stamps: dict[str, list[int]] = {c.stream: [] for c in plan.cameras}
+        first = last = None
+        with _atomic_drive(out, compression) as writer:
+            for done, (topic, msgtype, log_time, data) in enumerate(bag.raw(data_topics), 1):
+                msg = converter.convert(topic, msgtype, log_time, data)
+                if msg is not None:
+                    stamp = msg.header.stamp_ns
+                    if first is None:
+                        writer.write_rig(rig, stamp)
+                        counts[RIG_TOPIC] = 1
+                    elif state is not None and state.advance(log_time):
+                        new = state.rig()
+                        if new.to_dict() != rig_doc:
+                            rig, rig_doc = new, new.to_dict()
+                            header = NodeHeader(RIG_TOPIC, counts[RIG_TOPIC], stamp, "vehicle")
+                            _write(writer, RigMessage(header, rig_doc), log_time, RIG_TOPIC,
+                                   f"{source}: rig")  # fmt: skip
+                            counts[RIG_TOPIC] += 1
+                    stream = msg.header.stream
+                    _write(writer, msg, log_time, stream, _where(bag, topic, log_time))
+                    counts[stream] = counts.get(stream, 0) + 1
+                    first = stamp if first is None else min(first, stamp)
+                    last = stamp if last is None else max(last, stamp)
+                    if stream == LIDAR_STREAM:
+                        sweeps.append(stamp)
+                    elif not isinstance(msg, GnssFix):
+                        camera_stamps[stream].append(stamp)
+                if progress is not None:
+                    progress(done, total)
+            if counts.get(LIDAR_STREAM, 0) == 0:
+                raise Rosbag2Error(f"{source}: the lidar topic {plan.lidar.topic} has no messages")
+            written = writer.bytes_written
+    warnings = [f"skipped {t} ({m}): {why}" for t, m, why in plan.skipped]
+    warnings += [
+        f"skipped {t} (several message types: {', '.join(m)})" for t, m in sorted(bag.mixed.items())
+    ]
+    if converter.no_fix:
+        warnings.append(f"{plan.gnss}: {converter.no_fix} fix(es) without a position skipped")
+    warnings += list(rig.warnings)
+    return ImportStats(
+        path=Path(out),
+        messages=counts,
+        first_stamp_ns=first or 0,
+        last_stamp_ns=last or 0,
+        bytes=written,
+        wall_s=time.perf_counter() - begin,
+        camera_offsets_ms=_camera_offsets_ms(sweeps, camera_stamps),
+        warnings=tuple(warnings),
+    )

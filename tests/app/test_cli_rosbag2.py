@@ -1,0 +1,155 @@
+"""`perception import rosbag2` and `perception export rosbag2` end to end through `main`, and
+each bad input as one line on stderr with exit code 2 (no drive or bag left behind)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rosbags.highlevel import AnyReader
+
+from app.cli import main
+from perception.msgs.jsonl import read_jsonl
+from tests.replay.rosbag2.bags import (
+    CHATTER_TOPIC,
+    LIDAR_TOPIC,
+    BagWriter,
+    write_kitti_bag,
+)
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+@pytest.fixture(scope="module")
+def bag(kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_kitti_bag(kitti_dir, tmp_path_factory.mktemp("bags") / "kitti", frames=2).path
+
+
+def test_import_replay_export(
+    capsys: pytest.CaptureFixture[str], bag: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    drive = tmp_path / "drive.mcap"
+    assert main(["import", "rosbag2", str(bag), "--out", str(drive), "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0]
+        == f"warning: skipped {CHATTER_TOPIC} (std_msgs/msg/String): no conversion for this type"
+    )
+    assert out[1].startswith(
+        # Frames 000000 and 000003 come from different drives: the rig changes between them.
+        f"perception import: {drive}: camera/front 2, gnss 2, lidar/top 2, rig 2 ("
+    )
+    run = tmp_path / "run.jsonl"
+    assert main(["replay", str(drive), "--out", str(run), "--model", str(yolox_path),
+                 "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    lists = list(read_jsonl(run))
+    assert len(lists) == 2
+    out_bag = tmp_path / "detections"
+    argv = ["export", "rosbag2", str(run), "--out", str(out_bag), "--storage", "sqlite3",
+            "--msgs", "autoware", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    total = sum(len(dl.detections) for dl in lists)
+    assert line.startswith(
+        f"perception export: {out_bag}: autoware_perception_msgs/msg/DetectedObjects on "
+        f"/detections 2 ({total} detections, sqlite3, "
+    )
+    with AnyReader([out_bag]) as reader:
+        objects = [len(reader.deserialize(raw, c.msgtype).objects)  # type: ignore[attr-defined]
+                   for c, _t, raw in reader.messages()]  # fmt: skip
+    assert objects == [len(dl.detections) for dl in lists]
+
+
+def test_a_bag_without_lidar(capsys, kitti_dir: Path, tmp_path: Path) -> None:
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=1, skip=(LIDAR_TOPIC,)).path
+    out = tmp_path / "d.mcap"
+    err = _fails(capsys, "import", "rosbag2", str(bag), "--out", str(out), "--quiet")
+    assert err.startswith(
+        f"perception import: error: {bag}: no lidar topic (sensor_msgs/msg/PointCloud2) in the bag"
+    )
+    assert not out.exists()
+
+
+def _custom_topic(writer: BagWriter, index: int, stamp: int) -> None:
+    # A type the bag carries no definition of, as a recorder without it installed leaves.
+    if index == 0:
+        writer.connection("/custom", "my_msgs/msg/Foo", msgdef="", rihs01="RIHS01_" + "0" * 64)
+    writer.write_raw("/custom", stamp, b"\x00\x01\x00\x00")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "error"),
+    [
+        (f"topics:\n  {CHATTER_TOPIC}: lidar\n",
+         f"topics.{CHATTER_TOPIC}: cannot convert std_msgs/msg/String to lidar (expects "
+         "sensor_msgs/msg/PointCloud2)"),
+        ("topics:\n  /custom: gnss\n",
+         "topic /custom: message type my_msgs/msg/Foo is unknown"),
+        ("topics: {/points: lidar\n", "--topics file is not valid YAML"),
+        ("topics:\n  /kitti/velo/pointcloud: laser\n", "unknown role 'laser'"),
+    ],
+)  # fmt: skip
+def test_bad_topic_mappings(
+    capsys, kitti_dir: Path, tmp_path: Path, yaml_text: str, error: str
+) -> None:
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=1, extra=_custom_topic).path
+    topics = tmp_path / "topics.yaml"
+    topics.write_text(yaml_text)
+    out = tmp_path / "d.mcap"
+    err = _fails(capsys, "import", "rosbag2", str(bag), "--out", str(out), "--topics",
+                 str(topics), "--quiet")  # fmt: skip
+    assert error in err
+    assert not out.exists()
+    # Unmapped, the unknown type is listed and skipped.
+    assert main(["import", "rosbag2", str(bag), "--out", str(out), "--quiet"]) == 0
+    assert "warning: skipped /custom (my_msgs/msg/Foo): message type unknown" in (
+        capsys.readouterr().out
+    )
+
+
+def test_missing_and_corrupt_bags(capsys, bag: Path, tmp_path: Path) -> None:
+    out = tmp_path / "d.mcap"
+    missing = tmp_path / "nope"
+    err = _fails(capsys, "import", "rosbag2", str(missing), "--out", str(out))
+    assert err == f"perception import: error: {missing}: ROS 2 bag does not exist"
+    err = _fails(capsys, "import", "rosbag2", str(bag), "--out", str(out), "--topics",
+                 str(tmp_path / "none.yaml"))  # fmt: skip
+    assert "none.yaml: cannot read the --topics file" in err
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.yaml").write_text("rosbag2_bagfile_information: [1, 2\n")
+    err = _fails(capsys, "import", "rosbag2", str(broken), "--out", str(out))
+    assert err.startswith(f"perception import: error: {broken}: not a readable ROS 2 bag (")
+
+    cut = tmp_path / "cut.mcap"
+    data = (bag / "kitti.mcap").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    err = _fails(capsys, "import", "rosbag2", str(cut), "--out", str(out))
+    assert err.startswith(f"perception import: error: {cut}: ")
+    garbage = tmp_path / "garbage.db3"
+    garbage.write_bytes(b"not sqlite at all" * 10)
+    err = _fails(capsys, "import", "rosbag2", str(garbage), "--out", str(out))
+    assert err.startswith(f"perception import: error: {garbage}: not a readable ROS 2 bag (")
+    assert not out.exists()
+
+
+def test_export_mistakes(capsys, bag: Path, tmp_path: Path) -> None:
+    err = _fails(capsys, "export", "rosbag2", str(tmp_path / "run.jsonl"), "--out",
+                 str(tmp_path / "b"))  # fmt: skip
+    assert err.endswith("run.jsonl: does not exist; expected a drive (.mcap) or a run (.jsonl)")
+    run = tmp_path / "run.jsonl"
+    run.write_text('{"not": "a run"}\n')
+    err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(bag))
+    assert "exists; a bag is never overwritten" in err
+    err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(tmp_path / "b"))
+    assert err.startswith(f"perception export: error: {run}:1: ")
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,132 @@
+"""Detections exported as a ROS 2 bag (both storages, vision_msgs and autoware) and read back
+with rosbags, from the bag's own message definitions, equal the DetectionLists."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+
+from perception.msgs.jsonl import write_jsonl_line
+from perception.msgs.types import Detection3D, DetectionList, Header
+from replay.drive import DriveWriter
+from replay.rosbag2 import Rosbag2Error, export_rosbag2
+from replay.rosbag2.detections import AUTOWARE_LABELS, NODE_LABELS
+
+LISTS = [
+    DetectionList(
+        Header("detections", i, 1_317_000_000_000_000_000 + i * 100_000_000 + 7, "vehicle"),
+        tuple(
+            Detection3D(
+                label, 0.9 - 0.1 * j, (10.0 + j, -2.5 * j, -0.8), (3.9, 1.6, 1.56), 0.3 * j - 1.0,
+                sources=("lidar", "camera/front"), latitude_deg=49.0, longitude_deg=8.4,
+            )
+            for j, label in enumerate(["Car", "Pedestrian", "Cyclist", "bus"][: i + 1])
+        ),
+        latency_ns=40_000_000,
+    )
+    for i in range(4)
+] + [DetectionList(Header("detections", 4, 1_317_000_000_400_000_000, "vehicle"), ())]  # fmt: skip
+
+
+def yaw_of(q) -> float:
+    assert q.x == 0.0 and q.y == 0.0
+    return 2.0 * math.atan2(q.z, q.w)
+
+
+def same_angle(a: float, b: float) -> bool:
+    return abs(math.remainder(a - b, 2 * math.pi)) < 1e-12
+
+
+@pytest.fixture(params=["jsonl", "mcap"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    if request.param == "jsonl":
+        path = tmp_path / "run.jsonl"
+        with path.open("w") as f:
+            for dl in LISTS:
+                write_jsonl_line(f, dl)
+    else:
+        path = tmp_path / "run.mcap"
+        with DriveWriter(path) as w:
+            for dl in LISTS:
+                w.write(dl, dl.header.stamp_ns + 1)
+    return path
+
+
+def read_back(bag: Path) -> list[tuple[str, str, int, Any]]:
+    with AnyReader([bag]) as reader:
+        return [
+            (c.topic, c.msgtype, t, reader.deserialize(raw, c.msgtype))
+            for c, t, raw in reader.messages()
+        ]
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_vision_msgs_round_trip(source: Path, tmp_path: Path, storage: str) -> None:
+    out = tmp_path / "bag"
+    stats = export_rosbag2(source, out, storage=storage)
+    assert stats.messages == {"/detections": 5} and stats.detections == 10
+    msgs = read_back(out)
+    assert len(msgs) == len(LISTS)
+    for (topic, msgtype, receive, msg), dl in zip(msgs, LISTS, strict=True):
+        assert (topic, msgtype) == ("/detections", "vision_msgs/msg/Detection3DArray")
+        # A run's lists are received at their stamps (it has no receive times), a drive's at
+        # their log times.
+        assert receive == dl.header.stamp_ns + (0 if source.suffix == ".jsonl" else 1)
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        assert stamp == dl.header.stamp_ns and msg.header.frame_id == "vehicle"
+        assert len(msg.detections) == len(dl.detections)
+        for d, det in zip(msg.detections, dl.detections, strict=True):
+            (result,) = d.results
+            assert result.hypothesis.class_id == det.label
+            assert result.hypothesis.score == det.score
+            p = d.bbox.center.position
+            assert (p.x, p.y, p.z) == det.center
+            assert (d.bbox.size.x, d.bbox.size.y, d.bbox.size.z) == det.size
+            assert same_angle(yaw_of(d.bbox.center.orientation), det.yaw)
+            assert result.pose.pose == d.bbox.center
+
+
+def test_autoware_round_trip(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bag"
+    stats = export_rosbag2(source, out, storage="sqlite3", msgs="autoware")
+    assert stats.msgtype == "autoware_perception_msgs/msg/DetectedObjects"
+    msgs = read_back(out)
+    for (_topic, msgtype, _t, msg), dl in zip(msgs, LISTS, strict=True):
+        assert msgtype == "autoware_perception_msgs/msg/DetectedObjects"
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        assert stamp == dl.header.stamp_ns
+        assert len(msg.objects) == len(dl.detections)
+        for o, det in zip(msg.objects, dl.detections, strict=True):
+            (cls,) = o.classification
+            assert cls.label == AUTOWARE_LABELS[det.label]
+            assert NODE_LABELS[cls.label] == det.label
+            assert cls.probability == pytest.approx(det.score)  # float32
+            assert o.existence_probability == pytest.approx(det.score)
+            pose = o.kinematics.pose_with_covariance.pose
+            assert (pose.position.x, pose.position.y, pose.position.z) == det.center
+            assert same_angle(yaw_of(pose.orientation), det.yaw)
+            dims = o.shape.dimensions
+            assert (dims.x, dims.y, dims.z) == det.size and o.shape.type == 0
+            assert not o.kinematics.has_twist
+            np.testing.assert_array_equal(o.kinematics.pose_with_covariance.covariance, 0.0)
+
+
+def test_export_refuses_an_existing_bag_and_sources_without_detections(tmp_path: Path) -> None:
+    (tmp_path / "bag").mkdir()
+    run = tmp_path / "run.jsonl"
+    run.write_text("")
+    with pytest.raises(Rosbag2Error, match="bag: exists; a bag is never overwritten"):
+        export_rosbag2(run, tmp_path / "bag")
+    with pytest.raises(Rosbag2Error, match=r"run\.jsonl: the run holds no DetectionLists"):
+        export_rosbag2(run, tmp_path / "new")
+    drive = tmp_path / "empty.mcap"
+    with DriveWriter(drive):
+        pass
+    with pytest.raises(Rosbag2Error, match="the drive holds no DetectionLists"):
+        export_rosbag2(drive, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "empty.mcap", "run.jsonl"]

@@ -1,0 +1,155 @@
+"""A ROS 2 bag written with rosbags from the KITTI object frames (both storage formats),
+imported and replayed, gives the KITTI folder replay's detections; its rig is the KITTI rig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration import Rig, load_kitti_object_calib, save_rig_yaml
+from calibration.check import read_kitti_bin
+from perception.config import CameraModelConfig, NodeConfig
+from perception.msgs.jsonl import read_jsonl
+from perception.msgs.types import CameraFrame, DetectionList, GnssFix, LidarSweep, RigMessage
+from perception.pipeline import Pipeline
+from replay.datasets.kitti_object import KittiObjectFolder, read_image
+from replay.drive import DriveReader
+from replay.offline import replay_to_file
+from replay.rosbag2 import import_rosbag2
+from tests.conftest import png_size
+from tests.replay.rosbag2.bags import CHATTER_TOPIC, LAT, write_kitti_bag
+
+# The folder replay stamps its unrelated frames this far apart (replay.offline.open_source).
+PERIOD_NS = round((NodeConfig().tracking.max_gap_s + 1.0) * 1e9)
+
+
+@pytest.fixture(scope="module")
+def pipeline(yolox_path: Path) -> Pipeline:
+    return Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+
+
+@pytest.fixture(scope="module")
+def folder_lists(
+    kitti_dir: Path, pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory
+) -> list[DetectionList]:
+    out = tmp_path_factory.mktemp("folder") / "folder.jsonl"
+    replay_to_file(kitti_dir, out, NodeConfig(), pipeline)
+    return list(read_jsonl(out))
+
+
+@pytest.fixture(scope="module", params=["mcap", "sqlite3"])
+def imported(
+    request: pytest.FixtureRequest, kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    tmp = tmp_path_factory.mktemp(f"bag-{request.param}")
+    bag = write_kitti_bag(kitti_dir, tmp / "kitti", storage=request.param, period_ns=PERIOD_NS)
+    drive = tmp / "drive.mcap"
+    stats = import_rosbag2(bag.path, drive)
+    assert stats.messages == {"rig": 4, "camera/front": 8, "lidar/top": 8, "gnss": 8}
+    assert stats.first_stamp_ns == 0 and stats.last_stamp_ns == 7 * PERIOD_NS
+    assert stats.warnings == (
+        f"skipped {CHATTER_TOPIC} (std_msgs/msg/String): no conversion for this type",
+    )
+    return drive
+
+
+def assert_same_lists(expected: list[DetectionList], got: list[DetectionList]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(expected, got, strict=True):
+        assert b.header.stamp_ns == a.header.stamp_ns
+        assert b.degraded == a.degraded
+        assert [d.label for d in b.detections] == [d.label for d in a.detections]
+        for d, e in zip(a.detections, b.detections, strict=True):
+            np.testing.assert_allclose(e.center, d.center, atol=1e-4)
+            np.testing.assert_allclose(e.size, d.size, atol=1e-4)
+            assert e.yaw == pytest.approx(d.yaw, abs=1e-4)
+            assert e.score == pytest.approx(d.score, abs=1e-5)
+
+
+def test_imported_bag_replays_to_the_kitti_folder_detections(
+    imported: Path, folder_lists: list[DetectionList], pipeline: Pipeline, tmp_path: Path
+) -> None:
+    out = tmp_path / "drive.jsonl"
+    replay_to_file(imported, out, NodeConfig(), pipeline)
+    got = list(read_jsonl(out))
+    assert sum(len(dl.detections) for dl in got) > 50
+    assert_same_lists(folder_lists, got)
+
+
+def test_imported_rigs_are_the_kitti_rigs(imported: Path, kitti_dir: Path) -> None:
+    folder = KittiObjectFolder(kitti_dir)
+    records = list(DriveReader(imported).messages())
+    rigs = [(r.message.header.stamp_ns, r.message.rig) for r in records
+            if isinstance(r.message, RigMessage)]  # fmt: skip
+    sweeps = [r.message for r in records if isinstance(r.message, LidarSweep)]
+    assert len(sweeps) == len(folder)
+    for i, (sweep, frame) in enumerate(zip(sweeps, folder.frames, strict=True)):
+        doc = [d for stamp, d in rigs if stamp <= sweep.header.stamp_ns][-1]
+        rig = Rig.from_dict(doc)
+        width, height = png_size(frame.image_path)
+        kitti = load_kitti_object_calib(frame.calib_path, width, height)
+        cam, ref = rig.cameras["front"], kitti.cameras["front"]
+        np.testing.assert_allclose(cam.k, ref.k, rtol=0, atol=1e-9)
+        assert (cam.width, cam.height, cam.distortion) == (ref.width, ref.height, ())
+        np.testing.assert_allclose(
+            rig.transform("camera/front", "lidar").matrix,
+            kitti.transform("camera/front", "lidar").matrix,
+            atol=1e-6,
+            err_msg=f"frame {i}",
+        )
+        np.testing.assert_allclose(rig.transform("vehicle", "lidar").matrix, np.eye(4))
+        assert rig.gnss_lever_arm_m is not None and kitti.gnss_lever_arm_m is not None
+        np.testing.assert_allclose(rig.gnss_lever_arm_m, kitti.gnss_lever_arm_m, atol=1e-6)
+    assert DriveReader(imported).rig is not None
+
+
+def test_imported_sensor_data_is_the_frames(imported: Path, kitti_dir: Path) -> None:
+    folder = KittiObjectFolder(kitti_dir)
+    records = list(DriveReader(imported).messages())
+    frames = [r.message for r in records if isinstance(r.message, CameraFrame)]
+    sweeps = [r.message for r in records if isinstance(r.message, LidarSweep)]
+    fixes = [r.message for r in records if isinstance(r.message, GnssFix)]
+    for i, frame in enumerate(folder.frames):
+        assert frames[i].image is not None
+        np.testing.assert_array_equal(frames[i].image, read_image(frame.image_path))
+        np.testing.assert_array_equal(sweeps[i].points, read_kitti_bin(frame.lidar_path))
+        assert sweeps[i].point_time_offsets_ns is None
+        assert sweeps[i].header.frame_id == "lidar"
+        assert frames[i].header.stamp_ns == sweeps[i].header.stamp_ns == i * PERIOD_NS
+    # Receive times become log times.
+    logs = {type(r.message).__name__: r.log_time_ns for r in records if r.log_time_ns < PERIOD_NS}
+    assert logs["CameraFrame"] == 3_000_000 and logs["LidarSweep"] == 4_000_000
+    assert fixes[0].latitude_deg == LAT
+    assert fixes[0].velocity_enu_mps == (1.0, 2.0, 0.0)
+    assert fixes[0].position_covariance_m2 == (0.25, 0, 0, 0, 0.25, 0, 0, 0, 1.0)
+
+
+def test_compressed_images_and_a_storage_file_given_directly(
+    kitti_dir: Path, tmp_path: Path
+) -> None:
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", compressed_images=True, frames=2)
+    drive = tmp_path / "drive.mcap"
+    # The storage file itself, not its folder.
+    stats = import_rosbag2(tmp_path / "bag" / "bag.mcap", drive)
+    assert stats.messages["camera/front"] == 2
+    frames = [r.message for r in DriveReader(drive).messages()
+              if isinstance(r.message, CameraFrame)]  # fmt: skip
+    for frame, kitti in zip(frames, KittiObjectFolder(kitti_dir).frames, strict=False):
+        assert frame.encoding == "png"
+        assert frame.data == kitti.image_path.read_bytes()
+    assert bag.stamps == [0, 100_000_000]
+
+
+def test_a_rig_file_replaces_tf_static_and_camera_info(kitti_dir: Path, tmp_path: Path) -> None:
+    frame = KittiObjectFolder(kitti_dir).frames[0]
+    kitti = load_kitti_object_calib(frame.calib_path, *png_size(frame.image_path))
+    save_rig_yaml(kitti, tmp_path / "rig.yaml")
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=1, skip=("/tf_static",))
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("rig: rig.yaml\ntopics:\n  /kitti/camera_color_left/camera_info: skip\n")
+    drive = tmp_path / "drive.mcap"
+    import_rosbag2(bag.path, drive, topics=topics)
+    rig = DriveReader(drive).rig
+    assert rig is not None and rig.to_dict() == kitti.to_dict()
