@@ -40,7 +40,7 @@ def _import(args: argparse.Namespace, source: Path, out: Path, stages: Stages) -
 
         topics = Path(args.topics).expanduser() if args.topics else None
         return import_rosbag2(source, out, topics=topics, progress=progress)
-    from replay.datasets.nuscenes import import_nuscenes  # noqa: PLC0415 (and the devkit)
+    from replay.datasets.nuscenes import import_nuscenes  # noqa: PLC0415
 
     if not args.scene:
         raise ReplayError("import nuscenes: --scene NAME is required (e.g. scene-0061)")

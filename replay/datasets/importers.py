@@ -74,6 +74,7 @@ __all__ = [
     "KITTI_RAW_GREY_CAMERAS",
     "ImportProgress",
     "ImportStats",
+    "atomic_drive",
     "import_kitti_object",
     "import_kitti_raw",
     "parse_kitti_timestamp",
@@ -282,7 +283,7 @@ def _camera_offsets_ms(lidar: _Stream, cameras: Sequence[_Stream]) -> dict[str, 
 
 
 @contextmanager
-def _atomic_drive(out_path: Path, compression: str | None) -> Iterator[DriveWriter]:
+def atomic_drive(out_path: Path, compression: str | None) -> Iterator[DriveWriter]:
     """A DriveWriter on a temporary file beside `out_path`, renamed to `out_path` only when the
     block completes (replay.output.atomic_output): a failed import leaves no half drive and an
     existing drive as it was."""
@@ -348,7 +349,7 @@ def import_kitti_raw(
         (s.log_times[i], s.rank, i, k) for k, s in enumerate(streams) for i in range(len(s.files))
     )
     counts: dict[str, int] = {RIG_TOPIC: 1}
-    with _atomic_drive(out_path, compression) as writer:
+    with atomic_drive(out_path, compression) as writer:
         writer.write_rig(rig, first)
         for done, (log_time, _rank, i, k) in enumerate(order, start=1):
             stream = streams[k]
@@ -412,7 +413,7 @@ def import_kitti_object(
     folder = KittiObjectFolder(Path(kitti_dir), lidar_dir)
     counts: dict[str, int] = {}
     first_rig = True
-    with _atomic_drive(out_path, compression) as writer:
+    with atomic_drive(out_path, compression) as writer:
         for msg, rig in _object_messages(folder, start_ns, period_ns):
             if rig is not None and first_rig:
                 # Also the drive's rig (metadata) so the drive is self-contained.

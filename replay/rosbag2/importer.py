@@ -24,7 +24,7 @@ from calibration import CalibrationError, Rig, load_rig
 from perception.errors import PerceptionError
 from perception.msgs.types import GnssFix, Message, RigMessage
 from perception.msgs.types import Header as NodeHeader
-from replay.datasets.importers import ImportProgress, ImportStats, _atomic_drive
+from replay.datasets.importers import ImportProgress, ImportStats, atomic_drive
 from replay.datasets.kitti_object import LIDAR_STREAM
 from replay.drive import RIG_TOPIC, DriveWriter
 from replay.errors import ReplayError
@@ -308,7 +308,7 @@ def import_rosbag2(
         sweeps: list[int] = []
         camera_stamps: dict[str, list[int]] = {c.stream: [] for c in plan.cameras}
         first = last = None
-        with _atomic_drive(out, compression) as writer:
+        with atomic_drive(out, compression) as writer:
             for done, (topic, msgtype, log_time, data) in enumerate(bag.raw(data_topics), 1):
                 msg = converter.convert(topic, msgtype, log_time, data)
                 if msg is not None:

@@ -242,7 +242,12 @@ def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() 
             frames.append(frame)
             view.offer("frame", frame)
             _wait(lambda: not any(view._queues.values()))  # none dropped
-        _wait(lambda: (client.poll(0.05), len(client.received["detections"]) == 4)[1])
+
+        def all_boxes() -> bool:
+            client.poll(0.05)
+            return len(client.received["detections"]) == 4
+
+        _wait(all_boxes)
         client.poll(0.2)
     clouds = client.received["lidar/top"]
     assert [r.log_time_ns for r in clouds] == [STAMP, STAMP + 199_000_000]
@@ -251,6 +256,7 @@ def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() 
     image = images[-1].message  # image_scale 0.5 by default: 64 x 48 -> 32 x 24
     assert (image.width, image.height, image.step) == (32, 24, 96)
     original = frames[2].bundle.cameras["camera/front"].image  # type: ignore[union-attr]
+    assert original is not None
     want_image = cv2.resize(original, (32, 24), interpolation=cv2.INTER_AREA)
     assert image.data == want_image.tobytes()
     cloud = clouds[-1].message
@@ -276,7 +282,7 @@ def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() 
     ],
 )
 def test_bad_view_limits_are_refused_naming_the_field(field: str, value: float) -> None:
-    from perception.config import ConfigError
+    from perception.errors import ConfigError
 
     with pytest.raises(ConfigError, match=field):
         ViewConfig(**{field: value})  # type: ignore[arg-type]
