@@ -714,9 +714,11 @@ class ViewConfig:
     """Lidar points shown per sweep (0: all): a sweep with more is thinned to every k-th point.
     A 120 k-point KITTI sweep is 2 MB a frame to copy and send, which a node with no idle CPU
     pays out of its own time; a quarter of it still shows the scene's shape in the app."""
-    sensor_rate_hz: float = 5.0
-    """Most camera images and lidar sweeps a second per topic (0: every one), by their stamps;
-    boxes, tracks, timings and diagnostics are shown for every frame."""
+    rate_hz: float = 5.0
+    """Most frames shown a second (0: every one), by their stamps: a shown frame's images,
+    points, boxes and tracks go together; timings and diagnostics are sent for every frame.
+    Converting and sending a frame takes the view 1-2 ms of CPU, which a node with no idle CPU
+    pays out of its own time."""
     image_scale: float = 0.5
     """Raw camera images are shown scaled by this (1: as they are; compressed ones always
     are): a quarter of the bytes for a viewer on the vehicle's network and for the node to
@@ -730,10 +732,9 @@ class ViewConfig:
             raise ConfigError(f"max_points: must be >= 0 (0: all), got {self.max_points}")
         if not (math.isfinite(self.image_scale) and 0.0 < self.image_scale <= 1.0):
             raise ConfigError(f"image_scale: must be in (0, 1], got {self.image_scale}")
-        if not (math.isfinite(self.sensor_rate_hz) and self.sensor_rate_hz >= 0.0):
+        if not (math.isfinite(self.rate_hz) and self.rate_hz >= 0.0):
             raise ConfigError(
-                f"sensor_rate_hz: must be a finite number >= 0 (0: every one), got "
-                f"{self.sensor_rate_hz}"
+                f"rate_hz: must be a finite number >= 0 (0: every one), got {self.rate_hz}"
             )
 
 

@@ -24,6 +24,10 @@ node an append per frame. The arrays are the node's own (no
 copy); a frame whose shared-memory payload (perception.io.shm) is recycled while queued (held
 500 ms) would show the newer bytes: a viewer's glitch, never a fault of the node.
 
+Frames are shown at most `rate_hz` a second (5 by default; each frame's timings always), a
+sweep thinned to `max_points` and images scaled by `image_scale`: converting and sending a
+frame costs the view's thread 1-2 ms of CPU, which a node with no idle CPU pays.
+
 Each server has a `foxglove.Context` of its own, so several views can run in one process.
 Conversion failures are counted and logged at a bounded rate; nothing raises out of the
 thread.
@@ -82,6 +86,8 @@ log = logging.getLogger("perception.view")
 #: The world frame of the ego pose: the tracker's (perception.pipeline.tracking).
 WORLD_FRAME = "enu"
 _WAKE_TIMEOUT_S = 0.5
+#: The key of the node's processed frames in the view's `rate_hz` bookkeeping.
+_FRAME = "\x00frame"
 _RIG_PERIOD_S = 1.0
 
 
@@ -192,8 +198,8 @@ class FoxgloveView:
         # The node's rig last sent, and when (monotonic s).
         self._rig_sent: Rig | None = None
         self._rig_sent_at = 0.0
-        # topic -> the stamp (ns) of its sensor message last shown (`sensor_rate_hz`).
-        self._sensor_shown: dict[str, int] = {}
+        # topic (or _FRAME) -> the stamp (ns) of its message last shown (`rate_hz`).
+        self._shown: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -345,18 +351,19 @@ class FoxgloveView:
 
     def _frame(self, frame: ViewFrame) -> Iterator[_Entry]:
         """A processed sweep's messages, the sensors first (a client shows a frame's boxes
-        over its points)."""
+        over its points); only its timings when the frame is not due (`rate_hz`)."""
         topics = self.topics
         detections = frame.detections
         stamp_ns = detections.header.stamp_ns
+        if not self._due(_FRAME, stamp_ns):
+            yield self.topics.timings, stamp_ns, functools.partial(timings_foxglove, detections)
+            return
         bundle = frame.bundle
         if bundle is not None:
             lidar = bundle.lidar
-            # A frame's images go with its points, so the app shows them together.
-            if self._sensor_due(lidar.header.stream, lidar.header.stamp_ns):
-                yield self._sensor_entry(lidar.header.stream, lidar)
-                for topic, camera in bundle.cameras.items():
-                    yield self._sensor_entry(topic, camera)
+            yield self._sensor_entry(lidar.header.stream, lidar)
+            for topic, camera in bundle.cameras.items():
+                yield self._sensor_entry(topic, camera)
             if bundle.gnss is not None:
                 gnss = bundle.gnss
                 yield (
@@ -396,6 +403,9 @@ class FoxgloveView:
         msg, topic = item.message, item.topic
         stamp_ns = msg.header.stamp_ns
         if isinstance(msg, DetectionList):
+            if not self._due(topic, stamp_ns):
+                yield self.topics.timings, stamp_ns, functools.partial(timings_foxglove, msg)
+                return
             yield from self._outputs(msg)
             pose = self._ego.pose_at(stamp_ns)
             if pose is not None and not pose.stale:
@@ -409,8 +419,10 @@ class FoxgloveView:
                 )
             return
         if isinstance(msg, LidarSweep | CameraFrame):
-            if self._sensor_due(topic, stamp_ns):
+            if self._due(topic, stamp_ns):
                 yield self._sensor_entry(topic, msg)
+            return
+        if isinstance(msg, TrackList) and not self._due(topic, stamp_ns):
             return
         if isinstance(msg, GnssFix):
             self._ego.add(msg)
@@ -420,18 +432,18 @@ class FoxgloveView:
                 self._rig = Rig.from_dict(msg.rig, source=topic)
         yield topic, stamp_ns, functools.partial(to_foxglove, msg, topic)
 
-    def _sensor_due(self, topic: str, stamp_ns: int) -> bool:
-        """Whether the sensor message on `topic` stamped `stamp_ns` is shown (at most
-        `sensor_rate_hz` a second by stamps; a stamp that goes back, a replay started again,
-        starts over)."""
-        rate_hz = self.config.sensor_rate_hz
+    def _due(self, key: str, stamp_ns: int) -> bool:
+        """Whether the frame (`_FRAME`) or the message on topic `key` stamped `stamp_ns` is
+        shown: at most `rate_hz` a second by stamps; a stamp that goes back (a replay started
+        again) starts over."""
+        rate_hz = self.config.rate_hz
         if rate_hz <= 0.0:
             return True
-        last_ns = self._sensor_shown.get(topic)
+        last_ns = self._shown.get(key)
         # 10% early still counts: a 10 Hz sensor's jitter must not halve a 5 Hz view.
         if last_ns is not None and 0 <= stamp_ns - last_ns < 0.9e9 / rate_hz:
             return False
-        self._sensor_shown[topic] = stamp_ns
+        self._shown[key] = stamp_ns
         return True
 
     def _sensor_entry(self, topic: str, msg: LidarSweep | CameraFrame) -> _Entry:

@@ -223,11 +223,11 @@ def test_a_port_in_use_is_one_error_naming_it() -> None:
         v.close()
 
 
-def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() -> None:
+def test_a_dense_sweep_is_thinned_and_frames_are_shown_at_most_at_the_rate() -> None:
     """`max_points` thins a sweep to every k-th point, `image_scale` scales an image;
-    `sensor_rate_hz` shows a frame's points and images at most that often by their stamps, its
-    boxes every frame."""
-    config = ViewConfig(foxglove=True, port=0, max_points=30_000, sensor_rate_hz=5.0)
+    `rate_hz` shows a frame (points, images, boxes) at most that often by their stamps, its
+    timings every frame."""
+    config = ViewConfig(foxglove=True, port=0, max_points=30_000, rate_hz=5.0)
     assert config.image_scale == 0.5
     with FoxgloveView(config, ViewTopics()) as view, FoxgloveClient(view.url) as client:
         _subscribed(view, client)
@@ -243,14 +243,16 @@ def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() 
             view.offer("frame", frame)
             _wait(lambda: not any(view._queues.values()))  # none dropped
 
-        def all_boxes() -> bool:
+        def all_timings() -> bool:
             client.poll(0.05)
-            return len(client.received["detections"]) == 4
+            return len(client.received["timings"]) == 4
 
-        _wait(all_boxes)
+        _wait(all_timings)
         client.poll(0.2)
     clouds = client.received["lidar/top"]
     assert [r.log_time_ns for r in clouds] == [STAMP, STAMP + 199_000_000]
+    shown = [r.log_time_ns for r in client.received["detections"]]
+    assert shown == [STAMP, STAMP + 199_000_000]
     images = client.received["camera/front"]
     assert [r.log_time_ns for r in images] == [STAMP + 1000, STAMP + 199_001_000]
     image = images[-1].message  # image_scale 0.5 by default: 64 x 48 -> 32 x 24
@@ -275,8 +277,8 @@ def test_a_dense_sweep_is_thinned_and_sensors_are_shown_at_most_at_their_rate() 
     ("field", "value"),
     [
         ("max_points", -1),
-        ("sensor_rate_hz", -1.0),
-        ("sensor_rate_hz", math.inf),
+        ("rate_hz", -1.0),
+        ("rate_hz", math.inf),
         ("image_scale", 0.0),
         ("image_scale", 1.5),
     ],
