@@ -13,6 +13,7 @@ import pytest
 
 from app.cli import main
 from replay.synth.world import ground_truth_path
+from tests.app.one_line import fails as _fails
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +25,6 @@ def replayed(
     out = tmp_path_factory.mktemp("replay") / "out.mcap"
     assert main(["replay", str(drive), "--out", str(out), "--quiet"]) == 0
     return drive, out
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err.strip()
 
 
 def test_tracks_are_scored(capsys, replayed: tuple[Path, Path]) -> None:

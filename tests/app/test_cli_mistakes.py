@@ -14,18 +14,7 @@ from perception.msgs.types import DetectionList, Diagnostics
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.synth.world import generate_drive, ground_truth_path
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
-    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors exit
-        code = main(list(argv))
-        raise SystemExit(code)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err.strip()
+from tests.app.one_line import fails as _fails
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,13 @@ import pytest
 
 from app.cli import main
 from replay.drive import DriveReader
+from tests.app.one_line import fails as _fails
 from tests.replay.datasets.nuscenes_fixture import OTHER_SCENE, SCENE, VERSION, write_nuscenes
 
 
 @pytest.fixture(scope="module")
 def dataroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_nuscenes(tmp_path_factory.mktemp("nuscenes") / "data").root
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        code = main(list(argv))
-        raise SystemExit(code)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err.strip()
 
 
 def test_import_a_scene(capsys: pytest.CaptureFixture[str], dataroot: Path, tmp_path: Path) -> None:

@@ -10,21 +10,13 @@ from rosbags.highlevel import AnyReader
 
 from app.cli import main
 from perception.msgs.jsonl import read_jsonl
+from tests.app.one_line import fails as _fails
 from tests.replay.rosbag2.bags import (
     CHATTER_TOPIC,
     LIDAR_TOPIC,
     BagWriter,
     write_kitti_bag,
 )
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err.strip()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from app.cli import main
 from perception.msgs.jsonl import read_jsonl
 from replay.datasets.kitti_eval import evaluate_kitti_run
 from replay.pictures import REFERENCE_BGR, class_colour
+from tests.app.one_line import fails as _fails
 
 FRAMES = ("000000", "000003", "000004")
 
@@ -145,15 +146,6 @@ def test_show_of_a_synthetic_drive_draws_its_ground_truth(
 
 
 # -- mistakes ----------------------------------------------------------------------------------
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Runs `perception argv` expecting exit 2 and one line on stderr; that line."""
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err.strip()
 
 
 def test_a_missing_run(capsys, tmp_path: Path, kitti_dir: Path) -> None:

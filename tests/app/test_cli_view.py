@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.cli import build_parser, main
+from app.cli import build_parser
 from app.commands.run import _with_flags
 from perception.config import NodeConfig, parse_config
+from tests.app.one_line import fails as _fails
 
 
 @pytest.fixture
@@ -32,15 +33,6 @@ def config(tmp_path: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors exit
-        raise SystemExit(main(list(argv)))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def test_flags_turn_the_view_and_the_metrics_on() -> None:
