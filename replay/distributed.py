@@ -16,6 +16,7 @@ when asked for (it is a dev / cluster dependency, not a runtime one).
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,19 @@ from perception.pipeline import Pipeline
 from replay.errors import ReplayError
 from replay.offline import replay_to_file
 
-__all__ = ["DuplicateOutputError", "ProgressFn", "ReplayResult", "replay_many", "replay_source"]
+__all__ = [
+    "RAY_CONNECT_TIMEOUT_S",
+    "DuplicateOutputError",
+    "ProgressFn",
+    "ReplayResult",
+    "check_ray_address",
+    "connect_ray",
+    "replay_many",
+    "replay_source",
+]
+
+#: How long a Ray address may take to accept a connection before it is called unreachable.
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,8 @@ def replay_many(
     """
     sources = [Path(d) for d in drives]
     out_dir = Path(out_dir)
+    if ray_address is not None:
+        check_ray_address(ray_address)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -200,6 +215,61 @@ def _replay_locally(
     return results
 
 
+def check_ray_address(address: str) -> None:
+    """Refuses a Ray address that cannot work before any work starts: `local` and `auto` pass
+    (Ray itself says when `auto` finds no cluster); `HOST:PORT` (a cluster's GCS) and
+    `ray://HOST:PORT` (Ray Client) must accept a TCP connection within
+    `RAY_CONNECT_TIMEOUT_S`, since Ray retries an unreachable one for minutes.
+
+    Raises ReplayError naming the address and what is wrong.
+    """
+    if address in ("local", "auto"):
+        return
+    where = address.removeprefix("ray://")
+    host, sep, port_text = where.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ReplayError(
+            f"--ray-address {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT"
+        )
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ReplayError(
+            f"--ray-address {address}: cannot reach {host}:{port_text} ({reason}); is the Ray "
+            "cluster's head running there?"
+        ) from None
+
+
+def connect_ray(address: str, **init_kwargs: Any) -> bool:
+    """`ray.init(address=...)` quietly (no dashboard, warnings only, workers' logs not
+    forwarded) unless Ray is initialised already; whether it was initialised here.
+
+    Raises ReplayError naming the address when Ray Client (`ray://`) is not installed or no
+    cluster answers there; ImportError when Ray is not installed.
+    """
+    import ray  # noqa: PLC0415 - optional dependency, imported only when asked for
+
+    if ray.is_initialized():
+        return False
+    init_kwargs.setdefault("include_dashboard", False)
+    init_kwargs.setdefault("logging_level", logging.WARNING)
+    init_kwargs.setdefault("log_to_driver", False)
+    try:
+        ray.init(address=address, **init_kwargs)
+    except ValueError as e:
+        if "ray[client]" not in str(e):
+            raise
+        raise ReplayError(
+            f"--ray-address {address}: Ray Client is not installed (pip install 'ray[client]')"
+        ) from None
+    except ConnectionError as e:
+        raise ReplayError(f"--ray-address {address}: {e}") from None
+    return True
+
+
 def _replay_on_ray(
     sources: list[Path],
     outs: list[Path],
@@ -214,12 +284,7 @@ def _replay_on_ray(
 ) -> list[ReplayResult]:
     import ray  # noqa: PLC0415 - optional dependency, imported only when asked for
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        init_kwargs.setdefault("include_dashboard", False)
-        init_kwargs.setdefault("logging_level", logging.WARNING)
-        init_kwargs.setdefault("log_to_driver", False)
-        ray.init(address=address, **init_kwargs)
+    started_here = connect_ray(address, **init_kwargs)
     try:
         task: Any = ray.remote(num_cpus=num_cpus_per_task)(replay_source)
         # Absolute paths: a task's working folder is not the caller's.

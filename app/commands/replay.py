@@ -12,7 +12,7 @@ from app.models import build_pipeline, camera_model_file, choose_camera_model
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.distributed import replay_many
+from replay.distributed import check_ray_address, replay_many
 from replay.drive import DriveReader
 from replay.mcap_player import check_sensor_drive
 from replay.offline import replay_to_file
@@ -98,6 +98,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
     if args.out_dir is None:
         raise PerceptionError("--ray-address needs --out-dir DIR (one output file per source)")
+    if args.ray_address is not None:
+        check_ray_address(args.ray_address)  # before anything is made or loaded
     out_dir = check_output_dir(Path(args.out_dir), "--out-dir")
     sources = [Path(s).expanduser() for s in args.sources if s != "kitti-object"]
     if not sources:

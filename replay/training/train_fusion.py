@@ -16,7 +16,6 @@ Needs torch (a training tool; the node runs the export).
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -35,6 +34,7 @@ from engines.fusion.learned_graph import LearnedFusionNet, decode_heads, export_
 from engines.fusion.learned_runner import DEFAULT_SCORE_THRESHOLD
 from engines.fusion.pillars import pillarize
 from perception.msgs.types import Detection3D
+from replay.distributed import check_ray_address, connect_ray
 from replay.evaluation import (
     CLASS_MATCH_DISTANCE_M,
     MIN_UNOCCLUDED,
@@ -426,6 +426,8 @@ def train(
     out_dir = Path(out_dir)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if ray_address is not None:
+        check_ray_address(ray_address)
     if resume:
         _check_resume(out_dir / "checkpoints" / "last.pt", config)
     prepared = _prepare(config, prepare_progress, say, model_cache_dir, prepare_workers)
@@ -467,14 +469,7 @@ def _train_on_ray(
     from ray.train import RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+    started_here = connect_ray(address)
     try:
         trainer = TorchTrainer(
             _ray_worker,

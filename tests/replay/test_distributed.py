@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +16,20 @@ import pytest
 
 from perception.msgs.jsonl import read_jsonl
 from replay.datasets.importers import import_kitti_object
-from replay.distributed import ReplayResult, replay_many
+from replay.distributed import (
+    RAY_CONNECT_TIMEOUT_S,
+    ReplayResult,
+    check_ray_address,
+    replay_many,
+)
+from replay.errors import ReplayError
 from replay.regression import (
     Tolerances,
     compare_detections,
     format_differences,
     load_reference,
 )
+from tests.app.one_line import fails
 
 REFERENCE = Path(__file__).parent / "references" / "kitti_object_yolox.jsonl"
 
@@ -106,3 +115,46 @@ def test_replay_many_on_ray(
     import ray
 
     assert ray.is_initialized()  # an instance started by the caller is left running
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_unreachable_ray_address_is_one_error_at_once(scheme: str) -> None:
+    """Ray retries an address nobody answers for minutes (a GCS address hung the command):
+    refused before Ray is asked, naming it."""
+    address = f"{scheme}127.0.0.1:{_closed_port()}"
+    start = time.monotonic()
+    with pytest.raises(ReplayError, match=rf"--ray-address {address}: cannot reach 127\.0\.0\.1"):
+        check_ray_address(address)
+    assert time.monotonic() - start < RAY_CONNECT_TIMEOUT_S
+
+
+@pytest.mark.parametrize("address", ["head", "head:", ":6379", "head:port", "ray://head:99999"])
+def test_a_malformed_ray_address_is_refused(address: str) -> None:
+    with pytest.raises(ReplayError, match="expected local, auto, HOST:PORT or ray://HOST:PORT"):
+        check_ray_address(address)
+
+
+def test_local_auto_and_a_listening_address_pass() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        for address in ("local", "auto", f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+            check_ray_address(address)
+
+
+def test_the_cli_refuses_an_unreachable_ray_address(
+    capsys: pytest.CaptureFixture[str], kitti_dir: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    err = fails(capsys, "replay", str(kitti_dir), "--out-dir", str(tmp_path / "out"),
+                "--model", str(yolox_path), "--ray-address", address)  # fmt: skip
+    assert f"--ray-address {address}: cannot reach" in err
+    assert not (tmp_path / "out").exists()
