@@ -645,21 +645,16 @@ class CalibrationMonitor:
         start = np.clip(offset, -_REACH_STEPS, _REACH_STEPS)
         limit = 4.0 * _REACH_STEPS
 
-        bins = self.config.bins
+        def cost(x: FloatArray) -> float:
+            at = self._centre / self._steps + x
+            return -self._window_score(x) + prior * float(at @ self._prior_shape @ at)
+
         # Two starts, each with half the budget: the axes' own peaks, and their rotations alone.
         # A pitch is much like a height change (and a yaw like a sideways shift): each axis'
         # own peak explains the same image shift twice, and the search can settle in the
         # valley between the two explanations.
         rotations_only = start.copy()
         rotations_only[3:] = 0.0
-        frames = [frame for frame, _ in self._window]
-        pooled = _Pooled.of(frames, [(self._centre - f.origin) / self._steps for f in frames])
-
-        def cost(x: FloatArray) -> float:
-            at = self._centre / self._steps + x
-            score = _mutual_information(pooled.histogram(x, bins).reshape(bins, bins))
-            return -float(score) + prior * float(at @ self._prior_shape @ at)
-
         best: Any = None
         for x0 in (start, rotations_only):
             found = minimize(
@@ -677,6 +672,15 @@ class CalibrationMonitor:
                 best = found
         self.recentre(self._centre + np.asarray(best.x, dtype=np.float64) * self._steps)
         return self.fit()
+
+    def _window_score(self, offset: FloatArray) -> float:
+        """MI of the window's frames pooled at one candidate: ``offset`` steps from the
+        centre."""
+        bins = self.config.bins
+        joint = np.zeros(bins * bins, dtype=np.int64)
+        for frame, _ in self._window:
+            joint += self._histograms(frame, offset[None])[0]
+        return float(_mutual_information(joint.reshape(bins, bins)))
 
     def fit(self) -> Fit:
         """Fit the window's evidence: per axis, a quadratic through the MI of the centre and
@@ -804,98 +808,6 @@ def sigma_tuple(sigma: FloatArray) -> tuple[float, float, float, float, float, f
     """Standard deviations (rad, m) -> degrees for the rotations, metres for the translations."""
     s = [float(math.degrees(v)) for v in sigma[:3]] + [float(v) for v in sigma[3:]]
     return (s[0], s[1], s[2], s[3], s[4], s[5])
-
-
-#: OpenCV's remap takes images and maps under 32,767 pixels a side.
-_REMAP_MAX = 32_000
-
-
-@dataclass(frozen=True, eq=False)
-class _Pooled:
-    """Frames of the window as one, for the joint search's scores of one candidate at a time:
-    every point's pixel at the search's centre (``uv``, its row within its frame's strip) and
-    change per step (``jacobian``, 6 x N x 2), its intensity level, the strip's rows and width
-    (against which a pixel is inside its image), and its row in a stack of the frames' strips
-    (``row_offset``). Each stack in ``stacks`` (start, end of its points, the strips, each
-    followed by a copy of its last row so that a bilinear lookup at a strip's edge stays in
-    it) stays under OpenCV's size limit. One lookup and one count per stack score a candidate
-    over the whole window, where one per frame cost a Python round per frame."""
-
-    uv: npt.NDArray[np.float32]
-    jacobian: npt.NDArray[np.float32]
-    level: npt.NDArray[np.int64]
-    rows: npt.NDArray[np.float32]
-    width: npt.NDArray[np.float32]
-    row_offset: npt.NDArray[np.float32]
-    stacks: tuple[tuple[int, int, npt.NDArray[np.uint8]], ...]
-
-    @staticmethod
-    def of(frames: Sequence[_Frame], steps: Sequence[FloatArray]) -> _Pooled:
-        """``frames`` with their ``steps`` (six values each: the search's centre less the
-        frame's origin, in steps)."""
-        width = max(f.grey.shape[1] for f in frames)
-        stacks: list[tuple[int, int, npt.NDArray[np.uint8]]] = []
-        strips: list[npt.NDArray[np.uint8]] = []
-        offsets, first, end, top = [], 0, 0, 0
-        for f in frames:
-            h, w = f.grey.shape
-            if strips and top + h + 1 > _REMAP_MAX:
-                stacks.append((first, end, np.concatenate(strips)))
-                strips, first, top = [], end, 0
-            strip = cv2.copyMakeBorder(f.grey, 0, 1, 0, width - w, cv2.BORDER_REPLICATE)
-            strips.append(np.asarray(strip, dtype=np.uint8))
-            offsets.append(np.full(len(f.uv), top - f.row0, np.float32))
-            top += h + 1
-            end += len(f.uv)
-        stacks.append((first, end, np.concatenate(strips)))
-        uv = np.concatenate(
-            [f.uv + (s.astype(np.float32) @ f.jacobian.reshape(6, -1)).reshape(-1, 2)
-             for f, s in zip(frames, steps, strict=True)]
-        )  # fmt: skip
-        row0 = np.concatenate([np.full(len(f.uv), f.row0, np.float32) for f in frames])
-        uv[:, 1] -= row0
-        return _Pooled(
-            uv=uv,
-            jacobian=np.concatenate([f.jacobian for f in frames], axis=1),
-            level=np.concatenate([f.level for f in frames]),
-            rows=np.concatenate([np.full(len(f.uv), f.grey.shape[0], np.float32) for f in frames]),
-            width=np.concatenate([np.full(len(f.uv), f.width, np.float32) for f in frames]),
-            row_offset=np.concatenate(offsets) + row0,
-            stacks=tuple(stacks),
-        )
-
-    def histogram(self, offset: FloatArray, bins: int) -> npt.NDArray[np.int64]:
-        """The joint histogram (bins^2) of every point at ``offset`` steps from the centre."""
-        uv = self.uv + (offset.astype(np.float32) @ self.jacobian.reshape(6, -1)).reshape(-1, 2)
-        u, v = uv[:, 0], uv[:, 1]
-        inside = (u >= 0) & (u < self.width) & (v >= 0) & (v < self.rows)
-        v_stack = v + self.row_offset
-        g = np.concatenate(
-            [_remap_points(grey, u[a:b], v_stack[a:b]) for a, b, grey in self.stacks]
-        )
-        cell = self.level * bins + ((g.astype(np.int64) * bins) >> 8)
-        return np.bincount(cell[inside], minlength=bins * bins)
-
-
-def _remap_points(
-    grey: npt.NDArray[np.uint8], u: npt.NDArray[np.float32], v: npt.NDArray[np.float32]
-) -> npt.NDArray[np.uint8]:
-    """OpenCV's bilinear lookup of the points (u, v) in ``grey``, laid out as rows of a map
-    under its size limit."""
-    n = len(u)
-    cols = min(max(n, 1), _REMAP_MAX)
-    rows = -(-n // cols)
-    maps = np.zeros((2, rows * cols), dtype=np.float32)
-    maps[0, :n], maps[1, :n] = u, v
-    out = cv2.remap(
-        grey,
-        maps[0].reshape(rows, cols),
-        maps[1].reshape(rows, cols),
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    flat: npt.NDArray[np.uint8] = np.asarray(out, dtype=np.uint8).reshape(-1)[:n]
-    return flat
 
 
 def _grey_unit(image: npt.NDArray[np.uint8], row0: int, row1: int) -> npt.NDArray[np.uint8]:
