@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from calibration.errors import CalibrationError, shown
 
-__all__ = ["ORTHONORMAL_TOL", "RigidTransform", "check_rotation"]
+__all__ = ["ORTHONORMAL_TOL", "RigidTransform", "check_rotation", "rotation_from_quaternion"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -40,6 +40,23 @@ def check_rotation(r: FloatArray, name: str, tol: float = ORTHONORMAL_TOL) -> No
             f"{name}: rotation is not orthonormal with det +1 "
             f"(det={det:.6f}, max |R R^T - I|={err:.2e}, tolerance {tol:g})"
         )
+
+
+def rotation_from_quaternion(w: float, x: float, y: float, z: float) -> FloatArray:
+    """The 3 x 3 rotation of the quaternion (w, x, y, z), normalised first (datasets write
+    them to a few digits). Raises ValueError for a non-finite or zero quaternion."""
+    q = np.array([w, x, y, z], dtype=np.float64)
+    norm = float(np.linalg.norm(q))
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f"quaternion (w, x, y, z) {[w, x, y, z]} is not a rotation")
+    w, x, y, z = (float(v) for v in q / norm)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import PinholeCamera, Rig, RigidTransform
+from calibration.transforms import rotation_from_quaternion as quaternion_rotation
 
 __all__ = [
     "CATEGORY_LABELS",
@@ -88,17 +89,14 @@ def rotation_from_quaternion(q_wxyz: Sequence[float], where: str) -> FloatArray:
 
     Raises ValueError naming `where` for anything but 4 finite numbers of non-zero norm."""
     q = np.asarray(q_wxyz, dtype=np.float64)
-    norm = float(np.linalg.norm(q)) if q.shape == (4,) else 0.0
-    if q.shape != (4,) or not np.all(np.isfinite(q)) or norm < 1e-9:
-        raise ValueError(f"{where}: expected a quaternion (w, x, y, z), got {list(q_wxyz)!r}")
-    w, x, y, z = q / norm
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    try:
+        if q.shape != (4,):
+            raise ValueError
+        return quaternion_rotation(*(float(v) for v in q))
+    except ValueError:
+        raise ValueError(
+            f"{where}: expected a quaternion (w, x, y, z), got {list(q_wxyz)!r}"
+        ) from None
 
 
 def transform_from_record(record: Mapping[str, Any], where: str) -> RigidTransform:

@@ -34,7 +34,6 @@ Cameras (sensor_msgs/CameraInfo)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +53,7 @@ from calibration import (
     RigidTransform,
 )
 from calibration.rig import camera_frame
+from calibration.transforms import rotation_from_quaternion as quaternion_rotation
 from replay.rosbag2.errors import Rosbag2Error
 
 __all__ = [
@@ -75,22 +75,14 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def rotation_from_quaternion(x: float, y: float, z: float, w: float, where: str) -> FloatArray:
-    """The 3 x 3 rotation of a quaternion (normalised). Raises Rosbag2Error naming `where`
-    for a non-finite or zero quaternion."""
-    q = np.array([w, x, y, z], dtype=np.float64)
-    norm = float(np.linalg.norm(q))
-    if not math.isfinite(norm) or norm < 1e-9:
+    """The 3 x 3 rotation of a ROS quaternion (x, y, z, w; normalised). Raises Rosbag2Error
+    naming `where` for a non-finite or zero quaternion."""
+    try:
+        return quaternion_rotation(w, x, y, z)
+    except ValueError:
         raise Rosbag2Error(
             f"{where}: rotation quaternion (x, y, z, w) {[x, y, z, w]} is not a rotation"
-        )
-    w, x, y, z = (float(v) for v in q / norm)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+        ) from None
 
 
 def _frame(name: str) -> str:
