@@ -39,12 +39,13 @@ gives the median offset per camera stream: put it in the node config's
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ __all__ = [
     "ImportProgress",
     "ImportStats",
     "atomic_drive",
+    "camera_offsets_ms",
     "import_kitti_object",
     "import_kitti_raw",
     "parse_kitti_timestamp",
@@ -279,6 +281,21 @@ def _camera_offsets_ms(lidar: _Stream, cameras: Sequence[_Stream]) -> dict[str, 
         if n:
             diffs = [cam.stamps[i] - lidar.stamps[i] for i in range(n)]
             out[cam.topic] = statistics.median(diffs) / 1e6
+    return out
+
+
+def camera_offsets_ms(
+    sweeps: Sequence[int], cameras: Mapping[str, Sequence[int]], min_ms: float = 0.0
+) -> dict[str, float]:
+    """Per camera stream, the median of (frame stamp - stamp of the latest sweep at or before
+    it), ms, where its size is at least `min_ms` (for `sync.camera_offsets_ms`); frames before
+    the first sweep are left out. Stamps in ns."""
+    ordered = sorted(sweeps)
+    out: dict[str, float] = {}
+    for stream, stamps in cameras.items():
+        diffs = [s - ordered[i - 1] for s in stamps if (i := bisect.bisect_right(ordered, s)) > 0]
+        if diffs and abs(median_ms := statistics.median(diffs) / 1e6) >= min_ms:
+            out[stream] = median_ms
     return out
 
 

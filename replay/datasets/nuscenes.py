@@ -38,8 +38,6 @@ sweep has its ground truth (training and `perception eval` pair each sweep with 
 
 from __future__ import annotations
 
-import bisect
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,7 +50,12 @@ import numpy.typing as npt
 
 from calibration import CalibrationError, LocalTangentPlane, Rig, RigidTransform
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message
-from replay.datasets.importers import ImportProgress, ImportStats, atomic_drive
+from replay.datasets.importers import (
+    ImportProgress,
+    ImportStats,
+    atomic_drive,
+    camera_offsets_ms,
+)
 from replay.datasets.nuscenes_geometry import (
     EgoTrack,
     box_document,
@@ -302,16 +305,6 @@ def _truth(
     return {"seq": seq, "stamp_ns": stamp, "sample_token": sample["token"], "boxes": boxes}
 
 
-def _camera_offsets_ms(sweeps: Sequence[int], cameras: dict[str, list[int]]) -> dict[str, float]:
-    """Median (frame stamp - stamp of the latest sweep at or before it), ms, per camera stream."""
-    out: dict[str, float] = {}
-    for topic, stamps in cameras.items():
-        diffs = [s - sweeps[i - 1] for s in stamps if (i := bisect.bisect_right(sweeps, s)) > 0]
-        if diffs:
-            out[topic] = statistics.median(diffs) / 1e6
-    return out
-
-
 def _origin(
     tables: NuScenesTables, scene: Record, origin: tuple[float, float, float] | None
 ) -> LocalTangentPlane:
@@ -386,7 +379,7 @@ def _plan(
     frames = [stamp for stamps in camera_stamps.values() for stamp in stamps]
     ends = [int(r["timestamp"]) * 1000 for r in lidar]
     stats = {
-        "offsets": _camera_offsets_ms(sorted(sweep_stamps), camera_stamps),
+        "offsets": camera_offsets_ms(sweep_stamps, camera_stamps),
         "first": min([*sweep_stamps, *track.stamps_ns, *frames]),
         "last": max([*ends, *track.stamps_ns, *frames]),
     }

@@ -14,7 +14,6 @@ A `rig:` file in `--topics` replaces tf_static and CameraInfo.
 from __future__ import annotations
 
 import bisect
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,12 @@ from calibration import CalibrationError, Rig, load_rig
 from perception.errors import PerceptionError
 from perception.msgs.types import GnssFix, Message, RigMessage
 from perception.msgs.types import Header as NodeHeader
-from replay.datasets.importers import ImportProgress, ImportStats, atomic_drive
+from replay.datasets.importers import (
+    ImportProgress,
+    ImportStats,
+    atomic_drive,
+    camera_offsets_ms,
+)
 from replay.datasets.kitti_object import LIDAR_STREAM
 from replay.drive import RIG_TOPIC, DriveWriter
 from replay.errors import ReplayError
@@ -230,18 +234,6 @@ class _Converter:
         return out
 
 
-def _camera_offsets_ms(sweeps: list[int], cameras: dict[str, list[int]]) -> dict[str, float]:
-    """Median (camera stamp - stamp of the latest sweep at or before it), ms, per camera, where
-    it is large enough to matter."""
-    sweeps = sorted(sweeps)
-    out: dict[str, float] = {}
-    for stream, stamps in cameras.items():
-        diffs = [s - sweeps[i - 1] for s in stamps if (i := bisect.bisect_right(sweeps, s)) > 0]
-        if diffs and abs(statistics.median(diffs)) / 1e6 >= _WARNED_OFFSET_MS:
-            out[stream] = statistics.median(diffs) / 1e6
-    return out
-
-
 def _load_rig_file(path: Path, plan: TopicPlan) -> Rig:
     try:
         rig = load_rig(path)
@@ -352,6 +344,6 @@ def import_rosbag2(
         last_stamp_ns=last or 0,
         bytes=written,
         wall_s=time.perf_counter() - begin,
-        camera_offsets_ms=_camera_offsets_ms(sweeps, camera_stamps),
+        camera_offsets_ms=camera_offsets_ms(sweeps, camera_stamps, _WARNED_OFFSET_MS),
         warnings=tuple(warnings),
     )
