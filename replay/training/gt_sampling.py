@@ -12,6 +12,16 @@ Rows follow ``replay.training.fusion_data.PreparedSample``: boxes are (class ind
 length, width, height, yaw, vx, vy, visibility), the centre is the box's 3D centre, the length
 runs along the yaw; metres and radians in the vehicle frame.
 
+Decoys (``decoys`` in the config) are bank objects pasted the same way but as lidar-ambiguous
+negatives: their points keep their shape, range and the camera flag ("a camera saw this point")
+but lose the painted class scores, and they add no box, so the target there is background. They
+stand for what a lidar alone cannot tell from a road user at range (a bin, a post box, a
+statue, a parked trailer) and a camera can: a cluster the camera saw and did not name is not an
+object. Without them nothing in synthetic training makes the camera matter (the lidar's shape
+alone finds every object), and the camera's contribution to a detection's score stays at a few
+thousandths. Decoys are pasted in camera-free samples too (modality dropout clears their flag
+as everyone's), where they teach the engine that lidar alone is less sure.
+
 Wiring into a training loop (a sampler built once from the prepared training set; each picked
 sample pasted into before ``augment``)::
 
@@ -38,6 +48,8 @@ __all__ = [
     "GtSampler",
     "GtSamplingConfig",
     "ObjectBank",
+    "as_decoys",
+    "insert_decoys",
     "insert_objects",
     "paste",
     "pick_objects",
@@ -272,6 +284,34 @@ def insert_objects(
     )
 
 
+def as_decoys(objects: Sequence[BankObject]) -> list[BankObject]:
+    """``objects`` as decoys: the painted class scores of their points zeroed (the columns
+    between the intensity and the camera flag, the last column), the flag and everything else
+    kept."""
+    decoys = []
+    for obj in objects:
+        points = obj.points.copy()
+        if points.shape[1] > 5:
+            points[:, 4:-1] = 0.0
+        decoys.append(replace(obj, points=points))
+    return decoys
+
+
+def insert_decoys(
+    sample: PreparedSample,
+    decoys: Sequence[BankObject],
+    *,
+    margin_xy_m: float = MARGIN_XY_M,
+    margin_z_m: float = MARGIN_Z_M,
+) -> PreparedSample:
+    """``sample`` with the points of ``decoys`` (see :func:`as_decoys`) in it, the scene's points
+    inside their boxes removed, and no box added (the target there stays background)."""
+    if not decoys:
+        return sample
+    with_boxes = insert_objects(sample, decoys, margin_xy_m=margin_xy_m, margin_z_m=margin_z_m)
+    return replace(with_boxes, boxes=sample.boxes)
+
+
 def paste(
     sample: PreparedSample,
     bank: ObjectBank,
@@ -292,11 +332,33 @@ def _default_counts() -> dict[str, int]:
     return {"Car": 0, "Pedestrian": 4, "Cyclist": 4}
 
 
+def _check_counts(counts: object, name: str) -> dict[str, int]:
+    if not isinstance(counts, Mapping):
+        raise ValueError(f"gt_sampling.{name} must map class names to counts, got {counts!r}")
+    for label, n in counts.items():
+        if not isinstance(label, str):
+            raise ValueError(f"gt_sampling.{name}: class names must be strings, got {label!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"gt_sampling.{name}.{label} must be an integer >= 0, got {n!r}")
+    return dict(counts)
+
+
+def _by_index(counts: Mapping[str, int], classes: Sequence[str], name: str) -> dict[int, int]:
+    unknown = sorted(set(counts) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"gt_sampling.{name}: unknown class(es) {', '.join(unknown)} "
+            f"(classes: {', '.join(classes)})"
+        )
+    return {classes.index(label): n for label, n in counts.items() if n > 0}
+
+
 @dataclass(frozen=True)
 class GtSamplingConfig:
     """Ground-truth sampling of a training run: with ``probability`` per sample, up to
-    ``counts[name]`` objects of each class pasted in (classes left out: none); bank objects
-    need ``min_points`` points.
+    ``counts[name]`` objects of each class pasted in (classes left out: none), then up to
+    ``decoys[name]`` objects of each class pasted as decoys (see the module docstring; none by
+    default); bank objects need ``min_points`` points.
 
     Raises:
         ValueError: a bad value (one line naming the field).
@@ -305,18 +367,11 @@ class GtSamplingConfig:
     counts: Mapping[str, int] = field(default_factory=_default_counts)
     min_points: int = 5
     probability: float = 0.5
+    decoys: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.counts, Mapping):
-            raise ValueError(
-                f"gt_sampling.counts must map class names to counts, got {self.counts!r}"
-            )
-        for name, n in self.counts.items():
-            if not isinstance(name, str):
-                raise ValueError(f"gt_sampling.counts: class names must be strings, got {name!r}")
-            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-                raise ValueError(f"gt_sampling.counts.{name} must be an integer >= 0, got {n!r}")
-        object.__setattr__(self, "counts", dict(self.counts))
+        object.__setattr__(self, "counts", _check_counts(self.counts, "counts"))
+        object.__setattr__(self, "decoys", _check_counts(self.decoys, "decoys"))
         m = self.min_points
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
             raise ValueError(f"gt_sampling.min_points must be an integer >= 1, got {m!r}")
@@ -330,22 +385,26 @@ class GtSamplingConfig:
         Raises:
             ValueError: a name that is not one of ``classes``.
         """
-        unknown = sorted(set(self.counts) - set(classes))
-        if unknown:
-            raise ValueError(
-                f"gt_sampling.counts: unknown class(es) {', '.join(unknown)} "
-                f"(classes: {', '.join(classes)})"
-            )
-        return {classes.index(name): n for name, n in self.counts.items() if n > 0}
+        return _by_index(self.counts, classes, "counts")
+
+    def decoy_counts(self, classes: Sequence[str]) -> dict[int, int]:
+        """``decoys`` by class index in ``classes``.
+
+        Raises:
+            ValueError: a name that is not one of ``classes``.
+        """
+        return _by_index(self.decoys, classes, "decoys")
 
 
 @dataclass(frozen=True, eq=False)
 class GtSampler:
-    """The training loop's side: a bank, the counts by class index and the probability."""
+    """The training loop's side: a bank, the counts by class index and the probability, and
+    the decoys by class index."""
 
     bank: ObjectBank
     counts: Mapping[int, int]
     probability: float
+    decoys: Mapping[int, int] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -357,14 +416,22 @@ class GtSampler:
             ValueError: a class of ``config.counts`` not in ``classes``.
         """
         counts = config.class_counts(classes)
+        decoys = config.decoy_counts(classes)
         bank = ObjectBank.from_samples(samples, min_points=config.min_points)
-        return cls(bank, counts, config.probability)
+        return cls(bank, counts, config.probability, decoys)
 
     def __call__(
         self, sample: PreparedSample, rng: np.random.Generator, source_index: int | None = None
     ) -> PreparedSample:
         """``sample`` pasted into with ``probability`` (one draw of ``rng`` always), else
-        ``sample`` itself."""
+        ``sample`` itself: the objects first, then the decoys clear of them."""
         if rng.random() >= self.probability:
             return sample
-        return paste(sample, self.bank, rng, self.counts, source_index=source_index)
+        pasted = paste(sample, self.bank, rng, self.counts, source_index=source_index)
+        if not self.decoys:
+            return pasted
+        picked = pick_objects(pasted, self.bank, rng, self.decoys, source_index=source_index)
+        bank = self.bank
+        return insert_decoys(
+            pasted, as_decoys(picked), margin_xy_m=bank.margin_xy_m, margin_z_m=bank.margin_z_m
+        )

@@ -1,5 +1,6 @@
 """Ground-truth sampling: the object bank cut from synthetic training samples, and pasting
-(no overlaps, occluded scene points removed, points and painting carried, counts, determinism)."""
+(no overlaps, occluded scene points removed, points and painting carried, counts, determinism),
+and decoys (shapes without their camera scores, no box)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from replay.training.gt_sampling import (
     GtSampler,
     GtSamplingConfig,
     ObjectBank,
+    as_decoys,
+    insert_decoys,
     insert_objects,
     paste,
     pick_objects,
@@ -291,3 +294,62 @@ def test_config_defaults_and_classes() -> None:
     config = GtSamplingConfig(counts=source)
     source["Car"] = 9
     assert config.counts == {"Car": 1}
+
+
+def test_decoys_keep_shape_and_flag_lose_scores_and_add_no_box(
+    samples: list[PreparedSample], bank: ObjectBank
+) -> None:
+    """A decoy is its object's points with the class scores zeroed and the camera flag kept;
+    it clears the scene's points inside its box like an object and adds no box."""
+    sample = samples[2]
+    picked = pick_objects(sample, bank, np.random.default_rng(3), ALL, source_index=2)
+    assert picked
+    decoys = as_decoys(picked)
+    for obj, decoy in zip(picked, decoys, strict=True):
+        assert decoy.box is obj.box and decoy.source == obj.source
+        assert not decoy.points[:, 4:7].any()
+        kept = [0, 1, 2, 3, 7]  # x, y, z, intensity, the camera flag
+        np.testing.assert_array_equal(decoy.points[:, kept], obj.points[:, kept])
+        assert obj.points[:, 4:7].any()  # the bank itself is untouched
+    out = insert_decoys(sample, decoys)
+    np.testing.assert_array_equal(out.boxes, sample.boxes)
+    np.testing.assert_array_equal(out.ignore, sample.ignore)
+    n = len(out.points) - sum(len(d.points) for d in decoys)
+    np.testing.assert_array_equal(out.points[n:], np.concatenate([d.points for d in decoys]))
+    for decoy in decoys:
+        assert not np.any(_inside(out.points[:n], decoy.box[1:8]))
+    assert insert_decoys(sample, []) is sample
+
+
+def test_sampler_pastes_decoys_clear_of_the_objects(samples: list[PreparedSample]) -> None:
+    """With decoys asked for, the sampler pastes its objects (boxes added), then decoys (points
+    only, scores zero) whose footprints overlap no box; deterministic for a seed."""
+    config = GtSamplingConfig(
+        counts={"Pedestrian": 2}, probability=1.0, decoys={"Car": 2, "Pedestrian": 2}
+    )
+    sampler = GtSampler.build(config, samples, CLASSES)
+    assert sampler.decoys == {0: 2, 1: 2}
+    total = 0
+    for i, sample in enumerate(samples[:6]):
+        out = sampler(sample, np.random.default_rng(i), i)
+        rng = np.random.default_rng(i)
+        rng.random()  # the sampler's probability draw
+        pasted = paste(sample, sampler.bank, rng, sampler.counts, source_index=i)
+        picked = pick_objects(pasted, sampler.bank, rng, sampler.decoys, source_index=i)
+        expected = insert_decoys(pasted, as_decoys(picked))
+        np.testing.assert_array_equal(out.points, expected.points)
+        np.testing.assert_array_equal(out.boxes, pasted.boxes)
+        for decoy in picked:
+            assert all(bev_iou(_Box(decoy.box[1:8]), _Box(row[1:8])) == 0 for row in out.boxes)
+        tail = out.points[len(out.points) - sum(len(d.points) for d in picked) :]
+        assert not tail[:, 4:7].any()
+        total += len(picked)
+    assert total > 0
+
+
+def test_bad_decoys_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"gt_sampling\.decoys\.Car must be an integer"):
+        GtSamplingConfig(decoys={"Car": -1})
+    with pytest.raises(ValueError, match=r"gt_sampling\.decoys: unknown class\(es\) Truck"):
+        GtSamplingConfig(decoys={"Truck": 1}).decoy_counts(CLASSES)
+    assert GtSamplingConfig().decoys == {}
