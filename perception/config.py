@@ -723,9 +723,15 @@ class ViewConfig:
     """Raw camera images are shown scaled by this (1: as they are; compressed ones always
     are): a quarter of the bytes for a viewer on the vehicle's network and for the node to
     copy (0.1 ms to scale a KITTI image)."""
+    nice: int = 10
+    """The view's thread runs this much nicer than the node (Linux: the thread's own nice
+    value; 0: the node's priority, at most 19): where the CPU is short, the scheduler gives it
+    to the node's threads before the view's, which then shows fewer frames."""
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        if not 0 <= self.nice <= 19:
+            raise ConfigError(f"nice: must be in [0, 19], got {self.nice}")
         if self.queue_size < 1:
             raise ConfigError(f"queue_size: must be >= 1, got {self.queue_size}")
         if self.max_points < 0:

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -89,6 +90,19 @@ _WAKE_TIMEOUT_S = 0.5
 #: The key of the node's processed frames in the view's `rate_hz` bookkeeping.
 _FRAME = "\x00frame"
 _RIG_PERIOD_S = 1.0
+
+
+def _lower_priority(nice: int) -> None:
+    """Makes the calling thread `nice` nicer than it is (Linux schedules threads, each with
+    its own nice value; elsewhere, or where refused, the thread keeps the node's priority)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(current + nice, 19))
+    except OSError as e:
+        log.info("view: the view's thread keeps the node's priority (%s)", e)
 
 
 @dataclass(frozen=True)
@@ -285,6 +299,7 @@ class FoxgloveView:
     # -- the view's thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        _lower_priority(self.config.nice)
         while not self._stop.is_set():
             self._wake.wait(_WAKE_TIMEOUT_S)
             self._wake.clear()

@@ -4,7 +4,9 @@ advertises, sends and decodes to, the bounded queue, and a port in use."""
 from __future__ import annotations
 
 import math
+import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -281,6 +283,8 @@ def test_a_dense_sweep_is_thinned_and_frames_are_shown_at_most_at_the_rate() -> 
         ("rate_hz", math.inf),
         ("image_scale", 0.0),
         ("image_scale", 1.5),
+        ("nice", -1),
+        ("nice", 20),
     ],
 )
 def test_bad_view_limits_are_refused_naming_the_field(field: str, value: float) -> None:
@@ -288,3 +292,17 @@ def test_bad_view_limits_are_refused_naming_the_field(field: str, value: float) 
 
     with pytest.raises(ConfigError, match=field):
         ViewConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread priorities are Linux's")
+@pytest.mark.parametrize("nice", [0, 10, 19])
+def test_the_views_thread_runs_nicer_than_the_node(nice: int) -> None:
+    """Where the CPU is short, the node's threads come first: the view's thread has its own
+    nice value, `view.nice` above the thread that started it (capped at 19)."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with FoxgloveView(ViewConfig(foxglove=True, port=0, nice=nice), ViewTopics()) as view:
+        thread = view._thread
+        assert thread is not None and thread.native_id is not None
+        want = min(base + nice, 19)
+        _wait(lambda: os.getpriority(os.PRIO_PROCESS, thread.native_id) == want)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
