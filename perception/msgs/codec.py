@@ -43,6 +43,7 @@ __all__ = [
     "message_codec",
     "mistyped",
     "plain_error",
+    "upgrade",
     "value_decoder",
 ]
 
@@ -572,6 +573,57 @@ def value_encoder(f: Field) -> Encoder | None:
 
         return encode
     return None
+
+
+# -- older schema versions -----------------------------------------------------------------------
+
+
+def _added_since(schema: Schema, version: int) -> bool:
+    """Whether `schema` or a message nested in it has a field added after `version`."""
+    return any(
+        f.since > version
+        or (f.schema is not None and f.schema is not schema and _added_since(f.schema, version))
+        for f in schema.fields
+    )
+
+
+def _not_yet(version: int, since: int) -> FieldError:
+    return FieldError(
+        lambda p: f"field {p!r} is not in schema version {version} (added in version {since})"
+    )
+
+
+def upgrade(schema: Schema, doc: Mapping[str, Any], version: int) -> Mapping[str, Any]:
+    """`doc`, a map of `schema`'s fields written with schema `version`, as the current version
+    reads it: every field added since (always optional) is None, in nested messages too. A
+    document of the current version is returned as it is. Values of the wrong type are left
+    for the decoders to refuse.
+
+    Raises FieldError: `doc` holds a field its version did not have."""
+    if not _added_since(schema, version):
+        return doc
+    out = dict(doc)
+    for f in schema.fields:
+        if f.since > version:
+            if f.name in out:
+                raise _not_yet(version, f.since).within(f.name)
+            out[f.name] = None
+        elif f.schema is None or not _added_since(f.schema, version):
+            continue
+        elif f.kind is Kind.MESSAGE and type(out.get(f.name)) is dict:
+            try:
+                out[f.name] = upgrade(f.schema, out[f.name], version)
+            except FieldError as e:
+                raise e.within(f.name) from None
+        elif f.kind is Kind.MESSAGES and type(out.get(f.name)) is list:
+            items = []
+            for i, item in enumerate(out[f.name]):
+                try:
+                    items.append(upgrade(f.schema, item, version) if type(item) is dict else item)
+                except FieldError as e:
+                    raise e.within(i).within(f.name) from None
+            out[f.name] = items
+    return out
 
 
 # -- whole messages ------------------------------------------------------------------------------

@@ -382,7 +382,11 @@ def ego_transforms(
 
 def _detection_label(det: Detection3D) -> str:
     text = f"{det.label} {det.score:.2f}"
-    return f"{text} [{'+'.join(det.sources)}]" if det.sources else text
+    if det.sources:
+        text = f"{text} [{'+'.join(det.sources)}]"
+    if det.camera_contribution is not None:
+        text = f"{text} camera {det.camera_contribution:+.2f}"
+    return text
 
 
 # Scenes are built in place (`add()`, then field by field): a scene of 50 boxes is built three

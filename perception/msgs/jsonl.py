@@ -54,9 +54,18 @@ from perception.msgs.codec import (
     message_codec,
     mistyped,
     plain_error,
+    upgrade,
     value_decoder,
 )
-from perception.msgs.schema import DEFAULT_LIMITS, SCHEMA_VERSION, WIRE_TYPES, Kind, WireLimits
+from perception.msgs.schema import (
+    DEFAULT_LIMITS,
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    WIRE_TYPES,
+    Kind,
+    WireLimits,
+    versions_read,
+)
 from perception.msgs.types import DetectionList, Header, Message
 
 __all__ = [
@@ -202,10 +211,8 @@ def _envelope(doc: Mapping[str, Any]) -> str:
         if type(doc[key]) is not kind:
             raise mistyped(expected, doc[key]).within(key)
     version = doc["schema_version"]
-    if version != SCHEMA_VERSION:
-        raise plain_error(
-            f"unsupported schema version {version} (this node reads version {SCHEMA_VERSION})"
-        )
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise plain_error(f"unsupported schema version {version} ({versions_read()})")
     type_name: str = doc["type"]
     if type_name not in WIRE_TYPES:
         known = ", ".join(sorted(WIRE_TYPES))
@@ -228,6 +235,9 @@ def _decode_document(doc: Any, limits: WireLimits, fill_defaults: bool) -> Messa
         raise plain_error(f"a document must be a JSON object, got {describe(doc)}")
     type_name = _envelope(doc)
     codec = message_codec(type_name)
+    written = doc["schema_version"]
+    if written != SCHEMA_VERSION:
+        doc = {**upgrade(codec.schema, doc, written), "schema_version": SCHEMA_VERSION}
     if fill_defaults:
         doc = {**_defaults(type_name), **doc}
     names = ("header", *codec.plain_names, *(f.name for f in codec.buffers))

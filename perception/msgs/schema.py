@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from perception.msgs.types import (
+    READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     CalibrationStatus,
     CameraBox,
@@ -62,6 +63,7 @@ __all__ = [
     "LIDAR_SWEEP",
     "MAX_STAMP_NS",
     "MAX_SWEEP_DURATION_NS",
+    "READABLE_SCHEMA_VERSIONS",
     "REALTIME_STATUS",
     "RIG_MESSAGE",
     "SCHEMAS",
@@ -77,6 +79,7 @@ __all__ = [
     "Schema",
     "WireLimits",
     "schema_of",
+    "versions_read",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -231,8 +234,11 @@ class Field:
     finite: bool = False
     limit: Limit | None = None
     value_limit: str | None = None
+    since: int = 1
 
     def __post_init__(self) -> None:
+        if self.since > 1 and not self.optional:
+            raise TypeError(f"field {self.name}: a field added after version 1 must be optional")
         if self.value_limit is not None and (
             self.kind is not Kind.ARRAY
             or self.value_limit not in {f.name for f in dataclasses.fields(WireLimits)}
@@ -271,8 +277,9 @@ def number(
     lo: float = -math.inf,
     hi: float = math.inf,
     optional: bool = False,
+    since: int = 1,
 ) -> Field:
-    return Field(name, Kind.FLOAT, doc, unit, optional, lo=lo, hi=hi)
+    return Field(name, Kind.FLOAT, doc, unit, optional, lo=lo, hi=hi, since=since)
 
 
 def numbers(
@@ -531,6 +538,9 @@ DETECTION = Schema(Detection3D, (
     number("longitude_deg", "WGS84 longitude of the centre", unit="deg", lo=-180.0, hi=180.0,
            optional=True),
     nested("camera_box", CAMERA_BOX, "2D box the detection came from", optional=True),
+    number("camera_contribution", "learned fusion: the score minus the score with the camera "
+           "features removed (one engine call); null where not measured", lo=-1.0, hi=1.0,
+           optional=True, since=2),
 ), together=(("latitude_deg", "longitude_deg"),))  # fmt: skip
 
 DETECTION_LIST = Schema(DetectionList, (
@@ -682,6 +692,12 @@ def _check_wire_types() -> None:
 
 
 _check_wire_types()
+
+
+def versions_read() -> str:
+    """The schema versions this node reads, for an error naming an unsupported one."""
+    lo, hi = min(READABLE_SCHEMA_VERSIONS), max(READABLE_SCHEMA_VERSIONS)
+    return f"this node reads versions {lo} to {hi}" if hi > lo else f"this node reads version {lo}"
 
 
 def schema_of(message_type: type[Any] | str) -> Schema:

@@ -15,6 +15,7 @@ import numpy.typing as npt
 from calibration import Rig
 
 __all__ = [
+    "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
     "CalibrationStatus",
     "CameraBox",
@@ -37,7 +38,11 @@ __all__ = [
     "sweep_end_ns",
 ]
 
-SCHEMA_VERSION = 1
+#: The schema version this node writes. Version 2 added `Detection3D.camera_contribution`.
+SCHEMA_VERSION = 2
+#: The versions this node reads: an older document gets the fields added since as None
+#: (perception.msgs.schema.upgrade).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,9 @@ class CameraBox:
 @dataclass(frozen=True)
 class Detection3D:
     """A fused 3D detection in the vehicle frame. `size` is (length, width, height); `center`
-    is the box centre; `yaw` is the heading of the length axis about +z."""
+    is the box centre; `yaw` is the heading of the length axis about +z. `camera_contribution`
+    (learned fusion): how much the camera features raised the score, the score minus that of
+    the same peak with them removed, both from one engine call; None where not measured."""
 
     label: str
     score: float
@@ -141,6 +148,7 @@ class Detection3D:
     latitude_deg: float | None = None
     longitude_deg: float | None = None
     camera_box: CameraBox | None = None
+    camera_contribution: float | None = None
 
 
 @dataclass(frozen=True)

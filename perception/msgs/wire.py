@@ -46,13 +46,16 @@ from perception.msgs.codec import (
     describe,
     encode_header,
     message_codec,
+    upgrade,
 )
 from perception.msgs.schema import (
     DEFAULT_LIMITS,
     ENCODED_IMAGE_FORMATS,
+    READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     WIRE_TYPES,
     WireLimits,
+    versions_read,
 )
 from perception.msgs.types import Header, Message
 
@@ -306,8 +309,8 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
         ctx.fail(f"undecodable header document: expected a map, got {describe(doc)}")
 
     version = _get(doc, "version", int, "an integer")
-    if version != SCHEMA_VERSION:
-        ctx.fail(f"unsupported schema version {version} (this node reads version {SCHEMA_VERSION})")
+    if version not in READABLE_SCHEMA_VERSIONS:
+        ctx.fail(f"unsupported schema version {version} ({versions_read()})")
     type_name = _get(doc, "type", str, "a string")
     if type_name not in WIRE_TYPES:
         known = ", ".join(sorted(WIRE_TYPES))
@@ -358,6 +361,8 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
         )
         shapes[name] = shape
     try:
+        if version != SCHEMA_VERSION and type(fields) is dict:
+            fields = dict(upgrade(codec.schema, fields, version))
         plain = codec.decode_fields(fields, limits)
     except FieldError as e:
         raise e.within("fields") from None
@@ -365,5 +370,6 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
         name: from_buffer(codec.schema.field(name), shape, view, "its buffer frame", limits)
         for (name, _, shape), view in zip(parsed, views[2:], strict=True)
     }
-    msg: Message = codec.assemble(header, version, plain, arrays)
+    # Read, an older document is a message of the current version.
+    msg: Message = codec.assemble(header, SCHEMA_VERSION, plain, arrays)
     return topic, msg

@@ -4,12 +4,13 @@ The ensemble merges the geometric fusion's camera-confirmed boxes with the learn
 a pair of the same class whose BEV centres lie within the class's merge distance is one object
 (each detection takes part in at most one pair, best scores first, so nothing is counted twice).
 The merged box is the score-weighted mean of the centres and sizes (weighted box fusion), with
-the score of either finding it, ``1 - (1 - s1)(1 - s2)``; it keeps the camera box and the union
-of the sources. Its heading is the learned one refined by the geometric outline fit where the
-two agree within ``YAW_AGREEMENT_RAD`` (the fit is the finer measurement: about 1 degree median
-against the learned head's 3 on synthetic drives), else the learned one (the geometric heading
-falls back to the lane when little of the outline is seen, and then they disagree). A box only
-one fusion found is kept as it is.
+the score of either finding it, ``1 - (1 - s1)(1 - s2)``; it keeps the camera box, the union
+of the sources and the learned engine's measure of the camera's contribution. Its heading is
+the learned one refined by the geometric outline fit where the two agree within
+``YAW_AGREEMENT_RAD`` (the fit is the finer measurement: about 1 degree median against the
+learned head's 3 on synthetic drives), else the learned one (the geometric heading falls back to
+the lane when little of the outline is seen, and then they disagree). A box only one fusion
+found is kept as it is.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def learned_detections(
     """Detections of the learned engine's rows (x, y, z, l, w, h, yaw, vx, vy, score, class).
     The camera is among a detection's sources when a camera was present (``camera_seen``) and
     removing its features lowers the score by more than ``camera_contribution`` (attribution in
-    the same engine call); the lidar always is (no points, no pillar, no detection)."""
+    the same engine call); the lidar always is (no points, no pillar, no detection). Each
+    detection carries that difference as its ``camera_contribution`` (None where the engine
+    did not measure it)."""
     out = []
     for row, free in zip(rows, camera_free_score, strict=True):
         score = float(row[9])
@@ -57,6 +60,7 @@ def learned_detections(
                 size=(float(row[3]), float(row[4]), float(row[5])),
                 yaw=float(row[6]),
                 sources=("camera", "lidar") if camera else ("lidar",),
+                camera_contribution=min(max(gain, -1.0), 1.0) if math.isfinite(gain) else None,
             )
         )
     return out
@@ -109,6 +113,7 @@ def merge_ensemble(
                 size=size,
                 yaw=_merged_yaw(det.yaw, other.yaw),
                 sources=tuple(sorted(set(det.sources) | set(other.sources))),
+                camera_contribution=det.camera_contribution,
             )
         )
     out += [g for j, g in enumerate(geometric) if j not in taken]

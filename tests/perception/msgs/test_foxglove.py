@@ -35,6 +35,8 @@ from perception.msgs.json_schemas import document_json_schema
 from perception.msgs.schema import GNSS_FIX, LIDAR_SWEEP
 from perception.msgs.types import (
     CameraFrame,
+    Detection3D,
+    DetectionList,
     Diagnostics,
     GnssFix,
     Header,
@@ -215,3 +217,17 @@ def test_timings_and_unknown_schemas() -> None:
     for name in ("perception.Nothing", "foxglove.Grid", "Diagnostics"):
         with pytest.raises(KeyError, match="no Foxglove conversion"):
             channel_schema(name)
+
+
+def test_detection_labels_say_class_score_sources_and_the_cameras_part() -> None:
+    dets = (
+        Detection3D("Car", 0.91, (10.0, 1.0, -0.8), (4.0, 1.7, 1.5), 0.0, ("camera", "lidar"),
+                    camera_contribution=0.3149),
+        Detection3D("unknown", 0.5, (20.0, 5.0, -0.5), (2.0, 2.0, 1.0), 0.0, ("lidar",)),
+    )  # fmt: skip
+    msg = DetectionList(Header("detections", 1, 1_000, "vehicle"), dets)
+    (entity,) = SceneUpdate.FromString(to_foxglove(msg, "detections").payload).entities
+    assert [t.text for t in entity.texts] == [
+        "Car 0.91 [camera+lidar] camera +0.31",
+        "unknown 0.50 [lidar]",
+    ]

@@ -198,7 +198,7 @@ def test_numpy_scalars_are_written_as_numbers() -> None:
         ),
         (GnssFix(H, 49.0, 8.4, float("nan")), r"^stream: field 'altitude_m' must be finite"),
         (RigMessage(H, {"a": {1: 2}}), r"^stream: field 'rig' has a map key that is not a str"),
-        (DetectionList(H, (), schema_version=2), r"schema_version 2 is not the version"),
+        (DetectionList(H, (), schema_version=1), r"schema_version 1 is not the version"),
         (DetectionList(H, ("car",)), r"detections\[0\] must be a Detection3D, got str"),  # type: ignore[arg-type]
         (Diagnostics(H, counters={"x": -1}), r"field 'counters\.x' must not be negative"),
         (LidarSweep(H, np.zeros((2, 3), np.float32)), r"points must be N x 4 float32"),
@@ -230,7 +230,7 @@ BAD_LINES = [
     ("[1, 2]", r"a document must be a JSON object, got list"),
     ('{"schema_version": 1}', r"missing field 'type'"),
     (_line("gnss", lambda d: d.update(type="Banana")), r"unknown message type 'Banana'"),
-    (_line("gnss", lambda d: d.update(schema_version=2)), r"unsupported schema version 2"),
+    (_line("gnss", lambda d: d.update(schema_version=3)), r"unsupported schema version 3"),
     (_line("gnss", lambda d: d.pop("heading_rad")), r"stream: missing field 'heading_rad'"),
     (_line("gnss", lambda d: d.update(extra=1)), r"unexpected field\(s\) in the document: \['e"),
     (_line("gnss", lambda d: d["header"].pop("seq")), r"missing field 'header\.seq'"),

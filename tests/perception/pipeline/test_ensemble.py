@@ -10,18 +10,25 @@ from perception.msgs.types import Detection3D
 from perception.pipeline.ensemble import YAW_AGREEMENT_RAD, merge_ensemble
 
 
-def _det(x: float, yaw: float, score: float, sources: tuple[str, ...]) -> Detection3D:
-    return Detection3D("Car", score, (x, 0.0, -0.9), (4.0, 1.7, 1.5), yaw, sources=sources)
+def _det(
+    x: float, yaw: float, score: float, sources: tuple[str, ...], contribution: float | None = None
+) -> Detection3D:
+    return Detection3D(
+        "Car", score, (x, 0.0, -0.9), (4.0, 1.7, 1.5), yaw, sources=sources,
+        camera_contribution=contribution,
+    )  # fmt: skip
 
 
 def test_a_pair_is_one_object_with_the_union_of_sources_and_either_score() -> None:
     merged = merge_ensemble(
-        [_det(10.2, 0.0, 0.6, ("camera", "lidar"))], [_det(10.0, 0.0, 0.5, ("lidar",))]
+        [_det(10.2, 0.0, 0.6, ("camera", "lidar"))], [_det(10.0, 0.0, 0.5, ("lidar",), 0.02)]
     )
     assert len(merged) == 1
     (car,) = merged
     assert car.score == pytest.approx(1 - 0.4 * 0.5)
     assert car.sources == ("camera", "lidar")
+    # The learned engine's measure of the camera's part in its own score is kept.
+    assert car.camera_contribution == 0.02
     assert car.center[0] == pytest.approx((10.2 * 0.6 + 10.0 * 0.5) / 1.1)
 
 
