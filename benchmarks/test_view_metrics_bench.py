@@ -7,15 +7,17 @@ Method. One `NodeCore` with the real pipeline (YOLOX nano on ONNX Runtime, CPU) 
 full KITTI scan 000000 (~120 k points, 2 MB) with its 1242x375 image, restamped each frame,
 the way the live worker does: `on_bundles`, then what `Node._publish` adds after the outputs
 went out (the view's `offer` of the frame, the metrics' `observe`), and once a second the
-Diagnostics handed to both. Frames are paced at 10 Hz, like a lidar (a machine slower than
-that runs them back to back). Three modes, in blocks of `BLOCK` frames taken in turn, `ROUNDS`
+Diagnostics handed to both. Two pacings: 10 Hz, like a lidar (a machine slower than that runs
+them back to back), and back to back (the node has no idle CPU at all: the view's thread and
+the viewer take theirs from it). Three modes, in blocks of `BLOCK` frames taken in turn, `ROUNDS`
 times:
 
 - `off`: neither (the node as before);
 - `on`: a view and a metrics endpoint, nobody watching;
 - `watched`: the same with a Foxglove viewer subscribed to every channel and a Prometheus
-  scrape once a second, from a child process (as the app on another machine would be, but on
-  this machine's two cores): the view's thread converts and sends a frame in two (the view's
+  scrape once a second, from a child process at the lowest priority (nice 19: the app runs
+  on another machine, so its own CPU is no cost of the node's; it must still receive what the
+  view sent): the view's thread converts and sends a frame in two (the view's
   default `rate_hz`, 5 Hz: the points thinned to 30,000, the image at half size, the boxes;
   the timings of every frame) while the worker goes on with the next.
 
@@ -39,6 +41,7 @@ to watch).
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import statistics
 import subprocess
@@ -135,7 +138,10 @@ def _scrape_ms(metrics: NodeMetrics) -> float:
     return statistics.median(times) / 1e6
 
 
-def test_view_and_metrics_cost(full_scan_bundle: SyncedBundle, yolox_path: Path) -> None:
+@pytest.mark.parametrize("period_s", [PERIOD_S, 0.0], ids=["10Hz", "back-to-back"])
+def test_view_and_metrics_cost(
+    full_scan_bundle: SyncedBundle, yolox_path: Path, period_s: float
+) -> None:
     if not yolox_path.is_file():
         pytest.skip(f"real data not found: {yolox_path}")
     pipeline = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
@@ -144,10 +150,13 @@ def test_view_and_metrics_cost(full_scan_bundle: SyncedBundle, yolox_path: Path)
     idle_view, idle_metrics = _served()
     watched_view, watched_metrics = _served()
     n_frames = len(MODES) * BLOCK * ROUNDS
-    watch_s = n_frames * PERIOD_S * 2.5 + 10
+    watch_s = n_frames * 0.25 + 10
     viewer = subprocess.Popen(
-        [sys.executable, "-m", "tests.foxglove_client", watched_view.url, str(watch_s),
-         watched_metrics.url],
+        # The app runs on another machine: here, at the lowest priority, it takes only what
+        # the node leaves idle (it must still receive every frame: checked below). `nice`
+        # execs the viewer: its pid is the viewer's.
+        ["nice", "-n", "19", sys.executable, "-m", "tests.foxglove_client", watched_view.url,
+         str(watch_s), watched_metrics.url],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -185,8 +194,9 @@ def test_view_and_metrics_cost(full_scan_bundle: SyncedBundle, yolox_path: Path)
                         rounds[mode].append([])
                     else:
                         rounds[mode][-1].append(figures)
-                    time.sleep(max(0.0, PERIOD_S - (time.monotonic() - begin)))
+                    time.sleep(max(0.0, period_s - (time.monotonic() - begin)))
         viewer_cpu = psutil.Process(viewer.pid).cpu_times()
+        time.sleep(1.0)  # what is in flight reaches the viewer
     finally:
         viewer.send_signal(signal.SIGINT)
         out, _ = viewer.communicate(timeout=30)
@@ -197,17 +207,25 @@ def test_view_and_metrics_cost(full_scan_bundle: SyncedBundle, yolox_path: Path)
     # The view's thread per watched frame (and its 1 Hz diagnostics): the most it can take.
     busy_ms = (stats.busy_ns - busy_before) / (BLOCK * ROUNDS) / 1e6
     scrape_ms = _scrape_ms(watched_metrics)
-    _report(rounds, busy_ms, scrape_ms)
+    _report(rounds, busy_ms, scrape_ms, period_s)
     viewer_ms = (viewer_cpu.user + viewer_cpu.system) * 1e3 / (BLOCK * ROUNDS)
     print(f"watched view: {stats.sent} messages sent, {stats.dropped} frames dropped; "
           f"viewer: {out.strip()}; the viewer process's CPU (receiving, scraping): "
           f"{viewer_ms:.2f} ms per watched frame, on the same two cores")  # fmt: skip
     hooks = statistics.median(h for block in rounds["watched"] for _, _, h in block) / 1e6
     assert hooks < 1.0
+    # The viewer, at its low priority, was not starved: it got what the view sent.
+    report = json.loads(out.strip().splitlines()[-1])
+    received = sum(count for count, _ in report["received"].values())
+    assert received >= stats.sent - 10, (received, stats.sent)
+    assert report["scrapes"] > 0
 
 
 def _report(
-    rounds: dict[str, list[list[tuple[int, int, int]]]], busy_ms: float, scrape_ms: float
+    rounds: dict[str, list[list[tuple[int, int, int]]]],
+    busy_ms: float,
+    scrape_ms: float,
+    period_s: float,
 ) -> None:
     """The table: per mode, medians over its frames, and the added overhead as the median over
     the rounds of (the mode's median overhead in the round - `off`'s in the same round), which
@@ -217,8 +235,9 @@ def _report(
         return statistics.median(values) / 1e6
 
     n = sum(len(b) for blocks in rounds.values() for b in blocks)
-    print(f"\nview + metrics cost: {n} frames of the full KITTI scan (10 Hz), {ROUNDS} rounds of "
-          f"{BLOCK - 1} counted per mode")  # fmt: skip
+    pacing = f"{1 / period_s:g} Hz" if period_s > 0 else "back to back"
+    print(f"\nview + metrics cost: {n} frames of the full KITTI scan ({pacing}), {ROUNDS} rounds "
+          f"of {BLOCK - 1} counted per mode")  # fmt: skip
     print("mode     frames  step p50 ms  overhead p50 ms  added (paired) ms  hooks p50 us  "
           "hooks p99 us")  # fmt: skip
     off = [ms([o for _, o, _ in block]) for block in rounds["off"]]

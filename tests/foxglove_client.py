@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import struct
 import sys
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -155,17 +157,22 @@ def main(argv: list[str]) -> int:
     url, seconds = argv[0], float(argv[1])
     metrics_url = argv[2] if len(argv) > 2 else None
     scrapes = 0
+    # SIGINT or SIGTERM ends the watch at the next poll, with the report: a KeyboardInterrupt
+    # raised inside the WebSocket library could leave its locks held, and closing would hang.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
     with FoxgloveClient(url, decode=False) as client:
         end = time.monotonic() + seconds
+        next_scrape = time.monotonic()
         try:
-            while time.monotonic() < end:
-                client.poll(1.0)
-                if metrics_url is not None:
+            while not stop.is_set() and time.monotonic() < end:
+                client.poll(0.2)
+                if metrics_url is not None and time.monotonic() >= next_scrape:
+                    next_scrape += 1.0
                     with urllib.request.urlopen(metrics_url, timeout=5) as response:
                         response.read()
                     scrapes += 1
-        except KeyboardInterrupt:  # SIGINT ends the watch early, with the report
-            pass
         except OSError:  # the server went away: the watch ends, with the report
             pass
     counts = {t: [len(r), sum(x.size for x in r)] for t, r in client.received.items()}
