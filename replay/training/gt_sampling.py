@@ -19,8 +19,10 @@ stand for what a lidar alone cannot tell from a road user at range (a bin, a pos
 statue, a parked trailer) and a camera can: a cluster the camera saw and did not name is not an
 object. Without them nothing in synthetic training makes the camera matter (the lidar's shape
 alone finds every object), and the camera's contribution to a detection's score stays at a few
-thousandths. Decoys are pasted in camera-free samples too (modality dropout clears their flag
-as everyone's), where they teach the engine that lidar alone is less sure.
+thousandths. Decoys are drawn from the objects a camera saw (most of their points flagged), so
+they stand where a camera looks: outside every camera's view the lidar stays the only judge,
+and stays sure. In camera-free samples (modality dropout clears their flag as everyone's) they
+teach the engine that, in a camera's view, lidar alone is less sure.
 
 Wiring into a training loop (a sampler built once from the prepared training set; each picked
 sample pasted into before ``augment``)::
@@ -175,6 +177,16 @@ class ObjectBank:
     def counts(self) -> dict[int, int]:
         """Objects per class index."""
         return {c: len(objs) for c, objs in self.objects.items()}
+
+    def seen_by_a_camera(self) -> ObjectBank:
+        """The objects most of whose points a camera saw (the camera flag, the last painted
+        column, set); none when the samples carry no painted channels."""
+        painted = self.columns > 4
+        objects = {
+            c: tuple(o for o in objs if painted and float(np.mean(o.points[:, -1] > 0.5)) >= 0.5)
+            for c, objs in self.objects.items()
+        }
+        return ObjectBank(objects, self.columns, self.margin_xy_m, self.margin_z_m)
 
     def sources(self, class_index: int) -> npt.NDArray[np.int64]:
         """The source sample of each object of ``class_index``, in the bank's order."""
@@ -405,6 +417,7 @@ class GtSampler:
     counts: Mapping[int, int]
     probability: float
     decoys: Mapping[int, int] = field(default_factory=dict)
+    decoy_bank: ObjectBank | None = None
 
     @classmethod
     def build(
@@ -418,7 +431,8 @@ class GtSampler:
         counts = config.class_counts(classes)
         decoys = config.decoy_counts(classes)
         bank = ObjectBank.from_samples(samples, min_points=config.min_points)
-        return cls(bank, counts, config.probability, decoys)
+        decoy_bank = bank.seen_by_a_camera() if decoys else None
+        return cls(bank, counts, config.probability, decoys, decoy_bank)
 
     def __call__(
         self, sample: PreparedSample, rng: np.random.Generator, source_index: int | None = None
@@ -428,10 +442,10 @@ class GtSampler:
         if rng.random() >= self.probability:
             return sample
         pasted = paste(sample, self.bank, rng, self.counts, source_index=source_index)
-        if not self.decoys:
+        if not self.decoys or self.decoy_bank is None:
             return pasted
-        picked = pick_objects(pasted, self.bank, rng, self.decoys, source_index=source_index)
-        bank = self.bank
+        bank = self.decoy_bank
+        picked = pick_objects(pasted, bank, rng, self.decoys, source_index=source_index)
         return insert_decoys(
             pasted, as_decoys(picked), margin_xy_m=bank.margin_xy_m, margin_z_m=bank.margin_z_m
         )

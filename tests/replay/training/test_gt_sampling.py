@@ -335,16 +335,31 @@ def test_sampler_pastes_decoys_clear_of_the_objects(samples: list[PreparedSample
         rng = np.random.default_rng(i)
         rng.random()  # the sampler's probability draw
         pasted = paste(sample, sampler.bank, rng, sampler.counts, source_index=i)
-        picked = pick_objects(pasted, sampler.bank, rng, sampler.decoys, source_index=i)
+        assert sampler.decoy_bank is not None
+        picked = pick_objects(pasted, sampler.decoy_bank, rng, sampler.decoys, source_index=i)
         expected = insert_decoys(pasted, as_decoys(picked))
         np.testing.assert_array_equal(out.points, expected.points)
         np.testing.assert_array_equal(out.boxes, pasted.boxes)
         for decoy in picked:
             assert all(bev_iou(_Box(decoy.box[1:8]), _Box(row[1:8])) == 0 for row in out.boxes)
+            assert np.mean(decoy.points[:, -1] > 0.5) >= 0.5  # where a camera looks
         tail = out.points[len(out.points) - sum(len(d.points) for d in picked) :]
         assert not tail[:, 4:7].any()
         total += len(picked)
     assert total > 0
+
+
+def test_decoys_come_from_objects_a_camera_saw(
+    samples: list[PreparedSample], bank: ObjectBank
+) -> None:
+    seen = bank.seen_by_a_camera()
+    assert 0 < len(seen) < len(bank)
+    for c, objs in bank.objects.items():
+        want = [o for o in objs if np.mean(o.points[:, -1] > 0.5) >= 0.5]
+        assert list(seen.objects[c]) == want
+    # Samples with no painted channels (no camera at all) have no decoys to give.
+    unpainted = [replace(s, points=s.points[:, :4]) for s in samples]
+    assert len(ObjectBank.from_samples(unpainted).seen_by_a_camera()) == 0
 
 
 def test_bad_decoys_are_refused() -> None:
