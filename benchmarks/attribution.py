@@ -8,7 +8,8 @@ camera's view (< 30 deg; the synthetic camera's half field of view is 40.7 deg) 
 it (> 50 deg). Per scene and class it prints the median contribution inside the view, its 10th
 and 90th percentiles, the share of seen objects that list the camera in ``sources`` (a
 contribution over ``pipeline.fusion.camera_contribution``), and the largest contribution outside
-the view (it should be about 0).
+the view (it should be about 0); and the median contribution in log-odds (the camera's evidence:
+near a score of 1 a difference of probabilities shrinks however strong the evidence).
 
 Run: ``python -m benchmarks.attribution [--model learned_fusion|PATH.onnx] [--seeds 4 5]
 [--seconds 1] [--scenes simple rich]`` (about a minute per scene and second).
@@ -37,17 +38,26 @@ OUTSIDE_DEG = 50.0
 MATCH_M = 1.0
 
 
+Scores = dict[str, list[tuple[float, float]]]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    out: np.ndarray = np.log(q / (1 - q))
+    return out
+
+
 def contributions(
     model: str | Path, seeds: list[int], seconds: float, scene: str, step: int = 2
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """(inside, outside): per detected class, the camera's contribution to each matched
-    detection, every ``step``-th frame of the drives."""
+) -> tuple[Scores, Scores]:
+    """(inside, outside): per detected class, each matched detection's (score, camera-free
+    score), every ``step``-th frame of the drives."""
     engine, learned = EngineFactory().learned_fusion_engine(model)
     runner = LearnedFusionRunner.for_model(engine, learned)
     painter = build_painter(CameraPaintConfig(model="synth", kind="yolox", score_threshold=0.15))
     source = SyntheticSource(seeds, seconds=seconds, scene=scene)
-    inside: dict[str, list[float]] = defaultdict(list)
-    outside: dict[str, list[float]] = defaultdict(list)
+    inside: Scores = defaultdict(list)
+    outside: Scores = defaultdict(list)
     threshold = FusionConfig().camera_contribution
     for index in range(0, len(source), step):
         sample = source[index]
@@ -59,33 +69,32 @@ def contributions(
         for det, free in zip(dets, found.camera_free_score, strict=True):
             if not any(math.dist(b.center[:2], det.center[:2]) < MATCH_M for b in sample.boxes):
                 continue
-            gain = det.score - float(free)
             bearing = abs(math.degrees(math.atan2(det.center[1], det.center[0])))
             if bearing > OUTSIDE_DEG:
-                outside[det.label].append(gain)
+                outside[det.label].append((det.score, float(free)))
             elif bearing < INSIDE_DEG:
-                inside[det.label].append(gain)
+                inside[det.label].append((det.score, float(free)))
     return inside, outside
 
 
-def table(
-    rows: dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]], threshold: float
-) -> str:
+def table(rows: dict[str, tuple[Scores, Scores]], threshold: float) -> str:
     lines = [
         "| scene | class | seen objects | median contribution | 10th-90th pct | camera in sources "
-        "| outside the view: objects, max abs contribution |",
-        "| --- | --- | ---: | ---: | --- | ---: | --- |",
+        "| median in log-odds | outside the view: objects, max abs contribution |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     for scene, (inside, outside) in rows.items():
         for label in sorted(set(inside) | set(outside)):
-            gains = np.array(inside.get(label, []))
-            out = np.abs(np.array(outside.get(label, [])))
+            pairs = np.array(inside.get(label, [])).reshape(-1, 2)
+            gains = pairs[:, 0] - pairs[:, 1]
+            out = np.abs(np.array(outside.get(label, [])).reshape(-1, 2) @ [1.0, -1.0])
             if len(gains):
                 lo, mid, hi = np.percentile(gains, [10, 50, 90])
                 share = float(np.mean(gains > threshold))
-                seen = f"{mid:+.3f} | {lo:+.3f} to {hi:+.3f} | {share:.0%}"
+                odds = float(np.median(_logit(pairs[:, 0]) - _logit(pairs[:, 1])))
+                seen = f"{mid:+.3f} | {lo:+.3f} to {hi:+.3f} | {share:.0%} | {odds:+.2f}"
             else:
-                seen = "- | - | -"
+                seen = "- | - | - | -"
             far = f"{len(out)}, {out.max():.3f}" if len(out) else "0, -"
             lines.append(f"| {scene} | {label} | {len(gains)} | {seen} | {far} |")
     return "\n".join(lines)

@@ -348,9 +348,11 @@ class FusionConfig:
     score_threshold: float | None = None
     """Learned detections below this score are dropped; null: the thresholds per class the
     model was tuned to on its training run's validation drives (0.3 where it has none)."""
-    camera_contribution: float = 0.05
+    camera_contribution: float = 0.02
     """A learned detection lists the camera among its sources when its score without the
-    camera's painted features is lower by more than this."""
+    camera's painted features is lower by more than this. Above what the packaged engine shows
+    for objects no camera sees (where removing the camera can change nothing but through the
+    network's reach into the view: at most 0.006, 99% under 0.016, on its validation drives)."""
 
     def __post_init__(self) -> None:
         if self.kind not in FUSION_KINDS:
