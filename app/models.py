@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engines.cache import file_sha256
+from engines.camera.detector import CameraDetector
 from engines.errors import ModelError
 from engines.registry import (
     DEFAULT_MODEL_CACHE_DIR,
@@ -24,10 +25,12 @@ from engines.registry import (
 )
 from perception.config import CameraModelConfig, NodeConfig
 from perception.pipeline import Pipeline
+from perception.pipeline.pipeline import build_detector as pipeline_build_detector
 
 __all__ = [
     "SYNTH_CAMERA_MODEL",
     "ModelEntry",
+    "build_detector",
     "build_pipeline",
     "camera_model_file",
     "choose_camera_model",
@@ -86,6 +89,12 @@ def camera_model_file(config: NodeConfig, cache_dir: Path | None = None) -> Path
             f"{info.filename}: perception models fetch {info.name} --source-dir DIR, "
             "or give --model FILE.onnx"
         ) from e
+
+
+def build_detector(config: NodeConfig) -> CameraDetector:
+    """The camera encoder of `config` alone, as `build_pipeline` builds it, with its 2D
+    detector (no lidar or fusion engines)."""
+    return pipeline_build_detector(config.camera_model, camera_model_file(config), config.engines)
 
 
 def build_pipeline(config: NodeConfig) -> Pipeline:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.bench.sweeps import Sweep
-from app.models import build_pipeline
+from app.models import build_detector
 from perception.config import NodeConfig
 from perception.msgs.types import CameraFrame
 from perception.pipeline.pipeline import frame_image
@@ -42,7 +42,7 @@ def time_camera_encoder(
     images = [i for i in images if i]
     if not images:
         return None
-    detector = build_pipeline(config).detector
+    detector = build_detector(config)
     times: list[int] = []
     for k in range(rounds + 1):
         start = time.perf_counter_ns()

@@ -47,9 +47,38 @@ from perception.pipeline.painting import PaintView, paint_points
 from perception.pipeline.timing import StageTimer
 from perception.ratelimit import RateLimitedLogger
 
-__all__ = ["Pipeline", "PipelineConfig", "StepFrame", "frame_image"]
+__all__ = [
+    "Pipeline",
+    "PipelineConfig",
+    "StepFrame",
+    "build_detector",
+    "camera_detector",
+    "frame_image",
+]
 
 log = logging.getLogger(__name__)
+
+
+def camera_detector(model: CameraModelConfig, engine: Engine) -> CameraDetector:
+    """The 2D detector of `model` (its head, score threshold, NMS) around the camera encoder
+    `engine`."""
+    return CameraDetector(
+        engine, kind=model.kind, score_threshold=model.score_threshold, nms_iou=model.nms_iou
+    )
+
+
+def build_detector(
+    model: CameraModelConfig, model_path: Path | None = None, engines: EngineSettings | None = None
+) -> CameraDetector:
+    """The camera encoder alone, as `Pipeline.from_config` builds it (the engine factory, the
+    model's batch and threads) with its 2D detector: for what times or runs only the camera.
+
+    Raises as `Pipeline.from_config` does for the camera model."""
+    factory = EngineFactory(engines or EngineSettings())
+    engine = factory.camera_encoder(
+        model_path or model.path, batch=model.batch, threads=model.num_threads or None
+    )
+    return camera_detector(model, engine)
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,12 +218,7 @@ class Pipeline:
             fusion_config=fusion_config,
             learned_model=None if config.fusion.kind == "geometric" else config.fusion.model,
         )
-        detector = CameraDetector(
-            built.camera,
-            kind=model.kind,
-            score_threshold=model.score_threshold,
-            nms_iou=model.nms_iou,
-        )
+        detector = camera_detector(model, built.camera)
         encoder = LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)
         learned = None
         if built.learned is not None:

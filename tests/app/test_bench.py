@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -37,9 +38,11 @@ from app.bench import (
     write_report,
 )
 from app.bench.sweeps import with_engines
+from app.bench.yardstick import time_camera_encoder
+from app.models import build_detector, build_pipeline
 from engines.errors import EngineError
 from engines.settings import EngineSettings
-from perception.config import NodeConfig, parse_config
+from perception.config import CameraModelConfig, NodeConfig, parse_config
 from perception.errors import PerceptionError
 from perception.msgs.types import (
     CameraFrame,
@@ -51,6 +54,7 @@ from perception.msgs.types import (
     Message,
     RigMessage,
 )
+from replay.datasets.kitti_object import KittiObjectFolder
 
 MS = 1_000_000
 
@@ -503,3 +507,20 @@ def test_cuda_without_a_usable_gpu_is_refused() -> None:
         resolve_engines(EngineSettings("tensorrt", "auto"))
     fallback = resolve_engines(EngineSettings("tensorrt", "auto", fallback="onnxruntime"))
     assert fallback.description.endswith("running onnxruntime on cpu")
+
+
+def test_the_camera_encoder_alone_is_the_pipelines(kitti_dir: Path, yolox_path: Path) -> None:
+    """The bench's yardstick builds only the camera encoder, as the node's pipeline builds it:
+    the same boxes on a real KITTI image, and a median time over the sweeps' images."""
+    if not yolox_path.is_file():
+        pytest.skip(f"real data not found: {yolox_path}")
+    config = NodeConfig(camera_model=CameraModelConfig(path=str(yolox_path), kind="yolox"))
+    image = cv2.imread(str(kitti_dir / "image_2" / "000003.png"))
+    assert image is not None
+    boxes = build_detector(config).detect(image)
+    assert boxes == build_pipeline(config).detector.detect(image) and boxes
+    folder = KittiObjectFolder(kitti_dir, lidar_dir="velodyne")
+    messages = [m for i in range(len(folder.frames)) for m in folder.frame_messages(i, i * MS)]
+    records = [(m.header.stream, m) for m in messages]
+    timed = time_camera_encoder(config, group_sweeps(records), rounds=3)
+    assert timed is not None and timed.rounds == 3 and timed.median_ms > 0
