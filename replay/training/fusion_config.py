@@ -142,6 +142,19 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
         model = LearnedFusionConfig.from_dict(dict(model_doc))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: model: {e}") from e
+    gt_sampling = (
+        _section(doc, "gt_sampling", GtSamplingConfig, where)
+        if doc.get("gt_sampling") is not None
+        else None
+    )
+    if gt_sampling is not None:
+        # Class names are checked against the head's classes now, not after the samples are
+        # prepared (minutes in).
+        try:
+            gt_sampling.class_counts(model.classes)
+            gt_sampling.decoy_counts(model.classes)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     return FusionTrainConfig(
         train_sources=tuple(dict(e) for e in train or ()),
         val_sources=tuple(dict(e) for e in val),
@@ -151,11 +164,7 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
         optim=_section(doc, "train", OptimConfig, where),
         augment=_section(doc, "augment", AugmentConfig, where),
         dropout=_section(doc, "dropout", DropoutConfig, where),
-        gt_sampling=(
-            _section(doc, "gt_sampling", GtSamplingConfig, where)
-            if doc.get("gt_sampling") is not None
-            else None
-        ),
+        gt_sampling=gt_sampling,
         base_dir=base_dir,
     )
 

@@ -100,6 +100,15 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
             {"data": {"train": [{"kind": "synthetic"}]}, "gt_sampling": {"probability": 3}},
             "gt_sampling",
         ),
+        # Class names are checked when the config is read, before minutes of preparing.
+        (
+            {"data": {"train": [{"kind": "synthetic"}]}, "gt_sampling": {"counts": {"Bus": 1}}},
+            r"cfg\.yaml: gt_sampling\.counts: unknown class\(es\) Bus",
+        ),
+        (
+            {"data": {"train": [{"kind": "synthetic"}]}, "gt_sampling": {"decoys": {"Van": 1}}},
+            r"cfg\.yaml: gt_sampling\.decoys: unknown class\(es\) Van",
+        ),
     ],
 )
 def test_bad_training_configs_are_refused_with_the_key(doc: dict[str, Any], message: str) -> None:
