@@ -8,23 +8,16 @@ benchmarks.attribution`)."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
-from engines.factory import EngineFactory
 from engines.fusion.learned_config import PACKAGED_LEARNED_MODEL
-from engines.fusion.learned_runner import LearnedFusionRunner
 from perception.config import FusionConfig
-from perception.pipeline.ensemble import learned_detections
 from perception.pipeline.painting import PaintView, paint_points
-from replay.training.fusion_config import CameraPaintConfig
-from replay.training.fusion_data import prepare
-from replay.training.gt_sampling import points_in_boxes
+from replay.training.attribution import attributed_detections
 from replay.training.sources import SyntheticSource
-from replay.training.train_fusion import build_painter
 
 # The camera's half field of view is 40.7 degrees; objects well outside it and well inside it.
 OUTSIDE_DEG = 50.0
@@ -41,43 +34,27 @@ BOTH_MODALITIES = 0.8
 
 @pytest.mark.skipif(not PACKAGED_LEARNED_MODEL.is_file(), reason="no packaged learned model")
 def test_camera_contribution_is_zero_outside_the_view_and_both_modalities_inside() -> None:
-    engine, model = EngineFactory().learned_fusion_engine("learned_fusion")
-    runner = LearnedFusionRunner.for_model(engine, model)
-    painter = build_painter(CameraPaintConfig(model="synth", kind="yolox", score_threshold=0.15))
-    classes = model.config.classes
     source = SyntheticSource([4, 5], seconds=1.0)  # seeds training never used
+    frames = (source[i] for i in range(0, len(source), 2))
     outside: list[float] = []
     # Per class: whether each object in view, named by the camera, lists the camera.
     named: dict[str, list[bool]] = defaultdict(list)
-    for index in range(0, len(source), 2):
-        sample = source[index]
-        prepared = prepare(sample, painter, model.config)
-        found = runner.run(prepared.points)
-        dets = learned_detections(
-            found.rows, found.camera_free_score, classes,
-            camera_seen=True, camera_contribution=CAMERA_CONTRIBUTION,
-        )  # fmt: skip
-        for det, free in zip(dets, found.camera_free_score, strict=True):
-            gain = det.score - float(free)
-            assert ("camera" in det.sources) == (gain > CAMERA_CONTRIBUTION)
-            # Each detection says what the camera contributed: the same difference.
-            assert det.camera_contribution == pytest.approx(gain, abs=1e-9)
-            near = [b for b in sample.boxes if math.dist(b.center[:2], det.center[:2]) < 1.0]
-            if not near:
-                continue
-            bearing = abs(math.degrees(math.atan2(det.center[1], det.center[0])))
-            if bearing > OUTSIDE_DEG:
-                outside.append(gain)
-            elif bearing < INSIDE_DEG:
-                box = near[0]
-                row = np.array([[*box.center, *box.size, box.yaw]], np.float32)
-                (inside,) = points_in_boxes(prepared.points, row)
-                painted = prepared.points[inside, 4 + classes.index(det.label)]
-                if len(painted) and float(painted.max()) > 0.0:
-                    named[det.label].append("camera" in det.sources)
+    for found in attributed_detections(frames, camera_contribution=CAMERA_CONTRIBUTION):
+        det = found.detection
+        gain = det.score - found.camera_free_score
+        assert ("camera" in det.sources) == (gain > CAMERA_CONTRIBUTION)
+        # Each detection says what the camera contributed: the same difference.
+        assert det.camera_contribution == pytest.approx(gain, abs=1e-9)
+        if not found.matched:
+            continue
+        if found.bearing_deg > OUTSIDE_DEG:
+            outside.append(gain)
+        elif found.bearing_deg < INSIDE_DEG and found.named_by_camera:
+            named[det.label].append("camera" in det.sources)
     assert len(outside) >= 5, outside
     assert max(abs(g) for g in outside) < OUTSIDE_TOLERANCE, outside
-    assert sum(len(v) for v in named.values()) >= 30 and len(named) == len(classes), named
+    # Every class of the engine (Car, Pedestrian, Cyclist), 30 objects or more.
+    assert sum(len(v) for v in named.values()) >= 30 and len(named) == 3, named
     shares = {label: float(np.mean(v)) for label, v in named.items()}
     overall = float(np.mean([x for v in named.values() for x in v]))
     assert overall >= BOTH_MODALITIES, shares
