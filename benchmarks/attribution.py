@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.errors import ModelError
 from perception.config import FusionConfig
+from replay.synth.world import SCENES
 from replay.training.attribution import Attributed, attributed_detections
 from replay.training.sources import SyntheticSource
 
@@ -108,11 +110,14 @@ def main() -> None:
     parser.add_argument("--model", default="learned_fusion")
     parser.add_argument("--seeds", type=int, nargs="+", default=[4, 5])
     parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--scenes", nargs="+", default=["simple", "rich"])
+    parser.add_argument("--scenes", nargs="+", default=list(SCENES), choices=SCENES)
     parser.add_argument("--threshold", type=float, default=FusionConfig().camera_contribution)
     args = parser.parse_args()
-    rows = {s: matched(args.model, args.seeds, args.seconds, s, args.threshold)
-            for s in args.scenes}  # fmt: skip
+    try:
+        rows = {s: matched(args.model, args.seeds, args.seconds, s, args.threshold)
+                for s in args.scenes}  # fmt: skip
+    except (ModelError, ValueError) as e:
+        parser.error(str(e))
     print(table(rows, args.threshold))
     print()
     print(named_table(rows, args.threshold))
