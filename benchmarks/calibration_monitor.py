@@ -20,6 +20,11 @@ the ground-truth boxes (the node leaves out its detections'). Counts the flags r
 
 `--kitti`: the offline check (`perception calib check --frames`) of all the KITTI object frames
 together, with the true calibration and with 1 degree about each axis, both signs.
+
+`--landscape SEED`: what the evidence can tell apart. The frames the monitor would use over 10 s
+of the rich world (rendered as for `--minutes`), pooled, scored at a grid of pitches and heights
+around the truth, and along the optical axis with the camera's stamp taken 10 ms early, on
+time and 10 ms late (the ego motion to the exposure computed for the wrong instant).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from app.models import build_pipeline, choose_camera_model
-from calibration import PinholeCamera
+from calibration import PinholeCamera, RigidTransform
 from calibration.monitor import (
     CalibrationMonitor,
     Correction,
@@ -211,6 +216,96 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     ]
 
 
+def _world_frames(
+    seed: int, frames: int, time_error_ns: int = 0
+) -> tuple[PinholeCamera, RigidTransform, list[tuple[np.ndarray, np.ndarray, float]]]:
+    """`frames` frames of the rich world as the monitor gets them (every `every_n_sweeps`-th
+    sweep, points at the exposure, ground-truth objects left out), the ego motion to the
+    exposure computed `time_error_ns` off."""
+    rig = synth_rig()
+    camera = rig.cameras[CAMERA_NAME]
+    assert isinstance(camera, PinholeCamera)
+    vehicle_from_camera = rig.transform("vehicle", f"camera/{CAMERA_NAME}")
+    defaults = NodeConfig().calibration_monitor
+    every = defaults.every_n_sweeps
+    rng = np.random.Generator(np.random.PCG64(seed))
+    world = make_world(rng, frames * every * LIDAR_PERIOD_NS * 1e-9 + 1.0, scene="rich")
+    out = []
+    odometer = 0.0
+    for i in range(0, frames * every, every):
+        t0 = i * LIDAR_PERIOD_NS * 1e-9
+        pts, offsets, _ = lidar_sweep(world, t0, rng)
+        exposure = t0 + CAMERA_OFFSET_NS * 1e-9
+        image, _ = render_camera(world, exposure, camera, vehicle_from_camera)
+        (vx, vy), yaw_rate = _twist(world, t0)
+        moved = deskew_points(
+            pts, offsets, (vx, vy, 0.0), yaw_rate, CAMERA_OFFSET_NS + time_error_ns
+        )
+        boxes = [(b["center"], b["size"], b["yaw"]) for b in world.boxes_in_vehicle(exposure)]
+        keep = ~object_mask(moved, boxes, defaults.object_margin_m)
+        odometer += math.hypot(vx, vy) * every * LIDAR_PERIOD_NS * 1e-9
+        out.append((moved[keep], image, odometer))
+    return camera, vehicle_from_camera, out
+
+
+def _pooled(
+    camera: PinholeCamera,
+    vehicle_from_camera: RigidTransform,
+    frames: Sequence[tuple[np.ndarray, np.ndarray, float]],
+) -> CalibrationMonitor:
+    """A monitor holding all of `frames`, with no fit yet."""
+    config = replace(
+        NodeConfig().calibration_monitor.monitor,
+        window_frames=len(frames),
+        min_frames=len(frames),
+        evaluate_every=10**9,
+    )
+    monitor = CalibrationMonitor(camera, vehicle_from_camera, config)
+    for points, image, odometer in frames:
+        monitor.add(points, image, travelled_m=odometer)
+    return monitor
+
+
+def landscape_table(seed: int, frames: int = 25) -> list[str]:
+    """The pooled score around the truth (see the module docstring)."""
+    camera, vehicle_from_camera, pooled = _world_frames(seed, frames)
+    monitor = _pooled(camera, vehicle_from_camera, pooled)
+    steps = (-4, -2, -1, 0, 1, 2, 4)
+    lines = [
+        f"rich world, seed {seed}: {monitor.frames} frames pooled (every "
+        f"{NodeConfig().calibration_monitor.every_n_sweeps}th sweep); MI (nats) at pitch "
+        "(rows, degrees) and height (columns, cm) corrections of the true extrinsic",
+        "",
+        "| pitch, height (cm) | " + " | ".join(f"{2.5 * k:+.1f}" for k in steps) + " |",
+        "| --- |" + " ---: |" * len(steps),
+    ]
+    for p in steps:
+        row = [
+            monitor.score_at(Correction((0.0, 0.25 * p, 0.0), (0.0, 0.0, 0.025 * k))) for k in steps
+        ]
+        lines.append(f"| {0.25 * p:+.2f} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
+    along = (-12, -8, -4, -2, 0, 2, 4, 8, 12)
+    lines += [
+        "",
+        "MI along the optical axis (x, cm) with the camera's instant taken wrong by (ms):",
+        "",
+        "| time error | " + " | ".join(f"{2.5 * k:+.0f}" for k in along) + " | peak |",
+        "| --- |" + " ---: |" * (len(along) + 1),
+    ]
+    on_time = monitor
+    for error_ms in (-10, 0, 10):
+        monitor = on_time
+        if error_ms:
+            camera, vehicle_from_camera, pooled = _world_frames(seed, frames, error_ms * 1_000_000)
+            monitor = _pooled(camera, vehicle_from_camera, pooled)
+        row = [monitor.score_at(Correction((0.0, 0.0, 0.0), (0.025 * k, 0.0, 0.0))) for k in along]
+        peak = 2.5 * along[int(np.argmax(row))]
+        lines.append(
+            f"| {error_ms:+d} | " + " | ".join(f"{v:.4f}" for v in row) + f" | {peak:+.1f} cm |"
+        )
+    return lines
+
+
 def _twist(world: object, t: float) -> tuple[tuple[float, float], float]:
     """The ego velocity (vehicle frame, m/s) and yaw rate (rad/s) at `t`."""
     ego_pose = world.ego_pose  # type: ignore[attr-defined]
@@ -255,7 +350,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[300, 301, 302, 303, 304])
     parser.add_argument("--kitti", type=Path)
     parser.add_argument("--model", help="camera model for --kitti (an ONNX file)")
+    parser.add_argument("--landscape", type=int, metavar="SEED")
     args = parser.parse_args()
+    if args.landscape is not None:
+        print("\n".join(landscape_table(args.landscape)) + "\n", flush=True)
     if args.drive:
         print("\n".join(drive_table(args.drive)) + "\n", flush=True)
     if args.minutes:

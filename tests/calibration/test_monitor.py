@@ -211,3 +211,25 @@ def test_kitti_frames_pooled_rank_the_true_calibration_first(
             assert not is_drift(fit.correction, fit.sigma, config)
         else:
             assert yaw < 0.8, fit.correction
+
+
+def test_the_window_scores_any_correction(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """`score_at` is the pooled MI the search climbs: at the centre it is the fit's score, and
+    on real frames a 1-degree yaw scores below the truth."""
+    frames = [_kitti(kitti_frame, kitti_dir, i) for i in ("000003", "000005", "000008")]
+    first = frames[0][0]
+    config = MonitorConfig(window_frames=3, min_frames=1, evaluate_every=10**6)
+    monitor = CalibrationMonitor(first.camera, first.camera_from_vehicle.inverse(), config)
+    for frame, image in frames:
+        assert monitor.add(
+            frame.points,
+            image,
+            camera=frame.camera,
+            vehicle_from_camera=frame.camera_from_vehicle.inverse(),
+        )
+    truth = monitor.score_at(Correction())
+    assert truth == pytest.approx(monitor.fit().score)
+    assert monitor.score_at(Correction((0.0, 0.0, 1.0))) < truth
+    assert monitor.score_at(Correction((0.0, 0.0, -1.0))) < truth
