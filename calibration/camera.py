@@ -183,6 +183,57 @@ class CameraModel(ABC):
         uv, depth = self.project(points_cam)
         return uv, depth, self.in_image(uv) & (depth > MIN_DEPTH_M)
 
+    def view_mask(self, points_cam: npt.ArrayLike) -> BoolArray:
+        """`visible`'s mask alone (N x 3 points in the camera frame), without projecting the
+        points that cannot reach the image: a spinning lidar's sweep is mostly behind or
+        beside a camera, and the distortion model is the costly part of `project`. The cull
+        keeps every point whose undistorted normalised coordinates fall in the box that holds
+        the image's border undistorted (grown by 2%), so the mask is `visible`'s exactly."""
+        p = np.asarray(points_cam, dtype=np.float64).reshape(-1, np.shape(points_cam)[-1])[:, :3]
+        out = np.zeros(p.shape[0], dtype=bool)
+        depth = p[:, 2]
+        front = depth > MIN_DEPTH_M
+        lo, hi = self._normalized_bounds()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = p[:, 0] / depth
+            y = p[:, 1] / depth
+        near = np.flatnonzero(front & (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]))
+        if near.size:
+            uv, d = self.project(p[near])
+            out[near] = self.in_image(uv) & (d > MIN_DEPTH_M)
+        return out
+
+    def _normalized_bounds(self) -> tuple[FloatArray, FloatArray]:
+        """(low, high) normalised coordinates (x/z, y/z) of a box holding every point that
+        projects into the image (see `view_mask`); unbounded where the border does not
+        undistort to finite values."""
+        cached = self._cache.get("normalized_bounds")
+        if cached is None:
+            w, h = float(self.width), float(self.height)
+            u = np.linspace(-0.5, w - 0.5, max(self.width // 4, 2) + 1)
+            v = np.linspace(-0.5, h - 0.5, max(self.height // 4, 2) + 1)
+            border = np.concatenate(
+                [
+                    np.column_stack([u, np.full_like(u, -0.5)]),
+                    np.column_stack([u, np.full_like(u, h - 0.5)]),
+                    np.column_stack([np.full_like(v, -0.5), v]),
+                    np.column_stack([np.full_like(v, w - 0.5), v]),
+                ]
+            )
+            xy = self.normalized(border)
+            cached = (np.full(2, -np.inf), np.full(2, np.inf))
+            # Only a border that the model reaches bounds the view: where the image's corners
+            # lie beyond the distortion's monotonic range, the undistorted border is no
+            # outline of it (the projection back onto the border tells).
+            back, _ = self.project(np.column_stack([xy, np.ones(len(xy))]))
+            if np.all(np.isfinite(back)) and float(np.abs(back - border).max()) < 0.5:
+                lo, hi = xy.min(axis=0), xy.max(axis=0)
+                grow = 0.02 * (hi - lo)
+                cached = (lo - grow, hi + grow)
+            self._cache["normalized_bounds"] = cached
+        bounds: tuple[FloatArray, FloatArray] = cached
+        return bounds
+
     def back_project(self, uv: npt.ArrayLike, depth: npt.ArrayLike) -> FloatArray:
         """Pixels (N x 2) with depths (N, z in metres) -> N x 3 points in the camera frame.
 

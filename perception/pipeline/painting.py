@@ -49,19 +49,22 @@ def paint_points(
     homogeneous = np.concatenate([pts[:, :3].astype(np.float64), np.ones((n, 1))], axis=1)
     for view in views:
         in_camera = homogeneous @ np.asarray(view.camera_from_vehicle, np.float64).T
-        uv, depth = view.model.project(in_camera[:, :3])
-        seen = view.model.in_image(uv) & (depth > 0)
+        # Only the points this camera sees are projected and tested against its boxes (a
+        # sweep is mostly behind or beside a camera).
+        seen = np.flatnonzero(view.model.view_mask(in_camera[:, :3]))
         paint[seen, -1] = 1.0
+        if not len(seen) or not view.boxes:
+            continue
+        uv, _ = view.model.project(in_camera[seen, :3])
         for box in view.boxes:
             c = index.get(box.label)
             if c is None:
                 continue
-            inside = (
-                seen
-                & (uv[:, 0] >= box.x1)
+            inside = seen[
+                (uv[:, 0] >= box.x1)
                 & (uv[:, 0] < box.x2)
                 & (uv[:, 1] >= box.y1)
                 & (uv[:, 1] < box.y2)
-            )
+            ]
             paint[inside, c] = np.maximum(paint[inside, c], np.float32(box.score))
     return np.concatenate([pts[:, :4], paint], axis=1)

@@ -118,3 +118,57 @@ def test_the_undistorted_model_projects_into_the_undistorted_image() -> None:
     np.testing.assert_allclose([mx[v, u], my[v, u]], uv_distorted[0], atol=1.0)
     plain = PinholeCamera(k, (), 1240, 370)
     assert plain.undistorted() is plain
+
+
+def _sweep(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Points all around the camera (a spinning lidar's sweep in the camera frame), 0.5-80 m."""
+    direction = rng.normal(size=(n, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return direction * rng.uniform(0.5, 80.0, (n, 1))
+
+
+@pytest.mark.parametrize(
+    "camera",
+    [
+        PinholeCamera(np.array([[720.0, 0, 621], [0, 720.0, 187], [0, 0, 1]]), (), 1242, 375),
+        # KITTI raw camera 0: its corners lie near where the radial polynomial turns back.
+        PinholeCamera(
+            np.array([[984.2439, 0, 690.0], [0, 980.8141, 233.1966], [0, 0, 1]]),
+            (-0.3728755, 0.2037299, 0.002219027, 0.001383707, -0.07233722),
+            1392,
+            512,
+        ),
+        # Corners beyond the polynomial's monotonic range: the cull must not bound the view.
+        PinholeCamera(
+            np.array([[300.0, 0, 640], [0, 300.0, 400], [0, 0, 1]]),
+            (-0.45, 0.0, 0.0, 0.0),
+            1280,
+            800,
+        ),
+        FisheyeCamera(
+            np.array([[380.0, 0.0, 640.0], [0.0, 380.0, 400.0], [0.0, 0.0, 1.0]]),
+            (0.05, -0.01, 0.002, -0.0005),
+            1280,
+            800,
+        ),
+    ],
+    ids=["pinhole", "kitti-raw", "folding", "fisheye"],
+)
+def test_view_mask_is_the_visible_mask(camera: PinholeCamera | FisheyeCamera) -> None:
+    rng = np.random.default_rng(7)
+    pts = _sweep(rng, 200_000)
+    # And points on the image's border, where a cull that is too tight would show.
+    h, w = camera.height, camera.width
+    border = np.concatenate(
+        [
+            np.column_stack([rng.uniform(-1, w, 2000), rng.choice([-0.6, -0.4, h - 0.6], 2000)]),
+            np.column_stack([rng.choice([-0.6, -0.4, w - 0.6], 2000), rng.uniform(-1, h, 2000)]),
+        ]
+    )
+    inside = camera.in_image(border)
+    depth = rng.uniform(1.0, 50.0, len(border))
+    on_border = camera.back_project(border[inside], depth[inside])
+    pts = np.concatenate([pts, on_border])
+    mask = camera.view_mask(pts)
+    assert np.array_equal(mask, camera.visible(pts)[2])
+    assert 100 < mask.sum() < len(pts) // 2
