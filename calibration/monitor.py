@@ -527,20 +527,22 @@ class CalibrationMonitor:
             pts = pts[int(self._rng.integers(step)) :: step]
         xyz = np.asarray(pts[:, :3], dtype=np.float64)
         intensity = np.asarray(pts[:, 3], dtype=np.float64)
-        ok = np.isfinite(xyz).all(axis=1) & np.isfinite(intensity)
         cam = xyz @ m[:, :3].T + m[:, 3]
-        ok &= cam[:, 2] > 1.0
-        idx = np.flatnonzero(ok)
-        # Pinhole (no distortion) is enough to pick the points near the image.
-        h = cam[idx] @ camera.k.T
-        uv = h[:, :2] / h[:, 2:3]
-        margin = 0.1 * max(camera.width, camera.height)
+        # Comparisons with NaN are false: a non-finite point is never near the image.
         with np.errstate(invalid="ignore"):
+            idx = np.flatnonzero((cam[:, 2] > 1.0) & np.isfinite(intensity))
+        # Pinhole (no distortion) is enough to pick the points near the image.
+        k = camera.k
+        c = cam[idx]
+        with np.errstate(invalid="ignore", over="ignore"):
+            u = (k[0, 0] * c[:, 0] + k[0, 1] * c[:, 1] + k[0, 2] * c[:, 2]) / c[:, 2]
+            v = (k[1, 1] * c[:, 1] + k[1, 2] * c[:, 2]) / c[:, 2]
+            margin = 0.1 * max(camera.width, camera.height)
             near = (
-                (uv[:, 0] > -margin)
-                & (uv[:, 0] < camera.width + margin)
-                & (uv[:, 1] > -margin)
-                & (uv[:, 1] < camera.height + margin)
+                (u > -margin)
+                & (u < camera.width + margin)
+                & (v > -margin)
+                & (v < camera.height + margin)
             )
         idx = idx[near]
         if len(idx) > cfg.max_points:
