@@ -102,6 +102,11 @@ class FusionEngineRunner:
         it (CPU, ONNX Runtime)."""
         return self.engine.last_gpu_ns
 
+    @property
+    def shapes(self) -> tuple[Shape, ...]:
+        """Every static shape a call may run at (the buckets, or the full shape alone)."""
+        return self._buckets.shapes if self._buckets is not None else (self.config.full_shape,)
+
     def shape_for(self, num_points: int, num_boxes: int) -> Shape:
         """The static shape a call with this many points and boxes runs at: the smallest bucket
         that holds them, or the full shape for an engine without buckets.

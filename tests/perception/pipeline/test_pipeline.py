@@ -154,3 +154,19 @@ def test_torch_backend_gives_the_onnxruntime_detections(kitti_dir: Path, yolox_p
             assert (a.label, a.sources) == (b.label, b.sources)
             assert np.allclose(a.center, b.center, atol=1e-3)
             assert np.allclose(a.size, b.size, atol=1e-3)
+
+
+def test_warm_up_makes_every_fusion_bucket_and_changes_no_output(
+    kitti_dir: Path, yolox_path: Path
+) -> None:
+    """A bucket's engine made mid-drive stalls that frame (150-190 ms here, a dropped sweep at
+    10 Hz): the node's warm-up makes and runs all of them before the first sweep."""
+    cold = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+    warm = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+    buckets = warm.fusion._buckets
+    assert buckets is not None and len(buckets.shapes) > 2
+    assert buckets.loaded_shapes != buckets.shapes
+    warm.warm_up()
+    assert buckets.loaded_shapes == buckets.shapes == warm.fusion.shapes
+    bundle = _bundle(kitti_dir, None)
+    assert warm.step(bundle, 0).detections == cold.step(bundle, 0).detections
