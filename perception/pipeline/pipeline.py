@@ -263,26 +263,25 @@ class Pipeline:
         return tuple(lines)
 
     def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
-        """Runs every engine once on blank inputs, the fusion engine at each of its static
-        shapes: the first ONNX Runtime call of a session allocates its buffers, and a bucket's
-        engine is made on its first use (150-190 ms on this project's 2-core CPU), which must
-        not land in a frame's latency."""
+        """Runs every engine once on blank inputs, and makes the fusion engine of every
+        bucket shape: the first ONNX Runtime call of a session allocates its buffers, and a
+        bucket's engine made on its first use (150-190 ms on this project's 2-core CPU) would
+        stall that frame."""
         tensor, _ = self.detector.preprocess(np.zeros(image_shape, dtype=np.uint8))
         self.detector.infer(tensor)
         ground = GroundPlane.horizontal(self.config.ground.ground_prior_z_m)
         blank = np.zeros((1, 4), dtype=np.float32)
         self.lidar_objects.encode(blank, ground)
+        self.fusion.make_all()
         k = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
-        box = np.array([[0, 0, 10, 10, 0.5, 0]], dtype=np.float32)
-        for num_points, num_boxes in self.fusion.shapes:
-            self.fusion.run(
-                np.zeros((num_points, 4), dtype=np.float32),
-                np.repeat(box, num_boxes, axis=0),
-                np.eye(4),
-                k,
-                (640, 480),
-                (*ground.normal, ground.offset),
-            )
+        self.fusion.run(
+            blank,
+            np.array([[0, 0, 10, 10, 0.5, 0]], dtype=np.float32),
+            np.eye(4),
+            k,
+            (640, 480),
+            (*ground.normal, ground.offset),
+        )
         if self.learned is not None:
             self.learned.run(np.zeros((1, 4 + len(self.learned.config.classes) + 1), np.float32))
 

@@ -160,7 +160,7 @@ def test_warm_up_makes_every_fusion_bucket_and_changes_no_output(
     kitti_dir: Path, yolox_path: Path
 ) -> None:
     """A bucket's engine made mid-drive stalls that frame (150-190 ms here, a dropped sweep at
-    10 Hz): the node's warm-up makes and runs all of them before the first sweep."""
+    10 Hz): the node's warm-up makes all of them before the first sweep."""
     cold = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
     warm = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
     buckets = warm.fusion._buckets
