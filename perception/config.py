@@ -429,6 +429,13 @@ class CalibrationMonitorConfig:
     object_margin_m: float = 0.3
     """Points within this of a detection are left out: objects move between the lidar's and
     the camera's instants."""
+    budget_ms_per_sweep: float = 2.0
+    """The live node's bound on the monitor's CPU time, per processed sweep on average, ms (0:
+    none): a due sweep is passed over (counted, `calibration_over_budget`) while the monitor
+    has spent more than this per sweep since its start, allowing for `budget_burst_ms`."""
+    budget_burst_ms: float = 2000.0
+    """How far ahead of the budget the monitor may run, ms: a search for a drift (a few hundred
+    ms) is not cut short, a monitor searching all the time is held to the budget."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """The evidence and the decision."""
 
@@ -908,6 +915,17 @@ def _validate(cfg: NodeConfig) -> None:
             and cfg.calibration_monitor.object_margin_m >= 0,
             "calibration_monitor.object_margin_m",
             "must be >= 0",
+        ),
+        (
+            math.isfinite(cfg.calibration_monitor.budget_ms_per_sweep)
+            and cfg.calibration_monitor.budget_ms_per_sweep >= 0,
+            "calibration_monitor.budget_ms_per_sweep",
+            "must be >= 0 (0: no bound)",
+        ),
+        (
+            _positive(cfg.calibration_monitor.budget_burst_ms),
+            "calibration_monitor.budget_burst_ms",
+            "must be > 0",
         ),
         (_positive(cfg.clocks.max_offset_ms), "clocks.max_offset_ms", "must be > 0"),
         (_positive(cfg.clocks.jump_threshold_ms), "clocks.jump_threshold_ms", "must be > 0"),

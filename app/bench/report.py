@@ -202,9 +202,11 @@ def _calibration_text(diagnostics: dict[str, Any]) -> str:
     if not used or not published:
         return "off" if not used else "n/a"
     spent_ms = float(counters.get("calibration_ns") or 0) / 1e6
+    over = counters.get("calibration_over_budget") or 0
+    held = f"; {over} due sweeps passed over, its CPU budget spent" if over else ""
     return (
         f"{spent_ms / published:.2f} ms per sweep on average ({spent_ms / used:.1f} ms on each "
-        f"of the {used} of {published} sweeps it used), after the outputs are published"
+        f"of the {used} of {published} sweeps it used), after the outputs are published{held}"
     )
 
 

@@ -32,12 +32,43 @@ from perception.config import CalibrationMonitorConfig
 from perception.msgs.types import CalibrationStatus
 from perception.pipeline.pipeline import StepFrame
 
-__all__ = ["CalibrationWatch", "drift_notes", "status_of"]
+__all__ = ["CalibrationWatch", "CpuBudget", "drift_notes", "status_of"]
 
 log = logging.getLogger(__name__)
 
 #: The points handed to the monitors: at most this many times its `max_points` of a sweep.
 SHARE = 6
+
+
+class CpuBudget:
+    """A bound on a thread's CPU time per processed sweep on average (a token bucket): each
+    sweep adds ``per_sweep_ns`` of credit, up to ``burst_ns`` ahead; work spends it; while the
+    credit is spent, `allows` is false. ``per_sweep_ns`` 0: no bound. Not thread safe."""
+
+    def __init__(self, per_sweep_ns: int, burst_ns: int) -> None:
+        self.per_sweep_ns = per_sweep_ns
+        self.burst_ns = burst_ns
+        self.credit_ns = burst_ns
+
+    @staticmethod
+    def of(config: CalibrationMonitorConfig) -> CpuBudget:
+        """The budget of `config` (`budget_ms_per_sweep`, `budget_burst_ms`)."""
+        return CpuBudget(
+            round(config.budget_ms_per_sweep * 1e6), round(config.budget_burst_ms * 1e6)
+        )
+
+    def accrue(self, sweeps: int) -> None:
+        """``sweeps`` more sweeps were processed."""
+        self.credit_ns = min(self.credit_ns + sweeps * self.per_sweep_ns, self.burst_ns)
+
+    def allows(self) -> bool:
+        """Whether the work may run now."""
+        return self.per_sweep_ns == 0 or self.credit_ns > 0
+
+    def spend(self, ns: int) -> None:
+        """The work took ``ns``."""
+        if self.per_sweep_ns:
+            self.credit_ns -= ns
 
 
 @dataclass

@@ -143,7 +143,9 @@ class NodeCounters:
     calibration monitor used (perception.node.calibration), `calibration_ns` the time it spent
     on them in all (after the outputs were published), `calibration_errors` sweeps it failed on,
     `calibration_skipped` sweeps due to it that the live node's monitor thread was too busy to
-    take (a search over its window can take longer than a sweep).
+    take (a search over its window can take longer than a sweep), `calibration_over_budget`
+    those it passed over because the monitor had spent its CPU budget
+    (`calibration_monitor.budget_ms_per_sweep`).
     """
 
     received: int = 0
@@ -173,6 +175,7 @@ class NodeCounters:
     calibration_ns: int = 0
     calibration_errors: int = 0
     calibration_skipped: int = 0
+    calibration_over_budget: int = 0
     overruns_by_stage: dict[str, int] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, int]:
@@ -575,6 +578,12 @@ class NodeCore:
         still on an earlier one): counted, not queued."""
         with self._lock:
             self.counters.calibration_skipped += 1
+
+    def defer_calibration_frame(self) -> None:
+        """A due sweep passed over because the monitor has spent its CPU budget
+        (`calibration_monitor.budget_ms_per_sweep`): counted, not queued."""
+        with self._lock:
+            self.counters.calibration_over_budget += 1
 
     def observe_calibration(self, frame: StepFrame) -> None:
         """The calibration monitor on one sweep: timed, and a failure counted, never raised."""

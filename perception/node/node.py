@@ -10,7 +10,11 @@ several ready bundles at once; the core processes the newest and counts the othe
 (perception.node.calibration) runs on a third thread, started with its first sweep: the worker
 hands it a due sweep after publishing, and skips (counts, `calibration_skipped`) one while the
 monitor is still busy, because a search over the monitor's window can take longer than a sweep
-and must never hold up the next. (Offline replay runs it in line, deterministically.)
+and must never hold up the next. Its CPU time is bounded on average
+(`calibration_monitor.budget_ms_per_sweep`, perception.node.calibration.CpuBudget): while it is
+over budget, due sweeps are passed over (counted, `calibration_over_budget`), so a monitor that
+searches all the time (a scene without evidence) cannot take the cores the pipeline needs.
+(Offline replay runs it in line, deterministically, unbounded.)
 
 Everything the node decides is the core's (perception.node.core): this module adds only the
 sockets, the threads, the watchdog, the real-time settings and the measured queue and publish
@@ -62,6 +66,7 @@ from perception.errors import TransportError, WireError
 from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs.types import DetectionList, Diagnostics, Message
+from perception.node.calibration import CpuBudget
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
 from perception.node.metrics import NodeMetrics
 from perception.node.realtime import apply_realtime, gc_held
@@ -155,6 +160,7 @@ class Node:
         self._calibration_busy = False
         self._calibration_stop = False
         self._calibration_thread: threading.Thread | None = None
+        self._calibration_budget = CpuBudget.of(config.calibration_monitor)
         self._receiver_beat = _Heartbeat()
         self._worker_beat = _Heartbeat()
         # Handshakes refused on the input sockets: those of replaced receivers, and the current
@@ -353,6 +359,10 @@ class Node:
         is skipped (counted): a search over its window may take longer than a sweep, and must
         never hold up the next one."""
         with self._calibration_cond:
+            self._calibration_budget.accrue(self.config.calibration_monitor.every_n_sweeps)
+            if not self._calibration_budget.allows():
+                self.core.defer_calibration_frame()
+                return
             if self._calibration_frame is not None or self._calibration_busy:
                 self.core.skip_calibration_frame()
                 return
@@ -373,11 +383,14 @@ class Node:
                 if self._calibration_stop or frame is None:
                     return
                 self._calibration_busy = True
+            # Wall time, as the node reports the monitor's cost (`calibration_ns`).
+            start_ns = time.perf_counter_ns()
             try:
                 self.core.observe_calibration(frame)
             finally:
                 with self._calibration_cond:
                     self._calibration_busy = False
+                    self._calibration_budget.spend(time.perf_counter_ns() - start_ns)
 
     def _stop_calibration(self) -> None:
         with self._calibration_cond:

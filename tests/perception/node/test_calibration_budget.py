@@ -1,0 +1,102 @@
+"""The live node's bound on the calibration monitor's CPU time (`CpuBudget`,
+`calibration_monitor.budget_ms_per_sweep`): a monitor over budget passes due sweeps over,
+counted, and takes them again once the sweeps have paid its time back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from app.models import build_pipeline, choose_camera_model
+from perception.config import CalibrationMonitorConfig, NodeConfig, load_config
+from perception.errors import ConfigError
+from perception.node.calibration import CpuBudget
+from perception.node.core import NodeCore
+from perception.node.node import Node
+from perception.pipeline.pipeline import StepFrame
+from replay.offline import open_source, run_core
+
+
+def test_the_budget_is_paid_per_sweep_and_capped_by_the_burst() -> None:
+    budget = CpuBudget(per_sweep_ns=2_000_000, burst_ns=10_000_000)
+    assert budget.allows() and budget.credit_ns == 10_000_000
+    budget.spend(25_000_000)  # a search: 25 ms
+    assert not budget.allows()
+    budget.accrue(7)  # 14 ms back: still 1 ms short
+    assert not budget.allows()
+    budget.accrue(1)
+    assert budget.allows() and budget.credit_ns == 1_000_000
+    budget.accrue(1000)  # an idle monitor saves no more than the burst
+    assert budget.credit_ns == 10_000_000
+
+
+def test_no_budget_never_holds_the_monitor() -> None:
+    budget = CpuBudget.of(CalibrationMonitorConfig(budget_ms_per_sweep=0.0))
+    budget.spend(10**12)
+    assert budget.allows()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("budget_ms_per_sweep", "-1.0", "budget_ms_per_sweep: must be >= 0"),
+        ("budget_ms_per_sweep", ".nan", "budget_ms_per_sweep: must be >= 0"),
+        ("budget_burst_ms", "0", "budget_burst_ms: must be > 0"),
+    ],
+)
+def test_a_bad_budget_is_named(tmp_path: Path, key: str, value: str, match: str) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(f"calibration_monitor:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def _frames(drive: Path, config: NodeConfig) -> tuple[NodeCore, list[StepFrame]]:
+    opened = open_source(drive, config, topics_from_drive=True)
+    core = NodeCore(opened.config, build_pipeline(config), opened.default_rig)
+    core.calibration = None  # the frames only; the node under test has its own core
+    frames = []
+    for _ in run_core(core, opened.received):
+        assert core.pipeline.last_frame is not None
+        frames.append(core.pipeline.last_frame)
+    return core, frames[:6]
+
+
+def _offer_all(node: Node, frames: list[StepFrame]) -> None:
+    for frame in frames:
+        node._offer_calibration(frame)
+        deadline = time.monotonic() + 30.0
+        while (node._calibration_frame is not None or node._calibration_busy) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.005)
+    node._stop_calibration()
+
+
+@pytest.mark.parametrize("budget_ms", [0.0, 0.01])
+def test_a_monitor_over_budget_passes_sweeps_over(rich_drive: Path, budget_ms: float) -> None:
+    base = choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
+    config = replace(
+        base,
+        calibration_monitor=replace(
+            base.calibration_monitor,
+            every_n_sweeps=1,
+            budget_ms_per_sweep=budget_ms,
+            budget_burst_ms=0.01,
+        ),
+    )
+    core, frames = _frames(rich_drive, config)
+    node_core = NodeCore(config, core.pipeline)
+    node = Node(config, core.pipeline)
+    node.core = node_core
+    _offer_all(node, frames)
+    counters = node_core.counters
+    if budget_ms == 0.0:
+        assert (counters.calibration_sweeps, counters.calibration_over_budget) == (6, 0)
+    else:
+        # The first sweep spends far more than the 0.01 ms a sweep pays back.
+        assert (counters.calibration_sweeps, counters.calibration_over_budget) == (1, 5)
+    assert counters.calibration_errors == 0
