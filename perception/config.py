@@ -433,7 +433,7 @@ class CalibrationMonitorConfig:
     """The live node's bound on the monitor's CPU time, per processed sweep on average, ms (0:
     none): a due sweep is passed over (counted, `calibration_over_budget`) while the monitor
     has spent more than this per sweep since its start, allowing for `budget_burst_ms`."""
-    budget_burst_ms: float = 2000.0
+    budget_burst_ms: float = 1000.0
     """How far ahead of the budget the monitor may run, ms: a search for a drift (a few hundred
     ms) is not cut short, a monitor searching all the time is held to the budget."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
