@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,10 +155,7 @@ def drive_table(paths: Sequence[Path]) -> list[str]:
 
 def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     """The true calibration over `minutes` of rich-world driving (see the module docstring)."""
-    rig = synth_rig()
-    camera = rig.cameras[CAMERA_NAME]
-    assert isinstance(camera, PinholeCamera)
-    vehicle_from_camera = rig.transform("vehicle", f"camera/{CAMERA_NAME}")
+    camera, vehicle_from_camera = _synth_camera()
     defaults = NodeConfig().calibration_monitor
     every = defaults.every_n_sweeps
     seconds = minutes * 60.0 / len(seeds)
@@ -167,27 +164,11 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     worst = np.zeros(6)
     spent = 0.0
     for seed in seeds:
-        rng = np.random.Generator(np.random.PCG64(seed))
-        world = make_world(rng, seconds, scene="rich")
         monitor = CalibrationMonitor(camera, vehicle_from_camera, defaults.monitor)
-        odometer = 0.0
-        sweeps = round(seconds * 10)
         last_state = monitor.estimate().state
-        for i in range(0, sweeps, every):
-            t0 = i * LIDAR_PERIOD_NS * 1e-9
-            dt_ns = CAMERA_OFFSET_NS
-            pts, offsets, _ = lidar_sweep(world, t0, rng)
-            image, _ = render_camera(world, t0 + dt_ns * 1e-9, camera, vehicle_from_camera)
-            (vx, vy), yaw_rate = _twist(world, t0)
-            at_exposure = deskew_points(pts, offsets, (vx, vy, 0.0), yaw_rate, dt_ns)
-            boxes = [
-                (b["center"], b["size"], b["yaw"])
-                for b in world.boxes_in_vehicle(t0 + dt_ns * 1e-9)
-            ]
-            keep = ~object_mask(at_exposure, boxes, defaults.object_margin_m)
-            odometer += math.hypot(vx, vy) * every * LIDAR_PERIOD_NS * 1e-9
+        for points, image, odometer in _world_frames(seed, seconds):
             start = time.perf_counter()
-            monitor.add(at_exposure[keep], image, travelled_m=odometer)
+            monitor.add(points, image, travelled_m=odometer)
             spent += time.perf_counter() - start
             used += 1
             estimate = monitor.estimate()
@@ -216,23 +197,29 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     ]
 
 
-def _world_frames(
-    seed: int, frames: int, time_error_ns: int = 0
-) -> tuple[PinholeCamera, RigidTransform, list[tuple[np.ndarray, np.ndarray, float]]]:
-    """`frames` frames of the rich world as the monitor gets them (every `every_n_sweeps`-th
-    sweep, points at the exposure, ground-truth objects left out), the ego motion to the
-    exposure computed `time_error_ns` off."""
+def _synth_camera() -> tuple[PinholeCamera, RigidTransform]:
+    """The synthetic rig's camera and its exact vehicle_from_camera."""
     rig = synth_rig()
     camera = rig.cameras[CAMERA_NAME]
     assert isinstance(camera, PinholeCamera)
-    vehicle_from_camera = rig.transform("vehicle", f"camera/{CAMERA_NAME}")
+    return camera, rig.transform("vehicle", f"camera/{CAMERA_NAME}")
+
+
+def _world_frames(
+    seed: int, seconds: float, time_error_ns: int = 0, limit: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+    """The frames of `seconds` of the rich world as the monitor gets them (every
+    `every_n_sweeps`-th sweep; points at the exposure, ground-truth objects left out; the
+    odometer), at most `limit`, the ego motion to the exposure computed `time_error_ns` off."""
+    camera, vehicle_from_camera = _synth_camera()
     defaults = NodeConfig().calibration_monitor
     every = defaults.every_n_sweeps
     rng = np.random.Generator(np.random.PCG64(seed))
-    world = make_world(rng, frames * every * LIDAR_PERIOD_NS * 1e-9 + 1.0, scene="rich")
-    out = []
+    world = make_world(rng, seconds, scene="rich")
     odometer = 0.0
-    for i in range(0, frames * every, every):
+    for n, i in enumerate(range(0, round(seconds * 10), every)):
+        if limit is not None and n >= limit:
+            return
         t0 = i * LIDAR_PERIOD_NS * 1e-9
         pts, offsets, _ = lidar_sweep(world, t0, rng)
         exposure = t0 + CAMERA_OFFSET_NS * 1e-9
@@ -244,16 +231,16 @@ def _world_frames(
         boxes = [(b["center"], b["size"], b["yaw"]) for b in world.boxes_in_vehicle(exposure)]
         keep = ~object_mask(moved, boxes, defaults.object_margin_m)
         odometer += math.hypot(vx, vy) * every * LIDAR_PERIOD_NS * 1e-9
-        out.append((moved[keep], image, odometer))
-    return camera, vehicle_from_camera, out
+        yield moved[keep], image, odometer
 
 
 def _pooled(
     camera: PinholeCamera,
     vehicle_from_camera: RigidTransform,
-    frames: Sequence[tuple[np.ndarray, np.ndarray, float]],
+    stream: Iterable[tuple[np.ndarray, np.ndarray, float]],
 ) -> CalibrationMonitor:
-    """A monitor holding all of `frames`, with no fit yet."""
+    """A monitor holding all of `stream`'s frames, with no fit yet."""
+    frames = list(stream)
     config = replace(
         NodeConfig().calibration_monitor.monitor,
         window_frames=len(frames),
@@ -268,8 +255,10 @@ def _pooled(
 
 def landscape_table(seed: int, frames: int = 25) -> list[str]:
     """The pooled score around the truth (see the module docstring)."""
-    camera, vehicle_from_camera, pooled = _world_frames(seed, frames)
-    monitor = _pooled(camera, vehicle_from_camera, pooled)
+    camera, vehicle_from_camera = _synth_camera()
+    # The world of 1.1 s more than the frames span, as these figures were first measured.
+    seconds = frames * NodeConfig().calibration_monitor.every_n_sweeps / 10.0 + 1.0
+    monitor = _pooled(camera, vehicle_from_camera, _world_frames(seed, seconds, limit=frames))
     steps = (-4, -2, -1, 0, 1, 2, 4)
     lines = [
         f"rich world, seed {seed}: {monitor.frames} frames pooled (every "
@@ -296,8 +285,8 @@ def landscape_table(seed: int, frames: int = 25) -> list[str]:
     for error_ms in (-10, 0, 10):
         monitor = on_time
         if error_ms:
-            camera, vehicle_from_camera, pooled = _world_frames(seed, frames, error_ms * 1_000_000)
-            monitor = _pooled(camera, vehicle_from_camera, pooled)
+            late = _world_frames(seed, seconds, error_ms * 1_000_000, limit=frames)
+            monitor = _pooled(camera, vehicle_from_camera, late)
         row = [monitor.score_at(Correction((0.0, 0.0, 0.0), (0.025 * k, 0.0, 0.0))) for k in along]
         peak = 2.5 * along[int(np.argmax(row))]
         lines.append(
