@@ -14,7 +14,10 @@ vehicle axes, about the camera's centre. A quadratic through each axis' five sco
 peak and, from the fit's residuals, its uncertainty. Where an axis' peak lies beyond the
 candidates (a large error), the centre moves there and the evidence starts over; an axis whose
 scores are flat (a translation along the optical axis changes the projection very little) is
-not significant and moves nothing.
+not significant and moves nothing. Pitch and height (and yaw and a sideways shift) move the
+image alike: their scores form a ridge along which one axis' fit, holding the other, cannot
+move. Each ridge has candidates of its own (the pair's combination that moves the first
+frame's pixels least), and a significant peak along it sends the search there too.
 
 Hysteresis: drift is flagged only after ``flag_after`` consecutive evaluations find a
 significant correction beyond the thresholds, and cleared after ``clear_after`` that do not.
@@ -69,6 +72,10 @@ AXES = ("roll", "pitch", "yaw", "x", "y", "z")
 _OFFSETS = (-2.0, -1.0, 1.0, 2.0)
 #: A peak further than this (steps) from the centre is not trusted: the centre moves instead.
 _REACH_STEPS = 2.5
+#: Pairs of axes that move the image alike (a pitch shifts every pixel up, a height change the
+#: near ones more; a yaw and a sideways shift likewise): their scores form a ridge, along which
+#: the axes' own fits cannot move (each holds the other fixed). The ridges are watched too.
+_RIDGE_PAIRS = ((1, 5), (2, 4))
 #: The prior's curvature toward the rig, as a fraction of the sharpest axis' curvature.
 PRIOR_FRACTION = 0.005
 #: The prior's curvature on a translation along the camera's optical axis, as a fraction of
@@ -350,13 +357,16 @@ def _peak(a: float, b: float, prior: float, centre: float) -> float:
 class Fit:
     """One fit of the pooled evidence: the ``correction`` (six values, rad and m, from the
     extrinsic in force), its standard deviation per axis (inf: not observed), the axes whose
-    peak lies beyond the candidates (``beyond``: the direction to walk, else 0) and the MI of
-    the centre."""
+    peak lies beyond the candidates (``beyond``: the direction to walk, else 0), the MI of
+    the centre and the ``ridge``'s peak."""
 
     correction: FloatArray
     sigma: FloatArray
     beyond: FloatArray
     score: float
+    ridge: FloatArray = field(default_factory=lambda: np.zeros(6))
+    """Where a ridge of coupled axes (`_RIDGE_PAIRS`) peaks away from the centre, significantly
+    (steps from the centre; zeros where none does): where the search should look."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -405,7 +415,10 @@ class CalibrationMonitor:
                 v = np.zeros(6)
                 v[axis] = k
                 offsets.append(v)
-        self._offsets = np.array(offsets)
+        self._axis_offsets = np.array(offsets)
+        self._offsets = self._axis_offsets
+        # The ridges' directions (steps), from the first frame's projection: none until then.
+        self._ridges = np.zeros((0, 6))
         self._centre = np.zeros(6) if start is None else start.vector()
         self._projection_cache: tuple[tuple[bytes, bytes], FloatArray] | None = None
         self._window: deque[tuple[_Frame, npt.NDArray[np.int32]]] = deque(maxlen=cfg.window_frames)
@@ -487,6 +500,8 @@ class CalibrationMonitor:
         )
         if frame is None:
             return self._skip()
+        if not len(self._ridges):
+            self._set_ridges(frame)
         self._window.append((frame, self._histograms(frame)))
         self._frames += 1
         self._since_eval += 1
@@ -641,7 +656,12 @@ class CalibrationMonitor:
         fit = self.fit()
         offset = (fit.correction - self._centre) / self._steps
         significant = np.abs(fit.correction - self._centre) > _SIGNIFICANT_SIGMA * fit.sigma
-        if not np.any(fit.beyond) and not np.any((np.abs(offset) > 1.5) & significant):
+        on_ridge = bool(np.any(fit.ridge))
+        if (
+            not np.any(fit.beyond)
+            and not np.any((np.abs(offset) > 1.5) & significant)
+            and not on_ridge
+        ):
             return fit
         prior = self._prior
         start = np.clip(offset, -_REACH_STEPS, _REACH_STEPS)
@@ -657,8 +677,12 @@ class CalibrationMonitor:
         # valley between the two explanations.
         rotations_only = start.copy()
         rotations_only[3:] = 0.0
+        starts = [start, rotations_only]
+        if on_ridge:
+            # Where a ridge peaks: the axes' own fits cannot walk along it.
+            starts.append(np.clip(fit.ridge, -limit, limit))
         best: Any = None
-        for x0 in (start, rotations_only):
+        for x0 in starts:
             found = minimize(
                 cost,
                 x0,
@@ -716,7 +740,58 @@ class CalibrationMonitor:
             sigma=sigmas * self._steps,
             beyond=beyond,
             score=score,
+            ridge=self._ridge_peak(total, folds),
         )
+
+    def _set_ridges(self, frame: _Frame) -> None:
+        """The ridges' directions from a frame's projection: for each pair of `_RIDGE_PAIRS`,
+        the combination of its two axes that moves the frame's pixels least, scaled so that
+        its larger part is one step; their candidates join the search's."""
+        ridges = []
+        for a, b in _RIDGE_PAIRS:
+            motion = frame.jacobian[[a, b]].astype(np.float64).reshape(2, -1)
+            _, vectors = np.linalg.eigh(motion @ motion.T)
+            ridge = np.zeros(6)
+            ridge[[a, b]] = vectors[:, 0] / np.abs(vectors[:, 0]).max()
+            ridges.append(ridge)
+        self._ridges = np.array(ridges)
+        along = [k * ridge for ridge in self._ridges for k in _OFFSETS]
+        self._offsets = np.concatenate([self._axis_offsets, along])
+
+    def _ridge_peak(self, total: npt.NDArray[np.int64], folds: npt.NDArray[np.int64]) -> FloatArray:
+        """Where the ridges peak (steps from the centre): the quadratic through each ridge's
+        candidates, for those whose peak lies within the candidates, more than a step from the
+        centre and by `_SIGNIFICANT_SIGMA` of the folds' spread; zeros elsewhere."""
+        out = np.zeros(6)
+        if not len(self._ridges):
+            return out
+        bins = self.config.bins
+        n = len(_OFFSETS)
+        first = 1 + 6 * n
+        x = np.array([0.0, *_OFFSETS])
+
+        def peaks(joint: npt.NDArray[np.int64]) -> FloatArray:
+            scores = _mutual_information(joint.reshape(-1, bins, bins))
+            found = []
+            for r in range(len(self._ridges)):
+                along = scores[first + n * r : first + n * (r + 1)]
+                a, b = _quadratic(x, np.concatenate([[scores[0]], along]))
+                peak = _peak(a, b, 0.0, 0.0)
+                found.append(peak if math.isfinite(peak) else math.copysign(np.inf, b))
+            return np.array(found)
+
+        total_peaks = peaks(total)
+        loo = np.array([peaks(total - folds[f]) for f in range(_FOLDS)])
+        for r, ridge in enumerate(self._ridges):
+            t, spread = float(total_peaks[r]), loo[:, r]
+            # A ridge rising beyond the candidates is no peak to look at: on little evidence
+            # (eight KITTI frames) a ridge's far end is where its bias lies.
+            if not math.isfinite(t) or abs(t) > _REACH_STEPS or not np.all(np.isfinite(spread)):
+                continue
+            sigma = math.sqrt((_FOLDS - 1) / _FOLDS * float(np.sum((spread - spread.mean()) ** 2)))
+            if abs(t) > 1.5 and abs(t) > _SIGNIFICANT_SIGMA * sigma:
+                out += t * ridge
+        return out
 
     def _fit_axes(
         self, joint: npt.NDArray[np.int64], prior: float | None = None

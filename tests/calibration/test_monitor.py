@@ -233,3 +233,41 @@ def test_the_window_scores_any_correction(
     assert truth == pytest.approx(monitor.fit().score)
     assert monitor.score_at(Correction((0.0, 0.0, 1.0))) < truth
     assert monitor.score_at(Correction((0.0, 0.0, -1.0))) < truth
+
+
+def test_the_ridges_are_the_coupled_moves_the_image_barely_shows(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """Pitch with height, and yaw with a sideways shift: the ridge candidates combine each pair
+    so that the pixels move a fraction of what either axis moves them alone (the evidence
+    cannot hold the axes' own fits there, hence the watch); at the truth no ridge peaks."""
+    ids = ["000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009"]
+    frames = [_kitti(kitti_frame, kitti_dir, i) for i in ids]
+    first = frames[0][0]
+    config = MonitorConfig(window_frames=len(ids), min_frames=len(ids), evaluate_every=10**6)
+    monitor = CalibrationMonitor(first.camera, first.camera_from_vehicle.inverse(), config)
+    for frame, image in frames:
+        assert monitor.add(
+            frame.points,
+            image,
+            camera=frame.camera,
+            vehicle_from_camera=frame.camera_from_vehicle.inverse(),
+        )
+    ridges = monitor._ridges
+    assert [np.flatnonzero(r).tolist() for r in ridges] == [[1, 5], [2, 4]]
+    jacobian = monitor._window[0][0].jacobian.astype(np.float64)
+
+    def pixels(step: np.ndarray) -> float:
+        moved = np.einsum("a,anc->nc", step, jacobian)
+        return float(np.sqrt(np.mean(np.sum(moved**2, axis=1))))
+
+    for ridge in ridges:
+        assert np.abs(ridge).max() == pytest.approx(1.0)
+        for axis in np.flatnonzero(ridge):
+            assert pixels(ridge) < 0.35 * pixels(np.eye(6)[axis])
+    # Same signs: a pitch about the vehicle's y axis (to the left: nose down) moves the image
+    # up, raising the camera moves it down; along the ridge the two cancel.
+    assert ridges[0][1] * ridges[0][5] > 0
+    fit = monitor.fit()
+    assert not np.any(fit.ridge)
+    assert len(monitor._offsets) == 1 + 6 * 4 + 2 * 4
