@@ -357,7 +357,8 @@ class Node:
     def _offer_calibration(self, frame: StepFrame) -> None:
         """Hand a sweep to the monitor's thread; while it is still on an earlier one the sweep
         is skipped (counted): a search over its window may take longer than a sweep, and must
-        never hold up the next one."""
+        never hold up the next one. While the monitor is over its CPU budget the sweep is
+        passed over (counted apart)."""
         with self._calibration_cond:
             self._calibration_budget.accrue(self.config.calibration_monitor.every_n_sweeps)
             if not self._calibration_budget.allows():
