@@ -124,6 +124,34 @@ def _kitti(kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path, frame_id: 
     return frame, image
 
 
+#: The KITTI object frames in ../shared/data.
+KITTI_IDS = ("000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009")
+
+
+def _pooled_kitti(
+    kitti_frame: Callable[[str], KittiFrame],
+    kitti_dir: Path,
+    ids: tuple[str, ...],
+    config: MonitorConfig,
+    start: Correction | None = None,
+) -> CalibrationMonitor:
+    """A monitor fed the KITTI frames ``ids``, each with its own calibration (pooled as the
+    offline check pools them)."""
+    frames = [_kitti(kitti_frame, kitti_dir, i) for i in ids]
+    first = frames[0][0]
+    monitor = CalibrationMonitor(
+        first.camera, first.camera_from_vehicle.inverse(), config, start=start
+    )
+    for frame, image in frames:
+        assert monitor.add(
+            frame.points,
+            image,
+            camera=frame.camera,
+            vehicle_from_camera=frame.camera_from_vehicle.inverse(),
+        )
+    return monitor
+
+
 def test_frames_without_evidence_are_skipped_not_fatal(
     kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
 ) -> None:
@@ -186,24 +214,10 @@ def test_kitti_frames_pooled_rank_the_true_calibration_first(
     finds no correction worth a flag; centred 1 degree off in yaw, it moves back toward the
     truth (how far, with a sideways shift to trade against the yaw on eight frames, is not
     asserted: the drives' figures are in benchmarks/RESULTS.md)."""
-    ids = ["000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009"]
-    frames = [_kitti(kitti_frame, kitti_dir, i) for i in ids]
-    first = frames[0][0]
-    config = MonitorConfig(window_frames=len(ids), min_frames=1, evaluate_every=10**6)
+    config = MonitorConfig(window_frames=len(KITTI_IDS), min_frames=1, evaluate_every=10**6)
     for start_yaw in (0.0, 1.0):
-        monitor = CalibrationMonitor(
-            first.camera,
-            first.camera_from_vehicle.inverse(),
-            config,
-            start=Correction((0.0, 0.0, start_yaw)),
-        )
-        for frame, image in frames:
-            monitor.add(
-                frame.points,
-                image,
-                camera=frame.camera,
-                vehicle_from_camera=frame.camera_from_vehicle.inverse(),
-            )
+        start = Correction((0.0, 0.0, start_yaw))
+        monitor = _pooled_kitti(kitti_frame, kitti_dir, KITTI_IDS, config, start)
         fit = monitor.search()
         yaw = math.degrees(fit.correction[2])
         if start_yaw == 0.0:
@@ -218,17 +232,9 @@ def test_the_window_scores_any_correction(
 ) -> None:
     """`score_at` is the pooled MI the search climbs: at the centre it is the fit's score, and
     on real frames a 1-degree yaw scores below the truth."""
-    frames = [_kitti(kitti_frame, kitti_dir, i) for i in ("000003", "000005", "000008")]
-    first = frames[0][0]
     config = MonitorConfig(window_frames=3, min_frames=1, evaluate_every=10**6)
-    monitor = CalibrationMonitor(first.camera, first.camera_from_vehicle.inverse(), config)
-    for frame, image in frames:
-        assert monitor.add(
-            frame.points,
-            image,
-            camera=frame.camera,
-            vehicle_from_camera=frame.camera_from_vehicle.inverse(),
-        )
+    ids = ("000003", "000005", "000008")
+    monitor = _pooled_kitti(kitti_frame, kitti_dir, ids, config)
     truth = monitor.score_at(Correction())
     assert truth == pytest.approx(monitor.fit().score)
     assert monitor.score_at(Correction((0.0, 0.0, 1.0))) < truth
@@ -241,18 +247,9 @@ def test_the_ridges_are_the_coupled_moves_the_image_barely_shows(
     """Pitch with height, and yaw with a sideways shift: the ridge candidates combine each pair
     so that the pixels move a fraction of what either axis moves them alone (the evidence
     cannot hold the axes' own fits there, hence the watch); at the truth no ridge peaks."""
-    ids = ["000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009"]
-    frames = [_kitti(kitti_frame, kitti_dir, i) for i in ids]
-    first = frames[0][0]
-    config = MonitorConfig(window_frames=len(ids), min_frames=len(ids), evaluate_every=10**6)
-    monitor = CalibrationMonitor(first.camera, first.camera_from_vehicle.inverse(), config)
-    for frame, image in frames:
-        assert monitor.add(
-            frame.points,
-            image,
-            camera=frame.camera,
-            vehicle_from_camera=frame.camera_from_vehicle.inverse(),
-        )
+    n = len(KITTI_IDS)
+    config = MonitorConfig(window_frames=n, min_frames=n, evaluate_every=10**6)
+    monitor = _pooled_kitti(kitti_frame, kitti_dir, KITTI_IDS, config)
     ridges = monitor._ridges
     assert [np.flatnonzero(r).tolist() for r in ridges] == [[1, 5], [2, 4]]
     jacobian = monitor._window[0][0].jacobian.astype(np.float64)
