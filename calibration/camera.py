@@ -183,29 +183,28 @@ class CameraModel(ABC):
         uv, depth = self.project(points_cam)
         return uv, depth, self.in_image(uv) & (depth > MIN_DEPTH_M)
 
-    def view_mask(self, points_cam: npt.ArrayLike) -> BoolArray:
-        """`visible`'s mask alone (N x 3 points in the camera frame), without projecting the
-        points that cannot reach the image: a spinning lidar's sweep is mostly behind or
-        beside a camera, and the distortion model is the costly part of `project`. The cull
-        keeps every point whose undistorted normalised coordinates fall in the box that holds
-        the image's border undistorted (grown by 2%), so the mask is `visible`'s exactly."""
+    def in_view(self, points_cam: npt.ArrayLike) -> tuple[npt.NDArray[np.intp], FloatArray]:
+        """The points (N x 3, camera frame) `visible` finds in the image, as (their indices,
+        their pixels), without projecting the points that cannot reach it: a spinning lidar's
+        sweep is mostly behind or beside a camera, and the distortion model is the costly part
+        of `project`. The cull keeps every point whose undistorted normalised coordinates fall
+        in the box that holds the image's border undistorted (grown by 2%), so the points and
+        pixels are `visible`'s exactly."""
         p = np.asarray(points_cam, dtype=np.float64).reshape(-1, np.shape(points_cam)[-1])[:, :3]
-        out = np.zeros(p.shape[0], dtype=bool)
         depth = p[:, 2]
-        front = depth > MIN_DEPTH_M
         lo, hi = self._normalized_bounds()
         with np.errstate(divide="ignore", invalid="ignore"):
             x = p[:, 0] / depth
             y = p[:, 1] / depth
-        near = np.flatnonzero(front & (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]))
-        if near.size:
-            uv, d = self.project(p[near])
-            out[near] = self.in_image(uv) & (d > MIN_DEPTH_M)
-        return out
+        near = np.flatnonzero(
+            (depth > MIN_DEPTH_M) & (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1])
+        )
+        uv, _, seen = self.visible(p[near])
+        return near[seen], uv[seen]
 
     def _normalized_bounds(self) -> tuple[FloatArray, FloatArray]:
         """(low, high) normalised coordinates (x/z, y/z) of a box holding every point that
-        projects into the image (see `view_mask`); unbounded where the border does not
+        projects into the image (see `in_view`); unbounded where the border does not
         undistort to finite values."""
         cached = self._cache.get("normalized_bounds")
         if cached is None:

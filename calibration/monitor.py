@@ -725,9 +725,15 @@ class CalibrationMonitor:
         for frame, hist in self._window:
             folds[frame.fold] += hist
         total = folds.sum(axis=0)
-        total_peaks, total_beyond, score, prior = self._fit_axes(total)
+        # Every candidate's MI, over all frames and leaving out each fold in turn.
+        bins = self.config.bins
+        scores = _mutual_information(total.reshape(-1, bins, bins))
+        loo_scores = [
+            _mutual_information((total - folds[f]).reshape(-1, bins, bins)) for f in range(_FOLDS)
+        ]
+        total_peaks, total_beyond, score, prior = self._fit_axes(scores)
         self._prior = prior
-        loo = np.array([self._fit_axes(total - folds[f], prior)[0] for f in range(_FOLDS)])
+        loo = np.array([self._fit_axes(s, prior)[0] for s in loo_scores])
         sigmas = np.sqrt((_FOLDS - 1) / _FOLDS * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
         # Walk only where every fold agrees on the direction.
         agree = np.all(np.sign(loo) == total_beyond, axis=0) & np.all(np.abs(loo) > 1.0, axis=0)
@@ -740,7 +746,7 @@ class CalibrationMonitor:
             sigma=sigmas * self._steps,
             beyond=beyond,
             score=score,
-            ridge=self._ridge_peak(total, folds),
+            ridge=self._ridge_peak(scores, loo_scores),
         )
 
     def _set_ridges(self, frame: _Frame) -> None:
@@ -758,20 +764,19 @@ class CalibrationMonitor:
         along = [k * ridge for ridge in self._ridges for k in _OFFSETS]
         self._offsets = np.concatenate([self._axis_offsets, along])
 
-    def _ridge_peak(self, total: npt.NDArray[np.int64], folds: npt.NDArray[np.int64]) -> FloatArray:
+    def _ridge_peak(self, scores: FloatArray, loo_scores: Sequence[FloatArray]) -> FloatArray:
         """Where the ridges peak (steps from the centre): the quadratic through each ridge's
         candidates, for those whose peak lies within the candidates, more than a step from the
-        centre and by `_SIGNIFICANT_SIGMA` of the folds' spread; zeros elsewhere."""
+        centre and by `_SIGNIFICANT_SIGMA` of the folds' spread (``scores``: the candidates' MI
+        over all frames, ``loo_scores`` leaving out each fold); zeros elsewhere."""
         out = np.zeros(6)
         if not len(self._ridges):
             return out
-        bins = self.config.bins
         n = len(_OFFSETS)
         first = 1 + 6 * n
         x = np.array([0.0, *_OFFSETS])
 
-        def peaks(joint: npt.NDArray[np.int64]) -> FloatArray:
-            scores = _mutual_information(joint.reshape(-1, bins, bins))
+        def peaks(scores: FloatArray) -> FloatArray:
             found = []
             for r in range(len(self._ridges)):
                 along = scores[first + n * r : first + n * (r + 1)]
@@ -780,8 +785,8 @@ class CalibrationMonitor:
                 found.append(peak if math.isfinite(peak) else math.copysign(np.inf, b))
             return np.array(found)
 
-        total_peaks = peaks(total)
-        loo = np.array([peaks(total - folds[f]) for f in range(_FOLDS)])
+        total_peaks = peaks(scores)
+        loo = np.array([peaks(s) for s in loo_scores])
         for r, ridge in enumerate(self._ridges):
             t, spread = float(total_peaks[r]), loo[:, r]
             # A ridge rising beyond the candidates is no peak to look at: on little evidence
@@ -794,16 +799,14 @@ class CalibrationMonitor:
         return out
 
     def _fit_axes(
-        self, joint: npt.NDArray[np.int64], prior: float | None = None
+        self, scores: FloatArray, prior: float | None = None
     ) -> tuple[FloatArray, FloatArray, float, float]:
         """Per axis, the peak (steps from the centre, clipped to the reach) of the quadratic
         through its scores less a weak prior toward the rig (``prior``: its curvature, by
         default `PRIOR_FRACTION` of the sharpest axis'), and the direction of a peak beyond
         the reach (else 0); the centre's MI; the prior used. The prior keeps an axis the
         evidence barely constrains (a translation along the optical axis) where the rig has it
-        and shrinks a well-observed one by a few per cent."""
-        bins = self.config.bins
-        scores = _mutual_information(joint.reshape(-1, bins, bins))
+        and shrinks a well-observed one by a few per cent. ``scores``: the candidates' MI."""
         x = np.array([0.0, *_OFFSETS])
         n = len(_OFFSETS)
         fits = [

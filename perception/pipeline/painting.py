@@ -51,11 +51,8 @@ def paint_points(
         in_camera = homogeneous @ np.asarray(view.camera_from_vehicle, np.float64).T
         # Only the points this camera sees are projected and tested against its boxes (a
         # sweep is mostly behind or beside a camera).
-        seen = np.flatnonzero(view.model.view_mask(in_camera[:, :3]))
+        seen, uv = view.model.in_view(in_camera[:, :3])
         paint[seen, -1] = 1.0
-        if not len(seen) or not view.boxes:
-            continue
-        uv, _ = view.model.project(in_camera[seen, :3])
         for box in view.boxes:
             c = index.get(box.label)
             if c is None:

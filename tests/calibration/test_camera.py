@@ -154,7 +154,7 @@ def _sweep(rng: np.random.Generator, n: int) -> np.ndarray:
     ],
     ids=["pinhole", "kitti-raw", "folding", "fisheye"],
 )
-def test_view_mask_is_the_visible_mask(camera: PinholeCamera | FisheyeCamera) -> None:
+def test_in_view_is_what_visible_finds(camera: PinholeCamera | FisheyeCamera) -> None:
     rng = np.random.default_rng(7)
     pts = _sweep(rng, 200_000)
     # And points on the image's border, where a cull that is too tight would show.
@@ -169,6 +169,8 @@ def test_view_mask_is_the_visible_mask(camera: PinholeCamera | FisheyeCamera) ->
     depth = rng.uniform(1.0, 50.0, len(border))
     on_border = camera.back_project(border[inside], depth[inside])
     pts = np.concatenate([pts, on_border])
-    mask = camera.view_mask(pts)
-    assert np.array_equal(mask, camera.visible(pts)[2])
+    index, uv = camera.in_view(pts)
+    all_uv, _, mask = camera.visible(pts)
+    assert np.array_equal(index, np.flatnonzero(mask))
+    assert np.array_equal(uv, all_uv[mask])
     assert 100 < mask.sum() < len(pts) // 2
