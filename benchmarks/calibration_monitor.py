@@ -234,12 +234,8 @@ def _world_frames(
         yield moved[keep], image, odometer
 
 
-def _pooled(
-    camera: PinholeCamera,
-    vehicle_from_camera: RigidTransform,
-    stream: Iterable[tuple[np.ndarray, np.ndarray, float]],
-) -> CalibrationMonitor:
-    """A monitor holding all of `stream`'s frames, with no fit yet."""
+def _pooled(stream: Iterable[tuple[np.ndarray, np.ndarray, float]]) -> CalibrationMonitor:
+    """A monitor of the synthetic camera holding all of `stream`'s frames, with no fit yet."""
     frames = list(stream)
     config = replace(
         NodeConfig().calibration_monitor.monitor,
@@ -247,7 +243,7 @@ def _pooled(
         min_frames=len(frames),
         evaluate_every=10**9,
     )
-    monitor = CalibrationMonitor(camera, vehicle_from_camera, config)
+    monitor = CalibrationMonitor(*_synth_camera(), config)
     for points, image, odometer in frames:
         monitor.add(points, image, travelled_m=odometer)
     return monitor
@@ -255,10 +251,9 @@ def _pooled(
 
 def landscape_table(seed: int, frames: int = 25) -> list[str]:
     """The pooled score around the truth (see the module docstring)."""
-    camera, vehicle_from_camera = _synth_camera()
     # The world of 1.1 s more than the frames span, as these figures were first measured.
     seconds = frames * NodeConfig().calibration_monitor.every_n_sweeps / 10.0 + 1.0
-    monitor = _pooled(camera, vehicle_from_camera, _world_frames(seed, seconds, limit=frames))
+    monitor = _pooled(_world_frames(seed, seconds, limit=frames))
     steps = (-4, -2, -1, 0, 1, 2, 4)
     lines = [
         f"rich world, seed {seed}: {monitor.frames} frames pooled (every "
@@ -286,7 +281,7 @@ def landscape_table(seed: int, frames: int = 25) -> list[str]:
         monitor = on_time
         if error_ms:
             late = _world_frames(seed, seconds, error_ms * 1_000_000, limit=frames)
-            monitor = _pooled(camera, vehicle_from_camera, late)
+            monitor = _pooled(late)
         row = [monitor.score_at(Correction((0.0, 0.0, 0.0), (0.025 * k, 0.0, 0.0))) for k in along]
         peak = 2.5 * along[int(np.argmax(row))]
         lines.append(
