@@ -150,15 +150,34 @@ RIG_DRIFT_YAW_DEG = 0.5
 
 
 @pytest.fixture(scope="session")
-def drifted_rich_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`rich_drive` rendered again with the same world, its rig's camera turned by
-    `RIG_DRIFT_YAW_DEG` (the images are the true camera's): a drifted extrinsic."""
-    from calibration.monitor import Correction
-    from replay.synth.world import generate_drive
+def drifted_rich_drive(tmp_path_factory: pytest.TempPathFactory, rich_drive: Path) -> Path:
+    """`rich_drive` with its rig's camera turned by `RIG_DRIFT_YAW_DEG` (the images are the
+    true camera's): a drifted extrinsic. What `generate_drive(..., rig_error=...)` writes, made
+    by rewriting the rig of `rich_drive` rather than rendering the world again."""
+    import shutil
+
+    from calibration.monitor import Correction, corrected_rig
+    from perception.msgs.types import LidarSweep
+    from replay.drive import RIG_TOPIC, DriveReader, DriveWriter
+    from replay.synth.world import CAMERA_NAME, ground_truth_path
 
     path = tmp_path_factory.mktemp("rich-drive-drifted") / "rich_seed5_2s_drifted.mcap"
-    error = Correction((0.0, 0.0, RIG_DRIFT_YAW_DEG))
-    generate_drive(path, seed=5, seconds=2.0, scene="rich", rig_error=error)
+    reader = DriveReader(rich_drive)
+    rig = reader.rig
+    assert rig is not None
+    drifted = corrected_rig(rig, CAMERA_NAME, Correction((0.0, 0.0, RIG_DRIFT_YAW_DEG)))
+    truth = {doc["stamp_ns"]: doc for doc in reader.ground_truth()}
+    with DriveWriter(path, rig=None) as writer:
+        for rec in reader.messages():
+            if rec.topic == RIG_TOPIC:
+                writer.write_rig(drifted, rec.message.header.stamp_ns)
+                continue
+            writer.write(rec.message, rec.log_time_ns, rec.topic)
+            if isinstance(rec.message, LidarSweep):
+                # Its ground truth goes with its sweep, as generate_drive writes it.
+                writer.write_ground_truth(truth.pop(rec.message.header.stamp_ns), rec.log_time_ns)
+    assert not truth
+    shutil.copyfile(ground_truth_path(rich_drive), ground_truth_path(path))
     return path
 
 
