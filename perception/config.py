@@ -406,10 +406,19 @@ class PipelineConfig:
     camera_health: CameraHealthConfig = field(default_factory=CameraHealthConfig)
     """Which camera images are fit to use."""
     parallel_branches: bool = True
-    """Run the lidar branch (ground plane, lidar encoder) on a second thread while the camera
-    branch preprocesses and encodes the images. The outputs are the same either way; the
-    stages' own timings stay per branch, and the main thread's wait for the lidar branch is
-    the `branch_wait` timing."""
+    """Run the lidar branch (ground plane, lidar encoder, lidar-only clusters) on a second
+    thread while the camera branch preprocesses and encodes the images and fuses their boxes
+    (which needs only the ground). The outputs are the same either way; the stages' own timings
+    stay per branch, and the main thread's wait for the lidar branch is the `branch_wait`
+    timing."""
+    camera_ahead: bool = True
+    """The live node encodes each camera frame as it arrives, on a thread of its own, instead of
+    when its sweep's bundle is ready: a spinning lidar's sweep ends after the cameras fired
+    within it, so its frame then waits only for the lidar branch and fusion (and for the
+    encodings still running: the `camera_wait` timing), and one sweep's camera encoding runs
+    beside the previous sweep's lidar work. The detections are the same; only a newer frame of
+    the same camera cancels an encoding not yet started. Not with `camera_model.batch` > 1
+    (the batch is the bundle's cameras); offline replay always encodes in line."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_range_m) and self.max_range_m > 0):

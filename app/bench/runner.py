@@ -60,6 +60,7 @@ from app.bench.sweeps import (
     node_config_document,
     plain,
     restamp_sweep,
+    send_times,
     sweep_span_ns,
     with_engines,
 )
@@ -179,13 +180,22 @@ class _Player:
         self._last_stamp = 0
         self._diagnostics: dict[str, Any] | None = None
 
-    def _send_next(self) -> tuple[int, int]:
-        """Send the next sweep, complete now; its (lidar) stamp and span."""
+    def _send_next(self, due_ns: int | None = None) -> tuple[int, int]:
+        """Send the next sweep, complete at the host time `due_ns` (None: now), its other
+        messages at their own stamps before it (`send_times`), waiting for each; its (lidar)
+        stamp and span.
+
+        Raises:
+            BenchInterruptedError: `stop` was set while waiting.
+        """
         recorded = self.sweeps[self._cursor % len(self.sweeps)]
         span = sweep_span_ns(lidar_of(recorded))
         # Stamps identify the answers: keep them unique even if the clock stood still.
-        send_ns = max(time.time_ns(), self._last_stamp + 1 + span)
-        for topic, msg in restamp_sweep(recorded, send_ns):
+        send_ns = max(time.time_ns() if due_ns is None else due_ns, self._last_stamp + 1 + span)
+        for at_ns, topic, msg in send_times(restamp_sweep(recorded, send_ns)):
+            delay_s = (at_ns - time.time_ns()) / 1e9
+            if delay_s > 0 and self.stop.wait(delay_s):
+                raise BenchInterruptedError("interrupted")
             self.publisher.send(msg, topic)
         self._cursor += 1
         self._last_stamp = send_ns - span
@@ -263,14 +273,11 @@ class _Player:
         sampler.start()
         stamps: list[int] = []
         spans: list[int] = []
-        t0 = time.monotonic_ns() + 10_000_000
+        t0 = time.time_ns() + 10_000_000
         try:
             for i in range(n):
-                delay_s = (t0 + i * period_ns - time.monotonic_ns()) / 1e9
-                if delay_s > 0 and self.stop.wait(delay_s):
-                    raise BenchInterruptedError("interrupted")
                 self.node.check_alive()
-                stamp, span = self._send_next()
+                stamp, span = self._send_next(round(t0 + i * period_ns))
                 stamps.append(stamp)
                 spans.append(span)
                 if progress is not None:

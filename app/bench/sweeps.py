@@ -4,8 +4,10 @@ the send time, and the node config that reads them.
 Timing: a lidar sweep is sent when it is complete, as a live lidar delivers it: the messages of
 each sweep are restamped so that the sweep's last point (its stamp + its largest per-point time
 offset; the stamp itself without offsets) is the host time it is sent, the others keeping their
-recorded offset to the sweep (a camera exposed 62 ms into the sweep stays 62 ms after its
-stamp). So the node sees current stamps and a lidar clock that agrees with the host, and its
+recorded offset to the sweep (a camera exposed 62 ms into the sweep stays 62 ms after its stamp).
+Each other message is sent at its own stamp, the instant it was captured (`send_times`): a camera
+that fired mid-sweep reaches the node before the sweep is complete, as on a car (none is sent after
+its sweep). So the node sees current stamps and a lidar clock that agrees with the host, and its
 `latency_ns` (sensor-to-publish, from the sweep stamp) is the sweep's own span plus the node's
 *response*: from handing it the complete sweep to publishing its detections.
 """
@@ -38,6 +40,7 @@ __all__ = [
     "node_config_document",
     "plain",
     "restamp_sweep",
+    "send_times",
     "sweep_span_ns",
     "with_engines",
 ]
@@ -108,6 +111,18 @@ def restamp_sweep(sweep: Sweep, send_ns: int) -> Sweep:
     lidar = lidar_of(sweep)
     shift = send_ns - sweep_span_ns(lidar) - lidar.header.stamp_ns
     return tuple((topic, _shifted(msg, shift)) for topic, msg in sweep)
+
+
+def send_times(sweep: Sweep) -> list[tuple[int, str, Message]]:
+    """When to send each message of a restamped `sweep` (host time, ns), in send order: the
+    lidar sweep at its last point, each other message at its stamp but not after the sweep
+    (ties keep the sweep's order)."""
+    lidar = lidar_of(sweep)
+    end_ns = lidar.header.stamp_ns + sweep_span_ns(lidar)
+    times = [(min(msg.header.stamp_ns, end_ns), topic, msg) for topic, msg in sweep[:-1]]
+    times.append((end_ns, sweep[-1][0], lidar))
+    order = sorted(range(len(times)), key=lambda i: times[i][0])
+    return [times[i] for i in order]
 
 
 def _shifted(msg: Message, shift_ns: int) -> Message:

@@ -9,6 +9,7 @@ The stages (:meth:`CameraDetector.preprocess`, :meth:`~CameraDetector.infer`,
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -168,8 +169,10 @@ class CameraDetector:
         self.kind = kind
 
         h, w = self.input_height, self.input_width
-        # Allocated once: the per-frame letterbox/resize target.
+        # Allocated once: the per-frame letterbox/resize target. Held while in use: the live
+        # node preprocesses on two threads (a camera encoded ahead, one encoded in line).
         self._canvas = np.full((h, w, 3), _YOLOX_PAD, dtype=np.uint8)
+        self._canvas_lock = threading.Lock()
         strides = _YOLOX_STRIDES if kind == "yolox" else _FASTEST_STRIDES
         self._grid_xy, self._grid_stride = self._grids(h, w, strides)
         # (anchor k, row, (w, h)): every row's anchor sizes for its stride; Yolo-FastestV2 only.
@@ -224,6 +227,10 @@ class CameraDetector:
             EngineError: the image is not an HxWx3 uint8 array.
         """
         self._check_image(image_bgr)
+        with self._canvas_lock:
+            return self._letterbox(image_bgr)
+
+    def _letterbox(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         h, w = image_bgr.shape[:2]
         S_h, S_w = self.input_height, self.input_width
         canvas = self._canvas

@@ -83,6 +83,7 @@ from perception.msgs.types import (
     TrackList,
     sweep_end_ns,
 )
+from perception.node.ahead import CameraAhead
 from perception.node.calibration import CalibrationWatch, drift_notes
 from perception.pipeline import Pipeline
 from perception.pipeline.pipeline import StepFrame
@@ -259,6 +260,10 @@ class NodeCore:
         monitor = config.calibration_monitor
         self.calibration = CalibrationWatch(monitor) if monitor.enabled else None
         self._calibration_pending: StepFrame | None = None
+        #: Camera frames encoded as they arrive (`pipeline.camera_ahead`; set by the live node,
+        #: which owns its thread): `on_message` offers each filed frame, `on_bundles` claims
+        #: the bundle's. None: encoded in line (offline replay).
+        self.camera_ahead: CameraAhead | None = None
 
     @property
     def epoch(self) -> int:
@@ -349,6 +354,7 @@ class NodeCore:
             if caught_up:
                 self.liveness.caught_up(receive_ns)
             ready = self._poll_locked(receive_ns - 1)
+            ahead_rig = None
             try:
                 if self._judge_stamp(topic, msg, receive_ns):
                     result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
@@ -356,10 +362,25 @@ class NodeCore:
                         self._bad.warning(
                             f"{result.filed.value}:{topic}", f"dropped: {result.reason}"
                         )
+                    elif (
+                        self.camera_ahead is not None
+                        and result.filed is Filed.ACCEPTED
+                        and isinstance(msg, CameraFrame)
+                    ):
+                        ahead_rig = self.bundler.rig_at(msg.header.stamp_ns)
             except Exception as e:  # a bug below must cost one message, not the node
                 self.counters.sync_errors += 1
                 self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {_what(e)}")
-            return ready + self._poll_locked(receive_ns)
+            ready += self._poll_locked(receive_ns)
+        # Not a frame that completed a bundle just now: the worker encodes that one at once.
+        if (
+            ahead_rig is not None
+            and self.camera_ahead is not None
+            and isinstance(msg, CameraFrame)
+            and not any(f is msg for r in ready for f in r.bundle.cameras.values())
+        ):
+            self.camera_ahead.offer(msg, ahead_rig)
+        return ready
 
     def _judge_stamp(self, topic: str, msg: Message, receive_ns: int) -> bool:
         """Whether a message may be filed: a sensor message's stamp is judged against the host
@@ -487,7 +508,12 @@ class NodeCore:
             self._last_stamp_ns = stamp_ns
             seq = self._seq
         try:
-            detections = self.pipeline.step(chosen.bundle, seq)
+            ahead = (
+                None
+                if self.camera_ahead is None
+                else self.camera_ahead.claim(chosen.bundle.cameras)
+            )
+            detections = self.pipeline.step(chosen.bundle, seq, ahead)
         except Exception as e:  # one bad bundle must not stop the node
             with self._lock:
                 self.counters.step_errors += 1

@@ -2,19 +2,21 @@
 
 Threads: the receiver owns the SUB sockets and hands each received message to the core with its
 host receive time, then passes the bundles the core made ready (or timed out, polled every
-`RECEIVE_POLL_NS`) to the worker; the worker (the caller of `run`) owns the PUB socket, hands
-the ready bundles to the core's processing side and publishes what comes out, plus the core's
-typed Diagnostics at 1 Hz. Receiving never waits for inference. A worker that falls behind gets
-several ready bundles at once; the core processes the newest and counts the others as skipped.
-`queue_wait` is how long the newest ready bundle waited for the worker. The calibration monitor
-(perception.node.calibration) runs on a third thread, started with its first sweep: the worker
-hands it a due sweep after publishing, and skips (counts, `calibration_skipped`) one while the
-monitor is still busy, because a search over the monitor's window can take longer than a sweep
-and must never hold up the next. Its CPU time is bounded on average
-(`calibration_monitor.budget_ms_per_sweep`, perception.node.calibration.CpuBudget): while it is
-over budget, due sweeps are passed over (counted, `calibration_over_budget`), so a monitor that
-searches all the time (a scene without evidence) cannot take the cores the pipeline needs.
-(Offline replay runs it in line, deterministically, unbounded.)
+`RECEIVE_POLL_NS`) to the worker; with `pipeline.camera_ahead` (perception.node.ahead) the core
+offers each camera frame it filed to a camera thread that encodes it before its sweep is in; the
+worker (the caller of `run`) owns the PUB socket, hands the ready bundles to the core's processing
+side and publishes what comes out, plus the core's typed Diagnostics at 1 Hz. Receiving never waits
+for inference. A worker that falls behind gets several ready bundles at once; the core processes
+the newest and counts the others as skipped. `queue_wait` is how long the newest ready bundle
+waited for the worker. The calibration monitor (perception.node.calibration) runs on a third
+thread, started with its first sweep: the worker hands it a due sweep after publishing, and skips
+(counts, `calibration_skipped`) one while the monitor is still busy, because a search over the
+monitor's window can take longer than a sweep and must never hold up the next. Its CPU time is
+bounded on average (`calibration_monitor.budget_ms_per_sweep`,
+perception.node.calibration.CpuBudget): while it is over budget, due sweeps are passed over
+(counted, `calibration_over_budget`), so a monitor that searches all the time (a scene without
+evidence) cannot take the cores the pipeline needs. (Offline replay runs it in line,
+deterministically, unbounded.)
 
 Everything the node decides is the core's (perception.node.core): this module adds only the
 sockets, the threads, the watchdog, the real-time settings and the measured queue and publish
@@ -66,6 +68,7 @@ from perception.errors import TransportError, WireError
 from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.transport import Publisher, Subscriber
 from perception.msgs.types import DetectionList, Diagnostics, Message
+from perception.node.ahead import CameraAhead
 from perception.node.calibration import CpuBudget
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
 from perception.node.metrics import NodeMetrics
@@ -175,7 +178,12 @@ class Node:
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. Setup failures (sockets, model) raise; per-message
         problems never do."""
-        self.core.pipeline.warm_up()
+        pipeline = self.core.pipeline
+        pipeline.warm_up()
+        if self.config.pipeline.camera_ahead and pipeline.detector.batch_size == 1:
+            # A few frames per camera: those of the sweeps about to complete.
+            kept = 4 * max(1, len(self.config.inputs.camera_topics))
+            self.core.camera_ahead = CameraAhead(pipeline, max_kept=kept)
         self.core.realtime = apply_realtime(self.config.realtime)
         for refusal in self.core.realtime.refused:
             log.warning("real-time setting not applied: %s", refusal)
@@ -200,6 +208,8 @@ class Node:
             self._stop_calibration()
             if self._receiver is not None:
                 self._receiver.join(timeout=5.0)
+            if self.core.camera_ahead is not None:
+                self.core.camera_ahead.close()
             self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
             publisher.close()
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from calibration import LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
-from engines.camera.detector import Box2D, CameraDetector
+from calibration import CameraModel, LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
+from engines.camera.detector import Box2D, CameraDetector, Letterbox
 from engines.engine import Engine
 from engines.factory import EngineFactory, create_node_engines
 from engines.fusion.config import FusionEngineConfig
@@ -48,6 +48,7 @@ from perception.pipeline.timing import StageTimer
 from perception.ratelimit import RateLimitedLogger
 
 __all__ = [
+    "CameraEncoding",
     "Pipeline",
     "PipelineConfig",
     "StepFrame",
@@ -99,16 +100,30 @@ class StepFrame:
 
 @dataclass(frozen=True, eq=False)
 class _LidarBranch:
-    """The lidar branch's results: the ground plane, the lidar-only clusters, each camera's
-    points in view with its camera_from_vehicle, and its times: the ground and the lidar
-    encoder's (wall, and on the GPU where the engine can tell), the clusters' and views'."""
+    """The lidar branch's results: the ground plane, the lidar-only clusters, and its times:
+    the ground and the lidar encoder's (wall, and on the GPU where the engine can tell), the
+    clusters'."""
 
     ground: GroundPlane
     clusters: LidarClusters
-    in_view: dict[str, tuple[npt.NDArray[np.float32], RigidTransform]]
     encoder_ns: int
     objects_ns: int
     gpu_ns: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class CameraEncoding:
+    """One camera frame through the camera branch (`Pipeline.encode_camera`): the frame and
+    the camera model it was encoded with, its image, what makes it unfit (None if fit; no boxes
+    then), its 2D boxes, and the time its preprocessing and its encoder took."""
+
+    frame: CameraFrame
+    camera: CameraModel
+    image: npt.NDArray[np.uint8]
+    problem: str | None
+    boxes: tuple[Box2D, ...]
+    preprocess_ns: int = 0
+    encoder_ns: int = 0
 
 
 def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
@@ -285,8 +300,18 @@ class Pipeline:
         if self.learned is not None:
             self.learned.run(np.zeros((1, 4 + len(self.learned.config.classes) + 1), np.float32))
 
-    def step(self, bundle: SyncedBundle, seq: int) -> DetectionList:
-        """Detections of one bundle, stamped with the sweep's stamp, in the vehicle frame."""
+    def step(
+        self,
+        bundle: SyncedBundle,
+        seq: int,
+        ahead: Mapping[str, Future[CameraEncoding]] | None = None,
+    ) -> DetectionList:
+        """Detections of one bundle, stamped with the sweep's stamp, in the vehicle frame.
+
+        `ahead`: camera encodings started as the frames arrived (`encode_camera`), by stream
+        (the live node's `camera_ahead`). The step then waits for them (`camera_wait`, on the
+        frame's path; `camera_encoder` is their compute, off it) and encodes any frame without
+        one itself; the detections are those of encoding in line."""
         timer = StageTimer()
         timer.add("decode", bundle.decode_ns)
         timer.add("sync_wait", bundle.sync_wait_ns)
@@ -308,61 +333,65 @@ class Pipeline:
                     dt_ns = frame.header.stamp_ns - sweep.header.stamp_ns
                     motions[name] = RigidTransform(vehicle_motion(twist, dt_ns))
         # The lidar branch runs beside the camera branch: ONNX Runtime and most of numpy
-        # release the GIL, so the two share the cores instead of taking turns. It takes all
-        # the lidar's work that needs no camera box: the ground, the lidar encoder, the
-        # lidar-only clusters and each camera's points in view.
-        views = motions if kind != "learned" else {}
+        # release the GIL, so the two share the cores instead of taking turns. It takes the
+        # lidar's work that needs no camera box: the ground (handed over as soon as it is
+        # known, for the camera boxes' fusion), the lidar encoder and the lidar-only clusters.
+        ground_known: Future[GroundPlane] = Future()
         pending = None
         lidar = None
         if self._branches is None:
-            lidar = self._lidar_branch(points, rig, views)
+            lidar = self._lidar_branch(points, ground_known)
         else:
-            pending = self._branches.submit(self._lidar_branch, points, rig, views)
-        with timer.stage("preprocess"):
-            tensors = {}
-            unfit: list[str] = []
-            raw_images: dict[str, npt.NDArray[np.uint8]] = {}
-            for name, frame in list(cameras.items()):
-                image = self._image(frame)
-                problem = image_problem(measure_image(image), self.config.camera_health)
-                if problem is not None:
-                    # Fused as if missing: a blind camera's silence is no evidence.
-                    del cameras[name]
-                    stream = frame.header.stream
-                    unfit.append(stream)
-                    self._camera_log.warning(stream, f"{stream}: image {problem}; left out")
-                    continue
-                raw_images[name] = image
-                camera = rig.cameras[name]
-                if camera.has_distortion:
-                    # The engines assume a pinhole image: undistort with the same K.
-                    image = camera.undistort_image(image)
-                tensors[name] = self.detector.preprocess(image)
+            pending = self._branches.submit(self._lidar_branch, points, ground_known)
+        if ahead is None:
+            encodings = self._encode_inline(cameras, rig, timer)
+        else:
+            # Encoded as each frame arrived; this frame's path only waits for what is not done.
+            with timer.stage("camera_wait"):
+                encodings = {
+                    name: self._encoding_ahead(frame, rig.cameras[name], ahead)
+                    for name, frame in cameras.items()
+                }
+            timer.add("camera_encoder", sum(e.encoder_ns for e in encodings.values()))
         boxes: dict[str, list[Box2D]] = {}
-        with timer.stage("camera_encoder"):
-            raws = self.detector.infer_batch([tensor for tensor, _ in tensors.values()])
-            for (name, (_, letterbox)), raw in zip(tensors.items(), raws, strict=True):
-                boxes[name] = self.detector.decode(raw, letterbox)
-        if pending is not None:
-            with timer.stage("branch_wait"):
-                lidar = pending.result()
-        assert lidar is not None
-        ground = lidar.ground
-        timer.add("lidar_encoder", lidar.encoder_ns)
-        timer.add("lidar_objects", lidar.objects_ns)
-        if lidar.gpu_ns is not None:
-            timer.add("lidar_encoder_gpu", lidar.gpu_ns)
+        unfit: list[str] = []
+        raw_images: dict[str, npt.NDArray[np.uint8]] = {}
+        for name, encoding in encodings.items():
+            if encoding.problem is not None:
+                # Fused as if missing: a blind camera's silence is no evidence.
+                del cameras[name]
+                stream = encoding.frame.header.stream
+                unfit.append(stream)
+                self._camera_log.warning(stream, f"{stream}: image {encoding.problem}; left out")
+                continue
+            raw_images[name] = encoding.image
+            boxes[name] = list(encoding.boxes)
         detections: list[Detection3D] = []
+        # The camera boxes are fused while the lidar branch still clusters (each camera's
+        # points in view, then the fusion engine, need only the ground).
         with timer.stage("fusion"):
             if kind != "learned":
+                ground = ground_known.result()
                 for name, camera_boxes in boxes.items():
-                    detections += self._fuse(name, camera_boxes, lidar.in_view[name], rig, ground)
-                    if camera_boxes and self.fusion.last_gpu_ns is not None:
+                    if not camera_boxes:
+                        continue
+                    view = self._view_points(name, points, rig, motions[name])
+                    detections += self._fuse(name, camera_boxes, view, rig, ground)
+                    if self.fusion.last_gpu_ns is not None:
                         # Torch on CUDA: what the GPU spent, from CUDA events.
                         timer.add("fusion_gpu", self.fusion.last_gpu_ns)
             if kind != "geometric":
                 learned = self._learned(points, boxes, rig, motions)
                 detections = learned if kind == "learned" else merge_ensemble(detections, learned)
+        if pending is not None:
+            with timer.stage("branch_wait"):
+                lidar = pending.result()
+        assert lidar is not None
+        timer.add("lidar_encoder", lidar.encoder_ns)
+        timer.add("lidar_objects", lidar.objects_ns)
+        if lidar.gpu_ns is not None:
+            timer.add("lidar_encoder_gpu", lidar.gpu_ns)
+        with timer.stage("fusion"):
             detections += self.lidar_objects.select(lidar.clusters, detections)
         with timer.stage("postprocess"):
             detections = suppress_duplicates(detections)
@@ -384,26 +413,102 @@ class Pipeline:
             valid=not bundle.missing and not unfit,
         )
 
+    def camera_name(self, frame: CameraFrame, rig: Rig) -> str | None:
+        """The rig camera a frame is from: its frame id's (`camera/front` -> `front`), else its
+        stream's; None when the rig has neither."""
+        for key in (frame.header.frame_id, frame.header.stream):
+            name = key.removeprefix("camera/")
+            if name in rig.cameras:
+                return name
+        return None
+
+    def encode_camera(self, frame: CameraFrame, camera: CameraModel) -> CameraEncoding:
+        """One camera frame through the camera branch on its own (the live node's camera
+        encoding ahead of the sweep): its image checked, undistorted, letterboxed and run
+        through the camera encoder. Identical to what `step` finds for it in line.
+
+        Raises:
+            ValueError: encoded image data that does not decode.
+            EngineError: the camera encoder failed.
+        """
+        start = time.perf_counter_ns()
+        image, problem, tensor = self._prepare(frame, camera)
+        if tensor is None:
+            return CameraEncoding(frame, camera, image, problem, ())
+        prepared = time.perf_counter_ns()
+        raw = self.detector.infer_batch([tensor[0]])[0]
+        boxes = tuple(self.detector.decode(raw, tensor[1]))
+        return CameraEncoding(
+            frame, camera, image, None, boxes, prepared - start, time.perf_counter_ns() - prepared
+        )
+
+    def _prepare(
+        self, frame: CameraFrame, camera: CameraModel
+    ) -> tuple[npt.NDArray[np.uint8], str | None, tuple[np.ndarray, Letterbox] | None]:
+        """A frame's image, what makes it unfit (None if fit), and its encoder input (None
+        when unfit)."""
+        image = self._image(frame)
+        problem = image_problem(measure_image(image), self.config.camera_health)
+        if problem is not None:
+            return image, problem, None
+        # The engines assume a pinhole image: undistort with the same K.
+        pinhole = camera.undistort_image(image) if camera.has_distortion else image
+        return image, None, self.detector.preprocess(pinhole)
+
+    def _encode_inline(
+        self, cameras: dict[str, CameraFrame], rig: Rig, timer: StageTimer
+    ) -> dict[str, CameraEncoding]:
+        """Every camera of the bundle encoded here, `batch` cameras per engine call."""
+        prepared = {}
+        with timer.stage("preprocess"):
+            for name, frame in cameras.items():
+                prepared[name] = self._prepare(frame, rig.cameras[name])
+        fit = {name: p[2] for name, p in prepared.items() if p[2] is not None}
+        encodings = {}
+        with timer.stage("camera_encoder"):
+            raws = self.detector.infer_batch([tensor for tensor, _ in fit.values()])
+            found = {
+                name: tuple(self.detector.decode(raw, letterbox))
+                for (name, (_, letterbox)), raw in zip(fit.items(), raws, strict=True)
+            }
+        for name, (image, problem, _) in prepared.items():
+            camera = rig.cameras[name]
+            encodings[name] = CameraEncoding(
+                cameras[name], camera, image, problem, found.get(name, ())
+            )
+        return encodings
+
+    def _encoding_ahead(
+        self, frame: CameraFrame, camera: CameraModel, ahead: Mapping[str, Future[CameraEncoding]]
+    ) -> CameraEncoding:
+        """The encoding of `frame` made ahead, or made now when there is none for this very
+        frame and camera model (the bundle matched another frame, or the rig changed)."""
+        future = ahead.get(frame.header.stream)
+        if future is not None and not future.cancelled():
+            encoding = future.result()
+            if encoding.frame is frame and encoding.camera is camera:
+                return encoding
+        return self.encode_camera(frame, camera)
+
     def _lidar_branch(
-        self,
-        points: npt.NDArray[np.float32],
-        rig: Rig,
-        motions: dict[str, RigidTransform],
+        self, points: npt.NDArray[np.float32], ground_known: Future[GroundPlane]
     ) -> _LidarBranch:
         """The lidar's work of one sweep that needs no camera box, timed (on whichever thread
-        runs it): the ground plane, the lidar encoder's grids, the lidar-only clusters, and the
-        points each camera of ``motions`` sees (its vehicle motion to its stamp)."""
+        runs it): the ground plane (also set on ``ground_known`` at once), the lidar encoder's
+        grids and the lidar-only clusters."""
         start = time.perf_counter_ns()
-        ground = estimate_ground(points, self.config.ground)
+        try:
+            ground = estimate_ground(points, self.config.ground)
+        except BaseException as e:
+            ground_known.set_exception(e)
+            raise
+        ground_known.set_result(ground)
         obstacle, bev = self.lidar_objects.encode(points, ground)
         gpu_ns = self.lidar_objects.encoder.last_gpu_ns
         encoded = time.perf_counter_ns()
         clusters = self.lidar_objects.clusters(obstacle, bev, ground)
-        in_view = {
-            name: self._view_points(name, points, rig, motion) for name, motion in motions.items()
-        }
         return _LidarBranch(
-            ground, clusters, in_view, encoded - start, time.perf_counter_ns() - encoded, gpu_ns
+            ground, clusters, encoded - start, time.perf_counter_ns() - encoded, gpu_ns
         )
 
     def _view_points(
@@ -499,14 +604,10 @@ class Pipeline:
     def _cameras_by_name(self, bundle: SyncedBundle) -> dict[str, CameraFrame]:
         """Camera frames keyed by rig camera name (`camera/front` stream -> `front`)."""
         out: dict[str, CameraFrame] = {}
-        for stream, frame in sorted(bundle.cameras.items()):
-            name = frame.header.frame_id.removeprefix("camera/")
-            if name in bundle.rig.cameras:
+        for _, frame in sorted(bundle.cameras.items()):
+            name = self.camera_name(frame, bundle.rig)
+            if name is not None:
                 out[name] = frame
-            else:
-                name = stream.removeprefix("camera/")
-                if name in bundle.rig.cameras:
-                    out[name] = frame
         return out
 
     @staticmethod

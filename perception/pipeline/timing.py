@@ -18,15 +18,19 @@ __all__ = [
 
 # Stage names in pipeline order; every DetectionList of the live node carries these keys (offline
 # replays have no queue or publish). `lidar_objects` is the lidar branch's work after the encoder
-# (the lidar-only clusters, each camera's points in view). `branch_wait` is there when the lidar
-# branch runs beside the camera branch (`pipeline.parallel_branches`): the camera thread's wait
-# for it.
+# (the lidar-only clusters). `fusion` holds each camera's points in view, the fusion engine and
+# the choice of lidar-only objects. `branch_wait` is there when the lidar branch runs beside the
+# camera branch (`pipeline.parallel_branches`): the main thread's wait for its clusters, after
+# fusing the camera boxes. `camera_wait` is there when the cameras were encoded as their frames
+# arrived (the live node's `pipeline.camera_ahead`): the frame's wait for those encodings;
+# `camera_encoder` is then their compute, off the frame's path.
 STAGES = (
     "decode",
     "sync_wait",
     "queue_wait",
     "preprocess",
     "camera_encoder",
+    "camera_wait",
     "lidar_encoder",
     "lidar_objects",
     "branch_wait",
@@ -68,11 +72,14 @@ _LIDAR_BRANCH = ("lidar_encoder", "lidar_objects")
 
 
 def _hidden(timings_ns: Mapping[str, int]) -> set[str]:
-    """Timings not on the frame's critical path: GPU sub-timings (within their stage), and the
-    lidar branch when it ran beside the camera branch (its wait, `branch_wait`, is)."""
+    """Timings not on the frame's critical path: GPU sub-timings (within their stage), the
+    lidar branch when it ran beside the camera branch (its wait, `branch_wait`, is), and the
+    camera encoder when it ran ahead of the frame (its wait, `camera_wait`, is)."""
     hidden = {name for name in timings_ns if name.endswith("_gpu")}
     if "branch_wait" in timings_ns:
         hidden.update(_LIDAR_BRANCH)
+    if "camera_wait" in timings_ns:
+        hidden.add("camera_encoder")
     return hidden
 
 
@@ -83,11 +90,13 @@ def serial_ns(timings_ns: Mapping[str, int]) -> int:
 
 
 def engine_ns(timings_ns: Mapping[str, int]) -> int:
-    """The engines' share of a frame's critical path: the camera encoder and fusion, and the
-    lidar branch or, where it ran beside the camera branch, the wait for it."""
+    """The engines' share of a frame's critical path: the camera encoder or, where it ran ahead
+    of the frame, the wait for it; fusion; and the lidar branch or, where it ran beside the
+    camera branch, the wait for it."""
     hidden = _hidden(timings_ns)
     lidar = timings_ns.get("branch_wait", 0) if "lidar_encoder" in hidden else 0
-    return lidar + sum(timings_ns.get(s, 0) for s in ENGINE_STAGES if s not in hidden)
+    camera = timings_ns.get("camera_wait", 0) if "camera_encoder" in hidden else 0
+    return lidar + camera + sum(timings_ns.get(s, 0) for s in ENGINE_STAGES if s not in hidden)
 
 
 def step_ns(timings_ns: Mapping[str, int]) -> int:

@@ -374,6 +374,10 @@ class Bundler:
             ego_pose_end=self._ego.pose_at(sweep_end_ns(sweep)),
         )
 
+    def rig_at(self, stamp_ns: int) -> Rig | None:
+        """The rig in force at `stamp_ns` (the one a bundle stamped then is made with)."""
+        return self._rig_at(stamp_ns)
+
     def _rig_at(self, stamp_ns: int) -> Rig | None:
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)

@@ -37,7 +37,7 @@ from app.bench import (
     sweep_span_ns,
     write_report,
 )
-from app.bench.sweeps import with_engines
+from app.bench.sweeps import send_times, with_engines
 from app.bench.yardstick import time_camera_encoder
 from app.models import build_detector, build_pipeline
 from engines.errors import EngineError
@@ -290,6 +290,24 @@ def test_restamp_keeps_offsets_to_the_sweep() -> None:
     assert stamps["gnss"] - now == 5 * MS
     assert stamps["rig"] == now
     assert [m.header.seq for _, m in out] == [m.header.seq for _, m in sweep]
+
+
+def test_each_message_is_sent_when_captured_and_none_after_its_sweep() -> None:
+    """The camera exposed 62 ms into a sweep of 99 ms goes 37 ms before the sweep is complete;
+    one stamped after the sweep's last point goes with the sweep, in the sweep's order."""
+    topic, sweep = _sweep(0, 1000 * MS)
+    timed = LidarSweep(sweep.header, sweep.points, np.array([0, 40 * MS, 99 * MS], np.int64))
+    late = _camera(0, 1200 * MS)
+    out = restamp_sweep(((late[0] + "/late", late[1]), _camera(0, 1062 * MS), (topic, timed)), 0)
+    times = send_times(out)
+    assert [t for t, _, _ in times] == [-37 * MS, 0, 0]
+    assert [name for _, name, _ in times] == ["camera/front", "camera/front/late", topic]
+    assert times[-1][2] is out[-1][1]
+    # A sweep without per-point times: everything stamped with it goes at once, in order.
+    together = send_times(restamp_sweep(group_sweeps(_drive(1))[0], 0))
+    assert [(t, name) for t, name, _ in together] == [
+        (0, "rig"), (0, "gnss"), (0, "camera/front"), (0, "lidar")
+    ]  # fmt: skip
 
 
 def test_config_for_sweeps_takes_topics_and_camera_offsets_from_the_drive() -> None:
