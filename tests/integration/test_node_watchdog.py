@@ -107,7 +107,7 @@ _HANGING_NODE = textwrap.dedent(
     config = load_config(Path(sys.argv[1]))
     pipeline = build_pipeline(config)
     # An engine that never returns (a hung GPU driver, a deadlock in a runtime).
-    pipeline.step = lambda bundle, seq: threading.Event().wait()
+    pipeline.step = lambda bundle, seq, ahead=None: threading.Event().wait()
     node = Node(config, pipeline)
     threading.Thread(target=lambda: node.ready.wait() and print("ready", flush=True)).start()
     node.run(threading.Event())
