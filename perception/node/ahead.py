@@ -79,6 +79,9 @@ class CameraAhead(Closeable):
                 kept = self._kept.pop(id(frame), None)
                 if kept is not None and kept[0] is frame:
                     out[stream] = kept[1]
+                    # Claimed: a newer frame of its stream must no longer cancel it.
+                    if self._newest.get(frame.header.stream) is kept[1]:
+                        del self._newest[frame.header.stream]
         return out
 
     def close(self) -> None:

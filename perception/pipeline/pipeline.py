@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -484,10 +484,14 @@ class Pipeline:
         """The encoding of `frame` made ahead, or made now when there is none for this very
         frame and camera model (the bundle matched another frame, or the rig changed)."""
         future = ahead.get(frame.header.stream)
-        if future is not None and not future.cancelled():
-            encoding = future.result()
-            if encoding.frame is frame and encoding.camera is camera:
-                return encoding
+        if future is not None:
+            try:
+                encoding = future.result()
+            except CancelledError:
+                pass  # overtaken by a newer frame before it started
+            else:
+                if encoding.frame is frame and encoding.camera is camera:
+                    return encoding
         return self.encode_camera(frame, camera)
 
     def _lidar_branch(

@@ -7,6 +7,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from perception.msgs.types import CameraFrame, DetectionList, Header
 from perception.node.ahead import CameraAhead
 from perception.node.core import NodeCore
 from perception.pipeline import Pipeline
+from perception.pipeline.pipeline import CameraEncoding
 from perception.pipeline.timing import engine_ns, serial_ns
 from replay.drive import DriveReader
 from replay.offline import Received, run_core
@@ -168,3 +170,31 @@ def test_a_bundle_whose_frame_was_not_encoded_ahead_is_encoded_in_line(
 
 def _threads() -> list[threading.Thread]:
     return threading.enumerate()
+
+
+def test_a_claimed_encoding_is_never_cancelled_by_a_newer_frame(
+    pipeline: Pipeline, synth_frame_and_rig: tuple[CameraFrame, Rig]
+) -> None:
+    """A worker behind a backlog claims a frame whose encoding has not started; the receiver
+    then files a newer frame of that camera: the claimed encoding still runs (the node
+    counted a failed step per such race before)."""
+    frame, rig = synth_frame_and_rig
+    frames = [_frame(frame, k) for k in range(3)]
+    with CameraAhead(pipeline) as ahead:
+        ahead.offer(frames[0], rig)  # runs
+        ahead.offer(frames[1], rig)  # waits behind it
+        claimed = ahead.claim({CAMERA_STREAM: frames[1]})[CAMERA_STREAM]
+        ahead.offer(frames[2], rig)
+        assert ahead.cancelled == 0
+        assert claimed.result(timeout=30).frame is frames[1]
+
+
+def test_a_cancelled_encoding_is_made_in_line(
+    pipeline: Pipeline, synth_frame_and_rig: tuple[CameraFrame, Rig]
+) -> None:
+    frame, rig = synth_frame_and_rig
+    cancelled: Future[CameraEncoding] = Future()
+    assert cancelled.cancel()
+    encoding = pipeline._encoding_ahead(frame, rig.cameras["front"], {CAMERA_STREAM: cancelled})
+    assert encoding.frame is frame
+    assert encoding.boxes == pipeline.encode_camera(frame, rig.cameras["front"]).boxes
