@@ -21,7 +21,9 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from tests.integration.listen import Outputs
 from tests.integration.node_harness import node_config, running_node
 
-pytestmark = pytest.mark.slow
+# Clock estimates judged from receive times: run alone (`serial`), where no other test's load
+# delays the messages they are judged from.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 MS = 1_000_000
 S = 1_000 * MS
@@ -150,7 +152,7 @@ def test_a_sensor_clock_that_really_jumps_is_followed(
     assert counters["clock_jumps"] == 2, "".join(node.output)  # camera and lidar
     assert counters["stamp_faults"] == 4
     # The latency after the jump is measured with the new offset, not the step.
-    assert all(dl.latency_ns < 1 * S for _, dl in after)
+    assert all(dl.latency_ns < 1 * S for _, dl in after), [dl.latency_ns // MS for _, dl in after]
     log = "".join(node.output)
     assert "lidar/top: sensor clock jumped by" in log
 
