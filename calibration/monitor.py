@@ -344,6 +344,15 @@ def _quadratic(x: FloatArray, y: FloatArray) -> tuple[float, float]:
     return float(beta[0]), float(beta[1])
 
 
+def _fold_spread(loo: FloatArray) -> FloatArray:
+    """The jackknife standard deviation of estimates made leaving out each fold in turn
+    (``loo``: one row per fold)."""
+    spread: FloatArray = np.sqrt(
+        (_FOLDS - 1) / _FOLDS * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0)
+    )
+    return spread
+
+
 def _peak(a: float, b: float, prior: float, centre: float) -> float:
     """The maximum of a x^2 + b x - prior (x + centre)^2 (the score less the prior's pull
     toward the rig, ``centre`` steps from the candidates' centre); NaN where there is none."""
@@ -734,7 +743,7 @@ class CalibrationMonitor:
         total_peaks, total_beyond, score, prior = self._fit_axes(scores)
         self._prior = prior
         loo = np.array([self._fit_axes(s, prior)[0] for s in loo_scores])
-        sigmas = np.sqrt((_FOLDS - 1) / _FOLDS * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
+        sigmas = _fold_spread(loo)
         # Walk only where every fold agrees on the direction.
         agree = np.all(np.sign(loo) == total_beyond, axis=0) & np.all(np.abs(loo) > 1.0, axis=0)
         beyond = np.where(agree, total_beyond, 0.0)
@@ -788,12 +797,12 @@ class CalibrationMonitor:
         total_peaks = peaks(scores)
         loo = np.array([peaks(s) for s in loo_scores])
         for r, ridge in enumerate(self._ridges):
-            t, spread = float(total_peaks[r]), loo[:, r]
+            t = float(total_peaks[r])
             # A ridge rising beyond the candidates is no peak to look at: on little evidence
             # (eight KITTI frames) a ridge's far end is where its bias lies.
-            if not math.isfinite(t) or abs(t) > _REACH_STEPS or not np.all(np.isfinite(spread)):
+            if not math.isfinite(t) or abs(t) > _REACH_STEPS or not np.all(np.isfinite(loo[:, r])):
                 continue
-            sigma = math.sqrt((_FOLDS - 1) / _FOLDS * float(np.sum((spread - spread.mean()) ** 2)))
+            sigma = float(_fold_spread(loo[:, r]))
             if abs(t) > 1.5 and abs(t) > _SIGNIFICANT_SIGMA * sigma:
                 out += t * ridge
         return out

@@ -41,7 +41,8 @@ class CameraAhead(Closeable):
         self.max_kept = max_kept
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="camera-ahead")
         self._lock = threading.Lock()
-        # By frame identity (the frame is held, so its id is not reused while kept).
+        # By frame identity: the frame is held beside its encoding, so its id is not reused
+        # while kept.
         self._kept: OrderedDict[int, tuple[CameraFrame, Future[CameraEncoding]]] = OrderedDict()
         self._newest: dict[str, Future[CameraEncoding]] = {}
         self._closed = False
@@ -77,10 +78,10 @@ class CameraAhead(Closeable):
         with self._lock:
             for stream, frame in cameras.items():
                 kept = self._kept.pop(id(frame), None)
-                if kept is not None and kept[0] is frame:
-                    out[stream] = kept[1]
+                if kept is not None:
+                    out[stream] = future = kept[1]
                     # Claimed: a newer frame of its stream must no longer cancel it.
-                    if self._newest.get(frame.header.stream) is kept[1]:
+                    if self._newest.get(frame.header.stream) is future:
                         del self._newest[frame.header.stream]
         return out
 

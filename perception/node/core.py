@@ -354,7 +354,8 @@ class NodeCore:
             if caught_up:
                 self.liveness.caught_up(receive_ns)
             ready = self._poll_locked(receive_ns - 1)
-            ahead_rig = None
+            # A camera frame filed, and the rig to encode it with: offered after the lock.
+            offer: tuple[CameraFrame, Rig] | None = None
             try:
                 if self._judge_stamp(topic, msg, receive_ns):
                     result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
@@ -366,20 +367,20 @@ class NodeCore:
                         self.camera_ahead is not None
                         and result.filed is Filed.ACCEPTED
                         and isinstance(msg, CameraFrame)
+                        and (ahead_rig := self.bundler.rig_at(msg.header.stamp_ns)) is not None
                     ):
-                        ahead_rig = self.bundler.rig_at(msg.header.stamp_ns)
+                        offer = (msg, ahead_rig)
             except Exception as e:  # a bug below must cost one message, not the node
                 self.counters.sync_errors += 1
                 self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {_what(e)}")
             ready += self._poll_locked(receive_ns)
         # Not a frame that completed a bundle just now: the worker encodes that one at once.
         if (
-            ahead_rig is not None
+            offer is not None
             and self.camera_ahead is not None
-            and isinstance(msg, CameraFrame)
             and not any(f is msg for r in ready for f in r.bundle.cameras.values())
         ):
-            self.camera_ahead.offer(msg, ahead_rig)
+            self.camera_ahead.offer(*offer)
         return ready
 
     def _judge_stamp(self, topic: str, msg: Message, receive_ns: int) -> bool:

@@ -115,14 +115,13 @@ class _LidarBranch:
 class CameraEncoding:
     """One camera frame through the camera branch (`Pipeline.encode_camera`): the frame and
     the camera model it was encoded with, its image, what makes it unfit (None if fit; no boxes
-    then), its 2D boxes, and the time its preprocessing and its encoder took."""
+    then), its 2D boxes, and the time its encoder took."""
 
     frame: CameraFrame
     camera: CameraModel
     image: npt.NDArray[np.uint8]
     problem: str | None
     boxes: tuple[Box2D, ...]
-    preprocess_ns: int = 0
     encoder_ns: int = 0
 
 
@@ -431,16 +430,13 @@ class Pipeline:
             ValueError: encoded image data that does not decode.
             EngineError: the camera encoder failed.
         """
-        start = time.perf_counter_ns()
         image, problem, tensor = self._prepare(frame, camera)
         if tensor is None:
             return CameraEncoding(frame, camera, image, problem, ())
-        prepared = time.perf_counter_ns()
+        start = time.perf_counter_ns()
         raw = self.detector.infer_batch([tensor[0]])[0]
         boxes = tuple(self.detector.decode(raw, tensor[1]))
-        return CameraEncoding(
-            frame, camera, image, None, boxes, prepared - start, time.perf_counter_ns() - prepared
-        )
+        return CameraEncoding(frame, camera, image, None, boxes, time.perf_counter_ns() - start)
 
     def _prepare(
         self, frame: CameraFrame, camera: CameraModel

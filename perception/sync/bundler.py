@@ -351,7 +351,7 @@ class Bundler:
         if missing and self.liveness is not None:
             live = self.liveness
             self.stats.dead_camera_bundles += any(live.dead(s, matched.ready_ns) for s in missing)
-        rig = self._rig_at(stamp)
+        rig = self.rig_at(stamp)
         if rig is None:
             self.stats.dropped_sweeps_no_rig += 1
             return None
@@ -376,9 +376,6 @@ class Bundler:
 
     def rig_at(self, stamp_ns: int) -> Rig | None:
         """The rig in force at `stamp_ns` (the one a bundle stamped then is made with)."""
-        return self._rig_at(stamp_ns)
-
-    def _rig_at(self, stamp_ns: int) -> Rig | None:
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)
         return self._rigs[i - 1][1] if i > 0 else None
