@@ -112,6 +112,23 @@ def test_rig_in_force_at_the_sweep_time() -> None:
     assert b2.rig.cameras["front"].width == 96
 
 
+def test_the_same_rig_sent_again_is_the_rig_already_in_use() -> None:
+    """A rig re-sent unchanged (a latched topic, a looped drive) keeps the rig in use, with the
+    caches its cameras built; a changed one replaces it."""
+    s = Bundler.from_config(FRONT, SyncConfig())
+    for seq in range(3):
+        doc = _rig(64).to_dict()
+        s.add(RigMessage(Header("rig", seq, (100 + 100 * seq) * MS, "vehicle"), doc), 0)
+    first = s.rig_at(100 * MS)
+    assert first is not None
+    assert s.rig_at(200 * MS) is first and s.rig_at(300 * MS) is first
+    s.add(RigMessage(Header("rig", 3, 400 * MS, "vehicle"), _rig(96).to_dict()), 0)
+    changed = s.rig_at(400 * MS)
+    assert changed is not first and changed is not None
+    assert changed.cameras["front"].width == 96
+    assert s.rig_at(300 * MS) is first
+
+
 def test_gnss_nearest_fix_attached() -> None:
     s = _sync()
     for t in (0, 100, 200):
