@@ -165,7 +165,10 @@ def node_config_document(
 ) -> dict[str, Any]:
     """The YAML document of `config` for the node child: inputs on `sensors`, outputs on
     `detections`, file paths absolute (model, rig, key files), `rig_path` as its rig when
-    given.
+    given. The sensor stamps are on the host clock (the bench restamps them to the send time),
+    as PTP-synchronised sensors' are: the node takes them as they are
+    (`budgets.apply_clock_offset` off), so its latency counts the transport too instead of
+    leaning on a clock estimate that takes the fastest transport for the clocks' offset.
 
     Raises:
         ConfigError: the result is not a valid node config.
@@ -173,6 +176,7 @@ def node_config_document(
     doc: dict[str, Any] = plain(dataclasses.asdict(config))
     doc["inputs"]["endpoints"] = [sensors]
     doc["outputs"]["endpoint"] = detections
+    doc["budgets"]["apply_clock_offset"] = False
     model = Path(config.camera_model.path).expanduser()
     if model.is_file():
         doc["camera_model"]["path"] = str(model.resolve())

@@ -327,7 +327,17 @@ def test_node_config_document_round_trips_with_our_endpoints(tmp_path: Path) -> 
     assert parsed.inputs.endpoints == ("ipc:///tmp/x/sensors",)
     assert parsed.outputs.endpoint == "ipc:///tmp/x/detections"
     assert parsed.camera_model.path == str(model.resolve())
-    assert parsed.sync == base.sync and parsed.budgets == base.budgets
+    assert parsed.sync == base.sync
+    assert parsed.budgets == replace(base.budgets, apply_clock_offset=False)
+
+
+def test_the_bench_node_takes_its_stamps_as_host_time() -> None:
+    """The bench restamps every message onto the host clock: a clock estimate would only take
+    the fastest transport off the latency (and, under load, a little more)."""
+    base = parse_config({"budgets": {"apply_clock_offset": True, "end_to_end_ms": 80.0}})
+    doc = node_config_document(base, "ipc:///tmp/x/sensors", "ipc:///tmp/x/detections")
+    budgets = parse_config(doc).budgets
+    assert budgets.apply_clock_offset is False and budgets.end_to_end_ms == 80.0
 
 
 def test_node_config_document_keeps_the_key_files_absolute(
