@@ -435,8 +435,10 @@ class FusionEngine(torch.nn.Module):
         lo = torch.stack([a_lo, b_lo], dim=1)
         hi = torch.stack([a_hi, b_hi], dim=1)
         extent = hi - lo  # [B, 2]
-        prior_size = prior[:, [_P_LEN, _P_WID]]
-        max_size = prior[:, [_P_MAX_LEN, _P_MAX_WID]]
+        # Slices, not a list index: a list is a host tensor copied to the GPU on every run,
+        # which stalls the launches and rules out a CUDA graph (seen on an H200).
+        prior_size = prior[:, _P_LEN : _P_WID + 1]
+        max_size = prior[:, _P_MAX_LEN : _P_MAX_WID + 1]
         plausible = extent <= max_size
         size = torch.where(plausible, torch.maximum(prior_size, extent), prior_size)
         sensor = torch.stack([ox * c + oy * s, -ox * s + oy * c], dim=1)

@@ -97,7 +97,8 @@ class LearnedFusionNet(nn.Module):
         # into a 6 MB constant of the ONNX export (the features are finite: ReLU outputs).
         canvas = (feats.sum(dim=(1, 2), keepdim=True) * 0.0).expand(b, c, nx * ny + 1)
         index = pillar_cells.reshape(b, 1, p).expand(b, c, p)
-        canvas = canvas.scatter(2, index, feats.transpose(1, 2))
+        # Under fp16 autocast the sum (so the canvas) is fp32 while the features are fp16.
+        canvas = canvas.scatter(2, index, feats.transpose(1, 2).to(canvas.dtype))
         return canvas[:, :, : nx * ny].reshape(b, c, nx, ny)
 
     def forward(
