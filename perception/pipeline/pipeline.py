@@ -144,7 +144,8 @@ class Pipeline:
     """The node's library object: one `step()` per synced bundle.
 
     Stages: preprocess (lidar to the vehicle frame; each camera image checked for darkness and
-    blur, an unfit one left out as if missing and listed as degraded (camera_health); undistortion
+    blur, an unfit one -- or one whose data does not decode -- left out as if missing and listed
+    as degraded (camera_health); undistortion
     of distorted cameras, letterbox),
     camera encoder (2D boxes per camera), lidar encoder (the ground plane, then the BEV grid of the
     returns above it), fusion (the compiled fusion engine per camera: boxes + the points in that
@@ -427,7 +428,6 @@ class Pipeline:
         through the camera encoder. Identical to what `step` finds for it in line.
 
         Raises:
-            ValueError: encoded image data that does not decode.
             EngineError: the camera encoder failed.
         """
         image, problem, tensor = self._prepare(frame, camera)
@@ -442,8 +442,13 @@ class Pipeline:
         self, frame: CameraFrame, camera: CameraModel
     ) -> tuple[npt.NDArray[np.uint8], str | None, tuple[np.ndarray, Letterbox] | None]:
         """A frame's image, what makes it unfit (None if fit), and its encoder input (None
-        when unfit)."""
-        image = self._image(frame)
+        when unfit). Encoded data that does not decode is unfit too (an empty image): one
+        corrupt frame costs its camera's boxes for that sweep, not the lidar's objects."""
+        try:
+            image = self._image(frame)
+        except ValueError:
+            empty = np.zeros((0, 0, 3), np.uint8)
+            return empty, f"does not decode as {frame.encoding}", None
         problem = image_problem(measure_image(image), self.config.camera_health)
         if problem is not None:
             return image, problem, None

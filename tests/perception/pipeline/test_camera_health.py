@@ -145,3 +145,27 @@ def test_the_node_counts_unfit_images_and_publishes_them_as_degraded(
     assert degraded == [(), (CAMERA_STREAM,), (CAMERA_STREAM,), ()]
     assert core.counters.unfit_images == 2
     assert core.diagnostics(STAMP_NS + 10**9).counters["unfit_images"] == 2
+
+
+def test_a_frame_that_does_not_decode_is_fused_as_a_missing_camera(
+    kitti_dir: Path, yolox_path: Path
+) -> None:
+    """A corrupt JPEG costs its camera's boxes for that sweep, not the lidar's objects: the
+    camera is left out and listed as degraded, as an unfit image is, in line and ahead."""
+    pipeline = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+    full = _bundle(kitti_dir)
+    frame = full.cameras[CAMERA_STREAM]
+    assert isinstance(frame, CameraFrame) and frame.image is not None
+    ok, jpeg = cv2.imencode(".jpg", frame.image)
+    assert ok
+    torn = replace(frame, image=None, data=jpeg.tobytes()[:2000], encoding="jpeg")
+    corrupt = replace(full, cameras={CAMERA_STREAM: torn})
+
+    out = pipeline.step(corrupt, 0)
+    assert out.degraded == (CAMERA_STREAM,) and not out.valid
+    missing = pipeline.step(_bundle(kitti_dir, camera=False), 1)
+    assert out.detections and out.detections == missing.detections
+
+    camera = full.rig.cameras[pipeline.camera_name(torn, full.rig) or ""]
+    encoding = pipeline.encode_camera(torn, camera)
+    assert encoding.problem == "does not decode as jpeg" and encoding.boxes == ()
