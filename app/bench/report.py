@@ -27,7 +27,7 @@ from app.bench.stats import (
     ProcessUsage,
     SweepAccounting,
 )
-from perception.pipeline.timing import engine_ns
+from perception.pipeline.timing import engine_ns, engine_path
 from replay.output import atomic_output, check_output_dir
 
 __all__ = ["BenchResult", "format_markdown", "result_document", "write_png", "write_report"]
@@ -283,7 +283,10 @@ def _timeline(ax: Any, result: BenchResult) -> None:
     if not same:  # else the second line would hide under the first
         ax.plot(t, [f.response_ns / 1e6 for f in result.frames], ".-", lw=0.8, label="response")
     engine = [engine_ns(f.timings_ns) / 1e6 for f in result.frames]
-    label = "engines (" + " + ".join(ENGINE_STAGES) + ", critical path)"
+    # The stages as these frames ran them (with cameras encoded on arrival, the frame waits
+    # for them: camera_wait, not camera_encoder).
+    paths = dict.fromkeys(s for f in result.frames for s in engine_path(f.timings_ns))
+    label = "engines (" + " + ".join(paths or ENGINE_STAGES) + ", critical path)"
     ax.plot(t, engine, ".", ms=3, label=label)
     if result.dropped_sent_s:
         dropped = result.dropped_sent_s

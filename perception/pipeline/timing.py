@@ -12,6 +12,7 @@ __all__ = [
     "STEP_STAGES",
     "StageTimer",
     "engine_ns",
+    "engine_path",
     "serial_ns",
     "step_ns",
 ]
@@ -89,14 +90,22 @@ def serial_ns(timings_ns: Mapping[str, int]) -> int:
     return sum(v for name, v in timings_ns.items() if name not in hidden)
 
 
-def engine_ns(timings_ns: Mapping[str, int]) -> int:
-    """The engines' share of a frame's critical path: the camera encoder or, where it ran ahead
-    of the frame, the wait for it; fusion; and the lidar branch or, where it ran beside the
-    camera branch, the wait for it."""
+def engine_path(timings_ns: Mapping[str, int]) -> tuple[str, ...]:
+    """The timings that make the engines' share of a frame's critical path, in `STAGES` order:
+    the camera encoder or, where it ran ahead of the frame, the wait for it; the lidar branch
+    or, where it ran beside the camera branch, the wait for it; fusion."""
     hidden = _hidden(timings_ns)
-    lidar = timings_ns.get("branch_wait", 0) if "lidar_encoder" in hidden else 0
-    camera = timings_ns.get("camera_wait", 0) if "camera_encoder" in hidden else 0
-    return lidar + camera + sum(timings_ns.get(s, 0) for s in ENGINE_STAGES if s not in hidden)
+    on_path = {s for s in ENGINE_STAGES if s in timings_ns and s not in hidden}
+    if "lidar_encoder" in hidden:
+        on_path.add("branch_wait")
+    if "camera_encoder" in hidden:
+        on_path.add("camera_wait")
+    return tuple(s for s in STAGES if s in on_path)
+
+
+def engine_ns(timings_ns: Mapping[str, int]) -> int:
+    """The engines' share of a frame's critical path (the sum of `engine_path`)."""
+    return sum(timings_ns.get(s, 0) for s in engine_path(timings_ns))
 
 
 def step_ns(timings_ns: Mapping[str, int]) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perception.pipeline.timing import StageTimer, engine_ns, serial_ns
+from perception.pipeline.timing import StageTimer, engine_ns, engine_path, serial_ns
 
 MS = 1_000_000
 
@@ -13,6 +13,7 @@ def test_serial_timings_add_up() -> None:
     # The GPU's share of a stage is within that stage.
     assert serial_ns(timings) == 21 * MS
     assert engine_ns(timings) == 18 * MS
+    assert engine_path(timings) == ("camera_encoder", "lidar_encoder", "fusion")
 
 
 def test_a_parallel_lidar_branch_counts_only_for_its_wait() -> None:
@@ -20,6 +21,16 @@ def test_a_parallel_lidar_branch_counts_only_for_its_wait() -> None:
     timings |= {"branch_wait": 3 * MS, "fusion": 3 * MS, "postprocess": MS}
     assert serial_ns(timings) == 19 * MS
     assert engine_ns(timings) == 16 * MS
+    assert engine_path(timings) == ("camera_encoder", "branch_wait", "fusion")
+
+
+def test_cameras_encoded_ahead_count_only_for_their_wait() -> None:
+    timings = {"preprocess": 2 * MS, "camera_encoder": 10 * MS, "camera_wait": MS}
+    timings |= {"lidar_encoder": 12 * MS, "lidar_objects": 4 * MS, "branch_wait": 3 * MS}
+    timings |= {"fusion": 3 * MS, "postprocess": MS}
+    assert serial_ns(timings) == 10 * MS
+    assert engine_ns(timings) == 7 * MS
+    assert engine_path(timings) == ("camera_wait", "branch_wait", "fusion")
 
 
 def test_a_stage_entered_twice_adds_up() -> None:
