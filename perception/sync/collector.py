@@ -29,6 +29,7 @@ receive times), so both pair identically given the same arrival order.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from perception.sync.policy import Filed, Filing, MatchedSet, payload_bytes
 __all__ = ["CollectorPolicy"]
 
 MS = 1_000_000
+# Sweeps whose gaps give the sweep interval (their median: a dropped sweep does not move it).
+_INTERVAL_SWEEPS = 9
 
 _ACCEPTED = Filing(Filed.ACCEPTED)
 _DUPLICATE = Filing(Filed.DUPLICATE)
@@ -49,26 +52,47 @@ _UNKNOWN_STREAM = Filing(Filed.UNKNOWN_STREAM)
 
 
 class _RecentStamps:
-    """The stamps of the last `capacity` emitted sweeps, answering "is one within `window` of
-    t?" by bisection: a camera frame asks on every arrival, so a scan of them all would be the
-    collector's largest cost."""
+    """The stamps of the last `capacity` emitted sweeps, each with how far from its expected
+    time each camera's chosen frame was (None: the set went out without one), answering "is
+    one within `window` of t?" by bisection: a camera frame asks on every arrival, so a scan
+    of them all would be the collector's largest cost."""
 
     def __init__(self, capacity: int) -> None:
         self._order: deque[int] = deque()  # emission order, for eviction
         self._sorted: list[int] = []
         self._capacity = capacity
+        self._chosen: dict[int, dict[str, int | None]] = {}
 
-    def add(self, stamp_ns: int) -> None:
+    def latest(self, n: int) -> list[int]:
+        """The `n` latest stamps, in stamp order."""
+        return self._sorted[-n:]
+
+    def add(self, stamp_ns: int, chosen_dt_ns: dict[str, int | None] | None = None) -> None:
         self._order.append(stamp_ns)
         bisect.insort(self._sorted, stamp_ns)
+        self._chosen[stamp_ns] = chosen_dt_ns or {}
         if len(self._order) > self._capacity:
             oldest = self._order.popleft()
             del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+            self._chosen.pop(oldest, None)
 
     def near(self, stamp_ns: int, window_ns: int) -> bool:
         """Whether a stamp lies within `window_ns` of `stamp_ns` (inclusive)."""
         i = bisect.bisect_left(self._sorted, stamp_ns - window_ns)
         return i < len(self._sorted) and self._sorted[i] <= stamp_ns + window_ns
+
+    def claims(self, stream: str, expected_ns: int, window_ns: int) -> bool:
+        """Whether an emitted set within `window_ns` of `expected_ns` would have taken a frame of
+        `stream` expected then: it went out without one, or with one farther from its time.
+        Such a frame is late. One no nearer than the frame the set took is not that set's: it
+        is kept for the sets to come (sweeps closer together than the window)."""
+        i = bisect.bisect_left(self._sorted, expected_ns - window_ns)
+        while i < len(self._sorted) and self._sorted[i] <= expected_ns + window_ns:
+            chosen = self._chosen[self._sorted[i]].get(stream)
+            if chosen is None or abs(expected_ns - self._sorted[i]) < chosen:
+                return True
+            i += 1
+        return False
 
 
 @dataclass
@@ -133,6 +157,7 @@ class CollectorPolicy:
         self._camera_bytes = dict.fromkeys(camera_streams, 0)
         # Stamps of emitted sweeps, so late members and duplicate sweeps are recognised.
         self._emitted = _RecentStamps(4 * queue_size)
+        self._interval_ns: int | None = None
 
     @classmethod
     def from_config(
@@ -182,6 +207,7 @@ class CollectorPolicy:
             while self._pending_bytes > self.queue_bytes and len(self._pending) > 1:
                 self._pending_bytes -= self._pending.pop(0).nbytes
                 evicted += 1
+        self._update_interval()
         return _accepted(evicted)
 
     def add_camera(self, frame: CameraFrame, receive_ns: int, decode_ns: int) -> Filing:
@@ -192,8 +218,8 @@ class CollectorPolicy:
             return _UNKNOWN_STREAM
         stamp = frame.header.stamp_ns
         expected = stamp - self.offsets_ns[stream]
-        window = self.windows_ns[stream]
-        if self._emitted.near(expected, window):
+        window = self._window(stream)
+        if self._emitted.claims(stream, expected, window):
             # Its set is already out: using it elsewhere would pair it outside its window
             # or twice, so it is dropped.
             return _LATE
@@ -249,9 +275,10 @@ class CollectorPolicy:
                     break  # incomplete and not due: the other cameras need not be looked at
                 choice[stream] = index
             else:
-                self._emitted.add(stamp)
+                taken = self._take(pending, choice, now_ns)
+                self._emitted.add(stamp, self._chosen_dt(taken))
                 self._pending_bytes -= pending.nbytes
-                out.append(self._take(pending, choice, now_ns))
+                out.append(taken)
                 continue
             keep.append(pending)
         self._pending = keep
@@ -268,7 +295,7 @@ class CollectorPolicy:
         """Index of the unused frame nearest to its expected time within the window, or -1."""
         queue = self._cameras[stream]
         expected = stamp_ns + self.offsets_ns[stream]
-        window = self.windows_ns[stream]
+        window = self._window(stream)
         i = bisect.bisect_left(queue, expected, key=lambda e: e[0])
         best, best_dt = -1, window + 1
         for j in (i - 1, i):
@@ -277,6 +304,36 @@ class CollectorPolicy:
                 if dt < best_dt:
                     best, best_dt = j, dt
         return best
+
+    def _window(self, stream: str) -> int:
+        """The half-window `stream`'s frames match within: the configured one, but less than
+        half the sweep interval once that is known. Sweeps closer together than the window
+        (25 Hz under the default 50 ms) would otherwise take their neighbour's frame: the next
+        sweep's frame was dropped as late for the last one, and each set waited a period for
+        a frame 40 ms off."""
+        window = self.windows_ns[stream]
+        interval = self._interval_ns
+        return window if interval is None else min(window, (interval - 1) // 2)
+
+    def _update_interval(self) -> None:
+        """The sweep interval: the median gap between the latest sweeps, emitted and pending
+        (a dropped sweep does not move it; None before two)."""
+        stamps = sorted(
+            {
+                *self._emitted.latest(_INTERVAL_SWEEPS),
+                *(p.sweep.header.stamp_ns for p in self._pending),
+            }
+        )[-_INTERVAL_SWEEPS:]
+        gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
+        self._interval_ns = gaps[len(gaps) // 2] if gaps else None
+
+    def _chosen_dt(self, taken: MatchedSet) -> dict[str, int | None]:
+        """How far each camera's frame in `taken` is from its expected time (None: none)."""
+        stamp = taken.sweep.header.stamp_ns
+        out: dict[str, int | None] = dict.fromkeys(self._camera_streams)
+        for stream, frame in taken.cameras.items():
+            out[stream] = abs(frame.header.stamp_ns - self.offsets_ns[stream] - stamp)
+        return out
 
     def _take(self, pending: _Pending, choice: dict[str, int], now_ns: int) -> MatchedSet:
         """The set of `pending` with the chosen frames, which leave their queues."""
@@ -298,6 +355,7 @@ class CollectorPolicy:
         self._pending_bytes = 0
         # Stamps of the old timeline would make new sweeps duplicates and new frames late.
         self._emitted = _RecentStamps(4 * self.queue_size)
+        self._interval_ns = None
         return dropped
 
     @property
@@ -314,4 +372,5 @@ class CollectorPolicy:
         queue.clear()
         self._camera_bytes[stream] = 0
         self._emitted = _RecentStamps(4 * self.queue_size)
+        self._update_interval()
         return dropped

@@ -200,6 +200,57 @@ def test_late_member_dropped_and_counted() -> None:
     assert s.stats.duplicate_messages == 1 and s.poll(10**12) == []
 
 
+def test_sweeps_closer_than_the_window_each_get_their_own_frame() -> None:
+    """25 Hz under the default 50 ms window: a frame 40 ms from an emitted sweep, no nearer to
+    it than the frame that sweep took, is the next sweep's (it was dropped as late, and each
+    set then waited a period for its neighbour's frame, 40 ms off)."""
+    s = _sync()
+    out = []
+    for k in range(8):
+        stamp = k * 40 * MS
+        assert s.add(_cam(stamp, seq=k), receive_ns=stamp).filed is Filed.ACCEPTED
+        s.add(_sweep(stamp, seq=k), receive_ns=stamp)
+        out += [(b, stamp) for b in s.poll(stamp)]
+    assert [b.lidar.header.seq for b, _ in out] == list(range(8))
+    assert all(b.cameras["camera/front"].header.seq == b.lidar.header.seq for b, _ in out)
+    assert all(b.sync_wait_ns == 0 and b.skews_ns == {"camera/front": 0} for b, _ in out)
+
+
+def test_at_25_hz_a_lost_frame_costs_its_own_sweep_only() -> None:
+    """Once the sweep interval is known a set matches only within half of it: the sweep whose
+    frame was lost does not take the next one's (which would shift every pairing after it)."""
+    s = _sync(timeout_ns=100 * MS)
+    out = []
+    for k in range(10):
+        stamp = k * 40 * MS
+        if k != 5:
+            s.add(_cam(stamp, seq=k), receive_ns=stamp)
+        s.add(_sweep(stamp, seq=k), receive_ns=stamp)
+        out += s.poll(stamp)
+    out += s.flush()
+    by_sweep = {b.lidar.header.seq: b for b in out}
+    assert sorted(by_sweep) == list(range(10))
+    assert by_sweep[5].missing == ("camera/front",)
+    for k in set(range(10)) - {5}:
+        assert by_sweep[k].cameras["camera/front"].header.seq == k, k
+
+
+def test_a_frame_farther_than_the_one_its_set_took_is_not_late() -> None:
+    """A 30 Hz camera beside a 10 Hz lidar: the frames between sweeps are nobody's, not late
+    for the sweep before them; one nearer than what an emitted set took is late."""
+    s = _sync()
+    s.add(_cam(100 * MS, seq=1), receive_ns=0)
+    s.add(_sweep(100 * MS), receive_ns=0)
+    (b,) = s.poll(0)
+    assert b.cameras["camera/front"].header.seq == 1
+    assert s.add(_cam(133 * MS, seq=2), receive_ns=0).filed is Filed.ACCEPTED
+    degraded = _sync(timeout_ns=10 * MS)
+    degraded.add(_sweep(100 * MS), receive_ns=0)
+    (gone,) = degraded.poll(20 * MS)
+    assert gone.missing == ("camera/front",)
+    assert degraded.add(_cam(133 * MS, seq=2), receive_ns=0).filed is Filed.LATE
+
+
 def test_add_result_for_each_outcome() -> None:
     s = _sync()
     assert s.add(_sweep(100 * MS), receive_ns=0) == AddResult(Filed.ACCEPTED)
