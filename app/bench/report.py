@@ -128,7 +128,8 @@ def _overhead_text(o: NodeOverhead | None) -> str:
         f"{o.median_ms:.2f} ms median, {100 * o.median_share:.1f}% of the frame (target "
         f"< {o.target_ms:g} ms and < {100 * o.target_share:g}%: {verdict}); "
         f"{o.queue_wait_median_ms:.2f} ms median waiting for the worker, "
-        f"{o.unstaged_median_ms:.2f} ms in no timed stage"
+        f"{o.unstaged_median_ms:.2f} ms in no timed stage; the transport apart, "
+        f"{o.transport_median_ms:.2f} ms median"
     )
 
 

@@ -86,10 +86,11 @@ class SweepAccounting:
 
 @dataclass(frozen=True)
 class NodeOverhead:
-    """Per frame: the response (sweep sent -> published) minus the engine stages; medians over
-    the frames. `unstaged_median_ms`: the response minus every stage the frame carries: time in no
-    timed stage (ZeroMQ transport, the message waiting for the node's receiver thread; the
-    `publish` stage carried is the previous message's, so this is approximate).
+    """Per frame: the response (sweep sent -> published) minus the engine stages and the
+    transport (which has targets of its own: `transport_median_ms`); medians over the frames.
+    `unstaged_median_ms`: the response minus every stage the frame carries: time in no timed
+    stage (the message waiting for the node's receiver thread; the `publish` stage carried is
+    the previous message's, so this is approximate).
     `queue_wait_median_ms`: of the overhead, the time ready bundles waited for the node's worker
     (the node's `queue_wait` stage: 0 unless it falls behind)."""
 
@@ -97,6 +98,7 @@ class NodeOverhead:
     median_share: float
     unstaged_median_ms: float
     queue_wait_median_ms: float
+    transport_median_ms: float
     target_ms: float
     target_share: float
     meets_target: bool
@@ -215,13 +217,13 @@ def account(
 
 
 def node_overhead(frames: Sequence[Frame]) -> NodeOverhead | None:
-    """Median node overhead (response minus the engines' critical path) in ms and as a share of the
-    response; None without frames of positive response."""
+    """Median node overhead (response minus the engines' critical path and the transport) in ms
+    and as a share of the response; None without frames of positive response."""
     rows = [f for f in frames if f.response_ns > 0]
     if not rows:
         return None
     overhead_ns = np.array(
-        [f.response_ns - engine_ns(f.timings_ns) for f in rows],
+        [f.response_ns - engine_ns(f.timings_ns) - f.timings_ns.get("transport", 0) for f in rows],
         dtype=np.float64,
     )
     share = overhead_ns / np.array([f.response_ns for f in rows], dtype=np.float64)
@@ -233,6 +235,8 @@ def node_overhead(frames: Sequence[Frame]) -> NodeOverhead | None:
         median_share=median_share,
         unstaged_median_ms=float(np.median(unstaged_ns)) / 1e6,
         queue_wait_median_ms=float(np.median([f.timings_ns.get("queue_wait", 0) for f in rows]))
+        / 1e6,
+        transport_median_ms=float(np.median([f.timings_ns.get("transport", 0) for f in rows]))
         / 1e6,
         target_ms=OVERHEAD_TARGET_MS,
         target_share=OVERHEAD_TARGET_SHARE,

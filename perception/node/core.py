@@ -534,13 +534,15 @@ class NodeCore:
         )
         with self._lock:
             self._seq += 1
+            host_stamp_ns = self._host_stamp_ns(chosen.bundle)
             timings = {
+                "transport": self._transport_ns(chosen, host_stamp_ns),
                 **detections.timings_ns,
                 "queue_wait": queue_wait_ns,
                 "publish": self._last_publish_ns,
             }
             processing_ns = time.perf_counter_ns() - start_ns
-            latency_ns = self._latency_ns(chosen, queue_wait_ns + processing_ns)
+            latency_ns = self._latency_ns(chosen, host_stamp_ns, queue_wait_ns + processing_ns)
             budget_ok = self._check_budgets(timings, latency_ns)
             self._last_latency_ns = latency_ns
             self.counters.published += 1
@@ -652,17 +654,29 @@ class NodeCore:
         with self._lock:
             self._last_publish_ns = int(duration_ns)
 
-    def _latency_ns(self, ready: ReadyBundle, waited_ns: int) -> int:
-        """Sensor stamp (on the host clock) to now; see the module docstring."""
-        bundle = ready.bundle
+    def _host_stamp_ns(self, bundle: SyncedBundle) -> int:
+        """The sweep stamp on the host clock: moved by the lidar clock's estimated offset when
+        `budgets.apply_clock_offset` (and the estimate has its sweeps), else as it is."""
         stamp_ns: int = bundle.lidar.header.stamp_ns
-        host_stamp_ns = None
         if self.config.budgets.apply_clock_offset:
-            host_stamp_ns = self.clocks.to_host_ns(
+            host = self.clocks.to_host_ns(
                 self.config.inputs.lidar_topic, stamp_ns, min_samples=CLOCK_MIN_SWEEPS
             )
-        if host_stamp_ns is None:
-            host_stamp_ns = stamp_ns
+            if host is not None:
+                return host
+        return stamp_ns
+
+    def _transport_ns(self, ready: ReadyBundle, host_stamp_ns: int) -> int:
+        """From the sweep's last point (on the host clock) to its receipt; 0 when the clocks
+        put it the other way (a clock estimate ahead of this sweep's delay)."""
+        bundle = ready.bundle
+        receive_ns = ready.ready_ns - bundle.sync_wait_ns
+        end_ns = host_stamp_ns + (sweep_end_ns(bundle.lidar) - bundle.lidar.header.stamp_ns)
+        return min(max(receive_ns - end_ns, 0), INT64_MAX)
+
+    def _latency_ns(self, ready: ReadyBundle, host_stamp_ns: int, waited_ns: int) -> int:
+        """Sensor stamp (on the host clock) to now; see the module docstring."""
+        bundle = ready.bundle
         receive_ns = ready.ready_ns - bundle.sync_wait_ns
         latency_ns = int(receive_ns - host_stamp_ns + bundle.sync_wait_ns + waited_ns)
         # Saturated: a clock estimate gone wild must not make the output unencodable (int64).

@@ -18,14 +18,18 @@ __all__ = [
 ]
 
 # Stage names in pipeline order; every DetectionList of the live node carries these keys (offline
-# replays have no queue or publish). `lidar_objects` is the lidar branch's work after the encoder
-# (the lidar-only clusters). `fusion` holds each camera's points in view, the fusion engine and
-# the choice of lidar-only objects. `branch_wait` is there when the lidar branch runs beside the
-# camera branch (`pipeline.parallel_branches`): the main thread's wait for its clusters, after
-# fusing the camera boxes. `camera_wait` is there when the cameras were encoded as their frames
-# arrived (the live node's `pipeline.camera_ahead`): the frame's wait for those encodings;
-# `camera_encoder` is then their compute, off the frame's path.
+# replays have no queue or publish, and their transport is the drive's log time). `transport` is
+# the sweep's way from its last point to the node's receiver (on the host clock: with the lidar
+# clock's estimated offset applied, what it took beyond the fastest sweep seen). `lidar_objects`
+# is the lidar branch's work after the encoder (the lidar-only clusters). `fusion` holds each
+# camera's points in view, the fusion engine and the choice of lidar-only objects. `branch_wait`
+# is there when the lidar branch runs beside the camera branch (`pipeline.parallel_branches`):
+# the main thread's wait for its clusters, after fusing the camera boxes. `camera_wait` is there
+# when the cameras were encoded as their frames arrived (the live node's `pipeline.camera_ahead`):
+# the frame's wait for those encodings; `camera_encoder` is then their compute, off the frame's
+# path.
 STAGES = (
+    "transport",
     "decode",
     "sync_wait",
     "queue_wait",

@@ -138,6 +138,16 @@ def test_node_overhead_is_the_frame_minus_the_engines() -> None:
     assert node_overhead([]) is None
 
 
+def test_node_overhead_leaves_the_transport_apart() -> None:
+    """The sweep's way to the node has targets of its own: reported, not counted as overhead."""
+    timings = {"transport": 3 * MS, "camera_encoder": 10 * MS, "fusion": 5 * MS, "decode": MS}
+    o = node_overhead([Frame(0.0, 20 * MS, 0, timings, False)] * 3)
+    assert o is not None
+    assert o.median_ms == pytest.approx(2.0)  # 20 - 15 - 3
+    assert o.transport_median_ms == pytest.approx(3.0)
+    assert o.unstaged_median_ms == pytest.approx(1.0)  # 20 - 19
+
+
 def test_node_overhead_counts_a_parallel_lidar_branch_by_its_wait() -> None:
     # The lidar encoder's 12 ms ran beside the camera's 10: the frame waited 1 ms for it.
     timings = {"camera_encoder": 10 * MS, "lidar_encoder": 12 * MS, "branch_wait": MS}

@@ -14,6 +14,7 @@ import pytest
 from perception.config import NodeConfig, parse_config
 from perception.msgs.types import DetectionList, LidarSweep, Message
 from perception.node import NodeCore
+from perception.node.core import CLOCK_MIN_SWEEPS
 from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.offline import Received, run_core
@@ -183,3 +184,20 @@ def test_rates_from_the_topic_table(
     # At 2 Hz nothing is dead within the gap: each bundle waits the 300 ms timeout (17-19
     # would be out after frame 20, complete at once when the camera is back: skipped).
     assert slow_waits == dict.fromkeys(range(10, 17), 300 * MS)
+
+
+def test_the_transport_is_the_sweeps_way_to_the_node(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder
+) -> None:
+    """Each sweep reaches the core 3 ms after its stamp (it has no per-point times: its last
+    point is its stamp)."""
+    outputs, _ = _run(config, pipeline, _frames(folder, CLOCK_MIN_SWEEPS + 4))
+    by_frame = dict(outputs)
+    # Before the lidar clock's estimate the clocks are taken to agree: the 3 ms it took.
+    assert all(by_frame[k].timings_ns["transport"] == 3 * MS for k in range(CLOCK_MIN_SWEEPS - 1))
+    # With the estimate (the fastest delay seen is in the offset): nothing beyond it.
+    late = range(CLOCK_MIN_SWEEPS, CLOCK_MIN_SWEEPS + 4)
+    assert all(by_frame[k].timings_ns["transport"] == 0 for k in late)
+    agree = replace(config, budgets=replace(config.budgets, apply_clock_offset=False))
+    outputs, _ = _run(agree, pipeline, _frames(folder, 4))
+    assert [dl.timings_ns["transport"] for _, dl in outputs] == [3 * MS] * 4
