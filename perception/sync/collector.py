@@ -44,6 +44,7 @@ __all__ = ["CollectorPolicy"]
 MS = 1_000_000
 # Sweeps whose gaps give the sweep interval (their median: a dropped sweep does not move it).
 _INTERVAL_SWEEPS = 9
+_INTERVAL_MIN_GAPS = 4
 
 _ACCEPTED = Filing(Filed.ACCEPTED)
 _DUPLICATE = Filing(Filed.DUPLICATE)
@@ -317,7 +318,7 @@ class CollectorPolicy:
 
     def _update_interval(self) -> None:
         """The sweep interval: the median gap between the latest sweeps, emitted and pending
-        (a dropped sweep does not move it; None before two)."""
+        (a dropped sweep does not move it; None before five)."""
         stamps = sorted(
             {
                 *self._emitted.latest(_INTERVAL_SWEEPS),
@@ -325,7 +326,8 @@ class CollectorPolicy:
             }
         )[-_INTERVAL_SWEEPS:]
         gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
-        self._interval_ns = gaps[len(gaps) // 2] if gaps else None
+        # A median of a few gaps, so that one odd stamp cannot narrow every match.
+        self._interval_ns = gaps[len(gaps) // 2] if len(gaps) >= _INTERVAL_MIN_GAPS else None
 
     def _chosen_dt(self, taken: MatchedSet) -> dict[str, int | None]:
         """How far each camera's frame in `taken` is from its expected time (None: none)."""

@@ -235,6 +235,21 @@ def test_at_25_hz_a_lost_frame_costs_its_own_sweep_only() -> None:
         assert by_sweep[k].cameras["camera/front"].header.seq == k, k
 
 
+def test_one_odd_sweep_stamp_does_not_narrow_the_matching() -> None:
+    """Two sweeps 1 ms apart (a replayed glitch) among 10 Hz ones: the interval is a median of
+    several gaps, so the next sets still match their frames 30 ms off."""
+    s = _sync(timeout_ns=50 * MS)
+    stamps = [0, 1 * MS, 100 * MS, 200 * MS, 300 * MS, 400 * MS, 500 * MS]
+    out = []
+    for k, stamp in enumerate(stamps):
+        s.add(_cam(stamp + 30 * MS, seq=k), receive_ns=stamp)
+        s.add(_sweep(stamp, seq=k), receive_ns=stamp)
+        out += s.poll(stamp + 60 * MS)  # past each set's timeout
+    out += s.flush()
+    full = {b.lidar.header.seq for b in out if not b.missing}
+    assert {1, 2, 3, 4, 5, 6} <= full
+
+
 def test_a_frame_farther_than_the_one_its_set_took_is_not_late() -> None:
     """A 30 Hz camera beside a 10 Hz lidar: the frames between sweeps are nobody's, not late
     for the sweep before them; one nearer than what an emitted set took is late."""
