@@ -305,8 +305,16 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_engines: torch sees no CUDA device; these figures are for a GPU", file=sys.stderr
         )
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     yolox = args.data / "camera_detector" / "yolox_nano_coco_416.onnx"
+    kitti = args.data / "kitti_object" / "training"
+    for needed in (yolox, kitti):
+        if not needed.exists():
+            print(
+                f"gpu_engines: {needed}: not found (--data is the shared data folder)",
+                file=sys.stderr,
+            )
+            return 2
+    args.out.mkdir(parents=True, exist_ok=True)
     model = CameraModelConfig(path=str(yolox), kind="yolox")
     bundle = kitti_bundle(args.data)
     report: dict[str, Any] = {"environment": environment(), "frame": FRAME_ID}
