@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from perception.msgs.types import (
     Message,
     RigMessage,
 )
+from perception.node import core as core_module
 from perception.node.core import CLOCK_MIN_SWEEPS, NodeCore
 from perception.node.node import Node
 from perception.pipeline import Pipeline
@@ -101,31 +100,29 @@ def big_rig(frame: list[Message], frames: int) -> RigMessage:
 
 
 def test_a_big_rig_is_parsed_outside_the_core_lock(
-    pipeline: Pipeline, frame: list[Message]
+    pipeline: Pipeline, frame: list[Message], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Finding 4: the receiver parsed a rig with the core's lock held, so the worker (which takes
     # the lock before and after each frame, and for diagnostics) stalled for the whole parse.
+    # Checked by taking the lock during the parse, not by timing the worker's waits: on a
+    # loaded 2-core CI machine one wait took 0.33 s with the lock free.
     core = NodeCore(NodeConfig(), pipeline)
-    msg = big_rig(frame, 8000)
-    parse: list[float] = []
+    msg = big_rig(frame, 2000)
+    free_during_parse: list[bool] = []
+    real_parse = core_module.parse_rig
 
-    def receive() -> None:
-        start = time.perf_counter()
-        core.on_message("rig", msg, 1)
-        parse.append(time.perf_counter() - start)
+    def parse_watched(m: RigMessage) -> object:
+        taken = core._lock.acquire(blocking=False)
+        if taken:
+            core._lock.release()
+        free_during_parse.append(taken)
+        return real_parse(m)
 
-    receiver = threading.Thread(target=receive)
-    waits = []
-    receiver.start()
-    while receiver.is_alive():
-        start = time.perf_counter()
-        core.diagnostics(time.time_ns())  # takes the lock
-        waits.append(time.perf_counter() - start)
-    receiver.join()
+    monkeypatch.setattr(core_module, "parse_rig", parse_watched)
+    core.on_message("rig", msg, 1)
+    assert free_during_parse == [True]
     assert core.bundler.stats.bad_rigs == 0 and len(core.bundler._rigs) == 1
-    assert parse[0] > 0.1, "the rig parsed too fast to show anything"
-    assert len(waits) > 10
-    assert max(waits) < parse[0] / 3, (max(waits), parse[0])
+    assert len(core.bundler._rigs[0][1].frames) > 2000
 
 
 def test_huge_point_offsets_in_process_cannot_overflow_the_output(
