@@ -32,7 +32,7 @@ from perception.node import core as core_module
 from perception.node.core import CLOCK_MIN_SWEEPS, NodeCore
 from perception.node.node import Node
 from perception.pipeline import Pipeline
-from perception.sync.bundler import SyncStats
+from perception.sync.bundler import SyncStats, parse_rig
 from perception.sync.clock import ClockMonitor
 from replay.datasets.kitti_object import KittiObjectFolder
 
@@ -109,7 +109,7 @@ def test_a_big_rig_is_parsed_outside_the_core_lock(
     core = NodeCore(NodeConfig(), pipeline)
     msg = big_rig(frame, 2000)
     free_during_parse: list[bool] = []
-    real_parse = core_module.parse_rig
+    real_parse = parse_rig
 
     def parse_watched(m: RigMessage) -> object:
         taken = core._lock.acquire(blocking=False)
@@ -118,7 +118,7 @@ def test_a_big_rig_is_parsed_outside_the_core_lock(
         free_during_parse.append(taken)
         return real_parse(m)
 
-    monkeypatch.setattr(core_module, "parse_rig", parse_watched)
+    monkeypatch.setattr(core_module, "parse_rig", parse_watched)  # the name the core calls
     core.on_message("rig", msg, 1)
     assert free_during_parse == [True]
     assert core.bundler.stats.bad_rigs == 0 and len(core.bundler._rigs) == 1
