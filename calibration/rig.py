@@ -50,8 +50,11 @@ values cut short.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -333,6 +336,15 @@ class Rig:
         if self.warnings:
             doc["warnings"] = list(self.warnings)
         return doc
+
+    @cached_property
+    def calibration_digest(self) -> str:
+        """A digest of what the rig calibrates: its document without `source` (where it was
+        read from). Equal for rigs that calibrate alike; made once per rig, since a big rig's
+        document takes a while (a rig is not changed once made)."""
+        doc = self.to_dict()
+        doc.pop("source", None)
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     @staticmethod
     def from_dict(doc: Any, source: str = "rig") -> Rig:

@@ -25,7 +25,6 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from calibration import CalibrationError, Rig
 from perception.config import SyncConfig
@@ -102,13 +101,6 @@ _ACCEPTED = _RESULTS[Filed.ACCEPTED]
 _FILED_ACCEPTED = Filed.ACCEPTED
 
 
-def _calibration(rig: Rig) -> dict[str, Any]:
-    """A rig's document without its `source` (which message it came in): its calibration."""
-    doc = rig.to_dict()
-    doc.pop("source", None)
-    return doc
-
-
 def _fix_problem(fix: GnssFix) -> str:
     """What makes a fix unusable for the ego poses ("" if nothing): the decoder rejects such
     fixes, but a fix built in-process is not decoded, and one NaN would poison every pose
@@ -132,9 +124,12 @@ def parse_rig(msg: RigMessage) -> Rig | CalibrationError:
     stream and message). Slow for a big document (about 30 us a frame), and touches nothing
     else: a caller holding a lock parses first, then files the result with `Bundler.add`."""
     try:
-        return Rig.from_dict(msg.rig, source=f"{msg.header.stream} message {msg.header.seq}")
+        rig = Rig.from_dict(msg.rig, source=f"{msg.header.stream} message {msg.header.seq}")
     except CalibrationError as e:
         return e
+    # Made here, outside the caller's lock: `Bundler.add` compares it with the rig in use.
+    _ = rig.calibration_digest
+    return rig
 
 
 class Bundler:
@@ -278,7 +273,11 @@ class Bundler:
             return AddResult(Filed.BAD_RIG, str(parsed))
         rig = parsed
         last = self._last_rig
-        if last is not None and last is not rig and _calibration(rig) == _calibration(last):
+        if (
+            last is not None
+            and last is not rig
+            and rig.calibration_digest == last.calibration_digest
+        ):
             # The same calibration sent again (a latched topic, a looped drive): keep the rig
             # already in use, whose cameras have built their undistortion maps (3.6 MB for a
             # KITTI-sized image); each copy would build its own, `queue_size` of them held.

@@ -86,6 +86,16 @@ def test_lookup_through_the_tree() -> None:
         rig.transform("radar", "lidar")
 
 
+def test_the_calibration_digest_ignores_the_source_only() -> None:
+    doc = _tree_rig().to_dict()
+    a = Rig.from_dict(doc, source="rig message 1")
+    b = Rig.from_dict({**doc, "source": "another drive"}, source="rig message 2")
+    assert a.calibration_digest == b.calibration_digest
+    moved = copy.deepcopy(doc)
+    moved["frames"]["lidar"]["translation"][2] += 1e-9
+    assert Rig.from_dict(moved).calibration_digest != a.calibration_digest
+
+
 def test_rig_yaml_round_trip(tmp_path: Path) -> None:
     rig = _tree_rig()
     path = tmp_path / "rig.yaml"
