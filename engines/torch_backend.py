@@ -171,8 +171,7 @@ class TorchEngine:
         """Whether runs replay a captured CUDA graph (after the first run on CUDA)."""
         return self._graph is not None
 
-    def _outputs_of(self, result: list[object]) -> dict[str, np.ndarray]:
-        tensors = result
+    def _outputs_of(self, tensors: list[object]) -> dict[str, np.ndarray]:
         if len(tensors) != len(self._outputs):
             raise EngineError(
                 f"{self.name}: forward returned {len(tensors)} tensors, "

@@ -121,8 +121,7 @@ def send_times(sweep: Sweep) -> list[tuple[int, str, Message]]:
     end_ns = lidar.header.stamp_ns + sweep_span_ns(lidar)
     times = [(min(msg.header.stamp_ns, end_ns), topic, msg) for topic, msg in sweep[:-1]]
     times.append((end_ns, sweep[-1][0], lidar))
-    order = sorted(range(len(times)), key=lambda i: times[i][0])
-    return [times[i] for i in order]
+    return sorted(times, key=lambda t: t[0])  # stable: ties keep the sweep's order
 
 
 def _shifted(msg: Message, shift_ns: int) -> Message:
