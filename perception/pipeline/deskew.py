@@ -22,6 +22,52 @@ __all__ = ["deskew_points", "deskew_sweep", "ego_twist", "vehicle_motion"]
 FloatArray = npt.NDArray[np.float64]
 
 
+#: The largest rotation (rad) between a point's instant and the reference up to which the
+#: float32 path uses the series of sin and cos (truncation below 1e-9 there); beyond it, the
+#: exact float64 form. A sweep turns by its yaw rate times 0.1 s: 0.05 rad at a sharp turn.
+_SERIES_MAX_RAD = 0.3
+
+
+def _sensor_motion(
+    dt: FloatArray,
+    velocity_mps: tuple[float, float, float],
+    yaw_rate_radps: float,
+    single: bool,
+) -> tuple[npt.NDArray[np.floating], ...]:
+    """Per point, the rotation (cos, sin of the yaw) and translation (x, y, z) that take the
+    sensor frame at ``dt`` (s from the reference) to the reference frame, for a constant twist.
+    ``single``: in float32, through the series of sin(a)/a and (cos(a) - 1)/a, which stay
+    well conditioned for the translation as the yaw rate tends to zero (the exact form divides
+    a difference of nearly equal cosines by it), and cost a tenth of float64 trigonometry."""
+    vx, vy, vz = velocity_mps
+    w = yaw_rate_radps
+    angle = w * dt
+    if single and float(np.abs(angle).max(initial=0.0)) <= _SERIES_MAX_RAD:
+        a = angle.astype(np.float32)
+        t = dt.astype(np.float32)
+        a2 = a * a
+        sinc = 1.0 + a2 * (-1.0 / 6.0 + a2 * (1.0 / 120.0 - a2 * (1.0 / 5040.0)))
+        cosc = a * (-0.5 + a2 * (1.0 / 24.0 - a2 * (1.0 / 720.0)))
+        sinc = sinc.astype(np.float32, copy=False)
+        cosc = cosc.astype(np.float32, copy=False)
+        along, across = t * sinc, t * cosc
+        return (
+            1.0 + a * cosc,
+            a * sinc,
+            np.float32(vx) * along + np.float32(vy) * across,
+            np.float32(vy) * along - np.float32(vx) * across,
+            np.float32(vz) * t,
+        )
+    c, s = np.cos(angle), np.sin(angle)
+    if abs(w) < 1e-9:
+        tx, ty = vx * dt, vy * dt
+    else:
+        # Integral of R(w t) v dt: exact for a constant twist.
+        tx = (vx * s + vy * (c - 1.0)) / w
+        ty = (vx * (1.0 - c) + vy * s) / w
+    return c, s, tx, ty, vz * dt
+
+
 def deskew_points(
     points: npt.NDArray[np.floating],
     offsets_ns: npt.NDArray[np.integer],
@@ -31,24 +77,15 @@ def deskew_points(
 ) -> npt.NDArray[np.float32]:
     """Points (N x 3+, extra columns kept) measured at `offsets_ns` -> the frame at
     `reference_offset_ns`. `velocity_mps` is the vehicle velocity in its own frame at the
-    reference time. Returns a new float32 array of the same shape."""
+    reference time. Returns a new float32 array of the same shape (computed in float64)."""
     pts = np.asarray(points)
     dt = (np.asarray(offsets_ns, dtype=np.int64) - reference_offset_ns).astype(np.float64) * 1e-9
-    vx, vy, vz = velocity_mps
-    w = yaw_rate_radps
-    yaw = w * dt
-    c, s = np.cos(yaw), np.sin(yaw)
-    if abs(w) < 1e-9:
-        tx, ty = vx * dt, vy * dt
-    else:
-        # Integral of R(w t) v dt: exact for a constant twist.
-        tx = (vx * s + vy * (c - 1.0)) / w
-        ty = (vx * (1.0 - c) + vy * s) / w
+    c, s, tx, ty, tz = _sensor_motion(dt, velocity_mps, yaw_rate_radps, single=False)
     x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
     out = np.array(pts, dtype=np.float32, copy=True)
     out[:, 0] = c * x - s * y + tx
     out[:, 1] = s * x + c * y + ty
-    out[:, 2] = pts[:, 2].astype(np.float64) + vz * dt
+    out[:, 2] = pts[:, 2].astype(np.float64) + tz
     return out
 
 
@@ -65,15 +102,30 @@ def deskew_sweep(
     or either pose the points are returned unchanged (in the vehicle frame) and the flag is False,
     so the caller can mark its output.
     """
-    pts = np.array(sweep.points, dtype=np.float32, copy=True)
-    if vehicle_from_lidar is not None:
-        m = np.asarray(vehicle_from_lidar, dtype=np.float64)
-        pts[:, :3] = (pts[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
+    src = np.asarray(sweep.points, dtype=np.float32)
+    m = np.eye(4) if vehicle_from_lidar is None else np.asarray(vehicle_from_lidar, np.float64)
+    # One matrix product over whole rows (BLAS on contiguous rows is several times faster than
+    # on the x, y, z slice); the extra columns are carried over exactly afterwards.
+    rows = np.zeros((src.shape[1], src.shape[1]), dtype=np.float32)
+    rows[:3, :3] = m[:3, :3].T
+    out = src @ rows
+    out[:, 3:] = src[:, 3:]
+    shift = m[:3, 3].astype(np.float32)
     offsets = sweep.point_time_offsets_ns
     twist = ego_twist(start, end)
     if offsets is None or len(offsets) == 0 or twist is None:
-        return pts, False
-    return deskew_points(pts, offsets, *twist), True
+        for axis in range(3):
+            out[:, axis] += shift[axis]
+        return out, False
+    # float32 throughout: a sweep of 10^5 points is deskewed on every frame, and the points are
+    # float32 already (the series' and the rounding's errors stay below 0.1 mm at 120 m).
+    dt = np.asarray(offsets, dtype=np.int64).astype(np.float64) * 1e-9
+    c, s, tx, ty, tz = _sensor_motion(dt, *twist, single=True)
+    x, y = out[:, 0] + shift[0], out[:, 1] + shift[1]
+    out[:, 0] = c * x - s * y + tx
+    out[:, 1] = s * x + c * y + ty
+    out[:, 2] += tz + shift[2]
+    return out, True
 
 
 def ego_twist(

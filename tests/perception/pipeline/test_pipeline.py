@@ -111,6 +111,14 @@ def test_sweep_is_deskewed_with_gnss_motion(pipeline: Pipeline, kitti_dir: Path)
     # A point measured t after the sweep start was seen from 20 t further forward.
     shift = points[:, 0] - sweep.points[:, 0]
     np.testing.assert_allclose(shift, 20.0 * offsets * 1e-9, atol=0.02)
+    # The range cut, after the deskew: the points beyond it go, the others stay in order.
+    reach = np.sqrt(np.einsum("ij,ij->i", points[:, :3], points[:, :3]))
+    # Halfway between two ranges a millimetre apart or more: no point sits on the limit.
+    ranked = np.sort(reach)
+    k = len(ranked) // 2 + int(np.argmax(np.diff(ranked[len(ranked) // 2 :]) > 1e-3))
+    limit = float(ranked[k] + ranked[k + 1]) / 2
+    cut = Pipeline(pipeline.detector, PipelineConfig(max_range_m=limit), pipeline.fusion)
+    np.testing.assert_array_equal(cut._points_in_vehicle(bundle), points[reach <= limit])
 
 
 def test_vehicle_motion_to_the_camera_stamp() -> None:
