@@ -29,32 +29,41 @@ def bev_corners(center_xy: Sequence[float], length: float, width: float, yaw: fl
     return out
 
 
-def _clip_polygon(subject: FloatArray, clip: FloatArray) -> FloatArray:
-    """Sutherland-Hodgman: ``subject`` clipped by the convex counter-clockwise ``clip``."""
+Polygon = list[tuple[float, float]]
+
+
+def _clip_polygon(subject: Polygon, clip: Polygon) -> Polygon:
+    """Sutherland-Hodgman: ``subject`` clipped by the convex counter-clockwise ``clip``. In
+    Python floats: for polygons of a few corners, numpy's per-call cost is most of the time."""
     out = subject
     for i in range(len(clip)):
-        if len(out) == 0:
+        if not out:
             break
-        a, b = clip[i], clip[(i + 1) % len(clip)]
-        edge = b - a
-        side = edge[0] * (out[:, 1] - a[1]) - edge[1] * (out[:, 0] - a[0])
-        nxt = np.roll(out, -1, axis=0)
-        side_nxt = np.roll(side, -1)
-        pts: list[FloatArray] = []
-        for p, q, sp, sq in zip(out, nxt, side, side_nxt, strict=True):
+        ax, ay = clip[i]
+        bx, by = clip[(i + 1) % len(clip)]
+        ex, ey = bx - ax, by - ay
+        side = [ex * (py - ay) - ey * (px - ax) for px, py in out]
+        pts: Polygon = []
+        for k, (px, py) in enumerate(out):
+            qx, qy = out[(k + 1) % len(out)]
+            sp, sq = side[k], side[(k + 1) % len(out)]
             if sp >= 0:
-                pts.append(p)
+                pts.append((px, py))
             if (sp >= 0) != (sq >= 0):
-                pts.append(p + (q - p) * (sp / (sp - sq)))
-        out = np.array(pts, dtype=np.float64).reshape(-1, 2)
+                t = sp / (sp - sq)
+                pts.append((px + (qx - px) * t, py + (qy - py) * t))
+        out = pts
     return out
 
 
-def _polygon_area(poly: FloatArray) -> float:
+def _polygon_area(poly: Polygon) -> float:
     if len(poly) < 3:
         return 0.0
-    x, y = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    twice = 0.0
+    for k, (x, y) in enumerate(poly):
+        nx, ny = poly[(k + 1) % len(poly)]
+        twice += x * ny - y * nx
+    return 0.5 * abs(twice)
 
 
 class BoxLike(Protocol):
@@ -70,8 +79,8 @@ class BoxLike(Protocol):
 
 def bev_iou(a: BoxLike, b: BoxLike) -> float:
     """Intersection over union of the two boxes' rotated BEV footprints (0 when either is empty)."""
-    pa = bev_corners(a.center, a.size[0], a.size[1], a.yaw)
-    pb = bev_corners(b.center, b.size[0], b.size[1], b.yaw)
+    pa = [(float(x), float(y)) for x, y in bev_corners(a.center, a.size[0], a.size[1], a.yaw)]
+    pb = [(float(x), float(y)) for x, y in bev_corners(b.center, b.size[0], b.size[1], b.yaw)]
     area_a, area_b = _polygon_area(pa), _polygon_area(pb)
     if area_a <= 0 or area_b <= 0:
         return 0.0
@@ -98,22 +107,27 @@ def suppress_duplicates(
     if iou_threshold < 0 or min_center_distance_m < 0:
         raise ValueError("iou_threshold and min_center_distance_m must be >= 0")
     order = sorted(range(len(detections)), key=lambda i: (-detections[i].score, i))
-    kept: list[Detection3D] = []
+    # Every pair's BEV centre distance and bounding-circle reach at once (as lists: indexing
+    # them in the loop below is faster than numpy scalars).
+    xy = np.array([d.center[:2] for d in detections], dtype=np.float64).reshape(-1, 2)
+    radius = 0.5 * np.hypot(*np.array([d.size[:2] for d in detections]).reshape(-1, 2).T)
+    dist = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1)).tolist()
+    reach = (radius[:, None] + radius[None, :]).tolist()
+    kept: list[int] = []
     for i in order:
         det = detections[i]
         duplicate = False
-        for other in kept:
+        for j in kept:
+            other = detections[j]
             if not class_agnostic and other.label != det.label:
                 continue
-            dist = math.hypot(det.center[0] - other.center[0], det.center[1] - other.center[1])
-            if dist < min_center_distance_m:
+            if dist[i][j] < min_center_distance_m:
                 duplicate = True
                 break
             # Footprints whose bounding circles do not touch cannot overlap: skip the clipping.
-            reach = 0.5 * (math.hypot(*det.size[:2]) + math.hypot(*other.size[:2]))
-            if dist < reach and bev_iou(det, other) > iou_threshold:
+            if dist[i][j] < reach[i][j] and bev_iou(det, other) > iou_threshold:
                 duplicate = True
                 break
         if not duplicate:
-            kept.append(det)
-    return kept
+            kept.append(i)
+    return [detections[i] for i in kept]
