@@ -3,6 +3,7 @@
     python -m benchmarks.calibration_monitor --drive DRIVE.mcap [--drive ...]
     python -m benchmarks.calibration_monitor --minutes 10 --seeds 300 301 302 303 304
     python -m benchmarks.calibration_monitor --kitti ../shared/data/kitti_object/training
+    python -m benchmarks.calibration_monitor --worlds 1 2 3 4
 
 `--drive`: synthetic drives (rich world) through the node core as the node runs them (the
 default config: one sweep in four to the monitor, after the outputs are published), once with
@@ -20,6 +21,10 @@ the ground-truth boxes (the node leaves out its detections'). Counts the flags r
 
 `--kitti`: the offline check (`perception calib check --frames`) of all the KITTI object frames
 together, with the true calibration and with 1 degree about each axis, both signs.
+
+`--worlds SEED ...`: every drift of `--drive` on the monitor's frames of 10 s (25 frames) of
+rich worlds rendered as for `--minutes` (a world made for 41 s, so that its scenery differs from
+the 10 s drives'), one world per seed: many scenes at the cost of rendering 25 frames each.
 
 `--landscape SEED`: what the evidence can tell apart. The frames the monitor would use over 10 s
 of the rich world (rendered as for `--minutes`), pooled, scored at a grid of pitches and heights
@@ -44,6 +49,7 @@ from calibration.monitor import (
     CalibrationMonitor,
     Correction,
     MonitorState,
+    apply_correction,
     object_mask,
 )
 from perception.config import NodeConfig
@@ -290,6 +296,64 @@ def landscape_table(seed: int, frames: int = 25) -> list[str]:
     return lines
 
 
+def worlds_table(seeds: Sequence[int], frames: int = 25, world_s: float = 41.0) -> list[str]:
+    """Every drift on `frames` monitor frames of each seed's rich world (module docstring)."""
+    camera, vehicle_from_camera = _synth_camera()
+    config = NodeConfig().calibration_monitor.monitor
+    every = NodeConfig().calibration_monitor.every_n_sweeps
+    cases: list[tuple[str, Correction | None]] = [("true rig", None), *drifts(0.5, 0.05)]
+    lines = [
+        f"rich worlds of {world_s:g} s, seeds {', '.join(map(str, seeds))}: {frames} frames "
+        f"each (one sweep in {every}: {frames * every / 10:g} s of driving); flagged at: "
+        "seconds (- never); error: the estimated correction minus the truth, rotation (deg) "
+        "and translation (cm) about / along x, y, z",
+        "",
+        "| seed | drift | flagged at (s) | error, rotation (deg) | error, translation (cm) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    totals = {"rotations": 0, "rotations met": 0, "shifts": 0, "shifts flagged": 0, "met": 0}
+    for seed in seeds:
+        stream = list(_world_frames(seed, world_s, limit=frames))
+        for name, drift in cases:
+            extrinsic = vehicle_from_camera
+            if drift is not None:
+                extrinsic = apply_correction(vehicle_from_camera, drift)
+            monitor = CalibrationMonitor(camera, extrinsic, config)
+            first = None
+            for i, (points, image, odometer) in enumerate(stream, 1):
+                monitor.add(points, image, travelled_m=odometer)
+                if first is None and monitor.estimate().state == MonitorState.DRIFTED:
+                    first = i * every / 10.0
+            estimate = monitor.estimate().correction
+            truth = Correction() if drift is None else drift.inverse()
+            rot = np.subtract(estimate.rotation_deg, truth.rotation_deg)
+            shift = np.subtract(estimate.translation_m, truth.translation_m) * 100
+            met = first is not None and float(np.abs(rot).max()) <= 0.15
+            if name.split()[0] in ("roll", "pitch", "yaw"):
+                totals["rotations"] += 1
+                totals["rotations met"] += met
+            elif name.split()[0] in ("y", "z"):
+                totals["shifts"] += 1
+                totals["shifts flagged"] += first is not None
+                totals["met"] += met and float(np.abs(shift).max()) <= 2.0
+            lines.append(
+                f"| {seed} | {name} | {'-' if first is None else f'{first:.1f}'} | "
+                + ", ".join(f"{v:+.2f}" for v in rot)
+                + " | "
+                + ", ".join(f"{v:+.1f}" for v in shift)
+                + " |"
+            )
+        print(f"  seed {seed}: done", flush=True)
+    lines += [
+        "",
+        f"rotations flagged and within 0.15 deg: {totals['rotations met']} of "
+        f"{totals['rotations']}; shifts across the optical axis (y, z) flagged: "
+        f"{totals['shifts flagged']} of {totals['shifts']}, of which within 0.15 deg and 2 cm: "
+        f"{totals['met']}",
+    ]
+    return lines
+
+
 def _twist(world: object, t: float) -> tuple[tuple[float, float], float]:
     """The ego velocity (vehicle frame, m/s) and yaw rate (rad/s) at `t`."""
     ego_pose = world.ego_pose  # type: ignore[attr-defined]
@@ -335,7 +399,10 @@ def main() -> None:
     parser.add_argument("--kitti", type=Path)
     parser.add_argument("--model", help="camera model for --kitti (an ONNX file)")
     parser.add_argument("--landscape", type=int, metavar="SEED")
+    parser.add_argument("--worlds", type=int, nargs="+", metavar="SEED")
     args = parser.parse_args()
+    if args.worlds:
+        print("\n".join(worlds_table(args.worlds)) + "\n", flush=True)
     if args.landscape is not None:
         print("\n".join(landscape_table(args.landscape)) + "\n", flush=True)
     if args.drive:
