@@ -603,7 +603,8 @@ def _add_calib(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "level, nats). A drive or a KITTI object folder (--drive, --frames): the calibration "
         "monitor over all its frames (the node's, calibration.monitor) says whether each "
         "camera's extrinsic is aligned or drifted and estimates the correction; exit 0 when "
-        "aligned, 3 when drift is flagged. --refine writes the corrected rig.",
+        "aligned, 3 when drift is flagged, 4 when the frames hold no evidence to judge by. "
+        "--refine writes the corrected rig.",
         common=common,
     )
     check.add_argument(

@@ -23,7 +23,9 @@ Hysteresis: drift is flagged only after ``flag_after`` consecutive evaluations f
 significant correction beyond the thresholds, and cleared after ``clear_after`` that do not.
 Frames with too few points or too little image contrast (a textureless scene, a dark image) and
 frames taken without moving (a stopped vehicle repeats the same evidence) are skipped and
-counted, so neither raises an alarm.
+counted, so neither raises an alarm. A window that pools no more mutual information than
+unrelated data would (``min_information_nats``: a camera that sees nothing the lidar sees) is
+not judged at all: its fits have no peak to find, and "aligned" would claim what nothing showed.
 
 Points given to the monitor are in the vehicle frame at the camera's exposure (the caller
 compensates the ego motion), N x 4 with the intensity last; points on detected objects should
@@ -128,6 +130,12 @@ class MonitorConfig:
     repeats the same evidence); 0: never."""
     max_evaluations: int = 400
     """The joint search's budget of window scores."""
+    min_information_nats: float = 0.02
+    """A window whose pooled MI at the centre is below this, or below twice what unrelated
+    points and pixels score (the estimator's bias, (bins - 1)^2 / 2N for N points: 0.011 for
+    eight KITTI frames), holds no evidence to judge by: no fit and no search, the verdict stays
+    as it was (``collecting`` until one is reached). The KITTI frames pool 0.064, the rich
+    synthetic world 0.2-0.5; 0: judge whenever the bias allows."""
 
     def __post_init__(self) -> None:
         positive = ("step_deg", "step_m", "flag_rotation_deg")
@@ -148,7 +156,7 @@ class MonitorConfig:
                 raise ValueError(
                     f"calibration_monitor.{name}: must be an integer >= 0, got {value!r}"
                 )
-        for name in ("min_contrast", "min_travel_m"):
+        for name in ("min_contrast", "min_travel_m", "min_information_nats"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be >= 0, got {value!r}")
@@ -301,7 +309,8 @@ def _footprint_candidates(
 
 
 class MonitorState:
-    """Verdicts: ``collecting`` (too few frames yet), ``aligned`` or ``drifted``."""
+    """Verdicts: ``collecting`` (too few frames, or too little evidence, yet), ``aligned`` or
+    ``drifted``."""
 
     COLLECTING = "collecting"
     ALIGNED = "aligned"
@@ -516,12 +525,33 @@ class CalibrationMonitor:
         self._since_eval += 1
         if travelled_m is not None:
             self._last_travel_m = travelled_m
+        judged = False
         if len(self._window) >= cfg.min_frames and self._since_eval >= cfg.evaluate_every:
             self._since_eval = 0
-            self._decide(self.search())
-        else:
+            information, enough = self._information()
+            if enough:
+                self._decide(self.search())
+                judged = True
+            else:
+                self._estimate = replace(self._estimate, score=information)
+        if not judged:
             self._estimate = replace(self._estimate, frames=self._frames, skipped=self._skipped)
         return True
+
+    def information(self) -> float:
+        """The MI (nats) the window's frames pool at the search's centre: the evidence there is
+        to judge by (0 before any frame)."""
+        return self._information()[0]
+
+    def _information(self) -> tuple[float, bool]:
+        """`information` and whether it is enough to judge by (``min_information_nats``)."""
+        if not self._window:
+            return 0.0, False
+        bins = self.config.bins
+        joint = np.sum([hist[0] for _, hist in self._window], axis=0, dtype=np.int64)
+        information = float(_mutual_information(joint.reshape(bins, bins)))
+        bias = (bins - 1) ** 2 / (2.0 * max(int(joint.sum()), 1))
+        return information, information >= max(self.config.min_information_nats, 2.0 * bias)
 
     def _skip(self) -> bool:
         self._skipped += 1
@@ -876,7 +906,17 @@ class CalibrationMonitor:
 
     def verdict(self) -> CalibrationEstimate:
         """One search over the window and its verdict without the hysteresis (for a check of
-        a whole recorded source): ``drifted`` when the correction it finds is drift."""
+        a whole recorded source): ``drifted`` when the correction it finds is drift;
+        ``collecting`` (no correction) when the window pools less information than
+        ``min_information_nats``."""
+        information, enough = self._information()
+        if not enough:
+            return CalibrationEstimate(
+                MonitorState.COLLECTING,
+                frames=self._frames,
+                skipped=self._skipped,
+                score=information,
+            )
         fit = self.search()
         drifted = bool(np.any(fit.beyond)) or is_drift(fit.correction, fit.sigma, self.config)
         return self._estimate_of(fit, MonitorState.DRIFTED if drifted else MonitorState.ALIGNED)

@@ -94,7 +94,7 @@ def _check_many(args: argparse.Namespace) -> int:
     """The calibration monitor over a drive or a KITTI object folder (replay.calibration_check)."""
     from app.common import load_node_config, progress_bar  # noqa: PLC0415 - heavy imports
     from app.models import build_pipeline, choose_camera_model  # noqa: PLC0415
-    from calibration.monitor import Correction, corrected_rig  # noqa: PLC0415
+    from calibration.monitor import Correction, MonitorState, corrected_rig  # noqa: PLC0415
     from replay.calibration_check import check_calibration  # noqa: PLC0415
     from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder  # noqa: PLC0415
     from replay.drive import DriveReader  # noqa: PLC0415
@@ -161,7 +161,12 @@ def _check_many(args: argparse.Namespace) -> int:
         )
     chosen = [v for v in verdicts if args.camera is None or v.camera == args.camera]
     for v in chosen:
-        print(_verdict_line(v))
+        print(_verdict_line(v, config.calibration_monitor.monitor.min_information_nats))
+    undecided = [v.camera for v in chosen if v.estimate.state == MonitorState.COLLECTING]
+    if undecided and not any(v.drifted for v in chosen):
+        if refine is not None:
+            print(f"no rig written to {refine}: no verdict for camera {', '.join(undecided)}")
+        return 4
     if refine is not None:
         rig = chosen[0].rig
         for v in chosen:
@@ -184,9 +189,18 @@ def _correction_text(v: Any) -> str:
     return f"camera {v.camera} corrected by rotation ({rot}) deg, translation ({cm}) cm"
 
 
-def _verdict_line(v: Any) -> str:
+def _verdict_line(v: Any, min_information_nats: float) -> str:
+    from calibration.monitor import MonitorState  # noqa: PLC0415 - heavy imports
+
     e = v.estimate
     c = e.correction
+    if e.state == MonitorState.COLLECTING:
+        return (
+            f"camera {v.camera}: NO VERDICT over {e.frames} frames ({e.skipped} skipped): they "
+            f"pool {e.score:.3f} nats of lidar-camera mutual information, no more than unrelated "
+            f"data would (needed: {min_information_nats:g} and twice the estimator's bias): "
+            "the camera sees nothing the lidar sees"
+        )
 
     def pm(values: Any, scale: float, digits: int) -> str:
         return ", ".join(

@@ -156,3 +156,29 @@ def test_calib_check_many_frames_mistakes_are_one_line(
 @contextlib.contextmanager
 def _no_exit() -> Iterator[None]:
     yield
+
+
+def test_calib_check_without_evidence_is_no_verdict(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """The KITTI frames with each image's pixels shuffled: contrast, but nothing the lidar
+    could align with. No verdict, exit 4 (not "aligned", exit 0)."""
+    frames = tmp_path / "training"
+    frames.mkdir()
+    for name in ("calib", "velodyne", "velodyne_reduced", "label_2"):
+        if (kitti_dir / name).is_dir():
+            (frames / name).symlink_to(kitti_dir / name)
+    (frames / "image_2").mkdir()
+    rng = np.random.default_rng(5)
+    for png in sorted((kitti_dir / "image_2").glob("*.png")):
+        image = cv2.imread(str(png))
+        assert image is not None
+        flat = image.reshape(-1, 3)
+        cv2.imwrite(
+            str(frames / "image_2" / png.name),
+            flat[rng.permutation(len(flat))].reshape(image.shape),
+        )
+    code = main(["calib", "check", "--frames", str(frames), "--model", str(yolox_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 4, out
+    assert "camera front: NO VERDICT over 8 frames" in out and "nats" in out

@@ -70,6 +70,7 @@ def test_a_corrected_rig_moves_only_the_camera() -> None:
         ({"bins": 2}, "bins"),
         ({"min_frames": 60, "window_frames": 50}, "min_frames"),
         ({"min_contrast": -0.1}, "min_contrast"),
+        ({"min_information_nats": math.inf}, "min_information_nats"),
         ({"max_points": True}, "max_points"),
     ],
 )
@@ -171,6 +172,47 @@ def test_frames_without_evidence_are_skipped_not_fatal(
         monitor.add(frame.points, image[:100])
     with pytest.raises(ValueError, match="N x 4"):
         monitor.add(frame.points[:, :3], image)
+
+
+def test_a_window_without_information_is_not_judged(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """The KITTI frames with their pixels shuffled keep their contrast but carry nothing the
+    lidar could align with: the monitor neither fits nor searches them and stays collecting
+    (and the offline verdict is no verdict); with their real images it judges them."""
+    rng = np.random.default_rng(11)
+    frames = [_kitti(kitti_frame, kitti_dir, i) for i in KITTI_IDS]
+    shuffled = []
+    for _, image in frames:
+        flat = image.reshape(-1, 3)
+        shuffled.append(flat[rng.permutation(len(flat))].reshape(image.shape))
+    config = MonitorConfig(min_frames=4, evaluate_every=4)
+
+    def fed(images: list[np.ndarray], config: MonitorConfig) -> CalibrationMonitor:
+        first = frames[0][0]
+        monitor = CalibrationMonitor(first.camera, first.camera_from_vehicle.inverse(), config)
+        for (frame, _), image in zip(frames, images, strict=True):
+            vehicle_from_camera = frame.camera_from_vehicle.inverse()
+            assert monitor.add(
+                frame.points, image, camera=frame.camera, vehicle_from_camera=vehicle_from_camera
+            )
+        return monitor
+
+    blind = fed(shuffled, config)
+    # What is left is the estimator's own bias, (bins - 1)^2 / 2N for N points: 0.011 here.
+    assert blind.information() < config.min_information_nats
+    estimate = blind.estimate()
+    assert estimate.state == MonitorState.COLLECTING and estimate.frames == len(frames)
+    assert estimate.score == pytest.approx(blind.information())
+    assert np.array_equal(blind._centre, np.zeros(6))  # no search moved it
+    verdict = blind.verdict()
+    assert verdict.state == MonitorState.COLLECTING and verdict.correction == Correction()
+    seeing = fed([image for _, image in frames], config)
+    assert seeing.information() > config.min_information_nats
+    assert seeing.estimate().state == MonitorState.ALIGNED
+    # Without the fixed floor, the estimator's bias alone still tells the noise apart.
+    floorless = fed(shuffled, MonitorConfig(min_frames=4, evaluate_every=4, min_information_nats=0))
+    assert floorless.estimate().state == MonitorState.COLLECTING
 
 
 def test_the_flag_needs_consecutive_fits_and_clears_with_hysteresis(
