@@ -105,7 +105,9 @@ def deskew_sweep(
     src = np.asarray(sweep.points, dtype=np.float32)
     m = np.eye(4) if vehicle_from_lidar is None else np.asarray(vehicle_from_lidar, np.float64)
     # One matrix product over whole rows (BLAS on contiguous rows is several times faster than
-    # on the x, y, z slice); the extra columns are carried over exactly afterwards.
+    # on the x, y, z slice); the extra columns are carried over exactly afterwards. The schema
+    # keeps points finite; were an intensity not, its point would become NaN and fall to the
+    # range cut, never spread to others.
     rows = np.zeros((src.shape[1], src.shape[1]), dtype=np.float32)
     rows[:3, :3] = m[:3, :3].T
     out = src @ rows
