@@ -182,3 +182,37 @@ def test_calib_check_without_evidence_is_no_verdict(
     out = capsys.readouterr().out
     assert code == 4, out
     assert "camera front: NO VERDICT over 8 frames" in out and "nats" in out
+
+
+def test_calib_check_drive_without_evidence_writes_no_refined_rig(
+    capsys, tmp_path: Path, rich_drive: Path
+) -> None:
+    """The rich drive with its camera images' pixels shuffled: no verdict (exit 4), and
+    --refine writes no rig (there is no correction to write)."""
+    import shutil
+    from dataclasses import replace
+
+    from perception.msgs.types import CameraFrame
+    from replay.drive import DriveReader, DriveWriter
+    from replay.synth.world import ground_truth_path
+
+    reader = DriveReader(rich_drive)
+    blind = tmp_path / "blind.mcap"
+    rng = np.random.default_rng(9)
+    with DriveWriter(blind, rig=reader.rig) as writer:
+        for rec in reader.messages():
+            msg = rec.message
+            if isinstance(msg, CameraFrame) and msg.image is not None:
+                flat = msg.image.reshape(-1, msg.image.shape[-1])
+                msg = replace(msg, image=flat[rng.permutation(len(flat))].reshape(msg.image.shape))
+            writer.write(msg, rec.log_time_ns, rec.topic)
+        for doc in reader.ground_truth():
+            writer.write_ground_truth(doc, int(doc["stamp_ns"]))
+    # The ground truth beside it marks a synthetic drive (the packaged synthetic detector).
+    shutil.copyfile(ground_truth_path(rich_drive), ground_truth_path(blind))
+    refined = tmp_path / "refined.yaml"
+    code = main(["calib", "check", "--drive", str(blind), "--quiet", "--refine", str(refined)])
+    out, err = capsys.readouterr()
+    assert code == 4, out + err
+    assert "camera front: NO VERDICT over 20 frames" in out
+    assert f"no rig written to {refined}" in out and not refined.exists()
