@@ -525,17 +525,14 @@ class CalibrationMonitor:
         self._since_eval += 1
         if travelled_m is not None:
             self._last_travel_m = travelled_m
-        judged = False
         if len(self._window) >= cfg.min_frames and self._since_eval >= cfg.evaluate_every:
             self._since_eval = 0
             information, enough = self._information()
             if enough:
                 self._decide(self.search())
-                judged = True
-            else:
-                self._estimate = replace(self._estimate, score=information)
-        if not judged:
-            self._estimate = replace(self._estimate, frames=self._frames, skipped=self._skipped)
+                return True
+            self._estimate = replace(self._estimate, score=information)
+        self._estimate = replace(self._estimate, frames=self._frames, skipped=self._skipped)
         return True
 
     def information(self) -> float:
