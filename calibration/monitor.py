@@ -47,6 +47,7 @@ import numpy.typing as npt
 from scipy.optimize import minimize
 
 from calibration.camera import CameraModel
+from calibration.pooled import FrameEvidence, PooledEvidence, histograms
 from calibration.rig import VEHICLE_FRAME, Rig, camera_frame
 from calibration.transforms import RigidTransform
 
@@ -387,25 +388,6 @@ class Fit:
     (steps from the centre; zeros where none does): where the search should look."""
 
 
-@dataclass(frozen=True, eq=False)
-class _Frame:
-    """One frame's evidence, kept so that candidates around a moved centre can be scored
-    again without the frame: the points' pixels at the extrinsic ``origin`` (six values, rad
-    and m, a correction) and their change per step along each axis (first order: a step moves
-    a pixel by a few, the second-order term stays below 0.3 px within the reach), their
-    intensity levels, the normalised grey image (uint8, only its rows the points can reach)
-    from ``row0``, and the fold it belongs to."""
-
-    uv: npt.NDArray[np.float32]
-    jacobian: npt.NDArray[np.float32]
-    level: npt.NDArray[np.int64]
-    grey: npt.NDArray[np.uint8]
-    row0: int
-    width: int
-    origin: FloatArray
-    fold: int
-
-
 class CalibrationMonitor:
     """The monitor of one camera (see the module docstring). Feed it frames with `add`; read
     its belief from `estimate`. ``vehicle_from_camera`` is the extrinsic in force (the rig's);
@@ -439,7 +421,10 @@ class CalibrationMonitor:
         self._ridges = np.zeros((0, 6))
         self._centre = np.zeros(6) if start is None else start.vector()
         self._projection_cache: tuple[tuple[bytes, bytes], FloatArray] | None = None
-        self._window: deque[tuple[_Frame, npt.NDArray[np.int32]]] = deque(maxlen=cfg.window_frames)
+        self._window: deque[tuple[FrameEvidence, npt.NDArray[np.int32]]] = deque(
+            maxlen=cfg.window_frames
+        )
+        self._pooled_evidence: PooledEvidence | None = None
         self._since_eval = 0
         self._frames = 0
         self._skipped = 0
@@ -521,6 +506,7 @@ class CalibrationMonitor:
         if not len(self._ridges):
             self._set_ridges(frame)
         self._window.append((frame, self._histograms(frame)))
+        self._pooled_evidence = None
         self._frames += 1
         self._since_eval += 1
         if travelled_m is not None:
@@ -564,7 +550,7 @@ class CalibrationMonitor:
         *,
         exclude: Sequence[tuple[Sequence[float], Sequence[float], float]] = (),
         exclude_margin_m: float = 0.3,
-    ) -> _Frame | None:
+    ) -> FrameEvidence | None:
         """A frame's evidence at the current centre; None for one with too few points in the
         image or too little contrast at them."""
         cfg = self.config
@@ -627,7 +613,7 @@ class CalibrationMonitor:
         g0 = _bilinear(grey, uv0 - [0.0, row0]) / 255.0
         if float(np.std(g0)) < cfg.min_contrast:
             return None
-        return _Frame(
+        return FrameEvidence(
             uv=uv0.astype(np.float32),
             jacobian=jac.astype(np.float32),
             level=level,
@@ -653,33 +639,28 @@ class CalibrationMonitor:
         return self._projection_cache[1]
 
     def _histograms(
-        self, frame: _Frame, candidates: FloatArray | None = None
+        self, frame: FrameEvidence, candidates: FloatArray | None = None
     ) -> npt.NDArray[np.int32]:
         """The frame's joint histogram (intensity level x grey level) for each candidate (K x
         bins^2): ``candidates`` K x 6 offsets in steps from the centre, by default the local
         search's."""
-        bins = self.config.bins
         cands = self._offsets if candidates is None else candidates
-        steps = (self._centre - frame.origin) / self._steps
-        offsets = (cands + steps).astype(np.float32)
-        # Every candidate's pixels at once (K x N x 2), to first order in its offset.
-        n = len(frame.uv)
-        uv = frame.uv[None] + (offsets @ frame.jacobian.reshape(6, n * 2)).reshape(-1, n, 2)
-        uv[..., 1] -= frame.row0
-        rows = frame.grey.shape[0]
-        inside = (
-            (uv[..., 0] >= 0) & (uv[..., 0] < frame.width) & (uv[..., 1] >= 0) & (uv[..., 1] < rows)
-        )
-        # OpenCV's bilinear lookup of every candidate's pixels (a K x N "image" of coordinates).
-        g = cv2.remap(
-            frame.grey, uv[..., 0], uv[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-        g_level = (g.astype(np.int64) * bins) >> 8
-        k = np.arange(len(cands))[:, None]
-        cell = (k * bins + frame.level[None]) * bins + g_level
-        counts = np.bincount(cell[inside], minlength=len(cands) * bins * bins)
-        out: npt.NDArray[np.int32] = counts.reshape(len(cands), -1).astype(np.int32)
-        return out
+        return histograms(frame, cands + self._shift(frame), self.config.bins)
+
+    def _shift(self, frame: FrameEvidence) -> FloatArray:
+        """The centre's offset from the frame's origin, in steps."""
+        shift: FloatArray = (self._centre - frame.origin) / self._steps
+        return shift
+
+    def _pooled(self) -> PooledEvidence:
+        """The window's frames laid end to end around the centre (kept until the window or
+        the centre changes): a search scores hundreds of candidates over them."""
+        if self._pooled_evidence is None:
+            frames = [frame for frame, _ in self._window]
+            self._pooled_evidence = PooledEvidence(
+                frames, [self._shift(f) for f in frames], self.config.bins
+            )
+        return self._pooled_evidence
 
     # -- decision --------------------------------------------------------------------------
 
@@ -750,9 +731,7 @@ class CalibrationMonitor:
         """MI of the window's frames pooled at one candidate: ``offset`` steps from the
         centre."""
         bins = self.config.bins
-        joint = np.zeros(bins * bins, dtype=np.int64)
-        for frame, _ in self._window:
-            joint += self._histograms(frame, offset[None])[0]
+        joint = self._pooled().histogram(offset)
         return float(_mutual_information(joint.reshape(bins, bins)))
 
     def fit(self) -> Fit:
@@ -790,7 +769,7 @@ class CalibrationMonitor:
             ridge=self._ridge_peak(scores, loo_scores),
         )
 
-    def _set_ridges(self, frame: _Frame) -> None:
+    def _set_ridges(self, frame: FrameEvidence) -> None:
         """The ridges' directions from a frame's projection: for each pair of `_RIDGE_PAIRS`,
         the combination of its two axes that moves the frame's pixels least, scaled so that
         its larger part is one step; their candidates join the search's."""
@@ -874,6 +853,7 @@ class CalibrationMonitor:
         """Centre the search on ``centre`` (six values, rad and m); the window's frames are
         scored again around it."""
         self._centre = np.asarray(centre, dtype=np.float64).reshape(6).copy()
+        self._pooled_evidence = None
         self._window = deque(
             ((frame, self._histograms(frame)) for frame, _ in self._window),
             maxlen=self._window.maxlen,
