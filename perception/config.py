@@ -204,7 +204,8 @@ class BudgetConfig:
             "tracking": 5.0,
         }
     )
-    """Per stage (a DetectionList timing name): its budget."""
+    """Per stage (a DetectionList timing name; `tracking` is the TrackList's, tracked once the
+    detections are out): its budget."""
 
 
 @dataclass(frozen=True)

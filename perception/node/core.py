@@ -20,8 +20,10 @@ input.
 Processing side (another thread may call it): `on_bundles(ready)` processes the newest ready
 bundle - never one older than an output already produced (published stamps only move forward) -
 counts the others as skipped, and returns its DetectionList with timings, `latency_ns` and
-`budget_ok`, or None. `record_publish(ns)` reports how long the previous output took to publish
-(a message cannot carry its own publish time, so the next one carries it).
+`budget_ok`, or None. `take_tracks()`, once that DetectionList is published, updates the
+tracker with it and returns the TrackList (tracking is off the detections' path).
+`record_publish(ns)` reports how long the previous output took to publish (a message cannot
+carry its own publish time, so the next one carries it).
 
 Latency: from the sweep stamp, moved onto the host clock with the lidar clock's estimated offset
 (perception.sync.clock; `budgets.apply_clock_offset`), to the end of processing: the sweep's
@@ -252,7 +254,7 @@ class NodeCore:
         #: The multi-object tracker after fusion (processing side only).
         self.tracker = Tracker(config.tracking)
         self._tracker_epoch = 0
-        self._tracks: TrackList | None = None
+        self._to_track: tuple[ReadyBundle, DetectionList] | None = None
         #: The bundle of the last DetectionList `on_bundles` returned (processing side): what the
         #: live view shows beside it.
         self.last_bundle: SyncedBundle | None = None
@@ -523,15 +525,6 @@ class NodeCore:
             return None
         if self.calibration is not None and self.calibration.offer():
             self._calibration_pending = self.pipeline.last_frame
-        tracking_start_ns = time.perf_counter_ns()
-        tracks = self._track(chosen, detections)
-        detections = replace(
-            detections,
-            timings_ns={
-                **detections.timings_ns,
-                "tracking": time.perf_counter_ns() - tracking_start_ns,
-            },
-        )
         with self._lock:
             self._seq += 1
             host_stamp_ns = self._host_stamp_ns(chosen.bundle)
@@ -548,18 +541,36 @@ class NodeCore:
             self.counters.published += 1
             missing = chosen.bundle.missing
             self.counters.unfit_images += sum(s not in missing for s in detections.degraded)
-            self.counters.tracker_resets = self.tracker.resets
-            if tracks is not None:
-                tracks = replace(tracks, timings_ns=dict(timings))
-            self._tracks = tracks
             self.last_bundle = chosen.bundle
-        return replace(detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok)
+        detections = replace(
+            detections, timings_ns=timings, latency_ns=latency_ns, budget_ok=budget_ok
+        )
+        self._to_track = (chosen, detections)
+        return detections
 
     def take_tracks(self) -> TrackList | None:
-        """The TrackList made with the last DetectionList `on_bundles` returned (once; None
-        when the tracker failed on it). Processing side, after `on_bundles`."""
-        tracks, self._tracks = self._tracks, None
-        return tracks
+        """The tracker updated with the last DetectionList `on_bundles` returned, once: its
+        TrackList, with the DetectionList's timings and `tracking` (None when the tracker
+        failed on it, or `on_bundles` returned nothing since). Processing side, once the
+        DetectionList is published: tracking is not on the detections' path (a planner that
+        takes detections gets them a tracker update sooner, as with Autoware's separate
+        detection and tracking nodes); the tracks follow them."""
+        pending, self._to_track = self._to_track, None
+        if pending is None:
+            return None
+        chosen, detections = pending
+        start_ns = time.perf_counter_ns()
+        tracks = self._track(chosen, detections)
+        tracking_ns = time.perf_counter_ns() - start_ns
+        limit_ms = self.config.budgets.stages_ms.get("tracking")
+        with self._lock:
+            self.counters.tracker_resets = self.tracker.resets
+            if limit_ms is not None and tracking_ns > limit_ms * 1e6:
+                by_stage = self.counters.overruns_by_stage
+                by_stage["tracking"] = by_stage.get("tracking", 0) + 1
+        if tracks is None:
+            return None
+        return replace(tracks, timings_ns={**detections.timings_ns, "tracking": tracking_ns})
 
     def _track(self, chosen: ReadyBundle, detections: DetectionList) -> TrackList | None:
         """The tracker updated with one sweep's detections; its confirmed tracks. A new lidar

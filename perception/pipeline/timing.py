@@ -27,7 +27,8 @@ __all__ = [
 # the main thread's wait for its clusters, after fusing the camera boxes. `camera_wait` is there
 # when the cameras were encoded as their frames arrived (the live node's `pipeline.camera_ahead`):
 # the frame's wait for those encodings; `camera_encoder` is then their compute, off the frame's
-# path.
+# path. `tracking` is the TrackList's alone: the tracker runs once the DetectionList is out (the
+# TrackList carries the DetectionList's timings and its own).
 STAGES = (
     "transport",
     "decode",
@@ -41,7 +42,6 @@ STAGES = (
     "branch_wait",
     "fusion",
     "postprocess",
-    "tracking",
     "publish",
 )
 

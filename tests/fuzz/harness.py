@@ -496,6 +496,8 @@ class FuzzHarness:
         start = time.perf_counter()
         try:
             out = core.on_bundles(ready)
+            # The tracker after the detections are out, as the node runs it.
+            core.take_tracks()
         except Exception as e:
             self._exception("crash", case, e)
             self._tainted = True
