@@ -1,5 +1,6 @@
 """The node core runs the tracker after fusion on a synthetic drive (GNSS, camera, lidar): one
-TrackList per DetectionList in the ENU frame of the ego poses, timed as a stage; a camera outage
+TrackList per DetectionList in the ENU frame of the ego poses, tracked once the DetectionList is
+out and timed as a stage of its own; a camera outage
 of a second keeps the ids of the cars the lidar keeps seeing; sweeps the node skips (0.1 to
 0.5 s apart) keep them too.
 
@@ -20,12 +21,13 @@ import pytest
 
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
-from perception.config import NodeConfig, SyncConfig
+from perception.config import BudgetConfig, NodeConfig, SyncConfig
 from perception.msgs.types import CameraFrame, DetectionList, LidarSweep, TrackList
+from perception.node.core import NodeCore
 from perception.pipeline import Pipeline
 from replay.drive import DriveReader
 from replay.mcap_player import checked_messages
-from replay.offline import run_records
+from replay.offline import Received, run_core, run_records
 from replay.synth.demo import SYNTH_DETECTOR_PATH, _pipeline, ensure_synthetic_drive
 from replay.synth.world import CAMERA_OFFSET_NS, CAMERA_STREAM
 
@@ -57,15 +59,19 @@ def pipeline() -> Pipeline:
     return _pipeline("learned", detector, None)
 
 
-def _run(
-    drive: Path, pipeline: Pipeline, keep: Callable[[Any], bool] = lambda message: True
-) -> list[tuple[DetectionList, TrackList]]:
-    reader = DriveReader(drive)
+def _config() -> NodeConfig:
     sync = SyncConfig(
         camera_offsets_ms={CAMERA_STREAM: CAMERA_OFFSET_NS / 1e6},
         camera_windows_ms={CAMERA_STREAM: 20.0},
     )
-    config = dataclasses.replace(NodeConfig(), sync=sync)
+    return dataclasses.replace(NodeConfig(), sync=sync)
+
+
+def _run(
+    drive: Path, pipeline: Pipeline, keep: Callable[[Any], bool] = lambda message: True
+) -> list[tuple[DetectionList, TrackList]]:
+    reader = DriveReader(drive)
+    config = _config()
     tracks: list[TrackList] = []
     records = (r for r in checked_messages(reader) if keep(r.message))
     lists = list(
@@ -126,6 +132,23 @@ def test_one_track_list_per_detection_list_in_the_enu_frame(
     assert len(ids) >= 3
     for car, found in ids.items():
         assert None not in found and len(set(found)) == 1, f"car {car}: {found}"
+
+
+def test_the_tracking_budget_is_the_track_lists(drive: Path, pipeline: Pipeline) -> None:
+    """The tracker runs after the detections are out: a tracking overrun is counted for its
+    stage, and neither clears a DetectionList's `budget_ok` nor counts it over budget."""
+    reader = DriveReader(drive)
+    budgets = BudgetConfig(end_to_end_ms=1e9, stages_ms={"tracking": 1e-6})
+    core = NodeCore(dataclasses.replace(_config(), budgets=budgets), pipeline, reader.rig)
+    received = (
+        Received(r.topic, r.log_time_ns, message=r.message) for r in checked_messages(reader)
+    )
+    tracks: list[TrackList] = []
+    lists = list(run_core(core, received, on_tracks=tracks.append))
+    assert len(lists) == len(tracks) > 10
+    assert all(dl.budget_ok for dl in lists)
+    assert core.counters.overruns_by_stage == {"tracking": len(tracks)}
+    assert core.counters.budget_overruns == 0
 
 
 def test_a_camera_outage_keeps_the_ids_of_cars_the_lidar_sees(
