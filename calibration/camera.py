@@ -340,10 +340,26 @@ class PinholeCamera(CameraModel):
     DISTORTION_NAMES: ClassVar[str] = "k1 k2 p1 p2 [k3 [k4 k5 k6]]"
 
     def _distort_project(self, q: FloatArray) -> FloatArray:
-        pts, _ = cv2.projectPoints(
-            q.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), self.k, self._dist_array()
-        )
-        out: FloatArray = pts.reshape(-1, 2).astype(np.float64)
+        # OpenCV's model (cv2.projectPoints: x = X * (1/Z), the rational radial term, the
+        # tangential terms, then fx, fy, cx, cy; K's skew is ignored, as OpenCV's inverse and
+        # undistortion maps ignore it) in numpy: within 1e-12 px of cv2.projectPoints and 40
+        # times faster on a sweep's 20k points in view (7.6 against 0.18 ms; benchmarks/RESULTS.md).
+        k1, k2, p1, p2, k3, k4, k5, k6 = (*self.distortion, *(0.0,) * 8)[:8]
+        inv_z = 1.0 / q[:, 2]
+        x = q[:, 0] * inv_z
+        y = q[:, 1] * inv_z
+        x2, y2, xy = x * x, y * y, x * y
+        r2 = x2 + y2
+        radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        if k4 or k5 or k6:
+            radial /= 1.0 + r2 * (k4 + r2 * (k5 + r2 * k6))
+        out: FloatArray = np.empty((len(q), 2))
+        out[:, 0] = (x * radial + 2.0 * p1 * xy + p2 * (r2 + 2.0 * x2)) * self.k[0, 0] + self.k[
+            0, 2
+        ]
+        out[:, 1] = (y * radial + p1 * (r2 + 2.0 * y2) + 2.0 * p2 * xy) * self.k[1, 1] + self.k[
+            1, 2
+        ]
         return out
 
     def _undistort_normalized(self, pix: FloatArray) -> FloatArray:
