@@ -4,8 +4,9 @@ Camera frame: x right, y down, z forward along the optical axis (metres). Pixels
 v down, as OpenCV (the centre of the top-left pixel is (0, 0)). `depth` is the z coordinate in
 the camera frame (metres), not the range.
 
-Both models follow OpenCV exactly (`cv2.projectPoints`, `cv2.fisheye.projectPoints`), so the
-undistortion maps and the projections agree with each other.
+Both models follow OpenCV (`cv2.projectPoints`, `cv2.fisheye.projectPoints`; the plumb-bob one
+computed in numpy, within 1e-12 px of OpenCV's, tested), so the undistortion maps and the
+projections agree with each other.
 """
 
 from __future__ import annotations
