@@ -343,8 +343,8 @@ class PinholeCamera(CameraModel):
     def _distort_project(self, q: FloatArray) -> FloatArray:
         # OpenCV's model (cv2.projectPoints: x = X * (1/Z), the rational radial term, the
         # tangential terms, then fx, fy, cx, cy; K's skew is ignored, as OpenCV's inverse and
-        # undistortion maps ignore it) in numpy: within 1e-12 px of cv2.projectPoints and 40
-        # times faster on a sweep's 20k points in view (7.6 against 0.18 ms; benchmarks/RESULTS.md).
+        # undistortion maps ignore it) in numpy: within 1e-12 px of cv2.projectPoints and 35
+        # times faster on 20k points (6.2 against 0.18 ms median; benchmarks/RESULTS.md).
         k1, k2, p1, p2, k3, k4, k5, k6 = (*self.distortion, *(0.0,) * 8)[:8]
         inv_z = 1.0 / q[:, 2]
         x = q[:, 0] * inv_z
