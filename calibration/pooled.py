@@ -82,7 +82,9 @@ class PooledEvidence:
 
     def __init__(self, frames: Sequence[FrameEvidence], shifts: npt.ArrayLike, bins: int) -> None:
         self.bins = bins
-        shift = np.asarray(shifts, dtype=np.float32).reshape(len(frames), 6)
+        shift = np.asarray(shifts, dtype=np.float32)
+        if shift.shape != (len(frames), 6):
+            raise ValueError(f"shifts: one of 6 values per frame expected, got {shift.shape}")
         # Frames in groups whose stacked bands stay within OpenCV's limit.
         self._groups: list[_Group] = []
         group: list[tuple[FrameEvidence, npt.NDArray[np.float32]]] = []

@@ -96,5 +96,7 @@ def test_an_empty_window_counts_nothing() -> None:
 
 def test_shifts_must_match_the_frames() -> None:
     rng = np.random.default_rng(2)
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"shifts: one of 6 values per frame expected, got \(2, 6\)"
+    ):
         PooledEvidence([_frame(rng, 10, 5, 20, 0)], np.zeros((2, 6)), BINS)
