@@ -128,7 +128,9 @@ class NodeCounters:
     or an output with a newer stamp was already produced), `step_errors` bundles the pipeline
     failed on, `published` the DetectionLists produced, `publish_errors` outputs that could not
     be encoded or sent (dropped). Overruns: frames over any budget, the current and longest run
-    of consecutive ones, and per stage in `overruns_by_stage`. `sync_errors` counts the decoded
+    of consecutive ones, and per stage in `overruns_by_stage` (there also `tracking`, the
+    TrackList's stage, which is off the detections' path and counts no frame over budget).
+    `sync_errors` counts the decoded
     messages the synchroniser (or the clock monitor) raised on: a bug there that costs the
     message, not the node. Live only: the
     node adds `loop_errors` (exceptions its threads caught and survived), `receiver_restarts`
