@@ -553,7 +553,7 @@ class NodeCore:
     def take_tracks(self) -> TrackList | None:
         """The tracker updated with the last DetectionList `on_bundles` returned, once: its
         TrackList, with the DetectionList's timings and `tracking` (None when the tracker
-        failed on it, or `on_bundles` returned nothing since). Processing side, once the
+        failed on it, or when that DetectionList was tracked already). Processing side, once the
         DetectionList is published: tracking is not on the detections' path (a planner that
         takes detections gets them a tracker update sooner, as with Autoware's separate
         detection and tracking nodes); the tracks follow them."""
