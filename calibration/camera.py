@@ -156,7 +156,10 @@ class CameraModel(ABC):
         front = depth > MIN_DEPTH_M
         if not np.any(front):
             return uv, depth
-        q = p[front]
+        # Row selections by np.compress, and none where every row is kept (points culled to a
+        # view usually are): a boolean index of rows costs several times the projection.
+        every = bool(front.all())
+        q = p if every else np.compress(front, p, axis=0)
         if not self.has_distortion:
             # Plain float64 K·p / z: for rectified (KITTI) cameras this reproduces P·X exactly.
             h = q @ self.k.T
@@ -164,9 +167,11 @@ class CameraModel(ABC):
             return uv, depth
         r = np.hypot(q[:, 0], q[:, 1]) / q[:, 2]
         ok = r <= self._max_valid_radius()
+        if every and bool(ok.all()):
+            return self._distort_project(q), depth
         idx = np.flatnonzero(front)[ok]
         if idx.size:
-            uv[idx] = self._distort_project(q[ok])
+            uv[idx] = self._distort_project(np.compress(ok, q, axis=0))
         return uv, depth
 
     def in_image(self, uv: FloatArray) -> BoolArray:

@@ -62,6 +62,25 @@ def test_every_plumb_bob_form_projects_as_opencv_does(distortion: tuple[float, .
     np.testing.assert_allclose(uv[finite], ref.reshape(-1, 2)[finite], rtol=0, atol=1e-9)
 
 
+def test_a_mixed_batch_projects_as_each_point_alone() -> None:
+    """Points behind the camera, beyond the distortion's monotonic range and in view, in one
+    batch: each gets what it gets alone (NaN, NaN, OpenCV's pixel)."""
+    k = np.array([[984.2439, 0, 690.0], [0, 980.8141, 233.1966], [0, 0, 1]])
+    cam = PinholeCamera(
+        k, (-0.3728755, 0.2037299, 0.002219027, 0.001383707, -0.07233722), 1392, 512
+    )
+    pts = np.array([[0.3, 0.1, 1.0], [0.0, 0.0, -5.0], [4.0, 0.0, 1.0], [-2.0, 1.0, 9.0]])
+    uv, depth = cam.project(pts)
+    alone = np.array([cam.project(p[None])[0][0] for p in pts])
+    np.testing.assert_array_equal(uv, alone)
+    np.testing.assert_array_equal(depth, pts[:, 2])
+    assert np.isnan(uv[1:3]).all() and np.isfinite(uv[[0, 3]]).all()
+    ref, _ = cv2.projectPoints(
+        pts[[0, 3]].reshape(-1, 1, 3), np.zeros(3), np.zeros(3), k, np.asarray(cam.distortion)
+    )
+    np.testing.assert_allclose(uv[[0, 3]], ref.reshape(-1, 2), rtol=0, atol=1e-9)
+
+
 def test_back_projection_round_trip(data_dir: Path) -> None:
     cam = _pjlab_camera(data_dir)
     pts = _grid_points(np.random.default_rng(2), 2000, 25.0)
