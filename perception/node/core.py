@@ -60,7 +60,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -564,12 +564,10 @@ class NodeCore:
         start_ns = time.perf_counter_ns()
         tracks = self._track(chosen, detections)
         tracking_ns = time.perf_counter_ns() - start_ns
-        limit_ms = self.config.budgets.stages_ms.get("tracking")
         with self._lock:
             self.counters.tracker_resets = self.tracker.resets
-            if limit_ms is not None and tracking_ns > limit_ms * 1e6:
-                by_stage = self.counters.overruns_by_stage
-                by_stage["tracking"] = by_stage.get("tracking", 0) + 1
+            # Its own stage only: the DetectionList went out within its budgets or not already.
+            self._count_by_stage(self._stages_over_budget({"tracking": tracking_ns}))
         if tracks is None:
             return None
         return replace(tracks, timings_ns={**detections.timings_ns, "tracking": tracking_ns})
@@ -697,17 +695,11 @@ class NodeCore:
 
     def _check_budgets(self, timings: dict[str, int], latency_ns: int) -> bool:
         """Counts this frame's overruns; True when every budget held."""
-        budgets = self.config.budgets
-        over = [
-            stage
-            for stage, limit_ms in budgets.stages_ms.items()
-            if timings.get(stage, 0) > limit_ms * 1e6
-        ]
-        if latency_ns > budgets.end_to_end_ms * 1e6:
+        over = self._stages_over_budget(timings)
+        if latency_ns > self.config.budgets.end_to_end_ms * 1e6:
             over.append("end_to_end")
+        self._count_by_stage(over)
         counters = self.counters
-        for stage in over:
-            counters.overruns_by_stage[stage] = counters.overruns_by_stage.get(stage, 0) + 1
         if over:
             counters.budget_overruns += 1
             counters.consecutive_overruns += 1
@@ -717,6 +709,20 @@ class NodeCore:
         else:
             counters.consecutive_overruns = 0
         return not over
+
+    def _stages_over_budget(self, timings: Mapping[str, int]) -> list[str]:
+        """The stages of `timings` over their budget (`budgets.stages_ms`)."""
+        return [
+            stage
+            for stage, limit_ms in self.config.budgets.stages_ms.items()
+            if timings.get(stage, 0) > limit_ms * 1e6
+        ]
+
+    def _count_by_stage(self, stages: Sequence[str]) -> None:
+        """One overrun more for each of `stages` (under the lock)."""
+        by_stage = self.counters.overruns_by_stage
+        for stage in stages:
+            by_stage[stage] = by_stage.get(stage, 0) + 1
 
     # -- diagnostics -----------------------------------------------------------------------
 
