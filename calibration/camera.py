@@ -359,13 +359,10 @@ class PinholeCamera(CameraModel):
         radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
         if k4 or k5 or k6:
             radial /= 1.0 + r2 * (k4 + r2 * (k5 + r2 * k6))
+        fx, fy, cx, cy = self.k[0, 0], self.k[1, 1], self.k[0, 2], self.k[1, 2]
         out: FloatArray = np.empty((len(q), 2))
-        out[:, 0] = (x * radial + 2.0 * p1 * xy + p2 * (r2 + 2.0 * x2)) * self.k[0, 0] + self.k[
-            0, 2
-        ]
-        out[:, 1] = (y * radial + p1 * (r2 + 2.0 * y2) + 2.0 * p2 * xy) * self.k[1, 1] + self.k[
-            1, 2
-        ]
+        out[:, 0] = (x * radial + 2.0 * p1 * xy + p2 * (r2 + 2.0 * x2)) * fx + cx
+        out[:, 1] = (y * radial + p1 * (r2 + 2.0 * y2) + 2.0 * p2 * xy) * fy + cy
         return out
 
     def _undistort_normalized(self, pix: FloatArray) -> FloatArray:

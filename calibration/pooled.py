@@ -59,12 +59,18 @@ def histograms(frame: FrameEvidence, offsets: npt.ArrayLike, bins: int) -> npt.N
     g = cv2.remap(
         frame.grey, uv[..., 0], uv[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    g_level = (g.astype(np.int64) * bins) >> 8
     k = np.arange(k_count)[:, None]
-    cell = (k * bins + frame.level[None]) * bins + g_level
+    cell = (k * bins + frame.level[None]) * bins + _grey_levels(g, bins)
     counts = np.bincount(cell[inside], minlength=k_count * bins * bins)
     out: npt.NDArray[np.int32] = counts.reshape(k_count, -1).astype(np.int32)
     return out
+
+
+def _grey_levels(grey: npt.ArrayLike, bins: int) -> npt.NDArray[np.int64]:
+    """Grey values 0-255 (OpenCV's lookup) as ``bins`` levels (the joint histogram's grey
+    axis)."""
+    levels: npt.NDArray[np.int64] = (np.asarray(grey, dtype=np.int64) * bins) >> 8
+    return levels
 
 
 #: OpenCV's remap takes images and maps of fewer than 2^15 - 1 rows and columns.
@@ -177,6 +183,6 @@ class _Group:
             cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        cell = self.level_row + ((g.ravel().astype(np.int64) * bins) >> 8)
+        cell = self.level_row + _grey_levels(g.ravel(), bins)
         out: npt.NDArray[np.int64] = np.bincount(cell[inside], minlength=bins * bins)
         return out
