@@ -26,7 +26,6 @@ import dataclasses
 import multiprocessing as mp
 import os
 import socket
-import statistics
 import struct
 import tempfile
 import time
@@ -116,11 +115,8 @@ def _loaned(pub: Publisher, msg: Any) -> Any:
 
 
 def _line(name: str, ns: Sequence[int]) -> str:
-    v = sorted(ns)
-    return (
-        f"| {name} | {len(v)} | {statistics.median(v) / 1e3:.0f} | "
-        f"{v[int(0.9 * (len(v) - 1))] / 1e3:.0f} | {v[-1] / 1e3:.0f} |"
-    )
+    median, p90, most = np.percentile(ns, [50, 90, 100]) / 1e3
+    return f"| {name} | {len(ns)} | {median:.0f} | {p90:.0f} | {most:.0f} |"
 
 
 def run(rounds: int) -> list[str]:
@@ -187,8 +183,10 @@ def run(rounds: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=200, help="timed rounds per path (>= 1)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds: must be >= 1, got {args.rounds}")
     print("\n".join(run(args.rounds)))
 
 
