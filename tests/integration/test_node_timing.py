@@ -113,15 +113,18 @@ def test_latency_applies_the_estimated_sensor_clock_offset(
     budgets = {"apply_clock_offset": True}
     results, diagnostics = _run(tmp_path, kitti_dir, yolox_path, budgets, sweeps=sweeps)
     assert len(results) == sweeps
+    (clock,) = [c for c in diagnostics.clocks if c.stream == "lidar/top"]
+    assert clock.jumps == 0 and clock.rejected == 0, clock
+    # The estimate applies once CLOCK_MIN_SWEEPS sweeps are in the estimator. A sweep late by
+    # more than the estimator's jump threshold is delivered but not taken (it says nothing of
+    # the envelope; a loaded CI machine delayed one so), which defers the estimate by one.
+    not_taken = sweeps - clock.samples
+    assert 0 <= not_taken <= 3, clock
+    applied = []
     for index, (dl, send_ns, receive_ns) in enumerate(results):
         true_latency = receive_ns - send_ns
-        if index < CLOCK_MIN_SWEEPS - 1:
-            # Too few sweeps for an estimate: the clocks are taken to agree.
-            assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - CLOCK_SLEW_NS
-        elif index >= CLOCK_MIN_SWEEPS:
-            # Never the 300 ms the clocks disagree by; never more than what the test measured;
-            # at least the work the node did on it.
-            assert dl.latency_ns <= true_latency + 1_000_000, (dl.latency_ns, true_latency)
+        if dl.latency_ns <= true_latency + 1_000_000:
+            applied.append(index)
             # Less by up to the delay's spread: the offset is a median of chunk minima of the
             # transport delay, which may exceed this sweep's own delay (~1 ms for 2 MB on ipc
             # on a quiet machine; a loaded CI machine measured 4.5 ms). 10 ms still tells an
@@ -129,7 +132,17 @@ def test_latency_applies_the_estimated_sensor_clock_offset(
             assert dl.latency_ns >= _work_ns(dl) - 10_000_000, (index, dl.latency_ns)
             # The transport beyond the fastest, not the 300 ms the clocks disagree by.
             assert 0 <= dl.timings_ns["transport"] < 50_000_000, dl.timings_ns["transport"]
-    (offset,) = [c.offset_ns for c in diagnostics.clocks if c.stream == "lidar/top"]
+        else:
+            # Not yet an estimate: the clocks are taken to agree, and the lag shows.
+            assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - CLOCK_SLEW_NS, index
+    # Applied from about the sweep that completed CLOCK_MIN_SWEEPS taken ones (that sweep itself
+    # may or may not see it), and from then on.
+    assert applied, "the clock offset was never applied"
+    start = applied[0]
+    assert applied == list(range(start, sweeps)), applied
+    assert CLOCK_MIN_SWEEPS - 1 <= start <= CLOCK_MIN_SWEEPS + not_taken, (start, not_taken)
+    offset = clock.offset_ns
+    assert offset is not None
     # The estimate is the sensor's lag plus the smallest transport delays it saw: never less
     # than the lag (each sweep reaches the node after the test stamped it), never more than the
     # longest a sweep took to arrive, which is at most its whole round trip less the node's work
