@@ -38,7 +38,9 @@ __all__ = [
     "LearnedFusionExport",
     "LearnedFusionNet",
     "decode_heads",
+    "export_bev",
     "export_learned_fusion_onnx",
+    "folded_pillar_weight",
     "load_learned_export",
 ]
 
@@ -101,13 +103,17 @@ class LearnedFusionNet(nn.Module):
         canvas = canvas.scatter(2, index, feats.transpose(1, 2).to(canvas.dtype))
         return canvas[:, :, : nx * ny].reshape(b, c, nx, ny)
 
-    def forward(
-        self, pillars: torch.Tensor, pillar_points: torch.Tensor, pillar_cells: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x1 = self.stage1(self.bev(pillars, pillar_points, pillar_cells))
+    def backbone(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads (heatmap logits, regression) of a BEV feature image."""
+        x1 = self.stage1(bev)
         x2 = self.up2(self.stage2(x1))
         x = self.shared(torch.cat([x1, x2], dim=1))
         return self.heatmap(x), self.regression(x)
+
+    def forward(
+        self, pillars: torch.Tensor, pillar_points: torch.Tensor, pillar_cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone(self.bev(pillars, pillar_points, pillar_cells))
 
 
 def decode_heads(
@@ -135,6 +141,67 @@ def decode_heads(
     return torch.stack(rows, dim=1), index
 
 
+def folded_pillar_weight(net: LearnedFusionNet) -> torch.Tensor:
+    """[F + 1, copies * C]: ``net``'s pillar linear layer with its batch norm (eval statistics)
+    folded in and the bias as the last row; with ``attribution`` the camera-free copy's columns
+    (the painted inputs' weights zeroed) after the real one's."""
+    linear, norm = net.pfn_linear, net.pfn_norm
+    assert norm.running_mean is not None and norm.running_var is not None
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    weight = linear.weight * scale[:, None]  # [C, F]
+    bias = (norm.bias - norm.running_mean * scale)[:, None]
+    copies = [weight]
+    if net.config.attribution:
+        keep = torch.ones(weight.shape[1], dtype=weight.dtype, device=weight.device)
+        keep[net.config.painted_slice] = 0.0
+        copies.append(weight * keep)
+    return torch.cat([torch.cat([w, bias], dim=1) for w in copies], dim=0).t()
+
+
+def export_bev(
+    net: LearnedFusionNet,
+    pillars: torch.Tensor,
+    pillar_points: torch.Tensor,
+    pillar_cells: torch.Tensor,
+) -> torch.Tensor:
+    """``net``'s BEV feature image of one sweep (``pillars [P, K, F]``, ``pillar_points [P]``,
+    ``pillar_cells [P]``) as the export computes it: [copies, pfn_channels, nx, ny], the real
+    input first and (``attribution``) its camera-free copy.
+
+    The values of :meth:`LearnedFusionNet.bev` in eval mode (to float rounding) for a fraction
+    of the work on the padded static shape (a KITTI scan fills 1,300 of the 6,000 pillars):
+    - the batch norm is folded into the linear layer (:func:`folded_pillar_weight`);
+    - the camera-free copy is the linear layer with its painted columns zeroed, stacked beside
+      the real one: both copies come out of one matmul over the pillars, not a second batch;
+    - a point's membership of its pillar multiplies its input, with a constant 1 appended that
+      carries the folded bias, so a padding slot comes out exactly 0 (it never wins the max
+      over the pillar's points) with no mask over the wider output; the ReLU follows the max;
+    - the canvas is gathered, not scattered: each cell's pillar number is scattered into a
+      vector of cells (padding pillars and pillars off the grid into a spare one, dropped, as
+      ``bev`` drops them), then whole feature rows are gathered by it and transposed once.
+      ONNX Runtime scattered the [copies * C, nx * ny] canvas element by element (2.3 ms on
+      this CPU at the packaged shapes) and gathers rows for 0.4 ms.
+    """
+    p, k, _ = pillars.shape
+    nx, ny = net.config.grid_size
+    weight = folded_pillar_weight(net).to(pillars.dtype)
+    slots = torch.arange(k, device=pillars.device).reshape(1, k)
+    member = (slots < pillar_points.reshape(p, 1)).to(pillars.dtype).unsqueeze(-1)
+    inputs = torch.cat([pillars, torch.ones_like(pillars[:, :, :1])], dim=-1) * member
+    # The ReLU after the max: the same (it is monotonic), on K times fewer values.
+    feats = torch.relu((inputs @ weight).amax(dim=1))  # [P, copies * C]
+    # Each cell's pillar (P: none, the zero row appended below).
+    spare = nx * ny  # padding pillars and pillars off the grid land here, then are cut off
+    on_grid = (pillar_cells >= 0) & (pillar_cells < spare)
+    cells = torch.where(on_grid, pillar_cells, torch.full_like(pillar_cells, spare))
+    order = torch.arange(p, device=pillars.device, dtype=torch.int64)
+    pillar_of_cell = torch.full((spare + 1,), p, dtype=torch.int64, device=pillars.device)
+    pillar_of_cell = pillar_of_cell.scatter(0, cells, order)[:spare]
+    rows = torch.cat([feats, torch.zeros_like(feats[:1])], dim=0)  # [P + 1, nC]
+    canvas = rows[pillar_of_cell].t()
+    return canvas.reshape(-1, net.config.pfn_channels, nx, ny)
+
+
 class LearnedFusionExport(nn.Module):
     """The deployable graph of one sweep: ``(pillars [P, K, F], pillar_points [P] int32,
     pillar_cells [P] int64) -> (detections [max_detections, 11], camera_free_score
@@ -149,16 +216,7 @@ class LearnedFusionExport(nn.Module):
         self, pillars: torch.Tensor, pillar_points: torch.Tensor, pillar_cells: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
-        batch = pillars.unsqueeze(0)
-        counts = pillar_points.unsqueeze(0)
-        cells = pillar_cells.unsqueeze(0)
-        if cfg.attribution:
-            keep = torch.ones(cfg.point_features, dtype=pillars.dtype, device=pillars.device)
-            keep[cfg.painted_slice] = 0.0
-            batch = torch.cat([batch, batch * keep], dim=0)
-            counts = torch.cat([counts, counts], dim=0)
-            cells = torch.cat([cells, cells], dim=0)
-        heat, reg = self.net(batch, counts, cells)
+        heat, reg = self.net.backbone(export_bev(self.net, pillars, pillar_points, pillar_cells))
         detections, index = decode_heads(heat[0], reg[0], cfg)
         if cfg.attribution:
             free = torch.sigmoid(heat[1].reshape(-1))[index]
@@ -196,6 +254,7 @@ def export_learned_fusion_onnx(net: LearnedFusionNet, path: Path) -> Path:
     (opset :data:`LEARNED_ONNX_OPSET`, static shapes; written atomically), and its weights
     beside it (``.pt``, for the torch backend). Returns ``path``."""
     weights = Path(path).with_suffix(".pt")
+    weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_name(weights.name + ".tmp")
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, weights)
@@ -206,4 +265,5 @@ def export_learned_fusion_onnx(net: LearnedFusionNet, path: Path) -> Path:
         LEARNED_INPUT_NAMES,
         LEARNED_OUTPUT_NAMES,
         opset=LEARNED_ONNX_OPSET,
+        compact=True,
     )

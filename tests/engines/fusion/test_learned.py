@@ -11,11 +11,17 @@ import pytest
 import torch
 
 from engines.errors import EngineError
-from engines.fusion.learned_config import REGRESSION_CHANNELS, LearnedFusionConfig
+from engines.fusion.learned_config import (
+    PACKAGED_LEARNED_MODEL,
+    REGRESSION_CHANNELS,
+    LearnedFusionConfig,
+    resolve_learned_model,
+)
 from engines.fusion.learned_graph import (
     LearnedFusionExport,
     LearnedFusionNet,
     decode_heads,
+    export_bev,
     export_learned_fusion_onnx,
 )
 from engines.fusion.learned_runner import LearnedFusionRunner
@@ -98,6 +104,86 @@ def test_pillars_keep_the_fullest_when_there_are_too_many() -> None:
     assert np.array_equal(out.pillars, pillarize(pts, cfg).pillars)  # deterministic
 
 
+def _pillarize_by_hand(points: np.ndarray, cfg: LearnedFusionConfig) -> dict[int, list[int]]:
+    """Each kept pillar's cell and the rows of `points` it holds, point by point."""
+    nx, ny = cfg.grid_size
+    members: dict[int, list[int]] = {}
+    for row, (x, y, z) in enumerate(points[:, :3].astype(np.float64)):
+        ix = math.floor((x - cfg.x_range_m[0]) / cfg.pillar_m)
+        iy = math.floor((y - cfg.y_range_m[0]) / cfg.pillar_m)
+        if 0 <= ix < nx and 0 <= iy < ny and cfg.z_range_m[0] <= z < cfg.z_range_m[1]:
+            members.setdefault(ix * ny + iy, []).append(row)
+    fullest = sorted(members, key=lambda cell: (-len(members[cell]), cell))[: cfg.max_pillars]
+    return {cell: members[cell][: cfg.points_per_pillar] for cell in sorted(fullest)}
+
+
+def test_pillars_match_a_point_by_point_reference() -> None:
+    """Crowded pillars (more points than a pillar holds), more pillars than the grid keeps,
+    points off the grid and out of the height range: the pillars, their points in sweep order
+    and their features are those of a plain loop over the points."""
+    cfg = LearnedFusionConfig(x_range_m=(0.0, 6.4), y_range_m=(-3.2, 3.2), max_pillars=40,
+                              points_per_pillar=5)  # fmt: skip
+    rng = np.random.default_rng(7)
+    xyz = rng.uniform([-1.0, -4.0, -3.5], [7.0, 4.0, 2.5], (1500, 3))
+    clumps = rng.normal([2.0, 0.5, 0.0], 0.05, (60, 3))  # a few pillars far over capacity
+    pts = _painted(np.c_[np.r_[xyz, clumps], rng.random(1560)].astype(np.float32), rng)
+    out = pillarize(pts, cfg)
+    want = _pillarize_by_hand(pts, cfg)
+    nx, ny = cfg.grid_size
+    assert out.pillars_used == len(want) == cfg.max_pillars
+    assert out.points_used == sum(len(rows) for rows in want.values())
+    assert list(out.pillar_cells[: out.pillars_used]) == list(want)
+    assert (out.pillar_cells[out.pillars_used :] == nx * ny).all()
+    for slot, (cell, rows) in enumerate(want.items()):
+        assert out.pillar_points[slot] == len(rows)
+        got = out.pillars[slot]
+        mine = pts[rows]
+        ix, iy = divmod(cell, ny)
+        np.testing.assert_array_equal(got[: len(rows), :4], mine[:, :4])
+        np.testing.assert_allclose(got[: len(rows), 4:7], mine[:, :3] - mine[:, :3].mean(0),
+                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(got[: len(rows), 7], mine[:, 0] - (ix + 0.5) * cfg.pillar_m,
+                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(got[: len(rows), 8],
+                                   mine[:, 1] - (cfg.y_range_m[0] + (iy + 0.5) * cfg.pillar_m),
+                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_array_equal(got[: len(rows), 9:], mine[:, 4:])
+        assert not got[len(rows) :].any()
+    assert not out.pillars[out.pillars_used :].any()
+
+
+def test_the_exports_pillar_encoder_is_the_nets() -> None:
+    """The export's folded, stacked pillar encoder gives the trained encoder's BEV image for
+    the input and its camera-free copy, with garbage in the padding slots and pillars (which
+    the counts and the off-grid cell say to leave out)."""
+    torch.manual_seed(1)
+    cfg = SMALL
+    net = LearnedFusionNet(cfg).eval()
+    norm = net.pfn_norm
+    assert norm.running_mean is not None and norm.running_var is not None
+    norm.running_mean.uniform_(-0.5, 0.5)
+    norm.running_var.uniform_(0.5, 2.0)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-0.3, 0.3)  # positive biases: a padding slot would not be 0
+    nx, ny = cfg.grid_size
+    p, k = cfg.max_pillars, cfg.points_per_pillar
+    rng = np.random.default_rng(2)
+    pillars = torch.from_numpy(rng.normal(0, 1, (p, k, cfg.point_features)).astype(np.float32))
+    counts = torch.from_numpy(rng.integers(0, k + 1, p).astype(np.int32))
+    cells = torch.from_numpy(rng.permutation(nx * ny)[:p].astype(np.int64))
+    cells[-50:] = nx * ny  # padding pillars, some of them with points
+    counts[-60:-50] = 0  # pillars on the grid with no points
+    got = export_bev(net, pillars, counts, cells)
+    free = pillars.clone()
+    free[:, :, cfg.painted_slice] = 0.0
+    with torch.no_grad():
+        want = net.bev(torch.stack([pillars, free]), torch.stack([counts, counts]),
+                       torch.stack([cells, cells]))  # fmt: skip
+    assert got.shape == want.shape == (2, cfg.pfn_channels, nx, ny)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got[0] != got[1]).any()  # the painted channels matter to this encoder
+
+
 def test_pillars_refuse_bad_points() -> None:
     with pytest.raises(ValueError, match="N x 8"):
         pillarize(np.zeros((4, 4), np.float32), SMALL)
@@ -171,6 +257,32 @@ def test_export_runs_on_onnxruntime_like_torch(kitti_painted: np.ndarray, tmp_pa
     unpainted[:, 4:] = 0.0
     result = runner.run(unpainted)
     np.testing.assert_allclose(result.camera_free_score, result.rows[:, 9], atol=1e-6)
+
+
+def test_the_packaged_export_is_the_trained_net(kitti_painted: np.ndarray) -> None:
+    """The packaged ONNX (exported with the folded encoder) against its weights run as
+    training runs them: the net on the input and its camera-free copy as a batch of two, then
+    decoded. The same detection table and attribution scores on a real KITTI scan."""
+    model = resolve_learned_model("learned_fusion")
+    cfg = model.config
+    assert model.weights_path is not None
+    net = LearnedFusionNet(cfg)
+    net.load_state_dict(torch.load(model.weights_path, map_location="cpu", weights_only=True))
+    net.eval()
+    feeds = pillarize(kitti_painted, cfg).as_feeds()
+    pillars, counts, cells = (torch.from_numpy(v) for v in feeds.values())
+    free = pillars.clone()
+    free[:, :, cfg.painted_slice] = 0.0
+    with torch.no_grad():
+        heat, reg = net(torch.stack([pillars, free]), torch.stack([counts, counts]),
+                        torch.stack([cells, cells]))  # fmt: skip
+        rows, index = decode_heads(heat[0], reg[0], cfg)
+        free_score = torch.sigmoid(heat[1].reshape(-1))[index]
+    got = OnnxRuntimeEngine(PACKAGED_LEARNED_MODEL, num_threads=2).run(feeds)
+    np.testing.assert_array_equal(got["detections"][:, 10], rows[:, 10].numpy())
+    np.testing.assert_allclose(got["detections"], rows.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got["camera_free_score"], free_score.numpy(), atol=1e-5)
+    assert (rows[:, 9] >= 0.3).sum() >= 3  # real detections, not an empty table
 
 
 def test_runner_refuses_an_engine_of_another_graph(yolox_path: Path) -> None:
