@@ -100,6 +100,19 @@ def test_without_lidar_nothing_is_found(tmp_path: Path) -> None:
     assert report.true_positives == 0 and report.false_negatives > 0
 
 
+def test_the_simple_worlds_calibration_verdict_says_it_does_not_check_the_rig(
+    tmp_path: Path,
+) -> None:
+    report = run_demo(None, seed=3, seconds=0.5, out_dir=tmp_path)
+    assert report.calibration and report.calibration_caveat is not None
+    text = format_demo_report(report)
+    verdict = text.index("calibration monitor, camera front:")
+    assert verdict < text.index("no static structure beside the road") < text.index("detections:")
+    # A drive the user names may be any world: no caveat is guessed for it.
+    again = run_demo(report.drive, seed=3, out_dir=tmp_path)
+    assert again.calibration_caveat is None
+
+
 def test_bad_fusion_kinds_and_degradations_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fusion"):
         run_demo(None, seconds=0.5, out_dir=tmp_path, fusion=("frustum",))
@@ -121,6 +134,7 @@ def test_the_demo_runs_the_rich_world_and_scores_vans_as_kitti_does(tmp_path: Pa
     (status,) = report.calibration
     assert status.camera == "front" and status.state == "collecting"
     assert "calibration monitor, camera front: collecting after 2 frames" in text
+    assert report.calibration_caveat is None and "no static structure" not in text
 
 
 def test_the_demo_writes_a_drive_with_a_rig_error_beside_the_true_one(tmp_path: Path) -> None:
