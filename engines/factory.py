@@ -43,6 +43,7 @@ from engines.errors import EngineError, ModelError
 from engines.fusion.buckets import BucketedFusionEngine
 from engines.fusion.config import FusionEngineConfig, Shape
 from engines.fusion.config import packaged_model_path as packaged_fusion_path
+from engines.fusion.learned_buckets import BucketedLearnedEngine
 from engines.fusion.learned_config import LearnedModel, resolve_learned_model
 from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
 from engines.lidar.config import PACKAGED_MODEL_PATH as LIDAR_ENCODER_ONNX
@@ -343,8 +344,13 @@ class EngineFactory:
     def learned_fusion_engine(self, model: str | Path) -> tuple[Engine, LearnedModel]:
         """The learned fusion engine ``model`` names (``learned_fusion``: the packaged one, or
         an export of ``perception train``) and what it was trained with (config, tuned score
-        thresholds): its export on
-        ONNX Runtime or TensorRT (strict fp32), or its graph with the saved weights on torch.
+        thresholds): its export on ONNX Runtime or TensorRT (strict fp32), or its graph with
+        the saved weights on torch.
+
+        On ONNX Runtime (where the model has its exports at smaller pillar counts) and torch it
+        is a :class:`BucketedLearnedEngine`: a sweep runs at the smallest pillar count holding
+        it, the same table as the full count for less padding; TensorRT runs the full count (on
+        the GPU the padding costs little, and each count would be another engine build).
 
         Raises:
             ModelError: the model, its config or (torch) its weights are missing or invalid.
@@ -364,10 +370,19 @@ class EngineFactory:
             except (OSError, RuntimeError) as e:
                 raise ModelError(f"{learned.weights_path}: cannot load the weights ({e})") from e
             cfg = learned.config
-            return self._torch(
-                module, cfg.input_specs(), cfg.output_specs(), learned.onnx_path.name
+            return BucketedLearnedEngine(
+                cfg,
+                cfg.pillar_buckets,
+                lambda n: self._torch(
+                    module, cfg.input_specs(n), cfg.output_specs(), learned.onnx_path.name
+                ),
             ), learned
-        return self.onnx_engine(learned.onnx_path), learned
+        if self.placement.backend == "tensorrt" or not learned.bucket_paths:
+            return self.onnx_engine(learned.onnx_path), learned
+        paths = {**dict(learned.bucket_paths), learned.config.max_pillars: learned.onnx_path}
+        return BucketedLearnedEngine(
+            learned.config, tuple(paths), lambda n: self.onnx_engine(paths[n])
+        ), learned
 
     def _torch(
         self,

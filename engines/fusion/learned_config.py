@@ -32,6 +32,7 @@ __all__ = [
     "REGRESSION_CHANNELS",
     "LearnedFusionConfig",
     "LearnedModel",
+    "bucket_onnx_path",
     "resolve_learned_model",
 ]
 
@@ -141,9 +142,20 @@ class LearnedFusionConfig:
         except ValueError:
             return -1
 
-    def input_specs(self) -> tuple[TensorSpec, ...]:
-        """The engine's inputs, in :data:`LEARNED_INPUT_NAMES` order."""
-        p, k = self.max_pillars, self.points_per_pillar
+    @property
+    def pillar_buckets(self) -> tuple[int, ...]:
+        """The pillar counts the graph is exported at, ascending, the last ``max_pillars``: a
+        quarter, a half and three quarters of it (rounded up to a multiple of 256, and only
+        those below it). A sweep runs on the smallest holding its pillars
+        (``engines.fusion.learned_buckets``)."""
+        full = self.max_pillars
+        smaller = {math.ceil(full * q / 4 / 256) * 256 for q in (1, 2, 3)}
+        return (*sorted(n for n in smaller if 0 < n < full), full)
+
+    def input_specs(self, pillars: int | None = None) -> tuple[TensorSpec, ...]:
+        """The engine's inputs, in :data:`LEARNED_INPUT_NAMES` order, at ``pillars`` (default
+        ``max_pillars``)."""
+        p, k = self.max_pillars if pillars is None else pillars, self.points_per_pillar
         return (
             TensorSpec("pillars", "float32", (p, k, self.point_features)),
             TensorSpec("pillar_points", "int32", (p,)),
@@ -179,17 +191,25 @@ class LearnedFusionConfig:
             raise ValueError(f"learned fusion config: {e}") from e
 
 
+def bucket_onnx_path(onnx_path: Path, pillars: int) -> Path:
+    """Where the export at ``pillars`` pillars lies beside the full export ``onnx_path``:
+    ``learned_fusion.onnx`` -> ``learned_fusion.p1536.onnx``."""
+    return onnx_path.with_name(f"{onnx_path.stem}.p{pillars}{onnx_path.suffix}")
+
+
 @dataclass(frozen=True)
 class LearnedModel:
     """A trained learned fusion engine: its ONNX export, the config it was trained with (the
     ``.yaml`` beside it, written by ``perception train``), the weights for the torch backend
-    (the ``.pt`` beside it, None when absent) and the score threshold per class tuned on the
-    training run's validation drives (empty when it had none)."""
+    (the ``.pt`` beside it, None when absent), the score threshold per class tuned on the
+    training run's validation drives (empty when it had none) and the exports at the config's
+    smaller pillar counts found beside it (``bucket_onnx_path``; none for an older export)."""
 
     onnx_path: Path
     config: LearnedFusionConfig
     weights_path: Path | None
     score_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+    bucket_paths: tuple[tuple[int, Path], ...] = ()
 
 
 def resolve_learned_model(model: str | Path) -> LearnedModel:
@@ -219,4 +239,9 @@ def resolve_learned_model(model: str | Path) -> LearnedModel:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"{meta_path}: not a learned model config ({why})") from e
     weights = path.with_suffix(".pt")
-    return LearnedModel(path, config, weights if weights.is_file() else None, thresholds)
+    buckets = tuple(
+        (n, bucket_onnx_path(path, n))
+        for n in config.pillar_buckets[:-1]
+        if bucket_onnx_path(path, n).is_file()
+    )
+    return LearnedModel(path, config, weights if weights.is_file() else None, thresholds, buckets)

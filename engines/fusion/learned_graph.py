@@ -31,6 +31,7 @@ from engines.fusion.learned_config import (
     LEARNED_OUTPUT_NAMES,
     REGRESSION_CHANNELS,
     LearnedFusionConfig,
+    bucket_onnx_path,
 )
 from engines.onnx_ops import export_static_onnx
 
@@ -225,10 +226,13 @@ class LearnedFusionExport(nn.Module):
         return detections, free
 
 
-def example_inputs(config: LearnedFusionConfig) -> tuple[torch.Tensor, ...]:
-    """Zero inputs of the export's static shapes."""
+def example_inputs(
+    config: LearnedFusionConfig, pillars: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Zero inputs of the export's static shapes, at ``pillars`` (default ``max_pillars``)."""
     nx, ny = config.grid_size
-    p, k = config.max_pillars, config.points_per_pillar
+    p = config.max_pillars if pillars is None else pillars
+    k = config.points_per_pillar
     return (
         torch.zeros(p, k, config.point_features),
         torch.zeros(p, dtype=torch.int32),
@@ -251,16 +255,27 @@ def load_learned_export(weights_path: Path, config: LearnedFusionConfig) -> Lear
 
 def export_learned_fusion_onnx(net: LearnedFusionNet, path: Path) -> Path:
     """Exports the trained ``net`` (in eval mode) with in-graph decoding to ONNX at ``path``
-    (opset :data:`LEARNED_ONNX_OPSET`, static shapes; written atomically), and its weights
-    beside it (``.pt``, for the torch backend). Returns ``path``."""
-    weights = Path(path).with_suffix(".pt")
+    (opset :data:`LEARNED_ONNX_OPSET`, static shapes; written atomically), the same graph at
+    the config's smaller pillar counts beside it (``bucket_onnx_path``; see
+    ``engines.fusion.learned_buckets``), and its weights (``.pt``, for the torch backend).
+    Returns ``path``."""
+    path = Path(path)
+    weights = path.with_suffix(".pt")
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_name(weights.name + ".tmp")
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, weights)
+    export = LearnedFusionExport(net.eval())
+    config = net.config
+    for pillars in config.pillar_buckets[:-1]:
+        _export(export, example_inputs(config, pillars), bucket_onnx_path(path, pillars))
+    return _export(export, example_inputs(config), path)
+
+
+def _export(export: LearnedFusionExport, inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
     return export_static_onnx(
-        LearnedFusionExport(net.eval()),
-        example_inputs(net.config),
+        export,
+        inputs,
         path,
         LEARNED_INPUT_NAMES,
         LEARNED_OUTPUT_NAMES,

@@ -22,6 +22,7 @@ from engines.camera.detector import Box2D, CameraDetector, Letterbox
 from engines.engine import Engine
 from engines.factory import EngineFactory, create_node_engines
 from engines.fusion.config import FusionEngineConfig
+from engines.fusion.learned_buckets import BucketedLearnedEngine
 from engines.fusion.learned_runner import LearnedFusionRunner
 from engines.fusion.runner import FusionEngineRunner
 from engines.lidar.config import OBSTACLE_CONFIG
@@ -278,10 +279,10 @@ class Pipeline:
         return tuple(lines)
 
     def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
-        """Runs every engine once on blank inputs, and makes the fusion engine of every
-        bucket shape: the first ONNX Runtime call of a session allocates its buffers, and a
-        bucket's engine made on its first use (150-190 ms on this project's 2-core CPU) would
-        stall that frame."""
+        """Runs every engine once on blank inputs, and makes the fusion engine of every bucket
+        shape and the learned engine of every pillar count: the first ONNX Runtime call of a
+        session allocates its buffers, and a bucket's engine made on its first use (150-190 ms
+        on this project's 2-core CPU) would stall that frame."""
         tensor, _ = self.detector.preprocess(np.zeros(image_shape, dtype=np.uint8))
         self.detector.infer(tensor)
         ground = GroundPlane.horizontal(self.config.ground.ground_prior_z_m)
@@ -298,6 +299,8 @@ class Pipeline:
             (*ground.normal, ground.offset),
         )
         if self.learned is not None:
+            if isinstance(self.learned.engine, BucketedLearnedEngine):
+                self.learned.engine.make_all()
             self.learned.run(np.zeros((1, 4 + len(self.learned.config.classes) + 1), np.float32))
 
     def step(

@@ -232,6 +232,12 @@ def test_export_runs_on_onnxruntime_like_torch(kitti_painted: np.ndarray, tmp_pa
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 2.0)
     path = export_learned_fusion_onnx(net, tmp_path / "learned.onnx")
+    # The same graph at the smaller pillar counts, beside it (engines.fusion.learned_buckets).
+    assert sorted(p.name for p in tmp_path.glob("learned.p*.onnx")) == [
+        "learned.p1536.onnx",
+        "learned.p3072.onnx",
+        "learned.p4608.onnx",
+    ]
     engine = OnnxRuntimeEngine(path, num_threads=2)
     cfg = net.config
     pin = pillarize(kitti_painted, cfg)
