@@ -446,6 +446,11 @@ class CalibrationMonitorConfig:
     budget_burst_ms: float = 1000.0
     """How far ahead of the budget the monitor may run, ms: a search for a drift (a few hundred
     ms) is not cut short, a monitor searching all the time is held to the budget."""
+    thread_nice: int = 10
+    """The live node's monitor thread runs this much nicer than the process (Linux schedules
+    threads by their own nice; a thread of a SCHED_FIFO process is also moved to the normal
+    policy), so that a search (up to a second of CPU) yields the cores to the pipeline; 0: the
+    process's priority."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """The evidence and the decision."""
 
@@ -936,6 +941,11 @@ def _validate(cfg: NodeConfig) -> None:
             _positive(cfg.calibration_monitor.budget_burst_ms),
             "calibration_monitor.budget_burst_ms",
             "must be > 0",
+        ),
+        (
+            0 <= cfg.calibration_monitor.thread_nice <= 19,
+            "calibration_monitor.thread_nice",
+            "must be 0..19",
         ),
         (_positive(cfg.clocks.max_offset_ms), "clocks.max_offset_ms", "must be > 0"),
         (_positive(cfg.clocks.jump_threshold_ms), "clocks.jump_threshold_ms", "must be > 0"),

@@ -72,7 +72,7 @@ from perception.node.ahead import CameraAhead
 from perception.node.calibration import CpuBudget
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
 from perception.node.metrics import NodeMetrics
-from perception.node.realtime import apply_realtime, gc_held
+from perception.node.realtime import apply_realtime, gc_held, lower_this_thread
 from perception.node.view import FoxgloveView, ViewFrame, ViewMessage
 from perception.pipeline import Pipeline
 from perception.pipeline.pipeline import StepFrame
@@ -390,6 +390,9 @@ class Node:
             self._calibration_thread.start()
 
     def _calibration_loop(self) -> None:
+        refused = lower_this_thread(self.config.calibration_monitor.thread_nice)
+        if refused is not None:
+            log.warning("calibration monitor thread not lowered: %s", refused)
         while True:
             with self._calibration_cond:
                 while self._calibration_frame is None and not self._calibration_stop:

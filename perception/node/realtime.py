@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 from collections.abc import Iterator
 
 from perception.config import RealtimeConfig
 from perception.msgs.types import RealtimeStatus
 
-__all__ = ["RealtimeConfig", "RealtimeStatus", "apply_realtime", "gc_held"]
+__all__ = ["RealtimeConfig", "RealtimeStatus", "apply_realtime", "gc_held", "lower_this_thread"]
 
 
 def apply_realtime(config: RealtimeConfig, pid: int = 0) -> RealtimeStatus:
@@ -52,6 +53,26 @@ def apply_realtime(config: RealtimeConfig, pid: int = 0) -> RealtimeStatus:
         gc_hold=config.gc_hold,
         refused=tuple(refused),
     )
+
+
+def lower_this_thread(nicer_by: int) -> str | None:
+    """Runs the calling thread below the rest of the process: on the normal policy (a thread
+    of a SCHED_FIFO process would otherwise preempt the pipeline until it blocked) and
+    `nicer_by` above its nice value (Linux schedules each thread by its own). For background
+    work such as the calibration monitor's search. Lowering one's own priority needs no
+    privilege; what the OS refuses anyway is returned (None: applied, or `nicer_by` 0).
+    """
+    if nicer_by <= 0:
+        return None
+    tid = threading.get_native_id()
+    try:
+        if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        nice = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(nice + nicer_by, 19))
+    except (OSError, AttributeError) as e:
+        return f"thread nice +{nicer_by}: {_reason(e)}"
+    return None
 
 
 def _reason(error: BaseException) -> str:

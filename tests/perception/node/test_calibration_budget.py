@@ -4,6 +4,8 @@ counted, and takes them again once the sweeps have paid its time back."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -100,3 +102,38 @@ def test_a_monitor_over_budget_passes_sweeps_over(rich_drive: Path, budget_ms: f
         # The first sweep spends far more than the 0.01 ms a sweep pays back.
         assert (counters.calibration_sweeps, counters.calibration_over_budget) == (1, 5)
     assert counters.calibration_errors == 0
+
+
+@pytest.mark.parametrize("nicer_by", [10, 0])
+def test_the_monitor_thread_runs_nicer_than_the_pipeline(rich_drive: Path, nicer_by: int) -> None:
+    base = choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
+    config = replace(
+        base,
+        calibration_monitor=replace(
+            base.calibration_monitor, every_n_sweeps=1, thread_nice=nicer_by
+        ),
+    )
+    core, frames = _frames(rich_drive, config)
+    node = Node(config, core.pipeline)
+    node.core = NodeCore(config, core.pipeline)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    try:
+        node._offer_calibration(frames[0])
+        thread = node._calibration_thread
+        assert thread is not None and thread.native_id is not None
+        deadline = time.monotonic() + 30.0
+        while node._calibration_busy or node._calibration_frame is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(mine + nicer_by, 19)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    finally:
+        node._stop_calibration()
+    assert node.core.counters.calibration_sweeps == 1
+
+
+def test_a_bad_thread_nice_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("calibration_monitor:\n  thread_nice: 20\n")
+    with pytest.raises(ConfigError, match=r"thread_nice: must be 0\.\.19"):
+        load_config(path)
