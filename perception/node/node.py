@@ -15,8 +15,9 @@ monitor's window can take longer than a sweep and must never hold up the next. I
 bounded on average (`calibration_monitor.budget_ms_per_sweep`,
 perception.node.calibration.CpuBudget): while it is over budget, due sweeps are passed over
 (counted, `calibration_over_budget`), so a monitor that searches all the time (a scene without
-evidence) cannot take the cores the pipeline needs. (Offline replay runs it in line,
-deterministically, unbounded.)
+evidence) cannot take the cores the pipeline needs; and it runs nicer than the pipeline
+(`calibration_monitor.thread_nice`), so that while a search runs the pipeline gets the cores
+first. (Offline replay runs it in line, deterministically, unbounded.)
 
 Everything the node decides is the core's (perception.node.core): this module adds only the
 sockets, the threads, the watchdog, the real-time settings and the measured queue and publish
