@@ -11,21 +11,21 @@ made on first use: a node that never sees a crowded frame never loads them.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from engines.engine import Engine, EngineDescription, TensorSpec, require_specs, run_warmup
+from engines.buckets import EngineBuckets
+from engines.engine import Engine
 from engines.errors import EngineError
 from engines.fusion.config import FusionEngineConfig, Shape
 
 __all__ = ["BucketedFusionEngine"]
 
 
-class BucketedFusionEngine:
+class BucketedFusionEngine(EngineBuckets[Shape]):
     """One fusion engine per static shape of ``config``; implements
-    :class:`engines.engine.Engine` at the full shape.
+    :class:`engines.engine.Engine` at the full shape (:class:`engines.buckets.EngineBuckets`).
 
     :meth:`run` takes full-shape inputs (as a single engine would) and runs them on the smallest
     shape that holds ``num_points`` and ``num_boxes``; :class:`engines.fusion.runner.
@@ -45,64 +45,25 @@ class BucketedFusionEngine:
 
     def __init__(self, config: FusionEngineConfig, make: Callable[[Shape], Engine]) -> None:
         self.config = config
-        self._make = make
-        self._engines: dict[Shape, Engine] = {}
-        self._lock = threading.Lock()
-        self._last: Engine = self.engine_for(config.full_shape)
+        super().__init__(
+            "fusion engine",
+            config.shapes(),
+            config.full_shape,
+            make,
+            lambda shape: (config.input_specs(shape), config.output_specs(shape)),
+            spell=lambda shape: f"{shape[0]}x{shape[1]}",
+            named=lambda shape: f"shape {shape[0]}x{shape[1]}",
+        )
 
     @property
     def shapes(self) -> tuple[Shape, ...]:
         """Every shape this engine runs at, smallest first, the full shape last."""
-        return self.config.shapes()
+        return self.sizes
 
     @property
     def loaded_shapes(self) -> tuple[Shape, ...]:
         """The shapes whose engines have been made so far."""
-        return tuple(s for s in self.shapes if s in self._engines)
-
-    def engine_for(self, shape: Shape) -> Engine:
-        """The engine of ``shape`` (one of :attr:`shapes`), made on first use.
-
-        Raises:
-            engines.errors.EngineError: ``shape`` is not a bucket, or making it failed.
-        """
-        engine = self._engines.get(shape)
-        if engine is not None:
-            return engine
-        if shape not in self.shapes:
-            raise EngineError(f"fusion engine: no bucket of shape {shape} (have {self.shapes})")
-        with self._lock:
-            engine = self._engines.get(shape)
-            if engine is None:
-                engine = self._make(shape)
-                require_specs(
-                    f"fusion engine {shape}",
-                    engine,
-                    self.config.input_specs(shape),
-                    self.config.output_specs(shape),
-                )
-                self._engines[shape] = engine
-        return engine
-
-    @property
-    def full(self) -> Engine:
-        """The engine of the full shape."""
-        return self.engine_for(self.config.full_shape)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """Input specs of the full shape."""
-        return self.full.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """Output specs of the full shape."""
-        return self.full.outputs
-
-    @property
-    def last_gpu_ns(self) -> int | None:
-        """GPU time of the last :meth:`run` (of whichever bucket ran it)."""
-        return self._last.last_gpu_ns
+        return self.loaded
 
     def run_shape(self, shape: Shape, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs inputs padded to ``shape`` on that shape's engine; outputs of ``shape``.
@@ -110,9 +71,7 @@ class BucketedFusionEngine:
         Raises:
             engines.errors.EngineError: as :meth:`engine_for` and the engine's ``run``.
         """
-        engine = self.engine_for(shape)
-        self._last = engine
-        return engine.run(inputs)
+        return self.run_on(shape, inputs)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs full-shape inputs on the smallest bucket that holds them; full-shape outputs
@@ -145,26 +104,3 @@ class BucketedFusionEngine:
             full[:b] = out[spec.name]
             padded[spec.name] = full
         return padded
-
-    def warmup(self, iterations: int = 1) -> None:
-        """Makes every bucket's engine and runs ``iterations`` batches of zeros through each,
-        so that no frame pays for loading one.
-
-        Raises:
-            engines.errors.EngineError: ``iterations`` < 0, or a make or run fails.
-        """
-        for shape in self.shapes:
-            run_warmup(self.engine_for(shape), iterations)
-
-    def describe(self) -> EngineDescription:
-        """The full shape's engine, as in use, with the bucket shapes in ``extra``."""
-        d = self.full.describe()
-        shapes = ",".join(f"{n}x{b}" for n, b in self.shapes)
-        return EngineDescription(
-            backend=d.backend,
-            device=d.device,
-            precision=d.precision,
-            model=d.model,
-            providers=d.providers,
-            extra=(*d.extra, ("buckets", shapes)),
-        )

@@ -109,16 +109,10 @@ class FusionEngineRunner:
 
     def make_all(self) -> None:
         """Makes the engine of every bucket now rather than on its first use (a session's
-        making took 150-190 ms on this project's 2-core CPU, a stalled frame mid-drive). Not
-        run: a run's buffers are allocated on first use, 1-3 ms, and only for the shapes a
-        drive needs -- except an engine whose first run captures a CUDA graph (torch on CUDA,
-        `capture_pending`): that capture took a 70 ms frame on an H200, so it runs once now."""
+        making took 150-190 ms on this project's 2-core CPU, a stalled frame mid-drive); see
+        :meth:`engines.buckets.EngineBuckets.make_all`."""
         if self._buckets is not None:
-            for shape in self._buckets.shapes:
-                engine = self._buckets.engine_for(shape)
-                # Duck-typed: the runtime install has no torch to import TorchEngine from.
-                if getattr(engine, "capture_pending", False):
-                    engine.warmup(1)
+            self._buckets.make_all()
 
     def shape_for(self, num_points: int, num_boxes: int) -> Shape:
         """The static shape a call with this many points and boxes runs at: the smallest bucket

@@ -124,7 +124,7 @@ def test_buckets_refuse_counts_without_the_full_one() -> None:
     bucketed = BucketedLearnedEngine(
         cfg, (6000,), lambda n: OnnxRuntimeEngine(PACKAGED_LEARNED_MODEL, num_threads=1)
     )
-    with pytest.raises(EngineError, match="no bucket of 1536"):
+    with pytest.raises(EngineError, match="no bucket of 1536 pillars"):
         bucketed.engine_for(1536)
     assert bucketed.size_for(10) == 6000
 
@@ -141,9 +141,9 @@ def test_an_export_without_buckets_runs_its_full_count(tmp_path: Path) -> None:
         shutil.copy(path, bucket_onnx_path(tmp_path / "old.onnx", n))
     engine, model = factory.learned_fusion_engine(tmp_path / "old.onnx")
     assert isinstance(engine, BucketedLearnedEngine)
-    before = engine.loaded_sizes
+    before = engine.loaded
     engine.warmup()
-    assert before == (6000,) and engine.loaded_sizes == (1536, 3072, 4608, 6000)
+    assert before == (6000,) and engine.loaded == (1536, 3072, 4608, 6000)
     assert ("pillar_buckets", "1536,3072,4608,6000") in engine.describe().extra
 
 
