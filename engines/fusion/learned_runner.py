@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from engines.engine import Engine, require_specs
 from engines.errors import EngineError
+from engines.fusion.learned_buckets import BucketedLearnedEngine
 from engines.fusion.learned_config import LearnedFusionConfig, LearnedModel
 from engines.fusion.pillars import PillarInputs, pillarize
 
@@ -73,6 +74,12 @@ class LearnedFusionRunner:
         none)."""
         threshold = model.score_thresholds if score_threshold is None else score_threshold
         return cls(engine, model.config, threshold)
+
+    def make_all(self) -> None:
+        """Makes the engine of every pillar count now rather than on its first use (a stalled
+        sweep mid-drive); see :meth:`engines.buckets.EngineBuckets.make_all`."""
+        if isinstance(self.engine, BucketedLearnedEngine):
+            self.engine.make_all()
 
     def run(self, painted_points: npt.NDArray[np.float32]) -> LearnedDetections:
         """Detections of one sweep's painted points (N x (4 + classes + 1)).

@@ -22,7 +22,6 @@ from engines.camera.detector import Box2D, CameraDetector, Letterbox
 from engines.engine import Engine
 from engines.factory import EngineFactory, create_node_engines
 from engines.fusion.config import FusionEngineConfig
-from engines.fusion.learned_buckets import BucketedLearnedEngine
 from engines.fusion.learned_runner import LearnedFusionRunner
 from engines.fusion.runner import FusionEngineRunner
 from engines.lidar.config import OBSTACLE_CONFIG
@@ -299,8 +298,7 @@ class Pipeline:
             (*ground.normal, ground.offset),
         )
         if self.learned is not None:
-            if isinstance(self.learned.engine, BucketedLearnedEngine):
-                self.learned.engine.make_all()
+            self.learned.make_all()
             self.learned.run(np.zeros((1, 4 + len(self.learned.config.classes) + 1), np.float32))
 
     def step(

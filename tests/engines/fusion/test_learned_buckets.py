@@ -158,3 +158,21 @@ def test_the_torch_backend_runs_the_buckets_too(kitti_frame: Callable[[str], Kit
     assert engine._last is engine.engine_for(1536)
     full = engine.engine_for(6000).run(result.pillars.as_feeds())
     np.testing.assert_allclose(result.rows, full["detections"], atol=1e-5)
+
+
+def test_the_pipelines_warm_up_makes_every_pillar_count() -> None:
+    """No sweep of a live node pays for making a bucket's session mid-drive."""
+    from perception.config import CameraModelConfig, FusionConfig
+    from perception.pipeline import Pipeline, PipelineConfig
+
+    pipeline = Pipeline.from_config(
+        CameraModelConfig(path=str(PACKAGED_LEARNED_MODEL.with_name("synth_detector.onnx"))),
+        engines=EngineSettings(threads=1),
+        config=PipelineConfig(fusion=FusionConfig(kind="learned", model="learned_fusion")),
+    )
+    assert pipeline.learned is not None
+    engine = pipeline.learned.engine
+    assert isinstance(engine, BucketedLearnedEngine)
+    before = engine.loaded
+    pipeline.warm_up()
+    assert before == (6000,) and engine.loaded == (1536, 3072, 4608, 6000)

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,24 +79,25 @@ def _offer_all(node: Node, frames: list[StepFrame]) -> None:
     node._stop_calibration()
 
 
-@pytest.mark.parametrize("budget_ms", [0.0, 0.01])
-def test_a_monitor_over_budget_passes_sweeps_over(rich_drive: Path, budget_ms: float) -> None:
+def _node(drive: Path, **monitor: Any) -> tuple[Node, list[StepFrame]]:
+    """A live node (its own core, no sockets) whose monitor takes every sweep, with the
+    calibration monitor's settings `monitor`, and the frames of `drive` to offer it."""
     base = choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
     config = replace(
         base,
-        calibration_monitor=replace(
-            base.calibration_monitor,
-            every_n_sweeps=1,
-            budget_ms_per_sweep=budget_ms,
-            budget_burst_ms=0.01,
-        ),
+        calibration_monitor=replace(base.calibration_monitor, every_n_sweeps=1, **monitor),
     )
-    core, frames = _frames(rich_drive, config)
-    node_core = NodeCore(config, core.pipeline)
+    core, frames = _frames(drive, config)
     node = Node(config, core.pipeline)
-    node.core = node_core
+    node.core = NodeCore(config, core.pipeline)
+    return node, frames
+
+
+@pytest.mark.parametrize("budget_ms", [0.0, 0.01])
+def test_a_monitor_over_budget_passes_sweeps_over(rich_drive: Path, budget_ms: float) -> None:
+    node, frames = _node(rich_drive, budget_ms_per_sweep=budget_ms, budget_burst_ms=0.01)
     _offer_all(node, frames)
-    counters = node_core.counters
+    counters = node.core.counters
     if budget_ms == 0.0:
         assert (counters.calibration_sweeps, counters.calibration_over_budget) == (6, 0)
     else:
@@ -106,16 +108,7 @@ def test_a_monitor_over_budget_passes_sweeps_over(rich_drive: Path, budget_ms: f
 
 @pytest.mark.parametrize("nicer_by", [10, 0])
 def test_the_monitor_thread_runs_nicer_than_the_pipeline(rich_drive: Path, nicer_by: int) -> None:
-    base = choose_camera_model(NodeConfig(), None, config_given=False, synthetic=True)
-    config = replace(
-        base,
-        calibration_monitor=replace(
-            base.calibration_monitor, every_n_sweeps=1, thread_nice=nicer_by
-        ),
-    )
-    core, frames = _frames(rich_drive, config)
-    node = Node(config, core.pipeline)
-    node.core = NodeCore(config, core.pipeline)
+    node, frames = _node(rich_drive, thread_nice=nicer_by)
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     try:
         node._offer_calibration(frames[0])
