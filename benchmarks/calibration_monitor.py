@@ -312,6 +312,8 @@ def worlds_table(seeds: Sequence[int], frames: int = 25, world_s: float = 41.0) 
         "| --- | --- | --- | --- | --- |",
     ]
     totals = {"rotations": 0, "rotations met": 0, "shifts": 0, "shifts flagged": 0, "met": 0}
+    # |error| / sigma per axis, every case: does the reported uncertainty cover the error?
+    ratios: list[np.ndarray] = []
     for seed in seeds:
         stream = list(_world_frames(seed, world_s, limit=frames))
         for name, drift in cases:
@@ -324,10 +326,15 @@ def worlds_table(seeds: Sequence[int], frames: int = 25, world_s: float = 41.0) 
                 monitor.add(points, image, travelled_m=odometer)
                 if first is None and monitor.estimate().state == MonitorState.DRIFTED:
                     first = i * every / 10.0
-            estimate = monitor.estimate().correction
+            believed = monitor.estimate()
+            estimate = believed.correction
             truth = Correction() if drift is None else drift.inverse()
             rot = np.subtract(estimate.rotation_deg, truth.rotation_deg)
             shift = np.subtract(estimate.translation_m, truth.translation_m) * 100
+            sigma = np.array([*believed.sigma[:3], *np.multiply(believed.sigma[3:], 100)])
+            error = np.abs(np.concatenate([rot, shift]))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios.append(np.where(np.isfinite(sigma), error / sigma, np.inf))
             met = first is not None and float(np.abs(rot).max()) <= 0.15
             if name.split()[0] in ("roll", "pitch", "yaw"):
                 totals["rotations"] += 1
@@ -350,8 +357,29 @@ def worlds_table(seeds: Sequence[int], frames: int = 25, world_s: float = 41.0) 
         f"{totals['rotations']}; shifts across the optical axis (y, z) flagged: "
         f"{totals['shifts flagged']} of {totals['shifts']}, of which within 0.15 deg and 2 cm: "
         f"{totals['met']}",
+        _coverage(np.array(ratios)),
     ]
     return lines
+
+
+def _coverage(ratios: np.ndarray) -> str:
+    """How well the reported standard deviations cover the errors (``ratios``: |error| /
+    sigma, one row per case, six axes; inf sigma: reported unobserved)."""
+    parts = []
+    for name, axes in (("rotations", [0, 1, 2]), ("x", [3]), ("y, z", [4, 5])):
+        r = ratios[:, axes].ravel()
+        observed = r[np.isfinite(r)]
+        unobserved = int(np.sum(~np.isfinite(r)))
+        if len(observed):
+            parts.append(
+                f"{name}: within 1 / 2 / 3 sigma {np.mean(observed <= 1):.0%} / "
+                f"{np.mean(observed <= 2):.0%} / {np.mean(observed <= 3):.0%} of "
+                f"{len(observed)}, median |error| / sigma {np.median(observed):.1f}"
+                + (f", {unobserved} unobserved" if unobserved else "")
+            )
+        else:
+            parts.append(f"{name}: unobserved in all {unobserved}")
+    return "reported uncertainty against the errors: " + "; ".join(parts)
 
 
 def _twist(world: object, t: float) -> tuple[tuple[float, float], float]:

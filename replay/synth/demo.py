@@ -658,7 +658,7 @@ def calibration_lines(
     lines = []
 
     def pm(values: Sequence[float], scale: float, digits: int) -> str:
-        return ", ".join("n/a" if v < 0 else f"{v * scale:.{digits}f}" for v in values)
+        return ", ".join("unobserved" if v < 0 else f"{v * scale:.{digits}f}" for v in values)
 
     for s in statuses:
         rot = ", ".join(f"{v:+.2f}" for v in s.rotation_deg)

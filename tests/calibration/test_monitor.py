@@ -72,11 +72,35 @@ def test_a_corrected_rig_moves_only_the_camera() -> None:
         ({"min_contrast": -0.1}, "min_contrast"),
         ({"min_information_nats": math.inf}, "min_information_nats"),
         ({"max_points": True}, "max_points"),
+        ({"systematic_rotation_deg": -0.1}, "systematic_rotation_deg"),
+        ({"systematic_translation_m": math.inf}, "systematic_translation_m"),
     ],
 )
 def test_bad_monitor_config_is_named(change: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MonitorConfig(**change)  # type: ignore[arg-type]
+
+
+def test_the_reported_uncertainty_holds_the_scores_own_error() -> None:
+    """The folds' spread with the systematic error added, per axis; a translation along the
+    camera's optical axis is reported unobserved (the evidence cannot tell it, the prior pins
+    it): along the vehicle's x for the forward camera, along y for one looking left."""
+    rig = synth_rig()
+    forward = rig.transform("vehicle", "camera/front")
+    camera = rig.cameras["front"]
+    config = MonitorConfig(systematic_rotation_deg=0.1, systematic_translation_m=0.02)
+    monitor = CalibrationMonitor(camera, forward, config)
+    folds = np.array([0.0, math.radians(0.2), 0.0, 0.01, 0.0, 0.015])
+    sigma = monitor.reported_sigma(folds)
+    rot = math.radians(0.1)
+    expected = [rot, math.hypot(math.radians(0.2), rot), rot, math.inf, 0.02, 0.025]
+    np.testing.assert_allclose(sigma, expected)
+    left = RigidTransform.from_yaw(math.pi / 2) @ forward
+    sideways = CalibrationMonitor(camera, left, config).reported_sigma(np.zeros(6))
+    assert np.isfinite(sideways[3]) and np.isinf(sideways[4]) and np.isfinite(sideways[5])
+    # A camera turned 45 degrees shows the unobserved translation on both axes.
+    half = RigidTransform.from_yaw(math.pi / 4) @ forward
+    assert np.isinf(CalibrationMonitor(camera, half, config).reported_sigma(np.zeros(6))[3:5]).all()
 
 
 def test_object_mask_is_the_rotated_box_with_its_margin() -> None:

@@ -50,6 +50,10 @@ def test_a_drifted_camera_is_flagged_on_the_diagnostics(drifted_rich_drive: Path
     (status,) = last.calibration
     assert status.camera == "front" and status.state == "drifted", status
     assert status.rotation_deg[2] == pytest.approx(-RIG_DRIFT_YAW_DEG, abs=0.15)
+    # An honest uncertainty: the score's own error at least, and the translation along the
+    # camera's optical axis (the vehicle's x) not observed.
+    assert min(status.rotation_sigma_deg) >= 0.08 and status.translation_sigma_m[0] == -1.0
+    assert min(status.translation_sigma_m[1:]) >= 0.02
     assert any("calibration: camera front drifted" in note for note in last.notes)
     assert last.counters["calibration_sweeps"] == 20 and last.counters["calibration_errors"] == 0
     assert last.counters["calibration_ns"] > 0
