@@ -24,7 +24,9 @@ together, with the true calibration and with 1 degree about each axis, both sign
 
 `--worlds SEED ...`: every drift of `--drive` on the monitor's frames of 10 s (25 frames) of
 rich worlds rendered as for `--minutes` (a world made for 41 s, so that its scenery differs from
-the 10 s drives'), one world per seed: many scenes at the cost of rendering 25 frames each.
+the 10 s drives'), one world per seed: many scenes at the cost of rendering 25 frames each;
+with the share of cases whose errors the reported uncertainty covers. `--max-points N`: the
+monitor takes N points a frame.
 
 `--landscape SEED`: what the evidence can tell apart. The frames the monitor would use over 10 s
 of the rich world (rendered as for `--minutes`), pooled, scored at a grid of pitches and heights
@@ -296,10 +298,19 @@ def landscape_table(seed: int, frames: int = 25) -> list[str]:
     return lines
 
 
-def worlds_table(seeds: Sequence[int], frames: int = 25, world_s: float = 41.0) -> list[str]:
-    """Every drift on `frames` monitor frames of each seed's rich world (module docstring)."""
+def worlds_table(
+    seeds: Sequence[int],
+    frames: int = 25,
+    world_s: float = 41.0,
+    *,
+    max_points: int | None = None,
+) -> list[str]:
+    """Every drift on `frames` monitor frames of each seed's rich world (module docstring),
+    the monitor taking `max_points` points a frame (None: the default)."""
     camera, vehicle_from_camera = _synth_camera()
     config = NodeConfig().calibration_monitor.monitor
+    if max_points is not None:
+        config = replace(config, max_points=max_points)
     every = NodeConfig().calibration_monitor.every_n_sweeps
     cases: list[tuple[str, Correction | None]] = [("true rig", None), *drifts(0.5, 0.05)]
     lines = [
@@ -428,9 +439,13 @@ def main() -> None:
     parser.add_argument("--model", help="camera model for --kitti (an ONNX file)")
     parser.add_argument("--landscape", type=int, metavar="SEED")
     parser.add_argument("--worlds", type=int, nargs="+", metavar="SEED")
+    parser.add_argument(
+        "--max-points", type=int, help="--worlds with this many points a frame to the monitor"
+    )
     args = parser.parse_args()
     if args.worlds:
-        print("\n".join(worlds_table(args.worlds)) + "\n", flush=True)
+        table = worlds_table(args.worlds, max_points=args.max_points)
+        print("\n".join(table) + "\n", flush=True)
     if args.landscape is not None:
         print("\n".join(landscape_table(args.landscape)) + "\n", flush=True)
     if args.drive:
