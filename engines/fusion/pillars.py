@@ -73,8 +73,11 @@ def pillarize(points: npt.NDArray[np.float32], config: LearnedFusionConfig) -> P
     cells = ix[source] * ny + iy[source]
 
     # Group by cell (stable: a pillar keeps its first points in sweep order). The groups are
-    # read off the sorted cells directly: np.unique would sort them a second time.
-    order = np.argsort(cells, kind="stable")
+    # read off the sorted cells directly: np.unique would sort them a second time. On a grid
+    # of at most 2^16 cells (the default has 25,200) the cells sort as 16-bit keys, for which
+    # numpy's stable sort is a radix sort: the same order, several times quicker.
+    key = cells.astype(np.uint16) if nx * ny <= 1 << 16 else cells
+    order = np.argsort(key, kind="stable")
     source, cells = source[order], cells[order]
     n = len(cells)
     first = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]]) if n else np.zeros(0, np.int64)

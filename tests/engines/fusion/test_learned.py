@@ -117,12 +117,15 @@ def _pillarize_by_hand(points: np.ndarray, cfg: LearnedFusionConfig) -> dict[int
     return {cell: members[cell][: cfg.points_per_pillar] for cell in sorted(fullest)}
 
 
-def test_pillars_match_a_point_by_point_reference() -> None:
+@pytest.mark.parametrize("pillar_m", [0.32, 0.02])
+def test_pillars_match_a_point_by_point_reference(pillar_m: float) -> None:
     """Crowded pillars (more points than a pillar holds), more pillars than the grid keeps,
     points off the grid and out of the height range: the pillars, their points in sweep order
-    and their features are those of a plain loop over the points."""
+    and their features are those of a plain loop over the points. On a grid of 400 cells and
+    on one of 102,400 (cells past 16 bits sort another way)."""
     cfg = LearnedFusionConfig(x_range_m=(0.0, 6.4), y_range_m=(-3.2, 3.2), max_pillars=40,
-                              points_per_pillar=5)  # fmt: skip
+                              points_per_pillar=5, pillar_m=pillar_m)  # fmt: skip
+    assert (cfg.grid_size[0] * cfg.grid_size[1] > 1 << 16) == (pillar_m < 0.1)
     rng = np.random.default_rng(7)
     xyz = rng.uniform([-1.0, -4.0, -3.5], [7.0, 4.0, 2.5], (1500, 3))
     clumps = rng.normal([2.0, 0.5, 0.0], 0.05, (60, 3))  # a few pillars far over capacity
