@@ -11,7 +11,10 @@ score. benchmarks/RESULTS.md measures why MI and not depth edges.
 The search is local: the candidates are the current centre and steps of ``step_deg`` /
 ``step_m`` (one and two) along each of the six axes, rotations about and translations along the
 vehicle axes, about the camera's centre. A quadratic through each axis' five scores gives the
-peak and, from the fit's residuals, its uncertainty. Where an axis' peak lies beyond the
+peak. How far the peak moves between folds of frames (the jackknife) weighs the decision; the
+uncertainty reported adds the score's own systematic error (``systematic_rotation_deg`` /
+``systematic_translation_m``, measured), and a translation along the optical axis, which the
+prior pins, is reported unobserved. Where an axis' peak lies beyond the
 candidates (a large error), the centre moves there and the evidence starts over; an axis whose
 scores are flat (a translation along the optical axis changes the projection very little) is
 not significant and moves nothing. Pitch and height (and yaw and a sideways shift) move the
@@ -459,10 +462,8 @@ class CalibrationMonitor:
         # The vehicle axes a translation along the optical axis shows in: what the evidence
         # says of them is the prior's pin, not a measurement.
         self._unobserved = np.abs(optical) > _UNOBSERVED_COMPONENT
-        cfg_sys = [math.radians(cfg.systematic_rotation_deg)] * 3 + [
-            cfg.systematic_translation_m
-        ] * 3
-        self._systematic = np.array(cfg_sys)
+        rotation = math.radians(cfg.systematic_rotation_deg)
+        self._systematic = np.array([rotation] * 3 + [cfg.systematic_translation_m] * 3)
 
     @property
     def frames(self) -> int:
