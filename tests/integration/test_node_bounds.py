@@ -184,9 +184,12 @@ def big_rig(rig: RigMessage, frames: int, seq: int) -> RigMessage:
     return RigMessage(replace(rig.header, seq=seq, stamp_ns=time.time_ns()), doc)
 
 
+@pytest.mark.serial
 def test_output_keeps_flowing_while_big_rigs_arrive(
     tmp_path: Path, kitti_dir: Path, yolox_path: Path
 ) -> None:
+    # Run alone (serial): it judges the gaps between outputs from receive times, and beside
+    # another test worker on two cores a gap once reached 1.06 s with nothing stalled.
     # Finding 4: a 4 MiB rig took 1.1 s to parse with the core's lock held, so nothing was
     # published meanwhile. Now a rig above limits.max_rig_bytes is refused before it is
     # unpacked, and one below it is parsed outside the lock.
