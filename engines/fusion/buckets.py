@@ -29,7 +29,7 @@ class BucketedFusionEngine(EngineBuckets[Shape]):
 
     :meth:`run` takes full-shape inputs (as a single engine would) and runs them on the smallest
     shape that holds ``num_points`` and ``num_boxes``; :class:`engines.fusion.runner.
-    FusionEngineRunner` pads straight to that shape instead (:meth:`engine_for`).
+    FusionEngineRunner` pads straight to that shape instead (:meth:`run_on`).
 
     Args:
         config: the graph's config; its :meth:`FusionEngineConfig.shapes` are the buckets.
@@ -55,24 +55,6 @@ class BucketedFusionEngine(EngineBuckets[Shape]):
             named=lambda shape: f"shape {shape[0]}x{shape[1]}",
         )
 
-    @property
-    def shapes(self) -> tuple[Shape, ...]:
-        """Every shape this engine runs at, smallest first, the full shape last."""
-        return self.sizes
-
-    @property
-    def loaded_shapes(self) -> tuple[Shape, ...]:
-        """The shapes whose engines have been made so far."""
-        return self.loaded
-
-    def run_shape(self, shape: Shape, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs inputs padded to ``shape`` on that shape's engine; outputs of ``shape``.
-
-        Raises:
-            engines.errors.EngineError: as :meth:`engine_for` and the engine's ``run``.
-        """
-        return self.run_on(shape, inputs)
-
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs full-shape inputs on the smallest bucket that holds them; full-shape outputs
         (rows beyond the bucket are padding: False and zeros, as the full shape gives them).
@@ -95,7 +77,7 @@ class BucketedFusionEngine(EngineBuckets[Shape]):
                 value = feed.get(name)
                 if isinstance(value, np.ndarray) and value.ndim >= 1:
                     feed[name] = value[:rows]
-        out = self.run_shape((n, b), feed)
+        out = self.run_on((n, b), feed)
         if b == b_max:
             return out
         padded = {}

@@ -105,7 +105,7 @@ class FusionEngineRunner:
     @property
     def shapes(self) -> tuple[Shape, ...]:
         """Every static shape a call may run at (the buckets, or the full shape alone)."""
-        return self._buckets.shapes if self._buckets is not None else (self.config.full_shape,)
+        return self._buckets.sizes if self._buckets is not None else (self.config.full_shape,)
 
     def make_all(self) -> None:
         """Makes the engine of every bucket now rather than on its first use (a session's
@@ -240,7 +240,7 @@ class FusionEngineRunner:
             padded_points, padded_boxes = self._fill(shape, pts, bx)
             feed = {"points": padded_points, "boxes": padded_boxes, **small}
             if self._buckets is not None:
-                out = self._buckets.run_shape(shape, feed)
+                out = self._buckets.run_on(shape, feed)
             else:
                 out = self.engine.run(feed)
         self.last_shape = shape

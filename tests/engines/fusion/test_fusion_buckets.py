@@ -218,7 +218,7 @@ def test_buckets_are_made_on_first_use() -> None:
         return OnnxRuntimeEngine(packaged_model_path(shape), num_threads=1)
 
     engine = BucketedFusionEngine(CONFIG, make)
-    assert made == [CONFIG.full_shape] and engine.loaded_shapes == (CONFIG.full_shape,)
+    assert made == [CONFIG.full_shape] and engine.loaded == (CONFIG.full_shape,)
     assert engine.engine_for((8192, 4)) is engine.engine_for((8192, 4))
     assert made == [CONFIG.full_shape, (8192, 4)]
     with pytest.raises(EngineError, match="no bucket of shape"):
@@ -244,7 +244,7 @@ def test_bucketed_engine_runs_full_shape_inputs_on_a_bucket(
     assert isinstance(engine, BucketedFusionEngine)
     want = full_runner.engine.run(feed)
     got = engine.run(feed)
-    assert (24576, 4) in engine.loaded_shapes
+    assert (24576, 4) in engine.loaded
     for name, value in want.items():
         assert got[name].shape == value.shape and got[name].dtype == value.dtype
         np.testing.assert_array_equal(got[name], value, err_msg=name)
@@ -317,4 +317,4 @@ def test_make_all_runs_once_only_the_buckets_that_capture_on_their_first_run(
 
     monkeypatch.setattr(OnnxRuntimeEngine, "run", counted)
     FusionEngineRunner(plain, CONFIG).make_all()
-    assert plain.loaded_shapes == CONFIG.shapes() and runs == []
+    assert plain.loaded == CONFIG.shapes() and runs == []

@@ -192,7 +192,7 @@ def test_the_factory_runs_the_packaged_model_for_the_default_config() -> None:
 def test_other_configs_are_exported_once_and_checked(tmp_path: Path) -> None:
     small = replace(CONFIG, n_max=4096, b_max=4)
     bucketed = EngineFactory(export_dir=tmp_path).fusion_engine(small)
-    assert isinstance(bucketed, BucketedFusionEngine) and bucketed.shapes == ((4096, 4),)
+    assert isinstance(bucketed, BucketedFusionEngine) and bucketed.sizes == ((4096, 4),)
     engine = bucketed.full
     assert isinstance(engine, OnnxRuntimeEngine)
     assert engine.model_path == cached_fusion_engine_onnx(small, tmp_path)

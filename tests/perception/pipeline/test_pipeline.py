@@ -172,9 +172,9 @@ def test_warm_up_makes_every_fusion_bucket_and_changes_no_output(
     cold = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
     warm = Pipeline.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
     buckets = warm.fusion._buckets
-    assert buckets is not None and len(buckets.shapes) > 2
-    assert buckets.loaded_shapes != buckets.shapes
+    assert buckets is not None and len(buckets.sizes) > 2
+    assert buckets.loaded != buckets.sizes
     warm.warm_up()
-    assert buckets.loaded_shapes == buckets.shapes == warm.fusion.shapes
+    assert buckets.loaded == buckets.sizes == warm.fusion.shapes
     bundle = _bundle(kitti_dir, None)
     assert warm.step(bundle, 0).detections == cold.step(bundle, 0).detections
