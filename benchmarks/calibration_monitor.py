@@ -26,7 +26,8 @@ together, with the true calibration and with 1 degree about each axis, both sign
 rich worlds rendered as for `--minutes` (a world made for 41 s, so that its scenery differs from
 the 10 s drives'), one world per seed: many scenes at the cost of rendering 25 frames each;
 with the share of cases whose errors the reported uncertainty covers. `--max-points N`: the
-monitor takes N points a frame.
+monitor takes N points a frame; `--frames N`: N frames of each world (the world is made long
+enough for them); `--window N`: the monitor pools N frames.
 
 `--landscape SEED`: what the evidence can tell apart. The frames the monitor would use over 10 s
 of the rich world (rendered as for `--minutes`), pooled, scored at a grid of pitches and heights
@@ -304,6 +305,7 @@ def worlds_table(
     world_s: float = 41.0,
     *,
     max_points: int | None = None,
+    window_frames: int | None = None,
 ) -> list[str]:
     """Every drift on `frames` monitor frames of each seed's rich world (module docstring),
     the monitor taking `max_points` points a frame (None: the default)."""
@@ -311,7 +313,11 @@ def worlds_table(
     config = NodeConfig().calibration_monitor.monitor
     if max_points is not None:
         config = replace(config, max_points=max_points)
+    if window_frames is not None:
+        config = replace(config, window_frames=window_frames)
     every = NodeConfig().calibration_monitor.every_n_sweeps
+    # A world long enough for the frames asked for (the monitor's frame every `every` sweeps).
+    world_s = max(world_s, frames * every / 10.0 + 1.0)
     cases: list[tuple[str, Correction | None]] = [("true rig", None), *drifts(0.5, 0.05)]
     lines = [
         f"rich worlds of {world_s:g} s, seeds {', '.join(map(str, seeds))}: {frames} frames "
@@ -442,9 +448,17 @@ def main() -> None:
     parser.add_argument(
         "--max-points", type=int, help="--worlds with this many points a frame to the monitor"
     )
+    parser.add_argument(
+        "--frames", type=int, default=25, help="--worlds: the monitor's frames of each world"
+    )
+    parser.add_argument(
+        "--window", type=int, help="--worlds: the monitor's window (frames; default: config's)"
+    )
     args = parser.parse_args()
     if args.worlds:
-        table = worlds_table(args.worlds, max_points=args.max_points)
+        table = worlds_table(
+            args.worlds, args.frames, max_points=args.max_points, window_frames=args.window
+        )
         print("\n".join(table) + "\n", flush=True)
     if args.landscape is not None:
         print("\n".join(landscape_table(args.landscape)) + "\n", flush=True)
