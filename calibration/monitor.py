@@ -22,8 +22,11 @@ image alike: their scores form a ridge along which one axis' fit, holding the ot
 move. Each ridge has candidates of its own (the pair's combination that moves the first
 frame's pixels least), and a significant peak along it sends the search there too.
 
-Hysteresis: drift is flagged only after ``flag_after`` consecutive evaluations find a
-significant correction beyond the thresholds, and cleared after ``clear_after`` that do not.
+A correction is drift where an axis of it is beyond its threshold, or where it moves the
+points in the image by more than ``flag_pixels`` whatever its axes (a fit that splits one image
+shift between a pitch and a height, each under its threshold, still corrects pixels), in either
+case significantly and precisely. Hysteresis: drift is flagged only after ``flag_after``
+consecutive evaluations find such a correction, and cleared after ``clear_after`` that do not.
 Frames with too few points or too little image contrast (a textureless scene, a dark image) and
 frames taken without moving (a stopped vehicle repeats the same evidence) are skipped and
 counted, so neither raises an alarm. A window that pools no more mutual information than
@@ -96,6 +99,8 @@ _RASTER_CELL_M = 0.25
 _RASTER_MAX_CELLS = 4_000_000
 #: Significance of an axis' estimate: its distance from zero in standard deviations.
 _SIGNIFICANT_SIGMA = 3.0
+#: Points of each frame whose motion in the image measures a correction (`image_motion_px`).
+_MOTION_POINTS = 200
 #: A vehicle axis on which the camera's optical axis has more than this component (75
 #: degrees or nearer) is reported unobserved for translations.
 _UNOBSERVED_COMPONENT = 0.25
@@ -123,6 +128,12 @@ class MonitorConfig:
     """The smallest rotation correction (about any axis) that is drift."""
     flag_translation_m: float = 0.03
     """The smallest translation correction (along any axis) that is drift."""
+    flag_pixels: float = 2.0
+    """A correction that moves the window's points by more than this in the image (median,
+    px) is drift too, whatever its axes, where it is significant and precise as an axis must
+    be: a translation across the optical axis and a rotation move the image alike (a pitch
+    much like a height change), so the fit can split a 5 cm shift into a rotation and a shift
+    each under its threshold while the projection it corrects is pixels off. 0: off."""
     systematic_rotation_deg: float = 0.08
     """The score's own error on a rotation, added to the folds' spread in the reported
     uncertainty: the folds see the noise of the frames, not the bias of the score, which sets
@@ -175,7 +186,7 @@ class MonitorConfig:
                 raise ValueError(
                     f"calibration_monitor.{name}: must be an integer >= 0, got {value!r}"
                 )
-        for name in ("min_contrast", "min_travel_m", "min_information_nats"):
+        for name in ("min_contrast", "min_travel_m", "min_information_nats", "flag_pixels"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be >= 0, got {value!r}")
@@ -343,7 +354,10 @@ class CalibrationEstimate:
     deviation per axis (``sigma``: degrees for rotations, metres for translations: the spread
     of the estimate over folds of frames with the score's systematic error added; inf where an
     axis is not observed, as a vehicle axis along the camera's optical axis); the frames used
-    and skipped; ``score``, the MI (nats) of the candidate at the centre of the search."""
+    and skipped; ``score``, the MI (nats) of the candidate at the centre of the search;
+    ``image_motion_px``, how far the correction moves the points in the image (median, px; NaN
+    before the first fit), and its standard deviation ``image_motion_sigma_px`` (the folds'
+    spread)."""
 
     state: str
     correction: Correction = field(default_factory=Correction)
@@ -351,6 +365,8 @@ class CalibrationEstimate:
     frames: int = 0
     skipped: int = 0
     score: float = 0.0
+    image_motion_px: float = math.nan
+    image_motion_sigma_px: float = math.nan
 
 
 def _mutual_information(joint: npt.ArrayLike) -> FloatArray:
@@ -405,6 +421,8 @@ class Fit:
     ridge: FloatArray = field(default_factory=lambda: np.zeros(6))
     """Where a ridge of coupled axes (`_RIDGE_PAIRS`) peaks away from the centre, significantly
     (steps from the centre; zeros where none does): where the search should look."""
+    folds: FloatArray = field(default_factory=lambda: np.zeros((0, 6)))
+    """The correction fitted leaving out each fold of frames in turn (one row per fold)."""
 
 
 class CalibrationMonitor:
@@ -791,6 +809,7 @@ class CalibrationMonitor:
             beyond=beyond,
             score=score,
             ridge=self._ridge_peak(scores, loo_scores),
+            folds=self._centre + np.where(unsure, 0.0, loo) * self._steps,
         )
 
     def _set_ridges(self, frame: FrameEvidence) -> None:
@@ -885,7 +904,7 @@ class CalibrationMonitor:
 
     def _decide(self, fit: Fit) -> None:
         cfg = self.config
-        drifted = bool(np.any(fit.beyond)) or is_drift(fit.correction, fit.sigma, cfg)
+        drifted = self._is_drift(fit)
         if drifted:
             self._beyond += 1
             self._within = 0
@@ -919,8 +938,45 @@ class CalibrationMonitor:
                 score=information,
             )
         fit = self.search()
-        drifted = bool(np.any(fit.beyond)) or is_drift(fit.correction, fit.sigma, self.config)
+        drifted = self._is_drift(fit)
         return self._estimate_of(fit, MonitorState.DRIFTED if drifted else MonitorState.ALIGNED)
+
+    def _is_drift(self, fit: Fit) -> bool:
+        """Whether a fit is drift: an axis beyond the reach, or `is_drift`, or the points'
+        motion in the image under the correction beyond ``flag_pixels``, significantly and
+        known to better than half the limit, as `is_drift` asks of each axis."""
+        if np.any(fit.beyond) or is_drift(fit.correction, fit.sigma, self.config):
+            return True
+        limit = self.config.flag_pixels
+        if limit <= 0:
+            return False
+        moved, spread = self._image_motion(fit)
+        return bool(moved > limit and moved > _SIGNIFICANT_SIGMA * spread and spread < limit / 2)
+
+    def _image_motion(self, fit: Fit) -> tuple[float, float]:
+        """How far the fit's correction moves the window's points in the image (median, px)
+        and the jackknife's spread of that (the folds' corrections about their mean, in the
+        image; inf without folds)."""
+        if len(fit.folds) < 2:
+            return float(self.image_motion_px(fit.correction)[0]), math.inf
+        folds = fit.folds - fit.folds.mean(axis=0)
+        moved, *apart = self.image_motion_px(np.vstack([fit.correction, folds]))
+        spread = math.sqrt((len(folds) - 1) / len(folds) * float(np.sum(np.square(apart))))
+        return float(moved), spread
+
+    def image_motion_px(self, corrections: npt.ArrayLike) -> FloatArray:
+        """How far each of ``corrections`` (rows of six values, rad and m, from the extrinsic
+        in force) moves the window's points in the image: the median over a share of them (at
+        most `_MOTION_POINTS` a frame), px, to first order."""
+        c = np.asarray(corrections, dtype=np.float64).reshape(-1, 6) / self._steps
+        if not self._window:
+            return np.zeros(len(c))
+        jac = np.concatenate(
+            [frame.jacobian[:, :_MOTION_POINTS] for frame, _ in self._window], axis=1
+        ).astype(np.float64)
+        moved = np.tensordot(c, jac, axes=(1, 0))  # corrections x points x 2
+        out: FloatArray = np.median(np.hypot(moved[..., 0], moved[..., 1]), axis=1)
+        return out
 
     def reported_sigma(self, sigma: FloatArray) -> FloatArray:
         """The uncertainty reported with an estimate (rad and m): a fit's ``sigma`` (the folds'
@@ -931,6 +987,7 @@ class CalibrationMonitor:
         return total
 
     def _estimate_of(self, fit: Fit, state: str) -> CalibrationEstimate:
+        moved, spread = self._image_motion(fit)
         return CalibrationEstimate(
             state=state,
             correction=Correction.from_vector(fit.correction),
@@ -938,6 +995,8 @@ class CalibrationMonitor:
             frames=self._frames,
             skipped=self._skipped,
             score=fit.score,
+            image_motion_px=moved,
+            image_motion_sigma_px=spread,
         )
 
 

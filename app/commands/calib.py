@@ -212,7 +212,8 @@ def _verdict_line(v: Any, min_information_nats: float) -> str:
     return (
         f"camera {v.camera}: {e.state.upper()} over {e.frames} frames ({e.skipped} skipped); "
         f"correction rotation ({rot}) deg +- ({pm(e.sigma[:3], 1.0, 2)}), translation ({cm}) "
-        f"cm +- ({pm(e.sigma[3:], 100.0, 1)}) [vehicle axes x, y, z]"
+        f"cm +- ({pm(e.sigma[3:], 100.0, 1)}) [vehicle axes x, y, z]; it moves the "
+        f"projection {e.image_motion_px:.1f} +- {e.image_motion_sigma_px:.1f} px (median)"
     )
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,7 +112,9 @@ def test_calib_check_over_a_drive_exits_3_on_drift_and_refines_the_rig(
     from replay.synth.world import synth_rig
 
     assert main(["calib", "check", "--drive", str(rich_drive), "--quiet"]) == 0
-    assert "camera front: ALIGNED over 20 frames" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "camera front: ALIGNED over 20 frames" in out
+    assert re.search(r"it moves the projection \d+\.\d \+- \d+\.\d px \(median\)", out), out
     refined_path = tmp_path / "refined.yaml"
     code = main(
         ["calib", "check", "--drive", str(drifted_rich_drive), "--quiet",

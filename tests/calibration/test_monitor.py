@@ -74,6 +74,7 @@ def test_a_corrected_rig_moves_only_the_camera() -> None:
         ({"max_points": True}, "max_points"),
         ({"systematic_rotation_deg": -0.1}, "systematic_rotation_deg"),
         ({"systematic_translation_m": math.inf}, "systematic_translation_m"),
+        ({"flag_pixels": -1.0}, "flag_pixels"),
     ],
 )
 def test_bad_monitor_config_is_named(change: dict[str, object], match: str) -> None:
@@ -273,6 +274,41 @@ def test_the_flag_needs_consecutive_fits_and_clears_with_hysteresis(
     assert monitor.estimate().state == MonitorState.ALIGNED
 
 
+def test_a_projection_moved_by_pixels_is_drift_whatever_its_axes(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """A fit can split one image shift between coupled axes, each under its own threshold (a
+    camera 5 cm low taken for part pitch, part height): the points' motion in the image under
+    the correction flags it where the folds of frames agree on it (the jackknife's spread, in
+    the image); a small correction does not."""
+    config = MonitorConfig(window_frames=3, min_frames=1, evaluate_every=10**6)
+    monitor = _pooled_kitti(kitti_frame, kitti_dir, ("000003", "000005", "000008"), config)
+    sigma = np.full(6, 1e-4)
+    # Opposite signs add up in the image (along the pitch-height ridge, same signs cancel).
+    split = np.array([0.0, math.radians(0.15), 0.0, 0.0, 0.0, -0.025])
+    pitch_alone, height_alone, both, ridge = monitor.image_motion_px(
+        [split * [1, 1, 1, 1, 1, 0], split * [0, 0, 0, 0, 0, 1], split, split * [1, 1, 1, 1, 1, -1]]
+    )
+    assert both > config.flag_pixels > max(pitch_alone, height_alone)
+    assert ridge < min(pitch_alone, height_alone)
+    assert not is_drift(split, sigma, config)
+
+    def fit(correction: np.ndarray, folds: np.ndarray) -> Fit:
+        return Fit(correction, sigma, np.zeros(6), 0.1, folds=folds)
+
+    agreeing = np.tile(split, (5, 1))
+    assert monitor._is_drift(fit(split, agreeing))
+    # One fold of five that sees no shift: the spread is 0.8 of the motion, not significant.
+    assert not monitor._is_drift(fit(split, np.vstack([agreeing[:4], np.zeros(6)])))
+    small = split / 4.0
+    assert not monitor._is_drift(fit(small, np.tile(small, (5, 1))))
+    off = CalibrationMonitor(
+        monitor.camera, monitor.vehicle_from_camera, MonitorConfig(flag_pixels=0)
+    )
+    off._window = monitor._window
+    assert not off._is_drift(fit(split, agreeing))
+
+
 def test_kitti_frames_pooled_rank_the_true_calibration_first(
     kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
 ) -> None:
@@ -289,6 +325,7 @@ def test_kitti_frames_pooled_rank_the_true_calibration_first(
         if start_yaw == 0.0:
             assert np.abs(np.degrees(fit.correction[:3])).max() < 0.2, fit.correction
             assert not is_drift(fit.correction, fit.sigma, config)
+            assert not monitor._is_drift(fit)
         else:
             assert yaw < 0.8, fit.correction
 

@@ -44,6 +44,11 @@ def test_a_drive_with_its_true_rig_is_aligned_and_drifts_are_flagged(
     assert turned.estimate.correction.rotation_deg[2] == pytest.approx(0.5, abs=0.15)
     assert shifted.estimate.state == MonitorState.DRIFTED
     assert shifted.estimate.correction.translation_m[1] == pytest.approx(-0.05, abs=0.02)
+    # How far each correction moves the projection: 0.5 degrees of yaw is 6 px at f = 721 px.
+    limit = synthetic_config.calibration_monitor.monitor.flag_pixels
+    assert truth.estimate.image_motion_px < limit < shifted.estimate.image_motion_px
+    assert turned.estimate.image_motion_px == pytest.approx(6.3, abs=1.5)
+    assert 0 < turned.estimate.image_motion_sigma_px < limit / 2
     # The verdict's rig is the one checked (the drifted one), so that correcting it refines it.
     drifted = turned.rig.transform("vehicle", "camera/front")
     assert not drifted.almost_equal(synth_rig().transform("vehicle", "camera/front"), 1e-6)
