@@ -92,7 +92,8 @@ def pillarize(points: npt.NDArray[np.float32], config: LearnedFusionConfig) -> P
     rank = np.arange(n) - np.repeat(first, counts)
     pillar = pillar_of_cell[group]
     use = np.flatnonzero((pillar >= 0) & (rank < k_max))
-    pts = pts[source[use]].astype(np.float32, copy=False)
+    # np.take gathers whole rows several times quicker than fancy indexing does.
+    pts = np.take(pts, source[use], axis=0).astype(np.float32, copy=False)
     pillar, rank, used_cells = pillar[use], rank[use], cells[use]
 
     n_pillars = len(chosen)
@@ -107,7 +108,7 @@ def pillarize(points: npt.NDArray[np.float32], config: LearnedFusionConfig) -> P
 
     features = np.empty((len(pts), config.point_features), np.float32)
     features[:, :4] = pts[:, :4]
-    features[:, 4:7] = pts[:, :3] - mean[pillar]
+    features[:, 4:7] = pts[:, :3] - np.take(mean, pillar, axis=0)
     features[:, 7] = pts[:, 0] - cx
     features[:, 8] = pts[:, 1] - cy
     features[:, 9:] = pts[:, 4:]
