@@ -171,6 +171,8 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     flags = 0
     used = 0
     worst = np.zeros(6)
+    # The largest motion in the image of an estimate (px), and its spread then.
+    moved = (0.0, 0.0)
     spent = 0.0
     for seed in seeds:
         monitor = CalibrationMonitor(camera, vehicle_from_camera, defaults.monitor)
@@ -185,6 +187,8 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
                 flags += 1
             last_state = estimate.state
             if estimate.state != MonitorState.COLLECTING:
+                if estimate.image_motion_px > moved[0]:
+                    moved = (estimate.image_motion_px, estimate.image_motion_sigma_px)
                 worst = np.maximum(
                     worst,
                     np.abs(
@@ -200,7 +204,9 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
         f"{seconds:.0f} s each), true calibration: {used} frames to the monitor, "
         f"{flags} flag(s) raised; largest estimated correction seen: rotation "
         f"{', '.join(f'{v:.2f}' for v in worst[:3])} deg, translation "
-        f"{', '.join(f'{v:.1f}' for v in worst[3:])} cm (x, y, z); monitor cost "
+        f"{', '.join(f'{v:.1f}' for v in worst[3:])} cm (x, y, z); largest motion of the "
+        f"projection under an estimate {moved[0]:.2f} +- {moved[1]:.2f} px (median; flagged "
+        f"beyond {defaults.monitor.flag_pixels:g}); monitor cost "
         f"{spent / max(used, 1) * 1e3:.1f} ms per frame it used, "
         f"{spent / max(used * every, 1) * 1e3:.2f} ms per sweep"
     ]

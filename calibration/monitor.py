@@ -100,7 +100,7 @@ _RASTER_MAX_CELLS = 4_000_000
 #: Significance of an axis' estimate: its distance from zero in standard deviations.
 _SIGNIFICANT_SIGMA = 3.0
 #: Points of each frame whose motion in the image measures a correction (`image_motion_px`).
-_MOTION_POINTS = 200
+_MOTION_POINTS = 100
 #: A vehicle axis on which the camera's optical axis has more than this component (75
 #: degrees or nearer) is reported unobserved for translations.
 _UNOBSERVED_COMPONENT = 0.25
@@ -128,7 +128,7 @@ class MonitorConfig:
     """The smallest rotation correction (about any axis) that is drift."""
     flag_translation_m: float = 0.03
     """The smallest translation correction (along any axis) that is drift."""
-    flag_pixels: float = 2.0
+    flag_pixels: float = 2.5
     """A correction that moves the window's points by more than this in the image (median,
     px) is drift too, whatever its axes, where it is significant and precise as an axis must
     be: a translation across the optical axis and a rotation move the image alike (a pitch
@@ -462,6 +462,10 @@ class CalibrationMonitor:
             maxlen=cfg.window_frames
         )
         self._pooled_evidence: PooledEvidence | None = None
+        # The window's points' change in the image per step (`image_motion_px`), built on
+        # demand, and the last fit's motion (a decision and its estimate ask for it in turn).
+        self._motion_jacobian: npt.NDArray[np.float32] | None = None
+        self._motion_of: tuple[Fit, tuple[float, float]] | None = None
         self._since_eval = 0
         self._frames = 0
         self._skipped = 0
@@ -549,6 +553,7 @@ class CalibrationMonitor:
             self._set_ridges(frame)
         self._window.append((frame, self._histograms(frame)))
         self._pooled_evidence = None
+        self._motion_jacobian = None
         self._frames += 1
         self._since_eval += 1
         if travelled_m is not None:
@@ -897,6 +902,7 @@ class CalibrationMonitor:
         scored again around it."""
         self._centre = np.asarray(centre, dtype=np.float64).reshape(6).copy()
         self._pooled_evidence = None
+        self._motion_jacobian = None
         self._window = deque(
             ((frame, self._histograms(frame)) for frame, _ in self._window),
             maxlen=self._window.maxlen,
@@ -957,25 +963,37 @@ class CalibrationMonitor:
         """How far the fit's correction moves the window's points in the image (median, px)
         and the jackknife's spread of that (the folds' corrections about their mean, in the
         image; inf without folds)."""
+        if self._motion_of is not None and self._motion_of[0] is fit:
+            return self._motion_of[1]
         if len(fit.folds) < 2:
-            return float(self.image_motion_px(fit.correction)[0]), math.inf
-        folds = fit.folds - fit.folds.mean(axis=0)
-        moved, *apart = self.image_motion_px(np.vstack([fit.correction, folds]))
-        spread = math.sqrt((len(folds) - 1) / len(folds) * float(np.sum(np.square(apart))))
-        return float(moved), spread
+            out = (float(self.image_motion_px(fit.correction)[0]), math.inf)
+        else:
+            folds = fit.folds - fit.folds.mean(axis=0)
+            moved, *apart = self.image_motion_px(np.vstack([fit.correction, folds]))
+            n = len(folds)
+            out = (float(moved), math.sqrt((n - 1) / n * float(np.sum(np.square(apart)))))
+        self._motion_of = (fit, out)
+        return out
 
     def image_motion_px(self, corrections: npt.ArrayLike) -> FloatArray:
         """How far each of ``corrections`` (rows of six values, rad and m, from the extrinsic
         in force) moves the window's points in the image: the median over a share of them (at
         most `_MOTION_POINTS` a frame), px, to first order."""
-        c = np.asarray(corrections, dtype=np.float64).reshape(-1, 6) / self._steps
+        steps = np.asarray(corrections, dtype=np.float64).reshape(-1, 6) / self._steps
         if not self._window:
-            return np.zeros(len(c))
-        jac = np.concatenate(
-            [frame.jacobian[:, :_MOTION_POINTS] for frame, _ in self._window], axis=1
-        ).astype(np.float64)
-        moved = np.tensordot(c, jac, axes=(1, 0))  # corrections x points x 2
-        out: FloatArray = np.median(np.hypot(moved[..., 0], moved[..., 1]), axis=1)
+            return np.zeros(len(steps))
+        if self._motion_jacobian is None:
+            # u then v of every point, each contiguous: 6 x 2M.
+            parts = [frame.jacobian[:, :_MOTION_POINTS] for frame, _ in self._window]
+            self._motion_jacobian = np.concatenate(
+                [np.concatenate([p[..., i] for p in parts], axis=1) for i in (0, 1)], axis=1
+            )
+        jac = self._motion_jacobian
+        m = jac.shape[1] // 2
+        # einsum's own loop, not BLAS: six rows, and BLAS' threads contend with the node's.
+        moved = np.einsum("ka,am->km", steps.astype(np.float32), jac)
+        u, v = moved[:, :m], moved[:, m:]
+        out: FloatArray = np.median(np.sqrt(u * u + v * v), axis=1).astype(np.float64)
         return out
 
     def reported_sigma(self, sigma: FloatArray) -> FloatArray:
