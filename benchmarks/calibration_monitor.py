@@ -314,7 +314,8 @@ def worlds_table(
     window_frames: int | None = None,
 ) -> list[str]:
     """Every drift on `frames` monitor frames of each seed's rich world (module docstring),
-    the monitor taking `max_points` points a frame (None: the default)."""
+    the monitor taking `max_points` points a frame and pooling `window_frames` (None: the
+    config's)."""
     camera, vehicle_from_camera = _synth_camera()
     config = NodeConfig().calibration_monitor.monitor
     if max_points is not None:

@@ -949,15 +949,15 @@ class CalibrationMonitor:
 
     def _is_drift(self, fit: Fit) -> bool:
         """Whether a fit is drift: an axis beyond the reach, or `is_drift`, or the points'
-        motion in the image under the correction beyond ``flag_pixels``, significantly and
-        known to better than half the limit, as `is_drift` asks of each axis."""
+        motion in the image under the correction beyond ``flag_pixels`` as `is_drift` asks of
+        each axis (significantly, and known to better than half the limit)."""
         if np.any(fit.beyond) or is_drift(fit.correction, fit.sigma, self.config):
             return True
         limit = self.config.flag_pixels
         if limit <= 0:
             return False
         moved, spread = self._image_motion(fit)
-        return bool(moved > limit and moved > _SIGNIFICANT_SIGMA * spread and spread < limit / 2)
+        return bool(_beyond(moved, spread, limit))
 
     def _image_motion(self, fit: Fit) -> tuple[float, float]:
         """How far the fit's correction moves the window's points in the image (median, px)
@@ -1025,9 +1025,15 @@ def is_drift(correction: FloatArray, sigma: FloatArray, config: MonitorConfig) -
     limits = np.array(
         [math.radians(config.flag_rotation_deg)] * 3 + [config.flag_translation_m] * 3
     )
-    significant = np.abs(correction) > _SIGNIFICANT_SIGMA * sigma
-    precise = sigma < limits / 2.0
-    return bool(np.any((np.abs(correction) > limits) & significant & precise))
+    return bool(np.any(_beyond(np.abs(correction), sigma, limits)))
+
+
+def _beyond(size: npt.ArrayLike, sigma: npt.ArrayLike, limit: npt.ArrayLike) -> BoolArray:
+    """Whether each ``size`` (>= 0) with its standard deviation ``sigma`` is beyond ``limit``:
+    over it, significantly away from zero, and known to better than half of it."""
+    size, sigma, limit = np.asarray(size), np.asarray(sigma), np.asarray(limit)
+    beyond: BoolArray = (size > limit) & (size > _SIGNIFICANT_SIGMA * sigma) & (sigma < limit / 2)
+    return beyond
 
 
 def sigma_tuple(sigma: FloatArray) -> tuple[float, float, float, float, float, float]:
