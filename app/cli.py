@@ -22,6 +22,7 @@ from app.args import (
     positive_float,
     positive_int,
 )
+from app.threads import hold_blas_threads
 from calibration import CalibrationError
 from engines.errors import EngineError
 from perception.config import NodeConfig
@@ -955,6 +956,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     prog = args.prog
+    # Before any command's work: the node, replay and the benches multiply small matrices on
+    # cores their own branches already hold (app/threads.py).
+    if hold_blas_threads():
+        logging.getLogger(__name__).info("BLAS libraries held to one thread each")
     try:
         return int(_handler(args.handler)(args))
     except (PerceptionError, CalibrationError, EngineError) as e:

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from app.models import build_pipeline, choose_camera_model
+from app.threads import hold_blas_threads
 from calibration import PinholeCamera, RigidTransform
 from calibration.monitor import (
     CalibrationMonitor,
@@ -462,6 +463,7 @@ def main() -> None:
         "--window", type=int, help="--worlds: the monitor's window (frames; default: config's)"
     )
     args = parser.parse_args()
+    hold_blas_threads()  # as every `perception` command does: the monitor's cost as in the node
     if args.worlds:
         table = worlds_table(
             args.worlds, args.frames, max_points=args.max_points, window_frames=args.window

@@ -1,5 +1,9 @@
-"""Benchmarks use the same real-data fixtures as the tests."""
+"""Benchmarks use the same real-data fixtures as the tests, and the node's BLAS threads."""
 
+from app.threads import hold_blas_threads
 from tests.conftest import data_dir, kitti_dir, yolox_path
 
 __all__ = ["data_dir", "kitti_dir", "yolox_path"]
+
+# Every `perception` command holds BLAS to one thread: time the stages as the node runs them.
+hold_blas_threads()

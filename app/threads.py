@@ -1,0 +1,40 @@
+"""The bundled BLAS libraries' thread pools, held to one thread in every `perception` process.
+
+numpy, scipy and OpenCV each bundle their own OpenBLAS, and each starts as many worker threads
+as there are cores. The node's products are small (a sweep's 57k x 4 points by a 4 x 4 pose),
+and its cores are already taken by its own branches (ONNX Runtime's pools, the receiver): on
+two cores OpenBLAS split deskewing's one product over two threads and waited for the one that
+had no core, 4.6 ms a sweep instead of 0.24, and its idle workers spun. Measured with `perception
+bench` at 10 Hz (benchmarks/RESULTS.md, #17): held to one thread, the node's CPU fell from 117%
+to 72% of a core on KITTI (response p99 61.3 -> 56.3 ms) and from 163% to 72% on the synthetic
+drive (fusion 31 -> 22 ms median). Holding OpenCV's own parallel loops to one thread as well
+changed nothing measurable; they are left alone.
+
+A user who sets OPENBLAS_NUM_THREADS (or GOTO_NUM_THREADS, OMP_NUM_THREADS, which OpenBLAS
+also reads) keeps that setting.
+"""
+
+from __future__ import annotations
+
+import os
+
+from threadpoolctl import threadpool_limits
+
+__all__ = ["BLAS_THREAD_VARIABLES", "hold_blas_threads"]
+
+#: The environment variables OpenBLAS reads for its thread count, in its order of precedence.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def hold_blas_threads() -> bool:
+    """Hold every BLAS library of this process to one thread, unless the user chose a count.
+
+    The libraries loaded already are limited through threadpoolctl; those loaded later (scipy's
+    and OpenCV's copies load with their modules) read the environment variable set here.
+    Returns whether the limit was applied (False: the user's variable stands).
+    """
+    if any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
+        return False
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    threadpool_limits(limits=1, user_api="blas")
+    return True

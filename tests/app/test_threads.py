@@ -1,0 +1,67 @@
+"""Every `perception` command holds its BLAS libraries to one thread, unless the user chose.
+
+Each case runs in a fresh interpreter: the limit is process-wide, and the test process's own
+BLAS (and environment) may have been limited already by a test that called `main`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.threads import BLAS_THREAD_VARIABLES
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Runs a `perception` command in-process, then loads the libraries that bundle their own
+# OpenBLAS (scipy and OpenCV load theirs with their modules) and reports every BLAS pool's size.
+_PROBE = """
+import json, sys
+import numpy
+if sys.argv[1] == "main":
+    from app.cli import main
+    main(["config", "show"])
+import scipy.linalg, cv2
+from threadpoolctl import threadpool_info
+print(json.dumps(sorted(
+    (i["prefix"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
+)))
+"""
+
+
+def _pools(mode: str, **env: str) -> list[tuple[str, int]]:
+    clean = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode],
+        env={**clean, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    pools = [(str(p), int(n)) for p, n in json.loads(done.stdout.splitlines()[-1])]
+    assert len(pools) >= 2, f"expected numpy's and scipy's BLAS at least, found {pools}"
+    return pools
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: BLAS starts one thread anyway")
+def test_a_command_holds_every_blas_to_one_thread() -> None:
+    untouched = _pools("bare")
+    assert any(n > 1 for _, n in untouched), f"BLAS started one thread unasked: {untouched}"
+    held = _pools("main")
+    assert all(n == 1 for _, n in held), held
+    # Loaded before main ran (numpy's) and after it (scipy's, OpenCV's): all held.
+    assert {p for p, _ in held} == {p for p, _ in untouched}
+
+
+def test_the_users_thread_count_stands() -> None:
+    pools = _pools("main", OPENBLAS_NUM_THREADS="2")
+    assert all(n == 2 for _, n in pools), pools
+    pools = _pools("main", OMP_NUM_THREADS="2")
+    assert all(n == 2 for _, n in pools), pools
