@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
+from app.threads import BLAS_THREAD_VARIABLES
+
 __all__ = ["NVIDIA_SMI_FIELDS", "GpuInfo", "MachineInfo", "machine_info", "parse_nvidia_smi"]
 
 #: The `nvidia-smi --query-gpu` fields `parse_nvidia_smi` reads, in order.
@@ -60,6 +62,9 @@ class MachineInfo:
     tensorrt_version: str | None = None
     jetson_power_mode: str | None = None
     torch_version: str | None = None
+    #: The thread count the node's BLAS libraries run with, as the environment it inherits
+    #: sets it (`app.threads`: "1" unless the user chose), e.g. "1" or "OMP_NUM_THREADS=4".
+    blas_threads: str | None = None
 
 
 def _number(text: str) -> float | None:
@@ -145,6 +150,15 @@ def _jetson_power_mode() -> str | None:
     return first.partition(":")[2].strip() or first.strip()
 
 
+def _blas_threads() -> str | None:
+    """The first of OpenBLAS' thread variables that is set, as OpenBLAS reads them."""
+    for name in BLAS_THREAD_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return value if name == "OPENBLAS_NUM_THREADS" else f"{name}={value}"
+    return None
+
+
 def machine_info() -> MachineInfo:
     """CPU model and cores, memory, and where present the GPUs (nvidia-smi), the TensorRT and
     torch versions and the Jetson power mode (nvpmodel)."""
@@ -165,4 +179,5 @@ def machine_info() -> MachineInfo:
         tensorrt_version=_module_version("tensorrt"),
         jetson_power_mode=_jetson_power_mode(),
         torch_version=_distribution_version("torch"),
+        blas_threads=_blas_threads(),
     )

@@ -109,6 +109,8 @@ def _machine_line(m: MachineInfo) -> str:
         parts.append(f"ONNX Runtime {m.onnxruntime_version}")
     if m.torch_version:
         parts.append(f"torch {m.torch_version}")
+    # The node's BLAS threads move its CPU and latency (app/threads.py): part of the setup.
+    parts.append(f"BLAS threads {m.blas_threads or 'unset (one per core)'}")
     return "; ".join(parts)
 
 

@@ -28,6 +28,7 @@ from app.bench import (
     frame_ratio,
     group_sweeps,
     latency_stats,
+    machine_info,
     node_config_document,
     node_overhead,
     parse_nvidia_smi,
@@ -455,6 +456,22 @@ def test_markdown_has_the_latency_table_and_the_figures() -> None:
     assert "| node overhead |" in md and "| node CPU |" in md
     assert "| backend | torch |" in md and "| device | cpu |" in md
     assert "| calibration monitor | off |" in md
+
+
+def test_the_machine_line_names_the_nodes_blas_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node inherits the bench's environment: what it holds there is what the node runs with.
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert machine_info().blas_threads is None
+    md = format_markdown(_result())
+    assert "; BLAS threads unset (one per core) |" in md
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert machine_info().blas_threads == "OMP_NUM_THREADS=4"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    held = machine_info()
+    assert held.blas_threads == "1"
+    md = format_markdown(replace(_result(), machine=held))
+    assert "; BLAS threads 1 |" in md
 
 
 def test_the_calibration_monitors_cost_is_per_published_sweep() -> None:
