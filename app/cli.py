@@ -85,7 +85,9 @@ def _command(
         formatter_class=HelpFormatter,
         parents=[common],
     )
-    parser.set_defaults(handler=handler, prog=parser.prog)
+    # Every command holds BLAS to one thread (app/threads.py) but training, which has the
+    # machine to itself and whose torch may multiply through OpenBLAS (aarch64 wheels).
+    parser.set_defaults(handler=handler, prog=parser.prog, hold_blas=True)
     return parser
 
 
@@ -756,6 +758,7 @@ def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "steps; the same samples either way",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(hold_blas=False)
 
 
 def _add_keys(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -958,7 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = args.prog
     # Before any command's work: the node, replay and the benches multiply small matrices on
     # cores their own branches already hold (app/threads.py).
-    if hold_blas_threads():
+    if args.hold_blas and hold_blas_threads():
         logging.getLogger(__name__).info("BLAS libraries held to one thread each")
     try:
         return int(_handler(args.handler)(args))

@@ -1,4 +1,4 @@
-"""The bundled BLAS libraries' thread pools, held to one thread in every `perception` process.
+"""The bundled BLAS libraries' thread pools, held to one thread in `perception`'s processes.
 
 numpy, scipy and OpenCV each bundle their own OpenBLAS, and each starts as many worker threads
 as there are cores. The node's products are small (a sweep's 57k x 4 points by a 4 x 4 pose),
@@ -10,8 +10,9 @@ to 72% of a core on KITTI (response p99 61.3 -> 56.3 ms) and from 163% to 72% on
 drive (fusion 31 -> 22 ms median). Holding OpenCV's own parallel loops to one thread as well
 changed nothing measurable; they are left alone.
 
-A user who sets OPENBLAS_NUM_THREADS (or GOTO_NUM_THREADS, OMP_NUM_THREADS, which OpenBLAS
-also reads) keeps that setting.
+`perception train` is left alone: it has the machine to itself, and torch may multiply through
+OpenBLAS (its aarch64 wheels do). A user who sets OPENBLAS_NUM_THREADS (or GOTO_NUM_THREADS,
+OMP_NUM_THREADS, which OpenBLAS also reads) keeps that setting.
 """
 
 from __future__ import annotations

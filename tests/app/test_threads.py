@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 _PROBE = """
 import json, sys
 import numpy
-if sys.argv[1] == "main":
+argv = json.loads(sys.argv[1])
+if argv:
     from app.cli import main
-    main(["config", "show"])
+    main(argv)
 import scipy.linalg, cv2
 from threadpoolctl import threadpool_info
 print(json.dumps(sorted(
@@ -34,10 +35,12 @@ print(json.dumps(sorted(
 """
 
 
-def _pools(mode: str, **env: str) -> list[tuple[str, int]]:
+def _pools(argv: list[str], **env: str) -> list[tuple[str, int]]:
+    """Every BLAS pool's (library, threads) after `perception ARGV` ran in a fresh interpreter
+    (no command with an empty ARGV)."""
     clean = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARIABLES}
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode],
+        [sys.executable, "-c", _PROBE, json.dumps(argv)],
         env={**clean, **env},
         cwd=REPO,
         capture_output=True,
@@ -52,16 +55,23 @@ def _pools(mode: str, **env: str) -> list[tuple[str, int]]:
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: BLAS starts one thread anyway")
 def test_a_command_holds_every_blas_to_one_thread() -> None:
-    untouched = _pools("bare")
+    untouched = _pools([])
     assert any(n > 1 for _, n in untouched), f"BLAS started one thread unasked: {untouched}"
-    held = _pools("main")
+    held = _pools(["config", "show"])
     assert all(n == 1 for _, n in held), held
     # Loaded before main ran (numpy's) and after it (scipy's, OpenCV's): all held.
     assert {p for p, _ in held} == {p for p, _ in untouched}
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: BLAS starts one thread anyway")
+def test_training_keeps_every_core(tmp_path: Path) -> None:
+    # It has the machine to itself; it fails here at once (no such config), after the hold.
+    pools = _pools(["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out")])
+    assert any(n > 1 for _, n in pools), pools
+
+
 def test_the_users_thread_count_stands() -> None:
-    pools = _pools("main", OPENBLAS_NUM_THREADS="2")
+    pools = _pools(["config", "show"], OPENBLAS_NUM_THREADS="2")
     assert all(n == 2 for _, n in pools), pools
-    pools = _pools("main", OMP_NUM_THREADS="2")
+    pools = _pools(["config", "show"], OMP_NUM_THREADS="2")
     assert all(n == 2 for _, n in pools), pools
