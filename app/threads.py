@@ -21,10 +21,20 @@ import os
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["BLAS_THREAD_VARIABLES", "hold_blas_threads"]
+__all__ = ["BLAS_THREAD_VARIABLES", "blas_thread_setting", "hold_blas_threads"]
 
 #: The environment variables OpenBLAS reads for its thread count, in its order of precedence.
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def blas_thread_setting() -> tuple[str, str] | None:
+    """The variable OpenBLAS takes its thread count from here, and its value: the first of
+    `BLAS_THREAD_VARIABLES` set to a non-empty value; None where none is (one per core)."""
+    for name in BLAS_THREAD_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return name, value
+    return None
 
 
 def hold_blas_threads() -> bool:
@@ -34,7 +44,7 @@ def hold_blas_threads() -> bool:
     and OpenCV's copies load with their modules) read the environment variable set here.
     Returns whether the limit was applied (False: the user's variable stands).
     """
-    if any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
+    if blas_thread_setting() is not None:
         return False
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     threadpool_limits(limits=1, user_api="blas")

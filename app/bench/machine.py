@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from app.threads import BLAS_THREAD_VARIABLES
+from app.threads import blas_thread_setting
 
 __all__ = ["NVIDIA_SMI_FIELDS", "GpuInfo", "MachineInfo", "machine_info", "parse_nvidia_smi"]
 
@@ -151,12 +151,12 @@ def _jetson_power_mode() -> str | None:
 
 
 def _blas_threads() -> str | None:
-    """The first of OpenBLAS' thread variables that is set, as OpenBLAS reads them."""
-    for name in BLAS_THREAD_VARIABLES:
-        value = os.environ.get(name)
-        if value:
-            return value if name == "OPENBLAS_NUM_THREADS" else f"{name}={value}"
-    return None
+    """The BLAS thread count the node inherits, as `blas_thread_setting` finds it."""
+    setting = blas_thread_setting()
+    if setting is None:
+        return None
+    name, value = setting
+    return value if name == "OPENBLAS_NUM_THREADS" else f"{name}={value}"
 
 
 def machine_info() -> MachineInfo:
