@@ -41,6 +41,7 @@ from app.bench import (
 from app.bench.sweeps import send_times, with_engines
 from app.bench.yardstick import time_camera_encoder
 from app.models import build_detector, build_pipeline
+from app.threads import BLAS_THREAD_VARIABLES
 from engines.errors import EngineError
 from engines.settings import EngineSettings
 from perception.config import CameraModelConfig, NodeConfig, parse_config
@@ -460,7 +461,7 @@ def test_markdown_has_the_latency_table_and_the_figures() -> None:
 
 def test_the_machine_line_names_the_nodes_blas_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     # The node inherits the bench's environment: what it holds there is what the node runs with.
-    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+    for name in BLAS_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert machine_info().blas_threads is None
     md = format_markdown(_result())

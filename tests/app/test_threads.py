@@ -1,4 +1,5 @@
-"""Every `perception` command holds its BLAS libraries to one thread, unless the user chose.
+"""Every `perception` command but `train` holds its BLAS libraries to one thread, unless the
+user chose.
 
 Each case runs in a fresh interpreter: the limit is process-wide, and the test process's own
 BLAS (and environment) may have been limited already by a test that called `main`.
