@@ -121,7 +121,12 @@ def vehicle_pose_from_gnss(
         raise CalibrationError(
             f"GNSS fix: non-finite or malformed values (fix {values}, lever arm {arm.tolist()})"
         )
-    antenna_enu = origin.geodetic_to_enu(lat_deg, lon_deg, alt_m)
+    if (lat_deg, lon_deg, alt_m) == (origin.lat0_deg, origin.lon0_deg, origin.alt0_m):
+        # The antenna is the plane's origin (a plane at each fix): exactly what the conversion
+        # gives, without its cost.
+        antenna_enu = np.zeros(3)
+    else:
+        antenna_enu = origin.geodetic_to_enu(lat_deg, lon_deg, alt_m)
     rot = RigidTransform.from_yaw(heading_rad, pitch=pitch_rad, roll=roll_rad)
     m = rot.matrix.copy()
     m[:3, 3] = antenna_enu - rot.rotation @ arm

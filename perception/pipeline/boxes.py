@@ -77,10 +77,21 @@ class BoxLike(Protocol):
     def yaw(self) -> float: ...
 
 
+def _corners(box: BoxLike) -> Polygon:
+    """`bev_corners` in Python floats, for the clipping (numpy's per-call cost is most of the
+    time for four corners)."""
+    c, s = math.cos(box.yaw), math.sin(box.yaw)
+    hl, hw = 0.5 * float(box.size[0]), 0.5 * float(box.size[1])
+    cx, cy = float(box.center[0]), float(box.center[1])
+    return [
+        (x * c - y * s + cx, x * s + y * c + cy)
+        for x, y in ((hl, hw), (-hl, hw), (-hl, -hw), (hl, -hw))
+    ]
+
+
 def bev_iou(a: BoxLike, b: BoxLike) -> float:
     """Intersection over union of the two boxes' rotated BEV footprints (0 when either is empty)."""
-    pa = [(float(x), float(y)) for x, y in bev_corners(a.center, a.size[0], a.size[1], a.yaw)]
-    pb = [(float(x), float(y)) for x, y in bev_corners(b.center, b.size[0], b.size[1], b.yaw)]
+    pa, pb = _corners(a), _corners(b)
     area_a, area_b = _polygon_area(pa), _polygon_area(pb)
     if area_a <= 0 or area_b <= 0:
         return 0.0
@@ -107,27 +118,34 @@ def suppress_duplicates(
     if iou_threshold < 0 or min_center_distance_m < 0:
         raise ValueError("iou_threshold and min_center_distance_m must be >= 0")
     order = sorted(range(len(detections)), key=lambda i: (-detections[i].score, i))
-    # Every pair's BEV centre distance and bounding-circle reach at once (as lists: indexing
-    # them in the loop below is faster than numpy scalars).
+    # Every pair's BEV centre distance and bounding-circle reach at once: only pairs closer than
+    # either can be duplicates, so each detection is tested against those neighbours alone.
     xy = np.array([d.center[:2] for d in detections], dtype=np.float64).reshape(-1, 2)
     radius = 0.5 * np.hypot(*np.array([d.size[:2] for d in detections]).reshape(-1, 2).T)
-    dist = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1)).tolist()
-    reach = (radius[:, None] + radius[None, :]).tolist()
+    dist = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    near = (dist < min_center_distance_m) | (dist < radius[:, None] + radius[None, :])
+    np.fill_diagonal(near, False)
+    pairs = np.argwhere(near).tolist()
+    neighbours: list[list[int]] = [[] for _ in detections]
+    for i, j in pairs:
+        neighbours[i].append(j)
     kept: list[int] = []
+    is_kept = [False] * len(detections)
     for i in order:
         det = detections[i]
         duplicate = False
-        for j in kept:
+        for j in neighbours[i]:
+            if not is_kept[j]:
+                continue
             other = detections[j]
             if not class_agnostic and other.label != det.label:
                 continue
-            if dist[i][j] < min_center_distance_m:
-                duplicate = True
-                break
-            # Footprints whose bounding circles do not touch cannot overlap: skip the clipping.
-            if dist[i][j] < reach[i][j] and bev_iou(det, other) > iou_threshold:
+            # Footprints whose bounding circles do not touch cannot overlap: the clipping is
+            # left to pairs whose centres are not already too close.
+            if dist[i, j] < min_center_distance_m or bev_iou(det, other) > iou_threshold:
                 duplicate = True
                 break
         if not duplicate:
             kept.append(i)
+            is_kept[i] = True
     return [detections[i] for i in kept]

@@ -94,40 +94,52 @@ def deskew_sweep(
     start: EgoPose | None,
     end: EgoPose | None,
     vehicle_from_lidar: npt.ArrayLike | None = None,
+    *,
+    max_range_m: float | None = None,
 ) -> tuple[npt.NDArray[np.float32], bool]:
     """The sweep's points deskewed to its stamp, in the vehicle frame, and whether it was done.
 
     `start` / `end` are the ego poses at the sweep's stamp and at its last point (GNSS, e.g.
     `EgoPoseBuffer.pose_at`); the twist over the sweep comes from them. Without per-point offsets
     or either pose the points are returned unchanged (in the vehicle frame) and the flag is False,
-    so the caller can mark its output.
+    so the caller can mark its output. `max_range_m`: returns farther than this from the vehicle
+    origin, once deskewed, are left out (None keeps all).
     """
     src = np.asarray(sweep.points, dtype=np.float32)
     m = np.eye(4) if vehicle_from_lidar is None else np.asarray(vehicle_from_lidar, np.float64)
-    # One matrix product over whole rows (BLAS on contiguous rows is several times faster than
-    # on the x, y, z slice); the extra columns are carried over exactly afterwards. The schema
-    # keeps points finite; were an intensity not, its point would become NaN and fall to the
-    # range cut, never spread to others.
-    rows = np.zeros((src.shape[1], src.shape[1]), dtype=np.float32)
-    rows[:3, :3] = m[:3, :3].T
-    out = src @ rows
-    out[:, 3:] = src[:, 3:]
+    # Worked as rows of coordinates (x, y, z each contiguous): one matrix product gives them
+    # (BLAS reads the points' rows in place), and every step after runs over contiguous memory,
+    # several times faster than over the columns of the points' rows. The schema keeps points
+    # finite; were an intensity not, its point would become NaN and fall to the range cut,
+    # never spread to others.
+    rotation = m[:3, :3].astype(np.float32)
+    x, y, z = rotation @ src[:, :3].T
     shift = m[:3, 3].astype(np.float32)
     offsets = sweep.point_time_offsets_ns
     twist = ego_twist(start, end)
-    if offsets is None or len(offsets) == 0 or twist is None:
-        for axis in range(3):
-            out[:, axis] += shift[axis]
-        return out, False
-    # float32 throughout: a sweep of 10^5 points is deskewed on every frame, and the points are
-    # float32 already (the series' and the rounding's errors stay below 0.1 mm at 120 m).
-    dt = np.asarray(offsets, dtype=np.int64).astype(np.float64) * 1e-9
-    c, s, tx, ty, tz = _sensor_motion(dt, *twist, single=True)
-    x, y = out[:, 0] + shift[0], out[:, 1] + shift[1]
-    out[:, 0] = c * x - s * y + tx
-    out[:, 1] = s * x + c * y + ty
-    out[:, 2] += tz + shift[2]
-    return out, True
+    done = offsets is not None and len(offsets) > 0 and twist is not None
+    x += shift[0]
+    y += shift[1]
+    if offsets is not None and twist is not None and done:
+        # float32 throughout: a sweep of 10^5 points is deskewed on every frame, and the points
+        # are float32 already (the series' and the rounding's errors stay below 0.1 mm at 120 m).
+        dt = np.asarray(offsets, dtype=np.int64).astype(np.float64) * 1e-9
+        c, s, tx, ty, tz = _sensor_motion(dt, *twist, single=True)
+        x, y = c * x - s * y + tx, s * x + c * y + ty
+        z += tz + shift[2]
+    else:
+        z += shift[2]
+    out = np.empty(src.shape, np.float32)
+    out[:, 0] = x
+    out[:, 1] = y
+    out[:, 2] = z
+    out[:, 3:] = src[:, 3:]
+    if max_range_m is not None:
+        keep = x * x + y * y + z * z <= np.float32(max_range_m**2)
+        if not bool(keep.all()):
+            # compress: a tenth of the time of a boolean index over rows.
+            out = np.compress(keep, out, axis=0)
+    return out, done
 
 
 def ego_twist(

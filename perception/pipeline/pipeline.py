@@ -626,15 +626,13 @@ class Pipeline:
         sweep = bundle.lidar
         vehicle_from_lidar = bundle.rig.transform("vehicle", sweep.header.frame_id)
         out, _ = deskew_sweep(
-            sweep, bundle.ego_pose, bundle.ego_pose_end, vehicle_from_lidar.matrix
+            sweep,
+            bundle.ego_pose,
+            bundle.ego_pose_end,
+            vehicle_from_lidar.matrix,
+            max_range_m=self.config.max_range_m,
         )
-        x, y, z = out[:, 0], out[:, 1], out[:, 2]
-        keep = x * x + y * y + z * z <= np.float32(self.config.max_range_m**2)
-        if bool(keep.all()):
-            return out
-        # compress: a tenth of the time of a boolean index over rows.
-        kept: npt.NDArray[np.float32] = np.compress(keep, out, axis=0)
-        return kept
+        return out
 
     @staticmethod
     def _global_positions(
@@ -654,9 +652,10 @@ class Pipeline:
         centres = np.array([d.center for d in detections], dtype=np.float64).reshape(-1, 3)
         geodetic = origin.enu_to_geodetic(enu_from_vehicle.apply(centres))
         # A position that cannot be computed (an implausible fix) is left out, not made NaN.
+        finite = np.isfinite(geodetic[:, :2]).all(axis=1).tolist()
         return [
-            replace(d, latitude_deg=float(g[0]), longitude_deg=float(g[1]))
-            if bool(np.isfinite(g[:2]).all())
-            else d
-            for d, g in zip(detections, geodetic, strict=True)
+            replace(d, latitude_deg=lat, longitude_deg=lon) if ok else d
+            for d, lat, lon, ok in zip(
+                detections, geodetic[:, 0].tolist(), geodetic[:, 1].tolist(), finite, strict=True
+            )
         ]

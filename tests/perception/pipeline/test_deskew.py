@@ -107,3 +107,28 @@ def test_deskew_sweep_in_float32_matches_the_float64_form(yaw_rate: float) -> No
     assert not done
     assert np.abs(plain[:, :3].astype(np.float64) - in_vehicle).max() < 1e-4
     assert np.array_equal(plain[:, 3], pts[:, 3])
+
+
+@pytest.mark.parametrize("deskewed", [True, False])
+def test_deskew_sweep_range_cut_drops_exactly_the_far_returns(deskewed: bool) -> None:
+    """`max_range_m` leaves out the returns farther than it once deskewed (not as measured: the
+    vehicle moves them), keeps the rest in order with every column, and keeps all of a sweep
+    within range (the same array as without the cut)."""
+    rng = np.random.default_rng(11)
+    n = 20_000
+    pts = np.c_[rng.uniform(-90.0, 90.0, (n, 3)), rng.uniform(0, 1, (n, 2))].astype(np.float32)
+    offsets = np.sort(rng.integers(0, SWEEP_NS, n)) if deskewed else None
+    sweep = LidarSweep(Header("lidar", 0, 0, "lidar"), pts, offsets)
+    start = EgoPose(0, (0.0, 0.0, 0.0), 0.4, (18.0, 4.0, 0.0))
+    end = EgoPose(SWEEP_NS, (0.0, 0.0, 0.0), 0.45, (18.0, 4.0, 0.0))
+    mount = np.eye(4)
+    mount[:3, 3] = (1.0, 0.0, 1.7)
+    full, done = deskew_sweep(sweep, start, end, mount)
+    assert done == deskewed
+    far = np.linalg.norm(full[:, :3].astype(np.float64), axis=1) > 80.0
+    assert 1000 < far.sum() < n - 1000
+    cut, done = deskew_sweep(sweep, start, end, mount, max_range_m=80.0)
+    assert done == deskewed and cut.dtype == np.float32 and cut.shape[1] == 5
+    assert np.array_equal(cut, full[~far])
+    within, _ = deskew_sweep(sweep, start, end, mount, max_range_m=1e4)
+    assert np.array_equal(within, full)
