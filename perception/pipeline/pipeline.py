@@ -652,7 +652,7 @@ class Pipeline:
         centres = np.array([d.center for d in detections], dtype=np.float64).reshape(-1, 3)
         geodetic = origin.enu_to_geodetic(enu_from_vehicle.apply(centres))
         # A position that cannot be computed (an implausible fix) is left out, not made NaN.
-        finite: list[bool] = np.isfinite(geodetic[:, :2]).all(axis=1).tolist()
+        finite = np.logical_and(np.isfinite(geodetic[:, 0]), np.isfinite(geodetic[:, 1])).tolist()
         return [
             replace(d, latitude_deg=lat, longitude_deg=lon) if ok else d
             for d, lat, lon, ok in zip(
