@@ -54,6 +54,7 @@ __all__ = [
 UNKNOWN_LABEL = "unknown"
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 # Headings searched by the rectangle fit: a rectangle repeats every 90 degrees.
 _HEADINGS = np.deg2rad(np.arange(0.0, 90.0, 2.0))
@@ -199,32 +200,56 @@ class LidarObjects:
         candidates = np.flatnonzero(sizes[1:] >= self.config.min_points) + 1
         members: list[FloatArray] = []
         objects: list[Detection3D] = []
+        lows: list[npt.NDArray[np.float32]] = []
+        highs: list[npt.NDArray[np.float32]] = []
         for label in candidates.tolist():
             cluster = obstacle[order[bounds[label] : bounds[label + 1]]]
-            detection = self._object(cluster, ground)
+            # Extremes in float32 then widened: the same values as extremes of the widened
+            # points, without widening every point of a large cluster (walls) that is dropped.
+            low, high = cluster[:, :2].min(axis=0), cluster[:, :2].max(axis=0)
+            detection = self._object(cluster, ground, low, high)
             if detection is not None:
                 members.append(cluster[:, :2].astype(np.float64))
                 objects.append(detection)
-        return LidarClusters(tuple(members), tuple(objects))
+                lows.append(low)
+                highs.append(high)
+        return LidarClusters(
+            tuple(members),
+            tuple(objects),
+            np.array(lows, np.float64).reshape(-1, 2),
+            np.array(highs, np.float64).reshape(-1, 2),
+        )
 
     def select(
         self, clusters: LidarClusters, fused: Sequence[Detection3D] = ()
     ) -> list[Detection3D]:
         """The objects of `clusters` that no fused detection explains."""
         boxes = _FusedBoxes(fused, self.config.explained_margin_m)
+        fraction = self.config.explained_fraction
+        if not boxes or not clusters.objects:
+            return list(clusters.objects)
+        # Footprints out of reach of a cluster's bounding box hold none of its points: most
+        # clusters (walls, poles) are far from every fused detection. All pairs at once.
+        near = boxes.near(clusters.low, clusters.high) if fraction > 0 else None
+        pairs = zip(clusters.members, clusters.objects, strict=True)
         return [
             detection
-            for xy, detection in zip(clusters.members, clusters.objects, strict=True)
-            if not (boxes and boxes.explain(xy, self.config.explained_fraction))
+            for k, (xy, detection) in enumerate(pairs)
+            if not boxes.explain(xy, fraction, None if near is None else near[k])
         ]
 
-    def _object(self, cluster: npt.NDArray[np.float32], ground: GroundPlane) -> Detection3D | None:
+    def _object(
+        self,
+        cluster: npt.NDArray[np.float32],
+        ground: GroundPlane,
+        low: npt.NDArray[np.float32],
+        high: npt.NDArray[np.float32],
+    ) -> Detection3D | None:
+        """The object of a cluster (x, y, height, intensity) whose x, y extremes are `low` and
+        `high`; None where it is no object (too large, too low, floating)."""
         cfg = self.config
-        # Extremes in float32 then widened: the same values as extremes of the widened points,
-        # without widening every point of a large cluster (walls) that is then dropped.
         xy = cluster[:, :2]
-        x, y = cluster[:, 0], cluster[:, 1]
-        span = (float(x.max()) - float(x.min()), float(y.max()) - float(y.min()))
+        span = (float(high[0]) - float(low[0]), float(high[1]) - float(low[1]))
         if float(np.hypot(*span)) > cfg.max_extent_m * math.sqrt(2):
             return None
         top, base = float(cluster[:, 2].max()), float(cluster[:, 2].min())
@@ -252,10 +277,14 @@ class LidarObjects:
 @dataclass(frozen=True, eq=False)
 class LidarClusters:
     """One sweep's lidar-only objects before the fused detections are known: per object, its
-    cluster's points (x, y; N x 2) and the object."""
+    cluster's points (x, y; N x 2) and the object; `low` and `high` (M x 2), each cluster's
+    bounding box (found with the clusters, beside the camera branch, so that choosing among
+    them once the fused detections are known need not)."""
 
     members: tuple[FloatArray, ...]
     objects: tuple[Detection3D, ...]
+    low: FloatArray
+    high: FloatArray
 
 
 class _FusedBoxes:
@@ -279,17 +308,23 @@ class _FusedBoxes:
     def __bool__(self) -> bool:
         return self.count > 0
 
-    def explain(self, xy: FloatArray, fraction: float) -> bool:
-        """Whether at least ``fraction`` of the points lie in one footprint."""
+    def near(self, low: FloatArray, high: FloatArray) -> BoolArray:
+        """M x D: whether footprint d reaches the bounding box (`low`, `high`; M x 2) of m."""
+        cx, cy = self.cx[:, 0], self.cy[:, 0]
+        gap_x = np.maximum(np.maximum(low[:, :1] - cx, cx - high[:, :1]), 0.0)
+        gap_y = np.maximum(np.maximum(low[:, 1:] - cy, cy - high[:, 1:]), 0.0)
+        reached: BoolArray = np.hypot(gap_x, gap_y) <= self.reach
+        return reached
+
+    def explain(self, xy: FloatArray, fraction: float, near: BoolArray | None = None) -> bool:
+        """Whether at least ``fraction`` of the points lie in one footprint. `near`: the
+        footprints that can hold any of them (`near`'s row for the points' bounding box); with
+        a positive fraction, computed here when not given."""
         cx, cy, cos, sin, neg_sin = self.cx, self.cy, self.cos, self.sin, self.neg_sin
         half_length, half_width = self.half_length, self.half_width
         if fraction > 0:
-            # Footprints out of reach of the cluster's bounding box hold none of its points;
-            # most clusters (walls, poles) are far from every fused detection.
-            lo, hi = xy.min(axis=0), xy.max(axis=0)
-            gap_x = np.maximum(np.maximum(lo[0] - cx[:, 0], cx[:, 0] - hi[0]), 0.0)
-            gap_y = np.maximum(np.maximum(lo[1] - cy[:, 0], cy[:, 0] - hi[1]), 0.0)
-            near = np.hypot(gap_x, gap_y) <= self.reach
+            if near is None:
+                near = self.near(xy.min(axis=0)[None], xy.max(axis=0)[None])[0]
             if not near.any():
                 return False
             cx, cy, cos, sin, neg_sin = cx[near], cy[near], cos[near], sin[near], neg_sin[near]

@@ -18,6 +18,7 @@ from perception.msgs.types import Detection3D, DetectionList
 from perception.pipeline.ground import GroundPlane
 from perception.pipeline.lidar_objects import (
     UNKNOWN_LABEL,
+    LidarClusters,
     LidarObjectConfig,
     LidarObjects,
     fit_rectangle,
@@ -131,6 +132,64 @@ def test_a_cluster_a_fused_detection_explains_is_dropped(lidar_objects):
     )
     dets = _detect(lidar_objects, points, [fused])
     assert len(dets) == 1 and math.hypot(dets[0].center[0] - 12.0, dets[0].center[1] - 4.0) < 0.2
+
+
+def _explained_by_one(xy: np.ndarray, fused: list[Detection3D], cfg: LidarObjectConfig) -> bool:
+    """At least `explained_fraction` of the points in one footprint grown by the margin, each
+    point tested in the footprint's own axes."""
+    for d in fused:
+        c, s = math.cos(d.yaw), math.sin(d.yaw)
+        along = (xy[:, 0] - d.center[0]) * c + (xy[:, 1] - d.center[1]) * s
+        across = -(xy[:, 0] - d.center[0]) * s + (xy[:, 1] - d.center[1]) * c
+        inside = (np.abs(along) <= d.size[0] / 2 + cfg.explained_margin_m) & (
+            np.abs(across) <= d.size[1] / 2 + cfg.explained_margin_m
+        )
+        if inside.mean() >= cfg.explained_fraction:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.9])
+def test_select_keeps_exactly_the_clusters_no_fused_detection_explains(fraction):
+    """Among many clusters and fused detections, those near each other and those far apart,
+    `select` keeps the objects of the clusters no footprint explains, in order, whether or not
+    the clusters' bounding boxes let it skip a footprint."""
+    cfg = LidarObjectConfig(explained_fraction=fraction)
+    objects = LidarObjects.__new__(LidarObjects)
+    objects.config = cfg
+    rng = np.random.default_rng(9)
+    kept = dropped = 0
+    for _ in range(40):
+        fused = []
+        for _ in range(int(rng.integers(0, 12))):
+            x, y = rng.uniform(-15.0, 15.0, 2)
+            size = (float(rng.uniform(0.5, 6.0)), float(rng.uniform(0.5, 2.5)), 1.5)
+            yaw = float(rng.uniform(-math.pi, math.pi))
+            fused.append(Detection3D("car", 0.8, (float(x), float(y), 0.0), size, yaw))
+        # Clusters anywhere, and some on the fused detections (tight or spread beyond them).
+        centres = [rng.uniform(-15.0, 15.0, 2) for _ in range(int(rng.integers(0, 20)))]
+        centres += [np.array(d.center[:2]) for d in fused if rng.random() < 0.7]
+        members, dets = [], []
+        for centre in centres:
+            spread = rng.uniform(0.1, 3.0, 2)
+            members.append(centre + rng.normal(0.0, 1.0, (int(rng.integers(1, 60)), 2)) * spread)
+            dets.append(Detection3D(UNKNOWN_LABEL, 0.4, (*centre, 0.0), (1.0, 1.0, 1.0), 0.0))
+        clusters = LidarClusters(
+            tuple(members),
+            tuple(dets),
+            np.array([m.min(axis=0) for m in members]).reshape(-1, 2),
+            np.array([m.max(axis=0) for m in members]).reshape(-1, 2),
+        )
+        expected = [
+            d
+            for m, d in zip(members, dets, strict=True)
+            if not (fused and _explained_by_one(m, fused, cfg))
+        ]
+        assert objects.select(clusters, fused) == expected
+        kept += len(expected)
+        dropped += len(dets) - len(expected)
+    # A fraction of 0 is explained by any footprint: only scenes without one keep clusters.
+    assert dropped > 20 and (kept > 20 or fraction == 0.0)
 
 
 def test_config_is_validated():
