@@ -205,8 +205,10 @@ class CameraModel(ABC):
         near = np.flatnonzero(
             (depth > MIN_DEPTH_M) & (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1])
         )
-        uv, _, seen = self.visible(p[near])
-        return near[seen], uv[seen]
+        # Gathered per coordinate: points given as rows (`RigidTransform.apply_rows(...).T`)
+        # stay rows, so `project` works along contiguous memory too.
+        uv, _, seen = self.visible(p.T[:, near].T)
+        return near[seen], np.compress(seen, uv, axis=0)
 
     def _normalized_bounds(self) -> tuple[FloatArray, FloatArray]:
         """(low, high) normalised coordinates (x/z, y/z) of a box holding every point that

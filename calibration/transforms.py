@@ -182,5 +182,15 @@ class RigidTransform:
         out: FloatArray = p @ self.rotation.T + self.translation
         return out
 
+    def apply_rows(self, points: npt.ArrayLike) -> FloatArray:
+        """`apply` with the result as rows: 3 x N (x, y, z, each contiguous), the same values.
+        Work along the coordinates of many points (divisions, masks) runs over contiguous
+        memory then, several times faster than over the columns of an N x 3 array; `.T` gives
+        the N x 3 view."""
+        p = np.asarray(points, dtype=np.float64)[:, :3]
+        rows: FloatArray = self.rotation @ p.T
+        rows += self.translation[:, None]
+        return rows
+
     def almost_equal(self, other: RigidTransform, atol: float = 1e-9) -> bool:
         return bool(np.allclose(self.matrix, other.matrix, rtol=0.0, atol=atol))

@@ -48,10 +48,12 @@ def paint_points(
     index = {label: i for i, label in enumerate(classes)}
     homogeneous = np.concatenate([pts[:, :3].astype(np.float64), np.ones((n, 1))], axis=1)
     for view in views:
-        in_camera = homogeneous @ np.asarray(view.camera_from_vehicle, np.float64).T
+        # As rows (x, y, z each contiguous, `RigidTransform.apply_rows`): the same values, and
+        # the view's culling runs along contiguous memory.
+        in_camera = np.asarray(view.camera_from_vehicle, np.float64)[:3] @ homogeneous.T
         # Only the points this camera sees are projected and tested against its boxes (a
         # sweep is mostly behind or beside a camera).
-        seen, uv = view.model.in_view(in_camera[:, :3])
+        seen, uv = view.model.in_view(in_camera.T)
         paint[seen, -1] = 1.0
         for box in view.boxes:
             c = index.get(box.label)

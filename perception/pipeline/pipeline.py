@@ -527,7 +527,8 @@ class Pipeline:
         camera = rig.cameras[name]
         camera_from_vehicle = rig.transform(f"camera/{name}", "vehicle") @ motion
         # Only points in this camera's view can fall in its boxes; they fit the static shape.
-        in_view = points[camera.in_view(camera_from_vehicle.apply(points))[0]]
+        seen, _ = camera.in_view(camera_from_vehicle.apply_rows(points).T)
+        in_view = np.take(points, seen, axis=0)
         if len(in_view) > cfg.n_max:
             in_view = in_view[:: -(-len(in_view) // cfg.n_max)]
         return in_view, camera_from_vehicle

@@ -218,3 +218,7 @@ def test_in_view_is_what_visible_finds(camera: PinholeCamera | FisheyeCamera) ->
     assert np.array_equal(index, np.flatnonzero(mask))
     assert np.array_equal(uv, all_uv[mask])
     assert 100 < mask.sum() < len(pts) // 2
+    # The points as rows (`RigidTransform.apply_rows(...).T`, as the pipeline gives them): the
+    # very same indices and pixels.
+    rows_index, rows_uv = camera.in_view(np.ascontiguousarray(pts.T).T)
+    assert np.array_equal(rows_index, index) and np.array_equal(rows_uv, uv)

@@ -357,3 +357,16 @@ def test_constructor_validation_messages() -> None:
         Rig({"gnss": RigidTransform.identity()}, {}, source="r", gnss_lever_arm_m=[0, 0, 0])
     with pytest.raises(CalibrationError, match=r"r: frames\.vehicle: the root frame has no parent"):
         Rig({"vehicle": RigidTransform.identity()}, {}, source="r")
+
+
+def test_apply_rows_is_apply_as_rows() -> None:
+    """The very same values as `apply`, laid out 3 x N, for N x 3 and N x 4 points (float32 and
+    float64), and for none."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        t = RigidTransform.from_rotvec(rng.normal(size=3), rng.normal(size=3) * 5)
+        for columns, dtype in ((3, np.float64), (4, np.float32)):
+            pts = (rng.normal(size=(int(rng.integers(0, 5000)), columns)) * 40).astype(dtype)
+            rows = t.apply_rows(pts)
+            assert rows.shape == (3, len(pts)) and rows.flags.c_contiguous
+            assert np.array_equal(rows.T, t.apply(pts))
