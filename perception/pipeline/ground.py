@@ -90,12 +90,14 @@ def estimate_ground(
             & (p[:, 2] >= z0 - config.ground_band_below_m)
             & (p[:, 2] <= z0 + config.ground_band_above_m)
         )
-    cand = p[keep, :3]
-    if len(cand) < max(config.ransac_min_inliers, 3):
+    rows = np.flatnonzero(keep)
+    if len(rows) < max(config.ransac_min_inliers, 3):
         return fallback
-    if len(cand) > config.ransac_max_points:
+    if len(rows) > config.ransac_max_points:
         # An even stride over the scan order samples every ring; cheaper than a random choice.
-        cand = cand[:: math.ceil(len(cand) / config.ransac_max_points)]
+        rows = rows[:: math.ceil(len(rows) / config.ransac_max_points)]
+    # Only the sampled rows are gathered (a boolean index of every candidate cost more).
+    cand = p[rows, :3]
     rng = np.random.default_rng(config.seed)
     # All hypotheses are scored at once: iterations x M distances is small (64 x 3000).
     tri = cand[rng.integers(0, len(cand), size=(config.ransac_iterations, 3))]

@@ -69,9 +69,14 @@ _REFINE_OFFSETS = np.deg2rad(np.arange(-2.0, 2.01, 0.25))
 _CLOSENESS_FLOOR_M = 0.01
 # The rectangle fit uses at most this many points of a cluster (stride-sampled).
 _FIT_MAX_POINTS = 400
+# Clusters are fitted together in groups of about this many points.
+_FIT_GROUP_POINTS = 1024
 
 
-def fit_rectangle(xy: FloatArray) -> tuple[tuple[float, float], float, float, float]:
+Rectangle = tuple[tuple[float, float], float, float, float]
+
+
+def fit_rectangle(xy: FloatArray) -> Rectangle:
     """The rectangle the points hug (closeness criterion, Zhang et al. 2017).
 
     Args:
@@ -81,43 +86,82 @@ def fit_rectangle(xy: FloatArray) -> tuple[tuple[float, float], float, float, fl
         ``((cx, cy), length, width, yaw)``: centre, the longer and shorter side, and the heading
         of the longer side in (-pi/2, pi/2].
     """
-    theta = _best_heading(xy, _HEADINGS, _HEADING_AXES)
-    # A 2-degree step leaves up to 1 degree of error: 9 cm of extent across a 5 m side.
-    theta = _best_heading(xy, theta + _REFINE_OFFSETS)
-    c, s = math.cos(theta), math.sin(theta)
-    a = xy @ np.array([c, s])
-    b = xy @ np.array([-s, c])
-    half_a, half_b = (a.max() - a.min()) / 2, (b.max() - b.min()) / 2
-    mid_a, mid_b = (a.max() + a.min()) / 2, (b.max() + b.min()) / 2
-    cx = mid_a * math.cos(theta) - mid_b * math.sin(theta)
-    cy = mid_a * math.sin(theta) + mid_b * math.cos(theta)
-    if half_a >= half_b:
-        return (cx, cy), 2 * half_a, 2 * half_b, _wrap_half(theta)
-    return (cx, cy), 2 * half_b, 2 * half_a, _wrap_half(theta + math.pi / 2)
+    return fit_rectangles([xy])[0]
 
 
-def _best_heading(
-    xy: FloatArray, headings: FloatArray, axes: tuple[FloatArray, FloatArray] | None = None
-) -> float:
-    if axes is None:
-        axes = (
-            np.stack([np.cos(headings), np.sin(headings)]),
-            np.stack([-np.sin(headings), np.cos(headings)]),
-        )
-    along = xy @ axes[0]  # N x T
-    across = xy @ axes[1]
-    return float(headings[int(np.argmax(_closeness(along) + _closeness(across)))])
+def fit_rectangles(xys: Sequence[FloatArray]) -> list[Rectangle]:
+    """`fit_rectangle` of each of many point sets (each N_i x 2, N_i >= 1), at once. The work
+    along every point and heading runs over all the sets together: a sweep has tens of
+    clusters, and fitting one at a time was mostly numpy's cost per call. The results are
+    those of one at a time to the bit (each set's sums over its points, and its products with
+    its own refined headings, are still taken per set, as before)."""
+    out: list[Rectangle] = []
+    # In groups of about _FIT_GROUP_POINTS points: the headings' tables of a group stay in
+    # the cache (those of all of a sweep's clusters at once would not).
+    group: list[FloatArray] = []
+    size = 0
+    for xy in xys:
+        if group and size + len(xy) > _FIT_GROUP_POINTS:
+            out += _fit_group(group)
+            group, size = [], 0
+        group.append(xy)
+        size += len(xy)
+    if group:
+        out += _fit_group(group)
+    return out
 
 
-def _closeness(coord: FloatArray) -> FloatArray:
-    """Per heading (column): how tightly the points hug the nearer of the two edges along it.
-    Overwrites ``coord`` (the caller's scratch)."""
-    lo, hi = coord.min(axis=0), coord.max(axis=0)
+def _fit_group(xys: Sequence[FloatArray]) -> list[Rectangle]:
+    starts = np.cumsum([0, *(len(xy) for xy in xys)])
+    points = np.concatenate(xys)
+    # Coarse: every set against the one table of headings (one product for all).
+    score = _closeness_sums(points @ _HEADING_AXES[0], starts)
+    score += _closeness_sums(points @ _HEADING_AXES[1], starts)
+    # A 2-degree step leaves up to 1 degree of error: 9 cm of extent across a 5 m side. Each
+    # set is refined around its own best coarse heading.
+    refine = [float(t) + _REFINE_OFFSETS for t in _HEADINGS[np.argmax(score, axis=1)]]
+    pairs = list(zip(xys, refine, strict=True))
+    along = [xy @ np.stack([np.cos(h), np.sin(h)]) for xy, h in pairs]
+    across = [xy @ np.stack([-np.sin(h), np.cos(h)]) for xy, h in pairs]
+    score = _closeness_sums(np.concatenate(along), starts)
+    score += _closeness_sums(np.concatenate(across), starts)
+    best = np.argmax(score, axis=1).tolist()
+    thetas = [float(h[k]) for h, k in zip(refine, best, strict=True)]
+    fitted = list(zip(xys, thetas, strict=True))
+    a = np.concatenate([xy @ np.array([math.cos(t), math.sin(t)]) for xy, t in fitted])
+    b = np.concatenate([xy @ np.array([-math.sin(t), math.cos(t)]) for xy, t in fitted])
+    a_lo, a_hi = np.minimum.reduceat(a, starts[:-1]), np.maximum.reduceat(a, starts[:-1])
+    b_lo, b_hi = np.minimum.reduceat(b, starts[:-1]), np.maximum.reduceat(b, starts[:-1])
+    out: list[Rectangle] = []
+    for theta, lo_a, hi_a, lo_b, hi_b in zip(
+        thetas, a_lo.tolist(), a_hi.tolist(), b_lo.tolist(), b_hi.tolist(), strict=True
+    ):
+        half_a, half_b = (hi_a - lo_a) / 2, (hi_b - lo_b) / 2
+        mid_a, mid_b = (hi_a + lo_a) / 2, (hi_b + lo_b) / 2
+        cx = mid_a * math.cos(theta) - mid_b * math.sin(theta)
+        cy = mid_a * math.sin(theta) + mid_b * math.cos(theta)
+        if half_a >= half_b:
+            out.append(((cx, cy), 2 * half_a, 2 * half_b, _wrap_half(theta)))
+        else:
+            out.append(((cx, cy), 2 * half_b, 2 * half_a, _wrap_half(theta + math.pi / 2)))
+    return out
+
+
+def _closeness_sums(coord: FloatArray, starts: npt.NDArray[np.int64]) -> FloatArray:
+    """Per set of points (rows ``starts[i]:starts[i + 1]``) and heading (column): how tightly
+    the set hugs the nearer of its two edges along it. Overwrites ``coord`` (the caller's
+    scratch)."""
+    first = starts[:-1]
+    counts = np.diff(starts)
+    lo = np.repeat(np.minimum.reduceat(coord, first, axis=0), counts, axis=0)
+    hi = np.repeat(np.maximum.reduceat(coord, first, axis=0), counts, axis=0)
     d = coord - lo
     np.minimum(d, np.subtract(hi, coord, out=coord), out=d)
     np.maximum(d, _CLOSENESS_FLOOR_M, out=d)
     np.divide(1.0, d, out=d)
-    return np.asarray(d.sum(axis=0), dtype=np.float64)
+    # Summed per set, as a set alone was (the order of the additions is the result's).
+    ranges = zip(first.tolist(), starts[1:].tolist(), strict=True)
+    return np.stack([d[i:j].sum(axis=0) for i, j in ranges])
 
 
 def _wrap_half(angle: float) -> float:
@@ -198,27 +242,8 @@ class LidarObjects:
         # at (label 0 is the background).
         sizes = np.diff(bounds)
         candidates = np.flatnonzero(sizes[1:] >= self.config.min_points) + 1
-        members: list[FloatArray] = []
-        objects: list[Detection3D] = []
-        lows: list[npt.NDArray[np.float32]] = []
-        highs: list[npt.NDArray[np.float32]] = []
-        for label in candidates.tolist():
-            cluster = obstacle[order[bounds[label] : bounds[label + 1]]]
-            # Extremes in float32 then widened: the same values as extremes of the widened
-            # points, without widening every point of a large cluster (walls) that is dropped.
-            low, high = cluster[:, :2].min(axis=0), cluster[:, :2].max(axis=0)
-            detection = self._object(cluster, ground, low, high)
-            if detection is not None:
-                members.append(cluster[:, :2].astype(np.float64))
-                objects.append(detection)
-                lows.append(low)
-                highs.append(high)
-        return LidarClusters(
-            tuple(members),
-            tuple(objects),
-            np.array(lows, np.float64).reshape(-1, 2),
-            np.array(highs, np.float64).reshape(-1, 2),
-        )
+        ordered = np.take(obstacle, order, axis=0)
+        return self._objects(ordered, bounds[candidates], bounds[candidates + 1], ground)
 
     def select(
         self, clusters: LidarClusters, fused: Sequence[Detection3D] = ()
@@ -238,40 +263,75 @@ class LidarObjects:
             if not boxes.explain(xy, fraction, None if near is None else near[k])
         ]
 
-    def _object(
+    def _objects(
         self,
-        cluster: npt.NDArray[np.float32],
+        points: npt.NDArray[np.float32],
+        starts: npt.NDArray[np.int64],
+        ends: npt.NDArray[np.int64],
         ground: GroundPlane,
-        low: npt.NDArray[np.float32],
-        high: npt.NDArray[np.float32],
-    ) -> Detection3D | None:
-        """The object of a cluster (x, y, height, intensity) whose x, y extremes are `low` and
-        `high`; None where it is no object (too large, too low, floating)."""
+    ) -> LidarClusters:
+        """The objects of the clusters ``points[starts[i]:ends[i]]`` (x, y, height, intensity),
+        all at once; a cluster too large, too low or floating is none."""
         cfg = self.config
-        xy = cluster[:, :2]
-        span = (float(high[0]) - float(low[0]), float(high[1]) - float(low[1]))
-        if float(np.hypot(*span)) > cfg.max_extent_m * math.sqrt(2):
-            return None
-        top, base = float(cluster[:, 2].max()), float(cluster[:, 2].min())
-        if top < cfg.min_top_m or base > cfg.max_base_m:
-            return None
-        fit_xy = xy[:: -(-len(xy) // _FIT_MAX_POINTS)].astype(np.float64)
-        (cx, cy), length, width, yaw = fit_rectangle(fit_xy)
-        if length > cfg.max_extent_m:
-            return None
+        # Extremes of every cluster in float32 (exact), widened where compared: the same values
+        # as extremes of the widened points, without widening every point.
+        low, high = _segment_extremes(points[:, :3], starts, ends)
+        span = high[:, :2].astype(np.float64) - low[:, :2].astype(np.float64)
+        top, base = high[:, 2].astype(np.float64), low[:, 2].astype(np.float64)
+        plausible = np.flatnonzero(
+            (np.hypot(span[:, 0], span[:, 1]) <= cfg.max_extent_m * math.sqrt(2))
+            & (top >= cfg.min_top_m)
+            & (base <= cfg.max_base_m)
+        ).tolist()
+        clusters = [points[starts[k] : ends[k]] for k in plausible]
+        fits = fit_rectangles(
+            [c[:, :2][:: -(-len(c) // _FIT_MAX_POINTS)].astype(np.float64) for c in clusters]
+        )
+        kept = [i for i, fit in enumerate(fits) if fit[1] <= cfg.max_extent_m]
+        z = ground.z_at([fits[i][0] for i in kept])
         # The box is what the lidar saw (no class prior to complete it with); never thinner
         # than a cell, so a pole or a flat face still has a footprint.
         cell = self.encoder.config.cell_size
-        length, width, height = max(length, cell), max(width, cell), top
-        cz = float(ground.z_at([[cx, cy]])[0]) + height / 2
-        return Detection3D(
-            label=UNKNOWN_LABEL,
-            score=cfg.max_score * min(1.0, len(cluster) / cfg.full_score_points),
-            center=(cx, cy, cz),
-            size=(length, width, height),
-            yaw=yaw,
-            sources=("lidar",),
+        objects = []
+        for i, cz in zip(kept, z.tolist(), strict=True):
+            (cx, cy), length, width, yaw = fits[i]
+            height = float(top[plausible[i]])
+            objects.append(
+                Detection3D(
+                    label=UNKNOWN_LABEL,
+                    score=cfg.max_score * min(1.0, len(clusters[i]) / cfg.full_score_points),
+                    center=(cx, cy, cz + height / 2),
+                    size=(max(length, cell), max(width, cell), height),
+                    yaw=yaw,
+                    sources=("lidar",),
+                )
+            )
+        rows = [plausible[i] for i in kept]
+        return LidarClusters(
+            tuple(clusters[i][:, :2].astype(np.float64) for i in kept),
+            tuple(objects),
+            low[rows, :2].astype(np.float64).reshape(-1, 2),
+            high[rows, :2].astype(np.float64).reshape(-1, 2),
         )
+
+
+def _segment_extremes(
+    values: npt.NDArray[np.float32], starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Column minima and maxima of the rows ``starts[i]:ends[i]`` of ``values`` (each range
+    non-empty, in increasing order), K x columns each."""
+    if len(starts) == 0:
+        empty = np.zeros((0, values.shape[1]), values.dtype)
+        return empty, empty
+    # reduceat reduces from each index to the next: interleaving the ends keeps the rows
+    # between ranges out (their results, at the odd places, are dropped).
+    index = np.empty(2 * len(starts), np.int64)
+    index[0::2], index[1::2] = starts, ends
+    if index[-1] == len(values):
+        index = index[:-1]
+    low = np.minimum.reduceat(values, index, axis=0)[0::2]
+    high = np.maximum.reduceat(values, index, axis=0)[0::2]
+    return low, high
 
 
 @dataclass(frozen=True, eq=False)

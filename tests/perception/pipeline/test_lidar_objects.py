@@ -22,6 +22,7 @@ from perception.pipeline.lidar_objects import (
     LidarObjectConfig,
     LidarObjects,
     fit_rectangle,
+    fit_rectangles,
 )
 from replay.evaluation import ReferenceBox
 
@@ -69,6 +70,52 @@ def test_fit_rectangle_recovers_an_l_shape(yaw, length, width, corner):
     assert fl == pytest.approx(length, abs=0.15) and fw == pytest.approx(width, abs=0.15)
     assert math.hypot(cx - 12.0, cy + 4.0) < 0.15
     assert -math.pi / 2 < fyaw <= math.pi / 2
+
+
+def _reference_fit(xy: np.ndarray) -> tuple[float, float, float, float, float]:
+    """The closeness criterion on one set, spelt out: the best of the 2-degree headings, then
+    of the quarter degrees within 2 degrees of it; (cx, cy, length, width, yaw)."""
+
+    def best(headings: np.ndarray) -> float:
+        score = np.zeros(len(headings))
+        for u in (np.stack([np.cos(headings), np.sin(headings)]),
+                  np.stack([-np.sin(headings), np.cos(headings)])):  # fmt: skip
+            coord = xy @ u
+            d = np.minimum(coord - coord.min(axis=0), coord.max(axis=0) - coord)
+            score += (1.0 / np.maximum(d, 0.01)).sum(axis=0)
+        return float(headings[int(np.argmax(score))])
+
+    theta = best(np.deg2rad(np.arange(0.0, 90.0, 2.0)))
+    theta = best(theta + np.deg2rad(np.arange(-2.0, 2.01, 0.25)))
+    a = xy @ np.array([math.cos(theta), math.sin(theta)])
+    b = xy @ np.array([-math.sin(theta), math.cos(theta)])
+    mid_a, mid_b = (a.max() + a.min()) / 2, (b.max() + b.min()) / 2
+    cx = mid_a * math.cos(theta) - mid_b * math.sin(theta)
+    cy = mid_a * math.sin(theta) + mid_b * math.cos(theta)
+    la, lb = a.max() - a.min(), b.max() - b.min()
+    yaw = theta if la >= lb else theta + math.pi / 2
+    return cx, cy, max(la, lb), min(la, lb), (yaw + math.pi / 2) % math.pi - math.pi / 2
+
+
+def test_fit_rectangles_fits_each_set_as_alone():
+    """Many sets at once (tens of clusters, in groups that split between them; single points;
+    400-point faces) give each set's own rectangle, as the criterion spelt out does."""
+    rng = np.random.default_rng(21)
+    sets = []
+    for k in range(60):
+        box = ((rng.uniform(-30, 30), rng.uniform(-30, 30)), rng.uniform(0.3, 6.0),
+               rng.uniform(0.3, 2.5), rng.uniform(-math.pi, math.pi))  # fmt: skip
+        faces = (0, 1) if k % 3 else (2,)
+        xy = _faces(box, faces, rng)[: int(rng.integers(1, 400))]
+        sets.append(xy if k % 7 else xy[:1])
+    assert sum(len(xy) for xy in sets) > 2500
+    fits = fit_rectangles(sets)
+    assert fits == [fit_rectangle(xy) for xy in sets]
+    for xy, ((cx, cy), length, width, yaw) in zip(sets, fits, strict=True):
+        ref = _reference_fit(xy)
+        assert (cx, cy, length, width) == pytest.approx(ref[:4], abs=1e-9)
+        assert abs(math.remainder(yaw - ref[4], math.pi)) < 1e-9
+    assert fit_rectangles([]) == []
 
 
 def test_fit_rectangle_of_one_face_is_thin_along_it():
