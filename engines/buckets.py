@@ -70,6 +70,8 @@ class EngineBuckets(Generic[K]):
         self._engines: dict[K, Engine] = {}
         self._lock = threading.Lock()
         self._last: Engine = self.engine_for(full)
+        #: The size the last :meth:`run_on` ran at (None before the first run).
+        self.last_size: K | None = None
 
     @property
     def sizes(self) -> tuple[K, ...]:
@@ -130,6 +132,7 @@ class EngineBuckets(Generic[K]):
         """
         engine = self.engine_for(size)
         self._last = engine
+        self.last_size = size
         return engine.run(inputs)
 
     def make_all(self) -> None:

@@ -45,8 +45,10 @@ from engines.fusion.config import FusionEngineConfig, Shape
 from engines.fusion.config import packaged_model_path as packaged_fusion_path
 from engines.fusion.learned_buckets import BucketedLearnedEngine
 from engines.fusion.learned_config import LearnedModel, resolve_learned_model
+from engines.lidar.buckets import BucketedLidarEncoder
 from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
 from engines.lidar.config import PACKAGED_MODEL_PATH as LIDAR_ENCODER_ONNX
+from engines.lidar.config import bucket_onnx_path as lidar_bucket_path
 from engines.onnxruntime_backend import (
     CPU_PROVIDERS,
     CUDA_PROVIDERS,
@@ -279,10 +281,15 @@ class EngineFactory:
     def lidar_encoder(
         self, config: LidarEncoderConfig = OBSTACLE_CONFIG, *, threads: int | None = None
     ) -> Engine:
-        """The lidar encoder for ``config``: the packaged export for
-        :data:`engines.lidar.config.OBSTACLE_CONFIG`, an export of any other grid (made on first
+        """The lidar encoder for ``config``: the packaged exports for
+        :data:`engines.lidar.config.OBSTACLE_CONFIG`, exports of any other grid (made on first
         use, needs torch), or the torch module; TensorRT builds it in strict fp32. ``threads``:
         ONNX Runtime intra-op threads (default: ``settings.threads``).
+
+        On ONNX Runtime and torch it is a :class:`BucketedLidarEncoder`: the graph at each of
+        the grid's point buckets, a scan running on the smallest that holds it (the same
+        output, far less padding); the full count's engine is made here, the others on first
+        use. TensorRT runs the full count only.
 
         Raises:
             EngineError: torch is needed but missing, or a build, load or session failure.
@@ -290,14 +297,33 @@ class EngineFactory:
         if self.placement.backend == "torch":
             from engines.lidar.graph import LidarEncoder  # noqa: PLC0415 - needs torch
 
-            return self._torch(
-                LidarEncoder(config), config.input_specs(), config.output_specs(), "lidar_encoder"
-            )
-        if config == OBSTACLE_CONFIG:
-            path = LIDAR_ENCODER_ONNX
-        else:
-            path = self._export("lidar encoder", lambda d: _lidar_export(config, d))
-        return self.onnx_engine(path, threads=threads)
+            encoder = LidarEncoder(config)  # any padded count: one module for every bucket
+
+            def module(n: int) -> Engine:
+                return self._torch(
+                    encoder, config.input_specs(n), config.output_specs(), "lidar_encoder"
+                )
+
+            if len(config.point_buckets()) == 1:
+                return module(config.max_points)
+            return BucketedLidarEncoder(config, module)
+
+        def onnx_path(n: int) -> Path:
+            if config != OBSTACLE_CONFIG:
+                grid = config.at_points(n)
+                return self._export("lidar encoder", lambda d: _lidar_export(grid, d))
+            if n == config.max_points:
+                return LIDAR_ENCODER_ONNX
+            return lidar_bucket_path(LIDAR_ENCODER_ONNX, n)
+
+        def make(n: int) -> Engine:
+            return self.onnx_engine(onnx_path(n), threads=threads)
+
+        if self.placement.backend == "tensorrt" or len(config.point_buckets()) == 1:
+            # The full count only: on the GPU the padding costs little, and each bucket would
+            # be another engine build.
+            return make(config.max_points)
+        return BucketedLidarEncoder(config, make)
 
     def fusion_engine(self, config: FusionEngineConfig | None = None) -> Engine:
         """The fusion engine for ``config`` (default :class:`FusionEngineConfig`): the packaged

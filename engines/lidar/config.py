@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engines.engine import TensorSpec
 from engines.exports import export_key
@@ -22,11 +23,13 @@ __all__ = [
     "ENCODER_VERSION",
     "FEATURES",
     "INPUT_NAMES",
+    "MIN_POINT_BUCKET",
     "OBSTACLE_CONFIG",
     "ONNX_OPSET",
     "OUTPUT_NAMES",
     "PACKAGED_MODEL_PATH",
     "LidarEncoderConfig",
+    "bucket_onnx_path",
 ]
 
 #: Every feature the encoder can produce, in the default channel order.
@@ -57,6 +60,8 @@ ONNX_OPSET = 18
 
 #: Bumped whenever the graph changes for the same config, so cached exports are not reused stale.
 ENCODER_VERSION = 1
+#: The smallest padded point count the encoder is exported at (``point_buckets``).
+MIN_POINT_BUCKET = 8192
 
 
 def _cells(lo: float, hi: float, cell: float, axis: str) -> int:
@@ -141,13 +146,30 @@ class LidarEncoderConfig:
         """``(C, H, W)`` of the BEV output."""
         return (len(self.features), self.height, self.width)
 
-    def input_specs(self) -> tuple[TensorSpec, ...]:
-        """The padded inputs: ``points`` float32 ``[max_points, 4]``, ``num_points`` int64
-        ``[1]``."""
+    def input_specs(self, points: int | None = None) -> tuple[TensorSpec, ...]:
+        """The padded inputs: ``points`` float32 ``[points, 4]`` (default ``max_points``),
+        ``num_points`` int64 ``[1]``."""
         return (
-            TensorSpec("points", "float32", (self.max_points, 4)),
+            TensorSpec("points", "float32", (points or self.max_points, 4)),
             TensorSpec("num_points", "int64", (1,)),
         )
+
+    def point_buckets(self) -> tuple[int, ...]:
+        """The padded point counts the graph is exported at, smallest first: the powers of two
+        from :data:`MIN_POINT_BUCKET` below ``max_points``, then ``max_points``. Every padding
+        row is scattered like a real one, and an obstacle scan fills a fraction of the full
+        count (5-20k of 65,536): a scan runs on the smallest count that holds it, with the
+        same grid and the same output."""
+        sizes = []
+        n = MIN_POINT_BUCKET
+        while n < self.max_points:
+            sizes.append(n)
+            n *= 2
+        return (*sizes, self.max_points)
+
+    def at_points(self, points: int) -> LidarEncoderConfig:
+        """This grid exported for ``points`` padded points (a bucket's config)."""
+        return dataclasses.replace(self, max_points=points)
 
     def output_specs(self) -> tuple[TensorSpec, ...]:
         """The output: ``bev`` float32 ``[C, H, W]``."""
@@ -174,5 +196,12 @@ OBSTACLE_CONFIG = LidarEncoderConfig(
     features=("max_z",),
 )
 
-#: The export of :data:`OBSTACLE_CONFIG` (regenerate with `python -m engines.lidar.graph`).
+#: The export of :data:`OBSTACLE_CONFIG` (regenerate with `python -m engines.lidar.graph`), with
+#: its smaller point buckets beside it (:func:`bucket_onnx_path`).
 PACKAGED_MODEL_PATH = PACKAGED_MODELS_DIR / "lidar_encoder.onnx"
+
+
+def bucket_onnx_path(onnx_path: Path, points: int) -> Path:
+    """Where the export at ``points`` padded points lies beside the full export ``onnx_path``:
+    ``lidar_encoder.onnx`` -> ``lidar_encoder.n8192.onnx``."""
+    return onnx_path.with_name(f"{onnx_path.stem}.n{points}{onnx_path.suffix}")

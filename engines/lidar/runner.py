@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from engines.engine import Engine, require_specs
+from engines.lidar.buckets import BucketedLidarEncoder
 from engines.lidar.config import LidarEncoderConfig
 
 __all__ = ["LidarEncoderRunner"]
@@ -35,8 +36,9 @@ class LidarEncoderRunner:
         time it (CPU, ONNX Runtime)."""
         return self.engine.last_gpu_ns
 
-    def pad(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pads ``points`` (float32 ``[N, 4]``) with zero rows to ``[max_points, 4]``.
+    def pad(self, points: np.ndarray, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pads ``points`` (float32 ``[N, 4]``) with zero rows to ``[rows, 4]`` (default
+        ``max_points``; a point bucket's count).
 
         Returns:
             ``(padded points, num_points)`` with ``num_points`` int64 ``[1]`` holding N.
@@ -64,7 +66,7 @@ class LidarEncoderRunner:
                 f"lidar encoder input 'points' has {n} points, more than max_points="
                 f"{self.config.max_points}; crop the scan or raise LidarEncoderConfig.max_points"
             )
-        padded = np.zeros((self.config.max_points, 4), dtype=np.float32)
+        padded = np.zeros((rows or self.config.max_points, 4), dtype=np.float32)
         padded[:n] = points
         return padded, np.array([n], dtype=np.int64)
 
@@ -81,8 +83,19 @@ class LidarEncoderRunner:
             ValueError: see :meth:`pad`.
             engines.errors.EngineError: the engine failed to run.
         """
+        if isinstance(self.engine, BucketedLidarEncoder) and isinstance(points, np.ndarray):
+            # Padded to the smallest point bucket that holds the scan, not to max_points.
+            rows = self.engine.size_for(len(points))
+            padded, count = self.pad(points, rows)
+            return self.engine.run_on(rows, {"points": padded, "num_points": count})["bev"]
         padded, count = self.pad(points)
         return self.engine.run({"points": padded, "num_points": count})["bev"]
+
+    def make_all(self) -> None:
+        """Makes the engine of every point bucket now rather than on its first use (a stalled
+        sweep mid-drive); nothing for an engine of one size."""
+        if isinstance(self.engine, BucketedLidarEncoder):
+            self.engine.make_all()
 
     def describe(self) -> str:
         """A one-line summary: the engine as it runs, grid and output shape."""

@@ -278,15 +278,17 @@ class Pipeline:
         return tuple(lines)
 
     def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
-        """Runs every engine once on blank inputs, and makes the fusion engine of every bucket
-        shape and the learned engine of every pillar count: the first ONNX Runtime call of a
-        session allocates its buffers, and a bucket's engine made on its first use (150-190 ms
-        on this project's 2-core CPU) would stall that frame."""
+        """Runs every engine once on blank inputs, and makes the lidar encoder of every point
+        bucket, the fusion engine of every bucket shape and the learned engine of every pillar
+        count: the first ONNX Runtime call of a session allocates its buffers, and a bucket's
+        engine made on its first use (150-190 ms on this project's 2-core CPU) would stall that
+        frame."""
         tensor, _ = self.detector.preprocess(np.zeros(image_shape, dtype=np.uint8))
         self.detector.infer(tensor)
         ground = GroundPlane.horizontal(self.config.ground.ground_prior_z_m)
         blank = np.zeros((1, 4), dtype=np.float32)
         self.lidar_objects.encode(blank, ground)
+        self.lidar_objects.encoder.make_all()
         self.fusion.make_all()
         k = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
         self.fusion.run(

@@ -23,6 +23,7 @@ from engines.factory import (
 )
 from engines.fusion.buckets import BucketedFusionEngine
 from engines.fusion.config import FusionEngineConfig
+from engines.lidar.buckets import BucketedLidarEncoder
 from engines.lidar.config import OBSTACLE_CONFIG
 from engines.onnxruntime_backend import OnnxRuntimeEngine
 from engines.settings import EngineSettings
@@ -173,8 +174,13 @@ def test_torch_backend_builds_the_graphs_as_torch_modules(yolox_path: Path) -> N
 
     factory = EngineFactory(EngineSettings(backend="torch", device="cpu"))
     lidar, fusion = factory.lidar_encoder(), factory.fusion_engine()
-    assert isinstance(lidar, TorchEngine) and isinstance(fusion, BucketedFusionEngine)
+    assert isinstance(lidar, BucketedLidarEncoder) and isinstance(fusion, BucketedFusionEngine)
     assert lidar.inputs == OBSTACLE_CONFIG.input_specs()
+    # Every point bucket is the one torch module behind that count's specs.
+    small_lidar = lidar.engine_for(8192)
+    assert isinstance(small_lidar, TorchEngine) and isinstance(lidar.full, TorchEngine)
+    assert small_lidar.module is lidar.full.module
+    assert small_lidar.inputs == OBSTACLE_CONFIG.input_specs(8192)
     assert fusion.outputs == FusionEngineConfig().output_specs()
     # Every bucket is the one torch module behind that shape's specs.
     small = fusion.engine_for((8192, 4))

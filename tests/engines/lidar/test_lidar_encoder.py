@@ -10,12 +10,14 @@ import pytest
 
 from engines.errors import EngineError
 from engines.factory import EngineFactory
+from engines.lidar.buckets import BucketedLidarEncoder
 from engines.lidar.config import (
     FEATURES,
     OBSTACLE_CONFIG,
     ONNX_OPSET,
     PACKAGED_MODEL_PATH,
     LidarEncoderConfig,
+    bucket_onnx_path,
 )
 from engines.lidar.graph import cached_lidar_encoder_onnx, export_lidar_encoder_onnx
 from engines.lidar.runner import LidarEncoderRunner
@@ -373,10 +375,52 @@ def test_kitti_torch_and_onnxruntime_agree(
 
 
 def test_packaged_model_is_the_obstacle_grid_export(tmp_path: Path) -> None:
-    fresh = export_lidar_encoder_onnx(OBSTACLE_CONFIG, tmp_path / "fresh.onnx")
-    assert PACKAGED_MODEL_PATH.read_bytes() == fresh.read_bytes(), (
-        "engines/models/lidar_encoder.onnx is stale: run `python -m engines.lidar.graph`"
-    )
+    assert OBSTACLE_CONFIG.point_buckets() == (8192, 16384, 32768, 65536)
+    for n in OBSTACLE_CONFIG.point_buckets():
+        fresh = export_lidar_encoder_onnx(OBSTACLE_CONFIG.at_points(n), tmp_path / f"{n}.onnx")
+        packaged = PACKAGED_MODEL_PATH
+        if n != OBSTACLE_CONFIG.max_points:
+            packaged = bucket_onnx_path(PACKAGED_MODEL_PATH, n)
+        assert packaged.read_bytes() == fresh.read_bytes(), (
+            f"engines/models/{packaged.name} is stale: run `python -m engines.lidar.graph`"
+        )
+
+
+def test_point_buckets() -> None:
+    """Powers of two from 8,192 below the full count, then the full count; one for a grid of
+    fewer points (whose factory engine is then a single engine)."""
+    assert LidarEncoderConfig().point_buckets() == (8192, 16384, 32768, 65536, 131072, 150_000)
+    assert LidarEncoderConfig(max_points=8192).point_buckets() == (8192,)
+    assert SMALL.point_buckets() == (64,)
+    assert OBSTACLE_CONFIG.at_points(8192).input_specs()[0].shape == (8192, 4)
+    assert OBSTACLE_CONFIG.input_specs(16384) == OBSTACLE_CONFIG.at_points(16384).input_specs()
+
+
+def test_a_scan_runs_on_the_smallest_bucket_that_holds_it(kitti_dir: Path) -> None:
+    """The obstacle grid's BEV image, of real scans cut to every bucket's edge, is the full
+    count's to the bit, from the smallest bucket that holds the scan; the engine interface
+    (full-count inputs) picks the same bucket; warm-up makes every bucket."""
+    encoder = runner(OBSTACLE_CONFIG, "onnxruntime")
+    engine = encoder.engine
+    assert isinstance(engine, BucketedLidarEncoder)
+    assert "point_buckets" in dict(engine.describe().extra)
+    scan = load_scan(kitti_dir / "velodyne/000000.bin")
+    # Heights above a level ground, as the obstacle grid takes them.
+    scan[:, 2] += 1.73
+    full = OBSTACLE_CONFIG.max_points
+    for count, bucket in ((1, 8192), (8192, 8192), (8193, 16384), (20_000, 32768), (full, full)):
+        points = np.ascontiguousarray(scan[:count])
+        bev = encoder.encode(points)
+        assert engine.last_size == bucket
+        padded, n = encoder.pad(points)
+        expected = engine.full.run({"points": padded, "num_points": n})["bev"]
+        assert np.array_equal(bev, expected) and np.count_nonzero(bev) > 0
+        assert np.array_equal(engine.run({"points": padded, "num_points": n})["bev"], expected)
+        assert engine.last_size == bucket
+    with pytest.raises(ValueError, match="more than max_points"):
+        encoder.encode(np.zeros((full + 1, 4), np.float32))
+    encoder.make_all()
+    assert engine.loaded == OBSTACLE_CONFIG.point_buckets()
 
 
 def test_obstacle_grid_runs_the_packaged_model_without_a_cache() -> None:
