@@ -204,6 +204,7 @@ class EngineFactory:
         *,
         precision: str = "fp32",
         threads: int | None = None,
+        memory_arena: bool = True,
     ) -> Engine:
         """An ONNX model on TensorRT (through the engine cache, at ``precision``) or ONNX
         Runtime (as exported), as placed; the torch backend runs ONNX models on ONNX Runtime.
@@ -212,6 +213,7 @@ class EngineFactory:
             model: an ONNX path or a registered model name.
             precision: the TensorRT build precision.
             threads: ONNX Runtime intra-op threads (default: ``settings.threads``).
+            memory_arena: ONNX Runtime keeps its CPU buffers between runs (its default).
 
         Raises:
             ModelError: the model is missing, invalid or fails verification.
@@ -221,7 +223,7 @@ class EngineFactory:
         path = resolve_model(model, self._model_cache_dir, source_dir=self._source_dir)
         if self.placement.backend == "tensorrt":
             return self._tensorrt(path, precision)
-        return self._onnxruntime(path, threads)
+        return self._onnxruntime(path, threads, memory_arena)
 
     def _tensorrt(self, path: Path, precision: str) -> Engine:
         options = trt_backend.BuildOptions(precision=precision)
@@ -239,11 +241,14 @@ class EngineFactory:
                 )
         return trt_backend.load_or_build_engine(path, options=options, cache_dir=cache_dir)
 
-    def _onnxruntime(self, path: Path, threads: int | None) -> Engine:
+    def _onnxruntime(self, path: Path, threads: int | None, memory_arena: bool = True) -> Engine:
         num_threads = threads if threads is not None else self.settings.num_threads
         cuda = self._ort_cuda and cuda_provider_available()
         engine = OnnxRuntimeEngine(
-            path, num_threads=num_threads, providers=CUDA_PROVIDERS if cuda else CPU_PROVIDERS
+            path,
+            num_threads=num_threads,
+            providers=CUDA_PROVIDERS if cuda else CPU_PROVIDERS,
+            memory_arena=memory_arena,
         )
         if self._ort_cuda and engine.device == "cpu":
             self._ort_cuda = False
@@ -317,7 +322,10 @@ class EngineFactory:
             return lidar_bucket_path(LIDAR_ENCODER_ONNX, n)
 
         def make(n: int) -> Engine:
-            return self.onnx_engine(onnx_path(n), threads=threads)
+            # Without ONNX Runtime's arena: each bucket would keep buffers sized to the 512 x 512
+            # grid (13 MB a bucket on the obstacle grid); allocating them per run cost nothing
+            # measurable (2.83 against 2.86 ms a demo sweep).
+            return self.onnx_engine(onnx_path(n), threads=threads, memory_arena=False)
 
         if self.placement.backend == "tensorrt" or len(config.point_buckets()) == 1:
             # The full count only: on the GPU the padding costs little, and each bucket would

@@ -111,6 +111,9 @@ class OnnxRuntimeEngine:
         device_id: CUDA device for the CUDA/TensorRT providers.
         allow_spinning: let idle intra-op threads spin-wait (ONNX Runtime's default): lower
             latency for a lone session on idle cores, wasted CPU when sessions share cores.
+        memory_arena: keep the CPU buffers of a run for the next (ONNX Runtime's default);
+            without, each run allocates and frees them (for sessions that each would keep
+            large buffers sized to their own graph, such as the lidar encoder's buckets).
 
     Raises:
         ModelError: the file is missing, unreadable or not a valid ONNX model
@@ -126,6 +129,7 @@ class OnnxRuntimeEngine:
         providers: Sequence[str] = CPU_PROVIDERS,
         device_id: int = 0,
         allow_spinning: bool = False,
+        memory_arena: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.exists():
@@ -149,6 +153,7 @@ class OnnxRuntimeEngine:
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_cpu_mem_arena = memory_arena
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
         if not allow_spinning:

@@ -18,6 +18,8 @@ from engines.engine import (
     zero_inputs,
 )
 from engines.errors import EngineError
+from engines.factory import EngineFactory
+from engines.lidar.buckets import BucketedLidarEncoder
 from engines.onnxruntime_backend import (
     CUDA_PROVIDERS,
     OnnxRuntimeEngine,
@@ -297,3 +299,19 @@ def test_onnxruntime_idle_threads_sleep_unless_asked_to_spin(tiny_onnx: Path) ->
     spinning = OnnxRuntimeEngine(tiny_onnx, allow_spinning=True)._session.get_session_options()
     with pytest.raises(RuntimeError, match="does not have configuration"):
         spinning.get_session_config_entry(key)  # left at ONNX Runtime's default (spin)
+
+
+def test_onnxruntime_memory_arena_is_kept_unless_asked_not_to(tiny_onnx: Path) -> None:
+    """The lidar encoder's buckets run without ONNX Runtime's arena (each would keep buffers
+    sized to its grid); every other session keeps it."""
+    assert OnnxRuntimeEngine(tiny_onnx)._session.get_session_options().enable_cpu_mem_arena
+    engine = OnnxRuntimeEngine(tiny_onnx, memory_arena=False)
+    assert not engine._session.get_session_options().enable_cpu_mem_arena
+    a, b = engine.run(_random_inputs(5)), OnnxRuntimeEngine(tiny_onnx).run(_random_inputs(5))
+    assert all(np.array_equal(a[s.name], b[s.name]) for s in OUT_SPECS)
+    lidar = EngineFactory().lidar_encoder()
+    assert isinstance(lidar, BucketedLidarEncoder)
+    for n in lidar.sizes:
+        bucket = lidar.engine_for(n)
+        assert isinstance(bucket, OnnxRuntimeEngine)
+        assert not bucket._session.get_session_options().enable_cpu_mem_arena
