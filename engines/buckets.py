@@ -78,6 +78,11 @@ class EngineBuckets(Generic[K]):
         """Every size, smallest first."""
         return self._sizes
 
+    def smallest(self, holds: Callable[[K], bool]) -> K:
+        """The smallest size that ``holds`` (the full size when none does: the call is then
+        judged there)."""
+        return next((k for k in self._sizes if holds(k)), self._full)
+
     @property
     def loaded(self) -> tuple[K, ...]:
         """The sizes whose engines have been made so far."""

@@ -68,7 +68,7 @@ class BucketedLearnedEngine(EngineBuckets[int]):
 
     def size_for(self, used: int) -> int:
         """The smallest bucket holding ``used`` pillars."""
-        return next((n for n in self.sizes if n >= used), self.sizes[-1])
+        return self.smallest(lambda n: n >= used)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs full-count inputs on the smallest bucket holding their real pillars.

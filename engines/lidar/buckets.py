@@ -54,7 +54,7 @@ class BucketedLidarEncoder(EngineBuckets[int]):
 
     def size_for(self, count: int) -> int:
         """The smallest bucket holding ``count`` points."""
-        return next((n for n in self.sizes if n >= count), self.sizes[-1])
+        return self.smallest(lambda n: n >= count)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs full-count inputs on the smallest bucket holding their ``num_points``. Inputs
