@@ -1,8 +1,9 @@
 """Lidar encoder latency on real KITTI scans: ONNX Runtime vs torch (CPU), two grids.
 
 Run: `python -m pytest benchmarks/test_lidar_encoder_bench.py --benchmark-enable`. Each benchmark
-first checks the two backends agree on the scan it times. The time covers padding to
-``max_points`` plus the encoder, i.e. what a caller of ``LidarEncoderRunner.encode`` pays.
+first checks the two backends agree on the scan it times. The time covers padding (to the
+smallest point bucket that holds the scan) plus the encoder, i.e. what a caller of
+``LidarEncoderRunner.encode`` pays.
 """
 
 from __future__ import annotations
