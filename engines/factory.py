@@ -47,8 +47,7 @@ from engines.fusion.learned_buckets import BucketedLearnedEngine
 from engines.fusion.learned_config import LearnedModel, resolve_learned_model
 from engines.lidar.buckets import BucketedLidarEncoder
 from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
-from engines.lidar.config import PACKAGED_MODEL_PATH as LIDAR_ENCODER_ONNX
-from engines.lidar.config import bucket_onnx_path as lidar_bucket_path
+from engines.lidar.config import packaged_model_path as packaged_lidar_path
 from engines.onnxruntime_backend import (
     CPU_PROVIDERS,
     CUDA_PROVIDERS,
@@ -299,27 +298,27 @@ class EngineFactory:
         Raises:
             EngineError: torch is needed but missing, or a build, load or session failure.
         """
+
+        def bucketed(make: Callable[[int], Engine]) -> Engine:
+            if len(config.point_buckets()) == 1:
+                return make(config.max_points)
+            return BucketedLidarEncoder(config, make)
+
         if self.placement.backend == "torch":
             from engines.lidar.graph import LidarEncoder  # noqa: PLC0415 - needs torch
 
             encoder = LidarEncoder(config)  # any padded count: one module for every bucket
-
-            def module(n: int) -> Engine:
-                return self._torch(
+            return bucketed(
+                lambda n: self._torch(
                     encoder, config.input_specs(n), config.output_specs(), "lidar_encoder"
                 )
-
-            if len(config.point_buckets()) == 1:
-                return module(config.max_points)
-            return BucketedLidarEncoder(config, module)
+            )
 
         def onnx_path(n: int) -> Path:
-            if config != OBSTACLE_CONFIG:
-                grid = config.at_points(n)
-                return self._export("lidar encoder", lambda d: _lidar_export(grid, d))
-            if n == config.max_points:
-                return LIDAR_ENCODER_ONNX
-            return lidar_bucket_path(LIDAR_ENCODER_ONNX, n)
+            if config == OBSTACLE_CONFIG:
+                return packaged_lidar_path(n)
+            grid = config.at_points(n)
+            return self._export("lidar encoder", lambda d: _lidar_export(grid, d))
 
         def make(n: int) -> Engine:
             # Without ONNX Runtime's arena: each bucket would keep buffers sized to the 512 x 512
@@ -327,11 +326,11 @@ class EngineFactory:
             # measurable (2.83 against 2.86 ms a demo sweep).
             return self.onnx_engine(onnx_path(n), threads=threads, memory_arena=False)
 
-        if self.placement.backend == "tensorrt" or len(config.point_buckets()) == 1:
+        if self.placement.backend == "tensorrt":
             # The full count only: on the GPU the padding costs little, and each bucket would
             # be another engine build.
             return make(config.max_points)
-        return BucketedLidarEncoder(config, make)
+        return bucketed(make)
 
     def fusion_engine(self, config: FusionEngineConfig | None = None) -> Engine:
         """The fusion engine for ``config`` (default :class:`FusionEngineConfig`): the packaged

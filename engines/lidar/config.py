@@ -30,6 +30,7 @@ __all__ = [
     "PACKAGED_MODEL_PATH",
     "LidarEncoderConfig",
     "bucket_onnx_path",
+    "packaged_model_path",
 ]
 
 #: Every feature the encoder can produce, in the default channel order.
@@ -205,3 +206,11 @@ def bucket_onnx_path(onnx_path: Path, points: int) -> Path:
     """Where the export at ``points`` padded points lies beside the full export ``onnx_path``:
     ``lidar_encoder.onnx`` -> ``lidar_encoder.n8192.onnx``."""
     return onnx_path.with_name(f"{onnx_path.stem}.n{points}{onnx_path.suffix}")
+
+
+def packaged_model_path(points: int) -> Path:
+    """The packaged export of :data:`OBSTACLE_CONFIG` at ``points`` padded points (one of its
+    ``point_buckets``): the full export at ``max_points``, a bucket's file beside it else."""
+    if points == OBSTACLE_CONFIG.max_points:
+        return PACKAGED_MODEL_PATH
+    return bucket_onnx_path(PACKAGED_MODEL_PATH, points)

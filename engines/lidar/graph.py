@@ -25,9 +25,8 @@ from engines.lidar.config import (
     OBSTACLE_CONFIG,
     ONNX_OPSET,
     OUTPUT_NAMES,
-    PACKAGED_MODEL_PATH,
     LidarEncoderConfig,
-    bucket_onnx_path,
+    packaged_model_path,
 )
 from engines.onnx_ops import export_static_onnx, scatter_amax
 
@@ -186,7 +185,4 @@ def cached_lidar_encoder_onnx(config: LidarEncoderConfig, cache_dir: Path | None
 if __name__ == "__main__":
     # Regenerates the packaged exports of the obstacle grid, at every point bucket.
     for n in OBSTACLE_CONFIG.point_buckets():
-        path = PACKAGED_MODEL_PATH
-        if n != OBSTACLE_CONFIG.max_points:
-            path = bucket_onnx_path(PACKAGED_MODEL_PATH, n)
-        export_lidar_encoder_onnx(OBSTACLE_CONFIG.at_points(n), path)
+        export_lidar_encoder_onnx(OBSTACLE_CONFIG.at_points(n), packaged_model_path(n))

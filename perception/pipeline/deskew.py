@@ -117,10 +117,11 @@ def deskew_sweep(
     shift = m[:3, 3].astype(np.float32)
     offsets = sweep.point_time_offsets_ns
     twist = ego_twist(start, end)
-    done = offsets is not None and len(offsets) > 0 and twist is not None
+    done = False
     x += shift[0]
     y += shift[1]
-    if offsets is not None and twist is not None and done:
+    if offsets is not None and len(offsets) > 0 and twist is not None:
+        done = True
         # float32 throughout: a sweep of 10^5 points is deskewed on every frame, and the points
         # are float32 already (the series' and the rounding's errors stay below 0.1 mm at 120 m).
         dt = np.asarray(offsets, dtype=np.int64).astype(np.float64) * 1e-9

@@ -284,8 +284,10 @@ class LidarObjects:
             & (base <= cfg.max_base_m)
         ).tolist()
         clusters = [points[starts[k] : ends[k]] for k in plausible]
+        xys = [c[:, :2].astype(np.float64) for c in clusters]
+        # The fit takes at most _FIT_MAX_POINTS of a cluster, stride-sampled.
         fits = fit_rectangles(
-            [c[:, :2][:: -(-len(c) // _FIT_MAX_POINTS)].astype(np.float64) for c in clusters]
+            [np.ascontiguousarray(xy[:: -(-len(xy) // _FIT_MAX_POINTS)]) for xy in xys]
         )
         kept = [i for i, fit in enumerate(fits) if fit[1] <= cfg.max_extent_m]
         z = ground.z_at([fits[i][0] for i in kept])
@@ -308,7 +310,7 @@ class LidarObjects:
             )
         rows = [plausible[i] for i in kept]
         return LidarClusters(
-            tuple(clusters[i][:, :2].astype(np.float64) for i in kept),
+            tuple(xys[i] for i in kept),
             tuple(objects),
             low[rows, :2].astype(np.float64).reshape(-1, 2),
             high[rows, :2].astype(np.float64).reshape(-1, 2),

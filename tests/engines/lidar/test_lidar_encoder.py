@@ -17,7 +17,7 @@ from engines.lidar.config import (
     ONNX_OPSET,
     PACKAGED_MODEL_PATH,
     LidarEncoderConfig,
-    bucket_onnx_path,
+    packaged_model_path,
 )
 from engines.lidar.graph import cached_lidar_encoder_onnx, export_lidar_encoder_onnx
 from engines.lidar.runner import LidarEncoderRunner
@@ -378,9 +378,12 @@ def test_packaged_model_is_the_obstacle_grid_export(tmp_path: Path) -> None:
     assert OBSTACLE_CONFIG.point_buckets() == (8192, 16384, 32768, 65536)
     for n in OBSTACLE_CONFIG.point_buckets():
         fresh = export_lidar_encoder_onnx(OBSTACLE_CONFIG.at_points(n), tmp_path / f"{n}.onnx")
-        packaged = PACKAGED_MODEL_PATH
-        if n != OBSTACLE_CONFIG.max_points:
-            packaged = bucket_onnx_path(PACKAGED_MODEL_PATH, n)
+        packaged = packaged_model_path(n)
+        assert packaged == (
+            PACKAGED_MODEL_PATH
+            if n == OBSTACLE_CONFIG.max_points
+            else PACKAGED_MODEL_PATH.with_name(f"lidar_encoder.n{n}.onnx")
+        )
         assert packaged.read_bytes() == fresh.read_bytes(), (
             f"engines/models/{packaged.name} is stale: run `python -m engines.lidar.graph`"
         )
