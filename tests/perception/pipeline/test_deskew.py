@@ -9,7 +9,13 @@ import pytest
 
 from calibration.geodesy import LocalTangentPlane
 from perception.msgs.types import EgoPose, GnssFix, Header, LidarSweep, sweep_end_ns
-from perception.pipeline.deskew import deskew_points, deskew_sweep, ego_twist
+from perception.pipeline.deskew import (
+    _motion_per_point,
+    _sensor_motion,
+    deskew_points,
+    deskew_sweep,
+    ego_twist,
+)
 from perception.sync.ego import EgoPoseBuffer
 
 MS = 1_000_000
@@ -132,3 +138,25 @@ def test_deskew_sweep_range_cut_drops_exactly_the_far_returns(deskewed: bool) ->
     assert np.array_equal(cut, full[~far])
     within, _ = deskew_sweep(sweep, start, end, mount, max_range_m=1e4)
     assert np.array_equal(within, full)
+
+
+@pytest.mark.parametrize("yaw_rate", [0.0, 0.05, 4.0])
+def test_motion_per_run_of_offsets_is_each_points_own(yaw_rate: float) -> None:
+    """Offsets in runs of equal values (a spinning lidar's columns: 1,024 of ~55 points, some
+    short) get the motion computed once per run, to the bit what each point gets computed
+    alone, on the series (float32) path and the exact one beyond 0.3 rad; offsets in no runs
+    (every point its own instant) are computed point by point."""
+    rng = np.random.default_rng(3)
+    columns = np.sort(rng.integers(0, SWEEP_NS, 1024))
+    per_column = rng.integers(1, 110, 1024)
+    twist = ((14.0, -2.0, 0.3), yaw_rate)
+    for drawn in (np.repeat(columns, per_column), rng.integers(0, SWEEP_NS, 5000)):
+        offsets = drawn.astype(np.int64)
+        alone = _sensor_motion(offsets.astype(np.float64) * 1e-9, *twist, single=True)
+        together = _motion_per_point(offsets, twist)
+        for a, b in zip(alone, together, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape == offsets.shape
+            assert np.array_equal(a, b)
+    for n in (0, 1, 2):
+        offsets = np.zeros(n, np.int64)
+        assert all(len(v) == n for v in _motion_per_point(offsets, twist))
