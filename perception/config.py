@@ -410,8 +410,8 @@ class PipelineConfig:
     """Run the lidar branch (ground plane, lidar encoder, lidar-only clusters) on a second
     thread while the camera branch preprocesses and encodes the images and fuses their boxes
     (which needs only the ground). The outputs are the same either way; the stages' own timings
-    stay per branch, and the main thread's wait for the lidar branch is the `branch_wait`
-    timing."""
+    stay per branch, and the lidar branch's time on the frame's path after the camera boxes
+    are fused is the `branch_wait` timing."""
     camera_ahead: bool = True
     """The live node encodes each camera frame as it arrives, on a thread of its own, instead of
     when its sweep's bundle is ready: a spinning lidar's sweep ends after the cameras fired

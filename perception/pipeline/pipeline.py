@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +44,7 @@ from perception.pipeline.ensemble import learned_detections, merge_ensemble
 from perception.pipeline.ground import GroundPlane, estimate_ground
 from perception.pipeline.lidar_objects import LidarClusters, LidarObjects
 from perception.pipeline.painting import PaintView, paint_points
-from perception.pipeline.timing import StageTimer
+from perception.pipeline.timing import StageTimer, overlap_ns
 from perception.ratelimit import RateLimitedLogger
 
 __all__ = [
@@ -102,13 +102,14 @@ class StepFrame:
 class _LidarBranch:
     """The lidar branch's results: the ground plane, the lidar-only clusters, and its times:
     the ground and the lidar encoder's (wall, and on the GPU where the engine can tell), the
-    clusters'."""
+    clusters', and when it ended (`time.perf_counter_ns`)."""
 
     ground: GroundPlane
     clusters: LidarClusters
     encoder_ns: int
     objects_ns: int
     gpu_ns: int | None
+    end_ns: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -374,32 +375,51 @@ class Pipeline:
         # points in view, then the fusion engine, need only the ground).
         with timer.stage("fusion"):
             if kind != "learned":
+                # The points in view need no ground: found while the lidar branch fits it.
+                views = {
+                    name: self._view_points(name, points, rig, motions[name])
+                    for name, camera_boxes in boxes.items()
+                    if camera_boxes
+                }
                 ground = ground_known.result()
-                for name, camera_boxes in boxes.items():
-                    if not camera_boxes:
-                        continue
-                    view = self._view_points(name, points, rig, motions[name])
-                    detections += self._fuse(name, camera_boxes, view, rig, ground)
+                for name, view in views.items():
+                    detections += self._fuse(name, boxes[name], view, rig, ground)
                     if self.fusion.last_gpu_ns is not None:
                         # Torch on CUDA: what the GPU spent, from CUDA events.
                         timer.add("fusion_gpu", self.fusion.last_gpu_ns)
             if kind != "geometric":
                 learned = self._learned(points, boxes, rig, motions)
                 detections = learned if kind == "learned" else merge_ensemble(detections, learned)
+        locate = self._global_positions(bundle.gnss, rig)
+        located_ahead = locate is not None and pending is not None
         if pending is not None:
-            with timer.stage("branch_wait"):
-                lidar = pending.result()
+            # A detection's position is its own (suppression reads none): the camera boxes'
+            # are placed while the lidar branch still runs.
+            start = time.perf_counter_ns()
+            if locate is not None:
+                detections = locate(detections)
+            placed = time.perf_counter_ns()
+            lidar = pending.result()
+            # On the frame's path from here the lidar branch, up to its end: placing that
+            # overlapped it cost the frame nothing (`branch_wait`); any beyond its end did.
+            hidden = overlap_ns(start, placed, lidar.end_ns)
+            timer.add("branch_wait", time.perf_counter_ns() - placed + hidden)
+            timer.add("postprocess", placed - start - hidden)
         assert lidar is not None
         timer.add("lidar_encoder", lidar.encoder_ns)
         timer.add("lidar_objects", lidar.objects_ns)
         if lidar.gpu_ns is not None:
             timer.add("lidar_encoder_gpu", lidar.gpu_ns)
         with timer.stage("fusion"):
-            detections += self.lidar_objects.select(lidar.clusters, detections)
+            lidar_only = self.lidar_objects.select(lidar.clusters, detections)
         with timer.stage("postprocess"):
-            detections = suppress_duplicates(detections)
-            if detections and bundle.gnss is not None and bundle.gnss.heading_rad is not None:
-                detections = self._global_positions(detections, bundle.gnss, rig)
+            if locate is None:
+                found = detections + lidar_only
+            elif located_ahead:
+                found = detections + locate(lidar_only)
+            else:
+                found = locate(detections + lidar_only)
+            detections = suppress_duplicates(found)
         self.last_frame = StepFrame(
             stamp_ns=sweep.header.stamp_ns,
             points=points,
@@ -515,9 +535,8 @@ class Pipeline:
         gpu_ns = self.lidar_objects.encoder.last_gpu_ns
         encoded = time.perf_counter_ns()
         clusters = self.lidar_objects.clusters(obstacle, bev, ground)
-        return _LidarBranch(
-            ground, clusters, encoded - start, time.perf_counter_ns() - encoded, gpu_ns
-        )
+        end = time.perf_counter_ns()
+        return _LidarBranch(ground, clusters, encoded - start, end - encoded, gpu_ns, end)
 
     def _view_points(
         self, name: str, points: npt.NDArray[np.float32], rig: Rig, motion: RigidTransform
@@ -639,26 +658,39 @@ class Pipeline:
 
     @staticmethod
     def _global_positions(
-        detections: list[Detection3D], fix: GnssFix, rig: Rig
-    ) -> list[Detection3D]:
-        """Latitude/longitude of each detection centre from the fix, its heading and the rig's
-        antenna lever arm (ENU tangent plane at the fix)."""
+        fix: GnssFix | None, rig: Rig
+    ) -> Callable[[list[Detection3D]], list[Detection3D]] | None:
+        """What sets the latitude/longitude of detections' centres from the fix, its heading and
+        the rig's antenna lever arm (ENU tangent plane at the fix); None without a fix with a
+        heading."""
+        if fix is None or fix.heading_rad is None:
+            return None
         origin = LocalTangentPlane(fix.latitude_deg, fix.longitude_deg, fix.altitude_m)
         enu_from_vehicle = vehicle_pose_from_gnss(
             origin,
             fix.latitude_deg,
             fix.longitude_deg,
             fix.altitude_m,
-            float(fix.heading_rad or 0.0),
+            float(fix.heading_rad),
             lever_arm_m=rig.gnss_lever_arm_m,
         )
-        centres = np.array([d.center for d in detections], dtype=np.float64).reshape(-1, 3)
-        geodetic = origin.enu_to_geodetic(enu_from_vehicle.apply(centres))
-        # A position that cannot be computed (an implausible fix) is left out, not made NaN.
-        finite = np.logical_and(np.isfinite(geodetic[:, 0]), np.isfinite(geodetic[:, 1])).tolist()
-        return [
-            replace(d, latitude_deg=lat, longitude_deg=lon) if ok else d
-            for d, lat, lon, ok in zip(
-                detections, geodetic[:, 0].tolist(), geodetic[:, 1].tolist(), finite, strict=True
-            )
-        ]
+
+        def locate(detections: list[Detection3D]) -> list[Detection3D]:
+            if not detections:
+                return detections
+            centres = np.array([d.center for d in detections], dtype=np.float64).reshape(-1, 3)
+            geodetic = origin.enu_to_geodetic(enu_from_vehicle.apply(centres))
+            # A position that cannot be computed (an implausible fix) is left out, not NaN.
+            finite = np.logical_and(np.isfinite(geodetic[:, 0]), np.isfinite(geodetic[:, 1]))
+            return [
+                replace(d, latitude_deg=lat, longitude_deg=lon) if ok else d
+                for d, lat, lon, ok in zip(
+                    detections,
+                    geodetic[:, 0].tolist(),
+                    geodetic[:, 1].tolist(),
+                    finite.tolist(),
+                    strict=True,
+                )
+            ]
+
+        return locate

@@ -13,6 +13,7 @@ __all__ = [
     "StageTimer",
     "engine_ns",
     "engine_path",
+    "overlap_ns",
     "serial_ns",
     "step_ns",
 ]
@@ -24,11 +25,13 @@ __all__ = [
 # is the lidar branch's work after the encoder (the lidar-only clusters). `fusion` holds each
 # camera's points in view, the fusion engine and the choice of lidar-only objects. `branch_wait`
 # is there when the lidar branch runs beside the camera branch (`pipeline.parallel_branches`):
-# the main thread's wait for its clusters, after fusing the camera boxes. `camera_wait` is there
-# when the cameras were encoded as their frames arrived (the live node's `pipeline.camera_ahead`):
-# the frame's wait for those encodings; `camera_encoder` is then their compute, off the frame's
-# path. `tracking` is the TrackList's alone: the tracker runs once the DetectionList is out (the
-# TrackList carries the DetectionList's timings and its own).
+# the lidar branch's time on the frame's path after the camera boxes are fused (meanwhile the
+# main thread places their detections on the map: what of that the branch outlasted counts
+# here, not in `postprocess`). `camera_wait` is there when the cameras were encoded as their
+# frames arrived (the live node's `pipeline.camera_ahead`): the frame's wait for those
+# encodings; `camera_encoder` is then their compute, off the frame's path. `tracking` is the
+# TrackList's alone: the tracker runs once the DetectionList is out (the TrackList carries the
+# DetectionList's timings and its own).
 STAGES = (
     "transport",
     "decode",
@@ -115,3 +118,10 @@ def engine_ns(timings_ns: Mapping[str, int]) -> int:
 def step_ns(timings_ns: Mapping[str, int]) -> int:
     """The whole frame: its `STEP_STAGES` along the critical path."""
     return serial_ns({name: v for name, v in timings_ns.items() if name in STEP_STAGES})
+
+
+def overlap_ns(start_ns: int, end_ns: int, other_end_ns: int) -> int:
+    """Of work from `start_ns` to `end_ns` (perf_counter_ns), the part done while another
+    thread's work, ending at `other_end_ns`, still ran: hidden behind it, off a path that
+    waits for both."""
+    return min(max(other_end_ns - start_ns, 0), max(end_ns - start_ns, 0))

@@ -78,6 +78,32 @@ def test_global_position_from_gnss_heading_and_lever_arm(pipeline, kitti_dir: Pa
     assert ped.latitude_deg > lat  # 8.9 m ahead = north
 
 
+def test_every_detection_placed_with_branches_in_parallel_or_in_turn(
+    pipeline: Pipeline, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """The camera boxes' detections are placed while the lidar branch runs, the lidar-only
+    ones after: every detection has its own position (as pymap3d gives it), and the
+    detections are those of the branches in turn, which place them all at the end."""
+    lat, lon, alt = 49.0150038, 8.4342971, 116.43
+    fix = GnssFix(Header("gnss", 0, 0, "gnss"), lat, lon, alt, heading_rad=0.4)
+    serial = Pipeline.from_config(
+        CameraModelConfig(path=str(yolox_path), kind="yolox"),
+        config=PipelineConfig(parallel_branches=False),
+    )
+    bundle = _bundle(kitti_dir, fix)
+    dl = pipeline.step(bundle, 0)
+    assert dl.detections == serial.step(bundle, 0).detections
+    assert {d.sources for d in dl.detections} == {("camera", "lidar"), ("lidar",)}
+    arm = np.asarray(bundle.rig.gnss_lever_arm_m)
+    for d in dl.detections:
+        x, y, z = np.asarray(d.center) - arm
+        east = x * math.cos(0.4) - y * math.sin(0.4)
+        north = x * math.sin(0.4) + y * math.cos(0.4)
+        exp_lat, exp_lon, _ = pymap3d.enu2geodetic(east, north, z, lat, lon, alt)
+        assert d.latitude_deg == pytest.approx(exp_lat, abs=1e-8)
+        assert d.longitude_deg == pytest.approx(exp_lon, abs=1e-8)
+
+
 def test_sweep_is_deskewed_with_gnss_motion(pipeline: Pipeline, kitti_dir: Path) -> None:
     from dataclasses import replace
 

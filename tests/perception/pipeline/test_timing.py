@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perception.pipeline.timing import StageTimer, engine_ns, engine_path, serial_ns
+from perception.pipeline.timing import StageTimer, engine_ns, engine_path, overlap_ns, serial_ns
 
 MS = 1_000_000
 
@@ -40,3 +40,12 @@ def test_a_stage_entered_twice_adds_up() -> None:
     first = timer.timings_ns["preprocess"]
     timer.add("preprocess", 5)
     assert timer.timings_ns["preprocess"] == first + 5
+
+
+def test_overlap_is_the_work_done_before_the_other_thread_ended() -> None:
+    """Work from 100 to 160: the part before the other thread's end is hidden behind it."""
+    assert overlap_ns(100, 160, 200) == 60  # the other outlasted it all
+    assert overlap_ns(100, 160, 130) == 30  # it ended halfway
+    assert overlap_ns(100, 160, 100) == 0  # it ended as the work began
+    assert overlap_ns(100, 160, 50) == 0  # it had ended before
+    assert overlap_ns(100, 100, 200) == 0  # no work
