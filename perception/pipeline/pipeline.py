@@ -390,12 +390,14 @@ class Pipeline:
             if kind != "geometric":
                 learned = self._learned(points, boxes, rig, motions)
                 detections = learned if kind == "learned" else merge_ensemble(detections, learned)
+        start = time.perf_counter_ns()
         locate = self._global_positions(bundle.gnss, rig)
         located_ahead = locate is not None and pending is not None
-        if pending is not None:
+        if pending is None:
+            timer.add("postprocess", time.perf_counter_ns() - start)
+        else:
             # A detection's position is its own (suppression reads none): the camera boxes'
             # are placed while the lidar branch still runs.
-            start = time.perf_counter_ns()
             if locate is not None:
                 detections = locate(detections)
             placed = time.perf_counter_ns()
