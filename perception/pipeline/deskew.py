@@ -110,8 +110,8 @@ def deskew_sweep(
     # Worked as rows of coordinates (x, y, z each contiguous): one matrix product gives them
     # (BLAS reads the points' rows in place), and every step after runs over contiguous memory,
     # several times faster than over the columns of the points' rows. The schema keeps points
-    # finite; were an intensity not, its point would become NaN and fall to the range cut,
-    # never spread to others.
+    # finite; were a coordinate not, only its own point would become NaN (each point is moved
+    # alone) and fall to the range cut.
     rotation = m[:3, :3].astype(np.float32)
     x, y, z = rotation @ src[:, :3].T
     shift = m[:3, 3].astype(np.float32)
