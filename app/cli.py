@@ -450,11 +450,11 @@ def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "process, plays DRIVE into it at --rate sweeps per second for --duration seconds "
         "(looped, restamped to the send time), and reports p50/p90/p99/max per stage and end "
         "to end, drops, CPU and memory, and the device the engines ran on. Writes bench.json, "
-        "bench.md and bench.png (and node.yaml) into --out, replacing an earlier report only "
-        "when the run completes. A long run (e.g. --duration 3600) is a soak: it is also "
-        "reported per --window (drops, latency percentiles, RSS, errors) with the RSS growth "
-        "after the first minute and a pass/fail verdict. The camera model is chosen as "
-        "`replay` chooses it.",
+        "bench.md and bench.png (and node.yaml, and the node's output in node.log) into --out, "
+        "replacing an earlier report only when the run completes. A long run (e.g. --duration "
+        "3600) is a soak: it is also reported per --window (drops, latency percentiles, RSS, "
+        "errors) with the RSS growth after the first minute and a pass/fail verdict. The camera "
+        "model is chosen as `replay` chooses it.",
         common=common,
     )
     p.add_argument(

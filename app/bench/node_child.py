@@ -38,10 +38,13 @@ __all__ = ["Answer", "Collector", "NodeChild", "UsageSampler"]
 
 class NodeChild(Closeable):
     """`perception run --config CONFIG` as a child process. Its output is kept (the last
-    lines, for error messages). `close` (also on leaving the `with` block, whatever happened)
-    stops it: SIGINT, then SIGKILL after `stop_timeout_s`."""
+    lines, for error messages), and all of it written to `log_path` when given (its warnings:
+    dropped messages, clock jumps, refused settings). `close` (also on leaving the `with`
+    block, whatever happened) stops it: SIGINT, then SIGKILL after `stop_timeout_s`."""
 
-    def __init__(self, config_path: Path, stop_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, config_path: Path, stop_timeout_s: float = 10.0, log_path: Path | None = None
+    ) -> None:
         self.stop_timeout_s = stop_timeout_s
         self.output: collections.deque[str] = collections.deque(maxlen=30)
         self._ready = threading.Event()
@@ -53,6 +56,8 @@ class NodeChild(Closeable):
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        # Closed by the pump once the node's output ends.
+        self._log = None if log_path is None else open(log_path, "w", encoding="utf-8")  # noqa: SIM115
         threading.Thread(target=self._pump, name="bench-node-output", daemon=True).start()
 
     @property
@@ -66,10 +71,17 @@ class NodeChild(Closeable):
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip())
-            if line.startswith("perception run: ready"):
-                self._ready.set()
+        try:
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip())
+                if self._log is not None:
+                    self._log.write(line)
+                    self._log.flush()
+                if line.startswith("perception run: ready"):
+                    self._ready.set()
+        finally:
+            if self._log is not None:
+                self._log.close()
 
     def tail(self) -> str:
         return " | ".join(list(self.output)[-5:]) or "no output"

@@ -424,8 +424,9 @@ def run_bench(
     as `settings.backend`/`settings.device` ask, the device checked and resolved first:
     app.bench.device) on `sweeps` (see `group_sweeps`), as the module docstring describes.
     Writes the node's config (`node.yaml`, and `rig.yaml` when `rig` is given and the config
-    has none) into `out_dir` when the run succeeds. `source` names the drive in the result.
-    `stop` set: BenchInterruptedError. The node is stopped before this returns or raises.
+    has none) and its output (`node.log`) into `out_dir` when the run succeeds. `source` names
+    the drive in the result. `stop` set: BenchInterruptedError. The node is stopped before this
+    returns or raises.
 
     Raises:
         PerceptionError: bad settings, no sweeps, a device that is not usable here, an output
@@ -451,10 +452,11 @@ def run_bench(
         ExitStack() as files,
     ):
         plan = _plan(config, out_dir, Path(sockets), rig, files)
+        log = files.enter_context(atomic_output(out_dir / "node.log", "the node's log"))
         with (
             Publisher(plan.sensors, bind=True, hwm=100_000) as publisher,
             Collector(plan.detections, *plan.topics) as collector,
-            NodeChild(plan.path) as node,
+            NodeChild(plan.path, log_path=log) as node,
         ):
             node.wait_ready(settings.ready_timeout_s, stop)
             player = _Player(sweeps, publisher, collector, node, settings=settings, stop=stop)

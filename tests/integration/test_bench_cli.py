@@ -153,6 +153,9 @@ def test_bench_on_the_synthetic_drive(synth_cwd: Path) -> None:
     # The node config saved beside the report is the one that ran, naming the saved rig.
     saved = (synth_cwd / "out" / "node.yaml").read_text()
     assert "device: cpu" in saved and str((synth_cwd / "out" / "rig.yaml").resolve()) in saved
+    # The node's own output beside it: what it said while it ran.
+    log = (synth_cwd / "out" / "node.log").read_text()
+    assert "perception run: ready" in log and "perception run: engine" in log
     assert not [p for p in (synth_cwd / "out").iterdir() if p.name.startswith(".")]
     assert doc["source"].startswith("synthetic drive perception-demo/synth_seed0.mcap")
     assert doc["node_config"]["inputs"]["lidar_topic"] == "lidar"
