@@ -6,7 +6,8 @@ real ones, so a graph is exported at a few sizes and a call runs on the smallest
 answers for the whole as an :class:`engines.engine.Engine` (its specs, its description).
 Subclasses say how a call picks its size (``run``): the geometric fusion engine by its points
 and boxes (``engines.fusion.buckets``), the learned one by its pillars
-(``engines.fusion.learned_buckets``).
+(``engines.fusion.learned_buckets``), the lidar encoder by its points (``engines.lidar.buckets``;
+these two by one count: ``size_for``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class EngineBuckets(Generic[K]):
         """The smallest size that ``holds`` (the full size when none does: the call is then
         judged there)."""
         return next((k for k in self._sizes if holds(k)), self._full)
+
+    def size_for(self: EngineBuckets[int], count: int) -> int:
+        """Buckets sized by one count (points, pillars): the smallest holding ``count``."""
+        return self.smallest(lambda n: n >= count)
 
     @property
     def loaded(self) -> tuple[K, ...]:

@@ -66,10 +66,6 @@ class BucketedLearnedEngine(EngineBuckets[int]):
             label="pillar_buckets",
         )
 
-    def size_for(self, used: int) -> int:
-        """The smallest bucket holding ``used`` pillars."""
-        return self.smallest(lambda n: n >= used)
-
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs full-count inputs on the smallest bucket holding their real pillars.
 

@@ -52,10 +52,6 @@ class BucketedLidarEncoder(EngineBuckets[int]):
             label="point_buckets",
         )
 
-    def size_for(self, count: int) -> int:
-        """The smallest bucket holding ``count`` points."""
-        return self.smallest(lambda n: n >= count)
-
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs full-count inputs on the smallest bucket holding their ``num_points``. Inputs
         that are not the full count's arrays go to the full engine as they are, to be judged
