@@ -392,7 +392,6 @@ class Pipeline:
                 detections = learned if kind == "learned" else merge_ensemble(detections, learned)
         start = time.perf_counter_ns()
         locate = self._global_positions(bundle.gnss, rig)
-        located_ahead = locate is not None and pending is not None
         if pending is None:
             timer.add("postprocess", time.perf_counter_ns() - start)
         else:
@@ -417,7 +416,7 @@ class Pipeline:
         with timer.stage("postprocess"):
             if locate is None:
                 found = detections + lidar_only
-            elif located_ahead:
+            elif pending is not None:  # the camera boxes' detections were placed above
                 found = detections + locate(lidar_only)
             else:
                 found = locate(detections + lidar_only)
