@@ -179,6 +179,10 @@ class ClockConfig:
     """The receive time those messages must span (a backlog delivered at once is no jump)."""
     warmup_messages: int = 16
     """Messages of a stream before its estimate is used to judge its stamps."""
+    max_drift_ppm: int = 1000
+    """The largest drift of a sensor clock against the host clock that the estimate takes
+    (microseconds per second; ten times a free-running crystal's tolerance). A larger slope
+    through a stream's first, unequally delayed messages is no drift."""
 
 
 @dataclass(frozen=True)
@@ -958,6 +962,7 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.clocks.jump_confirm >= 1, "clocks.jump_confirm", "must be >= 1"),
         (cfg.clocks.jump_confirm_ms >= 0, "clocks.jump_confirm_ms", "must be >= 0"),
         (cfg.clocks.warmup_messages >= 2, "clocks.warmup_messages", "must be >= 2"),
+        (cfg.clocks.max_drift_ppm >= 1, "clocks.max_drift_ppm", "must be >= 1"),
         (
             0.0 <= cfg.camera_model.score_threshold <= 1.0,
             "camera_model.score_threshold",

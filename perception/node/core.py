@@ -236,6 +236,7 @@ class NodeCore:
             max_delay_ns=round(clocks.max_delay_ms * 1e6),
             max_offset_ns=round(clocks.max_offset_ms * 1e6),
             warmup=clocks.warmup_messages,
+            max_drift_ppm=clocks.max_drift_ppm,
         )
         #: The real-time settings in force, as the process wrapping the core applied them.
         self.realtime: RealtimeStatus | None = None

@@ -6,7 +6,12 @@ offset plus a transport latency that is never negative and often large (queues, 
 offset is therefore the *lower envelope* of d: the window of recent samples is cut into
 `chunks` consecutive groups, the minimum of each group kept, and a Theil-Sen line (median of
 pairwise slopes, then median intercept) fitted through those minima. Latency spikes only raise
-single samples and do not move the envelope; a drift moves it linearly.
+single samples and do not move the envelope; a drift moves it linearly. The slope is held to
+`max_drift_ppm` (1000 ppm: ten times a free-running crystal's tolerance): a stream's first
+messages, close together and delayed unequally (queued behind a start-up), can show any slope,
+and such a slope, carried across a pause, put the estimate seconds off. The messages after it
+then looked late, were not taken (see below), and the estimate never recovered: it was wrong by
+more every second until the stream was rejected and restarted as a jump.
 
 Each message is judged against that estimate (`ClockEstimator.add` returns a `Verdict`). With
 `r = d - expected offset`:
@@ -70,7 +75,7 @@ class Verdict(enum.Enum):
 class ClockEstimator:
     """Online offset/drift of one sensor clock, and the judge of its stamps (see the module
     docstring). Times in ns. Raises ValueError for a window < 2 * chunks, a non-positive
-    threshold, bound or count."""
+    threshold, bound, count or drift."""
 
     def __init__(
         self,
@@ -83,6 +88,7 @@ class ClockEstimator:
         max_delay_ns: int = 1000 * MS,
         max_offset_ns: int = 2000 * MS,
         warmup: int = 16,
+        max_drift_ppm: int = 1000,
     ) -> None:
         if chunks < 2 or window < 2 * chunks or jump_threshold_ns <= 0 or confirm < 1:
             raise ValueError("need chunks >= 2, window >= 2 * chunks, threshold > 0, confirm >= 1")
@@ -90,6 +96,8 @@ class ClockEstimator:
             raise ValueError("need max_delay_ns >= jump_threshold_ns, max_offset_ns > 0")
         if not 2 <= warmup <= window:
             raise ValueError("need 2 <= warmup <= window")
+        if max_drift_ppm < 1:
+            raise ValueError("need max_drift_ppm >= 1")
         self.chunks = chunks
         self.jump_threshold_ns = jump_threshold_ns
         self.confirm = confirm
@@ -97,6 +105,7 @@ class ClockEstimator:
         self.max_delay_ns = max_delay_ns
         self.max_offset_ns = max_offset_ns
         self.warmup = warmup
+        self.max_drift = max_drift_ppm * 1e-6
         self._samples: deque[tuple[int, int]] = deque(maxlen=window)
         # Messages that may start a new offset: (stamp, receive, d), consecutive, agreeing.
         self._candidates: deque[tuple[int, int, int]] = deque(maxlen=window)
@@ -250,6 +259,7 @@ class ClockEstimator:
             if b[0] != a[0]
         ]
         slope = statistics.median(slopes) if slopes else 0.0
+        slope = min(max(slope, -self.max_drift), self.max_drift)
         intercept = statistics.median(d - slope * (t - t_ref) for t, d in minima)
         self._fit = (t_ref, intercept, slope)
 

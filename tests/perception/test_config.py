@@ -124,6 +124,8 @@ def test_shipped_config_loads() -> None:
         ({"clocks": {"jump_confirm": 0}}, r"clocks\.jump_confirm: must be >= 1"),
         ({"clocks": {"max_offset_ms": float("nan")}}, r"clocks\.max_offset_ms: must be > 0"),
         ({"clocks": {"warmup_messages": 1}}, r"clocks\.warmup_messages: must be >= 2"),
+        ({"clocks": {"max_drift_ppm": 0}}, r"clocks\.max_drift_ppm: must be >= 1"),
+        ({"clocks": {"max_drift_ppm": 0.5}}, r"clocks\.max_drift_ppm: expected an integer"),
         ({"clocks": {"jump_confirm_sec": 1}}, r"clocks\.jump_confirm_sec: unknown key"),
     ],
 )
