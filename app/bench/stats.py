@@ -88,9 +88,11 @@ class SweepAccounting:
 class NodeOverhead:
     """Per frame: the response (sweep sent -> published) minus the engine stages and the
     transport (which has targets of its own: `transport_median_ms`); medians over the frames.
-    `unstaged_median_ms`: the response minus every stage the frame carries: time in no timed
-    stage (the message waiting for the node's receiver thread; the `publish` stage carried is
-    the previous message's, so this is approximate).
+    `unstaged_median_ms`: the response minus every stage the frame carries but `publish`: time
+    in no timed stage (the message waiting for the node's receiver thread). The response ends
+    where the publish begins, and the `publish` carried is the previous output's; `decode` sums
+    every member's, a camera frame's decoded before the sweep came included, so this may be a
+    little below 0.
     `queue_wait_median_ms`: of the overhead, the time ready bundles waited for the node's worker
     (the node's `queue_wait` stage: 0 unless it falls behind)."""
 
@@ -229,7 +231,10 @@ def node_overhead(frames: Sequence[Frame]) -> NodeOverhead | None:
     share = overhead_ns / np.array([f.response_ns for f in rows], dtype=np.float64)
     median_ms = float(np.median(overhead_ns)) / 1e6
     median_share = float(np.median(share))
-    unstaged_ns = [f.response_ns - serial_ns(f.timings_ns) for f in rows]
+    unstaged_ns = [
+        f.response_ns - serial_ns({k: v for k, v in f.timings_ns.items() if k != "publish"})
+        for f in rows
+    ]
     return NodeOverhead(
         median_ms=median_ms,
         median_share=median_share,

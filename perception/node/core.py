@@ -22,17 +22,18 @@ bundle - never one older than an output already produced (published stamps only 
 counts the others as skipped, and returns its DetectionList with timings, `latency_ns` and
 `budget_ok`, or None. `take_tracks()`, once that DetectionList is published, updates the
 tracker with it and returns the TrackList (tracking is off the detections' path).
-`record_publish(ns)` reports how long the previous output took to publish (a message cannot
-carry its own publish time, so the next one carries it).
+`record_publish(ns)` reports how long the previous DetectionList took to publish (a message
+cannot carry its own publish time, so the next one carries it).
 
 Latency: from the sweep stamp, moved onto the host clock with the lidar clock's estimated offset
 (perception.sync.clock; `budgets.apply_clock_offset`), to the end of processing: the sweep's
-receive time minus that stamp, plus its sync wait, its queue wait and the measured processing
-time. Live, receive times are host wall time and the rest is measured on the monotonic clock, so
-a wall-clock step during a frame does not corrupt it; offline, receive times are the recorded
-ones. The lidar clock's offset is estimated from each sweep's *last* point (a sweep leaves the
-sensor once complete), so the estimate absorbs only the minimum transport delay, not the sweep
-duration; until `CLOCK_MIN_SWEEPS` sweeps have arrived the clocks are taken to agree.
+receive time minus that stamp, plus its sync wait, the decode and filing of the message that
+completed the bundle, its queue wait and the measured processing time. Live, receive times are host
+wall time and the rest is measured on the monotonic clock, so a wall-clock step during a frame does
+not corrupt it; offline, receive times are the recorded ones. The lidar clock's offset is estimated
+from each sweep's *last* point (a sweep leaves the sensor once complete), so the estimate absorbs
+only the minimum transport delay, not the sweep duration; until `CLOCK_MIN_SWEEPS` sweeps have
+arrived the clocks are taken to agree.
 
 Time faults (perception.sync.clock, `clocks:` in the config): every sensor message's stamp is
 judged against the host receive clock before it is filed. One implausibly far ahead or behind is
@@ -191,12 +192,16 @@ class NodeCounters:
 @dataclass(frozen=True)
 class ReadyBundle:
     """A bundle ready for processing, and when it became ready (`ready_ns`, on the receive
-    clock: host wall time live, recorded time offline). `epoch`: the lidar clock's timeline it
-    belongs to (a confirmed lidar clock jump starts a new one)."""
+    clock: host wall time live, recorded time offline): the receipt of the message that
+    completed it, or the poll that found it due. `epoch`: the lidar clock's timeline it belongs
+    to (a confirmed lidar clock jump starts a new one). `filing_ns`: from that receipt until the
+    bundle was handed on, the message's decode and filing (measured; 0 from a poll), on the
+    frame's path and in its latency."""
 
     bundle: SyncedBundle
     ready_ns: int
     epoch: int = 0
+    filing_ns: int = 0
 
 
 class NodeCore:
@@ -293,7 +298,8 @@ class NodeCore:
                 self.counters.decode_errors += 1
                 if caught_up:
                     self.liveness.caught_up(receive_ns)
-                return self._poll_locked(receive_ns)
+                ready = self._poll_locked(receive_ns)
+            return _filed(ready, time.perf_counter_ns() - start)
         decode_ns = time.perf_counter_ns() - start
         if not payload_intact(frames):
             # The seqlock's second check: the arrays were validated in a slot recycled meanwhile.
@@ -307,7 +313,8 @@ class NodeCore:
                 self.counters.stale_payloads += 1
                 if caught_up:
                     self.liveness.caught_up(receive_ns)
-                return self._poll_locked(receive_ns)
+                ready = self._poll_locked(receive_ns)
+            return _filed(ready, time.perf_counter_ns() - start)
         return self.on_message(topic, msg, receive_ns, decode_ns, caught_up=caught_up)
 
     def on_refused(self, error: WireError) -> None:
@@ -348,10 +355,13 @@ class NodeCore:
         *,
         caught_up: bool = True,
     ) -> list[ReadyBundle]:
-        """File one decoded message received at `receive_ns` on `topic`; the bundles ready
-        now (those due before it arrived first). `caught_up`: no other message was waiting
-        when it was received; False while the live receiver drains a backlog, during which a
-        sensor's silence is not taken for death (its messages may be in the backlog)."""
+        """File one decoded message received at `receive_ns` on `topic` (`decode_ns` after
+        it was received); the bundles ready now (those due before it arrived first), each
+        with that decode and its filing (`ReadyBundle.filing_ns`). `caught_up`: no other
+        message was waiting when it was received; False while the live receiver drains a
+        backlog, during which a sensor's silence is not taken for death (its messages may be in
+        the backlog)."""
+        start_ns = time.perf_counter_ns()
         # Parsed before the lock: a big rig takes long, and the processing side needs the lock.
         rig = parse_rig(msg) if isinstance(msg, RigMessage) else None
         with self._lock:
@@ -386,7 +396,7 @@ class NodeCore:
             and not any(f is msg for r in ready for f in r.bundle.cameras.values())
         ):
             self.camera_ahead.offer(*offer)
-        return ready
+        return _filed(ready, decode_ns + time.perf_counter_ns() - start_ns)
 
     def _judge_stamp(self, topic: str, msg: Message, receive_ns: int) -> bool:
         """Whether a message may be filed: a sensor message's stamp is judged against the host
@@ -538,7 +548,8 @@ class NodeCore:
                 "publish": self._last_publish_ns,
             }
             processing_ns = time.perf_counter_ns() - start_ns
-            latency_ns = self._latency_ns(chosen, host_stamp_ns, queue_wait_ns + processing_ns)
+            waited_ns = chosen.filing_ns + queue_wait_ns + processing_ns
+            latency_ns = self._latency_ns(chosen, host_stamp_ns, waited_ns)
             budget_ok = self._check_budgets(timings, latency_ns)
             self._last_latency_ns = latency_ns
             self.counters.published += 1
@@ -662,7 +673,8 @@ class NodeCore:
             self.counters.rejected_subscribers = subscribers
 
     def record_publish(self, duration_ns: int) -> None:
-        """How long the last output took to publish (or write); the next output carries it."""
+        """How long the last DetectionList took to publish (or write); the next one carries
+        it."""
         with self._lock:
             self._last_publish_ns = int(duration_ns)
 
@@ -783,3 +795,9 @@ def _what(e: Exception) -> str:
     except Exception:
         text = "(no description)"
     return f"{type(e).__name__}: {text[:300]}"
+
+
+def _filed(ready: list[ReadyBundle], filing_ns: int) -> list[ReadyBundle]:
+    """`ready` handed on `filing_ns` after the receipt of the message that made them due (none
+    was handed on before it was decoded and filed)."""
+    return [replace(r, filing_ns=filing_ns) for r in ready] if ready else ready

@@ -143,6 +143,8 @@ def test_node_overhead_is_the_frame_minus_the_engines() -> None:
 def test_node_overhead_leaves_the_transport_apart() -> None:
     """The sweep's way to the node has targets of its own: reported, not counted as overhead."""
     timings = {"transport": 3 * MS, "camera_encoder": 10 * MS, "fusion": 5 * MS, "decode": MS}
+    # The previous output's publish: after this one's response ended, in no sum.
+    timings["publish"] = 2 * MS
     o = node_overhead([Frame(0.0, 20 * MS, 0, timings, False)] * 3)
     assert o is not None
     assert o.median_ms == pytest.approx(2.0)  # 20 - 15 - 3
