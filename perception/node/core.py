@@ -547,6 +547,9 @@ class NodeCore:
                 "queue_wait": queue_wait_ns,
                 "publish": self._last_publish_ns,
             }
+            # On the frame's path: the completing message's decode (and filing), not every
+            # member's (a camera frame decoded before the sweep came was off it).
+            timings["decode"] = chosen.filing_ns
             processing_ns = time.perf_counter_ns() - start_ns
             waited_ns = chosen.filing_ns + queue_wait_ns + processing_ns
             latency_ns = self._latency_ns(chosen, host_stamp_ns, waited_ns)

@@ -32,6 +32,9 @@ __all__ = [
 # encodings; `camera_encoder` is then their compute, off the frame's path. `tracking` is the
 # TrackList's alone: the tracker runs once the DetectionList is out (the TrackList carries the
 # DetectionList's timings and its own).
+# `decode` is, on the node, the decode and filing of the message that completed the frame's
+# bundle (what of the decoding was on the frame's path and in its latency); `Pipeline.step`
+# alone reports every member's.
 STAGES = (
     "transport",
     "decode",
