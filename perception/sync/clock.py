@@ -44,6 +44,10 @@ was off; one that did not is a delay: delivered when within `max_delay_ns` (a lo
 delay is no clock change: the latency measured from the stamp should include it, so the
 envelope is not raised for it), and taken for a new offset only after `_STEADY_CONFIRM_NS` when
 beyond it (a sensor back from an outage with a new clock may keep the phase of its stamps).
+
+A young estimate (fewer than `warmup` samples) is replaced, silently, by a run of late messages
+that agree for `_STEADY_CONFIRM_NS`: it was set too low by an early stamp ahead of its time, and
+since late messages are not taken it would otherwise never grow out of it.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ class ClockEstimator:
         self._samples: deque[tuple[int, int]] = deque(maxlen=window)
         # Messages that may start a new offset: (stamp, receive, d), consecutive, agreeing.
         self._candidates: deque[tuple[int, int, int]] = deque(maxlen=window)
+        # While the estimate is young: the current run of late messages that agree, (stamp, d).
+        self._young_late: deque[tuple[int, int]] = deque(maxlen=window)
         self._fit: tuple[int, float, float] | None = None  # (t_ref, intercept ns, slope)
         # The last stamp not rejected, and the recent intervals between such stamps.
         self._prev_stamp_ns: int | None = None
@@ -183,13 +189,36 @@ class ClockEstimator:
             return self._candidate(stamp_ns, receive_ns, d, accept=False, stepped=True)
         if r <= self.jump_threshold_ns:
             self._candidates.clear()
+            self._young_late.clear()
             self._take(stamp_ns, d)
             return Verdict.ACCEPTED
         # Late by more than the threshold: a delay, or a clock that stepped back. It says
         # nothing about the envelope, so it is not taken into the window (a stall would
         # otherwise raise a young envelope, and normal messages would then look like a jump
         # ahead). Within the delay allowed it is delivered.
+        if len(self._samples) < self.warmup and r <= hi and self._young_too_low(stamp_ns, d):
+            return Verdict.ACCEPTED
         return self._candidate(stamp_ns, receive_ns, d, accept=r <= hi, stepped=None)
+
+    def _young_too_low(self, stamp_ns: int, d: int) -> bool:
+        """Whether a young estimate, which every message has found late by the same amount for
+        `_STEADY_CONFIRM_NS` (and `warmup` messages), is replaced by those messages: it was
+        too low (an early stamp ahead of its time set its envelope), and, never taken, the
+        late messages would leave it so for good. A stall's backlog does not agree; a load that
+        delays messages steadily rarely lasts that long in a stream's first seconds."""
+        run = self._young_late
+        if run and not all(abs(d - x[1]) <= self.jump_threshold_ns for x in run):
+            run.clear()
+        run.append((stamp_ns, d))
+        if len(run) < self.warmup or run[-1][0] - run[0][0] < _STEADY_CONFIRM_NS:
+            return False
+        self._candidates.clear()
+        self._samples.clear()
+        for stamp, late_d in run:
+            self._take(stamp, late_d, refit=False)
+        run.clear()
+        self._refit()
+        return True
 
     def _candidate(
         self, stamp_ns: int, receive_ns: int, d: int, *, accept: bool, stepped: bool | None
@@ -226,6 +255,7 @@ class ClockEstimator:
         """The estimate restarts from the candidates that confirmed the new offset."""
         confirmed = list(self._candidates)
         self._candidates.clear()
+        self._young_late.clear()
         self._samples.clear()
         self._fit = None
         for stamp, _, d in confirmed:

@@ -209,6 +209,24 @@ def test_unequal_delays_of_the_first_messages_are_no_drift(delays_ms, pause: int
     assert est.predict(t + 600 * PERIOD) == pytest.approx(2 * MS, abs=3 * MS)
 
 
+@pytest.mark.parametrize("ahead", [100 * MS, 300 * MS, 900 * MS])
+def test_an_early_stamp_ahead_does_not_freeze_a_young_estimate(ahead: int) -> None:
+    """The fourth message of a stream is stamped `ahead` of its time (a glitch). While young,
+    the estimate takes it, and its envelope drops by that much. Every message after it then
+    looked late, was delivered but never taken, and the estimate stayed at 4 samples and
+    `ahead` off for good (the latency and the transport with it). Now, once the late messages
+    have agreed for 2 s, they replace the young estimate."""
+    est = ClockEstimator()
+    verdicts = []
+    for k in range(600):
+        stamp = k * PERIOD
+        verdicts.append(est.add(stamp, stamp + 2 * MS - (ahead if k == 3 else 0)))
+    assert set(verdicts) == {A}
+    assert (est.state().jumps, est.state().rejected) == (0, 0)
+    assert est.sample_count > est.warmup
+    assert est.predict(600 * PERIOD) == pytest.approx(2 * MS, abs=1 * MS)
+
+
 def test_the_drift_taken_is_bounded() -> None:
     """A clock drifting 5,000 ppm (no crystal does) is followed at the bound: its offset stays
     within the jump threshold, so nothing is rejected; the bound is a setting."""
