@@ -161,6 +161,7 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         ("node overhead", _overhead_text(r.node_overhead)),
         ("whole frame", _frame_ratio_text(r.frame_ratio)),
         ("calibration monitor", _calibration_text(r.node_diagnostics)),
+        ("sensor clocks", _clocks_text(r.node_diagnostics)),
         ("node CPU", f"{_ms(p.cpu_mean_pct)} % mean, {_ms(p.cpu_max_pct)} % max (of one core)"),
         ("node memory", f"{_ms(p.rss_max_mb)} MB RSS max"),
         ("backend", r.backend),
@@ -192,6 +193,17 @@ def _frame_ratio_text(f: FrameRatio | None) -> str:
         f"({f.camera_alone_ms:.2f} ms median, timed in the bench before the node started; "
         f"target <= {f.target_ratio:g}x: {verdict})"
     )
+
+
+def _clocks_text(diagnostics: dict[str, Any]) -> str:
+    """The messages the node dropped for their stamps, and the clock jumps it followed, since it
+    started (warm-up included): a sensor clock the node misjudges drops sweeps in bursts."""
+    counters = diagnostics.get("counters")
+    if not isinstance(counters, dict) or "stamp_faults" not in counters:
+        return "n/a"
+    faults, jumps = counters.get("stamp_faults") or 0, counters.get("clock_jumps") or 0
+    named = "" if not (faults or jumps) else " (node.log names each)"
+    return f"stamp faults {faults}, clock jumps {jumps}, since the node started{named}"
 
 
 def _calibration_text(diagnostics: dict[str, Any]) -> str:

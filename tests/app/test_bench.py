@@ -486,6 +486,17 @@ def test_the_calibration_monitors_cost_is_per_published_sweep() -> None:
     )
 
 
+def test_the_sensor_clocks_row_counts_stamp_faults_and_jumps() -> None:
+    assert "| sensor clocks | n/a |" in format_markdown(_result())
+    quiet = {"counters": {"stamp_faults": 0, "clock_jumps": 0}}
+    md = format_markdown(replace(_result(), node_diagnostics=quiet))
+    assert "| sensor clocks | stamp faults 0, clock jumps 0, since the node started |" in md
+    faulty = {"counters": {"stamp_faults": 20, "clock_jumps": 1}}
+    md = format_markdown(replace(_result(), node_diagnostics=faulty))
+    row = "| sensor clocks | stamp faults 20, clock jumps 1, since the node started (node.log"
+    assert row in md
+
+
 def test_write_report_writes_json_markdown_and_png(tmp_path: Path) -> None:
     json_path, md_path, png_path = write_report(_result(), tmp_path)
     doc = json.loads(json_path.read_text())
