@@ -212,12 +212,7 @@ class ClockEstimator:
         run.append((stamp_ns, d))
         if len(run) < self.warmup or run[-1][0] - run[0][0] < _STEADY_CONFIRM_NS:
             return False
-        self._candidates.clear()
-        self._samples.clear()
-        for stamp, late_d in run:
-            self._take(stamp, late_d, refit=False)
-        run.clear()
-        self._refit()
+        self._reseed(list(run))
         return True
 
     def _candidate(
@@ -253,19 +248,22 @@ class ClockEstimator:
 
     def _restart(self, stamp_ns: int, *, had_estimate: bool) -> Verdict:
         """The estimate restarts from the candidates that confirmed the new offset."""
-        confirmed = list(self._candidates)
-        self._candidates.clear()
-        self._young_late.clear()
-        self._samples.clear()
-        self._fit = None
-        for stamp, _, d in confirmed:
-            self._take(stamp, d, refit=False)
-        self._refit()
+        self._reseed([(stamp, d) for stamp, _, d in self._candidates])
         if not had_estimate:
             return Verdict.ADOPTED
         self.jumps += 1
         self.last_jump_stamp_ns = stamp_ns
         return Verdict.JUMPED
+
+    def _reseed(self, samples: list[tuple[int, int]]) -> None:
+        """The estimate starts over from `samples` (stamp, d) alone: a confirmed jump's
+        candidates, or the late run that replaces a young estimate."""
+        self._candidates.clear()
+        self._young_late.clear()
+        self._samples.clear()
+        for stamp, d in samples:
+            self._take(stamp, d, refit=False)
+        self._refit()
 
     def _refit(self) -> None:
         s = list(self._samples)
