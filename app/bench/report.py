@@ -208,7 +208,8 @@ def _clocks_text(diagnostics: dict[str, Any]) -> str:
 
 def _calibration_text(diagnostics: dict[str, Any]) -> str:
     """The calibration monitor's cost per published sweep (off the hot path: after each
-    output is published), from the node's counters since its start."""
+    output is published), from the node's counters since its start: its thread's CPU time
+    (what it cost the cores, and what its budget bounds), then the wall time it took."""
     counters = diagnostics.get("counters")
     if not isinstance(counters, dict):
         return "n/a"
@@ -216,12 +217,14 @@ def _calibration_text(diagnostics: dict[str, Any]) -> str:
     published = counters.get("published") or 0
     if not used or not published:
         return "off" if not used else "n/a"
-    spent_ms = float(counters.get("calibration_ns") or 0) / 1e6
+    cpu_ms = float(counters.get("calibration_cpu_ns") or 0) / 1e6
+    wall_ms = float(counters.get("calibration_ns") or 0) / 1e6
     over = counters.get("calibration_over_budget") or 0
     held = f"; {over} due sweeps passed over, its CPU budget spent" if over else ""
     return (
-        f"{spent_ms / published:.2f} ms per sweep on average ({spent_ms / used:.1f} ms on each "
-        f"of the {used} of {published} sweeps it used), after the outputs are published{held}"
+        f"{cpu_ms / published:.2f} ms of CPU per sweep on average ({cpu_ms / used:.1f} ms on "
+        f"each of the {used} of {published} sweeps it used; wall time "
+        f"{wall_ms / published:.2f} ms per sweep), after the outputs are published{held}"
     )
 
 

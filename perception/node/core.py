@@ -147,7 +147,9 @@ class NodeCounters:
     the ego pose gained or lost); `tracking_errors`: sweeps the tracker failed on (their
     DetectionLists still go out, without a TrackList). `calibration_sweeps`: sweeps the
     calibration monitor used (perception.node.calibration), `calibration_ns` the time it spent
-    on them in all (after the outputs were published), `calibration_errors` sweeps it failed on,
+    on them in all (wall time, after the outputs were published), `calibration_cpu_ns` the CPU
+    time of that (its thread's: what it cost the cores, without the time it waited for them),
+    `calibration_errors` sweeps it failed on,
     `calibration_skipped` sweeps due to it that the live node's monitor thread was too busy to
     take (a search over its window can take longer than a sweep), `calibration_over_budget`
     those it passed over because the monitor had spent its CPU budget
@@ -179,6 +181,7 @@ class NodeCounters:
     tracking_errors: int = 0
     calibration_sweeps: int = 0
     calibration_ns: int = 0
+    calibration_cpu_ns: int = 0
     calibration_errors: int = 0
     calibration_skipped: int = 0
     calibration_over_budget: int = 0
@@ -640,24 +643,29 @@ class NodeCore:
         with self._lock:
             self.counters.calibration_over_budget += 1
 
-    def observe_calibration(self, frame: StepFrame) -> None:
-        """The calibration monitor on one sweep: timed, and a failure counted, never raised."""
+    def observe_calibration(self, frame: StepFrame) -> int:
+        """The calibration monitor on one sweep: timed, and a failure counted, never raised.
+        Returns the CPU time it took on the calling thread, ns (0 without a monitor)."""
         if self.calibration is None:
-            return
+            return 0
         start_ns = time.perf_counter_ns()
+        start_cpu_ns = time.thread_time_ns()
+        failed = False
         try:
             self.calibration.observe(frame)
         except Exception as e:  # the monitor must not cost the node
-            with self._lock:
-                self.counters.calibration_errors += 1
+            failed = True
             self._bad.warning("calibration", f"calibration monitor failed: {_what(e)}")
-            return
-        finally:
-            spent = time.perf_counter_ns() - start_ns
-            with self._lock:
-                self.counters.calibration_ns += spent
+        cpu_ns = time.thread_time_ns() - start_cpu_ns
+        spent_ns = time.perf_counter_ns() - start_ns
         with self._lock:
-            self.counters.calibration_sweeps += 1
+            self.counters.calibration_ns += spent_ns
+            self.counters.calibration_cpu_ns += cpu_ns
+            if failed:
+                self.counters.calibration_errors += 1
+            else:
+                self.counters.calibration_sweeps += 1
+        return cpu_ns
 
     def count_loop_error(self) -> None:
         """An exception a thread of the node caught and survived."""

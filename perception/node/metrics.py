@@ -216,6 +216,12 @@ def _counters(d: Diagnostics) -> Iterator[Metric]:
                 "Time the calibration monitor spent, after the outputs were published",
                 value=value * 1e-9,
             )
+        elif name == "calibration_cpu_ns":
+            yield CounterMetricFamily(
+                "perception_calibration_cpu_seconds",
+                "CPU time the calibration monitor's thread spent (what its budget bounds)",
+                value=value * 1e-9,
+            )
         else:
             yield CounterMetricFamily(f"perception_{name}", f"Node counter {name}", value=value)
     dropped: dict[str, int] = {}

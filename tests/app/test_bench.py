@@ -478,11 +478,16 @@ def test_the_machine_line_names_the_nodes_blas_threads(monkeypatch: pytest.Monke
 
 
 def test_the_calibration_monitors_cost_is_per_published_sweep() -> None:
-    counters = {"published": 400, "calibration_sweeps": 100, "calibration_ns": 600_000_000}
+    counters = {
+        "published": 400,
+        "calibration_sweeps": 100,
+        "calibration_ns": 900_000_000,
+        "calibration_cpu_ns": 600_000_000,
+    }
     md = format_markdown(replace(_result(), node_diagnostics={"counters": counters}))
     assert (
-        "| calibration monitor | 1.50 ms per sweep on average (6.0 ms on each of the 100 of 400"
-        in md
+        "| calibration monitor | 1.50 ms of CPU per sweep on average (6.0 ms on each of the 100 "
+        "of 400 sweeps it used; wall time 2.25 ms per sweep)" in md
     )
 
 

@@ -33,6 +33,7 @@ TIMING_COUNTERS = {
     "longest_overrun_run",
     "clock_jumps",
     "calibration_ns",
+    "calibration_cpu_ns",
 }
 
 

@@ -1,6 +1,7 @@
 """The live node's bound on the calibration monitor's CPU time (`CpuBudget`,
 `calibration_monitor.budget_ms_per_sweep`): a monitor over budget passes due sweeps over,
-counted, and takes them again once the sweeps have paid its time back."""
+counted, and takes them again once the sweeps have paid its time back; it is charged the
+monitor thread's CPU time, not the time it waited."""
 
 from __future__ import annotations
 
@@ -104,6 +105,27 @@ def test_a_monitor_over_budget_passes_sweeps_over(rich_drive: Path, budget_ms: f
         # The first sweep spends far more than the 0.01 ms a sweep pays back.
         assert (counters.calibration_sweeps, counters.calibration_over_budget) == (1, 5)
     assert counters.calibration_errors == 0
+
+
+def test_the_budget_is_charged_the_monitors_cpu_time_not_its_waits(rich_drive: Path) -> None:
+    # Live, the monitor's thread waits while the pipeline has the cores (it is nicer, and
+    # shares the GIL): that wait costs the cores nothing and must not pass sweeps over.
+    node, frames = _node(rich_drive, budget_ms_per_sweep=1000.0, budget_burst_ms=1000.0)
+    watch = node.core.calibration
+    assert watch is not None
+    observe = watch.observe
+
+    def held_back(frame: StepFrame) -> None:
+        time.sleep(0.3)  # waiting, as for the cores
+        observe(frame)
+
+    watch.observe = held_back  # type: ignore[method-assign]
+    _offer_all(node, frames[:1])
+    counters = node.core.counters
+    assert counters.calibration_sweeps == 1
+    assert counters.calibration_ns - counters.calibration_cpu_ns >= 300_000_000
+    assert counters.calibration_cpu_ns > 0
+    assert node._calibration_budget.credit_ns == 1_000_000_000 - counters.calibration_cpu_ns
 
 
 @pytest.mark.parametrize("nicer_by", [10, 0])

@@ -57,6 +57,8 @@ def test_a_drifted_camera_is_flagged_on_the_diagnostics(drifted_rich_drive: Path
     assert any("calibration: camera front drifted" in note for note in last.notes)
     assert last.counters["calibration_sweeps"] == 20 and last.counters["calibration_errors"] == 0
     assert last.counters["calibration_ns"] > 0
+    # CPU time on the one thread that ran it: never more than the wall time it took.
+    assert 0 < last.counters["calibration_cpu_ns"] <= last.counters["calibration_ns"]
     # No flag before the hysteresis allowed one: two fits (frames 8 and 12) at the earliest.
     first = next(
         i

@@ -33,7 +33,7 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def _diagnostics(stamp_ns: int, received: int) -> Diagnostics:
     counters = NodeCounters(received=received, decode_errors=2, stale_payloads=1,
                             skipped_bundles=4, budget_overruns=3, consecutive_overruns=1,
-                            calibration_ns=S // 2).scalars()  # fmt: skip
+                            calibration_ns=S // 2, calibration_cpu_ns=S // 4).scalars()  # fmt: skip
     return Diagnostics(
         Header("diagnostics", 0, stamp_ns, ""),
         counters=counters,
@@ -80,6 +80,7 @@ def test_histograms_counters_and_liveness(metrics: NodeMetrics) -> None:
     assert got[("perception_budget_overruns_total", ())] == 3
     assert got[("perception_consecutive_overruns", ())] == 1
     assert got[("perception_calibration_seconds_total", ())] == 0.5
+    assert got[("perception_calibration_cpu_seconds_total", ())] == 0.25
     dropped = {
         dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "perception_dropped_total"
     }
