@@ -90,9 +90,8 @@ class NodeOverhead:
     transport (which has targets of its own: `transport_median_ms`); medians over the frames.
     `unstaged_median_ms`: the response minus every stage the frame carries but `publish`: time
     in no timed stage (the message waiting for the node's receiver thread). The response ends
-    where the publish begins, and the `publish` carried is the previous output's; `decode` sums
-    every member's, a camera frame's decoded before the sweep came included, so this may be a
-    little below 0.
+    where the publish begins, and the `publish` carried is the previous output's, so it is left
+    out; `decode` is the sweep's own decode and filing, on the frame's path.
     `queue_wait_median_ms`: of the overhead, the time ready bundles waited for the node's worker
     (the node's `queue_wait` stage: 0 unless it falls behind)."""
 
