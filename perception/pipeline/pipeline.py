@@ -327,15 +327,6 @@ class Pipeline:
             points = self._points_in_vehicle(bundle)
             cameras = self._cameras_by_name(bundle)
             twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
-            motions: dict[str, RigidTransform] = {}
-            for name, frame in cameras.items():
-                # The camera saw the scene at its own stamp, the vehicle having moved since the
-                # sweep stamp: project through that motion so boxes and points line up, while
-                # the fused boxes stay in the vehicle frame at the sweep stamp.
-                motions[name] = RigidTransform.identity()
-                if twist is not None:
-                    dt_ns = frame.header.stamp_ns - sweep.header.stamp_ns
-                    motions[name] = RigidTransform(vehicle_motion(twist, dt_ns))
         # The lidar branch runs beside the camera branch: ONNX Runtime and most of numpy
         # release the GIL, so the two share the cores instead of taking turns. It takes the
         # lidar's work that needs no camera box: the ground (handed over as soon as it is
@@ -374,6 +365,12 @@ class Pipeline:
         # The camera boxes are fused while the lidar branch still clusters (each camera's
         # points in view, then the fusion engine, need only the ground).
         with timer.stage("fusion"):
+            # Found here, not before the lidar branch started: it needs none of this, so the
+            # motions are off the frame's path while the branch runs.
+            motions = {
+                name: self._camera_motion(frame, sweep.header.stamp_ns, twist)
+                for name, frame in cameras.items()
+            }
             if kind != "learned":
                 # The points in view need no ground: found while the lidar branch fits it.
                 views = {
@@ -436,6 +433,20 @@ class Pipeline:
             degraded=(*bundle.missing, *unfit),
             valid=not bundle.missing and not unfit,
         )
+
+    @staticmethod
+    def _camera_motion(
+        frame: CameraFrame,
+        sweep_stamp_ns: int,
+        twist: tuple[tuple[float, float, float], float] | None,
+    ) -> RigidTransform:
+        """The vehicle's motion from the sweep stamp to the camera's: the camera saw the scene
+        at its own stamp, the vehicle having moved since the sweep stamp. Points are projected
+        through it so that boxes and points line up, while the fused boxes stay in the vehicle
+        frame at the sweep stamp. Identity without a twist."""
+        if twist is None:
+            return RigidTransform.identity()
+        return RigidTransform(vehicle_motion(twist, frame.header.stamp_ns - sweep_stamp_ns))
 
     def camera_name(self, frame: CameraFrame, rig: Rig) -> str | None:
         """The rig camera a frame is from: its frame id's (`camera/front` -> `front`), else its
