@@ -279,3 +279,42 @@ def test_after_a_jump_the_new_estimate_is_used_at_once() -> None:
         mon.observe("lidar", t + k * PERIOD - 5 * S, t + k * PERIOD + 3 * MS)
     host = mon.to_host_ns("lidar", t + 3 * PERIOD - 5 * S, min_samples=16)
     assert host == t + 3 * PERIOD + 3 * MS
+
+
+def _envelope_fit(samples: list[tuple[int, int]], chunks: int, max_drift: float) -> tuple:
+    """The fit as the module docstring defines it, written plainly: the window cut into chunks
+    from the newest sample back (a short oldest chunk dropped while full ones remain), the
+    first sample of least delay of each, a Theil-Sen line through them."""
+    n = max(1, min(chunks, len(samples) // 2))
+    size = -(-len(samples) // n)
+    cut = [samples[max(0, end - size) : end] for end in range(len(samples), 0, -size)]
+    if len(cut) > 2 and len(cut[-1]) < size:
+        cut.pop()
+    minima = [min(chunk, key=lambda sample: sample[1]) for chunk in reversed(cut)]
+    t_ref = samples[-1][0]
+    slopes = [
+        (b[1] - a[1]) / (b[0] - a[0])
+        for i, a in enumerate(minima)
+        for b in minima[i + 1 :]
+        if b[0] != a[0]
+    ]
+    slope = float(np.clip(np.median(slopes) if slopes else 0.0, -max_drift, max_drift))
+    intercept = float(np.median([d - slope * (t - t_ref) for t, d in minima]))
+    return t_ref, intercept, slope
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_fit_is_the_envelopes_theil_sen_line(seed: int) -> None:
+    # Delays drawn from a few values, so that chunks hold ties for their least delay.
+    rng = np.random.default_rng(seed)
+    est = ClockEstimator(window=64, chunks=8)
+    t = 0
+    for _ in range(200):
+        t += int(rng.integers(90, 110)) * MS
+        if est.add(t, t + int(rng.choice([2, 3, 3, 5, 40])) * MS) is not Verdict.ACCEPTED:
+            continue
+        samples = list(est._samples)
+        want = _envelope_fit(samples, est.chunks, est.max_drift)
+        assert est._fit is not None
+        assert est._fit[0] == want[0]
+        assert est._fit[1:] == pytest.approx(want[1:], rel=1e-12, abs=1e-9)
