@@ -4,6 +4,8 @@ read as jumps."""
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import numpy as np
 import pytest
 
@@ -292,12 +294,7 @@ def _envelope_fit(samples: list[tuple[int, int]], chunks: int, max_drift: float)
         cut.pop()
     minima = [min(chunk, key=lambda sample: sample[1]) for chunk in reversed(cut)]
     t_ref = samples[-1][0]
-    slopes = [
-        (b[1] - a[1]) / (b[0] - a[0])
-        for i, a in enumerate(minima)
-        for b in minima[i + 1 :]
-        if b[0] != a[0]
-    ]
+    slopes = [(d1 - d0) / (t1 - t0) for (t0, d0), (t1, d1) in combinations(minima, 2) if t1 != t0]
     slope = float(np.clip(np.median(slopes) if slopes else 0.0, -max_drift, max_drift))
     intercept = float(np.median([d - slope * (t - t_ref) for t, d in minima]))
     return t_ref, intercept, slope
