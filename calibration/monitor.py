@@ -5,7 +5,7 @@ One frame says little (a 1-degree error moves the single-frame score by less tha
 frame-to-frame spread), so evidence is pooled over many frames (Pandey et al., AAAI 2012; the
 accumulation of Levinson and Thrun, RSS 2013): for each candidate correction of the extrinsic,
 the joint histogram of lidar intensity and image grey level at the projected points is summed
-over frames with exponential forgetting, and its mutual information (MI) is the candidate's
+over the newest ``window_frames`` frames, and its mutual information (MI) is the candidate's
 score. benchmarks/RESULTS.md measures why MI and not depth edges.
 
 The search is local: the candidates are the current centre and steps of ``step_deg`` /
