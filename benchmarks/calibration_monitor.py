@@ -505,6 +505,8 @@ def main() -> None:
         help="--worlds: sum up the estimates after N frames too (the same drives, shorter)",
     )
     args = parser.parse_args()
+    if any(not 1 <= n < args.frames for n in args.report_at):
+        parser.error(f"--report-at: frame counts from 1 to {args.frames - 1} (below --frames)")
     hold_blas_threads()  # as every `perception` command does: the monitor's cost as in the node
     if args.worlds:
         table = worlds_table(
