@@ -149,13 +149,12 @@ def drive_table(paths: Sequence[Path]) -> list[str]:
     ]
     for name, results in rows.items():
         flagged = ", ".join("-" if f is None else f"{f:.1f}" for f, _, _ in results)
-        rot_err, tr_err = [], []
-        for _, est, perturb in results:
-            truth = Correction() if perturb is None else perturb.inverse()
-            rot_err.append(np.subtract(est.rotation_deg, truth.rotation_deg))
-            tr_err.append(np.subtract(est.translation_m, truth.translation_m) * 100)
-        rot = "; ".join(", ".join(f"{v:+.2f}" for v in r) for r in rot_err)
-        tr = "; ".join(", ".join(f"{v:+.1f}" for v in t) for t in tr_err)
+        errors = [
+            _errors(est, Correction() if perturb is None else perturb.inverse())
+            for _, est, perturb in results
+        ]
+        rot = "; ".join(", ".join(f"{v:+.2f}" for v in r) for r, _ in errors)
+        tr = "; ".join(", ".join(f"{v:+.1f}" for v in t) for _, t in errors)
         lines.append(f"| {name} | {flagged} | {rot} | {tr} |")
     lines += [
         "",
@@ -358,10 +357,12 @@ def worlds_table(
                 monitor.add(points, image, travelled_m=odometer)
                 if first is None and monitor.estimate().state == MonitorState.DRIFTED:
                     first = i * every / 10.0
-                if i in report_at or i == len(stream):
-                    believed = monitor.estimate()
-                    rot, shift = _errors(believed.correction, truth)
+                if i in report_at:
+                    rot, shift = _errors(monitor.estimate().correction, truth)
                     outcomes.setdefault(i, []).append((name, first, rot, shift))
+            believed = monitor.estimate()
+            rot, shift = _errors(believed.correction, truth)
+            outcomes.setdefault(len(stream), []).append((name, first, rot, shift))
             sigma = np.array([*believed.sigma[:3], *np.multiply(believed.sigma[3:], 100)])
             error = np.abs(np.concatenate([rot, shift]))
             with np.errstate(divide="ignore", invalid="ignore"):
