@@ -7,6 +7,13 @@ costs a dozen numpy calls per frame, whose fixed cost outweighs the work on a fe
 points; `PooledEvidence` lays the window's frames end to end (their pixels shifted to one
 centre, their grey bands stacked in one image) so that one candidate over the whole window is
 one projection, one OpenCV lookup and one count.
+
+Counted hard, a point whose grey value crosses a level's edge moves its whole vote, so a
+window's MI is rugged at the scale of a fraction of a pixel: a search that finds higher MI lands
+on its bumps. `PooledEvidence.histogram(..., split=True)` splits each point's vote between the
+two grey levels around its grey value, in proportion (linear binning): a candidate that moves
+the points by part of a pixel moves part of their votes, and the score is smooth enough for a
+joint search to climb.
 """
 
 from __future__ import annotations
@@ -73,6 +80,27 @@ def _grey_levels(grey: npt.ArrayLike, bins: int) -> npt.NDArray[np.int64]:
     return levels
 
 
+#: A point's vote when it is split between two grey levels: an integer, so that the split
+#: counts stay exact (a power of two well above the 256 grey values' resolution).
+SPLIT_VOTE = 512
+
+
+def _split_matrix(bins: int) -> npt.NDArray[np.int64]:
+    """256 x ``bins``: each grey value's vote (`SPLIT_VOTE` in all) split between the two
+    levels whose centres lie on either side of it, in proportion to its distance from each
+    (all of it to the first or last level beyond their centres)."""
+    position = (np.arange(256) + 0.5) * bins / 256.0 - 0.5
+    low = np.clip(np.floor(position), 0, bins - 1).astype(np.int64)
+    high = np.minimum(low + 1, bins - 1)
+    upper = np.rint(np.clip(position - low, 0.0, 1.0) * SPLIT_VOTE).astype(np.int64)
+    upper[high == low] = 0
+    out = np.zeros((256, bins), np.int64)
+    rows = np.arange(256)
+    out[rows, low] = SPLIT_VOTE - upper
+    out[rows, high] += upper
+    return out
+
+
 #: OpenCV's remap takes images and maps of fewer than 2^15 - 1 rows and columns.
 _REMAP_LIMIT = 32_000
 #: The pooled points' map for OpenCV: rows of this many.
@@ -84,7 +112,8 @@ class PooledEvidence:
     (see the module docstring): ``shifts`` (one per frame, six values in steps) moves each
     frame's pixels from its origin to the common centre the candidates are offsets from. The
     counts are `histograms`' summed over the frames, up to float32 rounding of the pixels
-    (a thousandth of a pixel)."""
+    (a thousandth of a pixel); with ``split=True`` each point's vote is split between grey
+    levels (`SPLIT_VOTE` to a point, see the module docstring)."""
 
     def __init__(self, frames: Sequence[FrameEvidence], shifts: npt.ArrayLike, bins: int) -> None:
         self.bins = bins
@@ -107,14 +136,24 @@ class PooledEvidence:
     def __len__(self) -> int:
         return sum(g.points for g in self._groups)
 
-    def histogram(self, offset: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    def histogram(self, offset: npt.ArrayLike, *, split: bool = False) -> npt.NDArray[np.int64]:
         """The joint histogram (bins^2) of one candidate over every frame: ``offset`` six
-        values in steps from the common centre."""
+        values in steps from the common centre; ``split``: each point's vote split between
+        the grey levels around its grey value."""
         step = np.asarray(offset, dtype=np.float32).reshape(1, 6)
-        out = np.zeros(self.bins * self.bins, np.int64)
+        if not split:
+            out = np.zeros(self.bins * self.bins, np.int64)
+            for group in self._groups:
+                out += group.histogram(step)
+            return out
+        # Counted at full grey resolution, then split by one product for the whole window.
+        fine = np.zeros(self.bins * 256, np.int64)
         for group in self._groups:
-            out += group.histogram(step)
-        return out
+            fine += group.histogram(step, fine=True)
+        split_counts: npt.NDArray[np.int64] = (
+            fine.reshape(self.bins, 256) @ _split_matrix(self.bins)
+        ).ravel()
+        return split_counts
 
 
 class _Group:
@@ -142,7 +181,7 @@ class _Group:
             uv[:, 1] += top - frame.row0
             uvs.append(uv)
             jacobians.append(jac.reshape(6, n, 2))
-            levels.append(frame.level * bins)
+            levels.append(frame.level)
             lows.append(np.full(n, top, np.float32))
             highs.append(np.full(n, top + rows, np.float32))
             widths.append(np.full(n, frame.width, np.float32))
@@ -163,13 +202,20 @@ class _Group:
         self.u = np.ascontiguousarray(uv[:, 0])
         self.v = np.ascontiguousarray(uv[:, 1])
         self.jacobian = np.ascontiguousarray(np.concatenate([jac[..., 0], jac[..., 1]], axis=1))
-        self.level_row = np.concatenate(levels)
+        level = np.concatenate(levels)
+        # Each point's row of the joint histogram, counted in grey levels or in grey values.
+        self.level_row = level * bins
+        self.level_fine = level * 256
         self.low = np.concatenate(lows)
         self.high = np.concatenate(highs)
         self.width = np.concatenate(widths)
         self.grey = np.concatenate(bands)
 
-    def histogram(self, step: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    def histogram(
+        self, step: npt.NDArray[np.float32], *, fine: bool = False
+    ) -> npt.NDArray[np.int64]:
+        """One candidate's joint histogram over the group's frames: bins x bins, or with
+        ``fine`` bins x 256 (intensity level x grey value)."""
         bins = self.bins
         moved = (step @ self.jacobian)[0]
         u = self.u + moved[: self.size]
@@ -183,6 +229,11 @@ class _Group:
             cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
+        if fine:
+            counts: npt.NDArray[np.int64] = np.bincount(
+                (self.level_fine + g.ravel())[inside], minlength=bins * 256
+            )
+            return counts
         cell = self.level_row + _grey_levels(g.ravel(), bins)
         out: npt.NDArray[np.int64] = np.bincount(cell[inside], minlength=bins * bins)
         return out
