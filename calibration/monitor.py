@@ -731,19 +731,7 @@ class CalibrationMonitor:
             and not on_ridge
         ):
             return fit
-        prior = self._prior
         start = np.clip(offset, -_REACH_STEPS, _REACH_STEPS)
-        # A trust region of twice the reach (1.25 degrees, 12.5 cm): the MI pooled over a few
-        # seconds can peak higher far off than at the truth (one rich world, 12 frames, a
-        # 0.5-degree roll drift: 1.5, -2.1, -1.5 degrees with 18 and 21 cm scored 0.260 nats,
-        # exactly projected, against the truth's 0.247). A larger drift is walked to over
-        # successive fits.
-        limit = 2.0 * _REACH_STEPS
-
-        def cost(x: FloatArray) -> float:
-            at = self._centre / self._steps + x
-            return -self._window_score(x) + prior * float(at @ self._prior_shape @ at)
-
         # Two starts, each with half the budget: the axes' own peaks, and their rotations alone.
         # A pitch is much like a height change (and a yaw like a sideways shift): each axis'
         # own peak explains the same image shift twice, and the search can settle in the
@@ -753,12 +741,31 @@ class CalibrationMonitor:
         starts = [start, rotations_only]
         if on_ridge:
             # Where a ridge peaks: the axes' own fits cannot walk along it.
-            starts.append(np.clip(fit.ridge, -limit, limit))
+            starts.append(fit.ridge)
+        self.recentre(self._centre + self._climb(starts, split=False) * self._steps)
+        return self.fit()
+
+    def _climb(self, starts: Sequence[FloatArray], *, split: bool) -> FloatArray:
+        """The best correction (steps from the centre) that Powell's method finds from each of
+        ``starts``, each with half the budget of window scores, on the window's MI (``split``:
+        with the votes split between grey levels) less the prior, within a trust region of
+        twice the reach (1.25 degrees, 12.5 cm): the MI pooled over a few seconds can peak
+        higher far off than at the truth (one rich world, 12 frames, a 0.5-degree roll drift:
+        1.5, -2.1, -1.5 degrees with 18 and 21 cm scored 0.260 nats, exactly projected,
+        against the truth's 0.247). A larger drift is walked to over successive fits."""
+        prior = self._prior
+        centre = self._centre / self._steps
+        limit = 2.0 * _REACH_STEPS
+
+        def cost(x: FloatArray) -> float:
+            at = centre + x
+            return -self._window_score(x, split=split) + prior * float(at @ self._prior_shape @ at)
+
         best: Any = None
         for x0 in starts:
             found = minimize(
                 cost,
-                x0,
+                np.clip(x0, -limit, limit),
                 method="Powell",
                 bounds=[(-limit, limit)] * 6,
                 options={
@@ -769,8 +776,8 @@ class CalibrationMonitor:
             )
             if best is None or float(found.fun) < float(best.fun):
                 best = found
-        self.recentre(self._centre + np.asarray(best.x, dtype=np.float64) * self._steps)
-        return self.fit()
+        out: FloatArray = np.asarray(best.x, dtype=np.float64)
+        return out
 
     def score_at(self, correction: Correction) -> float:
         """MI of the window's frames pooled at ``correction`` of the extrinsic in force (to
@@ -778,11 +785,11 @@ class CalibrationMonitor:
         the optical axis, within 0.3 px for a degree of rotation)."""
         return self._window_score((correction.vector() - self._centre) / self._steps)
 
-    def _window_score(self, offset: FloatArray) -> float:
+    def _window_score(self, offset: FloatArray, *, split: bool = False) -> float:
         """MI of the window's frames pooled at one candidate: ``offset`` steps from the
-        centre."""
+        centre; ``split``: each point's vote split between grey levels."""
         bins = self.config.bins
-        joint = self._pooled().histogram(offset)
+        joint = self._pooled().histogram(offset, split=split)
         return float(_mutual_information(joint.reshape(bins, bins)))
 
     def fit(self) -> Fit:
@@ -966,31 +973,8 @@ class CalibrationMonitor:
         The uncertainty stays the fit's."""
         if not self._window:
             return fit
-        bins = self.config.bins
-        pooled = self._pooled()
-        prior = self._prior
-        centre = self._centre / self._steps
-        limit = 2.0 * _REACH_STEPS
-
-        def cost(x: FloatArray) -> float:
-            joint = pooled.histogram(x, split=True)
-            at = centre + x
-            score = float(_mutual_information(joint.reshape(bins, bins)))
-            return -score + prior * float(at @ self._prior_shape @ at)
-
-        start = np.clip((fit.correction - self._centre) / self._steps, -limit, limit)
-        found = minimize(
-            cost,
-            start,
-            method="Powell",
-            bounds=[(-limit, limit)] * 6,
-            options={
-                "xtol": 0.05,
-                "ftol": 1e-6,
-                "maxfev": max(self.config.max_evaluations // 2, 1),
-            },
-        )
-        refined = self._centre + np.asarray(found.x, dtype=np.float64) * self._steps
+        start = (fit.correction - self._centre) / self._steps
+        refined = self._centre + self._climb([start], split=True) * self._steps
         return replace(fit, correction=refined)
 
     def _is_drift(self, fit: Fit) -> bool:
