@@ -6,7 +6,9 @@ preparation of the points, the same evidence, the same search), and its window h
 whole source (up to `MAX_FRAMES`). At the end one search over all of it gives the verdict:
 drifted when the correction it finds is beyond the thresholds and significant, aligned
 otherwise. The frames of a KITTI object folder each carry their own calibration; their evidence
-is pooled all the same (candidates are corrections of each frame's extrinsic).
+is pooled all the same (candidates are corrections of each frame's extrinsic). The rig checked
+against a drive is the one given (`config.rig`, the CLI's RIG) throughout, its recorded rig
+messages left out; without one, the drive's own.
 
 `perturb` checks the source as if each camera's extrinsic were moved by a correction (the
 monitor is told the moved one; the pipeline keeps the rig): what a drift of that size looks
@@ -149,7 +151,11 @@ def check_calibrations(
             config.calibration_monitor, enabled=True, every_n_sweeps=1, monitor=monitor
         ),
     )
-    opened = open_source(source, offline, topics_from_drive=topics_from_drive)
+    # A rig given (`config.rig`) is the one checked: the drive's recorded rig messages would
+    # otherwise take over from their stamps and the check would judge the drive's own rig.
+    opened = open_source(
+        source, offline, topics_from_drive=topics_from_drive, recorded_rigs=config.rig is None
+    )
     core = NodeCore(opened.config, pipeline, opened.default_rig)
     watches = [PerturbedWatch(opened.config, p, pool=source.is_dir()) for p in perturbs]
     core.calibration = Fanout(opened.config, watches)

@@ -16,7 +16,7 @@ only the node's topics; refused when it holds no lidar sweeps there) or a KITTI 
 (replay.datasets.kitti_object: each message received at its stamp; the frames, unrelated
 scenes, stamped `tracking.max_gap_s` + 1 s apart, so that the tracker starts over at each).
 The initial rig is `config.rig` when set, else the drive's own; rig messages take over from
-their stamps.
+their stamps (unless left out: `open_source(..., recorded_rigs=False)`).
 `replay_to_file` runs one source into a JSON Lines or MCAP file (written beside the target and
 renamed into place only when the run succeeds), for the CLI and for the Ray path alike.
 
@@ -210,11 +210,17 @@ def _load_config_rig(config: NodeConfig) -> Rig | None:
 
 
 def open_source(
-    source: Path, config: NodeConfig, *, topics_from_drive: bool = False
+    source: Path,
+    config: NodeConfig,
+    *,
+    topics_from_drive: bool = False,
+    recorded_rigs: bool = True,
 ) -> ReplayInput:
     """`source` (a drive file or a KITTI object folder) as the node's inputs. With
     `topics_from_drive`, a drive's inputs are read on the topics it has them on, with its
-    recorded camera offsets (replay.drive_config), not on `config`'s.
+    recorded camera offsets (replay.drive_config), not on `config`'s. Without
+    `recorded_rigs`, a drive's rig messages are not replayed: the initial rig holds throughout
+    (a rig being checked against the drive's data).
 
     Raises ReplayError naming the path: missing source, unreadable drive, invalid rig."""
     source = Path(source)
@@ -242,7 +248,9 @@ def open_source(
             raise ReplayError(f"{source}: {e}") from None
     inputs = config.inputs
     contents = check_sensor_drive(reader, inputs.lidar_topic)
-    topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic, inputs.rig_topic]
+    topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic]
+    if recorded_rigs:
+        topics.append(inputs.rig_topic)
     skipped = Skipped()
     records = checked_messages(reader, topics=topics, on_error=skipped)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)

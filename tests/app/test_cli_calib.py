@@ -129,6 +129,29 @@ def test_calib_check_over_a_drive_exits_3_on_drift_and_refines_the_rig(
     assert np.degrees(np.arccos(np.clip((np.trace(turn) - 1) / 2, -1, 1))) < 0.15
 
 
+def test_calib_check_judges_the_rig_given_not_the_drives_own(
+    capsys, tmp_path: Path, rich_drive: Path
+) -> None:
+    """A rig given beside a drive is the one checked: the drive's recorded rig messages would
+    otherwise take over and the check would judge the drive's own rig. The true drive with
+    its camera given turned 0.5 degrees in yaw is flagged, with the turn undone; the true rig,
+    written out and given, is aligned."""
+    from calibration.monitor import Correction, corrected_rig
+    from calibration.rig import save_rig_yaml
+    from replay.synth.world import synth_rig
+
+    turned = tmp_path / "turned.yaml"
+    save_rig_yaml(corrected_rig(synth_rig(), "front", Correction((0.0, 0.0, 0.5))), turned)
+    true = tmp_path / "true.yaml"
+    save_rig_yaml(synth_rig(), true)
+    assert main(["calib", "check", str(turned), "--drive", str(rich_drive), "--quiet"]) == 3
+    out = capsys.readouterr().out
+    yaw = re.search(r"correction rotation \([^,]+, [^,]+, ([-+]\d+\.\d+)\) deg", out)
+    assert yaw is not None and float(yaw.group(1)) == pytest.approx(-0.5, abs=0.15), out
+    assert main(["calib", "check", str(true), "--drive", str(rich_drive), "--quiet"]) == 0
+    assert "camera front: ALIGNED over 20 frames" in capsys.readouterr().out
+
+
 def test_calib_check_many_frames_mistakes_are_one_line(
     capsys, tmp_path: Path, kitti_dir: Path
 ) -> None:
