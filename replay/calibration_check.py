@@ -167,10 +167,17 @@ def check_calibrations(
             f"{source}: the calibration monitor failed on {core.counters.calibration_errors} "
             "sweep(s) (see the log)"
         )
-    return [_verdicts(source, watch) for watch in watches]
+    given = None
+    if config.rig is not None and opened.default_rig is not None:
+        # Where nothing is checked, a rig given whose cameras the drive does not have is the
+        # likely cause: say so.
+        cameras = ", ".join(sorted(opened.default_rig.cameras)) or "none"
+        topics = ", ".join(opened.config.inputs.camera_topics)
+        given = f"; the rig given ({config.rig}) has cameras {cameras}, the source's are {topics}"
+    return [_verdicts(source, watch, given or "") for watch in watches]
 
 
-def _verdicts(source: Path, watch: CalibrationWatch) -> list[CameraVerdict]:
+def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[CameraVerdict]:
     verdicts = []
     for name, mon in sorted(watch.monitors().items()):
         if mon.frames == 0:
@@ -182,6 +189,6 @@ def _verdicts(source: Path, watch: CalibrationWatch) -> list[CameraVerdict]:
     if not verdicts:
         raise ReplayError(
             f"{source}: no frame to check the calibration with (no camera image the pipeline "
-            "used, or too few lidar points in it)"
+            f"used, or too few lidar points in it){hint}"
         )
     return verdicts

@@ -150,6 +150,13 @@ def test_calib_check_judges_the_rig_given_not_the_drives_own(
     assert yaw is not None and float(yaw.group(1)) == pytest.approx(-0.5, abs=0.15), out
     assert main(["calib", "check", str(true), "--drive", str(rich_drive), "--quiet"]) == 0
     assert "camera front: ALIGNED over 20 frames" in capsys.readouterr().out
+    # A rig whose camera the drive does not have: nothing to check, and the line says why.
+    other = tmp_path / "other.yaml"
+    other.write_text(true.read_text().replace("front", "left"))
+    assert main(["calib", "check", str(other), "--drive", str(rich_drive), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no frame to check the calibration with" in err
+    assert f"the rig given ({other}) has cameras left, the source's are camera/front" in err
 
 
 def test_calib_check_many_frames_mistakes_are_one_line(
