@@ -18,7 +18,6 @@ from calibration.monitor import (
     Fit,
     MonitorConfig,
     MonitorState,
-    _mutual_information,
     apply_correction,
     corrected_rig,
     is_drift,
@@ -385,7 +384,6 @@ def test_only_a_drift_is_refined_and_the_decisions_stay_the_hard_counts(
     fit's, so never scoring lower there, and elsewhere than the fit)."""
     n = len(KITTI_IDS)
     config = MonitorConfig(window_frames=n, min_frames=1, evaluate_every=10**6)
-    bins = config.bins
     for drift in (None, Correction((0.0, 0.0, 1.0))):
         # Two monitors fed alike: one gives the verdict, the other the fit it was made from.
         judged = _pooled_kitti(kitti_frame, kitti_dir, KITTI_IDS, config, drift=drift)
@@ -400,13 +398,8 @@ def test_only_a_drift_is_refined_and_the_decisions_stay_the_hard_counts(
         assert verdict.state == MonitorState.DRIFTED
         refined = verdict.correction.vector()
         assert not np.allclose(refined, fit.correction, atol=1e-6)
-        pooled = fitted._pooled()
         at_refined, at_fit = (
-            _mutual_information(
-                pooled.histogram((c - fitted._centre) / fitted._steps, split=True).reshape(
-                    bins, bins
-                )
-            )
+            fitted._window_score((c - fitted._centre) / fitted._steps, split=True)
             for c in (refined, fit.correction)
         )
         assert at_refined > at_fit
