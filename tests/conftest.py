@@ -5,15 +5,17 @@ session)."""
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from filelock import FileLock
 
 from calibration import CameraModel, RigidTransform, load_kitti_object_calib
 
@@ -26,6 +28,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite the regression replays' stored references from this run (on purpose)",
     )
+
+
+T = TypeVar("T")
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]
+) -> T:
+    """`build(folder)`'s value, built once per test run even across pytest-xdist's workers: the
+    first worker to ask builds it in a folder every worker of the run shares (under a file
+    lock, so the others wait for it rather than build it again), the others read it back. The
+    suite's costliest fixtures (a training run, rendered drives) are each asked for by files
+    that land on different workers. `build`'s value must pickle; a build that fails or skips
+    leaves nothing, and the next to ask tries again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The workers' base folders are siblings in the run's own folder.
+        root = root.parent
+    folder = root / f"built-once-{name}"
+    done = folder / "value.pickle"
+    with FileLock(str(folder) + ".lock"):
+        if done.exists():
+            value: T = pickle.loads(done.read_bytes())
+            return value
+        folder.mkdir(exist_ok=True)
+        value = build(folder)
+        part = done.with_suffix(".part")
+        part.write_bytes(pickle.dumps(value))
+        part.replace(done)
+        return value
 
 
 def find_data_dir() -> Path | None:
@@ -119,15 +151,21 @@ def synth_drive(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, floa
     these files (copy them when they need a drive of their own)."""
     from replay.synth.world import generate_drive
 
-    root = tmp_path_factory.mktemp("synth-drives")
     drives: dict[tuple[int, float], Path] = {}
+
+    def build(seed: int, seconds: float, folder: Path) -> Path:
+        path = folder / f"seed{seed}_{seconds:g}s.mcap"
+        generate_drive(path, seed=seed, seconds=seconds)
+        return path
 
     def get(seed: int, seconds: float) -> Path:
         key = (seed, seconds)
         if key not in drives:
-            path = root / f"seed{seed}_{seconds:g}s.mcap"
-            generate_drive(path, seed=seed, seconds=seconds)
-            drives[key] = path
+            drives[key] = built_once(
+                tmp_path_factory,
+                f"synth-seed{seed}-{seconds:g}s",
+                lambda folder: build(seed, seconds, folder),
+            )
         return drives[key]
 
     return get
@@ -140,9 +178,12 @@ def rich_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     session (about 15 s); tests must not modify it."""
     from replay.synth.world import generate_drive
 
-    path = tmp_path_factory.mktemp("rich-drive") / "rich_seed5_2s.mcap"
-    generate_drive(path, seed=5, seconds=2.0, scene="rich")
-    return path
+    def build(folder: Path) -> Path:
+        path = folder / "rich_seed5_2s.mcap"
+        generate_drive(path, seed=5, seconds=2.0, scene="rich")
+        return path
+
+    return built_once(tmp_path_factory, "rich-drive", build)
 
 
 #: The drift of `drifted_rich_drive`'s rig: its camera turned 0.5 degrees in yaw.
@@ -213,14 +254,19 @@ def kitti_learned(
     tmp_path_factory: pytest.TempPathFactory, kitti_dir: Path, yolox_path: Path
 ) -> Any:
     """A learned fusion engine trained (once per session, ~40 s) to overfit the labelled KITTI
-    frames, validated on them: its `replay.training.train_fusion.TrainResult`."""
+    frames, validated on them: its `replay.training.train_fusion.TrainResult`. Tests must not
+    modify its files."""
     import dataclasses
 
     from replay.training.fusion_config import parse_train_config
     from replay.training.train_fusion import train
 
     _require(kitti_dir / "label_2" / "000000.txt")
-    root = tmp_path_factory.mktemp("kitti-learned")
-    config = parse_train_config(kitti_training_config(kitti_dir, yolox_path, 400), "test", root)
-    config = dataclasses.replace(config, val_sources=config.train_sources)
-    return train(config, root / "run")
+
+    def build(root: Path) -> Any:
+        raw = kitti_training_config(kitti_dir, yolox_path, 400)
+        config = parse_train_config(raw, "test", root)
+        config = dataclasses.replace(config, val_sources=config.train_sources)
+        return train(config, root / "run")
+
+    return built_once(tmp_path_factory, "kitti-learned", build)
