@@ -31,8 +31,9 @@ The correction reported with a drift is refined (`CalibrationMonitor.refine`): a
 on the window's MI with each point's vote split between grey levels, a smoother score than the
 hard counts the fits and the decisions use (benchmarks/RESULTS.md: within 2 cm in 32 of 40
 shifts on ten rich worlds, against 25 unrefined).
-Frames with too few points or too little image contrast (a textureless scene, a dark image) and
-frames taken without moving (a stopped vehicle repeats the same evidence) are skipped and
+Frames with too few points, too little image contrast (a textureless scene, a dark image) or
+lidar intensities without contrast (a lidar or driver that reports none), and frames taken
+without moving (a stopped vehicle repeats the same evidence) are skipped and
 counted, so neither raises an alarm. A window that pools no more mutual information than
 unrelated data would (``min_information_nats``: a camera that sees nothing the lidar sees) is
 not judged at all: its fits have no peak to find, and "aligned" would claim what nothing showed.
@@ -603,7 +604,7 @@ class CalibrationMonitor:
         exclude_margin_m: float = 0.3,
     ) -> FrameEvidence | None:
         """A frame's evidence at the current centre; None for one with too few points in the
-        image or too little contrast at them."""
+        image, or too little contrast at them in the image or in the lidar's intensity."""
         cfg = self.config
         base = vehicle_from_camera.matrix
         centre_and_steps = self._projections(base)
@@ -640,6 +641,8 @@ class CalibrationMonitor:
             return None
         xyz = xyz[idx]
         level = _unit_levels(intensity[idx], cfg.bins)
+        if level is None:
+            return None
         # The centre and one step along each axis, projected in one call: the Jacobian.
         stacked = np.empty((7, len(xyz), 3))
         stacked[0] = cam[idx]
@@ -1088,9 +1091,15 @@ def _grey_unit(image: npt.NDArray[np.uint8], row0: int, row1: int) -> npt.NDArra
     return out
 
 
-def _unit_levels(values: FloatArray, bins: int) -> npt.NDArray[np.int64]:
+def _unit_levels(values: FloatArray, bins: int) -> npt.NDArray[np.int64] | None:
+    """Intensities as levels 0..bins-1 between the frame's 1st and 99th percentiles; None
+    where those are equal (a lidar that reports no intensity, or one value for nearly every
+    point): such a frame's points would all vote at one level, which says nothing of the
+    alignment yet reshapes the pooled joint histogram the other frames' evidence is read in."""
     lo, hi = np.percentile(values, [1.0, 99.0])
-    unit = np.clip((values - lo) / max(float(hi - lo), 1e-9), 0.0, 0.999999)
+    if not hi > lo:
+        return None
+    unit = np.clip((values - lo) / float(hi - lo), 0.0, 0.999999)
     levels: npt.NDArray[np.int64] = (unit * bins).astype(np.int64)
     return levels
 

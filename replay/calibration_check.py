@@ -180,7 +180,9 @@ def check_calibrations(
 def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[CameraVerdict]:
     verdicts = []
     for name, mon in sorted(watch.monitors().items()):
-        if mon.frames == 0:
+        if mon.frames == 0 and mon.skipped == 0:
+            # Never given a frame: nothing was checked. A camera whose frames were all skipped
+            # (no evidence in them) gets its verdict: none.
             continue
         estimate = mon.verdict()
         rig = watch.rig_of(name)

@@ -507,6 +507,7 @@ class DriveReader:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.truncated = False
+        self._cut_logged = False
         self._channels: dict[int, Channel] | None = None
         self._counts: dict[str, int] | None = None
         self._rig: Rig | None = None
@@ -590,7 +591,13 @@ class DriveReader:
             except StopIteration:
                 return
             except Exception as e:  # any decoding fault at the cut ends the data
-                log.warning("%s: drive data ends in an incomplete record (%s)", self.path, e)
+                if not self._cut_logged:  # once per reader, not once per pass over the file
+                    self._cut_logged = True
+                    log.warning(
+                        "%s: drive data ends in an incomplete record (%s)",
+                        self.path,
+                        str(e) or type(e).__name__,
+                    )
                 self.truncated = True
                 return
             if isinstance(record, Footer):

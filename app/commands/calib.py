@@ -194,6 +194,12 @@ def _verdict_line(v: Any, min_information_nats: float) -> str:
 
     e = v.estimate
     c = e.correction
+    if e.state == MonitorState.COLLECTING and e.frames == 0:
+        return (
+            f"camera {v.camera}: NO VERDICT: all {e.skipped} frames skipped (too few lidar "
+            "points in the image, too little contrast in the image or in the lidar's "
+            "intensity, or taken without moving)"
+        )
     if e.state == MonitorState.COLLECTING:
         return (
             f"camera {v.camera}: NO VERDICT over {e.frames} frames ({e.skipped} skipped): they "

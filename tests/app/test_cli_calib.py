@@ -217,6 +217,29 @@ def test_calib_check_without_evidence_is_no_verdict(
     assert "camera front: NO VERDICT over 8 frames" in out and "nats" in out
 
 
+def test_calib_check_of_a_lidar_without_intensity_says_every_frame_was_skipped(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """Scans whose intensity is one value (a lidar or driver that reports none) carry nothing
+    to compare the image's grey with: every frame is skipped, and the line says so (exit 4),
+    not that the camera sees nothing the lidar sees."""
+    frames = tmp_path / "training"
+    for name in ("calib", "image_2", "velodyne_reduced"):
+        (frames / name).mkdir(parents=True)
+    ids = ("000003", "000004", "000005")
+    for i in ids:
+        (frames / "calib" / f"{i}.txt").symlink_to(kitti_dir / "calib" / f"{i}.txt")
+        (frames / "image_2" / f"{i}.png").symlink_to(kitti_dir / "image_2" / f"{i}.png")
+        scan = np.fromfile(kitti_dir / "velodyne_reduced" / f"{i}.bin", np.float32).reshape(-1, 4)
+        scan[:, 3] = 0.0
+        scan.tofile(frames / "velodyne_reduced" / f"{i}.bin")
+    code = main(["calib", "check", "--frames", str(frames), "--model", str(yolox_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 4, out
+    assert "camera front: NO VERDICT: all 3 frames skipped" in out, out
+    assert "intensity" in out
+
+
 def test_calib_check_drive_without_evidence_writes_no_refined_rig(
     capsys, tmp_path: Path, rich_drive: Path
 ) -> None:

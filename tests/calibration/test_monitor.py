@@ -189,11 +189,16 @@ def test_frames_without_evidence_are_skipped_not_fatal(
     assert not monitor.add(frame.points, np.full_like(image, 128))
     # Too few points in the image.
     assert not monitor.add(frame.points[:50], image)
+    # A lidar (or a driver) that reports no intensity: one value, nothing to compare grey with.
+    for value in (0.0, 0.37):
+        flat = np.array(frame.points, copy=True)
+        flat[:, 3] = value
+        assert not monitor.add(flat, image)
     assert monitor.add(frame.points, image, travelled_m=0.0)
     # Standing still: the same evidence again is not more evidence.
     assert not monitor.add(frame.points, image, travelled_m=0.05)
     assert monitor.add(frame.points, image, travelled_m=1.0)
-    assert (monitor.frames, monitor.skipped) == (2, 3)
+    assert (monitor.frames, monitor.skipped) == (2, 5)
     assert monitor.estimate().state == MonitorState.COLLECTING
     with pytest.raises(ValueError, match="camera expects 1242x375"):
         monitor.add(frame.points, image[:100])
