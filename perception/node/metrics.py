@@ -21,6 +21,14 @@ path pays nothing for them and the endpoint says what the diagnostics topic says
   `perception_sensor_last_message_age_seconds` (NaN before its first message),
   `perception_sensor_messages_total`, `perception_sensor_outages_total`;
   `perception_inputs_status{status}` (1 for the current one of ok, degraded, stale).
+- Per camera, the calibration monitor's belief (absent while it is off):
+  `perception_calibration_state{camera,state}` (1 for the current one of collecting, aligned,
+  drifted: alert on `state="drifted"`), the estimated correction
+  `perception_calibration_correction_degrees{camera,axis}` (a rotation about the vehicle's
+  x, y, z) and `perception_calibration_correction_meters{camera,axis}` with their standard
+  deviations (`..._sigma_degrees`, `..._sigma_meters`; NaN where an axis is not observed),
+  `perception_calibration_frames_total{camera}`, `perception_calibration_skipped_frames_total`
+  and `perception_calibration_information_nats` (the evidence the window pools).
 - With the live view: `perception_view_entries_total`, `perception_view_dropped_total`,
   `perception_view_sent_total`, `perception_view_errors_total`, `perception_view_busy_seconds_total`
   (the view thread's time: what it can take from the node's threads).
@@ -96,6 +104,9 @@ _SYNC_DROPS = {
     "dropped_sweeps_no_rig": "no_rig",
 }
 _STATUSES = ("ok", "degraded", "stale")
+# calibration.monitor.MonitorState's values (not imported: the node's metrics stay light).
+_CALIBRATION_STATES = ("collecting", "aligned", "drifted")
+_AXES = ("x", "y", "z")
 
 
 class NodeMetrics:
@@ -198,6 +209,8 @@ class _Snapshot(Collector):
         diagnostics, handed_ns = latest
         yield from _counters(diagnostics)
         yield from _sensors(diagnostics, (time.monotonic_ns() - handed_ns) * 1e-9)
+        if diagnostics.calibration:
+            yield from _calibration(diagnostics)
 
     def _view(self) -> Iterator[Metric]:
         if self._view_stats is None:
@@ -284,3 +297,58 @@ def _sensors(d: Diagnostics, since_s: float) -> Iterator[Metric]:
     for name in _STATUSES:
         status.add_metric([name], 1.0 if d.status == name else 0.0)
     yield status
+
+
+def _calibration(d: Diagnostics) -> Iterator[Metric]:
+    """Per camera, the calibration monitor's state, correction and evidence."""
+    state = GaugeMetricFamily(
+        "perception_calibration_state",
+        "1 for the calibration monitor's current state of the camera's extrinsic",
+        labels=["camera", "state"],
+    )
+    families = {
+        name: GaugeMetricFamily(name, text, labels=["camera", "axis"])
+        for name, text in (
+            ("perception_calibration_correction_degrees",
+             "Estimated rotation correction of the camera, about the vehicle axis"),
+            ("perception_calibration_correction_meters",
+             "Estimated translation correction of the camera, along the vehicle axis"),
+            ("perception_calibration_correction_sigma_degrees",
+             "Standard deviation of the rotation correction (NaN: not observed)"),
+            ("perception_calibration_correction_sigma_meters",
+             "Standard deviation of the translation correction (NaN: not observed)"),
+        )
+    }  # fmt: skip
+    frames = CounterMetricFamily(
+        "perception_calibration_frames", "Frames the calibration monitor used", labels=["camera"]
+    )
+    skipped = CounterMetricFamily(
+        "perception_calibration_skipped_frames",
+        "Frames the calibration monitor skipped (no evidence in them, or not moving)",
+        labels=["camera"],
+    )
+    information = GaugeMetricFamily(
+        "perception_calibration_information_nats",
+        "Lidar-camera mutual information the monitor's window pools at its centre",
+        labels=["camera"],
+    )
+    for c in d.calibration:
+        for name in _CALIBRATION_STATES:
+            state.add_metric([c.camera, name], 1.0 if c.state == name else 0.0)
+        for name, values in (
+            ("perception_calibration_correction_degrees", c.rotation_deg),
+            ("perception_calibration_correction_meters", c.translation_m),
+            ("perception_calibration_correction_sigma_degrees", c.rotation_sigma_deg),
+            ("perception_calibration_correction_sigma_meters", c.translation_sigma_m),
+        ):
+            sigma = "sigma" in name
+            for axis, value in zip(_AXES, values, strict=True):
+                # The message's -1 for an axis not observed is no deviation: NaN here.
+                shown = math.nan if sigma and value < 0 else value
+                families[name].add_metric([c.camera, axis], shown)
+        frames.add_metric([c.camera], c.frames)
+        skipped.add_metric([c.camera], c.skipped)
+        information.add_metric([c.camera], c.score)
+    yield state
+    yield from families.values()
+    yield from (frames, skipped, information)

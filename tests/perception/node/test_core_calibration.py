@@ -4,6 +4,7 @@ its failures counted and survived."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,14 +12,16 @@ import pytest
 
 from app.models import build_pipeline, choose_camera_model
 from calibration.monitor import MonitorConfig
-from perception.config import CalibrationMonitorConfig, NodeConfig
+from perception.config import CalibrationMonitorConfig, MetricsConfig, NodeConfig
 from perception.msgs import wire
 from perception.msgs.types import Diagnostics
 from perception.node.calibration import CalibrationWatch
 from perception.node.core import NodeCore
+from perception.node.metrics import NodeMetrics
 from perception.pipeline.pipeline import StepFrame
 from replay.offline import open_source, run_core
 from tests.conftest import RIG_DRIFT_YAW_DEG
+from tests.scrape import scrape
 
 
 def _config(every: int = 1) -> NodeConfig:
@@ -69,6 +72,27 @@ def test_a_drifted_camera_is_flagged_on_the_diagnostics(drifted_rich_drive: Path
     # The status travels on the wire as every diagnostics field does.
     _, decoded = wire.decode(wire.encode(last))
     assert isinstance(decoded, Diagnostics) and decoded.calibration == last.calibration
+    # And a fleet's alerting sees it on the Prometheus endpoint, scraped over HTTP.
+    metrics = NodeMetrics(MetricsConfig(enabled=True, port=0))
+    metrics.start()
+    try:
+        metrics.update(last)
+        got = scrape(metrics.url)
+    finally:
+        metrics.close()
+    front = (("camera", "front"),)
+    for state in ("collecting", "aligned", "drifted"):
+        key = ("perception_calibration_state", (*front, ("state", state)))
+        assert got[key] == (state == "drifted"), (state, got[key])
+    yaw = got[("perception_calibration_correction_degrees", (("axis", "z"), *front))]
+    assert yaw == pytest.approx(status.rotation_deg[2])
+    along = ("perception_calibration_correction_sigma_meters", (("axis", "x"), *front))
+    assert math.isnan(got[along])
+    sideways = ("perception_calibration_correction_sigma_meters", (("axis", "y"), *front))
+    assert got[sideways] == pytest.approx(status.translation_sigma_m[1])
+    assert got[("perception_calibration_frames_total", front)] == status.frames
+    assert got[("perception_calibration_skipped_frames_total", front)] == status.skipped
+    assert got[("perception_calibration_information_nats", front)] == pytest.approx(status.score)
 
 
 def test_the_true_rig_raises_no_flag_and_the_rate_is_kept(rich_drive: Path) -> None:

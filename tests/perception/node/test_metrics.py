@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 import socket
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from perception.config import MetricsConfig
 from perception.errors import TransportError
@@ -15,19 +13,9 @@ from perception.msgs.types import DetectionList, Diagnostics, Header, SensorStat
 from perception.node import NodeCounters
 from perception.node.metrics import NodeMetrics
 from perception.node.view import ViewStats
+from tests.scrape import scrape
 
 S = 1_000_000_000
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample at `url`: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def _diagnostics(stamp_ns: int, received: int) -> Diagnostics:
@@ -96,6 +84,8 @@ def test_histograms_counters_and_liveness(metrics: NodeMetrics) -> None:
     assert math.isnan(got[never])
     assert got[("perception_inputs_status", (("status", "degraded"),))] == 1
     assert got[("perception_inputs_status", (("status", "ok"),))] == 0
+    # The calibration monitor is off here: no family of its own.
+    assert not any(name.startswith("perception_calibration_") and labels for name, labels in got)
 
     metrics.update(_diagnostics(101 * S, received=80))
     assert scrape(metrics.url)[("perception_received_total", ())] == 80
