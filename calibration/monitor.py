@@ -182,15 +182,11 @@ class MonitorConfig:
         for name in (*names, "flag_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"calibration_monitor.{name}: must be an integer >= 1, got {value!r}"
-                )
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
         for name in ("clear_after", "min_points", "max_evaluations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(
-                    f"calibration_monitor.{name}: must be an integer >= 0, got {value!r}"
-                )
+                raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
         for name in ("min_contrast", "min_travel_m", "min_information_nats", "flag_pixels"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
@@ -199,6 +195,11 @@ class MonitorConfig:
             raise ValueError(
                 f"min_frames: must be <= window_frames "
                 f"({self.window_frames}), got {self.min_frames}"
+            )
+        if self.min_points > self.max_points:
+            # A frame keeps at most max_points: every one would be skipped for too few.
+            raise ValueError(
+                f"min_points: must be <= max_points ({self.max_points}), got {self.min_points}"
             )
         if self.bins < 4:
             raise ValueError(f"bins: must be >= 4, got {self.bins}")

@@ -75,6 +75,10 @@ def test_a_corrected_rig_moves_only_the_camera() -> None:
         ({"systematic_rotation_deg": -0.1}, "systematic_rotation_deg"),
         ({"systematic_translation_m": math.inf}, "systematic_translation_m"),
         ({"flag_pixels": -1.0}, "flag_pixels"),
+        # The node's config names the section ("calibration_monitor.monitor."): not here too.
+        ({"flag_after": 0}, "^flag_after: must be an integer >= 1"),
+        ({"min_points": -1}, "^min_points: must be an integer >= 0"),
+        ({"min_points": 500, "max_points": 400}, "^min_points: must be <= max_points"),
     ],
 )
 def test_bad_monitor_config_is_named(change: dict[str, object], match: str) -> None:
