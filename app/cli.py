@@ -607,7 +607,7 @@ def _add_calib(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "monitor over all its frames (the node's, calibration.monitor) says whether each "
         "camera's extrinsic is aligned or drifted and estimates the correction; exit 0 when "
         "aligned, 3 when drift is flagged, 4 when the frames hold no evidence to judge by. "
-        "--refine writes the corrected rig.",
+        "--refine writes the corrected rig; --out a picture of the correction.",
         common=common,
     )
     check.add_argument(
@@ -618,7 +618,12 @@ def _add_calib(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     check.add_argument("--lidar", metavar="SCAN", help="a KITTI .bin or a PCD file")
     check.add_argument("--image", help="the camera image (PNG, JPEG)")
     check.add_argument("--camera", help="camera name in the rig (default: front, else the first)")
-    check.add_argument("--out", metavar="IMAGE", help="overlay image to write")
+    check.add_argument(
+        "--out",
+        metavar="IMAGE",
+        help="overlay image to write (with --drive/--frames: the last frame used, its points "
+        "drawn with the extrinsic checked above and corrected below; one per camera)",
+    )
     check.add_argument("--drive", metavar="DRIVE", help="a recorded drive (.mcap) to check over")
     check.add_argument("--frames", metavar="DIR", help="a KITTI object folder to check over")
     check.add_argument(

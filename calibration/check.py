@@ -19,6 +19,7 @@ constant one) the score is 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "alignment_score",
     "calibration_check",
     "describe_rig",
+    "draw_before_after",
     "draw_overlay",
     "mutual_information",
     "read_kitti_bin",
@@ -205,6 +207,24 @@ def draw_overlay(
         )
     _depth_legend(out, depth_range_m)
     return np.asarray(out, dtype=np.uint8)
+
+
+def draw_before_after(
+    image: npt.NDArray[np.uint8],
+    points: npt.ArrayLike,
+    camera: CameraModel,
+    panels: Sequence[tuple[RigidTransform, str]],
+) -> npt.NDArray[np.uint8]:
+    """`draw_overlay` of the same `points` (N x >=3, vehicle frame at the image's exposure) on
+    the same `image` once per panel, each with its own ``(vehicle_from_camera, text)``, stacked
+    top to bottom: the extrinsic a check was given above the one it estimates, so that a
+    person sees the points move onto the edges they belong to."""
+    xyz = np.asarray(points, dtype=np.float64)[:, :3]
+    drawn = []
+    for vehicle_from_camera, text in panels:
+        uv, depth, seen = camera.visible(vehicle_from_camera.inverse().apply(xyz))
+        drawn.append(draw_overlay(image, uv[seen], depth[seen], text=text))
+    return np.asarray(np.vstack(drawn), dtype=np.uint8)
 
 
 def _depth_legend(out: npt.NDArray[Any], depth_range_m: tuple[float, float]) -> None:

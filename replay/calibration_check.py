@@ -21,7 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from calibration import Rig
+import numpy as np
+import numpy.typing as npt
+
+from calibration import CameraModel, Rig, RigidTransform
+from calibration.check import draw_before_after
 from calibration.monitor import (
     CalibrationEstimate,
     Correction,
@@ -40,6 +44,7 @@ from replay.offline import open_source, run_core
 __all__ = [
     "MAX_FRAMES",
     "CameraVerdict",
+    "CheckedView",
     "Fanout",
     "PerturbedWatch",
     "check_calibration",
@@ -50,14 +55,41 @@ __all__ = [
 MAX_FRAMES = 600
 
 
+@dataclass(frozen=True, eq=False)
+class CheckedView:
+    """The last frame a camera's check used, to draw it: the camera's image, the sweep's
+    points (vehicle frame at the sweep's stamp) and the vehicle's motion to the exposure, the
+    camera model and the extrinsic checked (a perturbation included)."""
+
+    image: npt.NDArray[np.uint8]
+    points: npt.NDArray[np.float32]
+    motion: RigidTransform
+    camera: CameraModel
+    vehicle_from_camera: RigidTransform
+
+    def draw(
+        self, checked: str, correction: Correction | None = None, corrected: str = ""
+    ) -> npt.NDArray[np.uint8]:
+        """The points on the image with the extrinsic checked (titled `checked`) and, below,
+        with it corrected by `correction` (titled `corrected`; None: the checked one alone)."""
+        panels = [(self.vehicle_from_camera, checked)]
+        if correction is not None:
+            panels.append((apply_correction(self.vehicle_from_camera, correction), corrected))
+        return draw_before_after(
+            self.image, self.motion.apply(self.points[:, :3]), self.camera, panels
+        )
+
+
 @dataclass(frozen=True)
 class CameraVerdict:
     """One camera's verdict: the estimate (state `aligned` or `drifted`, the correction and
-    its uncertainty, frames used and skipped) and the rig it was made against."""
+    its uncertainty, frames used and skipped), the rig it was made against and the last frame
+    it used (None where every frame was skipped)."""
 
     camera: str
     estimate: CalibrationEstimate
     rig: Rig
+    view: CheckedView | None = None
 
     @property
     def drifted(self) -> bool:
@@ -74,6 +106,8 @@ class PerturbedWatch(CalibrationWatch):
         # The moved rig of each rig seen (the same object for the same rig, so that a
         # monitor carries on rather than starting over).
         self._moved: dict[int, tuple[Rig, Rig]] = {}
+        #: Per camera, the last frame its monitor used.
+        self.views: dict[str, CheckedView] = {}
 
     def observe(self, frame: StepFrame) -> None:
         if self.perturb is not None:
@@ -87,7 +121,18 @@ class PerturbedWatch(CalibrationWatch):
                     moved = moved.with_vehicle_from(camera_frame(name), shifted)
                 self._moved[id(frame.rig)] = (frame.rig, moved)
             frame = replace(frame, rig=moved)
+        used = {name: mon.frames for name, mon in self.monitors().items()}
         super().observe(frame)
+        for name, mon in self.monitors().items():
+            if mon.frames > used.get(name, 0):
+                image, motion = frame.images[name]
+                self.views[name] = CheckedView(
+                    image,
+                    frame.points,
+                    motion,
+                    frame.rig.cameras[name],
+                    frame.rig.transform(VEHICLE_FRAME, camera_frame(name)),
+                )
 
 
 class Fanout(CalibrationWatch):
@@ -177,7 +222,7 @@ def check_calibrations(
     return [_verdicts(source, watch, given or "") for watch in watches]
 
 
-def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[CameraVerdict]:
+def _verdicts(source: Path, watch: PerturbedWatch, hint: str = "") -> list[CameraVerdict]:
     verdicts = []
     for name, mon in sorted(watch.monitors().items()):
         if mon.frames == 0 and mon.skipped == 0:
@@ -187,7 +232,7 @@ def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[Cam
         estimate = mon.verdict()
         rig = watch.rig_of(name)
         assert rig is not None
-        verdicts.append(CameraVerdict(name, estimate, rig))
+        verdicts.append(CameraVerdict(name, estimate, rig, watch.views.get(name)))
     if not verdicts:
         raise ReplayError(
             f"{source}: no frame to check the calibration with (no camera image the pipeline "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def _read_image(path: Path) -> np.ndarray:
 def cmd_calib_check(args: argparse.Namespace) -> int:
     """One scan and image, or a drive / KITTI folder (exit 3 when drift is flagged)."""
     many = args.drive is not None or args.frames is not None
-    single = [f"--{name}" for name in ("lidar", "image", "out") if getattr(args, name)]
+    single = [f"--{name}" for name in ("lidar", "image") if getattr(args, name)]
     if args.drive is not None and args.frames is not None:
         raise PerceptionError("give --drive or --frames, not both")
     if many:
@@ -135,6 +136,12 @@ def _check_many(args: argparse.Namespace) -> int:
             raise PerceptionError(f"{refine}: --refine must be a rig YAML file (.yaml)")
         check_output_file(refine, "--refine")
         check_not_an_input(refine, [source, *([Path(args.rig)] if args.rig else [])], "--refine")
+    out = None
+    if args.out is not None:
+        out = _picture_path(Path(args.out).expanduser())
+        check_not_an_input(out, [source, *([Path(args.rig)] if args.rig else [])], "--out")
+        if refine is not None and out.resolve() == refine.resolve():
+            raise PerceptionError(f"{out}: --out and --refine name the same file")
     config = load_node_config(args.config)
     if args.rig is not None:
         rig_path = Path(args.rig).expanduser()
@@ -162,6 +169,8 @@ def _check_many(args: argparse.Namespace) -> int:
     chosen = [v for v in verdicts if args.camera is None or v.camera == args.camera]
     for v in chosen:
         print(_verdict_line(v, config.calibration_monitor.monitor.min_information_nats))
+    if out is not None:
+        _write_pictures(out, chosen, perturb)
     undecided = [v.camera for v in chosen if v.estimate.state == MonitorState.COLLECTING]
     if undecided and not any(v.drifted for v in chosen):
         if refine is not None:
@@ -223,11 +232,36 @@ def _verdict_line(v: Any, min_information_nats: float) -> str:
     )
 
 
-def _check_one(args: argparse.Namespace) -> int:
-    out = Path(args.out).expanduser()
+def _picture_path(out: Path) -> Path:
+    """`--out` checked before any work: an image file in a folder that can be written."""
     if out.suffix.lower() not in _IMAGE_SUFFIXES:
         raise CalibrationError(f"{out}: --out must be an image file ({', '.join(_IMAGE_SUFFIXES)})")
     check_output_file(out, "--out")
+    return out
+
+
+def _write_pictures(out: Path, verdicts: Sequence[Any], perturb: Any) -> None:
+    """Each camera's last frame used, its points drawn with the extrinsic checked above and
+    corrected below (one camera: `out`; several: `out` with the camera's name added)."""
+    drawn = [v for v in verdicts if v.view is not None]
+    for v in drawn:
+        path = out if len(drawn) == 1 else out.with_name(f"{out.stem}-{v.camera}{out.suffix}")
+        moved = "" if perturb is None else " moved by --perturb"
+        checked = f"camera {v.camera}: the rig checked{moved} ({v.estimate.state})"
+        if v.estimate.state == "collecting":
+            picture = v.view.draw(checked)
+        else:
+            picture = v.view.draw(checked, v.estimate.correction, _correction_text(v))
+        with atomic_output(path, "--out") as tmp:
+            if not cv2.imwrite(str(tmp), picture):
+                raise CalibrationError(f"{path}: cannot write the picture")
+        print(f"picture written to {path}")
+    if not drawn:
+        print(f"no picture written to {out}: no frame was used")
+
+
+def _check_one(args: argparse.Namespace) -> int:
+    out = _picture_path(Path(args.out).expanduser())
     scan = Path(args.lidar).expanduser()
     check_not_an_input(out, [Path(args.image), scan, Path(args.rig)], "--out")
     if scan.suffix.lower() not in _SCAN_SUFFIXES:

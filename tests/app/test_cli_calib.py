@@ -116,13 +116,19 @@ def test_calib_check_over_a_drive_exits_3_on_drift_and_refines_the_rig(
     assert "camera front: ALIGNED over 20 frames" in out
     assert re.search(r"it moves the projection \d+\.\d \+- \d+\.\d px \(median\)", out), out
     refined_path = tmp_path / "refined.yaml"
+    picture_path = tmp_path / "correction.png"
     code = main(
         ["calib", "check", "--drive", str(drifted_rich_drive), "--quiet",
-         "--refine", str(refined_path)]
+         "--refine", str(refined_path), "--out", str(picture_path)]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 3, out
     assert "camera front: DRIFTED" in out and f"refined rig written to {refined_path}" in out
+    # The picture: the last frame used, drawn with the rig checked above and corrected below.
+    assert f"picture written to {picture_path}" in out
+    picture = cv2.imread(str(picture_path))
+    assert picture is not None and picture.shape == (2 * 375, 1242, 3)
+    assert not np.array_equal(picture[:375], picture[375:])
     refined = load_rig_yaml(refined_path).transform("vehicle", "camera/front")
     true = synth_rig().transform("vehicle", "camera/front")
     turn = refined.rotation.T @ true.rotation
@@ -175,6 +181,8 @@ def test_calib_check_many_frames_mistakes_are_one_line(
             "only with --drive",
         ),
         ([str(kitti_dir / "calib" / "000003.txt")], "give --lidar, --image, --out"),
+        (["--frames", str(kitti_dir), "--out", str(tmp_path / "x.txt")], "must be an image"),
+        (["--frames", str(kitti_dir), "--out", str(tmp_path / "no" / "x.png")], "does not exist"),
         # Refused before the replay, not after it.
         (["--frames", str(kitti_dir), "--camera", "rear"], "has no such camera (cameras: front)"),
     ]
@@ -233,11 +241,17 @@ def test_calib_check_of_a_lidar_without_intensity_says_every_frame_was_skipped(
         scan = np.fromfile(kitti_dir / "velodyne_reduced" / f"{i}.bin", np.float32).reshape(-1, 4)
         scan[:, 3] = 0.0
         scan.tofile(frames / "velodyne_reduced" / f"{i}.bin")
-    code = main(["calib", "check", "--frames", str(frames), "--model", str(yolox_path), "--quiet"])
+    picture = tmp_path / "p.png"
+    code = main(
+        ["calib", "check", "--frames", str(frames), "--model", str(yolox_path), "--quiet",
+         "--out", str(picture)]
+    )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 4, out
     assert "camera front: NO VERDICT: all 3 frames skipped" in out, out
     assert "intensity" in out
+    assert f"no picture written to {picture}: no frame was used" in out
+    assert not picture.exists()
 
 
 def test_calib_check_drive_without_evidence_writes_no_refined_rig(

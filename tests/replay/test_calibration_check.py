@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.models import build_pipeline, choose_camera_model
@@ -52,6 +53,25 @@ def test_a_drive_with_its_true_rig_is_aligned_and_drifts_are_flagged(
     # The verdict's rig is the one checked (the drifted one), so that correcting it refines it.
     drifted = turned.rig.transform("vehicle", "camera/front")
     assert not drifted.almost_equal(synth_rig().transform("vehicle", "camera/front"), 1e-6)
+    # The picture of a check: the last frame used, its points drawn with the extrinsic
+    # checked (above) and corrected (below). The drift undone exactly draws the truth's
+    # picture; the estimated correction draws closer to it than the drifted rig.
+    assert truth.view is not None and turned.view is not None
+    assert turned.view.image is truth.view.image  # the same frame, checked three ways
+    h = truth.view.image.shape[0]
+    seen = truth.view.draw("truth")
+    assert seen.shape == truth.view.image.shape
+
+    def differing(a: np.ndarray, b: np.ndarray) -> float:
+        # Below the titles' box: the share of pixels whose dots differ.
+        return float(np.mean(np.any(a[40:] != b[40:], axis=-1)))
+
+    undone = turned.view.draw("drifted", yaw.inverse(), "undone")
+    assert undone.shape == (2 * h, *seen.shape[1:])
+    assert differing(undone[h:], seen) < 0.001
+    estimated = turned.view.draw("drifted", turned.estimate.correction, "corrected")
+    # (Dots 2 px wide: the estimate's 0.1 degree or so still moves most of them a pixel.)
+    assert differing(estimated[h:], seen) < differing(estimated[:h], seen)
 
 
 def test_kitti_frames_flag_every_1_degree_rotation_and_not_the_truth(
