@@ -21,11 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
-from calibration import CameraModel, Rig, RigidTransform
-from calibration.check import draw_before_after
+from calibration import Rig
 from calibration.monitor import (
     CalibrationEstimate,
     Correction,
@@ -34,7 +30,7 @@ from calibration.monitor import (
 )
 from calibration.rig import VEHICLE_FRAME, camera_frame
 from perception.config import NodeConfig
-from perception.node.calibration import CalibrationWatch
+from perception.node.calibration import CalibrationView, CalibrationWatch
 from perception.node.core import NodeCore
 from perception.pipeline import Pipeline
 from perception.pipeline.pipeline import StepFrame
@@ -44,7 +40,6 @@ from replay.offline import open_source, run_core
 __all__ = [
     "MAX_FRAMES",
     "CameraVerdict",
-    "CheckedView",
     "Fanout",
     "PerturbedWatch",
     "check_calibration",
@@ -53,31 +48,6 @@ __all__ = [
 
 #: The most frames one check pools (the newest): about 500 kB of evidence each.
 MAX_FRAMES = 600
-
-
-@dataclass(frozen=True, eq=False)
-class CheckedView:
-    """The last frame a camera's check used, to draw it: the camera's image, the sweep's
-    points (vehicle frame at the sweep's stamp) and the vehicle's motion to the exposure, the
-    camera model and the extrinsic checked (a perturbation included)."""
-
-    image: npt.NDArray[np.uint8]
-    points: npt.NDArray[np.float32]
-    motion: RigidTransform
-    camera: CameraModel
-    vehicle_from_camera: RigidTransform
-
-    def draw(
-        self, checked: str, correction: Correction | None = None, corrected: str = ""
-    ) -> npt.NDArray[np.uint8]:
-        """The points on the image with the extrinsic checked (titled `checked`) and, below,
-        with it corrected by `correction` (titled `corrected`; None: the checked one alone)."""
-        panels = [(self.vehicle_from_camera, checked)]
-        if correction is not None:
-            panels.append((apply_correction(self.vehicle_from_camera, correction), corrected))
-        return draw_before_after(
-            self.image, self.motion.apply(self.points[:, :3]), self.camera, panels
-        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +59,7 @@ class CameraVerdict:
     camera: str
     estimate: CalibrationEstimate
     rig: Rig
-    view: CheckedView | None = None
+    view: CalibrationView | None = None
 
     @property
     def drifted(self) -> bool:
@@ -106,8 +76,6 @@ class PerturbedWatch(CalibrationWatch):
         # The moved rig of each rig seen (the same object for the same rig, so that a
         # monitor carries on rather than starting over).
         self._moved: dict[int, tuple[Rig, Rig]] = {}
-        #: Per camera, the last frame its monitor used.
-        self.views: dict[str, CheckedView] = {}
 
     def observe(self, frame: StepFrame) -> None:
         if self.perturb is not None:
@@ -121,18 +89,7 @@ class PerturbedWatch(CalibrationWatch):
                     moved = moved.with_vehicle_from(camera_frame(name), shifted)
                 self._moved[id(frame.rig)] = (frame.rig, moved)
             frame = replace(frame, rig=moved)
-        used = {name: mon.frames for name, mon in self.monitors().items()}
         super().observe(frame)
-        for name, mon in self.monitors().items():
-            if mon.frames > used.get(name, 0):
-                image, motion = frame.images[name]
-                self.views[name] = CheckedView(
-                    image,
-                    frame.points,
-                    motion,
-                    frame.rig.cameras[name],
-                    frame.rig.transform(VEHICLE_FRAME, camera_frame(name)),
-                )
 
 
 class Fanout(CalibrationWatch):
@@ -222,7 +179,7 @@ def check_calibrations(
     return [_verdicts(source, watch, given or "") for watch in watches]
 
 
-def _verdicts(source: Path, watch: PerturbedWatch, hint: str = "") -> list[CameraVerdict]:
+def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[CameraVerdict]:
     verdicts = []
     for name, mon in sorted(watch.monitors().items()):
         if mon.frames == 0 and mon.skipped == 0:
@@ -232,7 +189,7 @@ def _verdicts(source: Path, watch: PerturbedWatch, hint: str = "") -> list[Camer
         estimate = mon.verdict()
         rig = watch.rig_of(name)
         assert rig is not None
-        verdicts.append(CameraVerdict(name, estimate, rig, watch.views.get(name)))
+        verdicts.append(CameraVerdict(name, estimate, rig, watch.view_of(name)))
     if not verdicts:
         raise ReplayError(
             f"{source}: no frame to check the calibration with (no camera image the pipeline "

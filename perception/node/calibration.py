@@ -19,20 +19,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from calibration import Rig
+from calibration import CameraModel, Rig, RigidTransform
+from calibration.check import draw_before_after
 from calibration.monitor import (
     CalibrationEstimate,
     CalibrationMonitor,
     Correction,
     MonitorState,
+    apply_correction,
 )
 from calibration.rig import VEHICLE_FRAME, camera_frame
 from perception.config import CalibrationMonitorConfig
 from perception.msgs.types import CalibrationStatus
 from perception.pipeline.pipeline import StepFrame
 
-__all__ = ["CalibrationWatch", "CpuBudget", "drift_notes", "status_of"]
+__all__ = ["CalibrationView", "CalibrationWatch", "CpuBudget", "drift_notes", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,36 @@ class CpuBudget:
             self.credit_ns -= ns
 
 
+@dataclass(frozen=True, eq=False)
+class CalibrationView:
+    """The last frame a camera's monitor used, to draw it: the camera's image, the sweep's
+    points (vehicle frame at the sweep's stamp) and the vehicle's motion to the exposure, the
+    camera model and the extrinsic watched. References to what the frame held: no copies."""
+
+    image: npt.NDArray[np.uint8]
+    points: npt.NDArray[np.float32]
+    motion: RigidTransform
+    camera: CameraModel
+    vehicle_from_camera: RigidTransform
+
+    def draw(
+        self, checked: str, correction: Correction | None = None, corrected: str = ""
+    ) -> npt.NDArray[np.uint8]:
+        """The points on the image with the extrinsic checked (titled `checked`) and, below,
+        with it corrected by `correction` (titled `corrected`; None: the checked one alone)."""
+        panels = [(self.vehicle_from_camera, checked)]
+        if correction is not None:
+            panels.append((apply_correction(self.vehicle_from_camera, correction), corrected))
+        return draw_before_after(
+            self.image, self.motion.apply(self.points[:, :3]), self.camera, panels
+        )
+
+
 @dataclass
 class _Camera:
     monitor: CalibrationMonitor
     rig: Rig
+    view: CalibrationView | None = None
 
 
 class CalibrationWatch:
@@ -122,7 +151,7 @@ class CalibrationWatch:
                 (centre, d.size, d.yaw + turn)
                 for centre, d in zip(centres, frame.detections, strict=True)
             ]
-            entry.monitor.add(
+            used = entry.monitor.add(
                 at_exposure,
                 image,
                 travelled_m=travelled,
@@ -131,6 +160,10 @@ class CalibrationWatch:
                 exclude=boxes,
                 exclude_margin_m=self.config.object_margin_m,
             )
+            if used:
+                entry.view = CalibrationView(
+                    image, frame.points, motion, camera, vehicle_from_camera
+                )
         self._statuses = tuple(
             status_of(name, entry.monitor.estimate())
             for name, entry in sorted(self._cameras.items())
@@ -155,6 +188,11 @@ class CalibrationWatch:
     def monitors(self) -> dict[str, CalibrationMonitor]:
         """The monitor of each camera seen so far."""
         return {name: entry.monitor for name, entry in self._cameras.items()}
+
+    def view_of(self, camera: str) -> CalibrationView | None:
+        """The last frame a camera's monitor used (None before one)."""
+        entry = self._cameras.get(camera)
+        return None if entry is None else entry.view
 
     def rig_of(self, camera: str) -> Rig | None:
         """The rig a camera's monitor watches (None for a camera not seen)."""

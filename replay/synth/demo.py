@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import Rig
-from calibration.monitor import Correction
+from calibration.monitor import Correction, MonitorState
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
 from engines.fusion.learned_runner import LearnedFusionRunner
@@ -48,6 +48,7 @@ from perception.msgs.types import (
     TrackList,
 )
 from perception.node import NodeCore
+from perception.node.calibration import CalibrationWatch
 from perception.pipeline import Pipeline
 from perception.pipeline.timing import step_ns
 from replay.drive import DriveReader
@@ -165,6 +166,9 @@ class DemoReport:
     calibration: tuple[CalibrationStatus, ...] = ()
     #: Why the calibration verdict does not check the rig on this drive (None: it does).
     calibration_caveat: str | None = None
+    #: Per drifted camera, its picture: the last frame the monitor used, drawn with the rig
+    #: the node was given and with it corrected.
+    calibration_pictures: tuple[Path, ...] = ()
 
 
 #: The simple world has nothing static beside the road: the only structure the calibration
@@ -517,6 +521,7 @@ def run_demo(
     config = replace(NodeConfig(), sync=sync)
     runs: dict[str, KindRun] = {}
     calibration: tuple[CalibrationStatus, ...] = ()
+    calibration_pictures: tuple[Path, ...] = ()
     # The picture shows the first kind's frame with the most scored objects of every class,
     # among the frames at least a trail's length into the drive (so that the tracks have
     # been confirmed and have trails) when there are any.
@@ -533,6 +538,9 @@ def run_demo(
                 progress(f"replay:{kind}", len(lists), sweeps)
         if kind == kinds[0] and core.calibration is not None:
             calibration = core.calibration.statuses()
+            calibration_pictures = write_calibration_pictures(
+                core.calibration, calibration, out_dir
+            )
         results = []
         for dl in lists:
             frame = truth.get(dl.header.stamp_ns)
@@ -600,7 +608,35 @@ def run_demo(
         calibration_caveat=(
             SIMPLE_WORLD_CALIBRATION_CAVEAT if generated and scene == "simple" else None
         ),
+        calibration_pictures=calibration_pictures,
     )
+
+
+def write_calibration_pictures(
+    watch: CalibrationWatch, statuses: Sequence[CalibrationStatus], out_dir: Path
+) -> tuple[Path, ...]:
+    """`calibration-<camera>.png` for each drifted camera (`CalibrationView.draw`); the
+    pictures of an earlier run in `out_dir` are removed, so none outlives its verdict."""
+    for old in out_dir.glob("calibration-*.png"):
+        old.unlink()
+    written = []
+    for s in statuses:
+        view = watch.view_of(s.camera)
+        if s.state != MonitorState.DRIFTED or view is None:
+            continue
+        rot = ", ".join(f"{v:+.2f}" for v in s.rotation_deg)
+        cm = ", ".join(f"{v * 100:+.1f}" for v in s.translation_m)
+        picture = view.draw(
+            f"camera {s.camera}: the rig the node was given (drifted)",
+            Correction(s.rotation_deg, s.translation_m),
+            f"corrected by the monitor's estimate: rotation ({rot}) deg, translation ({cm}) cm",
+        )
+        path = out_dir / f"calibration-{s.camera}.png"
+        with atomic_output(path, "the calibration picture") as tmp:
+            if not cv2.imwrite(str(tmp), picture):
+                raise ReplayError(f"{path}: cannot write the calibration picture")
+        written.append(path)
+    return tuple(written)
 
 
 def _pct(value: float | None) -> str:
@@ -715,5 +751,6 @@ def format_demo_report(report: DemoReport) -> str:
         *calibration_lines(report.calibration, report.calibration_caveat),
         f"detections: {report.detections}",
         f"picture: {report.picture}",
+        *(f"calibration picture: {path}" for path in report.calibration_pictures),
     ]
     return "\n".join(lines)

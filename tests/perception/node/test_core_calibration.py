@@ -8,6 +8,8 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from app.models import build_pipeline, choose_camera_model
@@ -20,6 +22,7 @@ from perception.node.core import NodeCore
 from perception.node.metrics import NodeMetrics
 from perception.pipeline.pipeline import StepFrame
 from replay.offline import open_source, run_core
+from replay.synth.demo import write_calibration_pictures
 from tests.conftest import RIG_DRIFT_YAW_DEG
 from tests.scrape import scrape
 
@@ -46,9 +49,11 @@ def _run(
     return core, diagnostics
 
 
-def test_a_drifted_camera_is_flagged_on_the_diagnostics(drifted_rich_drive: Path) -> None:
+def test_a_drifted_camera_is_flagged_on_the_diagnostics(
+    drifted_rich_drive: Path, tmp_path: Path
+) -> None:
     """The drive's rig has the camera turned 0.5 degrees in yaw; its images do not."""
-    _, diagnostics = _run(drifted_rich_drive, _config())
+    core, diagnostics = _run(drifted_rich_drive, _config())
     last = diagnostics[-1]
     (status,) = last.calibration
     assert status.camera == "front" and status.state == "drifted", status
@@ -93,6 +98,19 @@ def test_a_drifted_camera_is_flagged_on_the_diagnostics(drifted_rich_drive: Path
     assert got[("perception_calibration_frames_total", front)] == status.frames
     assert got[("perception_calibration_skipped_frames_total", front)] == status.skipped
     assert got[("perception_calibration_information_nats", front)] == pytest.approx(status.score)
+    # The demo's picture of a drifted camera: its last frame used, drawn with the rig given
+    # above and corrected below; none for an aligned camera, and none left from before.
+    assert core.calibration is not None
+    view = core.calibration.view_of("front")
+    assert view is not None and view.image.shape == (375, 1242, 3)
+    (path,) = write_calibration_pictures(core.calibration, last.calibration, tmp_path)
+    assert path == tmp_path / "calibration-front.png"
+    picture = cv2.imread(str(path))
+    assert picture is not None and picture.shape == (750, 1242, 3)
+    assert not np.array_equal(picture[:375], picture[375:])
+    aligned = (replace(status, state="aligned"),)
+    assert write_calibration_pictures(core.calibration, aligned, tmp_path) == ()
+    assert not path.exists()
 
 
 def test_the_true_rig_raises_no_flag_and_the_rate_is_kept(rich_drive: Path) -> None:
