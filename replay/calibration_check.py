@@ -71,7 +71,7 @@ class PerturbedWatch(CalibrationWatch):
     verdicts' rigs are the moved ones, so that a refined rig corrects what was checked)."""
 
     def __init__(self, config: NodeConfig, perturb: Correction | None, pool: bool) -> None:
-        super().__init__(config.calibration_monitor, pool_rigs=pool)
+        super().__init__(config.calibration_monitor, pool_rigs=pool, keep_views=True)
         self.perturb = perturb
         # The moved rig of each rig seen (the same object for the same rig, so that a
         # monitor carries on rather than starting over).

@@ -110,9 +110,15 @@ class CalibrationWatch:
     """Monitors per camera (see the module docstring). Not thread safe: the node's processing
     thread calls `offer` and `observe`; `statuses` returns an immutable snapshot."""
 
-    def __init__(self, config: CalibrationMonitorConfig, *, pool_rigs: bool = False) -> None:
+    def __init__(
+        self, config: CalibrationMonitorConfig, *, pool_rigs: bool = False, keep_views: bool = False
+    ) -> None:
         self.config = config
         self.pool_rigs = pool_rigs
+        #: Whether `view_of` keeps each camera's last frame used, to draw (offline checks, the
+        #: demo). Off in the live node: a frame's arrays may be shared memory that a later
+        #: message reuses (perception.io.shm), so none is held past its processing.
+        self.keep_views = keep_views
         self._cameras: dict[str, _Camera] = {}
         self._offered = 0
         self._odometer_m = 0.0
@@ -160,7 +166,7 @@ class CalibrationWatch:
                 exclude=boxes,
                 exclude_margin_m=self.config.object_margin_m,
             )
-            if used:
+            if used and self.keep_views:
                 entry.view = CalibrationView(
                     image, frame.points, motion, camera, vehicle_from_camera
                 )
@@ -190,7 +196,8 @@ class CalibrationWatch:
         return {name: entry.monitor for name, entry in self._cameras.items()}
 
     def view_of(self, camera: str) -> CalibrationView | None:
-        """The last frame a camera's monitor used (None before one)."""
+        """The last frame a camera's monitor used (None before one, or without
+        `keep_views`)."""
         entry = self._cameras.get(camera)
         return None if entry is None else entry.view
 

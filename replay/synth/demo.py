@@ -531,6 +531,8 @@ def run_demo(
         track_lists: list[TrackList] = []
         records = _degrade(checked_messages(reader), without)
         core = NodeCore(config, pipeline, rig)
+        if core.calibration is not None:
+            core.calibration.keep_views = True  # for the picture of a drifted camera
         received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
         for dl in run_core(core, received, on_tracks=track_lists.append):
             lists.append(dl)
