@@ -5,7 +5,9 @@ Stamps
     bag's receive time becomes the drive's log time (replay.rosbag2.importer).
 
 PointCloud2 -> LidarSweep
-    `x`, `y`, `z` and `intensity` (or `i`; zeros when neither is there) of any numeric field
+    `x`, `y`, `z` and `intensity` (else `i`, else `reflectivity`, as Ouster's reduced point
+    types carry it; zeros when none is there: the calibration monitor then skips the sweeps,
+    having nothing to compare the images with) of any numeric field
     type and either byte order, organised clouds (row padding) included, in the cloud's
     frame. Points with a non-finite coordinate (an organised cloud's no-returns) are dropped.
     Per-point time comes from a field chosen by name (`t`, `time`, `time_stamp`,
@@ -54,6 +56,8 @@ __all__ = [
     "velocity_sample",
 ]
 
+#: Fields read as the points' intensity, the first present (ROS drivers' names).
+INTENSITY_FIELDS = ("intensity", "i", "reflectivity")
 #: Per-point time field names tried in order when `--topics` names none.
 TIME_FIELDS = ("t", "time", "time_stamp", "timestamp", "offset_time")
 #: Velocity samples further than this from a fix's stamp are not its velocity.
@@ -156,7 +160,7 @@ def pointcloud_to_sweep(
         )
     records = _cloud_records(msg, where)
     xyz = np.stack([_column(records, *fields[a]).astype(np.float32) for a in "xyz"], axis=1)
-    name = next((n for n in ("intensity", "i") if n in fields), None)
+    name = next((n for n in INTENSITY_FIELDS if n in fields), None)
     if name is None:
         intensity = np.zeros(len(records), dtype=np.float32)
     else:

@@ -86,6 +86,30 @@ def test_organised_big_endian_cloud_with_padding_and_no_returns() -> None:
     np.testing.assert_array_equal(s.points, [[1, 2, 3, 0], [4, 5, 6, 0], [7, 8, 9, 0]])
 
 
+def test_a_cloud_with_reflectivity_only_reads_it_as_intensity() -> None:
+    """Ouster's reduced point types carry `reflectivity` (uint16) and no `intensity`."""
+    dtype = np.dtype({"names": ["x", "y", "z", "reflectivity"],
+                      "formats": ["<f4", "<f4", "<f4", "<u2"], "itemsize": 16})  # fmt: skip
+    records = np.zeros(3, dtype=dtype)
+    for i, name in enumerate("xyz"):
+        records[name] = POINTS[:, i]
+    records["reflectivity"] = [10, 200, 4000]
+    field = T["sensor_msgs/msg/PointField"]
+    names = ("x", "y", "z", "reflectivity")
+    assert dtype.fields is not None
+    offsets = {n: dtype.fields[n][1] for n in names}
+    msg = T["sensor_msgs/msg/PointCloud2"](
+        header=header(STAMP, "os"), height=1, width=3,
+        fields=[field(name=n, offset=offsets[n], datatype=7 if n in "xyz" else 4, count=1)
+                for n in names],
+        is_bigendian=False, point_step=16, row_step=48,
+        data=np.frombuffer(records.tobytes(), dtype=np.uint8), is_dense=True,
+    )  # fmt: skip
+    s = sweep(msg)
+    np.testing.assert_array_equal(s.points[:, :3], POINTS[:, :3])
+    np.testing.assert_array_equal(s.points[:, 3], [10, 200, 4000])
+
+
 def test_malformed_clouds_are_named() -> None:
     msg = point_cloud(STAMP, "velo", POINTS)
     msg.data = msg.data[:-1]
