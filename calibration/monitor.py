@@ -64,6 +64,10 @@ from calibration.transforms import RigidTransform
 
 __all__ = [
     "AXES",
+    "SKIP_FEW_POINTS",
+    "SKIP_FLAT_IMAGE",
+    "SKIP_FLAT_INTENSITY",
+    "SKIP_STILL",
     "CalibrationEstimate",
     "CalibrationMonitor",
     "Correction",
@@ -95,6 +99,12 @@ PRIOR_FRACTION = 0.005
 #: The prior's curvature on a translation along the camera's optical axis, as a fraction of
 #: the sharpest axis' curvature (that translation is barely observable: it is pinned).
 OPTICAL_AXIS_PRIOR = 0.5
+#: Why a frame is skipped (`CalibrationMonitor.skipped_by`).
+SKIP_FEW_POINTS = "too few lidar points in the image"
+SKIP_FLAT_INTENSITY = "no contrast in the lidar's intensity"
+SKIP_FLAT_IMAGE = "too little image contrast"
+SKIP_STILL = "taken without moving"
+
 #: At most this many times `max_points` points of a sweep are looked at.
 _PRESELECT = 6
 #: Folds of frames for the jackknife's uncertainty.
@@ -475,6 +485,7 @@ class CalibrationMonitor:
         self._since_eval = 0
         self._frames = 0
         self._skipped = 0
+        self._skipped_by: dict[str, int] = {}
         self._last_travel_m: float | None = None
         self._beyond = 0
         self._within = 0
@@ -502,6 +513,11 @@ class CalibrationMonitor:
     def skipped(self) -> int:
         """Frames skipped so far."""
         return self._skipped
+
+    @property
+    def skipped_by(self) -> dict[str, int]:
+        """Frames skipped so far, by why (the `SKIP_*` reasons)."""
+        return dict(self._skipped_by)
 
     # -- evidence --------------------------------------------------------------------------
 
@@ -544,7 +560,7 @@ class CalibrationMonitor:
             and self._last_travel_m is not None
             and abs(travelled_m - self._last_travel_m) < cfg.min_travel_m
         ):
-            return self._skip()
+            return self._skip(SKIP_STILL)
         frame = self._frame(
             pts,
             image,
@@ -553,8 +569,8 @@ class CalibrationMonitor:
             exclude=exclude,
             exclude_margin_m=exclude_margin_m,
         )
-        if frame is None:
-            return self._skip()
+        if isinstance(frame, str):
+            return self._skip(frame)
         if not len(self._ridges):
             self._set_ridges(frame)
         self._window.append((frame, self._histograms(frame)))
@@ -589,8 +605,9 @@ class CalibrationMonitor:
         bias = (bins - 1) ** 2 / (2.0 * max(int(joint.sum()), 1))
         return information, information >= max(self.config.min_information_nats, 2.0 * bias)
 
-    def _skip(self) -> bool:
+    def _skip(self, reason: str) -> bool:
         self._skipped += 1
+        self._skipped_by[reason] = self._skipped_by.get(reason, 0) + 1
         self._estimate = replace(self._estimate, skipped=self._skipped)
         return False
 
@@ -603,9 +620,10 @@ class CalibrationMonitor:
         *,
         exclude: Sequence[tuple[Sequence[float], Sequence[float], float]] = (),
         exclude_margin_m: float = 0.3,
-    ) -> FrameEvidence | None:
-        """A frame's evidence at the current centre; None for one with too few points in the
-        image, or too little contrast at them in the image or in the lidar's intensity."""
+    ) -> FrameEvidence | str:
+        """A frame's evidence at the current centre, or why it has none (a `SKIP_*` reason):
+        too few points in the image, or too little contrast at them in the image or in the
+        lidar's intensity."""
         cfg = self.config
         base = vehicle_from_camera.matrix
         centre_and_steps = self._projections(base)
@@ -639,11 +657,11 @@ class CalibrationMonitor:
             idx = self._rng.choice(idx, cfg.max_points, replace=False)
         idx = idx[~object_mask(xyz[idx], exclude, exclude_margin_m)]
         if len(idx) < max(cfg.min_points, 1):
-            return None
+            return SKIP_FEW_POINTS
         xyz = xyz[idx]
         level = _unit_levels(intensity[idx], cfg.bins)
         if level is None:
-            return None
+            return SKIP_FLAT_INTENSITY
         # The centre and one step along each axis, projected in one call: the Jacobian.
         stacked = np.empty((7, len(xyz), 3))
         stacked[0] = cam[idx]
@@ -653,7 +671,7 @@ class CalibrationMonitor:
         uv0, depth = camera.project(stacked[0])
         seen = camera.in_image(uv0) & (depth > 0.5)
         if seen.sum() < max(cfg.min_points, 1):
-            return None
+            return SKIP_FEW_POINTS
         level, uv0 = level[seen], uv0[seen]
         # The Jacobian of the pinhole projection: the lens distortion changes it by a few per
         # cent at the image's edge, which scales the candidates' offsets there, symmetrically.
@@ -667,7 +685,7 @@ class CalibrationMonitor:
         grey = _grey_unit(image, row0, row1)
         g0 = _bilinear(grey, uv0 - [0.0, row0]) / 255.0
         if float(np.std(g0)) < cfg.min_contrast:
-            return None
+            return SKIP_FLAT_IMAGE
         return FrameEvidence(
             uv=uv0.astype(np.float32),
             jacobian=jac.astype(np.float32),

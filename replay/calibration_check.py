@@ -53,13 +53,15 @@ MAX_FRAMES = 600
 @dataclass(frozen=True)
 class CameraVerdict:
     """One camera's verdict: the estimate (state `aligned` or `drifted`, the correction and
-    its uncertainty, frames used and skipped), the rig it was made against and the last frame
-    it used (None where every frame was skipped)."""
+    its uncertainty, frames used and skipped), the rig it was made against, the last frame
+    it used (None where every frame was skipped) and the frames skipped by why (the monitor's
+    `SKIP_*` reasons)."""
 
     camera: str
     estimate: CalibrationEstimate
     rig: Rig
     view: CalibrationView | None = None
+    skipped_by: tuple[tuple[str, int], ...] = ()
 
     @property
     def drifted(self) -> bool:
@@ -189,7 +191,8 @@ def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[Cam
         estimate = mon.verdict()
         rig = watch.rig_of(name)
         assert rig is not None
-        verdicts.append(CameraVerdict(name, estimate, rig, watch.view_of(name)))
+        skipped_by = tuple(sorted(mon.skipped_by.items()))
+        verdicts.append(CameraVerdict(name, estimate, rig, watch.view_of(name), skipped_by))
     if not verdicts:
         raise ReplayError(
             f"{source}: no frame to check the calibration with (no camera image the pipeline "

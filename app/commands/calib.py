@@ -203,15 +203,14 @@ def _verdict_line(v: Any, min_information_nats: float) -> str:
 
     e = v.estimate
     c = e.correction
+    # "3 skipped: 2 too few lidar points in the image, 1 taken without moving"
+    why = ", ".join(f"{n} {reason}" for reason, n in v.skipped_by)
+    skipped = f"{e.skipped} skipped" + (f": {why}" if why else "")
     if e.state == MonitorState.COLLECTING and e.frames == 0:
-        return (
-            f"camera {v.camera}: NO VERDICT: all {e.skipped} frames skipped (too few lidar "
-            "points in the image, too little contrast in the image or in the lidar's "
-            "intensity, or taken without moving)"
-        )
+        return f"camera {v.camera}: NO VERDICT: every frame skipped ({skipped})"
     if e.state == MonitorState.COLLECTING:
         return (
-            f"camera {v.camera}: NO VERDICT over {e.frames} frames ({e.skipped} skipped): they "
+            f"camera {v.camera}: NO VERDICT over {e.frames} frames ({skipped}): they "
             f"pool {e.score:.3f} nats of lidar-camera mutual information, no more than unrelated "
             f"data would (needed: {min_information_nats:g} and twice the estimator's bias): "
             "the camera sees nothing the lidar sees"
@@ -225,7 +224,7 @@ def _verdict_line(v: Any, min_information_nats: float) -> str:
     rot = ", ".join(f"{x:+.2f}" for x in c.rotation_deg)
     cm = ", ".join(f"{x * 100:+.1f}" for x in c.translation_m)
     return (
-        f"camera {v.camera}: {e.state.upper()} over {e.frames} frames ({e.skipped} skipped); "
+        f"camera {v.camera}: {e.state.upper()} over {e.frames} frames ({skipped}); "
         f"correction rotation ({rot}) deg +- ({pm(e.sigma[:3], 1.0, 2)}), translation ({cm}) "
         f"cm +- ({pm(e.sigma[3:], 100.0, 1)}) [vehicle axes x, y, z]; it moves the "
         f"projection {e.image_motion_px:.1f} +- {e.image_motion_sigma_px:.1f} px (median)"

@@ -13,6 +13,10 @@ import pytest
 
 from calibration import CalibrationError, RigidTransform
 from calibration.monitor import (
+    SKIP_FEW_POINTS,
+    SKIP_FLAT_IMAGE,
+    SKIP_FLAT_INTENSITY,
+    SKIP_STILL,
     CalibrationMonitor,
     Correction,
     Fit,
@@ -203,6 +207,9 @@ def test_frames_without_evidence_are_skipped_not_fatal(
     assert not monitor.add(frame.points, image, travelled_m=0.05)
     assert monitor.add(frame.points, image, travelled_m=1.0)
     assert (monitor.frames, monitor.skipped) == (2, 5)
+    assert monitor.skipped_by == {
+        SKIP_FLAT_IMAGE: 1, SKIP_FEW_POINTS: 1, SKIP_FLAT_INTENSITY: 2, SKIP_STILL: 1
+    }  # fmt: skip
     assert monitor.estimate().state == MonitorState.COLLECTING
     with pytest.raises(ValueError, match="camera expects 1242x375"):
         monitor.add(frame.points, image[:100])
