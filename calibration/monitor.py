@@ -486,6 +486,8 @@ class CalibrationMonitor:
         self._frames = 0
         self._skipped = 0
         self._skipped_by: dict[str, int] = {}
+        #: Why the last frame given was skipped (a `SKIP_*` reason); None when it was used.
+        self.last_skip: str | None = None
         self._last_travel_m: float | None = None
         self._beyond = 0
         self._within = 0
@@ -573,6 +575,7 @@ class CalibrationMonitor:
             return self._skip(frame)
         if not len(self._ridges):
             self._set_ridges(frame)
+        self.last_skip = None
         self._window.append((frame, self._histograms(frame)))
         self._pooled_evidence = None
         self._motion_jacobian = None
@@ -606,6 +609,7 @@ class CalibrationMonitor:
         return information, information >= max(self.config.min_information_nats, 2.0 * bias)
 
     def _skip(self, reason: str) -> bool:
+        self.last_skip = reason
         self._skipped += 1
         self._skipped_by[reason] = self._skipped_by.get(reason, 0) + 1
         self._estimate = replace(self._estimate, skipped=self._skipped)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,7 @@ import numpy.typing as npt
 from calibration import CameraModel, Rig, RigidTransform
 from calibration.check import draw_before_after
 from calibration.monitor import (
+    SKIP_STILL,
     CalibrationEstimate,
     CalibrationMonitor,
     Correction,
@@ -35,7 +36,15 @@ from perception.config import CalibrationMonitorConfig
 from perception.msgs.types import CalibrationStatus
 from perception.pipeline.pipeline import StepFrame
 
-__all__ = ["CalibrationView", "CalibrationWatch", "CpuBudget", "drift_notes", "status_of"]
+__all__ = [
+    "BLIND_AFTER_FRAMES",
+    "CalibrationView",
+    "CalibrationWatch",
+    "CpuBudget",
+    "blind_note",
+    "drift_notes",
+    "status_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +108,18 @@ class CalibrationView:
         )
 
 
+#: A camera whose monitor found no evidence in this many frames in a row (a standing vehicle's
+#: frames not counted) gets a note on the diagnostics: its extrinsic is not being checked.
+BLIND_AFTER_FRAMES = 10
+
+
 @dataclass
 class _Camera:
     monitor: CalibrationMonitor
     rig: Rig
     view: CalibrationView | None = None
+    # The frames without evidence since the last one used, by why (standing still aside).
+    blind: dict[str, int] = field(default_factory=dict)
 
 
 class CalibrationWatch:
@@ -124,6 +140,7 @@ class CalibrationWatch:
         self._odometer_m = 0.0
         self._last_stamp_ns: int | None = None
         self._statuses: tuple[CalibrationStatus, ...] = ()
+        self._notes: tuple[str, ...] = ()
 
     def offer(self) -> bool:
         """Count one processed sweep; whether it is one the watch uses."""
@@ -170,9 +187,19 @@ class CalibrationWatch:
                 entry.view = CalibrationView(
                     image, frame.points, motion, camera, vehicle_from_camera
                 )
+            why = entry.monitor.last_skip
+            if used:
+                entry.blind.clear()
+            elif why is not None and why != SKIP_STILL:
+                entry.blind[why] = entry.blind.get(why, 0) + 1
         self._statuses = tuple(
             status_of(name, entry.monitor.estimate())
             for name, entry in sorted(self._cameras.items())
+        )
+        self._notes = drift_notes(self._statuses) + tuple(
+            blind_note(name, entry.blind)
+            for name, entry in sorted(self._cameras.items())
+            if sum(entry.blind.values()) >= BLIND_AFTER_FRAMES
         )
 
     def _travel(self, frame: StepFrame) -> float | None:
@@ -190,6 +217,12 @@ class CalibrationWatch:
     def statuses(self) -> tuple[CalibrationStatus, ...]:
         """Each watched camera's status (after the last `observe`)."""
         return self._statuses
+
+    def notes(self) -> tuple[str, ...]:
+        """Lines for the diagnostics' notes (after the last `observe`): each drifted camera
+        (`drift_notes`) and each camera whose last `BLIND_AFTER_FRAMES` frames or more held no
+        evidence (`blind_note`)."""
+        return self._notes
 
     def monitors(self) -> dict[str, CalibrationMonitor]:
         """The monitor of each camera seen so far."""
@@ -236,6 +269,15 @@ def drift_notes(statuses: Sequence[CalibrationStatus]) -> tuple[str, ...]:
         "cm (vehicle axes)"
         for s in statuses
         if s.state == MonitorState.DRIFTED
+    )
+
+
+def blind_note(camera: str, skipped_by: dict[str, int]) -> str:
+    """The note of a camera whose monitor finds no evidence: how many frames in a row, why."""
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped_by.items()))
+    return (
+        f"calibration: camera {camera} not checked: its last {sum(skipped_by.values())} frames "
+        f"held no evidence ({why})"
     )
 
 

@@ -87,7 +87,7 @@ from perception.msgs.types import (
     sweep_end_ns,
 )
 from perception.node.ahead import CameraAhead
-from perception.node.calibration import CalibrationWatch, drift_notes
+from perception.node.calibration import CalibrationWatch
 from perception.pipeline import Pipeline
 from perception.pipeline.pipeline import StepFrame
 from perception.pipeline.tracking import Tracker
@@ -761,7 +761,8 @@ class NodeCore:
             sync = {k: v for k, v in asdict(stats).items() if isinstance(v, int)}
             seq = self._diagnostics_seq
             self._diagnostics_seq += 1
-            calibration = () if self.calibration is None else self.calibration.statuses()
+            watch = self.calibration
+            calibration = () if watch is None else watch.statuses()
             return Diagnostics(
                 header=Header(self.config.outputs.diagnostics_topic, seq, stamp_ns, ""),
                 counters=self.counters.scalars(),
@@ -777,7 +778,7 @@ class NodeCore:
                 last_publish_ns=self._last_publish_ns,
                 last_latency_ns=self._last_latency_ns,
                 engines=self.pipeline.describe_engines(),
-                notes=(*self.pipeline.notes, *drift_notes(calibration)),
+                notes=(*self.pipeline.notes, *(() if watch is None else watch.notes())),
                 realtime=self.realtime,
                 sensors=sensors,
                 status=status,

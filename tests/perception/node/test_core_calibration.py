@@ -17,7 +17,7 @@ from calibration.monitor import MonitorConfig
 from perception.config import CalibrationMonitorConfig, MetricsConfig, NodeConfig
 from perception.msgs import wire
 from perception.msgs.types import Diagnostics
-from perception.node.calibration import CalibrationWatch
+from perception.node.calibration import BLIND_AFTER_FRAMES, CalibrationWatch
 from perception.node.core import NodeCore
 from perception.node.metrics import NodeMetrics
 from perception.pipeline.pipeline import StepFrame
@@ -132,6 +132,42 @@ def test_the_true_rig_raises_no_flag_and_the_rate_is_kept(rich_drive: Path) -> N
 class _Broken(CalibrationWatch):
     def observe(self, frame: StepFrame) -> None:
         raise RuntimeError("monitor bug")
+
+
+def test_a_lidar_without_intensity_is_noted_as_not_checked(
+    rich_drive: Path, tmp_path: Path
+) -> None:
+    """The drive's sweeps with their intensity zeroed (a lidar or driver that reports none):
+    every frame is skipped, the state stays collecting, and once 10 frames in a row held no
+    evidence the diagnostics say the camera is not being checked, and why."""
+    from perception.msgs.types import LidarSweep
+    from replay.drive import RIG_TOPIC, DriveReader, DriveWriter
+
+    path = tmp_path / "no_intensity.mcap"
+    reader = DriveReader(rich_drive)
+    with DriveWriter(path, rig=None) as writer:
+        for rec in reader.messages():
+            msg = rec.message
+            if rec.topic == RIG_TOPIC:
+                assert reader.rig is not None
+                writer.write_rig(reader.rig, msg.header.stamp_ns)
+                continue
+            if isinstance(msg, LidarSweep):
+                points = np.array(msg.points, copy=True)
+                points[:, 3] = 0.0
+                msg = replace(msg, points=points)
+            writer.write(msg, rec.log_time_ns, rec.topic)
+    _, diagnostics = _run(path, _config())
+    (status,) = diagnostics[-1].calibration
+    assert status.state == "collecting" and (status.frames, status.skipped) == (0, 20)
+    blind = [n for d in diagnostics for n in d.notes if "not checked" in n]
+    assert blind[-1] == (
+        "calibration: camera front not checked: its last 20 frames held no evidence "
+        "(20 no contrast in the lidar's intensity)"
+    )
+    for d in diagnostics:  # noted exactly once 10 frames in a row held nothing
+        skipped = d.calibration[0].skipped if d.calibration else 0
+        assert any("not checked" in n for n in d.notes) == (skipped >= BLIND_AFTER_FRAMES)
 
 
 def test_a_failing_monitor_is_counted_and_the_node_goes_on(rich_drive: Path) -> None:
