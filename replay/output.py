@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from perception.errors import PerceptionError
 __all__ = [
     "OutputError",
     "atomic_output",
+    "check_free_space",
     "check_not_an_input",
     "check_output_dir",
     "check_output_file",
@@ -96,6 +98,32 @@ def check_output_dir(path: Path, what: str = "the output", *, create: bool = Tru
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the folder is not writable")
     return path
+
+
+def check_free_space(path: Path, needed_bytes: float, what: str = "the output") -> None:
+    """That the file system holding `path` (or its nearest existing parent) has room for
+    `needed_bytes` more, so that a long write is refused before it starts rather than failing
+    when the disk is full.
+
+    Raises:
+        OutputError: naming the path, what it needs and what is free.
+    """
+    path = Path(path).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    if needed_bytes > free:
+        raise OutputError(
+            f"{path}: {what} needs about {_size(needed_bytes)}, and {existing} has "
+            f"{_size(free)} free"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:,.0f} TB"
 
 
 def _temporary_beside(target: Path) -> Path:

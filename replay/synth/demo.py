@@ -64,7 +64,7 @@ from replay.evaluation import (
 )
 from replay.mcap_player import checked_messages, drive_contents
 from replay.offline import Received, run_core
-from replay.output import atomic_output, check_output_dir
+from replay.output import atomic_output, check_free_space, check_output_dir
 from replay.pictures import (
     CAMERA_BOX_BGR,
     REFERENCE_BGR,
@@ -78,6 +78,7 @@ from replay.synth.world import (
     CAMERA_NAME,
     CAMERA_OFFSET_NS,
     CAMERA_STREAM,
+    DRIVE_BYTES_PER_S,
     LIDAR_STREAM,
     GroundTruthFrame,
     check_world_options,
@@ -324,6 +325,10 @@ def ensure_synthetic_drive(
     truth = ground_truth_path(path)
     if path.is_file() and truth.is_file():
         return False
+    if scene in DRIVE_BYTES_PER_S and seconds > 0:
+        # Refused before it starts, not when the disk is full (--seconds 1e9 would need PB).
+        needed = 1.1 * seconds * DRIVE_BYTES_PER_S[scene] + 100e6
+        check_free_space(path.parent, needed, f"a {seconds:g} s synthetic drive ({scene} world)")
 
     def generated(done: int, total: int) -> None:
         if progress is not None:

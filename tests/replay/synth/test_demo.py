@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,8 @@ import pytest
 from perception.msgs.types import Detection3D, DetectionList, Header
 from replay.drive import DriveReader
 from replay.evaluation import ReferenceBox
-from replay.synth.demo import _evaluate, format_demo_report, run_demo
+from replay.output import OutputError, check_free_space
+from replay.synth.demo import _evaluate, ensure_synthetic_drive, format_demo_report, run_demo
 from replay.synth.world import synth_rig
 from tests.replay.test_pictures import longest_blank_run
 
@@ -118,6 +120,19 @@ def test_bad_fusion_kinds_and_degradations_are_refused(tmp_path: Path) -> None:
         run_demo(None, seconds=0.5, out_dir=tmp_path, fusion=("frustum",))
     with pytest.raises(ValueError, match="without"):
         run_demo(None, seconds=0.5, out_dir=tmp_path, without="radar")
+
+
+def test_a_drive_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """`--seconds 1e9` would need petabytes: one error naming the folder, what the drive needs
+    and what is free, and nothing written; a short drive fits."""
+    with pytest.raises(OutputError, match=r"a 1e\+09 s synthetic drive \(simple world\) "
+                       r"needs about [\d,]+ TB, and .* has [\d.]+ [kMGT]?B free"):  # fmt: skip
+        ensure_synthetic_drive(tmp_path / "long.mcap", seconds=1e9)
+    assert list(tmp_path.iterdir()) == []
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(OutputError, match="needs about"):
+        check_free_space(tmp_path / "a" / "b.mcap", free * 2, "this")
+    check_free_space(tmp_path / "a" / "b.mcap", 1000, "this")
 
 
 def test_the_demo_runs_the_rich_world_and_scores_vans_as_kitti_does(tmp_path: Path) -> None:
