@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from app.cli import main
 from engines.fusion.learned_config import LearnedFusionConfig
 from replay.training.fusion_config import load_train_config, parse_train_config
 from replay.training.train_fusion import THRESHOLD_CANDIDATES, TrainResult, train
@@ -126,21 +127,24 @@ def _perception(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_refuses_bad_configs_and_a_second_run_in_one_folder(tmp_path: Path) -> None:
+def test_cli_refuses_bad_configs_and_a_second_run_in_one_folder(tmp_path: Path, capsys) -> None:
+    # The process, once (its exit code and its one line); then the same CLI in this process.
     missing = _perception("train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
     assert missing.returncode == 2
     assert "nope.yaml: cannot read the training config" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     bad = _write(tmp_path / "bad.yaml", {"data": {"train": [{"kind": "nowhere"}]}})
-    run = _perception("train", str(bad), "--out", str(tmp_path / "o"), "--quiet")
-    assert run.returncode == 2 and "nowhere" in run.stderr, run.stderr
+    assert main(["train", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err, err
     (tmp_path / "o" / "checkpoints").mkdir(parents=True)
     (tmp_path / "o" / "checkpoints" / "last.pt").write_bytes(b"x")
-    again = _perception("train", str(bad), "--out", str(tmp_path / "o"))
-    assert again.returncode == 2 and "--resume" in again.stderr
+    assert main(["train", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "--resume" in capsys.readouterr().err
     notdir = tmp_path / "file"
     notdir.write_text("x")
-    assert _perception("train", str(bad), "--out", str(notdir)).returncode == 2
+    assert main(["train", str(bad), "--out", str(notdir)]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_the_packaged_training_config_loads() -> None:
