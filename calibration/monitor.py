@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,6 +78,7 @@ __all__ = [
     "corrected_rig",
     "is_drift",
     "object_mask",
+    "skip_text",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -104,6 +105,13 @@ SKIP_FEW_POINTS = "too few lidar points in the image"
 SKIP_FLAT_INTENSITY = "no contrast in the lidar's intensity"
 SKIP_FLAT_IMAGE = "too little image contrast"
 SKIP_STILL = "taken without moving"
+
+
+def skip_text(skipped_by: Mapping[str, int]) -> str:
+    """Skipped frames by why, for a person: "2 too few lidar points in the image, 1 taken
+    without moving" (reasons in a fixed order)."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped_by.items()))
+
 
 #: At most this many times `max_points` points of a sweep are looked at.
 _PRESELECT = 6
@@ -486,8 +494,7 @@ class CalibrationMonitor:
         self._frames = 0
         self._skipped = 0
         self._skipped_by: dict[str, int] = {}
-        #: Why the last frame given was skipped (a `SKIP_*` reason); None when it was used.
-        self.last_skip: str | None = None
+        self._skipped_since_used: dict[str, int] = {}
         self._last_travel_m: float | None = None
         self._beyond = 0
         self._within = 0
@@ -520,6 +527,11 @@ class CalibrationMonitor:
     def skipped_by(self) -> dict[str, int]:
         """Frames skipped so far, by why (the `SKIP_*` reasons)."""
         return dict(self._skipped_by)
+
+    @property
+    def skipped_since_used(self) -> dict[str, int]:
+        """Frames skipped since the last one used (or the first), by why."""
+        return dict(self._skipped_since_used)
 
     # -- evidence --------------------------------------------------------------------------
 
@@ -575,7 +587,7 @@ class CalibrationMonitor:
             return self._skip(frame)
         if not len(self._ridges):
             self._set_ridges(frame)
-        self.last_skip = None
+        self._skipped_since_used.clear()
         self._window.append((frame, self._histograms(frame)))
         self._pooled_evidence = None
         self._motion_jacobian = None
@@ -609,9 +621,9 @@ class CalibrationMonitor:
         return information, information >= max(self.config.min_information_nats, 2.0 * bias)
 
     def _skip(self, reason: str) -> bool:
-        self.last_skip = reason
         self._skipped += 1
-        self._skipped_by[reason] = self._skipped_by.get(reason, 0) + 1
+        for counts in (self._skipped_by, self._skipped_since_used):
+            counts[reason] = counts.get(reason, 0) + 1
         self._estimate = replace(self._estimate, skipped=self._skipped)
         return False
 

@@ -129,17 +129,18 @@ def _check_many(args: argparse.Namespace) -> int:
             f"--camera {args.camera}: {source} has no such camera (cameras: "
             f"{', '.join(names) or 'none'})"
         )
+    inputs = [source, *([Path(args.rig)] if args.rig else [])]
     refine = None
     if args.refine is not None:
         refine = Path(args.refine).expanduser()
         if refine.suffix.lower() not in (".yaml", ".yml"):
             raise PerceptionError(f"{refine}: --refine must be a rig YAML file (.yaml)")
         check_output_file(refine, "--refine")
-        check_not_an_input(refine, [source, *([Path(args.rig)] if args.rig else [])], "--refine")
+        check_not_an_input(refine, inputs, "--refine")
     out = None
     if args.out is not None:
         out = _picture_path(Path(args.out).expanduser())
-        check_not_an_input(out, [source, *([Path(args.rig)] if args.rig else [])], "--out")
+        check_not_an_input(out, inputs, "--out")
         if refine is not None and out.resolve() == refine.resolve():
             raise PerceptionError(f"{out}: --out and --refine name the same file")
     config = load_node_config(args.config)
@@ -199,12 +200,12 @@ def _correction_text(v: Any) -> str:
 
 
 def _verdict_line(v: Any, min_information_nats: float) -> str:
-    from calibration.monitor import MonitorState  # noqa: PLC0415 - heavy imports
+    from calibration.monitor import MonitorState, skip_text  # noqa: PLC0415 - heavy imports
 
     e = v.estimate
     c = e.correction
     # "3 skipped: 2 too few lidar points in the image, 1 taken without moving"
-    why = ", ".join(f"{n} {reason}" for reason, n in v.skipped_by)
+    why = skip_text(dict(v.skipped_by))
     skipped = f"{e.skipped} skipped" + (f": {why}" if why else "")
     if e.state == MonitorState.COLLECTING and e.frames == 0:
         return f"camera {v.camera}: NO VERDICT: every frame skipped ({skipped})"
@@ -242,12 +243,14 @@ def _picture_path(out: Path) -> Path:
 def _write_pictures(out: Path, verdicts: Sequence[Any], perturb: Any) -> None:
     """Each camera's last frame used, its points drawn with the extrinsic checked above and
     corrected below (one camera: `out`; several: `out` with the camera's name added)."""
+    from calibration.monitor import MonitorState  # noqa: PLC0415 - heavy imports
+
     drawn = [v for v in verdicts if v.view is not None]
     for v in drawn:
         path = out if len(drawn) == 1 else out.with_name(f"{out.stem}-{v.camera}{out.suffix}")
         moved = "" if perturb is None else " moved by --perturb"
         checked = f"camera {v.camera}: the rig checked{moved} ({v.estimate.state})"
-        if v.estimate.state == "collecting":
+        if v.estimate.state == MonitorState.COLLECTING:
             picture = v.view.draw(checked)
         else:
             picture = v.view.draw(checked, v.estimate.correction, _correction_text(v))

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,7 @@ from calibration.monitor import (
     Correction,
     MonitorState,
     apply_correction,
+    skip_text,
 )
 from calibration.rig import VEHICLE_FRAME, camera_frame
 from perception.config import CalibrationMonitorConfig
@@ -118,8 +119,6 @@ class _Camera:
     monitor: CalibrationMonitor
     rig: Rig
     view: CalibrationView | None = None
-    # The frames without evidence since the last one used, by why (standing still aside).
-    blind: dict[str, int] = field(default_factory=dict)
 
 
 class CalibrationWatch:
@@ -187,19 +186,15 @@ class CalibrationWatch:
                 entry.view = CalibrationView(
                     image, frame.points, motion, camera, vehicle_from_camera
                 )
-            why = entry.monitor.last_skip
-            if used:
-                entry.blind.clear()
-            elif why is not None and why != SKIP_STILL:
-                entry.blind[why] = entry.blind.get(why, 0) + 1
         self._statuses = tuple(
             status_of(name, entry.monitor.estimate())
             for name, entry in sorted(self._cameras.items())
         )
+        blind = {name: _blind(entry.monitor) for name, entry in sorted(self._cameras.items())}
         self._notes = drift_notes(self._statuses) + tuple(
-            blind_note(name, entry.blind)
-            for name, entry in sorted(self._cameras.items())
-            if sum(entry.blind.values()) >= BLIND_AFTER_FRAMES
+            blind_note(name, why)
+            for name, why in blind.items()
+            if sum(why.values()) >= BLIND_AFTER_FRAMES
         )
 
     def _travel(self, frame: StepFrame) -> float | None:
@@ -272,12 +267,17 @@ def drift_notes(statuses: Sequence[CalibrationStatus]) -> tuple[str, ...]:
     )
 
 
-def blind_note(camera: str, skipped_by: dict[str, int]) -> str:
+def _blind(monitor: CalibrationMonitor) -> dict[str, int]:
+    """The frames without evidence since the monitor's last frame used, by why; a standing
+    vehicle's frames are not counted (parked, nothing is wrong with the evidence)."""
+    return {k: n for k, n in monitor.skipped_since_used.items() if k != SKIP_STILL}
+
+
+def blind_note(camera: str, skipped_by: Mapping[str, int]) -> str:
     """The note of a camera whose monitor finds no evidence: how many frames in a row, why."""
-    why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped_by.items()))
     return (
         f"calibration: camera {camera} not checked: its last {sum(skipped_by.values())} frames "
-        f"held no evidence ({why})"
+        f"held no evidence ({skip_text(skipped_by)})"
     )
 
 

@@ -335,13 +335,12 @@ def _calibration(d: Diagnostics) -> Iterator[Metric]:
     for c in d.calibration:
         for name in _CALIBRATION_STATES:
             state.add_metric([c.camera, name], 1.0 if c.state == name else 0.0)
-        for name, values in (
-            ("perception_calibration_correction_degrees", c.rotation_deg),
-            ("perception_calibration_correction_meters", c.translation_m),
-            ("perception_calibration_correction_sigma_degrees", c.rotation_sigma_deg),
-            ("perception_calibration_correction_sigma_meters", c.translation_sigma_m),
+        for name, values, sigma in (
+            ("perception_calibration_correction_degrees", c.rotation_deg, False),
+            ("perception_calibration_correction_meters", c.translation_m, False),
+            ("perception_calibration_correction_sigma_degrees", c.rotation_sigma_deg, True),
+            ("perception_calibration_correction_sigma_meters", c.translation_sigma_m, True),
         ):
-            sigma = "sigma" in name
             for axis, value in zip(_AXES, values, strict=True):
                 # The message's -1 for an axis not observed is no deviation: NaN here.
                 shown = math.nan if sigma and value < 0 else value

@@ -631,8 +631,7 @@ def write_calibration_pictures(
         view = watch.view_of(s.camera)
         if s.state != MonitorState.DRIFTED or view is None:
             continue
-        rot = ", ".join(f"{v:+.2f}" for v in s.rotation_deg)
-        cm = ", ".join(f"{v * 100:+.1f}" for v in s.translation_m)
+        rot, cm = _correction_values(s)
         picture = view.draw(
             f"camera {s.camera}: the rig the node was given (drifted)",
             Correction(s.rotation_deg, s.translation_m),
@@ -692,6 +691,13 @@ def tracking_lines(runs: Sequence[KindRun], label: str = "Car") -> list[str]:
     return lines
 
 
+def _correction_values(s: CalibrationStatus) -> tuple[str, str]:
+    """A status' correction as text: the rotation (degrees) and the translation (cm)."""
+    rot = ", ".join(f"{v:+.2f}" for v in s.rotation_deg)
+    cm = ", ".join(f"{v * 100:+.1f}" for v in s.translation_m)
+    return rot, cm
+
+
 def calibration_lines(
     statuses: Sequence[CalibrationStatus], caveat: str | None = None
 ) -> list[str]:
@@ -704,8 +710,7 @@ def calibration_lines(
         return ", ".join("unobserved" if v < 0 else f"{v * scale:.{digits}f}" for v in values)
 
     for s in statuses:
-        rot = ", ".join(f"{v:+.2f}" for v in s.rotation_deg)
-        cm = ", ".join(f"{v * 100:+.1f}" for v in s.translation_m)
+        rot, cm = _correction_values(s)
         lines.append(
             f"calibration monitor, camera {s.camera}: {s.state} after {s.frames} frames; "
             f"estimated correction rotation ({rot}) +- ({pm(s.rotation_sigma_deg, 1.0, 2)}) "
