@@ -13,8 +13,10 @@ these two by one count: ``size_for``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -22,7 +24,10 @@ import numpy as np
 from engines.engine import Engine, EngineDescription, TensorSpec, require_specs, run_warmup
 from engines.errors import EngineError
 
-__all__ = ["EngineBuckets"]
+__all__ = ["MAKE_WORKERS", "EngineBuckets"]
+
+#: At most this many engines of one graph are made at once by `EngineBuckets.make_all`.
+MAKE_WORKERS = 4
 
 K = TypeVar("K", bound=Hashable)
 
@@ -108,10 +113,13 @@ class EngineBuckets(Generic[K]):
         with self._lock:
             engine = self._engines.get(size)
             if engine is None:
-                engine = self._make(size)
-                inputs, outputs = self._specs(size)
-                require_specs(f"{self._what} at {self._named(size)}", engine, inputs, outputs)
+                engine = self._checked(size, self._make(size))
                 self._engines[size] = engine
+        return engine
+
+    def _checked(self, size: K, engine: Engine) -> Engine:
+        inputs, outputs = self._specs(size)
+        require_specs(f"{self._what} at {self._named(size)}", engine, inputs, outputs)
         return engine
 
     @property
@@ -149,7 +157,20 @@ class EngineBuckets(Generic[K]):
         """Makes every size's engine now rather than on its first use (a stalled call
         mid-drive). Not run, to spare the buffers of sizes a drive never needs, except an
         engine whose first run captures a CUDA graph (torch on CUDA, ``capture_pending``):
-        that capture took a 70 ms frame on an H200, so it runs once now."""
+        that capture took a 70 ms frame on an H200, so it runs once now.
+
+        ONNX Runtime sessions on the CPU are made several at a time: a session's making
+        (optimizing its graph) releases the GIL, and the fusion engine's eleven took 1.8 s one
+        after another on this project's 2-core CPU, most of a node's start. Other backends
+        are made one at a time (a GPU's builds and captures are not to be raced)."""
+        missing = [size for size in self._sizes if size not in self._engines]
+        workers = min(len(missing), os.cpu_count() or 1, MAKE_WORKERS)
+        if workers > 1 and _cpu_onnxruntime(self.full):
+            with ThreadPoolExecutor(workers, thread_name_prefix="make-engine") as pool:
+                made = list(pool.map(self._make, missing))
+            with self._lock:
+                for size, engine in zip(missing, made, strict=True):
+                    self._engines.setdefault(size, self._checked(size, engine))
         for size in self._sizes:
             engine = self.engine_for(size)
             # Duck-typed: the runtime install has no torch to import TorchEngine from.
@@ -171,3 +192,8 @@ class EngineBuckets(Generic[K]):
         d = self.full.describe()
         sizes = ",".join(self._spell(k) for k in self._sizes)
         return dataclasses.replace(d, extra=(*d.extra, (self._label, sizes)))
+
+
+def _cpu_onnxruntime(engine: Engine) -> bool:
+    d = engine.describe()
+    return d.backend == "onnxruntime" and d.device == "cpu"

@@ -253,7 +253,7 @@ def kitti_training_config(kitti_dir: Path, yolox_path: Path, steps: int) -> dict
 def kitti_learned(
     tmp_path_factory: pytest.TempPathFactory, kitti_dir: Path, yolox_path: Path
 ) -> Any:
-    """A learned fusion engine trained (once per session, ~40 s) to overfit the labelled KITTI
+    """A learned fusion engine trained (once per session, ~20 s alone) to overfit the labelled KITTI
     frames, validated on them: its `replay.training.train_fusion.TrainResult`. Tests must not
     modify its files."""
     import dataclasses
@@ -264,7 +264,7 @@ def kitti_learned(
     _require(kitti_dir / "label_2" / "000000.txt")
 
     def build(root: Path) -> Any:
-        raw = kitti_training_config(kitti_dir, yolox_path, 400)
+        raw = kitti_training_config(kitti_dir, yolox_path, 250)
         config = parse_train_config(raw, "test", root)
         config = dataclasses.replace(config, val_sources=config.train_sources)
         return train(config, root / "run")

@@ -8,6 +8,9 @@ frame ran before the buckets existed.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from engines.engine import EngineDescription
 from engines.errors import EngineError
 from engines.factory import EngineFactory
 from engines.fusion.buckets import BucketedFusionEngine
@@ -318,3 +322,45 @@ def test_make_all_runs_once_only_the_buckets_that_capture_on_their_first_run(
     monkeypatch.setattr(OnnxRuntimeEngine, "run", counted)
     FusionEngineRunner(plain, CONFIG).make_all()
     assert plain.loaded == CONFIG.shapes() and runs == []
+
+
+class _GpuDescribed(OnnxRuntimeEngine):
+    """An ONNX Runtime session that describes itself as a GPU engine."""
+
+    def describe(self) -> EngineDescription:
+        return dataclasses.replace(super().describe(), backend="torch", device="cuda:0")
+
+
+def _made_by(make: Callable[[Shape], OnnxRuntimeEngine]) -> tuple[BucketedFusionEngine, set[str]]:
+    threads: set[str] = set()
+
+    def recorded(shape: Shape) -> OnnxRuntimeEngine:
+        threads.add(threading.current_thread().name)
+        return make(shape)
+
+    engine = BucketedFusionEngine(CONFIG, recorded)
+    FusionEngineRunner(engine, CONFIG).make_all()
+    assert engine.loaded == CONFIG.shapes()
+    return engine, threads
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: sessions are made in turn")
+def test_make_all_makes_cpu_sessions_side_by_side_and_others_in_turn() -> None:
+    """Making the fusion engine's eleven smaller sessions one after another was most of a
+    node's start (1.8 s here); CPU sessions are made on worker threads. A GPU engine's making is
+    not raced: the caller's thread makes each."""
+    _, threads = _made_by(lambda s: OnnxRuntimeEngine(packaged_model_path(s), num_threads=1))
+    assert len({t for t in threads if t.startswith("make-engine")}) >= 2, threads
+    _, threads = _made_by(lambda s: _GpuDescribed(packaged_model_path(s), num_threads=1))
+    assert threads == {threading.current_thread().name}
+
+
+def test_a_bucket_that_cannot_be_made_fails_make_all_with_its_error() -> None:
+    def make(shape: Shape) -> OnnxRuntimeEngine:
+        if shape == (8192, 8):
+            raise EngineError("fusion engine at shape 8192x8: model file is truncated")
+        return OnnxRuntimeEngine(packaged_model_path(shape), num_threads=1)
+
+    engine = BucketedFusionEngine(CONFIG, make)
+    with pytest.raises(EngineError, match="8192x8: model file is truncated"):
+        FusionEngineRunner(engine, CONFIG).make_all()
