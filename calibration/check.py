@@ -30,7 +30,6 @@ import numpy.typing as npt
 
 from calibration.camera import CameraModel
 from calibration.errors import CalibrationError
-from calibration.pcd import read_pcd
 from calibration.rig import VEHICLE_FRAME, Rig, camera_frame
 from calibration.transforms import RigidTransform
 
@@ -97,6 +96,8 @@ def read_scan(path: Path) -> npt.NDArray[np.float32]:
     point (an empty file is a broken scan, not an empty scene)."""
     path = Path(path)
     if path.suffix.lower() == ".pcd":
+        from calibration.pcd import read_pcd  # noqa: PLC0415 (pypcd4: a slow import)
+
         points = read_pcd(path)
         if points.shape[0] == 0:
             raise CalibrationError(f"{path}: no points with finite x, y, z in the PCD file")

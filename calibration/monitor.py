@@ -55,7 +55,6 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import minimize
 
 from calibration.camera import CameraModel
 from calibration.pooled import FrameEvidence, PooledEvidence, histograms
@@ -798,6 +797,9 @@ class CalibrationMonitor:
         def cost(x: FloatArray) -> float:
             at = centre + x
             return -self._window_score(x, split=split) + prior * float(at @ self._prior_shape @ at)
+
+        # scipy.optimize costs a process 0.4 s to import; only a search needs it.
+        from scipy.optimize import minimize  # noqa: PLC0415
 
         best: Any = None
         for x0 in starts:
