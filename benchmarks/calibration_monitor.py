@@ -61,6 +61,7 @@ from calibration.monitor import (
 from perception.config import NodeConfig
 from perception.node.core import NodeCore
 from perception.pipeline.deskew import deskew_points
+from perception.pipeline.ground import estimate_ground
 from perception.pipeline.pipeline import StepFrame
 from replay.calibration_check import Fanout, PerturbedWatch, check_calibrations
 from replay.offline import open_source, run_core
@@ -75,6 +76,8 @@ from replay.synth.world import (
 )
 
 AXES = ("roll", "pitch", "yaw", "x", "y", "z")
+#: A frame as the monitor gets it: points, image, odometer (m), ground plane (n, d).
+Frame = tuple[np.ndarray, np.ndarray, float, tuple[float, float, float, float]]
 
 
 def drifts(degrees: float, metres: float) -> list[tuple[str, Correction]]:
@@ -179,9 +182,9 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     for seed in seeds:
         monitor = CalibrationMonitor(camera, vehicle_from_camera, defaults.monitor)
         last_state = monitor.estimate().state
-        for points, image, odometer in _world_frames(seed, seconds):
+        for points, image, odometer, ground in _world_frames(seed, seconds):
             start = time.perf_counter()
-            monitor.add(points, image, travelled_m=odometer)
+            monitor.add(points, image, travelled_m=odometer, ground=ground)
             spent += time.perf_counter() - start
             used += 1
             estimate = monitor.estimate()
@@ -224,10 +227,11 @@ def _synth_camera() -> tuple[PinholeCamera, RigidTransform]:
 
 def _world_frames(
     seed: int, seconds: float, time_error_ns: int = 0, limit: int | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+) -> Iterator[Frame]:
     """The frames of `seconds` of the rich world as the monitor gets them (every
     `every_n_sweeps`-th sweep; points at the exposure, ground-truth objects left out; the
-    odometer), at most `limit`, the ego motion to the exposure computed `time_error_ns` off."""
+    odometer; the ground plane), at most `limit`, the ego motion to the exposure computed
+    `time_error_ns` off."""
     camera, vehicle_from_camera = _synth_camera()
     defaults = NodeConfig().calibration_monitor
     every = defaults.every_n_sweeps
@@ -248,10 +252,12 @@ def _world_frames(
         boxes = [(b["center"], b["size"], b["yaw"]) for b in world.boxes_in_vehicle(exposure)]
         keep = ~object_mask(moved, boxes, defaults.object_margin_m)
         odometer += math.hypot(vx, vy) * every * LIDAR_PERIOD_NS * 1e-9
-        yield moved[keep], image, odometer
+        # The node's ground: fitted to the whole sweep, objects and all.
+        plane = estimate_ground(moved, NodeConfig().pipeline.ground)
+        yield moved[keep], image, odometer, (*plane.normal, plane.offset)
 
 
-def _pooled(stream: Iterable[tuple[np.ndarray, np.ndarray, float]]) -> CalibrationMonitor:
+def _pooled(stream: Iterable[Frame]) -> CalibrationMonitor:
     """A monitor of the synthetic camera holding all of `stream`'s frames, with no fit yet."""
     frames = list(stream)
     config = replace(
@@ -261,8 +267,8 @@ def _pooled(stream: Iterable[tuple[np.ndarray, np.ndarray, float]]) -> Calibrati
         evaluate_every=10**9,
     )
     monitor = CalibrationMonitor(*_synth_camera(), config)
-    for points, image, odometer in frames:
-        monitor.add(points, image, travelled_m=odometer)
+    for points, image, odometer, ground in frames:
+        monitor.add(points, image, travelled_m=odometer, ground=ground)
     return monitor
 
 
@@ -353,8 +359,8 @@ def worlds_table(
             monitor = CalibrationMonitor(camera, extrinsic, config)
             truth = Correction() if drift is None else drift.inverse()
             first = None
-            for i, (points, image, odometer) in enumerate(stream, 1):
-                monitor.add(points, image, travelled_m=odometer)
+            for i, (points, image, odometer, ground) in enumerate(stream, 1):
+                monitor.add(points, image, travelled_m=odometer, ground=ground)
                 if first is None and monitor.estimate().state == MonitorState.DRIFTED:
                     first = i * every / 10.0
                 if i in report_at:

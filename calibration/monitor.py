@@ -30,7 +30,13 @@ consecutive evaluations find such a correction, and cleared after ``clear_after`
 The correction reported with a drift is refined (`CalibrationMonitor.refine`): a joint search
 on the window's MI with each point's vote split between grey levels, a smoother score than the
 hard counts the fits and the decisions use (benchmarks/RESULTS.md: within 2 cm in 32 of 40
-shifts on ten rich worlds, against 25 unrefined).
+shifts on ten rich worlds, against 25 unrefined). Where the frames came with the ground plane
+(the pipeline's), the refine also counts the intensity levels of the points on the ground
+apart from those above it (``ground_clearance_m``): the road's paint and asphalt relate
+intensity to grey otherwise than walls and poles do, and the MI of (class, intensity) with
+grey also scores where the ground meets what stands on it in the image. The fits and the
+decisions pool the classes: decided on the classes, the true rig was flagged within two
+minutes of one rich world (benchmarks/RESULTS.md).
 Frames with too few points, too little image contrast (a textureless scene, a dark image) or
 lidar intensities without contrast (a lidar or driver that reports none), and frames taken
 without moving (a stopped vehicle repeats the same evidence) are skipped and
@@ -185,9 +191,17 @@ class MonitorConfig:
     as it was (``collecting`` until one is reached). The KITTI frames pool 0.064, the rich
     synthetic world 0.2-0.5; 0: judge whenever the bias allows."""
 
+    ground_clearance_m: float = 0.3
+    """Points within this of the ground plane handed with a frame (`CalibrationMonitor.add`)
+    are the ground's: the refine of a drift's correction counts their intensity levels apart
+    from those of the points above it. The road's paint and asphalt relate intensity to grey
+    otherwise than walls, poles and vehicles do, and pooled together each blurs the other's
+    relation; apart, where the ground meets what stands on it in the image counts as evidence
+    too. The fits and the decisions pool both classes. 0: one class (as without a plane)."""
+
     def __post_init__(self) -> None:
         positive = ("step_deg", "step_m", "flag_rotation_deg")
-        for name in ("systematic_rotation_deg", "systematic_translation_m"):
+        for name in ("systematic_rotation_deg", "systematic_translation_m", "ground_clearance_m"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be >= 0, got {value!r}")
@@ -405,6 +419,18 @@ def _mutual_information(joint: npt.ArrayLike) -> FloatArray:
     return out
 
 
+def _one_class(joint: npt.NDArray[np.int64], bins: int) -> npt.NDArray[np.int64]:
+    """Joint histograms (... x rows x ``bins``) with every class's point levels summed: the
+    intensity levels' (... x bins x bins), as though no point had a class."""
+    rows = joint.shape[-2]
+    if rows == bins:
+        return joint
+    out: npt.NDArray[np.int64] = joint.reshape(*joint.shape[:-2], rows // bins, bins, bins).sum(
+        axis=-3
+    )
+    return out
+
+
 def _quadratic(x: FloatArray, y: FloatArray) -> tuple[float, float]:
     """(curvature a, slope b) of the least-squares quadratic a x^2 + b x + c through (x, y)."""
     design = np.column_stack([x * x, x, np.ones_like(x)])
@@ -468,6 +494,10 @@ class CalibrationMonitor:
         self._rng = np.random.default_rng(seed)
         cfg = self.config
         self._steps = np.array([math.radians(cfg.step_deg)] * 3 + [cfg.step_m] * 3)
+        # The joint histograms' point levels: the intensity levels of the points above the
+        # ground, then those of the ground's (`ground_clearance_m`; only the refine tells the
+        # two apart).
+        self._rows = 2 * cfg.bins if cfg.ground_clearance_m > 0 else cfg.bins
         # Candidate offsets from the centre, in steps: the centre, each axis at each offset.
         offsets = [np.zeros(6)]
         for axis in range(6):
@@ -544,9 +574,12 @@ class CalibrationMonitor:
         vehicle_from_camera: RigidTransform | None = None,
         exclude: Sequence[tuple[Sequence[float], Sequence[float], float]] = (),
         exclude_margin_m: float = 0.3,
+        ground: Sequence[float] | None = None,
     ) -> bool:
         """One frame: ``points`` N x 4 (vehicle frame at the exposure, intensity last) and the
-        camera's ``image`` (BGR or grey, distorted as the camera model projects). Points in
+        camera's ``image`` (BGR or grey, distorted as the camera model projects). ``ground``:
+        the ground plane in the points' frame (n_x, n_y, n_z, d: n . p + d = 0, n a unit
+        vector), whose points are counted apart (``ground_clearance_m``); None: unknown. Points in
         ``exclude`` (boxes: centre, size, yaw, in the points' frame; grown by
         ``exclude_margin_m``) are left out: objects that may have moved between the lidar's
         and the camera's instants.
@@ -555,8 +588,8 @@ class CalibrationMonitor:
         frame's own, where they differ from the monitor's (frames of several drives, each with
         its calibration, pooled offline). Whether the frame was used.
 
-        Raises ValueError for an image of another size than the camera's or points that are
-        not N x 4.
+        Raises ValueError for an image of another size than the camera's, points that are
+        not N x 4 or a ground plane that is not four finite values.
         """
         cfg = self.config
         cam_model = camera or self.camera
@@ -568,6 +601,13 @@ class CalibrationMonitor:
         pts = np.asarray(points)
         if pts.ndim != 2 or pts.shape[1] < 4:
             raise ValueError(f"points must be N x 4 (x, y, z, intensity), got {pts.shape}")
+        plane = None
+        if ground is not None:
+            plane = np.asarray(ground, dtype=np.float64)
+            if plane.shape != (4,) or not np.all(np.isfinite(plane)):
+                raise ValueError(
+                    f"ground must be four finite values (n_x, n_y, n_z, d), got {ground}"
+                )
         if (
             travelled_m is not None
             and self._last_travel_m is not None
@@ -581,6 +621,7 @@ class CalibrationMonitor:
             vehicle_from_camera or self.vehicle_from_camera,
             exclude=exclude,
             exclude_margin_m=exclude_margin_m,
+            ground=plane,
         )
         if isinstance(frame, str):
             return self._skip(frame)
@@ -615,7 +656,8 @@ class CalibrationMonitor:
             return 0.0, False
         bins = self.config.bins
         joint = np.sum([hist[0] for _, hist in self._window], axis=0, dtype=np.int64)
-        information = float(_mutual_information(joint.reshape(bins, bins)))
+        joint = _one_class(joint.reshape(self._rows, bins), bins)
+        information = float(_mutual_information(joint))
         bias = (bins - 1) ** 2 / (2.0 * max(int(joint.sum()), 1))
         return information, information >= max(self.config.min_information_nats, 2.0 * bias)
 
@@ -635,6 +677,7 @@ class CalibrationMonitor:
         *,
         exclude: Sequence[tuple[Sequence[float], Sequence[float], float]] = (),
         exclude_margin_m: float = 0.3,
+        ground: FloatArray | None = None,
     ) -> FrameEvidence | str:
         """A frame's evidence at the current centre, or why it has none (a `SKIP_*` reason):
         too few points in the image, or too little contrast at them in the image or in the
@@ -677,6 +720,9 @@ class CalibrationMonitor:
         level = _unit_levels(intensity[idx], cfg.bins)
         if level is None:
             return SKIP_FLAT_INTENSITY
+        if ground is not None and cfg.ground_clearance_m > 0:
+            height = np.abs(xyz @ ground[:3] + ground[3])
+            level = np.where(height <= cfg.ground_clearance_m, level + cfg.bins, level)
         # The centre and one step along each axis, projected in one call: the Jacobian.
         stacked = np.empty((7, len(xyz), 3))
         stacked[0] = cam[idx]
@@ -733,7 +779,7 @@ class CalibrationMonitor:
         bins^2): ``candidates`` K x 6 offsets in steps from the centre, by default the local
         search's."""
         cands = self._offsets if candidates is None else candidates
-        return histograms(frame, cands + self._shift(frame), self.config.bins)
+        return histograms(frame, cands + self._shift(frame), self.config.bins, self._rows)
 
     def _shift(self, frame: FrameEvidence) -> FloatArray:
         """The centre's offset from the frame's origin, in steps."""
@@ -746,7 +792,7 @@ class CalibrationMonitor:
         if self._pooled_evidence is None:
             frames = [frame for frame, _ in self._window]
             self._pooled_evidence = PooledEvidence(
-                frames, [self._shift(f) for f in frames], self.config.bins
+                frames, [self._shift(f) for f in frames], self.config.bins, self._rows
             )
         return self._pooled_evidence
 
@@ -782,21 +828,25 @@ class CalibrationMonitor:
         self.recentre(self._centre + self._climb(starts, split=False) * self._steps)
         return self.fit()
 
-    def _climb(self, starts: Sequence[FloatArray], *, split: bool) -> FloatArray:
+    def _climb(
+        self, starts: Sequence[FloatArray], *, split: bool, classes: bool = False
+    ) -> FloatArray:
         """The best correction (steps from the centre) that Powell's method finds from each of
         ``starts``, each with half the budget of window scores, on the window's MI (``split``:
-        with the votes split between grey levels) less the prior, within a trust region of
-        twice the reach (1.25 degrees, 12.5 cm): the MI pooled over a few seconds can peak
-        higher far off than at the truth (one rich world, 12 frames, a 0.5-degree roll drift:
-        1.5, -2.1, -1.5 degrees with 18 and 21 cm scored 0.260 nats, exactly projected,
-        against the truth's 0.247). A larger drift is walked to over successive fits."""
+        with the votes split between grey levels; ``classes``: the ground's points apart) less
+        the prior, within a trust region of twice the reach (1.25 degrees, 12.5 cm): the MI
+        pooled over a few seconds can peak higher far off than at the truth (one rich world,
+        12 frames, a 0.5-degree roll drift: 1.5, -2.1, -1.5 degrees with 18 and 21 cm scored
+        0.260 nats, exactly projected, against the truth's 0.247). A larger drift is walked to
+        over successive fits."""
         prior = self._prior
         centre = self._centre / self._steps
         limit = 2.0 * _REACH_STEPS
 
         def cost(x: FloatArray) -> float:
             at = centre + x
-            return -self._window_score(x, split=split) + prior * float(at @ self._prior_shape @ at)
+            score = self._window_score(x, split=split, classes=classes)
+            return -score + prior * float(at @ self._prior_shape @ at)
 
         # scipy.optimize costs a process 0.4 s to import; only a search needs it.
         from scipy.optimize import minimize  # noqa: PLC0415
@@ -825,12 +875,16 @@ class CalibrationMonitor:
         the optical axis, within 0.3 px for a degree of rotation)."""
         return self._window_score((correction.vector() - self._centre) / self._steps)
 
-    def _window_score(self, offset: FloatArray, *, split: bool = False) -> float:
+    def _window_score(
+        self, offset: FloatArray, *, split: bool = False, classes: bool = False
+    ) -> float:
         """MI of the window's frames pooled at one candidate: ``offset`` steps from the
-        centre; ``split``: each point's vote split between grey levels."""
+        centre; ``split``: each point's vote split between grey levels; ``classes``: the
+        ground's points counted apart (else every class's levels summed)."""
         bins = self.config.bins
         joint = self._pooled().histogram(offset, split=split)
-        return float(_mutual_information(joint.reshape(bins, bins)))
+        counts = joint.reshape(self._rows, bins)
+        return float(_mutual_information(counts if classes else _one_class(counts, bins)))
 
     def fit(self) -> Fit:
         """Fit the window's evidence: per axis, a quadratic through the MI of the centre and
@@ -838,16 +892,18 @@ class CalibrationMonitor:
         errors, such as a pitch and a height, are resolved by `search` as the centre moves).
         The uncertainty is the jackknife's over the folds of frames (the candidates' scores
         share their points, so the fit's own residuals would understate it)."""
-        shape = (_FOLDS, len(self._offsets), self.config.bins**2)
+        shape = (_FOLDS, len(self._offsets), self._rows * self.config.bins)
         folds = np.zeros(shape, dtype=np.int64)
         for frame, hist in self._window:
             folds[frame.fold] += hist
         total = folds.sum(axis=0)
         # Every candidate's MI, over all frames and leaving out each fold in turn.
         bins = self.config.bins
-        scores = _mutual_information(total.reshape(-1, bins, bins))
+        rows = self._rows
+        scores = _mutual_information(_one_class(total.reshape(-1, rows, bins), bins))
         loo_scores = [
-            _mutual_information((total - folds[f]).reshape(-1, bins, bins)) for f in range(_FOLDS)
+            _mutual_information(_one_class((total - folds[f]).reshape(-1, rows, bins), bins))
+            for f in range(_FOLDS)
         ]
         total_peaks, total_beyond, score, prior = self._fit_axes(scores)
         self._prior = prior
@@ -1004,17 +1060,18 @@ class CalibrationMonitor:
     def refine(self, fit: Fit) -> Fit:
         """A drifted fit with its correction refined: Powell's method from it, jointly in the
         six axes, on the window's MI with each point's vote split between grey levels (see
-        `calibration.pooled`) less the prior, within the search's trust region. The hard
-        counts' MI, which the fits and the decisions use, is rugged at a fraction of a pixel,
-        and the axes' fits cannot walk along a ridge; the split counts' MI is smooth enough to
-        climb it. Only the estimate of a drift is refined: deciding on the split counts, the
-        true rig's estimate wandered further along the pitch-height ridge and was flagged
-        within two minutes of one rich world (benchmarks/RESULTS.md), so they do not decide.
-        The uncertainty stays the fit's."""
+        `calibration.pooled`) and the ground's points counted apart where the frames came with
+        a plane (``ground_clearance_m``), less the prior, within the search's trust region.
+        The hard counts' MI, which the fits and the decisions use, is rugged at a fraction of a
+        pixel, and the axes' fits cannot walk along a ridge; the split counts' MI is smooth
+        enough to climb it. Only the estimate of a drift is refined: deciding on the split
+        counts, the true rig's estimate wandered further along the pitch-height ridge and was
+        flagged within two minutes of one rich world (benchmarks/RESULTS.md), so they do not
+        decide; nor, likewise, do the classes. The uncertainty stays the fit's."""
         if not self._window:
             return fit
         start = (fit.correction - self._centre) / self._steps
-        refined = self._centre + self._climb([start], split=True) * self._steps
+        refined = self._centre + self._climb([start], split=True, classes=True) * self._steps
         return replace(fit, correction=refined)
 
     def _is_drift(self, fit: Fit) -> bool:

@@ -50,26 +50,30 @@ class FrameEvidence:
     fold: int
 
 
-def histograms(frame: FrameEvidence, offsets: npt.ArrayLike, bins: int) -> npt.NDArray[np.int32]:
-    """The frame's joint histogram (intensity level x grey level, ``bins`` each) for each
-    candidate (K x bins^2): ``offsets`` K x 6, in steps from the frame's origin."""
+def histograms(
+    frame: FrameEvidence, offsets: npt.ArrayLike, bins: int, rows: int | None = None
+) -> npt.NDArray[np.int32]:
+    """The frame's joint histogram (``rows`` point levels, ``bins`` by default, x ``bins``
+    grey levels) for each candidate (K x rows * bins): ``offsets`` K x 6, in steps from the
+    frame's origin."""
+    rows = bins if rows is None else rows
     steps = np.asarray(offsets, dtype=np.float32).reshape(-1, 6)
     k_count = len(steps)
     # Every candidate's pixels at once (K x N x 2), to first order in its offset.
     n = len(frame.uv)
     uv = frame.uv[None] + (steps @ frame.jacobian.reshape(6, n * 2)).reshape(-1, n, 2)
     uv[..., 1] -= frame.row0
-    rows = frame.grey.shape[0]
+    height = frame.grey.shape[0]
     inside = (
-        (uv[..., 0] >= 0) & (uv[..., 0] < frame.width) & (uv[..., 1] >= 0) & (uv[..., 1] < rows)
+        (uv[..., 0] >= 0) & (uv[..., 0] < frame.width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
     )
     # OpenCV's bilinear lookup of every candidate's pixels (a K x N "image" of coordinates).
     g = cv2.remap(
         frame.grey, uv[..., 0], uv[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     k = np.arange(k_count)[:, None]
-    cell = (k * bins + frame.level[None]) * bins + _grey_levels(g, bins)
-    counts = np.bincount(cell[inside], minlength=k_count * bins * bins)
+    cell = (k * rows + frame.level[None]) * bins + _grey_levels(g, bins)
+    counts = np.bincount(cell[inside], minlength=k_count * rows * bins)
     out: npt.NDArray[np.int32] = counts.reshape(k_count, -1).astype(np.int32)
     return out
 
@@ -119,43 +123,50 @@ class PooledEvidence:
     (a thousandth of a pixel); with ``split=True`` each point's vote is split between grey
     levels (`SPLIT_VOTE` to a point, see the module docstring)."""
 
-    def __init__(self, frames: Sequence[FrameEvidence], shifts: npt.ArrayLike, bins: int) -> None:
+    def __init__(
+        self,
+        frames: Sequence[FrameEvidence],
+        shifts: npt.ArrayLike,
+        bins: int,
+        rows: int | None = None,
+    ) -> None:
         self.bins = bins
+        self.rows = bins if rows is None else rows
         shift = np.asarray(shifts, dtype=np.float32)
         if shift.shape != (len(frames), 6):
             raise ValueError(f"shifts: one of 6 values per frame expected, got {shift.shape}")
         # Frames in groups whose stacked bands stay within OpenCV's limit.
         self._groups: list[_Group] = []
         group: list[tuple[FrameEvidence, npt.NDArray[np.float32]]] = []
-        rows = 0
+        stacked = 0
         for frame, s in zip(frames, shift, strict=True):
-            if group and rows + frame.grey.shape[0] + 1 > _REMAP_LIMIT:
-                self._groups.append(_Group(group, bins))
-                group, rows = [], 0
+            if group and stacked + frame.grey.shape[0] + 1 > _REMAP_LIMIT:
+                self._groups.append(_Group(group, bins, self.rows))
+                group, stacked = [], 0
             group.append((frame, s))
-            rows += frame.grey.shape[0] + 1
+            stacked += frame.grey.shape[0] + 1
         if group:
-            self._groups.append(_Group(group, bins))
+            self._groups.append(_Group(group, bins, self.rows))
 
     def __len__(self) -> int:
         return sum(g.points for g in self._groups)
 
     def histogram(self, offset: npt.ArrayLike, *, split: bool = False) -> npt.NDArray[np.int64]:
-        """The joint histogram (bins^2) of one candidate over every frame: ``offset`` six
+        """The joint histogram (rows x bins) of one candidate over every frame: ``offset`` six
         values in steps from the common centre; ``split``: each point's vote split between
         the grey levels around its grey value."""
         step = np.asarray(offset, dtype=np.float32).reshape(1, 6)
         if not split:
-            out = np.zeros(self.bins * self.bins, np.int64)
+            out = np.zeros(self.rows * self.bins, np.int64)
             for group in self._groups:
                 out += group.histogram(step)
             return out
         # Counted at full grey resolution, then split by one product for the whole window.
-        fine = np.zeros(self.bins * 256, np.int64)
+        fine = np.zeros(self.rows * 256, np.int64)
         for group in self._groups:
             fine += group.histogram(step, fine=True)
         split_counts: npt.NDArray[np.int64] = (
-            fine.reshape(self.bins, 256) @ _split_matrix(self.bins)
+            fine.reshape(self.rows, 256) @ _split_matrix(self.bins)
         ).ravel()
         return split_counts
 
@@ -166,9 +177,13 @@ class _Group:
     `_MAP_COLUMNS` with points outside every band."""
 
     def __init__(
-        self, frames: Sequence[tuple[FrameEvidence, npt.NDArray[np.float32]]], bins: int
+        self,
+        frames: Sequence[tuple[FrameEvidence, npt.NDArray[np.float32]]],
+        bins: int,
+        rows: int,
     ) -> None:
         self.bins = bins
+        self.rows = rows
         width = max(f.grey.shape[1] for f, _ in frames)
         uvs, jacobians, levels, lows, highs, widths, bands = [], [], [], [], [], [], []
         top = 0
@@ -218,8 +233,8 @@ class _Group:
     def histogram(
         self, step: npt.NDArray[np.float32], *, fine: bool = False
     ) -> npt.NDArray[np.int64]:
-        """One candidate's joint histogram over the group's frames: bins x bins, or with
-        ``fine`` bins x 256 (intensity level x grey value)."""
+        """One candidate's joint histogram over the group's frames: rows x bins, or with
+        ``fine`` rows x 256 (point level x grey value)."""
         bins = self.bins
         moved = (step @ self.jacobian)[0]
         u = self.u + moved[: self.size]
@@ -235,9 +250,9 @@ class _Group:
         )
         if fine:
             counts: npt.NDArray[np.int64] = np.bincount(
-                (self.level_fine + g.ravel())[inside], minlength=bins * 256
+                (self.level_fine + g.ravel())[inside], minlength=self.rows * 256
             )
             return counts
         cell = self.level_row + _grey_levels(g.ravel(), bins)
-        out: npt.NDArray[np.int64] = np.bincount(cell[inside], minlength=bins * bins)
+        out: npt.NDArray[np.int64] = np.bincount(cell[inside], minlength=self.rows * bins)
         return out

@@ -166,6 +166,7 @@ class CalibrationWatch:
                 )
                 self._cameras[name] = entry
             at_exposure = np.array(points, dtype=np.float64, copy=True)
+            ground = None if frame.ground is None else frame.ground.moved(motion)
             at_exposure[:, :3] = motion.apply(points[:, :3])
             turn = math.atan2(motion.rotation[1, 0], motion.rotation[0, 0])
             centres = motion.apply(np.array([d.center for d in frame.detections]).reshape(-1, 3))
@@ -176,6 +177,7 @@ class CalibrationWatch:
             used = entry.monitor.add(
                 at_exposure,
                 image,
+                ground=None if ground is None else (*ground.normal, ground.offset),
                 travelled_m=travelled,
                 camera=camera if self.pool_rigs else None,
                 vehicle_from_camera=vehicle_from_camera if self.pool_rigs else None,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from calibration.transforms import RigidTransform
 from perception.config import GroundConfig
 
 __all__ = ["GroundConfig", "GroundPlane", "estimate_ground"]
@@ -51,6 +52,12 @@ class GroundPlane:
         p = _as_points(points, "points")
         out: FloatArray = p[:, :3] @ np.asarray(self.normal) + self.offset
         return out
+
+    def moved(self, target_from_source: RigidTransform) -> GroundPlane:
+        """The same plane in another frame (the plane's frame is the transform's source)."""
+        normal = target_from_source.rotation @ np.asarray(self.normal)
+        offset = self.offset - float(normal @ target_from_source.translation)
+        return GroundPlane((float(normal[0]), float(normal[1]), float(normal[2])), offset)
 
     def z_at(self, xy: npt.ArrayLike) -> FloatArray:
         """The plane's z at N x 2 BEV positions."""

@@ -88,7 +88,7 @@ class StepFrame:
     monitor): the sweep's points in the vehicle frame at its stamp (deskewed, N x 4), each fit
     camera's image with the vehicle's motion from the sweep stamp to its exposure
     (``vehicle(exposure)_from_vehicle(sweep)``), the rig, the ego twist over the sweep (None
-    without GNSS) and the detections."""
+    without GNSS), the detections and the ground plane fitted to the sweep."""
 
     stamp_ns: int
     points: npt.NDArray[np.float32]
@@ -96,6 +96,7 @@ class StepFrame:
     rig: Rig
     twist: tuple[tuple[float, float, float], float] | None
     detections: tuple[Detection3D, ...]
+    ground: GroundPlane | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -425,6 +426,7 @@ class Pipeline:
             rig=rig,
             twist=twist,
             detections=tuple(detections),
+            ground=lidar.ground,
         )
         return DetectionList(
             header=Header(self.detections_stream, seq, sweep.header.stamp_ns, "vehicle"),

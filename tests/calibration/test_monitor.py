@@ -27,6 +27,7 @@ from calibration.monitor import (
     is_drift,
     object_mask,
 )
+from perception.pipeline.ground import estimate_ground
 from replay.synth.world import synth_rig
 from tests.conftest import KittiFrame
 
@@ -79,6 +80,7 @@ def test_a_corrected_rig_moves_only_the_camera() -> None:
         ({"systematic_rotation_deg": -0.1}, "systematic_rotation_deg"),
         ({"systematic_translation_m": math.inf}, "systematic_translation_m"),
         ({"flag_pixels": -1.0}, "flag_pixels"),
+        ({"ground_clearance_m": -0.1}, "ground_clearance_m"),
         # The node's config names the section ("calibration_monitor.monitor."): not here too.
         ({"flag_after": 0}, "^flag_after: must be an integer >= 1"),
         ({"min_points": -1}, "^min_points: must be an integer >= 0"),
@@ -170,9 +172,11 @@ def _pooled_kitti(
     *,
     start: Correction | None = None,
     drift: Correction | None = None,
+    ground: bool = False,
 ) -> CalibrationMonitor:
     """A monitor fed the KITTI frames ``ids``, each with its own calibration (pooled as the
-    offline check pools them), moved by ``drift`` where given."""
+    offline check pools them), moved by ``drift`` where given, with each frame's ground plane
+    where ``ground``."""
     frames = [_kitti(kitti_frame, kitti_dir, i) for i in ids]
 
     def extrinsic(frame: KittiFrame) -> RigidTransform:
@@ -182,8 +186,13 @@ def _pooled_kitti(
     first = frames[0][0]
     monitor = CalibrationMonitor(first.camera, extrinsic(first), config, start=start)
     for frame, image in frames:
+        plane = estimate_ground(frame.points) if ground else None
         assert monitor.add(
-            frame.points, image, camera=frame.camera, vehicle_from_camera=extrinsic(frame)
+            frame.points,
+            image,
+            camera=frame.camera,
+            vehicle_from_camera=extrinsic(frame),
+            ground=None if plane is None else (*plane.normal, plane.offset),
         )
     return monitor
 
@@ -215,6 +224,48 @@ def test_frames_without_evidence_are_skipped_not_fatal(
         monitor.add(frame.points, image[:100])
     with pytest.raises(ValueError, match="N x 4"):
         monitor.add(frame.points[:, :3], image)
+
+
+def test_the_grounds_points_are_counted_apart(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """With the ground plane, the points within ``ground_clearance_m`` of it vote in the
+    joint histogram's second half of point levels, at the intensity level they would have had
+    (the frame's own stretch); without a plane, or with the split turned off, every point votes
+    in the first half as before."""
+    frame, image = _kitti(kitti_frame, kitti_dir, "000003")
+    plane = estimate_ground(frame.points)
+    ground = (*plane.normal, plane.offset)
+    given = frame.camera_from_vehicle.inverse()
+    config = MonitorConfig()
+    bins = config.bins
+
+    def levels(config: MonitorConfig, ground: tuple[float, ...] | None) -> np.ndarray:
+        monitor = CalibrationMonitor(frame.camera, given, config, seed=3)
+        assert monitor.add(frame.points, image, ground=ground)
+        evidence, hist = monitor._window[0]
+        # The frame's histograms count its levels: one row of point levels per level.
+        rows = hist.shape[1] // bins
+        assert rows == (2 * bins if config.ground_clearance_m > 0 else bins)
+        return evidence.level
+
+    split = levels(config, ground)
+    alone = levels(config, None)
+    off = levels(MonitorConfig(ground_clearance_m=0.0), ground)
+    np.testing.assert_array_equal(alone, off)
+    assert alone.max() < bins
+    on_ground = split >= bins
+    # KITTI's frame 000003: a road, with cars and walls beside it.
+    assert 0.3 < on_ground.mean() < 0.9
+    np.testing.assert_array_equal(split % bins, alone)
+    # The same points (the monitor's seed): those near the plane are the ground's.
+    pts = np.asarray(frame.points, dtype=np.float64)
+    near = np.abs(pts[:, :3] @ np.asarray(plane.normal) + plane.offset) <= 0.3
+    assert near.sum() > on_ground.sum()
+    for bad in ((0.0, 0.0, 1.0), (0.0, 0.0, 1.0, math.nan)):
+        monitor = CalibrationMonitor(frame.camera, given, config)
+        with pytest.raises(ValueError, match="ground must be four finite values"):
+            monitor.add(frame.points, image, ground=bad)
 
 
 def test_a_window_without_information_is_not_judged(
@@ -419,3 +470,32 @@ def test_only_a_drift_is_refined_and_the_decisions_stay_the_hard_counts(
             for c in (refined, fit.correction)
         )
         assert at_refined > at_fit
+
+
+def test_the_ground_class_refines_a_drift_and_decides_nothing(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """The KITTI frames with 1 degree of pitch, fed with and without their ground planes: the
+    fits and the verdict's state are the same (the decisions pool the classes), and only the
+    refined correction differs, undoing more of the pitch with the ground counted apart (the
+    benchmark's figures: benchmarks/RESULTS.md)."""
+    n = len(KITTI_IDS)
+    config = MonitorConfig(window_frames=n, min_frames=1, evaluate_every=10**6)
+    drift = Correction((0.0, 1.0, 0.0))
+    fits, verdicts = [], []
+    for ground in (False, True):
+        fitted = _pooled_kitti(
+            kitti_frame, kitti_dir, KITTI_IDS, config, drift=drift, ground=ground
+        )
+        fits.append(fitted.search())
+        judged = _pooled_kitti(
+            kitti_frame, kitti_dir, KITTI_IDS, config, drift=drift, ground=ground
+        )
+        verdicts.append(judged.verdict())
+    without, with_ground = fits
+    np.testing.assert_array_equal(without.correction, with_ground.correction)
+    np.testing.assert_array_equal(without.sigma, with_ground.sigma)
+    assert [v.state for v in verdicts] == [MonitorState.DRIFTED] * 2
+    pitch = [v.correction.rotation_deg[1] for v in verdicts]
+    assert pitch[0] != pitch[1]
+    assert abs(pitch[1] + 1.0) < abs(pitch[0] + 1.0), pitch

@@ -21,7 +21,14 @@ BINS = 8
 
 
 def _frame(
-    rng: np.random.Generator, n: int, rows: int, width: int, row0: int, *, edges: bool = True
+    rng: np.random.Generator,
+    n: int,
+    rows: int,
+    width: int,
+    row0: int,
+    *,
+    edges: bool = True,
+    levels: int = BINS,
 ) -> FrameEvidence:
     """A frame whose pixels, steps and shifts are multiples of 1/64 (exact in float32, so
     laid end to end or not the same pixels are looked up), with points on the band's edges
@@ -44,7 +51,7 @@ def _frame(
     return FrameEvidence(
         uv=uv,
         jacobian=jacobian,
-        level=rng.integers(0, BINS, n),
+        level=rng.integers(0, levels, n),
         grey=rng.integers(0, 256, (rows, width)).astype(np.uint8),
         row0=row0,
         width=width,
@@ -54,36 +61,44 @@ def _frame(
 
 
 def _one_at_a_time(
-    frames: list[FrameEvidence], shifts: np.ndarray, offset: np.ndarray
+    frames: list[FrameEvidence], shifts: np.ndarray, offset: np.ndarray, levels: int = BINS
 ) -> np.ndarray:
     return sum(
         (
-            histograms(f, (offset + s)[None], BINS)[0].astype(np.int64)
+            histograms(f, (offset + s)[None], BINS, levels)[0].astype(np.int64)
             for f, s in zip(frames, shifts, strict=True)
         ),
-        np.zeros(BINS * BINS, np.int64),
+        np.zeros(levels * BINS, np.int64),
     )
 
 
-def test_a_window_laid_end_to_end_counts_what_its_frames_count() -> None:
+@pytest.mark.parametrize("levels", [BINS, 2 * BINS])
+def test_a_window_laid_end_to_end_counts_what_its_frames_count(levels: int) -> None:
     """Bands of different heights, widths and first rows, each frame shifted to the centre:
-    every candidate's counts are the frames' summed, to the point."""
+    every candidate's counts are the frames' summed, to the point; with points at more levels
+    than grey levels (the monitor's ground and above-ground classes) too."""
     rng = np.random.default_rng(0)
     frames = [
-        _frame(rng, 3000, 60, 200, 100),
-        _frame(rng, 2500, 41, 160, 0),
-        _frame(rng, 10, 5, 200, 370),
-        _frame(rng, 4000, 120, 200, 17),
+        _frame(rng, 3000, 60, 200, 100, levels=levels),
+        _frame(rng, 2500, 41, 160, 0, levels=levels),
+        _frame(rng, 10, 5, 200, 370, levels=levels),
+        _frame(rng, 4000, 120, 200, 17, levels=levels),
     ]
     shifts = rng.integers(-16, 17, (len(frames), 6)) / 8
-    pooled = PooledEvidence(frames, shifts, BINS)
+    pooled = PooledEvidence(frames, shifts, BINS, levels)
     assert len(pooled) == sum(len(f.uv) for f in frames)
     for _ in range(20):
         offset = rng.integers(-24, 25, 6) / 8
-        expected = _one_at_a_time(frames, shifts, offset)
+        expected = _one_at_a_time(frames, shifts, offset, levels)
         got = pooled.histogram(offset)
         assert expected.sum() > 0.5 * len(pooled)
         np.testing.assert_array_equal(got, expected)
+        # Every point level holds votes, split or not.
+        split = pooled.histogram(offset, split=True).reshape(levels, BINS)
+        assert (split.sum(axis=1) > 0).all()
+        np.testing.assert_array_equal(
+            split.sum(axis=1), SPLIT_VOTE * got.reshape(levels, BINS).sum(axis=1)
+        )
 
 
 def test_a_window_taller_than_opencv_takes_is_scored_in_groups() -> None:

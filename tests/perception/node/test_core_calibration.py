@@ -109,6 +109,10 @@ def test_a_drifted_camera_is_flagged_on_the_diagnostics(
     assert core.calibration is not None
     view = core.calibration.view_of("front")
     assert view is not None and view.image.shape == (375, 1242, 3)
+    # The pipeline's ground plane came with every frame: its points were counted apart.
+    monitor = core.calibration.monitors()["front"]
+    bins = monitor.config.bins
+    assert all(0 < np.mean(f.level >= bins) < 1 for f, _ in monitor._window)
     (path,) = write_calibration_pictures(core.calibration, last.calibration, tmp_path)
     assert path == tmp_path / "calibration-front.png"
     picture = cv2.imread(str(path))

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from calibration.transforms import RigidTransform
 from perception.config import GroundConfig
 from perception.errors import ConfigError
 from perception.pipeline.ground import GroundPlane, estimate_ground
@@ -45,6 +46,21 @@ def test_ground_plane_normalises_and_validates() -> None:
         GroundPlane((0.0, float("nan"), 1.0), 1.7)
     with pytest.raises(ValueError, match="points"):
         plane.height_above(np.zeros((3, 2)))
+
+
+def test_a_plane_moved_to_another_frame_holds_its_points_moved() -> None:
+    """`GroundPlane.moved`: the plane in a target frame contains the source plane's points
+    moved by the transform (a vehicle that drove on and turned a little)."""
+    plane = GroundPlane((0.02, -0.01, 1.0), 1.7)
+    rng = np.random.default_rng(2)
+    xy = rng.uniform(-20.0, 20.0, (50, 2))
+    on = np.c_[xy, plane.z_at(xy)]
+    motion = RigidTransform.from_yaw(0.05, (1.2, 0.3, 0.02), pitch=0.01, roll=-0.02)
+    moved = plane.moved(motion)
+    np.testing.assert_allclose(moved.height_above(motion.apply(on)), 0.0, atol=1e-9)
+    above = on + np.asarray(plane.normal) * 0.4
+    np.testing.assert_allclose(moved.height_above(motion.apply(above)), 0.4, atol=1e-9)
+    assert plane.moved(RigidTransform.identity()) == plane
 
 
 def test_real_frame_ground(kitti_dir) -> None:
