@@ -37,8 +37,9 @@ class FrameEvidence:
     again without the frame: the points' pixels at the extrinsic ``origin`` (six values, rad
     and m, a correction) and their change per step along each axis (first order: a step moves
     a pixel by a few, the second-order term stays below 0.3 px within the reach), their
-    intensity levels, the normalised grey image (uint8, only its rows the points can reach)
-    from ``row0``, and the fold it belongs to."""
+    point levels (the intensity level, in a block of its own for a class of points such as
+    the ground's), the normalised grey image (uint8, only its rows the points can reach) from
+    ``row0``, and the fold it belongs to."""
 
     uv: npt.NDArray[np.float32]
     jacobian: npt.NDArray[np.float32]
