@@ -419,18 +419,6 @@ def _mutual_information(joint: npt.ArrayLike) -> FloatArray:
     return out
 
 
-def _one_class(joint: npt.NDArray[np.int64], bins: int) -> npt.NDArray[np.int64]:
-    """Joint histograms (... x rows x ``bins``) with every class's point levels summed: the
-    intensity levels' (... x bins x bins), as though no point had a class."""
-    rows = joint.shape[-2]
-    if rows == bins:
-        return joint
-    out: npt.NDArray[np.int64] = joint.reshape(*joint.shape[:-2], rows // bins, bins, bins).sum(
-        axis=-3
-    )
-    return out
-
-
 def _quadratic(x: FloatArray, y: FloatArray) -> tuple[float, float]:
     """(curvature a, slope b) of the least-squares quadratic a x^2 + b x + c through (x, y)."""
     design = np.column_stack([x * x, x, np.ones_like(x)])
@@ -656,8 +644,7 @@ class CalibrationMonitor:
             return 0.0, False
         bins = self.config.bins
         joint = np.sum([hist[0] for _, hist in self._window], axis=0, dtype=np.int64)
-        joint = _one_class(joint.reshape(self._rows, bins), bins)
-        information = float(_mutual_information(joint))
+        information = float(_mutual_information(joint.reshape(bins, bins)))
         bias = (bins - 1) ** 2 / (2.0 * max(int(joint.sum()), 1))
         return information, information >= max(self.config.min_information_nats, 2.0 * bias)
 
@@ -775,11 +762,14 @@ class CalibrationMonitor:
     def _histograms(
         self, frame: FrameEvidence, candidates: FloatArray | None = None
     ) -> npt.NDArray[np.int32]:
-        """The frame's joint histogram (intensity level x grey level) for each candidate (K x
+        """The frame's joint histogram (intensity level x grey level, the ground's points among
+        the rest: the fits and the decisions do not tell them apart) for each candidate (K x
         bins^2): ``candidates`` K x 6 offsets in steps from the centre, by default the local
         search's."""
         cands = self._offsets if candidates is None else candidates
-        return histograms(frame, cands + self._shift(frame), self.config.bins, self._rows)
+        bins = self.config.bins
+        pooled = frame if self._rows == bins else replace(frame, level=frame.level % bins)
+        return histograms(pooled, cands + self._shift(frame), bins)
 
     def _shift(self, frame: FrameEvidence) -> FloatArray:
         """The centre's offset from the frame's origin, in steps."""
@@ -883,8 +873,9 @@ class CalibrationMonitor:
         ground's points counted apart (else every class's levels summed)."""
         bins = self.config.bins
         joint = self._pooled().histogram(offset, split=split)
-        counts = joint.reshape(self._rows, bins)
-        return float(_mutual_information(counts if classes else _one_class(counts, bins)))
+        # The classes' blocks of point levels, apart or summed.
+        counts = joint.reshape(-1, bins) if classes else joint.reshape(-1, bins, bins).sum(axis=0)
+        return float(_mutual_information(counts))
 
     def fit(self) -> Fit:
         """Fit the window's evidence: per axis, a quadratic through the MI of the centre and
@@ -892,18 +883,16 @@ class CalibrationMonitor:
         errors, such as a pitch and a height, are resolved by `search` as the centre moves).
         The uncertainty is the jackknife's over the folds of frames (the candidates' scores
         share their points, so the fit's own residuals would understate it)."""
-        shape = (_FOLDS, len(self._offsets), self._rows * self.config.bins)
+        shape = (_FOLDS, len(self._offsets), self.config.bins**2)
         folds = np.zeros(shape, dtype=np.int64)
         for frame, hist in self._window:
             folds[frame.fold] += hist
         total = folds.sum(axis=0)
         # Every candidate's MI, over all frames and leaving out each fold in turn.
         bins = self.config.bins
-        rows = self._rows
-        scores = _mutual_information(_one_class(total.reshape(-1, rows, bins), bins))
+        scores = _mutual_information(total.reshape(-1, bins, bins))
         loo_scores = [
-            _mutual_information(_one_class((total - folds[f]).reshape(-1, rows, bins), bins))
-            for f in range(_FOLDS)
+            _mutual_information((total - folds[f]).reshape(-1, bins, bins)) for f in range(_FOLDS)
         ]
         total_peaks, total_beyond, score, prior = self._fit_axes(scores)
         self._prior = prior

@@ -230,9 +230,10 @@ def test_the_grounds_points_are_counted_apart(
     kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
 ) -> None:
     """With the ground plane, the points within ``ground_clearance_m`` of it vote in the
-    joint histogram's second half of point levels, at the intensity level they would have had
-    (the frame's own stretch); without a plane, or with the split turned off, every point votes
-    in the first half as before."""
+    window's second block of point levels (the refine's score), at the intensity level they
+    would have had (the frame's own stretch); without a plane, or with the split turned off,
+    every point votes in the first block as before. The frame's own histograms, which the fits
+    and the decisions read, count the classes together either way."""
     frame, image = _kitti(kitti_frame, kitti_dir, "000003")
     plane = estimate_ground(frame.points)
     ground = (*plane.normal, plane.offset)
@@ -244,9 +245,13 @@ def test_the_grounds_points_are_counted_apart(
         monitor = CalibrationMonitor(frame.camera, given, config, seed=3)
         assert monitor.add(frame.points, image, ground=ground)
         evidence, hist = monitor._window[0]
-        # The frame's histograms count its levels: one row of point levels per level.
-        rows = hist.shape[1] // bins
-        assert rows == (2 * bins if config.ground_clearance_m > 0 else bins)
+        assert hist.shape[1] == bins * bins
+        # The window pooled for the refine: one block of point levels per class, each holding
+        # its points.
+        counts = monitor._pooled().histogram(np.zeros(6)).reshape(-1, bins, bins)
+        blocks = (counts.sum(axis=(1, 2)) > 0).tolist()
+        expected = {0.0: [True], 0.3: [True, ground is not None]}[config.ground_clearance_m]
+        assert blocks == expected
         return evidence.level
 
     split = levels(config, ground)
