@@ -40,9 +40,8 @@ time and 10 ms late (the ego motion to the exposure computed for the wrong insta
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,34 +49,20 @@ import numpy as np
 
 from app.models import build_pipeline, choose_camera_model
 from app.threads import hold_blas_threads
-from calibration import PinholeCamera, RigidTransform
 from calibration.monitor import (
     CalibrationMonitor,
     Correction,
     MonitorState,
     apply_correction,
-    object_mask,
 )
 from perception.config import NodeConfig
 from perception.node.core import NodeCore
-from perception.pipeline.deskew import deskew_points
-from perception.pipeline.ground import estimate_ground
 from perception.pipeline.pipeline import StepFrame
 from replay.calibration_check import Fanout, PerturbedWatch, check_calibrations
 from replay.offline import open_source, run_core
-from replay.synth.world import (
-    CAMERA_NAME,
-    CAMERA_OFFSET_NS,
-    LIDAR_PERIOD_NS,
-    lidar_sweep,
-    make_world,
-    render_camera,
-    synth_rig,
-)
+from replay.synth.monitor_frames import MonitorFrame, monitor_frames, synth_camera
 
 AXES = ("roll", "pitch", "yaw", "x", "y", "z")
-#: A frame as the monitor gets it: points, image, odometer (m), ground plane (n, d).
-Frame = tuple[np.ndarray, np.ndarray, float, tuple[float, float, float, float]]
 
 
 def drifts(degrees: float, metres: float) -> list[tuple[str, Correction]]:
@@ -169,7 +154,7 @@ def drive_table(paths: Sequence[Path]) -> list[str]:
 
 def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     """The true calibration over `minutes` of rich-world driving (see the module docstring)."""
-    camera, vehicle_from_camera = _synth_camera()
+    camera, vehicle_from_camera = synth_camera()
     defaults = NodeConfig().calibration_monitor
     every = defaults.every_n_sweeps
     seconds = minutes * 60.0 / len(seeds)
@@ -182,7 +167,7 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     for seed in seeds:
         monitor = CalibrationMonitor(camera, vehicle_from_camera, defaults.monitor)
         last_state = monitor.estimate().state
-        for points, image, odometer, ground in _world_frames(seed, seconds):
+        for points, image, odometer, ground in monitor_frames(seed, seconds):
             start = time.perf_counter()
             monitor.add(points, image, travelled_m=odometer, ground=ground)
             spent += time.perf_counter() - start
@@ -217,47 +202,7 @@ def minutes_table(minutes: float, seeds: Sequence[int]) -> list[str]:
     ]
 
 
-def _synth_camera() -> tuple[PinholeCamera, RigidTransform]:
-    """The synthetic rig's camera and its exact vehicle_from_camera."""
-    rig = synth_rig()
-    camera = rig.cameras[CAMERA_NAME]
-    assert isinstance(camera, PinholeCamera)
-    return camera, rig.transform("vehicle", f"camera/{CAMERA_NAME}")
-
-
-def _world_frames(
-    seed: int, seconds: float, time_error_ns: int = 0, limit: int | None = None
-) -> Iterator[Frame]:
-    """The frames of `seconds` of the rich world as the monitor gets them (every
-    `every_n_sweeps`-th sweep; points at the exposure, ground-truth objects left out; the
-    odometer; the ground plane), at most `limit`, the ego motion to the exposure computed
-    `time_error_ns` off."""
-    camera, vehicle_from_camera = _synth_camera()
-    defaults = NodeConfig().calibration_monitor
-    every = defaults.every_n_sweeps
-    rng = np.random.Generator(np.random.PCG64(seed))
-    world = make_world(rng, seconds, scene="rich")
-    odometer = 0.0
-    for n, i in enumerate(range(0, round(seconds * 10), every)):
-        if limit is not None and n >= limit:
-            return
-        t0 = i * LIDAR_PERIOD_NS * 1e-9
-        pts, offsets, _ = lidar_sweep(world, t0, rng)
-        exposure = t0 + CAMERA_OFFSET_NS * 1e-9
-        image, _ = render_camera(world, exposure, camera, vehicle_from_camera)
-        (vx, vy), yaw_rate = _twist(world, t0)
-        moved = deskew_points(
-            pts, offsets, (vx, vy, 0.0), yaw_rate, CAMERA_OFFSET_NS + time_error_ns
-        )
-        boxes = [(b["center"], b["size"], b["yaw"]) for b in world.boxes_in_vehicle(exposure)]
-        keep = ~object_mask(moved, boxes, defaults.object_margin_m)
-        odometer += math.hypot(vx, vy) * every * LIDAR_PERIOD_NS * 1e-9
-        # The node's ground: fitted to the whole sweep, objects and all.
-        plane = estimate_ground(moved, NodeConfig().pipeline.ground)
-        yield moved[keep], image, odometer, (*plane.normal, plane.offset)
-
-
-def _pooled(stream: Iterable[Frame]) -> CalibrationMonitor:
+def _pooled(stream: Iterable[MonitorFrame]) -> CalibrationMonitor:
     """A monitor of the synthetic camera holding all of `stream`'s frames, with no fit yet."""
     frames = list(stream)
     config = replace(
@@ -266,7 +211,7 @@ def _pooled(stream: Iterable[Frame]) -> CalibrationMonitor:
         min_frames=len(frames),
         evaluate_every=10**9,
     )
-    monitor = CalibrationMonitor(*_synth_camera(), config)
+    monitor = CalibrationMonitor(*synth_camera(), config)
     for points, image, odometer, ground in frames:
         monitor.add(points, image, travelled_m=odometer, ground=ground)
     return monitor
@@ -276,7 +221,7 @@ def landscape_table(seed: int, frames: int = 25) -> list[str]:
     """The pooled score around the truth (see the module docstring)."""
     # The world of 1.1 s more than the frames span, as these figures were first measured.
     seconds = frames * NodeConfig().calibration_monitor.every_n_sweeps / 10.0 + 1.0
-    monitor = _pooled(_world_frames(seed, seconds, limit=frames))
+    monitor = _pooled(monitor_frames(seed, seconds, limit=frames))
     steps = (-4, -2, -1, 0, 1, 2, 4)
     lines = [
         f"rich world, seed {seed}: {monitor.frames} frames pooled (every "
@@ -303,7 +248,7 @@ def landscape_table(seed: int, frames: int = 25) -> list[str]:
     for error_ms in (-10, 0, 10):
         monitor = on_time
         if error_ms:
-            late = _world_frames(seed, seconds, error_ms * 1_000_000, limit=frames)
+            late = monitor_frames(seed, seconds, error_ms * 1_000_000, limit=frames)
             monitor = _pooled(late)
         row = [monitor.score_at(Correction((0.0, 0.0, 0.0), (0.025 * k, 0.0, 0.0))) for k in along]
         peak = 2.5 * along[int(np.argmax(row))]
@@ -326,7 +271,7 @@ def worlds_table(
     the monitor taking `max_points` points a frame and pooling `window_frames` (None: the
     config's). `report_at`: frame counts (below `frames`) after which the estimates are
     summed up too, as after the last frame: how the estimate of the same drive converges."""
-    camera, vehicle_from_camera = _synth_camera()
+    camera, vehicle_from_camera = synth_camera()
     config = NodeConfig().calibration_monitor.monitor
     if max_points is not None:
         config = replace(config, max_points=max_points)
@@ -351,7 +296,7 @@ def worlds_table(
     # |error| / sigma per axis, every case: does the reported uncertainty cover the error?
     ratios: list[np.ndarray] = []
     for seed in seeds:
-        stream = list(_world_frames(seed, world_s, limit=frames))
+        stream = list(monitor_frames(seed, world_s, limit=frames))
         for name, drift in cases:
             extrinsic = vehicle_from_camera
             if drift is not None:
@@ -446,16 +391,6 @@ def _coverage(ratios: np.ndarray) -> str:
         else:
             parts.append(f"{name}: unobserved in all {unobserved}")
     return "reported uncertainty against the errors: " + "; ".join(parts)
-
-
-def _twist(world: object, t: float) -> tuple[tuple[float, float], float]:
-    """The ego velocity (vehicle frame, m/s) and yaw rate (rad/s) at `t`."""
-    ego_pose = world.ego_pose  # type: ignore[attr-defined]
-    x0, y0, h0 = (float(v) for v in ego_pose(t))
-    x1, y1, h1 = (float(v) for v in ego_pose(t + 0.01))
-    ve, vn = (x1 - x0) / 0.01, (y1 - y0) / 0.01
-    c, s = math.cos(h0), math.sin(h0)
-    return (c * ve + s * vn, -s * ve + c * vn), math.remainder(h1 - h0, 2 * math.pi) / 0.01
 
 
 def kitti_table(folder: Path, model: str | None) -> list[str]:
