@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -861,19 +861,30 @@ class CalibrationMonitor:
         """Whether ``candidate`` (steps from the centre) scores above ``incumbent`` (MI less
         the prior) over the whole window and over the window without each fold of frames in
         turn, as a fit's walk asks every fold to agree."""
-        bins = self.config.bins
         offsets = np.vstack([incumbent, candidate])
-        folds = np.zeros((_FOLDS, 2, bins * bins), dtype=np.int64)
-        for frame, _ in self._window:
-            folds[frame.fold] += self._histograms(frame, offsets)
-        total = folds.sum(axis=0)
+        scores, loo_scores = self._fold_scores(
+            ((frame.fold, self._histograms(frame, offsets)) for frame, _ in self._window), 2
+        )
         at = self._centre / self._steps + offsets
         prior = self._prior * np.einsum("ka,ab,kb->k", at, self._prior_shape, at)
-        windows = [total] + [total - folds[f] for f in range(_FOLDS) if folds[f].any()]
-        return all(
-            bool(np.diff(_mutual_information(w.reshape(-1, bins, bins)) - prior)[0] > 0)
-            for w in windows
-        )
+        return all(bool(np.diff(s - prior)[0] > 0) for s in [scores, *loo_scores])
+
+    def _fold_scores(
+        self, histograms_by_fold: Iterable[tuple[int, npt.NDArray[np.int32]]], candidates: int
+    ) -> tuple[FloatArray, list[FloatArray]]:
+        """The MI of each of ``candidates`` over the window's frames (``histograms_by_fold``:
+        each frame's fold and its joint histograms, candidates x bins^2), and leaving out each
+        fold in turn (a fold without frames leaves the whole window)."""
+        bins = self.config.bins
+        folds = np.zeros((_FOLDS, candidates, bins * bins), dtype=np.int64)
+        for fold, hist in histograms_by_fold:
+            folds[fold] += hist
+        total = folds.sum(axis=0)
+        scores = _mutual_information(total.reshape(-1, bins, bins))
+        loo_scores = [
+            _mutual_information((total - folds[f]).reshape(-1, bins, bins)) for f in range(_FOLDS)
+        ]
+        return scores, loo_scores
 
     def _climb(
         self, starts: Sequence[FloatArray], *, split: bool, classes: bool = False
@@ -936,17 +947,9 @@ class CalibrationMonitor:
         errors, such as a pitch and a height, are resolved by `search` as the centre moves).
         The uncertainty is the jackknife's over the folds of frames (the candidates' scores
         share their points, so the fit's own residuals would understate it)."""
-        shape = (_FOLDS, len(self._offsets), self.config.bins**2)
-        folds = np.zeros(shape, dtype=np.int64)
-        for frame, hist in self._window:
-            folds[frame.fold] += hist
-        total = folds.sum(axis=0)
-        # Every candidate's MI, over all frames and leaving out each fold in turn.
-        bins = self.config.bins
-        scores = _mutual_information(total.reshape(-1, bins, bins))
-        loo_scores = [
-            _mutual_information((total - folds[f]).reshape(-1, bins, bins)) for f in range(_FOLDS)
-        ]
+        scores, loo_scores = self._fold_scores(
+            ((frame.fold, hist) for frame, hist in self._window), len(self._offsets)
+        )
         total_peaks, total_beyond, score, prior = self._fit_axes(scores)
         self._prior = prior
         loo = np.array([self._fit_axes(s, prior)[0] for s in loo_scores])
