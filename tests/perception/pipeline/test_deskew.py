@@ -169,3 +169,25 @@ def test_motion_per_run_of_offsets_is_each_points_own(yaw_rate: float) -> None:
     for n in (0, 1, 2):
         offsets = np.zeros(n, np.int64)
         assert all(len(v) == n for v in _motion_per_point(offsets, twist))
+
+
+def test_deskew_sweep_with_extra_columns_moves_points_as_the_sweeps_own_four() -> None:
+    """Points with columns beyond the sweep's four (x, y, z, intensity: OpenCV's transform
+    moves those) go through the other path: through a rotated, shifted mount the points come
+    out as the four columns' own, to float32's rounding, and every other column unchanged."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    pts = rng.uniform(-100.0, 100.0, (n, 6)).astype(np.float32)
+    offsets = np.sort(rng.integers(0, SWEEP_NS, n))
+    mount = np.eye(4)
+    mount[:3, :3] = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    mount[:3, 3] = (1.2, -0.3, 1.73)
+    start = EgoPose(0, (0.0, 0.0, 0.0), 0.2, (15.0, 2.0, 0.0))
+    end = EgoPose(SWEEP_NS, (1.5, 0.2, 0.0), 0.25, (15.0, 2.0, 0.0))
+    header = Header("lidar", 0, 0, "lidar")
+    for times in (offsets, None):
+        wide, _ = deskew_sweep(LidarSweep(header, pts, times), start, end, mount)
+        own, _ = deskew_sweep(LidarSweep(header, pts[:, :4].copy(), times), start, end, mount)
+        assert wide.shape == pts.shape and wide.dtype == np.float32
+        assert np.abs(wide[:, :3] - own[:, :3]).max() < 2e-5
+        assert np.array_equal(wide[:, 3:], pts[:, 3:])
