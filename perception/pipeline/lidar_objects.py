@@ -27,6 +27,7 @@ Frames and units: vehicle frame (x forward, y left, z up), metres, radians.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,13 +59,25 @@ BoolArray = npt.NDArray[np.bool_]
 
 # Headings searched by the rectangle fit: a rectangle repeats every 90 degrees.
 _HEADINGS = np.deg2rad(np.arange(0.0, 90.0, 2.0))
-# Their unit vectors along and across, computed once (2 x T each).
-_HEADING_AXES = (
-    np.stack([np.cos(_HEADINGS), np.sin(_HEADINGS)]),
-    np.stack([-np.sin(_HEADINGS), np.cos(_HEADINGS)]),
-)
 # The refinement around the best coarse heading.
 _REFINE_OFFSETS = np.deg2rad(np.arange(-2.0, 2.01, 0.25))
+
+
+def _axes(headings: FloatArray) -> FloatArray:
+    """The unit vectors along, then across, each heading: 2 x 2T (one product gives both)."""
+    return np.hstack(
+        [
+            np.stack([np.cos(headings), np.sin(headings)]),
+            np.stack([-np.sin(headings), np.cos(headings)]),
+        ]
+    )
+
+
+# The coarse headings' axes, and each coarse heading's refined headings and their axes, computed
+# once.
+_HEADING_AXES = _axes(_HEADINGS)
+_REFINED = [float(t) + _REFINE_OFFSETS for t in _HEADINGS]
+_REFINED_AXES = [_axes(h) for h in _REFINED]
 # Points closer than this to an edge count as on it (the closeness criterion's d0, metres).
 _CLOSENESS_FLOOR_M = 0.01
 # The rectangle fit uses at most this many points of a cluster (stride-sampled).
@@ -90,11 +103,11 @@ def fit_rectangle(xy: FloatArray) -> Rectangle:
 
 
 def fit_rectangles(xys: Sequence[FloatArray]) -> list[Rectangle]:
-    """`fit_rectangle` of each of many point sets (each N_i x 2, N_i >= 1), at once. The work
-    along every point and heading runs over all the sets together: a sweep has tens of
-    clusters, and fitting one at a time was mostly numpy's cost per call. The results are
-    those of one at a time to the bit (each set's sums over its points, and its products with
-    its own refined headings, are still taken per set, as before)."""
+    """`fit_rectangle` of each of many point sets (each N_i x 2, N_i >= 1), at once. The
+    products with the headings run over all the sets together: a sweep has tens of clusters,
+    and fitting one at a time was mostly numpy's cost per call. The results are those of one
+    at a time to the bit (each set's edges and sums over its points, and its products with its
+    own refined headings, are still taken per set, as before)."""
     out: list[Rectangle] = []
     # In groups of about _FIT_GROUP_POINTS points: the headings' tables of a group stay in
     # the cache (those of all of a sweep's clusters at once would not).
@@ -114,19 +127,14 @@ def fit_rectangles(xys: Sequence[FloatArray]) -> list[Rectangle]:
 def _fit_group(xys: Sequence[FloatArray]) -> list[Rectangle]:
     starts = np.cumsum([0, *(len(xy) for xy in xys)])
     points = np.concatenate(xys)
-    # Coarse: every set against the one table of headings (one product for all).
-    score = _closeness_sums(points @ _HEADING_AXES[0], starts)
-    score += _closeness_sums(points @ _HEADING_AXES[1], starts)
+    # Coarse: every set against the one table of headings, along and across (one product).
+    score = _closeness_sums(points @ _HEADING_AXES, starts)
+    coarse = np.argmax(_along_plus_across(score), axis=1).tolist()
     # A 2-degree step leaves up to 1 degree of error: 9 cm of extent across a 5 m side. Each
     # set is refined around its own best coarse heading.
-    refine = [float(t) + _REFINE_OFFSETS for t in _HEADINGS[np.argmax(score, axis=1)]]
-    pairs = list(zip(xys, refine, strict=True))
-    along = [xy @ np.stack([np.cos(h), np.sin(h)]) for xy, h in pairs]
-    across = [xy @ np.stack([-np.sin(h), np.cos(h)]) for xy, h in pairs]
-    score = _closeness_sums(np.concatenate(along), starts)
-    score += _closeness_sums(np.concatenate(across), starts)
-    best = np.argmax(score, axis=1).tolist()
-    thetas = [float(h[k]) for h, k in zip(refine, best, strict=True)]
+    refined = np.concatenate([xy @ _REFINED_AXES[k] for xy, k in zip(xys, coarse, strict=True)])
+    best = np.argmax(_along_plus_across(_closeness_sums(refined, starts)), axis=1).tolist()
+    thetas = [float(_REFINED[k][b]) for k, b in zip(coarse, best, strict=True)]
     fitted = list(zip(xys, thetas, strict=True))
     a = np.concatenate([xy @ np.array([math.cos(t), math.sin(t)]) for xy, t in fitted])
     b = np.concatenate([xy @ np.array([-math.sin(t), math.cos(t)]) for xy, t in fitted])
@@ -147,21 +155,30 @@ def _fit_group(xys: Sequence[FloatArray]) -> list[Rectangle]:
     return out
 
 
+def _along_plus_across(score: FloatArray) -> FloatArray:
+    """Each heading's score along plus its score across (``score``'s two halves of columns)."""
+    half = score.shape[1] // 2
+    out: FloatArray = score[:, :half] + score[:, half:]
+    return out
+
+
 def _closeness_sums(coord: FloatArray, starts: npt.NDArray[np.int64]) -> FloatArray:
     """Per set of points (rows ``starts[i]:starts[i + 1]``) and heading (column): how tightly
     the set hugs the nearer of its two edges along it. Overwrites ``coord`` (the caller's
-    scratch)."""
-    first = starts[:-1]
-    counts = np.diff(starts)
-    lo = np.repeat(np.minimum.reduceat(coord, first, axis=0), counts, axis=0)
-    hi = np.repeat(np.maximum.reduceat(coord, first, axis=0), counts, axis=0)
-    d = coord - lo
-    np.minimum(d, np.subtract(hi, coord, out=coord), out=d)
-    np.maximum(d, _CLOSENESS_FLOOR_M, out=d)
-    np.divide(1.0, d, out=d)
-    # Summed per set, as a set alone was (the order of the additions is the result's).
-    ranges = zip(first.tolist(), starts[1:].tolist(), strict=True)
-    return np.stack([d[i:j].sum(axis=0) for i, j in ranges])
+    scratch). Set by set: each set's edges broadcast over its own rows, in the cache, where
+    repeating them to every row of the group took as long again as the arithmetic (and the
+    sums are each set's own, in the order a set alone would add them)."""
+    bounds = starts.tolist()
+    out = np.empty((len(bounds) - 1, coord.shape[1]))
+    for k, (i, j) in enumerate(itertools.pairwise(bounds)):
+        rows = coord[i:j]
+        lo, hi = rows.min(axis=0), rows.max(axis=0)
+        d = rows - lo
+        np.minimum(d, np.subtract(hi, rows, out=rows), out=d)
+        np.maximum(d, _CLOSENESS_FLOOR_M, out=d)
+        np.divide(1.0, d, out=d)
+        out[k] = d.sum(axis=0)
+    return out
 
 
 def _wrap_half(angle: float) -> float:
