@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -67,13 +68,18 @@ class GroundPlane:
         return out
 
 
-def _as_points(points: npt.ArrayLike, name: str) -> FloatArray:
+def _checked_points(points: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
+    """``points`` as an N x 3+ array of numbers, as they are; ValueError naming ``name``."""
     p = np.asarray(points)
     if p.ndim != 2 or p.shape[1] < 3:
         raise ValueError(f"{name}: expected an N x 3 or N x 4 array, got shape {p.shape}")
     if not np.issubdtype(p.dtype, np.number):
         raise ValueError(f"{name}: expected numbers, got dtype {p.dtype}")
-    return np.asarray(p, dtype=np.float64)
+    return p
+
+
+def _as_points(points: npt.ArrayLike, name: str) -> FloatArray:
+    return np.asarray(_checked_points(points, name), dtype=np.float64)
 
 
 def estimate_ground(
@@ -87,24 +93,28 @@ def estimate_ground(
     plane. Non-finite points are ignored. Raises ValueError when ``points_vehicle`` is not N x 3+.
     """
     config = config or GroundConfig()
-    p = _as_points(points_vehicle, "points_vehicle")
+    p = _checked_points(points_vehicle, "points_vehicle")
     fallback = GroundPlane.horizontal(config.ground_prior_z_m)
     z0 = config.ground_prior_z_m
+    # The height band first, then the range within it, each compared in float64 (the
+    # thresholds are float64 scalars), without a float64 copy of the whole sweep: that copy
+    # was most of the fit's time. Non-finite points fail these comparisons and drop out.
+    z = p[:, 2]
     with np.errstate(invalid="ignore"):
-        # Non-finite points fail these comparisons and drop out.
-        keep = (
-            (p[:, 0] ** 2 + p[:, 1] ** 2 <= config.ground_fit_range_m**2)
-            & (p[:, 2] >= z0 - config.ground_band_below_m)
-            & (p[:, 2] <= z0 + config.ground_band_above_m)
+        in_band = (z >= np.float64(z0 - config.ground_band_below_m)) & (
+            z <= np.float64(z0 + config.ground_band_above_m)
         )
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(in_band)
+    x, y = p[rows, 0].astype(np.float64), p[rows, 1].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        rows = rows[x**2 + y**2 <= config.ground_fit_range_m**2]
     if len(rows) < max(config.ransac_min_inliers, 3):
         return fallback
     if len(rows) > config.ransac_max_points:
         # An even stride over the scan order samples every ring; cheaper than a random choice.
         rows = rows[:: math.ceil(len(rows) / config.ransac_max_points)]
     # Only the sampled rows are gathered (a boolean index of every candidate cost more).
-    cand = p[rows, :3]
+    cand = p[rows, :3].astype(np.float64)
     rng = np.random.default_rng(config.seed)
     # All hypotheses are scored at once: iterations x M distances is small (64 x 3000).
     tri = cand[rng.integers(0, len(cand), size=(config.ransac_iterations, 3))]
