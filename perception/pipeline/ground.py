@@ -127,7 +127,10 @@ def estimate_ground(
     if not np.any(ok):
         return fallback
     offsets = -np.einsum("ij,ij->i", normals, tri[:, 0])
-    dist = np.abs(cand @ normals[ok].T + offsets[ok])
+    # In place: iterations x M float64 is 1.5 MB a temporary.
+    dist = cand @ normals[ok].T
+    dist += offsets[ok]
+    np.abs(dist, out=dist)
     counts = np.count_nonzero(dist < config.ransac_threshold_m, axis=0)
     best = int(np.argmax(counts))
     if counts[best] < config.ransac_min_inliers:
