@@ -28,6 +28,31 @@ def test_ground_plane_on_a_synthetic_slope() -> None:
     assert estimate_ground(points, GroundConfig()) == plane  # seeded: same input, same plane
 
 
+def test_ground_candidates_are_picked_in_float64_whatever_the_points_dtype() -> None:
+    """A float32 sweep fits the plane its float64 copy fits, to the bit: its returns are
+    compared with the height band's float64 thresholds as float64. Returns stored at the
+    float32 nearest a threshold lie beyond it and are no candidates: the plane is the one
+    without them (compared in float32 they would be, and the candidates' sampling would
+    change: checked, it fails)."""
+    config = GroundConfig()
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(-30.0, 30.0, (6000, 2))
+    z = -1.73 + 0.01 * xy[:, 0] + rng.normal(0.0, 0.02, len(xy))
+    edges = []
+    for threshold in (
+        config.ground_prior_z_m + config.ground_band_above_m,
+        config.ground_prior_z_m - config.ground_band_below_m,
+    ):
+        # The default thresholds' float32 both round outward, beyond the band.
+        stored = np.float32(threshold)
+        assert (float(stored) > threshold) == (threshold > config.ground_prior_z_m)
+        edges.append(np.c_[rng.uniform(-20.0, 20.0, (2000, 2)), np.full(2000, stored)])
+    points = np.c_[np.r_[np.c_[xy, z], *edges], np.zeros(10000)].astype(np.float32)
+    plane = estimate_ground(points, config)
+    assert plane == estimate_ground(points.astype(np.float64), config)
+    assert plane == estimate_ground(points[:6000], config)
+
+
 def test_ground_falls_back_to_the_prior_with_too_few_points() -> None:
     points = np.array([[5.0, 0.0, -1.7, 0.0], [6.0, 1.0, -1.7, 0.0]], dtype=np.float32)
     assert estimate_ground(points, GroundConfig()) == GroundPlane.horizontal(-1.73)
