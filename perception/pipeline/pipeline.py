@@ -390,13 +390,16 @@ class Pipeline:
                 detections = learned if kind == "learned" else merge_ensemble(detections, learned)
         start = time.perf_counter_ns()
         locate = self._global_positions(bundle.gnss, rig)
+        placed_early = False
         if pending is None:
             timer.add("postprocess", time.perf_counter_ns() - start)
         else:
             # A detection's position is its own (suppression reads none): the camera boxes'
-            # are placed while the lidar branch still runs.
-            if locate is not None:
+            # are placed while the lidar branch still runs. Once it has ended they are placed
+            # with its objects below, in one call: the geodesy's cost is mostly per call.
+            if locate is not None and not pending.done():
                 detections = locate(detections)
+                placed_early = True
             placed = time.perf_counter_ns()
             lidar = pending.result()
             # On the frame's path from here the lidar branch, up to its end: placing that
@@ -414,7 +417,7 @@ class Pipeline:
         with timer.stage("postprocess"):
             if locate is None:
                 found = detections + lidar_only
-            elif pending is not None:  # the camera boxes' detections were placed above
+            elif placed_early:
                 found = detections + locate(lidar_only)
             else:
                 found = locate(detections + lidar_only)
