@@ -54,7 +54,8 @@ def monitor_frames(
     """The monitor's frames of `seconds` of the rich world made from `seed`, at most `limit`,
     the ego motion to the exposure computed `time_error_ns` off."""
     camera, vehicle_from_camera = synth_camera()
-    defaults = NodeConfig().calibration_monitor
+    config = NodeConfig()
+    defaults = config.calibration_monitor
     every = defaults.every_n_sweeps
     rng = np.random.Generator(np.random.PCG64(seed))
     world = make_world(rng, seconds, scene="rich")
@@ -74,7 +75,7 @@ def monitor_frames(
         keep = ~object_mask(moved, boxes, defaults.object_margin_m)
         odometer += math.hypot(vx, vy) * every * LIDAR_PERIOD_NS * 1e-9
         # The node's ground: fitted to the whole sweep, objects and all.
-        plane = estimate_ground(moved, NodeConfig().pipeline.ground)
+        plane = estimate_ground(moved, config.pipeline.ground)
         yield moved[keep], image, odometer, (*plane.normal, plane.offset)
 
 
