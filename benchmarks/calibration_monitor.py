@@ -27,7 +27,8 @@ rich worlds rendered as for `--minutes` (a world made for 41 s, so that its scen
 the 10 s drives'), one world per seed: many scenes at the cost of rendering 25 frames each;
 with the share of cases whose errors the reported uncertainty covers. `--max-points N`: the
 monitor takes N points a frame; `--frames N`: N frames of each world (the world is made long
-enough for them); `--window N`: the monitor pools N frames; `--report-at N ...`: the must-show's
+enough for them); `--window N`: the monitor pools N frames; `--max-evaluations N`: its search's
+budget of window scores; `--report-at N ...`: the must-show's
 count after N frames too (a drift counts when flagged within 10 s and then within 0.15 degrees
 and, strictly, 2 cm across the optical axis): how the estimate converges on the same drives.
 
@@ -265,18 +266,22 @@ def worlds_table(
     *,
     max_points: int | None = None,
     window_frames: int | None = None,
+    max_evaluations: int | None = None,
     report_at: Sequence[int] = (),
 ) -> list[str]:
     """Every drift on `frames` monitor frames of each seed's rich world (module docstring),
-    the monitor taking `max_points` points a frame and pooling `window_frames` (None: the
-    config's). `report_at`: frame counts (below `frames`) after which the estimates are
-    summed up too, as after the last frame: how the estimate of the same drive converges."""
+    the monitor taking `max_points` points a frame, pooling `window_frames` and searching
+    with `max_evaluations` window scores (None: the config's). `report_at`: frame counts
+    (below `frames`) after which the estimates are summed up too, as after the last frame:
+    how the estimate of the same drive converges."""
     camera, vehicle_from_camera = synth_camera()
     config = NodeConfig().calibration_monitor.monitor
     if max_points is not None:
         config = replace(config, max_points=max_points)
     if window_frames is not None:
         config = replace(config, window_frames=window_frames)
+    if max_evaluations is not None:
+        config = replace(config, max_evaluations=max_evaluations)
     every = NodeConfig().calibration_monitor.every_n_sweeps
     # A world long enough for the frames asked for (the monitor's frame every `every` sweeps).
     world_s = max(world_s, frames * every / 10.0 + 1.0)
@@ -439,6 +444,11 @@ def main() -> None:
         "--window", type=int, help="--worlds: the monitor's window (frames; default: config's)"
     )
     parser.add_argument(
+        "--max-evaluations",
+        type=int,
+        help="--worlds: the monitor's search budget of window scores (default: config's)",
+    )
+    parser.add_argument(
         "--report-at",
         type=int,
         nargs="+",
@@ -449,6 +459,16 @@ def main() -> None:
     args = parser.parse_args()
     if any(not 1 <= n < args.frames for n in args.report_at):
         parser.error(f"--report-at: frame counts from 1 to {args.frames - 1} (below --frames)")
+    for option, field, value in (
+        ("--max-points", "max_points", args.max_points),
+        ("--window", "window_frames", args.window),
+        ("--max-evaluations", "max_evaluations", args.max_evaluations),
+    ):
+        if value is not None:
+            try:
+                replace(NodeConfig().calibration_monitor.monitor, **{field: value})
+            except ValueError as e:
+                parser.error(f"{option}: {e}")
     hold_blas_threads()  # as every `perception` command does: the monitor's cost as in the node
     if args.worlds:
         table = worlds_table(
@@ -456,6 +476,7 @@ def main() -> None:
             args.frames,
             max_points=args.max_points,
             window_frames=args.window,
+            max_evaluations=args.max_evaluations,
             report_at=args.report_at,
         )
         print("\n".join(table) + "\n", flush=True)
