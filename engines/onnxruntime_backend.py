@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import psutil  # type: ignore[import-untyped]
 
 from engines.engine import EngineDescription, TensorSpec, check_inputs, format_specs, run_warmup
 from engines.errors import EngineError, ModelError
@@ -27,6 +29,7 @@ __all__ = [
     "CUDA_PROVIDERS",
     "OnnxRuntimeEngine",
     "cuda_provider_available",
+    "default_threads",
     "device_for_providers",
 ]
 
@@ -52,6 +55,14 @@ _ORT_TO_NUMPY: dict[str, str] = {
     "tensor(uint64)": "uint64",
     "tensor(bool)": "bool",
 }
+
+
+def default_threads() -> int:
+    """The intra-op thread count for a session given none: what ONNX Runtime chooses (one per
+    physical core), but no more than the CPUs this process may run on."""
+    allowed = len(os.sched_getaffinity(0))
+    physical = psutil.cpu_count(logical=False) or allowed
+    return max(1, min(allowed, physical))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -103,7 +114,8 @@ class OnnxRuntimeEngine:
 
     Args:
         model_path: the ``.onnx`` file.
-        num_threads: intra-op thread count; ``None`` lets ONNX Runtime choose.
+        num_threads: intra-op thread count; ``None``: `default_threads`, the count ONNX Runtime
+            would choose, given explicitly (left to choose, it also pins its threads).
         providers: execution providers in order of preference (default CPU only); those not in
             this ONNX Runtime build are skipped, and the ones actually used are in
             :attr:`providers_in_use`. A requested accelerator the session did not take is logged
@@ -154,14 +166,16 @@ class OnnxRuntimeEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.enable_cpu_mem_arena = memory_arena
-        if num_threads is not None:
-            options.intra_op_num_threads = num_threads
+        # Left to choose (0), ONNX Runtime also pins each pool thread to a core: beside the
+        # node's other threads a pinned thread waits for its busy core while another is idle.
+        options.intra_op_num_threads = num_threads or default_threads()
         if not allow_spinning:
             # Idle pool threads spin-wait by default. With the camera, lidar and fusion sessions
             # each owning a pool, and the receiver thread, on a 2-core machine that tripled the
             # CPU per frame (60 -> 180-210 ms) and the frame time (80-110 -> 190-450 ms).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.num_threads = num_threads
+        self._threads = options.intra_op_num_threads
         self._device_id = device_id
         #: ONNX Runtime gives no device timing: always None (see Engine.last_gpu_ns).
         self.last_gpu_ns: int | None = None
@@ -252,7 +266,7 @@ class OnnxRuntimeEngine:
             extra=(
                 ("inputs", f"({format_specs(self._inputs)})"),
                 ("outputs", f"({format_specs(self._outputs)})"),
-                ("threads", str(self.num_threads) if self.num_threads else "auto"),
+                ("threads", f"{self._threads}" + ("" if self.num_threads else " (auto)")),
                 ("version", str(ort.__version__)),
             ),
         )

@@ -11,7 +11,7 @@ engines:
   precision: fp16       # TensorRT build precision of the camera encoder: fp32 | fp16 | int8
   cache_dir: null       # TensorRT engine cache (null: ~/.cache/perception-node/engines)
   fallback: onnxruntime # null: refuse to start where the backend cannot run
-  threads: 0            # intra-op threads per engine (0: the runtime's choice)
+  threads: 0            # intra-op threads per engine (0: one per physical core, unpinned)
 ```
 """
 
@@ -58,8 +58,10 @@ class EngineSettings:
         fallback: ``None``, or one of :data:`FALLBACKS`: run that on the CPU where the backend or
             the device cannot run here, and say so (``engines.factory.EngineFactory.notes``).
         threads: intra-op threads of each ONNX Runtime session (and torch's process-wide count
-            for the torch backend); 0 lets the runtime choose, except for the fusion engine's
-            ONNX Runtime sessions, which then run on one (a chain of small operators).
+            for the torch backend); 0: one per physical core the process may run on (ONNX
+            Runtime's own count, given explicitly so that it does not pin its threads; torch's
+            choice), except for the fusion engine's ONNX Runtime sessions, which then run on one
+            (a chain of small operators).
 
     Raises:
         EngineError: a value out of range; the message names the key as in the node config
@@ -80,7 +82,8 @@ class EngineSettings:
     """null: refuse to start where the backend or device cannot run; `onnxruntime`: run ONNX
     Runtime on the CPU instead, and say so on diagnostics."""
     threads: int = 0
-    """Intra-op threads of each engine; 0 lets the runtime choose (the fusion engine: one)."""
+    """Intra-op threads of each engine; 0: one per physical core the process may run on,
+    unpinned (the fusion engine: one)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -130,5 +133,6 @@ class EngineSettings:
 
     @property
     def num_threads(self) -> int | None:
-        """:attr:`threads` for ONNX Runtime: ``None`` for 0 (its own choice)."""
+        """:attr:`threads` for ONNX Runtime: ``None`` for 0
+        (`engines.onnxruntime_backend.default_threads`)."""
         return self.threads or None

@@ -222,8 +222,8 @@ class Pipeline:
         config = config or PipelineConfig()
         engines = engines or EngineSettings()
         # Beside the camera encoder the lidar encoder takes one intra-op thread, the camera
-        # keeps the runtime's choice: the camera's is the longer branch, and two pools of a
-        # thread per core each on the same cores only take turns.
+        # keeps the default (one per core): the camera's is the longer branch, and two pools of
+        # a thread per core each on the same cores only take turns.
         lidar_threads = 1 if config.parallel_branches and not engines.threads else None
         built = create_node_engines(
             engines,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
+import psutil  # type: ignore[import-untyped]
 import pytest
 import torch
 
@@ -24,6 +26,7 @@ from engines.onnxruntime_backend import (
     CUDA_PROVIDERS,
     OnnxRuntimeEngine,
     cuda_provider_available,
+    default_threads,
     device_for_providers,
 )
 from engines.torch_backend import TorchEngine, export_onnx, resolve_torch_device
@@ -299,6 +302,32 @@ def test_onnxruntime_idle_threads_sleep_unless_asked_to_spin(tiny_onnx: Path) ->
     spinning = OnnxRuntimeEngine(tiny_onnx, allow_spinning=True)._session.get_session_options()
     with pytest.raises(RuntimeError, match="does not have configuration"):
         spinning.get_session_config_entry(key)  # left at ONNX Runtime's default (spin)
+
+
+def test_onnxruntime_threads_are_counted_not_left_to_it(tiny_onnx: Path) -> None:
+    """Left to choose, ONNX Runtime pins its pool threads to cores (which slowed the node's
+    camera encoder by a fifth beside its other threads); given no count, the session gets the
+    one it would choose, one per physical core the process may run on, explicitly."""
+    allowed = len(os.sched_getaffinity(0))
+    expected = min(allowed, psutil.cpu_count(logical=False) or allowed)
+    assert default_threads() == expected >= 1
+    engine = OnnxRuntimeEngine(tiny_onnx)
+    assert engine._session.get_session_options().intra_op_num_threads == expected
+    assert f"threads={expected} (auto)" in str(engine.describe())
+    one = OnnxRuntimeEngine(tiny_onnx, num_threads=1)
+    assert one._session.get_session_options().intra_op_num_threads == 1
+
+
+def test_onnxruntime_default_threads_stay_within_the_process_cpus(tiny_onnx: Path) -> None:
+    """A process confined to one CPU (taskset, `realtime.cpu_affinity`) gets one thread."""
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert default_threads() == 1
+        engine = OnnxRuntimeEngine(tiny_onnx)
+        assert engine._session.get_session_options().intra_op_num_threads == 1
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def test_onnxruntime_memory_arena_is_kept_unless_asked_not_to(tiny_onnx: Path) -> None:
