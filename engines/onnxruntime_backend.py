@@ -60,7 +60,9 @@ _ORT_TO_NUMPY: dict[str, str] = {
 def default_threads() -> int:
     """The intra-op thread count for a session given none: what ONNX Runtime chooses (one per
     physical core), but no more than the CPUs this process may run on."""
-    allowed = len(os.sched_getaffinity(0))
+    # Linux tells which CPUs this process may run on; elsewhere every CPU counts.
+    affinity = getattr(os, "sched_getaffinity", None)
+    allowed = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
     physical = psutil.cpu_count(logical=False) or allowed
     return max(1, min(allowed, physical))
 

@@ -330,6 +330,15 @@ def test_onnxruntime_default_threads_stay_within_the_process_cpus(tiny_onnx: Pat
         os.sched_setaffinity(0, before)
 
 
+def test_onnxruntime_default_threads_without_cpu_affinity_count_every_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the OS tells no CPU affinity (macOS), every CPU counts."""
+    monkeypatch.delattr(os, "sched_getaffinity")
+    cpus = os.cpu_count() or 1
+    assert default_threads() == min(cpus, psutil.cpu_count(logical=False) or cpus)
+
+
 def test_onnxruntime_memory_arena_is_kept_unless_asked_not_to(tiny_onnx: Path) -> None:
     """The lidar encoder's buckets run without ONNX Runtime's arena (each would keep buffers
     sized to its grid); every other session keeps it."""
