@@ -23,6 +23,7 @@ import psutil  # type: ignore[import-untyped]
 
 from engines.engine import EngineDescription, TensorSpec, check_inputs, format_specs, run_warmup
 from engines.errors import EngineError, ModelError
+from engines.settings import MAX_THREADS
 
 __all__ = [
     "CPU_PROVIDERS",
@@ -132,7 +133,8 @@ class OnnxRuntimeEngine:
     Raises:
         ModelError: the file is missing, unreadable or not a valid ONNX model
             (message ``"<path>: <problem>"``).
-        EngineError: none of ``providers`` is available, or ``num_threads`` < 1.
+        EngineError: none of ``providers`` is available, or ``num_threads`` is not from 1 to
+            `engines.settings.MAX_THREADS`.
     """
 
     def __init__(
@@ -150,8 +152,10 @@ class OnnxRuntimeEngine:
             raise ModelError(f"{self.model_path}: model file not found")
         if not self.model_path.is_file():
             raise ModelError(f"{self.model_path}: not a regular file")
-        if num_threads is not None and num_threads < 1:
-            raise EngineError(f"{self.model_path}: num_threads must be >= 1, got {num_threads}")
+        if num_threads is not None and not 1 <= num_threads <= MAX_THREADS:
+            raise EngineError(
+                f"{self.model_path}: num_threads must be from 1 to {MAX_THREADS}, got {num_threads}"
+            )
         try:
             model_bytes = self.model_path.read_bytes()
         except OSError as exc:

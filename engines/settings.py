@@ -24,7 +24,7 @@ from engines.cache import DEFAULT_ENGINE_CACHE_DIR
 from engines.engine import PRECISIONS
 from engines.errors import EngineError
 
-__all__ = ["BACKENDS", "DEVICES", "FALLBACKS", "EngineSettings"]
+__all__ = ["BACKENDS", "DEVICES", "FALLBACKS", "MAX_THREADS", "EngineSettings"]
 
 #: The node's engine backends: ONNX Runtime, native TensorRT (through the engine cache), torch
 #: (the project's own graphs as torch modules; the pretrained camera encoder on ONNX Runtime).
@@ -35,6 +35,9 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: CPU, which every install has). Only on request: a silent fallback would hide a broken GPU
 #: install behind a slow node.
 FALLBACKS: tuple[str, ...] = ("onnxruntime",)
+#: The most intra-op threads an engine may be given: more than any machine this runs on has
+#: cores. ONNX Runtime makes every thread it is told to, and 100,000 of them hung a node's start.
+MAX_THREADS = 256
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class EngineSettings:
                 "cache_dir",
                 "must not be empty",
             ),
-            (self.threads >= 0, "threads", "must be >= 0"),
+            (0 <= self.threads <= MAX_THREADS, "threads", f"must be from 0 to {MAX_THREADS}"),
         ]
         for ok, key, problem in checks:
             if not ok:

@@ -12,7 +12,7 @@ import yaml
 
 from calibration.monitor import MonitorConfig
 from engines.errors import EngineError
-from engines.settings import EngineSettings
+from engines.settings import MAX_THREADS, EngineSettings
 from perception.errors import ConfigError
 from perception.msgs.schema import WireLimits
 
@@ -969,7 +969,11 @@ def _validate(cfg: NodeConfig) -> None:
             "must be in [0, 1]",
         ),
         (0.0 < cfg.camera_model.nms_iou <= 1.0, "camera_model.nms_iou", "must be in (0, 1]"),
-        (cfg.camera_model.num_threads >= 0, "camera_model.num_threads", "must be >= 0"),
+        (
+            0 <= cfg.camera_model.num_threads <= MAX_THREADS,
+            "camera_model.num_threads",
+            f"must be from 0 to {MAX_THREADS}",
+        ),
         (cfg.camera_model.batch >= 1, "camera_model.batch", "must be >= 1"),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
         (

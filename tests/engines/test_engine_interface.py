@@ -242,6 +242,9 @@ def test_onnxruntime_thread_count(tiny_onnx: Path) -> None:
     assert dict(engine.describe().extra)["threads"] == "2"
     with pytest.raises(EngineError, match="num_threads"):
         OnnxRuntimeEngine(tiny_onnx, num_threads=0)
+    # ONNX Runtime makes every thread it is told to: 100,000 hung the session's creation.
+    with pytest.raises(EngineError, match="num_threads must be from 1 to 256, got 100000"):
+        OnnxRuntimeEngine(tiny_onnx, num_threads=100_000)
 
 
 # --- torch backend specifics --------------------------------------------------------------------

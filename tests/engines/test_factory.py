@@ -80,7 +80,8 @@ def test_real_import_state_is_consistent() -> None:
         ({"backend": "tensorrt", "device": "cpu"}, "engines.device: TensorRT runs on CUDA only"),
         ({"precision": "fp8"}, "engines.precision: must be one of fp32, fp16, int8"),
         ({"fallback": "torch"}, "engines.fallback: must be null or one of onnxruntime"),
-        ({"threads": -2}, "engines.threads: must be >= 0, got -2"),
+        ({"threads": -2}, "engines.threads: must be from 0 to 256, got -2"),
+        ({"threads": 257}, "engines.threads: must be from 0 to 256, got 257"),
     ],
 )
 def test_settings_name_the_key(kwargs: dict[str, object], message: str) -> None:
