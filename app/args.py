@@ -18,12 +18,20 @@ __all__ = [
     "Parser",
     "correction_arg",
     "fraction",
+    "int_at_most",
     "non_negative_float",
     "non_negative_int",
+    "non_negative_seconds",
     "port",
     "positive_float",
     "positive_int",
+    "positive_seconds",
+    "rate_hz",
 ]
+
+#: The longest duration a command takes, s (11.6 days): beyond some 9e9 s the OS's timers
+#: overflow, and nothing a person starts from a shell waits this long on purpose.
+MAX_SECONDS = 1e6
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -85,6 +93,44 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is not >= 0")
     return value
+
+
+def _at_most_seconds(text: str, value: float) -> float:
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text} s is above {MAX_SECONDS:.0f} s (11.6 days)")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A duration > 0 and at most `MAX_SECONDS`, s."""
+    return _at_most_seconds(text, positive_float(text))
+
+
+def non_negative_seconds(text: str) -> float:
+    """A duration >= 0 and at most `MAX_SECONDS`, s."""
+    return _at_most_seconds(text, non_negative_float(text))
+
+
+def rate_hz(text: str) -> float:
+    """A rate > 0 whose period is at most `MAX_SECONDS`, Hz."""
+    value = positive_float(text)
+    if value < 1.0 / MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text} Hz is below {1.0 / MAX_SECONDS:g} Hz (one every {MAX_SECONDS:.0f} s)"
+        )
+    return value
+
+
+def int_at_most(most: int) -> Callable[[str], int]:
+    """An integer from 1 to `most`."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{text} is above {most:,}")
+        return value
+
+    return parse
 
 
 def fraction(text: str) -> float:

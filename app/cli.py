@@ -16,11 +16,15 @@ from app.args import (
     correction_arg,
     fraction,
     fusion_kinds,
+    int_at_most,
     non_negative_float,
     non_negative_int,
+    non_negative_seconds,
     port,
     positive_float,
     positive_int,
+    positive_seconds,
+    rate_hz,
 )
 from app.threads import hold_blas_threads
 from calibration import CalibrationError
@@ -41,6 +45,8 @@ MODEL_CACHE = "~/.cache/perception-node/models"
 ENGINE_CACHE = "~/.cache/perception-node/engines"
 #: `--foxglove` / `--metrics` without a port: the config's.
 FROM_CONFIG = -1
+#: The most processes `train` starts (Ray workers, sample preparers): each is a process.
+MAX_WORKERS = 256
 
 DESCRIPTION = """\
 perception-node: camera + lidar + GNSS fusion perception for vehicles.
@@ -192,7 +198,7 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--rate",
         metavar="HZ",
-        type=positive_float,
+        type=rate_hz,
         default=10.0,
         help="KITTI: frames per second, Hz",
     )
@@ -206,7 +212,7 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--start",
         metavar="S",
-        type=non_negative_float,
+        type=non_negative_seconds,
         default=0.0,
         help="drive: start this many seconds after its first message, s",
     )
@@ -218,14 +224,14 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--wait",
         metavar="S",
-        type=non_negative_float,
+        type=non_negative_seconds,
         default=1.0,
         help="seconds to let subscribers connect before publishing, s",
     )
     p.add_argument(
         "--hwm",
         metavar="N",
-        type=positive_int,
+        type=int_at_most(2**31 - 1),
         default=10_000,
         help="send high-water mark, messages",
     )
@@ -267,7 +273,7 @@ def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
     p.add_argument(
         "--queue-size",
         metavar="N",
-        type=positive_int,
+        type=int_at_most(10_000_000),
         default=1000,
         help="messages held between the sockets and the disk",
     )
@@ -280,7 +286,7 @@ def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
     p.add_argument(
         "--stop-timeout",
         metavar="S",
-        type=positive_float,
+        type=positive_seconds,
         default=3.0,
         help="on SIGINT, seconds spent writing what is still queued (the rest is dropped and "
         "counted), s",
@@ -402,7 +408,7 @@ def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--seconds",
         metavar="S",
-        type=positive_float,
+        type=positive_seconds,
         default=10.0,
         help="length of a generated drive, s",
     )
@@ -463,11 +469,9 @@ def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         help="a drive (.mcap) or KITTI object folder (default: the synthetic drive of "
         "`perception demo`, generated into perception-demo/ when absent)",
     )
+    p.add_argument("--rate", metavar="HZ", type=rate_hz, default=10.0, help="sweeps per second, Hz")
     p.add_argument(
-        "--rate", metavar="HZ", type=positive_float, default=10.0, help="sweeps per second, Hz"
-    )
-    p.add_argument(
-        "--duration", metavar="S", type=positive_float, default=30.0, help="seconds of playing, s"
+        "--duration", metavar="S", type=positive_seconds, default=30.0, help="seconds of playing, s"
     )
     p.add_argument(
         "--backend",
@@ -484,7 +488,7 @@ def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--window",
         metavar="S",
-        type=positive_float,
+        type=positive_seconds,
         default=60.0,
         help="a run of several windows is also reported over time, per window of this many "
         "seconds: drops, latency percentiles, node RSS and CPU, node errors; with the RSS "
@@ -534,6 +538,11 @@ def _add_import(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         "bag folder (or its .mcap / .db3 file), or a nuScenes DATAROOT",
     )
     p.add_argument("--out", required=True, metavar="DRIVE", help="the MCAP drive to write")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (only once the new drive is complete)",
+    )
     p.add_argument("--grey", action="store_true", help="kitti-raw: also the grey cameras")
     p.add_argument(
         "--topics",
@@ -750,14 +759,14 @@ def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--workers",
         metavar="N",
-        type=positive_int,
+        type=int_at_most(MAX_WORKERS),
         default=2,
         help="Ray Train workers, one CPU each (with --ray-address)",
     )
     p.add_argument(
         "--prepare-workers",
         metavar="N",
-        type=positive_int,
+        type=int_at_most(MAX_WORKERS),
         default=1,
         help="processes preparing the samples (rendering, ray casting, painting) before the "
         "steps; the same samples either way",

@@ -222,7 +222,7 @@ def open_source(
     `recorded_rigs`, a drive's rig messages are not replayed: the initial rig holds throughout
     (a rig being checked against the drive's data).
 
-    Raises ReplayError naming the path: missing source, unreadable drive, invalid rig."""
+    Raises ReplayError naming the path: missing source, unreadable drive, invalid or no rig."""
     source = Path(source)
     initial = _load_config_rig(config)
     if source.is_dir():
@@ -255,6 +255,11 @@ def open_source(
     records = checked_messages(reader, topics=topics, on_error=skipped)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
     rig = initial or reader.rig
+    if rig is None:
+        # Every sweep would wait for a rig that never comes: a replay of nothing, not a run.
+        raise ReplayError(
+            f"{source}: the drive has no rig (calibration); give one with the config's `rig`"
+        )
     return ReplayInput(received, config, rig, contents.sweeps, f"drive {source}", skipped)
 
 

@@ -42,7 +42,8 @@ class OutputError(PerceptionError):
 
 
 def check_output_file(path: Path, what: str = "the output") -> Path:
-    """`path` if a file can be written there: its folder exists and it is not a folder.
+    """`path` if a file can be written there: its folder exists, and it is not a folder, a
+    device, a pipe or a socket.
 
     Raises:
         OutputError: naming the path and the problem.
@@ -50,6 +51,9 @@ def check_output_file(path: Path, what: str = "the output") -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; {what} must be a file")
+    if path.exists() and not path.is_file():
+        # Written beside and renamed over, a device or pipe would be replaced by a file.
+        raise OutputError(f"{path}: is a device, pipe or socket; {what} must be a regular file")
     parent = path.parent
     if not parent.exists():
         raise OutputError(f"{path}: folder {parent} does not exist (create it first)")

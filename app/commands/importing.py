@@ -9,7 +9,7 @@ from pathlib import Path
 from app.common import Stages
 from replay.datasets.importers import ImportStats, import_kitti_object, import_kitti_raw
 from replay.errors import ReplayError
-from replay.output import OutputError, check_output_file
+from replay.output import OutputError, check_not_an_input, check_output_file
 
 __all__ = ["cmd_import"]
 
@@ -61,6 +61,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise OutputError(f"{out}: --out must end in .mcap (it is an MCAP drive)")
     check_output_file(out, "--out")
     source = Path(args.dir).expanduser()
+    check_not_an_input(out, [source], "--out")
+    if out.exists():
+        if source.is_dir() and source.resolve() in out.resolve().parents:
+            # A bag's own .mcap, say: the drive would replace the data being imported.
+            raise OutputError(
+                f"{out}: is a file of the folder being imported; --out must be another file"
+            )
+        if not args.overwrite:
+            raise OutputError(f"{out}: exists; give --overwrite to replace it, or another --out")
     with Stages("msg", args.quiet, {"import": f"importing {source.name}"}) as stages:
         stats = _import(args, source, out, stages)
     for warning in stats.warnings:

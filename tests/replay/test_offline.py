@@ -8,13 +8,15 @@ import itertools
 from pathlib import Path
 
 import pytest
+import yaml
 
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
-from perception.msgs.types import TrackList
+from perception.msgs.types import RigMessage, TrackList
 from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
+from replay.errors import ReplayError
 from replay.offline import replay_to_file
 
 
@@ -64,3 +66,29 @@ def test_kitti_object_frames_start_the_tracker_over(
     assert summary.counters["tracker_resets"] == 7
     stamps = [t.header.stamp_ns for t in lists]
     assert min(b - a for a, b in itertools.pairwise(stamps)) > NodeConfig().tracking.max_gap_s * 1e9
+
+
+def test_a_drive_without_a_rig_is_refused_not_replayed_to_nothing(
+    kitti_dir: Path, tmp_path: Path, pipeline: Pipeline
+) -> None:
+    drive = tmp_path / "no-rig.mcap"
+    with DriveWriter(drive) as w:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            if not isinstance(msg, RigMessage):
+                w.write(msg, msg.header.stamp_ns)
+    assert "rig" not in DriveReader(drive).topics() and DriveReader(drive).rig is None
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(ReplayError) as info:
+        replay_to_file(drive, out, NodeConfig(), pipeline)
+    assert str(info.value) == (
+        f"{drive}: the drive has no rig (calibration); give one with the config's `rig`"
+    )
+    assert not out.exists()
+    # With the rig given, every sweep is replayed.
+    rig = tmp_path / "rig.yaml"
+    kitti_rig = next(
+        m for m in KittiObjectFolder(kitti_dir).messages() if isinstance(m, RigMessage)
+    )
+    rig.write_text(yaml.safe_dump(kitti_rig.rig))
+    summary = replay_to_file(drive, out, NodeConfig(rig=str(rig)), pipeline)
+    assert summary.sweeps == 8

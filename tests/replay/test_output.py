@@ -1,0 +1,41 @@
+"""Output paths (replay.output): what would be destroyed by writing beside and renaming over is
+refused before any work, in one line naming the path."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from replay.output import OutputError, atomic_output, check_output_file
+
+
+def test_a_pipe_a_device_or_a_link_to_one_is_not_replaced(tmp_path: Path) -> None:
+    """Renamed over, a FIFO or a device node (through a link too) would become a plain file:
+    a replay once replaced /dev/full that way."""
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(fifo)
+    for path in (fifo, link, Path("/dev/null")):
+        with pytest.raises(OutputError) as info:
+            check_output_file(path, "--out")
+        assert str(info.value) == (
+            f"{path}: is a device, pipe or socket; --out must be a regular file"
+        )
+        with pytest.raises(OutputError), atomic_output(path):
+            pass
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+
+
+def test_a_link_to_a_regular_file_is_written_through(tmp_path: Path) -> None:
+    target = tmp_path / "run.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(target)
+    with atomic_output(link) as tmp:
+        tmp.write_text("new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
