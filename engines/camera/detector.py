@@ -297,17 +297,21 @@ class CameraDetector:
                 f"{self.name}: raw output has shape {raw.shape}, expected {rows}x{cols} values"
             )
         out = raw.reshape(rows, cols).astype(np.float32, copy=False)
-        if self.kind == "yolox":
-            boxes, scores, class_ids = self._decode_yolox(out)
-        else:
-            boxes, scores, class_ids = self._decode_fastest(out)
+        # A model gone wrong (inf, NaN or huge outputs) overflows the decoding: its boxes are
+        # left out below, not warned about on stderr once per frame.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.kind == "yolox":
+                boxes, scores, class_ids = self._decode_yolox(out)
+            else:
+                boxes, scores, class_ids = self._decode_fastest(out)
+            finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
 
         boxes = boxes.astype(np.float64)
         boxes[:, [0, 2]] /= letterbox.scale_x
         boxes[:, [1, 3]] /= letterbox.scale_y
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0.0, letterbox.width)
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0.0, letterbox.height)
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        valid = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, class_ids = boxes[valid], scores[valid].astype(np.float64), class_ids[valid]
 
         if len(scores):

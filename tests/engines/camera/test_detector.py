@@ -321,3 +321,22 @@ def test_engines_import_boundary() -> None:
                 continue
             bad = [n for n in names if n.split(".")[0] in forbidden]
             assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("bad", [np.inf, np.nan, 1e30])
+def test_a_model_gone_wrong_loses_its_bad_boxes_quietly(
+    yolox: CameraDetector, kitti_dir: Path, bad: float
+) -> None:
+    """Non-finite or huge raw outputs (a broken model) overflow the decoding: those boxes are
+    left out (other anchors on the same objects remain), with no RuntimeWarning on stderr
+    every frame."""
+    tensor, letterbox = yolox.preprocess(load(kitti_dir, "000008"))
+    raw = yolox.infer(tensor)
+    found = yolox.decode(raw, letterbox)
+    assert len(found) >= 3
+    broken = raw.copy().reshape(-1, 85)
+    strong = np.flatnonzero(broken[:, 4] > yolox.score_threshold)
+    broken[strong[::2], 2:4] = bad  # widths and heights of every other candidate
+    kept = yolox.decode(broken.reshape(raw.shape), letterbox)
+    assert kept and all(np.isfinite([b.x1, b.y1, b.x2, b.y2, b.score]).all() for b in kept)
