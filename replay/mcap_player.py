@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mcap.reader import SeekingReader
 
@@ -46,12 +46,15 @@ OUTPUT_TYPES = ("DetectionList", "TrackList", "Diagnostics")
 @dataclass(frozen=True)
 class DriveContents:
     """What a drive holds: per topic its message type (class name, e.g. "LidarSweep") and
-    count, and the first and last log times (host clock, ns; None for an empty drive)."""
+    count, and the first and last log times (host clock, ns; None for an empty drive);
+    `unreadable`: topics with messages of which not one can be read (damaged, or written by
+    something else), by count."""
 
     types: dict[str, str]
     counts: dict[str, int]
     start_ns: int | None
     end_ns: int | None
+    unreadable: dict[str, int] = field(default_factory=dict)
 
     def topics_of(self, *type_names: str) -> list[str]:
         """The topics holding one of `type_names`, in name order."""
@@ -70,8 +73,15 @@ class DriveContents:
         return (self.end_ns - self.start_ns) / 1e9
 
     def describe(self) -> str:
-        """`"detections"`, `"camera/front, lidar/top, rig"`, or `"nothing"`: for messages."""
-        return ", ".join(sorted(self.types)) or "nothing"
+        """`"detections"`, `"camera/front, lidar/top, rig"`, or `"nothing"`, then any topic
+        none of whose messages can be read: for messages."""
+        held = ", ".join(sorted(self.types)) or "nothing"
+        if self.unreadable:
+            held += "; " + ", ".join(
+                f"{topic} with {n} message(s), none readable"
+                for topic, n in sorted(self.unreadable.items())
+            )
+        return held
 
 
 @dataclass(frozen=True)
@@ -150,9 +160,10 @@ def drive_contents(reader: DriveReader) -> DriveContents:
         for rec in checked_messages(reader, topics=[topic], on_error=_ignore):
             types[topic] = type(rec.message).__name__
             break
+    unreadable = {t: n for t, n in counts.items() if t not in types and n > 0}
     counts = {t: n for t, n in counts.items() if t in types}
     start_ns, end_ns = _log_span(reader)
-    return DriveContents(types, counts, start_ns, end_ns)
+    return DriveContents(types, counts, start_ns, end_ns, unreadable)
 
 
 def _ignore(_error: ReplayError) -> None:
@@ -177,6 +188,10 @@ def check_sensor_drive(
     contents = drive_contents(reader)
     path = reader.path
     if not contents.types:
+        if contents.unreadable:
+            raise ReplayError(
+                f"{path}: not one of the drive's messages can be read ({contents.describe()})"
+            )
         raise ReplayError(f"{path}: the drive holds no messages; {command} takes a sensor drive")
     held = contents.describe()
     if not contents.topics_of(*SENSOR_TYPES):

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from perception.io.transport import Publisher, Subscriber
-from perception.msgs import wire
-from perception.msgs.types import GnssFix, Header
+from perception.msgs import foxglove, wire
+from perception.msgs.types import GnssFix, Header, LidarSweep
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
-from replay.mcap_player import PlayStats, play_drive
+from replay.errors import ReplayError
+from replay.mcap_player import PlayStats, check_sensor_drive, play_drive
 from replay.player import play_kitti_object
 
 MS = 1_000_000
@@ -132,3 +133,28 @@ def test_a_broken_kitti_frame_is_skipped_and_counted(kitti_dir: Path, tmp_path: 
         got = _received(sub)
     assert stats == PlayStats(sent=7, unreadable=1, unpublishable=0)
     assert len(got) == 7
+
+
+def test_a_topic_none_of_whose_messages_can_be_read_is_named_as_such(
+    kitti_dir: Path, tmp_path: Path
+) -> None:
+    """Every lidar record damaged: the drive is said to hold lidar/top unreadable, not to hold
+    no lidar at all."""
+    path = tmp_path / "damaged-lidar.mcap"
+    with DriveWriter(path) as w:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            if not isinstance(msg, LidarSweep):
+                w.write(msg, msg.header.stamp_ns)
+                continue
+            base, companion = w._channel_ids(
+                "lidar/top", "LidarSweep", foxglove.to_foxglove(msg, "lidar/top")
+            )
+            t = msg.header.stamp_ns
+            w._writer.add_message(base, t, b"", t, 0)
+            w._writer.add_message(companion, t, b"{not json", t, 0)
+    with pytest.raises(ReplayError) as info:
+        check_sensor_drive(DriveReader(path))
+    assert str(info.value) == (
+        f"{path}: no lidar sweeps to replay (it holds: camera/front, rig; lidar/top with 8 "
+        "message(s), none readable); the pipeline runs once per lidar sweep"
+    )
