@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CalibrationError", "shown"]
+__all__ = ["CalibrationError", "not_utf8", "read_text", "shown"]
 
 
 class CalibrationError(Exception):
@@ -27,3 +29,31 @@ def shown(value: Any) -> str:
         return _REPR.repr(value)
     except Exception:  # a value whose repr fails must not replace the error being reported
         return f"<{type(value).__name__}>"
+
+
+def not_utf8(e: UnicodeDecodeError, offset: int = 0) -> str:
+    """`not UTF-8 text (byte 0xff at offset 12)`: a decode failure said the same way for every
+    text file the project reads. `offset` is where in the file the decoded bytes began, so the
+    offset shown is the file's, not the chunk's."""
+    return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start})"
+
+
+def read_text(path: Path, what: str, error: Callable[[str], Exception] = CalibrationError) -> str:
+    """The UTF-8 text of a file a user gave (a calibration, config or dataset text file).
+
+    Every package reads such files, and a binary one given by mistake must fail as a malformed
+    file of that package does, so the package's own error type is `error`.
+
+    Raises:
+        error: `"PATH: cannot read WHAT (reason)"` when the file cannot be read, or
+            `"PATH: not UTF-8 text (byte 0xff at offset N)"` when it is not UTF-8.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
+    try:
+        # Decoded whole, not through a text stream, so the offset reported is the file's.
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: {not_utf8(e)}") from e

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.camera import CameraModel, PinholeCamera
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, read_text
 from calibration.rig import FrameEdge, Rig, camera_frame
 from calibration.transforms import RigidTransform
 
@@ -46,10 +46,7 @@ _TEXT_FIELDS = {"calib_time"}
 
 
 def _read_fields(path: Path, required: dict[str, int]) -> dict[str, FloatArray]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read calibration file ({e.strerror})") from e
+    text = read_text(path, "calibration file")
     fields: dict[str, FloatArray] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from calibration.camera import PinholeCamera
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, read_text
 from calibration.images import find_image, image_size_of
 from calibration.rig import FrameEdge, Rig, camera_frame
 from calibration.transforms import RigidTransform
@@ -52,10 +52,9 @@ def find_pjlab_files(path: Path) -> tuple[Path, Path]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    text = read_text(path, "calibration file")
     try:
-        doc = json.loads(path.read_text())
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read calibration file ({e.strerror})") from e
+        doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise CalibrationError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(doc, dict) or len(doc) != 1:

@@ -64,7 +64,7 @@ import numpy.typing as npt
 import yaml
 
 from calibration.camera import CameraModel, camera_from_dict
-from calibration.errors import CalibrationError, shown
+from calibration.errors import CalibrationError, read_text, shown
 from calibration.transforms import RigidTransform
 
 __all__ = [
@@ -510,10 +510,7 @@ def _edge_from_doc(value: Any, where: str) -> FrameEdge:
 def load_rig_yaml(path: Path | str) -> Rig:
     """Read and validate a rig file. Raises CalibrationError naming the file and field."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise CalibrationError(f"{p}: cannot read rig file ({e.strerror})") from e
+    text = read_text(p, "rig file")
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:

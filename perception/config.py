@@ -10,6 +10,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
+from calibration.errors import read_text
 from calibration.monitor import MonitorConfig
 from engines.errors import EngineError
 from engines.settings import MAX_THREADS, EngineSettings
@@ -1042,11 +1043,13 @@ def _relative_to(base: Path, path: str | None) -> str | None:
 
 
 def load_config(path: Path) -> NodeConfig:
-    """Read a YAML node configuration. Relative paths inside it resolve against its folder."""
+    """Read a YAML node configuration. Relative paths inside it resolve against its folder.
+
+    Raises ConfigError naming the file when it cannot be read, is not UTF-8 text or not YAML,
+    and naming the key for an invalid value."""
+    text = read_text(path, "config", ConfigError)
     try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({e})") from e
     if doc is not None and not isinstance(doc, dict):

@@ -37,14 +37,11 @@ _SCAN_SUFFIXES = (".bin", ".pcd")
 
 
 def _load_rig(path: Path, image_size: tuple[int, int] | None = None) -> Rig:
-    """`load_rig`, its errors on one line (YAML parser messages span several) and a binary
-    file named as such."""
+    """`load_rig`, its errors on one line (YAML parser messages span several)."""
     try:
         return load_rig(path, image_size=image_size)
     except CalibrationError as e:
         raise CalibrationError(" ".join(str(e).split())) from e
-    except UnicodeDecodeError as e:
-        raise CalibrationError(f"{path}: not a text calibration file ({e.reason})") from e
 
 
 def cmd_calib_show(args: argparse.Namespace) -> int:

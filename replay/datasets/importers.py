@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import GNSS_FRAME, CalibrationError, Rig, load_kitti_raw_calib
+from calibration.errors import read_text
 from calibration.images import image_size_of
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message, RigMessage
 from replay.datasets.kitti_object import (
@@ -138,10 +139,7 @@ def read_kitti_timestamps(path: Path) -> list[int]:
 
     Raises ReplayError naming the file (and line) when missing or malformed."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise ReplayError(f"{path}: cannot read timestamps ({e.strerror})") from e
+    lines = read_text(path, "timestamps", ReplayError).splitlines()
     stamps: list[int] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -159,10 +157,7 @@ def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
     """A KITTI oxts packet file (30 values, see `oxts/dataformat.txt`) as a GnssFix stamped
     `stamp_ns` (see the module docstring for the fields). Raises ReplayError naming the file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ReplayError(f"{path}: cannot read oxts packet ({e.strerror})") from e
+    text = read_text(path, "oxts packet", ReplayError)
     try:
         values = [float(v) for v in text.split()]
     except ValueError as e:

@@ -72,9 +72,10 @@ def read_image(path: Path) -> npt.NDArray[np.uint8]:
 class KittiObjectFolder:
     """The frames of a KITTI object split folder (e.g. `training/`).
 
-    `lidar_dir` names the scan folder; by default `velodyne` when it has a scan for every frame,
-    else `velodyne_reduced`. Frames are those with a scan, in name order; each must have its image
-    and calib file.
+    `lidar_dir` names the scan folder; by default `velodyne` when it has a scan for every image,
+    else `velodyne_reduced`, and the frames are those with an image or a scan, in name order.
+    A `lidar_dir` given picks frames instead: those with a scan in it (e.g. `velodyne` holding
+    the full scans of a few frames). Each frame must have its image, scan and calib file.
 
     Raises ReplayError naming the path when the folder, a scan folder or a frame's files are
     missing.
@@ -90,20 +91,25 @@ class KittiObjectFolder:
             if not (self.root / sub).is_dir():
                 raise ReplayError(f"{self.root}: not a KITTI object folder (no {sub}/)")
         self.lidar_dir = lidar_dir or self._choose_lidar_dir()
-        scans = sorted((self.root / self.lidar_dir).glob("*.bin"))
-        if not scans:
-            raise ReplayError(f"{self.root / self.lidar_dir}: no .bin scans")
+        scan_dir = self.root / self.lidar_dir
+        stems = {p.stem for p in scan_dir.glob("*.bin")}
+        if not stems:
+            raise ReplayError(f"{scan_dir}: no .bin scans")
+        if lidar_dir is None:
+            # An image without its scan is a broken frame, as a scan without its image is: it
+            # must be refused, not left out of the replay without a word.
+            stems |= {p.stem for p in (self.root / "image_2").glob("*.png")}
         self.frames: list[KittiObjectFrame] = []
-        for scan in scans:
+        for stem in sorted(stems):
             frame = KittiObjectFrame(
-                frame_id=scan.stem,
-                image_path=self.root / "image_2" / f"{scan.stem}.png",
-                lidar_path=scan,
-                calib_path=self.root / "calib" / f"{scan.stem}.txt",
+                frame_id=stem,
+                image_path=self.root / "image_2" / f"{stem}.png",
+                lidar_path=scan_dir / f"{stem}.bin",
+                calib_path=self.root / "calib" / f"{stem}.txt",
             )
-            for path in (frame.image_path, frame.calib_path):
+            for path in (frame.image_path, frame.lidar_path, frame.calib_path):
                 if not path.is_file():
-                    raise ReplayError(f"{path}: missing for frame {scan.stem}")
+                    raise ReplayError(f"{path}: missing for frame {stem}")
             self.frames.append(frame)
 
     def _choose_lidar_dir(self) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from calibration.errors import read_text
 from replay.datasets.kitti_object import LIDAR_STREAM
 from replay.rosbag2.errors import Rosbag2Error
 
@@ -181,11 +182,9 @@ def load_topics_file(path: Path) -> TopicsFile:
     try:
         if path.stat().st_size > _MAX_TOPICS_FILE_BYTES:
             raise Rosbag2Error(f"{path}: --topics file is larger than 1 MiB")
-        text = path.read_text()
     except OSError as e:
         raise Rosbag2Error(f"{path}: cannot read the --topics file ({e.strerror})") from e
-    except UnicodeDecodeError as e:
-        raise Rosbag2Error(f"{path}: --topics file is not UTF-8 text ({e.reason})") from e
+    text = read_text(path, "the --topics file", Rosbag2Error)
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import LocalTangentPlane, PinholeCamera, Rig, RigidTransform
+from calibration.errors import not_utf8
 from calibration.monitor import Correction, corrected_rig
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from replay.drive import DriveReader, DriveWriter
@@ -966,11 +967,19 @@ def read_ground_truth(path: Path) -> list[GroundTruthFrame]:
     """The frames of a ground truth file (see the module docstring).
 
     Raises:
-        ValueError: a malformed line (names the file and line).
+        ValueError: a malformed line, or one that is not UTF-8 text (names the file and line).
     """
     frames = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    offset = 0
+    # Read as bytes and decoded line by line, so a binary file is named with its line rather
+    # than failing inside the text stream with the codec's message alone.
+    with Path(path).open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: {not_utf8(e, offset)}") from e
+            offset += len(raw)
             try:
                 frames.append(_ground_truth_frame(json.loads(line)))
             except (ValueError, KeyError, TypeError) as e:

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from calibration.errors import read_text
 from engines.fusion.learned_config import LearnedFusionConfig
 from replay.training.fusion_data import AugmentConfig, DropoutConfig
 from replay.training.gt_sampling import GtSamplingConfig
@@ -176,10 +177,9 @@ def load_train_config(path: Path) -> FusionTrainConfig:
         ValueError: unreadable, not YAML, or not a valid config (one line naming the file).
     """
     path = Path(path)
+    text = read_text(path, "the training config", ValueError)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the training config ({e.strerror or e})") from e
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     return parse_train_config(doc, str(path), path.parent)

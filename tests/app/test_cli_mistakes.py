@@ -278,7 +278,7 @@ def test_binary_files_given_as_text(capsys, tmp_path: Path, kitti_drive: Path) -
     calib = tmp_path / "calib.txt"
     shutil.copyfile(kitti_drive, calib)
     err = _fails(capsys, "calib", "show", str(calib))
-    assert err.startswith(f"perception calib show: error: {calib}: not a text calibration file")
+    assert err == f"perception calib show: error: {calib}: not UTF-8 text (byte 0x89 at offset 0)"
 
 
 def test_config_errors_are_one_line(capsys, tmp_path: Path, kitti_drive: Path) -> None:

@@ -156,6 +156,25 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
         load_kitti_object_calib(tmp_path / "nope.txt", 1242, 375)
 
 
+def test_binary_object_calib_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "000003.txt"
+    bad.write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(CalibrationError) as info:
+        load_kitti_object_calib(bad, 1242, 375)
+    assert str(info.value) == f"{bad}: not UTF-8 text (byte 0xff at offset 0)"
+
+
+def test_binary_raw_calib_is_named(tmp_path: Path, data_dir: Path) -> None:
+    for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt", "calib_imu_to_velo.txt"):
+        text = (data_dir / "kitti_raw" / "2011_09_26" / name).read_bytes()
+        (tmp_path / name).write_bytes(text)
+    bad = tmp_path / "calib_cam_to_cam.txt"
+    bad.write_bytes(b"calib_time: \xff\xfe\n" + bad.read_bytes())
+    with pytest.raises(CalibrationError) as info:
+        load_kitti_raw_calib(tmp_path)
+    assert str(info.value) == f"{bad}: not UTF-8 text (byte 0xff at offset 12)"
+
+
 def test_non_orthonormal_rotation_rejected() -> None:
     m = np.eye(4)
     m[0, 0] = 1.1

@@ -108,6 +108,17 @@ def test_pjlab_missing_field_is_named(data_dir: Path, tmp_path: Path) -> None:
         load_rig(tmp_path)
 
 
+def test_pjlab_binary_file_is_named(data_dir: Path, tmp_path: Path) -> None:
+    folder = data_dir / "lidar_camera_calib_pjlab"
+    intrinsic = tmp_path / "center_camera-intrinsic.json"
+    intrinsic.write_bytes(b"\xff\xfe{}")
+    extrinsic = "top_center_lidar-to-center_camera-extrinsic.json"
+    (tmp_path / extrinsic).write_bytes((folder / extrinsic).read_bytes())
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    assert str(info.value) == f"{intrinsic}: not UTF-8 text (byte 0xff at offset 0)"
+
+
 def test_bin_scan_of_odd_size_is_named(tmp_path: Path) -> None:
     # PCD files: tests/calibration/test_pcd.py.
     odd = tmp_path / "odd.bin"

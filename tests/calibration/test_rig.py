@@ -336,6 +336,11 @@ def test_invalid_yaml_and_missing_file_are_named(tmp_path: Path) -> None:
         load_rig(tmp_path / "missing.yaml")
     with pytest.raises(CalibrationError, match=r"nothing\.yaml: cannot read rig file"):
         load_rig_yaml(tmp_path / "nothing.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"frames:\n\xff\xfe\x00")
+    with pytest.raises(CalibrationError) as info:
+        load_rig(binary)
+    assert str(info.value) == f"{binary}: not UTF-8 text (byte 0xff at offset 8)"
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     with pytest.raises(CalibrationError, match=r"empty\.yaml: empty rig file"):

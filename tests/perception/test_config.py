@@ -145,6 +145,14 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+def test_binary_config_file_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "node.yaml"
+    p.write_bytes(b"inputs:\n\xd9\x01\x00")
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert str(info.value) == f"{p}: not UTF-8 text (byte 0xd9 at offset 8)"
+
+
 def test_rig_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("rig: rigs/car.yaml\n")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calibration import Rig
+from calibration.errors import read_text
 from replay.datasets.kitti_object import (
     KittiObjectFolder,
     KittiObjectFrame,
@@ -49,11 +50,12 @@ def read_label_2(
     """The 3D boxes of a KITTI `label_2` file in `rig`'s vehicle frame (every class but
     DontCare), and the DontCare 2D regions (pixels of image_2).
 
-    Raises ValueError naming the file and line on a malformed line; OSError when unreadable."""
+    Raises ValueError naming the file (and line) when unreadable, not UTF-8 text or
+    malformed."""
     vehicle_from_rect = rig.transform("vehicle", "rect")
     boxes: list[BoxLabel] = []
     dont_care: list[tuple[float, float, float, float]] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "labels", ValueError).splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue

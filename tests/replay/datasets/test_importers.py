@@ -254,6 +254,13 @@ def test_raw_grey_cameras(raw_drive: Path, tmp_path: Path) -> None:
         (lambda d: (d / "oxts" / "data" / "0000000003.txt").write_text("1 2 3\n"),
          r"0000000003\.txt: oxts packet has 3 values, expected 30"),
         (lambda d: shutil.rmtree(d / "image_02"), r"image_02: missing"),
+        # Binary text files: named, with the byte and its offset.
+        (lambda d: (d.parent / "calib_cam_to_cam.txt").write_bytes(b"\xff\xfe\x00garbage\n"),
+         r"calib_cam_to_cam\.txt: not UTF-8 text \(byte 0xff at offset 0\)$"),
+        (lambda d: (d / "oxts" / "data" / "0000000003.txt").write_bytes(b"1 2\xff\xfe\n"),
+         r"oxts/data/0000000003\.txt: not UTF-8 text \(byte 0xff at offset 3\)$"),
+        (lambda d: (d / "image_02" / "timestamps.txt").write_bytes(b"\xff\xfe\x00\n"),
+         r"image_02/timestamps\.txt: not UTF-8 text \(byte 0xff at offset 0\)$"),
     ],
 )  # fmt: skip
 def test_raw_errors_name_the_path(raw_drive: Path, tmp_path: Path, damage, match: str) -> None:
@@ -324,3 +331,25 @@ def test_object_import_errors(tmp_path: Path, kitti_dir: Path) -> None:
         import_kitti_object(tmp_path / "nowhere", tmp_path / "x.mcap")
     with pytest.raises(ReplayError, match="output folder does not exist"):
         import_kitti_object(kitti_dir, tmp_path / "no" / "x.mcap")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda k: (k / "velodyne_reduced" / "000003.bin").unlink(),
+         "{k}/velodyne_reduced/000003.bin: missing for frame 000003"),
+        (lambda k: (k / "calib" / "000003.txt").write_bytes(b"\xff\xfe\x00garbage\n"),
+         "{k}/calib/000003.txt: not UTF-8 text (byte 0xff at offset 0)"),
+    ],
+)  # fmt: skip
+def test_object_import_broken_frame(tmp_path: Path, kitti_dir: Path, damage, message: str) -> None:
+    """A frame without its scan, or with a binary calib file: refused, naming the file, and
+    no drive written."""
+    copy = tmp_path / "k"
+    shutil.copytree(kitti_dir, copy)
+    damage(copy)
+    out = tmp_path / "x.mcap"
+    with pytest.raises(ReplayError) as info:
+        import_kitti_object(copy, out)
+    assert str(info.value) == message.format(k=copy)
+    assert not out.exists() and not (tmp_path / "x.mcap.part").exists()

@@ -48,6 +48,46 @@ def test_missing_calib_for_a_frame(tmp_path: Path, kitti_dir: Path) -> None:
         KittiObjectFolder(tmp_path / "t")
 
 
+@pytest.mark.parametrize("lidar_dir", ["velodyne_reduced", "velodyne"])
+def test_missing_scan_for_a_frame(tmp_path: Path, kitti_dir: Path, lidar_dir: str) -> None:
+    """An image without its scan is refused as a scan without its image is, whichever scan
+    folder is chosen: not left out of the frames."""
+    root = tmp_path / "t"
+    for sub in ("image_2", "calib", lidar_dir):
+        (root / sub).mkdir(parents=True)
+    for stem in ("000000", "000003"):
+        shutil.copy(kitti_dir / "image_2" / f"{stem}.png", root / "image_2")
+        shutil.copy(kitti_dir / "calib" / f"{stem}.txt", root / "calib")
+    shutil.copy(kitti_dir / lidar_dir / "000000.bin", root / lidar_dir)
+    with pytest.raises(ReplayError) as info:
+        KittiObjectFolder(root)
+    missing = root / lidar_dir / "000003.bin"
+    assert str(info.value) == f"{missing}: missing for frame 000003"
+
+
+def test_missing_image_for_a_frame(tmp_path: Path, kitti_dir: Path) -> None:
+    shutil.copytree(kitti_dir, tmp_path / "t")
+    (tmp_path / "t" / "image_2" / "000004.png").unlink()
+    with pytest.raises(ReplayError, match=r"000004\.png: missing for frame 000004$"):
+        KittiObjectFolder(tmp_path / "t")
+
+
+def test_a_scan_folder_given_picks_the_frames(kitti_dir: Path) -> None:
+    # velodyne/ holds the full scan of 000000 only: asked for, it is the one frame.
+    folder = KittiObjectFolder(kitti_dir, lidar_dir="velodyne")
+    assert [f.frame_id for f in folder.frames] == ["000000"]
+
+
+def test_binary_calib_is_named(tmp_path: Path, kitti_dir: Path) -> None:
+    shutil.copytree(kitti_dir, tmp_path / "t")
+    calib = tmp_path / "t" / "calib" / "000003.txt"
+    calib.write_bytes(b"\xff\xfe\x00garbage\n")
+    folder = KittiObjectFolder(tmp_path / "t")
+    with pytest.raises(ReplayError) as info:
+        folder.frame_messages(1, 0)
+    assert str(info.value) == f"{calib}: not UTF-8 text (byte 0xff at offset 0)"
+
+
 def test_truncated_scan(tmp_path: Path) -> None:
     p = tmp_path / "x.bin"
     p.write_bytes(b"\0" * 18)

@@ -18,6 +18,7 @@ from replay.datasets.kitti_object import KittiObjectFolder, read_image
 from replay.drive import DriveReader
 from replay.offline import replay_to_file
 from replay.rosbag2 import import_rosbag2
+from replay.rosbag2.errors import Rosbag2Error
 from tests.conftest import png_size
 from tests.replay.rosbag2.bags import CHATTER_TOPIC, LAT, write_kitti_bag
 
@@ -153,3 +154,15 @@ def test_a_rig_file_replaces_tf_static_and_camera_info(kitti_dir: Path, tmp_path
     import_rosbag2(bag.path, drive, topics=topics)
     rig = DriveReader(drive).rig
     assert rig is not None and rig.to_dict() == kitti.to_dict()
+
+
+def test_a_binary_rig_file_is_named(kitti_dir: Path, tmp_path: Path) -> None:
+    rig = tmp_path / "rigbin.yaml"
+    rig.write_bytes(b"\xff\xfe\x00rig")
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=1)
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("rig: rigbin.yaml\n")
+    with pytest.raises(Rosbag2Error) as e:
+        import_rosbag2(bag.path, tmp_path / "drive.mcap", topics=topics)
+    assert str(e.value) == f"--topics rig: {rig.resolve()}: not UTF-8 text (byte 0xff at offset 0)"
+    assert not (tmp_path / "drive.mcap").exists()

@@ -126,6 +126,14 @@ def test_bad_topics_files(tmp_path: Path, text: str, error: str) -> None:
     assert error in str(e.value) and "\n" not in str(e.value)
 
 
+def test_binary_topics_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "topics.yaml"
+    path.write_bytes(b"topics:\n\xff\xfe")
+    with pytest.raises(Rosbag2Error) as e:
+        load_topics_file(path)
+    assert str(e.value) == f"{path}: not UTF-8 text (byte 0xff at offset 8)"
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from perception.msgs.types import CameraFrame, GnssFix, LidarSweep
 from replay.drive import DriveReader
@@ -36,6 +37,16 @@ def test_same_seed_gives_byte_identical_drive(tmp_path: Path) -> None:
     assert _sha(a.path) == _sha(b.path)
     assert _sha(a.ground_truth) == _sha(b.ground_truth)
     assert _sha(a.path) != _sha(c.path)
+
+
+def test_binary_ground_truth_is_named_with_its_line(tmp_path: Path) -> None:
+    stats = generate_drive(tmp_path / "d.mcap", seed=0, seconds=0.2)
+    first = ground_truth_path(stats.path).read_bytes().splitlines(keepends=True)[0]
+    bad = tmp_path / "bad.gt.jsonl"
+    bad.write_bytes(first + b"\xff\xfe\x00garbage\n")
+    with pytest.raises(ValueError) as info:
+        read_ground_truth(bad)
+    assert str(info.value) == f"{bad}:2: not UTF-8 text (byte 0xff at offset {len(first)})"
 
 
 def test_drive_contents(tmp_path: Path) -> None:

@@ -168,3 +168,11 @@ def test_the_packaged_model_was_trained_by_the_packaged_config() -> None:
     assert json.loads(json.dumps(recorded.to_dict())) == as_written
     assert meta["model"] == as_written["model"]
     assert set(meta["score_thresholds"]) == set(config.model.classes)
+
+
+def test_a_binary_training_config_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_bytes(b"seed: 0\n\x89PNG\r\n")
+    with pytest.raises(ValueError) as info:
+        load_train_config(path)
+    assert str(info.value) == f"{path}: not UTF-8 text (byte 0x89 at offset 8)"

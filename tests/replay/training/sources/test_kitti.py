@@ -142,3 +142,17 @@ def test_frames_without_labels_or_not_in_the_folder_are_refused(kitti_dir: Path)
     empty = kitti_dir.parent / "no-such-folder"
     with pytest.raises(ValueError, match="does not exist"):
         KittiSource(empty)
+
+
+def test_a_binary_label_file_is_named(kitti_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "training"
+    for sub in ("image_2", "calib", "velodyne_reduced"):
+        (root / sub).mkdir(parents=True)
+        src = next((kitti_dir / sub).glob("000000.*"))
+        (root / sub / src.name).symlink_to(src)
+    (root / "label_2").mkdir()
+    labels = root / "label_2" / "000000.txt"
+    labels.write_bytes(b"Car \xff\xfe 0 1.5\n")
+    with pytest.raises(ValueError) as info:
+        KittiSource(root)[0]
+    assert str(info.value) == f"{labels}: not UTF-8 text (byte 0xff at offset 4)"
