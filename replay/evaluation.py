@@ -21,18 +21,26 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from calibration.camera import CameraModel
+from calibration.errors import read_text
 from calibration.kitti import read_kitti_calib_fields
 from calibration.transforms import RigidTransform
 from perception.msgs.types import Detection3D
 from perception.pipeline.boxes import bev_iou
 
+if TYPE_CHECKING:
+    from replay.synth.world import GroundTruthFrame
+
 __all__ = [
     "CLASS_MATCH_DISTANCE_M",
+    "GROUND_TRUTH_LABELS",
+    "KITTI_TYPES",
+    "MAX_GROUND_TRUTH_SPEED_MPS",
     "MIN_IN_IMAGE",
     "MIN_UNOCCLUDED",
     "NEIGHBOUR_LABELS",
@@ -44,6 +52,8 @@ __all__ = [
     "ReferenceBox",
     "average_precision",
     "box_corners",
+    "check_ground_truth_frame",
+    "drive_ground_truth",
     "filter_references",
     "format_report",
     "kitti_label_box",
@@ -62,6 +72,17 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 
 POINTPILLARS_CLASSES: tuple[str, ...] = ("Car", "Pedestrian", "Cyclist")
+#: The object types of KITTI's ``label_2`` files (DontCare: a region left unlabelled).
+KITTI_TYPES: tuple[str, ...] = (
+    "Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc", "DontCare",
+)  # fmt: skip
+
+_POINTPILLARS_FIELDS = ("x", "y", "z", "dx", "dy", "dz", "yaw", "class_id", "score")
+# The numbers of a KITTI label line, after its type.
+_KITTI_FIELDS = (
+    "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2", "h", "w", "l", "x", "y", "z",
+    "rotation_y",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,28 +107,53 @@ def read_pointpillars_boxes(
 ) -> list[ReferenceBox]:
     """Boxes of a PointPillars prediction file (``x y z dx dy dz yaw class_id score`` lines).
 
-    Raises ValueError naming the file and line on a malformed line or unknown class id, and
-    OSError when the file cannot be read.
+    Raises ValueError naming the file, the line and the value on a malformed line: not nine
+    numbers, a value not finite, a negative size, an unknown class id or a score outside
+    [0, 1]; naming the file when it cannot be read or is not UTF-8 text.
     """
     boxes: list[ReferenceBox] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "boxes", ValueError).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 9:
-            raise ValueError(f"{path}:{lineno}: expected 9 values, got {len(parts)}")
-        try:
-            values = [float(v) for v in parts]
-        except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: {e}") from e
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"{path}:{lineno}: non-finite value")
-        class_id = int(values[7])
-        if class_id != values[7] or not 0 <= class_id < len(class_names):
-            raise ValueError(f"{path}:{lineno}: unknown class id {parts[7]}")
-        x, y, z, dx, dy, dz, yaw = values[:7]
-        boxes.append(ReferenceBox(class_names[class_id], (x, y, z), (dx, dy, dz), yaw, values[8]))
+        where = f"{path}:{lineno}"
+        if len(parts) != len(_POINTPILLARS_FIELDS):
+            raise ValueError(
+                f"{where}: expected 9 values ({' '.join(_POINTPILLARS_FIELDS)}), got {len(parts)}"
+            )
+        values = _numbers(parts, _POINTPILLARS_FIELDS, where)
+        x, y, z, dx, dy, dz, yaw, class_value, score = values
+        class_id = int(class_value)
+        if class_id != class_value or not 0 <= class_id < len(class_names):
+            known = ", ".join(f"{i} {name}" for i, name in enumerate(class_names))
+            raise ValueError(f"{where}: unknown class id {parts[7]} (known: {known})")
+        _check_sizes(parts[3:6], (dx, dy, dz), _POINTPILLARS_FIELDS[3:6], where)
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"{where}: score {parts[8]} is outside [0, 1]")
+        boxes.append(ReferenceBox(class_names[class_id], (x, y, z), (dx, dy, dz), yaw, score))
     return boxes
+
+
+def _numbers(parts: Sequence[str], names: Sequence[str], where: str) -> list[float]:
+    """`parts` as finite floats; a ValueError naming `where`, the field and the text if not."""
+    values = []
+    for name, text in zip(names, parts, strict=True):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{where}: {name} {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {name} {text} is not finite")
+        values.append(value)
+    return values
+
+
+def _check_sizes(
+    parts: Sequence[str], sizes: Sequence[float], names: Sequence[str], where: str
+) -> None:
+    for text, size, name in zip(parts, sizes, names, strict=True):
+        if size < 0:
+            raise ValueError(f"{where}: {name} {text} is negative (a box size, m)")
 
 
 def _velo_from_rect(calib_path: Path) -> RigidTransform:
@@ -128,25 +174,49 @@ def read_kitti_labels(
     (cos ry, 0, -sin ry) in the rect frame, rotated into the Velodyne frame; for the usual KITTI
     calibration this is ``-rotation_y - pi/2``. Rows whose type is in ``skip`` are left out.
 
-    Raises ValueError naming the file and line on a malformed line,
-    calibration.CalibrationError on a bad calibration file and OSError on an unreadable label file.
+    Raises ValueError naming the file, the line and the value on a malformed line (fewer than
+    15 values, a type not in `KITTI_TYPES`, a value not finite, a negative size), and for a
+    file of PointPillars boxes the error `read_pointpillars_boxes` finds in it;
+    calibration.CalibrationError on a bad calibration file; ValueError naming the label file
+    when it cannot be read or is not UTF-8 text.
     """
     velo_from_rect = _velo_from_rect(calib_path)
     skipped = set(skip)
     boxes: list[ReferenceBox] = []
-    for lineno, line in enumerate(label_path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(
+        read_text(label_path, "labels", ValueError).splitlines(), start=1
+    ):
         parts = line.split()
         if not parts or parts[0] in skipped:
             continue
+        where = f"{label_path}:{lineno}"
+        if _is_number(parts[0]):
+            # A label line starts with its type: this is a PointPillars file, whose own reader
+            # names what is wrong with it better than "expected 15 values".
+            read_pointpillars_boxes(label_path)
+            raise ValueError(f"{where}: a PointPillars box, not a KITTI label line")
         if len(parts) < 15:
-            raise ValueError(f"{label_path}:{lineno}: expected 15 values, got {len(parts)}")
-        try:
-            h, w, length, x, y, z, ry = (float(v) for v in parts[8:15])
-        except ValueError as e:
-            raise ValueError(f"{label_path}:{lineno}: {e}") from e
+            raise ValueError(f"{where}: expected 15 values, got {len(parts)}")
+        if parts[0] not in KITTI_TYPES:
+            raise ValueError(
+                f"{where}: unknown object type {parts[0]!r} (KITTI's: {', '.join(KITTI_TYPES)})"
+            )
+        values = _numbers(parts[1:15], _KITTI_FIELDS, where)
+        h, w, length, x, y, z, ry = values[7:14]
+        # DontCare rows (when not skipped) carry -1 sizes by KITTI's convention: no box.
+        if parts[0] != "DontCare":
+            _check_sizes(parts[8:11], (h, w, length), _KITTI_FIELDS[7:10], where)
         center, size, yaw = kitti_label_box((h, w, length, x, y, z, ry), velo_from_rect)
         boxes.append(ReferenceBox(parts[0], center, size, yaw))
     return boxes
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def kitti_label_box(
@@ -161,6 +231,109 @@ def kitti_label_box(
     heading = vehicle_from_rect.rotation @ np.array([math.cos(ry), 0.0, -math.sin(ry)])
     yaw = math.atan2(float(heading[1]), float(heading[0]))
     return (float(c[0]), float(c[1]), float(c[2])), (length, w, h), yaw
+
+
+#: The labels a drive's ground truth may give an object: the synthetic worlds' road users
+#: (replay.synth.scene.ROAD_USER_LABELS), the nuScenes import's
+#: (replay.datasets.nuscenes_geometry.CATEGORY_LABELS, and `unknown` for the other categories)
+#: and KITTI's types.
+GROUND_TRUTH_LABELS: frozenset[str] = frozenset(
+    {"Bicycle", "Barrier", "Bus", "Construction_vehicle", "Motorcycle", "Traffic_cone",
+     "Trailer", "unknown"}
+    | set(KITTI_TYPES) - {"DontCare"}
+)  # fmt: skip
+#: A ground-truth object faster than this over the ground (m/s, 360 km/h) is a broken file.
+MAX_GROUND_TRUTH_SPEED_MPS = 100.0
+
+
+def _finite_numbers(value: Any, count: int) -> bool:
+    return (
+        isinstance(value, tuple | list)
+        and len(value) == count
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+    )
+
+
+def check_ground_truth_frame(frame: GroundTruthFrame, where: str) -> None:
+    """Refuses a frame of ground truth holding values no object can have: a label not in
+    `GROUND_TRUTH_LABELS`, a centre or size not three finite numbers, a negative size, a yaw
+    not finite, a camera-visible fraction outside [0, 1], negative lidar returns, or a speed of
+    `MAX_GROUND_TRUTH_SPEED_MPS` or more. Left in, such an object is silently never matched (a
+    NaN centre) or makes the scores infinite (a huge velocity).
+
+    Raises:
+        ValueError: naming `where` (the file and line, or the drive and sweep), the object and
+            the value.
+    """
+    for i, box in enumerate(frame.boxes):
+        who = f"object {frame.ids[i]}" if frame.ids else f"box {i}"
+        label: Any = box.label
+        if not isinstance(label, str) or label not in GROUND_TRUTH_LABELS:
+            known = ", ".join(sorted(GROUND_TRUTH_LABELS))
+            raise ValueError(f"{where}: {who}: unknown label {label!r} (known: {known})")
+        who = f"{who} ({label})"
+        if not _finite_numbers(box.center, 3):
+            raise ValueError(f"{where}: {who}: center {list(box.center)} is not 3 finite numbers")
+        if not _finite_numbers(box.size, 3):
+            raise ValueError(f"{where}: {who}: size {list(box.size)} is not 3 finite numbers")
+        if min(box.size) < 0:
+            raise ValueError(f"{where}: {who}: size {list(box.size)} is negative")
+        if not _finite_numbers((box.yaw,), 1):
+            raise ValueError(f"{where}: {who}: yaw {box.yaw!r} is not a finite number")
+        visible = frame.camera_visible[i]
+        if not 0.0 <= visible <= 1.0:
+            raise ValueError(f"{where}: {who}: camera_visible {visible} is outside [0, 1]")
+        if frame.lidar_points[i] < 0:
+            raise ValueError(f"{where}: {who}: lidar_points {frame.lidar_points[i]} is negative")
+        if frame.velocities:
+            vx, vy = frame.velocities[i]
+            if not math.hypot(vx, vy) < MAX_GROUND_TRUTH_SPEED_MPS:
+                raise ValueError(
+                    f"{where}: {who}: velocity [{vx}, {vy}] m/s is faster than "
+                    f"{MAX_GROUND_TRUTH_SPEED_MPS:g} m/s"
+                )
+
+
+def drive_ground_truth(drive: Path) -> list[GroundTruthFrame]:
+    """The ground truth of a drive, checked (`check_ground_truth_frame`): the file beside it
+    (`<drive>.gt.jsonl`) when there is one, else its ground-truth channel; empty when it has
+    neither.
+
+    Raises:
+        ValueError: a malformed document or an impossible value, naming the file and line (or
+            the drive and sweep).
+        replay.errors.ReplayError: the drive cannot be read.
+    """
+    # Imported here: replay.synth.world imports this module (ReferenceBox).
+    from replay.synth.world import (  # noqa: PLC0415
+        ground_truth_path,
+        read_drive_ground_truth,
+        read_ground_truth,
+    )
+
+    beside = ground_truth_path(drive)
+    if beside.is_file():
+        frames = read_ground_truth(beside)
+        lines = _document_lines(beside)
+        if len(lines) == len(frames):
+            places = [f"{beside}:{n}" for n in lines]
+        else:  # lines the reader split otherwise (a lone CR): the sweep still names the place
+            places = [f"{beside}: sweep {f.seq}" for f in frames]
+    else:
+        frames = read_drive_ground_truth(drive)
+        places = [f"{drive}: ground truth of sweep {f.seq}" for f in frames]
+    for frame, where in zip(frames, places, strict=True):
+        check_ground_truth_frame(frame, where)
+    return frames
+
+
+def _document_lines(path: Path) -> list[int]:
+    """The numbers of the lines of `path` that hold something (a document each)."""
+    with path.open("rb") as f:
+        return [n for n, raw in enumerate(f, start=1) if raw.strip()]
 
 
 # Corner signs (length, width) of a box's face, counter-clockwise seen from above, and the 12

@@ -40,11 +40,12 @@ from replay.evaluation import (
     QUALITY_RANGE_M,
     MatchResult,
     ReferenceBox,
+    drive_ground_truth,
     merge_results,
     score_truth_frame,
 )
 from replay.mcap_player import check_sensor_drive, checked_messages
-from replay.output import atomic_output, check_output_dir
+from replay.output import OutputError, atomic_output, check_output_dir
 from replay.pictures import (
     BGR,
     CAMERA_BOX_BGR,
@@ -55,13 +56,13 @@ from replay.pictures import (
     frame_picture,
     write_picture,
 )
-from replay.synth.world import ground_truth_path, read_drive_ground_truth, read_ground_truth
 
 __all__ = [
     "KITTI_MIN_REFERENCE_SCORE",
     "ShowProgress",
     "ShowReport",
     "ShownFrame",
+    "check_pictures_folder",
     "score_line",
     "show_drive",
     "show_kitti",
@@ -78,6 +79,8 @@ KITTI_RANGE_M = 40.0
 #: Ground truth farther than this (m) is not drawn (the view ends at 50 m).
 _DRAWN_RANGE_M = 60.0
 INDEX_NAME = "index.html"
+#: The folders of a KITTI object folder that `show_kitti` reads.
+_KITTI_INPUT_FOLDERS = ("image_2", "calib", "velodyne", "velodyne_reduced", "label_2")
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,33 @@ def _draw(
 # -- KITTI object folders ----------------------------------------------------------------------
 
 
+def check_pictures_folder(
+    out_dir: Path,
+    kitti_dir: Path,
+    reference_dir: Path | None = None,
+    what: str = "the pictures' folder",
+) -> None:
+    """Refuses a pictures' folder that is one a KITTI run is read from: the folder's image,
+    scan, calib and label folders, or `reference_dir` (symbolic links resolved). The pictures
+    are named `<frame id>.png`, as the images are, and would replace them.
+
+    Raises:
+        replay.output.OutputError: naming `out_dir` and the input folder it is.
+    """
+    target = Path(out_dir).expanduser().resolve()
+    root = Path(kitti_dir).expanduser()
+    inputs = [root / sub for sub in _KITTI_INPUT_FOLDERS]
+    if reference_dir is not None:
+        inputs.append(Path(reference_dir).expanduser())
+    for folder in inputs:
+        if folder.resolve() == target:
+            also = "" if Path(out_dir) == folder else f" ({folder})"
+            raise OutputError(
+                f"{out_dir}: is an input folder{also}; {what} must be another folder, not one "
+                "the frames are read from"
+            )
+
+
 def show_kitti(
     lists: Sequence[DetectionList],
     kitti_dir: Path,
@@ -199,8 +229,10 @@ def show_kitti(
     Raises:
         replay.errors.ReplayError: a DetectionList's seq has no frame in the folder, or a
             frame's files or reference file are missing or broken (names the path).
-        replay.output.OutputError: `out_dir` or a file in it cannot be written.
+        replay.output.OutputError: `out_dir` is an input folder (`check_pictures_folder`), or
+            it or a file in it cannot be written.
     """
+    check_pictures_folder(out_dir, kitti_dir, reference_dir)
     folder = KittiObjectFolder(kitti_dir)
     if reference_dir is None and (folder.root / "label_2").is_dir():
         reference_dir = folder.root / "label_2"
@@ -268,9 +300,8 @@ def _camera_name(rig: Rig, drive: Path) -> str:
 
 def _truth(drive: Path) -> dict[int, tuple[tuple[ReferenceBox, ...], tuple[float, ...]]]:
     """The drive's ground truth by sweep stamp: boxes and their unoccluded fractions."""
-    beside = ground_truth_path(drive)
     try:
-        frames = read_ground_truth(beside) if beside.is_file() else read_drive_ground_truth(drive)
+        frames = drive_ground_truth(drive)
     except ValueError as e:
         raise ReplayError(str(e)) from e
     return {f.stamp_ns: (f.boxes, f.camera_visible) for f in frames}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.commands.show import read_run
 from app.common import check_drive_path
 from perception.errors import PerceptionError
 from replay.datasets.kitti_eval import evaluate_kitti_run
+from replay.evaluation import drive_ground_truth
 
 __all__ = ["cmd_eval"]
 
@@ -46,8 +48,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"missing {', '.join(missing)}: eval takes DETECTIONS --kitti DIR --reference DIR, "
             "or --tracks OUT.mcap --drive DRIVE.mcap"
         )
+    detections = _check_text(Path(args.detections).expanduser())
+    # Read once more by the evaluation; checked here for what it does not check: a run of no
+    # DetectionList (else blamed on the references) or one frame twice (else counted twice).
+    read_run(detections, command="eval")
     _, report = evaluate_kitti_run(
-        _check_text(Path(args.detections).expanduser()),
+        detections,
         Path(args.kitti).expanduser(),
         Path(args.reference).expanduser(),
         max_center_distance_m=args.max_distance,
@@ -85,11 +91,7 @@ def _eval_tracks(args: argparse.Namespace) -> int:
     # evaluation does without.
     from perception.msgs.types import TrackList  # noqa: PLC0415
     from replay.drive import DriveReader  # noqa: PLC0415
-    from replay.synth.world import (  # noqa: PLC0415
-        ground_truth_path,
-        read_drive_ground_truth,
-        read_ground_truth,
-    )
+    from replay.synth.world import ground_truth_path  # noqa: PLC0415
     from replay.tracking_eval import evaluate_tracks, format_tracking_report  # noqa: PLC0415
 
     tracks_path = check_drive_path(Path(args.tracks).expanduser())
@@ -105,7 +107,7 @@ def _eval_tracks(args: argparse.Namespace) -> int:
         )
     beside = ground_truth_path(drive)
     try:
-        truth = read_ground_truth(beside) if beside.is_file() else read_drive_ground_truth(drive)
+        truth = drive_ground_truth(drive)
     except ValueError as e:
         raise PerceptionError(str(e)) from e
     if not truth:

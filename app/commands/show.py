@@ -12,16 +12,17 @@ from perception.msgs.jsonl import read_jsonl
 from perception.msgs.types import DetectionList
 from replay.output import check_output_dir
 
-__all__ = ["cmd_show", "read_run", "show_run"]
+__all__ = ["check_one_per_frame", "cmd_show", "read_run", "show_run"]
 
 
-def read_run(path: Path) -> list[DetectionList]:
+def read_run(path: Path, *, command: str = "show") -> list[DetectionList]:
     """The DetectionLists of a run: JSON Lines (`perception replay ... --out FILE.jsonl`), or
-    for `replay --show` the MCAP output of a replay.
+    for `replay --show` the MCAP output of a replay. `command` names the command reading it in
+    the errors.
 
     Raises:
         PerceptionError: naming the file: missing, a folder, not JSON Lines of DetectionLists,
-            or holding none.
+            holding none, or holding one frame twice (`check_one_per_frame`).
     """
     if path.is_dir():
         raise PerceptionError(f"{path}: is a folder, not a run (JSON Lines)")
@@ -33,17 +34,64 @@ def read_run(path: Path) -> list[DetectionList]:
         lists = [
             r.message for r in DriveReader(path).messages() if isinstance(r.message, DetectionList)
         ]
+        lines = None
     else:
         try:
             lists = list(read_jsonl(path, DetectionList))
         except SourceError as e:
             raise PerceptionError(
-                f"{' '.join(str(e).split())}; show takes the detections of `perception replay "
-                "... --out FILE.jsonl`"
+                f"{' '.join(str(e).split())}; {command} takes the detections of `perception "
+                "replay ... --out FILE.jsonl`"
             ) from e
+        lines = _record_lines(path, len(lists))
     if not lists:
-        raise PerceptionError(f"{path}: no DetectionLists in the run")
+        raise PerceptionError(f"{path}: the run holds no DetectionLists")
+    check_one_per_frame(lists, path, lines)
     return lists
+
+
+def _record_lines(path: Path, count: int) -> list[int] | None:
+    """The line of each of the `count` records of a JSON Lines file (read_jsonl reads one from
+    every line that is not blank); None if they do not add up."""
+    with path.open("rb") as f:
+        lines = [n for n, raw in enumerate(f, start=1) if raw.decode("utf-8").strip()]
+    return lines if len(lines) == count else None
+
+
+def check_one_per_frame(
+    lists: Sequence[DetectionList], path: Path, lines: Sequence[int] | None = None
+) -> None:
+    """Refuses a run holding a frame twice: two DetectionLists with one `header.seq` (the KITTI
+    frame's index) or one `header.stamp_ns` (the drive's sweep). A replay writes one per frame;
+    a repeated one (runs concatenated, a line pasted twice) would be counted twice by `eval`
+    and drawn twice on one picture by `show`. `lines`: the line of each DetectionList in the
+    file `path` (None: an MCAP file, where its number names it).
+
+    Raises:
+        PerceptionError: naming the file, the line of the second DetectionList, the frame and
+            the line of the first.
+    """
+
+    def place(i: int) -> str:
+        return f"DetectionList {i + 1}" if lines is None else f"line {lines[i]}"
+
+    seqs: dict[int, int] = {}
+    stamps: dict[int, int] = {}
+    for i, dl in enumerate(lists):
+        seq, stamp_ns = dl.header.seq, dl.header.stamp_ns
+        where = f"{path}: {place(i)}" if lines is None else f"{path}:{lines[i]}"
+        if seq in seqs:
+            raise PerceptionError(
+                f"{where}: frame header.seq {seq} again (first on {place(seqs[seq])}); a run "
+                "holds one DetectionList per frame"
+            )
+        if stamp_ns in stamps:
+            raise PerceptionError(
+                f"{where}: frame header.stamp_ns {stamp_ns} again (first on "
+                f"{place(stamps[stamp_ns])}); a run holds one DetectionList per frame"
+            )
+        seqs[seq] = i
+        stamps[stamp_ns] = i
 
 
 def show_run(
@@ -113,10 +161,15 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"{run}: is an MCAP file; show takes a run in JSON Lines (`perception replay ... "
             "--out FILE.jsonl`)"
         )
+    reference = None if args.reference is None else Path(args.reference).expanduser()
+    if kitti is not None:
+        from replay.show import check_pictures_folder  # noqa: PLC0415 (OpenCV)
+
+        # Before anything is read: the pictures would replace the images of the frames.
+        check_pictures_folder(Path(args.out), kitti, reference, "--out")
     lists = read_run(run)
     # Before any drawing: a wrong --out costs nothing.
     out_dir = check_output_dir(Path(args.out), "--out", create=False)
-    reference = None if args.reference is None else Path(args.reference).expanduser()
     line = show_run(
         lists,
         kitti=kitti,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from calibration.errors import read_text
 from perception.errors import SourceError
 from perception.msgs.jsonl import read_jsonl
 from perception.msgs.types import DetectionList
@@ -32,15 +33,23 @@ __all__ = ["evaluate_kitti_run", "frame_references", "read_references", "score_k
 
 
 def read_references(path: Path, calib_path: Path) -> list[ReferenceBox]:
-    """Boxes of one reference file, in the Velodyne frame, whichever of the two formats it is."""
+    """Boxes of one reference file, in the Velodyne frame, whichever of the two formats it is
+    (told by a line's first field: a KITTI label line starts with its type, a PointPillars
+    box with a number), so an error is the format's own.
+
+    Raises:
+        ReplayError: the file cannot be read, or a line is malformed (the reader's message).
+    """
     try:
+        lines = read_text(path, "the reference file", ValueError).splitlines()
+        first = next((line.split()[0] for line in lines if line.split()), "")
+        try:
+            float(first)
+        except ValueError:
+            return read_kitti_labels(path, calib_path)
         return read_pointpillars_boxes(path)
-    except ValueError:
-        pass
-    try:
-        return read_kitti_labels(path, calib_path)
     except (ValueError, OSError) as e:
-        raise ReplayError(f"{path}: neither PointPillars boxes nor a KITTI label file ({e})") from e
+        raise ReplayError(" ".join(str(e).split())) from e
 
 
 def frame_references(

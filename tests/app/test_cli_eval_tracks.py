@@ -104,3 +104,66 @@ def test_ground_truth_without_object_ids(
     ground_truth_path(old).write_text("\n".join(lines) + "\n")
     err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(old))
     assert err.startswith(f"perception eval: error: {old}: ground truth of sweep 0: no object ids")
+
+
+def test_binary_ground_truth_is_named(capsys, replayed: tuple[Path, Path], tmp_path: Path) -> None:
+    drive, out = replayed
+    copy = tmp_path / "drive.mcap"
+    shutil.copyfile(drive, copy)
+    ground_truth_path(copy).write_bytes(b"\xff\xfe\x00garbage\n")
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(copy))
+    assert err == (
+        f"perception eval: error: {ground_truth_path(copy)}:1: not UTF-8 text "
+        "(byte 0xff at offset 0)"
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("center", [float("nan"), 1.0, -0.9], "center [nan, 1.0, -0.9] is not 3 finite numbers"),
+        ("center", [1.0, 2.0], "center [1.0, 2.0] is not 3 finite numbers"),
+        ("size", [-1.0, 1.6, 1.5], "size [-1.0, 1.6, 1.5] is negative"),
+        ("velocity", [1e308, 1e308], "velocity [1e+308, 1e+308] m/s is faster than 100 m/s"),
+        ("velocity", [120.0, 0.0], "velocity [120.0, 0.0] m/s is faster than 100 m/s"),
+        ("yaw", float("inf"), "yaw inf is not a finite number"),
+        ("camera_visible", 1.5, "camera_visible 1.5 is outside [0, 1]"),
+        ("lidar_points", -3, "lidar_points -3 is negative"),
+    ],
+)
+def test_impossible_ground_truth_is_refused(
+    capsys, replayed: tuple[Path, Path], tmp_path: Path, change: tuple[str, object, str]
+) -> None:
+    key, value, problem = change
+    drive, out = replayed
+    bad = tmp_path / "bad.mcap"
+    shutil.copyfile(drive, bad)
+    lines = ground_truth_path(drive).read_text().splitlines()
+    doc = json.loads(lines[2])
+    box = doc["boxes"][-1]
+    box[key] = value
+    lines[2] = json.dumps(doc)
+    ground_truth_path(bad).write_text("\n".join(lines) + "\n")
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(bad))
+    assert err == (
+        f"perception eval: error: {ground_truth_path(bad)}:3: object {box['id']} "
+        f"({box['label']}): {problem}"
+    )
+
+
+def test_ground_truth_of_an_unknown_label_is_refused(
+    capsys, replayed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    drive, out = replayed
+    bad = tmp_path / "bad.mcap"
+    shutil.copyfile(drive, bad)
+    lines = ground_truth_path(drive).read_text().splitlines()
+    doc = json.loads(lines[0])
+    doc["boxes"][0]["label"] = "Dragon"
+    lines[0] = json.dumps(doc)
+    ground_truth_path(bad).write_text("\n".join(lines) + "\n")
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(bad))
+    assert err.startswith(
+        f"perception eval: error: {ground_truth_path(bad)}:1: object {doc['boxes'][0]['id']}: "
+        "unknown label 'Dragon' (known: Barrier, Bicycle, Bus, Car, "
+    )

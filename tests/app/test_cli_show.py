@@ -4,6 +4,7 @@ mistake one line on stderr, exit 2."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -17,7 +18,10 @@ import pytest
 from app.cli import main
 from perception.msgs.jsonl import read_jsonl
 from replay.datasets.kitti_eval import evaluate_kitti_run
+from replay.output import OutputError
 from replay.pictures import REFERENCE_BGR, class_colour
+from replay.show import show_kitti
+from replay.synth.world import ground_truth_path
 from tests.app.one_line import fails as _fails
 
 FRAMES = ("000000", "000003", "000004")
@@ -219,3 +223,73 @@ def test_replay_show_needs_one_source(capsys, tmp_path: Path, kitti_dir: Path) -
     )  # fmt: skip
     assert err.startswith(f"perception replay: error: {file}: is a file")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_pictures_never_go_into_an_input_folder(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path, reference_dir: Path
+) -> None:
+    folder, run, _ = kitti_run
+    images = {p.name: p.read_bytes() for p in (folder / "image_2").iterdir()}
+    link = tmp_path / "link"
+    link.symlink_to(folder / "image_2")
+    for out in (folder / "image_2", link, folder / "velodyne_reduced"):
+        err = _fails(capsys, "show", str(run), "--kitti", str(folder), "--out", str(out))
+        also = "" if out != link else f" ({folder / 'image_2'})"
+        assert err == (
+            f"perception show: error: {out}: is an input folder{also}; --out must be another "
+            "folder, not one the frames are read from"
+        )
+    argv = ["show", str(run), "--kitti", str(folder), "--reference", str(reference_dir)]
+    err = _fails(capsys, *argv, "--out", str(reference_dir))
+    assert err.startswith(f"perception show: error: {reference_dir}: is an input folder;")
+    assert {p.name: p.read_bytes() for p in (folder / "image_2").iterdir()} == images
+    assert not list(reference_dir.glob("*.png"))
+    # `replay --show` draws through the same library call, and refuses before replaying.
+    with pytest.raises(OutputError, match="is an input folder"):
+        show_kitti(list(read_jsonl(run)), folder, folder / "image_2")
+    out = tmp_path / "o.jsonl"
+    err = _fails(capsys, "replay", "kitti-object", str(folder), "--out", str(out), "--show",
+                 str(folder / "image_2"))  # fmt: skip
+    assert err == (
+        f"perception replay: error: {folder / 'image_2'}: is an input folder; --show must be "
+        "another folder, not one the frames are read from"
+    )
+    assert not out.exists()
+    assert {p.name: p.read_bytes() for p in (folder / "image_2").iterdir()} == images
+
+
+def test_a_run_with_a_frame_twice_is_refused(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    folder, run, _ = kitti_run
+    lines = run.read_text().splitlines(keepends=True)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(lines[0] + "".join(lines))
+    out = tmp_path / "o"
+    err = _fails(capsys, "show", str(dup), "--kitti", str(folder), "--out", str(out))
+    assert err == (
+        f"perception show: error: {dup}:2: frame header.seq 0 again (first on line 1); a run "
+        "holds one DetectionList per frame"
+    )
+    assert not out.exists()
+
+
+def test_a_drive_with_impossible_ground_truth(
+    capsys, drive_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    drive, run, _ = drive_run
+    bad = tmp_path / "bad.mcap"
+    shutil.copyfile(drive, bad)
+    lines = ground_truth_path(drive).read_text().splitlines()
+    doc = json.loads(lines[1])
+    doc["boxes"][0]["center"][0] = float("nan")
+    lines[1] = json.dumps(doc)
+    ground_truth_path(bad).write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    err = _fails(capsys, "show", str(run), "--drive", str(bad), "--out", str(out))
+    box = doc["boxes"][0]
+    assert err.startswith(
+        f"perception show: error: {ground_truth_path(bad)}:2: object {box['id']} "
+        f"({box['label']}): center [nan, "
+    )
+    assert not out.exists()

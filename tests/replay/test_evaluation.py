@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -10,12 +11,15 @@ import numpy as np
 import pytest
 
 from perception.msgs.types import Detection3D
+from replay.drive import DriveWriter
 from replay.evaluation import (
+    GROUND_TRUTH_LABELS,
     POINTPILLARS_CLASSES,
     MatchResult,
     ReferenceBox,
     average_precision,
     box_corners,
+    drive_ground_truth,
     filter_references,
     format_report,
     match_detections,
@@ -26,6 +30,7 @@ from replay.evaluation import (
     visible_fraction,
     yaw_error_deg,
 )
+from replay.synth.world import ground_truth_path
 from tests.conftest import KittiFrame
 
 
@@ -304,3 +309,120 @@ def test_score_frame_ignores_detections_of_objects_that_do_not_count() -> None:
     assert (ped.true_positives, ped.false_negatives, ped.false_positives) == (0, 1, 1)
     with pytest.raises(ValueError, match="flags"):
         score_frame(dets, refs, [True], classes=("Car",), match_distance_m=1.0, range_m=40.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference values no box can have
+
+
+def test_read_pointpillars_boxes_names_the_bad_value(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    for line, problem in (
+        ("1 2 3 4 5 6 nan 0 0.9", "yaw nan is not finite"),
+        ("1 2 3 4 5 6 0.1 inf 0.9", "class_id inf is not finite"),
+        ("1 2 3 4 -5 6 0.1 0 0.9", "dy -5 is negative (a box size, m)"),
+        ("1 2 3 4 5 6 0.1 0 5", "score 5 is outside [0, 1]"),
+        ("1 2 3 4 5 6 0.1 1.5 0.9", "unknown class id 1.5 (known: 0 Car, 1 Pedestrian, "),
+        ("1 2 x 4 5 6 0.1 0 0.9", "z 'x' is not a number"),
+    ):
+        bad.write_text(f"1 2 3 4 5 6 0.1 0 0.9\n\n{line}\n")
+        with pytest.raises(ValueError) as info:
+            read_pointpillars_boxes(bad)
+        assert str(info.value).startswith(f"{bad}:3: {problem}")
+    # Zero sizes and the bounds of the score are values a box can have.
+    bad.write_text("1 2 3 0 0 0 0.1 2 0\n1 2 3 4 5 6 0.1 0 1\n")
+    assert [b.score for b in read_pointpillars_boxes(bad)] == [0.0, 1.0]
+
+
+def test_read_kitti_labels_names_the_bad_value(kitti_dir: Path, tmp_path: Path) -> None:
+    calib = kitti_dir / "calib" / "000000.txt"
+    label = tmp_path / "000000.txt"
+    good = "Car 0.00 0 1.55 614.24 181.78 727.31 284.77 1.57 1.73 4.15 1.00 1.75 13.22 1.62"
+    for line, problem in (
+        (good.replace("13.22", "nan"), "z nan is not finite"),
+        (good.replace(" 1.62", " -inf"), "rotation_y -inf is not finite"),
+        (good.replace("614.24", "nan"), "x1 nan is not finite"),
+        (good.replace("1.73", "-1.73"), "w -1.73 is negative (a box size, m)"),
+        (good.replace("Car", "car"), "unknown object type 'car' (KITTI's: Car, Van, "),
+    ):
+        label.write_text(f"{good}\n{line}\n")
+        with pytest.raises(ValueError) as info:
+            read_kitti_labels(label, calib)
+        assert str(info.value).startswith(f"{label}:2: {problem}")
+    # DontCare rows, when read, keep KITTI's -1 sizes (no box).
+    label.write_text(
+        "DontCare -1 -1 -10 503.89 169.71 590.61 190.13 -1 -1 -1 -1000 -1000 -1000 -10\n"
+    )
+    assert [b.size for b in read_kitti_labels(label, calib, skip=())] == [(-1.0, -1.0, -1.0)]
+
+
+def test_read_kitti_labels_of_pointpillars_boxes_says_what_is_wrong_with_them(
+    kitti_dir: Path, tmp_path: Path
+) -> None:
+    calib = kitti_dir / "calib" / "000000.txt"
+    boxes = tmp_path / "000000.txt"
+    boxes.write_text("1 2 3 4 5 6 0.1 0 0.9\n1 2 3 4 5 6 0.1 7 0.9\n")
+    with pytest.raises(ValueError, match=r"000000\.txt:2: unknown class id 7"):
+        read_kitti_labels(boxes, calib)
+    boxes.write_text("1 2 3 4 5 6 0.1 0 0.9\n")
+    with pytest.raises(ValueError, match=r"000000\.txt:1: a PointPillars box, not a KITTI label"):
+        read_kitti_labels(boxes, calib)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth of drives
+
+
+def _truth_doc(seq: int, **changes: object) -> dict[str, object]:
+    box: dict[str, object] = {
+        "id": 7, "label": "Car", "center": [5.0, 1.0, -0.9], "size": [3.9, 1.6, 1.5], "yaw": 0.1,
+        "velocity": [3.0, 0.0], "lidar_points": 40, "camera_visible": 0.8,
+    }  # fmt: skip
+    box.update(changes)
+    return {"seq": seq, "stamp_ns": 1_000 + seq, "boxes": [box]}
+
+
+def test_ground_truth_labels_cover_every_writer() -> None:
+    from replay.datasets.nuscenes_geometry import CATEGORY_LABELS, label_of
+    from replay.synth.scene import ROAD_USER_LABELS
+
+    assert set(ROAD_USER_LABELS) <= GROUND_TRUTH_LABELS
+    assert set(CATEGORY_LABELS.values()) <= GROUND_TRUTH_LABELS
+    assert label_of("animal", ()) in GROUND_TRUTH_LABELS
+    assert label_of("vehicle.bicycle", ("cycle.with_rider",)) in GROUND_TRUTH_LABELS
+
+
+def test_drive_ground_truth_beside_the_drive(tmp_path: Path) -> None:
+    drive = tmp_path / "d.mcap"  # only the file beside it is read
+    beside = ground_truth_path(drive)
+    docs = [_truth_doc(0), _truth_doc(1)]
+    beside.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    frames = drive_ground_truth(drive)
+    assert [f.seq for f in frames] == [0, 1] and frames[1].velocities == ((3.0, 0.0),)
+    for key, value, problem in (
+        ("center", [float("nan"), 1.0, -0.9], "center [nan, 1.0, -0.9] is not 3 finite numbers"),
+        ("size", [3.9, -1.6, 1.5], "size [3.9, -1.6, 1.5] is negative"),
+        ("velocity", [0.0, -150.0], "velocity [0.0, -150.0] m/s is faster than 100 m/s"),
+        ("camera_visible", float("nan"), "camera_visible nan is outside [0, 1]"),
+    ):
+        docs[1] = _truth_doc(1, **{key: value})
+        beside.write_text("".join(json.dumps(d) + "\n" for d in docs))
+        with pytest.raises(ValueError) as info:
+            drive_ground_truth(drive)
+        assert str(info.value) == f"{beside}:2: object 7 (Car): {problem}"
+    docs[1] = _truth_doc(1, label="Dragon")
+    beside.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    with pytest.raises(ValueError, match=r"d\.mcap\.gt\.jsonl:2: object 7: unknown label 'Dragon'"):
+        drive_ground_truth(drive)
+
+
+def test_drive_ground_truth_of_its_channel(tmp_path: Path) -> None:
+    drive = tmp_path / "d.mcap"
+    with DriveWriter(drive) as w:
+        w.write_ground_truth(_truth_doc(0), 2_000)
+        w.write_ground_truth(_truth_doc(1, size=[-3.9, 1.6, 1.5]), 2_001)
+    with pytest.raises(ValueError) as info:
+        drive_ground_truth(drive)
+    assert str(info.value) == (
+        f"{drive}: ground truth of sweep 1: object 7 (Car): size [-3.9, 1.6, 1.5] is negative"
+    )
