@@ -64,7 +64,7 @@ from replay.datasets.kitti_object import (
     read_kitti_scan,
 )
 from replay.drive import RIG_TOPIC, DriveWriter
-from replay.errors import ReplayError
+from replay.errors import DriveStorageError, ReplayError
 from replay.output import atomic_output
 
 #: progress(steps done, steps in all): messages for KITTI raw, frames for KITTI object.
@@ -302,11 +302,20 @@ def atomic_drive(out_path: Path, compression: str | None) -> Iterator[DriveWrite
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise ReplayError(f"{out_path.parent}: output folder does not exist")
-    with (
-        atomic_output(out_path, "the drive") as part,
-        DriveWriter(part, compression=compression) as writer,
-    ):
-        yield writer
+    try:
+        with (
+            atomic_output(out_path, "the drive") as part,
+            DriveWriter(part, compression=compression) as writer,
+        ):
+            yield writer
+    except DriveStorageError as e:
+        # The writer names its hidden temporary file, which is gone with the failure.
+        cause = e.__cause__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(e)
+        raise ReplayError(
+            f"{out_path}: cannot write the drive ({why}); no drive written, an existing one "
+            "kept as it was"
+        ) from e
 
 
 def import_kitti_raw(

@@ -84,7 +84,22 @@ def _run_lists(source: Path) -> list[_Item]:
     return [(_ros_topic(dl.header.stream), dl.header.stamp_ns, dl) for dl in read_jsonl(source)]
 
 
+#: The latest stamp a ROS 2 header holds: `builtin_interfaces/Time`'s seconds are an int32.
+_MAX_ROS_STAMP_NS = (2**31 - 1) * 1_000_000_000 + 999_999_999
+
+
 def _detection_lists(source: Path) -> list[_Item]:
+    items = _read_detection_lists(source)
+    for i, (_, _, dl) in enumerate(items, start=1):
+        if dl.header.stamp_ns > _MAX_ROS_STAMP_NS:
+            raise Rosbag2Error(
+                f"{source}: DetectionList {i} (seq {dl.header.seq}): stamp {dl.header.stamp_ns} "
+                "ns is past what a ROS 2 header holds (int32 seconds: 2038-01-19)"
+            )
+    return items
+
+
+def _read_detection_lists(source: Path) -> list[_Item]:
     if not source.is_file():
         state = "is a folder" if source.is_dir() else "does not exist"
         raise Rosbag2Error(f"{source}: {state}; expected a drive (.mcap) or a run (.jsonl)")

@@ -9,7 +9,8 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from app.cli import main
-from perception.msgs.jsonl import read_jsonl
+from perception.msgs.jsonl import read_jsonl, write_jsonl_line
+from perception.msgs.types import DetectionList, Header
 from tests.app.one_line import fails as _fails
 from tests.replay.rosbag2.bags import (
     CHATTER_TOPIC,
@@ -145,3 +146,22 @@ def test_export_mistakes(capsys, bag: Path, tmp_path: Path) -> None:
     err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(tmp_path / "b"))
     assert err.startswith(f"perception export: error: {run}:1: ")
     assert not (tmp_path / "b").exists()
+
+
+def test_export_of_a_stamp_past_2038_names_the_detection_list(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A ROS 2 header's seconds are an int32: a later stamp is refused up front, not a
+    struct error from inside the bag writer blaming the output."""
+    run = tmp_path / "run.jsonl"
+    with run.open("w") as f:
+        for seq, stamp_ns in enumerate((1_000_000_000, 4 * 10**18)):
+            header = Header("detections", seq, stamp_ns, "vehicle")
+            write_jsonl_line(f, DetectionList(header, ()))
+    out = tmp_path / "b"
+    err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(out))
+    assert err == (
+        f"perception export: error: {run}: DetectionList 2 (seq 1): stamp 4000000000000000000 "
+        "ns is past what a ROS 2 header holds (int32 seconds: 2038-01-19)"
+    )
+    assert not out.exists()

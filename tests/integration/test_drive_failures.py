@@ -193,3 +193,17 @@ def test_replay_onto_a_full_disk_is_one_error_line(
     ]
     assert "Traceback" not in done.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.*"))  # nothing half-written left
+
+
+def test_import_onto_a_full_disk_is_one_error_line(kitti_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kitti.mcap"
+    done = subprocess.run(
+        [*_cli(20_000), "import", "kitti-object", str(kitti_dir), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"perception import: error: {out}: cannot write the drive (File too large); no drive "
+        "written, an existing one kept as it was"
+    ]
+    assert list(tmp_path.iterdir()) == []  # the temporary file it named before is gone
