@@ -33,6 +33,8 @@ LIMITED_CLI = [
     sys.executable,
     "-c",
     "import resource, runpy, sys; n = int(sys.argv.pop(1)); "
+    # No bytecode caches: one written past the limit is cut short, and breaks later imports.
+    "sys.dont_write_bytecode = True; "
     "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
     "runpy.run_module('app.cli', run_name='__main__', alter_sys=True)",
 ]
