@@ -97,6 +97,12 @@ def _command(
     return parser
 
 
+def with_option_defaults(parser: Parser) -> None:
+    """Records the command's option defaults on its namespace (`option_defaults`), so that it
+    can tell an option given from one left alone (app.common.not_for)."""
+    parser.set_defaults(option_defaults={a.dest: a.default for a in parser._actions})
+
+
 def _group(
     sub: argparse._SubParsersAction[Parser], name: str, help_text: str, description: str
 ) -> argparse._SubParsersAction[Parser]:
@@ -235,6 +241,7 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         default=10_000,
         help="send high-water mark, messages",
     )
+    with_option_defaults(p)
 
 
 def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -365,6 +372,7 @@ def _add_replay(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         "index.html with each frame's scores (one source, with --out)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    with_option_defaults(p)
 
 
 #: `replay.synth.world.SCENES`, spelled out so that the CLI starts without importing the world.
@@ -558,6 +566,7 @@ def _add_import(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         "scene's location's known origin)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    with_option_defaults(p)
 
 
 def _add_export(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:

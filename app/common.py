@@ -19,6 +19,7 @@ __all__ = [
     "endpoints_for_topic",
     "is_output_topic",
     "load_node_config",
+    "not_for",
     "progress_bar",
     "split_source",
     "stop_on_signals",
@@ -63,6 +64,25 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def not_for(args: Any, what: str, options: Sequence[str]) -> None:
+    """Refuses `options` (`--speed`, ...) given on the command line (away from their defaults)
+    that do nothing for `what` ("a KITTI object folder, played at --rate"): silently ignored,
+    they would let a user believe they took effect.
+
+    Raises:
+        PerceptionError: naming the options and what they are not for.
+    """
+    defaults = args.option_defaults  # the command's parser's (app.cli.with_option_defaults)
+    given = [o for o in options if getattr(args, _dest(o)) != defaults[_dest(o)]]
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        raise PerceptionError(f"{', '.join(given)} {verb} nothing for {what}")
+
+
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
 
 
 def split_source(sources: Sequence[str], command: str) -> tuple[str, Path]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.common import Stages
+from app.common import Stages, not_for
 from replay.datasets.importers import ImportStats, import_kitti_object, import_kitti_raw
 from replay.errors import ReplayError
 from replay.output import OutputError, check_not_an_input, check_output_file
@@ -29,7 +29,17 @@ def _origin(text: str | None) -> tuple[float, float, float] | None:
     return lat, lon, alt
 
 
+#: The options of one format each: given for another, they would be ignored without a word.
+_FORMAT_OPTIONS = {
+    "kitti-raw": ("--grey",),
+    "rosbag2": ("--topics",),
+    "nuscenes": ("--version", "--scene", "--origin"),
+}
+
+
 def _import(args: argparse.Namespace, source: Path, out: Path, stages: Stages) -> ImportStats:
+    others = [o for fmt, options in _FORMAT_OPTIONS.items() if fmt != args.format for o in options]
+    not_for(args, f"an import of {args.format}", others)
     progress = stages.callback("import")
     if args.format == "kitti-object":
         return import_kitti_object(source, out, progress=progress)

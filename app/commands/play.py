@@ -6,7 +6,13 @@ import argparse
 import contextlib
 import time
 
-from app.common import is_output_topic, load_node_config, split_source, stop_on_signals
+from app.common import (
+    is_output_topic,
+    load_node_config,
+    not_for,
+    split_source,
+    stop_on_signals,
+)
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from perception.io.curve import curve_keys_for
@@ -23,6 +29,9 @@ from replay.mcap_player import (
 from replay.player import play_kitti_object
 
 __all__ = ["cmd_play"]
+
+#: What only a drive's playing takes (a KITTI folder has no recorded time or topics).
+_DRIVE_OPTIONS = ("--speed", "--start", "--topics", "--restamp")
 
 
 def _routes(
@@ -64,6 +73,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     kind, path = split_source([args.source, *([args.dir] if args.dir else [])], "play")
     stop = stop_on_signals()
     if kind == "kitti-object":
+        not_for(args, "a KITTI object folder (played at --rate)", _DRIVE_OPTIONS)
         folder = KittiObjectFolder(path)
         endpoint = args.endpoint or config.inputs.endpoints[0]
         with Publisher(endpoint, bind=True, hwm=args.hwm, curve=curve) as publisher:
@@ -82,6 +92,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         )
         return 0
 
+    not_for(args, "a drive (paced by its recorded time: --speed)", ("--rate",))
     reader = DriveReader(path)
     contents, topics = _check_drive(reader, args)
     routes = _routes(contents, topics, config, args.endpoint)

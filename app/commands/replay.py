@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from app.commands.show import read_run, show_run
-from app.common import load_node_config, progress_bar, split_source
+from app.common import load_node_config, not_for, progress_bar, split_source
 from app.models import build_pipeline, camera_model_file, choose_camera_model
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
@@ -49,6 +49,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
             # The pictures are named as the frames' images: never among them.
             check_pictures_folder(show_dir, path, what="--show")
+    if kind == "kitti-object":
+        not_for(args, "a KITTI object folder (its frames have no recorded time)", ("--realtime",))
     synthetic = kind == "drive" and ground_truth_path(path).is_file()
     config = choose_camera_model(
         config, args.model, config_given=args.config is not None, synthetic=synthetic

@@ -355,3 +355,29 @@ def test_keys_generate_mistakes(capsys, tmp_path: Path) -> None:
     a_file.write_text("x")
     err = _fails(capsys, "keys", "generate", "--out", str(a_file))
     assert err == f"perception keys generate: error: {a_file}: is a file; --out must be a folder"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["import", "kitti-object", "{kitti}", "--out", "{tmp}/x.mcap", "--origin", "abc"],
+         "--origin does nothing for an import of kitti-object"),
+        (["import", "kitti-object", "{kitti}", "--out", "{tmp}/x.mcap", "--scene", "s", "--grey"],
+         "--grey, --scene do nothing for an import of kitti-object"),
+        (["import", "rosbag2", "{kitti}", "--out", "{tmp}/x.mcap", "--version", "v1.0-trainval"],
+         "--version does nothing for an import of rosbag2"),
+        (["play", "kitti-object", "{kitti}", "--speed", "3", "--topics", "lidar", "--wait", "0"],
+         "--speed, --topics do nothing for a KITTI object folder (played at --rate)"),
+        (["play", "{drive}", "--rate", "5", "--wait", "0"],
+         "--rate does nothing for a drive (paced by its recorded time: --speed)"),
+        (["replay", "kitti-object", "{kitti}", "--out", "{tmp}/x.jsonl", "--realtime"],
+         "--realtime does nothing for a KITTI object folder (its frames have no recorded time)"),
+    ],
+)  # fmt: skip
+def test_options_that_do_nothing_for_the_source_are_refused(
+    capsys, kitti_dir: Path, kitti_drive: Path, tmp_path: Path, *, argv: list[str], message: str
+) -> None:
+    """Silently ignored, they would let a user believe they took effect."""
+    filled = [a.format(kitti=kitti_dir, drive=kitti_drive, tmp=tmp_path) for a in argv]
+    assert _fails(capsys, *filled) == f"perception {argv[0]}: error: {message}"
+    assert list(tmp_path.iterdir()) == []
