@@ -514,7 +514,7 @@ def load_rig_yaml(path: Path | str) -> Rig:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise CalibrationError(f"{p}: not valid YAML ({e})") from e
+        raise CalibrationError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from e
     if doc is None:
         raise CalibrationError(f"{p}: empty rig file")
     return Rig.from_dict(doc, source=str(p))

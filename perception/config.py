@@ -1051,7 +1051,7 @@ def load_config(path: Path) -> NodeConfig:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
     if doc is not None and not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     cfg = parse_config(doc, str(path))

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from app.common import endpoints_for_topic, load_node_config, stop_on_signals
-from perception.errors import WireError
+from perception.errors import PerceptionError, WireError
 from perception.io.curve import curve_keys_for
 from perception.io.transport import Subscriber
 from perception.msgs import wire
@@ -26,6 +26,9 @@ __all__ = ["cmd_echo"]
 
 def cmd_echo(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
+    if not args.topic.strip():
+        # As a ZeroMQ subscription '' is every topic's prefix: not what an empty name meant.
+        raise PerceptionError(f"topic {args.topic!r}: a topic must not be empty")
     # The topic where it is published: the node's outputs, or the sensors' endpoint.
     endpoints = [args.endpoint] if args.endpoint else list(endpoints_for_topic(args.topic, config))
     stop = stop_on_signals()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.common import endpoints_for_topic, load_node_config, stop_on_signals
+from perception.errors import PerceptionError
 from perception.io.curve import curve_keys_for
 from perception.io.runtime import resolve_endpoint
 from replay.output import OutputError, atomic_output, check_output_file
@@ -36,6 +37,9 @@ def _drive_path(out: Path, overwrite: bool) -> Iterator[Path]:
 
 def cmd_record(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
+    if any(not t.strip() for t in args.topics):
+        # As a ZeroMQ subscription '' is every topic's prefix: not what an empty name meant.
+        raise PerceptionError(f"topics {args.topics}: a topic must not be empty")
     inputs = config.inputs
     topics = args.topics or [
         inputs.lidar_topic,

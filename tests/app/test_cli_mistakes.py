@@ -381,3 +381,12 @@ def test_options_that_do_nothing_for_the_source_are_refused(
     filled = [a.format(kitti=kitti_dir, drive=kitti_drive, tmp=tmp_path) for a in argv]
     assert _fails(capsys, *filled) == f"perception {argv[0]}: error: {message}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_topic_is_refused_not_taken_for_every_topic(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "x.mcap"
+    err = _fails(capsys, "record", "lidar/top", "", "--out", str(out))
+    assert err == "perception record: error: topics ['lidar/top', '']: a topic must not be empty"
+    assert not out.exists()
+    err = _fails(capsys, "echo", " ")
+    assert err == "perception echo: error: topic ' ': a topic must not be empty"
