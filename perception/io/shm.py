@@ -71,7 +71,10 @@ the segment, more frames or bytes than `WireLimits` allows, a generation that is
 slot's: each raises `WireError` naming the topic and the problem, which the Subscriber counts
 and reports (`on_refused`), and the message is dropped. A segment is only ever mapped
 read-only with its size checked first, and the writer never shrinks one, so a reader's access
-stays inside the file (no SIGBUS).
+stays inside the file (no SIGBUS). A segment cut short afterwards by another process of this
+user (reading past its end would be a SIGBUS) is caught by its size, checked again on the
+mapping's own descriptor for every message, and refused likewise; only a cut made while a
+message it holds is being worked on is not (a process of this user can stop the node anyway).
 
 Performance (benchmarks/test_transport_bench.py, `test_shm_targets`: publish -> a usable array,
 paced at 10 Hz, medians on the 2-core shared development machine): 2 MB scan 0.9 ms loaned,
@@ -689,14 +692,22 @@ def payload_intact(frames: Sequence[Any]) -> bool:
 
 
 class _Mapping:
-    __slots__ = ("header", "mm", "payload", "pid", "start")
+    __slots__ = ("fd", "header", "mm", "payload", "pid", "start")
 
-    def __init__(self, mm: mmap.mmap, capacity: int, pid: int, start: int) -> None:
+    def __init__(self, mm: mmap.mmap, fd: int, capacity: int, pid: int, start: int) -> None:
         self.mm = mm
+        #: The segment's file, kept open to tell its size now (`os.fstat`): the file mapped,
+        #: whatever its name names since.
+        self.fd = fd
         self.header: npt.NDArray[np.uint64] = np.frombuffer(mm, "<u8", count=8)
         self.payload = memoryview(mm)[HEADER_BYTES : HEADER_BYTES + capacity]
         self.pid = pid
         self.start = start
+
+    def let_go(self) -> None:
+        """Closes the file; the mapping itself lives on while arrays view it."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 class ShmReader:
@@ -760,6 +771,7 @@ class ShmReader:
                     f"shared-memory payload outside its segment {d.segment}: offset {d.offset}, "
                     f"length {d.length}, segment payload {capacity} bytes",
                 )
+            self._check_size(topic, d, mapping)
             self._check(topic, d, mapping, "before it was read")
             views.append((d, mapping, mapping.payload[d.offset : d.offset + d.length]))
         out: list[Any] = inline
@@ -773,6 +785,26 @@ class ShmReader:
         for d, mapping, _ in views:
             self._check(topic, d, mapping, "while it was read")
         return out
+
+    def _check_size(self, topic: str, e: Descriptor, mapping: _Mapping) -> None:
+        """Refuses a payload the segment's file no longer holds (cut short since it was mapped:
+        reading it would be a SIGBUS), and lets go of that mapping."""
+        try:
+            size = os.fstat(mapping.fd).st_size
+        except OSError:
+            size = 0
+        if size < HEADER_BYTES + e.offset + e.length:
+            self._forget(e.segment)
+            raise WireError(
+                topic,
+                f"shared-memory segment {e.segment} was cut short to {size} bytes since it was "
+                f"mapped: its payload (offset {e.offset}, length {e.length}) is gone",
+            )
+
+    def _forget(self, name: str) -> None:
+        mapping = self._mappings.pop(name, None)
+        if mapping is not None:
+            mapping.let_go()
 
     def _check(self, topic: str, e: Descriptor, mapping: _Mapping, when: str) -> None:
         now = int(mapping.header[_GENERATION])
@@ -826,32 +858,36 @@ class ShmReader:
                 )
             mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
         except OSError as e:
+            os.close(fd)
             raise WireError(
                 topic, f"shared-memory segment {name} cannot be mapped ({e.strerror})"
             ) from None
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
         capacity = struct.unpack_from("<Q", mm, 8 * _CAPACITY)[0]
         if mm[: len(MAGIC)] != MAGIC or capacity > st.st_size - HEADER_BYTES:
             mm.close()
+            os.close(fd)
             raise WireError(topic, f"shared-memory segment {name} has no valid slot header")
-        mapping = _Mapping(mm, capacity, pid, start)
+        mapping = _Mapping(mm, fd, capacity, pid, start)
         self._mappings[name] = mapping
         if len(self._mappings) > _MAX_MAPPINGS:
             # Let go, not closed: arrays may still view it (the mapping goes with the last).
-            self._mappings.popitem(last=False)
+            self._mappings.popitem(last=False)[1].let_go()
         return mapping
 
     def forget_dead(self) -> None:
         """Let go of the mappings of writers that are gone, and sweep their segments."""
         for name, mapping in list(self._mappings.items()):
             if not _alive(mapping.pid, mapping.start):
-                del self._mappings[name]
+                self._forget(name)
         sweep_dead_segments(self.directory)
 
     def close(self) -> None:
         """Let go of every mapping (arrays still viewing one keep it) and sweep."""
-        self._mappings.clear()
+        for name in list(self._mappings):
+            self._forget(name)
         sweep_dead_segments(self.directory)
 
 

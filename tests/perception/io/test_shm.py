@@ -587,3 +587,29 @@ def test_a_descriptor_message_is_bounded_like_any_other(endpoint: str) -> None:
             pub.send(sweep(random_points()))  # 2 MB in shared memory: above this receiver's limit
             assert sub.recv(timeout_ms=300) is None
             assert sub.refused_payloads == 1 and "oversize message" in str(seen.errors[0])
+
+
+def test_a_segment_cut_short_after_it_was_mapped_is_refused_not_a_sigbus(endpoint: str) -> None:
+    """Another process of this user truncates a segment the reader has mapped, then the
+    descriptor comes again: reading the payload past the file's new end would kill the
+    reader with SIGBUS. It is a counted drop naming the cut."""
+    with Publisher(endpoint, hwm=1000) as pub:
+        sub, seen = connect(pub, ["lidar/top"])
+        with sub:
+            sent, entry = real_descriptor(pub, sub)
+            path = shm.SHM_DIR / entry.segment
+            size = path.stat().st_size
+            os.truncate(path, shm.HEADER_BYTES)
+            try:
+                pub.send_frames(sent)
+                assert sub.recv(300) is None
+            finally:
+                os.truncate(path, size)  # the writer writes its own slot again at close
+            assert sub.refused_payloads == 1
+            [error] = seen.errors
+            assert type(error) is WireError and error.stream == "lidar/top"
+            assert str(error).endswith(
+                f"shared-memory segment {entry.segment} was cut short to {shm.HEADER_BYTES} "
+                f"bytes since it was mapped: its payload (offset {entry.offset}, length "
+                f"{entry.length}) is gone"
+            )
