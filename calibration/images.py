@@ -9,22 +9,89 @@ import cv2
 
 from calibration.errors import CalibrationError
 
-__all__ = ["IMAGE_SUFFIXES", "find_image", "image_size_of"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "check_image_pixels",
+    "encoded_image_size",
+    "find_image",
+    "image_size_of",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# JPEG's start-of-frame markers (baseline, progressive, lossless, arithmetic): they give the size.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7} | set(range(0xC9, 0xD0)) - {0xCC})
+# Segments read before a JPEG's frame header: a camera's file has a few dozen at most.
+_JPEG_MAX_SEGMENTS = 1000
+#: The bytes of an encoded image that hold its size (a JPEG's EXIF thumbnail comes first).
+IMAGE_HEAD_BYTES = 1 << 20
+
+
+def encoded_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) that a PNG or JPEG file's header gives, without decoding the image: a
+    small file can decode to gigabytes (a decompression bomb), so the size is judged first.
+    None when the header gives none (not PNG or JPEG, or damaged).
+    """
+    view = memoryview(data).cast("B")
+    if bytes(view[:8]) == _PNG_MAGIC and bytes(view[12:16]) == b"IHDR" and len(view) >= 24:
+        width, height = struct.unpack(">II", view[16:24])
+        return int(width), int(height)
+    if bytes(view[:2]) != b"\xff\xd8":
+        return None
+    i, n = 2, len(view)
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if i + 4 > n or view[i] != 0xFF:
+            return None
+        marker = view[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length: TEM, RSTn, SOI
+            i += 2
+            continue
+        length = (view[i + 2] << 8) | view[i + 3]
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            height = (view[i + 5] << 8) | view[i + 6]
+            width = (view[i + 7] << 8) | view[i + 8]
+            return width, height
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def check_image_pixels(path: Path, max_pixels: int) -> None:
+    """Refuses an image file whose header says it decodes to more than `max_pixels` (a small
+    PNG can decode to gigabytes); one whose header gives no size is left to the decoder.
+
+    Raises:
+        CalibrationError: naming the file, its size and the limit; or it cannot be read.
+    """
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(IMAGE_HEAD_BYTES)
+    except OSError as e:
+        raise CalibrationError(f"{path}: cannot read image ({e.strerror})") from e
+    size = encoded_image_size(head)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise CalibrationError(
+            f"{path}: image of {size[0]} x {size[1]} = {size[0] * size[1]} pixels, above the "
+            f"limit of {max_pixels}"
+        )
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
     """(width, height) in pixels of an image file. Raises CalibrationError if unreadable."""
     try:
         with Path(path).open("rb") as f:
-            head = f.read(24)
+            head = f.read(IMAGE_HEAD_BYTES)
     except OSError as e:
         raise CalibrationError(f"{path}: cannot read image ({e.strerror})") from e
-    if head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return int(width), int(height)
+    size = encoded_image_size(head)
+    if size is not None:
+        return size
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise CalibrationError(f"{path}: cannot decode image")

@@ -23,7 +23,9 @@ from calibration import (
     read_scan,
     save_rig_yaml,
 )
+from calibration.images import check_image_pixels
 from perception.errors import PerceptionError
+from perception.msgs.schema import DEFAULT_LIMITS
 from replay.output import atomic_output, check_not_an_input, check_output_file
 
 __all__ = ["cmd_calib_check", "cmd_calib_show"]
@@ -53,6 +55,7 @@ def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         state = "is a folder" if path.is_dir() else "does not exist"
         raise CalibrationError(f"{path}: image {state}")
+    check_image_pixels(path, DEFAULT_LIMITS.max_image_pixels)
     loaded = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if loaded is None:
         raise CalibrationError(f"{path}: not a readable image")

@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 import msgpack
 import numpy as np
 
+from calibration.images import encoded_image_size
 from perception.errors import WireError
 from perception.msgs.arrays import check_buffer, decode_descriptor, from_buffer, to_buffer
 from perception.msgs.codec import (
@@ -57,7 +58,7 @@ from perception.msgs.schema import (
     WireLimits,
     versions_read,
 )
-from perception.msgs.types import Header, Message
+from perception.msgs.types import CameraFrame, Header, Message
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -372,4 +373,17 @@ def _decode(ctx: _Context, frames: Sequence[Any], limits: WireLimits) -> tuple[s
     }
     # Read, an older document is a message of the current version.
     msg: Message = codec.assemble(header, SCHEMA_VERSION, plain, arrays)
+    if type(msg) is CameraFrame and msg.data is not None:
+        _check_encoded_pixels(ctx, msg.data, limits)
     return topic, msg
+
+
+def _check_encoded_pixels(ctx: _Context, data: bytes, limits: WireLimits) -> None:
+    """Refuses an encoded image whose header says it decodes to more pixels than
+    `max_image_pixels` (a raw image's limit): a small PNG can decode to gigabytes."""
+    size = encoded_image_size(data)
+    if size is not None and size[0] * size[1] > limits.max_image_pixels:
+        ctx.fail(
+            f"oversize image: its header says {size[0]} x {size[1]} = {size[0] * size[1]} "
+            f"pixels, above the limit of {limits.max_image_pixels}"
+        )

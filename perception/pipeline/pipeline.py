@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import CameraModel, LocalTangentPlane, Rig, RigidTransform, vehicle_pose_from_gnss
+from calibration.images import encoded_image_size
 from engines.camera.detector import Box2D, CameraDetector, Letterbox
 from engines.engine import Engine
 from engines.factory import EngineFactory, create_node_engines
@@ -136,6 +137,10 @@ def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
     if frame.image is not None:
         return frame.image
     assert frame.data is not None
+    # The wire judged the size its header gives (max_image_pixels); one that gives none is
+    # not decoded at all: what it would decode to is unknown.
+    if encoded_image_size(frame.data) is None:
+        raise ValueError(f"{frame.header.stream}: {frame.encoding} image header gives no size")
     image = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{frame.header.stream}: cannot decode {frame.encoding} image")

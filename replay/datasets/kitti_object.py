@@ -17,6 +17,8 @@ import numpy.typing as npt
 
 from calibration import CalibrationError, Rig, load_kitti_object_calib
 from calibration.check import read_kitti_bin
+from calibration.images import check_image_pixels
+from perception.msgs.schema import DEFAULT_LIMITS
 from perception.msgs.types import CameraFrame, Header, LidarSweep, Message, RigMessage
 from replay.errors import ReplayError
 
@@ -61,7 +63,16 @@ def read_kitti_scan(path: Path) -> npt.NDArray[np.float32]:
 
 
 def read_image(path: Path) -> npt.NDArray[np.uint8]:
-    """An image file as H x W x 3 uint8 BGR."""
+    """An image file as H x W x 3 uint8 BGR (no larger than the wire's max_image_pixels).
+
+    Raises:
+        ReplayError: naming the file: missing, not an image, or too large.
+    """
+    try:
+        check_image_pixels(path, DEFAULT_LIMITS.max_image_pixels)
+    except CalibrationError as e:
+        if path.exists():
+            raise ReplayError(str(e)) from e
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         state = "does not exist" if not path.exists() else "is not a readable image"

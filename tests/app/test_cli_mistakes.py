@@ -15,6 +15,7 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.synth.world import generate_drive, ground_truth_path
 from tests.app.one_line import fails as _fails
+from tests.calibration.test_images import png_header
 
 
 @pytest.fixture(scope="module")
@@ -390,3 +391,26 @@ def test_an_empty_topic_is_refused_not_taken_for_every_topic(capsys, tmp_path: P
     assert not out.exists()
     err = _fails(capsys, "echo", " ")
     assert err == "perception echo: error: topic ' ': a topic must not be empty"
+
+
+def test_an_image_file_that_decodes_to_gigabytes_is_refused_unread(
+    capsys, tmp_path: Path, kitti_dir: Path
+) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(30_000, 30_000))
+    scan = kitti_dir / "velodyne_reduced" / "000003.bin"
+    calib = kitti_dir / "calib" / "000003.txt"
+    err = _fails(capsys, "calib", "check", str(calib), "--lidar", str(scan), "--image", str(bomb),
+                 "--out", str(tmp_path / "o.png"))  # fmt: skip
+    assert err == (
+        f"perception calib check: error: {bomb}: image of 30000 x 30000 = 900000000 pixels, "
+        "above the limit of 10000000"
+    )
+    folder = tmp_path / "k"
+    shutil.copytree(kitti_dir, folder)
+    shutil.copyfile(bomb, folder / "image_2" / "000003.png")
+    err = _fails(capsys, "replay", "kitti-object", str(folder), "--out", str(tmp_path / "o.jsonl"))
+    assert err.endswith(
+        f"{folder / 'image_2' / '000003.png'}: image of 30000 x 30000 = 900000000 pixels, above "
+        "the limit of 10000000"
+    )

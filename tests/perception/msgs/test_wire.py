@@ -35,6 +35,7 @@ from perception.msgs.types import (
     RigMessage,
     SensorClock,
 )
+from tests.calibration.test_images import png_header
 from tests.perception.msgs.strategies import (
     SETTINGS,
     assert_same,
@@ -281,6 +282,22 @@ def test_oversize_encoded_image() -> None:
     msg = CameraFrame(Header("camera/front", 0, 1, "cam"), data=b"x" * 100, encoding="jpeg")
     with raises("oversize encoded image", "camera/front"):
         wire.decode(wire.encode(msg), wire.WireLimits(max_encoded_image_bytes=99))
+
+
+def test_an_encoded_image_decoding_to_too_many_pixels_is_refused() -> None:
+    """A decompression bomb: a small PNG whose header says 30000 x 30000 (5 GB decoded) is
+    refused on its header, as a raw image of that size would be, before anything decodes it."""
+    bomb = CameraFrame(Header("camera/front", 0, 1, "cam"), data=png_header(30_000, 30_000),
+                       encoding="png")  # fmt: skip
+    with raises(
+        "oversize image: its header says 30000 x 30000 = 900000000 pixels, above the limit of "
+        "10000000",
+        "camera/front",
+    ):
+        wire.encode(bomb)
+    frames = wire.encode(bomb, limits=wire.WireLimits(max_image_pixels=10**9))
+    with raises("oversize image: its header says 30000 x 30000", "camera/front"):
+        wire.decode(frames)
 
 
 def test_oversize_header_document() -> None:

@@ -1,0 +1,54 @@
+"""Image sizes from the file's header (calibration.images): what a PNG or JPEG decodes to is
+judged before it is decoded, so a small file that decodes to gigabytes is refused."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from calibration import CalibrationError
+from calibration.images import check_image_pixels, encoded_image_size, image_size_of
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and IHDR chunk (what a decompression bomb shows before its data)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+    )
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_the_size_of_real_encodings_is_read_from_their_header(ext: str, progressive: bool) -> None:
+    image = np.random.default_rng(0).integers(0, 255, (375, 1242, 3), np.uint8)
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)] if ext == ".jpg" else []
+    ok, data = cv2.imencode(ext, image, params)
+    assert ok
+    assert encoded_image_size(data.tobytes()) == (1242, 375)
+
+
+def test_a_header_giving_no_size_is_none() -> None:
+    for data in (b"", b"not an image", b"\xff\xd8\xff\xe0\x00", b"\xff\xd8" + b"\xff\x01" * 2000):
+        assert encoded_image_size(data) is None
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(30_000, 30_000))
+    assert image_size_of(bomb) == (30_000, 30_000)
+    with pytest.raises(CalibrationError) as info:
+        check_image_pixels(bomb, 10_000_000)
+    assert str(info.value) == (
+        f"{bomb}: image of 30000 x 30000 = 900000000 pixels, above the limit of 10000000"
+    )
+    check_image_pixels(bomb, 10**9)  # within a limit: left to the decoder
