@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
 import types
 from dataclasses import dataclass, field, fields, is_dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
@@ -19,6 +23,9 @@ from perception.msgs.schema import WireLimits
 
 __all__ = [
     "FUSION_KINDS",
+    "MAX_C_INT",
+    "MAX_DURATION_S",
+    "MAX_RANGE_M",
     "BudgetConfig",
     "CameraHealthConfig",
     "CameraModelConfig",
@@ -41,6 +48,19 @@ __all__ = [
     "parse_config",
 ]
 
+#: The longest duration a config may give (a key in ms or s): a million seconds (11.6 days) is
+#: beyond any window, timeout or budget of the node, and the node turns durations into integer
+#: nanoseconds that it adds to stamps, which must stay inside int64 (292 years).
+MAX_DURATION_S = 1e6
+#: The farthest range a config may give, in metres (a lidar sees a few hundred): ranges are
+#: squared in float32 (the deskew's range filter) and in Python floats (the ground fit), where
+#: a larger one overflows on every sweep.
+MAX_RANGE_M = 1000.0
+#: ZeroMQ takes socket options such as the high-water mark as a C int.
+MAX_C_INT = 2**31 - 1
+#: Planes the ground fit may try per sweep.
+_MAX_RANSAC_ITERATIONS = 100_000
+
 
 @dataclass(frozen=True)
 class InputConfig:
@@ -50,17 +70,18 @@ class InputConfig:
     """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://). `{runtime}` is the
     per-user runtime folder: `$XDG_RUNTIME_DIR/perception-node`, else
     `<tmp>/perception-node-<uid>`, created with mode 0700 and checked (owner, mode, not a
-    link) before every use."""
+    link) before every use. Not `outputs.endpoint`: the node would listen to itself."""
     lidar_topic: str = "lidar/top"
     """Topic of the lidar sweeps: the reference of every bundle."""
     camera_topics: tuple[str, ...] = ("camera/front",)
-    """Topics of the cameras, one per camera (`camera/<rig camera name>`)."""
+    """Topics of the cameras, one per camera (`camera/<rig camera name>`). Every input topic
+    is named, and used once."""
     gnss_topic: str = "gnss"
     """Topic of the GNSS fixes (ego pose, deskew, global positions)."""
     rig_topic: str = "rig"
     """Topic of rig messages: a calibration in force from its stamp on."""
     high_water_mark: int = 10
-    """Messages ZeroMQ queues per topic before it drops the newest."""
+    """Messages ZeroMQ queues per topic before it drops the newest (1 to 2147483647)."""
     rates_hz: dict[str, float] = field(default_factory=dict)
     """Nominal rate of each sensor topic (the lidar, camera and GNSS topics; one not listed has
     `default_rate_hz`), for liveness: a sensor silent for `dead_after_periods` periods is
@@ -90,7 +111,7 @@ class OutputConfig:
     diagnostics_topic: str = "diagnostics"
     """Topic of the Diagnostics messages (1 Hz)."""
     high_water_mark: int = 100
-    """Messages ZeroMQ queues per subscriber before it drops."""
+    """Messages ZeroMQ queues per subscriber before it drops (1 to 2147483647)."""
 
 
 @dataclass(frozen=True)
@@ -209,8 +230,9 @@ class BudgetConfig:
             "tracking": 5.0,
         }
     )
-    """Per stage (a DetectionList timing name; `tracking` is the TrackList's, tracked once the
-    detections are out): its budget."""
+    """Per stage (a DetectionList timing name, `<stage>_gpu` for an engine's GPU time;
+    `tracking` is the TrackList's, tracked once the detections are out): its budget. The stages
+    given replace their defaults, the others keep theirs."""
 
 
 @dataclass(frozen=True)
@@ -258,9 +280,9 @@ class GroundConfig:
     ground_band_above_m: float = 0.6
     """Candidates lie at most this far above the prior."""
     ground_fit_range_m: float = 40.0
-    """Candidates lie within this horizontal distance of the vehicle."""
+    """Candidates lie within this horizontal distance of the vehicle (at most 1000)."""
     ransac_iterations: int = 64
-    """Planes tried."""
+    """Planes tried (at most 100000)."""
     ransac_threshold_m: float = 0.12
     """A return this close to a plane supports it."""
     ransac_max_tilt_deg: float = 12.0
@@ -270,15 +292,28 @@ class GroundConfig:
     ransac_min_inliers: int = 50
     """A plane with fewer supporters is refused (the prior is used)."""
     seed: int = 0
-    """Seed of the RANSAC generator (results repeat for the same input)."""
+    """Seed of the RANSAC generator, >= 0 (results repeat for the same input)."""
 
     def __post_init__(self) -> None:
         for name in ("ground_fit_range_m", "ransac_threshold_m"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
+        if self.ground_fit_range_m > MAX_RANGE_M:
+            raise ConfigError(
+                f"ground_fit_range_m: must be at most {MAX_RANGE_M:.0f} m, got "
+                f"{self.ground_fit_range_m}"
+            )
         if self.ransac_iterations < 1:
             raise ConfigError(f"ransac_iterations: must be >= 1, got {self.ransac_iterations}")
+        if self.ransac_iterations > _MAX_RANSAC_ITERATIONS:
+            # Every sweep draws them at once: 2**40 is a MemoryError on every sweep.
+            raise ConfigError(
+                f"ransac_iterations: must be at most {_MAX_RANSAC_ITERATIONS}, got "
+                f"{self.ransac_iterations}"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be >= 0 (numpy's generators), got {self.seed}")
         if self.ransac_max_points < 3:
             raise ConfigError(f"ransac_max_points: must be >= 3, got {self.ransac_max_points}")
         if not 0.0 < self.ransac_max_tilt_deg < 90.0:
@@ -402,7 +437,8 @@ class PipelineConfig:
     """The per-sweep pipeline's tunables."""
 
     max_range_m: float = 80.0
-    """Lidar returns farther than this from the vehicle are dropped before any stage."""
+    """Lidar returns farther than this from the vehicle are dropped before any stage (at most
+    1000)."""
     ground: GroundConfig = field(default_factory=GroundConfig)
     """The ground plane fit."""
     lidar_objects: LidarObjectConfig = field(default_factory=LidarObjectConfig)
@@ -427,8 +463,11 @@ class PipelineConfig:
     (the batch is the bundle's cameras); offline replay always encodes in line."""
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.max_range_m) and self.max_range_m > 0):
-            raise ConfigError(f"max_range_m: must be a finite number > 0, got {self.max_range_m}")
+        if not (math.isfinite(self.max_range_m) and 0 < self.max_range_m <= MAX_RANGE_M):
+            raise ConfigError(
+                f"max_range_m: must be a finite number > 0 and at most {MAX_RANGE_M:.0f} m, got "
+                f"{self.max_range_m}"
+            )
 
 
 @dataclass(frozen=True)
@@ -836,6 +875,54 @@ class NodeConfig:
 
 T = TypeVar("T")
 
+#: Integers reach numpy, ZeroMQ and the OS as C int64 at most.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Durations whose key does not end in their unit.
+_DURATION_UNITS = {"calibration_monitor.budget_ms_per_sweep": "ms"}
+#: Durations that may be negative: a camera may fire before the sweep stamp.
+_SIGNED_DURATIONS = {"sync.camera_offsets_ms"}
+#: Maps whose given entries replace the defaults of their keys, the others keeping theirs: a
+#: budget for one stage must not drop the others'. (No entry can be removed, so that what
+#: `perception config show` prints loads as the same config.)
+_MERGED_MAPS = {"budgets.stages_ms"}
+#: Where YAML 1.1 reads a float: a dot in the mantissa, a sign in the exponent (`1.0e-1`).
+_EXPONENT = re.compile(r"([-+]?)(\d*)\.?(\d*)([eE])([-+]?)(\d+)")
+
+
+def _shown_int(value: int) -> str:
+    # A long integer swamps the line; Python refuses to print one of more than 4300 digits.
+    try:
+        text = str(value)
+    except ValueError:
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return text if len(text) <= 40 else f"an integer of {len(text.lstrip('-'))} digits"
+
+
+def _text_hint(text: str, *, integer: bool) -> str:
+    """Why a number field got `text`, when it reads as a number: YAML 1.1 reads `1e-1` (no dot,
+    no exponent sign) and anything quoted as text. Empty when `text` is no number."""
+    try:
+        number = float(text)
+    except ValueError:
+        return ""
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        return ""
+    as_yaml = yaml.safe_load(text)
+    if isinstance(as_yaml, int | float) and not isinstance(as_yaml, bool):
+        return " (quoted, it is text: write it without quotes)"
+    if integer:
+        spelled = str(int(Decimal(text.strip())))  # exact: 1e30 is no float's 1000...19884624838656
+    else:
+        m = _EXPONENT.fullmatch(text.strip())
+        spelled = (
+            f"{m[1]}{m[2] or '0'}.{m[3] or '0'}{m[4]}{m[5] or '+'}{m[6]}"
+            if m and (m[2] or m[3])
+            else ""
+        )
+        if not spelled or yaml.safe_load(spelled) != number:
+            spelled = yaml.safe_dump(number).split("\n")[0]
+    return f" (YAML reads {text} as text: write {spelled})"
+
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
     origin = getattr(hint, "__origin__", None)
@@ -861,11 +948,19 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            hint_text = _text_hint(value, integer=False) if isinstance(value, str) else ""
+            raise ConfigError(f"{key}: expected a number, got {value!r}{hint_text}")
+        if isinstance(value, int) and abs(value) > sys.float_info.max:
+            raise ConfigError(f"{key}: must be a finite number, got {_shown_int(value)}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            hint_text = _text_hint(value, integer=True) if isinstance(value, str) else ""
+            raise ConfigError(f"{key}: expected an integer, got {value!r}{hint_text}")
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ConfigError(
+                f"{key}: must fit a 64-bit integer (-2**63 to 2**63-1), got {_shown_int(value)}"
+            )
         return value
     if hint is str:
         if not isinstance(value, str):
@@ -890,7 +985,13 @@ def _build(cls: type[T], doc: dict[str, Any], prefix: str) -> T:
             if where in _MOVED:
                 raise ConfigError(f"{where}: this key is now {_MOVED[where]}")
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in doc.items()}
+    kwargs = {}
+    for k, given in doc.items():
+        key = f"{prefix}.{k}" if prefix else k
+        value = given
+        if key in _MERGED_MAPS and isinstance(given, dict):
+            value = {**getattr(cls(), k), **given}  # over the section's default map
+        kwargs[k] = _convert(value, hints[k], key)
     try:
         return cls(**kwargs)
     except EngineError as e:  # EngineSettings validates itself, naming `engines.<key>`
@@ -922,7 +1023,16 @@ def _validate(cfg: NodeConfig) -> None:
         ),
         (len(cfg.inputs.endpoints) > 0, "inputs.endpoints", "needs at least one endpoint"),
         (len(cfg.inputs.camera_topics) > 0, "inputs.camera_topics", "needs at least one camera"),
-        (cfg.inputs.high_water_mark > 0, "inputs.high_water_mark", "must be > 0"),
+        (
+            0 < cfg.inputs.high_water_mark <= MAX_C_INT,
+            "inputs.high_water_mark",
+            f"must be from 1 to {MAX_C_INT} (a ZeroMQ socket option: a C int)",
+        ),
+        (
+            0 < cfg.outputs.high_water_mark <= MAX_C_INT,
+            "outputs.high_water_mark",
+            f"must be from 1 to {MAX_C_INT} (a ZeroMQ socket option: a C int)",
+        ),
         (_positive(cfg.inputs.default_rate_hz), "inputs.default_rate_hz", "must be > 0"),
         (cfg.inputs.dead_after_periods >= 1, "inputs.dead_after_periods", "must be >= 1"),
         (
@@ -978,9 +1088,9 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.camera_model.batch >= 1, "camera_model.batch", "must be >= 1"),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
         (
-            all(c >= 0 for c in cfg.realtime.cpu_affinity),
+            all(0 <= c <= _MAX_CPU for c in cfg.realtime.cpu_affinity),
             "realtime.cpu_affinity",
-            "CPU numbers must be >= 0",
+            f"CPU numbers must be from 0 to {_MAX_CPU} (Linux's most CPUs)",
         ),
         (
             cfg.realtime.nice is None or -20 <= cfg.realtime.nice <= 19,
@@ -996,6 +1106,8 @@ def _validate(cfg: NodeConfig) -> None:
     for ok, key, problem in checks:
         if not ok:
             raise ConfigError(f"{key}: {problem}")
+    _check_topics(cfg.inputs, cfg.outputs)
+    _check_stage_budgets(cfg.budgets.stages_ms)
     sensors = (cfg.inputs.lidar_topic, *cfg.inputs.camera_topics, cfg.inputs.gnss_topic)
     for topic, rate in cfg.inputs.rates_hz.items():
         if topic not in sensors:
@@ -1004,11 +1116,34 @@ def _validate(cfg: NodeConfig) -> None:
             )
         if not _positive(rate):
             raise ConfigError(f"inputs.rates_hz.{topic}: must be a finite rate > 0, got {rate}")
+    # Liveness keeps each sensor's period in integer nanoseconds, and declares it dead after
+    # `dead_after_periods` of them: both must make a duration the node can hold (see
+    # MAX_DURATION_S), and a period under a nanosecond would be zero (every sensor dead).
+    for key, rate in (
+        ("inputs.default_rate_hz", cfg.inputs.default_rate_hz),
+        *((f"inputs.rates_hz.{t}", r) for t, r in cfg.inputs.rates_hz.items()),
+    ):
+        if not _MIN_RATE_HZ <= rate <= _MAX_RATE_HZ:
+            raise ConfigError(
+                f"{key}: must be from {_MIN_RATE_HZ:g} to {_MAX_RATE_HZ:g} Hz (a period from "
+                f"1 ns to {MAX_DURATION_S:.0f} s), got {rate}"
+            )
+    if cfg.inputs.dead_after_periods > _MAX_DEAD_AFTER_PERIODS:
+        raise ConfigError(
+            f"inputs.dead_after_periods: must be at most {_MAX_DEAD_AFTER_PERIODS:.0f}, got "
+            f"{cfg.inputs.dead_after_periods}"
+        )
     for ep in (*cfg.inputs.endpoints, cfg.outputs.endpoint):
         if not ep.startswith(("ipc://", "tcp://", "inproc://")):
             raise ConfigError(f"endpoint {ep!r}: scheme must be ipc://, tcp:// or inproc://")
         if "{runtime}" in ep and not ep.startswith("ipc://"):
             raise ConfigError(f"endpoint {ep!r}: {{runtime}} is a folder, for ipc:// only")
+    for i, ep in enumerate(cfg.inputs.endpoints):
+        if _same_endpoint(ep, cfg.outputs.endpoint):
+            raise ConfigError(
+                f"inputs.endpoints[{i}]: {ep!r} is outputs.endpoint {cfg.outputs.endpoint!r} "
+                "(the node would listen to itself)"
+            )
     if cfg.security.curve:
         if cfg.security.secret_key is None:
             raise ConfigError("security.secret_key: required when security.curve is true")
@@ -1026,11 +1161,129 @@ def _validate(cfg: NodeConfig) -> None:
             )
 
 
+#: The highest CPU number Linux has (NR_CPUS is at most 8192); Python refuses much larger ones
+#: with an OverflowError rather than the OSError of a CPU this machine lacks.
+_MAX_CPU = 8191
+#: Sensor rates: a period of at most MAX_DURATION_S, at least a nanosecond.
+_MIN_RATE_HZ, _MAX_RATE_HZ = 1.0 / MAX_DURATION_S, 1e9
+_MAX_DEAD_AFTER_PERIODS = 1e6
+
+
+def _check_topics(inputs: InputConfig, outputs: OutputConfig) -> None:
+    """Every topic named, each once per side: an empty one is, as a ZeroMQ prefix, every topic,
+    and a topic given two roles (two cameras, a camera and the lidar) feeds one stream twice."""
+    sides = (
+        (
+            ("inputs.lidar_topic", inputs.lidar_topic),
+            *((f"inputs.camera_topics[{i}]", t) for i, t in enumerate(inputs.camera_topics)),
+            ("inputs.gnss_topic", inputs.gnss_topic),
+            ("inputs.rig_topic", inputs.rig_topic),
+        ),
+        (
+            ("outputs.detections_topic", outputs.detections_topic),
+            ("outputs.tracks_topic", outputs.tracks_topic),
+            ("outputs.diagnostics_topic", outputs.diagnostics_topic),
+        ),
+    )
+    for side in sides:
+        seen: dict[str, str] = {}
+        for key, topic in side:
+            if not topic:
+                raise ConfigError(f"{key}: must not be empty")
+            if topic in seen:
+                raise ConfigError(f"{key}: {topic!r} is already {seen[topic]}")
+            seen[topic] = key
+
+
+def _budget_stages() -> frozenset[str]:
+    from perception.pipeline.timing import (  # noqa: PLC0415 (perception.pipeline imports us)
+        ENGINE_STAGES,
+        STAGES,
+    )
+
+    # The DetectionList's stages, the TrackList's own, and the engines' `<stage>_gpu` timings.
+    return frozenset((*STAGES, "tracking", *(f"{s}_gpu" for s in ENGINE_STAGES)))
+
+
+def _check_stage_budgets(stages_ms: dict[str, float]) -> None:
+    defaults = BudgetConfig().stages_ms
+    if all(name in defaults for name in stages_ms):
+        return  # the defaults' stages are known (and importing the pipeline takes 0.1 s)
+    known = _budget_stages()
+    for name in stages_ms:
+        if name not in known:
+            raise ConfigError(
+                f"budgets.stages_ms.{name}: not a stage (known: {', '.join(sorted(known))})"
+            )
+
+
+_LOCAL_HOSTS = ("*", "0.0.0.0", "localhost", "::1", "[::1]", "[::]", "::")
+
+
+def _same_endpoint(connect: str, bind: str) -> bool:
+    """Whether a socket connecting to `connect` reaches one bound at `bind` on this host."""
+    if connect == bind:
+        return True
+    scheme, _, c_rest = connect.partition("://")
+    b_scheme, _, b_rest = bind.partition("://")
+    if scheme != b_scheme:
+        return False
+    if scheme == "ipc":
+        return os.path.normpath(c_rest) == os.path.normpath(b_rest)
+    if scheme != "tcp":
+        return False
+    c_host, _, c_port = c_rest.rpartition(":")
+    b_host, _, b_port = b_rest.rpartition(":")
+    if c_port != b_port:
+        return False
+    c_local = c_host in _LOCAL_HOSTS or c_host.startswith("127.")
+    b_local = b_host in _LOCAL_HOSTS or b_host.startswith("127.")
+    return c_host == b_host or (c_local and b_local)
+
+
+def _duration_unit(field_path: str, name: str) -> str | None:
+    if field_path in _DURATION_UNITS:
+        return _DURATION_UNITS[field_path]
+    for unit in ("ms", "s"):
+        if name.endswith(f"_{unit}"):
+            return unit
+    return None
+
+
+def _check_numbers(value: Any, key: str, field_path: str, name: str) -> None:
+    """Rules for every number of the config, after the sections' own checks (whose messages
+    say more): each float finite, each duration from 0 (an offset: from minus the most) to
+    MAX_DURATION_S. `field_path` is the dotted field `value` belongs to (without map keys)."""
+    if is_dataclass(value):
+        for f in fields(value):
+            path = f"{field_path}.{f.name}" if field_path else f.name
+            _check_numbers(getattr(value, f.name), path, path, f.name)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, f"{key}.{k}", field_path, name)
+    elif isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{key}[{i}]", field_path, name)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+        unit = _duration_unit(field_path, name)
+        if unit is None:
+            return
+        most = MAX_DURATION_S * (1e3 if unit == "ms" else 1.0)
+        least = -most if field_path in _SIGNED_DURATIONS else 0.0
+        if not least <= value <= most:
+            raise ConfigError(
+                f"{key}: must be a duration from {least:.0f} to {most:.0f} {unit}, got {value}"
+            )
+
+
 def parse_config(doc: dict[str, Any] | None, source: str = "config") -> NodeConfig:
     """Build and validate a NodeConfig from a parsed document; ConfigError names source + key."""
     try:
         cfg = _build(NodeConfig, doc or {}, "")
         _validate(cfg)
+        _check_numbers(cfg, "", "", "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
@@ -1052,6 +1305,16 @@ def load_config(path: Path) -> NodeConfig:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
+    except RecursionError:
+        # PyYAML composes nested collections recursively: thousands of `[` exhaust the stack.
+        raise ConfigError(f"{path}: invalid YAML (nests too deep)") from None
+    except ValueError as e:
+        # PyYAML converts scalars with Python's int() and datetime(), which refuse some values
+        # (a 31st of February, an integer of more digits than Python converts).
+        problem = str(e).split(";")[0]
+        if "integer string conversion" in problem:
+            problem = f"an integer of more than {sys.get_int_max_str_digits()} digits"
+        raise ConfigError(f"{path}: invalid YAML value ({problem})") from None
     if doc is not None and not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     cfg = parse_config(doc, str(path))

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from perception.config import NodeConfig
+from perception.config import MAX_DURATION_S, NodeConfig
 
 __all__ = ["ConfigKey", "ConfigSection", "config_keys", "config_reference", "field_docs"]
 
@@ -128,7 +128,9 @@ def config_reference() -> str:
         "",
         "Generated from perception/config.py by `perception config reference`; do not edit.",
         "Every key is optional; a key the node does not know is an error naming it. Relative",
-        "paths resolve against the config file's folder.",
+        "paths resolve against the config file's folder. Every number is finite and every",
+        "integer fits 64 bits; a duration (unit ms or s) lies from 0 to",
+        f"{MAX_DURATION_S:.0f} s (`sync.camera_offsets_ms` from minus that).",
     ]
     for path, doc, keys in config_keys():
         title = f"`{path}`" if path else "Top level"
