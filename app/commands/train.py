@@ -31,7 +31,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         from dataclasses import replace  # noqa: PLC0415
 
-        config = replace(config, optim=replace(config.optim, steps=args.steps))
+        try:
+            config = replace(config, optim=replace(config.optim, steps=args.steps))
+        except ValueError as e:
+            raise PerceptionError(f"--steps {args.steps}: {e}") from e
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise PerceptionError(f"{out}: --out is a file, not a folder")

@@ -58,6 +58,33 @@ LEARNED_INPUT_NAMES: tuple[str, ...] = ("pillars", "pillar_points", "pillar_cell
 #: painted channel removed (computed in the same call), for attribution.
 LEARNED_OUTPUT_NAMES: tuple[str, ...] = ("detections", "camera_free_score")
 
+# Upper bounds of the sizes, so that a typo is refused when the config is read rather than
+# as an allocation of terabytes once the samples are prepared. Each is far above any
+# configuration that fits a lidar sweep (the packaged one: 6000 pillars of 12 points, a
+# 140 x 180 grid, 64 channels).
+MAX_PILLARS = 1 << 18
+MAX_POINTS_PER_PILLAR = 256
+MAX_GRID_CELLS = 1 << 22
+MAX_CHANNELS = 1024
+MAX_DETECTIONS = 4096
+
+
+def _check_int(value: object, name: str, high: int) -> None:
+    # bool is an int to Python; `max_pillars: true` is a mistake, not 1.
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+        raise ValueError(
+            f"learned fusion {name} must be an integer from 1 to {high:,}, got {value!r}"
+        )
+
+
+def _is_finite(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
 
 @dataclass(frozen=True)
 class LearnedFusionConfig:
@@ -84,22 +111,61 @@ class LearnedFusionConfig:
     attribution: bool = True
 
     def __post_init__(self) -> None:
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"learned fusion classes must be distinct names, got {self.classes}")
-        for name in ("x_range_m", "y_range_m", "z_range_m"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"learned fusion {name} must be an increasing pair, got {lo, hi}")
-        if not self.pillar_m > 0:
-            raise ValueError(f"learned fusion pillar_m must be > 0, got {self.pillar_m}")
-        for name in ("max_pillars", "points_per_pillar", "pfn_channels", "max_detections"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"learned fusion {name} must be >= 1, got {getattr(self, name)}")
-        if self.head_stride not in (1, 2, 4):
+        classes = self.classes
+        if (
+            not isinstance(classes, tuple | list)
+            or not classes
+            or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
             raise ValueError(
-                f"learned fusion head_stride must be 1, 2 or 4, got {self.head_stride}"
+                f"learned fusion classes must be distinct non-empty names, got {classes!r}"
+            )
+        for name in ("x_range_m", "y_range_m", "z_range_m"):
+            pair = getattr(self, name)
+            if not (
+                isinstance(pair, tuple | list)
+                and len(pair) == 2
+                and all(_is_finite(v) for v in pair)
+                and pair[0] < pair[1]
+            ):
+                raise ValueError(f"learned fusion {name} must be an increasing pair, got {pair!r}")
+        if not (_is_finite(self.pillar_m) and self.pillar_m > 0):
+            raise ValueError(
+                f"learned fusion pillar_m must be a finite number > 0, got {self.pillar_m!r}"
+            )
+        _check_int(self.max_pillars, "max_pillars", MAX_PILLARS)
+        _check_int(self.points_per_pillar, "points_per_pillar", MAX_POINTS_PER_PILLAR)
+        _check_int(self.pfn_channels, "pfn_channels", MAX_CHANNELS)
+        _check_int(self.max_detections, "max_detections", MAX_DETECTIONS)
+        if not isinstance(self.channels, tuple | list) or len(self.channels) != 2:
+            raise ValueError(
+                f"learned fusion channels must be the two stages' widths, got {self.channels!r}"
+            )
+        for width in self.channels:
+            _check_int(width, "channels", MAX_CHANNELS)
+        if isinstance(self.head_stride, bool) or self.head_stride not in (1, 2, 4):
+            raise ValueError(
+                f"learned fusion head_stride must be 1, 2 or 4, got {self.head_stride!r}"
+            )
+        if not isinstance(self.attribution, bool):
+            raise ValueError(
+                f"learned fusion attribution must be true or false, got {self.attribution!r}"
+            )
+        # In floats first: a tiny pillar_m over a wide range is no grid to allocate.
+        fx = (self.x_range_m[1] - self.x_range_m[0]) / self.pillar_m
+        fy = (self.y_range_m[1] - self.y_range_m[0]) / self.pillar_m
+        if not (math.isfinite(fx * fy) and fx * fy <= MAX_GRID_CELLS):
+            raise ValueError(
+                f"learned fusion grid of {fx:.3g} x {fy:.3g} pillars is above {MAX_GRID_CELLS:,} "
+                "pillars: choose a larger pillar_m or smaller ranges"
             )
         nx, ny = self.grid_size
+        if nx < 1 or ny < 1:
+            raise ValueError(
+                f"learned fusion grid {nx} x {ny} pillars is empty: choose a pillar_m smaller "
+                "than the ranges"
+            )
         if nx % (2 * self.head_stride) or ny % (2 * self.head_stride):
             raise ValueError(
                 f"learned fusion grid {nx} x {ny} pillars must divide by twice head_stride "

@@ -15,8 +15,11 @@ gt_sampling: {counts: {Pedestrian: 4, Cyclist: 4}, probability: 0.5}   # optiona
 ```
 
 Data entries are training sources (``replay.training.sources``); relative paths are relative to
-the config file. ``camera.model`` is ``synth`` (the packaged detector trained on synthetic
-renders), ``none`` (no camera: a lidar-only model), a registered model name or an ONNX file.
+the config file. Every value is checked when the file is read (types, finite numbers, ranges,
+sizes bounded so that a typo is one line rather than an allocation of terabytes); the sources'
+files are looked for when they are opened. ``camera.model`` is ``synth`` (the packaged detector
+trained on synthetic renders), ``none`` (no camera: a lidar-only model), a registered model name
+or an ONNX file.
 """
 
 from __future__ import annotations
@@ -30,11 +33,33 @@ from typing import Any
 import yaml
 
 from calibration.errors import read_text
+from engines.camera.detector import KINDS
 from engines.fusion.learned_config import LearnedFusionConfig
-from replay.training.fusion_data import AugmentConfig, DropoutConfig
+from engines.settings import MAX_THREADS
+from replay.training.fusion_data import (
+    AugmentConfig,
+    DropoutConfig,
+    check_count,
+    check_number,
+    check_probability,
+)
 from replay.training.gt_sampling import GtSamplingConfig
+from replay.training.sources import MAX_SEED, check_source
 
-__all__ = ["CameraPaintConfig", "FusionTrainConfig", "OptimConfig", "load_train_config"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_STEPS",
+    "CameraPaintConfig",
+    "FusionTrainConfig",
+    "OptimConfig",
+    "load_train_config",
+    "parse_train_config",
+]
+
+#: The most optimiser steps of a run (the packaged engine took 5,000): more is a typo.
+MAX_STEPS = 10_000_000
+#: The most samples of a batch: each holds its pillars and a BEV grid of features.
+MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -46,12 +71,30 @@ class CameraPaintConfig:
     kind: str = "yolox"
     score_threshold: float = 0.15
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(
+                f"camera.model must be synth, none, a model name or an ONNX file, "
+                f"got {self.model!r}"
+            )
+        if self.kind != "auto" and self.kind not in KINDS:
+            raise ValueError(
+                f"camera.kind must be auto or one of {', '.join(KINDS)}, got {self.kind!r}"
+            )
+        check_probability(self.score_threshold, "camera.score_threshold")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """``steps`` optimiser steps of ``batch`` samples, AdamW at a one-cycle learning rate
-    peaking at ``lr``; a checkpoint every ``checkpoint_every`` steps, a validation every
-    ``eval_every`` (0: only at the end); ``threads`` torch CPU threads."""
+    """``steps`` optimiser steps (1 to :data:`MAX_STEPS`) of ``batch`` samples (1 to
+    :data:`MAX_BATCH`), AdamW at a one-cycle learning rate peaking at ``lr`` (in (0, 1]) with
+    ``weight_decay`` (in [0, 1]); a checkpoint every ``checkpoint_every`` steps, a validation
+    every ``eval_every`` (0: only at the end); ``threads`` torch CPU threads (1 to
+    ``engines.settings.MAX_THREADS``).
+
+    Raises:
+        ValueError: a value of another type or out of its range (one line naming the key).
+    """
 
     steps: int = 4000
     batch: int = 2
@@ -62,13 +105,16 @@ class OptimConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "checkpoint_every", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise ValueError(f"train.eval_every must be >= 0, got {self.eval_every}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError("train.lr must be > 0 and train.weight_decay >= 0")
+        check_count(self.steps, "train.steps", 1, MAX_STEPS)
+        check_count(self.batch, "train.batch", 1, MAX_BATCH)
+        # An infinite rate trains NaN weights to the end (and exports them); AdamW shrinks
+        # each weight by lr * weight_decay a step, which past 1 flips its sign.
+        check_number(self.lr, "train.lr", 0.0, 1.0, above_low=True)
+        check_number(self.weight_decay, "train.weight_decay", 0.0, 1.0)
+        check_count(self.checkpoint_every, "train.checkpoint_every", 1, MAX_STEPS)
+        check_count(self.eval_every, "train.eval_every", 0, MAX_STEPS)
+        # As the node's engines: beyond this, thread stacks no longer map.
+        check_count(self.threads, "train.threads", 1, MAX_THREADS)
 
 
 @dataclass(frozen=True)
@@ -136,9 +182,12 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
         if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
             raise ValueError(f"{where}: data.{name} must be a list of source mappings")
     seed = doc.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"{where}: seed must be an integer, got {seed!r}")
+    # Every random stream of a step is seeded from it (numpy and torch, which refuse more).
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{where}: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     model_doc = doc.get("model") or {}
+    if not isinstance(model_doc, Mapping):
+        raise ValueError(f"{where}: model must be a mapping")
     try:
         model = LearnedFusionConfig.from_dict(dict(model_doc))
     except (TypeError, ValueError) as e:
@@ -156,7 +205,7 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
             gt_sampling.decoy_counts(model.classes)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-    return FusionTrainConfig(
+    config = FusionTrainConfig(
         train_sources=tuple(dict(e) for e in train or ()),
         val_sources=tuple(dict(e) for e in val),
         seed=seed,
@@ -168,6 +217,14 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
         gt_sampling=gt_sampling,
         base_dir=base_dir,
     )
+    # The sources' values (seeds, seconds, names) now; their files when they are opened.
+    for name, entries in (("train", train or []), ("val", val)):
+        for entry in entries:
+            try:
+                check_source(entry)
+            except ValueError as e:
+                raise ValueError(f"{where}: data.{name}: {e}") from None
+    return config
 
 
 def load_train_config(path: Path) -> FusionTrainConfig:
@@ -182,4 +239,7 @@ def load_train_config(path: Path) -> FusionTrainConfig:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    except RecursionError as e:
+        # PyYAML composes nested collections recursively.
+        raise ValueError(f"{path}: not a training config (its YAML is nested too deeply)") from e
     return parse_train_config(doc, str(path), path.parent)

@@ -29,6 +29,10 @@ __all__ = [
     "Targets",
     "augment",
     "beam_mask",
+    "check_count",
+    "check_number",
+    "check_probability",
+    "check_range",
     "gaussian_radius",
     "make_targets",
     "prepare",
@@ -46,6 +50,75 @@ _MARGIN_M = 8.0
 BEAM_STEP_DEG = 0.42
 
 Detect = Callable[[npt.NDArray[np.uint8]], Sequence[Box2D]]
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float, None when it is not a finite number."""
+    # A YAML `true` is an int to Python, but as a rate or a size it is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return v if math.isfinite(v) else None
+
+
+def check_number(
+    value: object, name: str, low: float, high: float, *, above_low: bool = False
+) -> float:
+    """``value`` as a float: a finite number in [``low``, ``high``] (``low`` excluded when
+    ``above_low``).
+
+    Raises:
+        ValueError: one line naming ``name``, the range and the value.
+    """
+    v = _finite(value)
+    if v is None or not ((v > low if above_low else v >= low) and v <= high):
+        bracket = "(" if above_low else "["
+        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
+    return v
+
+
+def check_probability(value: object, name: str) -> float:
+    """``value`` as a float in [0, 1].
+
+    Raises:
+        ValueError: one line naming ``name`` and the value.
+    """
+    v = _finite(value)
+    if v is None or not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return v
+
+
+def check_count(value: object, name: str, low: int, high: int) -> int:
+    """``value``: an integer from ``low`` to ``high``.
+
+    Raises:
+        ValueError: one line naming ``name``, the bounds and the value.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high:,}, got {value!r}")
+    return value
+
+
+def check_range(
+    value: object, name: str, low: float, high: float, *, above_low: bool = False
+) -> tuple[float, float]:
+    """``value`` as a [low, high] pair of numbers in [``low``, ``high``] (``low`` excluded
+    when ``above_low``), the first <= the second.
+
+    Raises:
+        ValueError: one line naming ``name``, the bounds and the value.
+    """
+    pair = list(value) if isinstance(value, list | tuple) else None
+    if pair is None or len(pair) != 2:
+        raise ValueError(f"{name} must be a [low, high] pair, got {value!r}")
+    lo, hi = (check_number(v, name, low, high, above_low=above_low) for v in pair)
+    if lo > hi:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {pair}")
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -98,12 +171,25 @@ def prepare(
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Global augmentations: rotation about z uniform in +-``rotate_deg``, scaling uniform in
-    ``scale``, mirror across the x axis with probability ``flip_y``."""
+    """Global augmentations: rotation about z uniform in +-``rotate_deg`` (0 to 180), scaling
+    uniform in ``scale`` ([low, high], 0 < low <= high <= 10), mirror across the x axis with
+    probability ``flip_y``.
+
+    Raises:
+        ValueError: a value out of its range (one line naming the key).
+    """
 
     rotate_deg: float = 10.0
     scale: tuple[float, float] = (0.95, 1.05)
     flip_y: float = 0.5
+
+    def __post_init__(self) -> None:
+        # Checked when the config is read: numpy would refuse a reversed range only once the
+        # samples are prepared (minutes in).
+        check_number(self.rotate_deg, "augment.rotate_deg", 0.0, 180.0)
+        # Up to 10x: beyond that the objects leave the grid and the sizes the head can learn.
+        check_range(self.scale, "augment.scale", 0.0, 10.0, above_low=True)
+        check_probability(self.flip_y, "augment.flip_y")
 
 
 @dataclass(frozen=True)
@@ -122,16 +208,9 @@ class DropoutConfig:
     object_keep: tuple[float, float] = (0.1, 0.4)
 
     def __post_init__(self) -> None:
-        lo, hi = self.object_keep
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(
-                f"dropout.object_keep must be [low, high] fractions with low <= high, "
-                f"got {list(self.object_keep)}"
-            )
+        check_range(self.object_keep, "dropout.object_keep", 0.0, 1.0)
         for name in ("camera", "camera_blind", "beams", "object_returns"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"dropout.{name} must be a probability in [0, 1], got {p}")
+            check_probability(getattr(self, name), f"dropout.{name}")
         if self.camera + self.camera_blind > 1.0:
             raise ValueError("dropout.camera + dropout.camera_blind must be <= 1")
 

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from perception.pipeline.boxes import bev_iou
-from replay.training.fusion_data import PreparedSample
+from replay.training.fusion_data import MAX_OBJECTS, PreparedSample, check_probability
 
 __all__ = [
     "MARGIN_XY_M",
@@ -350,8 +350,11 @@ def _check_counts(counts: object, name: str) -> dict[str, int]:
     for label, n in counts.items():
         if not isinstance(label, str):
             raise ValueError(f"gt_sampling.{name}: class names must be strings, got {label!r}")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"gt_sampling.{name}.{label} must be an integer >= 0, got {n!r}")
+        # More than a sample's targets hold would only be dropped again (farthest first).
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_OBJECTS:
+            raise ValueError(
+                f"gt_sampling.{name}.{label} must be an integer from 0 to {MAX_OBJECTS}, got {n!r}"
+            )
     return dict(counts)
 
 
@@ -387,9 +390,7 @@ class GtSamplingConfig:
         m = self.min_points
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
             raise ValueError(f"gt_sampling.min_points must be an integer >= 1, got {m!r}")
-        p = self.probability
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"gt_sampling.probability must be a probability in [0, 1], got {p!r}")
+        check_probability(self.probability, "gt_sampling.probability")
 
     def class_counts(self, classes: Sequence[str]) -> dict[int, int]:
         """``counts`` by class index in ``classes`` (the head's classes).

@@ -15,10 +15,12 @@ Needs torch (a training tool; the node runs the export).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ from replay.evaluation import (
     merge_results,
     score_frame,
 )
+from replay.output import check_output_dir
 from replay.training.fusion_config import FusionTrainConfig
 from replay.training.fusion_data import (
     Detect,
@@ -419,8 +422,9 @@ def train(
     sees: a local cluster, or shared storage). Needs ``ray[train]``.
 
     Raises:
-        ValueError: a bad source, no training sample, a checkpoint of another config, or
-            fewer than 1 worker.
+        ValueError: a bad source, no training sample, fewer than 1 worker; with ``resume``, no
+            checkpoint, a damaged one or one of another config.
+        replay.output.OutputError: ``out_dir`` cannot be a writable folder.
     """
     say = log or (lambda _text: None)
     out_dir = Path(out_dir)
@@ -428,6 +432,7 @@ def train(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if ray_address is not None:
         check_ray_address(ray_address)
+    _check_out_dir(out_dir)
     if resume:
         _check_resume(out_dir / "checkpoints" / "last.pt", config)
     prepared = _prepare(config, prepare_progress, say, model_cache_dir, prepare_workers)
@@ -444,15 +449,66 @@ def train(
     )
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuses a folder that cannot be made or written before anything is prepared (minutes);
+    the folders made to find out are removed again, so that a config whose sources cannot be
+    read still leaves no folder behind."""
+    made = list(itertools.takewhile(lambda p: not p.exists(), (out_dir, *out_dir.parents)))
+    check_output_dir(out_dir, "the training run's folder")
+    for folder in made:  # the deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+#: What a checkpoint written by :func:`_train_loop` holds.
+_CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "config")
+
+
+def _load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
+    """The state in ``ckpt_path``.
+
+    Raises:
+        ValueError: it cannot be read or is not a checkpoint of this trainer (one line naming it).
+    """
+    try:
+        # A damaged file can make torch warn before it fails; the failure says it all.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Tensors and plain values only: a checkpoint is data, never code to run.
+            state = torch.load(ckpt_path, weights_only=True)
+    except Exception as e:
+        # A damaged file fails in whichever layer of the archive or the unpickler notices;
+        # the weights-only unpickler wraps the cause in advice that does not apply here.
+        cause = e.__cause__ or e.__context__ or e
+        text = str(cause).strip()
+        why = f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
+        raise ValueError(
+            f"{ckpt_path}: not a readable training checkpoint, damaged or not written by "
+            f"perception train ({why})"
+        ) from e
+    if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+        raise ValueError(
+            f"{ckpt_path}: not a training checkpoint (it lacks {', '.join(_CHECKPOINT_KEYS)})"
+        )
+    return state
+
+
 def _check_resume(ckpt_path: Path, config: FusionTrainConfig) -> None:
-    """Refuses to resume a checkpoint of another config (before anything is prepared)."""
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        if state.get("config") != config.to_dict():
-            raise ValueError(
-                f"{ckpt_path}: the checkpoint was trained with another config; "
-                "start a new output folder or train without --resume"
-            )
+    """Refuses to resume nothing, a damaged checkpoint or one of another config (before
+    anything is prepared)."""
+    if not ckpt_path.is_file():
+        raise ValueError(
+            f"nothing to resume: no checkpoint in {ckpt_path.parent} (train without --resume "
+            "to start a run)"
+        )
+    state = _load_checkpoint(ckpt_path)
+    if state.get("config") != config.to_dict():
+        raise ValueError(
+            f"{ckpt_path}: the checkpoint was trained with another config; "
+            "start a new output folder or train without --resume"
+        )
 
 
 def _train_on_ray(
@@ -563,8 +619,9 @@ def _train_loop(
     )
     start = 0
     if resume and ckpt_path.exists():
-        # train() refused a checkpoint of another config before anything was prepared.
-        state = torch.load(ckpt_path, weights_only=False)
+        # train() refused a damaged checkpoint or one of another config before anything was
+        # prepared.
+        state = _load_checkpoint(ckpt_path)
         base.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from replay.synth.world import check_world_options
 from replay.training.samples import TrainingSample
 from replay.training.sources.drive import DriveSource
 from replay.training.sources.kitti import KITTI_LABELS, KittiSource
@@ -34,9 +35,19 @@ __all__ = [
     "KittiSource",
     "SyntheticSource",
     "TrainingSource",
+    "check_source",
     "open_source",
     "open_sources",
 ]
+
+#: The largest seed of a synthetic source and of a training run: what every random generator
+#: a seed feeds accepts (numpy's legacy seeding and torch's, after the per-step offsets).
+MAX_SEED = 2**32 - 1
+#: Seeds of one `{start, count}` entry: each is a drive held in memory once prepared, so a
+#: count beyond this is a typo, refused when the config is read rather than as a MemoryError.
+MAX_SEEDS = 100_000
+#: The longest synthetic drive, s (36,000 sweeps a seed).
+MAX_SYNTHETIC_SECONDS = 3600.0
 
 
 @runtime_checkable
@@ -91,6 +102,12 @@ _KEYS: dict[str, tuple[set[str], set[str]]] = {
 }
 
 
+def _seed(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{where}: seeds must be >= 0 and <= {MAX_SEED}, got {value!r}")
+    return value
+
+
 def _seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, Mapping):
         extra = set(value) - {"start", "count"}
@@ -101,13 +118,15 @@ def _seeds(value: Any, where: str) -> list[int]:
         start, count = value["start"], value["count"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, count)):
             raise ValueError(f"{where}: seeds: start and count must be integers")
-        if count < 1:
-            raise ValueError(f"{where}: seeds: count must be >= 1, got {count}")
+        if not 1 <= count <= MAX_SEEDS:
+            raise ValueError(f"{where}: seeds: count must be from 1 to {MAX_SEEDS:,}, got {count}")
+        _seed(start, where)
+        _seed(start + count - 1, where)
         return list(range(start, start + count))
     if isinstance(value, Sequence) and not isinstance(value, str):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ValueError(f"{where}: seeds: expected integers, got {list(value)}")
-        return list(value)
+        return [_seed(v, where) for v in value]
     raise ValueError(f"{where}: seeds: expected a list or {{start, count}}, got {value!r}")
 
 
@@ -118,12 +137,17 @@ def _path(value: Any, base_dir: Path, key: str, where: str) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def open_source(spec: Mapping[str, Any], base_dir: Path) -> TrainingSource:
-    """The source a config entry describes (see the module docstring); paths relative to
-    `base_dir`.
+def check_source(spec: Any) -> None:
+    """The checks of `open_source` that read no file: the kind, the keys and their values
+    (seeds, seconds, scene, lidar, frames, labels). A training config runs them when it is
+    read, so that a typo is refused before minutes of preparation, not as a MemoryError.
 
-    Raises ValueError with one line naming the source and what is wrong: unknown kind, a
-    missing or unknown key, a bad value, a missing file or folder, a frame without labels."""
+    Raises ValueError as `open_source`."""
+    _checked(spec)
+
+
+def _checked(spec: Any) -> tuple[str, str]:
+    """``spec``'s kind and the name its messages start with, once `check_source` holds."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"training source: expected a mapping, got {type(spec).__name__}")
     kind = spec.get("kind")
@@ -135,9 +159,24 @@ def open_source(spec: Mapping[str, Any], base_dir: Path) -> TrainingSource:
     missing = sorted(required - set(spec))
     if missing:
         raise ValueError(f"{where}: missing key {', '.join(missing)}")
-    unknown = sorted(set(spec) - required - optional - {"kind", "name"})
+    unknown = sorted(map(str, set(spec) - required - optional - {"kind", "name"}))
     if unknown:
         raise ValueError(f"{where}: unknown key {', '.join(unknown)}")
+    try:
+        _CHECKS[kind](spec, where)
+    except ValueError as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from e
+    return kind, where
+
+
+def open_source(spec: Mapping[str, Any], base_dir: Path) -> TrainingSource:
+    """The source a config entry describes (see the module docstring); paths relative to
+    `base_dir`.
+
+    Raises ValueError with one line naming the source and what is wrong: unknown kind, a
+    missing or unknown key, a bad value, a missing file or folder, a frame without labels."""
+    kind, where = _checked(spec)
     base_dir = Path(base_dir)
     source: TrainingSource
     try:
@@ -150,19 +189,35 @@ def open_source(spec: Mapping[str, Any], base_dir: Path) -> TrainingSource:
     return source
 
 
-def _synthetic(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
+def _synthetic_options(
+    spec: Mapping[str, Any], where: str
+) -> tuple[list[int], float, str, str | None]:
+    """Seeds, seconds, scene and lidar of a synthetic entry."""
     seconds = spec.get("seconds", 10.0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise ValueError(f"{where}: seconds: expected a number, got {seconds!r}")
+    # The world of a seed is built whole: a typo of hours is refused, not a MemoryError.
+    if not 0 < seconds <= MAX_SYNTHETIC_SECONDS:
+        raise ValueError(
+            f"{where}: seconds must be > 0 and at most {MAX_SYNTHETIC_SECONDS:.0f}, got {seconds!r}"
+        )
     scene, lidar = spec.get("scene", "simple"), spec.get("lidar")
     if not isinstance(scene, str) or not (lidar is None or isinstance(lidar, str)):
         raise ValueError(f"{where}: scene and lidar: expected names, got {scene!r}, {lidar!r}")
+    check_world_options(scene, lidar)
+    return _seeds(spec["seeds"], where), float(seconds), scene, lidar
+
+
+def _synthetic(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
+    seeds, seconds, scene, lidar = _synthetic_options(spec, where)
     try:
-        return SyntheticSource(
-            _seeds(spec["seeds"], where), float(seconds), scene=scene, lidar=lidar
-        )
+        return SyntheticSource(seeds, seconds, scene=scene, lidar=lidar)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def _check_drive(spec: Mapping[str, Any], where: str) -> None:
+    _path(spec["path"], Path("."), "path", where)
 
 
 def _drive(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
@@ -172,22 +227,37 @@ def _drive(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSourc
     return DriveSource(path)
 
 
-def _kitti(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
-    root = _path(spec["root"], base_dir, "root", where)
-    if not root.is_dir():
-        raise ValueError(f"{where}: KITTI folder {root} does not exist")
+def _kitti_options(spec: Mapping[str, Any], where: str) -> tuple[list[str] | None, str]:
+    """The frame ids (None: every labelled frame) and the labels of a KITTI entry."""
+    _path(spec["root"], Path("."), "root", where)
+    if spec.get("reference_dir") is not None:
+        _path(spec["reference_dir"], Path("."), "reference_dir", where)
     frames = spec.get("frames")
     if frames is not None and (isinstance(frames, str) or not isinstance(frames, Sequence)):
         raise ValueError(f"{where}: frames: expected a list of frame ids, got {frames!r}")
     labels = spec.get("labels", "label_2")
     if labels not in KITTI_LABELS:
         raise ValueError(f"{where}: labels: {labels!r} is not one of {', '.join(KITTI_LABELS)}")
-    ref = spec.get("reference_dir")
-    reference_dir = None if ref is None else _path(ref, base_dir, "reference_dir", where)
     # Ids as strings, zero-padded if YAML read them as numbers.
     ids = None if frames is None else [f"{f:06d}" if isinstance(f, int) else str(f) for f in frames]
+    return ids, labels
+
+
+def _kitti(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
+    ids, labels = _kitti_options(spec, where)
+    root = _path(spec["root"], base_dir, "root", where)
+    if not root.is_dir():
+        raise ValueError(f"{where}: KITTI folder {root} does not exist")
+    ref = spec.get("reference_dir")
+    reference_dir = None if ref is None else _path(ref, base_dir, "reference_dir", where)
     return KittiSource(root, ids, labels, reference_dir)
 
+
+_CHECKS: dict[str, Callable[[Mapping[str, Any], str], object]] = {
+    "synthetic": _synthetic_options,
+    "drive": _check_drive,
+    "kitti": _kitti_options,
+}
 
 _BUILDERS: dict[str, Callable[[Mapping[str, Any], Path, str], TrainingSource]] = {
     "synthetic": _synthetic,

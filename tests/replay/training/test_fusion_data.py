@@ -143,3 +143,41 @@ def test_thinning_keeps_every_other_beam() -> None:
 def test_gaussian_radius_grows_with_the_object() -> None:
     assert gaussian_radius(2.0, 1.0) < gaussian_radius(7.0, 3.0)
     assert gaussian_radius(7.0, 3.0) > 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scale": (1.05, 0.95)}, r"augment\.scale must be \[low, high\] with low <= high"),
+        ({"scale": (0.0, 1.0)}, r"augment\.scale must be a number in \(0, 10\], got 0\.0"),
+        ({"scale": (0.9, 1.0, 1.1)}, r"augment\.scale must be a \[low, high\] pair"),
+        ({"scale": (0.9, math.inf)}, r"augment\.scale must be a number in"),
+        ({"rotate_deg": math.nan}, r"augment\.rotate_deg must be a number in \[0, 180\]"),
+        ({"rotate_deg": "10"}, r"augment\.rotate_deg must be a number"),
+        ({"flip_y": True}, r"augment\.flip_y must be a probability in \[0, 1\], got True"),
+        ({"flip_y": -0.5}, r"augment\.flip_y must be a probability"),
+    ],
+)
+def test_augment_config_refuses_what_numpy_would_refuse_later(
+    kwargs: dict[str, object], message: str
+) -> None:
+    """Checked when the config is read, not when the first batch is drawn (minutes in)."""
+    with pytest.raises(ValueError, match=message) as e:
+        AugmentConfig(**kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"camera": math.nan}, r"dropout\.camera must be a probability in \[0, 1\], got nan"),
+        ({"beams": math.inf}, r"dropout\.beams must be a probability"),
+        ({"object_keep": (0.2,)}, r"dropout\.object_keep must be a \[low, high\] pair"),
+        ({"object_keep": ("a", "b")}, r"dropout\.object_keep must be a number in \[0, 1\]"),
+    ],
+)
+def test_dropout_config_refuses_non_finite_and_malformed_values(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        DropoutConfig(**kwargs)  # type: ignore[arg-type]

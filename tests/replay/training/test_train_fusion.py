@@ -4,6 +4,7 @@ resume, the training config, and `perception train` on bad input."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ from engines.fusion.learned_config import LearnedFusionConfig
 from replay.training.fusion_config import load_train_config, parse_train_config
 from replay.training.train_fusion import THRESHOLD_CANDIDATES, TrainResult, train
 from tests.conftest import KITTI_LEARNED_GRID, kitti_training_config
+
+#: A valid source entry, for configs that break something else.
+SYNTH: dict[str, Any] = {"kind": "synthetic", "seeds": [1], "seconds": 0.1}
 
 
 def _write(path: Path, doc: dict[str, Any]) -> Path:
@@ -110,6 +114,36 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
             {"data": {"train": [{"kind": "synthetic"}]}, "gt_sampling": {"decoys": {"Van": 1}}},
             r"cfg\.yaml: gt_sampling\.decoys: unknown class\(es\) Van",
         ),
+        # Non-finite and out-of-range values, refused when read rather than trained with (an
+        # infinite rate exported NaN weights) or failing minutes in.
+        (
+            {"data": {"train": [SYNTH]}, "train": {"lr": math.inf}},
+            r"cfg\.yaml: train: train\.lr must be a number in \(0, 1\], got inf",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "train": {"threads": 100_000}},
+            r"cfg\.yaml: train: train\.threads must be an integer from 1 to 256, got 100000",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "seed": 10**23},
+            rf"cfg\.yaml: seed must be an integer from 0 to 4294967295, got {10**23}",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "augment": {"scale": [1.05, 0.95]}},
+            r"cfg\.yaml: augment: augment\.scale must be \[low, high\] with low <= high",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "model": {"max_pillars": 10**12}},
+            r"cfg\.yaml: model: learned fusion max_pillars must be an integer from 1 to 262,144",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "model": [1, 2]},
+            r"cfg\.yaml: model must be a mapping",
+        ),
+        (
+            {"data": {"train": [{"kind": "synthetic", "seeds": {"start": 0, "count": 10**11}}]}},
+            r"cfg\.yaml: data\.train: training source synthetic: seeds: count must be from 1 to",
+        ),
     ],
 )
 def test_bad_training_configs_are_refused_with_the_key(doc: dict[str, Any], message: str) -> None:
@@ -137,13 +171,17 @@ def test_cli_refuses_bad_configs_and_a_second_run_in_one_folder(tmp_path: Path, 
     assert main(["train", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err, err
+    # A valid config: these are refused before anything is prepared.
+    good = _write(
+        tmp_path / "good.yaml", {"data": {"train": [{"kind": "synthetic", "seeds": [1]}]}}
+    )
     (tmp_path / "o" / "checkpoints").mkdir(parents=True)
     (tmp_path / "o" / "checkpoints" / "last.pt").write_bytes(b"x")
-    assert main(["train", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert main(["train", str(good), "--out", str(tmp_path / "o")]) == 2
     assert "--resume" in capsys.readouterr().err
     notdir = tmp_path / "file"
     notdir.write_text("x")
-    assert main(["train", str(bad), "--out", str(notdir)]) == 2
+    assert main(["train", str(good), "--out", str(notdir)]) == 2
     assert "is a file" in capsys.readouterr().err
 
 
@@ -176,3 +214,27 @@ def test_a_binary_training_config_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         load_train_config(path)
     assert str(info.value) == f"{path}: not UTF-8 text (byte 0x89 at offset 8)"
+
+
+def test_a_deeply_nested_training_config_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("a: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    with pytest.raises(ValueError) as info:
+        load_train_config(path)
+    assert str(info.value) == f"{path}: not a training config (its YAML is nested too deeply)"
+
+
+def test_resume_needs_a_readable_checkpoint_of_this_trainer(tmp_path: Path) -> None:
+    """Refused before anything is prepared: the sources here could not even be opened."""
+    doc = {"data": {"train": [{"kind": "kitti", "root": "nowhere"}]}, "camera": {"model": "none"}}
+    config = parse_train_config(doc, "cfg.yaml", tmp_path)
+    with pytest.raises(ValueError, match=r"^nothing to resume: no checkpoint in .*checkpoints"):
+        train(config, tmp_path / "run", resume=True)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(ValueError, match=r"last\.pt: not a readable training checkpoint"):
+        train(config, tmp_path / "run", resume=True)
+    torch.save({"step": 3}, ckpt)
+    with pytest.raises(ValueError, match=r"last\.pt: not a training checkpoint \(it lacks"):
+        train(config, tmp_path / "run", resume=True)

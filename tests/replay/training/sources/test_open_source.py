@@ -17,6 +17,7 @@ from replay.training.sources import (
     KittiSource,
     SyntheticSource,
     TrainingSource,
+    check_source,
     open_source,
     open_sources,
 )
@@ -57,6 +58,18 @@ def test_kitti_entry(tmp_path: Path, kitti_dir: Path) -> None:
         ({"kind": "synthetic", "seeds": {"start": 1}}, "seeds: expected a list or"),
         ({"kind": "synthetic", "seeds": [-1]}, "seeds must be >= 0"),
         ({"kind": "synthetic", "seeds": [1], "seconds": 0}, "seconds must be > 0"),
+        # Typos that would otherwise be a MemoryError once the samples are prepared.
+        (
+            {"kind": "synthetic", "seeds": {"start": 0, "count": 99999999999}},
+            "seeds: count must be from 1 to 100,000, got 99999999999",
+        ),
+        (
+            {"kind": "synthetic", "seeds": {"start": 2**32 - 1, "count": 2}},
+            "seeds must be >= 0 and <= 4294967295, got 4294967296",
+        ),
+        ({"kind": "synthetic", "seeds": [2**64]}, "seeds must be >= 0 and <= 4294967295"),
+        ({"kind": "synthetic", "seeds": [1], "seconds": 1e9}, "seconds must be > 0 and at most"),
+        ({"kind": "synthetic", "seeds": [1], "seconds": float("nan")}, "seconds must be > 0"),
         (
             {"kind": "drive", "path": "gone.mcap", "name": "d1"},
             r"training source d1: drive .*gone\.mcap does not exist",
@@ -84,6 +97,18 @@ def test_bad_entries_raise_one_line_naming_the_source(
     with pytest.raises(ValueError, match=message) as err:
         open_source(spec, tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_check_source_checks_values_but_opens_no_file() -> None:
+    """What a training config runs when it is read: the missing folder waits for open_source."""
+    check_source({"kind": "kitti", "root": "nowhere", "frames": [3]})
+    check_source({"kind": "drive", "path": "gone.mcap"})
+    with pytest.raises(ValueError, match=r"training source kitti: labels: 'x' is not one of"):
+        check_source({"kind": "kitti", "root": "nowhere", "labels": "x"})
+    with pytest.raises(ValueError, match=r"training source drive: path: expected a path"):
+        check_source({"kind": "drive", "path": 3})
+    with pytest.raises(ValueError, match=r"training source synthetic: scene: choose among"):
+        check_source({"kind": "synthetic", "seeds": [1], "scene": "moon"})
 
 
 def test_concat_source_chains_indices() -> None:

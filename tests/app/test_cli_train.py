@@ -1,0 +1,162 @@
+"""`perception train` on hostile input: every mistake in the training config, the checkpoint
+to resume or the output folder is one line on stderr naming the file and the key, exit 2,
+before any sample is prepared (the run logs its sample counts on stderr once prepared, so one
+line also says nothing was). In-process through `main`, on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.app.one_line import fails
+
+torch = pytest.importorskip("torch")
+
+#: A config that trains (one short synthetic drive, no camera): each test breaks one thing.
+VALID: dict[str, Any] = {
+    "data": {"train": [{"kind": "synthetic", "seeds": [1], "seconds": 0.1}]},
+    "camera": {"model": "none"},
+}
+
+
+def _config(tmp_path: Path, **changes: Any) -> Path:
+    doc = {**VALID, **changes}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def _train(capsys: pytest.CaptureFixture[str], config: Path, out: Path, *extra: str) -> str:
+    return fails(capsys, "train", str(config), "--out", str(out), "--quiet", *extra)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train": {"lr": float("inf")}}, "train: train.lr must be a number in (0, 1], got inf"),
+        ({"train": {"lr": float("nan")}}, "train: train.lr must be a number in (0, 1], got nan"),
+        ({"train": {"weight_decay": -0.1}}, "train: train.weight_decay must be a number in [0, 1]"),
+        ({"train": {"threads": 100000}}, "train: train.threads must be an integer from 1 to 256"),
+        ({"train": {"batch": 10**9}}, "train: train.batch must be an integer from 1 to 256"),
+        ({"train": {"steps": 10**12}}, "train: train.steps must be an integer from 1 to"),
+        ({"seed": 99999999999999999999999}, "seed must be an integer from 0 to 4294967295"),
+        ({"seed": -1}, "seed must be an integer from 0 to 4294967295, got -1"),
+        ({"model": {"max_pillars": 999999999999}}, "model: learned fusion max_pillars must be"),
+        ({"model": {"points_per_pillar": 10**9}}, "model: learned fusion points_per_pillar must"),
+        ({"model": {"pillar_m": 1e-9}}, "model: learned fusion grid of"),
+        ({"model": {"pillar_m": float("inf")}}, "model: learned fusion pillar_m must be a finite"),
+        ({"model": {"channels": [0, 8]}}, "model: learned fusion channels must be an integer"),
+        ({"augment": {"scale": [1.05, 0.95]}}, "augment: augment.scale must be [low, high] with"),
+        ({"augment": {"scale": [0.9]}}, "augment: augment.scale must be a [low, high] pair"),
+        ({"augment": {"rotate_deg": float("nan")}}, "augment: augment.rotate_deg must be a"),
+        ({"augment": {"flip_y": 2}}, "augment: augment.flip_y must be a probability in [0, 1]"),
+        ({"dropout": {"object_keep": [0.4, 0.1]}}, "dropout: dropout.object_keep must be [low,"),
+        ({"dropout": {"beams": float("inf")}}, "dropout: dropout.beams must be a probability"),
+        ({"camera": {"score_threshold": float("nan")}}, "camera: camera.score_threshold must"),
+        ({"camera": {"kind": "yolo9"}}, "camera: camera.kind must be auto or one of"),
+        (
+            {"gt_sampling": {"counts": {"Car": 10**9}}},
+            "gt_sampling: gt_sampling.counts.Car must be an integer",
+        ),
+        (
+            {
+                "data": {
+                    "train": [{"kind": "synthetic", "seeds": {"start": 0, "count": 99999999999}}]
+                }
+            },
+            "data.train: training source synthetic: seeds: count must be from 1 to 100,000",
+        ),
+        (
+            {"data": {"train": [{"kind": "synthetic", "seeds": [2**40]}]}},
+            "data.train: training source synthetic: seeds must be >= 0 and <= 4294967295",
+        ),
+        (
+            {"data": {"train": [{"kind": "synthetic", "seeds": [1], "seconds": 1e9}]}},
+            "data.train: training source synthetic: seconds must be > 0 and at most 3600",
+        ),
+        (
+            {"data": {"train": VALID["data"]["train"], "val": [{"kind": "synthetic"}]}},
+            "data.val: training source synthetic: missing key seeds",
+        ),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_file_and_key(
+    changes: dict[str, Any], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, **changes)
+    err = _train(capsys, config, tmp_path / "run")
+    assert f"{config}: {message}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_steps_above_the_bound_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _train(capsys, _config(tmp_path), tmp_path / "run", "--steps", str(10**12))
+    assert f"--steps {10**12}: train.steps must be an integer from 1 to 10,000,000" in err
+
+
+def test_a_deeply_nested_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "deep.yaml"
+    config.write_text("a: " + "[" * 10_000 + "]" * 10_000 + "\n", encoding="utf-8")
+    err = _train(capsys, config, tmp_path / "run")
+    assert err.endswith(f"{config}: not a training config (its YAML is nested too deeply)"), err
+
+
+def test_resume_without_a_checkpoint_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    err = _train(capsys, _config(tmp_path), out, "--resume")
+    assert err.endswith(
+        f"nothing to resume: no checkpoint in {out / 'checkpoints'} (train without --resume "
+        "to start a run)"
+    ), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickle header", "truncated", "a list"])
+def test_resume_from_a_damaged_checkpoint_names_it(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    if content == "garbage":
+        ckpt.write_bytes(bytes(range(256)) * 4)
+    elif content == "pickle header":  # torch warns about it before failing
+        ckpt.write_bytes(b"\x80\x04not a pickle")
+    elif content == "truncated":
+        torch.save({"step": 1, "model": {"w": torch.zeros(10_000)}}, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:20_000])
+    else:
+        torch.save([1, 2], ckpt)
+    before = ckpt.read_bytes()
+    err = _train(capsys, _config(tmp_path), tmp_path / "run", "--resume")
+    assert f"{ckpt}: not a " in err and "training checkpoint" in err, err
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_output_folder_that_cannot_be_made_is_refused_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _train(capsys, _config(tmp_path), Path("/proc/perception-train-test"))
+    assert err.endswith("/proc/perception-train-test: cannot create the folder (No such file or "
+                        "directory)"), err  # fmt: skip
+
+
+def test_a_source_that_fails_when_opened_leaves_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out is made to check it, then removed again: the KITTI folder is only looked for when
+    the sources are opened."""
+    config = _config(tmp_path, data={"train": [{"kind": "kitti", "root": "nowhere"}]})
+    out = tmp_path / "a" / "b" / "run"
+    err = _train(capsys, config, out)
+    assert "training source kitti: KITTI folder" in err and "nowhere does not exist" in err, err
+    assert not (tmp_path / "a").exists()
