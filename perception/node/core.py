@@ -537,7 +537,9 @@ class NodeCore:
             with self._lock:
                 self.counters.step_errors += 1
             sweep = chosen.bundle.lidar.header
-            self._bad.warning("step", f"dropped sweep {sweep.stream} {sweep.seq}: {e!r}")
+            self._bad.warning(
+                "step", f"dropped sweep {sweep.stream} {sweep.seq}: {type(e).__name__}: {e}"
+            )
             return None
         if self.calibration is not None and self.calibration.offer():
             self._calibration_pending = self.pipeline.last_frame

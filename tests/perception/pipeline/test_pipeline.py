@@ -204,3 +204,23 @@ def test_warm_up_makes_every_fusion_bucket_and_changes_no_output(
     assert buckets.loaded == buckets.sizes == warm.fusion.shapes
     bundle = _bundle(kitti_dir, None)
     assert warm.step(bundle, 0).detections == cold.step(bundle, 0).detections
+
+
+def test_an_image_of_another_size_than_the_rig_camera_is_left_out(
+    pipeline: Pipeline, kitti_dir: Path
+) -> None:
+    """Its boxes would go through the rig camera's intrinsics to wrong places: the camera is
+    unfit for that sweep (degraded, its boxes unused), the lidar's objects stay."""
+    from dataclasses import replace
+
+    import cv2
+
+    bundle = _bundle(kitti_dir, None)
+    frame = bundle.cameras[CAMERA_STREAM]
+    assert frame.image is not None
+    h, w = frame.image.shape[:2]
+    smaller = replace(frame, image=np.ascontiguousarray(cv2.resize(frame.image, (w - 18, h - 5))))
+    dl = pipeline.step(replace(bundle, cameras={CAMERA_STREAM: smaller}), 0)
+    assert dl.degraded == (CAMERA_STREAM,) and not dl.valid
+    assert dl.detections and all(d.sources == ("lidar",) for d in dl.detections)
+    assert any(d.sources != ("lidar",) for d in pipeline.step(bundle, 0).detections)
