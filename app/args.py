@@ -32,6 +32,9 @@ __all__ = [
 #: The longest duration a command takes, s (11.6 days): beyond some 9e9 s the OS's timers
 #: overflow, and nothing a person starts from a shell waits this long on purpose.
 MAX_SECONDS = 1e6
+#: The highest rate sensors are played at (a lidar spins at 5-20 Hz, a camera at most a few
+#: hundred frames a second).
+MAX_RATE_HZ = 1000.0
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -112,8 +115,11 @@ def non_negative_seconds(text: str) -> float:
 
 
 def rate_hz(text: str) -> float:
-    """A rate > 0 whose period is at most `MAX_SECONDS`, Hz."""
+    """A rate > 0 whose period is at most `MAX_SECONDS`, and at most `MAX_RATE_HZ`, Hz."""
     value = positive_float(text)
+    if value > MAX_RATE_HZ:
+        # What is played is made per period: a billion sweeps a second never ends.
+        raise argparse.ArgumentTypeError(f"{text} Hz is above {MAX_RATE_HZ:.0f} Hz")
     if value < 1.0 / MAX_SECONDS:
         raise argparse.ArgumentTypeError(
             f"{text} Hz is below {1.0 / MAX_SECONDS:g} Hz (one every {MAX_SECONDS:.0f} s)"

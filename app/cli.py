@@ -63,15 +63,23 @@ receive failure, or an unexpected error);
 3 `calib check` over a drive or frames flagged calibration drift; 130 interrupted.
 -v (before or after the command) logs more and shows tracebacks."""
 
-_TOPICS_NOTE = (
-    f"Each topic is published where it belongs: sensor topics on the node config's inputs "
-    f"endpoint ({SENSORS} by default), the node's outputs ({_DEFAULTS.outputs.detections_topic}, "
-    f"{_DEFAULTS.outputs.tracks_topic}, {_DEFAULTS.outputs.diagnostics_topic}) on its outputs "
-    f"endpoint ({OUTPUTS}); --config "
-    "takes both, the topic names and the CURVE keys of tcp endpoints (security) from a node "
-    "config, --endpoint overrides the endpoints. {runtime} is the per-user runtime folder "
-    "($XDG_RUNTIME_DIR/perception-node, else <tmp>/perception-node-<uid>, mode 0700)."
-)
+
+def _topics_note(*, endpoint_option: bool = True) -> str:
+    """Where each topic is published, for a command's description (`endpoint_option`: the
+    command has --endpoint)."""
+    override = ", --endpoint overrides the endpoints" if endpoint_option else ""
+    return (
+        f"Each topic is published where it belongs: sensor topics on the node config's inputs "
+        f"endpoint ({SENSORS} by default), the node's outputs "
+        f"({_DEFAULTS.outputs.detections_topic}, {_DEFAULTS.outputs.tracks_topic}, "
+        f"{_DEFAULTS.outputs.diagnostics_topic}) on its outputs endpoint ({OUTPUTS}); --config "
+        "takes both, the topic names and the CURVE keys of tcp endpoints (security) from a node "
+        f"config{override}. {{runtime}} is the per-user runtime folder "
+        "($XDG_RUNTIME_DIR/perception-node, else <tmp>/perception-node-<uid>, mode 0700)."
+    )
+
+
+_TOPICS_NOTE = _topics_note()
 
 
 def _command(
@@ -167,7 +175,7 @@ def _add_view(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "its sensor topics, its detections and tracks as 3D boxes, the rig's frame transforms, "
         "the ego pose (from the GNSS fixes), the per-stage timings and the diagnostics. "
         "`perception run --foxglove` serves the same from inside the node. "
-        f"{_TOPICS_NOTE}",
+        f"{_topics_note(endpoint_option=False)}",
         common=common,
     )
     p.add_argument("--config", metavar="FILE", help="node YAML config: endpoints, topics, view")
@@ -452,6 +460,7 @@ def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "calibration for the calibration monitor, whose verdict the demo prints",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    with_option_defaults(p)
 
 
 def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:

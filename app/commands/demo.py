@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.common import Stages, check_drive_path
+from app.common import Stages, check_drive_path, not_for
 from calibration.monitor import Correction
 from perception.errors import PerceptionError
 from replay.output import check_output_dir
@@ -13,8 +13,13 @@ from replay.synth.demo import format_demo_report, run_demo
 
 __all__ = ["cmd_demo"]
 
+#: What makes the drive a demo generates: a drive given is taken as it is.
+_NEW_DRIVE_OPTIONS = ("--seed", "--seconds", "--scene", "--rig-error")
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.drive is not None:
+        not_for(args, "--drive (they make a new drive)", _NEW_DRIVE_OPTIONS)
     out_dir = check_output_dir(Path(args.out_dir).expanduser(), "--out-dir", create=False)
     labels = {"generate": "generating the drive", "replay": "running the pipeline"}
     for kind in args.fusion:

@@ -28,6 +28,7 @@ from tests.app.one_line import fails as _fails
          "(11.6 days)"),
         (["bench", "--rate", "1e-9"], "argument --rate: 1e-9 Hz is below 1e-06 Hz (one every "
          "1000000 s)"),
+        (["bench", "--rate", "1e9"], "argument --rate: 1e9 Hz is above 1000 Hz"),
         (["demo", "--seconds", "1e12"], "argument --seconds: 1e12 s is above 1000000 s "
          "(11.6 days)"),
         (["train", "c.yaml", "--workers", "1000000"], "argument --workers: 1000000 is above "

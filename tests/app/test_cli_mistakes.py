@@ -373,6 +373,8 @@ def test_keys_generate_mistakes(capsys, tmp_path: Path) -> None:
          "--rate does nothing for a drive (paced by its recorded time: --speed)"),
         (["replay", "kitti-object", "{kitti}", "--out", "{tmp}/x.jsonl", "--realtime"],
          "--realtime does nothing for a KITTI object folder (its frames have no recorded time)"),
+        (["demo", "--drive", "{drive}", "--seed", "5", "--scene", "rich", "--out-dir",
+          "{tmp}/d"], "--seed, --scene do nothing for --drive (they make a new drive)"),
     ],
 )  # fmt: skip
 def test_options_that_do_nothing_for_the_source_are_refused(
