@@ -344,9 +344,20 @@ class Pipeline:
             lidar = self._lidar_branch(points, ground_known)
         else:
             pending = self._branches.submit(self._lidar_branch, points, ground_known)
+        motions: dict[str, RigidTransform] = {}
+        views: dict[str, tuple[npt.NDArray[np.float32], RigidTransform]] = {}
         if ahead is None:
             encodings = self._encode_inline(cameras, rig, timer)
         else:
+            if kind != "learned":
+                # A camera still being encoded holds the frame up anyway: its points in view,
+                # which need no box, are found meanwhile (kept if the camera finds boxes).
+                with timer.stage("fusion"):
+                    for name, frame in cameras.items():
+                        future = ahead.get(frame.header.stream)
+                        if future is not None and not future.done():
+                            motions[name] = self._camera_motion(frame, sweep.header.stamp_ns, twist)
+                            views[name] = self._view_points(name, points, rig, motions[name])
             # Encoded as each frame arrived; this frame's path only waits for what is not done.
             with timer.stage("camera_wait"):
                 encodings = {
@@ -373,14 +384,15 @@ class Pipeline:
         with timer.stage("fusion"):
             # Found here, not before the lidar branch started: it needs none of this, so the
             # motions are off the frame's path while the branch runs.
-            motions = {
-                name: self._camera_motion(frame, sweep.header.stamp_ns, twist)
-                for name, frame in cameras.items()
-            }
+            for name, frame in cameras.items():
+                if name not in motions:
+                    motions[name] = self._camera_motion(frame, sweep.header.stamp_ns, twist)
             if kind != "learned":
                 # The points in view need no ground: found while the lidar branch fits it.
                 views = {
-                    name: self._view_points(name, points, rig, motions[name])
+                    name: views[name]
+                    if name in views
+                    else self._view_points(name, points, rig, motions[name])
                     for name, camera_boxes in boxes.items()
                     if camera_boxes
                 }

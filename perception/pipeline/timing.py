@@ -23,8 +23,9 @@ __all__ = [
 # the sweep's way from its last point to the node's receiver (on the host clock: with the lidar
 # clock's estimated offset applied, what it took beyond the fastest sweep seen). `lidar_objects`
 # is the lidar branch's work after the encoder (the lidar-only clusters). `fusion` holds the
-# vehicle's motion to each camera's stamp, each camera's points in view, the fusion engine and
-# the choice of lidar-only objects. `branch_wait`
+# vehicle's motion to each camera's stamp, each camera's points in view (for a camera still
+# being encoded, found before `camera_wait`), the fusion engine and the choice of lidar-only
+# objects. `branch_wait`
 # is there when the lidar branch runs beside the camera branch (`pipeline.parallel_branches`):
 # the lidar branch's time on the frame's path after the camera boxes are fused (meanwhile the
 # main thread places their detections on the map: what of that the branch outlasted counts

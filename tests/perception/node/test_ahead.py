@@ -17,7 +17,7 @@ from calibration import Rig
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
 from perception.config import NodeConfig
-from perception.msgs.types import CameraFrame, DetectionList, Header
+from perception.msgs.types import CameraFrame, DetectionList, Header, SyncedBundle
 from perception.node.ahead import CameraAhead
 from perception.node.core import NodeCore
 from perception.pipeline import Pipeline
@@ -198,3 +198,66 @@ def test_a_cancelled_encoding_is_made_in_line(
     encoding = pipeline._encoding_ahead(frame, rig.cameras["front"], {CAMERA_STREAM: cancelled})
     assert encoding.frame is frame
     assert encoding.boxes == pipeline.encode_camera(frame, rig.cameras["front"]).boxes
+
+
+@pytest.fixture(scope="module")
+def synth_bundles(
+    synth_drive: Callable[[int, float], Path], pipeline: Pipeline
+) -> list[SyncedBundle]:
+    """The bundles the core hands the pipeline for a short synthetic drive."""
+    bundles: list[SyncedBundle] = []
+    step = pipeline.step
+
+    def record(bundle: SyncedBundle, seq: int, ahead: object = None) -> DetectionList:
+        bundles.append(bundle)
+        return step(bundle, seq)
+
+    pipeline.step = record  # type: ignore[method-assign]
+    try:
+        _replayed(synth_drive(SEED, 1.0), pipeline, ahead=False)
+    finally:
+        del pipeline.step
+    assert len(bundles) >= 8
+    return bundles
+
+
+@pytest.mark.parametrize("image", ["as taken", "blank"])
+def test_a_camera_still_encoding_has_its_points_in_view_found_meanwhile(
+    pipeline: Pipeline, synth_bundles: list[SyncedBundle], image: str
+) -> None:
+    """While the frame waits for a camera's encoding, the camera's points in view (which need
+    no box) are found: the wait hides them, and the detections are those of encoding in line.
+    A camera whose image turns out unfit has them found in vain and contributes nothing."""
+    bundle = synth_bundles[len(synth_bundles) // 2]
+    frame = bundle.cameras[CAMERA_STREAM]
+    if image == "blank":
+        frame = dataclasses.replace(frame, image=np.zeros_like(frame.image))
+        bundle = dataclasses.replace(bundle, cameras={CAMERA_STREAM: frame})
+    inline = pipeline.step(bundle, 5)
+    encoding = pipeline.encode_camera(frame, bundle.rig.cameras["front"])
+    pending: Future[CameraEncoding] = Future()
+    released: list[float] = []
+    viewed: list[float] = []
+
+    def release() -> None:
+        released.append(time.monotonic())
+        pending.set_result(encoding)
+
+    view_points = pipeline._view_points
+
+    def timed_view(*args: object) -> object:
+        viewed.append(time.monotonic())
+        return view_points(*args)  # type: ignore[arg-type]
+
+    pipeline._view_points = timed_view  # type: ignore[method-assign, assignment]
+    timer = threading.Timer(0.3, release)
+    timer.start()
+    try:
+        waited = pipeline.step(bundle, 5, ahead={CAMERA_STREAM: pending})
+    finally:
+        timer.join()
+        del pipeline._view_points
+    assert _key(waited) == _key(inline)
+    assert (image == "blank") == (waited.degraded == (CAMERA_STREAM,))
+    assert len(viewed) == 1 and viewed[0] < released[0]
+    assert waited.timings_ns["camera_wait"] > 0
