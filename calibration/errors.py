@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import reprlib
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CalibrationError", "not_utf8", "read_text", "shown"]
+__all__ = ["MAX_TEXT_BYTES", "CalibrationError", "not_utf8", "read_text", "shown"]
+
+#: The largest text file (calibration, config, timestamps, labels) `read_text` reads.
+MAX_TEXT_BYTES = 64 << 20
 
 
 class CalibrationError(Exception):
@@ -49,7 +54,19 @@ def read_text(path: Path, what: str, error: Callable[[str], Exception] = Calibra
             `"PATH: not UTF-8 text (byte 0xff at offset N)"` when it is not UTF-8.
     """
     try:
-        data = Path(path).read_bytes()
+        # Opened without blocking: a FIFO with no writer would block the open itself.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            # A device or pipe never ends (/dev/zero), or holds no file.
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{path}: {what} is not a regular file (a device, pipe or socket)")
+            if st.st_size > MAX_TEXT_BYTES:
+                raise error(
+                    f"{path}: {what} is {st.st_size} bytes, larger than the {MAX_TEXT_BYTES >> 20} "
+                    "MiB a text file of this kind may be"
+                )
+            data = f.read(MAX_TEXT_BYTES + 1)
     except OSError as e:
         raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
     try:

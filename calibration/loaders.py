@@ -52,6 +52,8 @@ def load_rig(path: Path | str, image_size: tuple[int, int] | None = None) -> Rig
             "a PJLab *-intrinsic.json + *-extrinsic.json pair, or rig.yaml)"
         )
     if not p.is_file():
+        if p.exists():
+            raise CalibrationError(f"{p}: not a regular file (a device, pipe or socket)")
         raise CalibrationError(f"{p}: no such calibration file or folder")
     suffix = p.suffix.lower()
     if suffix in (".yaml", ".yml"):

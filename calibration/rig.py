@@ -70,6 +70,7 @@ from calibration.transforms import RigidTransform
 __all__ = [
     "GNSS_FRAME",
     "MAX_DOCUMENT_DEPTH",
+    "MAX_SENSOR_OFFSET_M",
     "MAX_TIME_OFFSET_NS",
     "RIG_FILE_VERSION",
     "VEHICLE_FRAME",
@@ -107,6 +108,10 @@ class FrameEdge:
 
     parent: str
     parent_from_frame: RigidTransform
+
+
+#: The farthest a frame of a rig may lie from the vehicle origin, m (a road train is 50 m long).
+MAX_SENSOR_OFFSET_M = 1000.0
 
 
 class Rig:
@@ -158,6 +163,14 @@ class Rig:
             raise CalibrationError(f"{where}: frames.{VEHICLE_FRAME}: the root frame has no parent")
         self._tree = tree
         self._vehicle_from = self._resolve_all(where)
+        for name, t in self._vehicle_from.items():
+            far = float(np.abs(t.translation).max(initial=0.0))
+            if not far <= MAX_SENSOR_OFFSET_M:
+                # Points moved by 1e300 m overflow float32 in every sweep's deskew.
+                raise CalibrationError(
+                    f"{where}: frames.{name}: {shown(t.translation.tolist())} m from the vehicle "
+                    f"origin, beyond the {MAX_SENSOR_OFFSET_M:.0f} m a sensor on a vehicle can be"
+                )
         self.cameras: Mapping[str, CameraModel] = MappingProxyType(dict(cameras or {}))
         for name in self.cameras:
             if camera_frame(name) not in tree:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from calibration.errors import CalibrationError, read_text
+from calibration import load_rig
+from calibration.errors import MAX_TEXT_BYTES, CalibrationError, read_text
 
 
 class _OtherError(Exception):
@@ -34,3 +36,27 @@ def test_error_type_is_the_callers(tmp_path: Path) -> None:
         read_text(path, "config", _OtherError)
     with pytest.raises(_OtherError, match=r"none\.txt: cannot read config \(No such file"):
         read_text(tmp_path / "none.txt", "config", _OtherError)
+
+
+def test_a_device_or_a_pipe_is_refused_without_reading_or_blocking(tmp_path: Path) -> None:
+    """/dev/zero never ends and a FIFO without a writer would block the open forever."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/zero"), fifo):
+        with pytest.raises(CalibrationError) as info:
+            read_text(path, "config")
+        assert str(info.value) == f"{path}: config is not a regular file (a device, pipe or socket)"
+    with pytest.raises(CalibrationError, match="not a regular file"):
+        load_rig(fifo)
+
+
+def test_a_text_file_larger_than_any_of_its_kind_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "calib.txt"
+    with big.open("wb") as f:
+        f.truncate(MAX_TEXT_BYTES + 1)
+    with pytest.raises(CalibrationError) as info:
+        read_text(big, "calibration file")
+    assert str(info.value) == (
+        f"{big}: calibration file is {MAX_TEXT_BYTES + 1} bytes, larger than the 64 MiB a text "
+        "file of this kind may be"
+    )

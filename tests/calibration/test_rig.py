@@ -376,3 +376,18 @@ def test_apply_rows_is_apply_as_rows() -> None:
             rows = t.apply_rows(pts)
             assert rows.shape == (3, len(pts)) and rows.flags.c_contiguous
             assert np.array_equal(rows.T, t.apply(pts))
+
+
+def test_a_frame_farther_than_a_sensor_on_a_vehicle_can_be_is_refused(tmp_path: Path) -> None:
+    """1e300 m loaded, then overflowed float32 in every sweep's deskew (warnings, no output)."""
+    path = tmp_path / "rig.yaml"
+    path.write_text(
+        "version: 1\nframes:\n  lidar: {parent: vehicle, rotation: [[1, 0, 0], [0, 1, 0], "
+        "[0, 0, 1]], translation: [1.0e+300, 0, 0]}\n"
+    )
+    with pytest.raises(CalibrationError) as info:
+        load_rig_yaml(path)
+    assert str(info.value) == (
+        f"{path}: frames.lidar: [1e+300, 0.0, 0.0] m from the vehicle origin, beyond the 1000 m "
+        "a sensor on a vehicle can be"
+    )
