@@ -62,6 +62,16 @@ def encoded_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """`encoded_image_size` of an image file's first bytes."""
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(IMAGE_HEAD_BYTES)
+    except OSError as e:
+        raise CalibrationError(f"{path}: cannot read image ({e.strerror})") from e
+    return encoded_image_size(head)
+
+
 def check_image_pixels(path: Path, max_pixels: int) -> None:
     """Refuses an image file whose header says it decodes to more than `max_pixels` (a small
     PNG can decode to gigabytes); one whose header gives no size is left to the decoder.
@@ -69,12 +79,7 @@ def check_image_pixels(path: Path, max_pixels: int) -> None:
     Raises:
         CalibrationError: naming the file, its size and the limit; or it cannot be read.
     """
-    try:
-        with Path(path).open("rb") as f:
-            head = f.read(IMAGE_HEAD_BYTES)
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read image ({e.strerror})") from e
-    size = encoded_image_size(head)
+    size = _header_size(path)
     if size is not None and size[0] * size[1] > max_pixels:
         raise CalibrationError(
             f"{path}: image of {size[0]} x {size[1]} = {size[0] * size[1]} pixels, above the "
@@ -84,12 +89,7 @@ def check_image_pixels(path: Path, max_pixels: int) -> None:
 
 def image_size_of(path: Path) -> tuple[int, int]:
     """(width, height) in pixels of an image file. Raises CalibrationError if unreadable."""
-    try:
-        with Path(path).open("rb") as f:
-            head = f.read(IMAGE_HEAD_BYTES)
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read image ({e.strerror})") from e
-    size = encoded_image_size(head)
+    size = _header_size(path)
     if size is not None:
         return size
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

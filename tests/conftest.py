@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,6 +117,22 @@ def png_size(path: Path) -> tuple[int, int]:
         raise ValueError(f"{path}: not a PNG file")
     width, height = struct.unpack(">II", head[16:24])
     return int(width), int(height)
+
+
+def copy_kitti_frames(
+    kitti_dir: Path, dest: Path, frames: Sequence[str], *, labels: Sequence[str] = ()
+) -> Path:
+    """A KITTI object folder at `dest` of real `frames` (image, reduced scan, calib), with the
+    label files of the frames in `labels`: a folder a test may break or write beside."""
+    for sub, ext in (("image_2", "png"), ("velodyne_reduced", "bin"), ("calib", "txt")):
+        (dest / sub).mkdir(parents=True)
+        for frame in frames:
+            shutil.copy(kitti_dir / sub / f"{frame}.{ext}", dest / sub)
+    if labels:
+        (dest / "label_2").mkdir()
+        for frame in labels:
+            shutil.copy(kitti_dir / "label_2" / f"{frame}.txt", dest / "label_2")
+    return dest
 
 
 def _require(path: Path) -> Path:

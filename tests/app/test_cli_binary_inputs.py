@@ -14,6 +14,7 @@ import pytest
 
 from app.cli import main
 from tests.app.one_line import fails as _fails
+from tests.conftest import copy_kitti_frames
 from tests.replay.rosbag2.bags import write_kitti_bag
 
 GARBAGE = b"\xff\xfe\x00garbage\n"
@@ -23,12 +24,7 @@ RAW_DRIVE = f"{RAW_DATE}_drive_0001_sync"
 
 def _kitti_copy(kitti_dir: Path, root: Path) -> Path:
     """Frames 000000 and 000003 of the KITTI object folder, copied to `root`."""
-    for sub in ("calib", "image_2", "velodyne_reduced"):
-        (root / sub).mkdir(parents=True)
-        for src in sorted((kitti_dir / sub).iterdir()):
-            if src.stem in ("000000", "000003"):
-                shutil.copy(src, root / sub)
-    return root
+    return copy_kitti_frames(kitti_dir, root, ["000000", "000003"])
 
 
 @pytest.fixture

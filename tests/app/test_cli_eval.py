@@ -3,7 +3,6 @@ line on stderr and exit 2, on real KITTI frames with a run written here (no dete
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from app.cli import main
 from perception.msgs.jsonl import write_jsonl_line
 from perception.msgs.types import Detection3D, DetectionList, Header
 from tests.app.one_line import fails as _fails
+from tests.conftest import copy_kitti_frames
 
 FRAMES = ("000000", "000003")
 # The pedestrian labelled in frame 000000, in the Velodyne frame (as the fusion finds it).
@@ -22,13 +22,7 @@ PEDESTRIAN = Detection3D("Pedestrian", 0.82, (8.85, -1.79, -0.72), (0.8, 0.67, 1
 def kitti(kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A KITTI object folder of two real frames, with the label of frame 000000."""
     folder = tmp_path_factory.mktemp("eval") / "kitti"
-    for sub, ext in (("image_2", "png"), ("velodyne_reduced", "bin"), ("calib", "txt")):
-        (folder / sub).mkdir(parents=True)
-        for frame in FRAMES:
-            shutil.copy(kitti_dir / sub / f"{frame}.{ext}", folder / sub)
-    (folder / "label_2").mkdir()
-    shutil.copy(kitti_dir / "label_2" / "000000.txt", folder / "label_2")
-    return folder
+    return copy_kitti_frames(kitti_dir, folder, FRAMES, labels=["000000"])
 
 
 def _frame(seq: int) -> DetectionList:

@@ -4,7 +4,6 @@ only when asked (--overwrite), as `record` does. Through `main`, on real files."
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from app.cli import main
 from replay.drive import DriveReader
 from tests.app.one_line import fails as _fails
+from tests.conftest import copy_kitti_frames
 from tests.replay.rosbag2.bags import write_kitti_bag
 
 
@@ -22,13 +22,7 @@ def _digest(path: Path) -> str:
 @pytest.fixture
 def kitti_copy(kitti_dir: Path, tmp_path: Path) -> Path:
     """Two frames of the KITTI object folder."""
-    folder = tmp_path / "kitti"
-    for sub in ("calib", "image_2", "velodyne_reduced"):
-        (folder / sub).mkdir(parents=True)
-        for frame in ("000000", "000003"):
-            for path in (kitti_dir / sub).glob(f"{frame}.*"):
-                shutil.copyfile(path, folder / sub / path.name)
-    return folder
+    return copy_kitti_frames(kitti_dir, tmp_path / "kitti", ["000000", "000003"])
 
 
 def test_a_bag_is_never_replaced_by_its_own_import(

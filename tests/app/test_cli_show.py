@@ -23,6 +23,7 @@ from replay.pictures import REFERENCE_BGR, class_colour
 from replay.show import show_kitti
 from replay.synth.world import ground_truth_path
 from tests.app.one_line import fails as _fails
+from tests.conftest import copy_kitti_frames
 
 FRAMES = ("000000", "000003", "000004")
 
@@ -33,13 +34,7 @@ def kitti_run(
 ) -> tuple[Path, Path, Path]:
     """(a KITTI object folder of three real frames, its replay, the replay's --show folder)."""
     root = tmp_path_factory.mktemp("kitti-show")
-    folder = root / "kitti"
-    for sub, ext in (("image_2", "png"), ("velodyne_reduced", "bin"), ("calib", "txt")):
-        (folder / sub).mkdir(parents=True)
-        for frame in FRAMES:
-            shutil.copy(kitti_dir / sub / f"{frame}.{ext}", folder / sub)
-    (folder / "label_2").mkdir()
-    shutil.copy(kitti_dir / "label_2" / "000000.txt", folder / "label_2")
+    folder = copy_kitti_frames(kitti_dir, root / "kitti", FRAMES, labels=["000000"])
     run, shown = root / "run.jsonl", root / "replay-show"
     argv = ["replay", "kitti-object", str(folder), "--out", str(run), "--model", str(yolox_path)]
     assert main([*argv, "--show", str(shown), "--quiet"]) == 0

@@ -8,13 +8,13 @@ findings for the layers below, listed, not failed on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from app.models import build_pipeline
 from perception.config import NodeConfig
 from perception.msgs import wire
-from perception.msgs.types import CameraFrame, Header
+from perception.msgs.types import LidarSweep
 from perception.pipeline import Pipeline
 from tests.fuzz.cases import Case
 from tests.fuzz.corpus import Corpus, build_corpus
@@ -124,28 +124,24 @@ def test_an_uncounted_message_is_found(
 def test_a_failed_step_is_reported_with_its_exception(
     pipeline: Pipeline, corpus: Corpus, config: NodeConfig
 ) -> None:
-    # The synthetic rig's camera has distortion: an image of another size cannot be
-    # undistorted, and the pipeline drops the whole sweep (counted by the core).
+    # A sweep in a frame the rig does not hold cannot be moved to the vehicle frame: the
+    # pipeline drops the whole sweep (counted by the core).
     harness = FuzzHarness(pipeline, corpus, config, step_every=1, rss_every=0, approximate_every=0)
     scene = next(s for s in corpus.scenes if s.source == "synthetic")
     stamp = START_NS
-    # Textured, so that it passes the camera health check and reaches the undistortion.
-    rows, cols = np.indices((200, 300))
-    board = np.where((rows // 8 + cols // 8) % 2 == 0, 40, 200).astype(np.uint8)
-    image = np.ascontiguousarray(np.dstack([board] * 3))
-    camera = CameraFrame(Header(config.inputs.camera_topics[0], 1, stamp, "camera/front"), image)
-    for frames in (
-        scene.rig.frames(stamp, 1),
-        list(wire.encode(camera)),
-        scene.sweep.frames(stamp, 1),
-    ):
+    _, sweep = wire.decode(scene.sweep.frames(stamp, 1))
+    assert isinstance(sweep, LidarSweep)
+    astray = dataclasses.replace(
+        sweep, header=dataclasses.replace(sweep.header, frame_id="lidar/nowhere")
+    )
+    for frames in (scene.rig.frames(stamp, 1), list(wire.encode(astray))):
         harness.run_frames(Case(frames, stamp + 10**8, "test"))
     harness.end_episode()
     assert not harness.failures(), _failures(harness)
     (finding,) = harness.findings.values()
     assert finding.kind == "step_error" and finding.kind in NOTED
-    assert finding.where.startswith("CalibrationError at calibration/camera.py")
-    assert "image is 300x200, camera is 1242x375" in finding.detail
+    assert finding.where.startswith("CalibrationError at calibration/rig.py")
+    assert "lidar/nowhere" in finding.detail
     assert harness.tally.step_errors == 1
 
 

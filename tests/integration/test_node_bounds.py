@@ -180,7 +180,9 @@ def big_rig(rig: RigMessage, frames: int, seq: int) -> RigMessage:
     doc = copy.deepcopy(rig.rig)
     lidar = doc["frames"]["lidar"]
     for i in range(frames):
-        doc["frames"][f"extra/{i}"] = {**lidar, "translation": [seq * 1e-3, 0.0, float(i)]}
+        # Within the 1000 m a frame of a rig may lie from the vehicle (rigs with more frames
+        # are refused for their size alone).
+        doc["frames"][f"extra/{i}"] = {**lidar, "translation": [seq * 1e-3, 0.0, i * 0.1]}
     return RigMessage(replace(rig.header, seq=seq, stamp_ns=time.time_ns()), doc)
 
 

@@ -112,13 +112,19 @@ def test_pointpillars_reference_boxes_as_labels(kitti_dir: Path, reference_dir: 
     assert min(math.dist(b.center, labelled.center) for b in peds) < 0.1
 
 
-def test_other_classes_are_kept_out_and_recorded_to_mask(kitti_dir: Path, tmp_path: Path) -> None:
+def _frame_000000(kitti_dir: Path, tmp_path: Path) -> Path:
+    """A KITTI folder of frame 000000 (links to the real files) with an empty label_2/."""
     root = tmp_path / "training"
     for sub in ("image_2", "calib", "velodyne_reduced"):
         (root / sub).mkdir(parents=True)
         src = next((kitti_dir / sub).glob("000000.*"))
         (root / sub / src.name).symlink_to(src)
     (root / "label_2").mkdir()
+    return root
+
+
+def test_other_classes_are_kept_out_and_recorded_to_mask(kitti_dir: Path, tmp_path: Path) -> None:
+    root = _frame_000000(kitti_dir, tmp_path)
     (root / "label_2" / "000000.txt").write_text(
         "Car 0.00 0 1.5 600.0 170.0 700.0 230.0 1.50 1.60 3.90 2.00 1.60 20.00 1.57\n"
         "Van 0.00 0 1.5 300.0 170.0 400.0 230.0 2.10 1.90 5.00 -4.00 1.70 25.00 1.57\n"
@@ -145,12 +151,7 @@ def test_frames_without_labels_or_not_in_the_folder_are_refused(kitti_dir: Path)
 
 
 def test_a_binary_label_file_is_named(kitti_dir: Path, tmp_path: Path) -> None:
-    root = tmp_path / "training"
-    for sub in ("image_2", "calib", "velodyne_reduced"):
-        (root / sub).mkdir(parents=True)
-        src = next((kitti_dir / sub).glob("000000.*"))
-        (root / sub / src.name).symlink_to(src)
-    (root / "label_2").mkdir()
+    root = _frame_000000(kitti_dir, tmp_path)
     labels = root / "label_2" / "000000.txt"
     labels.write_bytes(b"Car \xff\xfe 0 1.5\n")
     with pytest.raises(ValueError) as info:
