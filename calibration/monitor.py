@@ -134,6 +134,11 @@ _MOTION_POINTS = 100
 _UNOBSERVED_COMPONENT = 0.25
 
 
+#: The most of what the monitor holds or does per evaluation: 256 grey levels, a sweep's
+#: points, 100 s of frames at 10 Hz, a search's evaluations.
+_MOST = {"bins": 256, "max_points": 200_000, "window_frames": 1000, "max_evaluations": 100_000}
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
     """How the monitor accumulates evidence and decides (see the module docstring)."""
@@ -235,6 +240,12 @@ class MonitorConfig:
             )
         if self.bins < 4:
             raise ValueError(f"bins: must be >= 4, got {self.bins}")
+        for name, most in _MOST.items():
+            value = getattr(self, name)
+            if value > most:
+                # The window's histograms and points are held in memory: a typo would be a
+                # MemoryError in the monitor's thread, not a config error at start.
+                raise ValueError(f"{name}: must be at most {most:,}, got {value:,}")
 
 
 @dataclass(frozen=True)

@@ -271,8 +271,13 @@ class EngineCache:
                 engine_sha256=str(data["engine_sha256"]),
                 created=float(data["created"]),
             )
-        except (OSError, ValueError, KeyError, TypeError, EngineError) as exc:
-            _log.warning("engine cache: ignoring unreadable sidecar %s: %s", sidecar, exc)
+        except KeyError as exc:
+            _log.warning("engine cache: ignoring sidecar %s: no field %s", sidecar, exc)
+            return None
+        except (OSError, ValueError, TypeError, EngineError) as exc:
+            # A JSON document of another shape (a list, a number) reads as a TypeError.
+            why = "not a sidecar of this cache" if isinstance(exc, TypeError) else exc
+            _log.warning("engine cache: ignoring unreadable sidecar %s: %s", sidecar, why)
             return None
 
     def list_entries(self) -> list[CacheEntry]:

@@ -58,6 +58,8 @@ MAX_DURATION_S = 1e6
 MAX_RANGE_M = 1000.0
 #: ZeroMQ takes socket options such as the high-water mark as a C int.
 MAX_C_INT = 2**31 - 1
+#: Cameras per camera-encoder call: the batch's input is allocated whole (a rig has a dozen).
+_MAX_CAMERA_BATCH = 64
 #: Planes the ground fit may try per sweep.
 _MAX_RANSAC_ITERATIONS = 100_000
 
@@ -1085,7 +1087,11 @@ def _validate(cfg: NodeConfig) -> None:
             "camera_model.num_threads",
             f"must be from 0 to {MAX_THREADS}",
         ),
-        (cfg.camera_model.batch >= 1, "camera_model.batch", "must be >= 1"),
+        (
+            1 <= cfg.camera_model.batch <= _MAX_CAMERA_BATCH,
+            "camera_model.batch",
+            f"must be from 1 to {_MAX_CAMERA_BATCH} (cameras per engine call)",
+        ),
         (cfg.budgets.end_to_end_ms > 0, "budgets.end_to_end_ms", "must be > 0"),
         (
             all(0 <= c <= _MAX_CPU for c in cfg.realtime.cpu_affinity),

@@ -789,7 +789,12 @@ class NodeCore:
 
     def _log_liveness(self, sensors: Sequence[SensorStatus], status: str) -> None:
         dead = {s.stream for s in sensors if not s.alive}
+        never = {s.stream for s in sensors if s.messages == 0}
         for stream in sorted(dead - self._dead):
+            if stream in never:
+                # Not alive from the start, before any period could pass.
+                log.warning("%s: no message since the node started", stream)
+                continue
             log.warning("%s: no message for %g periods: dead (bundles go out without it)",
                         stream, self.config.inputs.dead_after_periods)  # fmt: skip
         for stream in sorted(self._dead - dead):

@@ -247,3 +247,23 @@ def test_store_into_unwritable_location_is_engine_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(EngineError, match="cannot write"):
         EngineCache(blocker / "sub").store(make_key(), b"x")
+
+
+def test_foreign_sidecars_are_skipped_with_a_plain_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = EngineCache(tmp_path / "engines")
+    entry, _ = cache.get_or_build(make_key(), Builder())
+    folder = entry.sidecar_path.parent
+    (folder / "a.json").write_text('{"size_bytes": 3}')
+    (folder / "b.json").write_text("[1, 2, 3]")
+    (folder / "c.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="engines.cache"):
+        assert [e.key for e in cache.list_entries()] == [entry.key]
+    lines = sorted(r.getMessage() for r in caplog.records)
+    assert lines[0] == f"engine cache: ignoring sidecar {folder / 'a.json'}: no field 'key'"
+    assert lines[1] == (
+        f"engine cache: ignoring unreadable sidecar {folder / 'b.json'}: not a sidecar of this "
+        "cache"
+    )
+    assert lines[2].startswith(f"engine cache: ignoring unreadable sidecar {folder / 'c.json'}: ")

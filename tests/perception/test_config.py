@@ -95,7 +95,7 @@ def test_shipped_config_loads() -> None:
         ({"engines": {"threads": 1.5}}, r"engines\.threads: expected an integer"),
         ({"engines": {"cache_dir": ""}}, r"engines\.cache_dir: must not be empty"),
         ({"engines": {"backnd": "torch"}}, r"engines\.backnd: unknown key"),
-        ({"camera_model": {"batch": 0}}, r"camera_model\.batch: must be >= 1"),
+        ({"camera_model": {"batch": 0}}, r"camera_model\.batch: must be from 1 to 64"),
         ({"budgets": {"apply_clock_offset": "yes"}}, r"apply_clock_offset: expected true or"),
         ({"realtime": {"nice": 30}}, r"realtime\.nice: must be in \[-20, 19\]"),
         ({"realtime": {"fifo_priority": 0}}, r"realtime\.fifo_priority: must be in \[1, 99\]"),

@@ -162,6 +162,19 @@ def _refused(tmp_path: Path, text: str) -> str:
             "sync.queue_size: expected an integer, got '1e3' (YAML reads 1e3 as text: write 1000)",
         ),
         ("sync: {window_ms: fast}", "sync.window_ms: expected a number, got 'fast'"),
+        # What is held in memory: a typo is a config error at start, not a MemoryError later.
+        (
+            "calibration_monitor: {monitor: {window_frames: 100000000}}",
+            "calibration_monitor.monitor.window_frames: must be at most 1,000, got 100,000,000",
+        ),
+        (
+            "calibration_monitor: {monitor: {bins: 1000}}",
+            "calibration_monitor.monitor.bins: must be at most 256, got 1,000",
+        ),
+        (
+            "camera_model: {batch: 100000}",
+            "camera_model.batch: must be from 1 to 64 (cameras per engine call)",
+        ),
     ],
 )
 def test_refused_at_load_naming_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -264,3 +264,26 @@ def test_the_latency_counts_the_decode_and_filing_of_the_completing_message(
             assert core.on_frames(wire.encode(msg), START + (i + 1) * MS) == []
     due = [b for batch in core.idle_polls(START + 3 * MS, None) for b in batch]
     assert len(due) == 1 and due[0].filing_ns == 0
+
+
+def test_the_log_tells_a_sensor_never_heard_from_from_one_gone_silent(
+    config: NodeConfig,
+    pipeline: Pipeline,
+    folder: KittiObjectFolder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sensor not yet heard from is not alive from the start: it was logged as silent for
+    dead_after_periods periods before one period had passed."""
+    core = NodeCore(config, pipeline)
+    with caplog.at_level("WARNING", logger="perception.node.core"):
+        list(run_core(core, _frames(folder, 20)))
+        last = START + 19 * PERIOD + 3 * MS
+        core.diagnostics(last)
+        core.diagnostics(last + 300 * MS)  # the publisher is gone
+    lines = [r.getMessage() for r in caplog.records]
+    assert "gnss: no message since the node started" in lines  # KITTI frames carry no GNSS
+    periods = config.inputs.dead_after_periods
+    assert f"lidar/top: no message for {periods:g} periods: dead (bundles go out without it)" in (
+        lines
+    )
+    assert not any(line.startswith("gnss: no message for") for line in lines)
