@@ -118,7 +118,7 @@ def _check_many(args: argparse.Namespace) -> int:
         cameras = [CAMERA_STREAM]
     else:
         source = check_drive_path(Path(args.drive).expanduser())
-        contents = check_sensor_drive(DriveReader(source), None)
+        contents = check_sensor_drive(DriveReader(source), None, command="calib check")
         total = contents.sweeps
         synthetic = ground_truth_path(source).is_file()
         cameras = list(contents.topics_of("CameraFrame"))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
+from replay.drive import DriveWriter
 
 
 def test_calib_show(capsys, kitti_dir: Path) -> None:
@@ -168,6 +169,8 @@ def test_calib_check_judges_the_rig_given_not_the_drives_own(
 def test_calib_check_many_frames_mistakes_are_one_line(
     capsys, tmp_path: Path, kitti_dir: Path
 ) -> None:
+    empty_drive = tmp_path / "empty.mcap"
+    DriveWriter(empty_drive).close()
     cases = [
         (["--drive", "a.mcap", "--frames", str(kitti_dir)], "not both"),
         (["--frames", str(kitti_dir), "--refine", str(tmp_path / "r.yaml")], "only with --drive"),
@@ -185,6 +188,7 @@ def test_calib_check_many_frames_mistakes_are_one_line(
         (["--frames", str(kitti_dir), "--out", str(tmp_path / "no" / "x.png")], "does not exist"),
         # Refused before the replay, not after it.
         (["--frames", str(kitti_dir), "--camera", "rear"], "has no such camera (cameras: front)"),
+        (["--drive", str(empty_drive)], "the drive holds no messages; calib check takes"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) if args[0] == "--perturb" else _no_exit():
