@@ -25,6 +25,8 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7} | set(range(0xC
 _JPEG_MAX_SEGMENTS = 1000
 #: The bytes of an encoded image that hold its size (a JPEG's EXIF thumbnail comes first).
 IMAGE_HEAD_BYTES = 1 << 20
+# What is read first: a PNG's header is in its first 24 bytes, most JPEGs' in their first KiBs.
+_FIRST_READ_BYTES = 1 << 16
 
 
 def encoded_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
@@ -63,13 +65,17 @@ def encoded_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
-    """`encoded_image_size` of an image file's first bytes."""
+    """`encoded_image_size` of an image file's first bytes: a PNG's 24, a JPEG's up to its
+    frame header (read on only for a JPEG whose metadata come first)."""
     try:
         with Path(path).open("rb") as f:
-            head = f.read(IMAGE_HEAD_BYTES)
+            head = f.read(_FIRST_READ_BYTES)
+            size = encoded_image_size(head)
+            if size is None and head[:2] == b"\xff\xd8" and len(head) == _FIRST_READ_BYTES:
+                size = encoded_image_size(head + f.read(IMAGE_HEAD_BYTES - _FIRST_READ_BYTES))
     except OSError as e:
         raise CalibrationError(f"{path}: cannot read image ({e.strerror})") from e
-    return encoded_image_size(head)
+    return size
 
 
 def check_image_pixels(path: Path, max_pixels: int) -> None:

@@ -52,3 +52,19 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path: Path) ->
         f"{bomb}: image of 30000 x 30000 = 900000000 pixels, above the limit of 10000000"
     )
     check_image_pixels(bomb, 10**9)  # within a limit: left to the decoder
+
+
+def test_a_jpeg_whose_metadata_come_first_is_read_on_to_its_frame_header(tmp_path: Path) -> None:
+    """An EXIF block (a thumbnail) may put the frame header past the first read."""
+    image = np.zeros((20, 30, 3), np.uint8)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    jpeg = data.tobytes()
+    # APP1 segments of 60,000 bytes each, after the start-of-image marker.
+    app1 = b"\xff\xe1" + (60_002).to_bytes(2, "big") + b"\0" * 60_000
+    padded = tmp_path / "exif.jpg"
+    padded.write_bytes(jpeg[:2] + app1 * 3 + jpeg[2:])
+    assert image_size_of(padded) == (30, 20)
+    # No decoding to fall back on here: the size must come from the header.
+    with pytest.raises(CalibrationError, match="image of 30 x 20 = 600 pixels"):
+        check_image_pixels(padded, 599)
