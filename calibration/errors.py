@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 import reprlib
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_TEXT_BYTES", "CalibrationError", "not_utf8", "read_text", "shown"]
+import yaml
+
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "CalibrationError",
+    "load_yaml",
+    "not_utf8",
+    "read_text",
+    "shown",
+]
 
 #: The largest text file (calibration, config, timestamps, labels) `read_text` reads.
 MAX_TEXT_BYTES = 64 << 20
@@ -74,3 +84,29 @@ def read_text(path: Path, what: str, error: Callable[[str], Exception] = Calibra
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{path}: {not_utf8(e)}") from e
+
+
+def load_yaml(
+    text: str, where: str | Path, invalid: str, error: Callable[[str], Exception] = CalibrationError
+) -> Any:
+    """`yaml.safe_load` of a user's file, whatever PyYAML cannot take said in one line:
+    `"WHERE: INVALID (the parser's message)"`, `"WHERE: INVALID (nests too deep)"`, or
+    `"WHERE: INVALID value (...)"` for a scalar Python refuses to convert.
+
+    Raises:
+        error: as above.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise error(f"{where}: {invalid} ({' '.join(str(e).split())})") from e
+    except RecursionError:
+        # PyYAML composes nested collections recursively: thousands of `[` exhaust the stack.
+        raise error(f"{where}: {invalid} (nests too deep)") from None
+    except ValueError as e:
+        # PyYAML converts scalars with Python's int() and datetime(), which refuse some values
+        # (a 31st of February, an integer of more digits than Python converts).
+        problem = str(e).split(";")[0]
+        if "integer string conversion" in problem:
+            problem = f"an integer of more than {sys.get_int_max_str_digits()} digits"
+        raise error(f"{where}: {invalid} value ({problem})") from None

@@ -64,7 +64,7 @@ import numpy.typing as npt
 import yaml
 
 from calibration.camera import CameraModel, camera_from_dict
-from calibration.errors import CalibrationError, read_text, shown
+from calibration.errors import CalibrationError, load_yaml, read_text, shown
 from calibration.transforms import RigidTransform
 
 __all__ = [
@@ -523,11 +523,7 @@ def _edge_from_doc(value: Any, where: str) -> FrameEdge:
 def load_rig_yaml(path: Path | str) -> Rig:
     """Read and validate a rig file. Raises CalibrationError naming the file and field."""
     p = Path(path)
-    text = read_text(p, "rig file")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise CalibrationError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from e
+    doc = load_yaml(read_text(p, "rig file"), p, "not valid YAML")
     if doc is None:
         raise CalibrationError(f"{p}: empty rig file")
     return Rig.from_dict(doc, source=str(p))

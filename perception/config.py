@@ -14,7 +14,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
-from calibration.errors import read_text
+from calibration.errors import load_yaml, read_text
 from calibration.monitor import MonitorConfig
 from engines.errors import EngineError
 from engines.settings import MAX_THREADS, EngineSettings
@@ -1306,21 +1306,7 @@ def load_config(path: Path) -> NodeConfig:
 
     Raises ConfigError naming the file when it cannot be read, is not UTF-8 text or not YAML,
     and naming the key for an invalid value."""
-    text = read_text(path, "config", ConfigError)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from e
-    except RecursionError:
-        # PyYAML composes nested collections recursively: thousands of `[` exhaust the stack.
-        raise ConfigError(f"{path}: invalid YAML (nests too deep)") from None
-    except ValueError as e:
-        # PyYAML converts scalars with Python's int() and datetime(), which refuse some values
-        # (a 31st of February, an integer of more digits than Python converts).
-        problem = str(e).split(";")[0]
-        if "integer string conversion" in problem:
-            problem = f"an integer of more than {sys.get_int_max_str_digits()} digits"
-        raise ConfigError(f"{path}: invalid YAML value ({problem})") from None
+    doc = load_yaml(read_text(path, "config", ConfigError), path, "invalid YAML", ConfigError)
     if doc is not None and not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     cfg = parse_config(doc, str(path))

@@ -28,9 +28,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
-from calibration.errors import read_text
+from calibration.errors import load_yaml, read_text
 from replay.datasets.kitti_object import LIDAR_STREAM
 from replay.rosbag2.errors import Rosbag2Error
 
@@ -169,10 +167,6 @@ class TopicPlan:
 # -- the YAML file ------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def load_topics_file(path: Path) -> TopicsFile:
     """Read and check a `--topics` file (docs/rosbag2.md).
 
@@ -185,10 +179,7 @@ def load_topics_file(path: Path) -> TopicsFile:
     except OSError as e:
         raise Rosbag2Error(f"{path}: cannot read the --topics file ({e.strerror})") from e
     text = read_text(path, "the --topics file", Rosbag2Error)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise Rosbag2Error(f"{path}: --topics file is not valid YAML ({_one_line(str(e))})") from e
+    doc = load_yaml(text, path, "--topics file is not valid YAML", Rosbag2Error)
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):

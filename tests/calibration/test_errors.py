@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from calibration import load_rig
-from calibration.errors import MAX_TEXT_BYTES, CalibrationError, read_text
+from calibration.errors import MAX_TEXT_BYTES, CalibrationError, load_yaml, read_text
 
 
 class _OtherError(Exception):
@@ -60,3 +60,27 @@ def test_a_text_file_larger_than_any_of_its_kind_is_refused(tmp_path: Path) -> N
         f"{big}: calibration file is {MAX_TEXT_BYTES + 1} bytes, larger than the 64 MiB a text "
         "file of this kind may be"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a: [1\n", "not valid YAML (while parsing a flow sequence"),
+        ("a: " + "[" * 10_000 + "\n", "not valid YAML (nests too deep)"),
+        ("a: 2001-02-30\n", "not valid YAML value (day is out of range for month)"),
+    ],
+)
+def test_yaml_the_parser_cannot_take_is_one_line_of_the_callers_kind(text: str, why: str) -> None:
+    with pytest.raises(_OtherError) as info:
+        load_yaml(text, "f.yaml", "not valid YAML", _OtherError)
+    assert str(info.value).startswith(f"f.yaml: {why}")
+    assert "\n" not in str(info.value)
+
+
+def test_a_rig_nested_too_deep_is_one_line(tmp_path: Path) -> None:
+    """It was a RecursionError, 'a bug' to the CLI (calib show, a config's rig, --topics)."""
+    deep = tmp_path / "rig.yaml"
+    deep.write_text("frames: " + "[" * 10_000 + "\n")
+    with pytest.raises(CalibrationError) as info:
+        load_rig(deep)
+    assert str(info.value) == f"{deep}: not valid YAML (nests too deep)"

@@ -111,6 +111,7 @@ def test_topics_file_overrides(tmp_path: Path) -> None:
     ("text", "error"),
     [
         ("topics: [a\n", "--topics file is not valid YAML"),
+        ("topics: " + "[" * 10_000 + "\n", "--topics file is not valid YAML (nests too deep)"),
         ("- a\n", "expected a mapping with `topics:`, got list"),
         ("topic: {}\n", "unknown key(s) ['topic']"),
         ("topics:\n  /points: radar\n", "topics./points.role: unknown role 'radar'"),
