@@ -317,23 +317,14 @@ def drive_ground_truth(drive: Path) -> list[GroundTruthFrame]:
     beside = ground_truth_path(drive)
     if beside.is_file():
         frames = read_ground_truth(beside)
-        lines = _document_lines(beside)
-        if len(lines) == len(frames):
-            places = [f"{beside}:{n}" for n in lines]
-        else:  # lines the reader split otherwise (a lone CR): the sweep still names the place
-            places = [f"{beside}: sweep {f.seq}" for f in frames]
+        # One document a line, none blank (the reader refuses a line that is not one).
+        places = [f"{beside}:{n}" for n in range(1, len(frames) + 1)]
     else:
         frames = read_drive_ground_truth(drive)
         places = [f"{drive}: ground truth of sweep {f.seq}" for f in frames]
     for frame, where in zip(frames, places, strict=True):
         check_ground_truth_frame(frame, where)
     return frames
-
-
-def _document_lines(path: Path) -> list[int]:
-    """The numbers of the lines of `path` that hold something (a document each)."""
-    with path.open("rb") as f:
-        return [n for n, raw in enumerate(f, start=1) if raw.strip()]
 
 
 # Corner signs (length, width) of a box's face, counter-clockwise seen from above, and the 12

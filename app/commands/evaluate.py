@@ -49,9 +49,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "or --tracks OUT.mcap --drive DRIVE.mcap"
         )
     detections = _check_text(Path(args.detections).expanduser())
-    # Read once more by the evaluation; checked here for what it does not check: a run of no
-    # DetectionList (else blamed on the references) or one frame twice (else counted twice).
-    read_run(detections, command="eval")
+    # Read here, where a run of no DetectionList (else blamed on the references) or of one
+    # frame twice (else counted twice) is refused, and handed to the evaluation.
+    runs = read_run(detections, command="eval")
     _, report = evaluate_kitti_run(
         detections,
         Path(args.kitti).expanduser(),
@@ -60,6 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         min_bev_iou=args.min_iou,
         max_range_m=args.max_range,
         min_reference_score=args.min_score,
+        runs=runs,
     )
     print(report)
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.common import check_drive_path, progress_bar
 from perception.errors import PerceptionError, SourceError
-from perception.msgs.jsonl import read_jsonl
+from perception.msgs.jsonl import read_jsonl_lines
 from perception.msgs.types import DetectionList
 from replay.output import check_output_dir
 
@@ -37,25 +37,18 @@ def read_run(path: Path, *, command: str = "show") -> list[DetectionList]:
         lines = None
     else:
         try:
-            lists = list(read_jsonl(path, DetectionList))
+            numbered = list(read_jsonl_lines(path, DetectionList))
         except SourceError as e:
             raise PerceptionError(
                 f"{' '.join(str(e).split())}; {command} takes the detections of `perception "
                 "replay ... --out FILE.jsonl`"
             ) from e
-        lines = _record_lines(path, len(lists))
+        lines = [n for n, _ in numbered]
+        lists = [dl for _, dl in numbered]
     if not lists:
         raise PerceptionError(f"{path}: the run holds no DetectionLists")
     check_one_per_frame(lists, path, lines)
     return lists
-
-
-def _record_lines(path: Path, count: int) -> list[int] | None:
-    """The line of each of the `count` records of a JSON Lines file (read_jsonl reads one from
-    every line that is not blank); None if they do not add up."""
-    with path.open("rb") as f:
-        lines = [n for n, raw in enumerate(f, start=1) if raw.decode("utf-8").strip()]
-    return lines if len(lines) == count else None
 
 
 def check_one_per_frame(

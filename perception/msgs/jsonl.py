@@ -72,6 +72,7 @@ __all__ = [
     "from_document",
     "from_json",
     "read_jsonl",
+    "read_jsonl_lines",
     "read_messages",
     "to_document",
     "to_json",
@@ -407,12 +408,25 @@ def read_jsonl(
     """The messages of a JSON Lines file holding only `message_type` (default DetectionList,
     the replay output). Raises SourceError naming the file and line as `read_messages` does,
     also for a record of another type."""
+    for _, msg in read_jsonl_lines(path, message_type, limits=limits, fill_defaults=fill_defaults):
+        yield msg
+
+
+def read_jsonl_lines(
+    path: Path,
+    message_type: type[M],
+    *,
+    limits: WireLimits = DEFAULT_LIMITS,
+    fill_defaults: bool = False,
+) -> Iterator[tuple[int, M]]:
+    """`read_jsonl`'s messages with the line each is on (blank lines are skipped), for errors
+    about a record that name its line."""
     for lineno, msg in _read(Path(path), limits, fill_defaults):
         if not isinstance(msg, message_type):
             raise SourceError(
                 f"{path}:{lineno}: a {type(msg).__name__} record, expected {message_type.__name__}"
             )
-        yield msg
+        yield lineno, msg
 
 
 def _read(path: Path, limits: WireLimits, fill_defaults: bool) -> Iterator[tuple[int, Message]]:

@@ -9,6 +9,7 @@ id; frames without one are not evaluated.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from calibration.errors import read_text
@@ -131,20 +132,23 @@ def evaluate_kitti_run(
     max_range_m: float = 40.0,
     min_reference_score: float = 0.5,
     classes: tuple[str, ...] = POINTPILLARS_CLASSES,
+    runs: Sequence[DetectionList] | None = None,
 ) -> tuple[MatchResult, str]:
     """Match every evaluated frame and return the merged result with a printable report.
 
     References count when their score >= `min_reference_score`, within `max_range_m` and in the
     camera's view; detections beyond `max_range_m` + `max_center_distance_m` are not counted as
-    false positives. Raises ReplayError naming the path when an input is missing or malformed.
+    false positives. `runs`: the DetectionLists of `detections_path` where the caller has read
+    them already. Raises ReplayError naming the path when an input is missing or malformed.
     """
     if not reference_dir.is_dir():
         raise ReplayError(f"{reference_dir}: reference folder does not exist")
     folder = KittiObjectFolder(kitti_dir)
-    try:
-        runs = list(read_jsonl(detections_path, DetectionList))
-    except SourceError as e:
-        raise ReplayError(str(e)) from e
+    if runs is None:
+        try:
+            runs = list(read_jsonl(detections_path, DetectionList))
+        except SourceError as e:
+            raise ReplayError(str(e)) from e
     results: list[MatchResult] = []
     lines: list[str] = []
     for dl in runs:

@@ -412,6 +412,6 @@ def test_old_records_are_checked_like_any(tmp_path: Path, edit: Any, problem: st
 
 def test_public_names() -> None:
     assert set(jsonl.__all__) == {
-        "from_document", "from_json", "read_jsonl", "read_messages", "to_document", "to_json",
-        "write_jsonl_line",
+        "from_document", "from_json", "read_jsonl", "read_jsonl_lines", "read_messages",
+        "to_document", "to_json", "write_jsonl_line",
     }  # fmt: skip
