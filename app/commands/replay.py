@@ -44,13 +44,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     show_dir = None
     if args.show is not None:
         show_dir = check_output_dir(Path(args.show), "--show", create=False)
-        if path.is_dir():
+    if kind == "kitti-object":
+        not_for(args, "a KITTI object folder (its frames have no recorded time)", ("--realtime",))
+        if show_dir is not None:
             from replay.show import check_pictures_folder  # noqa: PLC0415 (OpenCV)
 
             # The pictures are named as the frames' images: never among them.
             check_pictures_folder(show_dir, path, what="--show")
-    if kind == "kitti-object":
-        not_for(args, "a KITTI object folder (its frames have no recorded time)", ("--realtime",))
     synthetic = kind == "drive" and ground_truth_path(path).is_file()
     config = choose_camera_model(
         config, args.model, config_given=args.config is not None, synthetic=synthetic

@@ -507,9 +507,9 @@ class Pipeline:
             empty = np.zeros((0, 0, 3), np.uint8)
             return empty, f"does not decode as {frame.encoding}", None
         height, width = image.shape[:2]
-        if (width, height) != (camera.width, camera.height):
+        if (width, height) != camera.size:
             # Its boxes would go through another image's intrinsics, to wrong places.
-            size = f"{camera.width}x{camera.height}"
+            size = "x".join(map(str, camera.size))
             return image, f"is {width}x{height}, the rig's camera is {size}", None
         problem = image_problem(measure_image(image), self.config.camera_health)
         if problem is not None:
