@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from engines.checks import check_count, finite_number
 from engines.engine import TensorSpec
 from engines.errors import ModelError
 from engines.registry import PACKAGED_MODELS_DIR
@@ -69,23 +70,6 @@ MAX_CHANNELS = 1024
 MAX_DETECTIONS = 4096
 
 
-def _check_int(value: object, name: str, high: int) -> None:
-    # bool is an int to Python; `max_pillars: true` is a mistake, not 1.
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
-        raise ValueError(
-            f"learned fusion {name} must be an integer from 1 to {high:,}, got {value!r}"
-        )
-
-
-def _is_finite(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond any float
-        return False
-
-
 @dataclass(frozen=True)
 class LearnedFusionConfig:
     """Grid, pillar and head shapes of the learned fusion engine.
@@ -126,24 +110,27 @@ class LearnedFusionConfig:
             if not (
                 isinstance(pair, tuple | list)
                 and len(pair) == 2
-                and all(_is_finite(v) for v in pair)
+                and all(finite_number(v) is not None for v in pair)
                 and pair[0] < pair[1]
             ):
                 raise ValueError(f"learned fusion {name} must be an increasing pair, got {pair!r}")
-        if not (_is_finite(self.pillar_m) and self.pillar_m > 0):
+        if not (finite_number(self.pillar_m) is not None and self.pillar_m > 0):
             raise ValueError(
                 f"learned fusion pillar_m must be a finite number > 0, got {self.pillar_m!r}"
             )
-        _check_int(self.max_pillars, "max_pillars", MAX_PILLARS)
-        _check_int(self.points_per_pillar, "points_per_pillar", MAX_POINTS_PER_PILLAR)
-        _check_int(self.pfn_channels, "pfn_channels", MAX_CHANNELS)
-        _check_int(self.max_detections, "max_detections", MAX_DETECTIONS)
+        for name, most in (
+            ("max_pillars", MAX_PILLARS),
+            ("points_per_pillar", MAX_POINTS_PER_PILLAR),
+            ("pfn_channels", MAX_CHANNELS),
+            ("max_detections", MAX_DETECTIONS),
+        ):
+            check_count(getattr(self, name), f"learned fusion {name}", 1, most)
         if not isinstance(self.channels, tuple | list) or len(self.channels) != 2:
             raise ValueError(
                 f"learned fusion channels must be the two stages' widths, got {self.channels!r}"
             )
         for width in self.channels:
-            _check_int(width, "channels", MAX_CHANNELS)
+            check_count(width, "learned fusion channels", 1, MAX_CHANNELS)
         if isinstance(self.head_stride, bool) or self.head_stride not in (1, 2, 4):
             raise ValueError(
                 f"learned fusion head_stride must be 1, 2 or 4, got {self.head_stride!r}"

@@ -34,15 +34,10 @@ import yaml
 
 from calibration.errors import read_text
 from engines.camera.detector import KINDS
+from engines.checks import check_count, check_number, check_probability
 from engines.fusion.learned_config import LearnedFusionConfig
 from engines.settings import MAX_THREADS
-from replay.training.fusion_data import (
-    AugmentConfig,
-    DropoutConfig,
-    check_count,
-    check_number,
-    check_probability,
-)
+from replay.training.fusion_data import AugmentConfig, DropoutConfig
 from replay.training.gt_sampling import GtSamplingConfig
 from replay.training.sources import MAX_SEED, check_source
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.camera.detector import Box2D
+from engines.checks import check_number, check_probability, check_range
 from engines.fusion.learned_config import REGRESSION_CHANNELS, LearnedFusionConfig
 from perception.pipeline.painting import PaintView, paint_points
 from replay.training.samples import TrainingSample
@@ -29,10 +30,6 @@ __all__ = [
     "Targets",
     "augment",
     "beam_mask",
-    "check_count",
-    "check_number",
-    "check_probability",
-    "check_range",
     "gaussian_radius",
     "make_targets",
     "prepare",
@@ -50,75 +47,6 @@ _MARGIN_M = 8.0
 BEAM_STEP_DEG = 0.42
 
 Detect = Callable[[npt.NDArray[np.uint8]], Sequence[Box2D]]
-
-
-def _finite(value: object) -> float | None:
-    """``value`` as a float, None when it is not a finite number."""
-    # A YAML `true` is an int to Python, but as a rate or a size it is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        v = float(value)
-    except OverflowError:  # an int beyond any float
-        return None
-    return v if math.isfinite(v) else None
-
-
-def check_number(
-    value: object, name: str, low: float, high: float, *, above_low: bool = False
-) -> float:
-    """``value`` as a float: a finite number in [``low``, ``high``] (``low`` excluded when
-    ``above_low``).
-
-    Raises:
-        ValueError: one line naming ``name``, the range and the value.
-    """
-    v = _finite(value)
-    if v is None or not ((v > low if above_low else v >= low) and v <= high):
-        bracket = "(" if above_low else "["
-        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
-    return v
-
-
-def check_probability(value: object, name: str) -> float:
-    """``value`` as a float in [0, 1].
-
-    Raises:
-        ValueError: one line naming ``name`` and the value.
-    """
-    v = _finite(value)
-    if v is None or not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return v
-
-
-def check_count(value: object, name: str, low: int, high: int) -> int:
-    """``value``: an integer from ``low`` to ``high``.
-
-    Raises:
-        ValueError: one line naming ``name``, the bounds and the value.
-    """
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high:,}, got {value!r}")
-    return value
-
-
-def check_range(
-    value: object, name: str, low: float, high: float, *, above_low: bool = False
-) -> tuple[float, float]:
-    """``value`` as a [low, high] pair of numbers in [``low``, ``high``] (``low`` excluded
-    when ``above_low``), the first <= the second.
-
-    Raises:
-        ValueError: one line naming ``name``, the bounds and the value.
-    """
-    pair = list(value) if isinstance(value, list | tuple) else None
-    if pair is None or len(pair) != 2:
-        raise ValueError(f"{name} must be a [low, high] pair, got {value!r}")
-    lo, hi = (check_number(v, name, low, high, above_low=above_low) for v in pair)
-    if lo > hi:
-        raise ValueError(f"{name} must be [low, high] with low <= high, got {pair}")
-    return lo, hi
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from engines.checks import check_probability
 from perception.pipeline.boxes import bev_iou
-from replay.training.fusion_data import MAX_OBJECTS, PreparedSample, check_probability
+from replay.training.fusion_data import MAX_OBJECTS, PreparedSample
 
 __all__ = [
     "MARGIN_XY_M",
