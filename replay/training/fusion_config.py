@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from calibration.errors import read_text
+from calibration.errors import load_yaml, read_text
 from engines.camera.detector import KINDS
 from engines.checks import check_count, check_number, check_probability
 from engines.fusion.learned_config import LearnedFusionConfig
@@ -230,11 +228,5 @@ def load_train_config(path: Path) -> FusionTrainConfig:
     """
     path = Path(path)
     text = read_text(path, "the training config", ValueError)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    except RecursionError as e:
-        # PyYAML composes nested collections recursively.
-        raise ValueError(f"{path}: not a training config (its YAML is nested too deeply)") from e
+    doc = load_yaml(text, path, "not valid YAML", ValueError)
     return parse_train_config(doc, str(path), path.parent)

@@ -105,7 +105,16 @@ def test_a_deeply_nested_config_is_one_line(
     config = tmp_path / "deep.yaml"
     config.write_text("a: " + "[" * 10_000 + "]" * 10_000 + "\n", encoding="utf-8")
     err = _train(capsys, config, tmp_path / "run")
-    assert err.endswith(f"{config}: not a training config (its YAML is nested too deeply)"), err
+    assert err.endswith(f"{config}: not valid YAML (nests too deep)"), err
+
+
+def test_a_date_python_refuses_is_one_line_naming_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "date.yaml"
+    config.write_text("seed: 2001-02-30\n", encoding="utf-8")
+    err = _train(capsys, config, tmp_path / "run")
+    assert err.endswith(f"{config}: not valid YAML value (day is out of range for month)"), err
 
 
 def test_resume_without_a_checkpoint_is_refused(

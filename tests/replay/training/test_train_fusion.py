@@ -221,7 +221,7 @@ def test_a_deeply_nested_training_config_is_named(tmp_path: Path) -> None:
     path.write_text("a: " + "[" * 10_000 + "]" * 10_000 + "\n")
     with pytest.raises(ValueError) as info:
         load_train_config(path)
-    assert str(info.value) == f"{path}: not a training config (its YAML is nested too deeply)"
+    assert str(info.value) == f"{path}: not valid YAML (nests too deep)"
 
 
 def test_resume_needs_a_readable_checkpoint_of_this_trainer(tmp_path: Path) -> None:
