@@ -10,6 +10,10 @@ is pooled all the same (candidates are corrections of each frame's extrinsic). T
 against a drive is the one given (`config.rig`, the CLI's RIG) throughout, its recorded rig
 messages left out; without one, the drive's own.
 
+No CPU budget binds the monitor offline: where the source has few sweeps, it takes more
+points a frame than the live node (`frame_points`), up to a bound on the points pooled, so
+that the verdict does not turn on which points it samples.
+
 `perturb` checks the source as if each camera's extrinsic were moved by a correction (the
 monitor is told the moved one; the pipeline keeps the rig): what a drift of that size looks
 like to the check.
@@ -39,6 +43,8 @@ from replay.offline import open_source, run_core
 
 __all__ = [
     "MAX_FRAMES",
+    "MAX_FRAME_POINTS",
+    "MAX_POOLED_POINTS",
     "CameraVerdict",
     "Fanout",
     "PerturbedWatch",
@@ -46,8 +52,17 @@ __all__ = [
     "check_calibrations",
 ]
 
-#: The most frames one check pools (the newest): about 500 kB of evidence each.
+#: The most frames one check pools (the newest): about 500 kB of evidence each at the live
+#: node's 3,000 points a frame.
 MAX_FRAMES = 600
+#: The most points a frame one check takes: no CPU budget binds it offline, and where the
+#: frames are few, the verdict should not turn on which points it samples (KITTI's eight
+#: frames: every 1-degree rotation flagged with 5 of 8 sampling seeds at 3,000 points, with
+#: 8 of 8 at 12,000; benchmarks/RESULTS.md).
+MAX_FRAME_POINTS = 12_000
+#: The most points one check pools, over all its frames: the evidence of `MAX_FRAMES` frames
+#: at 3,000 points.
+MAX_POOLED_POINTS = MAX_FRAMES * 3_000
 
 
 @dataclass(frozen=True)
@@ -160,9 +175,15 @@ def check_calibrations(
     opened = open_source(
         source, offline, topics_from_drive=topics_from_drive, recorded_rigs=config.rig is None
     )
-    core = NodeCore(opened.config, pipeline, opened.default_rig)
-    watches = [PerturbedWatch(opened.config, p, pool=source.is_dir()) for p in perturbs]
-    core.calibration = Fanout(opened.config, watches)
+    checked = opened.config.calibration_monitor
+    points = replace(
+        checked.monitor, max_points=frame_points(checked.monitor.max_points, opened.sweeps)
+    )
+    checked = replace(checked, monitor=points)
+    run_config = replace(opened.config, calibration_monitor=checked)
+    core = NodeCore(run_config, pipeline, opened.default_rig)
+    watches = [PerturbedWatch(run_config, p, pool=source.is_dir()) for p in perturbs]
+    core.calibration = Fanout(run_config, watches)
     for done, _ in enumerate(run_core(core, opened.received), start=1):
         if progress is not None:
             progress(done)
@@ -179,6 +200,17 @@ def check_calibrations(
         topics = ", ".join(opened.config.inputs.camera_topics)
         given = f"; the rig given ({config.rig}) has cameras {cameras}, the source's are {topics}"
     return [_verdicts(source, watch, given or "") for watch in watches]
+
+
+def frame_points(configured: int, sweeps: int | None) -> int:
+    """Points a frame an offline check of a source of `sweeps` sweeps takes (one frame per
+    sweep and camera): as many as `MAX_POOLED_POINTS` allows over its frames, at most
+    `MAX_FRAME_POINTS`, never fewer than `configured` (the config's `max_points`); unknown
+    `sweeps`: `configured`."""
+    if sweeps is None:
+        return configured
+    share = MAX_POOLED_POINTS // max(min(sweeps, MAX_FRAMES), 1)
+    return max(configured, min(share, MAX_FRAME_POINTS))
 
 
 def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[CameraVerdict]:

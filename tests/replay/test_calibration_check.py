@@ -13,7 +13,12 @@ import pytest
 from app.models import build_pipeline, choose_camera_model
 from calibration.monitor import Correction, MonitorState
 from perception.config import NodeConfig
-from replay.calibration_check import check_calibrations
+from replay.calibration_check import (
+    MAX_FRAME_POINTS,
+    MAX_FRAMES,
+    check_calibrations,
+    frame_points,
+)
 from replay.drive import DriveReader
 from replay.synth.world import generate_drive, synth_rig
 
@@ -96,6 +101,27 @@ def test_kitti_frames_flag_every_1_degree_rotation_and_not_the_truth(
         estimated = np.array(verdicts[0].estimate.correction.rotation_deg)
         axis = int(np.flatnonzero(rotation.rotation_deg)[0])
         assert -estimated[axis] * rotation.rotation_deg[axis] >= 0.5, (rotation, estimated)
+
+
+@pytest.mark.parametrize(
+    ("configured", "sweeps", "expected"),
+    [
+        (3000, 8, MAX_FRAME_POINTS),  # KITTI's eight frames: as many as a frame may take
+        (3000, 300, 6000),  # the pooled bound shared out
+        (3000, MAX_FRAMES, 3000),  # as long as the window: the live node's
+        (3000, 10**6, 3000),  # longer: the window holds its newest frames
+        (20_000, 8, 20_000),  # the config's own, where more
+        (3000, 0, MAX_FRAME_POINTS),
+        (3000, None, 3000),  # a length unknown
+    ],
+)
+def test_a_short_source_is_checked_on_more_points_a_frame(
+    configured: int, sweeps: int | None, expected: int
+) -> None:
+    """Offline no CPU budget binds the monitor: a source of few sweeps is checked on more
+    points a frame (KITTI's verdicts turned on which 3,000 points were sampled), within a
+    bound on the points pooled over the whole window."""
+    assert frame_points(configured, sweeps) == expected
 
 
 def test_a_drive_rendered_with_a_rig_error_carries_the_moved_rig(tmp_path: Path) -> None:
