@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +218,16 @@ def test_a_planted_runtime_folder_is_refused(
     assert not any((tmp_path / "attacker").iterdir()) if planted == "symbolic link" else True
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: each socket held until all are bound (one closed before the
+    next bind may be handed out again)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def keys_generate(folder: Path, name: str) -> tuple[Path, Path]:
@@ -251,7 +256,7 @@ def test_curve_refuses_and_counts_publishers_and_subscribers_without_keys(
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     shutil.copy(node_public, allowed)  # processes of this config (the node, players, echo)
-    good_in, rogue_in, out = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    good_in, rogue_in, out = (f"tcp://127.0.0.1:{port}" for port in free_ports(3))
     endpoints = {"inputs": {"endpoints": [good_in, rogue_in]}, "outputs": {"endpoint": out}}
     config = write_config(
         tmp_path / "node.yaml",
