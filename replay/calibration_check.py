@@ -29,6 +29,7 @@ from calibration import Rig
 from calibration.monitor import (
     CalibrationEstimate,
     Correction,
+    MonitorConfig,
     MonitorState,
     apply_correction,
 )
@@ -60,9 +61,9 @@ MAX_FRAMES = 600
 #: frames: every 1-degree rotation flagged with 5 of 8 sampling seeds at 3,000 points, with
 #: 8 of 8 at 12,000; benchmarks/RESULTS.md).
 MAX_FRAME_POINTS = 12_000
-#: The most points one check pools, over all its frames: the evidence of `MAX_FRAMES` frames
-#: at 3,000 points.
-MAX_POOLED_POINTS = MAX_FRAMES * 3_000
+#: The most points a camera's monitor pools in one check, over all its frames: the evidence
+#: of `MAX_FRAMES` frames at the live node's points a frame.
+MAX_POOLED_POINTS = MAX_FRAMES * MonitorConfig().max_points
 
 
 @dataclass(frozen=True)
@@ -203,10 +204,10 @@ def check_calibrations(
 
 
 def frame_points(configured: int, sweeps: int | None) -> int:
-    """Points a frame an offline check of a source of `sweeps` sweeps takes (one frame per
-    sweep and camera): as many as `MAX_POOLED_POINTS` allows over its frames, at most
-    `MAX_FRAME_POINTS`, never fewer than `configured` (the config's `max_points`); unknown
-    `sweeps`: `configured`."""
+    """Points a frame an offline check of a source of `sweeps` sweeps takes (each camera's
+    monitor gets a frame a sweep): as many as `MAX_POOLED_POINTS` allows over its window of
+    frames, at most `MAX_FRAME_POINTS`, never fewer than `configured` (the config's
+    `max_points`); unknown `sweeps`: `configured`."""
     if sweeps is None:
         return configured
     share = MAX_POOLED_POINTS // max(min(sweeps, MAX_FRAMES), 1)
