@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from engines.checks import check_probability
+from engines.checks import check_count, check_probability
 from perception.pipeline.boxes import bev_iou
 from replay.training.fusion_data import MAX_OBJECTS, PreparedSample
 
@@ -352,10 +352,7 @@ def _check_counts(counts: object, name: str) -> dict[str, int]:
         if not isinstance(label, str):
             raise ValueError(f"gt_sampling.{name}: class names must be strings, got {label!r}")
         # More than a sample's targets hold would only be dropped again (farthest first).
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_OBJECTS:
-            raise ValueError(
-                f"gt_sampling.{name}.{label} must be an integer from 0 to {MAX_OBJECTS}, got {n!r}"
-            )
+        check_count(n, f"gt_sampling.{name}.{label}", 0, MAX_OBJECTS)
     return dict(counts)
 
 

@@ -268,6 +268,7 @@ def test_sampler_probability_and_wiring(samples: list[PreparedSample]) -> None:
         ({"counts": {"Pedestrian": -1}}, "gt_sampling.counts.Pedestrian"),
         ({"counts": {"Pedestrian": 1.5}}, "gt_sampling.counts.Pedestrian"),
         ({"counts": {"Cyclist": True}}, "gt_sampling.counts.Cyclist"),
+        ({"counts": {"Car": 129}}, "gt_sampling.counts.Car must be an integer from 0 to 128"),
         ({"counts": {3: 1}}, "gt_sampling.counts"),
         ({"counts": [("Car", 1)]}, "gt_sampling.counts"),
         ({"min_points": 0}, "gt_sampling.min_points"),
