@@ -13,6 +13,8 @@ import textwrap
 from collections.abc import Callable
 from typing import NoReturn
 
+from perception.config import MAX_DURATION_S
+
 __all__ = [
     "HelpFormatter",
     "Parser",
@@ -29,9 +31,10 @@ __all__ = [
     "rate_hz",
 ]
 
-#: The longest duration a command takes, s (11.6 days): beyond some 9e9 s the OS's timers
-#: overflow, and nothing a person starts from a shell waits this long on purpose.
-MAX_SECONDS = 1e6
+#: The longest duration a command takes, s (11.6 days): the node config's own bound on a
+#: duration. Beyond some 9e9 s the OS's timers overflow, and nothing a person starts from a
+#: shell waits this long on purpose.
+MAX_SECONDS = MAX_DURATION_S
 #: The highest rate sensors are played at (a lidar spins at 5-20 Hz, a camera at most a few
 #: hundred frames a second).
 MAX_RATE_HZ = 1000.0
