@@ -60,7 +60,7 @@ OUTPUT_NAMES: tuple[str, ...] = ("bev",)
 ONNX_OPSET = 18
 
 #: Bumped whenever the graph changes for the same config, so cached exports are not reused stale.
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2
 #: The smallest padded point count the encoder is exported at (``point_buckets``).
 MIN_POINT_BUCKET = 8192
 

@@ -33,15 +33,45 @@ from engines.onnx_ops import export_static_onnx, scatter_amax
 __all__ = ["LidarEncoder", "cached_lidar_encoder_onnx", "export_lidar_encoder_onnx"]
 
 
-def _filled(cols: int, value: float, num_points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A contiguous ``[3, cols]`` tensor of ``value``.
+def _filled(
+    rows: int, cols: int, value: float, num_points: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """A contiguous ``[rows, cols]`` tensor of ``value``.
 
     Built from ``num_points * 0`` (an int, so never NaN) because the exporter folds any
     input-independent tensor into a constant: two ``3 x cols`` float buffers would add 5 MB of
     zeros to the ONNX file, where this is a few small nodes.
     """
     scalar = (num_points.reshape(1, 1) * 0).to(dtype) + value
-    return scalar.expand(3, cols).contiguous()
+    return scalar.expand(rows, cols).contiguous()
+
+
+#: The sum rows (``count``, ``z``, ``intensity``) and max rows (``z``, ``-z``, ``intensity``)
+#: each feature is made from.
+_SUM_ROWS = {
+    "mean_z": ("count", "z"),
+    "density": ("count",),
+    "mean_intensity": ("count", "intensity"),
+}
+_MAX_ROWS = {
+    "max_z": ("z",),
+    "min_z": ("-z",),
+    "z_range": ("z", "-z"),
+    "max_intensity": ("intensity",),
+}
+
+
+def _rows(features: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The sum rows and the max rows ``features`` need, each in a fixed order. Occupancy
+    needs one row of either kind: a max row where there is one, else the count."""
+    sums = {r for f in features for r in _SUM_ROWS.get(f, ())}
+    maxs = {r for f in features for r in _MAX_ROWS.get(f, ())}
+    if "occupancy" in features and not sums and not maxs:
+        sums.add("count")
+    return (
+        tuple(r for r in ("count", "z", "intensity") if r in sums),
+        tuple(r for r in ("z", "-z", "intensity") if r in maxs),
+    )
 
 
 class LidarEncoder(torch.nn.Module):
@@ -86,46 +116,60 @@ class LidarEncoder(torch.nn.Module):
         )
         # H * W < 2**24 for any sane grid, so the flat index is exact in float32.
         flat = torch.where(valid, fy * nx + fx, float(num_cells))
-        index = flat.to(torch.int64).unsqueeze(0).expand(3, -1)
+        index = flat.to(torch.int64).unsqueeze(0)
 
         # Ignored points may hold NaN/inf; zero them so no backend's reduction can see them.
         z_ok = torch.where(valid, z, 0.0)
         i_ok = torch.where(valid, intensity, 0.0)
 
-        # Two stacked scatters (sum and max) instead of six: each ScatterElements walks every
-        # padded point, so fewer, wider scatters are cheaper. Channel-major [3, cells] buffers
-        # (scatter along axis 1) keep each channel contiguous, so no transposes follow. The
-        # count row is the validity mask itself (ignored points land in the dump cell anyway).
-        sums_src = torch.stack([valid.to(points.dtype), z_ok, i_ok], dim=0)
-        sums_init = _filled(num_cells + 1, 0.0, num_points, points.dtype)
-        sums = sums_init.scatter_add(1, index, sums_src)[:, :num_cells]
+        # Only the rows the asked features need are scattered: each ScatterElements walks
+        # every padded point and every row is a [cells] buffer (1 MB at 512 x 512), so the
+        # pipeline's one-channel grid costs a fifth of the eight features'. Rows of one
+        # reduction go through one stacked scatter (fewer, wider scatters are cheaper), and
+        # channel-major [rows, cells] buffers (scatter along axis 1) keep each row contiguous.
+        sum_rows, max_rows = _rows(cfg.features)
+        sum_source = {"count": valid.to(points.dtype), "z": z_ok, "intensity": i_ok}
+        max_source = {"z": z_ok, "-z": -z_ok, "intensity": i_ok}
+        sums: dict[str, torch.Tensor] = {}
+        maxs: dict[str, torch.Tensor] = {}
+        if sum_rows:
+            # The count row is the validity mask itself (ignored points land in the dump cell).
+            init = _filled(len(sum_rows), num_cells + 1, 0.0, num_points, points.dtype)
+            src = torch.stack([sum_source[r] for r in sum_rows], dim=0)
+            summed = init.scatter_add(1, index.expand(len(sum_rows), -1), src)[:, :num_cells]
+            sums = {r: summed[k] for k, r in enumerate(sum_rows)}
+        if max_rows:
+            init = _filled(len(max_rows), num_cells + 1, float("-inf"), num_points, points.dtype)
+            src = torch.stack([max_source[r] for r in max_rows], dim=0)
+            maxed = scatter_amax(init, 1, index.expand(len(max_rows), -1), src)[:, :num_cells]
+            maxs = {r: maxed[k] for k, r in enumerate(max_rows)}
 
-        maxs_src = torch.stack([z_ok, -z_ok, i_ok], dim=0)
-        maxs_init = _filled(num_cells + 1, float("-inf"), num_points, points.dtype)
-        maxs = scatter_amax(maxs_init, 1, index, maxs_src)
-
-        count = sums[0]
-        occupied = count > 0
+        # A cell's highest return is -inf exactly when no valid point landed in it (a valid
+        # point's values are finite), so with no count row the first max row tells occupancy.
+        if "count" in sums:
+            count = sums["count"]
+            occupied = count > 0
+        else:
+            occupied = maxs[max_rows[0]] > float("-inf")
         # Empty cells hold -inf (max rows) or 0 (sums); the contract is 0 in every channel.
-        maxs = torch.where(occupied, maxs[:, :num_cells], 0.0)
-        means = sums[1:] / torch.clamp(count, min=1.0)
+        maxs = {r: torch.where(occupied, m, 0.0) for r, m in maxs.items()}
 
         channels: list[torch.Tensor] = []
         for name in cfg.features:
             if name == "max_z":
-                channels.append(maxs[0])
+                channels.append(maxs["z"])
             elif name == "min_z":
-                channels.append(-maxs[1])
+                channels.append(-maxs["-z"])
             elif name == "mean_z":
-                channels.append(means[0])
+                channels.append(sums["z"] / torch.clamp(count, min=1.0))
             elif name == "z_range":
-                channels.append(maxs[0] + maxs[1])
+                channels.append(maxs["z"] + maxs["-z"])
             elif name == "density":
                 channels.append(torch.log1p(count))
             elif name == "max_intensity":
-                channels.append(maxs[2])
+                channels.append(maxs["intensity"])
             elif name == "mean_intensity":
-                channels.append(means[1])
+                channels.append(sums["intensity"] / torch.clamp(count, min=1.0))
             else:  # "occupancy"; the config rejects unknown names
                 channels.append(occupied.to(points.dtype))
         return torch.stack(channels, dim=0).reshape(len(channels), ny, nx)

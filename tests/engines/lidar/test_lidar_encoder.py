@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 
 from engines.errors import EngineError
@@ -13,6 +15,7 @@ from engines.factory import EngineFactory
 from engines.lidar.buckets import BucketedLidarEncoder
 from engines.lidar.config import (
     FEATURES,
+    MIN_POINT_BUCKET,
     OBSTACLE_CONFIG,
     ONNX_OPSET,
     PACKAGED_MODEL_PATH,
@@ -257,6 +260,49 @@ def test_feature_subset_in_config_order(cache_dir: Path, small_cloud: np.ndarray
         engine.encode(small_cloud),
         full[[FEATURES.index("occupancy"), FEATURES.index("max_z")]],
     )
+
+
+@pytest.mark.parametrize(
+    "features",
+    [(f,) for f in FEATURES] + [("occupancy", "min_z"), ("mean_intensity", "occupancy", "z_range")],
+)
+def test_each_feature_alone_matches_the_reference(
+    cache_dir: Path, small_cloud: np.ndarray, features: tuple[str, ...]
+) -> None:
+    """The graph scatters only the rows its features need (occupancy from the count, or from
+    the first max row where there is one): each subset gives the reference's channels, with
+    out-of-range and non-finite points among the cloud."""
+    cfg = dataclasses.replace(SMALL, features=features)
+    junk = np.array(
+        [[np.nan, 0, 0, 0], [1, np.inf, 0, 0], [1, 0, np.nan, 0], [1, 0, 0, np.nan], [9, 0, 0, 0]],
+        np.float32,
+    )
+    cloud = np.concatenate([small_cloud, junk])
+    engine = runner(cfg, "onnxruntime", cache_dir)
+    full = reference_bev(cloud, SMALL)
+    np.testing.assert_array_equal(engine.encode(cloud), full[[FEATURES.index(f) for f in features]])
+
+
+def test_the_obstacle_grid_scatters_one_row() -> None:
+    """The pipeline's grid asks for max_z alone: its graph scatters one [cells] row, not the
+    six rows every feature together needs (each row a pass over every padded point)."""
+    model = onnx.load(str(packaged_model_path(MIN_POINT_BUCKET)))
+    scatters = [n for n in model.graph.node if n.op_type == "ScatterElements"]
+    assert [a.s for n in scatters for a in n.attribute if a.name == "reduction"] == [b"max"]
+    # The scatter's result made an output too, so ONNX Runtime shows its shape.
+    model.graph.output.append(onnx.ValueInfoProto(name=scatters[0].output[0]))
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    outputs = session.run(
+        None,
+        {
+            "points": np.zeros((MIN_POINT_BUCKET, 4), np.float32),
+            "num_points": np.array([0], np.int64),
+        },
+    )
+    cells = OBSTACLE_CONFIG.width * OBSTACLE_CONFIG.height
+    assert outputs[-1].shape == (1, cells + 1)
 
 
 @pytest.mark.parametrize(
