@@ -42,10 +42,14 @@ def binary_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_replay_and_import_name_a_binary_calib(capsys, binary_calib: Path, tmp_path: Path) -> None:
+def test_replay_and_import_name_a_binary_calib(
+    capsys, binary_calib: Path, tmp_path: Path, yolox_path: Path
+) -> None:
     calib = binary_calib / "calib" / "000003.txt"
     out = tmp_path / "o.jsonl"
-    err = _fails(capsys, "replay", "kitti-object", str(binary_calib), "--out", str(out), "--quiet")
+    # The model given, not left to the user's model cache (empty on a fresh machine).
+    err = _fails(capsys, "replay", "kitti-object", str(binary_calib), "--out", str(out),
+                 "--model", str(yolox_path), "--quiet")  # fmt: skip
     assert err == f"perception replay: error: {calib}: not UTF-8 text (byte 0xff at offset 0)"
     drive = tmp_path / "i.mcap"
     err = _fails(capsys, "import", "kitti-object", str(binary_calib), "--out", str(drive),

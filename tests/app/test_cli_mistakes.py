@@ -396,7 +396,7 @@ def test_an_empty_topic_is_refused_not_taken_for_every_topic(capsys, tmp_path: P
 
 
 def test_an_image_file_that_decodes_to_gigabytes_is_refused_unread(
-    capsys, tmp_path: Path, kitti_dir: Path
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
 ) -> None:
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header(30_000, 30_000))
@@ -411,7 +411,9 @@ def test_an_image_file_that_decodes_to_gigabytes_is_refused_unread(
     folder = tmp_path / "k"
     shutil.copytree(kitti_dir, folder)
     shutil.copyfile(bomb, folder / "image_2" / "000003.png")
-    err = _fails(capsys, "replay", "kitti-object", str(folder), "--out", str(tmp_path / "o.jsonl"))
+    # The model given, not left to the user's model cache (empty on a fresh machine).
+    err = _fails(capsys, "replay", "kitti-object", str(folder), "--out", str(tmp_path / "o.jsonl"),
+                 "--model", str(yolox_path))  # fmt: skip
     assert err.endswith(
         f"{folder / 'image_2' / '000003.png'}: image of 30000 x 30000 = 900000000 pixels, above "
         "the limit of 10000000"
