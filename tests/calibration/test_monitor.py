@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+import calibration.monitor
 from calibration import CalibrationError, RigidTransform
 from calibration.monitor import (
     SKIP_FEW_POINTS,
@@ -123,9 +124,15 @@ def test_object_mask_is_the_rotated_box_with_its_margin() -> None:
     assert inside.tolist() == [True, True, True, False]
 
 
-def test_object_mask_equals_each_box_tested_alone() -> None:
-    """The coarse raster and the batched test change nothing: many overlapping boxes of every
-    size and heading, points sown near their edges, against each box tested on its own."""
+@pytest.mark.parametrize("batch", ["all at once", "box by box"])
+def test_object_mask_equals_each_box_tested_alone(
+    monkeypatch: pytest.MonkeyPatch, batch: str
+) -> None:
+    """The coarse raster and the batched (or box by box) test change nothing: many overlapping
+    boxes of every size and heading, points sown near their edges, against each box tested on
+    its own."""
+    if batch == "box by box":
+        monkeypatch.setattr(calibration.monitor, "_MASK_BATCH_ELEMENTS", 0)
     rng = np.random.default_rng(7)
     for _ in range(40):
         pts = rng.uniform([-5.0, -30.0, -2.0], [80.0, 30.0, 3.0], (3000, 3))
