@@ -315,9 +315,17 @@ def object_mask(
     margin_m: float = 0.3,
 ) -> BoolArray:
     """Which of ``points`` (N x 3+, the boxes' frame) lie inside any of ``boxes`` (centre,
-    size (length, width, height), yaw), grown by ``margin_m``."""
+    size (length, width, height), yaw), grown by ``margin_m``. A point with a non-finite
+    coordinate is in none."""
     if len(boxes) == 0 or len(points) == 0:
         return np.zeros(len(points), dtype=bool)
+    finite = np.isfinite(np.asarray(points[:, :3], dtype=np.float64)).all(axis=1)
+    if not finite.all():
+        # The points' extent and raster are taken over finite points only: one NaN made the
+        # extent NaN, and then no point was inside any box.
+        out = np.zeros(len(points), dtype=bool)
+        out[finite] = object_mask(points[finite], boxes, margin_m)
+        return out
     centre = np.array([b[0][:3] for b in boxes], dtype=np.float64)
     half = np.array([b[1][:3] for b in boxes], dtype=np.float64) / 2.0 + margin_m
     yaw = np.array([b[2] for b in boxes], dtype=np.float64)

@@ -124,6 +124,13 @@ def test_object_mask_is_the_rotated_box_with_its_margin() -> None:
     assert inside.tolist() == [True, True, True, False]
 
 
+def test_object_mask_leaves_non_finite_points_out_and_the_rest_as_they_were() -> None:
+    pts = np.array([[10.0, 0.0, 0.0], [np.nan, 0.0, 0.0], [10.0, np.inf, 0.0], [10.5, 0.5, 0.2]])
+    boxes = [((10.0, 0.0, 0.0), (4.0, 2.0, 1.5), 0.0)]
+    assert object_mask(pts, boxes).tolist() == [True, False, False, True]
+    assert object_mask(pts[[0, 3]], boxes).tolist() == [True, True]
+
+
 @pytest.mark.parametrize("batch", ["all at once", "box by box"])
 def test_object_mask_equals_each_box_tested_alone(
     monkeypatch: pytest.MonkeyPatch, batch: str
