@@ -319,27 +319,27 @@ def object_mask(
     coordinate is in none."""
     if len(boxes) == 0 or len(points) == 0:
         return np.zeros(len(points), dtype=bool)
-    finite = np.isfinite(np.asarray(points[:, :3], dtype=np.float64)).all(axis=1)
+    p = np.asarray(points[:, :3], dtype=np.float64)
+    finite = np.isfinite(p).all(axis=1)
     if not finite.all():
         # The points' extent and raster are taken over finite points only: one NaN made the
         # extent NaN, and then no point was inside any box.
         out = np.zeros(len(points), dtype=bool)
-        out[finite] = object_mask(points[finite], boxes, margin_m)
+        out[finite] = object_mask(p[finite], boxes, margin_m)
         return out
     centre = np.array([b[0][:3] for b in boxes], dtype=np.float64)
     half = np.array([b[1][:3] for b in boxes], dtype=np.float64) / 2.0 + margin_m
     yaw = np.array([b[2] for b in boxes], dtype=np.float64)
     # Only the boxes that reach the points' extent.
     reach = np.hypot(half[:, 0], half[:, 1])
-    lo = np.asarray(points[:, :2], dtype=np.float64).min(axis=0)
-    hi = np.asarray(points[:, :2], dtype=np.float64).max(axis=0)
+    lo = p[:, :2].min(axis=0)
+    hi = p[:, :2].max(axis=0)
     low_ok = centre[:, :2] + reach[:, None] >= lo
     high_ok = centre[:, :2] - reach[:, None] <= hi
     near = np.all(low_ok & high_ok, axis=1)
     if not near.any():
         return np.zeros(len(points), dtype=bool)
     centre, half, yaw, reach = centre[near], half[near], yaw[near], reach[near]
-    p = np.asarray(points[:, :3], dtype=np.float64)
     candidates = _footprint_candidates(p[:, :2], centre[:, :2], half[:, :2], yaw, lo)
     out = np.zeros(len(points), dtype=bool)
     if candidates is None:
