@@ -176,12 +176,11 @@ def check_calibrations(
     opened = open_source(
         source, offline, topics_from_drive=topics_from_drive, recorded_rigs=config.rig is None
     )
-    checked = opened.config.calibration_monitor
-    points = replace(
-        checked.monitor, max_points=frame_points(checked.monitor.max_points, opened.sweeps)
+    watched = opened.config.calibration_monitor
+    sampled = replace(
+        watched.monitor, max_points=frame_points(watched.monitor.max_points, opened.sweeps)
     )
-    checked = replace(checked, monitor=points)
-    run_config = replace(opened.config, calibration_monitor=checked)
+    run_config = replace(opened.config, calibration_monitor=replace(watched, monitor=sampled))
     core = NodeCore(run_config, pipeline, opened.default_rig)
     watches = [PerturbedWatch(run_config, p, pool=source.is_dir()) for p in perturbs]
     core.calibration = Fanout(run_config, watches)
