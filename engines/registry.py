@@ -257,7 +257,8 @@ def resolve_model(
     (:data:`PACKAGED_MODELS`), or a registry name fetched via the cache.
 
     Raises:
-        ModelError: neither an existing file nor a registered name, or the fetch fails.
+        ModelError: neither an existing file nor a registered name (or a path that exists but
+            is a folder or not a regular file), or the fetch fails.
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -270,6 +271,10 @@ def resolve_model(
         key = key.removesuffix(".onnx")
     if key in MODELS:
         return fetch_model(key, cache_dir, progress=progress, source_dir=source_dir)
+    if path.exists():
+        # A folder, a device or a pipe: there, but nothing a model is read from.
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ModelError(f"{name_or_path}: is {kind}, not a model file (.onnx)")
     raise ModelError(
         f"{name_or_path}: no such file and not a registered model (known: {sorted(MODELS)}; "
         f"packaged: {list(PACKAGED_MODELS)})"

@@ -148,6 +148,11 @@ def test_resolve_model(source_dir: Path, tmp_path: Path) -> None:
     assert resolve_model("yolox_nano_coco_416.onnx", tmp_path) == fetched  # cached, by file name
     with pytest.raises(ModelError, match="not a registered model"):
         resolve_model("no_such_model", tmp_path)
+    # There, but nothing a model is read from: said so, not "no such file".
+    with pytest.raises(ModelError, match=r"^/dev/null: is not a regular file, not a model file"):
+        resolve_model("/dev/null", tmp_path)
+    with pytest.raises(ModelError, match=r": is a folder, not a model file \(\.onnx\)$"):
+        resolve_model(tmp_path, tmp_path)
     assert resolve_model("lidar_encoder") == PACKAGED_MODELS_DIR / "lidar_encoder.onnx"
     assert resolve_model("fusion_engine").is_file()
     with pytest.raises(ModelError, match="known models"):
