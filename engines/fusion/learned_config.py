@@ -280,14 +280,25 @@ def resolve_learned_model(model: str | Path) -> LearnedModel:
             "CONFIG`, which writes learned_fusion.onnx and its .yaml)"
         )
     meta_path = path.with_suffix(".yaml")
+    if meta_path.exists() and not meta_path.is_file():
+        # A folder, a device or a pipe (which would never end) holds no config.
+        raise ModelError(f"{meta_path}: not a regular file, so not a learned model config")
     try:
         meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise TypeError(f"a mapping expected, got {type(meta).__name__}")
         config = LearnedFusionConfig.from_dict(dict(meta["model"]))
-        thresholds = {str(k): float(v) for k, v in (meta.get("score_thresholds") or {}).items()}
+        raw = meta.get("score_thresholds") or {}
+        if not isinstance(raw, dict):
+            raise TypeError(f"score_thresholds must map classes to thresholds, got {raw!r:.60}")
+        thresholds = {str(k): float(v) for k, v in raw.items()}
         if not all(0.0 <= v <= 1.0 for v in thresholds.values()):
             raise ValueError("score_thresholds must lie in [0, 1]")
     except OSError as e:
         raise ModelError(f"{meta_path}: cannot read the learned model's config ({e})") from e
+    except RecursionError:
+        # PyYAML composes nested collections recursively: thousands of `[` exhaust the stack.
+        raise ModelError(f"{meta_path}: not a learned model config (nests too deep)") from None
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"{meta_path}: not a learned model config ({why})") from e

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.errors import EngineError
+from engines.errors import EngineError, ModelError
 from engines.fusion.learned_config import (
     PACKAGED_LEARNED_MODEL,
     REGRESSION_CHANNELS,
@@ -62,6 +62,37 @@ def test_config_round_trips_and_refuses_unknown_fields() -> None:
     assert LearnedFusionConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         LearnedFusionConfig.from_dict({"grid": 3})
+
+
+_PACKAGED_META = Path(PACKAGED_LEARNED_MODEL).with_suffix(".yaml")
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        ("[" * 100_000, r"not a learned model config \(nests too deep\)$"),
+        ("- 1\n", r"not a learned model config \(a mapping expected, got list\)$"),
+        ("{SIDECAR}score_thresholds: [1, 2]\n", r"score_thresholds must map classes to"),
+        ("{SIDECAR}score_thresholds: {Car: 2.0}\n", r"score_thresholds must lie in \[0, 1\]"),
+        (None, r"m\.yaml: not a regular file, so not a learned model config$"),
+    ],
+)
+def test_a_bad_learned_model_config_is_one_line(
+    tmp_path: Path, sidecar: str | None, message: str
+) -> None:
+    """What lies beside a learned model's ONNX file is a user's file: anything in it gives one
+    line naming it, never a traceback."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    meta = tmp_path / "m.yaml"
+    if sidecar is None:
+        meta.mkdir()
+    else:
+        valid = _PACKAGED_META.read_text().replace("score_thresholds:", "unused_thresholds:")
+        meta.write_text(sidecar.replace("{SIDECAR}", valid))
+    with pytest.raises(ModelError, match=message) as info:
+        resolve_learned_model(model)
+    assert "\n" not in str(info.value)
 
 
 def test_pillars_hold_each_point_with_its_offsets() -> None:
