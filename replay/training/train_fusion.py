@@ -310,11 +310,19 @@ def _append_metrics(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def _trim_metrics(path: Path, step: int) -> None:
-    """Drops records after ``step`` (written by a run that died after its last checkpoint)."""
+    """Drops records after ``step`` (written by a run that died after its last checkpoint),
+    and a line that is no record (torn by a crash while it was written)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        at = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(at, int | float) and at <= step:
+            kept.append(line)
     path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
 

@@ -238,3 +238,17 @@ def test_resume_needs_a_readable_checkpoint_of_this_trainer(tmp_path: Path) -> N
     torch.save({"step": 3}, ckpt)
     with pytest.raises(ValueError, match=r"last\.pt: not a training checkpoint \(it lacks"):
         train(config, tmp_path / "run", resume=True)
+
+
+def test_resume_drops_records_after_the_checkpoint_and_a_torn_line(tmp_path: Path) -> None:
+    """A run killed after its last checkpoint logged steps it will redo, and one killed (or
+    out of disk) while writing leaves half a line: the resumed log keeps the records up to the
+    checkpoint's step, in order, and nothing else."""
+    from replay.training.train_fusion import _trim_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    records = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)]
+    lines = [json.dumps(r, sort_keys=True) for r in records]
+    metrics.write_text("\n".join([*lines[:3], "[1, 2]", lines[3], lines[3][:17]]) + "\n")
+    _trim_metrics(metrics, 3)
+    assert metrics.read_text() == "".join(f"{ln}\n" for ln in lines[:3])
