@@ -25,13 +25,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Bytecode caches on for the suite's run, whatever the environment says
+    """The suite's process settings. Bytecode caches on, whatever the environment says
     (PYTHONDONTWRITEBYTECODE): every pytest process of a run collects ~240 test modules and the
     tests start ~100 Python processes (nodes, CLI commands). Without caches each recompiles the
     project and pytest rewrites every test module's asserts again: collecting took 18.6 s per
     process here, 6.5 s with caches, and a node's imports 0.3 s more."""
     sys.dont_write_bytecode = False
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    # Two workers share the cores: torch's OpenMP threads, which spin while they wait for
+    # work, then hold a core the other worker needs. A 250-step training (the `kitti_learned`
+    # fixture) took 54 s beside one busy core with two spinning threads, 27 s with them
+    # sleeping, the same weights either way. Read once, when torch loads: before any test
+    # module imports it, and inherited by the processes the tests start.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
