@@ -26,7 +26,7 @@ from app.args import (
     positive_seconds,
     rate_hz,
 )
-from app.threads import hold_blas_threads
+from app.threads import hold_blas_threads, let_openmp_threads_sleep
 from calibration import CalibrationError
 from engines.errors import EngineError
 from perception.config import NodeConfig
@@ -99,9 +99,10 @@ def _command(
         formatter_class=HelpFormatter,
         parents=[common],
     )
-    # Every command holds BLAS to one thread (app/threads.py) but training, which has the
-    # machine to itself and whose torch may multiply through OpenBLAS (aarch64 wheels).
-    parser.set_defaults(handler=handler, prog=parser.prog, hold_blas=True)
+    # Every command holds BLAS to one thread and lets idle OpenMP threads sleep
+    # (app/threads.py) but training, which has the machine to itself and whose torch may
+    # multiply through OpenBLAS (aarch64 wheels).
+    parser.set_defaults(handler=handler, prog=parser.prog, hold_threads=True)
     return parser
 
 
@@ -790,7 +791,7 @@ def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "steps; the same samples either way",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(hold_blas=False)
+    p.set_defaults(hold_threads=False)
 
 
 def _add_keys(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -992,9 +993,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     prog = args.prog
     # Before any command's work: the node, replay and the benches multiply small matrices on
-    # cores their own branches already hold (app/threads.py).
-    if args.hold_blas and hold_blas_threads():
-        logging.getLogger(__name__).info("BLAS libraries held to one thread each")
+    # cores their own branches already hold, and torch's pool must not spin on them
+    # (app/threads.py).
+    if args.hold_threads:
+        if hold_blas_threads():
+            logging.getLogger(__name__).info("BLAS libraries held to one thread each")
+        if let_openmp_threads_sleep():
+            logging.getLogger(__name__).info("idle OpenMP threads sleep (OMP_WAIT_POLICY)")
     try:
         return int(_handler(args.handler)(args))
     except (PerceptionError, CalibrationError, EngineError) as e:

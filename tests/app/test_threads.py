@@ -1,5 +1,5 @@
-"""Every `perception` command but `train` holds its BLAS libraries to one thread, unless the
-user chose.
+"""Every `perception` command but `train` holds its BLAS libraries to one thread and lets idle
+OpenMP threads sleep, unless the user chose.
 
 Each case runs in a fresh interpreter: the limit is process-wide, and the test process's own
 BLAS (and environment) may have been limited already by a test that called `main`.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.threads import BLAS_THREAD_VARIABLES
+from app.threads import BLAS_THREAD_VARIABLES, OPENMP_WAIT_VARIABLE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,3 +76,50 @@ def test_the_users_thread_count_stands() -> None:
     assert all(n == 2 for _, n in pools), pools
     pools = _pools(["config", "show"], OMP_NUM_THREADS="2")
     assert all(n == 2 for _, n in pools), pools
+
+
+# Runs a `perception` command in-process, then reports the OpenMP wait policy the process set
+# for torch, and whether torch was loaded before it was set (it must not be: libgomp reads the
+# variable once, as it loads).
+_OPENMP_PROBE = """
+import json, os, sys
+from app.cli import main
+main(json.loads(sys.argv[1]))
+print(json.dumps([os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules]))
+"""
+
+
+def _openmp_policy(argv: list[str], **env: str) -> tuple[str | None, bool]:
+    # The suite sets the policy for itself (tests/conftest.py): the probe starts without it.
+    clean = {k: v for k, v in os.environ.items() if k != OPENMP_WAIT_VARIABLE}
+    done = subprocess.run(
+        [sys.executable, "-c", _OPENMP_PROBE, json.dumps(argv)],
+        env={**clean, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    policy, torch_loaded = json.loads(done.stdout.splitlines()[-1])
+    return policy, torch_loaded
+
+
+def test_a_command_lets_idle_openmp_threads_sleep(tmp_path: Path) -> None:
+    assert _openmp_policy(["config", "show"]) == ("PASSIVE", False)
+    # The user's policy stands; training, which has the machine to itself, sets none.
+    assert _openmp_policy(["config", "show"], OMP_WAIT_POLICY="ACTIVE")[0] == "ACTIVE"
+    train = ["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out")]
+    assert _openmp_policy(train)[0] is None
+
+
+def test_openmp_threads_are_left_as_they_are_once_torch_has_loaded(monkeypatch) -> None:
+    from app.threads import let_openmp_threads_sleep
+
+    monkeypatch.delenv(OPENMP_WAIT_VARIABLE, raising=False)
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
+    assert not let_openmp_threads_sleep()
+    assert OPENMP_WAIT_VARIABLE not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")
+    assert let_openmp_threads_sleep()
+    assert os.environ[OPENMP_WAIT_VARIABLE] == "PASSIVE"
