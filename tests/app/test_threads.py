@@ -11,7 +11,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,12 +38,12 @@ print(json.dumps(sorted(
 """
 
 
-def _pools(argv: list[str], **env: str) -> list[tuple[str, int]]:
-    """Every BLAS pool's (library, threads) after `perception ARGV` ran in a fresh interpreter
-    (no command with an empty ARGV)."""
-    clean = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARIABLES}
+def _probe(script: str, argv: list[str], unset: Sequence[str], env: dict[str, str]) -> Any:
+    """What `script` prints last (JSON), run with ARGV in a fresh interpreter, the variables
+    `unset` removed from this process's environment and `env` added."""
+    clean = {k: v for k, v in os.environ.items() if k not in unset}
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(argv)],
+        [sys.executable, "-c", script, json.dumps(argv)],
         env={**clean, **env},
         cwd=REPO,
         capture_output=True,
@@ -49,7 +51,13 @@ def _pools(argv: list[str], **env: str) -> list[tuple[str, int]]:
         timeout=120,
         check=True,
     )
-    pools = [(str(p), int(n)) for p, n in json.loads(done.stdout.splitlines()[-1])]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _pools(argv: list[str], **env: str) -> list[tuple[str, int]]:
+    """Every BLAS pool's (library, threads) after `perception ARGV` ran in a fresh interpreter
+    (no command with an empty ARGV)."""
+    pools = [(str(p), int(n)) for p, n in _probe(_PROBE, argv, BLAS_THREAD_VARIABLES, env)]
     assert len(pools) >= 2, f"expected numpy's and scipy's BLAS at least, found {pools}"
     return pools
 
@@ -91,17 +99,7 @@ print(json.dumps([os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules]))
 
 def _openmp_policy(argv: list[str], **env: str) -> tuple[str | None, bool]:
     # The suite sets the policy for itself (tests/conftest.py): the probe starts without it.
-    clean = {k: v for k, v in os.environ.items() if k != OPENMP_WAIT_VARIABLE}
-    done = subprocess.run(
-        [sys.executable, "-c", _OPENMP_PROBE, json.dumps(argv)],
-        env={**clean, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    policy, torch_loaded = json.loads(done.stdout.splitlines()[-1])
+    policy, torch_loaded = _probe(_OPENMP_PROBE, argv, (OPENMP_WAIT_VARIABLE,), env)
     return policy, torch_loaded
 
 
