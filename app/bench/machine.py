@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from app.threads import blas_thread_setting
+from app.threads import OPENMP_WAIT_VARIABLE, blas_thread_setting
 
 __all__ = ["NVIDIA_SMI_FIELDS", "GpuInfo", "MachineInfo", "machine_info", "parse_nvidia_smi"]
 
@@ -65,6 +65,9 @@ class MachineInfo:
     #: The thread count the node's BLAS libraries run with, as the environment it inherits
     #: sets it (`app.threads`: "1" unless the user chose), e.g. "1" or "OMP_NUM_THREADS=4".
     blas_threads: str | None = None
+    #: What torch's idle OpenMP threads do in the node, as the environment it inherits sets
+    #: `OMP_WAIT_POLICY` (`app.threads`: "PASSIVE", sleep, unless the user chose); None: unset.
+    openmp_wait_policy: str | None = None
 
 
 def _number(text: str) -> float | None:
@@ -180,4 +183,5 @@ def machine_info() -> MachineInfo:
         jetson_power_mode=_jetson_power_mode(),
         torch_version=_distribution_version("torch"),
         blas_threads=_blas_threads(),
+        openmp_wait_policy=os.environ.get(OPENMP_WAIT_VARIABLE) or None,
     )

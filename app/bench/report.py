@@ -93,7 +93,7 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _machine_line(m: MachineInfo) -> str:
+def _machine_line(m: MachineInfo, backend: str) -> str:
     parts = [f"{m.cpu_model}, {m.cpu_cores} cores"]
     for g in m.gpus:
         clocks = ""
@@ -111,6 +111,9 @@ def _machine_line(m: MachineInfo) -> str:
         parts.append(f"torch {m.torch_version}")
     # The node's BLAS threads move its CPU and latency (app/threads.py): part of the setup.
     parts.append(f"BLAS threads {m.blas_threads or 'unset (one per core)'}")
+    if backend == "torch":
+        # So do torch's OpenMP threads, spinning or asleep when idle (app/threads.py).
+        parts.append(f"OMP_WAIT_POLICY {m.openmp_wait_policy or 'unset (spin, then sleep)'}")
     return "; ".join(parts)
 
 
@@ -171,7 +174,7 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
             if r.device_requested in (None, r.device)
             else f"{r.device} (asked for {r.device_requested})",
         ),
-        ("machine", _machine_line(r.machine)),
+        ("machine", _machine_line(r.machine, r.backend)),
     ]
     if r.host_load_1m is not None:
         before, after = r.host_load_1m

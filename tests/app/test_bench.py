@@ -41,7 +41,7 @@ from app.bench import (
 from app.bench.sweeps import send_times, with_engines
 from app.bench.yardstick import time_camera_encoder
 from app.models import build_detector, build_pipeline
-from app.threads import BLAS_THREAD_VARIABLES
+from app.threads import BLAS_THREAD_VARIABLES, OPENMP_WAIT_VARIABLE
 from engines.errors import EngineError
 from engines.settings import EngineSettings
 from perception.config import CameraModelConfig, NodeConfig, parse_config
@@ -466,15 +466,33 @@ def test_the_machine_line_names_the_nodes_blas_threads(monkeypatch: pytest.Monke
     for name in BLAS_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert machine_info().blas_threads is None
-    md = format_markdown(_result())
+    ort_run = replace(_result(), backend="onnxruntime")
+    md = format_markdown(ort_run)
     assert "; BLAS threads unset (one per core) |" in md
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     assert machine_info().blas_threads == "OMP_NUM_THREADS=4"
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     held = machine_info()
     assert held.blas_threads == "1"
-    md = format_markdown(replace(_result(), machine=held))
+    md = format_markdown(replace(ort_run, machine=held))
     assert "; BLAS threads 1 |" in md
+
+
+def test_the_machine_line_names_the_openmp_policy_with_the_torch_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # torch's idle OpenMP threads spin or sleep as the environment the node inherits says.
+    monkeypatch.delenv(OPENMP_WAIT_VARIABLE, raising=False)
+    assert machine_info().openmp_wait_policy is None
+    torch_run = replace(_result(), backend="torch")
+    assert "; OMP_WAIT_POLICY unset (spin, then sleep) |" in format_markdown(torch_run)
+    monkeypatch.setenv(OPENMP_WAIT_VARIABLE, "PASSIVE")
+    held = machine_info()
+    assert held.openmp_wait_policy == "PASSIVE"
+    assert "; OMP_WAIT_POLICY PASSIVE |" in format_markdown(replace(torch_run, machine=held))
+    # ONNX Runtime has pools of its own: the policy is not part of its setup.
+    ort_run = replace(_result(), backend="onnxruntime", machine=held)
+    assert "OMP_WAIT_POLICY" not in format_markdown(ort_run)
 
 
 def test_the_calibration_monitors_cost_is_per_published_sweep() -> None:
