@@ -209,7 +209,7 @@ def synth_drive(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, floa
 def rich_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2 s drive of the rich synthetic world (textured surfaces, the KITTI-like lidar), seed
     5, with its exact calibration: the calibration monitor's test bed. Generated once per
-    session (about 15 s); tests must not modify it."""
+    session (15-30 s, as fast as the cores are); tests must not modify it."""
     from replay.synth.world import generate_drive
 
     def build(folder: Path) -> Path:
