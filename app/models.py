@@ -74,7 +74,7 @@ def camera_model_file(config: NodeConfig, cache_dir: Path | None = None) -> Path
             and cannot be downloaded (the message says how to fetch it from a local folder).
     """
     name = config.camera_model.path
-    info = None if Path(name).expanduser().exists() else _registered(name)
+    info = None if Path(name).expanduser().is_file() else _registered(name)
     try:
         return resolve_model(name, cache_dir)
     except ModelError as e:
