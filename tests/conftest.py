@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pytest
 from filelock import FileLock
 
+from app.threads import let_openmp_threads_sleep
 from calibration import CameraModel, RigidTransform, load_kitti_object_calib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,9 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Two workers share the cores: torch's OpenMP threads, which spin while they wait for
     # work, then hold a core the other worker needs. A 250-step training (the `kitti_learned`
     # fixture) took 54 s beside one busy core with two spinning threads, 27 s with them
-    # sleeping, the same weights either way. Read once, when torch loads: before any test
-    # module imports it, and inherited by the processes the tests start.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # sleeping, the same weights either way. As every `perception` command does it: before any
+    # test module imports torch, and inherited by the processes the tests start.
+    let_openmp_threads_sleep()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
