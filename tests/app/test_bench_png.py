@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from app.bench.report import _figure
+from app.bench.soak import soak_summary
 from app.bench.stats import latency_stats
 from tests.app.test_bench import _result
 
@@ -39,3 +40,16 @@ def test_one_histogram_for_end_to_end_and_response_when_they_are_equal() -> None
 def test_no_empty_panels_for_a_run_shorter_than_a_window() -> None:
     titles = _titles(_figure(_result()))  # no soak: shorter than one window
     assert not any("no samples" in t or "no answers" in t for t in titles)
+
+
+def test_a_window_longer_than_the_run_is_drawn_within_the_run() -> None:
+    """A 4.2 s run in one 60 s window: its point is at the middle of the 4.2 s, not at 30 s."""
+    run = _result()
+    usage = [(0.5, 50.0, 300_000_000)]
+    soak = soak_summary(
+        run.frames, run.dropped_sent_s, usage, (),
+        counters_before=None, counters_after=None, window_s=60.0,
+    )  # fmt: skip
+    fig = _figure(replace(run, soak=soak))
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("end to end per 60 s"))
+    assert {float(x) for line in panel.get_lines() for x in line.get_xdata()} == {2.1}
