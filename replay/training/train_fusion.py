@@ -441,11 +441,12 @@ def train(
     if ray_address is not None:
         check_ray_address(ray_address)
     _check_out_dir(out_dir)
-    if resume:
-        _check_resume(out_dir / "checkpoints" / "last.pt", config)
+    resumed = _check_resume(out_dir / "checkpoints" / "last.pt", config) if resume else None
     prepared = _prepare(config, prepare_progress, say, model_cache_dir, prepare_workers)
     if ray_address is None:
-        return _train_loop(config, prepared, out_dir, resume=resume, progress=progress, say=say)
+        return _train_loop(
+            config, prepared, out_dir, resume=resume, state=resumed, progress=progress, say=say
+        )
     return _train_on_ray(
         config,
         prepared,
@@ -503,9 +504,9 @@ def _load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     return state
 
 
-def _check_resume(ckpt_path: Path, config: FusionTrainConfig) -> None:
-    """Refuses to resume nothing, a damaged checkpoint or one of another config (before
-    anything is prepared)."""
+def _check_resume(ckpt_path: Path, config: FusionTrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume from; refuses nothing, a damaged checkpoint or one of another
+    config (before anything is prepared)."""
     if not ckpt_path.is_file():
         raise ValueError(
             f"nothing to resume: no checkpoint in {ckpt_path.parent} (train without --resume "
@@ -517,6 +518,7 @@ def _check_resume(ckpt_path: Path, config: FusionTrainConfig) -> None:
             f"{ckpt_path}: the checkpoint was trained with another config; "
             "start a new output folder or train without --resume"
         )
+    return state
 
 
 def _train_on_ray(
@@ -595,6 +597,7 @@ def _train_loop(
     out_dir: Path,
     *,
     resume: bool,
+    state: dict[str, Any] | None = None,
     progress: Progress | None = None,
     say: Callable[[str], None] = lambda _text: None,
     rank: int = 0,
@@ -602,7 +605,9 @@ def _train_loop(
     threads: int | None = None,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> TrainResult:
-    """The optimisation (see :func:`train`); rank 0 of ``world`` workers writes the files."""
+    """The optimisation (see :func:`train`); rank 0 of ``world`` workers writes the files.
+    With ``resume``, ``state`` is the checkpoint `train` checked (None: each worker reads
+    ``out_dir/checkpoints/last.pt`` itself, as Ray's workers do)."""
     ckpt_dir = out_dir / "checkpoints"
     ckpt_path = ckpt_dir / "last.pt"
     metrics_path = out_dir / "metrics.jsonl"
@@ -626,10 +631,11 @@ def _train_loop(
         optim, max_lr=config.optim.lr, total_steps=config.optim.steps, pct_start=0.3
     )
     start = 0
-    if resume and ckpt_path.exists():
+    if resume and (state is not None or ckpt_path.exists()):
         # train() refused a damaged checkpoint or one of another config before anything was
         # prepared.
-        state = _load_checkpoint(ckpt_path)
+        if state is None:
+            state = _load_checkpoint(ckpt_path)
         base.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

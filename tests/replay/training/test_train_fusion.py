@@ -61,7 +61,7 @@ def test_overfits_the_kitti_frames(kitti_learned: TrainResult) -> None:
 
 
 def test_resume_gives_the_run_an_interruption_did_not_stop(
-    kitti_dir: Path, yolox_path: Path, tmp_path: Path
+    kitti_dir: Path, yolox_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     doc = kitti_training_config(kitti_dir, yolox_path, 6)
     doc["train"]["checkpoint_every"] = 3
@@ -83,7 +83,18 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
     other = parse_train_config({**doc, "seed": 1}, "test", tmp_path)
     with pytest.raises(ValueError, match="another config"):
         train(other, tmp_path / "resumed", resume=True)
+    # The checkpoint is read once: the state checked before preparing is the one resumed.
+    reads: list[object] = []
+    real_load = torch.load
+
+    def counted_load(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args[0] if args else kwargs.get("f"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted_load)
     resumed = train(config, tmp_path / "resumed", resume=True)
+    monkeypatch.undo()
+    assert reads == [tmp_path / "resumed" / "checkpoints" / "last.pt"]
     a = torch.load(straight.checkpoint_path, weights_only=False)["model"]
     b = torch.load(resumed.checkpoint_path, weights_only=False)["model"]
     for key in a:
