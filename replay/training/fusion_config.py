@@ -174,10 +174,8 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
     for name, entries in (("train", train), ("val", val)):
         if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
             raise ValueError(f"{where}: data.{name} must be a list of source mappings")
-    seed = doc.get("seed", 0)
     # Every random stream of a step is seeded from it (numpy and torch, which refuse more).
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{where}: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    seed = check_count(doc.get("seed", 0), f"{where}: seed", 0, MAX_SEED)
     model_doc = doc.get("model") or {}
     if not isinstance(model_doc, Mapping):
         raise ValueError(f"{where}: model must be a mapping")

@@ -42,8 +42,8 @@ def _train(capsys: pytest.CaptureFixture[str], config: Path, out: Path, *extra: 
         ({"train": {"threads": 100000}}, "train: train.threads must be an integer from 1 to 256"),
         ({"train": {"batch": 10**9}}, "train: train.batch must be an integer from 1 to 256"),
         ({"train": {"steps": 10**12}}, "train: train.steps must be an integer from 1 to"),
-        ({"seed": 99999999999999999999999}, "seed must be an integer from 0 to 4294967295"),
-        ({"seed": -1}, "seed must be an integer from 0 to 4294967295, got -1"),
+        ({"seed": 99999999999999999999999}, "seed must be an integer from 0 to 4,294,967,295"),
+        ({"seed": -1}, "seed must be an integer from 0 to 4,294,967,295, got -1"),
         ({"model": {"max_pillars": 999999999999}}, "model: learned fusion max_pillars must be"),
         ({"model": {"points_per_pillar": 10**9}}, "model: learned fusion points_per_pillar must"),
         ({"model": {"pillar_m": 1e-9}}, "model: learned fusion grid of"),
@@ -67,11 +67,13 @@ def _train(capsys: pytest.CaptureFixture[str], config: Path, out: Path, *extra: 
                     "train": [{"kind": "synthetic", "seeds": {"start": 0, "count": 99999999999}}]
                 }
             },
-            "data.train: training source synthetic: seeds: count must be from 1 to 100,000",
+            "data.train: training source synthetic: seeds: count must be an integer from 1 to "
+            "100,000",
         ),
         (
             {"data": {"train": [{"kind": "synthetic", "seeds": [2**40]}]}},
-            "data.train: training source synthetic: seeds must be >= 0 and <= 4294967295",
+            "data.train: training source synthetic: seeds: each must be an integer from 0 to "
+            "4,294,967,295",
         ),
         (
             {"data": {"train": [{"kind": "synthetic", "seeds": [1], "seconds": 1e9}]}},

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from engines.checks import check_count
 from replay.synth.world import check_world_options
 from replay.training.samples import TrainingSample
 from replay.training.sources.drive import DriveSource
@@ -103,9 +104,7 @@ _KEYS: dict[str, tuple[set[str], set[str]]] = {
 
 
 def _seed(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"{where}: seeds must be >= 0 and <= {MAX_SEED}, got {value!r}")
-    return value
+    return check_count(value, f"{where}: seeds: each", 0, MAX_SEED)
 
 
 def _seeds(value: Any, where: str) -> list[int]:
@@ -115,12 +114,8 @@ def _seeds(value: Any, where: str) -> list[int]:
             raise ValueError(
                 f"{where}: seeds: expected a list or {{start, count}}, got {dict(value)}"
             )
-        start, count = value["start"], value["count"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, count)):
-            raise ValueError(f"{where}: seeds: start and count must be integers")
-        if not 1 <= count <= MAX_SEEDS:
-            raise ValueError(f"{where}: seeds: count must be from 1 to {MAX_SEEDS:,}, got {count}")
-        _seed(start, where)
+        start = check_count(value["start"], f"{where}: seeds: start", 0, MAX_SEED)
+        count = check_count(value["count"], f"{where}: seeds: count", 1, MAX_SEEDS)
         _seed(start + count - 1, where)
         return list(range(start, start + count))
     if isinstance(value, Sequence) and not isinstance(value, str):

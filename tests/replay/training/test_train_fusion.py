@@ -137,7 +137,7 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
         ),
         (
             {"data": {"train": [SYNTH]}, "seed": 10**23},
-            rf"cfg\.yaml: seed must be an integer from 0 to 4294967295, got {10**23}",
+            rf"cfg\.yaml: seed must be an integer from 0 to 4,294,967,295, got {10**23}",
         ),
         (
             {"data": {"train": [SYNTH]}, "augment": {"scale": [1.05, 0.95]}},
@@ -153,7 +153,8 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
         ),
         (
             {"data": {"train": [{"kind": "synthetic", "seeds": {"start": 0, "count": 10**11}}]}},
-            r"cfg\.yaml: data\.train: training source synthetic: seeds: count must be from 1 to",
+            r"cfg\.yaml: data\.train: training source synthetic: seeds: count must be an integer "
+            "from 1 to",
         ),
     ],
 )

@@ -56,18 +56,25 @@ def test_kitti_entry(tmp_path: Path, kitti_dir: Path) -> None:
         ({"kind": "synthetic", "seeds": [1], "sconds": 2}, "unknown key sconds"),
         ({"kind": "synthetic", "seeds": "1-3"}, "seeds: expected a list or"),
         ({"kind": "synthetic", "seeds": {"start": 1}}, "seeds: expected a list or"),
-        ({"kind": "synthetic", "seeds": [-1]}, "seeds must be >= 0"),
+        (
+            {"kind": "synthetic", "seeds": {"start": "0", "count": 2}},
+            "seeds: start must be an integer from 0 to 4,294,967,295, got '0'",
+        ),
+        ({"kind": "synthetic", "seeds": [-1]}, "seeds: each must be an integer from 0 to"),
         ({"kind": "synthetic", "seeds": [1], "seconds": 0}, "seconds must be > 0"),
         # Typos that would otherwise be a MemoryError once the samples are prepared.
         (
             {"kind": "synthetic", "seeds": {"start": 0, "count": 99999999999}},
-            "seeds: count must be from 1 to 100,000, got 99999999999",
+            "seeds: count must be an integer from 1 to 100,000, got 99999999999",
         ),
         (
             {"kind": "synthetic", "seeds": {"start": 2**32 - 1, "count": 2}},
-            "seeds must be >= 0 and <= 4294967295, got 4294967296",
+            "seeds: each must be an integer from 0 to 4,294,967,295, got 4294967296",
         ),
-        ({"kind": "synthetic", "seeds": [2**64]}, "seeds must be >= 0 and <= 4294967295"),
+        (
+            {"kind": "synthetic", "seeds": [2**64]},
+            "seeds: each must be an integer from 0 to 4,294,967,295",
+        ),
         ({"kind": "synthetic", "seeds": [1], "seconds": 1e9}, "seconds must be > 0 and at most"),
         ({"kind": "synthetic", "seeds": [1], "seconds": float("nan")}, "seconds must be > 0"),
         (
