@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -190,10 +191,11 @@ def train(
     steps: int,
     batch: int,
     lr: float = 3e-3,
-    log: bool = True,
+    log: Callable[[str], None] | None = None,
     scenes: tuple[str, ...] = ("simple",),
 ) -> TinyYolox:
-    """A trained model (deterministic for a seed on a given machine) on renders of `scenes`."""
+    """A trained model (deterministic for a seed on a given machine) on renders of `scenes`;
+    `log` is told the render time and every 25th step's loss (None: nothing is said)."""
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     t0 = time.monotonic()
@@ -202,8 +204,8 @@ def train(
     obj_all = torch.from_numpy(np.stack([t["obj"] for t in targets]))
     reg_all = torch.from_numpy(np.stack([t["reg"] for t in targets]))
     cls_all = torch.from_numpy(np.stack([t["cls"] for t in targets]))
-    if log:
-        print(f"rendered {images} images in {time.monotonic() - t0:.1f} s")
+    if log is not None:
+        log(f"rendered {images} images in {time.monotonic() - t0:.1f} s")
     model = TinyYolox()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -221,8 +223,8 @@ def train(
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
-        if log and (step % 25 == 0 or step == steps - 1):
-            print(f"step {step:4d} loss {float(loss.detach()):.3f} ({time.monotonic() - t0:.0f} s)")
+        if log is not None and (step % 25 == 0 or step == steps - 1):
+            log(f"step {step:4d} loss {float(loss.detach()):.3f} ({time.monotonic() - t0:.0f} s)")
     model.eval()
     return model
 
@@ -263,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--scenes: {e}")
     t0 = time.monotonic()
     model = train(
-        seed=args.seed, images=args.images, steps=args.steps, batch=args.batch, scenes=scenes
+        seed=args.seed,
+        images=args.images,
+        steps=args.steps,
+        batch=args.batch,
+        log=lambda line: print(line, flush=True),
+        scenes=scenes,
     )
     export(model, args.out)
     print(

@@ -91,11 +91,16 @@ def test_training_boxes_cut_off_by_the_edge_extend_past_it() -> None:
     assert _extend_cut(inside, 1242, 375) == (10.0, 150.0, 1200.0, 300.0)
 
 
-def test_training_script_runs_two_steps(tmp_path: Path) -> None:
+def test_training_script_runs_two_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("torch")
-    from replay.training.train_detector import main
+    from replay.training.train_detector import main, train
 
     out = tmp_path / "m.onnx"
     assert main(["--images", "4", "--steps", "2", "--batch", "2", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "rendered 4 images" in said and "step    1 loss" in said and f"wrote {out}" in said
+    # The training itself says nothing unless told where to.
+    train(seed=0, images=2, steps=1, batch=1)
+    assert capsys.readouterr().out == ""
     detector = CameraDetector(OnnxRuntimeEngine(out), kind="yolox")
     assert detector.input_width == 640 and detector.input_height == 192
