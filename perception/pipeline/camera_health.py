@@ -7,7 +7,7 @@ each image before the camera encoder, as Autoware's image_diagnostics does for b
 darkness, and treats an unfit one as missing: the fusion runs on the lidar alone and the camera's
 stream is listed among the DetectionList's degraded inputs.
 
-Two measures, cheap enough for every frame (about a millisecond for a KITTI image):
+Two measures, cheap enough for every frame (under a millisecond for a KITTI image):
 - mean luma: the mean grey level, 0-255;
 - sharpness: the RMS of the Laplacian of the grey image at a quarter of its size (area
   averaging, which also averages sensor noise away), in percent of the mean grey level, so a
@@ -43,8 +43,12 @@ def measure_image(image: npt.NDArray[np.uint8]) -> ImageQuality:
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     mean = float(grey.mean())
     h, w = grey.shape
+    # Whole blocks only (the last rows and columns short of a block are left out): OpenCV
+    # averages whole blocks in its fast path, a quarter of the time of a fractional factor
+    # (0.35 against 1.44 ms on a 1242 x 375 frame, the check's largest cost).
+    whole = grey[: h - h % _SHRINK or h, : w - w % _SHRINK or w]
     small = cv2.resize(
-        grey,
+        whole,
         (max(1, w // _SHRINK), max(1, h // _SHRINK)),
         interpolation=cv2.INTER_AREA,
     ).astype(np.float32)
