@@ -260,6 +260,9 @@ class NodeCore:
         # Sensors dead at the last diagnostics, and whether every input was: logged on change.
         self._dead: set[str] = set()
         self._stale = False
+        # The receive clock at the first diagnostics: a sensor never heard from, while no
+        # stream at all has been, is logged silent once its periods have passed since then.
+        self._first_diagnostics_ns: int | None = None
         self._last_publish_ns = 0
         self._last_latency_ns = 0
         #: The multi-object tracker after fusion (processing side only).
@@ -758,7 +761,7 @@ class NodeCore:
         with self._lock:
             sensors = self.liveness.status(stamp_ns)
             status = self.liveness.overall(stamp_ns)
-            self._log_liveness(sensors, status)
+            self._log_liveness(sensors, status, stamp_ns)
             stats = self.bundler.stats
             sync = {k: v for k, v in asdict(stats).items() if isinstance(v, int)}
             seq = self._diagnostics_seq
@@ -787,9 +790,19 @@ class NodeCore:
                 calibration=calibration,
             )
 
-    def _log_liveness(self, sensors: Sequence[SensorStatus], status: str) -> None:
-        dead = {s.stream for s in sensors if not s.alive}
+    def _log_liveness(self, sensors: Sequence[SensorStatus], status: str, now_ns: int) -> None:
+        # A stream not yet heard from is not alive, but it is silent only once its periods have
+        # passed (after the first message of any stream; before any, after the first
+        # diagnostics): a replay's first diagnostics, at its first message, would otherwise
+        # call every sensor silent and then alive again.
+        if self._first_diagnostics_ns is None:
+            self._first_diagnostics_ns = now_ns
         never = {s.stream for s in sensors if s.messages == 0}
+        dead = {
+            s.stream
+            for s in sensors
+            if not s.alive and (s.stream not in never or self._silent(s.stream, now_ns))
+        }
         for stream in sorted(dead - self._dead):
             if stream in never:
                 # Not alive from the start, before any period could pass.
@@ -800,10 +813,17 @@ class NodeCore:
         for stream in sorted(self._dead - dead):
             log.warning("%s: alive again", stream)
         self._dead = dead
-        stale = status == "stale"
+        stale = status == "stale" and dead == {s.stream for s in sensors}
         if stale and not self._stale:
             log.warning("every input is stale: no sensor has sent for its dead_after_periods")
         self._stale = stale
+
+    def _silent(self, stream: str, now_ns: int) -> bool:
+        """Whether `stream`, never heard from, has been silent for its periods at `now_ns`."""
+        if self.liveness.death_ns(stream) is not None:
+            return self.liveness.dead(stream, now_ns)
+        assert self._first_diagnostics_ns is not None
+        return now_ns - self._first_diagnostics_ns >= self.liveness.grace_ns(stream)
 
 
 def _what(e: Exception) -> str:

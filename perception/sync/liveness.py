@@ -100,6 +100,10 @@ class Liveness:
     def _dead_after_ns(self, s: _Stream) -> int:
         return round(self.dead_after_periods * s.period_ns())
 
+    def grace_ns(self, stream: str) -> int:
+        """How long a monitored `stream` may be silent before it is dead, now."""
+        return self._dead_after_ns(self._streams[stream])
+
     def death_ns(self, stream: str) -> int | None:
         """When `stream` is (or was) declared dead without further messages; None if it is not
         monitored, or nothing was received yet."""

@@ -287,3 +287,48 @@ def test_the_log_tells_a_sensor_never_heard_from_from_one_gone_silent(
         lines
     )
     assert not any(line.startswith("gnss: no message for") for line in lines)
+
+
+def test_a_replay_starting_before_its_sensors_logs_no_silence(
+    config: NodeConfig,
+    pipeline: Pipeline,
+    folder: KittiObjectFolder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Diagnostics at the very first message (a replay takes its first at once), before any
+    sensor's first message: the sensors are not alive yet, and the Diagnostics say so, but none
+    has been silent for its periods, so none is logged silent, then alive again a second later
+    (every replay to an MCAP file logged both)."""
+    core = NodeCore(config, pipeline)
+    diagnostics = []
+    with caplog.at_level("WARNING", logger="perception.node.core"):
+        received = [Received("rig", START, message=folder.frame_messages(0, START)[0])]
+        received += _frames(folder, 20)
+        list(run_core(core, received, on_diagnostics=diagnostics.append))
+    first = diagnostics[0]
+    assert first.status == "stale" and not any(s.alive for s in first.sensors)
+    alive = {s.stream: s.alive for s in diagnostics[-1].sensors}
+    assert alive == {"camera/front": True, "lidar/top": True, "gnss": False}
+    lines = [r.getMessage() for r in caplog.records]
+    silence = ("no message", "every input is stale", "alive again")
+    logged = [line for line in lines if any(word in line for word in silence)]
+    # KITTI frames carry no GNSS: it alone is silent, once its periods have passed.
+    assert logged == ["gnss: no message since the node started"], lines
+
+
+def test_a_node_no_sensor_ever_sends_to_says_so_once_their_periods_pass(
+    config: NodeConfig, pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No message at all: the first diagnostics log nothing yet, the next, a second later,
+    that every sensor is silent and every input stale."""
+    core = NodeCore(config, pipeline)
+    with caplog.at_level("WARNING", logger="perception.node.core"):
+        core.diagnostics(START)
+        assert not caplog.records
+        core.diagnostics(START + S)
+    lines = [r.getMessage() for r in caplog.records]
+    streams = sorted(s.stream for s in core.diagnostics(START + S).sensors)
+    assert lines == [
+        *(f"{stream}: no message since the node started" for stream in streams),
+        "every input is stale: no sensor has sent for its dead_after_periods",
+    ]
