@@ -13,7 +13,7 @@ import pytest
 
 from perception.config import NodeConfig, parse_config
 from perception.msgs import wire
-from perception.msgs.types import DetectionList, LidarSweep, Message
+from perception.msgs.types import DetectionList, Diagnostics, LidarSweep, Message
 from perception.node import NodeCore
 from perception.node.core import CLOCK_MIN_SWEEPS
 from perception.pipeline import Pipeline
@@ -300,7 +300,7 @@ def test_a_replay_starting_before_its_sensors_logs_no_silence(
     has been silent for its periods, so none is logged silent, then alive again a second later
     (every replay to an MCAP file logged both)."""
     core = NodeCore(config, pipeline)
-    diagnostics = []
+    diagnostics: list[Diagnostics] = []
     with caplog.at_level("WARNING", logger="perception.node.core"):
         received = [Received("rig", START, message=folder.frame_messages(0, START)[0])]
         received += _frames(folder, 20)
