@@ -35,7 +35,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,10 @@ def open_source(
         # the tracker's `max_gap_s`, each starts the tracker over (counted as a reset) instead
         # of chaining detections from different streets into tracks.
         period_ns = round((config.tracking.max_gap_s + 1.0) * 1e9)
+        # Its sensors' rate is that of the frames: at the config's (10 Hz) the first gap between
+        # two frames read as the sensors dying, every input stale, then alive again.
+        inputs = replace(config.inputs, rates_hz={}, default_rate_hz=1e9 / period_ns)
+        config = replace(config, inputs=inputs)
         received = (
             Received(m.header.stream, m.header.stamp_ns, message=m)
             for m in folder.messages(period_ns=period_ns)

@@ -12,7 +12,7 @@ import yaml
 
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
-from perception.msgs.types import RigMessage, TrackList
+from perception.msgs.types import Diagnostics, RigMessage, TrackList
 from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
@@ -51,13 +51,23 @@ def test_a_damaged_drive_record_is_skipped_and_counted(
 
 
 def test_kitti_object_frames_start_the_tracker_over(
-    kitti_dir: Path, tmp_path: Path, pipeline: Pipeline
+    kitti_dir: Path, tmp_path: Path, pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The frames are unrelated scenes: the tracker must not chain detections from different
     # streets into tracks, so each frame starts it over and none lives long enough to be
     # confirmed (3 hits).
     out = tmp_path / "out.mcap"
-    summary = replay_to_file(kitti_dir, out, NodeConfig(), pipeline)
+    with caplog.at_level("WARNING", logger="perception.node.core"):
+        summary = replay_to_file(kitti_dir, out, NodeConfig(), pipeline)
+    # Their sensors are taken at the frames' rate: the gaps between frames are no outages
+    # (KITTI object frames carry no GNSS, which alone is silent).
+    assert [r.getMessage() for r in caplog.records] == ["gnss: no message since the node started"]
+    diagnostics = [
+        r.message for r in DriveReader(out).messages() if isinstance(r.message, Diagnostics)
+    ]
+    sensors = {s.stream: s for s in diagnostics[-1].sensors}
+    assert sensors["lidar/top"].alive and sensors["lidar/top"].outages == 0
+    assert sensors["camera/front"].alive and sensors["camera/front"].outages == 0
     assert summary.sweeps == 8 and summary.detections > 0
     lists = [r.message for r in DriveReader(out).messages() if isinstance(r.message, TrackList)]
     assert len(lists) == 8
