@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,13 +476,17 @@ def _heading_cos_sin(obj: SynthObject, yaw: FloatArray) -> tuple[Any, Any]:
     return np.cos(yaw), np.sin(yaw)
 
 
-def _part_pose(obj: SynthObject, part: tuple[Any, ...], t: FloatArray) -> tuple[FloatArray, ...]:
-    """World centre (x, y, z arrays) of a part and the object's heading at times t."""
+def _part_poses(
+    obj: SynthObject, t: FloatArray
+) -> Iterator[tuple[tuple[Any, ...], tuple[FloatArray, ...]]]:
+    """Each part of `obj` with its world centre (x, y, z arrays) and the object's heading at
+    times t (the object's pose found once for all its parts)."""
     ox, oy, yaw = obj.pose(t)
     c, s = _heading_cos_sin(obj, yaw)
-    px = ox + c * part[0] - s * part[1]
-    py = oy + s * part[0] + c * part[1]
-    return px, py, np.full_like(px, part[2]), yaw
+    for part in obj.parts:
+        px = ox + c * part[0] - s * part[1]
+        py = oy + s * part[0] + c * part[1]
+        yield part, (px, py, np.full_like(px, part[2]), yaw)
 
 
 def _part_material(obj: SynthObject, part: tuple[Any, ...]) -> tuple[float, float, bool]:
@@ -546,8 +550,7 @@ def lidar_sweep(
         dwx = cy_ * d[..., 0] - sy_ * d[..., 1]
         dwy = sy_ * d[..., 0] + cy_ * d[..., 1]
         dwz = d[..., 2]
-        for part in obj.parts:
-            px, py, pz, pyaw = _part_pose(obj, part, ct)
+        for part, (px, py, pz, pyaw) in _part_poses(obj, ct):
             # Ray origin relative to the part centre, rotated into the part frame.
             rx, ry, rz = ex[cols] - px, ey[cols] - py, LIDAR_HEIGHT_M - pz
             c, s = _heading_cos_sin(obj, pyaw)
@@ -756,8 +759,8 @@ def render_camera(
         c_obj = rot @ np.array([ox, oy, 0.0]) + trans
         if c_obj[2] < -8.0 or np.hypot(c_obj[0], c_obj[2]) > 150.0:
             continue
-        for part in obj.parts:
-            px, py, pz, pyaw = (float(v[()]) for v in _part_pose(obj, part, np.array(t)))
+        for part, pose in _part_poses(obj, np.array(t)):
+            px, py, pz, pyaw = (float(v[()]) for v in pose)
             centre = np.array([px, py, pz])
             items.append((float(np.linalg.norm(centre - cam_pos)), obj, part, centre, pyaw))
     items.sort(key=lambda it: (-it[0], it[1].ident))
