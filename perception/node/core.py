@@ -805,7 +805,8 @@ class NodeCore:
         }
         for stream in sorted(dead - self._dead):
             if stream in never:
-                # Not alive from the start, before any period could pass.
+                # Never heard from: silent since the node started, not for periods of a rate it
+                # never showed.
                 log.warning("%s: no message since the node started", stream)
                 continue
             log.warning("%s: no message for %g periods: dead (bundles go out without it)",
