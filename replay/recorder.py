@@ -67,7 +67,9 @@ class RecorderStats:
     failure that lost the chunk holding it); `bytes`: bytes received (all frames); `error`:
     why the recording stopped by itself (storage or transport failure), None when it ran until
     stopped. Messages still queued or in the chunk being filled count in `received` only, so
-    the counts add up once the recorder is closed."""
+    the counts add up once the recorder is closed. `arrived`: per topic subscribed to, the
+    messages decoded on it (0 for one on which nothing arrived: a topic published under
+    another name is recorded as nothing, and says so here)."""
 
     received: int = 0
     written: int = 0
@@ -76,6 +78,7 @@ class RecorderStats:
     failed: int = 0
     bytes: int = 0
     error: str | None = None
+    arrived: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ class Recorder:
         self._stop_timeout_s = stop_timeout_s
         self._queue_bytes = queue_bytes
         groups: dict[tuple[str, ...], list[str]] = {}
-        for topic in dict.fromkeys([*topics, *(topic_endpoints or {})]):
+        self._arrived = dict.fromkeys([*topics, *(topic_endpoints or {})], 0)
+        for topic in self._arrived:
             where = (topic_endpoints or {}).get(topic, endpoints)
             groups.setdefault(tuple(where), []).append(topic)
         if not groups:
@@ -191,6 +195,7 @@ class Recorder:
                 failed=self._failed,
                 bytes=self._bytes,
                 error=self._error,
+                arrived=tuple(self._arrived.items()),
             )
 
     @property
@@ -277,6 +282,7 @@ class Recorder:
         with self._lock:
             self._received += 1
             self._bytes += size
+            self._arrived[topic] = self._arrived.get(topic, 0) + 1
             if self._queued_bytes + size > self._queue_bytes:
                 self._dropped += 1
                 return
@@ -414,6 +420,7 @@ class Recorder:
                 failed=self._failed + lost_in_chunk + in_hand,
                 bytes=self._bytes,
                 error=self._error,
+                arrived=tuple(self._arrived.items()),
             )
         s = self._final
         log.info(

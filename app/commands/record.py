@@ -90,6 +90,20 @@ def _report(stats: RecorderStats, out: Path) -> None:
         f"undecodable, {stats.failed} failed, {stats.bytes / 1e6:.1f} MB",
         flush=True,
     )
+    if stats.arrived:
+        print(
+            "perception record: by topic: "
+            + ", ".join(f"{topic} {count}" for topic, count in stats.arrived),
+            flush=True,
+        )
+    silent = [topic for topic, count in stats.arrived if count == 0]
+    if silent and stats.received:
+        # Others arrived: the likeliest cause is a topic published under another name.
+        print(
+            f"perception record: nothing arrived on {', '.join(silent)}; is it published "
+            "under another name? (`perception echo TOPIC` shows what arrives on one)",
+            flush=True,
+        )
     if stats.received == 0 and stats.error is None:
         # Not an error (nothing may have been published), but the usual cause is worth a line.
         print(

@@ -170,7 +170,8 @@ def test_record_and_play_put_each_topic_where_it_is_published(
                 writer.write(rec.message, rec.log_time_ns, rec.topic)
     config, sensors, outputs = _endpoints_config(tmp_path)
     out = tmp_path / "recorded.mcap"
-    topics = ["lidar/top", "camera/front", "rig", "detections", "tracks", "diagnostics"]
+    # Nothing publishes gnss (KITTI object frames carry none): recorded as nothing, and said.
+    topics = ["lidar/top", "camera/front", "rig", "gnss", "detections", "tracks", "diagnostics"]
     recorder = subprocess.Popen(
         [*CLI, "record", *topics, "--out", str(out), "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -192,10 +193,15 @@ def test_record_and_play_put_each_topic_where_it_is_published(
     log, _ = recorder.communicate(timeout=30)
     assert recorder.returncode == 0, log
     assert (
-        f"lidar/top, camera/front, rig at {sensors}; detections, tracks, diagnostics at {outputs}"
-        in log
+        f"lidar/top, camera/front, rig, gnss at {sensors}; detections, tracks, diagnostics at "
+        f"{outputs}" in log
     )
     diagnostics = DriveReader(detections).topics()["diagnostics"]
+    assert (
+        "perception record: by topic: lidar/top 8, camera/front 8, rig 8, gnss 0, detections 8, "
+        f"tracks 8, diagnostics {diagnostics}\n" in log
+    )
+    assert "perception record: nothing arrived on gnss; is it published under another name?" in log
     assert DriveReader(out).topics() == {"lidar/top": 8, "camera/front": 8, "rig": 8,
                                          "detections": 8, "tracks": 8,
                                          "diagnostics": diagnostics}  # fmt: skip

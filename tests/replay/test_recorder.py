@@ -281,3 +281,21 @@ def test_recent_messages_reach_the_file_within_the_flush_interval(tmp_path: Path
         recorder.close()
     assert on_disk == [0, 1, 2, 3, 4]
     assert_counts_add_up(recorder.stats, out)
+
+
+def test_the_counts_say_which_topic_nothing_arrived_on(tmp_path: Path) -> None:
+    """A topic subscribed to that nothing publishes (a name the sensors do not use) is recorded
+    as nothing: `arrived` counts it 0, beside the others' messages."""
+    endpoint = f"ipc://{tmp_path}/sock/named"
+    out = tmp_path / "named.mcap"
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder([endpoint], ["gnss", "lidar/top"], out, hwm=10_000)
+        recorder.start()
+        time.sleep(0.5)
+        for seq in range(20):
+            pub.send(_fix(seq))
+        _wait(lambda: recorder.stats.received >= 20)
+        assert recorder.stats.arrived == (("gnss", 20), ("lidar/top", 0))
+        recorder.close()
+    assert recorder.stats.arrived == (("gnss", 20), ("lidar/top", 0))
+    assert recorder.stats.written == 20
