@@ -28,6 +28,11 @@ the writer (constructor or `write_rig`) is also stored as MCAP metadata `percept
 (`{"rig": <JSON rig document>, "stamp_ns": "<int>"}`), and `write_rig` also writes a
 `RigMessage` on topic `rig` (`RIG_TOPIC`), so a drive is self-contained.
 
+A synthetic drive also names its world in MCAP metadata `perception.synthetic`
+(`SYNTHETIC_METADATA`: `scene`, `seed`, `lidar`; `write_metadata` / `DriveReader.metadata`), so
+that a reader can say what its data can show (a calibration verdict over the simple world does
+not check the rig).
+
 A drive may also hold ground truth (synthetic drives do): one JSON message per lidar sweep on
 topic `ground_truth` (`GROUND_TRUTH_TOPIC`, written by `DriveWriter.write_ground_truth`),
 `publish_time` the sweep stamp, schema `perception.GroundTruth` (`GROUND_TRUTH_SCHEMA`, a JSON
@@ -54,7 +59,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -96,6 +101,9 @@ COMPANION_SUFFIX = ".perception"
 COMPANION_SCHEMA = "perception.WireHeader"
 #: Name of the MCAP metadata record holding the drive's rig document.
 RIG_METADATA = "perception.rig"
+#: Name of the MCAP metadata record of a synthetic drive: its world (`scene`), `seed` and
+#: lidar model (replay.synth.world.generate_drive).
+SYNTHETIC_METADATA = "perception.synthetic"
 #: Topic `DriveWriter.write_rig` writes its RigMessage on.
 RIG_TOPIC = "rig"
 #: Default uncompressed chunk size, bytes. Smaller chunks lose less when a recorder is killed.
@@ -411,6 +419,18 @@ class DriveWriter(Closeable):
             self._writer.add_metadata(RIG_METADATA, data)
         except OSError as e:
             raise self._storage_failed("cannot write the rig", e) from e
+
+    def write_metadata(self, name: str, data: Mapping[str, str]) -> None:
+        """An MCAP metadata record `name` holding `data` (what the drive is, for its readers:
+        `DriveReader.metadata`).
+
+        Raises:
+            DriveStorageError: the file cannot be written.
+        """
+        try:
+            self._writer.add_metadata(name, dict(data))
+        except OSError as e:
+            raise self._storage_failed(f"cannot write the metadata {name}", e) from e
 
     def flush(self) -> None:
         """Cut the chunk being filled (if it holds messages) and hand it to the operating
@@ -736,6 +756,16 @@ class DriveReader:
             raise ReplayError(f"{self.path}: the drive's rig is invalid ({e})") from e
 
     def _rig_metadata(self) -> dict[str, Any] | None:
+        data = self.metadata(RIG_METADATA)
+        if data is not None and "rig" in data:
+            doc = json.loads(data["rig"])
+            if isinstance(doc, dict):
+                return doc
+        return None
+
+    def metadata(self, name: str) -> dict[str, str] | None:
+        """The first MCAP metadata record `name` of the drive (`DriveWriter.write_metadata`),
+        None when it has none."""
         with self.path.open("rb") as f:
             if self._summary_ok:
                 items: Iterator[Metadata] = SeekingReader(f).iter_metadata()
@@ -743,10 +773,8 @@ class DriveReader:
             else:
                 metas = [r for r in self._linear_records(f) if isinstance(r, Metadata)]
         for meta in metas:
-            if meta.name == RIG_METADATA:
-                doc = json.loads(meta.metadata["rig"])
-                if isinstance(doc, dict):
-                    return doc
+            if meta.name == name:
+                return dict(meta.metadata)
         return None
 
     def _channel_map(self) -> dict[int, Channel]:

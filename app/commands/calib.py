@@ -100,7 +100,7 @@ def _check_many(args: argparse.Namespace) -> int:
     from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder  # noqa: PLC0415
     from replay.drive import DriveReader  # noqa: PLC0415
     from replay.mcap_player import check_sensor_drive  # noqa: PLC0415
-    from replay.synth.world import ground_truth_path  # noqa: PLC0415
+    from replay.synth.world import calibration_caveat, ground_truth_path  # noqa: PLC0415
 
     if args.frames is not None:
         if args.refine is not None:
@@ -170,6 +170,9 @@ def _check_many(args: argparse.Namespace) -> int:
     chosen = [v for v in verdicts if args.camera is None or v.camera == args.camera]
     for v in chosen:
         print(_verdict_line(v, config.calibration_monitor.monitor.min_information_nats))
+    caveat = None if args.frames is not None else calibration_caveat(source)
+    if caveat is not None:
+        print(f"  ({caveat})")
     if out is not None:
         _write_pictures(out, chosen, perturb)
     undecided = [v.camera for v in chosen if v.estimate.state == MonitorState.COLLECTING]

@@ -81,6 +81,7 @@ from replay.synth.world import (
     DRIVE_BYTES_PER_S,
     LIDAR_STREAM,
     GroundTruthFrame,
+    calibration_caveat,
     check_world_options,
     generate_drive,
     ground_truth_path,
@@ -170,16 +171,6 @@ class DemoReport:
     #: Per drifted camera, its picture: the last frame the monitor used, drawn with the rig
     #: the node was given and with it corrected.
     calibration_pictures: tuple[Path, ...] = ()
-
-
-#: The simple world has nothing static beside the road: the only structure the calibration
-#: monitor finds there is on road users, so its verdict there reads their poses, not the rig's
-#: (benchmarks/RESULTS.md, "what the evidence can tell apart"). A short demo may even call the
-#: true rig drifted.
-SIMPLE_WORLD_CALIBRATION_CAVEAT = (
-    "the simple world has no static structure beside the road, so this verdict does not check "
-    "the rig (it may call the true one drifted); the rich world (--scene rich) does"
-)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -498,7 +489,6 @@ def run_demo(
     )
     # Every engine is built before anything else: a missing learned model fails at once.
     pipelines = {kind: _pipeline(kind, detector, learned_model) for kind in kinds}
-    generated = drive_path is None
     if drive_path is None:
         name = "synth" if scene == "simple" else f"synth_{scene}"
         if rig_error is not None:
@@ -612,9 +602,7 @@ def run_demo(
         runs=tuple(runs.values()),
         without=without,
         calibration=calibration,
-        calibration_caveat=(
-            SIMPLE_WORLD_CALIBRATION_CAVEAT if generated and scene == "simple" else None
-        ),
+        calibration_caveat=calibration_caveat(Path(drive_path)),
         calibration_pictures=calibration_pictures,
     )
 

@@ -44,7 +44,8 @@ from calibration import LocalTangentPlane, PinholeCamera, Rig, RigidTransform
 from calibration.errors import not_utf8
 from calibration.monitor import Correction, corrected_rig
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
-from replay.drive import DriveReader, DriveWriter
+from replay.drive import SYNTHETIC_METADATA, DriveReader, DriveWriter
+from replay.errors import ReplayError
 from replay.evaluation import ReferenceBox
 from replay.synth.lidar_model import MATERIALS, LidarModel, lidar_model, passes_through
 from replay.synth.road import Road
@@ -970,6 +971,30 @@ def _boxes_2d(
 # -- the drive -----------------------------------------------------------------------------------
 
 
+#: The simple world has nothing static beside the road: the only structure the calibration
+#: monitor finds there is on road users, so its verdict there reads their poses, not the rig's
+#: (benchmarks/RESULTS.md, "what the evidence can tell apart"). A short demo may even call the
+#: true rig drifted.
+SIMPLE_WORLD_CALIBRATION_CAVEAT = (
+    "the simple world has no static structure beside the road, so this verdict does not check "
+    "the rig (it may call the true one drifted); a drive of the rich world (`perception demo "
+    "--scene rich`) does"
+)
+
+
+def calibration_caveat(drive_path: Path) -> str | None:
+    """Why a calibration verdict over the drive does not check its rig: it is a synthetic drive
+    of the simple world (its `SYNTHETIC_METADATA`); None for any other drive, and for one
+    written before drives recorded their world."""
+    try:
+        meta = DriveReader(drive_path).metadata(SYNTHETIC_METADATA)
+    except ReplayError:
+        return None
+    if meta is not None and meta.get("scene") == "simple":
+        return SIMPLE_WORLD_CALIBRATION_CAVEAT
+    return None
+
+
 def ground_truth_path(drive_path: Path) -> Path:
     """The ground truth file beside a drive: `<drive>.gt.jsonl`."""
     p = Path(drive_path)
@@ -1097,6 +1122,11 @@ def generate_drive(
     points_total = 0
     given = rig if rig_error is None else corrected_rig(rig, CAMERA_NAME, rig_error)
     with DriveWriter(out_path, rig=None) as writer, gt_path.open("w", encoding="utf-8") as gt:
+        # What world it is: a reader (`perception calib check`) can say what its data can show.
+        writer.write_metadata(
+            SYNTHETIC_METADATA,
+            {"scene": scene, "seed": str(seed), "lidar": world.lidar},
+        )
         writer.write_rig(given, START_NS)
         for i in range(n):
             t0 = i * LIDAR_PERIOD_NS * 1e-9

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -116,6 +116,7 @@ def test_calib_check_over_a_drive_exits_3_on_drift_and_refines_the_rig(
     out = capsys.readouterr().out
     assert "camera front: ALIGNED over 20 frames" in out
     assert re.search(r"it moves the projection \d+\.\d \+- \d+\.\d px \(median\)", out), out
+    assert "no static structure" not in out  # the rich world's verdict checks the rig
     refined_path = tmp_path / "refined.yaml"
     picture_path = tmp_path / "correction.png"
     code = main(
@@ -134,6 +135,18 @@ def test_calib_check_over_a_drive_exits_3_on_drift_and_refines_the_rig(
     true = synth_rig().transform("vehicle", "camera/front")
     turn = refined.rotation.T @ true.rotation
     assert np.degrees(np.arccos(np.clip((np.trace(turn) - 1) / 2, -1, 1))) < 0.15
+
+
+def test_calib_check_of_a_simple_world_drive_says_it_does_not_check_the_rig(
+    capsys, synth_drive: Callable[[int, float], Path]
+) -> None:
+    """The simple world has no static structure beside the road: its drive (which says which
+    world it is) gets the demo's caveat under the verdict, whatever the verdict."""
+    code = main(["calib", "check", "--drive", str(synth_drive(2, 1.0)), "--quiet"])
+    out = capsys.readouterr().out
+    assert code in (0, 3, 4), out
+    verdict = out.index("camera front: ")
+    assert verdict < out.index("(the simple world has no static structure beside the road, so")
 
 
 def test_calib_check_judges_the_rig_given_not_the_drives_own(

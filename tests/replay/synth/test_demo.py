@@ -8,12 +8,12 @@ from pathlib import Path
 import cv2
 import pytest
 
-from perception.msgs.types import Detection3D, DetectionList, Header
-from replay.drive import DriveReader
+from perception.msgs.types import Detection3D, DetectionList, Header, LidarSweep
+from replay.drive import SYNTHETIC_METADATA, DriveReader, DriveWriter
 from replay.evaluation import ReferenceBox
 from replay.output import OutputError, check_free_space
 from replay.synth.demo import _evaluate, ensure_synthetic_drive, format_demo_report, run_demo
-from replay.synth.world import synth_rig
+from replay.synth.world import ground_truth_path, synth_rig
 from tests.replay.test_pictures import longest_blank_run
 
 
@@ -110,9 +110,22 @@ def test_the_simple_worlds_calibration_verdict_says_it_does_not_check_the_rig(
     text = format_demo_report(report)
     verdict = text.index("calibration monitor, camera front:")
     assert verdict < text.index("no static structure beside the road") < text.index("detections:")
-    # A drive the user names may be any world: no caveat is guessed for it.
+    # A drive the user names says which world it is (its metadata)...
     again = run_demo(report.drive, seed=3, out_dir=tmp_path)
-    assert again.calibration_caveat is None
+    assert again.calibration_caveat == report.calibration_caveat
+    # ...and one that does not (written before drives recorded it) gets no caveat guessed.
+    bare = tmp_path / "bare" / "synth.mcap"
+    bare.parent.mkdir()
+    reader = DriveReader(report.drive)
+    truth = {doc["stamp_ns"]: doc for doc in reader.ground_truth()}
+    with DriveWriter(bare, rig=None) as writer:
+        for rec in reader.messages():
+            writer.write(rec.message, rec.log_time_ns, rec.topic)
+            if isinstance(rec.message, LidarSweep):
+                writer.write_ground_truth(truth.pop(rec.message.header.stamp_ns), rec.log_time_ns)
+    shutil.copyfile(ground_truth_path(report.drive), ground_truth_path(bare))
+    assert DriveReader(bare).metadata(SYNTHETIC_METADATA) is None
+    assert run_demo(bare, seed=3, out_dir=bare.parent).calibration_caveat is None
 
 
 def test_bad_fusion_kinds_and_degradations_are_refused(tmp_path: Path) -> None:
