@@ -340,6 +340,15 @@ def import_kitti_raw(
     if not drive.is_dir():
         raise ReplayError(f"{drive}: KITTI raw drive folder does not exist")
     if not (drive / "image_02").is_dir():
+        drives = sorted(p.name for p in drive.glob("*_drive_*_sync") if p.is_dir())
+        if drives:
+            # The date folder (it holds the calibration) given instead of one of its drives.
+            shown = ", ".join(drives[:3]) + (
+                f" and {len(drives) - 3} more" if len(drives) > 3 else ""
+            )
+            raise ReplayError(
+                f"{drive}: a KITTI raw date folder, not a drive; give one of its drives ({shown})"
+            )
         raise ReplayError(f"{drive / 'image_02'}: missing (the front colour camera)")
     folders = dict(KITTI_RAW_CAMERAS)
     if grey:

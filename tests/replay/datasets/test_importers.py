@@ -300,6 +300,14 @@ def test_raw_missing_drive(tmp_path: Path) -> None:
         import_kitti_raw(tmp_path / "nowhere", tmp_path / "x.mcap")
 
 
+def test_raw_date_folder_names_its_drives(raw_drive: Path, tmp_path: Path) -> None:
+    """The date folder (it holds the calibration) given for a drive: its drives are named."""
+    with pytest.raises(ReplayError, match=rf"{DATE}: a KITTI raw date folder, not a drive; "
+                       rf"give one of its drives \({DRIVE}\)$"):  # fmt: skip
+        import_kitti_raw(raw_drive.parent, tmp_path / "x.mcap")
+    assert not (tmp_path / "x.mcap").exists()
+
+
 def test_object_import(kitti_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "kitti_object.mcap"
     stats = import_kitti_object(kitti_dir, out, start_ns=5)
