@@ -100,7 +100,10 @@ class KittiObjectFolder:
             raise ReplayError(f"{self.root}: KITTI object folder does not exist")
         for sub in ("image_2", "calib"):
             if not (self.root / sub).is_dir():
-                raise ReplayError(f"{self.root}: not a KITTI object folder (no {sub}/)")
+                # KITTI's download unpacks to <root>/training and <root>/testing.
+                inside = [p for p in ("training", "testing") if (self.root / p / sub).is_dir()]
+                hint = f"; {self.root / inside[0]} is one" if inside else ""
+                raise ReplayError(f"{self.root}: not a KITTI object folder (no {sub}/){hint}")
         self.lidar_dir = lidar_dir or self._choose_lidar_dir()
         scan_dir = self.root / self.lidar_dir
         stems = {p.stem for p in scan_dir.glob("*.bin")}

@@ -41,6 +41,16 @@ def test_missing_folder(tmp_path: Path) -> None:
         KittiObjectFolder(tmp_path / "nowhere")
 
 
+def test_the_folder_above_training_names_it(tmp_path: Path, kitti_dir: Path) -> None:
+    """KITTI's download unpacks to <root>/training: the root given, the error names it."""
+    root = tmp_path / "kitti"
+    shutil.copytree(kitti_dir, root / "training")
+    with pytest.raises(ReplayError, match=rf"no image_2/\); {root / 'training'} is one$"):
+        KittiObjectFolder(root)
+    with pytest.raises(ReplayError, match=r"not a KITTI object folder \(no image_2/\)$"):
+        KittiObjectFolder(root / "training" / "calib")
+
+
 def test_missing_calib_for_a_frame(tmp_path: Path, kitti_dir: Path) -> None:
     shutil.copytree(kitti_dir, tmp_path / "t")
     (tmp_path / "t" / "calib" / "000004.txt").unlink()
