@@ -13,7 +13,7 @@ from app.models import build_pipeline, choose_camera_model
 from calibration import load_rig
 from perception.config import NodeConfig
 from perception.io.curve import CurveKeys, curve_keys_for
-from perception.io.runtime import resolve_endpoint
+from perception.io.runtime import check_ipc_free, resolve_endpoint
 from perception.node import Node
 from perception.node.metrics import NodeMetrics
 from perception.node.view import FoxgloveView, ViewTopics
@@ -42,9 +42,11 @@ def _with_flags(config: NodeConfig, args: argparse.Namespace) -> NodeConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _with_flags(load_node_config(args.config), args)
-    # The runtime folder and the keys are checked (a bad one refused) before the model loads.
+    # The runtime folder and the keys are checked (a bad one refused) before the model loads,
+    # and so is an output endpoint another node holds.
     for endpoint in (*config.inputs.endpoints, config.outputs.endpoint):
         resolve_endpoint(endpoint)
+    check_ipc_free(resolve_endpoint(config.outputs.endpoint))
     node_curve = curve_keys_for(config.security)
     with contextlib.ExitStack() as served:
         # Bound before the model loads too: a port in use is one line, at once.

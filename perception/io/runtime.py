@@ -40,6 +40,7 @@ __all__ = [
     "RUNTIME_TOKEN",
     "BoundSocketFile",
     "bound_socket_file",
+    "check_ipc_free",
     "check_private_dir",
     "check_socket_dir",
     "ipc_path",
@@ -227,13 +228,7 @@ def prepare_ipc_bind(endpoint: str) -> Path | None:
             f"{endpoint}: {path} exists and is not a socket; not replacing it (remove it, or "
             "choose another endpoint)"
         )
-    holder = _probe(path, endpoint)
-    if holder is not None:
-        pid, uid = holder
-        raise TransportError(
-            f"{endpoint}: in use by another live process (pid {pid}, uid {uid}); stop it or "
-            "choose another endpoint"
-        )
+    check_ipc_free(endpoint)
     if st.st_uid != os.getuid():
         raise TransportError(
             f"{endpoint}: a stale socket owned by uid {st.st_uid} is in the way; remove {path}"
@@ -241,6 +236,31 @@ def prepare_ipc_bind(endpoint: str) -> Path | None:
     with contextlib.suppress(FileNotFoundError):  # its owner may have removed it meanwhile
         path.unlink()
     return path
+
+
+def check_ipc_free(endpoint: str) -> None:
+    """Refuse at once an `ipc://` endpoint (resolved) another live process holds, as binding it
+    would, without touching anything: a command can say so before minutes of loading. Other
+    schemes, and a path that is free or a stale socket, pass (the bind itself decides).
+
+    Raises:
+        TransportError: another live process holds the endpoint.
+    """
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return
+    except OSError:
+        return
+    holder = _probe(path, endpoint)
+    if holder is not None:
+        pid, uid = holder
+        raise TransportError(
+            f"{endpoint}: in use by another live process (pid {pid}, uid {uid}); stop it or "
+            "choose another endpoint"
+        )
 
 
 def _probe(path: Path, endpoint: str) -> tuple[int, int] | None:

@@ -133,6 +133,21 @@ def test_a_rogue_cannot_take_over_the_detections_endpoint(
             rf"\(pid {node.proc.pid}, uid {os.getuid()}\); stop it or choose another endpoint",
             line,
         ), line
+        # A second node on the same endpoints: refused before it loads its model (no engine
+        # lines; it used to load them for seconds first).
+        second = subprocess.run(
+            check=False,
+            args=cli("run", "--config", str(config)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        line = one_error_line(second, "run")
+        assert line.endswith(
+            f"ipc://{detections}: in use by another live process (pid {node.proc.pid}, uid "
+            f"{os.getuid()}); stop it or choose another endpoint"
+        ), line
+        assert "engine" not in second.stdout, second.stdout
         if os.getuid() == 0 and Path("/usr/bin/python3").exists():
             # A raw rogue of another user: the folder (0700) keeps it from unlinking or binding.
             other = subprocess.run(

@@ -18,7 +18,7 @@ import zmq
 
 from perception.config import NodeConfig
 from perception.errors import TransportError
-from perception.io.runtime import check_private_dir, check_socket_dir, runtime_dir
+from perception.io.runtime import check_ipc_free, check_private_dir, check_socket_dir, runtime_dir
 from perception.io.transport import Publisher, Subscriber, default_endpoint
 from tests.perception.io.test_transport import fix, send_until_received
 
@@ -125,6 +125,29 @@ def test_an_explicit_folder_others_can_write_to_is_refused(tmp_path: Path) -> No
 def test_a_missing_socket_folder_is_created_private(tmp_path: Path) -> None:
     with Publisher(f"ipc://{tmp_path}/new/deeper/detections"):
         assert ((tmp_path / "new" / "deeper").stat().st_mode & 0o777) == 0o700
+
+
+def test_an_endpoint_held_is_refused_before_binding_and_nothing_is_touched(
+    tmp_path: Path,
+) -> None:
+    """`check_ipc_free`: a live holder is named; a free path, a stale socket and a file that is
+    no socket pass, and each is left as it was (the bind decides)."""
+    endpoint = f"ipc://{tmp_path}/detections"
+    check_ipc_free(endpoint)  # nothing there
+    with (
+        Publisher(endpoint),
+        pytest.raises(TransportError, match=rf"in use by another live process \(pid {os.getpid()}"),
+    ):
+        check_ipc_free(endpoint)
+    stale = tmp_path / "stale"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left:
+        left.bind(str(stale))  # bound, never listening: what a killed process leaves
+    check_ipc_free(f"ipc://{stale}")
+    assert stale.is_socket()
+    (tmp_path / "file").write_text("not a socket")
+    check_ipc_free(f"ipc://{tmp_path}/file")
+    assert (tmp_path / "file").read_text() == "not a socket"
+    check_ipc_free("tcp://127.0.0.1:5555")
 
 
 def test_a_live_endpoint_is_not_taken_over(tmp_path: Path) -> None:
