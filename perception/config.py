@@ -19,6 +19,7 @@ from calibration.monitor import MonitorConfig
 from engines.errors import EngineError
 from engines.settings import MAX_THREADS, EngineSettings
 from perception.errors import ConfigError
+from perception.io.runtime import tcp_endpoint_problem
 from perception.msgs.schema import WireLimits
 
 __all__ = [
@@ -1144,6 +1145,9 @@ def _validate(cfg: NodeConfig) -> None:
             raise ConfigError(f"endpoint {ep!r}: scheme must be ipc://, tcp:// or inproc://")
         if "{runtime}" in ep and not ep.startswith("ipc://"):
             raise ConfigError(f"endpoint {ep!r}: {{runtime}} is a folder, for ipc:// only")
+        tcp_problem = tcp_endpoint_problem(ep)
+        if tcp_problem is not None:
+            raise ConfigError(f"endpoint {ep!r}: {tcp_problem}")
     for i, ep in enumerate(cfg.inputs.endpoints):
         if _same_endpoint(ep, cfg.outputs.endpoint):
             raise ConfigError(

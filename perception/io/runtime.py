@@ -48,6 +48,7 @@ __all__ = [
     "remove_socket_file",
     "resolve_endpoint",
     "runtime_dir",
+    "tcp_endpoint_problem",
 ]
 
 #: Stands for the per-user runtime folder in an ipc endpoint: `ipc://{runtime}/sensors`.
@@ -164,13 +165,31 @@ def _check_owner_and_writers(
         )
 
 
+def tcp_endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a `tcp://HOST:PORT` endpoint (None: nothing, or not tcp). The port is
+    0 to 65535 or `*` (ZeroMQ's any free port): libzmq takes a larger number without a word
+    and binds another port."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host, colon, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not colon or not host:
+        return "a tcp endpoint is tcp://HOST:PORT"
+    if port != "*" and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        return f"port {port!r} is not a TCP port (0-65535, or *)"
+    return None
+
+
 def resolve_endpoint(endpoint: str) -> str:
     """`endpoint` with `{runtime}` replaced by the runtime folder (created and checked); other
     endpoints unchanged.
 
     Raises:
-        TransportError: the runtime folder is not usable (see `runtime_dir`).
+        TransportError: the runtime folder is not usable (see `runtime_dir`), or a tcp
+            endpoint's port is not one (`tcp_endpoint_problem`).
     """
+    problem = tcp_endpoint_problem(endpoint)
+    if problem is not None:
+        raise TransportError(f"{endpoint}: {problem}")
     if RUNTIME_TOKEN not in endpoint:
         return endpoint
     if not endpoint.startswith("ipc://"):

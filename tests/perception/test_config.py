@@ -65,6 +65,10 @@ def test_shipped_config_loads() -> None:
         ({"sync": {"window_ms": "a"}}, r"x\.yaml: sync\.window_ms: expected a number"),
         ({"sync": {"window_ms": -1}}, r"x\.yaml: sync\.window_ms: must be > 0"),
         ({"inputs": {"endpoints": "tcp://x"}}, r"inputs\.endpoints: expected a list"),
+        (
+            {"outputs": {"endpoint": "tcp://*:99999"}},
+            r"endpoint 'tcp://\*:99999': port '99999' is not a TCP port",
+        ),
         ({"inputs": {"endpoints": ["udp://x:1"]}}, r"endpoint 'udp://x:1': scheme"),
         ({"camera_model": {"score_threshold": 2}}, r"camera_model\.score_threshold: must be"),
         ({"limits": {"max_points": 1.5}}, r"x\.yaml: limits\.max_points: expected an integer"),

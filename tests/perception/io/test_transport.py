@@ -19,6 +19,7 @@ import pytest
 import zmq
 
 from perception.errors import TransportError, WireError
+from perception.io.runtime import tcp_endpoint_problem
 from perception.io.transport import (
     PRIORITY_STREAK,
     Publisher,
@@ -173,12 +174,24 @@ def test_bind_in_use_raises_transport_error(tcp_publisher: Publisher) -> None:
         Publisher(endpoint)
 
 
-@pytest.mark.parametrize("endpoint", ["bogus://nowhere", "tcp://not a host"])
+@pytest.mark.parametrize(
+    "endpoint", ["bogus://nowhere", "tcp://not a host", "tcp://127.0.0.1:99999", "tcp://127.0.0.1"]
+)
 def test_bad_endpoint_raises_transport_error(endpoint: str) -> None:
     with pytest.raises(TransportError, match=endpoint):
         Publisher(endpoint)
     with pytest.raises(TransportError, match=endpoint):
         Subscriber([endpoint], ["x"])
+
+
+def test_a_tcp_port_past_65535_is_refused_not_wrapped() -> None:
+    """libzmq took port 99999 without a word and bound another port."""
+    with pytest.raises(TransportError, match=r"port '99999' is not a TCP port \(0-65535, or \*\)"):
+        Publisher("tcp://127.0.0.1:99999")
+    assert tcp_endpoint_problem("tcp://[::1]:5555") is None
+    assert tcp_endpoint_problem("tcp://*:*") is None
+    assert tcp_endpoint_problem("ipc:///tmp/x:99999") is None
+    assert tcp_endpoint_problem("tcp://host:-1") == "port '-1' is not a TCP port (0-65535, or *)"
 
 
 def test_shared_context_not_terminated(tcp_publisher: Publisher) -> None:
