@@ -12,6 +12,7 @@ from app.common import load_node_config, stop_on_signals
 from app.models import build_pipeline, choose_camera_model
 from calibration import load_rig
 from perception.config import NodeConfig
+from perception.errors import PerceptionError
 from perception.io.curve import CurveKeys, curve_keys_for
 from perception.io.runtime import check_ipc_free, resolve_endpoint
 from perception.node import Node
@@ -46,6 +47,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # and so is an output endpoint another node holds.
     for endpoint in (*config.inputs.endpoints, config.outputs.endpoint):
         resolve_endpoint(endpoint)
+        if endpoint.startswith("inproc://"):
+            # Valid for a node core in a test process; a node process would hear nothing.
+            raise PerceptionError(
+                f"{endpoint}: inproc:// reaches only the process itself: no sensor could send "
+                "to the node, nor anyone receive from it; use ipc:// or tcp://"
+            )
     check_ipc_free(resolve_endpoint(config.outputs.endpoint))
     node_curve = curve_keys_for(config.security)
     with contextlib.ExitStack() as served:

@@ -94,6 +94,19 @@ def test_missing_config(capsys, tmp_path: Path) -> None:
     assert "none.yaml: cannot read config" in err
 
 
+def test_run_refuses_inproc_endpoints_before_the_model_loads(capsys, tmp_path: Path) -> None:
+    """inproc:// is valid for a node core inside a test process; a node process on it would
+    hear nothing and be heard by no one."""
+    config = tmp_path / "node.yaml"
+    config.write_text('inputs: {endpoints: ["inproc://sensors"]}\n')
+    code, err = _run(capsys, "run", "--config", str(config))
+    assert code == 2
+    assert err == (
+        "perception run: error: inproc://sensors: inproc:// reaches only the process itself: no "
+        "sensor could send to the node, nor anyone receive from it; use ipc:// or tcp://"
+    )
+
+
 def test_replay_writes_one_line_per_sweep(
     capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
 ):
