@@ -70,10 +70,11 @@ class InputConfig:
     """Where the sensors publish and under which topics (ZeroMQ SUB side: connect)."""
 
     endpoints: tuple[str, ...] = ("ipc://{runtime}/sensors",)
-    """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://). `{runtime}` is the
-    per-user runtime folder: `$XDG_RUNTIME_DIR/perception-node`, else
-    `<tmp>/perception-node-<uid>`, created with mode 0700 and checked (owner, mode, not a
-    link) before every use. Not `outputs.endpoint`: the node would listen to itself."""
+    """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://; inproc:// reaches
+    only its own process, so `perception run` refuses it). `{runtime}` is the per-user runtime
+    folder: `$XDG_RUNTIME_DIR/perception-node`, else `<tmp>/perception-node-<uid>`, created
+    with mode 0700 and checked (owner, mode, not a link) before every use. A tcp port is 0 to
+    65535 or `*`. Not `outputs.endpoint`: the node would listen to itself."""
     lidar_topic: str = "lidar/top"
     """Topic of the lidar sweeps: the reference of every bundle."""
     camera_topics: tuple[str, ...] = ("camera/front",)
