@@ -76,6 +76,9 @@ def _p99(values: list[int]) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), 99))
 
 
+# Its p99 is judged from receive times: run alone (`serial`). Beside another test's load the
+# node's worker fell behind (queue wait p99 52 ms) and the p99 read 155 ms against 45.
+@pytest.mark.serial
 def test_a_dead_camera_is_not_waited_for(
     tmp_path: Path, kitti_dir: Path, yolox_path: Path, record_property
 ) -> None:
