@@ -40,6 +40,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
 
+def finished(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """A `perception` command run to its end, its output captured."""
+    return subprocess.run(
+        check=False, args=cli(*args), capture_output=True, text=True, timeout=timeout_s
+    )
+
+
 @contextmanager
 def background(*args: str) -> Iterator[subprocess.Popen[str]]:
     """A `perception` command running until the block ends (then SIGINT, as a user stops it)."""
@@ -83,13 +90,7 @@ def one_error_line(done: subprocess.CompletedProcess[str], command: str) -> str:
 
 
 def echo_json(*args: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        check=False,
-        args=cli("echo", *args, "--json"),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    done = finished("echo", *args, "--json", timeout_s=timeout_s)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -120,12 +121,8 @@ def test_a_rogue_cannot_take_over_the_detections_endpoint(
         assert detections.is_socket()
         inode = detections.stat().st_ino
         # A rogue of this user, through the project's own player: refused, the holder named.
-        rogue = subprocess.run(
-            check=False,
-            args=cli("play", str(forged_drive(tmp_path / "forged.mcap")), "--loop", "--wait", "0"),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        rogue = finished(
+            "play", str(forged_drive(tmp_path / "forged.mcap")), "--loop", "--wait", "0"
         )
         line = one_error_line(rogue, "play")
         assert re.fullmatch(
@@ -135,13 +132,7 @@ def test_a_rogue_cannot_take_over_the_detections_endpoint(
         ), line
         # A second node on the same endpoints: refused before it loads its model (no engine
         # lines; it used to load them for seconds first).
-        second = subprocess.run(
-            check=False,
-            args=cli("run", "--config", str(config)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = finished("run", "--config", str(config))
         line = one_error_line(second, "run")
         assert line.endswith(
             f"ipc://{detections}: in use by another live process (pid {node.proc.pid}, uid "
@@ -218,17 +209,9 @@ def test_a_planted_runtime_folder_is_refused(
         os.chown(folder, NOBODY, NOBODY)
         expected = rf"{folder}: the runtime folder is owned by uid {NOBODY}, not by this user"
     config = write_config(tmp_path / "node.yaml", yolox_path)
-    run = subprocess.run(
-        check=False,
-        args=cli("run", "--config", str(config)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = finished("run", "--config", str(config), timeout_s=120)
     assert re.match(rf"perception run: error: {expected}", one_error_line(run, "run"))
-    echo = subprocess.run(
-        check=False, args=cli("echo", "detections"), capture_output=True, text=True, timeout=60
-    )
+    echo = finished("echo", "detections")
     assert re.match(rf"perception echo: error: {expected}", one_error_line(echo, "echo"))
     assert not any((tmp_path / "attacker").iterdir()) if planted == "symbolic link" else True
 
@@ -246,13 +229,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def keys_generate(folder: Path, name: str) -> tuple[Path, Path]:
-    done = subprocess.run(
-        check=False,
-        args=cli("keys", "generate", "--out", str(folder), "--name", name),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = finished("keys", "generate", "--out", str(folder), "--name", name)
     assert done.returncode == 0, done.stderr
     public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
     assert (secret.stat().st_mode & 0o777) == 0o600 and str(public) in done.stdout
