@@ -41,19 +41,26 @@ def _with_flags(config: NodeConfig, args: argparse.Namespace) -> NodeConfig:
     return dataclasses.replace(config, view=view, metrics=metrics)
 
 
+def _check_reachable(endpoint: str) -> str:
+    """`endpoint` resolved (its runtime folder checked), refused if no other process can reach
+    it."""
+    resolved = resolve_endpoint(endpoint)
+    if endpoint.startswith("inproc://"):
+        # Valid for a node core in a test process; a node process would hear nothing.
+        raise PerceptionError(
+            f"{endpoint}: inproc:// reaches only the process itself: no sensor could send "
+            "to the node, nor anyone receive from it; use ipc:// or tcp://"
+        )
+    return resolved
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _with_flags(load_node_config(args.config), args)
     # The runtime folder and the keys are checked (a bad one refused) before the model loads,
     # and so is an output endpoint another node holds.
-    for endpoint in (*config.inputs.endpoints, config.outputs.endpoint):
-        resolve_endpoint(endpoint)
-        if endpoint.startswith("inproc://"):
-            # Valid for a node core in a test process; a node process would hear nothing.
-            raise PerceptionError(
-                f"{endpoint}: inproc:// reaches only the process itself: no sensor could send "
-                "to the node, nor anyone receive from it; use ipc:// or tcp://"
-            )
-    check_ipc_free(resolve_endpoint(config.outputs.endpoint))
+    for endpoint in config.inputs.endpoints:
+        _check_reachable(endpoint)
+    check_ipc_free(_check_reachable(config.outputs.endpoint))
     node_curve = curve_keys_for(config.security)
     with contextlib.ExitStack() as served:
         # Bound before the model loads too: a port in use is one line, at once.

@@ -761,7 +761,7 @@ class NodeCore:
         with self._lock:
             sensors = self.liveness.status(stamp_ns)
             status = self.liveness.overall(stamp_ns)
-            self._log_liveness(sensors, status, stamp_ns)
+            self._log_liveness(sensors, stamp_ns)
             stats = self.bundler.stats
             sync = {k: v for k, v in asdict(stats).items() if isinstance(v, int)}
             seq = self._diagnostics_seq
@@ -790,19 +790,14 @@ class NodeCore:
                 calibration=calibration,
             )
 
-    def _log_liveness(self, sensors: Sequence[SensorStatus], status: str, now_ns: int) -> None:
+    def _log_liveness(self, sensors: Sequence[SensorStatus], now_ns: int) -> None:
         # A stream not yet heard from is not alive, but it is silent only once its periods have
-        # passed (after the first message of any stream; before any, after the first
-        # diagnostics): a replay's first diagnostics, at its first message, would otherwise
-        # call every sensor silent and then alive again.
+        # passed (`_silent`): a replay's first diagnostics, at its first message, would
+        # otherwise call every sensor silent and then alive again.
         if self._first_diagnostics_ns is None:
             self._first_diagnostics_ns = now_ns
         never = {s.stream for s in sensors if s.messages == 0}
-        dead = {
-            s.stream
-            for s in sensors
-            if not s.alive and (s.stream not in never or self._silent(s.stream, now_ns))
-        }
+        dead = {s.stream for s in sensors if self._silent(s.stream, now_ns)}
         for stream in sorted(dead - self._dead):
             if stream in never:
                 # Never heard from: silent since the node started, not for periods of a rate it
@@ -814,13 +809,14 @@ class NodeCore:
         for stream in sorted(self._dead - dead):
             log.warning("%s: alive again", stream)
         self._dead = dead
-        stale = status == "stale" and dead == {s.stream for s in sensors}
+        stale = dead == {s.stream for s in sensors}
         if stale and not self._stale:
             log.warning("every input is stale: no sensor has sent for its dead_after_periods")
         self._stale = stale
 
     def _silent(self, stream: str, now_ns: int) -> bool:
-        """Whether `stream`, never heard from, has been silent for its periods at `now_ns`."""
+        """Whether `stream` has been silent for its periods at `now_ns` (dead, as the liveness
+        judges it; while no stream at all has been heard from, since the first diagnostics)."""
         if self.liveness.death_ns(stream) is not None:
             return self.liveness.dead(stream, now_ns)
         assert self._first_diagnostics_ns is not None
