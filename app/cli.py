@@ -60,7 +60,8 @@ EPILOG = """\
 exit codes: 0 done; 1 failed (a source of a many-drive replay, a recording stopped by a write or
 receive failure, or an unexpected error);
 2 a mistake in the command line or its inputs (one line on stderr names it);
-3 `calib check` over a drive or frames flagged calibration drift; 130 interrupted.
+3 `calib check` over a drive or frames flagged calibration drift, 4 they hold no evidence to
+judge by; 130 interrupted.
 -v (before or after the command) logs more and shows tracebacks."""
 
 

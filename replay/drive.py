@@ -48,6 +48,9 @@ many messages the file holds.
 
 Reading a truncated file (a killed recorder, a full disk) falls back to a linear scan that stops
 at the first incomplete record or chunk, with a logged warning and `DriveReader.truncated` set.
+A complete file is read chunk by chunk through its index (`replay.mcap_chunks`): a chunk whose
+bytes are damaged (it does not decompress, or its CRC does not match) costs its own messages,
+reported as a `DamagedDriveError` that names how many of which topic, not the rest of the drive.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from mcap.reader import SeekingReader
 from mcap.records import Channel, Footer, Metadata
 from mcap.records import Message as McapMessage
 from mcap.stream_reader import StreamReader
+from mcap.summary import Summary
 from mcap.writer import CompressionType, Writer
 
 from calibration import CalibrationError, Rig
@@ -78,7 +82,8 @@ from perception.errors import SchemaError
 from perception.msgs import foxglove, wire
 from perception.msgs.json_schemas import wire_json_schema
 from perception.msgs.types import Header, Message, RigMessage
-from replay.errors import DriveStorageError, ReplayError
+from replay.errors import DamagedDriveError, DriveStorageError, ReplayError
+from replay.mcap_chunks import DamagedChunk, indexed_messages
 
 __all__ = [
     "COMPANION_SCHEMA",
@@ -153,6 +158,8 @@ _NEVER = 1 << 62
 _RECORD_OVERHEAD = 31  # bytes of an MCAP message record besides its data
 _RECORD_PREFIX = struct.Struct("<BQ")  # opcode, length of every MCAP record
 _REORDER_WINDOW = 4096  # messages held to restore log-time order in a linear (truncated) scan
+# What `DriveReader._warn_once` has logged: (what, file, size, modification time).
+_WARNED: set[tuple[str, str, int, int]] = set()
 
 _COMPRESSION = {
     None: CompressionType.NONE,
@@ -527,7 +534,6 @@ class DriveReader:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.truncated = False
-        self._cut_logged = False
         self._channels: dict[int, Channel] | None = None
         self._counts: dict[str, int] | None = None
         self._rig: Rig | None = None
@@ -542,11 +548,24 @@ class DriveReader:
             raise ReplayError(f"{self.path}: cannot read the drive ({e})") from e
         if not self._summary_ok:
             self.truncated = True
-            log.warning(
-                "%s: the drive is truncated (no footer: the recorder did not finish it); "
-                "reading up to its last complete chunk",
-                self.path,
+            self._warn_once(
+                "truncated",
+                f"{self.path}: the drive is truncated (no footer: the recorder did not finish "
+                "it); reading up to its last complete chunk",
             )
+
+    def _warn_once(self, what: str, text: str) -> None:
+        """Log `text` once per process for this file as it is now: a command opens a drive
+        several times (its contents, its topics, its messages), and a pass over a truncated
+        file meets the same cut each time."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return
+        key = (what, str(self.path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("%s", text)
 
     def _has_footer(self, f: IO[bytes]) -> bool:
         try:
@@ -560,20 +579,70 @@ class DriveReader:
 
     # -- raw records
 
-    def _iter_raw(self, topics: Sequence[str] | None, start_ns: int | None) -> Iterator[_Raw]:
+    def _iter_raw(
+        self,
+        topics: Sequence[str] | None,
+        start_ns: int | None,
+        on_damage: Callable[[DamagedDriveError], None] | None = None,
+    ) -> Iterator[_Raw]:
+        """The raw records of `topics` from `start_ns` on, in log-time order. A chunk that
+        cannot be read is given to `on_damage` as a DamagedDriveError and skipped; without
+        it, that error is raised."""
         try:
             f = self.path.open("rb")
         except OSError as e:
             raise ReplayError(f"{self.path}: cannot read the drive ({e})") from e
         with f:
-            if self._summary_ok:
-                reader = SeekingReader(f)
+            if not self._summary_ok:
+                yield from self._iter_linear(f, topics, start_ns)
+                return
+            reader = SeekingReader(f)
+            summary = reader.get_summary()
+            if summary is None or not summary.chunk_indexes:
                 for _schema, channel, message in reader.iter_messages(
                     topics=topics, starting_at=start_ns, log_time_order=True
                 ):
                     yield channel, message
-            else:
-                yield from self._iter_linear(f, topics, start_ns)
+                return
+
+            def damaged(chunk: DamagedChunk) -> None:
+                error = self._damage_error(chunk, summary)
+                if on_damage is None:
+                    raise error
+                on_damage(error)
+
+            yield from indexed_messages(f, summary, topics, start_ns, damaged)
+
+    def _damage_error(self, chunk: DamagedChunk, summary: Summary) -> DamagedDriveError:
+        """The error of a chunk that could not be read, naming where it lies and what it held."""
+        channels = summary.channels
+        # Seconds into the drive read better than epoch nanoseconds.
+        stats = summary.statistics
+        zero = chunk.start_ns if stats is None else min(stats.message_start_time, chunk.start_ns)
+        where = (
+            f"{self.path}: a damaged chunk (bytes {chunk.offset} to {chunk.offset + chunk.length}"
+            f", {(chunk.start_ns - zero) / 1e9:.3f} to {(chunk.end_ns - zero) / 1e9:.3f} s into "
+            f"the drive) could not be read ({chunk.error})"
+        )
+        if chunk.messages is None:
+            return DamagedDriveError(
+                f"{where}; its messages are lost (how many is unknown: its index is damaged too)", 1
+            )
+        lost: dict[str, int] = {}
+        for channel_id, n in chunk.messages.items():
+            channel = channels.get(channel_id)
+            # A project message is its record and its companion's, in one chunk (the module
+            # docstring): counted once, by its record.
+            if channel is None or channel.topic.endswith(COMPANION_SUFFIX):
+                continue
+            if _is_ground_truth(channel):
+                continue
+            lost[channel.topic] = lost.get(channel.topic, 0) + n
+        total = sum(lost.values())
+        detail = ", ".join(f"{topic} {n}" for topic, n in sorted(lost.items()))
+        return DamagedDriveError(
+            f"{where}: {total} message(s) lost" + (f" ({detail})" if detail else ""), total
+        )
 
     def _iter_linear(
         self, f: IO[bytes], topics: Sequence[str] | None, start_ns: int | None
@@ -611,13 +680,11 @@ class DriveReader:
             except StopIteration:
                 return
             except Exception as e:  # any decoding fault at the cut ends the data
-                if not self._cut_logged:  # once per reader, not once per pass over the file
-                    self._cut_logged = True
-                    log.warning(
-                        "%s: drive data ends in an incomplete record (%s)",
-                        self.path,
-                        str(e) or type(e).__name__,
-                    )
+                self._warn_once(
+                    "cut",
+                    f"{self.path}: drive data ends in an incomplete record "
+                    f"({str(e) or type(e).__name__})",
+                )
                 self.truncated = True
                 return
             if isinstance(record, Footer):
@@ -636,13 +703,21 @@ class DriveReader:
         """The drive's messages in log-time order, optionally only `topics` and those received
         at or after `start_ns` (host clock, ns). `on_error`: called with the error of a message
         that cannot be decoded, which is then skipped (a damaged record costs that message
-        only); without it, that error is raised.
+        only), and with a DamagedDriveError for a chunk that cannot be read (its messages are
+        skipped; the error says how many); without it, that error is raised.
 
         Raises:
-            ReplayError: a message cannot be decoded (names the path and topic; not with
-                `on_error`) or the file cannot be read.
+            ReplayError: a message cannot be decoded (names the path and topic) or a chunk
+                cannot be read (DamagedDriveError; neither with `on_error`), or the file cannot
+                be read.
         """
-        for topic, base, comp in self._pairs(topics, start_ns):
+
+        def damaged(error: DamagedDriveError) -> None:
+            if on_error is None:
+                raise error
+            on_error(error)
+
+        for topic, base, comp in self._pairs(topics, start_ns, damaged):
             try:
                 msg = self._decode(topic, base, comp)
             except ReplayError as e:
@@ -653,14 +728,18 @@ class DriveReader:
             yield RecordedMessage(topic, msg, base.log_time)
 
     def _pairs(
-        self, topics: Sequence[str] | None, start_ns: int | None
+        self,
+        topics: Sequence[str] | None,
+        start_ns: int | None,
+        on_damage: Callable[[DamagedDriveError], None] | None = None,
     ) -> Iterator[tuple[str, McapMessage, McapMessage]]:
-        """(topic, Foxglove record, companion record) of each message, undecoded."""
+        """(topic, Foxglove record, companion record) of each message, undecoded; a damaged
+        chunk as `_iter_raw`."""
         channel_topics = None
         if topics is not None:
             channel_topics = [t for topic in topics for t in (topic, topic + COMPANION_SUFFIX)]
         pending: dict[tuple[str, int], tuple[McapMessage | None, McapMessage | None]] = {}
-        for channel, record in self._iter_raw(channel_topics, start_ns):
+        for channel, record in self._iter_raw(channel_topics, start_ns, on_damage):
             if _is_ground_truth(channel):
                 continue  # not a project message (see the module docstring)
             companion = channel.topic.endswith(COMPANION_SUFFIX)
@@ -744,7 +823,9 @@ class DriveReader:
                 and not c.topic.endswith(COMPANION_SUFFIX)
             ]
             if rig_topics:
-                for rec in self.messages(topics=rig_topics):
+                # A damaged rig message is passed over for the next (whoever reads the drive's
+                # messages counts the damage).
+                for rec in self.messages(topics=rig_topics, on_error=_passed_over):
                     if isinstance(rec.message, RigMessage):
                         doc = rec.message.rig
                         break
@@ -822,6 +903,10 @@ class DriveReader:
         for _topic, base, _comp in self._pairs(None, None):
             return int(base.log_time)
         return None
+
+
+def _passed_over(error: ReplayError) -> None:
+    log.debug("%s", error)
 
 
 def _is_ground_truth(channel: Channel) -> bool:

@@ -23,7 +23,7 @@ from perception.msgs import wire
 from perception.msgs.types import Message
 from perception.ratelimit import RateLimitedLogger
 from replay.drive import DriveReader, RecordedMessage
-from replay.errors import ReplayError
+from replay.errors import ReplayError, messages_lost
 
 __all__ = [
     "OUTPUT_TYPES",
@@ -261,7 +261,7 @@ def play_drive(
 
     def skip_unreadable(e: ReplayError) -> None:
         nonlocal unreadable
-        unreadable += 1
+        unreadable += messages_lost(e)
         bad.warning("unreadable", f"{e}; skipped")
 
     def stats() -> PlayStats:

@@ -21,11 +21,15 @@ their stamps (unless left out: `open_source(..., recorded_rigs=False)`).
 renamed into place only when the run succeeds), for the CLI and for the Ray path alike.
 
 One bad message never ends a replay: a recorded message that cannot be decoded is skipped and
-counted (`ReplaySummary.unreadable`); a DetectionList that cannot be written (invalid for the
-output format) is counted (`ReplaySummary.unwritten`); both are logged at a bounded rate. A
-source that cannot be read (a damaged chunk of a drive, a broken scan, image or calib file of a
-KITTI folder: a mistake in a dataset, which an evaluation must not silently run without) or an
-output that cannot be written (full disk) ends the run with one error naming the file.
+counted (`ReplaySummary.unreadable`), and so is each message of a drive's chunk whose bytes are
+damaged (replay.drive: the chunk's messages are lost, the rest of the drive is read); a
+DetectionList that cannot be written (invalid for the output format) is counted
+(`ReplaySummary.unwritten`); all are logged at a bounded rate. A drive is what a vehicle
+recorded, and a bad sector must not take the rest of an hour's drive with it; the summary
+counts what was lost, so no evaluation runs on it unawares. A KITTI folder's broken scan, image
+or calib file (a mistake in a dataset, which an evaluation must not silently run without), a
+file that is no drive, or an output that cannot be written (full disk) ends the run with one
+error naming the file.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from perception.ratelimit import RateLimitedLogger
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter, RecordedMessage
 from replay.drive_config import config_for_messages
-from replay.errors import DriveStorageError, ReplayError
+from replay.errors import DriveStorageError, ReplayError, messages_lost
 from replay.mcap_player import check_sensor_drive, checked_messages
 from replay.output import OutputError, atomic_output
 
@@ -91,7 +95,7 @@ class Skipped:
         self._log = RateLimitedLogger(log)
 
     def __call__(self, error: Exception) -> None:
-        self.count += 1
+        self.count += messages_lost(error)
         self._log.warning("unreadable", f"{error}; skipped")
 
 

@@ -23,8 +23,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             progress=stages.callback("export"),
         )
     counts = ", ".join(f"{t} {n}" for t, n in sorted(stats.messages.items()))
+    skipped = (
+        f"; {stats.unreadable} unreadable message(s) of the drive skipped"
+        if stats.unreadable
+        else ""
+    )
     print(
         f"perception export: {out}: {stats.msgtype} on {counts} ({stats.detections} detections, "
-        f"{stats.storage}, {stats.wall_s:.1f} s)"
+        f"{stats.storage}, {stats.wall_s:.1f} s){skipped}"
     )
     return 0

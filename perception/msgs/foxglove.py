@@ -115,6 +115,8 @@ _POINT_FIELDS = tuple(
 )
 _POINT_STRIDE = len(_POINTS.columns) * _POINT_DTYPE.itemsize
 # A point with its time offset, as `foxglove.PointCloud` packs it.
+#: Point time offsets are int64 nanoseconds, stored as float64 for viewers: beyond this, none.
+_INT64_SPAN = float(2**63)
 _POINT_TIME_DTYPE = np.dtype([("point", _POINT_DTYPE, (len(_POINTS.columns),)), ("t", "<f8")])
 _OFFSET_FIELD = PackedElementField(
     name=POINT_OFFSET_FIELD, offset=_POINT_STRIDE, type=PackedElementField.FLOAT64
@@ -297,7 +299,14 @@ def wire_buffers(
             return [cloud.data]
         packed = np.frombuffer(cloud.data, dtype=_POINT_TIME_DTYPE)
         points = np.ascontiguousarray(packed["point"])
-        offsets = packed["t"].astype("<i8")
+        times = packed["t"]
+        # Recorded bytes are input: a damaged time is named, not cast to a garbage integer.
+        if not bool(np.all(np.abs(times) < _INT64_SPAN)):
+            raise ValueError(
+                f"field {POINT_OFFSET_FIELD!r}: a point time offset is not a finite number of "
+                "nanoseconds within int64"
+            )
+        offsets = times.astype("<i8")
         return [points.tobytes(), offsets.tobytes()]
     raise ValueError(f"{type_name} carries no buffers, but the header lists {len(descriptors)}")
 

@@ -12,6 +12,7 @@ an existing `out` is never replaced (a bag is a folder: remove it first).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -27,7 +28,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from perception.errors import PerceptionError
 from perception.msgs.jsonl import read_jsonl
 from perception.msgs.types import DetectionList
+from perception.ratelimit import RateLimitedLogger
 from replay.drive import DriveReader
+from replay.errors import ReplayError, messages_lost
 from replay.rosbag2.detections import to_autoware, to_vision_msgs
 from replay.rosbag2.errors import Rosbag2Error
 from replay.rosbag2.msgdefs import (
@@ -41,6 +44,7 @@ __all__ = ["MSGS", "STORAGES", "ExportProgress", "ExportStats", "export_rosbag2"
 #: --msgs choices -> the ROS message type written.
 MSGS = {"vision_msgs": VISION_DETECTION3D_ARRAY, "autoware": AUTOWARE_DETECTED_OBJECTS}
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+log = logging.getLogger(__name__)
 _TOPIC_CHARS = re.compile(r"[^A-Za-z0-9_/]")
 
 #: progress(DetectionLists written, DetectionLists in all).
@@ -50,7 +54,8 @@ ExportProgress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class ExportStats:
     """What an export wrote: the bag folder, the message type, messages per ROS topic, the
-    detections in all, the storage format and the wall time (s)."""
+    detections in all, the storage format and the wall time (s); `unreadable`: messages of a
+    drive that could not be read (a damaged record or chunk), skipped."""
 
     path: Path
     msgtype: str
@@ -58,6 +63,7 @@ class ExportStats:
     detections: int
     storage: str
     wall_s: float
+    unreadable: int = 0
 
 
 def _ros_topic(name: str) -> str:
@@ -69,11 +75,11 @@ def _ros_topic(name: str) -> str:
 _Item = tuple[str, int, DetectionList]  # (ROS topic, receive time ns, the list)
 
 
-def _drive_lists(source: Path) -> list[_Item]:
+def _drive_lists(source: Path, on_error: Callable[[ReplayError], None]) -> list[_Item]:
     # DetectionLists are small: held in memory, so the progress bar knows the total.
     return [
         (_ros_topic(rec.topic), rec.log_time_ns, rec.message)
-        for rec in DriveReader(source).messages()
+        for rec in DriveReader(source).messages(on_error=on_error)
         if isinstance(rec.message, DetectionList)
     ]
 
@@ -88,8 +94,8 @@ def _run_lists(source: Path) -> list[_Item]:
 _MAX_ROS_STAMP_NS = (2**31 - 1) * 1_000_000_000 + 999_999_999
 
 
-def _detection_lists(source: Path) -> list[_Item]:
-    items = _read_detection_lists(source)
+def _detection_lists(source: Path, on_error: Callable[[ReplayError], None]) -> list[_Item]:
+    items = _read_detection_lists(source, on_error)
     for i, (_, _, dl) in enumerate(items, start=1):
         if dl.header.stamp_ns > _MAX_ROS_STAMP_NS:
             raise Rosbag2Error(
@@ -99,12 +105,12 @@ def _detection_lists(source: Path) -> list[_Item]:
     return items
 
 
-def _read_detection_lists(source: Path) -> list[_Item]:
+def _read_detection_lists(source: Path, on_error: Callable[[ReplayError], None]) -> list[_Item]:
     if not source.is_file():
         state = "is a folder" if source.is_dir() else "does not exist"
         raise Rosbag2Error(f"{source}: {state}; expected a drive (.mcap) or a run (.jsonl)")
     if source.suffix == ".mcap":
-        items = _drive_lists(source)
+        items = _drive_lists(source, on_error)
         if not items:
             raise Rosbag2Error(
                 f"{source}: the drive holds no DetectionLists (replay it first: perception "
@@ -142,7 +148,8 @@ def export_rosbag2(
     """Write the DetectionLists of `source` (a drive `.mcap` or a replay run `.jsonl`) into the
     new ROS 2 bag folder `out` (see the module docstring). `storage`: `mcap` or `sqlite3`;
     `msgs`: `vision_msgs` (Detection3DArray) or `autoware` (DetectedObjects).
-    `progress(done, total)` after each message.
+    `progress(done, total)` after each message. A drive's message or chunk that cannot be read
+    is skipped, counted (`ExportStats.unreadable`) and logged at a bounded rate.
 
     Raises Rosbag2Error naming the path: `out` exists or its folder is missing, the source is
     not a drive or run or holds no DetectionLists; the source's own read errors
@@ -154,7 +161,15 @@ def export_rosbag2(
         raise ValueError(f"msgs must be one of {sorted(MSGS)}, got {msgs!r}")
     source, out = Path(source), Path(out)
     _check_out(out)
-    items = _detection_lists(source)
+    unreadable = 0
+    bad = RateLimitedLogger(log)
+
+    def skip(error: ReplayError) -> None:
+        nonlocal unreadable
+        unreadable += messages_lost(error)
+        bad.warning("unreadable", f"{error}; skipped")
+
+    items = _detection_lists(source, skip)
     msgtype = MSGS[msgs]
     store = detections_typestore()
     convert: Callable[[Any, DetectionList], Any] = (
@@ -196,4 +211,5 @@ def export_rosbag2(
         detections=detections,
         storage=storage,
         wall_s=time.perf_counter() - begin,
+        unreadable=unreadable,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mcap.reader import SeekingReader
 
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
@@ -48,6 +49,41 @@ def test_a_damaged_drive_record_is_skipped_and_counted(
     assert summary.unreadable == 1 and summary.unwritten == 0
     assert summary.sweeps == 8 == len(list(read_jsonl(out)))
     assert summary.counters["received"] == 24
+
+
+def test_a_damaged_chunk_costs_what_it_held_and_the_rest_is_replayed(
+    kitti_dir: Path, tmp_path: Path, pipeline: Pipeline
+) -> None:
+    """A chunk whose bytes are damaged (it no longer decompresses) holds a frame's sweep and the
+    next frame's camera image and rig: those are lost and counted, and every other sweep is
+    answered. The sweep whose camera is lost is ready only once it times out, with the next
+    sweep's bundle: the node takes the newer, as it does live when it falls behind."""
+    drive = tmp_path / "drive.mcap"
+    with DriveWriter(drive) as w:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            w.write(msg, msg.header.stamp_ns)
+    with drive.open("rb") as f:
+        summary = SeekingReader(f).get_summary()
+    assert summary is not None
+    index = summary.chunk_indexes[3]
+    held = {summary.channels[i].topic for i in index.message_index_offsets}
+    assert {"lidar/top", "camera/front", "rig"} <= held
+    data = bytearray(drive.read_bytes())
+    at = index.chunk_start_offset + index.chunk_length // 2
+    data[at : at + 64] = bytes(64)
+    drive.write_bytes(bytes(data))
+    errors: list[ReplayError] = []
+    sweeps = DriveReader(drive).messages(topics=["lidar/top"], on_error=errors.append)
+    stamps = [r.message.header.stamp_ns for r in sweeps]
+    assert len(stamps) == 7 and len(errors) == 1
+
+    out = tmp_path / "out.jsonl"
+    result = replay_to_file(drive, out, NodeConfig(), pipeline)
+    assert result.unreadable == 3 and result.sweeps == 6
+    assert result.counters["skipped_bundles"] == 1
+    # The sweep after the one lost lost its camera.
+    cameraless = next(b for a, b in itertools.pairwise(stamps) if b - a > 100_000_000)
+    assert [dl.header.stamp_ns for dl in read_jsonl(out)] == [s for s in stamps if s != cameraless]
 
 
 def test_kitti_object_frames_start_the_tracker_over(

@@ -114,6 +114,22 @@ def test_wire_buffers_are_recovered_from_the_payload(msg: LidarSweep | CameraFra
     assert fox.schema_name in expected
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e19])
+def test_a_damaged_point_time_is_named_not_cast(bad: float) -> None:
+    """A recorded point time offset that is no int64 number of nanoseconds (a damaged drive)
+    is refused with the field's name; cast, it became a garbage integer and a numpy warning."""
+    points = np.zeros((3, 4), np.float32)
+    sweep = LidarSweep(Header("lidar", 0, 1, "lidar"), points, np.array([0, 5, 9], np.int64))
+    doc, _buffers = _frames(sweep)
+    cloud = PointCloud.FromString(to_foxglove(sweep, "t").payload)
+    packed = np.frombuffer(cloud.data, dtype=np.uint8).copy()
+    stride = cloud.point_stride
+    packed[2 * stride - 8 : 2 * stride] = np.frombuffer(np.float64(bad).tobytes(), np.uint8)
+    cloud.data = packed.tobytes()
+    with pytest.raises(ValueError, match=f"field '{POINT_OFFSET_FIELD}': a point time offset"):
+        wire_buffers("LidarSweep", doc["buffers"], cloud.SerializeToString())  # type: ignore[arg-type]
+
+
 def test_images() -> None:
     image = np.arange(2 * 5 * 3, dtype=np.uint8).reshape(2, 5, 3)
     raw = RawImage.FromString(to_foxglove(CameraFrame(H, image=image), "c").payload)

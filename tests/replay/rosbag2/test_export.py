@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mcap.reader import SeekingReader
 from rosbags.highlevel import AnyReader
 
 from perception.msgs.jsonl import write_jsonl_line
@@ -130,3 +131,26 @@ def test_export_refuses_an_existing_bag_and_sources_without_detections(tmp_path:
     with pytest.raises(Rosbag2Error, match="the drive holds no DetectionLists"):
         export_rosbag2(drive, tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "empty.mcap", "run.jsonl"]
+
+
+def test_a_damaged_chunk_of_a_drive_costs_its_lists_only(tmp_path: Path) -> None:
+    """A drive chunk whose bytes are damaged loses the DetectionLists it held: the others are
+    exported, and the loss is counted."""
+    drive = tmp_path / "run.mcap"
+    with DriveWriter(drive, chunk_size=1024) as w:
+        for k in range(6):
+            for dl in LISTS:
+                w.write(dl, dl.header.stamp_ns + k * 1_000_000_000)
+    with drive.open("rb") as f:
+        summary = SeekingReader(f).get_summary()
+    assert summary is not None and len(summary.chunk_indexes) >= 3
+    index = summary.chunk_indexes[1]
+    data = bytearray(drive.read_bytes())
+    at = index.chunk_start_offset + index.chunk_length // 2
+    data[at : at + 32] = bytes(32)
+    drive.write_bytes(bytes(data))
+    stats = export_rosbag2(drive, tmp_path / "bag")
+    assert 0 < stats.unreadable < 30
+    assert (
+        len(read_back(tmp_path / "bag")) == stats.messages["/detections"] == 30 - stats.unreadable
+    )

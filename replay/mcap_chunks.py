@@ -1,0 +1,147 @@
+"""An indexed MCAP file's messages in log-time order, chunk by chunk, where a chunk that cannot be
+read costs its own messages only.
+
+The mcap library's `SeekingReader.iter_messages` stops at the first chunk it cannot read (a
+decompression fault, a cut or overwritten record), so one damaged chunk of an hour's drive lost
+every message after it. Here each chunk is read alone, from the bytes its index gives, with its
+CRC checked where the writer stored one (a flipped bit that still decompresses would otherwise
+be decoded as a plausible but wrong point or pixel), in the library's order: log time, a tie
+broken by position in the file. A chunk that fails is handed to `on_damage` with the messages
+its message indexes say it held, and passed over.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from mcap.data_stream import ReadDataStream
+from mcap.opcode import Opcode
+from mcap.records import Channel, Chunk, ChunkIndex, MessageIndex
+from mcap.records import Message as McapMessage
+from mcap.stream_reader import breakup_chunk
+from mcap.summary import Summary
+
+__all__ = ["DamagedChunk", "indexed_messages"]
+
+_PREFIX = 1 + 8  # every record: opcode, then its length (u64)
+#: A chunk claiming to decompress to more is damaged: the decompressor would size its buffer by
+#: the claim (the writer's chunks are about 1 MiB; one message may make one larger).
+_MAX_UNCOMPRESSED_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class DamagedChunk:
+    """A chunk that could not be read: where it lies (byte offset and length of its record),
+    the log times its index gives (ns), how many messages it held per channel id (from its
+    message indexes; None where those cannot be read either) and what failed."""
+
+    offset: int
+    length: int
+    start_ns: int
+    end_ns: int
+    messages: dict[int, int] | None
+    error: str
+
+
+def indexed_messages(
+    f: IO[bytes],
+    summary: Summary,
+    topics: Sequence[str] | None,
+    start_ns: int | None,
+    on_damage: Callable[[DamagedChunk], None],
+) -> Iterator[tuple[Channel, McapMessage]]:
+    """(channel, message) of every message of the chunks `summary` indexes, on `topics` (all
+    when None) and logged at or after `start_ns` (all when None), in log-time order. A chunk
+    that cannot be read is given to `on_damage` (which may raise to stop) and skipped."""
+    wanted = None if topics is None else set(topics)
+    # Keys as the library orders them: log time, then the chunk's position in the file, then
+    # the message's within the chunk; a chunk is opened before any message of its start time.
+    queue: list[tuple[int, int, int, Any]] = []
+    for index in summary.chunk_indexes:
+        if start_ns is not None and index.message_end_time < start_ns:
+            continue
+        if wanted is not None and not _may_hold(index, summary, wanted):
+            continue
+        queue.append((index.message_start_time, index.chunk_start_offset, -1, index))
+    heapq.heapify(queue)
+    while queue:
+        _time, offset, position, item = heapq.heappop(queue)
+        if position >= 0:
+            yield item
+            continue
+        try:
+            records = _chunk_records(f, item)
+        except Exception as e:  # the libraries raise assorted errors on damaged bytes
+            on_damage(
+                DamagedChunk(
+                    offset=item.chunk_start_offset,
+                    length=item.chunk_length,
+                    start_ns=item.message_start_time,
+                    end_ns=item.message_end_time,
+                    messages=_indexed_counts(f, item),
+                    error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
+                )
+            )
+            continue
+        for k, record in enumerate(records):
+            if not isinstance(record, McapMessage):
+                continue
+            channel = summary.channels.get(record.channel_id)
+            if channel is None or (wanted is not None and channel.topic not in wanted):
+                continue
+            if start_ns is not None and record.log_time < start_ns:
+                continue
+            heapq.heappush(queue, (record.log_time, offset, k, (channel, record)))
+
+
+def _may_hold(index: ChunkIndex, summary: Summary, topics: set[str]) -> bool:
+    """Whether a chunk may hold messages of `topics`: its message indexes name one of their
+    channels, or it has none (then only reading it tells)."""
+    channels = index.message_index_offsets
+    return not channels or any(
+        c in summary.channels and summary.channels[c].topic in topics for c in channels
+    )
+
+
+def _record_body(f: IO[bytes], offset: int, length: int, opcode: Opcode) -> ReadDataStream:
+    """The body of the record of `length` bytes (prefix included) at `offset`, read whole and
+    checked against its own prefix: a damaged length field cannot make the read run on."""
+    f.seek(offset, io.SEEK_SET)
+    data = f.read(length)
+    if len(data) != length:
+        raise EOFError(f"{length - len(data)} of its {length} bytes are missing")
+    if data[0] != opcode or int.from_bytes(data[1:_PREFIX], "little") != length - _PREFIX:
+        raise ValueError(f"no {opcode.name} record at byte {offset}")
+    return ReadDataStream(io.BytesIO(data[_PREFIX:]))
+
+
+def _chunk_records(f: IO[bytes], index: ChunkIndex) -> list[Any]:
+    chunk = Chunk.read(_record_body(f, index.chunk_start_offset, index.chunk_length, Opcode.CHUNK))
+    if chunk.uncompressed_size > _MAX_UNCOMPRESSED_BYTES:
+        raise ValueError(f"it claims {chunk.uncompressed_size} bytes uncompressed")
+    # A CRC of 0 means the writer stored none (the MCAP specification); it is then not checked.
+    return breakup_chunk(chunk, validate_crc=True)
+
+
+def _indexed_counts(f: IO[bytes], index: ChunkIndex) -> dict[int, int] | None:
+    """Messages per channel id of a chunk, from its message index records (they follow the
+    chunk, so a chunk overwritten in place usually leaves them readable); None where they are
+    not."""
+    offsets = sorted(index.message_index_offsets.items(), key=lambda item: item[1])
+    counts: dict[int, int] = {}
+    try:
+        for k, (channel_id, offset) in enumerate(offsets):
+            end = offsets[k + 1][1] if k + 1 < len(offsets) else None
+            if end is None:
+                end = index.chunk_start_offset + index.chunk_length + index.message_index_length
+            record = MessageIndex.read(_record_body(f, offset, end - offset, Opcode.MESSAGE_INDEX))
+            if record.channel_id != channel_id:
+                return None
+            counts[channel_id] = len(record.records)
+    except Exception:  # the indexes are damaged too: the count is unknown
+        return None
+    return counts
