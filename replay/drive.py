@@ -61,6 +61,7 @@ import io
 import json
 import logging
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -539,7 +540,14 @@ class DriveReader:
         self._rig: Rig | None = None
         self._rig_loaded = False
         try:
-            with self.path.open("rb") as f:
+            # Opened without blocking, and checked: a FIFO with no writer blocked the open
+            # itself, and a device (/dev/zero) never ends.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ReplayError(
+                        f"{self.path}: not a regular file (a device, pipe or socket), so no drive"
+                    )
                 magic = f.read(8)
                 if magic != b"\x89MCAP0\r\n":
                     raise ReplayError(f"{self.path}: not an MCAP file")

@@ -27,6 +27,10 @@ def read_run(path: Path, *, command: str = "show") -> list[DetectionList]:
     if path.is_dir():
         raise PerceptionError(f"{path}: is a folder, not a run (JSON Lines)")
     if not path.is_file():
+        if path.exists():
+            raise PerceptionError(
+                f"{path}: not a regular file (a device, pipe or socket), so no run"
+            )
         raise PerceptionError(f"{path}: no such run (JSON Lines from `perception replay`)")
     if path.suffix == ".mcap":
         from replay.drive import DriveReader  # noqa: PLC0415 (MCAP only where one is read)

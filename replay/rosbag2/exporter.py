@@ -107,7 +107,12 @@ def _detection_lists(source: Path, on_error: Callable[[ReplayError], None]) -> l
 
 def _read_detection_lists(source: Path, on_error: Callable[[ReplayError], None]) -> list[_Item]:
     if not source.is_file():
-        state = "is a folder" if source.is_dir() else "does not exist"
+        if source.is_dir():
+            state = "is a folder"
+        elif source.exists():
+            state = "is not a regular file (a device, pipe or socket)"
+        else:
+            state = "does not exist"
         raise Rosbag2Error(f"{source}: {state}; expected a drive (.mcap) or a run (.jsonl)")
     if source.suffix == ".mcap":
         items = _drive_lists(source, on_error)

@@ -4,6 +4,7 @@ code 2, and leaves no output file damaged. In-process through `main`, on real fi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -429,3 +430,20 @@ def test_an_image_file_that_decodes_to_gigabytes_is_refused_unread(
         f"{folder / 'image_2' / '000003.png'}: image of 30000 x 30000 = 900000000 pixels, above "
         "the limit of 10000000"
     )
+
+
+def test_a_pipe_given_as_a_drive_or_run_is_named_not_waited_on(
+    capsys, tmp_path: Path, kitti_dir: Path
+) -> None:
+    """A FIFO with no writer blocked `replay`, `play`, `calib check`, `bench` and `eval --tracks`
+    in the open itself; `show` and `export` called it missing."""
+    pipe = tmp_path / "pipe.mcap"
+    os.mkfifo(pipe)
+    err = _fails(capsys, "replay", str(pipe), "--out", str(tmp_path / "o.jsonl"))
+    assert err.endswith(f"{pipe}: not a regular file (a device, pipe or socket), so no drive")
+    run = tmp_path / "run.jsonl"
+    os.mkfifo(run)
+    err = _fails(capsys, "show", str(run), "--kitti", str(kitti_dir), "--out", str(tmp_path / "s"))
+    assert err.endswith(f"{run}: not a regular file (a device, pipe or socket), so no run")
+    err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(tmp_path / "bag"))
+    assert f"{run}: is not a regular file (a device, pipe or socket)" in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import subprocess
 import sys
@@ -375,6 +376,12 @@ def test_bad_files_raise_replay_error_naming_the_path(tmp_path: Path) -> None:
     text.write_text("not an mcap file at all")
     with pytest.raises(ReplayError, match=r"text\.mcap: not an MCAP"):
         DriveReader(text)
+    # A pipe with no writer blocked the open itself; a device never ends.
+    fifo = tmp_path / "pipe.mcap"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(ReplayError, match="not a regular file"):
+            DriveReader(path)
     with pytest.raises(ReplayError, match="unknown compression"):
         DriveWriter(tmp_path / "x.mcap", compression="gzip")
     with pytest.raises(ReplayError, match="cannot create"):
