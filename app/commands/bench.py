@@ -28,6 +28,7 @@ from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
+from replay.errors import ReplayError, messages_lost
 from replay.mcap_player import check_sensor_drive, checked_messages
 from replay.output import check_output_dir
 from replay.synth.demo import ensure_synthetic_drive
@@ -63,7 +64,17 @@ def _bench_drive(
         raise PerceptionError(f"{path}: no such drive (.mcap) or KITTI object folder")
     reader = DriveReader(path)
     check_sensor_drive(reader, command="bench")
-    sweeps = group_sweeps(((r.topic, r.message) for r in checked_messages(reader)), limit)
+    lost = 0
+
+    def leave_out(error: ReplayError) -> None:
+        nonlocal lost
+        lost += messages_lost(error)
+
+    recorded = checked_messages(reader, on_error=leave_out)
+    sweeps = group_sweeps(((r.topic, r.message) for r in recorded), limit)
+    if lost:
+        # A damaged drive still times the node on what it holds; the loss is said, once.
+        print(f"perception bench: {path}: {lost} unreadable message(s) left out", flush=True)
     synthetic = ground_truth_path(path).exists()
     return f"{'synthetic drive' if synthetic else 'drive'} {path}", sweeps, reader.rig, synthetic
 

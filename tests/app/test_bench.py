@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from mcap.reader import SeekingReader
 
 from app.bench import (
     ENGINE_STAGES,
@@ -40,6 +41,8 @@ from app.bench import (
 )
 from app.bench.sweeps import send_times, with_engines
 from app.bench.yardstick import time_camera_encoder
+from app.commands.bench import _bench_drive
+from app.common import Stages
 from app.models import build_detector, build_pipeline
 from app.threads import BLAS_THREAD_VARIABLES, OPENMP_WAIT_VARIABLE
 from engines.errors import EngineError
@@ -57,6 +60,7 @@ from perception.msgs.types import (
     RigMessage,
 )
 from replay.datasets.kitti_object import KittiObjectFolder
+from replay.drive import DriveWriter
 
 MS = 1_000_000
 
@@ -616,3 +620,26 @@ def test_the_camera_encoder_alone_is_the_pipelines(kitti_dir: Path, yolox_path: 
     records = [(m.header.stream, m) for m in messages]
     timed = time_camera_encoder(config, group_sweeps(records), rounds=3)
     assert timed is not None and timed.rounds == 3 and timed.median_ms > 0
+
+
+def test_a_damaged_drive_is_benched_on_what_it_holds(
+    kitti_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chunk of the drive whose bytes are damaged is left out, and said, once."""
+    drive = tmp_path / "drive.mcap"
+    with DriveWriter(drive) as w:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            w.write(msg, msg.header.stamp_ns)
+    with drive.open("rb") as f:
+        summary = SeekingReader(f).get_summary()
+    assert summary is not None
+    index = summary.chunk_indexes[3]
+    data = bytearray(drive.read_bytes())
+    at = index.chunk_start_offset + index.chunk_length // 2
+    data[at : at + 64] = bytes(64)
+    drive.write_bytes(bytes(data))
+    with Stages("sweep", True) as stages:
+        _what, sweeps, _rig, _synthetic = _bench_drive(str(drive), 100, stages)
+    assert len(sweeps) == 7
+    out = capsys.readouterr().out
+    assert out == f"perception bench: {drive}: 3 unreadable message(s) left out\n"
