@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import html
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy.typing as npt
 
 from calibration import Rig
 from perception.msgs.types import CameraFrame, DetectionList, LidarSweep
+from perception.ratelimit import RateLimitedLogger
 from replay.datasets.kitti_eval import read_references, score_kitti_frame
 from replay.datasets.kitti_object import KittiObjectFolder, read_image, read_kitti_scan
 from replay.drive import DriveReader
@@ -67,6 +69,8 @@ __all__ = [
     "show_drive",
     "show_kitti",
 ]
+
+log = logging.getLogger(__name__)
 
 #: progress(pictures written, pictures in all).
 ShowProgress = Callable[[int, int], None]
@@ -379,7 +383,14 @@ def show_drive(
         if progress is not None:
             progress(len(frames), len(by_stamp))
 
-    for rec in checked_messages(reader, topics=topics):
+    # A damaged part of the drive costs the frames it held a picture, not the others.
+    bad = RateLimitedLogger(log)
+
+    def not_drawn(error: ReplayError) -> None:
+        bad.warning("unreadable", f"{error}; not drawn")
+
+    recorded = checked_messages(reader, topics=topics, on_error=not_drawn)
+    for rec in recorded:
         msg = rec.message
         if isinstance(msg, LidarSweep) and msg.header.stamp_ns in by_stamp:
             stamp = msg.header.stamp_ns

@@ -14,10 +14,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from mcap.reader import SeekingReader
 
 from app.cli import main
 from perception.msgs.jsonl import read_jsonl
 from replay.datasets.kitti_eval import evaluate_kitti_run
+from replay.drive import DriveReader
 from replay.output import OutputError
 from replay.pictures import REFERENCE_BGR, class_colour
 from replay.show import show_kitti
@@ -142,6 +144,32 @@ def test_show_of_a_synthetic_drive_draws_its_ground_truth(
     picture = _picture(out / f"{len(lists) - 1:05d}.png")
     assert _pixels(picture, REFERENCE_BGR) > 20
     assert _pixels(picture, class_colour("Car")) > 20
+
+
+def test_show_of_a_damaged_drive_draws_the_frames_it_still_holds(
+    capsys, drive_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A chunk whose bytes are damaged costs the pictures of the frames it held, not the run.
+    (The ground truth is a reference, not a recording: read from beside the drive here; a
+    damaged ground-truth channel still refuses, so that no frame is scored without it.)"""
+    drive, run, _shown = drive_run
+    with drive.open("rb") as f:
+        summary = SeekingReader(f).get_summary()
+    assert summary is not None
+    index = summary.chunk_indexes[len(summary.chunk_indexes) // 2]
+    data = bytearray(drive.read_bytes())
+    at = index.chunk_start_offset + index.chunk_length // 2
+    data[at : at + 64] = bytes(64)
+    damaged = tmp_path / drive.name
+    damaged.write_bytes(bytes(data))
+    truth = DriveReader(drive).ground_truth()
+    ground_truth_path(damaged).write_text("".join(json.dumps(doc) + "\n" for doc in truth))
+    lists = list(read_jsonl(run))
+    out = tmp_path / "show"
+    assert main(["show", str(run), "--drive", str(damaged), "--out", str(out), "--quiet"]) == 0
+    drawn = len(list(out.glob("*.png")))
+    assert f"perception show: {drawn} pictures" in capsys.readouterr().out
+    assert len(lists) - 2 <= drawn < len(lists)
 
 
 # -- mistakes ----------------------------------------------------------------------------------
