@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from mcap.reader import SeekingReader
 
 from app.bench import (
     ENGINE_STAGES,
@@ -60,7 +59,7 @@ from perception.msgs.types import (
     RigMessage,
 )
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.drive import DriveWriter
+from tests.replay.damage import damage_chunk, kitti_drive
 
 MS = 1_000_000
 
@@ -626,18 +625,8 @@ def test_a_damaged_drive_is_benched_on_what_it_holds(
     kitti_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A chunk of the drive whose bytes are damaged is left out, and said, once."""
-    drive = tmp_path / "drive.mcap"
-    with DriveWriter(drive) as w:
-        for msg in KittiObjectFolder(kitti_dir).messages():
-            w.write(msg, msg.header.stamp_ns)
-    with drive.open("rb") as f:
-        summary = SeekingReader(f).get_summary()
-    assert summary is not None
-    index = summary.chunk_indexes[3]
-    data = bytearray(drive.read_bytes())
-    at = index.chunk_start_offset + index.chunk_length // 2
-    data[at : at + 64] = bytes(64)
-    drive.write_bytes(bytes(data))
+    drive = kitti_drive(kitti_dir, tmp_path / "drive.mcap")
+    damage_chunk(drive, 3)
     with Stages("sweep", True) as stages:
         _what, sweeps, _rig, _synthetic = _bench_drive(str(drive), 100, stages)
     assert len(sweeps) == 7

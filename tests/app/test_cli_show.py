@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
-from mcap.reader import SeekingReader
 
 from app.cli import main
 from perception.msgs.jsonl import read_jsonl
@@ -26,6 +25,7 @@ from replay.show import show_kitti
 from replay.synth.world import ground_truth_path
 from tests.app.one_line import fails as _fails
 from tests.conftest import copy_kitti_frames
+from tests.replay.damage import damage_chunk, summary_of
 
 FRAMES = ("000000", "000003", "000004")
 
@@ -153,15 +153,8 @@ def test_show_of_a_damaged_drive_draws_the_frames_it_still_holds(
     (The ground truth is a reference, not a recording: read from beside the drive here; a
     damaged ground-truth channel still refuses, so that no frame is scored without it.)"""
     drive, run, _shown = drive_run
-    with drive.open("rb") as f:
-        summary = SeekingReader(f).get_summary()
-    assert summary is not None
-    index = summary.chunk_indexes[len(summary.chunk_indexes) // 2]
-    data = bytearray(drive.read_bytes())
-    at = index.chunk_start_offset + index.chunk_length // 2
-    data[at : at + 64] = bytes(64)
     damaged = tmp_path / drive.name
-    damaged.write_bytes(bytes(data))
+    damage_chunk(drive, len(summary_of(drive).chunk_indexes) // 2, damaged)
     truth = DriveReader(drive).ground_truth()
     ground_truth_path(damaged).write_text("".join(json.dumps(doc) + "\n" for doc in truth))
     lists = list(read_jsonl(run))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from replay.drive import COMPANION_SUFFIX, DriveReader, DriveWriter
 from replay.errors import ReplayError
 from tests.perception.msgs.strategies import SETTINGS, messages
 from tests.perception.msgs.strategies import assert_same as assert_same_message
+from tests.replay.damage import record_ends
 
 MS = 1_000_000
 
@@ -438,17 +438,6 @@ print(json.dumps(results))
 """
 
 
-def _record_ends(path: Path) -> list[tuple[int, int, int]]:
-    """(opcode, start, end) of each top-level record of an MCAP file."""
-    data = path.read_bytes()
-    pos, out = 8, []
-    while pos + 9 <= len(data):
-        opcode, length = struct.unpack_from("<BQ", data, pos)
-        out.append((opcode, pos, pos + 9 + length))
-        pos += 9 + length
-    return out
-
-
 def test_a_failed_write_leaves_a_drive_holding_messages_flushed(tmp_path: Path) -> None:
     """A full disk may cut a chunk, the message indexes after it, or the summary: the drive then
     reads as truncated and holds exactly `messages_flushed` messages."""
@@ -456,7 +445,7 @@ def test_a_failed_write_leaves_a_drive_holding_messages_flushed(tmp_path: Path) 
     with DriveWriter(full, compression=None, chunk_size=8192) as w:
         for seq in range(200):
             w.write(_gnss(seq), 1_000 + seq)
-    records = _record_ends(full)
+    records = record_ends(full.read_bytes())
     chunks = [(start, end) for opcode, start, end in records if opcode == 0x06]
     assert len(chunks) >= 3
     limits = {100}

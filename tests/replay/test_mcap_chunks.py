@@ -12,6 +12,7 @@ import pytest
 from perception.msgs.types import GnssFix, Header
 from replay.drive import DriveReader, DriveWriter
 from replay.errors import DamagedDriveError, ReplayError, messages_lost
+from tests.replay.damage import record_ends
 
 CHUNK = 0x06
 MESSAGE_INDEX = 0x07
@@ -19,16 +20,6 @@ MESSAGE_INDEX = 0x07
 
 def _fix(topic: str, seq: int) -> GnssFix:
     return GnssFix(Header(topic, seq, 1_000 + seq, "gnss"), 49.0 + seq * 1e-5, 8.4, 100.0)
-
-
-def _records(data: bytes) -> list[tuple[int, int, int]]:
-    """(opcode, start, end) of each top-level record of an MCAP file."""
-    pos, out = 8, []
-    while pos + 9 <= len(data):
-        opcode, length = struct.unpack_from("<BQ", data, pos)
-        out.append((opcode, pos, pos + 9 + length))
-        pos += 9 + length
-    return out
 
 
 def _chunk_data_start(data: bytes, start: int) -> int:
@@ -60,7 +51,7 @@ def test_a_damaged_chunk_costs_its_own_messages_named_and_counted(drive: Path) -
     intact, none = _read(drive)
     assert len(intact) == 120 and none == []
     data = bytearray(drive.read_bytes())
-    chunks = [(s, e) for op, s, e in _records(bytes(data)) if op == CHUNK]
+    chunks = [(s, e) for op, s, e in record_ends(bytes(data)) if op == CHUNK]
     assert len(chunks) >= 4
     start, end = chunks[1]
     at = _chunk_data_start(bytes(data), start) + 20
@@ -98,7 +89,7 @@ def test_a_flipped_bit_that_still_reads_is_caught_by_the_chunk_crc(tmp_path: Pat
         for seq in range(40):
             w.write(_fix("gnss", seq), 10_000 + seq)
     data = bytearray(path.read_bytes())
-    start, end = next((s, e) for op, s, e in _records(bytes(data)) if op == CHUNK)
+    start, end = next((s, e) for op, s, e in record_ends(bytes(data)) if op == CHUNK)
     latitude = struct.pack("<d", 49.0)
     at = data.index(latitude, start, end)
     data[at] ^= 0x01
@@ -119,7 +110,7 @@ def test_a_flipped_bit_that_still_reads_is_caught_by_the_chunk_crc(tmp_path: Pat
 
 def test_a_chunk_whose_index_is_damaged_too_is_lost_uncounted(drive: Path) -> None:
     data = bytearray(drive.read_bytes())
-    records = _records(bytes(data))
+    records = record_ends(bytes(data))
     k = next(i for i, (op, _s, _e) in enumerate(records) if op == CHUNK)
     start, _end = records[k][1], records[k][2]
     at = _chunk_data_start(bytes(data), start) + 20
@@ -135,7 +126,7 @@ def test_a_chunk_whose_index_is_damaged_too_is_lost_uncounted(drive: Path) -> No
 
 def test_a_chunk_claiming_a_huge_size_is_damaged_not_a_huge_allocation(drive: Path) -> None:
     data = bytearray(drive.read_bytes())
-    start = next(s for op, s, _e in _records(bytes(data)) if op == CHUNK)
+    start = next(s for op, s, _e in record_ends(bytes(data)) if op == CHUNK)
     struct.pack_into("<Q", data, start + 9 + 16, 1 << 50)  # its uncompressed size
     drive.write_bytes(bytes(data))
     _got, errors = _read(drive)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mcap.reader import SeekingReader
 
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
@@ -19,6 +18,7 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.errors import ReplayError
 from replay.offline import replay_to_file
+from tests.replay.damage import damage_chunk, kitti_drive
 
 
 def damaged_drive(kitti_dir: Path, path: Path, after: int = 5) -> Path:
@@ -58,20 +58,8 @@ def test_a_damaged_chunk_costs_what_it_held_and_the_rest_is_replayed(
     next frame's camera image and rig: those are lost and counted, and every other sweep is
     answered. The sweep whose camera is lost is ready only once it times out, with the next
     sweep's bundle: the node takes the newer, as it does live when it falls behind."""
-    drive = tmp_path / "drive.mcap"
-    with DriveWriter(drive) as w:
-        for msg in KittiObjectFolder(kitti_dir).messages():
-            w.write(msg, msg.header.stamp_ns)
-    with drive.open("rb") as f:
-        summary = SeekingReader(f).get_summary()
-    assert summary is not None
-    index = summary.chunk_indexes[3]
-    held = {summary.channels[i].topic for i in index.message_index_offsets}
-    assert {"lidar/top", "camera/front", "rig"} <= held
-    data = bytearray(drive.read_bytes())
-    at = index.chunk_start_offset + index.chunk_length // 2
-    data[at : at + 64] = bytes(64)
-    drive.write_bytes(bytes(data))
+    drive = kitti_drive(kitti_dir, tmp_path / "drive.mcap")
+    assert {"lidar/top", "camera/front", "rig"} <= damage_chunk(drive, 3)
     errors: list[ReplayError] = []
     sweeps = DriveReader(drive).messages(topics=["lidar/top"], on_error=errors.append)
     stamps = [r.message.header.stamp_ns for r in sweeps]
