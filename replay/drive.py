@@ -567,10 +567,10 @@ class DriveReader:
         several times (its contents, its topics, its messages), and a pass over a truncated
         file meets the same cut each time."""
         try:
-            stat = self.path.stat()
+            st = self.path.stat()
         except OSError:
             return
-        key = (what, str(self.path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (what, str(self.path.resolve()), st.st_size, st.st_mtime_ns)
         if key not in _WARNED:
             _WARNED.add(key)
             log.warning("%s", text)
