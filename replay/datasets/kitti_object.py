@@ -123,7 +123,9 @@ class KittiObjectFolder:
             )
             for path in (frame.image_path, frame.lidar_path, frame.calib_path):
                 if not path.is_file():
-                    raise ReplayError(f"{path}: missing for frame {stem}")
+                    # A pipe would block its reader: named for what it is, as missing is.
+                    state = "not a regular file" if path.exists() else "missing"
+                    raise ReplayError(f"{path}: {state} for frame {stem}")
             self.frames.append(frame)
 
     def _choose_lidar_dir(self) -> str:

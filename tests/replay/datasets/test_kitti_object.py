@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def test_missing_image_for_a_frame(tmp_path: Path, kitti_dir: Path) -> None:
     shutil.copytree(kitti_dir, tmp_path / "t")
     (tmp_path / "t" / "image_2" / "000004.png").unlink()
     with pytest.raises(ReplayError, match=r"000004\.png: missing for frame 000004$"):
+        KittiObjectFolder(tmp_path / "t")
+    # A pipe in its place would block its reader: named for what it is.
+    os.mkfifo(tmp_path / "t" / "image_2" / "000004.png")
+    with pytest.raises(ReplayError, match=r"000004\.png: not a regular file for frame 000004$"):
         KittiObjectFolder(tmp_path / "t")
 
 
