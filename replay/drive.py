@@ -643,7 +643,7 @@ class DriveReader:
             # docstring): counted once, by its record.
             if channel is None or channel.topic.endswith(COMPANION_SUFFIX):
                 continue
-            if _is_ground_truth(channel):
+            if _is_ground_truth(channel):  # no project message (the module docstring)
                 continue
             lost[channel.topic] = lost.get(channel.topic, 0) + n
         total = sum(lost.values())

@@ -132,12 +132,12 @@ def _indexed_counts(f: IO[bytes], index: ChunkIndex) -> dict[int, int] | None:
     chunk, so a chunk overwritten in place usually leaves them readable); None where they are
     not."""
     offsets = sorted(index.message_index_offsets.items(), key=lambda item: item[1])
+    # Each index record ends where the next begins; the last where the chunk's indexes end.
+    ends = [offset for _channel, offset in offsets[1:]]
+    ends.append(index.chunk_start_offset + index.chunk_length + index.message_index_length)
     counts: dict[int, int] = {}
     try:
-        for k, (channel_id, offset) in enumerate(offsets):
-            end = offsets[k + 1][1] if k + 1 < len(offsets) else None
-            if end is None:
-                end = index.chunk_start_offset + index.chunk_length + index.message_index_length
+        for (channel_id, offset), end in zip(offsets, ends, strict=True):
             record = MessageIndex.read(_record_body(f, offset, end - offset, Opcode.MESSAGE_INDEX))
             if record.channel_id != channel_id:
                 return None

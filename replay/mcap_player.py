@@ -30,6 +30,7 @@ __all__ = [
     "SENSOR_TYPES",
     "DriveContents",
     "PlayStats",
+    "Skipped",
     "check_sensor_drive",
     "checked_messages",
     "drive_contents",
@@ -93,6 +94,20 @@ class PlayStats:
     sent: int = 0
     unreadable: int = 0
     unpublishable: int = 0
+
+
+class Skipped:
+    """The `on_error` of `checked_messages` that skips: the recorded messages that could not
+    be read, counted (a damaged chunk by what it held) and logged to `logger` at a bounded
+    rate."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.count = 0
+        self._log = RateLimitedLogger(logger)
+
+    def __call__(self, error: ReplayError) -> None:
+        self.count += messages_lost(error)
+        self._log.warning("unreadable", f"{error}; skipped")
 
 
 def checked_messages(
@@ -257,23 +272,17 @@ def play_drive(
         return PlayStats()
     begin_ns = first_ns + round(start_s * 1e9)
     bad = RateLimitedLogger(log)
-    sent = unreadable = unpublishable = 0
-
-    def skip_unreadable(e: ReplayError) -> None:
-        nonlocal unreadable
-        unreadable += messages_lost(e)
-        bad.warning("unreadable", f"{e}; skipped")
+    unreadable = Skipped(log)
+    sent = unpublishable = 0
 
     def stats() -> PlayStats:
-        return PlayStats(sent, unreadable, unpublishable)
+        return PlayStats(sent, unreadable.count, unpublishable)
 
     while not stop.is_set():
         wall0 = time.monotonic_ns()
         shift_ns = time.time_ns() - first_ns if restamp else 0
         log0: int | None = None
-        records = checked_messages(
-            reader, topics=topics, start_ns=begin_ns, on_error=skip_unreadable
-        )
+        records = checked_messages(reader, topics=topics, start_ns=begin_ns, on_error=unreadable)
         for rec in records:
             if stop.is_set():
                 return stats()

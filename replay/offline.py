@@ -54,8 +54,8 @@ from perception.ratelimit import RateLimitedLogger
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter, RecordedMessage
 from replay.drive_config import config_for_messages
-from replay.errors import DriveStorageError, ReplayError, messages_lost
-from replay.mcap_player import check_sensor_drive, checked_messages
+from replay.errors import DriveStorageError, ReplayError
+from replay.mcap_player import Skipped, check_sensor_drive, checked_messages
 from replay.output import OutputError, atomic_output
 
 __all__ = [
@@ -86,19 +86,6 @@ class Received:
     frames: Sequence[Any] | None = None
 
 
-class Skipped:
-    """Inputs of a source that could not be read, so were skipped: counted, and logged at a
-    bounded rate."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._log = RateLimitedLogger(log)
-
-    def __call__(self, error: Exception) -> None:
-        self.count += messages_lost(error)
-        self._log.warning("unreadable", f"{error}; skipped")
-
-
 @dataclass(frozen=True)
 class ReplayInput:
     """A source opened for replay: its inputs in receive order, the node config to run them
@@ -110,7 +97,7 @@ class ReplayInput:
     default_rig: Rig | None
     sweeps: int | None
     description: str
-    skipped: Skipped = field(default_factory=Skipped)
+    skipped: Skipped = field(default_factory=lambda: Skipped(log))
 
 
 def run_core(
@@ -259,7 +246,7 @@ def open_source(
     topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic]
     if recorded_rigs:
         topics.append(inputs.rig_topic)
-    skipped = Skipped()
+    skipped = Skipped(log)
     records = checked_messages(reader, topics=topics, on_error=skipped)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
     rig = initial or reader.rig

@@ -28,9 +28,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from perception.errors import PerceptionError
 from perception.msgs.jsonl import read_jsonl
 from perception.msgs.types import DetectionList
-from perception.ratelimit import RateLimitedLogger
 from replay.drive import DriveReader
-from replay.errors import ReplayError, messages_lost
+from replay.errors import ReplayError
+from replay.mcap_player import Skipped
 from replay.rosbag2.detections import to_autoware, to_vision_msgs
 from replay.rosbag2.errors import Rosbag2Error
 from replay.rosbag2.msgdefs import (
@@ -166,15 +166,8 @@ def export_rosbag2(
         raise ValueError(f"msgs must be one of {sorted(MSGS)}, got {msgs!r}")
     source, out = Path(source), Path(out)
     _check_out(out)
-    unreadable = 0
-    bad = RateLimitedLogger(log)
-
-    def skip(error: ReplayError) -> None:
-        nonlocal unreadable
-        unreadable += messages_lost(error)
-        bad.warning("unreadable", f"{error}; skipped")
-
-    items = _detection_lists(source, skip)
+    skipped = Skipped(log)
+    items = _detection_lists(source, skipped)
     msgtype = MSGS[msgs]
     store = detections_typestore()
     convert: Callable[[Any, DetectionList], Any] = (
@@ -216,5 +209,5 @@ def export_rosbag2(
         detections=detections,
         storage=storage,
         wall_s=time.perf_counter() - begin,
-        unreadable=unreadable,
+        unreadable=skipped.count,
     )
