@@ -96,8 +96,14 @@ def load_yaml(
     Raises:
         error: as above.
     """
+    loader = _BoundedLoader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
+    except _AliasBombError as e:
+        raise error(
+            f"{where}: {invalid} (its aliases repeat more than {e.limit:,} values: "
+            "an alias bomb, or anchors used far more than a file of this kind needs)"
+        ) from None
     except yaml.YAMLError as e:
         raise error(f"{where}: {invalid} ({' '.join(str(e).split())})") from e
     except RecursionError:
@@ -110,3 +116,68 @@ def load_yaml(
         if "integer string conversion" in problem:
             problem = f"an integer of more than {sys.get_int_max_str_digits()} digits"
         raise error(f"{where}: {invalid} value ({problem})") from None
+    finally:
+        loader.dispose()
+
+
+#: What a YAML document may hold with its aliases expanded, at least: an alias (`*name`) is one
+#: value in the text and its whole anchored collection to whoever walks what was read, so nine
+#: lines of nested aliases hold 9^9 values (a "billion laughs"), which the readers of the
+#: document then walked until memory ran out. Without aliases a document holds fewer values
+#: than it has characters, so the limit is also at least its length.
+MAX_YAML_VALUES = 1_000_000
+
+
+class _AliasBombError(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a document whose aliases expand past
+    `MAX_YAML_VALUES` values (or twice its length), counted as each alias is composed, before
+    anything is built: documents without aliases cost nothing more."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._limit = max(MAX_YAML_VALUES, 2 * len(text))
+        self._repeated = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # (untyped in the stubs)
+            anchored = self.anchors.get(event.anchor)
+            if anchored is not None:
+                self._repeated += _expanded_size(anchored, self._sizes)
+                if self._repeated > self._limit:
+                    raise _AliasBombError(self._limit)
+        node: yaml.Node | None = super().compose_node(parent, index)
+        return node
+
+
+def _expanded_size(root: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes `root` holds with its aliases expanded (an alias composes to the very
+    node it names, so a node reached twice is counted twice). `sizes`: each node's size,
+    computed once and reused. A node still being counted when a recursive alias reaches it
+    again counts one (the readers stop at their depth limits there). Without recursion: the
+    documents may nest deep."""
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in _children(node))
+        elif id(node) not in sizes:
+            sizes[id(node)] = 1  # in progress: what a recursive alias back to it counts
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []

@@ -300,6 +300,13 @@ def test_config_errors_are_one_line(capsys, tmp_path: Path, kitti_drive: Path) -
     err = _fails(capsys, "replay", str(kitti_drive), "--out", str(tmp_path / "x.jsonl"),
                  "--config", str(config))  # fmt: skip
     assert err.startswith(f"perception replay: error: {config}: invalid YAML")
+    # Aliases repeating 2 million values are refused before the config is read (one nine
+    # levels deep under `rig` was a MemoryError, "a bug"; tests/calibration/test_errors.py).
+    config.write_text("inputs:\n  camera_topics: &a [" + ", ".join(["x"] * 100) + "]\n"
+                      "  lidar_topic: &b [" + ", ".join(["*a"] * 100) + "]\n"
+                      "pipeline: [" + ", ".join(["*b"] * 200) + "]\n")  # fmt: skip
+    err = _fails(capsys, "config", "show", "--config", str(config))
+    assert err.startswith(f"perception config show: error: {config}: invalid YAML (its aliases ")
 
 
 def test_cache_dir_that_is_a_file(capsys, tmp_path: Path) -> None:

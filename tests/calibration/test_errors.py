@@ -84,3 +84,35 @@ def test_a_rig_nested_too_deep_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError) as info:
         load_rig(deep)
     assert str(info.value) == f"{deep}: not valid YAML (nests too deep)"
+
+
+def _alias_bomb(levels: int, indent: str = "") -> str:
+    """A "billion laughs": each anchored list repeats the one before nine times, so the last
+    holds 9^levels strings in a few hundred bytes."""
+    lines = [f'{indent}l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{indent}l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """It was a MemoryError ('a bug') from `config show` and a hang from `calib show`: the
+    readers walked the billion values the aliases stand for."""
+    rig = tmp_path / "rig.yaml"
+    rig.write_text("anchors:\n" + _alias_bomb(9, "  ") + "frames: *l8\n")
+    with pytest.raises(CalibrationError) as info:
+        load_rig(rig)
+    assert str(info.value) == (
+        f"{rig}: not valid YAML (its aliases repeat more than 1,000,000 values: an alias bomb, "
+        "or anchors used far more than a file of this kind needs)"
+    )
+
+
+def test_anchors_used_as_files_use_them_are_read() -> None:
+    # Shared intrinsics, a recursive alias (the readers refuse it by depth), and aliases up
+    # to the limit: a few levels of the bomb above hold 9^6 = 531,441 values.
+    text = "k: &k {fx: 1.0}\na: *k\nb: [*k, *k]\nr: &r [*r]\n"
+    doc = load_yaml(text, "f.yaml", "not valid YAML", _OtherError)
+    assert doc["b"] == [{"fx": 1.0}, {"fx": 1.0}] and doc["r"][0] is doc["r"]
+    assert len(load_yaml(_alias_bomb(6), "f.yaml", "not valid YAML", _OtherError)["l5"]) == 9
+    with pytest.raises(_OtherError, match="its aliases repeat more than 1,000,000 values"):
+        load_yaml(_alias_bomb(7), "f.yaml", "not valid YAML", _OtherError)
