@@ -30,6 +30,11 @@ _PYPCD4_HEADER_LINES = 10
 _HEADER_KEYS = frozenset(
     ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
 )
+# The most values a point may hold (FIELDS times their COUNT): a lidar point has a handful, the
+# largest of PCL's feature descriptors (a VFH histogram) 308.
+_MAX_VALUES_PER_POINT = 10_000
+# The longest header line read: a FIELDS line of the most values a point may hold is 200 kB.
+_MAX_HEADER_LINE_BYTES = 1 << 20
 # What pypcd4's data parsers raise for a data section that does not match its header: numpy's
 # loadtxt/frombuffer (ValueError), lzf (ValueError, or None -> TypeError), struct (struct.error).
 _DATA_ERRORS = (ValueError, TypeError, RuntimeError, struct.error)
@@ -74,9 +79,16 @@ def _read_header(path: Path, fp: BufferedReader) -> tuple[MetaData, int]:
     # The same line walk as pypcd4's PointCloud.from_fileobj, so what is checked here is what
     # it will read.
     while len(lines) < _PYPCD4_HEADER_LINES:
-        raw = fp.readline()
+        raw = fp.readline(_MAX_HEADER_LINE_BYTES + 1)
         if not raw:
             break
+        if len(raw) > _MAX_HEADER_LINE_BYTES:
+            # A binary file given by mistake may hold no newline for gigabytes.
+            raise CalibrationError(
+                f"{path}: not a PCD file (its first line is longer than 1 MiB)"
+                if not lines
+                else f"{path}: corrupt PCD header (line {len(lines) + 1} is longer than 1 MiB)"
+            )
         try:
             line = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -104,6 +116,14 @@ def _read_header(path: Path, fp: BufferedReader) -> tuple[MetaData, int]:
         raise CalibrationError(
             f"{path}: corrupt PCD header (FIELDS, SIZE, TYPE and COUNT list {len(f)}, "
             f"{len(meta.size)}, {len(meta.type)} and {len(meta.count)} values)"
+        )
+    values = sum(meta.count)
+    if values > _MAX_VALUES_PER_POINT:
+        # pypcd4 names every value of a point as a field of its own: COUNT 100000000 took
+        # minutes and gigabytes before a byte of data was read.
+        raise CalibrationError(
+            f"{path}: corrupt PCD header (COUNT states {values} values per point; this reader "
+            f"takes at most {_MAX_VALUES_PER_POINT})"
         )
     if len(set(f)) != len(f):
         twice = sorted({name for name in f if f.count(name) > 1})

@@ -282,6 +282,18 @@ def test_not_a_pcd_or_corrupt_header(
             raw.replace(b"FIELDS x y z", b"FIELDS a b c"),
             r"PCD has no x y z fields \(FIELDS a b c intensity ring\)",
         ),
+        # pypcd4 names each value of a point: this COUNT took minutes and gigabytes.
+        "count": (
+            raw.replace(b"COUNT 1 1 1 1 1", b"COUNT 1 1 1 100000000 1"),
+            r"corrupt PCD header \(COUNT states 100000004 values per point; this reader takes "
+            r"at most 10000\)",
+        ),
+        # No newline for gigabytes was read whole.
+        "one_line": (b"x" * (1 << 20) + b"\n" + raw, r"not a PCD file \(its first line is longer"),
+        "long_line": (
+            raw.replace(b"VERSION 0.7\n", b"VERSION 0.7\n" + b"#" * (1 << 20) + b"\n"),
+            r"corrupt PCD header \(line 2 is longer than 1 MiB\)",
+        ),
         "float16": (
             raw.replace(b"SIZE 4 4 4 4 2\nTYPE F F F F U", b"SIZE 4 4 4 4 2\nTYPE F F F F F"),
             r"unsupported PCD field type F2 \(field ring; supported: F4 F8 I1",
