@@ -57,6 +57,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise CalibrationError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:  # the parser recurses per nesting level
+        raise CalibrationError(
+            f"{path}: not valid JSON (arrays and objects nested too deeply)"
+        ) from None
     if not isinstance(doc, dict) or len(doc) != 1:
         raise CalibrationError(f"{path}: expected one top-level entry '<sensor>-<kind>'")
     (value,) = doc.values()

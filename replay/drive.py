@@ -805,6 +805,11 @@ class DriveReader:
                     f"{self.path}: {GROUND_TRUTH_TOPIC} at log time {record.log_time}: "
                     f"malformed ground truth ({e})"
                 ) from e
+            except RecursionError:  # the parser recurses per nesting level
+                raise ReplayError(
+                    f"{self.path}: {GROUND_TRUTH_TOPIC} at log time {record.log_time}: "
+                    "malformed ground truth (arrays and objects nested too deeply)"
+                ) from None
             docs.append(doc)
         return docs
 
@@ -847,9 +852,19 @@ class DriveReader:
     def _rig_metadata(self) -> dict[str, Any] | None:
         data = self.metadata(RIG_METADATA)
         if data is not None and "rig" in data:
-            doc = json.loads(data["rig"])
-            if isinstance(doc, dict):
-                return doc
+            try:
+                doc = json.loads(data["rig"])
+            except ValueError as e:
+                why = f"not JSON: {e}"
+            except RecursionError:  # the parser recurses per nesting level
+                why = "not JSON (arrays and objects nested too deeply)"
+            else:
+                if isinstance(doc, dict):
+                    return doc
+                why = f"a JSON {type(doc).__name__}, not an object"
+            raise ReplayError(
+                f"{self.path}: the drive's rig is invalid (its {RIG_METADATA} metadata is {why})"
+            )
         return None
 
     def metadata(self, name: str) -> dict[str, str] | None:

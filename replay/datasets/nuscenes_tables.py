@@ -92,6 +92,8 @@ def _load(path: Path, fields: tuple[str, ...]) -> dict[str, Record]:
         raise ReplayError(f"{path}: cannot read the table ({e.strerror or e})") from e
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise ReplayError(f"{path}: not JSON ({e})") from e
+    except RecursionError:  # the parser recurses per nesting level
+        raise ReplayError(f"{path}: not JSON (arrays and objects nested too deeply)") from None
     if not isinstance(rows, list):
         kind = _JSON_TYPES.get(type(rows), type(rows).__name__)
         raise ReplayError(f"{path}: not a list of records (a nuScenes table) but {kind}")

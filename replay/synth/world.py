@@ -1022,6 +1022,11 @@ def read_ground_truth(path: Path) -> list[GroundTruthFrame]:
                 frames.append(_ground_truth_frame(json.loads(line)))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: malformed ground truth ({e})") from e
+            except RecursionError:  # the parser recurses per nesting level
+                raise ValueError(
+                    f"{path}:{lineno}: malformed ground truth (arrays and objects nested too "
+                    "deeply)"
+                ) from None
     return frames
 
 

@@ -117,6 +117,13 @@ def test_pjlab_binary_file_is_named(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(CalibrationError) as info:
         load_rig(tmp_path)
     assert str(info.value) == f"{intrinsic}: not UTF-8 text (byte 0xff at offset 0)"
+    # The parser recurses per level: this was a RecursionError, "a bug" to the CLI.
+    intrinsic.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    assert str(info.value) == (
+        f"{intrinsic}: not valid JSON (arrays and objects nested too deeply)"
+    )
 
 
 def test_bin_scan_of_odd_size_is_named(tmp_path: Path) -> None:

@@ -38,7 +38,13 @@ from perception.msgs.types import (
     SensorClock,
 )
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.drive import COMPANION_SUFFIX, DriveReader, DriveWriter
+from replay.drive import (
+    COMPANION_SUFFIX,
+    GROUND_TRUTH_TOPIC,
+    RIG_METADATA,
+    DriveReader,
+    DriveWriter,
+)
 from replay.errors import ReplayError
 from tests.perception.msgs.strategies import SETTINGS, messages
 from tests.perception.msgs.strategies import assert_same as assert_same_message
@@ -549,3 +555,34 @@ def test_ground_truth_rejects_incomplete_documents(tmp_path: Path) -> None:
         with pytest.raises(ReplayError, match="not representable as JSON"):
             w.write_ground_truth({"seq": 0, "stamp_ns": 0, "boxes": [float("nan")]}, 0)
     assert DriveReader(tmp_path / "bad.mcap").ground_truth() == []
+
+
+def test_damaged_rig_metadata_and_ground_truth_are_named(tmp_path: Path) -> None:
+    """Each was a JSONDecodeError or RecursionError from deep in the reader: "a bug" to
+    replay, calib check, bench and show."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for text, why in [
+        ("not json", "not JSON: Expecting value: line 1 column 1 (char 0)"),
+        (deep, "not JSON (arrays and objects nested too deeply)"),
+        ("[1, 2]", "a JSON list, not an object"),
+    ]:
+        path = tmp_path / "rig.mcap"
+        with DriveWriter(path) as w:
+            w.write_metadata(RIG_METADATA, {"rig": text, "stamp_ns": "0"})
+        with pytest.raises(ReplayError) as info:
+            _ = DriveReader(path).rig
+        assert str(info.value) == (
+            f"{path}: the drive's rig is invalid (its perception.rig metadata is {why})"
+        )
+    path = tmp_path / "truth.mcap"
+    with DriveWriter(path) as w:
+        w.write_ground_truth({"seq": 0, "stamp_ns": 0, "boxes": []}, 7)
+        # The channel as the writer made it, a document no writer would make.
+        channel = w._channels[(GROUND_TRUTH_TOPIC, "GroundTruth")][0]
+        w._writer.add_message(channel, 8, deep.encode(), 8, 1)
+    with pytest.raises(ReplayError) as info:
+        DriveReader(path).ground_truth()
+    assert str(info.value) == (
+        f"{path}: ground_truth at log time 8: malformed ground truth (arrays and objects "
+        "nested too deeply)"
+    )

@@ -239,6 +239,12 @@ def test_old_ground_truth_files_still_read(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="malformed ground truth"):
         read_ground_truth(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError: "a bug"
+    with pytest.raises(ValueError) as info:
+        read_ground_truth(path)
+    assert str(info.value) == (
+        f"{path}:1: malformed ground truth (arrays and objects nested too deeply)"
+    )
 
 
 def test_a_synthetic_drive_through_the_node_core(synth_drive: Callable[[int, float], Path]) -> None:

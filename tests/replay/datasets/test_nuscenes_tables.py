@@ -138,6 +138,8 @@ def test_table_not_json(dataset: Fixture, tmp_path: Path) -> None:
     assert _refused(root).startswith(f"{path}: not JSON (")
     path.write_bytes(b"\xff\xfe[]")
     assert _refused(root).startswith(f"{path}: not JSON (")
+    path.write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError: "a bug"
+    assert _refused(root) == f"{path}: not JSON (arrays and objects nested too deeply)"
 
 
 def test_table_not_a_list_of_records(dataset: Fixture, tmp_path: Path) -> None:
