@@ -31,6 +31,9 @@ MIN_DEPTH_M = 1e-6
 #: The widest and tallest image a camera may have (pixels): OpenCV sizes are 32-bit, and the
 #: undistortion maps of a larger image would not fit in memory anyway.
 MAX_IMAGE_SIDE_PX = 65_536
+#: Focal lengths a camera may have, as multiples of its image's longer side (pixels): a fisheye
+#: that sees all around has about 0.16, the narrowest automotive telephoto about 6.
+MIN_FOCAL_PER_SIDE, MAX_FOCAL_PER_SIDE = 0.01, 100.0
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
 # OpenCV 4 (JetPack's among them) takes the criteria in a call of its own; OpenCV 5 in
 # undistortPoints itself.
@@ -97,6 +100,18 @@ class CameraModel(ABC):
             )
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
+        side = max(self.width, self.height)
+        for axis, focal in (("fx", k[0, 0]), ("fy", k[1, 1])):
+            if not MIN_FOCAL_PER_SIDE * side <= focal <= MAX_FOCAL_PER_SIDE * side:
+                # A unit slip (millimetres for pixels, an exponent off by three) would otherwise
+                # be taken as a camera that sees a fraction of a degree, or overflow projecting.
+                raise CalibrationError(
+                    f"{ctx}.k: {axis}={focal:.6g} px is no focal length of a "
+                    f"{self.width}x{self.height} camera (from {MIN_FOCAL_PER_SIDE * side:g} to "
+                    f"{MAX_FOCAL_PER_SIDE * side:g} px: {MIN_FOCAL_PER_SIDE:g} to "
+                    f"{MAX_FOCAL_PER_SIDE:g} times its longer side, a fisheye to a half-degree "
+                    "telephoto)"
+                )
         if not (0.0 <= k[0, 2] <= self.width and 0.0 <= k[1, 2] <= self.height):
             raise CalibrationError(
                 f"{ctx}.k: principal point ({k[0, 2]}, {k[1, 2]}) lies outside the "

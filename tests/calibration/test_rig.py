@@ -228,6 +228,18 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         r"cameras\.cam3\.k: focal lengths must be positive, got fx=721\.5377, fy=-721\.5",
     ),
     (
+        # A unit slip: projected, it was a camera seeing 0.06 degrees (or an overflow).
+        "focal length a thousand times too long",
+        _set("cameras|front|k|0", [721537.7, 0.0, 609.5593]),
+        r"cameras\.front\.k: fx=721538 px is no focal length of a 1242x375 camera \(from 12\.42 "
+        r"to 124200 px: 0\.01 to 100 times its longer side, a fisheye to a half-degree telephoto\)",
+    ),
+    (
+        "focal length of a pinhole",
+        _set("cameras|cam3|k|1", [0.0, 1e-300, 172.854]),
+        r"cameras\.cam3\.k: fy=1e-300 px is no focal length of a 1242x375 camera",
+    ),
+    (
         "principal point outside the image",
         _set("cameras|front|k|0", [721.5377, 0.0, 1300.0]),
         r"cameras\.front\.k: principal point \(1300\.0, 172\.854\) lies outside the 1242x375 image",
