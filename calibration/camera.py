@@ -45,9 +45,10 @@ class CameraModel(ABC):
     """Intrinsics `k` (3 x 3, pixels), `distortion` coefficients and image size (pixels).
 
     `context` prefixes validation errors (a rig loader passes `"<file>: cameras.<name>"`).
-    Construction raises CalibrationError for a non-finite or malformed `k`, non-positive focal
-    lengths, a principal point outside the image, an image size not in 1..`MAX_IMAGE_SIDE_PX`
-    or a distortion vector of the wrong length.
+    Construction raises CalibrationError for a non-finite or malformed `k`, focal lengths
+    outside `MIN_FOCAL_PER_SIDE`..`MAX_FOCAL_PER_SIDE` times the image's longer side (zero or
+    negative among them), a principal point outside the image, an image size not in
+    1..`MAX_IMAGE_SIDE_PX` or a distortion vector of the wrong length.
     """
 
     k: FloatArray
