@@ -11,6 +11,7 @@ projections agree with each other.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,6 +35,11 @@ MAX_IMAGE_SIDE_PX = 65_536
 #: Focal lengths a camera may have, as multiples of its image's longer side (pixels): a fisheye
 #: that sees all around has about 0.16, the narrowest automotive telephoto about 6.
 MIN_FOCAL_PER_SIDE, MAX_FOCAL_PER_SIDE = 0.01, 100.0
+#: The most a lens's radial distortion may stretch the image at its corners (distorted over
+#: undistorted radius): pincushion lenses stretch by a few percent, barrel and fisheye shrink.
+MAX_CORNER_STRETCH = 10.0
+# The normalised radii (tan of the off-axis angle) the radial distortion is sampled at.
+_RADII = np.linspace(0.0, 20.0, 200_001)
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
 # OpenCV 4 (JetPack's among them) takes the criteria in a call of its own; OpenCV 5 in
 # undistortPoints itself.
@@ -126,6 +132,40 @@ class CameraModel(ABC):
             )
         if not all(np.isfinite(dist)):
             raise CalibrationError(f"{ctx}.distortion: non-finite values {list(dist)}")
+        if self.has_distortion:
+            self._check_distortion_reaches_the_corners()
+
+    def _check_distortion_reaches_the_corners(self) -> None:
+        """Refuse coefficients no lens has: a radial distortion that folds back before a tenth of
+        the way to the image's corners (a camera that sees nothing past it), or that stretches them
+        more than `MAX_CORNER_STRETCH` times (k1 = 1e300 left a camera of 1e-100 radians).
+        Calibrations that fold short of the corners, as polynomials fitted to wide lenses do,
+        are kept."""
+        k = self.k
+        corners = np.array(
+            [[0.0, 0.0], [self.width, 0.0], [0.0, self.height], [self.width, self.height]]
+        )
+        corner = float(
+            np.hypot((corners[:, 0] - k[0, 2]) / k[0, 0], (corners[:, 1] - k[1, 2]) / k[1, 1]).max()
+        )
+        r, rd = _RADII, self._radial_distorted_radius(_RADII)
+        fold = self._max_valid_radius()
+        reach = float(np.nanmax(rd[r <= fold])) if np.isfinite(fold) else float(rd[-1])
+        coefficients = shown(list(self.distortion))
+        if not reach >= 0.1 * corner:
+            raise CalibrationError(
+                f"{self.context}.distortion: {coefficients} folds back {reach * k[0, 0]:.3g} px "
+                "from the principal point, short of a tenth of the way to the image's farthest "
+                f"corner ({corner * k[0, 0]:.0f} px): no lens distorts so"
+            )
+        # Where the image's farthest corner lies undistorted (or the fold, if nearer).
+        at = int(np.argmax(rd >= min(corner, reach)))
+        stretch = float(rd[at] / r[at]) if at > 0 else math.inf
+        if stretch > MAX_CORNER_STRETCH:
+            raise CalibrationError(
+                f"{self.context}.distortion: {coefficients} stretches the image's corners "
+                f"{stretch:.3g} times (a lens at most {MAX_CORNER_STRETCH:g}): no lens distorts so"
+            )
 
     # -- intrinsics -----------------------------------------------------------------------
 
@@ -323,7 +363,7 @@ class CameraModel(ABC):
         """Largest normalised radius (tan of the off-axis angle) where distortion is monotonic."""
         cached = self._cache.get("max_radius")
         if cached is None:
-            r = np.linspace(0.0, 20.0, 200_001)
+            r = _RADII
             rd = self._radial_distorted_radius(r)
             bad = np.flatnonzero((np.diff(rd) <= 0.0) | ~np.isfinite(rd[1:]))
             cached = float(r[bad[0]]) if bad.size else float("inf")

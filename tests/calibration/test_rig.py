@@ -240,6 +240,20 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         r"cameras\.cam3\.k: fy=1e-300 px is no focal length of a 1242x375 camera",
     ),
     (
+        # Monotonic, but the camera it made saw 1e-100 radians: 0 points in the image.
+        "distortion that stretches the corners",
+        _set("cameras|front|distortion", [1e300, 0.0, 0.0, 0.0]),
+        r"cameras\.front\.distortion: \[1e\+300, 0\.0, 0\.0, 0\.0\] stretches the image's "
+        r"corners 1e\+292 times \(a lens at most 10\): no lens distorts so",
+    ),
+    (
+        "distortion that folds back at the centre",
+        _set("cameras|front|distortion", [-1e10, 0.0, 0.0, 0.0]),
+        r"cameras\.front\.distortion: \[-10000000000\.0, 0\.0, 0\.0, 0\.0\] folds back 0 px "
+        r"from the principal point, short of a tenth of the way to the image's farthest corner "
+        r"\(664 px\): no lens distorts so",
+    ),
+    (
         "principal point outside the image",
         _set("cameras|front|k|0", [721.5377, 0.0, 1300.0]),
         r"cameras\.front\.k: principal point \(1300\.0, 172\.854\) lies outside the 1242x375 image",
