@@ -5,8 +5,22 @@ config (engines.fusion.learned_config) and the training config that builds it
 from __future__ import annotations
 
 import math
+import re
+from decimal import Decimal
 
-__all__ = ["check_count", "check_number", "check_probability", "check_range", "finite_number"]
+import yaml
+
+__all__ = [
+    "check_count",
+    "check_number",
+    "check_probability",
+    "check_range",
+    "finite_number",
+    "yaml_text_hint",
+]
+
+#: Where YAML 1.1 reads a float: a dot in the mantissa, a sign in the exponent (`1.0e-1`).
+_EXPONENT = re.compile(r"([-+]?)(\d*)\.?(\d*)([eE])([-+]?)(\d+)")
 
 
 def finite_number(value: object) -> float | None:
@@ -33,7 +47,9 @@ def check_number(
     v = finite_number(value)
     if v is None or not ((v > low if above_low else v >= low) and v <= high):
         bracket = "(" if above_low else "["
-        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
+        raise ValueError(
+            f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}{_hint(value)}"
+        )
     return v
 
 
@@ -45,7 +61,7 @@ def check_probability(value: object, name: str) -> float:
     """
     v = finite_number(value)
     if v is None or not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}{_hint(value)}")
     return v
 
 
@@ -56,7 +72,10 @@ def check_count(value: object, name: str, low: int, high: int) -> int:
         ValueError: one line naming ``name``, the bounds and the value.
     """
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high:,}, got {value!r}")
+        raise ValueError(
+            f"{name} must be an integer from {low} to {high:,}, got {value!r}"
+            f"{_hint(value, integer=True)}"
+        )
     return value
 
 
@@ -76,3 +95,34 @@ def check_range(
     if lo > hi:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {pair}")
     return lo, hi
+
+
+def yaml_text_hint(text: str, *, integer: bool) -> str:
+    """Why a number field got `text`, when it reads as a number: YAML 1.1 reads `1e-1` (no dot,
+    no exponent sign) and anything quoted as text. Empty when `text` is no number. Begins with
+    a space, to follow the error it explains."""
+    try:
+        number = float(text)
+    except ValueError:
+        return ""
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        return ""
+    as_yaml = yaml.safe_load(text)
+    if isinstance(as_yaml, int | float) and not isinstance(as_yaml, bool):
+        return " (quoted, it is text: write it without quotes)"
+    if integer:
+        spelled = str(int(Decimal(text.strip())))  # exact: 1e30 is no float's 1000...19884624838656
+    else:
+        m = _EXPONENT.fullmatch(text.strip())
+        spelled = (
+            f"{m[1]}{m[2] or '0'}.{m[3] or '0'}{m[4]}{m[5] or '+'}{m[6]}"
+            if m and (m[2] or m[3])
+            else ""
+        )
+        if not spelled or yaml.safe_load(spelled) != number:
+            spelled = yaml.safe_dump(number).split("\n")[0]
+    return f" (YAML reads {text} as text: write {spelled})"
+
+
+def _hint(value: object, *, integer: bool = False) -> str:
+    return yaml_text_hint(value, integer=integer) if isinstance(value, str) else ""

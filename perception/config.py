@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 import types
 from dataclasses import dataclass, field, fields, is_dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-import yaml
-
 from calibration.errors import load_yaml, read_text
 from calibration.monitor import MonitorConfig
+from engines.checks import yaml_text_hint
 from engines.errors import EngineError
 from engines.settings import MAX_THREADS, EngineSettings
 from perception.errors import ConfigError
@@ -889,8 +886,6 @@ _SIGNED_DURATIONS = {"sync.camera_offsets_ms"}
 #: budget for one stage must not drop the others'. (No entry can be removed, so that what
 #: `perception config show` prints loads as the same config.)
 _MERGED_MAPS = {"budgets.stages_ms"}
-#: Where YAML 1.1 reads a float: a dot in the mantissa, a sign in the exponent (`1.0e-1`).
-_EXPONENT = re.compile(r"([-+]?)(\d*)\.?(\d*)([eE])([-+]?)(\d+)")
 
 
 def _shown_int(value: int) -> str:
@@ -900,32 +895,6 @@ def _shown_int(value: int) -> str:
     except ValueError:
         return f"an integer of more than {sys.get_int_max_str_digits()} digits"
     return text if len(text) <= 40 else f"an integer of {len(text.lstrip('-'))} digits"
-
-
-def _text_hint(text: str, *, integer: bool) -> str:
-    """Why a number field got `text`, when it reads as a number: YAML 1.1 reads `1e-1` (no dot,
-    no exponent sign) and anything quoted as text. Empty when `text` is no number."""
-    try:
-        number = float(text)
-    except ValueError:
-        return ""
-    if not math.isfinite(number) or (integer and not number.is_integer()):
-        return ""
-    as_yaml = yaml.safe_load(text)
-    if isinstance(as_yaml, int | float) and not isinstance(as_yaml, bool):
-        return " (quoted, it is text: write it without quotes)"
-    if integer:
-        spelled = str(int(Decimal(text.strip())))  # exact: 1e30 is no float's 1000...19884624838656
-    else:
-        m = _EXPONENT.fullmatch(text.strip())
-        spelled = (
-            f"{m[1]}{m[2] or '0'}.{m[3] or '0'}{m[4]}{m[5] or '+'}{m[6]}"
-            if m and (m[2] or m[3])
-            else ""
-        )
-        if not spelled or yaml.safe_load(spelled) != number:
-            spelled = yaml.safe_dump(number).split("\n")[0]
-    return f" (YAML reads {text} as text: write {spelled})"
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
@@ -952,14 +921,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            hint_text = _text_hint(value, integer=False) if isinstance(value, str) else ""
+            hint_text = yaml_text_hint(value, integer=False) if isinstance(value, str) else ""
             raise ConfigError(f"{key}: expected a number, got {value!r}{hint_text}")
         if isinstance(value, int) and abs(value) > sys.float_info.max:
             raise ConfigError(f"{key}: must be a finite number, got {_shown_int(value)}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            hint_text = _text_hint(value, integer=True) if isinstance(value, str) else ""
+            hint_text = yaml_text_hint(value, integer=True) if isinstance(value, str) else ""
             raise ConfigError(f"{key}: expected an integer, got {value!r}{hint_text}")
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise ConfigError(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from engines.checks import check_count, finite_number
+from engines.checks import check_count, finite_number, yaml_text_hint
 from engines.engine import TensorSpec
 from engines.errors import ModelError
 from engines.registry import PACKAGED_MODELS_DIR
@@ -115,8 +115,13 @@ class LearnedFusionConfig:
             ):
                 raise ValueError(f"learned fusion {name} must be an increasing pair, got {pair!r}")
         if not (finite_number(self.pillar_m) is not None and self.pillar_m > 0):
+            hint = (
+                yaml_text_hint(self.pillar_m, integer=False)
+                if isinstance(self.pillar_m, str)
+                else ""
+            )
             raise ValueError(
-                f"learned fusion pillar_m must be a finite number > 0, got {self.pillar_m!r}"
+                f"learned fusion pillar_m must be a finite number > 0, got {self.pillar_m!r}{hint}"
             )
         for name, most in (
             ("max_pillars", MAX_PILLARS),

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from engines.checks import check_count
+from engines.checks import check_count, yaml_text_hint
 from replay.synth.world import check_world_options
 from replay.training.samples import TrainingSample
 from replay.training.sources.drive import DriveSource
@@ -190,7 +190,8 @@ def _synthetic_options(
     """Seeds, seconds, scene and lidar of a synthetic entry."""
     seconds = spec.get("seconds", 10.0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ValueError(f"{where}: seconds: expected a number, got {seconds!r}")
+        hint = yaml_text_hint(seconds, integer=False) if isinstance(seconds, str) else ""
+        raise ValueError(f"{where}: seconds: expected a number, got {seconds!r}{hint}")
     # The world of a seed is built whole: a typo of hours is refused, not a MemoryError.
     if not 0 < seconds <= MAX_SYNTHETIC_SECONDS:
         raise ValueError(

@@ -139,6 +139,29 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
             {"data": {"train": [SYNTH]}, "seed": 10**23},
             rf"cfg\.yaml: seed must be an integer from 0 to 4,294,967,295, got {10**23}",
         ),
+        # YAML 1.1 reads 3e-3 (no dot) as text: said as the node config says it.
+        (
+            {"data": {"train": [SYNTH]}, "train": {"lr": "3e-3"}},
+            r"cfg\.yaml: train: train\.lr must be a number in \(0, 1\], got '3e-3' \(YAML reads "
+            r"3e-3 as text: write 3\.0e-3\)",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "train": {"steps": "1e3"}},
+            r"train\.steps must be an integer from 1 to 10,000,000, got '1e3' \(YAML reads 1e3 as "
+            r"text: write 1000\)",
+        ),
+        (
+            {"data": {"train": [{**SYNTH, "seconds": "3e0"}]}},
+            r"seconds: expected a number, got '3e0' \(YAML reads 3e0 as text: write 3\.0e\+0\)",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "model": {"pillar_m": "32e-2"}},
+            r"pillar_m must be a finite number > 0, got '32e-2' \(YAML reads 32e-2 as text",
+        ),
+        (
+            {"data": {"train": [SYNTH]}, "dropout": {"camera": "0.2"}},
+            r"dropout\.camera must be a probability in \[0, 1\], got '0\.2' \(quoted, it is text",
+        ),
         (
             {"data": {"train": [SYNTH]}, "augment": {"scale": [1.05, 0.95]}},
             r"cfg\.yaml: augment: augment\.scale must be \[low, high\] with low <= high",
