@@ -26,7 +26,9 @@ moment are not told apart.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import socket
 import stat
 import struct
@@ -176,7 +178,23 @@ def tcp_endpoint_problem(endpoint: str) -> str | None:
         return "a tcp endpoint is tcp://HOST:PORT"
     if port != "*" and not (port.isascii() and port.isdigit() and int(port) <= 65535):
         return f"port {port!r} is not a TCP port (0-65535, or *)"
+    # libzmq takes 999.1.1.1 for a host name: a connect then waits for ever without a word.
+    # (A host may be `source;destination`, each an address, a name or an interface.)
+    for part in host.split(";"):
+        if _DOTTED_NUMBERS.fullmatch(part) and not _is_ipv4(part):
+            return f"host {part!r} is not an IPv4 address (four numbers from 0 to 255)"
     return None
+
+
+_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def resolve_endpoint(endpoint: str) -> str:

@@ -6,6 +6,7 @@ send repeatedly until the first message arrives, within a bounded number of trie
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,19 @@ def test_a_tcp_port_past_65535_is_refused_not_wrapped() -> None:
     assert tcp_endpoint_problem("tcp://*:*") is None
     assert tcp_endpoint_problem("ipc:///tmp/x:99999") is None
     assert tcp_endpoint_problem("tcp://host:-1") == "port '-1' is not a TCP port (0-65535, or *)"
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "1.2.3", "010.1.1.1", "10.0.0.1;300.1.1.1"])
+def test_a_tcp_host_of_numbers_that_is_no_ipv4_address_is_refused(host: str) -> None:
+    """libzmq took 999.1.1.1 for a name: `perception echo` then waited for ever without a word
+    (1.2.3 and 010.1.1.1 it reads as 1.2.0.3 and 8.1.1.1)."""
+    bad = host.rsplit(";", maxsplit=1)[-1]
+    problem = f"host '{bad}' is not an IPv4 address (four numbers from 0 to 255)"
+    assert tcp_endpoint_problem(f"tcp://{host}:5555") == problem
+    with pytest.raises(TransportError, match=re.escape(problem)):
+        Subscriber([f"tcp://{host}:5555"], ["x"])
+    for good in ("127.0.0.1", "localhost", "eth0", "*", "[::1]", "192.168.1.17:5555;192.168.1.1"):
+        assert tcp_endpoint_problem(f"tcp://{good}:5555") is None
 
 
 def test_shared_context_not_terminated(tcp_publisher: Publisher) -> None:
