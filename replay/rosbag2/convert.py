@@ -34,6 +34,7 @@ NavSatFix (+ velocity) -> GnssFix
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -83,9 +84,12 @@ def stamp_ns(stamp: Any, where: str) -> int:
 # -- point clouds -------------------------------------------------------------------------------
 
 
-def _cloud_fields(msg: Any, where: str) -> dict[str, tuple[np.dtype[Any], int]]:
+def _cloud_fields(msg: Any, where: str) -> tuple[dict[str, tuple[np.dtype[Any], int]], set[str]]:
+    """Each field's dtype and offset (the first of a name given twice), and the names given
+    twice."""
     order = ">" if msg.is_bigendian else "<"
     fields: dict[str, tuple[np.dtype[Any], int]] = {}
+    twice: set[str] = set()
     for f in msg.fields:
         kind = _POINT_FIELD_TYPES.get(int(f.datatype))
         if kind is None:
@@ -96,8 +100,27 @@ def _cloud_fields(msg: Any, where: str) -> dict[str, tuple[np.dtype[Any], int]]:
                 f"{where}: field {f.name!r} (offset {f.offset}) lies beyond point_step "
                 f"{msg.point_step}"
             )
+        if str(f.name) in fields:
+            twice.add(str(f.name))
         fields.setdefault(str(f.name), (dtype, int(f.offset)))
-    return fields
+    return fields, twice
+
+
+def _check_read_fields(
+    fields: dict[str, tuple[np.dtype[Any], int]], read: list[str], twice: set[str], where: str
+) -> None:
+    """The fields a sweep is read from are each given once and share no byte: a cloud whose x
+    is declared float64 over x and y read as garbage, without a word."""
+    for name in read:
+        if name in twice:
+            raise Rosbag2Error(f"{where}: point cloud gives field {name!r} twice")
+    spans = sorted((fields[n][1], fields[n][1] + fields[n][0].itemsize, n) for n in read)
+    for (start_a, end_a, a), (start_b, end_b, b) in itertools.pairwise(spans):
+        if start_b < end_a:
+            raise Rosbag2Error(
+                f"{where}: point cloud fields {a!r} (bytes {start_a}-{end_a}) and {b!r} "
+                f"(bytes {start_b}-{end_b}) overlap"
+            )
 
 
 def _cloud_records(msg: Any, where: str) -> npt.NDArray[np.uint8]:
@@ -151,16 +174,24 @@ def pointcloud_to_sweep(
     Raises Rosbag2Error naming `where` for a malformed cloud, no x/y/z fields, a named time
     field that is missing, or non-finite times."""
     header_ns = stamp_ns(msg.header.stamp, where)
-    fields = _cloud_fields(msg, where)
+    fields, twice = _cloud_fields(msg, where)
     missing = [a for a in "xyz" if a not in fields]
     if missing:
         raise Rosbag2Error(
             f"{where}: point cloud has no {'/'.join(missing)} field (fields: "
             f"{', '.join(fields) or 'none'})"
         )
+    name = next((n for n in INTENSITY_FIELDS if n in fields), None)
+    if time_field == "":
+        time_field = next((n for n in TIME_FIELDS if n in fields), None)
+    elif time_field is not None and time_field not in fields:
+        raise Rosbag2Error(
+            f"{where}: no per-point time field {time_field!r} (fields: {', '.join(fields)})"
+        )
+    read = [*"xyz", *(n for n in (name, time_field) if n is not None)]
+    _check_read_fields(fields, read, twice, where)
     records = _cloud_records(msg, where)
     xyz = np.stack([_column(records, *fields[a]).astype(np.float32) for a in "xyz"], axis=1)
-    name = next((n for n in INTENSITY_FIELDS if n in fields), None)
     if name is None:
         intensity = np.zeros(len(records), dtype=np.float32)
     else:
@@ -168,12 +199,6 @@ def pointcloud_to_sweep(
     keep = np.all(np.isfinite(xyz), axis=1) & np.isfinite(intensity)
     points = np.ascontiguousarray(np.column_stack([xyz, intensity])[keep], dtype=np.float32)
 
-    if time_field == "":
-        time_field = next((n for n in TIME_FIELDS if n in fields), None)
-    elif time_field is not None and time_field not in fields:
-        raise Rosbag2Error(
-            f"{where}: no per-point time field {time_field!r} (fields: {', '.join(fields)})"
-        )
     offsets = None
     stamp = header_ns
     if time_field is not None and len(points):

@@ -117,6 +117,22 @@ def test_malformed_clouds_are_named() -> None:
         sweep(msg)
     with pytest.raises(Rosbag2Error, match="no per-point time field 'tt'"):
         sweep(point_cloud(STAMP, "velo", POINTS), "tt")
+    # x declared float64 over x and y was read as garbage (2.0000005, 2048.0005, ...).
+    msg = point_cloud(STAMP, "velo", POINTS)
+    msg.fields[0].datatype = 8
+    with pytest.raises(
+        Rosbag2Error,
+        match=r"^test: point cloud fields 'x' \(bytes 0-8\) and 'y' \(bytes 4-8\) overlap",
+    ):
+        sweep(msg)
+    # A field given twice was read from its first, whichever the driver meant.
+    msg = point_cloud(STAMP, "velo", POINTS, {"t": (7, np.zeros(3, "<f4"))})
+    msg.fields = [*msg.fields, msg.fields[-1]]
+    with pytest.raises(Rosbag2Error, match=r"^test: point cloud gives field 't' twice"):
+        sweep(msg)
+    ring = T["sensor_msgs/msg/PointField"](name="ring", offset=0, datatype=2, count=1)
+    msg.fields = [*msg.fields[:-1], ring, ring]  # one it does not read, twice: no matter
+    assert len(sweep(msg).points) == 3
 
 
 BGR = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
