@@ -49,6 +49,7 @@ from perception.msgs.types import (
 )
 
 __all__ = [
+    "ALTITUDE_RANGE_M",
     "CAMERA_BOX",
     "CAMERA_FRAME",
     "DEFAULT_LIMITS",
@@ -61,6 +62,7 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "LIDAR_SWEEP",
+    "MAX_SPEED_MPS",
     "MAX_STAMP_NS",
     "MAX_SWEEP_DURATION_NS",
     "READABLE_SCHEMA_VERSIONS",
@@ -93,9 +95,9 @@ MAX_SWEEP_DURATION_NS = 60_000_000_000
 #: `CameraFrame.encoding` values allowed for encoded (`data`) images; raw images are "bgr8".
 ENCODED_IMAGE_FORMATS = frozenset({"jpeg", "png"})
 
-# Ellipsoidal heights outside this span are not where a road vehicle can be: below the deepest
-# ocean trench, above the Karman line.
-_ALTITUDE_RANGE_M = (-12_000.0, 100_000.0)
+#: Ellipsoidal heights outside this span are not where a road vehicle can be: below the deepest
+#: ocean trench, above the Karman line.
+ALTITUDE_RANGE_M = (-12_000.0, 100_000.0)
 
 
 @dataclass(frozen=True)
@@ -494,21 +496,22 @@ LIDAR_SWEEP = Schema(LidarSweep, (
           value_limit="max_sweep_duration_ns", optional=True),
 ))  # fmt: skip
 
-# No road vehicle moves faster (a speed of 1e300 m/s put NaN into the positions derived from
-# it); a heading is an angle, given within a few turns.
-_MAX_SPEED_MPS = 200.0
+#: No road vehicle moves faster (a speed of 1e300 m/s put NaN into the positions derived from
+#: it).
+MAX_SPEED_MPS = 200.0
+# A heading is an angle, given within a few turns.
 _MAX_HEADING_RAD = 4 * math.pi
 
 GNSS_FIX = Schema(GnssFix, (
     nested("header", HEADER, "common header"),
     number("latitude_deg", "WGS84 latitude", unit="deg", lo=-90.0, hi=90.0),
     number("longitude_deg", "WGS84 longitude", unit="deg", lo=-180.0, hi=180.0),
-    number("altitude_m", "WGS84 ellipsoidal height", unit="m", lo=_ALTITUDE_RANGE_M[0],
-           hi=_ALTITUDE_RANGE_M[1]),
+    number("altitude_m", "WGS84 ellipsoidal height", unit="m", lo=ALTITUDE_RANGE_M[0],
+           hi=ALTITUDE_RANGE_M[1]),
     numbers("position_covariance_m2", 9, "ENU position covariance, row-major 3 x 3",
             unit="m^2"),
-    numbers("velocity_enu_mps", 3, "ENU velocity", unit="m/s", lo=-_MAX_SPEED_MPS,
-            hi=_MAX_SPEED_MPS, optional=True),
+    numbers("velocity_enu_mps", 3, "ENU velocity", unit="m/s", lo=-MAX_SPEED_MPS,
+            hi=MAX_SPEED_MPS, optional=True),
     number("heading_rad", "ENU yaw: 0 = east, counter-clockwise positive", unit="rad",
            lo=-_MAX_HEADING_RAD, hi=_MAX_HEADING_RAD, optional=True),
 ), rules=(_variances,))  # fmt: skip

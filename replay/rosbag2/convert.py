@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from perception.msgs.schema import ALTITUDE_RANGE_M, MAX_SPEED_MPS
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from replay.rosbag2.errors import Rosbag2Error
 from replay.rosbag2.rig import rotation_from_quaternion
@@ -288,7 +289,8 @@ class VelocitySample:
 
 def velocity_sample(msg: Any, msgtype: str, where: str) -> VelocitySample | None:
     """The velocity of a TwistStamped, TwistWithCovarianceStamped or Odometry message (see the
-    module docstring); None when it has non-finite values."""
+    module docstring); None when it has non-finite values or one faster than any road vehicle
+    (`MAX_SPEED_MPS`, what a drive can hold)."""
     stamp = stamp_ns(msg.header.stamp, where)
     heading = None
     if msgtype.endswith("/Odometry"):
@@ -301,7 +303,7 @@ def velocity_sample(msg: Any, msgtype: str, where: str) -> VelocitySample | None
         twist = msg.twist.twist if msgtype.endswith("WithCovarianceStamped") else msg.twist
         lin = twist.linear
         v = np.array([lin.x, lin.y, lin.z], dtype=np.float64)
-    if not np.all(np.isfinite(v)):
+    if not (np.all(np.isfinite(v)) and float(np.abs(v).max()) <= MAX_SPEED_MPS):
         return None
     return VelocitySample(stamp, (float(v[0]), float(v[1]), float(v[2])), heading)
 
@@ -316,11 +318,14 @@ def navsat_to_fix(
     where: str,
 ) -> GnssFix | None:
     """A `sensor_msgs/msg/NavSatFix` as a GnssFix with `velocity` (when given); None for a
-    fix without a position (status NO_FIX, non-finite or out-of-range coordinates)."""
+    fix without a position (status NO_FIX, non-finite or out-of-range coordinates, an
+    altitude outside `ALTITUDE_RANGE_M`, what a drive can hold: one glitch must not end the
+    import)."""
     lat, lon, alt = float(msg.latitude), float(msg.longitude), float(msg.altitude)
     if int(msg.status.status) <= _NO_FIX or not all(map(math.isfinite, (lat, lon, alt))):
         return None
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+    low, high = ALTITUDE_RANGE_M
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0 and low <= alt <= high):
         return None
     cov = np.asarray(msg.position_covariance, dtype=np.float64).ravel()
     if int(msg.position_covariance_type) == _COVARIANCE_TYPE_UNKNOWN or not (

@@ -26,6 +26,7 @@ from tests.replay.rosbag2.bags import (
     image,
     nav_sat_fix,
     point_cloud,
+    twist_stamped,
 )
 
 STAMP = 1_317_000_000_123_456_789
@@ -177,6 +178,14 @@ def test_fixes_without_a_position_are_skipped_and_unknown_covariance_is_zero() -
     fix = navsat_to_fix(msg, **kw)
     assert fix is not None and fix.position_covariance_m2 == (0.0,) * 9
     assert fix.velocity_enu_mps is None and fix.header.stamp_ns == STAMP
+    # Beyond what a drive holds: skipped like a fix without a position (an altitude of 1e300
+    # ended the whole import, "cannot be stored in a drive"), a speed like a non-finite one.
+    msg.altitude = 1e300
+    assert navsat_to_fix(msg, **kw) is None
+    fast = twist_stamped(STAMP, "gps", (250.0, 0.0, 0.0))
+    assert velocity_sample(fast, "geometry_msgs/msg/TwistStamped", "t") is None
+    slow = twist_stamped(STAMP, "gps", (30.0, 0.0, 0.0))
+    assert velocity_sample(slow, "geometry_msgs/msg/TwistStamped", "t") is not None
 
 
 def test_odometry_velocity_is_turned_into_the_world_frame() -> None:
