@@ -48,7 +48,8 @@ def check_number(
     if v is None or not ((v > low if above_low else v >= low) and v <= high):
         bracket = "(" if above_low else "["
         raise ValueError(
-            f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}{_hint(value)}"
+            f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}"
+            f"{yaml_text_hint(value)}"
         )
     return v
 
@@ -61,7 +62,9 @@ def check_probability(value: object, name: str) -> float:
     """
     v = finite_number(value)
     if v is None or not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}{_hint(value)}")
+        raise ValueError(
+            f"{name} must be a probability in [0, 1], got {value!r}{yaml_text_hint(value)}"
+        )
     return v
 
 
@@ -74,7 +77,7 @@ def check_count(value: object, name: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(
             f"{name} must be an integer from {low} to {high:,}, got {value!r}"
-            f"{_hint(value, integer=True)}"
+            f"{yaml_text_hint(value, integer=True)}"
         )
     return value
 
@@ -97,10 +100,12 @@ def check_range(
     return lo, hi
 
 
-def yaml_text_hint(text: str, *, integer: bool) -> str:
-    """Why a number field got `text`, when it reads as a number: YAML 1.1 reads `1e-1` (no dot,
-    no exponent sign) and anything quoted as text. Empty when `text` is no number. Begins with
-    a space, to follow the error it explains."""
+def yaml_text_hint(text: object, *, integer: bool = False) -> str:
+    """Why a number field got `text`, when it is a string that reads as a number: YAML 1.1
+    reads `1e-1` (no dot, no exponent sign) and anything quoted as text. Empty for anything
+    else. Begins with a space, to follow the error it explains."""
+    if not isinstance(text, str):
+        return ""
     try:
         number = float(text)
     except ValueError:
@@ -122,7 +127,3 @@ def yaml_text_hint(text: str, *, integer: bool) -> str:
         if not spelled or yaml.safe_load(spelled) != number:
             spelled = yaml.safe_dump(number).split("\n")[0]
     return f" (YAML reads {text} as text: write {spelled})"
-
-
-def _hint(value: object, *, integer: bool = False) -> str:
-    return yaml_text_hint(value, integer=integer) if isinstance(value, str) else ""

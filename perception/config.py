@@ -921,14 +921,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            hint_text = yaml_text_hint(value, integer=False) if isinstance(value, str) else ""
-            raise ConfigError(f"{key}: expected a number, got {value!r}{hint_text}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}{yaml_text_hint(value)}")
         if isinstance(value, int) and abs(value) > sys.float_info.max:
             raise ConfigError(f"{key}: must be a finite number, got {_shown_int(value)}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            hint_text = yaml_text_hint(value, integer=True) if isinstance(value, str) else ""
+            hint_text = yaml_text_hint(value, integer=True)
             raise ConfigError(f"{key}: expected an integer, got {value!r}{hint_text}")
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise ConfigError(

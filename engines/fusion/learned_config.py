@@ -115,13 +115,9 @@ class LearnedFusionConfig:
             ):
                 raise ValueError(f"learned fusion {name} must be an increasing pair, got {pair!r}")
         if not (finite_number(self.pillar_m) is not None and self.pillar_m > 0):
-            hint = (
-                yaml_text_hint(self.pillar_m, integer=False)
-                if isinstance(self.pillar_m, str)
-                else ""
-            )
             raise ValueError(
-                f"learned fusion pillar_m must be a finite number > 0, got {self.pillar_m!r}{hint}"
+                f"learned fusion pillar_m must be a finite number > 0, got {self.pillar_m!r}"
+                f"{yaml_text_hint(self.pillar_m)}"
             )
         for name, most in (
             ("max_pillars", MAX_PILLARS),

@@ -190,8 +190,9 @@ def _synthetic_options(
     """Seeds, seconds, scene and lidar of a synthetic entry."""
     seconds = spec.get("seconds", 10.0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        hint = yaml_text_hint(seconds, integer=False) if isinstance(seconds, str) else ""
-        raise ValueError(f"{where}: seconds: expected a number, got {seconds!r}{hint}")
+        raise ValueError(
+            f"{where}: seconds: expected a number, got {seconds!r}{yaml_text_hint(seconds)}"
+        )
     # The world of a seed is built whole: a typo of hours is refused, not a MemoryError.
     if not 0 < seconds <= MAX_SYNTHETIC_SECONDS:
         raise ValueError(
