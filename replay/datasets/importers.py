@@ -56,6 +56,8 @@ import numpy.typing as npt
 from calibration import GNSS_FRAME, CalibrationError, Rig, load_kitti_raw_calib
 from calibration.errors import read_text
 from calibration.images import image_size_of
+from perception.errors import WireError
+from perception.msgs import wire
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message, RigMessage
 from replay.datasets.kitti_object import (
     CAMERA_STREAM,
@@ -170,7 +172,7 @@ def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
     vu = values[10]
     pos_accuracy = values[23]
     var = pos_accuracy * pos_accuracy
-    return GnssFix(
+    fix = GnssFix(
         header=Header(GNSS_STREAM, seq, stamp_ns, GNSS_FRAME),
         latitude_deg=lat,
         longitude_deg=lon,
@@ -179,6 +181,13 @@ def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
         velocity_enu_mps=(ve, vn, vu),
         heading_rad=yaw,
     )
+    try:
+        # What the drive will check when the fix is written, said here with the packet's
+        # file (a latitude of 91 was the writer's WireError, naming no file).
+        wire.encode(fix)
+    except WireError as e:
+        raise ReplayError(f"{path}: oxts packet is no valid fix ({e})") from None
+    return fix
 
 
 def sweep_point_offsets_ns(

@@ -49,6 +49,8 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import CalibrationError, LocalTangentPlane, Rig, RigidTransform
+from perception.errors import WireError
+from perception.msgs import wire
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message
 from replay.datasets.importers import (
     ImportProgress,
@@ -247,6 +249,15 @@ def _gnss_items(track: EgoTrack, plane: LocalTangentPlane) -> list[_Item]:
             track.velocity_mps(i),
             heading,
         )
+        try:
+            # What the drive checks when it is written, said here with the pose it came from
+            # (a pose 1e7 m away was the writer's WireError: a speed, and no record named).
+            wire.encode(fix)
+        except WireError as e:
+            raise ReplayError(
+                f"ego_pose: the poses around timestamp {stamp // 1000} us (a fix's velocity is "
+                f"its neighbours') give no valid GNSS fix ({e})"
+            ) from None
         items.append(_Item(stamp, 0, GNSS_STREAM, partial(_given, fix)))
     return items
 

@@ -240,6 +240,12 @@ def test_raw_grey_cameras(raw_drive: Path, tmp_path: Path) -> None:
     assert first.message.header.stamp_ns == real
 
 
+def _set_oxts(packet: Path, index: int, value: str) -> None:
+    values = packet.read_text().split()
+    values[index] = value
+    packet.write_text(" ".join(values) + "\n")
+
+
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
@@ -254,6 +260,12 @@ def test_raw_grey_cameras(raw_drive: Path, tmp_path: Path) -> None:
         (lambda d: (d / "oxts" / "data" / "0000000003.txt").write_text("1 2 3\n"),
          r"0000000003\.txt: oxts packet has 3 values, expected 30"),
         (lambda d: shutil.rmtree(d / "image_02"), r"image_02: missing"),
+        # Out of the schema's range: it was the drive writer's WireError, naming no file.
+        (lambda d: _set_oxts(d / "oxts" / "data" / "0000000003.txt", 0, "91.0"),
+         r"oxts/data/0000000003\.txt: oxts packet is no valid fix \(gnss: field "
+         r"'fields\.latitude_deg' is 91\.0, outside \[-90\.0, 90\.0\]\)$"),
+        (lambda d: _set_oxts(d / "oxts" / "data" / "0000000003.txt", 2, "1e300"),
+         r"0000000003\.txt: oxts packet is no valid fix \(gnss: field 'fields\.altitude_m'"),
         # Binary text files: named, with the byte and its offset.
         (lambda d: (d.parent / "calib_cam_to_cam.txt").write_bytes(b"\xff\xfe\x00garbage\n"),
          r"calib_cam_to_cam\.txt: not UTF-8 text \(byte 0xff at offset 0\)$"),

@@ -5,7 +5,9 @@ quaternion and matrix code)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,6 +316,24 @@ def test_missing_table_and_files(tmp_path: Path) -> None:
     assert err.startswith(f"{fx.root / VERSION}: missing table(s) sample_annotation.json")
     (fx.root / VERSION / "sample_annotation.json").write_text("[{")
     assert _fails(fx.root, out).startswith(f"{fx.root / VERSION / 'sample_annotation.json'}: ")
+
+
+def test_an_ego_pose_far_off_names_the_pose(tmp_path: Path) -> None:
+    """A pose 10,000 km off was the drive writer's WireError (a speed of 1e8 m/s), naming no
+    record."""
+    fx = write_nuscenes(tmp_path / "data")
+    table = fx.root / VERSION / "ego_pose.json"
+    poses = {r["token"]: r for r in json.loads(table.read_text())}
+    far = poses[fx.lidar_keys[1]["ego_pose_token"]]
+    far["translation"] = [1e7, 0.0, 0.0]
+    table.write_text(json.dumps(list(poses.values())))
+    err = _fails(fx.root, tmp_path / "x.mcap")
+    assert re.fullmatch(
+        r"ego_pose: the poses around timestamp (\d+) us \(a fix's velocity is its neighbours'\) "
+        r"give no valid GNSS fix \(gnss: field 'fields\.velocity_enu_mps\[\d\]' is .*\)",
+        err,
+    )
+    assert abs(int(err.split()[5]) - far["timestamp"]) <= 100_000  # within 0.1 s of it
 
 
 def test_points_reader(tmp_path: Path) -> None:
