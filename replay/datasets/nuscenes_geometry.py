@@ -155,7 +155,13 @@ class EgoTrack:
             stamp = int(r["timestamp"]) * 1000
             if stamps and stamp == stamps[-1]:
                 continue
+            where = f"ego_pose {r.get('token', '?')}"
+            # Checked here, naming the record: a bad one was found only when interpolated,
+            # as "ego pose" with its values already NaN.
+            rotation_from_quaternion(r["rotation"], f"{where}: rotation")
             x, y, z = (float(v) for v in r["translation"])
+            if not all(map(math.isfinite, (x, y, z))):
+                raise ValueError(f"{where}: translation {[x, y, z]} is not finite")
             qw, qx, qy, qz = (float(v) for v in _unit(r["rotation"]))
             stamps.append(stamp)
             trans.append((x, y, z))

@@ -336,6 +336,28 @@ def test_an_ego_pose_far_off_names_the_pose(tmp_path: Path) -> None:
     assert abs(int(err.split()[5]) - far["timestamp"]) <= 100_000  # within 0.1 s of it
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("rotation", [math.nan, 0.0, 0.0, 1.0],
+         "rotation: expected a quaternion (w, x, y, z), got [nan, 0.0, 0.0, 1.0]"),
+        ("translation", [math.nan, 0.0, 0.0], "translation [nan, 0.0, 0.0] is not finite"),
+    ],
+)  # fmt: skip
+def test_a_bad_ego_pose_is_named_by_its_token(
+    tmp_path: Path, key: str, value: list[float], problem: str
+) -> None:
+    """A NaN rotation was found only when interpolated, as "ego pose" with NaN in place of the
+    record's values; a NaN translation went through."""
+    fx = write_nuscenes(tmp_path / "data")
+    table = fx.root / VERSION / "ego_pose.json"
+    poses = {r["token"]: r for r in json.loads(table.read_text())}
+    token = fx.lidar_keys[1]["ego_pose_token"]
+    poses[token][key] = value
+    table.write_text(json.dumps(list(poses.values())))
+    assert _fails(fx.root, tmp_path / "x.mcap").endswith(f"ego_pose {token}: {problem}")
+
+
 def test_points_reader(tmp_path: Path) -> None:
     path = tmp_path / "s.pcd.bin"
     lidar_points(0).tofile(path)
