@@ -266,6 +266,9 @@ def box_document(
         w, length, h = (float(v) for v in annotation["size"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"{where}: malformed ({type(e).__name__}: {e})") from e
+    if not all(math.isfinite(s) and s > 0 for s in (w, length, h)):
+        # A box of negative or NaN size went into the ground truth the evaluation scores by.
+        raise ValueError(f"{where}: size {[w, length, h]} is not three positive numbers")
     v = np.asarray(velocity_global, dtype=np.float64)[:3]
     known = bool(np.all(np.isfinite(v[:2])))
     if not known:

@@ -358,6 +358,19 @@ def test_a_bad_ego_pose_is_named_by_its_token(
     assert _fails(fx.root, tmp_path / "x.mcap").endswith(f"ego_pose {token}: {problem}")
 
 
+def test_an_annotation_of_no_size_is_named(tmp_path: Path) -> None:
+    """A negative size went into the ground truth without a word."""
+    fx = write_nuscenes(tmp_path / "data")
+    table = fx.root / VERSION / "sample_annotation.json"
+    annotations = json.loads(table.read_text())
+    annotations[0]["size"] = [-1.0, 4.0, 1.5]
+    table.write_text(json.dumps(annotations))
+    assert _fails(fx.root, tmp_path / "x.mcap").endswith(
+        f"sample_annotation {annotations[0]['token']}: size [-1.0, 4.0, 1.5] is not three "
+        "positive numbers"
+    )
+
+
 def test_points_reader(tmp_path: Path) -> None:
     path = tmp_path / "s.pcd.bin"
     lidar_points(0).tofile(path)
