@@ -149,7 +149,7 @@ class CameraModel(ABC):
             np.hypot((corners[:, 0] - k[0, 2]) / k[0, 0], (corners[:, 1] - k[1, 2]) / k[1, 1]).max()
         )
         r, rd = _RADII, self._radial_distorted_radius(_RADII)
-        fold = self._max_valid_radius()
+        fold = self._max_valid_radius(rd)  # the samples once, for both
         reach = float(np.nanmax(rd[r <= fold])) if np.isfinite(fold) else float(rd[-1])
         coefficients = shown(list(self.distortion))
         if not reach >= 0.1 * corner:
@@ -359,14 +359,15 @@ class CameraModel(ABC):
             return self
         return PinholeCamera(self.k.copy(), (), self.width, self.height, context=self.context)
 
-    def _max_valid_radius(self) -> float:
-        """Largest normalised radius (tan of the off-axis angle) where distortion is monotonic."""
+    def _max_valid_radius(self, rd: FloatArray | None = None) -> float:
+        """Largest normalised radius (tan of the off-axis angle) where distortion is monotonic.
+        `rd`: `_radial_distorted_radius(_RADII)`, where the caller has it already."""
         cached = self._cache.get("max_radius")
         if cached is None:
-            r = _RADII
-            rd = self._radial_distorted_radius(r)
+            if rd is None:
+                rd = self._radial_distorted_radius(_RADII)
             bad = np.flatnonzero((np.diff(rd) <= 0.0) | ~np.isfinite(rd[1:]))
-            cached = float(r[bad[0]]) if bad.size else float("inf")
+            cached = float(_RADII[bad[0]]) if bad.size else float("inf")
             self._cache["max_radius"] = cached
         value: float = cached
         return value
