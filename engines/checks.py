@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from decimal import Decimal
 
 import yaml
 
 __all__ = [
+    "brief",
     "check_count",
     "check_number",
     "check_probability",
@@ -18,6 +20,20 @@ __all__ = [
     "finite_number",
     "yaml_text_hint",
 ]
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel = 2
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = 4
+_BRIEF.maxstring = _BRIEF.maxother = 60
+
+
+def brief(value: object) -> str:
+    """``repr(value)`` cut to a short line, for error messages: a YAML file may hold a list
+    that its aliases repeat a billion times, whose whole repr would take minutes and
+    gigabytes (the guard against alias bombs is the calibration package's YAML loader, which
+    engines may not import)."""
+    return _BRIEF.repr(value)
+
 
 #: Where YAML 1.1 reads a float: a dot in the mantissa, a sign in the exponent (`1.0e-1`).
 _EXPONENT = re.compile(r"([-+]?)(\d*)\.?(\d*)([eE])([-+]?)(\d+)")
@@ -48,7 +64,7 @@ def check_number(
     if v is None or not ((v > low if above_low else v >= low) and v <= high):
         bracket = "(" if above_low else "["
         raise ValueError(
-            f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}"
+            f"{name} must be a number in {bracket}{low:g}, {high:g}], got {brief(value)}"
             f"{yaml_text_hint(value)}"
         )
     return v
@@ -63,7 +79,7 @@ def check_probability(value: object, name: str) -> float:
     v = finite_number(value)
     if v is None or not 0.0 <= v <= 1.0:
         raise ValueError(
-            f"{name} must be a probability in [0, 1], got {value!r}{yaml_text_hint(value)}"
+            f"{name} must be a probability in [0, 1], got {brief(value)}{yaml_text_hint(value)}"
         )
     return v
 
@@ -76,7 +92,7 @@ def check_count(value: object, name: str, low: int, high: int) -> int:
     """
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(
-            f"{name} must be an integer from {low} to {high:,}, got {value!r}"
+            f"{name} must be an integer from {low} to {high:,}, got {brief(value)}"
             f"{yaml_text_hint(value, integer=True)}"
         )
     return value
@@ -93,7 +109,7 @@ def check_range(
     """
     pair = list(value) if isinstance(value, list | tuple) else None
     if pair is None or len(pair) != 2:
-        raise ValueError(f"{name} must be a [low, high] pair, got {value!r}")
+        raise ValueError(f"{name} must be a [low, high] pair, got {brief(value)}")
     lo, hi = (check_number(v, name, low, high, above_low=above_low) for v in pair)
     if lo > hi:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {pair}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from engines.checks import check_count, finite_number, yaml_text_hint
+from engines.checks import brief, check_count, finite_number, yaml_text_hint
 from engines.engine import TensorSpec
 from engines.errors import ModelError
 from engines.registry import PACKAGED_MODELS_DIR
@@ -103,7 +103,7 @@ class LearnedFusionConfig:
             or len(set(classes)) != len(classes)
         ):
             raise ValueError(
-                f"learned fusion classes must be distinct non-empty names, got {classes!r}"
+                f"learned fusion classes must be distinct non-empty names, got {brief(classes)}"
             )
         for name in ("x_range_m", "y_range_m", "z_range_m"):
             pair = getattr(self, name)
@@ -113,10 +113,12 @@ class LearnedFusionConfig:
                 and all(finite_number(v) is not None for v in pair)
                 and pair[0] < pair[1]
             ):
-                raise ValueError(f"learned fusion {name} must be an increasing pair, got {pair!r}")
+                raise ValueError(
+                    f"learned fusion {name} must be an increasing pair, got {brief(pair)}"
+                )
         if not (finite_number(self.pillar_m) is not None and self.pillar_m > 0):
             raise ValueError(
-                f"learned fusion pillar_m must be a finite number > 0, got {self.pillar_m!r}"
+                f"learned fusion pillar_m must be a finite number > 0, got {brief(self.pillar_m)}"
                 f"{yaml_text_hint(self.pillar_m)}"
             )
         for name, most in (
@@ -128,17 +130,18 @@ class LearnedFusionConfig:
             check_count(getattr(self, name), f"learned fusion {name}", 1, most)
         if not isinstance(self.channels, tuple | list) or len(self.channels) != 2:
             raise ValueError(
-                f"learned fusion channels must be the two stages' widths, got {self.channels!r}"
+                "learned fusion channels must be the two stages' widths, "
+                f"got {brief(self.channels)}"
             )
         for width in self.channels:
             check_count(width, "learned fusion channels", 1, MAX_CHANNELS)
         if isinstance(self.head_stride, bool) or self.head_stride not in (1, 2, 4):
             raise ValueError(
-                f"learned fusion head_stride must be 1, 2 or 4, got {self.head_stride!r}"
+                f"learned fusion head_stride must be 1, 2 or 4, got {brief(self.head_stride)}"
             )
         if not isinstance(self.attribution, bool):
             raise ValueError(
-                f"learned fusion attribution must be true or false, got {self.attribution!r}"
+                f"learned fusion attribution must be true or false, got {brief(self.attribution)}"
             )
         # In floats first: a tiny pillar_m over a wide range is no grid to allocate.
         fx = (self.x_range_m[1] - self.x_range_m[0]) / self.pillar_m
@@ -291,7 +294,7 @@ def resolve_learned_model(model: str | Path) -> LearnedModel:
         config = LearnedFusionConfig.from_dict(dict(meta["model"]))
         raw = meta.get("score_thresholds") or {}
         if not isinstance(raw, dict):
-            raise TypeError(f"score_thresholds must map classes to thresholds, got {raw!r:.60}")
+            raise TypeError(f"score_thresholds must map classes to thresholds, got {brief(raw)}")
         thresholds = {str(k): float(v) for k, v in raw.items()}
         if not all(0.0 <= v <= 1.0 for v in thresholds.values()):
             raise ValueError("score_thresholds must lie in [0, 1]")

@@ -95,6 +95,37 @@ def test_a_bad_learned_model_config_is_one_line(
     assert "\n" not in str(info.value)
 
 
+_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{inner}'] * 9)}]\n"
+    for inner, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("  classes:\n  - Car\n  - Pedestrian\n  - Cyclist\n", "  classes: *i\n"),
+        ("  x_range_m:\n  - 0.0\n  - 44.8\n", "  x_range_m: [*h, *i]\n"),
+        ("  max_pillars: 6000\n", "  max_pillars: *i\n"),
+        ("score_thresholds:", "score_thresholds: *i\nunused_thresholds:"),
+    ],
+)
+def test_an_alias_bomb_in_a_learned_model_config_is_refused_in_one_short_line(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    """Nine lines of nested aliases hold 9^9 values: the error quotes a few of them (its whole
+    repr took minutes and gigabytes, the node hung there)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    valid = _PACKAGED_META.read_text()
+    assert old in valid
+    (tmp_path / "m.yaml").write_text(_BOMB + valid.replace(old, new, 1))
+    with pytest.raises(ModelError, match="not a learned model config") as info:
+        resolve_learned_model(model)
+    assert "\n" not in str(info.value)
+    assert len(str(info.value)) < len(str(tmp_path)) + 300
+
+
 def test_pillars_hold_each_point_with_its_offsets() -> None:
     cfg = SMALL
     pts = np.array(
