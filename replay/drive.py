@@ -79,7 +79,7 @@ from mcap.writer import CompressionType, Writer
 
 from calibration import CalibrationError, Rig
 from perception.closeable import Closeable
-from perception.errors import SchemaError
+from perception.errors import PerceptionError, SchemaError
 from perception.msgs import foxglove, wire
 from perception.msgs.json_schemas import wire_json_schema
 from perception.msgs.types import Header, Message, RigMessage
@@ -317,18 +317,32 @@ class DriveWriter(Closeable):
 
     # -- writing
 
-    def write(self, msg: Message, log_time_ns: int, topic: str | None = None) -> None:
+    def write(
+        self, msg: Message, log_time_ns: int, topic: str | None = None, *, source: str = ""
+    ) -> None:
         """Write `msg` received at `log_time_ns` (host clock, ns) on `topic` (default: its
-        stream). The message is validated as `perception.msgs.wire.encode` does.
+        stream). The message is validated as `perception.msgs.wire.encode` does. `source`: the
+        file or record an importer read it from, which the error for an invalid message then
+        names (an 8 MP PNG above the wire's size limit was "camera/front: oversize message",
+        naming no file).
 
         Raises:
-            WireError: the message is invalid; nothing is written.
+            WireError: the message is invalid (a ReplayError, "SOURCE: cannot be stored in a
+                drive (...)", when `source` is given); nothing is written.
             ReplayError: the drive is closed, or the message cannot be stored exactly; nothing
                 is written.
             DriveStorageError: the chunk this message completed cannot be written (see the
                 class docstring); the message counts in `messages_written` only.
-            ValueError: `log_time_ns` is negative.
+            ValueError: `log_time_ns` is negative (a ReplayError when `source` is given).
         """
+        try:
+            self._write(msg, log_time_ns, topic)
+        except (PerceptionError, ValueError) as e:
+            if not source or isinstance(e, ReplayError):
+                raise  # the drive's own fault (closed, full disk...) names the drive
+            raise ReplayError(f"{source}: cannot be stored in a drive ({e})") from e
+
+    def _write(self, msg: Message, log_time_ns: int, topic: str | None) -> None:
         self._check_open()
         if log_time_ns < 0:
             raise ValueError(f"log_time_ns must be >= 0, got {log_time_ns}")

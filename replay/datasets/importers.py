@@ -392,7 +392,8 @@ def import_kitti_raw(
         writer.write_rig(rig, first)
         for done, (log_time, _rank, i, k) in enumerate(order, start=1):
             stream = streams[k]
-            writer.write(_load(stream, i, cameras), log_time, stream.topic)
+            msg = _load(stream, i, cameras)
+            writer.write(msg, log_time, stream.topic, source=str(stream.files[i]))
             counts[stream.topic] = counts.get(stream.topic, 0) + 1
             if progress is not None:
                 progress(done, len(order))
@@ -414,19 +415,21 @@ def import_kitti_raw(
 
 def _object_messages(
     folder: KittiObjectFolder, start_ns: int, period_ns: int
-) -> Iterator[tuple[Message, Rig | None]]:
-    """Each frame's messages with encoded images; the rig object alongside rig messages."""
+) -> Iterator[tuple[Message, Rig | None, Path]]:
+    """Each frame's messages with encoded images; the rig object alongside rig messages; the
+    file each came from."""
     for i, frame in enumerate(folder.frames):
         stamp = start_ns + i * period_ns
         for msg in folder.frame_messages(i, stamp):
             if isinstance(msg, CameraFrame):
                 # The PNG as it is: lossless, decodes to exactly the image read above.
                 data = frame.image_path.read_bytes()
-                yield CameraFrame(msg.header, data=data, encoding="png"), None
+                yield CameraFrame(msg.header, data=data, encoding="png"), None, frame.image_path
             elif isinstance(msg, RigMessage):
-                yield msg, Rig.from_dict(msg.rig, source=str(frame.calib_path))
+                source = frame.calib_path
+                yield msg, Rig.from_dict(msg.rig, source=str(source)), source
             else:
-                yield msg, None
+                yield msg, None, frame.lidar_path
 
 
 def import_kitti_object(
@@ -453,13 +456,13 @@ def import_kitti_object(
     counts: dict[str, int] = {}
     first_rig = True
     with atomic_drive(out_path, compression) as writer:
-        for msg, rig in _object_messages(folder, start_ns, period_ns):
+        for msg, rig, source in _object_messages(folder, start_ns, period_ns):
             if rig is not None and first_rig:
                 # Also the drive's rig (metadata) so the drive is self-contained.
                 writer.write_rig(rig, msg.header.stamp_ns)
                 first_rig = False
             else:
-                writer.write(msg, msg.header.stamp_ns, msg.header.stream)
+                writer.write(msg, msg.header.stamp_ns, msg.header.stream, source=str(source))
             topic = RIG_TOPIC if rig is not None else msg.header.stream
             counts[topic] = counts.get(topic, 0) + 1
             if progress is not None and isinstance(msg, LidarSweep):

@@ -231,6 +231,8 @@ class _Item:
     rank: int
     topic: str
     load: Callable[[], Message | dict[str, Any]]
+    source: str
+    """The file or records it is read from, which an error names."""
 
 
 def _gnss_items(track: EgoTrack, plane: LocalTangentPlane) -> list[_Item]:
@@ -258,7 +260,9 @@ def _gnss_items(track: EgoTrack, plane: LocalTangentPlane) -> list[_Item]:
                 f"ego_pose: the poses around timestamp {stamp // 1000} us (a fix's velocity is "
                 f"its neighbours') give no valid GNSS fix ({e})"
             ) from None
-        items.append(_Item(stamp, 0, GNSS_STREAM, partial(_given, fix)))
+        items.append(
+            _Item(stamp, 0, GNSS_STREAM, partial(_given, fix), f"ego_pose at {stamp // 1000} us")
+        )
     return items
 
 
@@ -370,13 +374,15 @@ def _plan(
         sweep_stamps.append(stamp)
         path = dataroot / rec["filename"]
         sweep = partial(_lidar_message, path, seq, stamp, duration)
-        items.append(_Item(end, 1, LIDAR_STREAM, sweep))
+        items.append(_Item(end, 1, LIDAR_STREAM, sweep, str(path)))
         if rec["is_key_frame"]:
             sample = tables.get("sample", rec["sample_token"])
             doc = _truth(
                 tables, sample, seq, stamp, track=track, vehicle_from_ego=vehicle_from_ego, ids=ids
             )
-            items.append(_Item(end, 2, GROUND_TRUTH_TOPIC, partial(_given, doc)))
+            items.append(
+                _Item(end, 2, GROUND_TRUTH_TOPIC, partial(_given, doc), f"sample {sample['token']}")
+            )
     camera_stamps: dict[str, list[int]] = {}
     for rank, (channel, records) in enumerate(cameras.items(), start=3):
         topic = f"camera/{CAMERA_CHANNELS[channel]}"
@@ -385,7 +391,7 @@ def _plan(
             camera_stamps.setdefault(topic, []).append(stamp)
             path = dataroot / rec["filename"]
             frame = partial(_camera_message, path, topic, seq, stamp)
-            items.append(_Item(stamp, rank, topic, frame))
+            items.append(_Item(stamp, rank, topic, frame, str(path)))
     items.sort(key=lambda it: (it.log_time_ns, it.rank))
     frames = [stamp for stamps in camera_stamps.values() for stamp in stamps]
     ends = [int(r["timestamp"]) * 1000 for r in lidar]
@@ -440,7 +446,7 @@ def import_nuscenes(
             if isinstance(msg, dict):
                 writer.write_ground_truth(msg, item.log_time_ns)
             else:
-                writer.write(msg, item.log_time_ns, item.topic)
+                writer.write(msg, item.log_time_ns, item.topic, source=item.source)
             counts[item.topic] = counts.get(item.topic, 0) + 1
             if progress is not None:
                 progress(done, len(items))

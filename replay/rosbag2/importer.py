@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from calibration import CalibrationError, Rig, load_rig
-from perception.errors import PerceptionError
 from perception.msgs.types import GnssFix, Message, RigMessage
 from perception.msgs.types import Header as NodeHeader
 from replay.datasets.importers import (
@@ -30,8 +29,7 @@ from replay.datasets.importers import (
     camera_offsets_ms,
 )
 from replay.datasets.kitti_object import LIDAR_STREAM
-from replay.drive import RIG_TOPIC, DriveWriter
-from replay.errors import ReplayError
+from replay.drive import RIG_TOPIC
 from replay.rosbag2.bag import Bag, open_bag
 from replay.rosbag2.convert import (
     VELOCITY_WINDOW_NS,
@@ -250,16 +248,6 @@ def _load_rig_file(path: Path, plan: TopicPlan) -> Rig:
     return rig
 
 
-def _write(writer: DriveWriter, msg: Message, log_time: int, topic: str, where: str) -> None:
-    try:
-        writer.write(msg, log_time, topic)
-    except ReplayError:
-        raise  # the drive's own fault (full disk...), naming the drive
-    except (PerceptionError, ValueError) as e:
-        # A converted message the drive refuses (beyond the wire limits): the bag's fault.
-        raise Rosbag2Error(f"{where}: cannot be stored in a drive ({e})") from e
-
-
 def import_rosbag2(
     source: Path,
     out: Path,
@@ -277,7 +265,8 @@ def import_rosbag2(
     topic or file: a missing or unreadable bag or `--topics` file, no lidar topic, a topic
     mapped to a role its type cannot fill or whose type is unknown, a camera without
     CameraInfo, tf frames that do not connect the sensors, a message that cannot be decoded
-    or converted."""
+    or converted; a ReplayError naming the message's topic and log time for one converted but
+    beyond the drive's limits (an image above the wire's size limit)."""
     begin = time.perf_counter()
     source = Path(source)
     topics_file = load_topics_file(topics) if topics is not None else None
@@ -313,11 +302,11 @@ def import_rosbag2(
                         if new.to_dict() != rig_doc:
                             rig, rig_doc = new, new.to_dict()
                             header = NodeHeader(RIG_TOPIC, counts[RIG_TOPIC], stamp, "vehicle")
-                            _write(writer, RigMessage(header, rig_doc), log_time, RIG_TOPIC,
-                                   f"{source}: rig")  # fmt: skip
+                            writer.write(RigMessage(header, rig_doc), log_time, RIG_TOPIC,
+                                         source=f"{source}: rig")  # fmt: skip
                             counts[RIG_TOPIC] += 1
                     stream = msg.header.stream
-                    _write(writer, msg, log_time, stream, _where(bag, topic, log_time))
+                    writer.write(msg, log_time, stream, source=_where(bag, topic, log_time))
                     counts[stream] = counts.get(stream, 0) + 1
                     first = stamp if first is None else min(first, stamp)
                     last = stamp if last is None else max(last, stamp)

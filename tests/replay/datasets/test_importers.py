@@ -240,6 +240,10 @@ def test_raw_grey_cameras(raw_drive: Path, tmp_path: Path) -> None:
     assert first.message.header.stamp_ns == real
 
 
+#: A PNG's signature and 32 MiB: what the KITTI raw importer copies as it is.
+_OVERSIZE_PNG = b"\x89PNG\r\n\x1a\n" + bytes(32 << 20)
+
+
 def _set_oxts(packet: Path, index: int, value: str) -> None:
     values = packet.read_text().split()
     values[index] = value
@@ -266,6 +270,10 @@ def _set_oxts(packet: Path, index: int, value: str) -> None:
          r"'fields\.latitude_deg' is 91\.0, outside \[-90\.0, 90\.0\]\)$"),
         (lambda d: _set_oxts(d / "oxts" / "data" / "0000000003.txt", 2, "1e300"),
          r"0000000003\.txt: oxts packet is no valid fix \(gnss: field 'fields\.altitude_m'"),
+        # Above the wire's size limit: it was "camera/front: oversize message", naming no file.
+        (lambda d: (d / "image_02" / "data" / "0000000003.png").write_bytes(_OVERSIZE_PNG),
+         r"image_02/data/0000000003\.png: cannot be stored in a drive \(camera/front: oversize "
+         r"message: \d+ bytes, above the limit of 33554432\)$"),
         # Binary text files: named, with the byte and its offset.
         (lambda d: (d.parent / "calib_cam_to_cam.txt").write_bytes(b"\xff\xfe\x00garbage\n"),
          r"calib_cam_to_cam\.txt: not UTF-8 text \(byte 0xff at offset 0\)$"),
@@ -346,6 +354,10 @@ def test_object_import(kitti_dir: Path, tmp_path: Path) -> None:
     assert reader.rig is not None and reader.rig.cameras["front"].width == 1224
 
 
+#: One point more than a drive's sweep may hold, 10 m ahead of the car.
+_TOO_MANY_POINTS = np.tile(np.array([10.0, 0.0, 0.0, 0.5], np.float32), (1_000_001, 1)).tobytes()
+
+
 def test_object_import_errors(tmp_path: Path, kitti_dir: Path) -> None:
     with pytest.raises(ReplayError, match="does not exist"):
         import_kitti_object(tmp_path / "nowhere", tmp_path / "x.mcap")
@@ -360,6 +372,10 @@ def test_object_import_errors(tmp_path: Path, kitti_dir: Path) -> None:
          "{k}/velodyne_reduced/000003.bin: missing for frame 000003"),
         (lambda k: (k / "calib" / "000003.txt").write_bytes(b"\xff\xfe\x00garbage\n"),
          "{k}/calib/000003.txt: not UTF-8 text (byte 0xff at offset 0)"),
+        # Above the wire's limit: it was "lidar/top: ... above the limit", naming no file.
+        (lambda k: (k / "velodyne_reduced" / "000003.bin").write_bytes(_TOO_MANY_POINTS),
+         "{k}/velodyne_reduced/000003.bin: cannot be stored in a drive (lidar/top: oversize "
+         "sweep: 1000001 points, above the limit of 1000000)"),
     ],
 )  # fmt: skip
 def test_object_import_broken_frame(tmp_path: Path, kitti_dir: Path, damage, message: str) -> None:

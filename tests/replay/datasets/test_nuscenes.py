@@ -371,6 +371,18 @@ def test_an_annotation_of_no_size_is_named(tmp_path: Path) -> None:
     )
 
 
+def test_a_sweep_beyond_the_drive_limits_names_its_file(tmp_path: Path) -> None:
+    """It was the drive writer's "lidar/top: oversize sweep", naming no file."""
+    fx = write_nuscenes(tmp_path / "data")
+    path = fx.root / fx.lidar_keys[1]["filename"]
+    point = np.array([10.0, 0.0, 0.0, 0.5, 0.0], np.float32)  # x, y, z, intensity, ring
+    path.write_bytes(np.tile(point, (1_000_001, 1)).tobytes())
+    assert _fails(fx.root, tmp_path / "x.mcap") == (
+        f"{path}: cannot be stored in a drive (lidar/top: oversize sweep: 1000001 points, above "
+        "the limit of 1000000)"
+    )
+
+
 def test_points_reader(tmp_path: Path) -> None:
     path = tmp_path / "s.pcd.bin"
     lidar_points(0).tofile(path)
