@@ -30,6 +30,8 @@ from perception.errors import PerceptionError
 from perception.pipeline import Pipeline
 from replay.errors import ReplayError
 from replay.offline import replay_to_file
+from replay.output import check_not_an_input
+from replay.synth.world import ground_truth_path
 
 __all__ = [
     "RAY_CONNECT_TIMEOUT_S",
@@ -126,7 +128,13 @@ def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
                 f"{src} and {seen[name]} would both write {out_dir / name}.jsonl"
             )
         seen[name] = src
-    return [out_dir / f"{name}.jsonl" for name in names]
+    outs = [out_dir / f"{name}.jsonl" for name in names]
+    # A source (or the ground truth beside a drive) named like an output, or linked from one,
+    # would be replaced by another source's detections.
+    inputs = [*sources, *(ground_truth_path(s) for s in sources)]
+    for out in outs:
+        check_not_an_input(out, inputs, "an output")
+    return outs
 
 
 def replay_many(
@@ -152,8 +160,9 @@ def replay_many(
     `topics_from_drive`: each drive is read on its own topics (replay.offline.open_source).
 
     Raises DuplicateOutputError (a ReplayError and ValueError) when two sources would write the
-    same output file, ReplayError when `out_dir` cannot be created, ImportError when Ray is
-    asked for but not installed.
+    same output file, ReplayError when `out_dir` cannot be created, OutputError when an output
+    file would replace a source or the ground truth beside one (a file of that name, or a
+    link to it, in `out_dir`), ImportError when Ray is asked for but not installed.
     """
     sources = [Path(d) for d in drives]
     out_dir = Path(out_dir)

@@ -49,6 +49,8 @@ def check_output_file(path: Path, what: str = "the output") -> Path:
         OutputError: naming the path and the problem.
     """
     path = Path(path).expanduser()
+    if path.is_symlink():
+        _resolved(path, what)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; {what} must be a file")
     if path.exists() and not path.is_file():
@@ -66,19 +68,52 @@ def check_output_file(path: Path, what: str = "the output") -> Path:
     return path
 
 
-def check_not_an_input(out: Path, inputs: Iterable[Path], what: str = "the output") -> None:
-    """Refuses an output path that names one of the command's inputs (writing it would
-    replace the data being read).
+def check_not_an_input(
+    out: Path,
+    inputs: Iterable[Path],
+    what: str = "the output",
+    *,
+    folders: Iterable[Path] = (),
+) -> None:
+    """Refuses an output path that names one of the command's inputs, or a file in one of its
+    input `folders` (writing it would replace the data being read), symbolic links resolved:
+    a link is written through to the file it names.
 
     Raises:
-        OutputError: naming the path.
+        OutputError: naming the path (also for a symbolic link loop, which names no file).
     """
-    target = Path(out).expanduser().resolve()
+    target = _resolved(Path(out).expanduser(), what)
     for path in inputs:
-        if Path(path).expanduser().resolve() == target:
+        if _resolved_or_none(path) == target:
             raise OutputError(
                 f"{out}: is also an input of this command; {what} must be another file"
             )
+    for folder in folders:
+        resolved = _resolved_or_none(folder)
+        if resolved is not None and target.parent == resolved:
+            raise OutputError(
+                f"{out}: is in {folder}, which this command reads; {what} must be written elsewhere"
+            )
+
+
+def _resolved(path: Path, what: str) -> Path:
+    """`path` with its symbolic links resolved.
+
+    Raises:
+        OutputError: the links form a loop (Python 3.11 raises RuntimeError for it).
+    """
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as e:
+        raise OutputError(f"{path}: is a symbolic link loop; {what} names no file") from e
+
+
+def _resolved_or_none(path: Path) -> Path | None:
+    """`path` resolved, None when its links loop (then it names no file to protect)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError):
+        return None
 
 
 def check_output_dir(path: Path, what: str = "the output", *, create: bool = True) -> Path:
@@ -159,7 +194,7 @@ def atomic_output(target: Path, what: str = "the output") -> Iterator[Path]:
     """
     target = check_output_file(Path(target), what)
     if target.is_symlink():
-        target = target.resolve()
+        target = _resolved(target, what)
     tmp = _temporary_beside(target)
     try:
         if target.exists():

@@ -47,7 +47,7 @@ from replay.evaluation import (
     score_truth_frame,
 )
 from replay.mcap_player import check_sensor_drive, checked_messages
-from replay.output import OutputError, atomic_output, check_output_dir
+from replay.output import OutputError, atomic_output, check_not_an_input, check_output_dir
 from replay.pictures import (
     BGR,
     CAMERA_BOX_BGR,
@@ -58,6 +58,7 @@ from replay.pictures import (
     frame_picture,
     write_picture,
 )
+from replay.synth.world import ground_truth_path
 
 __all__ = [
     "KITTI_MIN_REFERENCE_SCORE",
@@ -224,11 +225,13 @@ def show_kitti(
     reference_dir: Path | None = None,
     progress: ShowProgress | None = None,
     run_name: str = "",
+    inputs: Sequence[Path] = (),
 ) -> ShowReport:
     """The pictures and index of a KITTI object folder's run (see the module docstring) in
     `out_dir` (created): `<frame id>.png` per DetectionList and `index.html`.
     `reference_dir`: the references' folder (default: the folder's `label_2`, when it has
-    one). `run_name` titles the index page.
+    one). `run_name` titles the index page. `inputs`: other files read (the run's file), which
+    no picture may replace.
 
     Raises:
         replay.errors.ReplayError: a DetectionList's seq has no frame in the folder, or a
@@ -249,6 +252,13 @@ def show_kitti(
                 f"{len(folder) - 1}): was the run replayed from another folder?"
             )
     out_dir = check_output_dir(out_dir, "the pictures' folder")
+    # A picture or the index linked to a frame's file, or named as the run's, would replace it.
+    folders = [folder.root / sub for sub in _KITTI_INPUT_FOLDERS]
+    if reference_dir is not None:
+        folders.append(reference_dir)
+    pictures = [out_dir / f"{folder.frames[dl.header.seq].frame_id}.png" for dl in lists]
+    for out in (*pictures, out_dir / INDEX_NAME):
+        check_not_an_input(out, inputs, "a picture or the index", folders=folders)
     legend = _legend("references")
     frames = []
     for i, dl in enumerate(lists):
@@ -318,16 +328,23 @@ def show_drive(
     *,
     progress: ShowProgress | None = None,
     run_name: str = "",
+    inputs: Sequence[Path] = (),
 ) -> ShowReport:
     """The pictures and index of a drive's run (see the module docstring) in `out_dir`
     (created): `NNNNN.png` per DetectionList (its place in the run, in stamp order) and
     `index.html`. DetectionLists whose stamp is no sweep of the drive are left out (counted).
+    `inputs`: other files read (the run's file), which no picture may replace.
 
     Raises:
         replay.errors.ReplayError: the drive cannot be read, has no rig, no camera, no lidar
             sweeps, or no sweep with the stamp of any DetectionList (another drive's run).
         replay.output.OutputError: `out_dir` or a file in it cannot be written.
     """
+    # A picture or the index named as the drive, its ground truth or the run, or linked to
+    # one, would replace it.
+    read = [drive, ground_truth_path(drive), *inputs]
+    for out in (*(out_dir / f"{i:05d}.png" for i in range(len(lists))), out_dir / INDEX_NAME):
+        check_not_an_input(out, read, "a picture or the index")
     reader = DriveReader(drive)
     contents = check_sensor_drive(reader, command="show")
     rig = reader.rig

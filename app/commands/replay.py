@@ -40,7 +40,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise PerceptionError(f"{out}: --out must end in .jsonl or .mcap")
     # Before anything is loaded: a wrong --out costs nothing.
     check_output_file(out, "--out")
-    check_not_an_input(out, [path], "--out")
+    # The ground truth beside a synthetic drive is read too (it chooses the detector).
+    check_not_an_input(out, [path, ground_truth_path(path)], "--out")
     show_dir = None
     if args.show is not None:
         show_dir = check_output_dir(Path(args.show), "--show", create=False)
@@ -97,6 +98,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out_dir=show_dir,
             quiet=args.quiet,
             run_name=str(out),
+            inputs=[out],
         )
         print(f"perception replay: {line}")
     return 0

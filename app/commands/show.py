@@ -100,9 +100,11 @@ def show_run(
     reference: Path | None = None,
     quiet: bool = False,
     run_name: str = "",
+    inputs: Sequence[Path] = (),
 ) -> str:
     """Draws the run's pictures and index into `out_dir` from a KITTI folder or a drive (one of
-    the two); the line the command prints."""
+    the two); the line the command prints. `inputs`: the run's file, which no picture may
+    replace."""
     from replay.show import score_line, show_drive, show_kitti  # noqa: PLC0415 (OpenCV, MCAP)
 
     with progress_bar(total=len(lists), unit="frame", desc="pictures", quiet=quiet) as bar:
@@ -118,10 +120,13 @@ def show_run(
                 reference_dir=reference,
                 progress=progress,
                 run_name=run_name,
+                inputs=inputs,
             )
         else:
             assert drive is not None
-            report = show_drive(lists, drive, out_dir, progress=progress, run_name=run_name)
+            report = show_drive(
+                lists, drive, out_dir, progress=progress, run_name=run_name, inputs=inputs
+            )
     left = f", {report.left_out} DetectionList(s) with no frame in the source" * bool(
         report.left_out
     )
@@ -175,6 +180,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         reference=reference,
         quiet=args.quiet,
         run_name=str(run),
+        inputs=[run],
     )
     print(f"perception show: {line}")
     return 0

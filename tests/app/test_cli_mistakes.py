@@ -199,6 +199,91 @@ def test_successful_replay_replaces_the_out_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
 
+def _copy_drive(drive: Path, to: Path) -> Path:
+    """A copy of a synthetic drive and its ground truth at `to`."""
+    shutil.copyfile(drive, to)
+    shutil.copyfile(ground_truth_path(drive), ground_truth_path(to))
+    return to
+
+
+def test_no_output_replaces_a_drive_its_ground_truth_or_a_run(
+    capsys, tmp_path: Path, synth_drive
+) -> None:
+    """Each of these wrote over its input with exit 0 (the demo then crashed on the drive it had
+    overwritten): a source named as --out-dir's output or linked from it, --out onto the ground
+    truth beside the drive, a demo whose --out-dir holds the drive as detections.jsonl, show's
+    run named as its index or a picture."""
+    drive = _copy_drive(synth_drive(0, 1.0), tmp_path / "d.mcap")
+    named = _copy_drive(drive, tmp_path / "drv.jsonl")
+    linked = tmp_path / "od"
+    linked.mkdir()
+    (linked / "d.jsonl").symlink_to(drive)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    as_output = _copy_drive(drive, demo / "detections.jsonl")
+    truth = ground_truth_path(drive)
+    kept = {p: p.read_bytes() for p in (drive, truth, named, as_output)}
+    cases = [
+        (["replay", "--out-dir", str(tmp_path), str(named)], named),
+        (["replay", "--out-dir", str(linked), str(drive)], linked / "d.jsonl"),
+        (["replay", str(drive), "--out", str(truth)], truth),
+        (["demo", "--drive", str(as_output), "--out-dir", str(demo)], as_output),
+    ]
+    for args, out in cases:
+        err = _fails(capsys, *args, "--quiet")
+        assert re.fullmatch(
+            rf".*error: {re.escape(str(out))}: is also an input of this command; .*", err
+        ), err
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    run = tmp_path / "run.jsonl"
+    assert main(["replay", str(drive), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    for name in ("index.html", "00000.png"):
+        pictures = tmp_path / f"show-{name}"
+        pictures.mkdir()
+        shutil.copyfile(run, pictures / name)
+        err = _fails(capsys, "show", str(pictures / name), "--drive", str(drive), "--out",
+                     str(pictures), "--quiet")  # fmt: skip
+        assert err.endswith(f"{pictures / name}: is also an input of this command; a picture or "
+                            "the index must be another file")  # fmt: skip
+        assert (pictures / name).read_bytes() == run.read_bytes()
+
+
+def test_show_writes_no_picture_through_a_link_into_the_frames(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """A picture linked to a frame's image was written through the link, replacing the image."""
+    copy = tmp_path / "k"
+    shutil.copytree(kitti_dir, copy)
+    run = tmp_path / "run.jsonl"
+    assert main(["replay", "kitti-object", str(copy), "--out", str(run), "--model",
+                 str(yolox_path), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    frame = KittiObjectFolder(copy).frames[0]
+    image = frame.image_path.read_bytes()
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    (pictures / f"{frame.frame_id}.png").symlink_to(frame.image_path)
+    err = _fails(capsys, "show", str(run), "--kitti", str(copy), "--out", str(pictures),
+                 "--quiet")  # fmt: skip
+    assert err.endswith(
+        f"{pictures / frame.frame_id}.png: is in {copy / 'image_2'}, which this command reads; "
+        "a picture or the index must be written elsewhere"
+    )
+    assert frame.image_path.read_bytes() == image
+
+
+def test_a_symbolic_link_loop_as_an_output_is_one_line(
+    capsys, tmp_path: Path, kitti_dir: Path
+) -> None:
+    """It was "unexpected RuntimeError: Symlink loop ... (a bug)", exit 1."""
+    loop = tmp_path / "a.mcap"
+    loop.symlink_to(tmp_path / "b.mcap")
+    (tmp_path / "b.mcap").symlink_to(loop)
+    err = _fails(capsys, "import", "kitti-object", str(kitti_dir), "--out", str(loop), "--quiet")
+    assert err.endswith(f"{loop}: is a symbolic link loop; --out names no file")
+
+
 def test_an_output_that_is_the_input_is_refused(capsys, tmp_path: Path, kitti_dir: Path) -> None:
     drive = tmp_path / "kitti.mcap"
     assert main(["import", "kitti-object", str(kitti_dir), "--out", str(drive), "--quiet"]) == 0
