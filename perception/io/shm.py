@@ -836,7 +836,10 @@ class ShmReader:
                 topic, f"shared-memory segment {name} belongs to uid {uid}, not to this user"
             )
         try:
-            fd = os.open(self.directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # Non-blocking: a FIFO planted under a segment's name would block the open (and the
+            # receiver for good) until a writer came; a regular file is read the same either way.
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(self.directory / name, flags)
         except FileNotFoundError:
             gone = "" if _alive(pid, start) else f"; its writer (pid {pid}) has exited"
             raise WireError(

@@ -51,6 +51,7 @@ from perception.msgs.types import Message
 
 __all__ = [
     "DEFAULT_HWM",
+    "MAX_SUBSCRIPTION_BYTES",
     "PRIORITY_STREAK",
     "Publisher",
     "ReceivedFrame",
@@ -67,6 +68,13 @@ PRIORITY_STREAK = 16
 # peer refusing every handshake must not make the receiver spin (libzmq itself does not retry
 # after a refused key at all).
 _HANDSHAKE_RETRY_MS = 1000
+# After a dropped connection the endpoint is connected again at once, but not twice within this
+# (libzmq's own reconnect interval): a peer that accepts and closes every connection made the
+# receiver reconnect 4,000 times a second, a whole core.
+_RECONNECT_MIN_MS = 100
+#: The largest subscription a Publisher takes (a topic prefix, after its one-byte command):
+#: a topic of the longest string a header may hold.
+MAX_SUBSCRIPTION_BYTES = 1 + DEFAULT_LIMITS.max_string_bytes
 
 
 def default_endpoint(name: str) -> str:
@@ -165,6 +173,10 @@ class Publisher(Closeable):
         try:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.SNDHWM, hwm)
+            # What a publisher receives are its subscribers' subscriptions, which libzmq reads
+            # whole and then matches on the sending thread: one of 100 MiB stalled the node's
+            # worker until its watchdog ended the process. A larger one drops its connection.
+            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
             if with_curve and curve is not None:
                 if bind:
                     self._server = CurveServer(self._context, self._socket, curve, self.endpoint)
@@ -394,6 +406,8 @@ class Subscriber(Closeable):
         self._handshake_failures = 0
         # (socket, endpoint) -> when (monotonic ms) to connect it again after a refused handshake
         self._retry_at: dict[tuple[zmq.Socket[bytes], str], int] = {}
+        # When each endpoint that dropped was last connected again (`_RECONNECT_MIN_MS`).
+        self._attached_at: dict[tuple[zmq.Socket[bytes], str], int] = {}
         try:
             groups = (
                 [(topic_list, max(hwms.values()))] if bind else [([t], hwms[t]) for t in topic_list]
@@ -520,6 +534,10 @@ class Subscriber(Closeable):
             if self._retry_at:
                 self._retry_refused()
             remaining = None if deadline is None else max(0, deadline - _now_ms())
+            if self._retry_at:
+                # Woken when a retry is due, not only by a message.
+                due = max(0, min(self._retry_at.values()) - _now_ms())
+                remaining = due if remaining is None else min(remaining, due)
             try:
                 ready = dict(self._poller.poll(remaining))
             except zmq.ZMQError as e:
@@ -636,12 +654,21 @@ class Subscriber(Closeable):
             # multipart message being read from it then aborts the process (libzmq asserts
             # "!_more" in fq.cpp). Everything already queued is taken first, whole.
             self._drain(socket)
-            if (socket, lost) in self._retry_at:
-                continue  # refused: connected again when the retry is due, not now
-            for endpoint in self.endpoints if lost not in self.endpoints else (lost,):
-                with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
-                    socket.disconnect(endpoint)
-                _attach(socket, endpoint, bind=False)
+            key = (socket, lost)
+            if key in self._retry_at:
+                continue  # refused or too soon: connected again when the retry is due
+            last = self._attached_at.get(key)
+            if last is not None and _now_ms() - last < _RECONNECT_MIN_MS:
+                self._retry_at[key] = last + _RECONNECT_MIN_MS
+                continue
+            self._reattach(socket, lost)
+
+    def _reattach(self, socket: zmq.Socket[bytes], lost: str) -> None:
+        self._attached_at[(socket, lost)] = _now_ms()
+        for endpoint in self.endpoints if lost not in self.endpoints else (lost,):
+            with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
+                socket.disconnect(endpoint)
+            _attach(socket, endpoint, bind=False)
 
     def _drain(self, socket: zmq.Socket[bytes]) -> None:
         """Move every message waiting on `socket` into `_queued` (what `recv` returns next)."""
@@ -665,11 +692,7 @@ class Subscriber(Closeable):
             if due > now:
                 continue
             del self._retry_at[key]
-            socket, lost = key
-            for endpoint in self.endpoints if lost not in self.endpoints else (lost,):
-                with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten it already
-                    socket.disconnect(endpoint)
-                _attach(socket, endpoint, bind=False)
+            self._reattach(*key)
 
     def close(self) -> None:
         """Close the sockets (linger 0) and the context if this subscriber created it; remove

@@ -366,6 +366,30 @@ def test_a_hostile_descriptor_is_a_counted_drop_with_a_clear_error(
             assert expected in str(error)
 
 
+def test_a_descriptor_naming_a_fifo_is_refused_without_blocking(endpoint: str) -> None:
+    """A FIFO under a segment's name blocked the receiver in its open() until a writer came (the
+    node's watchdog replaced the receiver every 10 s, and the stuck threads stayed)."""
+    with Publisher(endpoint, hwm=1000) as pub:
+        sub, seen = connect(pub, ["lidar/top"])
+        with sub:
+            sent, entry = real_descriptor(pub, sub)
+            parts = entry.segment.split(".")
+            parts[-2] = "f" * len(parts[-2])  # another segment of the same writer
+            fifo = shm.SHM_DIR / ".".join(parts)
+            os.mkfifo(fifo)
+            try:
+                planted = dataclasses.replace(entry, segment=fifo.name)
+                pub.send_frames([sent[0], pack_descriptors([planted]), *sent[2:]])
+                good = sweep(random_points(8_192, 5), 9)
+                pub.send(good)
+                _, out = wire.decode(recv(sub))
+            finally:
+                fifo.unlink()
+            same(out, good)
+            [error] = seen.errors
+            assert f"shared-memory segment {fifo.name} is not a segment of this user" in str(error)
+
+
 def test_a_subscriber_on_tcp_never_takes_a_descriptor(endpoint: str) -> None:
     with Publisher(endpoint) as ipc, Publisher("tcp://127.0.0.1:*") as tcp:
         ipc_sub, _ = connect(ipc, ["lidar/top"])

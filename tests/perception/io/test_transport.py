@@ -6,10 +6,13 @@ send repeatedly until the first message arrives, within a bounded number of trie
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ import zmq
 from perception.errors import TransportError, WireError
 from perception.io.runtime import tcp_endpoint_problem
 from perception.io.transport import (
+    MAX_SUBSCRIPTION_BYTES,
     PRIORITY_STREAK,
     Publisher,
     ReceivedFrame,
@@ -436,3 +440,58 @@ def test_a_message_waiting_when_the_connection_drops_is_taken_whole(tmp_path: Pa
             timeout=60,
         )
         assert child.returncode == 0, child.stdout + child.stderr
+
+
+def test_a_subscription_above_the_limit_costs_its_connection(ipc_endpoint: str) -> None:
+    """A publisher takes its subscribers' subscriptions whole and matches them as it sends: one
+    of 100 MiB stalled the node's worker until its watchdog ended the process."""
+    topic = b"y" * (MAX_SUBSCRIPTION_BYTES + 1)
+    with Publisher(ipc_endpoint) as pub, zmq.Context() as ctx:
+        hostile, control = ctx.socket(zmq.XSUB), ctx.socket(zmq.XSUB)
+        for sock, subscription in ((hostile, topic), (control, topic[:100])):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 25)
+            sock.connect(ipc_endpoint)
+            sock.send(b"\x01" + subscription)
+        got: dict[str, int] = {"hostile": 0, "control": 0}
+        for _ in range(40):
+            pub.send_frames([topic + b"z", b"h"])
+            for name, sock in (("hostile", hostile), ("control", control)):
+                with contextlib.suppress(zmq.Again):
+                    sock.recv_multipart()
+                    got[name] += 1
+        hostile.close()
+        control.close()
+    assert got["control"] > 0 and got["hostile"] == 0, got
+
+
+def test_a_peer_that_closes_every_connection_is_not_reconnected_in_a_spin() -> None:
+    """A peer that accepts and closes each connection was reconnected to at once, every time:
+    4,000 reconnections a second, a whole core."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    stop = threading.Event()
+
+    def accept_and_close() -> None:
+        server.settimeout(0.05)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                conn.close()
+
+    closer = threading.Thread(target=accept_and_close)
+    closer.start()
+    seen = Refusals()
+    endpoint = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with _bounded_subscriber(endpoint, WireLimits(), seen) as sub:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                sub.recv(timeout_ms=50)
+    finally:
+        stop.set()
+        closer.join()
+        server.close()
+    # One reconnection each 100 ms at most (a few more at the start: libzmq's own tries).
+    assert 1 <= len(seen.disconnects) <= 30, len(seen.disconnects)
