@@ -130,6 +130,22 @@ def rate_hz(text: str) -> float:
     return value
 
 
+#: The slowest a drive is played: a millionth of recorded time (slower, a tenth of a second
+#: between two messages is a wait beyond what the platform's timers take).
+MIN_SPEED = 1e-6
+
+
+def speed_factor(text: str) -> float:
+    """0 (as fast as possible) or a factor of recorded time from `MIN_SPEED` up."""
+    value = non_negative_float(text)
+    if 0 < value < MIN_SPEED:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below {MIN_SPEED:g} (a millionth of recorded time); 0 plays as fast as "
+            "possible"
+        )
+    return value
+
+
 def int_at_most(most: int) -> Callable[[str], int]:
     """An integer from 1 to `most`."""
 

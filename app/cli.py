@@ -17,7 +17,6 @@ from app.args import (
     fraction,
     fusion_kinds,
     int_at_most,
-    non_negative_float,
     non_negative_int,
     non_negative_seconds,
     port,
@@ -25,6 +24,7 @@ from app.args import (
     positive_int,
     positive_seconds,
     rate_hz,
+    speed_factor,
 )
 from app.threads import hold_blas_threads, let_openmp_threads_sleep
 from calibration import CalibrationError
@@ -221,7 +221,7 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--speed",
         metavar="X",
-        type=non_negative_float,
+        type=speed_factor,
         default=1.0,
         help="drive: x recorded time (2: twice as fast; 0: as fast as possible)",
     )

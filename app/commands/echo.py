@@ -33,7 +33,14 @@ def cmd_echo(args: argparse.Namespace) -> int:
     endpoints = [args.endpoint] if args.endpoint else list(endpoints_for_topic(args.topic, config))
     stop = stop_on_signals()
     count = 0
-    with Subscriber(endpoints, [args.topic], curve=curve_keys_for(config.security)) as sub:
+
+    def refused(error: WireError) -> None:
+        # Refused while receiving (too many frames or bytes): a message all the same.
+        print(f"{args.topic}: refused: {error}", flush=True)
+
+    with Subscriber(
+        endpoints, [args.topic], curve=curve_keys_for(config.security), on_refused=refused
+    ) as sub:
         while not stop.is_set() and (args.count <= 0 or count < args.count):
             frames = sub.recv(timeout_ms=100)
             if frames is None:

@@ -77,6 +77,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         folder = KittiObjectFolder(path)
         endpoint = args.endpoint or config.inputs.endpoints[0]
         with Publisher(endpoint, bind=True, hwm=args.hwm, curve=curve) as publisher:
+            bound = _say_bound([publisher])[0]
             if args.wait > 0:
                 # PUB/SUB drops what is sent before a subscriber's subscription arrives.
                 stop.wait(args.wait)
@@ -86,8 +87,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             # Let ZeroMQ flush the last frames before the socket closes.
             time.sleep(0.2)
         print(
-            f"perception play: {stats.sent} frames published on {publisher.endpoint}"
-            f"{_skipped(stats)}",
+            f"perception play: {stats.sent} frames published on {bound}{_skipped(stats)}",
             flush=True,
         )
         return 0
@@ -101,6 +101,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             e: stack.enter_context(Publisher(e, bind=True, hwm=args.hwm, curve=curve))
             for e in dict.fromkeys(routes.values())
         }
+        bound_at = dict(zip(publishers, _say_bound(list(publishers.values())), strict=True))
         if args.wait > 0:
             stop.wait(args.wait)
         first = publishers[next(iter(publishers))]
@@ -117,13 +118,23 @@ def cmd_play(args: argparse.Namespace) -> int:
         )
         time.sleep(0.2)
     where = "; ".join(
-        f"{', '.join(t for t, e in routes.items() if e == endpoint)} on {publisher.endpoint}"
-        for endpoint, publisher in publishers.items()
+        f"{', '.join(t for t, e in routes.items() if e == endpoint)} on {bound_at[endpoint]}"
+        for endpoint in publishers
     )
     print(
         f"perception play: {stats.sent} messages published ({where}){_skipped(stats)}", flush=True
     )
     return 0
+
+
+def _say_bound(publishers: list[Publisher]) -> list[str]:
+    """Each publisher's endpoint as bound, said at once where it was not given whole (the port
+    chosen for `tcp://host:*` or `:0`: subscribers need it while the drive plays)."""
+    bound = [p.last_endpoint for p in publishers]
+    for publisher, endpoint in zip(publishers, bound, strict=True):
+        if endpoint != publisher.endpoint:
+            print(f"perception play: {publisher.endpoint} bound as {endpoint}", flush=True)
+    return bound
 
 
 def _skipped(stats: PlayStats) -> str:

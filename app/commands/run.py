@@ -106,7 +106,7 @@ def _serve(
             curve = "" if node_curve is None else "; CURVE on tcp endpoints"
             print(
                 f"perception run: ready; inputs {inputs}; detections on "
-                f"{resolve_endpoint(config.outputs.endpoint)} "
+                f"{node.output_endpoint or resolve_endpoint(config.outputs.endpoint)} "
                 f"[{config.outputs.detections_topic}]{curve}",
                 flush=True,
             )

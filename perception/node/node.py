@@ -150,6 +150,8 @@ class Node:
         #: The receive clock the core is given (ns).
         self.receive_clock_ns = _ReceiveClock()
         self.ready = threading.Event()
+        #: The endpoint the outputs are published on, as bound (set before `ready`).
+        self.output_endpoint: str | None = None
         self._cond = threading.Condition()
         self._bad = RateLimitedLogger(log)
         self._receiver_error: BaseException | None = None
@@ -194,6 +196,8 @@ class Node:
             hwm=self.config.outputs.high_water_mark,
             curve=self.curve,
         )
+        # What it bound: the port chosen for `tcp://host:*` or `:0`, which clients must be told.
+        self.output_endpoint = publisher.last_endpoint
         try:
             subscriber_ready = self._start_receiver(stop)
             if not subscriber_ready.wait(10.0) or self._receiver_error is not None:

@@ -127,6 +127,10 @@ def test_replay_of_a_detections_drive(capsys, detections_drive: Path, tmp_path: 
         (["play", "x.mcap", "--start", "-10"], "argument --start: -10 is not >= 0"),
         (["play", "x.mcap", "--speed", "-1"], "argument --speed: -1 is not >= 0"),
         (["play", "x.mcap", "--speed", "nan"], "argument --speed: 'nan' is not a finite number"),
+        # A wait beyond the platform's timers: it was "unexpected OverflowError".
+        (["play", "x.mcap", "--speed", "1e-13"],
+         "argument --speed: 1e-13 is below 1e-06 (a millionth of recorded time); 0 plays as "
+         "fast as possible"),
         (["demo", "--seconds", "0"], "argument --seconds: 0 is not > 0"),
         (["demo", "--seed", "-1"], "argument --seed: -1 is not >= 0"),
         (["demo", "--fusion", "frustum"], "argument --fusion: 'frustum': choose among "
@@ -271,6 +275,14 @@ def test_show_writes_no_picture_through_a_link_into_the_frames(
         "a picture or the index must be written elsewhere"
     )
     assert frame.image_path.read_bytes() == image
+
+
+def test_play_says_the_port_it_bound_for_tcp_star(capsys, synth_drive) -> None:
+    """It said `on tcp://127.0.0.1:*`, which no subscriber can connect to."""
+    drive = synth_drive(0, 1.0)
+    args = ["play", str(drive), "--endpoint", "tcp://127.0.0.1:*", "--wait", "0", "--speed", "0"]
+    assert main(args) == 0
+    assert re.search(r"on tcp://127\.0\.0\.1:\d+\)?$", capsys.readouterr().out.strip())
 
 
 def test_a_symbolic_link_loop_as_an_output_is_one_line(

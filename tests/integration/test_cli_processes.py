@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import selectors
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from perception.io.transport import Publisher
 from perception.msgs.types import Header, LidarSweep
@@ -39,9 +41,28 @@ def test_echo_prints_what_arrives_and_stops_on_sigint(tmp_path: Path) -> None:
             pub.send(sweep)
             if sel.select(timeout=0.1):
                 line = proc.stdout.readline()
+        # Refused while receiving (too many frames): it printed nothing for it.
+        pub.send_frames([b"lidar/top", *[b"x"] * 9])
+        refused = proc.stdout.readline() if sel.select(timeout=10) else ""
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 0
     assert line.strip() == "lidar/top seq=7 stamp_ns=123 points=1234"
+    assert refused.startswith("lidar/top: refused: lidar/top: too many frames: 10"), refused
+
+
+def test_the_node_says_the_port_it_bound_for_tcp_star(tmp_path: Path, yolox_path: Path) -> None:
+    """It said `detections on tcp://127.0.0.1:*`, which no client can connect to."""
+    config, _, _ = node_config(tmp_path, yolox_path)
+    doc = yaml.safe_load(config.read_text())
+    doc["outputs"]["endpoint"] = "tcp://127.0.0.1:*"
+    config.write_text(yaml.safe_dump(doc))
+    node = NodeProcess(config)
+    try:
+        node.wait_ready()
+        ready = next(line for line in node.output if "ready" in line)
+    finally:
+        node.stop()
+    assert re.search(r"detections on tcp://127\.0\.0\.1:\d+ \[detections\]", ready), ready
 
 
 def test_node_stops_cleanly_on_sigint(tmp_path: Path, yolox_path: Path) -> None:
