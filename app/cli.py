@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from app.args import (
     HelpFormatter,
@@ -37,6 +40,19 @@ __all__ = ["build_parser", "main"]
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it ended
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, `timeout`, a CI cancelling a job), raised where the command is, like
+    SIGINT: the files being written are removed on the way out (a SIGTERM ending the process
+    at once left hidden partial files). Commands that stop gracefully on it (run, play, record,
+    echo: `app.common.stop_on_signals`) replace this handler with their own."""
+
+
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
+    raise _Terminated
+
 
 _DEFAULTS = NodeConfig()
 SENSORS = _DEFAULTS.inputs.endpoints[0]
@@ -61,7 +77,8 @@ exit codes: 0 done; 1 failed (a source of a many-drive replay, a recording stopp
 receive failure, or an unexpected error);
 2 a mistake in the command line or its inputs (one line on stderr names it);
 3 `calib check` over a drive or frames flagged calibration drift, 4 they hold no evidence to
-judge by; 130 interrupted.
+judge by; 130 interrupted (SIGINT), 143 terminated (SIGTERM): files being written are left as
+they were.
 -v (before or after the command) logs more and shows tracebacks."""
 
 
@@ -1001,6 +1018,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(__name__).info("BLAS libraries held to one thread each")
         if let_openmp_threads_sleep():
             logging.getLogger(__name__).info("idle OpenMP threads sleep (OMP_WAIT_POLICY)")
+    if threading.current_thread() is threading.main_thread():  # (tests call main elsewhere)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(_handler(args.handler)(args))
     except (PerceptionError, CalibrationError, EngineError) as e:
@@ -1008,6 +1027,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.exception("%s failed", prog)
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except _Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -97,3 +97,27 @@ def test_echo_subscribes_a_sensor_topic_at_the_sensors_endpoint(tmp_path: Path) 
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0, out
     assert out.strip() == "lidar/top seq=3 stamp_ns=456 points=10"
+
+
+def test_sigterm_leaves_no_partial_output(tmp_path: Path, synth_drive) -> None:
+    """SIGTERM (systemd, `timeout`, a cancelled CI job) ended the process at once and left the
+    hidden partial file of the output; it now stops like SIGINT: exit 143, nothing left."""
+    out = tmp_path / "out" / "run.jsonl"
+    out.parent.mkdir()
+    drive = synth_drive(0, 1.0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "replay", str(drive), "--out", str(out), "--realtime",
+         "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(out.parent.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert next(p.name for p in out.parent.iterdir()).startswith(".run."), "no partial file"
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, output
+    assert output.strip().endswith("perception replay: terminated"), output
+    assert list(out.parent.iterdir()) == []
