@@ -217,7 +217,8 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "app.commands.play:cmd_play",
         "publish a drive or a KITTI object folder over ZeroMQ",
         "Publish recorded data over ZeroMQ, as the sensors (and the node) did: "
-        "`play DRIVE.mcap` paced by recorded time, or `play kitti-object DIR` at a fixed rate, "
+        "`play DRIVE.mcap` paced by recorded time (a gap of over a minute in it is skipped, with "
+        "a warning), or `play kitti-object DIR` at a fixed rate, "
         f"stamped with the host time. {_TOPICS_NOTE}",
         common=common,
     )
@@ -390,7 +391,11 @@ def _add_replay(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         metavar="ONNX",
         help="camera detector: an ONNX file or a registered model name (overrides the config)",
     )
-    p.add_argument("--realtime", action="store_true", help="drive: paced by recorded time")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="drive: paced by recorded time (a gap of over a minute is skipped, with a warning)",
+    )
     p.add_argument(
         "--show",
         metavar="DIR",

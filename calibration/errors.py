@@ -19,6 +19,7 @@ __all__ = [
     "not_utf8",
     "read_text",
     "shown",
+    "unconverted",
 ]
 
 #: The largest text file (calibration, config, timestamps, labels) `read_text` reads.
@@ -86,6 +87,17 @@ def read_text(path: Path, what: str, error: Callable[[str], Exception] = Calibra
         raise error(f"{path}: {not_utf8(e)}") from e
 
 
+def unconverted(e: ValueError) -> str:
+    """What a parser's ValueError says, for a value Python refuses to convert (JSON's and
+    YAML's integers go through `int()`, which takes at most `sys.get_int_max_str_digits()`
+    digits): the digit limit said plainly (the message's advice, to raise the limit, is not
+    the user's to take), any other as it is."""
+    problem = str(e)
+    if "integer string conversion" in problem:
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return problem
+
+
 def load_yaml(
     text: str, where: str | Path, invalid: str, error: Callable[[str], Exception] = CalibrationError
 ) -> Any:
@@ -112,10 +124,7 @@ def load_yaml(
     except ValueError as e:
         # PyYAML converts scalars with Python's int() and datetime(), which refuse some values
         # (a 31st of February, an integer of more digits than Python converts).
-        problem = str(e).split(";")[0]
-        if "integer string conversion" in problem:
-            problem = f"an integer of more than {sys.get_int_max_str_digits()} digits"
-        raise error(f"{where}: {invalid} value ({problem})") from None
+        raise error(f"{where}: {invalid} value ({unconverted(e).split(';')[0]})") from None
     finally:
         loader.dispose()
 

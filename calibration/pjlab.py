@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from calibration.camera import PinholeCamera
-from calibration.errors import CalibrationError, read_text
+from calibration.errors import CalibrationError, read_text, unconverted
 from calibration.images import find_image, image_size_of
 from calibration.rig import FrameEdge, Rig, camera_frame
 from calibration.transforms import RigidTransform
@@ -57,6 +57,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise CalibrationError(f"{path}: not valid JSON ({e})") from e
+    except ValueError as e:  # valid JSON that Python refuses to convert
+        raise CalibrationError(f"{path}: not valid JSON value ({unconverted(e)})") from None
     except RecursionError:  # the parser recurses per nesting level
         raise CalibrationError(
             f"{path}: not valid JSON (arrays and objects nested too deeply)"

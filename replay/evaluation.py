@@ -310,15 +310,16 @@ def drive_ground_truth(drive: Path) -> list[GroundTruthFrame]:
     # Imported here: replay.synth.world imports this module (ReferenceBox).
     from replay.synth.world import (  # noqa: PLC0415
         ground_truth_path,
+        has_ground_truth,
         read_drive_ground_truth,
-        read_ground_truth,
+        read_numbered_ground_truth,
     )
 
-    beside = ground_truth_path(drive)
-    if beside.is_file():
-        frames = read_ground_truth(beside)
-        # One document a line, none blank (the reader refuses a line that is not one).
-        places = [f"{beside}:{n}" for n in range(1, len(frames) + 1)]
+    if has_ground_truth(drive):
+        beside = ground_truth_path(drive)
+        numbered = read_numbered_ground_truth(beside)
+        frames = [frame for _, frame in numbered]
+        places = [f"{beside}:{n}" for n, _ in numbered]
     else:
         frames = read_drive_ground_truth(drive)
         places = [f"{drive}: ground truth of sweep {f.seq}" for f in frames]

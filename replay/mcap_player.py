@@ -26,9 +26,11 @@ from replay.drive import DriveReader, RecordedMessage
 from replay.errors import ReplayError, messages_lost
 
 __all__ = [
+    "MAX_PACED_GAP_NS",
     "OUTPUT_TYPES",
     "SENSOR_TYPES",
     "DriveContents",
+    "PacedTime",
     "PlayStats",
     "Skipped",
     "check_sensor_drive",
@@ -42,6 +44,18 @@ log = logging.getLogger(__name__)
 #: Message types a sensor publishes (the node's inputs), and those the node publishes.
 SENSOR_TYPES = ("LidarSweep", "CameraFrame", "GnssFix", "RigMessage")
 OUTPUT_TYPES = ("DetectionList", "TrackList", "Diagnostics")
+
+#: The longest gap between consecutive log times that pacing waits through, ns (a minute). A
+#: longer one is a pause in the recording (the recorder stopped, drives spliced together, the
+#: host clock stepped), not sensor timing to reproduce: pacing skips it, as `rosbag play
+#: --skip-empty` does, with a warning naming the drive, the gap and its log time. Waiting it
+#: through made a drive whose clock had jumped by 3e9 s play for a century. A minute is far
+#: beyond any sensor's period or the node's timeouts, so no drive played for its timing loses
+#: any of it.
+MAX_PACED_GAP_NS = 60_000_000_000
+#: Gaps warned about one by one per pass; a drive with more is broken throughout, and one line
+#: says that the rest are skipped silently.
+_MAX_GAP_WARNINGS = 10
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,49 @@ def checked_messages(
                 f"{reader.path}: the drive is damaged ({type(e).__name__}: {e})"
             ) from e
         yield record
+
+
+class PacedTime:
+    """The log times of a pass over `source` (a drive, for the messages) as pacing follows
+    them: each gap between consecutive log times longer than `MAX_PACED_GAP_NS` is taken out
+    (the message after it is due at once) and logged as a warning, the first
+    `_MAX_GAP_WARNINGS` of a pass one by one; the timing elsewhere is kept."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.skipped_ns = 0
+        """Log time taken out so far, ns."""
+        self.gaps = 0
+        """Gaps taken out so far."""
+        self._first_ns: int | None = None
+        self._last_ns: int | None = None
+
+    def paced_ns(self, log_time_ns: int) -> int:
+        """`log_time_ns` less the gaps skipped up to it; called with each message's log time
+        in order."""
+        first, last = self._first_ns, self._last_ns
+        if first is None or last is None:
+            self._first_ns = self._last_ns = log_time_ns
+            return log_time_ns
+        gap_ns = log_time_ns - last
+        if gap_ns > MAX_PACED_GAP_NS:
+            self.skipped_ns += gap_ns
+            self.gaps += 1
+            if self.gaps <= _MAX_GAP_WARNINGS:
+                more = (
+                    f"; later gaps over {MAX_PACED_GAP_NS / 1e9:g} s are skipped without a warning"
+                    if self.gaps == _MAX_GAP_WARNINGS
+                    else ""
+                )
+                log.warning(
+                    "%s: no message for %.2f s of log time, from %d to %d ns (%.2f s after the "
+                    "first message); the gap is skipped, not waited through (pacing "
+                    "skips gaps over %g s)%s",
+                    self.source, gap_ns / 1e9, last, log_time_ns, (last - first) / 1e9,
+                    MAX_PACED_GAP_NS / 1e9, more,
+                )  # fmt: skip
+        self._last_ns = max(last, log_time_ns)
+        return log_time_ns - self.skipped_ns
 
 
 def _log_span(reader: DriveReader) -> tuple[int | None, int | None]:
@@ -248,7 +305,9 @@ def play_drive(
 
     Each message is sent when the time since the first one (host monotonic clock) reaches its
     recorded log-time offset divided by `speed`; `speed` <= 0 or infinite sends as fast as
-    possible. `start_s`: seconds into the drive (from its first log time) to start at.
+    possible. A gap of more than `MAX_PACED_GAP_NS` (a minute) between consecutive log times is
+    skipped, not waited through, with a warning naming it (see `PacedTime`). `start_s`: seconds
+    into the drive (from its first log time) to start at.
     `topics`: only these topics (default all). `loop`: start over at the end until `stop` is set.
     `restamp`: shift every sensor stamp by (host time at the start of each pass - the drive's
     first log time), so a live node sees current stamps (and loops do not repeat stamps);
@@ -282,6 +341,7 @@ def play_drive(
         wall0 = time.monotonic_ns()
         shift_ns = time.time_ns() - first_ns if restamp else 0
         log0: int | None = None
+        paced_time = PacedTime(str(reader.path))
         records = checked_messages(reader, topics=topics, start_ns=begin_ns, on_error=unreadable)
         for rec in records:
             if stop.is_set():
@@ -289,7 +349,7 @@ def play_drive(
             if log0 is None:
                 log0 = rec.log_time_ns
             if paced:
-                due = wall0 + (rec.log_time_ns - log0) / speed
+                due = wall0 + (paced_time.paced_ns(rec.log_time_ns) - log0) / speed
                 delay_s = (due - time.monotonic_ns()) / 1e9
                 if delay_s > 0 and stop.wait(delay_s):
                     return stats()

@@ -55,7 +55,7 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter, RecordedMessage
 from replay.drive_config import config_for_messages
 from replay.errors import DriveStorageError, ReplayError
-from replay.mcap_player import Skipped, check_sensor_drive, checked_messages
+from replay.mcap_player import PacedTime, Skipped, check_sensor_drive, checked_messages
 from replay.output import OutputError, atomic_output
 
 __all__ = [
@@ -107,22 +107,29 @@ def run_core(
     speed: float = 0.0,
     on_diagnostics: Callable[[Any], None] | None = None,
     on_tracks: Callable[[TrackList], None] | None = None,
+    source: str = "the input",
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[DetectionList]:
     """The DetectionLists the core produces for `received`, in order (see the module
-    docstring). `speed` > 0 paces the inputs by receive time (1.0 = real time); 0 runs as fast
-    as possible. `on_diagnostics` gets the core's Diagnostics once per second of receive time
-    and once at the end; `on_tracks` the tracker's TrackList of each DetectionList, before the
-    DetectionList is yielded."""
+    docstring). `speed` > 0 paces the inputs by receive time (1.0 = real time), through
+    `sleep` (seconds); 0 runs as fast as possible. A gap of more than
+    `replay.mcap_player.MAX_PACED_GAP_NS` (a minute) between consecutive receive times is
+    skipped, not slept through, with a warning naming `source` (the drive), the gap and its
+    receive time (see `replay.mcap_player.PacedTime`). `on_diagnostics` gets the core's
+    Diagnostics once per second of receive time and once at the end; `on_tracks` the
+    tracker's TrackList of each DetectionList, before the DetectionList is yielded."""
     last_ns: int | None = None
     next_diagnostics_ns: int | None = None
     pacing_start = time.monotonic_ns()
     first_ns: int | None = None
+    paced_time = PacedTime(source)
     for item in received:
         if speed > 0:
             first_ns = item.receive_ns if first_ns is None else first_ns
-            delay_ns = (item.receive_ns - first_ns) / speed - (time.monotonic_ns() - pacing_start)
+            paced_ns = paced_time.paced_ns(item.receive_ns)
+            delay_ns = (paced_ns - first_ns) / speed - (time.monotonic_ns() - pacing_start)
             if delay_ns > 0:
-                time.sleep(delay_ns / 1e9)
+                sleep(delay_ns / 1e9)
         if last_ns is not None:
             for batch in core.idle_polls(last_ns, item.receive_ns):
                 yield from _process(core, batch, on_tracks)
@@ -169,11 +176,13 @@ def run_records(
     default_rig: Rig | None = None,
     speed: float = 0.0,
     on_tracks: Callable[[TrackList], None] | None = None,
+    source: str = "the drive",
 ) -> Iterator[DetectionList]:
-    """`run_core` on a fresh core for a drive's messages, each received at its log time."""
+    """`run_core` on a fresh core for a drive's messages, each received at its log time;
+    `source` names the drive in warnings."""
     core = NodeCore(config or NodeConfig(), pipeline, default_rig)
     received = (Received(r.topic, r.log_time_ns, message=r.message) for r in records)
-    return run_core(core, received, speed=speed, on_tracks=on_tracks)
+    return run_core(core, received, speed=speed, on_tracks=on_tracks, source=source)
 
 
 def _process(
@@ -289,8 +298,9 @@ def replay_to_file(
     DetectionLists and the tracker's TrackLists, plus the node's Diagnostics once per second
     of drive time). The file is
     written beside `out` and renamed into place only when the run succeeds, so a failed run
-    leaves an existing `out` as it was. `progress(sweeps_done, sweeps_total or None)` after
-    each DetectionList. `topics_from_drive`: see `open_source`.
+    leaves an existing `out` as it was. `speed`: as `run_core` (a gap of more than a minute in
+    the drive's log times is skipped, not slept through). `progress(sweeps_done, sweeps_total
+    or None)` after each DetectionList. `topics_from_drive`: see `open_source`.
 
     Raises ReplayError naming the path for a bad source (a drive without lidar sweeps on the
     config's lidar topic among them), OutputError for an unwritable output (full disk
@@ -308,7 +318,7 @@ def replay_to_file(
         if out.suffix == ".jsonl":
             f = tmp.open("w")
             with _closed_on_error(f.close):
-                results = run_core(core, replay_input.received, speed=speed)
+                results = run_core(core, replay_input.received, speed=speed, source=str(source))
                 writes = _timed_writes(core, results, lambda dl: write_jsonl_line(f, dl), output)
                 for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
@@ -327,6 +337,7 @@ def replay_to_file(
                     core,
                     replay_input.received,
                     speed=speed,
+                    source=str(source),
                     on_diagnostics=write_diagnostics,
                     on_tracks=write_tracks,
                 )

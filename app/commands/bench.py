@@ -32,7 +32,7 @@ from replay.errors import ReplayError, messages_lost
 from replay.mcap_player import check_sensor_drive, checked_messages
 from replay.output import check_output_dir
 from replay.synth.demo import ensure_synthetic_drive
-from replay.synth.world import ground_truth_path
+from replay.synth.world import has_ground_truth
 
 __all__ = ["cmd_bench"]
 
@@ -49,7 +49,7 @@ def _bench_drive(
     if drive is None:
         path = DEMO_DRIVE
         check_output_dir(path.parent, "the synthetic drive's folder")
-        if not (path.is_file() and ground_truth_path(path).is_file()):
+        if not (path.is_file() and has_ground_truth(path)):
             print(f"perception bench: generating the synthetic drive {path}", flush=True)
         ensure_synthetic_drive(path, seed=0, seconds=10.0, progress=stages)
     else:
@@ -75,7 +75,7 @@ def _bench_drive(
     if lost:
         # A damaged drive still times the node on what it holds; the loss is said, once.
         print(f"perception bench: {path}: {lost} unreadable message(s) left out", flush=True)
-    synthetic = ground_truth_path(path).exists()
+    synthetic = has_ground_truth(path)
     return f"{'synthetic drive' if synthetic else 'drive'} {path}", sweeps, reader.rig, synthetic
 
 

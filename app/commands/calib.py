@@ -100,7 +100,7 @@ def _check_many(args: argparse.Namespace) -> int:
     from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder  # noqa: PLC0415
     from replay.drive import DriveReader  # noqa: PLC0415
     from replay.mcap_player import check_sensor_drive  # noqa: PLC0415
-    from replay.synth.world import calibration_caveat, ground_truth_path  # noqa: PLC0415
+    from replay.synth.world import calibration_caveat, has_ground_truth  # noqa: PLC0415
 
     if args.frames is not None:
         if args.refine is not None:
@@ -120,7 +120,7 @@ def _check_many(args: argparse.Namespace) -> int:
         source = check_drive_path(Path(args.drive).expanduser())
         contents = check_sensor_drive(DriveReader(source), None, command="calib check")
         total = contents.sweeps
-        synthetic = ground_truth_path(source).is_file()
+        synthetic = has_ground_truth(source)
         cameras = list(contents.topics_of("CameraFrame"))
     names = [c.removeprefix("camera/") for c in cameras]
     if args.camera is not None and args.camera not in names:

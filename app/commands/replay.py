@@ -21,7 +21,7 @@ from replay.output import (
     check_output_dir,
     check_output_file,
 )
-from replay.synth.world import ground_truth_path
+from replay.synth.world import ground_truth_path, has_ground_truth
 
 __all__ = ["cmd_replay"]
 
@@ -52,7 +52,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
             # The pictures are named as the frames' images: never among them.
             check_pictures_folder(show_dir, path, what="--show")
-    synthetic = kind == "drive" and ground_truth_path(path).is_file()
+    synthetic = kind == "drive" and has_ground_truth(path)
     config = choose_camera_model(
         config, args.model, config_given=args.config is not None, synthetic=synthetic
     )
@@ -115,7 +115,7 @@ def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
         raise PerceptionError("no sources to replay")
     # The rule of a single replay; one pipeline serves all, so the synthetic detector only
     # when every source is a synthetic drive.
-    synthetic = all(ground_truth_path(s).is_file() for s in sources)
+    synthetic = all(has_ground_truth(s) for s in sources)
     config = choose_camera_model(
         config, args.model, config_given=args.config is not None, synthetic=synthetic
     )

@@ -43,6 +43,7 @@ from typing import Any, TextIO, TypeVar, overload
 
 import numpy as np
 
+from calibration.errors import unconverted
 from perception.errors import SchemaError, SourceError
 from perception.msgs.arrays import check_buffer, decode_descriptor, from_buffer, to_buffer
 from perception.msgs.codec import (
@@ -88,6 +89,12 @@ _ENVELOPE = ("type", "schema_version")
 _BUFFER_KEYS = ("dtype", "shape", "base64")
 _TOO_DEEP = "not JSON this reader accepts (arrays and objects nested too deeply)"
 _CLASSES = {s.cls: name for name, s in WIRE_TYPES.items()}
+
+
+def _unconverted(e: ValueError) -> str:
+    """What `json.loads` refused in valid JSON (`calibration.errors.unconverted`: an integer
+    of more digits than `int()` takes), which is no JSONDecodeError."""
+    return f"not JSON this reader accepts ({unconverted(e)})"
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -313,6 +320,8 @@ def from_json(
         doc = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SchemaError(_UNKNOWN_STREAM, f"not JSON ({e})") from e
+    except ValueError as e:
+        raise SchemaError(_UNKNOWN_STREAM, _unconverted(e)) from None
     except RecursionError:  # the parser recurses per nesting level
         raise SchemaError(_UNKNOWN_STREAM, _TOO_DEEP) from None
     return from_document(doc, limits=limits, fill_defaults=fill_defaults)
@@ -448,6 +457,8 @@ def _read(path: Path, limits: WireLimits, fill_defaults: bool) -> Iterator[tuple
                     doc = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise SourceError(f"{path}:{lineno}: not JSON ({e})") from e
+                except ValueError as e:
+                    raise SourceError(f"{path}:{lineno}: {_unconverted(e)}") from None
                 except RecursionError:  # the parser recurses per nesting level
                     raise SourceError(f"{path}:{lineno}: {_TOO_DEEP}") from None
                 if _is_legacy(doc):

@@ -85,6 +85,7 @@ from replay.synth.world import (
     check_world_options,
     generate_drive,
     ground_truth_path,
+    has_ground_truth,
     read_ground_truth,
 )
 from replay.tracking_eval import CLASSES, TrackingResult, evaluate_tracks
@@ -344,7 +345,7 @@ def ensure_synthetic_drive(
 
 def _ground_truth(drive_path: Path) -> dict[int, GroundTruthFrame]:
     path = ground_truth_path(drive_path)
-    if not path.is_file():
+    if not has_ground_truth(drive_path):
         raise ReplayError(
             f"{drive_path}: no ground truth beside it ({path.name}); the demo scores a "
             "synthetic drive written by `perception demo` (run it without --drive to generate one)"

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import LocalTangentPlane, PinholeCamera, Rig, RigidTransform
-from calibration.errors import not_utf8
+from calibration.errors import not_utf8, unconverted
 from calibration.monitor import Correction, corrected_rig
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from replay.drive import SYNTHETIC_METADATA, DriveReader, DriveWriter
@@ -1001,12 +1001,26 @@ def ground_truth_path(drive_path: Path) -> Path:
     return p.with_name(p.name + ".gt.jsonl")
 
 
+def has_ground_truth(drive_path: Path) -> bool:
+    """Whether a ground truth file lies beside the drive (`ground_truth_path`): False also where
+    no file can have its name (a drive named as long as a file name may be)."""
+    try:
+        return ground_truth_path(drive_path).is_file()
+    except OSError:
+        return False
+
+
 def read_ground_truth(path: Path) -> list[GroundTruthFrame]:
-    """The frames of a ground truth file (see the module docstring).
+    """The frames of a ground truth file (see the module docstring); blank lines are skipped.
 
     Raises:
         ValueError: a malformed line, or one that is not UTF-8 text (names the file and line).
     """
+    return [frame for _, frame in read_numbered_ground_truth(path)]
+
+
+def read_numbered_ground_truth(path: Path) -> list[tuple[int, GroundTruthFrame]]:
+    """`read_ground_truth`, each frame with its line number (from 1)."""
     frames = []
     offset = 0
     # Read as bytes and decoded line by line, so a binary file is named with its line rather
@@ -1018,10 +1032,15 @@ def read_ground_truth(path: Path) -> list[GroundTruthFrame]:
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: {not_utf8(e, offset)}") from e
             offset += len(raw)
+            if not line.strip():
+                # As the detections reader (perception.msgs.jsonl): a blank line, such as an
+                # editor's trailing one, holds no frame; the line numbers still count it.
+                continue
             try:
-                frames.append(_ground_truth_frame(json.loads(line)))
+                frames.append((lineno, _ground_truth_frame(json.loads(line))))
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: malformed ground truth ({e})") from e
+                problem = unconverted(e) if isinstance(e, ValueError) else e
+                raise ValueError(f"{path}:{lineno}: malformed ground truth ({problem})") from e
             except RecursionError:  # the parser recurses per nesting level
                 raise ValueError(
                     f"{path}:{lineno}: malformed ground truth (arrays and objects nested too "

@@ -285,6 +285,18 @@ def test_play_says_the_port_it_bound_for_tcp_star(capsys, synth_drive) -> None:
     assert re.search(r"on tcp://127\.0\.0\.1:\d+\)?$", capsys.readouterr().out.strip())
 
 
+def test_a_drive_named_as_long_as_a_file_name_may_be_replays(
+    capsys, tmp_path: Path, synth_drive
+) -> None:
+    """Its ground truth's name (.gt.jsonl added) is too long for any file: the look for it
+    failed with "File name too long", exit 2."""
+    drive = tmp_path / ("z" * 250 + ".mcap")
+    shutil.copyfile(synth_drive(0, 1.0), drive)
+    out = tmp_path / "run.jsonl"
+    assert main(["replay", str(drive), "--out", str(out), "--quiet"]) == 0
+    assert "DetectionLists written" in capsys.readouterr().out
+
+
 def test_a_symbolic_link_loop_as_an_output_is_one_line(
     capsys, tmp_path: Path, kitti_dir: Path
 ) -> None:

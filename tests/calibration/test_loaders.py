@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,23 @@ def test_pjlab_binary_file_is_named(data_dir: Path, tmp_path: Path) -> None:
         load_rig(tmp_path)
     assert str(info.value) == (
         f"{intrinsic}: not valid JSON (arrays and objects nested too deeply)"
+    )
+
+
+def test_pjlab_integer_longer_than_python_converts_is_named(data_dir: Path, tmp_path: Path) -> None:
+    """Valid JSON that `int()` refuses (more than `sys.get_int_max_str_digits()` digits): it was
+    "unexpected ValueError ... a bug" to `perception calib show`."""
+    folder = data_dir / "lidar_camera_calib_pjlab"
+    intrinsic = tmp_path / "center_camera-intrinsic.json"
+    extrinsic = "top_center_lidar-to-center_camera-extrinsic.json"
+    digits = sys.get_int_max_str_digits()
+    text = (folder / intrinsic.name).read_text()
+    intrinsic.write_text(text.replace('"img_dist_w": 1920', '"img_dist_w": 1' + "0" * digits))
+    shutil.copy(folder / extrinsic, tmp_path / extrinsic)
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    assert str(info.value) == (
+        f"{intrinsic}: not valid JSON value (an integer of more than {digits} digits)"
     )
 
 

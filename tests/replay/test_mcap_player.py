@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from perception.msgs.types import GnssFix, Header, LidarSweep
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.errors import ReplayError
-from replay.mcap_player import PlayStats, check_sensor_drive, play_drive
+from replay.mcap_player import MAX_PACED_GAP_NS, PlayStats, check_sensor_drive, play_drive
 from replay.player import play_kitti_object
 
 MS = 1_000_000
@@ -158,3 +159,58 @@ def test_a_topic_none_of_whose_messages_can_be_read_is_named_as_such(
         f"{path}: no lidar sweeps to replay (it holds: camera/front, rig; lidar/top with 8 "
         "message(s), none readable); the pipeline runs once per lidar sweep"
     )
+
+
+S = 1_000_000_000
+#: Log times of a drive with a gap of exactly `MAX_PACED_GAP_NS` (paced) and one of 3e9 s (a
+#: century: a clock that jumped), which pacing skips.
+GAPPED_TIMES = [5 * S, 15 * S, 15 * S + MAX_PACED_GAP_NS, 3 * 10**18, 3 * 10**18 + 10 * S]
+#: When each message is due, s after the first, with the long gap skipped.
+GAPPED_DUE_S = [10.0, 70.0, 70.0, 80.0]
+
+
+def gapped_drive(path: Path) -> Path:
+    with DriveWriter(path) as w:
+        for i, t in enumerate(GAPPED_TIMES):
+            w.write(GnssFix(Header("gnss", i, t, "gnss"), 49.0, 8.4, 100.0), t)
+    return path
+
+
+class _RecordedWaits(threading.Event):
+    """A stop event whose waits return at once, recorded: pacing seen without waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        return False
+
+
+def test_a_gap_over_a_minute_is_skipped_with_a_warning_not_waited_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A drive whose log times jump by 3e9 s (the clock of its second half shifted) was played
+    for a century; the gap is skipped with one warning naming the drive, the gap and where,
+    and the timing elsewhere (a gap of exactly the bound included) is kept."""
+    path = gapped_drive(tmp_path / "gapped.mcap")
+    stop = _RecordedWaits()
+    with Publisher(f"ipc://{tmp_path}/gap") as pub, caplog.at_level(logging.WARNING):
+        stats = play_drive(DriveReader(path), pub, speed=1.0, stop=stop)
+    assert stats.sent == 5
+    assert len(stop.waits) == 4
+    for waited, due in zip(stop.waits, GAPPED_DUE_S, strict=True):
+        assert due - 1.0 < waited <= due
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"{path}: no message for {(GAPPED_TIMES[3] - GAPPED_TIMES[2]) / 1e9:.2f} s of log time, "
+        f"from {GAPPED_TIMES[2]} to {GAPPED_TIMES[3]} ns (70.00 s after the first message); the "
+        "gap is skipped, not waited through (pacing skips gaps over 60 s)"
+    ]
+    # Twice as fast: the kept timing halves, the gap is still skipped.
+    stop = _RecordedWaits()
+    with Publisher(f"ipc://{tmp_path}/gap2") as pub:
+        play_drive(DriveReader(path), pub, speed=2.0, stop=stop)
+    assert max(stop.waits) <= GAPPED_DUE_S[-1] / 2

@@ -5,6 +5,7 @@ KITTI folder frame is a mistake in a dataset: it fails the run, tests/app/test_c
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,13 @@ import yaml
 
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
-from perception.msgs.types import Diagnostics, RigMessage, TrackList
+from perception.msgs.types import Diagnostics, GnssFix, Header, RigMessage, TrackList
+from perception.node import NodeCore
 from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.errors import ReplayError
-from replay.offline import replay_to_file
+from replay.offline import Received, replay_to_file, run_core
 from tests.replay.damage import damage_chunk, kitti_drive
 
 
@@ -126,3 +128,30 @@ def test_a_drive_without_a_rig_is_refused_not_replayed_to_nothing(
     rig.write_text(yaml.safe_dump(kitti_rig.rig))
     summary = replay_to_file(drive, out, NodeConfig(rig=str(rig)), pipeline)
     assert summary.sweeps == 8
+
+
+def test_realtime_pacing_skips_a_gap_over_a_minute_with_a_warning(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`replay --realtime` of a drive whose log times jump by 3e9 s slept for a century; the gap
+    is skipped with one warning naming the drive, the gap and where, and the timing elsewhere
+    (a gap of exactly the bound included) is kept. The sleeps are recorded, not slept."""
+    from tests.replay.test_mcap_player import GAPPED_DUE_S, GAPPED_TIMES
+
+    received = [
+        Received("gnss", t, message=GnssFix(Header("gnss", i, t, "gnss"), 49.0, 8.4, 100.0))
+        for i, t in enumerate(GAPPED_TIMES)
+    ]
+    sleeps: list[float] = []
+    core = NodeCore(NodeConfig(), pipeline)
+    with caplog.at_level(logging.WARNING, logger="replay.mcap_player"):
+        list(run_core(core, received, speed=1.0, source="gapped.mcap", sleep=sleeps.append))
+    assert len(sleeps) == 4
+    for slept, due in zip(sleeps, GAPPED_DUE_S, strict=True):
+        assert due - 1.0 < slept <= due
+    warnings = [r.getMessage() for r in caplog.records if r.name == "replay.mcap_player"]
+    assert warnings == [
+        f"gapped.mcap: no message for {(GAPPED_TIMES[3] - GAPPED_TIMES[2]) / 1e9:.2f} s of log "
+        f"time, from {GAPPED_TIMES[2]} to {GAPPED_TIMES[3]} ns (70.00 s after the first "
+        "message); the gap is skipped, not waited through (pacing skips gaps over 60 s)"
+    ]

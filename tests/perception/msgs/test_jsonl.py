@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,23 @@ def test_malformed_lines_name_the_file_line_and_fault(
             SourceError, match=problem.replace("^[^:]+", "^" + re.escape(str(path)))
         ):
             list(read_messages(path))
+
+
+def test_an_integer_longer_than_python_converts_is_named(tmp_path: Path) -> None:
+    """Valid JSON, but `int()` refuses more than `sys.get_int_max_str_digits()` digits with a
+    ValueError that is no JSONDecodeError: it was "unexpected ValueError ... a bug" to the CLI."""
+    digits = sys.get_int_max_str_digits()
+    huge = _line("detections").replace('"seq": 3', '"seq": 1' + "0" * (digits + 700))
+    assert huge != _line("detections")
+    path = tmp_path / "huge.jsonl"
+    path.write_text(f"{_line('detections')}\n\n{huge}\n")
+    with pytest.raises(SourceError) as info:
+        list(read_jsonl(path))
+    assert str(info.value) == (
+        f"{path}:3: not JSON this reader accepts (an integer of more than {digits} digits)"
+    )
+    with pytest.raises(SchemaError, match=rf"\(an integer of more than {digits} digits\)$"):
+        from_json(huge)
 
 
 def test_limits_apply_to_documents(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,34 @@ def test_binary_ground_truth_is_named_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         read_ground_truth(bad)
     assert str(info.value) == f"{bad}:2: not UTF-8 text (byte 0xff at offset {len(first)})"
+
+
+def test_blank_ground_truth_lines_are_skipped_and_counted_in_line_numbers(
+    tmp_path: Path,
+) -> None:
+    """As the detections reader: a blank line (an editor's trailing one) holds no frame. It was
+    "X.gt.jsonl:1: malformed ground truth (Expecting value...)"."""
+    stats = generate_drive(tmp_path / "d.mcap", seed=0, seconds=0.2)
+    lines = ground_truth_path(stats.path).read_bytes().splitlines(keepends=True)
+    assert len(lines) == 2
+    blank = tmp_path / "blank.gt.jsonl"
+    blank.write_bytes(b"\n" + lines[0] + b"  \t\r\n" + lines[1] + b"\n\n")
+    assert read_ground_truth(blank) == read_ground_truth(ground_truth_path(stats.path))
+    # Errors still name the line of the file, blank lines counted.
+    blank.write_bytes(b"\n" + lines[0] + b"\n" + b"[1]\n")
+    with pytest.raises(ValueError, match=r"blank\.gt\.jsonl:4: malformed ground truth"):
+        read_ground_truth(blank)
+
+
+def test_ground_truth_integer_longer_than_python_converts_is_named(tmp_path: Path) -> None:
+    digits = sys.get_int_max_str_digits()
+    huge = tmp_path / "huge.gt.jsonl"
+    huge.write_text('{"seq": 1' + "0" * digits + "}\n")
+    with pytest.raises(ValueError) as info:
+        read_ground_truth(huge)
+    assert str(info.value) == (
+        f"{huge}:1: malformed ground truth (an integer of more than {digits} digits)"
+    )
 
 
 def test_drive_contents(tmp_path: Path) -> None:
