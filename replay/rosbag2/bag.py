@@ -124,6 +124,10 @@ def open_bag(path: Path) -> Iterator[Bag]:
     path = Path(path)
     if not path.exists():
         raise Rosbag2Error(f"{path}: ROS 2 bag does not exist")
+    # A pipe would be opened for reading and wait for a writer for ever: the import hung.
+    for entry in (path, *(sorted(path.iterdir()) if path.is_dir() else ())):
+        if entry.exists() and not entry.is_dir() and not entry.is_file():
+            raise Rosbag2Error(f"{entry}: not a regular file (a device, pipe or socket)")
     if path.is_dir() and not (path / "metadata.yaml").is_file():
         raise Rosbag2Error(f"{path}: not a ROS 2 bag folder (no metadata.yaml)")
     if path.is_file() and path.suffix not in (".mcap", ".db3"):

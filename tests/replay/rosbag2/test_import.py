@@ -3,6 +3,7 @@ imported and replayed, gives the KITTI folder replay's detections; its rig is th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,18 @@ def test_a_binary_rig_file_is_named(kitti_dir: Path, tmp_path: Path) -> None:
         import_rosbag2(bag.path, tmp_path / "drive.mcap", topics=topics)
     assert str(e.value) == f"--topics rig: {rig.resolve()}: not UTF-8 text (byte 0xff at offset 0)"
     assert not (tmp_path / "drive.mcap").exists()
+
+
+def test_a_pipe_as_a_bag_or_in_its_folder_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """rosbags opened a pipe named x.mcap for reading, which waited for a writer for ever."""
+    pipe = tmp_path / "x.mcap"
+    os.mkfifo(pipe)
+    refused = r"x\.mcap: not a regular file \(a device, pipe or socket\)$"
+    with pytest.raises(Rosbag2Error, match=refused):
+        import_rosbag2(pipe, tmp_path / "out.mcap")
+    folder = tmp_path / "bag"
+    folder.mkdir()
+    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    os.mkfifo(folder / "bag_0.mcap")
+    with pytest.raises(Rosbag2Error, match=r"bag_0\.mcap: not a regular file"):
+        import_rosbag2(folder, tmp_path / "out.mcap")
