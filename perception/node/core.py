@@ -81,6 +81,7 @@ from perception.msgs.types import (
     Message,
     RealtimeStatus,
     RigMessage,
+    SensorClock,
     SensorStatus,
     SyncedBundle,
     TrackList,
@@ -107,6 +108,10 @@ log = logging.getLogger("perception.node")
 RECEIVE_POLL_NS = 10_000_000
 # What the synchroniser refuses as a bad message (it counts them), logged at a bounded rate.
 _REFUSED = frozenset({Filed.BAD_RIG, Filed.BAD_FIX, Filed.NOT_AN_INPUT})
+#: A camera whose clock is this far from the lidar's (their offsets to the host clock apart,
+#: the sweep's span and the transports' delays included) has frames that pair with no sweep:
+#: frames are matched by their stamps, far within a second of a sweep's.
+CLOCKS_APART_NS = 1_000_000_000
 # Sweeps seen before the lidar clock's offset estimate is applied: with fewer, the estimate is a
 # median of single samples rather than a lower envelope, and may exceed a sweep's transport delay.
 CLOCK_MIN_SWEEPS = 16
@@ -768,6 +773,10 @@ class NodeCore:
             self._diagnostics_seq += 1
             watch = self.calibration
             calibration = () if watch is None else watch.statuses()
+            clocks = self.clocks.diagnostics()
+            apart = self._clocks_apart(clocks)
+            if apart and status == "ok":
+                status = "degraded"  # the camera is heard, but nothing it sends is used
             return Diagnostics(
                 header=Header(self.config.outputs.diagnostics_topic, seq, stamp_ns, ""),
                 counters=self.counters.scalars(),
@@ -775,7 +784,7 @@ class NodeCore:
                 sync=sync,
                 missing_by_stream=dict(stats.per_stream_missing),
                 late_by_stream=dict(stats.per_stream_late),
-                clocks=tuple(self.clocks.diagnostics().values()),
+                clocks=tuple(clocks.values()),
                 budgets_ms={
                     "end_to_end": self.config.budgets.end_to_end_ms,
                     **self.config.budgets.stages_ms,
@@ -783,12 +792,39 @@ class NodeCore:
                 last_publish_ns=self._last_publish_ns,
                 last_latency_ns=self._last_latency_ns,
                 engines=self.pipeline.describe_engines(),
-                notes=(*self.pipeline.notes, *(() if watch is None else watch.notes())),
+                notes=(
+                    *self.pipeline.notes,
+                    *(() if watch is None else watch.notes()),
+                    *apart,
+                ),
                 realtime=self.realtime,
                 sensors=sensors,
                 status=status,
                 calibration=calibration,
             )
+
+    def _clocks_apart(self, clocks: Mapping[str, SensorClock]) -> list[str]:
+        """A note for each camera whose clock is `CLOCKS_APART_NS` or more from the lidar's (one
+        of them stepped alone, or they were never synchronised), logged at a bounded rate: its
+        frames pair with no sweep, and the outputs go without it."""
+        lidar = clocks.get(self.config.inputs.lidar_topic)
+        if lidar is None or lidar.offset_ns is None:
+            return []
+        notes = []
+        for topic in self.config.inputs.camera_topics:
+            camera = clocks.get(topic)
+            if camera is None or camera.offset_ns is None:
+                continue
+            apart_ns = camera.offset_ns - lidar.offset_ns
+            if abs(apart_ns) >= CLOCKS_APART_NS:
+                note = (
+                    f"{topic}: its clock is {-apart_ns / 1e9:+.3f} s from the lidar's "
+                    f"({self.config.inputs.lidar_topic}), so its frames pair with no sweep and "
+                    "the outputs go without it: check the sensors' time synchronisation"
+                )
+                self._bad.warning(f"clocks:{topic}", note)
+                notes.append(note)
+        return notes
 
     def _log_liveness(self, sensors: Sequence[SensorStatus], now_ns: int) -> None:
         # A stream not yet heard from is not alive, but it is silent only once its periods have

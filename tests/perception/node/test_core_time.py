@@ -13,7 +13,15 @@ import pytest
 
 from perception.config import NodeConfig, parse_config
 from perception.msgs import wire
-from perception.msgs.types import DetectionList, Diagnostics, LidarSweep, Message
+from perception.msgs.types import (
+    CameraFrame,
+    DetectionList,
+    Diagnostics,
+    GnssFix,
+    Header,
+    LidarSweep,
+    Message,
+)
 from perception.node import NodeCore
 from perception.node.core import CLOCK_MIN_SWEEPS
 from perception.pipeline import Pipeline
@@ -126,6 +134,49 @@ def test_a_sensor_clock_that_really_jumps_is_followed(
     clocks = {c.stream: c for c in core.diagnostics(START + 4 * S).clocks}
     assert clocks["lidar/top"].jumps == 1
     assert clocks["lidar/top"].offset_ns == pytest.approx(-step, abs=10 * MS)
+
+
+def _with_gnss(received: list[Received]) -> list[Received]:
+    """`received` with a GNSS fix beside each sweep (every input stream heard)."""
+    out = []
+    for r in received:
+        out.append(r)
+        if isinstance(r.message, LidarSweep):
+            header = Header("gnss", r.message.header.seq, r.message.header.stamp_ns, "gnss")
+            out.append(Received("gnss", r.receive_ns, message=GnssFix(header, 49.0, 8.4, 100.0)))
+    return out
+
+
+def test_a_camera_whose_clock_steps_alone_is_reported_not_ok(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder
+) -> None:
+    """From frame 20 on only the camera stamps an hour ahead: its jump is followed, but its
+    frames pair with no sweep. The outputs went on without it while the diagnostics said `ok`
+    and nothing was logged; now the status is degraded, with a note naming the camera."""
+    received = _with_gnss(_frames(folder, 40))
+    step = 3600 * S
+    shifted = []
+    for r in received:
+        msg = r.message
+        if isinstance(msg, CameraFrame) and msg.header.seq >= 20:
+            header = replace(msg.header, stamp_ns=msg.header.stamp_ns + step)
+            shifted.append(replace(r, message=replace(msg, header=header)))
+        else:
+            shifted.append(r)
+    outputs, core = _run(config, pipeline, shifted)
+    assert outputs[-1][1].degraded == ("camera/front",)
+    diagnostics = core.diagnostics(START + 4 * S)
+    assert all(sensor.alive for sensor in diagnostics.sensors)
+    assert diagnostics.status == "degraded"
+    [note] = [n for n in diagnostics.notes if "clock" in n]
+    assert note.startswith("camera/front: its clock is +3600.0")
+    assert "from the lidar's (lidar/top), so its frames pair with no sweep" in note
+    # Both clocks stepping together are followed, and no such note is given.
+    both = {k: step for k in range(20, 40)}
+    _, core = _run(config, pipeline, _with_gnss(_frames(folder, 40, shift_ns=both)))
+    diagnostics = core.diagnostics(START + 4 * S)
+    assert diagnostics.status == "ok"
+    assert not [n for n in diagnostics.notes if "clock" in n]
 
 
 def test_a_dead_camera_is_not_waited_for(
