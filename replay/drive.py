@@ -46,11 +46,19 @@ as soon as it is cut (no user-space buffer). So a killed writer leaves exactly t
 before the kill, and after a failed write (full disk) `DriveWriter.messages_flushed` says how
 many messages the file holds.
 
-Reading a truncated file (a killed recorder, a full disk) falls back to a linear scan that stops
-at the first incomplete record or chunk, with a logged warning and `DriveReader.truncated` set.
 A complete file is read chunk by chunk through its index (`replay.mcap_chunks`): a chunk whose
 bytes are damaged (it does not decompress, or its CRC does not match) costs its own messages,
 reported as a `DamagedDriveError` that names how many of which topic, not the rest of the drive.
+
+A file without a usable index is read from start to end, record by record, with the same checks:
+a truncated file (a killed recorder, a full disk; a logged warning and `DriveReader.truncated`
+set), read up to the record its end cuts; a file whose summary section fails its CRC or points
+outside the data (a logged warning: a damaged index would cost intact chunks); a complete file
+written without a summary. There a damaged record whose framing (opcode, length) is intact costs
+its own contents only (a chunk's messages, reported as above, counted from the message indexes
+that follow it), and the read goes on with the next; only a length that runs past the end of
+the file ends it. A damaged metadata record costs that record: `DriveReader.metadata` names it
+when asked for it, and the rig is then taken from the drive's first `RigMessage`.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ import logging
 import os
 import stat
 import struct
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +80,8 @@ from typing import IO, Any, cast
 import msgpack
 from mcap.opcode import Opcode
 from mcap.reader import SeekingReader
-from mcap.records import Channel, Footer, Metadata
+from mcap.records import Channel, Chunk, MessageIndex, Metadata
 from mcap.records import Message as McapMessage
-from mcap.stream_reader import StreamReader
 from mcap.summary import Summary
 from mcap.writer import CompressionType, Writer
 
@@ -84,7 +92,13 @@ from perception.msgs import foxglove, wire
 from perception.msgs.json_schemas import wire_json_schema
 from perception.msgs.types import Header, Message, RigMessage
 from replay.errors import DamagedDriveError, DriveStorageError, ReplayError
-from replay.mcap_chunks import DamagedChunk, indexed_messages
+from replay.mcap_chunks import (
+    DamagedChunk,
+    chunk_records,
+    indexed_messages,
+    parse_record,
+    read_record,
+)
 
 __all__ = [
     "COMPANION_SCHEMA",
@@ -158,6 +172,38 @@ _GROUND_TRUTH_JSON_SCHEMA = {
 _NEVER = 1 << 62
 _RECORD_OVERHEAD = 31  # bytes of an MCAP message record besides its data
 _RECORD_PREFIX = struct.Struct("<BQ")  # opcode, length of every MCAP record
+_MAGIC = b"\x89MCAP0\r\n"
+_FOOTER_RECORD = 9 + 20  # prefix, summary start, summary offset start (u64 each), CRC (u32)
+_FOOTER_FIELDS = struct.Struct("<QQI")
+#: Records a read from start to end parses; it passes over the other known ones (a header, a
+#: schema: nothing a drive's reader uses).
+_READ_OPCODES = frozenset(
+    {Opcode.CHANNEL, Opcode.CHUNK, Opcode.MESSAGE, Opcode.MESSAGE_INDEX, Opcode.METADATA}
+)
+_KNOWN_OPCODES = frozenset(int(o) for o in Opcode)
+#: Records of the summary section only, and the footer (at the end).
+_SUMMARY_ONLY_OPCODES = frozenset(
+    {
+        Opcode.CHUNK_INDEX,
+        Opcode.ATTACHMENT_INDEX,
+        Opcode.METADATA_INDEX,
+        Opcode.STATISTICS,
+        Opcode.SUMMARY_OFFSET,
+        Opcode.FOOTER,
+    }
+)
+#: Records of the summary section (after the data end record).
+_SUMMARY_OPCODES = frozenset(
+    {
+        Opcode.SCHEMA,
+        Opcode.CHANNEL,
+        Opcode.CHUNK_INDEX,
+        Opcode.ATTACHMENT_INDEX,
+        Opcode.METADATA_INDEX,
+        Opcode.STATISTICS,
+        Opcode.SUMMARY_OFFSET,
+    }
+)
 _REORDER_WINDOW = 4096  # messages held to restore log-time order in a linear (truncated) scan
 # What `DriveReader._warn_once` has logged: (what, file, size, modification time).
 _WARNED: set[tuple[str, str, int, int]] = set()
@@ -537,10 +583,13 @@ _Raw = tuple[Channel, McapMessage]
 class DriveReader:
     """Reads a drive written by `DriveWriter`.
 
-    A complete file is read through its index (log-time order). A truncated file (no footer:
-    the recorder was killed) is scanned linearly up to its last complete chunk; `truncated` is
-    then True and a warning is logged. Each `messages` call opens the file anew, so several
-    iterations may run one after the other.
+    A complete file is read through its index (log-time order). A file without a usable index
+    is read from start to end, every chunk's CRC checked: a truncated file (no footer: the
+    recorder was killed), read up to its last complete record (`truncated` is then True and a
+    warning is logged); a file whose summary section (the index) is damaged (warned about); a
+    file written without one. There a damaged record whose framing is intact costs its own
+    contents only: the read goes on with the next record. Each `messages` call opens the file
+    anew, so several iterations may run one after the other.
 
     Raises (constructor):
         ReplayError: the file is missing, unreadable or not an MCAP file (names the path).
@@ -562,21 +611,21 @@ class DriveReader:
                     raise ReplayError(
                         f"{self.path}: not a regular file (a device, pipe or socket), so no drive"
                     )
-                magic = f.read(8)
-                if magic != b"\x89MCAP0\r\n":
+                magic = f.read(len(_MAGIC))
+                if magic != _MAGIC:
                     raise ReplayError(f"{self.path}: not an MCAP file")
-                self._summary_ok = self._has_footer(f)
+                self._summary = self._checked_summary(f)
         except OSError as e:
             raise ReplayError(f"{self.path}: cannot read the drive ({e})") from e
-        if not self._summary_ok:
-            self.truncated = True
-            self._warn_once(
-                "truncated",
-                f"{self.path}: the drive is truncated (no footer: the recorder did not finish "
-                "it); reading up to its last complete chunk",
-            )
 
-    def _warn_once(self, what: str, text: str) -> None:
+    @property
+    def indexed(self) -> bool:
+        """Whether the drive is read through its summary section (its index); False where it
+        is read from start to end (a truncated drive, one whose summary is damaged, or one
+        written without a summary)."""
+        return self._summary is not None
+
+    def _warn_once(self, what: str, text: str, level: int = logging.WARNING) -> None:
         """Log `text` once per process for this file as it is now: a command opens a drive
         several times (its contents, its topics, its messages), and a pass over a truncated
         file meets the same cut each time."""
@@ -587,17 +636,102 @@ class DriveReader:
         key = (what, str(self.path.resolve()), st.st_size, st.st_mtime_ns)
         if key not in _WARNED:
             _WARNED.add(key)
-            log.warning("%s", text)
+            log.log(level, "%s", text)
 
-    def _has_footer(self, f: IO[bytes]) -> bool:
+    def _checked_summary(self, f: IO[bytes]) -> Summary | None:
+        """The drive's summary, checked against its CRC and the file; None (with a log line
+        saying why) where the drive is to be read from start to end."""
+        size = os.fstat(f.fileno()).st_size
+        footer_at = size - len(_MAGIC) - _FOOTER_RECORD
+        f.seek(max(footer_at, 0), io.SEEK_SET)
+        tail = f.read(_FOOTER_RECORD + len(_MAGIC))
+        if (
+            footer_at < len(_MAGIC)
+            or tail[-len(_MAGIC) :] != _MAGIC
+            or _RECORD_PREFIX.unpack_from(tail) != (Opcode.FOOTER, _FOOTER_RECORD - 9)
+        ):
+            self.truncated = True
+            self._warn_once(
+                "truncated",
+                f"{self.path}: the drive is truncated (no footer: the recorder did not finish "
+                "it); reading up to its last complete chunk",
+            )
+            return None
+        summary_start, _offsets_start, summary_crc = _FOOTER_FIELDS.unpack_from(tail, 9)
+        if summary_start == 0:
+            # Complete, as some MCAP writers leave it: nothing is wrong but the speed.
+            self._warn_once(
+                "no summary",
+                f"{self.path}: the drive has no summary section (no index); reading it from "
+                "start to end",
+                logging.INFO,
+            )
+            return None
         try:
-            f.seek(0, io.SEEK_SET)
-            reader = SeekingReader(f)
-            summary = reader.get_summary()
-        except Exception as e:  # the mcap library raises assorted errors on a cut file
-            log.debug("%s: no usable summary (%s)", self.path, e)
-            return False
-        return summary is not None
+            summary = self._summary_at(f, summary_start, footer_at, summary_crc)
+        except Exception as e:  # damaged bytes raise assorted errors in the mcap library
+            why = str(e) if isinstance(e, _SummaryFaultError) else _why(e)
+            self._warn_once(
+                "damaged summary",
+                f"{self.path}: the drive's summary section (its index) is damaged ({why}); "
+                "reading the drive from start to end",
+            )
+            return None
+        return summary
+
+    def _summary_at(
+        self, f: IO[bytes], summary_start: int, footer_at: int, summary_crc: int
+    ) -> Summary:
+        """The summary section starting at `summary_start`, read only if its CRC (over it and
+        the footer's fields before the CRC; 0: none stored) matches, and each index in it
+        pointing into the data section. A damaged index made the reader throw an intact chunk
+        away, or read past the end of the file."""
+        if not len(_MAGIC) <= summary_start <= footer_at:
+            raise _SummaryFaultError(
+                f"the footer puts it at byte {summary_start}, outside the file"
+            )
+        if summary_crc != 0:
+            f.seek(summary_start, io.SEEK_SET)
+            crc, left = 0, footer_at + _FOOTER_RECORD - 4 - summary_start
+            while left > 0:
+                piece = f.read(min(left, 1 << 20))
+                if not piece:
+                    raise _SummaryFaultError("the file ends inside it")
+                crc = zlib.crc32(piece, crc)
+                left -= len(piece)
+            if crc != summary_crc:
+                raise _SummaryFaultError(
+                    f"its CRC is {crc:#010x}, its footer says {summary_crc:#010x}"
+                )
+        f.seek(0, io.SEEK_SET)
+        summary = SeekingReader(f).get_summary()
+        if summary is None:
+            raise _SummaryFaultError("the footer points at no summary")
+        data_end = summary_start
+        for index in summary.chunk_indexes:
+            chunk_end = index.chunk_start_offset + index.chunk_length
+            indexes_end = chunk_end + index.message_index_length
+            if not (
+                len(_MAGIC) <= index.chunk_start_offset < chunk_end <= indexes_end <= data_end
+                and all(chunk_end <= o < indexes_end for o in index.message_index_offsets.values())
+            ):
+                raise _SummaryFaultError(
+                    f"a chunk index points outside the data (chunk at byte "
+                    f"{index.chunk_start_offset}, {index.chunk_length} bytes)"
+                )
+        for meta in summary.metadata_indexes:
+            if not len(_MAGIC) <= meta.offset < meta.offset + meta.length <= data_end:
+                raise _SummaryFaultError(
+                    f"a metadata index points outside the data (record at byte {meta.offset}, "
+                    f"{meta.length} bytes)"
+                )
+        if summary.statistics is not None:
+            unknown = set(summary.statistics.channel_message_counts) - set(summary.channels)
+            if unknown:
+                raise _SummaryFaultError(
+                    f"its statistics count messages of unknown channels {sorted(unknown)}"
+                )
+        return summary
 
     # -- raw records
 
@@ -610,34 +744,31 @@ class DriveReader:
         """The raw records of `topics` from `start_ns` on, in log-time order. A chunk that
         cannot be read is given to `on_damage` as a DamagedDriveError and skipped; without
         it, that error is raised."""
+
+        def damaged_error(error: DamagedDriveError) -> None:
+            if on_damage is None:
+                raise error
+            on_damage(error)
+
         try:
             f = self.path.open("rb")
         except OSError as e:
             raise ReplayError(f"{self.path}: cannot read the drive ({e})") from e
         with f:
-            if not self._summary_ok:
-                yield from self._iter_linear(f, topics, start_ns)
-                return
-            reader = SeekingReader(f)
-            summary = reader.get_summary()
+            summary = self._summary
             if summary is None or not summary.chunk_indexes:
-                for _schema, channel, message in reader.iter_messages(
-                    topics=topics, starting_at=start_ns, log_time_order=True
-                ):
-                    yield channel, message
+                # No chunk indexed (an empty drive, or messages outside chunks): the same read
+                # from start to end, which passes over damage.
+                yield from self._iter_linear(f, topics, start_ns, damaged_error)
                 return
 
             def damaged(chunk: DamagedChunk) -> None:
-                error = self._damage_error(chunk, summary)
-                if on_damage is None:
-                    raise error
-                on_damage(error)
+                damaged_error(self._damage_error(chunk, summary))
 
             yield from indexed_messages(f, summary, topics, start_ns, damaged)
 
     def _damage_error(self, chunk: DamagedChunk, summary: Summary) -> DamagedDriveError:
         """The error of a chunk that could not be read, naming where it lies and what it held."""
-        channels = summary.channels
         # Seconds into the drive read better than epoch nanoseconds.
         stats = summary.statistics
         zero = chunk.start_ns if stats is None else min(stats.message_start_time, chunk.start_ns)
@@ -646,72 +777,190 @@ class DriveReader:
             f", {(chunk.start_ns - zero) / 1e9:.3f} to {(chunk.end_ns - zero) / 1e9:.3f} s into "
             f"the drive) could not be read ({chunk.error})"
         )
-        if chunk.messages is None:
-            return DamagedDriveError(
-                f"{where}; its messages are lost (how many is unknown: its index is damaged too)", 1
-            )
-        lost: dict[str, int] = {}
-        for channel_id, n in chunk.messages.items():
-            channel = channels.get(channel_id)
-            # A project message is its record and its companion's, in one chunk (the module
-            # docstring): counted once, by its record.
-            if channel is None or channel.topic.endswith(COMPANION_SUFFIX):
-                continue
-            if _is_ground_truth(channel):  # no project message (the module docstring)
-                continue
-            lost[channel.topic] = lost.get(channel.topic, 0) + n
-        total = sum(lost.values())
-        detail = ", ".join(f"{topic} {n}" for topic, n in sorted(lost.items()))
-        return DamagedDriveError(
-            f"{where}: {total} message(s) lost" + (f" ({detail})" if detail else ""), total
-        )
+        return _lost(where, chunk.messages, summary.channels)
 
     def _iter_linear(
-        self, f: IO[bytes], topics: Sequence[str] | None, start_ns: int | None
+        self,
+        f: IO[bytes],
+        topics: Sequence[str] | None,
+        start_ns: int | None,
+        on_damage: Callable[[DamagedDriveError], None],
     ) -> Iterator[_Raw]:
+        """`_iter_raw` from start to end: a damaged record is given to `on_damage` with what it
+        cost (a chunk's message indexes follow it, so they tell how many of which channel) and
+        the read goes on with the next record."""
         wanted = None if topics is None else set(topics)
         channels: dict[int, Channel] = {}
         heap: list[tuple[int, int, int, Channel, McapMessage]] = []
         order = 0
+        damage: _DamagedRecord | None = None
+        # Records per channel id of the damaged record's message indexes; None where one of
+        # those is damaged too.
+        damage_counts: dict[int, int] | None = {}
+        # Messages of channels whose definition was lost with a damaged record: their sequence
+        # numbers (a message and its companion share one, the module docstring).
+        orphans: set[int] = set()
         for record in self._linear_records(f):
-            if isinstance(record, Channel):
+            if isinstance(record, MessageIndex):
+                if damage is not None and damage_counts is not None:
+                    n = len(record.records)
+                    damage_counts[record.channel_id] = damage_counts.get(record.channel_id, 0) + n
+                continue
+            if isinstance(record, _DamagedRecord) and record.opcode == Opcode.MESSAGE_INDEX:
+                # An intact chunk does not need its message indexes.
+                if damage is not None:
+                    damage_counts = None
+                continue
+            if damage is not None:
+                self._report_damage(damage, damage_counts, channels, on_damage, wanted)
+                damage, damage_counts = None, {}
+            if isinstance(record, _DamagedRecord):
+                # A metadata record costs no message: `metadata` says so when it is asked for.
+                if record.opcode != Opcode.METADATA:
+                    damage = record
+            elif isinstance(record, Channel):
                 channels[record.id] = record
             elif isinstance(record, McapMessage):
+                if start_ns is not None and record.log_time < start_ns:
+                    continue
                 channel = channels.get(record.channel_id)
                 if channel is None:
+                    orphans.add(record.sequence)
                     continue
                 if wanted is not None and channel.topic not in wanted:
-                    continue
-                if start_ns is not None and record.log_time < start_ns:
                     continue
                 heapq.heappush(heap, (record.log_time, order, record.channel_id, channel, record))
                 order += 1
                 if len(heap) > _REORDER_WINDOW:
                     item = heapq.heappop(heap)
                     yield item[3], item[4]
+        if damage is not None:
+            self._report_damage(damage, damage_counts, channels, on_damage, wanted)
+        if orphans:
+            on_damage(
+                DamagedDriveError(
+                    f"{self.path}: {len(orphans)} message(s) of channels defined in damaged "
+                    "data could not be read (their topics are unknown)",
+                    len(orphans),
+                )
+            )
         while heap:
             item = heapq.heappop(heap)
             yield item[3], item[4]
 
-    def _linear_records(self, f: IO[bytes]) -> Iterator[Any]:
-        f.seek(0, io.SEEK_SET)
-        records = StreamReader(f, skip_magic=False).records
-        while True:
+    def _report_damage(
+        self,
+        damage: _DamagedRecord,
+        counts: dict[int, int] | None,
+        channels: Mapping[int, Channel],
+        on_damage: Callable[[DamagedDriveError], None],
+        wanted: set[str] | None,
+    ) -> None:
+        """Reports a damaged record of a read from start to end: what it cost to `on_damage`,
+        a record that held no message (a schema, an attachment) as a warning. A chunk whose
+        indexes say it held none of the `wanted` topics cost this read nothing (as a read
+        through the index passes it over: `mcap_chunks`)."""
+        if (
+            wanted is not None
+            and counts
+            and all(c in channels and channels[c].topic not in wanted for c in counts)
+        ):
+            return
+        kind = _record_kind(damage.opcode)
+        where = (
+            f"{self.path}: a damaged {kind} (bytes {damage.offset} to {damage.end}) could not "
+            f"be read ({damage.error})"
+        )
+        if damage.framing:
+            where = f"{self.path}: {damage.error}"
+            on_damage(DamagedDriveError(f"{where}; how many messages they held is unknown", 1))
+        elif counts is None or counts or damage.opcode == Opcode.CHUNK:
+            # Message indexes follow only a chunk: the damaged opcode was one.
+            on_damage(_lost(where, counts or None, channels))
+        elif damage.opcode == Opcode.MESSAGE:
+            on_damage(DamagedDriveError(f"{where}: 1 message lost", 1))
+        else:
+            self._warn_once(f"damaged {damage.offset}", f"{where}; passed over")
+
+    def _linear_records(self, f: IO[bytes], *, open_chunks: bool = True) -> Iterator[Any]:
+        """The records of the data section from start to end (with `open_chunks` the records
+        of each chunk, its CRC checked, in the chunk's place; without, none of a chunk), and
+        a `_DamagedRecord` for each that cannot be read. A record whose length runs past the
+        end of the file ends the read: a truncated file's cut (logged once, `truncated` set),
+        else a damaged length field (a last `_DamagedRecord` with `framing`), after which no
+        record can be found."""
+        size = os.fstat(f.fileno()).st_size
+        pos = len(_MAGIC)
+        in_summary = False
+        while pos < size:
+            f.seek(pos, io.SEEK_SET)
+            prefix = f.read(_RECORD_PREFIX.size)
+            if len(prefix) == _RECORD_PREFIX.size:
+                opcode, length = _RECORD_PREFIX.unpack(prefix)
+                end = pos + _RECORD_PREFIX.size + length
+            else:
+                opcode, length, end = -1, -1, size + 1
+            if end > size:
+                if not in_summary:
+                    yield from self._cut(pos, opcode, length, size)
+                return
+            start, pos = pos, end
+            if opcode == Opcode.FOOTER and end + len(_MAGIC) == size:
+                return
+            if opcode == Opcode.DATA_END:
+                in_summary = True
+                continue
+            # The summary repeats what the data section holds (a damaged one is read past).
+            if in_summary and opcode in _SUMMARY_OPCODES:
+                continue
+            if opcode not in _READ_OPCODES:
+                # A record that has no place here is a damaged opcode (a chunk's, most likely:
+                # the message indexes that follow say).
+                if opcode >= 0x80:  # private records (the MCAP specification)
+                    continue
+                if opcode not in _KNOWN_OPCODES:
+                    yield _DamagedRecord(start, end, opcode, f"unknown opcode {opcode:#04x}")
+                elif not in_summary and (
+                    opcode in _SUMMARY_ONLY_OPCODES or (opcode == Opcode.HEADER and start > 8)
+                ):
+                    error = f"a {_record_kind(opcode)} has no place in the data section"
+                    yield _DamagedRecord(start, end, opcode, error)
+                continue
+            if opcode == Opcode.CHUNK and not open_chunks:
+                continue
+            body = f.read(length)
             try:
-                record = next(records)
-            except StopIteration:
-                return
-            except Exception as e:  # any decoding fault at the cut ends the data
-                self._warn_once(
-                    "cut",
-                    f"{self.path}: drive data ends in an incomplete record "
-                    f"({str(e) or type(e).__name__})",
-                )
-                self.truncated = True
-                return
-            if isinstance(record, Footer):
-                return
-            yield record
+                record = parse_record(opcode, body)
+                if isinstance(record, Chunk):
+                    yield from chunk_records(record)
+                else:
+                    yield record
+            except Exception as e:  # the libraries raise assorted errors on damaged bytes
+                yield _DamagedRecord(start, end, opcode, _why(e), _metadata_name(opcode, body))
+
+    def _cut(self, pos: int, opcode: int, length: int, size: int) -> Iterator[_DamagedRecord]:
+        """The end of a read from start to end at a record running past the end of the file
+        (`_linear_records`)."""
+        if length < 0:
+            what = f"the record at byte {pos} is cut short ({size - pos} of its 9 prefix bytes)"
+        else:
+            what = (
+                f"the {_record_kind(opcode)} at byte {pos} claims {length} bytes, "
+                f"{size - pos - _RECORD_PREFIX.size} remain"
+            )
+        if self.truncated:
+            self._warn_once("cut", f"{self.path}: drive data ends in an incomplete record ({what})")
+            return
+        # The file has its footer, so this is no cut: a damaged length field, and without it no
+        # later record can be found.
+        yield _DamagedRecord(
+            pos,
+            size,
+            opcode,
+            f"a damaged record length ({what}): the {size - pos} bytes from there on cannot be "
+            "read",
+            framing=True,
+        )
 
     # -- public API
 
@@ -830,10 +1079,12 @@ class DriveReader:
     @property
     def rig(self) -> Rig | None:
         """The drive's rig: the `perception.rig` metadata if present, else the first
-        `RigMessage` of the drive, else None.
+        `RigMessage` of the drive, else None. A damaged metadata record is taken for absent,
+        with a warning, where the drive holds a RigMessage.
 
         Raises:
-            ReplayError: the stored rig document is invalid.
+            ReplayError: the stored rig document is invalid, or its metadata record is damaged
+                and the drive holds no RigMessage.
         """
         if not self._rig_loaded:
             self._rig = self._load_rig()
@@ -841,7 +1092,13 @@ class DriveReader:
         return self._rig
 
     def _load_rig(self) -> Rig | None:
-        doc = self._rig_metadata()
+        damage: ReplayError | None = None
+        try:
+            doc = self._rig_metadata()
+        except _DamagedMetadataError as e:
+            # The rig also travels as RigMessages (`write_rig`): a damaged record costs the
+            # drive its rig only where it holds none.
+            doc, damage = None, e
         if doc is None:
             rig_topics = [
                 c.topic
@@ -855,8 +1112,16 @@ class DriveReader:
                 for rec in self.messages(topics=rig_topics, on_error=_passed_over):
                     if isinstance(rec.message, RigMessage):
                         doc = rec.message.rig
+                        if damage is not None:
+                            self._warn_once(
+                                "rig from messages",
+                                f"{damage}; the rig is taken from its first RigMessage (topic "
+                                f"{rec.topic})",
+                            )
                         break
         if doc is None:
+            if damage is not None:
+                raise ReplayError(f"{damage}, and the drive holds no RigMessage to take it from")
             return None
         try:
             return Rig.from_dict(doc, source=str(self.path))
@@ -882,39 +1147,79 @@ class DriveReader:
         return None
 
     def metadata(self, name: str) -> dict[str, str] | None:
-        """The first MCAP metadata record `name` of the drive (`DriveWriter.write_metadata`),
-        None when it has none."""
-        with self.path.open("rb") as f:
-            if self._summary_ok:
-                items: Iterator[Metadata] = SeekingReader(f).iter_metadata()
-                metas = list(items)
-            else:
-                metas = [r for r in self._linear_records(f) if isinstance(r, Metadata)]
-        for meta in metas:
-            if meta.name == name:
-                return dict(meta.metadata)
+        """The first intact MCAP metadata record `name` of the drive
+        (`DriveWriter.write_metadata`), None when it has none. A damaged one before it is
+        passed over with a warning.
+
+        Raises:
+            ReplayError: the drive's only record(s) `name` are damaged (names the path and
+                where), or the file cannot be read.
+        """
+        damaged: _DamagedRecord | None = None
+        try:
+            with self.path.open("rb") as f:
+                for record in self._metadata_records(f):
+                    if isinstance(record, _DamagedRecord):
+                        # A record whose name cannot be read either may be the one asked for.
+                        if damaged is None and record.name in (name, None):
+                            damaged = record
+                    elif record.name == name:
+                        if damaged is not None and damaged.name == name:
+                            self._warn_once(
+                                f"metadata {damaged.offset}",
+                                f"{self._metadata_damage(name, damaged)}; a later one is used",
+                            )
+                        return dict(record.metadata)
+        except OSError as e:
+            raise ReplayError(f"{self.path}: cannot read the drive ({e})") from e
+        if damaged is not None:
+            raise _DamagedMetadataError(self._metadata_damage(name, damaged))
         return None
+
+    def _metadata_damage(self, name: str, damaged: _DamagedRecord) -> str:
+        which = "its" if damaged.name == name else "a metadata record whose name is unreadable,"
+        return (
+            f"{self.path}: the drive's {name} metadata cannot be read: {which} record (bytes "
+            f"{damaged.offset} to {damaged.end}) is damaged ({damaged.error})"
+        )
+
+    def _metadata_records(self, f: IO[bytes]) -> Iterator[Metadata | _DamagedRecord]:
+        """The drive's metadata records in file order, a `_DamagedRecord` (named from the index
+        where the drive has one) for each that cannot be read."""
+        summary = self._summary
+        if summary is None:
+            for record in self._linear_records(f, open_chunks=False):
+                damaged = isinstance(record, _DamagedRecord) and record.opcode == Opcode.METADATA
+                if damaged or isinstance(record, Metadata):
+                    yield record
+            return
+        for index in sorted(summary.metadata_indexes, key=lambda i: i.offset):
+            end = index.offset + index.length
+            try:
+                body = read_record(f, index.offset, index.length, Opcode.METADATA)
+                yield parse_record(Opcode.METADATA, body)
+            except OSError:
+                raise
+            except Exception as e:  # the libraries raise assorted errors on damaged bytes
+                yield _DamagedRecord(index.offset, end, Opcode.METADATA, _why(e), index.name)
 
     def _channel_map(self) -> dict[int, Channel]:
         if self._channels is None:
-            with self.path.open("rb") as f:
-                if self._summary_ok:
-                    summary = SeekingReader(f).get_summary()
-                    self._channels = {} if summary is None else dict(summary.channels)
-                else:
+            if self._summary is not None:
+                self._channels = dict(self._summary.channels)
+            else:
+                with self.path.open("rb") as f:
                     self._channels = {
                         r.id: r for r in self._linear_records(f) if isinstance(r, Channel)
                     }
         return self._channels
 
     def topics(self) -> dict[str, int]:
-        """Message counts per topic (companion topics are not listed)."""
+        """Message counts per topic (companion topics are not listed). In a drive read from
+        start to end, those that can be read."""
         if self._counts is None:
             counts: dict[str, int] = {}
-            summary = None
-            if self._summary_ok:
-                with self.path.open("rb") as f:
-                    summary = SeekingReader(f).get_summary()
+            summary = self._summary
             if summary is not None and summary.statistics is not None:
                 for channel_id, n in summary.statistics.channel_message_counts.items():
                     channel = summary.channels[channel_id]
@@ -922,7 +1227,8 @@ class DriveReader:
                         continue
                     counts[channel.topic] = counts.get(channel.topic, 0) + n
             else:
-                for topic, _base, _comp in self._pairs(None, None):
+                # Damage is reported by whoever reads the messages.
+                for topic, _base, _comp in self._pairs(None, None, _passed_over):
                     counts[topic] = counts.get(topic, 0) + 1
             self._counts = counts
         return dict(self._counts)
@@ -930,15 +1236,93 @@ class DriveReader:
     @property
     def start_ns(self) -> int | None:
         """The first message's log time (host clock, ns), or None for an empty drive."""
-        if self._summary_ok:
-            with self.path.open("rb") as f:
-                summary = SeekingReader(f).get_summary()
-            if summary is not None and summary.statistics is not None:
-                if summary.statistics.message_count == 0:
-                    return None
-                return int(summary.statistics.message_start_time)
-        for _topic, base, _comp in self._pairs(None, None):
+        summary = self._summary
+        if summary is not None and summary.statistics is not None:
+            if summary.statistics.message_count == 0:
+                return None
+            return int(summary.statistics.message_start_time)
+        for _topic, base, _comp in self._pairs(None, None, _passed_over):
             return int(base.log_time)
+        return None
+
+
+@dataclass(frozen=True)
+class _DamagedRecord:
+    """A record of a read from start to end that could not be read: where it lies (byte
+    offsets), its opcode, what failed, the name of a metadata record where that can be read,
+    and whether its framing (length) was damaged (`framing`: nothing after it can be found)."""
+
+    offset: int
+    end: int
+    opcode: int
+    error: str
+    name: str | None = None
+    framing: bool = False
+
+
+class _SummaryFaultError(ValueError):
+    """What is wrong with a drive's summary section, found by checking it (`_summary_at`)."""
+
+
+class _DamagedMetadataError(ReplayError):
+    """A metadata record asked for is damaged (`DriveReader.metadata`)."""
+
+
+def _lost(
+    where: str, counts: Mapping[int, int] | None, channels: Mapping[int, Channel]
+) -> DamagedDriveError:
+    """The error of a damaged chunk `where` that held `counts` records per channel id (None:
+    unknown)."""
+    if counts is None:
+        return DamagedDriveError(
+            f"{where}; its messages are lost (how many is unknown: its index is damaged too)", 1
+        )
+    lost: dict[str, int] = {}
+    unknown = 0
+    for channel_id, n in counts.items():
+        channel = channels.get(channel_id)
+        if channel is None:
+            unknown += n
+            continue
+        # A project message is its record and its companion's, in one chunk (the module
+        # docstring): counted once, by its record.
+        if channel.topic.endswith(COMPANION_SUFFIX):
+            continue
+        if _is_ground_truth(channel):  # no project message (the module docstring)
+            continue
+        lost[channel.topic] = lost.get(channel.topic, 0) + n
+    total = sum(lost.values())
+    detail = ", ".join(f"{topic} {n}" for topic, n in sorted(lost.items()))
+    if unknown:
+        # Channels defined in the damaged chunk itself: a message is two records of them.
+        total += (unknown + 1) // 2
+        detail += (", " if detail else "") + f"{(unknown + 1) // 2} of unknown topics"
+    return DamagedDriveError(
+        f"{where}: {total} message(s) lost" + (f" ({detail})" if detail else ""), total
+    )
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _record_kind(opcode: int) -> str:
+    try:
+        return f"{Opcode(opcode).name.lower().replace('_', ' ')} record"
+    except ValueError:
+        return "record"
+
+
+def _metadata_name(opcode: int, body: bytes) -> str | None:
+    """The name of a damaged metadata record where that much of it can be read."""
+    if opcode != Opcode.METADATA or len(body) < 4:
+        return None
+    n = int.from_bytes(body[:4], "little")
+    if len(body) < 4 + n:
+        return None
+    try:
+        return body[4 : 4 + n].decode("utf-8")
+    except UnicodeDecodeError:
         return None
 
 

@@ -8,6 +8,11 @@ CRC checked where the writer stored one (a flipped bit that still decompresses w
 be decoded as a plausible but wrong point or pixel), in the library's order: log time, a tie
 broken by position in the file. A chunk that fails is handed to `on_damage` with the messages
 its message indexes say it held, and passed over.
+
+Also the pieces `replay.drive` reads a drive from start to end with (a cut file, or one whose
+summary is damaged): a record's bytes parsed strictly (`parse_record`: a length field inside a
+record cannot make the parse run past it, or read short and go on), and a chunk's records with
+the same bounds and CRC check as here (`chunk_records`).
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ from typing import IO, Any
 
 from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
-from mcap.records import Channel, Chunk, ChunkIndex, MessageIndex
+from mcap.records import Channel, Chunk, ChunkIndex, Footer, MessageIndex, Metadata
 from mcap.records import Message as McapMessage
 from mcap.stream_reader import breakup_chunk
 from mcap.summary import Summary
 
-__all__ = ["DamagedChunk", "indexed_messages"]
+__all__ = ["DamagedChunk", "chunk_records", "indexed_messages", "parse_record", "read_record"]
 
 _PREFIX = 1 + 8  # every record: opcode, then its length (u64)
 #: A chunk claiming to decompress to more is damaged: the decompressor would size its buffer by
@@ -107,7 +112,21 @@ def _may_hold(index: ChunkIndex, summary: Summary, topics: set[str]) -> bool:
     )
 
 
-def _record_body(f: IO[bytes], offset: int, length: int, opcode: Opcode) -> ReadDataStream:
+class _Body(io.BytesIO):
+    """A record's bytes that a parse cannot read past: the mcap library's streams return short
+    reads silently (a damaged string length gave a cut string, not an error), and a negative
+    length (a damaged message record shorter than its fixed fields) read everything."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0:
+            raise ValueError(f"a field of {size} bytes")
+        data = super().read(size)
+        if len(data) != size:
+            raise EOFError(f"a field of {size} bytes runs past the record's end")
+        return data
+
+
+def read_record(f: IO[bytes], offset: int, length: int, opcode: Opcode) -> bytes:
     """The body of the record of `length` bytes (prefix included) at `offset`, read whole and
     checked against its own prefix: a damaged length field cannot make the read run on."""
     f.seek(offset, io.SEEK_SET)
@@ -116,15 +135,47 @@ def _record_body(f: IO[bytes], offset: int, length: int, opcode: Opcode) -> Read
         raise EOFError(f"{length - len(data)} of its {length} bytes are missing")
     if data[0] != opcode or int.from_bytes(data[1:_PREFIX], "little") != length - _PREFIX:
         raise ValueError(f"no {opcode.name} record at byte {offset}")
-    return ReadDataStream(io.BytesIO(data[_PREFIX:]))
+    return data[_PREFIX:]
 
 
-def _chunk_records(f: IO[bytes], index: ChunkIndex) -> list[Any]:
-    chunk = Chunk.read(_record_body(f, index.chunk_start_offset, index.chunk_length, Opcode.CHUNK))
+def parse_record(opcode: int, body: bytes) -> Any:
+    """The record of `opcode` whose body is `body`, parsed strictly (see `_Body`); None for an
+    opcode the library does not parse.
+
+    Raises:
+        Exception: the bytes are damaged (assorted types: the library's, struct's, Unicode).
+    """
+    stream = ReadDataStream(_Body(body))
+    if opcode == Opcode.MESSAGE:
+        return McapMessage.read(stream, len(body))
+    parse = _PARSERS.get(opcode)
+    return None if parse is None else parse(stream)
+
+
+_PARSERS: dict[int, Callable[[ReadDataStream], Any]] = {
+    Opcode.CHANNEL: Channel.read,
+    Opcode.CHUNK: Chunk.read,
+    Opcode.FOOTER: Footer.read,
+    Opcode.MESSAGE_INDEX: MessageIndex.read,
+    Opcode.METADATA: Metadata.read,
+}
+
+
+def chunk_records(chunk: Chunk) -> list[Any]:
+    """The records of `chunk`, its CRC checked where the writer stored one.
+
+    Raises:
+        Exception: the chunk is damaged (assorted types: the decompressors', the library's).
+    """
     if chunk.uncompressed_size > _MAX_UNCOMPRESSED_BYTES:
         raise ValueError(f"it claims {chunk.uncompressed_size} bytes uncompressed")
     # A CRC of 0 means the writer stored none (the MCAP specification); it is then not checked.
     return breakup_chunk(chunk, validate_crc=True)
+
+
+def _chunk_records(f: IO[bytes], index: ChunkIndex) -> list[Any]:
+    body = read_record(f, index.chunk_start_offset, index.chunk_length, Opcode.CHUNK)
+    return chunk_records(Chunk.read(ReadDataStream(_Body(body))))
 
 
 def _indexed_counts(f: IO[bytes], index: ChunkIndex) -> dict[int, int] | None:
@@ -138,7 +189,8 @@ def _indexed_counts(f: IO[bytes], index: ChunkIndex) -> dict[int, int] | None:
     counts: dict[int, int] = {}
     try:
         for (channel_id, offset), end in zip(offsets, ends, strict=True):
-            record = MessageIndex.read(_record_body(f, offset, end - offset, Opcode.MESSAGE_INDEX))
+            body = read_record(f, offset, end - offset, Opcode.MESSAGE_INDEX)
+            record = MessageIndex.read(ReadDataStream(_Body(body)))
             if record.channel_id != channel_id:
                 return None
             counts[channel_id] = len(record.records)

@@ -195,7 +195,8 @@ class PacedTime:
 
 
 def _log_span(reader: DriveReader) -> tuple[int | None, int | None]:
-    if not reader.truncated:
+    # Only an index checked when the drive was opened is trusted (a damaged one is read past).
+    if reader.indexed:
         try:
             with reader.path.open("rb") as f:
                 summary = SeekingReader(f).get_summary()
