@@ -38,7 +38,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -348,9 +348,27 @@ def replay_to_file(
                 for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
             output.write(writer.close, "the drive's summary")
+        if not summary.sweeps and replay_input.sweeps:
+            # An empty output would read as a drive with nothing in it (no file is written).
+            raise ReplayError(_nothing_out(source, replay_input.sweeps, core.counters.scalars()))
     summary.counters = core.counters.scalars()
     summary.unreadable = replay_input.skipped.count
     return summary
+
+
+def _nothing_out(source: Path | str, sweeps: int, counters: Mapping[str, int]) -> str:
+    """Why none of a drive's `sweeps` sweeps gave a DetectionList, from the node's counters."""
+    said = [f"{name} {n}" for name, n in counters.items() if n and name != "received"]
+    hint = (
+        " (stamps far from their log times: was the drive recorded with another clock for its "
+        "log times?)"
+        if counters.get("stamp_faults")
+        else ""
+    )
+    return (
+        f"{source}: none of its {sweeps} sweeps gave a DetectionList "
+        f"({', '.join(said) or 'no counter says why'}){hint}"
+    )
 
 
 @contextlib.contextmanager

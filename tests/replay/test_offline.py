@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,23 @@ def test_realtime_pacing_skips_a_gap_over_a_minute_with_a_warning(
         f"time, from {GAPPED_TIMES[2]} to {GAPPED_TIMES[3]} ns (70.00 s after the first "
         "message); the gap is skipped, not waited through (pacing skips gaps over 60 s)"
     ]
+
+
+def test_a_drive_whose_every_sweep_is_dropped_writes_no_output(
+    kitti_dir: Path, tmp_path: Path, pipeline: Pipeline
+) -> None:
+    """Every message logged at 0 (as some recorders write), its stamp an hour on: each is
+    dropped as a stamp fault. That wrote an empty file and said nothing was wrong (exit 0)."""
+    drive = tmp_path / "zero.mcap"
+    with DriveWriter(drive) as w:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            header = replace(msg.header, stamp_ns=msg.header.stamp_ns + 3600 * 10**9)
+            w.write(replace(msg, header=header), 0)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(ReplayError) as info:
+        replay_to_file(drive, out, NodeConfig(), pipeline)
+    assert str(info.value).startswith(
+        f"{drive}: none of its 8 sweeps gave a DetectionList (stamp_faults "
+    )
+    assert "was the drive recorded with another clock for its log times?" in str(info.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == [drive]
