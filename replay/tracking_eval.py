@@ -158,11 +158,14 @@ class TrackingStats:
 class TrackingResult:
     """Tracking quality per class over one or more drives: `frames` paired (a TrackList and a
     ground-truth frame of the same stamp), `unpaired` ground-truth frames without a TrackList
-    (sweeps the node dropped or did not track; not scored)."""
+    (sweeps the node dropped or did not track; not scored), `untruthed` TrackLists without a
+    ground-truth frame (a run cut short of the drive's truth, or of another drive; not
+    scored)."""
 
     per_class: Mapping[str, TrackingStats] = field(default_factory=dict)
     frames: int = 0
     unpaired: int = 0
+    untruthed: int = 0
 
     def stats(self, label: str) -> TrackingStats:
         """The stats of `label` (empty when it was not scored)."""
@@ -372,14 +375,15 @@ def merge_tracking(results: Iterable[TrackingResult]) -> TrackingResult:
     """One result over several drives (sums of counts, pooled error values; classes in
     first-seen order)."""
     merged: dict[str, TrackingStats] = {}
-    frames = unpaired = 0
+    frames = unpaired = untruthed = 0
     for result in results:
         frames += result.frames
         unpaired += result.unpaired
+        untruthed += result.untruthed
         for label, s in result.per_class.items():
             m = merged.get(label)
             merged[label] = s if m is None else _add(m, s)
-    return TrackingResult(merged, frames, unpaired)
+    return TrackingResult(merged, frames, unpaired, untruthed)
 
 
 def _add(a: TrackingStats, b: TrackingStats) -> TrackingStats:
@@ -427,9 +431,11 @@ def evaluate_tracks(
     if rig is not None and model is not None:
         camera_from_vehicle = rig.transform(f"camera/{camera}", "vehicle")
     paired: set[int] = set()
+    untruthed = 0
     for tl in lists:
         frame = frames.get(tl.header.stamp_ns)
         if frame is None or frame.stamp_ns in paired:
+            untruthed += 1
             continue
         paired.add(frame.stamp_ns)
         counted = quality_counted(
@@ -447,7 +453,7 @@ def evaluate_tracks(
             ]
         evaluator.add(tl, frame, counted, in_view)
     result = evaluator.result()
-    return TrackingResult(result.per_class, result.frames, len(frames) - len(paired))
+    return TrackingResult(result.per_class, result.frames, len(frames) - len(paired), untruthed)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -478,7 +484,7 @@ def format_tracking_report(result: TrackingResult, *, title: str = "") -> str:
     lines = [title] if title else []
     lines += [
         f"{result.frames} frames scored ({result.unpaired} ground-truth frames without a "
-        "TrackList); objects within "
+        f"TrackList, {result.untruthed} TrackLists without ground truth); objects within "
         f"{QUALITY_RANGE_M:.0f} m, at least half unoccluded (and in the camera image when the "
         "rig has it), matched within 1 m (cars) or 0.5 m (pedestrians, cyclists)",
         *tracking_table({"tracks": result}),

@@ -32,7 +32,7 @@ def test_tracks_are_scored(capsys, replayed: tuple[Path, Path]) -> None:
     assert main(["eval", "--tracks", str(out), "--drive", str(drive)]) == 0
     text = capsys.readouterr().out
     assert f"tracks: {out}" in text and f"drive: {drive}" in text
-    assert "20 frames scored (0 ground-truth frames without a TrackList)" in text
+    assert "20 frames scored (0 ground-truth frames without a TrackList, 0 TrackLists" in text
     car = next(line for line in text.splitlines() if line.strip().startswith("Car "))
     mota = float(car.split()[2])
     assert 0.0 < mota <= 1.0

@@ -207,12 +207,12 @@ def test_frames_pair_by_stamp_and_results_merge() -> None:
     lists, truth = _drive(6, lambda k: [(1, "Car", 10.0, 0.0)], lambda k: [_track(1, 10.0, 0.0)])
     # A TrackList of no ground-truth frame is left out; a frame without a TrackList counted.
     result = evaluate_tracks([*lists[:4], _list(99, [])], truth)
-    assert (result.frames, result.unpaired) == (4, 2)
+    assert (result.frames, result.unpaired, result.untruthed) == (4, 2, 1)
     merged = merge_tracking([result, result])
     car = merged.stats("Car")
     assert (merged.frames, car.objects, car.gt_tracks, car.mota) == (8, 8, 2, 1.0)
     text = format_tracking_report(merged)
-    assert "8 frames scored (4 ground-truth frames without a TrackList)" in text
+    assert "(4 ground-truth frames without a TrackList, 2 TrackLists without ground" in text
 
 
 def test_ground_truth_without_object_ids_is_refused() -> None:
