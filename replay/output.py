@@ -165,12 +165,20 @@ def _size(n: float) -> str:
     return f"{n:,.0f} TB"
 
 
+_MAX_NAME_BYTES = 255  # a file name's limit on Linux's file systems (NAME_MAX)
+
+
 def _temporary_beside(target: Path) -> Path:
     """A new empty file in `target`'s folder, hidden, keeping `target`'s suffix (writers such
     as OpenCV and matplotlib choose the format from it)."""
+    # A file name takes at most 255 bytes: a target's name near that has no room for the
+    # temporary's additions, which then keeps only the name's start.
+    stem = target.stem
+    while len(f".{stem}.00000000.part{target.suffix}".encode()) > _MAX_NAME_BYTES and stem:
+        stem = stem[:-1]
     for _ in range(100):
         token = secrets.token_hex(4)
-        tmp = target.with_name(f".{target.stem}.{token}.part{target.suffix}")
+        tmp = target.with_name(f".{stem}.{token}.part{target.suffix}")
         try:
             # 0o666 and the umask, as a new file written with open() would get.
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)

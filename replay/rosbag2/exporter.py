@@ -136,6 +136,8 @@ def _check_out(out: Path) -> None:
             f"{out}: exists; a bag is never overwritten (remove it or choose another name)"
         )
     parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise Rosbag2Error(f"{out}: {parent} is a file, not a folder")
     if not parent.is_dir():
         raise Rosbag2Error(f"{out}: folder {parent} does not exist (create it first)")
     if not os.access(parent, os.W_OK | os.X_OK):

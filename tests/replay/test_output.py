@@ -39,3 +39,12 @@ def test_a_link_to_a_regular_file_is_written_through(tmp_path: Path) -> None:
     with atomic_output(link) as tmp:
         tmp.write_text("new\n")
     assert link.is_symlink() and target.read_text() == "new\n"
+
+
+def test_a_target_named_as_long_as_a_name_may_be_is_written(tmp_path: Path) -> None:
+    """The temporary beside it added to its name, past 255 bytes: "File name too long"."""
+    target = tmp_path / ("q" * 249 + ".jsonl")
+    with atomic_output(target) as tmp:
+        tmp.write_text("done\n")
+    assert target.read_text() == "done\n"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

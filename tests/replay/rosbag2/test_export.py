@@ -123,6 +123,9 @@ def test_export_refuses_an_existing_bag_and_sources_without_detections(tmp_path:
     run.write_text("")
     with pytest.raises(Rosbag2Error, match="bag: exists; a bag is never overwritten"):
         export_rosbag2(run, tmp_path / "bag")
+    # It said "folder run.jsonl does not exist", of a file that does.
+    with pytest.raises(Rosbag2Error, match=r"run\.jsonl is a file, not a folder$"):
+        export_rosbag2(run, run / "bag")
     with pytest.raises(Rosbag2Error, match=r"run\.jsonl: the run holds no DetectionLists"):
         export_rosbag2(run, tmp_path / "new")
     drive = tmp_path / "empty.mcap"
