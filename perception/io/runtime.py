@@ -71,6 +71,13 @@ def runtime_dir(*, uid: int | None = None) -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         base = Path(xdg)
+        if not base.is_absolute():
+            # The XDG specification calls a relative one invalid: it would name a different
+            # folder in each working directory, so a node and its player would miss each other.
+            raise TransportError(
+                f"{base}: XDG_RUNTIME_DIR is a relative path (the XDG specification calls it "
+                "invalid); unset it or give an absolute path"
+            )
         try:
             st = base.stat()
         except OSError as e:

@@ -99,6 +99,17 @@ def test_an_unsafe_xdg_runtime_dir_is_refused(xdg: Path) -> None:
         runtime_dir()
 
 
+def test_a_relative_xdg_runtime_dir_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """It made `./relative/perception-node` in whatever folder a process ran in."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative")
+    with pytest.raises(TransportError, match=r"^relative: XDG_RUNTIME_DIR is a relative path"):
+        runtime_dir()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_default_endpoints_resolve_in_the_runtime_folder(xdg: Path) -> None:
     defaults = NodeConfig()
     with (
