@@ -234,10 +234,20 @@ class BoundSocketFile:
 
 def ipc_path(endpoint: str) -> Path | None:
     """The file of an `ipc://` endpoint; None for other schemes and Linux abstract sockets
-    (`ipc://@name`, which have no file)."""
+    (`ipc://@name`, which have no file).
+
+    Raises:
+        TransportError: `ipc://` with no path.
+    """
     if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
         return None
-    return Path(endpoint.removeprefix("ipc://"))
+    path = endpoint.removeprefix("ipc://")
+    if not path:
+        # Path("") is the working folder: "ipc://: . exists and is not a socket" said nothing.
+        raise TransportError(
+            f"{endpoint}: an ipc endpoint names a socket file, e.g. ipc://{RUNTIME_TOKEN}/name"
+        )
+    return Path(path)
 
 
 def prepare_ipc_bind(endpoint: str) -> Path | None:

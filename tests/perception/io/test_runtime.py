@@ -226,3 +226,9 @@ def test_a_tcp_port_in_use_is_one_clear_error() -> None:
         pytest.raises(TransportError, match=r"cannot bind: in use by another process"),
     ):
         Publisher(holder.last_endpoint)
+
+
+def test_an_ipc_endpoint_without_a_path_is_named() -> None:
+    """It said "ipc://: . exists and is not a socket"."""
+    with pytest.raises(TransportError, match=r"^ipc://: an ipc endpoint names a socket file"):
+        Publisher("ipc://")
