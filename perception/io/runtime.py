@@ -293,16 +293,26 @@ def prepare_ipc_bind(endpoint: str) -> Path | None:
 
 
 def check_ipc_free(endpoint: str) -> None:
-    """Refuse at once an `ipc://` endpoint (resolved) another live process holds, as binding it
-    would, without touching anything: a command can say so before minutes of loading. Other
-    schemes, and a path that is free or a stale socket, pass (the bind itself decides).
+    """Refuse at once an `ipc://` endpoint (resolved) another live process holds, or whose
+    socket folder binding it would refuse or fail to create, without touching anything: a
+    command can say so before minutes of loading. Other schemes, and a path that is free or a
+    stale socket, pass (the bind itself decides).
 
     Raises:
-        TransportError: another live process holds the endpoint.
+        TransportError: another live process holds the endpoint, its folder is not safe, or it
+            cannot be created (names the folder in the way).
     """
     path = ipc_path(endpoint)
     if path is None:
         return
+    folder = path.parent
+    if folder.is_dir():
+        check_socket_dir(folder)
+    else:
+        above = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+            why = "is not a folder" if not above.is_dir() else "is not writable"
+            raise TransportError(f"{endpoint}: cannot create socket folder {folder}: {above} {why}")
     try:
         if not stat.S_ISSOCK(path.lstat().st_mode):
             return

@@ -232,3 +232,13 @@ def test_an_ipc_endpoint_without_a_path_is_named() -> None:
     """It said "ipc://: . exists and is not a socket"."""
     with pytest.raises(TransportError, match=r"^ipc://: an ipc endpoint names a socket file"):
         Publisher("ipc://")
+
+
+def test_a_socket_folder_that_cannot_be_made_is_found_before_the_bind(tmp_path: Path) -> None:
+    """`perception run` said so only once its model had loaded, when it bound the endpoint."""
+    afile = tmp_path / "file"
+    afile.write_text("")
+    endpoint = f"ipc://{afile}/sockets/out.sock"
+    with pytest.raises(TransportError, match=rf"cannot create socket folder {afile}/sockets: "
+                       rf"{afile} is not a folder$"):  # fmt: skip
+        check_ipc_free(endpoint)
