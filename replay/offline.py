@@ -240,9 +240,9 @@ def open_source(
             for m in folder.messages(period_ns=period_ns)
         )
         return ReplayInput(received, config, initial, len(folder), f"KITTI object folder {source}")
-    if not source.is_file():
+    if not source.exists():
         raise ReplayError(f"{source}: no such drive or KITTI object folder")
-    reader = DriveReader(source)
+    reader = DriveReader(source)  # a device or pipe is named as such
     if topics_from_drive:
         # Only looking at the topics here: the replay below counts the damaged messages.
         recorded = ((r.topic, r.message) for r in checked_messages(reader, on_error=_ignore))

@@ -347,6 +347,8 @@ def import_kitti_raw(
     start = time.perf_counter()
     drive = Path(drive_dir)
     if not drive.is_dir():
+        if drive.exists():
+            raise ReplayError(f"{drive}: not a folder, so no KITTI raw drive")
         raise ReplayError(f"{drive}: KITTI raw drive folder does not exist")
     if not (drive / "image_02").is_dir():
         drives = sorted(p.name for p in drive.glob("*_drive_*_sync") if p.is_dir())

@@ -557,6 +557,11 @@ def test_a_pipe_given_as_a_drive_or_run_is_named_not_waited_on(
     os.mkfifo(pipe)
     err = _fails(capsys, "replay", str(pipe), "--out", str(tmp_path / "o.jsonl"))
     assert err.endswith(f"{pipe}: not a regular file (a device, pipe or socket), so no drive")
+    # Among many sources it was "no such drive or KITTI object folder".
+    code = main(["replay", "--out-dir", str(tmp_path / "many"), str(pipe), "--quiet"])
+    said = capsys.readouterr()
+    assert code == 1
+    assert f"{pipe}: not a regular file (a device, pipe or socket)" in said.out + said.err
     run = tmp_path / "run.jsonl"
     os.mkfifo(run)
     err = _fails(capsys, "show", str(run), "--kitti", str(kitti_dir), "--out", str(tmp_path / "s"))

@@ -5,6 +5,7 @@ into a copy of the KITTI raw layout."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -318,6 +319,10 @@ def test_raw_drive_replays_with_its_camera_offsets(
 def test_raw_missing_drive(tmp_path: Path) -> None:
     with pytest.raises(ReplayError, match="does not exist"):
         import_kitti_raw(tmp_path / "nowhere", tmp_path / "x.mcap")
+    # A file (a pipe here) was said not to exist.
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ReplayError, match=r"pipe: not a folder, so no KITTI raw drive$"):
+        import_kitti_raw(tmp_path / "pipe", tmp_path / "x.mcap")
 
 
 def test_raw_date_folder_names_its_drives(raw_drive: Path, tmp_path: Path) -> None:
