@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ SCENES = ("simple", "rich")
 #: A generated drive's size per second of driving, per scene (bytes; measured: the simple
 #: world's 10 s 88.8 MB, the rich world's 2 s 53.8 MB), to refuse a drive the disk cannot hold.
 DRIVE_BYTES_PER_S = {"simple": 9.0e6, "rich": 27.0e6}
+
+log = logging.getLogger(__name__)
 
 
 def ego_road_coordinates(t: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -988,7 +991,10 @@ def calibration_caveat(drive_path: Path) -> str | None:
     written before drives recorded their world."""
     try:
         meta = DriveReader(drive_path).metadata(SYNTHETIC_METADATA)
-    except ReplayError:
+    except ReplayError as e:
+        # Which world it is cannot be read: the verdict goes without the caveat, but not
+        # silently.
+        log.warning("%s; a calibration verdict over it comes without its world's caveat", e)
         return None
     if meta is not None and meta.get("scene") == "simple":
         return SIMPLE_WORLD_CALIBRATION_CAVEAT

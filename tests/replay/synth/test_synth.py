@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from perception.msgs.types import CameraFrame, GnssFix, LidarSweep
-from replay.drive import DriveReader
+from replay.drive import SYNTHETIC_METADATA, DriveReader
 from replay.synth.world import (
     CAMERA_NAME,
     LIDAR_HEIGHT_M,
     SynthObject,
     SynthWorld,
+    calibration_caveat,
     generate_drive,
     ground_truth_path,
     lidar_sweep,
@@ -153,3 +154,20 @@ def test_camera_visible_fraction_counts_occlusion() -> None:
     world = SynthWorld((_car_object(0, 15.0, 0.0), _car_object(1, 30.0, 1.6)), 1.0)
     _, boxes = render_camera(world, 0.0, camera, vehicle_from_camera, distort=False)  # type: ignore[arg-type]
     assert 0.2 < {b.ident: b.visible for b in boxes}[1] < 0.8
+
+
+def test_a_damaged_world_record_loses_the_caveat_with_a_warning(
+    synth_drive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Which world a drive is of could not be read: the caveat went without a word."""
+    data = synth_drive(0, 1.0).read_bytes()
+    assert calibration_caveat(synth_drive(0, 1.0)) is not None
+    name = data.index(SYNTHETIC_METADATA.encode())
+    at = data.index(b"simple", name)
+    damaged = tmp_path / "d.mcap"
+    damaged.write_bytes(data[:at] + b"\x91" + data[at + 1 :])
+    with caplog.at_level("WARNING", logger="replay.synth.world"):
+        assert calibration_caveat(damaged) is None
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "replay.synth.world"]
+    assert warning.startswith(f"{damaged}: ")
+    assert warning.endswith("a calibration verdict over it comes without its world's caveat")
