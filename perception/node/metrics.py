@@ -38,11 +38,15 @@ Each `NodeMetrics` has a registry of its own, so several nodes (tests) run in on
 
 from __future__ import annotations
 
+import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -51,15 +55,16 @@ from prometheus_client.registry import Collector
 from perception.config import MetricsConfig
 from perception.errors import TransportError
 from perception.msgs.types import DetectionList, Diagnostics
+from perception.ratelimit import RateLimitedLogger
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client.metrics_core import Metric
 
     from perception.node.view import ViewStats
 
-__all__ = ["LATENCY_BUCKETS_S", "NodeMetrics"]
+__all__ = ["LATENCY_BUCKETS_S", "MAX_CLIENTS", "READ_TIMEOUT_S", "NodeMetrics"]
+
+log = logging.getLogger(__name__)
 
 #: Histogram buckets (s): sub-millisecond stages up to a frame 10 times over budget.
 LATENCY_BUCKETS_S = (
@@ -135,7 +140,7 @@ class NodeMetrics:
         self._stage: dict[str, Histogram] = {}
         self._snapshot = _Snapshot(view_stats)
         self.registry.register(self._snapshot)
-        self._server: WSGIServer | None = None
+        self._server: _BoundedServer | None = None
         self._thread: threading.Thread | None = None
 
     def observe(self, detections: DetectionList) -> None:
@@ -155,18 +160,27 @@ class NodeMetrics:
     # -- the endpoint ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve `/metrics` on the configured address (a daemon thread).
+        """Serve `/metrics` on the configured address (a daemon thread; at most
+        `MAX_CLIENTS` connections at once, each given `READ_TIMEOUT_S` to send its request).
 
         Raises TransportError naming the address when it cannot bind (a port in use)."""
-        from prometheus_client import start_http_server  # noqa: PLC0415
+        from prometheus_client import make_wsgi_app  # noqa: PLC0415
 
         host, port = self.config.host, self.config.port
         try:
-            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+            server = _BoundedServer((host, port), make_wsgi_app(self.registry))
         except OSError as e:
             raise TransportError(
                 f"metrics: cannot serve on {host}:{port}: {e.strerror or e}"
             ) from None
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+
+    @property
+    def refused_clients(self) -> int:
+        """Connections closed at once because `MAX_CLIENTS` were being served."""
+        return 0 if self._server is None else self._server.refused
 
     @property
     def port(self) -> int:
@@ -187,6 +201,57 @@ class NodeMetrics:
         if self._thread is not None:
             self._thread.join(2.0)
             self._thread = None
+
+
+#: Connections the metrics endpoint serves at once; one more is closed at once (counted). A
+#: scraper takes one; each held a thread and its request's headers (up to 6.5 MB) without
+#: bound, and 200 held ones, closed together, were served at once in the node's process: its
+#: worker starved until the watchdog ended the node.
+MAX_CLIENTS = 16
+#: How long a connection may take to send its request, and to read the answer, s.
+READ_TIMEOUT_S = 5.0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = READ_TIMEOUT_S  # the socket's timeout (socketserver.StreamRequestHandler)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log: library code does not write to stderr."""
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A WSGI server of one thread per connection, at most `MAX_CLIENTS` at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: Any) -> None:
+        infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
+        self.address_family = infos[0][0]  # an IPv6 host is served too
+        super().__init__(address, _QuietHandler)
+        self.set_app(app)
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.refused = 0
+        self._log = RateLimitedLogger(log)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self._log.warning(
+                "refused", f"metrics: a connection refused: {MAX_CLIENTS} are being served"
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Snapshot(Collector):

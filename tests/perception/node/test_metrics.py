@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 
 import pytest
 
@@ -11,7 +12,7 @@ from perception.config import MetricsConfig
 from perception.errors import TransportError
 from perception.msgs.types import DetectionList, Diagnostics, Header, SensorStatus
 from perception.node import NodeCounters
-from perception.node.metrics import NodeMetrics
+from perception.node.metrics import MAX_CLIENTS, READ_TIMEOUT_S, NodeMetrics
 from perception.node.view import ViewStats
 from tests.scrape import scrape
 
@@ -110,3 +111,31 @@ def test_a_port_in_use_is_one_error_naming_it() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(TransportError, match=rf"metrics: cannot serve on 127\.0\.0\.1:{port}"):
             NodeMetrics(MetricsConfig(enabled=True, port=port)).start()
+
+
+def test_connections_beyond_the_cap_are_refused_and_a_silent_one_times_out(
+    metrics: NodeMetrics,
+) -> None:
+    """Each connection held a thread and its request without bound: 200 held ones, closed
+    together, were served at once in the node's process and its watchdog ended the node."""
+    held = []
+    try:
+        for _ in range(MAX_CLIENTS):
+            conn = socket.create_connection(("127.0.0.1", metrics.port), timeout=10)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never ended
+            held.append(conn)
+        time.sleep(0.3)  # every one has its thread
+        extra = socket.create_connection(("127.0.0.1", metrics.port), timeout=10)
+        assert extra.recv(1) == b""  # closed at once, unanswered
+        extra.close()
+        assert metrics.refused_clients == 1
+        # A connection that never finishes its request is dropped after the read timeout.
+        started = time.monotonic()
+        assert held[0].recv(1 << 16) == b""
+        assert time.monotonic() - started < READ_TIMEOUT_S + 2
+    finally:
+        for conn in held:
+            conn.close()
+    # The slots come back: a scrape is answered again.
+    time.sleep(0.3)
+    assert ("perception_latency_seconds_count", ()) in scrape(metrics.url)
