@@ -336,13 +336,16 @@ def test_a_client_that_never_reads_costs_a_bounded_backlog() -> None:
                 "Sec-WebSocket-Protocol: foxglove.sdk.v1\r\n\r\n".encode()
             )
             assert b" 101 " in slow.recv(4096).split(b"\r\n")[0]
-            ids = [{"id": i, "channelId": i} for i in range(1, 40)]
+            # Channel ids count on across the process's views: the ones of this view's.
+            channel_ids = [c.id() for c, _ in view._channels.values()]
+            ids = [{"id": i, "channelId": i} for i in channel_ids]
             body = json.dumps({"op": "subscribe", "subscriptions": ids}).encode()
             slow.sendall(struct.pack("!BBH", 0x81, 0x80 | 126, len(body)) + bytes(4) + body)
             _wait(lambda: all(c.has_sinks() for c, _ in view._channels.values()))
             before = _rss_bytes()
             for k in range(300):
                 frame = _frame(STAMP + k * 100_000_000)
+                assert frame.bundle is not None
                 lidar = replace(frame.bundle.lidar, points=points)
                 view.offer("frame", replace(frame, bundle=replace(frame.bundle, lidar=lidar)))
                 time.sleep(0.01)
