@@ -30,8 +30,8 @@ from perception.errors import PerceptionError
 from perception.pipeline import Pipeline
 from replay.errors import ReplayError
 from replay.offline import replay_to_file
-from replay.output import check_not_an_input
-from replay.synth.world import ground_truth_path
+from replay.output import check_outputs_not_inputs
+from replay.synth.world import drive_files
 
 __all__ = [
     "RAY_CONNECT_TIMEOUT_S",
@@ -131,9 +131,8 @@ def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
     outs = [out_dir / f"{name}.jsonl" for name in names]
     # A source (or the ground truth beside a drive) named like an output, or linked from one,
     # would be replaced by another source's detections.
-    inputs = [*sources, *(ground_truth_path(s) for s in sources)]
-    for out in outs:
-        check_not_an_input(out, inputs, "an output")
+    inputs = [file for s in sources for file in drive_files(s)]
+    check_outputs_not_inputs(outs, inputs, "an output")
     return outs
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "check_not_an_input",
     "check_output_dir",
     "check_output_file",
+    "check_outputs_not_inputs",
 ]
 
 
@@ -82,17 +83,37 @@ def check_not_an_input(
     Raises:
         OutputError: naming the path (also for a symbolic link loop, which names no file).
     """
-    target = _resolved(Path(out).expanduser(), what)
-    for path in inputs:
-        if _resolved_or_none(path) == target:
+    check_outputs_not_inputs([out], inputs, what, folders=folders)
+
+
+def check_outputs_not_inputs(
+    outs: Iterable[Path],
+    inputs: Iterable[Path],
+    what: str = "the output",
+    *,
+    folders: Iterable[Path] = (),
+) -> None:
+    """`check_not_an_input` for each of `outs`, the inputs resolved once for all.
+
+    Raises:
+        OutputError: naming the first output that is an input.
+    """
+    files = {p for p in map(_resolved_or_none, inputs) if p is not None}
+    within: dict[Path, Path] = {}
+    for folder in folders:
+        resolved = _resolved_or_none(folder)
+        if resolved is not None:
+            within.setdefault(resolved, folder)
+    for out in outs:
+        target = _resolved(Path(out).expanduser(), what)
+        if target in files:
             raise OutputError(
                 f"{out}: is also an input of this command; {what} must be another file"
             )
-    for folder in folders:
-        resolved = _resolved_or_none(folder)
-        if resolved is not None and target.parent == resolved:
+        read = within.get(target.parent)
+        if read is not None:
             raise OutputError(
-                f"{out}: is in {folder}, which this command reads; {what} must be written elsewhere"
+                f"{out}: is in {read}, which this command reads; {what} must be written elsewhere"
             )
 
 

@@ -47,7 +47,7 @@ from replay.evaluation import (
     score_truth_frame,
 )
 from replay.mcap_player import check_sensor_drive, checked_messages
-from replay.output import OutputError, atomic_output, check_not_an_input, check_output_dir
+from replay.output import OutputError, atomic_output, check_output_dir, check_outputs_not_inputs
 from replay.pictures import (
     BGR,
     CAMERA_BOX_BGR,
@@ -58,7 +58,7 @@ from replay.pictures import (
     frame_picture,
     write_picture,
 )
-from replay.synth.world import ground_truth_path
+from replay.synth.world import drive_files
 
 __all__ = [
     "KITTI_MIN_REFERENCE_SCORE",
@@ -257,8 +257,8 @@ def show_kitti(
     if reference_dir is not None:
         folders.append(reference_dir)
     pictures = [out_dir / f"{folder.frames[dl.header.seq].frame_id}.png" for dl in lists]
-    for out in (*pictures, out_dir / INDEX_NAME):
-        check_not_an_input(out, inputs, "a picture or the index", folders=folders)
+    outs = [*pictures, out_dir / INDEX_NAME]
+    check_outputs_not_inputs(outs, inputs, "a picture or the index", folders=folders)
     legend = _legend("references")
     frames = []
     for i, dl in enumerate(lists):
@@ -342,9 +342,8 @@ def show_drive(
     """
     # A picture or the index named as the drive, its ground truth or the run, or linked to
     # one, would replace it.
-    read = [drive, ground_truth_path(drive), *inputs]
-    for out in (*(out_dir / f"{i:05d}.png" for i in range(len(lists))), out_dir / INDEX_NAME):
-        check_not_an_input(out, read, "a picture or the index")
+    outs = [*(out_dir / f"{i:05d}.png" for i in range(len(lists))), out_dir / INDEX_NAME]
+    check_outputs_not_inputs(outs, [*drive_files(drive), *inputs], "a picture or the index")
     reader = DriveReader(drive)
     contents = check_sensor_drive(reader, command="show")
     rig = reader.rig

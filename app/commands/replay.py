@@ -21,7 +21,7 @@ from replay.output import (
     check_output_dir,
     check_output_file,
 )
-from replay.synth.world import ground_truth_path, has_ground_truth
+from replay.synth.world import drive_files, has_ground_truth
 
 __all__ = ["cmd_replay"]
 
@@ -41,7 +41,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # Before anything is loaded: a wrong --out costs nothing.
     check_output_file(out, "--out")
     # The ground truth beside a synthetic drive is read too (it chooses the detector).
-    check_not_an_input(out, [path, ground_truth_path(path)], "--out")
+    check_not_an_input(out, drive_files(path), "--out")
     show_dir = None
     if args.show is not None:
         show_dir = check_output_dir(Path(args.show), "--show", create=False)

@@ -64,7 +64,13 @@ from replay.evaluation import (
 )
 from replay.mcap_player import checked_messages, drive_contents
 from replay.offline import Received, run_core
-from replay.output import atomic_output, check_free_space, check_not_an_input, check_output_dir
+from replay.output import (
+    atomic_output,
+    check_free_space,
+    check_not_an_input,
+    check_output_dir,
+    check_outputs_not_inputs,
+)
 from replay.pictures import (
     CAMERA_BOX_BGR,
     REFERENCE_BGR,
@@ -83,6 +89,7 @@ from replay.synth.world import (
     GroundTruthFrame,
     calibration_caveat,
     check_world_options,
+    drive_files,
     generate_drive,
     ground_truth_path,
     has_ground_truth,
@@ -486,11 +493,11 @@ def run_demo(
     if drive_path is not None:
         # Before any work: an output named as the drive or its ground truth, or linked to one,
         # would replace it (and the old calibration pictures are removed).
-        inputs = [Path(drive_path), ground_truth_path(Path(drive_path))]
+        inputs = drive_files(Path(drive_path))
         for out in (out_dir / "detections.jsonl", out_dir / "demo.png"):
             check_not_an_input(out, inputs, f"the demo's {out.name}")
-        for old in out_dir.glob("calibration-*.png"):
-            check_not_an_input(old, inputs, "an old calibration picture (removed by the demo)")
+        olds = out_dir.glob("calibration-*.png")
+        check_outputs_not_inputs(olds, inputs, "an old calibration picture (removed by the demo)")
     detector = CameraDetector(
         EngineFactory().camera_encoder(model_path or SYNTH_DETECTOR_PATH, threads=num_threads),
         kind="yolox",

@@ -65,13 +65,16 @@ __all__ = [
     "SynthStats",
     "SynthWorld",
     "check_world_options",
+    "drive_files",
     "ego_road_coordinates",
     "generate_drive",
     "ground_truth_path",
+    "has_ground_truth",
     "lidar_sweep",
     "make_world",
     "read_drive_ground_truth",
     "read_ground_truth",
+    "read_numbered_ground_truth",
     "render_camera",
     "synth_rig",
 ]
@@ -1005,6 +1008,12 @@ def ground_truth_path(drive_path: Path) -> Path:
     """The ground truth file beside a drive: `<drive>.gt.jsonl`."""
     p = Path(drive_path)
     return p.with_name(p.name + ".gt.jsonl")
+
+
+def drive_files(drive_path: Path) -> tuple[Path, Path]:
+    """The files a drive is read from: the drive and the ground truth beside it
+    (`ground_truth_path`), which no output may replace."""
+    return Path(drive_path), ground_truth_path(drive_path)
 
 
 def has_ground_truth(drive_path: Path) -> bool:
