@@ -106,12 +106,30 @@ def _work_ns(dl: DetectionList) -> int:
 CLOCK_SLEW_NS = 5_000_000
 
 
+class _Slew:
+    """How far the host's wall clock parts from its monotonic clock from now on. The node's
+    receive clock is the wall time at its start advanced by the monotonic clock
+    (perception.node.node), the test's sensor stamps are wall times: while the host slews its
+    wall clock (NTP correcting an offset: 5,000 ppm was seen, 25 ms in 5 s), the two part by
+    this much beyond `CLOCK_SLEW_NS` (a run that passed in the morning failed so in the
+    afternoon, on this code and on the code before it alike)."""
+
+    def __init__(self) -> None:
+        self._wall_ns, self._mono_ns = time.time_ns(), time.monotonic_ns()
+
+    def parted_ns(self) -> int:
+        wall_ns = time.time_ns() - self._wall_ns
+        return abs(wall_ns - (time.monotonic_ns() - self._mono_ns))
+
+
 def test_latency_applies_the_estimated_sensor_clock_offset(
     tmp_path: Path, kitti_dir: Path, yolox_path: Path
 ) -> None:
     sweeps = CLOCK_MIN_SWEEPS + 6
     budgets = {"apply_clock_offset": True}
+    slew = _Slew()
     results, diagnostics = _run(tmp_path, kitti_dir, yolox_path, budgets, sweeps=sweeps)
+    parted_ns = slew.parted_ns()
     assert len(results) == sweeps
     (clock,) = [c for c in diagnostics.clocks if c.stream == "lidar/top"]
     assert clock.jumps == 0 and clock.rejected == 0, clock
@@ -129,12 +147,17 @@ def test_latency_applies_the_estimated_sensor_clock_offset(
             # transport delay, which may exceed this sweep's own delay (~1 ms for 2 MB on ipc
             # on a quiet machine; a loaded CI machine measured 4.5 ms). 10 ms still tells an
             # applied offset from the 300 ms error.
-            assert dl.latency_ns >= _work_ns(dl) - 10_000_000, (index, dl.latency_ns)
-            # The transport beyond the fastest, not the 300 ms the clocks disagree by.
-            assert 0 <= dl.timings_ns["transport"] < 50_000_000, dl.timings_ns["transport"]
+            assert dl.latency_ns >= _work_ns(dl) - 10_000_000 - parted_ns, (index, dl.latency_ns)
+            # The transport beyond the fastest, not the 300 ms the clocks disagree by (one
+            # sweep's reached 56-63 ms in a third of the runs on a VM that had just slewed its
+            # clock, on the code before this change too at the time: 100 ms still tells).
+            transport_ns = dl.timings_ns["transport"]
+            assert 0 <= transport_ns < 100_000_000 + parted_ns, (transport_ns, parted_ns)
         else:
             # Not yet an estimate: the clocks are taken to agree, and the lag shows.
-            assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - CLOCK_SLEW_NS, index
+            assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - CLOCK_SLEW_NS - parted_ns, (
+                index
+            )
     # Applied from about the sweep that completed CLOCK_MIN_SWEEPS taken ones (that sweep itself
     # may or may not see it), and from then on.
     assert applied, "the clock offset was never applied"
@@ -160,14 +183,16 @@ def test_without_the_offset_the_clock_error_shows_and_budgets_overrun(
     budgets = {"apply_clock_offset": False, "end_to_end_ms": 200.0, "stages_ms": {"fusion": 0.001}}
     cpus = sorted(os.sched_getaffinity(0))
     realtime = {"cpu_affinity": cpus, "nice": 1}
+    slew = _Slew()
     results, diagnostics = _run(tmp_path, kitti_dir, yolox_path, budgets, realtime=realtime)
+    slack_ns = CLOCK_SLEW_NS + slew.parted_ns()
     assert len(results) == SWEEPS
     for dl, send_ns, receive_ns in results:
         true_latency = receive_ns - send_ns
-        assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - CLOCK_SLEW_NS
+        assert dl.latency_ns >= SENSOR_BEHIND_NS + _work_ns(dl) - slack_ns
         assert dl.latency_ns <= SENSOR_BEHIND_NS + true_latency + 1_000_000
         # Taken to agree, the clocks put their 300 ms into the sweep's transport.
-        assert dl.timings_ns["transport"] >= SENSOR_BEHIND_NS - CLOCK_SLEW_NS
+        assert dl.timings_ns["transport"] >= SENSOR_BEHIND_NS - slack_ns
         assert not dl.budget_ok
     counters = diagnostics.counters
     assert counters["budget_overruns"] == SWEEPS
