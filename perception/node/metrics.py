@@ -31,7 +31,9 @@ path pays nothing for them and the endpoint says what the diagnostics topic says
   and `perception_calibration_information_nats` (the evidence the window pools).
 - With the live view: `perception_view_entries_total`, `perception_view_dropped_total`,
   `perception_view_sent_total`, `perception_view_errors_total`, `perception_view_busy_seconds_total`
-  (the view thread's time: what it can take from the node's threads).
+  (the view thread's time: what it can take from the node's threads), and the viewers its gate
+  closed (perception.node.view_gate): `perception_view_refused_clients_total`,
+  `perception_view_timed_out_clients_total`, `perception_view_oversized_clients_total`.
 
 Each `NodeMetrics` has a registry of its own, so several nodes (tests) run in one process.
 """
@@ -286,6 +288,17 @@ class _Snapshot(Collector):
             ("dropped", stats.dropped, "Entries the live view's full queue dropped"),
             ("sent", stats.sent, "Messages the live view sent to subscribed clients"),
             ("errors", stats.errors, "Messages the live view could not convert"),
+            ("refused_clients", stats.refused_clients, "Viewers refused: too many connected"),
+            (
+                "timed_out_clients",
+                stats.timed_out_clients,
+                "Viewers closed without a WebSocket handshake in time",
+            ),
+            (
+                "oversized_clients",
+                stats.oversized_clients,
+                "Viewers closed for a request or a message over the view's limit",
+            ),
         ):
             yield CounterMetricFamily(f"perception_view_{name}", text, value=value)
         yield CounterMetricFamily(

@@ -31,6 +31,10 @@ frame costs the view's thread 1-2 ms of CPU, which a node with no idle CPU pays.
 Each server has a `foxglove.Context` of its own, so several views can run in one process.
 Conversion failures are counted and logged at a bounded rate; nothing raises out of the
 thread.
+
+Viewers connect through a `view_gate.Gate`, which bounds what the SDK cannot (how many, how
+long to open, how large a message; its log lines' rate), and relays them to the SDK's server on
+a loopback port.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
+import socket
 import threading
 import time
 from collections import deque
@@ -73,6 +77,7 @@ from perception.msgs.types import (
     SyncedBundle,
     TrackList,
 )
+from perception.node.view_gate import LOOPBACK, Gate, gate_sdk_lines, lower_priority
 from perception.ratelimit import RateLimitedLogger
 from perception.sync.ego import EgoPoseBuffer, world_from_vehicle
 
@@ -80,7 +85,14 @@ if TYPE_CHECKING:
     import foxglove
     from foxglove.websocket import WebSocketServer
 
-__all__ = ["FoxgloveView", "ViewFrame", "ViewMessage", "ViewStats", "ViewTopics"]
+__all__ = [
+    "CLIENT_BACKLOG_MESSAGES",
+    "FoxgloveView",
+    "ViewFrame",
+    "ViewMessage",
+    "ViewStats",
+    "ViewTopics",
+]
 
 log = logging.getLogger("perception.view")
 
@@ -90,19 +102,6 @@ _WAKE_TIMEOUT_S = 0.5
 #: The key of the node's processed frames in the view's `rate_hz` bookkeeping.
 _FRAME = "\x00frame"
 _RIG_PERIOD_S = 1.0
-
-
-def _lower_priority(nice: int) -> None:
-    """Makes the calling thread `nice` nicer than it is (Linux schedules threads, each with
-    its own nice value; elsewhere, or where refused, the thread keeps the node's priority)."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    tid = threading.get_native_id()
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(current + nice, 19))
-    except OSError as e:
-        log.info("view: the view's thread keeps the node's priority (%s)", e)
 
 
 @dataclass(frozen=True)
@@ -170,13 +169,22 @@ class ViewMessage:
 class ViewStats:
     """`offered` entries, `dropped` from a full queue, `sent` messages to subscribed clients,
     `errors` messages that could not be converted; `busy_ns`: the CPU time the view's thread
-    spent on entries (converting and sending: what it can take from the node's threads)."""
+    spent on entries (converting and sending: what it can take from the node's threads).
+
+    Viewers the gate closed (perception.node.view_gate): `refused_clients` at once
+    (`MAX_VIEW_CLIENTS` connected),
+    `timed_out_clients` without an upgrade request in `HANDSHAKE_TIMEOUT_S`,
+    `oversized_clients` for a request over `MAX_REQUEST_BYTES` or a message over
+    `MAX_CLIENT_MESSAGE_BYTES`."""
 
     offered: int = 0
     dropped: int = 0
     sent: int = 0
     errors: int = 0
     busy_ns: int = 0
+    refused_clients: int = 0
+    timed_out_clients: int = 0
+    oversized_clients: int = 0
 
 
 # (topic, log time ns, the conversion, run only when someone will see it).
@@ -208,6 +216,7 @@ class FoxgloveView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server: WebSocketServer | None = None
+        self._gate: Gate | None = None
         self._context: foxglove.Context | None = None
         # topic -> (channel, schema name): a topic whose schema changes gets a new channel.
         self._channels: dict[str, tuple[foxglove.Channel, str]] = {}
@@ -224,7 +233,8 @@ class FoxgloveView:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind the server and start the view's thread.
+        """Bind the server and start the view's thread (and the gate's, see the module
+        docstring).
 
         Raises TransportError naming the address when the server cannot bind (a port in use).
         """
@@ -243,28 +253,52 @@ class FoxgloveView:
         for topic, schema_name in self.topics.schemas().items():
             self._channel(topic, channel_schema(schema_name))
         host, port = self.config.host, self.config.port
+        gate_sdk_lines()
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            # "::" serves IPv4 too, as the SDK's listener did.
+            dualstack = family == socket.AF_INET6 and socket.has_dualstack_ipv6()
+            listener = socket.create_server((host, port), family=family, dualstack_ipv6=dualstack)
+        except OSError as e:
+            raise TransportError(
+                f"view: cannot serve Foxglove WebSocket on {host}:{port}: {e.strerror or e}"
+            ) from None
         try:
             self._server = foxglove.start_server(
                 name=self.name,
-                host=host,
-                port=port,
+                host=LOOPBACK,
+                port=0,
                 context=self._context,
                 message_backlog_size=CLIENT_BACKLOG_MESSAGES,
             )
         except RuntimeError as e:
+            listener.close()
             reason = str(e).removeprefix("FoxgloveError: ")
             raise TransportError(
-                f"view: cannot serve Foxglove WebSocket on {host}:{port}: {reason}"
+                f"view: cannot start the Foxglove server on {LOOPBACK}: {reason}"
             ) from None
+        self._gate = Gate(listener, int(self._server.port), self._count_closed)
+        self._gate.start(self.config.nice)
         self._thread = threading.Thread(target=self._run, name="view", daemon=True)
         self._thread.start()
 
     @property
     def port(self) -> int:
-        """The port the server listens on (the chosen one when configured 0)."""
-        if self._server is None:
+        """The port the view listens on (the chosen one when configured 0)."""
+        if self._gate is None:
             raise RuntimeError("the view is not started")
-        return int(self._server.port)
+        return self._gate.port
+
+    @property
+    def refused_clients(self) -> int:
+        """Connections closed at once because `MAX_VIEW_CLIENTS` were connected."""
+        with self._lock:
+            return self.stats.refused_clients
+
+    def _count_closed(self, kind: str) -> None:
+        """A viewer the gate closed: `kind` names its ViewStats counter."""
+        with self._lock:
+            setattr(self.stats, kind, getattr(self.stats, kind) + 1)
 
     @property
     def url(self) -> str:
@@ -272,9 +306,13 @@ class FoxgloveView:
         return f"ws://{self.config.host}:{self.port}"
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Stop the thread (what is queued is dropped) and the server."""
+        """Stop the thread (what is queued is dropped), the gate (its viewers disconnected)
+        and the server."""
         self._stop.set()
         self._wake.set()
+        if self._gate is not None:
+            self._gate.close(timeout_s)
+            self._gate = None
         if self._thread is not None:
             self._thread.join(timeout_s)
         for channel, _ in self._channels.values():
@@ -309,7 +347,7 @@ class FoxgloveView:
     # -- the view's thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        _lower_priority(self.config.nice)
+        lower_priority(self.config.nice)
         while not self._stop.is_set():
             self._wake.wait(_WAKE_TIMEOUT_S)
             self._wake.clear()

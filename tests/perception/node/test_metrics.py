@@ -43,7 +43,10 @@ def _diagnostics(stamp_ns: int, received: int) -> Diagnostics:
 
 @pytest.fixture
 def metrics():
-    m = NodeMetrics(MetricsConfig(enabled=True, port=0), ViewStats(offered=7, dropped=2))
+    m = NodeMetrics(
+        MetricsConfig(enabled=True, port=0),
+        ViewStats(offered=7, dropped=2, refused_clients=3, oversized_clients=1),
+    )
     m.start()
     yield m
     m.close()
@@ -61,6 +64,9 @@ def test_histograms_counters_and_liveness(metrics: NodeMetrics) -> None:
     assert before[("perception_latency_seconds_sum", ())] == pytest.approx(0.15)
     assert ("perception_received_total", ()) not in before  # no diagnostics yet
     assert before[("perception_view_dropped_total", ())] == 2
+    assert before[("perception_view_refused_clients_total", ())] == 3
+    assert before[("perception_view_timed_out_clients_total", ())] == 0
+    assert before[("perception_view_oversized_clients_total", ())] == 1
 
     metrics.update(_diagnostics(100 * S, received=50))
     got = scrape(metrics.url)
