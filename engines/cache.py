@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +47,8 @@ _log = logging.getLogger(__name__)
 DEFAULT_ENGINE_CACHE_DIR = Path("~/.cache/perception-node/engines").expanduser()
 
 _SIDECAR_VERSION = 1
+#: A sidecar is under a kilobyte; anything much larger is not one.
+_MAX_SIDECAR_BYTES = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -258,6 +261,12 @@ class EngineCache:
     def _read_entry(self, sidecar: Path) -> CacheEntry | None:
         # A half-written or foreign JSON file is not an entry; skip it rather than fail the node.
         try:
+            # Only a regular file of a sidecar's size is read: a pipe named *.json would block
+            # the read (the node's start, `engines list`) for ever.
+            st = sidecar.stat()
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_SIDECAR_BYTES:
+                _log.warning("engine cache: ignoring %s: not a sidecar of this cache", sidecar)
+                return None
             data = json.loads(sidecar.read_text())
             key = EngineCacheKey.from_fields(data["key"])
             engine = sidecar.with_suffix(".engine")
@@ -274,9 +283,21 @@ class EngineCache:
         except KeyError as exc:
             _log.warning("engine cache: ignoring sidecar %s: no field %s", sidecar, exc)
             return None
-        except (OSError, ValueError, TypeError, EngineError) as exc:
-            # A JSON document of another shape (a list, a number) reads as a TypeError.
-            why = "not a sidecar of this cache" if isinstance(exc, TypeError) else exc
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+            ArithmeticError,
+            RecursionError,
+            EngineError,
+        ) as exc:
+            # A JSON document of another shape (a list, a number) reads as a TypeError, one
+            # nested thousands deep as a RecursionError, an infinite size as an OverflowError.
+            why = (
+                "not a sidecar of this cache"
+                if isinstance(exc, TypeError | RecursionError)
+                else exc
+            )
             _log.warning("engine cache: ignoring unreadable sidecar %s: %s", sidecar, why)
             return None
 
@@ -290,22 +311,17 @@ class EngineCache:
     def lookup(self, key: EngineCacheKey) -> CacheLookup:
         """Finds the engine for ``key``.
 
-        An entry whose sidecar key equals ``key`` and whose engine file has the recorded size is
-        a hit. Otherwise entries of the same model name are stale, and ``reason`` describes the
-        difference to the newest of them.
+        An entry whose sidecar key equals ``key`` and whose engine file has the recorded size and
+        sha256 is a hit. Otherwise entries of the same model name are stale, and ``reason``
+        describes the difference to the newest of them.
         """
         entries = self.list_entries()
         for entry in entries:
             if entry.key == key:
-                actual = entry.engine_path.stat().st_size
-                if actual == entry.size_bytes:
+                problem = _damage(entry)
+                if problem is None:
                     return CacheLookup("hit", entry=entry)
-                _log.warning(
-                    "engine cache: %s is truncated (%d of %d bytes); rebuilding",
-                    entry.engine_path,
-                    actual,
-                    entry.size_bytes,
-                )
+                _log.warning("engine cache: %s %s; rebuilding", entry.engine_path, problem)
         stale = tuple(e for e in entries if e.name == key.model_name and e.key != key)
         if stale:
             return CacheLookup("stale", stale=stale, reason=describe_key_change(stale[0].key, key))
@@ -376,6 +392,23 @@ class EngineCache:
             if _platform(old.key) != _platform(key):
                 self.remove(old)
         return entry, "rebuilt" if found.status == "stale" else "built"
+
+
+def _damage(entry: CacheEntry) -> str | None:
+    """What is wrong with an entry's engine file (None: it is the one its sidecar records).
+
+    Hashed, not only sized: a damaged engine of the right size was a hit, so `engines build`
+    said "cached" for it and the node found out at its start, rebuilding for minutes.
+    """
+    try:
+        actual = entry.engine_path.stat().st_size
+        if actual != entry.size_bytes:
+            return f"is truncated ({actual} of {entry.size_bytes} bytes)"
+        if file_sha256(entry.engine_path) != entry.engine_sha256:
+            return "is damaged (its sha256 is not the one recorded when it was built)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
 
 
 def _platform(key: EngineCacheKey) -> tuple[str, str, str]:

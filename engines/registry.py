@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
@@ -132,6 +133,14 @@ def get_model_info(name: str) -> ModelInfo:
         raise ModelError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
 
 
+def _cache_write_error(info: ModelInfo, cache: Path, exc: OSError) -> ModelError:
+    # Neither the network nor the source is at fault: said as such, with no advice to fetch
+    # from elsewhere (a ModelError passes the handlers of read and download failures).
+    return ModelError(
+        f"{info.filename}: cannot write the model cache {cache} ({exc.strerror or exc})"
+    )
+
+
 def _copy_verified(
     src: BinaryIO,
     *,
@@ -141,26 +150,55 @@ def _copy_verified(
     origin: str,
     progress: ProgressCallback | None,
 ) -> None:
-    """Streams ``src`` to a temp file beside ``dest``, verifies sha256, renames into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=dest.parent)
+    """Streams ``src`` to a temp file beside ``dest``, verifies sha256, renames into place.
+
+    Raises:
+        ModelError: the cache cannot be written; more bytes than registered; a sha256 mismatch.
+        OSError: ``src`` cannot be read, or ended before the ``total`` bytes it announced.
+    """
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{info.filename}.", suffix=".part", dir=dest.parent
+        )
+    except OSError as exc:
+        raise _cache_write_error(info, dest.parent, exc) from exc
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     done = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            while chunk := src.read(_CHUNK):
-                out.write(chunk)
+            # mkstemp makes the file private; a model is no secret, and a cache filled by one
+            # account is often read by the service account that runs the node.
+            os.fchmod(out.fileno(), 0o644)
+            # Reads at most one byte more than the registered size: a server sending without
+            # end must not fill the disk before the hash could tell.
+            while chunk := src.read(min(_CHUNK, info.size_bytes + 1 - done)):
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise _cache_write_error(info, dest.parent, exc) from exc
                 digest.update(chunk)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
+        if done > info.size_bytes:
+            raise ModelError(
+                f"{info.filename}: {origin} is larger than the registered {info.size_bytes} "
+                "bytes; the file was not cached"
+            )
+        if total is not None and done < total:
+            # A connection closed early reads as a short file, not as an error.
+            raise ConnectionError(f"the transfer ended after {done} of {total} bytes")
         actual = digest.hexdigest()
         if actual != info.sha256:
             raise ModelError(
                 f"{info.filename}: sha256 mismatch for {origin}: expected {info.sha256}, "
                 f"got {actual} ({done} bytes); the file was not cached"
             )
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise _cache_write_error(info, dest.parent, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -206,10 +244,20 @@ def fetch_model(
             actual,
             info.sha256,
         )
+    elif dest.exists():
+        # A folder (or a pipe) where the model belongs: never replaced, and no fetch could be.
+        kind = "a folder" if dest.is_dir() else "not a regular file"
+        raise ModelError(f"{dest}: is {kind}, where the model cache keeps {info.name}; remove it")
     try:
         cache.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise ModelError(
+            f"{cache}: the model cache is not a folder (a file, or a symbolic link to nothing)"
+        ) from exc
     except OSError as exc:
-        raise ModelError(f"{info.filename}: cannot create cache directory {cache}: {exc}") from exc
+        raise ModelError(
+            f"{info.filename}: cannot create cache directory {cache} ({exc.strerror or exc})"
+        ) from exc
 
     if source_dir is not None:
         src_path = Path(source_dir) / info.filename
@@ -233,13 +281,15 @@ def fetch_model(
             _copy_verified(
                 resp, info=info, dest=dest, total=total, origin=info.url, progress=progress
             )
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         # Vehicles and CI machines are often offline: say how to get the file in without the
         # network, and where it is looked for.
         cache_option = "" if cache == DEFAULT_MODEL_CACHE_DIR else f" --cache-dir {cache}"
+        # http.client's own errors say little alone ("garbage" for a reply that is not HTTP).
+        why = f"a broken HTTP reply: {exc!r}" if isinstance(exc, http.client.HTTPException) else exc
         raise ModelError(
             f"{info.filename}: not in the model cache {cache}, and the download from {info.url} "
-            f"failed ({' '.join(str(exc).split())}); copy it from a local folder holding "
+            f"failed ({' '.join(str(why).split())}); copy it from a local folder holding "
             f"{info.filename} with `perception models fetch {info.name} --source-dir DIR"
             f"{cache_option}`"
         ) from exc

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import re
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+#: The longest entry name made from a file name (`_entry_name`).
+_MAX_ENTRY_NAME = 128
 
 
 def _import_optional() -> tuple[Any, Any, str]:
@@ -412,7 +417,7 @@ def build_serialized_engine(
         config.set_flag(_trt.BuilderFlag.INT8)
         calibrator = _make_calibrator(tuple(specs), calibration_batches or (), calibration_cache)
         config.int8_calibrator = calibrator
-    old_timings = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    old_timings = _read_timing_cache(timing_cache)
     timing = config.create_timing_cache(old_timings)
     # ignore_mismatch=False: a cache from another GPU/TensorRT is refused rather than misused.
     config.set_timing_cache(timing, False)
@@ -427,9 +432,41 @@ def build_serialized_engine(
             "log lines above"
         )
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        _write_timing_cache(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
+
+
+# The timing cache only makes later builds faster: a folder or an unwritable file in its place
+# cost the engine just built (minutes of work) and failed the command; now it is said and
+# skipped.
+
+
+def _read_timing_cache(path: Path | None) -> bytes:
+    if path is None or not path.is_file():
+        return b""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        _log.warning(
+            "cannot read the TensorRT timing cache %s (%s); building without it", path, exc
+        )
+        return b""
+
+
+def _write_timing_cache(path: Path, data: bytes) -> None:
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed: two builds at once must not leave a torn cache.
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _log.warning("cannot write the TensorRT timing cache %s (%s)", path, exc)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 class _UnloadableEngineError(EngineError):
@@ -635,7 +672,8 @@ def engine_cache_key(
     onnx_path: Path, options: BuildOptions, device: DeviceInfo, *, name: str | None = None
 ) -> EngineCacheKey:
     """The cache key of ``onnx_path`` built with ``options`` on ``device``: ONNX sha256, TensorRT
-    version, GPU, precision, input shapes and builder options (``name``: default the file stem).
+    version, GPU, precision, input shapes and builder options (``name``: default the file stem,
+    made a valid entry name).
 
     Raises:
         ModelError: the ONNX file is missing or invalid.
@@ -648,13 +686,23 @@ def engine_cache_key(
     except OSError as exc:
         raise ModelError(f"{onnx_path}: cannot read model: {exc}") from exc
     return EngineCacheKey.create(
-        model_name=name or onnx_path.stem,
+        model_name=name or _entry_name(onnx_path.stem),
         onnx_sha256=digest,
         device=device,
         precision=options.precision,
         input_shapes={s.name: s.static_shape() for s in specs},
         builder_options=options.key_options(),
     )
+
+
+def _entry_name(stem: str) -> str:
+    """A cache entry name for an ONNX file's stem: the cache names its files with letters,
+    digits and ``_.+-`` only, and a file named otherwise (``front camera.onnx``, ``détecteur``)
+    could not be built at all. The name only labels the entry (the digest tells entries
+    apart), so the other characters become ``_``, and a long one is cut to leave room in a file
+    name (255 bytes) for the digest and the suffixes."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", stem)[:_MAX_ENTRY_NAME]
+    return name if name[:1].isascii() and name[:1].isalnum() else f"model{name}"
 
 
 def load_or_build_engine(

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from app.common import cache_dir_arg
 from engines.camera.detector import CameraDetector
+from engines.errors import EngineError, ModelError
 from engines.factory import EngineFactory, build_engines, list_engines
 from perception.errors import PerceptionError
 from replay.datasets.kitti_object import read_image
@@ -23,11 +24,26 @@ def _calibration_batches(model: str, images_dir: Path, cache: Path | None) -> Ca
     encoder does for `model`."""
     if not images_dir.is_dir():
         raise PerceptionError(f"{images_dir}: --calibration-images must be a folder of images")
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    images = sorted(
+        p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg") and p.is_file()
+    )
     if not images:
         raise PerceptionError(f"{images_dir}: no .png/.jpg images for INT8 calibration")
+    # Every image decoded once before the build: TensorRT calls for the batches from its own
+    # code, which takes an error raised there for the end of the data and builds an engine
+    # calibrated on the images before it, without a word.
+    for path in images:
+        read_image(path)
     # Preprocessing only: the network itself is never run here (ONNX Runtime on the CPU).
-    detector = CameraDetector(EngineFactory(model_cache_dir=cache).camera_encoder(model))
+    try:
+        detector = CameraDetector(EngineFactory(model_cache_dir=cache).camera_encoder(model))
+    except ModelError:
+        raise  # the model itself is missing or broken, whatever it is for
+    except EngineError as e:
+        raise PerceptionError(
+            f"{model}: --calibration-images calibrates a camera detector, and this model is not "
+            f"one ({e})"
+        ) from e
 
     def batches() -> Iterator[dict[str, Any]]:
         for path in images:
@@ -40,6 +56,15 @@ def _calibration_batches(model: str, images_dir: Path, cache: Path | None) -> Ca
 def cmd_engines_build(args: argparse.Namespace) -> int:
     model_cache = cache_dir_arg(args.model_cache, "--model-cache")
     engine_cache = cache_dir_arg(args.cache_dir)
+    if args.precision == "int8" and not args.calibration_images:
+        # The library also takes an existing calibration cache, which this command has no
+        # option for: its message would name something a user cannot give.
+        raise PerceptionError(
+            "--precision int8 needs --calibration-images DIR (recorded camera images to "
+            "calibrate with)"
+        )
+    if args.calibration_images and args.precision != "int8":
+        raise PerceptionError("--calibration-images is for --precision int8 only")
     groups: list[list[str]] = (
         [[m] for m in args.models] if args.precision == "int8" else [list(args.models)]
     )

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from app.common import cache_dir_arg, progress_bar
 from app.models import model_entries
-from engines.errors import ModelError
 from engines.registry import DEFAULT_MODEL_CACHE_DIR, fetch_model, get_model_info
 from perception.errors import PerceptionError
 
@@ -33,15 +32,8 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
             def progress(done: int, _total: int | None) -> None:
                 bar.update(done - bar.n)
 
-            try:
-                path = fetch_model(info, cache, progress=progress, source_dir=source)
-            except ModelError as e:
-                if source is not None:
-                    raise
-                raise ModelError(
-                    f"{e}; on a machine without internet: perception models fetch {info.name} "
-                    f"--source-dir DIR (a folder holding {info.filename})"
-                ) from e
+            # A failed download's error says how to fetch from a local folder instead.
+            path = fetch_model(info, cache, progress=progress, source_dir=source)
         print(f"{info.name}: {path} (sha256 verified)")
     return 0
 

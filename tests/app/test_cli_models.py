@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -13,11 +14,13 @@ import pytest
 
 from app.cli import main
 from app.models import SYNTH_CAMERA_MODEL, camera_model_file, choose_camera_model
+from engines import registry
 from engines.errors import ModelError
 from engines.registry import MODELS
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
 from replay.synth.world import generate_drive
+from tests.app.one_line import fails
 
 
 def test_the_rule(tmp_path: Path, yolox_path: Path) -> None:
@@ -122,3 +125,20 @@ def test_models_list(capsys, tmp_path: Path, data_dir: Path) -> None:
     assert main(["models", "list", "--cache-dir", str(cache)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("yolox_nano"))
     assert "sha256 mismatch" in line
+
+
+def test_models_fetch_offline_says_how_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command appended its own offline advice to the registry's, which already gives it:
+    the same `--source-dir DIR` command twice in one line."""
+    info = dataclasses.replace(
+        MODELS["yolox_nano_coco_416"], url=(tmp_path / "unreachable.onnx").as_uri()
+    )
+    monkeypatch.setitem(registry.MODELS, info.name, info)
+    cache = tmp_path / "cache"
+    err = fails(capsys, "models", "fetch", info.name, "--cache-dir", str(cache), "--quiet")
+    assert err.count("--source-dir DIR") == 1, err
+    assert err.endswith(
+        f"`perception models fetch yolox_nano_coco_416 --source-dir DIR --cache-dir {cache}`"
+    )

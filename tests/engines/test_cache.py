@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,42 @@ def test_foreign_sidecars_are_skipped_with_a_plain_reason(
         "cache"
     )
     assert lines[2].startswith(f"engine cache: ignoring unreadable sidecar {folder / 'c.json'}: ")
+
+
+def test_damaged_engine_of_the_right_size_is_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the size was checked: `engines build` called a damaged engine "cached", and the node
+    found out at its start."""
+    cache = EngineCache(tmp_path)
+    key = make_key()
+    entry, _ = cache.get_or_build(key, Builder())
+    data = entry.engine_path.read_bytes()
+    entry.engine_path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
+    with caplog.at_level(logging.WARNING, logger="engines.cache"):
+        assert cache.lookup(key).status == "miss"
+    assert "is damaged" in caplog.text
+    build = Builder()
+    rebuilt, status = cache.get_or_build(key, build)
+    assert (status, build.calls) == ("built", 1)
+    assert rebuilt.engine_path.read_bytes() == b"engine #1"
+
+
+def test_sidecars_that_are_no_sidecars_never_stop_the_listing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pipe named *.json blocked `engines list` (and the node's start) for ever; a JSON
+    document nested thousands deep or with an infinite size was an unexpected RecursionError or
+    OverflowError (exit 1)."""
+    cache = EngineCache(tmp_path)
+    entry, _ = cache.get_or_build(make_key(), Builder())
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    record = json.loads(entry.sidecar_path.read_text())
+    (tmp_path / "inf.json").write_text(json.dumps({**record, "size_bytes": 1e400}))
+    (tmp_path / "inf.engine").write_bytes(entry.engine_path.read_bytes())
+    (tmp_path / "big.json").write_text(" " * (2 << 20))
+    with caplog.at_level(logging.WARNING, logger="engines.cache"):
+        assert [e.engine_path for e in cache.list_entries()] == [entry.engine_path]
+    for name in ("pipe", "deep", "inf", "big"):
+        assert f"{tmp_path / name}.json" in caplog.text

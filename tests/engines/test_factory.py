@@ -3,6 +3,7 @@ TensorRT import guard, build_engines/list_engines."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -332,3 +333,21 @@ def test_onnx_input_specs_requires_static_shapes(yolox_path: Path, tmp_path: Pat
 def test_factory_all_is_importable() -> None:
     for name in factory.__all__:
         assert hasattr(factory, name)
+
+
+def test_a_timing_cache_that_cannot_be_written_costs_no_engine(
+    yolox_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The timing cache only speeds later builds up: a folder in its place failed the command
+    after the build, and the engine built (minutes of work) was never stored."""
+    install(monkeypatch)
+    device = trt_backend.query_device_info()
+    timing_cache_path(tmp_path, device).mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="engines.tensorrt_backend"):
+        [result] = build_engines([yolox_path], "fp16", tmp_path)
+    assert result.status == "built" and result.engine_path.is_file()
+    assert "cannot write the TensorRT timing cache" in caplog.text
+    assert [e.engine_path for e in list_engines(tmp_path)] == [result.engine_path]

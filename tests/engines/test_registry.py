@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import http.client
+import io
+import stat
+import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -157,3 +163,115 @@ def test_resolve_model(source_dir: Path, tmp_path: Path) -> None:
     assert resolve_model("fusion_engine").is_file()
     with pytest.raises(ModelError, match="known models"):
         get_model_info("no_such_model")
+
+
+class _Reply(io.BytesIO):
+    """What `urlopen` returns, as far as `fetch_model` reads it: a body and its headers."""
+
+    def __init__(self, body: bytes, length: int | None, fail: Exception | None = None) -> None:
+        super().__init__(body)
+        self.headers = {} if length is None else {"Content-Length": str(length)}
+        self._fail = fail
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        if not chunk and self._fail is not None:
+            raise self._fail
+        return chunk
+
+
+def _serving(monkeypatch: pytest.MonkeyPatch, reply: _Reply) -> list[int]:
+    """`urlopen` answering `reply`; the sizes of the reads asked of it."""
+    asked: list[int] = []
+    real_read = reply.read
+
+    def read(size: int | None = -1) -> bytes:
+        asked.append(-1 if size is None else size)
+        return real_read(size)
+
+    reply.read = read  # type: ignore[method-assign]
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *_a, **_k: reply)
+    return asked
+
+
+def test_a_download_cut_short_is_said_to_be_cut_short(
+    source_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection closed early reads as a short body: it was reported as a sha256 mismatch
+    (a tampered file, to the reader) rather than as the network failure it is."""
+    info = MODELS["yolox_nano_coco_416"]
+    body = (source_dir / info.filename).read_bytes()
+    _serving(monkeypatch, _Reply(body[:1000], len(body)))
+    with pytest.raises(ModelError) as err:
+        fetch_model(info.name, tmp_path)
+    message = str(err.value)
+    assert f"the transfer ended after 1000 of {len(body)} bytes" in message
+    assert "sha256" not in message and "--source-dir DIR" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broken_http_reply_is_a_failed_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http.client's errors are no OSError: they escaped as "unexpected IncompleteRead" (exit
+    1)."""
+    _serving(monkeypatch, _Reply(b"abc", None, fail=http.client.IncompleteRead(b"")))
+    with pytest.raises(ModelError, match=r"download from .* failed \(a broken HTTP reply: "):
+        fetch_model("yolox_nano_coco_416", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_longer_than_registered_stops_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server sending without end fills no disk: reading stops one byte past the registered
+    size."""
+    info = MODELS["yolo_fastestv2_coco_352"]
+    asked = _serving(monkeypatch, _Reply(b"x" * (3 * info.size_bytes), None))
+    with pytest.raises(ModelError, match=f"larger than the registered {info.size_bytes} bytes"):
+        fetch_model(info.name, tmp_path)
+    assert sum(asked) <= info.size_bytes + 1 + 65536
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_where_the_cached_model_belongs_is_named(source_dir: Path, tmp_path: Path) -> None:
+    """It was reported as a failure to copy from the source folder (or to download), advice
+    that could never help."""
+    folder = tmp_path / "yolo_fastestv2_coco_352.onnx"
+    (folder / "inside").mkdir(parents=True)
+    with pytest.raises(ModelError) as err:
+        fetch_model("yolo_fastestv2_coco_352", tmp_path, source_dir=source_dir)
+    assert str(err.value) == (
+        f"{folder}: is a folder, where the model cache keeps yolo_fastestv2_coco_352; remove it"
+    )
+    assert (folder / "inside").is_dir()
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_an_unwritable_cache_is_not_blamed_on_the_source(
+    source_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: bool
+) -> None:
+    """A read-only cache was reported as "cannot copy from <source>" or as a failed download
+    with advice to fetch from a local folder, which fails the same way."""
+
+    def read_only(*_args: object, **_kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    info = dataclasses.replace(
+        MODELS["yolo_fastestv2_coco_352"],
+        url=(source_dir / "yolo_fastestv2_coco_352.onnx").resolve().as_uri(),
+    )
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(ModelError) as err:
+        fetch_model(info, tmp_path, source_dir=source_dir if offline else None)
+    assert str(err.value) == (
+        f"yolo_fastestv2_coco_352.onnx: cannot write the model cache {tmp_path} "
+        "(Read-only file system)"
+    )
+
+
+def test_a_cached_model_is_readable_by_other_accounts(source_dir: Path, tmp_path: Path) -> None:
+    """The temporary file's private mode (0600) was kept: a cache filled by one account could
+    not be read by the service account running the node."""
+    path = fetch_model("yolo_fastestv2_coco_352", tmp_path, source_dir=source_dir)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -6,6 +6,7 @@ runs. The real TensorRT build of the same path is tests/engines/test_tensorrt.py
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from engines import tensorrt_backend
+from engines.cache import file_sha256
 from engines.errors import EngineError
 from engines.factory import build_engines, list_engines
 from engines.settings import EngineSettings
@@ -166,8 +168,13 @@ def test_a_cached_engine_that_does_not_load_is_rebuilt(
     _pipeline(yolox_path, backend="tensorrt", device="cuda", cache_dir=str(tmp_path))
     [camera] = [e for e in list_engines(tmp_path) if e.name == "yolox_nano_coco_416"]
     data = bytearray(camera.engine_path.read_bytes())
-    data[:8] = b"garbage!"  # same size: the cache's size check cannot tell
+    data[:8] = b"garbage!"
     camera.engine_path.write_bytes(bytes(data))
+    # Recorded as built (its size and sha256 in the sidecar): an engine the cache cannot tell
+    # from a good one, which TensorRT refuses (e.g. of another TensorRT build of one version).
+    sidecar = json.loads(camera.sidecar_path.read_text())
+    sidecar["engine_sha256"] = file_sha256(camera.engine_path)
+    camera.sidecar_path.write_text(json.dumps(sidecar))
     with caplog.at_level(logging.WARNING, logger="engines.tensorrt_backend"):
         _pipeline(yolox_path, backend="tensorrt", device="cuda", cache_dir=str(tmp_path))
     assert len(fake_trt.builds) == 4
