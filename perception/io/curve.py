@@ -23,6 +23,7 @@ import contextlib
 import os
 import re
 import stat
+import struct
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from perception.errors import ConfigError, TransportError
@@ -59,6 +61,10 @@ HANDSHAKE_FAILED_EVENTS = (
 )
 _MONITOR_POLL_MS = 100
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
+#: A CURVE key: 32 bytes, 40 characters in Z85.
+_KEY_BYTES = 32
+#: Key files are a few hundred bytes; a much larger one is something else.
+_MAX_KEY_FILE_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -84,15 +90,50 @@ def uses_curve(endpoint: str) -> bool:
     return endpoint.startswith("tcp://")
 
 
-def _public_key(path: Path, key: str) -> bytes:
-    if not path.is_file():
-        raise ConfigError(f"{key}: {path}: no such key file")
+def _read_key_file(path: Path, key: str) -> tuple[bytes, bytes | None]:
+    """(public key, secret key or None) of a key file, each a valid CURVE key.
+
+    Raises:
+        ConfigError: naming `key` and `path`: missing, not a regular file (a pipe would block
+            the read for ever), far larger than a key file, unreadable, or a key in it is not
+            one (libzmq refuses it only when the socket is set up, past the config checks).
+    """
     try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as e:
+        st = path.stat()
+    except OSError as e:
+        raise ConfigError(f"{key}: {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+        raise ConfigError(f"{key}: {path}: is {kind}, not a key file")
+    if st.st_size > _MAX_KEY_FILE_BYTES:
+        raise ConfigError(
+            f"{key}: {path}: {st.st_size} bytes, not a CURVE key file (those of `perception "
+            "keys generate` are under a kilobyte)"
+        )
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except OSError as e:
+        raise ConfigError(f"{key}: {path}: {e.strerror or e}") from None
+    except ValueError as e:
         raise ConfigError(f"{key}: {path}: not a readable CURVE key file ({e})") from None
-    if public is None:
-        raise ConfigError(f"{key}: {path}: holds no public key")
+    for half, value in (("public", public), ("secret", secret)):
+        if value is not None and not _is_curve_key(value):
+            raise ConfigError(
+                f"{key}: {path}: its {half} key is not a CURVE key (40 Z85 characters); the "
+                "file is damaged: make a new key pair with `perception keys generate`"
+            )
+    return public, secret
+
+
+def _is_curve_key(value: bytes) -> bool:
+    try:
+        return len(z85.decode(value)) == _KEY_BYTES
+    except (ValueError, KeyError, struct.error):  # a length, a character, a value out of range
+        return False
+
+
+def _public_key(path: Path, key: str) -> bytes:
+    public, _ = _read_key_file(path, key)
     return public
 
 
@@ -107,15 +148,11 @@ def load_curve_keys(
     Raises:
         ConfigError: naming the config key (`security.<key>`), the file and the problem.
     """
+    public, secret = _read_key_file(secret_key, "security.secret_key")
     try:
         mode = stat.S_IMODE(secret_key.stat().st_mode)
-        public, secret = zmq.auth.load_certificate(secret_key)
     except OSError as e:
         raise ConfigError(f"security.secret_key: {secret_key}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise ConfigError(
-            f"security.secret_key: {secret_key}: not a readable CURVE key file ({e})"
-        ) from None
     if secret is None:
         raise ConfigError(
             f"security.secret_key: {secret_key}: holds no secret key (give the .key_secret file "
@@ -209,11 +246,13 @@ class CurveServer:
         self._lock = threading.Lock()
         self._rejected = 0
         self._stop = threading.Event()
+        # Before the authenticator's thread starts: a key libzmq refuses must not leave it
+        # running (the process then hung at exit).
+        socket.setsockopt(zmq.CURVE_SECRETKEY, keys.secret_key)
+        socket.setsockopt(zmq.CURVE_SERVER, 1)
         self._auth = ThreadAuthenticator(context)
         self._auth.start()
         self._auth.configure_curve_callback("*", _AllowedClients(keys.allowed_clients))
-        socket.setsockopt(zmq.CURVE_SECRETKEY, keys.secret_key)
-        socket.setsockopt(zmq.CURVE_SERVER, 1)
         # The monitor socket belongs to the counting thread from here on.
         self._monitor = socket.get_monitor_socket(HANDSHAKE_FAILED_EVENTS)
         self._thread = threading.Thread(target=self._count, name="curve-monitor", daemon=True)
@@ -266,21 +305,37 @@ def generate_key_pair(folder: Path, name: str, *, overwrite: bool = False) -> tu
     """
     if not _NAME.fullmatch(name):
         raise ValueError(f"{name!r}: a key name has letters, digits, '.', '_', '-' only")
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not name[0].isalnum():
+        # `.` or `..` made the hidden files `..key` and `...key`.
+        raise ValueError(f"{name!r}: a key name starts with a letter or a digit")
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        # Said of a path that is there as no folder: "File exists" alone misleads.
+        raise FileExistsError(
+            f"{folder}: is not a folder (a file, or a symbolic link to nothing)"
+        ) from None
     public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
-    if not overwrite:
-        for path in (public, secret):
-            if path.exists():
-                raise FileExistsError(
-                    f"{path}: exists; give --overwrite to replace the key pair (clients holding "
-                    "the old public key are then refused)"
-                )
+    for path in (public, secret):
+        # Checked before anything is written: the secret key was replaced, then moving the
+        # public key onto a folder failed, leaving a pair that does not match.
+        if path.exists() and not path.is_file():
+            raise FileExistsError(f"{path}: exists and is not a key file; move it away")
+        if path.exists() and not overwrite:
+            raise FileExistsError(
+                f"{path}: exists; give --overwrite to replace the key pair (clients holding "
+                "the old public key are then refused)"
+            )
     # Written in a private temporary folder and moved into place, so the secret is never
     # readable by others, not even between the write and the chmod.
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".keys-") as tmp:
-        tmp_public, tmp_secret = zmq.auth.create_certificates(tmp, name)
-        os.chmod(tmp_secret, 0o600)
-        os.chmod(tmp_public, 0o644)
-        os.replace(tmp_secret, secret)
-        os.replace(tmp_public, public)
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".keys-") as tmp:
+            tmp_public, tmp_secret = zmq.auth.create_certificates(tmp, name)
+            os.chmod(tmp_secret, 0o600)
+            os.chmod(tmp_public, 0o644)
+            os.replace(tmp_secret, secret)
+            os.replace(tmp_public, public)
+    except OSError as e:
+        # Named by the folder given, not by the temporary one inside it.
+        raise OSError(e.errno, f"cannot write the key pair ({e.strerror or e})", str(folder)) from e
     return public, secret

@@ -3,8 +3,12 @@ who is admitted, who is refused and counted, and the key files."""
 
 from __future__ import annotations
 
+import errno
+import os
 import resource
 import shutil
+import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +18,13 @@ import zmq
 
 from perception.config import parse_config
 from perception.errors import ConfigError, TransportError
-from perception.io.curve import CurveKeys, curve_keys_for, generate_key_pair, load_curve_keys
+from perception.io.curve import (
+    CurveKeys,
+    CurveServer,
+    curve_keys_for,
+    generate_key_pair,
+    load_curve_keys,
+)
 from perception.io.transport import Publisher, Subscriber
 from tests.perception.io.test_transport import fix, send_until_received
 
@@ -217,3 +227,124 @@ def test_curve_leaves_ipc_alone(tmp_path: Path, pairs: dict[str, Path]) -> None:
     endpoint = f"ipc://{tmp_path}/detections"
     with Publisher(endpoint, curve=node) as pub, Subscriber([endpoint], ["gnss"]) as sub:
         send_until_received(pub, sub, fix())
+
+
+def _with_key(path: Path, half: str, value: str) -> Path:
+    """`path` (a key file) with its `half` ("public" or "secret") key replaced by `value`."""
+    text = path.read_text()
+    start = text.index(f'{half}-key = "') + len(f'{half}-key = "')
+    damaged = path.with_name(f"damaged-{half}-{len(value)}{path.suffix}")
+    damaged.write_text(text[:start] + value + text[start + 40 :])
+    damaged.chmod(0o600)
+    return damaged
+
+
+@pytest.mark.parametrize(
+    "value", ["", "short", "a" * 38, "~" * 40, "#" * 40], ids=["empty", "5", "38", "char", "range"]
+)
+def test_a_damaged_key_is_refused_when_read(
+    tmp_path: Path, pairs: dict[str, Path], value: str
+) -> None:
+    """libzmq refused such a key only when the socket was set up: `perception run` said
+    "unexpected ZMQError: Invalid argument" with a thread's traceback, then hung at exit."""
+    secret = secret_of(pairs["node"])
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(pairs["client"], allowed)
+    for half in ("public", "secret"):
+        damaged = _with_key(secret, half, value)
+        with pytest.raises(ConfigError) as info:
+            load_curve_keys(damaged)
+        assert str(info.value) == (
+            f"security.secret_key: {damaged}: its {half} key is not a CURVE key (40 Z85 "
+            "characters); the file is damaged: make a new key pair with `perception keys "
+            "generate`"
+        )
+    client = _with_key(pairs["client"], "public", value)
+    client.replace(allowed / "client.key")
+    with pytest.raises(ConfigError, match=r"^security\.allowed_clients: .*client\.key: its public"):
+        load_curve_keys(secret, allowed_clients=allowed)
+    with pytest.raises(ConfigError, match=r"^security\.server_key: .*client\.key: its public"):
+        load_curve_keys(secret, server_key=allowed / "client.key")
+
+
+def test_a_key_path_that_is_no_file_is_refused(tmp_path: Path, pairs: dict[str, Path]) -> None:
+    """A pipe given as the secret key blocked `perception run` for ever; a folder or a pipe
+    among the allowed clients was "no such key file"."""
+    pipe = tmp_path / "node.key_secret"
+    os.mkfifo(pipe, 0o600)
+    with pytest.raises(ConfigError) as info:
+        load_curve_keys(pipe)
+    assert str(info.value) == (
+        f"security.secret_key: {pipe}: is a device, pipe or socket, not a key file"
+    )
+    allowed = tmp_path / "allowed"
+    (allowed / "folder.key").mkdir(parents=True)
+    with pytest.raises(ConfigError) as info:
+        load_curve_keys(secret_of(pairs["node"]), allowed_clients=allowed)
+    assert str(info.value) == (
+        f"security.allowed_clients: {allowed / 'folder.key'}: is a folder, not a key file"
+    )
+
+
+def test_generating_over_a_folder_writes_nothing(tmp_path: Path) -> None:
+    """With --overwrite, the secret key was replaced before moving the public key onto the
+    folder failed: a key pair that does not match, and the old secret gone."""
+    keys = tmp_path / "keys"
+    _, secret = generate_key_pair(keys, "node")
+    before = secret.read_bytes()
+    (keys / "node.key").unlink()
+    (keys / "node.key").mkdir()
+    with pytest.raises(FileExistsError, match=r"node\.key: exists and is not a key file"):
+        generate_key_pair(keys, "node", overwrite=True)
+    assert secret.read_bytes() == before
+    assert sorted(p.name for p in keys.iterdir()) == ["node.key", "node.key_secret"]
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden"])
+def test_key_names_make_visible_files(tmp_path: Path, name: str) -> None:
+    """`.` and `..` made the hidden files `..key` and `...key`."""
+    with pytest.raises(ValueError, match="starts with a letter or a digit"):
+        generate_key_pair(tmp_path / "keys", name)
+    assert not list((tmp_path / "keys").glob("*key*"))
+
+
+def test_a_key_libzmq_refuses_leaves_no_authenticator_running(pairs: dict[str, Path]) -> None:
+    """The authenticator's thread was started before the key was set: when libzmq refused it,
+    the thread kept running and the process hung at exit."""
+    keys = replace(load_curve_keys(secret_of(pairs["node"])), secret_key=b"short")
+    keys = replace(keys, allowed_clients=frozenset({keys.public_key}))
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(zmq.ZMQError):
+            CurveServer(context, socket, keys, "tcp://127.0.0.1:0")
+        assert set(threading.enumerate()) == before
+    finally:
+        # destroy, not term: on failure the leaked authenticator's sockets would block term.
+        context.destroy(linger=0)
+
+
+def test_a_folder_that_cannot_hold_the_keys_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only folder was named by the temporary folder inside it (`.keys-xxxx`), and a
+    dangling link given as the folder was "[Errno 17] File exists"."""
+    dangling = tmp_path / "keys"
+    dangling.symlink_to(tmp_path / "gone")
+    with pytest.raises(FileExistsError) as info:
+        generate_key_pair(dangling, "node")
+    assert str(info.value) == f"{dangling}: is not a folder (a file, or a symbolic link to nothing)"
+
+    def read_only(*, dir: Path, prefix: str) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", f"{dir}/{prefix}abcd")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", read_only)
+    folder = tmp_path / "ro"
+    with pytest.raises(OSError) as error:
+        generate_key_pair(folder, "node")
+    assert (error.value.filename, error.value.strerror) == (
+        str(folder),
+        "cannot write the key pair (Read-only file system)",
+    )
