@@ -165,6 +165,28 @@ class _BoundedLoader(yaml.SafeLoader):
         node: yaml.Node | None = super().compose_node(parent, index)
         return node
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys: a section written twice lost the first
+        # without a word. Merge keys (`<<: *base`) may still be overridden, as YAML means.
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
 
 def _expanded_size(root: yaml.Node, sizes: dict[int, int]) -> int:
     """How many nodes `root` holds with its aliases expanded (an alias composes to the very

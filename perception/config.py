@@ -58,6 +58,10 @@ MAX_RANGE_M = 1000.0
 MAX_C_INT = 2**31 - 1
 #: Cameras per camera-encoder call: the batch's input is allocated whole (a rig has a dozen).
 _MAX_CAMERA_BATCH = 64
+#: Camera topics a node subscribes to: each takes a socket and its monitor, a handful of file
+#: descriptors, and 5,000 ran out of them at start ("unexpected ZMQError: Too many open
+#: files"); a rig has a dozen cameras.
+_MAX_CAMERAS = 64
 #: Planes the ground fit may try per sweep.
 _MAX_RANSAC_ITERATIONS = 100_000
 
@@ -75,8 +79,8 @@ class InputConfig:
     lidar_topic: str = "lidar/top"
     """Topic of the lidar sweeps: the reference of every bundle."""
     camera_topics: tuple[str, ...] = ("camera/front",)
-    """Topics of the cameras, one per camera (`camera/<rig camera name>`). Every input topic
-    is named, and used once."""
+    """Topics of the cameras, one per camera (`camera/<rig camera name>`), at most 64. Every
+    input topic is named, and used once."""
     gnss_topic: str = "gnss"
     """Topic of the GNSS fixes (ego pose, deskew, global positions)."""
     rig_topic: str = "rig"
@@ -996,6 +1000,11 @@ def _validate(cfg: NodeConfig) -> None:
         (len(cfg.inputs.endpoints) > 0, "inputs.endpoints", "needs at least one endpoint"),
         (len(cfg.inputs.camera_topics) > 0, "inputs.camera_topics", "needs at least one camera"),
         (
+            len(cfg.inputs.camera_topics) <= _MAX_CAMERAS,
+            "inputs.camera_topics",
+            f"at most {_MAX_CAMERAS} cameras, got {len(cfg.inputs.camera_topics)}",
+        ),
+        (
             0 < cfg.inputs.high_water_mark <= MAX_C_INT,
             "inputs.high_water_mark",
             f"must be from 1 to {MAX_C_INT} (a ZeroMQ socket option: a C int)",
@@ -1114,6 +1123,11 @@ def _validate(cfg: NodeConfig) -> None:
             raise ConfigError(f"endpoint {ep!r}: scheme must be ipc://, tcp:// or inproc://")
         if "{runtime}" in ep and not ep.startswith("ipc://"):
             raise ConfigError(f"endpoint {ep!r}: {{runtime}} is a folder, for ipc:// only")
+        if ep == "ipc://":
+            # Shown as valid by `config show`, refused only when `run` bound or connected it.
+            raise ConfigError(
+                f"endpoint {ep!r}: an ipc endpoint names a socket file, e.g. ipc://{{runtime}}/name"
+            )
         tcp_problem = tcp_endpoint_problem(ep)
         if tcp_problem is not None:
             raise ConfigError(f"endpoint {ep!r}: {tcp_problem}")

@@ -116,3 +116,28 @@ def test_anchors_used_as_files_use_them_are_read() -> None:
     assert len(load_yaml(_alias_bomb(6), "f.yaml", "not valid YAML", _OtherError)["l5"]) == 9
     with pytest.raises(_OtherError, match="its aliases repeat more than 1,000,000 values"):
         load_yaml(_alias_bomb(7), "f.yaml", "not valid YAML", _OtherError)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("inputs: {high_water_mark: 1}\ninputs: {high_water_mark: 2}\n", "inputs", 2),
+        ("sync:\n  window_ms: 10\n  window_ms: 20\n", "window_ms", 3),
+        ("a: {b: 1, b: 2}\n", "b", 1),
+    ],
+)
+def test_a_key_given_twice_is_refused(text: str, key: str, line: int) -> None:
+    """PyYAML keeps the last of two equal keys: a config section written twice lost the first
+    without a word (`config show` printed the second, exit 0)."""
+    with pytest.raises(_OtherError) as info:
+        load_yaml(text, "f.yaml", "not valid YAML", _OtherError)
+    message = str(info.value)
+    assert message.startswith("f.yaml: not valid YAML (while constructing a mapping")
+    assert f'found the key {key!r} twice in "<unicode string>", line {line},' in message
+    assert "\n" not in message
+
+
+def test_a_merge_key_may_still_be_overridden() -> None:
+    text = "base: &base {fx: 1.0, fy: 2.0}\ncam:\n  <<: *base\n  fx: 3.0\n"
+    doc = load_yaml(text, "f.yaml", "not valid YAML", _OtherError)
+    assert doc["cam"] == {"fx": 3.0, "fy": 2.0}

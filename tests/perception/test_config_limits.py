@@ -124,6 +124,16 @@ def _refused(tmp_path: Path, text: str) -> str:
             "inputs.camera_topics[1]: 'camera/front' is already inputs.camera_topics[0]",
         ),
         (
+            "outputs: {endpoint: 'ipc://'}",
+            "endpoint 'ipc://': an ipc endpoint names a socket file, e.g. ipc://{runtime}/name",
+        ),
+        # Each camera takes a socket and its monitor: 5,000 ran out of file descriptors at
+        # `perception run`'s start ("unexpected ZMQError: Too many open files", exit 1).
+        (
+            "inputs: {camera_topics: [" + ", ".join(f"camera/c{i}" for i in range(65)) + "]}",
+            "inputs.camera_topics: at most 64 cameras, got 65",
+        ),
+        (
             "inputs: {gnss_topic: lidar/top}",
             "inputs.gnss_topic: 'lidar/top' is already inputs.lidar_topic",
         ),
