@@ -106,8 +106,10 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "GROUND_TRUTH_SCHEMA",
     "GROUND_TRUTH_TOPIC",
+    "REPLAY_METADATA",
     "RIG_METADATA",
     "RIG_TOPIC",
+    "SYNTHETIC_METADATA",
     "DriveReader",
     "DriveWriter",
     "RecordedMessage",
@@ -124,6 +126,11 @@ RIG_METADATA = "perception.rig"
 #: Name of the MCAP metadata record of a synthetic drive: its world (`scene`), `seed` and
 #: lidar model (replay.synth.world.generate_drive).
 SYNTHETIC_METADATA = "perception.synthetic"
+#: Name of the MCAP metadata record of a replay's MCAP output naming what was replayed:
+#: `source` (the drive's or KITTI folder's file name) and, for a synthetic drive, its world (its
+#: `SYNTHETIC_METADATA`). Synthetic drives share their stamps: only this tells the tracks of
+#: one from another's (`perception eval --tracks`; replay.offline.replay_to_file writes it).
+REPLAY_METADATA = "perception.replay"
 #: Topic `DriveWriter.write_rig` writes its RigMessage on.
 RIG_TOPIC = "rig"
 #: Default uncompressed chunk size, bytes. Smaller chunks lose less when a recorder is killed.

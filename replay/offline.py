@@ -52,7 +52,13 @@ from perception.node.core import ReadyBundle
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.drive import DriveReader, DriveWriter, RecordedMessage
+from replay.drive import (
+    REPLAY_METADATA,
+    SYNTHETIC_METADATA,
+    DriveReader,
+    DriveWriter,
+    RecordedMessage,
+)
 from replay.drive_config import config_for_messages
 from replay.errors import DriveStorageError, ReplayError
 from replay.mcap_player import PacedTime, Skipped, check_sensor_drive, checked_messages
@@ -296,7 +302,7 @@ def replay_to_file(
 ) -> ReplaySummary:
     """Replay `source` into `out`: JSON Lines (one DetectionList per line) or MCAP (the
     DetectionLists and the tracker's TrackLists, plus the node's Diagnostics once per second
-    of drive time). The file is
+    of drive time, and what was replayed: `replay.drive.REPLAY_METADATA`). The file is
     written beside `out` and renamed into place only when the run succeeds, so a failed run
     leaves an existing `out` as it was. `speed`: as `run_core` (a gap of more than a minute in
     the drive's log times is skipped, not slept through). `progress(sweeps_done, sweeps_total
@@ -326,6 +332,10 @@ def replay_to_file(
         else:
             writer = DriveWriter(tmp, rig=replay_input.default_rig)
             with _closed_on_error(writer.close):
+                described = _described(source)
+                output.write(
+                    lambda: writer.write_metadata(REPLAY_METADATA, described), "the metadata"
+                )
 
                 def write_diagnostics(d: Any) -> None:
                     output.write(lambda: writer.write(d, d.header.stamp_ns), "a Diagnostics")
@@ -354,6 +364,18 @@ def replay_to_file(
     summary.counters = core.counters.scalars()
     summary.unreadable = replay_input.skipped.count
     return summary
+
+
+def _described(source: Path) -> dict[str, str]:
+    """`REPLAY_METADATA` of a replay of `source`."""
+    described = {"source": Path(source).name}
+    if Path(source).is_file():
+        try:
+            world = DriveReader(source).metadata(SYNTHETIC_METADATA)
+        except ReplayError:
+            world = None  # the replay itself reports what of the drive cannot be read
+        described |= world or {}
+    return described
 
 
 def _nothing_out(source: Path | str, sweeps: int, counters: Mapping[str, int]) -> str:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.commands.show import read_run
 from app.common import check_drive_path
 from perception.errors import PerceptionError
 from replay.datasets.kitti_eval import evaluate_kitti_run
 from replay.evaluation import drive_ground_truth
+
+if TYPE_CHECKING:
+    from replay.drive import DriveReader
 
 __all__ = ["cmd_eval"]
 
@@ -61,6 +66,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_range_m=args.max_range,
         min_reference_score=args.min_score,
         runs=runs,
+        warn=lambda text: print(f"perception eval: warning: {text}", file=sys.stderr),
     )
     print(report)
     return 0
@@ -122,6 +128,8 @@ def _eval_tracks(args: argparse.Namespace) -> int:
             f"{tracks_path}: no TrackList has the stamp of a sweep of {drive}: were the tracks "
             "replayed from another drive?"
         )
+    # After the stamps: tracks sharing no stamp with the drive are refused on one line alone.
+    _check_replayed_from(output, tracks_path, drive)
     rig = DriveReader(drive).rig or output.rig
     try:
         result = evaluate_tracks(lists, truth, rig=rig)
@@ -129,3 +137,33 @@ def _eval_tracks(args: argparse.Namespace) -> int:
         raise PerceptionError(f"{drive}: {e}") from e
     print(format_tracking_report(result, title=f"tracks: {tracks_path}\ndrive: {drive}"))
     return 0
+
+
+def _check_replayed_from(output: DriveReader, tracks_path: Path, drive: Path) -> None:
+    """Refuses tracks replayed from another synthetic world than `drive`'s: synthetic drives
+    share their stamps, so the stamp check passed and the tracks of one drive were scored
+    against another's ground truth. Where the worlds cannot be compared (a drive written
+    before drives named their world) but the replay names a drive of another name, warns."""
+    from replay.drive import REPLAY_METADATA, SYNTHETIC_METADATA, DriveReader  # noqa: PLC0415
+
+    replayed = output.metadata(REPLAY_METADATA) or {}
+    world = DriveReader(drive).metadata(SYNTHETIC_METADATA) or {}
+    keys = ("scene", "seed", "lidar")
+    source = replayed.get("source")
+    if all(k in replayed and k in world for k in keys):
+        if any(replayed[k] != world[k] for k in keys):
+
+            def named(meta: dict[str, str]) -> str:
+                return ", ".join(f"{k} {meta[k]}" for k in keys)
+
+            raise PerceptionError(
+                f"{tracks_path}: replayed from {source} (synthetic: {named(replayed)}), not "
+                f"from {drive} ({named(world)}): score the tracks against the drive replayed"
+            )
+    elif source is not None and source != drive.name:
+        print(
+            f"perception eval: warning: {tracks_path}: replayed from {source}, scored against "
+            f"{drive}, and their synthetic worlds cannot be compared (not both drives name "
+            "theirs): is it the drive replayed?",
+            file=sys.stderr,
+        )

@@ -11,8 +11,9 @@ from perception.errors import PerceptionError, SourceError
 from perception.msgs.jsonl import read_jsonl_lines
 from perception.msgs.types import DetectionList
 from replay.output import check_output_dir
+from replay.runs import check_one_per_frame
 
-__all__ = ["check_one_per_frame", "cmd_show", "read_run", "show_run"]
+__all__ = ["cmd_show", "read_run", "show_run"]
 
 
 def read_run(path: Path, *, command: str = "show") -> list[DetectionList]:
@@ -22,7 +23,7 @@ def read_run(path: Path, *, command: str = "show") -> list[DetectionList]:
 
     Raises:
         PerceptionError: naming the file: missing, a folder, not JSON Lines of DetectionLists,
-            holding none, or holding one frame twice (`check_one_per_frame`).
+            holding none, or holding one frame twice (`replay.runs.check_one_per_frame`).
     """
     if path.is_dir():
         raise PerceptionError(f"{path}: is a folder, not a run (JSON Lines)")
@@ -53,42 +54,6 @@ def read_run(path: Path, *, command: str = "show") -> list[DetectionList]:
         raise PerceptionError(f"{path}: the run holds no DetectionLists")
     check_one_per_frame(lists, path, lines)
     return lists
-
-
-def check_one_per_frame(
-    lists: Sequence[DetectionList], path: Path, lines: Sequence[int] | None = None
-) -> None:
-    """Refuses a run holding a frame twice: two DetectionLists with one `header.seq` (the KITTI
-    frame's index) or one `header.stamp_ns` (the drive's sweep). A replay writes one per frame;
-    a repeated one (runs concatenated, a line pasted twice) would be counted twice by `eval`
-    and drawn twice on one picture by `show`. `lines`: the line of each DetectionList in the
-    file `path` (None: an MCAP file, where its number names it).
-
-    Raises:
-        PerceptionError: naming the file, the line of the second DetectionList, the frame and
-            the line of the first.
-    """
-
-    def place(i: int) -> str:
-        return f"DetectionList {i + 1}" if lines is None else f"line {lines[i]}"
-
-    seqs: dict[int, int] = {}
-    stamps: dict[int, int] = {}
-    for i, dl in enumerate(lists):
-        seq, stamp_ns = dl.header.seq, dl.header.stamp_ns
-        where = f"{path}: {place(i)}" if lines is None else f"{path}:{lines[i]}"
-        if seq in seqs:
-            raise PerceptionError(
-                f"{where}: frame header.seq {seq} again (first on {place(seqs[seq])}); a run "
-                "holds one DetectionList per frame"
-            )
-        if stamp_ns in stamps:
-            raise PerceptionError(
-                f"{where}: frame header.stamp_ns {stamp_ns} again (first on "
-                f"{place(stamps[stamp_ns])}); a run holds one DetectionList per frame"
-            )
-        seqs[seq] = i
-        stamps[stamp_ns] = i
 
 
 def show_run(

@@ -5,6 +5,8 @@ its log time, or a replay run (`.jsonl`, one DetectionList per line), each on
 `/<its stream>` at its sweep stamp (a run records no receive times). Messages
 are vision_msgs/msg/Detection3DArray, or autoware_perception_msgs/msg/DetectedObjects
 (replay.rosbag2.detections), in a rosbag2 (metadata version 9) of mcap or sqlite3 storage.
+A source holding one frame twice on a topic (one `header.seq` or stamp again: runs
+concatenated) is refused, as `show` and `eval` refuse such a run.
 
 The bag is written in a hidden folder beside `out` and moved into place only when complete;
 an existing `out` is never replaced (a bag is a folder: remove it first).
@@ -26,7 +28,7 @@ from typing import Any
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from perception.errors import PerceptionError
-from perception.msgs.jsonl import read_jsonl
+from perception.msgs.jsonl import read_jsonl_lines
 from perception.msgs.types import DetectionList
 from replay.drive import DriveReader
 from replay.errors import ReplayError
@@ -38,6 +40,7 @@ from replay.rosbag2.msgdefs import (
     VISION_DETECTION3D_ARRAY,
     detections_typestore,
 )
+from replay.runs import check_one_per_frame
 
 __all__ = ["MSGS", "STORAGES", "ExportProgress", "ExportStats", "export_rosbag2"]
 
@@ -84,10 +87,32 @@ def _drive_lists(source: Path, on_error: Callable[[ReplayError], None]) -> list[
     ]
 
 
-def _run_lists(source: Path) -> list[_Item]:
+def _run_lists(source: Path) -> tuple[list[_Item], list[int]]:
+    """The run's items and the line each DetectionList is on."""
+    numbered = list(read_jsonl_lines(source, DetectionList))
     # A run records no receive times. Its sweep stamps, not stamp + latency: the latency of an
     # offline run is this machine's processing time, and would reorder the lists.
-    return [(_ros_topic(dl.header.stream), dl.header.stamp_ns, dl) for dl in read_jsonl(source)]
+    items = [(_ros_topic(dl.header.stream), dl.header.stamp_ns, dl) for _, dl in numbered]
+    return items, [line for line, _ in numbered]
+
+
+def _check_one_per_frame(source: Path, items: list[_Item], lines: list[int] | None) -> None:
+    """Refuses a frame twice on one ROS topic, as `show` and `eval` refuse it in a run
+    (replay.runs). Per topic: a drive may hold the DetectionLists of two nodes, each a run of
+    its own, and each becomes a topic of the bag."""
+    by_topic: dict[str, list[int]] = {}
+    for i, (topic, _, _) in enumerate(items):
+        by_topic.setdefault(topic, []).append(i)
+    for places in by_topic.values():
+        try:
+            check_one_per_frame(
+                [items[i][2] for i in places],
+                source,
+                None if lines is None else [lines[i] for i in places],
+                numbers=[i + 1 for i in places],
+            )
+        except PerceptionError as e:
+            raise Rosbag2Error(str(e)) from e
 
 
 #: The latest stamp a ROS 2 header holds: `builtin_interfaces/Time`'s seconds are an int32.
@@ -121,11 +146,13 @@ def _read_detection_lists(source: Path, on_error: Callable[[ReplayError], None])
                 f"{source}: the drive holds no DetectionLists (replay it first: perception "
                 f"replay {source.name} --out RUN.mcap)"
             )
+        _check_one_per_frame(source, items, None)
         return items
     if source.suffix == ".jsonl":
-        items = _run_lists(source)
+        items, lines = _run_lists(source)
         if not items:
             raise Rosbag2Error(f"{source}: the run holds no DetectionLists")
+        _check_one_per_frame(source, items, lines)
         return items
     raise Rosbag2Error(f"{source}: expected a drive (.mcap) or a replay run (.jsonl)")
 
@@ -159,8 +186,10 @@ def export_rosbag2(
     is skipped, counted (`ExportStats.unreadable`) and logged at a bounded rate.
 
     Raises Rosbag2Error naming the path: `out` exists or its folder is missing, the source is
-    not a drive or run or holds no DetectionLists; the source's own read errors
-    (ReplayError / SourceError) pass through; ValueError for an unknown `storage` or `msgs`."""
+    not a drive or run, holds no DetectionLists or holds one frame twice on a topic (one
+    `header.seq` or `header.stamp_ns` again, replay.runs.check_one_per_frame); the source's
+    own read errors (ReplayError / SourceError) pass through; ValueError for an unknown
+    `storage` or `msgs`."""
     begin = time.perf_counter()
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {sorted(STORAGES)}, got {storage!r}")

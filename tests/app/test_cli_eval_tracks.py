@@ -167,3 +167,49 @@ def test_ground_truth_of_an_unknown_label_is_refused(
         f"perception eval: error: {ground_truth_path(bad)}:1: object {doc['boxes'][0]['id']}: "
         "unknown label 'Dragon' (known: Barrier, Bicycle, Bus, Car, "
     )
+
+
+def test_tracks_of_another_synthetic_drive_are_refused(
+    capsys, replayed: tuple[Path, Path], synth_drive: Callable[[int, float], Path]
+) -> None:
+    """Synthetic drives share their stamps: the tracks of seed 1 were scored against the
+    ground truth of seed 2 without a word. The replay names the world it replayed."""
+    _, out = replayed
+    other = synth_drive(2, 1.0)
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(other))
+    assert err == (
+        f"perception eval: error: {out}: replayed from seed1_2s.mcap (synthetic: scene simple, "
+        f"seed 1, lidar synth64), not from {other} (scene simple, seed 2, lidar synth64): score "
+        "the tracks against the drive replayed"
+    )
+
+
+def test_tracks_of_a_drive_of_another_name_are_warned_about(
+    capsys, replayed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A drive written before drives named their world: the worlds cannot be compared, but
+    the replay names the drive it replayed."""
+    from replay.drive import DriveReader, DriveWriter
+
+    drive, out = replayed
+    old = tmp_path / "old.mcap"
+    reader = DriveReader(drive)
+    with DriveWriter(old, rig=reader.rig) as writer:
+        for rec in reader.messages():
+            if rec.topic != "rig":
+                writer.write(rec.message, rec.log_time_ns, rec.topic)
+    shutil.copyfile(ground_truth_path(drive), ground_truth_path(old))
+    assert main(["eval", "--tracks", str(out), "--drive", str(old)]) == 0
+    captured = capsys.readouterr()
+    assert "20 frames scored" in captured.out
+    assert captured.err.splitlines() == [
+        f"perception eval: warning: {out}: replayed from seed1_2s.mcap, scored against {old}, "
+        "and their synthetic worlds cannot be compared (not both drives name theirs): is it "
+        "the drive replayed?"
+    ]
+    # The same drive under another name, each naming its world: compared, not warned about.
+    copy = tmp_path / "copy.mcap"
+    shutil.copyfile(drive, copy)
+    shutil.copyfile(ground_truth_path(drive), ground_truth_path(copy))
+    assert main(["eval", "--tracks", str(out), "--drive", str(copy)]) == 0
+    assert capsys.readouterr().err == ""

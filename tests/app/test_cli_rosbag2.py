@@ -165,3 +165,26 @@ def test_export_of_a_stamp_past_2038_names_the_detection_list(
         "ns is past what a ROS 2 header holds (int32 seconds: 2038-01-19)"
     )
     assert not out.exists()
+
+
+def test_export_refuses_a_run_holding_a_frame_twice(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """As `show` and `eval` refuse it, in their words: runs concatenated were exported as two
+    messages of one sweep."""
+    run = tmp_path / "run.jsonl"
+    with run.open("w") as f:
+        for seq in (0, 1, 0):
+            header = Header("detections", seq, 1_000_000_000 + seq, "vehicle")
+            write_jsonl_line(f, DetectionList(header, ()))
+    out = tmp_path / "b"
+    err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(out))
+    assert err == (
+        f"perception export: error: {run}:3: frame header.seq 0 again (first on line 1); a run "
+        "holds one DetectionList per frame"
+    )
+    assert not out.exists()
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    shown = _fails(capsys, "show", str(run), "--kitti", str(tmp_path), "--out", str(pictures))
+    assert shown == err.replace("perception export:", "perception show:", 1)

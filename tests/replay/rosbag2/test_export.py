@@ -4,6 +4,7 @@ with rosbags, from the bag's own message definitions, equal the DetectionLists."
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ LISTS = [
     )
     for i in range(4)
 ] + [DetectionList(Header("detections", 4, 1_317_000_000_400_000_000, "vehicle"), ())]  # fmt: skip
+
+
+def later_frame(dl: DetectionList, seqs: int, ns: int) -> DetectionList:
+    """`dl` as the frame `seqs` frames and `ns` later."""
+    header = replace(dl.header, seq=dl.header.seq + seqs, stamp_ns=dl.header.stamp_ns + ns)
+    return replace(dl, header=header)
 
 
 def yaw_of(q) -> float:
@@ -143,7 +150,9 @@ def test_a_damaged_chunk_of_a_drive_costs_its_lists_only(tmp_path: Path) -> None
     with DriveWriter(drive, chunk_size=1024) as w:
         for k in range(6):
             for dl in LISTS:
-                w.write(dl, dl.header.stamp_ns + k * 1_000_000_000)
+                # Frames of their own: a frame twice is refused.
+                later = later_frame(dl, k * len(LISTS), k * 1_000_000_000)
+                w.write(later, later.header.stamp_ns)
     with drive.open("rb") as f:
         summary = SeekingReader(f).get_summary()
     assert summary is not None and len(summary.chunk_indexes) >= 3
@@ -157,3 +166,42 @@ def test_a_damaged_chunk_of_a_drive_costs_its_lists_only(tmp_path: Path) -> None
     assert (
         len(read_back(tmp_path / "bag")) == stats.messages["/detections"] == 30 - stats.unreadable
     )
+
+
+@pytest.mark.parametrize("again", ["seq", "stamp"])
+def test_a_frame_twice_on_a_topic_is_refused(source: Path, tmp_path: Path, again: str) -> None:
+    """As `show` and `eval` refuse such a run (replay.runs.check_one_per_frame): a frame twice
+    (runs concatenated) would be two messages of one sweep on the bag's topic."""
+    dup = later_frame(LISTS[1], 0 if again == "seq" else 10, 0 if again == "stamp" else 1)
+    if source.suffix == ".jsonl":
+        with source.open("a") as f:
+            write_jsonl_line(f, dup)
+        first, second = "line 2", f"{source}:6"
+    else:
+        source = tmp_path / "dup.mcap"
+        with DriveWriter(source) as w:
+            for dl in LISTS:
+                w.write(dl, dl.header.stamp_ns + 1)
+            w.write(dup, LISTS[-1].header.stamp_ns + 2)
+        first, second = "DetectionList 2", f"{source}: DetectionList 6"
+    frame = f"seq {dup.header.seq}" if again == "seq" else f"stamp_ns {dup.header.stamp_ns}"
+    with pytest.raises(Rosbag2Error) as error:
+        export_rosbag2(source, tmp_path / "bag")
+    assert str(error.value) == (
+        f"{second}: frame header.{frame} again (first on {first}); a run holds one "
+        "DetectionList per frame"
+    )
+    assert not (tmp_path / "bag").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bag")]
+
+
+def test_each_topic_of_a_drive_holds_its_own_frames(tmp_path: Path) -> None:
+    """Two nodes' DetectionLists of the same sweeps, recorded on two topics, are two runs:
+    each becomes a topic of the bag."""
+    drive = tmp_path / "two.mcap"
+    with DriveWriter(drive) as w:
+        for dl in LISTS:
+            w.write(dl, dl.header.stamp_ns + 1, "detections")
+            w.write(dl, dl.header.stamp_ns + 2, "detections_learned")
+    stats = export_rosbag2(drive, tmp_path / "bag")
+    assert stats.messages == {"/detections": 5, "/detections_learned": 5}
