@@ -1007,9 +1007,30 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _empty_argument(argv: Sequence[str]) -> str | None:
+    """What names an option given an empty value in `argv` (None: there is none). No option's
+    value may be empty, and one usually is an unset shell variable (`--out "$DIR"`):
+    `Path("")` is the current folder, where `show`, `bench`, `demo` and `keys` would have
+    written their files."""
+    for i, token in enumerate(argv):
+        if token.startswith("--") and token.endswith("=") and len(token) > 3:
+            return f"{token[:-1]} is empty (an unset shell variable?): give it a value"
+        before = argv[i - 1] if i else ""
+        if token == "" and before.startswith("-") and len(before) > 1 and "=" not in before:
+            return f"{before} is empty (an unset shell variable?): give it a value"
+    # An empty positional is left to its command, which names what it stands for (a topic, a
+    # drive).
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `perception` with `argv` (default: sys.argv); the exit code (see EPILOG)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    empty = _empty_argument(argv)
+    if empty is not None:
+        print(f"{args.prog}: error: {empty}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

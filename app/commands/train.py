@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             "(or pip install torch==2.13.0)"
         )
     from replay.training.fusion_config import load_train_config  # noqa: PLC0415 - torch below
-    from replay.training.train_fusion import train  # noqa: PLC0415 - imports torch
+    from replay.training.train_fusion import run_files, train  # noqa: PLC0415 - imports torch
 
+    config_path = Path(args.config).expanduser()
     try:
-        config = load_train_config(Path(args.config).expanduser())
+        config = load_train_config(config_path)
     except ValueError as e:
         raise PerceptionError(str(e)) from e
     if args.steps is not None:
@@ -38,6 +40,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise PerceptionError(f"{out}: --out is a file, not a folder")
+    for written in run_files(out, config.model):
+        if _same_file(written, config_path):
+            raise PerceptionError(
+                f"{config_path}: the training config is {written}, which the run writes: it "
+                "would be replaced; move it or choose another --out"
+            )
     if not args.resume and (out / "checkpoints" / "last.pt").exists():
         raise PerceptionError(
             f"{out}: holds a training run already; --resume continues it, or choose another --out"
@@ -88,3 +96,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model: {result.onnx_path}")
     print(f"checkpoint: {result.checkpoint_path}; curves: {out / 'curves.png'}")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one existing file (links, hard links and `..` included)."""
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False

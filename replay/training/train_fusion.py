@@ -10,6 +10,9 @@ One run writes into its output folder:
 - ``learned_fusion.onnx`` and ``learned_fusion.yaml`` at the end: the export (in-graph decoding,
   static shapes) and its model config with the training provenance.
 
+A run stopped (Ctrl-C, SIGTERM, a failure) before its first checkpoint leaves none of these, and
+no folder it made: it has nothing to resume.
+
 Needs torch (a training tool; the node runs the export).
 """
 
@@ -31,7 +34,7 @@ import numpy.typing as npt
 import torch
 import yaml
 
-from engines.fusion.learned_config import LearnedFusionConfig
+from engines.fusion.learned_config import LearnedFusionConfig, bucket_onnx_path
 from engines.fusion.learned_graph import LearnedFusionNet, decode_heads, export_learned_fusion_onnx
 from engines.fusion.learned_runner import DEFAULT_SCORE_THRESHOLD
 from engines.fusion.pillars import pillarize
@@ -300,8 +303,28 @@ class TrainResult:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        # Interrupted mid-write (Ctrl-C, SIGTERM): no torn checkpoint left beside the last one.
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def run_files(out_dir: Path, model: LearnedFusionConfig) -> list[Path]:
+    """The files a training run of ``model`` writes into ``out_dir`` (see the module
+    docstring), which no input of the run may be."""
+    onnx_path = out_dir / "learned_fusion.onnx"
+    return [
+        out_dir / "checkpoints" / "last.pt",
+        out_dir / "metrics.jsonl",
+        out_dir / "curves.png",
+        onnx_path,
+        onnx_path.with_suffix(".pt"),
+        onnx_path.with_suffix(".yaml"),
+        *(bucket_onnx_path(onnx_path, n) for n in model.pillar_buckets[:-1]),
+    ]
 
 
 def _append_metrics(path: Path, record: Mapping[str, Any]) -> None:
@@ -614,14 +637,50 @@ def _train_loop(
     lead = rank == 0
     torch.set_num_threads(threads or config.optim.threads)
     torch.manual_seed(config.seed)
+    # Only now: a config whose sources cannot be read leaves no folder behind.
+    made = list(itertools.takewhile(lambda p: not p.exists(), (ckpt_dir, *ckpt_dir.parents)))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _optimise(
+            config, prepared, out_dir, resume=resume, state=state, progress=progress, say=say,
+            rank=rank, world=world, wrap=wrap,
+        )  # fmt: skip
+    except BaseException:
+        if lead and not ckpt_path.exists():
+            # Stopped (Ctrl-C, SIGTERM, a failure) before its first checkpoint: nothing to
+            # resume, so no run is left to look like one (a metrics log, empty folders).
+            metrics_path.unlink(missing_ok=True)
+            for folder in made:  # the deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
+
+
+def _optimise(
+    config: FusionTrainConfig,
+    prepared: _Prepared,
+    out_dir: Path,
+    *,
+    resume: bool,
+    state: dict[str, Any] | None,
+    progress: Progress | None,
+    say: Callable[[str], None],
+    rank: int,
+    world: int,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None,
+) -> TrainResult:
+    """`_train_loop`'s steps and export, in the folders it made."""
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    metrics_path = out_dir / "metrics.jsonl"
+    lead = rank == 0
     model_cfg = config.model
     train_set, val_set = prepared.train_set, prepared.val_set
     sampler = None
     if config.gt_sampling is not None:
         sampler = GtSampler.build(config.gt_sampling, train_set, model_cfg.classes)
         say(f"ground-truth sampling bank: {dict(sampler.bank.counts())}")
-    # Only now: a config whose sources cannot be read leaves no folder behind.
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     base = LearnedFusionNet(model_cfg)
     optim = torch.optim.AdamW(

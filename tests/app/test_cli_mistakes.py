@@ -568,3 +568,28 @@ def test_a_pipe_given_as_a_drive_or_run_is_named_not_waited_on(
     assert err.endswith(f"{run}: not a regular file (a device, pipe or socket), so no run")
     err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(tmp_path / "bag"))
     assert f"{run}: is not a regular file (a device, pipe or socket)" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["show", "RUN", "--drive", "DRIVE", "--out", ""], "--out"),
+        (["show", "RUN", "--drive", "DRIVE", "--out="], "--out"),
+        (["bench", "--out", "", "--duration", "1", "--quiet"], "--out"),
+        (["demo", "--out", "", "--quiet"], "--out"),
+        (["keys", "generate", "--out", ""], "--out"),
+        (["replay", "DRIVE", "--out", ""], "--out"),
+    ],
+)
+def test_an_empty_argument_is_refused_before_any_work(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], named: str
+) -> None:
+    """An empty value (an unset shell variable: `--out "$DIR"`) named the current folder, where
+    `show`, `bench`, `demo` and `keys` wrote their files with exit 0."""
+    monkeypatch.chdir(tmp_path)
+    run, drive = tmp_path / "run.jsonl", tmp_path / "drive.mcap"
+    argv = [{"RUN": str(run), "DRIVE": str(drive)}.get(a, a) for a in argv]
+    err = _fails(capsys, *argv)
+    assert err.startswith(f"perception {argv[0]}")
+    assert err.endswith(f": error: {named} is empty (an unset shell variable?): give it a value")
+    assert list(tmp_path.iterdir()) == []

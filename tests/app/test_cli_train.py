@@ -171,3 +171,40 @@ def test_a_source_that_fails_when_opened_leaves_no_folder(
     err = _train(capsys, config, out)
     assert "training source kitti: KITTI folder" in err and "nowhere does not exist" in err, err
     assert not (tmp_path / "a").exists()
+
+
+def test_a_config_among_the_run_files_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config named as the export's model config, in --out: the run's end replaced it with
+    the model's description, and the config was lost."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = run / "learned_fusion.yaml"
+    config.write_text(yaml.safe_dump(VALID), encoding="utf-8")
+    before = config.read_bytes()
+    # Also through a link, and through another spelling of the folder.
+    link = tmp_path / "cfg.yaml"
+    link.symlink_to(config)
+    for given, out in ((config, run), (link, run / ".." / "run")):
+        err = _train(capsys, given, out)
+        assert err == (
+            f"perception train: error: {given}: the training config is "
+            f"{out / 'learned_fusion.yaml'}, which the run writes: it would be replaced; move it "
+            "or choose another --out"
+        )
+    assert config.read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["learned_fusion.yaml"]
+
+
+def test_an_empty_out_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out ""` (an unset variable) named the current folder, which got the run's files."""
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, train={"steps": 1, "threads": 1})
+    err = fails(capsys, "train", str(config), "--out", "", "--quiet")
+    assert err == (
+        "perception train: error: --out is empty (an unset shell variable?): give it a value"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["cfg.yaml"]

@@ -220,7 +220,8 @@ def _check_drive(spec: Mapping[str, Any], where: str) -> None:
 def _drive(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSource:
     path = _path(spec["path"], base_dir, "path", where)
     if not path.is_file():
-        raise ValueError(f"{where}: drive {path} does not exist")
+        state = "is not a regular file (a folder or pipe)" if path.exists() else "does not exist"
+        raise ValueError(f"{where}: drive {path} {state}")
     return DriveSource(path)
 
 
@@ -244,7 +245,8 @@ def _kitti(spec: Mapping[str, Any], base_dir: Path, where: str) -> TrainingSourc
     ids, labels = _kitti_options(spec, where)
     root = _path(spec["root"], base_dir, "root", where)
     if not root.is_dir():
-        raise ValueError(f"{where}: KITTI folder {root} does not exist")
+        state = "is not a folder" if root.exists() else "does not exist"
+        raise ValueError(f"{where}: KITTI folder {root} {state}")
     ref = spec.get("reference_dir")
     reference_dir = None if ref is None else _path(ref, base_dir, "reference_dir", where)
     return KittiSource(root, ids, labels, reference_dir)

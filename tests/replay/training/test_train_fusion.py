@@ -287,3 +287,54 @@ def test_resume_drops_records_after_the_checkpoint_and_a_torn_line(tmp_path: Pat
     metrics.write_text("\n".join([*lines[:3], "[1, 2]", lines[3], lines[3][:17]]) + "\n")
     _trim_metrics(metrics, 3)
     assert metrics.read_text() == "".join(f"{ln}\n" for ln in lines[:3])
+
+
+#: A run of seconds: one short synthetic drive, no camera, a small grid and net.
+TINY: dict[str, Any] = {
+    "data": {"train": [SYNTH]},
+    "camera": {"model": "none"},
+    "model": {**KITTI_LEARNED_GRID, "channels": [8, 16], "pfn_channels": 8},
+    "train": {"steps": 1000, "checkpoint_every": 1000, "threads": 1},
+}
+
+
+def test_a_run_stopped_before_its_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM before the first checkpoint: nothing to resume, and no folder holding
+    a metrics log, which looked like a run that --resume then refused."""
+    config = parse_train_config(TINY, "test", tmp_path)
+
+    def interrupt(done: int, _total: int, _loss: float) -> None:
+        if done == 20:  # after metrics were logged at steps 10 and 20
+            raise KeyboardInterrupt
+
+    out = tmp_path / "a" / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out, progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+    # A folder that was there stays, without the run's files.
+    out.mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out, progress=interrupt)
+    assert list(out.iterdir()) == []
+
+
+def test_a_checkpoint_interrupted_while_written_leaves_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during a checkpoint's write: the previous checkpoint stays, and no torn
+    `last.pt.tmp` beside it."""
+    from replay.training import train_fusion
+
+    path = tmp_path / "last.pt"
+    train_fusion._atomic_save({"step": 1}, path)
+    before = path.read_bytes()
+
+    def torn(_obj: Any, to: Path) -> None:
+        Path(to).write_bytes(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(KeyboardInterrupt):
+        train_fusion._atomic_save({"step": 2}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert path.read_bytes() == before

@@ -85,6 +85,15 @@ def test_kitti_entry(tmp_path: Path, kitti_dir: Path) -> None:
             {"kind": "kitti", "root": "nowhere"},
             r"training source kitti: KITTI folder .*nowhere does not exist",
         ),
+        # They were "does not exist" too.
+        (
+            {"kind": "drive", "path": "."},
+            r"training source drive: drive .* is not a regular file \(a folder or pipe\)$",
+        ),
+        (
+            {"kind": "kitti", "root": "/dev/null"},
+            r"training source kitti: KITTI folder /dev/null is not a folder$",
+        ),
         (
             {"kind": "kitti", "root": "KITTI", "labels": "label_9"},
             "labels: 'label_9' is not one of",
