@@ -4,9 +4,11 @@ scene into an MCAP drive."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from app.common import Stages, not_for
+from perception.msgs.schema import ALTITUDE_RANGE_M
 from replay.datasets.importers import ImportStats, import_kitti_object, import_kitti_raw
 from replay.errors import ReplayError
 from replay.output import OutputError, check_not_an_input, check_output_file
@@ -26,6 +28,13 @@ def _origin(text: str | None) -> tuple[float, float, float] | None:
         ) from None
     if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
         raise ReplayError(f"--origin {text!r}: latitude or longitude out of range")
+    low, high = ALTITUDE_RANGE_M
+    if not (math.isfinite(alt) and low <= alt <= high):
+        # An altitude of 1e300 was blamed on the scene's ego poses, after numpy's warnings.
+        raise ReplayError(
+            f"--origin {text!r}: altitude out of range ({low:g} to {high:g} m, what a GNSS fix "
+            "may hold)"
+        )
     return lat, lon, alt
 
 

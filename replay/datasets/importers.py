@@ -42,6 +42,7 @@ from __future__ import annotations
 import bisect
 import calendar
 import math
+import os
 import re
 import statistics
 import time
@@ -55,9 +56,10 @@ import numpy.typing as npt
 
 from calibration import GNSS_FRAME, CalibrationError, Rig, load_kitti_raw_calib
 from calibration.errors import read_text
-from calibration.images import image_size_of
+from calibration.images import check_image_pixels, encoded_image_size, image_size_of
 from perception.errors import WireError
 from perception.msgs import wire
+from perception.msgs.schema import DEFAULT_LIMITS, MAX_STAMP_NS
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message, RigMessage
 from replay.datasets.kitti_object import (
     CAMERA_STREAM,
@@ -102,6 +104,11 @@ KITTI_RAW_GREY_CAMERAS: dict[str, tuple[str, str]] = {
 
 _OXTS_FIELDS = 30
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
+#: A KITTI raw frame file's name: its index, 10 digits (the index of its timestamps line).
+_FRAME_NAME = re.compile(r"^\d{10}\.")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: A PNG's last chunk (IEND, empty, fixed CRC): a file cut short has none.
+_PNG_END = b"IEND\xaeB`\x82"
 
 
 @dataclass(frozen=True)
@@ -137,22 +144,48 @@ def parse_kitti_timestamp(text: str) -> int:
 
 
 def read_kitti_timestamps(path: Path) -> list[int]:
-    """The stamps (ns) of a KITTI `timestamps*.txt` file, one per non-empty line.
+    """The stamps (ns) of a KITTI `timestamps*.txt` file, one per non-empty line (a blank
+    line is a frame lost, see `_frame_stamps`).
 
-    Raises ReplayError naming the file (and line) when missing or malformed."""
-    path = Path(path)
+    Raises ReplayError naming the file (and line) when missing or malformed: a line that is
+    no timestamp, one a drive cannot hold (before 1970 or after `MAX_STAMP_NS`), or one not
+    after the line before it (a repeated or earlier stamp is a damaged file, and would put
+    its frame at another time than the frames around it)."""
+    return _frame_stamps(Path(path))[1]
+
+
+def _frame_stamps(path: Path) -> tuple[list[int], list[int]]:
+    """(frame indices, stamps) of a KITTI timestamps file: line i + 1 is frame i, and a blank
+    line a frame lost (KITTI's own: 2011_09_26_drive_0009_sync's velodyne frames 177-180
+    have blank lines and no scan files). Raises as `read_kitti_timestamps`."""
     lines = read_text(path, "timestamps", ReplayError).splitlines()
+    frames: list[int] = []
     stamps: list[int] = []
+    previous = 0
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            stamps.append(parse_kitti_timestamp(line))
+            stamp = parse_kitti_timestamp(line)
         except ValueError as e:
             raise ReplayError(f"{path}:{lineno}: {e}") from e
+        if not 0 <= stamp <= MAX_STAMP_NS:
+            raise ReplayError(
+                f"{path}:{lineno}: {line.strip()!r} is outside the times a drive holds "
+                "(1970 to 2116)"
+            )
+        if stamps and stamp <= stamps[-1]:
+            order = "repeats" if stamp == stamps[-1] else "is before"
+            raise ReplayError(
+                f"{path}:{lineno}: {line.strip()!r} {order} the stamp of line {previous}; a "
+                "stream's stamps must increase"
+            )
+        frames.append(lineno - 1)
+        stamps.append(stamp)
+        previous = lineno
     if not stamps:
         raise ReplayError(f"{path}: no timestamps")
-    return stamps
+    return frames, stamps
 
 
 def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
@@ -160,10 +193,18 @@ def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
     `stamp_ns` (see the module docstring for the fields). Raises ReplayError naming the file."""
     path = Path(path)
     text = read_text(path, "oxts packet", ReplayError)
-    try:
-        values = [float(v) for v in text.split()]
-    except ValueError as e:
-        raise ReplayError(f"{path}: oxts packet is not numbers ({e})") from e
+    values: list[float] = []
+    for i, token in enumerate(text.split(), start=1):
+        try:
+            # float() also takes "1_000": no oxts writer puts one, so it is damage.
+            if "_" in token:
+                raise ValueError(token)
+            values.append(float(token))
+        except ValueError:
+            shown = token if len(token) <= 24 else token[:24] + "..."
+            raise ReplayError(
+                f"{path}: oxts packet is not numbers (value {i} is {shown!r})"
+            ) from None
     if len(values) != _OXTS_FIELDS:
         raise ReplayError(f"{path}: oxts packet has {len(values)} values, expected {_OXTS_FIELDS}")
     if not all(math.isfinite(v) for v in values):
@@ -171,6 +212,9 @@ def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
     lat, lon, alt, _roll, _pitch, yaw, vn, ve = values[:8]
     vu = values[10]
     pos_accuracy = values[23]
+    if pos_accuracy < 0:
+        # Squared, it would pass as a valid variance.
+        raise ReplayError(f"{path}: oxts packet has a negative pos_accuracy ({pos_accuracy})")
     var = pos_accuracy * pos_accuracy
     fix = GnssFix(
         header=Header(GNSS_STREAM, seq, stamp_ns, GNSS_FRAME),
@@ -212,23 +256,47 @@ class _Stream:
     rank: int  # tie-break between streams at equal log times
 
 
-def _data_files(folder: Path, suffix: str, stamps: Sequence[int], ts_path: Path) -> list[Path]:
+def _data_files(folder: Path, suffix: str, frames: Sequence[int], ts_path: Path) -> list[Path]:
+    """The files of `frames` (`_frame_stamps`), `data/<frame index, 10 digits><suffix>`.
+
+    Frames are matched to their timestamps by name, not by position in a sorted listing: one
+    misnamed or missing file would otherwise move every later frame to its neighbour's stamp.
+    Other files (`._*` from macOS copies, notes) are not frames and are left alone."""
     data = folder / "data"
     if not data.is_dir():
         raise ReplayError(f"{data}: missing (the frames of {folder.name})")
-    files = sorted(data.glob(f"*{suffix}"))
-    if len(files) != len(stamps):
+    present = {
+        p.name for p in data.iterdir() if _FRAME_NAME.match(p.name) and p.name.endswith(suffix)
+    }
+    names = [f"{i:010d}{suffix}" for i in frames]
+    missing = [n for n in names if n not in present]
+    if len(present) != len(names):
+        first = f"; {missing[0]} is missing" if missing else ""
         raise ReplayError(
-            f"{data}: {len(files)} {suffix} files but {len(stamps)} timestamps in {ts_path}"
+            f"{data}: {len(present)} {suffix} files but {len(names)} timestamps in {ts_path}{first}"
         )
+    if missing:
+        extra = sorted(present - set(names))[0]
+        raise ReplayError(
+            f"{data}: {missing[0]} is missing and {extra} has no timestamp in {ts_path}"
+        )
+    files = [data / n for n in names]
+    for path in files:
+        if not path.is_file():
+            # A pipe would block the import for ever; a folder or a looping link fails late.
+            state = "a broken or looping link" if path.is_symlink() else "not a regular file"
+            raise ReplayError(f"{path}: {state}")
     return files
 
 
 def _raw_camera(drive: Path, folder: str, topic: str, rank: int) -> _Stream:
     root = drive / folder
+    if not root.is_dir():
+        state = "a broken or looping link" if root.is_symlink() else "not a folder"
+        raise ReplayError(f"{root}: {state}, so no camera images")
     ts_path = root / "timestamps.txt"
-    stamps = read_kitti_timestamps(ts_path)
-    return _Stream(topic, _data_files(root, ".png", stamps, ts_path), stamps, stamps, rank)
+    frames, stamps = _frame_stamps(ts_path)
+    return _Stream(topic, _data_files(root, ".png", frames, ts_path), stamps, stamps, rank)
 
 
 def _raw_lidar(drive: Path, rank: int) -> _Stream:
@@ -236,14 +304,28 @@ def _raw_lidar(drive: Path, rank: int) -> _Stream:
     if not root.is_dir():
         raise ReplayError(f"{root}: missing (the lidar sweeps)")
     start_path, end_path = root / "timestamps_start.txt", root / "timestamps_end.txt"
-    starts = read_kitti_timestamps(start_path)
-    ends = read_kitti_timestamps(end_path)
+    frames, starts = _frame_stamps(start_path)
+    end_frames, ends = _frame_stamps(end_path)
     if len(starts) != len(ends):
         raise ReplayError(f"{end_path}: {len(ends)} stamps but {len(starts)} in {start_path}")
-    for i, (s, e) in enumerate(zip(starts, ends, strict=True), start=1):
+    if end_frames != frames:
+        i = next(k for k, (a, b) in enumerate(zip(frames, end_frames, strict=True)) if a != b)
+        raise ReplayError(
+            f"{end_path}:{end_frames[i] + 1}: the sweep of line {frames[i] + 1} of {start_path} "
+            "has its end on another line (a blank line is a sweep lost)"
+        )
+    longest = DEFAULT_LIMITS.max_sweep_duration_ns
+    for i, s, e in zip((f + 1 for f in frames), starts, ends, strict=True):
         if e < s:
             raise ReplayError(f"{end_path}:{i}: sweep ends before it starts ({start_path})")
-    return _Stream(LIDAR_STREAM, _data_files(root, ".bin", starts, start_path), starts, ends, rank)
+        if e - s > longest:
+            # Each point's time is read from the sweep's span: a damaged stamp of either file
+            # gave an oversize sweep, named by its scan file.
+            raise ReplayError(
+                f"{end_path}:{i}: sweep lasts {(e - s) / 1e9:.3f} s from its start in "
+                f"{start_path}, longer than the {longest / 1e9:g} s a sweep may take"
+            )
+    return _Stream(LIDAR_STREAM, _data_files(root, ".bin", frames, start_path), starts, ends, rank)
 
 
 def _raw_oxts(drive: Path, rank: int) -> _Stream:
@@ -251,11 +333,11 @@ def _raw_oxts(drive: Path, rank: int) -> _Stream:
     if not root.is_dir():
         raise ReplayError(f"{root}: missing (the GNSS/INS packets)")
     ts_path = root / "timestamps.txt"
-    stamps = read_kitti_timestamps(ts_path)
-    return _Stream(GNSS_STREAM, _data_files(root, ".txt", stamps, ts_path), stamps, stamps, rank)
+    frames, stamps = _frame_stamps(ts_path)
+    return _Stream(GNSS_STREAM, _data_files(root, ".txt", frames, ts_path), stamps, stamps, rank)
 
 
-def _load(stream: _Stream, index: int, cameras: dict[str, str]) -> Message:
+def _load(stream: _Stream, index: int, cameras: dict[str, str], rig: Rig) -> Message:
     path, stamp = stream.files[index], stream.stamps[index]
     if stream.topic == LIDAR_STREAM:
         points = read_kitti_scan(path)
@@ -271,8 +353,20 @@ def _load(stream: _Stream, index: int, cameras: dict[str, str]) -> Message:
         data = path.read_bytes()
     except OSError as e:
         raise ReplayError(f"{path}: cannot read image ({e.strerror})") from e
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+    if not data.startswith(_PNG_MAGIC):
         raise ReplayError(f"{path}: not a PNG image")
+    # The bytes are copied as they are, not decoded: a file cut short or of another size
+    # than its camera's would pass into the drive and fail only when replayed.
+    if data.rfind(_PNG_END) < 0:
+        raise ReplayError(f"{path}: PNG image is cut short (no IEND chunk)")
+    name = cameras[stream.topic]
+    camera = rig.cameras[name]
+    size = encoded_image_size(data)
+    if size != (camera.width, camera.height):
+        got = "no size in its header" if size is None else f"{size[0]}x{size[1]}"
+        raise ReplayError(
+            f"{path}: image is {got}, but camera {name}'s images are {camera.width}x{camera.height}"
+        )
     frame_id = f"camera/{cameras[stream.topic]}"
     return CameraFrame(Header(stream.topic, index, stamp, frame_id), data=data, encoding="png")
 
@@ -367,7 +461,8 @@ def import_kitti_raw(
     cameras: dict[str, str] = {}
     camera_streams: list[_Stream] = []
     for rank, (folder, (topic, name)) in enumerate(sorted(folders.items()), start=2):
-        if folder != "image_02" and not (drive / folder).is_dir():
+        # A file or a broken link by an optional camera's name is a damaged camera, not none.
+        if folder != "image_02" and not os.path.lexists(drive / folder):
             if folder in KITTI_RAW_GREY_CAMERAS:
                 raise ReplayError(f"{drive / folder}: missing (grey=True asks for it)")
             continue
@@ -379,6 +474,8 @@ def import_kitti_raw(
 
     front = next(s for s in camera_streams if s.topic == CAMERA_STREAM)
     try:
+        # Before the calibration, which would blame its own size limit for a huge image.
+        check_image_pixels(front.files[0], DEFAULT_LIMITS.max_image_pixels)
         size = image_size_of(front.files[0])
         rig = load_kitti_raw_calib(drive.parent, size)
     except CalibrationError as e:
@@ -394,7 +491,7 @@ def import_kitti_raw(
         writer.write_rig(rig, first)
         for done, (log_time, _rank, i, k) in enumerate(order, start=1):
             stream = streams[k]
-            msg = _load(stream, i, cameras)
+            msg = _load(stream, i, cameras, rig)
             writer.write(msg, log_time, stream.topic, source=str(stream.files[i]))
             counts[stream.topic] = counts.get(stream.topic, 0) + 1
             if progress is not None:

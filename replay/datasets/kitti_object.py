@@ -123,8 +123,12 @@ class KittiObjectFolder:
             )
             for path in (frame.image_path, frame.lidar_path, frame.calib_path):
                 if not path.is_file():
-                    # A pipe would block its reader: named for what it is, as missing is.
-                    state = "not a regular file" if path.exists() else "missing"
+                    # A pipe would block its reader: named for what it is, as missing is, and
+                    # a link to nowhere (or to itself) is no missing file.
+                    if path.is_symlink() and not path.exists():
+                        state = "a broken or looping link"
+                    else:
+                        state = "not a regular file" if path.exists() else "missing"
                     raise ReplayError(f"{path}: {state} for frame {stem}")
             self.frames.append(frame)
 

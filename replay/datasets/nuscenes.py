@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import CalibrationError, LocalTangentPlane, Rig, RigidTransform
+from calibration.images import encoded_image_size
 from perception.errors import WireError
 from perception.msgs import wire
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message
@@ -116,9 +117,15 @@ _JPEG = b"\xff\xd8\xff"
 
 def _scene(tables: NuScenesTables, name: str) -> Record:
     scenes = tables.table("scene")
-    for record in scenes:
-        if record["name"] == name:
-            return record
+    found = [record for record in scenes if record["name"] == name]
+    if len(found) > 1:
+        # Which one is meant cannot be told: the first was taken without a word.
+        tokens = ", ".join(r["token"] for r in found)
+        raise ReplayError(
+            f"{tables.root / 'scene.json'}: {len(found)} scenes named {name!r} ({tokens})"
+        )
+    if found:
+        return found[0]
     names = ", ".join(sorted(r["name"] for r in scenes)) or "none"
     raise ReplayError(f"{tables.root}: no scene {name!r}; scenes available: {names}")
 
@@ -126,12 +133,22 @@ def _scene(tables: NuScenesTables, name: str) -> Record:
 # -- reading -------------------------------------------------------------------------------------
 
 
+def _check_regular(path: Path, what: str) -> None:
+    """Refuses a sample file that is a pipe (its read would wait for a writer for ever), a
+    folder or a broken link, naming it; a missing one is left to the read, which names it."""
+    if path.exists() and not path.is_file():
+        raise ReplayError(f"{path}: {what} is not a regular file")
+    if path.is_symlink() and not path.exists():
+        raise ReplayError(f"{path}: {what} is a broken or looping link")
+
+
 def read_nuscenes_points(path: Path) -> npt.NDArray[np.float32]:
     """A nuScenes lidar `.pcd.bin` (float32 x, y, z, intensity 0-255, ring) as N x 4 float32
     (x, y, z m in the sensor frame, intensity 0-1).
 
-    Raises ReplayError naming the file when it cannot be read, is empty, is not a whole number
-    of 20-byte points, or holds non-finite values."""
+    Raises ReplayError naming the file when it is not a regular file, cannot be read, is
+    empty, is not a whole number of 20-byte points, or holds non-finite values."""
+    _check_regular(path, "the lidar sweep")
     try:
         raw = np.fromfile(path, dtype=np.float32)
     except OSError as e:
@@ -150,13 +167,21 @@ def read_nuscenes_points(path: Path) -> npt.NDArray[np.float32]:
     return points
 
 
-def _read_jpeg(path: Path) -> bytes:
+def _read_jpeg(path: Path, size: tuple[int, int]) -> bytes:
+    """The JPEG file's bytes, checked to be a JPEG of `size` (width, height: its record's)."""
+    _check_regular(path, "the image")
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ReplayError(f"{path}: cannot read image ({e.strerror or e})") from e
     if not data.startswith(_JPEG):
         raise ReplayError(f"{path}: not a JPEG image")
+    # Copied as it is, not decoded: an image of another size than the camera's (the rig's,
+    # from the records) would pass into the drive and fail only when replayed.
+    found = encoded_image_size(data)
+    if found != size:
+        got = "no size in its header" if found is None else f"{found[0]}x{found[1]}"
+        raise ReplayError(f"{path}: image is {got}, its sample_data says {size[0]}x{size[1]}")
     return data
 
 
@@ -194,7 +219,19 @@ def _channel(
     if keyframes or not keys:
         return keys
     first = _follow(tables, "sample_data", keys[0], "prev")[-1]
-    return _follow(tables, "sample_data", first, "next")
+    chain = _follow(tables, "sample_data", first, "next")
+    # A damaged prev/next link leads into another scene or channel: its records (and their
+    # ego poses) were taken as this scene's, without a word.
+    scene = {s["token"] for s in samples}
+    for record in chain:
+        other = tables.channel_of[record["token"]]
+        if other != channel or record["sample_token"] not in scene:
+            where = f"channel {other}" if other != channel else "a sample of another scene"
+            raise ReplayError(
+                f"{tables.root / 'sample_data.json'}: the {channel} prev/next links lead to "
+                f"{record['token']}, of {where}"
+            )
+    return chain
 
 
 def _sweep_duration_ns(tables: NuScenesTables, record: Record) -> int:
@@ -276,8 +313,11 @@ def _lidar_message(path: Path, seq: int, stamp: int, duration: int) -> LidarSwee
     return LidarSweep(Header(LIDAR_STREAM, seq, stamp, "lidar"), points, offsets)
 
 
-def _camera_message(path: Path, topic: str, seq: int, stamp: int) -> CameraFrame:
-    return CameraFrame(Header(topic, seq, stamp, topic), data=_read_jpeg(path), encoding="jpeg")
+def _camera_message(
+    path: Path, topic: str, seq: int, stamp: int, size: tuple[int, int]
+) -> CameraFrame:
+    data = _read_jpeg(path, size)
+    return CameraFrame(Header(topic, seq, stamp, topic), data=data, encoding="jpeg")
 
 
 def _truth(
@@ -390,7 +430,8 @@ def _plan(
             stamp = int(rec["timestamp"]) * 1000
             camera_stamps.setdefault(topic, []).append(stamp)
             path = dataroot / rec["filename"]
-            frame = partial(_camera_message, path, topic, seq, stamp)
+            size = (rec["width"], rec["height"])
+            frame = partial(_camera_message, path, topic, seq, stamp, size)
             items.append(_Item(stamp, rank, topic, frame, str(path)))
     items.sort(key=lambda it: (it.log_time_ns, it.rank))
     frames = [stamp for stamps in camera_stamps.values() for stamp in stamps]

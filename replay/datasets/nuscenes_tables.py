@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perception.msgs.schema import MAX_STAMP_NS
 from replay.errors import ReplayError
 
 __all__ = ["FIELDS", "TABLES", "NuScenesTables", "Record"]
@@ -56,6 +57,86 @@ _JSON_TYPES = {
 }
 
 
+# Exact types (`type(v) is int`): a JSON true is a Python int too, and this runs for every
+# field of every record (v1.0-trainval has 2.6 M sample_data records).
+def _number(v: Any) -> bool:
+    return type(v) is int or (type(v) is float and math.isfinite(v))
+
+
+def _numbers(n: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is list and len(v) == n and all(map(_number, v))
+
+
+def _count(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _relative_path(v: Any) -> bool:
+    # A sample file is under DATAROOT: a table naming /etc/passwd or ../x had it read.
+    return type(v) is str and v != "" and v[0] != "/" and ".." not in v.split("/")
+
+
+def _intrinsic(v: Any) -> bool:
+    return v == [] or (type(v) is list and len(v) == 3 and all(map(_numbers(3), v)))
+
+
+_MAX_TIMESTAMP_US = MAX_STAMP_NS // 1000
+#: What each field the importer reads must be (any other is a string): a value of another
+#: JSON type failed as "unexpected TypeError", as an error naming no table, or was misread
+#: (an is_key_frame of "false" is true).
+_KINDS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
+    "timestamp": (
+        lambda v: _count(v) and v <= _MAX_TIMESTAMP_US,
+        "a whole number of microseconds from 1970 to 2116",
+    ),
+    "width": (_count, "a whole number of pixels"),
+    "height": (_count, "a whole number of pixels"),
+    "num_lidar_pts": (_count, "a whole number of points"),
+    "is_key_frame": (lambda v: type(v) is bool, "true or false"),
+    "translation": (_numbers(3), "3 finite numbers"),
+    "size": (_numbers(3), "3 finite numbers"),
+    "rotation": (_numbers(4), "4 finite numbers (a quaternion w, x, y, z)"),
+    "camera_intrinsic": (_intrinsic, "[] or a 3 x 3 matrix of finite numbers"),
+    "attribute_tokens": (
+        lambda v: type(v) is list and all(type(t) is str for t in v),
+        "a list of tokens",
+    ),
+    "filename": (_relative_path, "a relative path inside DATAROOT"),
+}
+#: Fields read where a record has them.
+_OPTIONAL = ("num_lidar_pts",)
+
+
+def _type_check(fields: tuple[str, ...]) -> Callable[[Record], str | None]:
+    """For records with `fields` (and `token`): the first field of a record whose value is
+    not of its kind (`_KINDS`, else a string), or None."""
+    strings = tuple(k for k in ("token", *fields) if k not in _KINDS)
+    typed = tuple((k, _KINDS[k][0]) for k in fields if k in _KINDS)
+    optional = tuple((k, _KINDS[k][0]) for k in _OPTIONAL)
+
+    def bad_field(row: Record) -> str | None:
+        for key in strings:
+            if type(row[key]) is not str:
+                return key
+        for key, check in typed:
+            if not check(row[key]):
+                return key
+        for key, check in optional:
+            if key in row and not check(row[key]):
+                return key
+        return None
+
+    return bad_field
+
+
+def _wrong_type(path: Path, index: int, row: Record, key: str) -> ReplayError:
+    shown = json.dumps(row[key])
+    shown = shown if len(shown) <= 40 else shown[:40] + "..."
+    expected = _KINDS[key][1] if key in _KINDS else "a string"
+    name = f"record {index}" + (f" (token {row['token']})" if key != "token" else "")
+    return ReplayError(f"{path}: {name} field {key} is {shown}, expected {expected}")
+
+
 def _versions(dataroot: Path) -> list[str]:
     """The version folders under `dataroot` (those holding a scene table), sorted."""
     try:
@@ -74,6 +155,12 @@ def _table_root(dataroot: Path, version: str) -> Path:
         raise ReplayError(
             f"{root}: missing (the tables of version {version}); versions here: {found}"
         )
+    for table in TABLES:
+        path = root / f"{table}.json"
+        if not path.is_file() and (path.exists() or path.is_symlink()):
+            # A pipe would block the reader; a folder or looping link is no missing table.
+            state = "a broken or looping link" if not path.exists() else "not a regular file"
+            raise ReplayError(f"{path}: {state}, so no {table} table")
     missing = [f"{t}.json" for t in TABLES if not (root / f"{t}.json").is_file()]
     if missing:
         raise ReplayError(
@@ -98,6 +185,7 @@ def _load(path: Path, fields: tuple[str, ...]) -> dict[str, Record]:
         kind = _JSON_TYPES.get(type(rows), type(rows).__name__)
         raise ReplayError(f"{path}: not a list of records (a nuScenes table) but {kind}")
     out: dict[str, Record] = {}
+    bad_field = _type_check(fields)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ReplayError(f"{path}: record {i} is not a JSON object")
@@ -105,6 +193,8 @@ def _load(path: Path, fields: tuple[str, ...]) -> dict[str, Record]:
         if lacking:
             name = f"record {i} (token {row['token']})" if "token" in row else f"record {i}"
             raise ReplayError(f"{path}: {name} lacks field(s) {', '.join(lacking)}")
+        if (bad := bad_field(row)) is not None:
+            raise _wrong_type(path, i, row, bad)
         if row["token"] in out:
             raise ReplayError(f"{path}: token {row['token']} appears twice")
         out[row["token"]] = row

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,24 @@ def _where(bag: Bag, topic: str, log_time: int) -> str:
     return f"{bag.path}: {topic} at receive time {log_time}"
 
 
+@contextmanager
+def _as_ros_defines(where: str, msgtype: str) -> Iterator[None]:
+    """A message read as ROS 2 defines its type. A bag stores its own definitions, and one
+    that defines a standard type otherwise (a PointCloud2 without a header) decoded fine and
+    then failed as "unexpected AttributeError"."""
+    try:
+        yield
+    except AttributeError as e:
+        raise Rosbag2Error(
+            f"{where}: {msgtype} as the bag defines it has no field {e.name!r} (not the ROS 2 "
+            "message of that name)"
+        ) from e
+    except TypeError as e:
+        raise Rosbag2Error(
+            f"{where}: {msgtype} as the bag defines it is not the ROS 2 message of that name ({e})"
+        ) from e
+
+
 def _first_pass(bag: Bag, plan: TopicPlan) -> _Calibration:
     calib = _Calibration()
     infos: dict[str, list[CameraPlan]] = {}
@@ -150,29 +170,38 @@ def _first_pass(bag: Bag, plan: TopicPlan) -> _Calibration:
     for topic, msgtype, log_time, data in bag.raw(small):
         where = _where(bag, topic, log_time)
         msg = bag.decode(data, msgtype, where)
-        if topic in plan.tf_static:
-            calib.tf.append((log_time, tf_edges(msg, where)))
-        elif topic == velocity_topic:
-            sample = velocity_sample(msg, msgtype, where)
-            if sample is not None:
-                calib.velocities.append(sample)
-        for cam in infos.get(topic, []):
-            rectified = cam.rectified
-            if rectified is None:
-                rectified = rectified_by_name(cam.topic, cam.msgtype)
-            cal = camera_calibration(msg, rectified=rectified, where=f"{where} ({cam.stream})")
-            calib.cameras.append((log_time, cam.name, cal))
+        with _as_ros_defines(where, msgtype):
+            if topic in plan.tf_static:
+                calib.tf.append((log_time, tf_edges(msg, where)))
+            elif topic == velocity_topic:
+                sample = velocity_sample(msg, msgtype, where)
+                if sample is not None:
+                    calib.velocities.append(sample)
+            for cam in infos.get(topic, []):
+                rectified = cam.rectified
+                if rectified is None:
+                    rectified = rectified_by_name(cam.topic, cam.msgtype)
+                cal = camera_calibration(msg, rectified=rectified, where=f"{where} ({cam.stream})")
+                calib.cameras.append((log_time, cam.name, cal))
     calib.velocities.sort(key=lambda s: s.stamp_ns)
-    calib.lidar_frame = _first_frame_id(bag, plan.lidar.topic) or LIDAR_FRAME
+    lidar_frame = _first_frame_id(bag, plan.lidar.topic)
+    if lidar_frame is None:
+        # Said here: the rig built without it blamed the cameras' tf frames instead.
+        raise Rosbag2Error(f"{bag.path}: the lidar topic {plan.lidar.topic} has no messages")
+    calib.lidar_frame = lidar_frame or LIDAR_FRAME
     if plan.gnss is not None:
-        calib.gnss_frame = _first_frame_id(bag, plan.gnss)
+        calib.gnss_frame = _first_frame_id(bag, plan.gnss) or None
     return calib
 
 
 def _first_frame_id(bag: Bag, topic: str) -> str | None:
+    """The frame id of the topic's first message ("" when it gives none); None when the topic
+    has no message."""
     for _topic, msgtype, log_time, data in bag.raw([topic]):
-        msg = bag.decode(data, msgtype, _where(bag, topic, log_time))
-        return str(msg.header.frame_id).lstrip("/") or None
+        where = _where(bag, topic, log_time)
+        msg = bag.decode(data, msgtype, where)
+        with _as_ros_defines(where, msgtype):
+            return str(msg.header.frame_id).lstrip("/")
     return None
 
 
@@ -200,10 +229,22 @@ class _Converter:
     def convert(self, topic: str, msgtype: str, log_time: int, data: bytes) -> Message | None:
         where = _where(self._bag, topic, log_time)
         msg = self._bag.decode(data, msgtype, where)
+        with _as_ros_defines(where, msgtype):
+            return self._convert(topic, msgtype, msg, where)
+
+    def _convert(self, topic: str, msgtype: str, msg: Any, where: str) -> Message | None:
         stream = self._plan.streams[topic]
         seq = self.seq.get(stream, 0)
         out: Message | None
         if topic == self._plan.lidar.topic:
+            frame = str(msg.header.frame_id).lstrip("/") or LIDAR_FRAME
+            if frame != self._calib.lidar_frame:
+                # The rig places the lidar by its first sweep's frame: a sweep in another
+                # frame would be put where that one is, without a word.
+                raise Rosbag2Error(
+                    f"{where}: the sweep is in frame {frame!r}, the lidar topic's first in "
+                    f"{self._calib.lidar_frame!r} (the rig holds one lidar frame)"
+                )
             out = pointcloud_to_sweep(
                 msg,
                 stream=stream,

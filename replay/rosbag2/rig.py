@@ -215,6 +215,18 @@ def _reserved(name: str) -> bool:
     return name in (VEHICLE_FRAME, LIDAR_FRAME, GNSS_FRAME) or name.startswith("camera/")
 
 
+def _loop(tf: Mapping[str, TfEdge]) -> list[str] | None:
+    """Frames whose parents lead back to them (child, parent, ..., child), or None."""
+    for start in tf:
+        path, frame = [start], start
+        while frame in tf:
+            frame = tf[frame].parent
+            if frame in path:
+                return [*path[path.index(frame) :], frame]
+            path.append(frame)
+    return None
+
+
 def build_rig(
     tf: Mapping[str, TfEdge],
     *,
@@ -227,8 +239,16 @@ def build_rig(
     """The rig of `tf` (child -> edge), the lidar's frame id, the cameras (rig name ->
     calibration) and the GNSS fix's frame id (see the module docstring).
 
-    Raises Rosbag2Error naming `source`: the vehicle frame is not connected to the lidar's, a
-    camera's frame is not connected to the vehicle's tree, or the rig is invalid."""
+    Raises Rosbag2Error naming `source`: frames whose parents loop, the vehicle frame is not
+    connected to the lidar's, a camera's frame is not connected to the vehicle's tree, or the
+    rig is invalid."""
+    loop = _loop(tf)
+    if loop is not None:
+        # Two paths between frames that disagree: one was taken without a word.
+        raise Rosbag2Error(
+            f"{source}: tf_static frames loop ({' -> '.join(loop)}, each frame's parent after "
+            "it): a frame has one parent"
+        )
     lidar_frame = _frame(lidar_frame)
     if vehicle_frame is None:
         root = _root(lidar_frame, tf)

@@ -52,4 +52,11 @@ def test_mistakes(capsys: pytest.CaptureFixture[str], dataroot: Path, tmp_path: 
         table.write_bytes(saved)
     err = _fails(capsys, *base, "--scene", SCENE, "--origin", "1,2")
     assert "expected LAT,LON,ALT" in err
+    # It was numpy's RuntimeWarnings, then "ego_pose: the poses around ... give no valid fix".
+    for alt in ("1e300", "inf", "nan"):
+        err = _fails(capsys, *base, "--scene", SCENE, "--origin", f"1,2,{alt}")
+        assert err == (
+            f"perception import: error: --origin '1,2,{alt}': altitude out of range (-12000 to "
+            "100000 m, what a GNSS fix may hold)"
+        )
     assert not Path(out).exists()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -241,14 +243,73 @@ def test_raw_grey_cameras(raw_drive: Path, tmp_path: Path) -> None:
     assert first.message.header.stamp_ns == real
 
 
-#: A PNG's signature and 32 MiB: what the KITTI raw importer copies as it is.
-_OVERSIZE_PNG = b"\x89PNG\r\n\x1a\n" + bytes(32 << 20)
+def _oversize_png(drive: Path) -> None:
+    """Frame 3 as a whole PNG followed by 32 MiB (decoders stop at its end): what the KITTI raw
+    importer copies as it is, above the wire's size limit."""
+    frames = drive / "image_02" / "data"
+    png = (frames / "0000000002.png").read_bytes()
+    (frames / "0000000003.png").write_bytes(png + bytes(32 << 20))
 
 
 def _set_oxts(packet: Path, index: int, value: str) -> None:
     values = packet.read_text().split()
     values[index] = value
     packet.write_text(" ".join(values) + "\n")
+
+
+def _set_line(path: Path, lineno: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[lineno - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _repeat_line(path: Path, lineno: int) -> None:
+    _set_line(path, lineno, path.read_text().splitlines()[lineno - 2])
+
+
+def _later_ends(drive: Path, seconds: int) -> None:
+    """Every sweep end `seconds` later: the stamps still increase, each sweep lasts too long."""
+    path = drive / "velodyne_points" / "timestamps_end.txt"
+    ends = [parse_kitti_timestamp(line) + seconds * 10**9 for line in _real_lines(path)]
+    text = [np.datetime_as_string(np.datetime64(t, "ns")).replace("T", " ") for t in ends]
+    path.write_text("\n".join(text) + "\n")
+
+
+def _replace_png(drive: Path, index: int, image: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", image)
+    assert ok
+    (drive / "image_02" / "data" / f"{index:010d}.png").write_bytes(png.tobytes())
+
+
+def _cut_png(drive: Path, index: int) -> None:
+    path = drive / "image_02" / "data" / f"{index:010d}.png"
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def _rename(path: Path, name: str) -> None:
+    path.rename(path.with_name(name))
+
+
+def _link_to_nowhere(path: Path) -> None:
+    shutil.rmtree(path)
+    path.symlink_to(path.name)  # itself: a loop
+
+
+def _unlinked(path: Path) -> Path:
+    path.unlink()
+    return path
+
+
+def _huge_png_header(path: Path) -> None:
+    """A PNG whose header says 100000 x 100000 pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize(
@@ -272,7 +333,7 @@ def _set_oxts(packet: Path, index: int, value: str) -> None:
         (lambda d: _set_oxts(d / "oxts" / "data" / "0000000003.txt", 2, "1e300"),
          r"0000000003\.txt: oxts packet is no valid fix \(gnss: field 'fields\.altitude_m'"),
         # Above the wire's size limit: it was "camera/front: oversize message", naming no file.
-        (lambda d: (d / "image_02" / "data" / "0000000003.png").write_bytes(_OVERSIZE_PNG),
+        (_oversize_png,
          r"image_02/data/0000000003\.png: cannot be stored in a drive \(camera/front: oversize "
          r"message: \d+ bytes, above the limit of 33554432\)$"),
         # Binary text files: named, with the byte and its offset.
@@ -282,6 +343,55 @@ def _set_oxts(packet: Path, index: int, value: str) -> None:
          r"oxts/data/0000000003\.txt: not UTF-8 text \(byte 0xff at offset 3\)$"),
         (lambda d: (d / "image_02" / "timestamps.txt").write_bytes(b"\xff\xfe\x00\n"),
          r"image_02/timestamps\.txt: not UTF-8 text \(byte 0xff at offset 0\)$"),
+        # Stamps that do not increase were taken as they were: frame 50 went before frame 0.
+        (lambda d: _repeat_line(d / "image_02" / "timestamps.txt", 51),
+         r"image_02/timestamps\.txt:51: '[^']+' repeats the stamp of line 50; a stream's "
+         r"stamps must increase$"),
+        (lambda d: _set_line(d / "oxts" / "timestamps.txt", 51, "2011-09-26 13:02:20.0"),
+         r"oxts/timestamps\.txt:51: '2011-09-26 13:02:20\.0' is before the stamp of line 50"),
+        # A year the drive cannot hold: "rig: cannot encode the header document", no file.
+        (lambda d: _set_line(d / "image_02" / "timestamps.txt", 1, "0001-01-01 00:00:00.0"),
+         r"image_02/timestamps\.txt:1: '0001-01-01 00:00:00\.0' is outside the times a drive "
+         r"holds \(1970 to 2116\)$"),
+        (lambda d: _set_line(d / "image_02" / "timestamps.txt", 108, "9999-12-31 23:59:59.9"),
+         r"image_02/timestamps\.txt:108: '9999-12-31 23:59:59\.9' is outside the times"),
+        # A sweep of 5 s was the scan file's "point_time_offsets_ns has values above the limit".
+        (lambda d: _later_ends(d, 5),
+         r"timestamps_end\.txt:1: sweep lasts 5\.\d+ s from its start in \S+timestamps_start\.txt, "
+         r"longer than the 1 s a sweep may take$"),
+        # Frames were matched to the timestamps by sorted position: the misnamed frame 50 took
+        # the last stamp and frames 51-107 each their neighbour's.
+        (lambda d: _rename(d / "image_02" / "data" / "0000000050.png", "0000000200.png"),
+         r"image_02/data: 0000000050\.png is missing and 0000000200\.png has no timestamp in "
+         r"\S+image_02/timestamps\.txt$"),
+        (lambda d: _rename(d / "image_02" / "data" / "0000000050.png", "frame50.png"),
+         r"image_02/data: 107 \.png files but 108 timestamps in \S+; 0000000050\.png is missing$"),
+        # Pipes among the frames: the import waited for a writer for ever.
+        (lambda d: os.mkfifo(_unlinked(d / "velodyne_points" / "data" / "0000000050.bin")),
+         r"velodyne_points/data/0000000050\.bin: not a regular file$"),
+        (lambda d: os.mkfifo(_unlinked(d / "image_02" / "data" / "0000000000.png")),
+         r"image_02/data/0000000000\.png: not a regular file$"),
+        # An optional camera's folder as a looping link: it was left out without a word.
+        (lambda d: _link_to_nowhere(d / "image_03"),
+         r"image_03: a broken or looping link, so no camera images$"),
+        # PNG bytes are copied as they are: a cut or resized frame went into the drive.
+        (lambda d: _cut_png(d, 50),
+         r"image_02/data/0000000050\.png: PNG image is cut short \(no IEND chunk\)$"),
+        (lambda d: _replace_png(d, 50, np.zeros((200, 300, 3), np.uint8)),
+         r"image_02/data/0000000050\.png: image is 300x200, but camera front's images are "
+         r"1242x375$"),
+        # It was the calibration file's "P_rect_00: image size ... above 65536 pixels a side".
+        (lambda d: _huge_png_header(d / "image_02" / "data" / "0000000000.png"),
+         r"image_02/data/0000000000\.png: image of 100000 x 100000 = 10000000000 pixels, above "
+         r"the limit of 10000000$"),
+        # The whole line was quoted; "4_9" was read as 49; a negative accuracy squared passed.
+        (lambda d: _set_oxts(d / "oxts" / "data" / "0000000003.txt", 0, ",".join(["1.5"] * 30)),
+         r"0000000003\.txt: oxts packet is not numbers \(value 1 is '1\.5,1\.5,1\.5,1\.5,1\.5,1\.5,"
+         r"\.\.\.'\)$"),
+        (lambda d: _set_oxts(d / "oxts" / "data" / "0000000003.txt", 0, "4_9"),
+         r"0000000003\.txt: oxts packet is not numbers \(value 1 is '4_9'\)$"),
+        (lambda d: _set_oxts(d / "oxts" / "data" / "0000000003.txt", 23, "-5"),
+         r"0000000003\.txt: oxts packet has a negative pos_accuracy \(-5\.0\)$"),
     ],
 )  # fmt: skip
 def test_raw_errors_name_the_path(raw_drive: Path, tmp_path: Path, damage, match: str) -> None:
@@ -292,6 +402,31 @@ def test_raw_errors_name_the_path(raw_drive: Path, tmp_path: Path, damage, match
     with pytest.raises(ReplayError, match=match):
         import_kitti_raw(copy / DRIVE, out)
     assert not out.exists() and not (tmp_path / "out.mcap.part").exists()
+
+
+def test_raw_lost_frames_keep_their_stamps(raw_drive: Path, tmp_path: Path) -> None:
+    """KITTI marks a lost frame with a blank line and no file (2011_09_26_drive_0009_sync's
+    velodyne frames 177-180): each file keeps the stamp of its own line."""
+    copy = tmp_path / DATE
+    shutil.copytree(raw_drive.parent, copy)
+    lidar = copy / DRIVE / "velodyne_points"
+    for name in ("timestamps_start.txt", "timestamps_end.txt"):
+        lines = (lidar / name).read_text().splitlines()
+        lines[5] = lines[6] = ""
+        (lidar / name).write_text("\n".join(lines) + "\n")
+    for i in (5, 6):
+        (lidar / "data" / f"{i:010d}.bin").unlink()
+    (SCAN * 2).tofile(lidar / "data" / "0000000007.bin")
+    out = tmp_path / "out.mcap"
+    assert import_kitti_raw(copy / DRIVE, out).messages["lidar/top"] == FRAMES - 2
+    sweeps = [r.message for r in DriveReader(out).messages() if r.topic == "lidar/top"]
+    starts = _real_lines(raw_drive / "velodyne_points" / "timestamps_start.txt")
+    assert [s.header.stamp_ns for s in sweeps] == [
+        _ns(line) for i, line in enumerate(starts) if i not in (5, 6)
+    ]
+    assert isinstance(sweeps[5], LidarSweep)
+    assert sweeps[5].header.stamp_ns == _ns(starts[7])
+    np.testing.assert_array_equal(sweeps[5].points, SCAN * 2)
 
 
 def test_raw_drive_replays_with_its_camera_offsets(
@@ -375,6 +510,9 @@ def test_object_import_errors(tmp_path: Path, kitti_dir: Path) -> None:
     [
         (lambda k: (k / "velodyne_reduced" / "000003.bin").unlink(),
          "{k}/velodyne_reduced/000003.bin: missing for frame 000003"),
+        # A link to itself was said to be missing.
+        (lambda k: _unlinked(k / "velodyne_reduced" / "000003.bin").symlink_to("000003.bin"),
+         "{k}/velodyne_reduced/000003.bin: a broken or looping link for frame 000003"),
         (lambda k: (k / "calib" / "000003.txt").write_bytes(b"\xff\xfe\x00garbage\n"),
          "{k}/calib/000003.txt: not UTF-8 text (byte 0xff at offset 0)"),
         # Above the wire's limit: it was "lidar/top: ... above the limit", naming no file.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,67 @@ def test_record_missing_a_field(dataset: Fixture, tmp_path: Path) -> None:
     assert _refused(root) == f"{path}: record 3 (token {tok}) lacks field(s) width, prev"
     path = _edit(root, "visibility", lambda rows: rows[1].pop("token"))
     assert _refused(root) == f"{path}: record 1 lacks field(s) token"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        # Was "unexpected TypeError: unhashable type: 'list'" (exit 1, "a bug").
+        ("sample.token", [5], "field token is [5], expected a string"),
+        # Was "unexpected TypeError: sequence item 0: expected str instance, int found".
+        ("scene.name", 5, "field name is 5, expected a string"),
+        # The string "false" is true: a sweep became a keyframe without a word.
+        ("sample_data.is_key_frame", "false",
+         'field is_key_frame is "false", expected true or false'),
+        # Was "scene-0061: invalid literal for int() with base 10: 'abc'", naming no table.
+        ("sample_data.timestamp", "abc",
+         'field timestamp is "abc", expected a whole number of microseconds from 1970 to 2116'),
+        # Was "rig: field 'header.stamp_ns' must not be negative", naming no table.
+        ("sample_data.timestamp", -5,
+         "field timestamp is -5, expected a whole number of microseconds from 1970 to 2116"),
+        ("sample_data.timestamp", 1.5,
+         "field timestamp is 1.5, expected a whole number of microseconds from 1970 to 2116"),
+        ("ego_pose.translation", [1.0, 2.0],
+         "field translation is [1.0, 2.0], expected 3 finite numbers"),
+        ("ego_pose.rotation", [math.nan, 0.0, 0.0, 1.0],
+         "field rotation is [NaN, 0.0, 0.0, 1.0], expected 4 finite numbers (a quaternion w, x, "
+         "y, z)"),
+        ("calibrated_sensor.camera_intrinsic", [[1, 2], [3]],
+         "field camera_intrinsic is [[1, 2], [3]], expected [] or a 3 x 3 matrix of finite "
+         "numbers"),
+        ("sample_annotation.attribute_tokens", 5,
+         "field attribute_tokens is 5, expected a list of tokens"),
+        ("sample_annotation.num_lidar_pts", "many",
+         'field num_lidar_pts is "many", expected a whole number of points'),
+        # A sample file outside DATAROOT was read (and imported, had it been a JPEG).
+        ("sample_data.filename", "/etc/passwd",
+         'field filename is "/etc/passwd", expected a relative path inside DATAROOT'),
+        ("sample_data.filename", "samples/../../x.jpg",
+         'field filename is "samples/../../x.jpg", expected a relative path inside DATAROOT'),
+    ],
+)  # fmt: skip
+def test_field_of_the_wrong_type(
+    dataset: Fixture, tmp_path: Path, field: str, value: object, problem: str
+) -> None:
+    """Record 0 of the table with `field` (table.key) set to `value`: refused naming both."""
+    table, key = field.split(".")
+    root = _copy(dataset, tmp_path)
+    path = _edit(root, table, lambda rows: rows[0].__setitem__(key, value))
+    token = dataset.table(table)[0]["token"]
+    record = "record 0" if key == "token" else f"record 0 (token {token})"
+    assert _refused(root) == f"{path}: {record} {problem}"
+
+
+def test_a_table_that_is_no_file_is_named(dataset: Fixture, tmp_path: Path) -> None:
+    """A pipe, a folder or a looping link for a table was "missing table(s)"."""
+    root = _copy(dataset, tmp_path)
+    path = root / VERSION / "log.json"
+    path.unlink()
+    os.mkfifo(path)
+    assert _refused(root) == f"{path}: not a regular file, so no log table"
+    path.unlink()
+    path.symlink_to("log.json")
+    assert _refused(root) == f"{path}: a broken or looping link, so no log table"
 
 
 def test_duplicate_token(dataset: Fixture, tmp_path: Path) -> None:

@@ -21,7 +21,14 @@ from replay.offline import replay_to_file
 from replay.rosbag2 import import_rosbag2
 from replay.rosbag2.errors import Rosbag2Error
 from tests.conftest import png_size
-from tests.replay.rosbag2.bags import CHATTER_TOPIC, LAT, write_kitti_bag
+from tests.replay.rosbag2.bags import (
+    CHATTER_TOPIC,
+    LAT,
+    LIDAR_TOPIC,
+    BagWriter,
+    point_cloud,
+    write_kitti_bag,
+)
 
 # The folder replay stamps its unrelated frames this far apart (replay.offline.open_source).
 PERIOD_NS = round((NodeConfig().tracking.max_gap_s + 1.0) * 1e9)
@@ -182,3 +189,51 @@ def test_a_pipe_as_a_bag_or_in_its_folder_is_refused_not_waited_on(tmp_path: Pat
     os.mkfifo(folder / "bag_0.mcap")
     with pytest.raises(Rosbag2Error, match=r"bag_0\.mcap: not a regular file"):
         import_rosbag2(folder, tmp_path / "out.mcap")
+
+
+def _refused(bag: Path, tmp_path: Path) -> str:
+    out = tmp_path / "drive.mcap"
+    with pytest.raises(Rosbag2Error) as e:
+        import_rosbag2(bag, out)
+    assert not out.exists()
+    return str(e.value)
+
+
+def test_a_lidar_topic_without_messages_is_named(kitti_dir: Path, tmp_path: Path) -> None:
+    """It was "camera front: its frame 'camera_rect' is not connected to the vehicle frame
+    'lidar' in tf_static": the rig was built without the lidar's frame."""
+
+    def lidar_topic(w: BagWriter, _i: int, _stamp: int) -> None:
+        w.connection(LIDAR_TOPIC, "sensor_msgs/msg/PointCloud2")
+
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=1, skip=(LIDAR_TOPIC,),
+                          extra=lidar_topic)  # fmt: skip
+    assert (
+        _refused(bag.path, tmp_path) == f"{bag.path}: the lidar topic {LIDAR_TOPIC} has no messages"
+    )
+
+
+def test_a_standard_type_defined_otherwise_by_the_bag_is_named(tmp_path: Path) -> None:
+    """A bag's own PointCloud2 without a header: "unexpected AttributeError" (exit 1)."""
+    with BagWriter(tmp_path / "bag") as w:
+        w.connection(LIDAR_TOPIC, "sensor_msgs/msg/PointCloud2", msgdef="int32 a",
+                     rihs01="RIHS01_" + "0" * 64)  # fmt: skip
+        w.write_raw(LIDAR_TOPIC, 1, b"\x00\x01\x00\x00\x05\x00\x00\x00")
+    assert _refused(tmp_path / "bag", tmp_path) == (
+        f"{tmp_path / 'bag'}: {LIDAR_TOPIC} at receive time 1: sensor_msgs/msg/PointCloud2 as "
+        "the bag defines it has no field 'header' (not the ROS 2 message of that name)"
+    )
+
+
+def test_a_sweep_in_another_frame_is_refused(tmp_path: Path) -> None:
+    """The rig places the lidar by its first sweep's frame: later sweeps in another frame
+    were put there without a word."""
+    points = np.array([[10.0, 0.0, 0.0, 0.5]], np.float32)
+    with BagWriter(tmp_path / "bag") as w:
+        w.write(LIDAR_TOPIC, 1, point_cloud(0, "velo_link", points))
+        w.write(LIDAR_TOPIC, 2, point_cloud(100_000_000, "/velo_link", points))  # the same
+        w.write(LIDAR_TOPIC, 3, point_cloud(200_000_000, "os_sensor", points))
+    assert _refused(tmp_path / "bag", tmp_path) == (
+        f"{tmp_path / 'bag'}: {LIDAR_TOPIC} at receive time 3: the sweep is in frame "
+        "'os_sensor', the lidar topic's first in 'velo_link' (the rig holds one lidar frame)"
+    )

@@ -190,6 +190,23 @@ def test_rig_hangs_from_base_link_and_renames_reserved_frames() -> None:
                   gnss_frame=None, vehicle_frame=None, source="bag")  # fmt: skip
 
 
+def test_rig_of_looping_tf_frames_is_refused() -> None:
+    """velo -> cam -> velo (a later tf_static reversing an edge): the tree took one of the
+    two disagreeing paths without a word."""
+    tf = {
+        "velo": _edge("cam", "velo", 1.0),
+        "cam": _edge("velo", "cam", 1.0),
+        "gps": _edge("base_link", "gps", -0.5),
+    }
+    with pytest.raises(Rosbag2Error) as e:
+        build_rig(tf, lidar_frame="velo", cameras={}, gnss_frame=None, vehicle_frame=None,
+                  source="bag")  # fmt: skip
+    assert str(e.value) == (
+        "bag: tf_static frames loop (velo -> cam -> velo, each frame's parent after it): a "
+        "frame has one parent"
+    )
+
+
 def test_rig_without_tf_is_the_lidar_frame() -> None:
     rig = build_rig({}, lidar_frame="velodyne", cameras={}, gnss_frame="gps",
                     vehicle_frame=None, source="bag")  # fmt: skip
