@@ -53,8 +53,8 @@ class CameraModel(ABC):
     `context` prefixes validation errors (a rig loader passes `"<file>: cameras.<name>"`).
     Construction raises CalibrationError for a non-finite or malformed `k`, focal lengths
     outside `MIN_FOCAL_PER_SIDE`..`MAX_FOCAL_PER_SIDE` times the image's longer side (zero or
-    negative among them), a principal point outside the image, an image size not in
-    1..`MAX_IMAGE_SIDE_PX` or a distortion vector of the wrong length.
+    negative among them), a skew larger than fx, a principal point outside the image, an image
+    size not in 1..`MAX_IMAGE_SIDE_PX` or a distortion vector of the wrong length.
     """
 
     k: FloatArray
@@ -98,12 +98,14 @@ class CameraModel(ABC):
             or self.height <= 0
         ):
             raise CalibrationError(
-                f"{ctx}: image size must be positive integers, got {self.width}x{self.height}"
+                f"{ctx}: image size must be positive integers, got "
+                f"{shown(self.width)}x{shown(self.height)}"
             )
         if self.width > MAX_IMAGE_SIDE_PX or self.height > MAX_IMAGE_SIDE_PX:
+            # shown(): a size of 400 digits made an error line of 400 digits.
             raise CalibrationError(
-                f"{ctx}: image size {self.width}x{self.height} is above {MAX_IMAGE_SIDE_PX} "
-                "pixels a side"
+                f"{ctx}: image size {shown(self.width)}x{shown(self.height)} is above "
+                f"{MAX_IMAGE_SIDE_PX} pixels a side"
             )
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
@@ -119,6 +121,13 @@ class CameraModel(ABC):
                     f"{MAX_FOCAL_PER_SIDE:g} times its longer side, a fisheye to a half-degree "
                     "telephoto)"
                 )
+        if not abs(k[0, 1]) <= k[0, 0]:
+            # A skew of 1e300 passed, and every point then projected off the image: a check
+            # found no lidar point in it and said so with exit 0, the rig never named.
+            raise CalibrationError(
+                f"{ctx}.k: skew s={k[0, 1]:.6g} px is beyond fx={k[0, 0]:.6g} px (pixel axes "
+                "more than 45 degrees from square): no camera is so"
+            )
         if not (0.0 <= k[0, 2] <= self.width and 0.0 <= k[1, 2] <= self.height):
             raise CalibrationError(
                 f"{ctx}.k: principal point ({k[0, 2]}, {k[1, 2]}) lies outside the "

@@ -46,8 +46,11 @@ _TEXT_FIELDS = {"calib_time"}
 
 
 def _read_fields(path: Path, required: dict[str, int]) -> dict[str, FloatArray]:
-    text = read_text(path, "calibration file")
+    # A byte order mark (an editor's "UTF-8 with BOM") read as part of the first key made it
+    # "missing field P0" in a file that starts with P0.
+    text = read_text(path, "calibration file").removeprefix("\ufeff")
     fields: dict[str, FloatArray] = {}
+    lines: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -57,6 +60,12 @@ def _read_fields(path: Path, required: dict[str, int]) -> dict[str, FloatArray]:
         key = key.strip()
         if key in _TEXT_FIELDS:
             continue
+        if key in lines:
+            # The last one was taken without a word: which of the two is right is not ours to say.
+            raise CalibrationError(
+                f"{path}:{lineno}: field {key[:40]} given twice (first on line {lines[key]})"
+            )
+        lines[key] = lineno
         try:
             fields[key] = np.array([float(v) for v in rest.split()], dtype=np.float64)
         except ValueError as e:

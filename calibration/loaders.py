@@ -7,7 +7,7 @@ from pathlib import Path
 from calibration.errors import CalibrationError
 from calibration.images import IMAGE_SUFFIXES, image_size_of
 from calibration.kitti import KITTI_RAW_FILES, load_kitti_object_calib, load_kitti_raw_calib
-from calibration.pjlab import load_pjlab_calib
+from calibration.pjlab import PJLAB_SUFFIXES, load_pjlab_calib
 from calibration.rig import Rig, load_rig_yaml
 
 __all__ = ["KITTI_DEFAULT_SIZE", "load_rig"]
@@ -40,13 +40,19 @@ def load_rig(path: Path | str, image_size: tuple[int, int] | None = None) -> Rig
     """
     p = Path(path)
     if p.is_dir():
-        if all((p / name).is_file() for name in KITTI_RAW_FILES):
+        raw = [(p / name).is_file() for name in KITTI_RAW_FILES]
+        if all(raw):
             return load_kitti_raw_calib(p, image_size)
         if any(p.glob("*-intrinsic.json")):
             return load_pjlab_calib(p, image_size)
         for name in ("rig.yaml", "rig.yml"):
             if (p / name).is_file():
                 return load_rig_yaml(p / name)
+        if any(raw):
+            missing = [name for name, there in zip(KITTI_RAW_FILES, raw, strict=True) if not there]
+            raise CalibrationError(
+                f"{p}: a KITTI raw calibration folder without {', '.join(missing)}"
+            )
         raise CalibrationError(
             f"{p}: not a recognised calibration folder (expected {', '.join(KITTI_RAW_FILES)}, "
             "a PJLab *-intrinsic.json + *-extrinsic.json pair, or rig.yaml)"
@@ -59,6 +65,13 @@ def load_rig(path: Path | str, image_size: tuple[int, int] | None = None) -> Rig
     if suffix in (".yaml", ".yml"):
         return load_rig_yaml(p)
     if suffix == ".json":
+        if not p.name.endswith(PJLAB_SUFFIXES):
+            # The PJLab loader reads the pair in the file's folder: any other JSON file there
+            # was taken for that pair, its own content unread.
+            raise CalibrationError(
+                f"{p}: not a PJLab calibration file (its name must end in "
+                f"{' or '.join(PJLAB_SUFFIXES)}); a rig file is YAML (.yaml)"
+            )
         return load_pjlab_calib(p, image_size)
     if p.name in KITTI_RAW_FILES:
         return load_kitti_raw_calib(p.parent, image_size)

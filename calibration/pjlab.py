@@ -16,19 +16,25 @@ always an error.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from calibration.camera import PinholeCamera
-from calibration.errors import CalibrationError, read_text, unconverted
+from calibration.errors import CalibrationError, read_text, shown, unconverted
 from calibration.images import find_image, image_size_of
-from calibration.rig import FrameEdge, Rig, camera_frame
+from calibration.rig import MAX_TIME_OFFSET_NS, FrameEdge, Rig, camera_frame
 from calibration.transforms import RigidTransform
 
-__all__ = ["find_pjlab_files", "load_pjlab_calib"]
+__all__ = ["PJLAB_SUFFIXES", "find_pjlab_files", "load_pjlab_calib"]
+
+#: How the names of a PJLab pair's files end.
+PJLAB_SUFFIXES = ("-intrinsic.json", "-extrinsic.json")
 
 
 def find_pjlab_files(path: Path) -> tuple[Path, Path]:
@@ -93,6 +99,43 @@ def _matrix(doc: dict[str, Any], dotted: str, path: Path, shape: tuple[int, int]
     return m.reshape(shape)
 
 
+def _numbers(value: Any, field: str, path: Path) -> npt.NDArray[np.float64]:
+    """A field's flat array of numbers (a list, or a list of rows as PJLab writes matrices)."""
+    try:
+        if isinstance(value, list):  # numpy takes null and a bare number for one value
+            return np.array(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise CalibrationError(f"{path}: field {field}: expected a list of numbers, got {shown(value)}")
+
+
+def _pixels(value: Any, field: str, path: Path) -> int:
+    """An image side in pixels: a whole number (1920.7 was taken as 1920 without a word)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan
+        return int(value)
+    raise CalibrationError(
+        f"{path}: field {field}: expected a whole number of pixels, got {shown(value)}"
+    )
+
+
+def _time_lag_ms(value: Any, path: Path) -> float:
+    """`param.time_lag` (ms): a finite number within the rig's time offsets."""
+    if value is None:
+        return 0.0
+    lag = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an integer of 400 digits
+            lag = float(value)
+    if not (math.isfinite(lag) and abs(lag) * 1e6 <= MAX_TIME_OFFSET_NS):
+        raise CalibrationError(
+            f"{path}: field param.time_lag: expected a finite number of milliseconds within "
+            f"+-{MAX_TIME_OFFSET_NS / 1e6:.3g}, got {shown(value)}"
+        )
+    return lag
+
+
 def load_pjlab_calib(
     path: Path, image_size: tuple[int, int] | None = None, *, strict: bool = False
 ) -> Rig:
@@ -108,13 +151,15 @@ def load_pjlab_calib(
     intr_path, extr_path = find_pjlab_files(path)
     intr = _read_json(intr_path)
     extr = _read_json(extr_path)
-    sensor = str(intr.get("sensor_name", "camera"))
+    sensor = intr.get("sensor_name", "camera")
+    if not isinstance(sensor, str) or not sensor.strip():
+        raise CalibrationError(f"{intr_path}: sensor_name: expected a name, got {shown(sensor)}")
     name = sensor.removesuffix("_camera") or sensor
     k = _matrix(intr, "param.cam_K", intr_path, (3, 3))
-    dist_raw = np.array(_get(intr, "param.cam_dist.data", intr_path), dtype=np.float64).ravel()
+    dist_raw = _numbers(_get(intr, "param.cam_dist.data", intr_path), "param.cam_dist", intr_path)
     stated = (
-        int(_get(intr, "param.img_dist_w", intr_path)),
-        int(_get(intr, "param.img_dist_h", intr_path)),
+        _pixels(_get(intr, "param.img_dist_w", intr_path), "param.img_dist_w", intr_path),
+        _pixels(_get(intr, "param.img_dist_h", intr_path), "param.img_dist_h", intr_path),
     )
     warnings: list[str] = []
     size = stated
@@ -149,7 +194,7 @@ def load_pjlab_calib(
         _matrix(extr, "param.sensor_calib", extr_path, (4, 4)),
         f"{extr_path}: param.sensor_calib",
     )
-    lag = float(extr.get("param", {}).get("time_lag", 0) or 0)
+    lag = _time_lag_ms(_get(extr, "param", extr_path).get("time_lag", 0), extr_path)
     offsets = {}
     if lag:
         # SensorsCalibration does not state the unit; its tools use milliseconds.

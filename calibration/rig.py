@@ -187,7 +187,7 @@ class Rig:
                 )
             if abs(int(value)) > MAX_TIME_OFFSET_NS:
                 raise CalibrationError(
-                    f"{where}: time_offsets_ns.{stream}: {int(value)} ns is beyond "
+                    f"{where}: time_offsets_ns.{stream}: {shown(int(value))} ns is beyond "
                     f"+-{MAX_TIME_OFFSET_NS} ns"
                 )
         self.time_offsets_ns: Mapping[str, int] = MappingProxyType(

@@ -21,6 +21,7 @@ like to the check.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +54,8 @@ __all__ = [
     "check_calibrations",
 ]
 
+log = logging.getLogger(__name__)
+
 #: The most frames one check pools (the newest): about 500 kB of evidence each at the live
 #: node's 3,000 points a frame.
 MAX_FRAMES = 600
@@ -78,6 +81,11 @@ class CameraVerdict:
     rig: Rig
     view: CalibrationView | None = None
     skipped_by: tuple[tuple[str, int], ...] = ()
+    #: Where the drive's rig changed: the rigs in force before `rig` and the frames checked
+    #: against them, which this verdict (of `rig`, over the frames from its change on) leaves
+    #: out.
+    earlier_rigs: int = 0
+    earlier_frames: int = 0
 
     @property
     def drifted(self) -> bool:
@@ -192,14 +200,35 @@ def check_calibrations(
             f"{source}: the calibration monitor failed on {core.counters.calibration_errors} "
             "sweep(s) (see the log)"
         )
-    given = None
+    hint = ""
     if config.rig is not None and opened.default_rig is not None:
         # Where nothing is checked, a rig given whose cameras the drive does not have is the
         # likely cause: say so.
         cameras = ", ".join(sorted(opened.default_rig.cameras)) or "none"
         topics = ", ".join(opened.config.inputs.camera_topics)
-        given = f"; the rig given ({config.rig}) has cameras {cameras}, the source's are {topics}"
-    return [_verdicts(source, watch, given or "") for watch in watches]
+        hint = f"; the rig given ({config.rig}) has cameras {cameras}, the source's are {topics}"
+    processed = core.counters.published
+    refused = ""
+    if opened.sweeps is not None and processed < opened.sweeps:
+        # The node refuses sweeps whose stamps repeat or stray from their receive times, each
+        # kind named once in its log among other warnings: a verdict over one sweep of a
+        # hundred read as one over the whole drive.
+        why = [
+            f"{n} {what}"
+            for n, what in (
+                (core.bundler.stats.duplicate_messages, "repeated a stamp"),
+                (core.counters.stamp_faults, "lay far from their receive time"),
+            )
+            if n
+        ]
+        refused = f"the node processed {processed} of its {opened.sweeps} sweeps" + (
+            f" (of its inputs, {' and '.join(why)})" if why else ""
+        )
+        hint += f"; {refused}"
+    verdicts = [_verdicts(source, watch, hint) for watch in watches]
+    if refused:
+        log.warning("%s: %s; the verdict is of those it processed", source, refused)
+    return verdicts
 
 
 def frame_points(configured: int, sweeps: int | None) -> int:
@@ -224,7 +253,10 @@ def _verdicts(source: Path, watch: CalibrationWatch, hint: str = "") -> list[Cam
         rig = watch.rig_of(name)
         assert rig is not None
         skipped_by = tuple(sorted(mon.skipped_by.items()))
-        verdicts.append(CameraVerdict(name, estimate, rig, watch.view_of(name), skipped_by))
+        rigs, frames = watch.earlier_of(name)
+        verdicts.append(
+            CameraVerdict(name, estimate, rig, watch.view_of(name), skipped_by, rigs, frames)
+        )
     if not verdicts:
         raise ReplayError(
             f"{source}: no frame to check the calibration with (no camera image the pipeline "

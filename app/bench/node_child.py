@@ -91,7 +91,7 @@ class NodeChild(Closeable):
         code = self.proc.poll()
         if code is not None:
             time.sleep(0.1)  # let the pump take its last words
-            raise PerceptionError(f"the node exited with code {code}: {self.tail()}")
+            raise PerceptionError(f"the node {_ended(code)} during the bench: {self.tail()}")
 
     def wait_ready(self, timeout_s: float, stop: threading.Event) -> None:
         """Until the node says it is ready. Raises PerceptionError (exited, timeout) or
@@ -115,6 +115,18 @@ class NodeChild(Closeable):
                 if self.proc.poll() is None:
                     self.proc.kill()
         self.proc.wait()
+
+
+def _ended(code: int) -> str:
+    """How a child that `Popen` says ended with `code` ended: a negative code is the signal
+    that killed it ("exited with code -9" read as a code of its own)."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = f" ({signal.Signals(-code).name})"
+    except ValueError:
+        name = ""
+    return f"was killed by signal {-code}{name}"
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,13 @@ def _max_rate_text(search: MaxRateSearch) -> str:
     )
     best = "none" if search.rate_hz is None else f"{search.rate_hz:.2f} Hz"
     limit = f"{100 * search.max_dropped_fraction:g}%"
+    if search.rate_hz is not None and not search.limit_found:
+        # The search ran out of steps (or reached its ceiling) still stepping up: the rate is
+        # what it got to, not what the node can do.
+        return (
+            f"at least {best} with < {limit} dropped: the search stopped before any rate was "
+            f"too fast for the node (steps: {steps})"
+        )
     return f"{best} with < {limit} dropped (steps: {steps})"
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "EDGE_TRIAL_S",
     "MAX_PRELOADED_SWEEPS",
     "MAX_RATE_TRIAL_S",
+    "MAX_WINDOWS",
     "BenchInterruptedError",
     "BenchSettings",
     "Progress",
@@ -35,6 +36,10 @@ MAX_RATE_TRIAL_S = 10.0
 #: Longest run of one step at the edge (bisection, confirmation): 10 s of a 10-20 Hz run cannot
 #: tell 3 % dropped from 14 %, s.
 EDGE_TRIAL_S = 30.0
+
+#: The most windows a run is reported in over time (a row each): a soak of the longest
+#: --duration in the default minute windows has 16,667.
+MAX_WINDOWS = 100_000
 
 #: progress(sweeps sent, sweeps to send, what is running)
 Progress = Callable[[int, int, str], None]
@@ -74,6 +79,14 @@ def check_settings(settings: BenchSettings) -> None:
         raise PerceptionError(f"--duration must be a number > 0, got {settings.duration_s}")
     if not (math.isfinite(settings.window_s) and settings.window_s > 0):
         raise PerceptionError(f"--window must be a number > 0, got {settings.window_s}")
+    if settings.duration_s / settings.window_s > MAX_WINDOWS:
+        # The report has a row per window: --window 1e-9 made three billion of them, after the
+        # run, which then never ended.
+        raise PerceptionError(
+            f"--window {settings.window_s:g} s cuts --duration {settings.duration_s:g} s into "
+            f"more than {MAX_WINDOWS:,} windows; give at least "
+            f"{settings.duration_s / MAX_WINDOWS:.3g} s"
+        )
     if settings.backend is not None and settings.backend not in BACKENDS:
         raise PerceptionError(f"--backend must be one of {', '.join(BACKENDS)}")
     if settings.device is not None and settings.device not in DEVICES:

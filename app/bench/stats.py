@@ -142,11 +142,15 @@ class RateTrial:
 
 @dataclass(frozen=True)
 class MaxRateSearch:
-    """The highest rate measured sustained (None: none was) and every step taken."""
+    """The highest rate measured sustained (None: none was) and every step taken.
+    `limit_found`: a higher rate was measured not sustained, so `rate_hz` is the node's limit
+    (within the search's tolerance); False: the search stopped (at its ceiling or after its
+    last trial) still stepping up, and the node sustains at least `rate_hz`."""
 
     rate_hz: float | None
     max_dropped_fraction: float
     trials: tuple[RateTrial, ...]
+    limit_found: bool = True
 
 
 @dataclass(frozen=True)
@@ -306,7 +310,8 @@ def find_max_rate(
         best = max(t.rate_hz for t in ok)
         return best, any(t.long and t.rate_hz == best for t in ok), worst
 
-    rate, edge = start_hz, False
+    # Within the bounds: from 1e-6 Hz the doubling spent every trial below 0.1 Hz.
+    rate, edge = min(max(start_hz, min_hz), max_hz), False
     while len(trials) < max_trials:
         dropped = measure(rate, edge)
         trials.append(RateTrial(rate, dropped, dropped < max_dropped_fraction, edge))
@@ -327,5 +332,5 @@ def find_max_rate(
             if worst / growth < min_hz:
                 break
             rate = worst / growth
-    best, _, _ = state()
-    return MaxRateSearch(best, max_dropped_fraction, tuple(trials))
+    best, _, worst = state()
+    return MaxRateSearch(best, max_dropped_fraction, tuple(trials), limit_found=worst is not None)

@@ -26,6 +26,7 @@ from app.models import camera_model_file, choose_camera_model
 from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
+from perception.msgs.types import RigMessage
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
 from replay.errors import ReplayError, messages_lost
@@ -96,6 +97,25 @@ def _bench_config(args: argparse.Namespace, sweeps: list[Sweep], synthetic: bool
     )
 
 
+def _check_inputs(
+    args: argparse.Namespace, sweeps: list[Sweep], rig: Rig | None, source: str, config: NodeConfig
+) -> None:
+    """Refuse, before the node starts, what it would wait for in vain: sweeps on a topic its
+    config does not subscribe to, or a drive without a rig (each was a minute of "the node
+    answered none of 60 sweeps", naming neither)."""
+    lidar_topic = sweeps[0][-1][0]
+    if config.inputs.lidar_topic != lidar_topic:
+        raise PerceptionError(
+            f"{source}: no lidar sweeps on {config.inputs.lidar_topic} (inputs.lidar_topic of "
+            f"--config {args.config}); its sweeps are on {lidar_topic}"
+        )
+    recorded_rig = any(isinstance(m, RigMessage) for sweep in sweeps for _, m in sweep)
+    if rig is None and config.rig is None and not recorded_rig:
+        raise PerceptionError(
+            f"{source}: holds no rig (calibration); give one with --config (its `rig`)"
+        )
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         rate_hz=args.rate,
@@ -115,6 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with Stages("sweep", args.quiet, labels) as stages:
         source, sweeps, rig, synthetic = _bench_drive(args.drive, sweeps_needed(settings), stages)
         config = _bench_config(args, sweeps, synthetic)
+        _check_inputs(args, sweeps, rig, source, config)
 
         def progress(done: int, total: int, label: str) -> None:
             stages(label, done, total)

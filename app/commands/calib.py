@@ -170,6 +170,16 @@ def _check_many(args: argparse.Namespace) -> int:
     chosen = [v for v in verdicts if args.camera is None or v.camera == args.camera]
     for v in chosen:
         print(_verdict_line(v, config.calibration_monitor.monitor.min_information_nats))
+        if v.earlier_rigs:
+            # The monitor starts over with each rig the drive sends: without this the verdict
+            # read as one over the whole drive.
+            times = "once" if v.earlier_rigs == 1 else f"{v.earlier_rigs} times"
+            print(
+                f"  (camera {v.camera}: the drive's rig changed {times}; this verdict is of its "
+                f"last rig, over the frames from its change on, and leaves out the "
+                f"{v.earlier_frames} frames before it; give a RIG to check one rig over the "
+                "whole drive)"
+            )
     caveat = None if args.frames is not None else calibration_caveat(source)
     if caveat is not None:
         print(f"  ({caveat})")

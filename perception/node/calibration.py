@@ -119,6 +119,11 @@ class _Camera:
     monitor: CalibrationMonitor
     rig: Rig
     view: CalibrationView | None = None
+    #: Rigs watched before this one, and the frames their monitors were given (used or
+    #: skipped): a verdict speaks of the current rig only, and an offline check over a whole
+    #: drive says so when the drive's rig changed.
+    earlier_rigs: int = 0
+    earlier_frames: int = 0
 
 
 class CalibrationWatch:
@@ -161,9 +166,15 @@ class CalibrationWatch:
             camera = frame.rig.cameras[name]
             entry = self._cameras.get(name)
             if entry is None or (not self.pool_rigs and entry.rig is not frame.rig):
+                earlier = entry
                 entry = _Camera(
                     CalibrationMonitor(camera, vehicle_from_camera, self.config.monitor), frame.rig
                 )
+                if earlier is not None:
+                    entry.earlier_rigs = earlier.earlier_rigs + 1
+                    entry.earlier_frames = (
+                        earlier.earlier_frames + earlier.monitor.frames + earlier.monitor.skipped
+                    )
                 self._cameras[name] = entry
             at_exposure = np.array(points, dtype=np.float64, copy=True)
             ground = None if frame.ground is None else frame.ground.moved(motion)
@@ -235,6 +246,12 @@ class CalibrationWatch:
         """The rig a camera's monitor watches (None for a camera not seen)."""
         entry = self._cameras.get(camera)
         return None if entry is None else entry.rig
+
+    def earlier_of(self, camera: str) -> tuple[int, int]:
+        """(rigs, frames) a camera's monitor was given before the rig it watches: a new rig
+        starts it over (0, 0 for a camera not seen, or with `pool_rigs`)."""
+        entry = self._cameras.get(camera)
+        return (0, 0) if entry is None else (entry.earlier_rigs, entry.earlier_frames)
 
 
 def _sigma(values: Sequence[float]) -> tuple[float, float, float]:

@@ -38,6 +38,8 @@ from app.bench import (
     sweep_span_ns,
     write_report,
 )
+from app.bench.node_child import NodeChild
+from app.bench.settings import MAX_WINDOWS
 from app.bench.sweeps import send_times, with_engines
 from app.bench.yardstick import time_camera_encoder
 from app.commands.bench import _bench_drive
@@ -59,6 +61,8 @@ from perception.msgs.types import (
     RigMessage,
 )
 from replay.datasets.kitti_object import KittiObjectFolder
+from replay.drive import DriveWriter
+from tests.app.one_line import fails
 from tests.replay.damage import damage_chunk, kitti_drive
 
 MS = 1_000_000
@@ -256,9 +260,23 @@ def test_find_max_rate_when_nothing_is_sustained() -> None:
 
 
 def test_find_max_rate_stops_at_the_ceiling_and_trial_budget() -> None:
-    assert find_max_rate(lambda _r, _e: 0.0, 10.0, max_hz=100.0).rate_hz == 80.0
+    ceiling = find_max_rate(lambda _r, _e: 0.0, 10.0, max_hz=100.0)
+    assert ceiling.rate_hz == 80.0 and not ceiling.limit_found
     limited = find_max_rate(_capacity(1000.0), 1.0, max_trials=3)
-    assert len(limited.trials) == 3 and limited.rate_hz == 4.0
+    assert len(limited.trials) == 3 and limited.rate_hz == 4.0 and not limited.limit_found
+    assert find_max_rate(_capacity(7.3), 1.0).limit_found
+
+
+def test_a_search_from_a_tiny_rate_starts_at_the_floor_and_says_it_found_no_limit() -> None:
+    """From --rate 1e-6 the doubling spent all 16 trials below 0.03 Hz, and the report called
+    0.03 Hz the node's highest rate."""
+    search = find_max_rate(_capacity(1000.0), 1e-6)
+    assert search.trials[0].rate_hz == 0.1
+    assert search.rate_hz is not None and not search.limit_found
+    md = format_markdown(replace(_result(), max_rate=search))
+    best = f"{search.rate_hz:.2f} Hz"
+    assert f"| max rate | at least {best} with < 5% dropped: the search stopped before any " in md
+    assert "| max rate | 8.00 Hz with < 5% dropped (steps: " in format_markdown(_result())
 
 
 # -- sweeps ----------------------------------------------------------------------------------
@@ -384,6 +402,17 @@ def test_settings_are_checked() -> None:
         check_settings(BenchSettings(backend="tflite"))
     with pytest.raises(PerceptionError, match="--device must be one of"):
         check_settings(BenchSettings(device="tpu"))
+
+
+def test_a_window_that_cuts_the_run_into_too_many_is_refused() -> None:
+    """--window 1e-9 over 3 s: three billion windows of the report, made after the run, which
+    then never ended."""
+    check_settings(BenchSettings(duration_s=3.0, window_s=3.0 / MAX_WINDOWS))
+    with pytest.raises(PerceptionError) as info:
+        check_settings(BenchSettings(duration_s=3.0, window_s=1e-9))
+    assert str(info.value) == (
+        "--window 1e-09 s cuts --duration 3 s into more than 100,000 windows; give at least 3e-05 s"
+    )
 
 
 def test_with_engines_sets_the_backend_and_device_the_node_reads() -> None:
@@ -632,3 +661,48 @@ def test_a_damaged_drive_is_benched_on_what_it_holds(
     assert len(sweeps) == 7
     out = capsys.readouterr().out
     assert out == f"perception bench: {drive}: 3 unreadable message(s) left out\n"
+
+
+def test_a_node_killed_by_a_signal_is_said_so(tmp_path: Path) -> None:
+    """`kill -9` of the node was "the node exited with code -9"."""
+    child = NodeChild(tmp_path / "node.yaml")  # killed before it reads its config
+    child.proc.kill()
+    child.proc.wait()
+    try:
+        with pytest.raises(PerceptionError) as info:
+            child.check_alive()
+    finally:
+        child.close()
+    assert str(info.value).startswith("the node was killed by signal 9 (SIGKILL) during the bench")
+
+
+def _without_rigs(kitti_dir: Path, path: Path) -> Path:
+    with DriveWriter(path) as w:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            if not isinstance(msg, RigMessage):
+                w.write(msg, msg.header.stamp_ns)
+    return path
+
+
+def test_what_the_node_would_wait_for_in_vain_is_refused_before_it_starts(
+    capsys: pytest.CaptureFixture[str], kitti_dir: Path, tmp_path: Path, yolox_path: Path
+) -> None:
+    """A config whose lidar topic is not the drive's, and a drive with no rig: each was a
+    minute of waiting, then "the node answered none of 60 sweeps in 60 s", naming neither."""
+    out = tmp_path / "report"
+    bench = ["bench", "--duration", "1", "--out", str(out), "--model", str(yolox_path), "--quiet"]
+    drive = kitti_drive(kitti_dir, tmp_path / "kitti.mcap")
+    config = tmp_path / "node.yaml"
+    config.write_text("inputs:\n  lidar_topic: lidar/roof\n")
+    err = fails(capsys, *bench, str(drive), "--config", str(config))
+    assert err == (
+        f"perception bench: error: drive {drive}: no lidar sweeps on lidar/roof "
+        f"(inputs.lidar_topic of --config {config}); its sweeps are on lidar/top"
+    )
+    bare = _without_rigs(kitti_dir, tmp_path / "bare.mcap")
+    err = fails(capsys, *bench, str(bare))
+    assert err == (
+        f"perception bench: error: drive {bare}: holds no rig (calibration); give one with "
+        "--config (its `rig`)"
+    )
+    assert not out.exists()

@@ -303,3 +303,23 @@ def test_calib_check_drive_without_evidence_writes_no_refined_rig(
     assert code == 4, out + err
     assert "camera front: NO VERDICT over 20 frames" in out
     assert f"no rig written to {refined}" in out and not refined.exists()
+
+
+def test_calib_check_of_a_drive_whose_rig_changed_says_its_verdict_is_of_the_last(
+    capsys, tmp_path: Path, synth_drive: Callable[[int, float], Path]
+) -> None:
+    """The monitor starts over with each rig the drive sends: the verdict, and the rig
+    --refine writes, are of the last one; the line under the verdict says so, and how many
+    frames it leaves out."""
+    from tests.replay.test_calibration_check import rewritten
+
+    drive = rewritten(synth_drive(3, 0.6), tmp_path / "changed.mcap", rig_from_sweep=3)
+    code = main(["calib", "check", "--drive", str(drive), "--quiet"])
+    out = capsys.readouterr().out
+    assert code in (0, 3, 4), out
+    assert "camera front: " in out and "over 3 frames" in out
+    assert (
+        "  (camera front: the drive's rig changed once; this verdict is of its last rig, over "
+        "the frames from its change on, and leaves out the 3 frames before it; give a RIG to "
+        "check one rig over the whole drive)"
+    ) in out

@@ -222,3 +222,17 @@ def test_in_view_is_what_visible_finds(camera: PinholeCamera | FisheyeCamera) ->
     # very same indices and pixels.
     rows_index, rows_uv = camera.in_view(np.ascontiguousarray(pts.T).T)
     assert np.array_equal(rows_index, index) and np.array_equal(rows_uv, uv)
+
+
+def test_a_skew_beyond_the_focal_length_is_refused() -> None:
+    """A skew of 1e300 made a camera that saw nothing: a check found no lidar point in its
+    image and said so with exit 0. A small skew, as some calibrations have, is kept."""
+    k = np.array([[700.0, 0.5, 600.0], [0.0, 700.0, 180.0], [0.0, 0.0, 1.0]])
+    assert PinholeCamera(k, (), 1242, 375).k[0, 1] == 0.5
+    k[0, 1] = 1e300
+    with pytest.raises(CalibrationError) as info:
+        PinholeCamera(k, (), 1242, 375, context="rig: cameras.front")
+    assert str(info.value) == (
+        "rig: cameras.front.k: skew s=1e+300 px is beyond fx=700 px (pixel axes more than 45 "
+        "degrees from square): no camera is so"
+    )

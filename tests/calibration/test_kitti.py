@@ -192,3 +192,32 @@ def test_transform_composition_and_inverse() -> None:
     a_from_b = RigidTransform.from_matrix(m)
     p = rng.normal(size=(5, 3))
     np.testing.assert_allclose((a_from_b.inverse() @ a_from_b).apply(p), p, atol=1e-12)
+
+
+def test_a_field_given_twice_is_refused_naming_both_lines(tmp_path: Path, data_dir: Path) -> None:
+    """The last of two lines of a field was taken without a word (here a reflection, given
+    after the right rotation)."""
+    src = data_dir / "kitti_raw" / "2011_09_26"
+    for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt", "calib_imu_to_velo.txt"):
+        (tmp_path / name).write_text((src / name).read_text())
+    imu = tmp_path / "calib_imu_to_velo.txt"
+    lines = imu.read_text().splitlines()
+    imu.write_text("\n".join([*lines, "R: 0 1 0 1 0 0 0 0 1"]) + "\n")
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    first = 1 + next(i for i, line in enumerate(lines) if line.startswith("R:"))
+    assert str(info.value) == (
+        f"{imu}:{len(lines) + 1}: field R given twice (first on line {first})"
+    )
+
+
+def test_an_object_calib_saved_with_a_byte_order_mark_is_read(
+    tmp_path: Path, kitti_dir: Path
+) -> None:
+    """An editor's "UTF-8 with BOM": it was "missing field P0" in a file starting with P0."""
+    text = (kitti_dir / "calib" / "000000.txt").read_text()
+    marked = tmp_path / "000000.txt"
+    marked.write_text("\ufeff" + text, encoding="utf-8")
+    rig = load_kitti_object_calib(marked, 1224, 370)
+    plain = load_kitti_object_calib(kitti_dir / "calib" / "000000.txt", 1224, 370)
+    np.testing.assert_array_equal(rig.cameras["cam0"].k, plain.cameras["cam0"].k)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -150,3 +152,101 @@ def test_bin_scan_of_odd_size_is_named(tmp_path: Path) -> None:
     odd.write_bytes(b"\0" * 20)
     with pytest.raises(CalibrationError, match=r"odd\.bin: size \d+ bytes is not a multiple of 16"):
         read_scan(odd)
+
+
+_INTRINSIC = "center_camera-intrinsic.json"
+_EXTRINSIC = "top_center_lidar-to-center_camera-extrinsic.json"
+
+
+def _pjlab_with(data_dir: Path, folder: Path, file: str, field: str, value: object) -> Path:
+    """A copy of the PJLab pair in `folder` with `param.<field>` of `file` set to `value`; the
+    file changed."""
+    src = data_dir / "lidar_camera_calib_pjlab"
+    for name in (_INTRINSIC, _EXTRINSIC):
+        shutil.copy(src / name, folder / name)
+    path = folder / file
+    doc = json.loads(path.read_text())
+    (entry,) = doc.values()
+    node = entry["param"]
+    *parents, last = field.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # Each of these was "unexpected ValueError/TypeError ... a bug" to `calib show`.
+        ((_INTRINSIC, "cam_dist.data", ["a"]), "field param.cam_dist: expected a list of numbers"),
+        ((_INTRINSIC, "cam_dist.data", [[1, [2]]]), "field param.cam_dist: expected a list of"),
+        ((_INTRINSIC, "cam_dist.data", {"a": 1}), "field param.cam_dist: expected a list of"),
+        ((_INTRINSIC, "cam_dist.data", None), "field param.cam_dist: expected a list of numbers"),
+        ((_INTRINSIC, "img_dist_w", "abc"), "field param.img_dist_w: expected a whole number of"),
+        ((_INTRINSIC, "img_dist_h", None), "field param.img_dist_h: expected a whole number of"),
+        ((_INTRINSIC, "img_dist_w", [1]), "field param.img_dist_w: expected a whole number of"),
+        ((_EXTRINSIC, "time_lag", "abc"), "field param.time_lag: expected a finite number of ms"),
+        ((_EXTRINSIC, "time_lag", [1]), "field param.time_lag: expected a finite number of ms"),
+        ((_EXTRINSIC, "time_lag", math.inf), "field param.time_lag: expected a finite number"),
+        ((_EXTRINSIC, "time_lag", 1e300), "field param.time_lag: expected a finite number of ms"),
+        # Taken without a word: 1920.7 as 1920, true as 1 pixel.
+        ((_INTRINSIC, "img_dist_w", 1920.7), "field param.img_dist_w: expected a whole number"),
+        ((_INTRINSIC, "img_dist_w", True), "field param.img_dist_w: expected a whole number of"),
+    ],
+)
+def test_pjlab_values_of_the_wrong_kind_are_named(
+    data_dir: Path, tmp_path: Path, change: tuple[str, str, object], message: str
+) -> None:
+    path = _pjlab_with(data_dir, tmp_path, *change)
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    text = str(info.value).replace("milliseconds", "ms")
+    assert text.startswith(f"{path}: {message}"), text
+    assert len(text) < 300
+
+
+def test_pjlab_sensor_name_must_be_a_name(data_dir: Path, tmp_path: Path) -> None:
+    """A list or an empty string was taken for the camera's name ('[1]', '')."""
+    src = data_dir / "lidar_camera_calib_pjlab"
+    shutil.copy(src / _EXTRINSIC, tmp_path / _EXTRINSIC)
+    doc = json.loads((src / _INTRINSIC).read_text())
+    for name in ([1], ""):
+        doc["center_camera-intrinsic"]["sensor_name"] = name
+        (tmp_path / _INTRINSIC).write_text(json.dumps(doc))
+        with pytest.raises(CalibrationError) as info:
+            load_rig(tmp_path)
+        assert str(info.value) == (
+            f"{tmp_path / _INTRINSIC}: sensor_name: expected a name, got {name!r}"
+        )
+
+
+def test_a_json_file_of_no_pjlab_pair_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """Any other .json beside a PJLab pair was taken for the pair: `calib show other.json`
+    showed the pair's rig, the file itself unread."""
+    src = data_dir / "lidar_camera_calib_pjlab"
+    for name in (_INTRINSIC, _EXTRINSIC):
+        shutil.copy(src / name, tmp_path / name)
+    other = tmp_path / "rig.json"
+    other.write_text("{}")
+    with pytest.raises(CalibrationError) as info:
+        load_rig(other)
+    assert str(info.value) == (
+        f"{other}: not a PJLab calibration file (its name must end in -intrinsic.json or "
+        "-extrinsic.json); a rig file is YAML (.yaml)"
+    )
+    assert set(load_rig(tmp_path / _EXTRINSIC).cameras) == {"center"}
+
+
+def test_a_kitti_raw_folder_without_one_of_its_files_names_it(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    src = data_dir / "kitti_raw" / "2011_09_26"
+    for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt"):
+        shutil.copy(src / name, tmp_path / name)
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: a KITTI raw calibration folder without calib_imu_to_velo.txt"
+    )

@@ -65,6 +65,15 @@ CASES = [
     ("width NaN", camera(width=math.nan), r"cameras\.front\.width: expected an integer, got nan"),
     ("width a map", camera(width={"a": 1}), r"cameras\.front\.width: expected an integer"),
     ("time offset beyond int64", with_(time_offsets_ns={"lidar": 2**70}), r"time_offsets_ns\.li"),
+    # An error line of 400 digits each, before the values were cut short.
+    ("time offset of 400 digits", with_(time_offsets_ns={"lidar": 10**400}), r"time_offsets_ns"),
+    ("width of 400 digits", camera(width=10**400), r"cameras\.front: image size 10+\.\.\.0+x3"),
+    # A skew of 1e300 was taken: every point then projected off the image, without a word.
+    (
+        "a skew of 1e300",
+        camera(k=[[721.5, 1e300, 609.6], [0.0, 721.5, 172.9], [0.0, 0.0, 1.0]]),
+        r"cameras\.front\.k: skew s=1e\+300 px is beyond fx=721\.5 px",
+    ),
     ("keys of mixed types", MIXED_KEYS, r"unknown top-level field\(s\) \['1', 'x'\]"),
     ("a tuple key", with_(frames={(1, (2,)): {}}), r"frames: map keys must be strings, got \(1"),
     ("source not a string", with_(source=["a"]), r"source: expected a string, got \['a'\]"),

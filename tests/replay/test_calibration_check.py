@@ -16,6 +16,7 @@ from perception.config import NodeConfig
 from replay.calibration_check import (
     MAX_FRAME_POINTS,
     MAX_FRAMES,
+    check_calibration,
     check_calibrations,
     frame_points,
 )
@@ -139,3 +140,64 @@ def test_a_drive_rendered_with_a_rig_error_carries_the_moved_rig(tmp_path: Path)
     a = [m.message for m in DriveReader(tmp_path / "a.mcap").messages() if m.topic != "rig"]
     b = [m.message for m in DriveReader(tmp_path / "b.mcap").messages() if m.topic != "rig"]
     assert len(a) == len(b)
+
+
+def rewritten(
+    drive: Path, out: Path, *, rig_from_sweep: int | None = None, one_lidar_stamp: bool = False
+) -> Path:
+    """`drive` written again to `out`: with its camera's rig turned 1 degree from the sweep of
+    seq `rig_from_sweep` on (a rig message before it), or with every lidar sweep stamped as
+    the first."""
+    from calibration.monitor import corrected_rig
+    from replay.drive import DriveWriter
+
+    reader = DriveReader(drive)
+    rig = reader.rig
+    assert rig is not None
+    records = [r for r in reader.messages() if r.topic != "rig"]
+    first = next(r.message.header.stamp_ns for r in records if r.topic == "lidar")
+    with DriveWriter(out, rig=rig) as writer:
+        for rec in records:
+            msg = rec.message
+            if rec.topic == "lidar" and msg.header.seq == rig_from_sweep:
+                turned = corrected_rig(rig, "front", Correction((0.0, 0.0, 1.0)))
+                writer.write_rig(turned, msg.header.stamp_ns)
+            if rec.topic == "lidar" and one_lidar_stamp:
+                msg = replace(msg, header=replace(msg.header, stamp_ns=first))
+            writer.write(msg, rec.log_time_ns, rec.topic)
+    return out
+
+
+def test_a_verdict_over_a_drive_whose_rig_changed_says_what_it_left_out(
+    tmp_path: Path, synth_drive, synthetic_config: NodeConfig
+) -> None:
+    """The monitor starts over with each rig a drive sends: the verdict is of the last one,
+    over the frames from its change on, and says how many came before (it read as one over
+    the whole drive)."""
+    drive = rewritten(synth_drive(3, 0.6), tmp_path / "changed.mcap", rig_from_sweep=3)
+    config = synthetic_config
+    (verdict,) = check_calibration(drive, config, build_pipeline(config), topics_from_drive=True)
+    assert (verdict.earlier_rigs, verdict.earlier_frames) == (1, 3)
+    assert verdict.estimate.frames + verdict.estimate.skipped == 3
+    (whole,) = check_calibration(
+        synth_drive(3, 0.6), config, build_pipeline(config), topics_from_drive=True
+    )
+    assert (whole.earlier_rigs, whole.earlier_frames) == (0, 0)
+
+
+def test_sweeps_the_node_refused_are_counted_in_the_check(
+    tmp_path: Path, synth_drive, synthetic_config: NodeConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sweeps all stamped alike: the node takes the first and refuses the rest as repeats,
+    which its log does not say; the check does (it read as a verdict over the drive)."""
+    drive = rewritten(synth_drive(3, 0.6), tmp_path / "alike.mcap", one_lidar_stamp=True)
+    config = synthetic_config
+    with caplog.at_level("WARNING", logger="replay.calibration_check"):
+        (verdict,) = check_calibration(
+            drive, config, build_pipeline(config), topics_from_drive=True
+        )
+    assert verdict.estimate.frames + verdict.estimate.skipped == 1
+    assert (
+        f"{drive}: the node processed 1 of its 6 sweeps (of its inputs, 5 repeated a stamp); "
+        "the verdict is of those it processed"
+    ) in caplog.messages
