@@ -252,7 +252,10 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     )
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="drive: only these topics")
     p.add_argument(
-        "--restamp", action="store_true", help="drive: shift sensor stamps to the current time"
+        "--restamp",
+        action="store_true",
+        help="drive: move the stamps to the host clock as the messages are sent (their spacing "
+        "divided by --speed, so that they keep pace with the sends)",
     )
     p.add_argument("--loop", action="store_true", help="start over at the end, until SIGINT")
     p.add_argument(
@@ -420,8 +423,8 @@ def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "The embedded default: generates a synthetic drive (lidar, camera, GNSS and ground "
         "truth), runs it through the pipeline on ONNX Runtime with the project's own detector, "
         "and prints per-stage latency and car recall/precision against the ground truth. "
-        "Writes the drive, detections.jsonl and demo.png into --out-dir; a drive already there "
-        "is reused.",
+        "Writes the drive, detections.jsonl and demo.png into --out-dir; a drive of the same "
+        "world, seed and length already there is reused.",
         common=common,
     )
     p.add_argument(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ __all__ = [
     "Stages",
     "cache_dir_arg",
     "check_drive_path",
+    "check_reachable",
     "endpoints_for_topic",
     "is_output_topic",
     "load_node_config",
@@ -57,9 +60,25 @@ def check_drive_path(path: Path) -> Path:
 def stop_on_signals() -> threading.Event:
     """An event set by SIGINT or SIGTERM (the commands finish their files, then stop)."""
     stop = threading.Event()
+    # The handler runs on the main thread between two of its bytecodes, possibly while that
+    # thread holds the event's lock (inside `stop.wait`, or inside an earlier handler's
+    # `stop.set` when two signals come at once, as `timeout` sends them to the process and its
+    # group): setting the event there waited on that lock forever. So the handler only writes
+    # a byte, and a thread of its own sets the event.
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def relay() -> None:
+        try:
+            os.read(read_fd, 1)
+        finally:
+            stop.set()
+
+    threading.Thread(target=relay, name="signal-relay", daemon=True).start()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+        with contextlib.suppress(OSError):  # the pipe full: the event is being set already
+            os.write(write_fd, b"\0")
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -123,6 +142,24 @@ def cache_dir_arg(value: str | None, option: str = "--cache-dir") -> Path | None
     if path.exists() and not path.is_dir():
         raise PerceptionError(f"{path}: is a file; {option} must be a folder")
     return path
+
+
+def check_reachable(endpoints: Sequence[str], option: str = "") -> None:
+    """Refuses an endpoint no other process can reach: an inproc:// one (valid for a node core
+    in a test process) would leave `play` publishing to no one, `record` and `echo` waiting on
+    nothing, and `run` and `view` hearing nothing, without a word. `option` names where the
+    endpoints come from ("--endpoint"; default: the node config).
+
+    Raises:
+        PerceptionError: naming the endpoint and what to use instead.
+    """
+    for endpoint in endpoints:
+        if endpoint.startswith("inproc://"):
+            where = f"{option} " if option else ""
+            raise PerceptionError(
+                f"{where}{endpoint}: inproc:// reaches only the process itself: no other "
+                "process could send to it or receive from it; use ipc:// or tcp://"
+            )
 
 
 def is_output_topic(topic: str, config: NodeConfig) -> bool:

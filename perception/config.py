@@ -72,7 +72,7 @@ class InputConfig:
 
     endpoints: tuple[str, ...] = ("ipc://{runtime}/sensors",)
     """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://; inproc:// reaches
-    only its own process, so `perception run` refuses it). `{runtime}` is the per-user runtime
+    only its own process, so the commands refuse it). `{runtime}` is the per-user runtime
     folder: `$XDG_RUNTIME_DIR/perception-node`, else `<tmp>/perception-node-<uid>`, created
     with mode 0700 and checked (owner, mode, not a link) before every use. A tcp port is 0 to
     65535 or `*`. Not `outputs.endpoint`: the node would listen to itself."""
@@ -156,7 +156,7 @@ class SyncConfig:
     gnss_window_ms: float = 500.0
     """The nearest GNSS fix within this of the sweep stamp joins its bundle."""
     queue_size: int = 20
-    """Messages buffered per stream (pending sweeps, unmatched frames)."""
+    """Messages buffered per stream (pending sweeps, unmatched frames; at most 1000000)."""
     policy: str = "collector"
     """`collector` (keyed by the sweep, with a timeout) or `approximate_time` (ROS 2
     message_filters ApproximateTime)."""
@@ -201,11 +201,11 @@ class ClockConfig:
     """Once estimated: a message received more than this after its expected time is rejected
     (its stamp is behind, or it is that stale)."""
     jump_confirm: int = 3
-    """Consecutive messages agreeing on a new offset that confirm a clock jump."""
+    """Consecutive messages agreeing on a new offset that confirm a clock jump (at most 256)."""
     jump_confirm_ms: float = 150.0
     """The receive time those messages must span (a backlog delivered at once is no jump)."""
     warmup_messages: int = 16
-    """Messages of a stream before its estimate is used to judge its stamps."""
+    """Messages of a stream before its estimate is used to judge its stamps (at most 256)."""
     max_drift_ppm: int = 1000
     """The largest drift of a sensor clock against the host clock that the estimate takes
     (microseconds per second; ten times a free-running crystal's tolerance). A larger slope
@@ -256,6 +256,10 @@ class RealtimeConfig:
     """Hold Python's garbage collection while a frame is processed."""
 
 
+#: The shortest stall the watchdog takes, s.
+_MIN_STALL_S = 1.0
+
+
 @dataclass(frozen=True)
 class WatchdogConfig:
     """The live node's watchdog: a receiver thread that dies or stalls is replaced; a worker
@@ -263,12 +267,16 @@ class WatchdogConfig:
     service manager (systemd `Restart=on-failure`) to restart it."""
 
     stall_timeout_s: float = 10.0
-    """A thread whose loop has not gone round for this long is stalled."""
+    """A thread whose loop has not gone round for this long is stalled (at least 1 s)."""
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.stall_timeout_s) and self.stall_timeout_s > 0):
+        # A worker's round takes a frame's processing (hundreds of ms on a CPU, the first one
+        # more), and the watchdog looks every 0.25 s: under a second, the node ended itself with
+        # exit code 70 at its first frame, or idle, again at every restart.
+        if not (math.isfinite(self.stall_timeout_s) and self.stall_timeout_s >= _MIN_STALL_S):
             raise ConfigError(
-                f"stall_timeout_s: must be a finite number > 0, got {self.stall_timeout_s}"
+                f"stall_timeout_s: must be at least {_MIN_STALL_S:g} s (a frame's processing "
+                f"must fit in it), got {self.stall_timeout_s}"
             )
 
 
@@ -984,7 +992,11 @@ def _validate(cfg: NodeConfig) -> None:
     checks = [
         (cfg.sync.window_ms > 0, "sync.window_ms", "must be > 0"),
         (cfg.sync.timeout_ms > 0, "sync.timeout_ms", "must be > 0"),
-        (cfg.sync.queue_size > 0, "sync.queue_size", "must be > 0"),
+        (
+            0 < cfg.sync.queue_size <= _MAX_SYNC_QUEUE,
+            "sync.queue_size",
+            f"must be from 1 to {_MAX_SYNC_QUEUE}",
+        ),
         (cfg.sync.queue_bytes > 0, "sync.queue_bytes", "must be > 0"),
         (
             cfg.sync.policy in ("collector", "approximate_time"),
@@ -1051,9 +1063,17 @@ def _validate(cfg: NodeConfig) -> None:
             "clocks.max_delay_ms",
             "must be >= clocks.jump_threshold_ms",
         ),
-        (cfg.clocks.jump_confirm >= 1, "clocks.jump_confirm", "must be >= 1"),
+        (
+            1 <= cfg.clocks.jump_confirm <= _CLOCK_WINDOW,
+            "clocks.jump_confirm",
+            f"must be from 1 to {_CLOCK_WINDOW} (the messages a clock's estimate holds)",
+        ),
         (cfg.clocks.jump_confirm_ms >= 0, "clocks.jump_confirm_ms", "must be >= 0"),
-        (cfg.clocks.warmup_messages >= 2, "clocks.warmup_messages", "must be >= 2"),
+        (
+            2 <= cfg.clocks.warmup_messages <= _CLOCK_WINDOW,
+            "clocks.warmup_messages",
+            f"must be from 2 to {_CLOCK_WINDOW} (the messages a clock's estimate holds)",
+        ),
         (cfg.clocks.max_drift_ppm >= 1, "clocks.max_drift_ppm", "must be >= 1"),
         (
             0.0 <= cfg.camera_model.score_threshold <= 1.0,
@@ -1154,6 +1174,13 @@ def _validate(cfg: NodeConfig) -> None:
             )
 
 
+#: The messages a sensor clock's estimate holds (perception.sync.clock.ClockEstimator's
+#: window): more warm-up messages than that are never reached, and every message of every stream
+#: was dropped; a jump confirmed by more, never confirmed.
+_CLOCK_WINDOW = 256
+#: The most messages buffered per stream: the GNSS fixes kept, five times as many, made a buffer
+#: beyond what a C size holds (an OverflowError when the node started).
+_MAX_SYNC_QUEUE = 1_000_000
 #: The highest CPU number Linux has (NR_CPUS is at most 8192); Python refuses much larger ones
 #: with an OverflowError rather than the OSError of a CPU this machine lacks.
 _MAX_CPU = 8191

@@ -16,6 +16,7 @@ when asked for (it is a dev / cluster dependency, not a runtime one).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -226,8 +227,9 @@ def _replay_locally(
 def check_ray_address(address: str) -> None:
     """Refuses a Ray address that cannot work before any work starts: `local` and `auto` pass
     (Ray itself says when `auto` finds no cluster); `HOST:PORT` (a cluster's GCS) and
-    `ray://HOST:PORT` (Ray Client) must accept a TCP connection within
-    `RAY_CONNECT_TIMEOUT_S`, since Ray retries an unreachable one for minutes.
+    `ray://HOST:PORT` (Ray Client) must accept a TCP connection and answer as a gRPC server
+    does, each within `RAY_CONNECT_TIMEOUT_S`, since Ray retries an unreachable one, or one
+    where another server listens, for minutes.
 
     Raises ReplayError naming the address and what is wrong.
     """
@@ -241,14 +243,58 @@ def check_ray_address(address: str) -> None:
             f"--ray-address {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT"
         )
     try:
-        with socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S):
-            pass
+        connection = socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S)
     except OSError as e:
         reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise ReplayError(
             f"--ray-address {address}: cannot reach {host}:{port_text} ({reason}); is the Ray "
             "cluster's head running there?"
         ) from None
+    with connection:
+        answer = _http2_answer(connection)
+    # Ray's GCS and its client server speak gRPC: something else there (the dashboard's port,
+    # 8265, is the usual mistake) left Ray retrying for minutes. With TLS (Ray's own
+    # RAY_USE_TLS), the plain preface is not understood: Ray is left to say.
+    if answer is not None and not _tls_asked():
+        raise ReplayError(
+            f"--ray-address {address}: what listens on {host}:{port_text} is not a Ray cluster "
+            f"({answer}); give the head's address (HOST:6379 by default, or ray://HOST:10001), "
+            "not the dashboard's"
+        )
+
+
+#: An HTTP/2 client's connection preface, then its (empty) SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4
+
+
+def _http2_answer(connection: socket.socket) -> str | None:
+    """None when `connection`'s server answers the HTTP/2 preface as a gRPC server does (its
+    first frame a SETTINGS frame), else what it did instead."""
+    try:
+        connection.settimeout(RAY_CONNECT_TIMEOUT_S)
+        connection.sendall(_HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return "it closed the connection" if not header else "it answered no HTTP/2"
+            header += chunk
+    except TimeoutError:
+        return f"no answer within {RAY_CONNECT_TIMEOUT_S:g} s"
+    except OSError as e:
+        return f"the connection failed: {e.strerror or e}"
+    if header[3] != _HTTP2_SETTINGS:
+        shown = header.decode("ascii", "replace").split("\r")[0].strip()
+        return (
+            f"it answered {shown!r}, not gRPC" if shown.isprintable() else "it answered no HTTP/2"
+        )
+    return None
+
+
+def _tls_asked() -> bool:
+    """Whether Ray connects with TLS (its RAY_USE_TLS, which Ray reads itself)."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true", "yes")
 
 
 def connect_ray(address: str, **init_kwargs: Any) -> bool:

@@ -243,6 +243,19 @@ def _ignore(_error: ReplayError) -> None:
     """For reads that only look (types, time span): the players count damaged messages."""
 
 
+def _host_stamp_ns(
+    stamp_ns: int, host0_ns: int, log0_ns: int, skipped_ns: int, speed: float
+) -> int:
+    """A recorded stamp on the host clock of a pass that started at `host0_ns` with the
+    message logged at `log0_ns`: its distance from that log time, less the gaps pacing skipped
+    (`skipped_ns`), divided by `speed`. So the stamps keep pace with the sends, from the first
+    message played (not the drive's first: --start, --topics), across a skipped gap and at any
+    speed; a node judging them against its receive clock finds none ahead of its time."""
+    offset_ns = stamp_ns - skipped_ns - log0_ns
+    # Integers where nothing is scaled: a float holds nanoseconds exactly only up to 104 days.
+    return host0_ns + (offset_ns if speed == 1.0 else round(offset_ns / speed))
+
+
 def _restamped(msg: Message, shift_ns: int) -> Message:
     header = dataclasses.replace(msg.header, stamp_ns=msg.header.stamp_ns + shift_ns)
     return dataclasses.replace(msg, header=header)
@@ -310,9 +323,11 @@ def play_drive(
     skipped, not waited through, with a warning naming it (see `PacedTime`). `start_s`: seconds
     into the drive (from its first log time) to start at.
     `topics`: only these topics (default all). `loop`: start over at the end until `stop` is set.
-    `restamp`: shift every sensor stamp by (host time at the start of each pass - the drive's
-    first log time), so a live node sees current stamps (and loops do not repeat stamps);
-    otherwise the recorded stamps are sent unchanged. `route`: topic -> the publisher for it
+    `restamp`: move every stamp onto the host clock as it is sent: each pass starts at the host
+    time, and a stamp's distance from the first log time played is kept, less the gaps skipped,
+    divided by `speed` (as fast as possible: not divided), so a live node sees current stamps
+    that keep pace with their sends (and loops do not repeat stamps); otherwise the recorded
+    stamps are sent unchanged. `route`: topic -> the publisher for it
     (e.g. detections on the node's output endpoint); other topics go to `publisher`.
     `on_message(sent)` is called after each message (progress).
 
@@ -340,7 +355,7 @@ def play_drive(
 
     while not stop.is_set():
         wall0 = time.monotonic_ns()
-        shift_ns = time.time_ns() - first_ns if restamp else 0
+        host0 = time.time_ns()
         log0: int | None = None
         paced_time = PacedTime(str(reader.path))
         records = checked_messages(reader, topics=topics, start_ns=begin_ns, on_error=unreadable)
@@ -355,7 +370,16 @@ def play_drive(
                 if delay_s > 0 and stop.wait(delay_s):
                     return stats()
             try:
-                msg = _restamped(rec.message, shift_ns) if restamp else rec.message
+                msg = rec.message
+                if restamp:
+                    stamp_ns = _host_stamp_ns(
+                        msg.header.stamp_ns,
+                        host0,
+                        log0,
+                        paced_time.skipped_ns,
+                        speed if paced else 1.0,
+                    )
+                    msg = _restamped(msg, stamp_ns - msg.header.stamp_ns)
                 frames = wire.encode(msg, rec.topic)
             except Exception as e:  # one message that cannot go on the wire is skipped
                 unpublishable += 1

@@ -55,6 +55,10 @@ _IDLE_WAKE_S = 0.1  # how soon an idle writer notices that the receivers have st
 # After the stop deadline the writer finishes the message in hand; a disk that does not return
 # within this is given up on (the drive is left as the operating system has it).
 _ABORT_GRACE_S = 1.0
+# The receivers stop within a poll and the message in hand, whatever `stop_timeout_s` allows
+# the writer: a stop timeout under a poll (--stop-timeout 0.001) left them running, their
+# sockets open, and called them stuck.
+_RECEIVER_STOP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -369,7 +373,7 @@ class Recorder:
         deadline = time.monotonic() + self._stop_timeout_s
         self._stop_receiving.set()
         for receiver in self._receivers:
-            receiver.join(max(0.0, deadline - time.monotonic()))
+            receiver.join(max(_RECEIVER_STOP_S, deadline - time.monotonic()))
         stuck_receivers = [r.name for r in self._receivers if r.is_alive()]
         self._receivers_done.set()
         writer_done = True

@@ -20,6 +20,12 @@ _NEW_DRIVE_OPTIONS = ("--seed", "--seconds", "--scene", "--rig-error")
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.drive is not None:
         not_for(args, "--drive (they make a new drive)", _NEW_DRIVE_OPTIONS)
+    if args.learned_model is not None and not set(args.fusion) & {"learned", "ensemble"}:
+        # Ignored, it let a user believe the learned engine had been scored.
+        raise PerceptionError(
+            f"--learned-model does nothing for --fusion {','.join(args.fusion)}: give --fusion "
+            "learned, ensemble or all"
+        )
     out_dir = check_output_dir(Path(args.out_dir).expanduser(), "--out-dir", create=False)
     labels = {"generate": "generating the drive", "replay": "running the pipeline"}
     for kind in args.fusion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.common import endpoints_for_topic, load_node_config, stop_on_signals
+from app.common import check_reachable, endpoints_for_topic, load_node_config, stop_on_signals
 from perception.errors import PerceptionError, WireError
 from perception.io.curve import curve_keys_for
 from perception.io.transport import Subscriber
@@ -31,6 +31,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
         raise PerceptionError(f"topic {args.topic!r}: a topic must not be empty")
     # The topic where it is published: the node's outputs, or the sensors' endpoint.
     endpoints = [args.endpoint] if args.endpoint else list(endpoints_for_topic(args.topic, config))
+    check_reachable(endpoints, "--endpoint" if args.endpoint else "")
     stop = stop_on_signals()
     count = 0
 

@@ -7,6 +7,7 @@ import contextlib
 import time
 
 from app.common import (
+    check_reachable,
     is_output_topic,
     load_node_config,
     not_for,
@@ -71,11 +72,12 @@ def cmd_play(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     curve = curve_keys_for(config.security)
     kind, path = split_source([args.source, *([args.dir] if args.dir else [])], "play")
-    stop = stop_on_signals()
     if kind == "kitti-object":
         not_for(args, "a KITTI object folder (played at --rate)", _DRIVE_OPTIONS)
         folder = KittiObjectFolder(path)
         endpoint = args.endpoint or config.inputs.endpoints[0]
+        check_reachable([endpoint], _endpoint_option(args))
+        stop = stop_on_signals()
         with Publisher(endpoint, bind=True, hwm=args.hwm, curve=curve) as publisher:
             bound = _say_bound([publisher])[0]
             if args.wait > 0:
@@ -96,6 +98,8 @@ def cmd_play(args: argparse.Namespace) -> int:
     reader = DriveReader(path)
     contents, topics = _check_drive(reader, args)
     routes = _routes(contents, topics, config, args.endpoint)
+    check_reachable(list(dict.fromkeys(routes.values())), _endpoint_option(args))
+    stop = stop_on_signals()
     with contextlib.ExitStack() as stack:
         publishers = {
             e: stack.enter_context(Publisher(e, bind=True, hwm=args.hwm, curve=curve))
@@ -125,6 +129,11 @@ def cmd_play(args: argparse.Namespace) -> int:
         f"perception play: {stats.sent} messages published ({where}){_skipped(stats)}", flush=True
     )
     return 0
+
+
+def _endpoint_option(args: argparse.Namespace) -> str:
+    """Where the endpoints come from, for a message: --endpoint, or the config (unnamed)."""
+    return "--endpoint" if args.endpoint else ""
 
 
 def _say_bound(publishers: list[Publisher]) -> list[str]:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.common import endpoints_for_topic, load_node_config, stop_on_signals
+from app.common import check_reachable, endpoints_for_topic, load_node_config, stop_on_signals
 from perception.errors import PerceptionError
 from perception.io.curve import curve_keys_for
 from perception.io.runtime import resolve_endpoint
@@ -49,6 +49,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     ]
     # Each topic where it is published (sensors vs the node's outputs) unless --endpoint says.
     where = {t: list(args.endpoint or endpoints_for_topic(t, config)) for t in topics}
+    check_reachable(
+        list(dict.fromkeys(e for es in where.values() for e in es)),
+        "--endpoint" if args.endpoint else "",
+    )
     out = Path(args.out).expanduser()
     if out.suffix != ".mcap":
         # A drive under another name is likely a typo that would replace some other file.

@@ -29,8 +29,6 @@ __all__ = ["cmd_replay"]
 def cmd_replay(args: argparse.Namespace) -> int:
     config = load_node_config(args.config)
     if args.out_dir is not None or args.ray_address is not None:
-        if args.show is not None:
-            raise PerceptionError("--show goes with --out (one source), not with --out-dir")
         return _replay_many(args, config)
     if args.out is None:
         raise PerceptionError("give --out FILE (one source) or --out-dir DIR (many sources)")
@@ -107,6 +105,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
     if args.out_dir is None:
         raise PerceptionError("--ray-address needs --out-dir DIR (one output file per source)")
+    if args.show is not None:
+        raise PerceptionError("--show goes with --out (one source), not with --out-dir")
+    # Ignored, it let a user believe the drives had been replayed in real time.
+    not_for(args, "--out-dir (many sources are replayed as fast as possible)", ("--realtime",))
     if args.ray_address is not None:
         check_ray_address(args.ray_address)  # before anything is made or loaded
     out_dir = check_output_dir(Path(args.out_dir), "--out-dir")

@@ -8,7 +8,7 @@ import dataclasses
 import threading
 from pathlib import Path
 
-from app.common import load_node_config, stop_on_signals
+from app.common import check_reachable, load_node_config, stop_on_signals
 from app.models import build_pipeline, choose_camera_model
 from calibration import load_rig
 from perception.config import NodeConfig
@@ -41,21 +41,35 @@ def _with_flags(config: NodeConfig, args: argparse.Namespace) -> NodeConfig:
     return dataclasses.replace(config, view=view, metrics=metrics)
 
 
+#: Hosts that bind every interface: a port taken on one of them is taken on all.
+_ANY_HOST = ("", "0.0.0.0", "::")
+
+
+def _check_ports(config: NodeConfig) -> None:
+    """Refuses the live view and the metrics on one port: the second to bind was refused as
+    "Address already in use", which sent the user looking for another process holding it."""
+    view, metrics = config.view, config.metrics
+    if not (view.foxglove and metrics.enabled) or view.port != metrics.port or view.port == 0:
+        return
+    if view.host == metrics.host or view.host in _ANY_HOST or metrics.host in _ANY_HOST:
+        raise PerceptionError(
+            f"the live view ({view.host}) and the metrics ({metrics.host}) would both serve on "
+            f"port {view.port}: give them different ports (--foxglove PORT and --metrics PORT, "
+            "or view.port and metrics.port)"
+        )
+
+
 def _check_reachable(endpoint: str) -> str:
     """`endpoint` resolved (its runtime folder checked), refused if no other process can reach
     it."""
     resolved = resolve_endpoint(endpoint)
-    if endpoint.startswith("inproc://"):
-        # Valid for a node core in a test process; a node process would hear nothing.
-        raise PerceptionError(
-            f"{endpoint}: inproc:// reaches only the process itself: no sensor could send "
-            "to the node, nor anyone receive from it; use ipc:// or tcp://"
-        )
+    check_reachable([endpoint])
     return resolved
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _with_flags(load_node_config(args.config), args)
+    _check_ports(config)
     # The runtime folder and the keys are checked (a bad one refused) before the model loads,
     # and so is an output endpoint another node holds.
     for endpoint in config.inputs.endpoints:

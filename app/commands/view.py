@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import logging
 
-from app.common import load_node_config, stop_on_signals
+from app.common import check_reachable, load_node_config, stop_on_signals
 from perception.errors import WireError
 from perception.io.curve import curve_keys_for
 from perception.io.transport import Subscriber
@@ -32,6 +32,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         port=settings.port if args.port is None else args.port,
     )
     inputs, outputs = config.inputs, config.outputs
+    check_reachable([*inputs.endpoints, outputs.endpoint])
     sensor_topics = (*inputs.camera_topics, inputs.lidar_topic, inputs.gnss_topic, inputs.rig_topic)
     output_topics = (outputs.detections_topic, outputs.tracks_topic, outputs.diagnostics_topic)
     curve = curve_keys_for(config.security)

@@ -51,6 +51,7 @@ __all__ = [
     "resolve_endpoint",
     "runtime_dir",
     "tcp_endpoint_problem",
+    "url_host",
 ]
 
 #: Stands for the per-user runtime folder in an ipc endpoint: `ipc://{runtime}/sensors`.
@@ -194,6 +195,12 @@ def tcp_endpoint_problem(endpoint: str) -> str | None:
 
 
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL names it: an IPv6 address in brackets (`http://::1:9464/` is no URL
+    a browser or Prometheus takes; `http://[::1]:9464/` is)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _is_ipv4(text: str) -> bool:

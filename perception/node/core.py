@@ -147,7 +147,8 @@ class NodeCounters:
     sensor messages dropped for a stamp too far from the host receive clock; `clock_jumps`:
     confirmed sensor clock jumps (each reset that stream's synchronisation). `unfit_images`:
     camera images the pipeline left out as too dark or too blurred
-    (perception.pipeline.camera_health; their streams are listed as degraded).
+    (perception.pipeline.camera_health), or as from a camera the rig does not have (their
+    streams are listed as degraded).
     `tracker_resets`: times the tracker started over (a lidar clock jump, a gap in the sweeps,
     the ego pose gained or lost); `tracking_errors`: sweeps the tracker failed on (their
     DetectionLists still go out, without a TrackList). `calibration_sweeps`: sweeps the

@@ -56,6 +56,7 @@ from prometheus_client.registry import Collector
 
 from perception.config import MetricsConfig
 from perception.errors import TransportError
+from perception.io.runtime import url_host
 from perception.msgs.types import DetectionList, Diagnostics
 from perception.ratelimit import RateLimitedLogger
 
@@ -193,7 +194,7 @@ class NodeMetrics:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}/metrics"
+        return f"http://{url_host(self.config.host)}:{self.port}/metrics"
 
     def close(self) -> None:
         if self._server is not None:

@@ -57,6 +57,7 @@ import numpy as np
 from calibration import CalibrationError, Rig
 from perception.config import NodeConfig, ViewConfig
 from perception.errors import TransportError
+from perception.io.runtime import url_host
 from perception.msgs.foxglove import (
     FoxgloveMessage,
     FoxgloveSchema,
@@ -303,7 +304,7 @@ class FoxgloveView:
     @property
     def url(self) -> str:
         """What the Foxglove app opens."""
-        return f"ws://{self.config.host}:{self.port}"
+        return f"ws://{url_host(self.config.host)}:{self.port}"
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the thread (what is queued is dropped), the gate (its viewers disconnected)

@@ -19,6 +19,9 @@ from perception.config import GroundConfig
 
 __all__ = ["GroundConfig", "GroundPlane", "estimate_ground"]
 
+#: Point-to-plane distances held at once while the planes are scored (32 MB of float64).
+_MAX_DISTANCES = 4_000_000
+
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -127,15 +130,21 @@ def estimate_ground(
     if not np.any(ok):
         return fallback
     offsets = -np.einsum("ij,ij->i", normals, tri[:, 0])
-    # In place: iterations x M float64 is 1.5 MB a temporary.
-    dist = cand @ normals[ok].T
-    dist += offsets[ok]
-    np.abs(dist, out=dist)
-    counts = np.count_nonzero(dist < config.ransac_threshold_m, axis=0)
+    # In place, and a block of planes at a time: M x iterations float64 is 1.5 MB for the
+    # defaults, but 2.4 GB for the most iterations the config takes (a MemoryError on every
+    # sweep with more candidates kept).
+    kept_normals, kept_offsets = normals[ok], offsets[ok]
+    counts = np.empty(len(kept_normals), dtype=np.int64)
+    block = max(1, _MAX_DISTANCES // len(cand))
+    for i in range(0, len(kept_normals), block):
+        dist = cand @ kept_normals[i : i + block].T
+        dist += kept_offsets[i : i + block]
+        np.abs(dist, out=dist)
+        counts[i : i + block] = np.count_nonzero(dist < config.ransac_threshold_m, axis=0)
     best = int(np.argmax(counts))
     if counts[best] < config.ransac_min_inliers:
         return fallback
-    normal, offset = normals[ok][best], float(offsets[ok][best])
+    normal, offset = kept_normals[best], float(kept_offsets[best])
     # Two least-squares refinements on the inliers (SVD: the normal is the least-spread axis).
     for _ in range(2):
         inliers = cand[np.abs(cand @ normal + offset) < config.ransac_threshold_m]

@@ -331,7 +331,7 @@ class Pipeline:
         kind = self.config.fusion.kind
         with timer.stage("preprocess"):
             points = self._points_in_vehicle(bundle)
-            cameras = self._cameras_by_name(bundle)
+            cameras, unknown = self._cameras_by_name(bundle)
             twist = ego_twist(bundle.ego_pose, bundle.ego_pose_end)
         # The lidar branch runs beside the camera branch: ONNX Runtime and most of numpy
         # release the GIL, so the two share the cores instead of taking turns. It takes the
@@ -366,7 +366,7 @@ class Pipeline:
                 }
             timer.add("camera_encoder", sum(e.encoder_ns for e in encodings.values()))
         boxes: dict[str, list[Box2D]] = {}
-        unfit: list[str] = []
+        unfit: list[str] = list(unknown)
         raw_images: dict[str, npt.NDArray[np.uint8]] = {}
         for name, encoding in encodings.items():
             if encoding.problem is not None:
@@ -668,14 +668,25 @@ class Pipeline:
             )
         return detections
 
-    def _cameras_by_name(self, bundle: SyncedBundle) -> dict[str, CameraFrame]:
-        """Camera frames keyed by rig camera name (`camera/front` stream -> `front`)."""
+    def _cameras_by_name(self, bundle: SyncedBundle) -> tuple[dict[str, CameraFrame], list[str]]:
+        """Camera frames keyed by rig camera name (`camera/front` stream -> `front`), and the
+        streams of the frames no rig camera is named for: they are left out, and listed as
+        degraded (used silently, a sweep without its camera looked whole)."""
         out: dict[str, CameraFrame] = {}
-        for _, frame in sorted(bundle.cameras.items()):
+        unknown: list[str] = []
+        for stream, frame in sorted(bundle.cameras.items()):
             name = self.camera_name(frame, bundle.rig)
             if name is not None:
                 out[name] = frame
-        return out
+                continue
+            unknown.append(stream)
+            self._camera_log.warning(
+                stream,
+                f"{stream}: no camera of the rig is named for its frames (frame id "
+                f"{frame.header.frame_id!r}; the rig has "
+                f"{', '.join(sorted(bundle.rig.cameras)) or 'no camera'}); left out",
+            )
+        return out, unknown
 
     @staticmethod
     def _image(frame: CameraFrame) -> npt.NDArray[np.uint8]:

@@ -102,6 +102,7 @@ __all__ = [
     "CLASSES",
     "DEGRADATIONS",
     "DEGRADATION_LEVELS",
+    "DEMO_SECONDS",
     "EVAL_RANGE_M",
     "MATCH_DISTANCE_M",
     "SYNTH_DETECTOR_PATH",
@@ -121,6 +122,8 @@ __all__ = [
 #: (sweeps through the pipeline).
 DemoProgress = Callable[[str, int, int], None]
 
+#: The length of the drive a demo generates by default, s (its file name says no other).
+DEMO_SECONDS = 10.0
 #: The packaged detector trained on synthetic renders (replay.training.train_detector).
 SYNTH_DETECTOR_PATH = PACKAGED_MODELS_DIR / "synth_detector.onnx"
 #: The classes the demo scores are tracking_eval's CLASSES; range and match distances are
@@ -452,7 +455,7 @@ def run_demo(
     drive_path: Path | None,
     *,
     seed: int = 0,
-    seconds: float = 10.0,
+    seconds: float = DEMO_SECONDS,
     out_dir: Path,
     model_path: Path | None = None,
     num_threads: int | None = None,
@@ -466,8 +469,9 @@ def run_demo(
     """Run the demo (see the module docstring). `drive_path` None: the drive
     `<out_dir>/synth_seed<seed>.mcap` (`synth_<scene>_seed<seed>.mcap` for another scene than the
     simple one; `_rigerr_...` added with a `rig_error`: the drive's rig has the camera moved by
-    it, the images do not, `generate_drive`) is generated (`seconds` long) unless it and its
-    ground truth already exist (`ensure_synthetic_drive`). The report carries the calibration
+    it, the images do not, `generate_drive`; `_<seconds>s` for another length than
+    `DEMO_SECONDS`) is generated (`seconds` long) unless it and its ground truth already exist
+    (`ensure_synthetic_drive`). The report carries the calibration
     monitor's verdict at the end of the first kind's run. Each fusion kind of `fusion`
     (geometric, learned, ensemble; `learned_model` is the learned engine, default the packaged
     one) runs the drive, with a sensor removed or degraded when `without` names one
@@ -510,6 +514,10 @@ def run_demo(
         if rig_error is not None:
             values = [*rig_error.rotation_deg, *(v * 100 for v in rig_error.translation_m)]
             name += "_rigerr_" + "_".join(f"{v:g}" for v in values)
+        if seconds != DEMO_SECONDS:
+            # A drive of another length is another drive: reused, a 0.5 s drive answered every
+            # later `--seconds 60` (and a plain `perception demo`) without a word.
+            name += f"_{seconds:g}s"
         drive_path = out_dir / f"{name}_seed{seed}.mcap"
         ensure_synthetic_drive(
             drive_path,

@@ -94,6 +94,12 @@ def test_missing_config(capsys, tmp_path: Path) -> None:
     assert "none.yaml: cannot read config" in err
 
 
+_INPROC = (
+    "inproc:// reaches only the process itself: no other process could send to it or receive "
+    "from it; use ipc:// or tcp://"
+)
+
+
 def test_run_refuses_inproc_endpoints_before_the_model_loads(capsys, tmp_path: Path) -> None:
     """inproc:// is valid for a node core inside a test process; a node process on it would
     hear nothing and be heard by no one."""
@@ -101,10 +107,47 @@ def test_run_refuses_inproc_endpoints_before_the_model_loads(capsys, tmp_path: P
     config.write_text('inputs: {endpoints: ["inproc://sensors"]}\n')
     code, err = _run(capsys, "run", "--config", str(config))
     assert code == 2
-    assert err == (
-        "perception run: error: inproc://sensors: inproc:// reaches only the process itself: no "
-        "sensor could send to the node, nor anyone receive from it; use ipc:// or tcp://"
-    )
+    assert err == f"perception run: error: inproc://sensors: {_INPROC}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "where"),
+    [
+        (
+            ["play", "kitti-object", "{kitti}", "--endpoint", "inproc://x", "--wait", "0"],
+            "--endpoint ",
+        ),
+        (["play", "{drive}", "--config", "{config}", "--wait", "0"], ""),
+        (["record", "--out", "{tmp}/r.mcap", "--endpoint", "inproc://x"], "--endpoint "),
+        (["record", "--out", "{tmp}/r.mcap", "--config", "{config}", "gnss"], ""),
+        (["echo", "detections", "--endpoint", "inproc://x"], "--endpoint "),
+        (["view", "--config", "{config}", "--port", "0"], ""),
+    ],
+    ids=["play-kitti", "play-drive", "record-endpoint", "record-config", "echo", "view"],
+)
+def test_the_other_commands_refuse_inproc_endpoints_too(
+    capsys, tmp_path: Path, kitti_dir: Path, argv: list[str], where: str
+) -> None:
+    """`play --endpoint inproc://x` said it had published every frame, to no one; `record` and
+    `echo` waited on an endpoint nothing can publish on."""
+    from perception.msgs.types import GnssFix, Header
+    from replay.drive import DriveWriter
+
+    config = tmp_path / "node.yaml"
+    config.write_text('inputs: {endpoints: ["inproc://x"]}\noutputs: {endpoint: "inproc://y"}\n')
+    drive = tmp_path / "d.mcap"
+    with DriveWriter(drive) as writer:
+        writer.write(GnssFix(Header("gnss", 0, 1, "gnss"), 49.0, 8.4, 100.0), 1)
+    names = {
+        "kitti": str(kitti_dir),
+        "drive": str(drive),
+        "config": str(config),
+        "tmp": str(tmp_path),
+    }
+    code, err = _run(capsys, *(a.format(**names) for a in argv))
+    assert code == 2
+    assert err == f"perception {argv[0]}: error: {where}inproc://x: {_INPROC}"
+    assert not (tmp_path / "r.mcap").exists()
 
 
 def test_replay_writes_one_line_per_sweep(

@@ -503,6 +503,13 @@ def test_keys_generate_mistakes(capsys, tmp_path: Path) -> None:
          "--realtime does nothing for a KITTI object folder (its frames have no recorded time)"),
         (["demo", "--drive", "{drive}", "--seed", "5", "--scene", "rich", "--out-dir",
           "{tmp}/d"], "--seed, --scene do nothing for --drive (they make a new drive)"),
+        (["demo", "--learned-model", "{tmp}/m.onnx", "--out-dir", "{tmp}/d"],
+         "--learned-model does nothing for --fusion geometric: give --fusion learned, ensemble "
+         "or all"),
+        (["replay", "{drive}", "--out-dir", "{tmp}/o", "--realtime"],
+         "--realtime does nothing for --out-dir (many sources are replayed as fast as possible)"),
+        (["replay", "{drive}", "--out", "{tmp}/x.jsonl", "--ray-address", "local", "--show",
+          "{tmp}/s"], "--ray-address needs --out-dir DIR (one output file per source)"),
     ],
 )  # fmt: skip
 def test_options_that_do_nothing_for_the_source_are_refused(

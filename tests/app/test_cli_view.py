@@ -65,6 +65,18 @@ def test_run_with_the_metrics_port_in_use(capsys, config: Path, taken_port: int)
     )
 
 
+def test_run_with_the_view_and_the_metrics_on_one_port(capsys, config: Path) -> None:
+    """The second to bind was refused as "Address already in use", taken by its own view."""
+    err = _fails(
+        capsys, "run", "--config", str(config), "--foxglove", "18767", "--metrics", "18767"
+    )
+    assert err == (
+        "perception run: error: the live view (127.0.0.1) and the metrics (127.0.0.1) would "
+        "both serve on port 18767: give them different ports (--foxglove PORT and --metrics "
+        "PORT, or view.port and metrics.port)"
+    )
+
+
 def test_view_with_its_port_in_use(capsys, config: Path, taken_port: int) -> None:
     err = _fails(capsys, "view", "--config", str(config), "--port", str(taken_port))
     assert err.startswith("perception view: error: view: cannot serve Foxglove WebSocket")

@@ -185,6 +185,26 @@ def _refused(tmp_path: Path, text: str) -> str:
             "camera_model: {batch: 100000}",
             "camera_model.batch: must be from 1 to 64 (cameras per engine call)",
         ),
+        # `perception run` started, then: 'unexpected OverflowError' (a buffer of 5 x the
+        # queue); every message dropped (a warm-up its estimate never reaches); the node ended
+        # itself with exit code 70 at once (a stall shorter than a round of its loop).
+        (
+            "sync: {queue_size: 9223372036854775807}",
+            "sync.queue_size: must be from 1 to 1000000",
+        ),
+        (
+            "clocks: {warmup_messages: 257}",
+            "clocks.warmup_messages: must be from 2 to 256 (the messages a clock's estimate holds)",
+        ),
+        (
+            "clocks: {jump_confirm: 257}",
+            "clocks.jump_confirm: must be from 1 to 256 (the messages a clock's estimate holds)",
+        ),
+        (
+            "watchdog: {stall_timeout_s: 1.0e-6}",
+            "watchdog.stall_timeout_s: must be at least 1 s (a frame's processing must fit in "
+            "it), got 1e-06",
+        ),
     ],
 )
 def test_refused_at_load_naming_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -5,9 +5,11 @@ replay must equal the stored regression reference."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from perception.msgs.jsonl import read_jsonl
+from replay import distributed
 from replay.datasets.importers import import_kitti_object
 from replay.distributed import (
     RAY_CONNECT_TIMEOUT_S,
@@ -141,13 +144,66 @@ def test_a_malformed_ray_address_is_refused(address: str) -> None:
         check_ray_address(address)
 
 
-def test_local_auto_and_a_listening_address_pass() -> None:
+@contextlib.contextmanager
+def _server(answer: bytes | None) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 (its port) that sends `answer` to each connection (None:
+    nothing, the connection left open), as a gRPC server (Ray's GCS or client server), a web
+    server or a silent one would."""
+    stop = threading.Event()
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        port = server.getsockname()[1]
+        server.settimeout(0.1)
+
+        def serve() -> None:
+            held = []
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except TimeoutError:
+                    continue
+                held.append(connection)
+                if answer is not None:
+                    connection.sendall(answer)
+            for connection in held:
+                connection.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield int(server.getsockname()[1])
+        finally:
+            stop.set()
+            thread.join()
+
+
+#: The first frame a gRPC server sends: SETTINGS (type 4) on stream 0.
+_GRPC_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def test_local_auto_and_a_listening_address_pass() -> None:
+    with _server(_GRPC_SETTINGS) as port:
         for address in ("local", "auto", f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
             check_ray_address(address)
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_where_no_ray_cluster_answers_is_refused_at_once(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's port (HTTP) given as the cluster's address, or any other server there:
+    the connection succeeded, and Ray then retried it for minutes."""
+    with _server(b"HTTP/1.1 400 Bad Request\r\n\r\n") as port:
+        address = f"{scheme}127.0.0.1:{port}"
+        with pytest.raises(
+            ReplayError,
+            match=rf"--ray-address {address}: what listens on 127\.0\.0\.1:{port} is not a Ray "
+            r"cluster \(it answered 'HTTP/1\.1', not gRPC\); give the head's address",
+        ):
+            check_ray_address(address)
+    monkeypatch.setattr(distributed, "RAY_CONNECT_TIMEOUT_S", 0.3)
+    with _server(None) as port, pytest.raises(ReplayError, match=r"no answer within 0\.3 s"):
+        check_ray_address(f"{scheme}127.0.0.1:{port}")
 
 
 def test_the_cli_refuses_an_unreachable_ray_address(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -72,6 +73,28 @@ def test_start_topics_restamp_and_loop(drive: DriveReader, tmp_path: Path) -> No
         assert looped > 18  # more than one pass before the stop
     with pytest.raises(ValueError):
         play_drive(drive, pub, start_s=-1.0)
+
+
+def test_restamped_stamps_keep_pace_with_the_sends_from_the_first_message_played(
+    drive: DriveReader, tmp_path: Path
+) -> None:
+    """--restamp --start: the stamps were shifted from the drive's first message, so those
+    played were --start seconds ahead of the host clock (a node drops them as stamped in the
+    future); at --speed 2 they drew ahead by a second every two."""
+    endpoint = f"ipc://{tmp_path}/r"
+    with Publisher(endpoint, hwm=1000) as pub, Subscriber([endpoint], ["gnss"], hwm=1000) as sub:
+        time.sleep(0.3)
+        before = time.time_ns()
+        play_drive(drive, pub, speed=2.0, start_s=0.45, topics=["gnss"], restamp=True)
+        after = time.time_ns()
+        got = _received(sub)
+    stamps = [m.header.stamp_ns for m in got]
+    assert [m.header.seq for m in got] == [5, 6, 7, 8]
+    # The first one played is stamped as recorded after its log time (3 ms), from the start.
+    assert before - 3 * MS <= stamps[0] <= after
+    assert stamps[-1] <= after
+    # 100 ms apart as recorded, played twice as fast.
+    assert [b - a for a, b in itertools.pairwise(stamps)] == [50 * MS] * 3
 
 
 def broken_kitti_copy(kitti_dir: Path, dest: Path, broken: int = 3) -> Path:

@@ -299,3 +299,25 @@ def test_the_counts_say_which_topic_nothing_arrived_on(tmp_path: Path) -> None:
         recorder.close()
     assert recorder.stats.arrived == (("gnss", 20), ("lidar/top", 0))
     assert recorder.stats.written == 20
+
+
+def test_a_stop_timeout_shorter_than_a_poll_still_stops_the_receivers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--stop-timeout 0.001 bounds the writing of what is queued; the receivers, which stop
+    within a poll (50 ms), were given that millisecond too: an error said they did not stop,
+    and their sockets were left open."""
+    endpoint = f"ipc://{tmp_path}/sock/short"
+    out = tmp_path / "short.mcap"
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder([endpoint], ["gnss"], out, stop_timeout_s=0.001)
+        recorder.start()
+        time.sleep(0.5)
+        for seq in range(5):
+            pub.send(_fix(seq))
+        _wait(lambda: recorder.stats.received >= 5)
+        recorder.close()
+    assert "did not stop" not in caplog.text
+    assert recorder.stats.error is None
+    assert not any(r.is_alive() for r in recorder._receivers)
+    assert_counts_add_up(recorder.stats, out)

@@ -145,3 +145,18 @@ def test_connections_beyond_the_cap_are_refused_and_a_silent_one_times_out(
     # The slots come back: a scrape is answered again.
     time.sleep(0.3)
     assert ("perception_latency_seconds_count", ()) in scrape(metrics.url)
+
+
+def test_the_url_of_an_ipv6_host_has_it_in_brackets() -> None:
+    """`perception run` printed http://::1:PORT/metrics, which no scraper takes."""
+    metrics = NodeMetrics(MetricsConfig(enabled=True, host="::1", port=0))
+    try:
+        metrics.start()
+    except TransportError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        assert metrics.url == f"http://[::1]:{metrics.port}/metrics"
+        metrics.update(_diagnostics(S, received=5))
+        assert scrape(metrics.url)[("perception_received_total", ())] == 5
+    finally:
+        metrics.close()

@@ -224,3 +224,23 @@ def test_an_image_of_another_size_than_the_rig_camera_is_left_out(
     assert dl.degraded == (CAMERA_STREAM,) and not dl.valid
     assert dl.detections and all(d.sources == ("lidar",) for d in dl.detections)
     assert any(d.sources != ("lidar",) for d in pipeline.step(bundle, 0).detections)
+
+
+def test_a_frame_of_a_camera_the_rig_does_not_have_is_left_out_and_said(
+    pipeline: Pipeline, kitti_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A camera topic of the config that names no camera of the rig (the rig file of another
+    vehicle, a renamed camera): its frames cannot be projected, and every DetectionList went
+    out valid and whole without them. The stream is degraded and said, the lidar's objects
+    stay."""
+    from dataclasses import replace
+
+    bundle = _bundle(kitti_dir, None)
+    frame = bundle.cameras[CAMERA_STREAM]
+    header = replace(frame.header, stream="camera/left", frame_id="camera/left")
+    elsewhere = replace(bundle, cameras={"camera/left": replace(frame, header=header)})
+    dl = pipeline.step(elsewhere, 0)
+    assert dl.degraded == ("camera/left",) and not dl.valid
+    assert dl.detections and all(d.sources == ("lidar",) for d in dl.detections)
+    assert "camera/left: no camera of the rig is named for its frames" in caplog.text
+    assert "the rig has cam0, cam1, cam3, front); left out" in caplog.text

@@ -128,6 +128,18 @@ def test_the_simple_worlds_calibration_verdict_says_it_does_not_check_the_rig(
     assert run_demo(bare, seed=3, out_dir=bare.parent).calibration_caveat is None
 
 
+def test_a_drive_of_another_length_is_generated_not_reused(tmp_path: Path) -> None:
+    """The drive is reused by its name, which said nothing of its length: after a 0.2 s demo,
+    `--seconds 0.3` (or a plain demo's 10 s) scored the 0.2 s drive without a word."""
+    short = run_demo(None, seed=3, seconds=0.2, out_dir=tmp_path)
+    longer = run_demo(None, seed=3, seconds=0.3, out_dir=tmp_path)
+    assert (short.frames, longer.frames) == (2, 3)
+    assert short.drive.name == "synth_0.2s_seed3.mcap"
+    assert longer.drive.name == "synth_0.3s_seed3.mcap"
+    # The same length again is the same drive.
+    assert run_demo(None, seed=3, seconds=0.2, out_dir=tmp_path).drive == short.drive
+
+
 def test_bad_fusion_kinds_and_degradations_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fusion"):
         run_demo(None, seconds=0.5, out_dir=tmp_path, fusion=("frustum",))
@@ -151,7 +163,7 @@ def test_a_drive_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path: Path
 def test_the_demo_runs_the_rich_world_and_scores_vans_as_kitti_does(tmp_path: Path) -> None:
     report = run_demo(None, seed=3, seconds=0.5, out_dir=tmp_path, scene="rich")
     assert report.frames == 5
-    assert (tmp_path / "synth_rich_seed3.mcap").is_file()
+    assert (tmp_path / "synth_rich_0.5s_seed3.mcap").is_file()
     assert report.recall is not None
     text = format_demo_report(report)
     for label in ("Car", "Pedestrian", "Cyclist"):
@@ -170,7 +182,7 @@ def test_the_demo_writes_a_drive_with_a_rig_error_beside_the_true_one(tmp_path: 
 
     error = Correction((0.0, 0.5, 0.0), (0.0, 0.0, 0.05))
     report = run_demo(None, seed=3, seconds=0.2, out_dir=tmp_path, rig_error=error)
-    assert report.drive == tmp_path / "synth_rigerr_0_0.5_0_0_0_5_seed3.mcap"
+    assert report.drive == tmp_path / "synth_rigerr_0_0.5_0_0_0_5_0.2s_seed3.mcap"
     rig = DriveReader(report.drive).rig
     assert rig is not None
     moved = rig.transform("vehicle", "camera/front")
