@@ -290,12 +290,6 @@ class FoxgloveView:
             raise RuntimeError("the view is not started")
         return self._gate.port
 
-    @property
-    def refused_clients(self) -> int:
-        """Connections closed at once because `MAX_VIEW_CLIENTS` were connected."""
-        with self._lock:
-            return self.stats.refused_clients
-
     def _count_closed(self, kind: str) -> None:
         """A viewer the gate closed: `kind` names its ViewStats counter."""
         with self._lock:
