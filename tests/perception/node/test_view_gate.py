@@ -104,7 +104,7 @@ def test_viewers_beyond_max_view_clients_are_refused_and_counted(
         assert b" 101 " not in status, "one viewer more than MAX_VIEW_CLIENTS was served"
         assert status in (b"", b"HTTP/1.1 503 Service Unavailable"), status
         _wait(lambda: _closed(extra))
-        assert view.refused_clients == view.stats.refused_clients == 1
+        assert view.stats.refused_clients == 1
         assert "a viewer refused" in caplog.text
 
         held.pop(0).close()  # a slot frees once its relay sees the viewer gone
