@@ -17,6 +17,7 @@ __all__ = [
     "CalibrationError",
     "load_yaml",
     "not_utf8",
+    "parse_float",
     "read_text",
     "shown",
     "unconverted",
@@ -85,6 +86,25 @@ def read_text(path: Path, what: str, error: Callable[[str], Exception] = Calibra
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{path}: {not_utf8(e)}") from e
+
+
+def parse_float(text: str) -> float:
+    """`float(text)` for a number in a text data file (a calibration, label, timestamps or
+    header field), refusing what float() takes that no such file holds.
+
+    float() reads `7_00` as 700.0 (Python's digit grouping) and digits of any script (U+FF17,
+    a full-width 7) as ASCII ones: in a file written by a program either is damage, and read
+    as a number it is a wrong value, not an error. `nan` and `inf` are returned, for the
+    caller to refuse in its own words where a finite value is needed.
+
+    Raises:
+        ValueError: float()'s own message, `could not convert string to float: '7_00'`.
+    """
+    # Cheaper than a pattern per token: with ASCII and no underscore, what float() takes is
+    # a decimal number, nan or inf.
+    if not text.isascii() or "_" in text:
+        raise ValueError(f"could not convert string to float: {text!r}")
+    return float(text)
 
 
 def unconverted(e: ValueError) -> str:

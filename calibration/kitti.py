@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.camera import CameraModel, PinholeCamera
-from calibration.errors import CalibrationError, read_text
+from calibration.errors import CalibrationError, parse_float, read_text
 from calibration.rig import FrameEdge, Rig, camera_frame
 from calibration.transforms import RigidTransform
 
@@ -67,7 +67,7 @@ def _read_fields(path: Path, required: dict[str, int]) -> dict[str, FloatArray]:
             )
         lines[key] = lineno
         try:
-            fields[key] = np.array([float(v) for v in rest.split()], dtype=np.float64)
+            fields[key] = np.array([parse_float(v) for v in rest.split()], dtype=np.float64)
         except ValueError as e:
             raise CalibrationError(f"{path}:{lineno}: field {key}: {e}") from e
     for key, n in required.items():

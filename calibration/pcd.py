@@ -20,7 +20,7 @@ import numpy.typing as npt
 # pypcd4's package __init__ re-exports these implicitly (mypy strict refuses that import).
 from pypcd4.pypcd4 import PCD_TYPE_TO_NUMPY_TYPE, Encoding, MetaData, PointCloud
 
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, parse_float
 
 __all__ = ["read_pcd"]
 
@@ -30,6 +30,8 @@ _PYPCD4_HEADER_LINES = 10
 _HEADER_KEYS = frozenset(
     ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
 )
+#: The header keys whose values pypcd4 converts with int() or float().
+_NUMBER_KEYS = frozenset(("SIZE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS"))
 # The most values a point may hold (FIELDS times their COUNT): a lidar point has a handful, the
 # largest of PCL's feature descriptors (a VFH histogram) 308.
 _MAX_VALUES_PER_POINT = 10_000
@@ -107,6 +109,7 @@ def _read_header(path: Path, fp: BufferedReader) -> tuple[MetaData, int]:
         where = "" if len(lines) < _PYPCD4_HEADER_LINES else " within its first 10 lines"
         raise CalibrationError(f"{path}: corrupt PCD header (no DATA line{where})")
     data_offset = fp.tell()
+    _check_header_numbers(path, lines)
     try:
         meta = MetaData.parse_header(lines)
     except ValueError as e:  # pydantic's ValidationError is a ValueError
@@ -138,6 +141,23 @@ def _read_header(path: Path, fp: BufferedReader) -> tuple[MetaData, int]:
         shown = " ".join(name for name in f if not name.startswith("#$%&~~"))  # pypcd4's "_"
         raise CalibrationError(f"{path}: PCD has no x y z fields (FIELDS {shown})")
     return meta, data_offset
+
+
+def _check_header_numbers(path: Path, lines: list[str]) -> None:
+    """pypcd4 converts with int() and float(), which read `WIDTH 1_000` as 1000 and digits of
+    any script as ASCII ones: a damaged header read as a good one."""
+    for line in lines:
+        key, *values = line.split()
+        if key.upper() not in _NUMBER_KEYS:
+            continue
+        for value in values:
+            try:
+                parse_float(value)
+            except ValueError:
+                shown = value if len(value) <= 24 else value[:24] + "..."
+                raise CalibrationError(
+                    f"{path}: corrupt PCD header ({key} {shown!r} is not a number)"
+                ) from None
 
 
 def _header_problem(e: ValueError) -> str:

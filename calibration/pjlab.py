@@ -87,11 +87,7 @@ def _get(doc: dict[str, Any], dotted: str, path: Path) -> Any:
 
 
 def _matrix(doc: dict[str, Any], dotted: str, path: Path, shape: tuple[int, int]) -> Any:
-    data = _get(doc, dotted + ".data", path)
-    try:
-        m = np.array(data, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise CalibrationError(f"{path}: field {dotted}: expected numbers ({e})") from e
+    m = _numbers(_get(doc, dotted + ".data", path), dotted, path)
     if m.size != shape[0] * shape[1]:
         raise CalibrationError(
             f"{path}: field {dotted}: expected {shape[0]}x{shape[1]} values, got {m.size}"
@@ -100,13 +96,19 @@ def _matrix(doc: dict[str, Any], dotted: str, path: Path, shape: tuple[int, int]
 
 
 def _numbers(value: Any, field: str, path: Path) -> npt.NDArray[np.float64]:
-    """A field's flat array of numbers (a list, or a list of rows as PJLab writes matrices)."""
-    try:
-        if isinstance(value, list):  # numpy takes null and a bare number for one value
-            return np.array(value, dtype=np.float64).ravel()
-    except (TypeError, ValueError, OverflowError):
-        pass
-    raise CalibrationError(f"{path}: field {field}: expected a list of numbers, got {shown(value)}")
+    """A field's flat array of numbers (a list, or a list of rows as PJLab writes matrices).
+
+    JSON numbers only: numpy also converts strings, through float() (`"2_109.75"` was
+    2109.75, `"nan"` nan), booleans, null (nan) and a bare number."""
+    problem = f"{path}: field {field}: expected a list of numbers, got"
+    if isinstance(value, list):
+        leaves = [v for row in value for v in (row if isinstance(row, list) else (row,))]
+        bad = [v for v in leaves if not isinstance(v, int | float) or isinstance(v, bool)]
+        if bad:
+            raise CalibrationError(f"{problem} {shown(bad[0])} in it")
+        with contextlib.suppress(OverflowError):  # an integer of 400 digits
+            return np.array(leaves, dtype=np.float64)
+    raise CalibrationError(f"{problem} {shown(value)}")
 
 
 def _pixels(value: Any, field: str, path: Path) -> int:

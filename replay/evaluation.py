@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.camera import CameraModel
-from calibration.errors import read_text
+from calibration.errors import parse_float, read_text
 from calibration.kitti import read_kitti_calib_fields
 from calibration.transforms import RigidTransform
 from perception.msgs.types import Detection3D
@@ -57,6 +57,7 @@ __all__ = [
     "filter_references",
     "format_report",
     "kitti_label_box",
+    "label_numbers",
     "match_detections",
     "merge_results",
     "project_box",
@@ -121,7 +122,7 @@ def read_pointpillars_boxes(
             raise ValueError(
                 f"{where}: expected 9 values ({' '.join(_POINTPILLARS_FIELDS)}), got {len(parts)}"
             )
-        values = _numbers(parts, _POINTPILLARS_FIELDS, where)
+        values = label_numbers(parts, _POINTPILLARS_FIELDS, where)
         x, y, z, dx, dy, dz, yaw, class_value, score = values
         class_id = int(class_value)
         if class_id != class_value or not 0 <= class_id < len(class_names):
@@ -134,12 +135,14 @@ def read_pointpillars_boxes(
     return boxes
 
 
-def _numbers(parts: Sequence[str], names: Sequence[str], where: str) -> list[float]:
-    """`parts` as finite floats; a ValueError naming `where`, the field and the text if not."""
+def label_numbers(parts: Sequence[str], names: Sequence[str], where: str) -> list[float]:
+    """`parts`, the fields `names` of a label or box line, as finite floats (read by
+    `calibration.errors.parse_float`: `1_89` is no 189). Raises a ValueError naming `where`,
+    the field and the text if one is not."""
     values = []
     for name, text in zip(names, parts, strict=True):
         try:
-            value = float(text)
+            value = parse_float(text)
         except ValueError:
             raise ValueError(f"{where}: {name} {text!r} is not a number") from None
         if not math.isfinite(value):
@@ -201,7 +204,7 @@ def read_kitti_labels(
             raise ValueError(
                 f"{where}: unknown object type {parts[0]!r} (KITTI's: {', '.join(KITTI_TYPES)})"
             )
-        values = _numbers(parts[1:15], _KITTI_FIELDS, where)
+        values = label_numbers(parts[1:15], _KITTI_FIELDS, where)
         h, w, length, x, y, z, ry = values[7:14]
         # DontCare rows (when not skipped) carry -1 sizes by KITTI's convention: no box.
         if parts[0] != "DontCare":
@@ -212,6 +215,8 @@ def read_kitti_labels(
 
 
 def _is_number(text: str) -> bool:
+    # Which reader's format a line is, not a value: a first field `1_0` is a box's x, for
+    # read_pointpillars_boxes to refuse as such, not an unknown object type.
     try:
         float(text)
     except ValueError:

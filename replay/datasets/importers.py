@@ -55,7 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import GNSS_FRAME, CalibrationError, Rig, load_kitti_raw_calib
-from calibration.errors import read_text
+from calibration.errors import parse_float, read_text
 from calibration.images import check_image_pixels, encoded_image_size, image_size_of
 from perception.errors import WireError
 from perception.msgs import wire
@@ -103,7 +103,9 @@ KITTI_RAW_GREY_CAMERAS: dict[str, tuple[str, str]] = {
 }
 
 _OXTS_FIELDS = 30
-_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
+# ASCII digits only: a str pattern's \d, strptime and int() take any script's (a year in
+# full-width digits was read as 2011).
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$", re.ASCII)
 #: A KITTI raw frame file's name: its index, 10 digits (the index of its timestamps line).
 _FRAME_NAME = re.compile(r"^\d{10}\.")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -196,10 +198,7 @@ def read_oxts_packet(path: Path, stamp_ns: int, seq: int = 0) -> GnssFix:
     values: list[float] = []
     for i, token in enumerate(text.split(), start=1):
         try:
-            # float() also takes "1_000": no oxts writer puts one, so it is damage.
-            if "_" in token:
-                raise ValueError(token)
-            values.append(float(token))
+            values.append(parse_float(token))
         except ValueError:
             shown = token if len(token) <= 24 else token[:24] + "..."
             raise ReplayError(

@@ -9,6 +9,12 @@ drive's rig, written first (stamped at the first sensor message's stamp). When a
 tf_static or CameraInfo changes it, the new rig is written as a RigMessage before the next
 sensor message, stamped with that message's stamp (a rig is in force from its stamp on).
 A `rig:` file in `--topics` replaces tf_static and CameraInfo.
+
+A camera's images must have the size of one of its calibrations (a CameraInfo, or the rig
+file's camera): the intrinsics are per size, so an image of a size no calibration has (a
+camera reconfigured mid-drive without a CameraInfo of its new size) is refused with the
+bag. An image of a calibrated size received before the CameraInfo of that size took effect
+is imported and counted in a warning: the node leaves it out as unfit.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from calibration import CalibrationError, Rig, load_rig
-from perception.msgs.types import GnssFix, Message, RigMessage
+from calibration.images import encoded_image_size
+from perception.msgs.types import CameraFrame, GnssFix, Message, RigMessage
 from perception.msgs.types import Header as NodeHeader
 from replay.datasets.importers import (
     ImportProgress,
@@ -273,6 +280,56 @@ class _Converter:
         return out
 
 
+class _ImageSizes:
+    """Checks each camera image against the sizes its camera is calibrated for."""
+
+    def __init__(self, plan: TopicPlan, calib: _Calibration, rig_file: Path | None) -> None:
+        self._cameras = {c.topic: c for c in plan.cameras}
+        self._rig_file = rig_file
+        self._calibrated: dict[str, set[tuple[int, int]]] = {}
+        for _t, name, cal in calib.cameras:
+            self._calibrated.setdefault(name, set()).add(cal.camera.size)
+        #: Images per topic of a calibrated size other than the rig's in force at the time.
+        self.early: dict[str, int] = {}
+
+    def check(self, frame: CameraFrame, topic: str, rig: Rig, where: str) -> None:
+        """Raises Rosbag2Error for an image of a size no calibration of its camera has."""
+        if frame.image is not None:
+            size: tuple[int, int] | None = (frame.image.shape[1], frame.image.shape[0])
+        else:
+            assert frame.data is not None
+            # None: no size in the header, which the node reports as an image that does not
+            # decode; its size is not the fault here.
+            size = encoded_image_size(frame.data)
+        cam = self._cameras[topic]
+        in_force = rig.cameras[cam.name].size
+        if size is None or size == in_force:
+            return
+        calibrated = {in_force} if self._rig_file else self._calibrated.get(cam.name, {in_force})
+        if size in calibrated:
+            self.early[topic] = self.early.get(topic, 0) + 1
+            return
+        sizes = " and ".join(f"{w}x{h}" for w, h in sorted(calibrated))
+        source = (
+            f"the --topics rig file {self._rig_file}"
+            if self._rig_file
+            else f"its CameraInfo on {cam.info_topic}"
+        )
+        raise Rosbag2Error(
+            f"{where}: image {frame.header.seq + 1} of the topic (stamp "
+            f"{frame.header.stamp_ns} ns) is {size[0]}x{size[1]}, but camera {cam.name} is "
+            f"calibrated for {sizes} only ({source}): intrinsics hold for one image size, and "
+            "a camera reconfigured mid-drive needs a calibration of its new size"
+        )
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{topic}: {n} image(s) received before the CameraInfo of their size; the node "
+            "leaves them out as unfit (the rig in force then is of another size)"
+            for topic, n in self.early.items()
+        ]
+
+
 def _load_rig_file(path: Path, plan: TopicPlan) -> Rig:
     try:
         rig = load_rig(path)
@@ -316,14 +373,16 @@ def import_rosbag2(
         calib = _first_pass(bag, plan)
         fixed_rig = None
         state = None
-        if topics_file is not None and topics_file.rig is not None:
-            fixed_rig = _load_rig_file(topics_file.rig, plan)
+        rig_file = topics_file.rig if topics_file is not None else None
+        if rig_file is not None:
+            fixed_rig = _load_rig_file(rig_file, plan)
         else:
             state = _RigState(calib, plan, topics_file, str(source))
         rig = fixed_rig or (state.rig() if state else None)
         assert rig is not None
         rig_doc = rig.to_dict()
         converter = _Converter(bag, plan, calib)
+        sizes = _ImageSizes(plan, calib, rig_file)
         data_topics = list(plan.streams)
         total = bag.count(data_topics)
         counts: dict[str, int] = {}
@@ -346,6 +405,8 @@ def import_rosbag2(
                             writer.write(RigMessage(header, rig_doc), log_time, RIG_TOPIC,
                                          source=f"{source}: rig")  # fmt: skip
                             counts[RIG_TOPIC] += 1
+                    if isinstance(msg, CameraFrame):
+                        sizes.check(msg, topic, rig, _where(bag, topic, log_time))
                     stream = msg.header.stream
                     writer.write(msg, log_time, stream, source=_where(bag, topic, log_time))
                     counts[stream] = counts.get(stream, 0) + 1
@@ -366,6 +427,7 @@ def import_rosbag2(
     ]
     if converter.no_fix:
         warnings.append(f"{plan.gnss}: {converter.no_fix} fix(es) without a position skipped")
+    warnings += sizes.warnings()
     warnings += list(rig.warnings)
     return ImportStats(
         path=Path(out),

@@ -221,3 +221,51 @@ def test_an_object_calib_saved_with_a_byte_order_mark_is_read(
     rig = load_kitti_object_calib(marked, 1224, 370)
     plain = load_kitti_object_calib(kitti_dir / "calib" / "000000.txt", 1224, 370)
     np.testing.assert_array_equal(rig.cameras["cam0"].k, plain.cameras["cam0"].k)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # float() read 7215.377 (a focal length ten times too long) and a full-width 7 as 7.
+        ("P2: 7.215377000000e+02", "P2: 7_215.377"),
+        ("P2: 7.215377000000e+02", "P2: \uff17.215377000000e+02"),  # a full-width 7
+    ],
+)
+def test_an_object_calib_number_float_alone_would_read_is_refused(
+    tmp_path: Path, kitti_dir: Path, old: str, new: str
+) -> None:
+    text = (kitti_dir / "calib" / "000003.txt").read_text()
+    assert text.count(old) == 1
+    path = tmp_path / "000003.txt"
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    token = new.split()[1]
+    with pytest.raises(CalibrationError) as info:
+        load_kitti_object_calib(path, 1242, 375)
+    assert str(info.value) == f"{path}:3: field P2: could not convert string to float: {token!r}"
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "field"),
+    [
+        # An image size of 1_242 x 375 was read as the file's stated 1242 x 375.
+        ("calib_cam_to_cam.txt", ("S_rect_02: 1.242000e+03", "S_rect_02: 1_242"), "S_rect_02"),
+        ("calib_velo_to_cam.txt", ("T: -4.069766e-03", "T: -4_0.069766e-03"), "T"),
+        ("calib_imu_to_velo.txt", ("T: -8.086759e-01", "T: -8.086_759e-01"), "T"),
+    ],
+)
+def test_a_raw_calib_number_with_an_underscore_is_refused(
+    tmp_path: Path, data_dir: Path, name: str, edit: tuple[str, str], field: str
+) -> None:
+    old, new = edit
+    src = data_dir / "kitti_raw" / "2011_09_26"
+    for each in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt", "calib_imu_to_velo.txt"):
+        (tmp_path / each).write_text((src / each).read_text())
+    path = tmp_path / name
+    lines = path.read_text().splitlines()
+    lineno = 1 + next(i for i, line in enumerate(lines) if line.startswith(old))
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(CalibrationError) as info:
+        load_kitti_raw_calib(tmp_path)
+    assert str(info.value) == (
+        f"{path}:{lineno}: field {field}: could not convert string to float: {new.split()[1]!r}"
+    )

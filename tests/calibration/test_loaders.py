@@ -207,6 +207,34 @@ def test_pjlab_values_of_the_wrong_kind_are_named(
     assert len(text) < 300
 
 
+@pytest.mark.parametrize(
+    ("change", "got"),
+    [
+        # numpy converted strings through float(): 2109.75 and a 10 m lever, without a word.
+        ((_INTRINSIC, "cam_K", "2_109.75"), "'2_109.75' in it"),
+        ((_EXTRINSIC, "sensor_calib", "1_0"), "'1_0' in it"),
+        ((_INTRINSIC, "cam_dist", "-0.1"), "'-0.1' in it"),
+        ((_INTRINSIC, "cam_K", True), "True in it"),
+        # numpy's OverflowError: "unexpected OverflowError" to `calib show`.
+        ((_INTRINSIC, "cam_K", 10**400), "[[100000000000000000"),
+    ],
+)
+def test_pjlab_matrix_values_that_are_no_json_numbers_are_refused(
+    data_dir: Path, tmp_path: Path, change: tuple[str, str, object], got: str
+) -> None:
+    file, field, value = change
+    doc = json.loads((data_dir / "lidar_camera_calib_pjlab" / file).read_text())
+    (entry,) = doc.values()
+    rows = entry["param"][field]["data"]
+    rows[0][0] = value  # the first value of the first row
+    path = _pjlab_with(data_dir, tmp_path, file, f"{field}.data", rows)
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    assert str(info.value).startswith(
+        f"{path}: field param.{field}: expected a list of numbers, got {got}"
+    ), str(info.value)
+
+
 def test_pjlab_sensor_name_must_be_a_name(data_dir: Path, tmp_path: Path) -> None:
     """A list or an empty string was taken for the camera's name ('[1]', '')."""
     src = data_dir / "lidar_camera_calib_pjlab"

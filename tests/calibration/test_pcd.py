@@ -308,3 +308,26 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         read_pcd(tmp_path / "gone.pcd")
     with pytest.raises(CalibrationError, match=rf"^{tmp_path}: cannot read point cloud \(Is a"):
         read_pcd(tmp_path)  # a folder
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        # pypcd4's int() and float() read each of these as the number meant (78238, 4, 1, 10).
+        (b"POINTS 78238", b"POINTS 78_238", "POINTS '78_238'"),
+        (b"WIDTH 78238", b"WIDTH 78_238", "WIDTH '78_238'"),
+        (b"SIZE 4 4 4 4", b"SIZE 4 4 4 0_4", "SIZE '0_4'"),
+        (b"COUNT 1 1 1 1", "COUNT 1 1 \uff11 1".encode(), "COUNT '\uff11'"),  # a full-width 1
+        (b"VIEWPOINT 0 0 0 1 ", b"VIEWPOINT 0 0 0 1_0 ", "VIEWPOINT '1_0'"),
+    ],
+)
+def test_a_header_number_int_or_float_alone_would_read_is_refused(
+    tmp_path: Path, data_dir: Path, old: bytes, new: bytes, problem: str
+) -> None:
+    raw = (data_dir / "lidar_camera_calib_pjlab" / "0.pcd").read_bytes()
+    assert raw.count(old) == 1
+    path = tmp_path / "0.pcd"
+    path.write_bytes(raw.replace(old, new))
+    with pytest.raises(CalibrationError) as info:
+        read_pcd(path)
+    assert str(info.value) == f"{path}: corrupt PCD header ({problem} is not a number)"

@@ -356,6 +356,31 @@ def test_read_kitti_labels_names_the_bad_value(kitti_dir: Path, tmp_path: Path) 
     assert [b.size for b in read_kitti_labels(label, calib, skip=())] == [(-1.0, -1.0, -1.0)]
 
 
+@pytest.mark.parametrize(
+    ("x", "z"),
+    [("8_7.0356", "1_3.22"), ("\uff18.70356", "\uff113.22")],  # underscores, full-width digits
+)
+def test_a_reference_number_float_alone_would_read_is_refused(
+    kitti_dir: Path, reference_dir: Path, tmp_path: Path, x: str, z: str
+) -> None:
+    """float() reads `8_7.0356` as 87.0356 and a full-width 8 as 8: a box 10 times as far, or
+    a damaged file taken as a good one."""
+    text = (reference_dir / "000000.txt").read_text()
+    assert text.startswith("8.70356 ")
+    boxes = tmp_path / "000000.txt"
+    boxes.write_text(x + text.removeprefix("8.70356"), encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        read_pointpillars_boxes(boxes)
+    assert str(info.value) == f"{boxes}:1: x {x!r} is not a number"
+    calib = kitti_dir / "calib" / "000000.txt"
+    good = "Car 0.00 0 1.55 614.24 181.78 727.31 284.77 1.57 1.73 4.15 1.00 1.75 13.22 1.62"
+    label = tmp_path / "label.txt"
+    label.write_text(good.replace(" 13.22 ", f" {z} ") + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        read_kitti_labels(label, calib)
+    assert str(info.value) == f"{label}:1: z {z!r} is not a number"
+
+
 def test_read_kitti_labels_of_pointpillars_boxes_says_what_is_wrong_with_them(
     kitti_dir: Path, tmp_path: Path
 ) -> None:

@@ -31,7 +31,7 @@ from replay.datasets.kitti_object import (
     read_kitti_scan,
 )
 from replay.errors import ReplayError
-from replay.evaluation import kitti_label_box, read_pointpillars_boxes
+from replay.evaluation import kitti_label_box, label_numbers, read_pointpillars_boxes
 from replay.training.samples import BoxLabel, CameraView, TrainingSample
 from replay.training.sources._boxes import split_training
 
@@ -42,6 +42,8 @@ KITTI_LABELS = ("label_2", "pointpillars")
 #: PointPillars boxes at or above this score count as labels.
 MIN_REFERENCE_SCORE = 0.5
 _CAMERA = "front"
+#: The numbers of a label line read (after type, truncated, occluded and alpha).
+_BOX_FIELDS = ("x1", "y1", "x2", "y2", "h", "w", "l", "x", "y", "z", "rotation_y")
 
 
 def read_label_2(
@@ -61,10 +63,9 @@ def read_label_2(
             continue
         if len(parts) < 15:
             raise ValueError(f"{path}:{lineno}: expected 15 values, got {len(parts)}")
-        try:
-            x1, y1, x2, y2, h, w, length, x, y, z, ry = (float(v) for v in parts[4:15])
-        except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: {e}") from e
+        # Finite: a nan size or position was a box of nan centre, for a trainer to learn from.
+        values = label_numbers(parts[4:15], _BOX_FIELDS, f"{path}:{lineno}")
+        x1, y1, x2, y2, h, w, length, x, y, z, ry = values
         if parts[0] == "DontCare":
             dont_care.append((x1, y1, x2, y2))
             continue

@@ -22,6 +22,7 @@ from replay.datasets.importers import (
     import_kitti_raw,
     parse_kitti_timestamp,
     read_kitti_timestamps,
+    read_oxts_packet,
     sweep_point_offsets_ns,
 )
 from replay.datasets.kitti_object import KittiObjectFolder, read_image
@@ -123,6 +124,28 @@ def test_timestamp_parsing_is_exact() -> None:
         parse_kitti_timestamp("2011-09-26T13:02:25.95")
     with pytest.raises(ValueError, match="not a KITTI timestamp"):
         parse_kitti_timestamp("2011-09-26 13:02:25.9511993371")
+
+
+def test_digits_of_another_script_are_refused(raw_source: Path, tmp_path: Path) -> None:
+    """A str pattern's digit class, strptime, int() and float() take full-width digits as
+    ASCII ones: a year of U+FF12 U+FF10 U+FF11 U+FF11 was 2011, an oxts latitude whose first
+    digit was U+FF14 was 49.01..."""
+    full_width = str.maketrans("0123456789", "".join(chr(0xFF10 + i) for i in range(10)))
+    stamps = tmp_path / "timestamps.txt"
+    lines = _real_lines(raw_source / DRIVE / "oxts" / "timestamps.txt")
+    lines[1] = lines[1][:4].translate(full_width) + lines[1][4:]
+    stamps.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ReplayError) as info:
+        read_kitti_timestamps(stamps)
+    assert str(info.value) == f"{stamps}:2: not a KITTI timestamp: {lines[1][:40]!r}"
+    packet = tmp_path / "0000000000.txt"
+    shutil.copy(raw_source / DRIVE / "oxts" / "data" / "0000000000.txt", packet)
+    latitude = packet.read_text().split()[0]
+    bad = latitude[0].translate(full_width) + latitude[1:]
+    _set_oxts(packet, 0, bad)
+    with pytest.raises(ReplayError) as info:
+        read_oxts_packet(packet, 0)
+    assert str(info.value) == f"{packet}: oxts packet is not numbers (value 1 is {bad!r})"
 
 
 def test_real_timestamp_files_parse_exactly(raw_source: Path) -> None:

@@ -230,6 +230,21 @@ def test_duplicate_token(dataset: Fixture, tmp_path: Path) -> None:
     assert _refused(root) == f"{path}: token {dataset.table('category')[0]['token']} appears twice"
 
 
+def test_a_key_given_twice_in_a_record_is_refused(dataset: Fixture, tmp_path: Path) -> None:
+    """json keeps the last of two equal keys: a sample_data record's second timestamp was
+    taken without a word."""
+    root = _copy(dataset, tmp_path)
+    path = root / VERSION / "sample_data.json"
+    first = dataset.table("sample_data")[0]
+    text = path.read_text()
+    stamp = f'"timestamp": {first["timestamp"]}'
+    assert text.count(stamp) == 1  # the first record's, no other's
+    path.write_text(text.replace(stamp, f'"timestamp": 0, {stamp}'))
+    assert _refused(root) == (
+        f"{path}: the record of token {first['token']} gives the key 'timestamp' twice"
+    )
+
+
 def test_dangling_token(dataset: Fixture, tmp_path: Path) -> None:
     root = _copy(dataset, tmp_path)
     ann = dataset.table("sample_annotation")[2]["token"]

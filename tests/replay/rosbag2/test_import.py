@@ -4,6 +4,7 @@ imported and replayed, gives the KITTI folder replay's detections; its rig is th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from calibration import Rig, load_kitti_object_calib, save_rig_yaml
 from calibration.check import read_kitti_bin
+from calibration.kitti import read_kitti_calib_fields
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
 from perception.msgs.types import CameraFrame, DetectionList, GnssFix, LidarSweep, RigMessage
@@ -22,10 +24,13 @@ from replay.rosbag2 import import_rosbag2
 from replay.rosbag2.errors import Rosbag2Error
 from tests.conftest import png_size
 from tests.replay.rosbag2.bags import (
+    CAMERA_NS,
     CHATTER_TOPIC,
+    INFO_TOPIC,
     LAT,
     LIDAR_TOPIC,
     BagWriter,
+    camera_info,
     point_cloud,
     write_kitti_bag,
 )
@@ -236,4 +241,82 @@ def test_a_sweep_in_another_frame_is_refused(tmp_path: Path) -> None:
     assert _refused(tmp_path / "bag", tmp_path) == (
         f"{tmp_path / 'bag'}: {LIDAR_TOPIC} at receive time 3: the sweep is in frame "
         "'os_sensor', the lidar topic's first in 'velo_link' (the rig holds one lidar frame)"
+    )
+
+
+def _camera_info_of(
+    kitti_dir: Path, index: int, receive_ns: int
+) -> Callable[[BagWriter, int, int], None]:
+    """`extra` for write_kitti_bag: frame `index`'s CameraInfo (its P2 and image size) received
+    `receive_ns` after frame `index`'s stamp, and no other CameraInfo."""
+    frame = KittiObjectFolder(kitti_dir).frames[index]
+    p2 = read_kitti_calib_fields(frame.calib_path)["P2"].reshape(3, 4)
+    size = png_size(frame.image_path)
+
+    def write(w: BagWriter, i: int, stamp: int) -> None:
+        if i == index:
+            w.write(INFO_TOPIC, stamp + receive_ns, camera_info(stamp, "camera_rect", p2, *size))
+
+    return write
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["image", "compressed"])
+def test_an_image_of_a_size_its_camera_is_not_calibrated_for_is_refused(
+    kitti_dir: Path, tmp_path: Path, compressed: bool
+) -> None:
+    """KITTI frame 000000 is 1224x370, the next two 1242x375; with frame 000000's CameraInfo
+    alone, the camera's images change size mid-bag with no calibration of the new size. They
+    were imported, for the node to leave every one out as unfit."""
+    bag = write_kitti_bag(
+        kitti_dir, tmp_path / "bag", frames=3, skip=(INFO_TOPIC,), compressed_images=compressed,
+        extra=_camera_info_of(kitti_dir, 0, 2_000_000),
+    )  # fmt: skip
+    topic = f"{CAMERA_NS}/image_raw" + ("/compressed" if compressed else "")
+    assert _refused(bag.path, tmp_path) == (
+        f"{bag.path}: {topic} at receive time 103000000: image 2 of the topic (stamp 100000000 "
+        "ns) is 1242x375, but camera front is calibrated for 1224x370 only (its CameraInfo on "
+        f"{INFO_TOPIC}): intrinsics hold for one image size, and a camera reconfigured "
+        "mid-drive needs a calibration of its new size"
+    )
+
+
+def test_an_image_received_before_the_camera_info_of_its_size_is_counted(
+    kitti_dir: Path, tmp_path: Path
+) -> None:
+    """A camera driver may publish an image before its CameraInfo: the first image of a new
+    size then comes while the rig in force is of the old one. It is imported (its calibration
+    is in the bag) and counted: the node leaves it out."""
+    infos = [_camera_info_of(kitti_dir, 0, 2_000_000), _camera_info_of(kitti_dir, 1, 3_500_000)]
+
+    def extra(w: BagWriter, i: int, stamp: int) -> None:
+        for write in infos:
+            write(w, i, stamp)
+
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=3, skip=(INFO_TOPIC,), extra=extra)
+    stats = import_rosbag2(bag.path, tmp_path / "drive.mcap")
+    assert stats.messages["camera/front"] == 3
+    assert (
+        f"{CAMERA_NS}/image_raw: 1 image(s) received before the CameraInfo of their size; the "
+        "node leaves them out as unfit (the rig in force then is of another size)"
+    ) in stats.warnings
+
+
+def test_an_image_of_another_size_than_the_rig_file_camera_is_refused(
+    kitti_dir: Path, tmp_path: Path
+) -> None:
+    frame = KittiObjectFolder(kitti_dir).frames[0]  # 1224x370; the next frame is 1242x375
+    save_rig_yaml(load_kitti_object_calib(frame.calib_path, *png_size(frame.image_path)),
+                  tmp_path / "rig.yaml")  # fmt: skip
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=2, skip=("/tf_static",))
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("rig: rig.yaml\ntopics:\n  /kitti/camera_color_left/camera_info: skip\n")
+    out = tmp_path / "drive.mcap"
+    with pytest.raises(Rosbag2Error) as e:
+        import_rosbag2(bag.path, out, topics=topics)
+    assert not out.exists()
+    assert str(e.value) == (
+        f"{bag.path}: {CAMERA_NS}/image_raw at receive time 103000000: image 2 of the topic "
+        "(stamp 100000000 ns) is 1242x375, but camera front is calibrated for 1224x370 only "
+        f"(the --topics rig file {(tmp_path / 'rig.yaml').resolve()}): intrinsics hold for one "
+        "image size, and a camera reconfigured mid-drive needs a calibration of its new size"
     )

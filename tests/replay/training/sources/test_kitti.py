@@ -157,3 +157,26 @@ def test_a_binary_label_file_is_named(kitti_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         KittiSource(root)[0]
     assert str(info.value) == f"{labels}: not UTF-8 text (byte 0xff at offset 4)"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        # float() read "1_89" as 189: a pedestrian 189 m tall, 92 m away, to train on.
+        ("1.89", "1_89", "h '1_89' is not a number"),
+        ("1.89", "\uff11.89", "h '\uff11.89' is not a number"),  # a full-width 1
+        # A nan position was a box of nan centre.
+        ("8.41", "nan", "z nan is not finite"),
+    ],
+)
+def test_a_label_number_float_alone_would_read_is_refused(
+    kitti_dir: Path, tmp_path: Path, old: str, new: str, problem: str
+) -> None:
+    root = _frame_000000(kitti_dir, tmp_path)
+    text = (kitti_dir / "label_2" / "000000.txt").read_text()
+    assert text.count(f" {old} ") == 1
+    labels = root / "label_2" / "000000.txt"
+    labels.write_text(text.replace(f" {old} ", f" {new} "), encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        KittiSource(root)[0]
+    assert str(info.value) == f"{labels}:1: {problem}"
