@@ -257,7 +257,12 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         help="drive: move the stamps to the host clock as the messages are sent (their spacing "
         "divided by --speed, so that they keep pace with the sends)",
     )
-    p.add_argument("--loop", action="store_true", help="start over at the end, until SIGINT")
+    p.add_argument(
+        "--loop",
+        action="store_true",
+        help="start over at the end, until SIGINT (a drive: a period of its busiest topic "
+        "after the end; one with a single message per topic has no period and is refused)",
+    )
     p.add_argument(
         "--wait",
         metavar="S",
@@ -1010,27 +1015,51 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _empty_argument(argv: Sequence[str]) -> str | None:
-    """What names an option given an empty value in `argv` (None: there is none). No option's
-    value may be empty, and one usually is an unset shell variable (`--out "$DIR"`):
-    `Path("")` is the current folder, where `show`, `bench`, `demo` and `keys` would have
-    written their files."""
-    for i, token in enumerate(argv):
-        if token.startswith("--") and token.endswith("=") and len(token) > 3:
-            return f"{token[:-1]} is empty (an unset shell variable?): give it a value"
-        before = argv[i - 1] if i else ""
-        if token == "" and before.startswith("-") and len(before) > 1 and "=" not in before:
-            return f"{before} is empty (an unset shell variable?): give it a value"
-    # An empty positional is left to its command, which names what it stands for (a topic, a
-    # drive).
+def _command_parser(parser: argparse.ArgumentParser, prog: str) -> argparse.ArgumentParser:
+    """The parser of the command named `prog` (`perception calib show`) under `parser`
+    (`parser` itself when none is)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found = _command_parser(sub, prog)
+                if found.prog == prog:
+                    return found
+    return parser
+
+
+def _empty_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """What names an argument given empty in `args`, parsed by `parser` (None: there is none).
+    No option's value and no positional argument may be empty, and one usually is an unset
+    shell variable (`--out "$DIR"`, `replay "$DRIVE"`): `Path("")` is the current folder,
+    where `show`, `bench`, `demo` and `keys` would have written their files, and which
+    `replay` and `play` called "a folder, not a drive". Read from what argparse assigned
+    rather than from the tokens, so that an empty positional after a flag (`bench --quiet
+    ""`) is not taken for the flag's value; every option type refuses "" itself."""
+    command = _command_parser(parser, args.prog)
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if "" not in values:
+            continue
+        unset = "(an unset shell variable?)"
+        if action.option_strings:
+            flag = max(action.option_strings, key=len)
+            if len(values) == 1:
+                return f"{flag} is empty {unset}: give it a value"
+            return f"a value of {flag} is empty {unset}: give it one or leave it out"
+        name = action.metavar if isinstance(action.metavar, str) else action.dest
+        if len(values) == 1:
+            return f"the {name} argument is empty {unset}: give it a value"
+        return f"one of the {name} arguments is empty {unset}: give it a value or leave it out"
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `perception` with `argv` (default: sys.argv); the exit code (see EPILOG)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    empty = _empty_argument(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    empty = _empty_argument(parser, args)
     if empty is not None:
         print(f"{args.prog}: error: {empty}", file=sys.stderr)
         return EXIT_USAGE

@@ -162,6 +162,29 @@ def check_reachable(endpoints: Sequence[str], option: str = "") -> None:
             )
 
 
+def check_topic_lengths(topics: Sequence[str]) -> None:
+    """Refuses a topic too long to subscribe to: a publisher drops the connection of a
+    subscription of a topic above `MAX_TOPIC_BYTES` (perception.io.transport), and the subscriber
+    reconnects and resubscribes for ever, receiving nothing (`echo` and `record` of a topic
+    over 64 KiB waited without a word).
+
+    Raises:
+        PerceptionError: naming the topic (its start), its length and the limit.
+    """
+    from perception.io.transport import MAX_TOPIC_BYTES  # noqa: PLC0415 (ZeroMQ)
+
+    longest = MAX_TOPIC_BYTES
+    for topic in topics:
+        # As the bytes the shell gave, undecodable ones included.
+        size = len(topic.encode("utf-8", "surrogateescape"))
+        if size > longest:
+            shown = f"{topic[:32]}..." if len(topic) > 32 else topic
+            raise PerceptionError(
+                f"topic {shown!r} is {size} bytes long; a subscription takes at most {longest} "
+                "(a publisher drops the connection of a longer one, so nothing would arrive)"
+            )
+
+
 def is_output_topic(topic: str, config: NodeConfig) -> bool:
     """Whether the node publishes `topic` (its detections, tracks or diagnostics), per
     `config`."""

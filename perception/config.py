@@ -17,7 +17,7 @@ from engines.errors import EngineError
 from engines.settings import MAX_THREADS, EngineSettings
 from perception.errors import ConfigError
 from perception.io.runtime import tcp_endpoint_problem
-from perception.msgs.schema import WireLimits
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 
 __all__ = [
     "FUSION_KINDS",
@@ -1190,8 +1190,9 @@ _MAX_DEAD_AFTER_PERIODS = 1e6
 
 
 def _check_topics(inputs: InputConfig, outputs: OutputConfig) -> None:
-    """Every topic named, each once per side: an empty one is, as a ZeroMQ prefix, every topic,
-    and a topic given two roles (two cameras, a camera and the lidar) feeds one stream twice."""
+    """Every topic named, each once per side, none longer than a subscription may name: an
+    empty one is, as a ZeroMQ prefix, every topic, and a topic given two roles (two cameras, a
+    camera and the lidar) feeds one stream twice."""
     sides = (
         (
             ("inputs.lidar_topic", inputs.lidar_topic),
@@ -1210,6 +1211,14 @@ def _check_topics(inputs: InputConfig, outputs: OutputConfig) -> None:
         for key, topic in side:
             if not topic:
                 raise ConfigError(f"{key}: must not be empty")
+            size = len(topic.encode("utf-8", "surrogateescape"))
+            if size > DEFAULT_LIMITS.max_string_bytes:
+                # A publisher drops the connection of a longer subscription: the node would
+                # wait for ever on the topic (perception.io.transport.MAX_TOPIC_BYTES).
+                raise ConfigError(
+                    f"{key}: {size} bytes long; a topic may be at most "
+                    f"{DEFAULT_LIMITS.max_string_bytes}"
+                )
             if topic in seen:
                 raise ConfigError(f"{key}: {topic!r} is already {seen[topic]}")
             seen[topic] = key

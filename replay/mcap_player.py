@@ -300,6 +300,18 @@ def check_sensor_drive(
     return contents
 
 
+def _loop_length_ns(times: Mapping[str, tuple[int, int, int]]) -> int | None:
+    """The length of a looped pass (log time, ns), from the paced log times of the pass by
+    topic (count, first, last): its busiest repeating topic's span plus one of its periods,
+    so that topic keeps its period across the seam; None when no topic repeats at a later
+    log time (one message, one sweep): the drive has no period to loop at."""
+    repeating = [(n, last - first) for n, first, last in times.values() if last > first]
+    if not repeating:
+        return None
+    n, span = max(repeating)
+    return span + span // (n - 1)
+
+
 def play_drive(
     reader: DriveReader,
     publisher: Publisher,
@@ -322,7 +334,8 @@ def play_drive(
     possible. A gap of more than `MAX_PACED_GAP_NS` (a minute) between consecutive log times is
     skipped, not waited through, with a warning naming it (see `PacedTime`). `start_s`: seconds
     into the drive (from its first log time) to start at.
-    `topics`: only these topics (default all). `loop`: start over at the end until `stop` is set.
+    `topics`: only these topics (default all). `loop`: start over at the end until `stop` is set,
+    paced passes one period of the busiest topic apart (`_loop_length_ns`).
     `restamp`: move every stamp onto the host clock as it is sent: each pass starts at the host
     time, and a stamp's distance from the first log time played is kept, less the gaps skipped,
     divided by `speed` (as fast as possible: not divided), so a live node sees current stamps
@@ -333,8 +346,11 @@ def play_drive(
 
     Raises:
         ValueError: `start_s` is negative or not finite.
-        ReplayError: the drive cannot be read (a damaged file, not a damaged message), or
-            `start_s` > 0 and no message (of `topics`) is recorded that late.
+        ReplayError: the drive cannot be read (a damaged file, not a damaged message),
+            `start_s` > 0 and no message (of `topics`) is recorded that late, or `loop` with
+            pacing and no topic repeats in a pass (raised after that first pass): nothing
+            says how often to repeat it, and the passes were sent back to back (a
+            one-message drive at 6000 messages a second, a CPU spinning).
         TransportError: a socket failed (every later send would fail too).
     """
     if not math.isfinite(start_s) or start_s < 0:
@@ -358,6 +374,8 @@ def play_drive(
         host0 = time.time_ns()
         log0: int | None = None
         paced_time = PacedTime(str(reader.path))
+        # By topic: messages, first and last paced log time (the loop's period).
+        times: dict[str, tuple[int, int, int]] = {}
         records = checked_messages(reader, topics=topics, start_ns=begin_ns, on_error=unreadable)
         for rec in records:
             if stop.is_set():
@@ -365,7 +383,10 @@ def play_drive(
             if log0 is None:
                 log0 = rec.log_time_ns
             if paced:
-                due = wall0 + (paced_time.paced_ns(rec.log_time_ns) - log0) / speed
+                at_ns = paced_time.paced_ns(rec.log_time_ns)
+                n, first, _ = times.get(rec.topic, (0, at_ns, at_ns))
+                times[rec.topic] = (n + 1, first, at_ns)
+                due = wall0 + (at_ns - log0) / speed
                 delay_s = (due - time.monotonic_ns()) / 1e9
                 if delay_s > 0 and stop.wait(delay_s):
                     return stats()
@@ -403,4 +424,16 @@ def play_drive(
             )
         if not loop or log0 is None:
             break
+        if paced:
+            length_ns = _loop_length_ns(times)
+            if length_ns is None:
+                what = "" if topics is None else f" of {', '.join(topics)}"
+                after = f" from {start_s:g} s on" if start_s else ""
+                raise ReplayError(
+                    f"{reader.path}: no topic{what} repeats in the drive{after} (one message "
+                    "each), so it has no period to loop at"
+                )
+            delay_s = (wall0 + length_ns / speed - time.monotonic_ns()) / 1e9
+            if delay_s > 0 and stop.wait(delay_s):
+                return stats()
     return stats()

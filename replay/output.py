@@ -35,6 +35,7 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "check_outputs_not_inputs",
+    "output_dir",
 ]
 
 
@@ -42,13 +43,18 @@ class OutputError(PerceptionError):
     """An output path cannot be written; the message names the path and the problem."""
 
 
-def check_output_file(path: Path, what: str = "the output") -> Path:
-    """`path` if a file can be written there: its folder exists, and it is not a folder, a
-    device, a pipe or a socket.
+def check_output_file(path: Path | str, what: str = "the output") -> Path:
+    """`path` (expanded) if a file can be written there: its folder exists, and it is not a
+    folder, a device, a pipe or a socket. Given as the user typed it (a str), it must not end
+    in `/` or `/.`: that names a folder, which `Path` forgets (`Path("x.yaml/")` is x.yaml, and
+    the file was written there).
 
     Raises:
         OutputError: naming the path and the problem.
     """
+    if isinstance(path, str) and path.endswith(("/", "/.")):
+        ending = "/." if path.endswith("/.") else "/"
+        raise OutputError(f"{path}: names a folder (it ends in {ending}); {what} must be a file")
     path = Path(path).expanduser()
     if path.is_symlink():
         _resolved(path, what)
@@ -158,6 +164,37 @@ def check_output_dir(path: Path, what: str = "the output", *, create: bool = Tru
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the folder is not writable")
     return path
+
+
+@contextlib.contextmanager
+def output_dir(path: Path, what: str = "the output") -> Iterator[Path]:
+    """`check_output_dir(path, what)` for a block that writes into the folder: when the block
+    raises (including KeyboardInterrupt), the folders this created are removed again if they
+    are still empty, so that a run failing after it started leaves no empty folder behind. A
+    folder that was there before, or that holds anything, is never removed.
+
+    Raises:
+        OutputError: as `check_output_dir`.
+    """
+    path = Path(path).expanduser()
+    # The folders that mkdir(parents=True) will create, deepest first.
+    created: list[Path] = []
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        created.append(p)
+    try:
+        yield check_output_dir(path, what)
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                # Something was written into it: it and its parents stay.
+                break
+        raise
 
 
 def check_free_space(path: Path, needed_bytes: float, what: str = "the output") -> None:

@@ -69,7 +69,7 @@ from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from perception.io.transport import Publisher
-from replay.output import atomic_output, check_output_dir
+from replay.output import atomic_output, output_dir
 
 __all__ = ["run_bench"]
 
@@ -424,8 +424,9 @@ def run_bench(
     as `settings.backend`/`settings.device` ask, the device checked and resolved first:
     app.bench.device) on `sweeps` (see `group_sweeps`), as the module docstring describes.
     Writes the node's config (`node.yaml`, and `rig.yaml` when `rig` is given and the config
-    has none) and its output (`node.log`) into `out_dir` when the run succeeds. `source` names
-    the drive in the result. `stop` set: BenchInterruptedError. The node is stopped before this
+    has none) and its output (`node.log`) into `out_dir` when the run succeeds; a run that
+    fails removes the `out_dir` it created (left empty) again. `source` names the drive in the
+    result. `stop` set: BenchInterruptedError. The node is stopped before this
     returns or raises.
 
     Raises:
@@ -441,8 +442,36 @@ def run_bench(
     config = with_engines(config, settings.backend, settings.device)
     resolved = resolve_engines(config.engines)
     config = dataclasses.replace(config, engines=resolved.engines)
-    # Absolute: the node child is started with its config's path from another folder's view.
-    out_dir = check_output_dir(out_dir, "the bench's output").resolve()
+    # A folder the bench creates is removed again if the run fails before writing into it.
+    with output_dir(out_dir, "the bench's output") as folder:
+        # Absolute: the node child is started with its config's path from another folder's
+        # view.
+        return _bench(
+            sweeps,
+            config,
+            settings,
+            folder.resolve(),
+            source=source,
+            rig=rig,
+            stop=stop,
+            resolved=resolved,
+            progress=progress,
+        )
+
+
+def _bench(
+    sweeps: Sequence[Sweep],
+    config: NodeConfig,
+    settings: BenchSettings,
+    out_dir: Path,
+    *,
+    source: str,
+    rig: Rig | None,
+    stop: threading.Event,
+    resolved: ResolvedEngines,
+    progress: Progress | None,
+) -> BenchResult:
+    """`run_bench`'s run, its arguments checked and `out_dir` created."""
     # The yardstick first, while the machine is quiet (no node yet).
     camera_alone = time_camera_encoder(config, sweeps)
     load_before = _load_average()

@@ -135,11 +135,11 @@ def _check_many(args: argparse.Namespace) -> int:
         refine = Path(args.refine).expanduser()
         if refine.suffix.lower() not in (".yaml", ".yml"):
             raise PerceptionError(f"{refine}: --refine must be a rig YAML file (.yaml)")
-        check_output_file(refine, "--refine")
+        check_output_file(args.refine, "--refine")
         check_not_an_input(refine, inputs, "--refine")
     out = None
     if args.out is not None:
-        out = _picture_path(Path(args.out).expanduser())
+        out = _picture_path(args.out)
         check_not_an_input(out, inputs, "--out")
         if refine is not None and out.resolve() == refine.resolve():
             raise PerceptionError(f"{out}: --out and --refine name the same file")
@@ -245,12 +245,14 @@ def _verdict_line(v: Any, min_information_nats: float) -> str:
     )
 
 
-def _picture_path(out: Path) -> Path:
-    """`--out` checked before any work: an image file in a folder that can be written."""
+def _picture_path(given: str) -> Path:
+    """`--out` as given, checked before any work: an image file in a folder that can be
+    written."""
+    out = Path(given).expanduser()
     if out.suffix.lower() not in _IMAGE_SUFFIXES:
         raise CalibrationError(f"{out}: --out must be an image file ({', '.join(_IMAGE_SUFFIXES)})")
-    check_output_file(out, "--out")
-    return out
+    # As given: a trailing / (a folder) is lost in the Path.
+    return check_output_file(given, "--out")
 
 
 def _write_pictures(out: Path, verdicts: Sequence[Any], perturb: Any) -> None:
@@ -276,7 +278,7 @@ def _write_pictures(out: Path, verdicts: Sequence[Any], perturb: Any) -> None:
 
 
 def _check_one(args: argparse.Namespace) -> int:
-    out = _picture_path(Path(args.out).expanduser())
+    out = _picture_path(args.out)
     scan = Path(args.lidar).expanduser()
     check_not_an_input(out, [Path(args.image), scan, Path(args.rig)], "--out")
     if scan.suffix.lower() not in _SCAN_SUFFIXES:

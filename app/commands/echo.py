@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.common import check_reachable, endpoints_for_topic, load_node_config, stop_on_signals
+from app.common import (
+    check_reachable,
+    check_topic_lengths,
+    endpoints_for_topic,
+    load_node_config,
+    stop_on_signals,
+)
 from perception.errors import PerceptionError, WireError
 from perception.io.curve import curve_keys_for
 from perception.io.transport import Subscriber
@@ -29,6 +35,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     if not args.topic.strip():
         # As a ZeroMQ subscription '' is every topic's prefix: not what an empty name meant.
         raise PerceptionError(f"topic {args.topic!r}: a topic must not be empty")
+    check_topic_lengths([args.topic])
     # The topic where it is published: the node's outputs, or the sensors' endpoint.
     endpoints = [args.endpoint] if args.endpoint else list(endpoints_for_topic(args.topic, config))
     check_reachable(endpoints, "--endpoint" if args.endpoint else "")

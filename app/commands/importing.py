@@ -78,7 +78,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if out.suffix != ".mcap":
         # A drive under another name is likely a typo that would replace some other file.
         raise OutputError(f"{out}: --out must end in .mcap (it is an MCAP drive)")
-    check_output_file(out, "--out")
+    check_output_file(args.out, "--out")
     source = Path(args.dir).expanduser()
     check_not_an_input(out, [source], "--out")
     if out.exists():

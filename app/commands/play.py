@@ -65,6 +65,14 @@ def _check_drive(reader: DriveReader, args: argparse.Namespace) -> tuple[DriveCo
             f"{reader.path}: --start {args.start:g} s is past the end of the drive "
             f"(it lasts {contents.duration_s:.2f} s)"
         )
+    if args.loop and args.speed > 0 and all(contents.counts[t] < 2 for t in topics):
+        # Passes are a period of the drive apart; with none, a one-message drive was sent
+        # back to back, thousands a second (play_drive refuses it too, after a pass).
+        raise PerceptionError(
+            f"{reader.path}: --loop: the drive holds one message per topic played "
+            f"({', '.join(topics)}), so it has no period to repeat them at; play it without "
+            "--loop"
+        )
     return contents, topics
 
 

@@ -9,7 +9,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.common import check_reachable, endpoints_for_topic, load_node_config, stop_on_signals
+from app.common import (
+    check_reachable,
+    check_topic_lengths,
+    endpoints_for_topic,
+    load_node_config,
+    stop_on_signals,
+)
 from perception.errors import PerceptionError
 from perception.io.curve import curve_keys_for
 from perception.io.runtime import resolve_endpoint
@@ -47,6 +53,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         inputs.gnss_topic,
         inputs.rig_topic,
     ]
+    check_topic_lengths(topics)
     # Each topic where it is published (sensors vs the node's outputs) unless --endpoint says.
     where = {t: list(args.endpoint or endpoints_for_topic(t, config)) for t in topics}
     check_reachable(
@@ -57,6 +64,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     if out.suffix != ".mcap":
         # A drive under another name is likely a typo that would replace some other file.
         raise OutputError(f"{out}: --out must end in .mcap (it is an MCAP drive)")
+    # As given: a trailing / (a folder) is lost in the Path.
+    check_output_file(args.out, "--out")
     with _drive_path(out, args.overwrite) as path:
         stop = stop_on_signals()
         recorder = Recorder(

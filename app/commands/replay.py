@@ -37,7 +37,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if out.suffix not in (".jsonl", ".mcap"):
         raise PerceptionError(f"{out}: --out must end in .jsonl or .mcap")
     # Before anything is loaded: a wrong --out costs nothing.
-    check_output_file(out, "--out")
+    check_output_file(args.out, "--out")
     # The ground truth beside a synthetic drive is read too (it chooses the detector).
     check_not_an_input(out, drive_files(path), "--out")
     show_dir = None

@@ -52,6 +52,7 @@ from perception.msgs.types import Message
 __all__ = [
     "DEFAULT_HWM",
     "MAX_SUBSCRIPTION_BYTES",
+    "MAX_TOPIC_BYTES",
     "PRIORITY_STREAK",
     "Publisher",
     "ReceivedFrame",
@@ -72,9 +73,12 @@ _HANDSHAKE_RETRY_MS = 1000
 # (libzmq's own reconnect interval): a peer that accepts and closes every connection made the
 # receiver reconnect 4,000 times a second, a whole core.
 _RECONNECT_MIN_MS = 100
-#: The largest subscription a Publisher takes (a topic prefix, after its one-byte command):
-#: a topic of the longest string a header may hold.
-MAX_SUBSCRIPTION_BYTES = 1 + DEFAULT_LIMITS.max_string_bytes
+#: The longest topic a subscription may name: the longest string a header may hold.
+MAX_TOPIC_BYTES = DEFAULT_LIMITS.max_string_bytes
+#: The largest subscription a Publisher takes: a topic of `MAX_TOPIC_BYTES` and what carries it.
+#: libzmq 4.3 (ZMTP 3.1) sends it as the SUBSCRIBE command, whose name and the name's length
+#: byte count with the topic (measured: with one byte of room the longest 9 topics were dropped).
+MAX_SUBSCRIPTION_BYTES = len(b"\x09SUBSCRIBE") + MAX_TOPIC_BYTES
 
 
 def default_endpoint(name: str) -> str:

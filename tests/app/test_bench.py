@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from app.bench import (
     process_usage,
     restamp_sweep,
     result_document,
+    run_bench,
     sweep_span_ns,
     write_report,
 )
@@ -706,3 +708,42 @@ def test_what_the_node_would_wait_for_in_vain_is_refused_before_it_starts(
         "--config (its `rig`)"
     )
     assert not out.exists()
+
+
+class _FailingNode:
+    """A node child that exits before it is ready (a busy metrics port, a broken model)."""
+
+    def __init__(self, config_path: Path, log_path: Path | None = None) -> None:
+        del config_path, log_path
+
+    def __enter__(self) -> _FailingNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def wait_ready(self, timeout_s: float, stop: threading.Event) -> None:
+        raise PerceptionError("the node exited with code 2 during the bench: no output")
+
+
+def test_a_failed_bench_leaves_no_empty_output_folder_it_created(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bench whose node failed left the empty --out folder (and its parents) it had created;
+    a folder that was there before is kept."""
+    monkeypatch.setattr("app.bench.runner.NodeChild", _FailingNode)
+    # No images: no camera encoder to time before the node starts.
+    sweeps = group_sweeps([r for r in _drive(3) if not isinstance(r[1], CameraFrame)])
+    settings = BenchSettings(duration_s=1.0)
+    new = tmp_path / "new" / "report"
+    with pytest.raises(PerceptionError, match="the node exited"):
+        run_bench(sweeps, NodeConfig(), settings, new, source="drive")
+    assert not (tmp_path / "new").exists()
+    had = tmp_path / "had"
+    had.mkdir()
+    with pytest.raises(PerceptionError, match="the node exited"):
+        run_bench(sweeps, NodeConfig(), settings, had / "report", source="drive")
+    assert had.is_dir() and not (had / "report").exists()
+    with pytest.raises(PerceptionError, match="the node exited"):
+        run_bench(sweeps, NodeConfig(), settings, had, source="drive")
+    assert had.is_dir()

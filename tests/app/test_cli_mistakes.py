@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from app.cli import main
-from perception.msgs.types import DetectionList, Diagnostics
+from perception.io.transport import MAX_TOPIC_BYTES, Publisher, Subscriber
+from perception.msgs.types import DetectionList, Diagnostics, Header
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.synth.world import generate_drive, ground_truth_path
@@ -524,7 +526,10 @@ def test_options_that_do_nothing_for_the_source_are_refused(
 def test_an_empty_topic_is_refused_not_taken_for_every_topic(capsys, tmp_path: Path) -> None:
     out = tmp_path / "x.mcap"
     err = _fails(capsys, "record", "lidar/top", "", "--out", str(out))
-    assert err == "perception record: error: topics ['lidar/top', '']: a topic must not be empty"
+    assert err == (
+        "perception record: error: one of the topics arguments is empty (an unset shell "
+        "variable?): give it a value or leave it out"
+    )
     assert not out.exists()
     err = _fails(capsys, "echo", " ")
     assert err == "perception echo: error: topic ' ': a topic must not be empty"
@@ -583,7 +588,8 @@ def test_a_pipe_given_as_a_drive_or_run_is_named_not_waited_on(
         (["show", "RUN", "--drive", "DRIVE", "--out", ""], "--out"),
         (["show", "RUN", "--drive", "DRIVE", "--out="], "--out"),
         (["bench", "--out", "", "--duration", "1", "--quiet"], "--out"),
-        (["demo", "--out", "", "--quiet"], "--out"),
+        # Named by its full name: --out is taken for --out-dir.
+        (["demo", "--out", "", "--quiet"], "--out-dir"),
         (["keys", "generate", "--out", ""], "--out"),
         (["replay", "DRIVE", "--out", ""], "--out"),
     ],
@@ -600,3 +606,116 @@ def test_an_empty_argument_is_refused_before_any_work(
     assert err.startswith(f"perception {argv[0]}")
     assert err.endswith(f": error: {named} is empty (an unset shell variable?): give it a value")
     assert list(tmp_path.iterdir()) == []
+
+
+_UNSET = "(an unset shell variable?)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["replay", "", "--out", "o.jsonl"], f"the sources argument is empty {_UNSET}"),
+        (
+            ["replay", "--out-dir", "d", "a", "", "b"],
+            f"one of the sources arguments is empty {_UNSET}",
+        ),
+        (["play", ""], f"the source argument is empty {_UNSET}"),
+        (["play", "kitti-object", ""], f"the dir argument is empty {_UNSET}"),
+        (
+            ["record", "--out", "r.mcap", "lidar", ""],
+            f"one of the topics arguments is empty {_UNSET}",
+        ),
+        (["echo", "--", ""], f"the topic argument is empty {_UNSET}"),
+        # After a flag that takes no value: the positional, not the flag, is empty.
+        (["bench", "--quiet", ""], f"the drive argument is empty {_UNSET}"),
+        (["import", "kitti-object", "", "--out", "x.mcap"], f"the dir argument is empty {_UNSET}"),
+        (["export", "rosbag2", "", "--out", "bag"], f"the source argument is empty {_UNSET}"),
+        (["eval", ""], f"the detections argument is empty {_UNSET}"),
+        (["show", ""], f"the run argument is empty {_UNSET}"),
+        (["train", ""], f"the config argument is empty {_UNSET}"),
+        (["calib", "show", ""], f"the rig argument is empty {_UNSET}"),
+        (["calib", "check", ""], f"the rig argument is empty {_UNSET}"),
+        (["engines", "build", ""], f"the models argument is empty {_UNSET}"),
+        (["models", "fetch", "a", ""], f"one of the names arguments is empty {_UNSET}"),
+        (["play", "x.mcap", "--topics", "lidar", ""], f"a value of --topics is empty {_UNSET}"),
+    ],
+)
+def test_an_empty_positional_argument_is_refused_naming_it(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], said: str
+) -> None:
+    """An empty positional was left to its command: `replay ""` said ". is a folder, not a
+    drive", `bench --quiet ""` called --quiet empty."""
+    monkeypatch.chdir(tmp_path)
+    err = _fails(capsys, *argv)
+    assert err.startswith(f"perception {argv[0]}")
+    assert f": error: {said}: give it " in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_output_named_with_a_trailing_slash_is_refused(
+    capsys, tmp_path: Path, kitti_dir: Path, kitti_drive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`calib check --refine x.yaml/` wrote the file x.yaml (as replay, import, record and
+    calib check's --out did): the slash that named a folder is lost in a Path."""
+    drive = kitti_drive
+    monkeypatch.chdir(tmp_path)
+    frame = [
+        str(kitti_dir / "calib" / "000003.txt"),
+        "--lidar", str(kitti_dir / "velodyne_reduced" / "000003.bin"),
+        "--image", str(kitti_dir / "image_2" / "000003.png"),
+    ]  # fmt: skip
+    cases = [
+        (["calib", "check", "--drive", str(drive), "--refine", "r.yaml/"], "--refine"),
+        (["calib", "check", "--drive", str(drive), "--refine", "r.yaml/."], "--refine"),
+        (["calib", "check", "--drive", str(drive), "--out", "o.png/"], "--out"),
+        (["calib", "check", *frame, "--out", "o.png/"], "--out"),
+        (["replay", str(drive), "--out", "o.jsonl/"], "--out"),
+        (["import", "kitti-object", str(kitti_dir), "--out", "i.mcap/"], "--out"),
+        (["record", "--out", "r.mcap/"], "--out"),
+    ]
+    for argv, option in cases:
+        given = argv[argv.index(option) + 1]
+        command = " ".join(argv[:2] if argv[0] == "calib" else argv[:1])
+        ending = given[given.rindex("/") :]
+        assert _fails(capsys, *argv) == (
+            f"perception {command}: error: {given}: names a folder (it ends in {ending}); "
+            f"{option} must be a file"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_drive_of_one_message_per_topic_is_not_looped(capsys, tmp_path: Path) -> None:
+    """`play --loop` of a one-message drive sent it 6000 times a second at 100% CPU."""
+    drive = tmp_path / "one.mcap"
+    with DriveWriter(drive) as w:
+        w.write(Diagnostics(Header("diagnostics", 0, 10**9, "node")), 10**9)
+    err = _fails(capsys, "play", str(drive), "--loop", "--endpoint", f"ipc://{tmp_path}/p",
+                 "--wait", "0")  # fmt: skip
+    assert err == (
+        f"perception play: error: {drive}: --loop: the drive holds one message per topic played "
+        "(diagnostics), so it has no period to repeat them at; play it without --loop"
+    )
+
+
+def test_a_topic_too_long_to_subscribe_to_is_refused(capsys, tmp_path: Path) -> None:
+    """`echo` and `record` of a topic over 64 KiB waited for ever: a publisher drops the
+    connection of a subscription above MAX_SUBSCRIPTION_BYTES (a topic of MAX_TOPIC_BYTES and,
+    in libzmq 4.3, the 10 bytes of its SUBSCRIBE command)."""
+    endpoint = f"ipc://{tmp_path}/p"
+    longest = "t" * MAX_TOPIC_BYTES
+    with Publisher(endpoint, bind=True) as pub, Subscriber([endpoint], [longest]) as sub:
+        deadline = time.monotonic() + 5
+        while (frames := sub.recv(50)) is None and time.monotonic() < deadline:
+            pub.send_frames([longest.encode(), b"x"])
+    assert frames is not None  # the longest topic allowed is received
+    err = _fails(capsys, "echo", longest + "t", "--endpoint", endpoint)
+    assert err == (
+        f"perception echo: error: topic '{'t' * 32}...' is 65537 bytes long; a subscription "
+        "takes at most 65536 (a publisher drops the connection of a longer one, so nothing "
+        "would arrive)"
+    )
+    out = tmp_path / "r.mcap"
+    # Bytes, not characters: 32769 of them are 65538 bytes.
+    err = _fails(capsys, "record", "lidar", "é" * 32769, "--endpoint", endpoint, "--out", str(out))
+    assert err.startswith(f"perception record: error: topic '{'é' * 32}...' is 65538 bytes long")
+    assert not out.exists()

@@ -280,3 +280,5 @@ def test_sigint_stops_the_bench_and_its_node(synth_cwd: Path) -> None:
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert not _node_children(out)
+    # The folder the bench created is gone again: nothing was written into it.
+    assert not out.exists()

@@ -133,6 +133,11 @@ def _refused(tmp_path: Path, text: str) -> str:
             "inputs: {camera_topics: [" + ", ".join(f"camera/c{i}" for i in range(65)) + "]}",
             "inputs.camera_topics: at most 64 cameras, got 65",
         ),
+        # A publisher drops the connection of a longer subscription: `run` waited for ever.
+        (
+            "inputs: {camera_topics: [camera/front, " + "c" * 65537 + "]}",
+            "inputs.camera_topics[1]: 65537 bytes long; a topic may be at most 65536",
+        ),
         (
             "inputs: {gnss_topic: lidar/top}",
             "inputs.gnss_topic: 'lidar/top' is already inputs.lidar_topic",

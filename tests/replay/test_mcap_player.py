@@ -237,3 +237,56 @@ def test_a_gap_over_a_minute_is_skipped_with_a_warning_not_waited_through(
     with Publisher(f"ipc://{tmp_path}/gap2") as pub:
         play_drive(DriveReader(path), pub, speed=2.0, stop=stop)
     assert max(stop.waits) <= GAPPED_DUE_S[-1] / 2
+
+
+def test_a_loop_keeps_the_period_across_the_seam(drive: DriveReader, tmp_path: Path) -> None:
+    """Each pass started the moment the last ended: gnss, 100 ms apart in the drive, came
+    1 ms apart at every seam (the drive's last message, gnss2, is 1 ms after its last gnss)."""
+    endpoint = f"ipc://{tmp_path}/s"
+    with Publisher(endpoint, hwm=1000) as pub, Subscriber([endpoint], ["gnss"], hwm=1000) as sub:
+        time.sleep(0.3)
+        stop = threading.Event()
+        received: list[int] = []
+
+        def receive() -> None:
+            while (frames := sub.recv(200)) is not None:
+                if wire.decode([f.buffer for f in frames])[0] == "gnss":
+                    received.append(time.monotonic_ns())
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        timer = threading.Timer(1.4, stop.set)  # at speed 2: three passes of 0.45 s
+        timer.start()
+        play_drive(drive, pub, speed=2.0, loop=True, stop=stop)
+        timer.join()
+        receiver.join()
+    gaps = [(b - a) / MS for a, b in itertools.pairwise(received)]
+    assert len(received) > 18
+    assert min(gaps) > 20, gaps  # 50 ms at speed 2, across the seams too (not 1 ms)
+
+
+def test_a_drive_without_a_period_is_not_looped_back_to_back(tmp_path: Path) -> None:
+    """A drive of one message looped as fast as the CPU went (6000 a second)."""
+    path = tmp_path / "one.mcap"
+    with DriveWriter(path) as w:
+        w.write(GnssFix(Header("gnss", 0, 5_000 * MS, "gnss"), 49.0, 8.4, 100.0), 5_000 * MS)
+    stop = threading.Event()
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    try:
+        with (
+            Publisher(f"ipc://{tmp_path}/o") as pub,
+            pytest.raises(
+                ReplayError, match=r"no topic repeats in the drive \(one message each\), so"
+            ),
+        ):
+            play_drive(DriveReader(path), pub, loop=True, stop=stop)
+    finally:
+        timer.cancel()
+    # As fast as possible is what --speed 0 asks for, loops included.
+    timer = threading.Timer(0.2, stop.set)
+    stop.clear()
+    timer.start()
+    with Publisher(f"ipc://{tmp_path}/o") as pub:
+        assert play_drive(DriveReader(path), pub, speed=0, loop=True, stop=stop).sent > 1
+    timer.join()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from replay.output import OutputError, atomic_output, check_output_file
+from replay.output import OutputError, atomic_output, check_output_file, output_dir
 
 
 def test_a_pipe_a_device_or_a_link_to_one_is_not_replaced(tmp_path: Path) -> None:
@@ -48,3 +48,29 @@ def test_a_target_named_as_long_as_a_name_may_be_is_written(tmp_path: Path) -> N
         tmp.write_text("done\n")
     assert target.read_text() == "done\n"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_failed_block_removes_only_the_empty_folders_it_created(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), output_dir(tmp_path / "a" / "b" / "c") as folder:
+        assert folder.is_dir()
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError), output_dir(tmp_path / "a" / "b") as folder:
+        (folder / "written").write_text("kept")
+        raise OutputError("failed after writing")
+    assert (tmp_path / "a" / "b" / "written").is_file()
+    with pytest.raises(OutputError), output_dir(tmp_path / "a" / "b" / "new"):
+        raise OutputError("failed before writing")
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["written"]
+    with output_dir(tmp_path / "done") as folder:
+        pass
+    assert folder.is_dir()
+
+
+def test_a_file_named_as_a_folder_is_refused(tmp_path: Path) -> None:
+    """A trailing / names a folder; `Path` drops it, so the path must be given as typed."""
+    for given in (f"{tmp_path}/x.yaml/", f"{tmp_path}/x.yaml/."):
+        with pytest.raises(OutputError, match=r"names a folder \(it ends in /\.?\); --out must"):
+            check_output_file(given, "--out")
+    assert check_output_file(f"{tmp_path}/x.yaml", "--out") == tmp_path / "x.yaml"
+    assert list(tmp_path.iterdir()) == []
