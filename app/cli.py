@@ -57,8 +57,8 @@ def _terminate(_signum: int, _frame: FrameType | None) -> None:
 _DEFAULTS = NodeConfig()
 SENSORS = _DEFAULTS.inputs.endpoints[0]
 OUTPUTS = _DEFAULTS.outputs.endpoint
-MODEL_CACHE = "~/.cache/perception-node/models"
-ENGINE_CACHE = "~/.cache/perception-node/engines"
+MODEL_CACHE = "~/.cache/perception-node/models, under $XDG_CACHE_HOME where that is set"
+ENGINE_CACHE = "~/.cache/perception-node/engines, under $XDG_CACHE_HOME where that is set"
 #: `--foxglove` / `--metrics` without a port: the config's.
 FROM_CONFIG = -1
 #: The most processes `train` starts (Ray workers, sample preparers): each is a process.

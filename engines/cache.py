@@ -38,13 +38,24 @@ __all__ = [
     "DeviceInfo",
     "EngineCache",
     "EngineCacheKey",
+    "cache_root",
     "describe_key_change",
     "file_sha256",
 ]
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_ENGINE_CACHE_DIR = Path("~/.cache/perception-node/engines").expanduser()
+
+def cache_root() -> Path:
+    """The project's cache folder, `$XDG_CACHE_HOME/perception-node` (the XDG base directory
+    specification: `~/.cache` where the variable is unset, empty or not an absolute path).
+    Read once, at import: the engine cache, the model cache and the exports live under it."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path("~/.cache").expanduser()
+    return base / "perception-node"
+
+
+DEFAULT_ENGINE_CACHE_DIR = cache_root() / "engines"
 
 _SIDECAR_VERSION = 1
 #: A sidecar is under a kilobyte; anything much larger is not one.

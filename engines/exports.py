@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import metadata
-from pathlib import Path
+
+from engines.cache import cache_root
 
 __all__ = ["DEFAULT_EXPORT_DIR", "export_key", "torch_version"]
 
 #: Where exports of non-packaged configs are kept unless told otherwise.
-DEFAULT_EXPORT_DIR = Path.home() / ".cache" / "perception-node" / "engines"
+DEFAULT_EXPORT_DIR = cache_root() / "engines"
 
 
 def torch_version() -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from engines.cache import file_sha256
+from engines.cache import cache_root, file_sha256
 from engines.camera.labels import COCO_NAMES
 from engines.engine import TensorSpec
 from engines.errors import ModelError
@@ -39,7 +39,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_CACHE_DIR = Path("~/.cache/perception-node/models").expanduser()
+DEFAULT_MODEL_CACHE_DIR = cache_root() / "models"
 #: The models that ship inside the package (the project's own exports).
 PACKAGED_MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: Their names, usable wherever a model name is (``perception engines build lidar_encoder``):

@@ -73,7 +73,8 @@ def test_offline_without_the_registered_model_says_how_to_fetch_it(
     """No --model, an empty model cache (HOME) and no way out (a proxy on a closed port): one
     line that says how to fetch the model from a local folder."""
     proxy = f"http://127.0.0.1:{_closed_port()}"
-    env = {**os.environ, "HOME": str(tmp_path), "https_proxy": proxy, "HTTPS_PROXY": proxy}
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}  # the suite's own
+    env.update(HOME=str(tmp_path), https_proxy=proxy, HTTPS_PROXY=proxy)
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", "replay", "kitti-object", str(kitti_dir), "--out",
          str(tmp_path / "d.jsonl"), "--quiet"],

@@ -15,6 +15,7 @@ from engines.cache import (
     DeviceInfo,
     EngineCache,
     EngineCacheKey,
+    cache_root,
     describe_key_change,
     file_sha256,
 )
@@ -307,3 +308,16 @@ def test_sidecars_that_are_no_sidecars_never_stop_the_listing(
         assert [e.engine_path for e in cache.list_entries()] == [entry.engine_path]
     for name in ("pipe", "deep", "inf", "big"):
         assert f"{tmp_path / name}.json" in caplog.text
+
+
+def test_the_cache_root_follows_xdg_cache_home(monkeypatch, tmp_path: Path) -> None:
+    """$XDG_CACHE_HOME where it is an absolute path (the XDG base directory specification),
+    else ~/.cache: a relative or empty value is ignored, as the specification says."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "perception-node"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for ignored in ("", "relative/cache"):
+        monkeypatch.setenv("XDG_CACHE_HOME", ignored)
+        assert cache_root() == tmp_path / "home" / ".cache" / "perception-node"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == tmp_path / "home" / ".cache" / "perception-node"
