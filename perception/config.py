@@ -231,6 +231,7 @@ class BudgetConfig:
             "camera_encoder": 40.0,
             "lidar_encoder": 15.0,
             "fusion": 20.0,
+            "lidar_objects": 20.0,
             "postprocess": 5.0,
             "tracking": 5.0,
         }

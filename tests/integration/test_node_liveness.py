@@ -31,8 +31,8 @@ S = 1_000 * MS
 BUDGET_NS = 100 * MS
 # The default budgets (budgets.stages_ms) of the stages a lidar-only bundle goes through.
 STAGE_BUDGETS_MS = {k: v for k, v in BudgetConfig().stages_ms.items() if k != "camera_encoder"}
-#: The stages of a lidar-only DetectionList that are the pipeline's compute.
-COMPUTE_STAGES = (*STAGE_BUDGETS_MS, "lidar_objects")
+#: The stages of a lidar-only DetectionList that are the pipeline's compute: those budgeted.
+COMPUTE_STAGES = tuple(STAGE_BUDGETS_MS)
 
 
 class Sensor:
@@ -127,8 +127,8 @@ def test_a_dead_camera_is_not_waited_for(
     node_latencies = [dl.latency_ns for _, dl in dead]
     # What is not the pipeline's compute (which this machine's load decides, and the stage
     # budgets bound): transport, decoding, waiting for the bundle and for the worker. The
-    # lidar-only clusters are compute too, though no stage budget names them (they were
-    # counted here as waiting, and a slow moment of the machine read as the node waiting).
+    # lidar-only clusters are compute (counted as waiting before they had a budget, a slow
+    # moment of the machine read as the node waiting).
     overheads = [
         t - dl.header.stamp_ns - sum(dl.timings_ns.get(s, 0) for s in COMPUTE_STAGES)
         for t, dl in dead
