@@ -132,18 +132,22 @@ def deskew_sweep(
         tz = tz + np.float32(m[2, 3])
         if lengths is not None:
             turn, shift, tz = (np.repeat(v, lengths) for v in (turn, shift, tz))
-        if out.shape[1] % 2 == 0:
-            # Rows of an even width: each row's (x, y) is a complex64 in place.
-            plane = out.view(np.complex64)[:, 0]
-            plane *= turn
-            plane += shift
-        else:
-            plane = np.empty(len(out), np.complex64)
-            plane.real, plane.imag = x, y
-            plane *= turn
-            plane += shift
-            x[:], y[:] = plane.real, plane.imag
-        z += tz
+        # A finite coordinate near float32's largest turns past it (inf, or NaN where the
+        # product subtracts two infinities): that point is cut by range below, quietly, like
+        # any far return, where numpy would have printed an overflow warning.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if out.shape[1] % 2 == 0:
+                # Rows of an even width: each row's (x, y) is a complex64 in place.
+                plane = out.view(np.complex64)[:, 0]
+                plane *= turn
+                plane += shift
+            else:
+                plane = np.empty(len(out), np.complex64)
+                plane.real, plane.imag = x, y
+                plane *= turn
+                plane += shift
+                x[:], y[:] = plane.real, plane.imag
+            z += tz
     if max_range_m is not None and len(out):
         # A coordinate beyond 1.8e19 m squares past float32: inf, and cut like any far return.
         with np.errstate(over="ignore"):

@@ -5,7 +5,8 @@ Beyond the newest (or before the oldest) fix it is extrapolated at constant velo
 rate (from the two nearest fixes) for at most `max_extrapolation_ns`, and flagged; further out
 there is no pose. A pose whose nearest fix is more than `stale_after_ns` away (a GNSS gap or
 outage) is flagged stale. Positions are local ENU metres around `origin` (the first fix when
-None), headings ENU yaw in radians.
+None), headings ENU yaw in radians. A fix without a velocity gets one from its position and a
+neighbour's at least `MIN_VELOCITY_BASELINE_NS` away, held to the schema's `MAX_SPEED_MPS`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ import numpy.typing as npt
 
 from calibration import RigidTransform
 from calibration.geodesy import LocalTangentPlane
+from perception.msgs.schema import MAX_SPEED_MPS
 from perception.msgs.types import EgoPose, GnssFix
 
-__all__ = ["EgoPose", "EgoPoseBuffer", "world_from_vehicle"]
+__all__ = ["MIN_VELOCITY_BASELINE_NS", "EgoPose", "EgoPoseBuffer", "world_from_vehicle"]
 
 # Fixes whose headings give the yaw rate for extrapolation (0.4 s at 10 Hz).
 _RATE_FIXES = 5
+#: The least time between the two fixes whose positions give a fix's velocity when it reports
+#: none: over less, the positions' noise is the velocity (a centimetre over 1 ns is 10^7 m/s,
+#: which deskew took for the ego motion and moved every point of the sweep out of range).
+#: GNSS receivers report at up to 100 Hz, so consecutive fixes of one span it.
+MIN_VELOCITY_BASELINE_NS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -101,9 +108,29 @@ class EgoPoseBuffer:
             return own
         if len(s) < 2:
             return (0.0, 0.0, 0.0)
-        a, b = (s[i - 1], s[i]) if i > 0 else (s[0], s[1])
+        a, b = self._baseline(i)
         dt = (b.stamp_ns - a.stamp_ns) * 1e-9
-        return tuple((pb - pa) / dt for pa, pb in zip(a.position, b.position, strict=True))  # type: ignore[return-value]
+        v = [(pb - pa) / dt for pa, pb in zip(a.position, b.position, strict=True)]
+        speed = math.hypot(*v)
+        if speed > MAX_SPEED_MPS:
+            # Positions that jumped (an outlier, a wrong fix): held to the bound the schema
+            # holds a received velocity to, so deskew moves a sweep no further than that.
+            v = [x * (MAX_SPEED_MPS / speed) for x in v]
+        return (v[0], v[1], v[2])
+
+    def _baseline(self, i: int) -> tuple[_Sample, _Sample]:
+        """The fixes whose positions give sample i's velocity: it and the nearest earlier fix
+        `MIN_VELOCITY_BASELINE_NS` or more before it, else the nearest later one as far after
+        it, else (all within that of it) the oldest and the newest."""
+        s = self._samples
+        stamp_ns = s[i].stamp_ns
+        for j in range(i - 1, -1, -1):
+            if stamp_ns - s[j].stamp_ns >= MIN_VELOCITY_BASELINE_NS:
+                return s[j], s[i]
+        for j in range(i + 1, len(s)):
+            if s[j].stamp_ns - stamp_ns >= MIN_VELOCITY_BASELINE_NS:
+                return s[i], s[j]
+        return s[0], s[-1]
 
     def _heading(self, i: int) -> float:
         h = self._samples[i].heading

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from calibration.geodesy import LocalTangentPlane
+from perception.msgs.schema import MAX_SPEED_MPS
 from perception.msgs.types import GnssFix, Header
 from perception.sync.ego import EgoPoseBuffer
 
@@ -81,3 +82,24 @@ def test_extrapolation_keeps_turning_at_the_yaw_rate() -> None:
     assert before is not None
     expected = math.remainder(math.pi - 0.1 - rate * 0.1, 2 * math.pi)
     assert abs(math.remainder(before.heading_rad - expected, 2 * math.pi)) < 1e-9
+
+
+def test_a_velocity_from_positions_spans_a_baseline_and_a_road_speed() -> None:
+    # Fixes without velocity every 100 ms at 10 m/s east, each followed 1 ns later by a twin
+    # 1 cm further north (two receivers, or a repeated fix): the velocity of a twin, from the
+    # two positions 1 ns apart, was 10^7 m/s north, and deskew moved every point out of range.
+    ego = EgoPoseBuffer(ORIGIN)
+    for k in range(5):
+        ego.add(_fix(100 * k, 1.0 * k, 0.0))
+        lat, lon, alt = ORIGIN.enu_to_geodetic([1.0 * k, 0.01, 0.0])
+        ego.add(GnssFix(Header("gnss", k, k * 100 * MS + 1, "gnss"), lat, lon, alt))
+    for stamp_ns in (150 * MS, 100 * MS + 1, 450 * MS):  # between, at a twin, extrapolated
+        p = ego.pose_at(stamp_ns)
+        assert p is not None
+        assert p.velocity_enu_mps[0] == pytest.approx(10.0, abs=0.2)
+        assert abs(p.velocity_enu_mps[1]) < 0.2
+        assert abs(p.heading_rad) < 0.02  # east, from that velocity
+    # Positions that jump (an outlier 1 km off) give no more than a road vehicle's speed.
+    ego.add(_fix(500, 1000.0, 0.0))
+    p = ego.pose_at(500 * MS)
+    assert p is not None and math.hypot(*p.velocity_enu_mps) == pytest.approx(MAX_SPEED_MPS)
