@@ -12,7 +12,10 @@ GNSS lever arm
 
 Time offsets
     `time_offsets_ns[stream]` is added to that stream's stamps to bring them onto the common
-    clock (integer nanoseconds); missing streams have offset 0.
+    clock (integer nanoseconds); missing streams have offset 0. A key names a stream (its
+    messages' `header.stream`, e.g. `camera/front`) or, failing that, its frame
+    (`header.frame_id`). The node adds it to every sensor message as it arrives
+    (perception.node.core), before anything reads the stamp.
 
 Rig file (YAML) schema, version 1 (`calibration/examples/kitti_rig.yaml` is a full example)::
 

@@ -35,6 +35,10 @@ from each sweep's *last* point (a sweep leaves the sensor once complete), so the
 only the minimum transport delay, not the sweep duration; until `CLOCK_MIN_SWEEPS` sweeps have
 arrived the clocks are taken to agree.
 
+Sensor clocks apart (the rig's `time_offsets_ns`, calibration.rig): each sensor message's stamp
+is moved onto the common clock as it arrives, by its stream's offset in the rig in force,
+before it is judged and filed; the output is stamped with the sweep's moved stamp.
+
 Time faults (perception.sync.clock, `clocks:` in the config): every sensor message's stamp is
 judged against the host receive clock before it is filed. One implausibly far ahead or behind is
 dropped and counted (`stamp_faults`, and per stream in the clocks of the diagnostics); a clock
@@ -384,8 +388,9 @@ class NodeCore:
             # A camera frame filed, and the rig to encode it with: offered after the lock.
             offer: tuple[CameraFrame, Rig] | None = None
             try:
-                if self._judge_stamp(topic, msg, receive_ns):
-                    result = self.bundler.add(msg, receive_ns, decode_ns, parsed_rig=rig)
+                moved = self._on_common_clock(msg)
+                if moved is not None and self._judge_stamp(topic, moved, receive_ns):
+                    result = self.bundler.add(moved, receive_ns, decode_ns, parsed_rig=rig)
                     if result.filed in _REFUSED:
                         self._bad.warning(
                             f"{result.filed.value}:{topic}", f"dropped: {result.reason}"
@@ -393,10 +398,10 @@ class NodeCore:
                     elif (
                         self.camera_ahead is not None
                         and result.filed is Filed.ACCEPTED
-                        and isinstance(msg, CameraFrame)
-                        and (ahead_rig := self.bundler.rig_at(msg.header.stamp_ns)) is not None
+                        and isinstance(moved, CameraFrame)
+                        and (ahead_rig := self.bundler.rig_at(moved.header.stamp_ns)) is not None
                     ):
-                        offer = (msg, ahead_rig)
+                        offer = (moved, ahead_rig)
             except Exception as e:  # a bug below must cost one message, not the node
                 self.counters.sync_errors += 1
                 self._bad.warning("sync", f"dropped a message on {topic[:100]!r}: {_what(e)}")
@@ -405,10 +410,38 @@ class NodeCore:
         if (
             offer is not None
             and self.camera_ahead is not None
-            and not any(f is msg for r in ready for f in r.bundle.cameras.values())
+            and not any(f is offer[0] for r in ready for f in r.bundle.cameras.values())
         ):
             self.camera_ahead.offer(*offer)
         return _filed(ready, decode_ns + time.perf_counter_ns() - start_ns)
+
+    def _on_common_clock(self, msg: Message) -> Message | None:
+        """A sensor message with its stamp moved onto the rig's common clock: plus the rig's
+        time offset of its stream (`header.stream`, else its frame, `header.frame_id`; the rig
+        in force at its stamp, or the first rig for a stamp before it). None, counted as a
+        stamp fault, where the moved stamp leaves int64 (a wire stamp is not negative).
+        Everything after this (synchronisation, the sweep's deskew, the cameras' motion, the
+        output's stamp) sees the moved stamp."""
+        if not isinstance(msg, LidarSweep | CameraFrame | GnssFix):
+            return msg
+        header = msg.header
+        rig = self.bundler.rig_at(header.stamp_ns, or_first=True)
+        if rig is None or not rig.time_offsets_ns:
+            return msg
+        offsets = rig.time_offsets_ns
+        offset_ns = offsets.get(header.stream, offsets.get(header.frame_id, 0))
+        if not offset_ns:
+            return msg
+        stamp_ns = header.stamp_ns + offset_ns
+        if not 0 <= stamp_ns <= INT64_MAX:
+            self.counters.stamp_faults += 1
+            self._bad.warning(
+                f"offset:{header.stream}",
+                f"{header.stream}: dropped message {header.seq}: its stamp {header.stamp_ns} ns "
+                f"with the rig's time offset {offset_ns:+d} ns is no time",
+            )
+            return None
+        return replace(msg, header=replace(header, stamp_ns=stamp_ns))
 
     def _judge_stamp(self, topic: str, msg: Message, receive_ns: int) -> bool:
         """Whether a message may be filed: a sensor message's stamp is judged against the host

@@ -387,11 +387,15 @@ class Bundler:
             ego_pose_end=self._ego.pose_at(sweep_end_ns(sweep)),
         )
 
-    def rig_at(self, stamp_ns: int) -> Rig | None:
-        """The rig in force at `stamp_ns` (the one a bundle stamped then is made with)."""
+    def rig_at(self, stamp_ns: int, *, or_first: bool = False) -> Rig | None:
+        """The rig in force at `stamp_ns` (the one a bundle stamped then is made with); with
+        `or_first`, the first rig for a stamp before it (a stamp on a sensor clock behind the
+        common one, whose rig says by how much)."""
         keys = [s for s, _ in self._rigs]
         i = bisect.bisect_right(keys, stamp_ns)
-        return self._rigs[i - 1][1] if i > 0 else None
+        if i == 0:
+            return self._rigs[0][1] if or_first and self._rigs else None
+        return self._rigs[i - 1][1]
 
     def _nearest_gnss(self, stamp_ns: int) -> GnssFix | None:
         best: GnssFix | None = None

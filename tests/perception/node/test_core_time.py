@@ -21,6 +21,7 @@ from perception.msgs.types import (
     Header,
     LidarSweep,
     Message,
+    RigMessage,
 )
 from perception.node import NodeCore
 from perception.node.core import CLOCK_MIN_SWEEPS
@@ -383,3 +384,57 @@ def test_a_node_no_sensor_ever_sends_to_says_so_once_their_periods_pass(
         *(f"{stream}: no message since the node started" for stream in streams),
         "every input is stale: no sensor has sent for its dead_after_periods",
     ]
+
+
+def test_the_rigs_time_offsets_bring_a_stream_onto_the_common_clock(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder
+) -> None:
+    """A camera whose clock runs 40 ms behind stamps its frames 40 ms early; the rig's
+    `time_offsets_ns` says so (`calibration.rig`). The node ignored it: with a 10 ms window
+    every bundle went out degraded, the camera's frames never matched. With the offset added
+    to its stamps the frames pair as if the clocks agreed, to the same detections."""
+    tight = replace(config, sync=replace(config.sync, window_ms=10.0))
+    lag_ns = 40 * MS
+    received = _frames(folder, 12)
+    behind = []
+    for r in received:
+        msg = r.message
+        if isinstance(msg, RigMessage):
+            msg = replace(msg, rig={**msg.rig, "time_offsets_ns": {"camera/front": lag_ns}})
+        elif msg is not None and msg.header.stream == "camera/front":
+            msg = replace(msg, header=replace(msg.header, stamp_ns=msg.header.stamp_ns - lag_ns))
+        behind.append(replace(r, message=msg))
+    expected, _ = _run(tight, pipeline, received)
+    outputs, core = _run(tight, pipeline, behind)
+    assert _seqs(outputs) == _seqs(expected) == list(range(12))
+    assert all(dl.degraded == () for _, dl in outputs)
+    assert [dl.detections for _, dl in outputs] == [dl.detections for _, dl in expected]
+    assert core.counters.stamp_faults == 0
+    # Without the offset the same frames are 40 ms off the sweeps: none pairs.
+    ignored = [
+        replace(r, message=replace(r.message, rig={**r.message.rig, "time_offsets_ns": {}}))
+        if isinstance(r.message, RigMessage)
+        else r
+        for r in behind
+    ]
+    unpaired, _ = _run(tight, pipeline, ignored)
+    assert all(dl.degraded == ("camera/front",) for _, dl in unpaired)
+
+
+def test_a_time_offset_that_takes_a_stamp_out_of_int64_drops_the_message(
+    config: NodeConfig, pipeline: Pipeline, folder: KittiObjectFolder
+) -> None:
+    """The rig's offsets are within +-2^62 ns and a stamp within int64; their sum need not be.
+    Such a message is a stamp fault, counted, and the lidar goes on alone."""
+    received = [
+        replace(r, message=replace(r.message, rig={
+            **r.message.rig, "time_offsets_ns": {"camera/front": -(2**62)}}))
+        if isinstance(r.message, RigMessage)
+        else r
+        for r in _frames(folder, 6)
+    ]  # fmt: skip
+    outputs, core = _run(config, pipeline, received)
+    # (The first sweeps waited for the camera until it was taken for dead.)
+    assert len(outputs) >= 4 and _seqs(outputs)[-1] == 5
+    assert all(dl.degraded == ("camera/front",) for _, dl in outputs)
+    assert core.counters.stamp_faults == 6
