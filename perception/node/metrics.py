@@ -107,6 +107,7 @@ _SYNC_DROPS = {
     "dropped_sweeps_clock_reset": "clock_reset",
     "dropped_cameras_clock_reset": "clock_reset",
     "dropped_fixes_clock_reset": "clock_reset",
+    "dropped_fixes_position_jump": "position_jump",
     "dropped_sweeps_unmatched": "unmatched",
     "dropped_cameras_unmatched": "unmatched",
     "dropped_sweeps_no_rig": "no_rig",

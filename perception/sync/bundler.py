@@ -41,6 +41,7 @@ from perception.msgs.types import (
 from perception.sync.approximate_time import ApproximateTimeAdapter
 from perception.sync.collector import CollectorPolicy
 from perception.sync.ego import EgoPoseBuffer
+from perception.sync.fix_gate import FixGate, FixVerdict
 from perception.sync.liveness import Liveness
 from perception.sync.policy import Filed, Filing, MatchedSet, SyncPolicy
 
@@ -62,8 +63,11 @@ class SyncStats:
     NOT_AN_INPUT; `*_queue_full` the messages dropped for a queue full in messages or bytes;
     `dead_camera_bundles` the degraded bundles that went out without waiting because a camera
     they lack was dead; `dropped_*_clock_reset` what a confirmed clock jump made the bundler
-    forget; `dropped_*_unmatched` what the policy dropped because no set could use it any more
-    (ApproximateTime: passed over by a newer set, or unproved at the end of input)."""
+    forget; `position_jumps` the GNSS position jumps confirmed (perception.sync.fix_gate; a
+    fix refused as a jump is a bad fix) and `dropped_fixes_position_jump` the fixes of the old
+    track each forgot; `dropped_*_unmatched` what the policy dropped because no set could use
+    it any more (ApproximateTime: passed over by a newer set, or unproved at the end of
+    input)."""
 
     bundles: int = 0
     degraded_bundles: int = 0
@@ -80,6 +84,8 @@ class SyncStats:
     dropped_sweeps_clock_reset: int = 0
     dropped_cameras_clock_reset: int = 0
     dropped_fixes_clock_reset: int = 0
+    position_jumps: int = 0
+    dropped_fixes_position_jump: int = 0
     dropped_sweeps_unmatched: int = 0
     dropped_cameras_unmatched: int = 0
     per_stream_missing: dict[str, int] = field(default_factory=dict)
@@ -169,6 +175,7 @@ class Bundler:
         self._policy = policy
         self._gnss: deque[GnssFix] = deque(maxlen=queue_size * 5)
         self._ego = EgoPoseBuffer(capacity=queue_size * 5)
+        self._fix_gate = FixGate()
         # (stamp_ns, rig) in stamp order; a rig holds from its stamp until the next one.
         self._rigs: list[tuple[int, Rig]] = [] if default_rig is None else [(-1, default_rig)]
         # The rig received last (the sender's current calibration, whatever its stamp).
@@ -240,6 +247,21 @@ class Bundler:
             if problem:
                 self.stats.bad_fixes += 1
                 return AddResult(Filed.BAD_FIX, f"{msg.header.stream}: {problem}")
+            verdict = self._fix_gate.judge(msg)
+            if verdict is FixVerdict.REJECTED:
+                self.stats.bad_fixes += 1
+                return AddResult(
+                    Filed.BAD_FIX,
+                    f"{msg.header.stream}: fix {msg.header.seq} is "
+                    f"{self._fix_gate.last_jump_m:.0f} m from the last fix accepted, farther "
+                    "than a vehicle drives in the time between (a receiver's outlier)",
+                )
+            if verdict is FixVerdict.ADOPTED:
+                # Fixes in a row agree on the new place: the old track's poses are of another.
+                self.stats.position_jumps += 1
+                self.stats.dropped_fixes_position_jump += len(self._gnss)
+                self._gnss.clear()
+                self._ego = EgoPoseBuffer(capacity=self.queue_size * 5)
             self._gnss.append(msg)
             self._ego.add(msg)
             return _ACCEPTED
@@ -315,6 +337,7 @@ class Bundler:
             dropped = len(self._gnss)
             self._gnss.clear()
             self._ego = EgoPoseBuffer(capacity=self.queue_size * 5)
+            self._fix_gate.reset()
             stats.dropped_fixes_clock_reset += dropped
         else:
             dropped = 0
