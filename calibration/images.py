@@ -6,12 +6,16 @@ import struct
 from pathlib import Path
 
 import cv2
+import numpy as np
+import numpy.typing as npt
 
 from calibration.errors import CalibrationError
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "check_image_pixels",
+    "decode_image_file",
+    "encode_image",
     "encoded_image_size",
     "find_image",
     "image_size_of",
@@ -98,7 +102,7 @@ def image_size_of(path: Path) -> tuple[int, int]:
     size = _header_size(path)
     if size is not None:
         return size
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = decode_image_file(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise CalibrationError(f"{path}: cannot decode image")
     return int(image.shape[1]), int(image.shape[0])
@@ -108,3 +112,34 @@ def find_image(folder: Path) -> Path | None:
     """The first image (by name) in `folder`, or None."""
     images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return images[0] if images else None
+
+
+# OpenCV's own file reading and writing (cv2.imread, cv2.imwrite) crash the process (SIGSEGV) on
+# a path that is not UTF-8, as a Linux file name may be: Python reads and writes the bytes, and
+# OpenCV only decodes and encodes them.
+
+
+def decode_image_file(path: Path, flags: int = cv2.IMREAD_COLOR) -> npt.NDArray[np.uint8] | None:
+    """The image file at `path` decoded by OpenCV (`flags` as cv2.imread's), or None where it
+    cannot be read or decoded (as cv2.imread)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if not data:
+        return None
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+    return None if image is None else np.asarray(image)
+
+
+def encode_image(image: npt.NDArray[np.uint8], suffix: str = ".png") -> bytes | None:
+    """`image` encoded as the file type of `suffix` (".png", ".jpg"), or None where OpenCV
+    cannot encode it."""
+    try:
+        ok, data = cv2.imencode(suffix, image)
+    except cv2.error:
+        return None
+    return data.tobytes() if ok else None

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from app.common import check_drive_path
@@ -23,7 +22,7 @@ from calibration import (
     read_scan,
     save_rig_yaml,
 )
-from calibration.images import check_image_pixels
+from calibration.images import check_image_pixels, decode_image_file, encode_image
 from perception.errors import PerceptionError
 from perception.msgs.schema import DEFAULT_LIMITS
 from replay.output import atomic_output, check_not_an_input, check_output_file
@@ -56,7 +55,7 @@ def _read_image(path: Path) -> np.ndarray:
         state = "is a folder" if path.is_dir() else "does not exist"
         raise CalibrationError(f"{path}: image {state}")
     check_image_pixels(path, DEFAULT_LIMITS.max_image_pixels)
-    loaded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    loaded = decode_image_file(path)
     if loaded is None:
         raise CalibrationError(f"{path}: not a readable image")
     return np.asarray(loaded, dtype=np.uint8)
@@ -269,9 +268,11 @@ def _write_pictures(out: Path, verdicts: Sequence[Any], perturb: Any) -> None:
             picture = v.view.draw(checked)
         else:
             picture = v.view.draw(checked, v.estimate.correction, _correction_text(v))
+        encoded = encode_image(picture, path.suffix or ".png")
+        if encoded is None:
+            raise CalibrationError(f"{path}: cannot write the picture")
         with atomic_output(path, "--out") as tmp:
-            if not cv2.imwrite(str(tmp), picture):
-                raise CalibrationError(f"{path}: cannot write the picture")
+            tmp.write_bytes(encoded)
         print(f"picture written to {path}")
     if not drawn:
         print(f"no picture written to {out}: no frame was used")
@@ -293,9 +294,11 @@ def _check_one(args: argparse.Namespace) -> int:
             f"{args.rig}: no camera {camera!r} in the rig (cameras: {', '.join(rig.cameras)})"
         )
     result = calibration_check(rig, camera, read_scan(scan), image)
+    encoded = encode_image(result.overlay, out.suffix or ".png")
+    if encoded is None:
+        raise CalibrationError(f"{out}: cannot write the overlay")
     with atomic_output(out, "--out") as tmp:
-        if not cv2.imwrite(str(tmp), result.overlay):
-            raise CalibrationError(f"{out}: cannot write the overlay")
+        tmp.write_bytes(encoded)
     print(
         f"camera {camera}: {result.n_points_in_image} lidar points in the image; "
         f"alignment score {result.score:.4f} (mutual information, nats; larger is better)"

@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from calibration import CalibrationError, Rig, load_kitti_object_calib
 from calibration.check import read_kitti_bin
-from calibration.images import check_image_pixels
+from calibration.images import check_image_pixels, decode_image_file
 from perception.msgs.schema import DEFAULT_LIMITS
 from perception.msgs.types import CameraFrame, Header, LidarSweep, Message, RigMessage
 from replay.errors import ReplayError
@@ -73,7 +72,7 @@ def read_image(path: Path) -> npt.NDArray[np.uint8]:
     except CalibrationError as e:
         if path.exists():
             raise ReplayError(str(e)) from e
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = decode_image_file(path)
     if image is None:
         state = "does not exist" if not path.exists() else "is not a readable image"
         raise ReplayError(f"{path}: image {state}")

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import Rig
+from calibration.images import encode_image
 from calibration.monitor import Correction, MonitorState
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
@@ -650,9 +651,11 @@ def write_calibration_pictures(
             f"corrected by the monitor's estimate: rotation ({rot}) deg, translation ({cm}) cm",
         )
         path = out_dir / f"calibration-{s.camera}.png"
+        encoded = encode_image(picture)
+        if encoded is None:
+            raise ReplayError(f"{path}: cannot write the calibration picture")
         with atomic_output(path, "the calibration picture") as tmp:
-            if not cv2.imwrite(str(tmp), picture):
-                raise ReplayError(f"{path}: cannot write the calibration picture")
+            tmp.write_bytes(encoded)
         written.append(path)
     return tuple(written)
 

@@ -3,7 +3,10 @@ judged before it is decoded, so a small file that decodes to gigabytes is refuse
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -68,3 +71,35 @@ def test_a_jpeg_whose_metadata_come_first_is_read_on_to_its_frame_header(tmp_pat
     # No decoding to fall back on here: the size must come from the header.
     with pytest.raises(CalibrationError, match="image of 30 x 20 = 600 pixels"):
         check_image_pixels(padded, 599)
+
+
+def test_an_image_file_whose_name_is_not_utf8_is_read_and_written(tmp_path: Path) -> None:
+    """cv2.imread and cv2.imwrite crashed the process (SIGSEGV) on such a path, which a Linux
+    file name may be: a KITTI frame named so ended `replay` and `show` with exit 139. In a child
+    process, so that a crash fails the test instead of ending pytest."""
+    script = f"""
+import os, sys
+import numpy as np
+from pathlib import Path
+from calibration.images import decode_image_file, encode_image, image_size_of
+folder = os.fsdecode({os.fsencode(tmp_path)!r})
+path = Path(folder) / os.fsdecode(b"frame\\xff.png")
+image = np.zeros((6, 8, 3), np.uint8)
+image[2, 3] = (1, 2, 3)
+path.write_bytes(encode_image(image))
+back = decode_image_file(path)
+assert back is not None and np.array_equal(back, image)
+assert image_size_of(path) == (8, 6)
+from replay.datasets.kitti_object import read_image  # a KITTI frame's image, as replay reads it
+assert np.array_equal(read_image(path), image)
+assert decode_image_file(Path(folder) / "missing.png") is None
+(Path(folder) / "empty.png").write_bytes(b"")
+assert decode_image_file(Path(folder) / "empty.png") is None
+(Path(folder) / "text.png").write_bytes(b"not an image")
+assert decode_image_file(Path(folder) / "text.png") is None
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
