@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.camera import CameraModel
+from calibration.images import encode_image
 from calibration.transforms import RigidTransform
 from perception.msgs.types import CameraBox, Detection3D
 from replay.errors import ReplayError
@@ -101,10 +102,19 @@ class Label:
 Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive)
 
 
-def _overlap(a: Rect, b: Rect) -> int:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return w * h if w > 0 and h > 0 else 0
+def _covered(spots: npt.NDArray[np.int64], taken: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The area of `taken` (K x 4 rectangles) that each of `spots` (C x 4) overlaps (C)."""
+    # Only the rectangles near the spots can overlap one.
+    near = (
+        (taken[:, 2] > spots[:, 0].min())
+        & (taken[:, 0] < spots[:, 2].max())
+        & (taken[:, 3] > spots[:, 1].min())
+        & (taken[:, 1] < spots[:, 3].max())
+    )
+    t = taken[near]
+    w = np.minimum(spots[:, None, 2], t[None, :, 2]) - np.maximum(spots[:, None, 0], t[None, :, 0])
+    h = np.minimum(spots[:, None, 3], t[None, :, 3]) - np.maximum(spots[:, None, 1], t[None, :, 1])
+    return np.asarray((np.clip(w, 0, None) * np.clip(h, 0, None)).sum(axis=1), np.int64)
 
 
 def _candidates(anchor: tuple[int, int], w: int, h: int, size: tuple[int, int]) -> list[Rect]:
@@ -133,23 +143,23 @@ def place_labels(
     rectangles of `avoid`, in order (see the module docstring); a label with no free spot
     takes the one it overlaps least. Returns the rectangles the labels took."""
     height, width = image.shape[:2]
-    taken: list[Rect] = list(avoid)
+    # The rectangles taken so far, as an array: each label's spots are scored against all of
+    # them at once (one by one in Python, 2,000 labels took minutes a picture).
+    taken = np.zeros((len(avoid) + len(labels), 4), np.int64)
+    taken[: len(avoid)] = np.asarray(avoid, np.int64).reshape(-1, 4)
+    count = len(avoid)
     placed: list[tuple[Label, Rect, tuple[int, int]]] = []
     for label in labels:
         (tw, th), base = cv2.getTextSize(label.text, _FONT, scale, 1)
         w, h = tw + 6, th + base + 4
         ax = min(max(0, round(label.anchor[0])), width - 1)
         ay = min(max(0, round(label.anchor[1])), height - 1)
-        best: Rect | None = None
-        least = -1
-        for spot in _candidates((ax, ay), w, h, (width, height)):
-            covered = sum(_overlap(spot, t) for t in taken)
-            if best is None or covered < least:
-                best, least = spot, covered
-            if covered == 0:
-                break
-        assert best is not None  # _candidates always offers spots
-        taken.append(best)
+        spots = _candidates((ax, ay), w, h, (width, height))
+        covered = _covered(np.asarray(spots, np.int64), taken[:count])
+        # The nearest free spot, else the one overlapping least (the first of equals).
+        best = spots[int(np.argmin(covered))]
+        taken[count] = best
+        count += 1
         placed.append((label, best, (ax, ay)))
     # Leaders first, so that no leader runs over a label's text.
     for label, (x1, y1, x2, y2), (ax, ay) in placed:
@@ -213,6 +223,33 @@ def draw_box_on_image(
 
 # -- the bird's-eye view -----------------------------------------------------------------------
 
+#: Pixel coordinates farther off the view than this are clipped (OpenCV takes int32).
+_FAR_PX = 1e5
+
+
+def _clip_segment(
+    a: FloatArray, b: FloatArray, lo: float, hi: float
+) -> tuple[FloatArray, FloatArray] | None:
+    """The part of the segment a-b (pixels) inside the square [lo, hi]^2, None when none is
+    (Liang-Barsky)."""
+    d = b - a
+    t0, t1 = 0.0, 1.0
+    for k in range(2):
+        for den, num in ((-d[k], a[k] - lo), (d[k], hi - a[k])):
+            if den == 0.0:
+                if num < 0.0:
+                    return None
+                continue
+            t = num / den
+            if den < 0.0:
+                t0 = max(t0, t)
+            else:
+                t1 = min(t1, t)
+    if t0 > t1:
+        return None
+    # Rounding of points 1e30 px off must still leave the ends on the square.
+    return np.clip(a + t0 * d, lo, hi), np.clip(a + t1 * d, lo, hi)
+
 
 class BirdEyeView:
     """A square bird's-eye view of `size_px` pixels: x forward (up) from just behind the
@@ -231,12 +268,33 @@ class BirdEyeView:
                 cv2.putText(self.image, f"{r} m", (centre[0] + 3, centre[1] - int(r * self.scale)
                             - 3), _FONT, 0.33, (110, 110, 110), 1, cv2.LINE_AA)  # fmt: skip
 
-    def to_px(self, xy: npt.ArrayLike) -> npt.NDArray[np.int32]:
-        """Pixels (..., 2: column, row) of vehicle-frame points (..., >= 2: x, y; metres)."""
+    def _px(self, xy: npt.ArrayLike) -> FloatArray:
         p = np.asarray(xy, dtype=np.float64)
         u = self.size_px / 2 - p[..., 1] * self.scale
         v = self._origin_px - p[..., 0] * self.scale
-        return np.round(np.stack([u, v], -1)).astype(np.int32)
+        return np.stack([u, v], -1)
+
+    def to_px(self, xy: npt.ArrayLike) -> npt.NDArray[np.int32]:
+        """Pixels (..., 2: column, row) of vehicle-frame points (..., >= 2: x, y; metres); one
+        far outside the view is moved to `_FAR_PX` off it (the int32 OpenCV takes)."""
+        return np.round(np.clip(self._px(xy), -_FAR_PX, _FAR_PX)).astype(np.int32)
+
+    def _lines(self, xy: npt.ArrayLike, colour: BGR, thickness: int, *, closed: bool) -> None:
+        """A line through vehicle-frame points (K x 2), closed into a polygon when `closed`."""
+        px = self._px(xy)
+        if np.all(np.abs(px) < _FAR_PX):
+            points = np.round(px).astype(np.int32)
+            cv2.polylines(self.image, [points], closed, colour, thickness, cv2.LINE_AA)
+            return
+        # A box of absurd size or place (finite, as the schema allows): clipped to the view
+        # segment by segment, so that what shows of it keeps its direction.
+        ends = np.roll(px, -1, axis=0) if closed else px[1:]
+        margin = 2.0 * thickness
+        for a, b in zip(px, ends, strict=False):
+            piece = _clip_segment(a, b, -margin, self.size_px + margin)
+            if piece is not None:
+                p, q = (tuple(int(c) for c in np.round(e)) for e in piece)
+                cv2.line(self.image, p, q, colour, thickness, cv2.LINE_AA)
 
     def points(self, points: npt.ArrayLike, ground_z_m: float = -1.4) -> None:
         """Lidar points (N x >= 3, vehicle frame): above `ground_z_m` light, the ground dark."""
@@ -251,16 +309,14 @@ class BirdEyeView:
     def box(self, box: ReferenceBox | Detection3D, colour: BGR, thickness: int = 2) -> None:
         """The footprint of `box`, with a tick on its front half's centre line (its heading)."""
         corners = box_corners(box)[:4, :2]
-        cv2.polylines(self.image, [self.to_px(corners)], True, colour, thickness, cv2.LINE_AA)
+        self._lines(corners, colour, thickness, closed=True)
         front = (corners[0] + corners[3]) / 2
         centre = corners.mean(axis=0)
-        a, b = self.to_px(centre), self.to_px(front)
-        cv2.line(self.image, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), colour, 1,
-                 cv2.LINE_AA)  # fmt: skip
+        self._lines(np.stack([centre, front]), colour, 1, closed=False)
 
     def polyline(self, xy: npt.ArrayLike, colour: BGR) -> None:
         """A line through vehicle-frame points (K x 2)."""
-        cv2.polylines(self.image, [self.to_px(xy)], False, colour, 1, cv2.LINE_AA)
+        self._lines(xy, colour, 1, closed=False)
 
     def ego(self) -> None:
         """The vehicle, drawn last so that nothing hides it."""
@@ -322,9 +378,19 @@ def _camera_panel(
         )
         b = item.camera_box
         if b is not None:
-            x1, y1, x2, y2 = (round(v * scale) for v in (b.x1, b.y1, b.x2, b.y2))
+            height, width = out.shape[:2]
+            # A side beyond the image is drawn just off it: the rectangle stays what shows of
+            # the box (the schema allows any finite edge, and OpenCV takes int32).
+            x1, x2 = (round(min(max(v * scale, -1.0), width)) for v in (b.x1, b.x2))
+            y1, y2 = (round(min(max(v * scale, -1.0), height)) for v in (b.y1, b.y2))
             cv2.rectangle(out, (x1, y1), (x2, y2), CAMERA_BOX_BGR, 1)
-            anchor = (x1, y1)
+            if (
+                max(x1, x2) >= 0
+                and min(x1, x2) < width
+                and max(y1, y2) >= 0
+                and min(y1, y2) < height
+            ):
+                anchor = (x1, y1)
         if item.text and anchor is not None:
             distance = math.hypot(item.box.center[0], item.box.center[1])
             ranged.append((distance, Label(item.text, anchor, item.colour)))
@@ -426,6 +492,10 @@ def write_picture(path: Path, image: ImageArray, what: str = "the picture") -> N
         replay.output.OutputError: `path` cannot be written.
         replay.errors.ReplayError: OpenCV could not encode the image.
     """
+    # Encoded here and written by Python: OpenCV's own writing crashed the process (SIGSEGV)
+    # on a path that is not UTF-8, as a Linux file name may be.
+    data = encode_image(image, path.suffix or ".png")
+    if data is None:
+        raise ReplayError(f"{path}: cannot write {what} (OpenCV could not encode it)")
     with atomic_output(path, what) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise ReplayError(f"{path}: cannot write {what}")
+        tmp.write_bytes(data)

@@ -19,9 +19,12 @@ Frames without references are drawn with their detections and listed unscored.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import html
 import itertools
 import logging
+import os
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,14 +106,16 @@ class ShownFrame:
 @dataclass(frozen=True)
 class ShowReport:
     """What was written: the index page, the frames (in the run's order), the scores over every
-    scored frame (None: none was), how they were scored (in words), and the DetectionLists
-    left out because the source has no frame for them."""
+    scored frame (None: none was), how they were scored (in words), the DetectionLists
+    left out because the source has no frame for them, and the pictures drawn on a black
+    image because the drive has no camera frame for them."""
 
     index: Path
     frames: tuple[ShownFrame, ...]
     total: MatchResult | None
     protocol: str
     left_out: int = 0
+    no_image: int = 0
 
 
 def _totals(result: MatchResult) -> tuple[int, int, int]:
@@ -132,10 +137,14 @@ def _score_text(result: MatchResult | None) -> str:
 
 
 def _boxes(
-    dl: DetectionList, references: Iterable[ReferenceBox], result: MatchResult | None
+    dl: DetectionList,
+    references: Iterable[ReferenceBox],
+    result: MatchResult | None,
+    camera_name: str,
 ) -> list[DrawnBox]:
     """The references (scored ones green, labelled when missed; the rest dim) and the
-    detections (by class, false positives labelled so)."""
+    detections (by class, false positives labelled so), with the 2D boxes of the camera
+    `camera_name` drawn on."""
     scored = set() if result is None else {m.reference for m in result.matches}
     missed = set() if result is None else set(result.missed)
     false = set() if result is None else {id(d) for d in result.false_positives}
@@ -147,7 +156,13 @@ def _boxes(
             out.append(DrawnBox(r, REFERENCE_BGR if r in scored else UNSCORED_BGR))
     for d in dl.detections:
         text = f"{d.label} {d.score:.2f}" + (" FP" if id(d) in false else "")
-        out.append(DrawnBox(d, class_colour(d.label), text, camera_box=d.camera_box))
+        # Another camera's 2D box is in its pixels, not in those of the image drawn on.
+        box = (
+            d.camera_box
+            if d.camera_box is not None and d.camera_box.camera == camera_name
+            else None
+        )
+        out.append(DrawnBox(d, class_colour(d.label), text, camera_box=box))
     return out
 
 
@@ -286,7 +301,7 @@ def show_kitti(
                 ]
         path = out_dir / f"{frame.frame_id}.png"
         title = f"frame {frame.frame_id}: {len(dl.detections)} detections; {_score_text(result)}"
-        boxes = _boxes(dl, references, result)
+        boxes = _boxes(dl, references, result, "front")
         _draw(path, image, points, rig, "front", title=title, boxes=boxes, legend=legend)
         frames.append(ShownFrame(frame.frame_id, path, dl.header.stamp_ns, len(dl.detections),
                                  result))  # fmt: skip
@@ -364,14 +379,19 @@ def show_drive(
     out_dir_checked = False
     frames: dict[int, ShownFrame] = {}
     drawn: set[int] = set()  # stamps
+    no_images = 0
     legend = _legend("ground truth")
     first_ns = stamps[0] if stamps else 0
 
     def draw(stamp: int, image: npt.NDArray[np.uint8] | None) -> None:
+        nonlocal no_images
         i, dl = by_stamp[stamp]
         sweep = sweeps.pop(stamp)
         drawn.add(stamp)
-        if image is None:  # no camera frame: a black image keeps the layout
+        # No camera frame: a black image keeps the layout, and the title says why it is black.
+        no_image = "; no camera image" if image is None else ""
+        if image is None:
+            no_images += 1
             camera = rig.cameras[camera_name]
             image = np.zeros((camera.height, camera.width, 3), np.uint8)
         points = rig.transform("vehicle", sweep.header.frame_id).apply(sweep.points[:, :3])
@@ -390,10 +410,10 @@ def show_drive(
         name = f"sweep {i}"
         title = (
             f"{name} (t = {(stamp - first_ns) / 1e9:.1f} s): {len(dl.detections)} detections; "
-            f"{_score_text(result)}"
+            f"{_score_text(result)}{no_image}"
         )
         path = out_dir / f"{i:05d}.png"
-        boxes = _boxes(dl, near, result)
+        boxes = _boxes(dl, near, result, camera_name)
         _draw(path, image, points, rig, camera_name, title=title, boxes=boxes, legend=legend)
         frames[i] = ShownFrame(name, path, stamp, len(dl.detections), result)
         if progress is not None:
@@ -447,9 +467,10 @@ def show_drive(
         else f"no ground truth in or beside {drive}: detections only"
     )
     shown = [frames[i] for i in sorted(frames)]
-    return _finish(
+    report = _finish(
         out_dir, shown, protocol, run_name or str(drive), left_out=len(lists) - len(shown)
     )
+    return dataclasses.replace(report, no_image=no_images)
 
 
 # -- the index page ----------------------------------------------------------------------------
@@ -469,8 +490,12 @@ def _class_cell(result: MatchResult | None) -> str:
 def _row(
     name: str, detections: int, result: MatchResult | None, picture: str | None, cls: str = ""
 ) -> str:
-    cells = [html.escape(name)] if picture is None else [
-        f'<a href="{html.escape(picture)}">{html.escape(name)}</a>'
+    # A file name is a URL path here: "#", "?" or "%" in a frame's name broke its links, and
+    # one like "javascript:..." would have run as a script. Quoted from its bytes: a Linux
+    # name need not be UTF-8.
+    href = None if picture is None else urllib.parse.quote(os.fsencode(picture), safe="")
+    cells = [html.escape(name)] if href is None else [
+        f'<a href="{href}">{html.escape(name)}</a>'
     ]  # fmt: skip
     cells.append(str(detections))
     if result is None:
@@ -480,8 +505,8 @@ def _row(
         cells += [str(tp), str(fn), str(fp), _ratio(tp, tp + fn), _ratio(tp, tp + fp)]
         cells.append(html.escape(_class_cell(result)))
     if picture is not None:
-        src = html.escape(picture)
-        cells.append(f'<a href="{src}"><img src="{src}" loading="lazy" alt="{src}"></a>')
+        alt = html.escape(picture)
+        cells.append(f'<a href="{href}"><img src="{href}" loading="lazy" alt="{alt}"></a>')
     else:
         cells.append("")
     attr = f' class="{cls}"' if cls else ""
@@ -537,7 +562,8 @@ def _finish(
     )
     index = out_dir / INDEX_NAME
     with atomic_output(index, "the index page") as tmp:
-        tmp.write_text(page, encoding="utf-8")
+        # A path that is not UTF-8 (the run's, a frame's) is shown with a replacement mark.
+        tmp.write_text(page, encoding="utf-8", errors="replace")
     return ShowReport(index, tuple(frames), total, protocol, left_out)
 
 

@@ -95,6 +95,10 @@ def show_run(
     left = f", {report.left_out} DetectionList(s) with no frame in the source" * bool(
         report.left_out
     )
+    # A black camera panel reads as a drawing fault unless the line says why.
+    left += f", {report.no_image} drawn on black (the drive has no camera frame for them)" * bool(
+        report.no_image
+    )
     return (
         f"{len(report.frames)} pictures and {report.index} written "
         f"(all frames: {score_line(report)}{left})"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
+import time
 
 from app.common import check_reachable, load_node_config, stop_on_signals
 from perception.errors import WireError
@@ -20,6 +22,9 @@ log = logging.getLogger("perception.view")
 
 # Each of the two subscribers is waited on this long in turn.
 _POLL_MS = 5
+# Nothing received this long after the start is said once: a view of no node (or of endpoints
+# something else serves) waited without a word, as if the node had nothing to show.
+_QUIET_NOTE_S = 5.0
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -49,7 +54,18 @@ def cmd_view(args: argparse.Namespace) -> int:
             f"{', '.join(sensors.endpoints)}, outputs from {node.endpoints[0]}",
             flush=True,
         )
+        started = time.monotonic()
+        noted = False
         while not stop.is_set():
+            if not noted and received == 0 and time.monotonic() - started >= _QUIET_NOTE_S:
+                noted = True
+                print(
+                    f"perception view: warning: nothing received in {_QUIET_NOTE_S:g} s from "
+                    f"{', '.join(sensors.endpoints)} or {node.endpoints[0]}; is a node running "
+                    "there (`perception run`, `perception play`)? Still waiting",
+                    file=sys.stderr,
+                    flush=True,
+                )
             for sub in (sensors, node):
                 frames = sub.recv(timeout_ms=_POLL_MS)
                 if frames is None:

@@ -5,8 +5,10 @@ mistake one line on stderr, exit 2."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,10 +19,11 @@ import pytest
 
 from app.cli import main
 from perception.msgs.jsonl import read_jsonl
+from perception.msgs.types import CameraFrame
 from replay.datasets.kitti_eval import evaluate_kitti_run
-from replay.drive import DriveReader
+from replay.drive import DriveReader, DriveWriter
 from replay.output import OutputError
-from replay.pictures import REFERENCE_BGR, class_colour
+from replay.pictures import CAMERA_BOX_BGR, REFERENCE_BGR, class_colour
 from replay.show import show_kitti
 from replay.synth.world import ground_truth_path
 from tests.app.one_line import fails as _fails
@@ -309,3 +312,89 @@ def test_a_drive_with_impossible_ground_truth(
         f"({box['label']}): center [nan, "
     )
     assert not out.exists()
+
+
+# -- hostile runs, sources and folders ---------------------------------------------------------
+
+
+def test_the_index_links_frames_whose_names_are_not_url_paths(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A KITTI frame is named by its files: "#", "?" or "%" in the name broke the index's links
+    (written as HTML, not as URLs), and "javascript:..." ran as a script when clicked."""
+    folder, run, _ = kitti_run
+    odd = tmp_path / "odd"
+    shutil.copytree(folder, odd)
+    names = {"000003": "x#1 ?50%", "000004": "javascript:alert(1)"}
+    for sub, ext in (("image_2", "png"), ("velodyne_reduced", "bin"), ("calib", "txt")):
+        for old, new in names.items():
+            (odd / sub / f"{old}.{ext}").rename(odd / sub / f"{new}.{ext}")
+    out = tmp_path / "show"
+    assert main(["show", str(run), "--kitti", str(odd), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    page = (out / "index.html").read_text()
+    links = re.findall(r'(?:href|src)="([^"]*)"', page)
+    assert len(links) == 3 * 3
+    assert not any(c in link for link in links for c in "#?: ")
+    # Each link names its picture's file.
+    assert {urllib.parse.unquote(link) for link in links} == {p.name for p in out.glob("*.png")}
+    assert ">x#1 ?50%</a>" in page
+
+
+def test_a_run_path_that_is_not_utf8(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """The index is titled with the run's path, which on Linux need not be UTF-8: writing the
+    page failed (UnicodeEncodeError, "a bug") after every picture was drawn."""
+    folder, run, _ = kitti_run
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/run-\xff.jsonl"))
+    shutil.copyfile(run, odd)
+    out = tmp_path / "show"
+    assert main(["show", str(odd), "--kitti", str(folder), "--out", str(out), "--quiet"]) == 0
+    assert "3 pictures" in capsys.readouterr().out
+    assert "<title>perception show: " in (out / "index.html").read_text()
+
+
+def test_a_2d_box_of_another_camera_is_not_drawn(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A detection's 2D box is in the pixels of the camera it names: one of another camera was
+    drawn on this camera's image, where it means nothing."""
+    folder, run, _ = kitti_run
+    docs = [json.loads(line) for line in run.read_text().splitlines()]
+    boxes = [d["camera_box"] for doc in docs for d in doc["detections"] if d["camera_box"]]
+    assert boxes
+    for box in boxes:
+        box["camera"] = "rear"
+    rear = tmp_path / "rear.jsonl"
+    rear.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    for name, path in (("front", run), ("rear", rear)):
+        out = tmp_path / name
+        assert main(["show", str(path), "--kitti", str(folder), "--out", str(out), "--quiet"]) == 0
+        capsys.readouterr()
+        camera = _picture(out / "000000.png")[26:526, :-506]
+        drawn = int(np.count_nonzero(np.all(camera == CAMERA_BOX_BGR, axis=2)))
+        assert (drawn > 100) if name == "front" else (drawn == 0), name
+
+
+def test_a_drive_without_camera_images_says_why_its_pictures_are_black(
+    capsys, drive_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Without the drive's camera frames the sweeps are drawn on a black image (the layout
+    kept), which read as a drawing fault: the command's line says so."""
+    drive, run, _ = drive_run
+    blind = tmp_path / "blind.mcap"
+    reader = DriveReader(drive)
+    with DriveWriter(blind) as w:
+        for rec in reader.messages():
+            if not isinstance(rec.message, CameraFrame):
+                w.write(rec.message, rec.log_time_ns, rec.topic)
+    shutil.copyfile(ground_truth_path(drive), ground_truth_path(blind))
+    out = tmp_path / "show"
+    assert main(["show", str(run), "--drive", str(blind), "--out", str(out), "--quiet"]) == 0
+    n = len(list(read_jsonl(run)))
+    line = capsys.readouterr().out
+    assert line.startswith(f"perception show: {n} pictures")
+    assert f", {n} drawn on black (the drive has no camera frame for them))" in line
+    picture = _picture(out / "00000.png")
+    assert _pixels(picture, class_colour("Car")) > 20

@@ -4,13 +4,15 @@ in use, a port out of range) as one line and exit code 2, before any model loads
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from app.cli import build_parser
+import app.commands.view as view_command
+from app.cli import build_parser, main
 from app.commands.run import _with_flags
 from perception.config import NodeConfig, parse_config
 from tests.app.one_line import fails as _fails
@@ -97,3 +99,24 @@ def test_config_keys_are_checked(capsys, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"metrics": {"port": 65536}}))
     err = _fails(capsys, "run", "--config", str(path))
     assert err.endswith("metrics.port: must be in [0, 65535], got 65536")
+
+
+def test_view_says_when_nothing_arrives(
+    capsys, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no node on the endpoints (or something that is not one), the view waited without
+    a word, as if the node had nothing to show: once, it says so on stderr and goes on."""
+    stop = threading.Event()
+    monkeypatch.setattr(view_command, "_QUIET_NOTE_S", 0.2, raising=False)
+    monkeypatch.setattr(view_command, "stop_on_signals", lambda: stop)
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    try:
+        assert main(["view", "--config", str(config), "--port", "0"]) == 0
+    finally:
+        timer.cancel()
+    out, err = capsys.readouterr()
+    assert "perception view: stopped; 0 received" in out
+    assert err.count("\n") == 1
+    assert err.startswith("perception view: warning: nothing received in 0.2 s from ipc://")
+    assert "is a node running there" in err

@@ -3,13 +3,23 @@ boxes drawn on the image and in the bird's-eye view, no blank strip."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import cv2
 import numpy as np
 import numpy.typing as npt
 
-from perception.msgs.types import Detection3D
+from perception.msgs.types import CameraBox, Detection3D
 from replay.evaluation import ReferenceBox
 from replay.pictures import (
+    CAMERA_BOX_BGR,
     REFERENCE_BGR,
+    BirdEyeView,
     DrawnBox,
     Label,
     class_colour,
@@ -100,3 +110,73 @@ def test_frame_picture_has_both_views_and_no_blank_strip() -> None:
         assert np.count_nonzero(np.all(bev == colour, axis=2)) > 20, colour
     # No strip of blank rows under the camera image (the demo picture had one).
     assert longest_blank_run(picture[:, : picture.shape[1] // 2]) < 12
+
+
+def test_thousands_of_labels_are_placed_in_seconds() -> None:
+    """A run may hold 2,000 detections a frame: scored spot by spot in Python, their labels
+    took about a minute a picture."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((500, 1650, 3), np.uint8)
+    labels = [
+        Label(
+            f"Pedestrian 0.{i % 100:02d}", (rng.uniform(0, 1650), rng.uniform(0, 500)), (0, 0, 255)
+        )
+        for i in range(2000)
+    ]
+    start = time.monotonic()
+    rects = place_labels(image, labels)
+    assert time.monotonic() - start < 10.0
+    assert len(rects) == 2000
+    # Still placed as before: the first labels, with room, do not overlap.
+    assert not any(_overlap(rects[0], b) for b in rects[1:20])
+
+
+def test_boxes_of_absurd_but_finite_size_or_place_are_drawn_clipped() -> None:
+    """The schema allows any finite box: one 1e12 m long crossed the int32 OpenCV takes (a
+    RuntimeWarning on stderr, and the box was not drawn), and a camera box 1e30 px wide made
+    OpenCV raise."""
+    rig = synth_rig()
+    camera = rig.cameras[CAMERA_NAME]
+    cam_from_vehicle = rig.transform(f"camera/{CAMERA_NAME}", "vehicle")
+    colour = (0, 0, 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bev = BirdEyeView(500)
+        # 2 m wide, along x through the whole view: its long sides are columns 240 and 260.
+        bev.box(Detection3D("Car", 0.9, (20.0, 0.0, -0.9), (1e12, 2.0, 1.5), 0.0), colour)
+        bev.box(Detection3D("Car", 0.9, (1e30, -1e30, 0.0), (4.0, 2.0, 1.5), 0.3), colour)
+        for u in (240, 260):
+            assert np.count_nonzero(np.all(bev.image[:, u - 1 : u + 2] == colour, axis=2)) > 450
+        huge = CameraBox(CAMERA_NAME, -1e30, 100.0, 1e30, 1e30)
+        det = Detection3D("Car", 0.9, (15.0, 0.0, -0.9), (4.0, 1.7, 1.5), 0.0)
+        image = np.zeros((camera.height, camera.width, 3), np.uint8)
+        picture = frame_picture(
+            image,
+            np.zeros((0, 3)),
+            camera,
+            cam_from_vehicle,
+            [DrawnBox(det, colour, "Car", camera_box=huge)],
+        )
+    # Only the box's top edge is in the image: one row of its colour across it.
+    scale = 500 / camera.height
+    rows = np.nonzero(np.all(picture == CAMERA_BOX_BGR, axis=2).sum(axis=1) > camera.width)[0]
+    assert list(rows) == [round(100 * scale)]
+
+
+def test_a_picture_goes_to_a_path_that_is_not_utf8(tmp_path: Path) -> None:
+    """OpenCV's own writing crashed the process (SIGSEGV) on such a path (`--out` of a folder
+    whose name is not UTF-8, as a Linux name may be): written in a process of its own, so that
+    a crash fails this test rather than ending the run."""
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/pictures-\xff"))
+    folder.mkdir()
+    code = (
+        "import sys, numpy as np; from pathlib import Path; from replay.pictures import "
+        "write_picture; write_picture(Path(sys.argv[1]) / '00000.png', "
+        "np.full((20, 30, 3), 77, np.uint8))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, folder], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    read = cv2.imdecode(np.fromfile(folder / "00000.png", np.uint8), cv2.IMREAD_COLOR)
+    assert read is not None and np.array_equal(read, np.full((20, 30, 3), 77, np.uint8))
