@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,25 @@ def test_engines_build_without_tensorrt_says_so(capsys, tmp_path: Path, data_dir
 def test_engines_list_empty_cache(capsys, tmp_path: Path) -> None:
     assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
     assert "no cached engines" in capsys.readouterr().out
+
+
+def test_an_interrupt_while_the_command_line_is_imported_is_one_line() -> None:
+    """A Ctrl-C in the first few tenths of a second of any command landed in an import and
+    printed a traceback of it. Here the interrupt is made to land in importing app.cli."""
+    script = """
+import sys
+
+class Interrupting:
+    def find_spec(self, name, path=None, target=None):
+        if name == "app.cli":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Interrupting())
+from app.launch import main
+sys.exit(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stderr) == (130, "perception: interrupted\n")
