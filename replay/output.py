@@ -240,11 +240,16 @@ def _temporary_beside(target: Path) -> Path:
         try:
             # 0o666 and the umask, as a new file written with open() would get.
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            os.close(fd)
         except FileExistsError:
             continue
         except OSError as e:
             raise OutputError(f"{target}: cannot write in {target.parent} ({e.strerror})") from e
-        os.close(fd)
+        except BaseException:
+            # A signal (SIGINT, SIGTERM) as the file was made: it is ours (O_EXCL made it or
+            # nothing), and the caller will never know its name.
+            tmp.unlink(missing_ok=True)
+            raise
         return tmp
     raise OutputError(f"{target}: no free temporary name in {target.parent}")
 
@@ -261,8 +266,10 @@ def atomic_output(target: Path, what: str = "the output") -> Iterator[Path]:
     target = check_output_file(Path(target), what)
     if target.is_symlink():
         target = _resolved(target, what)
-    tmp = _temporary_beside(target)
+    tmp: Path | None = None
     try:
+        # Made inside the try: a signal just after it is made still removes it.
+        tmp = _temporary_beside(target)
         if target.exists():
             os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
         yield tmp
@@ -271,4 +278,5 @@ def atomic_output(target: Path, what: str = "the output") -> Iterator[Path]:
         except OSError as e:
             raise OutputError(f"{target}: cannot replace it ({e.strerror})") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

@@ -74,3 +74,20 @@ def test_a_file_named_as_a_folder_is_refused(tmp_path: Path) -> None:
             check_output_file(given, "--out")
     assert check_output_file(f"{tmp_path}/x.yaml", "--out") == tmp_path / "x.yaml"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_as_the_temporary_is_made_leaves_nothing(monkeypatch, tmp_path: Path) -> None:
+    """A SIGTERM (raised as an exception by the CLI's handler) that landed just after the
+    temporary file was made, before the block that removes it began, left the hidden partial
+    file behind (seen under load by the SIGTERM test of the replay)."""
+    real_close = os.close
+
+    def interrupted_close(fd: int) -> None:
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "run.jsonl"):
+        pass
+    monkeypatch.setattr(os, "close", real_close)
+    assert list(tmp_path.iterdir()) == []
