@@ -120,33 +120,23 @@ def deskew_sweep(
         assert offsets is not None and twist is not None
         # float32 throughout: a sweep of 10^5 points is deskewed on every frame, and the points
         # are float32 already (the series' and the rounding's errors stay below 0.1 mm at 120 m).
-        # Each point's (x, y) turned by its yaw and shifted is a complex product and sum: two
-        # passes over the sweep where the real form took nine, each costly cold in cache after
-        # the frame's pause (benchmarks/RESULTS.md). numpy's complex product may fuse its
-        # multiply-adds: within one float32 rounding of the real form.
-        (c, s, tx, ty, tz), lengths = _motion_per_run(np.asarray(offsets, dtype=np.int64), twist)
-        turn = np.empty(len(c), np.complex64)
-        turn.real, turn.imag = c, s
-        shift = np.empty(len(c), np.complex64)
-        shift.real, shift.imag = tx, ty
-        tz = tz + np.float32(m[2, 3])
-        if lengths is not None:
-            turn, shift, tz = (np.repeat(v, lengths) for v in (turn, shift, tz))
-        # A finite coordinate near float32's largest turns past it (inf, or NaN where the
-        # product subtracts two infinities): that point is cut by range below, quietly, like
-        # any far return, where numpy would have printed an overflow warning.
+        # In place, a few temporaries: cold in cache after the frame's pause, every pass over
+        # the sweep costs several times its warm time (benchmarks/RESULTS.md).
+        c, s, tx, ty, tz = _motion_per_point(np.asarray(offsets, dtype=np.int64), twist)
+        # A finite coordinate near float32's largest turns past it (inf, or NaN where two
+        # infinities meet): that point is cut by range below, quietly, like any far return,
+        # where numpy would have printed an overflow warning.
         with np.errstate(over="ignore", invalid="ignore"):
-            if out.shape[1] % 2 == 0:
-                # Rows of an even width: each row's (x, y) is a complex64 in place.
-                plane = out.view(np.complex64)[:, 0]
-                plane *= turn
-                plane += shift
-            else:
-                plane = np.empty(len(out), np.complex64)
-                plane.real, plane.imag = x, y
-                plane *= turn
-                plane += shift
-                x[:], y[:] = plane.real, plane.imag
+            new_x = c * x
+            new_x -= s * y
+            new_x += tx
+            s *= x
+            c *= y
+            s += c
+            s += ty
+            x[:] = new_x
+            y[:] = s
+            tz += np.float32(m[2, 3])
             z += tz
     if max_range_m is not None and len(out):
         # A coordinate beyond 1.8e19 m squares past float32: inf, and cut like any far return.
@@ -186,23 +176,22 @@ def _mounted(
     return out
 
 
-def _motion_per_run(
+def _motion_per_point(
     offsets_ns: npt.NDArray[np.int64], twist: tuple[tuple[float, float, float], float]
-) -> tuple[tuple[npt.NDArray[np.floating], ...], npt.NDArray[np.intp] | None]:
-    """`_sensor_motion` (float32) of every point, from its time offset, as values per run of
-    equal offsets and the runs' lengths (None: one value per point). A spinning lidar fires a
-    column of lasers at one instant, so offsets come in runs of equal values (1,024 runs in a
-    57k-point sweep): the motion is computed once per run, each point getting the very values
-    it would get alone. Offsets in short runs are computed point by point."""
+) -> tuple[npt.NDArray[np.floating], ...]:
+    """`_sensor_motion` (float32) of every point, from its time offset. A spinning lidar fires
+    a column of lasers at one instant, so offsets come in runs of equal values (1,024 runs in a
+    57k-point sweep): the motion is computed once per run and repeated, each point getting
+    the very values it would get alone. Offsets in short runs are computed point by point."""
     n = len(offsets_ns)
     starts = np.flatnonzero(offsets_ns[1:] != offsets_ns[:-1]) + 1
     if 4 * (len(starts) + 1) > n:
         dt = offsets_ns.astype(np.float64) * 1e-9
-        return _sensor_motion(dt, *twist, single=True), None
+        return _sensor_motion(dt, *twist, single=True)
     starts = np.concatenate(([0], starts))
     lengths = np.diff(starts, append=n)
     dt = offsets_ns[starts].astype(np.float64) * 1e-9
-    return _sensor_motion(dt, *twist, single=True), lengths
+    return tuple(np.repeat(v, lengths) for v in _sensor_motion(dt, *twist, single=True))
 
 
 def ego_twist(

@@ -11,7 +11,7 @@ import pytest
 from calibration.geodesy import LocalTangentPlane
 from perception.msgs.types import EgoPose, GnssFix, Header, LidarSweep, sweep_end_ns
 from perception.pipeline.deskew import (
-    _motion_per_run,
+    _motion_per_point,
     _sensor_motion,
     deskew_points,
     deskew_sweep,
@@ -166,16 +166,13 @@ def test_motion_per_run_of_offsets_is_each_points_own(yaw_rate: float) -> None:
     for drawn in (np.repeat(columns, per_column), rng.integers(0, SWEEP_NS, 5000)):
         offsets = drawn.astype(np.int64)
         alone = _sensor_motion(offsets.astype(np.float64) * 1e-9, *twist, single=True)
-        per_run, lengths = _motion_per_run(offsets, twist)
-        assert (lengths is None) == (drawn.size == 5000)
-        together = [v if lengths is None else np.repeat(v, lengths) for v in per_run]
+        together = _motion_per_point(offsets, twist)
         for a, b in zip(alone, together, strict=True):
             assert a.dtype == b.dtype and a.shape == b.shape == offsets.shape
             assert np.array_equal(a, b)
     for n in (0, 1, 2):
         offsets = np.zeros(n, np.int64)
-        per_run, lengths = _motion_per_run(offsets, twist)
-        assert all(len(np.repeat(v, lengths) if lengths is not None else v) == n for v in per_run)
+        assert all(len(v) == n for v in _motion_per_point(offsets, twist))
 
 
 def test_deskew_sweep_with_extra_columns_moves_points_as_the_sweeps_own_four() -> None:
