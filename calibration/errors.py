@@ -21,6 +21,7 @@ __all__ = [
     "read_text",
     "shown",
     "unconverted",
+    "unique_keys",
 ]
 
 #: The largest text file (calibration, config, timestamps, labels) `read_text` reads.
@@ -86,6 +87,33 @@ def read_text(path: Path, what: str, error: Callable[[str], Exception] = Calibra
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{path}: {not_utf8(e)}") from e
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object gives `key` twice; `record` is the object (the last value of each key)."""
+
+    def __init__(self, key: str, record: dict[str, Any]) -> None:
+        super().__init__(f"the key {shown(key)} given twice")
+        self.key = key
+        self.record = record
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.load`'s `object_pairs_hook` refusing a key given twice: json keeps the last without
+    a word, so which of two values a file holds would be its order's choice. About 20% of
+    json.load's own time (only a short object's keys are walked, and only when some repeat).
+
+    Raises:
+        DuplicateKeyError: naming the key.
+    """
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key, record)
+            seen.add(key)
+    return record
 
 
 def parse_float(text: str) -> float:

@@ -26,7 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.camera import PinholeCamera
-from calibration.errors import CalibrationError, read_text, shown, unconverted
+from calibration.errors import (
+    CalibrationError,
+    DuplicateKeyError,
+    read_text,
+    shown,
+    unconverted,
+    unique_keys,
+)
 from calibration.images import find_image, image_size_of
 from calibration.rig import MAX_TIME_OFFSET_NS, FrameEdge, Rig, camera_frame
 from calibration.transforms import RigidTransform
@@ -60,7 +67,9 @@ def find_pjlab_files(path: Path) -> tuple[Path, Path]:
 def _read_json(path: Path) -> dict[str, Any]:
     text = read_text(path, "calibration file")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as e:
+        raise CalibrationError(f"{path}: {e}") from None
     except json.JSONDecodeError as e:
         raise CalibrationError(f"{path}: not valid JSON ({e})") from e
     except ValueError as e:  # valid JSON that Python refuses to convert

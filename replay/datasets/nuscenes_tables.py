@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calibration.errors import DuplicateKeyError, unique_keys
 from perception.msgs.schema import MAX_STAMP_NS
 from replay.errors import ReplayError
 
@@ -170,38 +171,18 @@ def _table_root(dataroot: Path, version: str) -> Path:
     return root
 
 
-class _DuplicateKeyError(Exception):
-    def __init__(self, key: str, token: Any) -> None:
-        super().__init__(key)
-        self.key = key
-        self.token = token
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object's pairs as a dict, refusing a key given twice: json keeps the last without a
-    word, so which of two timestamps a record has was the file's order's choice. It costs
-    about 20% of json.load's own time, 12-17% of a table's load (100k sample_data records,
-    50 MB: 0.47 -> 0.53 s; 300k: 1.48 -> 1.72 s)."""
-    record = dict(pairs)
-    if len(record) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKeyError(key, record.get("token"))
-            seen.add(key)
-    return record
-
-
 def _load(path: Path, fields: tuple[str, ...]) -> dict[str, Record]:
     """The records of one table by token, in file order, with `fields` checked present."""
     try:
         with path.open("rb") as f:
-            rows = json.load(f, object_pairs_hook=_unique_keys)
+            # 12-17% of a table's load (100k-300k sample_data records).
+            rows = json.load(f, object_pairs_hook=unique_keys)
     except OSError as e:
         raise ReplayError(f"{path}: cannot read the table ({e.strerror or e})") from e
-    except _DuplicateKeyError as e:
+    except DuplicateKeyError as e:
         # The hook sees one object, not its place in the file: the token names the record.
-        name = f"the record of token {e.token}" if isinstance(e.token, str) else "an object"
+        token = e.record.get("token")
+        name = f"the record of token {token}" if isinstance(token, str) else "an object"
         key = e.key if len(e.key) <= 40 else e.key[:40] + "..."
         raise ReplayError(f"{path}: {name} gives the key {key!r} twice") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError

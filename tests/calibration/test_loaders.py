@@ -111,6 +111,25 @@ def test_pjlab_missing_field_is_named(data_dir: Path, tmp_path: Path) -> None:
         load_rig(tmp_path)
 
 
+def test_pjlab_key_given_twice_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """json keeps the last of two values without a word: an image width given twice was the
+    file's order's choice."""
+    folder = data_dir / "lidar_camera_calib_pjlab"
+    for name in (
+        "center_camera-intrinsic.json",
+        "top_center_lidar-to-center_camera-extrinsic.json",
+    ):
+        text = (folder / name).read_text()
+        (tmp_path / name).write_text(
+            text.replace('"img_dist_w": 1920,', '"img_dist_w": 1920, "img_dist_w": 1280,')
+        )
+    with pytest.raises(CalibrationError) as info:
+        load_rig(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'center_camera-intrinsic.json'}: the key 'img_dist_w' given twice"
+    )
+
+
 def test_pjlab_binary_file_is_named(data_dir: Path, tmp_path: Path) -> None:
     folder = data_dir / "lidar_camera_calib_pjlab"
     intrinsic = tmp_path / "center_camera-intrinsic.json"
