@@ -5,9 +5,12 @@ received == written + dropped + undecodable + failed, and `written` is what the 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -155,6 +158,24 @@ def _fix(seq: int) -> GnssFix:
     return GnssFix(Header("gnss", seq, 1_000_000 + seq, "gnss"), 49.0, 8.4, 100.0)
 
 
+@contextlib.contextmanager
+def _recording_fixes(
+    tmp_path: Path, name: str, topics: list[str], fixes: int, **recorder_options: Any
+) -> Iterator[tuple[Recorder, Path]]:
+    """A started Recorder of `topics` on a fresh endpoint, and the drive it writes, once the
+    `fixes` GNSS fixes published to it have been received; its publisher lives for the block."""
+    endpoint = f"ipc://{tmp_path}/sock/{name}"
+    out = tmp_path / f"{name}.mcap"
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder([endpoint], topics, out, **recorder_options)
+        recorder.start()
+        time.sleep(0.5)  # subscriptions reach the publisher (ZeroMQ slow joiner)
+        for seq in range(fixes):
+            pub.send(_fix(seq))
+        _wait(lambda: recorder.stats.received >= fixes)
+        yield recorder, out
+
+
 def deep_rig_frames(depth: int = 1000) -> list[bytes]:
     """A rig message whose document holds a list nested `depth` deep: the wire decoder of this
     branch takes it, but its JSON companion cannot be written (RecursionError in json.dumps).
@@ -205,15 +226,7 @@ def test_any_exception_while_writing_a_message_is_counted(
         original_write(self, msg, log_time_ns, topic)
 
     monkeypatch.setattr(drive_module.DriveWriter, "write", faulty_write)
-    endpoint = f"ipc://{tmp_path}/sock/faulty"
-    out = tmp_path / "faulty.mcap"
-    with Publisher(endpoint, hwm=10_000) as pub:
-        recorder = Recorder([endpoint], ["gnss"], out)
-        recorder.start()
-        time.sleep(0.5)
-        for seq in range(20):
-            pub.send(_fix(seq))
-        _wait(lambda: recorder.stats.received >= 20)
+    with _recording_fixes(tmp_path, "faulty", ["gnss"], 20) as (recorder, out):
         recorder.close()
     s = recorder.stats
     assert (s.received, s.written, s.failed, s.dropped) == (20, 16, 4, 0)
@@ -267,15 +280,8 @@ def test_stop_with_a_full_queue_is_bounded_and_counts_what_was_left(
 def test_recent_messages_reach_the_file_within_the_flush_interval(tmp_path: Path) -> None:
     """A slow topic fills a chunk in minutes; its messages are in the file (readable by another
     process, as after a kill) within the flush interval all the same."""
-    endpoint = f"ipc://{tmp_path}/sock/slow"
-    out = tmp_path / "slow.mcap"
-    with Publisher(endpoint, hwm=10_000) as pub:
-        recorder = Recorder([endpoint], ["gnss"], out, flush_interval_s=0.3)
-        recorder.start()
-        time.sleep(0.5)
-        for seq in range(5):
-            pub.send(_fix(seq))
-        _wait(lambda: recorder.stats.received >= 5)
+    fixes = _recording_fixes(tmp_path, "slow", ["gnss"], 5, flush_interval_s=0.3)
+    with fixes as (recorder, out):
         _wait(lambda: recorder.stats.written == 5, timeout_s=2.0)
         on_disk = [r.message.header.seq for r in DriveReader(out).messages()]
         recorder.close()
@@ -286,15 +292,8 @@ def test_recent_messages_reach_the_file_within_the_flush_interval(tmp_path: Path
 def test_the_counts_say_which_topic_nothing_arrived_on(tmp_path: Path) -> None:
     """A topic subscribed to that nothing publishes (a name the sensors do not use) is recorded
     as nothing: `arrived` counts it 0, beside the others' messages."""
-    endpoint = f"ipc://{tmp_path}/sock/named"
-    out = tmp_path / "named.mcap"
-    with Publisher(endpoint, hwm=10_000) as pub:
-        recorder = Recorder([endpoint], ["gnss", "lidar/top"], out, hwm=10_000)
-        recorder.start()
-        time.sleep(0.5)
-        for seq in range(20):
-            pub.send(_fix(seq))
-        _wait(lambda: recorder.stats.received >= 20)
+    topics = ["gnss", "lidar/top"]
+    with _recording_fixes(tmp_path, "named", topics, 20, hwm=10_000) as (recorder, _):
         assert recorder.stats.arrived == (("gnss", 20), ("lidar/top", 0))
         recorder.close()
     assert recorder.stats.arrived == (("gnss", 20), ("lidar/top", 0))
@@ -307,15 +306,8 @@ def test_a_stop_timeout_shorter_than_a_poll_still_stops_the_receivers(
     """--stop-timeout 0.001 bounds the writing of what is queued; the receivers, which stop
     within a poll (50 ms), were given that millisecond too: an error said they did not stop,
     and their sockets were left open."""
-    endpoint = f"ipc://{tmp_path}/sock/short"
-    out = tmp_path / "short.mcap"
-    with Publisher(endpoint, hwm=10_000) as pub:
-        recorder = Recorder([endpoint], ["gnss"], out, stop_timeout_s=0.001)
-        recorder.start()
-        time.sleep(0.5)
-        for seq in range(5):
-            pub.send(_fix(seq))
-        _wait(lambda: recorder.stats.received >= 5)
+    fixes = _recording_fixes(tmp_path, "short", ["gnss"], 5, stop_timeout_s=0.001)
+    with fixes as (recorder, out):
         recorder.close()
     assert "did not stop" not in caplog.text
     assert recorder.stats.error is None
