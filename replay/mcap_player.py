@@ -256,9 +256,8 @@ def _host_stamp_ns(
     return host0_ns + (offset_ns if speed == 1.0 else round(offset_ns / speed))
 
 
-def _restamped(msg: Message, shift_ns: int) -> Message:
-    header = dataclasses.replace(msg.header, stamp_ns=msg.header.stamp_ns + shift_ns)
-    return dataclasses.replace(msg, header=header)
+def _stamped(msg: Message, stamp_ns: int) -> Message:
+    return dataclasses.replace(msg, header=dataclasses.replace(msg.header, stamp_ns=stamp_ns))
 
 
 def check_sensor_drive(
@@ -400,7 +399,7 @@ def play_drive(
                         paced_time.skipped_ns,
                         speed if paced else 1.0,
                     )
-                    msg = _restamped(msg, stamp_ns - msg.header.stamp_ns)
+                    msg = _stamped(msg, stamp_ns)
                 frames = wire.encode(msg, rec.topic)
             except Exception as e:  # one message that cannot go on the wire is skipped
                 unpublishable += 1

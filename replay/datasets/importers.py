@@ -57,6 +57,7 @@ import numpy.typing as npt
 from calibration import GNSS_FRAME, CalibrationError, Rig, load_kitti_raw_calib
 from calibration.errors import parse_float, read_text
 from calibration.images import check_image_pixels, encoded_image_size, image_size_of
+from calibration.rig import camera_frame
 from perception.errors import WireError
 from perception.msgs import wire
 from perception.msgs.schema import DEFAULT_LIMITS, MAX_STAMP_NS
@@ -366,8 +367,8 @@ def _load(stream: _Stream, index: int, cameras: dict[str, str], rig: Rig) -> Mes
         raise ReplayError(
             f"{path}: image is {got}, but camera {name}'s images are {camera.width}x{camera.height}"
         )
-    frame_id = f"camera/{cameras[stream.topic]}"
-    return CameraFrame(Header(stream.topic, index, stamp, frame_id), data=data, encoding="png")
+    header = Header(stream.topic, index, stamp, camera_frame(name))
+    return CameraFrame(header, data=data, encoding="png")
 
 
 def _camera_offsets_ms(lidar: _Stream, cameras: Sequence[_Stream]) -> dict[str, float]:
