@@ -13,6 +13,7 @@ from typing import Any
 
 from perception.config import NodeConfig, load_config
 from perception.errors import ConfigError, PerceptionError
+from perception.msgs.schema import MAX_TOPIC_BYTES, topic_bytes
 
 __all__ = [
     "Stages",
@@ -164,23 +165,20 @@ def check_reachable(endpoints: Sequence[str], option: str = "") -> None:
 
 def check_topic_lengths(topics: Sequence[str]) -> None:
     """Refuses a topic too long to subscribe to: a publisher drops the connection of a
-    subscription of a topic above `MAX_TOPIC_BYTES` (perception.io.transport), and the subscriber
+    subscription of a topic above `MAX_TOPIC_BYTES` (perception.msgs.schema), and the subscriber
     reconnects and resubscribes for ever, receiving nothing (`echo` and `record` of a topic
     over 64 KiB waited without a word).
 
     Raises:
         PerceptionError: naming the topic (its start), its length and the limit.
     """
-    from perception.io.transport import MAX_TOPIC_BYTES  # noqa: PLC0415 (ZeroMQ)
-
-    longest = MAX_TOPIC_BYTES
     for topic in topics:
-        # As the bytes the shell gave, undecodable ones included.
-        size = len(topic.encode("utf-8", "surrogateescape"))
-        if size > longest:
+        size = topic_bytes(topic)
+        if size > MAX_TOPIC_BYTES:
             shown = f"{topic[:32]}..." if len(topic) > 32 else topic
             raise PerceptionError(
-                f"topic {shown!r} is {size} bytes long; a subscription takes at most {longest} "
+                f"topic {shown!r} is {size} bytes long; a subscription takes at most "
+                f"{MAX_TOPIC_BYTES} "
                 "(a publisher drops the connection of a longer one, so nothing would arrive)"
             )
 

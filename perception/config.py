@@ -17,7 +17,7 @@ from engines.errors import EngineError
 from engines.settings import MAX_THREADS, EngineSettings
 from perception.errors import ConfigError
 from perception.io.runtime import tcp_endpoint_problem
-from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
+from perception.msgs.schema import MAX_TOPIC_BYTES, WireLimits, topic_bytes
 
 __all__ = [
     "FUSION_KINDS",
@@ -1212,13 +1212,12 @@ def _check_topics(inputs: InputConfig, outputs: OutputConfig) -> None:
         for key, topic in side:
             if not topic:
                 raise ConfigError(f"{key}: must not be empty")
-            size = len(topic.encode("utf-8", "surrogateescape"))
-            if size > DEFAULT_LIMITS.max_string_bytes:
+            size = topic_bytes(topic)
+            if size > MAX_TOPIC_BYTES:
                 # A publisher drops the connection of a longer subscription: the node would
-                # wait for ever on the topic (perception.io.transport.MAX_TOPIC_BYTES).
+                # wait for ever on the topic.
                 raise ConfigError(
-                    f"{key}: {size} bytes long; a topic may be at most "
-                    f"{DEFAULT_LIMITS.max_string_bytes}"
+                    f"{key}: {size} bytes long; a topic may be at most {MAX_TOPIC_BYTES}"
                 )
             if topic in seen:
                 raise ConfigError(f"{key}: {topic!r} is already {seen[topic]}")

@@ -46,7 +46,7 @@ from perception.io.runtime import (
 )
 from perception.io.shm import ShmConfig, ShmFrame, ShmReader, ShmWriter, is_descriptor
 from perception.msgs import wire
-from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
+from perception.msgs.schema import DEFAULT_LIMITS, MAX_TOPIC_BYTES, WireLimits
 from perception.msgs.types import Message
 
 __all__ = [
@@ -73,8 +73,6 @@ _HANDSHAKE_RETRY_MS = 1000
 # (libzmq's own reconnect interval): a peer that accepts and closes every connection made the
 # receiver reconnect 4,000 times a second, a whole core.
 _RECONNECT_MIN_MS = 100
-#: The longest topic a subscription may name: the longest string a header may hold.
-MAX_TOPIC_BYTES = DEFAULT_LIMITS.max_string_bytes
 #: The largest subscription a Publisher takes: a topic of `MAX_TOPIC_BYTES` and what carries it.
 #: libzmq 4.3 (ZMTP 3.1) sends it as the SUBSCRIBE command, whose name and the name's length
 #: byte count with the topic (measured: with one byte of room the longest 9 topics were dropped).

@@ -65,6 +65,7 @@ __all__ = [
     "MAX_SPEED_MPS",
     "MAX_STAMP_NS",
     "MAX_SWEEP_DURATION_NS",
+    "MAX_TOPIC_BYTES",
     "READABLE_SCHEMA_VERSIONS",
     "REALTIME_STATUS",
     "RIG_MESSAGE",
@@ -81,6 +82,7 @@ __all__ = [
     "Schema",
     "WireLimits",
     "schema_of",
+    "topic_bytes",
     "versions_read",
 ]
 
@@ -158,6 +160,15 @@ class WireLimits:
 
 
 DEFAULT_LIMITS = WireLimits()
+#: The longest topic a ZeroMQ subscription may name, UTF-8 bytes: the longest string a header
+#: holds (a publisher drops the connection of a longer one: perception.io.transport).
+MAX_TOPIC_BYTES = DEFAULT_LIMITS.max_string_bytes
+
+
+def topic_bytes(topic: str) -> int:
+    """A topic's length on the wire: its UTF-8 bytes, bytes a shell gave that are not UTF-8
+    counted as they are."""
+    return len(topic.encode("utf-8", "surrogateescape"))
 
 
 class Kind(enum.Enum):
