@@ -168,7 +168,9 @@ def test_huge_point_offsets_in_process_cannot_overflow_the_output(
     )
     assert core.counters.stamp_faults == n_poisoned
     assert len(outputs) == 2 * CLOCK_MIN_SWEEPS - n_poisoned
-    assert max(out.latency_ns for out in outputs) < 10**9
+    # Plausible, not fast: an overflow lands near 2^63 ns (292 years); a loaded machine (the
+    # suite under many workers) took over a second for a frame.
+    assert max(out.latency_ns for out in outputs) < 60 * 10**9
     assert INT64_MAX not in jumps
 
 

@@ -187,7 +187,8 @@ def test_a_full_queue_drops_its_oldest_and_counts(monkeypatch: pytest.MonkeyPatc
     start = time.perf_counter()
     for f in frames:
         v.offer("frame", f)
-    assert time.perf_counter() - start < 0.05
+    # Waiting on a queue no thread empties would hang; a loaded machine may take milliseconds.
+    assert time.perf_counter() - start < 2.0
     v.offer("diagnostics", ViewMessage("diagnostics", Diagnostics(Header("diagnostics", 0, 1, ""))))
     assert (v.stats.offered, v.stats.dropped) == (6, 3)
     assert list(v._queues["frame"]) == frames[-2:]
