@@ -184,6 +184,12 @@ def _check_many(args: argparse.Namespace) -> int:
         print(f"  ({caveat})")
     if out is not None:
         _write_pictures(out, chosen, perturb)
+    if caveat is not None:
+        # The verdict does not check the rig here: a script reading 0 or 3 would take it as
+        # one, and a rig refined by it is refined by luck.
+        if refine is not None:
+            print(f"no rig written to {refine}: this drive cannot check the rig")
+        return 4
     undecided = [v.camera for v in chosen if v.estimate.state == MonitorState.COLLECTING]
     if undecided and not any(v.drifted for v in chosen):
         if refine is not None:

@@ -138,15 +138,20 @@ def test_calib_check_over_a_drive_exits_3_on_drift_and_refines_the_rig(
 
 
 def test_calib_check_of_a_simple_world_drive_says_it_does_not_check_the_rig(
-    capsys, synth_drive: Callable[[int, float], Path]
+    capsys, tmp_path: Path, synth_drive: Callable[[int, float], Path]
 ) -> None:
     """The simple world has no static structure beside the road: its drive (which says which
-    world it is) gets the demo's caveat under the verdict, whatever the verdict."""
-    code = main(["calib", "check", "--drive", str(synth_drive(2, 1.0)), "--quiet"])
+    world it is) gets the demo's caveat under the verdict, whatever the verdict, and exits 4
+    (no verdict), writing no refined rig."""
+    refined = tmp_path / "refined.yaml"
+    drive = str(synth_drive(2, 1.0))
+    code = main(["calib", "check", "--drive", drive, "--quiet", "--refine", str(refined)])
     out = capsys.readouterr().out
-    assert code in (0, 3, 4), out
+    assert code == 4, out
     verdict = out.index("camera front: ")
     assert verdict < out.index("(the simple world has no static structure beside the road, so")
+    assert f"no rig written to {refined}: this drive cannot check the rig" in out
+    assert not refined.exists()
 
 
 def test_calib_check_judges_the_rig_given_not_the_drives_own(

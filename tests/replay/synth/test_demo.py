@@ -102,14 +102,21 @@ def test_without_lidar_nothing_is_found(tmp_path: Path) -> None:
     assert report.true_positives == 0 and report.false_negatives > 0
 
 
-def test_the_simple_worlds_calibration_verdict_says_it_does_not_check_the_rig(
+def test_the_simple_worlds_calibration_verdict_is_not_given_as_a_check_of_the_rig(
     tmp_path: Path,
 ) -> None:
+    # An old picture of a drifted camera must not outlive the run that does not judge.
+    (tmp_path / "calibration-front.png").write_bytes(b"old")
     report = run_demo(None, seed=3, seconds=0.5, out_dir=tmp_path)
     assert report.calibration and report.calibration_caveat is not None
     text = format_demo_report(report)
-    verdict = text.index("calibration monitor, camera front:")
-    assert verdict < text.index("no static structure beside the road") < text.index("detections:")
+    line = "calibration monitor, camera front: not judged on this drive\n"
+    assert text.index(line) < text.index("no static structure beside the road")
+    assert text.index("no static structure beside the road") < text.index("detections:")
+    # The verdict, which on this world hangs on luck, is not printed as one, nor drawn.
+    monitor_lines = [ln for ln in text.splitlines() if ln.startswith("calibration monitor")]
+    assert monitor_lines == [line.strip()] and "estimated correction" not in text
+    assert report.calibration_pictures == () and not list(tmp_path.glob("calibration-*.png"))
     # A drive the user names says which world it is (its metadata)...
     again = run_demo(report.drive, seed=3, out_dir=tmp_path)
     assert again.calibration_caveat == report.calibration_caveat
