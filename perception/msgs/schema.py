@@ -475,6 +475,20 @@ def _variances(fix: GnssFix) -> str | None:
     return None
 
 
+def _speed(fix: GnssFix) -> str | None:
+    # Each component within the bound still let the speed reach sqrt(3) times it.
+    v = fix.velocity_enu_mps
+    if v is None:
+        return None
+    speed = math.hypot(*v)
+    if speed > MAX_SPEED_MPS:
+        return (
+            f"velocity_enu_mps {list(v)} is a speed of {speed:.1f} m/s, above {MAX_SPEED_MPS:g} "
+            "m/s (no road vehicle moves faster)"
+        )
+    return None
+
+
 # -- the tables ----------------------------------------------------------------------------------
 
 HEADER = Schema(Header, (
@@ -525,7 +539,7 @@ GNSS_FIX = Schema(GnssFix, (
             hi=MAX_SPEED_MPS, optional=True),
     number("heading_rad", "ENU yaw: 0 = east, counter-clockwise positive", unit="rad",
            lo=-_MAX_HEADING_RAD, hi=_MAX_HEADING_RAD, optional=True),
-), rules=(_variances,))  # fmt: skip
+), rules=(_variances, _speed))  # fmt: skip
 
 RIG_MESSAGE = Schema(RigMessage, (
     nested("header", HEADER, "common header (stamp: in force from)"),

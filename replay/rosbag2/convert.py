@@ -303,7 +303,7 @@ def velocity_sample(msg: Any, msgtype: str, where: str) -> VelocitySample | None
         twist = msg.twist.twist if msgtype.endswith("WithCovarianceStamped") else msg.twist
         lin = twist.linear
         v = np.array([lin.x, lin.y, lin.z], dtype=np.float64)
-    if not (np.all(np.isfinite(v)) and float(np.abs(v).max()) <= MAX_SPEED_MPS):
+    if not (np.all(np.isfinite(v)) and math.hypot(*v.tolist()) <= MAX_SPEED_MPS):
         return None
     return VelocitySample(stamp, (float(v[0]), float(v[1]), float(v[2])), heading)
 

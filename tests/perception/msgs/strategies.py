@@ -4,6 +4,7 @@ arrays empty and not, and an exact comparison of two messages (arrays by their b
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from perception.msgs.schema import DEFAULT_LIMITS, MAX_STAMP_NS
+from perception.msgs.schema import DEFAULT_LIMITS, MAX_SPEED_MPS, MAX_STAMP_NS
 from perception.msgs.types import (
     CalibrationStatus,
     CameraBox,
@@ -81,7 +82,8 @@ gnss_fixes = st.builds(
     longitude_deg=st.floats(-180, 180),
     altitude_m=st.floats(-12_000, 100_000),
     position_covariance_m2=st.tuples(*[finite] * 9).filter(lambda c: min(c[0], c[4], c[8]) >= 0),
-    velocity_enu_mps=st.none() | st.tuples(*[st.floats(-200, 200)] * 3),
+    velocity_enu_mps=st.none()
+    | st.tuples(*[st.floats(-200, 200)] * 3).filter(lambda v: math.hypot(*v) <= MAX_SPEED_MPS),
     heading_rad=st.none() | st.floats(-12.5, 12.5),
 )
 

@@ -379,11 +379,19 @@ def test_gnss_mistyped_field() -> None:
         ("altitude_m", 1e7, r"'fields.altitude_m' is 10000000.0, outside"),
         ("position_covariance_m2", [0.0] * 8, r"must be an array of 9 numbers"),
         ("position_covariance_m2", [-1.0] + [0.0] * 8, r"negative variance"),
+        # Every component within 200 m/s, the speed not.
+        ("velocity_enu_mps", [150.0, 150.0, 0.0], r"a speed of 212.1 m/s, above 200 m/s"),
     ],
 )
 def test_gnss_bad_values(key: str, value: object, problem: str) -> None:
     with raises(problem, "gnss"):
         wire.decode(tamper(gnss_frames(), lambda d: d["fields"].update({key: value})))
+
+
+def test_gnss_speed_at_the_bound_is_taken() -> None:
+    at = tamper(gnss_frames(), lambda d: d["fields"].update(velocity_enu_mps=[120.0, 160.0, 0]))
+    _, fix = wire.decode(at)
+    assert isinstance(fix, GnssFix) and fix.velocity_enu_mps == (120.0, 160.0, 0.0)
 
 
 def camera_frames_raw() -> list[bytes | memoryview]:

@@ -186,6 +186,9 @@ def test_fixes_without_a_position_are_skipped_and_unknown_covariance_is_zero() -
     assert velocity_sample(fast, "geometry_msgs/msg/TwistStamped", "t") is None
     slow = twist_stamped(STAMP, "gps", (30.0, 0.0, 0.0))
     assert velocity_sample(slow, "geometry_msgs/msg/TwistStamped", "t") is not None
+    # Each component within the bound, the speed (212 m/s) not: a drive could not hold it.
+    diagonal = twist_stamped(STAMP, "gps", (150.0, 150.0, 0.0))
+    assert velocity_sample(diagonal, "geometry_msgs/msg/TwistStamped", "t") is None
 
 
 def test_odometry_velocity_is_turned_into_the_world_frame() -> None:
