@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import reprlib
 import stat
@@ -151,7 +152,10 @@ def load_yaml(
 ) -> Any:
     """`yaml.safe_load` of a user's file, whatever PyYAML cannot take said in one line:
     `"WHERE: INVALID (the parser's message)"`, `"WHERE: INVALID (nests too deep)"`, or
-    `"WHERE: INVALID value (...)"` for a scalar Python refuses to convert.
+    `"WHERE: INVALID value (...)"` for a scalar Python refuses to convert. Refuses, besides,
+    a key given twice and a number YAML 1.1 reads as another value than its reader sees
+    (`7_00`, `1:30`, `0755`, `0b101`): `"WHERE: INVALID (line L, column C: `7_00` reads as
+    700 in YAML 1.1, which drops the underscores: write 700, or quote it for text)"`.
 
     Raises:
         error: as above.
@@ -231,6 +235,85 @@ class _BoundedLoader(yaml.SafeLoader):
             seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep)
         return mapping
+
+    # YAML 1.1's number rules, which PyYAML follows, read some plain scalars as a number other
+    # than the one a reader of the file sees (`7_00` is 700, `1:30` is 90, `0755` is 493, and
+    # YAML 1.2 reads all three as other values or text): those are refused, naming the scalar,
+    # what it reads as and what to write instead. Keys too: they are built here as well.
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value = super().construct_yaml_int(node)
+        _refuse_misread_number(node, value)
+        return value
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value = super().construct_yaml_float(node)
+        _refuse_misread_number(node, value)
+        return value
+
+
+# The constructor table holds functions, not method names: the overrides are registered on the
+# subclass (`add_constructor` gives it its own copy of the table; SafeLoader's stays as it is).
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_yaml_float)
+
+
+def _refuse_misread_number(node: yaml.ScalarNode, value: float) -> None:
+    """Refuses a number written in a form of YAML 1.1 that means something else to its reader:
+    digits grouped with `_` (dropped), `a:b` (base 60), a leading `0` (octal) and `0b`
+    (binary, text in YAML 1.2). `0x1F` is kept: 31 in YAML 1.1, YAML 1.2 and Python alike.
+
+    Raises:
+        yaml.constructor.ConstructorError: `line L, column C: `7_00` reads as 700 in YAML 1.1,
+            which drops the underscores: write 700, or quote it for text`.
+    """
+    written = node.value
+    body = written.lstrip("+-")
+    sign = "-" if written.startswith("-") else ""
+    lower = body.lower()
+    if ":" in body:
+        why, instead = "which reads numbers with colons as base 60", _yaml_number(value)
+    elif lower.startswith("0b"):
+        why = "which reads 0b as binary (YAML 1.2 reads it as text)"
+        instead = _yaml_number(value)
+    elif lower.startswith("0x"):
+        if "_" not in body:
+            return
+        why, instead = "which drops the underscores", f"{sign}0x{body[2:].replace('_', '')}"
+    elif isinstance(value, int) and len(body) > 1 and body.startswith("0"):
+        why = "which reads a leading 0 as octal"
+        decimal = int(sign + body.replace("_", ""))
+        instead = str(value)
+        if decimal != value:
+            octal = body.replace("_", "").lstrip("0")
+            instead = (
+                f"{decimal} for the decimal or {value} for the octal value (YAML 1.1 reads "
+                f"{sign}0o{octal} as text)"
+            )
+    elif "_" in body:
+        why, instead = "which drops the underscores", _yaml_number(value)
+    else:
+        return
+    mark = node.start_mark
+    raise yaml.constructor.ConstructorError(
+        problem=f"line {mark.line + 1}, column {mark.column + 1}: `{written}` reads as "
+        f"{_yaml_number(value)} in YAML 1.1, {why}: write {instead}, or quote it for text"
+    )
+
+
+def _yaml_number(value: float) -> str:
+    """`value` spelled as YAML 1.1 reads it back: an exponent needs a dot there (`1e+16` is
+    text, `1.0e+16` a float)."""
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return "-.inf" if value < 0 else ".inf"
+    spelled = repr(value)
+    mantissa, e, exponent = spelled.partition("e")
+    if e and "." not in mantissa:
+        spelled = f"{mantissa}.0e{exponent}"
+    return spelled
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -37,6 +37,10 @@ def brief(value: object) -> str:
 
 #: Where YAML 1.1 reads a float: a dot in the mantissa, a sign in the exponent (`1.0e-1`).
 _EXPONENT = re.compile(r"([-+]?)(\d*)\.?(\d*)([eE])([-+]?)(\d+)")
+# A number YAML reads as the same value unquoted, and the rigs' and configs' loader takes
+# (calibration.errors refuses `7_00`, `1:30`, `0755` and `0b101`, which YAML 1.1 misreads):
+# only such a number may be told to lose its quotes.
+_PLAIN_NUMBER = re.compile(r"[-+]?(0|[1-9]\d*)(\.\d*)?([eE][-+]\d+)?|[-+]?\.\d+([eE][-+]\d+)?")
 
 
 def finite_number(value: object) -> float | None:
@@ -129,7 +133,11 @@ def yaml_text_hint(text: object, *, integer: bool = False) -> str:
     if not math.isfinite(number) or (integer and not number.is_integer()):
         return ""
     as_yaml = yaml.safe_load(text)
-    if isinstance(as_yaml, int | float) and not isinstance(as_yaml, bool):
+    if (
+        isinstance(as_yaml, int | float)
+        and not isinstance(as_yaml, bool)
+        and _PLAIN_NUMBER.fullmatch(text.strip())
+    ):
         return " (quoted, it is text: write it without quotes)"
     if integer:
         spelled = str(int(Decimal(text.strip())))  # exact: 1e30 is no float's 1000...19884624838656

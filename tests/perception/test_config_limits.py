@@ -172,6 +172,16 @@ def _refused(tmp_path: Path, text: str) -> str:
             "sync.window_ms: expected a number, got '20' (quoted, it is text: write it without "
             "quotes)",
         ),
+        # Quoted, but the loader refuses them unquoted (YAML 1.1 misreads them): the advice
+        # is the plain number, not to lose the quotes.
+        (
+            "sync: {window_ms: '7_00'}",
+            "sync.window_ms: expected a number, got '7_00' (YAML reads 7_00 as text: write 700.0)",
+        ),
+        (
+            "sync: {queue_size: '0755'}",
+            "sync.queue_size: expected an integer, got '0755' (YAML reads 0755 as text: write 755)",
+        ),
         (
             "sync: {queue_size: 1e3}",
             "sync.queue_size: expected an integer, got '1e3' (YAML reads 1e3 as text: write 1000)",
