@@ -45,7 +45,10 @@ dropped and counted (`stamp_faults`, and per stream in the clocks of the diagnos
 jump, once confirmed by the stream's next messages, is counted (`clock_jumps`), logged, and makes
 the synchroniser forget that stream's old timeline; for the lidar it also resets the "last
 published" mark (a new epoch: bundles of the old timeline are skipped), so a sensor clock that
-steps back, or a publisher restarted with other stamps, never blacks out the output.
+steps back, or a publisher restarted with other stamps, never blacks out the output. A sweep
+whose points' offsets claim a span longer than the time since the previous sweep began is a
+stamp fault before its clock is judged (perception.sync.span_gate): such sweeps in a row read as
+a clock jump forward and back.
 
 Liveness (perception.sync.liveness, `inputs.rates_hz`): every accepted message tells it its
 stream is alive; a camera silent for `inputs.dead_after_periods` periods is not waited for
@@ -102,6 +105,7 @@ from perception.sync.bundler import parse_rig
 from perception.sync.clock import ClockMonitor, Verdict
 from perception.sync.ego import world_from_vehicle
 from perception.sync.liveness import Liveness
+from perception.sync.span_gate import SpanGate
 
 __all__ = ["CLOCK_MIN_SWEEPS", "RECEIVE_POLL_NS", "NodeCore", "NodeCounters", "ReadyBundle"]
 
@@ -148,7 +152,8 @@ class NodeCounters:
     `rejected_publishers`, CURVE handshakes refused with the sensors' publishers (a wrong or
     missing server key), and `rejected_subscribers`, with clients of the outputs endpoint (a key
     not allowed). `stamp_faults`:
-    sensor messages dropped for a stamp too far from the host receive clock; `clock_jumps`:
+    sensor messages dropped for a stamp too far from the host receive clock (or, for a sweep,
+    a span its stamp leaves no room for); `clock_jumps`:
     confirmed sensor clock jumps (each reset that stream's synchronisation). `unfit_images`:
     camera images the pipeline left out as too dark or too blurred
     (perception.pipeline.camera_health), or as from a camera the rig does not have (their
@@ -246,6 +251,8 @@ class NodeCore:
             inputs.camera_topics, config.sync, default_rig=default_rig, liveness=self.liveness
         )
         clocks = config.clocks
+        # Sweeps whose offsets claim a span their stamps leave no room for.
+        self._spans = SpanGate()
         #: Sensor clocks against the host clock, per stream (offset, drift, jumps, rejections).
         self.clocks = ClockMonitor(
             jump_threshold_ns=round(clocks.jump_threshold_ms * 1e6),
@@ -449,6 +456,11 @@ class NodeCore:
         sent). A confirmed clock jump resets what the stream's old timeline left behind."""
         if not isinstance(msg, LidarSweep | CameraFrame | GnssFix):
             return True
+        if isinstance(msg, LidarSweep) and (span := self._spans.problem(topic, msg)) is not None:
+            # Before its clock is judged: such sweeps in a row read as a clock jump.
+            self.counters.stamp_faults += 1
+            self._bad.warning(f"span:{topic}", f"{topic}: dropped sweep {msg.header.seq}: {span}")
+            return False
         # A sweep leaves the sensor once complete: its last point bounds the transport delay.
         stamp_ns = sweep_end_ns(msg) if isinstance(msg, LidarSweep) else msg.header.stamp_ns
         if stamp_ns > INT64_MAX:
@@ -458,6 +470,8 @@ class NodeCore:
             return False
         expected = self.clocks.expected_offset_ns(topic, stamp_ns)
         verdict = self.clocks.observe(topic, stamp_ns, receive_ns)
+        if isinstance(msg, LidarSweep) and verdict is not Verdict.REJECTED:
+            self._spans.accepted(topic, msg.header.stamp_ns)
         if verdict is Verdict.ACCEPTED:
             return True
         if verdict is Verdict.REJECTED:

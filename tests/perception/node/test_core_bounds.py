@@ -238,3 +238,30 @@ def test_stale_shared_memory_payloads_are_counted_as_such_and_dropped(
     assert counters["stale_payloads"] == 2 and counters["received"] == 2
     assert counters["decode_errors"] == counters["receive_refused"] == 0
     assert core.bundler.stats == SyncStats(), "a stale message reached the synchroniser"
+
+
+def test_sweeps_whose_offsets_claim_a_second_are_dropped_not_read_as_a_clock_jump(
+    pipeline: Pipeline, frame: list[Message]
+) -> None:
+    # Three sweeps in a row whose offsets claim 1 s at 10 Hz (the wire's limit on a sweep's
+    # duration) ended in the future: each was a stamp fault, but together they agreed, read as
+    # a lidar clock jump forward, and the good sweeps after them as one back.
+    core = NodeCore(NodeConfig(), pipeline)
+    bad = range(CLOCK_MIN_SWEEPS, CLOCK_MIN_SWEEPS + 3)
+    outputs = []
+    for i in range(CLOCK_MIN_SWEEPS + 8):
+        stamp = 1_000_000_000 + i * PERIOD_NS
+        rig, camera, sweep = restamped(frame, stamp, i)
+        assert isinstance(sweep, LidarSweep)
+        offsets = np.linspace(0, (10 if i in bad else 1) * PERIOD_NS, len(sweep.points))
+        sweep = dataclasses.replace(sweep, point_time_offsets_ns=offsets.astype(np.int64))
+        receive = stamp + PERIOD_NS + 5_000_000  # the sweep leaves once complete
+        ready = []
+        for msg in (rig, camera, sweep):
+            ready += core.on_message(msg.header.stream, msg, receive)
+        out = core.on_bundles(ready)
+        if out is not None:
+            outputs.append(out.header.seq)
+    assert core.counters.stamp_faults == 3
+    assert core.counters.clock_jumps == 0 and core.epoch == 0
+    assert len(outputs) == CLOCK_MIN_SWEEPS + 8 - 3
