@@ -211,8 +211,8 @@ def check_pictures_folder(
     reference_dir: Path | None = None,
     what: str = "the pictures' folder",
 ) -> None:
-    """Refuses a pictures' folder that is one a KITTI run is read from: the folder's image,
-    scan, calib and label folders, or `reference_dir` (symbolic links resolved). The pictures
+    """Refuses a pictures' folder that is one a KITTI run is read from: the folder itself, its
+    image, scan, calib and label folders, or `reference_dir` (symbolic links resolved). The pictures
     are named `<frame id>.png`, as the images are, and would replace them.
 
     Raises:
@@ -220,7 +220,8 @@ def check_pictures_folder(
     """
     target = Path(out_dir).expanduser().resolve()
     root = Path(kitti_dir).expanduser()
-    inputs = [root / sub for sub in _KITTI_INPUT_FOLDERS]
+    # The folder itself too: its pictures and index would lie among the data's own folders.
+    inputs = [root, *(root / sub for sub in _KITTI_INPUT_FOLDERS)]
     if reference_dir is not None:
         inputs.append(Path(reference_dir).expanduser())
     for folder in inputs:

@@ -251,7 +251,7 @@ def test_pictures_never_go_into_an_input_folder(
     images = {p.name: p.read_bytes() for p in (folder / "image_2").iterdir()}
     link = tmp_path / "link"
     link.symlink_to(folder / "image_2")
-    for out in (folder / "image_2", link, folder / "velodyne_reduced"):
+    for out in (folder / "image_2", link, folder / "velodyne_reduced", folder):
         err = _fails(capsys, "show", str(run), "--kitti", str(folder), "--out", str(out))
         also = "" if out != link else f" ({folder / 'image_2'})"
         assert err == (
