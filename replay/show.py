@@ -35,7 +35,7 @@ import numpy.typing as npt
 from calibration import Rig
 from perception.msgs.types import CameraFrame, DetectionList, LidarSweep
 from perception.ratelimit import RateLimitedLogger
-from replay.datasets.kitti_eval import read_references, score_kitti_frame
+from replay.datasets.kitti_eval import check_run_of_folder, read_references, score_kitti_frame
 from replay.datasets.kitti_object import KittiObjectFolder, read_image, read_kitti_scan
 from replay.drive import DriveReader
 from replay.errors import ReplayError
@@ -261,12 +261,7 @@ def show_kitti(
         reference_dir = folder.root / "label_2"
     if reference_dir is not None and not reference_dir.is_dir():
         raise ReplayError(f"{reference_dir}: reference folder does not exist")
-    for dl in lists:
-        if not 0 <= dl.header.seq < len(folder):
-            raise ReplayError(
-                f"header.seq {dl.header.seq} has no frame in {folder.root} (frames 0 to "
-                f"{len(folder) - 1}): was the run replayed from another folder?"
-            )
+    check_run_of_folder(lists, folder, run_name or "the run")
     out_dir = check_output_dir(out_dir, "the pictures' folder")
     # A picture or the index linked to a frame's file, or named as the run's, would replace it.
     folders = [folder.root / sub for sub in _KITTI_INPUT_FOLDERS]

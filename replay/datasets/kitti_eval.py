@@ -149,7 +149,7 @@ def score_kitti_frame(
 
 
 def check_run_of_folder(
-    runs: Sequence[DetectionList], folder: KittiObjectFolder, detections_path: Path
+    runs: Sequence[DetectionList], folder: KittiObjectFolder, detections_path: Path | str
 ) -> None:
     """Refuses a run that cannot be a replay of `folder`: more DetectionLists than the folder
     has frames (a replay writes one per frame at most), or a `header.seq` naming no frame.
