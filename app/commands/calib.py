@@ -168,7 +168,7 @@ def _check_many(args: argparse.Namespace) -> int:
         )
     chosen = [v for v in verdicts if args.camera is None or v.camera == args.camera]
     for v in chosen:
-        print(_verdict_line(v, config.calibration_monitor.monitor.min_information_nats))
+        print(_verdict_line(v, config.calibration_monitor.monitor))
         if v.earlier_rigs:
             # The monitor starts over with each rig the drive sends: without this the verdict
             # read as one over the whole drive.
@@ -217,7 +217,8 @@ def _correction_text(v: Any) -> str:
     return f"camera {v.camera} corrected by rotation ({rot}) deg, translation ({cm}) cm"
 
 
-def _verdict_line(v: Any, min_information_nats: float) -> str:
+def _verdict_line(v: Any, monitor: Any) -> str:
+    """One camera's verdict; `monitor`: the monitor's config (calibration.monitor.MonitorConfig)."""
     from calibration.monitor import MonitorState, skip_text  # noqa: PLC0415 - heavy imports
 
     e = v.estimate
@@ -227,12 +228,18 @@ def _verdict_line(v: Any, min_information_nats: float) -> str:
     skipped = f"{e.skipped} skipped" + (f": {why}" if why else "")
     if e.state == MonitorState.COLLECTING and e.frames == 0:
         return f"camera {v.camera}: NO VERDICT: every frame skipped ({skipped})"
+    if e.state == MonitorState.COLLECTING and e.structure_share < monitor.min_structure_share:
+        return (
+            f"camera {v.camera}: NO VERDICT over {e.frames} frames ({skipped}): "
+            f"{e.structure_share:.1%} of their points stand above the ground (needed: "
+            f"{monitor.min_structure_share:.0%}): the road and what moves on it cannot check a rig"
+        )
     if e.state == MonitorState.COLLECTING:
         return (
             f"camera {v.camera}: NO VERDICT over {e.frames} frames ({skipped}): they "
             f"pool {e.score:.3f} nats of lidar-camera mutual information, no more than unrelated "
-            f"data would (needed: {min_information_nats:g} and twice the estimator's bias): "
-            "the camera sees nothing the lidar sees"
+            f"data would (needed: {monitor.min_information_nats:g} and twice the estimator's "
+            "bias): the camera sees nothing the lidar sees"
         )
 
     def pm(values: Any, scale: float, digits: int) -> str:

@@ -982,9 +982,8 @@ def _boxes_2d(
 #: (benchmarks/RESULTS.md, "what the evidence can tell apart"). A short demo may even call the
 #: true rig drifted.
 SIMPLE_WORLD_CALIBRATION_CAVEAT = (
-    "the simple world has no static structure beside the road, so the monitor's verdict over "
-    "it does not check the rig (it may call the true one drifted); a drive of the rich world "
-    "(`perception demo --scene rich`) does"
+    "the simple world has no static structure beside the road, so the monitor cannot check "
+    "the rig over it; a drive of the rich world (`perception demo --scene rich`) can"
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -84,6 +85,8 @@ def test_a_corrected_rig_moves_only_the_camera() -> None:
         ({"systematic_translation_m": math.inf}, "systematic_translation_m"),
         ({"flag_pixels": -1.0}, "flag_pixels"),
         ({"ground_clearance_m": -0.1}, "ground_clearance_m"),
+        ({"min_structure_share": 1.5}, "min_structure_share: must be in"),
+        ({"min_structure_share": math.nan}, "min_structure_share: must be in"),
         # The node's config names the section ("calibration_monitor.monitor."): not here too.
         ({"flag_after": 0}, "^flag_after: must be an integer >= 1"),
         ({"min_points": -1}, "^min_points: must be an integer >= 0"),
@@ -325,6 +328,50 @@ def test_a_window_without_information_is_not_judged(
     # Without the fixed floor, the estimator's bias alone still tells the noise apart.
     floorless = fed(shuffled, MonitorConfig(min_frames=4, evaluate_every=4, min_information_nats=0))
     assert floorless.estimate().state == MonitorState.COLLECTING
+
+
+def test_a_window_of_little_but_the_ground_is_not_judged(
+    kitti_frame: Callable[[str], KittiFrame], kitti_dir: Path
+) -> None:
+    """The KITTI frames with only the returns near their ground plane left (a road with
+    nothing beside it) still pool mutual information, but cannot check a rig: the monitor
+    stays collecting, says how little stands above the ground, and neither fits nor searches;
+    with the returns above the ground too it judges them."""
+    frames = [_kitti(kitti_frame, kitti_dir, i) for i in KITTI_IDS]
+    config = MonitorConfig(min_frames=4, evaluate_every=4)
+
+    def fed(config: MonitorConfig, *, road_only: bool) -> CalibrationMonitor:
+        first = frames[0][0]
+        monitor = CalibrationMonitor(first.camera, first.camera_from_vehicle.inverse(), config)
+        for frame, image in frames:
+            plane = estimate_ground(frame.points)
+            points = frame.points
+            if road_only:
+                points = points[plane.height_above(points[:, :3]) <= 0.2]
+            assert monitor.add(
+                points,
+                image,
+                camera=frame.camera,
+                vehicle_from_camera=frame.camera_from_vehicle.inverse(),
+                ground=(*plane.normal, plane.offset),
+            )
+        return monitor
+
+    road = fed(config, road_only=True)
+    assert road.information() > config.min_information_nats
+    assert road.structure_share() < config.min_structure_share
+    estimate = road.estimate()
+    assert estimate.state == MonitorState.COLLECTING and estimate.frames == len(frames)
+    assert estimate.structure_share == road.structure_share()
+    assert np.array_equal(road._centre, np.zeros(6))  # no search moved it
+    assert road.verdict().state == MonitorState.COLLECTING
+    whole = fed(config, road_only=False)
+    assert whole.structure_share() > 0.15
+    assert whole.estimate().state == MonitorState.ALIGNED
+    assert whole.estimate().structure_share == whole.structure_share()
+    # With the gate off, the road alone is judged.
+    ungated = fed(replace(config, min_structure_share=0.0), road_only=True)
+    assert ungated.estimate().state != MonitorState.COLLECTING
 
 
 def test_the_flag_needs_consecutive_fits_and_clears_with_hysteresis(
