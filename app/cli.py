@@ -945,6 +945,7 @@ def _add_eval(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         default=0.5,
         help="reference score at least, 0-1",
     )
+    with_option_defaults(p)
 
 
 def _add_show(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:

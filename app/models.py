@@ -21,6 +21,7 @@ from engines.registry import (
     MODELS,
     PACKAGED_MODELS_DIR,
     ModelInfo,
+    cached_sha256,
     resolve_model,
 )
 from perception.config import CameraModelConfig, NodeConfig
@@ -135,7 +136,7 @@ def model_entries(cache_dir: Path | None = None) -> list[ModelEntry]:
         if not path.is_file():
             state = "no"
         else:
-            state = "yes" if file_sha256(path) == info.sha256 else "sha256 mismatch"
+            state = "yes" if cached_sha256(path, info) == info.sha256 else "sha256 mismatch"
         entries.append(
             ModelEntry(
                 info.name, info.filename, info.size_bytes, info.sha256, state, path, info.url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
@@ -108,26 +109,34 @@ def export_static_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Exported into memory and written here: the exporter hands a file name to C++, which
+    # cannot take a path that is not UTF-8 (a folder name in another encoding), and a whole
+    # training run failed at its export with a TypeError the length of the graph.
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            example_inputs,
+            # The TorchScript exporter writes to a file object (its own code says so); torch
+            # types `f` as a path only.
+            buffer,  # type: ignore[arg-type]
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=opset,
+            do_constant_folding=constant_folding,
+            dynamo=False,
+        )
+    data = buffer.getvalue()
+    if compact:
+        model = onnx.load_model_from_string(data)
+        compact_constants(model)
+        data = model.SerializeToString()
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module.eval(),
-                example_inputs,
-                str(tmp),
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=opset,
-                do_constant_folding=constant_folding,
-                dynamo=False,
-            )
-        if compact:
-            model = onnx.load(str(tmp))
-            compact_constants(model)
-            onnx.save(model, str(tmp))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         # mkstemp creates the file private to its owner; a model is ordinary shared data.
         tmp.chmod(0o644)
         os.replace(tmp, path)

@@ -32,6 +32,7 @@ __all__ = [
     "PACKAGED_MODELS_DIR",
     "ModelInfo",
     "ProgressCallback",
+    "cached_sha256",
     "fetch_model",
     "get_model_info",
     "resolve_model",
@@ -131,6 +132,20 @@ def get_model_info(name: str) -> ModelInfo:
         return MODELS[name]
     except KeyError:
         raise ModelError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
+
+
+def cached_sha256(path: Path, info: ModelInfo) -> str:
+    """The sha256 of the cached file `path` of `info`, or a note of its size where that is
+    not the registered one: such a file cannot match, and hashing it first took a minute per
+    20 GB (a wrong file of that name in the cache held `models list` and every fetch).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    size = path.stat().st_size
+    if size != info.size_bytes:
+        return f"(not hashed: {size} bytes, {info.size_bytes} registered)"
+    return file_sha256(path)
 
 
 def _cache_write_error(info: ModelInfo, cache: Path, exc: OSError) -> ModelError:
@@ -233,7 +248,7 @@ def fetch_model(
     cache = Path(cache_dir or DEFAULT_MODEL_CACHE_DIR).expanduser()
     dest = cache / info.filename
     if dest.is_file():
-        actual = file_sha256(dest)
+        actual = cached_sha256(dest, info)
         if actual == info.sha256:
             _log.debug("model %s: using cached %s", info.name, dest)
             return dest

@@ -442,7 +442,10 @@ def filter_references(
 
 def yaw_error_deg(a: float, b: float) -> float:
     """Heading difference in degrees, modulo 180 (in [0, 90])."""
-    d = math.degrees(a - b) % 180.0
+    # Each heading is wrapped (exactly) before the difference: a finite yaw far beyond a turn
+    # (1e308 rad, which a detections file may hold) overflowed to inf in degrees, and the
+    # report's yaw error read nan.
+    d = math.degrees(math.remainder(a, math.tau) - math.remainder(b, math.tau)) % 180.0
     return min(d, 180.0 - d)
 
 

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_eval"]
 
+#: The options that tune the matching of detections with references: (flag, namespace
+#: attribute).
+_DETECTION_OPTIONS = (
+    ("--max-distance", "max_distance"),
+    ("--min-iou", "min_iou"),
+    ("--max-range", "max_range"),
+    ("--min-score", "min_score"),
+)
+
 
 def _check_text(path: Path) -> Path:
     """`path` if it is UTF-8 text (JSON Lines); a binary file (an MCAP drive given by mistake)
@@ -84,10 +93,15 @@ def _eval_tracks(args: argparse.Namespace) -> int:
         )
         if value is not None
     ]
+    # The detections' matching options do nothing for tracks, which are matched by the demo's
+    # protocol: ignored without a word, they let a user believe the scores used them.
+    defaults = args.option_defaults  # the parser's (app.cli.with_option_defaults)
+    given += [flag for flag, dest in _DETECTION_OPTIONS if getattr(args, dest) != defaults[dest]]
     if given:
         raise PerceptionError(
             f"--tracks takes no {', '.join(given)}: it scores the tracks of a replay's MCAP "
-            "output against the drive's ground truth (--drive DRIVE.mcap)"
+            "output against the drive's ground truth (--drive DRIVE.mcap), matched as the "
+            "demo matches them"
         )
     if args.drive is None:
         raise PerceptionError(

@@ -53,6 +53,22 @@ def test_tracks_take_no_detections(capsys, replayed: tuple[Path, Path]) -> None:
     assert err.startswith("perception eval: error: --tracks takes no DETECTIONS: ")
 
 
+@pytest.mark.parametrize(
+    "option", [["--max-distance", "3"], ["--min-iou", "0.5"], ["--max-range", "80"],
+               ["--min-score", "0"]],
+)  # fmt: skip
+def test_tracks_refuse_the_detection_matching_options(
+    capsys, replayed: tuple[Path, Path], option: list[str]
+) -> None:
+    """They tune the matching of detections with references; with --tracks they were ignored
+    without a word, and the scores read as if they had been used."""
+    drive, out = replayed
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(drive), *option)
+    assert err.startswith(f"perception eval: error: --tracks takes no {option[0]}: "), err
+    # Left at their defaults they are no mistake.
+    assert main(["eval", "--tracks", str(out), "--drive", str(drive)]) == 0
+
+
 def test_detections_need_their_references(capsys) -> None:
     err = _fails(capsys, "eval", "d.jsonl")
     assert err.startswith("perception eval: error: missing --kitti, --reference: ")

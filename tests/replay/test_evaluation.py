@@ -98,6 +98,18 @@ def test_yaw_error_is_modulo_180_degrees() -> None:
     assert result.matches[0].yaw_error_deg == pytest.approx(0.0, abs=1e-9)
 
 
+def test_yaw_error_of_a_yaw_far_beyond_a_turn_is_a_number() -> None:
+    """A finite yaw of 1e308 rad (a detections file may hold one) overflowed to inf in degrees:
+    `perception eval` reported the frame's yaw error as nan."""
+    for a, b in ((1e308, 0.0), (1e308, -1e308), (-1e308, 0.5), (1e17, 1e17 + 1.0)):
+        expected = math.degrees(math.remainder(a, math.tau) - math.remainder(b, math.tau))
+        expected %= 180.0
+        assert yaw_error_deg(a, b) == pytest.approx(min(expected, 180.0 - expected))
+        assert 0.0 <= yaw_error_deg(a, b) <= 90.0
+    result = match_detections([_det("Car", 10.0, 0.0, yaw=1e308)], [_ref("Car", 10.0, 0.0)])
+    assert math.isfinite(result.matches[0].yaw_error_deg)
+
+
 def test_merge_and_report() -> None:
     a = match_detections([_det("Car", 10.0, 0.0)], [_ref("Car", 10.3, 0.4)])
     b = match_detections([_det("Pedestrian", 5.0, 1.0)], [_ref("Car", 30.0, 0.0)])
