@@ -18,13 +18,15 @@ Needs torch (a training tool; the node runs the export).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from replay.evaluation import (
     merge_results,
     score_frame,
 )
-from replay.output import check_output_dir
+from replay.output import atomic_output, check_output_dir
 from replay.training.fusion_config import FusionTrainConfig
 from replay.training.fusion_data import (
     Detect,
@@ -332,9 +334,10 @@ def _append_metrics(path: Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def _trim_metrics(path: Path, step: int) -> None:
+def _trim_metrics(path: Path, step: int, *, final_step: int | None = None) -> None:
     """Drops records after ``step`` (written by a run that died after its last checkpoint),
-    and a line that is no record (torn by a crash while it was written)."""
+    the validation at ``final_step`` (the end's, which the resumed run logs again), and a line
+    that is no record (torn by a crash while it was written)."""
     if not path.exists():
         return
     kept = []
@@ -343,10 +346,15 @@ def _trim_metrics(path: Path, step: int) -> None:
             record = json.loads(line)
         except ValueError:
             continue
-        at = record.get("step", 0) if isinstance(record, dict) else None
-        if isinstance(at, int | float) and at <= step:
+        if not isinstance(record, dict):
+            continue
+        at = record.get("step", 0)
+        final_val = final_step is not None and at == final_step and record.get("kind") == "val"
+        if isinstance(at, int | float) and at <= step and not final_val:
             kept.append(line)
-    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+    # Replaced whole: a Ctrl-C while it was rewritten in place lost the run's log.
+    with atomic_output(path, "the metrics log") as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
 
 def plot_curves(metrics_path: Path, png_path: Path) -> None:
@@ -379,8 +387,12 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     if axes[1].get_lines():
         axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        # Written whole or not at all (a Ctrl-C mid-write left a torn PNG).
+        with atomic_output(png_path, "the curves") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _unwrapped(net: torch.nn.Module) -> LearnedFusionNet:
@@ -463,28 +475,62 @@ def train(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if ray_address is not None:
         check_ray_address(ray_address)
-    _check_out_dir(out_dir)
-    resumed = _check_resume(out_dir / "checkpoints" / "last.pt", config) if resume else None
-    prepared = _prepare(config, prepare_progress, say, model_cache_dir, prepare_workers)
-    if ray_address is None:
-        return _train_loop(
-            config, prepared, out_dir, resume=resume, state=resumed, progress=progress, say=say
+    _check_out_dir(out_dir, config.model)
+    with _run_lock(out_dir):
+        resumed = _check_resume(out_dir / "checkpoints" / "last.pt", config) if resume else None
+        prepared = _prepare(config, prepare_progress, say, model_cache_dir, prepare_workers)
+        if ray_address is None:
+            return _train_loop(
+                config, prepared, out_dir, resume=resume, state=resumed, progress=progress, say=say
+            )
+        return _train_on_ray(
+            config,
+            prepared,
+            out_dir.resolve(),
+            resume=resume,
+            address=ray_address,
+            workers=workers,
+            say=say,
         )
-    return _train_on_ray(
-        config,
-        prepared,
-        out_dir.resolve(),
-        resume=resume,
-        address=ray_address,
-        workers=workers,
-        say=say,
-    )
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuses a folder that cannot be made or written before anything is prepared (minutes);
-    the folders made to find out are removed again, so that a config whose sources cannot be
-    read still leaves no folder behind."""
+@contextlib.contextmanager
+def _run_lock(out_dir: Path) -> Iterator[None]:
+    """Holds `out_dir` (made when missing) for one run: a second run into the same folder
+    trained beside the first, both appending to one metrics log and replacing each other's
+    checkpoint, until one failed on the other's temporary file. The lock (flock on the folder)
+    goes with the process, however it ends. Folders made here are removed again when the run
+    leaves them empty (it stopped before its first checkpoint).
+
+    Raises:
+        ValueError: another run holds the folder.
+    """
+    made = list(itertools.takewhile(lambda p: not p.exists(), (out_dir, *out_dir.parents)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{out_dir}: another training run is writing into this folder; wait for it to "
+                "end or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+        for folder in made:  # the deepest first; only empty ones go
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _check_out_dir(out_dir: Path, model: LearnedFusionConfig) -> None:
+    """Refuses a folder that cannot be made or written, or that holds something other than a
+    file where a run's file goes (a folder named curves.png failed the run at its end, after
+    the steps), before anything is prepared (minutes); the folders made to find out are removed
+    again, so that a config whose sources cannot be read still leaves no folder behind."""
     made = list(itertools.takewhile(lambda p: not p.exists(), (out_dir, *out_dir.parents)))
     check_output_dir(out_dir, "the training run's folder")
     for folder in made:  # the deepest first
@@ -492,6 +538,12 @@ def _check_out_dir(out_dir: Path) -> None:
             folder.rmdir()
         except OSError:
             break
+    for path in run_files(out_dir, model):
+        if path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "a device, pipe or socket"
+            raise ValueError(
+                f"{path}: is {kind}, where the training run writes a file; move it away"
+            )
 
 
 #: What a checkpoint written by :func:`_train_loop` holds.
@@ -537,11 +589,39 @@ def _check_resume(ckpt_path: Path, config: FusionTrainConfig) -> dict[str, Any]:
         )
     state = _load_checkpoint(ckpt_path)
     if state.get("config") != config.to_dict():
+        # Named, so that the one setting changed (--steps, most often) is seen for what it
+        # is: "another config" alone read as the wrong file given.
+        changed = _config_changes(state.get("config"), config.to_dict())
+        shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
         raise ValueError(
-            f"{ckpt_path}: the checkpoint was trained with another config; "
-            "start a new output folder or train without --resume"
+            f"{ckpt_path}: the checkpoint was trained with another config ({shown}); resume "
+            "with the config it was started with, or start a new output folder"
         )
     return state
+
+
+def _config_changes(was: Any, now: Any, key: str = "") -> list[str]:
+    """Where config `now` differs from config `was` (a checkpoint's), one entry per key:
+    `train.steps: 3 in the checkpoint, 5 now`."""
+    if isinstance(was, Mapping) and isinstance(now, Mapping):
+        changes = []
+        for k in sorted(set(was) | set(now), key=str):
+            at = f"{key}.{k}" if key else str(k)
+            if k not in was:
+                changes.append(f"{at}: not in the checkpoint")
+            elif k not in now:
+                changes.append(f"{at}: only in the checkpoint")
+            else:
+                changes += _config_changes(was[k], now[k], at)
+        return changes
+    if was == now:
+        return []
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 40 else f"{text[:37]}..."
+
+    return [f"{key or 'the config'}: {short(was)} in the checkpoint, {short(now)} now"]
 
 
 def _train_on_ray(
@@ -690,6 +770,7 @@ def _optimise(
         optim, max_lr=config.optim.lr, total_steps=config.optim.steps, pct_start=0.3
     )
     start = 0
+    loss_value = math.nan
     if resume and (state is not None or ckpt_path.exists()):
         # train() refused a damaged checkpoint or one of another config before anything was
         # prepared.
@@ -699,8 +780,12 @@ def _optimise(
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["step"])
+        # The loss of the checkpoint's last step: a run resumed at its end (to finish an export
+        # a Ctrl-C stopped) takes no step, and reported, and wrote as its final loss, nan.
+        loss_value = float(state.get("loss", math.nan))
         if lead:
-            _trim_metrics(metrics_path, start)
+            # The final validation is logged again at the end.
+            _trim_metrics(metrics_path, start, final_step=config.optim.steps)
         say(f"resumed at step {start}")
     elif lead and metrics_path.exists():
         metrics_path.unlink()
@@ -715,6 +800,7 @@ def _optimise(
                     "optimizer": optim.state_dict(),
                     "scheduler": sched.state_dict(),
                     "config": config.to_dict(),
+                    "loss": loss_value,
                 },
                 ckpt_path,
             )
@@ -726,7 +812,6 @@ def _optimise(
         return figures
 
     t0 = time.perf_counter()
-    loss_value = math.nan
     net.train()
     steps = config.optim.steps
     for step in range(start, steps):
@@ -792,5 +877,6 @@ def _optimise(
         "validation": figures,
         "score_thresholds": thresholds,
     }  # fmt: skip
-    (out_dir / "learned_fusion.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    with atomic_output(out_dir / "learned_fusion.yaml", "the export's model config") as tmp:
+        tmp.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
     return TrainResult(steps, seconds, loss_value, figures, onnx_path, ckpt_path)

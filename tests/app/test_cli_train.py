@@ -5,12 +5,17 @@ line also says nothing was). In-process through `main`, on real files."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from app.cli import main
 from tests.app.one_line import fails
 
 torch = pytest.importorskip("torch")
@@ -208,3 +213,76 @@ def test_an_empty_out_is_refused(
         "perception train: error: --out is empty (an unset shell variable?): give it a value"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["cfg.yaml"]
+
+
+def _tiny(tmp_path: Path, steps: int = 2) -> Path:
+    return _config(tmp_path, train={"steps": steps, "threads": 1, "checkpoint_every": 1})
+
+
+def test_resuming_a_finished_run_keeps_its_loss_and_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resumed at its end (to finish an export a Ctrl-C stopped), a run takes no step: it
+    reported loss nan, wrote nan as the final loss over the real one, and logged its final
+    validation twice. Resumed with other --steps, the refusal named no setting ("another
+    config"), so the file looked wrong rather than the option."""
+    config, out = _tiny(tmp_path), tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--quiet"]) == 0
+    first = capsys.readouterr().out
+    meta = yaml.safe_load((out / "learned_fusion.yaml").read_text(encoding="utf-8"))
+    loss = meta["trained"]["final_loss"]
+    log = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    assert main(["train", str(config), "--out", str(out), "--quiet", "--resume"]) == 0
+    again = capsys.readouterr().out
+    assert f"loss {loss:.3f}" in first.splitlines()[0] and f"loss {loss:.3f}" in again, again
+    meta = yaml.safe_load((out / "learned_fusion.yaml").read_text(encoding="utf-8"))
+    assert meta["trained"]["final_loss"] == loss
+    assert (out / "metrics.jsonl").read_text(encoding="utf-8") == log
+    err = _train(capsys, config, out, "--resume", "--steps", "5")
+    assert err.endswith(
+        f"{out / 'checkpoints' / 'last.pt'}: the checkpoint was trained with another config "
+        "(train.steps: 2 in the checkpoint, 5 now); resume with the config it was started "
+        "with, or start a new output folder"
+    ), err
+
+
+def test_a_second_run_into_the_same_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs into one folder trained side by side, appending to one metrics log and
+    replacing each other's checkpoint, until one failed on the other's temporary file
+    (`last.pt.tmp: No such file or directory`)."""
+    config, out = _tiny(tmp_path, steps=100_000), tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "train", str(config), "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "last.pt").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        err = _train(capsys, config, out, "--resume")
+        assert err == (
+            f"perception train: error: {out}: another training run is writing into this "
+            "folder; wait for it to end or choose another --out"
+        )
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 130
+
+
+def test_a_folder_where_a_run_file_goes_is_refused_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder named curves.png (or learned_fusion.onnx) in --out failed the run at its end,
+    after every step."""
+    out = tmp_path / "run"
+    (out / "curves.png").mkdir(parents=True)
+    err = _train(capsys, _tiny(tmp_path), out)
+    assert err == (
+        f"perception train: error: {out / 'curves.png'}: is a folder, where the training run "
+        "writes a file; move it away"
+    )
+    assert [p.name for p in out.iterdir()] == ["curves.png"]
