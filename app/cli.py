@@ -29,6 +29,7 @@ from app.args import (
     rate_hz,
     speed_factor,
 )
+from app.streams import print_anything
 from app.threads import hold_blas_threads, let_openmp_threads_sleep
 from calibration import CalibrationError
 from engines.errors import EngineError
@@ -1057,6 +1058,7 @@ def _empty_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `perception` with `argv` (default: sys.argv); the exit code (see EPILOG)."""
+    print_anything()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
