@@ -299,7 +299,8 @@ def generate_key_pair(folder: Path, name: str, *, overwrite: bool = False) -> tu
     (every client holding the old public key is then refused).
 
     Raises:
-        ValueError: `name` is empty or has characters other than letters, digits, `.`, `_`, `-`.
+        ValueError: `name` is empty, has characters other than letters, digits, `.`, `_`, `-`,
+            or ends with `.key` or `.key_secret`.
         FileExistsError: the pair exists and `overwrite` is false.
         OSError: the folder or the files cannot be written.
     """
@@ -308,6 +309,13 @@ def generate_key_pair(folder: Path, name: str, *, overwrite: bool = False) -> tu
     if not name[0].isalnum():
         # `.` or `..` made the hidden files `..key` and `...key`.
         raise ValueError(f"{name!r}: a key name starts with a letter or a digit")
+    for suffix in (".key", ".key_secret"):
+        if name.endswith(suffix):
+            # `node.key` wrote node.key.key, which no process looking for node.key finds.
+            raise ValueError(
+                f"{name!r}: name the pair without {suffix} ({name.removesuffix(suffix)!r} "
+                f"writes {name.removesuffix(suffix)}.key and .key_secret)"
+            )
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FileExistsError:

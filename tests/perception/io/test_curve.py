@@ -309,6 +309,18 @@ def test_key_names_make_visible_files(tmp_path: Path, name: str) -> None:
     assert not list((tmp_path / "keys").glob("*key*"))
 
 
+@pytest.mark.parametrize(
+    ("name", "suffix"), [("node.key", ".key"), ("node.key_secret", ".key_secret")]
+)
+def test_a_key_name_with_the_files_suffix_is_refused(
+    tmp_path: Path, name: str, suffix: str
+) -> None:
+    """`node.key` wrote node.key.key, which no process looking for node.key finds."""
+    with pytest.raises(ValueError, match=f"name the pair without {suffix} .'node' writes node"):
+        generate_key_pair(tmp_path / "keys", name)
+    assert not list((tmp_path / "keys").glob("*key*"))
+
+
 def test_a_key_libzmq_refuses_leaves_no_authenticator_running(pairs: dict[str, Path]) -> None:
     """The authenticator's thread was started before the key was set: when libzmq refused it,
     the thread kept running and the process hung at exit."""
