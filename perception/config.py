@@ -1077,6 +1077,13 @@ def _validate(cfg: NodeConfig) -> None:
         ),
         (cfg.clocks.max_drift_ppm >= 1, "clocks.max_drift_ppm", "must be >= 1"),
         (
+            # An empty path named the current folder, which the engine then refused as ": is
+            # a folder".
+            bool(cfg.camera_model.path.strip()),
+            "camera_model.path",
+            "must not be empty (an ONNX file or a registered model name)",
+        ),
+        (
             0.0 <= cfg.camera_model.score_threshold <= 1.0,
             "camera_model.score_threshold",
             "must be in [0, 1]",

@@ -157,6 +157,10 @@ def _refused(tmp_path: Path, text: str) -> str:
             "inputs.endpoints[1]: 'tcp://localhost:5556' is outputs.endpoint 'tcp://*:5556' "
             "(the node would listen to itself)",
         ),
+        (
+            "camera_model: {path: '  '}",
+            "camera_model.path: must not be empty (an ONNX file or a registered model name)",
+        ),
         # Numbers YAML reads as text: refused, with why.
         (
             "camera_model: {score_threshold: 1e-1}",
