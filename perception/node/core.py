@@ -46,9 +46,9 @@ jump, once confirmed by the stream's next messages, is counted (`clock_jumps`), 
 the synchroniser forget that stream's old timeline; for the lidar it also resets the "last
 published" mark (a new epoch: bundles of the old timeline are skipped), so a sensor clock that
 steps back, or a publisher restarted with other stamps, never blacks out the output. A sweep
-whose points' offsets claim a span longer than the time since the previous sweep began is a
-stamp fault before its clock is judged (perception.sync.span_gate): such sweeps in a row read as
-a clock jump forward and back.
+whose points' offsets claim a span beyond both the time since the previous sweep began and the
+lidar's usual span is a stamp fault before its clock is judged (perception.sync.span_gate): such
+sweeps in a row read as a clock jump forward and back.
 
 Liveness (perception.sync.liveness, `inputs.rates_hz`): every accepted message tells it its
 stream is alive; a camera silent for `inputs.dead_after_periods` periods is not waited for
@@ -471,7 +471,7 @@ class NodeCore:
         expected = self.clocks.expected_offset_ns(topic, stamp_ns)
         verdict = self.clocks.observe(topic, stamp_ns, receive_ns)
         if isinstance(msg, LidarSweep) and verdict is not Verdict.REJECTED:
-            self._spans.accepted(topic, msg.header.stamp_ns)
+            self._spans.accepted(topic, msg)
         if verdict is Verdict.ACCEPTED:
             return True
         if verdict is Verdict.REJECTED:

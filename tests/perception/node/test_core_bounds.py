@@ -240,6 +240,28 @@ def test_stale_shared_memory_payloads_are_counted_as_such_and_dropped(
     assert core.bundler.stats == SyncStats(), "a stale message reached the synchroniser"
 
 
+def test_sweeps_played_faster_than_recorded_overlap_and_are_all_taken(
+    pipeline: Pipeline, frame: list[Message]
+) -> None:
+    # `perception bench --rate 25` of a 10 Hz drive: sweeps 40 ms apart, each spanning 100 ms,
+    # sent as their last point is due.
+    core = NodeCore(NodeConfig(), pipeline)
+    period = 40_000_000
+    published = 0
+    for i in range(CLOCK_MIN_SWEEPS + 8):
+        stamp = 1_000_000_000 + i * period
+        rig, camera, sweep = restamped(frame, stamp, i)
+        assert isinstance(sweep, LidarSweep)
+        offsets = np.linspace(0, PERIOD_NS, len(sweep.points)).astype(np.int64)
+        sweep = dataclasses.replace(sweep, point_time_offsets_ns=offsets)
+        ready = []
+        for msg in (rig, camera, sweep):
+            ready += core.on_message(msg.header.stream, msg, stamp + PERIOD_NS + 5_000_000)
+        published += core.on_bundles(ready) is not None
+    assert core.counters.stamp_faults == 0 and core.counters.clock_jumps == 0
+    assert published == CLOCK_MIN_SWEEPS + 8
+
+
 def test_sweeps_whose_offsets_claim_a_second_are_dropped_not_read_as_a_clock_jump(
     pipeline: Pipeline, frame: list[Message]
 ) -> None:
