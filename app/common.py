@@ -169,10 +169,23 @@ def check_topic_lengths(topics: Sequence[str]) -> None:
     reconnects and resubscribes for ever, receiving nothing (`echo` and `record` of a topic
     over 64 KiB waited without a word).
 
+    Also refuses a topic that is not UTF-8 text (bytes a shell passed on as they were):
+    topics travel as UTF-8, so no publisher could send it, and subscribing to it failed deep in
+    the transport with a UnicodeEncodeError.
+
     Raises:
-        PerceptionError: naming the topic (its start), its length and the limit.
+        PerceptionError: naming the topic (its start; undecodable bytes escaped), and its length
+            and the limit, or that it is not UTF-8.
     """
     for topic in topics:
+        try:
+            topic.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = topic.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise PerceptionError(
+                f"topic '{shown}': not UTF-8 text; topics travel as UTF-8, so nothing could be "
+                "published on it"
+            ) from None
         size = topic_bytes(topic)
         if size > MAX_TOPIC_BYTES:
             shown = f"{topic[:32]}..." if len(topic) > 32 else topic
