@@ -7,9 +7,11 @@ dropped and counted. A writer thread takes messages off the queue and writes the
 `DriveWriter`. So a slow disk costs counted drops, never a stalled socket.
 
 What can go wrong, and what it costs:
-- one message cannot be decoded: it is counted `undecodable`; one that cannot be written (any
-  exception while writing it) is counted `failed`; the recording goes on, and these are
-  logged at a bounded rate (perception.ratelimit);
+- one message cannot be decoded: it is counted `undecodable` (so is one the subscriber
+  refuses while receiving it: too many frames or bytes, a bad shared-memory descriptor; one
+  whose shared-memory slot was recycled before it was read is counted `dropped`); one that
+  cannot be written (any exception while writing it) is counted `failed`; the recording goes
+  on, and these are logged at a bounded rate (perception.ratelimit);
 - the disk is full (or the file cannot be written at all): the recording stops by itself
   (`stats.error` says why), the drive keeps every chunk written before, and the messages of
   the lost chunk are counted `failed`, those still queued `dropped`;
@@ -26,6 +28,7 @@ the number of messages the drive holds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -34,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from perception.errors import WireError
+from perception.errors import StalePayloadError, WireError
 from perception.io.curve import CurveKeys
 from perception.io.transport import Subscriber
 from perception.msgs import wire
@@ -66,8 +69,10 @@ class RecorderStats:
     """Counts of a recording. `received`: multipart messages taken off the sockets; `written`:
     messages in the drive (in chunks handed to the operating system: a kill now loses none of
     them); `dropped`: received and decoded but never written because the queue was full, or
-    still queued when the recording stopped; `undecodable`: messages the wire decoder
-    rejected; `failed`: messages the writer could not write (the message itself, or a storage
+    still queued when the recording stopped (or, sent in shared memory, recycled by their
+    publisher before they were read); `undecodable`: messages the wire decoder rejected, and
+    those the subscriber refused while receiving them (above its frame or byte limits);
+    `failed`: messages the writer could not write (the message itself, or a storage
     failure that lost the chunk holding it); `bytes`: bytes received (all frames); `error`:
     why the recording stopped by itself (storage or transport failure), None when it ran until
     stopped. Messages still queued or in the chunk being filled count in `received` only, so
@@ -153,8 +158,17 @@ class Recorder:
             for where, group in groups.items():
                 # Copies: a message waits in the queue for the disk longer than a publisher's
                 # shared-memory ring holds it (perception.io.shm).
+                # Refused while receiving (too many frames or bytes): received all the same,
+                # and counted, or a flood of them was recorded as "nothing arrived".
                 self._subscribers.append(
-                    Subscriber(where, group, hwm=hwm, curve=curve, shm_copy=True)
+                    Subscriber(
+                        where,
+                        group,
+                        hwm=hwm,
+                        curve=curve,
+                        shm_copy=True,
+                        on_refused=functools.partial(self._refused, RateLimitedLogger(log)),
+                    )
                 )
             self._writer = DriveWriter(
                 self.out_path, compression=compression, chunk_size=chunk_size
@@ -266,6 +280,18 @@ class Recorder:
                 self._receive_one([f.buffer for f in frames], bad)
             except Exception as e:  # a fault of one message must not end the thread
                 bad.warning("receiver", f"{self.out_path}: message lost in the receiver: {e!r}")
+
+    def _refused(self, bad: RateLimitedLogger, error: WireError) -> None:
+        """A message the subscriber dropped while receiving it (on the receiver's thread)."""
+        stale = isinstance(error, StalePayloadError)
+        with self._lock:
+            self._received += 1
+            if stale:  # the receiver fell behind its publisher's ring: a drop, not a fault
+                self._dropped += 1
+            else:
+                self._undecodable += 1
+        what = "dropped" if stale else "refused"
+        bad.warning(f"{what}:{error.stream}", f"{self.out_path}: message {what}: {error}")
 
     def _receive_one(self, buffers: list[memoryview], bad: RateLimitedLogger) -> None:
         log_time_ns = time.time_ns()
@@ -391,10 +417,12 @@ class Recorder:
             except queue.Empty:
                 break
             left += 1
-        for receiver, subscriber in zip(self._receivers, self._subscribers, strict=True):
-            if not receiver.is_alive():
-                subscriber.close()
-        if not self._receivers:
+        if self._receivers:
+            for receiver, subscriber in zip(self._receivers, self._subscribers, strict=True):
+                if not receiver.is_alive():
+                    subscriber.close()
+        else:
+            # Never started: no receiver owns the sockets (zipped with none, they raised).
             for subscriber in self._subscribers:
                 subscriber.close()
         error = None

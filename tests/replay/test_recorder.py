@@ -313,3 +313,41 @@ def test_a_stop_timeout_shorter_than_a_poll_still_stops_the_receivers(
     assert recorder.stats.error is None
     assert not any(r.is_alive() for r in recorder._receivers)
     assert_counts_add_up(recorder.stats, out)
+
+
+def test_messages_refused_while_receiving_are_counted(tmp_path: Path) -> None:
+    """A publisher sending messages of too many frames, or too many bytes, had them refused by
+    the subscriber before the recorder saw them: the summary said "0 received" and "nothing
+    arrived; is anything publishing?" while it was flooded. Each is received and undecodable."""
+    endpoint = f"ipc://{tmp_path}/sock/refused"
+    out = tmp_path / "refused.mcap"
+    with Publisher(endpoint, hwm=10_000) as pub:
+        recorder = Recorder([endpoint], ["gnss"], out, hwm=10_000)
+        recorder.start()
+        time.sleep(0.5)  # subscriptions reach the publisher (ZeroMQ slow joiner)
+        pub.send(_fix(0))
+        for _ in range(3):
+            pub.socket.send_multipart([b"gnss"] + [b"x"] * 20)  # above max_frames
+        big = b"y" * (20 * 1024 * 1024)  # each frame within the limit, the message above it
+        pub.socket.send_multipart([b"gnss", b"h", big, big])
+        pub.send(_fix(1))
+        _wait(lambda: recorder.stats.received >= 6)
+        recorder.close()
+    s = recorder.stats
+    assert (s.received, s.written, s.undecodable, s.dropped, s.failed) == (6, 2, 4, 0, 0)
+    assert_counts_add_up(s, out)
+    assert [r.message.header.seq for r in DriveReader(out).messages()] == [0, 1]
+
+
+def test_a_recorder_closed_before_it_started_closes_its_sockets(tmp_path: Path) -> None:
+    """`close` never raises, the docstring says; before `start` it raised ValueError (its
+    sockets zipped with the receivers, which did not exist yet), leaving the sockets open."""
+    endpoint = f"ipc://{tmp_path}/sock/unstarted"
+    out = tmp_path / "unstarted.mcap"
+    with Publisher(endpoint, hwm=10_000):
+        recorder = Recorder([endpoint], ["gnss", "rig"], out)
+        recorder.close()
+    assert recorder.stats == RecorderStats(arrived=(("gnss", 0), ("rig", 0)))
+    assert not DriveReader(out).truncated
+    with pytest.raises(Exception, match="closed"):
+        recorder._subscribers[0].recv(0)
