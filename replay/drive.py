@@ -56,14 +56,18 @@ set), read up to the record its end cuts; a file whose summary section fails its
 outside the data (a logged warning: a damaged index would cost intact chunks); a complete file
 written without a summary. There a damaged record whose framing (opcode, length) is intact costs
 its own contents only (a chunk's messages, reported as above, counted from the message indexes
-that follow it), and the read goes on with the next; only a length that runs past the end of
-the file ends it. A damaged metadata record costs that record: `DriveReader.metadata` names it
-when asked for it, and the rig is then taken from the drive's first `RigMessage`.
+that follow it), and the read goes on with the next. A length that runs past the end of the
+file (a damaged length field, bytes cut out of the middle) is passed over to the next intact
+chunk header found after it (the bytes between are reported as damaged, how many messages they
+held unknown); only where none follows does it end the read (a truncated file's cut). A
+damaged metadata record costs that record: `DriveReader.metadata` names it when asked for it,
+and the rig is then taken from the drive's first `RigMessage`.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import heapq
 import io
 import json
@@ -113,6 +117,8 @@ __all__ = [
     "DriveReader",
     "DriveWriter",
     "RecordedMessage",
+    "being_written",
+    "check_not_being_written",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,6 +218,11 @@ _SUMMARY_OPCODES = frozenset(
     }
 )
 _REORDER_WINDOW = 4096  # messages held to restore log-time order in a linear (truncated) scan
+#: A chunk record's fixed start: opcode, length, message start and end time, uncompressed size
+#: and CRC, and the length of its compression's name (then the name, then the records' length).
+_CHUNK_HEAD = struct.Struct("<BQQQQII")
+_CHUNK_COMPRESSIONS = (b"", b"lz4", b"zstd")
+_RESYNC_BLOCK = 1 << 20  # bytes searched at a time for the next chunk after damaged framing
 # What `DriveReader._warn_once` has logged: (what, file, size, modification time).
 _WARNED: set[tuple[str, str, int, int]] = set()
 
@@ -244,7 +255,18 @@ class _UnbufferedFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        # Locked before it is emptied: two recorders given one new file both wrote it in
+        # place, each truncating and interleaving the other's chunks.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            if not _lock(fd, fcntl.LOCK_EX):
+                raise _being_written_error(path)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -269,6 +291,51 @@ class _UnbufferedFile:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+
+
+def _lock(fd: int, kind: int) -> bool:
+    """Takes the advisory lock `kind` (fcntl.LOCK_EX, LOCK_SH) on `fd` without waiting; False
+    when another process holds a conflicting one. A file system without locks (some network
+    ones) counts as unlocked: the lock guards against a mistake, it is not needed to write."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _being_written_error(path: Path) -> ReplayError:
+    return ReplayError(
+        f"{path}: is being written by another process (a recorder, an import); choose another "
+        "file, or stop that one first"
+    )
+
+
+def check_not_being_written(path: Path) -> None:
+    """Refuses to replace the drive at `path` while a `DriveWriter` writes it (`being_written`).
+
+    Raises:
+        ReplayError: naming the path.
+    """
+    if being_written(path):
+        raise _being_written_error(path)
+
+
+def being_written(path: Path) -> bool:
+    """Whether a `DriveWriter` (of any process) is writing the drive at `path` now: replacing
+    it (`--overwrite`) would leave that writer writing a file no name leads to, all it
+    records lost. False for a path that cannot be opened (missing, unreadable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        # A shared lock conflicts only with a writer's exclusive one; released at close.
+        return not _lock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)
 
 
 class DriveWriter(Closeable):
@@ -908,9 +975,17 @@ class DriveReader:
             else:
                 opcode, length, end = -1, -1, size + 1
             if end > size:
-                if not in_summary:
+                if in_summary:
+                    return
+                # A damaged length (or bytes cut out): the chunks after it are intact, and
+                # found by their headers; ending the read here lost them without a count.
+                resume = _next_chunk(f, pos + 1, size)
+                if resume is None:
                     yield from self._cut(pos, opcode, length, size)
-                return
+                    return
+                yield self._skipped(pos, opcode, length, size, resume)
+                pos = resume
+                continue
             start, pos = pos, end
             if opcode == Opcode.FOOTER and end + len(_MAGIC) == size:
                 return
@@ -944,6 +1019,27 @@ class DriveReader:
                     yield record
             except Exception as e:  # the libraries raise assorted errors on damaged bytes
                 yield _DamagedRecord(start, end, opcode, _why(e), _metadata_name(opcode, body))
+
+    def _skipped(
+        self, pos: int, opcode: int, length: int, size: int, resume: int
+    ) -> _DamagedRecord:
+        """The bytes from a record whose length runs past the end of the file (at `pos`) to
+        the next chunk (at `resume`), as a damaged record (`_linear_records`)."""
+        if length < 0:
+            what = f"the record at byte {pos} is cut short"
+        else:
+            what = (
+                f"the {_record_kind(opcode)} at byte {pos} claims {length} bytes, "
+                f"{size - pos - _RECORD_PREFIX.size} remain"
+            )
+        return _DamagedRecord(
+            pos,
+            resume,
+            opcode,
+            f"a damaged record length ({what}): the {resume - pos} bytes up to the next chunk "
+            f"(at byte {resume}) cannot be read",
+            framing=True,
+        )
 
     def _cut(self, pos: int, opcode: int, length: int, size: int) -> Iterator[_DamagedRecord]:
         """The end of a read from start to end at a record running past the end of the file
@@ -1307,6 +1403,51 @@ def _lost(
     return DamagedDriveError(
         f"{where}: {total} message(s) lost" + (f" ({detail})" if detail else ""), total
     )
+
+
+def _next_chunk(f: IO[bytes], start: int, size: int) -> int | None:
+    """The offset of the first chunk record at or after `start` whose header is intact (its
+    length within the file, its compression one MCAP names, its records' length what the
+    rest of the record holds), None where there is none. A chance match inside compressed
+    data would need all of those to agree."""
+    # A header is at most this long: its fixed start, "zstd" and the records' length (u64).
+    head = _CHUNK_HEAD.size + 4 + 8
+    block_start = start
+    while block_start < size:
+        f.seek(block_start, io.SEEK_SET)
+        block = f.read(_RESYNC_BLOCK + head)
+        if not block:
+            return None
+        i = block.find(b"\x06")
+        # Candidates in the block's first _RESYNC_BLOCK bytes; the next block overlaps the rest.
+        while 0 <= i < _RESYNC_BLOCK:
+            if _is_chunk_head(block, i, block_start + i, size):
+                return block_start + i
+            i = block.find(b"\x06", i + 1)
+        block_start += _RESYNC_BLOCK
+    return None
+
+
+def _is_chunk_head(block: bytes, i: int, offset: int, size: int) -> bool:
+    """Whether an intact chunk record's header starts at `block[i]` (at `offset` in a file
+    of `size` bytes)."""
+    if i + _CHUNK_HEAD.size > len(block):
+        return False
+    opcode, length, start_ns, end_ns, _usize, _crc, name_len = _CHUNK_HEAD.unpack_from(block, i)
+    if (
+        opcode != Opcode.CHUNK
+        or offset + _RECORD_PREFIX.size + length > size
+        or start_ns > end_ns
+        or name_len > 4
+    ):
+        return False
+    name_at = i + _CHUNK_HEAD.size
+    if name_at + name_len + 8 > len(block):
+        return False
+    if block[name_at : name_at + name_len] not in _CHUNK_COMPRESSIONS:
+        return False
+    (records_len,) = struct.unpack_from("<Q", block, name_at + name_len)
+    return bool(records_len == length - (_CHUNK_HEAD.size - _RECORD_PREFIX.size + name_len + 8))
 
 
 def _why(e: BaseException) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from app.common import Stages, not_for
 from perception.msgs.schema import ALTITUDE_RANGE_M
 from replay.datasets.importers import ImportStats, import_kitti_object, import_kitti_raw
+from replay.drive import check_not_being_written
 from replay.errors import ReplayError
 from replay.output import OutputError, check_not_an_input, check_output_file
 
@@ -87,6 +88,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise OutputError(
                 f"{out}: is a file of the folder being imported; --out must be another file"
             )
+        # Replaced, the recorder writing it would go on writing a file no name leads to.
+        check_not_being_written(out)
         if not args.overwrite:
             raise OutputError(f"{out}: exists; give --overwrite to replace it, or another --out")
     with Stages("msg", args.quiet, {"import": f"importing {source.name}"}) as stages:

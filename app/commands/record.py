@@ -19,6 +19,7 @@ from app.common import (
 from perception.errors import PerceptionError
 from perception.io.curve import curve_keys_for
 from perception.io.runtime import resolve_endpoint
+from replay.drive import check_not_being_written
 from replay.output import OutputError, atomic_output, check_output_file
 from replay.recorder import Recorder, RecorderStats
 
@@ -35,6 +36,8 @@ def _drive_path(out: Path, overwrite: bool) -> Iterator[Path]:
     if not out.exists():
         yield out
         return
+    # Replaced, the recorder writing it would go on writing a file no name leads to.
+    check_not_being_written(out)
     if not overwrite:
         raise OutputError(f"{out}: exists; give --overwrite to replace it, or another --out")
     with atomic_output(out, "--out") as tmp:

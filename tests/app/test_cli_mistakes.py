@@ -17,6 +17,7 @@ from perception.io.transport import MAX_TOPIC_BYTES, Publisher, Subscriber
 from perception.msgs.types import DetectionList, Diagnostics, Header
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
+from replay.recorder import Recorder
 from replay.synth.world import generate_drive, ground_truth_path
 from tests.app.one_line import fails as _fails
 from tests.calibration.test_images import png_header
@@ -719,3 +720,50 @@ def test_a_topic_too_long_to_subscribe_to_is_refused(capsys, tmp_path: Path) -> 
     err = _fails(capsys, "record", "lidar", "é" * 32769, "--endpoint", endpoint, "--out", str(out))
     assert err.startswith(f"perception record: error: topic '{'é' * 32}...' is 65538 bytes long")
     assert not out.exists()
+
+
+def test_a_topic_that_is_not_utf8_is_refused(capsys, tmp_path: Path) -> None:
+    """A topic of bytes that are not UTF-8 (`$(printf 'li\\xffdar')`: Python holds them as
+    surrogates) ended `echo` and `record` in a UnicodeEncodeError from the transport's
+    subscribe, exit 1 "a bug". Topics travel as UTF-8: nothing could be published on it."""
+    endpoint = f"ipc://{tmp_path}/p"
+    topic = b"li\xffdar".decode("utf-8", "surrogateescape")
+    err = _fails(capsys, "echo", topic, "--endpoint", endpoint)
+    assert err == (
+        "perception echo: error: topic 'li\\xffdar': not UTF-8 text; topics travel as UTF-8, so "
+        "nothing could be published on it"
+    )
+    out = tmp_path / "r.mcap"
+    err = _fails(capsys, "record", "gnss", topic, "--endpoint", endpoint, "--out", str(out))
+    assert err.startswith("perception record: error: topic 'li\\xffdar': not UTF-8 text")
+    assert not out.exists()
+
+
+def test_a_drive_being_recorded_is_not_replaced(capsys, tmp_path: Path) -> None:
+    """A second `record --overwrite` (or `import --overwrite`) of the drive a recorder was
+    writing replaced it when it finished: the first recorder went on writing a file no name
+    led to, and said "131 written" of a drive that held none of them."""
+    endpoint = f"ipc://{tmp_path}/p"
+    out = tmp_path / "drive.mcap"
+    source = tmp_path / "kitti"
+    source.mkdir()
+    with Publisher(endpoint, bind=True):
+        recorder = Recorder([endpoint], ["gnss"], out)
+        recorder.start()
+        try:
+            err = _fails(capsys, "record", "gnss", "--endpoint", endpoint, "--out", str(out),
+                         "--overwrite")  # fmt: skip
+            assert err == (
+                f"perception record: error: {out}: is being written by another process (a "
+                "recorder, an import); choose another file, or stop that one first"
+            )
+            err = _fails(capsys, "import", "kitti-object", str(source), "--out", str(out),
+                         "--overwrite")  # fmt: skip
+            assert err.startswith(f"perception import: error: {out}: is being written by another")
+        finally:
+            recorder.close()
+    assert not DriveReader(out).truncated  # the first recorder's drive, finished
+    # Finished, it is a drive like any other.
+    assert main(["import", "kitti-object", str(source), "--out", str(out), "--overwrite",
+                 "--quiet"]) == 2  # fmt: skip
+    assert "not a KITTI object folder" in capsys.readouterr().err

@@ -44,6 +44,7 @@ from replay.drive import (
     RIG_METADATA,
     DriveReader,
     DriveWriter,
+    being_written,
 )
 from replay.errors import ReplayError
 from tests.perception.msgs.strategies import SETTINGS, messages
@@ -586,3 +587,24 @@ def test_damaged_rig_metadata_and_ground_truth_are_named(tmp_path: Path) -> None
         f"{path}: ground_truth at log time 8: malformed ground truth (arrays and objects "
         "nested too deeply)"
     )
+
+
+def test_two_writers_of_one_drive(tmp_path: Path) -> None:
+    """Two recorders given one new file both wrote it in place, each truncating and
+    interleaving the other's chunks: the second writer is refused, and the first one's drive is
+    left as it was."""
+    path = tmp_path / "one.mcap"
+    fix = GnssFix(Header("gnss", 0, 1_000, "gnss"), 49.0, 8.4, 100.0)
+    with DriveWriter(path) as first:
+        first.write(fix, 1_000)
+        first.flush()
+        size = path.stat().st_size
+        assert being_written(path)
+        with pytest.raises(ReplayError, match="is being written by another process"):
+            DriveWriter(path)
+        assert path.stat().st_size == size  # not emptied by the refused writer
+    assert not being_written(path)
+    assert [r.message.header.seq for r in DriveReader(path).messages()] == [0]
+    with DriveWriter(path):  # finished: written anew
+        pass
+    assert list(DriveReader(path).messages()) == []

@@ -160,37 +160,59 @@ def test_a_damaged_chunk_in_a_cut_drive_costs_its_own_messages(tmp_path: Path) -
         list(DriveReader(path).messages())
 
 
-def test_a_length_past_the_end_ends_the_read_without_allocating_it(
+def test_a_length_past_the_end_is_read_past_to_the_next_chunk_without_allocating_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A damaged length field running past the end of a cut drive ended the read there, with
+    no error and a warning that the data "ends in an incomplete record": every intact chunk
+    after it was lost, uncounted (a killed recording of an hour lost all but its first minutes
+    to one damaged length). The read goes on at the next chunk, and the damage is reported."""
     data = bytearray(small_drive(tmp_path / "full.mcap").read_bytes())
     data_end = _data_end(bytes(data))
     start, _end = _records(bytes(data), 0x06)[3]  # fix 2
+    next_chunk = _records(bytes(data), 0x06)[4][0]
     data[start + 1 : start + 9] = struct.pack("<Q", 1 << 62)
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(bytes(data[:data_end]))
     with caplog.at_level(logging.WARNING, logger="replay.drive"):
         reader = DriveReader(cut)
-        assert _gnss(reader) == (ALL[:2], [])
+        lats, errors = _gnss(reader)
     assert reader.truncated
-    assert f"{cut}: drive data ends in an incomplete record (the chunk record at byte {start} " in (
-        caplog.text
+    assert lats == ALL[:2] + ALL[3:]
+    (error,) = errors
+    assert isinstance(error, DamagedDriveError) and error.messages_lost == 1
+    assert str(error) == (
+        f"{cut}: a damaged record length (the chunk record at byte {start} claims {1 << 62} "
+        f"bytes, {data_end - start - 9} remain): the {next_chunk - start} bytes up to the next "
+        f"chunk (at byte {next_chunk}) cannot be read; how many messages they held is unknown"
     )
+    assert "ends in an incomplete record" not in caplog.text
     # A complete file: its index says where each chunk lies, so the damage costs one chunk.
     complete = tmp_path / "complete.mcap"
     complete.write_bytes(bytes(data))
     lats, errors = _gnss(DriveReader(complete))
     assert lats == ALL[:2] + ALL[3:]
     assert len(errors) == 1 and isinstance(errors[0], DamagedDriveError)
-    # A complete file without an index: no cut, but a damaged length, reported as such.
+    # A complete file without an index: the same read past the damaged length.
     unindexed = tmp_path / "unindexed.mcap"
     unindexed.write_bytes(_without_summary(bytes(data), data_end))
     lats, errors = _gnss(DriveReader(unindexed))
-    assert lats == ALL[:2]
+    assert lats == ALL[:2] + ALL[3:]
     (error,) = errors
     assert str(error).startswith(
         f"{unindexed}: a damaged record length (the chunk record at byte {start} claims "
         f"{1 << 62} bytes, "
+    )
+    # The last chunk's length damaged: nothing follows it, so that is where the read ends.
+    data = bytearray(small_drive(tmp_path / "full.mcap").read_bytes())
+    last, _end = _records(bytes(data), 0x06)[-1]
+    data[last + 1 : last + 9] = struct.pack("<Q", 1 << 62)
+    cut.write_bytes(bytes(data[:data_end]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="replay.drive"):
+        assert _gnss(DriveReader(cut)) == (ALL[:-1], [])
+    assert f"{cut}: drive data ends in an incomplete record (the chunk record at byte {last} " in (
+        caplog.text
     )
 
 
