@@ -84,6 +84,7 @@ __all__ = [
     "apply_correction",
     "corrected_rig",
     "is_drift",
+    "no_evidence_text",
     "object_mask",
     "skip_text",
 ]
@@ -469,6 +470,23 @@ class CalibrationEstimate:
     structure_share: float = math.nan
 
 
+def no_evidence_text(estimate: CalibrationEstimate, config: MonitorConfig) -> str:
+    """Why a window with `estimate` (its `score` the MI it pooled at the centre) holds no
+    evidence to judge by: too little above the ground (``min_structure_share``), or no more MI
+    than unrelated data (``min_information_nats``)."""
+    if estimate.structure_share < config.min_structure_share:
+        return (
+            f"{estimate.structure_share:.1%} of the points in view stand above the ground "
+            f"(needed: {config.min_structure_share:.0%}): the road and what moves on it cannot "
+            "check a rig"
+        )
+    return (
+        f"the frames pool {estimate.score:.3f} nats of lidar-camera mutual information, no more "
+        f"than unrelated data would (needed: {config.min_information_nats:g} and twice the "
+        "estimator's bias): the camera sees nothing the lidar sees"
+    )
+
+
 def _mutual_information(joint: npt.ArrayLike) -> FloatArray:
     """The mutual information (nats) of each joint histogram in ``joint`` (... x B x B)."""
     counts = np.asarray(joint, dtype=np.float64)
@@ -579,6 +597,7 @@ class CalibrationMonitor:
         self._beyond = 0
         self._within = 0
         self._estimate = CalibrationEstimate(MonitorState.COLLECTING)
+        self._unjudged = False
         self._prior = 0.0
         # The prior's shape: the same pull on every axis (in steps), and a strong one on a
         # translation along the camera's optical axis, which changes the projection so little
@@ -689,6 +708,7 @@ class CalibrationMonitor:
         if len(self._window) >= cfg.min_frames and self._since_eval >= cfg.evaluate_every:
             self._since_eval = 0
             information, enough = self._information()
+            self._unjudged = not enough
             if enough:
                 self._decide(self.search())
                 return True
@@ -697,6 +717,12 @@ class CalibrationMonitor:
             )
         self._estimate = replace(self._estimate, frames=self._frames, skipped=self._skipped)
         return True
+
+    @property
+    def unjudged(self) -> bool:
+        """Whether the last evaluation of the window found no evidence to judge by (see
+        `no_evidence_text`): the verdict stays as it was."""
+        return self._unjudged
 
     def information(self) -> float:
         """The MI (nats) the window's frames pool at the search's centre: the evidence there is

@@ -219,7 +219,11 @@ def _correction_text(v: Any) -> str:
 
 def _verdict_line(v: Any, monitor: Any) -> str:
     """One camera's verdict; `monitor`: the monitor's config (calibration.monitor.MonitorConfig)."""
-    from calibration.monitor import MonitorState, skip_text  # noqa: PLC0415 - heavy imports
+    from calibration.monitor import (  # noqa: PLC0415 - heavy imports
+        MonitorState,
+        no_evidence_text,
+        skip_text,
+    )
 
     e = v.estimate
     c = e.correction
@@ -228,18 +232,10 @@ def _verdict_line(v: Any, monitor: Any) -> str:
     skipped = f"{e.skipped} skipped" + (f": {why}" if why else "")
     if e.state == MonitorState.COLLECTING and e.frames == 0:
         return f"camera {v.camera}: NO VERDICT: every frame skipped ({skipped})"
-    if e.state == MonitorState.COLLECTING and e.structure_share < monitor.min_structure_share:
-        return (
-            f"camera {v.camera}: NO VERDICT over {e.frames} frames ({skipped}): "
-            f"{e.structure_share:.1%} of their points stand above the ground (needed: "
-            f"{monitor.min_structure_share:.0%}): the road and what moves on it cannot check a rig"
-        )
     if e.state == MonitorState.COLLECTING:
         return (
-            f"camera {v.camera}: NO VERDICT over {e.frames} frames ({skipped}): they "
-            f"pool {e.score:.3f} nats of lidar-camera mutual information, no more than unrelated "
-            f"data would (needed: {monitor.min_information_nats:g} and twice the estimator's "
-            "bias): the camera sees nothing the lidar sees"
+            f"camera {v.camera}: NO VERDICT over {e.frames} frames ({skipped}): "
+            f"{no_evidence_text(e, monitor)}"
         )
 
     def pm(values: Any, scale: float, digits: int) -> str:

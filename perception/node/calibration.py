@@ -30,6 +30,7 @@ from calibration.monitor import (
     Correction,
     MonitorState,
     apply_correction,
+    no_evidence_text,
     skip_text,
 )
 from calibration.rig import VEHICLE_FRAME, camera_frame
@@ -204,10 +205,20 @@ class CalibrationWatch:
             for name, entry in sorted(self._cameras.items())
         )
         blind = {name: _blind(entry.monitor) for name, entry in sorted(self._cameras.items())}
-        self._notes = drift_notes(self._statuses) + tuple(
-            blind_note(name, why)
-            for name, why in blind.items()
-            if sum(why.values()) >= BLIND_AFTER_FRAMES
+        self._notes = (
+            drift_notes(self._statuses)
+            + tuple(
+                blind_note(name, why)
+                for name, why in blind.items()
+                if sum(why.values()) >= BLIND_AFTER_FRAMES
+            )
+            + tuple(
+                # Frames used, but together no evidence: the verdict is held, not renewed.
+                f"calibration: camera {name} not checked: "
+                f"{no_evidence_text(entry.monitor.estimate(), entry.monitor.config)}"
+                for name, entry in sorted(self._cameras.items())
+                if entry.monitor.unjudged and sum(blind[name].values()) < BLIND_AFTER_FRAMES
+            )
         )
 
     def _travel(self, frame: StepFrame) -> float | None:

@@ -150,7 +150,7 @@ def test_calib_check_of_a_simple_world_drive_says_it_does_not_check_the_rig(
     assert code == 4, out
     # The monitor itself sees that nothing stands beside the road (min_structure_share).
     assert "camera front: NO VERDICT over 10 frames (0 skipped): " in out
-    assert "of their points stand above the ground (needed: 5%)" in out
+    assert "of the points in view stand above the ground (needed: 5%)" in out
     verdict = out.index("camera front: ")
     assert verdict < out.index("(the simple world has no static structure beside the road, so")
     assert f"no rig written to {refined}: this drive cannot check the rig" in out

@@ -5,6 +5,7 @@ its failures counted and survived."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -172,6 +173,23 @@ def test_a_lidar_without_intensity_is_noted_as_not_checked(
     for d in diagnostics:  # noted exactly once 10 frames in a row held nothing
         skipped = d.calibration[0].skipped if d.calibration else 0
         assert any("not checked" in n for n in d.notes) == (skipped >= BLIND_AFTER_FRAMES)
+
+
+def test_a_road_with_nothing_beside_it_is_noted_as_not_checked(
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """The simple world: frames are used (they have points, contrast, motion), but together
+    hold too little above the ground to check a rig; the state stays collecting, and the
+    diagnostics say the camera is not being checked, and why."""
+    _, diagnostics = _run(synth_drive(2, 2.0), _config())
+    (status,) = diagnostics[-1].calibration
+    assert status.state == "collecting" and status.frames == 20
+    (note,) = [n for n in diagnostics[-1].notes if "not checked" in n]
+    assert note.startswith("calibration: camera front not checked: ")
+    assert note.endswith(
+        "of the points in view stand above the ground (needed: 5%): the road and what moves "
+        "on it cannot check a rig"
+    )
 
 
 def test_a_failing_monitor_is_counted_and_the_node_goes_on(rich_drive: Path) -> None:
