@@ -58,9 +58,18 @@ def check_drive_path(path: Path) -> Path:
     return path
 
 
-def stop_on_signals() -> threading.Event:
+class StopEvent(threading.Event):
+    """A `threading.Event` set by a signal; `signum`, the first signal that set it (None
+    before), so that a command ends with 128 + that signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: int | None = None
+
+
+def stop_on_signals() -> StopEvent:
     """An event set by SIGINT or SIGTERM (the commands finish their files, then stop)."""
-    stop = threading.Event()
+    stop = StopEvent()
     # The handler runs on the main thread between two of its bytecodes, possibly while that
     # thread holds the event's lock (inside `stop.wait`, or inside an earlier handler's
     # `stop.set` when two signals come at once, as `timeout` sends them to the process and its
@@ -71,7 +80,8 @@ def stop_on_signals() -> threading.Event:
 
     def relay() -> None:
         try:
-            os.read(read_fd, 1)
+            received = os.read(read_fd, 1)
+            stop.signum = received[0] if received else None
         finally:
             stop.set()
 
@@ -79,7 +89,7 @@ def stop_on_signals() -> threading.Event:
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         with contextlib.suppress(OSError):  # the pipe full: the event is being set already
-            os.write(write_fd, b"\0")
+            os.write(write_fd, bytes([signum]))
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -39,3 +40,31 @@ def test_a_signal_while_the_stop_events_lock_is_held_stops_the_command() -> None
         raise AssertionError("the signal handler deadlocked on the stop event's lock") from None
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
+
+
+_WHICH_SIGNAL = textwrap.dedent(
+    """
+    import os, signal
+    from app.common import stop_on_signals
+
+    stop = stop_on_signals()
+    print(stop.signum)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.wait(10)
+    print(stop.signum)
+    """
+)
+
+
+def test_the_stop_event_says_which_signal_came_first() -> None:
+    # A bench stopped by SIGTERM ended with SIGINT's 130: the event said that one came only.
+    done = subprocess.run(
+        [sys.executable, "-c", _WHICH_SIGNAL],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", str(int(signal.SIGTERM))]
