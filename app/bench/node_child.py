@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,34 @@ from perception.msgs.types import DetectionList, Diagnostics
 
 __all__ = ["Answer", "Collector", "NodeChild", "UsageSampler"]
 
+#: Runs `python ARGS...` (argv[2:]) in a process the kernel sends SIGTERM when the process
+#: that started it (argv[1], its pid) ends, however it ends: PR_SET_PDEATHSIG, which outlives
+#: the exec. A bench killed by SIGKILL (the OOM killer, a cancelled CI job, `kill -9`) left its
+#: node running for ever, holding a core and its sockets; SIGTERM stops the node cleanly.
+_ORPHAN_STOPPED = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"  # 1: PR_SET_PDEATHSIG
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(0)\n"  # the bench died before the prctl: no one to serve
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
+def _node_command(config_path: Path) -> list[str]:
+    """The command line of the node child (on Linux, through `_ORPHAN_STOPPED`)."""
+    node = ["-m", "app.cli", "run", "--config", str(config_path)]
+    if sys.platform != "linux":
+        return [sys.executable, *node]
+    return [sys.executable, "-c", _ORPHAN_STOPPED, str(os.getpid()), *node]
+
 
 class NodeChild(Closeable):
     """`perception run --config CONFIG` as a child process. Its output is kept (the last
     lines, for error messages), and all of it written to `log_path` when given (its warnings:
     dropped messages, clock jumps, refused settings). `close` (also on leaving the `with`
-    block, whatever happened) stops it: SIGINT, then SIGKILL after `stop_timeout_s`."""
+    block, whatever happened) stops it: SIGINT, then SIGKILL after `stop_timeout_s`. On Linux
+    it also stops (SIGTERM) when the thread that started it ends, the bench killed included:
+    start it on the main thread."""
 
     def __init__(
         self, config_path: Path, stop_timeout_s: float = 10.0, log_path: Path | None = None
@@ -49,7 +71,7 @@ class NodeChild(Closeable):
         self.output: collections.deque[str] = collections.deque(maxlen=30)
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "run", "--config", str(config_path)],
+            _node_command(config_path),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -220,9 +242,15 @@ class Collector(Closeable):
         return sorted(out, key=lambda item: item[0])
 
     def diagnostics_after(
-        self, stamp_ns: int, timeout_s: float, stop: threading.Event
+        self,
+        stamp_ns: int,
+        timeout_s: float,
+        stop: threading.Event,
+        alive: Callable[[], None] | None = None,
     ) -> dict[str, Any] | None:
-        """The first diagnostics frame stamped after `stamp_ns` (waits up to `timeout_s`)."""
+        """The first diagnostics frame stamped after `stamp_ns` (waits up to `timeout_s`,
+        calling `alive` between polls: it raises when the publisher is gone, e.g.
+        `NodeChild.check_alive`)."""
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
@@ -233,6 +261,8 @@ class Collector(Closeable):
                 return None
             if stop.wait(0.05):
                 raise BenchInterruptedError("interrupted")
+            if alive is not None:
+                alive()
 
 
 class UsageSampler:

@@ -30,7 +30,18 @@ from app.bench.stats import (
 from perception.pipeline.timing import engine_ns, engine_path
 from replay.output import atomic_output, check_output_dir
 
-__all__ = ["BenchResult", "format_markdown", "result_document", "write_png", "write_report"]
+__all__ = [
+    "REPORT_FILES",
+    "BenchResult",
+    "format_markdown",
+    "result_document",
+    "stage_report",
+    "write_png",
+    "write_report",
+]
+
+#: The report's files in the output folder, in the order `write_report` returns them.
+REPORT_FILES = ("bench.json", "bench.md", "bench.png")
 
 
 @dataclass(frozen=True)
@@ -440,12 +451,25 @@ def write_report(result: BenchResult, out_dir: Path) -> tuple[Path, Path, Path]:
         replay.output.OutputError: `out_dir` is not a folder, or a file cannot be written.
     """
     out_dir = check_output_dir(out_dir, "the bench's output")
-    paths = json_path, md_path, png_path = tuple(
-        out_dir / f"bench.{e}" for e in ("json", "md", "png")
-    )
     with ExitStack() as files:
-        tmp_json, tmp_md, tmp_png = (files.enter_context(atomic_output(p)) for p in paths)
-        tmp_json.write_text(json.dumps(result_document(result), indent=1, allow_nan=False) + "\n")
-        tmp_md.write_text(format_markdown(result))
-        write_png(result, tmp_png)
+        paths = stage_report(result, out_dir, files)
+    return paths
+
+
+def stage_report(result: BenchResult, out_dir: Path, files: ExitStack) -> tuple[Path, Path, Path]:
+    """Write the report's files (`REPORT_FILES`) into `out_dir` under temporary names, renamed
+    over their targets when `files` closes without an error (with whatever else it holds: the
+    node's config and log of the same run, so that no folder ever pairs one run's report with
+    another's node files); their final paths.
+
+    Raises:
+        replay.output.OutputError: a file cannot be written.
+    """
+    json_path, md_path, png_path = (out_dir / name for name in REPORT_FILES)
+    tmp_json, tmp_md, tmp_png = (
+        files.enter_context(atomic_output(p)) for p in (json_path, md_path, png_path)
+    )
+    tmp_json.write_text(json.dumps(result_document(result), indent=1, allow_nan=False) + "\n")
+    tmp_md.write_text(format_markdown(result))
+    write_png(result, tmp_png)
     return json_path, md_path, png_path

@@ -32,7 +32,7 @@ import yaml
 from app.bench.device import ResolvedEngines, resolve_engines
 from app.bench.machine import MachineInfo, machine_info
 from app.bench.node_child import Answer, Collector, NodeChild, UsageSampler
-from app.bench.report import BenchResult
+from app.bench.report import BenchResult, stage_report
 from app.bench.settings import (
     EDGE_TRIAL_S,
     MAX_RATE_TRIAL_S,
@@ -71,7 +71,12 @@ from perception.errors import PerceptionError
 from perception.io.transport import Publisher
 from replay.output import atomic_output, output_dir
 
-__all__ = ["run_bench"]
+__all__ = ["NODE_FILES", "RIG_FILE", "run_bench"]
+
+#: The node's config and output, written beside the report (`RIG_FILE` too, where the config
+#: names no rig and the drive holds one).
+NODE_FILES = ("node.yaml", "node.log")
+RIG_FILE = "rig.yaml"
 
 
 @dataclass(frozen=True)
@@ -260,7 +265,15 @@ class _Player:
         for _ in range(self.settings.warmup_sweeps):
             start = self.collector.count()
             self._wait_answered({self._send_next()[0]}, start, 5.0)
-        self._diagnostics = self.collector.diagnostics_after(time.time_ns(), 2.5, self.stop)
+        self._diagnostics = self._diagnostics_after(time.time_ns())
+
+    def _diagnostics_after(self, stamp_ns: int) -> dict[str, Any] | None:
+        """The node's first diagnostics frame stamped after `stamp_ns` (None after 2.5 s).
+        Raises PerceptionError when the node exits meanwhile: a node killed after its last
+        answer gave a report as if the run had been whole (its counters missing)."""
+        return self.collector.diagnostics_after(
+            stamp_ns, 2.5, self.stop, alive=self.node.check_alive
+        )
 
     def measure(
         self, rate_hz: float, duration_s: float, label: str, progress: Progress | None
@@ -285,7 +298,7 @@ class _Player:
         finally:
             usage = sampler.stop()
         self._drain(set(stamps), start_answers)
-        after = self.collector.diagnostics_after(time.time_ns(), 2.5, self.stop)
+        after = self._diagnostics_after(time.time_ns())
         before = self._diagnostics
         skipped = _skipped(before, after)
         self._diagnostics = after or self._diagnostics
@@ -397,10 +410,12 @@ def _plan(
     sensors, detections = f"ipc://{sockets}/sensors", f"ipc://{sockets}/detections"
     rig_tmp = saved_rig = None
     if rig and config.rig is None:
-        saved_rig = out_dir / "rig.yaml"
+        saved_rig = out_dir / RIG_FILE
         rig_tmp = files.enter_context(atomic_output(saved_rig, "the bench's rig file"))
         rig_tmp.write_text(yaml.safe_dump(plain(rig.to_dict()), sort_keys=False))
-    node_tmp = files.enter_context(atomic_output(out_dir / "node.yaml", "the bench's node config"))
+    node_tmp = files.enter_context(
+        atomic_output(out_dir / NODE_FILES[0], "the bench's node config")
+    )
     node_tmp.write_text(
         yaml.safe_dump(node_config_document(config, sensors, detections, rig_tmp), sort_keys=False)
     )
@@ -419,14 +434,18 @@ def run_bench(
     rig: Rig | None = None,
     stop: threading.Event | None = None,
     progress: Progress | None = None,
+    report: bool = False,
 ) -> BenchResult:
     """Benchmark `perception run` with `config` (endpoints replaced by fresh ipc ones, engines
     as `settings.backend`/`settings.device` ask, the device checked and resolved first:
     app.bench.device) on `sweeps` (see `group_sweeps`), as the module docstring describes.
     Writes the node's config (`node.yaml`, and `rig.yaml` when `rig` is given and the config
-    has none) and its output (`node.log`) into `out_dir` when the run succeeds; a run that
-    fails removes the `out_dir` it created (left empty) again. `source` names the drive in the
-    result. `stop` set: BenchInterruptedError. The node is stopped before this
+    has none) and its output (`node.log`) into `out_dir` when the run succeeds, with `report`
+    the report too (app.bench.report.stage_report): all of them replace earlier ones at once,
+    when all are written, so that a failed or interrupted run (also while the report is
+    written) leaves the folder as it was, and no report beside another run's node files. A
+    run that fails removes the `out_dir` it created (left empty) again. `source` names the
+    drive in the result. `stop` set: BenchInterruptedError. The node is stopped before this
     returns or raises.
 
     Raises:
@@ -456,6 +475,7 @@ def run_bench(
             stop=stop,
             resolved=resolved,
             progress=progress,
+            report=report,
         )
 
 
@@ -470,10 +490,12 @@ def _bench(
     stop: threading.Event,
     resolved: ResolvedEngines,
     progress: Progress | None,
+    report: bool,
 ) -> BenchResult:
     """`run_bench`'s run, its arguments checked and `out_dir` created."""
     # The yardstick first, while the machine is quiet (no node yet).
     camera_alone = time_camera_encoder(config, sweeps)
+    _check_stop(stop)  # a Ctrl-C while it ran: no node is started for nothing
     load_before = _load_average()
     # ipc paths are limited to ~100 characters: sockets in a short temporary folder.
     with (
@@ -481,7 +503,7 @@ def _bench(
         ExitStack() as files,
     ):
         plan = _plan(config, out_dir, Path(sockets), rig, files)
-        log = files.enter_context(atomic_output(out_dir / "node.log", "the node's log"))
+        log = files.enter_context(atomic_output(out_dir / NODE_FILES[1], "the node's log"))
         with (
             Publisher(plan.sensors, bind=True, hwm=100_000) as publisher,
             Collector(plan.detections, *plan.topics) as collector,
@@ -499,17 +521,31 @@ def _bench(
                 rate = search.rate_hz or rate
             run = player.measure(rate, settings.duration_s, f"{rate:.2f} Hz", progress)
             machine = machine_info()  # while the node runs: GPU clocks under load
-        # The run succeeded: the saved node.yaml names the saved rig.yaml (both renamed now).
+            # Dead before it was asked to stop (killed after its last answer): no whole run.
+            node.check_alive()
+        result = _result(
+            run,
+            source=source,
+            settings=settings,
+            config=config,
+            device=resolved,
+            node_config=plan.document,
+            search=search,
+            machine=machine,
+            load_before=load_before,
+            camera_alone_ms=None if camera_alone is None else camera_alone.median_ms,
+        )
+        if report:
+            stage_report(result, out_dir, files)
+        # The run succeeded: the saved node.yaml names the saved rig.yaml (all renamed as
+        # `files` closes).
         plan.path.write_text(yaml.safe_dump(plan.document, sort_keys=False))
-    return _result(
-        run,
-        source=source,
-        settings=settings,
-        config=config,
-        device=resolved,
-        node_config=plan.document,
-        search=search,
-        machine=machine,
-        load_before=load_before,
-        camera_alone_ms=None if camera_alone is None else camera_alone.median_ms,
-    )
+        # A signal after the node stopped set `stop` and nothing read it: the report was
+        # written and the bench exited 0, as if the Ctrl-C had not been pressed.
+        _check_stop(stop)
+    return result
+
+
+def _check_stop(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise BenchInterruptedError("interrupted")

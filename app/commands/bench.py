@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from app.bench import (
     BenchInterruptedError,
@@ -17,9 +22,10 @@ from app.bench import (
     group_sweeps,
     run_bench,
     sweeps_needed,
-    write_report,
 )
 from app.bench.device import resolve_engines
+from app.bench.report import REPORT_FILES
+from app.bench.runner import NODE_FILES, RIG_FILE
 from app.bench.sweeps import with_engines
 from app.common import Stages, load_node_config, stop_on_signals
 from app.models import camera_model_file, choose_camera_model
@@ -31,35 +37,64 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
 from replay.errors import ReplayError, messages_lost
 from replay.mcap_player import check_sensor_drive, checked_messages
-from replay.output import check_output_dir
+from replay.output import OutputError, check_output_dir
 from replay.synth.demo import ensure_synthetic_drive
-from replay.synth.world import has_ground_truth
+from replay.synth.world import drive_files, has_ground_truth
 
 __all__ = ["cmd_bench"]
 
 #: Where `perception demo` leaves its drive; the bench's default drive.
 DEMO_DRIVE = Path("perception-demo") / "synth_seed0.mcap"
 
+_T = TypeVar("_T")
+
+
+def _drive_path(drive: str | None) -> Path:
+    """The drive or KITTI object folder `perception bench [DRIVE]` reads (a folder holding
+    `training/`: that), by default the synthetic drive of `perception demo`."""
+    if drive is None:
+        return DEMO_DRIVE
+    path = Path(drive).expanduser()
+    training = path / "training"
+    if path.is_dir() and not (path / "image_2").is_dir() and (training / "image_2").is_dir():
+        return training
+    return path
+
+
+def _until_stopped(items: Iterable[_T], stop: threading.Event) -> Iterator[_T]:
+    """`items`, ending in BenchInterruptedError once `stop` is set: reading a drive's sweeps
+    (200 KITTI frames, a damaged drive read past) took seconds after a Ctrl-C, and then the
+    node was started anyway."""
+    for item in items:
+        if stop.is_set():
+            raise BenchInterruptedError("interrupted while the drive was read")
+        yield item
+
 
 def _bench_drive(
-    drive: str | None, limit: int, stages: Stages
+    drive: str | None, limit: int, stages: Stages, stop: threading.Event | None = None
 ) -> tuple[str, list[Sweep], Rig | None, bool]:
     """(description, sweeps, rig, synthetic) of `perception bench [DRIVE]`: an MCAP drive, a
     KITTI object folder (or its parent holding `training/`), or by default the synthetic drive
-    of `perception demo` (generated into perception-demo/ unless it is there already)."""
+    of `perception demo` (generated into perception-demo/ unless it is there already). `stop`
+    set: BenchInterruptedError (also while the synthetic drive is generated)."""
+    stop = stop or threading.Event()
+    path = _drive_path(drive)
     if drive is None:
-        path = DEMO_DRIVE
         check_output_dir(path.parent, "the synthetic drive's folder")
         if not (path.is_file() and has_ground_truth(path)):
             print(f"perception bench: generating the synthetic drive {path}", flush=True)
-        ensure_synthetic_drive(path, seed=0, seconds=10.0, progress=stages)
-    else:
-        path = Path(drive).expanduser()
+
+        def generating(label: str, done: int, total: int) -> None:
+            # Raised out of the generator: its partial files are removed on the way out.
+            if stop.is_set():
+                raise BenchInterruptedError("interrupted while the drive was generated")
+            stages(label, done, total)
+
+        ensure_synthetic_drive(path, seed=0, seconds=10.0, progress=generating)
     if path.is_dir():
-        if not (path / "image_2").is_dir() and (path / "training" / "image_2").is_dir():
-            path = path / "training"
         folder = KittiObjectFolder(path)
-        records = ((m.header.stream, m) for m in folder.messages())
+        records = ((m.header.stream, m) for m in _until_stopped(folder.messages(), stop))
         return f"KITTI object {path}", group_sweeps(records, limit), None, False
     if not path.exists():
         raise PerceptionError(f"{path}: no such drive (.mcap) or KITTI object folder")
@@ -71,7 +106,7 @@ def _bench_drive(
         nonlocal lost
         lost += messages_lost(error)
 
-    recorded = checked_messages(reader, on_error=leave_out)
+    recorded = _until_stopped(checked_messages(reader, on_error=leave_out), stop)
     sweeps = group_sweeps(((r.topic, r.message) for r in recorded), limit)
     if lost:
         # A damaged drive still times the node on what it holds; the loss is said, once.
@@ -116,6 +151,52 @@ def _check_inputs(
         )
 
 
+def _inputs(drive: Path, args: argparse.Namespace, config: NodeConfig) -> list[tuple[str, Path]]:
+    """(what, path) of each file the bench reads that is not in a KITTI object folder: the
+    drive and its ground truth, --config, the camera model, the config's rig and keys."""
+    found: list[tuple[str, Path]] = []
+    if not drive.is_dir():
+        main, truth = drive_files(drive)
+        found += [("the drive", main), ("the drive's ground truth", truth)]
+    if args.config:
+        found.append(("--config", Path(args.config)))
+    model = args.model or config.camera_model.path
+    if model:
+        found.append(("--model" if args.model else "the config's camera model", Path(model)))
+    if config.rig is not None:
+        found.append(("the config's rig", Path(config.rig)))
+    keys = config.security
+    for what, key in (("secret_key", keys.secret_key), ("server_key", keys.server_key)):
+        if key:
+            found.append((f"the config's security.{what}", Path(key)))
+    return found
+
+
+def _check_out(out: Path, drive: Path, args: argparse.Namespace, config: NodeConfig) -> None:
+    """Refuses an --out folder where the bench would write over what it reads: a KITTI
+    object folder read (or one of its data folders), or a file named as one the bench writes
+    (`--config node.yaml --out .` replaced the user's config by the bench's node config, a
+    drive named bench.json was replaced by the report), symbolic links resolved.
+
+    Raises:
+        OutputError: naming --out, the file it would write and the input it would replace.
+    """
+    if drive.is_dir():
+        from replay.show import check_pictures_folder  # noqa: PLC0415 (OpenCV)
+
+        check_pictures_folder(out, drive, what="--out")
+    names = [*REPORT_FILES, *NODE_FILES, *([RIG_FILE] if config.rig is None else [])]
+    # realpath: never raises (a link loop, a name too long), where resolve() does.
+    written = {os.path.realpath(out.expanduser() / name): name for name in names}
+    for what, path in _inputs(drive, args, config):
+        name = written.get(os.path.realpath(path.expanduser()))
+        if name is not None:
+            raise OutputError(
+                f"--out {out}: the bench writes {name} there, which is {what} ({path}); "
+                "give another --out folder"
+            )
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         rate_hz=args.rate,
@@ -128,27 +209,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_settings(settings)
     out = check_output_dir(Path(args.out).expanduser(), "--out", create=False)
     base = load_node_config(args.config)
+    _check_out(out, _drive_path(args.drive), args, base)
     # Fail fast on a GPU that is not there, before a drive is generated or loaded.
     resolve_engines(with_engines(base, settings.backend, settings.device).engines)
-    labels = {"generate": f"generating the synthetic drive {DEMO_DRIVE}"}
     stop = stop_on_signals()
+    try:
+        return _bench(args, settings, out, stop)
+    except BenchInterruptedError:
+        terminated = stop.signum == signal.SIGTERM
+        how = "terminated" if terminated else "interrupted"
+        print(f"perception bench: {how}; the node is stopped", file=sys.stderr)
+        return 143 if terminated else 130
+
+
+def _bench(
+    args: argparse.Namespace, settings: BenchSettings, out: Path, stop: threading.Event
+) -> int:
+    labels = {"generate": f"generating the synthetic drive {DEMO_DRIVE}"}
     with Stages("sweep", args.quiet, labels) as stages:
-        source, sweeps, rig, synthetic = _bench_drive(args.drive, sweeps_needed(settings), stages)
+        source, sweeps, rig, synthetic = _bench_drive(
+            args.drive, sweeps_needed(settings), stages, stop
+        )
         config = _bench_config(args, sweeps, synthetic)
         _check_inputs(args, sweeps, rig, source, config)
 
         def progress(done: int, total: int, label: str) -> None:
             stages(label, done, total)
 
-        try:
-            result = run_bench(
-                sweeps, config, settings, out, source=source, rig=rig, stop=stop, progress=progress
-            )
-        except BenchInterruptedError:
-            stages.close()
-            print("perception bench: interrupted; the node is stopped", file=sys.stderr)
-            return 130
-    json_path, md_path, png_path = write_report(result, out)
+        # The report is written by run_bench, with the node's files, all at once.
+        result = run_bench(
+            sweeps, config, settings, out, source=source, rig=rig, stop=stop, progress=progress,
+            report=True,
+        )  # fmt: skip
     print(format_markdown(result))
-    print(f"perception bench: written {json_path}, {md_path}, {png_path}")
+    written = ", ".join(str(out / name) for name in REPORT_FILES)
+    print(f"perception bench: written {written}")
     return 0

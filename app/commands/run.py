@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from app.common import check_reachable, load_node_config, stop_on_signals
@@ -20,7 +21,7 @@ from perception.node.metrics import NodeMetrics
 from perception.node.view import FoxgloveView, ViewTopics
 from perception.pipeline import Pipeline
 
-__all__ = ["cmd_run"]
+__all__ = ["announce_when_ready", "cmd_run"]
 
 
 def _pipeline(config: NodeConfig, model: str | None, config_given: bool) -> Pipeline:
@@ -65,6 +66,20 @@ def _check_reachable(endpoint: str) -> str:
     resolved = resolve_endpoint(endpoint)
     check_reachable([endpoint])
     return resolved
+
+
+def announce_when_ready(
+    ready: threading.Event, done: threading.Event, line: Callable[[], str]
+) -> None:
+    """Prints `line()` once `ready` is set, unless `done` (the node has stopped) is set first.
+    No deadline: the node is ready after its warm-up has made every engine bucket, which
+    takes minutes where TensorRT builds its engines on first use, and a node ready after 60 s
+    never said so (the bench, waiting for that line, gave up on a node that was serving)."""
+    while not done.is_set():
+        if ready.wait(0.1):
+            if not done.is_set():
+                print(line(), flush=True)
+            return
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -114,18 +129,18 @@ def _serve(
     stop = stop_on_signals()
     done = threading.Event()
 
-    def announce() -> None:
-        if node.ready.wait(60.0) and not done.is_set():
-            inputs = ", ".join(resolve_endpoint(e) for e in config.inputs.endpoints)
-            curve = "" if node_curve is None else "; CURVE on tcp endpoints"
-            print(
-                f"perception run: ready; inputs {inputs}; detections on "
-                f"{node.output_endpoint or resolve_endpoint(config.outputs.endpoint)} "
-                f"[{config.outputs.detections_topic}]{curve}",
-                flush=True,
-            )
+    def ready_line() -> str:
+        inputs = ", ".join(resolve_endpoint(e) for e in config.inputs.endpoints)
+        curve = "" if node_curve is None else "; CURVE on tcp endpoints"
+        return (
+            f"perception run: ready; inputs {inputs}; detections on "
+            f"{node.output_endpoint or resolve_endpoint(config.outputs.endpoint)} "
+            f"[{config.outputs.detections_topic}]{curve}"
+        )
 
-    threading.Thread(target=announce, daemon=True).start()
+    threading.Thread(
+        target=announce_when_ready, args=(node.ready, done, ready_line), daemon=True
+    ).start()
     try:
         node.run(stop)
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from app.bench import (
     sweep_span_ns,
     write_report,
 )
-from app.bench.node_child import NodeChild
+from app.bench.node_child import Collector, NodeChild
 from app.bench.settings import MAX_WINDOWS
 from app.bench.sweeps import send_times, with_engines
 from app.bench.yardstick import time_camera_encoder
@@ -676,6 +677,25 @@ def test_a_node_killed_by_a_signal_is_said_so(tmp_path: Path) -> None:
     finally:
         child.close()
     assert str(info.value).startswith("the node was killed by signal 9 (SIGKILL) during the bench")
+
+
+def test_waiting_for_a_dead_nodes_diagnostics_fails_at_once(tmp_path: Path) -> None:
+    """A node killed after its last answer, while the bench waited for its diagnostics: the
+    wait ran out after 2.5 s and the bench wrote a report as if the run had been whole (the
+    node's counters missing), exit 0."""
+    child = NodeChild(tmp_path / "node.yaml")
+    child.proc.kill()
+    child.proc.wait()
+    try:
+        with Collector(f"ipc://{tmp_path}/detections", "detections", "diagnostics") as collector:
+            start = time.monotonic()
+            with pytest.raises(PerceptionError, match="killed by signal 9"):
+                collector.diagnostics_after(
+                    time.time_ns(), 30.0, threading.Event(), alive=child.check_alive
+                )
+            assert time.monotonic() - start < 5.0
+    finally:
+        child.close()
 
 
 def _without_rigs(kitti_dir: Path, path: Path) -> Path:
