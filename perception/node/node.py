@@ -182,14 +182,8 @@ class Node:
         """Serve until `stop` is set. Setup failures (sockets, model) raise; per-message
         problems never do."""
         pipeline = self.core.pipeline
-        pipeline.warm_up()
-        if self.config.pipeline.camera_ahead and pipeline.detector.batch_size == 1:
-            # A few frames per camera: those of the sweeps about to complete.
-            kept = 4 * max(1, len(self.config.inputs.camera_topics))
-            self.core.camera_ahead = CameraAhead(pipeline, max_kept=kept)
-        self.core.realtime = apply_realtime(self.config.realtime)
-        for refusal in self.core.realtime.refused:
-            log.warning("real-time setting not applied: %s", refusal)
+        # Bound before the warm-up (seconds; minutes where TensorRT builds its engines): an
+        # output endpoint the node cannot bind (taken, not this machine's) is said at once.
         publisher = Publisher(
             self.config.outputs.endpoint,
             bind=True,
@@ -199,6 +193,14 @@ class Node:
         # What it bound: the port chosen for `tcp://host:*` or `:0`, which clients must be told.
         self.output_endpoint = publisher.last_endpoint
         try:
+            pipeline.warm_up()
+            if self.config.pipeline.camera_ahead and pipeline.detector.batch_size == 1:
+                # A few frames per camera: those of the sweeps about to complete.
+                kept = 4 * max(1, len(self.config.inputs.camera_topics))
+                self.core.camera_ahead = CameraAhead(pipeline, max_kept=kept)
+            self.core.realtime = apply_realtime(self.config.realtime)
+            for refusal in self.core.realtime.refused:
+                log.warning("real-time setting not applied: %s", refusal)
             subscriber_ready = self._start_receiver(stop)
             if not subscriber_ready.wait(10.0) or self._receiver_error is not None:
                 raise self._receiver_error or RuntimeError("receiver did not start")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,26 @@ def test_sweeps_whose_offsets_claim_a_second_are_dropped_not_read_as_a_clock_jum
     assert core.counters.stamp_faults == 3
     assert core.counters.clock_jumps == 0 and core.epoch == 0
     assert len(outputs) == CLOCK_MIN_SWEEPS + 8 - 3
+
+
+class _CountedWarmUp(Pipeline):
+    warm_ups = 0
+
+    def warm_up(self, image_shape: tuple[int, int, int] = (375, 1242, 3)) -> None:
+        type(self).warm_ups += 1
+        super().warm_up(image_shape)
+
+
+def test_an_output_endpoint_taken_fails_the_node_before_its_warm_up(
+    yolox_path: Path, tmp_path: Path
+) -> None:
+    # The warm-up takes seconds, minutes where TensorRT builds its engines: an endpoint the
+    # node cannot bind was said only after it.
+    pipeline = _CountedWarmUp.from_config(CameraModelConfig(path=str(yolox_path), kind="yolox"))
+    endpoint = f"ipc://{tmp_path}/out.sock"
+    config = dataclasses.replace(
+        NodeConfig(), outputs=dataclasses.replace(NodeConfig().outputs, endpoint=endpoint)
+    )
+    with Publisher(endpoint, bind=True), pytest.raises(Exception, match=r"out\.sock"):
+        Node(config, pipeline).run(threading.Event())
+    assert _CountedWarmUp.warm_ups == 0
