@@ -156,6 +156,13 @@ def check_output_dir(path: Path, what: str = "the output", *, create: bool = Tru
             raise OutputError(f"{path}: {where}; {what} must be a folder")
         if p.exists():
             break
+        if p.is_symlink():
+            # A link to nothing (or in a loop): creating the folder failed with "File exists".
+            where = "is" if p == path else f"{p} is"
+            raise OutputError(
+                f"{path}: {where} a symbolic link that leads to nothing (a missing target, or "
+                f"a loop); {what} must be a folder"
+            )
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from replay.output import OutputError, atomic_output, check_output_file, output_dir
+from replay.output import (
+    OutputError,
+    atomic_output,
+    check_output_dir,
+    check_output_file,
+    output_dir,
+)
 
 
 def test_a_pipe_a_device_or_a_link_to_one_is_not_replaced(tmp_path: Path) -> None:
@@ -91,3 +97,17 @@ def test_an_interrupt_as_the_temporary_is_made_leaves_nothing(monkeypatch, tmp_p
         pass
     monkeypatch.setattr(os, "close", real_close)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_named_by_a_link_to_nothing_is_refused_saying_so(tmp_path: Path) -> None:
+    # Creating it failed with "cannot create the folder (File exists)".
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for out in (dangling, loop, dangling / "sub"):
+        with pytest.raises(OutputError, match="a symbolic link that leads to nothing") as e:
+            check_output_dir(out, "--out")
+        where = "is" if out != dangling / "sub" else f"{dangling} is"
+        assert str(e.value).startswith(f"{out}: {where} a symbolic link")
+    assert not (tmp_path / "gone").exists()
