@@ -114,10 +114,17 @@ def _report(stats: RecorderStats, out: Path) -> None:
         )
     silent = [topic for topic, count in stats.arrived if count == 0]
     if silent and stats.received:
-        # Others arrived: the likeliest cause is a topic published under another name.
+        # Others arrived: the likeliest cause is a topic published under another name, unless
+        # messages arrived that could not be decoded (whose topic is not known to be theirs).
+        undecodable = (
+            f"{stats.undecodable} messages could not be decoded (the warnings name their "
+            "streams), or is it published under another name?"
+            if stats.undecodable
+            else "is it published under another name?"
+        )
         print(
-            f"perception record: nothing arrived on {', '.join(silent)}; is it published "
-            "under another name? (`perception echo TOPIC` shows what arrives on one)",
+            f"perception record: nothing decodable arrived on {', '.join(silent)}; "
+            f"{undecodable} (`perception echo TOPIC` shows what arrives on one)",
             flush=True,
         )
     if stats.received == 0 and stats.error is None:
