@@ -13,12 +13,13 @@ import textwrap
 from collections.abc import Callable
 from typing import NoReturn
 
-from perception.config import MAX_DURATION_S
+from perception.config import MAX_DURATION_S, MAX_RANGE_M
 
 __all__ = [
     "HelpFormatter",
     "Parser",
     "correction_arg",
+    "distance_m",
     "fraction",
     "int_at_most",
     "non_negative_float",
@@ -90,6 +91,15 @@ def positive_float(text: str) -> float:
     value = _number(text, float)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not > 0")
+    return value
+
+
+def distance_m(text: str) -> float:
+    """A distance > 0 and at most `MAX_RANGE_M` (the config's bound on a range), m: 1e308 m
+    matched every detection with any reference."""
+    value = positive_float(text)
+    if value > MAX_RANGE_M:
+        raise argparse.ArgumentTypeError(f"{text} m is above {MAX_RANGE_M:.0f} m")
     return value
 
 

@@ -17,13 +17,13 @@ from app.args import (
     HelpFormatter,
     Parser,
     correction_arg,
+    distance_m,
     fraction,
     fusion_kinds,
     int_at_most,
     non_negative_int,
     non_negative_seconds,
     port,
-    positive_float,
     positive_int,
     positive_seconds,
     rate_hz,
@@ -925,7 +925,7 @@ def _add_eval(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--max-distance",
         metavar="M",
-        type=positive_float,
+        type=distance_m,
         default=1.5,
         help="BEV centre match distance, m",
     )
@@ -935,7 +935,7 @@ def _add_eval(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument(
         "--max-range",
         metavar="M",
-        type=positive_float,
+        type=distance_m,
         default=40.0,
         help="references within this range, m",
     )

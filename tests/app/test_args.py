@@ -35,6 +35,10 @@ from tests.app.one_line import fails as _fails
          "256"),
         (["train", "c.yaml", "--prepare-workers", "0"], "argument --prepare-workers: 0 is not "
          ">= 1"),
+        (["eval", "d.jsonl", "--max-distance", "1e308"], "argument --max-distance: 1e308 m is "
+         "above 1000 m"),
+        (["eval", "d.jsonl", "--max-range", "1001"], "argument --max-range: 1001 m is above "
+         "1000 m"),
     ],
 )  # fmt: skip
 def test_values_beyond_what_can_be_honoured_are_refused_when_parsed(
