@@ -121,6 +121,17 @@ def _start(drive: Path, out: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _running(
+    drive: Path, out: Path, reaped: list[psutil.Process]
+) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """A bench started (`_start`) and its node child, both to be reaped at the test's end."""
+    bench = _start(drive, out)
+    reaped.append(psutil.Process(bench.pid))
+    node = _node_of(bench)
+    reaped.append(node)
+    return bench, node
+
+
 def _node_of(bench: subprocess.Popen[str], timeout_s: float = 60.0) -> psutil.Process:
     """The bench's node child, once it is started."""
     deadline = time.monotonic() + timeout_s
@@ -164,10 +175,7 @@ def test_sigterm_ends_the_bench_with_143_and_stops_its_node(
     "interrupted"."""
     out = tmp_path / "out"
     old = _old_report(out)
-    bench = _start(drive, out)
-    reaped.append(psutil.Process(bench.pid))
-    node = _node_of(bench)
-    reaped.append(node)
+    bench, node = _running(drive, out, reaped)
     time.sleep(1.0)
     bench.send_signal(signal.SIGTERM)
     _, err = bench.communicate(timeout=60)
@@ -188,10 +196,7 @@ def test_a_signal_after_the_node_stopped_writes_no_report(
     run's report. Now nothing of the run replaces the previous report's files."""
     out = tmp_path / "out"
     old = _old_report(out)
-    bench = _start(drive, out)
-    reaped.append(psutil.Process(bench.pid))
-    node = _node_of(bench)
-    reaped.append(node)
+    bench, node = _running(drive, out, reaped)
     node.wait(timeout=60)  # the run is over: the bench stopped its node
     bench.send_signal(sig)
     _, err = bench.communicate(timeout=60)
@@ -206,10 +211,7 @@ def test_a_killed_bench_takes_its_node_with_it(
 ) -> None:
     """`kill -9` of the bench (the OOM killer, a cancelled CI job) left its node running for
     ever, an orphan holding a core and its sockets."""
-    bench = _start(drive, tmp_path / "out")
-    reaped.append(psutil.Process(bench.pid))
-    node = _node_of(bench)
-    reaped.append(node)
+    bench, node = _running(drive, tmp_path / "out", reaped)
     time.sleep(1.0)
     # The bench's socket folder, which a killed bench cannot remove: this test does.
     config = yaml.safe_load(Path(node.cmdline()[-1]).read_text())
