@@ -22,10 +22,11 @@ from calibration import (
     read_scan,
     save_rig_yaml,
 )
-from calibration.images import check_image_pixels, decode_image_file, encode_image
+from calibration.images import check_image_pixels, decode_image_file
 from perception.errors import PerceptionError
 from perception.msgs.schema import DEFAULT_LIMITS
 from replay.output import atomic_output, check_not_an_input, check_output_file
+from replay.pictures import write_picture
 
 __all__ = ["cmd_calib_check", "cmd_calib_show"]
 
@@ -277,11 +278,7 @@ def _write_pictures(out: Path, verdicts: Sequence[Any], perturb: Any) -> None:
             picture = v.view.draw(checked)
         else:
             picture = v.view.draw(checked, v.estimate.correction, _correction_text(v))
-        encoded = encode_image(picture, path.suffix or ".png")
-        if encoded is None:
-            raise CalibrationError(f"{path}: cannot write the picture")
-        with atomic_output(path, "--out") as tmp:
-            tmp.write_bytes(encoded)
+        write_picture(path, picture, "--out")
         print(f"picture written to {path}")
     if not drawn:
         print(f"no picture written to {out}: no frame was used")
@@ -303,11 +300,7 @@ def _check_one(args: argparse.Namespace) -> int:
             f"{args.rig}: no camera {camera!r} in the rig (cameras: {', '.join(rig.cameras)})"
         )
     result = calibration_check(rig, camera, read_scan(scan), image)
-    encoded = encode_image(result.overlay, out.suffix or ".png")
-    if encoded is None:
-        raise CalibrationError(f"{out}: cannot write the overlay")
-    with atomic_output(out, "--out") as tmp:
-        tmp.write_bytes(encoded)
+    write_picture(out, result.overlay, "--out")
     print(
         f"camera {camera}: {result.n_points_in_image} lidar points in the image; "
         f"alignment score {result.score:.4f} (mutual information, nats; larger is better)"

@@ -32,7 +32,6 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration import Rig
-from calibration.images import encode_image
 from calibration.monitor import Correction, MonitorState
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
@@ -654,11 +653,7 @@ def write_calibration_pictures(
             f"corrected by the monitor's estimate: rotation ({rot}) deg, translation ({cm}) cm",
         )
         path = out_dir / f"calibration-{s.camera}.png"
-        encoded = encode_image(picture)
-        if encoded is None:
-            raise ReplayError(f"{path}: cannot write the calibration picture")
-        with atomic_output(path, "the calibration picture") as tmp:
-            tmp.write_bytes(encoded)
+        write_picture(path, picture, "the calibration picture")
         written.append(path)
     return tuple(written)
 
