@@ -103,6 +103,7 @@ from replay.mcap_chunks import (
     parse_record,
     read_record,
 )
+from replay.output import try_lock
 
 __all__ = [
     "COMPANION_SCHEMA",
@@ -259,7 +260,7 @@ class _UnbufferedFile:
         # place, each truncating and interleaving the other's chunks.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            if not _lock(fd, fcntl.LOCK_EX):
+            if not try_lock(fd, fcntl.LOCK_EX):
                 raise _being_written_error(path)
             if stat.S_ISREG(os.fstat(fd).st_mode):
                 os.ftruncate(fd, 0)
@@ -293,19 +294,6 @@ class _UnbufferedFile:
             os.close(fd)
 
 
-def _lock(fd: int, kind: int) -> bool:
-    """Takes the advisory lock `kind` (fcntl.LOCK_EX, LOCK_SH) on `fd` without waiting; False
-    when another process holds a conflicting one. A file system without locks (some network
-    ones) counts as unlocked: the lock guards against a mistake, it is not needed to write."""
-    try:
-        fcntl.flock(fd, kind | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _being_written_error(path: Path) -> ReplayError:
     return ReplayError(
         f"{path}: is being written by another process (a recorder, an import); choose another "
@@ -333,7 +321,7 @@ def being_written(path: Path) -> bool:
         return False
     try:
         # A shared lock conflicts only with a writer's exclusive one; released at close.
-        return not _lock(fd, fcntl.LOCK_SH)
+        return not try_lock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
 

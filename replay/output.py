@@ -18,6 +18,7 @@ demo, many-drive replays, importers) and `replay` must not import `app`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -36,6 +37,7 @@ __all__ = [
     "check_output_file",
     "check_outputs_not_inputs",
     "output_dir",
+    "try_lock",
 ]
 
 
@@ -202,6 +204,19 @@ def output_dir(path: Path, what: str = "the output") -> Iterator[Path]:
                 # Something was written into it: it and its parents stay.
                 break
         raise
+
+
+def try_lock(fd: int, kind: int) -> bool:
+    """Takes the advisory lock `kind` (fcntl.LOCK_EX, LOCK_SH) on `fd` without waiting; False
+    when another process holds a conflicting one. A file system without locks (some network
+    ones) counts as unlocked: the lock guards against a mistake, it is not needed to write."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def check_free_space(path: Path, needed_bytes: float, what: str = "the output") -> None:

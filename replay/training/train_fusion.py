@@ -52,7 +52,7 @@ from replay.evaluation import (
     merge_results,
     score_frame,
 )
-from replay.output import atomic_output, check_output_dir
+from replay.output import atomic_output, check_output_dir, output_dir, try_lock
 from replay.training.fusion_config import FusionTrainConfig
 from replay.training.fusion_data import (
     Detect,
@@ -500,30 +500,23 @@ def _run_lock(out_dir: Path) -> Iterator[None]:
     trained beside the first, both appending to one metrics log and replacing each other's
     checkpoint, until one failed on the other's temporary file. The lock (flock on the folder)
     goes with the process, however it ends. Folders made here are removed again when the run
-    leaves them empty (it stopped before its first checkpoint).
+    fails and leaves them empty (replay.output.output_dir: it stopped before its first
+    checkpoint).
 
     Raises:
         ValueError: another run holds the folder.
     """
-    made = list(itertools.takewhile(lambda p: not p.exists(), (out_dir, *out_dir.parents)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    with output_dir(out_dir, "the training run's folder"):
+        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(
-                f"{out_dir}: another training run is writing into this folder; wait for it to "
-                "end or choose another --out"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
-        for folder in made:  # the deepest first; only empty ones go
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+            if not try_lock(fd, fcntl.LOCK_EX):
+                raise ValueError(
+                    f"{out_dir}: another training run is writing into this folder; wait for it "
+                    "to end or choose another --out"
+                )
+            yield
+        finally:
+            os.close(fd)
 
 
 def _check_out_dir(out_dir: Path, model: LearnedFusionConfig) -> None:
