@@ -707,14 +707,12 @@ class CalibrationMonitor:
             self._last_travel_m = travelled_m
         if len(self._window) >= cfg.min_frames and self._since_eval >= cfg.evaluate_every:
             self._since_eval = 0
-            information, enough = self._information()
+            information, share, enough = self._information()
             self._unjudged = not enough
             if enough:
                 self._decide(self.search())
                 return True
-            self._estimate = replace(
-                self._estimate, score=information, structure_share=self.structure_share()
-            )
+            self._estimate = replace(self._estimate, score=information, structure_share=share)
         self._estimate = replace(self._estimate, frames=self._frames, skipped=self._skipped)
         return True
 
@@ -740,18 +738,19 @@ class CalibrationMonitor:
         above = sum(int(np.count_nonzero(frame.level < bins)) for frame, _ in self._window)
         return above / total
 
-    def _information(self) -> tuple[float, bool]:
-        """`information` and whether the window holds enough to judge by
+    def _information(self) -> tuple[float, float, bool]:
+        """`information`, `structure_share` and whether the window holds enough to judge by
         (``min_information_nats``, ``min_structure_share``)."""
         if not self._window:
-            return 0.0, False
+            return 0.0, math.nan, False
         cfg = self.config
         bins = cfg.bins
         joint = np.sum([hist[0] for _, hist in self._window], axis=0, dtype=np.int64)
         information = float(_mutual_information(joint.reshape(bins, bins)))
         bias = (bins - 1) ** 2 / (2.0 * max(int(joint.sum()), 1))
+        share = self.structure_share()
         enough = information >= max(cfg.min_information_nats, 2.0 * bias)
-        return information, enough and self.structure_share() >= cfg.min_structure_share
+        return information, share, enough and share >= cfg.min_structure_share
 
     def _skip(self, reason: str) -> bool:
         self._skipped += 1
@@ -1193,14 +1192,14 @@ class CalibrationMonitor:
         a whole recorded source): ``drifted`` when the correction it finds is drift;
         ``collecting`` (no correction) when the window pools less information than
         ``min_information_nats``, or too little above the ground (``min_structure_share``)."""
-        information, enough = self._information()
+        information, share, enough = self._information()
         if not enough:
             return CalibrationEstimate(
                 MonitorState.COLLECTING,
                 frames=self._frames,
                 skipped=self._skipped,
                 score=information,
-                structure_share=self.structure_share(),
+                structure_share=share,
             )
         fit = self.search()
         if not self._is_drift(fit):

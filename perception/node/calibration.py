@@ -214,8 +214,7 @@ class CalibrationWatch:
             )
             + tuple(
                 # Frames used, but together no evidence: the verdict is held, not renewed.
-                f"calibration: camera {name} not checked: "
-                f"{no_evidence_text(entry.monitor.estimate(), entry.monitor.config)}"
+                _not_checked(name, no_evidence_text(entry.monitor.estimate(), entry.monitor.config))
                 for name, entry in sorted(self._cameras.items())
                 if entry.monitor.unjudged and sum(blind[name].values()) < BLIND_AFTER_FRAMES
             )
@@ -305,10 +304,15 @@ def _blind(monitor: CalibrationMonitor) -> dict[str, int]:
 
 def blind_note(camera: str, skipped_by: Mapping[str, int]) -> str:
     """The note of a camera whose monitor finds no evidence: how many frames in a row, why."""
-    return (
-        f"calibration: camera {camera} not checked: its last {sum(skipped_by.values())} frames "
-        f"held no evidence ({skip_text(skipped_by)})"
+    return _not_checked(
+        camera,
+        f"its last {sum(skipped_by.values())} frames held no evidence ({skip_text(skipped_by)})",
     )
+
+
+def _not_checked(camera: str, why: str) -> str:
+    """The diagnostics' note of a camera whose extrinsic is not being checked, and why."""
+    return f"calibration: camera {camera} not checked: {why}"
 
 
 def _fmt(values: Sequence[float], digits: int) -> str:
