@@ -19,7 +19,6 @@ Frames without references are drawn with their detections and listed unscored.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import html
 import itertools
 import logging
@@ -463,10 +462,14 @@ def show_drive(
         else f"no ground truth in or beside {drive}: detections only"
     )
     shown = [frames[i] for i in sorted(frames)]
-    report = _finish(
-        out_dir, shown, protocol, run_name or str(drive), left_out=len(lists) - len(shown)
+    return _finish(
+        out_dir,
+        shown,
+        protocol,
+        run_name or str(drive),
+        left_out=len(lists) - len(shown),
+        no_image=no_images,
     )
-    return dataclasses.replace(report, no_image=no_images)
 
 
 # -- the index page ----------------------------------------------------------------------------
@@ -521,7 +524,13 @@ img { width: 540px; display: block; }
 
 
 def _finish(
-    out_dir: Path, frames: Sequence[ShownFrame], protocol: str, run_name: str, *, left_out: int
+    out_dir: Path,
+    frames: Sequence[ShownFrame],
+    protocol: str,
+    run_name: str,
+    *,
+    left_out: int,
+    no_image: int = 0,
 ) -> ShowReport:
     scored = [f.result for f in frames if f.result is not None]
     total = merge_results(scored) if scored else None
@@ -560,7 +569,7 @@ def _finish(
     with atomic_output(index, "the index page") as tmp:
         # A path that is not UTF-8 (the run's, a frame's) is shown with a replacement mark.
         tmp.write_text(page, encoding="utf-8", errors="replace")
-    return ShowReport(index, tuple(frames), total, protocol, left_out)
+    return ShowReport(index, tuple(frames), total, protocol, left_out, no_image)
 
 
 def score_line(report: ShowReport) -> str:
