@@ -81,13 +81,9 @@ def camera_model_file(config: NodeConfig, cache_dir: Path | None = None) -> Path
     except ModelError as e:
         if info is None:
             raise
-        cache = Path(cache_dir or DEFAULT_MODEL_CACHE_DIR).expanduser()
-        raise ModelError(
-            f"camera model {info.name}: not in the model cache {cache} and fetching it failed "
-            f"({e}); on a machine without internet, copy it from a folder holding "
-            f"{info.filename}: perception models fetch {info.name} --source-dir DIR, "
-            "or give --model FILE.onnx"
-        ) from e
+        # The registry's message already names the cache and how to fetch from a local
+        # folder; only the CLI's own way out is added (it once said all of it twice).
+        raise ModelError(f"camera model {info.name}: {e}; or give --model FILE.onnx") from e
 
 
 def build_detector(config: NodeConfig) -> CameraDetector:

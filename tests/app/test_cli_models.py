@@ -83,12 +83,14 @@ def test_offline_without_the_registered_model_says_how_to_fetch_it(
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith(
-        f"perception replay: error: camera model yolox_nano_coco_416: not in the model cache "
-        f"{tmp_path}/.cache/perception-node/models and fetching it failed ("
+        f"perception replay: error: camera model yolox_nano_coco_416: yolox_nano_coco_416.onnx: "
+        f"not in the model cache {tmp_path}/.cache/perception-node/models, and the download from "
     )
     assert done.stderr.rstrip().endswith(
-        "perception models fetch yolox_nano_coco_416 --source-dir DIR, or give --model FILE.onnx"
+        "with `perception models fetch yolox_nano_coco_416 --source-dir DIR`; "
+        "or give --model FILE.onnx"
     )
+    assert done.stderr.count("--source-dir") == 1, "the way to fetch it is said once"
     assert not (tmp_path / "d.jsonl").exists()
 
 
