@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from perception.config import NodeConfig, load_config
 from perception.errors import ConfigError, PerceptionError
+from perception.io.runtime import unresolved_host
 from perception.msgs.schema import MAX_TOPIC_BYTES, topic_bytes
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "progress_bar",
     "split_source",
     "stop_on_signals",
+    "warn_unresolved",
 ]
 
 
@@ -170,6 +173,20 @@ def check_reachable(endpoints: Sequence[str], option: str = "") -> None:
             raise PerceptionError(
                 f"{where}{endpoint}: inproc:// reaches only the process itself: no other "
                 "process could send to it or receive from it; use ipc:// or tcp://"
+            )
+
+
+def warn_unresolved(endpoints: Sequence[str], prog: str) -> None:
+    """Prints a warning for each tcp endpoint whose host does not resolve: libzmq connects to it
+    once it does and waits in silence until then, so a misspelt host read only as "nothing
+    arrived". A warning, not a refusal: a name server may come up after the command."""
+    for endpoint in dict.fromkeys(endpoints):
+        why = unresolved_host(endpoint)
+        if why is not None:
+            print(
+                f"{prog}: warning: {endpoint}: {why}; nothing can arrive from it until it resolves",
+                file=sys.stderr,
+                flush=True,
             )
 
 

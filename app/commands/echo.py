@@ -11,6 +11,7 @@ from app.common import (
     endpoints_for_topic,
     load_node_config,
     stop_on_signals,
+    warn_unresolved,
 )
 from perception.errors import PerceptionError, WireError
 from perception.io.curve import curve_keys_for
@@ -39,6 +40,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     # The topic where it is published: the node's outputs, or the sensors' endpoint.
     endpoints = [args.endpoint] if args.endpoint else list(endpoints_for_topic(args.topic, config))
     check_reachable(endpoints, "--endpoint" if args.endpoint else "")
+    warn_unresolved(endpoints, "perception echo")
     stop = stop_on_signals()
     count = 0
 

@@ -15,6 +15,7 @@ from app.common import (
     endpoints_for_topic,
     load_node_config,
     stop_on_signals,
+    warn_unresolved,
 )
 from perception.errors import PerceptionError
 from perception.io.curve import curve_keys_for
@@ -59,10 +60,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     check_topic_lengths(topics)
     # Each topic where it is published (sensors vs the node's outputs) unless --endpoint says.
     where = {t: list(args.endpoint or endpoints_for_topic(t, config)) for t in topics}
-    check_reachable(
-        list(dict.fromkeys(e for es in where.values() for e in es)),
-        "--endpoint" if args.endpoint else "",
-    )
+    listened = list(dict.fromkeys(e for es in where.values() for e in es))
+    check_reachable(listened, "--endpoint" if args.endpoint else "")
     out = Path(args.out).expanduser()
     if out.suffix != ".mcap":
         # A drive under another name is likely a typo that would replace some other file.
@@ -89,6 +88,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             f"{', '.join(t)} at {resolve_endpoint(e)}" for e, t in by_endpoint.items()
         )
         print(f"perception record: recording {listening} to {out}", flush=True)
+        warn_unresolved(listened, "perception record")
         # A recording stopped by a write failure still replaces an --overwrite target: it holds
         # what was recorded, which the old drive does not.
         stats = recorder.run(stop)

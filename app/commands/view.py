@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from app.common import check_reachable, load_node_config, stop_on_signals
+from app.common import check_reachable, load_node_config, stop_on_signals, warn_unresolved
 from perception.errors import WireError
 from perception.io.curve import curve_keys_for
 from perception.io.transport import Subscriber
@@ -38,6 +38,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     )
     inputs, outputs = config.inputs, config.outputs
     check_reachable([*inputs.endpoints, outputs.endpoint])
+    warn_unresolved([*inputs.endpoints, outputs.endpoint], "perception view")
     sensor_topics = (*inputs.camera_topics, inputs.lidar_topic, inputs.gnss_topic, inputs.rig_topic)
     output_topics = (outputs.detections_topic, outputs.tracks_topic, outputs.diagnostics_topic)
     curve = curve_keys_for(config.security)

@@ -51,6 +51,7 @@ __all__ = [
     "resolve_endpoint",
     "runtime_dir",
     "tcp_endpoint_problem",
+    "unresolved_host",
     "url_host",
 ]
 
@@ -195,6 +196,29 @@ def tcp_endpoint_problem(endpoint: str) -> str | None:
 
 
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+
+
+def unresolved_host(endpoint: str) -> str | None:
+    """Why the host a `tcp://` endpoint connects to has no address, in the resolver's words
+    (None: it has one, or the endpoint is not tcp). libzmq retries such a connect for ever
+    without a word, so a misspelt sensor host read only as a silent sensor.
+
+    A host name is looked up as libzmq would (the destination of `source;destination`); with
+    no name server answering this can take seconds, so it is called off the hot path.
+    """
+    if not endpoint.startswith("tcp://"):
+        return None
+    host, colon, _ = endpoint.removeprefix("tcp://").rpartition(":")
+    host = host.rpartition(";")[2].removeprefix("[").removesuffix("]")
+    if not colon or host in ("", "*"):
+        return None
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"host {host!r} does not resolve ({e.strerror})"
+    except (UnicodeError, ValueError) as e:  # a label over 63 bytes, a NUL
+        return f"host {host!r} is not a host name ({e})"
+    return None
 
 
 def url_host(host: str) -> str:

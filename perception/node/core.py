@@ -282,6 +282,8 @@ class NodeCore:
         self._first_diagnostics_ns: int | None = None
         self._last_publish_ns = 0
         self._last_latency_ns = 0
+        # Conditions of the live node's input sockets (a host that does not resolve).
+        self._input_notes: tuple[str, ...] = ()
         #: The multi-object tracker after fusion (processing side only).
         self.tracker = Tracker(config.tracking)
         self._tracker_epoch = 0
@@ -741,6 +743,12 @@ class NodeCore:
             self.counters.rejected_publishers = publishers
             self.counters.rejected_subscribers = subscribers
 
+    def record_input_notes(self, notes: tuple[str, ...]) -> None:
+        """Conditions of the live node's inputs the diagnostics carry as notes (see
+        perception.node.input_hosts)."""
+        with self._lock:
+            self._input_notes = tuple(notes)
+
     def record_publish(self, duration_ns: int) -> None:
         """How long the last DetectionList took to publish (or write); the next one carries
         it."""
@@ -842,6 +850,7 @@ class NodeCore:
                 engines=self.pipeline.describe_engines(),
                 notes=(
                     *self.pipeline.notes,
+                    *self._input_notes,
                     *(() if watch is None else watch.notes()),
                     *apart,
                 ),

@@ -35,7 +35,8 @@ a one-line log, for the service manager (systemd `Restart=on-failure`) to restar
 Access: the outputs endpoint is bound as perception.io.transport binds (an ipc endpoint another
 live process holds is refused; the socket file is removed at exit); with `security.curve` the
 tcp sockets use CURVE and the handshakes they refuse are counted on diagnostics
-(`rejected_publishers`, `rejected_subscribers`).
+(`rejected_publishers`, `rejected_subscribers`). A tcp input whose host does not resolve, which
+libzmq retries in silence, is logged and noted on diagnostics (perception.node.input_hosts).
 
 Receive times are host wall time as of the node's start, advanced by the monotonic clock
 (`receive_clock_ns`): taken the moment `recv` returns, before decoding, they never step when the
@@ -72,6 +73,7 @@ from perception.msgs.types import DetectionList, Diagnostics, Message
 from perception.node.ahead import CameraAhead
 from perception.node.calibration import CpuBudget
 from perception.node.core import RECEIVE_POLL_NS, NodeCore, NodeCounters, ReadyBundle
+from perception.node.input_hosts import InputHosts
 from perception.node.metrics import NodeMetrics
 from perception.node.realtime import apply_realtime, gc_held, lower_this_thread
 from perception.node.view import FoxgloveView, ViewFrame, ViewMessage
@@ -173,6 +175,8 @@ class Node:
         # receiver's count (read by the worker for diagnostics).
         self._rejected_before = 0
         self._rejected_publishers = 0
+        # Whether the tcp inputs' hosts resolve: libzmq retries one that does not in silence.
+        self._input_hosts = InputHosts(config.inputs.endpoints)
 
     @property
     def counters(self) -> NodeCounters:
@@ -201,6 +205,7 @@ class Node:
             self.core.realtime = apply_realtime(self.config.realtime)
             for refusal in self.core.realtime.refused:
                 log.warning("real-time setting not applied: %s", refusal)
+            self._input_hosts.start()
             subscriber_ready = self._start_receiver(stop)
             if not subscriber_ready.wait(10.0) or self._receiver_error is not None:
                 raise self._receiver_error or RuntimeError("receiver did not start")
@@ -212,6 +217,7 @@ class Node:
             self._work_loop(stop, publisher)
         finally:
             stop.set()
+            self._input_hosts.close()
             self._stop_calibration()
             if self._receiver is not None:
                 self._receiver.join(timeout=5.0)
@@ -341,6 +347,7 @@ class Node:
         if time.monotonic_ns() >= next_diagnostics_ns:
             next_diagnostics_ns += _DIAGNOSTICS_PERIOD_NS
             self.core.record_rejections(self._rejected_publishers, publisher.rejected_peers)
+            self.core.record_input_notes(self._input_hosts.notes())
             diagnostics = self.core.diagnostics(self.receive_clock_ns())
             self._send(publisher, diagnostics, "diagnostics")
             self._observe_diagnostics(diagnostics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +242,41 @@ sys.exit(main())
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert (done.returncode, done.stderr) == (130, "perception: interrupted\n")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["echo", "gnss", "--endpoint", "tcp://no-such-host.invalid:5555"],
+        ["record", "--out", "{tmp}/r.mcap", "--endpoint", "tcp://no-such-host.invalid:5555"],
+        ["view", "--config", "{config}", "--port", "0"],
+    ],
+    ids=["echo", "record", "view"],
+)
+def test_an_endpoint_whose_host_does_not_resolve_is_said(tmp_path: Path, argv: list[str]) -> None:
+    """libzmq waits on such a host in silence: `echo`, `record` and `view` of a misspelt host
+    waited without a word. They say so at once, and go on (a name server may come up later)."""
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        'inputs: {endpoints: ["tcp://no-such-host.invalid:5555"]}\n'
+        'outputs: {endpoint: "tcp://127.0.0.1:5556"}\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *(a.format(tmp=tmp_path, config=config) for a in argv)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert proc.poll() is None, "it goes on waiting for the host"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    # Between them, the resolver's own words ("Name or service not known" with glibc).
+    assert line.startswith(
+        f"perception {argv[0]}: warning: tcp://no-such-host.invalid:5555: host "
+        "'no-such-host.invalid' does not resolve ("
+    ), line
+    assert line.endswith("); nothing can arrive from it until it resolves\n"), line

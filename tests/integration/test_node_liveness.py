@@ -248,3 +248,31 @@ def test_a_publisher_killed_and_restarted(
     print(figures)
     assert not any(s.alive for s in stale.sensors)
     assert resumed_ns - first_seen[0] < 1 * S, figures
+
+
+def test_an_input_host_that_does_not_resolve_is_said_and_noted(
+    tmp_path: Path, yolox_path: Path
+) -> None:
+    """A misspelt sensor host: libzmq retries it for ever in silence, and the node said only "no
+    message since the node started". Now it logs the endpoint and the resolver's words, and its
+    diagnostics carry them as a note, while the other inputs are served as before."""
+    if not yolox_path.is_file():
+        pytest.skip(f"real data not found: {yolox_path}")
+    config, sensors, detections = node_config(tmp_path, yolox_path)
+    bad = "tcp://no-such-host.invalid:2368"
+    doc = yaml.safe_load(config.read_text())
+    doc["inputs"]["endpoints"] = [bad, sensors]
+    config.write_text(yaml.safe_dump(doc))
+    with running_node(config) as node, Outputs(detections) as outputs:
+        outputs.wait_for(
+            lambda o: any(any(bad in n for n in d.notes) for _, d in o.diagnostics),
+            20.0,
+            "the unresolved host's note",
+        )
+        notes = [n for n in outputs.last_diagnostics().notes if bad in n]
+        assert node.proc.poll() is None
+    assert len(notes) == 1 and notes[0].startswith(
+        f"input {bad}: host 'no-such-host.invalid' does not resolve ("
+    ), notes
+    logged = [line for line in node.output if bad in line and "WARNING" in line]
+    assert len(logged) == 1 and "ZeroMQ keeps trying it" in logged[0], node.output

@@ -18,7 +18,13 @@ import zmq
 
 from perception.config import NodeConfig
 from perception.errors import TransportError
-from perception.io.runtime import check_ipc_free, check_private_dir, check_socket_dir, runtime_dir
+from perception.io.runtime import (
+    check_ipc_free,
+    check_private_dir,
+    check_socket_dir,
+    runtime_dir,
+    unresolved_host,
+)
 from perception.io.transport import Publisher, Subscriber, default_endpoint
 from tests.perception.io.test_transport import fix, send_until_received
 
@@ -242,3 +248,28 @@ def test_a_socket_folder_that_cannot_be_made_is_found_before_the_bind(tmp_path: 
     with pytest.raises(TransportError, match=rf"cannot create socket folder {afile}/sockets: "
                        rf"{afile} is not a folder$"):  # fmt: skip
         check_ipc_free(endpoint)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "why"),
+    [
+        ("tcp://no-such-host.invalid:5555", "host 'no-such-host.invalid' does not resolve ("),
+        # A connect from a source address: the destination is what must resolve.
+        ("tcp://127.0.0.1:0;lidar.invalid:2368", "host 'lidar.invalid' does not resolve ("),
+        ("tcp://" + "a" * 64 + ":5555", f"host '{'a' * 64}' is not a host name ("),
+        ("tcp://127.0.0.1:5555", None),
+        ("tcp://[::1]:5555", None),
+        ("tcp://localhost:5555", None),
+        ("tcp://*:5555", None),
+        ("ipc:///tmp/sensors", None),
+        ("inproc://sensors", None),
+    ],
+)
+def test_unresolved_host_says_why_a_tcp_host_has_no_address(endpoint: str, why: str | None) -> None:
+    """libzmq retries a connect to a name that does not resolve for ever, without a word (.invalid
+    never resolves: RFC 2606)."""
+    found = unresolved_host(endpoint)
+    if why is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(why), found
