@@ -552,6 +552,15 @@ def _add_bench(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "--rate, stepping up or down, then runs of up to 30 s at the edge (capped by --duration)",
     )
     p.add_argument(
+        "--ready-timeout",
+        metavar="S",
+        type=positive_seconds,
+        default=120.0,
+        help="how long the node may take to start (its engines loaded and warmed up); a first "
+        "TensorRT build takes minutes: build them first (`perception engines build`) or give "
+        "more, s",
+    )
+    p.add_argument(
         "--config", metavar="FILE", help="node YAML config to bench (its endpoints are replaced)"
     )
     p.add_argument(

@@ -124,7 +124,11 @@ class NodeChild(Closeable):
                 raise BenchInterruptedError("interrupted while the node was starting")
             self.check_alive()
             if time.monotonic() > deadline:
-                raise PerceptionError(f"the node was not ready after {timeout_s:.0f} s")
+                raise PerceptionError(
+                    f"the node was not ready after {timeout_s:g} s (a first TensorRT build takes "
+                    "minutes: run `perception engines build` first, or give --ready-timeout): "
+                    f"{self.tail()}"
+                )
 
     def close(self) -> None:
         """Stop the node (SIGINT, then kill) and wait for it (its code: `returncode`)."""

@@ -205,6 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         find_max_rate=args.find_max_rate,
         window_s=args.window,
+        ready_timeout_s=args.ready_timeout,
     )
     check_settings(settings)
     out = check_output_dir(Path(args.out).expanduser(), "--out", create=False)

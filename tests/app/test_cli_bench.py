@@ -226,3 +226,22 @@ def test_a_killed_bench_takes_its_node_with_it(
         raise AssertionError("the node outlived its bench") from None
     assert code in (0, 143, None), code  # (None: not our child, its code unknown)
     shutil.rmtree(sockets)
+
+
+def test_a_node_slower_to_start_than_ready_timeout_is_one_line(
+    capsys: pytest.CaptureFixture[str], drive: Path, tmp_path: Path
+) -> None:
+    """The bench waited a fixed 120 s for its node: a first TensorRT build (minutes) failed it
+    with no way to wait longer. --ready-timeout sets the wait, and its end says what to do."""
+    out = tmp_path / "out"
+    err = fails(
+        capsys, "bench", str(drive), "--ready-timeout", "0.01", "--out", str(out), "--quiet"
+    )
+    assert err.startswith(
+        "perception bench: error: the node was not ready after 0.01 s (a first TensorRT build "
+        "takes minutes: run `perception engines build` first, or give --ready-timeout): "
+    ), err
+    assert not out.exists()
+    assert fails(capsys, "bench", str(drive), "--ready-timeout", "0", "--out", str(out)).endswith(
+        "argument --ready-timeout: 0 is not > 0"
+    )
