@@ -647,8 +647,8 @@ class DriveReader:
 
     A complete file is read through its index (log-time order). A file without a usable index
     is read from start to end, every chunk's CRC checked: a truncated file (no footer: the
-    recorder was killed), read up to its last complete record (`truncated` is then True and a
-    warning is logged); a file whose summary section (the index) is damaged (warned about); a
+    recorder was killed), read up to its last complete record (`truncated` is then True, and
+    one warning, once a read reaches the cut, names where the data ends); a file whose summary section (the index) is damaged (warned about); a
     file written without one. There a damaged record whose framing is intact costs its own
     contents only: the read goes on with the next record. Each `messages` call opens the file
     anew, so several iterations may run one after the other.
@@ -712,12 +712,9 @@ class DriveReader:
             or tail[-len(_MAGIC) :] != _MAGIC
             or _RECORD_PREFIX.unpack_from(tail) != (Opcode.FOOTER, _FOOTER_RECORD - 9)
         ):
+            # Said once the read reaches the cut (`_cut`, `_truncated_end`): one line naming
+            # what was lost, not one now and another then.
             self.truncated = True
-            self._warn_once(
-                "truncated",
-                f"{self.path}: the drive is truncated (no footer: the recorder did not finish "
-                "it); reading up to its last complete chunk",
-            )
             return None
         summary_start, _offsets_start, summary_crc = _FOOTER_FIELDS.unpack_from(tail, 9)
         if summary_start == 0:
@@ -954,7 +951,13 @@ class DriveReader:
         size = os.fstat(f.fileno()).st_size
         pos = len(_MAGIC)
         in_summary = False
-        while pos < size:
+        while True:
+            if pos >= size:
+                if self.truncated:
+                    self._truncated_end(
+                        "its summary is cut" if in_summary else "cut between two records"
+                    )
+                return
             f.seek(pos, io.SEEK_SET)
             prefix = f.read(_RECORD_PREFIX.size)
             if len(prefix) == _RECORD_PREFIX.size:
@@ -964,6 +967,8 @@ class DriveReader:
                 opcode, length, end = -1, -1, size + 1
             if end > size:
                 if in_summary:
+                    if self.truncated:
+                        self._truncated_end("its summary is cut")
                     return
                 # A damaged length (or bytes cut out): the chunks after it are intact, and
                 # found by their headers; ending the read here lost them without a count.
@@ -1008,6 +1013,14 @@ class DriveReader:
             except Exception as e:  # the libraries raise assorted errors on damaged bytes
                 yield _DamagedRecord(start, end, opcode, _why(e), _metadata_name(opcode, body))
 
+    def _truncated_end(self, where: str) -> None:
+        """Says, once, that the drive is truncated and where its data ends (`where`)."""
+        self._warn_once(
+            "truncated",
+            f"{self.path}: the drive is truncated (no footer: the recorder did not finish it); "
+            f"read up to its last complete record: {where}",
+        )
+
     def _skipped(
         self, pos: int, opcode: int, length: int, size: int, resume: int
     ) -> _DamagedRecord:
@@ -1040,7 +1053,7 @@ class DriveReader:
                 f"{size - pos - _RECORD_PREFIX.size} remain"
             )
         if self.truncated:
-            self._warn_once("cut", f"{self.path}: drive data ends in an incomplete record ({what})")
+            self._truncated_end(f"its data ends in an incomplete record ({what})")
             return
         # The file has its footer, so this is no cut: a damaged length field, and without it no
         # later record can be found.

@@ -277,6 +277,11 @@ def check_sensor_drive(
             raise ReplayError(
                 f"{path}: not one of the drive's messages can be read ({contents.describe()})"
             )
+        if reader.truncated:
+            raise ReplayError(
+                f"{path}: the drive is truncated before its first complete chunk (the recorder "
+                f"did not finish it): it holds no messages to {command}"
+            )
         raise ReplayError(f"{path}: the drive holds no messages; {command} takes a sensor drive")
     held = contents.describe()
     if not contents.topics_of(*SENSOR_TYPES):

@@ -14,6 +14,7 @@ import pytest
 from perception.msgs.types import GnssFix, Header
 from replay.drive import RIG_METADATA, DriveReader, DriveWriter
 from replay.errors import DamagedDriveError, ReplayError
+from replay.mcap_player import check_sensor_drive
 from replay.synth.world import synth_rig
 from tests.replay.damage import record_ends
 
@@ -211,9 +212,13 @@ def test_a_length_past_the_end_is_read_past_to_the_next_chunk_without_allocating
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="replay.drive"):
         assert _gnss(DriveReader(cut)) == (ALL[:-1], [])
-    assert f"{cut}: drive data ends in an incomplete record (the chunk record at byte {last} " in (
-        caplog.text
-    )
+    # One line: that the drive is truncated, and where its data ends.
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        f"{cut}: the drive is truncated (no footer: the recorder did not finish it); read up to "
+        f"its last complete record: its data ends in an incomplete record (the chunk record at "
+        f"byte {last} "
+    ), line
 
 
 def _without_summary(data: bytes, data_end: int | None = None) -> bytes:
@@ -273,4 +278,61 @@ def test_a_complete_drive_without_a_summary_is_not_called_truncated(
     assert "truncated" not in caplog.text
     assert f"{path}: the drive has no summary section (no index); reading it from start to end" in (
         caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("between two chunks", "cut between two records"),
+        ("inside a chunk", "its data ends in an incomplete record (the chunk record at byte "),
+        ("after the data section", "its summary is cut"),
+    ],
+)
+def test_a_truncated_drive_is_said_once_with_where_its_data_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str, said: str
+) -> None:
+    """A cut drive gave two warnings (that it is truncated, as it was opened; then, at the cut,
+    that its data ends in an incomplete record). Now one, naming where the data ends."""
+    data = small_drive(tmp_path / "full.mcap").read_bytes()
+    chunks = _records(data, 0x06)
+    index = 3
+    keep = {
+        "between two chunks": chunks[index][1],
+        "inside a chunk": chunks[index][1] - 5,
+        "after the data section": _data_end(data) + 20,
+    }[where]
+    path = tmp_path / "cut.mcap"
+    path.write_bytes(data[:keep])
+    with caplog.at_level(logging.WARNING, logger="replay.drive"):
+        reader = DriveReader(path)
+        lats, errors = _gnss(reader)
+        _gnss(reader)  # a second pass says nothing more
+    assert reader.truncated and errors == []
+    # Chunk 0 holds the rig, then each fix is a chunk of its own: chunk 3 holds fix 2.
+    assert (
+        lats
+        == {
+            "between two chunks": ALL[:3],
+            "inside a chunk": ALL[:2],
+            "after the data section": ALL,
+        }[where]
+    )
+    (line,) = _warnings(caplog)
+    assert line.startswith(
+        f"{path}: the drive is truncated (no footer: the recorder did not finish it); read up to "
+        f"its last complete record: {said}"
+    ), line
+
+
+def test_a_drive_cut_before_its_first_chunk_says_so(tmp_path: Path) -> None:
+    """Cut inside its first chunk, a drive read as "the drive holds no messages", as if empty."""
+    data = small_drive(tmp_path / "full.mcap").read_bytes()
+    path = tmp_path / "cut.mcap"
+    path.write_bytes(data[: _records(data, 0x06)[0][1] - 5])
+    with pytest.raises(ReplayError) as info:
+        check_sensor_drive(DriveReader(path), command="play")
+    assert str(info.value) == (
+        f"{path}: the drive is truncated before its first complete chunk (the recorder did not "
+        "finish it): it holds no messages to play"
     )
