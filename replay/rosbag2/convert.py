@@ -66,6 +66,7 @@ TIME_FIELDS = ("t", "time", "time_stamp", "timestamp", "offset_time")
 VELOCITY_WINDOW_NS = 500_000_000
 _RELATIVE_LIMIT_S = 10.0
 _ABSOLUTE_NS_ABOVE = 1e14  # float times above this are nanoseconds since the epoch
+_MAX_TIME_NS = 2.0**62  # above any stamp a drive holds (2116), below int64's limit
 
 # sensor_msgs/PointField datatypes -> numpy kinds.
 _POINT_FIELD_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
@@ -149,8 +150,11 @@ def _column(records: npt.NDArray[np.uint8], dtype: np.dtype[Any], offset: int) -
     return raw.view(dtype).reshape(-1)
 
 
-def _time_offsets(values: npt.NDArray[Any], integer: bool, header_ns: int) -> npt.NDArray[np.int64]:
-    """Per-point times (see the module docstring) as ns after the header stamp (any sign)."""
+def _time_offsets(
+    values: npt.NDArray[Any], integer: bool, header_ns: int, where: str
+) -> npt.NDArray[np.int64]:
+    """Per-point times (see the module docstring) as ns after the header stamp (any sign).
+    Raises Rosbag2Error naming `where` for a time whose nanoseconds do not fit an int64."""
     v = values.astype(np.float64)
     if integer:
         if np.abs(v).max() < _RELATIVE_LIMIT_S * 1e9:
@@ -159,11 +163,26 @@ def _time_offsets(values: npt.NDArray[Any], integer: bool, header_ns: int) -> np
     if np.abs(v).max() < _RELATIVE_LIMIT_S:
         return np.rint(v * 1e9).astype(np.int64)
     if np.median(v) > _ABSOLUTE_NS_ABOVE:
-        return np.rint(v).astype(np.int64) - header_ns
+        return _as_int64(v, v, where) - header_ns
     # Absolute seconds: subtract the header's seconds first so float64 keeps the nanoseconds.
     sec = header_ns // 1_000_000_000
     rest = header_ns - sec * 1_000_000_000
-    return np.rint((v - sec) * 1e9).astype(np.int64) - rest
+    with np.errstate(over="ignore"):
+        ns = (v - sec) * 1e9
+    return _as_int64(ns, v, where) - rest
+
+
+def _as_int64(
+    ns: npt.NDArray[np.float64], given: npt.NDArray[np.float64], where: str
+) -> npt.NDArray[np.int64]:
+    """`ns` rounded to int64. A float time of 1e300 was cast with numpy's RuntimeWarning to
+    int64's minimum, and the sweep refused as starting before the epoch."""
+    out_of_range = ~(np.abs(ns) < _MAX_TIME_NS)
+    if np.any(out_of_range):
+        raise Rosbag2Error(
+            f"{where}: per-point time {given[np.argmax(out_of_range)]:g} is beyond any sweep's"
+        )
+    return np.rint(ns).astype(np.int64)
 
 
 def pointcloud_to_sweep(
@@ -192,11 +211,14 @@ def pointcloud_to_sweep(
     read = [*"xyz", *(n for n in (name, time_field) if n is not None)]
     _check_read_fields(fields, read, twice, where)
     records = _cloud_records(msg, where)
-    xyz = np.stack([_column(records, *fields[a]).astype(np.float32) for a in "xyz"], axis=1)
-    if name is None:
-        intensity = np.zeros(len(records), dtype=np.float32)
-    else:
-        intensity = _column(records, *fields[name]).astype(np.float32)
+    # A float64 value beyond float32's range becomes inf, and its point is dropped below as a
+    # non-finite one: numpy's RuntimeWarning was a second line on stderr.
+    with np.errstate(over="ignore"):
+        xyz = np.stack([_column(records, *fields[a]).astype(np.float32) for a in "xyz"], axis=1)
+        if name is None:
+            intensity = np.zeros(len(records), dtype=np.float32)
+        else:
+            intensity = _column(records, *fields[name]).astype(np.float32)
     keep = np.all(np.isfinite(xyz), axis=1) & np.isfinite(intensity)
     points = np.ascontiguousarray(np.column_stack([xyz, intensity])[keep], dtype=np.float32)
 
@@ -209,7 +231,8 @@ def pointcloud_to_sweep(
             raise Rosbag2Error(
                 f"{where}: per-point time field {time_field!r} has non-finite values"
             )
-        relative = _time_offsets(values, dtype.kind in "iu", header_ns)
+        at = f"{where}: field {time_field!r}"
+        relative = _time_offsets(values, dtype.kind in "iu", header_ns, at)
         first = min(int(relative.min()), 0)
         stamp = header_ns + first
         if stamp < 0:

@@ -160,7 +160,9 @@ def _as_ros_defines(where: str, msgtype: str) -> Iterator[None]:
             f"{where}: {msgtype} as the bag defines it has no field {e.name!r} (not the ROS 2 "
             "message of that name)"
         ) from e
-    except TypeError as e:
+    except (TypeError, ValueError, OverflowError) as e:
+        # A field of another type (a string latitude, a 4-element K) fails as int(), float()
+        # or reshape meet it: "unexpected ValueError" blamed the importer.
         raise Rosbag2Error(
             f"{where}: {msgtype} as the bag defines it is not the ROS 2 message of that name ({e})"
         ) from e

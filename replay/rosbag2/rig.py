@@ -147,7 +147,10 @@ def camera_calibration(info: Any, *, rectified: bool, where: str) -> CameraCalib
     if not (np.all(np.isfinite(k)) and np.all(np.isfinite(p)) and np.all(np.isfinite(r))):
         raise Rosbag2Error(f"{where}: CameraInfo K, R or P has non-finite values")
     projection = k if _unset(p) else p[:, :3]
-    if abs(float(np.linalg.det(projection))) < 1e-12:
+    with np.errstate(over="ignore", invalid="ignore"):
+        # An fx of 1e300 overflows (numpy's warning was a line before the error that names it).
+        det = float(np.linalg.det(projection))
+    if abs(det) < 1e-12:
         raise Rosbag2Error(f"{where}: CameraInfo P[:, :3] is singular")
     offset = np.zeros(3) if _unset(p) else -np.linalg.solve(projection, p[:, 3])
     rotation = np.eye(3) if rectified or _unset(r) else r

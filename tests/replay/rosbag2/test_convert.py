@@ -136,6 +136,35 @@ def test_malformed_clouds_are_named() -> None:
     assert len(sweep(msg).points) == 3
 
 
+@pytest.mark.filterwarnings("error")
+def test_absurd_per_point_times_are_named_without_numpy_warnings() -> None:
+    """A float time of 1e300 was cast to int64's minimum after numpy's RuntimeWarning (a
+    second line on stderr), and the sweep refused as "per-point times start before the
+    epoch"."""
+    for values in (np.array([1e300, 1e300, 1e300]), np.array([-3e38, 0.0, 0.0], "<f4")):
+        datatype = 8 if values.dtype.itemsize == 8 else 7
+        with pytest.raises(Rosbag2Error) as error:
+            sweep(point_cloud(STAMP, "velo", POINTS, {"t": (datatype, values)}))
+        assert str(error.value) == (
+            f"test: field 't': per-point time {values[0]:g} is beyond any sweep's"
+        )
+
+
+@pytest.mark.filterwarnings("error")
+def test_float64_coordinates_beyond_float32_are_dropped_without_numpy_warnings() -> None:
+    """They become inf and their points are dropped as no-returns; numpy's "overflow
+    encountered in cast" was a line on stderr of a successful import."""
+    xyz = np.array([[1, 2, 3], [1e300, 0, 0], [4, 5, 6]], dtype="<f8")
+    field = T["sensor_msgs/msg/PointField"]
+    msg = T["sensor_msgs/msg/PointCloud2"](
+        header=header(STAMP, "velo"), height=1, width=3,
+        fields=[field(name=n, offset=8 * i, datatype=8, count=1) for i, n in enumerate("xyz")],
+        is_bigendian=False, point_step=24, row_step=72, data=xyz.reshape(-1).view(np.uint8),
+        is_dense=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(sweep(msg).points, [[1, 2, 3, 0], [4, 5, 6, 0]])
+
+
 BGR = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
 
 
@@ -247,3 +276,11 @@ def test_camera_info_raw_uses_k_d_and_r() -> None:
     info.k = np.zeros(9)
     with pytest.raises(Rosbag2Error, match=r"^t: the camera is not calibrated"):
         camera_calibration(info, rectified=False, where="t")
+
+
+@pytest.mark.filterwarnings("error")
+def test_an_absurd_focal_length_is_named_without_numpy_warnings() -> None:
+    """numpy's "overflow encountered in det" came on stderr before the error."""
+    huge = np.array([[1e300, 0, 600, 0], [0, 1e300, 180, 0], [0, 0, 1, 0]])
+    with pytest.raises(Rosbag2Error, match=r"^t\.k: fx=1e\+300 px is no focal length"):
+        camera_calibration(camera_info(STAMP, "cam", huge, 1242, 375), rectified=True, where="t")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from calibration import Rig, load_kitti_object_calib, save_rig_yaml
 from calibration.check import read_kitti_bin
@@ -227,6 +228,38 @@ def test_a_standard_type_defined_otherwise_by_the_bag_is_named(tmp_path: Path) -
     assert _refused(tmp_path / "bag", tmp_path) == (
         f"{tmp_path / 'bag'}: {LIDAR_TOPIC} at receive time 1: sensor_msgs/msg/PointCloud2 as "
         "the bag defines it has no field 'header' (not the ROS 2 message of that name)"
+    )
+
+
+def test_a_standard_type_with_a_field_of_another_type_is_named(tmp_path: Path) -> None:
+    """A bag's own PointCloud2 whose point_step is a string: "unexpected ValueError" (exit
+    1), as was a CameraInfo whose K has 4 elements."""
+    msgtype = "sensor_msgs/msg/PointCloud2"
+    msgdef = (
+        "std_msgs/Header header\nuint32 height\nuint32 width\nsensor_msgs/PointField[] fields\n"
+        "bool is_bigendian\nstring point_step\nuint32 row_step\nuint8[] data\nbool is_dense\n"
+    )
+    store = get_typestore(Stores.LATEST)
+    store.fielddefs.pop(msgtype)
+    store.register(get_types_from_msg(msgdef, msgtype))
+    cloud = point_cloud(0, "velo_link", np.array([[10.0, 0.0, 0.0, 0.5]], np.float32))
+    fields = [store.types["sensor_msgs/msg/PointField"](name=f.name, offset=f.offset,
+              datatype=f.datatype, count=1) for f in cloud.fields]  # fmt: skip
+    msg = store.types[msgtype](
+        header=store.types["std_msgs/msg/Header"](
+            stamp=store.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+            frame_id="velo_link",
+        ),
+        height=1, width=1, fields=fields, is_bigendian=False, point_step="sixteen",
+        row_step=16, data=cloud.data, is_dense=True,
+    )  # fmt: skip
+    with BagWriter(tmp_path / "bad") as w:
+        w.connection(LIDAR_TOPIC, msgtype, msgdef=msgdef, rihs01="RIHS01_" + "0" * 64)
+        w.write_raw(LIDAR_TOPIC, 1, bytes(store.serialize_cdr(msg, msgtype)))
+    assert _refused(tmp_path / "bad", tmp_path) == (
+        f"{tmp_path / 'bad'}: {LIDAR_TOPIC} at receive time 1: {msgtype} as the bag defines it "
+        "is not the ROS 2 message of that name (invalid literal for int() with base 10: "
+        "'sixteen')"
     )
 
 
