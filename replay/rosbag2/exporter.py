@@ -70,9 +70,32 @@ class ExportStats:
 
 
 def _ros_topic(name: str) -> str:
-    """A drive topic or stream as a ROS 2 topic name (letters, digits, _ and /)."""
-    topic = "/" + _TOPIC_CHARS.sub("_", name.strip("/"))
-    return topic if not topic[1:2].isdigit() else f"/_{topic[1:]}"
+    """A drive topic or stream as a valid ROS 2 topic name: tokens of letters, digits and _,
+    none empty (`a//b` and `/` are names `ros2 bag play` refuses) nor starting with a digit."""
+    tokens = [_TOPIC_CHARS.sub("_", t) for t in name.split("/") if t]
+    return "/" + "/".join(f"_{t}" if t[0].isdigit() else t for t in tokens or ["_"])
+
+
+class _Topics:
+    """Drive topics or streams -> ROS 2 topics, refusing two that become one: their lists
+    were merged on one topic, or refused as one frame twice."""
+
+    def __init__(self, source: Path) -> None:
+        self._source = source
+        self._names: dict[str, str] = {}
+        self._topics: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _ros_topic(name)
+            other = self._names.setdefault(topic, name)
+            if other != name:
+                raise Rosbag2Error(
+                    f"{self._source}: {other!r} and {name!r} both become the ROS 2 topic "
+                    f"{topic} (letters, digits and _ only)"
+                )
+        return topic
 
 
 _Item = tuple[str, int, DetectionList]  # (ROS topic, receive time ns, the list)
@@ -80,8 +103,9 @@ _Item = tuple[str, int, DetectionList]  # (ROS topic, receive time ns, the list)
 
 def _drive_lists(source: Path, on_error: Callable[[ReplayError], None]) -> list[_Item]:
     # DetectionLists are small: held in memory, so the progress bar knows the total.
+    topics = _Topics(source)
     return [
-        (_ros_topic(rec.topic), rec.log_time_ns, rec.message)
+        (topics(rec.topic), rec.log_time_ns, rec.message)
         for rec in DriveReader(source).messages(on_error=on_error)
         if isinstance(rec.message, DetectionList)
     ]
@@ -92,7 +116,8 @@ def _run_lists(source: Path) -> tuple[list[_Item], list[int]]:
     numbered = list(read_jsonl_lines(source, DetectionList))
     # A run records no receive times. Its sweep stamps, not stamp + latency: the latency of an
     # offline run is this machine's processing time, and would reorder the lists.
-    items = [(_ros_topic(dl.header.stream), dl.header.stamp_ns, dl) for _, dl in numbered]
+    topics = _Topics(source)
+    items = [(topics(dl.header.stream), dl.header.stamp_ns, dl) for _, dl in numbered]
     return items, [line for line, _ in numbered]
 
 
@@ -187,7 +212,8 @@ def export_rosbag2(
 
     Raises Rosbag2Error naming the path: `out` exists or its folder is missing, the source is
     not a drive or run, holds no DetectionLists or holds one frame twice on a topic (one
-    `header.seq` or `header.stamp_ns` again, replay.runs.check_one_per_frame); the source's
+    `header.seq` or `header.stamp_ns` again, replay.runs.check_one_per_frame) or two topics
+    or streams that become one ROS 2 topic (`det-1`, `det_1`); the source's
     own read errors (ReplayError / SourceError) pass through; ValueError for an unknown
     `storage` or `msgs`."""
     begin = time.perf_counter()

@@ -205,3 +205,30 @@ def test_each_topic_of_a_drive_holds_its_own_frames(tmp_path: Path) -> None:
             w.write(dl, dl.header.stamp_ns + 2, "detections_learned")
     stats = export_rosbag2(drive, tmp_path / "bag")
     assert stats.messages == {"/detections": 5, "/detections_learned": 5}
+
+
+def _run_of_streams(path: Path, streams: list[str]) -> Path:
+    with path.open("w") as f:
+        for stream, dl in zip(streams, LISTS, strict=False):
+            write_jsonl_line(f, replace(dl, header=replace(dl.header, stream=stream)))
+    return path
+
+
+def test_streams_become_valid_ros_topic_names(tmp_path: Path) -> None:
+    """`a//b` and `/` were exported as the topics `/a//b` and `/`, and only a stream's first
+    token was kept from starting with a digit: names `ros2 bag play` refuses."""
+    run = _run_of_streams(tmp_path / "run.jsonl", ["a//b/9c", "/", "x-y/", "2d"])
+    stats = export_rosbag2(run, tmp_path / "bag")
+    assert stats.messages == {"/a/b/_9c": 1, "/_": 1, "/x_y": 1, "/_2d": 1}
+
+
+def test_two_streams_of_one_ros_topic_are_refused(tmp_path: Path) -> None:
+    """They were merged on one topic (or refused as one frame twice)."""
+    run = _run_of_streams(tmp_path / "run.jsonl", ["det-1", "det_1"])
+    with pytest.raises(Rosbag2Error) as error:
+        export_rosbag2(run, tmp_path / "bag")
+    assert str(error.value) == (
+        f"{run}: 'det-1' and 'det_1' both become the ROS 2 topic /det_1 (letters, digits and _ "
+        "only)"
+    )
+    assert not (tmp_path / "bag").exists()
