@@ -148,6 +148,9 @@ def _versions(dataroot: Path) -> list[str]:
 
 def _table_root(dataroot: Path, version: str) -> Path:
     """The version folder, after checking it and every table are there."""
+    if dataroot.exists() and not dataroot.is_dir():
+        # A table file given as DATAROOT was said not to exist.
+        raise ReplayError(f"{dataroot}: not a folder, so no nuScenes DATAROOT")
     if not dataroot.is_dir():
         raise ReplayError(f"{dataroot}: nuScenes DATAROOT does not exist")
     root = dataroot / version

@@ -119,6 +119,10 @@ def _refused(root: Path) -> str:
 
 def test_folder_and_missing_tables(dataset: Fixture, tmp_path: Path) -> None:
     assert _refused(tmp_path / "nope") == f"{tmp_path / 'nope'}: nuScenes DATAROOT does not exist"
+    # A table given as DATAROOT was said not to exist.
+    table = tmp_path / "scene.json"
+    table.write_text("[]")
+    assert _refused(table) == f"{table}: not a folder, so no nuScenes DATAROOT"
     root = _copy(dataset, tmp_path)
     with pytest.raises(
         ReplayError, match=r"missing \(the tables of version v9\); versions here: v1"
