@@ -648,10 +648,11 @@ class DriveReader:
     A complete file is read through its index (log-time order). A file without a usable index
     is read from start to end, every chunk's CRC checked: a truncated file (no footer: the
     recorder was killed), read up to its last complete record (`truncated` is then True, and
-    one warning, once a read reaches the cut, names where the data ends); a file whose summary section (the index) is damaged (warned about); a
-    file written without one. There a damaged record whose framing is intact costs its own
-    contents only: the read goes on with the next record. Each `messages` call opens the file
-    anew, so several iterations may run one after the other.
+    one warning, once a read reaches the cut, names where the data ends); a file whose summary
+    section (the index) is damaged (warned about); a file written without one. There a damaged
+    record whose framing is intact costs its own contents only: the read goes on with the next
+    record. Each `messages` call opens the file anew, so several iterations may run one after
+    the other.
 
     Raises (constructor):
         ReplayError: the file is missing, unreadable or not an MCAP file (names the path).
