@@ -164,10 +164,22 @@ def check_reachable(endpoints: Sequence[str], option: str = "") -> None:
     nothing, and `run` and `view` hearing nothing, without a word. `option` names where the
     endpoints come from ("--endpoint"; default: the node config).
 
+    Also refuses an endpoint that is not UTF-8 text (bytes a shell passed on as they were):
+    ZeroMQ takes endpoints as UTF-8, and binding one failed deep inside it with a
+    UnicodeEncodeError, reported as a bug.
+
     Raises:
-        PerceptionError: naming the endpoint and what to use instead.
+        PerceptionError: naming the endpoint and what to use instead, or that it is not UTF-8.
     """
     for endpoint in endpoints:
+        try:
+            endpoint.encode("utf-8")
+        except UnicodeEncodeError:
+            where = f"{option} " if option else ""
+            shown = endpoint.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise PerceptionError(
+                f"{where}'{shown}': not UTF-8 text; ZeroMQ takes endpoints as UTF-8"
+            ) from None
         if endpoint.startswith("inproc://"):
             where = f"{option} " if option else ""
             raise PerceptionError(

@@ -120,8 +120,22 @@ class DuplicateOutputError(ReplayError, ValueError):
     """Two sources would write the same output file (a ValueError too, as it always was)."""
 
 
+def _output_name(source: Path) -> str:
+    """The name of `source`'s output: the folder's name or the drive's stem, of the path made
+    absolute (not resolved: a link's own name is kept), since `.` and `..` have no name of
+    their own (`.` failed as a bug, `..` wrote a hidden `...jsonl`).
+
+    Raises ReplayError for the root folder, which has no name.
+    """
+    path = Path(os.path.abspath(source))
+    name = path.name if path.is_dir() else path.stem
+    if not name:
+        raise ReplayError(f"{source}: has no name to name its output after")
+    return name
+
+
 def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
-    names = [(p.name if p.is_dir() else p.stem) for p in sources]
+    names = [_output_name(p) for p in sources]
     seen: dict[str, Path] = {}
     for name, src in zip(names, sources, strict=True):
         if name in seen:

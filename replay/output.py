@@ -252,9 +252,10 @@ def _temporary_beside(target: Path) -> Path:
     """A new empty file in `target`'s folder, hidden, keeping `target`'s suffix (writers such
     as OpenCV and matplotlib choose the format from it)."""
     # A file name takes at most 255 bytes: a target's name near that has no room for the
-    # temporary's additions, which then keeps only the name's start.
+    # temporary's additions, which then keeps only the name's start. Counted in the bytes the
+    # file system gets: a name's undecodable bytes (surrogates) failed `str.encode()`.
     stem = target.stem
-    while len(f".{stem}.00000000.part{target.suffix}".encode()) > _MAX_NAME_BYTES and stem:
+    while len(os.fsencode(f".{stem}.00000000.part{target.suffix}")) > _MAX_NAME_BYTES and stem:
         stem = stem[:-1]
     for _ in range(100):
         token = secrets.token_hex(4)

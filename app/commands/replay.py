@@ -12,14 +12,15 @@ from app.models import build_pipeline, camera_model_file, choose_camera_model
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.distributed import check_ray_address, replay_many
-from replay.drive import DriveReader
+from replay.distributed import ReplayResult, check_ray_address, replay_many
+from replay.drive import DriveReader, check_not_being_written
 from replay.mcap_player import check_sensor_drive
 from replay.offline import replay_to_file
 from replay.output import (
     check_not_an_input,
     check_output_dir,
     check_output_file,
+    output_dir,
 )
 from replay.synth.world import drive_files, has_ground_truth
 
@@ -38,11 +39,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise PerceptionError(f"{out}: --out must end in .jsonl or .mcap")
     # Before anything is loaded: a wrong --out costs nothing.
     check_output_file(args.out, "--out")
+    # Renamed over at the end, a drive a recorder is writing lost all it recorded after.
+    check_not_being_written(out)
     # The ground truth beside a synthetic drive is read too (it chooses the detector).
     check_not_an_input(out, drive_files(path), "--out")
     show_dir = None
     if args.show is not None:
         show_dir = check_output_dir(Path(args.show), "--show", create=False)
+        _check_show_apart(show_dir, out)
     if kind == "kitti-object":
         not_for(args, "a KITTI object folder (its frames have no recorded time)", ("--realtime",))
         if show_dir is not None:
@@ -89,17 +93,43 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"{c.get('step_errors', 0)} sweeps failed{skipped})"
     )
     if show_dir is not None:
-        line = show_run(
-            read_run(out),
-            kitti=path if kind == "kitti-object" else None,
-            drive=path if kind == "drive" else None,
-            out_dir=show_dir,
-            quiet=args.quiet,
-            run_name=str(out),
-            inputs=[out],
-        )
+        # A drawing that failed before its first picture (a broken label file) left the
+        # folder made for it behind, empty.
+        with output_dir(show_dir, "--show") as pictures:
+            line = show_run(
+                read_run(out),
+                kitti=path if kind == "kitti-object" else None,
+                drive=path if kind == "drive" else None,
+                out_dir=pictures,
+                quiet=args.quiet,
+                run_name=str(out),
+                inputs=[out],
+            )
         print(f"perception replay: {line}")
     return 0
+
+
+class _NothingReplayedError(Exception):
+    """Every source of a many-source replay failed (each says why)."""
+
+    def __init__(self, results: list[ReplayResult]) -> None:
+        super().__init__("no source replayed")
+        self.results = results
+
+
+def _check_show_apart(show_dir: Path, out: Path) -> None:
+    """Refuses a --show folder that is --out, or inside it: neither exists before the run, so
+    the mistake showed only when the pictures were drawn, after the whole replay.
+
+    Raises:
+        PerceptionError: naming both.
+    """
+    show, written = show_dir.resolve(), out.resolve()
+    if show == written or written in show.parents:
+        raise PerceptionError(
+            f"{show_dir}: --show names --out ({out}) or a folder inside it; the pictures need "
+            "a folder of their own"
+        )
 
 
 def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
@@ -111,7 +141,9 @@ def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
     not_for(args, "--out-dir (many sources are replayed as fast as possible)", ("--realtime",))
     if args.ray_address is not None:
         check_ray_address(args.ray_address)  # before anything is made or loaded
-    out_dir = check_output_dir(Path(args.out_dir), "--out-dir")
+    # Checked now, created only once the run starts: a run that fails before any source is
+    # replayed (no model, two sources of one name) left an empty new folder behind.
+    check_output_dir(Path(args.out_dir), "--out-dir", create=False)
     sources = [Path(s).expanduser() for s in args.sources if s != "kitti-object"]
     if not sources:
         raise PerceptionError("no sources to replay")
@@ -122,17 +154,26 @@ def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
         config, args.model, config_given=args.config is not None, synthetic=synthetic
     )
     model_path = camera_model_file(config)
-    with progress_bar(total=len(sources), unit="drive", desc=None, quiet=args.quiet) as bar:
-        results = replay_many(
-            sources,
-            out_dir,
-            config=config,
-            model_path=model_path,
-            ray_address=args.ray_address,
-            progress=lambda _done, _total, _result: bar.update(1),
-            # Without --config, each drive is read on the topics it was recorded on.
-            topics_from_drive=args.config is None,
-        )
+    try:
+        with (
+            output_dir(Path(args.out_dir), "--out-dir") as out_dir,
+            progress_bar(total=len(sources), unit="drive", desc=None, quiet=args.quiet) as bar,
+        ):
+            results = replay_many(
+                sources,
+                out_dir,
+                config=config,
+                model_path=model_path,
+                ray_address=args.ray_address,
+                progress=lambda _done, _total, _result: bar.update(1),
+                # Without --config, each drive is read on the topics it was recorded on.
+                topics_from_drive=args.config is None,
+            )
+            if not any(r.ok for r in results):
+                # Raised through output_dir, which removes the folder it made, still empty.
+                raise _NothingReplayedError(results)
+    except _NothingReplayedError as e:
+        results = e.results
     failed = 0
     for r in results:
         if r.error:

@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1006,6 +1007,12 @@ def calibration_caveat(drive_path: Path) -> str | None:
 def ground_truth_path(drive_path: Path) -> Path:
     """The ground truth file beside a drive: `<drive>.gt.jsonl`."""
     p = Path(drive_path)
+    if p.name in ("", ".."):
+        # `.`, `..` or `/`, a folder given where a drive or a KITTI folder may be: `with_name`
+        # refuses a path without a name, which ended `replay kitti-object .` as a bug.
+        p = Path(os.path.abspath(p))
+        if not p.name:  # the root: nothing lies beside it
+            return p / ".gt.jsonl"
     return p.with_name(p.name + ".gt.jsonl")
 
 

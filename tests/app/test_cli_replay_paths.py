@@ -1,0 +1,176 @@
+"""`replay` and `play` given paths a hostile (or hurried) user types: `.` and `..` as sources,
+names of bytes that are not UTF-8, an --out-dir of a run that fails. One line and exit 2 for a
+mistake, never a bug report; nothing left on disk by a failed run. In-process through `main`,
+on the real KITTI frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from perception.io.transport import Publisher
+from replay.drive import DriveReader
+from replay.recorder import Recorder
+from tests.app.one_line import fails as _fails
+from tests.conftest import copy_kitti_frames
+
+#: `$(printf 'o\xff')`: Python holds a name's undecodable bytes as surrogates.
+NOT_UTF8 = b"o\xff".decode("utf-8", "surrogateescape")
+
+
+def test_a_kitti_folder_given_as_dot_replays(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`replay kitti-object . --out F` from inside the folder ended in "unexpected ValueError:
+    PosixPath('.') has an empty name" (exit 1, "a bug"): the ground truth beside `.` was
+    looked for with `Path.with_name`."""
+    monkeypatch.chdir(kitti_dir)
+    out = tmp_path / "o.jsonl"
+    code = main(["replay", "kitti-object", ".", "--out", str(out), "--model", str(yolox_path),
+                 "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize("where", [".", "image_2"])
+def test_many_sources_name_dot_and_dotdot_outputs_after_the_folder(
+    tmp_path: Path,
+    kitti_dir: Path,
+    yolox_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    """`replay . --out-dir D` failed as a bug (as above); `replay .. --out-dir D` wrote its
+    detections to the hidden file `D/...jsonl`. Both are named after the folder itself."""
+    monkeypatch.chdir(kitti_dir / where)
+    source = "." if where == "." else ".."
+    out_dir = tmp_path / "many"
+    assert main(["replay", source, "--out-dir", str(out_dir), "--model", str(yolox_path),
+                 "--quiet"]) == 0  # fmt: skip
+    assert sorted(p.name for p in out_dir.iterdir()) == [f"{kitti_dir.name}.jsonl"]
+
+
+def test_a_failed_many_source_replay_leaves_no_new_folder(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """--out-dir was created before the run could fail (a folder given twice, whose outputs
+    would collide), and the failed run left it behind, empty."""
+    out_dir = tmp_path / "new" / "many"
+    err = _fails(capsys, "replay", "kitti-object", str(kitti_dir), str(kitti_dir), "--out-dir",
+                 str(out_dir), "--model", str(yolox_path), "--quiet")  # fmt: skip
+    assert err == (
+        f"perception replay: error: {kitti_dir} and {kitti_dir} would both write "
+        f"{out_dir / kitti_dir.name}.jsonl"
+    )
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_output_named_with_bytes_that_are_not_utf8_is_written(
+    capsysbinary, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """An output named with bytes that are not UTF-8 (`--out $(printf 'o\\xff').jsonl`) ended
+    in "unexpected UnicodeEncodeError" (exit 1, "a bug") as its temporary file was named: the
+    name's length was counted with `str.encode`."""
+    out = tmp_path / f"{NOT_UTF8}.jsonl"
+    code = main(["replay", "kitti-object", str(kitti_dir), "--out", str(out), "--model",
+                 str(yolox_path), "--quiet"])  # fmt: skip
+    said = capsysbinary.readouterr()
+    assert code == 0, said.err
+    # The summary names the file as it is named: its bytes as they were given.
+    assert b"written to " + bytes(out) + b" (" in said.out
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    assert len(out.read_text().splitlines()) == 8
+
+
+def test_play_to_an_endpoint_that_is_not_utf8_is_refused(
+    capsys, tmp_path: Path, kitti_dir: Path
+) -> None:
+    """An endpoint of bytes that are not UTF-8 ended `play` in a UnicodeEncodeError from
+    ZeroMQ's bind (exit 1, "a bug")."""
+    endpoint = f"ipc://{tmp_path}/{NOT_UTF8}"
+    err = _fails(capsys, "play", "kitti-object", str(kitti_dir), "--endpoint", endpoint)
+    assert err == (
+        f"perception play: error: --endpoint 'ipc://{tmp_path}/o\\xff': not UTF-8 text; ZeroMQ "
+        "takes endpoints as UTF-8"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("show", ["o.jsonl", "o.jsonl/pictures"])
+def test_show_into_the_out_file_is_refused_before_the_run(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path, show: str
+) -> None:
+    """`--out o.jsonl --show o.jsonl` (or a folder inside it): neither existed, so the whole
+    replay ran and wrote o.jsonl, and only drawing the pictures failed ("is a file"), exit 2
+    after all the work."""
+    out = tmp_path / "o.jsonl"
+    err = _fails(capsys, "replay", "kitti-object", str(kitti_dir), "--out", str(out), "--show",
+                 str(tmp_path / show), "--model", str(yolox_path), "--quiet")  # fmt: skip
+    assert err == (
+        f"perception replay: error: {tmp_path / show}: --show names --out ({out}) or a folder "
+        "inside it; the pictures need a folder of their own"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_many_source_replay_where_every_source_fails_leaves_no_new_folder(
+    capsys, tmp_path: Path, yolox_path: Path
+) -> None:
+    """Each source failing on its own (exit 1, each named) left the --out-dir made for their
+    outputs behind, empty; a folder that was there before stays."""
+    folder = tmp_path / "kitti"
+    for sub in ("image_2", "velodyne", "calib"):
+        (folder / sub).mkdir(parents=True)
+    out_dir = tmp_path / "new" / "many"
+    code = main(["replay", "kitti-object", str(folder), "--out-dir", str(out_dir), "--model",
+                 str(yolox_path), "--quiet"])  # fmt: skip
+    assert code == 1
+    assert f"{folder}: failed: {folder / 'velodyne'}: no .bin scans" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    out_dir.mkdir(parents=True)
+    assert main(["replay", str(folder), "--out-dir", str(out_dir), "--model", str(yolox_path),
+                 "--quiet"]) == 1  # fmt: skip
+    assert out_dir.is_dir()
+
+
+def test_replay_does_not_replace_a_drive_being_recorded(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """`replay ... --out DRIVE.mcap` onto the drive a recorder was writing renamed its output
+    over it at the end: the recorder went on writing a file no name led to, and lost all it
+    recorded. It is refused as `record` and `import` refuse it, before the replay."""
+    endpoint = f"ipc://{tmp_path}/p"
+    out = tmp_path / "drive.mcap"
+    with Publisher(endpoint, bind=True):
+        recorder = Recorder([endpoint], ["gnss"], out)
+        recorder.start()
+        try:
+            inode = out.stat().st_ino
+            err = _fails(capsys, "replay", "kitti-object", str(kitti_dir), "--out", str(out),
+                         "--model", str(yolox_path), "--quiet")  # fmt: skip
+            assert err == (
+                f"perception replay: error: {out}: is being written by another process (a "
+                "recorder, an import); choose another file, or stop that one first"
+            )
+            assert out.stat().st_ino == inode
+        finally:
+            recorder.close()
+    assert not DriveReader(out).truncated  # the recorder's drive, finished where it was
+
+
+def test_show_that_fails_before_its_first_picture_leaves_no_folder(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """A broken label file ends the drawing of `--show` (one line, exit 2) after the replay
+    wrote --out; the pictures' folder made for the drawing was left behind, empty."""
+    folder = copy_kitti_frames(kitti_dir, tmp_path / "kitti", ["000000"], labels=["000000"])
+    label = folder / "label_2" / "000000.txt"
+    label.write_text("Car 0 0 x y z\n")
+    out, show = tmp_path / "o.jsonl", tmp_path / "new" / "pictures"
+    err = _fails(capsys, "replay", "kitti-object", str(folder), "--out", str(out), "--show",
+                 str(show), "--model", str(yolox_path), "--quiet")  # fmt: skip
+    assert err == f"perception replay: error: {label}:1: expected 15 values, got 6"
+    assert not (tmp_path / "new").exists()
+    assert len(out.read_text().splitlines()) == 1  # the replay itself is complete
