@@ -39,7 +39,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from perception.node import NodeCore
 from perception.node.core import ReadyBundle
 from perception.pipeline import Pipeline
 from perception.ratelimit import RateLimitedLogger
+from perception.sync.bundler import SyncStats
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import (
     REPLAY_METADATA,
@@ -288,6 +289,10 @@ class ReplaySummary:
     counters: dict[str, int] = field(default_factory=dict)
     unreadable: int = 0
     unwritten: int = 0
+    #: Sweeps the synchroniser dropped before any output, by reason (SyncStats'
+    #: `dropped_sweeps_*`, without the prefix): a `sync.queue_size` too small for the sweeps
+    #: waiting for their cameras dropped 99 of 100 without a word.
+    dropped_sweeps: dict[str, int] = field(default_factory=dict)
 
 
 def replay_to_file(
@@ -358,9 +363,13 @@ def replay_to_file(
                 for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
             output.write(writer.close, "the drive's summary")
+        summary.dropped_sweeps = sweeps_dropped(core.bundler.stats)
         if not summary.sweeps and replay_input.sweeps:
             # An empty output would read as a drive with nothing in it (no file is written).
-            raise ReplayError(_nothing_out(source, replay_input.sweeps, core.counters.scalars()))
+            counters = core.counters.scalars() | {
+                f"dropped_sweeps_{why}": n for why, n in summary.dropped_sweeps.items()
+            }
+            raise ReplayError(_nothing_out(source, replay_input.sweeps, counters))
     summary.counters = core.counters.scalars()
     summary.unreadable = replay_input.skipped.count
     return summary
@@ -376,6 +385,17 @@ def _described(source: Path) -> dict[str, str]:
             world = None  # the replay itself reports what of the drive cannot be read
         described |= world or {}
     return described
+
+
+def sweeps_dropped(stats: SyncStats) -> dict[str, int]:
+    """The sweeps `stats` counts as dropped by the synchroniser, by reason (`queue_full`,
+    `no_rig`, `clock_reset`, `unmatched`), those not 0."""
+    prefix = "dropped_sweeps_"
+    return {
+        f.name.removeprefix(prefix): n
+        for f in fields(stats)
+        if f.name.startswith(prefix) and (n := getattr(stats, f.name))
+    }
 
 
 def _nothing_out(source: Path | str, sweeps: int, counters: Mapping[str, int]) -> str:

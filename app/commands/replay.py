@@ -90,7 +90,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(
         f"perception replay: {summary.sweeps} DetectionLists written to {out} "
         f"({c.get('received', 0)} messages, {c.get('decode_errors', 0)} undecodable, "
-        f"{c.get('step_errors', 0)} sweeps failed{skipped})"
+        f"{c.get('step_errors', 0)} sweeps failed{_dropped(summary.dropped_sweeps, config)}"
+        f"{skipped})"
     )
     if show_dir is not None:
         # A drawing that failed before its first picture (a broken label file) left the
@@ -107,6 +108,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
         print(f"perception replay: {line}")
     return 0
+
+
+def _dropped(dropped: dict[str, int], config: NodeConfig) -> str:
+    """The summary's words for the sweeps the synchroniser dropped ('' for none)."""
+    if not dropped:
+        return ""
+    why = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in dropped.items())
+    hint = (
+        f"; sync.queue_size ({config.sync.queue_size}) or queue_bytes holds fewer sweeps than "
+        "wait for their cameras"
+        if "queue_full" in dropped
+        else ""
+    )
+    return f", {sum(dropped.values())} sweeps dropped by the synchroniser ({why}{hint})"
 
 
 class _NothingReplayedError(Exception):

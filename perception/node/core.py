@@ -399,7 +399,12 @@ class NodeCore:
             try:
                 moved = self._on_common_clock(msg)
                 if moved is not None and self._judge_stamp(topic, moved, receive_ns):
+                    evicted = self.bundler.stats.dropped_sweeps_queue_full
                     result = self.bundler.add(moved, receive_ns, decode_ns, parsed_rig=rig)
+                    if self.bundler.stats.dropped_sweeps_queue_full > evicted:
+                        # Counted on diagnostics alone, a queue too small for the sweeps
+                        # waiting for their cameras lost 99 of 100 sweeps without a word.
+                        self._bad.warning("sync:queue_full", self._queue_full_text())
                     if result.filed in _REFUSED:
                         self._bad.warning(
                             f"{result.filed.value}:{topic}", f"dropped: {result.reason}"
@@ -423,6 +428,14 @@ class NodeCore:
         ):
             self.camera_ahead.offer(*offer)
         return _filed(ready, decode_ns + time.perf_counter_ns() - start_ns)
+
+    def _queue_full_text(self) -> str:
+        sync = self.config.sync
+        return (
+            f"{self.config.inputs.lidar_topic}: the oldest sweep waiting for its cameras was "
+            f"dropped: the sync queue is full (sync.queue_size {sync.queue_size}, queue_bytes "
+            f"{sync.queue_bytes}); {self.bundler.stats.dropped_sweeps_queue_full} dropped so far"
+        )
 
     def _on_common_clock(self, msg: Message) -> Message | None:
         """A sensor message with its stamp moved onto the rig's common clock: plus the rig's

@@ -5,6 +5,8 @@ on the real KITTI frames."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from replay.drive import DriveReader
 from replay.recorder import Recorder
 from tests.app.one_line import fails as _fails
 from tests.conftest import copy_kitti_frames
+
+REPO = Path(__file__).resolve().parents[2]
 
 #: `$(printf 'o\xff')`: Python holds a name's undecodable bytes as surrogates.
 NOT_UTF8 = b"o\xff".decode("utf-8", "surrogateescape")
@@ -174,3 +178,31 @@ def test_show_that_fails_before_its_first_picture_leaves_no_folder(
     assert err == f"perception replay: error: {label}:1: expected 15 values, got 6"
     assert not (tmp_path / "new").exists()
     assert len(out.read_text().splitlines()) == 1  # the replay itself is complete
+
+
+def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """With `sync.queue_size: 1` a replay wrote 1 DetectionList of 100 sweeps and said only
+    "0 sweeps failed", exit 0: the sweeps waiting for their cameras were dropped, counted on
+    diagnostics alone."""
+    drive = synth_drive(0, 2.0)
+    config = tmp_path / "node.yaml"
+    config.write_text("inputs: {lidar_topic: lidar, gnss_topic: gnss}\nsync: {queue_size: 1}\n")
+    out = tmp_path / "out.jsonl"
+    model = REPO / "engines" / "models" / "synth_detector.onnx"
+    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    written = int(line.split()[2])
+    dropped = re.search(r", (\d+) sweeps dropped by the synchroniser \(queue full (\d+); ", line)
+    assert dropped is not None, line
+    assert written + int(dropped[1]) == 20 and dropped[1] == dropped[2]
+    assert line.endswith("sync.queue_size (1) or queue_bytes holds fewer sweeps than wait for "
+                         "their cameras))")  # fmt: skip
+    # The default queue holds them: nothing dropped, nothing said.
+    config.write_text("inputs: {lidar_topic: lidar, gnss_topic: gnss}\n")
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert "dropped" not in capsys.readouterr().out
