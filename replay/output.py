@@ -18,6 +18,7 @@ demo, many-drive replays, importers) and `replay` must not import `app`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -277,14 +278,47 @@ def _temporary_beside(target: Path) -> Path:
     raise OutputError(f"{target}: no free temporary name in {target.parent}")
 
 
-@contextlib.contextmanager
-def atomic_output(target: Path, what: str = "the output") -> Iterator[Path]:
-    """A temporary path to write `target`'s content to; renamed to `target` when the block
-    completes, removed when it raises (including KeyboardInterrupt). An existing `target` keeps
-    its permissions; a symbolic link is written through to the file it names.
+def _place_new(tmp: Path, target: Path) -> None:
+    """`tmp` renamed to `target` unless `target` exists: a hard link, which the kernel refuses
+    over an existing name (a rename replaces it: two imports of one new drive left the second's
+    alone, the first's gone without a word). Where links are not supported, a rename after a
+    check.
 
     Raises:
-        OutputError: `target` cannot be written (see `check_output_file`), or the rename fails.
+        OutputError: `target` exists, or neither the link nor the rename can be made.
+    """
+    appeared = OutputError(
+        f"{target}: appeared while this command wrote it (another process writing the same "
+        "file?); not replaced, and what was written here is dropped"
+    )
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise appeared from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise OutputError(f"{target}: cannot write it ({e.strerror})") from e
+        if os.path.lexists(target):
+            raise appeared from None
+        try:
+            os.replace(tmp, target)
+        except OSError as e2:
+            raise OutputError(f"{target}: cannot write it ({e2.strerror})") from e2
+
+
+@contextlib.contextmanager
+def atomic_output(
+    target: Path, what: str = "the output", *, replace: bool = True
+) -> Iterator[Path]:
+    """A temporary path to write `target`'s content to; renamed to `target` when the block
+    completes, removed when it raises (including KeyboardInterrupt). An existing `target` keeps
+    its permissions; a symbolic link is written through to the file it names. With `replace`
+    False, a `target` that appeared meanwhile (another process writing the same new file) is
+    not replaced: that is an error, and the content written here is dropped.
+
+    Raises:
+        OutputError: `target` cannot be written (see `check_output_file`), the rename fails,
+            or (without `replace`) `target` exists by then.
     """
     target = check_output_file(Path(target), what)
     if target.is_symlink():
@@ -296,10 +330,13 @@ def atomic_output(target: Path, what: str = "the output") -> Iterator[Path]:
         if target.exists():
             os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
         yield tmp
-        try:
-            os.replace(tmp, target)
-        except OSError as e:
-            raise OutputError(f"{target}: cannot replace it ({e.strerror})") from e
+        if replace:
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                raise OutputError(f"{target}: cannot replace it ({e.strerror})") from e
+        else:
+            _place_new(tmp, target)
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

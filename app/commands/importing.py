@@ -52,14 +52,18 @@ def _import(args: argparse.Namespace, source: Path, out: Path, stages: Stages) -
     not_for(args, f"an import of {args.format}", others)
     progress = stages.callback("import")
     if args.format == "kitti-object":
-        return import_kitti_object(source, out, progress=progress)
+        return import_kitti_object(source, out, progress=progress, overwrite=args.overwrite)
     if args.format == "kitti-raw":
-        return import_kitti_raw(source, out, grey=args.grey, progress=progress)
+        return import_kitti_raw(
+            source, out, grey=args.grey, progress=progress, overwrite=args.overwrite
+        )
     if args.format == "rosbag2":
         from replay.rosbag2 import import_rosbag2  # noqa: PLC0415 (rosbags loads only here)
 
         topics = Path(args.topics).expanduser() if args.topics else None
-        return import_rosbag2(source, out, topics=topics, progress=progress)
+        return import_rosbag2(
+            source, out, topics=topics, progress=progress, overwrite=args.overwrite
+        )
     from replay.datasets.nuscenes import import_nuscenes  # noqa: PLC0415
 
     if not args.scene:
@@ -71,6 +75,7 @@ def _import(args: argparse.Namespace, source: Path, out: Path, stages: Stages) -
         scene=args.scene,
         origin=_origin(args.origin),
         progress=progress,
+        overwrite=args.overwrite,
     )
 
 

@@ -398,16 +398,19 @@ def camera_offsets_ms(
 
 
 @contextmanager
-def atomic_drive(out_path: Path, compression: str | None) -> Iterator[DriveWriter]:
+def atomic_drive(
+    out_path: Path, compression: str | None, *, overwrite: bool = True
+) -> Iterator[DriveWriter]:
     """A DriveWriter on a temporary file beside `out_path`, renamed to `out_path` only when the
     block completes (replay.output.atomic_output): a failed import leaves no half drive and an
-    existing drive as it was."""
+    existing drive as it was. Without `overwrite`, a drive that appeared at `out_path` while
+    this one was written (a second import of the same new drive) is not replaced."""
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise ReplayError(f"{out_path.parent}: output folder does not exist")
     try:
         with (
-            atomic_output(out_path, "the drive") as part,
+            atomic_output(out_path, "the drive", replace=overwrite) as part,
             DriveWriter(part, compression=compression) as writer,
         ):
             yield writer
@@ -428,11 +431,12 @@ def import_kitti_raw(
     grey: bool = False,
     compression: str | None = "zstd",
     progress: ImportProgress | None = None,
+    overwrite: bool = True,
 ) -> ImportStats:
     """Import a KITTI raw drive folder (`<date>/<date>_drive_NNNN_sync/`, calibration files in
     `<date>/`) into the drive `out_path`; see the module docstring for the streams. `image_03`
     is imported when present; `grey=True` adds `image_00` and `image_01`. `progress(done,
-    total)` is called after each message written.
+    total)` is called after each message written. `overwrite`: see `atomic_drive`.
 
     The file appears only when complete (written as `<out>.part`, then renamed). Raises
     ReplayError naming the path when a folder, timestamps file, data file or calibration file
@@ -487,7 +491,7 @@ def import_kitti_raw(
         (s.log_times[i], s.rank, i, k) for k, s in enumerate(streams) for i in range(len(s.files))
     )
     counts: dict[str, int] = {RIG_TOPIC: 1}
-    with atomic_drive(out_path, compression) as writer:
+    with atomic_drive(out_path, compression, overwrite=overwrite) as writer:
         writer.write_rig(rig, first)
         for done, (log_time, _rank, i, k) in enumerate(order, start=1):
             stream = streams[k]
@@ -540,11 +544,13 @@ def import_kitti_object(
     period_ns: int = 100_000_000,
     compression: str | None = "zstd",
     progress: ImportProgress | None = None,
+    overwrite: bool = True,
 ) -> ImportStats:
     """Import a KITTI object folder (e.g. `training/`) into the drive `out_path`: per frame a
     RigMessage, the camera image (PNG bytes) and the lidar sweep, frames `period_ns` (ns) apart
     from `start_ns` (ns), log time = stamp. `lidar_dir` as for KittiObjectFolder.
-    `progress(done, total)` is called after each frame written.
+    `progress(done, total)` is called after each frame written. `overwrite`: see
+    `atomic_drive`.
 
     The file appears only when complete. Raises ReplayError naming the path for a missing or
     malformed folder or frame; ValueError for a non-positive `period_ns`."""
@@ -554,7 +560,7 @@ def import_kitti_object(
     folder = KittiObjectFolder(Path(kitti_dir), lidar_dir)
     counts: dict[str, int] = {}
     first_rig = True
-    with atomic_drive(out_path, compression) as writer:
+    with atomic_drive(out_path, compression, overwrite=overwrite) as writer:
         for msg, rig, source in _object_messages(folder, start_ns, period_ns):
             if rig is not None and first_rig:
                 # Also the drive's rig (metadata) so the drive is self-contained.

@@ -454,12 +454,13 @@ def import_nuscenes(
     progress: ImportProgress | None,
     sweeps: bool = False,
     compression: str | None = "zstd",
+    overwrite: bool = True,
 ) -> ImportStats:
     """Import the scene `scene` of the nuScenes tables `dataroot`/`version` (e.g. v1.0-mini)
     into the drive `out`; see the module docstring for the streams. `origin`: the WGS84 (lat
     deg, lon deg, alt m) of the map frame's origin (default: the log's map's, `MAP_ORIGINS`).
     `sweeps`: every sweep and image, not only the keyframes. `progress(done, total)` is called
-    after each message written.
+    after each message written. `overwrite`: see replay.datasets.importers.atomic_drive.
 
     The file appears only when complete. Raises ReplayError (one line, naming the folder or
     file): DATAROOT, the version folder or a table missing, a table malformed
@@ -480,7 +481,7 @@ def import_nuscenes(
             f"{table_root}: {scene}: malformed tables ({type(e).__name__}: {e})"
         ) from e
     counts: dict[str, int] = {RIG_TOPIC: 1}
-    with atomic_drive(Path(out), compression) as writer:
+    with atomic_drive(Path(out), compression, overwrite=overwrite) as writer:
         writer.write_rig(rig, info["first"])
         for done, item in enumerate(items, start=1):
             msg = item.load()

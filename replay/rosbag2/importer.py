@@ -355,11 +355,13 @@ def import_rosbag2(
     topics: Path | None = None,
     progress: ImportProgress | None = None,
     compression: str | None = "zstd",
+    overwrite: bool = True,
 ) -> ImportStats:
     """Import the ROS 2 bag `source` (a bag folder, or its `.mcap` / `.db3` storage file;
     sqlite3 or mcap storage) into the drive `out` (docs/rosbag2.md). `topics`: a `--topics`
     YAML file overriding the mapping by message type. `progress(done, total)` is called after
     each sensor message written. Topics not imported are listed in the stats' warnings.
+    `overwrite`: see replay.datasets.importers.atomic_drive.
 
     The drive appears only when complete. Raises Rosbag2Error (a ReplayError) naming the bag,
     topic or file: a missing or unreadable bag or `--topics` file, no lidar topic, a topic
@@ -391,7 +393,7 @@ def import_rosbag2(
         sweeps: list[int] = []
         camera_stamps: dict[str, list[int]] = {c.stream: [] for c in plan.cameras}
         first = last = None
-        with atomic_drive(out, compression) as writer:
+        with atomic_drive(out, compression, overwrite=overwrite) as writer:
             for done, (topic, msgtype, log_time, data) in enumerate(bag.raw(data_topics), 1):
                 msg = converter.convert(topic, msgtype, log_time, data)
                 if msg is not None:

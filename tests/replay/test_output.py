@@ -111,3 +111,25 @@ def test_a_folder_named_by_a_link_to_nothing_is_refused_saying_so(tmp_path: Path
         where = "is" if out != dangling / "sub" else f"{dangling} is"
         assert str(e.value).startswith(f"{out}: {where} a symbolic link")
     assert not (tmp_path / "gone").exists()
+
+
+def test_without_replace_a_target_that_appeared_meanwhile_is_kept(tmp_path: Path) -> None:
+    """A rename replaces: of two processes writing one new file, the last one's content was
+    all that was left, without a word. Without `replace` the one that finishes second is
+    refused, and the first's file stays."""
+    target = tmp_path / "d.mcap"
+    with pytest.raises(OutputError) as info, atomic_output(target, replace=False) as tmp:
+        tmp.write_text("second")
+        target.write_text("first")  # another process finished first
+    assert str(info.value) == (
+        f"{target}: appeared while this command wrote it (another process writing the same "
+        "file?); not replaced, and what was written here is dropped"
+    )
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.mcap"]  # no temporary left
+    # Nothing there by the end: written as with `replace`.
+    other = tmp_path / "e.mcap"
+    with atomic_output(other, replace=False) as tmp:
+        tmp.write_text("only")
+    assert other.read_text() == "only"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.mcap", "e.mcap"]

@@ -28,6 +28,7 @@ from replay.datasets.importers import (
 from replay.datasets.kitti_object import KittiObjectFolder, read_image
 from replay.drive import DriveReader
 from replay.errors import ReplayError
+from replay.output import OutputError
 
 DATE = "2011_09_26"
 DRIVE = f"{DATE}_drive_0001_sync"
@@ -555,3 +556,23 @@ def test_object_import_broken_frame(tmp_path: Path, kitti_dir: Path, damage, mes
         import_kitti_object(copy, out)
     assert str(info.value) == message.format(k=copy)
     assert not out.exists() and not (tmp_path / "x.mcap.part").exists()
+
+
+def test_an_import_without_overwrite_keeps_a_drive_another_import_finished(
+    tmp_path: Path, kitti_dir: Path
+) -> None:
+    """Two `perception import` runs to one new --out, the second finishing last: it replaced
+    the first's drive without --overwrite. Here the other run's drive appears while this one
+    is written (at its first frame); it is kept, and this import refused."""
+    out = tmp_path / "kitti.mcap"
+
+    def another_import_finishes(done: int, _total: int | None) -> None:
+        if done == 1:
+            import_kitti_object(kitti_dir, out, start_ns=7)
+
+    with pytest.raises(OutputError, match="appeared while this command wrote it"):
+        import_kitti_object(kitti_dir, out, progress=another_import_finishes, overwrite=False)
+    assert DriveReader(out).topics() == {"rig": 8, "camera/front": 8, "lidar/top": 8}
+    first = next(iter(DriveReader(out).messages()))
+    assert first.log_time_ns == 7  # the other import's drive, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kitti.mcap"]
