@@ -50,11 +50,11 @@ class InputHosts(Closeable):
 
     def start(self) -> InputHosts:
         """Start looking up (no thread when no endpoint is tcp)."""
-        if self._endpoints and self._thread is None:
+        if not self._endpoints:
+            self._checked.set()
+        elif self._thread is None:
             self._thread = threading.Thread(target=self._run, name="input-hosts", daemon=True)
             self._thread.start()
-        else:
-            self._checked.set()
         return self
 
     def wait_checked(self, timeout_s: float) -> bool:
