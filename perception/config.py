@@ -165,9 +165,11 @@ class SyncConfig:
     max_interval_ms: float | None = None
     """approximate_time only: the widest set allowed (null: unbounded)."""
     camera_offsets_ms: dict[str, float] = field(default_factory=dict)
-    """Per camera topic: when its frame is expected after the sweep stamp (default 0)."""
+    """Per camera topic (of `inputs.camera_topics`): when its frame is expected after the sweep
+    stamp (default 0)."""
     camera_windows_ms: dict[str, float] = field(default_factory=dict)
-    """Per camera topic: its matching window (default `window_ms`)."""
+    """Per camera topic (of `inputs.camera_topics`): its matching window (default
+    `window_ms`)."""
     queue_bytes: int = 128 * 1024 * 1024
     """Bytes buffered per stream (the camera frames of one camera; the pending sweeps), on top
     of `queue_size`: beyond it the oldest are dropped and counted (`dropped_*_queue_full`); the
@@ -371,6 +373,18 @@ class LidarObjectConfig:
                 "min_height_m, max_height_m: need 0 <= min_height_m < max_height_m, got "
                 f"{self.min_height_m}, {self.max_height_m}"
             )
+        # A cluster holds only returns from min_height_m up to max_height_m: a top required
+        # above that range, or a base below it, made no lidar-only object ever, silently.
+        if not self.min_top_m < self.max_height_m:
+            raise ConfigError(
+                f"min_top_m: must be below max_height_m ({self.max_height_m:g}: no higher return "
+                f"is an obstacle), got {self.min_top_m}"
+            )
+        if not self.max_base_m >= self.min_height_m:
+            raise ConfigError(
+                f"max_base_m: must be at least min_height_m ({self.min_height_m:g}: no lower "
+                f"return is an obstacle), got {self.max_base_m}"
+            )
         if self.min_points < 3:
             raise ConfigError(f"min_points: must be >= 3, got {self.min_points}")
         if not self.max_extent_m > 0:
@@ -534,7 +548,8 @@ class TrackingConfig:
     max_coast_s: float = 1.5
     """A confirmed track not updated for this long is deleted (it coasts until then)."""
     max_gap_s: float = 2.0
-    """Sweeps further apart than this (a stall, a clock jump) start the tracker over."""
+    """Sweeps further apart than this (a stall, a clock jump) start the tracker over; more than
+    the lidar's period (its rate in `inputs`)."""
     min_score: float = 0.2
     """Detections scoring below this are not tracked (they neither update nor start a track):
     the geometric fusion's lidar-only fragments, scored a few percent, would drag tracks off
@@ -994,6 +1009,13 @@ def _validate(cfg: NodeConfig) -> None:
         (cfg.sync.window_ms > 0, "sync.window_ms", "must be > 0"),
         (cfg.sync.timeout_ms > 0, "sync.timeout_ms", "must be > 0"),
         (
+            # 0 took a fix only at the sweep's very stamp: no bundle had one (no ego pose, no
+            # global positions), and nothing said why.
+            cfg.sync.gnss_window_ms > 0,
+            "sync.gnss_window_ms",
+            "must be > 0 (0: a fix joins a bundle only at the sweep's very stamp, i.e. never)",
+        ),
+        (
             0 < cfg.sync.queue_size <= _MAX_SYNC_QUEUE,
             "sync.queue_size",
             f"must be from 1 to {_MAX_SYNC_QUEUE}",
@@ -1121,6 +1143,18 @@ def _validate(cfg: NodeConfig) -> None:
             raise ConfigError(f"{key}: {problem}")
     _check_topics(cfg.inputs, cfg.outputs)
     _check_stage_budgets(cfg.budgets.stages_ms)
+    for key, per_camera in (
+        ("sync.camera_offsets_ms", cfg.sync.camera_offsets_ms),
+        ("sync.camera_windows_ms", cfg.sync.camera_windows_ms),
+    ):
+        for topic in per_camera:
+            # The synchroniser looks its cameras up by topic: one not subscribed (a typo, a
+            # camera of another rig) was never used, and its camera matched at offset 0.
+            if topic not in cfg.inputs.camera_topics:
+                raise ConfigError(
+                    f"{key}.{topic}: not a camera topic of inputs.camera_topics (known: "
+                    f"{', '.join(cfg.inputs.camera_topics)})"
+                )
     sensors = (cfg.inputs.lidar_topic, *cfg.inputs.camera_topics, cfg.inputs.gnss_topic)
     for topic, rate in cfg.inputs.rates_hz.items():
         if topic not in sensors:
@@ -1141,6 +1175,15 @@ def _validate(cfg: NodeConfig) -> None:
                 f"{key}: must be from {_MIN_RATE_HZ:g} to {_MAX_RATE_HZ:g} Hz (a period from "
                 f"1 ns to {MAX_DURATION_S:.0f} s), got {rate}"
             )
+    lidar_hz = cfg.inputs.rates_hz.get(cfg.inputs.lidar_topic, cfg.inputs.default_rate_hz)
+    if cfg.tracking.max_gap_s * lidar_hz <= 1.0:
+        # The tracker starts over when sweeps lie further apart than this: at every sweep, and
+        # no track was ever confirmed (exit 0, no TrackList with a track, nothing said).
+        raise ConfigError(
+            f"tracking.max_gap_s: {cfg.tracking.max_gap_s:g} s is not more than the lidar's "
+            f"period ({1.0 / lidar_hz:g} s at {lidar_hz:g} Hz, inputs.rates_hz or "
+            "default_rate_hz): the tracker would start over at every sweep"
+        )
     if cfg.inputs.dead_after_periods > _MAX_DEAD_AFTER_PERIODS:
         raise ConfigError(
             f"inputs.dead_after_periods: must be at most {_MAX_DEAD_AFTER_PERIODS:.0f}, got "

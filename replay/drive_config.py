@@ -66,5 +66,10 @@ def config_for_messages(
         gnss_topic=gnss or base.inputs.gnss_topic,
         rig_topic=rig or base.inputs.rig_topic,
     )
-    sync = dataclasses.replace(base.sync, camera_offsets_ms=offsets_ms)
+    # The windows of cameras this drive lacks would name topics the config does not subscribe
+    # (which the config refuses).
+    windows_ms = {k: v for k, v in base.sync.camera_windows_ms.items() if k in frames}
+    sync = dataclasses.replace(
+        base.sync, camera_offsets_ms=offsets_ms, camera_windows_ms=windows_ms
+    )
     return dataclasses.replace(base, inputs=inputs, sync=sync)

@@ -53,6 +53,30 @@ def test_liveness_and_clock_keys() -> None:
     assert cfg.sync.queue_bytes == 1024
 
 
+def test_per_camera_sync_keys_name_the_cameras() -> None:
+    # Keys of cameras not subscribed were accepted and never used (the camera matched at
+    # offset 0): now refused (see the table above); those of the configured cameras are taken.
+    doc = {
+        "inputs": {"camera_topics": ["camera/front", "camera/rear"]},
+        "sync": {
+            "camera_offsets_ms": {"camera/rear": 62},
+            "camera_windows_ms": {"camera/rear": 20},
+        },
+    }
+    cfg = parse_config(doc)
+    assert cfg.sync.camera_offsets_ms == {"camera/rear": 62.0}
+    assert cfg.sync.camera_windows_ms == {"camera/rear": 20.0}
+
+
+def test_max_gap_above_the_lidar_period_is_taken() -> None:
+    # tracking.max_gap_s 0.001 started the tracker over at every 10 Hz sweep: no track was
+    # ever confirmed, exit 0, nothing said (now refused, see the table above). Above the
+    # lidar's period, at its own rate, it is taken.
+    assert parse_config({"tracking": {"max_gap_s": 0.11}}).tracking.max_gap_s == 0.11
+    doc = {"inputs": {"rates_hz": {"lidar/top": 20}}, "tracking": {"max_gap_s": 0.06}}
+    assert parse_config(doc).tracking.max_gap_s == 0.06
+
+
 def test_shipped_config_loads() -> None:
     cfg = load_config(REPO / "configs" / "kitti.yaml")
     assert cfg.inputs.lidar_topic == "lidar/top"
@@ -82,6 +106,25 @@ def test_shipped_config_loads() -> None:
         ),
         ({"sync": {"policy": "exact"}}, r"sync\.policy: must be 'collector' or 'approximate_time'"),
         ({"sync": {"camera_windows_ms": {"camera/front": 0}}}, r"sync\.camera_windows_ms"),
+        (
+            {"sync": {"camera_offsets_ms": {"camera/rear": 60}}},
+            r"x\.yaml: sync\.camera_offsets_ms\.camera/rear: not a camera topic of "
+            r"inputs\.camera_topics \(known: camera/front\)",
+        ),
+        (
+            {"sync": {"camera_windows_ms": {"lidar/top": 20}}},
+            r"sync\.camera_windows_ms\.lidar/top: not a camera topic of inputs\.camera_topics",
+        ),
+        ({"sync": {"gnss_window_ms": 0}}, r"x\.yaml: sync\.gnss_window_ms: must be > 0 \(0: a fix"),
+        (
+            {"tracking": {"max_gap_s": 0.1}},
+            r"x\.yaml: tracking\.max_gap_s: 0\.1 s is not more than the lidar's period \(0\.1 s at "
+            r"10 Hz, inputs\.rates_hz or default_rate_hz\): the tracker would start over at every",
+        ),
+        (
+            {"inputs": {"rates_hz": {"lidar/top": 5}}, "tracking": {"max_gap_s": 0.15}},
+            r"tracking\.max_gap_s: 0\.15 s is not more than the lidar's period \(0\.2 s at 5 Hz",
+        ),
         (
             {"engines": {"backend": "openvino"}},
             r"x\.yaml: engines\.backend: must be one of onnxruntime, tensorrt, torch, got 'openv",
@@ -114,6 +157,16 @@ def test_shipped_config_loads() -> None:
             r"pipeline\.lidar_objects\.max_score: must be in \(0, 1\], got 2\.0",
         ),
         ({"pipeline": {"lidar_objects": {"min_pts": 3}}}, r"pipeline\.lidar_objects\.min_pts: unk"),
+        (
+            {"pipeline": {"lidar_objects": {"min_top_m": 3.0}}},
+            r"x\.yaml: pipeline\.lidar_objects\.min_top_m: must be below max_height_m \(3: no "
+            r"higher return is an obstacle\), got 3\.0",
+        ),
+        (
+            {"pipeline": {"lidar_objects": {"min_height_m": 0.5, "max_base_m": 0.4}}},
+            r"pipeline\.lidar_objects\.max_base_m: must be at least min_height_m \(0\.5: no "
+            r"lower return is an obstacle\), got 0\.4",
+        ),
         (
             {"inputs": {"rates_hz": {"camera/rear": 10}}},
             r"x\.yaml: inputs\.rates_hz\.camera/rear: not a sensor topic \(known: lidar/top, ca",
