@@ -259,6 +259,26 @@ def open_source(
             raise ReplayError(f"{source}: {e}") from None
     inputs = config.inputs
     contents = check_sensor_drive(reader, inputs.lidar_topic)
+    # A topic of the config the drive has nothing on (a typo, another rig's name) left every
+    # detection without that camera, or without a global position, and said nothing.
+    for key, topic, kind, what in (
+        *(
+            ("inputs.camera_topics", t, "CameraFrame", "camera frames")
+            for t in inputs.camera_topics
+        ),
+        ("inputs.gnss_topic", inputs.gnss_topic, "GnssFix", "GNSS fixes"),
+    ):
+        held = contents.topics_of(kind)
+        # Read on the drive's own topics, a drive without any is what it is.
+        if topic not in contents.types and (held or not topics_from_drive):
+            log.warning(
+                "%s: no %s on %s (the config's %s): the drive has %s",
+                source,
+                what,
+                topic,
+                key,
+                f"them on {', '.join(held)}" if held else "none",
+            )
     topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic]
     if recorded_rigs:
         topics.append(inputs.rig_topic)
@@ -293,6 +313,13 @@ class ReplaySummary:
     #: `dropped_sweeps_*`, without the prefix): a `sync.queue_size` too small for the sweeps
     #: waiting for their cameras dropped 99 of 100 without a word.
     dropped_sweeps: dict[str, int] = field(default_factory=dict)
+    #: Bundles made without a camera, per camera stream (SyncStats' `per_stream_missing`): a
+    #: `sync.window_ms` too narrow or a wrong `camera_offsets_ms` left every sweep without its
+    #: camera (no camera-confirmed detection) without a word.
+    missing_cameras: dict[str, int] = field(default_factory=dict)
+    #: Bundles made without a GNSS fix although fixes came (SyncStats' `bundles_without_fix`):
+    #: a `sync.gnss_window_ms` too narrow left every detection without a global position.
+    without_fix: int = 0
 
 
 def replay_to_file(
@@ -364,12 +391,18 @@ def replay_to_file(
                     _count(summary, dl, progress, replay_input.sweeps)
             output.write(writer.close, "the drive's summary")
         summary.dropped_sweeps = sweeps_dropped(core.bundler.stats)
+        summary.missing_cameras = dict(core.bundler.stats.per_stream_missing)
+        summary.without_fix = core.bundler.stats.bundles_without_fix
         if not summary.sweeps and replay_input.sweeps:
             # An empty output would read as a drive with nothing in it (no file is written).
             counters = core.counters.scalars() | {
                 f"dropped_sweeps_{why}": n for why, n in summary.dropped_sweeps.items()
             }
-            raise ReplayError(_nothing_out(source, replay_input.sweeps, counters))
+            raise ReplayError(
+                _nothing_out(
+                    source, replay_input.sweeps, counters, max_interval_hint(replay_input.config)
+                )
+            )
     summary.counters = core.counters.scalars()
     summary.unreadable = replay_input.skipped.count
     return summary
@@ -398,13 +431,30 @@ def sweeps_dropped(stats: SyncStats) -> dict[str, int]:
     }
 
 
-def _nothing_out(source: Path | str, sweeps: int, counters: Mapping[str, int]) -> str:
-    """Why none of a drive's `sweeps` sweeps gave a DetectionList, from the node's counters."""
+def max_interval_hint(config: NodeConfig) -> str:
+    """What sweeps dropped as unmatched may owe to `sync.max_interval_ms` ('' where it does not
+    apply)."""
+    sync = config.sync
+    if sync.policy != "approximate_time" or sync.max_interval_ms is None:
+        return ""
+    return (
+        f"sync.max_interval_ms ({sync.max_interval_ms:g} ms) makes no set wider: is it below "
+        "how far a camera's frames lie from their sweeps (less sync.camera_offsets_ms)?"
+    )
+
+
+def _nothing_out(
+    source: Path | str, sweeps: int, counters: Mapping[str, int], max_interval: str = ""
+) -> str:
+    """Why none of a drive's `sweeps` sweeps gave a DetectionList, from the node's counters;
+    `max_interval`: `max_interval_hint` of the config."""
     said = [f"{name} {n}" for name, n in counters.items() if n and name != "received"]
     hint = (
         " (stamps far from their log times: was the drive recorded with another clock for its "
         "log times?)"
         if counters.get("stamp_faults")
+        else f" ({max_interval})"
+        if max_interval and counters.get("dropped_sweeps_unmatched")
         else ""
     )
     return (

@@ -15,7 +15,7 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from replay.distributed import ReplayResult, check_ray_address, replay_many
 from replay.drive import DriveReader, check_not_being_written
 from replay.mcap_player import check_sensor_drive
-from replay.offline import replay_to_file
+from replay.offline import ReplaySummary, max_interval_hint, replay_to_file
 from replay.output import (
     check_not_an_input,
     check_output_dir,
@@ -91,7 +91,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"perception replay: {summary.sweeps} DetectionLists written to {out} "
         f"({c.get('received', 0)} messages, {c.get('decode_errors', 0)} undecodable, "
         f"{c.get('step_errors', 0)} sweeps failed{_dropped(summary.dropped_sweeps, config)}"
-        f"{skipped})"
+        f"{_unmatched(summary, config)}{skipped})"
     )
     if show_dir is not None:
         # A drawing that failed before its first picture (a broken label file) left the
@@ -121,7 +121,29 @@ def _dropped(dropped: dict[str, int], config: NodeConfig) -> str:
         if "queue_full" in dropped
         else ""
     )
+    if "unmatched" in dropped and (wide := max_interval_hint(config)):
+        hint += f"; {wide}"
     return f", {sum(dropped.values())} sweeps dropped by the synchroniser ({why}{hint})"
+
+
+def _unmatched(summary: ReplaySummary, config: NodeConfig) -> str:
+    """The summary's words for the bundles made without a camera or a GNSS fix ('' for
+    none)."""
+    words = ""
+    # One bundle each is the end of a drive cutting off the last sweep's frames: not said.
+    missing = {s: n for s, n in sorted(summary.missing_cameras.items()) if n > 1}
+    if missing:
+        which = ", ".join(f"{s} {n}" for s, n in missing.items())
+        words += (
+            f", bundles without their camera: {which} (no frame within sync.window_ms or "
+            "camera_windows_ms of the sweep stamp + camera_offsets_ms in time)"
+        )
+    if summary.without_fix:
+        words += (
+            f", {summary.without_fix} bundles without a GNSS fix within sync.gnss_window_ms "
+            f"({config.sync.gnss_window_ms:g} ms) of the sweep stamp"
+        )
+    return words
 
 
 class _NothingReplayedError(Exception):

@@ -59,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: Consecutive sweeps on the prior ground before it is said (one sweep with few ground returns
+#: is no fault).
+_PRIOR_GROUND_SWEEPS = 10
 
 
 def camera_detector(model: CameraModelConfig, engine: Engine) -> CameraDetector:
@@ -192,6 +195,9 @@ class Pipeline:
         self.detections_stream = detections_stream
         self._notes = tuple(notes)
         self._camera_log = RateLimitedLogger(log)
+        # Consecutive sweeps whose ground fell back to the prior, and their bounded-rate line.
+        self._prior_sweeps = 0
+        self._ground_log = RateLimitedLogger(log)
         #: What the last `step` worked on (None before the first).
         self.last_frame: StepFrame | None = None
         # One worker for the lidar branch (`parallel_branches`); its thread ends with the
@@ -570,12 +576,36 @@ class Pipeline:
             ground_known.set_exception(e)
             raise
         ground_known.set_result(ground)
+        self._say_prior_ground(ground, len(points))
         obstacle, bev = self.lidar_objects.encode(points, ground)
         gpu_ns = self.lidar_objects.encoder.last_gpu_ns
         encoded = time.perf_counter_ns()
         clusters = self.lidar_objects.clusters(obstacle, bev, ground)
         end = time.perf_counter_ns()
         return _LidarBranch(ground, clusters, encoded - start, end - encoded, gpu_ns, end)
+
+    def _say_prior_ground(self, ground: GroundPlane, returns: int) -> None:
+        """Logs (at a bounded rate) a ground that is the prior's sweep after sweep: with
+        `ground_prior_z_m` 1.73 instead of -1.73 (the lidar's height, its sign wrong) no plane
+        was ever found, every return lay below the ground, and a replay wrote its
+        DetectionLists without a single detection, exit 0, saying nothing. `returns`: the
+        sweep's, within `max_range_m`."""
+        cfg = self.config.ground
+        if ground != GroundPlane.horizontal(cfg.ground_prior_z_m):
+            self._prior_sweeps = 0
+            return
+        self._prior_sweeps += 1
+        if self._prior_sweeps >= _PRIOR_GROUND_SWEEPS:
+            self._ground_log.warning(
+                "prior",
+                f"ground: no plane of at least {cfg.ransac_min_inliers} returns near "
+                f"pipeline.ground.ground_prior_z_m ({cfg.ground_prior_z_m:g} m; from "
+                f"{cfg.ground_band_below_m:g} m below it to {cfg.ground_band_above_m:g} m above) "
+                f"in the last {self._prior_sweeps} sweeps ({returns} returns within "
+                f"pipeline.max_range_m, {self.config.max_range_m:g} m, in this one): the level "
+                "plane at the prior is used (is the prior the ground's height in the vehicle "
+                "frame?)",
+            )
 
     def _view_points(
         self, name: str, points: npt.NDArray[np.float32], rig: Rig, motion: RigidTransform

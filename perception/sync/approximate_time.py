@@ -75,6 +75,9 @@ class ApproximateTimePolicy:
         self._pivot_time = 0
         self._dropped = [False] * num_streams
         self._out: list[tuple[int, ...]] = []
+        #: (stream index, stamp) of the messages the last `add` deleted because every set with
+        #: them was wider than `max_interval_ns` (the caller's copies of them can go).
+        self.too_wide: list[tuple[int, int]] = []
 
     def _scaled(self, duration_ns: int) -> int:
         # rclcpp::Duration * double truncates towards zero.
@@ -85,6 +88,7 @@ class ApproximateTimePolicy:
         if not 0 <= stream_index < self.n:
             raise ValueError(f"stream_index {stream_index} outside [0, {self.n})")
         self._out = []
+        self.too_wide = []
         q = self._deques[stream_index]
         q.append(stamp_ns)
         if len(q) == 1:
@@ -175,6 +179,7 @@ class ApproximateTimePolicy:
                 if self.max_interval_ns is not None and end_time - start_time > (
                     self.max_interval_ns
                 ):
+                    self.too_wide.append((start_index, start_time))
                     self._delete_front(start_index)
                     continue
                 if self._dropped[end_index]:
@@ -347,7 +352,19 @@ class ApproximateTimeAdapter:
         if self._policy is None:
             self._publish({0: stamp}, now_ns)  # the lidar alone: nothing to wait for
             return
-        for stamps in self._policy.add(self._members.index(index), stamp):
+        policy = self._policy
+        sets = policy.add(self._members.index(index), stamp)
+        # What the policy deleted for a set wider than max_interval_ns no set can use: held
+        # until a newer set (or a full queue) pushed it out, a max_interval_ns narrower than
+        # the streams lie apart lost every sweep as "queue full", or with a short input, at
+        # its end, without a word.
+        for position, deleted in policy.too_wide:
+            i = self._members[position]
+            item = self._held[i].pop(deleted, None)
+            if item is not None:
+                self._held_bytes[i] -= item[3]
+                self._unmatched[i > 0] += 1
+        for stamps in sets:
             self._publish(dict(zip(self._members, stamps, strict=True)), now_ns)
 
     def _publish(self, stamps: dict[int, int], now_ns: int) -> None:

@@ -67,7 +67,8 @@ class SyncStats:
     fix refused as a jump is a bad fix) and `dropped_fixes_position_jump` the fixes of the old
     track each forgot; `dropped_*_unmatched` what the policy dropped because no set could use
     it any more (ApproximateTime: passed over by a newer set, or unproved at the end of
-    input)."""
+    input); `bundles_without_fix` the bundles made while GNSS fixes were held, none of them
+    within `gnss_window_ns` of the sweep stamp (their detections have no global position)."""
 
     bundles: int = 0
     degraded_bundles: int = 0
@@ -88,6 +89,7 @@ class SyncStats:
     dropped_fixes_position_jump: int = 0
     dropped_sweeps_unmatched: int = 0
     dropped_cameras_unmatched: int = 0
+    bundles_without_fix: int = 0
     per_stream_missing: dict[str, int] = field(default_factory=dict)
     per_stream_late: dict[str, int] = field(default_factory=dict)
 
@@ -395,6 +397,8 @@ class Bundler:
         gnss = self._nearest_gnss(stamp)
         if gnss is not None:
             skews[gnss.header.stream] = gnss.header.stamp_ns - stamp
+        elif self._gnss:
+            self.stats.bundles_without_fix += 1
         self.stats.bundles += 1
         self.stats.degraded_bundles += bool(missing)
         return SyncedBundle(

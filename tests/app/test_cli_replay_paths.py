@@ -206,3 +206,126 @@ def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
     config.write_text("inputs: {lidar_topic: lidar, gnss_topic: gnss}\n")
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     assert "dropped" not in capsys.readouterr().out
+
+
+def test_bundles_without_their_camera_or_fix_are_in_the_summary(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """With `sync.window_ms: 0.001` (or a wrong camera_offsets_ms) no sweep found its camera
+    frame, and with `sync.gnss_window_ms: 0.001` none its GNSS fix: every DetectionList went
+    out without a camera-confirmed detection, or without a global position, exit 0, and the
+    summary said nothing."""
+    drive = synth_drive(0, 2.0)
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "inputs: {lidar_topic: lidar, gnss_topic: gnss}\n"
+        "sync: {window_ms: 0.001, gnss_window_ms: 0.001}\n"
+    )
+    out = tmp_path / "out.jsonl"
+    model = REPO / "engines" / "models" / "synth_detector.onnx"
+    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    written = int(line.split()[2])
+    assert f", bundles without their camera: camera/front {written} (no frame within " in line
+    assert f", {written} bundles without a GNSS fix within sync.gnss_window_ms (0.001 ms)" in line
+    # The default windows find them (the end of the drive costing one sweep its frame is not
+    # said).
+    config.write_text("inputs: {lidar_topic: lidar, gnss_topic: gnss}\n")
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith("0 sweeps failed)")
+
+
+def test_sets_wider_than_max_interval_are_said(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """`sync: {policy: approximate_time, max_interval_ms: 0}` (the demo's camera fires 62 ms
+    after its sweep) wrote 1 degraded DetectionList of 20 sweeps, exit 0, and said nothing: the
+    sweeps the policy deleted were held until the end of input published them alone, and
+    all but the newest were skipped."""
+    drive = synth_drive(0, 2.0)
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "inputs: {lidar_topic: lidar, gnss_topic: gnss}\n"
+        "sync: {policy: approximate_time, max_interval_ms: 0}\n"
+    )
+    out = tmp_path / "out.jsonl"
+    model = REPO / "engines" / "models" / "synth_detector.onnx"
+    err = _fails(capsys, "replay", str(drive), "--config", str(config), "--model", str(model),
+                 "--out", str(out), "--quiet")  # fmt: skip
+    assert err == (
+        f"perception replay: error: {drive}: none of its 20 sweeps gave a DetectionList "
+        "(dropped_sweeps_unmatched 20) (sync.max_interval_ms (0 ms) makes no set wider: is it "
+        "below how far a camera's frames lie from their sweeps (less sync.camera_offsets_ms)?)"
+    )
+    assert not out.exists()
+
+
+def test_config_topics_the_drive_lacks_are_said(
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """`inputs.gnss_topic: gps` on a drive with its fixes on `gnss` replayed every sweep
+    without a global position, exit 0, and said nothing; a camera topic the drive lacks, every
+    sweep without that camera."""
+    drive = synth_drive(0, 2.0)
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "inputs: {lidar_topic: lidar, gnss_topic: gps, camera_topics: [camera/front, cam/rear]}\n"
+    )
+    out = tmp_path / "out.jsonl"
+    model = REPO / "engines" / "models" / "synth_detector.onnx"
+    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    with caplog.at_level("WARNING", logger="replay.offline"):
+        assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "replay.offline"] == [
+        f"{drive}: no camera frames on cam/rear (the config's inputs.camera_topics): the drive "
+        "has them on camera/front",
+        f"{drive}: no GNSS fixes on gps (the config's inputs.gnss_topic): the drive has them on "
+        "gnss",
+    ]
+
+
+def test_a_ground_prior_that_finds_no_plane_is_said(
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """`pipeline.ground.ground_prior_z_m: 1.73` (the lidar's height with the wrong sign), or
+    `pipeline.max_range_m: 0.001`, found no ground plane in any sweep: every DetectionList went
+    out without a detection, exit 0, and nothing said why."""
+    drive = synth_drive(0, 2.0)
+    config = tmp_path / "node.yaml"
+    out = tmp_path / "out.jsonl"
+    model = REPO / "engines" / "models" / "synth_detector.onnx"
+    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    said = []
+    for pipeline in (
+        "{ground: {ground_prior_z_m: 1.73}}",
+        "{max_range_m: 0.001}",
+        "{ground: {ground_prior_z_m: -1.73}}",
+    ):
+        config.write_text(
+            f"inputs: {{lidar_topic: lidar, gnss_topic: gnss}}\npipeline: {pipeline}\n"
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="perception.pipeline.pipeline"):
+            assert main([*argv, "--out", str(out), "--quiet"]) == 0
+        said.append([r.getMessage() for r in caplog.records if "ground" in r.getMessage()])
+    wrong_prior, no_returns, right = said
+    assert len(wrong_prior) == 1 and wrong_prior[0].startswith(
+        "ground: no plane of at least 50 returns near pipeline.ground.ground_prior_z_m (1.73 m; "
+        "from 1 m below it to 0.6 m above) in the last 10 sweeps ("
+    )
+    assert wrong_prior[0].endswith(
+        " returns within pipeline.max_range_m, 80 m, in this one): the level plane at the prior "
+        "is used (is the prior the ground's height in the vehicle frame?)"
+    )
+    assert len(no_returns) == 1
+    assert "(0 returns within pipeline.max_range_m, 0.001 m, in this one)" in no_returns[0]
+    assert right == []  # a plane in every sweep

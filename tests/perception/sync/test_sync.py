@@ -409,6 +409,29 @@ def test_approximate_time_counts_every_sweep_it_drops() -> None:
     assert len(bundles) + stats.dropped_sweeps_unmatched + stats.dropped_sweeps_queue_full == sweeps
 
 
+def test_approximate_time_drops_sets_wider_than_max_interval_as_it_goes() -> None:
+    # Cameras 62 ms after their sweeps, max_interval_ms 10 and no camera_offsets_ms: no set is
+    # narrow enough. The sweeps the policy deleted stayed held, uncounted, until a full queue
+    # pushed them out ("queue full", the wrong reason) or, in a replay shorter than the queue,
+    # the end of input published them alone: 1 DetectionList of 20 sweeps, nothing said.
+    sweeps = 8
+    for offsets, formed in (({}, 0), ({"camera/front": 62.0}, sweeps)):
+        cfg = SyncConfig(policy="approximate_time", max_interval_ms=10.0, camera_offsets_ms=offsets)
+        s = Bundler.from_config(FRONT, cfg, default_rig=_rig())
+        bundles = []
+        for k in range(sweeps):
+            s.add(_sweep(k * 100 * MS, k), receive_ns=k * 100 * MS)
+            s.add(_cam(k * 100 * MS + 62 * MS, seq=k), receive_ns=k * 100 * MS + 70 * MS)
+            bundles += s.poll(k * 100 * MS + 70 * MS)
+        stats = s.stats
+        assert len(bundles) == formed
+        assert stats.dropped_sweeps_queue_full == 0
+        # Counted as they are dropped.
+        assert stats.dropped_sweeps_unmatched == sweeps - formed
+        bundles += s.flush()
+        assert len(bundles) + s.stats.dropped_sweeps_unmatched == sweeps
+
+
 def test_node_approximate_time_policy_emits_the_policy_sets() -> None:
     cfg = SyncConfig(policy="approximate_time", queue_size=5)
     sync = Bundler.from_config(("camera/a", "camera/b"), cfg, default_rig=_rig())
