@@ -180,6 +180,16 @@ def test_show_that_fails_before_its_first_picture_leaves_no_folder(
     assert len(out.read_text().splitlines()) == 1  # the replay itself is complete
 
 
+#: The synthetic drive's topics, for a replay with --config.
+SYNTH_TOPICS = "inputs: {lidar_topic: lidar, gnss_topic: gnss}\n"
+
+
+def _synth_replay(drive: Path, config: Path) -> list[str]:
+    """The arguments of a replay of a synthetic `drive` with `config` (no --out)."""
+    model = REPO / "engines" / "models" / "synth_detector.onnx"
+    return ["replay", str(drive), "--config", str(config), "--model", str(model)]
+
+
 def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
@@ -190,10 +200,9 @@ def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
     diagnostics alone."""
     drive = synth_drive(0, 2.0)
     config = tmp_path / "node.yaml"
-    config.write_text("inputs: {lidar_topic: lidar, gnss_topic: gnss}\nsync: {queue_size: 1}\n")
+    config.write_text(SYNTH_TOPICS + "sync: {queue_size: 1}\n")
     out = tmp_path / "out.jsonl"
-    model = REPO / "engines" / "models" / "synth_detector.onnx"
-    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    argv = _synth_replay(drive, config)
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     written = int(line.split()[2])
@@ -203,7 +212,7 @@ def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
     assert line.endswith("sync.queue_size (1) or queue_bytes holds fewer sweeps than wait for "
                          "their cameras))")  # fmt: skip
     # The default queue holds them: nothing dropped, nothing said.
-    config.write_text("inputs: {lidar_topic: lidar, gnss_topic: gnss}\n")
+    config.write_text(SYNTH_TOPICS)
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     assert "dropped" not in capsys.readouterr().out
 
@@ -219,13 +228,9 @@ def test_bundles_without_their_camera_or_fix_are_in_the_summary(
     summary said nothing."""
     drive = synth_drive(0, 2.0)
     config = tmp_path / "node.yaml"
-    config.write_text(
-        "inputs: {lidar_topic: lidar, gnss_topic: gnss}\n"
-        "sync: {window_ms: 0.001, gnss_window_ms: 0.001}\n"
-    )
+    config.write_text(SYNTH_TOPICS + "sync: {window_ms: 0.001, gnss_window_ms: 0.001}\n")
     out = tmp_path / "out.jsonl"
-    model = REPO / "engines" / "models" / "synth_detector.onnx"
-    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    argv = _synth_replay(drive, config)
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     written = int(line.split()[2])
@@ -233,7 +238,7 @@ def test_bundles_without_their_camera_or_fix_are_in_the_summary(
     assert f", {written} bundles without a GNSS fix within sync.gnss_window_ms (0.001 ms)" in line
     # The default windows find them (the end of the drive costing one sweep its frame is not
     # said).
-    config.write_text("inputs: {lidar_topic: lidar, gnss_topic: gnss}\n")
+    config.write_text(SYNTH_TOPICS)
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     assert capsys.readouterr().out.strip().endswith("0 sweeps failed)")
 
@@ -249,14 +254,9 @@ def test_sets_wider_than_max_interval_are_said(
     all but the newest were skipped."""
     drive = synth_drive(0, 2.0)
     config = tmp_path / "node.yaml"
-    config.write_text(
-        "inputs: {lidar_topic: lidar, gnss_topic: gnss}\n"
-        "sync: {policy: approximate_time, max_interval_ms: 0}\n"
-    )
+    config.write_text(SYNTH_TOPICS + "sync: {policy: approximate_time, max_interval_ms: 0}\n")
     out = tmp_path / "out.jsonl"
-    model = REPO / "engines" / "models" / "synth_detector.onnx"
-    err = _fails(capsys, "replay", str(drive), "--config", str(config), "--model", str(model),
-                 "--out", str(out), "--quiet")  # fmt: skip
+    err = _fails(capsys, *_synth_replay(drive, config), "--out", str(out), "--quiet")
     assert err == (
         f"perception replay: error: {drive}: none of its 20 sweeps gave a DetectionList "
         "(dropped_sweeps_unmatched 20) (sync.max_interval_ms (0 ms) makes no set wider: is it "
@@ -279,8 +279,7 @@ def test_config_topics_the_drive_lacks_are_said(
         "inputs: {lidar_topic: lidar, gnss_topic: gps, camera_topics: [camera/front, cam/rear]}\n"
     )
     out = tmp_path / "out.jsonl"
-    model = REPO / "engines" / "models" / "synth_detector.onnx"
-    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    argv = _synth_replay(drive, config)
     with caplog.at_level("WARNING", logger="replay.offline"):
         assert main([*argv, "--out", str(out), "--quiet"]) == 0
     assert [r.getMessage() for r in caplog.records if r.name == "replay.offline"] == [
@@ -302,17 +301,14 @@ def test_a_ground_prior_that_finds_no_plane_is_said(
     drive = synth_drive(0, 2.0)
     config = tmp_path / "node.yaml"
     out = tmp_path / "out.jsonl"
-    model = REPO / "engines" / "models" / "synth_detector.onnx"
-    argv = ["replay", str(drive), "--config", str(config), "--model", str(model)]
+    argv = _synth_replay(drive, config)
     said = []
     for pipeline in (
         "{ground: {ground_prior_z_m: 1.73}}",
         "{max_range_m: 0.001}",
         "{ground: {ground_prior_z_m: -1.73}}",
     ):
-        config.write_text(
-            f"inputs: {{lidar_topic: lidar, gnss_topic: gnss}}\npipeline: {pipeline}\n"
-        )
+        config.write_text(f"{SYNTH_TOPICS}pipeline: {pipeline}\n")
         caplog.clear()
         with caplog.at_level("WARNING", logger="perception.pipeline.pipeline"):
             assert main([*argv, "--out", str(out), "--quiet"]) == 0
