@@ -171,21 +171,28 @@ def check_reachable(endpoints: Sequence[str], option: str = "") -> None:
     Raises:
         PerceptionError: naming the endpoint and what to use instead, or that it is not UTF-8.
     """
+    where = f"{option} " if option else ""
     for endpoint in endpoints:
-        try:
-            endpoint.encode("utf-8")
-        except UnicodeEncodeError:
-            where = f"{option} " if option else ""
-            shown = endpoint.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        shown = _not_utf8(endpoint)
+        if shown is not None:
             raise PerceptionError(
                 f"{where}'{shown}': not UTF-8 text; ZeroMQ takes endpoints as UTF-8"
-            ) from None
+            )
         if endpoint.startswith("inproc://"):
-            where = f"{option} " if option else ""
             raise PerceptionError(
                 f"{where}{endpoint}: inproc:// reaches only the process itself: no other "
                 "process could send to it or receive from it; use ipc:// or tcp://"
             )
+
+
+def _not_utf8(text: str) -> str | None:
+    """`text` with its undecodable bytes escaped, where it is not UTF-8 text (bytes a shell
+    passed on as they were, held as surrogates); None where it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
 
 
 def warn_unresolved(endpoints: Sequence[str], prog: str) -> None:
@@ -217,14 +224,12 @@ def check_topic_lengths(topics: Sequence[str]) -> None:
             and the limit, or that it is not UTF-8.
     """
     for topic in topics:
-        try:
-            topic.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = topic.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        shown = _not_utf8(topic)
+        if shown is not None:
             raise PerceptionError(
                 f"topic '{shown}': not UTF-8 text; topics travel as UTF-8, so nothing could be "
                 "published on it"
-            ) from None
+            )
         size = topic_bytes(topic)
         if size > MAX_TOPIC_BYTES:
             shown = f"{topic[:32]}..." if len(topic) > 32 else topic
