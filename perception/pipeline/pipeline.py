@@ -195,7 +195,9 @@ class Pipeline:
         self.detections_stream = detections_stream
         self._notes = tuple(notes)
         self._camera_log = RateLimitedLogger(log)
-        # Consecutive sweeps whose ground fell back to the prior, and their bounded-rate line.
+        # The level plane at the prior, which the ground fit falls back to; the consecutive
+        # sweeps whose ground was it, and their bounded-rate line.
+        self._prior_ground = GroundPlane.horizontal(self.config.ground.ground_prior_z_m)
         self._prior_sweeps = 0
         self._ground_log = RateLimitedLogger(log)
         #: What the last `step` worked on (None before the first).
@@ -298,9 +300,8 @@ class Pipeline:
         frame."""
         tensor, _ = self.detector.preprocess(np.zeros(image_shape, dtype=np.uint8))
         self.detector.infer(tensor)
-        ground = GroundPlane.horizontal(self.config.ground.ground_prior_z_m)
         blank = np.zeros((1, 4), dtype=np.float32)
-        self.lidar_objects.encode(blank, ground)
+        self.lidar_objects.encode(blank, self._prior_ground)
         self.lidar_objects.encoder.make_all()
         self.fusion.make_all()
         k = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
@@ -310,7 +311,7 @@ class Pipeline:
             np.eye(4),
             k,
             (640, 480),
-            (*ground.normal, ground.offset),
+            (*self._prior_ground.normal, self._prior_ground.offset),
         )
         if self.learned is not None:
             self.learned.make_all()
@@ -591,7 +592,7 @@ class Pipeline:
         DetectionLists without a single detection, exit 0, saying nothing. `returns`: the
         sweep's, within `max_range_m`."""
         cfg = self.config.ground
-        if ground != GroundPlane.horizontal(cfg.ground_prior_z_m):
+        if ground != self._prior_ground:
             self._prior_sweeps = 0
             return
         self._prior_sweeps += 1
