@@ -608,6 +608,12 @@ def _add_import(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         metavar="YAML",
         help="rosbag2: topic mapping overriding the one by message type (see docs/rosbag2.md)",
     )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="rosbag2: the node YAML config whose `limits:` the drive is written under (a "
+        "camera above 10 MP; default: the built-in limits)",
+    )
     p.add_argument("--version", default="v1.0-mini", help="nuscenes: the tables' version folder")
     p.add_argument("--scene", metavar="NAME", help="nuscenes: the scene (scene-0061); required")
     p.add_argument(

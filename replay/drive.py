@@ -28,6 +28,12 @@ the writer (constructor or `write_rig`) is also stored as MCAP metadata `percept
 (`{"rig": <JSON rig document>, "stamp_ns": "<int>"}`), and `write_rig` also writes a
 `RigMessage` on topic `rig` (`RIG_TOPIC`), so a drive is self-contained.
 
+A drive written with other than the default wire limits (`perception.msgs.schema.WireLimits`:
+a node config's `limits:` raised for a 12 MP camera) names them in MCAP metadata
+`perception.limits` (`LIMITS_METADATA`: each limit's name -> its decimal value), and
+`DriveReader` decodes its messages with them: a message the recorder took is never refused on
+reading for a limit it was recorded under.
+
 A synthetic drive also names its world in MCAP metadata `perception.synthetic`
 (`SYNTHETIC_METADATA`: `scene`, `seed`, `lidar`; `write_metadata` / `DriveReader.metadata`), so
 that a reader can say what its data can show (a calibration verdict over the simple world does
@@ -66,6 +72,7 @@ and the rig is then taken from the drive's first `RigMessage`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import heapq
@@ -73,6 +80,7 @@ import io
 import json
 import logging
 import os
+import re
 import stat
 import struct
 import zlib
@@ -94,6 +102,7 @@ from perception.closeable import Closeable
 from perception.errors import PerceptionError, SchemaError
 from perception.msgs import foxglove, wire
 from perception.msgs.json_schemas import wire_json_schema
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import Header, Message, RigMessage
 from replay.errors import DamagedDriveError, DriveStorageError, ReplayError
 from replay.mcap_chunks import (
@@ -111,6 +120,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "GROUND_TRUTH_SCHEMA",
     "GROUND_TRUTH_TOPIC",
+    "LIMITS_METADATA",
     "REPLAY_METADATA",
     "RIG_METADATA",
     "RIG_TOPIC",
@@ -130,6 +140,9 @@ COMPANION_SUFFIX = ".perception"
 COMPANION_SCHEMA = "perception.WireHeader"
 #: Name of the MCAP metadata record holding the drive's rig document.
 RIG_METADATA = "perception.rig"
+#: Name of the MCAP metadata record holding the wire limits a drive was written under, where
+#: they are not the defaults (each `WireLimits` field's name -> its value, decimal).
+LIMITS_METADATA = "perception.limits"
 #: Name of the MCAP metadata record of a synthetic drive: its world (`scene`), `seed` and
 #: lidar model (replay.synth.world.generate_drive).
 SYNTHETIC_METADATA = "perception.synthetic"
@@ -331,7 +344,10 @@ class DriveWriter(Closeable):
 
     `compression`: "zstd" (default), "lz4" or None. `chunk_size`: uncompressed bytes per chunk
     (a killed writer loses the chunk being filled; `flush` cuts one early). `rig`: stored as
-    the drive's rig (metadata `perception.rig`, stamp 0). Not thread-safe: one thread writes.
+    the drive's rig (metadata `perception.rig`, stamp 0). `limits`: what a message may hold
+    (`write` refuses more, as `wire.encode` does), stored with the drive where they are not the
+    defaults (`LIMITS_METADATA`), so its readers decode with them. Not thread-safe: one thread
+    writes.
 
     A failed write of the file (disk full, file size limit, I/O error) raises
     `DriveStorageError` and leaves the writer unusable (later calls raise it again, `close`
@@ -349,8 +365,10 @@ class DriveWriter(Closeable):
         compression: str | None = "zstd",
         rig: Rig | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        limits: WireLimits = DEFAULT_LIMITS,
     ) -> None:
         self.path = Path(path)
+        self.limits = limits
         if compression not in _COMPRESSION:
             raise ReplayError(
                 f"{self.path}: unknown compression {compression!r} (zstd, lz4 or None)"
@@ -382,6 +400,8 @@ class DriveWriter(Closeable):
         (not after a power loss: the operating system writes them to the disk later)."""
         try:
             self._writer.start(profile="", library="perception-node")
+            if limits != DEFAULT_LIMITS:
+                self.write_metadata(LIMITS_METADATA, _limits_document(limits))
             if rig is not None:
                 self._add_rig_metadata(rig, 0)
         except BaseException:
@@ -454,7 +474,7 @@ class DriveWriter(Closeable):
         self._check_open()
         if log_time_ns < 0:
             raise ValueError(f"log_time_ns must be >= 0, got {log_time_ns}")
-        frames = wire.encode(msg, topic)
+        frames = wire.encode(msg, topic, limits=self.limits)
         name = bytes(frames[0]).decode("utf-8")
         doc = msgpack.unpackb(frames[1], raw=False)
         try:
@@ -654,13 +674,17 @@ class DriveReader:
     record. Each `messages` call opens the file anew, so several iterations may run one after
     the other.
 
+    `limits`: the wire limits its messages are decoded with (a message above them cannot be
+    decoded: `messages`); default: those the drive was written under (`limits`).
+
     Raises (constructor):
         ReplayError: the file is missing, unreadable or not an MCAP file (names the path).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, limits: WireLimits | None = None) -> None:
         self.path = Path(path)
         self.truncated = False
+        self._limits = limits
         self._channels: dict[int, Channel] | None = None
         self._counts: dict[str, int] | None = None
         self._rig: Rig | None = None
@@ -1147,10 +1171,27 @@ class DriveReader:
                 msgpack.packb(doc, use_bin_type=True),
                 *buffers,
             ]
-            _topic, msg = wire.decode(frames)
+            _topic, msg = wire.decode(frames, self.limits)
         except Exception as e:  # recorded bytes are input: any fault is this message's
-            raise ReplayError(f"{where}: cannot decode ({type(e).__name__}: {e})") from e
+            raise ReplayError(
+                f"{where}: cannot decode ({type(e).__name__}: {e}){self._held_by(e)}"
+            ) from e
         return msg
+
+    def _held_by(self, error: Exception) -> str:
+        """Where a message is above limits the reader was given, not those the drive was
+        recorded under (a config's, narrower than those of the node that recorded it): said,
+        or the message reads as damaged."""
+        # Every wire limit is worded so (perception.msgs.schema.WireLimits).
+        if "above the limit of" not in str(error) or self._limits is None:
+            return ""
+        recorded = self._recorded_limits()
+        if recorded == self._limits:
+            return ""
+        return (
+            "; the drive was recorded under limits that allow it (its node's `limits:` were "
+            "raised): this read holds it to the config's"
+        )
 
     def ground_truth(self) -> list[dict[str, Any]]:
         """The documents of the ground-truth channel (see the module docstring), in log-time
@@ -1250,6 +1291,35 @@ class DriveReader:
                 f"{self.path}: the drive's rig is invalid (its {RIG_METADATA} metadata is {why})"
             )
         return None
+
+    @property
+    def limits(self) -> WireLimits:
+        """The wire limits its messages are decoded with: the reader's `limits`, else those the
+        drive was written under (its `LIMITS_METADATA`; the defaults where it has none). A
+        record that cannot be read or holds no valid limits is warned about once, and the
+        defaults are used: it costs only the messages above them."""
+        if self._limits is None:
+            self._limits = self._recorded_limits()
+        return self._limits
+
+    def _recorded_limits(self) -> WireLimits:
+        try:
+            data = self.metadata(LIMITS_METADATA)
+        except _DamagedMetadataError as e:
+            problem = str(e)
+        else:
+            if data is None:
+                return DEFAULT_LIMITS
+            limits, problem = _limits_from_document(data)
+            if limits is not None:
+                return limits
+            problem = f"{self.path}: the drive's {LIMITS_METADATA} metadata is invalid ({problem})"
+        self._warn_once(
+            "limits",
+            f"{problem}; its messages are decoded with the default limits, so those above them "
+            "cannot be read",
+        )
+        return DEFAULT_LIMITS
 
     def metadata(self, name: str) -> dict[str, str] | None:
         """The first intact MCAP metadata record `name` of the drive
@@ -1474,6 +1544,34 @@ def _metadata_name(opcode: int, body: bytes) -> str | None:
         return body[4 : 4 + n].decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def _limits_document(limits: WireLimits) -> dict[str, str]:
+    """`limits` as `LIMITS_METADATA` holds them."""
+    return {f.name: str(getattr(limits, f.name)) for f in dataclasses.fields(WireLimits)}
+
+
+# A limit's value as the metadata holds it: a positive decimal integer of at most 19 digits, so
+# that no text of a damaged record is converted at length.
+_LIMIT_VALUE = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _limits_from_document(data: Mapping[str, str]) -> tuple[WireLimits | None, str]:
+    """The limits a `LIMITS_METADATA` record holds, or None and what is wrong. A limit it does
+    not name keeps its default (an older writer's drive); one this reader does not know is
+    passed over (a newer writer's: this reader's decoder checks no such bound anyway)."""
+    known = {f.name for f in dataclasses.fields(WireLimits)}
+    values: dict[str, int] = {}
+    for key, text in data.items():
+        if key not in known:
+            continue
+        if not _LIMIT_VALUE.fullmatch(text):
+            return None, f"{key}: not a positive integer: {text[:40]!r}"
+        values[key] = int(text)
+    try:
+        return WireLimits(**values), ""
+    except ValueError as e:
+        return None, str(e)
 
 
 def _passed_over(error: ReplayError) -> None:

@@ -405,7 +405,8 @@ def play_drive(
                         speed if paced else 1.0,
                     )
                     msg = _stamped(msg, stamp_ns)
-                frames = wire.encode(msg, rec.topic)
+                # As recorded: a camera above the default limits that the drive holds.
+                frames = wire.encode(msg, rec.topic, limits=reader.limits)
             except Exception as e:  # one message that cannot go on the wire is skipped
                 unpublishable += 1
                 bad.warning(

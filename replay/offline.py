@@ -225,7 +225,10 @@ def open_source(
 ) -> ReplayInput:
     """`source` (a drive file or a KITTI object folder) as the node's inputs. With
     `topics_from_drive`, a drive's inputs are read on the topics it has them on, with its
-    recorded camera offsets (replay.drive_config), not on `config`'s. Without
+    recorded camera offsets (replay.drive_config), not on `config`'s, and its messages are
+    decoded with the wire limits it was recorded under (`DriveReader.limits`, then the
+    config's); without, with `config.limits`, as the node configured so receives them (a
+    message above them is skipped and counted, as the node refuses one). Without
     `recorded_rigs`, a drive's rig messages are not replayed: the initial rig holds throughout
     (a rig being checked against the drive's data).
 
@@ -249,7 +252,8 @@ def open_source(
         return ReplayInput(received, config, initial, len(folder), f"KITTI object folder {source}")
     if not source.exists():
         raise ReplayError(f"{source}: no such drive or KITTI object folder")
-    reader = DriveReader(source)  # a device or pipe is named as such
+    # A device or pipe is named as such.
+    reader = DriveReader(source, limits=None if topics_from_drive else config.limits)
     if topics_from_drive:
         # Only looking at the topics here: the replay below counts the damaged messages.
         recorded = ((r.topic, r.message) for r in checked_messages(reader, on_error=_ignore))
@@ -257,6 +261,7 @@ def open_source(
             config = config_for_messages(recorded, config)
         except ReplayError as e:
             raise ReplayError(f"{source}: {e}") from None
+        config = replace(config, limits=reader.limits)
     inputs = config.inputs
     contents = check_sensor_drive(reader, inputs.lidar_topic)
     # A topic of the config the drive has nothing on (a typo, another rig's name) left every
@@ -269,8 +274,19 @@ def open_source(
         ("inputs.gnss_topic", inputs.gnss_topic, "GnssFix", "GNSS fixes"),
     ):
         held = contents.topics_of(kind)
+        unread = contents.unreadable.get(topic, 0)
+        if unread:
+            # "The drive has none" sent the user after a wrong topic: they are there, unread.
+            log.warning(
+                "%s: not one of the %d messages on %s (the config's %s) can be read (the "
+                "warnings of those skipped say why)",
+                source,
+                unread,
+                topic,
+                key,
+            )
         # Read on the drive's own topics, a drive without any is what it is.
-        if topic not in contents.types and (held or not topics_from_drive):
+        elif topic not in contents.types and (held or not topics_from_drive):
             log.warning(
                 "%s: no %s on %s (the config's %s): the drive has %s",
                 source,
@@ -362,7 +378,9 @@ def replay_to_file(
                     _count(summary, dl, progress, replay_input.sweeps)
             output.write(f.close, "the file")  # the last bytes: a full disk may show here
         else:
-            writer = DriveWriter(tmp, rig=replay_input.default_rig)
+            writer = DriveWriter(
+                tmp, rig=replay_input.default_rig, limits=replay_input.config.limits
+            )
             with _closed_on_error(writer.close):
                 described = _described(source)
                 output.write(

@@ -41,6 +41,7 @@ from perception.errors import StalePayloadError, WireError
 from perception.io.curve import CurveKeys
 from perception.io.transport import Subscriber
 from perception.msgs import wire
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import Message
 from perception.ratelimit import RateLimitedLogger
 from replay.drive import DriveWriter
@@ -110,7 +111,9 @@ class Recorder:
     MCAP chunk; `flush_interval_s`: the longest a written message waits before its chunk is
     handed to the operating system; `stop_timeout_s`: how long `close` goes on writing what is
     queued. `curve`: CURVE keys for tcp
-    endpoints (perception.io.curve).
+    endpoints (perception.io.curve). `limits`: what a message may hold, as the node that
+    receives them is configured (its `limits:`); the drive keeps them, so that what was
+    recorded under raised limits is read back (`replay.drive.LIMITS_METADATA`).
 
     Raises (constructor):
         ValueError: no endpoints or topics, or a size or time that is not positive.
@@ -133,6 +136,7 @@ class Recorder:
         stop_timeout_s: float = 3.0,
         topic_endpoints: Mapping[str, Sequence[str]] | None = None,
         curve: CurveKeys | None = None,
+        limits: WireLimits = DEFAULT_LIMITS,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -146,6 +150,7 @@ class Recorder:
         self._flush_interval_s = flush_interval_s
         self._stop_timeout_s = stop_timeout_s
         self._queue_bytes = queue_bytes
+        self._limits = limits
         groups: dict[tuple[str, ...], list[str]] = {}
         self._arrived = dict.fromkeys([*topics, *(topic_endpoints or {})], 0)
         for topic in self._arrived:
@@ -166,12 +171,13 @@ class Recorder:
                         group,
                         hwm=hwm,
                         curve=curve,
+                        limits=limits,
                         shm_copy=True,
                         on_refused=functools.partial(self._refused, RateLimitedLogger(log)),
                     )
                 )
             self._writer = DriveWriter(
-                self.out_path, compression=compression, chunk_size=chunk_size
+                self.out_path, compression=compression, chunk_size=chunk_size, limits=limits
             )
         except BaseException:
             for subscriber in self._subscribers:
@@ -297,7 +303,7 @@ class Recorder:
         log_time_ns = time.time_ns()
         size = sum(b.nbytes for b in buffers)
         try:
-            topic, msg = wire.decode(buffers)
+            topic, msg = wire.decode(buffers, self._limits)
         except Exception as e:  # a decoder fault on hostile input is that message's fault
             with self._lock:
                 self._received += 1

@@ -48,8 +48,14 @@ def cmd_echo(args: argparse.Namespace) -> int:
         # Refused while receiving (too many frames or bytes): a message all the same.
         print(f"{args.topic}: refused: {error}", flush=True)
 
+    # Held to the config's limits, as the node is: a camera above the default 10 MP, on a rig
+    # whose node has them raised, was "undecodable" here.
     with Subscriber(
-        endpoints, [args.topic], curve=curve_keys_for(config.security), on_refused=refused
+        endpoints,
+        [args.topic],
+        curve=curve_keys_for(config.security),
+        on_refused=refused,
+        limits=config.limits,
     ) as sub:
         while not stop.is_set() and (args.count <= 0 or count < args.count):
             frames = sub.recv(timeout_ms=100)
@@ -57,7 +63,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 continue
             count += 1
             try:
-                topic, msg = wire.decode(frames)
+                topic, msg = wire.decode(frames, config.limits)
             except WireError as e:
                 print(f"{args.topic}: undecodable: {e}", flush=True)
                 continue

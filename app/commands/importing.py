@@ -7,7 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
-from app.common import Stages, not_for
+from app.common import Stages, load_node_config, not_for
 from perception.msgs.schema import ALTITUDE_RANGE_M
 from replay.datasets.importers import ImportStats, import_kitti_object, import_kitti_raw
 from replay.drive import check_not_being_written
@@ -42,7 +42,7 @@ def _origin(text: str | None) -> tuple[float, float, float] | None:
 #: The options of one format each: given for another, they would be ignored without a word.
 _FORMAT_OPTIONS = {
     "kitti-raw": ("--grey",),
-    "rosbag2": ("--topics",),
+    "rosbag2": ("--topics", "--config"),
     "nuscenes": ("--version", "--scene", "--origin"),
 }
 
@@ -61,9 +61,23 @@ def _import(args: argparse.Namespace, source: Path, out: Path, stages: Stages) -
         from replay.rosbag2 import import_rosbag2  # noqa: PLC0415 (rosbags loads only here)
 
         topics = Path(args.topics).expanduser() if args.topics else None
-        return import_rosbag2(
-            source, out, topics=topics, progress=progress, overwrite=args.overwrite
-        )
+        try:
+            return import_rosbag2(
+                source,
+                out,
+                topics=topics,
+                progress=progress,
+                overwrite=args.overwrite,
+                limits=load_node_config(args.config).limits,
+            )
+        except ReplayError as e:
+            # Every wire limit is worded so (perception.msgs.schema.WireLimits).
+            if args.config is None and "above the limit of" in str(e):
+                raise ReplayError(
+                    f"{e}; if the node is configured for it, give its config with --config "
+                    "(its `limits:` then hold for the drive)"
+                ) from e
+            raise
     from replay.datasets.nuscenes import import_nuscenes  # noqa: PLC0415
 
     if not args.scene:

@@ -79,6 +79,9 @@ def cmd_record(args: argparse.Namespace) -> int:
             stop_timeout_s=args.stop_timeout,
             topic_endpoints=where,
             curve=curve_keys_for(config.security),
+            # As the node it records for receives them: a camera above the default limits,
+            # served by a node whose limits were raised, was counted undecodable and lost.
+            limits=config.limits,
         )
         by_endpoint: dict[str, list[str]] = {}
         for topic, endpoints in where.items():

@@ -139,7 +139,8 @@ class Publisher(Closeable):
     (bound: a CURVE server admitting `curve.allowed_clients`, which needs a context of its own;
     connected: a CURVE client); ignored for other endpoints. `shm`: how large buffers use
     shared memory (default: on ipc endpoints, perception.io.shm); `send_frames` always sends
-    its frames as given.
+    its frames as given. `limits`: what `send` may encode (`wire.encode`): the node's raised
+    for a 12 MP camera, or a drive's as recorded (`replay.drive.DriveReader.limits`).
 
     Raises (constructor):
         TransportError: the endpoint cannot be bound or connected (address in use, another
@@ -158,9 +159,11 @@ class Publisher(Closeable):
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveKeys | None = None,
         shm: ShmConfig = ShmConfig(),  # noqa: B008 (frozen: one shared default is fine)
+        limits: WireLimits = DEFAULT_LIMITS,
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         self.zero_copy_threshold = zero_copy_threshold
+        self.limits = limits
         use_shm = shm.applies(self.endpoint)
         with_curve = _curve_applies([self.endpoint], curve)
         if with_curve and bind and context is not None:
@@ -226,7 +229,7 @@ class Publisher(Closeable):
             WireError: the message is invalid (see `wire.encode`); nothing is sent.
             TransportError: the publisher is closed or ZeroMQ failed.
         """
-        frames = wire.encode(msg, topic)
+        frames = wire.encode(msg, topic, limits=self.limits)
         if self._shm is not None:
             if self._closed:
                 raise TransportError(f"{self.endpoint}: publisher is closed")

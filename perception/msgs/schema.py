@@ -107,7 +107,10 @@ class WireLimits:
     """Bounds on everything a reader accepts (the wire, JSON documents), so a hostile or broken
     sender cannot make it allocate, recurse or scan without bound. A message above a limit is
     refused ("... above the limit of ..."). The node takes them from the `limits:` section of
-    its config; every other reader uses `DEFAULT_LIMITS`. The defaults fit a 128-beam lidar
+    its config, and so do the commands given that config (`record`, `echo`, `view`, `replay`,
+    `import rosbag2`). A drive keeps the limits it was written under where they are not the
+    defaults, and is read with them unless a config's are given. Every other reader uses
+    `DEFAULT_LIMITS`. The defaults fit a 128-beam lidar
     (3,600 columns, dual return: 921,600 points) and 8 MP cameras (3840 x 2160 BGR: 24.9 MB).
 
     Every limit is a positive integer, `max_sweep_duration_ns` at most a minute (ValueError,

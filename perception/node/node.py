@@ -193,6 +193,8 @@ class Node:
             bind=True,
             hwm=self.config.outputs.high_water_mark,
             curve=self.curve,
+            # The node's lists are held to its own limits (a raised max_detections).
+            limits=self.config.limits,
         )
         # What it bound: the port chosen for `tcp://host:*` or `:0`, which clients must be told.
         self.output_endpoint = publisher.last_endpoint

@@ -60,7 +60,7 @@ from calibration.images import check_image_pixels, encoded_image_size, image_siz
 from calibration.rig import camera_frame
 from perception.errors import WireError
 from perception.msgs import wire
-from perception.msgs.schema import DEFAULT_LIMITS, MAX_STAMP_NS
+from perception.msgs.schema import DEFAULT_LIMITS, MAX_STAMP_NS, WireLimits
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep, Message, RigMessage
 from replay.datasets.kitti_object import (
     CAMERA_STREAM,
@@ -399,19 +399,24 @@ def camera_offsets_ms(
 
 @contextmanager
 def atomic_drive(
-    out_path: Path, compression: str | None, *, overwrite: bool = True
+    out_path: Path,
+    compression: str | None,
+    *,
+    overwrite: bool = True,
+    limits: WireLimits = DEFAULT_LIMITS,
 ) -> Iterator[DriveWriter]:
     """A DriveWriter on a temporary file beside `out_path`, renamed to `out_path` only when the
     block completes (replay.output.atomic_output): a failed import leaves no half drive and an
     existing drive as it was. Without `overwrite`, a drive that appeared at `out_path` while
-    this one was written (a second import of the same new drive) is not replaced."""
+    this one was written (a second import of the same new drive) is not replaced. `limits`:
+    what a message may hold (`DriveWriter`)."""
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise ReplayError(f"{out_path.parent}: output folder does not exist")
     try:
         with (
             atomic_output(out_path, "the drive", replace=overwrite) as part,
-            DriveWriter(part, compression=compression) as writer,
+            DriveWriter(part, compression=compression, limits=limits) as writer,
         ):
             yield writer
     except DriveStorageError as e:

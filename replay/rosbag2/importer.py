@@ -29,6 +29,7 @@ from typing import Any
 
 from calibration import CalibrationError, Rig, load_rig
 from calibration.images import encoded_image_size
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import CameraFrame, GnssFix, Message, RigMessage
 from perception.msgs.types import Header as NodeHeader
 from replay.datasets.importers import (
@@ -356,12 +357,14 @@ def import_rosbag2(
     progress: ImportProgress | None = None,
     compression: str | None = "zstd",
     overwrite: bool = True,
+    limits: WireLimits = DEFAULT_LIMITS,
 ) -> ImportStats:
     """Import the ROS 2 bag `source` (a bag folder, or its `.mcap` / `.db3` storage file;
     sqlite3 or mcap storage) into the drive `out` (docs/rosbag2.md). `topics`: a `--topics`
     YAML file overriding the mapping by message type. `progress(done, total)` is called after
     each sensor message written. Topics not imported are listed in the stats' warnings.
-    `overwrite`: see replay.datasets.importers.atomic_drive.
+    `overwrite`: see replay.datasets.importers.atomic_drive. `limits`: what a message may
+    hold, kept with the drive (a node config's `limits:` raised for a 12 MP camera).
 
     The drive appears only when complete. Raises Rosbag2Error (a ReplayError) naming the bag,
     topic or file: a missing or unreadable bag or `--topics` file, no lidar topic, a topic
@@ -393,7 +396,7 @@ def import_rosbag2(
         sweeps: list[int] = []
         camera_stamps: dict[str, list[int]] = {c.stream: [] for c in plan.cameras}
         first = last = None
-        with atomic_drive(out, compression, overwrite=overwrite) as writer:
+        with atomic_drive(out, compression, overwrite=overwrite, limits=limits) as writer:
             for done, (topic, msgtype, log_time, data) in enumerate(bag.raw(data_topics), 1):
                 msg = converter.convert(topic, msgtype, log_time, data)
                 if msg is not None:

@@ -15,6 +15,7 @@ from perception.msgs.jsonl import read_jsonl
 from perception.msgs.types import DetectionList
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
+from tests.replay.test_drive_limits import ROOMY, big_frame
 
 pytestmark = pytest.mark.slow
 
@@ -234,3 +235,47 @@ def test_record_overwrite_replaces_the_drive_when_finished(
     assert recorder.returncode == 0, log
     assert DriveReader(out).topics() == {"lidar/top": 8}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_record_and_play_a_camera_above_the_default_limits(tmp_path: Path) -> None:
+    """A node configured for a 12 MP camera (`limits: {max_image_pixels: ...}`): `record` with
+    its config counted every frame undecodable (it decoded with the default limits), `echo`
+    printed "undecodable", and `play` of a drive holding such frames refused to send them. Each
+    now holds to the limits of the config or of the drive."""
+    drive = tmp_path / "big.mcap"
+    with DriveWriter(drive, limits=ROOMY) as writer:
+        for seq in range(3):
+            writer.write(big_frame(seq), seq * 1_000_000)
+    sensors = f"ipc://{tmp_path}/sensors"
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"inputs: {{endpoints: ['{sensors}']}}\n"
+        f"limits: {{max_image_pixels: {ROOMY.max_image_pixels}}}\n"
+    )
+    out = tmp_path / "recorded.mcap"
+    recorder = subprocess.Popen(
+        [*CLI, "record", "camera/front", "--out", str(out), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    echo = subprocess.Popen(
+        [*CLI, "echo", "camera/front", "--count", "3", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.0)
+    _play_at_full_speed(drive, sensors)
+    time.sleep(1.0)
+    echoed, _ = echo.communicate(timeout=30)
+    assert echo.returncode == 0, echoed
+    assert "undecodable" not in echoed
+    assert [line.split()[1] for line in echoed.splitlines()] == ["seq=0", "seq=1", "seq=2"]
+    recorder.send_signal(signal.SIGINT)
+    log, _ = recorder.communicate(timeout=30)
+    assert recorder.returncode == 0, log
+    assert "3 received, 3 written, 0 dropped (queue full or left at the stop), 0 undecodable" in log
+    reader = DriveReader(out)
+    assert reader.limits.max_image_pixels == ROOMY.max_image_pixels
+    assert [r.message.header.seq for r in reader.messages()] == [0, 1, 2]

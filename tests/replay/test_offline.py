@@ -14,14 +14,16 @@ import yaml
 
 from perception.config import CameraModelConfig, NodeConfig
 from perception.msgs.jsonl import read_jsonl
-from perception.msgs.types import Diagnostics, GnssFix, Header, RigMessage, TrackList
+from perception.msgs.schema import DEFAULT_LIMITS
+from perception.msgs.types import CameraFrame, Diagnostics, GnssFix, Header, RigMessage, TrackList
 from perception.node import NodeCore
 from perception.pipeline import Pipeline
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from replay.errors import ReplayError
-from replay.offline import Received, replay_to_file, run_core
+from replay.offline import Received, open_source, replay_to_file, run_core
 from tests.replay.damage import damage_chunk, kitti_drive
+from tests.replay.test_drive_limits import ROOMY, big_frame
 
 
 def damaged_drive(kitti_dir: Path, path: Path, after: int = 5) -> Path:
@@ -176,3 +178,38 @@ def test_a_drive_whose_every_sweep_is_dropped_writes_no_output(
     )
     assert "was the drive recorded with another clock for its log times?" in str(info.value)
     assert not out.exists() and list(tmp_path.iterdir()) == [drive]
+
+
+def test_a_replay_holds_a_drive_to_the_limits_it_runs_under(
+    kitti_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """Without a config, a drive's messages are read with the limits it was recorded under (a
+    12 MP camera of a node whose limits were raised for it) and the replay runs with them; with
+    a config, with its limits, as the node configured so would receive them: a frame above them
+    is skipped and counted, where it had been replayed as if the node had taken it."""
+    drive = tmp_path / "big.mcap"
+    with DriveWriter(drive, limits=ROOMY) as writer:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            big = isinstance(msg, CameraFrame)
+            writer.write(
+                replace(big_frame(0), header=msg.header) if big else msg, msg.header.stamp_ns
+            )
+    opened = open_source(drive, NodeConfig(), topics_from_drive=True)
+    assert opened.config.limits == ROOMY
+    frames = [r for r in opened.received if isinstance(r.message, CameraFrame)]
+    assert len(frames) == 8 and opened.skipped.count == 0
+    with caplog.at_level(logging.WARNING):
+        held = open_source(drive, NodeConfig())
+        assert held.config.limits == DEFAULT_LIMITS
+        assert not [r for r in held.received if isinstance(r.message, CameraFrame)]
+    assert held.skipped.count == 8
+    said = [r.getMessage() for r in caplog.records]
+    # Not "the drive has none", nor a damaged message: why each frame is refused.
+    assert (
+        f"{drive}: not one of the 8 messages on camera/front (the config's "
+        "inputs.camera_topics) can be read (the warnings of those skipped say why)"
+    ) in said
+    assert any(
+        "above the limit of 10000000); the drive was recorded under limits that allow it" in m
+        for m in said
+    ), said

@@ -18,6 +18,7 @@ import pytest
 
 from perception.io.transport import Publisher
 from perception.msgs import wire
+from perception.msgs.schema import DEFAULT_LIMITS
 from perception.msgs.types import CameraFrame, GnssFix, Header, RigMessage
 from replay import drive as drive_module
 from replay.datasets.kitti_object import KittiObjectFolder
@@ -25,6 +26,7 @@ from replay.drive import DriveReader
 from replay.mcap_player import play_drive
 from replay.recorder import Recorder, RecorderStats
 from tests.replay.test_drive import assert_same, wire_bytes
+from tests.replay.test_drive_limits import ROOMY, big_frame
 
 TOPICS = ["rig", "camera/front", "lidar/top"]
 
@@ -351,3 +353,27 @@ def test_a_recorder_closed_before_it_started_closes_its_sockets(tmp_path: Path) 
     assert not DriveReader(out).truncated
     with pytest.raises(Exception, match="closed"):
         recorder._subscribers[0].recv(0)
+
+
+def test_a_recorder_keeps_what_its_node_limits_allow(tmp_path: Path) -> None:
+    """`perception record` decoded with the default limits: a 12 MP camera, served by a node
+    whose limits were raised for it, was counted undecodable and lost. Given the node's limits,
+    it is recorded, and the drive reads it back under them."""
+    endpoint = f"ipc://{tmp_path}/sock/big"
+    counts = {}
+    for name, limits in (("default", DEFAULT_LIMITS), ("roomy", ROOMY)):
+        out = tmp_path / f"{name}.mcap"
+        with Publisher(endpoint, hwm=10_000, limits=ROOMY) as pub:
+            recorder = Recorder([endpoint], ["camera/front"], out, limits=limits)
+            recorder.start()
+            time.sleep(0.5)  # subscriptions reach the publisher (ZeroMQ slow joiner)
+            for seq in range(3):
+                pub.send(big_frame(seq))
+            _wait(lambda r=recorder: r.stats.received >= 3)
+            recorder.close()
+        s = recorder.stats
+        counts[name] = (s.received, s.written, s.undecodable)
+        assert_counts_add_up(s, out)
+    assert counts == {"default": (3, 0, 3), "roomy": (3, 3, 0)}
+    frames = [r.message for r in DriveReader(tmp_path / "roomy.mcap").messages()]
+    assert [f.header.seq for f in frames] == [0, 1, 2]
