@@ -1295,7 +1295,8 @@ class DriveReader:
     @property
     def limits(self) -> WireLimits:
         """The wire limits its messages are decoded with: the reader's `limits`, else those the
-        drive was written under (its `LIMITS_METADATA`; the defaults where it has none). A
+        drive was written under (its `LIMITS_METADATA`, each never below its default; the
+        defaults where it has none). A
         record that cannot be read or holds no valid limits is warned about once, and the
         defaults are used: it costs only the messages above them."""
         if self._limits is None:
@@ -1312,7 +1313,15 @@ class DriveReader:
                 return DEFAULT_LIMITS
             limits, problem = _limits_from_document(data)
             if limits is not None:
-                return limits
+                # Never below the defaults: the writer held every message to the recorded
+                # limits, so a lower one only matters where the record is damaged (metadata
+                # has no CRC), and then it would cost messages that are intact.
+                return WireLimits(
+                    **{
+                        f.name: max(getattr(limits, f.name), getattr(DEFAULT_LIMITS, f.name))
+                        for f in dataclasses.fields(WireLimits)
+                    }
+                )
             problem = f"{self.path}: the drive's {LIMITS_METADATA} metadata is invalid ({problem})"
         self._warn_once(
             "limits",

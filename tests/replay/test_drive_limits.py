@@ -113,3 +113,14 @@ def test_a_limit_this_reader_does_not_know_is_passed_over(tmp_path: Path) -> Non
             LIMITS_METADATA, {"max_image_pixels": "13000000", "max_radar_targets": "9"}
         )
     assert DriveReader(path).limits == ROOMY
+
+
+def test_recorded_limits_below_the_defaults_read_as_the_defaults(tmp_path: Path) -> None:
+    """A drive written under lower limits holds nothing above them; a lower value read back
+    (a damaged record: metadata has no CRC) would only refuse intact messages."""
+    path = tmp_path / "low.mcap"
+    low = dataclasses.replace(ROOMY, max_points=10)
+    with DriveWriter(path, limits=low) as writer:
+        writer.write(GnssFix(Header("gnss", 0, 1_000, "gnss"), 49.0, 8.4, 100.0), 1_000)
+    assert DriveReader(path).metadata(LIMITS_METADATA)["max_points"] == "10"  # type: ignore[index]
+    assert DriveReader(path).limits == ROOMY
