@@ -18,13 +18,15 @@ demo, many-drive replays, importers) and `replay` must not import `app`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from perception.errors import PerceptionError
@@ -33,11 +35,14 @@ __all__ = [
     "OutputError",
     "atomic_output",
     "check_free_space",
+    "check_name_fits",
     "check_not_an_input",
     "check_output_dir",
     "check_output_file",
     "check_outputs_not_inputs",
+    "find_output_input",
     "output_dir",
+    "place_new",
     "try_lock",
 ]
 
@@ -107,23 +112,48 @@ def check_outputs_not_inputs(
     Raises:
         OutputError: naming the first output that is an input.
     """
-    files = {p for p in map(_resolved_or_none, inputs) if p is not None}
+    outs = list(outs)
+    found = find_output_input(outs, inputs, what)
+    if found is not None:
+        raise OutputError(
+            f"{found[0]}: is also an input of this command; {what} must be another file"
+        )
     within: dict[Path, Path] = {}
     for folder in folders:
         resolved = _resolved_or_none(folder)
         if resolved is not None:
             within.setdefault(resolved, folder)
+    if not within:
+        return
     for out in outs:
-        target = _resolved(Path(out).expanduser(), what)
-        if target in files:
-            raise OutputError(
-                f"{out}: is also an input of this command; {what} must be another file"
-            )
-        read = within.get(target.parent)
+        read = within.get(_resolved(Path(out).expanduser(), what).parent)
         if read is not None:
             raise OutputError(
                 f"{out}: is in {read}, which this command reads; {what} must be written elsewhere"
             )
+
+
+def find_output_input(
+    outs: Iterable[Path], inputs: Iterable[Path], what: str = "the output"
+) -> tuple[Path, Path] | None:
+    """The first of `outs` that is one of `inputs` (writing it would replace the data being
+    read), with that input, both as given; None when none is. Symbolic links are resolved: a
+    link is written through to the file it names. For callers that word the refusal
+    themselves (`check_outputs_not_inputs` is the usual one).
+
+    Raises:
+        OutputError: an output is a symbolic link loop (it names no file).
+    """
+    files: dict[Path, Path] = {}
+    for given in inputs:
+        resolved = _resolved_or_none(given)
+        if resolved is not None:
+            files.setdefault(resolved, given)
+    for out in outs:
+        read = files.get(_resolved(Path(out).expanduser(), what))
+        if read is not None:
+            return out, read
+    return None
 
 
 def _resolved(path: Path, what: str) -> Path:
@@ -249,6 +279,33 @@ def _size(n: float) -> str:
 _MAX_NAME_BYTES = 255  # a file name's limit on Linux's file systems (NAME_MAX)
 
 
+def _longest_name(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system holding `folder` (or its nearest
+    existing parent, for a folder still to be made) takes."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return _MAX_NAME_BYTES
+
+
+def check_name_fits(path: Path, what: str = "the output") -> None:
+    """Refuses an output whose file name is longer than its file system takes (255 bytes on
+    Linux's), before any work is done: writing it failed only at the end, with the raw
+    "File name too long". Counted in the bytes the file system gets, as `_temporary_beside`.
+
+    Raises:
+        OutputError: naming the path, its length and the limit.
+    """
+    path = Path(path).expanduser()
+    size, limit = len(os.fsencode(path.name)), _longest_name(path.parent)
+    if size > limit:
+        raise OutputError(
+            f"{path}: a name of {size} bytes, longer than the {limit} its file system takes; "
+            f"{what} needs a shorter one"
+        )
+
+
 def _temporary_beside(target: Path) -> Path:
     """A new empty file in `target`'s folder, hidden, keeping `target`'s suffix (writers such
     as OpenCV and matplotlib choose the format from it)."""
@@ -278,19 +335,76 @@ def _temporary_beside(target: Path) -> Path:
     raise OutputError(f"{target}: no free temporary name in {target.parent}")
 
 
-def _place_new(tmp: Path, target: Path) -> None:
-    """`tmp` renamed to `target` unless `target` exists: a hard link, which the kernel refuses
-    over an existing name (a rename replaces it: two imports of one new drive left the second's
-    alone, the first's gone without a word). Where links are not supported, a rename after a
-    check.
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the working folder, as os.rename takes them
+_RENAME_NOREPLACE = 1  # <linux/fs.h>
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2(2), None where there is none (not Linux, or a glibc before 2.28)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """`src` renamed to `dst` unless `dst` exists, in one step (renameat2 RENAME_NOREPLACE):
+    True when done, False where the kernel or file system cannot (nothing was done).
+
+    Raises:
+        FileExistsError: `dst` exists.
+        OSError: the rename failed otherwise.
+    """
+    rename = _renameat2()
+    if rename is None:
+        return False
+    if rename(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    # ENOSYS: a kernel before 3.15; EINVAL: a file system without RENAME_NOREPLACE.
+    if code in (errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+
+def place_new(tmp: Path, target: Path) -> None:
+    """`tmp` (a file or a folder) renamed to `target` unless `target` exists (a rename
+    replaces a file, or an empty folder: two imports of one new drive left the second's alone,
+    the first's gone without a word). A file: a hard link, which the kernel refuses over an
+    existing name (`tmp` stays, for the caller to remove). A folder (no hard links):
+    renameat2 with RENAME_NOREPLACE, which refuses likewise. Where neither is supported, a
+    rename after a check.
 
     Raises:
         OutputError: `target` exists, or neither the link nor the rename can be made.
     """
+    folder = tmp.is_dir() and not tmp.is_symlink()
     appeared = OutputError(
         f"{target}: appeared while this command wrote it (another process writing the same "
-        "file?); not replaced, and what was written here is dropped"
+        f"{'folder' if folder else 'file'}?); not replaced, and what was written here is "
+        "dropped"
     )
+    if folder:
+        try:
+            if _rename_noreplace(tmp, target):
+                return
+        except FileExistsError:
+            raise appeared from None
+        except OSError as e:
+            raise OutputError(f"{target}: cannot write it ({e.strerror})") from e
+        # Without renameat2 a folder made between this check and the rename is replaced
+        # when empty: the narrowest window there is.
+        if os.path.lexists(target):
+            raise appeared
+        try:
+            os.rename(tmp, target)
+        except OSError as e:
+            raise OutputError(f"{target}: cannot write it ({e.strerror})") from e
+        return
     try:
         os.link(tmp, target)
     except FileExistsError:
@@ -336,7 +450,7 @@ def atomic_output(
             except OSError as e:
                 raise OutputError(f"{target}: cannot replace it ({e.strerror})") from e
         else:
-            _place_new(tmp, target)
+            place_new(tmp, target)
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from perception.msgs.types import DetectionList
 from replay.drive import DriveReader
 from replay.errors import ReplayError
 from replay.mcap_player import Skipped
+from replay.output import OutputError, place_new
 from replay.rosbag2.detections import to_autoware, to_vision_msgs
 from replay.rosbag2.errors import Rosbag2Error
 from replay.rosbag2.msgdefs import (
@@ -42,13 +43,24 @@ from replay.rosbag2.msgdefs import (
 )
 from replay.runs import check_one_per_frame
 
-__all__ = ["MSGS", "STORAGES", "ExportProgress", "ExportStats", "export_rosbag2"]
+__all__ = [
+    "MSGS",
+    "ROS_TOPIC_MAX_CHARS",
+    "STORAGES",
+    "ExportProgress",
+    "ExportStats",
+    "export_rosbag2",
+]
 
 #: --msgs choices -> the ROS message type written.
 MSGS = {"vision_msgs": VISION_DETECTION3D_ARRAY, "autoware": AUTOWARE_DETECTED_OBJECTS}
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 log = logging.getLogger(__name__)
 _TOPIC_CHARS = re.compile(r"[^A-Za-z0-9_/]")
+#: rmw's RMW_TOPIC_MAX_NAME_LENGTH: the characters of a fully qualified topic name (its
+#: leading / included), 255 less 8 that DDS implementations keep for their prefixes (`rt/`).
+#: rcl refuses a longer name, so `ros2 bag play` could not publish the topic.
+ROS_TOPIC_MAX_CHARS = 255 - 8
 
 #: progress(DetectionLists written, DetectionLists in all).
 ExportProgress = Callable[[int, int], None]
@@ -77,8 +89,9 @@ def _ros_topic(name: str) -> str:
 
 
 class _Topics:
-    """Drive topics or streams -> ROS 2 topics, refusing two that become one: their lists
-    were merged on one topic, or refused as one frame twice."""
+    """Drive topics or streams -> ROS 2 topics, refusing two that become one (their lists
+    were merged on one topic, or refused as one frame twice) and one longer than ROS 2 takes
+    (exported as it was, a bag no ROS 2 node could play)."""
 
     def __init__(self, source: Path) -> None:
         self._source = source
@@ -89,6 +102,12 @@ class _Topics:
         topic = self._topics.get(name)
         if topic is None:
             topic = self._topics[name] = _ros_topic(name)
+            if len(topic) > ROS_TOPIC_MAX_CHARS:
+                raise Rosbag2Error(
+                    f"{self._source}: {name!r} becomes a ROS 2 topic of {len(topic)} "
+                    f"characters; ROS 2 takes at most {ROS_TOPIC_MAX_CHARS} "
+                    "(RMW_TOPIC_MAX_NAME_LENGTH)"
+                )
             other = self._names.setdefault(topic, name)
             if other != name:
                 raise Rosbag2Error(
@@ -213,7 +232,8 @@ def export_rosbag2(
     Raises Rosbag2Error naming the path: `out` exists or its folder is missing, the source is
     not a drive or run, holds no DetectionLists or holds one frame twice on a topic (one
     `header.seq` or `header.stamp_ns` again, replay.runs.check_one_per_frame) or two topics
-    or streams that become one ROS 2 topic (`det-1`, `det_1`); the source's
+    or streams that become one ROS 2 topic (`det-1`, `det_1`) or a topic longer than ROS 2
+    takes (ROS_TOPIC_MAX_CHARS), or `out` appeared while the bag was written; the source's
     own read errors (ReplayError / SourceError) pass through; ValueError for an unknown
     `storage` or `msgs`."""
     begin = time.perf_counter()
@@ -250,7 +270,10 @@ def export_rosbag2(
                 if progress is not None:
                     progress(done, len(items))
         _check_out(out)
-        os.replace(staging / out.name, out)
+        # Not os.replace: it replaces an empty folder made at `out` since that check.
+        place_new(staging / out.name, out)
+    except OutputError as e:
+        raise Rosbag2Error(str(e)) from e
     except PerceptionError:
         raise
     except OSError as e:

@@ -3,18 +3,26 @@ refused before any work, in one line naming the path."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import replay.output
 from replay.output import (
     OutputError,
     atomic_output,
+    check_name_fits,
     check_output_dir,
     check_output_file,
+    check_outputs_not_inputs,
+    find_output_input,
     output_dir,
+    place_new,
 )
 
 
@@ -133,3 +141,98 @@ def test_without_replace_a_target_that_appeared_meanwhile_is_kept(tmp_path: Path
         tmp.write_text("only")
     assert other.read_text() == "only"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.mcap", "e.mcap"]
+
+
+def _staged_folder(tmp_path: Path) -> Path:
+    staged = tmp_path / ".bag.part"
+    staged.mkdir()
+    (staged / "data").write_text("written")
+    return staged
+
+
+def _no_renameat2() -> Callable[..., int] | None:
+    return None
+
+
+def _renameat2_einval() -> Callable[..., int]:
+    """renameat2 on a file system without RENAME_NOREPLACE."""
+
+    def rename(*_args: object) -> int:
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    return rename
+
+
+@pytest.mark.parametrize("renameat2", ["real", "missing", "einval"])
+def test_a_folder_is_placed_only_where_nothing_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, renameat2: str
+) -> None:
+    """A rename replaces an empty folder: one made at the target while a bag was written was
+    replaced without a word. renameat2 (RENAME_NOREPLACE) refuses; without it (no symbol, or a
+    file system that refuses the flag) a check and a rename, as before."""
+    if renameat2 != "real":
+        fake = _no_renameat2 if renameat2 == "missing" else _renameat2_einval
+        monkeypatch.setattr(replay.output, "_renameat2", fake)
+    target = tmp_path / "bag"
+    target.mkdir()  # another process made it
+    staged = _staged_folder(tmp_path)
+    with pytest.raises(OutputError) as info:
+        place_new(staged, target)
+    assert str(info.value) == (
+        f"{target}: appeared while this command wrote it (another process writing the same "
+        "folder?); not replaced, and what was written here is dropped"
+    )
+    assert list(target.iterdir()) == [] and (staged / "data").is_file()
+    target.rmdir()
+    place_new(staged, target)
+    assert (target / "data").read_text() == "written" and not staged.exists()
+
+
+def test_renameat2_refuses_even_where_the_check_would_pass(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The kernel's refusal, not a check before it: an existence test that says "free" (the
+    folder made just after it) still leaves the folder alone."""
+    monkeypatch.setattr(os.path, "lexists", lambda _path: False)
+    target = tmp_path / "bag"
+    target.mkdir()
+    staged = _staged_folder(tmp_path)
+    with pytest.raises(OutputError, match="appeared while this command wrote it"):
+        place_new(staged, target)
+    assert list(target.iterdir()) == []
+
+
+def test_a_name_too_long_for_the_file_system_is_refused(tmp_path: Path) -> None:
+    check_name_fits(tmp_path / ("n" * 249 + ".jsonl"))
+    long = tmp_path / "later" / ("n" * 250 + ".jsonl")  # its folder made later: its parent's
+    with pytest.raises(OutputError) as info:
+        check_name_fits(long, "the output of n.mcap")
+    assert str(info.value) == (
+        f"{long}: a name of 256 bytes, longer than the 255 its file system takes; the output "
+        "of n.mcap needs a shorter one"
+    )
+    # Counted in bytes: a letter of two bytes counts twice.
+    with pytest.raises(OutputError, match="a name of 256 bytes"):
+        check_name_fits(tmp_path / ("é" * 125 + ".jsonl"))
+
+
+def test_an_output_that_is_an_input_is_found_with_that_input(tmp_path: Path) -> None:
+    """One function finds an output that is an input, for the commands that word the refusal
+    themselves (the bench names which input it is) and for check_outputs_not_inputs."""
+    config = tmp_path / "node.yaml"
+    config.touch()
+    link = tmp_path / "link.yaml"
+    link.symlink_to(config)
+    other = tmp_path / "other.yaml"
+    assert find_output_input([other], [config]) is None
+    assert find_output_input([other, link], [tmp_path / "x", config]) == (link, config)
+    with pytest.raises(OutputError) as info:
+        check_outputs_not_inputs([other, link], [config], "--out")
+    assert (
+        str(info.value) == f"{link}: is also an input of this command; --out must be another file"
+    )
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(OutputError, match="is a symbolic link loop; --out names no file"):
+        find_output_input([loop], [config], "--out")

@@ -13,11 +13,13 @@ import pytest
 from mcap.reader import SeekingReader
 from rosbags.highlevel import AnyReader
 
+import replay.rosbag2.exporter
 from perception.msgs.jsonl import write_jsonl_line
 from perception.msgs.types import Detection3D, DetectionList, Header
 from replay.drive import DriveWriter
 from replay.rosbag2 import Rosbag2Error, export_rosbag2
 from replay.rosbag2.detections import AUTOWARE_LABELS, NODE_LABELS
+from replay.rosbag2.exporter import ROS_TOPIC_MAX_CHARS
 
 LISTS = [
     DetectionList(
@@ -232,3 +234,47 @@ def test_two_streams_of_one_ros_topic_are_refused(tmp_path: Path) -> None:
         "only)"
     )
     assert not (tmp_path / "bag").exists()
+
+
+def test_a_stream_longer_than_a_ros2_topic_takes_is_refused(tmp_path: Path) -> None:
+    """rmw's RMW_TOPIC_MAX_NAME_LENGTH (255 - 8 characters of the fully qualified name, its
+    leading / included): a longer stream was exported as it was, a topic rcl refuses."""
+    assert ROS_TOPIC_MAX_CHARS == 247
+    longest = "d" * (ROS_TOPIC_MAX_CHARS - 1)  # with its /: the longest ROS 2 takes
+    stats = export_rosbag2(_run_of_streams(tmp_path / "ok.jsonl", [longest]), tmp_path / "ok")
+    assert stats.messages == {f"/{longest}": 1}
+    run = _run_of_streams(tmp_path / "run.jsonl", ["detections", longest + "d"])
+    with pytest.raises(Rosbag2Error) as error:
+        export_rosbag2(run, tmp_path / "bag")
+    assert str(error.value) == (
+        f"{run}: {longest + 'd'!r} becomes a ROS 2 topic of 248 characters; ROS 2 takes at most "
+        "247 (RMW_TOPIC_MAX_NAME_LENGTH)"
+    )
+    assert not (tmp_path / "bag").exists()
+
+
+def test_a_folder_made_at_out_while_the_bag_is_written_is_kept(
+    monkeypatch: pytest.MonkeyPatch, source: Path, tmp_path: Path
+) -> None:
+    """`out` is checked, the bag written beside it, then renamed: an empty folder made at
+    `out` between the last check and the rename was replaced (a rename replaces an empty
+    folder). The rename itself is real: the folder appears just after the check."""
+    out = tmp_path / "bag"
+    checked = replay.rosbag2.exporter._check_out
+    calls: list[Path] = []
+
+    def then_made(path: Path) -> None:
+        checked(path)
+        calls.append(path)
+        if len(calls) == 2:  # the check just before the rename
+            path.mkdir()
+
+    monkeypatch.setattr(replay.rosbag2.exporter, "_check_out", then_made)
+    with pytest.raises(Rosbag2Error) as error:
+        export_rosbag2(source, out)
+    assert str(error.value) == (
+        f"{out}: appeared while this command wrote it (another process writing the same "
+        "folder?); not replaced, and what was written here is dropped"
+    )
+    assert len(calls) == 2 and list(out.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", source.name]
