@@ -41,6 +41,7 @@ __all__ = [
     "ReplayResult",
     "check_ray_address",
     "connect_ray",
+    "output_name",
     "replay_many",
     "replay_source",
 ]
@@ -120,7 +121,7 @@ class DuplicateOutputError(ReplayError, ValueError):
     """Two sources would write the same output file (a ValueError too, as it always was)."""
 
 
-def _output_name(source: Path) -> str:
+def output_name(source: Path) -> str:
     """The name of `source`'s output: the folder's name or the drive's stem, of the path made
     absolute (not resolved: a link's own name is kept), since `.` and `..` have no name of
     their own (`.` failed as a bug, `..` wrote a hidden `...jsonl`).
@@ -135,7 +136,7 @@ def _output_name(source: Path) -> str:
 
 
 def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
-    names = [_output_name(p) for p in sources]
+    names = [output_name(p) for p in sources]
     seen: dict[str, Path] = {}
     for name, src in zip(names, sources, strict=True):
         if name in seen:

@@ -336,6 +336,11 @@ class ReplaySummary:
     #: Bundles made without a GNSS fix although fixes came (SyncStats' `bundles_without_fix`):
     #: a `sync.gnss_window_ms` too narrow left every detection without a global position.
     without_fix: int = 0
+    #: Bundles made but passed over, not processed, before the input ended (the counters'
+    #: `skipped_bundles` then: completed after a newer sweep's output, or of the lidar clock's
+    #: timeline before a jump). Those at the end, where the last sweeps waiting for their
+    #: cameras time out together, are the end of a drive, not counted here.
+    passed_over: int = 0
 
 
 def replay_to_file(
@@ -367,12 +372,13 @@ def replay_to_file(
     replay_input = open_source(source, config, topics_from_drive=topics_from_drive)
     core = NodeCore(replay_input.config, pipeline, replay_input.default_rig)
     summary = ReplaySummary()
+    received = _noting_end(replay_input.received, core, summary)
     output = _Output(out, summary)
     with atomic_output(out, "the detections file") as tmp:
         if out.suffix == ".jsonl":
             f = tmp.open("w")
             with _closed_on_error(f.close):
-                results = run_core(core, replay_input.received, speed=speed, source=str(source))
+                results = run_core(core, received, speed=speed, source=str(source))
                 writes = _timed_writes(core, results, lambda dl: write_jsonl_line(f, dl), output)
                 for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
@@ -395,7 +401,7 @@ def replay_to_file(
 
                 results = run_core(
                     core,
-                    replay_input.received,
+                    received,
                     speed=speed,
                     source=str(source),
                     on_diagnostics=write_diagnostics,
@@ -424,6 +430,15 @@ def replay_to_file(
     summary.counters = core.counters.scalars()
     summary.unreadable = replay_input.skipped.count
     return summary
+
+
+def _noting_end(
+    received: Iterable[Received], core: NodeCore, summary: ReplaySummary
+) -> Iterator[Received]:
+    """`received`, noting in `summary.passed_over` the bundles the core passed over by the
+    time they end: `run_core` reads on from here only to flush the core."""
+    yield from received
+    summary.passed_over = core.counters.skipped_bundles
 
 
 def _described(source: Path) -> dict[str, str]:

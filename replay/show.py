@@ -13,7 +13,9 @@ Sources:
   truth (beside it, or its ground-truth channel) is scored by the demo's protocol
   (replay.evaluation.score_truth_frame).
 
-Frames without references are drawn with their detections and listed unscored.
+Frames without references are drawn with their detections and listed unscored. A drawing
+that stops after its first picture (interrupted, or an error) still writes the index of the
+pictures drawn, marked partial at its top with the reason.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ import numpy.typing as npt
 from calibration import Rig
 from perception.msgs.types import CameraFrame, DetectionList, LidarSweep
 from perception.ratelimit import RateLimitedLogger
-from replay.datasets.kitti_eval import check_run_of_folder, read_references, score_kitti_frame
+from replay.datasets.kitti_eval import (
+    check_run_of_folder,
+    frame_references,
+    read_references,
+    score_kitti_frame,
+)
 from replay.datasets.kitti_object import KittiObjectFolder, read_image, read_kitti_scan
 from replay.drive import DriveReader
 from replay.errors import ReplayError
@@ -67,6 +74,8 @@ __all__ = [
     "ShowProgress",
     "ShowReport",
     "ShownFrame",
+    "check_drive_ground_truth",
+    "check_kitti_references",
     "check_pictures_folder",
     "score_line",
     "show_drive",
@@ -201,6 +210,37 @@ def _draw(
     write_picture(path, picture)
 
 
+def _stopped_by(error: BaseException) -> str:
+    """Why a drawing stopped, in one line, for the top of a partial index."""
+    if isinstance(error, KeyboardInterrupt):  # SIGINT, and SIGTERM as the CLI raises it
+        return "interrupted"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _finish_partial(
+    out_dir: Path,
+    frames: Sequence[ShownFrame],
+    protocol: str,
+    run_name: str,
+    *,
+    of: int,
+    error: BaseException,
+    no_image: int = 0,
+) -> None:
+    """The index of the pictures drawn before `error` stopped the drawing (nothing when none
+    was: a failed drawing leaves no folder behind, `replay.output.output_dir`). A failure to
+    write it is dropped: the caller re-raises `error`, which says what went wrong first."""
+    if not frames:
+        return
+    why = f"{len(frames)} of {of} frames drawn; the drawing stopped: {_stopped_by(error)}"
+    try:
+        _finish(out_dir, frames, protocol, run_name, left_out=0, no_image=no_image, partial=why)
+    except (OutputError, OSError) as e:
+        log.info("%s: partial index not written: %s", out_dir, e)
+    else:
+        log.info("%s: partial index written (%s)", out_dir / INDEX_NAME, why)
+
+
 # -- KITTI object folders ----------------------------------------------------------------------
 
 
@@ -232,6 +272,49 @@ def check_pictures_folder(
             )
 
 
+def _kitti_reference_dir(folder: KittiObjectFolder, reference_dir: Path | None) -> Path | None:
+    """The references' folder `show_kitti` reads: `reference_dir`, else the folder's own
+    `label_2` when it has one (None: no references).
+
+    Raises:
+        replay.errors.ReplayError: `reference_dir` does not exist.
+    """
+    if reference_dir is None and (folder.root / "label_2").is_dir():
+        reference_dir = folder.root / "label_2"
+    if reference_dir is not None and not reference_dir.is_dir():
+        raise ReplayError(f"{reference_dir}: reference folder does not exist")
+    return reference_dir
+
+
+def check_kitti_references(
+    kitti: Path | KittiObjectFolder,
+    reference_dir: Path | None = None,
+    seqs: Iterable[int] | None = None,
+) -> None:
+    """Reads the reference file of each frame `show_kitti` would score (`seqs`: the frames'
+    indices, default every frame of the folder) with the parsers that score it, so that a
+    malformed one is refused before anything is replayed or drawn: found while drawing, it
+    cost the whole replay. `reference_dir` as in `show_kitti`.
+
+    Raises:
+        replay.errors.ReplayError: a reference file is malformed (names the file, line and
+            field), is no regular file, or its frame's calib file is broken; `kitti` is no
+            KITTI object folder; `reference_dir` does not exist.
+    """
+    folder = kitti if isinstance(kitti, KittiObjectFolder) else KittiObjectFolder(kitti)
+    reference_dir = _kitti_reference_dir(folder, reference_dir)
+    if reference_dir is None:
+        return
+    for i in range(len(folder)) if seqs is None else sorted(set(seqs)):
+        frame = folder.frames[i]
+        ref_path = reference_dir / f"{frame.frame_id}.txt"
+        if ref_path.is_file():
+            read_references(ref_path, frame.calib_path)
+        elif ref_path.exists():
+            # Its own refusal of a folder or pipe of that name (before it reads the image).
+            frame_references(folder, i, reference_dir)
+
+
 def show_kitti(
     lists: Sequence[DetectionList],
     kitti_dir: Path,
@@ -250,17 +333,16 @@ def show_kitti(
 
     Raises:
         replay.errors.ReplayError: a DetectionList's seq has no frame in the folder, or a
-            frame's files or reference file are missing or broken (names the path).
+            frame's files or reference file are missing or broken (names the path; a broken
+            reference file before any picture, `check_kitti_references`).
         replay.output.OutputError: `out_dir` is an input folder (`check_pictures_folder`), or
             it or a file in it cannot be written.
     """
     check_pictures_folder(out_dir, kitti_dir, reference_dir)
     folder = KittiObjectFolder(kitti_dir)
-    if reference_dir is None and (folder.root / "label_2").is_dir():
-        reference_dir = folder.root / "label_2"
-    if reference_dir is not None and not reference_dir.is_dir():
-        raise ReplayError(f"{reference_dir}: reference folder does not exist")
+    reference_dir = _kitti_reference_dir(folder, reference_dir)
     check_run_of_folder(lists, folder, run_name or "the run")
+    check_kitti_references(folder, reference_dir, (dl.header.seq for dl in lists))
     out_dir = check_output_dir(out_dir, "the pictures' folder")
     # A picture or the index linked to a frame's file, or named as the run's, would replace it.
     folders = [folder.root / sub for sub in _KITTI_INPUT_FOLDERS]
@@ -270,7 +352,44 @@ def show_kitti(
     outs = [*pictures, out_dir / INDEX_NAME]
     check_outputs_not_inputs(outs, inputs, "a picture or the index", folders=folders)
     legend = _legend("references")
-    frames = []
+    protocol = (
+        f"references: {reference_dir} (score at least {KITTI_MIN_REFERENCE_SCORE:g}), "
+        f"matched as `perception eval` matches them: per class ({', '.join(POINTPILLARS_CLASSES)}"
+        f"), a detection within {KITTI_MATCH_DISTANCE_M:g} m (BEV centre) of a reference; "
+        f"references within {KITTI_RANGE_M:g} m and in the camera image count"
+        if reference_dir is not None
+        else f"no references ({folder.root} has no label_2/): detections only"
+    )
+    run_name = run_name or str(folder.root)
+    frames: list[ShownFrame] = []
+    try:
+        _draw_kitti(
+            lists,
+            folder,
+            reference_dir=reference_dir,
+            out_dir=out_dir,
+            frames=frames,
+            legend=legend,
+            progress=progress,
+        )
+    except BaseException as e:
+        # Pictures without their page: the page of those drawn, saying it is partial and why.
+        _finish_partial(out_dir, frames, protocol, run_name, of=len(lists), error=e)
+        raise
+    return _finish(out_dir, frames, protocol, run_name, left_out=0)
+
+
+def _draw_kitti(
+    lists: Sequence[DetectionList],
+    folder: KittiObjectFolder,
+    *,
+    reference_dir: Path | None,
+    out_dir: Path,
+    frames: list[ShownFrame],
+    legend: Sequence[tuple[str, BGR]],
+    progress: ShowProgress | None,
+) -> None:
+    """`show_kitti`'s pictures, each appended to `frames` once written."""
     for i, dl in enumerate(lists):
         frame = folder.frames[dl.header.seq]
         image = read_image(frame.image_path)
@@ -302,15 +421,6 @@ def show_kitti(
                                  result))  # fmt: skip
         if progress is not None:
             progress(i + 1, len(lists))
-    protocol = (
-        f"references: {reference_dir} (score at least {KITTI_MIN_REFERENCE_SCORE:g}), "
-        f"matched as `perception eval` matches them: per class ({', '.join(POINTPILLARS_CLASSES)}"
-        f"), a detection within {KITTI_MATCH_DISTANCE_M:g} m (BEV centre) of a reference; "
-        f"references within {KITTI_RANGE_M:g} m and in the camera image count"
-        if reference_dir is not None
-        else f"no references ({folder.root} has no label_2/): detections only"
-    )
-    return _finish(out_dir, frames, protocol, run_name or str(folder.root), left_out=0)
 
 
 # -- drives ------------------------------------------------------------------------------------
@@ -329,6 +439,18 @@ def _truth(drive: Path) -> dict[int, tuple[tuple[ReferenceBox, ...], tuple[float
     except ValueError as e:
         raise ReplayError(str(e)) from e
     return {f.stamp_ns: (f.boxes, f.camera_visible) for f in frames}
+
+
+def check_drive_ground_truth(drive: Path) -> None:
+    """Reads the drive's ground truth as `show_drive` reads it, so that a malformed one is
+    refused before anything is replayed or drawn: found while drawing, it cost the whole
+    replay.
+
+    Raises:
+        replay.errors.ReplayError: a malformed document or an impossible value (names the
+            file and line, or the drive and sweep), or the drive cannot be read.
+    """
+    _truth(drive)
 
 
 def show_drive(
@@ -420,39 +542,6 @@ def show_drive(
     def not_drawn(error: ReplayError) -> None:
         bad.warning("unreadable", f"{error}; not drawn")
 
-    recorded = checked_messages(reader, topics=topics, on_error=not_drawn)
-    for rec in recorded:
-        msg = rec.message
-        if isinstance(msg, LidarSweep) and msg.header.stamp_ns in by_stamp:
-            stamp = msg.header.stamp_ns
-            sweeps[stamp] = msg
-        elif (
-            isinstance(msg, CameraFrame)
-            and msg.header.frame_id == camera_frame_id
-            and msg.image is not None
-        ):
-            at = bisect.bisect_right(stamps, msg.header.stamp_ns) - 1
-            if at < 0 or msg.header.stamp_ns - stamps[at] >= window_ns:
-                continue
-            stamp = stamps[at]
-            if stamp in images or stamp in drawn:
-                continue  # the first frame after the sweep is its
-            images[stamp] = msg.image
-        else:
-            continue
-        if stamp in sweeps and stamp in images:
-            if not out_dir_checked:
-                out_dir = check_output_dir(out_dir, "the pictures' folder")
-                out_dir_checked = True
-            draw(stamp, images.pop(stamp))
-    if not frames and not sweeps:
-        raise ReplayError(
-            f"{drive}: no sweep has the stamp of a DetectionList of the run: was the run "
-            "replayed from another drive?"
-        )
-    out_dir = check_output_dir(out_dir, "the pictures' folder")
-    for stamp in sorted(sweeps):  # sweeps whose camera frame never came
-        draw(stamp, images.pop(stamp, None))
     protocol = (
         f"ground truth of {drive}, scored as `perception demo` scores it: objects within "
         f"{QUALITY_RANGE_M:g} m, at least half in the camera image and unoccluded; a match "
@@ -461,12 +550,54 @@ def show_drive(
         if truth
         else f"no ground truth in or beside {drive}: detections only"
     )
+    run_name = run_name or str(drive)
+    try:
+        recorded = checked_messages(reader, topics=topics, on_error=not_drawn)
+        for rec in recorded:
+            msg = rec.message
+            if isinstance(msg, LidarSweep) and msg.header.stamp_ns in by_stamp:
+                stamp = msg.header.stamp_ns
+                sweeps[stamp] = msg
+            elif (
+                isinstance(msg, CameraFrame)
+                and msg.header.frame_id == camera_frame_id
+                and msg.image is not None
+            ):
+                at = bisect.bisect_right(stamps, msg.header.stamp_ns) - 1
+                if at < 0 or msg.header.stamp_ns - stamps[at] >= window_ns:
+                    continue
+                stamp = stamps[at]
+                if stamp in images or stamp in drawn:
+                    continue  # the first frame after the sweep is its
+                images[stamp] = msg.image
+            else:
+                continue
+            if stamp in sweeps and stamp in images:
+                if not out_dir_checked:
+                    out_dir = check_output_dir(out_dir, "the pictures' folder")
+                    out_dir_checked = True
+                draw(stamp, images.pop(stamp))
+        if not frames and not sweeps:
+            raise ReplayError(
+                f"{drive}: no sweep has the stamp of a DetectionList of the run: was the run "
+                "replayed from another drive?"
+            )
+        out_dir = check_output_dir(out_dir, "the pictures' folder")
+        for stamp in sorted(sweeps):  # sweeps whose camera frame never came
+            draw(stamp, images.pop(stamp, None))
+    except BaseException as e:
+        # Pictures without their page: the page of those drawn, saying it is partial and why.
+        drawn_so_far = [frames[i] for i in sorted(frames)]
+        _finish_partial(
+            out_dir, drawn_so_far, protocol, run_name, of=len(lists), error=e, no_image=no_images
+        )
+        raise
     shown = [frames[i] for i in sorted(frames)]
     return _finish(
         out_dir,
         shown,
         protocol,
-        run_name or str(drive),
+        run_name,
         left_out=len(lists) - len(shown),
         no_image=no_images,
     )
@@ -519,6 +650,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-a
 th { background: #eee; }
 td:first-child, td:nth-child(8) { text-align: left; }
 tr.total { font-weight: bold; background: #f6f6f6; }
+p.partial { font-weight: bold; background: #fde2e2; border: 1px solid #c33; padding: 8px; }
 img { width: 540px; display: block; }
 """
 
@@ -531,7 +663,10 @@ def _finish(
     *,
     left_out: int,
     no_image: int = 0,
+    partial: str | None = None,
 ) -> ShowReport:
+    """Writes the index page (atomically: a reader never sees half of one). `partial`: why the
+    drawing stopped before every frame was drawn, said first on the page."""
     scored = [f.result for f in frames if f.result is not None]
     total = merge_results(scored) if scored else None
     header = (
@@ -549,13 +684,14 @@ def _finish(
         )
     ]
     rows += [_row(f.name, f.detections, f.result, f.picture.name) for f in frames]
-    title = f"perception show: {run_name}"
+    title = f"perception show: {run_name}" + (" (partial)" if partial else "")
     note = f"<p>{left_out} DetectionList(s) of the run have no frame in the source.</p>"
     page = "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+            f'<p class="partial">Partial: {html.escape(partial)}.</p>' if partial else "",
             f"<h1>{html.escape(title)}</h1>",
             f"<p>{html.escape(protocol)}.</p>",
             note if left_out else "",

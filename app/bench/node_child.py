@@ -31,6 +31,7 @@ from perception.errors import PerceptionError, WireError
 from perception.io.transport import ReceivedFrame, Subscriber
 from perception.msgs import wire
 from perception.msgs.jsonl import to_document
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import DetectionList, Diagnostics
 
 __all__ = ["Answer", "Collector", "NodeChild", "UsageSampler"]
@@ -174,8 +175,16 @@ class Collector(Closeable):
         TransportError: the SUB socket cannot connect.
     """
 
-    def __init__(self, endpoint: str, detections_topic: str, diagnostics_topic: str) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        detections_topic: str,
+        diagnostics_topic: str,
+        *,
+        limits: WireLimits = DEFAULT_LIMITS,
+    ) -> None:
         self._endpoint = endpoint
+        self._limits = limits
         self._topics = (detections_topic, diagnostics_topic)
         self._lock = threading.Lock()
         self._answers: list[Answer] = []
@@ -197,7 +206,12 @@ class Collector(Closeable):
     def _run(self) -> None:
         detections, diagnostics = self._topics
         try:
-            sub = Subscriber([self._endpoint], [detections, diagnostics], hwm={detections: 100_000})
+            sub = Subscriber(
+                [self._endpoint],
+                [detections, diagnostics],
+                hwm={detections: 100_000},
+                limits=self._limits,
+            )
         except BaseException as e:
             self._error = e
             self._ready.set()
@@ -212,7 +226,7 @@ class Collector(Closeable):
     def _file(self, frames: Sequence[ReceivedFrame]) -> None:
         now = time.time_ns()
         try:
-            _, msg = wire.decode(frames)
+            _, msg = wire.decode(frames, self._limits)
         except WireError:
             return
         if isinstance(msg, Diagnostics):

@@ -505,8 +505,8 @@ def _bench(
         plan = _plan(config, out_dir, Path(sockets), rig, files)
         log = files.enter_context(atomic_output(out_dir / NODE_FILES[1], "the node's log"))
         with (
-            Publisher(plan.sensors, bind=True, hwm=100_000) as publisher,
-            Collector(plan.detections, *plan.topics) as collector,
+            Publisher(plan.sensors, bind=True, hwm=100_000, limits=config.limits) as publisher,
+            Collector(plan.detections, *plan.topics, limits=config.limits) as collector,
             NodeChild(plan.path, log_path=log) as node,
         ):
             node.wait_ready(settings.ready_timeout_s, stop)

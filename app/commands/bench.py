@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -32,12 +31,13 @@ from app.models import camera_model_file, choose_camera_model
 from calibration import Rig
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import RigMessage
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader
 from replay.errors import ReplayError, messages_lost
 from replay.mcap_player import check_sensor_drive, checked_messages
-from replay.output import OutputError, check_output_dir
+from replay.output import OutputError, check_output_dir, find_output_input
 from replay.synth.demo import ensure_synthetic_drive
 from replay.synth.world import drive_files, has_ground_truth
 
@@ -72,12 +72,19 @@ def _until_stopped(items: Iterable[_T], stop: threading.Event) -> Iterator[_T]:
 
 
 def _bench_drive(
-    drive: str | None, limit: int, stages: Stages, stop: threading.Event | None = None
-) -> tuple[str, list[Sweep], Rig | None, bool]:
-    """(description, sweeps, rig, synthetic) of `perception bench [DRIVE]`: an MCAP drive, a
-    KITTI object folder (or its parent holding `training/`), or by default the synthetic drive
-    of `perception demo` (generated into perception-demo/ unless it is there already). `stop`
-    set: BenchInterruptedError (also while the synthetic drive is generated)."""
+    drive: str | None,
+    limit: int,
+    stages: Stages,
+    stop: threading.Event | None = None,
+    *,
+    limits: WireLimits | None = None,
+) -> tuple[str, list[Sweep], Rig | None, bool, WireLimits]:
+    """(description, sweeps, rig, synthetic, wire limits) of `perception bench [DRIVE]`: an
+    MCAP drive, a KITTI object folder (or its parent holding `training/`), or by default the
+    synthetic drive of `perception demo` (generated into perception-demo/ unless it is there
+    already). A drive is read with `limits` (a config's), else with those it was recorded
+    under (`DriveReader.limits`), which are returned. `stop` set: BenchInterruptedError (also
+    while the synthetic drive is generated)."""
     stop = stop or threading.Event()
     path = _drive_path(drive)
     if drive is None:
@@ -95,10 +102,10 @@ def _bench_drive(
     if path.is_dir():
         folder = KittiObjectFolder(path)
         records = ((m.header.stream, m) for m in _until_stopped(folder.messages(), stop))
-        return f"KITTI object {path}", group_sweeps(records, limit), None, False
+        return f"KITTI object {path}", group_sweeps(records, limit), None, False, DEFAULT_LIMITS
     if not path.exists():
         raise PerceptionError(f"{path}: no such drive (.mcap) or KITTI object folder")
-    reader = DriveReader(path)
+    reader = DriveReader(path, limits=limits)
     check_sensor_drive(reader, command="bench")
     lost = 0
 
@@ -112,17 +119,25 @@ def _bench_drive(
         # A damaged drive still times the node on what it holds; the loss is said, once.
         print(f"perception bench: {path}: {lost} unreadable message(s) left out", flush=True)
     synthetic = has_ground_truth(path)
-    return f"{'synthetic drive' if synthetic else 'drive'} {path}", sweeps, reader.rig, synthetic
+    what = f"{'synthetic drive' if synthetic else 'drive'} {path}"
+    return what, sweeps, reader.rig, synthetic, reader.limits
 
 
-def _bench_config(args: argparse.Namespace, sweeps: list[Sweep], synthetic: bool) -> NodeConfig:
-    """The node config to bench: --config as is, else the defaults with the drive's topics and
-    camera offsets; the camera model by the rule replay and run share (app.models), its file
-    resolved here so a missing model is reported before the node starts."""
-    if args.config:
-        config = load_node_config(args.config)
+def _bench_config(
+    args: argparse.Namespace,
+    given: NodeConfig | None,
+    sweeps: list[Sweep],
+    synthetic: bool,
+    limits: WireLimits,
+) -> NodeConfig:
+    """The node config to bench: --config as is (`given`), else the defaults with the drive's
+    topics, camera offsets and wire `limits`; the camera model by the rule replay and run share
+    (app.models), its file resolved here so a missing model is reported before the node
+    starts."""
+    if given is not None:
+        config = given
     else:
-        config = config_for_sweeps(sweeps, NodeConfig())
+        config = dataclasses.replace(config_for_sweeps(sweeps, NodeConfig()), limits=limits)
     config = choose_camera_model(
         config, args.model, config_given=args.config is not None, synthetic=synthetic
     )
@@ -186,15 +201,16 @@ def _check_out(out: Path, drive: Path, args: argparse.Namespace, config: NodeCon
 
         check_pictures_folder(out, drive, what="--out")
     names = [*REPORT_FILES, *NODE_FILES, *([RIG_FILE] if config.rig is None else [])]
-    # realpath: never raises (a link loop, a name too long), where resolve() does.
-    written = {os.path.realpath(out.expanduser() / name): name for name in names}
+    inputs: dict[Path, str] = {}
     for what, path in _inputs(drive, args, config):
-        name = written.get(os.path.realpath(path.expanduser()))
-        if name is not None:
-            raise OutputError(
-                f"--out {out}: the bench writes {name} there, which is {what} ({path}); "
-                "give another --out folder"
-            )
+        inputs.setdefault(path, what)
+    found = find_output_input([out / name for name in names], inputs, "a file the bench writes")
+    if found is not None:
+        written, path = found
+        raise OutputError(
+            f"--out {out}: the bench writes {written.name} there, which is {inputs[path]} "
+            f"({path}); give another --out folder"
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -215,7 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     resolve_engines(with_engines(base, settings.backend, settings.device).engines)
     stop = stop_on_signals()
     try:
-        return _bench(args, settings, out, stop)
+        return _bench(args, settings, out, stop, base if args.config else None)
     except BenchInterruptedError:
         terminated = stop.signum == signal.SIGTERM
         how = "terminated" if terminated else "interrupted"
@@ -224,14 +240,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench(
-    args: argparse.Namespace, settings: BenchSettings, out: Path, stop: threading.Event
+    args: argparse.Namespace,
+    settings: BenchSettings,
+    out: Path,
+    stop: threading.Event,
+    given: NodeConfig | None,
 ) -> int:
+    """The bench of `cmd_bench`; `given`: the --config, loaded (None without one)."""
     labels = {"generate": f"generating the synthetic drive {DEMO_DRIVE}"}
     with Stages("sweep", args.quiet, labels) as stages:
-        source, sweeps, rig, synthetic = _bench_drive(
-            args.drive, sweeps_needed(settings), stages, stop
+        # Read as the node configured so receives it; without a config, as it was recorded.
+        source, sweeps, rig, synthetic, limits = _bench_drive(
+            args.drive,
+            sweeps_needed(settings),
+            stages,
+            stop,
+            limits=None if given is None else given.limits,
         )
-        config = _bench_config(args, sweeps, synthetic)
+        config = _bench_config(args, given, sweeps, synthetic, limits)
         _check_inputs(args, sweeps, rig, source, config)
 
         def progress(done: int, total: int, label: str) -> None:

@@ -12,11 +12,12 @@ from app.models import build_pipeline, camera_model_file, choose_camera_model
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.distributed import ReplayResult, check_ray_address, replay_many
+from replay.distributed import ReplayResult, check_ray_address, output_name, replay_many
 from replay.drive import DriveReader, check_not_being_written
 from replay.mcap_player import check_sensor_drive
 from replay.offline import ReplaySummary, max_interval_hint, replay_to_file
 from replay.output import (
+    check_name_fits,
     check_not_an_input,
     check_output_dir,
     check_output_file,
@@ -65,6 +66,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         # without --config, it is read on the topics it was recorded on.
         lidar_topic = config.inputs.lidar_topic if args.config is not None else None
         total = check_sensor_drive(DriveReader(path), lidar_topic).sweeps
+    if show_dir is not None:
+        from replay.show import (  # noqa: PLC0415 (OpenCV)
+            check_drive_ground_truth,
+            check_kitti_references,
+        )
+
+        # Before the model is loaded: found by the drawing, a broken label or ground truth
+        # file cost the whole replay.
+        if kind == "kitti-object":
+            check_kitti_references(path)
+        else:
+            check_drive_ground_truth(path)
     pipeline = build_pipeline(config)
     with progress_bar(total=total, unit="sweep", desc=None, quiet=args.quiet) as bar:
 
@@ -90,7 +103,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(
         f"perception replay: {summary.sweeps} DetectionLists written to {out} "
         f"({c.get('received', 0)} messages, {c.get('decode_errors', 0)} undecodable, "
-        f"{c.get('step_errors', 0)} sweeps failed{_dropped(summary.dropped_sweeps, config)}"
+        f"{c.get('step_errors', 0)} sweeps failed{_passed_over(summary.passed_over)}"
+        f"{_dropped(summary.dropped_sweeps, config)}"
         f"{_unmatched(summary, config)}{skipped})"
     )
     if show_dir is not None:
@@ -108,6 +122,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
         print(f"perception replay: {line}")
     return 0
+
+
+def _passed_over(n: int) -> str:
+    """The summary's words for the `n` bundles the core made but did not process before the
+    input ended ('' for none): counted on diagnostics only, fewer lists than sweeps went
+    unexplained."""
+    if not n:
+        return ""
+    return (
+        f", {n} bundles passed over (completed after a newer sweep's output, or of the lidar "
+        "clock's timeline before a jump)"
+    )
 
 
 def _dropped(dropped: dict[str, int], config: NodeConfig) -> str:
@@ -134,9 +160,12 @@ def _unmatched(summary: ReplaySummary, config: NodeConfig) -> str:
     missing = {s: n for s, n in sorted(summary.missing_cameras.items()) if n > 1}
     if missing:
         which = ", ".join(f"{s} {n}" for s, n in missing.items())
+        # Frames skipped as unreadable (above the config's limits, damaged) leave their
+        # bundles without them too: the window was not the only suspect.
+        unread = ", or the frames were unreadable" if summary.unreadable else ""
         words += (
             f", bundles without their camera: {which} (no frame within sync.window_ms or "
-            "camera_windows_ms of the sweep stamp + camera_offsets_ms in time)"
+            f"camera_windows_ms of the sweep stamp + camera_offsets_ms in time{unread})"
         )
     if summary.without_fix:
         words += (
@@ -184,6 +213,12 @@ def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
     sources = [Path(s).expanduser() for s in args.sources if s != "kitti-object"]
     if not sources:
         raise PerceptionError("no sources to replay")
+    # Each output is named after its source: a name too long for the file system failed that
+    # source with the raw OSError, after the sources before it had been replayed. Named by
+    # replay_many's own rule, not a copy of it (a copy drifts: `.` and `..` once did).
+    for source in sources:
+        out = Path(args.out_dir).expanduser() / f"{output_name(source)}.jsonl"
+        check_name_fits(out, f"the output of {source} (named after it)")
     # The rule of a single replay; one pipeline serves all, so the synthetic detector only
     # when every source is a synthetic drive.
     synthetic = all(has_ground_truth(s) for s in sources)

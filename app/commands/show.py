@@ -10,7 +10,7 @@ from app.common import check_drive_path, progress_bar
 from perception.errors import PerceptionError, SourceError
 from perception.msgs.jsonl import read_jsonl_lines
 from perception.msgs.types import DetectionList
-from replay.output import check_output_dir
+from replay.output import check_output_dir, output_dir
 from replay.runs import check_one_per_frame
 
 __all__ = ["cmd_show", "read_run", "show_run"]
@@ -141,15 +141,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     lists = read_run(run)
     # Before any drawing: a wrong --out costs nothing.
     out_dir = check_output_dir(Path(args.out), "--out", create=False)
-    line = show_run(
-        lists,
-        kitti=kitti,
-        drive=drive,
-        out_dir=out_dir,
-        reference=reference,
-        quiet=args.quiet,
-        run_name=str(run),
-        inputs=[run],
-    )
+    # A drawing failing at its first picture (an unreadable first image) left the folder made
+    # for it behind, empty; one failing later leaves a partial index (replay.show).
+    with output_dir(out_dir, "--out") as pictures:
+        line = show_run(
+            lists,
+            kitti=kitti,
+            drive=drive,
+            out_dir=pictures,
+            reference=reference,
+            quiet=args.quiet,
+            run_name=str(run),
+            inputs=[run],
+        )
     print(f"perception show: {line}")
     return 0

@@ -3,6 +3,7 @@ sweep grouping and restamping, the node config it writes, and its report files."
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import threading
@@ -45,7 +46,7 @@ from app.bench.node_child import Collector, NodeChild
 from app.bench.settings import MAX_WINDOWS
 from app.bench.sweeps import send_times, with_engines
 from app.bench.yardstick import time_camera_encoder
-from app.commands.bench import _bench_drive
+from app.commands.bench import _bench_config, _bench_drive
 from app.common import Stages
 from app.models import build_detector, build_pipeline
 from app.threads import BLAS_THREAD_VARIABLES, OPENMP_WAIT_VARIABLE
@@ -53,6 +54,7 @@ from engines.errors import EngineError
 from engines.settings import EngineSettings
 from perception.config import CameraModelConfig, NodeConfig, parse_config
 from perception.errors import PerceptionError
+from perception.msgs.schema import DEFAULT_LIMITS
 from perception.msgs.types import (
     CameraFrame,
     Detection3D,
@@ -67,6 +69,7 @@ from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveWriter
 from tests.app.one_line import fails
 from tests.replay.damage import damage_chunk, kitti_drive
+from tests.replay.test_drive_limits import ROOMY, big_kitti_drive
 
 MS = 1_000_000
 
@@ -660,10 +663,31 @@ def test_a_damaged_drive_is_benched_on_what_it_holds(
     drive = kitti_drive(kitti_dir, tmp_path / "drive.mcap")
     damage_chunk(drive, 3)
     with Stages("sweep", True) as stages:
-        _what, sweeps, _rig, _synthetic = _bench_drive(str(drive), 100, stages)
+        _what, sweeps, _rig, _synthetic, _limits = _bench_drive(str(drive), 100, stages)
     assert len(sweeps) == 7
     out = capsys.readouterr().out
     assert out == f"perception bench: {drive}: 3 unreadable message(s) left out\n"
+
+
+def test_a_drive_is_benched_under_the_limits_it_was_recorded_under(
+    kitti_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 12 MP camera recorded from a node whose limits were raised: without a config the
+    bench reads, sends and collects under the drive's limits (its camera frames were refused
+    on sending); with a config, the config's, and the frames above them are left out, said."""
+    drive = big_kitti_drive(kitti_dir, tmp_path / "big.mcap")
+    with Stages("sweep", True) as stages:
+        _what, sweeps, _rig, _synthetic, limits = _bench_drive(str(drive), 100, stages)
+        assert limits == ROOMY
+        assert sum(isinstance(m, CameraFrame) for sweep in sweeps for _t, m in sweep) == 8
+        args = argparse.Namespace(model=None, config=None)
+        assert _bench_config(args, None, sweeps, False, limits).limits == ROOMY
+        assert capsys.readouterr().out == ""
+        *_, held = _bench_drive(str(drive), 100, stages, limits=DEFAULT_LIMITS)
+    assert held == DEFAULT_LIMITS
+    assert (
+        capsys.readouterr().out == f"perception bench: {drive}: 8 unreadable message(s) left out\n"
+    )
 
 
 def test_a_node_killed_by_a_signal_is_said_so(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ on the real KITTI frames."""
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 
 from app.cli import main
 from perception.io.transport import Publisher
-from replay.drive import DriveReader
+from perception.msgs.types import CameraFrame
+from replay.drive import DriveReader, DriveWriter
+from replay.output import OutputError
 from replay.recorder import Recorder
 from tests.app.one_line import fails as _fails
 from tests.conftest import copy_kitti_frames
@@ -69,6 +72,24 @@ def test_a_failed_many_source_replay_leaves_no_new_folder(
         f"{out_dir / kitti_dir.name}.jsonl"
     )
     assert not (tmp_path / "new").exists()
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_any_replay(
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+) -> None:
+    """A source named so that its output `<name>.jsonl` takes over 255 bytes failed with the
+    raw "[Errno 36] File name too long" (exit 1), once the sources before it were replayed."""
+    long = tmp_path / ("k" * 250)
+    long.symlink_to(kitti_dir)
+    out_dir = tmp_path / "many"
+    err = _fails(capsys, "replay", str(kitti_dir), str(long), "--out-dir", str(out_dir),
+                 "--model", str(yolox_path), "--quiet")  # fmt: skip
+    assert err == (
+        f"perception replay: error: {out_dir / long.name}.jsonl: a name of 256 bytes, longer "
+        f"than the 255 its file system takes; the output of {long} (named after it) needs a "
+        "shorter one"
+    )
+    assert not out_dir.exists()
 
 
 def test_an_output_named_with_bytes_that_are_not_utf8_is_written(
@@ -165,17 +186,32 @@ def test_replay_does_not_replace_a_drive_being_recorded(
 
 
 def test_show_that_fails_before_its_first_picture_leaves_no_folder(
-    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path
+    capsys, tmp_path: Path, kitti_dir: Path, yolox_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A broken label file ends the drawing of `--show` (one line, exit 2) after the replay
-    wrote --out; the pictures' folder made for the drawing was left behind, empty."""
+    """A drawing of `--show` that fails at its first picture (one line, exit 2) after the
+    replay wrote --out left the pictures' folder made for it behind, empty. (A broken label
+    file, which did this too, is now refused before the replay.)"""
     folder = copy_kitti_frames(kitti_dir, tmp_path / "kitti", ["000000"], labels=["000000"])
     label = folder / "label_2" / "000000.txt"
     label.write_text("Car 0 0 x y z\n")
     out, show = tmp_path / "o.jsonl", tmp_path / "new" / "pictures"
-    err = _fails(capsys, "replay", "kitti-object", str(folder), "--out", str(out), "--show",
-                 str(show), "--model", str(yolox_path), "--quiet")  # fmt: skip
+    argv = ["replay", "kitti-object", str(folder), "--out", str(out), "--show", str(show),
+            "--model", str(yolox_path), "--quiet"]  # fmt: skip
+    err = _fails(capsys, *argv)
     assert err == f"perception replay: error: {label}:1: expected 15 values, got 6"
+    assert not (tmp_path / "new").exists()
+    assert not out.exists()  # refused before the replay
+    shutil.copy(kitti_dir / "label_2" / "000000.txt", label)
+
+    def unwritable(path: Path, *_: object) -> None:
+        raise OutputError(f"{path}: cannot write the picture (No space left on device)")
+
+    monkeypatch.setattr("replay.show.write_picture", unwritable)
+    err = _fails(capsys, *argv)
+    assert err == (
+        f"perception replay: error: {show / '000000.png'}: cannot write the picture (No space "
+        "left on device)"
+    )
     assert not (tmp_path / "new").exists()
     assert len(out.read_text().splitlines()) == 1  # the replay itself is complete
 
@@ -240,7 +276,8 @@ def test_bundles_without_their_camera_or_fix_are_in_the_summary(
     # said).
     config.write_text(SYNTH_TOPICS)
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip().endswith("0 sweeps failed)")
+    line = capsys.readouterr().out.strip()
+    assert "without their camera" not in line and "without a GNSS fix" not in line, line
 
 
 def test_sets_wider_than_max_interval_are_said(
@@ -325,3 +362,33 @@ def test_a_ground_prior_that_finds_no_plane_is_said(
     assert len(no_returns) == 1
     assert "(0 returns within pipeline.max_range_m, 0.001 m, in this one)" in no_returns[0]
     assert right == []  # a plane in every sweep
+
+
+def test_bundles_passed_over_are_in_the_summary(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """A camera silent for a while: the sweeps waiting for it until it was called dead were
+    made ready together, the newest processed and the others passed over, counted on
+    diagnostics alone; the summary said fewer lists than sweeps, without a word why."""
+    drive = synth_drive(0, 2.0)
+    reader = DriveReader(drive)
+    first = min(r.message.header.stamp_ns for r in reader.messages())
+    silent = tmp_path / "silent.mcap"
+    with DriveWriter(silent, rig=reader.rig) as writer:
+        for r in reader.messages():
+            late = r.message.header.stamp_ns - first
+            if not (isinstance(r.message, CameraFrame) and 500_000_000 <= late < 1_500_000_000):
+                writer.write(r.message, r.log_time_ns, r.topic)
+    config = tmp_path / "node.yaml"
+    config.write_text(SYNTH_TOPICS)
+    out = tmp_path / "out.jsonl"
+    assert main([*_synth_replay(silent, config), "--out", str(out), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    written = int(line.split()[2])
+    passed = re.search(
+        r", (\d+) bundles passed over \(completed after a newer sweep's output", line
+    )
+    assert passed is not None, line
+    assert written + int(passed[1]) == 20, line

@@ -5,19 +5,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 
+import replay.rosbag2.exporter
 from app.cli import main
 from perception.msgs.jsonl import read_jsonl, write_jsonl_line
-from perception.msgs.types import DetectionList, Header
+from perception.msgs.types import CameraFrame, DetectionList, Header
+from replay.drive import DriveReader
 from tests.app.one_line import fails as _fails
 from tests.replay.rosbag2.bags import (
+    CAMERA_NS,
     CHATTER_TOPIC,
+    INFO_TOPIC,
     LIDAR_TOPIC,
     BagWriter,
+    camera_info,
+    compressed,
     write_kitti_bag,
 )
+from tests.replay.test_drive_limits import ROOMY, _big_png
+
+BIG_IMAGE = f"{CAMERA_NS}/image_raw/compressed"
+RAW_IMAGE = f"{CAMERA_NS}/image_raw"
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +199,64 @@ def test_export_refuses_a_run_holding_a_frame_twice(
     pictures.mkdir()
     shown = _fails(capsys, "show", str(run), "--kitti", str(tmp_path), "--out", str(pictures))
     assert shown == err.replace("perception export:", "perception show:", 1)
+
+
+def test_export_to_an_out_made_meanwhile_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An empty folder made at --out after its last check was replaced by the bag without a
+    word (exit 0); refused as other outputs are (one line, exit 2), the folder left alone."""
+    run = tmp_path / "run.jsonl"
+    with run.open("w") as f:
+        write_jsonl_line(f, DetectionList(Header("detections", 0, 1_000_000_000, "vehicle"), ()))
+    out = tmp_path / "b"
+    checked = replay.rosbag2.exporter._check_out
+
+    def then_made(path: Path) -> None:
+        checked(path)
+        if any(tmp_path.glob(".b.*.part/b/metadata.yaml")):  # the bag is written: the last check
+            path.mkdir()
+
+    monkeypatch.setattr(replay.rosbag2.exporter, "_check_out", then_made)
+    err = _fails(capsys, "export", "rosbag2", str(run), "--out", str(out), "--quiet")
+    assert err == (
+        f"perception export: error: {out}: appeared while this command wrote it (another "
+        "process writing the same folder?); not replaced, and what was written here is dropped"
+    )
+    assert list(out.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "run.jsonl"]
+
+
+def test_import_of_a_camera_above_the_default_limits_takes_the_node_config(
+    capsys: pytest.CaptureFixture[str], kitti_dir: Path, tmp_path: Path
+) -> None:
+    """A bag of a 12 MP camera could not be imported at all (every frame above the default
+    `max_image_pixels`); with the node config whose `limits:` allow it, it is, and the drive
+    keeps those limits for its readers."""
+    png = _big_png()
+    p = np.array([[2000.0, 0, 2000, 0], [0, 2000, 1500, 0], [0, 0, 1, 0]])
+
+    def big_camera(w: BagWriter, _i: int, stamp: int) -> None:
+        w.write(INFO_TOPIC, stamp + 2_000_000, camera_info(stamp, "camera_rect", p, 4000, 3000))
+        w.write(BIG_IMAGE, stamp + 3_000_000, compressed(stamp, "camera_rect", png))
+
+    bag = write_kitti_bag(
+        kitti_dir, tmp_path / "big", frames=2, skip=(INFO_TOPIC, RAW_IMAGE), extra=big_camera
+    ).path
+    drive = tmp_path / "big.mcap"
+    argv = ["import", "rosbag2", str(bag), "--out", str(drive), "--quiet"]
+    err = _fails(capsys, *argv)
+    assert "above the limit of 10000000" in err, err
+    assert not drive.exists()
+    config = tmp_path / "node.yaml"
+    config.write_text(f"limits: {{max_image_pixels: {ROOMY.max_image_pixels}}}\n")
+    assert main([*argv, "--config", str(config)]) == 0
+    assert "camera/front 2," in capsys.readouterr().out
+    reader = DriveReader(drive)
+    assert reader.limits == ROOMY
+    frames = [r.message for r in reader.messages() if isinstance(r.message, CameraFrame)]
+    assert [f.data for f in frames] == [png, png]
+    # A format --config does not apply to is told so, not ignored.
+    err = _fails(capsys, *["import", "kitti-object", str(kitti_dir), "--out",
+                          str(tmp_path / "k.mcap"), "--config", str(config)])  # fmt: skip
+    assert "--config" in err, err

@@ -4,12 +4,14 @@ mistake one line on stderr, exit 2."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -23,7 +25,7 @@ from perception.msgs.types import CameraFrame
 from replay.datasets.kitti_eval import evaluate_kitti_run
 from replay.drive import DriveReader, DriveWriter
 from replay.output import OutputError
-from replay.pictures import CAMERA_BOX_BGR, REFERENCE_BGR, class_colour
+from replay.pictures import CAMERA_BOX_BGR, REFERENCE_BGR, class_colour, write_picture
 from replay.show import show_kitti
 from replay.synth.world import ground_truth_path
 from tests.app.one_line import fails as _fails
@@ -312,6 +314,188 @@ def test_a_drive_with_impossible_ground_truth(
         f"({box['label']}): center [nan, "
     )
     assert not out.exists()
+
+
+def test_replay_show_refuses_impossible_ground_truth_before_the_replay(
+    capsys, drive_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """The ground truth was read by the drawing alone, after the whole replay: one line,
+    exit 2, and the replay's minutes lost. It is read before the replay starts."""
+    drive, _, _ = drive_run
+    bad = tmp_path / "bad.mcap"
+    shutil.copyfile(drive, bad)
+    lines = ground_truth_path(drive).read_text().splitlines()
+    doc = json.loads(lines[-1])
+    doc["boxes"][0]["size"][1] = -1.0
+    lines[-1] = json.dumps(doc)
+    ground_truth_path(bad).write_text("\n".join(lines) + "\n")
+    out, shown = tmp_path / "o.jsonl", tmp_path / "pictures"
+    err = _fails(capsys, "replay", str(bad), "--out", str(out), "--show", str(shown), "--quiet")
+    box = doc["boxes"][0]
+    assert err.startswith(
+        f"perception replay: error: {ground_truth_path(bad)}:{len(lines)}: object {box['id']} "
+        f"({box['label']}): size ["
+    )
+    assert not out.exists()  # not replayed
+    assert not shown.exists()
+
+
+def test_a_broken_label_file_is_refused_before_any_picture(
+    capsys, kitti_run: tuple[Path, Path, Path], kitti_dir: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    """A malformed label file of the third frame was found when that frame was drawn: after
+    the whole replay (`replay --show`), and with two pictures and no page left behind. Both
+    commands read the labels before the first picture, and `replay --show` before the replay;
+    the line names the file, line and field."""
+    _, run, _ = kitti_run
+    folder = copy_kitti_frames(kitti_dir, tmp_path / "kitti", FRAMES, labels=["000000"])
+    label = folder / "label_2" / "000004.txt"
+    label.write_text(
+        "Car 0.00 0 -1.57 599.41 156.40 629.75 189.25 1.73 1.68 3.97 2.18 1.80 13.28 -1.56\n"
+        "Car 0.00 0 -1.5 100 100 200 200 1.5 1.6 long 1.0 1.5 20.0 0.0\n"
+    )
+    expected = f"{label}:2: l 'long' is not a number"
+    shown = tmp_path / "pictures"
+    err = _fails(capsys, "show", str(run), "--kitti", str(folder), "--out", str(shown))
+    assert err == f"perception show: error: {expected}"
+    assert not shown.exists()
+    out = tmp_path / "o.jsonl"
+    err = _fails(capsys, "replay", "kitti-object", str(folder), "--out", str(out), "--show",
+                 str(shown), "--model", str(yolox_path), "--quiet")  # fmt: skip
+    assert err == f"perception replay: error: {expected}"
+    assert not out.exists()  # not replayed
+    assert not shown.exists()
+
+
+# -- drawings that stop ------------------------------------------------------------------------
+
+
+def _stop_at(monkeypatch: pytest.MonkeyPatch, picture: int, stop: Callable[[], None]) -> None:
+    """Makes the drawing stop (`stop()`) as it is about to write its `picture`th picture."""
+    count = itertools.count(1)
+
+    def write(path: Path, image: npt.NDArray[np.uint8], what: str = "the picture") -> None:
+        if next(count) == picture:
+            stop()
+        write_picture(path, image, what)
+
+    monkeypatch.setattr("replay.show.write_picture", write)
+
+
+def _partial_line(index: Path) -> str:
+    """The page's first line of text (after its title), which says it is partial and why."""
+    page = index.read_text()
+    found = re.search(r'<body>\s*<p class="partial">(.*?)</p>\s*<h1>', page)
+    assert found is not None, page[:600]
+    return found.group(1)
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT raising KeyboardInterrupt, as in a command a shell starts: an xdist worker
+    ignores it, and a SIGINT the test raised then did nothing."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(
+    params=[(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def signal_at_third_picture(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, default_sigint: None
+) -> tuple[int, str]:
+    """A signal sent to the process as the drawing is about to write its third picture: (the
+    signal, the word the CLI ends with)."""
+    signum, said = request.param
+    _stop_at(monkeypatch, 3, lambda: signal.raise_signal(signum))
+    return int(signum), str(said)
+
+
+def test_an_interrupted_replay_show_leaves_a_page_of_the_pictures_drawn(
+    capsys,
+    kitti_run: tuple[Path, Path, Path],
+    yolox_path: Path,
+    tmp_path: Path,
+    signal_at_third_picture: tuple[int, str],
+) -> None:
+    """A `--show` interrupted (Ctrl-C, or SIGTERM from `timeout` or systemd) while drawing
+    left the pictures drawn without index.html: pictures and no page."""
+    folder, _, _ = kitti_run
+    signum, said = signal_at_third_picture
+    out, shown = tmp_path / "o.jsonl", tmp_path / "pictures"
+    argv = ["replay", "kitti-object", str(folder), "--out", str(out), "--model", str(yolox_path)]
+    assert main([*argv, "--show", str(shown), "--quiet"]) == 128 + signum
+    assert capsys.readouterr().err == f"perception replay: {said}\n"
+    # Only the two pictures and the page: no temporary left of it (written atomically).
+    assert sorted(p.name for p in shown.iterdir()) == ["000000.png", "000003.png", "index.html"]
+    index = shown / "index.html"
+    assert _partial_line(index) == "Partial: 2 of 3 frames drawn; the drawing stopped: interrupted."
+    assert "(partial)</title>" in index.read_text()
+    rows = _rows(index)
+    assert len(rows) == 2
+    assert '<a href="000000.png">' in rows[0] and '<a href="000003.png">' in rows[1]
+    assert "Pedestrian 1/1" in rows[0]  # scored as a complete page scores it
+
+
+def test_an_interrupted_show_of_a_drive_leaves_a_page_of_the_pictures_drawn(
+    capsys,
+    drive_run: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    default_sigint: None,
+) -> None:
+    drive, run, _ = drive_run
+    n = len(list(read_jsonl(run)))
+    _stop_at(monkeypatch, 4, lambda: signal.raise_signal(signal.SIGINT))
+    out = tmp_path / "show"
+    assert main(["show", str(run), "--drive", str(drive), "--out", str(out), "--quiet"]) == 130
+    assert capsys.readouterr().err == "perception show: interrupted\n"
+    assert sorted(p.name for p in out.iterdir()) == [*(f"{i:05d}.png" for i in range(3)),
+                                                     "index.html"]  # fmt: skip
+    index = out / "index.html"
+    assert _partial_line(index) == (
+        f"Partial: 3 of {n} frames drawn; the drawing stopped: interrupted."
+    )
+    assert len(_rows(index)) == 3
+    # What was drawn, not "DetectionLists of the run with no frame in the source".
+    assert "have no frame in the source" not in index.read_text()
+
+
+def test_a_show_that_fails_after_some_pictures_leaves_a_page_saying_why(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A frame whose image is broken ended the drawing (one line, exit 2) with the earlier
+    frames' pictures and no page."""
+    folder, run, _ = kitti_run
+    broken = tmp_path / "kitti"
+    shutil.copytree(folder, broken)
+    image = broken / "image_2" / "000004.png"
+    image.write_bytes(image.read_bytes()[:1000])
+    out = tmp_path / "show"
+    err = _fails(capsys, "show", str(run), "--kitti", str(broken), "--out", str(out))
+    assert err.startswith(f"perception show: error: {image}: ")
+    why = err.removeprefix("perception show: error: ")
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000003.png", "index.html"]
+    index = out / "index.html"
+    assert _partial_line(index) == (f"Partial: 2 of 3 frames drawn; the drawing stopped: {why}.")
+    assert len(_rows(index)) == 2
+
+
+def test_a_show_that_fails_at_its_first_picture_leaves_no_folder(
+    capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """An unreadable first image left the --out folder made for the pictures, empty."""
+    folder, run, _ = kitti_run
+    broken = tmp_path / "kitti"
+    shutil.copytree(folder, broken)
+    image = broken / "image_2" / "000000.png"
+    image.write_bytes(image.read_bytes()[:1000])
+    out = tmp_path / "new" / "show"
+    err = _fails(capsys, "show", str(run), "--kitti", str(broken), "--out", str(out))
+    assert err.startswith(f"perception show: error: {image}: ")
+    assert not (tmp_path / "new").exists()
 
 
 # -- hostile runs, sources and folders ---------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 from perception.errors import WireError
 from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
 from perception.msgs.types import CameraFrame, GnssFix, Header
+from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import LIMITS_METADATA, DriveReader, DriveWriter
 from replay.errors import ReplayError
 
@@ -38,6 +39,20 @@ def big_frame(seq: int, stream: str = "camera/front") -> CameraFrame:
     return CameraFrame(
         Header(stream, seq, seq * 1_000_000, stream), data=_big_png(), encoding="png"
     )
+
+
+def big_kitti_drive(kitti_dir: Path, path: Path) -> Path:
+    """The KITTI object frames as a drive written under `ROOMY`, each camera frame a 12 MP
+    one (with the frame's own header)."""
+    with DriveWriter(path, limits=ROOMY) as writer:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            if isinstance(msg, CameraFrame):
+                writer.write(
+                    dataclasses.replace(big_frame(0), header=msg.header), msg.header.stamp_ns
+                )
+            else:
+                writer.write(msg, msg.header.stamp_ns)
+    return path
 
 
 def _write(path: Path, limits: WireLimits = ROOMY) -> None:

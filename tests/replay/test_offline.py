@@ -23,7 +23,7 @@ from replay.drive import DriveReader, DriveWriter
 from replay.errors import ReplayError
 from replay.offline import Received, open_source, replay_to_file, run_core
 from tests.replay.damage import damage_chunk, kitti_drive
-from tests.replay.test_drive_limits import ROOMY, big_frame
+from tests.replay.test_drive_limits import ROOMY, big_kitti_drive
 
 
 def damaged_drive(kitti_dir: Path, path: Path, after: int = 5) -> Path:
@@ -187,13 +187,7 @@ def test_a_replay_holds_a_drive_to_the_limits_it_runs_under(
     12 MP camera of a node whose limits were raised for it) and the replay runs with them; with
     a config, with its limits, as the node configured so would receive them: a frame above them
     is skipped and counted, where it had been replayed as if the node had taken it."""
-    drive = tmp_path / "big.mcap"
-    with DriveWriter(drive, limits=ROOMY) as writer:
-        for msg in KittiObjectFolder(kitti_dir).messages():
-            big = isinstance(msg, CameraFrame)
-            writer.write(
-                replace(big_frame(0), header=msg.header) if big else msg, msg.header.stamp_ns
-            )
+    drive = big_kitti_drive(kitti_dir, tmp_path / "big.mcap")
     opened = open_source(drive, NodeConfig(), topics_from_drive=True)
     assert opened.config.limits == ROOMY
     frames = [r for r in opened.received if isinstance(r.message, CameraFrame)]
