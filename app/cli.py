@@ -220,7 +220,8 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "Publish recorded data over ZeroMQ, as the sensors (and the node) did: "
         "`play DRIVE.mcap` paced by recorded time (a gap of over a minute in it is skipped, with "
         "a warning), or `play kitti-object DIR` at a fixed rate, "
-        f"stamped with the host time. {_TOPICS_NOTE}",
+        f"stamped with the host time. A SIGINT or SIGTERM cutting a pass short exits 130 or "
+        f"143 (with --loop, it is how play stops: 0). {_TOPICS_NOTE}",
         common=common,
     )
     p.add_argument("source", help="a drive (.mcap), or `kitti-object` followed by its folder")

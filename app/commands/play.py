@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import sys
 import time
 
 from app.common import (
+    StopEvent,
     check_reachable,
     is_output_topic,
     load_node_config,
@@ -100,7 +103,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             f"perception play: {stats.sent} frames published on {bound}{_skipped(stats)}",
             flush=True,
         )
-        return 0
+        return _ended(stop, args.loop)
 
     not_for(args, "a drive (paced by its recorded time: --speed)", ("--rate",))
     reader = DriveReader(path)
@@ -136,7 +139,18 @@ def cmd_play(args: argparse.Namespace) -> int:
     print(
         f"perception play: {stats.sent} messages published ({where}){_skipped(stats)}", flush=True
     )
-    return 0
+    return _ended(stop, args.loop)
+
+
+def _ended(stop: StopEvent, loop: bool) -> int:
+    """The exit code: 0, or 128 + the signal that cut a single pass short. A script took a
+    Ctrl-C'd play (exit 0) for the whole drive published; with --loop a signal is how play
+    stops, so it ends one cleanly."""
+    if stop.signum is None or loop:
+        return 0
+    how = "terminated" if stop.signum == signal.SIGTERM else "interrupted"
+    print(f"perception play: {how} before the end of the pass", file=sys.stderr, flush=True)
+    return 128 + stop.signum
 
 
 def _endpoint_option(args: argparse.Namespace) -> str:

@@ -279,3 +279,29 @@ def test_record_and_play_a_camera_above_the_default_limits(tmp_path: Path) -> No
     reader = DriveReader(out)
     assert reader.limits.max_image_pixels == ROOMY.max_image_pixels
     assert [r.message.header.seq for r in reader.messages()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("loop", "signum", "code"),
+    [(False, signal.SIGINT, 130), (False, signal.SIGTERM, 143), (True, signal.SIGINT, 0)],
+)
+def test_play_cut_short_by_a_signal_says_so_in_its_exit_code(
+    kitti_drive: Path, tmp_path: Path, loop: bool, signum: int, code: int
+) -> None:
+    """A Ctrl-C'd play exited 0, as if the whole drive had been published; with --loop a
+    signal is how play stops."""
+    argv = [*CLI, "play", str(kitti_drive), "--endpoint", f"ipc://{tmp_path}/p", "--wait", "0"]
+    player = subprocess.Popen(
+        [*argv, "--speed", "0.1", *(["--loop"] if loop else [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    player.send_signal(signum)
+    out, err = player.communicate(timeout=30)
+    assert player.returncode == code, out + err
+    assert out.startswith("perception play: "), out
+    word = "terminated" if signum == signal.SIGTERM else "interrupted"
+    said = f"perception play: {word} before the end of the pass\n"
+    assert err.endswith(said) if code else said not in err, err
