@@ -685,6 +685,7 @@ class DriveReader:
         self.path = Path(path)
         self.truncated = False
         self._limits = limits
+        self._recorded: WireLimits | None = None
         self._channels: dict[int, Channel] | None = None
         self._counts: dict[str, int] | None = None
         self._rig: Rig | None = None
@@ -1304,6 +1305,13 @@ class DriveReader:
         return self._limits
 
     def _recorded_limits(self) -> WireLimits:
+        # Once: `_held_by` asks again for each message above a config's limits, and a drive
+        # read from start to end (truncated) is scanned for its metadata.
+        if self._recorded is None:
+            self._recorded = self._read_recorded_limits()
+        return self._recorded
+
+    def _read_recorded_limits(self) -> WireLimits:
         try:
             data = self.metadata(LIMITS_METADATA)
         except _DamagedMetadataError as e:

@@ -74,12 +74,22 @@ def test_a_drive_written_under_raised_limits_is_read_back_with_them(tmp_path: Pa
     got = [r.message for r in reader.messages()]
     assert [m.header.seq for m in got] == [0, 1, 2]
     assert all(isinstance(m, CameraFrame) and m.data == _big_png() for m in got)
-    # Read with other limits (a node configured so would refuse them), each is named.
+    # Read with other limits (a node configured so would refuse them), each is named, and
+    # said to be allowed by the drive's own, which are read once, not once a message.
     errors: list[ReplayError] = []
     held = DriveReader(path, limits=DEFAULT_LIMITS)
+    reads: list[str] = []
+    metadata = held.metadata
+
+    def counted(name: str) -> dict[str, str] | None:
+        reads.append(name)
+        return metadata(name)
+
+    held.metadata = counted  # type: ignore[method-assign]
     assert list(held.messages(on_error=errors.append)) == []
     assert len(errors) == 3
-    assert f"above the limit of {DEFAULT_LIMITS.max_image_pixels}" in str(errors[0])
+    assert f"above the limit of {DEFAULT_LIMITS.max_image_pixels}); the drive was" in str(errors[2])
+    assert reads == [LIMITS_METADATA]
 
 
 def test_a_drive_of_the_default_limits_names_none(tmp_path: Path) -> None:
