@@ -20,11 +20,12 @@ import pytest
 from calibration import load_kitti_object_calib
 from engines.camera.detector import CameraDetector
 from engines.factory import EngineFactory
-from engines.fusion.learned_config import PACKAGED_LEARNED_MODEL, resolve_learned_model
+from engines.fusion.learned_config import PACKAGED_LEARNED_MODEL
 from engines.fusion.learned_runner import LearnedDetections, LearnedFusionRunner
 from engines.fusion.pillars import pillarize
 from engines.onnxruntime_backend import OnnxRuntimeEngine
 from engines.settings import EngineSettings
+from perception.pipeline.learned_model import load_learned_model
 from perception.pipeline.painting import PaintView, paint_points
 from replay.datasets.kitti_object import read_image
 
@@ -40,7 +41,7 @@ def painted(kitti_dir: Path, yolox_path: Path):
     rig = load_kitti_object_calib(calib, image.shape[1], image.shape[0])
     points = np.fromfile(kitti_dir / "velodyne_reduced" / f"{FRAME}.bin", "<f4").reshape(-1, 4)
     detector = CameraDetector(OnnxRuntimeEngine(yolox_path), kind="yolox")
-    model = resolve_learned_model("learned_fusion")
+    model = load_learned_model("learned_fusion")
     view = PaintView(
         rig.cameras["front"].undistorted(),
         rig.transform("camera/front", "vehicle").matrix,
@@ -55,7 +56,7 @@ def _reference_rows(points: np.ndarray) -> np.ndarray:
     torch = pytest.importorskip("torch")
     from engines.fusion.learned_graph import load_learned_export  # needs torch
 
-    model = resolve_learned_model("learned_fusion")
+    model = load_learned_model("learned_fusion")
     graph = load_learned_export(PACKAGED_LEARNED_MODEL.with_suffix(".pt"), model.config)
     feeds = pillarize(points, model.config).as_feeds()
     with torch.no_grad():
@@ -73,9 +74,8 @@ def _check(result: LearnedDetections, reference: np.ndarray, threshold: np.ndarr
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_learned_fusion_engine(benchmark, painted, backend: str) -> None:
     points, reference = painted
-    engine, model = EngineFactory(EngineSettings(backend=backend, threads=2)).learned_fusion_engine(
-        "learned_fusion"
-    )
+    model = load_learned_model("learned_fusion")
+    engine = EngineFactory(EngineSettings(backend=backend, threads=2)).learned_fusion_engine(model)
     runner = LearnedFusionRunner.for_model(engine, model)
     _check(runner.run(points), reference, runner.thresholds)
     d = engine.describe()

@@ -44,7 +44,7 @@ from engines.fusion.buckets import BucketedFusionEngine
 from engines.fusion.config import FusionEngineConfig, Shape
 from engines.fusion.config import packaged_model_path as packaged_fusion_path
 from engines.fusion.learned_buckets import BucketedLearnedEngine
-from engines.fusion.learned_config import LearnedModel, resolve_learned_model
+from engines.fusion.learned_config import LearnedModel
 from engines.lidar.buckets import BucketedLidarEncoder
 from engines.lidar.config import OBSTACLE_CONFIG, LidarEncoderConfig
 from engines.lidar.config import packaged_model_path as packaged_lidar_path
@@ -374,11 +374,12 @@ class EngineFactory:
             return packaged_fusion_path(shape)
         return self._export("fusion engine", lambda d: _fusion_export(config, d, shape))
 
-    def learned_fusion_engine(self, model: str | Path) -> tuple[Engine, LearnedModel]:
-        """The learned fusion engine ``model`` names (``learned_fusion``: the packaged one, or
-        an export of ``perception train``) and what it was trained with (config, tuned score
-        thresholds): its export on ONNX Runtime or TensorRT (strict fp32), or its graph with
-        the saved weights on torch.
+    def learned_fusion_engine(self, learned: LearnedModel) -> Engine:
+        """The learned fusion engine of ``learned`` (the packaged one or an export of
+        ``perception train``, with the config it was trained with: read by
+        ``perception.pipeline.learned_model.load_learned_model``, as its ``.yaml`` is a user's
+        file and this package has no bounded YAML loader): its export on ONNX Runtime or
+        TensorRT (strict fp32), or its graph with the saved weights on torch.
 
         On ONNX Runtime (where the model has its exports at smaller pillar counts) and torch it
         is a :class:`BucketedLearnedEngine`: a sweep runs at the smallest pillar count holding
@@ -386,10 +387,9 @@ class EngineFactory:
         the GPU the padding costs little, and each count would be another engine build).
 
         Raises:
-            ModelError: the model, its config or (torch) its weights are missing or invalid.
+            ModelError: (torch) its weights are missing or invalid.
             EngineError: torch is needed but missing, or a build, load or session failure.
         """
-        learned = resolve_learned_model(model)
         if self.placement.backend == "torch":
             if learned.weights_path is None:
                 raise ModelError(
@@ -409,13 +409,13 @@ class EngineFactory:
                 lambda n: self._torch(
                     module, cfg.input_specs(n), cfg.output_specs(), learned.onnx_path.name
                 ),
-            ), learned
+            )
         if self.placement.backend == "tensorrt" or not learned.bucket_paths:
-            return self.onnx_engine(learned.onnx_path), learned
+            return self.onnx_engine(learned.onnx_path)
         paths = {**dict(learned.bucket_paths), learned.config.max_pillars: learned.onnx_path}
         return BucketedLearnedEngine(
             learned.config, tuple(paths), lambda n: self.onnx_engine(paths[n])
-        ), learned
+        )
 
     def _torch(
         self,
@@ -474,12 +474,12 @@ def create_node_engines(
     fusion_config: FusionEngineConfig | None = None,
     model_cache_dir: Path | None = None,
     source_dir: Path | None = None,
-    learned_model: str | Path | None = None,
+    learned_model: LearnedModel | None = None,
 ) -> NodeEngines:
     """Every engine the node runs, from its ``engines`` settings: the camera encoder
     (``camera_model``, ``camera_batch`` cameras per call, ``camera_threads`` overriding
     ``settings.threads``), the lidar encoder (``lidar_threads`` likewise) and the fusion
-    engine, and the learned fusion engine ``learned_model`` names (with its config) when given.
+    engine, and the learned fusion engine of ``learned_model`` (with its config) when given.
     With ``backend: tensorrt`` this also builds whatever the engine cache lacks, so calling it
     ahead of time prepares a node's start.
 
@@ -491,7 +491,9 @@ def create_node_engines(
     camera = factory.camera_encoder(camera_model, batch=camera_batch, threads=camera_threads)
     fusion = factory.fusion_engine(fusion_config)
     lidar = factory.lidar_encoder(lidar_config, threads=lidar_threads)
-    learned = None if learned_model is None else factory.learned_fusion_engine(learned_model)
+    learned = None
+    if learned_model is not None:
+        learned = factory.learned_fusion_engine(learned_model), learned_model
     return NodeEngines(
         camera=camera, lidar=lidar, fusion=fusion, notes=factory.notes, learned=learned
     )

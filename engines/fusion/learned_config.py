@@ -17,8 +17,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from engines.checks import brief, check_count, finite_number, yaml_text_hint
 from engines.engine import TensorSpec
 from engines.errors import ModelError
@@ -34,7 +32,8 @@ __all__ = [
     "LearnedFusionConfig",
     "LearnedModel",
     "bucket_onnx_path",
-    "resolve_learned_model",
+    "learned_model_from_document",
+    "learned_model_paths",
 ]
 
 #: The learned engine the project trains and ships (`configs/train_learned_fusion.yaml`).
@@ -269,13 +268,17 @@ class LearnedModel:
     bucket_paths: tuple[tuple[int, Path], ...] = ()
 
 
-def resolve_learned_model(model: str | Path) -> LearnedModel:
-    """The learned model ``model`` names: ``learned_fusion`` (the packaged one) or an ONNX file
-    exported by ``perception train``.
+def learned_model_paths(model: str | Path) -> tuple[Path, Path]:
+    """The ONNX file of the learned model ``model`` names (``learned_fusion``: the packaged one,
+    or an ONNX file exported by ``perception train``) and its config beside it (the ``.yaml``).
+
+    The config is not read here: it is a user's file, read by the bounded YAML loader of the
+    packages above (``perception.pipeline.learned_model.load_learned_model``), which this
+    package may not import, and handed to :func:`learned_model_from_document`.
 
     Raises:
-        ModelError: the file or its ``.yaml`` is missing or unreadable, or the config in it is
-            not valid (one line naming the file).
+        ModelError: the ONNX file is missing, or the config is there but no regular file (one
+            line naming the file).
     """
     path = PACKAGED_LEARNED_MODEL if str(model) == "learned_fusion" else Path(model).expanduser()
     if not path.is_file():
@@ -287,29 +290,43 @@ def resolve_learned_model(model: str | Path) -> LearnedModel:
     if meta_path.exists() and not meta_path.is_file():
         # A folder, a device or a pipe (which would never end) holds no config.
         raise ModelError(f"{meta_path}: not a regular file, so not a learned model config")
+    return path, meta_path
+
+
+def learned_model_from_document(onnx_path: Path, document: object) -> LearnedModel:
+    """The learned model of the export ``onnx_path``, from ``document``: its config (the
+    ``.yaml`` beside it, :func:`learned_model_paths`) as parsed, a mapping with the ``model``
+    section and optional ``score_thresholds``.
+
+    Raises:
+        ModelError: the document is not a valid learned model config (one line naming the
+            ``.yaml``).
+    """
+    meta_path = onnx_path.with_suffix(".yaml")
     try:
-        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict):
-            raise TypeError(f"a mapping expected, got {type(meta).__name__}")
-        config = LearnedFusionConfig.from_dict(dict(meta["model"]))
-        raw = meta.get("score_thresholds") or {}
+        if not isinstance(document, dict):
+            raise TypeError(f"a mapping expected, got {type(document).__name__}")
+        section = document["model"]
+        if not isinstance(section, dict):
+            raise TypeError(f"model must map the config's fields, got {brief(section)}")
+        config = LearnedFusionConfig.from_dict(section)
+        raw = document.get("score_thresholds") or {}
         if not isinstance(raw, dict):
             raise TypeError(f"score_thresholds must map classes to thresholds, got {brief(raw)}")
         thresholds = {str(k): float(v) for k, v in raw.items()}
         if not all(0.0 <= v <= 1.0 for v in thresholds.values()):
             raise ValueError("score_thresholds must lie in [0, 1]")
-    except OSError as e:
-        raise ModelError(f"{meta_path}: cannot read the learned model's config ({e})") from e
-    except RecursionError:
-        # PyYAML composes nested collections recursively: thousands of `[` exhaust the stack.
-        raise ModelError(f"{meta_path}: not a learned model config (nests too deep)") from None
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+    except KeyError as e:
+        raise ModelError(f"{meta_path}: not a learned model config (no {e} section)") from e
+    except (TypeError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"{meta_path}: not a learned model config ({why})") from e
-    weights = path.with_suffix(".pt")
+    weights = onnx_path.with_suffix(".pt")
     buckets = tuple(
-        (n, bucket_onnx_path(path, n))
+        (n, bucket_onnx_path(onnx_path, n))
         for n in config.pillar_buckets[:-1]
-        if bucket_onnx_path(path, n).is_file()
+        if bucket_onnx_path(onnx_path, n).is_file()
     )
-    return LearnedModel(path, config, weights if weights.is_file() else None, thresholds, buckets)
+    return LearnedModel(
+        onnx_path, config, weights if weights.is_file() else None, thresholds, buckets
+    )

@@ -43,6 +43,7 @@ from perception.pipeline.camera_health import image_problem, measure_image
 from perception.pipeline.deskew import deskew_sweep, ego_twist, vehicle_motion
 from perception.pipeline.ensemble import learned_detections, merge_ensemble
 from perception.pipeline.ground import GroundPlane, estimate_ground
+from perception.pipeline.learned_model import load_learned_model
 from perception.pipeline.lidar_objects import LidarClusters, LidarObjects
 from perception.pipeline.painting import PaintView, paint_points
 from perception.pipeline.timing import StageTimer, overlap_ns
@@ -238,6 +239,10 @@ class Pipeline:
         # keeps the default (one per core): the camera's is the longer branch, and two pools of
         # a thread per core each on the same cores only take turns.
         lidar_threads = 1 if config.parallel_branches and not engines.threads else None
+        # Read before any engine is built: a bad learned model config fails at once.
+        learned_model = None
+        if config.fusion.kind != "geometric":
+            learned_model = load_learned_model(config.fusion.model)
         built = create_node_engines(
             engines,
             model_path or model.path,
@@ -246,7 +251,7 @@ class Pipeline:
             lidar_threads=lidar_threads,
             lidar_config=OBSTACLE_CONFIG,
             fusion_config=fusion_config,
-            learned_model=None if config.fusion.kind == "geometric" else config.fusion.model,
+            learned_model=learned_model,
         )
         detector = camera_detector(model, built.camera)
         encoder = LidarEncoderRunner(built.lidar, OBSTACLE_CONFIG)

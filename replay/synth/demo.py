@@ -50,6 +50,7 @@ from perception.msgs.types import (
 from perception.node import NodeCore
 from perception.node.calibration import CalibrationWatch
 from perception.pipeline import Pipeline
+from perception.pipeline.learned_model import load_learned_model
 from perception.pipeline.timing import step_ns
 from replay.drive import DriveReader
 from replay.errors import ReplayError
@@ -446,7 +447,8 @@ def _pipeline(kind: str, detector: CameraDetector, learned_model: Path | None) -
     if kind == "geometric":
         return Pipeline(detector)
     fusion = FusionConfig(kind=kind, model=str(learned_model or "learned_fusion"))
-    engine, model = EngineFactory().learned_fusion_engine(fusion.model)
+    model = load_learned_model(fusion.model)
+    engine = EngineFactory().learned_fusion_engine(model)
     runner = LearnedFusionRunner.for_model(engine, model)
     return Pipeline(detector, PipelineConfig(fusion=fusion), learned=runner)
 

@@ -23,6 +23,7 @@ from engines.fusion.learned_runner import LearnedFusionRunner
 from perception.config import FusionConfig
 from perception.msgs.types import Detection3D
 from perception.pipeline.ensemble import learned_detections
+from perception.pipeline.learned_model import load_learned_model
 from replay.training.fusion_config import CameraPaintConfig
 from replay.training.fusion_data import prepare
 from replay.training.gt_sampling import points_in_boxes
@@ -59,7 +60,8 @@ def attributed_detections(
 ) -> Iterator[Attributed]:
     """Every detection of the learned engine `model` on each of `samples` (see the module
     docstring); `camera_contribution` is the threshold for `sources` (default: the node's)."""
-    engine, learned = EngineFactory().learned_fusion_engine(model)
+    learned = load_learned_model(model)
+    engine = EngineFactory().learned_fusion_engine(learned)
     runner = LearnedFusionRunner.for_model(engine, learned)
     painter = build_painter(paint)
     classes = learned.config.classes

@@ -15,7 +15,8 @@ from engines.fusion.learned_config import (
     PACKAGED_LEARNED_MODEL,
     REGRESSION_CHANNELS,
     LearnedFusionConfig,
-    resolve_learned_model,
+    learned_model_from_document,
+    learned_model_paths,
 )
 from engines.fusion.learned_graph import (
     LearnedFusionExport,
@@ -27,6 +28,7 @@ from engines.fusion.learned_graph import (
 from engines.fusion.learned_runner import LearnedFusionRunner
 from engines.fusion.pillars import pillarize
 from engines.onnxruntime_backend import OnnxRuntimeEngine
+from perception.pipeline.learned_model import load_learned_model
 from tests.conftest import KittiFrame
 
 SMALL = LearnedFusionConfig(
@@ -64,66 +66,53 @@ def test_config_round_trips_and_refuses_unknown_fields() -> None:
         LearnedFusionConfig.from_dict({"grid": 3})
 
 
-_PACKAGED_META = Path(PACKAGED_LEARNED_MODEL).with_suffix(".yaml")
+_VALID = {"model": LearnedFusionConfig().to_dict()}
 
 
 @pytest.mark.parametrize(
-    ("sidecar", "message"),
+    ("document", "message"),
     [
-        ("[" * 100_000, r"not a learned model config \(nests too deep\)$"),
-        ("- 1\n", r"not a learned model config \(a mapping expected, got list\)$"),
-        ("{SIDECAR}score_thresholds: [1, 2]\n", r"score_thresholds must map classes to"),
-        ("{SIDECAR}score_thresholds: {Car: 2.0}\n", r"score_thresholds must lie in \[0, 1\]"),
-        (None, r"m\.yaml: not a regular file, so not a learned model config$"),
+        (["1"], r"\(a mapping expected, got list\)$"),
+        ({"score_thresholds": {}}, r"\(no 'model' section\)$"),
+        ({"model": [["pillar_m", 0.16]]}, r"\(model must map the config's fields, got \[\["),
+        ({"model": {"pillar": 0.16}}, r"unknown field\(s\) pillar\)$"),
+        ({**_VALID, "score_thresholds": [1, 2]}, r"score_thresholds must map classes to"),
+        ({**_VALID, "score_thresholds": {"Car": 2.0}}, r"score_thresholds must lie in \[0, 1\]"),
     ],
 )
-def test_a_bad_learned_model_config_is_one_line(
-    tmp_path: Path, sidecar: str | None, message: str
+def test_a_bad_learned_model_document_is_one_line_naming_its_file(
+    tmp_path: Path, document: object, message: str
 ) -> None:
-    """What lies beside a learned model's ONNX file is a user's file: anything in it gives one
-    line naming it, never a traceback."""
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")
-    meta = tmp_path / "m.yaml"
-    if sidecar is None:
-        meta.mkdir()
-    else:
-        valid = _PACKAGED_META.read_text().replace("score_thresholds:", "unused_thresholds:")
-        meta.write_text(sidecar.replace("{SIDECAR}", valid))
+    """The engine validates the parsed document (its text is read above this package, by the
+    bounded YAML loader: tests/perception/pipeline/test_learned_model.py)."""
     with pytest.raises(ModelError, match=message) as info:
-        resolve_learned_model(model)
+        learned_model_from_document(tmp_path / "m.onnx", document)
+    assert str(info.value).startswith(f"{tmp_path / 'm.yaml'}: not a learned model config (")
     assert "\n" not in str(info.value)
 
 
-_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{name}: &{name} [{', '.join([f'*{inner}'] * 9)}]\n"
-    for inner, name in zip("abcdefgh", "bcdefghi", strict=True)
-)
+def test_a_learned_model_document_gives_its_config_and_thresholds(tmp_path: Path) -> None:
+    onnx = tmp_path / "m.onnx"
+    document = {"model": {"pillar_m": 0.16}, "score_thresholds": {"Car": 0.4}, "trained": {}}
+    model = learned_model_from_document(onnx, document)
+    assert model.onnx_path == onnx and model.weights_path is None and model.bucket_paths == ()
+    assert model.config == LearnedFusionConfig(pillar_m=0.16)
+    assert model.score_thresholds == {"Car": 0.4}
 
 
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ("  classes:\n  - Car\n  - Pedestrian\n  - Cyclist\n", "  classes: *i\n"),
-        ("  x_range_m:\n  - 0.0\n  - 44.8\n", "  x_range_m: [*h, *i]\n"),
-        ("  max_pillars: 6000\n", "  max_pillars: *i\n"),
-        ("score_thresholds:", "score_thresholds: *i\nunused_thresholds:"),
-    ],
-)
-def test_an_alias_bomb_in_a_learned_model_config_is_refused_in_one_short_line(
-    tmp_path: Path, old: str, new: str
+def test_learned_model_paths_refuse_a_missing_export_or_a_config_that_is_no_file(
+    tmp_path: Path,
 ) -> None:
-    """Nine lines of nested aliases hold 9^9 values: the error quotes a few of them (its whole
-    repr took minutes and gigabytes, the node hung there)."""
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")
-    valid = _PACKAGED_META.read_text()
-    assert old in valid
-    (tmp_path / "m.yaml").write_text(_BOMB + valid.replace(old, new, 1))
-    with pytest.raises(ModelError, match="not a learned model config") as info:
-        resolve_learned_model(model)
-    assert "\n" not in str(info.value)
-    assert len(str(info.value)) < len(str(tmp_path)) + 300
+    assert learned_model_paths("learned_fusion") == (
+        PACKAGED_LEARNED_MODEL,
+        PACKAGED_LEARNED_MODEL.with_suffix(".yaml"),
+    )
+    with pytest.raises(ModelError, match=r"none\.onnx: not found \(train one with"):
+        learned_model_paths(tmp_path / "none.onnx")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "m.yaml").mkdir()
+    with pytest.raises(ModelError, match=r"m\.yaml: not a regular file, so not a learned model"):
+        learned_model_paths(tmp_path / "m.onnx")
 
 
 def test_pillars_hold_each_point_with_its_offsets() -> None:
@@ -334,7 +323,7 @@ def test_the_packaged_export_is_the_trained_net(kitti_painted: np.ndarray) -> No
     """The packaged ONNX (exported with the folded encoder) against its weights run as
     training runs them: the net on the input and its camera-free copy as a batch of two, then
     decoded. The same detection table and attribution scores on a real KITTI scan."""
-    model = resolve_learned_model("learned_fusion")
+    model = load_learned_model("learned_fusion")
     cfg = model.config
     assert model.weights_path is not None
     net = LearnedFusionNet(cfg)

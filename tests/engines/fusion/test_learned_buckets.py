@@ -17,16 +17,16 @@ from engines.fusion.learned_config import (
     PACKAGED_LEARNED_MODEL,
     LearnedFusionConfig,
     bucket_onnx_path,
-    resolve_learned_model,
 )
 from engines.fusion.learned_runner import LearnedFusionRunner
 from engines.fusion.pillars import pillarize
 from engines.onnxruntime_backend import OnnxRuntimeEngine
 from engines.settings import EngineSettings
+from perception.pipeline.learned_model import load_learned_model
 from tests.conftest import KittiFrame
 
 FRAMES = ("000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009")
-MODEL = resolve_learned_model("learned_fusion")
+MODEL = load_learned_model("learned_fusion")
 
 
 def _painted(points: np.ndarray, seed: int) -> np.ndarray:
@@ -40,7 +40,7 @@ def _painted(points: np.ndarray, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def engines() -> tuple[BucketedLearnedEngine, OnnxRuntimeEngine]:
-    bucketed, _ = EngineFactory(EngineSettings(threads=2)).learned_fusion_engine("learned_fusion")
+    bucketed = EngineFactory(EngineSettings(threads=2)).learned_fusion_engine(MODEL)
     assert isinstance(bucketed, BucketedLearnedEngine)
     return bucketed, OnnxRuntimeEngine(PACKAGED_LEARNED_MODEL, num_threads=2)
 
@@ -135,11 +135,12 @@ def test_an_export_without_buckets_runs_its_full_count(tmp_path: Path) -> None:
     for suffix in (".onnx", ".yaml"):
         shutil.copy(PACKAGED_LEARNED_MODEL.with_suffix(suffix), tmp_path / f"old{suffix}")
     factory = EngineFactory(EngineSettings(threads=1))
-    engine, model = factory.learned_fusion_engine(tmp_path / "old.onnx")
+    model = load_learned_model(tmp_path / "old.onnx")
+    engine = factory.learned_fusion_engine(model)
     assert model.bucket_paths == () and not isinstance(engine, BucketedLearnedEngine)
     for n, path in MODEL.bucket_paths:
         shutil.copy(path, bucket_onnx_path(tmp_path / "old.onnx", n))
-    engine, model = factory.learned_fusion_engine(tmp_path / "old.onnx")
+    engine = factory.learned_fusion_engine(load_learned_model(tmp_path / "old.onnx"))
     assert isinstance(engine, BucketedLearnedEngine)
     before = engine.loaded
     engine.warmup()
@@ -149,11 +150,9 @@ def test_an_export_without_buckets_runs_its_full_count(tmp_path: Path) -> None:
 
 def test_the_torch_backend_runs_the_buckets_too(kitti_frame: Callable[[str], KittiFrame]) -> None:
     pytest.importorskip("torch")
-    engine, model = EngineFactory(EngineSettings(backend="torch", threads=2)).learned_fusion_engine(
-        "learned_fusion"
-    )
+    engine = EngineFactory(EngineSettings(backend="torch", threads=2)).learned_fusion_engine(MODEL)
     assert isinstance(engine, BucketedLearnedEngine)
-    runner = LearnedFusionRunner.for_model(engine, model, 0.0)
+    runner = LearnedFusionRunner.for_model(engine, MODEL, 0.0)
     result = runner.run(_painted(kitti_frame("000003").points, 0))
     assert engine._last is engine.engine_for(1536)
     full = engine.engine_for(6000).run(result.pillars.as_feeds())
