@@ -463,16 +463,23 @@ def test_an_interrupted_show_of_a_drive_leaves_a_page_of_the_pictures_drawn(
     assert "have no frame in the source" not in index.read_text()
 
 
+def _cut_image(folder: Path, tmp_path: Path, frame: str) -> tuple[Path, Path]:
+    """A copy of the KITTI `folder` whose image of `frame` is cut short (unreadable): the
+    copy and that image."""
+    broken = tmp_path / "kitti"
+    shutil.copytree(folder, broken)
+    image = broken / "image_2" / f"{frame}.png"
+    image.write_bytes(image.read_bytes()[:1000])
+    return broken, image
+
+
 def test_a_show_that_fails_after_some_pictures_leaves_a_page_saying_why(
     capsys, kitti_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     """A frame whose image is broken ended the drawing (one line, exit 2) with the earlier
     frames' pictures and no page."""
     folder, run, _ = kitti_run
-    broken = tmp_path / "kitti"
-    shutil.copytree(folder, broken)
-    image = broken / "image_2" / "000004.png"
-    image.write_bytes(image.read_bytes()[:1000])
+    broken, image = _cut_image(folder, tmp_path, "000004")
     out = tmp_path / "show"
     err = _fails(capsys, "show", str(run), "--kitti", str(broken), "--out", str(out))
     assert err.startswith(f"perception show: error: {image}: ")
@@ -488,10 +495,7 @@ def test_a_show_that_fails_at_its_first_picture_leaves_no_folder(
 ) -> None:
     """An unreadable first image left the --out folder made for the pictures, empty."""
     folder, run, _ = kitti_run
-    broken = tmp_path / "kitti"
-    shutil.copytree(folder, broken)
-    image = broken / "image_2" / "000000.png"
-    image.write_bytes(image.read_bytes()[:1000])
+    broken, image = _cut_image(folder, tmp_path, "000000")
     out = tmp_path / "new" / "show"
     err = _fails(capsys, "show", str(run), "--kitti", str(broken), "--out", str(out))
     assert err.startswith(f"perception show: error: {image}: ")
