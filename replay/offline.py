@@ -414,6 +414,8 @@ def replay_to_file(
                 for dl in writes:
                     _count(summary, dl, progress, replay_input.sweeps)
             output.write(writer.close, "the drive's summary")
+        # Live, the diagnostics say it once a second; a replay to JSON Lines writes none.
+        core.camera_phase_notes()
         summary.dropped_sweeps = sweeps_dropped(core.bundler.stats)
         summary.missing_cameras = dict(core.bundler.stats.per_stream_missing)
         summary.without_fix = core.bundler.stats.bundles_without_fix

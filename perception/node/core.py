@@ -105,6 +105,7 @@ from perception.sync.bundler import parse_rig
 from perception.sync.clock import ClockMonitor, Verdict
 from perception.sync.ego import world_from_vehicle
 from perception.sync.liveness import Liveness
+from perception.sync.phase import CameraPhases
 from perception.sync.span_gate import SpanGate
 
 __all__ = ["CLOCK_MIN_SWEEPS", "RECEIVE_POLL_NS", "NodeCore", "NodeCounters", "ReadyBundle"]
@@ -267,6 +268,8 @@ class NodeCore:
         self.realtime: RealtimeStatus | None = None
         self._lock = threading.Lock()
         self._bad = RateLimitedLogger(log)
+        # Where each camera's frames fall in their sweeps, against its configured offset.
+        self._phases = CameraPhases()
         #: The bounds every received message is checked against (the transport's too).
         self.limits = config.limits
         self._seq = 0
@@ -405,6 +408,7 @@ class NodeCore:
                         # Counted on diagnostics alone, a queue too small for the sweeps
                         # waiting for their cameras lost 99 of 100 sweeps without a word.
                         self._bad.warning("sync:queue_full", self._queue_full_text())
+                    self._phase(topic, moved, result.filed)
                     if result.filed in _REFUSED:
                         self._bad.warning(
                             f"{result.filed.value}:{topic}", f"dropped: {result.reason}"
@@ -428,6 +432,29 @@ class NodeCore:
         ):
             self.camera_ahead.offer(*offer)
         return _filed(ready, decode_ns + time.perf_counter_ns() - start_ns)
+
+    def _phase(self, topic: str, msg: Message, filed: Filed) -> None:
+        """A sweep or camera frame the synchroniser took, for the cameras' phases (a frame
+        too late for its bundle still says where the camera's frames fall)."""
+        if isinstance(msg, LidarSweep) and filed is Filed.ACCEPTED:
+            self._phases.on_sweep(msg.header.stamp_ns)
+        elif isinstance(msg, CameraFrame) and filed in (Filed.ACCEPTED, Filed.LATE):
+            self._phases.on_frame(topic, msg.header.stamp_ns)
+
+    def camera_phase_notes(self) -> list[str]:
+        """A note for each camera whose frames come steadily away from the time its
+        `sync.camera_offsets_ms` expects them (perception.sync.phase), logged at a bounded
+        rate; the diagnostics carry them, and a replay says them at its end."""
+        with self._lock:
+            return self._phase_notes()
+
+    def _phase_notes(self) -> list[str]:
+        notes = self._phases.notes(
+            self.config.sync.camera_offsets_ms, self.config.inputs.camera_topics
+        )
+        for note in notes:
+            self._bad.warning(f"phase:{note.split(':')[0]}", note)
+        return notes
 
     def _queue_full_text(self) -> str:
         sync = self.config.sync
@@ -844,6 +871,7 @@ class NodeCore:
             calibration = () if watch is None else watch.statuses()
             clocks = self.clocks.diagnostics()
             apart = self._clocks_apart(clocks)
+            phases = self._phase_notes()
             if apart and status == "ok":
                 status = "degraded"  # the camera is heard, but nothing it sends is used
             return Diagnostics(
@@ -866,6 +894,7 @@ class NodeCore:
                     *self._input_notes,
                     *(() if watch is None else watch.notes()),
                     *apart,
+                    *phases,
                 ),
                 realtime=self.realtime,
                 sensors=sensors,

@@ -5,6 +5,7 @@ on the real KITTI frames."""
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 
 from app.cli import main
 from perception.io.transport import Publisher
-from perception.msgs.types import CameraFrame
+from perception.msgs.types import CameraFrame, Diagnostics
 from replay.drive import DriveReader, DriveWriter
 from replay.output import OutputError
 from replay.recorder import Recorder
@@ -392,3 +393,41 @@ def test_bundles_passed_over_are_in_the_summary(
     )
     assert passed is not None, line
     assert written + int(passed[1]) == 20, line
+
+
+def test_a_camera_offset_pairing_frames_with_another_sweep_is_said(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    synth_drive: Callable[[int, float], Path],
+) -> None:
+    """The synthetic camera fires 62 ms into each sweep: with a config that leaves
+    sync.camera_offsets_ms at 0, every sweep was fused with the frame of the sweep before it,
+    38 ms off, and nothing said so (every bundle had its camera). The diagnostics carry a note
+    naming the offset to set, and the replay says it; read on the drive's own offsets (no
+    config), nothing is said."""
+    drive = synth_drive(0, 2.0)
+    config = tmp_path / "node.yaml"
+    config.write_text(SYNTH_TOPICS)
+    out = tmp_path / "out.mcap"
+    with caplog.at_level(logging.WARNING):
+        assert main([*_synth_replay(drive, config), "--out", str(out), "--quiet"]) == 0
+    said = "camera/front: its frames come 62 ms into the sweep they fall in, 38 ms before"
+    assert any(said in r.getMessage() for r in caplog.records), caplog.text
+    notes = [
+        note
+        for r in DriveReader(out).messages()
+        if isinstance(r.message, Diagnostics)
+        for note in r.message.notes
+    ]
+    assert any(
+        n.startswith(said) and n.endswith("Set sync.camera_offsets_ms: {camera/front: 62}")
+        for n in notes
+    ), notes
+    caplog.clear()
+    model = REPO / "engines" / "models" / "synth_detector.onnx"
+    with caplog.at_level(logging.WARNING):
+        argv = ["replay", str(drive), "--model", str(model), "--out", str(out), "--quiet"]
+        assert main(argv) == 0
+    assert "sync.camera_offsets_ms" not in caplog.text
+    capsys.readouterr()
