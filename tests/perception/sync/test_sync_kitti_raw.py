@@ -17,6 +17,7 @@ import pytest
 from calibration import Rig
 from perception.msgs.types import CameraFrame, GnssFix, Header, LidarSweep
 from perception.sync import Bundler, CollectorPolicy, Filed
+from perception.sync.phase import CameraPhases
 
 MS = 1_000_000
 DRIVE = "kitti_raw/2011_09_26/2011_09_26_drive_0001_sync"
@@ -87,3 +88,25 @@ def test_every_kitti_sweep_gets_four_cameras_and_a_fix(drive: Path) -> None:
     # Complete bundles go out when the last member arrives, never at the timeout.
     assert max(b.sync_wait_ns for b in bundles) < TIMEOUT_NS
     assert sync.stats.late_messages == 0 and sync.stats.degraded_bundles == 0
+
+
+def test_the_cameras_phases_name_their_offsets(drive: Path) -> None:
+    """Left at the default 0, each camera's offset pairs a sweep with the frame exposed during
+    the sweep before it (about 40 ms off): the note names the offsets KITTI's trigger gives,
+    and with those offsets nothing is said."""
+    phases = CameraPhases()
+    events = [(s, "") for s in _stamps(drive, "velodyne_points/timestamps_start.txt")]
+    for camera in CAMERAS:
+        events += [(t, camera) for t in _stamps(drive, f"{camera}/timestamps.txt")]
+    for stamp, camera in sorted(events):
+        if camera:
+            phases.on_frame(camera, stamp)
+        else:
+            phases.on_sweep(stamp)
+    notes = phases.notes({}, CAMERAS)
+    assert [n.split(":")[0] for n in notes] == list(CAMERAS)
+    for camera, note in zip(CAMERAS, notes, strict=True):
+        expected = round(OFFSETS_NS[camera] / MS)
+        assert note.endswith(f"Set sync.camera_offsets_ms: {{{camera}: {expected}}}"), note
+    configured = {c: offset / MS for c, offset in OFFSETS_NS.items()}
+    assert phases.notes(configured, CAMERAS) == []
