@@ -452,9 +452,9 @@ class NodeCore:
         notes = self._phases.notes(
             self.config.sync.camera_offsets_ms, self.config.inputs.camera_topics
         )
-        for note in notes:
-            self._bad.warning(f"phase:{note.split(':')[0]}", note)
-        return notes
+        for camera, note in notes.items():
+            self._bad.warning(f"phase:{camera}", note)
+        return list(notes.values())
 
     def _queue_full_text(self) -> str:
         sync = self.config.sync

@@ -83,15 +83,15 @@ class CameraPhases:
             out.append((stamp - sweeps[i] - offset_ns + interval // 2) % interval - interval // 2)
         return out
 
-    def notes(self, offsets_ms: Mapping[str, float], cameras: Iterable[str]) -> list[str]:
-        """A note for each of `cameras` whose frames come steadily (their residuals' median
-        absolute deviation within a tenth of the lidar's period) but away from the time their
-        offset (`offsets_ms`, default 0) expects them after a sweep stamp, by more than a tenth
-        of the period and three such deviations: each is fused with a sweep it was not taken
+    def notes(self, offsets_ms: Mapping[str, float], cameras: Iterable[str]) -> dict[str, str]:
+        """Camera -> a note, for each of `cameras` whose frames come steadily (their residuals'
+        median absolute deviation within a tenth of the lidar's period) but away from the time
+        their offset (`offsets_ms`, default 0) expects them after a sweep stamp, by more than a
+        tenth of the period and three such deviations: each is fused with a sweep it was not taken
         for, or with none. A camera not triggered by the lidar (its frames at any phase) is not
         judged."""
         period = self.period_ns()
-        notes = []
+        notes = {}
         for camera in cameras:
             offset_ms = offsets_ms.get(camera, 0.0)
             residuals = self.residuals_ns(camera, round(offset_ms * 1e6))
@@ -103,7 +103,7 @@ class CameraPhases:
                 continue
             # Where the frames fall in the sweep they are taken during: the offset to set.
             phase_ms = ((offset_ms * 1e6 + off) % period) / 1e6
-            notes.append(
+            notes[camera] = (
                 f"{camera}: its frames come {phase_ms:.0f} ms into the sweep they fall in, "
                 f"{abs(off) / 1e6:.0f} ms {'before' if off < 0 else 'after'} the time "
                 f"sync.camera_offsets_ms ({offset_ms:g} ms after the sweep stamp) expects them "
