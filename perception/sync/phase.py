@@ -68,8 +68,11 @@ class CameraPhases:
         stamp less the nearest time `offset_ns` after a sweep stamp expects a frame, within
         half a sweep interval either way."""
         period = self.period_ns()
+        return [] if period is None else self._residuals(camera, offset_ns, period)
+
+    def _residuals(self, camera: str, offset_ns: int, period: int) -> list[int]:
         frames = self._frames.get(camera)
-        if period is None or not frames:
+        if not frames:
             return []
         sweeps = list(self._sweeps)
         out = []
@@ -91,11 +94,13 @@ class CameraPhases:
         for, or with none. A camera not triggered by the lidar (its frames at any phase) is not
         judged."""
         period = self.period_ns()
-        notes = {}
+        notes: dict[str, str] = {}
+        if period is None:
+            return notes
         for camera in cameras:
             offset_ms = offsets_ms.get(camera, 0.0)
-            residuals = self.residuals_ns(camera, round(offset_ms * 1e6))
-            if period is None or len(residuals) < _MIN_FRAMES:
+            residuals = self._residuals(camera, round(offset_ms * 1e6), period)
+            if len(residuals) < _MIN_FRAMES:
                 continue
             off = statistics.median(residuals)
             spread = statistics.median(abs(r - off) for r in residuals)
