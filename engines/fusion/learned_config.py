@@ -32,6 +32,7 @@ __all__ = [
     "LearnedFusionConfig",
     "LearnedModel",
     "bucket_onnx_path",
+    "config_path",
     "learned_model_from_document",
     "learned_model_paths",
 ]
@@ -253,6 +254,12 @@ def bucket_onnx_path(onnx_path: Path, pillars: int) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}.p{pillars}{onnx_path.suffix}")
 
 
+def config_path(onnx_path: Path) -> Path:
+    """Where the config an export was trained with lies beside it: ``learned_fusion.onnx`` ->
+    ``learned_fusion.yaml``."""
+    return onnx_path.with_suffix(".yaml")
+
+
 @dataclass(frozen=True)
 class LearnedModel:
     """A trained learned fusion engine: its ONNX export, the config it was trained with (the
@@ -286,7 +293,7 @@ def learned_model_paths(model: str | Path) -> tuple[Path, Path]:
             f"learned fusion model {path}: not found (train one with `perception train "
             "CONFIG`, which writes learned_fusion.onnx and its .yaml)"
         )
-    meta_path = path.with_suffix(".yaml")
+    meta_path = config_path(path)
     if meta_path.exists() and not meta_path.is_file():
         # A folder, a device or a pipe (which would never end) holds no config.
         raise ModelError(f"{meta_path}: not a regular file, so not a learned model config")
@@ -302,7 +309,7 @@ def learned_model_from_document(onnx_path: Path, document: object) -> LearnedMod
         ModelError: the document is not a valid learned model config (one line naming the
             ``.yaml``).
     """
-    meta_path = onnx_path.with_suffix(".yaml")
+    meta_path = config_path(onnx_path)
     try:
         if not isinstance(document, dict):
             raise TypeError(f"a mapping expected, got {type(document).__name__}")

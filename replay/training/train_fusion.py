@@ -36,7 +36,7 @@ import numpy.typing as npt
 import torch
 import yaml
 
-from engines.fusion.learned_config import LearnedFusionConfig, bucket_onnx_path
+from engines.fusion.learned_config import LearnedFusionConfig, bucket_onnx_path, config_path
 from engines.fusion.learned_graph import LearnedFusionNet, decode_heads, export_learned_fusion_onnx
 from engines.fusion.learned_runner import DEFAULT_SCORE_THRESHOLD
 from engines.fusion.pillars import pillarize
@@ -324,7 +324,7 @@ def run_files(out_dir: Path, model: LearnedFusionConfig) -> list[Path]:
         out_dir / "curves.png",
         onnx_path,
         onnx_path.with_suffix(".pt"),
-        onnx_path.with_suffix(".yaml"),
+        config_path(onnx_path),
         *(bucket_onnx_path(onnx_path, n) for n in model.pillar_buckets[:-1]),
     ]
 
