@@ -102,7 +102,7 @@ from perception.closeable import Closeable
 from perception.errors import PerceptionError, SchemaError
 from perception.msgs import foxglove, wire
 from perception.msgs.json_schemas import wire_json_schema
-from perception.msgs.schema import DEFAULT_LIMITS, WireLimits
+from perception.msgs.schema import DEFAULT_LIMITS, WireLimits, above_a_limit
 from perception.msgs.types import Header, Message, RigMessage
 from replay.errors import DamagedDriveError, DriveStorageError, ReplayError
 from replay.mcap_chunks import (
@@ -1183,8 +1183,7 @@ class DriveReader:
         """Where a message is above limits the reader was given, not those the drive was
         recorded under (a config's, narrower than those of the node that recorded it): said,
         or the message reads as damaged."""
-        # Every wire limit is worded so (perception.msgs.schema.WireLimits).
-        if "above the limit of" not in str(error) or self._limits is None:
+        if not above_a_limit(error) or self._limits is None:
             return ""
         recorded = self._recorded_limits()
         if recorded == self._limits:

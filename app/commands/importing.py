@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from app.common import Stages, load_node_config, not_for
-from perception.msgs.schema import ALTITUDE_RANGE_M
+from perception.msgs.schema import ALTITUDE_RANGE_M, above_a_limit
 from replay.datasets.importers import ImportStats, import_kitti_object, import_kitti_raw
 from replay.drive import check_not_being_written
 from replay.errors import ReplayError
@@ -71,8 +71,7 @@ def _import(args: argparse.Namespace, source: Path, out: Path, stages: Stages) -
                 limits=load_node_config(args.config).limits,
             )
         except ReplayError as e:
-            # Every wire limit is worded so (perception.msgs.schema.WireLimits).
-            if args.config is None and "above the limit of" in str(e):
+            if args.config is None and above_a_limit(e):
                 raise ReplayError(
                     f"{e}; if the node is configured for it, give its config with --config "
                     "(its `limits:` then hold for the drive)"

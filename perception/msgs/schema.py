@@ -81,6 +81,7 @@ __all__ = [
     "Limit",
     "Schema",
     "WireLimits",
+    "above_a_limit",
     "schema_of",
     "topic_bytes",
     "versions_read",
@@ -163,6 +164,14 @@ class WireLimits:
 
 
 DEFAULT_LIMITS = WireLimits()
+
+
+def above_a_limit(error: BaseException) -> bool:
+    """Whether `error` refuses something for a `WireLimits` bound: each is worded "... above
+    the limit of ...", wherever it is raised or wrapped (a drive's read, an import)."""
+    return "above the limit of" in str(error)
+
+
 #: The longest topic a ZeroMQ subscription may name, UTF-8 bytes: the longest string a header
 #: holds (a publisher drops the connection of a longer one: perception.io.transport).
 MAX_TOPIC_BYTES = DEFAULT_LIMITS.max_string_bytes
