@@ -31,7 +31,7 @@ from perception.errors import PerceptionError
 from perception.pipeline import Pipeline
 from replay.errors import ReplayError
 from replay.offline import replay_to_file
-from replay.output import check_outputs_not_inputs
+from replay.output import check_name_fits, check_outputs_not_inputs
 from replay.synth.world import drive_files
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "ReplayResult",
     "check_ray_address",
     "connect_ray",
-    "output_name",
     "replay_many",
     "replay_source",
 ]
@@ -121,7 +120,7 @@ class DuplicateOutputError(ReplayError, ValueError):
     """Two sources would write the same output file (a ValueError too, as it always was)."""
 
 
-def output_name(source: Path) -> str:
+def _output_name(source: Path) -> str:
     """The name of `source`'s output: the folder's name or the drive's stem, of the path made
     absolute (not resolved: a link's own name is kept), since `.` and `..` have no name of
     their own (`.` failed as a bug, `..` wrote a hidden `...jsonl`).
@@ -136,7 +135,7 @@ def output_name(source: Path) -> str:
 
 
 def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
-    names = [output_name(p) for p in sources]
+    names = [_output_name(p) for p in sources]
     seen: dict[str, Path] = {}
     for name, src in zip(names, sources, strict=True):
         if name in seen:
@@ -145,6 +144,10 @@ def _out_paths(sources: Sequence[Path], out_dir: Path) -> list[Path]:
             )
         seen[name] = src
     outs = [out_dir / f"{name}.jsonl" for name in names]
+    for src, out in zip(sources, outs, strict=True):
+        # A name too long for the file system failed its source with the raw OSError, after
+        # the sources before it had been replayed.
+        check_name_fits(out, f"the output of {src} (named after it)")
     # A source (or the ground truth beside a drive) named like an output, or linked from one,
     # would be replaced by another source's detections.
     inputs = [file for s in sources for file in drive_files(s)]

@@ -12,12 +12,11 @@ from app.models import build_pipeline, camera_model_file, choose_camera_model
 from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from replay.datasets.kitti_object import KittiObjectFolder
-from replay.distributed import ReplayResult, check_ray_address, output_name, replay_many
+from replay.distributed import ReplayResult, check_ray_address, replay_many
 from replay.drive import DriveReader, check_not_being_written
 from replay.mcap_player import check_sensor_drive
 from replay.offline import ReplaySummary, max_interval_hint, replay_to_file
 from replay.output import (
-    check_name_fits,
     check_not_an_input,
     check_output_dir,
     check_output_file,
@@ -213,12 +212,6 @@ def _replay_many(args: argparse.Namespace, config: NodeConfig) -> int:
     sources = [Path(s).expanduser() for s in args.sources if s != "kitti-object"]
     if not sources:
         raise PerceptionError("no sources to replay")
-    # Each output is named after its source: a name too long for the file system failed that
-    # source with the raw OSError, after the sources before it had been replayed. Named by
-    # replay_many's own rule, not a copy of it (a copy drifts: `.` and `..` once did).
-    for source in sources:
-        out = Path(args.out_dir).expanduser() / f"{output_name(source)}.jsonl"
-        check_name_fits(out, f"the output of {source} (named after it)")
     # The rule of a single replay; one pipeline serves all, so the synthetic detector only
     # when every source is a synthetic drive.
     synthetic = all(has_ground_truth(s) for s in sources)
