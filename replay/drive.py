@@ -1183,10 +1183,7 @@ class DriveReader:
         """Where a message is above limits the reader was given, not those the drive was
         recorded under (a config's, narrower than those of the node that recorded it): said,
         or the message reads as damaged."""
-        if not above_a_limit(error) or self._limits is None:
-            return ""
-        recorded = self._recorded_limits()
-        if recorded == self._limits:
+        if not above_a_limit(error) or self._recorded_limits() == self.limits:
             return ""
         return (
             "; the drive was recorded under limits that allow it (its node's `limits:` were "
@@ -1296,9 +1293,8 @@ class DriveReader:
     def limits(self) -> WireLimits:
         """The wire limits its messages are decoded with: the reader's `limits`, else those the
         drive was written under (its `LIMITS_METADATA`, each never below its default; the
-        defaults where it has none). A
-        record that cannot be read or holds no valid limits is warned about once, and the
-        defaults are used: it costs only the messages above them."""
+        defaults where it has none). A record that cannot be read or holds no valid limits is
+        warned about once, and the defaults are used: it costs only the messages above them."""
         if self._limits is None:
             self._limits = self._recorded_limits()
         return self._limits
@@ -1320,15 +1316,7 @@ class DriveReader:
                 return DEFAULT_LIMITS
             limits, problem = _limits_from_document(data)
             if limits is not None:
-                # Never below the defaults: the writer held every message to the recorded
-                # limits, so a lower one only matters where the record is damaged (metadata
-                # has no CRC), and then it would cost messages that are intact.
-                return WireLimits(
-                    **{
-                        f.name: max(getattr(limits, f.name), getattr(DEFAULT_LIMITS, f.name))
-                        for f in dataclasses.fields(WireLimits)
-                    }
-                )
+                return limits
             problem = f"{self.path}: the drive's {LIMITS_METADATA} metadata is invalid ({problem})"
         self._warn_once(
             "limits",
@@ -1573,9 +1561,10 @@ _LIMIT_VALUE = re.compile(r"[1-9][0-9]{0,18}")
 
 
 def _limits_from_document(data: Mapping[str, str]) -> tuple[WireLimits | None, str]:
-    """The limits a `LIMITS_METADATA` record holds, or None and what is wrong. A limit it does
-    not name keeps its default (an older writer's drive); one this reader does not know is
-    passed over (a newer writer's: this reader's decoder checks no such bound anyway)."""
+    """The limits a `LIMITS_METADATA` record holds, each never below its default, or None and
+    what is wrong. A limit it does not name keeps its default (an older writer's drive); one
+    this reader does not know is passed over (a newer writer's: this reader's decoder checks
+    no such bound anyway)."""
     known = {f.name for f in dataclasses.fields(WireLimits)}
     values: dict[str, int] = {}
     for key, text in data.items():
@@ -1583,7 +1572,10 @@ def _limits_from_document(data: Mapping[str, str]) -> tuple[WireLimits | None, s
             continue
         if not _LIMIT_VALUE.fullmatch(text):
             return None, f"{key}: not a positive integer: {text[:40]!r}"
-        values[key] = int(text)
+        # Never below the default: the writer held every message to the recorded limits, so
+        # a lower one only matters where the record is damaged (metadata has no CRC), and then
+        # it would cost messages that are intact.
+        values[key] = max(int(text), getattr(DEFAULT_LIMITS, key))
     try:
         return WireLimits(**values), ""
     except ValueError as e:
