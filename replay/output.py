@@ -396,14 +396,7 @@ def place_new(tmp: Path, target: Path) -> None:
             raise appeared from None
         except OSError as e:
             raise OutputError(f"{target}: cannot write it ({e.strerror})") from e
-        # Without renameat2 a folder made between this check and the rename is replaced
-        # when empty: the narrowest window there is.
-        if os.path.lexists(target):
-            raise appeared
-        try:
-            os.rename(tmp, target)
-        except OSError as e:
-            raise OutputError(f"{target}: cannot write it ({e.strerror})") from e
+        _rename_after_check(tmp, target, appeared)
         return
     try:
         os.link(tmp, target)
@@ -412,12 +405,23 @@ def place_new(tmp: Path, target: Path) -> None:
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise OutputError(f"{target}: cannot write it ({e.strerror})") from e
-        if os.path.lexists(target):
-            raise appeared from None
-        try:
-            os.replace(tmp, target)
-        except OSError as e2:
-            raise OutputError(f"{target}: cannot write it ({e2.strerror})") from e2
+        _rename_after_check(tmp, target, appeared)
+
+
+def _rename_after_check(tmp: Path, target: Path, appeared: OutputError) -> None:
+    """`place_new` where neither a hard link nor renameat2 can refuse an existing `target`:
+    a rename after a check, the narrowest window there is (a file, or an empty folder, made
+    between the two is replaced).
+
+    Raises:
+        OutputError: `appeared` where `target` exists, or the rename fails.
+    """
+    if os.path.lexists(target):
+        raise appeared
+    try:
+        os.replace(tmp, target)
+    except OSError as e:
+        raise OutputError(f"{target}: cannot write it ({e.strerror})") from e
 
 
 @contextlib.contextmanager
