@@ -227,6 +227,18 @@ def _synth_replay(drive: Path, config: Path) -> list[str]:
     return ["replay", str(drive), "--config", str(config), "--model", str(model)]
 
 
+def _summary(
+    capsys: pytest.CaptureFixture[str], drive: Path, tmp_path: Path, more_yaml: str = ""
+) -> str:
+    """The summary line of a replay of the synthetic `drive` (exit 0) with its topics and
+    `more_yaml` as the config."""
+    config = tmp_path / "node.yaml"
+    config.write_text(SYNTH_TOPICS + more_yaml)
+    out = tmp_path / "out.jsonl"
+    assert main([*_synth_replay(drive, config), "--out", str(out), "--quiet"]) == 0
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
 def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
@@ -236,12 +248,7 @@ def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
     "0 sweeps failed", exit 0: the sweeps waiting for their cameras were dropped, counted on
     diagnostics alone."""
     drive = synth_drive(0, 2.0)
-    config = tmp_path / "node.yaml"
-    config.write_text(SYNTH_TOPICS + "sync: {queue_size: 1}\n")
-    out = tmp_path / "out.jsonl"
-    argv = _synth_replay(drive, config)
-    assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = _summary(capsys, drive, tmp_path, "sync: {queue_size: 1}\n")
     written = int(line.split()[2])
     dropped = re.search(r", (\d+) sweeps dropped by the synchroniser \(queue full (\d+); ", line)
     assert dropped is not None, line
@@ -249,9 +256,7 @@ def test_sweeps_the_synchroniser_dropped_are_in_the_summary(
     assert line.endswith("sync.queue_size (1) or queue_bytes holds fewer sweeps than wait for "
                          "their cameras))")  # fmt: skip
     # The default queue holds them: nothing dropped, nothing said.
-    config.write_text(SYNTH_TOPICS)
-    assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    assert "dropped" not in capsys.readouterr().out
+    assert "dropped" not in _summary(capsys, drive, tmp_path)
 
 
 def test_bundles_without_their_camera_or_fix_are_in_the_summary(
@@ -264,20 +269,13 @@ def test_bundles_without_their_camera_or_fix_are_in_the_summary(
     out without a camera-confirmed detection, or without a global position, exit 0, and the
     summary said nothing."""
     drive = synth_drive(0, 2.0)
-    config = tmp_path / "node.yaml"
-    config.write_text(SYNTH_TOPICS + "sync: {window_ms: 0.001, gnss_window_ms: 0.001}\n")
-    out = tmp_path / "out.jsonl"
-    argv = _synth_replay(drive, config)
-    assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = _summary(capsys, drive, tmp_path, "sync: {window_ms: 0.001, gnss_window_ms: 0.001}\n")
     written = int(line.split()[2])
     assert f", bundles without their camera: camera/front {written} (no frame within " in line
     assert f", {written} bundles without a GNSS fix within sync.gnss_window_ms (0.001 ms)" in line
     # The default windows find them (the end of the drive costing one sweep its frame is not
     # said).
-    config.write_text(SYNTH_TOPICS)
-    assert main([*argv, "--out", str(out), "--quiet"]) == 0
-    line = capsys.readouterr().out.strip()
+    line = _summary(capsys, drive, tmp_path)
     assert "without their camera" not in line and "without a GNSS fix" not in line, line
 
 
@@ -382,11 +380,7 @@ def test_bundles_passed_over_are_in_the_summary(
             late = r.message.header.stamp_ns - first
             if not (isinstance(r.message, CameraFrame) and 500_000_000 <= late < 1_500_000_000):
                 writer.write(r.message, r.log_time_ns, r.topic)
-    config = tmp_path / "node.yaml"
-    config.write_text(SYNTH_TOPICS)
-    out = tmp_path / "out.jsonl"
-    assert main([*_synth_replay(silent, config), "--out", str(out), "--quiet"]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = _summary(capsys, silent, tmp_path)
     written = int(line.split()[2])
     passed = re.search(
         r", (\d+) bundles passed over \(completed after a newer sweep's output", line
