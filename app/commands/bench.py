@@ -139,7 +139,7 @@ def _bench_config(
     else:
         config = dataclasses.replace(config_for_sweeps(sweeps, NodeConfig()), limits=limits)
     config = choose_camera_model(
-        config, args.model, config_given=args.config is not None, synthetic=synthetic
+        config, args.model, config_given=given is not None, synthetic=synthetic
     )
     model_path = str(camera_model_file(config))
     return dataclasses.replace(
