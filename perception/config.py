@@ -129,7 +129,8 @@ class CameraModelConfig:
     kind: str = "auto"
     """Output decoding: `yolox`, `yolo_fastestv2`, or `auto` (from the registry or the graph)."""
     score_threshold: float = 0.3
-    """2D boxes scoring below this are dropped before fusion."""
+    """2D boxes scoring at or below this are dropped before fusion (at 1, every box: the node
+    says so as it starts)."""
     nms_iou: float = 0.45
     """IoU above which class-wise NMS suppresses the lower-scoring 2D box."""
     num_threads: int = 0
@@ -415,8 +416,9 @@ class FusionConfig:
     """The learned engine: `learned_fusion` (the packaged model) or an ONNX file exported by
     `perception train` (its `.yaml` beside it gives the grid)."""
     score_threshold: float | None = None
-    """Learned detections below this score are dropped; null: the thresholds per class the
-    model was tuned to on its training run's validation drives (0.3 where it has none)."""
+    """Learned detections below this score are dropped (at 1, all but saturated scores: the
+    node says so as it starts); null: the thresholds per class the model was tuned to on its
+    training run's validation drives (0.3 where it has none)."""
     camera_contribution: float = 0.02
     """A learned detection lists the camera among its sources when its score without the
     camera's painted features is lower by more than this. Above what the packaged engine shows

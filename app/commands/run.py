@@ -123,8 +123,7 @@ def _serve(
             print(f"perception run: warning: {warning}", flush=True)
     for line in pipeline.describe_engines():
         print(f"perception run: engine {line}", flush=True)
-    for note in pipeline.notes:
-        print(f"perception run: warning: {note}", flush=True)
+    # The pipeline's notes (fallbacks, closed thresholds) are logged where they are made.
     node = Node(config, pipeline, default_rig, curve=node_curve, view=view, metrics=metrics)
     stop = stop_on_signals()
     done = threading.Event()

@@ -151,6 +151,30 @@ def frame_image(frame: CameraFrame) -> npt.NDArray[np.uint8]:
     return np.asarray(image, dtype=np.uint8)
 
 
+def _closed_thresholds(
+    model: CameraModelConfig, learned: LearnedFusionRunner | None
+) -> tuple[str, ...]:
+    """A line for each score threshold of 1, which the config allows but which keeps (almost)
+    nothing: the camera keeps a box scoring above its threshold, so at 1 the cameras find
+    nothing to fuse; the learned engine keeps a detection scoring at least its class's, so at 1
+    only saturated scores pass."""
+    notes = []
+    if model.score_threshold >= 1.0:
+        notes.append(
+            "camera_model.score_threshold 1: no camera box scores above it, so the cameras add "
+            "nothing to the detections"
+        )
+    if learned is not None:
+        closed = [c for c, t in zip(learned.config.classes, learned.thresholds, strict=True)
+                  if t >= 1.0]  # fmt: skip
+        if closed:
+            notes.append(
+                f"learned fusion score threshold 1 for {', '.join(closed)}: only scores of "
+                "exactly 1 pass, so almost none of them is detected"
+            )
+    return tuple(notes)
+
+
 class Pipeline:
     """The node's library object: one `step()` per synced bundle.
 
@@ -258,13 +282,16 @@ class Pipeline:
         learned = None
         if built.learned is not None:
             learned = LearnedFusionRunner.for_model(*built.learned, config.fusion.score_threshold)
+        closed = _closed_thresholds(model, learned)
+        for note in closed:
+            log.warning("%s", note)
         return cls(
             detector,
             config,
             fusion=FusionEngineRunner(built.fusion, fusion_config),
             lidar_objects=LidarObjects(config.lidar_objects, encoder=encoder),
             learned=learned,
-            notes=built.notes,
+            notes=(*built.notes, *closed),
             detections_stream=detections_stream,
         )
 

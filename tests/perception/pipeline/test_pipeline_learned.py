@@ -136,3 +136,30 @@ def test_a_learned_model_config_that_is_not_yaml_is_one_line(
     with pytest.raises(ModelError, match=r"m\.yaml: not a learned model config") as info:
         _pipeline(yolox_path, "learned", model)
     assert "\n" not in str(info.value)
+
+
+def test_score_thresholds_of_one_are_said_and_keep_no_camera_box(
+    yolox_path: Path, kitti_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A threshold of 1 is allowed but keeps (almost) nothing: the pipeline says so, in its
+    notes (the node's diagnostics) and in the log, rather than running blind silently."""
+    with caplog.at_level("WARNING", logger="perception.pipeline.pipeline"):
+        pipeline = Pipeline.from_config(
+            CameraModelConfig(path=str(yolox_path), kind="yolox", score_threshold=1.0),
+            config=PipelineConfig(fusion=FusionConfig(kind="ensemble", score_threshold=1.0)),
+        )
+    camera, learned = pipeline.notes
+    assert camera.startswith("camera_model.score_threshold 1: no camera box scores above it")
+    assert learned.startswith("learned fusion score threshold 1 for Car, Pedestrian, Cyclist:")
+    assert [r.getMessage() for r in caplog.records] == [camera, learned]
+    dl = pipeline.step(_bundle(kitti_dir, FRAME_INDEX), 0)
+    assert dl.detections, "the lidar alone still finds objects"
+    assert not [d for d in dl.detections if "camera" in d.sources]
+
+
+def test_working_score_thresholds_say_nothing(yolox_path: Path) -> None:
+    pipeline = Pipeline.from_config(
+        CameraModelConfig(path=str(yolox_path), kind="yolox", score_threshold=0.99),
+        config=PipelineConfig(fusion=FusionConfig(kind="learned", score_threshold=0.99)),
+    )
+    assert pipeline.notes == ()
