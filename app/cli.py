@@ -29,6 +29,7 @@ from app.args import (
     rate_hz,
     speed_factor,
 )
+from app.common import STOP_SIGNALS
 from app.streams import print_anything
 from app.threads import hold_blas_threads, let_openmp_threads_sleep
 from calibration import CalibrationError
@@ -41,18 +42,22 @@ __all__ = ["build_parser", "main"]
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it ended
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (systemd, `timeout`, a CI cancelling a job), raised where the command is, like
-    SIGINT: the files being written are removed on the way out (a SIGTERM ending the process
-    at once left hidden partial files). Commands that stop gracefully on it (run, play, record,
-    echo: `app.common.stop_on_signals`) replace this handler with their own."""
+    """SIGTERM (systemd, `timeout`, a CI cancelling a job) or SIGHUP (a closed terminal),
+    raised where the command is, like SIGINT: the files being written are removed on the way
+    out (a signal ending the process at once left hidden partial files). Commands that stop
+    gracefully on them (run, play, record, echo, bench: `app.common.stop_on_signals`) replace
+    this handler with their own."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _terminate(_signum: int, _frame: FrameType | None) -> None:
-    raise _Terminated
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise _Terminated(signum)
 
 
 _DEFAULTS = NodeConfig()
@@ -78,8 +83,8 @@ exit codes: 0 done; 1 failed (a source of a many-drive replay, a recording stopp
 receive failure, or an unexpected error);
 2 a mistake in the command line or its inputs (one line on stderr names it);
 3 `calib check` over a drive or frames flagged calibration drift, 4 they hold no evidence to
-judge by; 130 interrupted (SIGINT), 143 terminated (SIGTERM): files being written are left as
-they were.
+judge by; 130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hung up (SIGHUP): files
+being written are left as they were.
 -v (before or after the command) logs more and shows tracebacks."""
 
 
@@ -153,7 +158,7 @@ def _add_run(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "config's inputs endpoints, pairs each lidar sweep with its camera frames, runs the "
         "camera encoder, lidar encoder and fusion engine, and publishes a DetectionList per "
         "sweep on the detections topic and counters on the diagnostics topic (1 Hz), both on "
-        "the outputs endpoint. SIGINT or SIGTERM stop it cleanly.",
+        "the outputs endpoint. SIGINT, SIGTERM or SIGHUP stop it cleanly.",
         common=common,
     )
     p.add_argument("--config", metavar="FILE", help="node YAML config (default: built in)")
@@ -220,8 +225,8 @@ def _add_play(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "Publish recorded data over ZeroMQ, as the sensors (and the node) did: "
         "`play DRIVE.mcap` paced by recorded time (a gap of over a minute in it is skipped, with "
         "a warning), or `play kitti-object DIR` at a fixed rate, "
-        f"stamped with the host time. A SIGINT or SIGTERM cutting a pass short exits 130 or "
-        f"143 (with --loop, it is how play stops: 0). {_TOPICS_NOTE}",
+        f"stamped with the host time. A SIGINT, SIGTERM or SIGHUP cutting a pass short exits "
+        f"130, 143 or 129 (with --loop, it is how play stops: 0). {_TOPICS_NOTE}",
         common=common,
     )
     p.add_argument("source", help="a drive (.mcap), or `kitti-object` followed by its folder")
@@ -288,8 +293,8 @@ def _add_record(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         "record",
         "app.commands.record:cmd_record",
         "record ZeroMQ topics into an MCAP drive",
-        "Record topics into an MCAP drive (Foxglove schemas) until SIGINT or SIGTERM, which "
-        "finishes the file (writing what is queued for at most --stop-timeout seconds). "
+        "Record topics into an MCAP drive (Foxglove schemas) until SIGINT, SIGTERM or SIGHUP, "
+        "which finishes the file (writing what is queued for at most --stop-timeout seconds). "
         "Receiving never waits for the disk: messages that do not fit the queue are dropped and "
         f"counted. {_TOPICS_NOTE} A new drive is written in place and its data reaches the file "
         "at least twice a second, so a killed recorder leaves a readable drive missing at most "
@@ -1097,6 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(__name__).info("idle OpenMP threads sleep (OMP_WAIT_POLICY)")
     if threading.current_thread() is threading.main_thread():  # (tests call main elsewhere)
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGHUP, _terminate)
     try:
         return int(_handler(args.handler)(args))
     except (PerceptionError, CalibrationError, EngineError) as e:
@@ -1104,9 +1110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.exception("%s failed", prog)
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except _Terminated:
-        print(f"{prog}: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+    except _Terminated as e:
+        print(f"{prog}: {STOP_SIGNALS[e.signum]}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -18,6 +18,7 @@ from perception.io.runtime import unresolved_host
 from perception.msgs.schema import MAX_TOPIC_BYTES, topic_bytes
 
 __all__ = [
+    "STOP_SIGNALS",
     "Stages",
     "cache_dir_arg",
     "check_drive_path",
@@ -61,17 +62,35 @@ def check_drive_path(path: Path) -> Path:
     return path
 
 
+#: The signals that stop a command cleanly, and how its last line words each.
+STOP_SIGNALS: dict[int, str] = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    # A closed terminal or a dropped ssh session: its default action killed the recorder with
+    # its drive unfinished and left the node's ipc socket files behind.
+    signal.SIGHUP: "hung up",
+}
+
+
 class StopEvent(threading.Event):
     """A `threading.Event` set by a signal; `signum`, the first signal that set it (None
-    before), so that a command ends with 128 + that signal (130 for SIGINT, 143 for SIGTERM)."""
+    before), so that a command ends with 128 + that signal (130 for SIGINT, 143 for SIGTERM,
+    129 for SIGHUP)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.signum: int | None = None
 
+    @property
+    def how(self) -> str:
+        """How the command was stopped, for its last line ("interrupted", "terminated", "hung
+        up"); "interrupted" before a signal."""
+        return STOP_SIGNALS.get(self.signum or signal.SIGINT, "interrupted")
+
 
 def stop_on_signals() -> StopEvent:
-    """An event set by SIGINT or SIGTERM (the commands finish their files, then stop)."""
+    """An event set by SIGINT, SIGTERM or SIGHUP (the commands finish their files, then
+    stop)."""
     stop = StopEvent()
     # The handler runs on the main thread between two of its bytecodes, possibly while that
     # thread holds the event's lock (inside `stop.wait`, or inside an earlier handler's
@@ -94,8 +113,8 @@ def stop_on_signals() -> StopEvent:
         with contextlib.suppress(OSError):  # the pipe full: the event is being set already
             os.write(write_fd, bytes([signum]))
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
     return stop
 
 

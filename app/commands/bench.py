@@ -233,10 +233,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         return _bench(args, settings, out, stop, base if args.config else None)
     except BenchInterruptedError:
-        terminated = stop.signum == signal.SIGTERM
-        how = "terminated" if terminated else "interrupted"
-        print(f"perception bench: {how}; the node is stopped", file=sys.stderr)
-        return 143 if terminated else 130
+        print(f"perception bench: {stop.how}; the node is stopped", file=sys.stderr)
+        return 128 + (stop.signum or signal.SIGINT)
 
 
 def _bench(

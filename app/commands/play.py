@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 import time
 
@@ -148,8 +147,7 @@ def _ended(stop: StopEvent, loop: bool) -> int:
     stops, so it ends one cleanly."""
     if stop.signum is None or loop:
         return 0
-    how = "terminated" if stop.signum == signal.SIGTERM else "interrupted"
-    print(f"perception play: {how} before the end of the pass", file=sys.stderr, flush=True)
+    print(f"perception play: {stop.how} before the end of the pass", file=sys.stderr, flush=True)
     return 128 + stop.signum
 
 

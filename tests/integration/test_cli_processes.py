@@ -65,14 +65,19 @@ def test_the_node_says_the_port_it_bound_for_tcp_star(tmp_path: Path, yolox_path
     assert re.search(r"detections on tcp://127\.0\.0\.1:\d+ \[detections\]", ready), ready
 
 
-def test_node_stops_cleanly_on_sigint(tmp_path: Path, yolox_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_node_stops_cleanly_on_sigint(tmp_path: Path, yolox_path: Path, signum: int) -> None:
+    """SIGHUP (a closed terminal) killed the node, leaving its ipc socket files behind."""
     config, _, _ = node_config(tmp_path, yolox_path)
+    outputs = yaml.safe_load(config.read_text())["outputs"]["endpoint"]
     node = NodeProcess(config)
     node.wait_ready()
-    node.proc.send_signal(signal.SIGINT)
+    assert Path(outputs.removeprefix("ipc://")).exists()
+    node.proc.send_signal(signum)
     assert node.proc.wait(timeout=15) == 0
     time.sleep(0.2)
     assert "perception run: stopped" in "".join(node.output)
+    assert not Path(outputs.removeprefix("ipc://")).exists()
 
 
 def test_echo_subscribes_a_sensor_topic_at_the_sensors_endpoint(tmp_path: Path) -> None:
@@ -99,9 +104,16 @@ def test_echo_subscribes_a_sensor_topic_at_the_sensors_endpoint(tmp_path: Path) 
     assert out.strip() == "lidar/top seq=3 stamp_ns=456 points=10"
 
 
-def test_sigterm_leaves_no_partial_output(tmp_path: Path, synth_drive) -> None:
-    """SIGTERM (systemd, `timeout`, a cancelled CI job) ended the process at once and left the
-    hidden partial file of the output; it now stops like SIGINT: exit 143, nothing left."""
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up")],
+)
+def test_sigterm_leaves_no_partial_output(
+    tmp_path: Path, synth_drive, signum: int, code: int, said: str
+) -> None:
+    """SIGTERM (systemd, `timeout`, a cancelled CI job) and SIGHUP (a closed terminal) ended
+    the process at once and left the hidden partial file of the output; they now stop it like
+    SIGINT: exit 128 + the signal, nothing left."""
     out = tmp_path / "out" / "run.jsonl"
     out.parent.mkdir()
     drive = synth_drive(0, 1.0)
@@ -118,8 +130,8 @@ def test_sigterm_leaves_no_partial_output(tmp_path: Path, synth_drive) -> None:
     while not any(p.stat().st_size for p in out.parent.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert next(p.name for p in out.parent.iterdir()).startswith(".run."), "no partial file"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     output, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 143, output
-    assert output.strip().endswith("perception replay: terminated"), output
+    assert proc.returncode == code, output
+    assert output.strip().endswith(f"perception replay: {said}"), output
     assert list(out.parent.iterdir()) == []

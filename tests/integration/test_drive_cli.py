@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from mcap.reader import make_reader
 
 from app.cli import main
+from app.common import STOP_SIGNALS
 from perception.msgs.jsonl import read_jsonl
 from perception.msgs.types import DetectionList
 from replay.datasets.kitti_object import KittiObjectFolder
@@ -86,17 +88,22 @@ def _play_at_full_speed(drive: Path, endpoint: str) -> None:
     assert player.returncode == 0, player.stdout + player.stderr
 
 
-def test_record_what_play_publishes(kitti_drive: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_record_what_play_publishes(kitti_drive: Path, tmp_path: Path, signum: int) -> None:
+    """SIGHUP (a closed terminal, a dropped ssh session) killed the recorder with its drive
+    unfinished: it now stops it as SIGINT does."""
     endpoint = f"ipc://{tmp_path}/sensors"
     out = tmp_path / "recorded.mcap"
     recorder = _start_recorder(["lidar/top", "camera/front", "rig"], out, endpoint)
     _play_at_full_speed(kitti_drive, endpoint)
     time.sleep(1.0)
-    recorder.send_signal(signal.SIGINT)
+    recorder.send_signal(signum)
     log, _ = recorder.communicate(timeout=30)
     assert recorder.returncode == 0, log
     assert "24 received, 24 written, 0 dropped" in log
     assert DriveReader(out).topics() == {"lidar/top": 8, "camera/front": 8, "rig": 8}
+    with out.open("rb") as f:  # finished: its summary written, as any MCAP reader needs
+        assert make_reader(f).get_summary() is not None
 
 
 def test_import_then_replay_many(capsys, kitti_dir: Path, yolox_path: Path, tmp_path: Path):
@@ -283,7 +290,12 @@ def test_record_and_play_a_camera_above_the_default_limits(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("loop", "signum", "code"),
-    [(False, signal.SIGINT, 130), (False, signal.SIGTERM, 143), (True, signal.SIGINT, 0)],
+    [
+        (False, signal.SIGINT, 130),
+        (False, signal.SIGTERM, 143),
+        (False, signal.SIGHUP, 129),
+        (True, signal.SIGINT, 0),
+    ],
 )
 def test_play_cut_short_by_a_signal_says_so_in_its_exit_code(
     kitti_drive: Path, tmp_path: Path, loop: bool, signum: int, code: int
@@ -302,6 +314,6 @@ def test_play_cut_short_by_a_signal_says_so_in_its_exit_code(
     out, err = player.communicate(timeout=30)
     assert player.returncode == code, out + err
     assert out.startswith("perception play: "), out
-    word = "terminated" if signum == signal.SIGTERM else "interrupted"
+    word = STOP_SIGNALS[signum]
     said = f"perception play: {word} before the end of the pass\n"
     assert err.endswith(said) if code else said not in err, err
