@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -187,6 +188,11 @@ class NodeMetrics:
         return 0 if self._server is None else self._server.refused
 
     @property
+    def failed_requests(self) -> int:
+        """Requests that ended in an error (a client silent past `READ_TIMEOUT_S`, a reset)."""
+        return 0 if self._server is None else self._server.failed
+
+    @property
     def port(self) -> int:
         """The port the endpoint listens on (the chosen one when configured 0)."""
         if self._server is None:
@@ -235,6 +241,8 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
         self.set_app(app)
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self.refused = 0
+        #: Requests that ended in an error (a client silent past the read timeout, a reset).
+        self.failed = 0
         self._log = RateLimitedLogger(log)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -250,6 +258,17 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
         except BaseException:
             self._slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver's own printed a traceback on the node's stderr for each: a client that
+        # stalls or hangs up is the client's fault, counted and said at a bounded rate.
+        self.failed += 1
+        error = sys.exception()
+        why = "timed out" if isinstance(error, TimeoutError) else f"{type(error).__name__}: {error}"
+        host, port = client_address[:2]
+        self._log.warning(
+            "failed", f"metrics: a request from {url_host(host)}:{port} ended unanswered: {why}"
+        )
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

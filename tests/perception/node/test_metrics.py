@@ -120,10 +120,12 @@ def test_a_port_in_use_is_one_error_naming_it() -> None:
 
 
 def test_connections_beyond_the_cap_are_refused_and_a_silent_one_times_out(
-    metrics: NodeMetrics,
+    metrics: NodeMetrics, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each connection held a thread and its request without bound: 200 held ones, closed
-    together, were served at once in the node's process and its watchdog ended the node."""
+    together, were served at once in the node's process and its watchdog ended the node. Each
+    one timed out then printed a traceback on the node's stderr; now they are counted and said
+    at a bounded rate."""
     held = []
     try:
         for _ in range(MAX_CLIENTS):
@@ -145,6 +147,12 @@ def test_connections_beyond_the_cap_are_refused_and_a_silent_one_times_out(
     # The slots come back: a scrape is answered again.
     time.sleep(0.3)
     assert ("perception_latency_seconds_count", ()) in scrape(metrics.url)
+    assert metrics.failed_requests >= 1  # the first, at least: the rest were closed by then
+    assert "Traceback" not in capfd.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "ended unanswered" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("metrics: a request from 127.0.0.1:")
+    assert said[0].endswith("ended unanswered: timed out")
 
 
 def test_the_url_of_an_ipv6_host_has_it_in_brackets() -> None:
