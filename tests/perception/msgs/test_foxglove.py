@@ -152,9 +152,20 @@ def test_rig_frame_transforms(caplog: pytest.LogCaptureFixture) -> None:
         q = t.rotation
         assert q.x**2 + q.y**2 + q.z**2 + q.w**2 == pytest.approx(1.0)
     with caplog.at_level(logging.WARNING, logger="perception.msgs.foxglove"):
-        empty = to_foxglove(RigMessage(H, {"not": "a rig"}), "rig")
+        # A topic of its own: the warning is rate-limited per topic, process-wide.
+        empty = to_foxglove(RigMessage(H, {"not": "a rig"}), "rig/not-a-rig")
     assert FrameTransforms.FromString(empty.payload).transforms == []
     assert "rig document not understood" in caplog.text
+
+
+def test_a_repeated_bad_rig_is_said_at_a_bounded_rate(caplog: pytest.LogCaptureFixture) -> None:
+    """A recorder logged a line per rig message it could not parse (1,766 for 2,000)."""
+    with caplog.at_level(logging.WARNING, logger="perception.msgs.foxglove"):
+        for _ in range(50):
+            to_foxglove(RigMessage(H, {"cameras": 5, "frames": []}), "rig/repeated")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said
+    assert said[0].startswith("rig/repeated: rig document not understood")
 
 
 def test_diagnostics_are_a_json_channel() -> None:
