@@ -16,7 +16,7 @@ from engines.checks import yaml_text_hint
 from engines.errors import EngineError
 from engines.settings import MAX_THREADS, EngineSettings
 from perception.errors import ConfigError
-from perception.io.runtime import tcp_endpoint_problem
+from perception.io.runtime import endpoint_problem
 from perception.msgs.schema import MAX_TOPIC_BYTES, WireLimits, topic_bytes
 
 __all__ = [
@@ -74,8 +74,9 @@ class InputConfig:
     """ZeroMQ endpoints the node connects to (ipc://, tcp:// or inproc://; inproc:// reaches
     only its own process, so the commands refuse it). `{runtime}` is the per-user runtime
     folder: `$XDG_RUNTIME_DIR/perception-node`, else `<tmp>/perception-node-<uid>`, created
-    with mode 0700 and checked (owner, mode, not a link) before every use. A tcp port is 0 to
-    65535 or `*`. Not `outputs.endpoint`: the node would listen to itself."""
+    with mode 0700 and checked (owner, mode, not a link) before every use, and the only
+    placeholder. A tcp port is 1 to 65535: the one the sensor bound. Not `outputs.endpoint`:
+    the node would listen to itself."""
     lidar_topic: str = "lidar/top"
     """Topic of the lidar sweeps: the reference of every bundle."""
     camera_topics: tuple[str, ...] = ("camera/front",)
@@ -1191,6 +1192,7 @@ def _validate(cfg: NodeConfig) -> None:
             f"inputs.dead_after_periods: must be at most {_MAX_DEAD_AFTER_PERIODS:.0f}, got "
             f"{cfg.inputs.dead_after_periods}"
         )
+    connected = set(cfg.inputs.endpoints)  # the node connects to its inputs, binds its outputs
     for ep in (*cfg.inputs.endpoints, cfg.outputs.endpoint):
         if not ep.startswith(("ipc://", "tcp://", "inproc://")):
             raise ConfigError(f"endpoint {ep!r}: scheme must be ipc://, tcp:// or inproc://")
@@ -1201,9 +1203,9 @@ def _validate(cfg: NodeConfig) -> None:
             raise ConfigError(
                 f"endpoint {ep!r}: an ipc endpoint names a socket file, e.g. ipc://{{runtime}}/name"
             )
-        tcp_problem = tcp_endpoint_problem(ep)
-        if tcp_problem is not None:
-            raise ConfigError(f"endpoint {ep!r}: {tcp_problem}")
+        fault = endpoint_problem(ep, connect=ep in connected)
+        if fault is not None:
+            raise ConfigError(f"endpoint {ep!r}: {fault}")
     for i, ep in enumerate(cfg.inputs.endpoints):
         if _same_endpoint(ep, cfg.outputs.endpoint):
             raise ConfigError(

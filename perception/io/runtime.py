@@ -45,6 +45,7 @@ __all__ = [
     "check_ipc_free",
     "check_private_dir",
     "check_socket_dir",
+    "endpoint_problem",
     "ipc_path",
     "prepare_ipc_bind",
     "remove_socket_file",
@@ -196,6 +197,28 @@ def tcp_endpoint_problem(endpoint: str) -> str | None:
 
 
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+def endpoint_problem(endpoint: str, *, connect: bool = False) -> str | None:
+    """What is wrong with `endpoint` (None: nothing found): a `{...}` other than `{runtime}`
+    (a misspelt `{runtme}` became a folder of that name beside the process, and the node and
+    its sensors met nowhere, without a word), a tcp endpoint's fault (`tcp_endpoint_problem`),
+    and, where it is connected to (`connect`), a tcp port 0 or `*`: those pick a free port
+    when binding; a connect to one waited for ever without a word."""
+    for token in _PLACEHOLDER.findall(endpoint):
+        if token != RUNTIME_TOKEN:
+            return f"{token} is no placeholder (the only one is {RUNTIME_TOKEN})"
+    problem = tcp_endpoint_problem(endpoint)
+    if problem is not None or not connect or not endpoint.startswith("tcp://"):
+        return problem
+    port = endpoint.rpartition(":")[2]
+    if port in ("0", "*"):
+        return (
+            f"port {port} picks a free port where an endpoint is bound; connecting needs the "
+            "port the other side bound"
+        )
+    return None
 
 
 def unresolved_host(endpoint: str) -> str | None:
@@ -235,15 +258,15 @@ def _is_ipv4(text: str) -> bool:
     return True
 
 
-def resolve_endpoint(endpoint: str) -> str:
+def resolve_endpoint(endpoint: str, *, connect: bool = False) -> str:
     """`endpoint` with `{runtime}` replaced by the runtime folder (created and checked); other
-    endpoints unchanged.
+    endpoints unchanged. `connect`: the endpoint is connected to, not bound.
 
     Raises:
-        TransportError: the runtime folder is not usable (see `runtime_dir`), or a tcp
-            endpoint's port is not one (`tcp_endpoint_problem`).
+        TransportError: the runtime folder is not usable (see `runtime_dir`), or the endpoint
+            is not one (`endpoint_problem`).
     """
-    problem = tcp_endpoint_problem(endpoint)
+    problem = endpoint_problem(endpoint, connect=connect)
     if problem is not None:
         raise TransportError(f"{endpoint}: {problem}")
     if RUNTIME_TOKEN not in endpoint:

@@ -161,7 +161,7 @@ class Publisher(Closeable):
         shm: ShmConfig = ShmConfig(),  # noqa: B008 (frozen: one shared default is fine)
         limits: WireLimits = DEFAULT_LIMITS,
     ) -> None:
-        self.endpoint = resolve_endpoint(endpoint)
+        self.endpoint = resolve_endpoint(endpoint, connect=not bind)
         self.zero_copy_threshold = zero_copy_threshold
         self.limits = limits
         use_shm = shm.applies(self.endpoint)
@@ -379,7 +379,7 @@ class Subscriber(Closeable):
             raise ValueError(f"priority names topics that are not subscribed: {unknown_priority}")
 
         # Resolved: libzmq reports the endpoints it was given, and _reconnect matches them.
-        self.endpoints = tuple(resolve_endpoint(e) for e in endpoints)
+        self.endpoints = tuple(resolve_endpoint(e, connect=not bind) for e in endpoints)
         self.topics = tuple(topic_list)
         self.limits = limits
         self._on_refused = on_refused

@@ -94,6 +94,16 @@ def test_shipped_config_loads() -> None:
             r"endpoint 'tcp://\*:99999': port '99999' is not a TCP port",
         ),
         ({"inputs": {"endpoints": ["udp://x:1"]}}, r"endpoint 'udp://x:1': scheme"),
+        (
+            {"inputs": {"endpoints": ["ipc://{runtme}/sensors"]}},
+            r"endpoint 'ipc://\{runtme\}/sensors': \{runtme\} is no placeholder \(the only one "
+            r"is \{runtime\}\)",
+        ),
+        (
+            {"inputs": {"endpoints": ["tcp://127.0.0.1:0"]}},
+            r"endpoint 'tcp://127\.0\.0\.1:0': port 0 picks a free port where an endpoint is "
+            r"bound; connecting needs the port the other side bound",
+        ),
         ({"camera_model": {"score_threshold": 2}}, r"camera_model\.score_threshold: must be"),
         ({"limits": {"max_points": 1.5}}, r"x\.yaml: limits\.max_points: expected an integer"),
         ({"limits": {"max_frames": 0}}, r"limits\.max_frames: must be a positive integer, got 0"),

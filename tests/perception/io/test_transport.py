@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from perception.errors import TransportError, WireError
-from perception.io.runtime import tcp_endpoint_problem
+from perception.io.runtime import endpoint_problem, tcp_endpoint_problem
 from perception.io.transport import (
     MAX_SUBSCRIPTION_BYTES,
     PRIORITY_STREAK,
@@ -197,6 +197,19 @@ def test_a_tcp_port_past_65535_is_refused_not_wrapped() -> None:
     assert tcp_endpoint_problem("tcp://*:*") is None
     assert tcp_endpoint_problem("ipc:///tmp/x:99999") is None
     assert tcp_endpoint_problem("tcp://host:-1") == "port '-1' is not a TCP port (0-65535, or *)"
+
+
+def test_a_misspelt_placeholder_and_a_connect_to_port_0_are_refused() -> None:
+    """`ipc://{runtme}/sensors` made a folder named `{runtme}` and met no one; a connect to
+    tcp port 0 or * waited for ever: both without a word."""
+    with pytest.raises(TransportError, match=r"\{runtme\} is no placeholder"):
+        Publisher("ipc://{runtme}/sensors")
+    for port in ("0", "*"):
+        with pytest.raises(TransportError, match=rf"port {re.escape(port)} picks a free port"):
+            Subscriber([f"tcp://127.0.0.1:{port}"], ["x"])
+    assert endpoint_problem("ipc://{runtime}/sensors") is None
+    assert endpoint_problem("tcp://127.0.0.1:0") is None  # bound: any free port
+    assert endpoint_problem("tcp://127.0.0.1:5555", connect=True) is None
 
 
 @pytest.mark.parametrize("host", ["999.1.1.1", "1.2.3", "010.1.1.1", "10.0.0.1;300.1.1.1"])
