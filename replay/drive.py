@@ -301,6 +301,11 @@ class _UnbufferedFile:
     def flush(self) -> None:
         """Nothing to do: nothing is buffered."""
 
+    def removed(self) -> bool:
+        """Whether no name leads to the file any more (it, or its folder, was deleted): its
+        writes still succeed, into a file that vanishes when it is closed."""
+        return self._fd >= 0 and os.fstat(self._fd).st_nlink == 0
+
     def close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
@@ -599,8 +604,20 @@ class DriveWriter(Closeable):
             if self._chunk_complete(start):
                 self.messages_flushed = self.messages_written
             raise self._storage_failed("cannot write", e) from e
+        self._check_not_removed()
         self.messages_flushed = self.messages_written
         self._chunk_bytes = 0
+
+    def _check_not_removed(self) -> None:
+        # A recorder whose folder was deleted under it wrote on, into a file no name led to,
+        # and reported every message written.
+        if self._file.removed():
+            self.messages_flushed = 0
+            self._broken = DriveStorageError(
+                f"{self.path}: was deleted while being written (the file or its folder): the "
+                f"{self.messages_written} message(s) written are lost with it"
+            )
+            raise self._broken
 
     def _chunk_complete(self, start: int) -> bool:
         """Whether a complete chunk record reached the file at `start` before a failed write
@@ -651,6 +668,7 @@ class DriveWriter(Closeable):
                     self._writer.finish()  # type: ignore[no-untyped-call]
                 except OSError as e:
                     raise self._storage_failed("cannot finish the drive (summary)", e) from e
+                self._check_not_removed()
         finally:
             self._closed = True
             self._file.close()

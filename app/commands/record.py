@@ -17,6 +17,7 @@ from app.common import (
     stop_on_signals,
     warn_unresolved,
 )
+from perception.config import NodeConfig
 from perception.errors import PerceptionError
 from perception.io.curve import curve_keys_for
 from perception.io.runtime import resolve_endpoint
@@ -60,19 +61,43 @@ def cmd_record(args: argparse.Namespace) -> int:
     check_topic_lengths(topics)
     # Each topic where it is published (sensors vs the node's outputs) unless --endpoint says.
     where = {t: list(args.endpoint or endpoints_for_topic(t, config)) for t in topics}
-    listened = list(dict.fromkeys(e for es in where.values() for e in es))
-    check_reachable(listened, "--endpoint" if args.endpoint else "")
+    check_reachable(_listened(where), "--endpoint" if args.endpoint else "")
     out = Path(args.out).expanduser()
     if out.suffix != ".mcap":
         # A drive under another name is likely a typo that would replace some other file.
         raise OutputError(f"{out}: --out must end in .mcap (it is an MCAP drive)")
     # As given: a trailing / (a folder) is lost in the Path.
     check_output_file(args.out, "--out")
+    try:
+        stats = _record(args, config, where, out)
+    except _DeletedError as e:
+        stats = e.stats
+    _report(stats, out)
+    if stats.error is not None:
+        print(f"perception record: error: {stats.error}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+class _DeletedError(Exception):
+    """The drive being written was deleted (or its folder): nothing to put in place of an
+    --overwrite target."""
+
+    def __init__(self, stats: RecorderStats) -> None:
+        super().__init__(stats.error)
+        self.stats = stats
+
+
+def _record(
+    args: argparse.Namespace, config: NodeConfig, where: dict[str, list[str]], out: Path
+) -> RecorderStats:
+    """Records the topics (`where`: each one's endpoints) into `out` until a signal or a
+    failure; the recorder's stats."""
     with _drive_path(out, args.overwrite) as path:
         stop = stop_on_signals()
         recorder = Recorder(
-            list(inputs.endpoints),
-            topics,
+            list(config.inputs.endpoints),
+            list(where),
             path,
             queue_size=args.queue_size,
             compression=None if args.compression == "none" else args.compression,
@@ -91,15 +116,18 @@ def cmd_record(args: argparse.Namespace) -> int:
             f"{', '.join(t)} at {resolve_endpoint(e)}" for e, t in by_endpoint.items()
         )
         print(f"perception record: recording {listening} to {out}", flush=True)
-        warn_unresolved(listened, "perception record")
+        warn_unresolved(_listened(where), "perception record")
         # A recording stopped by a write failure still replaces an --overwrite target: it holds
         # what was recorded, which the old drive does not.
         stats = recorder.run(stop)
-    _report(stats, out)
-    if stats.error is not None:
-        print(f"perception record: error: {stats.error}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+        if stats.error is not None and not os.path.lexists(path):
+            raise _DeletedError(stats)
+    return stats
+
+
+def _listened(where: dict[str, list[str]]) -> list[str]:
+    """Every endpoint listened to, once each, in order."""
+    return list(dict.fromkeys(e for es in where.values() for e in es))
 
 
 def _report(stats: RecorderStats, out: Path) -> None:

@@ -13,8 +13,9 @@ from mcap.reader import make_reader
 
 from app.cli import main
 from app.common import STOP_SIGNALS
+from perception.io.transport import Publisher
 from perception.msgs.jsonl import read_jsonl
-from perception.msgs.types import DetectionList
+from perception.msgs.types import DetectionList, GnssFix, Header
 from replay.datasets.kitti_object import KittiObjectFolder
 from replay.drive import DriveReader, DriveWriter
 from tests.replay.test_drive_limits import ROOMY, big_frame
@@ -317,3 +318,38 @@ def test_play_cut_short_by_a_signal_says_so_in_its_exit_code(
     word = STOP_SIGNALS[signum]
     said = f"perception play: {word} before the end of the pass\n"
     assert err.endswith(said) if code else said not in err, err
+
+
+def test_record_over_a_drive_whose_new_file_is_deleted_keeps_the_old_one(
+    kitti_drive: Path, tmp_path: Path
+) -> None:
+    """`record --overwrite` writes beside the drive it replaces. That file deleted mid-way, the
+    recorder wrote on into it, then failed to put it in place with exit 2 and no summary. It
+    now stops by itself: its summary, one error line, exit 1, and the old drive kept."""
+    out = tmp_path / "d.mcap"
+    out.write_bytes(kitti_drive.read_bytes())
+    endpoint = f"ipc://{tmp_path}/sensors"
+    recorder = subprocess.Popen(
+        [*CLI, "record", "gnss", "--out", str(out), "--endpoint", endpoint, "--overwrite"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with Publisher(endpoint, bind=True) as pub:
+        deadline = time.monotonic() + 30
+        while not (parts := list(tmp_path.glob(".d.*.mcap"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (part,) = parts
+        time.sleep(1.0)  # subscribed
+        for seq in range(3):
+            pub.send(GnssFix(Header("gnss", seq, 1_000 + seq, "gnss"), 49.0, 8.4, 100.0))
+        time.sleep(1.0)  # flushed into the new file
+        part.unlink()
+        out_text, err = recorder.communicate(timeout=30)
+    assert recorder.returncode == 1, out_text + err
+    assert "perception record: 3 received, 0 written" in out_text, out_text
+    assert err == (
+        f"perception record: error: {part}: was deleted while being written (the file or its "
+        "folder): the 3 message(s) written are lost with it\n"
+    )
+    assert out.read_bytes() == kitti_drive.read_bytes()

@@ -377,3 +377,27 @@ def test_a_recorder_keeps_what_its_node_limits_allow(tmp_path: Path) -> None:
     assert counts == {"default": (3, 0, 3), "roomy": (3, 3, 0)}
     frames = [r.message for r in DriveReader(tmp_path / "roomy.mcap").messages()]
     assert [f.header.seq for f in frames] == [0, 1, 2]
+
+
+def test_a_drive_deleted_while_being_recorded_stops_the_recording_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """A recorder whose folder was deleted wrote on into a file no name led to, then said
+    every message was written (exit 0, nothing on disk). It now stops by itself within the
+    flush interval: nothing written, every message counted failed, the error says why."""
+    stop = threading.Event()
+    fixes = _recording_fixes(tmp_path, "deleted", ["gnss"], 5, flush_interval_s=0.2)
+    with fixes as (recorder, out):
+        _wait(lambda: recorder.stats.written == 5, timeout_s=2.0)
+        out.unlink()
+        thread = threading.Thread(target=recorder.run, args=(stop,))
+        thread.start()
+        assert recorder.stopped_by_itself.wait(5), "the recording went on into a deleted file"
+        thread.join(10)
+    stats = recorder.stats
+    assert (stats.received, stats.written, stats.failed) == (5, 0, 5)
+    assert stats.error == (
+        f"{out}: was deleted while being written (the file or its folder): the 5 message(s) "
+        "written are lost with it"
+    )
+    assert not out.exists()
