@@ -35,9 +35,9 @@ a node config's `limits:` raised for a 12 MP camera) names them in MCAP metadata
 reading for a limit it was recorded under.
 
 A synthetic drive also names its world in MCAP metadata `perception.synthetic`
-(`SYNTHETIC_METADATA`: `scene`, `seed`, `lidar`; `write_metadata` / `DriveReader.metadata`), so
-that a reader can say what its data can show (a calibration verdict over the simple world does
-not check the rig).
+(`SYNTHETIC_METADATA`: `scene`, `seed`, `lidar`, `seconds`; `write_metadata` /
+`DriveReader.metadata`), so that a reader can say what its data can show (a calibration
+verdict over the simple world does not check the rig).
 
 A drive may also hold ground truth (synthetic drives do): one JSON message per lidar sweep on
 topic `ground_truth` (`GROUND_TRUTH_TOPIC`, written by `DriveWriter.write_ground_truth`),
@@ -144,7 +144,7 @@ RIG_METADATA = "perception.rig"
 #: they are not the defaults (each `WireLimits` field's name -> its value, decimal).
 LIMITS_METADATA = "perception.limits"
 #: Name of the MCAP metadata record of a synthetic drive: its world (`scene`), `seed` and
-#: lidar model (replay.synth.world.generate_drive).
+#: lidar model and length in seconds (replay.synth.world.generate_drive).
 SYNTHETIC_METADATA = "perception.synthetic"
 #: Name of the MCAP metadata record of a replay's MCAP output naming what was replayed:
 #: `source` (the drive's or KITTI folder's file name) and, for a synthetic drive, its world (its

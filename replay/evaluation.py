@@ -304,8 +304,8 @@ def check_ground_truth_frame(frame: GroundTruthFrame, where: str) -> None:
 
 def drive_ground_truth(drive: Path) -> list[GroundTruthFrame]:
     """The ground truth of a drive, checked (`check_ground_truth_frame`): the file beside it
-    (`<drive>.gt.jsonl`) when there is one, else its ground-truth channel; empty when it has
-    neither.
+    (`<drive>.gt.jsonl`) when there is one that holds any, else its ground-truth channel;
+    empty when it has neither.
 
     Raises:
         ValueError: a malformed document or an impossible value, naming the file and line (or
@@ -320,9 +320,10 @@ def drive_ground_truth(drive: Path) -> list[GroundTruthFrame]:
         read_numbered_ground_truth,
     )
 
-    if has_ground_truth(drive):
-        beside = ground_truth_path(drive)
-        numbered = read_numbered_ground_truth(beside)
+    beside = ground_truth_path(drive)
+    # An empty file beside the drive hid its channel, and the error then said it had neither.
+    numbered = read_numbered_ground_truth(beside) if has_ground_truth(drive) else []
+    if numbered:
         frames = [frame for _, frame in numbered]
         places = [f"{beside}:{n}" for n, _ in numbered]
     else:

@@ -1170,7 +1170,9 @@ def generate_drive(
         # What world it is: a reader (`perception calib check`) can say what its data can show.
         writer.write_metadata(
             SYNTHETIC_METADATA,
-            {"scene": scene, "seed": str(seed), "lidar": world.lidar},
+            # Its length too: the road users are spread over the drive, so seed 0 at 3 s is
+            # another world than seed 0 at 10 s from the first sweep.
+            {"scene": scene, "seed": str(seed), "lidar": world.lidar, "seconds": f"{seconds:g}"},
         )
         writer.write_rig(given, START_NS)
         for i in range(n):

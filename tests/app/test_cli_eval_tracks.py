@@ -195,8 +195,22 @@ def test_tracks_of_another_synthetic_drive_are_refused(
     err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(other))
     assert err == (
         f"perception eval: error: {out}: replayed from seed1_2s.mcap (synthetic: scene simple, "
-        f"seed 1, lidar synth64), not from {other} (scene simple, seed 2, lidar synth64): score "
-        "the tracks against the drive replayed"
+        f"seed 1, lidar synth64, seconds 2), not from {other} (scene simple, seed 2, lidar "
+        "synth64, seconds 1): score the tracks against the drive replayed"
+    )
+
+
+def test_tracks_of_a_drive_of_the_same_seed_and_another_length_are_refused(
+    capsys, replayed: tuple[Path, Path], synth_drive: Callable[[int, float], Path]
+) -> None:
+    """Its road users are spread over the drive: seed 1 at 1 s is another world than seed 1
+    at 2 s from the first sweep, and was scored against it (a MOTA of -1.4) without a word."""
+    _, out = replayed
+    shorter = synth_drive(1, 1.0)
+    err = _fails(capsys, "eval", "--tracks", str(out), "--drive", str(shorter))
+    assert err.endswith(
+        f"not from {shorter} (scene simple, seed 1, lidar synth64, seconds 1): score the "
+        "tracks against the drive replayed"
     )
 
 
@@ -229,3 +243,16 @@ def test_tracks_of_a_drive_of_another_name_are_warned_about(
     shutil.copyfile(ground_truth_path(drive), ground_truth_path(copy))
     assert main(["eval", "--tracks", str(out), "--drive", str(copy)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_an_empty_ground_truth_file_beside_the_drive_does_not_hide_its_channel(
+    capsys, replayed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An empty `.gt.jsonl` beside a drive with a ground-truth channel was read as the whole
+    ground truth, and the error said the drive had neither."""
+    drive, out = replayed
+    copy = tmp_path / "copy.mcap"
+    shutil.copyfile(drive, copy)
+    ground_truth_path(copy).write_text("")
+    assert main(["eval", "--tracks", str(out), "--drive", str(copy)]) == 0
+    assert "20 frames scored" in capsys.readouterr().out
