@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import types
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
@@ -1387,10 +1387,16 @@ def load_config(path: Path) -> NodeConfig:
     if doc is not None and not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     cfg = parse_config(doc, str(path))
-    base = path.parent
+    # Absolute: `config show` printed `sub/m.onnx` for `m.onnx` in sub/c.yaml, which, read back
+    # from sub/ as a config, named sub/sub/m.onnx.
+    base = path.parent.absolute()
     model = cfg.camera_model
     if not Path(model.path).expanduser().is_absolute() and model.path.endswith(".onnx"):
         model = CameraModelConfig(**{**model.__dict__, "path": str(base / model.path)})
+    fusion = cfg.pipeline.fusion
+    if not Path(fusion.model).expanduser().is_absolute() and fusion.model.endswith(".onnx"):
+        # Read from the folder the node ran in, unlike every other path of the config.
+        fusion = replace(fusion, model=str(base / fusion.model))
     rig = cfg.rig
     if rig is not None and not Path(rig).expanduser().is_absolute():
         rig = str(base / rig)
@@ -1401,4 +1407,13 @@ def load_config(path: Path) -> NodeConfig:
         server_key=_relative_to(base, sec.server_key),
         allowed_clients=_relative_to(base, sec.allowed_clients),
     )
-    return NodeConfig(**{**cfg.__dict__, "camera_model": model, "rig": rig, "security": security})
+    pipeline = replace(cfg.pipeline, fusion=fusion)
+    return NodeConfig(
+        **{
+            **cfg.__dict__,
+            "camera_model": model,
+            "rig": rig,
+            "security": security,
+            "pipeline": pipeline,
+        }
+    )

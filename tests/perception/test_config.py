@@ -228,6 +228,31 @@ def test_rig_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
     assert parse_config({}).rig is None
 
 
+def test_every_path_resolves_to_an_absolute_one_from_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`config show` of sub/c.yaml printed sub/m.onnx, which read back from sub/ named
+    sub/sub/m.onnx; the learned model's file was read from the folder the node ran in."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    p = Path("sub") / "c.yaml"
+    p.write_text(
+        "rig: car.yaml\ncamera_model: {path: m.onnx}\n"
+        "pipeline: {fusion: {kind: learned, model: l.onnx}}\n"
+        "security: {curve: true, secret_key: k/node.key_secret}\n"
+    )
+    cfg = load_config(p)
+    sub = tmp_path / "sub"
+    assert cfg.rig == str(sub / "car.yaml")
+    assert cfg.camera_model.path == str(sub / "m.onnx")
+    assert cfg.pipeline.fusion.model == str(sub / "l.onnx")
+    assert cfg.security.secret_key == str(sub / "k" / "node.key_secret")
+    # Names, not files: left as they are.
+    p.write_text("pipeline: {fusion: {kind: learned}}\n")
+    assert load_config(p).pipeline.fusion.model == "learned_fusion"
+    assert load_config(p).camera_model.path == "yolox_nano_coco_416"
+
+
 def test_pipeline_tunables_reach_the_pipeline(yolox_path: Path) -> None:
     from app.models import build_pipeline
 
