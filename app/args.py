@@ -8,10 +8,13 @@ anything is loaded or written.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
+import re
+import sys
 import textwrap
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from perception.config import MAX_DURATION_S, MAX_RANGE_M
 
@@ -71,8 +74,40 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, `perception <cmd>: error: <problem>`, and
     exit code 2 (argparse's own prints the usage first)."""
 
+    _given: tuple[str, ...] = ()
+
+    def parse_known_args(  # type: ignore[override]  # (one signature for typeshed's overloads)
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        # Kept for `error`, which is told only the problem, not the words it is about.
+        self._given = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{_dash_value_hint(message, self._given)}\n")
+
+
+#: argparse's message for an option given no value, `argument -o/--origin: expected one argument`.
+_NO_VALUE = re.compile(r"argument (\S+): expected one argument")
+
+
+def _dash_value_hint(message: str, given: Sequence[str]) -> str:
+    """For an option whose value starts with `-` (`--perturb -1,0,0,0,0,0`, `--origin -1,2,3`):
+    how to write it. argparse reads such a value as another option (only a plain negative
+    number passes as a value) and says the option was given none, which left the user to
+    guess; empty for any other message."""
+    found = _NO_VALUE.fullmatch(message)
+    if found is None:
+        return ""
+    options = found.group(1).split("/")
+    for word, value in itertools.pairwise(given):
+        # argparse also takes a long option's unambiguous abbreviation (`--pert`).
+        named = word in options or (
+            word.startswith("--") and any(o.startswith(word) for o in options)
+        )
+        if named and value.startswith("-") and value != "-":
+            return f" (a value that starts with '-' is joined to its option: {word}={value})"
+    return ""
 
 
 def _number(text: str, kind: Callable[[str], float]) -> float:

@@ -719,6 +719,9 @@ def _add_calib(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         help="check as if each camera were moved by this (degrees about and centimetres along "
         "the vehicle axes): what such a drift looks like to the check",
     )
+    check.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out or --refine"
+    )
     check.add_argument("--config", metavar="FILE", help="node config (YAML) for --drive/--frames")
     check.add_argument(
         "--model", metavar="MODEL", help="camera model for --drive/--frames (ONNX or name)"

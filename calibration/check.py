@@ -19,6 +19,7 @@ constant one) the score is 0.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.camera import CameraModel
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, open_regular_file
 from calibration.rig import VEHICLE_FRAME, Rig, camera_frame
 from calibration.transforms import RigidTransform
 
@@ -68,16 +69,28 @@ class CheckResult:
 # -- scans -------------------------------------------------------------------------------------
 
 
-def read_kitti_bin(path: Path) -> npt.NDArray[np.float32]:
+def read_kitti_bin(path: Path, max_points: int | None = None) -> npt.NDArray[np.float32]:
     """A KITTI `.bin` scan as it is stored: N x 4 float32 (x, y, z, reflectance), N >= 1.
+    `max_points`: the most points a scan may hold (a sweep's wire limit, `WireLimits.max_points`:
+    a larger one can never be sent or recorded), checked from the file's size before it is read;
+    None: no limit.
 
-    Raises CalibrationError naming the file when it cannot be read, is empty (a sweep of 0
-    points is a broken file, not an empty scene: a spinning lidar always sees the ground) or is
-    not a whole number of 16-byte points."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read lidar scan ({e.strerror})") from e
+    Raises CalibrationError naming the file when it cannot be read or is not a regular file (a
+    pipe would block the read for ever; `errors.open_regular_file`), holds more than
+    `max_points` points, is empty (a sweep of 0 points is a broken file, not an empty scene: a
+    spinning lidar always sees the ground) or is not a whole number of 16-byte points."""
+    with open_regular_file(path, "lidar scan") as f:
+        size = os.fstat(f.fileno()).st_size
+        if max_points is not None and size // 16 > max_points:
+            raise CalibrationError(
+                f"{path}: lidar scan of {size} bytes ({size // 16} points), above the limit of "
+                f"{max_points} points a sweep may hold"
+            )
+        try:
+            # No more than its size: a file that grows while it is read stays within the limit.
+            raw = f.read(size)
+        except OSError as e:
+            raise CalibrationError(f"{path}: cannot read lidar scan ({e.strerror or e})") from e
     if not raw:
         raise CalibrationError(f"{path}: empty lidar scan (0 bytes, 0 points)")
     if len(raw) % 16:
@@ -87,22 +100,24 @@ def read_kitti_bin(path: Path) -> npt.NDArray[np.float32]:
     return np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
 
 
-def read_scan(path: Path) -> npt.NDArray[np.float32]:
+def read_scan(path: Path, max_points: int | None = None) -> npt.NDArray[np.float32]:
     """A lidar scan as N x 4 float32 (x, y, z, intensity) in the lidar frame (metres):
     a KITTI `.bin` (float32 N x 4) or a `.pcd` (any encoding, `calibration.pcd.read_pcd`);
-    points with non-finite x/y/z are dropped.
+    points with non-finite x/y/z are dropped. `max_points`: the most points the file may hold
+    (`read_kitti_bin`), refused before its data is read; None: no limit.
 
-    Raises CalibrationError naming the file when it cannot be read or parsed, or holds no
-    point (an empty file is a broken scan, not an empty scene)."""
+    Raises CalibrationError naming the file when it cannot be read or parsed, is not a regular
+    file, holds more than `max_points` points, or holds no point (an empty file is a broken
+    scan, not an empty scene)."""
     path = Path(path)
     if path.suffix.lower() == ".pcd":
         from calibration.pcd import read_pcd  # noqa: PLC0415 (pypcd4: a slow import)
 
-        points = read_pcd(path)
+        points = read_pcd(path, max_points)
         if points.shape[0] == 0:
             raise CalibrationError(f"{path}: no points with finite x, y, z in the PCD file")
         return points
-    points = read_kitti_bin(path)
+    points = read_kitti_bin(path, max_points)
     finite: npt.NDArray[np.float32] = points[np.all(np.isfinite(points[:, :3]), axis=1)]
     if finite.shape[0] == 0:
         raise CalibrationError(f"{path}: no points with finite x, y, z in the scan")

@@ -8,6 +8,7 @@ import reprlib
 import stat
 import sys
 from collections.abc import Callable
+from io import BufferedReader
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "CalibrationError",
     "load_yaml",
     "not_utf8",
+    "open_regular_file",
     "parse_float",
     "read_text",
     "shown",
@@ -57,6 +59,33 @@ def not_utf8(e: UnicodeDecodeError, offset: int = 0) -> str:
     return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start})"
 
 
+def open_regular_file(
+    path: Path, what: str, error: Callable[[str], Exception] = CalibrationError
+) -> BufferedReader:
+    """`path` open for reading (binary), once it is known to be a regular file; the caller
+    closes it (`with`). Every reader of a file a user names goes through here: a FIFO with no
+    writer blocks the open itself and a device such as /dev/zero never ends, so the file is
+    opened without blocking and refused unless it is a regular file, before a byte is read.
+
+    Raises:
+        error: `"PATH: cannot read WHAT (reason)"` (missing, a folder, no permission) or
+            `"PATH: WHAT is not a regular file (a device, pipe or socket)"`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
+    try:
+        f = os.fdopen(fd, "rb")  # refuses a folder (Is a directory)
+    except OSError as e:
+        os.close(fd)  # not closed by fdopen's failure
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise error(f"{path}: {what} is not a regular file (a device, pipe or socket)")
+    return f
+
+
 def read_text(path: Path, what: str, error: Callable[[str], Exception] = CalibrationError) -> str:
     """The UTF-8 text of a file a user gave (a calibration, config or dataset text file).
 
@@ -64,25 +93,21 @@ def read_text(path: Path, what: str, error: Callable[[str], Exception] = Calibra
     file of that package does, so the package's own error type is `error`.
 
     Raises:
-        error: `"PATH: cannot read WHAT (reason)"` when the file cannot be read, or
-            `"PATH: not UTF-8 text (byte 0xff at offset N)"` when it is not UTF-8.
+        error: `"PATH: cannot read WHAT (reason)"` when the file cannot be read,
+            `"PATH: WHAT is not a regular file (a device, pipe or socket)"` (`open_regular_file`),
+            or `"PATH: not UTF-8 text (byte 0xff at offset N)"` when it is not UTF-8.
     """
-    try:
-        # Opened without blocking: a FIFO with no writer would block the open itself.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            # A device or pipe never ends (/dev/zero), or holds no file.
-            if not stat.S_ISREG(st.st_mode):
-                raise error(f"{path}: {what} is not a regular file (a device, pipe or socket)")
-            if st.st_size > MAX_TEXT_BYTES:
-                raise error(
-                    f"{path}: {what} is {st.st_size} bytes, larger than the {MAX_TEXT_BYTES >> 20} "
-                    "MiB a text file of this kind may be"
-                )
+    with open_regular_file(path, what, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_TEXT_BYTES:
+            raise error(
+                f"{path}: {what} is {size} bytes, larger than the {MAX_TEXT_BYTES >> 20} MiB a "
+                "text file of this kind may be"
+            )
+        try:
             data = f.read(MAX_TEXT_BYTES + 1)
-    except OSError as e:
-        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
+        except OSError as e:
+            raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
     try:
         # Decoded whole, not through a text stream, so the offset reported is the file's.
         return data.decode("utf-8")

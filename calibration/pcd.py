@@ -20,7 +20,7 @@ import numpy.typing as npt
 # pypcd4's package __init__ re-exports these implicitly (mypy strict refuses that import).
 from pypcd4.pypcd4 import PCD_TYPE_TO_NUMPY_TYPE, Encoding, MetaData, PointCloud
 
-from calibration.errors import CalibrationError, parse_float
+from calibration.errors import CalibrationError, open_regular_file, parse_float
 
 __all__ = ["read_pcd"]
 
@@ -42,20 +42,27 @@ _MAX_HEADER_LINE_BYTES = 1 << 20
 _DATA_ERRORS = (ValueError, TypeError, RuntimeError, struct.error)
 
 
-def read_pcd(path: Path) -> npt.NDArray[np.float32]:
+def read_pcd(path: Path, max_points: int | None = None) -> npt.NDArray[np.float32]:
     """Read a PCD file (v0.7; DATA ascii, binary or binary_compressed) -> N x 4 float32
-    (x, y, z, intensity).
+    (x, y, z, intensity). `max_points`: the most points its header may state (a sweep's wire
+    limit), checked before the data is read; None: no limit.
 
     Fields of any PCD type (F4/F8, I1-I8, U1-U8) are converted to float32; a missing intensity
     field reads as 0; other fields (ring, time, ...) are ignored; points with non-finite x/y/z
-    are dropped. Raises CalibrationError naming the file when it cannot be read, is not a PCD,
-    has a corrupt header, no x/y/z fields, an unsupported field type, or a truncated or corrupt
-    data section.
+    are dropped. Raises CalibrationError naming the file when it cannot be read, is not a
+    regular file (`errors.open_regular_file`), is not a PCD, has a corrupt header, no x/y/z
+    fields, an unsupported field type, more than `max_points` points, or a truncated or
+    corrupt data section.
     """
     path = Path(path)
     try:
-        with path.open("rb") as fp:
+        with open_regular_file(path, "point cloud") as fp:
             meta, data_offset = _read_header(path, fp)
+            if max_points is not None and meta.points > max_points:
+                raise CalibrationError(
+                    f"{path}: PCD of {meta.points} points, above the limit of {max_points} "
+                    "points a sweep may hold"
+                )
             size = os.fstat(fp.fileno()).st_size
             _check_data_size(path, fp, meta, size - data_offset)
             fp.seek(0)

@@ -25,7 +25,13 @@ from calibration import (
 from calibration.images import check_image_pixels, decode_image_file
 from perception.errors import PerceptionError
 from perception.msgs.schema import DEFAULT_LIMITS
-from replay.output import atomic_output, check_not_an_input, check_output_file
+from replay.output import (
+    OutputError,
+    atomic_output,
+    check_not_an_input,
+    check_output_file,
+    check_outputs_not_inputs,
+)
 from replay.pictures import write_picture
 
 __all__ = ["cmd_calib_check", "cmd_calib_show"]
@@ -53,7 +59,13 @@ def cmd_calib_show(args: argparse.Namespace) -> int:
 
 def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
-        state = "is a folder" if path.is_dir() else "does not exist"
+        if path.is_dir():
+            state = "is a folder"
+        elif path.exists():
+            # A pipe would block the read for ever (worded as `errors.open_regular_file`).
+            state = "is not a regular file (a device, pipe or socket)"
+        else:
+            state = "does not exist"
         raise CalibrationError(f"{path}: image {state}")
     check_image_pixels(path, DEFAULT_LIMITS.max_image_pixels)
     loaded = decode_image_file(path)
@@ -100,7 +112,11 @@ def _check_many(args: argparse.Namespace) -> int:
     from replay.datasets.kitti_object import CAMERA_STREAM, KittiObjectFolder  # noqa: PLC0415
     from replay.drive import DriveReader  # noqa: PLC0415
     from replay.mcap_player import check_sensor_drive  # noqa: PLC0415
-    from replay.synth.world import calibration_caveat, has_ground_truth  # noqa: PLC0415
+    from replay.synth.world import (  # noqa: PLC0415
+        calibration_caveat,
+        drive_files,
+        has_ground_truth,
+    )
 
     if args.frames is not None:
         if args.refine is not None:
@@ -113,11 +129,17 @@ def _check_many(args: argparse.Namespace) -> int:
                 f"{args.rig}: with --frames each frame's own calibration is checked; give no rig"
             )
         source = Path(args.frames).expanduser()
-        total = len(KittiObjectFolder(source))  # a folder that is not one is refused here
+        kitti = KittiObjectFolder(source)  # a folder that is not one is refused here
+        total = len(kitti)
+        # No output may lie among the frames' files: named as one, it replaces it.
+        folders = [source / sub for sub in ("image_2", "calib", kitti.lidar_dir)]
+        inputs = [source]
         synthetic = False
         cameras = [CAMERA_STREAM]
     else:
         source = check_drive_path(Path(args.drive).expanduser())
+        folders = []
+        inputs = list(drive_files(source))  # the drive and the ground truth beside it
         contents = check_sensor_drive(DriveReader(source), None, command="calib check")
         total = contents.sweeps
         synthetic = has_ground_truth(source)
@@ -129,20 +151,24 @@ def _check_many(args: argparse.Namespace) -> int:
             f"--camera {args.camera}: {source} has no such camera (cameras: "
             f"{', '.join(names) or 'none'})"
         )
-    inputs = [source, *([Path(args.rig)] if args.rig else [])]
+    if args.rig:
+        inputs.append(Path(args.rig).expanduser())
     refine = None
     if args.refine is not None:
         refine = Path(args.refine).expanduser()
         if refine.suffix.lower() not in (".yaml", ".yml"):
             raise PerceptionError(f"{refine}: --refine must be a rig YAML file (.yaml)")
         check_output_file(args.refine, "--refine")
-        check_not_an_input(refine, inputs, "--refine")
+        check_not_an_input(refine, inputs, "--refine", folders=folders)
+        _check_new([refine], "--refine", args.overwrite)
     out = None
     if args.out is not None:
         out = _picture_path(args.out)
-        check_not_an_input(out, inputs, "--out")
+        pictures = _picture_paths(out, [args.camera] if args.camera is not None else names)
+        check_outputs_not_inputs(pictures, inputs, "--out", folders=folders)
         if refine is not None and out.resolve() == refine.resolve():
             raise PerceptionError(f"{out}: --out and --refine name the same file")
+        _check_new(pictures, "--out", args.overwrite)
     config = load_node_config(args.config)
     if args.rig is not None:
         rig_path = Path(args.rig).expanduser()
@@ -200,7 +226,7 @@ def _check_many(args: argparse.Namespace) -> int:
         rig = chosen[0].rig
         for v in chosen:
             rig = corrected_rig(rig, v.camera, v.estimate.correction)
-        with atomic_output(refine, "--refine") as tmp:
+        with atomic_output(refine, "--refine", replace=args.overwrite) as tmp:
             save_rig_yaml(
                 rig,
                 tmp,
@@ -254,6 +280,35 @@ def _verdict_line(v: Any, monitor: Any) -> str:
     )
 
 
+def _check_new(paths: Sequence[Path], option: str, overwrite: bool) -> None:
+    """Refuses, before any work, an output that exists unless `overwrite` (--overwrite): no
+    file is replaced without asking, as `import` and `record` ask.
+
+    Raises:
+        OutputError: naming the first that exists and how to go on.
+    """
+    if overwrite:
+        return
+    for path in paths:
+        if path.exists():
+            raise OutputError(
+                f"{path}: exists; give --overwrite to replace it, or another {option}"
+            )
+
+
+def _camera_picture(out: Path, camera: str) -> Path:
+    """Camera `camera`'s picture where several are drawn: `out` with the camera's name added."""
+    return out.with_name(f"{out.stem}-{camera}{out.suffix}")
+
+
+def _picture_paths(out: Path, cameras: Sequence[str]) -> list[Path]:
+    """Every file `_write_pictures` may write for `cameras`: `out` (one camera drawn), and with
+    several cameras each one's `_camera_picture`."""
+    if len(cameras) <= 1:
+        return [out]
+    return [out, *(_camera_picture(out, c) for c in cameras)]
+
+
 def _picture_path(given: str) -> Path:
     """`--out` as given, checked before any work: an image file in a folder that can be
     written."""
@@ -271,7 +326,7 @@ def _write_pictures(out: Path, verdicts: Sequence[Any], perturb: Any) -> None:
 
     drawn = [v for v in verdicts if v.view is not None]
     for v in drawn:
-        path = out if len(drawn) == 1 else out.with_name(f"{out.stem}-{v.camera}{out.suffix}")
+        path = out if len(drawn) == 1 else _camera_picture(out, v.camera)
         moved = "" if perturb is None else " moved by --perturb"
         checked = f"camera {v.camera}: the rig checked{moved} ({v.estimate.state})"
         if v.estimate.state == MonitorState.COLLECTING:
@@ -290,6 +345,7 @@ def _check_one(args: argparse.Namespace) -> int:
     check_not_an_input(out, [Path(args.image), scan, Path(args.rig)], "--out")
     if scan.suffix.lower() not in _SCAN_SUFFIXES:
         raise CalibrationError(f"{scan}: --lidar must be a KITTI .bin scan or a .pcd file")
+    _check_new([out], "--out", args.overwrite)
     image = _read_image(Path(args.image).expanduser())
     rig = _load_rig(Path(args.rig).expanduser(), image_size=(image.shape[1], image.shape[0]))
     for warning in rig.warnings:
@@ -299,7 +355,9 @@ def _check_one(args: argparse.Namespace) -> int:
         raise CalibrationError(
             f"{args.rig}: no camera {camera!r} in the rig (cameras: {', '.join(rig.cameras)})"
         )
-    result = calibration_check(rig, camera, read_scan(scan), image)
+    # A scan larger than a sweep message may carry is refused from its size, before it is read.
+    points = read_scan(scan, DEFAULT_LIMITS.max_points)
+    result = calibration_check(rig, camera, points, image)
     write_picture(out, result.overlay, "--out")
     print(
         f"camera {camera}: {result.n_points_in_image} lidar points in the image; "

@@ -46,14 +46,19 @@ class KittiObjectFrame:
     calib_path: Path
 
 
-def read_kitti_scan(path: Path) -> npt.NDArray[np.float32]:
+def read_kitti_scan(
+    path: Path, max_points: int = DEFAULT_LIMITS.max_points
+) -> npt.NDArray[np.float32]:
     """A KITTI `.bin` scan as N x 4 float32 (x, y, z, reflectance), Velodyne frame.
+    `max_points`: the most points it may hold, by default what a sweep message may carry (a
+    larger scan can never be sent or recorded), checked from the file's size before it is read.
 
-    Raises ReplayError naming the file when it cannot be read, is empty (a sweep of 0 points
-    is a broken file, not an empty scene: a spinning lidar always sees the ground), is not a
-    whole number of 16-byte points, or holds non-finite values."""
+    Raises ReplayError naming the file when it cannot be read or is not a regular file, holds
+    more than `max_points` points, is empty (a sweep of 0 points is a broken file, not an empty
+    scene: a spinning lidar always sees the ground), is not a whole number of 16-byte points,
+    or holds non-finite values."""
     try:
-        points = read_kitti_bin(path)
+        points = read_kitti_bin(path, max_points)
     except CalibrationError as e:
         raise ReplayError(str(e)) from e
     if not np.all(np.isfinite(points)):

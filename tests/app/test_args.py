@@ -45,3 +45,37 @@ def test_values_beyond_what_can_be_honoured_are_refused_when_parsed(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert _fails(capsys, *argv) == f"perception {argv[0]}: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "value"),
+    [
+        (["calib", "check", "--frames", "K", "--perturb", "-1,0,0,0,0,0"], "--perturb",
+         "-1,0,0,0,0,0"),
+        (["import", "nuscenes", "D", "--out", "x.mcap", "--origin", "-1,2,3"], "--origin",
+         "-1,2,3"),
+        # argparse's abbreviation of a long option, named as it was written.
+        (["calib", "check", "--frames", "K", "--pert", "-1,0,0,0,0,0"], "--pert", "-1,0,0,0,0,0"),
+    ],
+)  # fmt: skip
+def test_a_value_that_starts_with_a_dash_is_shown_joined_to_its_option(
+    capsys: pytest.CaptureFixture[str], argv: list[str], option: str, value: str
+) -> None:
+    """argparse reads `-1,0,0` as an option and said only that the option had no value."""
+    full = "--perturb" if option == "--pert" else option
+    assert _fails(capsys, *argv).endswith(
+        f": error: argument {full}: expected one argument (a value that starts with '-' is "
+        f"joined to its option: {option}={value})"
+    )
+
+
+def test_an_option_without_a_value_is_said_as_argparse_says_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _fails(capsys, "calib", "check", "--frames", "K", "--out") == (
+        "perception calib check: error: argument --out: expected one argument"
+    )
+    # The value joined to its option is taken.
+    assert _fails(capsys, "calib", "check", "--perturb=-1,0,0,0,0,0") == (
+        "perception calib check: error: --perturb: only with --drive or --frames"
+    )

@@ -63,3 +63,20 @@ def test_an_existing_drive_is_replaced_only_with_overwrite(
     inside = kitti_copy / "drive.mcap"
     assert main(["import", "kitti-object", str(kitti_copy), "--out", str(inside), "--quiet"]) == 0
     assert DriveReader(inside).topics()["lidar/top"] == 2
+
+
+def test_a_scan_larger_than_a_sweep_may_hold_is_refused_unread(
+    capsys: pytest.CaptureFixture[str], kitti_copy: Path, tmp_path: Path
+) -> None:
+    """A 4 GiB scan (sparse: it takes no disk) was read and copied, 8 GB, before the drive
+    refused its sweep: refused from its size, and no drive written."""
+    scan = kitti_copy / "velodyne_reduced" / "000003.bin"
+    with scan.open("r+b") as f:
+        f.truncate(4 << 30)
+    out = tmp_path / "out.mcap"
+    err = _fails(capsys, "import", "kitti-object", str(kitti_copy), "--out", str(out), "--quiet")
+    assert err == (
+        f"perception import: error: {scan}: lidar scan of {4 << 30} bytes ({4 << 26} points), "
+        "above the limit of 1000000 points a sweep may hold"
+    )
+    assert not out.exists()

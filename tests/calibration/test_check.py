@@ -6,14 +6,15 @@ Set PERCEPTION_OVERLAY_DIR to also write the overlays there (to look at them).
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from calibration import RigidTransform, calibration_check, load_rig, read_scan
-from calibration.check import CheckResult
+from calibration import CalibrationError, RigidTransform, calibration_check, load_rig, read_scan
+from calibration.check import CheckResult, read_kitti_bin
 
 KITTI_FRAMES = ["000000", "000003", "000004", "000005", "000006", "000007", "000008", "000009"]
 
@@ -126,3 +127,49 @@ def test_overlay_has_a_depth_colour_legend() -> None:
     assert np.count_nonzero((r > 200) & (b < 60)) > 50  # the near end
     assert np.count_nonzero((b > 200) & (r < 60)) > 50  # the far end
     assert np.count_nonzero(np.all(corner > 200, axis=1)) > 30  # the tick labels (white)
+
+
+# -- reading scans -----------------------------------------------------------------------------
+
+
+def test_a_scan_above_max_points_is_refused_from_its_size_unread(tmp_path: Path) -> None:
+    """A 4 GiB scan (sparse: no disk taken) was read whole, then copied: 8 GB before a check
+    could say it is larger than any sweep. Refused from its size; nothing of it is read."""
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as f:
+        f.truncate(4 << 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CalibrationError) as info:
+            read_scan(huge, 1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == (
+        f"{huge}: lidar scan of {4 << 30} bytes ({4 << 26} points), above the limit of 1000000 "
+        "points a sweep may hold"
+    )
+    assert peak < 1 << 20
+    # At the limit a scan is read; one point more is refused.
+    scan = tmp_path / "scan.bin"
+    np.arange(12, dtype="<f4").tofile(scan)
+    assert read_kitti_bin(scan, 3).shape == (3, 4)
+    with pytest.raises(CalibrationError, match=r"\(3 points\), above the limit of 2 points"):
+        read_kitti_bin(scan, 2)
+    assert read_kitti_bin(scan).shape == (3, 4)  # no limit given: none
+
+
+@pytest.mark.timeout(30)  # the read blocked for ever on a pipe without a writer
+@pytest.mark.parametrize(("name", "what"), [("s.bin", "lidar scan"), ("s.pcd", "point cloud")])
+def test_a_pipe_or_device_as_a_scan_is_refused_without_blocking(
+    tmp_path: Path, name: str, what: str
+) -> None:
+    pipe = tmp_path / name
+    os.mkfifo(pipe)
+    for path in (pipe, Path("/dev/zero")):
+        with pytest.raises(CalibrationError) as info:
+            read_scan(path) if path == pipe else read_kitti_bin(path)
+        assert str(info.value) == (
+            f"{path}: {'lidar scan' if path != pipe else what} is not a regular file (a device, "
+            "pipe or socket)"
+        )

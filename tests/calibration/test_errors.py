@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from calibration import load_rig
-from calibration.errors import MAX_TEXT_BYTES, CalibrationError, load_yaml, read_text
+from calibration.errors import (
+    MAX_TEXT_BYTES,
+    CalibrationError,
+    load_yaml,
+    open_regular_file,
+    read_text,
+)
 
 
 class _OtherError(Exception):
@@ -141,3 +147,14 @@ def test_a_merge_key_may_still_be_overridden() -> None:
     text = "base: &base {fx: 1.0, fy: 2.0}\ncam:\n  <<: *base\n  fx: 3.0\n"
     doc = load_yaml(text, "f.yaml", "not valid YAML", _OtherError)
     assert doc["cam"] == {"fx": 3.0, "fy": 2.0}
+
+
+def test_a_folder_is_refused_and_its_descriptor_closed(tmp_path: Path) -> None:
+    """fdopen refuses a folder without closing the descriptor it was given: each refusal left
+    one open."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(CalibrationError) as info:
+            open_regular_file(tmp_path, "lidar scan")
+        assert str(info.value) == f"{tmp_path}: cannot read lidar scan (Is a directory)"
+    assert len(os.listdir("/proc/self/fd")) == before

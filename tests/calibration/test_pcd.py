@@ -331,3 +331,15 @@ def test_a_header_number_int_or_float_alone_would_read_is_refused(
     with pytest.raises(CalibrationError) as info:
         read_pcd(path)
     assert str(info.value) == f"{path}: corrupt PCD header ({problem} is not a number)"
+
+
+def test_more_points_than_a_sweep_may_hold_is_refused_before_the_data(data_dir: Path) -> None:
+    path = data_dir / "lidar_camera_calib_pjlab" / "0.pcd"  # 78238 points
+    with pytest.raises(CalibrationError) as info:
+        read_pcd(path, 78237)
+    assert str(info.value) == (
+        f"{path}: PCD of 78238 points, above the limit of 78237 points a sweep may hold"
+    )
+    with pytest.raises(CalibrationError, match="above the limit of 78237 points"):
+        read_scan(path, 78237)
+    assert read_pcd(path, 78238).shape == (78238, 4)

@@ -539,10 +539,11 @@ def test_object_import_errors(tmp_path: Path, kitti_dir: Path) -> None:
          "{k}/velodyne_reduced/000003.bin: a broken or looping link for frame 000003"),
         (lambda k: (k / "calib" / "000003.txt").write_bytes(b"\xff\xfe\x00garbage\n"),
          "{k}/calib/000003.txt: not UTF-8 text (byte 0xff at offset 0)"),
-        # Above the wire's limit: it was "lidar/top: ... above the limit", naming no file.
+        # Above the wire's limit: it was "lidar/top: ... above the limit", naming no file, and
+        # then refused only once read; now from its size, before it is read.
         (lambda k: (k / "velodyne_reduced" / "000003.bin").write_bytes(_TOO_MANY_POINTS),
-         "{k}/velodyne_reduced/000003.bin: cannot be stored in a drive (lidar/top: oversize "
-         "sweep: 1000001 points, above the limit of 1000000)"),
+         "{k}/velodyne_reduced/000003.bin: lidar scan of 16000016 bytes (1000001 points), "
+         "above the limit of 1000000 points a sweep may hold"),
     ],
 )  # fmt: skip
 def test_object_import_broken_frame(tmp_path: Path, kitti_dir: Path, damage, message: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perception.msgs.schema import DEFAULT_LIMITS
 from perception.msgs.types import CameraFrame, LidarSweep, RigMessage
 from replay.datasets.kitti_object import KittiObjectFolder, read_kitti_scan
 from replay.errors import ReplayError
@@ -116,3 +117,16 @@ def test_unreadable_image(tmp_path: Path, kitti_dir: Path) -> None:
     folder = KittiObjectFolder(tmp_path / "t")
     with pytest.raises(ReplayError, match=r"000003\.png: image is not a readable image"):
         folder.frame_messages(1, 0)
+
+
+def test_a_scan_larger_than_a_sweep_may_hold_is_refused_unread(tmp_path: Path) -> None:
+    """A 4 GiB scan (sparse) was read and copied (8 GB) before the drive refused the sweep."""
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as f:
+        f.truncate(4 << 30)
+    with pytest.raises(ReplayError) as info:
+        read_kitti_scan(huge)
+    assert str(info.value) == (
+        f"{huge}: lidar scan of {4 << 30} bytes ({4 << 26} points), above the limit of "
+        f"{DEFAULT_LIMITS.max_points} points a sweep may hold"
+    )
