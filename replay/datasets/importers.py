@@ -83,6 +83,7 @@ __all__ = [
     "ImportStats",
     "atomic_drive",
     "camera_offsets_ms",
+    "encoded_image_fault",
     "import_kitti_object",
     "import_kitti_raw",
     "parse_kitti_timestamp",
@@ -112,6 +113,10 @@ _FRAME_NAME = re.compile(r"^\d{10}\.")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: A PNG's last chunk (IEND, empty, fixed CRC): a file cut short has none.
 _PNG_END = b"IEND\xaeB`\x82"
+# JPEG's start-of-scan and end-of-image markers. Neither can occur inside the compressed data
+# (a 0xFF there is followed by 0x00), so a whole JPEG has an end-of-image after its last scan.
+_JPEG_SOS = b"\xff\xda"
+_JPEG_EOI = b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,22 @@ class ImportStats:
     wall_s: float
     camera_offsets_ms: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+
+
+def encoded_image_fault(data: bytes, encoding: str) -> str | None:
+    """What makes the bytes of a PNG or JPEG image (`encoding` "png" or "jpeg") unfit to be
+    imported, or None: a header that gives no size, or a file cut short (a PNG without its IEND
+    chunk, a JPEG without an end-of-image marker after its last start-of-scan). Judged without
+    decoding the image (a full decode of every frame costs more than the import itself):
+    damage within the compressed data that keeps the file's structure is left to the decoder."""
+    if encoded_image_size(data) is None:
+        return f"{encoding.upper()} image gives no size in its header"
+    if encoding == "png":
+        if data.rfind(_PNG_END) < 0:
+            return "PNG image is cut short (no IEND chunk)"
+    elif data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
+        return "JPEG image is cut short (no end-of-image marker after its image data)"
+    return None
 
 
 # -- KITTI raw parsing ---------------------------------------------------------------------------
@@ -357,8 +378,9 @@ def _load(stream: _Stream, index: int, cameras: dict[str, str], rig: Rig) -> Mes
         raise ReplayError(f"{path}: not a PNG image")
     # The bytes are copied as they are, not decoded: a file cut short or of another size
     # than its camera's would pass into the drive and fail only when replayed.
-    if data.rfind(_PNG_END) < 0:
-        raise ReplayError(f"{path}: PNG image is cut short (no IEND chunk)")
+    fault = encoded_image_fault(data, "png")
+    if fault is not None:
+        raise ReplayError(f"{path}: {fault}")
     name = cameras[stream.topic]
     camera = rig.cameras[name]
     size = encoded_image_size(data)

@@ -58,6 +58,7 @@ from replay.datasets.importers import (
     ImportStats,
     atomic_drive,
     camera_offsets_ms,
+    encoded_image_fault,
 )
 from replay.datasets.nuscenes_geometry import (
     EgoTrack,
@@ -149,17 +150,21 @@ def read_nuscenes_points(path: Path) -> npt.NDArray[np.float32]:
     Raises ReplayError naming the file when it is not a regular file, cannot be read, is
     empty, is not a whole number of 20-byte points, or holds non-finite values."""
     _check_regular(path, "the lidar sweep")
+    point_bytes = _POINT_COLUMNS * 4
     try:
+        # The file's own size: np.fromfile drops a partial float32 at the end without a word,
+        # so an 82-byte file (4 points and 2 bytes) was read as 4 points.
+        size = path.stat().st_size
+        if size == 0 or size % point_bytes:
+            raise ReplayError(
+                f"{path}: {size} bytes is not a whole number of {point_bytes}-byte points "
+                "(x, y, z, intensity, ring float32)"
+            )
         raw = np.fromfile(path, dtype=np.float32)
     except OSError as e:
         raise ReplayError(f"{path}: cannot read the lidar sweep ({e.strerror or e})") from e
-    except ValueError as e:  # a size that is not a whole number of float32
-        raise ReplayError(f"{path}: not a nuScenes lidar sweep ({e})") from e
-    if raw.size == 0 or raw.size % _POINT_COLUMNS:
-        raise ReplayError(
-            f"{path}: {raw.size * 4} bytes is not a whole number of {_POINT_COLUMNS * 4}-byte "
-            "points (x, y, z, intensity, ring float32)"
-        )
+    if raw.size * 4 != size:  # the file changed while it was read
+        raise ReplayError(f"{path}: lidar sweep changed size while it was read")
     points = raw.reshape(-1, _POINT_COLUMNS)[:, :4].copy()
     if not np.all(np.isfinite(points)):
         raise ReplayError(f"{path}: lidar sweep has non-finite values")
@@ -176,8 +181,11 @@ def _read_jpeg(path: Path, size: tuple[int, int]) -> bytes:
         raise ReplayError(f"{path}: cannot read image ({e.strerror or e})") from e
     if not data.startswith(_JPEG):
         raise ReplayError(f"{path}: not a JPEG image")
-    # Copied as it is, not decoded: an image of another size than the camera's (the rig's,
-    # from the records) would pass into the drive and fail only when replayed.
+    # Copied as it is, not decoded: an image cut short, or of another size than the camera's
+    # (the rig's, from the records), would pass into the drive and fail only when replayed.
+    fault = encoded_image_fault(data, "jpeg")
+    if fault is not None:
+        raise ReplayError(f"{path}: {fault}")
     found = encoded_image_size(data)
     if found != size:
         got = "no size in its header" if found is None else f"{found[0]}x{found[1]}"

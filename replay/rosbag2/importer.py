@@ -15,6 +15,13 @@ file's camera): the intrinsics are per size, so an image of a size no calibratio
 camera reconfigured mid-drive without a CameraInfo of its new size) is refused with the
 bag. An image of a calibrated size received before the CameraInfo of that size took effect
 is imported and counted in a warning: the node leaves it out as unfit.
+
+Faults of single messages that a recording has now and then are skipped, counted per topic
+in the warnings with the first one's place (one glitch must not end the import of a long bag):
+a fix without a position, a compressed image cut short or whose header gives no size (a
+camera driver's damaged frame), a message stamped as the one before it on its topic (a driver
+that repeats a stamp). A camera topic whose every image is damaged is refused: that is a fault
+of the camera or of how its images are read, not a glitch.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from replay.datasets.importers import (
     ImportStats,
     atomic_drive,
     camera_offsets_ms,
+    encoded_image_fault,
 )
 from replay.datasets.kitti_object import LIDAR_STREAM
 from replay.drive import RIG_TOPIC
@@ -225,8 +233,24 @@ def _nearest_velocity(samples: list[VelocitySample], stamp: int) -> VelocitySamp
     return best if abs(best.stamp_ns - stamp) <= VELOCITY_WINDOW_NS else None
 
 
+@dataclass
+class _Skipped:
+    """Messages of one topic left out for one fault: how many, and the first one's place and
+    fault."""
+
+    count: int
+    first: str
+
+
 class _Converter:
-    """Bag messages of the data topics -> node messages, with per-stream sequence numbers."""
+    """Bag messages of the data topics -> node messages, with per-stream sequence numbers.
+
+    Faults of single messages that a recording has now and then are skipped and counted (one
+    glitch must not end the import of a long bag; the stats' warnings say them): a fix without
+    a position, a compressed image that is cut short or gives no size in its header (a camera
+    driver's damaged frame: the node would leave it out), a message stamped as the one before
+    it on its topic (a driver that repeats a stamp: the node drops the second, not after its
+    stream's last)."""
 
     def __init__(self, bag: Bag, plan: TopicPlan, calib: _Calibration) -> None:
         self._bag = bag
@@ -235,14 +259,29 @@ class _Converter:
         self._cameras = {c.topic: c for c in plan.cameras}
         self.seq: dict[str, int] = {}
         self.no_fix = 0
+        self._last_stamp: dict[str, int] = {}
+        #: Per topic: the messages received, the damaged images and the repeated stamps left out.
+        self.received: dict[str, int] = {}
+        self.damaged: dict[str, _Skipped] = {}
+        self.repeated: dict[str, _Skipped] = {}
 
     def convert(self, topic: str, msgtype: str, log_time: int, data: bytes) -> Message | None:
         where = _where(self._bag, topic, log_time)
         msg = self._bag.decode(data, msgtype, where)
+        self.received[topic] = self.received.get(topic, 0) + 1
+        # Where a skipped message was: its place on the topic, as rosbag2 tools count.
+        at = f"message {self.received[topic]} of the topic, received at {log_time} ns"
         with _as_ros_defines(where, msgtype):
-            return self._convert(topic, msgtype, msg, where)
+            return self._convert(topic, msgtype, msg, where, at)
 
-    def _convert(self, topic: str, msgtype: str, msg: Any, where: str) -> Message | None:
+    @staticmethod
+    def _skip(skipped: dict[str, _Skipped], topic: str, first: str) -> None:
+        if topic in skipped:
+            skipped[topic].count += 1
+        else:
+            skipped[topic] = _Skipped(1, first)
+
+    def _convert(self, topic: str, msgtype: str, msg: Any, where: str, at: str) -> Message | None:
         stream = self._plan.streams[topic]
         seq = self.seq.get(stream, 0)
         out: Message | None
@@ -267,6 +306,11 @@ class _Converter:
             kwargs: dict[str, Any] = {"stream": stream, "frame_id": stream, "seq": seq}
             if msgtype == COMPRESSED_IMAGE:
                 out = compressed_image_to_frame(msg, where=where, **kwargs)
+                assert out.data is not None and out.encoding is not None
+                fault = encoded_image_fault(out.data, out.encoding)
+                if fault is not None:
+                    self._skip(self.damaged, topic, f"{at}: {fault}")
+                    return None
             else:
                 out = image_to_frame(msg, where=where, **kwargs)
         else:
@@ -279,8 +323,37 @@ class _Converter:
             if out is None:
                 self.no_fix += 1
                 return None
+        stamp = out.header.stamp_ns
+        if self._last_stamp.get(stream) == stamp:
+            self._skip(self.repeated, topic, f"{at}, stamp {stamp} ns")
+            return None
+        self._last_stamp[stream] = stamp
         self.seq[stream] = seq + 1
         return out
+
+    def warnings(self) -> list[str]:
+        """The messages skipped, per topic and fault."""
+        out = [
+            f"{topic}: {s.count} of {self.received[topic]} image(s) damaged, skipped (the "
+            f"first: {s.first})"
+            for topic, s in self.damaged.items()
+        ]
+        out += [
+            f"{topic}: {s.count} message(s) repeating the stamp of the one before on the "
+            f"topic, skipped (the first: {s.first})"
+            for topic, s in self.repeated.items()
+        ]
+        return out
+
+    def check_cameras(self, source: Path) -> None:
+        """Raises Rosbag2Error for a camera topic whose every image is damaged: a fault of the
+        camera or of how its images are read, not a glitch to skip."""
+        for topic, s in self.damaged.items():
+            if s.count == self.received[topic]:
+                raise Rosbag2Error(
+                    f"{source}: {topic}: every one of its {s.count} image(s) is damaged (the "
+                    f"first: {s.first})"
+                )
 
 
 class _ImageSizes:
@@ -301,8 +374,7 @@ class _ImageSizes:
             size: tuple[int, int] | None = (frame.image.shape[1], frame.image.shape[0])
         else:
             assert frame.data is not None
-            # None: no size in the header, which the node reports as an image that does not
-            # decode; its size is not the fault here.
+            # Never None here: an image whose header gives no size was skipped as damaged.
             size = encoded_image_size(frame.data)
         cam = self._cameras[topic]
         in_force = rig.cameras[cam.name].size
@@ -370,8 +442,9 @@ def import_rosbag2(
     topic or file: a missing or unreadable bag or `--topics` file, no lidar topic, a topic
     mapped to a role its type cannot fill or whose type is unknown, a camera without
     CameraInfo, tf frames that do not connect the sensors, a message that cannot be decoded
-    or converted; a ReplayError naming the message's topic and log time for one converted but
-    beyond the drive's limits (an image above the wire's size limit)."""
+    or converted, a camera topic whose every compressed image is damaged; a ReplayError
+    naming the message's topic and log time for one converted but beyond the drive's limits
+    (an image above the wire's size limit)."""
     begin = time.perf_counter()
     source = Path(source)
     topics_file = load_topics_file(topics) if topics is not None else None
@@ -427,6 +500,7 @@ def import_rosbag2(
                     progress(done, total)
             if counts.get(LIDAR_STREAM, 0) == 0:
                 raise Rosbag2Error(f"{source}: the lidar topic {plan.lidar.topic} has no messages")
+            converter.check_cameras(source)
             written = writer.bytes_written
     warnings = [f"skipped {t} ({m}): {why}" for t, m, why in plan.skipped]
     warnings += [
@@ -434,6 +508,7 @@ def import_rosbag2(
     ]
     if converter.no_fix:
         warnings.append(f"{plan.gnss}: {converter.no_fix} fix(es) without a position skipped")
+    warnings += converter.warnings()
     warnings += sizes.warnings()
     warnings += list(rig.warnings)
     return ImportStats(

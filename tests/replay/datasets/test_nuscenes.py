@@ -447,6 +447,35 @@ def test_sample_files_that_are_pipes_or_of_another_size_are_named(tmp_path: Path
     )
 
 
+def test_a_jpeg_cut_short_is_named(tmp_path: Path) -> None:
+    """A CAM_FRONT image cut to 700 bytes keeps its header (its size): it was imported, and
+    the node left it out when replayed."""
+    fx = write_nuscenes(tmp_path / "data")
+    path = fx.root / fx.camera_all["CAM_FRONT"][0]["filename"]
+    path.write_bytes(path.read_bytes()[:700])
+    assert _fails(fx.root, tmp_path / "x.mcap") == (
+        f"{path}: JPEG image is cut short (no end-of-image marker after its image data)"
+    )
+    path.write_bytes(b"\xff\xd8\xff" + b"\0" * 100)
+    assert _fails(fx.root, tmp_path / "x.mcap") == (
+        f"{path}: JPEG image gives no size in its header"
+    )
+
+
+@pytest.mark.parametrize("size", [82, 70, 0])
+def test_a_sweep_file_not_of_whole_points_is_named_by_its_size(tmp_path: Path, size: int) -> None:
+    """82 bytes (4 points and 2) were read as 4 points; 70 were said to be 68 (np.fromfile
+    drops a partial float32)."""
+    path = tmp_path / "s.pcd.bin"
+    path.write_bytes((lidar_points(0).tobytes() + b"\1\2")[:size])
+    with pytest.raises(ReplayError) as info:
+        read_nuscenes_points(path)
+    assert str(info.value) == (
+        f"{path}: {size} bytes is not a whole number of 20-byte points (x, y, z, intensity, ring "
+        "float32)"
+    )
+
+
 def test_points_reader(tmp_path: Path) -> None:
     path = tmp_path / "s.pcd.bin"
     lidar_points(0).tofile(path)

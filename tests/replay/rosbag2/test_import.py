@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -32,10 +33,12 @@ from tests.replay.rosbag2.bags import (
     LIDAR_TOPIC,
     BagWriter,
     camera_info,
+    compressed,
     point_cloud,
     write_kitti_bag,
 )
 
+COMPRESSED_TOPIC = f"{CAMERA_NS}/image_raw/compressed"
 # The folder replay stamps its unrelated frames this far apart (replay.offline.open_source).
 PERIOD_NS = round((NodeConfig().tracking.max_gap_s + 1.0) * 1e9)
 
@@ -353,3 +356,90 @@ def test_an_image_of_another_size_than_the_rig_file_camera_is_refused(
         f"(the --topics rig file {(tmp_path / 'rig.yaml').resolve()}): intrinsics hold for one "
         "image size, and a camera reconfigured mid-drive needs a calibration of its new size"
     )
+
+
+def _compressed_images(
+    kitti_dir: Path, damage: Callable[[int, bytes], bytes]
+) -> Callable[[BagWriter, int, int], None]:
+    """`extra` for write_kitti_bag: frame i's PNG as a CompressedImage, as `damage(i, png)`
+    leaves it."""
+    frames = KittiObjectFolder(kitti_dir).frames
+
+    def write(w: BagWriter, i: int, stamp: int) -> None:
+        data = damage(i, frames[i].image_path.read_bytes())
+        w.write(COMPRESSED_TOPIC, stamp + 3_000_000, compressed(stamp, "camera_rect", data))
+
+    return write
+
+
+def _jpeg_cut_short(png: bytes) -> bytes:
+    bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert bgr is not None
+    ok, jpeg = cv2.imencode(".jpg", bgr)
+    assert ok
+    return jpeg.tobytes()[: len(jpeg) // 2]
+
+
+def test_a_damaged_compressed_image_is_skipped_and_counted(kitti_dir: Path, tmp_path: Path) -> None:
+    """A camera driver's damaged frame (a JPEG cut short, its header whole) was imported
+    without a word, and left out by the node when replayed."""
+    extra = _compressed_images(kitti_dir, lambda i, png: _jpeg_cut_short(png) if i == 1 else png)
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=3, skip=(f"{CAMERA_NS}/image_raw",),
+                          extra=extra)  # fmt: skip
+    drive = tmp_path / "drive.mcap"
+    stats = import_rosbag2(bag.path, drive)
+    assert stats.messages["camera/front"] == 2
+    assert (
+        f"{COMPRESSED_TOPIC}: 1 of 3 image(s) damaged, skipped (the first: message 2 of the "
+        "topic, received at 103000000 ns: JPEG image is cut short (no end-of-image marker after "
+        "its image data))"
+    ) in stats.warnings
+    frames = [r.message for r in DriveReader(drive).messages()
+              if isinstance(r.message, CameraFrame)]  # fmt: skip
+    assert [(f.header.seq, f.header.stamp_ns) for f in frames] == [(0, 0), (1, 200_000_000)]
+
+
+@pytest.mark.parametrize(
+    ("damage", "fault"),
+    [
+        (lambda png: b"\xff\xd8\xff" + b"\0" * 100, "JPEG image gives no size in its header"),
+        (lambda png: png[: len(png) // 2], "PNG image is cut short (no IEND chunk)"),
+    ],
+    ids=["jpeg-garbage", "png-half"],
+)
+def test_a_camera_whose_every_image_is_damaged_is_refused(
+    kitti_dir: Path, tmp_path: Path, damage: Callable[[bytes], bytes], fault: str
+) -> None:
+    """Every image of the camera damaged: the drive was written with them, "camera/front 4",
+    and the node left each out when replayed."""
+    extra = _compressed_images(kitti_dir, lambda _i, png: damage(png))
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=2, skip=(f"{CAMERA_NS}/image_raw",),
+                          extra=extra)  # fmt: skip
+    assert _refused(bag.path, tmp_path) == (
+        f"{bag.path}: {COMPRESSED_TOPIC}: every one of its 2 image(s) is damaged (the first: "
+        f"message 1 of the topic, received at 3000000 ns: {fault})"
+    )
+
+
+def test_sweeps_repeating_the_stamp_before_are_skipped_and_counted(
+    kitti_dir: Path, tmp_path: Path
+) -> None:
+    """A driver stamping each sweep twice (t, t, t + 0.2 s, t + 0.2 s): the drive held 4 sweeps
+    of 2 stamps, and the replay lost 2 without a word."""
+    points = read_kitti_bin(KittiObjectFolder(kitti_dir).frames[0].lidar_path)
+
+    def twice(w: BagWriter, i: int, stamp: int) -> None:
+        w.write(LIDAR_TOPIC, stamp + 4_000_000, point_cloud((i // 2) * 200_000_000,
+                                                            "velo_link", points))  # fmt: skip
+
+    bag = write_kitti_bag(kitti_dir, tmp_path / "bag", frames=4, skip=(LIDAR_TOPIC,), extra=twice)
+    drive = tmp_path / "drive.mcap"
+    stats = import_rosbag2(bag.path, drive)
+    assert stats.messages["lidar/top"] == 2
+    assert (
+        f"{LIDAR_TOPIC}: 2 message(s) repeating the stamp of the one before on the topic, "
+        "skipped (the first: message 2 of the topic, received at 104000000 ns, stamp 0 ns)"
+    ) in stats.warnings
+    sweeps = [r.message for r in DriveReader(drive).messages()
+              if isinstance(r.message, LidarSweep)]  # fmt: skip
+    assert [(s.header.seq, s.header.stamp_ns) for s in sweeps] == [(0, 0), (1, 200_000_000)]
