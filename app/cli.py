@@ -814,7 +814,9 @@ def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
         "ground truth, KITTI object folders; classes, grid, augmentations, modality dropout; "
         "see replay/training/fusion_config.py and configs/train_learned_fusion.yaml). Writes "
         "checkpoints (--resume continues), metrics.jsonl, curves.png and the exported "
-        "learned_fusion.onnx into --out. Deterministic for the config's seed. Needs torch.",
+        "learned_fusion.onnx into --out. With train.threads: 1, a config gives the same "
+        "model bytes every run; with more threads, the same model within float rounding (runs "
+        "can differ in the losses' 7th digit). Needs torch.",
         common=common,
     )
     p.add_argument("config", help="training config (YAML)")
@@ -848,6 +850,7 @@ def _add_train(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(hold_threads=False)
+    with_option_defaults(p)
 
 
 def _add_keys(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:

@@ -7,11 +7,15 @@ import argparse
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.common import Stages, progress_bar
+from app.common import Stages, not_for, progress_bar
 from perception.errors import PerceptionError
+
+if TYPE_CHECKING:
+    from replay.training.train_fusion import TrainResult
 
 __all__ = ["cmd_train"]
 
@@ -25,6 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from replay.training.fusion_config import load_train_config  # noqa: PLC0415 - torch below
     from replay.training.train_fusion import run_files, train  # noqa: PLC0415 - imports torch
 
+    if args.ray_address is None:
+        not_for(args, "a run without --ray-address (it sets the Ray Train workers)", ("--workers",))
     config_path = Path(args.config).expanduser()
     try:
         config = load_train_config(config_path)
@@ -46,11 +52,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{config_path}: the training config is {written}, which the run writes: it "
                 "would be replaced; move it or choose another --out"
             )
-    if not args.resume and (out / "checkpoints" / "last.pt").exists():
-        raise PerceptionError(
-            f"{out}: holds a training run already; --resume continues it, or choose another --out"
-        )
+    if not args.resume:
+        _refuse_a_run_there(out, run_files(out, config.model))
     bar: Any = None
+    started = time.monotonic()
     with Stages("sample", args.quiet) as stages:
 
         def progress(done: int, total: int, loss: float) -> None:
@@ -85,8 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    print(f"trained {result.steps} steps in {result.seconds:.0f} s (this run), loss "
-          f"{result.final_loss:.3f}")  # fmt: skip
+    print(_summary(result, time.monotonic() - started))
     for label, figures in result.validation.items():
         if not figures.get("references"):
             continue
@@ -96,6 +100,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model: {result.onnx_path}")
     print(f"checkpoint: {result.checkpoint_path}; curves: {out / 'curves.png'}")
     return 0
+
+
+def _refuse_a_run_there(out: Path, written: list[Path]) -> None:
+    """Refuses an `--out` that holds files a run writes (a run without --resume replaced
+    them, a model or a log the user meant to keep), before anything is prepared. A folder where
+    a file goes is the training's own refusal (replay.training.train_fusion)."""
+    held = [p for p in written if p.is_file()]
+    if not held:
+        return
+    names = ", ".join(str(p.relative_to(out)) for p in held)
+    if out / "checkpoints" / "last.pt" in held:
+        advice = "--resume continues its run, or choose another --out"
+    else:
+        advice = "a run would replace them; move them away, or choose another --out"
+    raise PerceptionError(f"{out}: holds a training run's files already ({names}); {advice}")
+
+
+def _summary(result: TrainResult, seconds: float) -> str:
+    """The line saying what this run trained, in how long (`seconds`: all of it, from the
+    samples' preparation to the export; the steps' own time in brackets)."""
+    loss = f"loss {result.final_loss:.3f}"
+    if result.resumed_at == 0:
+        return (
+            f"trained {result.steps} steps in {seconds:.0f} s (steps {result.seconds:.1f} s), "
+            f"{loss}"
+        )
+    at = f"resumed at step {result.resumed_at} of {result.steps}"
+    if result.steps_this_run == 0:
+        return f"{at}: the run had finished, no step trained (exported in {seconds:.0f} s), {loss}"
+    return (
+        f"{at}: trained {result.steps_this_run} steps in {seconds:.0f} s "
+        f"(steps {result.seconds:.1f} s), {loss}"
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -19,7 +19,8 @@ the config file. Every value is checked when the file is read (types, finite num
 sizes bounded so that a typo is one line rather than an allocation of terabytes); the sources'
 files are looked for when they are opened. ``camera.model`` is ``synth`` (the packaged detector
 trained on synthetic renders), ``none`` (no camera: a lidar-only model), a registered model name
-or an ONNX file.
+or an ONNX file. ``model.classes`` must be among the classes the sources label
+(``replay.training.samples.TRAINING_CLASSES``: Car, Pedestrian, Cyclist).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from engines.fusion.learned_config import LearnedFusionConfig
 from engines.settings import MAX_THREADS
 from replay.training.fusion_data import AugmentConfig, DropoutConfig
 from replay.training.gt_sampling import GtSamplingConfig
+from replay.training.samples import TRAINING_CLASSES
 from replay.training.sources import MAX_SEED, check_source
 
 __all__ = [
@@ -84,6 +86,11 @@ class OptimConfig:
     ``weight_decay`` (in [0, 1]); a checkpoint every ``checkpoint_every`` steps, a validation
     every ``eval_every`` (0: only at the end); ``threads`` torch CPU threads (1 to
     ``engines.settings.MAX_THREADS``).
+
+    A config gives the same model bytes every run with ``threads: 1`` only. With more threads
+    separate runs agree within float rounding: on the 2-core machine, about 1 run in 5 of the
+    same config differed in the losses' 7th digit from the first step on (the focal loss of
+    identical logits; ``torch.use_deterministic_algorithms`` did not remove it).
 
     Raises:
         ValueError: a value of another type or out of its range (one line naming the key).
@@ -183,6 +190,14 @@ def parse_train_config(doc: Any, where: str, base_dir: Path) -> FusionTrainConfi
         model = LearnedFusionConfig.from_dict(dict(model_doc))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: model: {e}") from e
+    # The sources keep the boxes of these classes only (the rest are masked): a head class
+    # outside them has no object to learn, and trained to detect nothing.
+    for name in model.classes:
+        if name not in TRAINING_CLASSES:
+            raise ValueError(
+                f"{where}: model.classes: {name!r} is not a class the training sources label "
+                f"(known: {', '.join(TRAINING_CLASSES)})"
+            )
     gt_sampling = (
         _section(doc, "gt_sampling", GtSamplingConfig, where)
         if doc.get("gt_sampling") is not None

@@ -3,7 +3,8 @@
 One run writes into its output folder:
 - ``checkpoints/last.pt`` every ``checkpoint_every`` steps and at the end (model, optimiser and
   scheduler state, step, config): ``resume`` continues from it and gives the same weights as an
-  uninterrupted run, because every random choice of a step is drawn from (seed, step);
+  uninterrupted run, because every random choice of a step is drawn from (seed, step) (the same
+  bytes with ``train.threads: 1``; with more threads, see ``fusion_config.OptimConfig``);
 - ``metrics.jsonl``: one line per logged step (losses, learning rate, elapsed seconds) and per
   validation (recall, precision, AP and errors per class);
 - ``curves.png``: the loss curves and validation figures;
@@ -292,8 +293,10 @@ def tune_thresholds(
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run ended with: steps done, seconds spent in this process, the final losses and
-    validation figures, and the files written."""
+    """What a run ended with: its steps in all (the config's), the seconds this process spent
+    on its steps, the final losses and validation figures, the files written, and the step it
+    was resumed at (0: started; ``steps``: resumed finished, no step taken). This process took
+    ``steps - resumed_at`` steps."""
 
     steps: int
     seconds: float
@@ -301,6 +304,12 @@ class TrainResult:
     validation: Mapping[str, Mapping[str, float | int | None]]
     onnx_path: Path
     checkpoint_path: Path
+    resumed_at: int = 0
+
+    @property
+    def steps_this_run(self) -> int:
+        """The steps this process took."""
+        return self.steps - self.resumed_at
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -488,6 +497,7 @@ def train(
             prepared,
             out_dir.resolve(),
             resume=resume,
+            resumed_at=0 if resumed is None else int(resumed["step"]),
             address=ray_address,
             workers=workers,
             say=say,
@@ -623,6 +633,7 @@ def _train_on_ray(
     out_dir: Path,
     *,
     resume: bool,
+    resumed_at: int,
     address: str,
     workers: int,
     say: Callable[[str], None],
@@ -660,6 +671,7 @@ def _train_on_ray(
         meta["validation"],
         out_dir / "learned_fusion.onnx",
         out_dir / "checkpoints" / "last.pt",
+        resumed_at,
     )
 
 
@@ -853,7 +865,7 @@ def _optimise(
     seconds = time.perf_counter() - t0
     onnx_path = out_dir / "learned_fusion.onnx"
     if not lead:
-        return TrainResult(steps, seconds, loss_value, {}, onnx_path, ckpt_path)
+        return TrainResult(steps, seconds, loss_value, {}, onnx_path, ckpt_path, start)
     figures = validate(steps)
     checkpoint(steps)
     plot_curves(metrics_path, out_dir / "curves.png")
@@ -872,4 +884,4 @@ def _optimise(
     }  # fmt: skip
     with atomic_output(out_dir / "learned_fusion.yaml", "the export's model config") as tmp:
         tmp.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
-    return TrainResult(steps, seconds, loss_value, figures, onnx_path, ckpt_path)
+    return TrainResult(steps, seconds, loss_value, figures, onnx_path, ckpt_path, start)

@@ -5,6 +5,7 @@ line also says nothing was). In-process through `main`, on real files."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -235,6 +236,12 @@ def test_resuming_a_finished_run_keeps_its_loss_and_log(
     assert main(["train", str(config), "--out", str(out), "--quiet", "--resume"]) == 0
     again = capsys.readouterr().out
     assert f"loss {loss:.3f}" in first.splitlines()[0] and f"loss {loss:.3f}" in again, again
+    # It said "trained 2 steps ... (this run)" of the resumed run, which took none.
+    assert re.fullmatch(r"trained 2 steps in \d+ s \(steps \d+\.\d s\), loss .*",
+                        first.splitlines()[0]), first  # fmt: skip
+    assert again.splitlines()[0].startswith(
+        "resumed at step 2 of 2: the run had finished, no step trained (exported in "
+    ), again
     meta = yaml.safe_load((out / "learned_fusion.yaml").read_text(encoding="utf-8"))
     assert meta["trained"]["final_loss"] == loss
     assert (out / "metrics.jsonl").read_text(encoding="utf-8") == log
@@ -286,3 +293,82 @@ def test_a_folder_where_a_run_file_goes_is_refused_up_front(
         "writes a file; move it away"
     )
     assert [p.name for p in out.iterdir()] == ["curves.png"]
+
+
+def _one_step(tmp_path: Path, **changes: Any) -> Path:
+    """A config of one step: where old code trained instead of refusing, it did so briefly."""
+    return _config(tmp_path, train={"steps": 1, "threads": 1}, **changes)
+
+
+def test_an_out_holding_a_runs_files_is_refused_without_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a checkpoint was looked for: a folder holding a model, a metrics log or curves
+    (kept from an earlier run, or the user's) had them replaced without a word."""
+    from engines.fusion.learned_config import LearnedFusionConfig
+    from replay.training.train_fusion import run_files
+
+    config = _one_step(tmp_path)
+    for i, path in enumerate(run_files(tmp_path / "run", LearnedFusionConfig())):
+        out = tmp_path / f"run{i}"
+        held = out / path.relative_to(tmp_path / "run")
+        held.parent.mkdir(parents=True)
+        held.write_text("PRECIOUS", encoding="utf-8")
+        name = held.relative_to(out)
+        advice = (
+            "--resume continues its run, or choose another --out"
+            if name == Path("checkpoints", "last.pt")
+            else "a run would replace them; move them away, or choose another --out"
+        )
+        err = _train(capsys, config, out)
+        assert err == (
+            f"perception train: error: {out}: holds a training run's files already ({name}); "
+            f"{advice}"
+        )
+        assert held.read_text(encoding="utf-8") == "PRECIOUS"
+        assert [p for p in out.rglob("*") if p.is_file()] == [held]
+
+
+@pytest.mark.parametrize("classes", [["car"], ["Car", "Banana"]])
+def test_a_head_class_no_source_labels_is_refused(
+    classes: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head class the sources never label trained a model that could never detect it."""
+    config = _one_step(tmp_path, model={"classes": classes})
+    err = _train(capsys, config, tmp_path / "run")
+    assert err.endswith(
+        f"{config}: model.classes: {classes[-1]!r} is not a class the training sources label "
+        "(known: Car, Pedestrian, Cyclist)"
+    ), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_workers_without_a_ray_address_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--workers alone was ignored: the run trained in one process."""
+    err = _train(capsys, _one_step(tmp_path), tmp_path / "run", "--workers", "3")
+    assert err == (
+        "perception train: error: --workers does nothing for a run without --ray-address "
+        "(it sets the Ray Train workers)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_says_what_this_run_trained_and_how_long_it_took() -> None:
+    """A run resumed partway said it trained all the steps; one on Ray Train gave the
+    workers' step time (0 s) for a run of 22 s."""
+    from app.commands.train import _summary
+    from replay.training.train_fusion import TrainResult
+
+    def result(resumed_at: int) -> TrainResult:
+        return TrainResult(4, 0.4, 1.0, {}, Path("m.onnx"), Path("last.pt"), resumed_at)
+
+    assert _summary(result(0), 22.0) == "trained 4 steps in 22 s (steps 0.4 s), loss 1.000"
+    assert _summary(result(1), 22.0) == (
+        "resumed at step 1 of 4: trained 3 steps in 22 s (steps 0.4 s), loss 1.000"
+    )
+    assert _summary(result(4), 9.0) == (
+        "resumed at step 4 of 4: the run had finished, no step trained (exported in 9 s), "
+        "loss 1.000"
+    )

@@ -95,6 +95,8 @@ def test_resume_gives_the_run_an_interruption_did_not_stop(
     resumed = train(config, tmp_path / "resumed", resume=True)
     monkeypatch.undo()
     assert reads == [tmp_path / "resumed" / "checkpoints" / "last.pt"]
+    # This run took the steps after the checkpoint's only (its summary said all six).
+    assert (straight.resumed_at, resumed.resumed_at, resumed.steps_this_run) == (0, 3, 3)
     a = torch.load(straight.checkpoint_path, weights_only=False)["model"]
     b = torch.load(resumed.checkpoint_path, weights_only=False)["model"]
     for key in a:
