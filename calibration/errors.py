@@ -18,6 +18,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "CalibrationError",
     "load_yaml",
+    "not_a_file",
     "not_utf8",
     "open_regular_file",
     "parse_float",
@@ -57,6 +58,19 @@ def not_utf8(e: UnicodeDecodeError, offset: int = 0) -> str:
     text file the project reads. `offset` is where in the file the decoded bytes began, so the
     offset shown is the file's, not the chunk's."""
     return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start})"
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` is no file to read: "is a folder", "is not a regular file (a device, pipe or
+    socket)" (reading one would block or never end) or "does not exist"; None where it is a
+    regular file (or a link to one)."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder"
+    if path.exists():
+        return "is not a regular file (a device, pipe or socket)"
+    return "does not exist"
 
 
 def open_regular_file(

@@ -22,6 +22,7 @@ from calibration import (
     read_scan,
     save_rig_yaml,
 )
+from calibration.errors import not_a_file
 from calibration.images import check_image_pixels, decode_image_file
 from perception.errors import PerceptionError
 from perception.msgs.schema import DEFAULT_LIMITS
@@ -58,14 +59,8 @@ def cmd_calib_show(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    if not path.is_file():
-        if path.is_dir():
-            state = "is a folder"
-        elif path.exists():
-            # A pipe would block the read for ever (worded as `errors.open_regular_file`).
-            state = "is not a regular file (a device, pipe or socket)"
-        else:
-            state = "does not exist"
+    state = not_a_file(path)
+    if state is not None:
         raise CalibrationError(f"{path}: image {state}")
     check_image_pixels(path, DEFAULT_LIMITS.max_image_pixels)
     loaded = decode_image_file(path)

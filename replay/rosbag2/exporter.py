@@ -27,6 +27,7 @@ from typing import Any
 
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from calibration.errors import not_a_file
 from perception.errors import PerceptionError
 from perception.msgs.jsonl import read_jsonl_lines
 from perception.msgs.types import DetectionList
@@ -175,13 +176,8 @@ def _detection_lists(source: Path, on_error: Callable[[ReplayError], None]) -> l
 
 
 def _read_detection_lists(source: Path, on_error: Callable[[ReplayError], None]) -> list[_Item]:
-    if not source.is_file():
-        if source.is_dir():
-            state = "is a folder"
-        elif source.exists():
-            state = "is not a regular file (a device, pipe or socket)"
-        else:
-            state = "does not exist"
+    state = not_a_file(source)
+    if state is not None:
         raise Rosbag2Error(f"{source}: {state}; expected a drive (.mcap) or a run (.jsonl)")
     if source.suffix == ".mcap":
         items = _drive_lists(source, on_error)

@@ -12,6 +12,7 @@ from calibration.errors import (
     MAX_TEXT_BYTES,
     CalibrationError,
     load_yaml,
+    not_a_file,
     open_regular_file,
     read_text,
 )
@@ -158,3 +159,12 @@ def test_a_folder_is_refused_and_its_descriptor_closed(tmp_path: Path) -> None:
             open_regular_file(tmp_path, "lidar scan")
         assert str(info.value) == f"{tmp_path}: cannot read lidar scan (Is a directory)"
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_not_a_file_says_why_a_path_is_no_file_to_read(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    os.mkfifo(tmp_path / "pipe")
+    assert not_a_file(tmp_path / "f") is None
+    assert not_a_file(tmp_path) == "is a folder"
+    assert not_a_file(tmp_path / "pipe") == "is not a regular file (a device, pipe or socket)"
+    assert not_a_file(tmp_path / "none") == "does not exist"
