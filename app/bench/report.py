@@ -67,7 +67,7 @@ class BenchResult:
     node_config: dict[str, Any]
     machine: MachineInfo
     sweeps: SweepAccounting
-    throughput_hz: float
+    throughput_hz: float | None
     send_rate_hz: float
     end_to_end: LatencyStats | None
     response: LatencyStats | None
@@ -178,7 +178,12 @@ def _summary_rows(r: BenchResult) -> list[tuple[str, str]]:
         ("rate", f"{r.rate_hz:.2f} Hz for {r.duration_s:g} s (sent at {r.send_rate_hz:.2f} Hz)"),
         ("sweeps", sweeps),
         ("sweep span", _span_text(r.frames)),
-        ("throughput", f"{r.throughput_hz:.2f} DetectionLists/s"),
+        (
+            "throughput",
+            "n/a (fewer than two answers)"
+            if r.throughput_hz is None
+            else f"{r.throughput_hz:.2f} DetectionLists/s",
+        ),
         ("node overhead", _overhead_text(r.node_overhead)),
         ("whole frame", _frame_ratio_text(r.frame_ratio)),
         ("calibration monitor", _calibration_text(r.node_diagnostics)),
@@ -244,8 +249,9 @@ def _calibration_text(diagnostics: dict[str, Any]) -> str:
     held = f"; {over} due sweeps passed over, its CPU budget spent" if over else ""
     return (
         f"{cpu_ms / published:.2f} ms of CPU per sweep on average ({cpu_ms / used:.1f} ms on "
-        f"each of the {used} of {published} sweeps it used; wall time "
-        f"{wall_ms / published:.2f} ms per sweep), after the outputs are published{held}"
+        f"each of the {used} of {published} sweeps it used since the node started, its warm-up "
+        f"included; wall time {wall_ms / published:.2f} ms per sweep), after the outputs are "
+        f"published{held}"
     )
 
 

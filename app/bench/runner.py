@@ -108,14 +108,15 @@ class _Run:
             return self.rate_hz
         return (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9)
 
-    def throughput_hz(self) -> float:
-        """Answers to this run's sweeps per second, from its first send to the last answer."""
+    def throughput_hz(self) -> float | None:
+        """Answers to this run's sweeps per second, between its first answer and its last;
+        None with fewer than two (one answer is no rate: counted from the first send, a run of
+        one sweep at 0.01 Hz reported 7.2 a second, one over its response time)."""
         sent = set(self.sent_stamps)
-        received = [a.received_ns for a in self.answers if a.stamp_ns in sent]
-        if not received:
-            return 0.0
-        window_s = (max(received) - self.sent_stamps[0]) / 1e9
-        return len(received) / window_s if window_s > 0 else 0.0
+        received = sorted(a.received_ns for a in self.answers if a.stamp_ns in sent)
+        if len(received) < 2 or received[-1] <= received[0]:
+            return None
+        return (len(received) - 1) / ((received[-1] - received[0]) / 1e9)
 
     def soak(self, window_s: float) -> Soak:
         """The run over time (app.bench.soak), times from its first send."""

@@ -543,8 +543,26 @@ def test_the_calibration_monitors_cost_is_per_published_sweep() -> None:
     md = format_markdown(replace(_result(), node_diagnostics={"counters": counters}))
     assert (
         "| calibration monitor | 1.50 ms of CPU per sweep on average (6.0 ms on each of the 100 "
-        "of 400 sweeps it used; wall time 2.25 ms per sweep)" in md
+        "of 400 sweeps it used since the node started, its warm-up included; wall time 2.25 ms "
+        "per sweep)" in md
     )
+
+
+def test_the_throughput_is_a_rate_between_answers_and_none_of_one() -> None:
+    """A run of one sweep at 0.01 Hz reported 7.2 DetectionLists a second: one answer over the
+    time from its send to its answer."""
+    from app.bench.node_child import Answer
+    from app.bench.runner import _Run
+
+    def run(received_ms: list[int]) -> _Run:
+        answers = tuple(Answer(i, t * 1_000_000, 0, {}, False) for i, t in enumerate(received_ms))
+        return _Run(10.0, tuple(range(len(received_ms))), (), answers, 0, (), None)
+
+    assert run([139]).throughput_hz() is None
+    assert run([]).throughput_hz() is None
+    assert run([130, 230, 330, 430]).throughput_hz() == pytest.approx(10.0)
+    md = format_markdown(replace(_result(), throughput_hz=None))
+    assert "| throughput | n/a (fewer than two answers) |" in md
 
 
 def test_the_sensor_clocks_row_counts_stamp_faults_and_jumps() -> None:
