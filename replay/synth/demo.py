@@ -96,7 +96,7 @@ from replay.synth.world import (
     has_ground_truth,
     read_ground_truth,
 )
-from replay.tracking_eval import CLASSES, TrackingResult, evaluate_tracks
+from replay.tracking_eval import CLASSES, TrackingResult, evaluate_tracks, relative_note
 from replay.training.fusion_data import beam_mask
 
 __all__ = [
@@ -703,6 +703,8 @@ def tracking_lines(runs: Sequence[KindRun], label: str = "Car") -> list[str]:
             + _num(st.velocity_rmse_mps, ".2f")
             + " m/s"
         )
+        if run.tracking.relative:
+            lines.append(f"    ({relative_note(run.tracking)})")
     return lines
 
 
