@@ -285,8 +285,11 @@ def open_source(
                 topic,
                 key,
             )
-        # Read on the drive's own topics, a drive without any is what it is.
-        elif topic not in contents.types and (held or not topics_from_drive):
+        # Read on the drive's own topics, a drive without any is what it is. (No GNSS at all
+        # is said below, with what it changes.)
+        elif topic not in contents.types and (
+            held or (not topics_from_drive and kind != "GnssFix")
+        ):
             log.warning(
                 "%s: no %s on %s (the config's %s): the drive has %s",
                 source,
@@ -295,6 +298,13 @@ def open_source(
                 key,
                 f"them on {', '.join(held)}" if held else "none",
             )
+    if not contents.topics_of("GnssFix"):
+        # Nothing else says it, and it changes what the tracks mean.
+        log.warning(
+            "%s: no GNSS fixes: detections are not placed on the map, and tracks are in the "
+            "vehicle frame (their velocities relative to the moving vehicle)",
+            source,
+        )
     topics = [inputs.lidar_topic, *inputs.camera_topics, inputs.gnss_topic]
     if recorded_rigs:
         topics.append(inputs.rig_topic)

@@ -700,8 +700,7 @@ def tracking_lines(runs: Sequence[KindRun], label: str = "Car") -> list[str]:
             f"{st.id_switches} ID switches ("
             + ("n/a" if per_100 is None else f"{per_100:.1f}")
             + f" per 100 of {st.gt_tracks} objects), velocity RMSE "
-            + _num(st.velocity_rmse_mps, ".2f")
-            + " m/s"
+            + ("n/a" if st.velocity_rmse_mps is None else f"{st.velocity_rmse_mps:.2f} m/s")
         )
         if run.tracking.relative:
             lines.append(f"    ({relative_note(run.tracking)})")

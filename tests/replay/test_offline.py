@@ -207,3 +207,22 @@ def test_a_replay_holds_a_drive_to_the_limits_it_runs_under(
         "above the limit of 10000000); the drive was recorded under limits that allow it" in m
         for m in said
     ), said
+
+
+def test_a_drive_without_gnss_says_what_that_changes(
+    kitti_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without fixes the tracker tracks in the vehicle frame: its velocities are relative to
+    the moving vehicle (scored as the ground's, they read as the ego's speed), and nothing said
+    so."""
+    drive = tmp_path / "kitti.mcap"
+    with DriveWriter(drive) as w:
+        for msg in KittiObjectFolder(kitti_dir).messages():
+            w.write(msg, msg.header.stamp_ns)
+    assert "gnss" not in DriveReader(drive).topics()
+    with caplog.at_level("WARNING", logger="replay.offline"):
+        open_source(drive, NodeConfig())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{drive}: no GNSS fixes: detections are not placed on the map, and tracks are in the "
+        "vehicle frame (their velocities relative to the moving vehicle)"
+    ]
