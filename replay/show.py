@@ -27,7 +27,7 @@ import logging
 import os
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,7 @@ class ShowReport:
     """What was written: the index page, the frames (in the run's order), the scores over every
     scored frame (None: none was), how they were scored (in words), the DetectionLists
     left out because the source has no frame for them, and the pictures drawn on a black
-    image because the drive has no camera frame for them."""
+    image because the drive has no frame of the rig's camera drawn on (`camera`) for them."""
 
     index: Path
     frames: tuple[ShownFrame, ...]
@@ -124,6 +124,8 @@ class ShowReport:
     protocol: str
     left_out: int = 0
     no_image: int = 0
+    #: The rig's camera drawn on (a drive's run; "" for a KITTI folder's).
+    camera: str = ""
 
 
 def _totals(result: MatchResult) -> tuple[int, int, int]:
@@ -593,7 +595,7 @@ def show_drive(
         )
         raise
     shown = [frames[i] for i in sorted(frames)]
-    return _finish(
+    report = _finish(
         out_dir,
         shown,
         protocol,
@@ -601,6 +603,7 @@ def show_drive(
         left_out=len(lists) - len(shown),
         no_image=no_images,
     )
+    return replace(report, camera=camera_name)
 
 
 # -- the index page ----------------------------------------------------------------------------

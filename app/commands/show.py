@@ -96,7 +96,9 @@ def show_run(
         report.left_out
     )
     # A black camera panel reads as a drawing fault unless the line says why.
-    left += f", {report.no_image} drawn on black (the drive has no camera frame for them)" * bool(
+    # Of the rig's camera: a drive's frames of a camera the rig lacks were said to be none.
+    of = f" of the rig's camera {report.camera}" if report.camera else " of a camera"
+    left += f", {report.no_image} drawn on black (the drive has no frame{of} for them)" * bool(
         report.no_image
     )
     return (

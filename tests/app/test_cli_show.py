@@ -12,6 +12,7 @@ import shutil
 import signal
 import urllib.parse
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -583,6 +584,31 @@ def test_a_drive_without_camera_images_says_why_its_pictures_are_black(
     n = len(list(read_jsonl(run)))
     line = capsys.readouterr().out
     assert line.startswith(f"perception show: {n} pictures")
-    assert f", {n} drawn on black (the drive has no camera frame for them))" in line
+    assert f", {n} drawn on black (the drive has no frame of the rig's camera front for them))" in (
+        line
+    )
     picture = _picture(out / "00000.png")
     assert _pixels(picture, class_colour("Car")) > 20
+
+
+def test_frames_of_a_camera_the_rig_lacks_are_not_said_to_be_none(
+    capsys, drive_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A drive whose frames are of a camera its rig does not have said "the drive has no
+    camera frame": it has, of another camera."""
+    drive, run, _ = drive_run
+    rear = tmp_path / "rear.mcap"
+    reader = DriveReader(drive)
+    with DriveWriter(rear) as w:
+        for rec in reader.messages():
+            msg = rec.message
+            if isinstance(msg, CameraFrame):
+                header = replace(msg.header, stream="camera/rear", frame_id="camera/rear")
+                msg = replace(msg, header=header)
+                w.write(msg, rec.log_time_ns, "camera/rear")
+            else:
+                w.write(msg, rec.log_time_ns, rec.topic)
+    shutil.copyfile(ground_truth_path(drive), ground_truth_path(rear))
+    out = tmp_path / "show"
+    assert main(["show", str(run), "--drive", str(rear), "--out", str(out), "--quiet"]) == 0
+    assert "the drive has no frame of the rig's camera front for them" in capsys.readouterr().out
