@@ -383,8 +383,8 @@ def _add_replay(sub: argparse._SubParsersAction[Parser], common: Parser) -> None
         "(JSON Lines or MCAP), which appears or is replaced only when the run completes. "
         "`replay DRIVE.mcap --out FILE` or `replay kitti-object DIR --out FILE`; many sources "
         "with --out-dir, one Ray task each with --ray-address. Camera model without --model: "
-        "the packaged synthetic detector for a synthetic drive (from `perception demo`), else "
-        "the config's camera_model.",
+        "the config's camera_model with --config; without, the packaged synthetic detector for "
+        "a synthetic drive (from `perception demo`), else the default camera_model.",
         common=common,
     )
     p.add_argument(
