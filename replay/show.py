@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from calibration import Rig
-from perception.msgs.types import CameraFrame, DetectionList, LidarSweep
+from calibration import CalibrationError, Rig
+from perception.msgs.types import CameraFrame, DetectionList, LidarSweep, RigMessage
 from perception.ratelimit import RateLimitedLogger
 from replay.datasets.kitti_eval import (
     check_run_of_folder,
@@ -434,6 +434,26 @@ def _camera_name(rig: Rig, drive: Path) -> str:
     return "front" if "front" in rig.cameras else next(iter(rig.cameras))
 
 
+def _rig_in_force(
+    msg: RigMessage, rig: Rig, camera_name: str, topic: str, bad: RateLimitedLogger
+) -> Rig:
+    """The rig `msg` carries, or `rig` (said) where it cannot be read or has not the camera
+    drawn on."""
+    try:
+        new = Rig.from_dict(msg.rig, source=f"{topic} message {msg.header.seq}")
+    except (CalibrationError, ValueError, TypeError, KeyError) as e:
+        bad.warning("rig", f"{e}; drawn with the rig before")
+        return rig
+    if camera_name not in new.cameras:
+        bad.warning(
+            "rig",
+            f"{topic} message {msg.header.seq}: the rig has no camera {camera_name}; drawn with "
+            "the rig before",
+        )
+        return rig
+    return new
+
+
 def _truth(drive: Path) -> dict[int, tuple[tuple[ReferenceBox, ...], tuple[float, ...]]]:
     """The drive's ground truth by sweep stamp: boxes and their unoccluded fractions."""
     try:
@@ -492,9 +512,12 @@ def show_drive(
     # A camera frame belongs to the DetectionList stamped last before it, within this.
     window_ns = min(gaps, default=1_000_000_000)
     by_stamp = {dl.header.stamp_ns: (i, dl) for i, dl in enumerate(ordered)}
-    sweeps: dict[int, LidarSweep] = {}
+    # Each sweep with the rig in force when it came: a rig re-sent mid-drive (a camera
+    # re-calibrated) is what the replay used from then on, and the pictures were drawn with the
+    # drive's first.
+    sweeps: dict[int, tuple[LidarSweep, Rig]] = {}
     images: dict[int, npt.NDArray[np.uint8]] = {}
-    topics = contents.topics_of("LidarSweep", "CameraFrame")
+    topics = contents.topics_of("LidarSweep", "CameraFrame", "RigMessage")
     out_dir_checked = False
     frames: dict[int, ShownFrame] = {}
     drawn: set[int] = set()  # stamps
@@ -505,7 +528,7 @@ def show_drive(
     def draw(stamp: int, image: npt.NDArray[np.uint8] | None) -> None:
         nonlocal no_images
         i, dl = by_stamp[stamp]
-        sweep = sweeps.pop(stamp)
+        sweep, rig = sweeps.pop(stamp)
         drawn.add(stamp)
         # No camera frame: a black image keeps the layout, and the title says why it is black.
         no_image = "; no camera image" if image is None else ""
@@ -557,9 +580,12 @@ def show_drive(
         recorded = checked_messages(reader, topics=topics, on_error=not_drawn)
         for rec in recorded:
             msg = rec.message
+            if isinstance(msg, RigMessage):
+                rig = _rig_in_force(msg, rig, camera_name, rec.topic, bad)
+                continue
             if isinstance(msg, LidarSweep) and msg.header.stamp_ns in by_stamp:
                 stamp = msg.header.stamp_ns
-                sweeps[stamp] = msg
+                sweeps[stamp] = (msg, rig)
             elif (
                 isinstance(msg, CameraFrame)
                 and msg.header.frame_id == camera_frame_id

@@ -612,3 +612,49 @@ def test_frames_of_a_camera_the_rig_lacks_are_not_said_to_be_none(
     out = tmp_path / "show"
     assert main(["show", str(run), "--drive", str(rear), "--out", str(out), "--quiet"]) == 0
     assert "the drive has no frame of the rig's camera front for them" in capsys.readouterr().out
+
+
+def test_a_rig_sent_again_mid_drive_draws_the_sweeps_after_it(
+    capsys, drive_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """The replay uses a rig re-sent mid-drive (a camera re-calibrated) from then on; `show`
+    drew every sweep with the drive's first rig. The sweeps after it are now drawn as with a
+    drive of that rig from the start, those before as before."""
+    from calibration.monitor import Correction, corrected_rig
+    from perception.msgs.types import Header, LidarSweep, RigMessage
+
+    drive, run, _ = drive_run
+    reader = DriveReader(drive)
+    assert reader.rig is not None
+    moved = corrected_rig(reader.rig, "front", Correction(translation_m=(0.0, 0.5, 0.3)))
+    records = list(reader.messages())
+    sweep_stamps = [r.message.header.stamp_ns for r in records if isinstance(r.message, LidarSweep)]
+    change_ns = sweep_stamps[4]
+    resent, throughout = tmp_path / "resent.mcap", tmp_path / "moved.mcap"
+    with DriveWriter(resent) as a, DriveWriter(throughout) as b:
+        sent = False
+        for rec in records:
+            msg = rec.message
+            if isinstance(msg, LidarSweep) and msg.header.stamp_ns == change_ns and not sent:
+                a.write(RigMessage(Header("rig", 1, change_ns, "vehicle"), moved.to_dict()),
+                        rec.log_time_ns, "rig")  # fmt: skip
+                sent = True
+            a.write(msg, rec.log_time_ns, rec.topic)
+            if isinstance(msg, RigMessage):
+                msg = replace(msg, rig=moved.to_dict())
+            b.write(msg, rec.log_time_ns, rec.topic)
+    for copy in (resent, throughout):
+        shutil.copyfile(ground_truth_path(drive), ground_truth_path(copy))
+    shows = {}
+    for name, path in (("first", drive), ("resent", resent), ("moved", throughout)):
+        out = tmp_path / f"show-{name}"
+        assert main(["show", str(run), "--drive", str(path), "--out", str(out), "--quiet"]) == 0
+        shows[name] = out
+    capsys.readouterr()
+    index = sweep_stamps.index(change_ns)
+    for i in (index - 1, index, index + 2):
+        resent_png = _picture(shows["resent"] / f"{i:05d}.png")
+        same_as = "first" if i < index else "moved"
+        other = "moved" if i < index else "first"
+        assert np.array_equal(resent_png, _picture(shows[same_as] / f"{i:05d}.png")), i
+        assert not np.array_equal(resent_png, _picture(shows[other] / f"{i:05d}.png")), i
