@@ -244,6 +244,9 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
         #: Requests that ended in an error (a client silent past the read timeout, a reset).
         self.failed = 0
         self._log = RateLimitedLogger(log)
+        # The handlers' threads fail together (clients timed out at once): the count and the
+        # rate limit are shared.
+        self._failed_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -262,13 +265,14 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver's own printed a traceback on the node's stderr for each: a client that
         # stalls or hangs up is the client's fault, counted and said at a bounded rate.
-        self.failed += 1
         error = sys.exception()
         why = "timed out" if isinstance(error, TimeoutError) else f"{type(error).__name__}: {error}"
         host, port = client_address[:2]
-        self._log.warning(
-            "failed", f"metrics: a request from {url_host(host)}:{port} ended unanswered: {why}"
-        )
+        with self._failed_lock:
+            self.failed += 1
+            self._log.warning(
+                "failed", f"metrics: a request from {url_host(host)}:{port} ended unanswered: {why}"
+            )
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
